@@ -1,0 +1,97 @@
+"""Extraction: a parsed CEB root element becomes plain data the pure layers can work on.
+
+A message carries 1–100 business documents (Order, Payment, ...). Each becomes a
+:class:`Document` whose head and lines are ``dict[str, str]`` keyed by the spec's element names,
+with the element path kept so that every error can point back at the XML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from gateway.messages import CEB_NS, DS_NS, MessageType
+
+_CEB = f"{{{CEB_NS}}}"
+_SIGNATURE = f"{{{DS_NS}}}Signature"
+
+
+@dataclass(frozen=True)
+class Document:
+    type: MessageType
+    index: int  # 1-based position of the business element under the root
+    path: str  # "/CEB311Message/Order[2]"
+    head: dict[str, str]
+    lines: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def head_path(self) -> str:
+        return f"{self.path}/{self.type.head}" if self.type.head else self.path
+
+    def field_path(self, name: str) -> str:
+        return f"{self.head_path}/{name}"
+
+    def line_path(self, line_index: int, name: str | None = None) -> str:
+        """``line_index`` is 0-based into :attr:`lines`; paths are 1-based like XPath."""
+        p = f"{self.path}/{self.type.lines}[{line_index + 1}]"
+        return f"{p}/{name}" if name else p
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.head.get(k, "") for k in self.type.keys)
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    type: MessageType
+    guid: str  # the root's guid attribute: the message's identity for idempotency
+    version: str
+    documents: list[Document]
+    base_transfer: dict[str, str] | None
+    signed: bool
+
+    @property
+    def path(self) -> str:
+        return f"/{self.type.root}"
+
+
+def _fields(el: etree._Element) -> dict[str, str]:
+    """Leaf children of ``el`` as name -> text (empty string for an empty element)."""
+    out: dict[str, str] = {}
+    for child in el:
+        tag = child.tag
+        if not isinstance(tag, str) or len(child):
+            continue
+        out[tag[tag.index("}") + 1 :] if tag[0] == "{" else tag] = child.text or ""
+    return out
+
+
+def extract(root: etree._Element, mtype: MessageType) -> ParsedMessage:
+    """Turn a schema-valid (or at least well-formed) root into a :class:`ParsedMessage`."""
+    doc_tag = _CEB + mtype.document
+    head_tag = _CEB + mtype.head if mtype.head else None
+    line_tag = _CEB + mtype.lines if mtype.lines else None
+    documents: list[Document] = []
+    base_transfer: dict[str, str] | None = None
+    signed = False
+    index = 0
+    for child in root:
+        if child.tag == doc_tag:
+            index += 1
+            head_el = child.find(head_tag) if head_tag else child
+            head = _fields(head_el) if head_el is not None else {}
+            lines = [_fields(li) for li in child.iterfind(line_tag)] if line_tag else []
+            documents.append(Document(mtype, index, f"/{mtype.root}/{mtype.document}[{index}]", head, lines))
+        elif child.tag == _CEB + "BaseTransfer":
+            base_transfer = _fields(child)
+        elif child.tag == _SIGNATURE:
+            signed = True
+    return ParsedMessage(
+        type=mtype,
+        guid=root.get("guid", ""),
+        version=root.get("version", ""),
+        documents=documents,
+        base_transfer=base_transfer,
+        signed=signed,
+    )

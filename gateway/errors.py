@@ -1,0 +1,39 @@
+"""The one error shape of the gateway: ``{layer, code, path, message}``.
+
+Codes are stable identifiers documented in docs/errors.md; ``path`` points at the element
+(``/CEB311Message/Order[2]/OrderHead/acturalPaid``) and ``message`` says what is wrong and what
+was found. Pure layers return lists of :class:`Issue`; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Layer(StrEnum):
+    PARSE = "parse"  # the bytes are not a safe, well-formed UTF-8 XML document of a known type
+    SCHEMA = "schema"  # the customs XSD rejects it
+    RULE = "rule"  # a business rule of the spec (§14) rejects it
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    layer: Layer
+    code: str
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layer"] = str(self.layer)
+        return d
+
+
+class MessageRejected(Exception):
+    """Raised at the edge when a message cannot be accepted; carries every issue found."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        super().__init__("; ".join(f"{i.code} at {i.path}: {i.message}" for i in issues[:3]))
+        self.issues = issues

@@ -1,0 +1,136 @@
+"""The message-type registry: what each CEB message is, as data.
+
+Every part of the pipeline (schema validation, business rules, persistence, reconciliation,
+receipts) looks a message up here by its root element instead of having a class per type.
+Field names are the spec's own (orderNo, ebpCode, logisticsNo ...); see the CEB spec §1–§5.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+CEB_NS = "http://www.chinaport.gov.cn/ceb"
+DXP_NS = "http://www.chinaport.gov.cn/dxp"
+DS_NS = "http://www.w3.org/2000/09/xmldsig#"
+
+#: Schemas live in the repository's top-level ``schemas/`` folder; CBEC_SCHEMA_DIR overrides it
+#: for installs that keep them elsewhere.
+SCHEMA_DIR = Path(os.environ.get("CBEC_SCHEMA_DIR") or Path(__file__).resolve().parent.parent / "schemas")
+
+IMPORT_SCHEMA = "ceb-import-202205.xsd"
+DXP_SCHEMA = "dxp-terminal-202205.xsd"
+
+
+class Direction(StrEnum):
+    DECLARATION = "declaration"  # enterprise -> customs
+    RECEIPT = "receipt"  # customs / E-Port -> enterprise
+
+
+class Kind(StrEnum):
+    """The business role of a document; reconciliation works on kinds, not message codes."""
+
+    ORDER = "order"
+    PAYMENT = "payment"
+    WAYBILL = "waybill"
+    WAYBILL_STATUS = "waybill_status"
+    INVENTORY = "inventory"
+    CANCEL = "cancel"
+    REFUND = "refund"
+    DELIVERY = "delivery"
+    TAX = "tax"
+    TAX_STATUS = "tax_status"
+    RECEIPT = "receipt"
+    FORMAT_RECEIPT = "format_receipt"
+
+
+class Signature(StrEnum):
+    REQUIRED = "required"  # the XSD itself requires ds:Signature
+    ON_DECLARE = "on_declare"  # XSD optional, but required when appStatus = 2
+    OPTIONAL = "optional"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class MessageType:
+    code: str  # "CEB311"
+    document: str  # business element under the root: "Order"
+    head: str | None  # head element inside the document, or None when fields sit in the document
+    lines: str | None  # repeated item element inside the document
+    kind: Kind
+    direction: Direction
+    keys: tuple[str, ...]  # business key fields of one document (spec §6.2)
+    signature: Signature
+    receipt_for: str | None = None  # receipts: the code of the declaration they answer
+    flow: str = "import"
+    schema: str = IMPORT_SCHEMA
+    max_documents: int | None = 100  # None: unbounded (CEB816/818)
+
+    @property
+    def root(self) -> str:
+        return f"{self.code}Message"
+
+    @property
+    def tag(self) -> str:
+        """Clark-notation tag of the root element."""
+        return f"{{{CEB_NS}}}{self.root}"
+
+
+_D, _R = Direction.DECLARATION, Direction.RECEIPT
+
+MESSAGE_TYPES: tuple[MessageType, ...] = (
+    # --- import declarations -------------------------------------------------------------
+    MessageType("CEB311", "Order", "OrderHead", "OrderList", Kind.ORDER, _D,
+                ("ebpCode", "orderNo"), Signature.OPTIONAL),
+    MessageType("CEB411", "Payment", "PaymentHead", None, Kind.PAYMENT, _D,
+                ("payCode", "payTransactionId"), Signature.OPTIONAL),
+    MessageType("CEB511", "Logistics", "LogisticsHead", None, Kind.WAYBILL, _D,
+                ("logisticsCode", "logisticsNo"), Signature.OPTIONAL),
+    MessageType("CEB513", "LogisticsStatus", None, None, Kind.WAYBILL_STATUS, _D,
+                ("logisticsCode", "logisticsNo"), Signature.OPTIONAL),
+    MessageType("CEB621", "Inventory", "InventoryHead", "InventoryList", Kind.INVENTORY, _D,
+                ("ebcCode", "orderNo"), Signature.REQUIRED),
+    MessageType("CEB623", "InvtCancel", None, None, Kind.CANCEL, _D,
+                ("ebcCode", "orderNo"), Signature.REQUIRED),
+    MessageType("CEB625", "InvtRefund", "InvtRefundHead", "InvtRefundList", Kind.REFUND, _D,
+                ("ebcCode", "orderNo"), Signature.REQUIRED),
+    MessageType("CEB711", "Delivery", "DeliveryHead", "DeliveryList", Kind.DELIVERY, _D,
+                ("operatorCode", "billNo"), Signature.REQUIRED, max_documents=1),
+    # --- import receipts and customs-originated messages ----------------------------------
+    MessageType("CEB312", "OrderReturn", None, None, Kind.RECEIPT, _R,
+                ("ebpCode", "orderNo"), Signature.NONE, receipt_for="CEB311"),
+    MessageType("CEB412", "PaymentReturn", None, None, Kind.RECEIPT, _R,
+                ("payCode", "payTransactionId"), Signature.NONE, receipt_for="CEB411"),
+    MessageType("CEB512", "LogisticsReturn", None, None, Kind.RECEIPT, _R,
+                ("logisticsCode", "logisticsNo"), Signature.NONE, receipt_for="CEB511"),
+    MessageType("CEB514", "LogisticsStatusReturn", None, None, Kind.RECEIPT, _R,
+                ("logisticsCode", "logisticsNo"), Signature.NONE, receipt_for="CEB513"),
+    MessageType("CEB622", "InventoryReturn", None, None, Kind.RECEIPT, _R,
+                ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB621"),
+    MessageType("CEB624", "InvtCancelReturn", None, None, Kind.RECEIPT, _R,
+                ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB623"),
+    MessageType("CEB626", "InvtRefundReturn", None, None, Kind.RECEIPT, _R,
+                ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB625"),
+    MessageType("CEB712", "DeliveryReturn", None, None, Kind.RECEIPT, _R,
+                ("operatorCode", "copNo"), Signature.NONE, receipt_for="CEB711"),
+    MessageType("CEB816", "Tax", "TaxHeadRd", "TaxListRd", Kind.TAX, _R,
+                ("invtNo", "taxNo"), Signature.NONE, max_documents=None),
+    MessageType("CEB818", "Tax", "TaxHeadStatus", None, Kind.TAX_STATUS, _R,
+                ("invtNo", "taxNo"), Signature.NONE, max_documents=None),
+    MessageType("CEB900", "MessageReturn", None, None, Kind.FORMAT_RECEIPT, _R,
+                ("oriCopMsgId",), Signature.NONE, max_documents=1),
+)
+
+BY_ROOT: dict[str, MessageType] = {t.root: t for t in MESSAGE_TYPES}
+BY_CODE: dict[str, MessageType] = {t.code: t for t in MESSAGE_TYPES}
+BY_TAG: dict[str, MessageType] = {t.tag: t for t in MESSAGE_TYPES}
+
+#: The four legs of an import shipment, in the order the spec lists them.
+SHIPMENT_KINDS: tuple[Kind, ...] = (Kind.ORDER, Kind.PAYMENT, Kind.WAYBILL, Kind.INVENTORY)
+
+
+def lookup(root_or_code: str) -> MessageType | None:
+    """Find a type by root element name (``CEB311Message``), code (``CEB311``) or Clark tag."""
+    return BY_ROOT.get(root_or_code) or BY_CODE.get(root_or_code) or BY_TAG.get(root_or_code)

@@ -1,0 +1,1 @@
+"""Durable retry queue (imported as ``cbec_queue``; the folder is ``queue/``)."""
