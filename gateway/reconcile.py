@@ -1,20 +1,95 @@
 """Three-document reconciliation (三单对碰) of one import shipment — pure, no I/O.
 
-CONTRACT (filled in by the reconciliation work; signatures are fixed):
 ``reconcile(shipment) -> Outcome`` is a pure function of the shipment's current documents, so it
 gives the same outcome whatever the arrival order. The store re-runs it whenever any leg
 arrives, changes or is withdrawn, and stores state and findings.
+
+State (precedence: mismatched > incomplete > matched)
+    * ``mismatched`` — at least one blocking finding, even when legs are still missing: the operator
+      has to act (get a leg corrected) and waiting for the missing leg will not fix it.
+    * ``incomplete`` — no blocking finding, but order, payment, waybill or inventory is missing
+      (:attr:`Outcome.missing`, always in that order). Legs that are present are still compared.
+    * ``matched`` — all four legs present and no blocking finding (warnings may remain).
+
+Every finding has ``left`` = the leg that comes first in (order, payment, waybill, inventory) and
+``right`` = the later one. A computed value (a sum over lines) or a line that exists on one side
+only points at the document element itself (``/CEB621Message/Inventory[1]``); a missing line has
+``value=None``.
+
+What is compared (spec §6.2–6.4; single-document rules such as R1, R4, R10's field presence or
+1210 ``country = 142`` belong to the rules layer and are not repeated here):
+
+* keys (§6.2, blocking): payment ebpCode + orderNo = order's; order payCode / payTransactionId
+  = payment's when the order carries them; waybill orderNo = order's; inventory orderNo, ebpCode,
+  ebcCode = order's; inventory logisticsCode + logisticsNo = waybill's; inventory billNo = waybill
+  billNo when both carry one (R10 cross-document part; only 9610 shipments carry billNo).
+* amounts (money compared after ROUND_HALF_UP to 0.01; they differ when ``|a − b| > tolerance``):
+  R2 order acturalPaid = payment amountPaid (blocking); order goodsValue = Σ inventory line
+  totalPrice (blocking; checked only when the lines themselves pair up and agree, so one wrong line
+  price yields one finding, not two); order freight vs inventory freight and waybill insuredFee vs
+  inventory insuredFee are *warnings*: §6.4 rates them medium confidence and the spec defines them
+  differently (the order's freight is what the buyer was charged, the inventory's what the carrier
+  actually charged).
+* parties (trimmed, exact): R3 consignee, consigneeTelephone, consigneeAddress order = waybill
+  (blocking); buyer = payer, order buyerName + buyerIdNumber = payment payerName + payerIdNumber
+  (§6.4 high, blocking); inventory buyerName + buyerIdNumber = order's (blocking: the annual quota
+  is booked against the inventory's buyer); inventory buyerTelephone = order's (warning). ID numbers
+  compare case-insensitively (the check character ``X`` is written either way).
+* lines (R8): gnum one-to-one between order and inventory (blocking); per gnum qty (exact, no
+  rounding), unit, totalPrice (money) and itemName when the inventory carries it (blocking); origin
+  country (warning). ``gname`` is the customs goods name and legitimately differs from the
+  platform's itemName ("面霜" vs the product title), so it is not compared; classification
+  (gname/gcode) is the rules and customs' business, not reconciliation's.
+
+Values that do not parse as decimals are compared as trimmed strings (the rules layer reports the
+format itself); an empty or absent value on either side is not compared.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
 from gateway.documents import Document
-from gateway.messages import Kind
+from gateway.messages import SHIPMENT_KINDS, Kind
+
+CODES: dict[str, str] = {
+    "recon.payment_order_key_mismatch": "payment (CEB411) ebpCode or orderNo differs from the order's",
+    "recon.payment_reference_mismatch": "order payCode or payTransactionId differs from the payment's",
+    "recon.waybill_order_key_mismatch": "waybill (CEB511) orderNo differs from the order's",
+    "recon.inventory_order_key_mismatch": "inventory (CEB621) orderNo, ebpCode or ebcCode differs from the order's",
+    "recon.inventory_waybill_key_mismatch": "inventory logisticsCode or logisticsNo differs from the waybill's",
+    "recon.bill_no_mismatch": "inventory billNo differs from the waybill billNo (both given)",
+    "recon.amount_paid_mismatch": "order acturalPaid differs from payment amountPaid (R2)",
+    "recon.goods_value_mismatch": "order goodsValue differs from the sum of inventory line totalPrice",
+    "recon.freight_mismatch": "warning: inventory freight differs from order freight",
+    "recon.insured_fee_mismatch": "warning: inventory insuredFee differs from waybill insuredFee",
+    "recon.consignee_mismatch": "order consignee, consigneeTelephone or consigneeAddress differs from the waybill (R3)",
+    "recon.buyer_payer_mismatch": "order buyerName or buyerIdNumber differs from payment payerName or payerIdNumber",
+    "recon.inventory_buyer_mismatch": "inventory buyerName or buyerIdNumber differs from the order's",
+    "recon.inventory_buyer_telephone_mismatch": "warning: inventory buyerTelephone differs from the order's",
+    "recon.gnum_unmatched": "an order or inventory line has no line with the same gnum on the other side (R8)",
+    "recon.line_qty_mismatch": "inventory line qty differs from the order line with the same gnum",
+    "recon.line_unit_mismatch": "inventory line unit differs from the order line with the same gnum",
+    "recon.line_total_price_mismatch": "inventory line totalPrice differs from the order line with the same gnum",
+    "recon.line_item_name_mismatch": "inventory line itemName differs from the order line with the same gnum",
+    "recon.line_country_mismatch": "warning: inventory line origin country differs from the order line's",
+}
+
+#: Codes whose findings are warnings (``blocking=False``): they never make a shipment mismatched.
+NON_BLOCKING: frozenset[str] = frozenset(
+    {
+        "recon.freight_mismatch",
+        "recon.insured_fee_mismatch",
+        "recon.inventory_buyer_telephone_mismatch",
+        "recon.line_country_mismatch",
+    }
+)
+
+_CENT = Decimal("0.01")
 
 
 class ShipmentState(StrEnum):
@@ -82,4 +157,229 @@ class Outcome:
 
 
 def reconcile(shipment: Shipment, *, tolerance: Decimal = Decimal("0")) -> Outcome:
-    raise NotImplementedError
+    """Compare the legs present in ``shipment``; ``tolerance`` bounds money differences (yuan).
+
+    The default is exact equality at 2 decimals (§6.4: no official tolerance exists).
+    """
+    if tolerance < 0:
+        raise ValueError(f"tolerance must not be negative, got {tolerance}")
+    f = _Findings(tolerance)
+    order, payment, waybill, inventory = shipment.order, shipment.payment, shipment.waybill, shipment.inventory
+    # keys (§6.2)
+    if order and payment:
+        f.texts("recon.payment_order_key_mismatch", order, payment, ("ebpCode", "orderNo"))
+        f.texts(
+            "recon.payment_reference_mismatch",
+            order,
+            payment,
+            [n for n in ("payCode", "payTransactionId") if _text(order, n)],
+        )
+    if order and waybill:
+        f.texts("recon.waybill_order_key_mismatch", order, waybill, ("orderNo",))
+    if order and inventory:
+        f.texts("recon.inventory_order_key_mismatch", order, inventory, ("orderNo", "ebpCode", "ebcCode"))
+    if waybill and inventory:
+        f.texts("recon.inventory_waybill_key_mismatch", waybill, inventory, ("logisticsCode", "logisticsNo"))
+        if _text(waybill, "billNo") and _text(inventory, "billNo"):
+            f.texts("recon.bill_no_mismatch", waybill, inventory, ("billNo",))
+    # amounts
+    if order and payment:
+        f.amount("recon.amount_paid_mismatch", order, "acturalPaid", payment, "amountPaid")
+    if order and inventory:
+        f.amount("recon.freight_mismatch", order, "freight", inventory, "freight")
+    if waybill and inventory:
+        f.amount("recon.insured_fee_mismatch", waybill, "insuredFee", inventory, "insuredFee")
+    # parties
+    if order and waybill:
+        f.texts("recon.consignee_mismatch", order, waybill, ("consignee", "consigneeTelephone", "consigneeAddress"))
+    if order and payment:
+        f.text("recon.buyer_payer_mismatch", order, "buyerName", payment, "payerName")
+        f.text("recon.buyer_payer_mismatch", order, "buyerIdNumber", payment, "payerIdNumber", fold_case=True)
+    if order and inventory:
+        f.text("recon.inventory_buyer_mismatch", order, "buyerName", inventory, "buyerName")
+        f.text("recon.inventory_buyer_mismatch", order, "buyerIdNumber", inventory, "buyerIdNumber", fold_case=True)
+        f.text("recon.inventory_buyer_telephone_mismatch", order, "buyerTelephone", inventory, "buyerTelephone")
+        _compare_lines(order, inventory, f)
+    blocking = any(x.blocking for x in f.items)
+    missing = tuple(k for k in SHIPMENT_KINDS if shipment.leg(k) is None)
+    if blocking:
+        state = ShipmentState.MISMATCHED
+    elif missing:
+        state = ShipmentState.INCOMPLETE
+    else:
+        state = ShipmentState.MATCHED
+    return Outcome(state=state, missing=missing, findings=tuple(f.items))
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _text(doc: Document, name: str) -> str:
+    return (doc.head.get(name) or "").strip()
+
+
+def _side(doc: Document, name: str) -> Side:
+    return Side(doc.type.code, doc.head.get("guid", ""), doc.field_path(name), doc.head.get(name))
+
+
+def _line_side(doc: Document, index: int, name: str) -> Side:
+    return Side(doc.type.code, doc.head.get("guid", ""), doc.line_path(index, name), doc.lines[index].get(name))
+
+
+def _doc_side(doc: Document, value: str | None) -> Side:
+    """A computed value (or the absence of a line) belongs to the document element as a whole."""
+    return Side(doc.type.code, doc.head.get("guid", ""), doc.path, value)
+
+
+def _decimal(raw: str) -> Decimal | None:
+    try:
+        d = Decimal(raw)
+    except InvalidOperation:
+        return None
+    return d if d.is_finite() else None
+
+
+def _cents(raw: str) -> Decimal | None:
+    """Money at 2 decimals (ROUND_HALF_UP), or None when ``raw`` is no usable amount."""
+    d = _decimal(raw)
+    try:
+        return None if d is None else d.quantize(_CENT, rounding=ROUND_HALF_UP)
+    except InvalidOperation:  # too many digits for the context: the rules layer rejects it anyway
+        return None
+
+
+def _leg(doc: Document) -> str:
+    return str(doc.type.kind)
+
+
+def _describe(left: Side, right: Side, lname: str, rname: str, lleg: str, rleg: str) -> str:
+    return f"{lleg} {lname} is {left.value!r} but {rleg} {rname} is {right.value!r}"
+
+
+class _Findings:
+    def __init__(self, tolerance: Decimal) -> None:
+        self.tolerance = tolerance
+        self.items: list[Finding] = []
+
+    def add(self, code: str, field_name: str, message: str, left: Side | None, right: Side | None) -> None:
+        self.items.append(Finding(code, field_name, message, left, right, blocking=code not in NON_BLOCKING))
+
+    def pair(self, code: str, field_name: str, left: Side, right: Side, lleg: str, rleg: str, rname: str) -> None:
+        self.add(code, field_name, _describe(left, right, field_name, rname, lleg, rleg), left, right)
+
+    def text(
+        self, code: str, ldoc: Document, lname: str, rdoc: Document, rname: str, *, fold_case: bool = False
+    ) -> None:
+        a, b = _text(ldoc, lname), _text(rdoc, rname)
+        if not a or not b:
+            return  # absent required fields are the rules layer's finding, not a mismatch
+        if (a.upper() != b.upper()) if fold_case else (a != b):
+            self.pair(code, lname, _side(ldoc, lname), _side(rdoc, rname), _leg(ldoc), _leg(rdoc), rname)
+
+    def texts(self, code: str, ldoc: Document, rdoc: Document, names: Iterable[str]) -> None:
+        for name in names:
+            self.text(code, ldoc, name, rdoc, name)
+
+    def differs(self, kind: str, a: str, b: str) -> bool:
+        """Compare two trimmed, non-empty values as ``money``, ``number`` (exact) or ``text``."""
+        if kind == "money":
+            ca, cb = _cents(a), _cents(b)
+            if ca is not None and cb is not None:
+                return abs(ca - cb) > self.tolerance
+        elif kind == "number":
+            da, db = _decimal(a), _decimal(b)
+            if da is not None and db is not None:
+                return da != db
+        return a != b
+
+    def amount(self, code: str, ldoc: Document, lname: str, rdoc: Document, rname: str) -> None:
+        a, b = _text(ldoc, lname), _text(rdoc, rname)
+        if a and b and self.differs("money", a, b):
+            self.pair(code, lname, _side(ldoc, lname), _side(rdoc, rname), _leg(ldoc), _leg(rdoc), rname)
+
+
+def _gnum_key(raw: str | None) -> str:
+    s = (raw or "").strip()
+    # "1" and "01" are the same item number (xs:int); anything else keys on its text
+    return (s.lstrip("0") or "0") if s.isascii() and s.isdigit() else s
+
+
+def _group(doc: Document) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, line in enumerate(doc.lines):
+        groups.setdefault(_gnum_key(line.get("gnum")), []).append(i)
+    return groups
+
+
+def _compare_lines(order: Document, inventory: Document, f: _Findings) -> None:
+    """R8: pair lines by gnum (the k-th occurrence with the k-th, so duplicates stay visible)."""
+    ogroups, igroups = _group(order), _group(inventory)
+    pairs: list[tuple[int, int]] = []
+    order_only: list[int] = []
+    inventory_only: list[int] = []
+    for key, olines in ogroups.items():
+        ilines = igroups.get(key, [])
+        pairs.extend(zip(olines, ilines, strict=False))
+        order_only.extend(olines[len(ilines) :])
+        inventory_only.extend(ilines[len(olines) :])
+    for key, ilines in igroups.items():
+        if key not in ogroups:
+            inventory_only.extend(ilines)
+    for oi in sorted(order_only):
+        left = _line_side(order, oi, "gnum")
+        f.add(
+            "recon.gnum_unmatched",
+            "gnum",
+            f"order line gnum {left.value!r} has no inventory line with that gnum",
+            left,
+            _doc_side(inventory, None),
+        )
+    for ii in sorted(inventory_only):
+        right = _line_side(inventory, ii, "gnum")
+        f.add(
+            "recon.gnum_unmatched",
+            "gnum",
+            f"inventory line gnum {right.value!r} has no order line with that gnum",
+            _doc_side(order, None),
+            right,
+        )
+    totals_agree = not order_only and not inventory_only
+    for oi, ii in pairs:
+        gnum = (order.lines[oi].get("gnum") or "").strip()
+        for code, name, kind in _LINE_CHECKS:
+            a, b = (order.lines[oi].get(name) or "").strip(), (inventory.lines[ii].get(name) or "").strip()
+            if not a or not b or not f.differs(kind, a, b):
+                continue  # itemName is optional in the inventory: compared only when both carry it
+            left, right = _line_side(order, oi, name), _line_side(inventory, ii, name)
+            f.add(code, name, f"gnum {gnum}: " + _describe(left, right, name, name, "order", "inventory"), left, right)
+            if name == "totalPrice":
+                totals_agree = False
+    if totals_agree:
+        _compare_goods_value(order, inventory, f)
+
+
+#: Per gnum: (code, field, how to compare). qty is exact (it is no money); the rest as documented.
+_LINE_CHECKS: tuple[tuple[str, str, str], ...] = (
+    ("recon.line_qty_mismatch", "qty", "number"),
+    ("recon.line_unit_mismatch", "unit", "text"),
+    ("recon.line_total_price_mismatch", "totalPrice", "money"),
+    ("recon.line_item_name_mismatch", "itemName", "text"),
+    ("recon.line_country_mismatch", "country", "text"),
+)
+
+
+def _compare_goods_value(order: Document, inventory: Document, f: _Findings) -> None:
+    goods_value = _text(order, "goodsValue")
+    prices = [_decimal((line.get("totalPrice") or "").strip()) for line in inventory.lines]
+    if not goods_value or not prices or any(p is None for p in prices):
+        return  # unreadable prices are the rules layer's finding
+    total = sum((p for p in prices if p is not None), Decimal(0))
+    if f.differs("money", goods_value, str(total)):
+        left, right = _side(order, "goodsValue"), _doc_side(inventory, str(total))
+        f.add(
+            "recon.goods_value_mismatch",
+            "goodsValue",
+            f"order goodsValue is {left.value!r} but the inventory lines' totalPrice sum to {right.value!r}",
+            left,
+            right,
+        )
