@@ -34,6 +34,7 @@ class Issue:
 class MessageRejected(Exception):
     """Raised at the edge when a message cannot be accepted; carries every issue found."""
 
-    def __init__(self, issues: list[Issue]) -> None:
+    def __init__(self, issues: list[Issue], message_type: str | None = None) -> None:
         super().__init__("; ".join(f"{i.code} at {i.path}: {i.message}" for i in issues[:3]))
         self.issues = issues
+        self.message_type = message_type  # e.g. "CEB311" once the root was recognised

@@ -87,3 +87,16 @@ def parse_message(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[etre
             path=f"/{q.localname if q is not None else '?'}",
         )
     return root, mtype
+
+
+CODES: dict[str, str] = {
+    "parse.empty": "the body is empty",
+    "parse.too_large": "the body is larger than the configured limit (HTTP 413); nothing was parsed",
+    "parse.encoding": "the XML declaration names an encoding other than UTF-8",
+    "parse.dtd_forbidden": "the document has a DOCTYPE (DTDs and entity declarations are refused: XXE, billion laughs)",
+    "parse.not_well_formed": "the bytes are not well-formed XML; the message gives libxml2's reason and line",
+    "parse.too_deep": "the elements nest deeper than the parser allows",
+    "parse.unknown_message_type": "the root element is not a supported CEB message in the CEB namespace",
+    "parse.invalid_json": "a JSON request body is not valid JSON",
+    "io.unreadable": "cbec validate could not read the file",
+}

@@ -1,0 +1,269 @@
+"""HTTP API (aiohttp): the edge where messages are received and answers are given.
+
+Every answer is JSON. Every error has the shape ``{"error": {"status", "title", "issues": [...]}}``
+where each issue is ``{layer, code, path, message}``; nothing raises through to the client as a
+stack trace. Handlers stay thin: the pipeline and the store do the work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from gateway.auth import KeyRing, Principal
+from gateway.config import Settings
+from gateway.errors import Issue, Layer, MessageRejected
+from gateway.openapi import OPENAPI
+from gateway.pipeline import Forbidden, Pipeline
+from gateway.reconcile import ShipmentState
+from gateway.schema import SchemaSet
+from gateway.store import Conflict, Store
+
+log = structlog.get_logger("gateway.api")
+
+PIPELINE = web.AppKey("pipeline", Pipeline)
+STORE = web.AppKey("store", Store)
+KEYS = web.AppKey("keys", KeyRing)
+POOL = web.AppKey("pool", asyncpg.Pool)
+
+PRINCIPAL = "principal"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, Decimal):
+        return str(o)
+    if isinstance(o, datetime):
+        return o.isoformat()
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=json.dumps(body, ensure_ascii=False, default=_default),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(status: int, title: str, issues: list[Issue] | None = None) -> web.Response:
+    return json_response(
+        {"error": {"status": status, "title": title, "issues": [i.as_dict() for i in issues or []]}}, status
+    )
+
+
+def _status_for(issues: list[Issue]) -> int:
+    if any(i.code == "parse.too_large" for i in issues):
+        return 413
+    if any(i.layer is Layer.PARSE for i in issues):
+        return 400
+    return 422
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        response = error_response(413, "body too large", [Issue(Layer.PARSE, "parse.too_large", "/", exc.text or "")])
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(exc.status, exc.reason)
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        response = error_response(500, f"internal error (request id {request_id})")
+    response.headers["X-Request-Id"] = request_id
+    log.info(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return response
+
+
+def _principal(request: web.Request) -> Principal:
+    principal: Principal | None = request.get(PRINCIPAL)
+    if principal is None:  # every /v1 route goes through auth_middleware; this is a programming error
+        raise web.HTTPUnauthorized()
+    return principal
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    presented = request.headers.get("X-API-Key")
+    auth = request.headers.get("Authorization", "")
+    if not presented and auth.lower().startswith("bearer "):
+        presented = auth[7:].strip()
+    principal = request.app[KEYS].authenticate(presented)
+    if principal is None:
+        return error_response(401, "missing or unknown API key (send X-API-Key or Authorization: Bearer)")
+    request[PRINCIPAL] = principal
+    structlog.contextvars.bind_contextvars(principal=principal.name)
+    return await handler(request)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise MessageRejected(
+            [Issue(Layer.PARSE, "parse.too_large", "/", f"{request.content_length} bytes; the limit is {limit}")]
+        )
+    body = await request.read()  # client_max_size stops a body without Content-Length
+    return body
+
+
+async def post_message(request: web.Request) -> web.Response:
+    pipeline = request.app[PIPELINE]
+    principal = _principal(request)
+    store = request.app[STORE]
+    ctype = request.content_type
+    body = b""
+    source = "json" if ctype == "application/json" else "xml"
+    try:
+        body = await _read_body(request, pipeline.max_bytes)
+        if source == "json":
+            try:
+                payload = json.loads(body, parse_float=Decimal)
+            except (ValueError, UnicodeDecodeError) as exc:
+                issue = Issue(Layer.PARSE, "parse.invalid_json", "", f"the body is not JSON: {exc}")
+                raise MessageRejected([issue]) from None
+            if not isinstance(payload, dict):
+                raise MessageRejected([Issue(Layer.SCHEMA, "json.not_an_object", "", "the body must be a JSON object")])
+            checked = pipeline.check_json(payload)
+        elif ctype in ("application/xml", "text/xml", "application/octet-stream", ""):
+            checked = pipeline.check(body)
+        else:
+            return error_response(415, f"unsupported Content-Type {ctype}; send application/xml or application/json")
+        structlog.contextvars.bind_contextvars(guid=checked.message.guid, message_type=checked.message.type.code)
+        result = await pipeline.submit(checked, principal, source=source)
+    except MessageRejected as exc:
+        status = _status_for(exc.issues)
+        await store.record_rejection(
+            raw=body,
+            submitter=principal.name,
+            guid=None,
+            message_type=exc.message_type,
+            issues=exc.issues,
+            http_status=status,
+        )
+        log.info("message_rejected", codes=[i.code for i in exc.issues[:10]])
+        return error_response(status, "the message was rejected", exc.issues)
+    except Forbidden as exc:
+        return error_response(403, "the API key may not submit these documents", exc.issues)
+    except Conflict as exc:
+        await store.record_rejection(
+            raw=body,
+            submitter=principal.name,
+            guid=checked.message.guid,
+            message_type=checked.message.type.code,
+            issues=exc.issues,
+            http_status=409,
+        )
+        return error_response(409, "the message conflicts with what is stored", exc.issues)
+    headers = {"Location": f"/v1/messages/{result.guid}"}
+    if result.replay:
+        headers["Idempotent-Replay"] = "true"
+    return json_response(result.body, result.http_status, headers)
+
+
+def _visible(principal: Principal, parties: Any) -> bool:
+    return principal.sees_everything or principal.may_touch(parties or ())
+
+
+async def get_message(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    found = await request.app[STORE].get_message(request.match_info["guid"])
+    parties = {p for d in (found or {}).get("documents", []) for p in d.get("parties") or ()}
+    if found is None or not _visible(principal, parties):
+        # 404 rather than 403 for other tenants' messages: existence itself is not disclosed.
+        return error_response(404, "no such message")
+    return json_response(found)
+
+
+async def list_shipments(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    q = request.query
+    state = q.get("state")
+    if state is not None and state not in {s.value for s in ShipmentState}:
+        return error_response(400, f"unknown state {state!r}")
+    try:
+        since = datetime.fromisoformat(q["since"]) if "since" in q else None
+        until = datetime.fromisoformat(q["until"]) if "until" in q else None
+        limit = min(max(int(q.get("limit", "50")), 1), 500)
+    except ValueError as exc:
+        return error_response(400, f"bad query parameter: {exc}")
+    page = await request.app[STORE].list_shipments(
+        state=state,
+        ebp_code=q.get("ebpCode"),
+        ebc_code=q.get("ebcCode"),
+        since=since,
+        until=until,
+        parties=None if principal.sees_everything else sorted(principal.codes),
+        limit=limit,
+        cursor=q.get("cursor"),
+    )
+    return json_response(page)
+
+
+async def get_shipment(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    found = await request.app[STORE].get_shipment(request.match_info["ebpCode"], request.match_info["orderNo"])
+    if found is None or not _visible(principal, found.get("parties")):
+        return error_response(404, "no such shipment")
+    return json_response(found)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[POOL].acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception as exc:
+        return json_response({"status": "unavailable", "database": str(exc)}, 503)
+    return json_response({"status": "ok", "database": "ok"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(OPENAPI)
+
+
+def create_app(settings: Settings, pool: asyncpg.Pool, *, schemas: SchemaSet | None = None) -> web.Application:
+    """Build the API application around an open pool (the caller owns the pool's lifetime)."""
+    from gateway.tax import TaxRates
+
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware],
+        # aiohttp refuses larger bodies itself; a little slack lets our own check give the precise error.
+        client_max_size=settings.max_body_bytes + 1024,
+    )
+    store = Store(pool, tax_rates=TaxRates.from_mapping(settings.tax_rates), tolerance=settings.amount_tolerance)
+    app[POOL] = pool
+    app[STORE] = store
+    app[PIPELINE] = Pipeline(schemas or SchemaSet(), store, max_bytes=settings.max_body_bytes)
+    app[KEYS] = KeyRing(settings.api_keys)
+    app.router.add_post("/v1/messages", post_message)
+    app.router.add_get("/v1/messages/{guid}", get_message)
+    app.router.add_get("/v1/shipments", list_shipments)
+    app.router.add_get("/v1/shipments/{ebpCode}/{orderNo}", get_shipment)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi)
+    return app

@@ -1,0 +1,151 @@
+"""The ``cbec`` command: serve, validate, db migrate, bench.
+
+Exit codes: 0 success, 1 invalid input (validate), 2 usage errors (argparse's own convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import config
+
+
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML configuration file (also CBEC_CONFIG)")
+    p.add_argument("--database-url", help="PostgreSQL DSN (also CBEC_DATABASE_URL); default: embedded PostgreSQL")
+    p.add_argument("--data-dir", type=Path, help="where the embedded PostgreSQL and local state live (default ./var)")
+
+
+def _settings(args: argparse.Namespace) -> config.Settings:
+    s = config.load(args.config)
+    return s.with_overrides(
+        database_url=getattr(args, "database_url", None),
+        data_dir=getattr(args, "data_dir", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+
+
+def validate_files(paths: Sequence[str]) -> tuple[list[dict[str, Any]], bool]:
+    """Validate files offline with one compiled schema set. Returns (results, any_unreadable)."""
+    from gateway.errors import MessageRejected
+    from gateway.pipeline import Pipeline
+    from gateway.schema import SchemaSet
+
+    pipeline = Pipeline(SchemaSet())
+    results: list[dict[str, Any]] = []
+    unreadable = False
+    for path in paths:
+        entry: dict[str, Any] = {"file": path, "message_type": None, "valid": False, "errors": []}
+        try:
+            body = Path(path).read_bytes()
+        except OSError as exc:
+            unreadable = True
+            entry["errors"] = [{"layer": "parse", "code": "io.unreadable", "path": "/", "message": str(exc)}]
+            results.append(entry)
+            continue
+        try:
+            checked = pipeline.check(body)
+        except MessageRejected as exc:
+            entry["errors"] = [i.as_dict() for i in exc.issues]
+            entry["message_type"] = exc.message_type
+        else:
+            entry["message_type"] = checked.message.type.code
+            entry["valid"] = True
+        results.append(entry)
+    return results, unreadable
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    results, unreadable = validate_files(args.files)
+    if args.json:
+        json.dump(results, sys.stdout, ensure_ascii=False, indent=None)
+        sys.stdout.write("\n")
+    else:
+        for r in results:
+            kind = r["message_type"] or "?"
+            if r["valid"]:
+                print(f"{r['file']}: valid {kind}")
+                continue
+            print(f"{r['file']}: INVALID {kind} ({len(r['errors'])} error{'s' if len(r['errors']) != 1 else ''})")
+            for e in r["errors"]:
+                print(f"  [{e['layer']}] {e['code']} at {e['path']}: {e['message']}")
+        bad = sum(not r["valid"] for r in results)
+        print(f"{len(results) - bad} valid, {bad} invalid", file=sys.stderr)
+    if unreadable:
+        return 2
+    return 0 if all(r["valid"] for r in results) else 1
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    asyncio.run(serve(_settings(args)))
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from gateway.server import migrate_only
+
+    applied = asyncio.run(migrate_only(_settings(args)))
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from gateway.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cbec", description="Cross-border e-commerce (CEB) declaration gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway API (embedded PostgreSQL unless a DSN is given)")
+    _add_server_options(p)
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 8080)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("validate", help="validate CEB XML files offline (schema + business rules)")
+    p.add_argument("--json", action="store_true", help="print one JSON array, one object per file")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("db", help="database maintenance")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    m = dbsub.add_parser("migrate", help="apply pending migrations")
+    _add_server_options(m)
+    m.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("bench", help="measure parse/validate/ingest throughput and print the figures")
+    _add_server_options(p)
+    p.add_argument("--messages", type=int, default=4000, help="messages to ingest over HTTP (default 4000)")
+    p.add_argument("--concurrency", type=int, default=32, help="concurrent HTTP clients (default 32)")
+    p.add_argument(
+        "--shipments",
+        default="",
+        help="stored-shipment counts for the flatness run, e.g. 10000,100000",
+    )
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The OpenAPI 3.1 description served at /openapi.json (kept beside the handlers it describes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ISSUE = {
+    "type": "object",
+    "required": ["layer", "code", "path", "message"],
+    "properties": {
+        "layer": {"type": "string", "enum": ["parse", "schema", "rule"]},
+        "code": {
+            "type": "string",
+            "description": "stable code, see docs/errors.md",
+            "examples": ["rule.currency_not_cny"],
+        },
+        "path": {"type": "string", "examples": ["/CEB311Message/Order[2]/OrderHead/acturalPaid"]},
+        "message": {"type": "string"},
+    },
+}
+
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "status": {"type": "integer"},
+                "title": {"type": "string"},
+                "issues": {"type": "array", "items": {"$ref": "#/components/schemas/Issue"}},
+            },
+        }
+    },
+}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+_AUTH_ERRORS = {"401": _err("missing or unknown API key"), "403": _err("the key may not act on these documents")}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "cbec-gateway",
+        "version": "0.1.0",
+        "description": "Cross-border e-commerce (CEB) declaration gateway: submit order (CEB311), payment (CEB411), "
+        "waybill (CEB511) and inventory (CEB621) messages; watch each shipment's reconciliation.",
+    },
+    "components": {
+        "securitySchemes": {
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "bearer": {"type": "http", "scheme": "bearer"},
+        },
+        "schemas": {"Issue": _ISSUE, "Error": _ERROR},
+    },
+    "security": [{"apiKey": []}, {"bearer": []}],
+    "paths": {
+        "/v1/messages": {
+            "post": {
+                "summary": "Submit one CEB message (XML) or a friendly JSON document set (see docs/json-api.md)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/xml": {"schema": {"type": "string"}},
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["type", "documents"],
+                                "properties": {
+                                    "type": {"type": "string", "enum": ["CEB311", "CEB411", "CEB511", "CEB621"]},
+                                    "guid": {"type": "string"},
+                                    "baseTransfer": {"type": "object"},
+                                    "documents": {"type": "array", "items": {"type": "object"}},
+                                },
+                            }
+                        },
+                    },
+                },
+                "responses": {
+                    "202": {"description": "stored (committed) and reconciled; body lists each document's outcome"},
+                    "400": _err("not a safe, well-formed CEB message"),
+                    "409": _err("duplicate business key, unknown document to change, or guid reused with other bytes"),
+                    "413": _err("body too large"),
+                    "415": _err("unsupported Content-Type"),
+                    "422": _err("schema or business-rule errors"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/messages/{guid}": {
+            "get": {
+                "summary": "A stored message: its documents, outcome and raw XML",
+                "parameters": [{"name": "guid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "the message"},
+                    "404": _err("unknown or not yours"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/shipments": {
+            "get": {
+                "summary": "Shipments with their reconciliation state, newest first (keyset-paginated)",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
+                    for n, d in (
+                        ("state", "incomplete | matched | mismatched"),
+                        ("ebpCode", "platform code"),
+                        ("ebcCode", "e-commerce enterprise code"),
+                        ("since", "ISO 8601 time, updated at or after"),
+                        ("until", "ISO 8601 time, updated before"),
+                        ("limit", "1..500, default 50"),
+                        ("cursor", "next_cursor of the previous page"),
+                    )
+                ],
+                "responses": {"200": {"description": "{items, next_cursor}"}, **_AUTH_ERRORS},
+            }
+        },
+        "/v1/shipments/{ebpCode}/{orderNo}": {
+            "get": {
+                "summary": "One shipment: documents (current and history), state, missing legs, findings",
+                "parameters": [
+                    {"name": "ebpCode", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "orderNo", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "the shipment"},
+                    "404": _err("unknown or not yours"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness and database check",
+                "security": [],
+                "responses": {"200": {"description": "ok"}},
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "ok"}}}
+        },
+    },
+}
