@@ -14,7 +14,7 @@ import threading
 from lxml import etree
 
 from gateway.errors import Issue, Layer, MessageRejected
-from gateway.messages import MessageType, lookup
+from gateway.messages import BY_TAG, MessageType
 
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # 100 documents of 99 lines stay well below this
 
@@ -76,7 +76,7 @@ def parse_xml(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
 def parse_message(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[etree._Element, MessageType]:
     """Parse and identify: the root must be one of the registry's CEB message roots."""
     root = parse_xml(body, max_bytes)
-    mtype = lookup(root.tag) if isinstance(root.tag, str) else None
+    mtype = BY_TAG.get(root.tag) if isinstance(root.tag, str) else None
     if mtype is None:
         q = etree.QName(root) if isinstance(root.tag, str) else None
         found = f"{{{q.namespace}}}{q.localname}" if q is not None and q.namespace else root.tag
