@@ -1,0 +1,877 @@
+"""Business rules of one CEB message that the customs XSD cannot express (spec §14) — pure, no I/O.
+
+The XSDs carry no enumerations, patterns or arithmetic, so this layer enforces: non-empty, trimmed
+values without control characters; the code lists of spec §3.6; date formats and plausibility; the
+single-message consistency rules R1, R4–R10 of §6.3 and the high-confidence single-message rows of
+§6.4; signature presence (§2.7); guid lengths. Rules that compare documents with each other (R2, R3,
+buyer = payer, order vs inventory) belong to :mod:`gateway.reconcile`, not here.
+
+Organisation: :data:`RULES` maps a message code to a tuple of rule entries, one line per rule —
+
+* :class:`Field` — a value check (code list, format, sign) on one or more named elements of the head,
+  the lines or BaseTransfer;
+* :class:`Required` — elements that must not be empty when present (their *presence* is the XSD's job);
+* a plain function ``(Document, RuleContext) -> Iterable[Issue]`` for arithmetic and mode rules.
+
+:data:`MESSAGE_RULES` holds the few rules about the message as a whole (root guid, signature, the same
+document twice). Every issue is an error (``Layer.RULE``); there are no warnings.
+
+Conventions:
+
+* Checks run on the value with surrounding whitespace removed; an untrimmed value is reported once,
+  as ``rule.untrimmed``. An empty optional element is treated like an absent one (samples carry
+  ``<invtNo></invtNo>`` on first declarations); an empty *required* one is ``rule.required_empty``.
+* Money and quantities are :class:`decimal.Decimal`. "Equal" for money means equal after quantising
+  both sides to 2 decimals with ROUND_HALF_UP (``0.005`` → ``0.01``); quantities compare exactly.
+* Values that are not numbers are reported as ``rule.decimal_format`` / ``rule.integer_format`` and the
+  arithmetic rules that need them are skipped, so one bad value gives one issue.
+* Paths point at the offending element; for a required-by-rule element that is absent they point at
+  its parent head or line.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from enum import StrEnum
+from functools import lru_cache, partial
+
+from gateway.documents import Document, ParsedMessage
+from gateway.errors import Issue, Layer
+from gateway.messages import BY_CODE, MESSAGE_TYPES, Signature
+
+# ---------------------------------------------------------------------------------------------
+# Codes
+# ---------------------------------------------------------------------------------------------
+
+CODES: dict[str, str] = {
+    "rule.required_empty": "a required element is empty or holds only whitespace (the export XSD and "
+    "minLength=1 both let whitespace through)",
+    "rule.untrimmed": "a value starts or ends with whitespace",
+    "rule.control_character": "a value contains a control character (free-text elements such as note may "
+    "contain tab, CR and LF; nothing else may)",
+    "rule.guid_length": "a guid (root attribute or document guid) is not exactly 36 characters",
+    "rule.duplicate_guid": "two documents of one declaration message carry the same guid",
+    "rule.duplicate_document": "two documents of one declaration message carry the same business key "
+    "(e.g. ebpCode + orderNo)",
+    "rule.app_type": "appType is not 1 (new), 2 (change) or 3 (delete); CEB623 allows only 1",
+    "rule.app_status": "appStatus is not 1 (temp-save) or 2 (declare)",
+    "rule.order_type": "orderType of an import order is not I",
+    "rule.id_type": "buyerIdType / payerIdType is not 1 (ID card), the only type customs accepts",
+    "rule.ie_flag": "ieFlag is not I on an import inventory (CEB711: not I or E)",
+    "rule.currency_not_cny": "an import amount is not in currency 142 (CNY) — order head and lines, payment, "
+    "waybill, inventory head and lines (R5)",
+    "rule.logistics_status": "logisticsStatus is not S (signed for), the only status of CEB513/514",
+    "rule.tax_status": "tax bill status is not 1 (generated), 2 (consolidated) or 3 (void)",
+    "rule.trade_mode": "tradeMode of an import inventory is not 9610 (direct purchase), 1210 (bonded) or 1239 "
+    "(bonded 'A'; not in the spec text but used in practice, accepted and treated like 1210)",
+    "rule.traf_mode": "trafMode is not a transport-mode code of spec §3.6 (0–9, A, H, T, W, X, Y, Z)",
+    "rule.dxp_mode": "BaseTransfer dxpMode is not DXP",
+    "rule.return_status_format": "returnStatus of a receipt is not an integer (negative numbers are errors)",
+    "rule.country_code": "a country code (country / tradeCountry) is not 3 digits",
+    "rule.unit_code": "a unit code (unit / unit1 / unit2) is not 3 digits",
+    "rule.customs_code": "customsCode / portCode is not a 4-digit customs district code",
+    "rule.gcode": "gcode is not a 10-digit HS code",
+    "rule.district_code": "consigneeDistrict is not a 6-digit administrative division code",
+    "rule.date_format": "a time or date does not have its digit layout (14 YYYYMMDDhhmmss, 8 YYYYMMDD, "
+    "17 YYYYMMDDhhmmssSSS) or is not a real calendar time",
+    "rule.date_implausible": "a time or date lies before 2010 or more than one day after today",
+    "rule.decimal_format": "an amount, quantity or weight is not a decimal number",
+    "rule.integer_format": "gnum / packNo is not an integer",
+    "rule.negative_amount": "an amount that may be zero is negative",
+    "rule.not_positive": "a value that must be greater than zero is not (inventory price, totalPrice, "
+    "quantities, weights, gnum)",
+    "rule.actural_paid_mismatch": "CEB311 acturalPaid ≠ goodsValue + freight + taxTotal − discount (R1), "
+    "compared at 2 decimals",
+    "rule.total_price_mismatch": "a line's totalPrice ≠ price × qty (R4), compared at 2 decimals",
+    "rule.goods_value_mismatch": "CEB311 goodsValue ≠ the sum of the OrderList totalPrice values, compared at "
+    "2 decimals (spec §6.4: inferred from the field definitions, medium confidence; enforced because "
+    "goodsValue is defined as the goods' transaction price)",
+    "rule.net_weight_exceeds_gross": "inventory netWeight is greater than grossWeight",
+    "rule.pack_no": "packNo of a waybill or inventory is not 1 (R7)",
+    "rule.qty1_mismatch": "an inventory line has unit == unit1 but qty ≠ qty1",
+    "rule.qty2_unit2": "an inventory line has qty2 without unit2 or unit2 without qty2 (they go together)",
+    "rule.gnum_sequence": "line gnum values do not run 1, 2, 3 … in line order (R8)",
+    "rule.gnum_duplicate": "two lines of one document carry the same gnum",
+    "rule.assure_code": "inventory assureCode is none of its ebpCode, ebcCode or logisticsCode (R9)",
+    "rule.mode_field_missing": "an element the trade mode requires is absent or empty (R10): 1210/1239 need "
+    "emsNo, areaCode, areaName and itemRecordNo on every line; 9610 needs trafNo, voyageNo and billNo",
+    "rule.bonded_country": "a bonded (1210/1239) inventory's head country is not 142 (R10)",
+    "rule.signature_missing": "the message is not signed although its type requires ds:Signature "
+    "(always, or when a document is declared with appStatus = 2)",
+}
+
+# ---------------------------------------------------------------------------------------------
+# Value checks: (stripped, non-empty value, context) -> (code, what is wrong) or None
+# ---------------------------------------------------------------------------------------------
+
+EARLIEST = datetime.date(2010, 1, 1)
+CENT = Decimal("0.01")
+_ZERO = Decimal(0)
+_ONE = Decimal(1)
+# N19,5 × N19,5 has up to 38 digits; a wide private context keeps products and sums exact.
+_CTX = Context(prec=80, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleContext:
+    today: datetime.date
+    latest: datetime.date  # the latest plausible calendar date: today + 1 day (time zones, clock skew)
+
+
+Problem = tuple[str, str]
+Check = Callable[[str, RuleContext], Problem | None]
+DocRule = Callable[[Document, RuleContext], Iterable[Issue]]
+
+
+@lru_cache(maxsize=8192)
+def parse_decimal(value: str) -> Decimal | None:
+    """xs:decimal lexical form (no exponent, NaN or underscores) to Decimal; None if it is not one.
+
+    Cached: the same amounts recur across lines and documents, and field and arithmetic rules read them.
+    """
+    body = value[1:] if value[:1] in "+-" else value
+    if not body or not body.isascii() or body == ".":
+        return None
+    intpart, _, frac = body.partition(".")
+    if (intpart and not intpart.isdigit()) or (frac and not frac.isdigit()):
+        return None
+    try:
+        return Decimal(value)
+    except InvalidOperation:  # pragma: no cover - the lexical check above already rules this out
+        return None
+
+
+def _parse_int(value: str) -> int | None:
+    body = value[1:] if value[:1] in "+-" else value
+    return int(value) if body.isascii() and body.isdigit() else None
+
+
+def q2(value: Decimal) -> Decimal:
+    """Money as compared by the rules: 2 decimals, ROUND_HALF_UP."""
+    return value.quantize(CENT, rounding=ROUND_HALF_UP, context=_CTX)
+
+
+def _fmt(value: Decimal) -> str:
+    """Show money with at least 2 decimals (300 → 300.00) without hiding finer digits (12.345)."""
+    exp = value.as_tuple().exponent
+    return str(q2(value)) if isinstance(exp, int) and exp >= -2 else str(value)
+
+
+def one_of(code: str, allowed: dict[str, str]) -> Check:
+    """The value must be one of ``allowed`` (code -> meaning, used in the message)."""
+    listing = ", ".join(f"{k} ({v})" if v else k for k, v in allowed.items())
+
+    def check(value: str, ctx: RuleContext) -> Problem | None:
+        return None if value in allowed else (code, f"is {value!r}; allowed: {listing}")
+
+    return check
+
+
+def digits(code: str, n: int, what: str) -> Check:
+    def check(value: str, ctx: RuleContext) -> Problem | None:
+        if len(value) == n and value.isascii() and value.isdigit():
+            return None
+        return code, f"is {value!r}; expected {what} of exactly {n} digits"
+
+    return check
+
+
+def exact_length(code: str, n: int) -> Check:
+    def check(value: str, ctx: RuleContext) -> Problem | None:
+        return None if len(value) == n else (code, f"has {len(value)} characters ({value!r}); expected exactly {n}")
+
+    return check
+
+
+def _plausible(day: datetime.date, value: str, ctx: RuleContext) -> Problem | None:
+    if day < EARLIEST:
+        return "rule.date_implausible", f"is {value}, before {EARLIEST.isoformat()}"
+    if day > ctx.latest:
+        return "rule.date_implausible", f"is {value}, more than one day after today ({ctx.today.isoformat()})"
+    return None
+
+
+def timestamp(n: int, layout: str) -> Check:
+    """``n`` digits laid out as ``layout`` (8, 14 or 17), a real calendar time, and plausible."""
+
+    def check(value: str, ctx: RuleContext) -> Problem | None:
+        if len(value) != n or not value.isascii() or not value.isdigit():
+            return "rule.date_format", f"is {value!r}; expected {n} digits {layout}"
+        try:
+            if n == 8:
+                day = datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+            else:  # the seconds (and milliseconds) parts only need to be in range
+                day = datetime.datetime(
+                    int(value[:4]), int(value[4:6]), int(value[6:8]),
+                    int(value[8:10]), int(value[10:12]), int(value[12:14]),
+                ).date()
+        except ValueError:
+            return "rule.date_format", f"is {value}, which is not a real calendar {'date' if n == 8 else 'time'}"
+        return _plausible(day, value, ctx)
+
+    return check
+
+
+def amount(*, positive: bool) -> Check:
+    """A decimal number ≥ 0, or > 0 when ``positive``."""
+
+    def check(value: str, ctx: RuleContext) -> Problem | None:
+        d = parse_decimal(value)
+        if d is None:
+            return "rule.decimal_format", f"is {value!r}, not a decimal number"
+        if positive and d <= _ZERO:
+            return "rule.not_positive", f"is {value}; it must be greater than 0"
+        if d < _ZERO:
+            return "rule.negative_amount", f"is {value}; it must not be negative"
+        return None
+
+    return check
+
+
+def integer(*, minimum: int | None = None, exactly: int | None = None, code: str = "rule.not_positive") -> Check:
+    def check(value: str, ctx: RuleContext) -> Problem | None:
+        i = _parse_int(value)
+        if i is None:
+            return "rule.integer_format", f"is {value!r}, not an integer"
+        if exactly is not None and i != exactly:
+            return code, f"is {value}; it must be {exactly}"
+        if minimum is not None and i < minimum:
+            return code, f"is {value}; it must be at least {minimum}"
+        return None
+
+    return check
+
+
+def _return_status(value: str, ctx: RuleContext) -> Problem | None:
+    # Unknown codes (the official samples carry 18 and 23) are accepted; only the form is checked.
+    if _parse_int(value) is None:
+        return "rule.return_status_format", f"is {value!r}, not an integer status code"
+    return None
+
+
+# --- the checks used in the table -----------------------------------------------------------
+
+GUID = exact_length("rule.guid_length", 36)
+APP_TYPE = one_of("rule.app_type", {"1": "new", "2": "change", "3": "delete"})
+APP_TYPE_NEW_ONLY = one_of("rule.app_type", {"1": "new"})  # CEB623: a cancellation is never changed
+APP_STATUS = one_of("rule.app_status", {"1": "temp-save", "2": "declare"})
+ORDER_TYPE_IMPORT = one_of("rule.order_type", {"I": "import"})
+ID_CARD = one_of("rule.id_type", {"1": "ID card"})
+IE_IMPORT = one_of("rule.ie_flag", {"I": "import"})
+IE_FLAG = one_of("rule.ie_flag", {"I": "import", "E": "export"})
+CNY = one_of("rule.currency_not_cny", {"142": "CNY"})
+SIGNED_FOR = one_of("rule.logistics_status", {"S": "signed for"})
+TAX_STATUS = one_of("rule.tax_status", {"1": "generated", "2": "consolidated", "3": "void"})
+DXP = one_of("rule.dxp_mode", {"DXP": ""})
+
+#: Import inventory trade modes -> "direct" (9610) or "bonded". 1239 ("保税电商A") is not in the spec
+#: text but is used in practice for bonded imports; rejecting it would block real declarations that
+#: customs accepts, so it is accepted and held to the bonded (1210) field rules. Customs stays the
+#: authority on whether the mode fits the site.
+IMPORT_TRADE_MODES: dict[str, str] = {"9610": "direct", "1210": "bonded", "1239": "bonded"}
+TRADE_MODE = one_of(
+    "rule.trade_mode", {"9610": "direct-purchase import", "1210": "bonded import", "1239": "bonded import A"}
+)
+TRAF_MODE = one_of("rule.traf_mode", dict.fromkeys("0123456789AHTWXYZ", ""))
+
+COUNTRY = digits("rule.country_code", 3, "a country code")
+UNIT = digits("rule.unit_code", 3, "a unit code")
+CUSTOMS = digits("rule.customs_code", 4, "a customs district code")
+GCODE = digits("rule.gcode", 10, "an HS code")
+DISTRICT = digits("rule.district_code", 6, "an administrative division code")
+
+DATETIME14 = timestamp(14, "YYYYMMDDhhmmss")
+DATE8 = timestamp(8, "YYYYMMDD")
+DATETIME17 = timestamp(17, "YYYYMMDDhhmmssSSS")
+
+NON_NEGATIVE = amount(positive=False)
+POSITIVE = amount(positive=True)
+GNUM = integer(minimum=1)
+PACK_NO_ONE = integer(exactly=1, code="rule.pack_no")
+RETURN_STATUS: Check = _return_status
+
+# ---------------------------------------------------------------------------------------------
+# Table entries
+# ---------------------------------------------------------------------------------------------
+
+
+class Scope(StrEnum):
+    HEAD = "head"  # the head element (or the document itself when the type has no head)
+    LINE = "line"  # every list line of the document
+    TRANSFER = "transfer"  # the message's BaseTransfer
+
+
+H, L, T = Scope.HEAD, Scope.LINE, Scope.TRANSFER
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """Run ``check`` on each named element (space-separated names) wherever it is present and non-empty."""
+
+    scope: Scope
+    names: str
+    check: Check
+
+
+@dataclass(frozen=True, slots=True)
+class Required:
+    """Named elements (space-separated) that must not be empty or whitespace-only when present."""
+
+    scope: Scope
+    names: str
+
+
+Rule = Field | Required | DocRule
+
+#: Elements holding free text: they may contain tab/CR/LF and are not required to be trimmed.
+FREE_TEXT = frozenset({"note", "reason", "returnInfo", "oriBizMessage", "goodsInfo", "itemDescribe"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Document rules (arithmetic, cross-field, mode)
+# ---------------------------------------------------------------------------------------------
+
+
+def _issue(code: str, path: str, message: str) -> Issue:
+    return Issue(Layer.RULE, code, path, message)
+
+
+def _num(fields: dict[str, str], name: str) -> Decimal | None:
+    v = fields.get(name)
+    return parse_decimal(v.strip()) if v else None
+
+
+def _filled(fields: dict[str, str], name: str) -> str:
+    return (fields.get(name) or "").strip()
+
+
+def actural_paid(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """R1: acturalPaid = goodsValue + freight + taxTotal − discount, at 2 decimals."""
+    h = doc.head
+    paid, goods, freight, tax, discount = (
+        _num(h, n) for n in ("acturalPaid", "goodsValue", "freight", "taxTotal", "discount")
+    )
+    if paid is None or goods is None or freight is None or tax is None or discount is None:
+        return
+    expected = _CTX.subtract(_CTX.add(_CTX.add(goods, freight), tax), discount)
+    if q2(paid) != q2(expected):
+        yield _issue(
+            "rule.actural_paid_mismatch",
+            doc.field_path("acturalPaid"),
+            f"acturalPaid {_fmt(paid)} ≠ goodsValue {_fmt(goods)} + freight {_fmt(freight)} + taxTotal {_fmt(tax)}"
+            f" − discount {_fmt(discount)} = {_fmt(expected)}",
+        )
+
+
+def line_total_price(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """R4: every line's totalPrice = price × qty, both sides quantised to 2 decimals ROUND_HALF_UP."""
+    for i, line in enumerate(doc.lines):
+        total, price, qty = _num(line, "totalPrice"), _num(line, "price"), _num(line, "qty")
+        if total is None or price is None or qty is None:
+            continue
+        product = _CTX.multiply(price, qty)
+        if q2(total) != q2(product):
+            shown = _fmt(product)
+            if shown != str(q2(product)):
+                shown += f" (→ {q2(product)})"
+            yield _issue(
+                "rule.total_price_mismatch",
+                doc.line_path(i, "totalPrice"),
+                f"totalPrice {_fmt(total)} ≠ price {price} × qty {qty} = {shown} (compared at 2 decimals)",
+            )
+
+
+def goods_value_sum(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """CEB311 goodsValue = Σ line totalPrice (spec §6.4, medium confidence), at 2 decimals."""
+    goods = _num(doc.head, "goodsValue")
+    if goods is None or not doc.lines:
+        return
+    total = _ZERO
+    for line in doc.lines:
+        t = _num(line, "totalPrice")
+        if t is None:
+            return  # a missing or malformed line total is reported elsewhere
+        total = _CTX.add(total, t)
+    if q2(goods) != q2(total):
+        n = len(doc.lines)
+        yield _issue(
+            "rule.goods_value_mismatch",
+            doc.field_path("goodsValue"),
+            f"goodsValue {_fmt(goods)} ≠ Σ {doc.type.lines} totalPrice {_fmt(total)} "
+            f"({n} line{'s' if n != 1 else ''})",
+        )
+
+
+def gnum_sequence(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """R8: gnum is 1, 2, 3 … in line order, without duplicates."""
+    gnums: list[int] = []
+    for line in doc.lines:
+        g = _parse_int(_filled(line, "gnum"))
+        if g is None:
+            return  # absent (XSD) or malformed (rule.integer_format): the sequence cannot be judged
+        gnums.append(g)
+    first_at: dict[int, int] = {}
+    duplicate = False
+    for i, g in enumerate(gnums):
+        if g in first_at:
+            duplicate = True
+            yield _issue(
+                "rule.gnum_duplicate",
+                doc.line_path(i, "gnum"),
+                f"gnum {g} is repeated; {doc.type.lines}[{first_at[g] + 1}] already has it",
+            )
+        else:
+            first_at[g] = i
+    if duplicate:
+        return
+    for i, g in enumerate(gnums):
+        if g != i + 1:
+            found = ", ".join(map(str, gnums[:12])) + (" …" if len(gnums) > 12 else "")
+            yield _issue(
+                "rule.gnum_sequence",
+                doc.line_path(i, "gnum"),
+                f"gnum {g} at {doc.type.lines}[{i + 1}]; gnum must run 1, 2, 3 … in line order (found {found})",
+            )
+            return
+
+
+def assure_code(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """R9: the guarantor is the platform, the e-commerce enterprise or the logistics enterprise."""
+    h = doc.head
+    code = _filled(h, "assureCode")
+    if not code:
+        return
+    parties = {n: _filled(h, n) for n in ("ebpCode", "ebcCode", "logisticsCode")}
+    if code not in parties.values():
+        listed = ", ".join(f"{n} {v or '(empty)'}" for n, v in parties.items())
+        yield _issue(
+            "rule.assure_code", doc.field_path("assureCode"), f"assureCode {code} is none of {listed}"
+        )
+
+
+def weights(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """netWeight ≤ grossWeight (spec §6.4, high confidence)."""
+    gross, net = _num(doc.head, "grossWeight"), _num(doc.head, "netWeight")
+    if gross is not None and net is not None and net > gross:
+        yield _issue(
+            "rule.net_weight_exceeds_gross",
+            doc.field_path("netWeight"),
+            f"netWeight {net} is greater than grossWeight {gross}",
+        )
+
+
+def legal_quantities(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """unit == unit1 ⇒ qty == qty1; qty2 present iff unit2 present (spec §6.4, −625009)."""
+    for i, line in enumerate(doc.lines):
+        unit, unit1 = _filled(line, "unit"), _filled(line, "unit1")
+        if unit and unit == unit1:
+            qty, qty1 = _num(line, "qty"), _num(line, "qty1")
+            if qty is not None and qty1 is not None and qty != qty1:
+                yield _issue(
+                    "rule.qty1_mismatch",
+                    doc.line_path(i, "qty1"),
+                    f"qty1 {qty1} ≠ qty {qty} although unit and unit1 are both {unit}",
+                )
+        qty2, unit2 = _filled(line, "qty2"), _filled(line, "unit2")
+        if qty2 and not unit2:
+            yield _issue(
+                "rule.qty2_unit2", doc.line_path(i, "qty2"), f"qty2 is {qty2} but the line has no unit2"
+            )
+        elif unit2 and not qty2:
+            path = doc.line_path(i, "qty2") if "qty2" in line else doc.line_path(i)
+            yield _issue("rule.qty2_unit2", path, f"unit2 is {unit2} but the line has no qty2")
+
+
+_BONDED_HEAD = ("emsNo", "areaCode", "areaName")
+_DIRECT_HEAD = ("trafNo", "voyageNo", "billNo")
+
+
+def trade_mode_fields(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """R10: bonded (1210/1239) needs the account-book fields and country 142; 9610 needs transport ids."""
+    mode_code = _filled(doc.head, "tradeMode")
+    mode = IMPORT_TRADE_MODES.get(mode_code)
+    if mode is None:
+        return  # unknown mode: rule.trade_mode already says so
+    h = doc.head
+    for name in _BONDED_HEAD if mode == "bonded" else _DIRECT_HEAD:
+        if not _filled(h, name):
+            path = doc.field_path(name) if name in h else doc.head_path
+            state = "empty" if name in h else "missing"
+            yield _issue("rule.mode_field_missing", path, f"tradeMode {mode_code} requires {name}; it is {state}")
+    if mode != "bonded":
+        return
+    country = _filled(h, "country")
+    if country and country != "142":
+        yield _issue(
+            "rule.bonded_country",
+            doc.field_path("country"),
+            f"tradeMode {mode_code} (bonded) requires country 142 (China); found {country}",
+        )
+    for i, line in enumerate(doc.lines):
+        if not _filled(line, "itemRecordNo"):
+            path = doc.line_path(i, "itemRecordNo") if "itemRecordNo" in line else doc.line_path(i)
+            state = "empty" if "itemRecordNo" in line else "missing"
+            yield _issue(
+                "rule.mode_field_missing",
+                path,
+                f"tradeMode {mode_code} requires itemRecordNo on every line; it is {state}",
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# THE TABLE: message code -> rules. Adding a rule is one line here.
+# ---------------------------------------------------------------------------------------------
+
+_TRANSFER: tuple[Rule, ...] = (
+    Required(T, "copCode copName dxpMode dxpId"),
+    Field(T, "dxpMode", DXP),
+)
+# appType is per type (CEB623 allows only 1), so it is not in the common part.
+_DECLARATION: tuple[Rule, ...] = (
+    *_TRANSFER,
+    Required(H, "guid appType appTime appStatus"),
+    Field(H, "guid", GUID),
+    Field(H, "appTime", DATETIME14),
+    Field(H, "appStatus", APP_STATUS),
+)
+# Receipts from customs: form only, and returnInfo (free text) may be empty.
+_RECEIPT: tuple[Rule, ...] = (
+    Required(H, "guid returnStatus returnTime"),
+    Field(H, "guid", GUID),
+    Field(H, "returnStatus", RETURN_STATUS),
+    Field(H, "returnTime", DATETIME17),
+)
+_BUYER = "buyerIdType buyerIdNumber buyerName buyerTelephone"
+_INVT_PARTIES = "orderNo ebpCode ebpName ebcCode ebcName logisticsNo logisticsCode logisticsName agentCode agentName"
+
+RULES: dict[str, tuple[Rule, ...]] = {
+    "CEB311": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "orderType orderNo ebpCode ebpName ebcCode ebcName goodsValue freight discount taxTotal"),
+        Required(H, "acturalPaid currency buyerRegNo buyerName buyerTelephone buyerIdType buyerIdNumber"),
+        Required(H, "consignee consigneeTelephone consigneeAddress"),
+        Required(L, "gnum itemName gmodel unit qty price totalPrice currency country"),
+        Field(H, "orderType", ORDER_TYPE_IMPORT),
+        Field(H, "goodsValue freight discount taxTotal acturalPaid", NON_NEGATIVE),
+        Field(H, "currency", CNY),
+        Field(H, "buyerIdType", ID_CARD),
+        Field(H, "consigneeDistrict", DISTRICT),
+        Field(L, "gnum", GNUM),
+        Field(L, "unit", UNIT),
+        Field(L, "country", COUNTRY),
+        Field(L, "currency", CNY),
+        Field(L, "qty", POSITIVE),
+        Field(L, "price totalPrice", NON_NEGATIVE),  # gifts are declared at price 0 (spec §3.1)
+        actural_paid,
+        line_total_price,
+        goods_value_sum,
+        gnum_sequence,
+    ),
+    "CEB411": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "payCode payName payTransactionId orderNo ebpCode ebpName payerIdType payerIdNumber"),
+        Required(H, "payerName amountPaid currency payTime"),
+        Field(H, "payerIdType", ID_CARD),
+        Field(H, "amountPaid", NON_NEGATIVE),
+        Field(H, "currency", CNY),
+        Field(H, "payTime", DATETIME14),
+    ),
+    "CEB511": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "logisticsCode logisticsName logisticsNo orderNo currency weight packNo"),
+        Required(H, "consignee consigneeAddress consigneeTelephone"),
+        Field(H, "freight insuredFee", NON_NEGATIVE),
+        Field(H, "currency", CNY),
+        Field(H, "weight", POSITIVE),  # the waybill weight is the gross weight (§6.4: > 0)
+        Field(H, "packNo", PACK_NO_ONE),
+    ),
+    "CEB513": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "logisticsCode logisticsName logisticsNo logisticsStatus logisticsTime"),
+        Field(H, "logisticsStatus", SIGNED_FOR),
+        Field(H, "logisticsTime", DATETIME14),
+    ),
+    "CEB621": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, _INVT_PARTIES),
+        Required(H, f"assureCode ieFlag declTime customsCode portCode {_BUYER} consigneeAddress"),
+        Required(H, "tradeMode trafMode country freight insuredFee currency packNo grossWeight netWeight"),
+        Required(L, "gnum gcode gname gmodel country currency qty unit qty1 unit1 price totalPrice"),
+        Field(H, "ieFlag", IE_IMPORT),
+        Field(H, "declTime ieDate", DATE8),
+        Field(H, "customsCode portCode", CUSTOMS),
+        Field(H, "buyerIdType", ID_CARD),
+        Field(H, "tradeMode", TRADE_MODE),
+        Field(H, "trafMode", TRAF_MODE),
+        Field(H, "country", COUNTRY),
+        Field(H, "freight insuredFee", NON_NEGATIVE),
+        Field(H, "currency", CNY),
+        Field(H, "packNo", PACK_NO_ONE),
+        Field(H, "grossWeight netWeight", POSITIVE),
+        Field(L, "gnum", GNUM),
+        Field(L, "gcode", GCODE),
+        Field(L, "country", COUNTRY),
+        Field(L, "currency", CNY),
+        Field(L, "unit unit1 unit2", UNIT),
+        Field(L, "qty qty1 qty2 price totalPrice", POSITIVE),
+        line_total_price,
+        gnum_sequence,
+        assure_code,
+        weights,
+        legal_quantities,
+        trade_mode_fields,
+    ),
+    "CEB623": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE_NEW_ONLY),
+        Required(H, f"customsCode {_INVT_PARTIES} invtNo {_BUYER} reason"),
+        Field(H, "customsCode", CUSTOMS),
+        Field(H, "buyerIdType", ID_CARD),
+    ),
+    "CEB625": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, f"customsCode {_INVT_PARTIES} invtNo {_BUYER} reason"),
+        Required(L, "gnum gcode gname qty unit"),
+        Field(H, "customsCode", CUSTOMS),
+        Field(H, "buyerIdType", ID_CARD),
+        Field(L, "gnum", GNUM),
+        Field(L, "gcode", GCODE),
+        Field(L, "qty", POSITIVE),
+        Field(L, "unit", UNIT),
+    ),
+    "CEB711": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "customsCode operatorCode operatorName ieFlag trafMode trafNo voyageNo billNo"),
+        Required(H, "logisticsCode logisticsName"),
+        Required(L, "gnum logisticsNo"),
+        Field(H, "customsCode", CUSTOMS),
+        Field(H, "ieFlag", IE_FLAG),
+        Field(H, "trafMode", TRAF_MODE),
+        Field(L, "gnum", GNUM),
+    ),
+    "CEB312": (*_RECEIPT, Required(H, "ebpCode ebcCode orderNo")),
+    "CEB412": (*_RECEIPT, Required(H, "payCode payTransactionId")),
+    "CEB512": (*_RECEIPT, Required(H, "logisticsCode logisticsNo")),
+    "CEB514": (
+        *_RECEIPT,
+        Required(H, "logisticsCode logisticsNo logisticsStatus"),
+        Field(H, "logisticsStatus", SIGNED_FOR),
+    ),
+    "CEB622": (*_RECEIPT, Required(H, "copNo preNo"), Field(H, "customsCode", CUSTOMS)),
+    "CEB624": (*_RECEIPT, Required(H, "copNo preNo"), Field(H, "customsCode", CUSTOMS)),
+    "CEB626": (*_RECEIPT, Required(H, "copNo preNo"), Field(H, "customsCode", CUSTOMS)),
+    "CEB712": (*_RECEIPT, Field(H, "customsCode", CUSTOMS)),
+    "CEB816": (
+        Required(H, "guid returnTime invtNo taxNo customsTax valueAddedTax consumptionTax status"),
+        Required(L, "gnum gcode taxPrice customsTax valueAddedTax consumptionTax"),
+        Field(H, "guid", GUID),
+        Field(H, "returnTime", DATETIME17),
+        Field(H, "customsTax valueAddedTax consumptionTax", NON_NEGATIVE),
+        Field(H, "status", TAX_STATUS),
+        Field(H, "customsCode", CUSTOMS),
+        Field(L, "gnum", GNUM),
+        Field(L, "gcode", GCODE),
+        Field(L, "taxPrice customsTax valueAddedTax consumptionTax", NON_NEGATIVE),
+    ),
+    "CEB818": (
+        Required(H, "guid returnTime invtNo taxNo status"),
+        Field(H, "guid", GUID),
+        Field(H, "returnTime", DATETIME17),
+        Field(H, "status", TAX_STATUS),
+    ),
+    "CEB900": (
+        Required(H, "guid returnStatus returnTime oriCopMsgId oriMessageType"),
+        Field(H, "guid", GUID),
+        Field(H, "returnStatus", RETURN_STATUS),
+        Field(H, "returnTime", DATETIME17),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Message rules
+# ---------------------------------------------------------------------------------------------
+
+
+def root_guid(msg: ParsedMessage, ctx: RuleContext) -> Iterator[Issue]:
+    problem = GUID(msg.guid, ctx)
+    if problem:
+        yield _issue(problem[0], f"{msg.path}/@guid", f"root guid {problem[1]}")
+
+
+def signature(msg: ParsedMessage, ctx: RuleContext) -> Iterator[Issue]:
+    """§2.7: REQUIRED types are always signed; ON_DECLARE types when a document has appStatus = 2."""
+    if msg.signed:
+        return
+    rule = msg.type.signature
+    if rule is Signature.REQUIRED:
+        yield _issue("rule.signature_missing", msg.path, f"{msg.type.code} must carry ds:Signature; none found")
+    elif rule is Signature.ON_DECLARE:
+        for doc in msg.documents:
+            if _filled(doc.head, "appStatus") == "2":
+                yield _issue(
+                    "rule.signature_missing",
+                    msg.path,
+                    f"{msg.type.code} must carry ds:Signature when declared; {doc.path} has appStatus 2 "
+                    "and no signature was found",
+                )
+                return
+
+
+def unique_documents(msg: ParsedMessage, ctx: RuleContext) -> Iterator[Issue]:
+    """One declaration message must not carry the same document (guid or business key) twice."""
+    if msg.base_transfer is None or len(msg.documents) < 2:
+        return  # receipts may legitimately repeat a document (several statuses in one batch)
+    guids: dict[str, str] = {}
+    keys: dict[tuple[str, ...], str] = {}
+    for doc in msg.documents:
+        g = _filled(doc.head, "guid")
+        if g:
+            if g in guids:
+                yield _issue("rule.duplicate_guid", doc.field_path("guid"), f"guid {g} is also used by {guids[g]}")
+            else:
+                guids[g] = doc.path
+        key = tuple(k.strip() for k in doc.keys)
+        if all(key):
+            if key in keys:
+                shown = ", ".join(f"{n} {v}" for n, v in zip(doc.type.keys, key, strict=True))
+                yield _issue("rule.duplicate_document", doc.path, f"{shown} is also declared by {keys[key]}")
+            else:
+                keys[key] = doc.path
+
+
+MessageRule = Callable[[ParsedMessage, RuleContext], Iterable[Issue]]
+MESSAGE_RULES: tuple[MessageRule, ...] = (root_guid, signature, unique_documents)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation of the table and the driver
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    checks: dict[Scope, dict[str, tuple[Check, ...]]]
+    required: dict[Scope, frozenset[str]]
+    doc_rules: tuple[DocRule, ...]
+
+
+def _compile(rules: tuple[Rule, ...]) -> _Compiled:
+    checks: dict[Scope, dict[str, list[Check]]] = {s: {} for s in Scope}
+    required: dict[Scope, set[str]] = {s: set() for s in Scope}
+    doc_rules: list[DocRule] = []
+    for rule in rules:
+        if isinstance(rule, Field):
+            for name in rule.names.split():
+                checks[rule.scope].setdefault(name, []).append(rule.check)
+        elif isinstance(rule, Required):
+            required[rule.scope].update(rule.names.split())
+        else:
+            doc_rules.append(rule)
+    return _Compiled(
+        checks={s: {n: tuple(c) for n, c in m.items()} for s, m in checks.items()},
+        required={s: frozenset(r) for s, r in required.items()},
+        doc_rules=tuple(doc_rules),
+    )
+
+
+_EMPTY = _compile(())
+_COMPILED: dict[str, _Compiled] = {t.code: _compile(RULES.get(t.code, ())) for t in MESSAGE_TYPES}
+assert set(RULES) <= set(BY_CODE), "RULES names a message code the registry does not know"
+
+
+def _control_character(value: str, free_text: bool) -> str | None:
+    """The first forbidden control character (C0, DEL, C1) of ``value``, or None."""
+    # Fast path: printable strings have none (isprintable is also False for some harmless characters,
+    # e.g. U+3000 in Chinese addresses, hence the exact scan afterwards).
+    if value.isprintable():
+        return None
+    for ch in value:
+        o = ord(ch)
+        if (o < 0x20 or 0x7F <= o <= 0x9F) and not (free_text and ch in "\t\n\r"):
+            return ch
+    return None
+
+
+def _fields(
+    fields: dict[str, str],
+    checks: dict[str, tuple[Check, ...]],
+    required: frozenset[str],
+    path: Callable[[str], str],
+    ctx: RuleContext,
+    out: list[Issue],
+) -> None:
+    """The per-value rules of one head, line or BaseTransfer, in one pass over its present elements."""
+    for name, raw in fields.items():
+        free = name in FREE_TEXT
+        bad = _control_character(raw, free) if raw else None
+        if bad is not None:
+            message = f"{name} contains control character U+{ord(bad):04X}"
+            out.append(_issue("rule.control_character", path(name), message))
+        value = raw.strip()
+        if not value:
+            if name in required:
+                message = f"{name} is required but {'blank' if raw else 'empty'}"
+                out.append(_issue("rule.required_empty", path(name), message))
+            elif raw:
+                out.append(_issue("rule.untrimmed", path(name), f"{name} holds only whitespace ({raw!r})"))
+            continue
+        if value != raw and not free:
+            out.append(_issue("rule.untrimmed", path(name), f"{name} has leading or trailing whitespace: {raw!r}"))
+        for check in checks.get(name, ()):
+            problem = check(value, ctx)
+            if problem is not None:
+                out.append(_issue(problem[0], path(name), f"{name} {problem[1]}"))
+
+
+def check(msg: ParsedMessage, *, today: datetime.date | None = None) -> list[Issue]:
+    """All business-rule issues of one message (``Layer.RULE``), in document order; [] when it passes.
+
+    ``today`` anchors the date plausibility window (defaults to the local date): dates before 2010 or
+    after ``today`` + 1 day are rejected. Element presence, lengths and decimal precision are the XSD's
+    job; this function never raises on a message the XSD would reject, it just checks what is there.
+    """
+    day = today or datetime.date.today()
+    ctx = RuleContext(today=day, latest=day + datetime.timedelta(days=1))
+    compiled = _COMPILED.get(msg.type.code, _EMPTY)
+    out: list[Issue] = []
+    for rule in MESSAGE_RULES:
+        out.extend(rule(msg, ctx))
+    head_checks, head_required = compiled.checks[H], compiled.required[H]
+    line_checks, line_required = compiled.checks[L], compiled.required[L]
+    for doc in msg.documents:
+        _fields(doc.head, head_checks, head_required, doc.field_path, ctx, out)
+        for i, line in enumerate(doc.lines):
+            _fields(line, line_checks, line_required, partial(doc.line_path, i), ctx, out)
+        for doc_rule in compiled.doc_rules:
+            out.extend(doc_rule(doc, ctx))
+    if msg.base_transfer is not None:  # BaseTransfer follows the documents in the XML
+        prefix = f"{msg.path}/BaseTransfer/"
+        _fields(msg.base_transfer, compiled.checks[T], compiled.required[T], prefix.__add__, ctx, out)
+    return out
+
+
+__all__ = [
+    "CODES",
+    "FREE_TEXT",
+    "IMPORT_TRADE_MODES",
+    "MESSAGE_RULES",
+    "RULES",
+    "Field",
+    "Required",
+    "RuleContext",
+    "Scope",
+    "check",
+    "parse_decimal",
+    "q2",
+]
