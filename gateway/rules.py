@@ -40,7 +40,7 @@ from functools import lru_cache, partial
 
 from gateway.documents import Document, ParsedMessage
 from gateway.errors import Issue, Layer
-from gateway.messages import BY_CODE, MESSAGE_TYPES, Signature
+from gateway.messages import BY_CODE, MESSAGE_TYPES, Direction, Signature
 
 # ---------------------------------------------------------------------------------------------
 # Codes
@@ -70,7 +70,7 @@ CODES: dict[str, str] = {
     "rule.traf_mode": "trafMode is not a transport-mode code of spec §3.6 (0–9, A, H, T, W, X, Y, Z)",
     "rule.dxp_mode": "BaseTransfer dxpMode is not DXP",
     "rule.return_status_format": "returnStatus of a receipt is not an integer (negative numbers are errors)",
-    "rule.country_code": "a country code (country / tradeCountry) is not 3 digits",
+    "rule.country_code": "a country code (head or line country) is not 3 digits",
     "rule.unit_code": "a unit code (unit / unit1 / unit2) is not 3 digits",
     "rule.customs_code": "customsCode / portCode is not a 4-digit customs district code",
     "rule.gcode": "gcode is not a 10-digit HS code",
@@ -110,7 +110,6 @@ CODES: dict[str, str] = {
 EARLIEST = datetime.date(2010, 1, 1)
 CENT = Decimal("0.01")
 _ZERO = Decimal(0)
-_ONE = Decimal(1)
 # N19,5 × N19,5 has up to 38 digits; a wide private context keeps products and sums exact.
 _CTX = Context(prec=80, rounding=ROUND_HALF_UP)
 
@@ -272,9 +271,7 @@ DXP = one_of("rule.dxp_mode", {"DXP": ""})
 #: customs accepts, so it is accepted and held to the bonded (1210) field rules. Customs stays the
 #: authority on whether the mode fits the site.
 IMPORT_TRADE_MODES: dict[str, str] = {"9610": "direct", "1210": "bonded", "1239": "bonded"}
-TRADE_MODE = one_of(
-    "rule.trade_mode", {"9610": "direct-purchase import", "1210": "bonded import", "1239": "bonded import A"}
-)
+TRADE_MODE = one_of("rule.trade_mode", {k: f"{v} import" for k, v in IMPORT_TRADE_MODES.items()})
 TRAF_MODE = one_of("rule.traf_mode", dict.fromkeys("0123456789AHTWXYZ", ""))
 
 COUNTRY = digits("rule.country_code", 3, "a country code")
@@ -730,7 +727,7 @@ def signature(msg: ParsedMessage, ctx: RuleContext) -> Iterator[Issue]:
 
 def unique_documents(msg: ParsedMessage, ctx: RuleContext) -> Iterator[Issue]:
     """One declaration message must not carry the same document (guid or business key) twice."""
-    if msg.base_transfer is None or len(msg.documents) < 2:
+    if msg.type.direction is not Direction.DECLARATION or len(msg.documents) < 2:
         return  # receipts may legitimately repeat a document (several statuses in one batch)
     guids: dict[str, str] = {}
     keys: dict[tuple[str, ...], str] = {}
@@ -792,15 +789,14 @@ assert set(RULES) <= set(BY_CODE), "RULES names a message code the registry does
 
 def _control_character(value: str, free_text: bool) -> str | None:
     """The first forbidden control character (C0, DEL, C1) of ``value``, or None."""
-    # Fast path: printable strings have none (isprintable is also False for some harmless characters,
-    # e.g. U+3000 in Chinese addresses, hence the exact scan afterwards).
-    if value.isprintable():
-        return None
     for ch in value:
         o = ord(ch)
         if (o < 0x20 or 0x7F <= o <= 0x9F) and not (free_text and ch in "\t\n\r"):
             return ch
     return None
+
+
+_NO_CHECKS: tuple[Check, ...] = ()
 
 
 def _fields(
@@ -813,11 +809,13 @@ def _fields(
 ) -> None:
     """The per-value rules of one head, line or BaseTransfer, in one pass over its present elements."""
     for name, raw in fields.items():
-        free = name in FREE_TEXT
-        bad = _control_character(raw, free) if raw else None
-        if bad is not None:
-            message = f"{name} contains control character U+{ord(bad):04X}"
-            out.append(_issue("rule.control_character", path(name), message))
+        # Fast path: printable strings have no control character. isprintable is also False for some
+        # harmless characters (U+3000 in Chinese addresses), hence the exact scan behind it.
+        if not raw.isprintable():
+            bad = _control_character(raw, name in FREE_TEXT)
+            if bad is not None:
+                message = f"{name} contains control character U+{ord(bad):04X}"
+                out.append(_issue("rule.control_character", path(name), message))
         value = raw.strip()
         if not value:
             if name in required:
@@ -826,9 +824,9 @@ def _fields(
             elif raw:
                 out.append(_issue("rule.untrimmed", path(name), f"{name} holds only whitespace ({raw!r})"))
             continue
-        if value != raw and not free:
+        if value != raw and name not in FREE_TEXT:
             out.append(_issue("rule.untrimmed", path(name), f"{name} has leading or trailing whitespace: {raw!r}"))
-        for check in checks.get(name, ()):
+        for check in checks.get(name, _NO_CHECKS):
             problem = check(value, ctx)
             if problem is not None:
                 out.append(_issue(problem[0], path(name), f"{name} {problem[1]}"))
