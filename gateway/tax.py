@@ -79,6 +79,30 @@ def _frozen(table: Mapping[str, Decimal]) -> Mapping[str, Decimal]:
     return MappingProxyType(dict(table))
 
 
+def _check_rate(name: str, rate: Any, *, below_one: bool, capped: bool = True) -> None:
+    if not isinstance(rate, Decimal) or not rate.is_finite():
+        raise ValueError(f"{name}: rate must be a finite Decimal, got {rate!r}")
+    if rate < 0 or (below_one and rate >= 1) or (capped and rate > 1):
+        raise ValueError(f"{name}: rate {rate} out of range")
+
+
+def _to_decimal(name: str, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, float, str)):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    try:
+        return Decimal(str(value).strip()) if not isinstance(value, Decimal) else value
+    except InvalidOperation:
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+
+
+def _longest_prefix(table: Mapping[str, Decimal], gcode: str, default: Decimal) -> Decimal:
+    for n in range(len(gcode), 0, -1):
+        rate = table.get(gcode[:n])
+        if rate is not None:
+            return rate
+    return default
+
+
 @dataclass(frozen=True)
 class TaxRates:
     vat: Decimal = Decimal("0.13")
@@ -264,30 +288,6 @@ def assess(
 
 def _cents(d: Decimal) -> Decimal:
     return d.quantize(_CENT, rounding=ROUND_HALF_UP)
-
-
-def _check_rate(name: str, rate: Any, *, below_one: bool, capped: bool = True) -> None:
-    if not isinstance(rate, Decimal) or not rate.is_finite():
-        raise ValueError(f"{name}: rate must be a finite Decimal, got {rate!r}")
-    if rate < 0 or (below_one and rate >= 1) or (capped and rate > 1):
-        raise ValueError(f"{name}: rate {rate} out of range")
-
-
-def _to_decimal(name: str, value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (Decimal, int, float, str)):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    try:
-        return Decimal(str(value).strip()) if not isinstance(value, Decimal) else value
-    except InvalidOperation:
-        raise ValueError(f"{name}: expected a number, got {value!r}") from None
-
-
-def _longest_prefix(table: Mapping[str, Decimal], gcode: str, default: Decimal) -> Decimal:
-    for n in range(len(gcode), 0, -1):
-        rate = table.get(gcode[:n])
-        if rate is not None:
-            return rate
-    return default
 
 
 def _amount(
