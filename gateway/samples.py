@@ -1,0 +1,591 @@
+"""Realistic, internally consistent import shipments for tests, the benchmark and the docs.
+
+:func:`shipment` builds the four legs of one parcel — order (CEB311), payment (CEB411), waybill
+(CEB511), inventory (CEB621) — as friendly JSON payloads accepted by :func:`gateway.render.render`.
+Everything comes from the given ``random.Random``, so a seed (plus a fixed ``now``) reproduces a
+shipment exactly. The data is invented: fictitious enterprises and brands, made-up people whose
+ID numbers merely have a valid check digit.
+
+Consistency kept by construction (the spec's §6.3 rules and the high-confidence §6.4 ones):
+
+* order acturalPaid = goodsValue + freight + taxTotal − discount; goodsValue = Σ line totalPrice;
+  totalPrice = price × qty; payment amountPaid = acturalPaid; all amounts with 2 decimals;
+* payer = buyer (name and ID number); waybill consignee / telephone / address = the order's;
+* inventory lines = order lines by gnum (itemName, qty, price, totalPrice), gnum 1..n;
+  inventory freight = order freight; waybill weight = inventory grossWeight ≥ netWeight;
+* assureCode = ebcCode; currency 142 everywhere; ID types 1; packNo 1;
+* 9610 (direct purchase) carries trafNo / voyageNo / billNo; 1210 (bonded) carries emsNo,
+  areaCode, areaName, itemRecordNo and country 142;
+* acturalPaid ≤ ¥5,000 (the single-transaction limit) unless ``max_total`` says otherwise.
+
+:func:`broken` returns a copy with one deliberate defect from :data:`DEFECTS`.
+
+taxTotal is an approximation (comprehensive rate 9.1 %, or 23.06 % for goods with 15 %
+consumption tax, on goods plus a pro-rata share of freight); it is not a tax-module oracle.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+from lxml import etree
+
+from gateway.render import SHANGHAI, render
+
+CENT = Decimal("0.01")
+SINGLE_LIMIT = Decimal("5000")  # 财关税〔2018〕49号 single-transaction limit
+ANNUAL_LIMIT = Decimal("26000")
+
+# --- enterprises (fictitious) --------------------------------------------------------------
+
+EBP_CODE = "46012609BQ"
+EBP_NAME = "海南示例跨境电商平台有限公司"
+EBC_CODE = "4601260E35"
+EBC_NAME = "海南示例国际贸易有限公司"
+AGENT = ("4601980H12", "海口示例报关服务有限公司")
+AREA = ("4604640032", "海南示例保税仓储有限公司")  # warehouse enterprise in the bonded zone (1210)
+EMS_NO = "T4604W000035"  # its e-account book (1210)
+
+PAYERS: tuple[tuple[str, str, str], ...] = (  # code, name, payTransactionId prefix
+    ("312226T001", "示例网络支付有限公司", "2088"),
+    ("440316T002", "示例云支付科技有限公司", "4200"),
+    ("110108T003", "示例银联商务服务有限公司", "UP"),
+)
+CARRIERS: tuple[tuple[str, str, str], ...] = (  # code, name, logisticsNo prefix
+    ("4601980A27", "海南示例国际快递有限公司", "HK"),
+    ("3122461Z01", "示例速运有限公司", "SF"),
+    ("1101980B33", "示例跨境物流有限公司", "YT"),
+)
+AIRLINES: tuple[tuple[str, str], ...] = (("HU", "880"), ("CZ", "784"), ("CA", "999"), ("MU", "781"))
+CUSTOMS: tuple[str, ...] = ("4601", "5141", "2233", "0102")
+
+# --- goods ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Good:
+    gcode: str  # 10-digit HS code (8-digit tariff line + 2 supplementary digits)
+    gname: str
+    spec: str  # shown in itemName and gmodel
+    unit: str  # transaction unit (JGS-20, spec §3.6)
+    unit1: str  # legal first unit
+    net_kg: Decimal  # net weight of one unit
+    price: tuple[int, int]  # unit price range, yuan
+    countries: tuple[str, ...]  # origin countries (spec §3.6)
+    brands: tuple[str, ...]
+    ingredients: str
+    tax_rate: Decimal  # comprehensive CBEC rate (70 % of VAT [+ consumption tax])
+
+
+_VAT = Decimal("0.091")  # 0.7 × 13 %
+_COSMETIC = Decimal("0.2306")  # 0.7 × (13 % + 15 %) / (1 − 15 %), rounded
+
+GOODS: tuple[Good, ...] = (
+    Good("1901101000", "婴儿配方奶粉", "3段 800g/罐", "122", "035", Decimal("0.8"), (198, 368),
+         ("609", "601", "309", "304"), ("新牧之源", "澳晨", "荷乳坊"), "乳清蛋白粉、脱脂乳粉、植物油、乳糖", _VAT),
+    Good("0402210000", "全脂奶粉", "1kg/袋", "136", "035", Decimal("1"), (89, 169),
+         ("609", "601"), ("牧野", "南岛乳业"), "全脂乳粉", _VAT),
+    Good("3304990099", "保湿面霜", "50ml/瓶", "142", "035", Decimal("0.05"), (159, 899),
+         ("116", "133", "305", "502"), ("雪肌研", "花研", "初露"), "水、甘油、透明质酸钠、角鲨烷", _COSMETIC),
+    Good("3304990099", "修护精华液", "30ml/瓶", "142", "035", Decimal("0.03"), (199, 1290),
+         ("116", "133", "305"), ("雪肌研", "初露", "珀澜"), "水、烟酰胺、二裂酵母发酵产物溶胞物", _COSMETIC),
+    Good("3303000000", "淡香水", "100ml/瓶", "142", "035", Decimal("0.1"), (399, 1200),
+         ("305", "303"), ("珀澜", "晨雾"), "乙醇、香精、水", _COSMETIC),
+    Good("3305100090", "洗发水", "500ml/瓶", "142", "035", Decimal("0.5"), (49, 139),
+         ("116", "133", "601"), ("清源", "丝润"), "水、月桂醇聚醚硫酸酯钠、椰油酰胺丙基甜菜碱", _VAT),
+    Good("3401300000", "氨基酸洗面奶", "120g/支", "012", "035", Decimal("0.12"), (59, 189),
+         ("116", "133"), ("雪肌研", "清源"), "水、甘油、月桂酰谷氨酸钠", _VAT),
+    Good("3306101000", "美白牙膏", "140g/支", "012", "035", Decimal("0.14"), (19, 59),
+         ("116", "133", "303"), ("晶齿", "清源"), "碳酸钙、山梨糖醇、水合硅石", _VAT),
+    Good("2106909090", "复合维生素片", "120粒/瓶", "142", "035", Decimal("0.25"), (99, 299),
+         ("601", "502", "609"), ("健源", "澳康"), "维生素C、维生素E、烟酰胺、微晶纤维素", _VAT),
+    Good("2106909090", "深海鱼油软胶囊", "200粒/瓶", "142", "035", Decimal("0.3"), (129, 329),
+         ("601", "609", "502"), ("澳康", "海元素"), "鱼油、明胶、甘油", _VAT),
+    Good("9619001100", "婴儿纸尿裤", "L码 54片/包", "125", "035", Decimal("1.2"), (79, 169),
+         ("116", "133", "304"), ("柔贝", "棉小芽"), "无纺布、高分子吸水树脂、绒毛浆", _VAT),
+    Good("1806900000", "黑巧克力", "200g/盒", "140", "035", Decimal("0.3"), (39, 129),
+         ("301", "304", "305"), ("可可堡", "金榛"), "可可液块、白砂糖、可可脂", _VAT),
+    Good("0409000000", "天然蜂蜜", "500g/瓶", "142", "035", Decimal("0.5"), (129, 459),
+         ("609",), ("南岛蜂场", "蜜源谷"), "蜂蜜", _VAT),
+    Good("9004100000", "太阳镜", "偏光 1副/盒", "007", "007", Decimal("0.03"), (499, 1999),
+         ("305", "502", "116"), ("晨雾", "远视界"), "镜框:醋酸纤维 镜片:尼龙", _VAT),
+)
+_GOOD_BY_NAME = {(g.gcode, g.gname): g for g in GOODS}
+_EAN_PREFIX = {"116": "45", "133": "880", "609": "94", "601": "93", "309": "87", "304": "40", "305": "30",
+               "303": "50", "301": "54", "502": "07", "142": "69"}  # fmt: skip
+
+# --- people and places ------------------------------------------------------------------
+
+_SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
+_GIVEN = "伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超秀兰霞平刚桂英晨宇子涵欣怡浩然梓萱思远雨泽佳琪一鸣诗雨俊熙嘉怡"
+#: (province, city, district, GB/T 2260 district code)
+DISTRICTS: tuple[tuple[str, str, str, str], ...] = (
+    ("北京市", "北京市", "朝阳区", "110105"),
+    ("北京市", "北京市", "海淀区", "110108"),
+    ("上海市", "上海市", "浦东新区", "310115"),
+    ("上海市", "上海市", "徐汇区", "310104"),
+    ("广东省", "广州市", "天河区", "440106"),
+    ("广东省", "深圳市", "南山区", "440305"),
+    ("浙江省", "杭州市", "西湖区", "330106"),
+    ("江苏省", "南京市", "鼓楼区", "320106"),
+    ("四川省", "成都市", "武侯区", "510107"),
+    ("湖北省", "武汉市", "洪山区", "420111"),
+    ("海南省", "海口市", "美兰区", "460108"),
+    ("山东省", "青岛市", "市南区", "370202"),
+    ("福建省", "厦门市", "思明区", "350203"),
+    ("陕西省", "西安市", "雁塔区", "610113"),
+)
+_STREETS = ("人民路", "建设路", "中山路", "解放路", "和平路", "长江路", "滨海大道", "科技园路", "文化路", "新华街")
+_ESTATES = ("阳光花园", "锦绣家园", "翠湖苑", "金色港湾", "世纪城", "绿地名邸", "碧水湾", "书香小区")
+_MOBILE_PREFIXES = ("133", "135", "136", "138", "139", "150", "151", "158", "177", "186", "187", "188", "199")
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+
+
+def id_check_digit(first17: str) -> str:
+    """GB 11643 (ISO 7064 MOD 11-2) check character of a resident ID number."""
+    return _ID_CHECK[sum(int(d) * w for d, w in zip(first17, _ID_WEIGHTS, strict=True)) % 11]
+
+
+def _ean13(rng: random.Random, country: str) -> str:
+    body = _EAN_PREFIX.get(country, "69")
+    body += "".join(str(rng.randrange(10)) for _ in range(12 - len(body)))
+    s = sum(int(d) * (1 if i % 2 == 0 else 3) for i, d in enumerate(body))
+    return body + str((10 - s % 10) % 10)
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    return f"{rng.randrange(10**n):0{n}d}"
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    id_number: str
+    telephone: str
+
+
+def _person(rng: random.Random, now: datetime) -> Person:
+    name = rng.choice(_SURNAMES) + "".join(rng.choice(_GIVEN) for _ in range(rng.choice((1, 2))))
+    birth = datetime(now.year - rng.randint(20, 60), 1, 1) + timedelta(days=rng.randrange(365))
+    first17 = rng.choice(DISTRICTS)[3] + birth.strftime("%Y%m%d") + _digits(rng, 3)
+    phone = rng.choice(_MOBILE_PREFIXES) + _digits(rng, 8)
+    return Person(name, first17 + id_check_digit(first17), phone)
+
+
+def _address(rng: random.Random) -> tuple[str, str]:
+    province, city, district, code = rng.choice(DISTRICTS)
+    region = province + ("" if city == province else city) + district
+    street = (f"{rng.choice(_STREETS)}{rng.randint(1, 999)}号{rng.choice(_ESTATES)}"
+              f"{rng.randint(1, 30)}栋{rng.randint(1, 4)}单元{rng.randint(1, 32)}{rng.randint(1, 4):02d}室")
+    return region + street, code
+
+
+def _money(d: Decimal) -> str:
+    return str(d.quantize(CENT))
+
+
+def _t(dt: datetime) -> str:
+    return dt.strftime("%Y%m%d%H%M%S")
+
+
+def _base_transfer(code: str, name: str) -> dict[str, str]:
+    # dxpId derived from the code so that one enterprise keeps one DXP id across samples
+    return {"copCode": code, "copName": name, "dxpMode": "DXP", "dxpId": f"DXPENT{zlib.crc32(code.encode()):010d}"}
+
+
+def _guid(rng: random.Random) -> str:
+    h = f"{rng.getrandbits(128):032X}"
+    # shaped like a uuid4 (version 4, RFC 4122 variant) but drawn from rng, so seeds reproduce it
+    h = h[:12] + "4" + h[13:16] + "89AB"[int(h[16], 16) % 4] + h[17:]
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# --- the sample ---------------------------------------------------------------------------
+
+
+@dataclass
+class ShipmentSample:
+    """The four legs of one parcel as friendly JSON payloads (one document each)."""
+
+    order: dict[str, Any]
+    payment: dict[str, Any]
+    waybill: dict[str, Any]
+    inventory: dict[str, Any]
+
+    @property
+    def order_doc(self) -> dict[str, Any]:
+        return self.order["documents"][0]
+
+    @property
+    def payment_doc(self) -> dict[str, Any]:
+        return self.payment["documents"][0]
+
+    @property
+    def waybill_doc(self) -> dict[str, Any]:
+        return self.waybill["documents"][0]
+
+    @property
+    def inventory_doc(self) -> dict[str, Any]:
+        return self.inventory["documents"][0]
+
+    @property
+    def mode(self) -> str:
+        """The inventory's tradeMode: 9610 (direct purchase) or 1210 (bonded)."""
+        return str(self.inventory_doc["tradeMode"])
+
+    def payloads(self) -> dict[str, dict[str, Any]]:
+        return {"CEB311": self.order, "CEB411": self.payment, "CEB511": self.waybill, "CEB621": self.inventory}
+
+
+def _pick_goods(rng: random.Random, n: int) -> list[Good]:
+    if n <= len(GOODS):
+        return rng.sample(GOODS, n)
+    return [rng.choice(GOODS) for _ in range(n)]
+
+
+def _apply_money(s: ShipmentSample) -> None:
+    """Derive every total of the shipment from the order lines' price and qty (and head freight/discount)."""
+    order, inv = s.order_doc, s.inventory_doc
+    freight = Decimal(order["freight"])
+    totals = []
+    for line, inv_line in zip(order["items"], inv["items"], strict=True):
+        total = (Decimal(line["price"]) * Decimal(line["qty"])).quantize(CENT)
+        line["totalPrice"] = _money(total)
+        for k in ("price", "qty", "totalPrice"):
+            inv_line[k] = line[k]
+        totals.append(total)
+    goods = sum(totals, Decimal(0))
+    tax = Decimal(0)
+    share_left = freight
+    for i, total in enumerate(totals):
+        # freight is part of the dutiable value; spread it by value, the last line takes the rest
+        last = i == len(totals) - 1
+        share = share_left if last else (freight * total / goods).quantize(CENT) if goods else Decimal(0)
+        share_left -= share
+        good = _GOOD_BY_NAME.get((inv["items"][i]["gcode"], inv["items"][i]["gname"]))
+        rate = good.tax_rate if good else _VAT
+        tax += ((total + share) * rate).quantize(CENT)
+    paid = goods + freight + tax - Decimal(order["discount"])
+    order["goodsValue"] = _money(goods)
+    order["taxTotal"] = _money(tax)
+    order["acturalPaid"] = _money(paid)
+    s.payment_doc["amountPaid"] = order["acturalPaid"]
+
+
+def shipment(
+    rng: random.Random,
+    *,
+    mode: str = "9610",
+    n_items: int | None = None,
+    ebp_code: str = EBP_CODE,
+    ebc_code: str = EBC_CODE,
+    order_no: str | None = None,
+    ebp_name: str = EBP_NAME,
+    ebc_name: str = EBC_NAME,
+    now: datetime | None = None,
+    max_total: Decimal = SINGLE_LIMIT,
+) -> ShipmentSample:
+    """One consistent shipment. ``now`` anchors the (recent) times; same seed + same ``now`` → same sample.
+
+    ``mode`` is the tradeMode, 9610 (direct purchase) or 1210 (bonded); ``n_items`` 1–99 lines
+    (default 1–4); ``max_total`` caps acturalPaid (default the ¥5,000 single limit).
+    """
+    if mode not in ("9610", "1210"):
+        raise ValueError(f"mode must be '9610' or '1210', not {mode!r}")
+    n = n_items if n_items is not None else rng.choice((1, 1, 1, 2, 2, 3, 4))
+    if not 1 <= n <= 99:
+        raise ValueError(f"n_items must be 1..99, not {n}")
+    if now is None:
+        now = datetime.now(SHANGHAI)
+    elif now.tzinfo is not None:
+        now = now.astimezone(SHANGHAI)
+    now = now.replace(tzinfo=None, microsecond=0)
+    bonded = mode == "1210"
+
+    # times: order placed and paid 2–10 h ago, declarations follow within ~1.5 h, all before now
+    placed = now - timedelta(minutes=rng.randint(120, 600))
+    pay_time = placed + timedelta(minutes=rng.randint(1, 10), seconds=rng.randrange(60))
+    order_time = pay_time + timedelta(minutes=rng.randint(1, 5), seconds=rng.randrange(60))
+    payment_time = pay_time + timedelta(minutes=rng.randint(1, 3), seconds=rng.randrange(60))
+    waybill_time = order_time + timedelta(minutes=rng.randint(5, 30), seconds=rng.randrange(60))
+    inventory_time = waybill_time + timedelta(minutes=rng.randint(5, 30), seconds=rng.randrange(60))
+
+    buyer = _person(rng, now)
+    consignee = buyer if rng.random() < 0.85 else _person(rng, now)  # sometimes a gift to someone else
+    address, district = _address(rng)
+    pay_code, pay_name, pay_prefix = rng.choice(PAYERS)
+    log_code, log_name, log_prefix = rng.choice(CARRIERS)
+    customs = rng.choice(CUSTOMS)
+
+    order_no = order_no or f"{'BS' if bonded else 'ZG'}{placed:%Y%m%d}{_digits(rng, 12)}"
+    logistics_no = f"{log_prefix}{_digits(rng, 13)}"
+    pay_transaction_id = f"{pay_prefix}{pay_time:%Y%m%d%H%M%S}{_digits(rng, 12)}"
+
+    goods = _pick_goods(rng, n)
+    departure = "142" if bonded else goods[0].countries[0]
+    freight = Decimal(rng.choice((0, 10)) if bonded else rng.randint(10, 60))
+    lines: list[tuple[Good, str, str, int, Decimal]] = []  # good, brand, country, qty, price
+    for g in goods:
+        qty = rng.choice((1, 1, 1, 2, 2, 3))
+        price = Decimal(rng.randint(g.price[0] * 100, g.price[1] * 100)) / 100
+        lines.append((g, rng.choice(g.brands), rng.choice(g.countries), qty, price))
+    # keep acturalPaid within max_total: goods + freight + tax (≤ 23.06 %) ≤ max_total
+    cap = ((max_total - freight) / Decimal("1.25")).quantize(CENT, ROUND_DOWN)
+    goods_value = sum((p * q for _, _, _, q, p in lines), Decimal(0))
+    if goods_value > cap:
+        factor = cap / goods_value
+        lines = [(g, b, c, q, max(CENT, (p * factor).quantize(CENT, ROUND_DOWN))) for g, b, c, q, p in lines]
+        goods_value = sum((p * q for _, _, _, q, p in lines), Decimal(0))
+    discount = Decimal(0)
+    if rng.random() < 0.3:
+        discount = Decimal(rng.choice((5, 10, 20, 30, 50)))
+        if discount * 2 > goods_value:
+            discount = Decimal(0)
+
+    order_items: list[dict[str, Any]] = []
+    inventory_items: list[dict[str, Any]] = []
+    net = Decimal(0)
+    for i, (g, brand, country, qty, price) in enumerate(lines, start=1):
+        item_name = f"{brand}{g.gname} {g.spec}"
+        gmodel = f"品牌:{brand};规格:{g.spec};成分:{g.ingredients}"
+        bar_code = _ean13(rng, country)
+        item_no = f"SKU{_digits(rng, 9)}"
+        order_items.append({
+            "gnum": i, "itemNo": item_no, "itemName": item_name, "gmodel": gmodel,
+            "itemDescribe": f"{country_name(country)}进口 {brand}{g.gname}", "barCode": bar_code,
+            "unit": g.unit, "qty": str(qty), "price": _money(price), "totalPrice": "", "currency": "142",
+            "country": country,
+        })  # fmt: skip
+        qty1 = Decimal(qty) if g.unit1 == g.unit else g.net_kg * qty
+        inv_item: dict[str, Any] = {
+            "gnum": i, "itemNo": item_no, "itemName": item_name, "gcode": g.gcode, "gname": g.gname,
+            "gmodel": gmodel, "barCode": bar_code, "country": country, "currency": "142",
+            "qty": str(qty), "unit": g.unit, "qty1": str(qty1), "unit1": g.unit1,
+            "price": _money(price), "totalPrice": "",
+        }  # fmt: skip
+        if bonded:
+            inv_item["itemRecordNo"] = f"{10000 + GOODS.index(g)}"
+        else:
+            inv_item["tradeCountry"] = departure
+        inventory_items.append(inv_item)
+        net += g.net_kg * qty
+    gross = (net * Decimal("1.1") + Decimal("0.15")).quantize(Decimal("0.001"))
+    net = net.quantize(Decimal("0.001"))
+
+    order_doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(order_time), "appStatus": "2", "orderType": "I",
+        "orderNo": order_no, "ebpCode": ebp_code, "ebpName": ebp_name, "ebcCode": ebc_code, "ebcName": ebc_name,
+        "goodsValue": "", "freight": _money(freight), "discount": _money(discount), "taxTotal": "",
+        "acturalPaid": "", "currency": "142", "buyerRegNo": f"u{buyer.telephone[-4:]}{_digits(rng, 8)}",
+        "buyerName": buyer.name, "buyerTelephone": buyer.telephone, "buyerIdType": "1",
+        "buyerIdNumber": buyer.id_number, "payCode": pay_code, "payName": pay_name,
+        "payTransactionId": pay_transaction_id, "consignee": consignee.name,
+        "consigneeTelephone": consignee.telephone, "consigneeAddress": address, "consigneeDistrict": district,
+        "items": order_items,
+    }  # fmt: skip
+    payment_doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(payment_time), "appStatus": "2", "payCode": pay_code,
+        "payName": pay_name, "payTransactionId": pay_transaction_id, "orderNo": order_no, "ebpCode": ebp_code,
+        "ebpName": ebp_name, "payerIdType": "1", "payerIdNumber": buyer.id_number, "payerName": buyer.name,
+        "telephone": buyer.telephone, "amountPaid": "", "currency": "142", "payTime": _t(pay_time),
+    }  # fmt: skip
+    goods_info = "；".join(f"{it['itemName']}×{it['qty']}" for it in order_items)
+    waybill_doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(waybill_time), "appStatus": "2",
+        "logisticsCode": log_code, "logisticsName": log_name, "logisticsNo": logistics_no, "orderNo": order_no,
+        "freight": _money(freight), "insuredFee": "0.00", "currency": "142", "weight": str(gross), "packNo": "1",
+        "goodsInfo": goods_info if len(goods_info) <= 200 else goods_info[:199] + "…",
+        "consignee": consignee.name, "consigneeAddress": address, "consigneeTelephone": consignee.telephone,
+    }  # fmt: skip
+    inventory_doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(inventory_time), "appStatus": "2", "orderNo": order_no,
+        "ebpCode": ebp_code, "ebpName": ebp_name, "ebcCode": ebc_code, "ebcName": ebc_name,
+        "logisticsNo": logistics_no, "logisticsCode": log_code, "logisticsName": log_name,
+        "copNo": f"INV{inventory_time:%Y%m%d}{_digits(rng, 6)}", "assureCode": ebc_code, "ieFlag": "I",
+        "declTime": f"{inventory_time:%Y%m%d}", "customsCode": customs, "portCode": customs,
+        "buyerIdType": "1", "buyerIdNumber": buyer.id_number, "buyerName": buyer.name,
+        "buyerTelephone": buyer.telephone, "consigneeAddress": address, "agentCode": AGENT[0],
+        "agentName": AGENT[1], "tradeMode": mode, "country": departure, "freight": _money(freight),
+        "insuredFee": "0.00", "currency": "142", "packNo": "1", "grossWeight": str(gross), "netWeight": str(net),
+        "items": inventory_items,
+    }  # fmt: skip
+    if bonded:
+        inventory_doc.update({"emsNo": EMS_NO, "areaCode": AREA[0], "areaName": AREA[1], "trafMode": "4"})
+    else:
+        airline, prefix = rng.choice(AIRLINES)
+        serial = rng.randrange(10**7)
+        bill_no = f"{prefix}-{serial:07d}{serial % 7}"  # air waybill: 7-digit serial + mod-7 check digit
+        arrival = inventory_time - timedelta(days=rng.randint(0, 2))
+        inventory_doc.update({
+            "ieDate": f"{arrival:%Y%m%d}", "trafMode": "5", "trafNo": f"{airline}{rng.randint(1000, 9999)}",
+            "voyageNo": f"{arrival:%Y%m%d}", "billNo": bill_no,
+        })  # fmt: skip
+        waybill_doc["billNo"] = bill_no
+    waybill_doc = {k: waybill_doc[k] for k in sorted(waybill_doc, key=_LOGISTICS_ORDER.index)}
+
+    s = ShipmentSample(
+        order={"type": "CEB311", "guid": _guid(rng), "version": "1.0",
+               "baseTransfer": _base_transfer(ebp_code, ebp_name), "documents": [order_doc]},
+        payment={"type": "CEB411", "guid": _guid(rng), "version": "1.0",
+                 "baseTransfer": _base_transfer(pay_code, pay_name), "documents": [payment_doc]},
+        waybill={"type": "CEB511", "guid": _guid(rng), "version": "1.0",
+                 "baseTransfer": _base_transfer(log_code, log_name), "documents": [waybill_doc]},
+        inventory={"type": "CEB621", "guid": _guid(rng), "version": "1.0",
+                   "baseTransfer": _base_transfer(*AGENT), "documents": [inventory_doc]},
+    )  # fmt: skip
+    _apply_money(s)
+    return s
+
+
+_COUNTRY_NAMES = {"116": "日本", "133": "韩国", "142": "中国", "301": "比利时", "303": "英国", "304": "德国",
+                  "305": "法国", "309": "荷兰", "502": "美国", "601": "澳大利亚", "609": "新西兰"}  # fmt: skip
+_LOGISTICS_ORDER = (
+    "guid", "appType", "appTime", "appStatus", "logisticsCode", "logisticsName", "logisticsNo", "billNo",
+    "orderNo", "freight", "insuredFee", "currency", "weight", "packNo", "goodsInfo", "consignee",
+    "consigneeAddress", "consigneeTelephone", "note",
+)  # only to keep the JSON readable in XSD order; render orders elements itself
+
+
+def country_name(code: str) -> str:
+    return _COUNTRY_NAMES.get(code, code)
+
+
+def render_shipment(
+    s: ShipmentSample,
+    *,
+    signer: Callable[[etree._Element], None] | None = None,
+    sign_all: bool = False,
+) -> dict[str, bytes]:
+    """Render the four legs: ``{"CEB311": xml, "CEB411": ..., "CEB511": ..., "CEB621": ...}``.
+
+    ``signer`` (``Callable[[etree._Element], None]``) signs the CEB621, whose XSD requires a
+    signature; with ``sign_all`` it signs the other three too (optional for them).
+    """
+    out: dict[str, bytes] = {}
+    for code, payload in s.payloads().items():
+        use = signer if (code == "CEB621" or sign_all) else None
+        out[code] = render(payload, signer=use)
+    return out
+
+
+# --- deliberate defects -------------------------------------------------------------------
+
+#: defect name -> the property it breaks (everything else stays consistent where possible).
+DEFECTS: dict[str, str] = {
+    "amount_mismatch": "payment amountPaid ≠ order acturalPaid (R2)",
+    "actural_paid_formula": "order acturalPaid ≠ goodsValue + freight + taxTotal − discount; payment follows (R1)",
+    "payer_not_buyer": "payment payerName / payerIdNumber belong to another person than the order's buyer (§6.4)",
+    "consignee_mismatch": "waybill consignee ≠ order consignee (R3)",
+    "address_mismatch": "waybill consigneeAddress ≠ order consigneeAddress (R3)",
+    "telephone_mismatch": "waybill consigneeTelephone ≠ order consigneeTelephone (R3)",
+    "gnum_gap": "inventory gnum not consecutive from 1: the last line's gnum skips one (R8)",
+    "item_mismatch": "inventory line 1 qty (and totalPrice) differ from the order line with the same gnum (R8)",
+    "line_total_mismatch": "order line 1 totalPrice ≠ price × qty (R4)",
+    "bad_currency": "order head currency is 502 (USD), not 142 (R5)",
+    "bad_id_type": "order buyerIdType is 2, not 1 (R6)",
+    "bad_id_check_digit": "buyer ID number has a wrong check digit (in order, payment and inventory alike)",
+    "pack_no_not_one": "waybill packNo is 2 (R7)",
+    "assure_code_foreign": "inventory assureCode is none of ebpCode / ebcCode / logisticsCode (R9)",
+    "missing_bill_no_9610": "9610 inventory without billNo (R10); 9610 samples only",
+    "missing_ems_no_1210": "1210 inventory without emsNo (R10); 1210 samples only",
+    "bonded_country_not_142": "1210 inventory country is not 142 (R10); 1210 samples only",
+    "net_over_gross": "inventory netWeight > grossWeight",
+    "qty1_mismatch": "inventory line 1 has unit1 = unit but qty1 ≠ qty",
+    "over_single_limit": "acturalPaid > ¥5,000 with several lines, or > ¥26,000 with one line; all else consistent",
+}
+
+
+def broken(s: ShipmentSample, defect: str) -> ShipmentSample:
+    """A deep copy of ``s`` with one deliberate defect from :data:`DEFECTS`."""
+    if defect not in DEFECTS:
+        raise ValueError(f"unknown defect {defect!r}; known: {', '.join(DEFECTS)}")
+    b = copy.deepcopy(s)
+    order, pay, way, inv = b.order_doc, b.payment_doc, b.waybill_doc, b.inventory_doc
+    rng = random.Random(zlib.crc32(f"{order['orderNo']}/{defect}".encode()))  # deterministic replacement data
+    match defect:
+        case "amount_mismatch":
+            pay["amountPaid"] = _money(Decimal(pay["amountPaid"]) + 1)
+        case "actural_paid_formula":
+            order["acturalPaid"] = _money(Decimal(order["acturalPaid"]) + 1)
+            pay["amountPaid"] = order["acturalPaid"]
+        case "payer_not_buyer":
+            other = _other_person(rng, order["buyerIdNumber"])
+            pay["payerName"], pay["payerIdNumber"] = other.name, other.id_number
+        case "consignee_mismatch":
+            way["consignee"] = _other_person(rng, order["buyerIdNumber"], avoid_name=order["consignee"]).name
+        case "address_mismatch":
+            address = order["consigneeAddress"]
+            while address == order["consigneeAddress"]:
+                address = _address(rng)[0]
+            way["consigneeAddress"] = address
+        case "telephone_mismatch":
+            phone = order["consigneeTelephone"]
+            while phone == order["consigneeTelephone"]:
+                phone = rng.choice(_MOBILE_PREFIXES) + _digits(rng, 8)
+            way["consigneeTelephone"] = phone
+        case "gnum_gap":
+            inv["items"][-1]["gnum"] = int(inv["items"][-1]["gnum"]) + 1
+        case "item_mismatch":
+            line = inv["items"][0]
+            line["qty"] = str(Decimal(line["qty"]) + 1)
+            line["totalPrice"] = _money(Decimal(line["price"]) * Decimal(line["qty"]))
+            if line["unit1"] == line["unit"]:
+                line["qty1"] = line["qty"]
+        case "line_total_mismatch":
+            order["items"][0]["totalPrice"] = _money(Decimal(order["items"][0]["totalPrice"]) + CENT)
+        case "bad_currency":
+            order["currency"] = "502"
+        case "bad_id_type":
+            order["buyerIdType"] = "2"
+        case "bad_id_check_digit":
+            good = order["buyerIdNumber"]
+            wrong = _ID_CHECK[(_ID_CHECK.index(good[-1]) + 1) % 11]
+            for doc, key in ((order, "buyerIdNumber"), (pay, "payerIdNumber"), (inv, "buyerIdNumber")):
+                doc[key] = good[:-1] + wrong
+        case "pack_no_not_one":
+            way["packNo"] = "2"
+        case "assure_code_foreign":
+            inv["assureCode"] = "4601999Z99"
+        case "missing_bill_no_9610":
+            _need_mode(b, "9610", defect)
+            del inv["billNo"]
+        case "missing_ems_no_1210":
+            _need_mode(b, "1210", defect)
+            del inv["emsNo"]
+        case "bonded_country_not_142":
+            _need_mode(b, "1210", defect)
+            inv["country"] = "609"
+        case "net_over_gross":
+            inv["netWeight"] = str(Decimal(inv["grossWeight"]) + Decimal("0.5"))
+        case "qty1_mismatch":
+            line = inv["items"][0]
+            line["unit1"] = line["unit"]
+            line["qty1"] = str(Decimal(line["qty"]) + 1)
+        case "over_single_limit":
+            target = SINGLE_LIMIT if len(order["items"]) > 1 else ANNUAL_LIMIT
+            factor = target / Decimal(order["goodsValue"]) * Decimal("1.05")
+            for line in order["items"]:  # scale every price so that goods alone exceed the limit
+                line["price"] = _money(Decimal(line["price"]) * factor + 1)
+            _apply_money(b)
+    return b
+
+
+def _need_mode(s: ShipmentSample, mode: str, defect: str) -> None:
+    if s.mode != mode:
+        raise ValueError(f"defect {defect!r} needs a {mode} sample, this one is {s.mode}")
+
+
+def _other_person(rng: random.Random, id_number: str, avoid_name: str = "") -> Person:
+    now = datetime(2026, 1, 1)
+    p = _person(rng, now)
+    while p.id_number == id_number or p.name == avoid_name:
+        p = _person(rng, now)
+    return p

@@ -1,0 +1,462 @@
+"""JSON → CEB XML rendering: round trip through the real parser, order, defaults, decimals, shape errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lxml import etree
+
+from gateway import render as render_mod
+from gateway.documents import extract
+from gateway.errors import Layer, MessageRejected
+from gateway.messages import CEB_NS, DS_NS, IMPORT_SCHEMA, SCHEMA_DIR, lookup
+from gateway.render import CODES, DEFAULTS, FIELD_ORDER, render
+from gateway.samples import shipment
+from gateway.xmlsafe import parse_message
+
+XSD_PATH = SCHEMA_DIR / IMPORT_SCHEMA
+NOW = datetime(2026, 11, 20, 9, 30, 5)  # naive: China time
+UUID4_UPPER = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}$")
+
+
+def stub_signature(root: etree._Element) -> None:
+    """A structurally valid (not cryptographically meaningful) enveloped ds:Signature."""
+    d = f"{{{DS_NS}}}"
+    sig = etree.SubElement(root, d + "Signature", nsmap={"ds": DS_NS})
+    info = etree.SubElement(sig, d + "SignedInfo")
+    etree.SubElement(info, d + "CanonicalizationMethod", Algorithm="http://www.w3.org/TR/2001/REC-xml-c14n-20010315")
+    etree.SubElement(info, d + "SignatureMethod", Algorithm="http://www.w3.org/2000/09/xmldsig#rsa-sha1")
+    ref = etree.SubElement(info, d + "Reference", URI="")
+    transforms = etree.SubElement(ref, d + "Transforms")
+    etree.SubElement(transforms, d + "Transform", Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature")
+    etree.SubElement(ref, d + "DigestMethod", Algorithm="http://www.w3.org/2000/09/xmldsig#sha1")
+    etree.SubElement(ref, d + "DigestValue").text = "AAAA"
+    etree.SubElement(sig, d + "SignatureValue").text = "AAAA"
+
+
+@pytest.fixture(scope="module")
+def xsd() -> etree.XMLSchema:
+    if not XSD_PATH.exists():
+        pytest.skip(f"{XSD_PATH} not there yet")
+    return etree.XMLSchema(etree.parse(str(XSD_PATH)))
+
+
+def sample_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, Any]]:
+    return shipment(random.Random(seed), mode=mode, n_items=3, now=NOW).payloads()
+
+
+def minimal(code: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {"orderNo": "O-1"}
+    if lookup(code).lines:  # type: ignore[union-attr]
+        doc["items"] = [{"gnum": 1}]
+    return {"type": code, "baseTransfer": {"copCode": "C", "copName": "N", "dxpId": "DXPENT0000000001"},
+            "documents": [doc]}  # fmt: skip
+
+
+def rejected(payload: Any, **kw: Any) -> list[tuple[str, str]]:
+    with pytest.raises(MessageRejected) as exc:
+        render(payload, **kw)
+    assert all(i.layer is Layer.SCHEMA for i in exc.value.issues)
+    return [(i.code, i.path) for i in exc.value.issues]
+
+
+def local(el: etree._Element) -> str:
+    return etree.QName(el).localname
+
+
+# --- round trip -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["9610", "1210"])
+@pytest.mark.parametrize("code", ["CEB311", "CEB411", "CEB511", "CEB621"])
+def test_round_trip_through_parser_and_extract(code: str, mode: str) -> None:
+    payload = sample_payloads(mode=mode)[code]
+    xml = render(payload, now=NOW)
+    root, mtype = parse_message(xml)
+    assert mtype.code == code
+    msg = extract(root, mtype)
+    assert msg.guid == payload["guid"] and msg.version == "1.0"
+    assert msg.base_transfer == payload["baseTransfer"]
+    [doc] = msg.documents
+    [src] = payload["documents"]
+    assert doc.head == {k: str(v) for k, v in src.items() if k != "items"}
+    assert doc.lines == [{k: str(v) for k, v in line.items()} for line in src.get("items", [])]
+
+
+def test_several_documents_keep_their_order() -> None:
+    payload = minimal("CEB411")
+    payload["documents"] = [{"orderNo": f"O-{i}"} for i in range(1, 6)]
+    msg = extract(*parse_message(render(payload)))
+    assert [d.head["orderNo"] for d in msg.documents] == ["O-1", "O-2", "O-3", "O-4", "O-5"]
+    assert len({d.head["guid"] for d in msg.documents}) == 5  # one fresh guid per document
+
+
+def test_uses_ceb_prefix_and_declaration() -> None:
+    xml = render(minimal("CEB311"))
+    assert xml.startswith(b"<?xml version='1.0' encoding='UTF-8'?>")
+    assert b"<ceb:CEB311Message" in xml and b'xmlns:ceb="http://www.chinaport.gov.cn/ceb"' in xml
+    root = etree.fromstring(xml)
+    assert all(el.prefix == "ceb" for el in root.iter())
+
+
+# --- element order ------------------------------------------------------------------------
+
+
+def _assert_in_field_order(parent: etree._Element, element: str) -> None:
+    names = [local(c) for c in parent]
+    order = FIELD_ORDER[element]
+    assert [order.index(n) for n in names] == sorted(order.index(n) for n in names), (element, names)
+
+
+@pytest.mark.parametrize("code", ["CEB311", "CEB411", "CEB511", "CEB621"])
+def test_elements_follow_field_order_whatever_the_json_order(code: str) -> None:
+    payload = sample_payloads()[code]
+    scrambled = copy.deepcopy(payload)
+    rng = random.Random(3)
+    for doc in scrambled["documents"]:
+        keys = list(doc)
+        rng.shuffle(keys)
+        shuffled = {k: doc[k] for k in keys}
+        doc.clear()
+        doc.update(shuffled)
+    assert list(scrambled["documents"][0]) != list(payload["documents"][0])
+    xml = render(scrambled)
+    assert xml == render(payload)  # JSON member order does not matter at all
+    mtype = lookup(code)
+    assert mtype is not None and mtype.head is not None
+    root = etree.fromstring(xml)
+    assert [local(c) for c in root] == [mtype.document, "BaseTransfer"]
+    doc_el = root[0]
+    assert [local(c) for c in doc_el] == [mtype.head] + [mtype.lines] * len(payload["documents"][0].get("items", []))
+    _assert_in_field_order(doc_el[0], mtype.head)
+    for line in doc_el[1:]:
+        _assert_in_field_order(line, mtype.lines)  # type: ignore[arg-type]
+    _assert_in_field_order(root[1], "BaseTransfer")
+
+
+#: Values for the optional fields the samples leave out, so that every element of FIELD_ORDER is rendered.
+OPTIONAL_VALUES: dict[str, dict[str, str]] = {
+    "OrderHead": {"batchNumbers": "BATCH-2026-11", "note": "促销价"},
+    "OrderList": {"note": "赠品"},
+    "PaymentHead": {"note": "无"},
+    "LogisticsHead": {"note": "易碎"},
+    "InventoryHead": {"preNo": "B20261120000000001", "invtNo": "460120261000000001", "emsNo": "T4604W000035",
+                      "areaCode": "4604640032", "areaName": "示例保税仓", "loctNo": "4601", "licenseNo": "L-1",
+                      "wrapType": "2", "note": "无"},
+    "InventoryList": {"itemRecordNo": "10001", "tradeCountry": "116", "qty2": "1", "unit2": "035", "note": "无"},
+}  # fmt: skip
+
+
+def test_every_field_rendered_is_schema_valid(xsd: etree.XMLSchema) -> None:
+    payloads = sample_payloads()
+    payloads["CEB311"]["baseSubscribe"] = [{"status": "RET", "dxpAddress": "DXPENT0000000002", "note": "copy"}]
+    rendered_elements: set[tuple[str, str]] = set()
+    for code, payload in payloads.items():
+        mtype = lookup(code)
+        assert mtype is not None and mtype.head is not None
+        for doc in payload["documents"]:
+            for k, v in OPTIONAL_VALUES.get(mtype.head, {}).items():
+                doc.setdefault(k, v)
+            for line in doc.get("items", []):
+                for k, v in OPTIONAL_VALUES.get(mtype.lines or "", {}).items():
+                    line.setdefault(k, v)
+        payload["baseTransfer"]["note"] = "n"
+        root = etree.fromstring(render(payload, signer=stub_signature))
+        assert xsd.validate(root), (code, xsd.error_log)
+        for el in root.iter(f"{{{CEB_NS}}}*"):
+            if len(el) == 0:
+                rendered_elements.add((local(el.getparent()), local(el)))
+    # the check above covered every element of every sequence in FIELD_ORDER
+    assert rendered_elements == {(parent, name) for parent, names in FIELD_ORDER.items() for name in names}
+
+
+def test_field_order_table_equals_the_xsd_sequences() -> None:
+    if not XSD_PATH.exists():
+        pytest.skip(f"{XSD_PATH} not there yet")
+    import xmlschema
+
+    schema = xmlschema.XMLSchema(str(XSD_PATH))
+    found: dict[str, tuple[str, ...]] = {}
+
+    def walk(el: Any, depth: int = 0) -> None:
+        t = getattr(el, "type", None)
+        if t is None or t.is_simple() or t.has_simple_content() or depth > 4:
+            return
+        kids = [c for c in t.content.iter_elements() if getattr(c, "type", None) is not None]
+        found.setdefault(el.local_name, tuple(c.local_name for c in kids))
+        for c in kids:
+            walk(c, depth + 1)
+
+    for code in render_mod.JSON_TYPES:
+        walk(schema.elements[f"{code}Message"])
+    assert {k: found.get(k) for k in FIELD_ORDER} == FIELD_ORDER
+
+
+# --- defaults -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["CEB311", "CEB411", "CEB511", "CEB621"])
+def test_defaults_are_applied(code: str) -> None:
+    msg = extract(*parse_message(render(minimal(code), now=NOW)))
+    assert UUID4_UPPER.match(msg.guid) and msg.version == "1.0"
+    [doc] = msg.documents
+    assert UUID4_UPPER.match(doc.head["guid"]) and doc.head["guid"] != msg.guid
+    assert doc.head["appTime"] == "20261120093005"
+    assert doc.head["appType"] == "1" and doc.head["appStatus"] == "2"
+    assert doc.head["currency"] == "142"
+    assert msg.base_transfer is not None and msg.base_transfer["dxpMode"] == "DXP"
+    expected = {
+        "CEB311": {"orderType": "I", "buyerIdType": "1"},
+        "CEB411": {"payerIdType": "1"},
+        "CEB511": {"packNo": "1"},
+        "CEB621": {"buyerIdType": "1", "ieFlag": "I", "packNo": "1"},
+    }[code]
+    assert {k: doc.head[k] for k in expected} == expected
+    assert all(line["currency"] == "142" for line in doc.lines)
+    # nothing else was invented: only the given field, the generated ones and the documented defaults
+    mtype = lookup(code)
+    assert mtype is not None and mtype.head is not None
+    assert set(doc.head) == {"orderNo", "guid", "appTime"} | set(DEFAULTS[mtype.head])
+
+
+def test_explicit_values_win_over_defaults() -> None:
+    payload = minimal("CEB621")
+    doc = payload["documents"][0]
+    doc.update({"guid": "g" * 36, "appType": "2", "appTime": "20250101000000", "appStatus": "1", "packNo": 1,
+                "currency": "502", "ieFlag": "E"})  # fmt: skip
+    doc["items"][0]["currency"] = "110"
+    payload.update({"guid": "r" * 36, "version": "v1.0"})
+    payload["baseTransfer"]["dxpMode"] = "XYZ"
+    msg = extract(*parse_message(render(payload)))
+    head = msg.documents[0].head
+    assert (head["guid"], head["appType"], head["appTime"], head["appStatus"]) == ("g" * 36, "2", "20250101000000", "1")
+    assert (head["packNo"], head["currency"], head["ieFlag"]) == ("1", "502", "E")
+    assert msg.documents[0].lines[0]["currency"] == "110"
+    assert (msg.guid, msg.version, msg.base_transfer["dxpMode"]) == ("r" * 36, "v1.0", "XYZ")  # type: ignore[index]
+
+
+def test_null_means_absent() -> None:
+    payload = minimal("CEB311")
+    payload["documents"][0].update({"currency": None, "note": None, "guid": None})
+    head = extract(*parse_message(render(payload))).documents[0].head
+    assert head["currency"] == "142" and "note" not in head and UUID4_UPPER.match(head["guid"])
+
+
+def test_app_time_is_china_time() -> None:
+    aware = datetime(2026, 11, 20, 23, 59, 59, tzinfo=UTC)  # 07:59:59 next day in Shanghai
+    head = extract(*parse_message(render(minimal("CEB411"), now=aware))).documents[0].head
+    assert head["appTime"] == "20261121075959"
+    before = datetime.now(render_mod.SHANGHAI).replace(tzinfo=None, microsecond=0)
+    head = extract(*parse_message(render(minimal("CEB411")))).documents[0].head
+    after = datetime.now(render_mod.SHANGHAI).replace(tzinfo=None)
+    assert before <= datetime.strptime(head["appTime"], "%Y%m%d%H%M%S") <= after
+
+
+# --- numbers ------------------------------------------------------------------------------
+
+
+def _order_with(**fields: Any) -> dict[str, str]:
+    payload = minimal("CEB311")
+    payload["documents"][0].update(fields)
+    return extract(*parse_message(render(payload))).documents[0].head
+
+
+def test_decimals_render_exactly() -> None:
+    head = _order_with(goodsValue=Decimal("0.1"), freight=Decimal("12.50"), discount=Decimal("1E+2"),
+                       taxTotal=3, acturalPaid="7.00005")  # fmt: skip
+    assert (head["goodsValue"], head["freight"], head["discount"]) == ("0.1", "12.50", "100")
+    assert (head["taxTotal"], head["acturalPaid"]) == ("3", "7.00005")
+
+
+def test_json_parsed_with_decimal_keeps_every_digit() -> None:
+    body = '{"type": "CEB311", "documents": [{"goodsValue": 19.99, "freight": 0.30, "acturalPaid": 1e2, ' \
+           '"items": [{"gnum": 1, "qty": 3, "price": 0.1, "totalPrice": 0.30000}]}]}'
+    payload = json.loads(body, parse_float=Decimal)
+    msg = extract(*parse_message(render(payload)))
+    head, line = msg.documents[0].head, msg.documents[0].lines[0]
+    assert (head["goodsValue"], head["freight"], head["acturalPaid"]) == ("19.99", "0.30", "100")
+    assert (line["gnum"], line["qty"], line["price"], line["totalPrice"]) == ("1", "3", "0.1", "0.30000")
+
+
+def test_binary_float_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(MessageRejected) as exc:
+        render(json.loads('{"type": "CEB311", "documents": [{"items": [{"price": 0.1}]}]}'))
+    [issue] = exc.value.issues
+    assert (issue.code, issue.path) == ("json.invalid_type", "/documents/0/items/0/price")
+    assert "parse_float" in issue.message and "0.1" in issue.message
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=5, min_value=-(10**14), max_value=10**14))
+def test_any_decimal_round_trips(value: Decimal) -> None:
+    text = _order_with(goodsValue=value)["goodsValue"]
+    assert "E" not in text.upper() and Decimal(text) == value
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=60))
+def test_any_xml_safe_text_round_trips(value: str) -> None:
+    assert _order_with(note=value).get("note", "") == value
+
+
+# --- shape errors -------------------------------------------------------------------------
+
+
+def _with_doc(**fields: Any) -> dict[str, Any]:
+    p = minimal("CEB311")
+    p["documents"][0].update(fields)
+    return p
+
+
+def _with_item(**fields: Any) -> dict[str, Any]:
+    p = minimal("CEB311")
+    p["documents"][0]["items"] = [{"gnum": 1}, {"gnum": 2}, {"gnum": 3, **fields}]
+    return p
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "path"),
+    [
+        ([], "json.not_an_object", ""),
+        ("<xml/>", "json.not_an_object", ""),
+        ({}, "json.missing_field", "/type"),
+        ({"type": "CEB312", "documents": []}, "json.unsupported_type", "/type"),
+        ({"type": "CEB623", "documents": []}, "json.unsupported_type", "/type"),
+        ({"type": 311, "documents": []}, "json.unsupported_type", "/type"),
+        ({"type": "CEB311"}, "json.missing_field", "/documents"),
+        ({"type": "CEB311", "documents": {}}, "json.not_an_array", "/documents"),
+        ({"type": "CEB311", "documents": "Order"}, "json.not_an_array", "/documents"),
+        ({"type": "CEB311", "documents": ["x"]}, "json.not_an_object", "/documents/0"),
+        ({"type": "CEB311", "documents": [{}], "extra": 1}, "json.unknown_field", "/extra"),
+        ({"type": "CEB311", "documents": [{}], "baseTransfer": []}, "json.not_an_object", "/baseTransfer"),
+        ({"type": "CEB311", "documents": [{}], "baseTransfer": {"copCode": 1.5}}, "json.invalid_type",
+         "/baseTransfer/copCode"),
+        ({"type": "CEB311", "documents": [{}], "baseTransfer": {"dxpid": "x"}}, "json.unknown_field",
+         "/baseTransfer/dxpid"),
+        ({"type": "CEB311", "documents": [{}], "baseSubscribe": {}}, "json.not_an_array", "/baseSubscribe"),
+        ({"type": "CEB311", "documents": [{}], "baseSubscribe": [{"status": "ALL"}, 5]}, "json.not_an_object",
+         "/baseSubscribe/1"),
+        ({"type": "CEB311", "documents": [{}], "guid": {"a": 1}}, "json.invalid_type", "/guid"),
+        (_with_doc(orderNumber="1"), "json.unknown_field", "/documents/0/orderNumber"),
+        (_with_doc(**{"a/b~c": 1}), "json.unknown_field", "/documents/0/a~1b~0c"),
+        (_with_doc(orderNo={"value": "1"}), "json.invalid_type", "/documents/0/orderNo"),
+        (_with_doc(orderNo=["1"]), "json.invalid_type", "/documents/0/orderNo"),
+        (_with_doc(goodsValue=True), "json.invalid_type", "/documents/0/goodsValue"),
+        (_with_doc(goodsValue=Decimal("NaN")), "json.invalid_type", "/documents/0/goodsValue"),
+        (_with_doc(goodsValue=Decimal("Infinity")), "json.invalid_type", "/documents/0/goodsValue"),
+        (_with_doc(buyerName="张\x01三"), "json.invalid_character", "/documents/0/buyerName"),
+        (_with_doc(items={"gnum": 1}), "json.not_an_array", "/documents/0/items"),
+        (_with_doc(items=[{"gnum": 1}, [], {"gnum": 3}]), "json.not_an_object", "/documents/0/items/1"),
+        (_with_item(price={"amount": "1"}), "json.invalid_type", "/documents/0/items/2/price"),
+        (_with_item(price=1.25), "json.invalid_type", "/documents/0/items/2/price"),
+        (_with_item(gcode="0101"), "json.unknown_field", "/documents/0/items/2/gcode"),  # a 621 field in a 311
+        ({"type": "CEB411", "documents": [{"items": []}]}, "json.unknown_field", "/documents/0/items"),
+        ({"type": "CEB511", "documents": [{"gnum": 1}]}, "json.unknown_field", "/documents/0/gnum"),
+    ],
+)
+def test_bad_shapes_give_code_and_pointer(payload: Any, code: str, path: str) -> None:
+    assert rejected(payload) == [(code, path)]
+
+
+def test_unknown_field_suggests_the_close_name() -> None:
+    with pytest.raises(MessageRejected) as exc:
+        render(_with_doc(acturalPayd="1"))
+    assert "acturalPaid" in exc.value.issues[0].message
+
+
+def test_all_shape_problems_reported_at_once() -> None:
+    payload = _with_item(price=0.5)
+    payload["documents"][0]["ordrNo"] = "x"
+    payload["documents"].append("not a document")
+    payload["baseTransfer"]["copCode"] = {}
+    assert sorted(rejected(payload)) == sorted([
+        ("json.unknown_field", "/documents/0/ordrNo"),
+        ("json.invalid_type", "/documents/0/items/2/price"),
+        ("json.not_an_object", "/documents/1"),
+        ("json.invalid_type", "/baseTransfer/copCode"),
+    ])  # fmt: skip
+
+
+def test_a_hostile_payload_gets_a_bounded_answer() -> None:
+    payload = {"type": "CEB411", "documents": [{f"x{i}": 1 for i in range(5000)}]}
+    with pytest.raises(MessageRejected) as exc:
+        render(payload)
+    assert 0 < len(exc.value.issues) <= 100
+
+
+def test_every_emitted_code_is_documented() -> None:
+    assert all(code.startswith("json.") and text for code, text in CODES.items())
+    emitted: set[str] = set()
+    payloads: list[Any] = [[], {}, {"type": "X"}, {"type": "CEB311"}, {"type": "CEB311", "documents": {}},
+                           {"type": "CEB311", "documents": [1]}, _with_doc(x=1), _with_doc(orderNo=[]),
+                           _with_doc(orderNo="\x00")]  # fmt: skip
+    for payload in payloads:
+        with pytest.raises(MessageRejected) as exc:
+            render(payload)
+        emitted |= {i.code for i in exc.value.issues}
+    assert emitted == set(CODES)
+
+
+# --- completeness is the XSD's job, signatures are the signer's --------------------------
+
+
+def test_missing_required_fields_are_rendered_as_given_and_left_to_the_xsd(xsd: etree.XMLSchema) -> None:
+    payload = sample_payloads()["CEB311"]
+    del payload["documents"][0]["orderNo"]
+    root = etree.fromstring(render(payload))  # no json.* error for a missing field
+    assert root.find(f".//{{{CEB_NS}}}orderNo") is None
+    assert not xsd.validate(root)
+    assert any("orderNo" in e.message or "ebpCode" in e.message for e in xsd.error_log)
+
+
+def test_empty_documents_list_is_left_to_the_xsd(xsd: etree.XMLSchema) -> None:
+    payload = sample_payloads()["CEB411"]
+    payload["documents"] = []
+    root = etree.fromstring(render(payload))
+    assert [local(c) for c in root] == ["BaseTransfer"]
+    assert not xsd.validate(root)
+
+
+def test_signer_is_called_once_on_the_finished_root() -> None:
+    calls: list[list[str]] = []
+
+    def signer(root: etree._Element) -> None:
+        calls.append([local(c) for c in root])
+        stub_signature(root)
+
+    xml = render(sample_payloads()["CEB621"], signer=signer)
+    assert calls == [["Inventory", "BaseTransfer"]]
+    root, mtype = parse_message(xml)
+    assert extract(root, mtype).signed
+    assert local(root[-1]) == "Signature"
+
+
+def test_signer_not_called_when_the_shape_is_wrong() -> None:
+    calls: list[etree._Element] = []
+    with pytest.raises(MessageRejected):
+        render(_with_doc(bogus=1), signer=calls.append)
+    assert calls == []
+
+
+def test_ceb621_needs_the_signature_to_pass_the_xsd(xsd: etree.XMLSchema) -> None:
+    payload = sample_payloads()["CEB621"]
+    unsigned = etree.fromstring(render(payload))
+    assert not extract(unsigned, lookup("CEB621")).signed  # type: ignore[arg-type]
+    assert not xsd.validate(unsigned)
+    assert "Signature" in str(xsd.error_log)
+    assert xsd.validate(etree.fromstring(render(payload, signer=stub_signature)))
+
+
+@pytest.mark.parametrize("code", ["CEB311", "CEB411", "CEB511"])
+def test_unsigned_311_411_511_are_schema_valid(code: str, xsd: etree.XMLSchema) -> None:
+    root = etree.fromstring(render(sample_payloads(mode="1210")[code]))
+    assert xsd.validate(root), xsd.error_log
