@@ -488,7 +488,8 @@ DEFECTS: dict[str, str] = {
     "telephone_mismatch": "waybill consigneeTelephone ≠ order consigneeTelephone (R3)",
     "gnum_gap": "inventory gnum not consecutive from 1: the last line's gnum skips one (R8)",
     "item_mismatch": "inventory line 1 qty (and totalPrice) differ from the order line with the same gnum (R8)",
-    "line_total_mismatch": "order line 1 totalPrice ≠ price × qty (R4)",
+    "line_total_mismatch": "order line 1 totalPrice ≠ price × qty (R4); goodsValue and the inventory line keep "
+    "the old total",
     "bad_currency": "order head currency is 502 (USD), not 142 (R5)",
     "bad_id_type": "order buyerIdType is 2, not 1 (R6)",
     "bad_id_check_digit": "buyer ID number has a wrong check digit (in order, payment and inventory alike)",
