@@ -37,7 +37,7 @@ from typing import Any
 
 from lxml import etree
 
-from gateway.render import SHANGHAI, render
+from gateway.render import FIELD_ORDER, SHANGHAI, render
 
 CENT = Decimal("0.01")
 SINGLE_LIMIT = Decimal("5000")  # 财关税〔2018〕49号 single-transaction limit
@@ -330,13 +330,13 @@ def shipment(
     pay_transaction_id = f"{pay_prefix}{pay_time:%Y%m%d%H%M%S}{_digits(rng, 12)}"
 
     goods = _pick_goods(rng, n)
-    departure = "142" if bonded else goods[0].countries[0]
     freight = Decimal(rng.choice((0, 10)) if bonded else rng.randint(10, 60))
     lines: list[tuple[Good, str, str, int, Decimal]] = []  # good, brand, country, qty, price
     for g in goods:
         qty = rng.choice((1, 1, 1, 2, 2, 3))
         price = Decimal(rng.randint(g.price[0] * 100, g.price[1] * 100)) / 100
         lines.append((g, rng.choice(g.brands), rng.choice(g.countries), qty, price))
+    departure = "142" if bonded else lines[0][2]  # direct purchase: shipped from the first item's origin
     # keep acturalPaid within max_total: goods + freight + tax (≤ 23.06 %) ≤ max_total
     cap = ((max_total - freight) / Decimal("1.25")).quantize(CENT, ROUND_DOWN)
     goods_value = sum((p * q for _, _, _, q, p in lines), Decimal(0))
@@ -429,7 +429,8 @@ def shipment(
             "voyageNo": f"{arrival:%Y%m%d}", "billNo": bill_no,
         })  # fmt: skip
         waybill_doc["billNo"] = bill_no
-    waybill_doc = {k: waybill_doc[k] for k in sorted(waybill_doc, key=_LOGISTICS_ORDER.index)}
+    for doc, head, line in ((waybill_doc, "LogisticsHead", None), (inventory_doc, "InventoryHead", "InventoryList")):
+        _xsd_key_order(doc, head, line)
 
     s = ShipmentSample(
         order={"type": "CEB311", "guid": _guid(rng), "version": "1.0",
@@ -447,11 +448,19 @@ def shipment(
 
 _COUNTRY_NAMES = {"116": "日本", "133": "韩国", "142": "中国", "301": "比利时", "303": "英国", "304": "德国",
                   "305": "法国", "309": "荷兰", "502": "美国", "601": "澳大利亚", "609": "新西兰"}  # fmt: skip
-_LOGISTICS_ORDER = (
-    "guid", "appType", "appTime", "appStatus", "logisticsCode", "logisticsName", "logisticsNo", "billNo",
-    "orderNo", "freight", "insuredFee", "currency", "weight", "packNo", "goodsInfo", "consignee",
-    "consigneeAddress", "consigneeTelephone", "note",
-)  # only to keep the JSON readable in XSD order; render orders elements itself
+
+
+def _xsd_key_order(doc: dict[str, Any], head: str, line: str | None) -> None:
+    """Reorder keys like the XML, only so that the JSON reads well; render orders elements itself."""
+    order = FIELD_ORDER[head]
+    items = doc.pop("items", None)
+    ordered = {k: doc[k] for k in sorted(doc, key=order.index)}
+    doc.clear()
+    doc.update(ordered)
+    if items is not None and line is not None:
+        for i, it in enumerate(items):
+            items[i] = {k: it[k] for k in sorted(it, key=FIELD_ORDER[line].index)}
+        doc["items"] = items
 
 
 def country_name(code: str) -> str:
