@@ -460,3 +460,42 @@ def test_ceb621_needs_the_signature_to_pass_the_xsd(xsd: etree.XMLSchema) -> Non
 def test_unsigned_311_411_511_are_schema_valid(code: str, xsd: etree.XMLSchema) -> None:
     root = etree.fromstring(render(sample_payloads(mode="1210")[code]))
     assert xsd.validate(root), xsd.error_log
+
+
+# --- the documentation's examples ---------------------------------------------------------
+
+DOCS = SCHEMA_DIR.parent / "docs" / "json-api.md"
+
+
+def _doc_examples() -> list[dict[str, Any]]:
+    blocks = re.findall(r"```json\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+    return [json.loads(b, parse_float=Decimal) for b in blocks]
+
+
+def test_documented_examples_render_and_validate() -> None:
+    if not DOCS.exists():
+        pytest.skip("docs/json-api.md missing")
+    examples = {e["type"]: e for e in _doc_examples() if e.get("type") in render_mod.JSON_TYPES}
+    assert set(examples) == set(render_mod.JSON_TYPES)
+    order = examples["CEB311"]["documents"][0]
+    assert order["acturalPaid"] == order["goodsValue"] + order["freight"] + order["taxTotal"] - order["discount"]
+    assert order["goodsValue"] == sum(i["totalPrice"] for i in order["items"])
+    del examples["CEB621"]["documents"][0]["..."]  # abridged in the docs
+    schema = etree.XMLSchema(etree.parse(str(XSD_PATH))) if XSD_PATH.exists() else None
+    for code, payload in examples.items():
+        xml = render(payload, signer=stub_signature if code == "CEB621" else None)
+        root, _ = parse_message(xml)
+        if schema is not None and code != "CEB621":  # the 621 example is abridged
+            assert schema.validate(root), (code, schema.error_log)
+    head = extract(*parse_message(render(examples["CEB311"]))).documents[0].head
+    assert (head["freight"], head["discount"], head["acturalPaid"]) == ("53.00", "10.00", "1013.73")
+
+
+def test_documented_error_example_matches_the_real_answer() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    answer = next(e for e in _doc_examples() if "issues" in e)
+    with pytest.raises(MessageRejected) as exc:
+        render({"type": "CEB311", "documents": [{"ordrNo": "x", "items": [{}, {}, {"price": 0.5}]}]})
+    assert [i.as_dict() for i in exc.value.issues] == answer["issues"]
+    for code in CODES:
+        assert f"`{code}`" in text
