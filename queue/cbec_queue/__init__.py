@@ -1,1 +1,69 @@
-"""Durable retry queue (imported as ``cbec_queue``; the folder is ``queue/``)."""
+"""Durable retry queue on PostgreSQL (imported as ``cbec_queue``; the folder is ``queue/cbec_queue``).
+
+A transactional outbox: `enqueue` is a plain INSERT in the caller's transaction, `Worker` claims jobs with
+FOR UPDATE SKIP LOCKED under leases, retries with capped, jittered backoff and keeps dead letters with
+their whole attempt history for `replay`. Schema: gateway/sql/010_queue.sql.
+"""
+
+from .errors import LeaseLost, PermanentError, QueueError, TransientError
+from .jobs import CHANNEL, Job, JobState, Outcome
+from .limits import BreakerSettings, CircuitBreaker, CircuitRegistry, CircuitState, Rate, TokenBucket, circuits
+from .policy import Decision, RetryPolicy, classify
+from .store import (
+    claim,
+    claim_per_endpoint,
+    dead_letters,
+    enqueue,
+    get_job,
+    heartbeat,
+    mark_done,
+    next_due_in,
+    purge_done,
+    reap_expired,
+    record_dead,
+    record_done,
+    record_retry,
+    release,
+    replay,
+    stats,
+)
+from .worker import Handler, Worker
+
+__all__ = [
+    "CHANNEL",
+    "BreakerSettings",
+    "CircuitBreaker",
+    "CircuitRegistry",
+    "CircuitState",
+    "Decision",
+    "Handler",
+    "Job",
+    "JobState",
+    "LeaseLost",
+    "Outcome",
+    "PermanentError",
+    "QueueError",
+    "Rate",
+    "RetryPolicy",
+    "TokenBucket",
+    "TransientError",
+    "Worker",
+    "circuits",
+    "claim",
+    "claim_per_endpoint",
+    "classify",
+    "dead_letters",
+    "enqueue",
+    "get_job",
+    "heartbeat",
+    "mark_done",
+    "next_due_in",
+    "purge_done",
+    "reap_expired",
+    "record_dead",
+    "record_done",
+    "record_retry",
+    "release",
+    "replay",
+    "stats",
+]

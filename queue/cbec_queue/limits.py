@@ -1,0 +1,184 @@
+"""Per-endpoint protection as pure state machines with an injectable clock: circuit breaker, token bucket.
+
+Both are local to one worker process: with W workers an endpoint sees at most W times the configured rate.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+Clock = Callable[[], float]
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    failure_threshold: int = 5
+    cooldown_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1 or self.cooldown_s < 0:
+            raise ValueError("failure_threshold must be >= 1 and cooldown_s >= 0")
+
+
+class CircuitBreaker:
+    """closed --N consecutive failures--> open --cooldown--> half_open (one probe) --ok--> closed / --fail--> open.
+
+    In the open state results of calls that started earlier are ignored: only the probe decides.
+    """
+
+    def __init__(self, settings: BreakerSettings | None = None, *, clock: Clock = time.monotonic) -> None:
+        self.settings = settings or BreakerSettings()
+        self._clock = clock
+        self._state = CircuitState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probe_in_flight = False
+
+    @property
+    def state(self) -> CircuitState:
+        return self._state
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def allow(self) -> bool:
+        """May one call start now? In half_open this hands out the single probe."""
+        if self._state is CircuitState.CLOSED:
+            return True
+        if self._state is CircuitState.OPEN:
+            if self._clock() - self._opened_at < self.settings.cooldown_s:
+                return False
+            self._state = CircuitState.HALF_OPEN
+            self._probe_in_flight = False
+        if self._probe_in_flight:
+            return False
+        self._probe_in_flight = True
+        return True
+
+    def release_probe(self) -> None:
+        """The probe handed out by allow() was not used (nothing to send): let the next allow() have it."""
+        if self._state is CircuitState.HALF_OPEN:
+            self._probe_in_flight = False
+
+    def retry_in(self) -> float:
+        """Seconds until allow() can return True again (0 when it can now or a probe is out)."""
+        if self._state is CircuitState.OPEN:
+            return max(0.0, self._opened_at + self.settings.cooldown_s - self._clock())
+        return 0.0
+
+    def record_success(self) -> None:
+        if self._state is CircuitState.OPEN:
+            return
+        self._state = CircuitState.CLOSED
+        self._failures = 0
+        self._probe_in_flight = False
+
+    def record_failure(self) -> None:
+        if self._state is CircuitState.OPEN:
+            return
+        if self._state is CircuitState.HALF_OPEN:
+            self._open()
+            return
+        self._failures += 1
+        if self._failures >= self.settings.failure_threshold:
+            self._open()
+
+    def _open(self) -> None:
+        self._state = CircuitState.OPEN
+        self._opened_at = self._clock()
+        self._probe_in_flight = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """`per_s` calls a second on average, bursts of up to `burst` calls."""
+
+    per_s: float
+    burst: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.per_s <= 0 or self.burst < 1:
+            raise ValueError("per_s must be > 0 and burst >= 1")
+
+
+class TokenBucket:
+    """Token bucket holding at most `burst` tokens, refilled at `per_s` tokens a second; starts full."""
+
+    def __init__(self, rate: Rate, *, clock: Clock = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._tokens = float(rate.burst)
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        # A clock that goes backwards must not mint tokens.
+        elapsed = max(0.0, now - self._at)
+        self._tokens = min(float(self.rate.burst), self._tokens + elapsed * self.rate.per_s)
+        self._at = now
+
+    @property
+    def tokens(self) -> float:
+        self._refill()
+        return self._tokens
+
+    def try_take(self, n: int = 1) -> bool:
+        self._refill()
+        if self._tokens + 1e-9 < n:
+            return False
+        self._tokens = max(0.0, self._tokens - n)
+        return True
+
+    def wait_time(self, n: int = 1) -> float:
+        """Seconds until `n` tokens are there (inf if n exceeds the burst)."""
+        self._refill()
+        if n > self.rate.burst:
+            return float("inf")
+        return max(0.0, (n - self._tokens) / self.rate.per_s)
+
+
+_SEVERITY = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
+class CircuitRegistry:
+    """Breakers of the workers running in this process, for stats and the operators' page.
+
+    Several local workers may guard one endpoint; the most severe state is reported.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+
+    def register(self, worker_id: str, endpoint: str, breaker: CircuitBreaker) -> None:
+        with self._lock:
+            self._breakers[(worker_id, endpoint)] = breaker
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._breakers if k[0] == worker_id]:
+                del self._breakers[key]
+
+    def states(self) -> dict[str, CircuitState]:
+        with self._lock:
+            items = list(self._breakers.items())
+        out: dict[str, CircuitState] = {}
+        for (_, endpoint), breaker in items:
+            state = breaker.state
+            if endpoint not in out or _SEVERITY[state] > _SEVERITY[out[endpoint]]:
+                out[endpoint] = state
+        return out
+
+
+circuits = CircuitRegistry()

@@ -1,0 +1,258 @@
+"""Every SQL statement of the queue, one constant each; only store.py executes them.
+
+Parameters are asyncpg positional ($n) and listed above each statement. Times are the database's clock
+(now()), never the workers', so leases and run_after agree across machines.
+"""
+
+from __future__ import annotations
+
+# Columns of jobs that make a Job. payload travels as text both ways (`$n::text::jsonb` in, `::text` out) so
+# the statements work on connections with and without a jsonb codec (gateway.db installs one).
+_JOB_COLUMNS = (
+    "id, endpoint, kind, payload::text AS payload, dedupe_key, priority, attempts, max_attempts, replays, "
+    "run_after, created_at, locked_by, lease_until"
+)
+
+# Insert one job in the caller's transaction and wake workers (NOTIFY is delivered at commit, never on
+# rollback; PostgreSQL folds identical notifications of one transaction into one).
+# $1 endpoint, $2 kind, $3 payload (json text), $4 dedupe_key, $5 run_after|NULL, $6 priority, $7 max_attempts|NULL
+ENQUEUE = """
+WITH ins AS (
+    INSERT INTO jobs (endpoint, kind, payload, dedupe_key, run_after, priority, max_attempts)
+    VALUES ($1, $2, $3::text::jsonb, $4, COALESCE($5::timestamptz, now()), $6, $7)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT id, pg_notify('cbec_jobs', $1::text) FROM ins
+"""
+
+
+def _claim_tail(worker: str, lease: str) -> str:
+    """The end shared by the claim statements: flip the picked rows to running under a lease and open their
+    attempt rows in the statement that locked them, so there is no read-then-write window."""
+    return f"""
+claimed AS (
+    UPDATE jobs j
+    SET state = 'running', attempts = j.attempts + 1, locked_by = {worker},
+        lease_until = now() + make_interval(secs => {lease}), updated_at = now()
+    FROM picked p
+    WHERE j.id = p.id
+    RETURNING j.*
+), started AS (
+    INSERT INTO job_attempts (job_id, replay, attempt, worker_id, started_at)
+    SELECT id, replays, attempts, {worker}, now() FROM claimed
+)
+SELECT {_JOB_COLUMNS} FROM claimed ORDER BY priority DESC, run_after, id
+"""
+
+
+# Claim up to n due jobs per endpoint (the worker passes only endpoints with free capacity).
+# $1 endpoints text[], $2 counts int[], $3 worker_id, $4 lease seconds
+CLAIM_PER_ENDPOINT = f"""
+WITH wanted AS (
+    SELECT w.endpoint, w.n FROM unnest($1::text[], $2::int[]) AS w(endpoint, n) WHERE w.n > 0
+), picked AS MATERIALIZED (
+    SELECT c.id
+    FROM wanted w
+    CROSS JOIN LATERAL (
+        SELECT j.id FROM jobs j
+        WHERE j.state = 'queued' AND j.endpoint = w.endpoint AND j.run_after <= now()
+        ORDER BY j.priority DESC, j.run_after, j.id
+        LIMIT w.n
+        FOR UPDATE SKIP LOCKED
+    ) c
+), {_claim_tail("$3::text", "$4::float8")}"""
+
+# Claim up to n due jobs of any endpoint.
+# $1 limit, $2 worker_id, $3 lease seconds
+CLAIM_ANY = f"""
+WITH picked AS MATERIALIZED (
+    SELECT j.id FROM jobs j
+    WHERE j.state = 'queued' AND j.run_after <= now()
+    ORDER BY j.priority DESC, j.run_after, j.id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), {_claim_tail("$2::text", "$3::float8")}"""
+
+# Close the current attempt and move the job on; fenced by (id, locked_by, attempts) so a worker whose
+# lease expired cannot overwrite the next claim's work. Returns 1 row when it applied, 0 otherwise.
+# $1 id, $2 worker_id, $3 attempts, $4 new state (done|queued|dead), $5 retry delay seconds,
+# $6 last_error, $7 dead_reason, $8 attempt outcome, $9 attempt error detail, $10 duration_ms
+FINISH = """
+WITH j AS (
+    UPDATE jobs
+    SET state = $4::text,
+        locked_by = NULL, lease_until = NULL,
+        run_after = CASE WHEN $4::text = 'queued' THEN now() + make_interval(secs => $5) ELSE run_after END,
+        finished_at = CASE WHEN $4::text = 'queued' THEN NULL ELSE now() END,
+        last_error = $6, dead_reason = $7, updated_at = now()
+    WHERE id = $1 AND state = 'running' AND locked_by = $2 AND attempts = $3
+    RETURNING id, replays, attempts
+), a AS (
+    UPDATE job_attempts ja
+    SET finished_at = now(), outcome = $8, error = $9, duration_ms = $10
+    FROM j
+    WHERE ja.job_id = j.id AND ja.replay = j.replays AND ja.attempt = j.attempts
+)
+SELECT id FROM j
+"""
+
+# Who holds a job now (explains a FINISH that applied to no row).
+# $1 id
+JOB_STATE = "SELECT state, locked_by, attempts FROM jobs WHERE id = $1"
+
+# Extend the leases of jobs this worker still runs; returns the ids it still holds.
+# $1 ids bigint[], $2 worker_id, $3 lease seconds
+HEARTBEAT = """
+UPDATE jobs
+SET lease_until = now() + make_interval(secs => $3), updated_at = now()
+WHERE id = ANY($1::bigint[]) AND state = 'running' AND locked_by = $2
+RETURNING id
+"""
+
+# Give claimed jobs back without counting the attempt (graceful shutdown): the attempt row is removed.
+# $1 ids bigint[], $2 attempts int[], $3 worker_id
+RELEASE = """
+WITH mine AS (
+    SELECT r.id, r.attempts FROM unnest($1::bigint[], $2::int[]) AS r(id, attempts)
+), j AS (
+    UPDATE jobs
+    SET state = 'queued', attempts = jobs.attempts - 1, locked_by = NULL, lease_until = NULL, updated_at = now()
+    FROM mine
+    WHERE jobs.id = mine.id AND jobs.attempts = mine.attempts AND jobs.state = 'running' AND jobs.locked_by = $3
+    RETURNING jobs.id, jobs.endpoint, jobs.replays, mine.attempts AS attempt
+), d AS (
+    DELETE FROM job_attempts ja USING j
+    WHERE ja.job_id = j.id AND ja.replay = j.replays AND ja.attempt = j.attempt
+)
+SELECT id, pg_notify('cbec_jobs', endpoint) FROM j
+"""
+
+# Put jobs whose lease ran out (their worker died or hung) back to queued, or to dead when they have used
+# every attempt (a job that kills its worker each time must not loop forever). Any worker may run this;
+# SKIP LOCKED keeps concurrent reapers apart.
+# $1 endpoints text[], $2 max_attempts int[] (the reaping worker's policies), $3 default max_attempts|NULL,
+# $4 limit
+REAP = """
+WITH expired AS MATERIALIZED (
+    SELECT j.id, j.endpoint, j.replays, j.attempts, j.locked_by,
+           COALESCE(j.attempts >= COALESCE(j.max_attempts, m.max_attempts, $3::int), false) AS exhausted
+    FROM jobs j
+    LEFT JOIN unnest($1::text[], $2::int[]) AS m(endpoint, max_attempts) ON m.endpoint = j.endpoint
+    WHERE j.state = 'running' AND j.lease_until < now()
+    ORDER BY j.lease_until
+    LIMIT $4
+    FOR UPDATE OF j SKIP LOCKED
+), upd AS (
+    UPDATE jobs j
+    SET state = CASE WHEN e.exhausted THEN 'dead' ELSE 'queued' END,
+        locked_by = NULL, lease_until = NULL, run_after = now(), updated_at = now(),
+        finished_at = CASE WHEN e.exhausted THEN now() END,
+        dead_reason = CASE WHEN e.exhausted THEN 'max_attempts' END,
+        last_error = 'lease expired (worker ' || e.locked_by || ')'
+    FROM expired e
+    WHERE j.id = e.id
+    RETURNING j.id, j.endpoint, j.state, j.attempts, e.locked_by
+), att AS (
+    UPDATE job_attempts ja
+    SET finished_at = now(), outcome = 'lease_expired', error = 'lease expired',
+        duration_ms = (EXTRACT(EPOCH FROM now() - ja.started_at) * 1000)::int
+    FROM expired e
+    WHERE ja.job_id = e.id AND ja.replay = e.replays AND ja.attempt = e.attempts
+)
+SELECT u.id, u.endpoint, u.state, u.attempts, u.locked_by,
+       CASE WHEN u.state = 'queued' THEN pg_notify('cbec_jobs', u.endpoint) END AS notified
+FROM upd u
+"""
+
+# Move dead jobs back to queued with attempts reset; history stays and a 'replayed' marker opens the new
+# round. A dead job whose dedupe key is live again (re-enqueued meanwhile) is left dead: the live job
+# supersedes it; of several dead jobs sharing a key only the newest is replayed.
+# $1 ids bigint[]|NULL, $2 endpoint|NULL, $3 kind|NULL, $4 note
+REPLAY = """
+WITH cand AS MATERIALIZED (
+    SELECT id, endpoint, dedupe_key FROM jobs
+    WHERE state = 'dead'
+      AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
+      AND ($2::text IS NULL OR endpoint = $2::text)
+      AND ($3::text IS NULL OR kind = $3::text)
+    ORDER BY id
+    FOR UPDATE
+), chosen AS (
+    SELECT id FROM cand WHERE dedupe_key IS NULL
+    UNION ALL
+    SELECT max(c.id) FROM cand c
+    WHERE c.dedupe_key IS NOT NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs l
+          WHERE l.endpoint = c.endpoint AND l.dedupe_key = c.dedupe_key AND l.state IN ('queued', 'running'))
+    GROUP BY c.endpoint, c.dedupe_key
+), upd AS (
+    UPDATE jobs j
+    SET state = 'queued', attempts = 0, replays = j.replays + 1, run_after = now(),
+        finished_at = NULL, dead_reason = NULL, updated_at = now()
+    FROM chosen c
+    WHERE j.id = c.id
+    RETURNING j.id, j.endpoint, j.replays
+), marker AS (
+    INSERT INTO job_attempts (job_id, replay, attempt, started_at, finished_at, outcome, error)
+    SELECT id, replays, 0, now(), now(), 'replayed', $4::text FROM upd
+)
+SELECT id, pg_notify('cbec_jobs', endpoint) FROM upd
+"""
+
+# Seconds until the next queued job of these endpoints is due (negative: overdue; NULL: none queued).
+# $1 endpoints text[]
+NEXT_DUE = """
+SELECT EXTRACT(EPOCH FROM min(run_after) - clock_timestamp())::float8
+FROM jobs WHERE state = 'queued' AND endpoint = ANY($1::text[])
+"""
+
+# Per-endpoint counts by state and queue age. Scans done rows too: purge them (PURGE_DONE) to keep it cheap.
+STATS = """
+SELECT endpoint,
+       count(*) FILTER (WHERE state = 'queued') AS queued,
+       count(*) FILTER (WHERE state = 'queued' AND run_after <= now()) AS due,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'done') AS done,
+       count(*) FILTER (WHERE state = 'dead') AS dead,
+       EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE state = 'queued'))::float8 AS oldest_queued_age_s
+FROM jobs
+GROUP BY endpoint
+ORDER BY endpoint
+"""
+
+_JOB_DETAIL_COLUMNS = (
+    "id, endpoint, kind, payload::text AS payload, dedupe_key, state, priority, attempts, max_attempts, replays, "
+    "run_after, locked_by, lease_until, last_error, dead_reason, created_at, updated_at, finished_at"
+)
+
+# Dead letters, newest first.
+# $1 endpoint|NULL, $2 limit, $3 offset
+DEAD_LETTERS = f"""
+SELECT {_JOB_DETAIL_COLUMNS} FROM jobs
+WHERE state = 'dead' AND ($1::text IS NULL OR endpoint = $1::text)
+ORDER BY finished_at DESC, id DESC
+LIMIT $2 OFFSET $3
+"""
+
+# One job by id.
+# $1 id
+GET_JOB = f"SELECT {_JOB_DETAIL_COLUMNS} FROM jobs WHERE id = $1"
+
+# Attempt history of some jobs, in the order things happened.
+# $1 job ids bigint[]
+HISTORY = """
+SELECT job_id, replay, attempt, worker_id, started_at, finished_at, outcome, error, duration_ms
+FROM job_attempts
+WHERE job_id = ANY($1::bigint[])
+ORDER BY job_id, replay, attempt, id
+"""
+
+# Delete done jobs (and, by cascade, their attempts) finished longer ago than $1 seconds.
+PURGE_DONE = """
+WITH d AS (
+    DELETE FROM jobs WHERE state = 'done' AND finished_at < now() - make_interval(secs => $1) RETURNING 1
+)
+SELECT count(*) FROM d
+"""

@@ -1,0 +1,285 @@
+"""The queue's database operations (asyncpg). Each public function runs one statement unless noted.
+
+Functions take a connection, not a pool: `enqueue` must run in the caller's transaction, and the
+worker decides where the others run.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from . import queries as q
+from .errors import LeaseLost
+from .jobs import Job, Outcome
+from .limits import circuits
+
+log = structlog.get_logger("cbec_queue")
+
+# Limits on stored error text: enough for a traceback's useful tail, not a payload dump.
+_LAST_ERROR_CHARS = 500
+_ERROR_DETAIL_CHARS = 4000
+
+
+def short_error(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".strip()
+    return text[:_LAST_ERROR_CHARS]
+
+
+def error_detail(error: BaseException) -> str:
+    text = "".join(traceback.format_exception(error))
+    # Keep the end: the innermost frames and the message matter most.
+    return text[-_ERROR_DETAIL_CHARS:]
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    *,
+    endpoint: str,
+    kind: str,
+    payload: dict[str, Any],
+    dedupe_key: str | None = None,
+    run_after: datetime | None = None,
+    priority: int = 0,
+    max_attempts: int | None = None,
+) -> int | None:
+    """Add a job in the caller's transaction; it exists (and workers are woken) only if that commits.
+
+    Returns the job id, or None when a live (queued or running) job of this endpoint has `dedupe_key`.
+    `payload` must be JSON-serialisable (keep it small: ids to look up, not documents). `run_after` must be
+    timezone-aware. `priority`: higher runs first. `max_attempts` overrides the worker's policy.
+    """
+    body = json.dumps(payload, ensure_ascii=False)
+    row = await conn.fetchrow(q.ENQUEUE, endpoint, kind, body, dedupe_key, run_after, priority, max_attempts)
+    return None if row is None else int(row["id"])
+
+
+async def claim(
+    conn: asyncpg.Connection, *, worker_id: str, lease_s: float, limit: int = 1, endpoint: str | None = None
+) -> list[Job]:
+    """Claim up to `limit` due jobs (of `endpoint`, or of any endpoint) for `worker_id` under a lease."""
+    if endpoint is None:
+        rows = await conn.fetch(q.CLAIM_ANY, limit, worker_id, lease_s)
+    else:
+        rows = await conn.fetch(q.CLAIM_PER_ENDPOINT, [endpoint], [limit], worker_id, lease_s)
+    return [Job.from_record(r) for r in rows]
+
+
+async def claim_per_endpoint(
+    conn: asyncpg.Connection, *, worker_id: str, lease_s: float, wanted: Mapping[str, int]
+) -> list[Job]:
+    """Claim up to wanted[endpoint] due jobs for each endpoint, in one statement."""
+    endpoints = [e for e, n in wanted.items() if n > 0]
+    if not endpoints:
+        return []
+    rows = await conn.fetch(q.CLAIM_PER_ENDPOINT, endpoints, [wanted[e] for e in endpoints], worker_id, lease_s)
+    return [Job.from_record(r) for r in rows]
+
+
+async def _finish(
+    conn: asyncpg.Connection,
+    job: Job,
+    *,
+    state: str,
+    outcome: Outcome,
+    delay_s: float = 0.0,
+    last_error: str | None = None,
+    dead_reason: str | None = None,
+    error: str | None = None,
+    duration_ms: int | None = None,
+) -> bool:
+    row = await conn.fetchrow(
+        q.FINISH, job.id, job.locked_by, job.attempts, state, float(delay_s),
+        last_error, dead_reason, outcome, error, duration_ms,
+    )  # fmt: skip
+    return row is not None
+
+
+async def record_done(conn: asyncpg.Connection, job: Job, *, duration_ms: int | None = None) -> bool:
+    """Mark the claimed job done. False when this claim no longer holds it (see `holder`)."""
+    return await _finish(conn, job, state="done", outcome="ok", duration_ms=duration_ms)
+
+
+async def record_retry(
+    conn: asyncpg.Connection,
+    job: Job,
+    *,
+    delay_s: float,
+    error: BaseException,
+    outcome: Outcome = "transient",
+    duration_ms: int | None = None,
+) -> bool:
+    """Close the failed attempt and queue the job again after `delay_s`. False when the claim was lost."""
+    return await _finish(
+        conn, job, state="queued", outcome=outcome, delay_s=delay_s,
+        last_error=short_error(error), error=error_detail(error), duration_ms=duration_ms,
+    )  # fmt: skip
+
+
+async def record_dead(
+    conn: asyncpg.Connection,
+    job: Job,
+    *,
+    reason: str,
+    error: BaseException,
+    outcome: Outcome,
+    duration_ms: int | None = None,
+) -> bool:
+    """Close the failed attempt and move the job to the dead letters. False when the claim was lost."""
+    return await _finish(
+        conn, job, state="dead", outcome=outcome, dead_reason=reason,
+        last_error=short_error(error), error=error_detail(error), duration_ms=duration_ms,
+    )  # fmt: skip
+
+
+async def mark_done(conn: asyncpg.Connection, job: Job, *, duration_ms: int | None = None) -> None:
+    """Mark the job done inside the handler's own transaction, next to the handler's writes.
+
+    The write is fenced by the claim, so when the lease was lost (and the job may run elsewhere) this raises
+    LeaseLost and the handler's transaction must roll back: its effect then happens exactly once.
+    """
+    if not await record_done(conn, job, duration_ms=duration_ms):
+        raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {job.locked_by}")
+
+
+async def holder(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record | None:
+    """state, locked_by and attempts of a job now."""
+    return await conn.fetchrow(q.JOB_STATE, job_id)
+
+
+async def heartbeat(conn: asyncpg.Connection, *, worker_id: str, job_ids: Iterable[int], lease_s: float) -> set[int]:
+    """Extend the leases of jobs `worker_id` still runs; returns the ids it still holds."""
+    ids = list(job_ids)
+    if not ids:
+        return set()
+    rows = await conn.fetch(q.HEARTBEAT, ids, worker_id, lease_s)
+    return {int(r["id"]) for r in rows}
+
+
+async def release(conn: asyncpg.Connection, jobs: Sequence[Job]) -> list[int]:
+    """Put claimed jobs back to queued without counting the attempt (graceful shutdown).
+
+    All jobs must belong to one worker. Returns the ids that were released.
+    """
+    if not jobs:
+        return []
+    worker_ids = {j.locked_by for j in jobs}
+    if len(worker_ids) != 1:
+        raise ValueError("release() takes the jobs of one worker")
+    rows = await conn.fetch(q.RELEASE, [j.id for j in jobs], [j.attempts for j in jobs], worker_ids.pop())
+    return [int(r["id"]) for r in rows]
+
+
+async def reap_expired(
+    conn: asyncpg.Connection,
+    *,
+    max_attempts_by_endpoint: Mapping[str, int] | None = None,
+    default_max_attempts: int | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """Re-queue jobs whose lease ran out (recording a lease_expired attempt), or dead-letter those that
+    used all their attempts (job's max_attempts, else the map, else the default; None = never).
+
+    Returns one dict per reaped job: id, endpoint, state (queued|dead), attempts, locked_by (the lost owner).
+    """
+    limits = dict(max_attempts_by_endpoint or {})
+    rows = await conn.fetch(q.REAP, list(limits), list(limits.values()), default_max_attempts, limit)
+    reaped = [
+        {"id": r["id"], "endpoint": r["endpoint"], "state": r["state"], "attempts": r["attempts"],
+         "locked_by": r["locked_by"]}
+        for r in rows
+    ]  # fmt: skip
+    for item in reaped:
+        log.warning("lease_expired", job_id=item["id"], endpoint=item["endpoint"], attempts=item["attempts"],
+                    lost_worker=item["locked_by"], new_state=item["state"])  # fmt: skip
+    return reaped
+
+
+async def replay(
+    conn: asyncpg.Connection,
+    *,
+    job_ids: Sequence[int] | None = None,
+    endpoint: str | None = None,
+    kind: str | None = None,
+    all: bool = False,
+    note: str | None = None,
+) -> int:
+    """Move dead jobs matching every given filter back to queued with attempts reset; returns the count.
+
+    History is kept and a 'replayed' marker (with `note`) opens a new round. Without any filter `all=True`
+    is required, so an empty call cannot replay the whole dead-letter queue by accident.
+    """
+    if job_ids is None and endpoint is None and kind is None and not all:
+        raise ValueError("replay() needs job_ids, endpoint, kind or all=True")
+    ids = None if job_ids is None else [int(i) for i in job_ids]
+    rows = await conn.fetch(q.REPLAY, ids, endpoint, kind, note or "replayed")
+    if rows:
+        log.info("jobs_replayed", count=len(rows), endpoint=endpoint, kind=kind)
+    return len(rows)
+
+
+async def next_due_in(conn: asyncpg.Connection, endpoints: Sequence[str]) -> float | None:
+    """Seconds until the next queued job of `endpoints` is due (<= 0: due now; None: nothing queued)."""
+    value = await conn.fetchval(q.NEXT_DUE, list(endpoints))
+    return None if value is None else float(value)
+
+
+async def stats(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Per endpoint: counts by state, due jobs, oldest queued age (s) and the circuit state known locally."""
+    rows = await conn.fetch(q.STATS)
+    local = circuits.states()
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        item = dict(r)
+        state = local.pop(r["endpoint"], None)
+        item["circuit"] = None if state is None else state.value
+        out.append(item)
+    # Endpoints a local worker guards but with no job yet.
+    for endpoint, state in sorted(local.items()):
+        out.append({"endpoint": endpoint, "queued": 0, "due": 0, "running": 0, "done": 0, "dead": 0,
+                    "oldest_queued_age_s": None, "circuit": state.value})  # fmt: skip
+    return out
+
+
+def _job_dict(r: asyncpg.Record) -> dict[str, Any]:
+    item = dict(r)
+    item["payload"] = json.loads(item["payload"])
+    item["history"] = []
+    return item
+
+
+async def _with_history(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    items = [_job_dict(r) for r in rows]
+    if items:
+        by_id = {item["id"]: item for item in items}
+        for h in await conn.fetch(q.HISTORY, list(by_id)):
+            entry = dict(h)
+            by_id[entry.pop("job_id")]["history"].append(entry)
+    return items
+
+
+async def dead_letters(
+    conn: asyncpg.Connection, *, endpoint: str | None = None, limit: int = 50, offset: int = 0
+) -> list[dict[str, Any]]:
+    """Dead jobs, newest first, each with `history`: every attempt of every round (two statements)."""
+    rows = await conn.fetch(q.DEAD_LETTERS, endpoint, limit, offset)
+    return await _with_history(conn, rows)
+
+
+async def get_job(conn: asyncpg.Connection, job_id: int) -> dict[str, Any] | None:
+    """One job with its history, or None."""
+    row = await conn.fetchrow(q.GET_JOB, job_id)
+    if row is None:
+        return None
+    return (await _with_history(conn, [row]))[0]
+
+
+async def purge_done(conn: asyncpg.Connection, *, older_than_s: float) -> int:
+    """Delete done jobs finished more than `older_than_s` ago, with their history; returns the count."""
+    return int(await conn.fetchval(q.PURGE_DONE, float(older_than_s)))
