@@ -192,9 +192,13 @@ class _Renderer:
         for key in obj:
             if key in allowed:
                 continue
-            close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.75)
+            if len(self.issues) >= _MAX_ISSUES:
+                return  # the answer is full; spare the fuzzy matching
+            name = str(key)
+            close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.75) if len(name) <= 64 else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            self.issue("json.unknown_field", _pointer(*path_parts, str(key)), f"{where} has no field {key!r}{hint}")
+            shown = name if len(name) <= 64 else name[:64] + "…"
+            self.issue("json.unknown_field", _pointer(*path_parts, name), f"{where} has no field {shown!r}{hint}")
 
     # --- building -------------------------------------------------------------------------
 
