@@ -144,7 +144,7 @@ async def post_message(request: web.Request) -> web.Response:
         if source == "json":
             try:
                 payload = json.loads(body, parse_float=Decimal)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
                 issue = Issue(Layer.PARSE, "parse.invalid_json", "", f"the body is not JSON: {exc}")
                 raise MessageRejected([issue]) from None
             if not isinstance(payload, dict):

@@ -1,0 +1,10 @@
+"""Shared fixtures: a real PostgreSQL per test (tests/dbutil.py) and the API on a real socket."""
+
+from __future__ import annotations
+
+import os
+
+# The developer's shell must not leak configuration into tests.
+for _name in [n for n in os.environ if n.startswith("CBEC_") and n != "CBEC_TEST_DATABASE_URL"]:
+    del os.environ[_name]
+
