@@ -64,19 +64,23 @@ Pluggable signers (UKey / HSM)
     function and ``sign_bytes(signed_info_c14n) -> raw signature value``. :class:`RsaSha1Key` and
     :class:`Sm2Sm3Key` hold software keys; :class:`ExternalKey` wraps any callable, which is how a
     UKey or HSM plugs in. The E-Port UKey is driven through the card/key client control's local
-    service (a WebSocket on the operator's PC); a bridge for it is a backend whose ``sign_bytes``
+    WebSocket service on the operator's PC (public signers: a JSON handshake with ``_method: "open"``,
+    then ``{"_id": n, "_method": "cus-sec_SpcSignDataAsPEM", "args": {"inData": <text>, "passwd": <PIN>}}``
+    answered by ``{"_id": n, "_status": "00", "_args": {"Result": true, "Data": [<base64 value>, <cert
+    no>], "Error": []}}``; ``cus-sec_SpcGetSignCertAsPEM`` returns the certificate). A bridge for it
+    is a backend whose ``sign_bytes``
 
-    1. sends the canonical SignedInfo octets (UTF-8 text) to the local signing service, e.g.
-       ``POST http://127.0.0.1:<port>/sign`` with ``{"data": "<SignedInfo c14n>", "alg": "SM2"}``
-       or the control's own WebSocket call (``SpcSignDataAsPEM`` in the E-Port client);
-    2. receives the base64 signature value and returns it *decoded* (raw bytes: PKCS#1 v1.5 for RSA,
-       DER or 64-byte r‖s for SM2);
-    3. takes the certificate once from the same service (``SpcGetSignCert``-style call) to build
-       the backend; ``key_name`` follows from the certificate serial.
+    1. sends the canonical SignedInfo octets, as UTF-8 text, as ``inData`` (or posts them to an
+       in-house signing service, e.g. ``POST http://127.0.0.1:<port>/sign`` ``{"data": ...}``);
+    2. checks ``Result`` and returns the base64 value *decoded* (raw bytes: PKCS#1 v1.5 for RSA,
+       DER or 64-byte r‖s for SM2), raising on an error so that nothing half-signed is sent;
+    3. was built once with the certificate from the same service; ``key_name`` follows from its
+       serial (the service's "cert no" should equal it).
 
-    Such a call is blocking I/O and a UKey signs about 250 messages a minute (spec §8.3): run
-    :func:`sign` in a worker thread, or use the two halves :func:`prepare` (inserts the Signature,
-    returns the octets to sign) and :meth:`PreparedSignature.finish` (writes the value) around an
+    :class:`ExternalKey` is such a backend around any ``Callable[[bytes], bytes]``. The call is
+    blocking I/O and a UKey signs about 250 messages a minute (spec §8.3): run :func:`sign` in a
+    worker thread, or use the two halves :func:`prepare` (inserts the Signature, returns the octets
+    to sign) and :meth:`PreparedSignature.finish` (writes the value) around an
     ``await`` on the bridge. No network code lives in this module.
 
 Verification never raises on bad input: :func:`verify` returns a :class:`VerifyResult` whose
@@ -107,6 +111,7 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 
 from gateway.messages import CEB_NS, DS_NS, lookup
+from gateway.xmlsafe import parse_xml
 
 # --- algorithm identifiers ---------------------------------------------------------------------
 
@@ -485,8 +490,6 @@ def sign_xml(xml: bytes, backend: SignatureBackend, *, flow: str | None = None) 
 
     Raises :class:`gateway.errors.MessageRejected` for input the safe parser refuses.
     """
-    from gateway.xmlsafe import parse_xml  # local: xmlsafe is the parse layer, not needed to verify trees
-
     root = parse_xml(xml)
     sign(root, backend, flow=flow)
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + etree.tostring(root.getroottree(), encoding="UTF-8")
@@ -545,8 +548,6 @@ def verify(
     """
     try:
         if isinstance(root_or_bytes, bytes | bytearray):
-            from gateway.xmlsafe import parse_xml
-
             try:
                 root = parse_xml(bytes(root_or_bytes))
             except Exception as exc:  # MessageRejected and anything the parser might raise
@@ -713,12 +714,14 @@ def _read_certificate(der: bytes) -> _Certificate:
     try:
         cert = x509.load_der_x509_certificate(der)
         serial = cert.serial_number
+        spki = _spki_of(cert.tbs_certificate_bytes)
+        algorithm = _der_items(_der_items(_der_expect(spki, 0x30))[0][1])[0]
+        key_oid = _der_oid_decode(algorithm[1]) if algorithm[0] == 0x06 else ""
     except Exception as exc:
         raise ValueError(f"not an X.509 certificate ({exc})") from None
-    if cert.public_key_algorithm_oid.dotted_string == _OID_EC_PUBLIC_KEY or \
-            cert.public_key_algorithm_oid.dotted_string == _OID_SM2_CURVE:
-        point = _sm2_point_from_spki(_spki_of(cert.tbs_certificate_bytes))
-        return _Certificate(der, serial, None, point)
+    if key_oid in (_OID_EC_PUBLIC_KEY, _OID_SM2_CURVE):
+        # cryptography cannot load an SM2 key (and would accept other curves we do not want): read it here
+        return _Certificate(der, serial, None, _sm2_point_from_spki(spki))
     try:
         public = cert.public_key()
     except Exception as exc:

@@ -44,6 +44,7 @@ from gateway.signing import (
 
 DATA = Path(__file__).parent / "data" / "signing"
 UNSIGNED = (DATA / "ceb621-unsigned.xml").read_bytes()
+GOLDEN_RSA = (DATA / "ceb621-signed-rsa-sha1.xml").read_bytes()
 DS = f"{{{DS_NS}}}"
 CEB = f"{{{CEB_NS}}}"
 
@@ -197,6 +198,15 @@ def test_signed_info_is_canonicalised_in_context() -> None:
     )
     assert b"<ds:CanonicalizationMethod Algorithm=" in prepared.signed_info  # c14n writes no empty-element tags
     assert b"/>" not in prepared.signed_info
+
+
+def test_comments_and_processing_instructions() -> None:
+    # URI="" leaves comments out of the digest (XML-DSig §4.3.3.3); processing instructions stay in.
+    doc = replace_once(UNSIGNED, b"<ceb:Inventory>", b"<!-- before --><ceb:Inventory><?app hint?>")
+    signed = sign_xml(doc, rsa_key())
+    assert verify(signed).ok
+    assert verify(replace_once(signed, b"<!-- before -->", b"<!-- edited -->")).ok
+    assert verify(replace_once(signed, b"<?app hint?>", b"<?app other?>")).code == "signature.digest_mismatch"
 
 
 def test_resigning_replaces_the_signature() -> None:
@@ -588,8 +598,6 @@ def test_verify_never_raises_on_mutated_input(data: st.DataObject) -> None:
     if not result.ok:
         assert result.code in CODES
 
-
-GOLDEN_RSA = (DATA / "ceb621-signed-rsa-sha1.xml").read_bytes()
 
 
 # --- interoperability ------------------------------------------------------------------------------
