@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import structlog
 from aiohttp import web
+from lxml import etree
 
 from gateway.auth import KeyRing, Principal
 from gateway.config import Settings
@@ -246,7 +247,13 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(OPENAPI)
 
 
-def create_app(settings: Settings, pool: asyncpg.Pool, *, schemas: SchemaSet | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    schemas: SchemaSet | None = None,
+    signer: Callable[[etree._Element], None] | None = None,
+) -> web.Application:
     """Build the API application around an open pool (the caller owns the pool's lifetime)."""
     from gateway.tax import TaxRates
 
@@ -258,7 +265,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool, *, schemas: SchemaSet | N
     store = Store(pool, tax_rates=TaxRates.from_mapping(settings.tax_rates), tolerance=settings.amount_tolerance)
     app[POOL] = pool
     app[STORE] = store
-    app[PIPELINE] = Pipeline(schemas or SchemaSet(), store, max_bytes=settings.max_body_bytes)
+    app[PIPELINE] = Pipeline(schemas or SchemaSet(), store, max_bytes=settings.max_body_bytes, signer=signer)
     app[KEYS] = KeyRing(settings.api_keys)
     app.router.add_post("/v1/messages", post_message)
     app.router.add_get("/v1/messages/{guid}", get_message)

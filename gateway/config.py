@@ -44,6 +44,11 @@ class Settings:
     amount_tolerance: Decimal = Decimal("0")  # reconciliation tolerance for compared amounts, in CNY
     tax_rates: Mapping[str, Any] = field(default_factory=dict)  # overrides of gateway.tax defaults
     pool_max_size: int = 16
+    # The declaring agent's key, used to sign JSON-submitted declarations whose schema requires a
+    # signature (CEB621). None: a TEST key is generated in data_dir/signing (never for customs).
+    signing_key_file: Path | None = None
+    signing_cert_file: Path | None = None
+    signing_algorithm: str = "rsa-sha1"  # or "sm2-sm3"
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -84,6 +89,9 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
         ("log_level", str),
         ("amount_tolerance", lambda v: Decimal(str(v))),
         ("pool_max_size", int),
+        ("signing_key_file", Path),
+        ("signing_cert_file", Path),
+        ("signing_algorithm", str),
     ):
         if name in data:
             changes[name] = conv(data[name])

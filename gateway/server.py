@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import secrets
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import structlog
 from aiohttp import web
+from lxml import etree
 
 from gateway import db, logs
 from gateway.api import create_app
@@ -52,6 +53,36 @@ def dev_keys(settings: Settings) -> Settings:
     return settings.with_overrides(api_keys=(ApiKey("dev-admin", key, Role.ADMIN),))
 
 
+def agent_signer(settings: Settings) -> Callable[[etree._Element], None]:
+    """The signer for JSON-submitted CEB621s: the configured key, else a local TEST key."""
+    from gateway import signing
+
+    key_file, cert_file = settings.signing_key_file, settings.signing_cert_file
+    if key_file is None or cert_file is None:
+        folder = Path(settings.data_dir) / "signing"
+        key_file, cert_file = folder / "test-agent-key.pem", folder / "test-agent-cert.pem"
+        if not key_file.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            kind = "sm2" if settings.signing_algorithm == "sm2-sm3" else "rsa"
+            key_pem, cert_pem = signing.generate_test_key(kind, "cbec-gateway local agent")
+            key_file.write_bytes(key_pem)
+            key_file.chmod(0o600)
+            cert_file.write_bytes(cert_pem)
+        log.warning(
+            "test_signing_key", note="no signing key configured; JSON CEB621s get a TEST signature", file=str(key_file)
+        )
+    backend: signing.SignatureBackend
+    if settings.signing_algorithm == "sm2-sm3":
+        backend = signing.Sm2Sm3Key.from_files(key_file, cert_file)
+    else:
+        backend = signing.RsaSha1Key.from_files(key_file, cert_file)
+
+    def sign(root: etree._Element) -> None:
+        signing.sign(root, backend)
+
+    return sign
+
+
 async def migrate_only(settings: Settings) -> list[str]:
     logs.configure(settings.log_format, settings.log_level)
     async with database(settings) as dsn:
@@ -77,7 +108,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, stop:
             applied = await db.migrate(pool)
             if applied:
                 log.info("migrations_applied", names=applied)
-            app = create_app(settings, pool)
+            app = create_app(settings, pool, signer=agent_signer(settings))
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.port)

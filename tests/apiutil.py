@@ -1,0 +1,99 @@
+"""The gateway API on a real aiohttp server bound to 127.0.0.1, and a small client for tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+from lxml import etree
+
+from gateway.api import create_app
+from gateway.config import ApiKey, Role, Settings
+from gateway.signing import RsaSha1Key, generate_test_key, sign
+
+ADMIN = "admin-key-000000000000"
+OPERATOR = "operator-key-11111111111"
+PLATFORM_A = "platform-a-key-2222222222"  # holds the sample platform's and enterprise's codes
+STRANGER = "stranger-key-3333333333"  # a submitter for an unrelated enterprise
+
+from gateway.samples import EBC_CODE, EBP_CODE  # noqa: E402  (the sample enterprises)
+
+_BACKEND = RsaSha1Key.from_pem(*generate_test_key("rsa", "cbec-gateway test agent"))
+
+
+def sign_as_agent(root: etree._Element) -> None:
+    sign(root, _BACKEND)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None = ADMIN,
+        data: bytes | None = None,
+        json_body: Any = None,
+        content_type: str | None = None,
+    ) -> Reply:
+        headers = {}
+        if key is not None:
+            headers["X-API-Key"] = key
+        if json_body is not None:
+            data = json.dumps(json_body, ensure_ascii=False).encode()
+            content_type = content_type or "application/json"
+        if content_type:
+            headers["Content-Type"] = content_type
+        async with self.session.request(method, self.base + path, data=data, headers=headers) as resp:
+            raw = await resp.read()
+            try:
+                body: Any = json.loads(raw)
+            except ValueError:
+                body = raw
+            return Reply(resp.status, body, resp.headers)
+
+    async def post_xml(self, xml: bytes, key: str | None = ADMIN) -> Reply:
+        return await self.request("POST", "/v1/messages", key=key, data=xml, content_type="application/xml")
+
+    async def get(self, path: str, key: str | None = ADMIN) -> Reply:
+        return await self.request("GET", path, key=key)
+
+
+def test_settings(**overrides: Any) -> Settings:
+    keys = (
+        ApiKey("admin", ADMIN, Role.ADMIN),
+        ApiKey("operator", OPERATOR, Role.OPERATOR),
+        ApiKey("platform-a", PLATFORM_A, Role.SUBMITTER, frozenset({EBP_CODE, EBC_CODE})),
+        ApiKey("stranger", STRANGER, Role.SUBMITTER, frozenset({"9999999999"})),
+    )
+    return Settings(api_keys=keys, max_body_bytes=256 * 1024, **overrides)
+
+
+@pytest.fixture
+async def api(db_pool: asyncpg.Pool) -> AsyncIterator[Client]:
+    app = create_app(test_settings(), db_pool, signer=sign_as_agent)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with aiohttp.ClientSession() as session:
+        yield Client(session, f"http://127.0.0.1:{port}")
+    await runner.cleanup()

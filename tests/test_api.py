@@ -1,0 +1,245 @@
+"""The HTTP API over a real aiohttp server on 127.0.0.1 with a real PostgreSQL behind it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from typing import Any
+
+import pytest
+
+from gateway import samples
+from gateway.render import render
+from tests.apiutil import OPERATOR, PLATFORM_A, STRANGER, Client, sign_as_agent
+
+pytestmark = pytest.mark.db
+
+def xml_of(payload: dict[str, Any]) -> bytes:
+    return render(payload, signer=sign_as_agent if payload["type"] == "CEB621" else None)
+
+
+def new_shipment(seed: int, mode: str = "9610", **kw: Any) -> samples.ShipmentSample:
+    return samples.shipment(random.Random(seed), mode=mode, **kw)
+
+
+def legs(s: samples.ShipmentSample) -> dict[str, bytes]:
+    return {p["type"]: xml_of(p) for p in (s.order, s.payment, s.waybill, s.inventory)}
+
+
+async def shipment_state(api: Client, s: samples.ShipmentSample) -> dict[str, Any]:
+    doc = s.order["documents"][0]
+    reply = await api.get(f"/v1/shipments/{doc['ebpCode']}/{doc['orderNo']}")
+    assert reply.status == 200, reply.body
+    return reply.body
+
+
+@pytest.mark.parametrize("mode", ["9610", "1210"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_four_legs_in_any_order_end_matched(api: Client, mode: str, seed: int) -> None:
+    s = new_shipment(seed, mode)
+    order = list(legs(s).items())
+    random.Random(seed).shuffle(order)
+    states = []
+    for code, xml in order:
+        reply = await api.post_xml(xml)
+        assert reply.status == 202, (code, reply.body)
+        assert reply.body["message_type"] == code
+        assert reply.body["documents"][0]["outcome"] == "accepted"
+        states.append(reply.body["documents"][0]["shipment"]["state"])
+    assert states[:-1] == ["incomplete"] * 3
+    assert states[-1] == "matched"
+    found = await shipment_state(api, s)
+    assert found["state"] == "matched"
+    assert found["findings"] == []
+    assert found["missing"] == []
+
+
+async def test_incomplete_shipment_names_missing_legs(api: Client) -> None:
+    s = new_shipment(10)
+    reply = await api.post_xml(legs(s)["CEB311"])
+    shipment = reply.body["documents"][0]["shipment"]
+    assert shipment["state"] == "incomplete"
+    assert shipment["missing"] == ["payment", "waybill", "inventory"]
+
+
+async def test_inconsistent_amounts_make_a_mismatch_with_both_values(api: Client) -> None:
+    s = samples.broken(new_shipment(11), "amount_mismatch")
+    for xml in legs(s).values():
+        assert (await api.post_xml(xml)).status == 202
+    found = await shipment_state(api, s)
+    assert found["state"] == "mismatched"
+    codes = {f["code"] for f in found["findings"]}
+    assert "recon.amount_paid_mismatch" in codes, codes
+    finding = next(f for f in found["findings"] if f["code"] == "recon.amount_paid_mismatch")
+    assert finding["left"]["doc"] == "CEB311" and finding["right"]["doc"] == "CEB411"
+    assert finding["left"]["value"] != finding["right"]["value"]
+
+
+async def test_schema_error_is_422_with_code_and_path(api: Client) -> None:
+    s = new_shipment(12)
+    p = copy.deepcopy(s.order)
+    p["documents"][0]["orderNo"] = "X" * 61  # C..60
+    reply = await api.post_xml(xml_of(p))
+    assert reply.status == 422
+    issue = reply.body["error"]["issues"][0]
+    assert issue["layer"] == "schema"
+    assert issue["path"] == "/CEB311Message/Order[1]/OrderHead/orderNo"
+    assert issue["code"].startswith("schema.")
+
+
+async def test_rule_error_is_422_with_rule_layer(api: Client) -> None:
+    s = new_shipment(13)
+    p = copy.deepcopy(s.order)
+    p["documents"][0]["currency"] = "502"
+    reply = await api.post_xml(xml_of(p))
+    assert reply.status == 422
+    issues = reply.body["error"]["issues"]
+    assert {"layer": "rule", "path": "/CEB311Message/Order[1]/OrderHead/currency"}.items() <= issues[0].items()
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status", "code"),
+    [
+        (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>', "application/xml",
+         400, "parse.dtd_forbidden"),
+        (b"<a><b></a>", "application/xml", 400, "parse.not_well_formed"),
+        (b"{not json", "application/json", 400, "parse.invalid_json"),
+        (b"[" * 100000, "application/json", 400, "parse.invalid_json"),
+        (b'{"type": "CEB999", "documents": []}', "application/json", 422, "json.unsupported_type"),
+        (b"<a>" + b"x" * (300 * 1024) + b"</a>", "application/xml", 413, "parse.too_large"),
+    ],
+)
+async def test_bad_bodies_get_precise_errors(api: Client, body: bytes, ctype: str, status: int, code: str) -> None:
+    reply = await api.request("POST", "/v1/messages", data=body, content_type=ctype)
+    assert reply.status == status, reply.body
+    assert reply.body["error"]["issues"][0]["code"] == code
+
+
+async def test_unsupported_content_type_is_415(api: Client) -> None:
+    reply = await api.request("POST", "/v1/messages", data=b"hello", content_type="text/plain")
+    assert reply.status == 415
+
+
+async def test_json_submission_goes_through_the_same_path(api: Client) -> None:
+    s = new_shipment(14)
+    reply = await api.request("POST", "/v1/messages", json_body=json.loads(json.dumps(s.order, default=str)))
+    assert reply.status == 202, reply.body
+    guid = reply.body["guid"]
+    stored = await api.get(f"/v1/messages/{guid}")
+    assert stored.status == 200
+    assert "<ceb:CEB311Message" in stored.body["raw_xml"]
+
+
+async def test_missing_or_unknown_key_is_401(api: Client) -> None:
+    s = new_shipment(15)
+    assert (await api.post_xml(legs(s)["CEB311"], key=None)).status == 401
+    assert (await api.post_xml(legs(s)["CEB311"], key="nope")).status == 401
+    assert (await api.get("/v1/shipments", key=None)).status == 401
+
+
+async def test_tenants_are_isolated(api: Client) -> None:
+    s = new_shipment(16)
+    order = legs(s)["CEB311"]
+    stranger = await api.post_xml(order, key=STRANGER)
+    assert stranger.status == 403
+    assert stranger.body["error"]["issues"][0]["code"] == "auth.not_your_document"
+    own = await api.post_xml(order, key=PLATFORM_A)
+    assert own.status == 202
+    doc = s.order["documents"][0]
+    path = f"/v1/shipments/{doc['ebpCode']}/{doc['orderNo']}"
+    assert (await api.get(path, key=PLATFORM_A)).status == 200
+    assert (await api.get(path, key=STRANGER)).status == 404
+    assert (await api.get(f"/v1/messages/{own.body['guid']}", key=STRANGER)).status == 404
+    assert (await api.get(path, key=OPERATOR)).status == 200
+    listed = await api.get("/v1/shipments", key=STRANGER)
+    assert listed.status == 200 and listed.body["items"] == []
+    listed = await api.get("/v1/shipments", key=PLATFORM_A)
+    assert [i["orderNo"] for i in listed.body["items"]] == [doc["orderNo"]]
+
+
+async def test_same_guid_same_bytes_replays_the_original_answer(api: Client) -> None:
+    xml = legs(new_shipment(17))["CEB311"]
+    first = await api.post_xml(xml)
+    again = await api.post_xml(xml)
+    assert first.status == again.status == 202
+    assert again.body == first.body
+    assert again.headers.get("Idempotent-Replay") == "true"
+
+
+async def test_same_guid_other_bytes_is_a_conflict(api: Client) -> None:
+    s = new_shipment(18)
+    first = await api.post_xml(xml_of(s.order))
+    assert first.status == 202
+    other = copy.deepcopy(s.order)
+    other["documents"][0]["note"] = "改了"
+    reply = await api.post_xml(xml_of(other))  # same root guid (the payload carries it), other bytes
+    assert reply.status == 409
+    assert reply.body["error"]["issues"][0]["code"] == "state.guid_conflict"
+
+
+def _resend(payload: dict[str, Any], app_type: str, app_time: str) -> dict[str, Any]:
+    p = copy.deepcopy(payload)
+    p.pop("guid", None)  # a new message
+    d = p["documents"][0]
+    d["guid"] = None
+    d["appType"] = app_type
+    d["appTime"] = app_time
+    return p
+
+
+async def test_duplicate_change_older_and_withdrawal(api: Client) -> None:
+    s = new_shipment(19)
+    order = s.order
+    t0 = order["documents"][0]["appTime"]
+    assert (await api.post_xml(xml_of(order))).status == 202
+
+    dup = await api.post_xml(xml_of(_resend(order, "1", t0)))
+    assert dup.status == 409
+    assert dup.body["error"]["issues"][0]["code"] == "state.duplicate"
+
+    newer = str(int(t0) + 1)
+    changed = _resend(order, "2", newer)
+    changed["documents"][0]["note"] = "地址已更正"
+    reply = await api.post_xml(xml_of(changed))
+    assert reply.status == 202 and reply.body["documents"][0]["outcome"] == "replaced"
+
+    older = await api.post_xml(xml_of(_resend(order, "2", t0)))
+    assert older.status in (200, 202)
+    assert older.body["documents"][0]["outcome"] == "ignored_older"
+
+    withdrawn = await api.post_xml(xml_of(_resend(order, "3", str(int(t0) + 2))))
+    assert withdrawn.status == 202 and withdrawn.body["documents"][0]["outcome"] == "withdrawn"
+    found = await shipment_state(api, s)
+    assert "order" in found["missing"]
+    history = [d for d in found["documents"] if d["kind"] == "order"]
+    assert len(history) >= 2  # the first version and the change are kept
+
+    nothing = await api.post_xml(xml_of(_resend(new_shipment(20).order, "2", newer)))
+    assert nothing.status == 409
+    assert nothing.body["error"]["issues"][0]["code"] == "state.not_found"
+
+
+async def test_list_filters_and_paginates(api: Client) -> None:
+    for seed in range(30, 35):
+        assert (await api.post_xml(legs(new_shipment(seed))["CEB311"])).status == 202
+    seen: list[str] = []
+    cursor = None
+    while True:
+        path = "/v1/shipments?state=incomplete&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = (await api.get(path)).body
+        seen += [i["orderNo"] for i in page["items"]]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    assert len(seen) == 5 == len(set(seen))
+    assert (await api.get("/v1/shipments?state=matched")).body["items"] == []
+    assert (await api.get("/v1/shipments?state=bogus")).status == 400
+
+
+async def test_healthz_and_openapi(api: Client) -> None:
+    health = await api.get("/healthz", key=None)
+    assert health.status == 200 and health.body["database"] == "ok"
+    spec = await api.get("/openapi.json", key=None)
+    assert spec.status == 200
+    assert {"/v1/messages", "/v1/shipments", "/v1/shipments/{ebpCode}/{orderNo}"} <= set(spec.body["paths"])
