@@ -91,11 +91,11 @@ async def test_schema_error_is_422_with_code_and_path(api: Client) -> None:
 async def test_rule_error_is_422_with_rule_layer(api: Client) -> None:
     s = new_shipment(13)
     p = copy.deepcopy(s.order)
-    p["documents"][0]["currency"] = "502"
+    p["documents"][0]["buyerIdType"] = "2"  # the spec requires 1 (ID card)
     reply = await api.post_xml(xml_of(p))
     assert reply.status == 422
     issues = reply.body["error"]["issues"]
-    assert {"layer": "rule", "path": "/CEB311Message/Order[1]/OrderHead/currency"}.items() <= issues[0].items()
+    assert {"layer": "rule", "path": "/CEB311Message/Order[1]/OrderHead/buyerIdType"}.items() <= issues[0].items()
 
 
 @pytest.mark.parametrize(
