@@ -1,0 +1,213 @@
+"""Warehouse adapter: create overseas / bonded warehouse orders from declared shipments.
+
+The warehouse API is this gateway's own JSON contract (docs/adapters.md):
+
+* **outbound** (pick, pack and ship a parcel to the buyer) from a CEB621 inventory — for 1210 bonded stock
+  once the inventory is declared — or from a CEB311 order (overseas warehouse fulfilment);
+* **inbound** (parcels arriving at the site) from a CEB711 delivery (入库明细单): one order per B/L, with the
+  waybills unloaded under it.
+
+One warehouse order per business document (an inventory, an order, a delivery), POSTed one by one. Each has
+an ``orderId`` derived from the job's dedupe key and the document's position, sent again on every retry
+(also as ``Idempotency-Key``), so a retry after a partial failure re-sends only duplicates the warehouse
+recognises.
+
+Job payload: ``{"message": "<CEB XML>", "dedupe_key": "...", "direction": "outbound"|"inbound"}``
+(``direction`` optional: inbound for CEB711, outbound otherwise).
+
+Request ``POST <url>``::
+
+    {"schema": "cbec.warehouse-order.v1", "orderId": "...", "direction": "outbound",
+     "warehouseCode": "WH-HK-01", "callbackUrl": "https://gateway.example/v1/warehouse/callbacks",
+     "reference": {"messageType": "CEB621", "guid": "...", "orderNo": "...", "ebcCode": "...", "logisticsNo": "...",
+                   ...},
+     "consignee": {"name": "...", "telephone": "...", "address": "..."},          # outbound only
+     "items": [{"lineNo": "1", "sku": "...", "itemRecordNo": "...", "name": "...", "barCode": "...",
+                "qty": "2", "unit": "142"}],                                       # goods lines, may be empty
+     "parcels": [{"lineNo": "1", "logisticsNo": "..."}]}                           # inbound (CEB711) only
+
+Reply: 2xx with ``{"warehouseOrderNo": "..."}`` (201 for a new order, 200 for a repeated orderId).
+
+Callback — the warehouse later POSTs status changes to ``callbackUrl``::
+
+    {"schema": "cbec.warehouse-callback.v1", "orderId": "...", "warehouseOrderNo": "...",
+     "direction": "outbound", "status": "shipped", "reason": null,
+     "occurredAt": "2026-11-20T10:15:00+08:00", "timestamp": 1795140900, "reference": {...}}
+
+``status`` is one of :data:`CALLBACK_STATUSES`. When a shared secret is configured the callback carries the
+same ``X-CBEC-Signature`` / ``X-CBEC-Timestamp`` headers as seller webhooks; :func:`parse_callback` checks
+them and the shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from adapters import dxp
+from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResult
+from adapters.customs import payload_message
+from adapters.webhook import verify_signature
+from gateway.documents import Document, extract
+from gateway.errors import MessageRejected
+from gateway.xmlsafe import parse_message
+
+ORDER_SCHEMA = "cbec.warehouse-order.v1"
+CALLBACK_SCHEMA = "cbec.warehouse-callback.v1"
+DIRECTIONS = ("inbound", "outbound")
+CALLBACK_STATUSES = ("accepted", "received", "picked", "shipped", "delivered", "rejected", "cancelled")
+
+_REFERENCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "CEB621": ("guid", "orderNo", "ebpCode", "ebcCode", "logisticsCode", "logisticsNo", "copNo", "preNo", "invtNo",
+               "tradeMode", "emsNo", "areaCode", "customsCode"),
+    "CEB311": ("guid", "orderNo", "ebpCode", "ebcCode", "payTransactionId"),
+    "CEB711": ("guid", "billNo", "trafMode", "trafNo", "voyageNo", "logisticsCode", "operatorCode", "copNo",
+               "customsCode", "unloadLocation"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WarehouseConfig:
+    url: str
+    warehouse_code: str
+    callback_url: str | None = None
+    timeouts: AdapterTimeouts = field(default_factory=lambda: AdapterTimeouts(total=15.0))
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _pick(values: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    return {n: values[n] for n in names if values.get(n)}
+
+
+def _items(doc: Document) -> list[dict[str, str]]:
+    out = []
+    for line in doc.lines:
+        item = {
+            "lineNo": line.get("gnum", ""),
+            "sku": line.get("itemNo", ""),
+            "itemRecordNo": line.get("itemRecordNo", ""),
+            "name": line.get("itemName") or line.get("gname", ""),
+            "barCode": line.get("barCode", ""),
+            "qty": line.get("qty", ""),
+            "unit": line.get("unit", ""),
+        }
+        out.append({k: v for k, v in item.items() if v})
+    return out
+
+
+def build_orders(job_payload: Mapping[str, Any], config: WarehouseConfig) -> list[dict[str, Any]]:
+    """One warehouse order body per business document of the job's message."""
+    try:
+        root, mtype = parse_message(payload_message(job_payload))
+    except MessageRejected as exc:
+        raise PermanentError(f"warehouse job payload is not a CEB message: {exc}") from exc
+    ref_fields = _REFERENCE_FIELDS.get(mtype.code)
+    if ref_fields is None:
+        known = ", ".join(_REFERENCE_FIELDS)
+        raise PermanentError(f"no warehouse order can be made from a {mtype.code} (only {known})")
+    direction = job_payload.get("direction") or ("inbound" if mtype.code == "CEB711" else "outbound")
+    if direction not in DIRECTIONS:
+        raise PermanentError(f"warehouse direction must be inbound or outbound, not {direction!r}")
+    parsed = extract(root, mtype)
+    key = job_payload.get("dedupe_key") or parsed.guid
+    if not isinstance(key, str) or not key:
+        raise PermanentError("warehouse job payload needs a dedupe_key (or a message guid) for stable order ids")
+    orders = []
+    for doc in parsed.documents:
+        body: dict[str, Any] = {
+            "schema": ORDER_SCHEMA,
+            "orderId": dxp.cop_msg_id_for(f"warehouse:{key}:{doc.index}"),
+            "direction": direction,
+            "warehouseCode": config.warehouse_code,
+            "reference": {"messageType": mtype.code, **_pick(doc.head, ref_fields)},
+            "items": [] if mtype.code == "CEB711" else _items(doc),
+        }
+        if config.callback_url:
+            body["callbackUrl"] = config.callback_url
+        h = doc.head
+        if mtype.code == "CEB711":
+            body["parcels"] = [
+                {"lineNo": line.get("gnum", ""), "logisticsNo": line.get("logisticsNo", "")} for line in doc.lines
+            ]
+        elif direction == "outbound":
+            name = h.get("consignee") or h.get("buyerName", "")  # an inventory names only the buyer
+            phone = h.get("consigneeTelephone") or h.get("buyerTelephone", "")
+            body["consignee"] = {"name": name, "telephone": phone, "address": h.get("consigneeAddress", "")}
+        orders.append(body)
+    return orders
+
+
+class WarehouseAdapter(HttpAdapter):
+    name = "warehouse"
+
+    def __init__(self, config: WarehouseConfig, *, session: aiohttp.ClientSession | None = None) -> None:
+        super().__init__(timeouts=config.timeouts, headers=config.headers, session=session)
+        self.config = config
+
+    async def send(self, job_payload: Mapping[str, Any]) -> SendResult:
+        created: list[dict[str, Any]] = []
+        for body in build_orders(job_payload, self.config):
+            data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            headers = {"Idempotency-Key": body["orderId"]}
+            reply = await self.post_checked(
+                self.config.url, data=data, content_type="application/json", headers=headers
+            )
+            ack = reply.json()
+            number = ack.get("warehouseOrderNo") if isinstance(ack, Mapping) else None
+            created.append({"orderId": body["orderId"], "warehouseOrderNo": number, "status": reply.status})
+        reference = created[0]["orderId"] if len(created) == 1 else None
+        return SendResult(self.name, reference, created[-1]["status"] if created else None, {"orders": created})
+
+
+@dataclass(frozen=True)
+class WarehouseCallback:
+    order_id: str
+    warehouse_order_no: str
+    direction: str
+    status: str
+    occurred_at: str
+    reason: str | None
+    reference: Mapping[str, Any]
+    raw: Mapping[str, Any]
+
+
+def parse_callback(
+    body: bytes,
+    *,
+    secret: str | bytes | None = None,
+    signature: str | None = None,
+    timestamp: str | None = None,
+    tolerance: float | None = 300,
+) -> WarehouseCallback:
+    """Check (signature when ``secret`` is given, then shape) and read a warehouse callback; ValueError if bad."""
+    if secret is not None and not verify_signature(secret, body, signature, timestamp=timestamp, tolerance=tolerance):
+        raise ValueError("warehouse callback signature does not verify")
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"warehouse callback is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != CALLBACK_SCHEMA:
+        raise ValueError(f"warehouse callback must be an object with schema {CALLBACK_SCHEMA!r}")
+    for name in ("orderId", "warehouseOrderNo", "direction", "status", "occurredAt"):
+        if not isinstance(doc.get(name), str) or not doc[name]:
+            raise ValueError(f"warehouse callback lacks {name}")
+    if doc["direction"] not in DIRECTIONS:
+        raise ValueError(f"warehouse callback direction {doc['direction']!r} is not inbound/outbound")
+    if doc["status"] not in CALLBACK_STATUSES:
+        raise ValueError(f"warehouse callback status {doc['status']!r} is not one of {', '.join(CALLBACK_STATUSES)}")
+    reason = doc.get("reason")
+    ref = doc.get("reference")
+    return WarehouseCallback(
+        order_id=doc["orderId"],
+        warehouse_order_no=doc["warehouseOrderNo"],
+        direction=doc["direction"],
+        status=doc["status"],
+        occurred_at=doc["occurredAt"],
+        reason=reason if isinstance(reason, str) else None,
+        reference=ref if isinstance(ref, dict) else {},
+        raw=doc,
+    )
