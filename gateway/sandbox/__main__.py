@@ -1,0 +1,71 @@
+"""``python -m gateway.sandbox [--port 8790] [--receipt-url URL] [--receipt-delay 0.5] ...``"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from decimal import Decimal
+
+from gateway.sandbox.app import SandboxConfig, start_sandbox
+
+
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m gateway.sandbox", description="Run the customs sandbox.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8790)
+    p.add_argument("--receipt-url", help="where receipts are POSTed (the gateway's /v1/receipts)")
+    p.add_argument("--receipt-header", action="append", default=[], metavar="NAME:VALUE",
+                   help="extra header on receipt POSTs, e.g. 'X-API-Key: ...' (repeatable)")
+    p.add_argument("--receipt-delay", type=float, default=SandboxConfig.receipt_delay)
+    p.add_argument("--flaky-failures", type=int, default=SandboxConfig.flaky_failures)
+    p.add_argument("--timeout-delay", type=float, default=SandboxConfig.timeout_delay)
+    p.add_argument("--slow-delay", type=float, default=SandboxConfig.slow_delay)
+    p.add_argument("--no-schema", action="store_true", help="do not XSD-validate incoming messages")
+    p.add_argument("--single-limit", type=Decimal, default=SandboxConfig.single_limit)
+    p.add_argument("--annual-limit", type=Decimal, default=SandboxConfig.annual_limit)
+    p.add_argument("--warehouse-callback-url")
+    p.add_argument("--warehouse-callback-secret")
+    return p.parse_args(argv)
+
+
+async def _run(ns: argparse.Namespace) -> None:
+    headers = {}
+    for item in ns.receipt_header:
+        name, _, value = item.partition(":")
+        headers[name.strip()] = value.strip()
+    running = await start_sandbox(
+        ns.host,
+        ns.port,
+        receipt_url=ns.receipt_url,
+        receipt_headers=headers,
+        receipt_delay=ns.receipt_delay,
+        flaky_failures=ns.flaky_failures,
+        timeout_delay=ns.timeout_delay,
+        slow_delay=ns.slow_delay,
+        validate_schema=not ns.no_schema,
+        single_limit=ns.single_limit,
+        annual_limit=ns.annual_limit,
+        warehouse_callback_url=ns.warehouse_callback_url,
+        warehouse_callback_secret=ns.warehouse_callback_secret,
+    )
+    print(f"customs sandbox listening on {running.url} (POST /dxp, /ceb, /inspection, /warehouse/orders)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await running.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run(_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

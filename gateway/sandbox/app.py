@@ -1,0 +1,911 @@
+"""The customs sandbox: an aiohttp application playing China customs / E-Port, an inspection service and a
+warehouse on 127.0.0.1, for tests and local development (docs/sandbox.md).
+
+Customs side
+    ``POST /dxp`` takes a DxpMsg, ``POST /ceb`` a bare CEB message. The immediate HTTP answer is a small JSON
+    ack (``200 {"code": "0000", ...}``) or an error (``400 {"code": "0001"|"0002"|"2001", "reason": ...}``);
+    receipts follow asynchronously as DxpMsg-wrapped CEB312/412/512/514/622/624/626/712 (or CEB900 for a
+    message that fails parsing or the schema), POSTed to ``receipt_url``:
+
+    * order / payment / waybill: ``2`` → ``120``;
+    * inventory: three-document comparison against the order, payment and waybill received so far, then the
+      single (¥5,000, several lines) and annual (¥26,000 per buyer ID) quota; clean: ``2`` → ``120`` →
+      ``399`` → ``800``; inconsistent or incomplete: ``2`` → ``100`` with the reasons in returnInfo;
+    * a second declaration (appType 1) of a key already accepted: one receipt with −301010 (order), −401007
+      (payment), −504015 (waybill) or −621004 (inventory); over the limits: −621005 / −621018;
+    * appStatus 1 (temp-save): one receipt ``1``.
+
+Scenarios (a prefix of orderNo / logisticsNo / payTransactionId, or an ``X-Sandbox-Scenario`` header) make it
+misbehave on purpose: FAIL5XX, FLAKY, TIMEOUT, SLOW, LOSTRCPT, DUPRCPT, OOORCPT, REJECT, POISON.
+
+Control: ``GET /sandbox/stats`` (deliveries by CopMsgId — exactly-once checks), ``GET /sandbox/receipts``,
+``GET /sandbox/records`` (inspection / warehouse requests), ``POST /sandbox/config``, ``POST /sandbox/reset``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from adapters import dxp
+from adapters.webhook import sign_body
+from gateway.documents import Document, ParsedMessage, extract
+from gateway.errors import MessageRejected
+from gateway.messages import MessageType
+from gateway.sandbox import receipts as rc
+from gateway.xmlsafe import parse_message, parse_xml
+
+log = logging.getLogger("cbec.sandbox")
+
+SCENARIOS: tuple[str, ...] = (
+    "FAIL5XX", "FLAKY", "TIMEOUT", "SLOW", "LOSTRCPT", "DUPRCPT", "OOORCPT", "REJECT", "POISON",
+)  # fmt: skip
+SCENARIO_HEADER = "X-Sandbox-Scenario"
+SCENARIO_FIELDS: tuple[str, ...] = ("orderNo", "logisticsNo", "payTransactionId")
+CUSTOMS_IDS = (dxp.IMPORT_RECEIVER, dxp.EXPORT_RECEIVER)
+
+#: Business duplicate codes per declaration (spec §5.3) and "nothing to change" codes.
+DUPLICATE_CODE = {"CEB311": "-301010", "CEB411": "-401007", "CEB511": "-504015", "CEB621": "-621004"}
+NOTHING_TO_CHANGE = {"CEB311": "-301009", "CEB411": "-401008", "CEB511": "-504016", "CEB621": "-621042"}
+
+
+@dataclass
+class SandboxConfig:
+    """Everything adjustable; ``POST /sandbox/config`` changes fields at run time. Delays are seconds."""
+
+    receipt_url: str | None = None  # the gateway's POST /v1/receipts; None: receipts are only recorded
+    receipt_headers: dict[str, str] = field(default_factory=dict)  # e.g. the gateway's API key
+    receipt_delay: float = 0.5  # before the first receipt and between receipts of one sequence
+    receipt_retries: int = 3  # extra attempts per receipt when the receiver fails
+    flaky_failures: int = 2  # FLAKY-: 503 on the first N attempts of each CopMsgId
+    timeout_delay: float = 120.0  # TIMEOUT-: how long the request is held before a 504
+    slow_delay: float = 2.0  # SLOW-: delay before a normal answer
+    validate_schema: bool = True  # XSD-check messages (CEB900 on failure) when gateway.schema is there
+    single_limit: Decimal = Decimal("5000")
+    annual_limit: Decimal = Decimal("26000")
+    enterprise_dxp_id: str = "DXPENT0000000001"  # receiver of receipts for bare POST /ceb deliveries
+    warehouse_callback_url: str | None = None  # default when an order has no callbackUrl
+    warehouse_callback_delay: float = 0.5
+    warehouse_callback_secret: str | None = None  # signs callbacks like seller webhooks
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Apply ``{field: value}`` with the field's type; unknown fields raise KeyError, bad values ValueError."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for name, value in changes.items():
+            if name not in fields:
+                raise KeyError(name)
+            current = getattr(self, name)
+            if value is None or isinstance(current, dict) or current is None:
+                setattr(self, name, value)
+            elif isinstance(current, bool):
+                setattr(self, name, bool(value))
+            elif isinstance(current, Decimal):
+                setattr(self, name, Decimal(str(value)))
+            else:
+                setattr(self, name, type(current)(value))
+
+
+@dataclass
+class Step:
+    """One receipt of a sequence, before it is timed and serialised."""
+
+    code: str  # receipt code, e.g. CEB622
+    status: str  # returnStatus
+    info: str
+    values: dict[str, str]  # business keys of the receipt
+    key: str  # human-readable key for /sandbox/receipts
+
+
+@dataclass
+class InventoryRecord:
+    doc: Document
+    pre_no: str
+    invt_no: str
+    value: Decimal
+
+
+def scenario_of(header: str | None, values: Iterable[str]) -> str | None:
+    """The scenario named by the header (``FLAKY`` or ``FLAKY-``) or by the first value with a known prefix."""
+    if header:
+        name = header.strip().upper().rstrip("-")
+        if name in SCENARIOS:
+            return name
+    for v in values:
+        head, sep, _ = v.partition("-")
+        if sep and head.upper() in SCENARIOS:
+            return head.upper()
+    return None
+
+
+def _doc_values(docs: Iterable[Document]) -> list[str]:
+    return [d.head[f] for d in docs for f in SCENARIO_FIELDS if d.head.get(f)]
+
+
+def _json_values(obj: Any) -> list[str]:
+    """Values of orderNo / logisticsNo / payTransactionId anywhere in a JSON document."""
+    out: list[str] = []
+    stack = [obj]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, dict):
+            for k, v in cur.items():
+                if k in SCENARIO_FIELDS and isinstance(v, str):
+                    out.append(v)
+                elif isinstance(v, dict | list):
+                    stack.append(v)
+        elif isinstance(cur, list):
+            stack.extend(cur)
+    return out
+
+
+def _dec(raw: str | None) -> Decimal:
+    try:
+        return Decimal((raw or "0").strip() or "0")
+    except InvalidOperation:
+        return Decimal(0)
+
+
+def dutiable_value(inv: Document) -> Decimal:
+    """Σ line totalPrice + freight + insuredFee: what the limits are measured against (spec §7.1)."""
+    return sum((_dec(li.get("totalPrice")) for li in inv.lines), Decimal(0)) + _dec(inv.head.get("freight")) + _dec(
+        inv.head.get("insuredFee")
+    )
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False, default=str))
+
+
+class Sandbox:
+    """State and behaviour; the aiohttp handlers are thin wrappers around it."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.closing = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._schema: Any = None
+        self._schema_error: str | None = None
+        self._serial = itertools.count(1)
+        self.reset()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        for t in list(getattr(self, "_tasks", ())):
+            t.cancel()
+        self.attempts: Counter[str] = Counter()  # every HTTP request, per CopMsgId
+        self.accepted: Counter[str] = Counter()  # requests past the transport scenarios, per CopMsgId
+        self.by_type: Counter[str] = Counter()
+        self.orders: dict[tuple[str, str], Document] = {}
+        self.payments: dict[tuple[str, str], Document] = {}
+        self.payments_by_order: dict[tuple[str, str], Document] = {}
+        self.waybills: dict[tuple[str, str], Document] = {}
+        self.inventories: dict[tuple[str, str], InventoryRecord] = {}
+        self.quota_used: dict[str, Decimal] = {}
+        self.receipts: list[dict[str, Any]] = []
+        self.inspection: list[dict[str, Any]] = []
+        self.inspection_attempts: Counter[str] = Counter()
+        self.warehouse: list[dict[str, Any]] = []
+        self.warehouse_attempts: Counter[str] = Counter()
+        self.warehouse_orders: dict[str, str] = {}  # orderId -> warehouseOrderNo
+        self.callbacks: list[dict[str, Any]] = []
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "received": sum(self.accepted.values()),
+            "attempts": sum(self.attempts.values()),
+            "by_type": dict(self.by_type),
+            "by_cop_msg_id": dict(self.accepted),
+            "attempts_by_cop_msg_id": dict(self.attempts),
+            "duplicates": {k: n - 1 for k, n in self.accepted.items() if n > 1},
+            "receipts": {
+                "generated": len(self.receipts),
+                "delivered": sum(1 for r in self.receipts if r["delivered"]),
+                "failed": sum(1 for r in self.receipts if r["delivered"] is False),
+                "pending": sum(1 for r in self.receipts if r["delivered"] is None),
+            },
+            "inspection": {"received": len(self.inspection), "attempts": dict(self.inspection_attempts)},
+            "warehouse": {
+                "received": len(self.warehouse),
+                "orders": len(self.warehouse_orders),
+                "attempts": dict(self.warehouse_attempts),
+                "callbacks": len(self.callbacks),
+            },
+            "schema": "off" if not self.config.validate_schema else (self._schema_error or "on"),
+            "busy": len(self._tasks),
+        }
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every scheduled receipt and callback has been sent (or given up)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"sandbox still busy with {len(self._tasks)} task(s)")
+            await asyncio.wait(set(self._tasks), timeout=left)
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def startup(self, app: web.Application) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, connect=3))
+
+    async def shutdown(self, app: web.Application) -> None:
+        # Before the runner waits for in-flight handlers: ends TIMEOUT-/SLOW- waits and receipt delays at once.
+        self.closing.set()
+
+    async def cleanup(self, app: web.Application) -> None:
+        self.closing.set()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless the sandbox shuts down first; False when interrupted."""
+        if seconds <= 0:
+            return not self.closing.is_set()
+        try:
+            await asyncio.wait_for(self.closing.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    # -- schema ------------------------------------------------------------------------------
+
+    async def _schema_set(self) -> Any:
+        if self._schema is None and self._schema_error is None:
+            try:
+                from gateway.schema import SchemaSet
+
+                sset = SchemaSet()
+                await asyncio.to_thread(sset.preload)
+                self._schema = sset
+            except Exception as exc:  # missing module or schema folder: say so in the stats, keep running
+                self._schema_error = f"unavailable: {exc.__class__.__name__}: {exc}"
+                log.warning("sandbox schema validation disabled: %s", self._schema_error)
+        return self._schema
+
+    # -- transport scenarios -----------------------------------------------------------------
+
+    async def transport(self, scenario: str | None, attempt: int) -> web.Response | None:
+        """The HTTP-level misbehaviour of a scenario; None to go on normally."""
+        cfg = self.config
+        if scenario == "FAIL5XX":
+            return _json({"code": "3001", "reason": "sandbox scenario FAIL5XX: service unavailable"}, 503)
+        if scenario == "FLAKY" and attempt <= cfg.flaky_failures:
+            reason = f"sandbox scenario FLAKY: attempt {attempt} of {cfg.flaky_failures} failing ones"
+            return _json({"code": "3001", "reason": reason}, 503)
+        if scenario == "TIMEOUT":
+            await self._sleep(cfg.timeout_delay)
+            return _json({"code": "3003", "reason": "sandbox scenario TIMEOUT"}, 504)
+        if scenario == "POISON":
+            return _json({"code": "0001", "reason": "sandbox scenario POISON: rejected permanently"}, 400)
+        if scenario == "SLOW":
+            await self._sleep(cfg.slow_delay)
+        return None
+
+    # -- customs: intake ---------------------------------------------------------------------
+
+    async def accept(
+        self,
+        ceb: bytes,
+        *,
+        cop_msg_id: str,
+        sender_id: str,
+        header_scenario: str | None,
+        enveloped: bool,
+    ) -> web.Response:
+        self.attempts[cop_msg_id] += 1
+        attempt = self.attempts[cop_msg_id]
+        try:
+            root, mtype = parse_message(ceb)
+        except MessageRejected as exc:
+            if not enveloped:
+                return _json({"code": "0001", "reason": str(exc), "issues": [i.as_dict() for i in exc.issues]}, 400)
+            # Inside an envelope the exchange accepts the transport and answers with a format receipt.
+            scenario = scenario_of(header_scenario, ())
+            resp = await self.transport(scenario, attempt)
+            if resp is not None:
+                return resp
+            self.accepted[cop_msg_id] += 1
+            self.by_type["Unknown"] += 1
+            self._format_receipt(cop_msg_id, sender_id, "Unknown", ceb, str(exc), scenario)
+            return self._ack(cop_msg_id, "Unknown", 0, scenario, format_error=True)
+
+        parsed = extract(root, mtype)
+        scenario = scenario_of(header_scenario, _doc_values(parsed.documents))
+        resp = await self.transport(scenario, attempt)
+        if resp is not None:
+            return resp
+        self.accepted[cop_msg_id] += 1
+        self.by_type[mtype.root] += 1
+
+        if self.config.validate_schema:
+            sset = await self._schema_set()
+            if sset is not None:
+                issues = await asyncio.to_thread(sset.validate, root, mtype)
+                if issues:
+                    info = "; ".join(f"{i.code} {i.path}: {i.message}" for i in issues[:20])
+                    self._format_receipt(cop_msg_id, sender_id, mtype.root, ceb, info, scenario)
+                    return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario, format_error=True)
+
+        plans = self.process(mtype, parsed, scenario)
+        self._schedule(plans, scenario, receiver=sender_id, ori_cop_msg_id=cop_msg_id)
+        return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario)
+
+    def _ack(self, cop_msg_id: str, msg_type: str, documents: int, scenario: str | None, **extra: Any) -> web.Response:
+        return _json(
+            {
+                "code": "0000",
+                "status": "accepted",
+                "copMsgId": cop_msg_id,
+                "msgType": msg_type,
+                "documents": documents,
+                "scenario": scenario,
+                "deliveries": self.accepted[cop_msg_id],
+                **extra,
+            }
+        )
+
+    # -- customs: business processing (synchronous: no await between check and store) ---------
+
+    def process(self, mtype: MessageType, parsed: ParsedMessage, scenario: str | None) -> list[list[Step]]:
+        handler = {
+            "CEB311": self._order,
+            "CEB411": self._payment,
+            "CEB511": self._waybill,
+            "CEB621": self._inventory,
+        }.get(mtype.code, self._other)
+        return [handler(doc, scenario) for doc in parsed.documents]
+
+    @staticmethod
+    def _step(code: str, status: str, values: Mapping[str, str], key: str, info: str = "") -> Step:
+        guid = values.get("guid", "")
+        text = info or f"{rc.STATUS_TEXT.get(status, status)}[{guid}]"
+        return Step(code, status, text, dict(values), key)
+
+    def _declare(
+        self,
+        doc: Document,
+        scenario: str | None,
+        table: dict[tuple[str, str], Document],
+        key: tuple[str, str],
+        values: dict[str, str],
+        sequence: tuple[str, ...] = ("2", "120"),
+    ) -> list[Step]:
+        code = doc.type.code
+        rcode = rc.RECEIPT_FOR[code]
+        label = "/".join(key)
+        h = doc.head
+        app_type, app_status = h.get("appType", "1"), h.get("appStatus", "2")
+        if app_status == "1":
+            return [self._step(rcode, "1", values, label)]
+        existing = table.get(key)
+        if app_type == "1" and existing is not None:
+            info = f"{label} 已存在，不能重复新增 (sandbox: duplicate declaration)"
+            return [self._step(rcode, DUPLICATE_CODE[code], values, label, info)]
+        if app_type in ("2", "3") and existing is None:
+            info = f"{label} 不存在，无法变更或删除 (sandbox: nothing to change)"
+            return [self._step(rcode, NOTHING_TO_CHANGE[code], values, label, info)]
+        if scenario == "REJECT":
+            return self._rejected(rcode, values, label, "sandbox scenario REJECT")
+        if app_type == "3":
+            table.pop(key, None)
+        else:
+            table[key] = doc
+        return [self._step(rcode, s, values, label) for s in sequence]
+
+    def _rejected(self, rcode: str, values: Mapping[str, str], label: str, reason: str) -> list[Step]:
+        return [
+            self._step(rcode, "2", values, label),
+            self._step(rcode, "100", values, label, f"海关退单：{reason}[{values.get('guid', '')}]"),
+        ]
+
+    def _order(self, doc: Document, scenario: str | None) -> list[Step]:
+        h = doc.head
+        values = {k: h.get(k, "") for k in ("guid", "ebpCode", "ebcCode", "orderNo")}
+        return self._declare(doc, scenario, self.orders, (h.get("ebpCode", ""), h.get("orderNo", "")), values)
+
+    def _payment(self, doc: Document, scenario: str | None) -> list[Step]:
+        h = doc.head
+        values = {k: h.get(k, "") for k in ("guid", "payCode", "payTransactionId")}
+        key = (h.get("payCode", ""), h.get("payTransactionId", ""))
+        steps = self._declare(doc, scenario, self.payments, key, values)
+        order_key = (h.get("ebpCode", ""), h.get("orderNo", ""))
+        stored = self.payments.get(key)
+        if stored is not None:
+            self.payments_by_order[(stored.head.get("ebpCode", ""), stored.head.get("orderNo", ""))] = stored
+        elif (current := self.payments_by_order.get(order_key)) is not None and current.keys == doc.keys:
+            del self.payments_by_order[order_key]  # deleted with appType 3
+        return steps
+
+    def _waybill(self, doc: Document, scenario: str | None) -> list[Step]:
+        h = doc.head
+        values = {k: h.get(k, "") for k in ("guid", "logisticsCode", "logisticsNo")}
+        key = (h.get("logisticsCode", ""), h.get("logisticsNo", ""))
+        return self._declare(doc, scenario, self.waybills, key, values)
+
+    def _three_documents(self, inv: Document) -> list[str]:
+        """Reasons the inventory does not match its order / payment / waybill; [] when it does."""
+        h = inv.head
+        order = self.orders.get((h.get("ebpCode", ""), h.get("orderNo", "")))
+        payment = self.payments_by_order.get((h.get("ebpCode", ""), h.get("orderNo", "")))
+        waybill = self.waybills.get((h.get("logisticsCode", ""), h.get("logisticsNo", "")))
+        try:
+            from gateway.reconcile import Shipment, ShipmentState, reconcile
+
+            outcome = reconcile(Shipment(order=order, payment=payment, waybill=waybill, inventory=inv))
+        except (ImportError, NotImplementedError):
+            return self._three_documents_minimal(inv, order, payment, waybill)
+        if outcome.state == ShipmentState.MATCHED:
+            return []
+        reasons = [f"缺少{k}({k.value} missing)" for k in outcome.missing]
+        reasons += [f"{f.code}: {f.message}" for f in outcome.findings if f.blocking]
+        return reasons
+
+    @staticmethod
+    def _three_documents_minimal(
+        inv: Document, order: Document | None, payment: Document | None, waybill: Document | None
+    ) -> list[str]:
+        # Used only when gateway.reconcile is unavailable: the keys and the paid amount.
+        reasons = [f"{name} missing" for name, d in (("order", order), ("payment", payment), ("waybill", waybill))
+                   if d is None]  # fmt: skip
+        if order is not None and order.head.get("ebcCode") != inv.head.get("ebcCode"):
+            reasons.append("inventory ebcCode differs from the order's")
+        if order is not None and payment is not None and _dec(order.head.get("acturalPaid")) != _dec(
+            payment.head.get("amountPaid")
+        ):
+            reasons.append("order acturalPaid differs from payment amountPaid")
+        if waybill is not None and waybill.head.get("orderNo") != inv.head.get("orderNo"):
+            reasons.append("waybill orderNo differs from the inventory's")
+        return reasons
+
+    def _inventory(self, doc: Document, scenario: str | None) -> list[Step]:
+        cfg = self.config
+        h = doc.head
+        key = (h.get("ebcCode", ""), h.get("orderNo", ""))
+        label = "/".join(key)
+        existing = self.inventories.get(key)
+        now = datetime.now(rc.CHINA_TZ)
+        pre_no = existing.pre_no if existing else (h.get("preNo") or rc.pre_no(next(self._serial), now))
+        values = {
+            "guid": h.get("guid", ""),
+            "customsCode": h.get("customsCode", ""),
+            "ebpCode": h.get("ebpCode", ""),
+            "ebcCode": h.get("ebcCode", ""),
+            "agentCode": h.get("agentCode", ""),
+            "copNo": (h.get("copNo") or h.get("orderNo", ""))[:20],
+            "preNo": pre_no,
+        }
+        step = self._step
+        app_type, app_status = h.get("appType", "1"), h.get("appStatus", "2")
+        if app_status == "1":
+            return [step("CEB622", "1", values, label)]
+        if app_type == "1" and existing is not None:
+            return [step("CEB622", "-621004", {**values, "invtNo": existing.invt_no}, label,
+                         f"清单{label}已申报，不能重复申报 (sandbox: duplicate inventory)")]  # fmt: skip
+        if app_type in ("2", "3") and existing is None:
+            return [step("CEB622", NOTHING_TO_CHANGE["CEB621"], values, label, "未找到可变更的清单 (sandbox)")]
+        if scenario == "REJECT":
+            return self._rejected("CEB622", values, label, "sandbox scenario REJECT")
+        problems = self._three_documents(doc)
+        if problems:
+            return self._rejected("CEB622", values, label, "三单对碰不通过: " + "; ".join(problems))
+        value = dutiable_value(doc)
+        if value > cfg.single_limit and len(doc.lines) > 1:
+            info = f"订购金额{value}超过单次交易限值{cfg.single_limit} (sandbox: single-transaction limit)"
+            return [step("CEB622", "-621005", values, label, info)]
+        buyer = h.get("buyerIdNumber", "").upper()
+        previous = existing.value if existing else Decimal(0)  # a change replaces the earlier amount
+        used = self.quota_used.get(buyer, Decimal(0)) - previous
+        if used + value > cfg.annual_limit:
+            info = f"年度已用额度{used}加本次{value}超过年度限值{cfg.annual_limit} (sandbox: annual limit)"
+            return [step("CEB622", "-621018", values, label, info)]
+        if app_type == "3":
+            self.inventories.pop(key, None)
+            self.quota_used[buyer] = used
+            return [step("CEB622", "2", values, label), step("CEB622", "120", values, label)]
+        invt = existing.invt_no if existing else rc.invt_no(h.get("customsCode", ""), next(self._serial), now)
+        self.inventories[key] = InventoryRecord(doc, pre_no, invt, value)
+        self.quota_used[buyer] = used + value
+        released = {**values, "invtNo": invt}
+        return [
+            step("CEB622", "2", values, label),
+            step("CEB622", "120", released, label),
+            step("CEB622", "399", released, label),
+            step("CEB622", "800", released, label),
+        ]
+
+    def _other(self, doc: Document, scenario: str | None) -> list[Step]:
+        """513/623/625/711: accepted into customs (``2`` → ``120``) without further checks."""
+        code = doc.type.code
+        rcode = rc.RECEIPT_FOR.get(code)
+        if rcode is None:  # a receipt type sent to customs: nothing sensible to answer
+            return []
+        h = doc.head
+        fields = rc.RECEIPT_FIELDS[rcode][2]
+        values = {f: h.get(f, "") for f in fields if f in h}
+        values.setdefault("guid", h.get("guid", ""))
+        if "copNo" in fields:
+            values["copNo"] = (h.get("copNo") or h.get("orderNo") or h.get("billNo") or "SANDBOX")[:20]
+        if "preNo" in fields and not values.get("preNo"):
+            values["preNo"] = rc.pre_no(next(self._serial))
+        label = "/".join(v for v in doc.keys if v)
+        if h.get("appStatus") == "1":
+            return [self._step(rcode, "1", values, label)]
+        if scenario == "REJECT":
+            return self._rejected(rcode, values, label, "sandbox scenario REJECT")
+        return [self._step(rcode, "2", values, label), self._step(rcode, "120", values, label)]
+
+    # -- customs: receipts -------------------------------------------------------------------
+
+    def _format_receipt(
+        self, cop_msg_id: str, receiver: str, msg_type: str, original: bytes, info: str, scenario: str | None
+    ) -> None:
+        xml = rc.format_receipt(ori_cop_msg_id=cop_msg_id, ori_message_type=msg_type, original=original, info=info)
+        meta = {"code": "CEB900", "status": "-1", "key": cop_msg_id, "info": info[:300]}
+        self._schedule_xml([(meta, xml)], scenario, receiver=receiver, ori_cop_msg_id=cop_msg_id)
+
+    def _schedule(self, plans: list[list[Step]], scenario: str | None, *, receiver: str, ori_cop_msg_id: str) -> None:
+        """Time and serialise the receipts: step i of every document is due at (i + 1) × receipt_delay."""
+        step_ms = max(1, round(self.config.receipt_delay * 1000))
+        start = datetime.now(rc.CHINA_TZ)
+        ordered: list[tuple[int, int, Step]] = [
+            (i, n, s) for n, plan in enumerate(plans) for i, s in enumerate(plan)
+        ]
+        ordered.sort(key=lambda t: (t[0], t[1]))  # first receipts of all documents first, like a real queue
+        items: list[tuple[dict[str, Any], bytes]] = []
+        for i, n, s in ordered:
+            moment = start + timedelta(milliseconds=step_ms * (i + 1) + n)  # distinct, increasing returnTime
+            values = {**s.values, "returnStatus": s.status, "returnTime": rc.return_time(moment), "returnInfo": s.info}
+            meta = {"code": s.code, "status": s.status, "key": s.key, "info": s.info[:300]}
+            items.append((meta, rc.build_receipt(s.code, values)))
+        self._schedule_xml(items, scenario, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
+
+    def _schedule_xml(
+        self, items: list[tuple[dict[str, Any], bytes]], scenario: str | None, *, receiver: str, ori_cop_msg_id: str
+    ) -> None:
+        if not items:
+            return
+        if scenario == "OOORCPT":
+            items = list(reversed(items))
+        envelopes: list[tuple[dict[str, Any], bytes]] = []
+        for meta, xml in items:
+            cop = str(uuid.uuid4()).upper()
+            env = dxp.wrap(
+                xml,
+                msg_type=f"{meta['code']}Message",
+                sender_id=dxp.IMPORT_RECEIVER,
+                receiver_ids=[receiver[:16] or self.config.enterprise_dxp_id],
+                cop_msg_id=cop,
+                created=datetime.now(rc.CHINA_TZ),
+            )
+            copies = 2 if scenario == "DUPRCPT" else 1
+            for copy_no in range(copies):
+                record = {
+                    **meta,
+                    "cop_msg_id": cop,
+                    "ori_cop_msg_id": ori_cop_msg_id,
+                    "copy": copy_no + 1,
+                    "delivered": None,
+                    "lost": scenario == "LOSTRCPT",
+                    "xml": xml.decode("utf-8"),
+                }
+                self.receipts.append(record)
+                envelopes.append((record, env))
+        if scenario == "LOSTRCPT":
+            for record, _ in envelopes:
+                record["delivered"] = False
+                record["error"] = "sandbox scenario LOSTRCPT: never sent"
+            return
+        self._spawn(self._deliver(envelopes))
+
+    async def _deliver(self, envelopes: list[tuple[dict[str, Any], bytes]]) -> None:
+        for record, env in envelopes:
+            if not await self._sleep(self.config.receipt_delay):
+                record["delivered"] = False
+                record["error"] = "sandbox shut down"
+                continue
+            await self._post_receipt(record, env)
+
+    async def _post_receipt(self, record: dict[str, Any], env: bytes) -> None:
+        url = self.config.receipt_url
+        if not url:
+            record["delivered"] = False
+            record["error"] = "no receipt_url configured"
+            return
+        assert self._session is not None
+        headers = {"Content-Type": "application/xml; charset=utf-8", **self.config.receipt_headers}
+        error = ""
+        for attempt in range(1 + max(0, self.config.receipt_retries)):
+            if attempt and not await self._sleep(min(2.0, 0.05 * 2**attempt)):
+                break
+            try:
+                async with self._session.post(url, data=env, headers=headers) as resp:
+                    await resp.read()
+                    if 200 <= resp.status < 300:
+                        record["delivered"] = True
+                        record["http_status"] = resp.status
+                        return
+                    error = f"HTTP {resp.status}"
+                    if 400 <= resp.status < 500 and resp.status not in (408, 429):
+                        break  # the receiver refuses it; retrying will not change its mind
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = f"{exc.__class__.__name__}: {exc}"
+        record["delivered"] = False
+        record["error"] = error
+        log.warning("sandbox receipt %s %s not delivered to %s: %s", record["code"], record["status"], url, error)
+
+    # -- inspection and warehouse ------------------------------------------------------------
+
+    async def inspection_request(self, body: Any, header_scenario: str | None) -> web.Response:
+        if not isinstance(body, dict) or not isinstance(body.get("requestId"), str) or not isinstance(
+            body.get("declarations"), list
+        ):
+            return _json({"code": "invalid", "reason": "expected an object with requestId and declarations"}, 400)
+        rid = body["requestId"]
+        self.inspection_attempts[rid] += 1
+        scenario = scenario_of(header_scenario, _json_values(body))
+        resp = await self.transport(scenario, self.inspection_attempts[rid])
+        if resp is not None:
+            return resp
+        duplicate = any(r["requestId"] == rid for r in self.inspection)
+        self.inspection.append(body)
+        return _json({"status": "received", "requestId": rid, "inspectionId": f"INSP{len(self.inspection):08d}",
+                      "duplicate": duplicate})  # fmt: skip
+
+    async def warehouse_order(self, body: Any, header_scenario: str | None) -> web.Response:
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("orderId"), str)
+            or body.get("direction") not in ("inbound", "outbound")
+        ):
+            return _json({"code": "invalid", "reason": "expected an object with orderId and direction"}, 400)
+        oid = body["orderId"]
+        self.warehouse_attempts[oid] += 1
+        scenario = scenario_of(header_scenario, _json_values(body))
+        resp = await self.transport(scenario, self.warehouse_attempts[oid])
+        if resp is not None:
+            return resp
+        self.warehouse.append(body)
+        if oid in self.warehouse_orders:  # idempotent: same number, no new callbacks
+            return _json({"warehouseOrderNo": self.warehouse_orders[oid], "orderId": oid, "duplicate": True}, 200)
+        number = f"WH{len(self.warehouse_orders) + 1:08d}"
+        self.warehouse_orders[oid] = number
+        url = body.get("callbackUrl") or self.config.warehouse_callback_url
+        if isinstance(url, str) and url and scenario != "LOSTRCPT":
+            statuses: list[tuple[str, str | None]]
+            if scenario == "REJECT":
+                statuses = [("rejected", "sandbox scenario REJECT")]
+            else:
+                final = "received" if body["direction"] == "inbound" else "shipped"
+                statuses = [("accepted", None), (final, None)]
+            events = [self._callback_body(body, number, s, r) for s, r in statuses]
+            if scenario == "OOORCPT":
+                events.reverse()
+            if scenario == "DUPRCPT":
+                events = [e for e in events for _ in range(2)]
+            self._spawn(self._send_callbacks(url, events))
+        return _json({"warehouseOrderNo": number, "orderId": oid, "duplicate": False}, 201)
+
+    @staticmethod
+    def _callback_body(order: Mapping[str, Any], number: str, status: str, reason: str | None) -> dict[str, Any]:
+        return {
+            "schema": "cbec.warehouse-callback.v1",
+            "orderId": order["orderId"],
+            "warehouseOrderNo": number,
+            "direction": order["direction"],
+            "status": status,
+            "reason": reason,
+            "reference": order.get("reference") or {},
+        }
+
+    async def _send_callbacks(self, url: str, events: list[dict[str, Any]]) -> None:
+        assert self._session is not None
+        for event in events:
+            if not await self._sleep(self.config.warehouse_callback_delay):
+                return
+            now = datetime.now(rc.CHINA_TZ)
+            ts = int(now.timestamp())
+            doc = {**event, "occurredAt": now.isoformat(timespec="seconds"), "timestamp": ts}
+            data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            headers = {"Content-Type": "application/json"}
+            if self.config.warehouse_callback_secret:
+                headers["X-CBEC-Signature"] = sign_body(self.config.warehouse_callback_secret, data)
+                headers["X-CBEC-Timestamp"] = str(ts)
+            record: dict[str, Any] = {"url": url, "body": doc, "delivered": False}
+            self.callbacks.append(record)
+            try:
+                async with self._session.post(url, data=data, headers=headers) as resp:
+                    await resp.read()
+                    record["delivered"] = 200 <= resp.status < 300
+                    record["http_status"] = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                record["error"] = f"{exc.__class__.__name__}: {exc}"
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+SANDBOX_KEY: web.AppKey[Sandbox] = web.AppKey("sandbox", Sandbox)
+
+
+async def _dxp(request: web.Request) -> web.Response:
+    sb = request.app[SANDBOX_KEY]
+    body = await request.read()
+    try:
+        env = dxp.unwrap(body)
+    except MessageRejected as exc:
+        return _json({"code": "0001", "reason": str(exc), "issues": [i.as_dict() for i in exc.issues]}, 400)
+    if sb.config.validate_schema:
+        sset = await sb._schema_set()
+        if sset is not None:
+            issues = await asyncio.to_thread(sset.validate_dxp, parse_xml(body, len(body) + 1))
+            if issues:
+                return _json({"code": "0002", "reason": "DxpMsg fails the DXP schema",
+                              "issues": [i.as_dict() for i in issues[:20]]}, 400)  # fmt: skip
+    if not any(r in CUSTOMS_IDS for r in env.receiver_ids):
+        reason = f"receiver {', '.join(env.receiver_ids)} does not exist (expected {' or '.join(CUSTOMS_IDS)})"
+        return _json({"code": "2001", "reason": reason}, 400)
+    return await sb.accept(
+        env.data,
+        cop_msg_id=env.cop_msg_id,
+        sender_id=env.sender_id,
+        header_scenario=request.headers.get(SCENARIO_HEADER),
+        enveloped=True,
+    )
+
+
+async def _ceb(request: web.Request) -> web.Response:
+    sb = request.app[SANDBOX_KEY]
+    body = await request.read()
+    cop = request.headers.get("X-CopMsgId") or ""
+    if not cop:
+        with contextlib.suppress(MessageRejected):
+            cop = parse_xml(body).get("guid", "")
+    return await sb.accept(
+        body,
+        cop_msg_id=cop or "unknown",
+        sender_id=request.headers.get("X-Dxp-Sender") or sb.config.enterprise_dxp_id,
+        header_scenario=request.headers.get(SCENARIO_HEADER),
+        enveloped=False,
+    )
+
+
+async def _read_json(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+async def _inspection(request: web.Request) -> web.Response:
+    sb = request.app[SANDBOX_KEY]
+    return await sb.inspection_request(await _read_json(request), request.headers.get(SCENARIO_HEADER))
+
+
+async def _warehouse(request: web.Request) -> web.Response:
+    sb = request.app[SANDBOX_KEY]
+    return await sb.warehouse_order(await _read_json(request), request.headers.get(SCENARIO_HEADER))
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return _json(request.app[SANDBOX_KEY].stats())
+
+
+async def _receipts(request: web.Request) -> web.Response:
+    sb = request.app[SANDBOX_KEY]
+    full = request.query.get("full") in ("1", "true")
+    items = [r if full else {k: v for k, v in r.items() if k != "xml"} for r in sb.receipts]
+    return _json({"receipts": items})
+
+
+async def _records(request: web.Request) -> web.Response:
+    sb = request.app[SANDBOX_KEY]
+    return _json({"inspection": sb.inspection, "warehouse": sb.warehouse, "callbacks": sb.callbacks})
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[SANDBOX_KEY].reset()
+    return _json({"status": "reset"})
+
+
+async def _config(request: web.Request) -> web.Response:
+    sb = request.app[SANDBOX_KEY]
+    if request.method == "POST":
+        changes = await _read_json(request)
+        if not isinstance(changes, dict):
+            return _json({"code": "invalid", "reason": "expected a JSON object of config fields"}, 400)
+        try:
+            sb.config.update(changes)
+        except KeyError as exc:
+            return _json({"code": "invalid", "reason": f"unknown config field {exc.args[0]!r}"}, 400)
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            return _json({"code": "invalid", "reason": str(exc)}, 400)
+    return _json(dataclasses.asdict(sb.config))
+
+
+async def _health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+def create_sandbox_app(config: SandboxConfig | None = None) -> web.Application:
+    """The sandbox as an aiohttp application (run it with any aiohttp runner)."""
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    sb = Sandbox(config or SandboxConfig())
+    app[SANDBOX_KEY] = sb
+    app.on_startup.append(sb.startup)
+    app.on_shutdown.append(sb.shutdown)
+    app.on_cleanup.append(sb.cleanup)
+    app.router.add_post("/dxp", _dxp)
+    app.router.add_post("/ceb", _ceb)
+    app.router.add_post("/inspection", _inspection)
+    app.router.add_post("/warehouse/orders", _warehouse)
+    app.router.add_get("/sandbox/stats", _stats)
+    app.router.add_get("/sandbox/receipts", _receipts)
+    app.router.add_get("/sandbox/records", _records)
+    app.router.add_post("/sandbox/reset", _reset)
+    app.router.add_route("*", "/sandbox/config", _config)
+    app.router.add_get("/healthz", _health)
+    return app
+
+
+@dataclass
+class RunningSandbox:
+    url: str  # http://127.0.0.1:<port>, no trailing slash
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return self.app[SANDBOX_KEY]
+
+    @property
+    def config(self) -> SandboxConfig:
+        return self.sandbox.config
+
+    def stats(self) -> dict[str, Any]:
+        return self.sandbox.stats()
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        await self.sandbox.wait_idle(timeout)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_sandbox(host: str = "127.0.0.1", port: int = 0, **config: Any) -> RunningSandbox:
+    """Start the sandbox on ``host:port`` (0: a free port) and return its URL and handles."""
+    app = create_sandbox_app(SandboxConfig(**config))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0]
+    return RunningSandbox(f"http://{host}:{bound[1]}", app, runner)

@@ -1,0 +1,150 @@
+"""Receipt messages as customs writes them (spec §5, Appendix A) — pure builders for the sandbox.
+
+Receipts use a default namespace (as the official receipts do), carry no BaseTransfer and no signature,
+and echo the declared document's guid (as the official samples do; correlation should still use the
+business keys). ``returnTime`` is ``YYYYMMDDhhmmssSSS`` China time.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+
+from lxml import etree
+
+from gateway.messages import CEB_NS
+
+CHINA_TZ = timezone(timedelta(hours=8), "CST")
+
+#: Children of each receipt's return element, in XSD order (Appendix A.1–A.12, A.15).
+RECEIPT_FIELDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    # code: (root, return element, fields)
+    "CEB312": ("CEB312Message", "OrderReturn", ("guid", "ebpCode", "ebcCode", "orderNo", "returnStatus",
+                                                "returnTime", "returnInfo")),
+    "CEB412": ("CEB412Message", "PaymentReturn", ("guid", "payCode", "payTransactionId", "returnStatus",
+                                                  "returnTime", "returnInfo")),
+    "CEB512": ("CEB512Message", "LogisticsReturn", ("guid", "logisticsCode", "logisticsNo", "returnStatus",
+                                                    "returnTime", "returnInfo")),
+    "CEB514": ("CEB514Message", "LogisticsStatusReturn", ("guid", "logisticsCode", "logisticsNo", "logisticsStatus",
+                                                          "returnStatus", "returnTime", "returnInfo")),
+    "CEB622": ("CEB622Message", "InventoryReturn", ("guid", "customsCode", "ebpCode", "ebcCode", "agentCode", "copNo",
+                                                    "preNo", "invtNo", "returnStatus", "returnTime", "returnInfo")),
+    "CEB624": ("CEB624Message", "InvtCancelReturn", ("guid", "customsCode", "agentCode", "ebpCode", "ebcCode",
+                                                     "copNo", "preNo", "invtNo", "returnStatus", "returnTime",
+                                                     "returnInfo")),
+    "CEB626": ("CEB626Message", "InvtRefundReturn", ("guid", "customsCode", "agentCode", "ebpCode", "ebcCode",
+                                                     "copNo", "preNo", "invtNo", "returnStatus", "returnTime",
+                                                     "returnInfo")),
+    "CEB712": ("CEB712Message", "DeliveryReturn", ("guid", "customsCode", "operatorCode", "copNo", "preNo", "rkdNo",
+                                                   "returnStatus", "returnTime", "returnInfo")),
+    "CEB900": ("CEB900Message", "MessageReturn", ("guid", "returnStatus", "returnInfo", "returnTime", "oriCopMsgId",
+                                                  "oriMessageType", "oriBizMessage")),
+}  # fmt: skip
+
+#: Declaration code -> receipt code.
+RECEIPT_FOR: dict[str, str] = {
+    "CEB311": "CEB312",
+    "CEB411": "CEB412",
+    "CEB511": "CEB512",
+    "CEB513": "CEB514",
+    "CEB621": "CEB622",
+    "CEB623": "CEB624",
+    "CEB625": "CEB626",
+    "CEB711": "CEB712",
+}
+
+#: Fields a receipt must carry even when the declaration has no value (XSD minOccurs 1).
+_REQUIRED_ALWAYS = frozenset({"guid", "returnStatus", "returnTime", "returnInfo", "copNo", "preNo", "ebpCode",
+                              "ebcCode", "orderNo", "payCode", "payTransactionId", "logisticsCode", "logisticsNo",
+                              "logisticsStatus", "oriCopMsgId", "oriMessageType", "oriBizMessage"})  # fmt: skip
+
+_MAX_INFO = {"CEB900": 5000}
+STATUS_TEXT = {
+    "1": "电子口岸已暂存",
+    "2": "电子口岸申报中",
+    "3": "发送海关成功",
+    "100": "海关退单",
+    "120": "海关入库",
+    "300": "人工审核",
+    "399": "海关审结",
+    "500": "查验",
+    "800": "放行",
+    "899": "结关",
+}
+
+
+def return_time(moment: datetime | None = None) -> str:
+    """17 digits, ``YYYYMMDDhhmmssSSS``, China time."""
+    moment = moment or datetime.now(CHINA_TZ)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(CHINA_TZ)
+    return moment.strftime("%Y%m%d%H%M%S") + f"{moment.microsecond // 1000:03d}"
+
+
+def new_guid() -> str:
+    return str(uuid.uuid4()).upper()
+
+
+def build_receipt(code: str, values: Mapping[str, str | None], *, message_guid: str | None = None) -> bytes:
+    """One receipt message with one return element; optional fields without a value are left out."""
+    root_name, element, fields = RECEIPT_FIELDS[code]
+    ns = f"{{{CEB_NS}}}"
+    root = etree.Element(ns + root_name, nsmap={None: CEB_NS})
+    root.set("guid", message_guid or new_guid())
+    root.set("version", "1.0")
+    ret = etree.SubElement(root, ns + element)
+    limit = _MAX_INFO.get(code, 1000)
+    for name in fields:
+        value = values.get(name)
+        if value is None or value == "":
+            if name not in _REQUIRED_ALWAYS:
+                continue
+            value = value or ""
+        if name == "returnInfo":
+            value = value[:limit]
+        etree.SubElement(ret, ns + name).text = value
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def format_receipt(
+    *,
+    ori_cop_msg_id: str,
+    ori_message_type: str,
+    original: bytes,
+    info: str,
+    status: str = "-1",
+    moment: datetime | None = None,
+) -> bytes:
+    """A CEB900 format receipt for a message that failed parsing or the schema."""
+    try:
+        text = original.decode("utf-8")
+        etree.SubElement(etree.Element("probe"), "x").text = text  # raises on XML-illegal characters
+    except (UnicodeDecodeError, ValueError):
+        text = base64.b64encode(original).decode("ascii")  # not representable as XML text
+    return build_receipt(
+        "CEB900",
+        {
+            "guid": new_guid(),
+            "returnStatus": status,
+            "returnInfo": info or "报文格式校验失败",
+            "returnTime": return_time(moment),
+            "oriCopMsgId": ori_cop_msg_id[:255],
+            "oriMessageType": (ori_message_type or "Unknown")[:15],
+            "oriBizMessage": text,
+        },
+    )
+
+
+def pre_no(serial: int, moment: datetime | None = None) -> str:
+    """E-Port pre-entry number: ``B`` + yyyymmdd + 9-digit serial (18 chars)."""
+    moment = moment or datetime.now(CHINA_TZ)
+    return f"B{moment:%Y%m%d}{serial % 10**9:09d}"
+
+
+def invt_no(customs_code: str, serial: int, moment: datetime | None = None) -> str:
+    """Customs inventory number: 4-digit district + year + ``I`` + 9-digit serial (18 chars)."""
+    moment = moment or datetime.now(CHINA_TZ)
+    district = (customs_code if len(customs_code) == 4 and customs_code.isdigit() else "0000")
+    return f"{district}{moment:%Y}I{serial % 10**9:09d}"

@@ -1,0 +1,532 @@
+"""The customs sandbox over real HTTP on 127.0.0.1: receipt sequences, customs-side checks, scenarios, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from lxml import etree
+
+from adapters import dxp
+from gateway.messages import CEB_NS
+from gateway.sandbox import SCENARIOS, RunningSandbox, scenario_of
+from gateway.sandbox.recorder import Recorder
+
+pytest_plugins = ["gateway.sandbox.pytest_plugin"]
+
+signing = pytest.importorskip("gateway.signing", reason="gateway.signing is needed to sign CEB621 samples")
+samples = pytest.importorskip("gateway.samples", reason="gateway.samples provides the shipments")
+
+SENDER = "DXPENT0000458763"
+C = f"{{{CEB_NS}}}"
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> Any:
+    key_pem, cert_pem = signing.generate_test_key("rsa", "sandbox test")
+    return signing.RsaSha1Key.from_pem(key_pem, cert_pem)
+
+
+NOW = datetime(2026, 11, 20, 10, 0, 0)  # samples derive numbers from the time: keep them reproducible
+
+
+def legs(key: Any, *, order_no: str | None = None, seed: int = 1, defect: str | None = None, **kw: Any) -> dict:
+    s = samples.shipment(random.Random(seed), order_no=order_no, now=NOW, **kw)
+    if defect:
+        s = samples.broken(s, defect)
+    return samples.render_shipment(s, signer=lambda root: signing.sign(root, key))
+
+
+@pytest.fixture
+def sandbox(customs_sandbox_local: RunningSandbox, http_recorder: Recorder) -> RunningSandbox:
+    customs_sandbox_local.config.receipt_url = http_recorder.url + "/v1/receipts"
+    return customs_sandbox_local
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+        yield s
+
+
+async def post_dxp(
+    client: aiohttp.ClientSession,
+    base: str,
+    ceb: bytes,
+    *,
+    cop: str | None = None,
+    headers: dict[str, str] | None = None,
+    receiver: str = dxp.IMPORT_RECEIVER,
+    msg_type: str = "CEB311Message",
+) -> tuple[int, Any, str]:
+    cop = cop or str(uuid.uuid4()).upper()
+    root = etree.fromstring(ceb) if ceb.lstrip().startswith(b"<") else None
+    if root is not None and isinstance(root.tag, str):
+        msg_type = etree.QName(root).localname
+    env = dxp.wrap(ceb, msg_type=msg_type, sender_id=SENDER, receiver_ids=[receiver], cop_msg_id=cop,
+                   created=datetime.now())  # fmt: skip
+    async with client.post(base + "/dxp", data=env, headers=headers or {}) as resp:
+        return resp.status, await resp.json(), cop
+
+
+def receipt(rec_body: bytes) -> dict[str, Any]:
+    """One received receipt: envelope fields and the return element's children."""
+    env = dxp.unwrap(rec_body)
+    root = etree.fromstring(env.data)
+    ret = root[0]
+    fields = {etree.QName(c).localname: c.text or "" for c in ret}
+    return {"env": env, "root": root, "type": etree.QName(root).localname[:6], **fields}
+
+
+def receipts(rec: Recorder, where: Callable[[dict[str, Any]], bool] = lambda r: True) -> list[dict[str, Any]]:
+    out = [receipt(r.body) for r in rec.requests if r.path == "/v1/receipts"]
+    return [r for r in out if where(r)]
+
+
+def statuses(rec: Recorder, code: str) -> list[str]:
+    return [r["returnStatus"] for r in receipts(rec, lambda r: r["type"] == code)]
+
+
+async def declare_all(client: aiohttp.ClientSession, sb: RunningSandbox, xmls: dict, codes: tuple = ()) -> None:
+    for code in codes or ("CEB311", "CEB411", "CEB511", "CEB621"):
+        status, ack, _ = await post_dxp(client, sb.url, xmls[code])
+        assert status == 200, ack
+        assert ack["code"] == "0000"
+
+
+# --- receipt sequences -------------------------------------------------------------------------------
+
+
+async def test_clean_shipment_receipt_sequences(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xmls = legs(rsa_key)
+    await declare_all(client, sandbox, xmls)
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB312") == ["2", "120"]
+    assert statuses(http_recorder, "CEB412") == ["2", "120"]
+    assert statuses(http_recorder, "CEB512") == ["2", "120"]
+    assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800"]
+
+    inv = receipts(http_recorder, lambda r: r["type"] == "CEB622")
+    times = [r["returnTime"] for r in inv]
+    assert times == sorted(times) and len(set(times)) == 4 and all(len(t) == 17 and t.isdigit() for t in times)
+    assert "invtNo" not in inv[0] and len(inv[1]["invtNo"]) == 18 and inv[1]["invtNo"] == inv[3]["invtNo"]
+    assert len(inv[0]["preNo"]) == 18 and inv[0]["preNo"].startswith("B")
+    # receipts travel in DxpMsg from customs back to our DXP id, one CopMsgId each
+    for r in receipts(http_recorder):
+        assert r["env"].sender_id == dxp.IMPORT_RECEIVER and r["env"].receiver_ids == (SENDER,)
+        assert r["env"].msg_type == etree.QName(r["root"]).localname
+    assert len({r["env"].cop_msg_id for r in receipts(http_recorder)}) == 10
+    # receipts echo the declared document's guid
+    order_guid = etree.fromstring(xmls["CEB311"]).findtext(f"{C}Order/{C}OrderHead/{C}guid")
+    assert {r["guid"] for r in receipts(http_recorder, lambda r: r["type"] == "CEB312")} == {order_guid}
+
+
+async def test_receipts_are_schema_valid(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    schema = pytest.importorskip("gateway.schema")
+    from gateway.messages import lookup
+
+    sset = schema.SchemaSet()
+    xmls = legs(rsa_key, seed=7)
+    await declare_all(client, sandbox, xmls)
+    bad = xmls["CEB311"].replace(b"<ceb:buyerTelephone>", b"<ceb:buyerPhone>").replace(
+        b"</ceb:buyerTelephone>", b"</ceb:buyerPhone>"
+    )
+    await post_dxp(client, sandbox.url, bad)  # -> CEB900
+    await sandbox.wait_idle()
+    got = receipts(http_recorder)
+    assert {r["type"] for r in got} == {"CEB312", "CEB412", "CEB512", "CEB622", "CEB900"}
+    for r in got:
+        assert sset.validate(r["root"], lookup(r["type"])) == [], r["type"]
+    for req in http_recorder.requests:
+        assert sset.validate_dxp(etree.fromstring(req.body)) == []
+
+
+async def test_inventory_without_its_documents_is_rejected(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xmls = legs(rsa_key, seed=2)
+    await declare_all(client, sandbox, xmls, ("CEB311", "CEB621"))  # no payment, no waybill
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB622") == ["2", "100"]
+    info = receipts(http_recorder, lambda r: r["type"] == "CEB622")[1]["returnInfo"]
+    assert "payment" in info and "waybill" in info
+
+
+async def test_inconsistent_inventory_is_rejected_with_the_reason(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xmls = legs(rsa_key, seed=3, defect="amount_mismatch")
+    await declare_all(client, sandbox, xmls)
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB312") == ["2", "120"]
+    assert statuses(http_recorder, "CEB622") == ["2", "100"]
+    rejected = receipts(http_recorder, lambda r: r["type"] == "CEB622")[1]
+    assert "acturalPaid" in rejected["returnInfo"] or "amountPaid" in rejected["returnInfo"]
+    assert "invtNo" not in rejected
+    # A rejected inventory is not on file: after a payment change (appType 2) it is declared anew and passes.
+    fixed = legs(rsa_key, seed=3)
+    change = fixed["CEB411"].replace(b"<ceb:appType>1</ceb:appType>", b"<ceb:appType>2</ceb:appType>")
+    assert change != fixed["CEB411"]
+    await post_dxp(client, sandbox.url, change)
+    await sandbox.wait_idle()
+    await post_dxp(client, sandbox.url, fixed["CEB621"])
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB412") == ["2", "120", "2", "120"]
+    assert statuses(http_recorder, "CEB622") == ["2", "100", "2", "120", "399", "800"]
+
+
+async def test_duplicates_get_the_spec_codes(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xmls = legs(rsa_key, seed=4)
+    await declare_all(client, sandbox, xmls)
+    await sandbox.wait_idle()
+    await declare_all(client, sandbox, xmls)  # again, new CopMsgIds: a business duplicate, not a re-delivery
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB312") == ["2", "120", "-301010"]
+    assert statuses(http_recorder, "CEB412") == ["2", "120", "-401007"]
+    assert statuses(http_recorder, "CEB512") == ["2", "120", "-504015"]
+    assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800", "-621004"]
+    assert sandbox.stats()["duplicates"] == {}  # every delivery had its own CopMsgId
+
+
+async def test_single_transaction_limit(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xmls = legs(rsa_key, seed=5, n_items=2, defect="over_single_limit")
+    await declare_all(client, sandbox, xmls)
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB622") == ["-621005"]
+
+
+async def test_annual_quota_is_per_buyer_and_counts_released_inventories(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    # Two parcels of the same buyer: same seed, different orderNo / payTransactionId / logisticsNo.
+    s1 = samples.shipment(random.Random(6), order_no="QUOTA-A", now=NOW)
+    s2 = samples.shipment(random.Random(6), order_no="QUOTA-B", now=NOW)
+    s2.order_doc["payTransactionId"] = s2.payment_doc["payTransactionId"] = s1.payment_doc["payTransactionId"] + "B"
+    s2.waybill_doc["logisticsNo"] = s2.inventory_doc["logisticsNo"] = s1.waybill_doc["logisticsNo"] + "B"
+    assert s1.inventory_doc["buyerIdNumber"] == s2.inventory_doc["buyerIdNumber"]
+    inv = s1.inventory_doc
+    value = sum((Decimal(str(i["totalPrice"])) for i in inv["items"]), Decimal(0)) + Decimal(str(inv["freight"]))
+    value += Decimal(str(inv["insuredFee"]))
+    limit = str(value * Decimal("1.5"))  # room for one parcel, not for two
+    async with client.post(sandbox.url + "/sandbox/config", json={"annual_limit": limit}) as r:
+        assert r.status == 200 and (await r.json())["annual_limit"] == limit
+
+    def sign(root: Any) -> None:
+        signing.sign(root, rsa_key)
+
+    await declare_all(client, sandbox, samples.render_shipment(s1, signer=sign))
+    await sandbox.wait_idle()
+    await declare_all(client, sandbox, samples.render_shipment(s2, signer=sign))
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800", "-621018"]
+
+
+async def test_temp_save_gets_status_1(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xml = legs(rsa_key, seed=8)["CEB311"]
+    xml = xml.replace(b"<ceb:appStatus>2</ceb:appStatus>", b"<ceb:appStatus>1</ceb:appStatus>")
+    await post_dxp(client, sandbox.url, xml)
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB312") == ["1"]
+
+
+# --- format errors and envelopes ----------------------------------------------------------------------
+
+
+async def test_schema_failure_answers_ceb900(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    pytest.importorskip("gateway.schema")
+    xml = legs(rsa_key, seed=9)["CEB311"]
+    bad = xml.replace(b"<ceb:currency>142</ceb:currency>", b"", 1)
+    status, ack, cop = await post_dxp(client, sandbox.url, bad)
+    assert status == 200 and ack["format_error"] is True
+    await sandbox.wait_idle()
+    [r] = receipts(http_recorder)
+    assert r["type"] == "CEB900" and r["oriCopMsgId"] == cop and r["oriMessageType"] == "CEB311Message"
+    assert r["returnStatus"].startswith("-") and "currency" in r["returnInfo"]
+    assert r["oriBizMessage"] == bad.decode()
+    assert sandbox.stats()["schema"] == "on"
+
+
+async def test_unparseable_data_answers_ceb900_unknown(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    status, _, cop = await post_dxp(client, sandbox.url, b"not xml at all", msg_type="CEB311Message")
+    assert status == 200
+    await sandbox.wait_idle()
+    [r] = receipts(http_recorder)
+    assert (r["type"], r["oriCopMsgId"], r["oriMessageType"]) == ("CEB900", cop, "Unknown")
+
+
+async def test_bad_envelopes_are_refused_at_once(sandbox: RunningSandbox, client: aiohttp.ClientSession) -> None:
+    async with client.post(sandbox.url + "/dxp", data=b"<a/>") as resp:
+        assert resp.status == 400 and (await resp.json())["code"] == "0001"
+    status, ack, _ = await post_dxp(client, sandbox.url, b"<x/>", receiver="DXPENT0000000009")
+    assert status == 400 and ack["code"] == "2001"
+    assert sandbox.stats()["received"] == 0
+
+
+async def test_bare_ceb_endpoint(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xml = legs(rsa_key, seed=10)["CEB311"]
+    async with client.post(sandbox.url + "/ceb", data=xml, headers={"X-CopMsgId": "BARE-1"}) as resp:
+        assert resp.status == 200 and (await resp.json())["copMsgId"] == "BARE-1"
+    async with client.post(sandbox.url + "/ceb", data=b"<<<") as resp:
+        assert resp.status == 400
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB312") == ["2", "120"]
+    assert receipts(http_recorder)[0]["env"].receiver_ids == (sandbox.config.enterprise_dxp_id,)
+
+
+# --- counting -----------------------------------------------------------------------------------------
+
+
+async def test_counts_deliveries_by_cop_msg_id_and_resets(
+    sandbox: RunningSandbox, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xmls = legs(rsa_key, seed=11)
+    await post_dxp(client, sandbox.url, xmls["CEB311"], cop="COP-A")
+    await post_dxp(client, sandbox.url, xmls["CEB411"], cop="COP-B")
+    await post_dxp(client, sandbox.url, xmls["CEB311"], cop="COP-A")  # re-delivery of the same envelope
+    async with client.get(sandbox.url + "/sandbox/stats") as resp:
+        stats = await resp.json()
+    assert stats["received"] == 3
+    assert stats["by_cop_msg_id"] == {"COP-A": 2, "COP-B": 1}
+    assert stats["duplicates"] == {"COP-A": 1}
+    assert stats["by_type"] == {"CEB311Message": 2, "CEB411Message": 1}
+    async with client.post(sandbox.url + "/sandbox/reset") as resp:
+        assert resp.status == 200
+    async with client.get(sandbox.url + "/sandbox/stats") as resp:
+        stats = await resp.json()
+    assert stats["received"] == 0 and stats["by_cop_msg_id"] == {}
+
+
+async def test_config_endpoint_refuses_unknown_fields(sandbox: RunningSandbox, client: aiohttp.ClientSession) -> None:
+    async with client.post(sandbox.url + "/sandbox/config", json={"no_such": 1}) as resp:
+        assert resp.status == 400
+    async with client.post(sandbox.url + "/sandbox/config", json={"flaky_failures": "3"}) as resp:
+        assert resp.status == 200
+    assert sandbox.config.flaky_failures == 3
+
+
+# --- scenarios ----------------------------------------------------------------------------------------
+
+
+def test_scenario_selection() -> None:
+    assert scenario_of(None, ["ZG123", "FLAKY-1"]) == "FLAKY"
+    assert scenario_of("poison", ["FLAKY-1"]) == "POISON"
+    assert scenario_of("POISON-", []) == "POISON"
+    assert scenario_of("bogus", ["FLAKYX-1", "SLOW"]) is None
+    assert set(SCENARIOS) == {"FAIL5XX", "FLAKY", "TIMEOUT", "SLOW", "LOSTRCPT", "DUPRCPT", "OOORCPT", "REJECT",
+                              "POISON"}  # fmt: skip
+
+
+async def test_fail5xx_every_time(sandbox: RunningSandbox, client: aiohttp.ClientSession, rsa_key: Any) -> None:
+    xml = legs(rsa_key, order_no="FAIL5XX-0001")["CEB311"]
+    for _ in range(3):
+        status, _, _ = await post_dxp(client, sandbox.url, xml, cop="C5")
+        assert status == 503
+    assert sandbox.stats()["attempts_by_cop_msg_id"] == {"C5": 3}
+    assert sandbox.stats()["received"] == 0
+
+
+async def test_flaky_fails_n_times_per_cop_msg_id(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xml = legs(rsa_key, order_no="FLAKY-0001")["CEB311"]
+    got = [(await post_dxp(client, sandbox.url, xml, cop="F1"))[0] for _ in range(4)]
+    assert got == [503, 503, 200, 200]
+    assert (await post_dxp(client, sandbox.url, xml, cop="F2"))[0] == 503  # counted per CopMsgId
+    stats = sandbox.stats()
+    assert stats["by_cop_msg_id"] == {"F1": 2} and stats["attempts_by_cop_msg_id"] == {"F1": 4, "F2": 1}
+    await sandbox.wait_idle()
+    assert sorted(statuses(http_recorder, "CEB312")) == ["-301010", "120", "2"]  # the two deliveries interleave
+
+
+async def test_timeout_never_answers_in_time(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xml = legs(rsa_key, order_no="TIMEOUT-0001")["CEB311"]
+    env = dxp.wrap(xml, msg_type="CEB311Message", sender_id=SENDER, receiver_ids=[dxp.IMPORT_RECEIVER],
+                   cop_msg_id="T1", created=datetime.now())  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(asyncio.TimeoutError):
+        async with client.post(sandbox.url + "/dxp", data=env, timeout=aiohttp.ClientTimeout(total=0.3)):
+            pass
+    assert time.monotonic() - started < 2
+    assert sandbox.stats()["attempts"] == 1 and sandbox.stats()["received"] == 0
+    assert http_recorder.requests == []
+
+
+async def test_slow_answers_late_but_normally(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    sandbox.config.slow_delay = 0.2
+    xml = legs(rsa_key, order_no="SLOW-0001")["CEB311"]
+    started = time.monotonic()
+    status, _, _ = await post_dxp(client, sandbox.url, xml)
+    assert status == 200 and time.monotonic() - started >= 0.2
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB312") == ["2", "120"]
+
+
+async def test_lost_receipts(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    status, _, _ = await post_dxp(client, sandbox.url, legs(rsa_key, order_no="LOSTRCPT-0001")["CEB311"])
+    assert status == 200
+    await sandbox.wait_idle()
+    await asyncio.sleep(0.05)
+    assert http_recorder.requests == []
+    async with client.get(sandbox.url + "/sandbox/receipts") as resp:
+        listed = (await resp.json())["receipts"]
+    assert [(r["status"], r["lost"], r["delivered"]) for r in listed] == [("2", True, False), ("120", True, False)]
+
+
+async def test_duplicate_receipts(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    await post_dxp(client, sandbox.url, legs(rsa_key, order_no="DUPRCPT-0001")["CEB311"])
+    await sandbox.wait_idle()
+    got = receipts(http_recorder)
+    assert [r["returnStatus"] for r in got] == ["2", "2", "120", "120"]
+    assert got[0]["env"].cop_msg_id == got[1]["env"].cop_msg_id != got[2]["env"].cop_msg_id
+    assert http_recorder.requests[0].body == http_recorder.requests[1].body
+
+
+async def test_out_of_order_receipts(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xmls = legs(rsa_key, order_no="OOORCPT-0001")
+    await declare_all(client, sandbox, xmls)
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB312") == ["120", "2"]
+    inv = receipts(http_recorder, lambda r: r["type"] == "CEB622")
+    assert [r["returnStatus"] for r in inv] == ["800", "399", "120", "2"]
+    times = [r["returnTime"] for r in inv]
+    assert times == sorted(times, reverse=True)  # returnTime still tells the true order
+
+
+async def test_reject_scenario(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xmls = legs(rsa_key, order_no="REJECT-0001")
+    await declare_all(client, sandbox, xmls, ("CEB311", "CEB621"))
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB312") == ["2", "100"]
+    assert statuses(http_recorder, "CEB622") == ["2", "100"]
+    assert all("REJECT" in r["returnInfo"] for r in receipts(http_recorder, lambda r: r["returnStatus"] == "100"))
+
+
+async def test_poison_is_permanent(sandbox: RunningSandbox, client: aiohttp.ClientSession, rsa_key: Any) -> None:
+    xml = legs(rsa_key, order_no="POISON-0001")["CEB311"]
+    for _ in range(2):
+        status, ack, _ = await post_dxp(client, sandbox.url, xml, cop="P1")
+        assert status == 400 and ack["code"] == "0001"
+    assert sandbox.stats()["received"] == 0
+
+
+async def test_header_selects_the_scenario(
+    sandbox: RunningSandbox, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    xml = legs(rsa_key, seed=12)["CEB311"]
+    status, _, _ = await post_dxp(client, sandbox.url, xml, headers={"X-Sandbox-Scenario": "FAIL5XX"})
+    assert status == 503
+    status, _, _ = await post_dxp(client, sandbox.url, xml)
+    assert status == 200
+
+
+# --- inspection and warehouse -------------------------------------------------------------------------
+
+
+async def test_inspection_endpoint_records_and_dedupes(
+    sandbox: RunningSandbox, client: aiohttp.ClientSession
+) -> None:
+    body = {"schema": "cbec.inspection.v1", "requestId": "R1", "declarations": [{"orderNo": "X1", "items": []}]}
+    for expected_dup in (False, True):
+        async with client.post(sandbox.url + "/inspection", json=body) as resp:
+            assert resp.status == 200 and (await resp.json())["duplicate"] is expected_dup
+    async with client.post(sandbox.url + "/inspection", json={"nope": 1}) as resp:
+        assert resp.status == 400
+    body2 = {**body, "requestId": "R2", "declarations": [{"orderNo": "FAIL5XX-9"}]}
+    async with client.post(sandbox.url + "/inspection", json=body2) as resp:
+        assert resp.status == 503
+    async with client.get(sandbox.url + "/sandbox/records") as resp:
+        assert [r["requestId"] for r in (await resp.json())["inspection"]] == ["R1", "R1"]
+
+
+async def test_warehouse_endpoint_calls_back(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    from adapters.warehouse import parse_callback
+
+    sandbox.config.warehouse_callback_secret = "wh-secret"
+    order = {"schema": "cbec.warehouse-order.v1", "orderId": "O1", "direction": "outbound",
+             "callbackUrl": http_recorder.url + "/cb", "reference": {"orderNo": "ZG1"}, "items": []}  # fmt: skip
+    async with client.post(sandbox.url + "/warehouse/orders", json=order) as resp:
+        assert resp.status == 201
+        number = (await resp.json())["warehouseOrderNo"]
+    async with client.post(sandbox.url + "/warehouse/orders", json=order) as resp:
+        assert resp.status == 200 and (await resp.json()) == {"warehouseOrderNo": number, "orderId": "O1",
+                                                              "duplicate": True}  # fmt: skip
+    await sandbox.wait_idle()
+    calls = await http_recorder.wait_for(2)
+    parsed = [
+        parse_callback(c.body, secret="wh-secret", signature=c.headers["X-CBEC-Signature"],
+                       timestamp=c.headers["X-CBEC-Timestamp"])
+        for c in calls
+    ]  # fmt: skip
+    assert [(p.status, p.warehouse_order_no, p.reference["orderNo"]) for p in parsed] == [
+        ("accepted", number, "ZG1"),
+        ("shipped", number, "ZG1"),
+    ]
+    assert len(http_recorder.requests) == 2  # the repeated order made no new callbacks
+
+
+# --- the pytest plugin --------------------------------------------------------------------------------
+
+
+def test_plugin_yields_external_url_and_skips_local_only_tests(tmp_path: Path) -> None:
+    (tmp_path / "test_ext.py").write_text(
+        "pytest_plugins = ['gateway.sandbox.pytest_plugin']\n"
+        "def test_url(customs_sandbox):\n"
+        "    assert customs_sandbox == 'http://127.0.0.1:9/real'\n"
+        "def test_local(customs_sandbox_local):\n"
+        "    raise AssertionError('must be skipped')\n"
+    )
+    env = {**os.environ, "CBEC_CUSTOMS_SANDBOX_URL": "http://127.0.0.1:9/real/"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
+         "-o", "asyncio_default_fixture_loop_scope=function", str(tmp_path / "test_ext.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "1 passed, 1 skipped" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_stats_json_is_plain(sandbox: RunningSandbox) -> None:
+    json.dumps(sandbox.stats())  # no Decimal / Counter surprises for HTTP clients
