@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import aiohttp
 from cbec_queue.errors import PermanentError, TransientError
@@ -215,7 +215,7 @@ class HttpAdapter:
             await self._session.close()
         self._session = None
 
-    async def __aenter__(self) -> HttpAdapter:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

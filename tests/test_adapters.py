@@ -1,0 +1,636 @@
+"""Outbound adapters: failure classification against the real sandbox over HTTP, signing before wrapping,
+the outbox/inbox folder convention, seller webhook signatures, inspection and warehouse payloads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from lxml import etree
+
+from adapters import dxp
+from adapters.base import (
+    Adapter,
+    AdapterTimeouts,
+    HttpReply,
+    PermanentError,
+    TransientError,
+    classify_dxp_code,
+    classify_status,
+    parse_retry_after,
+    response_code,
+)
+from adapters.customs import CustomsAdapter, CustomsConfig, atomic_write, poll_inbox, prepare
+from adapters.inspection import InspectionAdapter, InspectionConfig
+from adapters.warehouse import WarehouseAdapter, WarehouseConfig, parse_callback
+from adapters.webhook import WebhookAdapter, WebhookEndpoint, sign_body, verify_signature
+from gateway.messages import CEB_NS, DS_NS
+from gateway.sandbox import RunningSandbox
+from gateway.sandbox.recorder import Recorder
+
+pytest_plugins = ["gateway.sandbox.pytest_plugin"]
+
+signing = pytest.importorskip("gateway.signing", reason="gateway.signing is needed to sign CEB621 samples")
+samples = pytest.importorskip("gateway.samples", reason="gateway.samples provides the shipments")
+
+SENDER = "DXPENT0000458763"
+NOW = datetime(2026, 11, 20, 10, 0, 0)
+C = f"{{{CEB_NS}}}"
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> Any:
+    key_pem, cert_pem = signing.generate_test_key("rsa", "adapter test")
+    return signing.RsaSha1Key.from_pem(key_pem, cert_pem)
+
+
+def legs(key: Any | None, *, order_no: str | None = None, seed: int = 1, **kw: Any) -> dict[str, bytes]:
+    s = samples.shipment(random.Random(seed), order_no=order_no, now=NOW, **kw)
+    signer = (lambda root: signing.sign(root, key)) if key is not None else None
+    return samples.render_shipment(s, signer=signer)
+
+
+def job(xml: bytes, key: str = "job-1", **extra: Any) -> dict[str, Any]:
+    return {"message": xml.decode("utf-8"), "dedupe_key": key, **extra}
+
+
+def customs(url: str, **kw: Any) -> CustomsAdapter:
+    kw.setdefault("timeouts", AdapterTimeouts(total=2.0, connect=1.0, sock_read=2.0))
+    return CustomsAdapter(CustomsConfig(sender_id=SENDER, url=url, **kw))
+
+
+@pytest_asyncio.fixture
+async def adapter(customs_sandbox: str) -> AsyncIterator[CustomsAdapter]:
+    a = customs(customs_sandbox + "/dxp")
+    async with a:
+        yield a
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- classification, pure ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(200, None), (201, None), (204, None), (500, TransientError), (502, TransientError), (503, TransientError),
+     (504, TransientError), (429, TransientError), (408, TransientError), (400, PermanentError),
+     (401, PermanentError), (403, PermanentError), (404, PermanentError), (409, PermanentError),
+     (410, PermanentError), (422, PermanentError), (301, PermanentError), (302, PermanentError)],
+)  # fmt: skip
+def test_classify_status(status: int, expected: type[Exception] | None) -> None:
+    if expected is None:
+        classify_status(status, what="x")
+    else:
+        with pytest.raises(expected):
+            classify_status(status, what="x", body=b"reason")
+
+
+def test_retry_after_is_passed_to_the_queue() -> None:
+    with pytest.raises(TransientError) as exc:
+        classify_status(429, what="x", retry_after="7")
+    assert exc.value.retry_after_s == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "verdict"),
+    [("0000", None), ("0", None), ("", None), ("0001", "permanent"), ("0002", "permanent"), ("1001", "permanent"),
+     ("1004", "permanent"), ("2001", "permanent"), ("3001", "transient"), ("3003", "transient"),
+     ("3999", "transient"), ("4001", "permanent")],
+)  # fmt: skip
+def test_classify_dxp_code(code: str, verdict: str | None) -> None:
+    assert classify_dxp_code(code) == verdict
+
+
+def test_response_code_reads_json_and_dxprep() -> None:
+    assert response_code(HttpReply(200, {}, b'{"code": "0002", "reason": "schema"}')) == ("0002", "schema")
+    rep = (
+        b'<?xml version="1.0" encoding="UTF-8"?><dxp:DxpRep xmlns:dxp="http://www.chinaport.gov.cn/dxp" ver="1.0">'
+        b"<dxp:RecevierId>DXPENT0000458763</dxp:RecevierId><dxp:Response><dxp:ResponseCode>1001</dxp:ResponseCode>"
+        b"<dxp:ResponseInfo>bad signature</dxp:ResponseInfo></dxp:Response></dxp:DxpRep>"
+    )
+    assert response_code(HttpReply(200, {}, rep)) == ("1001", "bad signature")
+    assert response_code(HttpReply(200, {}, b"ok")) is None
+
+
+def test_errors_are_the_queues() -> None:
+    from cbec_queue.errors import QueueError
+
+    assert issubclass(TransientError, QueueError) and issubclass(PermanentError, QueueError)
+
+
+def test_adapters_implement_the_protocol() -> None:
+    assert isinstance(customs("http://127.0.0.1:1/dxp"), Adapter)
+    assert isinstance(WebhookAdapter({}), Adapter)
+    assert isinstance(InspectionAdapter(InspectionConfig(url="http://127.0.0.1:1/")), Adapter)
+    assert isinstance(WarehouseAdapter(WarehouseConfig(url="http://127.0.0.1:1/", warehouse_code="W")), Adapter)
+
+
+# --- customs adapter against the sandbox -----------------------------------------------------------------
+
+
+async def test_delivery_reports_the_stable_cop_msg_id(
+    adapter: CustomsAdapter, customs_sandbox_local: RunningSandbox, rsa_key: Any
+) -> None:
+    xml = legs(rsa_key)["CEB311"]
+    result = await adapter.send(job(xml, "order-1"))
+    assert result.reference == dxp.cop_msg_id_for("order-1")
+    assert result.status == 200 and result.detail["ack"]["code"] == "0000"
+    assert customs_sandbox_local.stats()["by_cop_msg_id"] == {result.reference: 1}
+
+
+async def test_fail5xx_is_transient(adapter: CustomsAdapter, rsa_key: Any) -> None:
+    with pytest.raises(TransientError, match="503"):
+        await adapter.send(job(legs(rsa_key, order_no="FAIL5XX-1")["CEB311"]))
+
+
+async def test_poison_is_permanent(adapter: CustomsAdapter, rsa_key: Any) -> None:
+    with pytest.raises(PermanentError, match="400"):
+        await adapter.send(job(legs(rsa_key, order_no="POISON-1")["CEB311"]))
+
+
+async def test_timeout_is_transient(customs_sandbox: str, rsa_key: Any) -> None:
+    a = customs(customs_sandbox + "/dxp", timeouts=AdapterTimeouts(total=0.3, connect=0.3, sock_read=0.3))
+    started = time.monotonic()
+    async with a:
+        with pytest.raises(TransientError, match="timed out"):
+            await a.send(job(legs(rsa_key, order_no="TIMEOUT-1")["CEB311"]))
+    assert time.monotonic() - started < 2
+
+
+async def test_connection_refused_is_transient(rsa_key: Any) -> None:
+    async with customs(f"http://127.0.0.1:{free_port()}/dxp") as a:
+        with pytest.raises(TransientError):
+            await a.send(job(legs(rsa_key)["CEB311"]))
+
+
+async def test_invalid_url_and_unknown_receiver_are_permanent(customs_sandbox: str, rsa_key: Any) -> None:
+    xml = legs(rsa_key)["CEB311"]
+    async with customs("not a url") as a:
+        with pytest.raises(PermanentError):
+            await a.send(job(xml))
+    async with customs(customs_sandbox + "/dxp", receiver_id="DXPENT9999999999") as a:
+        with pytest.raises(PermanentError, match="2001"):
+            await a.send(job(xml))
+
+
+async def test_flaky_retries_deliver_exactly_once(
+    adapter: CustomsAdapter, customs_sandbox_local: RunningSandbox, rsa_key: Any
+) -> None:
+    payload = job(legs(rsa_key, order_no="FLAKY-1")["CEB311"], "flaky-order")
+    outcomes: list[str] = []
+    for _ in range(5):  # what the queue does: retry on TransientError, stop on success
+        try:
+            result = await adapter.send(payload)
+        except TransientError:
+            outcomes.append("transient")
+            continue
+        outcomes.append("ok")
+        break
+    assert outcomes == ["transient", "transient", "ok"]
+    cop = dxp.cop_msg_id_for("flaky-order")
+    stats = customs_sandbox_local.stats()
+    assert stats["attempts_by_cop_msg_id"] == {cop: 3}  # every retry carried the same CopMsgId
+    assert stats["by_cop_msg_id"] == {cop: 1} and stats["duplicates"] == {}
+    assert result.reference == cop
+
+
+@pytest_asyncio.fixture
+async def odd_server() -> AsyncIterator[str]:
+    """Answers the customs adapter the ways the sandbox does not: 429, redirects, DXP codes in a 200."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        kind = request.match_info["kind"]
+        if kind == "r429":
+            return web.Response(status=429, headers={"Retry-After": "7"})
+        if kind == "r302":
+            raise web.HTTPFound("/elsewhere")
+        if kind == "dxprep":
+            body = (
+                '<?xml version="1.0"?><dxp:DxpRep xmlns:dxp="http://www.chinaport.gov.cn/dxp" ver="1.0">'
+                "<dxp:RecevierId>X</dxp:RecevierId><dxp:Response><dxp:ResponseCode>0002</dxp:ResponseCode>"
+                "</dxp:Response></dxp:DxpRep>"
+            )
+            return web.Response(text=body, content_type="application/xml")
+        return web.json_response({"code": kind, "reason": "as asked"})
+
+    app = web.Application()
+    app.router.add_post("/{kind}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected", "match"),
+    [("r429", TransientError, "429"), ("r302", PermanentError, "302"), ("dxprep", PermanentError, "0002"),
+     ("1001", PermanentError, "1001"), ("3001", TransientError, "3001")],
+)  # fmt: skip
+async def test_other_answers(
+    odd_server: str, rsa_key: Any, kind: str, expected: type[Exception], match: str
+) -> None:
+    async with customs(f"{odd_server}/{kind}") as a:
+        with pytest.raises(expected, match=match) as exc:
+            await a.send(job(legs(rsa_key)["CEB311"]))
+    if kind == "r429":
+        assert exc.value.retry_after_s == 7.0  # type: ignore[attr-defined]
+
+
+async def test_ok_code_in_reply_is_success(odd_server: str, rsa_key: Any) -> None:
+    async with customs(f"{odd_server}/0000") as a:
+        assert (await a.send(job(legs(rsa_key)["CEB311"]))).status == 200
+
+
+# --- payloads and signing --------------------------------------------------------------------------------
+
+
+def test_prepare_signs_unsigned_messages_before_wrapping(rsa_key: Any) -> None:
+    unsigned = legs(None)["CEB311"]
+    prep = prepare(job(unsigned), CustomsConfig(sender_id=SENDER, signer=rsa_key))
+    assert prep.signed_here
+    env = dxp.unwrap(prep.envelope)
+    assert env.data == prep.ceb != unsigned
+    assert etree.fromstring(env.data).find(f"{{{DS_NS}}}Signature") is not None
+    assert signing.verify(env.data).ok
+    assert env.receiver_ids == (dxp.IMPORT_RECEIVER,) and env.msg_type == "CEB311Message"
+    # the guid is untouched and a second attempt carries the same identity
+    again = prepare(job(unsigned), CustomsConfig(sender_id=SENDER, signer=rsa_key))
+    assert (again.cop_msg_id, again.guid) == (prep.cop_msg_id, prep.guid)
+    assert prep.guid == etree.fromstring(unsigned).get("guid")
+
+
+def test_prepare_leaves_signed_messages_alone(rsa_key: Any) -> None:
+    signed = legs(rsa_key)["CEB621"]
+    prep = prepare(job(signed), CustomsConfig(sender_id=SENDER, signer=rsa_key))
+    assert not prep.signed_here and prep.ceb == signed
+    plain = legs(None)["CEB311"]
+    assert prepare(job(plain), CustomsConfig(sender_id=SENDER)).ceb == plain  # no signer: as is
+
+
+def test_prepare_refuses_bad_payloads() -> None:
+    cfg = CustomsConfig(sender_id=SENDER)
+    xml = legs(None)["CEB311"]
+    with pytest.raises(PermanentError, match="dedupe_key"):
+        prepare({"message": xml.decode()}, cfg)
+    with pytest.raises(PermanentError, match="no CEB message"):
+        prepare({"dedupe_key": "k"}, cfg)
+    with pytest.raises(PermanentError, match="not a CEB message"):
+        prepare({"message": "<x/>", "dedupe_key": "k"}, cfg)
+    import base64
+
+    prep = prepare({"message_b64": base64.b64encode(xml).decode(), "cop_msg_id": "EXPLICIT"}, cfg)
+    assert prep.cop_msg_id == "EXPLICIT" and prep.ceb == xml
+
+
+async def test_signer_makes_an_unsigned_inventory_acceptable(
+    customs_sandbox_local: RunningSandbox, rsa_key: Any
+) -> None:
+    pytest.importorskip("gateway.schema")
+    xmls = legs(None, seed=3)
+    async with customs(customs_sandbox_local.url + "/dxp", signer=rsa_key) as a:
+        for code in ("CEB311", "CEB411", "CEB511", "CEB621"):
+            await a.send(job(xmls[code], code))
+    await customs_sandbox_local.wait_idle()
+    generated = customs_sandbox_local.sandbox.receipts
+    assert [r["status"] for r in generated if r["code"] == "CEB622"] == ["2", "120", "399", "800"]
+    assert not [r for r in generated if r["code"] == "CEB900"]
+
+
+# --- folder transport ------------------------------------------------------------------------------------
+
+
+async def test_folder_transport_writes_one_file_per_job(tmp_path: Path, rsa_key: Any) -> None:
+    outbox = tmp_path / "out"
+    a = CustomsAdapter(CustomsConfig(sender_id=SENDER, transport="folder", outbox=outbox))
+    xml = legs(rsa_key)["CEB311"]
+    first = await a.send(job(xml, "k1"))
+    again = await a.send(job(xml, "k1"))  # a retry of the same job replaces, never duplicates
+    files = [p for p in outbox.iterdir() if p.is_file()]
+    assert [p.name for p in files] == [f"CEB311Message_{dxp.cop_msg_id_for('k1')}.xml"]
+    assert first.detail["file"] == again.detail["file"] == str(files[0])
+    assert dxp.unwrap(files[0].read_bytes()).data == xml
+    assert list((outbox / ".tmp").iterdir()) == []
+    bare = CustomsAdapter(CustomsConfig(sender_id=SENDER, transport="folder", outbox=tmp_path / "b",
+                                        folder_format="ceb"))  # fmt: skip
+    result = await bare.send(job(xml, "k2"))
+    assert Path(result.detail["file"]).read_bytes() == xml
+
+
+def test_folder_transport_needs_an_outbox() -> None:
+    with pytest.raises(ValueError):
+        CustomsAdapter(CustomsConfig(sender_id=SENDER, transport="folder"))
+
+
+def test_atomic_write_never_shows_a_partial_file(tmp_path: Path) -> None:
+    outbox = tmp_path / "out"
+    outbox.mkdir()
+    size = 2 * 1024 * 1024
+    seen: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def reader() -> None:  # what a transfer client does: list the folder, read what is there
+        while not stop.is_set():
+            for entry in os.scandir(outbox):
+                if entry.is_file():
+                    data = Path(entry.path).read_bytes()
+                    seen.append((entry.name, len(data)))
+                    assert data.endswith(b"END"), "a partial file was visible"
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(15):
+            atomic_write(outbox, f"m{i}.xml", bytes([65 + i % 26]) * (size - 3) + b"END")
+    finally:
+        stop.set()
+        t.join()
+    assert seen, "the reader saw nothing; the test would prove nothing"
+    assert {n for _, n in seen} == {size}
+    assert sorted(p.name for p in outbox.iterdir() if p.is_file()) == sorted(f"m{i}.xml" for i in range(15))
+
+
+def test_atomic_write_renames_only_a_complete_synced_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        calls.append("replace")
+        assert Path(src).parent == tmp_path / "out" / ".tmp"
+        assert Path(src).read_bytes() == b"<x/>"  # complete before it becomes visible
+        assert not Path(dst).exists()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write(tmp_path / "out", "a.xml", b"<x/>")
+    assert calls[:2] == ["fsync", "replace"]
+    assert (tmp_path / "out" / "a.xml").read_bytes() == b"<x/>"
+    with pytest.raises(ValueError):
+        atomic_write(tmp_path / "out", "../evil.xml", b"x")
+
+
+async def test_failed_write_leaves_nothing_and_is_transient(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rsa_key: Any
+) -> None:
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    a = CustomsAdapter(CustomsConfig(sender_id=SENDER, transport="folder", outbox=tmp_path / "out"))
+    with pytest.raises(TransientError, match="No space"):
+        await a.send(job(legs(rsa_key)["CEB311"]))
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+async def test_poll_inbox_moves_files_by_outcome(tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    for i, name in enumerate(["a.xml", "b.xml", "bad.xml", "c.xml"]):
+        p = inbox / name
+        p.write_bytes(name.encode())
+        os.utime(p, (1_000_000 + i, 1_000_000 + i))  # oldest first
+    (inbox / ".hidden.xml").write_bytes(b"in progress")
+    (inbox / "d.xml.part").write_bytes(b"in progress")
+    handled: list[bytes] = []
+
+    async def handle(data: bytes, path: Path) -> None:
+        if data == b"bad.xml":
+            raise ValueError("not a receipt")
+        handled.append(data)
+
+    report = await poll_inbox(inbox, handle)
+    assert handled == [b"a.xml", b"b.xml", b"c.xml"]
+    assert sorted(p.name for p in report.done) == ["a.xml", "b.xml", "c.xml"]
+    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["a.xml", "b.xml", "c.xml"]
+    assert sorted(p.name for p in (inbox / "error").iterdir()) == ["bad.xml", "bad.xml.error.txt"]
+    assert "not a receipt" in (inbox / "error" / "bad.xml.error.txt").read_text()
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [".hidden.xml", "d.xml.part"]
+    # a second file of the same name does not overwrite the first in done/
+    (inbox / "a.xml").write_bytes(b"again")
+    await poll_inbox(inbox, lambda data, path: None)  # a plain function works too
+    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["a.xml", "a.xml.1", "b.xml", "c.xml"]
+
+
+async def test_poll_inbox_keeps_files_on_transient_failure(tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    for i, name in enumerate(["1.xml", "2.xml"]):
+        (inbox / name).write_bytes(b"r")
+        os.utime(inbox / name, (1_000_000 + i, 1_000_000 + i))
+    calls: list[str] = []
+
+    def handle(data: bytes, path: Path) -> None:
+        calls.append(path.name)
+        raise TransientError("database down")
+
+    report = await poll_inbox(inbox, handle)
+    assert calls == ["1.xml"] and [p.name for p in report.deferred] == ["1.xml"]  # stops at the first
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["1.xml", "2.xml"]
+    for p in inbox.glob("*.xml"):
+        os.utime(p, None)  # just written
+    fresh = await poll_inbox(inbox, lambda d, p: None, min_age=3600)  # too young: left alone
+    assert fresh.done == [] and fresh.deferred == []
+    assert len((await poll_inbox(inbox, lambda d, p: None)).done) == 2
+
+
+async def test_receipts_from_the_sandbox_through_a_folder(tmp_path: Path, http_recorder: Recorder) -> None:
+    """The folder convention end to end: receipts land in the inbox and poll_inbox unwraps them."""
+    inbox = tmp_path / "inbox"
+    for i, r in enumerate(await _sandbox_receipts(http_recorder)):
+        atomic_write(inbox, f"r{i}.xml", r)
+    got: list[str] = []
+    await poll_inbox(inbox, lambda data, path: got.append(dxp.unwrap(data).msg_type))
+    assert got and set(got) <= {"CEB312Message"}
+
+
+async def _sandbox_receipts(rec: Recorder) -> list[bytes]:
+    from gateway.sandbox import start_sandbox
+
+    sb = await start_sandbox(receipt_url=rec.url + "/r", receipt_delay=0.001)
+    try:
+        async with customs(sb.url + "/dxp") as a:
+            await a.send(job(legs(None, seed=9)["CEB311"]))
+        await sb.wait_idle()
+    finally:
+        await sb.stop()
+    return [r.body for r in rec.requests]
+
+
+# --- webhooks --------------------------------------------------------------------------------------------
+
+
+async def test_webhook_signature_verifies_and_tampering_fails(http_recorder: Recorder) -> None:
+    secret = "s3cr3t"
+    clock = [1_790_000_000.0]
+    hook = WebhookAdapter({"S001": WebhookEndpoint(http_recorder.url + "/hook", secret)}, clock=lambda: clock[0])
+    payload = {"seller": "S001", "event": "shipment.status_changed", "dedupe_key": "ev-1",
+               "data": {"orderNo": "ZG1", "state": "released", "amount": "12.30"}}  # fmt: skip
+    async with hook:
+        result = await hook.send(payload)
+    [req] = http_recorder.requests
+    body, sig, ts = req.body, req.headers["X-CBEC-Signature"], req.headers["X-CBEC-Timestamp"]
+    assert sig.startswith("sha256=") and ts == "1790000000"
+    assert req.headers["X-CBEC-Delivery"] == result.reference and req.headers["X-CBEC-Event"] == payload["event"]
+    doc = json.loads(body)
+    assert doc == {"id": result.reference, "event": payload["event"], "timestamp": 1790000000, "data": payload["data"]}
+    assert verify_signature(secret, body, sig, timestamp=ts, now=clock[0] + 10)
+    assert not verify_signature(secret, body.replace(b"12.30", b"99.99"), sig, timestamp=ts, now=clock[0])
+    assert not verify_signature("other", body, sig, timestamp=ts, now=clock[0])
+    assert not verify_signature(secret, body, sig, timestamp=ts, now=clock[0] + 3600)  # replayed later
+    assert not verify_signature(secret, body, sig, timestamp="1790000001", now=clock[0])  # header not the body's
+    assert not verify_signature(secret, body, None) and not verify_signature(secret, body, "md5=abc")
+    assert sign_body(secret, body) == sig
+
+
+async def test_webhook_failures_and_stable_delivery_id(http_recorder: Recorder) -> None:
+    hook = WebhookAdapter(lambda seller: WebhookEndpoint(http_recorder.url, "k") if seller == "S1" else None)
+    payload = {"seller": "S1", "event": "e", "dedupe_key": "ev-2", "data": {}}
+    async with hook:
+        http_recorder.status = 500
+        with pytest.raises(TransientError):
+            await hook.send(payload)
+        http_recorder.status = 410
+        with pytest.raises(PermanentError):
+            await hook.send(payload)
+        with pytest.raises(PermanentError, match="no webhook endpoint"):
+            await hook.send({**payload, "seller": "S2"})
+        with pytest.raises(PermanentError):
+            await hook.send({"seller": "S1", "event": "e", "data": {}})  # no stable id
+    ids = {r.headers["X-CBEC-Delivery"] for r in http_recorder.requests}
+    assert len(http_recorder.requests) == 2 and len(ids) == 1
+
+
+# --- inspection and warehouse ----------------------------------------------------------------------------
+
+
+async def test_inspection_sends_bonded_inventories_only(
+    customs_sandbox_local: RunningSandbox, rsa_key: Any
+) -> None:
+    url = customs_sandbox_local.url + "/inspection"
+    bonded = legs(rsa_key, seed=4, mode="1210")["CEB621"]
+    direct = legs(rsa_key, seed=5, mode="9610")["CEB621"]
+    async with InspectionAdapter(InspectionConfig(url=url)) as a:
+        skipped = await a.send(job(direct, "inv-9610"))
+        first = await a.send(job(bonded, "inv-1210"))
+        again = await a.send(job(bonded, "inv-1210"))
+        with pytest.raises(TransientError):
+            await a.send(job(legs(rsa_key, seed=6, mode="1210", order_no="FAIL5XX-2")["CEB621"], "inv-x"))
+        assert (await a.send(job(legs(rsa_key)["CEB311"], "order"))).reference is None  # not configured
+    assert skipped.reference is None and "skipped" in skipped.detail
+    assert first.reference == again.reference and again.detail["ack"]["duplicate"] is True
+    [body, _] = customs_sandbox_local.sandbox.inspection
+    head = etree.fromstring(bonded).find(f"{C}Inventory/{C}InventoryHead")
+    [decl] = body["declarations"]
+    assert body["schema"] == "cbec.inspection.v1" and body["messageType"] == "CEB621"
+    assert decl["orderNo"] == head.findtext(f"{C}orderNo") and decl["tradeMode"] == "1210"
+    assert decl["emsNo"] == head.findtext(f"{C}emsNo")
+    assert "buyerIdNumber" not in decl and "buyerName" not in decl
+    lines = etree.fromstring(bonded).findall(f"{C}Inventory/{C}InventoryList")
+    assert [i["gcode"] for i in decl["items"]] == [li.findtext(f"{C}gcode") for li in lines]
+    assert [i["totalPrice"] for i in decl["items"]] == [li.findtext(f"{C}totalPrice") for li in lines]
+
+
+async def test_warehouse_outbound_order_and_callbacks(
+    customs_sandbox_local: RunningSandbox, http_recorder: Recorder, rsa_key: Any
+) -> None:
+    customs_sandbox_local.config.warehouse_callback_secret = "wh"
+    cfg = WarehouseConfig(url=customs_sandbox_local.url + "/warehouse/orders", warehouse_code="WH-HK-01",
+                          callback_url=http_recorder.url + "/v1/warehouse/callbacks")  # fmt: skip
+    inv = legs(rsa_key, seed=7, mode="1210")["CEB621"]
+    async with WarehouseAdapter(cfg) as a:
+        result = await a.send(job(inv, "wh-1"))
+        retry = await a.send(job(inv, "wh-1"))
+    [order] = result.detail["orders"]
+    assert order["status"] == 201 and order["warehouseOrderNo"].startswith("WH")
+    assert retry.detail["orders"][0] == {**order, "status": 200}  # same orderId, same warehouse order
+    sent = customs_sandbox_local.sandbox.warehouse[0]
+    head = etree.fromstring(inv).find(f"{C}Inventory/{C}InventoryHead")
+    assert sent["direction"] == "outbound" and sent["warehouseCode"] == "WH-HK-01"
+    assert sent["reference"]["orderNo"] == head.findtext(f"{C}orderNo")
+    assert sent["consignee"]["address"] == head.findtext(f"{C}consigneeAddress")
+    assert [i["qty"] for i in sent["items"]] == [q.text for q in etree.fromstring(inv).iter(f"{C}qty")]
+    await customs_sandbox_local.wait_idle()
+    calls = await http_recorder.wait_for(2)
+    got = [parse_callback(c.body, secret="wh", signature=c.headers.get("X-CBEC-Signature"),
+                          timestamp=c.headers.get("X-CBEC-Timestamp")) for c in calls]  # fmt: skip
+    assert [(g.order_id, g.status) for g in got] == [(order["orderId"], "accepted"), (order["orderId"], "shipped")]
+    with pytest.raises(ValueError, match="signature"):
+        parse_callback(calls[0].body.replace(b"shipped", b"rejected").replace(b"accepted", b"rejected"),
+                       secret="wh", signature=calls[0].headers["X-CBEC-Signature"])  # fmt: skip
+
+
+CEB711 = f"""<?xml version="1.0" encoding="UTF-8"?>
+<ceb:CEB711Message xmlns:ceb="{CEB_NS}" guid="0B3C3A4E-2B8F-4A0C-9C57-3C8B5E7F1A21" version="1.0">
+<ceb:Delivery><ceb:DeliveryHead><ceb:guid>0B3C3A4E-2B8F-4A0C-9C57-3C8B5E7F1A22</ceb:guid><ceb:appType>1</ceb:appType>
+<ceb:appTime>20261120100000</ceb:appTime><ceb:appStatus>2</ceb:appStatus><ceb:customsCode>4601</ceb:customsCode>
+<ceb:operatorCode>4601980H12</ceb:operatorCode><ceb:operatorName>示例</ceb:operatorName><ceb:ieFlag>I</ceb:ieFlag>
+<ceb:trafMode>5</ceb:trafMode><ceb:trafNo>HU7961</ceb:trafNo><ceb:voyageNo>HU7961</ceb:voyageNo>
+<ceb:billNo>880-12345675</ceb:billNo><ceb:logisticsCode>4601980A27</ceb:logisticsCode>
+<ceb:logisticsName>示例快递</ceb:logisticsName></ceb:DeliveryHead>
+<ceb:DeliveryList><ceb:gnum>1</ceb:gnum><ceb:logisticsNo>HK001</ceb:logisticsNo></ceb:DeliveryList>
+<ceb:DeliveryList><ceb:gnum>2</ceb:gnum><ceb:logisticsNo>HK002</ceb:logisticsNo></ceb:DeliveryList>
+</ceb:Delivery></ceb:CEB711Message>""".encode()
+
+
+async def test_warehouse_inbound_from_a_delivery(customs_sandbox_local: RunningSandbox) -> None:
+    cfg = WarehouseConfig(url=customs_sandbox_local.url + "/warehouse/orders", warehouse_code="WH1")
+    async with WarehouseAdapter(cfg) as a:
+        await a.send(job(CEB711, "delivery-1"))
+        with pytest.raises(PermanentError, match="inbound or outbound"):
+            await a.send(job(CEB711, "delivery-2", direction="sideways"))
+        with pytest.raises(PermanentError, match="CEB411"):
+            await a.send(job(legs(None)["CEB411"], "pay"))
+    [sent] = customs_sandbox_local.sandbox.warehouse
+    assert sent["direction"] == "inbound" and sent["reference"]["billNo"] == "880-12345675"
+    assert sent["parcels"] == [{"lineNo": "1", "logisticsNo": "HK001"}, {"lineNo": "2", "logisticsNo": "HK002"}]
+    assert "callbackUrl" not in sent and "consignee" not in sent
+
+
+def test_parse_callback_checks_the_shape() -> None:
+    good = {"schema": "cbec.warehouse-callback.v1", "orderId": "O", "warehouseOrderNo": "W", "direction": "inbound",
+            "status": "received", "occurredAt": "2026-11-20T10:00:00+08:00"}  # fmt: skip
+    assert parse_callback(json.dumps(good).encode()).status == "received"
+    for change in ({"status": "lost"}, {"direction": "up"}, {"orderId": ""}, {"schema": "x"}):
+        with pytest.raises(ValueError):
+            parse_callback(json.dumps({**good, **change}).encode())
+    with pytest.raises(ValueError):
+        parse_callback(b"{not json")
+    with pytest.raises(ValueError, match="signature"):
+        parse_callback(json.dumps(good).encode(), secret="k", signature=None)
+
+
+async def test_session_is_owned_and_closed(customs_sandbox: str) -> None:
+    a = customs(customs_sandbox + "/dxp")
+    await a.start()
+    session = a._session
+    assert session is not None and not session.closed
+    await a.close()
+    assert session.closed
+    await asyncio.sleep(0)
