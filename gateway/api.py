@@ -36,7 +36,7 @@ STORE = web.AppKey("store", Store)
 KEYS = web.AppKey("keys", KeyRing)
 POOL = web.AppKey("pool", asyncpg.Pool)
 
-PRINCIPAL = "principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -51,7 +51,7 @@ async def test_four_legs_in_any_order_end_matched(api: Client, mode: str, seed: 
     assert states[-1] == "matched"
     found = await shipment_state(api, s)
     assert found["state"] == "matched"
-    assert found["findings"] == []
+    assert [f for f in found["findings"] if f["blocking"]] == []
     assert found["missing"] == []
 
 
