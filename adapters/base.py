@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -39,6 +39,7 @@ __all__ = [
     "classify_dxp_code",
     "classify_status",
     "parse_retry_after",
+    "queue_handler",
     "response_code",
 ]
 
@@ -186,6 +187,23 @@ def raise_for_dxp_code(reply: HttpReply, *, what: str) -> None:
         raise TransientError(f"{what}: DXP code {code}: {info}")
     if verdict == "permanent":
         raise PermanentError(f"{what}: DXP code {code}: {info}")
+
+
+def queue_handler(adapter: Adapter) -> Callable[[Any], Awaitable[None]]:
+    """Wrap an adapter as a ``cbec_queue.Worker`` handler (``async (job) -> None``).
+
+    The job's dedupe key — or, without one, its id — becomes the payload's ``dedupe_key`` unless the payload
+    names one (or a ``cop_msg_id``) itself, so the CopMsgId / requestId / delivery id an adapter derives from
+    it is the same on every retry and on a replay of the job.
+    """
+
+    async def handle(job: Any) -> None:
+        payload = dict(job.payload)
+        if not payload.get("dedupe_key") and not payload.get("cop_msg_id"):
+            payload["dedupe_key"] = job.dedupe_key or f"job:{job.id}"
+        await adapter.send(payload)
+
+    return handle
 
 
 class HttpAdapter:

@@ -634,3 +634,24 @@ async def test_session_is_owned_and_closed(customs_sandbox: str) -> None:
     await a.close()
     assert session.closed
     await asyncio.sleep(0)
+
+
+async def test_queue_handler_feeds_a_stable_dedupe_key() -> None:
+    from types import SimpleNamespace
+
+    from adapters.base import SendResult, queue_handler
+
+    seen: list[dict[str, Any]] = []
+
+    class Fake:
+        name = "fake"
+
+        async def send(self, job_payload: Any) -> SendResult:
+            seen.append(dict(job_payload))
+            return SendResult(self.name)
+
+    handle = queue_handler(Fake())
+    await handle(SimpleNamespace(id=7, dedupe_key="CEB311:X", payload={"message": "m"}))
+    await handle(SimpleNamespace(id=7, dedupe_key=None, payload={"message": "m"}))
+    await handle(SimpleNamespace(id=7, dedupe_key="k", payload={"message": "m", "dedupe_key": "own"}))
+    assert [p["dedupe_key"] for p in seen] == ["CEB311:X", "job:7", "own"]
