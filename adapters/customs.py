@@ -131,15 +131,18 @@ def prepare(job_payload: Mapping[str, Any], config: CustomsConfig, *, created: d
             raise PermanentError(f"signing failed: {exc}") from exc
         signed_here = True
     file_name = job_payload.get("file_name")
-    envelope = dxp.wrap(
-        ceb,
-        msg_type=mtype.root,
-        sender_id=config.sender_id,
-        receiver_ids=[config.receiver_id or dxp.receiver_for(mtype.root)],
-        cop_msg_id=cop_msg_id,
-        created=created or datetime.now(dxp.CHINA_TZ),
-        file_name=file_name if isinstance(file_name, str) and file_name else None,
-    )
+    try:
+        envelope = dxp.wrap(
+            ceb,
+            msg_type=mtype.root,
+            sender_id=config.sender_id,
+            receiver_ids=[config.receiver_id or dxp.receiver_for(mtype.root)],
+            cop_msg_id=cop_msg_id,
+            created=created or datetime.now(dxp.CHINA_TZ),
+            file_name=file_name if isinstance(file_name, str) and file_name else None,
+        )
+    except ValueError as exc:  # an id or file name the DXP schema would refuse: retrying cannot fix it
+        raise PermanentError(f"cannot build the DxpMsg: {exc}") from exc
     return Prepared(cop_msg_id, mtype, root.get("guid", ""), ceb, envelope, signed_here)
 
 

@@ -655,3 +655,11 @@ async def test_queue_handler_feeds_a_stable_dedupe_key() -> None:
     await handle(SimpleNamespace(id=7, dedupe_key=None, payload={"message": "m"}))
     await handle(SimpleNamespace(id=7, dedupe_key="k", payload={"message": "m", "dedupe_key": "own"}))
     assert [p["dedupe_key"] for p in seen] == ["CEB311:X", "job:7", "own"]
+
+
+def test_envelope_values_the_schema_refuses_are_permanent() -> None:
+    xml = legs(None)["CEB311"]
+    with pytest.raises(PermanentError, match="SenderId"):
+        prepare(job(xml), CustomsConfig(sender_id="DXPENT-MUCH-TOO-LONG-ID"))
+    with pytest.raises(PermanentError, match="CopMsgId"):
+        prepare({"message": xml.decode(), "cop_msg_id": "x" * 256}, CustomsConfig(sender_id=SENDER))
