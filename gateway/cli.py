@@ -77,7 +77,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             for e in r["errors"]:
                 print(f"  [{e['layer']}] {e['code']} at {e['path']}: {e['message']}")
         bad = sum(not r["valid"] for r in results)
-        print(f"{len(results) - bad} valid, {bad} invalid", file=sys.stderr)
+        print(f"{len(results) - bad} valid, {bad} invalid")
     if unreadable:
         return 2
     return 0 if all(r["valid"] for r in results) else 1

@@ -1,0 +1,96 @@
+"""``cbec validate``: readable and JSON output, exit codes, many files in one call."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+
+SAMPLES = Path(__file__).parent / "data" / "samples"
+GOOD = sorted(str(p) for p in SAMPLES.glob("CEB*.xml"))
+BROKEN = str(SAMPLES / "broken-CEB311-actural-paid.xml")
+
+
+def test_all_valid_files_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert len(GOOD) == 8
+    assert main(["validate", *GOOD]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": valid CEB") == 8
+    assert "8 valid, 0 invalid" in out
+
+
+def test_an_invalid_file_exits_1_and_names_code_and_path(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", GOOD[0], BROKEN]) == 1
+    out = capsys.readouterr().out
+    assert "INVALID CEB311" in out
+    assert "rule.actural_paid_mismatch at /CEB311Message/Order[1]/OrderHead/acturalPaid" in out
+
+
+def test_json_output_is_one_array_with_one_object_per_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--json", *GOOD[:2], BROKEN]) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in results] == [*GOOD[:2], BROKEN]
+    assert [r["valid"] for r in results] == [True, True, False]
+    assert results[0]["message_type"] == Path(GOOD[0]).name.split("-")[0]
+    assert results[0]["errors"] == []
+    broken = results[2]
+    assert broken["message_type"] == "CEB311"
+    assert broken["errors"] == [
+        {
+            "layer": "rule",
+            "code": "rule.actural_paid_mismatch",
+            "path": "/CEB311Message/Order[1]/OrderHead/acturalPaid",
+            "message": broken["errors"][0]["message"],
+        }
+    ]
+    assert "acturalPaid" in broken["errors"][0]["message"]
+
+
+def test_hostile_and_foreign_files_are_reported_not_crashed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    xxe = tmp_path / "xxe.xml"
+    xxe.write_bytes(b'<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>')
+    other = tmp_path / "other.xml"
+    other.write_bytes(b"<invoice/>")
+    assert main(["validate", "--json", str(xxe), str(other)]) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert [r["errors"][0]["code"] for r in results] == ["parse.dtd_forbidden", "parse.unknown_message_type"]
+    assert all(r["message_type"] is None for r in results)
+
+
+def test_unreadable_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--json", GOOD[0], str(tmp_path / "missing.xml")]) == 2
+    results = json.loads(capsys.readouterr().out)
+    assert results[1]["errors"][0]["code"] == "io.unreadable"
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["validate"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-command"])
+    assert exc.value.code == 2
+
+
+def test_thousands_of_files_in_one_call_as_a_real_process(tmp_path: Path) -> None:
+    files = []
+    for i in range(1500):
+        src = GOOD[i % len(GOOD)]
+        dst = tmp_path / f"{i:04d}-{Path(src).name}"
+        shutil.copyfile(src, dst)
+        files.append(str(dst))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "validate", "--json", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout)
+    assert len(results) == 1500 and all(r["valid"] for r in results)
