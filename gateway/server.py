@@ -63,8 +63,9 @@ def agent_signer(settings: Settings) -> Callable[[etree._Element], None]:
         key_file, cert_file = folder / "test-agent-key.pem", folder / "test-agent-cert.pem"
         if not key_file.exists():
             folder.mkdir(parents=True, exist_ok=True)
-            kind = "sm2" if settings.signing_algorithm == "sm2-sm3" else "rsa"
-            key_pem, cert_pem = signing.generate_test_key(kind, "cbec-gateway local agent")
+            key_pem, cert_pem = signing.generate_test_key(
+                "sm2" if settings.signing_algorithm == "sm2-sm3" else "rsa", "cbec-gateway local agent"
+            )
             key_file.write_bytes(key_pem)
             key_file.chmod(0o600)
             cert_file.write_bytes(cert_pem)

@@ -8,5 +8,5 @@ import os
 for _name in [n for n in os.environ if n.startswith("CBEC_") and n != "CBEC_TEST_DATABASE_URL"]:
     del os.environ[_name]
 
-from tests.dbutil import db_dsn, db_pool, empty_db_dsn, pg_dsn  # noqa: E402,F401  (fixtures for every test module)
 from tests.apiutil import api  # noqa: E402,F401
+from tests.dbutil import db_dsn, db_pool, empty_db_dsn, pg_dsn  # noqa: E402,F401  (fixtures for every test module)
