@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 # The developer's shell must not leak configuration into tests.
-for _name in [n for n in os.environ if n.startswith("CBEC_") and n != "CBEC_TEST_DATABASE_URL"]:
+_KEEP = {"CBEC_TEST_DATABASE_URL", "CBEC_CUSTOMS_SANDBOX_URL"}  # test targets, not gateway settings
+for _name in [n for n in os.environ if n.startswith("CBEC_") and n not in _KEEP]:
     del os.environ[_name]
 
 from tests.apiutil import api  # noqa: E402,F401
