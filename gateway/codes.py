@@ -12,6 +12,7 @@ import importlib
 #: Modules that emit codes, in pipeline order.
 MODULES: tuple[str, ...] = (
     "gateway.xmlsafe",
+    "adapters.dxp",
     "gateway.render",
     "gateway.schema",
     "gateway.rules",
