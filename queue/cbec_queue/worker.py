@@ -43,7 +43,8 @@ def is_db_unavailable(error: BaseException) -> bool:
         | TimeoutError
         | asyncpg.InterfaceError
         | asyncpg.PostgresConnectionError
-        | asyncpg.exceptions.OperatorInterventionError,
+        | asyncpg.exceptions.OperatorInterventionError
+        | asyncpg.InternalClientError,
     )
 
 
@@ -185,7 +186,10 @@ class Worker:
             try:
                 await self._shutdown(grace)
             finally:
-                for task in background:
+                # They all watch stop_event; let them end by themselves (the listener returns its connection).
+                stop_event.set()
+                _, pending = await asyncio.wait(background, timeout=5.0)
+                for task in pending:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
                 circuits.unregister_worker(self.worker_id)
@@ -453,7 +457,8 @@ class Worker:
         except Exception:
             pass
         try:
-            await asyncio.wait_for(self.pool.release(conn), 5.0)
+            # Shielded: a connection that never goes back to the pool would block pool.close() forever.
+            await asyncio.shield(asyncio.wait_for(self.pool.release(conn), 5.0))
         except Exception:
             conn.terminate()
 

@@ -1,0 +1,904 @@
+"""cbec_queue: pure policy/breaker/bucket properties, and the queue against a real PostgreSQL.
+
+Every database test gets its own throwaway database with gateway/sql/010_queue.sql applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import cbec_queue
+import pytest
+from cbec_queue import (
+    BreakerSettings,
+    CircuitBreaker,
+    CircuitState,
+    Job,
+    LeaseLost,
+    PermanentError,
+    Rate,
+    RetryPolicy,
+    TokenBucket,
+    TransientError,
+    Worker,
+)
+from cbec_queue import queries as q
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATION = ROOT / "gateway" / "sql" / "010_queue.sql"
+ADMIN_DSN = os.environ.get("CBEC_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+# --- pure parts ---------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+
+policies = st.builds(
+    RetryPolicy,
+    base_s=st.floats(0, 100, allow_nan=False),
+    factor=st.floats(1, 10, allow_nan=False),
+    cap_s=st.floats(0, 3600, allow_nan=False),
+    max_attempts=st.integers(1, 50),
+    jitter=st.sampled_from(["full", "equal", "none"]),
+)
+
+
+@given(policy=policies, attempts=st.integers(1, 5000), seed=st.integers(0, 2**32))
+def test_delay_never_exceeds_cap_or_bound(policy: RetryPolicy, attempts: int, seed: int) -> None:
+    rng = random.Random(seed)
+    delay = policy.delay(attempts, rng)
+    bound = policy.upper_bound(attempts)
+    assert 0 <= delay <= bound <= policy.cap_s
+    if policy.jitter == "equal":
+        assert delay >= bound / 2
+    if policy.jitter == "none":
+        assert delay == bound
+
+
+@given(policy=policies, attempts=st.integers(1, 5000))
+def test_upper_bound_is_monotone(policy: RetryPolicy, attempts: int) -> None:
+    assert policy.upper_bound(attempts) <= policy.upper_bound(attempts + 1)
+
+
+@given(policy=policies, attempts=st.integers(1, 60), hint=st.floats(0, 10**6), seed=st.integers(0, 2**32))
+def test_retry_after_hint_is_honoured_up_to_the_cap(policy: RetryPolicy, attempts: int, hint: float, seed: int) -> None:
+    decision = policy.decide(attempts, TransientError("429", retry_after_s=hint), rng=random.Random(seed))
+    if decision.retry:
+        assert decision.delay_s <= policy.cap_s
+        assert decision.delay_s >= min(hint, policy.cap_s)
+
+
+def test_backoff_table() -> None:
+    policy = RetryPolicy(base_s=1, factor=2, cap_s=10, max_attempts=100, jitter="none")
+    assert [policy.upper_bound(n) for n in range(1, 8)] == [1, 2, 4, 8, 10, 10, 10]
+    assert policy.upper_bound(10**6) == 10  # no OverflowError
+
+
+def test_decide_classifies_errors() -> None:
+    rng = random.Random(1)
+    policy = RetryPolicy(base_s=1, max_attempts=3)
+    permanent = policy.decide(1, PermanentError("rejected"), rng=rng)
+    assert (permanent.retry, permanent.dead, permanent.reason) == (False, True, "permanent")
+    transient = policy.decide(1, TransientError("503"), rng=rng)
+    assert (transient.retry, transient.dead, transient.reason) == (True, False, "transient")
+    unknown = policy.decide(2, KeyError("bug"), rng=rng)
+    assert (unknown.retry, unknown.dead, unknown.reason) == (True, False, "unknown_error")
+    exhausted = policy.decide(3, TransientError("503"), rng=rng)
+    assert (exhausted.retry, exhausted.dead, exhausted.reason) == (False, True, "max_attempts")
+    with pytest.raises(ValueError):
+        RetryPolicy(factor=0.5)
+
+
+def test_breaker_cycle() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerSettings(failure_threshold=3, cooldown_s=10), clock=clock)
+    breaker.record_failure()
+    breaker.record_failure()
+    breaker.record_success()  # resets the consecutive count
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state is CircuitState.CLOSED and breaker.allow()
+    breaker.record_failure()
+    assert breaker.state is CircuitState.OPEN
+    assert not breaker.allow()
+    clock.advance(9.9)
+    assert not breaker.allow() and breaker.retry_in() == pytest.approx(0.1)
+    clock.advance(0.1)
+    assert breaker.allow()  # the probe
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert not breaker.allow()  # only one probe at a time
+    breaker.record_failure()
+    assert breaker.state is CircuitState.OPEN  # probe failed: open again, new cool-down
+    clock.advance(10)
+    assert breaker.allow()
+    breaker.release_probe()  # unused probe goes back
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state is CircuitState.CLOSED and breaker.consecutive_failures == 0
+
+
+@settings(max_examples=200)
+@given(
+    threshold=st.integers(1, 5),
+    ops=st.lists(st.sampled_from(["allow", "ok", "fail", "tick", "release"]), max_size=60),
+)
+def test_breaker_invariants(threshold: int, ops: list[str]) -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerSettings(failure_threshold=threshold, cooldown_s=5), clock=clock)
+    probes_out = 0
+    streak = 0
+    opened_at = float("-inf")
+    for op in ops:
+        before = breaker.state
+        if op == "allow":
+            allowed = breaker.allow()
+            if before is CircuitState.OPEN and clock() - opened_at < 5:
+                assert not allowed
+            if breaker.state is CircuitState.HALF_OPEN and allowed:
+                probes_out += 1
+                assert probes_out == 1, "two probes out at once"
+        elif op == "ok":
+            breaker.record_success()
+            if before is not CircuitState.OPEN:
+                assert breaker.state is CircuitState.CLOSED
+                probes_out, streak = 0, 0
+        elif op == "fail":
+            breaker.record_failure()
+            if before is CircuitState.CLOSED:
+                streak += 1
+                assert (breaker.state is CircuitState.OPEN) == (streak >= threshold)
+            if before is CircuitState.HALF_OPEN:
+                assert breaker.state is CircuitState.OPEN
+            if breaker.state is CircuitState.OPEN:
+                probes_out, streak = 0, 0
+        elif op == "tick":
+            clock.advance(3)
+        else:
+            breaker.release_probe()
+            probes_out = 0
+        if breaker.state is CircuitState.OPEN and before is not CircuitState.OPEN:
+            opened_at = clock()
+        if breaker.state is CircuitState.CLOSED:
+            assert breaker.consecutive_failures < threshold
+
+
+@given(
+    per_s=st.floats(0.1, 100),
+    burst=st.integers(1, 20),
+    ops=st.lists(st.tuples(st.floats(0, 2), st.integers(1, 3)), max_size=80),
+)
+def test_token_bucket_never_exceeds_rate(per_s: float, burst: int, ops: list[tuple[float, int]]) -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(Rate(per_s=per_s, burst=burst), clock=clock)
+    taken = 0
+    elapsed = 0.0
+    for dt, n in ops:
+        clock.advance(dt)
+        elapsed += dt
+        if bucket.try_take(n):
+            taken += n
+        assert 0 <= bucket.tokens <= burst
+        assert taken <= burst + per_s * elapsed + 1e-6
+        wait = bucket.wait_time(1)
+        clock.advance(wait)
+        elapsed += wait
+        assert bucket.try_take(1) if wait != float("inf") else True
+        taken += 1
+
+
+# --- database fixtures ----------------------------------------------------------------------------
+
+
+def _dsn_for(name: str) -> str:
+    base, _, _ = ADMIN_DSN.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture
+async def qdsn() -> AsyncIterator[str]:
+    try:
+        admin = await asyncpg.connect(ADMIN_DSN, timeout=3)
+    except (OSError, asyncpg.PostgresError) as e:  # pragma: no cover - depends on the machine
+        pytest.skip(f"PostgreSQL not reachable at {ADMIN_DSN}: {e}")
+    name = f"q_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        dsn = _dsn_for(name)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(MIGRATION.read_text())
+        finally:
+            await conn.close()
+        yield dsn
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+@pytest.fixture
+async def pool(qdsn: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(qdsn, min_size=2, max_size=10)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(worker.wait_listening(), 5)
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0, step: float = 0.02) -> float:
+    """Poll `check` until true; returns the time it took. Fails the test on timeout."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(step)
+    return time.monotonic() - start
+
+
+async def add_jobs(pool: asyncpg.Pool, endpoint: str, n: int, **kw: Any) -> list[int]:
+    async with pool.acquire() as conn, conn.transaction():
+        ids = [await cbec_queue.enqueue(conn, endpoint=endpoint, kind="k", payload={"n": i}, **kw) for i in range(n)]
+    return [i for i in ids if i is not None]
+
+
+async def count(pool: asyncpg.Pool, sql: str, *args: Any) -> int:
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval(sql, *args))
+
+
+def holds(pool: asyncpg.Pool, sql: str, *args: Any) -> Callable[[], Awaitable[bool]]:
+    """A check for wait_until: the boolean query `sql` is true."""
+
+    async def check() -> bool:
+        try:
+            async with pool.acquire() as conn:
+                return bool(await conn.fetchval(sql, *args))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
+            return False  # a connection cut by test_worker_survives_losing_its_connections: ask again
+
+    return check
+
+
+async def history(pool: asyncpg.Pool, job_id: int) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        return await conn.fetch(
+            "SELECT replay, attempt, outcome, worker_id, started_at, finished_at FROM job_attempts"
+            " WHERE job_id = $1 ORDER BY replay, attempt",
+            job_id,
+        )
+
+
+# --- enqueue and claim ----------------------------------------------------------------------------
+
+
+@pytest.mark.db
+async def test_enqueue_exists_iff_commit(pool: asyncpg.Pool) -> None:
+    seen: list[str] = []
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        seen.append(payload)
+
+    async with pool.acquire() as listener, pool.acquire() as writer:
+        await listener.add_listener(cbec_queue.CHANNEL, on_notify)
+
+        tx = writer.transaction()
+        await tx.start()
+        job_id = await cbec_queue.enqueue(writer, endpoint="customs", kind="CEB311", payload={"orderNo": "A1"})
+        assert job_id is not None
+        assert await count(pool, "SELECT count(*) FROM jobs") == 0  # not visible before commit
+        await tx.rollback()
+        await asyncio.sleep(0.1)
+        assert await count(pool, "SELECT count(*) FROM jobs") == 0
+        assert seen == []  # no wake-up for a job that never existed
+
+        async with writer.transaction():
+            for _ in range(3):  # three jobs, one transaction: PostgreSQL folds the notifications
+                await cbec_queue.enqueue(writer, endpoint="customs", kind="CEB311", payload={"orderNo": "A2"})
+        await wait_until(lambda: asyncio.sleep(0, bool(seen)))  # sleep(0, x) returns x
+        await asyncio.sleep(0.05)
+        assert seen == ["customs"]
+        assert await count(pool, "SELECT count(*) FROM jobs WHERE state = 'queued'") == 3
+        await listener.remove_listener(cbec_queue.CHANNEL, on_notify)
+
+
+@pytest.mark.db
+async def test_dedupe_key_only_while_live(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        first = await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={}, dedupe_key="order:A1")
+        again = await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={}, dedupe_key="order:A1")
+        other = await cbec_queue.enqueue(conn, endpoint="webhook", kind="k", payload={}, dedupe_key="order:A1")
+        assert first is not None and again is None and other is not None  # scoped per endpoint
+        [job] = await cbec_queue.claim(conn, worker_id="w", lease_s=10, endpoint="customs")
+        assert await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={}, dedupe_key="order:A1") is None
+        assert await cbec_queue.record_done(conn, job)
+        assert await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={}, dedupe_key="order:A1")
+
+
+@pytest.mark.db
+async def test_concurrent_claimers_never_share_a_job(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO jobs (endpoint, kind, payload, priority)"
+            " SELECT CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, 'k', '{}', g % 3 FROM generate_series(1, 400) g"
+        )
+    claimed: dict[str, list[int]] = {"w1": [], "w2": [], "w3": []}
+
+    async def claimer(worker_id: str) -> None:
+        async with pool.acquire() as conn:
+            while True:
+                if worker_id == "w3":
+                    jobs = await cbec_queue.claim_per_endpoint(conn, worker_id=worker_id, lease_s=30, wanted={"a": 5})
+                else:
+                    jobs = await cbec_queue.claim(conn, worker_id=worker_id, lease_s=30, limit=7)
+                if not jobs and await conn.fetchval("SELECT count(*) FROM jobs WHERE state = 'queued'") == 0:
+                    return
+                claimed[worker_id].extend(j.id for j in jobs)
+                assert all(j.locked_by == worker_id and j.attempts == 1 for j in jobs)
+
+    await asyncio.gather(*(claimer(w) for w in claimed))
+    everything = [i for ids in claimed.values() for i in ids]
+    assert len(everything) == len(set(everything)) == 400
+    assert all(claimed.values())  # everyone got some
+    assert await count(pool, "SELECT count(*) FROM job_attempts") == 400
+    assert await count(pool, "SELECT count(*) FROM jobs WHERE state = 'running'") == 400
+
+
+@pytest.mark.db
+async def test_claim_order_priority_then_run_after(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        low = await cbec_queue.enqueue(conn, endpoint="e", kind="k", payload={}, priority=0)
+        high = await cbec_queue.enqueue(conn, endpoint="e", kind="k", payload={}, priority=5)
+        later = await cbec_queue.enqueue(conn, endpoint="e", kind="k", payload={}, priority=0)
+        future = await conn.fetchval("SELECT now() + interval '1 hour'")
+        await cbec_queue.enqueue(conn, endpoint="e", kind="k", payload={}, priority=9, run_after=future)
+        jobs = await cbec_queue.claim(conn, worker_id="w", lease_s=5, limit=10)
+    assert [j.id for j in jobs] == [high, low, later]  # the future job is not due
+
+
+@pytest.mark.db
+async def test_claim_uses_the_partial_indexes(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO jobs (endpoint, kind, state, finished_at)"
+            " SELECT 'e' || (g % 20), 'k', 'done', now() FROM generate_series(1, 20000) g"
+        )
+        await conn.execute("INSERT INTO jobs (endpoint, kind) SELECT 'e1', 'k' FROM generate_series(1, 5)")
+        await conn.execute("ANALYZE jobs")
+        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + q.CLAIM_PER_ENDPOINT, ["e1"], [5], "w", 5.0)
+        assert "jobs_queued_endpoint_idx" in plan
+        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + q.REAP, [], [], None, 100)
+        assert "jobs_running_lease_idx" in plan
+
+
+# --- the worker -----------------------------------------------------------------------------------
+
+
+def fast(**kw: Any) -> dict[str, Any]:
+    """Worker settings for tests: short intervals."""
+    base: dict[str, Any] = {"lease_s": 5.0, "poll_interval_s": 0.5, "shutdown_grace_s": 1.0}
+    base.update(kw)
+    return base
+
+
+@pytest.mark.db
+async def test_retry_with_backoff_then_success(pool: asyncpg.Pool) -> None:
+    calls: list[int] = []
+
+    async def flaky(job: Job) -> None:
+        calls.append(job.attempts)
+        if job.attempts < 3:
+            raise TransientError("503 from customs")
+
+    policy = RetryPolicy(base_s=0.1, factor=2, cap_s=1, max_attempts=5, jitter="equal")
+    # A long poll interval: the retry must be picked up at its due time, not by polling.
+    worker = Worker(pool, {"customs": flaky}, policy_by_endpoint={"customs": policy}, **fast(poll_interval_s=30))
+    with capture_logs() as logs:
+        async with running(worker):
+            [job_id] = await add_jobs(pool, "customs", 1)
+            took = await wait_until(holds(pool, "SELECT count(*) = 1 FROM jobs WHERE state = 'done'"))
+    assert calls == [1, 2, 3]
+    assert took < 2.0
+    rows = await history(pool, job_id)
+    assert [r["outcome"] for r in rows] == ["transient", "transient", "ok"]
+    # Equal jitter: the n-th retry waits at least half of min(cap, base * factor**(n-1)).
+    gaps = [(rows[i + 1]["started_at"] - rows[i]["finished_at"]).total_seconds() for i in range(2)]
+    assert gaps[0] >= 0.05 - 0.005 and gaps[1] >= 0.1 - 0.005
+    events = [e["event"] for e in logs]
+    assert events.count("job_retry") == 2 and events.count("job_done") == 1
+    assert "worker_started" in events and "worker_stopped" in events
+
+
+@pytest.mark.db
+async def test_permanent_error_is_dead_at_once(pool: asyncpg.Pool) -> None:
+    async def rejecting(job: Job) -> None:
+        raise PermanentError("CEB311: orderNo missing")
+
+    worker = Worker(pool, {"customs": rejecting}, **fast())
+    async with running(worker):
+        [job_id] = await add_jobs(pool, "customs", 1)
+        await wait_until(holds(pool, "SELECT count(*) = 1 FROM jobs WHERE state = 'dead'"))
+    async with pool.acquire() as conn:
+        [dead] = await cbec_queue.dead_letters(conn)
+    assert dead["id"] == job_id and dead["dead_reason"] == "permanent" and dead["attempts"] == 1
+    assert dead["payload"] == {"n": 0}
+    assert "PermanentError: CEB311: orderNo missing" in dead["last_error"]
+    assert [h["outcome"] for h in dead["history"]] == ["permanent"]
+    assert "orderNo missing" in dead["history"][0]["error"]
+
+
+@pytest.mark.db
+async def test_max_attempts_then_dead_with_full_history(pool: asyncpg.Pool) -> None:
+    async def down(job: Job) -> None:
+        raise ConnectionRefusedError("customs down")  # an unknown exception counts as transient
+
+    policy = RetryPolicy(base_s=0.01, cap_s=0.02, max_attempts=3)
+    worker = Worker(pool, {"customs": down}, policy_by_endpoint={"customs": policy}, **fast())
+    async with running(worker):
+        [first] = await add_jobs(pool, "customs", 1)
+        [capped] = await add_jobs(pool, "customs", 1, max_attempts=2)  # the job's own limit wins
+        await wait_until(holds(pool, "SELECT count(*) = 2 FROM jobs WHERE state = 'dead'"))
+    async with pool.acquire() as conn:
+        dead = {d["id"]: d for d in await cbec_queue.dead_letters(conn, endpoint="customs")}
+        assert await cbec_queue.dead_letters(conn, endpoint="elsewhere") == []
+    outcomes = [(h["attempt"], h["outcome"]) for h in dead[first]["history"]]
+    assert outcomes == [(1, "transient"), (2, "transient"), (3, "transient")]
+    assert [h["attempt"] for h in dead[capped]["history"]] == [1, 2]
+    assert dead[first]["dead_reason"] == "max_attempts"
+    assert "ConnectionRefusedError: customs down" in dead[first]["last_error"]
+
+
+async def make_dead(pool: asyncpg.Pool, specs: list[tuple[str, str]], **kw: Any) -> list[int]:
+    """One dead job per (endpoint, kind), through the real claim/record_dead path."""
+    ids = []
+    async with pool.acquire() as conn:
+        for endpoint, kind in specs:
+            job_id = await cbec_queue.enqueue(conn, endpoint=endpoint, kind=kind, payload={}, **kw)
+            assert job_id is not None
+            [job] = await cbec_queue.claim(conn, worker_id="w0", lease_s=5, endpoint=endpoint)
+            assert job.id == job_id
+            await cbec_queue.record_dead(conn, job, reason="permanent", error=PermanentError("no"), outcome="permanent")
+            ids.append(job_id)
+    return ids
+
+
+@pytest.mark.db
+async def test_replay_one_filtered_all_and_delivery(pool: asyncpg.Pool) -> None:
+    a_x, a_y, b_x, b_y, c_z = await make_dead(pool, [("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "z")])
+    queued = "SELECT array_agg(id ORDER BY id) FROM jobs WHERE state = 'queued'"
+    async with pool.acquire() as conn:
+        with pytest.raises(ValueError):
+            await cbec_queue.replay(conn)
+        assert await cbec_queue.replay(conn, job_ids=[a_x]) == 1
+        assert await conn.fetchval(queued) == [a_x]
+        assert await cbec_queue.replay(conn, endpoint="b", kind="x") == 1
+        assert await conn.fetchval(queued) == [a_x, b_x]
+        assert await cbec_queue.replay(conn, kind="y") == 2
+        assert await conn.fetchval(queued) == [a_x, a_y, b_x, b_y]
+        assert await cbec_queue.replay(conn, job_ids=[a_x]) == 0  # not dead any more
+        assert await cbec_queue.replay(conn, all=True, note="customs back up") == 1
+        assert await conn.fetchval(queued) == [a_x, a_y, b_x, b_y, c_z]
+        assert await conn.fetchval("SELECT sum(attempts) FROM jobs") == 0
+
+    delivered: list[int] = []
+
+    async def ok(job: Job) -> None:
+        delivered.append(job.id)
+
+    worker = Worker(pool, {"a": ok, "b": ok, "c": ok}, **fast())
+    async with running(worker):
+        await wait_until(holds(pool, "SELECT count(*) = 5 FROM jobs WHERE state = 'done'"))
+    assert sorted(delivered) == [a_x, a_y, b_x, b_y, c_z]
+    rows = await history(pool, c_z)
+    # The first round is kept, the marker opens round 1, then the successful attempt.
+    rounds = [(r["replay"], r["attempt"], r["outcome"]) for r in rows]
+    assert rounds == [(0, 1, "permanent"), (1, 0, "replayed"), (1, 1, "ok")]
+    async with pool.acquire() as conn:
+        job = await cbec_queue.get_job(conn, c_z)
+    assert job is not None and job["replays"] == 1 and job["attempts"] == 1 and job["state"] == "done"
+    assert job["history"][1]["error"] == "customs back up"
+
+
+@pytest.mark.db
+async def test_replay_skips_dead_jobs_superseded_by_a_live_one(pool: asyncpg.Pool) -> None:
+    old, older = await make_dead(pool, [("a", "x"), ("a", "x")], dedupe_key="order:A1")
+    [other] = await make_dead(pool, [("a", "x")], dedupe_key="order:B2")
+    async with pool.acquire() as conn:
+        live = await cbec_queue.enqueue(conn, endpoint="a", kind="x", payload={}, dedupe_key="order:A1")
+        assert live is not None
+        assert await cbec_queue.replay(conn, all=True) == 1  # A1 is live again; B2 comes back
+        assert await conn.fetchval("SELECT state FROM jobs WHERE id = $1", other) == "queued"
+        states = await conn.fetch("SELECT state FROM jobs WHERE id = ANY($1::bigint[])", [old, older])
+        assert [r["state"] for r in states] == ["dead", "dead"]
+
+
+@pytest.mark.db
+async def test_lease_expiry_requeues_and_fences_the_lost_worker(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        job_id = await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={})
+        [stale] = await cbec_queue.claim(conn, worker_id="crashed", lease_s=0.3, endpoint="customs")
+        assert await cbec_queue.reap_expired(conn) == []  # lease still valid
+        assert await cbec_queue.heartbeat(conn, worker_id="crashed", job_ids=[job_id], lease_s=0.3) == {job_id}
+        await asyncio.sleep(0.4)
+        [reaped] = await cbec_queue.reap_expired(conn, default_max_attempts=5)
+        assert reaped == {"id": job_id, "endpoint": "customs", "state": "queued", "attempts": 1, "locked_by": "crashed"}
+        # The crashed worker comes back to life: every write of its old claim is refused.
+        assert await cbec_queue.heartbeat(conn, worker_id="crashed", job_ids=[job_id], lease_s=5) == set()
+        assert not await cbec_queue.record_done(conn, stale)
+        with pytest.raises(LeaseLost):
+            async with conn.transaction():
+                await cbec_queue.mark_done(conn, stale)
+        # Even when the same worker (same id) claims it again, the old claim stays fenced out.
+        [again] = await cbec_queue.claim(conn, worker_id="crashed", lease_s=5, endpoint="customs")
+        assert again.id == job_id and again.attempts == 2
+        assert not await cbec_queue.record_done(conn, stale)
+        assert await cbec_queue.record_done(conn, again)
+    rows = await history(pool, job_id)
+    assert [(r["attempt"], r["outcome"]) for r in rows] == [(1, "lease_expired"), (2, "ok")]
+
+
+@pytest.mark.db
+async def test_lease_expiry_on_the_last_attempt_is_dead(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        job_id = await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={}, max_attempts=1)
+        await cbec_queue.claim(conn, worker_id="crashed", lease_s=0.05, endpoint="customs")
+        await asyncio.sleep(0.1)
+        [reaped] = await cbec_queue.reap_expired(conn)
+    assert reaped["id"] == job_id and reaped["state"] == "dead"
+
+
+@pytest.mark.db
+async def test_worker_reaps_an_abandoned_claim(pool: asyncpg.Pool) -> None:
+    done: list[int] = []
+
+    async def ok(job: Job) -> None:
+        done.append(job.attempts)
+
+    async with pool.acquire() as conn:
+        await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={})
+        await cbec_queue.claim(conn, worker_id="ghost", lease_s=0.3, endpoint="customs")
+    worker = Worker(pool, {"customs": ok}, **fast(lease_s=0.6, poll_interval_s=0.2))
+    async with running(worker):
+        await wait_until(lambda: asyncio.sleep(0, bool(done)))
+    assert done == [2]
+
+
+KILL_SCRIPT = """
+import asyncio, sys
+import asyncpg
+import cbec_queue
+
+async def main(dsn):
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=8)
+
+    async def slow(job):
+        await asyncio.sleep(0.15)
+        # The delivery and the completion commit together, fenced by the claim.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO deliveries (job_id, worker_id) VALUES ($1, $2)", job.id, job.locked_by)
+            await cbec_queue.mark_done(conn, job)
+
+    worker = cbec_queue.Worker(pool, {"slow": slow}, worker_id="victim", lease_s=1.0, poll_interval_s=0.2,
+                               default_concurrency=4)
+    await worker.run(asyncio.Event())
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.db
+async def test_kill_9_mid_batch_every_job_delivered_exactly_once(pool: asyncpg.Pool, qdsn: str) -> None:
+    async with pool.acquire() as conn:
+        # Not unique on purpose: a double delivery would show as a second row.
+        await conn.execute("CREATE TABLE deliveries (job_id bigint NOT NULL, worker_id text NOT NULL)")
+    ids = await add_jobs(pool, "slow", 24)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILL_SCRIPT, qdsn, cwd=str(ROOT),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await wait_until(holds(pool, "SELECT count(*) >= 5 FROM deliveries"), timeout=10)
+        await wait_until(holds(pool, "SELECT count(*) > 0 FROM jobs WHERE state = 'running'"))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    orphans = await count(pool, "SELECT count(*) FROM jobs WHERE state = 'running' AND locked_by = 'victim'")
+    assert orphans > 0  # killed mid-batch: it held claims it will never finish
+
+    async def rescue(job: Job) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO deliveries (job_id, worker_id) VALUES ($1, $2)", job.id, job.locked_by)
+            await cbec_queue.mark_done(conn, job)
+
+    worker = Worker(pool, {"slow": rescue}, worker_id="rescuer", **fast(lease_s=1.0, poll_interval_s=0.2))
+    async with running(worker):
+        await wait_until(holds(pool, "SELECT count(*) = 24 FROM jobs WHERE state = 'done'"), timeout=10)
+    async with pool.acquire() as conn:
+        per_job = await conn.fetch("SELECT job_id, count(*) AS n FROM deliveries GROUP BY job_id")
+        expired = await conn.fetchval(
+            "SELECT count(*) FROM job_attempts WHERE outcome = 'lease_expired' AND worker_id = 'victim'"
+        )
+    assert sorted(r["job_id"] for r in per_job) == sorted(ids)
+    assert all(r["n"] == 1 for r in per_job)
+    assert expired == orphans
+
+
+@pytest.mark.db
+async def test_notify_wakes_an_idle_worker(pool: asyncpg.Pool) -> None:
+    handled: list[int] = []
+    arrived = asyncio.Event()
+
+    async def ok(job: Job) -> None:
+        handled.append(job.id)
+        arrived.set()
+
+    async def latency(action: Callable[[asyncpg.Connection], Awaitable[Any]]) -> float:
+        await asyncio.sleep(0.2)  # let the worker settle into its (30 s) idle wait
+        arrived.clear()
+        start = time.monotonic()
+        async with pool.acquire() as conn, conn.transaction():
+            await action(conn)
+        await asyncio.wait_for(arrived.wait(), 5)
+        return time.monotonic() - start
+
+    # Poll and reaper far away: only a notification can wake the worker within the test.
+    [dead] = await make_dead(pool, [("customs", "k")])
+    worker = Worker(pool, {"customs": ok}, **fast(poll_interval_s=30, lease_s=60))
+    async with running(worker):
+        # 1. enqueue
+        assert await latency(lambda c: cbec_queue.enqueue(c, endpoint="customs", kind="k", payload={})) < 1.0
+        # 2. replay out of the dead letters
+        assert await latency(lambda c: cbec_queue.replay(c, job_ids=[dead])) < 1.0
+
+        # 3. an expired claim of a vanished worker, reaped by someone else (inserted directly: no NOTIFY)
+        async with pool.acquire() as conn:
+            job_id = await conn.fetchval(
+                "INSERT INTO jobs (endpoint, kind, state, attempts, locked_by, lease_until)"
+                " VALUES ('customs', 'k', 'running', 1, 'ghost', now() - interval '1 second') RETURNING id"
+            )
+            await conn.execute("INSERT INTO job_attempts (job_id, attempt, worker_id) VALUES ($1, 1, 'ghost')", job_id)
+        assert await latency(lambda c: cbec_queue.reap_expired(c)) < 1.0
+    assert handled[-1] == job_id
+
+
+@pytest.mark.db
+async def test_worker_survives_losing_its_connections(pool: asyncpg.Pool, qdsn: str) -> None:
+    """What a database restart does to a worker: every server connection is cut, mid-job included."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+    done: list[int] = []
+
+    async def handler(job: Job) -> None:
+        if job.payload.get("wait"):
+            started.set()
+            await release.wait()
+        done.append(job.id)
+
+    worker = Worker(pool, {"customs": handler}, **fast(poll_interval_s=0.3))
+    async with running(worker):
+        async with pool.acquire() as conn:
+            in_flight = await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={"wait": True})
+        await asyncio.wait_for(started.wait(), 5)
+        admin = await asyncpg.connect(qdsn)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        assert killed >= 2  # at least the listener and an idle pooled connection
+        release.set()  # the outcome is written on a fresh connection
+        await wait_until(holds(pool, "SELECT state = 'done' FROM jobs WHERE id = $1", in_flight))
+        await wait_until(lambda: asyncio.sleep(0, worker.listening))  # the listener came back
+        async with pool.acquire() as conn:
+            after = await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={})
+        await wait_until(holds(pool, "SELECT state = 'done' FROM jobs WHERE id = $1", after))
+    assert done == [in_flight, after]
+
+
+@pytest.mark.db
+async def test_worker_keeps_running_while_the_database_is_unreachable() -> None:
+    # A pool pointed at a port where nothing listens: the loop must log and back off, never crash.
+    pool = await asyncpg.create_pool("postgresql://postgres@127.0.0.1:1/none", min_size=0, max_size=2)
+    worker = Worker(pool, {"customs": lambda job: asyncio.sleep(0)}, **fast(poll_interval_s=0.1))
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    await pool.close()
+    events = {e["event"] for e in logs}
+    assert {"db_unavailable", "listener_lost"} <= events
+
+
+@pytest.mark.db
+async def test_graceful_stop_finishes_or_releases(pool: asyncpg.Pool) -> None:
+    started: list[str] = []
+
+    async def quick(job: Job) -> None:
+        started.append("quick")
+        await asyncio.sleep(0.2)
+
+    async def stuck(job: Job) -> None:
+        started.append("stuck")
+        await asyncio.Event().wait()
+
+    worker = Worker(pool, {"quick": quick, "stuck": stuck}, **fast(shutdown_grace_s=0.5))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await worker.wait_listening()
+    [quick_id] = await add_jobs(pool, "quick", 1)
+    [stuck_id] = await add_jobs(pool, "stuck", 1)
+    await wait_until(lambda: asyncio.sleep(0, len(started) == 2))
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    async with pool.acquire() as conn:
+        rows = {r["id"]: r for r in await conn.fetch("SELECT id, state, attempts, locked_by FROM jobs")}
+        attempts = await conn.fetch("SELECT job_id, outcome FROM job_attempts ORDER BY job_id")
+    assert rows[quick_id]["state"] == "done"
+    # Released: queued again, the interrupted attempt not counted and not in the history.
+    assert (rows[stuck_id]["state"], rows[stuck_id]["attempts"], rows[stuck_id]["locked_by"]) == ("queued", 0, None)
+    assert [(r["job_id"], r["outcome"]) for r in attempts] == [(quick_id, "ok")]
+    assert worker.in_flight() == 0
+
+
+@pytest.mark.db
+async def test_concurrency_and_rate_limits(pool: asyncpg.Pool) -> None:
+    active = 0
+    peak = 0
+    starts: list[float] = []
+
+    async def limited(job: Job) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+
+    async def metered(job: Job) -> None:
+        starts.append(time.monotonic())
+
+    worker = Worker(
+        pool,
+        {"limited": limited, "metered": metered},
+        concurrency_by_endpoint={"limited": 2},
+        default_concurrency=8,
+        rate_by_endpoint={"metered": Rate(per_s=20, burst=2)},
+        **fast(poll_interval_s=5),
+    )
+    async with running(worker):
+        await add_jobs(pool, "limited", 8)
+        await add_jobs(pool, "metered", 8)
+        await wait_until(holds(pool, "SELECT count(*) = 16 FROM jobs WHERE state = 'done'"))
+    assert peak == 2
+    # Token bucket: any k consecutive calls span at least (k - burst) / rate seconds (5 ms of timer slack).
+    for i in range(len(starts)):
+        for j in range(i + 2, len(starts)):
+            assert starts[j] - starts[i] >= (j - i + 1 - 2) / 20 - 0.005
+
+
+@pytest.mark.db
+async def test_circuit_opens_then_probe_closes_it(pool: asyncpg.Pool) -> None:
+    failing = True
+    calls: list[float] = []
+
+    async def endpoint(job: Job) -> None:
+        calls.append(time.monotonic())
+        if failing:
+            raise TransientError("customs 503")
+
+    worker = Worker(
+        pool,
+        {"customs": endpoint},
+        default_concurrency=1,
+        breaker=BreakerSettings(failure_threshold=2, cooldown_s=0.4),
+        policy_by_endpoint={"customs": RetryPolicy(base_s=0.01, cap_s=0.01, max_attempts=10)},
+        **fast(poll_interval_s=5),
+    )
+    with capture_logs() as logs:
+        async with running(worker):
+            await add_jobs(pool, "customs", 4)
+            await wait_until(lambda: asyncio.sleep(0, worker.breakers["customs"].state is CircuitState.OPEN))
+            await wait_until(holds(pool, "SELECT count(*) = 4 FROM jobs WHERE state = 'queued'"))  # outcome written
+            async with pool.acquire() as conn:
+                [row] = await cbec_queue.stats(conn)
+            assert row["circuit"] == "open" and row["queued"] == 4
+            opened = time.monotonic()
+            await asyncio.sleep(0.2)
+            assert len(calls) == 2  # nothing is sent while open, though jobs are due
+            failing = False
+            await wait_until(holds(pool, "SELECT count(*) = 4 FROM jobs WHERE state = 'done'"))
+            assert calls[2] - opened >= 0.4 * 0.9  # the probe waited for the cool-down
+            assert worker.breakers["customs"].state is CircuitState.CLOSED
+            async with pool.acquire() as conn:
+                [row] = await cbec_queue.stats(conn)
+            assert row["circuit"] == "closed"
+    events = [e["event"] for e in logs if e["event"].startswith("circuit_")]
+    assert events == ["circuit_open", "circuit_half_open", "circuit_closed"]
+    async with pool.acquire() as conn:
+        [row] = await cbec_queue.stats(conn)
+    assert row["circuit"] is None  # the worker stopped: nobody local knows
+
+
+@pytest.mark.db
+async def test_stats(pool: asyncpg.Pool) -> None:
+    await make_dead(pool, [("b", "k")])
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO jobs (endpoint, kind, created_at, run_after) VALUES"
+            " ('a', 'k', now() - interval '90 seconds', now()),"
+            " ('a', 'k', now(), now() + interval '1 hour')"
+        )
+        await cbec_queue.claim(conn, worker_id="w", lease_s=5, endpoint="a")  # takes the due one
+        await conn.execute("INSERT INTO jobs (endpoint, kind, created_at) VALUES ('a', 'k', now() - interval '30 s')")
+        rows = {r["endpoint"]: r for r in await cbec_queue.stats(conn)}
+    a, b = rows["a"], rows["b"]
+    assert (a["queued"], a["due"], a["running"], a["done"], a["dead"]) == (2, 1, 1, 0, 0)
+    assert 29 <= a["oldest_queued_age_s"] < 60
+    assert (b["queued"], b["dead"], b["oldest_queued_age_s"]) == (0, 1, None)
+
+
+@pytest.mark.db
+async def test_with_the_gateway_pool_and_migrations(qdsn: str) -> None:
+    """gateway.db's pool decodes jsonb to dicts and its runner applies 010_queue.sql: both must fit."""
+    db = pytest.importorskip("gateway.db")
+    admin = await asyncpg.connect(ADMIN_DSN)
+    name = f"q_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        gw_pool = await db.create_pool(_dsn_for(name), min_size=2, max_size=4)
+        try:
+            assert "010_queue.sql" in await db.migrate(gw_pool)
+            async with gw_pool.acquire() as conn:
+                job_id = await cbec_queue.enqueue(conn, endpoint="e", kind="k", payload={"orderNo": "订单1"})
+                assert await conn.fetchval("SELECT payload->>'orderNo' FROM jobs WHERE id = $1", job_id) == "订单1"
+                [job] = await cbec_queue.claim(conn, worker_id="w", lease_s=5)
+                assert job.payload == {"orderNo": "订单1"}
+                await cbec_queue.record_dead(
+                    conn, job, reason="permanent", error=PermanentError("x"), outcome="permanent"
+                )
+                [dead] = await cbec_queue.dead_letters(conn)
+                assert dead["payload"] == {"orderNo": "订单1"}
+        finally:
+            await gw_pool.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
