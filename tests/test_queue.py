@@ -1,18 +1,16 @@
 """cbec_queue: pure policy/breaker/bucket properties, and the queue against a real PostgreSQL.
 
-Every database test gets its own throwaway database with gateway/sql/010_queue.sql applied.
+Every database test gets its own throwaway database migrated by gateway.db (tests/dbutil.py fixtures).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import signal
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,8 +37,6 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 ROOT = Path(__file__).resolve().parent.parent
-MIGRATION = ROOT / "gateway" / "sql" / "010_queue.sql"
-ADMIN_DSN = os.environ.get("CBEC_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 # --- pure parts ---------------------------------------------------------------------------------
@@ -213,30 +209,10 @@ def test_token_bucket_never_exceeds_rate(per_s: float, burst: int, ops: list[tup
 # --- database fixtures ----------------------------------------------------------------------------
 
 
-def _dsn_for(name: str) -> str:
-    base, _, _ = ADMIN_DSN.rpartition("/")
-    return f"{base}/{name}"
-
-
 @pytest.fixture
-async def qdsn() -> AsyncIterator[str]:
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=3)
-    except (OSError, asyncpg.PostgresError) as e:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL not reachable at {ADMIN_DSN}: {e}")
-    name = f"q_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f"CREATE DATABASE {name}")
-    try:
-        dsn = _dsn_for(name)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(MIGRATION.read_text())
-        finally:
-            await conn.close()
-        yield dsn
-    finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
+def qdsn(db_dsn: str) -> str:
+    """A fresh database migrated by gateway.db's runner (010_queue.sql included); see tests/dbutil.py."""
+    return db_dsn
 
 
 @pytest.fixture
@@ -877,28 +853,41 @@ async def test_stats(pool: asyncpg.Pool) -> None:
 
 
 @pytest.mark.db
-async def test_with_the_gateway_pool_and_migrations(qdsn: str) -> None:
-    """gateway.db's pool decodes jsonb to dicts and its runner applies 010_queue.sql: both must fit."""
-    db = pytest.importorskip("gateway.db")
-    admin = await asyncpg.connect(ADMIN_DSN)
-    name = f"q_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f"CREATE DATABASE {name}")
+async def test_with_the_gateway_pool(db_pool: asyncpg.Pool) -> None:
+    """gateway.db's pool decodes jsonb to dicts; the queue's statements must work on it too."""
+    async with db_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations WHERE name = '010_queue.sql'") == 1
+        job_id = await cbec_queue.enqueue(conn, endpoint="e", kind="k", payload={"orderNo": "订单1"})
+        assert await conn.fetchval("SELECT payload->>'orderNo' FROM jobs WHERE id = $1", job_id) == "订单1"
+        [job] = await cbec_queue.claim(conn, worker_id="w", lease_s=5)
+        assert job.payload == {"orderNo": "订单1"}
+        await cbec_queue.record_dead(conn, job, reason="permanent", error=PermanentError("x"), outcome="permanent")
+        [dead] = await cbec_queue.dead_letters(conn)
+        assert dead["payload"] == {"orderNo": "订单1"}
+
+
+@pytest.mark.db
+async def test_two_workers_share_one_database(qdsn: str) -> None:
+    pools = [await asyncpg.create_pool(qdsn, min_size=2, max_size=6) for _ in range(2)]
+    runs: list[tuple[str, int]] = []
+
+    def handler_for(name: str) -> Callable[[Job], Awaitable[None]]:
+        async def handler(job: Job) -> None:
+            runs.append((name, job.id))
+            await asyncio.sleep(0.005)
+
+        return handler
+
     try:
-        gw_pool = await db.create_pool(_dsn_for(name), min_size=2, max_size=4)
-        try:
-            assert "010_queue.sql" in await db.migrate(gw_pool)
-            async with gw_pool.acquire() as conn:
-                job_id = await cbec_queue.enqueue(conn, endpoint="e", kind="k", payload={"orderNo": "订单1"})
-                assert await conn.fetchval("SELECT payload->>'orderNo' FROM jobs WHERE id = $1", job_id) == "订单1"
-                [job] = await cbec_queue.claim(conn, worker_id="w", lease_s=5)
-                assert job.payload == {"orderNo": "订单1"}
-                await cbec_queue.record_dead(
-                    conn, job, reason="permanent", error=PermanentError("x"), outcome="permanent"
-                )
-                [dead] = await cbec_queue.dead_letters(conn)
-                assert dead["payload"] == {"orderNo": "订单1"}
-        finally:
-            await gw_pool.close()
+        workers = [
+            Worker(p, {"customs": handler_for(f"w{i}")}, worker_id=f"w{i}", default_concurrency=4, **fast())
+            for i, p in enumerate(pools)
+        ]
+        async with running(workers[0]), running(workers[1]):
+            ids = await add_jobs(pools[0], "customs", 120)
+            await wait_until(holds(pools[0], "SELECT count(*) = 120 FROM jobs WHERE state = 'done'"))
     finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
+        for p in pools:
+            await p.close()
+    assert sorted(job_id for _, job_id in runs) == sorted(ids)  # each job ran once
+    assert {name for name, _ in runs} == {"w0", "w1"}  # and both did work

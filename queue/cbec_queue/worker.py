@@ -278,8 +278,9 @@ class Worker:
                 continue  # a finishing job wakes the loop
             if ep.bucket is not None and ep.bucket.tokens < 1:
                 timeout = min(timeout, ep.bucket.wait_time(1))
-            if ep.breaker.state is CircuitState.OPEN:
-                timeout = min(timeout, ep.breaker.retry_in())
+            cooldown_left = ep.breaker.retry_in()
+            if cooldown_left > 0:  # 0: the probe is due, but only the bucket or a free slot can start it
+                timeout = min(timeout, cooldown_left)
         return max(timeout, 0.001)
 
     def _start(self, job: Job) -> None:
@@ -421,7 +422,8 @@ class Worker:
     async def _listen_loop(self, stop: asyncio.Event) -> None:
         """Hold one connection LISTENing on the channel; reconnect with backoff when it drops."""
         failures = 0
-        check_s = min(5.0, self.poll_interval_s)
+        # A cut connection is noticed at once (termination listener); the ping catches silent ones.
+        check_s = min(5.0, max(1.0, self.poll_interval_s))
         while not stop.is_set():
             conn: asyncpg.Connection | None = None
             lost = asyncio.Event()
