@@ -18,17 +18,21 @@ document keys, on the order numbers of the shipments and on the buyers serialise
 touch the same things (the unique index on current keys stays the last guard); a deadlock between
 two messages that discovered extra locks late is retried.
 
-Round trips of a typical message: BEGIN, guid check + id allocation + locks, one read of every
-current row involved, (ledger read for inventories), (supersede for changes), one write, COMMIT.
+Round trips of a typical message: BEGIN with the locks, one read (stored guid, current rows,
+shipment legs, ledger), one write, COMMIT; a change adds one (supersede), an order, payment or
+waybill whose shipment already has an inventory adds two (the buyer's lock, the ledger).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -58,7 +62,10 @@ _STATE_LAYER: Layer = getattr(Layer, "STATE", Layer.RULE)
 _SEP = "\x1f"  # cannot occur in XML text, so it safely joins key parts
 _ATTEMPTS = 3
 _SHIPMENT_KINDS = frozenset(k.value for k in SHIPMENT_KINDS)
-_LOCK_KEY, _LOCK_ORDER, _LOCK_BUYER = 1, 2, 3  # advisory lock classes (pg_advisory_xact_lock(int, int))
+# Advisory lock namespaces: a message's guid; a document key; the shipments of an orderNo (orders,
+# payments, inventories and waybills name it); a waybill's (logisticsCode, logisticsNo), taken by the
+# waybill and by the inventories naming it, which may carry another orderNo; a buyer's tax ledger.
+_LOCK_GUID, _LOCK_KEY, _LOCK_ORDER, _LOCK_WAYBILL, _LOCK_BUYER = "guid", "key", "order", "waybill", "buyer"
 
 # --- SQL (every runtime query of the store) ---------------------------------------------------
 
@@ -68,112 +75,133 @@ _DOC_COLUMNS = (
     " d.parties, d.is_current, d.withdrawn, d.superseded_by"
 )
 
-#: $1 lock classes, $2 lock keys, $3 number of documents, $4 message guid. Takes the locks in a fixed
-#: order (no deadlock between messages that know their locks up front), allocates the ids and finds a
-#: message already stored under the guid.
-BEGIN_INGEST = """
-SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS message_id,
-       ARRAY(SELECT nextval(pg_get_serial_sequence('documents', 'id')) FROM generate_series(1, $3::int)) AS doc_ids,
-       (SELECT count(pg_advisory_xact_lock(l.c, l.h))
-          FROM (SELECT DISTINCT t.c, hashtext(t.k) AS h FROM unnest($1::int4[], $2::text[]) AS t(c, k)
-                ORDER BY 1, 2) AS l) AS locks,
-       m.id AS stored_id, m.sha256 AS stored_sha256, m.response AS stored_response,
-       m.http_status AS stored_status, m.message_type AS stored_type
-  FROM (SELECT 1) AS one LEFT JOIN messages AS m ON m.guid = $4
-"""
+#: Opens every transaction of the store (one round trip, simple-query protocol). The statements are
+#: prepared once per connection and should be planned once too: left to itself the planner re-plans the
+#: array-driven ones at every call (0.4 ms of CPU for READ_STATE, more than running it), and a generic
+#: plan made from the statistics of the moment would keep sequential scans and hash joins chosen while
+#: the tables were small, whose cost then grows with the tables. So every lookup below is written as a
+#: parameterised probe (``LATERAL (... OFFSET 0)`` per key, ``= ANY``, scalar subqueries), plans are
+#: generic, and the full-scan alternatives are off: the plans stay index-driven whatever the
+#: statistics say, and the cost per message stays flat as the tables grow. Local to the transaction.
+BEGIN_TRANSACTION = (
+    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;"
+    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+)
 
-#: The message stored under a guid ($1), with the columns BEGIN_INGEST gives.
-SELECT_STORED = """
-SELECT m.id AS stored_id, m.sha256 AS stored_sha256, m.response AS stored_response,
-       m.http_status AS stored_status, m.message_type AS stored_type
-  FROM messages AS m WHERE m.guid = $1
-"""
+#: More locks, found after the first read: $1 lock ids (see _lock_id).
+LOCK_MORE = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
 
-#: More locks found after the first read (same classes as BEGIN_INGEST).
-LOCK_MORE = """
-SELECT count(pg_advisory_xact_lock(l.c, l.h))
-  FROM (SELECT DISTINCT t.c, hashtext(t.k) AS h FROM unnest($1::int4[], $2::text[]) AS t(c, k) ORDER BY 1, 2) AS l
-"""
-
-#: Everything one message needs, read after the locks: the current rows of its keys ($1-$3: type, key1,
-#: key2), and the live legs of the shipments involved — named by the message ($4, $5: ebpCode,
-#: orderNo), holding an inventory that points at one of its waybills ($6, $7: logisticsCode,
-#: logisticsNo) or sharing the orderNo of one of its waybills ($8) — plus the live waybills those
-#: shipments, those order numbers and the message's inventories ($9, $10) point at.
+#: Everything one message needs, read after the locks, as one row of three JSON values:
+#: ``stored`` — the message already stored under the guid ($11), if any;
+#: ``documents`` — the current rows of its keys ($1-$3: type, key1, key2; role "key"), and the live legs
+#: of the shipments involved (role "leg") — named by the message ($4, $5: ebpCode, orderNo), holding an
+#: inventory that points at one of its waybills ($6, $7: logisticsCode, logisticsNo) or sharing the
+#: orderNo of one of its waybills ($8) — plus the live waybills (role "waybill") those shipments, those
+#: order numbers and the message's inventories ($9, $10) point at;
+#: ``ledger`` — the ledger rows of its inventories' buyers ($12 buyerIdNumber, $13 year).
 READ_STATE = f"""
 WITH keyed AS (
     SELECT t.ebp, t.ono FROM unnest($4::text[], $5::text[]) AS t(ebp, ono)
     UNION
-    SELECT d.ebp_code, d.order_no
-      FROM unnest($6::text[], $7::text[]) AS w(lc, ln)
-      JOIN documents AS d ON d.logistics_code = w.lc AND d.logistics_no = w.ln
-     WHERE d.kind = 'inventory' AND d.is_current AND NOT d.withdrawn
+    SELECT i.ebp_code, i.order_no
+      FROM unnest($6::text[], $7::text[]) AS w(lc, ln),
+           LATERAL (SELECT d.ebp_code, d.order_no FROM documents AS d
+                     WHERE d.logistics_code = w.lc AND d.logistics_no = w.ln
+                       AND d.kind = 'inventory' AND d.is_current AND NOT d.withdrawn OFFSET 0) AS i
     UNION
-    SELECT s.ebp_code, s.order_no FROM shipments AS s WHERE s.order_no = ANY ($8::text[]) AND s.ebp_code <> ''
+    SELECT s.ebp_code, s.order_no
+      FROM unnest($8::text[]) AS o(ono),
+           LATERAL (SELECT s.ebp_code, s.order_no FROM shipments AS s
+                     WHERE s.order_no = o.ono AND s.ebp_code <> '' OFFSET 0) AS s
 ), legs AS MATERIALIZED (
-    SELECT d.* FROM keyed AS k JOIN documents AS d ON d.ebp_code = k.ebp AND d.order_no = k.ono
-     WHERE d.kind IN ('order', 'payment', 'inventory') AND d.is_current AND NOT d.withdrawn
+    SELECT d.*
+      FROM keyed AS k,
+           LATERAL (SELECT * FROM documents AS d
+                     WHERE d.ebp_code = k.ebp AND d.order_no = k.ono
+                       AND d.kind IN ('order', 'payment', 'inventory') AND d.is_current AND NOT d.withdrawn
+                    OFFSET 0) AS d
 )
-SELECT 'key' AS role, m.guid AS message_guid, {_DOC_COLUMNS}
-  FROM unnest($1::text[], $2::text[], $3::text[]) AS k(mt, k1, k2)
-  JOIN documents AS d ON d.message_type = k.mt AND d.key1 = k.k1 AND d.key2 = k.k2 AND d.is_current
-  JOIN messages AS m ON m.id = d.message_id
-UNION ALL
-SELECT 'leg', NULL, {_DOC_COLUMNS} FROM legs AS d
-UNION ALL
-SELECT 'waybill', NULL, {_DOC_COLUMNS} FROM documents AS d
- WHERE d.kind = 'waybill' AND d.is_current AND NOT d.withdrawn
-   AND d.order_no IN (SELECT ono FROM keyed UNION SELECT unnest($8::text[]))
-UNION ALL
-SELECT 'waybill', NULL, {_DOC_COLUMNS}
-  FROM (SELECT logistics_code, logistics_no FROM legs WHERE kind = 'inventory'
-        UNION SELECT * FROM unnest($9::text[], $10::text[])) AS w(lc, ln)
-  JOIN documents AS d ON d.logistics_code = w.lc AND d.logistics_no = w.ln
- WHERE d.kind = 'waybill' AND d.is_current AND NOT d.withdrawn
+SELECT
+    (SELECT json_build_object('id', m.id, 'sha256', encode(m.sha256, 'hex'), 'response', m.response,
+                              'http_status', m.http_status, 'message_type', m.message_type)
+       FROM messages AS m WHERE m.guid = $11) AS stored,
+    (SELECT coalesce(json_agg(x), '[]')
+       FROM (SELECT 'key' AS role, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid,
+                    {_DOC_COLUMNS}
+               FROM unnest($1::text[], $2::text[], $3::text[]) AS k(mt, k1, k2),
+                    LATERAL (SELECT * FROM documents AS d
+                              WHERE d.message_type = k.mt AND d.key1 = k.k1 AND d.key2 = k.k2 AND d.is_current
+                             OFFSET 0) AS d
+             UNION ALL
+             SELECT 'leg', NULL, {_DOC_COLUMNS} FROM legs AS d
+             UNION ALL
+             SELECT 'waybill', NULL, {_DOC_COLUMNS}
+               FROM (SELECT ono FROM keyed UNION SELECT unnest($8::text[])) AS o,
+                    LATERAL (SELECT * FROM documents AS d
+                              WHERE d.kind = 'waybill' AND d.order_no = o.ono AND d.is_current AND NOT d.withdrawn
+                             OFFSET 0) AS d
+             UNION ALL
+             SELECT 'waybill', NULL, {_DOC_COLUMNS}
+               FROM (SELECT logistics_code, logistics_no FROM legs WHERE kind = 'inventory'
+                     UNION SELECT * FROM unnest($9::text[], $10::text[])) AS w(lc, ln),
+                    LATERAL (SELECT * FROM documents AS d
+                              WHERE d.logistics_code = w.lc AND d.logistics_no = w.ln
+                                AND d.kind = 'waybill' AND d.is_current AND NOT d.withdrawn OFFSET 0) AS d
+            ) AS x) AS documents,
+    (SELECT coalesce(json_agg(l), '[]')
+       FROM unnest($12::text[], $13::int[]) AS b(buyer, year),
+            LATERAL (SELECT l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount::text AS amount
+                       FROM tax_ledger AS l WHERE l.buyer_id_number = b.buyer AND l.year = b.year OFFSET 0) AS l
+    ) AS ledger
 """
 
-#: The ledger rows of the buyers involved ($1 buyerIdNumber, $2 year), read under their locks.
+#: The ledger rows of buyers found after the first read ($1 buyerIdNumber, $2 year), under their locks.
 READ_LEDGER = """
-SELECT l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount
-  FROM unnest($1::text[], $2::int[]) AS b(buyer, year)
-  JOIN tax_ledger AS l ON l.buyer_id_number = b.buyer AND l.year = b.year
+SELECT coalesce(json_agg(l), '[]')
+  FROM unnest($1::text[], $2::int[]) AS b(buyer, year),
+       LATERAL (SELECT l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount::text AS amount
+                  FROM tax_ledger AS l WHERE l.buyer_id_number = b.buyer AND l.year = b.year OFFSET 0) AS l
 """
 
-#: $1 old ids, $2 the ids of the rows that replace them. Runs before the new rows are inserted, since
-#: the unique index on current keys is checked row by row.
-SUPERSEDE = """
-UPDATE documents AS d SET is_current = false, superseded_by = u.new_id
-  FROM unnest($1::bigint[], $2::bigint[]) AS u(old_id, new_id)
- WHERE d.id = u.old_id
-"""
+#: $1 ids of the rows that a change or a withdrawal replaces. Runs before the new rows are inserted,
+#: since the unique index on current keys is checked row by row; WRITE_INGEST then links them.
+SUPERSEDE = "UPDATE documents SET is_current = false WHERE id = ANY ($1::bigint[])"
 
-#: The message, its documents, the shipments, the '' shipments to drop and the ledger, in one
-#: statement. $1-$9 the message row; $10 documents, $11 shipments, $12 orderNos of '' shipments to
-#: delete, $13 ledger rows to upsert, $14 ledger rows to delete (per ebcCode + orderNo, except the
-#: kept buyer and year) — all JSON arrays of objects.
+#: The message, its documents, the links from replaced rows, the shipments, the '' shipments to drop and
+#: the ledger, in one statement. $1-$8 the message row (the response gets the new id); $9 documents
+#: (JSON array of objects); $10, $11 replaced row ids and the doc_index of the row replacing each;
+#: $12 shipments (JSON); $13 orderNos of '' shipments to delete; $14 ledger rows to upsert (JSON);
+#: $15-$18 the inventories (ebcCode, orderNo) whose other ledger rows go, except the kept buyer and
+#: year (NULL: keep none). Returns the message id.
 WRITE_INGEST = """
 WITH m AS (
     INSERT INTO messages (id, guid, message_type, sha256, raw_xml, source, submitter, response, http_status)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    SELECT n.id, $1, $2, $3, $4, $5, $6, jsonb_set($7::jsonb, '{id}', to_jsonb(n.id)), $8
+      FROM (SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS id) AS n
     RETURNING id
 ), d AS (
-    INSERT INTO documents (id, message_id, doc_index, doc_guid, kind, message_type, key1, key2, order_no, ebp_code,
+    INSERT INTO documents (message_id, doc_index, doc_guid, kind, message_type, key1, key2, order_no, ebp_code,
                            ebc_code, logistics_code, logistics_no, pay_code, pay_transaction_id, app_type, app_time,
                            app_status, path, head, lines, parties, is_current, withdrawn)
-    SELECT x.id, $1, x.doc_index, x.doc_guid, x.kind, $3, x.key1, x.key2, x.order_no, x.ebp_code,
+    SELECT m.id, x.doc_index, x.doc_guid, x.kind, $2, x.key1, x.key2, x.order_no, x.ebp_code,
            x.ebc_code, x.logistics_code, x.logistics_no, x.pay_code, x.pay_transaction_id, x.app_type, x.app_time,
            x.app_status, x.path, x.head, x.lines, x.parties, x.is_current, x.withdrawn
-      FROM jsonb_to_recordset($10::jsonb) AS x(
-           id bigint, doc_index int, doc_guid text, kind text, key1 text, key2 text, order_no text, ebp_code text,
+      FROM m, jsonb_to_recordset($9::jsonb) AS x(
+           doc_index int, doc_guid text, kind text, key1 text, key2 text, order_no text, ebp_code text,
            ebc_code text, logistics_code text, logistics_no text, pay_code text, pay_transaction_id text,
            app_type text, app_time text, app_status text, path text, head jsonb, lines jsonb, parties text[],
            is_current boolean, withdrawn boolean)
+    RETURNING id, doc_index
+), linked AS (
+    UPDATE documents AS o SET superseded_by = d.id
+      FROM unnest($10::bigint[], $11::int[]) AS r(old_id, doc_index), d
+     WHERE o.id = r.old_id AND d.doc_index = r.doc_index
     RETURNING 1
 ), s AS (
     INSERT INTO shipments AS s (ebp_code, order_no, ebc_code, state, missing, findings, parties, mode,
                                 buyer_id_number)
     SELECT x.ebp_code, x.order_no, x.ebc_code, x.state, x.missing, x.findings, x.parties, x.mode, x.buyer_id_number
-      FROM jsonb_to_recordset($11::jsonb) AS x(
+      FROM jsonb_to_recordset($12::jsonb) AS x(
            ebp_code text, order_no text, ebc_code text, state text, missing text[], findings jsonb,
            parties text[], mode text, buyer_id_number text)
     ON CONFLICT (ebp_code, order_no) DO UPDATE
@@ -183,25 +211,27 @@ WITH m AS (
            updated_at = now()
     RETURNING 1
 ), blank AS (
-    DELETE FROM shipments AS s USING jsonb_array_elements_text($12::jsonb) AS x(order_no)
-     WHERE s.ebp_code = '' AND s.order_no = x.order_no
+    DELETE FROM shipments AS s WHERE s.ebp_code = '' AND s.order_no = ANY ($13::text[])
     RETURNING 1
 ), ledger_put AS (
     INSERT INTO tax_ledger AS l (buyer_id_number, year, ebc_code, order_no, amount)
     SELECT x.buyer_id_number, x.year, x.ebc_code, x.order_no, x.amount
-      FROM jsonb_to_recordset($13::jsonb) AS x(buyer_id_number text, year int, ebc_code text, order_no text,
+      FROM jsonb_to_recordset($14::jsonb) AS x(buyer_id_number text, year int, ebc_code text, order_no text,
                                                 amount numeric)
     ON CONFLICT (buyer_id_number, year, ebc_code, order_no) DO UPDATE
        SET amount = EXCLUDED.amount, updated_at = now()
     RETURNING 1
 ), ledger_drop AS (
     DELETE FROM tax_ledger AS l
-     USING jsonb_to_recordset($14::jsonb) AS x(ebc_code text, order_no text, keep_buyer text, keep_year int)
-     WHERE l.ebc_code = x.ebc_code AND l.order_no = x.order_no
-       AND (x.keep_buyer IS NULL OR l.buyer_id_number <> x.keep_buyer OR l.year <> x.keep_year)
+     WHERE l.ebc_code = ANY ($15::text[]) AND l.order_no = ANY ($16::text[])
+       AND EXISTS (SELECT FROM unnest($15::text[], $16::text[], $17::text[], $18::int[]) AS x(ebc, ono, buyer, year)
+                    WHERE x.ebc = l.ebc_code AND x.ono = l.order_no
+                      AND (x.buyer IS NULL OR x.buyer <> l.buyer_id_number OR x.year <> l.year))
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM d) AS documents, (SELECT count(*) FROM s) AS shipments
+SELECT (SELECT id FROM m) AS message_id,
+       (SELECT count(*) FROM d) + (SELECT count(*) FROM linked) + (SELECT count(*) FROM s)
+       + (SELECT count(*) FROM blank) + (SELECT count(*) FROM ledger_put) + (SELECT count(*) FROM ledger_drop) AS rows
 """
 
 INSERT_REJECTION = """
@@ -225,7 +255,7 @@ SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode
 #: Every version of the shipment's legs: order, payment, inventory by ($1 ebpCode, $2 orderNo); waybills
 #: by that orderNo or by the key any version of its inventory named.
 SELECT_SHIPMENT_DOCUMENTS = f"""
-WITH own AS (
+WITH own AS MATERIALIZED (
     SELECT d.* FROM documents AS d
      WHERE d.ebp_code = $1 AND d.order_no = $2 AND d.kind IN ('order', 'payment', 'inventory')
 ), docs AS (
@@ -233,12 +263,14 @@ WITH own AS (
     UNION
     SELECT d.* FROM documents AS d WHERE d.kind = 'waybill' AND d.order_no = $2
     UNION
-    SELECT d.* FROM (SELECT DISTINCT logistics_code, logistics_no FROM own WHERE kind = 'inventory') AS w
-      JOIN documents AS d ON d.logistics_code = w.logistics_code AND d.logistics_no = w.logistics_no
-     WHERE d.kind = 'waybill'
+    SELECT d.*
+      FROM (SELECT DISTINCT logistics_code, logistics_no FROM own WHERE kind = 'inventory') AS w,
+           LATERAL (SELECT * FROM documents AS d
+                     WHERE d.logistics_code = w.logistics_code AND d.logistics_no = w.logistics_no
+                       AND d.kind = 'waybill' OFFSET 0) AS d
 )
 SELECT m.guid AS message_guid, m.received_at, {_DOC_COLUMNS}
-  FROM docs AS d JOIN messages AS m ON m.id = d.message_id
+  FROM docs AS d, LATERAL (SELECT guid, received_at FROM messages AS m WHERE m.id = d.message_id OFFSET 0) AS m
  ORDER BY d.kind, d.id
 """
 
@@ -274,7 +306,30 @@ class DocumentOutcome:
     message: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "index": self.index,
+            "doc_guid": self.doc_guid,
+            "kind": self.kind,
+            "keys": dict(self.keys),
+            "outcome": self.outcome,
+            "shipment": dict(self.shipment) if self.shipment is not None else None,
+            "code": self.code,
+            "message": self.message,
+        }
+
+
+@dataclass(eq=False)
+class _Job:
+    """A message waiting for (or in) an ingest transaction, and the future its caller awaits."""
+
+    msg: ParsedMessage
+    raw: bytes
+    sha: bytes
+    submitter: str
+    source: str
+    locks: list[int]
+    future: asyncio.Future[IngestResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    attempts: int = 1
 
 
 @dataclass
@@ -321,9 +376,10 @@ class _Row:
     withdrawn: bool
     message_guid: str | None = None
     doc: Document | None = None
+    is_new: bool = False  # a document of the message being ingested (no id yet)
 
     @classmethod
-    def from_record(cls, r: asyncpg.Record) -> _Row:
+    def from_json(cls, r: dict[str, Any]) -> _Row:
         return cls(
             id=r["id"], kind=r["kind"], message_type=r["message_type"], key1=r["key1"], key2=r["key2"],
             order_no=r["order_no"], ebp_code=r["ebp_code"], ebc_code=r["ebc_code"],
@@ -347,9 +403,9 @@ class _Row:
         return (self.logistics_code or "", self.logistics_no or "")
 
     @property
-    def order(self) -> tuple[str, int]:
+    def order(self) -> tuple[str, bool, int]:
         """Sort key of 'latest': appTime, then arrival."""
-        return (self.app_time, self.id)
+        return (self.app_time, self.is_new, self.id)
 
 
 def _text(head: dict[str, str], name: str) -> str | None:
@@ -431,20 +487,20 @@ class _Refs:
         return {k[1] for k in self.keyed} | self.waybill_orders
 
 
-def _new_documents(msg: ParsedMessage, doc_ids: Sequence[int]) -> list[_New]:
+def _new_documents(msg: ParsedMessage) -> list[_New]:
     mtype = msg.type
     tracked = mtype.direction is Direction.DECLARATION
     out = []
-    for doc, doc_id in zip(msg.documents, doc_ids, strict=True):
+    for doc in msg.documents:
         head = doc.head
         keys = [v.strip() for v in doc.keys]
         row = _Row(
-            id=doc_id, kind=mtype.kind.value, message_type=mtype.code, key1=keys[0],
+            id=-doc.index, kind=mtype.kind.value, message_type=mtype.code, key1=keys[0],
             key2=keys[1] if len(keys) > 1 else "", order_no=_text(head, "orderNo"), ebp_code=_text(head, "ebpCode"),
             ebc_code=_text(head, "ebcCode"), logistics_code=_text(head, "logisticsCode"),
             logistics_no=_text(head, "logisticsNo"), app_time=(head.get("appTime") or "").strip(),
             doc_index=doc.index, path=doc.path, head=head, lines=doc.lines,
-            parties=sorted(document_parties(doc)), withdrawn=False, doc=doc,
+            parties=sorted(document_parties(doc)), withdrawn=False, doc=doc, is_new=True,
         )  # fmt: skip
         app_type = (head.get("appType") or "1").strip()
         out.append(_New(doc=doc, row=row, key2=row.key2, app_type=app_type, tracked=tracked))
@@ -523,27 +579,74 @@ def _decide(news: list[_New], current: dict[tuple[str, str, str], _Row]) -> list
     return issues
 
 
-def _replay(stored: asyncpg.Record, msg: ParsedMessage, sha: bytes) -> IngestResult:
+def _replay(stored: dict[str, Any], msg: ParsedMessage, sha: bytes) -> IngestResult:
     """The stored answer for a resent message, or a conflict when the guid came with other content."""
-    if bytes(stored["stored_sha256"]) != sha:
+    if stored["sha256"] != sha.hex():
         raise Conflict(
             [
                 _issue(
                     "state.guid_conflict",
                     f"{msg.path}/@guid",
-                    f"a different message with guid {msg.guid} ({stored['stored_type']}) was already accepted; "
+                    f"a different message with guid {msg.guid} ({stored['message_type']}) was already accepted; "
                     "a new message needs a new guid",
                 )
             ]
         )
     return IngestResult(
-        message_id=stored["stored_id"],
+        message_id=stored["id"],
         guid=msg.guid,
-        message_type=stored["stored_type"],
-        http_status=stored["stored_status"],
-        body=stored["stored_response"],
+        message_type=stored["message_type"],
+        http_status=stored["http_status"],
+        body=stored["response"],
         replay=True,
     )
+
+
+def _lock_id(namespace: str, key: str) -> int:
+    """A 64-bit advisory lock id for (namespace, key); computed here so locks can go with BEGIN."""
+    digest = hashlib.blake2b(f"{namespace}{_SEP}{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _begin_and_lock(lock_ids: Iterable[int]) -> str:
+    """BEGIN_TRANSACTION plus the locks, in one round trip (the ids are integers made by _lock_id)."""
+    ids = sorted(set(lock_ids))  # one order for every message: no deadlock among them
+    if not ids:
+        return BEGIN_TRANSACTION
+    array = ",".join(str(int(i)) for i in ids)
+    return f"{BEGIN_TRANSACTION}; SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{{{array}}}'::bigint[]) AS k"
+
+
+def _up_front_locks(msg: ParsedMessage) -> list[int]:
+    """Locks known from the message alone: its guid, its keys, its orders' shipments, its buyers."""
+    locks = [_lock_id(_LOCK_GUID, msg.guid)]
+    mtype = msg.type
+    if mtype.direction is Direction.DECLARATION:
+        for doc in msg.documents:
+            locks.append(_lock_id(_LOCK_KEY, _SEP.join((mtype.code, *(v.strip() for v in doc.keys)))))
+            head = doc.head
+            if mtype.kind.value in _SHIPMENT_KINDS:
+                locks.append(_lock_id(_LOCK_ORDER, (head.get("orderNo") or "").strip()))
+            if mtype.kind in (Kind.WAYBILL, Kind.INVENTORY):
+                waybill = ((head.get("logisticsCode") or "").strip(), (head.get("logisticsNo") or "").strip())
+                locks.append(_lock_id(_LOCK_WAYBILL, _SEP.join(waybill)))
+            if mtype.kind is Kind.INVENTORY:
+                locks.append(_lock_id(_LOCK_BUYER, (head.get("buyerIdNumber") or "").strip()))
+    return locks
+
+
+def _buyer(head: dict[str, str]) -> tuple[str, int]:
+    return ((head.get("buyerIdNumber") or "").strip(), _ledger_year(head))
+
+
+def _ledger_book(
+    pairs: Iterable[tuple[str, int]], rows: Iterable[dict[str, Any]]
+) -> dict[tuple[str, int], dict[tuple[str, str], Decimal]]:
+    """(buyer, year) -> (ebcCode, orderNo) -> amount, with an empty book for buyers without rows."""
+    book: dict[tuple[str, int], dict[tuple[str, str], Decimal]] = {p: {} for p in pairs}
+    for r in rows:
+        book[(r["buyer_id_number"], r["year"])][(r["ebc_code"], r["order_no"])] = Decimal(r["amount"])
+    return book
 
 
 def _ledger_year(head: dict[str, str]) -> int:
@@ -747,104 +850,165 @@ class Store:
         *,
         tax_rates: tax.TaxRates = tax.DEFAULT_RATES,
         tolerance: Decimal = Decimal("0"),
+        max_batch: int = 32,
+        max_parallel: int = 4,
     ) -> None:
         self.pool = pool
         self.tax_rates = tax_rates
         self.tolerance = tolerance
+        self.max_batch = max_batch  # messages per transaction, at most
+        self.max_parallel = max_parallel  # transactions (pool connections) ingesting at once, at most
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._workers = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, begin: str = BEGIN_TRANSACTION) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn:
+            await conn.execute(begin)
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(Exception):  # the connection may be gone; the error that matters is raised
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
 
     async def ingest(self, msg: ParsedMessage, raw: bytes, *, submitter: str, source: str = "xml") -> IngestResult:
         """Store a validated message and reconcile what it touches; commits before returning.
 
-        Raises :class:`Conflict` (nothing stored; the caller records the rejection).
+        Raises :class:`Conflict` (nothing stored; the caller records the rejection). Messages that
+        arrive together share one transaction (see :meth:`_drain`); each is still judged on its own,
+        in arrival order, seeing the ones before it, and none is answered before the commit.
         """
         if source not in ("xml", "json"):
             raise ValueError(f"source must be 'xml' or 'json', got {source!r}")
-        sha = hashlib.sha256(raw).digest()
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    return await self._ingest(conn, msg, raw, sha, submitter, source)
-            except asyncpg.DeadlockDetectedError:
-                if attempt == _ATTEMPTS:
-                    raise
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name == "messages_guid_key" and attempt < _ATTEMPTS:
-                    continue  # a twin committed first; the next attempt replays it or reports the conflict
-                if exc.constraint_name == "documents_current_key_idx":
-                    raise Conflict(
-                        [_issue("state.duplicate", msg.path, f"a concurrent message took the same key ({exc.detail})")]
-                    ) from None
-                raise
-        raise AssertionError("unreachable")
+        job = _Job(msg, raw, hashlib.sha256(raw).digest(), submitter, source, _up_front_locks(msg))
+        self._queue.append(job)
+        if self._workers < self.max_parallel:
+            self._workers += 1
+            task = asyncio.create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await job.future
 
-    async def _ingest(
-        self, conn: asyncpg.Connection, msg: ParsedMessage, raw: bytes, sha: bytes, submitter: str, source: str
-    ) -> IngestResult:
+    async def aclose(self) -> None:
+        """Wait for the messages already handed over (call before closing the pool)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        """Take what is waiting, up to max_batch messages, as one transaction; repeat until nothing waits.
+
+        At most max_parallel of these run at once. Under load the messages pile up while a batch runs,
+        so the next batch is bigger: BEGIN, the locks, COMMIT (its WAL flush) and the pool's reset are
+        paid once per batch instead of once per message. An idle gateway answers each message alone.
+        """
+        try:
+            while self._queue:
+                batch: list[_Job] = []
+                while self._queue and len(batch) < self.max_batch:
+                    job = self._queue.popleft()
+                    if not job.future.done():  # the caller went away before it started: nothing to do
+                        batch.append(job)
+                if batch:
+                    await self._run_batch(batch)
+        finally:
+            self._workers -= 1
+
+    async def _run_batch(self, jobs: list[_Job]) -> None:
+        try:
+            outcomes = await self._batch(jobs)
+        except Exception as exc:
+            if len(jobs) > 1:
+                # One message broke the transaction (or the connection went): run them one by one, so
+                # that only the guilty one fails.
+                for job in jobs:
+                    await self._run_batch([job])
+                return
+            job = jobs[0]
+            retry = job.attempts < _ATTEMPTS and (
+                isinstance(exc, asyncpg.DeadlockDetectedError)
+                # a twin with other content committed first: the next attempt reports the conflict
+                or (isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "messages_guid_key")
+            )
+            if retry:
+                job.attempts += 1
+                await self._run_batch([job])
+                return
+            if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "documents_current_key_idx":
+                exc = Conflict(
+                    [_issue("state.duplicate", job.msg.path, f"a concurrent message took the same key ({exc.detail})")]
+                )
+            outcomes = [exc]
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+
+    async def _batch(self, jobs: list[_Job]) -> list[IngestResult | Exception]:
+        """The jobs in one transaction, in order; a Conflict answers its job and the others go on."""
+        locks = sorted({lock for job in jobs for lock in job.locks})
+        outcomes: list[IngestResult | Exception] = []
+        async with self._transaction(_begin_and_lock(locks)) as conn:
+            locked = set(locks)
+            for job in jobs:
+                try:
+                    outcomes.append(await self._ingest(conn, job, locked))
+                except Conflict as exc:  # raised before the job wrote anything
+                    outcomes.append(exc)
+        return outcomes
+
+    async def _ingest(self, conn: asyncpg.Connection, job: _Job, locked: set[int]) -> IngestResult:
+        msg, raw, sha = job.msg, job.raw, job.sha
         mtype = msg.type
-        tracked = mtype.direction is Direction.DECLARATION
-        lock_classes: list[int] = []
-        lock_keys: list[str] = []
-        if tracked:
-            for doc in msg.documents:
-                lock_classes.append(_LOCK_KEY)
-                lock_keys.append(_SEP.join((mtype.code, *(v.strip() for v in doc.keys))))
-                if mtype.kind.value in _SHIPMENT_KINDS:
-                    lock_classes.append(_LOCK_ORDER)
-                    lock_keys.append((doc.head.get("orderNo") or "").strip())
-                if mtype.kind is Kind.INVENTORY:
-                    lock_classes.append(_LOCK_BUYER)
-                    lock_keys.append((doc.head.get("buyerIdNumber") or "").strip())
-        head = await conn.fetchrow(BEGIN_INGEST, lock_classes, lock_keys, len(msg.documents), msg.guid)
-        assert head is not None
-        if head["stored_id"] is not None:
-            return _replay(head, msg, sha)
-        locked: set[tuple[int, str]] = set(zip(lock_classes, lock_keys, strict=True))
-        message_id: int = head["message_id"]
-        news = _new_documents(msg, head["doc_ids"])
-
+        news = _new_documents(msg)
         refs = _Refs()
         keys: list[tuple[str, str, str]] = []
+        buyers: set[tuple[str, int]] = set()
         for new in news:
             if new.tracked:
                 keys.append(new.key)
                 refs.add(new.row)
+                if new.row.kind == Kind.INVENTORY:
+                    buyers.add(_buyer(new.row.head))
         # Read, decide, find the shipments touched. When that reaches beyond the locks taken up front (a
         # replaced payment or waybill named another order; a waybill belongs to an inventory of another
         # orderNo), take those locks too and read again: only what is read under the locks counts.
         while True:
-            current, stored = await self._read_state(conn, keys, refs)
+            stored, current, rows, ledger = await self._read_state(conn, msg.guid, keys, refs, buyers)
+            if stored is not None:
+                return _replay(stored, msg, sha)
             issues = _decide(news, current)
             if issues:
-                # The guid check ran before the locks were granted: a twin of this very message may have
-                # committed meanwhile, and it is its replay that must be answered, not a duplicate.
-                twin = await conn.fetchrow(SELECT_STORED, msg.guid)
-                if twin is not None:
-                    return _replay(twin, msg, sha)
                 raise Conflict(issues)
             more = _Refs()
             for new in news:
                 if new.replaces is not None and not new.replaces.withdrawn:
                     more.add(new.replaces)
             gone = {new.replaces.id for new in news if new.replaces is not None}
-            live = _Live([row for row in stored.values() if row.id not in gone] + [n.row for n in news if n.live])
+            live = _Live([row for row in rows.values() if row.id not in gone] + [n.row for n in news if n.live])
             keyed, blanks = _touched(news, live)
             shipments = {key: live.shipment(key) for key in keyed}
             orders = more.orders() | {k[1] for k in keyed} | set(blanks)
             orders |= {(s.waybill.head.get("orderNo") or "").strip() for s in shipments.values() if s.waybill}
-            wanted = {(_LOCK_ORDER, o) for o in orders}
+            wanted = {_lock_id(_LOCK_ORDER, o) for o in orders}
             if refs.covers(more) and wanted <= locked:
                 break
             refs.merge(more)
             await self._lock(conn, locked, wanted)
 
-        ledger_rows, ledger_drops = await self._assess_ledger(conn, locked, shipments, news)
+        ledger_rows, ledger_drops = await self._assess_ledger(conn, locked, shipments, news, ledger)
         results: dict[tuple[str, str], _ShipmentResult] = {}
         drop_blanks: set[str] = set()
         for key, shipment in shipments.items():
             results[key] = self._reconcile(key, shipment, ledger_rows.get(key))
             if shipment.waybill is not None:
                 drop_blanks.add((shipment.waybill.head.get("orderNo") or "").strip())
-        for order_no in dict.fromkeys(blanks):
+        for order_no in blanks:
             if order_no in drop_blanks:
                 continue
             blank = live.blank_shipment(order_no)
@@ -853,77 +1017,94 @@ class Store:
             else:
                 results[("", order_no)] = self._reconcile(("", order_no), blank, None)
 
-        body = self._response(message_id, msg, news, results, live)
-        superseded = [(new.replaces.id, new.row.id) for new in news if new.replaces is not None and new.stored]
-        if superseded:
-            await conn.execute(SUPERSEDE, [s[0] for s in superseded], [s[1] for s in superseded])
-        await conn.fetchrow(
+        body = self._response(msg, news, results, live)
+        replaced = [(new.replaces.id, new.doc.index) for new in news if new.replaces is not None and new.stored]
+        if replaced:
+            await conn.execute(SUPERSEDE, [r[0] for r in replaced])
+        message_id = await conn.fetchval(
             WRITE_INGEST,
-            message_id,
             msg.guid,
             mtype.code,
             sha,
             raw.decode("utf-8", errors="replace"),
-            source,
-            submitter,
+            job.source,
+            job.submitter,
             body,
             202,
             [self._document_row(new) for new in news if new.stored],
+            [r[0] for r in replaced],
+            [r[1] for r in replaced],
             [r.row() for r in results.values()],
             sorted(drop_blanks - {o for (e, o) in results if not e}),
             list({a.pk: a.row() for a in ledger_rows.values()}.values()),
-            ledger_drops,
+            *ledger_drops,
         )
+        body["id"] = message_id  # the statement stored it in the response the same way
         return IngestResult(message_id, msg.guid, mtype.code, 202, body, replay=False)
 
     @staticmethod
     async def _read_state(
-        conn: asyncpg.Connection, keys: list[tuple[str, str, str]], refs: _Refs
-    ) -> tuple[dict[tuple[str, str, str], _Row], dict[int, _Row]]:
-        """Current rows of the message's keys, and the live rows of the shipments it involves."""
+        conn: asyncpg.Connection,
+        guid: str,
+        keys: list[tuple[str, str, str]],
+        refs: _Refs,
+        buyers: set[tuple[str, int]],
+    ) -> tuple[
+        dict[str, Any] | None,
+        dict[tuple[str, str, str], _Row],
+        dict[int, _Row],
+        dict[tuple[str, int], dict[tuple[str, str], Decimal]],
+    ]:
+        """The message stored under the guid, the current rows of the message's keys, the live rows of the
+        shipments it involves, and the ledger of its buyers."""
+        pairs = sorted(buyers)
+        row = await conn.fetchrow(
+            READ_STATE,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            *refs.params(),
+            guid,
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+        )
+        assert row is not None
         current: dict[tuple[str, str, str], _Row] = {}
         stored: dict[int, _Row] = {}
-        if keys:
-            rows = await conn.fetch(
-                READ_STATE, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], *refs.params()
-            )
-            for r in rows:
-                row = _Row.from_record(r)
-                if r["role"] == "key":
-                    current[(row.message_type, row.key1, row.key2)] = row
-                else:
-                    stored[row.id] = row
-        return current, stored
+        for r in row["documents"]:
+            doc = _Row.from_json(r)
+            if r["role"] == "key":
+                current[(doc.message_type, doc.key1, doc.key2)] = doc
+            else:
+                stored[doc.id] = doc
+        return row["stored"], current, stored, _ledger_book(pairs, row["ledger"])
 
-    async def _lock(
-        self, conn: asyncpg.Connection, locked: set[tuple[int, str]], wanted: Iterable[tuple[int, str]]
-    ) -> None:
+    async def _lock(self, conn: asyncpg.Connection, locked: set[int], wanted: Iterable[int]) -> None:
         todo = sorted(set(wanted) - locked)
         if todo:
-            await conn.fetchval(LOCK_MORE, [c for c, _ in todo], [k for _, k in todo])
+            await conn.fetchval(LOCK_MORE, todo)
             locked.update(todo)
 
     async def _assess_ledger(
         self,
         conn: asyncpg.Connection,
-        locked: set[tuple[int, str]],
+        locked: set[int],
         shipments: dict[tuple[str, str], recon.Shipment],
         news: list[_New],
-    ) -> tuple[dict[tuple[str, str], _Assessed], list[dict[str, Any]]]:
+        ledger: dict[tuple[str, int], dict[tuple[str, str], Decimal]],
+    ) -> tuple[dict[tuple[str, str], _Assessed], tuple[list[str], list[str], list[str | None], list[int | None]]]:
         """Tax-assess every shipment's inventory against its buyer's ledger (under the buyer's lock)."""
         inventories = {key: s.inventory for key, s in shipments.items() if s.inventory is not None}
         assessed: dict[tuple[str, str], _Assessed] = {}
         keep: dict[tuple[str, str], tuple[str, int]] = {}
         if inventories:
-            buyers = {
-                key: ((inv.head.get("buyerIdNumber") or "").strip(), _ledger_year(inv.head))
-                for key, inv in inventories.items()
-            }
-            await self._lock(conn, locked, [(_LOCK_BUYER, b) for b, _ in buyers.values()])
-            pairs = sorted(set(buyers.values()))
-            ledger: dict[tuple[str, int], dict[tuple[str, str], Decimal]] = {p: {} for p in pairs}
-            for r in await conn.fetch(READ_LEDGER, [p[0] for p in pairs], [p[1] for p in pairs]):
-                ledger[(r["buyer_id_number"], r["year"])][(r["ebc_code"], r["order_no"])] = r["amount"]
+            buyers = {key: _buyer(inv.head) for key, inv in inventories.items()}
+            missing = sorted(set(buyers.values()) - set(ledger))
+            if missing:
+                # inventories already stored, reassessed because another leg changed: lock, then read
+                await self._lock(conn, locked, [_lock_id(_LOCK_BUYER, b) for b, _ in missing])
+                found = await conn.fetchval(READ_LEDGER, [p[0] for p in missing], [p[1] for p in missing])
+                ledger.update(_ledger_book(missing, found))
             for key, inv in inventories.items():
                 buyer, year = buyers[key]
                 own = ((inv.head.get("ebcCode") or "").strip(), (inv.head.get("orderNo") or "").strip())
@@ -941,15 +1122,14 @@ class Store:
                 touched.add((new.row.ebc_code or "", new.row.order_no or ""))
                 if new.replaces is not None:
                     touched.add((new.replaces.ebc_code or "", new.replaces.order_no or ""))
-        drops = [
-            {
-                "ebc_code": ebc,
-                "order_no": order_no,
-                "keep_buyer": keep[(ebc, order_no)][0] if (ebc, order_no) in keep else None,
-                "keep_year": keep[(ebc, order_no)][1] if (ebc, order_no) in keep else None,
-            }
-            for ebc, order_no in sorted(touched)
-        ]
+        inventories_touched = sorted(touched)
+        kept = [keep.get(k) for k in inventories_touched]
+        drops = (
+            [k[0] for k in inventories_touched],
+            [k[1] for k in inventories_touched],
+            [k[0] if k else None for k in kept],
+            [k[1] if k else None for k in kept],
+        )
         return assessed, drops
 
     def _reconcile(
@@ -984,7 +1164,6 @@ class Store:
     def _document_row(new: _New) -> dict[str, Any]:
         row, head = new.row, new.doc.head
         return {
-            "id": row.id,
             "doc_index": row.doc_index,
             "doc_guid": head.get("guid", ""),
             "kind": row.kind,
@@ -1010,7 +1189,6 @@ class Store:
 
     @staticmethod
     def _response(
-        message_id: int,
         msg: ParsedMessage,
         news: list[_New],
         results: dict[tuple[str, str], _ShipmentResult],
@@ -1040,7 +1218,7 @@ class Store:
                 ).as_dict()
             )
         return {
-            "id": message_id,
+            "id": None,  # set by WRITE_INGEST when it allocates it
             "guid": msg.guid,
             "message_type": msg.type.code,
             "documents": documents,
@@ -1061,7 +1239,7 @@ class Store:
     ) -> None:
         """Keep a refused message for audit (its first 64 KiB) with the issues that refused it."""
         text = raw[: 64 * 1024].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-        async with self.pool.acquire() as conn:
+        async with self._transaction() as conn:
             await conn.execute(
                 INSERT_REJECTION,
                 submitter,
@@ -1075,7 +1253,7 @@ class Store:
 
     async def get_message(self, guid: str) -> dict[str, Any] | None:
         """The message row, its stored documents (head, lines, key state) and its XML."""
-        async with self.pool.acquire() as conn:
+        async with self._transaction() as conn:
             m = await conn.fetchrow(SELECT_MESSAGE, guid)
             if m is None:
                 return None
@@ -1096,7 +1274,7 @@ class Store:
 
     async def get_shipment(self, ebp_code: str, order_no: str) -> dict[str, Any] | None:
         """The shipment's state and findings with every version of its documents (current and history)."""
-        async with self.pool.acquire() as conn:
+        async with self._transaction() as conn:
             s = await conn.fetchrow(SELECT_SHIPMENT, ebp_code, order_no)
             if s is None:
                 return None
@@ -1152,7 +1330,7 @@ class Store:
             + _LIST_ORDER[newest_first]
             + f" LIMIT ${len(args)}"
         )
-        async with self.pool.acquire() as conn:
+        async with self._transaction() as conn:
             rows = await conn.fetch(sql, *args)
         more = len(rows) > limit
         rows = rows[:limit]

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.db import EmbeddedPostgres, create_pool, migration_files, resolve_dsn
 
-pytest_plugins = ("tests.dbutil",)
+# pg_dsn, db_dsn and empty_db_dsn: tests/dbutil.py, through conftest.py
 
 
 def test_resolve_dsn_prefers_the_flag_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,7 @@ from gateway.documents import Document, ParsedMessage
 from gateway.messages import BY_CODE
 from gateway.store import CODES, Conflict, IngestResult, Store
 
-# The DB fixtures (pg_dsn, db_dsn, db_pool) come from tests/dbutil.py; conftest.py may import them too.
-pytest_plugins = ("tests.dbutil",)
+# pg_dsn, db_dsn, empty_db_dsn and db_pool: tests/dbutil.py, through conftest.py
 
 pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="session")]
 
@@ -292,7 +291,8 @@ async def test_withdrawal_then_redeclaration(store: Store, db_pool: asyncpg.Pool
 
 async def test_concurrent_duplicates_accept_exactly_one(store: Store, db_pool: asyncpg.Pool) -> None:
     msgs = [message("CEB311", order_head("X1", appTime=_later(T0, i))) for i in range(4)]
-    results = await asyncio.gather(*(ingest(store, m) for m in msgs), return_exceptions=True)
+    stores = [store, Store(db_pool), Store(db_pool), Store(db_pool)]  # separate transactions too
+    results = await asyncio.gather(*(ingest(s, m) for s, m in zip(stores, msgs, strict=True)), return_exceptions=True)
     accepted = [r for r in results if isinstance(r, IngestResult)]
     conflicts = [r for r in results if isinstance(r, Conflict)]
     assert len(accepted) == 1 and len(conflicts) == 3, results
@@ -320,6 +320,53 @@ async def test_concurrent_legs_of_one_shipment_end_consistent(store: Store, db_p
     shipment = await store.get_shipment(EBP, "P1")
     assert shipment is not None and shipment["missing"] == []
     assert await count(db_pool, "SELECT count(*) FROM shipments") == 1
+
+
+async def test_concurrent_waybill_and_inventory_naming_it_meet(store: Store, db_pool: asyncpg.Pool) -> None:
+    # the waybill names another orderNo than the inventory; only the waybill key links them, and
+    # whichever commits second must see the first (two stores: two transactions, not one batch)
+    other = Store(db_pool)
+    for i in range(10):
+        inv = message("CEB621", inventory_head(f"J{i}", logisticsNo=f"LN-J{i}"))
+        wb = message("CEB511", waybill_head(f"J-OTHER{i}", logisticsNo=f"LN-J{i}"))
+        await asyncio.gather(ingest(store, wb), ingest(other, inv))
+        shipment = await store.get_shipment(EBP, f"J{i}")
+        assert shipment is not None and "waybill" not in shipment["missing"]
+    assert await count(db_pool, "SELECT count(*) FROM shipments WHERE ebp_code = ''") == 0
+
+
+async def test_a_batch_survives_one_message_the_database_refuses(store: Store, db_pool: asyncpg.Pool) -> None:
+    good = [message("CEB311", order_head(f"I{i}")) for i in range(6)]
+    bad = message("CEB311", order_head("I-BAD"))
+    calls = [store.ingest(m, raw_of(m), submitter="t") for m in good[:3]]
+    calls.append(store.ingest(bad, b"\x00 is not text", submitter="t"))  # PostgreSQL text cannot hold NUL
+    calls += [store.ingest(m, raw_of(m), submitter="t") for m in good[3:]]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[3], asyncpg.PostgresError)
+    assert all(isinstance(r, IngestResult) and not r.replay for i, r in enumerate(results) if i != 3)
+    assert await count(db_pool, "SELECT count(*) FROM messages") == 6
+    assert await store.get_message(bad.guid) is None
+
+
+async def test_many_concurrent_messages_match_sequential_outcomes(db_pool: asyncpg.Pool) -> None:
+    store = Store(db_pool, max_batch=8, max_parallel=3)
+    msgs = []
+    for i in range(12):
+        msgs += [
+            message("CEB311", order_head(f"H{i}")),
+            message("CEB411", payment_head(f"H{i}")),
+            message("CEB511", waybill_head(f"H{i}")),
+            message("CEB621", inventory_head(f"H{i}")),
+        ]
+    dup = message("CEB311", order_head("H0", appTime=_later(T0, 9)))
+    results = await asyncio.gather(*(ingest(store, m) for m in [*msgs, dup]), return_exceptions=True)
+    assert all(isinstance(r, IngestResult) for r in results[:-1])
+    assert isinstance(results[-1], Conflict)
+    await store.aclose()
+    page = await store.list_shipments(limit=100)
+    assert len(page["items"]) == 12
+    assert all(s["missing"] == [] for s in page["items"])
+    assert await count(db_pool, "SELECT count(*) FROM tax_ledger") == 12
 
 
 async def test_receipts_are_recorded_without_key_state(store: Store, db_pool: asyncpg.Pool) -> None:
