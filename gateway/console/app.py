@@ -1,0 +1,491 @@
+"""aiohttp routes of the operators' console under ``/ops`` (see gateway/console/__init__.py and docs/console.md)."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import cbec_queue
+import structlog
+from aiohttp import web
+
+from gateway.auth import KeyRing
+from gateway.console import queries as q
+from gateway.console.feed import Feed, Subscriber, build_summary, to_json
+from gateway.console.session import (
+    CONSOLE_ROLES,
+    COOKIE,
+    Session,
+    SessionStore,
+    csrf_ok,
+    origin_allowed,
+)
+
+log = structlog.get_logger("gateway.console")
+
+STATIC_DIR = Path(__file__).parent / "static"
+PREFIX = "/ops"
+
+#: Headers of every console response: nothing from elsewhere may load, nothing may frame the page.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+_KEEPALIVE_S = 15.0
+_CHECK_S = 1.0
+
+
+@dataclass
+class Console:
+    """Per-application state of the console."""
+
+    pool_key: web.AppKey[asyncpg.Pool]
+    keys_key: web.AppKey[KeyRing]
+    sessions: SessionStore
+    allowed_origins: frozenset[str]
+    secure_cookie: bool | None
+    customs_endpoints: str
+    poll_interval: float
+    features: q.Features = field(default_factory=q.Features)
+    feed: Feed | None = None
+
+
+CONSOLE = web.AppKey("console", Console)
+SESSION = web.RequestKey("console_session", Session)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=to_json(body), status=status, content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+def error(status: int, title: str) -> web.Response:
+    # the same shape as the API's errors (gateway.api.error_response)
+    return json_response({"error": {"status": status, "title": title, "issues": []}}, status)
+
+
+def _console(request: web.Request) -> Console:
+    return request.app[CONSOLE]
+
+
+def _pool(request: web.Request) -> asyncpg.Pool:
+    return request.app[_console(request).pool_key]
+
+
+def current_session(request: web.Request) -> Session | None:
+    return _console(request).sessions.get(request.cookies.get(COOKIE))
+
+
+def api(handler: Handler) -> Handler:
+    """JSON endpoint: needs a session (401 otherwise); binds the operator's name to the log context."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        session = current_session(request)
+        if session is None:
+            return error(401, "sign in at /ops/login first (the session is missing or has expired)")
+        request[SESSION] = session
+        structlog.contextvars.bind_contextvars(operator=session.name)
+        return await handler(request)
+
+    return wrapped
+
+
+def mutating(handler: Handler) -> Handler:
+    """State-changing endpoint: session, then same-origin Origin/Referer, then the CSRF token header."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        session = request[SESSION]
+        if not origin_allowed(request, _console(request).allowed_origins, required=True):
+            log.warning("console_cross_site_refused", origin=request.headers.get("Origin"), path=request.path)
+            return error(403, "cross-site request refused (Origin is not this console)")
+        if not csrf_ok(request, session):
+            log.warning("console_csrf_refused", path=request.path)
+            return error(403, "missing or wrong X-CSRF-Token header")
+        return await handler(request)
+
+    return api(wrapped)
+
+
+def _static_text(name: str) -> str:
+    return (STATIC_DIR / name).read_text(encoding="utf-8")
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
+def _set_cookie(response: web.StreamResponse, request: web.Request, value: str, *, max_age: int | None) -> None:
+    secure = _console(request).secure_cookie
+    response.set_cookie(
+        COOKIE,
+        value,
+        path=PREFIX,
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure if secure is None else secure,
+        max_age=max_age,
+    )
+
+
+# --- pages -------------------------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    if current_session(request) is None:
+        raise web.HTTPFound(f"{PREFIX}/login")
+    return _html(_static_text("index.html"))
+
+
+async def slash(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound(PREFIX)
+
+
+_LOGIN_MESSAGES = {
+    401: "That key is not known. Paste an operator or admin API key.",
+    403: "That key belongs to a submitter; only operator and admin keys may open the console.",
+    400: "Paste an API key.",
+}
+
+
+def login_page(message: str | None = None, status: int = 200) -> web.Response:
+    text = _static_text("login.html")
+    note = f'<p class="login-error" role="alert">{html.escape(message)}</p>' if message else ""
+    return _html(text.replace("<!--message-->", note), status)
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    if current_session(request) is not None:
+        raise web.HTTPFound(PREFIX)
+    return login_page()
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    console = _console(request)
+    if not origin_allowed(request, console.allowed_origins, required=False):
+        return login_page("Cross-site sign-in refused.", 403)
+    form = await request.post()
+    key = str(form.get("key") or "").strip()
+    if not key:
+        return login_page(_LOGIN_MESSAGES[400], 400)
+    principal = request.app[console.keys_key].authenticate(key)
+    if principal is None:
+        log.warning("console_sign_in_refused", reason="unknown key")
+        return login_page(_LOGIN_MESSAGES[401], 401)
+    if principal.role not in CONSOLE_ROLES:
+        log.warning("console_sign_in_refused", reason="role", key_name=principal.name, role=str(principal.role))
+        return login_page(_LOGIN_MESSAGES[403], 403)
+    console.sessions.drop(request.cookies.get(COOKIE))  # a new sign-in never reuses an old session id
+    session_id, session = console.sessions.create(principal)
+    log.info("console_signed_in", operator=session.name, role=str(session.role))
+    response = web.Response(status=303, headers={"Location": PREFIX, "Cache-Control": "no-store"})
+    _set_cookie(response, request, session_id, max_age=int(console.sessions.max_age_s))
+    return response
+
+
+@mutating
+async def logout(request: web.Request) -> web.StreamResponse:
+    _console(request).sessions.drop(request.cookies.get(COOKIE))
+    log.info("console_signed_out")
+    response = json_response({"signed_out": True})
+    _set_cookie(response, request, "", max_age=0)
+    return response
+
+
+# --- JSON endpoints ----------------------------------------------------------------------------------
+
+
+@api
+async def session_info(request: web.Request) -> web.StreamResponse:
+    session = request[SESSION]
+    console = _console(request)
+    return json_response(
+        {
+            "name": session.name,
+            "role": str(session.role),
+            "csrf": session.csrf,
+            "may_replay": session.may_replay,
+            "features": console.features.as_dict(),
+            "customs_endpoints": console.customs_endpoints,
+        }
+    )
+
+
+@api
+async def summary(request: web.Request) -> web.StreamResponse:
+    async with _pool(request).acquire() as conn:
+        return json_response(await build_summary(conn, _console(request).features))
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{name} is not an ISO 8601 time: {value!r}") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+_TEXT_FILTER = re.compile(r"^[\w\-./: ]{1,64}$")
+
+
+def list_query(query: Any) -> q.ListQuery:
+    """ListQuery from the query string; raises ValueError with a readable reason."""
+    state = query.get("state", "mismatched")
+    if state not in (*q.STATES, "any"):
+        raise ValueError(f"unknown state {state!r}")
+    texts: dict[str, str | None] = {}
+    for param, attr in (
+        ("orderNo", "order_no"),
+        ("logisticsNo", "logistics_no"),
+        ("buyerIdNumber", "buyer_id_number"),
+        ("enterprise", "enterprise"),
+    ):
+        value = (query.get(param) or "").strip()
+        if value and not _TEXT_FILTER.match(value):
+            raise ValueError(f"{param} has characters no such code contains")
+        texts[attr] = value or None
+    try:
+        limit = min(max(int(query.get("limit", "50")), 1), 200)
+    except ValueError:
+        raise ValueError("limit must be a number") from None
+    ql = q.ListQuery(
+        state=None if state == "any" else state,
+        since=_time(query.get("since"), "since"),
+        until=_time(query.get("until"), "until"),
+        limit=limit,
+        cursor=query.get("cursor") or None,
+        **texts,
+    )
+    if ql.cursor:
+        q.decode_cursor(ql.cursor)
+    return ql
+
+
+@api
+async def shipments(request: web.Request) -> web.StreamResponse:
+    try:
+        ql = list_query(request.query)
+    except ValueError as exc:
+        return error(400, str(exc))
+    async with _pool(request).acquire() as conn:
+        return json_response(await q.list_shipments(conn, ql, _console(request).features))
+
+
+@api
+async def shipment(request: web.Request) -> web.StreamResponse:
+    ebp_code = request.query.get("ebpCode", "")
+    order_no = request.query.get("orderNo", "")
+    if not order_no:
+        return error(400, "orderNo is required (and ebpCode, empty for a shipment known only by its waybill)")
+    structlog.contextvars.bind_contextvars(shipment=f"{ebp_code}/{order_no}")
+    async with _pool(request).acquire() as conn:
+        found = await q.shipment_detail(conn, ebp_code, order_no, _console(request).features)
+    if found is None:
+        return error(404, "no such shipment")
+    return json_response(found)
+
+
+@api
+async def message_xml(request: web.Request) -> web.StreamResponse:
+    guid = request.match_info["guid"]
+    structlog.contextvars.bind_contextvars(guid=guid)
+    async with _pool(request).acquire() as conn:
+        row = await conn.fetchrow(q.RAW_MESSAGE, guid)
+    if row is None:
+        return error(404, "no such message")
+    return json_response(dict(row))
+
+
+@api
+async def queue(request: web.Request) -> web.StreamResponse:
+    async with _pool(request).acquire() as conn:
+        return json_response(await q.queue_health(conn))
+
+
+@mutating
+async def replay(request: web.Request) -> web.StreamResponse:
+    session = request[SESSION]
+    try:
+        job_id = int(request.match_info["id"])
+    except ValueError:
+        return error(400, "the job id is a number")
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    if not session.may_replay:
+        return error(403, "replaying dead letters is an admin action")
+    async with _pool(request).acquire() as conn:
+        count = await cbec_queue.replay(conn, job_ids=[job_id], note=f"replayed from the console by {session.name}")
+        job = await cbec_queue.get_job(conn, job_id) if count else None
+    if not count:
+        return error(409, f"job {job_id} is not a dead letter (or a live job with its dedupe key exists)")
+    log.info("console_replay", replayed=count)
+    assert job is not None
+    job["payload"] = q.small_payload(job["payload"])
+    return json_response({"replayed": count, "job": job})
+
+
+@api
+async def series(request: web.Request) -> web.StreamResponse:
+    try:
+        minutes = min(max(int(request.query.get("minutes", "60")), 5), 24 * 60)
+    except ValueError:
+        return error(400, "minutes must be a number")
+    console = _console(request)
+    async with _pool(request).acquire() as conn:
+        now = await conn.fetchval("SELECT date_trunc('minute', now())")
+        since = now - timedelta(minutes=minutes - 1)
+        slots = [since + timedelta(minutes=i) for i in range(minutes)]
+        index = {t: i for i, t in enumerate(slots)}
+        out: dict[str, Any] = {"minutes": slots, "step_s": 60}
+        for name in ("accepted", "rejected", "forwarded"):
+            out[name] = [0] * minutes
+        for r in await conn.fetch(q.SERIES, since, console.customs_endpoints):
+            i = index.get(r["t"])
+            if i is not None:
+                out[r["series"]][i] = int(r["n"])
+        out["receipt_latency"] = None
+        shape = console.features.receipts
+        sql = q.receipt_latency_series_sql(shape) if shape else None
+        if sql:
+            p50: list[float | None] = [None] * minutes
+            p95: list[float | None] = [None] * minutes
+            for r in await conn.fetch(sql, since):
+                i = index.get(r["t"])
+                if i is not None:
+                    p50[i], p95[i] = r["p50"], r["p95"]
+            out["receipt_latency"] = {"p50_s": p50, "p95_s": p95}
+    return json_response(out)
+
+
+@api
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: ``summary`` (counts, changed shipments), ``queue``, ``status``; a comment as keep-alive."""
+    console = _console(request)
+    feed = console.feed
+    if feed is None:
+        return error(503, "the live feed is not running")
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # a buffering reverse proxy would hold the events back
+        }
+    )
+    await response.prepare(request)
+    sub: Subscriber = feed.subscribe()
+    cookie = request.cookies.get(COOKIE)
+    try:
+        await response.write(b"retry: 2000\n\n")
+        quiet_since = time.monotonic()
+        while not sub.closed:
+            batch = await sub.next(_CHECK_S)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break  # the browser went away; noticed within _CHECK_S rather than at the next write
+            if console.sessions.get(cookie) is None:
+                await response.write(b"event: signed-out\ndata: {}\n\n")
+                break
+            if batch:
+                chunk = "".join(f"event: {name}\ndata: {to_json(data)}\n\n" for name, data in batch)
+                await response.write(chunk.encode())
+            elif time.monotonic() - quiet_since < _KEEPALIVE_S:
+                continue
+            else:
+                await response.write(b": keep-alive\n\n")  # proxies close connections that stay silent
+            quiet_since = time.monotonic()
+    except ConnectionResetError:
+        pass  # the browser went away
+    finally:
+        feed.unsubscribe(sub)
+    return response
+
+
+# --- set-up ------------------------------------------------------------------------------------------
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+
+def setup(
+    app: web.Application,
+    *,
+    pool_key: web.AppKey[asyncpg.Pool],
+    keys_key: web.AppKey[KeyRing],
+    allowed_origins: Iterable[str] = (),
+    secure_cookie: bool | None = None,
+    customs_endpoints: str = "customs%",
+    poll_interval: float = 1.0,
+    sessions: SessionStore | None = None,
+) -> None:
+    if CONSOLE in app:
+        return
+    console = Console(
+        pool_key=pool_key,
+        keys_key=keys_key,
+        sessions=sessions or SessionStore(),
+        allowed_origins=frozenset(o.rstrip("/") for o in allowed_origins),
+        secure_cookie=secure_cookie,
+        customs_endpoints=customs_endpoints,
+        poll_interval=poll_interval,
+    )
+    app[CONSOLE] = console
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        pool = app[pool_key]
+        try:
+            console.features = await q.detect_features(pool)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("console_features_unknown", error=str(exc))
+        console.feed = Feed(pool, lambda: console.features, interval=poll_interval)
+        await console.feed.start()
+        yield
+        await console.feed.stop()
+
+    async def end_streams(app: web.Application) -> None:
+        if console.feed is not None:
+            console.feed.close_subscribers()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(end_streams)
+    app.on_response_prepare.append(_security_headers)
+
+    r = app.router
+    r.add_get(PREFIX, index)
+    r.add_get(PREFIX + "/", slash)
+    r.add_get(PREFIX + "/login", login_form)
+    r.add_post(PREFIX + "/login", login)
+    r.add_post(PREFIX + "/logout", logout)
+    r.add_get(PREFIX + "/api/session", session_info)
+    r.add_get(PREFIX + "/api/summary", summary)
+    r.add_get(PREFIX + "/api/shipments", shipments)
+    r.add_get(PREFIX + "/api/shipment", shipment)
+    r.add_get(PREFIX + "/api/messages/{guid}/xml", message_xml)
+    r.add_get(PREFIX + "/api/queue", queue)
+    r.add_post(PREFIX + "/api/jobs/{id}/replay", replay)
+    r.add_get(PREFIX + "/api/series", series)
+    r.add_get(PREFIX + "/api/events", events)
+    r.add_static(PREFIX + "/static/", STATIC_DIR, name="console-static")

@@ -1,0 +1,195 @@
+"""The console's live feed: one polling task per application, fanned out to every Server-Sent Events client.
+
+Why polling and not LISTEN/NOTIFY: the figures come from tables the ingest path writes in its own
+transactions. NOTIFY would need triggers on those tables (a cost on every message, paid whether anyone
+watches or not) and a connection held out of the pool for LISTEN. One task polling once a second costs one
+cheap round trip — a change marker made of index look-ups (newest shipment update, newest message,
+rejection and attempt ids) — and runs the counts only when the marker moved (or every few seconds, which
+also catches a transaction that committed late with an older timestamp). It polls only while at least one
+browser is connected, and its cost does not grow with the number of browsers.
+
+Each client keeps only the latest value of each event (a slow client never makes memory grow); the list of
+changed shipments is merged until the client takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from gateway.console import queries as q
+
+log = structlog.get_logger("gateway.console.feed")
+
+_CHANGED_LIMIT = 100
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_json(body: Any) -> str:
+    return json.dumps(body, ensure_ascii=False, default=json_default, separators=(",", ":"))
+
+
+def json_default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return o.isoformat()
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    # Decimal, enums and the like: their text is what the page shows
+    return str(o)
+
+
+class Subscriber:
+    """One SSE client: the latest payload of each event, and a flag to wake its handler."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] = {}
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    def put(self, event: str, data: Any) -> None:
+        if event == "summary" and "summary" in self.pending:
+            # keep the shipments that changed since the client last read, not only the newest few
+            older = self.pending["summary"].get("changed", [])
+            seen = {(c["ebpCode"], c["orderNo"]) for c in data.get("changed", [])}
+            merged = [c for c in older if (c["ebpCode"], c["orderNo"]) not in seen] + data.get("changed", [])
+            data = {**data, "changed": merged[-_CHANGED_LIMIT:]}
+        self.pending[event] = data
+        self.wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    async def next(self, timeout: float) -> list[tuple[str, Any]]:
+        """The pending events (empty after `timeout` seconds without any, or when closed)."""
+        if not self.pending and not self.closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+        self.wake.clear()
+        events = list(self.pending.items())
+        self.pending.clear()
+        return events
+
+
+class Feed:
+    """Polls the database while someone listens and publishes ``summary``, ``queue`` and ``status`` events."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        features: Callable[[], q.Features],
+        *,
+        interval: float = 1.0,
+        recount_every: int = 5,
+        queue_every: int = 5,
+    ) -> None:
+        self.pool = pool
+        self.features = features
+        self.interval = interval
+        self.recount_every = recount_every
+        self.queue_every = queue_every
+        self.subscribers: set[Subscriber] = set()
+        self.latest: dict[str, Any] = {}  # event -> last payload, handed to new subscribers at once
+        self.ticks = 0
+        self._marker: tuple[Any, ...] | None = None
+        self._changed_since: datetime | None = None
+        self._listening = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._db_ok = True
+
+    # --- subscribers ---
+
+    def subscribe(self) -> Subscriber:
+        sub = Subscriber()
+        for event, data in self.latest.items():
+            sub.put(event, {**data, "changed": []} if event == "summary" else data)
+        self.subscribers.add(sub)
+        self._listening.set()
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        if not self.subscribers:
+            self._listening.clear()
+
+    def publish(self, event: str, data: Any) -> None:
+        self.latest[event] = data
+        for sub in list(self.subscribers):
+            sub.put(event, data)
+
+    def close_subscribers(self) -> None:
+        """End every SSE stream (application shutdown): their handlers return and the server can stop."""
+        self._closing = True
+        for sub in list(self.subscribers):
+            sub.close()
+
+    # --- the task ---
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="console-feed")
+
+    async def stop(self) -> None:
+        self.close_subscribers()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while not self._closing:
+            await self._listening.wait()
+            try:
+                await self.tick()
+                if not self._db_ok:
+                    self._db_ok = True
+                    self.publish("status", {"database": "ok"})
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                if self._db_ok:
+                    log.warning("console_feed_database_error", error=str(exc))
+                    self._db_ok = False
+                    self.publish("status", {"database": "unavailable"})
+            except Exception:
+                log.exception("console_feed_failed")
+            await asyncio.sleep(self.interval)
+
+    async def tick(self) -> None:
+        """One poll: the marker; the counts when it moved (or every recount_every ticks); the queue now and then."""
+        features = self.features()
+        async with self.pool.acquire(timeout=5) as conn:
+            marker = tuple(await conn.fetchrow(q.MARKER, timeout=5) or ())
+            recount = marker != self._marker or self.ticks % self.recount_every == 0
+            if recount:
+                summary = await build_summary(conn, features)
+                changed = []
+                if self._marker is not None:  # not on the first poll: everything would count as changed
+                    since = self._changed_since or _EPOCH
+                    rows = await conn.fetch(q.CHANGED, since, _CHANGED_LIMIT, timeout=5)
+                    changed = [{"ebpCode": r["ebp_code"], "orderNo": r["order_no"], "state": r["state"]} for r in rows]
+                self._changed_since = marker[0] or self._changed_since
+                previous = self.latest.get("summary")
+                if previous is None or changed or previous["shipments"] != summary["shipments"]:
+                    self.publish("summary", {**summary, "changed": changed})
+                self._marker = marker
+            if self.ticks % self.queue_every == 0:
+                health = await q.queue_health(conn, dead_limit=0)
+                queue = {"endpoints": health["endpoints"], "dead_total": health["dead_total"]}
+                if self.latest.get("queue", {}).get("endpoints") != queue["endpoints"]:
+                    self.publish("queue", {**queue, "as_of": datetime.now().astimezone()})
+        self.ticks += 1
+
+
+async def build_summary(conn: asyncpg.Connection, features: q.Features) -> dict[str, Any]:
+    return {
+        "shipments": await q.shipment_counts(conn, features),
+        "features": features.as_dict(),
+        "as_of": datetime.now().astimezone(),
+    }

@@ -1,0 +1,554 @@
+// CBEC Gateway operators' console. Vanilla JS, no build step. Every value from the server goes into the
+// page through textContent / DOM attributes (never innerHTML), so data cannot inject markup.
+"use strict";
+
+(() => {
+  const API = "/ops/api";
+  const KIND_ZH = { order: "订单", payment: "支付单", waybill: "运单", inventory: "清单", receipt: "回执" };
+  const DOC_ZH = { CEB311: "订单", CEB411: "支付单", CEB511: "运单", CEB621: "清单" };
+  const APP_TYPE = { "1": "new 新增", "2": "change 变更", "3": "delete 删除" };
+  const STATE_ZH = { mismatched: "不一致", incomplete: "待补齐", matched: "已匹配" };
+
+  const state = {
+    session: null,
+    counts: null,
+    queuedTotal: null,
+    deadTotal: null,
+    cursor: null,
+    listKey: "",
+    listTimer: null,
+    seriesAt: 0,
+    view: "overview",
+    shipmentKey: null,
+  };
+
+  // --- small DOM helpers ---
+
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") el.className = v;
+      else if (k === "text") el.textContent = v;
+      else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return el;
+  }
+  const $ = (id) => document.getElementById(id);
+  const pad = (n) => String(n).padStart(2, "0");
+
+  function fmtTime(iso, withDate = true) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return String(iso);
+    const time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    return withDate ? `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${time}` : time;
+  }
+
+  function fmtAge(seconds) {
+    if (seconds === null || seconds === undefined) return "—";
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${pad(s % 60)} s`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ${pad(Math.floor((s % 3600) / 60))} min`;
+    return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+  }
+
+  const fmtNum = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
+
+  function toast(text, bad = false) {
+    const t = $("toast");
+    t.textContent = text;
+    t.className = bad ? "toast bad" : "toast";
+    t.hidden = false;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
+  }
+
+  // --- server calls ---
+
+  async function call(path, options = {}) {
+    const opts = { credentials: "same-origin", headers: {}, ...options };
+    if (opts.method && opts.method !== "GET") {
+      opts.headers = { ...opts.headers, "X-CSRF-Token": state.session ? state.session.csrf : "" };
+    }
+    const resp = await fetch(path, opts);
+    if (resp.status === 401) {
+      window.location.assign("/ops/login");
+      throw new Error("signed out");
+    }
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) {
+      const title = body && body.error ? body.error.title : resp.statusText;
+      throw new Error(`${resp.status}: ${title}`);
+    }
+    return body;
+  }
+
+  // --- KPIs ---
+
+  function setKpi(id, value) {
+    const el = $(id);
+    const text = fmtNum(value);
+    if (el.textContent !== text) {
+      const changed = el.textContent !== "–";
+      el.textContent = text;
+      if (changed) {
+        const card = el.closest(".kpi");
+        card.classList.add("flash");
+        setTimeout(() => card.classList.remove("flash"), 1200);
+      }
+    }
+  }
+
+  function renderCounts(shipments) {
+    state.counts = shipments;
+    setKpi("kpi-mismatched", shipments.by_state.mismatched);
+    setKpi("kpi-incomplete", shipments.by_state.incomplete);
+    setKpi("kpi-matched", shipments.by_state.matched);
+    setKpi("kpi-total", shipments.total);
+    const customs = shipments.by_customs_status;
+    $("customs").hidden = !customs;
+    if (customs) {
+      const chips = Object.entries(customs).sort((a, b) => b[1] - a[1]).map(([status, n]) =>
+        h("span", { class: "chip" }, status || "not sent 未发送", h("b", { text: fmtNum(n) })));
+      $("customs-chips").replaceChildren(...chips);
+    }
+  }
+
+  // --- queue ---
+
+  function renderQueue(endpoints, deadTotal) {
+    const rows = endpoints.map((e) => h("tr", { class: e.circuit === "open" ? "bad" : (e.dead ? "warn" : null) },
+      h("td", { class: "mono", text: e.endpoint }),
+      h("td", { class: "num", text: fmtNum(e.queued) }),
+      h("td", { class: "num", text: fmtAge(e.oldest_queued_age_s) }),
+      h("td", { class: "num", text: fmtNum(e.running) }),
+      h("td", { class: "num", text: fmtNum(e.dead) }),
+      h("td", {}, h("span", { class: `circuit ${e.circuit || ""}`, text: e.circuit || "—" }))));
+    $("queue-table").tBodies[0].replaceChildren(...rows);
+    $("queue-empty").hidden = endpoints.length > 0;
+    const queued = endpoints.reduce((sum, e) => sum + Number(e.queued || 0), 0);
+    setKpi("kpi-queued", queued);
+    setKpi("kpi-dead", deadTotal);
+    const deadChanged = state.deadTotal !== null && state.deadTotal !== deadTotal;
+    state.queuedTotal = queued;
+    state.deadTotal = deadTotal;
+    return deadChanged;
+  }
+
+  function attemptsTable(history) {
+    return h("table", { class: "data" },
+      h("thead", {}, h("tr", {}, ["Round", "#", "Started", "Outcome", "ms", "Error"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, history.map((a) => h("tr", { class: a.outcome === "ok" ? null : (a.outcome === "replayed" ? null : "warn") },
+        h("td", { text: a.replay }), h("td", { text: a.attempt }), h("td", { text: fmtTime(a.started_at) }),
+        h("td", { text: a.outcome || "running" }), h("td", { class: "num", text: a.duration_ms ?? "" }),
+        h("td", {}, h("span", { class: "error-text", text: a.error ? a.error.split("\n").slice(-2).join(" ") : "" }))))));
+  }
+
+  function renderDead(dead) {
+    const canReplay = state.session && state.session.may_replay;
+    const rows = dead.map((job) => h("tr", { "data-job": job.id },
+      h("td", { class: "mono", text: `#${job.id}` }),
+      h("td", { class: "mono", text: job.endpoint }),
+      h("td", { text: job.kind }),
+      h("td", { class: "when", text: fmtTime(job.finished_at) }),
+      h("td", {}, h("div", { text: job.dead_reason || "" }), h("div", { class: "error-text", text: job.last_error || "" })),
+      h("td", {}, h("details", { class: "history" },
+        h("summary", { text: `${job.history.length} entries` }), attemptsTable(job.history))),
+      h("td", {}, h("button", {
+        type: "button", class: "btn danger replay", disabled: !canReplay,
+        title: canReplay ? "Queue the job again 重新发送" : "Admins only 仅管理员",
+        onclick: (ev) => replay(job.id, ev.currentTarget),
+      }, "Replay 重发"))));
+    $("dead-table").tBodies[0].replaceChildren(...rows);
+    $("dead-empty").hidden = dead.length > 0;
+    $("dead-count").textContent = fmtNum(state.deadTotal ?? dead.length);
+  }
+
+  async function loadQueue() {
+    const body = await call(`${API}/queue`);
+    renderQueue(body.endpoints, body.dead_total);
+    renderDead(body.dead_letters);
+  }
+
+  async function replay(jobId, button) {
+    button.disabled = true;
+    try {
+      await call(`${API}/jobs/${encodeURIComponent(jobId)}/replay`, { method: "POST" });
+      toast(`Job #${jobId} queued again. 已重新排队`);
+      await loadQueue();
+    } catch (err) {
+      toast(`Replay failed: ${err.message}`, true);
+      button.disabled = false;
+    }
+  }
+
+  // --- findings ---
+
+  function sideView(side) {
+    if (!side) return h("span", { class: "side" }, h("span", { class: "val", text: "—" }));
+    const label = `${side.doc}${DOC_ZH[side.doc] ? " " + DOC_ZH[side.doc] : ""}`;
+    const value = side.value === null || side.value === undefined ? "(missing 缺失)" : side.value;
+    return h("span", { class: "side", title: side.path || "" },
+      h("span", { class: "doc", text: label }), h("span", { class: "val", text: value }));
+  }
+
+  function findingView(f) {
+    return h("div", { class: f.blocking === false ? "finding warning" : "finding", title: f.message || "" },
+      h("span", { class: "field", text: f.field || f.code }),
+      sideView(f.left),
+      f.right ? h("span", { class: "ne", text: "≠" }) : null,
+      f.right ? sideView(f.right) : null,
+      h("span", { class: "code", text: f.code }));
+  }
+
+  function findingsOf(item) {
+    const list = item.findings || [];
+    const blocking = list.filter((f) => f.blocking !== false);
+    const shown = (blocking.length ? blocking : list).slice(0, 4);
+    const out = shown.map(findingView);
+    if (list.length > shown.length) out.push(h("div", { class: "sub", text: `+ ${list.length - shown.length} more` }));
+    if (!list.length && item.missing && item.missing.length) {
+      out.push(h("div", { class: "sub", text: `missing 缺少: ${item.missing.map((k) => `${k} ${KIND_ZH[k] || ""}`).join(", ")}` }));
+    }
+    return out;
+  }
+
+  // --- the list ---
+
+  function filterParams() {
+    const form = $("filters");
+    const params = new URLSearchParams();
+    for (const el of form.elements) {
+      if (!el.name || !el.value) continue;
+      if (el.type === "datetime-local") params.set(el.name, new Date(el.value).toISOString());
+      else params.set(el.name, el.value.trim());
+    }
+    return params;
+  }
+
+  function shipmentHref(item) {
+    const p = new URLSearchParams({ ebpCode: item.ebpCode, orderNo: item.orderNo });
+    return `#/shipment?${p}`;
+  }
+
+  function listRow(item, fresh) {
+    return h("tr", { class: fresh ? "fresh" : null, "data-order": item.orderNo },
+      h("td", { class: "when", text: fmtTime(item.updated_at) }),
+      h("td", { class: "order" },
+        h("a", { href: shipmentHref(item), class: "mono", text: item.orderNo }),
+        h("div", { class: "sub" }, h("span", { class: `state ${item.state}`, text: `${item.state} ${STATE_ZH[item.state] || ""}` }),
+          " ", item.ebpCode || "(waybill only)", item.mode ? ` · ${item.mode}` : "")),
+      h("td", { class: "buyer" }, h("div", { text: item.buyerName || "—" }),
+        h("div", { class: "sub mono", text: item.buyerIdNumber || "" })),
+      h("td", {}, findingsOf(item)));
+  }
+
+  async function loadList(append = false) {
+    const params = filterParams();
+    const key = params.toString();
+    if (append && state.cursor) params.set("cursor", state.cursor);
+    const body = await call(`${API}/shipments?${params}`);
+    const tbody = $("list-table").tBodies[0];
+    const before = new Set([...tbody.rows].map((r) => r.dataset.order));
+    const firstLoad = state.listKey !== key;
+    const rows = body.items.map((item) => listRow(item, !append && !firstLoad && !before.has(item.orderNo)));
+    if (append) tbody.append(...rows); else tbody.replaceChildren(...rows);
+    state.listKey = key;
+    state.cursor = body.next_cursor;
+    $("list-more").hidden = !body.next_cursor;
+    $("list-empty").hidden = tbody.rows.length > 0;
+    $("list-count").textContent = `${tbody.rows.length}${body.next_cursor ? "+" : ""}`;
+    const stateName = params.get("state") || "mismatched";
+    const titles = { mismatched: "Mismatches 三单对碰不一致", incomplete: "Incomplete 待补齐", matched: "Matched 已匹配", any: "Shipments 全部订单" };
+    $("list-title").textContent = titles[stateName];
+  }
+
+  function scheduleList() {
+    clearTimeout(state.listTimer);
+    state.listTimer = setTimeout(() => loadList().catch((e) => toast(e.message, true)), 250);
+  }
+
+  // --- charts (inline SVG) ---
+
+  const SVG = "http://www.w3.org/2000/svg";
+  function s(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "text") el.textContent = v; else el.setAttribute(k, String(v));
+    }
+    for (const c of children.flat()) if (c) el.append(c);
+    return el;
+  }
+
+  function niceMax(v) {
+    if (v <= 4) return 4;
+    const p = 10 ** Math.floor(Math.log10(v));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    return 10 * p;
+  }
+
+  function lineChart(container, times, series, { width = 640, height = 190, unit = "" } = {}) {
+    const left = 38, right = 10, top = 10, bottom = 22;
+    const w = width - left - right, hgt = height - top - bottom;
+    const values = series.flatMap((x) => x.values.filter((v) => v !== null && v !== undefined));
+    const max = niceMax(Math.max(0, ...values));
+    const n = times.length;
+    const x = (i) => left + (n <= 1 ? 0 : (i * w) / (n - 1));
+    const y = (v) => top + hgt - (v / max) * hgt;
+    const svg = s("svg", { viewBox: `0 0 ${width} ${height}` });
+    for (let k = 0; k <= 4; k++) {
+      const v = (max * k) / 4;
+      svg.append(s("line", { class: "grid-line", x1: left, x2: width - right, y1: y(v), y2: y(v) }));
+      svg.append(s("text", { class: "axis", x: left - 6, y: y(v) + 4, "text-anchor": "end",
+        text: `${Number.isInteger(v) ? v : v.toFixed(1)}${unit}` }));
+    }
+    const step = Math.max(1, Math.round(n / 6));
+    for (let i = 0; i < n; i += step) {
+      svg.append(s("text", { class: "axis", x: x(i), y: height - 6, "text-anchor": "middle",
+        text: fmtTime(times[i], false).slice(0, 5) }));
+    }
+    for (const ser of series) {
+      let d = "";
+      let pen = false;
+      ser.values.forEach((v, i) => {
+        if (v === null || v === undefined) { pen = false; return; }
+        d += `${pen ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`;
+        pen = true;
+      });
+      if (ser.area && d) {
+        svg.append(s("path", { class: `area ${ser.name}`, d: `${d}L${x(n - 1)},${y(0)}L${x(0)},${y(0)}Z` }));
+      }
+      const path = s("path", { class: `series ${ser.name}`, d: d || "M0,0" });
+      path.append(s("title", { text: ser.label }));
+      svg.append(path);
+    }
+    // one invisible column per minute carries the figures as a tooltip
+    const colW = n > 1 ? w / (n - 1) : w;
+    times.forEach((t, i) => {
+      const tip = `${fmtTime(t, false).slice(0, 5)}  ` + series.map((ser) => `${ser.label} ${ser.values[i] ?? "–"}`).join(" · ");
+      svg.append(s("rect", { x: x(i) - colW / 2, y: top, width: colW, height: hgt, fill: "transparent" },
+        s("title", { text: tip })));
+    });
+    container.replaceChildren(svg);
+  }
+
+  async function loadSeries() {
+    state.seriesAt = Date.now();
+    const body = await call(`${API}/series?minutes=60`);
+    lineChart($("chart"), body.minutes, [
+      { name: "accepted", label: "accepted", values: body.accepted, area: true },
+      { name: "rejected", label: "rejected", values: body.rejected },
+      { name: "forwarded", label: "forwarded", values: body.forwarded },
+    ]);
+    const sum = (a) => a.reduce((x, v) => x + v, 0);
+    $("chart-totals").textContent =
+      `60 min: ${fmtNum(sum(body.accepted))} / ${fmtNum(sum(body.rejected))} / ${fmtNum(sum(body.forwarded))}`;
+    const lat = body.receipt_latency;
+    $("latency-block").hidden = !lat;
+    if (lat) {
+      lineChart($("latency-chart"), body.minutes, [
+        { name: "p50", label: "p50", values: lat.p50_s },
+        { name: "p95", label: "p95", values: lat.p95_s },
+      ], { height: 120, unit: "s" });
+    }
+  }
+
+  // --- the live feed ---
+
+  function connect() {
+    const live = $("live");
+    const es = new EventSource(`${API}/events`);
+    es.onopen = () => { live.dataset.state = "live"; $("live-text").textContent = "Live 实时"; };
+    es.onerror = () => { live.dataset.state = "reconnecting"; $("live-text").textContent = "reconnecting… 重连中"; };
+    es.addEventListener("summary", (ev) => {
+      const data = JSON.parse(ev.data);
+      const before = state.counts ? JSON.stringify(state.counts.by_state) : null;
+      renderCounts(data.shipments);
+      $("live-text").textContent = `Live 实时 · ${fmtTime(data.as_of, false)}`;
+      const changed = data.changed || [];
+      if (state.view === "overview" && (changed.length || before !== JSON.stringify(data.shipments.by_state))) {
+        scheduleList();
+        if (Date.now() - state.seriesAt > 5000) loadSeries().catch(() => {});
+      }
+      if (state.view === "shipment" && state.shipmentKey &&
+          changed.some((c) => c.ebpCode === state.shipmentKey.ebpCode && c.orderNo === state.shipmentKey.orderNo)) {
+        loadShipment(state.shipmentKey).catch((e) => toast(e.message, true));
+      }
+    });
+    es.addEventListener("queue", (ev) => {
+      const data = JSON.parse(ev.data);
+      if (renderQueue(data.endpoints, data.dead_total)) loadQueue().catch(() => {});
+    });
+    es.addEventListener("status", (ev) => {
+      const data = JSON.parse(ev.data);
+      const banner = $("banner");
+      banner.hidden = data.database === "ok";
+      banner.textContent = "Database unavailable 数据库不可用";
+    });
+    es.addEventListener("signed-out", () => { es.close(); window.location.assign("/ops/login"); });
+  }
+
+  // --- the shipment page ---
+
+  function docTitle(d) {
+    return `${d.message_type} ${KIND_ZH[d.kind] || d.kind}`;
+  }
+
+  function xmlButton(guid) {
+    let shown = null;
+    const btn = h("button", { type: "button", class: "btn ghost xml-toggle", text: "XML" });
+    btn.addEventListener("click", async () => {
+      if (shown) { shown.remove(); shown = null; return; }
+      try {
+        const body = await call(`${API}/messages/${encodeURIComponent(guid)}/xml`);
+        shown = h("pre", { class: "xml", text: body.raw_xml });
+        btn.closest("li").append(shown);
+      } catch (err) { toast(err.message, true); }
+    });
+    return btn;
+  }
+
+  function timelineItems(ship) {
+    const items = [];
+    for (const d of ship.documents) {
+      const tags = [];
+      if (d.withdrawn) tags.push(h("span", { class: "tag withdrawn", text: "withdrawn 已撤回" }));
+      else if (d.is_current) tags.push(h("span", { class: "tag current", text: "current 当前" }));
+      else if (d.superseded_by) tags.push(h("span", { class: "tag", text: "superseded 已被替换" }));
+      const keys = [d.key1, d.key2].filter(Boolean).join(" / ");
+      items.push({ at: d.received_at, el: h("li", { class: d.is_current || d.withdrawn ? "document" : "document superseded" },
+        h("span", { class: "t", text: fmtTime(d.received_at) }),
+        h("span", { class: "what", text: docTitle(d) }), tags,
+        xmlButton(d.message_guid),
+        h("div", { class: "detail" },
+          `appType ${d.app_type || "?"} ${APP_TYPE[d.app_type] || ""} · appTime ${d.app_time || "—"} · ${keys} · `,
+          h("span", { class: "mono", text: `guid ${d.doc_guid}` }), ` · by ${d.submitter} (${d.source})`)) });
+    }
+    for (const j of ship.transmissions || []) {
+      items.push({ at: j.created_at, el: h("li", { class: j.state === "dead" ? "transmission failed" : "transmission" },
+        h("span", { class: "t", text: fmtTime(j.created_at) }),
+        h("span", { class: "what", text: `Transmission 发送 → ${j.endpoint}` }),
+        h("span", { class: "tag", text: j.state }),
+        h("div", { class: "detail" }, `job #${j.id} · ${j.kind} · attempts ${j.attempts}` +
+          (j.last_error ? ` · ${j.last_error}` : "")),
+        j.history.length ? h("details", { class: "history" }, h("summary", { text: `${j.history.length} attempts` }),
+          attemptsTable(j.history)) : null) });
+    }
+    for (const r of ship.receipts || []) {
+      const at = r.received_at || r.created_at || r.return_time;
+      const status = r.return_status ?? r.returnStatus ?? "";
+      const info = r.return_info ?? r.returnInfo ?? "";
+      items.push({ at, el: h("li", { class: String(status).startsWith("-") || status === "100" ? "receipt failed" : "receipt" },
+        h("span", { class: "t", text: fmtTime(at) }),
+        h("span", { class: "what", text: `Receipt 回执 ${r.message_type || ""} ${status}` }),
+        h("div", { class: "detail", text: info })) });
+    }
+    items.sort((a, b) => String(a.at).localeCompare(String(b.at)));
+    return items.map((i) => i.el);
+  }
+
+  function findingsTable(findings) {
+    if (!findings.length) return h("p", { class: "empty", text: "No findings. 无差异" });
+    const side = (x) => x ? [h("div", {}, h("b", { text: x.value ?? "(missing 缺失)" })),
+      h("div", { class: "sub mono", text: `${x.doc} ${x.path}` })] : "—";
+    return h("table", { class: "data findings" },
+      h("thead", {}, h("tr", {}, ["Field 字段", "Left 左", "Right 右", "Code", "Message"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, findings.map((f) => h("tr", { class: f.blocking === false ? "warn" : "bad" },
+        h("td", { class: "mono", text: f.field }), h("td", {}, side(f.left)), h("td", {}, side(f.right)),
+        h("td", { class: "mono sub", text: f.code }), h("td", { text: f.message })))));
+  }
+
+  function fact(label, value, mono = false) {
+    return h("div", {}, h("dt", { text: label }), h("dd", { class: mono ? "mono" : null, text: value ?? "—" }));
+  }
+
+  async function loadShipment(key) {
+    const p = new URLSearchParams(key);
+    const ship = await call(`${API}/shipment?${p}`);
+    const order = ship.documents.find((d) => d.kind === "order" && d.is_current) || ship.documents.find((d) => d.kind === "order");
+    const head = order ? order.head : {};
+    const root = $("shipment");
+    root.replaceChildren(
+      h("section", { class: "panel" },
+        h("div", { class: "ship-head" },
+          h("h1", { class: "mono", text: ship.orderNo }),
+          h("span", { class: `state ${ship.state}`, text: `${ship.state} ${STATE_ZH[ship.state] || ""}` }),
+          ship.customsStatus !== undefined ? h("span", { class: "chip", text: `customs 海关: ${ship.customsStatus || "not sent"}` }) : null),
+        h("dl", { class: "facts" },
+          fact("ebpCode 电商平台", ship.ebpCode || "(waybill only)", true),
+          fact("ebcCode 电商企业", ship.ebcCode, true),
+          fact("Trade mode 监管方式", ship.mode),
+          fact("Missing 缺少", ship.missing.length ? ship.missing.map((k) => `${k} ${KIND_ZH[k] || ""}`).join(", ") : "none 无"),
+          fact("Buyer 订购人", head.buyerName),
+          fact("Buyer ID 身份证号", ship.buyerIdNumber, true),
+          fact("Consignee 收货人", head.consignee),
+          fact("Updated 更新", fmtTime(ship.updated_at)))),
+      h("section", { class: "panel" }, h("h2", {}, "Findings ", h("span", { class: "zh", text: "差异" })),
+        findingsTable(ship.findings)),
+      h("section", { class: "panel" }, h("h2", {}, "Timeline ", h("span", { class: "zh", text: "时间线" }),
+        h("small", { text: ship.receipts === null ? "documents and transmissions" : "documents, transmissions and receipts" })),
+        h("ol", { class: "timeline" }, timelineItems(ship))));
+  }
+
+  // --- routing ---
+
+  function route() {
+    const hash = window.location.hash || "#/";
+    if (hash.startsWith("#/shipment?")) {
+      const p = new URLSearchParams(hash.slice("#/shipment?".length));
+      state.view = "shipment";
+      state.shipmentKey = { ebpCode: p.get("ebpCode") || "", orderNo: p.get("orderNo") || "" };
+      $("overview").hidden = true;
+      $("shipment-view").hidden = false;
+      $("shipment").replaceChildren(h("p", { class: "empty", text: "Loading… 加载中" }));
+      window.scrollTo(0, 0);
+      loadShipment(state.shipmentKey).catch((e) => {
+        $("shipment").replaceChildren(h("p", { class: "empty", text: `Could not load the shipment: ${e.message}` }));
+      });
+    } else {
+      state.view = "overview";
+      state.shipmentKey = null;
+      $("shipment-view").hidden = true;
+      $("overview").hidden = false;
+      scheduleList();
+    }
+  }
+
+  // --- start ---
+
+  async function start() {
+    state.session = await call(`${API}/session`);
+    $("who-name").textContent = state.session.name;
+    $("who-role").textContent = state.session.role;
+    $("sign-out").addEventListener("click", async () => {
+      try { await call("/ops/logout", { method: "POST" }); } catch (e) { /* signed out either way */ }
+      window.location.assign("/ops/login");
+    });
+    $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadList().catch((e) => toast(e.message, true)); });
+    $("filters").addEventListener("reset", () => setTimeout(scheduleList, 0));
+    $("list-more").addEventListener("click", () => loadList(true).catch((e) => toast(e.message, true)));
+    for (const card of document.querySelectorAll("[data-state-filter]")) {
+      card.addEventListener("click", (ev) => {
+        ev.preventDefault();
+        $("filters").elements.state.value = card.dataset.stateFilter;
+        if (window.location.hash && window.location.hash !== "#/") window.location.hash = "#/"; else scheduleList();
+      });
+    }
+    window.addEventListener("hashchange", route);
+    const summary = await call(`${API}/summary`);
+    renderCounts(summary.shipments);
+    route();
+    await Promise.all([loadQueue(), loadSeries()]).catch((e) => toast(e.message, true));
+    setInterval(() => { if (Date.now() - state.seriesAt > 30000) loadSeries().catch(() => {}); }, 10000);
+    connect();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => { start().catch((e) => toast(e.message, true)); });
+})();

@@ -1,0 +1,358 @@
+"""``/metrics`` in the Prometheus text format (prometheus_client), and the middleware that feeds it.
+
+Two kinds of figures:
+
+* request-path figures, counted in process by :func:`metrics_middleware` without touching the database:
+  HTTP requests by route and status, messages ingested by type and outcome, ingest latency, validation
+  failures by error code. They are counters since this process started (Prometheus' ``rate()`` and
+  ``increase()`` handle restarts);
+* state figures, read from PostgreSQL when Prometheus scrapes (a handful of index-backed queries, one
+  scrape at a time): shipments by reconciliation state (and by customs status once that column exists),
+  queue depth, due and running jobs, oldest queued age and dead letters per endpoint, circuit states of
+  this process's workers, and forward / receipt latency quantiles over the last ``window_s`` seconds.
+
+Wire it with :func:`setup_metrics` (adds the route, the middleware as the outermost one, and the
+start-up check of optional tables). Metrics live in a registry of the application, not in
+prometheus_client's global one, so two applications in one process (tests) do not mix their figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
+
+import asyncpg
+import cbec_queue
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from gateway.auth import KeyRing
+from gateway.config import Role
+from gateway.console import queries as q
+from gateway.messages import BY_CODE
+
+log = structlog.get_logger("gateway.metrics")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+INGEST_ROUTE = "/v1/messages"
+#: Ingest latency buckets (seconds): a message takes milliseconds; seconds mean trouble.
+INGEST_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+QUANTILES = ("0.5", "0.9", "0.99")
+
+_SNIFF_XML = re.compile(rb"<(?:[A-Za-z_][\w.\-]*:)?(CEB\d{3})Message\b")
+_SNIFF_JSON = re.compile(rb'"type"\s*:\s*"(CEB\d{3})"')
+_CODE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,3}$")
+
+
+class Metrics:
+    """The application's registry, its request-path instruments and the last database snapshot."""
+
+    def __init__(
+        self,
+        pool_key: web.AppKey[asyncpg.Pool],
+        *,
+        window_s: float = 300.0,
+        keys_key: web.AppKey[KeyRing] | None = None,
+    ) -> None:
+        self.pool_key = pool_key
+        self.keys_key = keys_key  # set: /metrics needs an operator/admin key (Bearer or X-API-Key)
+        self.window_s = window_s
+        self.features = q.Features()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "cbec_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.ingested = Counter(
+            "cbec_ingest_messages",
+            "POST /v1/messages by CEB message type and outcome "
+            "(accepted, replayed, rejected, conflict, forbidden, unauthorized, refused, error)",
+            ["message_type", "outcome"],
+            registry=self.registry,
+        )
+        self.ingest_seconds = Histogram(
+            "cbec_ingest_duration_seconds",
+            "Time to answer POST /v1/messages (parse, validate, store, reconcile), by outcome",
+            ["outcome"],
+            buckets=INGEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "cbec_validation_failures",
+            "Refused messages carrying an error code (each code counted once per message), by code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.snapshot: list[Metric] = []
+        self.registry.register(_Snapshot(self))
+        self._scrape_lock = asyncio.Lock()
+
+    # --- request path ---
+
+    def observe(self, request: web.Request, status: int) -> None:
+        self.requests.labels(_route(request), request.method, str(status)).inc()
+
+    async def observe_ingest(self, request: web.Request, response: web.StreamResponse | None, status: int,
+                             elapsed: float) -> None:  # fmt: skip
+        body = _json_body(response)
+        outcome = _outcome(status, response)
+        message_type = body.get("message_type") if isinstance(body, dict) else None
+        if message_type not in BY_CODE and status in (400, 409, 422):
+            # the handler read the body already (aiohttp keeps it), so this costs no I/O
+            message_type = _sniff(await request.read())
+        message_type = message_type if message_type in BY_CODE else "unknown"
+        self.ingested.labels(message_type, outcome).inc()
+        self.ingest_seconds.labels(outcome).observe(elapsed)
+        if outcome in ("rejected", "conflict"):
+            issues = (body.get("error") or {}).get("issues") or [] if isinstance(body, dict) else []
+            codes = {str(i["code"]) for i in issues if isinstance(i, dict) and i.get("code")}
+            for code in sorted(codes):
+                self.failures.labels(code if _CODE.match(code) else "other").inc()
+
+    # --- scrape ---
+
+    async def scrape(self, pool: asyncpg.Pool) -> list[Metric]:
+        """Read the state figures; on a database failure only ``cbec_database_up 0`` (and the counters)."""
+        started = time.perf_counter()
+        families: list[Metric] = []
+        up = 1
+        try:
+            async with pool.acquire(timeout=5) as conn:
+                families.extend(await self._state_families(conn))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("metrics_database_error", error=str(exc))
+            families = []
+            up = 0
+        families.append(GaugeMetricFamily("cbec_database_up", "1 when the last scrape could read PostgreSQL", up))
+        families.append(
+            GaugeMetricFamily(
+                "cbec_metrics_scrape_seconds",
+                "Time the last scrape spent reading PostgreSQL",
+                time.perf_counter() - started,
+            )
+        )
+        return families
+
+    async def _state_families(self, conn: asyncpg.Connection) -> Iterable[Metric]:
+        out: list[Metric] = []
+        counts = await q.shipment_counts(conn, self.features)
+        g = GaugeMetricFamily("cbec_shipments", "Shipments by reconciliation state", labels=["state"])
+        for state, n in counts["by_state"].items():
+            g.add_metric([state], n)
+        out.append(g)
+        if counts["by_customs_status"] is not None:
+            g = GaugeMetricFamily(
+                "cbec_shipments_customs_status", "Shipments by customs status ('' = none yet)", labels=["status"]
+            )
+            for status, n in sorted(counts["by_customs_status"].items()):
+                g.add_metric([status], n)
+            out.append(g)
+
+        stats = await cbec_queue.stats(conn)
+        per_endpoint = {
+            "cbec_queue_depth": ("Queued jobs (due or scheduled) per endpoint", "queued"),
+            "cbec_queue_due": ("Queued jobs whose time has come, per endpoint", "due"),
+            "cbec_queue_running": ("Jobs being sent now, per endpoint", "running"),
+            "cbec_queue_dead_letters": ("Dead jobs waiting for an operator, per endpoint", "dead"),
+            "cbec_queue_oldest_age_seconds": ("Age of the oldest queued job per endpoint (0: none)",
+                                              "oldest_queued_age_s"),
+        }  # fmt: skip
+        for name, (doc, key) in per_endpoint.items():
+            g = GaugeMetricFamily(name, doc, labels=["endpoint"])
+            for s in stats:
+                g.add_metric([s["endpoint"]], float(s.get(key) or 0))
+            out.append(g)
+        g = GaugeMetricFamily(
+            "cbec_queue_circuit_state",
+            "Circuit breaker of this process's workers per endpoint: 1 for the current state",
+            labels=["endpoint", "state"],
+        )
+        for s in stats:
+            if s.get("circuit"):
+                for state in cbec_queue.CircuitState:
+                    g.add_metric([s["endpoint"], state.value], 1.0 if s["circuit"] == state.value else 0.0)
+        out.append(g)
+
+        window = f"over the last {int(self.window_s)} s"
+        latency = GaugeMetricFamily(
+            "cbec_forward_latency_seconds",
+            f"Job created → sent successfully, quantiles {window}, per endpoint",
+            labels=["endpoint", "quantile"],
+        )
+        attempt = GaugeMetricFamily(
+            "cbec_forward_attempt_seconds",
+            f"Duration of successful send attempts, quantiles {window}, per endpoint",
+            labels=["endpoint", "quantile"],
+        )
+        sent = GaugeMetricFamily(
+            "cbec_forwarded_recent", f"Successful send attempts {window}, per endpoint", labels=["endpoint"]
+        )
+        for r in await conn.fetch(q.FORWARD_LATENCY, float(self.window_s)):
+            sent.add_metric([r["endpoint"]], float(r["n"]))
+            for quantile, v in zip(QUANTILES, r["latency"] or (), strict=False):
+                latency.add_metric([r["endpoint"], quantile], float(v))
+            for quantile, v in zip(QUANTILES, r["attempt_ms"] or (), strict=False):
+                if v is not None:
+                    attempt.add_metric([r["endpoint"], quantile], float(v) / 1000)
+        out.extend((latency, attempt, sent))
+
+        shape = self.features.receipts
+        sql = q.receipt_latency_window_sql(shape) if shape else None
+        if sql:
+            r = await conn.fetchrow(sql, float(self.window_s))
+            g = GaugeMetricFamily(
+                "cbec_receipt_latency_seconds",
+                f"Message accepted → customs receipt received, quantiles {window}",
+                labels=["quantile"],
+            )
+            if r is not None and r["n"]:
+                for quantile, v in zip(QUANTILES, r["q"] or (), strict=False):
+                    g.add_metric([quantile], float(v))
+            out.append(g)
+            out.append(
+                GaugeMetricFamily("cbec_receipts_recent", f"Receipts received {window}", float(r["n"] if r else 0))
+            )
+        return out
+
+
+class _Snapshot:
+    """Collector handing prometheus_client the families read by the last scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.metrics.snapshot
+
+    def describe(self) -> list[Metric]:
+        return []  # names vary with the optional tables; nothing to pre-register
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def _route(request: web.Request) -> str:
+    info = request.match_info
+    route = getattr(info, "route", None)
+    resource = getattr(route, "resource", None)
+    if resource is None or getattr(info, "http_exception", None) is not None:
+        return "unmatched"  # 404/405: never the raw path, whose values are unbounded
+    return str(resource.canonical)
+
+
+def _json_body(response: web.StreamResponse | None) -> Any:
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return None
+    raw = response.body
+    if not isinstance(raw, bytes | bytearray) or len(raw) > 1_000_000:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _outcome(status: int, response: web.StreamResponse | None) -> str:
+    if status in (200, 201, 202):
+        replay = response is not None and response.headers.get("Idempotent-Replay") == "true"
+        return "replayed" if replay else "accepted"
+    return {400: "rejected", 413: "rejected", 422: "rejected", 409: "conflict", 403: "forbidden",
+            401: "unauthorized"}.get(status, "error" if status >= 500 else "refused")  # fmt: skip
+
+
+def _sniff(body: bytes) -> str | None:
+    head = body[:4096]
+    found = _SNIFF_XML.search(head) or _SNIFF_JSON.search(head)
+    return found.group(1).decode() if found else None
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts every answer; for POST /v1/messages also type, outcome, latency and error codes. No I/O."""
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        return await handler(request)
+    started = time.perf_counter()
+    response: web.StreamResponse | None = None
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        try:
+            metrics.observe(request, status)
+            if request.method == "POST" and _route(request) == INGEST_ROUTE:
+                await metrics.observe_ingest(request, response, status, elapsed)
+        except Exception:  # metrics must never break an answer
+            log.exception("metrics_observe_failed")
+
+
+def _authorised(request: web.Request, metrics: Metrics) -> bool:
+    if metrics.keys_key is None:
+        return True
+    presented = request.headers.get("X-API-Key")
+    auth = request.headers.get("Authorization", "")
+    if not presented and auth.lower().startswith("bearer "):
+        presented = auth[7:].strip()
+    principal = request.app[metrics.keys_key].authenticate(presented)
+    return principal is not None and principal.role in (Role.OPERATOR, Role.ADMIN)
+
+
+async def metrics_handler(request: web.Request) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    if not _authorised(request, metrics):
+        return web.Response(status=401, text="an operator or admin key is needed\n",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    async with metrics._scrape_lock:  # one scrape at a time: the snapshot is shared
+        metrics.snapshot = await metrics.scrape(request.app[metrics.pool_key])
+        body = encoder(metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+
+def setup_metrics(
+    app: web.Application,
+    *,
+    pool_key: web.AppKey[asyncpg.Pool],
+    window_s: float = 300.0,
+    keys_key: web.AppKey[KeyRing] | None = None,
+    path: str = "/metrics",
+) -> Metrics:
+    """Add ``GET /metrics`` and the outermost middleware; look for optional tables at start-up.
+
+    ``keys_key``: when given, a scrape needs an operator or admin API key (``Authorization: Bearer`` or
+    ``X-API-Key``); by default the endpoint is open like most exporters (it shows counts, no documents).
+    Call it before the application starts (the middleware list freezes then); a second call returns the
+    first call's Metrics.
+    """
+    existing = app.get(METRICS)
+    if existing is not None:
+        return existing
+    metrics = Metrics(pool_key, window_s=window_s, keys_key=keys_key)
+    app[METRICS] = metrics
+    app.middlewares.insert(0, metrics_middleware)  # outermost: sees the final status of every answer
+
+    async def detect(app: web.Application) -> None:
+        try:
+            metrics.features = await q.detect_features(app[pool_key])
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("metrics_features_unknown", error=str(exc))
+
+    app.on_startup.append(detect)
+    app.router.add_get(path, metrics_handler)
+    return metrics

@@ -1,0 +1,179 @@
+"""The API with the operators' console and /metrics on 127.0.0.1, a signed-in console client, and data makers.
+
+Until gateway.api.create_app wires the console itself, the fixture calls setup_console / setup_metrics
+(both do nothing when create_app already did).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+import cbec_queue
+import pytest_asyncio
+from aiohttp import web
+
+from gateway import samples
+from gateway.api import KEYS, POOL, create_app
+from gateway.console import setup_console
+from gateway.metrics import setup_metrics
+from gateway.render import render
+from tests.apiutil import Client, sign_as_agent, test_settings
+
+
+def xml_of(payload: dict[str, Any]) -> bytes:
+    return render(payload, signer=sign_as_agent if payload["type"] == "CEB621" else None)
+
+
+def new_shipment(seed: int, mode: str = "9610", **kw: Any) -> samples.ShipmentSample:
+    return samples.shipment(random.Random(seed), mode=mode, **kw)
+
+
+def legs(s: samples.ShipmentSample) -> dict[str, bytes]:
+    return {p["type"]: xml_of(p) for p in (s.order, s.payment, s.waybill, s.inventory)}
+
+
+async def submit(api: Client, s: samples.ShipmentSample, *codes: str) -> None:
+    """Send the shipment's legs (all four, or the named ones) through the API; each must be accepted."""
+    for code, xml in legs(s).items():
+        if codes and code not in codes:
+            continue
+        reply = await api.post_xml(xml)
+        assert reply.status == 202, (code, reply.body)
+
+
+def key_of(s: samples.ShipmentSample) -> dict[str, str]:
+    return {"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"]}
+
+
+async def make_dead_letter(
+    pool: asyncpg.Pool,
+    *,
+    endpoint: str = "customs",
+    kind: str = "CEB311",
+    dedupe_key: str | None = None,
+    error: str = "sandbox scenario POISON: rejected permanently",
+) -> int:
+    """A job that was claimed once and failed permanently, through cbec_queue's own functions."""
+    async with pool.acquire() as conn:
+        job_id = await cbec_queue.enqueue(
+            conn, endpoint=endpoint, kind=kind, payload={"message": "<CEB311Message/>" * 50, "dedupe_key": dedupe_key},
+            dedupe_key=dedupe_key,
+        )  # fmt: skip
+        assert job_id is not None
+        claimed = await cbec_queue.claim(conn, worker_id="test-worker", lease_s=30, endpoint=endpoint, limit=100)
+        job = next(j for j in claimed if j.id == job_id)
+        assert await cbec_queue.record_dead(
+            conn, job, reason="permanent", error=cbec_queue.PermanentError(error), outcome="permanent", duration_ms=15
+        )
+    return job_id
+
+
+async def make_forwarded(pool: asyncpg.Pool, *, endpoint: str = "customs", dedupe_key: str | None = None) -> int:
+    """A job sent successfully on its first attempt."""
+    async with pool.acquire() as conn:
+        job_id = await cbec_queue.enqueue(conn, endpoint=endpoint, kind="CEB311", payload={}, dedupe_key=dedupe_key)
+        assert job_id is not None
+        claimed = await cbec_queue.claim(conn, worker_id="test-worker", lease_s=30, endpoint=endpoint, limit=100)
+        job = next(j for j in claimed if j.id == job_id)
+        assert await cbec_queue.record_done(conn, job, duration_ms=40)
+    return job_id
+
+
+class ConsoleClient:
+    """A browser-like client of /ops: its own cookie jar (127.0.0.1 needs unsafe=True), the CSRF token."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.csrf = ""
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def sign_in(self, key: str) -> aiohttp.ClientResponse:
+        async with self.session.post(
+            self.base + "/ops/login", data={"key": key}, headers={"Origin": self.base}, allow_redirects=False
+        ) as resp:
+            await resp.read()
+        if resp.status == 303:
+            info = await self.get_json("/ops/api/session")
+            self.csrf = info["csrf"]
+        return resp
+
+    async def get_json(self, path: str, **params: Any) -> Any:
+        async with self.session.get(self.base + path, params=params) as resp:
+            assert resp.status == 200, (path, resp.status, await resp.text())
+            return await resp.json()
+
+    async def get(self, path: str, **params: Any) -> tuple[int, Any]:
+        async with self.session.get(self.base + path, params=params, allow_redirects=False) as resp:
+            raw = await resp.read()
+            try:
+                return resp.status, json.loads(raw)
+            except ValueError:
+                return resp.status, raw.decode()
+
+    async def post(self, path: str, *, csrf: str | None = None, origin: str | None = "own") -> tuple[int, Any]:
+        headers = {}
+        if csrf is not None:
+            headers["X-CSRF-Token"] = csrf
+        if origin == "own":
+            headers["Origin"] = self.base
+        elif origin is not None:
+            headers["Origin"] = origin
+        async with self.session.post(self.base + path, headers=headers, allow_redirects=False) as resp:
+            return resp.status, await resp.json()
+
+
+@dataclass
+class Ops:
+    base: str
+    api: Client
+    app: web.Application
+    pool: asyncpg.Pool
+    runner: web.AppRunner
+    clients: list[ConsoleClient]
+
+    async def console(self, key: str | None = None) -> ConsoleClient:
+        client = ConsoleClient(self.base)
+        self.clients.append(client)
+        if key is not None:
+            resp = await client.sign_in(key)
+            assert resp.status == 303, resp.status
+        return client
+
+
+def build_app(pool: asyncpg.Pool, *, poll_interval: float = 0.2) -> web.Application:
+    app = create_app(test_settings(), pool, signer=sign_as_agent)
+    setup_console(app, pool_key=POOL, keys_key=KEYS, poll_interval=poll_interval)
+    setup_metrics(app, pool_key=POOL)
+    return app
+
+
+async def start(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest_asyncio.fixture(loop_scope="session", name="ops")
+async def ops_fixture(db_pool: asyncpg.Pool) -> AsyncIterator[Ops]:
+    """The API with console and metrics on 127.0.0.1 (import ``ops_fixture`` to use the ``ops`` fixture)."""
+    app = build_app(db_pool)
+    runner, base = await start(app)
+    clients: list[ConsoleClient] = []
+    async with aiohttp.ClientSession() as session:
+        yield Ops(base, Client(session, base), app, db_pool, runner, clients)
+        for c in clients:
+            await c.close()
+    await asyncio.wait_for(runner.cleanup(), 10)

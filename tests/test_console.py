@@ -1,0 +1,454 @@
+"""The operators' console (/ops) over a real server on 127.0.0.1 with a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import cbec_queue
+import pytest
+
+from gateway import samples
+from gateway.auth import Principal
+from gateway.config import Role
+from gateway.console import CONSOLE
+from gateway.console.queries import ReceiptsShape, mask_id_number
+from gateway.console.session import SessionStore
+from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A
+from tests.consoleutil import (
+    Ops,
+    build_app,
+    key_of,
+    make_dead_letter,
+    make_forwarded,
+    new_shipment,
+    ops_fixture,  # noqa: F401  (the ops fixture)
+    start,
+    submit,
+    xml_of,
+)
+
+pytestmark = pytest.mark.db
+
+
+# --- sessions --------------------------------------------------------------------------------------
+
+
+async def test_without_a_session_pages_redirect_and_api_answers_401(ops: Ops) -> None:
+    client = await ops.console()
+    status, body = await client.get("/ops")
+    assert status == 302
+    status, body = await client.get("/ops/api/summary")
+    assert status == 401 and body["error"]["status"] == 401
+    for path in ("/ops/api/shipments", "/ops/api/queue", "/ops/api/events", "/ops/api/series"):
+        assert (await client.get(path))[0] == 401, path
+    status, page = await client.get("/ops/login")
+    assert status == 200 and 'name="key"' in page
+
+
+async def test_submitter_and_unknown_keys_are_refused(ops: Ops) -> None:
+    client = await ops.console()
+    resp = await client.sign_in(PLATFORM_A)
+    assert resp.status == 403
+    assert "Set-Cookie" not in resp.headers
+    resp = await client.sign_in("not-a-key-at-all")
+    assert resp.status == 401
+    assert (await client.get("/ops/api/session"))[0] == 401
+
+
+async def test_operator_signs_in_with_a_strict_http_only_cookie(ops: Ops) -> None:
+    client = await ops.console()
+    resp = await client.sign_in(OPERATOR)
+    assert resp.status == 303 and resp.headers["Location"] == "/ops"
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ops" in cookie
+    assert OPERATOR not in cookie
+    info = await client.get_json("/ops/api/session")
+    assert info["name"] == "operator" and info["role"] == "operator" and info["may_replay"] is False
+    assert len(info["csrf"]) >= 32
+    status, page = await client.get("/ops")
+    assert status == 200 and "console.js" in page
+
+
+async def test_console_responses_carry_security_headers(ops: Ops) -> None:
+    async with aiohttp.ClientSession() as s, s.get(ops.base + "/ops/login") as resp:
+        csp = resp.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Content-Type"].startswith("text/html") and "utf-8" in resp.headers["Content-Type"]
+    async with aiohttp.ClientSession() as s, s.get(ops.base + "/ops/static/console.js") as resp:
+        assert resp.status == 200 and "EventSource" in await resp.text()
+        assert "Content-Security-Policy" in resp.headers
+
+
+async def test_sign_out_needs_the_token_and_ends_the_session(ops: Ops) -> None:
+    client = await ops.console(OPERATOR)
+    assert (await client.post("/ops/logout"))[0] == 403  # no token
+    status, _ = await client.post("/ops/logout", csrf=client.csrf)
+    assert status == 200
+    assert (await client.get("/ops/api/session"))[0] == 401
+
+
+def test_session_store_expiry_and_capacity() -> None:
+    now = [1000.0]
+    store = SessionStore(idle_s=10, max_age_s=30, max_sessions=2, clock=lambda: now[0])
+    admin = Principal("a", Role.ADMIN, frozenset())
+    sid, _ = store.create(admin)
+    now[0] += 9
+    assert store.get(sid) is not None  # touched: idle time starts again
+    now[0] += 9
+    assert store.get(sid) is not None
+    now[0] += 13
+    assert store.get(sid) is None  # 31 s after sign-in: over max_age even though it was in use
+    a, _ = store.create(admin)
+    b, _ = store.create(admin)
+    c, _ = store.create(admin)
+    assert store.get(a) is None and store.get(b) is not None and store.get(c) is not None
+    with pytest.raises(ValueError):
+        store.create(Principal("s", Role.SUBMITTER, frozenset({"X"})))
+
+
+# --- CSRF on replay ----------------------------------------------------------------------------------
+
+
+async def test_replay_needs_session_token_and_own_origin(ops: Ops) -> None:
+    job_id = await make_dead_letter(ops.pool)
+    path = f"/ops/api/jobs/{job_id}/replay"
+    anonymous = await ops.console()
+    assert (await anonymous.post(path, csrf="anything"))[0] == 401
+    admin = await ops.console(ADMIN)
+    assert (await admin.post(path))[0] == 403  # no token
+    assert (await admin.post(path, csrf="wrong" + admin.csrf))[0] == 403
+    assert (await admin.post(path, csrf=admin.csrf, origin="https://evil.example"))[0] == 403
+    assert (await admin.post(path, csrf=admin.csrf, origin=None))[0] == 403  # neither Origin nor Referer
+    operator = await ops.console(OPERATOR)
+    status, body = await operator.post(path, csrf=operator.csrf)
+    assert status == 403 and "admin" in body["error"]["title"]
+    async with ops.pool.acquire() as conn:
+        assert (await cbec_queue.get_job(conn, job_id))["state"] == "dead"  # nothing above changed it
+    status, body = await admin.post(path, csrf=admin.csrf)
+    assert status == 200 and body["replayed"] == 1 and body["job"]["state"] == "queued"
+    assert body["job"]["history"][-1]["outcome"] == "replayed"
+    assert "admin" in body["job"]["history"][-1]["error"]  # the note names who replayed it
+    assert (await admin.post(path, csrf=admin.csrf))[0] == 409  # not dead any more
+    assert (await admin.post("/ops/api/jobs/abc/replay", csrf=admin.csrf))[0] == 400
+
+
+# --- figures ----------------------------------------------------------------------------------------
+
+
+async def _three_states(ops: Ops) -> dict[str, samples.ShipmentSample]:
+    matched1, matched2 = new_shipment(101), new_shipment(102, "1210")
+    mismatched = samples.broken(new_shipment(103), "amount_mismatch")
+    incomplete = new_shipment(104)
+    for s in (matched1, matched2, mismatched):
+        await submit(ops.api, s)
+    await submit(ops.api, incomplete, "CEB311")
+    return {"matched1": matched1, "matched2": matched2, "mismatched": mismatched, "incomplete": incomplete}
+
+
+async def test_summary_counts_shipments_by_state(ops: Ops) -> None:
+    client = await ops.console(OPERATOR)
+    empty = await client.get_json("/ops/api/summary")
+    assert empty["shipments"]["by_state"] == {"mismatched": 0, "incomplete": 0, "matched": 0}
+    await _three_states(ops)
+    body = await client.get_json("/ops/api/summary")
+    assert body["shipments"]["by_state"] == {"mismatched": 1, "incomplete": 1, "matched": 2}
+    assert body["shipments"]["total"] == 4
+    assert body["shipments"]["by_customs_status"] is None or isinstance(body["shipments"]["by_customs_status"], dict)
+
+
+async def test_mismatch_list_shows_field_both_values_and_documents(ops: Ops) -> None:
+    made = await _three_states(ops)
+    s = made["mismatched"]
+    client = await ops.console(OPERATOR)
+    body = await client.get_json("/ops/api/shipments")
+    assert [i["orderNo"] for i in body["items"]] == [s.order_doc["orderNo"]]
+    item = body["items"][0]
+    assert item["state"] == "mismatched" and item["buyerName"] == s.order_doc["buyerName"]
+    assert item["buyerIdNumber"] == mask_id_number(s.order_doc["buyerIdNumber"]) != s.order_doc["buyerIdNumber"]
+    finding = next(f for f in item["findings"] if f["code"] == "recon.amount_paid_mismatch")
+    assert finding["field"] == "acturalPaid"
+    assert finding["left"]["doc"] == "CEB311" and finding["right"]["doc"] == "CEB411"
+    assert Decimal(finding["left"]["value"]) == Decimal(s.order_doc["acturalPaid"])
+    assert Decimal(finding["right"]["value"]) == Decimal(s.payment_doc["amountPaid"])
+    assert finding["left"]["value"] != finding["right"]["value"]
+
+
+async def test_list_filters(ops: Ops) -> None:
+    made = await _three_states(ops)
+    s = made["mismatched"]
+    client = await ops.console(OPERATOR)
+
+    async def orders(**params: str) -> list[str]:
+        body = await client.get_json("/ops/api/shipments", **params)
+        return sorted(i["orderNo"] for i in body["items"])
+
+    mine = [s.order_doc["orderNo"]]
+    assert await orders(orderNo=s.order_doc["orderNo"]) == mine
+    assert await orders(orderNo=made["matched1"].order_doc["orderNo"]) == []  # matched, not in the mismatch list
+    assert await orders(logisticsNo=s.waybill_doc["logisticsNo"]) == mine
+    assert await orders(logisticsNo="NO-SUCH-WAYBILL") == []
+    assert await orders(buyerIdNumber=s.order_doc["buyerIdNumber"]) == mine
+    assert await orders(buyerIdNumber="110101199003074514") == []
+    assert await orders(enterprise=s.order_doc["ebpCode"]) == mine
+    assert await orders(enterprise=s.payment_doc["payCode"]) == mine
+    assert await orders(enterprise="9999999999") == []
+    now = datetime.now(UTC)
+    assert await orders(since=(now - timedelta(hours=1)).isoformat()) == mine
+    assert await orders(since=(now + timedelta(hours=1)).isoformat()) == []
+    assert await orders(until=(now - timedelta(hours=1)).isoformat()) == []
+    assert await orders(state="matched") == sorted(made[k].order_doc["orderNo"] for k in ("matched1", "matched2"))
+    assert await orders(state="incomplete") == [made["incomplete"].order_doc["orderNo"]]
+    assert len(await orders(state="any")) == 4
+    assert await orders(state="any", orderNo=made["matched2"].order_doc["orderNo"], enterprise="9999999999") == []
+    # keyset pages cover every shipment once
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        params = {"state": "any", "limit": "1", **({"cursor": cursor} if cursor else {})}
+        body = await client.get_json("/ops/api/shipments", **params)
+        seen += [i["orderNo"] for i in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(m.order_doc["orderNo"] for m in made.values())
+    for bad in ({"state": "lost"}, {"since": "yesterday"}, {"cursor": "%%%"}, {"orderNo": "x' OR 1=1 --"}):
+        assert (await client.get("/ops/api/shipments", **bad))[0] == 400, bad
+
+
+async def test_shipment_page_has_history_transmissions_and_xml(ops: Ops) -> None:
+    s = samples.broken(new_shipment(111), "amount_mismatch")
+    await submit(ops.api, s)
+    # correct the payment (appType 2, newer appTime): the shipment becomes matched, the old payment is history
+    fixed = copy.deepcopy(s)
+    fixed.payment["guid"] = str(uuid.uuid4()).upper()
+    doc = fixed.payment_doc
+    doc["guid"] = str(uuid.uuid4()).upper()
+    doc["appType"] = "2"
+    doc["appTime"] = str(int(doc["appTime"]) + 100)
+    doc["amountPaid"] = s.order_doc["acturalPaid"]
+    reply = await ops.api.post_xml(xml_of(fixed.payment))
+    assert reply.status == 202, reply.body
+    order_guid = s.order["guid"]
+    dead = await make_dead_letter(ops.pool, dedupe_key=f"CEB311:{order_guid}")
+    sent = await make_forwarded(ops.pool, endpoint="customs-payment", dedupe_key=fixed.payment["guid"])
+    await make_forwarded(ops.pool, dedupe_key="CEB311:SOMEONE-ELSE")
+
+    client = await ops.console(OPERATOR)
+    body = await client.get_json("/ops/api/shipment", **key_of(s))
+    assert body["state"] == "matched" and body["buyerIdNumber"] == s.order_doc["buyerIdNumber"]
+    payments = [d for d in body["documents"] if d["kind"] == "payment"]
+    assert len(payments) == 2
+    old, new = payments
+    assert old["is_current"] is False and old["superseded_by"] == new["id"] and new["is_current"] is True
+    assert new["head"]["amountPaid"] == s.order_doc["acturalPaid"]
+    assert {d["kind"] for d in body["documents"]} == {"order", "payment", "waybill", "inventory"}
+    assert [d["received_at"] for d in body["documents"]] == sorted(d["received_at"] for d in body["documents"])
+    jobs = {j["id"]: j for j in body["transmissions"]}
+    assert set(jobs) == {dead, sent}
+    assert jobs[dead]["state"] == "dead" and jobs[dead]["history"][0]["outcome"] == "permanent"
+    assert jobs[sent]["state"] == "done" and jobs[sent]["history"][0]["outcome"] == "ok"
+
+    xml = await client.get_json(f"/ops/api/messages/{order_guid}/xml")
+    assert s.order_doc["orderNo"] in xml["raw_xml"] and s.order_doc["buyerName"] in xml["raw_xml"]
+    assert (await client.get("/ops/api/messages/NO-SUCH-GUID/xml"))[0] == 404
+    assert (await client.get("/ops/api/shipment", ebpCode="X", orderNo="nothing"))[0] == 404
+    assert (await client.get("/ops/api/shipment"))[0] == 400
+
+
+async def test_queue_health_and_dead_letters(ops: Ops) -> None:
+    dead = await make_dead_letter(ops.pool, endpoint="customs")
+    async with ops.pool.acquire() as conn:
+        for i in range(3):
+            await cbec_queue.enqueue(conn, endpoint="customs", kind="CEB311", payload={"n": i})
+        await cbec_queue.enqueue(conn, endpoint="warehouse", kind="x", payload={})
+    client = await ops.console(OPERATOR)
+    body = await client.get_json("/ops/api/queue")
+    by = {e["endpoint"]: e for e in body["endpoints"]}
+    assert by["customs"]["queued"] == 3 and by["customs"]["dead"] == 1
+    assert by["warehouse"]["queued"] == 1 and by["warehouse"]["dead"] == 0
+    assert by["customs"]["oldest_queued_age_s"] >= 0
+    assert body["dead_total"] == 1
+    [letter] = body["dead_letters"]
+    assert letter["id"] == dead and letter["dead_reason"] == "permanent"
+    assert "POISON" in letter["last_error"]
+    assert [h["outcome"] for h in letter["history"]] == ["permanent"]
+    assert letter["payload"]["message"].startswith("<") and "characters" in letter["payload"]["message"]
+
+
+async def test_series_per_minute(ops: Ops) -> None:
+    client = await ops.console(OPERATOR)
+    before = await client.get_json("/ops/api/series", minutes="10")
+    assert len(before["minutes"]) == 10 and sum(before["accepted"]) == 0
+    await submit(ops.api, new_shipment(121))
+    broken = xml_of(new_shipment(122).order).replace(b"<ceb:orderNo>", b"<ceb:orderNo>\x01", 1)
+    assert (await ops.api.post_xml(broken)).status in (400, 422)
+    await make_forwarded(ops.pool, endpoint="customs")
+    await make_forwarded(ops.pool, endpoint="warehouse")  # not a customs endpoint
+    body = await client.get_json("/ops/api/series", minutes="10")
+    assert sum(body["accepted"]) == 4 and body["accepted"][-1] + body["accepted"][-2] == 4
+    assert sum(body["rejected"]) == 1
+    assert sum(body["forwarded"]) == 1
+    assert (await client.get("/ops/api/series", minutes="many"))[0] == 400
+
+
+# --- live feed ---------------------------------------------------------------------------------------
+
+
+async def _events(resp: aiohttp.ClientResponse, deadline: float) -> Any:
+    """Yield (event, data) from an SSE response until the deadline."""
+    event, data = "message", []
+    while time.monotonic() < deadline:
+        line = await asyncio.wait_for(resp.content.readline(), deadline - time.monotonic())
+        if not line:
+            return
+        text = line.decode().rstrip("\n")
+        if text.startswith("event:"):
+            event = text[6:].strip()
+        elif text.startswith("data:"):
+            data.append(text[5:].strip())
+        elif text == "" and data:
+            yield event, json.loads("\n".join(data))
+            event, data = "message", []
+
+
+async def test_events_stream_counts_and_changed_shipments(ops: Ops) -> None:
+    client = await ops.console(OPERATOR)
+    s = samples.broken(new_shipment(131), "amount_mismatch")
+    deadline = time.monotonic() + 15
+    async with client.session.get(ops.base + "/ops/api/events") as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        events = _events(resp, deadline)
+        event, first = await anext(events)
+        while event != "summary":
+            event, first = await anext(events)
+        assert first["shipments"]["by_state"]["mismatched"] == 0
+        await submit(ops.api, s)
+        async for event, data in events:
+            if event == "summary" and data["shipments"]["by_state"]["mismatched"] == 1:
+                changed = {(c["ebpCode"], c["orderNo"]): c["state"] for c in data["changed"]}
+                assert changed[(s.order_doc["ebpCode"], s.order_doc["orderNo"])] == "mismatched"
+                break
+        else:
+            pytest.fail("no summary with the mismatch arrived")
+    feed = ops.app[CONSOLE].feed
+    assert feed is not None
+    for _ in range(40):  # the handler notices the closed connection within a second or so
+        if not feed.subscribers:
+            break
+        await asyncio.sleep(0.1)
+    assert not feed.subscribers
+
+
+async def test_feed_is_one_task_for_many_clients_and_stops_with_the_app(db_pool: Any) -> None:
+    app = build_app(db_pool, poll_interval=0.1)
+    runner, base = await start(app)
+    sessions = []
+    try:
+        console = app[CONSOLE]
+        feed = console.feed
+        assert feed is not None and feed._task is not None
+        for _ in range(3):
+            c = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+            sessions.append(c)
+            async with c.post(base + "/ops/login", data={"key": OPERATOR}, allow_redirects=False) as r:
+                assert r.status == 303
+        responses = [await c.get(base + "/ops/api/events") for c in sessions]
+        for r in responses:
+            assert r.status == 200
+            assert (await asyncio.wait_for(r.content.readline(), 5)).startswith(b"retry:")
+        for _ in range(50):
+            if len(feed.subscribers) == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert len(feed.subscribers) == 3
+        ticks = feed.ticks
+        await asyncio.sleep(0.5)
+        assert 1 <= feed.ticks - ticks <= 8  # one poller at ~10 Hz, not one per client
+        task = feed._task
+        started = time.monotonic()
+        await asyncio.wait_for(runner.cleanup(), 10)
+        assert time.monotonic() - started < 3  # open streams did not hold the shutdown
+        assert task.done() and console.feed is not None and not console.feed.subscribers
+        for r in responses:
+            r.close()
+    finally:
+        for c in sessions:
+            await c.close()
+
+
+async def test_optional_tables_are_read_when_present(db_pool: Any) -> None:
+    """customs_status and a receipts table (as the forwarding work adds them) appear in the console."""
+    async with db_pool.acquire() as conn:
+        if await conn.fetchval("SELECT to_regclass('receipts') IS NOT NULL"):
+            pytest.skip("the forwarding work's receipts table exists; this test builds its own stand-in")
+        await conn.execute(
+            "ALTER TABLE shipments ADD COLUMN IF NOT EXISTS customs_status text;"
+            " CREATE TABLE receipts (id bigserial PRIMARY KEY, message_guid text NOT NULL, message_type text,"
+            " return_status text, return_info text, raw_xml text, received_at timestamptz NOT NULL DEFAULT now())"
+        )
+    app = build_app(db_pool)
+    runner, base = await start(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            from tests.apiutil import Client
+
+            api = Client(session, base)
+            s = new_shipment(141)
+            await submit(api, s)
+            async with db_pool.acquire() as conn:
+                await conn.execute("UPDATE shipments SET customs_status = 'released' WHERE order_no = $1",
+                                   s.order_doc["orderNo"])  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO receipts"
+                    " (message_guid, message_type, return_status, return_info, raw_xml, received_at)"
+                    " SELECT guid, 'CEB312', '120', '新增申报成功', '<x/>', received_at + interval '3 seconds'"
+                    " FROM messages WHERE guid = $1",
+                    s.order["guid"],
+                )
+            from tests.consoleutil import ConsoleClient
+
+            client = ConsoleClient(base)
+            try:
+                assert (await client.sign_in(OPERATOR)).status == 303
+                info = await client.get_json("/ops/api/session")
+                assert info["features"] == {"customs_status": True, "receipts": True}
+                summary = await client.get_json("/ops/api/summary")
+                assert summary["shipments"]["by_customs_status"] == {"released": 1}
+                ship = await client.get_json("/ops/api/shipment", **key_of(s))
+                assert ship["customsStatus"] == "released"
+                [receipt] = ship["receipts"]
+                assert receipt["return_status"] == "120" and receipt["return_info"] == "新增申报成功"
+                assert receipt["raw_xml"] == "<4 characters>"
+                listed = await client.get_json("/ops/api/shipments", state="matched")
+                assert listed["items"][0]["customsStatus"] == "released"
+                series = await client.get_json("/ops/api/series", minutes="5")
+                p50 = [v for v in series["receipt_latency"]["p50_s"] if v is not None]
+                assert p50 and abs(p50[-1] - 3.0) < 0.01
+            finally:
+                await client.close()
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 10)
+
+
+def test_receipts_shape_links() -> None:
+    shape = ReceiptsShape(frozenset({"id", "guid", "order_no", "ebp_code", "received_at"}))
+    found = shape.shipment_condition(
+        message_ids=[1], message_guids=["m"], document_ids=[2], document_guids=["d"], ebp_code="E", order_no="O"
+    )
+    assert found == ("r.guid = ANY ($1::text[]) OR (r.ebp_code = $2 AND r.order_no = $3)", [["d"], "E", "O"])
+    assert shape.message_link is None and shape.time_column == "received_at"
+    assert (
+        ReceiptsShape(frozenset({"x"})).shipment_condition(
+            message_ids=[], message_guids=[], document_ids=[], document_guids=[], ebp_code="", order_no=""
+        )
+        is None
+    )

@@ -1,0 +1,189 @@
+"""/metrics: Prometheus text that prometheus_client's own parser reads, with figures that follow what happens."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from typing import Any
+
+import aiohttp
+import cbec_queue
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import db
+from gateway.api import KEYS, POOL, create_app
+from gateway.metrics import setup_metrics
+from tests import apiutil
+from tests.apiutil import OPERATOR, PLATFORM_A, sign_as_agent
+from tests.consoleutil import (
+    Ops,
+    legs,
+    make_dead_letter,
+    make_forwarded,
+    new_shipment,
+    ops_fixture,  # noqa: F401  (the ops fixture)
+    start,
+    submit,
+    xml_of,
+)
+
+pytestmark = pytest.mark.db
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(base: str, headers: dict[str, str] | None = None) -> tuple[Samples, dict[str, str]]:
+    """Every sample by (name, labels), and each family's type."""
+    async with aiohttp.ClientSession() as s, s.get(base + "/metrics", headers=headers or {}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    samples: Samples = {}
+    types: dict[str, str] = {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples, types
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_parse_and_name_every_family(ops: Ops) -> None:
+    samples, types = await scrape(ops.base)
+    assert types["cbec_ingest_messages"] == "counter"
+    assert types["cbec_ingest_duration_seconds"] == "histogram"
+    assert types["cbec_validation_failures"] == "counter"
+    assert types["cbec_shipments"] == "gauge"
+    for name in ("cbec_queue_depth", "cbec_queue_oldest_age_seconds", "cbec_queue_dead_letters",
+                 "cbec_forward_latency_seconds", "cbec_database_up"):  # fmt: skip
+        assert types[name] == "gauge", name
+    assert value(samples, "cbec_database_up") == 1
+    assert {value(samples, "cbec_shipments", state=s) for s in ("matched", "incomplete", "mismatched")} == {0}
+
+
+async def test_ingest_counters_move_with_submissions(ops: Ops) -> None:
+    before, _ = await scrape(ops.base)
+    s = new_shipment(201)
+    order = legs(s)["CEB311"]
+    assert (await ops.api.post_xml(order)).status == 202
+    after, _ = await scrape(ops.base)
+    accepted = {"message_type": "CEB311", "outcome": "accepted"}
+    assert value(after, "cbec_ingest_messages_total", **accepted) == value(before, "cbec_ingest_messages_total",
+                                                                            **accepted) + 1  # fmt: skip
+    assert value(after, "cbec_ingest_duration_seconds_count", outcome="accepted") == value(
+        before, "cbec_ingest_duration_seconds_count", outcome="accepted") + 1  # fmt: skip
+    assert value(after, "cbec_shipments", state="incomplete") == 1
+
+    # the same bytes again: a replay, not a second acceptance
+    assert (await ops.api.post_xml(order)).status == 202
+    again, _ = await scrape(ops.base)
+    assert value(again, "cbec_ingest_messages_total", **accepted) == value(after, "cbec_ingest_messages_total",
+                                                                            **accepted)  # fmt: skip
+    assert value(again, "cbec_ingest_messages_total", message_type="CEB311", outcome="replayed") == 1
+
+    await submit(ops.api, s, "CEB411", "CEB511", "CEB621")
+    done, _ = await scrape(ops.base)
+    assert value(done, "cbec_shipments", state="incomplete") == 0
+    assert value(done, "cbec_shipments", state="matched") == 1
+    assert value(done, "cbec_ingest_messages_total", message_type="CEB621", outcome="accepted") == 1
+    assert value(done, "cbec_http_requests_total", route="/v1/messages", method="POST", status="202") == 5
+
+
+async def test_rejections_count_by_error_code(ops: Ops) -> None:
+    before, _ = await scrape(ops.base)
+    s = new_shipment(202)
+    bad = xml_of(s.order).replace(b"<ceb:currency>142</ceb:currency>", b"<ceb:currency>14</ceb:currency>", 1)
+    assert bad != xml_of(s.order)
+    reply = await ops.api.post_xml(bad)
+    assert reply.status == 422, reply.body
+    codes = {i["code"] for i in reply.body["error"]["issues"]}
+    after, _ = await scrape(ops.base)
+    for code in codes:
+        assert value(after, "cbec_validation_failures_total", code=code) == value(
+            before, "cbec_validation_failures_total", code=code) + 1, code  # fmt: skip
+    assert value(after, "cbec_ingest_messages_total", message_type="CEB311", outcome="rejected") == 1
+    assert value(after, "cbec_ingest_duration_seconds_count", outcome="rejected") == 1
+
+    not_xml = await ops.api.post_xml(b"<ceb:CEB311Message")
+    assert not_xml.status == 400
+    third, _ = await scrape(ops.base)
+    parse_codes = {i["code"] for i in not_xml.body["error"]["issues"]}
+    assert all(value(third, "cbec_validation_failures_total", code=c) >= 1 for c in parse_codes)
+    assert value(third, "cbec_ingest_messages_total", message_type="CEB311", outcome="rejected") == 2
+
+    # a new message that reuses an accepted guid: a conflict with its state code
+    assert (await ops.api.post_xml(xml_of(s.order))).status == 202
+    clash = copy.deepcopy(s.order)
+    clash["documents"][0]["guid"] = str(uuid.uuid4()).upper()
+    conflict = await ops.api.post_xml(xml_of(clash))
+    assert conflict.status == 409
+    fourth, _ = await scrape(ops.base)
+    assert value(fourth, "cbec_validation_failures_total", code="state.guid_conflict") == 1
+    assert value(fourth, "cbec_ingest_messages_total", message_type="CEB311", outcome="conflict") == 1
+
+    assert (await ops.api.post_xml(xml_of(s.order), key=None)).status == 401
+    assert (await ops.api.get("/no/such/path")).status == 404
+    fifth, _ = await scrape(ops.base)
+    assert value(fifth, "cbec_ingest_messages_total", message_type="unknown", outcome="unauthorized") == 1
+    assert value(fifth, "cbec_http_requests_total", route="unmatched", method="GET", status="404") == 1
+
+
+async def test_queue_and_forwarding_gauges(ops: Ops) -> None:
+    await make_dead_letter(ops.pool, endpoint="customs")
+    await make_forwarded(ops.pool, endpoint="customs")
+    await make_forwarded(ops.pool, endpoint="customs")
+    async with ops.pool.acquire() as conn:
+        for _ in range(2):
+            await cbec_queue.enqueue(conn, endpoint="warehouse", kind="x", payload={})
+    samples, _ = await scrape(ops.base)
+    assert value(samples, "cbec_queue_dead_letters", endpoint="customs") == 1
+    assert value(samples, "cbec_queue_depth", endpoint="warehouse") == 2
+    assert value(samples, "cbec_queue_depth", endpoint="customs") == 0
+    assert value(samples, "cbec_queue_oldest_age_seconds", endpoint="warehouse") >= 0
+    assert value(samples, "cbec_forwarded_recent", endpoint="customs") == 2
+    p50 = value(samples, "cbec_forward_latency_seconds", endpoint="customs", quantile="0.5")
+    p99 = value(samples, "cbec_forward_latency_seconds", endpoint="customs", quantile="0.99")
+    assert 0 <= p50 <= p99 < 60
+    assert value(samples, "cbec_forward_attempt_seconds", endpoint="customs", quantile="0.5") == pytest.approx(0.04)
+
+
+async def test_protected_metrics_need_an_operator_key(db_pool: Any) -> None:
+    app = create_app(apiutil.test_settings(), db_pool, signer=sign_as_agent)
+    setup_metrics(app, pool_key=POOL, keys_key=KEYS)
+    runner, base = await start(app)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for headers, status in (({}, 401), ({"X-API-Key": PLATFORM_A}, 401),
+                                    ({"Authorization": f"Bearer {OPERATOR}"}, 200)):  # fmt: skip
+                async with s.get(base + "/metrics", headers=headers) as resp:
+                    assert resp.status == status, headers
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 10)
+
+
+async def test_database_down_is_a_figure_not_an_error(db_dsn: str) -> None:
+    pool = await db.create_pool(db_dsn, min_size=1, max_size=2)
+    app = create_app(apiutil.test_settings(), pool, signer=sign_as_agent)
+    setup_metrics(app, pool_key=POOL)
+    runner, base = await start(app)
+    try:
+        await pool.close()
+        samples, _ = await scrape(base)
+        assert value(samples, "cbec_database_up") == 0
+        assert ("cbec_shipments", frozenset({("state", "matched")})) not in samples
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 10)
+
+
+async def test_setup_is_idempotent_and_the_middleware_is_outermost(db_pool: Any) -> None:
+    from gateway.metrics import metrics_middleware
+
+    app = create_app(apiutil.test_settings(), db_pool)
+    first = setup_metrics(app, pool_key=POOL)
+    assert setup_metrics(app, pool_key=POOL) is first
+    assert list(app.middlewares).count(metrics_middleware) == 1 and app.middlewares[0] is metrics_middleware
