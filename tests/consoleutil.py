@@ -75,10 +75,12 @@ async def make_dead_letter(
     return job_id
 
 
-async def make_forwarded(pool: asyncpg.Pool, *, endpoint: str = "customs", dedupe_key: str | None = None) -> int:
+async def make_forwarded(
+    pool: asyncpg.Pool, *, endpoint: str = "customs", kind: str = "CEB311", dedupe_key: str | None = None
+) -> int:
     """A job sent successfully on its first attempt."""
     async with pool.acquire() as conn:
-        job_id = await cbec_queue.enqueue(conn, endpoint=endpoint, kind="CEB311", payload={}, dedupe_key=dedupe_key)
+        job_id = await cbec_queue.enqueue(conn, endpoint=endpoint, kind=kind, payload={}, dedupe_key=dedupe_key)
         assert job_id is not None
         claimed = await cbec_queue.claim(conn, worker_id="test-worker", lease_s=30, endpoint=endpoint, limit=100)
         job = next(j for j in claimed if j.id == job_id)
@@ -177,3 +179,64 @@ async def ops_fixture(db_pool: asyncpg.Pool) -> AsyncIterator[Ops]:
         for c in clients:
             await c.close()
     await asyncio.wait_for(runner.cleanup(), 10)
+
+
+#: Defects that reconciliation reports as mismatches between two documents (both values on screen).
+MISMATCH_DEFECTS = ("amount_mismatch", "consignee_mismatch", "item_mismatch", "payer_not_buyer", "address_mismatch")
+
+
+async def seed_realistic(api: Client, pool: asyncpg.Pool, *, spread_minutes: int = 0) -> dict[str, list[str]]:
+    """Shipments in every state (Chinese names from gateway.samples), rejections, queue jobs and dead letters.
+
+    ``spread_minutes`` > 0 moves the arrival times back over that many minutes so that the charts have a
+    shape (demo data for screenshots; the tests that check figures leave it at 0).
+    """
+    made: dict[str, list[str]] = {"matched": [], "mismatched": [], "incomplete": [], "dead": []}
+    for i in range(9):
+        s = new_shipment(300 + i, "1210" if i % 3 == 0 else "9610")
+        await submit(api, s)
+        made["matched"].append(s.order_doc["orderNo"])
+    for i, defect in enumerate(MISMATCH_DEFECTS):
+        s = samples.broken(new_shipment(320 + i), defect)
+        await submit(api, s)
+        made["mismatched"].append(s.order_doc["orderNo"])
+    for i, codes in enumerate((("CEB311",), ("CEB311", "CEB411"), ("CEB311", "CEB411", "CEB511"))):
+        s = new_shipment(340 + i)
+        await submit(api, s, *codes)
+        made["incomplete"].append(s.order_doc["orderNo"])
+    for i in range(3):
+        bad = xml_of(new_shipment(360 + i).order).replace(b"<ceb:currency>142<", b"<ceb:currency>14<", 1)
+        assert (await api.post_xml(bad)).status == 422
+    async with pool.acquire() as conn:
+        sent = [f"{r['message_type']}:{r['guid']}" for r in await conn.fetch(
+            "SELECT guid, message_type FROM messages ORDER BY id")]  # fmt: skip
+    for key in sent[:40]:
+        await make_forwarded(pool, endpoint="customs", kind=key.split(":")[0], dedupe_key=key)
+    made["dead"].append(str(await make_dead_letter(pool, endpoint="customs", dedupe_key="CEB311:POISON-0001")))
+    made["dead"].append(
+        str(
+            await make_dead_letter(
+                pool, endpoint="warehouse", kind="inbound", error="HTTP 400: 仓库拒收: 商品备案号不存在"
+            )
+        )
+    )
+    async with pool.acquire() as conn:
+        for i in range(3):
+            await cbec_queue.enqueue(conn, endpoint="customs", kind="CEB621", payload={"n": i})
+        await cbec_queue.enqueue(conn, endpoint="inspection", kind="CEB621", payload={})
+        if spread_minutes:
+            # demo only: spread what happened over the last minutes, newest last
+            await conn.execute(
+                """
+                UPDATE messages SET received_at = now() - make_interval(secs => (
+                    SELECT count(*) FROM messages AS n WHERE n.id > messages.id) * $1::float8);
+                UPDATE rejected_messages SET received_at = now() - make_interval(secs => id * 600);
+                UPDATE jobs AS j SET created_at = m.received_at + interval '1 second'
+                  FROM messages AS m WHERE j.dedupe_key = m.message_type || ':' || m.guid;
+                UPDATE job_attempts AS a SET started_at = j.created_at + interval '1 second',
+                                             finished_at = j.created_at + interval '2 seconds'
+                  FROM jobs AS j WHERE a.job_id = j.id AND a.outcome = 'ok';
+                UPDATE jobs SET created_at = now() - make_interval(secs => 100 + id) WHERE state = 'queued';
+                """.replace("$1::float8", str(spread_minutes * 60 / max(len(sent), 1))),
+            )
+    return made

@@ -160,7 +160,7 @@
       h("td", { class: "when", text: fmtTime(job.finished_at) }),
       h("td", {}, h("div", { text: job.dead_reason || "" }), h("div", { class: "error-text", text: job.last_error || "" })),
       h("td", {}, h("details", { class: "history" },
-        h("summary", { text: `${job.history.length} entries` }), attemptsTable(job.history))),
+        h("summary", { text: `${job.history.length} recorded` }), attemptsTable(job.history))),
       h("td", {}, h("button", {
         type: "button", class: "btn danger replay", disabled: !canReplay,
         title: canReplay ? "Queue the job again 重新发送" : "Admins only 仅管理员",
@@ -294,7 +294,7 @@
     return 10 * p;
   }
 
-  function lineChart(container, times, series, { width = 640, height = 190, unit = "" } = {}) {
+  function lineChart(container, times, series, { width = 860, height = 190, unit = "" } = {}) {
     const left = 38, right = 10, top = 10, bottom = 22;
     const w = width - left - right, hgt = height - top - bottom;
     const values = series.flatMap((x) => x.values.filter((v) => v !== null && v !== undefined));
@@ -356,7 +356,7 @@
       lineChart($("latency-chart"), body.minutes, [
         { name: "p50", label: "p50", values: lat.p50_s },
         { name: "p95", label: "p95", values: lat.p95_s },
-      ], { height: 120, unit: "s" });
+      ], { height: 130, unit: "s" });
     }
   }
 
@@ -401,6 +401,35 @@
     return `${d.message_type} ${KIND_ZH[d.kind] || d.kind}`;
   }
 
+  // Indents XML for reading: one element per line, text-only elements kept on their line. Display only:
+  // the text is the stored text (entities stay escaped), only whitespace between tags is added.
+  function indentXml(xml) {
+    if ((xml.match(/>\s*\n\s*</g) || []).length > 2) return xml; // already laid out by its sender
+    const tokens = xml.match(/<[^>]+>|[^<]+/g) || [];
+    const out = [];
+    let depth = 0;
+    for (let i = 0; i < tokens.length; i++) {
+      const t = tokens[i];
+      if (t.startsWith("</")) {
+        depth = Math.max(0, depth - 1);
+        out.push("  ".repeat(depth) + t);
+      } else if (t.startsWith("<")) {
+        const leaf = t.endsWith("/>") || t.startsWith("<?") || t.startsWith("<!");
+        const next = tokens[i + 1], after = tokens[i + 2];
+        if (!leaf && next !== undefined && !next.startsWith("<") && after !== undefined && after.startsWith("</")) {
+          out.push("  ".repeat(depth) + t + next + after);
+          i += 2;
+          continue;
+        }
+        out.push("  ".repeat(depth) + t);
+        if (!leaf) depth++;
+      } else if (t.trim()) {
+        out.push("  ".repeat(depth) + t.trim());
+      }
+    }
+    return out.join("\n");
+  }
+
   function xmlButton(guid) {
     let shown = null;
     const btn = h("button", { type: "button", class: "btn ghost xml-toggle", text: "XML" });
@@ -408,7 +437,17 @@
       if (shown) { shown.remove(); shown = null; return; }
       try {
         const body = await call(`${API}/messages/${encodeURIComponent(guid)}/xml`);
-        shown = h("pre", { class: "xml", text: body.raw_xml });
+        let raw = false;
+        const pre = h("pre", { class: "xml", text: indentXml(body.raw_xml) });
+        const toggle = h("button", { type: "button", class: "btn ghost", text: "as stored 原文" });
+        toggle.addEventListener("click", () => {
+          raw = !raw;
+          pre.textContent = raw ? body.raw_xml : indentXml(body.raw_xml);
+          toggle.textContent = raw ? "indented 缩进" : "as stored 原文";
+        });
+        shown = h("div", { class: "xml-block" },
+          h("div", { class: "sub" }, `message ${body.guid} · ${body.message_type} · ${body.raw_xml.length} characters `,
+            "· indented for reading ", toggle), pre);
         btn.closest("li").append(shown);
       } catch (err) { toast(err.message, true); }
     });
@@ -438,7 +477,8 @@
         h("span", { class: "tag", text: j.state }),
         h("div", { class: "detail" }, `job #${j.id} · ${j.kind} · attempts ${j.attempts}` +
           (j.last_error ? ` · ${j.last_error}` : "")),
-        j.history.length ? h("details", { class: "history" }, h("summary", { text: `${j.history.length} attempts` }),
+        j.history.length ? h("details", { class: "history" },
+          h("summary", { text: `attempt history 尝试记录 (${j.history.length})` }),
           attemptsTable(j.history)) : null) });
     }
     for (const r of ship.receipts || []) {

@@ -1,0 +1,192 @@
+"""The operators' console in a real headless Chromium (Playwright), against the API on 127.0.0.1 and PostgreSQL.
+
+Needs /usr/bin/chromium (Debian's ``chromium``) and the ``playwright`` package; never downloads a browser.
+Screenshots go to test-artifacts/ (git-ignored). ``UPDATE_DOCS_SCREENSHOT=1`` also rewrites docs/img/console.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import cbec_queue
+import pytest
+import pytest_asyncio
+
+from gateway import samples
+from tests.apiutil import ADMIN, PLATFORM_A, Client
+from tests.consoleutil import build_app, make_dead_letter, new_shipment, seed_realistic, start, submit
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "console.png"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+try:
+    from playwright.async_api import Browser, Page, async_playwright, expect
+except ImportError:  # pragma: no cover - depends on the machine
+    async_playwright = None  # type: ignore[assignment]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.db,
+    pytest.mark.skipif(
+        async_playwright is None, reason="the playwright package is not installed (pip install playwright)"
+    ),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install -y chromium)"),
+]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+class Site:
+    def __init__(self, base: str, api: Client, pool: asyncpg.Pool) -> None:
+        self.base, self.api, self.pool = base, api, pool
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def site(db_pool: asyncpg.Pool) -> AsyncIterator[Site]:
+    app = build_app(db_pool, poll_interval=0.3)
+    runner, base = await start(app)
+    async with aiohttp.ClientSession() as session:
+        yield Site(base, Client(session, base), db_pool)
+    await asyncio.wait_for(runner.cleanup(), 10)
+
+
+async def new_page(browser: Browser, errors: list[str]) -> Page:
+    context = await browser.new_context(
+        viewport={"width": 1366, "height": 768}, timezone_id="Asia/Shanghai", locale="zh-CN"
+    )
+    page = await context.new_page()
+    page.set_default_timeout(10_000)
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+    return page
+
+
+async def sign_in(page: Page, base: str, key: str) -> None:
+    await page.goto(base + "/ops")
+    assert page.url.endswith("/ops/login")
+    await page.fill("#key", key)
+    await page.click("button[type=submit]")
+
+
+def shot(name: str) -> str:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return str(ARTIFACTS / name)
+
+
+async def test_console_live_mismatch_detail_and_replay(browser: Browser, site: Site) -> None:
+    errors: list[str] = []
+    async with asyncio.timeout(120):
+        await submit(site.api, new_shipment(401))  # one matched shipment before the page opens
+        page = await new_page(browser, errors)
+
+        # a submitter key is refused, an admin key gets in
+        await sign_in(page, site.base, PLATFORM_A)
+        assert "submitter" in await page.inner_text(".login-error")
+        errors.clear()  # the browser logs the refused sign-in's 403 answer, as it should
+        await sign_in(page, site.base, ADMIN)
+        await page.wait_for_url(site.base + "/ops")
+        await expect(page.locator("#kpi-matched")).to_have_text("1")
+        await page.wait_for_selector("#live[data-state='live']")
+        if Path("/usr/share/fonts/truetype/wqy").exists():
+            assert await page.evaluate("document.fonts.check('16px \"WenQuanYi Micro Hei\"', '不一致')")
+        await page.evaluate("window.__noReload = 'still here'")
+
+        # inconsistent documents arrive through the API: the mismatch appears without a reload
+        s = samples.broken(new_shipment(402), "amount_mismatch")
+        order_no = s.order_doc["orderNo"]
+        await submit(site.api, s)
+        row = f"#list-table tbody tr[data-order='{order_no}']"
+        await page.wait_for_selector(row)
+        await expect(page.locator("#kpi-mismatched")).to_have_text("1")
+        assert await page.evaluate("window.__noReload") == "still here"
+        row_text = await page.inner_text(row)
+        assert "acturalPaid" in row_text and s.order_doc["buyerName"] in row_text
+        await page.screenshot(path=shot("browser-live-mismatch.png"))
+
+        # its detail shows both values and the documents' XML on demand
+        await page.click(f"{row} a")
+        await page.wait_for_selector("table.findings")
+        findings = await page.inner_text("table.findings")
+        paid, amount = Decimal(s.order_doc["acturalPaid"]), Decimal(s.payment_doc["amountPaid"])
+        assert f"{paid:.2f}" in findings and f"{amount:.2f}" in findings and paid != amount
+        assert "CEB311" in findings and "CEB411" in findings
+        timeline = await page.inner_text(".timeline")
+        for title in ("CEB311 订单", "CEB411 支付单", "CEB511 运单", "CEB621 清单"):
+            assert title in timeline
+        await page.click(".timeline li.document >> nth=0 >> .xml-toggle")
+        xml = await page.inner_text("pre.xml")
+        assert order_no in xml and "<ceb:orderNo>" in xml
+        await page.screenshot(path=shot("browser-shipment.png"), full_page=True)
+
+        # a dead letter (made with cbec_queue's own functions) is replayed from the page
+        await page.click("a.back")
+        job_id = await make_dead_letter(site.pool, endpoint="customs", dedupe_key=f"CEB311:{s.order['guid']}")
+        dead_row = f"#dead-table tbody tr[data-job='{job_id}']"
+        await page.wait_for_selector(dead_row)  # the feed's queue event brings it in
+        assert "POISON" in await page.inner_text(dead_row)
+        await page.screenshot(path=shot("browser-dead-letter.png"), full_page=True)
+        await page.click(f"{dead_row} button.replay")
+        await page.wait_for_selector(dead_row, state="detached")
+        assert "queued again" in await page.inner_text("#toast")
+        async with site.pool.acquire() as conn:
+            job = await cbec_queue.get_job(conn, job_id)
+        assert job is not None and job["state"] == "queued" and job["history"][-1]["outcome"] == "replayed"
+
+        # sign out: back to the sign-in page, the session is gone
+        await page.click("#sign-out")
+        await page.wait_for_url(site.base + "/ops/login")
+        await page.goto(site.base + "/ops")
+        assert page.url.endswith("/ops/login")
+        await page.context.close()
+    assert errors == []
+
+
+async def test_console_at_1366x768_with_realistic_data(browser: Browser, site: Site) -> None:
+    errors: list[str] = []
+    async with asyncio.timeout(120):
+        made = await seed_realistic(site.api, site.pool, spread_minutes=55)
+        page = await new_page(browser, errors)
+        await sign_in(page, site.base, ADMIN)
+        await page.wait_for_url(site.base + "/ops")
+        await expect(page.locator("#kpi-mismatched")).to_have_text(str(len(made["mismatched"])))
+        await page.wait_for_selector(f"#list-table tbody tr[data-order='{made['mismatched'][0]}']")
+        await page.wait_for_selector("#chart svg path.series.accepted")
+        await page.wait_for_selector("#queue-table tbody tr")
+        await page.wait_for_selector("#live[data-state='live']")
+        await page.wait_for_timeout(1500)  # let the highlights of fresh figures fade
+        # usable on a laptop: nothing wider than the window
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 1366
+        path = shot("console-1366x768.png")
+        await page.screenshot(path=path)
+        assert Path(path).stat().st_size < 300_000
+        if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
+            DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, DOCS_SCREENSHOT)
+        await page.screenshot(path=shot("console-full.png"), full_page=True)
+        await page.context.close()
+    assert errors == []
