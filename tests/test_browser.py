@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from gateway import samples
+from gateway.sandbox.receipts import build_receipt, return_time
 from tests.apiutil import ADMIN, PLATFORM_A, Client
 from tests.consoleutil import build_app, make_dead_letter, new_shipment, seed_realistic, start, submit
 
@@ -120,6 +121,11 @@ async def test_console_live_mismatch_detail_and_replay(browser: Browser, site: S
         s = samples.broken(new_shipment(402), "amount_mismatch")
         order_no = s.order_doc["orderNo"]
         await submit(site.api, s)
+        receipt = build_receipt("CEB312", {
+            "guid": s.order_doc["guid"], "ebpCode": s.order_doc["ebpCode"], "ebcCode": s.order_doc["ebcCode"],
+            "orderNo": order_no, "returnStatus": "120", "returnTime": return_time(), "returnInfo": "新增申报成功",
+        })  # fmt: skip
+        assert (await site.api.post_xml(receipt)).status == 202
         row = f"#list-table tbody tr[data-order='{order_no}']"
         await page.wait_for_selector(row)
         await expect(page.locator("#kpi-mismatched")).to_have_text("1")
@@ -136,7 +142,14 @@ async def test_console_live_mismatch_detail_and_replay(browser: Browser, site: S
         assert f"{paid:.2f}" in findings and f"{amount:.2f}" in findings and paid != amount
         assert "CEB311" in findings and "CEB411" in findings
         timeline = await page.inner_text(".timeline")
-        for title in ("CEB311 订单", "CEB411 支付单", "CEB511 运单", "CEB621 清单"):
+        for title in (
+            "CEB311 订单",
+            "CEB411 支付单",
+            "CEB511 运单",
+            "CEB621 清单",
+            "回执 CEB312 · 120",
+            "新增申报成功",
+        ):
             assert title in timeline
         await page.click(".timeline li.document >> nth=0 >> .xml-toggle")
         xml = await page.inner_text("pre.xml")

@@ -452,3 +452,27 @@ def test_receipts_shape_links() -> None:
         )
         is None
     )
+
+
+async def test_receipts_stored_as_documents_join_the_timeline(ops: Ops) -> None:
+    from gateway.sandbox.receipts import build_receipt, return_time
+
+    s = new_shipment(151)
+    await submit(ops.api, s)
+    order, waybill = s.order_doc, s.waybill_doc
+    for code, values in (
+        ("CEB312", {"guid": order["guid"], "ebpCode": order["ebpCode"], "ebcCode": order["ebcCode"],
+                    "orderNo": order["orderNo"], "returnStatus": "120", "returnInfo": "新增申报成功"}),
+        ("CEB512", {"guid": waybill["guid"], "logisticsCode": waybill["logisticsCode"],
+                    "logisticsNo": waybill["logisticsNo"], "returnStatus": "2", "returnInfo": "电子口岸申报中"}),
+        ("CEB312", {"guid": "0B0E1C44-59D1-4F6B-9A36-5E0F4CB2F6A1", "ebpCode": order["ebpCode"],
+                    "ebcCode": order["ebcCode"], "orderNo": "SOMEONE-ELSES-ORDER", "returnStatus": "120",
+                    "returnInfo": "x"}),
+    ):  # fmt: skip
+        reply = await ops.api.post_xml(build_receipt(code, {**values, "returnTime": return_time()}))
+        assert reply.status == 202, reply.body
+    client = await ops.console(OPERATOR)
+    body = await client.get_json("/ops/api/shipment", **key_of(s))
+    receipts = [(d["message_type"], d["head"]["returnStatus"]) for d in body["documents"] if d["kind"] == "receipt"]
+    assert sorted(receipts) == [("CEB312", "120"), ("CEB512", "2")]
+    assert body["state"] == "matched"  # receipts never change the reconciliation

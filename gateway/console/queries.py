@@ -283,20 +283,28 @@ async def list_shipments(conn: asyncpg.Connection, q: ListQuery, features: Featu
 SHIPMENT = "SELECT * FROM shipments WHERE ebp_code = $1 AND order_no = $2"
 
 #: Every version of the shipment's documents with the message that brought each ($1 ebpCode, $2 orderNo):
-#: order, payment, inventory by the order's key; waybills by that orderNo or by any inventory's waybill key.
+#: order, payment, inventory by the order's key; waybills by that orderNo or by any inventory's waybill key;
+#: receipts stored as documents (kind 'receipt') that name the order's key (CEB312) or a waybill's (CEB512/514).
 SHIPMENT_DOCUMENTS = """
 WITH own AS MATERIALIZED (
     SELECT d.id, d.kind, d.logistics_code, d.logistics_no FROM documents AS d
-     WHERE d.ebp_code = $1 AND d.order_no = $2 AND d.kind IN ('order', 'payment', 'inventory')
-), ids AS (
-    SELECT id FROM own
+     WHERE d.ebp_code = $1 AND d.order_no = $2 AND d.kind IN ('order', 'payment', 'inventory', 'receipt')
+), waybills AS MATERIALIZED (
+    SELECT d.id, d.logistics_code, d.logistics_no FROM documents AS d WHERE d.kind = 'waybill' AND d.order_no = $2
     UNION
-    SELECT d.id FROM documents AS d WHERE d.kind = 'waybill' AND d.order_no = $2
-    UNION
-    SELECT d.id
+    SELECT d.id, d.logistics_code, d.logistics_no
       FROM (SELECT DISTINCT logistics_code, logistics_no FROM own WHERE kind = 'inventory') AS w
       JOIN documents AS d ON d.logistics_code = w.logistics_code AND d.logistics_no = w.logistics_no
      WHERE d.kind = 'waybill'
+), ids AS (
+    SELECT id FROM own
+    UNION
+    SELECT id FROM waybills
+    UNION
+    SELECT d.id
+      FROM (SELECT DISTINCT logistics_code, logistics_no FROM waybills) AS w
+      JOIN documents AS d ON d.logistics_code = w.logistics_code AND d.logistics_no = w.logistics_no
+     WHERE d.kind = 'receipt'
 )
 SELECT d.id, d.message_id, d.doc_index, d.doc_guid, d.kind, d.message_type, d.key1, d.key2, d.app_type,
        d.app_time, d.app_status, d.path, d.head, d.lines, d.is_current, d.withdrawn, d.superseded_by,

@@ -457,6 +457,16 @@
   function timelineItems(ship) {
     const items = [];
     for (const d of ship.documents) {
+      if (d.kind === "receipt") {
+        const head = d.head || {};
+        const status = String(head.returnStatus ?? "");
+        items.push({ at: d.received_at, el: h("li", { class: status.startsWith("-") || status === "100" ? "receipt failed" : "receipt" },
+          h("span", { class: "t", text: fmtTime(d.received_at) }),
+          h("span", { class: "what", text: `Receipt 回执 ${d.message_type} · ${status}` }),
+          xmlButton(d.message_guid),
+          h("div", { class: "detail" }, `${head.returnInfo || ""} · returnTime ${head.returnTime || "—"}`)) });
+        continue;
+      }
       const tags = [];
       if (d.withdrawn) tags.push(h("span", { class: "tag withdrawn", text: "withdrawn 已撤回" }));
       else if (d.is_current) tags.push(h("span", { class: "tag current", text: "current 当前" }));
