@@ -63,6 +63,30 @@ async def test_submitter_and_unknown_keys_are_refused(ops: Ops) -> None:
     assert (await client.get("/ops/api/session"))[0] == 401
 
 
+async def test_sign_in_from_another_site_is_refused(ops: Ops) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        for origin in ("https://evil.example", "null"):
+            async with s.post(ops.base + "/ops/login", data={"key": ADMIN}, headers={"Origin": origin},
+                              allow_redirects=False) as resp:  # fmt: skip
+                assert resp.status == 403, origin
+                assert "Set-Cookie" not in resp.headers
+        # a client that sends no Origin at all (curl, scripts) may sign in
+        async with s.post(ops.base + "/ops/login", data={"key": ADMIN}, allow_redirects=False) as resp:
+            assert resp.status == 303
+
+
+async def test_replay_accepts_a_same_origin_referer_without_origin(ops: Ops) -> None:
+    job_id = await make_dead_letter(ops.pool)
+    admin = await ops.console(ADMIN)
+    url = f"{ops.base}/ops/api/jobs/{job_id}/replay"
+    headers = {"X-CSRF-Token": admin.csrf, "Referer": "https://evil.example/ops"}
+    async with admin.session.post(url, headers=headers) as resp:
+        assert resp.status == 403
+    headers["Referer"] = ops.base + "/ops"
+    async with admin.session.post(url, headers=headers) as resp:
+        assert resp.status == 200
+
+
 async def test_operator_signs_in_with_a_strict_http_only_cookie(ops: Ops) -> None:
     client = await ops.console()
     resp = await client.sign_in(OPERATOR)

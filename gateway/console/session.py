@@ -121,13 +121,13 @@ def own_origin(request: web.Request) -> str:
 def origin_allowed(request: web.Request, allowed: Iterable[str], *, required: bool) -> bool:
     """Origin (else Referer's origin) must be the console's own or an allowed one; ``required``: one must be sent."""
     origin = request.headers.get("Origin")
-    if origin is None or origin == "null":
+    if origin == "null":
+        return False  # sandboxed frames, file:// pages, privacy redirects: never the console itself
+    if origin is None:
         referer = request.headers.get("Referer")
         if referer:
             parts = urlsplit(referer)
             origin = f"{parts.scheme}://{parts.netloc}"
-        elif origin == "null":
-            return False  # sandboxed frames, file:// pages, some redirects: never ours
     if origin is None:
         return not required
     return origin == own_origin(request) or origin in set(allowed)
