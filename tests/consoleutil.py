@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway import samples
 from gateway.api import KEYS, POOL, create_app
-from gateway.console import setup_console
+from gateway.console import CONSOLE, setup_console
 from gateway.metrics import setup_metrics
 from gateway.render import render
 from tests.apiutil import Client, sign_as_agent, test_settings
@@ -156,6 +156,7 @@ def build_app(pool: asyncpg.Pool, *, poll_interval: float = 0.2) -> web.Applicat
     app = create_app(test_settings(), pool, signer=sign_as_agent)
     setup_console(app, pool_key=POOL, keys_key=KEYS, poll_interval=poll_interval)
     setup_metrics(app, pool_key=POOL)
+    app[CONSOLE].poll_interval = poll_interval  # also when create_app set the console up itself
     return app
 
 

@@ -110,6 +110,7 @@ async def test_console_responses_carry_security_headers(ops: Ops) -> None:
     async with aiohttp.ClientSession() as s, s.get(ops.base + "/ops/static/console.js") as resp:
         assert resp.status == 200 and "EventSource" in await resp.text()
         assert "Content-Security-Policy" in resp.headers
+        assert resp.headers["Content-Type"] == "application/javascript; charset=utf-8"
 
 
 async def test_sign_out_needs_the_token_and_ends_the_session(ops: Ops) -> None:
@@ -257,7 +258,8 @@ async def test_shipment_page_has_history_transmissions_and_xml(ops: Ops) -> None
     doc = fixed.payment_doc
     doc["guid"] = str(uuid.uuid4()).upper()
     doc["appType"] = "2"
-    doc["appTime"] = str(int(doc["appTime"]) + 100)
+    later = datetime.strptime(doc["appTime"], "%Y%m%d%H%M%S") + timedelta(minutes=1)
+    doc["appTime"] = later.strftime("%Y%m%d%H%M%S")
     doc["amountPaid"] = s.order_doc["acturalPaid"]
     reply = await ops.api.post_xml(xml_of(fixed.payment))
     assert reply.status == 202, reply.body

@@ -428,6 +428,9 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        ctype = response.headers.get("Content-Type", "")
+        if ctype.startswith(("text/", "application/javascript", "image/svg+xml")) and "charset" not in ctype:
+            response.headers["Content-Type"] = ctype + "; charset=utf-8"  # the static files are UTF-8
 
 
 def setup(
@@ -460,7 +463,7 @@ def setup(
             console.features = await q.detect_features(pool)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("console_features_unknown", error=str(exc))
-        console.feed = Feed(pool, lambda: console.features, interval=poll_interval)
+        console.feed = Feed(pool, lambda: console.features, interval=console.poll_interval)
         await console.feed.start()
         yield
         await console.feed.stop()
