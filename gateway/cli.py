@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="stored-shipment counts for the flatness run, e.g. 10000,100000",
     )
+    p.add_argument("--batch", type=int, default=2000, help="messages ingested per flatness row (default 2000)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the sample messages (default 1)")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object instead of a table")
     p.set_defaults(func=_cmd_bench)
     return parser
 

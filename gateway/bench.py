@@ -1,0 +1,973 @@
+"""``cbec bench``: how fast this machine parses, validates and ingests CEB messages, in one run.
+
+Every figure comes from the same realistic messages: the four legs (CEB311 order, CEB411 payment,
+CEB511 waybill, CEB621 signed inventory) of shipments made by :mod:`gateway.samples`, half 9610 and
+half 1210, 1–5 goods lines. The run measures:
+
+1. bare lxml: parse + ``XMLSchema.validate`` on one core — the floor the other figures compare with;
+2. the pipeline's CPU part in this process (parse, XSD, extract, business rules), one core;
+3. the real ``cbec validate --json`` over every message written as a file, in one subprocess call
+   (files/s with the interpreter's start-up included, and the start-up itself);
+4. full ingest: ``cbec serve`` in its own process on a fresh database, driven over HTTP with aiohttp at
+   the given concurrency — every answer a 202 after the commit, reconciliation included — with p50/p99
+   latency, the CPU each process spent per message, and a check in SQL afterwards that every message
+   was stored and every shipment is matched (a benchmark that loses data is wrong);
+5. full ingest / bare lxml;
+6. flatness: a fixed batch ingested again after the tables were bulk-populated (INSERT ... SELECT
+   generate_series, rows shaped like the sample documents) to each requested shipment count.
+
+The databases are created for the run next to the given server (``--database-url``, else the local
+server at 127.0.0.1:5432 when it answers, else an embedded one) and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import psutil
+from lxml import etree
+
+from gateway import db, samples, signing
+from gateway.auth import document_parties
+from gateway.messages import CEB_NS, SCHEMA_DIR, lookup
+from gateway.pipeline import Pipeline
+from gateway.schema import SchemaSet
+
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+CODES_IN_ORDER = ("CEB311", "CEB411", "CEB511", "CEB621")
+SHIPMENT_STATE_MATCHED = "matched"
+#: Messages ingested (and not counted) before each flatness batch: connections, prepared statements.
+WARMUP_MESSAGES = 100
+#: cbec validate runs over at least this many files (the corpus repeated when smaller).
+MIN_VALIDATE_FILES = 2000
+
+
+# --- the messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    shipment: int
+    code: str
+    body: bytes
+
+
+class Corpus:
+    """Sample shipments rendered to XML, legs shuffled within each shipment, shipments one after another."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        key_pem, cert_pem = signing.generate_test_key("rsa", "cbec bench agent")
+        backend = signing.RsaSha1Key.from_pem(key_pem, cert_pem)
+        self._sign: Callable[[etree._Element], None] = lambda root: signing.sign(root, backend)
+        self.next_shipment = 0
+
+    def shipments(self, count: int) -> list[Message]:
+        out: list[Message] = []
+        for _ in range(count):
+            s = samples.shipment(self.rng, mode=self.rng.choice(("9610", "1210")), n_items=self.rng.randint(1, 5))
+            rendered = samples.render_shipment(s, signer=self._sign)
+            legs = list(CODES_IN_ORDER)
+            self.rng.shuffle(legs)
+            out.extend(Message(self.next_shipment, code, rendered[code]) for code in legs)
+            self.next_shipment += 1
+        return out
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else 0.0
+
+
+def bench_lxml(bodies: Sequence[bytes], *, min_seconds: float = 1.0) -> float:
+    """Documents/s of bare lxml parse + XMLSchema.validate on one core (passes repeated for min_seconds)."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, collect_ids=False)
+    schema_parser = etree.XMLParser(no_network=True, resolve_entities=False)
+    schema = etree.XMLSchema(etree.parse(str(SCHEMA_DIR / lookup("CEB311").schema), schema_parser))  # type: ignore[union-attr]
+    done, started = 0, time.perf_counter()
+    while True:
+        for body in bodies:
+            if not schema.validate(etree.fromstring(body, parser)):
+                raise RuntimeError(f"a sample message is not schema-valid: {schema.error_log.last_error}")
+        done += len(bodies)
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds:
+            return _rate(done, elapsed)
+
+
+def bench_pipeline(bodies: Sequence[bytes], *, min_seconds: float = 1.0) -> float:
+    """Documents/s of Pipeline.check (parse, XSD, extract, business rules) in this process, one core."""
+    pipeline = Pipeline(SchemaSet())
+    pipeline.check(bodies[0])  # compile the schema outside the timing
+    done, started = 0, time.perf_counter()
+    while True:
+        for body in bodies:
+            pipeline.check(body)
+        done += len(bodies)
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds:
+            return _rate(done, elapsed)
+
+
+def cbec_command() -> list[str]:
+    """The installed ``cbec`` console script next to this interpreter, else ``python -m gateway.cli``."""
+    script = Path(sys.executable).with_name("cbec")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+
+
+@dataclass
+class ValidateRun:
+    files: int
+    valid: int
+    seconds: float
+    startup_seconds: float
+
+    @property
+    def files_per_second(self) -> float:
+        return _rate(self.files, self.seconds)
+
+    @property
+    def files_per_second_after_startup(self) -> float | None:
+        """The rate once started; None when the run was too short to tell it from the start-up's noise."""
+        work = self.seconds - self.startup_seconds
+        return _rate(self.files, work) if work > 0.1 * self.seconds else None
+
+
+def bench_validate(messages: Sequence[Message], folder: Path, *, min_files: int = MIN_VALIDATE_FILES) -> ValidateRun:
+    """Time ``cbec validate --json`` over every message as a file (one call), and its start-up alone.
+
+    A small corpus is written several times over (under other names) so that the call covers at least
+    ``min_files`` files: with fewer, the start-up hides the rate.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(max(len(messages), min_files)):
+        m = messages[i % len(messages)]
+        name = f"{i:06d}-{m.code}.xml"
+        (folder / name).write_bytes(m.body)
+        names.append(name)
+    cmd = [*cbec_command(), "validate", "--json"]
+    startups = []
+    for _ in range(3):  # start-up: interpreter, imports, schema compilation, one file
+        started = time.perf_counter()
+        subprocess.run([*cmd, names[0]], cwd=folder, capture_output=True, check=True)
+        startups.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    done = subprocess.run([*cmd, *names], cwd=folder, capture_output=True, check=False)
+    seconds = time.perf_counter() - started
+    results = json.loads(done.stdout)
+    valid = sum(1 for r in results if r["valid"])
+    if done.returncode != 0 or len(results) != len(names):
+        bad = next((r for r in results if not r["valid"]), None)
+        raise RuntimeError(f"cbec validate exited {done.returncode}: {bad or done.stderr.decode()[-2000:]}")
+    return ValidateRun(len(names), valid, seconds, sorted(startups)[1])
+
+
+# --- databases -----------------------------------------------------------------------------------
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server, another database (host:port DSNs and ?host=/socket/dir DSNs alike)."""
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+async def _answers(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+@contextlib.asynccontextmanager
+async def database_server(explicit: str | None, data_dir: Path | None) -> AsyncIterator[tuple[str, str]]:
+    """Yield (admin DSN, where): the given server, the local one at 127.0.0.1:5432, or an embedded one."""
+    dsn = db.resolve_dsn(explicit)
+    if dsn is not None:
+        yield dsn, "given server"
+        return
+    if await _answers(LOCAL_DSN):
+        yield LOCAL_DSN, "local server 127.0.0.1:5432"
+        return
+    if data_dir is not None:
+        async with db.EmbeddedPostgres(Path(data_dir) / "pgdata") as pg:
+            yield pg.dsn, f"embedded server in {Path(data_dir) / 'pgdata'}"
+        return
+    folder = tempfile.mkdtemp(prefix="cbec-bench-pg-")
+    pg = db.EmbeddedPostgres(folder, cleanup_mode="delete")
+    try:
+        yield await pg.start(), "embedded server (temporary)"
+    finally:
+        await pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_dsn: str) -> AsyncIterator[tuple[str, str]]:
+    """A new, migrated database on the server for the block (dropped afterwards): (dsn, name)."""
+    name = f"cbec_bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = with_database(admin_dsn, name)
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await db.migrate(conn)
+        finally:
+            await conn.close()
+        yield dsn, name
+    finally:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+# --- the gateway in its own process ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class GatewayProcess:
+    """``cbec serve`` on a free port with a bench API key; its log (JSON lines) goes to a file."""
+
+    def __init__(self, dsn: str, workdir: Path, config: str | None) -> None:
+        self.dsn = dsn
+        self.workdir = workdir
+        self.config = config
+        self.port = _free_port()
+        self.api_key = secrets.token_urlsafe(24)
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_file = workdir / f"gateway-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        env = dict(os.environ)
+        env["CBEC_API_KEYS"] = json.dumps([{"name": "bench", "key": self.api_key, "role": "admin"}])
+        env.setdefault("CBEC_LOG_FORMAT", "json")  # what production writes: one JSON line per request
+        cmd = [*cbec_command(), "serve", "--database-url", self.dsn, "--host", "127.0.0.1", "--port", str(self.port),
+               "--data-dir", str(self.workdir / "gateway-data")]  # fmt: skip
+        if self.config:
+            cmd += ["--config", self.config]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"cbec serve exited with {self.proc.returncode}: {self.log_tail()}")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(self.base_url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cbec serve did not answer within {timeout:.0f} s: {self.log_tail()}")
+                await asyncio.sleep(0.05)
+
+    def log_tail(self, size: int = 2000) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-size:]
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 10)
+
+
+Snapshot = tuple[float, dict[int, float], float]  # gateway seconds, {postgres pid: seconds}, client seconds
+
+
+class CpuMeter:
+    """CPU seconds spent by the gateway process, by the PostgreSQL processes working for the bench
+    database (its backends and autovacuum workers, plus the shared WAL writer, checkpointer and
+    background writer) and by this process (the HTTP client)."""
+
+    _SHARED = ("walwriter", "checkpointer", "background writer", "wal writer")
+
+    def __init__(self, gateway_pid: int, dbname: str) -> None:
+        self.gateway_pid = gateway_pid
+        self.dbname = dbname
+
+    def _postgres(self) -> dict[int, float]:
+        out = {}
+        for p in psutil.process_iter(["name", "cmdline"]):
+            try:
+                if not (p.info["name"] or "").startswith("postgres"):
+                    continue
+                title = " ".join(p.info["cmdline"] or ())
+                if f" {self.dbname} " in f" {title} " or any(s in title for s in self._SHARED):
+                    t = p.cpu_times()
+                    out[p.pid] = t.user + t.system
+            except psutil.Error:
+                continue
+        return out
+
+    def snapshot(self) -> Snapshot:
+        try:
+            t = psutil.Process(self.gateway_pid).cpu_times()
+            gateway = t.user + t.system
+        except psutil.Error:
+            gateway = 0.0
+        return gateway, self._postgres(), time.process_time()
+
+    @staticmethod
+    def spent(before: Snapshot, after: Snapshot) -> dict[str, float]:
+        pg = sum(v - before[1].get(pid, 0.0) for pid, v in after[1].items())
+        return {"gateway": after[0] - before[0], "postgres": pg, "client": after[2] - before[2]}
+
+
+# --- driving ingest ----------------------------------------------------------------------------
+
+
+@dataclass
+class IngestRun:
+    messages: int
+    seconds: float
+    statuses: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_message: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return self.statuses.get("202", 0)
+
+    @property
+    def per_second(self) -> float:
+        return _rate(self.messages, self.seconds)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+async def drive(
+    gateway: GatewayProcess, messages: Sequence[Message], concurrency: int, meter: CpuMeter | None = None
+) -> IngestRun:
+    """POST every message as XML with ``concurrency`` clients at once; time, latencies, statuses."""
+    headers = {"X-API-Key": gateway.api_key, "Content-Type": "application/xml"}
+    url = gateway.base_url + "/v1/messages"
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    errors: list[str] = []
+    todo = iter(messages)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client() -> None:
+            for m in todo:  # one shared iterator: each message is sent once
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=m.body, headers=headers) as resp:
+                        text = await resp.read()
+                        status = resp.status
+                except aiohttp.ClientError as exc:
+                    statuses["client-error"] += 1
+                    errors.append(f"{m.code} of shipment {m.shipment}: {exc!r}")
+                    continue
+                latencies.append(time.perf_counter() - started)
+                statuses[str(status)] += 1
+                if status != 202 and len(errors) < 5:
+                    errors.append(f"{m.code} of shipment {m.shipment}: HTTP {status} {text[:500]!r}")
+
+        before = meter.snapshot() if meter else None
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+        after = meter.snapshot() if meter else None
+    latencies.sort()
+    cpu = {}
+    if before is not None and after is not None:
+        cpu = {k: v / len(messages) * 1e6 for k, v in CpuMeter.spent(before, after).items()}
+    return IngestRun(
+        messages=len(messages),
+        seconds=seconds,
+        statuses=dict(statuses),
+        p50_ms=_percentile(latencies, 0.50) * 1000,
+        p99_ms=_percentile(latencies, 0.99) * 1000,
+        cpu_us_per_message=cpu,
+        errors=errors,
+    )
+
+
+@dataclass
+class Verification:
+    messages_sent: int
+    messages_stored: int
+    shipments_expected: int
+    shipments_stored: int
+    shipments_matched: int
+    rejected: int
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.messages_stored == self.messages_sent
+            and self.shipments_stored == self.shipments_matched == self.shipments_expected
+            and self.rejected == 0
+        )
+
+
+async def verify(dsn: str, messages: Sequence[Message]) -> Verification:
+    """Count in SQL what the run stored: every message (by guid) once, every shipment matched, nothing rejected."""
+    guids: list[str] = []
+    order_nos: list[str] = []
+    for m in messages:
+        root = etree.fromstring(m.body)
+        guids.append(root.get("guid", ""))
+        if m.code == "CEB311":
+            order_nos.append(root.findtext(f".//{{{CEB_NS}}}orderNo") or "")
+    conn = await asyncpg.connect(dsn)
+    try:
+        stored = await conn.fetchval("SELECT count(*) FROM messages WHERE guid = ANY ($1::text[])", guids)
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE state = $2) AS matched"
+            " FROM shipments WHERE order_no = ANY ($1::text[])",
+            order_nos,
+            SHIPMENT_STATE_MATCHED,
+        )
+        assert row is not None
+        rejected = await conn.fetchval("SELECT count(*) FROM rejected_messages")
+    finally:
+        await conn.close()
+    return Verification(len(messages), stored, len(order_nos), row["n"], row["matched"], rejected)
+
+
+# --- bulk population for the flatness runs -------------------------------------------------------
+
+POPULATE_SUBMITTER = "bench-populate"
+
+#: Per shipment number g.i, the values that must differ between shipments (keys, guids, the buyer);
+#: everything else is copied from a real sample document, so rows have the true shape and size.
+_VARY = {
+    "guid": "upper(gen_random_uuid()::text)",
+    "orderNo": "'ZG20240101' || lpad(g.i::text, 12, '0')",
+    "logisticsNo": "'YT' || lpad(g.i::text, 13, '0')",
+    "payTransactionId": "'2088' || '20240101' || lpad(g.i::text, 12, '0')",
+    "copNo": "'INV20240101' || lpad(g.i::text, 8, '0')",
+    "buyerIdNumber": "'110101' || lpad((g.i % 400000)::text, 12, '0')",  # some buyers come back
+    "payerIdNumber": "'110101' || lpad((g.i % 400000)::text, 12, '0')",
+}
+_AT = "(timestamptz '2024-01-01 00:00:00+08' + g.i * interval '20 seconds')"
+_COLUMNS_FROM_HEAD = (
+    ("order_no", "orderNo"), ("ebp_code", "ebpCode"), ("ebc_code", "ebcCode"), ("logistics_code", "logisticsCode"),
+    ("logistics_no", "logisticsNo"), ("pay_code", "payCode"), ("pay_transaction_id", "payTransactionId"),
+    ("app_type", "appType"), ("app_time", "appTime"), ("app_status", "appStatus"),
+)  # fmt: skip
+
+
+@dataclass
+class _Template:
+    code: str
+    kind: str
+    keys: tuple[str, ...]
+    path: str
+    head: dict[str, str]
+    lines: list[dict[str, str]]
+    parties: list[str]
+
+
+def _templates(messages: Sequence[Message]) -> list[_Template]:
+    """One real document of each leg, extracted by the pipeline (the shape the store writes)."""
+    pipeline = Pipeline(SchemaSet())
+    out: dict[str, _Template] = {}
+    # The median shipment (3 goods lines) of the corpus, else the one with the most lines below.
+    by_lines = sorted(messages, key=lambda m: (abs(m.body.count(b"<ceb:gnum>") - 3), m.shipment))
+    for m in by_lines:
+        if m.code in out:
+            continue
+        doc = pipeline.check(m.body).message.documents[0]
+        out[m.code] = _Template(m.code, doc.type.kind.value, doc.type.keys, doc.path, doc.head, doc.lines,
+                                sorted(document_parties(doc)))  # fmt: skip
+    return [out[c] for c in CODES_IN_ORDER]
+
+
+def _head_sql(t: _Template) -> str:
+    vary = ", ".join(f"'{name}', {expr}" for name, expr in _VARY.items() if name in t.head)
+    return f"($1::jsonb || jsonb_build_object({vary}))"
+
+
+def _documents_sql(t: _Template, k: int) -> str:
+    cols = ", ".join(c for c, _ in _COLUMNS_FROM_HEAD)
+    vals = ", ".join(f"x.head->>'{f}'" for _, f in _COLUMNS_FROM_HEAD)
+    key2 = f"coalesce(x.head->>'{t.keys[1]}', '')" if len(t.keys) > 1 else "''"
+    return f"""
+INSERT INTO documents (id, message_id, doc_index, doc_guid, kind, message_type, key1, key2, {cols},
+                       path, head, lines, parties, is_current, withdrawn, created_at)
+SELECT $4 + (x.i - $7) * 4 + {k}, $5 + (x.i - $7) * 4 + {k}, 1, x.head->>'guid', '{t.kind}', '{t.code}',
+       x.head->>'{t.keys[0]}', {key2}, {vals}, '{t.path}', x.head, $2::jsonb, $3::text[], true, false, x.at
+  FROM (SELECT g.i, {_head_sql(t)} AS head, {_AT} AS at FROM generate_series($6::bigint, $8::bigint - 1) AS g(i)) AS x
+"""
+
+
+_MESSAGES_SQL = f"""
+INSERT INTO messages (id, guid, message_type, sha256, raw_xml, source, submitter, received_at, response, http_status)
+SELECT x.id, x.guid, x.code, sha256(int8send(x.id)),
+       format('<?xml version="1.0" encoding="UTF-8"?><ceb:%sMessage xmlns:ceb="http://www.chinaport.gov.cn/ceb" '
+              'guid="%s" version="1.0"><!-- bulk-populated by cbec bench: a stand-in for the %s XML -->'
+              '</ceb:%sMessage>',
+              x.code, x.guid, x.code, x.code),
+       'xml', '{POPULATE_SUBMITTER}', x.at,
+       jsonb_build_object('id', x.id, 'guid', x.guid, 'message_type', x.code, 'shipments', '[]'::jsonb,
+                          'documents', jsonb_build_array(jsonb_build_object(
+                              'index', 1, 'kind', x.kind, 'outcome', 'accepted', 'code', NULL, 'message', NULL))),
+       202
+  FROM (SELECT $1 + (g.i - $4) * 4 + t.k AS id, upper(gen_random_uuid()::text) AS guid, t.code, t.kind, {_AT} AS at
+          FROM generate_series($2::bigint, $3::bigint - 1) AS g(i)
+         CROSS JOIN (VALUES (0, 'CEB311', 'order'), (1, 'CEB411', 'payment'), (2, 'CEB511', 'waybill'),
+                            (3, 'CEB621', 'inventory')) AS t(k, code, kind)) AS x
+"""
+
+_SHIPMENTS_SQL = f"""
+INSERT INTO shipments (ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, buyer_id_number,
+                       created_at, updated_at)
+SELECT $1, {_VARY["orderNo"]}, $2, 'matched', '{{}}', '[]', $3::text[], $4, {_VARY["buyerIdNumber"]}, {_AT}, {_AT}
+  FROM generate_series($5::bigint, $6::bigint - 1) AS g(i)
+"""
+
+_LEDGER_SQL = f"""
+INSERT INTO tax_ledger (buyer_id_number, year, ebc_code, order_no, amount)
+SELECT {_VARY["buyerIdNumber"]}, 2024, $1, {_VARY["orderNo"]}, $2::numeric
+  FROM generate_series($3::bigint, $4::bigint - 1) AS g(i)
+"""
+
+
+@dataclass
+class Population:
+    shipments: int
+    seconds: float
+    rows: dict[str, int]
+
+
+class Populator:
+    """Adds bulk shipments (4 messages, 4 documents, a shipment and a ledger row each) to a database."""
+
+    CHUNK = 50_000
+
+    def __init__(self, dsn: str, messages: Sequence[Message]) -> None:
+        self.dsn = dsn
+        self.templates = _templates(messages)
+        self.next_i = 0  # shipment number of the next populated shipment (keys derive from it)
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self.dsn)
+        await db._init_connection(conn)  # the same jsonb codecs as the gateway
+        return conn
+
+    async def add(self, count: int, progress: Callable[[str], None] | None = None) -> float:
+        """Populate ``count`` shipments; returns the seconds it took (inserts, ANALYZE, CHECKPOINT)."""
+        started = time.perf_counter()
+        conns = [await self._connect() for _ in range(3)]
+        try:
+            superuser = await conns[0].fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            if superuser:
+                # Consistent by construction; skipping the per-row foreign-key triggers lets messages and
+                # documents go in side by side. Local to these sessions: the gateway is not affected.
+                for c in conns:
+                    await c.execute("SET session_replication_role = replica")
+            msg_base = await conns[0].fetchval("SELECT coalesce(max(id), 0) + 1000 FROM messages")
+            doc_base = await conns[0].fetchval("SELECT coalesce(max(id), 0) + 1000 FROM documents")
+            first, end = self.next_i, self.next_i + count
+            chunks = [(a, min(a + self.CHUNK, end)) for a in range(first, end, self.CHUNK)]
+            inv = self.templates[3]
+            parties = sorted({p for t in self.templates for p in t.parties})
+
+            async def messages(conn: asyncpg.Connection) -> None:
+                for a, b in chunks:
+                    await conn.execute(_MESSAGES_SQL, msg_base, a, b, first)
+
+            async def documents(conn: asyncpg.Connection) -> None:
+                for n, (a, b) in enumerate(chunks):
+                    for k, t in enumerate(self.templates):
+                        await conn.execute(_documents_sql(t, k), t.head, t.lines, t.parties, doc_base, msg_base, a,
+                                           first, b)  # fmt: skip
+                    if progress and (n + 1) % 4 == 0:
+                        progress(f"  populated {b - first:,} of {count:,} shipments")
+
+            async def shipments(conn: asyncpg.Connection) -> None:
+                for a, b in chunks:
+                    await conn.execute(_SHIPMENTS_SQL, inv.head.get("ebpCode", ""), inv.head.get("ebcCode"), parties,
+                                       inv.head.get("tradeMode"), a, b)  # fmt: skip
+                    await conn.execute(_LEDGER_SQL, inv.head.get("ebcCode", ""), "1234.56", a, b)
+
+            if superuser:
+                await asyncio.gather(messages(conns[0]), documents(conns[1]), shipments(conns[2]))
+            else:
+                await messages(conns[0])
+                await documents(conns[0])
+                await shipments(conns[0])
+            for name in ("messages", "documents"):
+                await conns[0].execute(
+                    f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"
+                )
+            self.next_i = end
+            await asyncio.gather(*(c.execute(f"ANALYZE {t}") for c, t in zip(
+                conns, ("documents", "messages", "shipments"), strict=True)))  # fmt: skip
+            await conns[0].execute("ANALYZE tax_ledger")
+            if superuser:
+                # Start the measurement without a checkpoint of the bulk load still to write.
+                await conns[0].execute("CHECKPOINT")
+        finally:
+            for c in conns:
+                await c.close()
+        return time.perf_counter() - started
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+@dataclass
+class FlatRow:
+    shipments_stored: int
+    populate_seconds: float
+    run: IngestRun
+    verification: Verification
+    autovacuum_seen: bool
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    corpus: dict[str, Any]
+    lxml_per_second: float
+    pipeline_per_second: float
+    validate: ValidateRun
+    ingest: IngestRun
+    verification: Verification
+    flatness: list[FlatRow]
+    notes: list[str]
+
+    @property
+    def ratio(self) -> float:
+        return self.ingest.per_second / self.lxml_per_second if self.lxml_per_second else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.verification.ok and all(r.verification.ok for r in self.flatness)
+
+    def as_dict(self) -> dict[str, Any]:
+        def run(r: IngestRun) -> dict[str, Any]:
+            return {**asdict(r), "per_second": r.per_second, "accepted": r.accepted}
+
+        return {
+            "machine": self.machine,
+            "corpus": self.corpus,
+            "lxml_parse_validate_per_second": self.lxml_per_second,
+            "pipeline_check_per_second": self.pipeline_per_second,
+            "validate": {
+                **asdict(self.validate),
+                "files_per_second": self.validate.files_per_second,
+                "files_per_second_after_startup": self.validate.files_per_second_after_startup,
+            },
+            "ingest": run(self.ingest),
+            "verification": {**asdict(self.verification), "ok": self.verification.ok},
+            "ingest_over_lxml": self.ratio,
+            "flatness": [
+                {
+                    "shipments_stored": r.shipments_stored,
+                    "populate_seconds": r.populate_seconds,
+                    "run": run(r.run),
+                    "verification": {**asdict(r.verification), "ok": r.verification.ok},
+                    "autovacuum_seen": r.autovacuum_seen,
+                }
+                for r in self.flatness
+            ],
+            "ok": self.ok,
+            "notes": self.notes,
+        }
+
+
+def format_report(r: Report) -> str:
+    m = r.machine
+    out = [
+        "cbec bench",
+        f"  machine     {m['cpu']}, {m['cores']} cores, {m['memory_gb']:.0f} GB; load average at start {m['load']}",
+        f"  PostgreSQL  {m['postgres']} ({m['postgres_where']}; synchronous_commit={m['synchronous_commit']},"
+        f" fsync={m['fsync']}, shared_buffers={m['shared_buffers']})",
+        f"  Python      {m['python']}, lxml {m['lxml']} (libxml2 {m['libxml2']})",
+        f"  messages    {r.corpus['messages']:,} ({r.corpus['shipments']:,} shipments × 4 legs; "
+        f"{r.corpus['mix']}; 1–5 lines; {r.corpus['avg_bytes']:,.0f} bytes on average)",
+        "",
+        f"  {'measure':<58} {'value':>14}",
+        f"  {'-' * 58} {'-' * 14}",
+    ]
+
+    def row(label: str, value: str) -> None:
+        out.append(f"  {label:<58} {value:>14}")
+
+    v, i = r.validate, r.ingest
+    row("1. bare lxml parse + XMLSchema.validate, 1 core (docs/s)", f"{r.lxml_per_second:,.0f}")
+    row("   pipeline check in process: + extract + rules (docs/s)", f"{r.pipeline_per_second:,.0f}")
+    row(f"2. cbec validate --json, {v.files:,} files in one call (files/s)", f"{v.files_per_second:,.0f}")
+    row("   start-up of cbec validate (s)", f"{v.startup_seconds:.2f}")
+    after = v.files_per_second_after_startup
+    row("   files/s after start-up", f"{after:,.0f}" if after is not None else "n/a (too short)")
+    row(f"3. full ingest over HTTP, concurrency {r.corpus['concurrency']} (messages/s)", f"{i.per_second:,.0f}")
+    row("   latency p50 / p99 (ms)", f"{i.p50_ms:.1f} / {i.p99_ms:.1f}")
+    row("   accepted (HTTP 202) / sent", f"{i.accepted:,} / {i.messages:,}")
+    vf = r.verification
+    row("   stored messages / sent (SQL)", f"{vf.messages_stored:,} / {vf.messages_sent:,}")
+    row("   shipments matched / expected (SQL)", f"{vf.shipments_matched:,} / {vf.shipments_expected:,}")
+    if i.cpu_us_per_message:
+        c = i.cpu_us_per_message
+        row("   CPU per message: gateway / PostgreSQL / client (µs)",
+            f"{c['gateway']:.0f} / {c['postgres']:.0f} / {c['client']:.0f}")  # fmt: skip
+    row("4. full ingest / bare lxml", f"{r.ratio:.3f} ({1 / r.ratio:.0f}×)" if r.ratio else "-")
+    if r.flatness:
+        out += [
+            "",
+            f"  5. flatness: {r.flatness[0].run.messages:,} messages ingested after bulk population",
+            f"  {'stored shipments':>16} {'populate (s)':>12} {'messages/s':>11} {'p50 (ms)':>9} {'p99 (ms)':>9}"
+            f" {'gateway/pg µs':>14}  verified",
+        ]
+        for f in r.flatness:
+            c = f.run.cpu_us_per_message
+            cpu = f"{c.get('gateway', 0):.0f}/{c.get('postgres', 0):.0f}" if c else "-"
+            ok = "ok" if f.verification.ok else "LOST DATA"
+            ok += ", autovacuum ran" if f.autovacuum_seen else ""
+            out.append(
+                f"  {f.shipments_stored:>16,} {f.populate_seconds:>12.1f} {f.run.per_second:>11,.0f}"
+                f" {f.run.p50_ms:>9.1f} {f.run.p99_ms:>9.1f} {cpu:>14}  {ok}"
+            )
+    if not r.ok:
+        out += ["", "  VERIFICATION FAILED: the gateway did not store everything it was sent (see above)."]
+    for e in r.ingest.errors[:5]:
+        out.append(f"  error: {e}")
+    for n in r.notes:
+        out.append(f"  note: {n}")
+    return "\n".join(out)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+async def machine_facts(dsn: str, where: str) -> dict[str, Any]:
+    cpu = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    conn = await asyncpg.connect(dsn)
+    try:
+        pg = await conn.fetchval("SELECT version()")
+        settings = {
+            name: await conn.fetchval(f"SHOW {name}") for name in ("synchronous_commit", "fsync", "shared_buffers")
+        }
+    finally:
+        await conn.close()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": psutil.virtual_memory().total / 2**30,
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "postgres": pg.split(" on ")[0],
+        "postgres_where": where,
+        **settings,
+        "python": platform.python_version(),
+        "lxml": etree.__version__,
+        "libxml2": ".".join(map(str, etree.LIBXML_VERSION)),
+    }
+
+
+async def _autovacuum_running(conn: asyncpg.Connection, dbname: str) -> bool:
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'autovacuum worker'"
+    return bool(await conn.fetchval(sql, dbname))
+
+
+@dataclass
+class Options:
+    database_url: str | None = None
+    config: str | None = None
+    data_dir: Path | None = None
+    messages: int = 4000
+    concurrency: int = 32
+    shipments: list[int] = field(default_factory=list)
+    batch: int = 2000
+    seed: int = 1
+    min_seconds: float = 1.0  # per in-process CPU measurement
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        counts = [int(x.replace("_", "")) for x in (getattr(args, "shipments", "") or "").split(",") if x.strip()]
+        return cls(
+            database_url=getattr(args, "database_url", None),
+            config=getattr(args, "config", None),
+            data_dir=getattr(args, "data_dir", None),
+            messages=int(getattr(args, "messages", 4000)),
+            concurrency=int(getattr(args, "concurrency", 32)),
+            shipments=sorted(set(counts)),
+            batch=int(getattr(args, "batch", None) or 2000),
+            seed=int(getattr(args, "seed", None) or 1),
+        )
+
+
+async def run(opts: Options, progress: Callable[[str], None] | None = None) -> Report:
+    say = progress or (lambda _msg: None)
+    n_shipments = max(1, opts.messages // 4)
+    corpus = Corpus(opts.seed)
+    say(f"generating {n_shipments * 4:,} messages ...")
+    messages = corpus.shipments(n_shipments)
+    bodies = [m.body for m in messages]
+    notes: list[str] = []
+    if opts.messages % 4:
+        notes.append(f"--messages rounded down to whole shipments: {len(messages):,}")
+
+    say("bare lxml ...")
+    lxml_rate = bench_lxml(bodies, min_seconds=opts.min_seconds)
+    say("pipeline check ...")
+    pipeline_rate = bench_pipeline(bodies, min_seconds=opts.min_seconds)
+
+    with tempfile.TemporaryDirectory(prefix="cbec-bench-") as tmp:
+        work = Path(tmp)
+        say(f"cbec validate over {len(messages):,} files ...")
+        validate = await asyncio.to_thread(bench_validate, messages, work / "files")
+
+        async with database_server(opts.database_url, opts.data_dir) as (admin_dsn, where):
+            machine = await machine_facts(admin_dsn, where)
+            say(f"full ingest of {len(messages):,} messages ({where}) ...")
+            async with fresh_database(admin_dsn) as (dsn, dbname):
+                gateway = GatewayProcess(dsn, work, opts.config)
+                try:
+                    await gateway.start()
+                    assert gateway.proc is not None
+                    ingest = await drive(gateway, messages, opts.concurrency, CpuMeter(gateway.proc.pid, dbname))
+                finally:
+                    await gateway.stop()
+                verification = await verify(dsn, messages)
+
+            flatness: list[FlatRow] = []
+            if opts.shipments:
+                flatness = await _flatness(opts, corpus, messages, admin_dsn, work, say, notes)
+
+    report = Report(
+        machine=machine,
+        corpus={
+            "messages": len(messages),
+            "shipments": n_shipments,
+            "mix": _mix(messages),
+            "avg_bytes": sum(map(len, bodies)) / len(bodies),
+            "concurrency": opts.concurrency,
+        },
+        lxml_per_second=lxml_rate,
+        pipeline_per_second=pipeline_rate,
+        validate=validate,
+        ingest=ingest,
+        verification=verification,
+        flatness=flatness,
+        notes=notes,
+    )
+    return report
+
+
+def _mix(messages: Sequence[Message]) -> str:
+    modes = Counter(b"<ceb:tradeMode>1210<" in m.body for m in messages if m.code == "CEB621")
+    return f"CEB311/411/511/621 alike, {modes[False]} × 9610 and {modes[True]} × 1210 shipments"
+
+
+async def _flatness(
+    opts: Options,
+    corpus: Corpus,
+    messages: Sequence[Message],
+    admin_dsn: str,
+    work: Path,
+    say: Callable[[str], None],
+    notes: list[str],
+) -> list[FlatRow]:
+    rows: list[FlatRow] = []
+    batch_shipments = max(1, opts.batch // 4)
+    warmup_shipments = max(1, WARMUP_MESSAGES // 4)
+    async with fresh_database(admin_dsn) as (dsn, dbname):
+        populator = Populator(dsn, messages)
+        stored = 0  # shipments in the database: populated plus those ingested by earlier rounds
+        for target in opts.shipments:
+            populate_seconds = 0.0
+            if target > stored:
+                say(f"populating to {target:,} shipments ...")
+                populate_seconds = await populator.add(target - stored, say)
+                stored = target
+                if populate_seconds > 300:
+                    notes.append(
+                        f"populating {target:,} shipments took {populate_seconds:.0f} s, more than five minutes"
+                    )
+            gateway = GatewayProcess(dsn, work, opts.config)
+            warmup = corpus.shipments(warmup_shipments)
+            batch = corpus.shipments(batch_shipments)
+            try:
+                await gateway.start()
+                assert gateway.proc is not None
+                await drive(gateway, warmup, opts.concurrency)
+                say(f"ingesting {len(batch):,} messages over {stored:,} stored shipments ...")
+                conn = await asyncpg.connect(dsn)
+                try:
+                    vacuum_before = await _autovacuum_running(conn, dbname)
+                    run = await drive(gateway, batch, opts.concurrency, CpuMeter(gateway.proc.pid, dbname))
+                    vacuum_after = await _autovacuum_running(conn, dbname)
+                finally:
+                    await conn.close()
+            finally:
+                await gateway.stop()
+            verification = await verify(dsn, [*warmup, *batch])
+            rows.append(FlatRow(stored, populate_seconds, run, verification, vacuum_before or vacuum_after))
+            stored += warmup_shipments + batch_shipments
+    return rows
+
+
+def main(args: argparse.Namespace) -> int:
+    opts = Options.from_args(args)
+    as_json = bool(getattr(args, "json", False))
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    report = asyncio.run(run(opts, say))
+    if as_json:
+        json.dump(report.as_dict(), sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1

@@ -1,0 +1,65 @@
+"""Smoke test of ``cbec bench`` at a tiny size: every stage runs for real and every figure is a positive number."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gateway import bench
+from gateway.cli import build_parser
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(n.replace(",", "")) for n in _NUMBER.findall(text)]
+
+
+@pytest.mark.db
+@pytest.mark.asyncio(loop_scope="session")
+async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
+    opts = bench.Options(database_url=pg_dsn, messages=40, concurrency=4, shipments=[30], batch=40, min_seconds=0.1)
+    report = await bench.run(opts)
+    text = bench.format_report(report)
+
+    # Nothing lost: every message stored once, every shipment matched, in the main run and the flatness run.
+    assert report.ok, text
+    assert report.ingest.accepted == report.ingest.messages == 40
+    assert report.verification.messages_stored == 40
+    assert report.verification.shipments_matched == report.verification.shipments_expected == 10
+    assert report.validate.valid == report.validate.files == bench.MIN_VALIDATE_FILES  # the 40, written 50 times
+
+    # Every figure of the table (the lines after the header rule) is a positive number.
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.strip().startswith("---"))
+    table = [line for line in lines[rule + 1 :] if line.strip() and not line.strip().startswith(("5.", "stored"))]
+    assert len(table) >= 12, text
+    for line in table:
+        label, value = line[:61], line[61:]
+        figures = _numbers(value)
+        assert figures, f"no figure in {line!r}"
+        assert all(f > 0 for f in figures), f"not positive: {line!r}"
+        assert label.strip()
+
+    flat = report.flatness
+    assert len(flat) == 1
+    assert flat[0].shipments_stored == 30
+    assert flat[0].populate_seconds > 0
+    assert flat[0].run.per_second > 0 and flat[0].run.p50_ms > 0 and flat[0].run.p99_ms >= flat[0].run.p50_ms
+    assert flat[0].verification.ok
+    row = next(line for line in lines if line.strip().startswith("30 "))
+    assert all(f > 0 for f in _numbers(row)), row
+
+    assert report.lxml_per_second > report.ingest.per_second > 0
+    assert 0 < report.ratio < 1
+    assert report.machine["cores"] >= 1 and report.machine["postgres"].startswith("PostgreSQL")
+
+
+def test_cli_bench_options() -> None:
+    args = build_parser().parse_args(
+        ["bench", "--messages", "80", "--concurrency", "8", "--shipments", "1000,1_000_000", "--json"]
+    )
+    opts = bench.Options.from_args(args)
+    assert (opts.messages, opts.concurrency, opts.shipments, opts.batch) == (80, 8, [1000, 1_000_000], 2000)
+    assert args.json is True
