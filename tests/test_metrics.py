@@ -154,7 +154,8 @@ async def test_queue_and_forwarding_gauges(ops: Ops) -> None:
 
 async def test_protected_metrics_need_an_operator_key(db_pool: Any) -> None:
     app = create_app(apiutil.test_settings(), db_pool, signer=sign_as_agent)
-    setup_metrics(app, pool_key=POOL, keys_key=KEYS)
+    metrics = setup_metrics(app, pool_key=POOL, keys_key=KEYS)
+    metrics.keys_key = KEYS  # also when create_app set metrics up itself (open)
     runner, base = await start(app)
     try:
         async with aiohttp.ClientSession() as s:
