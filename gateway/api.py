@@ -22,7 +22,9 @@ from lxml import etree
 
 from gateway.auth import KeyRing, Principal
 from gateway.config import Settings
+from gateway.console import setup_console
 from gateway.errors import Issue, Layer, MessageRejected
+from gateway.metrics import setup_metrics
 from gateway.openapi import OPENAPI
 from gateway.pipeline import Forbidden, Pipeline
 from gateway.reconcile import ShipmentState
@@ -273,4 +275,6 @@ def create_app(
     app.router.add_get("/v1/shipments/{ebpCode}/{orderNo}", get_shipment)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
+    setup_console(app, pool_key=POOL, keys_key=KEYS)
+    setup_metrics(app, pool_key=POOL)
     return app
