@@ -19,8 +19,8 @@ from typing import Any
 
 class Role(StrEnum):
     SUBMITTER = "submitter"  # submits and reads documents carrying one of its enterprise codes
-    OPERATOR = "operator"  # reads everything (bonded-zone operators)
-    ADMIN = "admin"  # everything, including replays and configuration-level actions
+    OPERATOR = "operator"  # reads everything and replays dead letters (bonded-zone operators)
+    ADMIN = "admin"  # everything
 
 
 @dataclass(frozen=True)

@@ -333,7 +333,7 @@ async def replay(request: web.Request) -> web.StreamResponse:
         return error(400, "the job id is a number")
     structlog.contextvars.bind_contextvars(job_id=job_id)
     if not session.may_replay:
-        return error(403, "replaying dead letters is an admin action")
+        return error(403, "replaying dead letters needs an operator or admin key")
     async with _pool(request).acquire() as conn:
         count = await cbec_queue.replay(conn, job_ids=[job_id], note=f"replayed from the console by {session.name}")
         job = await cbec_queue.get_job(conn, job_id) if count else None

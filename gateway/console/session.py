@@ -51,8 +51,8 @@ class Session:
 
     @property
     def may_replay(self) -> bool:
-        # config.Role: replays are an admin action; operators read everything
-        return self.principal.role is Role.ADMIN
+        # config.Role: operators watch the queues and replay dead letters; admins may too
+        return self.principal.role in (Role.OPERATOR, Role.ADMIN)
 
 
 @dataclass
