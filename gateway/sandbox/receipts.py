@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 from lxml import etree
 
-from gateway.messages import CEB_NS
+from gateway.messages import CEB_NS, MESSAGE_TYPES
 
 CHINA_TZ = timezone(timedelta(hours=8), "CST")
 
@@ -43,17 +43,8 @@ RECEIPT_FIELDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                                   "oriMessageType", "oriBizMessage")),
 }  # fmt: skip
 
-#: Declaration code -> receipt code.
-RECEIPT_FOR: dict[str, str] = {
-    "CEB311": "CEB312",
-    "CEB411": "CEB412",
-    "CEB511": "CEB512",
-    "CEB513": "CEB514",
-    "CEB621": "CEB622",
-    "CEB623": "CEB624",
-    "CEB625": "CEB626",
-    "CEB711": "CEB712",
-}
+#: Declaration code -> receipt code, from the registry (MessageType.receipt_for): one source.
+RECEIPT_FOR: dict[str, str] = {t.receipt_for: t.code for t in MESSAGE_TYPES if t.receipt_for}
 
 #: Fields a receipt must carry even when the declaration has no value (XSD minOccurs 1).
 _REQUIRED_ALWAYS = frozenset({"guid", "returnStatus", "returnTime", "returnInfo", "copNo", "preNo", "ebpCode",

@@ -1,0 +1,248 @@
+"""gateway.receipts: the status ladder, classification, monotonic application, reading receipts off the wire."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapters import dxp
+from gateway import receipts as rc
+from gateway.errors import MessageRejected
+from gateway.receipts import CustomsState, Outcome, ReceiptRecord, Verdict
+from gateway.sandbox.receipts import build_receipt
+from gateway.schema import SchemaSet
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def rec(status: str, time: str = "20260101120000000", code: str = "CEB622", **keys: str) -> ReceiptRecord:
+    return ReceiptRecord(
+        message_type=code,
+        root_guid="R",
+        index=1,
+        guid="G",
+        keys=keys or {"copNo": "C1", "preNo": "B20260101000000001"},
+        return_status=status,
+        return_time=time,
+        return_info=f"info {status}",
+        path=f"/{code}Message/X[1]",
+    )
+
+
+def order_receipt() -> bytes:
+    values = {"guid": "D" * 36, "ebpCode": "E1", "ebcCode": "C1", "orderNo": "O-1", "returnStatus": "2",
+              "returnTime": "20260101120000001", "returnInfo": "ok"}  # fmt: skip
+    return build_receipt("CEB312", values)
+
+
+def waybill_receipt() -> bytes:
+    values = {"guid": "A" * 36, "logisticsCode": "L1", "logisticsNo": "N1", "returnStatus": "120",
+              "returnTime": "20260101120000001", "returnInfo": "ok"}  # fmt: skip
+    return build_receipt("CEB512", values)
+
+
+# --- ladder and classification ------------------------------------------------------------------------
+
+
+def test_the_ladder_is_the_briefs_order() -> None:
+    ladder = ["1", "2", "3", "120", "300", "399", "501", "100", "700", "800", "899"]
+    ranks = [rc.rank(s) for s in ladder]
+    assert all(r is not None for r in ranks)
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
+    assert rc.rank("500") == rc.rank("599") == rc.rank("502")  # one rung for inspection / detention
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict", "rank"),
+    [
+        ("2", Verdict.PROGRESS, rc.RANKS["2"]),
+        ("0800", Verdict.PROGRESS, rc.RANKS["800"]),
+        ("100", Verdict.REJECTED, rc.RANK_REJECTED),
+        ("4", Verdict.TRANSIENT, None),
+        ("-621017", Verdict.TRANSIENT, None),
+        ("-3001", Verdict.TRANSIENT, None),
+        ("-301010", Verdict.DUPLICATE, rc.RANK_ACCEPTED),
+        ("-621004", Verdict.DUPLICATE, rc.RANK_ACCEPTED),
+        ("-301014", Verdict.OLDER_IGNORED, rc.RANK_REJECTED),
+        ("-621018", Verdict.DATA_ERROR, rc.RANK_REJECTED),
+        ("-1", Verdict.DATA_ERROR, rc.RANK_REJECTED),
+        ("18", Verdict.UNKNOWN, None),
+        ("400", Verdict.UNKNOWN, None),
+        ("abc", Verdict.UNKNOWN, None),
+    ],
+)
+def test_classification(status: str, verdict: Verdict, rank: int | None) -> None:
+    assert rc.classify(status) is verdict
+    assert rc.rank(status) == rank
+    assert rc.status_name(status)
+
+
+def test_rejections_and_usable_states() -> None:
+    assert rc.is_rejection("100") and rc.is_rejection("-621018") and rc.is_rejection("-301014")
+    assert not rc.is_rejection("-301010") and not rc.is_rejection("800")
+    assert not CustomsState().usable
+    assert not CustomsState("1", rc.rank("1"), "t").usable  # temporary save is not a declaration
+    assert CustomsState("2", rc.rank("2"), "t").usable
+    assert CustomsState("-301010", rc.rank("-301010"), "t").usable
+    assert not CustomsState("100", rc.rank("100"), "t").usable
+    assert CustomsState("100", rc.rank("100"), "t").forward_state == "rejected"
+    assert CustomsState("120", rc.rank("120"), "t").forward_state == "receipted"
+    assert CustomsState().forward_state is None
+
+
+# --- apply ------------------------------------------------------------------------------------------
+
+
+def test_apply_moves_forward_only() -> None:
+    s = rc.apply(None, rec("2", "20260101120000001"))
+    assert s.outcome is Outcome.APPLIED and s.state.status == "2"
+    s = rc.apply(s.state, rec("800", "20260101120000004"))
+    assert s.outcome is Outcome.APPLIED and s.state.status == "800"
+    late = rc.apply(s.state, rec("120", "20260101120000002"))
+    assert late.outcome is Outcome.STALE and late.state.status == "800"
+    again = rc.apply(s.state, rec("800", "20260101120000004"))
+    assert again.outcome is Outcome.STALE
+
+
+def test_equal_rank_later_time_wins() -> None:
+    first = rc.apply(None, rec("501", "20260101120000001")).state
+    later = rc.apply(first, rec("502", "20260101120000009"))
+    assert later.outcome is Outcome.APPLIED and later.state.status == "502"
+    earlier = rc.apply(later.state, rec("503", "20260101120000005"))
+    assert earlier.outcome is Outcome.STALE
+
+
+def test_transient_resends_only_before_customs_confirmed() -> None:
+    d = rc.apply(None, rec("4"))
+    assert d.outcome is Outcome.TRANSIENT and d.resend and d.state == CustomsState()
+    after = rc.apply(CustomsState("120", rc.rank("120"), "t"), rec("4"))
+    assert not after.resend and after.state.status == "120"
+
+
+def test_unknown_status_never_moves_and_preno_is_learned() -> None:
+    d = rc.apply(CustomsState("2", rc.rank("2"), "t"), rec("18", invtNo="29912024I000000001", copNo="C"))
+    assert d.outcome is Outcome.UNKNOWN and d.state.status == "2"
+    assert d.learned == {"invtNo": "29912024I000000001"}
+
+
+STATUSES = ["1", "2", "3", "4", "100", "120", "300", "399", "500", "501", "599", "700", "800", "899",
+            "-301010", "-301014", "-621018", "-621017", "18", "400"]  # fmt: skip
+
+
+@st.composite
+def receipt_sequences(draw: st.DrawFn) -> list[ReceiptRecord]:
+    n = draw(st.integers(1, 8))
+    out = []
+    for _ in range(n):
+        status = draw(st.sampled_from(STATUSES))
+        millis = draw(st.integers(0, 5))  # few distinct times: ties on purpose
+        out.append(rec(status, f"20260101120000{millis:03d}"))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(receipt_sequences(), st.randoms(use_true_random=False), st.lists(st.integers(0, 7), max_size=6))
+def test_any_permutation_or_duplication_ends_in_the_same_state(
+    seq: list[ReceiptRecord], rnd: object, dup_positions: list[int]
+) -> None:
+    import random
+
+    assert isinstance(rnd, random.Random)
+    reference = rc.fold(seq)
+    shuffled = list(seq)
+    rnd.shuffle(shuffled)
+    for p in dup_positions:  # duplicated deliveries, anywhere
+        shuffled.insert(rnd.randrange(len(shuffled) + 1), seq[p % len(seq)])
+    assert rc.fold(shuffled) == reference
+    # and the state is the maximum of what can move it: no receipt outranks the one in force
+    movers = [r for r in seq if r.rank is not None]
+    if movers:
+        best = max(movers, key=lambda r: (r.rank, r.return_time, r.return_status))
+        assert reference.status == best.return_status
+    else:
+        assert reference == CustomsState()
+
+
+@settings(max_examples=200, deadline=None)
+@given(receipt_sequences())
+def test_the_state_never_moves_back(seq: list[ReceiptRecord]) -> None:
+    state = CustomsState()
+    for r in seq:
+        after = rc.apply(state, r).state
+        assert after.order_key >= state.order_key
+        state = after
+
+
+# --- records, dedupe, correlation ----------------------------------------------------------------------
+
+
+def test_records_of_the_official_shape() -> None:
+    body = (DATA / "schema" / "CEB622Message.xml").read_bytes()
+    intake = rc.read(body, SchemaSet())
+    assert intake.message_type == "CEB622" and intake.cop_msg_id is None
+    first, second = intake.records
+    assert first.return_status == "800" and first.keys["invtNo"] == "29912024I000012345"
+    assert "returnInfo" not in first.keys and "guid" not in first.keys
+    assert second.verdict is Verdict.DATA_ERROR and second.index == 2
+    c = first.correlation()
+    assert c.declared_type == "CEB621" and c.cop_no == "INV202403010001" and c.keys is None
+    assert c.pre_no == "B20240301000000123" and "3301960AB8" in c.parties
+
+
+def test_order_receipt_correlates_by_the_declared_key() -> None:
+    xml = order_receipt()
+    (r,) = rc.read(xml, SchemaSet()).records
+    c = r.correlation()
+    assert c.declared_type == "CEB311" and c.keys == ("E1", "O-1") and c.guid == "D" * 36
+
+
+def test_dedupe_key_ignores_guid_and_info_but_not_status_or_time() -> None:
+    a = rec("120", "20260101120000001")
+    same = ReceiptRecord(**{**a.__dict__, "guid": "other", "return_info": "other text", "root_guid": "X"})
+    assert a.dedupe_key() == same.dedupe_key()
+    assert a.dedupe_key() != rec("399", "20260101120000001").dedupe_key()
+    assert a.dedupe_key() != rec("120", "20260101120000002").dedupe_key()
+
+
+def test_format_receipt_correlates_by_ori_cop_msg_id() -> None:
+    (r,) = rc.read((DATA / "schema" / "CEB900Message.xml").read_bytes(), SchemaSet()).records
+    c = r.correlation()
+    assert c.ori_cop_msg_id == "0b7c1f7e-5a55-4c1b-9b7f-2f1d3e5a7c90" and c.declared_type is None
+    assert "oriBizMessage" not in r.keys
+    assert r.verdict is Verdict.DATA_ERROR
+
+
+def test_read_unwraps_a_dxp_envelope() -> None:
+    xml = waybill_receipt()
+    env = dxp.wrap(xml, msg_type="CEB512Message", sender_id=dxp.IMPORT_RECEIVER, receiver_ids=["DXPENT0000000001"],
+                   cop_msg_id="COP-1", created=datetime(2026, 1, 1, 12))  # fmt: skip
+    intake = rc.read(env, SchemaSet())
+    assert intake.cop_msg_id == "COP-1" and intake.records[0].keys == {"logisticsCode": "L1", "logisticsNo": "N1"}
+    assert intake.raw_xml.encode() == xml
+
+
+def test_read_refuses_declarations_and_mismatched_envelopes() -> None:
+    with pytest.raises(MessageRejected) as err:
+        rc.read((DATA / "samples" / "CEB311-9610.xml").read_bytes(), SchemaSet())
+    assert err.value.issues[0].code == "rule.not_a_receipt"
+    xml = waybill_receipt()
+    env = dxp.wrap(xml, msg_type="CEB312Message", sender_id=dxp.IMPORT_RECEIVER, receiver_ids=["DXPENT0000000001"],
+                   cop_msg_id="COP-1", created=datetime(2026, 1, 1, 12))  # fmt: skip
+    with pytest.raises(MessageRejected) as err:
+        rc.read(env, SchemaSet())
+    assert err.value.issues[0].code == "rule.receipt_envelope_type"
+
+
+def test_read_validates_against_the_schema() -> None:
+    xml = order_receipt()
+    broken = xml.replace(b"<orderNo>O-1</orderNo>", b"")
+    with pytest.raises(MessageRejected) as err:
+        rc.read(broken, SchemaSet())
+    assert err.value.issues[0].code.startswith("schema.")
+    with pytest.raises(MessageRejected) as err:
+        rc.read(b"<not-xml", SchemaSet())
+    assert err.value.issues[0].code.startswith("parse.")
