@@ -21,6 +21,7 @@ class Role(StrEnum):
     SUBMITTER = "submitter"  # submits and reads documents carrying one of its enterprise codes
     OPERATOR = "operator"  # reads everything and replays dead letters (bonded-zone operators)
     ADMIN = "admin"  # everything
+    CUSTOMS = "customs"  # customs / E-Port (or the sandbox): may post receipts (POST /v1/receipts) only
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,96 @@ class ApiKey:
     key: str
     role: Role
     codes: frozenset[str] = frozenset()  # enterprise codes (ebp/ebc/pay/logistics/agent) a submitter holds
+
+
+# --- forwarding (gateway/forward.py routes, gateway/workers.py delivers) -------------------------------
+
+ENDPOINT_KINDS = ("customs", "inspection", "warehouse", "webhook")
+TRANSPORTS = ("http", "folder")
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """cbec_queue.RetryPolicy of an endpoint: base_s * factor**(n-1), capped, full jitter."""
+
+    base_s: float = 1.0
+    factor: float = 2.0
+    cap_s: float = 300.0
+    max_attempts: int = 10
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """One place messages are delivered to. ``kind`` picks the adapter, ``transport`` how customs gets it."""
+
+    name: str
+    kind: str  # customs | inspection | warehouse | webhook
+    transport: str = "http"  # customs only: http | folder
+    url: str | None = None  # http: where to POST (customs: the DxpMsg; others: their JSON)
+    sender_id: str | None = None  # customs: our DXP id (SenderId); default forwarding.sender_id
+    receiver_id: str | None = None  # customs: None = DXPEDCCEB0000002 / 0000003 by message type
+    outbox: Path | None = None  # customs folder transport: where the transfer client picks files up
+    inbox: Path | None = None  # customs folder transport: where it drops receipts (polled)
+    folder_format: str = "dxp"  # customs folder transport: "dxp" envelopes or bare "ceb" messages
+    timeout_s: float = 30.0  # whole request
+    concurrency: int = 4  # deliveries in flight per worker process
+    rate_per_s: float | None = None  # per worker process; None = unlimited
+    rate_burst: float = 1.0
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    breaker_failures: int = 5  # consecutive transient failures that open the circuit
+    breaker_cooldown_s: float = 30.0
+    warehouse_code: str = "WH01"  # warehouse: our code at the warehouse
+    callback_url: str | None = None  # warehouse: where it reports status changes
+    headers: Mapping[str, str] = field(default_factory=dict)  # e.g. a relay's token
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """Messages of these types (and, when given, these tradeModes) go to these endpoints."""
+
+    message_types: tuple[str, ...]
+    endpoints: tuple[str, ...]
+    modes: tuple[str, ...] | None = None  # None: every mode
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """A seller told of its shipments' customs status changes: its enterprise codes, URL and shared secret."""
+
+    seller: str
+    codes: frozenset[str]
+    url: str
+    secret: str
+
+
+DEFAULT_ROUTES: tuple[RouteSettings, ...] = (
+    RouteSettings(("CEB311", "CEB411", "CEB511", "CEB513", "CEB621", "CEB623", "CEB625", "CEB711"), ("customs",)),
+    RouteSettings(("CEB621",), ("inspection",), modes=("1210",)),
+)
+
+
+@dataclass(frozen=True)
+class ForwardingSettings:
+    enabled: bool = True  # False: nothing is enqueued and `cbec serve` runs no worker
+    sender_id: str = "DXPENT0000000001"  # our DXP id (assigned by the exchange platform)
+    endpoints: tuple[EndpointSettings, ...] = ()  # none of kind customs: the built-in sandbox (see sandbox)
+    routes: tuple[RouteSettings, ...] = DEFAULT_ROUTES
+    hold_types: tuple[str, ...] = ("CEB621",)  # held until the shipment is matched and its legs receipted
+    on_release: tuple[str, ...] = ("warehouse",)  # endpoints told when a shipment is released (800)
+    webhooks: tuple[WebhookSettings, ...] = ()
+    webhook_endpoint: str = "webhook"
+    receipt_timeout_s: float = 600.0  # a message sent this long ago without a receipt is overdue
+    watchdog_interval_s: float = 30.0
+    watchdog_repush: bool = False  # re-send overdue messages (same guid and CopMsgId)
+    max_repushes: int = 3  # per message, for the watchdog and for transient receipts together
+    resend_delay_s: float = 30.0  # wait before re-sending after a transient receipt (4, system codes)
+    sandbox: str = "auto"  # auto: `cbec serve` runs the customs sandbox when no customs endpoint is set; off
+    sandbox_port: int = 8790  # 0: any free port
+    sandbox_receipt_delay_s: float = 0.5
+    worker: bool = True  # run a queue worker inside `cbec serve` (besides any `cbec worker` processes)
+    worker_lease_s: float = 30.0
+    worker_poll_s: float = 1.0
+    inbox_poll_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +140,7 @@ class Settings:
     signing_key_file: Path | None = None
     signing_cert_file: Path | None = None
     signing_algorithm: str = "rsa-sha1"  # or "sm2-sm3"
+    forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -67,6 +159,145 @@ def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
             raise ValueError(f"api_keys[{i}] is a submitter key without enterprise codes")
         keys.append(ApiKey(name=str(item.get("name", f"key{i}")), key=str(item["key"]), role=role, codes=codes))
     return tuple(keys)
+
+
+def _floats(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str | int) for v in value):
+        raise ValueError(f"{what} must be a list of strings")
+    return tuple(str(v) for v in value)
+
+
+def _parse_retry(name: str, retry: Mapping[str, Any]) -> RetrySettings:
+    unknown = set(retry) - {"base_s", "factor", "cap_s", "max_attempts"}
+    if unknown:
+        raise ValueError(f"forwarding.endpoints.{name}.retry: unknown setting(s) {', '.join(sorted(unknown))}")
+    d = RetrySettings()
+    return RetrySettings(
+        base_s=float(retry.get("base_s", d.base_s)),
+        factor=float(retry.get("factor", d.factor)),
+        cap_s=float(retry.get("cap_s", d.cap_s)),
+        max_attempts=int(retry.get("max_attempts", d.max_attempts)),
+    )
+
+
+def _parse_endpoint(name: str, item: Any) -> EndpointSettings:
+    if not isinstance(item, Mapping):
+        raise ValueError(f"forwarding.endpoints.{name} must be a table")
+    kind = str(item.get("kind", name))
+    if kind not in ENDPOINT_KINDS:
+        raise ValueError(f"forwarding.endpoints.{name}: kind must be one of {', '.join(ENDPOINT_KINDS)}")
+    transport = str(item.get("transport", "http"))
+    if transport not in TRANSPORTS:
+        raise ValueError(f"forwarding.endpoints.{name}: transport must be http or folder")
+    retry = item.get("retry", {})
+    if not isinstance(retry, Mapping):
+        raise ValueError(f"forwarding.endpoints.{name}.retry must be a table")
+    known = {f for f in EndpointSettings.__dataclass_fields__} - {"name"}
+    unknown = set(item) - known
+    if unknown:
+        raise ValueError(f"forwarding.endpoints.{name}: unknown setting(s) {', '.join(sorted(unknown))}")
+    ep = EndpointSettings(
+        name=name,
+        kind=kind,
+        transport=transport,
+        url=str(item["url"]) if item.get("url") else None,
+        sender_id=str(item["sender_id"]) if item.get("sender_id") else None,
+        receiver_id=str(item["receiver_id"]) if item.get("receiver_id") else None,
+        outbox=Path(item["outbox"]) if item.get("outbox") else None,
+        inbox=Path(item["inbox"]) if item.get("inbox") else None,
+        folder_format=str(item.get("folder_format", "dxp")),
+        timeout_s=float(item.get("timeout_s", 30.0)),
+        concurrency=int(item.get("concurrency", 4)),
+        rate_per_s=_floats(item.get("rate_per_s")),
+        rate_burst=float(item.get("rate_burst", 1.0)),
+        retry=_parse_retry(name, retry),
+        breaker_failures=int(item.get("breaker_failures", 5)),
+        breaker_cooldown_s=float(item.get("breaker_cooldown_s", 30.0)),
+        warehouse_code=str(item.get("warehouse_code", "WH01")),
+        callback_url=str(item["callback_url"]) if item.get("callback_url") else None,
+        headers={str(k): str(v) for k, v in dict(item.get("headers", {})).items()},
+    )
+    if ep.kind in ("inspection", "warehouse") and not ep.url:
+        raise ValueError(f"forwarding.endpoints.{name}: a {ep.kind} endpoint needs a url")
+    if ep.kind == "customs" and ep.transport == "http" and not ep.url:
+        raise ValueError(f"forwarding.endpoints.{name}: the http transport needs a url")
+    if ep.kind == "customs" and ep.transport == "folder" and ep.outbox is None:
+        raise ValueError(f"forwarding.endpoints.{name}: the folder transport needs an outbox")
+    return ep
+
+
+_FORWARDING_SCALARS: dict[str, Any] = {
+    "enabled": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on"),
+    "sender_id": str,
+    "webhook_endpoint": str,
+    "receipt_timeout_s": float,
+    "watchdog_interval_s": float,
+    "watchdog_repush": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on"),
+    "max_repushes": int,
+    "resend_delay_s": float,
+    "sandbox": str,
+    "sandbox_port": int,
+    "sandbox_receipt_delay_s": float,
+    "worker": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on"),
+    "worker_lease_s": float,
+    "worker_poll_s": float,
+    "inbox_poll_s": float,
+}
+
+
+def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ForwardingSettings:
+    """The ``[forwarding]`` table of the TOML file, then ``CBEC_FORWARDING_<NAME>`` for its scalar settings."""
+    env = env or {}
+    changes: dict[str, Any] = {}
+    unknown = set(data) - set(_FORWARDING_SCALARS) - {"endpoints", "routes", "hold_types", "on_release", "webhooks"}
+    if unknown:
+        raise ValueError(f"forwarding: unknown setting(s) {', '.join(sorted(unknown))}")
+    for name, conv in _FORWARDING_SCALARS.items():
+        if name in data:
+            changes[name] = conv(data[name])
+        env_value = env.get(f"CBEC_FORWARDING_{name.upper()}")
+        if env_value:
+            changes[name] = conv(env_value)
+    if changes.get("sandbox", "auto") not in ("auto", "off"):
+        raise ValueError("forwarding.sandbox must be 'auto' or 'off'")
+    endpoints = data.get("endpoints", {})
+    if not isinstance(endpoints, Mapping):
+        raise ValueError("forwarding.endpoints must be a table of tables")
+    changes["endpoints"] = tuple(_parse_endpoint(str(n), item) for n, item in endpoints.items())
+    if "routes" in data:
+        routes = []
+        for i, r in enumerate(data["routes"]):
+            if not isinstance(r, Mapping) or "message_types" not in r or "endpoints" not in r:
+                raise ValueError(f"forwarding.routes[{i}] needs message_types and endpoints")
+            modes = _strings(r["modes"], f"forwarding.routes[{i}].modes") if r.get("modes") else None
+            routes.append(
+                RouteSettings(
+                    _strings(r["message_types"], f"forwarding.routes[{i}].message_types"),
+                    _strings(r["endpoints"], f"forwarding.routes[{i}].endpoints"),
+                    None if modes is None or "*" in modes else modes,
+                )
+            )
+        changes["routes"] = tuple(routes)
+    for name in ("hold_types", "on_release"):
+        if name in data:
+            changes[name] = _strings(data[name], f"forwarding.{name}")
+    webhooks = data.get("webhooks", {})
+    if not isinstance(webhooks, Mapping):
+        raise ValueError("forwarding.webhooks must be a table of tables")
+    hooks = []
+    for seller, item in webhooks.items():
+        if not isinstance(item, Mapping) or not item.get("url") or not item.get("secret") or not item.get("codes"):
+            raise ValueError(f"forwarding.webhooks.{seller} needs codes, url and secret")
+        hooks.append(WebhookSettings(str(seller), frozenset(_strings(item["codes"], "codes")), str(item["url"]),
+                                     str(item["secret"])))  # fmt: skip
+    changes["webhooks"] = tuple(hooks)
+    return replace(ForwardingSettings(), **changes)
 
 
 def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,4 +335,8 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
         changes["api_keys"] = _parse_keys(json.loads(env["CBEC_API_KEYS"]))
     if "tax_rates" in data:
         changes["tax_rates"] = dict(data["tax_rates"])
+    forwarding = data.get("forwarding", {})
+    if not isinstance(forwarding, Mapping):
+        raise ValueError("forwarding must be a table")
+    changes["forwarding"] = parse_forwarding(forwarding, env)
     return replace(s, **changes)

@@ -30,9 +30,10 @@ import dataclasses
 import itertools
 import json
 import logging
+import random
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -81,6 +82,8 @@ class SandboxConfig:
     warehouse_callback_url: str | None = None  # default when an order has no callbackUrl
     warehouse_callback_delay: float = 0.5
     warehouse_callback_secret: str | None = None  # signs callbacks like seller webhooks
+    failure_rate: float = 0.0  # fraction of customs / inspection / warehouse requests answered 503 at random
+    scenarios_off: list[str] = field(default_factory=list)  # scenario names ignored (e.g. POISON after a fix)
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Apply ``{field: value}`` with the field's type; unknown fields raise KeyError, bad values ValueError."""
@@ -181,6 +184,7 @@ class Sandbox:
         self._schema: Any = None
         self._schema_error: str | None = None
         self._serial = itertools.count(1)
+        self._random = random.Random()
         self.reset()
 
     # -- state -------------------------------------------------------------------------------
@@ -290,9 +294,16 @@ class Sandbox:
 
     # -- transport scenarios -----------------------------------------------------------------
 
+    def active(self, scenario: str | None) -> str | None:
+        """The scenario unless the configuration turned it off."""
+        off = {s.strip().upper().rstrip("-") for s in self.config.scenarios_off}
+        return None if scenario is None or scenario in off else scenario
+
     async def transport(self, scenario: str | None, attempt: int) -> web.Response | None:
         """The HTTP-level misbehaviour of a scenario; None to go on normally."""
         cfg = self.config
+        if cfg.failure_rate > 0 and self._random.random() < cfg.failure_rate:
+            return _json({"code": "3001", "reason": "sandbox failure_rate: service unavailable"}, 503)
         if scenario == "FAIL5XX":
             return _json({"code": "3001", "reason": "sandbox scenario FAIL5XX: service unavailable"}, 503)
         if scenario == "FLAKY" and attempt <= cfg.flaky_failures:
@@ -317,6 +328,7 @@ class Sandbox:
         sender_id: str,
         header_scenario: str | None,
         enveloped: bool,
+        client_gone: Callable[[], bool] = lambda: False,
     ) -> web.Response:
         self.attempts[cop_msg_id] += 1
         attempt = self.attempts[cop_msg_id]
@@ -326,20 +338,26 @@ class Sandbox:
             if not enveloped:
                 return _json({"code": "0001", "reason": str(exc), "issues": [i.as_dict() for i in exc.issues]}, 400)
             # Inside an envelope the exchange accepts the transport and answers with a format receipt.
-            scenario = scenario_of(header_scenario, ())
+            scenario = self.active(scenario_of(header_scenario, ()))
             resp = await self.transport(scenario, attempt)
             if resp is not None:
                 return resp
+            if client_gone():
+                return _json({"code": "3002", "reason": "the client went away before the message was taken"}, 499)
             self.accepted[cop_msg_id] += 1
             self.by_type["Unknown"] += 1
             self._format_receipt(cop_msg_id, sender_id, "Unknown", ceb, str(exc), scenario)
             return self._ack(cop_msg_id, "Unknown", 0, scenario, format_error=True)
 
         parsed = extract(root, mtype)
-        scenario = scenario_of(header_scenario, _doc_values(parsed.documents))
+        scenario = self.active(scenario_of(header_scenario, _doc_values(parsed.documents)))
         resp = await self.transport(scenario, attempt)
         if resp is not None:
             return resp
+        if client_gone():
+            # Like an exchange that commits only what it can acknowledge: a sender that died while the
+            # request was held (SLOW-) sends it again, and that copy is the one taken.
+            return _json({"code": "3002", "reason": "the client went away before the message was taken"}, 499)
         self.accepted[cop_msg_id] += 1
         self.by_type[mtype.root] += 1
 
@@ -668,7 +686,7 @@ class Sandbox:
             return _json({"code": "invalid", "reason": "expected an object with requestId and declarations"}, 400)
         rid = body["requestId"]
         self.inspection_attempts[rid] += 1
-        scenario = scenario_of(header_scenario, _json_values(body))
+        scenario = self.active(scenario_of(header_scenario, _json_values(body)))
         resp = await self.transport(scenario, self.inspection_attempts[rid])
         if resp is not None:
             return resp
@@ -686,7 +704,7 @@ class Sandbox:
             return _json({"code": "invalid", "reason": "expected an object with orderId and direction"}, 400)
         oid = body["orderId"]
         self.warehouse_attempts[oid] += 1
-        scenario = scenario_of(header_scenario, _json_values(body))
+        scenario = self.active(scenario_of(header_scenario, _json_values(body)))
         resp = await self.transport(scenario, self.warehouse_attempts[oid])
         if resp is not None:
             return resp
@@ -752,6 +770,14 @@ class Sandbox:
 SANDBOX_KEY: web.AppKey[Sandbox] = web.AppKey("sandbox", Sandbox)
 
 
+def _gone(request: web.Request) -> Callable[[], bool]:
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    return gone
+
+
 async def _dxp(request: web.Request) -> web.Response:
     sb = request.app[SANDBOX_KEY]
     body = await request.read()
@@ -775,6 +801,7 @@ async def _dxp(request: web.Request) -> web.Response:
         sender_id=env.sender_id,
         header_scenario=request.headers.get(SCENARIO_HEADER),
         enveloped=True,
+        client_gone=_gone(request),
     )
 
 
@@ -791,6 +818,7 @@ async def _ceb(request: web.Request) -> web.Response:
         sender_id=request.headers.get("X-Dxp-Sender") or sb.config.enterprise_dxp_id,
         header_scenario=request.headers.get(SCENARIO_HEADER),
         enveloped=False,
+        client_gone=_gone(request),
     )
 
 

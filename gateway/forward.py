@@ -1,0 +1,228 @@
+"""Forwarding rules as data: which endpoints a message goes to, what waits, what a job looks like. Pure.
+
+The store asks a :class:`Router` in the ingest transaction what to enqueue for an accepted message (the
+transactional outbox); the receipts transaction asks it what a released shipment or a customs status
+change sets off. :mod:`gateway.workers` turns the same configuration into adapters and a queue worker.
+
+Identity of a delivery: the queue's dedupe key is ``<endpoint>:<message guid>`` (a re-send adds
+``:resend<n>``), and the customs CopMsgId is always ``adapters.dxp.cop_msg_id_for("<endpoint>:<guid>")``,
+carried in the job payload, so that every retry and every re-send of a message carries the same guid
+and the same CopMsgId.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.dxp import cop_msg_id_for
+from gateway import receipts as rc
+from gateway.config import DEFAULT_ROUTES, ForwardingSettings, RouteSettings, WebhookSettings
+
+#: documents.forward_state values (gateway/sql/020_forwarding.sql).
+FORWARD_STATES = ("none", "held", "queued", "sent", "receipted", "rejected")
+#: shipments.customs_status values, in the order a shipment normally goes through them.
+SHIPMENT_CUSTOMS_STATUSES = ("pending", "declared", "accepted", "released", "rejected")
+
+WEBHOOK_EVENT = "shipment.customs_status_changed"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A queue job to enqueue (cbec_queue.enqueue's arguments)."""
+
+    endpoint: str
+    kind: str
+    payload: dict[str, Any]
+    dedupe_key: str
+    delay_s: float = 0.0  # run_after = now + delay
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Route:
+    message_types: frozenset[str]
+    endpoints: tuple[str, ...]
+    modes: frozenset[str] | None = None
+
+    def matches(self, message_type: str, modes: Collection[str]) -> bool:
+        if message_type not in self.message_types:
+            return False
+        return self.modes is None or not modes or not self.modes.isdisjoint(modes)
+
+
+@dataclass(frozen=True)
+class Router:
+    """Routing of one gateway: routes to the endpoints that exist (name -> kind), holds, webhooks."""
+
+    endpoint_kinds: Mapping[str, str]
+    routes: tuple[Route, ...] = ()
+    hold_types: frozenset[str] = frozenset({"CEB621"})
+    on_release: tuple[str, ...] = ()
+    webhooks: tuple[WebhookSettings, ...] = ()
+    webhook_endpoint: str | None = None
+    max_repushes: int = 3
+    resend_delay_s: float = 30.0
+    dropped: tuple[str, ...] = field(default=())  # routes' endpoints that are not configured (for the log)
+
+    @classmethod
+    def from_settings(cls, fwd: ForwardingSettings, endpoint_kinds: Mapping[str, str]) -> Router:
+        """Keep only what points at an existing endpoint; ``dropped`` names the rest."""
+        dropped: set[str] = set()
+        routes = []
+        for r in fwd.routes or DEFAULT_ROUTES:
+            kept = tuple(e for e in r.endpoints if e in endpoint_kinds)
+            dropped |= set(r.endpoints) - set(kept)
+            if kept:
+                routes.append(_route(r, kept))
+        on_release = tuple(e for e in fwd.on_release if e in endpoint_kinds)
+        dropped |= set(fwd.on_release) - set(on_release)
+        webhook = fwd.webhook_endpoint if fwd.webhooks and fwd.webhook_endpoint in endpoint_kinds else None
+        if fwd.webhooks and webhook is None:
+            dropped.add(fwd.webhook_endpoint)
+        return cls(
+            endpoint_kinds=dict(endpoint_kinds),
+            routes=tuple(routes),
+            hold_types=frozenset(fwd.hold_types),
+            on_release=on_release,
+            webhooks=fwd.webhooks if webhook else (),
+            webhook_endpoint=webhook,
+            max_repushes=fwd.max_repushes,
+            resend_delay_s=fwd.resend_delay_s,
+            dropped=tuple(sorted(dropped)),
+        )
+
+    # -- what an accepted message sets off ----------------------------------------------------------------
+
+    def endpoints_for(self, message_type: str, modes: Collection[str] = ()) -> tuple[str, ...]:
+        """Endpoints of every matching route, in route order, each once."""
+        out: dict[str, None] = {}
+        for route in self.routes:
+            if route.matches(message_type, modes):
+                out.update(dict.fromkeys(route.endpoints))
+        return tuple(out)
+
+    def holds(self, message_type: str, app_types: Collection[str]) -> bool:
+        """Is this message held until its shipments match? Declarations and changes of a held type are;
+        a withdrawal (appType 3) alone is sent at once (there is nothing to match any more)."""
+        return message_type in self.hold_types and any(t in ("1", "2") for t in app_types)
+
+    def customs_endpoint(self, endpoints: Iterable[str]) -> str | None:
+        return next((e for e in endpoints if self.endpoint_kinds.get(e) == "customs"), None)
+
+    def cop_msg_id(self, guid: str, endpoints: Iterable[str]) -> str | None:
+        """The CopMsgId the message carries to customs (None when no customs endpoint is routed)."""
+        customs = self.customs_endpoint(endpoints)
+        return cop_msg_id_for(f"{customs}:{guid}") if customs else None
+
+    def message_jobs(
+        self, *, message_id: int, guid: str, message_type: str, endpoints: Iterable[str], resend: int = 0
+    ) -> list[JobSpec]:
+        """One job per endpoint for a whole message; ``resend`` > 0 makes a re-send (new dedupe key,
+        same CopMsgId)."""
+        jobs = []
+        for endpoint in endpoints:
+            base = f"{endpoint}:{guid}"
+            payload: dict[str, Any] = {"message_id": message_id, "guid": guid, "message_type": message_type}
+            if self.endpoint_kinds.get(endpoint) == "customs":
+                payload["cop_msg_id"] = cop_msg_id_for(base)
+            key = f"{base}:resend{resend}" if resend else base
+            jobs.append(JobSpec(endpoint, message_type, payload, key))
+        return jobs
+
+    def resend_jobs(
+        self, *, message_id: int, guid: str, message_type: str, customs_endpoint: str, resend: int, delay_s: float
+    ) -> list[JobSpec]:
+        jobs = self.message_jobs(
+            message_id=message_id, guid=guid, message_type=message_type, endpoints=[customs_endpoint], resend=resend
+        )
+        return [JobSpec(j.endpoint, j.kind, j.payload, j.dedupe_key, delay_s=delay_s) for j in jobs]
+
+    # -- what a customs status change sets off --------------------------------------------------------------
+
+    def release_jobs(
+        self, *, message_id: int, guid: str, doc_index: int, ebp_code: str, order_no: str
+    ) -> list[JobSpec]:
+        """Outbound orders for a released shipment (one per on_release endpoint, for its inventory)."""
+        return [
+            JobSpec(
+                endpoint,
+                "warehouse.outbound",
+                {
+                    "message_id": message_id,
+                    "guid": guid,
+                    "doc_index": doc_index,
+                    "direction": "outbound",
+                    "ebpCode": ebp_code,
+                    "orderNo": order_no,
+                },
+                f"{endpoint}:{guid}:{doc_index}",
+            )
+            for endpoint in self.on_release
+        ]
+
+    def sellers_of(self, parties: Iterable[str]) -> list[WebhookSettings]:
+        codes = set(parties)
+        return [w for w in self.webhooks if not w.codes.isdisjoint(codes)]
+
+    def webhook_jobs(
+        self,
+        *,
+        ebp_code: str,
+        order_no: str,
+        parties: Iterable[str],
+        previous: str | None,
+        status: str,
+        info: str | None,
+    ) -> list[JobSpec]:
+        if self.webhook_endpoint is None:
+            return []
+        data = {"ebpCode": ebp_code, "orderNo": order_no, "customsStatus": status, "previous": previous, "info": info}
+        return [
+            JobSpec(
+                self.webhook_endpoint,
+                "webhook",
+                {"seller": w.seller, "event": WEBHOOK_EVENT, "data": data},
+                f"{self.webhook_endpoint}:{w.seller}:{ebp_code}:{order_no}:{status}",
+            )
+            for w in self.sellers_of(parties)
+        ]
+
+
+def _route(r: RouteSettings, endpoints: tuple[str, ...]) -> Route:
+    return Route(frozenset(r.message_types), endpoints, frozenset(r.modes) if r.modes else None)
+
+
+# --- shipment customs status --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LegState:
+    """A current leg of a shipment as far as customs is concerned."""
+
+    kind: str  # order | payment | waybill | inventory
+    forward_state: str
+    customs_status: str | None = None
+    customs_rank: int | None = None
+    customs_info: str | None = None
+
+
+def shipment_customs_status(legs: Iterable[LegState]) -> tuple[str, str | None]:
+    """(status, info) of a shipment from its current legs; see gateway/sql/020_forwarding.sql."""
+    legs = list(legs)
+    inventory = next((leg for leg in legs if leg.kind == "inventory"), None)
+    for leg in legs:
+        if leg.forward_state == "rejected":
+            name = rc.status_name(leg.customs_status) or ""
+            return "rejected", f"{leg.kind} {leg.customs_status} {name}: {leg.customs_info or ''}".strip(" :")
+    if inventory is not None and inventory.customs_rank is not None:
+        if rc.normalise(inventory.customs_status or "") == "700":
+            return "rejected", f"inventory 700 {rc.status_name('700')}: {inventory.customs_info or ''}".strip(" :")
+        if inventory.customs_rank >= rc.RANK_RELEASED:
+            return "released", inventory.customs_info
+        if inventory.customs_rank >= rc.RANK_ACCEPTED:
+            return "accepted", inventory.customs_info
+    if any(leg.forward_state in ("sent", "receipted") for leg in legs):
+        return "declared", None
+    return "pending", None
