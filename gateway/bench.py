@@ -367,6 +367,8 @@ class IngestRun:
     p50_ms: float
     p99_ms: float
     cpu_us_per_message: dict[str, float] = field(default_factory=dict)
+    #: Shares of the machine's CPU time during the run: this benchmark's processes, the others, idle.
+    machine_share: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -415,14 +417,23 @@ async def drive(
                     errors.append(f"{m.code} of shipment {m.shipment}: HTTP {status} {text[:500]!r}")
 
         before = meter.snapshot() if meter else None
+        machine_before = psutil.cpu_times()
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
+        machine_after = psutil.cpu_times()
         after = meter.snapshot() if meter else None
     latencies.sort()
-    cpu = {}
+    cpu: dict[str, float] = {}
+    share: dict[str, float] = {}
     if before is not None and after is not None:
-        cpu = {k: v / len(messages) * 1e6 for k, v in CpuMeter.spent(before, after).items()}
+        spent = CpuMeter.spent(before, after)
+        cpu = {k: v / len(messages) * 1e6 for k, v in spent.items()}
+        total = sum(machine_after) - sum(machine_before)
+        idle = (machine_after.idle - machine_before.idle) + (machine_after.iowait - machine_before.iowait)
+        if total > 0:
+            ours = min(sum(spent.values()), total - idle)
+            share = {"bench": ours / total, "others": max(0.0, total - idle - ours) / total, "idle": idle / total}
     return IngestRun(
         messages=len(messages),
         seconds=seconds,
@@ -430,6 +441,7 @@ async def drive(
         p50_ms=_percentile(latencies, 0.50) * 1000,
         p99_ms=_percentile(latencies, 0.99) * 1000,
         cpu_us_per_message=cpu,
+        machine_share=share,
         errors=errors,
     )
 
@@ -757,6 +769,12 @@ def format_report(r: Report) -> str:
         row("   CPU per message: gateway / PostgreSQL / client (µs)",
             f"{c['gateway']:.0f} / {c['postgres']:.0f} / {c['client']:.0f}")  # fmt: skip
     row("4. full ingest / bare lxml", f"{r.ratio:.3f} ({1 / r.ratio:.0f}×)" if r.ratio else "-")
+    if i.machine_share:
+        sh = i.machine_share
+        out.append(
+            f"  (during 3. the machine's CPU went {sh['bench'] * 100:.0f}% to this benchmark's processes, "
+            f"{sh['others'] * 100:.0f}% to other processes, {sh['idle'] * 100:.0f}% idle)"
+        )
     if r.flatness:
         out += [
             "",

@@ -33,7 +33,11 @@ async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
     # Every figure of the table (the lines after the header rule) is a positive number.
     lines = text.splitlines()
     rule = next(i for i, line in enumerate(lines) if line.strip().startswith("---"))
-    table = [line for line in lines[rule + 1 :] if line.strip() and not line.strip().startswith(("5.", "stored"))]
+    end = next(
+        (i for i in range(rule + 1, len(lines)) if not lines[i].startswith("  ") or lines[i].startswith("  (")),
+        len(lines),
+    )
+    table = lines[rule + 1 : end]
     assert len(table) >= 12, text
     for line in table:
         label, value = line[:61], line[61:]
