@@ -335,6 +335,21 @@ async def test_concurrent_waybill_and_inventory_naming_it_meet(store: Store, db_
     assert await count(db_pool, "SELECT count(*) FROM shipments WHERE ebp_code = ''") == 0
 
 
+async def test_one_batch_with_an_order_and_the_waybill_its_inventory_names(store: Store, db_pool: asyncpg.Pool) -> None:
+    # The two messages share no lock up front (orderNos X and Y), but the waybill belongs to shipment X
+    # through the stored inventory: the one judged second must see the first.
+    for i in range(3):
+        await ingest(store, message("CEB621", inventory_head(f"U{i}", logisticsNo=f"LN-U{i}")))
+        order = message("CEB311", order_head(f"U{i}"))
+        waybill = message("CEB511", waybill_head(f"U-OTHER{i}", logisticsNo=f"LN-U{i}"))
+        first, second = (order, waybill) if i % 2 else (waybill, order)
+        await asyncio.gather(ingest(store, first), ingest(store, second))
+        shipment = await store.get_shipment(EBP, f"U{i}")
+        assert shipment is not None
+        assert "order" not in shipment["missing"] and "waybill" not in shipment["missing"]
+    assert await count(db_pool, "SELECT count(*) FROM shipments WHERE ebp_code = ''") == 0
+
+
 async def test_a_batch_survives_one_message_the_database_refuses(store: Store, db_pool: asyncpg.Pool) -> None:
     good = [message("CEB311", order_head(f"I{i}")) for i in range(6)]
     bad = message("CEB311", order_head("I-BAD"))

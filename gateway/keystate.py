@@ -1,0 +1,687 @@
+"""What a message does to the stored state — pure, no I/O (gateway.store reads and writes).
+
+Given the rows the store read for a message (the current document of each of its keys, the live legs
+of the shipments it involves, its buyers' tax ledger), :func:`judge` applies the key rules of spec
+§6.2 / §5.3 to every document, works out which shipments must be reconciled again, reconciles them
+(gateway.reconcile), assesses their inventories (gateway.tax) and returns everything to write, with
+the answer to give. It raises :class:`Conflict` when the message must be refused, and returns a
+:class:`Defer` when the rows read do not cover everything the message turned out to touch.
+
+Key rules, per document key (MessageType.keys, trimmed):
+
+* appType 1 needs the key free — a current, not withdrawn document is ``state.duplicate`` (customs
+  −301010 and kin); after a withdrawal the key may be declared again, by a newer message;
+* appType 2 replaces and appType 3 withdraws the current document when its appTime is strictly newer
+  (appTime compares as 14-digit text); an older or equal one changes nothing and is answered
+  ``state.ignored_older`` (like −301014); a change or withdrawal of an unknown or withdrawn key is
+  ``state.not_found`` (like −301009);
+* the same key twice in one message is ``state.duplicate``; receipts carry no key state.
+
+Shipments (spec §6.2 joins): orders, payments and inventories belong to the shipment (ebpCode,
+orderNo); a waybill belongs to the shipments whose inventory names its (logisticsCode, logisticsNo)
+and to those sharing its orderNo, else to a waybill-only shipment ('', orderNo) that goes away once a
+keyed shipment takes the waybill. A shipment's legs are its latest live order, payment and inventory;
+its waybill is the one its inventory names, else the latest one carrying its orderNo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from gateway import reconcile as recon
+from gateway import tax
+from gateway.auth import document_parties
+from gateway.documents import Document, ParsedMessage
+from gateway.errors import Issue, Layer
+from gateway.messages import BY_CODE, SHIPMENT_KINDS, Direction, Kind
+
+CODES: dict[str, str] = {
+    "state.guid_conflict": "a message with this guid was already accepted with different content",
+    "state.duplicate": "a current document with the same business key exists (appType 1); customs: -301010 and kin",
+    "state.not_found": "appType 2 (change) or 3 (delete) names a business key with no current document",
+    "state.ignored_older": (
+        "document not applied: its appTime is not newer than the stored document's (customs: -301014 and kin); "
+        "an outcome of an accepted message, not an error"
+    ),
+}
+
+# errors.Layer has no "state" member yet; the codes carry the layer in their prefix either way.
+STATE_LAYER: Layer = getattr(Layer, "STATE", Layer.RULE)
+
+SEP = "\x1f"  # cannot occur in XML text, so it safely joins key parts
+SHIPMENT_KIND_VALUES = frozenset(k.value for k in SHIPMENT_KINDS)
+
+#: Advisory lock namespaces. The store takes, for a message, the locks of its guid, of its document
+#: keys, of the orderNo of each order, payment, inventory and waybill (the shipments of that orderNo),
+#: of each waybill key that a waybill has or an inventory names (they may carry different orderNos),
+#: and of each inventory's buyer (the tax ledger).
+LOCK_GUID, LOCK_KEY, LOCK_ORDER, LOCK_WAYBILL, LOCK_BUYER = "guid", "key", "order", "waybill", "buyer"
+
+Lock = tuple[str, str]  # (namespace, key)
+LedgerBook = dict[tuple[str, int], dict[tuple[str, str], Decimal]]  # (buyer, year) -> (ebcCode, orderNo) -> amount
+
+
+class Conflict(Exception):
+    """The message contradicts what is stored (HTTP 409); nothing of it was stored."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        super().__init__("; ".join(f"{i.code} at {i.path}: {i.message}" for i in issues[:3]))
+        self.issues = issues
+
+
+def issue(code: str, path: str, message: str) -> Issue:
+    return Issue(STATE_LAYER, code, path, message)
+
+
+@dataclass
+class DocumentOutcome:
+    index: int
+    doc_guid: str
+    kind: str
+    keys: dict[str, str]
+    outcome: str  # 'accepted' | 'replaced' | 'withdrawn' | 'ignored_older'
+    shipment: dict[str, Any] | None = None  # {ebpCode, orderNo, state, missing} of the shipment it belongs to
+    code: str | None = None  # set when the outcome is not plain success: "state.ignored_older"
+    message: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "doc_guid": self.doc_guid,
+            "kind": self.kind,
+            "keys": dict(self.keys),
+            "outcome": self.outcome,
+            "shipment": dict(self.shipment) if self.shipment is not None else None,
+            "code": self.code,
+            "message": self.message,
+        }
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+def text(head: dict[str, str], name: str) -> str | None:
+    """A head field trimmed, None when absent or empty."""
+    value = head.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+@dataclass(slots=True, eq=False)
+class Row:
+    """A stored document row, or a new one (from the message) as it will be stored."""
+
+    id: int
+    kind: str
+    message_type: str
+    key1: str
+    key2: str
+    order_no: str | None
+    ebp_code: str | None
+    ebc_code: str | None
+    logistics_code: str | None
+    logistics_no: str | None
+    app_time: str
+    doc_index: int
+    path: str
+    head: dict[str, str]
+    lines: list[dict[str, str]]
+    parties: list[str]
+    withdrawn: bool
+    message_guid: str | None = None
+    doc: Document | None = None
+    is_new: bool = False  # a document of the message being judged (no id yet)
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> Row:
+        return cls(
+            id=r["id"], kind=r["kind"], message_type=r["message_type"], key1=r["key1"], key2=r["key2"],
+            order_no=r["order_no"], ebp_code=r["ebp_code"], ebc_code=r["ebc_code"],
+            logistics_code=r["logistics_code"], logistics_no=r["logistics_no"], app_time=r["app_time"] or "",
+            doc_index=r["doc_index"], path=r["path"], head=r["head"], lines=r["lines"], parties=r["parties"],
+            withdrawn=r["withdrawn"], message_guid=r.get("message_guid"),
+        )  # fmt: skip
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.message_type, self.key1, self.key2)
+
+    @property
+    def document(self) -> Document:
+        if self.doc is None:
+            self.doc = Document(BY_CODE[self.message_type], self.doc_index, self.path, self.head, self.lines)
+        return self.doc
+
+    @property
+    def shipment_key(self) -> tuple[str, str]:
+        return (self.ebp_code or "", self.order_no or "")
+
+    @property
+    def logistics_key(self) -> tuple[str, str]:
+        return (self.logistics_code or "", self.logistics_no or "")
+
+    @property
+    def order(self) -> tuple[str, bool, int]:
+        """Sort key of 'latest': appTime, then arrival."""
+        return (self.app_time, self.is_new, self.id)
+
+
+@dataclass
+class New:
+    """One document of the message being judged, and what becomes of it."""
+
+    doc: Document
+    row: Row
+    app_type: str
+    tracked: bool  # declarations carry key state; receipts are only recorded
+    outcome: str = "accepted"
+    replaces: Row | None = None
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.outcome != "ignored_older"
+
+    @property
+    def live(self) -> bool:
+        return self.tracked and self.outcome in ("accepted", "replaced")
+
+    def key_names(self) -> dict[str, str]:
+        return dict(zip(self.doc.type.keys, (self.row.key1, self.row.key2), strict=False))
+
+    def describe_key(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.key_names().items())
+
+
+def new_documents(msg: ParsedMessage) -> list[New]:
+    mtype = msg.type
+    tracked = mtype.direction is Direction.DECLARATION
+    out = []
+    for doc in msg.documents:
+        head = doc.head
+        keys = [v.strip() for v in doc.keys]
+        row = Row(
+            id=-doc.index, kind=mtype.kind.value, message_type=mtype.code, key1=keys[0],
+            key2=keys[1] if len(keys) > 1 else "", order_no=text(head, "orderNo"), ebp_code=text(head, "ebpCode"),
+            ebc_code=text(head, "ebcCode"), logistics_code=text(head, "logisticsCode"),
+            logistics_no=text(head, "logisticsNo"), app_time=(head.get("appTime") or "").strip(),
+            doc_index=doc.index, path=doc.path, head=head, lines=doc.lines,
+            parties=sorted(document_parties(doc)), withdrawn=False, doc=doc, is_new=True,
+        )  # fmt: skip
+        out.append(New(doc=doc, row=row, app_type=(head.get("appType") or "1").strip(), tracked=tracked))
+    return out
+
+
+def up_front_locks(msg: ParsedMessage) -> set[Lock]:
+    """The locks known from the message alone (see LOCK_GUID ...)."""
+    locks = {(LOCK_GUID, msg.guid)}
+    mtype = msg.type
+    if mtype.direction is not Direction.DECLARATION:
+        return locks
+    for doc in msg.documents:
+        head = doc.head
+        locks.add((LOCK_KEY, SEP.join((mtype.code, *(v.strip() for v in doc.keys)))))
+        if mtype.kind.value in SHIPMENT_KIND_VALUES:
+            locks.add((LOCK_ORDER, (head.get("orderNo") or "").strip()))
+        if mtype.kind in (Kind.WAYBILL, Kind.INVENTORY):
+            waybill = ((head.get("logisticsCode") or "").strip(), (head.get("logisticsNo") or "").strip())
+            locks.add((LOCK_WAYBILL, SEP.join(waybill)))
+        if mtype.kind is Kind.INVENTORY:
+            locks.add((LOCK_BUYER, (head.get("buyerIdNumber") or "").strip()))
+    return locks
+
+
+@dataclass
+class Refs:
+    """What the store must read for a message: its keys, and the shipments and waybills it is about."""
+
+    keys: set[tuple[str, str, str]] = field(default_factory=set)  # (message type, key1, key2)
+    keyed: set[tuple[str, str]] = field(default_factory=set)  # (ebpCode, orderNo)
+    waybill_keys: set[tuple[str, str]] = field(default_factory=set)  # waybills' own (logisticsCode, logisticsNo)
+    waybill_orders: set[str] = field(default_factory=set)  # waybills' orderNo
+    inventory_waybills: set[tuple[str, str]] = field(default_factory=set)  # inventories' (logisticsCode, No)
+    buyers: set[tuple[str, int]] = field(default_factory=set)  # (buyerIdNumber, year) of inventories
+
+    def add(self, row: Row) -> None:
+        if row.kind == Kind.WAYBILL:
+            self.waybill_keys.add(row.logistics_key)
+            self.waybill_orders.add(row.order_no or "")
+        elif row.kind in SHIPMENT_KIND_VALUES:
+            self.keyed.add(row.shipment_key)
+            if row.kind == Kind.INVENTORY:
+                self.inventory_waybills.add(row.logistics_key)
+
+    @classmethod
+    def of(cls, news: list[New]) -> Refs:
+        refs = cls()
+        for new in news:
+            if new.tracked:
+                refs.keys.add(new.row.key)
+                refs.add(new.row)
+                if new.row.kind == Kind.INVENTORY:
+                    refs.buyers.add(buyer_of(new.row.head))
+        return refs
+
+    def covers(self, other: Refs) -> bool:
+        return (
+            other.keyed <= self.keyed
+            and other.waybill_keys <= self.waybill_keys
+            and other.waybill_orders <= self.waybill_orders
+            and other.buyers <= self.buyers
+        )
+
+    def merge(self, other: Refs) -> None:
+        self.keys |= other.keys
+        self.keyed |= other.keyed
+        self.waybill_keys |= other.waybill_keys
+        self.waybill_orders |= other.waybill_orders
+        self.inventory_waybills |= other.inventory_waybills
+        self.buyers |= other.buyers
+
+
+def decide(news: list[New], current: dict[tuple[str, str, str], Row]) -> list[Issue]:
+    """Apply the appType rules to each document against the current row of its key."""
+    issues: list[Issue] = []
+    seen: dict[tuple[str, str, str], New] = {}
+    for new in news:
+        new.outcome, new.replaces, new.code, new.message = "accepted", None, None, None
+        new.row.withdrawn = False
+        if not new.tracked:
+            continue
+        first = seen.setdefault(new.row.key, new)
+        if first is not new:
+            issues.append(
+                issue(
+                    "state.duplicate",
+                    new.doc.path,
+                    f"{new.doc.type.document}[{first.doc.index}] of this message already has the key "
+                    f"{new.describe_key()}",
+                )
+            )
+            continue
+        cur = current.get(new.row.key)
+        t = new.app_type
+        at = new.row.app_time
+        if cur is not None and not cur.withdrawn and t not in ("2", "3"):
+            issues.append(
+                issue(
+                    "state.duplicate",
+                    new.doc.path,
+                    f"a document with {new.describe_key()} exists (message {cur.message_guid}, appTime "
+                    f"{cur.app_time}); send a change (appType 2) with a newer appTime instead",
+                )
+            )
+        elif cur is not None and at <= cur.app_time:
+            # covers appType 1 after a withdrawal too: an old message must not revive a deleted key
+            new.outcome = "ignored_older"
+            new.code = "state.ignored_older"
+            new.message = (
+                f"ignored: appTime {at} is not newer than {cur.app_time} of the stored document with "
+                f"{new.describe_key()} (message {cur.message_guid}); nothing was changed"
+            )
+        elif t in ("2", "3") and (cur is None or cur.withdrawn):
+            what = "has been withdrawn" if cur is not None else "does not exist"
+            action = "change" if t == "2" else "delete"
+            issues.append(
+                issue(
+                    "state.not_found",
+                    new.doc.field_path("appType"),
+                    f"appType {t} ({action}) but the document with {new.describe_key()} {what}",
+                )
+            )
+        else:
+            new.replaces = cur  # None for a first declaration; a withdrawn row when declaring again
+            if t == "3":
+                new.outcome = "withdrawn"
+                new.row.withdrawn = True
+            elif cur is not None and not cur.withdrawn:
+                new.outcome = "replaced"
+    return issues
+
+
+# --- shipments -------------------------------------------------------------------------------
+
+
+def ledger_year(head: dict[str, str]) -> int:
+    """The quota year of an inventory: its declaration date, else its appTime, else this year."""
+    for name in ("declTime", "appTime"):
+        value = (head.get(name) or "").strip()
+        if len(value) >= 4 and value[:4].isdigit():
+            return int(value[:4])
+    return datetime.now(UTC).year
+
+
+def buyer_of(head: dict[str, str]) -> tuple[str, int]:
+    return ((head.get("buyerIdNumber") or "").strip(), ledger_year(head))
+
+
+def _latest(rows: Iterable[Row] | None) -> Row | None:
+    return max(rows, key=lambda r: r.order) if rows else None
+
+
+class Live:
+    """The live (current, not withdrawn) documents as they will be after the message."""
+
+    def __init__(self, rows: Iterable[Row]) -> None:
+        self.legs: dict[tuple[str, str], dict[str, list[Row]]] = {}
+        self.waybills_by_key: dict[tuple[str, str], list[Row]] = {}
+        self.waybills_by_order: dict[str, list[Row]] = {}
+        self.inventories_by_waybill: dict[tuple[str, str], list[Row]] = {}
+        for row in rows:
+            if row.kind == Kind.WAYBILL:
+                self.waybills_by_key.setdefault(row.logistics_key, []).append(row)
+                self.waybills_by_order.setdefault(row.order_no or "", []).append(row)
+            elif row.kind in SHIPMENT_KIND_VALUES:
+                self.legs.setdefault(row.shipment_key, {}).setdefault(row.kind, []).append(row)
+                if row.kind == Kind.INVENTORY:
+                    self.inventories_by_waybill.setdefault(row.logistics_key, []).append(row)
+
+    def shipments_of_waybill(self, row: Row) -> list[tuple[str, str]]:
+        """Keyed shipments a waybill belongs to: via an inventory naming it, or sharing its orderNo."""
+        found = {inv.shipment_key for inv in self.inventories_by_waybill.get(row.logistics_key, ())}
+        found |= {k for k in self.legs if k[1] == row.order_no and k[0]}
+        return sorted(found)
+
+    def shipment(self, key: tuple[str, str]) -> recon.Shipment:
+        legs = self.legs.get(key, {})
+        order = _latest(legs.get(Kind.ORDER))
+        payment = _latest(legs.get(Kind.PAYMENT))
+        inventory = _latest(legs.get(Kind.INVENTORY))
+        waybill = None
+        if inventory is not None:
+            waybill = _latest(self.waybills_by_key.get(inventory.logistics_key))
+        if waybill is None and key[0]:
+            # no inventory yet, or its waybill has not arrived: the order's waybill (reconciliation then
+            # reports a key mismatch rather than a missing leg)
+            waybill = _latest(self.waybills_by_order.get(key[1]))
+        return recon.Shipment(
+            order=order.document if order else None,
+            payment=payment.document if payment else None,
+            waybill=waybill.document if waybill else None,
+            inventory=inventory.document if inventory else None,
+        )
+
+    def blank_shipment(self, order_no: str) -> recon.Shipment | None:
+        waybill = _latest(self.waybills_by_order.get(order_no))
+        return recon.Shipment(waybill=waybill.document) if waybill else None
+
+
+def touched(news: list[New], live: Live) -> tuple[list[tuple[str, str]], list[str]]:
+    """Keyed shipments to reconcile again (in order of first mention) and orderNos of waybill-only ones."""
+    changed: list[Row] = []
+    for new in news:
+        if new.tracked and new.stored and new.row.kind in SHIPMENT_KIND_VALUES:
+            changed.append(new.row)
+            if new.replaces is not None and not new.replaces.withdrawn:
+                changed.append(new.replaces)
+    keyed: list[tuple[str, str]] = []
+    blanks: list[str] = []
+    for row in changed:
+        if row.kind == Kind.WAYBILL:
+            targets = live.shipments_of_waybill(row)
+            if not targets:
+                blanks.append(row.order_no or "")
+            keyed.extend(targets)
+        else:
+            keyed.append(row.shipment_key)
+    return list(dict.fromkeys(keyed)), list(dict.fromkeys(blanks))
+
+
+@dataclass
+class ShipmentResult:
+    ebp_code: str
+    order_no: str
+    state: str
+    missing: list[str]
+    findings: list[dict[str, Any]]
+    parties: list[str]
+    ebc_code: str | None = None
+    mode: str | None = None
+    buyer_id_number: str | None = None
+
+    def summary(self, *, findings: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"ebpCode": self.ebp_code, "orderNo": self.order_no, "state": self.state}
+        out["missing"] = self.missing
+        if findings:
+            out["findings"] = self.findings
+        return out
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "ebp_code": self.ebp_code,
+            "order_no": self.order_no,
+            "ebc_code": self.ebc_code,
+            "state": self.state,
+            "missing": self.missing,
+            "findings": self.findings,
+            "parties": self.parties,
+            "mode": self.mode,
+            "buyer_id_number": self.buyer_id_number,
+        }
+
+
+def _legs(s: recon.Shipment) -> list[Document]:
+    return [d for d in (s.order, s.payment, s.waybill, s.inventory) if d is not None]
+
+
+def shipment_result(
+    key: tuple[str, str], shipment: recon.Shipment, assessment: tax.TaxAssessment | None, tolerance: Decimal
+) -> ShipmentResult:
+    outcome = recon.reconcile(shipment, tolerance=tolerance)
+    findings = list(outcome.findings)
+    state = recon.ShipmentState(outcome.state)
+    if assessment is not None:
+        findings.extend(assessment.findings)
+        if assessment.blocking:
+            state = recon.ShipmentState.MISMATCHED  # same precedence as reconciliation's own findings
+    inv, order = shipment.inventory, shipment.order
+    source = inv or order
+    return ShipmentResult(
+        ebp_code=key[0],
+        order_no=key[1],
+        state=state.value,
+        missing=[str(k) for k in outcome.missing],
+        findings=[f.as_dict() for f in findings],
+        parties=sorted({p for d in _legs(shipment) for p in document_parties(d)}),
+        ebc_code=text(source.head, "ebcCode") if source else None,
+        mode=text(inv.head, "tradeMode") if inv else None,
+        buyer_id_number=text(source.head, "buyerIdNumber") if source else None,
+    )
+
+
+# --- judging a message -----------------------------------------------------------------------
+
+
+@dataclass
+class Defer:
+    """The rows read do not cover what the message touches: take these locks, read these too, again."""
+
+    locks: set[Lock]
+    refs: Refs
+
+
+@dataclass
+class Write:
+    """Everything one accepted message writes, and its answer (whose "id" the store fills in)."""
+
+    body: dict[str, Any]
+    documents: list[dict[str, Any]]
+    replaced: list[tuple[int, int]]  # (old row id, doc_index of the row replacing it)
+    shipments: list[dict[str, Any]]
+    blanks: list[str]  # orderNos of waybill-only shipments to delete
+    ledger_put: list[dict[str, Any]]
+    ledger_drop: list[tuple[str, str, str | None, int | None]]  # (ebcCode, orderNo, kept buyer, kept year)
+
+
+@dataclass
+class State:
+    """The rows read for a message (or for several independent ones at once)."""
+
+    current: dict[tuple[str, str, str], Row]  # current row per key, withdrawn or not
+    rows: dict[int, Row]  # live legs and waybills of the shipments involved
+    ledger: LedgerBook
+
+
+def judge(
+    msg: ParsedMessage,
+    news: list[New],
+    refs: Refs,
+    held: set[Lock],
+    state: State,
+    *,
+    rates: tax.TaxRates,
+    tolerance: Decimal,
+) -> Write | Defer:
+    """What ``msg`` (its documents ``news``, see new_documents) writes, given the rows read for ``refs``
+    under the locks ``held``.
+
+    Raises Conflict. Returns Defer when the message reaches beyond ``refs`` or ``held``: a replaced
+    payment or waybill named another order, a waybill belongs to an inventory of another orderNo, a
+    stored inventory must be reassessed against a buyer's ledger not read.
+    """
+    issues = decide(news, state.current)
+    if issues:
+        raise Conflict(issues)
+    more = Refs()
+    for new in news:
+        if new.replaces is not None and not new.replaces.withdrawn:
+            more.add(new.replaces)
+    gone = {new.replaces.id for new in news if new.replaces is not None}
+    live = Live([row for row in state.rows.values() if row.id not in gone] + [n.row for n in news if n.live])
+    keyed, blanks = touched(news, live)
+    shipments = {key: live.shipment(key) for key in keyed}
+    orders = {k[1] for k in more.keyed} | more.waybill_orders | {k[1] for k in keyed} | set(blanks)
+    orders |= {(s.waybill.head.get("orderNo") or "").strip() for s in shipments.values() if s.waybill}
+    wanted = {(LOCK_ORDER, o) for o in orders}
+    inventories = {key: s.inventory for key, s in shipments.items() if s.inventory is not None}
+    buyers = {key: buyer_of(inv.head) for key, inv in inventories.items()}
+    more.buyers |= set(buyers.values())
+    wanted |= {(LOCK_BUYER, b) for b, _ in buyers.values()}
+    if not (refs.covers(more) and wanted <= held):
+        return Defer(wanted - held, more)
+
+    # Tax: each inventory against the rest of its buyer's year (later inventories of the message see it).
+    assessed: dict[tuple[str, str], tax.TaxAssessment] = {}
+    ledger_put: dict[tuple[str, int, str, str], dict[str, Any]] = {}
+    keep: dict[tuple[str, str], tuple[str, int]] = {}
+    for key, inv in inventories.items():
+        buyer, year = buyers[key]
+        own = ((inv.head.get("ebcCode") or "").strip(), (inv.head.get("orderNo") or "").strip())
+        book = state.ledger.setdefault((buyer, year), {})
+        used = sum((amount for k, amount in book.items() if k != own), Decimal(0))
+        assessment = tax.assess(inv, annual_used=used, rates=rates, order=shipments[key].order)
+        book[own] = assessment.counts_toward_annual
+        assessed[key] = assessment
+        keep[own] = (buyer, year)
+        ledger_put[(buyer, year, *own)] = {
+            "buyer_id_number": buyer,
+            "year": year,
+            "ebc_code": own[0],
+            "order_no": own[1],
+            "amount": str(assessment.counts_toward_annual),
+        }
+    # Every inventory touched or reassessed keeps one ledger row (its buyer's), none once withdrawn.
+    inventories_touched = set(keep)
+    for new in news:
+        if new.stored and new.row.kind == Kind.INVENTORY:
+            inventories_touched.add((new.row.ebc_code or "", new.row.order_no or ""))
+            if new.replaces is not None:
+                inventories_touched.add((new.replaces.ebc_code or "", new.replaces.order_no or ""))
+    ledger_drop: list[tuple[str, str, str | None, int | None]] = []
+    for ebc, order_no in sorted(inventories_touched):
+        kept = keep.get((ebc, order_no))
+        ledger_drop.append((ebc, order_no, kept[0] if kept else None, kept[1] if kept else None))
+
+    results: dict[tuple[str, str], ShipmentResult] = {}
+    drop_blanks: set[str] = set()
+    for key, shipment in shipments.items():
+        results[key] = shipment_result(key, shipment, assessed.get(key), tolerance)
+        if shipment.waybill is not None:
+            drop_blanks.add((shipment.waybill.head.get("orderNo") or "").strip())
+    for order_no in blanks:
+        if order_no in drop_blanks:
+            continue
+        blank = live.blank_shipment(order_no)
+        if blank is None:
+            drop_blanks.add(order_no)
+        else:
+            results[("", order_no)] = shipment_result(("", order_no), blank, None, tolerance)
+
+    return Write(
+        body=_response(msg, news, results, live),
+        documents=[_document_row(new) for new in news if new.stored],
+        replaced=[(new.replaces.id, new.doc.index) for new in news if new.replaces is not None and new.stored],
+        shipments=[r.row() for r in results.values()],
+        blanks=sorted(drop_blanks - {o for (e, o) in results if not e}),
+        ledger_put=list(ledger_put.values()),
+        ledger_drop=ledger_drop,
+    )
+
+
+def _document_row(new: New) -> dict[str, Any]:
+    row, head = new.row, new.doc.head
+    return {
+        "doc_index": row.doc_index,
+        "doc_guid": head.get("guid", ""),
+        "kind": row.kind,
+        "key1": row.key1,
+        "key2": row.key2,
+        "order_no": row.order_no,
+        "ebp_code": row.ebp_code,
+        "ebc_code": row.ebc_code,
+        "logistics_code": row.logistics_code,
+        "logistics_no": row.logistics_no,
+        "pay_code": text(head, "payCode"),
+        "pay_transaction_id": text(head, "payTransactionId"),
+        "app_type": text(head, "appType"),
+        "app_time": row.app_time or None,
+        "app_status": text(head, "appStatus"),
+        "path": row.path,
+        "head": head,
+        "lines": row.lines,
+        "parties": row.parties,
+        "is_current": new.tracked,
+        "withdrawn": row.withdrawn,
+    }
+
+
+def _response(
+    msg: ParsedMessage, news: list[New], results: dict[tuple[str, str], ShipmentResult], live: Live
+) -> dict[str, Any]:
+    documents = []
+    for new in news:
+        shipment = None
+        row = new.row
+        if new.stored and row.kind in SHIPMENT_KIND_VALUES:
+            if row.kind == Kind.WAYBILL:
+                targets = live.shipments_of_waybill(row) or [("", row.order_no or "")]
+            else:
+                targets = [row.shipment_key]
+            found = results.get(targets[0])
+            shipment = found.summary() if found else None
+        documents.append(
+            DocumentOutcome(
+                index=new.doc.index,
+                doc_guid=new.doc.head.get("guid", ""),
+                kind=row.kind,
+                keys=new.key_names(),
+                outcome=new.outcome,
+                shipment=shipment,
+                code=new.code,
+                message=new.message,
+            ).as_dict()
+        )
+    return {
+        "id": None,  # the store fills it in when it allocates it
+        "guid": msg.guid,
+        "message_type": msg.type.code,
+        "documents": documents,
+        "shipments": [r.summary(findings=True) for r in results.values()],
+    }
