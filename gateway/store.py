@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -61,8 +61,15 @@ from gateway.keystate import (
     up_front_locks,
 )
 from gateway.messages import BY_CODE
+from gateway.receipts import CODES as _RECEIPT_CODES
+
+if TYPE_CHECKING:
+    from gateway.outbox import Outbox
 
 __all__ = ["CODES", "Conflict", "DocumentOutcome", "IngestResult", "Store"]
+
+# gateway.receipts is not among gateway.codes.MODULES: its codes are documented through this module.
+CODES = {**CODES, **_RECEIPT_CODES}
 
 _ATTEMPTS = 3
 
@@ -440,6 +447,7 @@ class Store:
         tolerance: Decimal = Decimal("0"),
         max_batch: int = 32,
         max_parallel: int = 4,
+        outbox: Outbox | None = None,
     ) -> None:
         if max_batch < 1 or max_parallel < 1:
             raise ValueError("max_batch and max_parallel must be at least 1")
@@ -448,6 +456,9 @@ class Store:
         self.tolerance = tolerance
         self.max_batch = max_batch  # messages per transaction, at most
         self.max_parallel = max_parallel  # transactions (pool connections) ingesting at once, at most
+        # Forwarding (gateway.outbox): what an accepted message sends to customs is enqueued in its
+        # transaction (the transactional outbox). None: nothing is forwarded.
+        self.outbox = outbox
         self._queue: collections.deque[_Job] = collections.deque()
         self._workers = 0
         self._arrivals = 0
@@ -605,6 +616,8 @@ class Store:
             ids = await self._write(conn, writes)
             for job, w in writes:
                 w.body["id"] = ids[job.msg.guid]  # the statement stored it in the response the same way
+                if self.outbox is not None:  # same transaction, batched or not: a job exists iff this commits
+                    await self.outbox.on_ingest(conn, message_id=ids[job.msg.guid], msg=job.msg, body=w.body)
                 outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False)
         return deferred
 

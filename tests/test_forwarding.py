@@ -3,14 +3,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import asyncpg
+import cbec_queue
 import pytest
+import pytest_asyncio
 
 from adapters.dxp import cop_msg_id_for
-from gateway import config
+from gateway import config, samples
+from gateway import receipts as rc
 from gateway.config import ForwardingSettings, RouteSettings, WebhookSettings
 from gateway.forward import LegState, Router, shipment_customs_status
+from gateway.outbox import Outbox, order_lock
+from gateway.pipeline import Pipeline
+from gateway.render import render
+from gateway.sandbox.receipts import RECEIPT_FOR, build_receipt, format_receipt
+from gateway.schema import SchemaSet
+from gateway.store import Store
+from tests.apiutil import sign_as_agent
 
 SANDBOX_KINDS = {"customs": "customs", "inspection": "inspection", "warehouse": "warehouse"}
 
@@ -170,7 +186,7 @@ secret = "s3cret"
         '[forwarding.endpoints.w]\nkind = "warehouse"',
         '[forwarding.endpoints.c]\nkind = "customs"\nurl = "http://h"\nsurprise = 1',
         '[forwarding]\nsandbox = "maybe"',
-        '[forwarding]\nunheard_of = 1',
+        "[forwarding]\nunheard_of = 1",
         '[forwarding.webhooks.s]\nurl = "http://h"',
     ],
 )
@@ -186,3 +202,261 @@ def test_customs_role_needs_no_codes(tmp_path: Path) -> None:
     path.write_text('[[api_keys]]\nname = "eport"\nkey = "k-123"\nrole = "customs"\n', encoding="utf-8")
     (key,) = config.load(path, env={}).api_keys
     assert key.role is config.Role.CUSTOMS and key.codes == frozenset()
+
+
+# --- the outbox against PostgreSQL ------------------------------------------------------------------------
+
+_SCHEMAS = SchemaSet()
+
+
+def xml_of(payload: dict[str, Any]) -> bytes:
+    return render(payload, signer=sign_as_agent if payload["type"] == "CEB621" else None)
+
+
+@dataclass
+class Flow:
+    pool: asyncpg.Pool
+    store: Store
+    outbox: Outbox
+    pipeline: Pipeline
+
+    async def submit(self, payload: dict[str, Any]) -> dict[str, Any]:
+        checked = self.pipeline.check(xml_of(payload))
+        result = await self.store.ingest(checked.message, checked.raw, submitter="test")
+        return result.body
+
+    async def receipt(self, payload: dict[str, Any], status: str, time_ms: int, **extra: str) -> list[dict[str, Any]]:
+        """A receipt for the (single) document of a submitted payload, as customs would write it."""
+        doc = payload["documents"][0]
+        code = RECEIPT_FOR[payload["type"]]
+        values = {k: str(v) for k, v in doc.items() if isinstance(v, str | int)}
+        values.update(guid=str(doc.get("guid") or payload["guid"]), returnStatus=status,
+                      returnTime=f"20260101120000{time_ms:03d}", returnInfo=f"status {status}", **extra)  # fmt: skip
+        if code == "CEB622":
+            values.setdefault("copNo", str(doc.get("copNo") or doc["orderNo"])[:20])
+            values.setdefault("preNo", "B20260101000000001")
+        xml = build_receipt(code, values)
+        intake = rc.read(xml, _SCHEMAS)
+        return [r.as_dict() for r in await self.outbox.apply_receipts(intake, source="http", submitter="test")]
+
+    async def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn:
+            return list(await conn.fetch(sql, *args))
+
+    async def doc(self, payload: dict[str, Any]) -> asyncpg.Record:
+        (row,) = await self.rows(
+            "SELECT d.* FROM documents AS d JOIN messages AS m ON m.id = d.message_id WHERE m.guid = $1",
+            payload["guid"],
+        )
+        return row
+
+    async def jobs(self) -> dict[str, asyncpg.Record]:
+        return {r["dedupe_key"]: r for r in await self.rows("SELECT * FROM jobs ORDER BY id")}
+
+    async def shipment(self, s: samples.ShipmentSample) -> asyncpg.Record:
+        (row,) = await self.rows(
+            "SELECT * FROM shipments WHERE ebp_code = $1 AND order_no = $2",
+            s.order_doc["ebpCode"],
+            s.order_doc["orderNo"],
+        )
+        return row
+
+
+HOOK = WebhookSettings("seller-a", frozenset({samples.EBC_CODE}), "http://127.0.0.1:9/hook", "secret")
+
+
+@pytest_asyncio.fixture
+async def flow(db_pool: asyncpg.Pool) -> AsyncIterator[Flow]:
+    fwd = ForwardingSettings(webhooks=(HOOK,), resend_delay_s=5.0)
+    outbox = Outbox(db_pool, Router.from_settings(fwd, {**SANDBOX_KINDS, "webhook": "webhook"}))
+    store = Store(db_pool, outbox=outbox)
+    yield Flow(db_pool, store, outbox, Pipeline(_SCHEMAS, store))
+    await store.aclose()
+
+
+def shipment(seed: int, mode: str = "9610", **kw: Any) -> samples.ShipmentSample:
+    return samples.shipment(random.Random(seed), mode=mode, **kw)
+
+
+def test_order_lock_is_the_stores() -> None:
+    from gateway.keystate import LOCK_ORDER
+    from gateway.store import _lock_id
+
+    assert order_lock("ORDER-1") == _lock_id((LOCK_ORDER, "ORDER-1"))
+
+
+@pytest.mark.db
+async def test_ingest_enqueues_with_the_message(flow: Flow) -> None:
+    s = shipment(1)
+    await flow.submit(s.order)
+    doc = await flow.doc(s.order)
+    key = f"customs:{s.order['guid']}"
+    assert doc["forward_state"] == "queued" and doc["cop_msg_id"] == cop_msg_id_for(key)
+    job = (await flow.jobs())[key]
+    assert job["endpoint"] == "customs" and job["state"] == "queued" and job["kind"] == "CEB311"
+    assert job["payload"]["message_id"] == doc["message_id"] and job["payload"]["cop_msg_id"] == doc["cop_msg_id"]
+    # the same message again is a replay: no second job
+    await flow.submit(s.order)
+    assert len(await flow.jobs()) == 1
+
+
+@pytest.mark.db
+async def test_a_refused_message_enqueues_nothing_even_in_a_batch(flow: Flow) -> None:
+    """Messages ingested together share a transaction; the one refused leaves no job, the others keep theirs."""
+    base = [shipment(10 + i) for i in range(6)]
+    twin = shipment(10)
+    twin.order["guid"] = "0" * 35 + "1"  # same key as base[0]'s order, new guid: a duplicate (409)
+    results = await asyncio.gather(
+        *(flow.submit(s.order) for s in base), flow.submit(twin.order), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(refused) == 1
+    jobs = await flow.jobs()
+    assert set(jobs) == {f"customs:{s.order['guid']}" for s in base}
+
+
+@pytest.mark.db
+async def test_inventory_waits_for_matching_and_the_three_receipts(flow: Flow) -> None:
+    s = shipment(2, mode="1210")
+    for payload in (s.inventory, s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+    inv_key = f"customs:{s.inventory['guid']}"
+    assert (await flow.doc(s.inventory))["forward_state"] == "held"
+    assert inv_key not in await flow.jobs()
+    assert (await flow.shipment(s))["state"] == "matched"
+    # two of three legs receipted: still held; a rejection of the third keeps it held
+    await flow.receipt(s.order, "2", 1)
+    await flow.receipt(s.payment, "2", 1)
+    assert (await flow.doc(s.inventory))["forward_state"] == "held"
+    await flow.receipt(s.waybill, "1", 1)  # temporary save is not a declaration
+    assert (await flow.doc(s.inventory))["forward_state"] == "held"
+    (res,) = await flow.receipt(s.waybill, "2", 2)
+    assert res["outcome"] == "applied"
+    inv = await flow.doc(s.inventory)
+    assert inv["forward_state"] == "queued"
+    jobs = await flow.jobs()
+    assert jobs[inv_key]["payload"]["cop_msg_id"] == inv["cop_msg_id"]
+    assert f"inspection:{s.inventory['guid']}" in jobs  # 1210 goes to inspection too
+    # later receipts release nothing twice
+    await flow.receipt(s.order, "120", 3)
+    assert sum(k.startswith("customs:" + s.inventory["guid"]) for k in await flow.jobs()) == 1
+
+
+@pytest.mark.db
+async def test_inventory_arriving_last_is_released_in_its_own_transaction(flow: Flow) -> None:
+    s = shipment(3)
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "120", 5)
+    await flow.submit(s.inventory)
+    assert (await flow.doc(s.inventory))["forward_state"] == "queued"
+    assert f"customs:{s.inventory['guid']}" in await flow.jobs()
+    assert f"inspection:{s.inventory['guid']}" not in await flow.jobs()  # 9610
+
+
+@pytest.mark.db
+async def test_a_rejected_leg_keeps_the_inventory_held_and_rejects_the_shipment(flow: Flow) -> None:
+    s = shipment(4)
+    for payload in (s.order, s.payment, s.waybill, s.inventory):
+        await flow.submit(payload)
+    await flow.receipt(s.order, "2", 1)
+    await flow.receipt(s.order, "100", 2)
+    await flow.receipt(s.payment, "120", 2)
+    await flow.receipt(s.waybill, "120", 2)
+    assert (await flow.doc(s.inventory))["forward_state"] == "held"
+    order = await flow.doc(s.order)
+    assert order["forward_state"] == "rejected" and order["customs_status"] == "100"
+    ship = await flow.shipment(s)
+    assert ship["customs_status"] == "rejected" and "100" in ship["customs_info"]
+    # a late "2" changes nothing: the state never moves back
+    (res,) = await flow.receipt(s.order, "120", 1)
+    assert res["outcome"] == "stale"
+    assert (await flow.doc(s.order))["customs_status"] == "100"
+
+
+@pytest.mark.db
+async def test_receipts_out_of_order_and_duplicated_end_released(flow: Flow) -> None:
+    s = shipment(5)
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    for status, t in (("800", 4), ("2", 1), ("399", 3), ("800", 4), ("120", 2)):
+        await flow.receipt(s.inventory, status, t, invtNo="46012026I000000001")
+    inv = await flow.doc(s.inventory)
+    assert inv["customs_status"] == "800" and inv["forward_state"] == "receipted"
+    assert inv["invt_no"] == "46012026I000000001" and inv["pre_no"] == "B20260101000000001"
+    ship = await flow.shipment(s)
+    assert ship["customs_status"] == "released"
+    stored = await flow.rows("SELECT outcome, count(*) AS n FROM receipts WHERE message_type = 'CEB622' GROUP BY 1")
+    assert {r["outcome"]: r["n"] for r in stored} == {"applied": 1, "stale": 3}  # the second 800 was not stored
+    jobs = await flow.jobs()
+    assert f"warehouse:{s.inventory['guid']}:1" in jobs
+    hook = jobs[f"webhook:seller-a:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}:released"]
+    assert hook["payload"]["data"]["customsStatus"] == "released"
+
+
+@pytest.mark.db
+async def test_duplicate_code_counts_as_accepted_and_transient_resends(flow: Flow) -> None:
+    s = shipment(6)
+    await flow.submit(s.order)
+    (res,) = await flow.receipt(s.order, "-301010", 1)
+    assert res["outcome"] == "applied"
+    order = await flow.doc(s.order)
+    assert order["forward_state"] == "receipted" and order["customs_rank"] == rc.RANK_ACCEPTED
+    s2 = shipment(7)
+    await flow.submit(s2.order)
+    (res,) = await flow.receipt(s2.order, "4", 1)
+    assert res["outcome"] == "transient" and res["resend"]
+    job = (await flow.jobs())[f"customs:{s2.order['guid']}:resend1"]
+    assert job["payload"]["cop_msg_id"] == cop_msg_id_for(f"customs:{s2.order['guid']}")
+    assert (await flow.doc(s2.order))["repushes"] == 1
+
+
+@pytest.mark.db
+async def test_format_receipt_rejects_every_document_of_the_message(flow: Flow) -> None:
+    s = shipment(8)
+    await flow.submit(s.order)
+    doc = await flow.doc(s.order)
+    xml900 = format_receipt(ori_cop_msg_id=doc["cop_msg_id"], ori_message_type="CEB311Message", original=b"<x/>",
+                            info="0002 schema")  # fmt: skip
+    (res,) = await flow.outbox.apply_receipts(rc.read(xml900, _SCHEMAS), source="http", submitter="t")
+    assert res.outcome == "applied" and res.message_id == doc["message_id"]
+    assert (await flow.doc(s.order))["forward_state"] == "rejected"
+
+
+@pytest.mark.db
+async def test_unmatched_receipts_are_kept(flow: Flow) -> None:
+    values = {"guid": "F" * 36, "payCode": "X", "payTransactionId": "nobody", "returnStatus": "2",
+              "returnTime": "20260101120000001", "returnInfo": "?"}  # fmt: skip
+    xml = build_receipt("CEB412", values)
+    (res,) = await flow.outbox.apply_receipts(rc.read(xml, _SCHEMAS), source="http", submitter="t")
+    assert res.outcome == "unmatched"
+    (row,) = await flow.rows("SELECT * FROM receipts")
+    assert row["outcome"] == "unmatched" and row["document_id"] is None and row["raw_xml"].startswith("<?xml")
+
+
+@pytest.mark.db
+async def test_sent_and_watchdog(flow: Flow) -> None:
+    s = shipment(9)
+    await flow.submit(s.order)
+    async with flow.pool.acquire() as conn:
+        (job,) = await cbec_queue.claim(conn, worker_id="w1", lease_s=30)
+    await flow.outbox.record_sent(job, job.payload["message_id"])
+    doc = await flow.doc(s.order)
+    assert doc["forward_state"] == "sent" and doc["sent_at"] is not None
+    assert (await flow.jobs())[job.dedupe_key]["state"] == "done"
+    assert (await flow.shipment(s))["customs_status"] == "declared"
+    # nothing overdue yet; then, with a zero timeout, flagged and (repush on) sent again
+    assert (await flow.outbox.watchdog(timeout_s=3600, repush=True, max_repushes=2))["overdue"] == []
+    report = await flow.outbox.watchdog(timeout_s=0, repush=False, max_repushes=2)
+    assert report == {"overdue": [doc["message_id"]], "resent": []}
+    assert (await flow.doc(s.order))["receipt_overdue"]
+    report = await flow.outbox.watchdog(timeout_s=0, repush=True, max_repushes=2)
+    assert report["resent"] == [doc["message_id"]]
+    assert f"customs:{s.order['guid']}:resend1" in await flow.jobs()
+    assert (await flow.doc(s.order))["forward_state"] == "queued"
+    # a receipt clears the flag
+    await flow.receipt(s.order, "2", 1)
+    doc = await flow.doc(s.order)
+    assert not doc["receipt_overdue"] and doc["last_receipt_at"] is not None

@@ -1,0 +1,755 @@
+"""The forwarding side of the store: the transactional outbox, receipts applied, held inventories released.
+
+* :meth:`Outbox.on_ingest` runs inside the ingest transaction (gateway.store calls it right after a
+  message is written, in the batched path too): it marks the message's documents ``queued`` (or
+  ``held``) and enqueues its jobs (cbec_queue.enqueue, same connection) — a job exists iff the message
+  committed. When a shipment the message touched is matched, held inventories are re-evaluated.
+* :meth:`Outbox.apply_receipts` stores every receipt (deduplicated, spec §8.4) and applies them in one
+  transaction: the document's customs state (monotonic, gateway.receipts), the shipment's
+  customs_status, webhooks and the warehouse order on a change, the release of held inventories whose
+  legs are now receipted, and re-sends for transient codes.
+* :meth:`Outbox.record_sent` is the customs handler's commit: the message is ``sent`` and the job done
+  in one transaction (fenced by the claim).
+* :meth:`Outbox.watchdog` flags messages sent without a receipt for too long and re-sends them.
+
+Concurrency: a receipt and an ingest touching the same shipment serialise on the ingest's advisory lock
+of the shipment's orderNo (:func:`order_lock`), so a held inventory cannot be missed by both (the
+ingest not yet seeing the receipt, the receipt not yet seeing the inventory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import cbec_queue
+import structlog
+
+from gateway import receipts as rc
+from gateway.documents import ParsedMessage
+from gateway.forward import JobSpec, LegState, Router, shipment_customs_status
+
+log = structlog.get_logger("gateway.outbox")
+
+_ATTEMPTS = 3  # a deadlock between a receipt and an ingest that found more locks late is retried
+
+# --- SQL ---------------------------------------------------------------------------------------------------
+
+#: Forward state and CopMsgId of every document of a message just written ($1 message id).
+MARK_MESSAGE = "UPDATE documents SET forward_state = $2, cop_msg_id = $3 WHERE message_id = $1"
+
+#: Held inventories of shipments ($1 ebpCode, $2 orderNo) or naming waybills ($3 logisticsCode, $4 No) whose
+#: every document's shipment is matched with order, payment and waybill receipted at rank >= $5 (spec §6.7
+#: step 2; a rejection is forward_state 'rejected'): flipped to 'queued' and returned with their modes.
+RELEASE_HELD = """
+WITH cand AS MATERIALIZED (
+    SELECT d.message_id
+      FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
+           LATERAL (SELECT d.message_id FROM documents AS d
+                     WHERE d.ebp_code = k.ebp AND d.order_no = k.ono AND d.kind = 'inventory'
+                       AND d.forward_state = 'held' OFFSET 0) AS d
+    UNION
+    SELECT d.message_id
+      FROM unnest($3::text[], $4::text[]) AS w(lc, ln),
+           LATERAL (SELECT d.message_id FROM documents AS d
+                     WHERE d.logistics_code = w.lc AND d.logistics_no = w.ln AND d.kind = 'inventory'
+                       AND d.forward_state = 'held' OFFSET 0) AS d
+), docs AS MATERIALIZED (
+    SELECT d.id, d.message_id, d.ebp_code, d.order_no, d.logistics_code, d.logistics_no, d.withdrawn,
+           d.head ->> 'tradeMode' AS mode
+      FROM cand AS c,
+           LATERAL (SELECT * FROM documents AS d WHERE d.message_id = c.message_id AND d.forward_state = 'held'
+                    OFFSET 0) AS d
+), blocked AS (
+    SELECT x.message_id FROM docs AS x
+     WHERE NOT x.withdrawn AND (
+           NOT EXISTS (SELECT FROM shipments AS s
+                        WHERE s.ebp_code = x.ebp_code AND s.order_no = x.order_no AND s.state = 'matched')
+        OR NOT EXISTS (SELECT FROM documents AS o
+                        WHERE o.ebp_code = x.ebp_code AND o.order_no = x.order_no AND o.kind = 'order'
+                          AND o.is_current AND NOT o.withdrawn AND o.forward_state = 'receipted'
+                          AND o.customs_rank >= $5)
+        OR NOT EXISTS (SELECT FROM documents AS p
+                        WHERE p.ebp_code = x.ebp_code AND p.order_no = x.order_no AND p.kind = 'payment'
+                          AND p.is_current AND NOT p.withdrawn AND p.forward_state = 'receipted'
+                          AND p.customs_rank >= $5)
+        OR NOT EXISTS (SELECT FROM documents AS w
+                        WHERE w.logistics_code = x.logistics_code AND w.logistics_no = x.logistics_no
+                          AND w.kind = 'waybill' AND w.is_current AND NOT w.withdrawn
+                          AND w.forward_state = 'receipted' AND w.customs_rank >= $5))
+), released AS (
+    UPDATE documents AS d SET forward_state = 'queued'
+      FROM docs AS x
+     WHERE d.id = x.id AND d.forward_state = 'held' AND x.message_id NOT IN (SELECT message_id FROM blocked)
+    RETURNING d.message_id
+)
+SELECT x.message_id, m.guid, m.message_type,
+       coalesce(array_agg(DISTINCT x.mode) FILTER (WHERE x.mode IS NOT NULL), '{}') AS modes
+  FROM docs AS x JOIN messages AS m ON m.id = x.message_id
+ WHERE x.message_id IN (SELECT message_id FROM released)
+ GROUP BY x.message_id, m.guid, m.message_type
+ ORDER BY x.message_id
+"""
+
+_DOC_STATE = (
+    "d.id, d.message_id, d.doc_index, d.kind, d.message_type, d.ebp_code, d.order_no, d.logistics_code,"
+    " d.logistics_no, d.is_current, d.withdrawn, d.forward_state, d.customs_status, d.customs_rank,"
+    " d.customs_return_time, d.customs_info, d.pre_no, d.invt_no, d.repushes, d.head ->> 'tradeMode' AS mode"
+)
+
+#: Correlation probes, most reliable first (gateway.receipts.Correlation); each returns document ids.
+BY_GUID = "SELECT d.id FROM documents AS d WHERE d.doc_guid = $1 AND d.message_type = $2 ORDER BY d.id DESC LIMIT 1"
+BY_KEY = """
+SELECT d.id FROM documents AS d
+ WHERE d.message_type = $1 AND d.key1 = $2 AND d.key2 = $3 AND d.is_current
+"""
+BY_COP_NO = """
+SELECT d.id, d.ebc_code, d.head ->> 'agentCode' AS agent_code, d.head ->> 'operatorCode' AS operator_code
+  FROM documents AS d
+ WHERE (d.head ->> 'copNo') = $1 AND d.kind IN ('inventory', 'cancel', 'refund', 'delivery') AND d.message_type = $2
+ ORDER BY d.is_current DESC, d.id DESC LIMIT 20
+"""
+BY_PRE_NO = "SELECT d.id FROM documents AS d WHERE d.pre_no = $1 AND d.message_type = $2 ORDER BY d.id DESC LIMIT 1"
+BY_INVT_NO = "SELECT d.id FROM documents AS d WHERE d.invt_no = $1 AND d.message_type = $2 ORDER BY d.id DESC LIMIT 1"
+BY_COP_MSG_ID = "SELECT d.id FROM documents AS d WHERE d.cop_msg_id = $1 ORDER BY d.doc_index"
+
+#: The documents ($1 ids), fresh and row-locked, after the shipment locks are held.
+LOCK_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.id = ANY ($1::bigint[]) ORDER BY d.id FOR UPDATE"
+READ_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.id = ANY ($1::bigint[]) ORDER BY d.id"
+
+#: Keyed shipments a waybill ($1 logisticsCode, $2 logisticsNo, $3 orderNo) belongs to: via an inventory
+#: naming it, or sharing its orderNo.
+SHIPMENTS_OF_WAYBILL = """
+SELECT d.ebp_code, d.order_no FROM documents AS d
+ WHERE d.logistics_code = $1 AND d.logistics_no = $2 AND d.kind = 'inventory' AND d.is_current AND NOT d.withdrawn
+UNION
+SELECT s.ebp_code, s.order_no FROM shipments AS s WHERE s.order_no = $3 AND s.ebp_code <> ''
+"""
+
+#: Take the advisory locks $1 (sorted ids) for the rest of the transaction.
+LOCK_IDS = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
+
+#: Insert the receipts; the ones already stored (same dedupe) are skipped. Returns the new ones' index.
+INSERT_RECEIPTS = """
+INSERT INTO receipts (message_type, root_guid, element_index, doc_guid, keys, return_status, return_time,
+                      return_info, cop_msg_id, raw_xml, source, submitter, dedupe, outcome)
+SELECT $1, $2, x.idx, x.guid, x.keys, x.status, x.rtime, x.info, $3, $4, $5, $6, x.dedupe, 'unmatched'
+  FROM unnest($7::int[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::text[])
+       AS x(idx, guid, keys, status, rtime, info, dedupe)
+ON CONFLICT (dedupe) DO NOTHING
+RETURNING id, element_index
+"""
+
+#: The receipts' correlation and outcome ($1 ids, $2 message ids, $3 document ids, $4 applied, $5 outcomes).
+SET_RECEIPT_OUTCOMES = """
+UPDATE receipts AS r SET message_id = x.message_id, document_id = x.document_id, applied = x.applied,
+                         outcome = x.outcome
+  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[], $5::text[])
+       AS x(id, message_id, document_id, applied, outcome)
+ WHERE r.id = x.id
+"""
+
+#: Documents' customs state after the receipts ($1 ids, then the new values; NULL keeps pre_no / invt_no).
+SET_CUSTOMS_STATE = """
+UPDATE documents AS d
+   SET forward_state = x.forward_state, customs_status = x.status, customs_rank = x.rank,
+       customs_return_time = x.rtime, customs_info = x.info, pre_no = coalesce(x.pre_no, d.pre_no),
+       invt_no = coalesce(x.invt_no, d.invt_no), last_receipt_at = now(), receipt_overdue = false
+  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[])
+       AS x(id, forward_state, status, rank, rtime, info, pre_no, invt_no)
+ WHERE d.id = x.id
+"""
+
+#: The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments'.
+SHIPMENT_LEGS = """
+WITH inv AS MATERIALIZED (
+    SELECT d.ebp_code, d.order_no, d.logistics_code AS lc, d.logistics_no AS ln
+      FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
+           LATERAL (SELECT * FROM documents AS d
+                     WHERE d.ebp_code = k.ebp AND d.order_no = k.ono AND d.kind = 'inventory'
+                       AND d.is_current AND NOT d.withdrawn OFFSET 0) AS d
+)
+SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
+       (SELECT coalesce(json_agg(json_build_object(
+                 'id', l.id, 'message_id', l.message_id, 'doc_index', l.doc_index, 'kind', l.kind,
+                 'forward_state', l.forward_state, 'customs_status', l.customs_status,
+                 'customs_rank', l.customs_rank, 'customs_info', l.customs_info) ORDER BY l.id), '[]')
+          FROM (SELECT d.* FROM documents AS d
+                 WHERE d.ebp_code = s.ebp_code AND d.order_no = s.order_no
+                   AND d.kind IN ('order', 'payment', 'inventory') AND d.is_current AND NOT d.withdrawn
+                UNION ALL
+                (SELECT w.* FROM documents AS w
+                  WHERE w.kind = 'waybill' AND w.is_current AND NOT w.withdrawn
+                    AND ((w.logistics_code, w.logistics_no) IN (
+                             SELECT i.lc, i.ln FROM inv AS i WHERE i.ebp_code = s.ebp_code AND i.order_no = s.order_no)
+                         OR w.order_no = s.order_no)
+                  -- the waybill the inventory names, else the latest one of the orderNo (as reconciliation)
+                  ORDER BY ((w.logistics_code, w.logistics_no) IN (
+                             SELECT i.lc, i.ln FROM inv AS i WHERE i.ebp_code = s.ebp_code AND i.order_no = s.order_no))
+                           DESC, w.id DESC
+                  LIMIT 1)) AS l) AS legs
+  FROM unnest($1::text[], $2::text[]) AS k(ebp, ono)
+  JOIN shipments AS s ON s.ebp_code = k.ebp AND s.order_no = k.ono
+"""
+
+SET_SHIPMENT_CUSTOMS = """
+UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, customs_updated_at = now()
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(ebp, ono, status, info)
+ WHERE s.ebp_code = x.ebp AND s.order_no = x.ono
+"""
+
+#: A customs delivery succeeded ($1 message id): sent (a receipt may have come first: then it stays).
+MARK_SENT = """
+UPDATE documents SET forward_state = CASE WHEN forward_state IN ('none', 'held', 'queued') THEN 'sent'
+                                          ELSE forward_state END,
+                     sent_at = now()
+ WHERE message_id = $1
+"""
+MESSAGE_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.message_id = $1 ORDER BY d.doc_index"
+
+#: Re-send bookkeeping for messages ($1 ids) still under the limit ($2): count it; a 'sent' message goes
+#: back to 'queued' (so that the watchdog leaves it alone until it is sent again).
+COUNT_RESEND = """
+UPDATE documents AS d SET repushes = d.repushes + 1,
+       forward_state = CASE WHEN d.forward_state = 'sent' THEN 'queued' ELSE d.forward_state END
+ WHERE d.message_id = ANY ($1::bigint[]) AND d.repushes < $2
+RETURNING d.message_id, d.repushes, d.head ->> 'tradeMode' AS mode
+"""
+
+#: Watchdog: messages sent more than $1 s ago without any receipt. Flags them; with $2 (repush) and under
+#: $3 re-sends, counts a re-send and puts them back to 'queued'. Oldest first, at most $4 documents.
+WATCHDOG = """
+UPDATE documents AS d
+   SET receipt_overdue = true,
+       repushes = d.repushes + CASE WHEN $2 AND d.repushes < $3 THEN 1 ELSE 0 END,
+       forward_state = CASE WHEN $2 AND d.repushes < $3 THEN 'queued' ELSE d.forward_state END
+  FROM (SELECT o.id FROM documents AS o
+         WHERE o.forward_state = 'sent' AND o.last_receipt_at IS NULL
+           AND o.sent_at < now() - make_interval(secs => $1)
+           AND (NOT o.receipt_overdue OR ($2 AND o.repushes < $3))
+         ORDER BY o.sent_at LIMIT $4 FOR UPDATE SKIP LOCKED) AS due
+ WHERE d.id = due.id
+RETURNING d.message_id, d.repushes, d.forward_state, d.head ->> 'tradeMode' AS mode
+"""
+
+MESSAGE_HEADS = "SELECT id, guid, message_type FROM messages WHERE id = ANY ($1::bigint[])"
+MESSAGE_XML = "SELECT raw_xml FROM messages WHERE id = $1"
+
+#: Forwarding columns of documents ($1 ids) for the shipment view.
+FORWARDING_OF_DOCUMENTS = """
+SELECT d.id, d.message_id, d.forward_state, d.cop_msg_id, d.sent_at, d.customs_status, d.customs_rank,
+       d.customs_return_time, d.customs_info, d.pre_no, d.invt_no, d.last_receipt_at, d.receipt_overdue,
+       d.repushes, m.guid AS message_guid
+  FROM documents AS d JOIN messages AS m ON m.id = d.message_id
+ WHERE d.id = ANY ($1::bigint[])
+"""
+TRANSMISSIONS = """
+SELECT id, endpoint, kind, dedupe_key, state, attempts, max_attempts, replays, last_error, dead_reason,
+       created_at, updated_at, finished_at
+  FROM jobs WHERE dedupe_key = ANY ($1::text[])
+ ORDER BY created_at, id
+"""
+ATTEMPTS = """
+SELECT job_id, replay, attempt, worker_id, started_at, finished_at, outcome, error, duration_ms
+  FROM job_attempts WHERE job_id = ANY ($1::bigint[])
+ ORDER BY job_id, replay, attempt, id
+"""
+RECEIPTS_OF = """
+SELECT id, received_at, message_type, root_guid, element_index, doc_guid, keys, return_status, return_time,
+       return_info, cop_msg_id, source, message_id, document_id, applied, outcome
+  FROM receipts
+ WHERE document_id = ANY ($1::bigint[]) OR (document_id IS NULL AND message_id = ANY ($2::bigint[]))
+ ORDER BY return_time, id
+"""
+SHIPMENT_CUSTOMS = (
+    "SELECT customs_status, customs_info, customs_updated_at FROM shipments WHERE ebp_code = $1 AND order_no = $2"
+)
+
+
+def order_lock(order_no: str) -> int:
+    """The ingest's advisory lock id of the shipments of an orderNo (gateway.store: ("order", orderNo))."""
+    digest = hashlib.blake2b(f"order\x1f{order_no}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# --- results -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReceiptResult:
+    """What happened to one return element (the answer of POST /v1/receipts)."""
+
+    index: int
+    message_type: str
+    return_status: str
+    outcome: str  # gateway.receipts.Outcome
+    status_name: str | None
+    document_ids: list[int] = field(default_factory=list)
+    message_id: int | None = None
+    resend: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "message_type": self.message_type,
+            "return_status": self.return_status,
+            "status_name": self.status_name,
+            "outcome": self.outcome,
+            "document_ids": self.document_ids,
+            "message_id": self.message_id,
+            "resend": self.resend,
+        }
+
+
+@dataclass
+class _Doc:
+    """A document's forwarding state, as read (and changed in memory by the receipts being applied)."""
+
+    id: int
+    message_id: int
+    doc_index: int
+    kind: str
+    message_type: str
+    ebp_code: str | None
+    order_no: str | None
+    logistics_code: str | None
+    logistics_no: str | None
+    forward_state: str
+    state: rc.CustomsState
+    pre_no: str | None
+    invt_no: str | None
+    repushes: int
+    mode: str | None
+    changed: bool = False
+    learned: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, r: asyncpg.Record) -> _Doc:
+        return cls(
+            id=r["id"], message_id=r["message_id"], doc_index=r["doc_index"], kind=r["kind"],
+            message_type=r["message_type"], ebp_code=r["ebp_code"], order_no=r["order_no"],
+            logistics_code=r["logistics_code"], logistics_no=r["logistics_no"], forward_state=r["forward_state"],
+            state=rc.CustomsState(r["customs_status"], r["customs_rank"], r["customs_return_time"], r["customs_info"]),
+            pre_no=r["pre_no"], invt_no=r["invt_no"], repushes=r["repushes"], mode=r["mode"],
+        )  # fmt: skip
+
+
+# --- the outbox --------------------------------------------------------------------------------------------
+
+
+class Outbox:
+    """Forwarding persistence. ``router`` None: receipts are still applied, but nothing is ever enqueued."""
+
+    def __init__(self, pool: asyncpg.Pool, router: Router | None) -> None:
+        self.pool = pool
+        self.router = router
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    # -- ingest (inside the store's transaction) ------------------------------------------------------------
+
+    async def on_ingest(
+        self, conn: asyncpg.Connection, *, message_id: int, msg: ParsedMessage, body: dict[str, Any]
+    ) -> None:
+        """Called by the store right after the message is written, in the same transaction."""
+        router = self.router
+        if router is None:
+            return
+        outcomes = {d["index"]: d for d in body.get("documents", ())}
+        stored = [d for d in msg.documents if outcomes.get(d.index, {}).get("outcome", "accepted") != "ignored_older"]
+        matched = [
+            (s["ebpCode"], s["orderNo"])
+            for s in body.get("shipments", ())
+            if s.get("state") == "matched" and s["ebpCode"]
+        ]
+        if stored:
+            modes = {m for d in stored if (m := (d.head.get("tradeMode") or "").strip())}
+            endpoints = router.endpoints_for(msg.type.code, modes)
+            if endpoints:
+                app_types = {(d.head.get("appType") or "1").strip() for d in stored}
+                held = router.holds(msg.type.code, app_types)
+                await conn.execute(
+                    MARK_MESSAGE, message_id, "held" if held else "queued", router.cop_msg_id(msg.guid, endpoints)
+                )
+                if not held:
+                    jobs = router.message_jobs(
+                        message_id=message_id, guid=msg.guid, message_type=msg.type.code, endpoints=endpoints
+                    )
+                    await enqueue_all(conn, jobs)
+        if matched:
+            await self._release(conn, matched, [])
+
+    async def _release(
+        self, conn: asyncpg.Connection, shipments: Iterable[tuple[str, str]], waybills: Iterable[tuple[str, str]]
+    ) -> list[int]:
+        """Release the held inventories that became eligible; enqueue their jobs. Returns their message ids."""
+        router = self.router
+        if router is None:
+            return []
+        ships, wbs = sorted(set(shipments)), sorted(set(waybills))
+        if not ships and not wbs:
+            return []
+        rows = await conn.fetch(
+            RELEASE_HELD,
+            [s[0] for s in ships], [s[1] for s in ships], [w[0] for w in wbs], [w[1] for w in wbs],
+            rc.RANK_DECLARING,
+        )  # fmt: skip
+        jobs: list[JobSpec] = []
+        for r in rows:
+            endpoints = router.endpoints_for(r["message_type"], set(r["modes"]))
+            jobs += router.message_jobs(
+                message_id=r["message_id"], guid=r["guid"], message_type=r["message_type"], endpoints=endpoints
+            )
+            log.info("inventory_released", message_guid=r["guid"], endpoints=list(endpoints))
+        await enqueue_all(conn, jobs)
+        return [r["message_id"] for r in rows]
+
+    # -- a delivery succeeded -----------------------------------------------------------------------------
+
+    async def record_sent(self, job: cbec_queue.Job, message_id: int) -> None:
+        """The customs handler's commit: the message is sent, its shipments' customs status follows, the job is
+        done — one transaction, fenced by the claim (raises cbec_queue.LeaseLost and rolls back otherwise)."""
+        async with self._transaction() as conn:
+            docs = [_Doc.of(r) for r in await conn.fetch(MESSAGE_DOCUMENTS, message_id)]
+            shipments = await self._lock_shipments_of(conn, docs)
+            await conn.execute(MARK_SENT, message_id)
+            await self._refresh_shipments(conn, shipments)
+            await cbec_queue.mark_done(conn, job)
+
+    async def _lock_shipments_of(self, conn: asyncpg.Connection, docs: Iterable[_Doc]) -> set[tuple[str, str]]:
+        """The keyed shipments the documents belong to, under the ingest's orderNo locks."""
+        shipments: set[tuple[str, str]] = set()
+        orders: set[str] = set()
+        for d in docs:
+            orders.add(d.order_no or "")
+            if d.kind == "waybill":
+                for r in await conn.fetch(SHIPMENTS_OF_WAYBILL, d.logistics_code, d.logistics_no, d.order_no):
+                    shipments.add((r["ebp_code"], r["order_no"]))
+            elif d.kind in ("order", "payment", "inventory") and d.ebp_code:
+                shipments.add((d.ebp_code, d.order_no or ""))
+        orders |= {s[1] for s in shipments}
+        await conn.fetchval(LOCK_IDS, sorted({order_lock(o) for o in orders}))
+        return shipments
+
+    async def _refresh_shipments(self, conn: asyncpg.Connection, shipments: Iterable[tuple[str, str]]) -> None:
+        """Recompute customs_status of the shipments from their current legs; on a change tell the sellers and,
+        once released, the warehouse."""
+        ships = sorted(set(shipments))
+        if not ships:
+            return
+        rows = await conn.fetch(SHIPMENT_LEGS, [s[0] for s in ships], [s[1] for s in ships])
+        changed: list[tuple[str, str, str, str | None]] = []
+        jobs: list[JobSpec] = []
+        for r in rows:
+            legs = _latest_legs(r["legs"])
+            status, info = shipment_customs_status(
+                LegState(
+                    leg["kind"], leg["forward_state"], leg["customs_status"], leg["customs_rank"], leg["customs_info"]
+                )
+                for leg in legs
+            )
+            if status == r["customs_status"] and info == r["customs_info"]:
+                continue
+            changed.append((r["ebp_code"], r["order_no"], status, info))
+            if status == r["customs_status"] or self.router is None:
+                continue
+            log.info("shipment_customs_status", ebp_code=r["ebp_code"], order_no=r["order_no"], status=status,
+                     previous=r["customs_status"])  # fmt: skip
+            jobs += self.router.webhook_jobs(
+                ebp_code=r["ebp_code"], order_no=r["order_no"], parties=r["parties"], previous=r["customs_status"],
+                status=status, info=info,
+            )  # fmt: skip
+            inventory = next((leg for leg in legs if leg["kind"] == "inventory"), None)
+            if status == "released" and inventory is not None:
+                heads = await conn.fetch(MESSAGE_HEADS, [inventory["message_id"]])
+                jobs += self.router.release_jobs(
+                    message_id=inventory["message_id"], guid=heads[0]["guid"], doc_index=inventory["doc_index"],
+                    ebp_code=r["ebp_code"], order_no=r["order_no"],
+                )  # fmt: skip
+        if changed:
+            await conn.execute(
+                SET_SHIPMENT_CUSTOMS,
+                [c[0] for c in changed], [c[1] for c in changed], [c[2] for c in changed], [c[3] for c in changed],
+            )  # fmt: skip
+        await enqueue_all(conn, jobs)
+
+    # -- receipts -------------------------------------------------------------------------------------------
+
+    async def apply_receipts(self, intake: rc.Intake, *, source: str, submitter: str | None) -> list[ReceiptResult]:
+        """Store every receipt of the message (once) and apply the new ones, in one transaction."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                async with self._transaction() as conn:
+                    return await self._apply(conn, intake, source, submitter)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _apply(
+        self, conn: asyncpg.Connection, intake: rc.Intake, source: str, submitter: str | None
+    ) -> list[ReceiptResult]:
+        recs = intake.records
+        inserted = await conn.fetch(
+            INSERT_RECEIPTS,
+            intake.message_type, intake.root_guid, intake.cop_msg_id, intake.raw_xml, source, submitter,
+            [r.index for r in recs], [r.guid for r in recs], [dict(r.keys) for r in recs],
+            [r.return_status for r in recs], [r.return_time for r in recs], [r.return_info for r in recs],
+            [r.dedupe_key() for r in recs],
+        )  # fmt: skip
+        new = {row["element_index"]: row["id"] for row in inserted}
+        results = {
+            r.index: ReceiptResult(
+                r.index, r.message_type, r.return_status, rc.Outcome.DUPLICATE.value, rc.status_name(r.return_status)
+            )
+            for r in recs
+        }
+        todo = [r for r in recs if r.index in new]
+        if not todo:
+            return [results[r.index] for r in recs]
+        targets = {r.index: await self._correlate(conn, r.correlation()) for r in todo}
+        ids = sorted({i for found in targets.values() for i in found})
+        # Lock the shipments first (the ingest's order), then read the documents fresh and row-locked.
+        docs = {d.id: d for d in (_Doc.of(x) for x in await conn.fetch(READ_DOCUMENTS, ids))}
+        shipments = await self._lock_shipments_of(conn, docs.values())
+        docs = {d.id: d for d in (_Doc.of(x) for x in await conn.fetch(LOCK_DOCUMENTS, ids))}
+        resend: set[int] = set()
+        for r in todo:
+            res = results[r.index]
+            found = [docs[i] for i in targets[r.index] if i in docs]
+            if not found:
+                res.outcome = rc.Outcome.UNMATCHED.value
+                log.warning("receipt_unmatched", message_type=r.message_type, status=r.return_status, guid=r.guid)
+                continue
+            res.document_ids = [d.id for d in found]
+            res.message_id = found[0].message_id
+            decisions = [rc.apply(d.state, r) for d in found]
+            for d, decision in zip(found, decisions, strict=True):
+                if decision.moved:
+                    d.state = decision.state
+                    d.forward_state = decision.state.forward_state or d.forward_state
+                d.changed = True  # last_receipt_at and what it taught, at least
+                d.learned.update(decision.learned)
+                if decision.resend:
+                    resend.add(d.message_id)
+                    res.resend = True
+            if any(x.moved for x in decisions):
+                res.outcome = rc.Outcome.APPLIED.value
+            else:
+                res.outcome = decisions[0].outcome.value
+        changed = [d for d in docs.values() if d.changed]
+        if changed:
+            await conn.execute(
+                SET_CUSTOMS_STATE,
+                [d.id for d in changed], [d.forward_state for d in changed], [d.state.status for d in changed],
+                [d.state.rank for d in changed], [d.state.return_time for d in changed],
+                [d.state.info for d in changed], [d.learned.get("preNo") for d in changed],
+                [d.learned.get("invtNo") for d in changed],
+            )  # fmt: skip
+        rows = [(new[r.index], results[r.index]) for r in todo]
+        await conn.execute(
+            SET_RECEIPT_OUTCOMES,
+            [i for i, _ in rows],
+            [res.message_id for _, res in rows],
+            [res.document_ids[0] if len(res.document_ids) == 1 else None for _, res in rows],
+            [res.outcome == rc.Outcome.APPLIED.value for _, res in rows],
+            [res.outcome for _, res in rows],
+        )
+        await self._refresh_shipments(conn, shipments)
+        legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]
+        await self._release(
+            conn,
+            [(d.ebp_code or "", d.order_no or "") for d in legs if d.kind != "waybill"] + sorted(shipments),
+            [(d.logistics_code or "", d.logistics_no or "") for d in legs if d.kind == "waybill"],
+        )
+        if resend:
+            await self._resend(conn, sorted(resend), delay_s=self.router.resend_delay_s if self.router else 0.0)
+        return [results[r.index] for r in recs]
+
+    async def _correlate(self, conn: asyncpg.Connection, c: rc.Correlation) -> list[int]:
+        """Document ids a receipt answers (several for a CEB900: the whole message)."""
+        if c.ori_cop_msg_id is not None:
+            return [r["id"] for r in await conn.fetch(BY_COP_MSG_ID, c.ori_cop_msg_id)]
+        declared = c.declared_type
+        if declared is None:
+            return []
+        if c.guid:
+            found = await conn.fetchval(BY_GUID, c.guid, declared)
+            if found is not None:
+                return [found]
+        if c.keys is not None:
+            found = await conn.fetchval(BY_KEY, declared, *c.keys)
+            if found is not None:
+                return [found]
+        if c.cop_no:
+            rows = await conn.fetch(BY_COP_NO, c.cop_no, declared)
+            for r in rows:
+                parties = {r["ebc_code"], r["agent_code"], r["operator_code"]} - {None}
+                if not c.parties or not parties.isdisjoint(c.parties):
+                    return [r["id"]]
+        for probe, value in ((BY_PRE_NO, c.pre_no), (BY_INVT_NO, c.invt_no)):
+            if value:
+                found = await conn.fetchval(probe, value, declared)
+                if found is not None:
+                    return [found]
+        return []
+
+    async def _resend(self, conn: asyncpg.Connection, message_ids: Sequence[int], *, delay_s: float) -> list[int]:
+        """Send messages again (same guid and CopMsgId), each at most max_repushes times."""
+        router = self.router
+        if router is None or not message_ids:
+            return []
+        rows = await conn.fetch(COUNT_RESEND, list(message_ids), router.max_repushes)
+        return await self._enqueue_resends(conn, rows, delay_s=delay_s)
+
+    async def _enqueue_resends(
+        self, conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], *, delay_s: float
+    ) -> list[int]:
+        router = self.router
+        assert router is not None
+        per_message: dict[int, tuple[int, set[str]]] = {}
+        for r in rows:
+            count, modes = per_message.get(r["message_id"], (0, set()))
+            per_message[r["message_id"]] = (max(count, r["repushes"]), modes | ({r["mode"]} if r["mode"] else set()))
+        if not per_message:
+            return []
+        heads = {h["id"]: h for h in await conn.fetch(MESSAGE_HEADS, list(per_message))}
+        jobs: list[JobSpec] = []
+        for message_id, (count, modes) in sorted(per_message.items()):
+            head = heads[message_id]
+            customs = router.customs_endpoint(router.endpoints_for(head["message_type"], modes))
+            if customs is None:
+                continue
+            jobs += router.resend_jobs(
+                message_id=message_id, guid=head["guid"], message_type=head["message_type"], customs_endpoint=customs,
+                resend=count, delay_s=delay_s,
+            )  # fmt: skip
+            log.warning("message_resent", message_guid=head["guid"], resend=count)
+        await enqueue_all(conn, jobs)
+        return sorted(per_message)
+
+    # -- the watchdog ---------------------------------------------------------------------------------------
+
+    async def watchdog(self, *, timeout_s: float, repush: bool, max_repushes: int, limit: int = 1000) -> dict[str, Any]:
+        """One pass: flag overdue messages (sent, no receipt for ``timeout_s``) and, with ``repush``, re-send them."""
+        repush = repush and self.router is not None
+        async with self._transaction() as conn:
+            rows = await conn.fetch(WATCHDOG, float(timeout_s), repush, max_repushes, limit)
+            overdue = sorted({r["message_id"] for r in rows})
+            resent = (
+                await self._enqueue_resends(conn, [r for r in rows if r["forward_state"] == "queued"], delay_s=0.0)
+                if repush
+                else []
+            )
+        if overdue:
+            log.warning("receipts_overdue", messages=len(overdue), resent=len(resent))
+        return {"overdue": overdue, "resent": resent}
+
+    # -- reads ----------------------------------------------------------------------------------------------
+
+    async def message_xml(self, message_id: int) -> str | None:
+        async with self.pool.acquire() as conn:
+            value: str | None = await conn.fetchval(MESSAGE_XML, message_id)
+            return value
+
+    async def shipment_forwarding(self, shipment: dict[str, Any]) -> dict[str, Any]:
+        """Add forwarding to a shipment as gateway.store.Store.get_shipment returns it: per document its forward
+        state, customs status, transmissions (jobs and attempts) and receipts; the shipment's customs_status."""
+        docs = shipment.get("documents", [])
+        ids = [d["id"] for d in docs]
+        endpoints = sorted(self.router.endpoint_kinds) if self.router else ["customs", "inspection", "warehouse"]
+        async with self.pool.acquire() as conn:
+            own = await conn.fetchrow(SHIPMENT_CUSTOMS, shipment["ebpCode"], shipment["orderNo"])
+            fwd = {r["id"]: r for r in await conn.fetch(FORWARDING_OF_DOCUMENTS, ids)}
+            keys: set[str] = set()
+            for r in fwd.values():
+                guid = r["message_guid"]
+                for e in endpoints:
+                    keys.add(f"{e}:{guid}")
+                    keys |= {f"{e}:{guid}:resend{n}" for n in range(1, r["repushes"] + 1)}
+            jobs = [dict(j) for j in await conn.fetch(TRANSMISSIONS, sorted(keys))]
+            history: dict[int, list[dict[str, Any]]] = {j["id"]: [] for j in jobs}
+            if jobs:
+                for h in await conn.fetch(ATTEMPTS, list(history)):
+                    entry = dict(h)
+                    history[entry.pop("job_id")].append(entry)
+            message_ids = sorted({r["message_id"] for r in fwd.values()})
+            receipts = [dict(r) for r in await conn.fetch(RECEIPTS_OF, ids, message_ids)]
+        for j in jobs:
+            j["history"] = history[j["id"]]
+        for d in docs:
+            r = fwd.get(d["id"])
+            if r is None:
+                continue
+            guid = r["message_guid"]
+            d["forward_state"] = r["forward_state"]
+            d["cop_msg_id"] = r["cop_msg_id"]
+            d["sent_at"] = _iso(r["sent_at"])
+            d["last_receipt_at"] = _iso(r["last_receipt_at"])
+            d["receipt_overdue"] = r["receipt_overdue"]
+            d["resends"] = r["repushes"]
+            d["pre_no"], d["invt_no"] = r["pre_no"], r["invt_no"]
+            d["customs"] = (
+                None
+                if r["customs_status"] is None
+                else {
+                    "code": r["customs_status"],
+                    "rank": r["customs_rank"],
+                    "name": rc.status_name(r["customs_status"]),
+                    "info": r["customs_info"],
+                    "time": r["customs_return_time"],
+                }
+            )
+            d["transmissions"] = [
+                j for j in jobs if j["dedupe_key"] == f"{j['endpoint']}:{guid}" or j["dedupe_key"].startswith(
+                    f"{j['endpoint']}:{guid}:")
+            ]  # fmt: skip
+            d["receipts"] = [
+                x
+                for x in receipts
+                if x["document_id"] == d["id"] or (x["document_id"] is None and x["message_id"] == r["message_id"])
+            ]
+        if own is not None:
+            shipment["customs_status"] = own["customs_status"]
+            shipment["customs_info"] = own["customs_info"]
+            shipment["customs_updated_at"] = _iso(own["customs_updated_at"])
+        return shipment
+
+
+def _latest_legs(legs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One leg per kind: the latest (two current payments of one order are possible; the store reconciles the
+    latest)."""
+    by_kind: dict[str, dict[str, Any]] = {}
+    for leg in legs:
+        if leg["kind"] not in by_kind or leg["id"] > by_kind[leg["kind"]]["id"]:
+            by_kind[leg["kind"]] = leg
+    return list(by_kind.values())
+
+
+async def enqueue_all(conn: asyncpg.Connection, jobs: Iterable[JobSpec]) -> int:
+    """cbec_queue.enqueue each job on ``conn`` (the caller's transaction); returns how many were new."""
+    n = 0
+    now = None
+    for job in jobs:
+        run_after = None
+        if job.delay_s > 0:
+            now = now or datetime.now(UTC)
+            run_after = now + timedelta(seconds=job.delay_s)
+        found = await cbec_queue.enqueue(
+            conn, endpoint=job.endpoint, kind=job.kind, payload=job.payload, dedupe_key=job.dedupe_key,
+            run_after=run_after, priority=job.priority,
+        )  # fmt: skip
+        n += found is not None
+    return n
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
