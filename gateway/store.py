@@ -94,8 +94,10 @@ BEGIN_TRANSACTION = (
     " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 )
 
-#: More locks, found after a read: $1 lock ids (see _lock_id).
-LOCK_MORE = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
+#: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding
+#: others could deadlock with a transaction that took them in order at BEGIN; when one is busy the batch
+#: starts again with them among its BEGIN locks.
+LOCK_MORE = "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
 
 #: Everything a wave of messages needs, read under their locks, as one row of three JSON values:
 #: ``stored`` — the messages already stored under their guids ($11);
@@ -333,6 +335,10 @@ class _Job:
     attempts: int = 1
 
 
+class _LocksBusy(Exception):
+    """A lock found late is held by another transaction: start the batch again (see LOCK_MORE)."""
+
+
 def _lock_id(lock: Lock) -> int:
     """A 64-bit advisory lock id; computed here so that the locks go with BEGIN."""
     digest = hashlib.blake2b(f"{lock[0]}{SEP}{lock[1]}".encode(), digest_size=8).digest()
@@ -526,6 +532,10 @@ class Store:
     async def _run_batch(self, jobs: list[_Job]) -> None:
         try:
             outcomes = await self._batch(jobs)
+        except _LocksBusy:
+            # The jobs now list the locks they found late: the next run takes them all at BEGIN.
+            await self._run_batch(jobs)
+            return
         except asyncio.CancelledError:
             for job in jobs:
                 job.future.cancel()
@@ -610,7 +620,8 @@ class Store:
             else:
                 writes.append((job, verdict))
         if more_locks - held:
-            await conn.fetchval(LOCK_MORE, sorted(_lock_id(lock) for lock in more_locks - held))
+            if not await conn.fetchval(LOCK_MORE, sorted(_lock_id(lock) for lock in more_locks - held)):
+                raise _LocksBusy()
             held |= more_locks
         if writes:
             ids = await self._write(conn, writes)
