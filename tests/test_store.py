@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway import store as store_module
 from gateway import tax
 from gateway.db import migrate
 from gateway.documents import Document, ParsedMessage
@@ -606,3 +608,52 @@ async def test_list_shipments_filters_and_pages(store: Store) -> None:
     assert (await store.list_shipments(until=now - timedelta(hours=1)))["items"] == []
     with pytest.raises(ValueError):
         await store.list_shipments(cursor="not-a-cursor")
+
+
+# --- plans -----------------------------------------------------------------------------------
+
+# Each statement with parameters good enough for PREPARE/EXECUTE (the plan, not the result, is checked).
+_PLAN_CASES = {
+    "READ_STATE": "ARRAY['CEB311'], ARRAY['E'], ARRAY['O'], ARRAY['E'], ARRAY['O'], ARRAY['L'], ARRAY['N'], "
+    "ARRAY['O'], ARRAY['L'], ARRAY['N'], ARRAY['g'], ARRAY['b'], ARRAY[2025]",
+    "SUPERSEDE": "ARRAY[1::bigint]",
+    "WRITE_INGEST": "ARRAY['g'], ARRAY['CEB311'], ARRAY['\\x00'::bytea], ARRAY['<x/>'], ARRAY['xml'], ARRAY['s'], "
+    "ARRAY['{}'::jsonb], ARRAY[202], '[]'::jsonb, ARRAY[1::bigint], ARRAY['g'], ARRAY[1], '[]'::jsonb, ARRAY['O'], "
+    "'[]'::jsonb, ARRAY['E'], ARRAY['O'], ARRAY['b'], ARRAY[2025]",
+    "SELECT_MESSAGE": "'g'",
+    "SELECT_MESSAGE_DOCUMENTS": "1",
+    "SELECT_SHIPMENT": "'E', 'O'",
+    "SELECT_SHIPMENT_DOCUMENTS": "'E', 'O'",
+}
+_SCAN = re.compile(r"(Seq Scan|Index Scan|Index Only Scan|Bitmap Index Scan|Tid Scan)")
+
+
+async def _full_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
+    """Scans of each statement's generic plan that probe no index condition (they grow with the table)."""
+    found: dict[str, list[str]] = {}
+    await conn.execute(store_module.BEGIN_TRANSACTION)
+    try:
+        for name, args in _PLAN_CASES.items():
+            await conn.execute(f"PREPARE plan_check AS {getattr(store_module, name)}")
+            lines = [r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE plan_check({args})")]
+            await conn.execute("DEALLOCATE plan_check")
+            for i, line in enumerate(lines):
+                if _SCAN.search(line):
+                    detail = " ".join(lines[i + 1 : i + 3])
+                    if "Seq Scan" in line or not re.search(r"(Index Cond|TID Cond)", detail):
+                        found.setdefault(name, []).append(line.strip())
+    finally:
+        await conn.execute("ROLLBACK")
+    return found
+
+
+async def test_every_generic_plan_probes_indexes(store: Store, db_pool: asyncpg.Pool) -> None:
+    # Empty tables, then small analysed ones: the statistics under which a long-lived connection may
+    # plan a statement once and keep the plan while the tables grow.
+    async with db_pool.acquire() as conn:
+        assert await _full_scans(conn) == {}
+    for i in range(5):
+        await full_shipment(store, f"PL{i}")
+    async with db_pool.acquire() as conn:
+        await conn.execute("ANALYZE")
+        assert await _full_scans(conn) == {}
