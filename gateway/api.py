@@ -16,16 +16,20 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import cbec_queue
 import structlog
 from aiohttp import web
 from lxml import etree
 
+from gateway import receipts
 from gateway.auth import KeyRing, Principal
-from gateway.config import Settings
+from gateway.config import Role, Settings
 from gateway.console import setup_console
 from gateway.errors import Issue, Layer, MessageRejected
+from gateway.forward import Router
 from gateway.metrics import setup_metrics
 from gateway.openapi import OPENAPI
+from gateway.outbox import Outbox
 from gateway.pipeline import Forbidden, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
@@ -37,6 +41,7 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 STORE = web.AppKey("store", Store)
 KEYS = web.AppKey("keys", KeyRing)
 POOL = web.AppKey("pool", asyncpg.Pool)
+OUTBOX = web.AppKey("outbox", Outbox)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -123,6 +128,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(401, "missing or unknown API key (send X-API-Key or Authorization: Bearer)")
     request[PRINCIPAL] = principal
     structlog.contextvars.bind_contextvars(principal=principal.name)
+    if principal.role is Role.CUSTOMS and not (request.method == "POST" and request.path == "/v1/receipts"):
+        return error_response(403, "a customs key may only post receipts (POST /v1/receipts)")
     return await handler(request)
 
 
@@ -233,7 +240,97 @@ async def get_shipment(request: web.Request) -> web.Response:
     found = await request.app[STORE].get_shipment(request.match_info["ebpCode"], request.match_info["orderNo"])
     if found is None or not _visible(principal, found.get("parties")):
         return error_response(404, "no such shipment")
-    return json_response(found)
+    return json_response(await request.app[OUTBOX].shipment_forwarding(found))
+
+
+async def post_receipts(request: web.Request) -> web.Response:
+    """Customs receipts (bare CEB312/412/512/514/622/624/626/712/900 or in a DxpMsg): stored once, applied."""
+    principal = _principal(request)
+    if principal.role not in (Role.CUSTOMS, Role.ADMIN):
+        return error_response(403, "only customs (and admin) keys may post receipts")
+    pipeline = request.app[PIPELINE]
+    body = b""
+    try:
+        if request.content_type not in ("application/xml", "text/xml", "application/octet-stream", ""):
+            return error_response(415, f"unsupported Content-Type {request.content_type}; send application/xml")
+        body = await _read_body(request, pipeline.max_bytes * 2)  # a DxpMsg carries base64: a third more
+        intake = receipts.read(body, pipeline.schemas, max_bytes=pipeline.max_bytes)
+    except MessageRejected as exc:
+        status = _status_for(exc.issues)
+        await request.app[STORE].record_rejection(
+            raw=body, submitter=principal.name, guid=None, message_type=exc.message_type, issues=exc.issues,
+            http_status=status,
+        )  # fmt: skip
+        log.info("receipt_rejected", codes=[i.code for i in exc.issues[:10]])
+        return error_response(status, "the receipt was rejected", exc.issues)
+    results = await request.app[OUTBOX].apply_receipts(intake, source="http", submitter=principal.name)
+    duplicates = sum(r.outcome == receipts.Outcome.DUPLICATE for r in results)
+    log.info("receipt_received", message_type=intake.message_type, outcomes=[r.outcome for r in results])
+    return json_response(
+        {
+            "message_type": intake.message_type,
+            "guid": intake.root_guid,
+            "cop_msg_id": intake.cop_msg_id,
+            "stored": len(results) - duplicates,
+            "already_stored": duplicates,
+            "receipts": [r.as_dict() for r in results],
+        }
+    )
+
+
+def _operator(request: web.Request) -> web.Response | None:
+    """403 unless the key is an operator's or an admin's (queue pages and replays)."""
+    if _principal(request).role not in (Role.OPERATOR, Role.ADMIN):
+        return error_response(403, "operator or admin key required")
+    return None
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    if (denied := _operator(request)) is not None:
+        return denied
+    async with request.app[POOL].acquire() as conn:
+        endpoints = await cbec_queue.stats(conn)
+    return json_response({"endpoints": endpoints})
+
+
+async def get_dead_letters(request: web.Request) -> web.Response:
+    if (denied := _operator(request)) is not None:
+        return denied
+    q = request.query
+    try:
+        limit = min(max(int(q.get("limit", "50")), 1), 500)
+        offset = max(int(q.get("offset", "0")), 0)
+    except ValueError as exc:
+        return error_response(400, f"bad query parameter: {exc}")
+    async with request.app[POOL].acquire() as conn:
+        items = await cbec_queue.dead_letters(conn, endpoint=q.get("endpoint"), limit=limit, offset=offset)
+    return json_response({"items": items, "limit": limit, "offset": offset})
+
+
+async def post_replay(request: web.Request) -> web.Response:
+    """Dead letters back to the queue: {"job_ids": [...]} | {"endpoint": "..."} | {"all": true} (combinable)."""
+    if (denied := _operator(request)) is not None:
+        return denied
+    try:
+        spec = json.loads(await request.read() or b"{}")
+    except ValueError:
+        return error_response(400, "the body must be a JSON object")
+    if not isinstance(spec, dict) or set(spec) - {"job_ids", "endpoint", "all"}:
+        return error_response(400, "expected {job_ids?: [int], endpoint?: string, all?: true}")
+    job_ids, endpoint, everything = spec.get("job_ids"), spec.get("endpoint"), spec.get("all") is True
+    if job_ids is not None and (not isinstance(job_ids, list) or not all(isinstance(i, int) for i in job_ids)):
+        return error_response(400, "job_ids must be a list of integers")
+    if endpoint is not None and not isinstance(endpoint, str):
+        return error_response(400, "endpoint must be a string")
+    if job_ids is None and endpoint is None and not everything:
+        return error_response(400, "name job_ids, an endpoint, or all: true")
+    principal = _principal(request)
+    async with request.app[POOL].acquire() as conn:
+        count = await cbec_queue.replay(
+            conn, job_ids=job_ids, endpoint=endpoint, all=everything, note=f"replayed by {principal.name} (API)"
+        )
+    log.info("dead_letters_replayed", count=count, endpoint=endpoint, job_ids=job_ids, all=everything)
+    return json_response({"replayed": count})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -255,8 +352,13 @@ def create_app(
     *,
     schemas: SchemaSet | None = None,
     signer: Callable[[etree._Element], None] | None = None,
+    router: Router | None = None,
 ) -> web.Application:
-    """Build the API application around an open pool (the caller owns the pool's lifetime)."""
+    """Build the API application around an open pool (the caller owns the pool's lifetime).
+
+    ``router`` (gateway.forward) turns forwarding on: accepted messages enqueue their deliveries in their own
+    transaction. Without it nothing is enqueued; receipts are still stored and applied.
+    """
     from gateway.tax import TaxRates
 
     app = web.Application(
@@ -264,15 +366,26 @@ def create_app(
         # aiohttp refuses larger bodies itself; a little slack lets our own check give the precise error.
         client_max_size=settings.max_body_bytes + 1024,
     )
-    store = Store(pool, tax_rates=TaxRates.from_mapping(settings.tax_rates), tolerance=settings.amount_tolerance)
+    outbox = Outbox(pool, router)
+    store = Store(
+        pool,
+        tax_rates=TaxRates.from_mapping(settings.tax_rates),
+        tolerance=settings.amount_tolerance,
+        outbox=outbox,
+    )
     app[POOL] = pool
     app[STORE] = store
+    app[OUTBOX] = outbox
     app[PIPELINE] = Pipeline(schemas or SchemaSet(), store, max_bytes=settings.max_body_bytes, signer=signer)
     app[KEYS] = KeyRing(settings.api_keys)
     app.router.add_post("/v1/messages", post_message)
     app.router.add_get("/v1/messages/{guid}", get_message)
     app.router.add_get("/v1/shipments", list_shipments)
     app.router.add_get("/v1/shipments/{ebpCode}/{orderNo}", get_shipment)
+    app.router.add_post("/v1/receipts", post_receipts)
+    app.router.add_get("/v1/queue", get_queue)
+    app.router.add_get("/v1/queue/dead", get_dead_letters)
+    app.router.add_post("/v1/queue/replay", post_replay)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
     setup_console(app, pool_key=POOL, keys_key=KEYS)

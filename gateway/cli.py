@@ -1,4 +1,4 @@
-"""The ``cbec`` command: serve, validate, db migrate, bench.
+"""The ``cbec`` command: serve, worker, sandbox, replay, validate, db migrate, bench.
 
 Exit codes: 0 success, 1 invalid input (validate), 2 usage errors (argparse's own convention).
 """
@@ -90,6 +90,58 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from gateway.server import run_worker
+
+    worker = run_worker(
+        _settings(args), sandbox_url=args.sandbox_url, worker_id=args.worker_id, watchdog=not args.no_watchdog
+    )
+    asyncio.run(worker)
+    return 0
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    import contextlib
+    import signal
+
+    from gateway.sandbox import start_sandbox
+
+    async def run() -> None:
+        headers = {"X-API-Key": args.receipt_key} if args.receipt_key else {}
+        sandbox = await start_sandbox(
+            args.host,
+            args.port,
+            receipt_url=args.receipt_url,
+            receipt_headers=headers,
+            receipt_delay=args.delay_ms / 1000,
+            failure_rate=args.failure_rate,
+        )
+        print(f"customs sandbox on {sandbox.url}: POST /dxp /ceb /inspection /warehouse/orders", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await sandbox.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from gateway.server import replay
+
+    if not args.job and not args.endpoint and not args.all:
+        print("cbec replay: name --job ID (repeatable), --endpoint E or --all", file=sys.stderr)
+        return 2
+    count = asyncio.run(replay(_settings(args), job_ids=args.job or None, endpoint=args.endpoint, everything=args.all))
+    print(f"replayed {count} dead letter{'s' if count != 1 else ''}")
+    return 0
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from gateway.server import migrate_only
 
@@ -113,6 +165,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 8080)")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("worker", help="deliver queued messages (customs, inspection, warehouse, webhooks), no API")
+    _add_server_options(p)
+    p.add_argument("--sandbox-url", help="the customs sandbox when no customs endpoint is configured "
+                   "(default http://127.0.0.1:<forwarding.sandbox_port>)")  # fmt: skip
+    p.add_argument("--worker-id", help="name in the queue's claims (default host:pid:random)")
+    p.add_argument("--no-watchdog", action="store_true", help="leave the receipt watchdog to other processes")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("sandbox", help="run the customs sandbox alone (docs/sandbox.md)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8790, help="listen port (default 8790; 0: any free port)")
+    p.add_argument("--receipt-url", help="where receipts go, e.g. http://127.0.0.1:8080/v1/receipts")
+    p.add_argument("--receipt-key", help="API key (role customs) sent with the receipts as X-API-Key")
+    p.add_argument("--delay-ms", type=float, default=500.0, help="delay before each receipt (default 500)")
+    p.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests answered 503 (default 0)")
+    p.set_defaults(func=_cmd_sandbox)
+
+    p = sub.add_parser("replay", help="move dead letters back to the delivery queue")
+    _add_server_options(p)
+    p.add_argument("--job", type=int, action="append", metavar="ID", help="a dead job's id (repeatable)")
+    p.add_argument("--endpoint", help="every dead job of this endpoint")
+    p.add_argument("--all", action="store_true", help="every dead job")
+    p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("validate", help="validate CEB XML files offline (schema + business rules)")
     p.add_argument("--json", action="store_true", help="print one JSON array, one object per file")

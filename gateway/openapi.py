@@ -123,7 +123,10 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/shipments/{ebpCode}/{orderNo}": {
             "get": {
-                "summary": "One shipment: documents (current and history), state, missing legs, findings",
+                "summary": "One shipment: documents (current and history), state, missing legs, findings; "
+                "customs_status (pending | declared | accepted | released | rejected) and, per document, forward_state "
+                "(none | held | queued | sent | receipted | rejected), customs {code, rank, name, info, time}, "
+                "transmissions (jobs with their attempts) and receipts",
                 "parameters": [
                     {"name": "ebpCode", "in": "path", "required": True, "schema": {"type": "string"}},
                     {"name": "orderNo", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -131,6 +134,74 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {"description": "the shipment"},
                     "404": _err("unknown or not yours"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/receipts": {
+            "post": {
+                "summary": "Customs receipts: a bare CEB312/412/512/514/622/624/626/712/900 or one in a DxpMsg "
+                "(customs and admin keys). Every return element is stored once (type, business keys, "
+                "returnStatus, returnTime) and applied: the document's customs status (monotonic), the "
+                "shipment's customs_status, held inventories released, webhooks and warehouse orders",
+                "requestBody": {"required": True, "content": {"application/xml": {"schema": {"type": "string"}}}},
+                "responses": {
+                    "200": {
+                        "description": "{message_type, guid, cop_msg_id, stored, already_stored, receipts: [{index, "
+                        "message_type, return_status, status_name, outcome (applied | stale | transient | "
+                        "unknown_status | unmatched | duplicate), document_ids, message_id, resend}]}; a receipt "
+                        "received before answers outcome duplicate (already stored), not an error"
+                    },
+                    "400": _err("not a safe, well-formed receipt or DxpMsg"),
+                    "413": _err("body too large"),
+                    "415": _err("unsupported Content-Type"),
+                    "422": _err("schema errors, or not a receipt (rule.not_a_receipt)"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/queue": {
+            "get": {
+                "summary": "Delivery queue per endpoint: queued, due, running, done, dead, oldest queued age (s), "
+                "circuit state of this process's worker (operator / admin)",
+                "responses": {"200": {"description": "{endpoints: [...]}"}, **_AUTH_ERRORS},
+            }
+        },
+        "/v1/queue/dead": {
+            "get": {
+                "summary": "Dead letters, newest first, each with its whole attempt history (operator / admin)",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": t}, "description": d}
+                    for n, t, d in (
+                        ("endpoint", "string", "only this endpoint"),
+                        ("limit", "integer", "1..500, default 50"),
+                        ("offset", "integer", "default 0"),
+                    )
+                ],
+                "responses": {"200": {"description": "{items, limit, offset}"}, **_AUTH_ERRORS},
+            }
+        },
+        "/v1/queue/replay": {
+            "post": {
+                "summary": "Move dead letters back to the queue (attempts reset, history kept; operator / admin)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "job_ids": {"type": "array", "items": {"type": "integer"}},
+                                    "endpoint": {"type": "string"},
+                                    "all": {"type": "boolean"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "{replayed: n}"},
+                    "400": _err("no filter given, or a malformed body"),
                     **_AUTH_ERRORS,
                 },
             }

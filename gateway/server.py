@@ -1,8 +1,11 @@
-"""Process lifecycle for ``cbec serve``: database (given or embedded), migrations, the API.
+"""Process lifecycle for ``cbec serve`` and ``cbec worker``: database (given or embedded), migrations, the
+API, forwarding (queue worker, receipt watchdog, inbox pollers) and, when no customs endpoint is
+configured, the built-in customs sandbox.
 
 With no DSN configured an embedded PostgreSQL is started in ``<data_dir>/pgdata`` so that a new
 user needs nothing installed. With no API keys configured a development admin key is generated
-once and kept in ``<data_dir>/dev-api-key``.
+once and kept in ``<data_dir>/dev-api-key``. The sandbox posts its receipts back to the gateway's own
+``/v1/receipts`` with a customs key generated at start (never logged or written anywhere).
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import secrets
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 from lxml import etree
 
 from gateway import db, logs
-from gateway.api import create_app
+from gateway.api import OUTBOX, PIPELINE, create_app
 from gateway.config import ApiKey, Role, Settings
+from gateway.workers import Forwarding, build_router, default_sandbox_url, effective_endpoints, uses_sandbox
 
 log = structlog.get_logger("gateway.server")
 
@@ -94,9 +99,29 @@ async def migrate_only(settings: Settings) -> list[str]:
             await pool.close()
 
 
-async def serve(settings: Settings, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+def _local(host: str) -> str:
+    """An address of this host to reach a server listening on ``host``."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+async def serve(
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    info: dict[str, Any] | None = None,
+) -> None:
+    """Run until ``stop`` (or SIGINT/SIGTERM). ``info`` (if given) receives ``url`` and ``sandbox_url`` once
+    listening, before ``ready`` is set."""
     logs.configure(settings.log_format, settings.log_level)
     settings = dev_keys(settings)
+    fwd = settings.forwarding
+    sandboxed = fwd.enabled and uses_sandbox(fwd)
+    customs_key = secrets.token_urlsafe(32) if sandboxed else None
+    if customs_key is not None:
+        settings = settings.with_overrides(
+            api_keys=(*settings.api_keys, ApiKey("customs-sandbox", customs_key, Role.CUSTOMS))
+        )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -105,22 +130,112 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, stop:
             loop.add_signal_handler(sig, stop.set)
     async with database(settings) as dsn:
         pool = await db.create_pool(dsn, max_size=settings.pool_max_size)
+        sandbox: Any = None
+        forwarding: Forwarding | None = None
         try:
             applied = await db.migrate(pool)
             if applied:
                 log.info("migrations_applied", names=applied)
-            app = create_app(settings, pool, signer=agent_signer(settings))
+            # The router needs the endpoints' names and kinds only; the sandbox's address comes later.
+            router = build_router(fwd, effective_endpoints(fwd, sandbox_url="http://sandbox")) if fwd.enabled else None
+            app = create_app(settings, pool, signer=agent_signer(settings), router=router)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.port)
             await site.start()
-            log.info("listening", url=f"http://{settings.host}:{settings.port}", openapi="/openapi.json")
+            port = runner.addresses[0][1] if settings.port == 0 else settings.port
+            url = f"http://{_local(settings.host)}:{port}"
+            try:
+                if sandboxed:
+                    from gateway.sandbox import start_sandbox
+
+                    sandbox = await start_sandbox(
+                        "127.0.0.1",
+                        fwd.sandbox_port,
+                        receipt_url=f"{url}/v1/receipts",
+                        receipt_headers={"X-API-Key": customs_key},
+                        receipt_delay=fwd.sandbox_receipt_delay_s,
+                    )
+                    log.info("customs_sandbox", url=sandbox.url, note="no customs endpoint configured")
+                if fwd.enabled:
+                    endpoints = effective_endpoints(fwd, sandbox_url=sandbox.url if sandbox else None)
+                    forwarding = Forwarding(
+                        pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=fwd.worker
+                    )
+                    await forwarding.start()
+                log.info("listening", url=f"http://{settings.host}:{port}", openapi="/openapi.json")
+                if info is not None:
+                    info.update(url=url, sandbox_url=sandbox.url if sandbox else None)
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+            finally:
+                log.info("stopping")
+                if forwarding is not None:
+                    await forwarding.stop()
+                await runner.cleanup()
+                if sandbox is not None:
+                    await sandbox.stop()
+        finally:
+            await pool.close()
+
+
+async def run_worker(
+    settings: Settings,
+    *,
+    sandbox_url: str | None = None,
+    worker_id: str | None = None,
+    watchdog: bool = True,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """``cbec worker``: delivery only (no API). Several may run against one database."""
+    logs.configure(settings.log_format, settings.log_level)
+    fwd = settings.forwarding
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    url = sandbox_url or default_sandbox_url(fwd)
+    if uses_sandbox(fwd) and url is None:
+        raise SystemExit("no customs endpoint is configured and the sandbox port is 0: pass --sandbox-url")
+    endpoints = effective_endpoints(fwd, sandbox_url=url)
+    async with database(settings) as dsn:
+        pool = await db.create_pool(dsn, min_size=2, max_size=max(4, settings.pool_max_size // 2))
+        try:
+            await db.migrate(pool)
+            from gateway.outbox import Outbox
+            from gateway.schema import SchemaSet
+
+            outbox = Outbox(pool, build_router(fwd, endpoints))
+            options = {"worker_id": worker_id} if worker_id else {}
+            forwarding = Forwarding(
+                pool, outbox, fwd, endpoints, schemas=SchemaSet(), watchdog=watchdog, worker_options=options
+            )
+            await forwarding.start()
+            log.info("worker_ready", endpoints=[e.name for e in endpoints])
             if ready is not None:
                 ready.set()
             try:
                 await stop.wait()
             finally:
-                log.info("stopping")
-                await runner.cleanup()
+                await forwarding.stop()
+        finally:
+            await pool.close()
+
+
+async def replay(settings: Settings, *, job_ids: list[int] | None, endpoint: str | None, everything: bool) -> int:
+    """``cbec replay``: dead letters back to the queue; returns how many."""
+    import cbec_queue
+
+    logs.configure(settings.log_format, settings.log_level)
+    async with database(settings) as dsn:
+        pool = await db.create_pool(dsn, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                return await cbec_queue.replay(
+                    conn, job_ids=job_ids, endpoint=endpoint, all=everything, note="replayed from the command line"
+                )
         finally:
             await pool.close()

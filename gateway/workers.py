@@ -1,0 +1,461 @@
+"""Delivery at run time: adapters and the queue worker built from configuration, the receipt watchdog, the
+inbox poller of the folder transport — and :func:`submit_and_wait_released` for benchmarks and smoke runs.
+
+``cbec serve`` runs a :class:`Forwarding` inside the API process (worker, watchdog, pollers); ``cbec worker``
+runs one alone. Several processes may share the database: claims are ``FOR UPDATE SKIP LOCKED`` under
+leases (cbec_queue), the watchdog updates with ``SKIP LOCKED`` and the inbox poller moves each file once.
+
+Endpoints: the configured ones (``[forwarding.endpoints.*]``); without one of kind ``customs`` (and unless
+``forwarding.sandbox = "off"``) the built-in sandbox plays customs (``/dxp``), the inspection service
+(``/inspection``) and the warehouse (``/warehouse/orders``) — see :func:`effective_endpoints`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import asyncpg
+import cbec_queue
+import structlog
+from cbec_queue.worker import is_db_unavailable
+
+from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, TransientError, queue_handler
+from adapters.customs import CustomsAdapter, CustomsConfig, run_inbox_poller
+from adapters.inspection import InspectionAdapter, InspectionConfig
+from adapters.warehouse import WarehouseAdapter, WarehouseConfig, build_orders
+from adapters.webhook import WebhookAdapter, WebhookEndpoint
+from gateway import receipts
+from gateway.config import EndpointSettings, ForwardingSettings
+from gateway.forward import Router
+from gateway.outbox import Outbox
+
+log = structlog.get_logger("gateway.workers")
+
+Handler = Callable[[cbec_queue.Job], Awaitable[None]]
+
+
+# --- configuration -> endpoints, router --------------------------------------------------------------------
+
+
+def sandbox_endpoints(base_url: str) -> tuple[EndpointSettings, ...]:
+    """The three endpoints the customs sandbox plays (gateway.sandbox)."""
+    base = base_url.rstrip("/")
+    return (
+        EndpointSettings("customs", "customs", url=f"{base}/dxp"),
+        EndpointSettings("inspection", "inspection", url=f"{base}/inspection", timeout_s=15.0),
+        EndpointSettings("warehouse", "warehouse", url=f"{base}/warehouse/orders", timeout_s=15.0),
+    )
+
+
+def uses_sandbox(fwd: ForwardingSettings) -> bool:
+    return fwd.sandbox != "off" and not any(e.kind == "customs" for e in fwd.endpoints)
+
+
+def effective_endpoints(fwd: ForwardingSettings, *, sandbox_url: str | None = None) -> tuple[EndpointSettings, ...]:
+    """The configured endpoints; with no customs endpoint, the sandbox's (at ``sandbox_url``) for the names not
+    configured; a ``webhook`` endpoint when webhooks are configured."""
+    out = list(fwd.endpoints)
+    names = {e.name for e in out}
+    if uses_sandbox(fwd) and sandbox_url:
+        out += [e for e in sandbox_endpoints(sandbox_url) if e.name not in names]
+    if fwd.webhooks and fwd.webhook_endpoint not in {e.name for e in out}:
+        out.append(EndpointSettings(fwd.webhook_endpoint, "webhook", timeout_s=10.0))
+    return tuple(out)
+
+
+def default_sandbox_url(fwd: ForwardingSettings) -> str | None:
+    """Where a separate ``cbec worker`` finds the sandbox of ``cbec serve`` / ``cbec sandbox``."""
+    if not uses_sandbox(fwd) or fwd.sandbox_port == 0:
+        return None
+    return f"http://127.0.0.1:{fwd.sandbox_port}"
+
+
+def build_router(fwd: ForwardingSettings, endpoints: Sequence[EndpointSettings]) -> Router:
+    router = Router.from_settings(fwd, {e.name: e.kind for e in endpoints})
+    if router.dropped:
+        log.warning("forwarding_endpoints_missing", endpoints=list(router.dropped),
+                    note="routes to these endpoints are ignored")  # fmt: skip
+    return router
+
+
+# --- adapters and handlers ---------------------------------------------------------------------------------
+
+
+class Delivery:
+    """One adapter per endpoint and the queue handler around it.
+
+    Customs: the stored message (exact bytes) goes out with the CopMsgId of the job payload; on success the
+    message is marked ``sent`` and the job done in one transaction (:meth:`Outbox.record_sent`). Inspection,
+    warehouse and webhooks: at least once, with their own idempotency keys (docs/adapters.md).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        fwd: ForwardingSettings,
+        endpoints: Sequence[EndpointSettings],
+        *,
+        signer: Any = None,
+    ) -> None:
+        self.outbox = outbox
+        self.fwd = fwd
+        self.endpoints = {e.name: e for e in endpoints}
+        self.adapters: dict[str, HttpAdapter] = {}
+        self._handlers: dict[str, Handler] = {}
+        for ep in endpoints:
+            timeouts = AdapterTimeouts.of(ep.timeout_s)
+            if ep.kind == "customs":
+                customs = CustomsAdapter(
+                    CustomsConfig(
+                        sender_id=ep.sender_id or fwd.sender_id,
+                        transport="folder" if ep.transport == "folder" else "http",
+                        url=ep.url or "",
+                        outbox=ep.outbox,
+                        folder_format="ceb" if ep.folder_format == "ceb" else "dxp",
+                        receiver_id=ep.receiver_id,
+                        signer=signer,
+                        timeouts=timeouts,
+                        headers=dict(ep.headers),
+                    )
+                )
+                self.adapters[ep.name] = customs
+                self._handlers[ep.name] = self._customs_handler(customs)
+            elif ep.kind == "inspection":
+                inspection = InspectionAdapter(InspectionConfig(ep.url or "", timeouts=timeouts, headers=ep.headers))
+                self.adapters[ep.name] = inspection
+                self._handlers[ep.name] = self._inspection_handler(inspection)
+            elif ep.kind == "warehouse":
+                warehouse = WarehouseAdapter(
+                    WarehouseConfig(
+                        ep.url or "", ep.warehouse_code, ep.callback_url, timeouts=timeouts, headers=ep.headers
+                    )
+                )
+                self.adapters[ep.name] = warehouse
+                self._handlers[ep.name] = self._warehouse_handler(warehouse)
+            elif ep.kind == "webhook":
+                table = {w.seller: WebhookEndpoint(w.url, w.secret) for w in fwd.webhooks}
+                webhook = WebhookAdapter(table, timeouts=timeouts)
+                self.adapters[ep.name] = webhook
+                self._handlers[ep.name] = queue_handler(webhook)
+
+    def handlers(self) -> dict[str, Handler]:
+        return dict(self._handlers)
+
+    async def close(self) -> None:
+        for adapter in self.adapters.values():
+            with contextlib.suppress(Exception):
+                await adapter.close()
+
+    async def _message(self, payload: Mapping[str, Any]) -> str:
+        try:
+            message_id = int(payload["message_id"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentError("job payload has no message_id") from exc
+        xml = await self.outbox.message_xml(message_id)
+        if xml is None:
+            raise PermanentError(f"message {message_id} is not stored")
+        return xml
+
+    def _customs_handler(self, adapter: CustomsAdapter) -> Handler:
+        async def handle(job: cbec_queue.Job) -> None:
+            xml = await self._message(job.payload)
+            cop = job.payload.get("cop_msg_id")
+            if not isinstance(cop, str) or not cop:
+                raise PermanentError("customs job payload has no cop_msg_id")
+            await adapter.send({"message": xml, "cop_msg_id": cop})
+            await self.outbox.record_sent(job, int(job.payload["message_id"]))
+
+        return handle
+
+    def _inspection_handler(self, adapter: InspectionAdapter) -> Handler:
+        async def handle(job: cbec_queue.Job) -> None:
+            xml = await self._message(job.payload)
+            await adapter.send({"message": xml, "dedupe_key": str(job.payload.get("guid") or job.dedupe_key)})
+
+        return handle
+
+    def _warehouse_handler(self, adapter: WarehouseAdapter) -> Handler:
+        async def handle(job: cbec_queue.Job) -> None:
+            p = job.payload
+            xml = await self._message(p)
+            orders = build_orders(
+                {"message": xml, "dedupe_key": str(p.get("guid") or job.dedupe_key), "direction": p.get("direction")},
+                adapter.config,
+            )
+            index = int(p.get("doc_index") or 0)
+            chosen = [o for i, o in enumerate(orders, 1) if index in (0, i)]
+            if not chosen:
+                raise PermanentError(f"the message has no document {index}")
+            for body in chosen:  # the adapter's own loop, for the one document the shipment released
+                data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+                await adapter.post_checked(adapter.config.url, data=data, content_type="application/json",
+                                           headers={"Idempotency-Key": body["orderId"]})  # fmt: skip
+
+        return handle
+
+
+def build_worker(
+    pool: asyncpg.Pool,
+    delivery: Delivery,
+    *,
+    lease_s: float = 30.0,
+    poll_interval_s: float = 1.0,
+    worker_id: str | None = None,
+    **kwargs: Any,
+) -> cbec_queue.Worker:
+    """A cbec_queue.Worker for the endpoints of ``delivery``, with their limits and retry policies."""
+    eps = delivery.endpoints
+    return cbec_queue.Worker(
+        pool,
+        delivery.handlers(),
+        worker_id=worker_id,
+        policy_by_endpoint={
+            n: cbec_queue.RetryPolicy(
+                base_s=e.retry.base_s, factor=e.retry.factor, cap_s=e.retry.cap_s, max_attempts=e.retry.max_attempts
+            )
+            for n, e in eps.items()
+        },
+        concurrency_by_endpoint={n: e.concurrency for n, e in eps.items()},
+        rate_by_endpoint={
+            n: cbec_queue.Rate(e.rate_per_s, max(1.0, e.rate_burst)) for n, e in eps.items() if e.rate_per_s
+        },
+        breaker_by_endpoint={
+            n: cbec_queue.BreakerSettings(e.breaker_failures, e.breaker_cooldown_s) for n, e in eps.items()
+        },
+        lease_s=lease_s,
+        poll_interval_s=poll_interval_s,
+        **kwargs,
+    )
+
+
+# --- background duties -------------------------------------------------------------------------------------
+
+
+async def run_watchdog(outbox: Outbox, fwd: ForwardingSettings, stop: asyncio.Event) -> None:
+    """Flag (and, with watchdog_repush, re-send) messages without a receipt after receipt_timeout_s."""
+    interval = max(0.05, fwd.watchdog_interval_s)
+    while not stop.is_set():
+        try:
+            await outbox.watchdog(
+                timeout_s=fwd.receipt_timeout_s, repush=fwd.watchdog_repush, max_repushes=fwd.max_repushes
+            )
+        except Exception as exc:  # the database may be restarting: try again next time
+            log.warning("watchdog_failed", error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+def inbox_handler(outbox: Outbox, schemas: Any, endpoint: str) -> Callable[[bytes, Path], Awaitable[None]]:
+    """The folder transport's receipts go through the same intake as POST /v1/receipts."""
+
+    async def handle(data: bytes, path: Path) -> None:
+        intake = receipts.read(data, schemas)  # MessageRejected: the file goes to error/
+        try:
+            results = await outbox.apply_receipts(intake, source="inbox", submitter=f"inbox:{endpoint}")
+        except Exception as exc:
+            if is_db_unavailable(exc) or isinstance(exc, asyncpg.DeadlockDetectedError):
+                raise TransientError(f"receipt {path.name} not stored yet: {exc}") from exc  # stays for next pass
+            raise
+        log.info("receipt_from_inbox", file=path.name, outcomes=[r.outcome for r in results])
+
+    return handle
+
+
+async def run_inbox(
+    outbox: Outbox, schemas: Any, endpoint: EndpointSettings, fwd: ForwardingSettings, stop: asyncio.Event
+) -> None:
+    assert endpoint.inbox is not None
+    handle = inbox_handler(outbox, schemas, endpoint.name)
+    while not stop.is_set():
+        try:
+            await run_inbox_poller(endpoint.inbox, handle, interval=fwd.inbox_poll_s, stop=stop)
+        except Exception as exc:  # a file system hiccup: the poller starts over
+            log.warning("inbox_poller_failed", endpoint=endpoint.name, error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), fwd.inbox_poll_s)
+
+
+@dataclass
+class Forwarding:
+    """What forwards in one process: a queue worker, the watchdog and the inbox pollers."""
+
+    pool: asyncpg.Pool
+    outbox: Outbox
+    fwd: ForwardingSettings
+    endpoints: tuple[EndpointSettings, ...]
+    schemas: Any = None
+    worker: bool = True
+    watchdog: bool = True
+    signer: Any = None
+    worker_options: dict[str, Any] = field(default_factory=dict)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    delivery: Delivery | None = None
+    queue_worker: cbec_queue.Worker | None = None
+
+    async def start(self) -> None:
+        self._stop.clear()
+        if self.worker and self.endpoints:
+            self.delivery = Delivery(self.outbox, self.fwd, self.endpoints, signer=self.signer)
+            options = {"lease_s": self.fwd.worker_lease_s, "poll_interval_s": self.fwd.worker_poll_s,
+                       **self.worker_options}  # fmt: skip
+            self.queue_worker = build_worker(self.pool, self.delivery, **options)
+            self._tasks.append(asyncio.create_task(self.queue_worker.run(self._stop), name="cbec worker"))
+        if self.watchdog:
+            self._tasks.append(asyncio.create_task(run_watchdog(self.outbox, self.fwd, self._stop)))
+        for ep in self.endpoints:
+            if ep.kind == "customs" and ep.transport == "folder" and ep.inbox is not None:
+                self._tasks.append(asyncio.create_task(run_inbox(self.outbox, self.schemas, ep, self.fwd, self._stop)))
+        log.info("forwarding_started", endpoints={e.name: e.kind for e in self.endpoints}, worker=self.worker)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.delivery is not None:
+            await self.delivery.close()
+
+    async def __aenter__(self) -> Forwarding:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+# --- for benchmarks and smoke runs ---------------------------------------------------------------------------
+
+
+@dataclass
+class ReleaseRun:
+    """What :func:`submit_and_wait_released` measured."""
+
+    shipments: int
+    released: int
+    submit_s: float  # until the last message was accepted (202)
+    total_s: float  # until the last shipment was released (or the timeout)
+    latencies_s: list[float]  # per released shipment: first leg submitted -> released observed/recorded
+    not_released: list[tuple[str, str]]
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies_s:
+            return None
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "shipments": self.shipments,
+            "released": self.released,
+            "submit_s": round(self.submit_s, 3),
+            "total_s": round(self.total_s, 3),
+            "released_per_s": round(self.released / self.total_s, 2) if self.total_s else None,
+            "latency_p50_s": self.percentile(0.5),
+            "latency_p95_s": self.percentile(0.95),
+            "latency_max_s": max(self.latencies_s) if self.latencies_s else None,
+            "not_released": [list(k) for k in self.not_released[:20]],
+        }
+
+
+async def submit_and_wait_released(
+    base_url: str,
+    api_key: str,
+    shipments: Sequence[Any],
+    *,
+    concurrency: int = 16,
+    timeout_s: float = 120.0,
+    poll_s: float = 0.1,
+    session: aiohttp.ClientSession | None = None,
+) -> ReleaseRun:
+    """Submit every shipment's four legs over HTTP (JSON: the gateway renders and signs the CEB621), then wait
+    until each shipment's customs_status is ``released``.
+
+    ``shipments`` are :class:`gateway.samples.ShipmentSample` (order, payment, waybill, inventory payloads). Legs
+    of one shipment go in order 311, 411, 511, 621; up to ``concurrency`` shipments at once. A non-202 answer
+    raises RuntimeError. Release is observed by polling ``GET /v1/shipments/{ebpCode}/{orderNo}``. Needs a
+    gateway whose forwarding runs (``cbec serve`` with the sandbox, or real endpoints that answer).
+    """
+    own = session is None
+    http = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
+    base = base_url.rstrip("/")
+    started: dict[tuple[str, str], float] = {}
+    gate = asyncio.Semaphore(max(1, concurrency))
+    t0 = time.monotonic()
+
+    def key_of(s: Any) -> tuple[str, str]:
+        doc = s.order["documents"][0]
+        return (str(doc["ebpCode"]), str(doc["orderNo"]))
+
+    async def submit(s: Any) -> None:
+        async with gate:
+            started[key_of(s)] = time.monotonic()
+            for payload in (s.order, s.payment, s.waybill, s.inventory):
+                body = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
+                async with http.post(f"{base}/v1/messages", data=body, headers=headers) as resp:
+                    if resp.status != 202:
+                        raise RuntimeError(f"{payload['type']} of {key_of(s)}: HTTP {resp.status}: {await resp.text()}")
+                    await resp.read()
+
+    try:
+        await asyncio.gather(*(submit(s) for s in shipments))
+        submit_s = time.monotonic() - t0
+        waiting = {key_of(s) for s in shipments}
+        latencies: list[float] = []
+        deadline = t0 + timeout_s
+
+        async def released(k: tuple[str, str]) -> bool:
+            async with gate, http.get(f"{base}/v1/shipments/{quote(k[0], safe='')}/{quote(k[1], safe='')}",
+                                      headers={"X-API-Key": api_key}) as resp:  # fmt: skip
+                if resp.status != 200:
+                    return False
+                body = await resp.json()
+                return bool(body.get("customs_status") == "released")
+
+        while waiting and time.monotonic() < deadline:
+            keys = sorted(waiting)
+            done = await asyncio.gather(*(released(k) for k in keys))
+            now = time.monotonic()
+            for k, ok in zip(keys, done, strict=True):
+                if ok:
+                    waiting.discard(k)
+                    latencies.append(now - started[k])
+            if waiting:
+                await asyncio.sleep(poll_s)
+        return ReleaseRun(
+            shipments=len(shipments),
+            released=len(shipments) - len(waiting),
+            submit_s=submit_s,
+            total_s=time.monotonic() - t0,
+            latencies_s=latencies,
+            not_released=sorted(waiting),
+        )
+    finally:
+        if own:
+            await http.close()
+
+
+__all__ = [
+    "Delivery",
+    "Forwarding",
+    "ReleaseRun",
+    "build_router",
+    "build_worker",
+    "default_sandbox_url",
+    "effective_endpoints",
+    "inbox_handler",
+    "run_watchdog",
+    "sandbox_endpoints",
+    "submit_and_wait_released",
+    "uses_sandbox",
+]

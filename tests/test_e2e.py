@@ -1,0 +1,217 @@
+"""End to end over HTTP on 127.0.0.1: documents in → held inventory → customs (the sandbox) → receipts back
+through POST /v1/receipts → released; and `cbec serve` with its built-in sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from adapters import dxp
+from adapters.webhook import verify_signature
+from gateway import config
+from gateway.config import ApiKey, Role, WebhookSettings
+from gateway.sandbox import start_sandbox
+from gateway.sandbox.recorder import start_recorder
+from gateway.server import serve
+from gateway.workers import submit_and_wait_released
+from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A
+from tests.forwardutil import CUSTOMS_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
+
+pytestmark = pytest.mark.db
+
+
+async def first_usable_receipt(stack: Stack, guid: str) -> Any:
+    """When the gateway received the first receipt of status 2 or better for a message's document."""
+    return await stack.fetchval(
+        "SELECT min(r.received_at) FROM receipts AS r JOIN messages AS m ON m.id = r.message_id"
+        " WHERE m.guid = $1 AND r.applied",
+        guid,
+    )
+
+
+async def test_four_documents_in_any_order_end_released(db_dsn: str) -> None:
+    async with running_stack(db_dsn) as stack:
+        ships = [shipment(101, "9610"), shipment(102, "1210")]
+        payloads = [p for s in ships for p in legs(s)]
+        random.Random(7).shuffle(payloads)
+        for p in payloads:
+            await stack.submit(p)
+        for s in ships:
+            await stack.wait_status(s, "released")
+        await stack.sandbox.wait_idle()
+
+        for s in ships:
+            # the inventory left only after the order, payment and waybill had a receipt
+            inv_sent = await stack.fetchval(
+                "SELECT min(a.started_at) FROM job_attempts AS a JOIN jobs AS j ON j.id = a.job_id"
+                " WHERE j.dedupe_key = $1",
+                f"customs:{s.inventory['guid']}",
+            )
+            legs_receipted = [await first_usable_receipt(stack, p["guid"]) for p in (s.order, s.payment, s.waybill)]
+            assert None not in legs_receipted and inv_sent is not None
+            assert inv_sent > max(legs_receipted)
+
+            body = await stack.shipment(s)
+            assert body["state"] == "matched" and body["customs_status"] == "released"
+            docs = {d["kind"]: d for d in body["documents"] if d["is_current"]}
+            assert docs["inventory"]["customs"]["code"] == "800"
+            assert docs["inventory"]["customs"]["name"] == "released"
+            assert docs["inventory"]["invt_no"] and docs["inventory"]["pre_no"]
+            for kind in ("order", "payment", "waybill"):
+                assert docs[kind]["forward_state"] == "receipted" and docs[kind]["customs"]["code"] == "120"
+            customs_jobs = [t for t in docs["inventory"]["transmissions"] if t["endpoint"] == "customs"]
+            assert len(customs_jobs) == 1 and customs_jobs[0]["state"] == "done"
+            assert customs_jobs[0]["history"][0]["outcome"] == "ok"
+            statuses = [r["return_status"] for r in docs["inventory"]["receipts"]]
+            assert statuses == ["2", "120", "399", "800"]
+
+        # everything stored: 2 + 2 + 2 + 4 receipts per shipment, each once
+        assert await stack.fetchval("SELECT count(*) FROM receipts") == 10 * len(ships)
+        assert await stack.fetchval("SELECT count(*) FROM receipts WHERE outcome <> 'applied'") == 0
+        stats = stack.sandbox.stats()
+        assert stats["duplicates"] == {}
+        assert stats["by_type"] == {"CEB311Message": 2, "CEB411Message": 2, "CEB511Message": 2, "CEB621Message": 2}
+        # bonded (1210) went to inspection too; both released shipments got their outbound warehouse order
+        assert [r["messageGuid"] for r in stack.sandbox.sandbox.inspection] == [ships[1].inventory["guid"]]
+        await stack.wait_sql("SELECT count(*) = 2 FROM jobs WHERE endpoint = 'warehouse' AND state = 'done'")
+        assert stats["warehouse"]["orders"] == 2 or stack.sandbox.stats()["warehouse"]["orders"] == 2
+
+
+async def test_api_roles_receipts_and_queue(db_dsn: str) -> None:
+    async with running_stack(db_dsn, worker=False) as stack:
+        c = stack.client
+        # a customs key posts receipts only; submitters may not post receipts
+        assert (await c.get("/v1/shipments", key=CUSTOMS_KEY)).status == 403
+        assert (await c.request("POST", "/v1/receipts", key=PLATFORM_A, data=b"<x/>")).status == 403
+        bad = await c.request("POST", "/v1/receipts", key=CUSTOMS_KEY, data=b"<not xml",
+                              content_type="application/xml")  # fmt: skip
+        assert bad.status == 400 and bad.body["error"]["issues"][0]["code"].startswith("parse.")
+        s = shipment(103)
+        order_xml = (await c.get(f"/v1/messages/{(await stack.submit(s.order)).body['guid']}")).body["raw_xml"]
+        declared = await c.request("POST", "/v1/receipts", key=CUSTOMS_KEY, data=order_xml.encode(),
+                                   content_type="application/xml")  # fmt: skip
+        assert declared.status == 422 and declared.body["error"]["issues"][0]["code"] == "rule.not_a_receipt"
+        # queue pages: operators and admins
+        assert (await c.get("/v1/queue", key=PLATFORM_A)).status == 403
+        queue = await c.get("/v1/queue", key=OPERATOR)
+        by = {e["endpoint"]: e for e in queue.body["endpoints"]}
+        assert by["customs"]["queued"] == 1  # no worker runs here: the order waits
+        assert (await c.get("/v1/queue/dead?limit=x", key=OPERATOR)).status == 400
+        assert (await c.get("/v1/queue/dead", key=ADMIN)).body["items"] == []
+        assert (await c.request("POST", "/v1/queue/replay", key=ADMIN, json_body={})).status == 400
+        assert (await c.request("POST", "/v1/queue/replay", key=ADMIN, json_body={"job_ids": ["1"]})).status == 400
+        replayed = await c.request("POST", "/v1/queue/replay", key=OPERATOR, json_body={"all": True})
+        assert replayed.status == 200 and replayed.body == {"replayed": 0}
+        spec = (await c.get("/openapi.json")).body
+        assert {"/v1/receipts", "/v1/queue", "/v1/queue/dead", "/v1/queue/replay"} <= set(spec["paths"])
+
+
+async def test_a_receipt_twice_answers_already_stored(db_dsn: str) -> None:
+    async with running_stack(db_dsn) as stack:
+        stack.sandbox.config.receipt_url = None  # receipts only recorded: this test posts them itself
+        s = shipment(104)
+        await stack.submit(s.order)
+        await stack.wait_sql("SELECT count(*) = 1 FROM jobs WHERE state = 'done'")
+        await stack.sandbox.wait_idle()
+        receipts = stack.sandbox.sandbox.receipts
+        assert [r["status"] for r in receipts] == ["2", "120"]
+        xml = receipts[1]["xml"].encode()
+        env = dxp.wrap(xml, msg_type="CEB312Message", sender_id=dxp.IMPORT_RECEIVER, receiver_ids=["DXPENT0000000001"],
+                       cop_msg_id="C-1", created=datetime.now(dxp.CHINA_TZ))  # fmt: skip
+        first = await stack.client.request("POST", "/v1/receipts", key=CUSTOMS_KEY, data=env,
+                                           content_type="application/xml")  # fmt: skip
+        assert first.status == 200 and first.body["stored"] == 1 and first.body["cop_msg_id"] == "C-1"
+        assert first.body["receipts"][0]["outcome"] == "applied"
+        again = await stack.client.request("POST", "/v1/receipts", key=ADMIN, data=xml, content_type="application/xml")
+        assert again.status == 200 and again.body["already_stored"] == 1
+        assert again.body["receipts"][0]["outcome"] == "duplicate"
+        assert await stack.fetchval("SELECT count(*) FROM receipts") == 1
+
+
+async def test_webhooks_tell_the_seller(db_dsn: str) -> None:
+    recorder = await start_recorder()
+    try:
+        seller_code = shipment(105).order_doc["ebcCode"]
+        hook = WebhookSettings("seller-a", frozenset({seller_code}), recorder.url + "/hook", "k1")
+        async with running_stack(db_dsn, forwarding={"webhooks": (hook,)}) as stack:
+            assert stack.forwarding is not None and "webhook" in {e.name for e in stack.forwarding.endpoints}
+            s = shipment(105)
+            for p in legs(s):
+                await stack.submit(p)
+            await stack.wait_status(s, "released")
+            got = await recorder.wait_for(1, timeout=10, where=lambda r: b'"released"' in r.body)
+            req = got[0]
+            assert verify_signature("k1", req.body, req.headers["X-CBEC-Signature"],
+                                    timestamp=req.headers["X-CBEC-Timestamp"])  # fmt: skip
+            event = json.loads(req.body)
+            assert event["event"] == "shipment.customs_status_changed"
+            assert event["data"]["orderNo"] == s.order_doc["orderNo"] and event["data"]["customsStatus"] == "released"
+    finally:
+        await recorder.stop()
+
+
+async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Any) -> None:
+    """`cbec serve` without a customs endpoint: the sandbox in-process, receipts back with an internal key."""
+    fwd = config.ForwardingSettings(sandbox_port=0, sandbox_receipt_delay_s=0.005, worker_poll_s=0.05,
+                                    watchdog_interval_s=0.2)  # fmt: skip
+    settings = config.Settings(
+        port=0,
+        database_url=db_dsn,
+        data_dir=tmp_path,
+        api_keys=(ApiKey("admin", ADMIN, Role.ADMIN),),
+        log_format="json",
+        log_level="warning",
+        forwarding=fwd,
+    )
+    ready, stop, info = asyncio.Event(), asyncio.Event(), {}
+    task = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        assert info["sandbox_url"] and info["sandbox_url"] != info["url"]
+        ships = [shipment(106), shipment(107, "1210")]
+        run = await submit_and_wait_released(info["url"], ADMIN, ships, concurrency=2, timeout_s=30, poll_s=0.05)
+        assert run.released == 2 and run.not_released == [] and len(run.latencies_s) == 2
+        assert run.as_dict()["latency_p50_s"] is not None
+        async with aiohttp.ClientSession() as session:
+            async with session.get(info["url"] + key_path(ships[0]), headers={"X-API-Key": ADMIN}) as resp:
+                body = await resp.json()
+            assert body["customs_status"] == "released"
+            async with session.get(info["sandbox_url"] + "/sandbox/stats") as resp:
+                stats = await resp.json()
+            assert stats["receipts"]["delivered"] == stats["receipts"]["generated"] > 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_transmissions_and_attempts_after_retries(db_dsn: str) -> None:
+    """FLAKY-: two 503s then accepted; the shipment detail shows the three attempts of one transmission."""
+    async with running_stack(db_dsn) as stack:
+        s = shipment(108, prefix="FLAKY-")
+        await stack.submit(s.order)
+        await wait_for(lambda: _done(stack, s.order["guid"]), what="flaky order sent")
+        body = await stack.shipment(s)
+        (order,) = [d for d in body["documents"] if d["kind"] == "order"]
+        (job,) = order["transmissions"]
+        assert [h["outcome"] for h in job["history"]] == ["transient", "transient", "ok"]
+        assert stack.sandbox.stats()["by_cop_msg_id"] == {order["cop_msg_id"]: 1}
+
+
+async def _done(stack: Stack, guid: str) -> bool:
+    return bool(await stack.fetchval("SELECT state = 'done' FROM jobs WHERE dedupe_key = $1", f"customs:{guid}"))
+
+
+async def test_standalone_sandbox_command_options() -> None:
+    """`cbec sandbox` builds on start_sandbox: the options it passes exist."""
+    sb = await start_sandbox("127.0.0.1", 0, receipt_url=None, receipt_headers={}, receipt_delay=0.001,
+                             failure_rate=0.0)  # fmt: skip
+    try:
+        assert sb.config.failure_rate == 0.0 and sb.config.receipt_delay == 0.001
+    finally:
+        await sb.stop()
