@@ -259,13 +259,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: ``cbec serve`` as the ingest figures measure it: the outbox rows are written in the ingest transaction as
+#: always, but no delivery runs in the process (the built-in customs sandbox idles on a free port).
+INGEST_ONLY_ENV = {"CBEC_FORWARDING_WORKER": "false", "CBEC_FORWARDING_SANDBOX_PORT": "0"}
+#: ``cbec serve`` as it runs by default: its queue worker forwards every message to the built-in customs
+#: sandbox (on a free port here), whose receipts come back to the gateway over HTTP.
+FORWARDING_ENV = {"CBEC_FORWARDING_SANDBOX_PORT": "0"}
+
+
 class GatewayProcess:
     """``cbec serve`` on a free port with a bench API key; its log (JSON lines) goes to a file."""
 
-    def __init__(self, dsn: str, workdir: Path, config: str | None) -> None:
+    def __init__(self, dsn: str, workdir: Path, config: str | None, env: dict[str, str] | None = None) -> None:
         self.dsn = dsn
         self.workdir = workdir
         self.config = config
+        self.env = env or {}
         self.port = _free_port()
         self.api_key = secrets.token_urlsafe(24)
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -276,6 +285,7 @@ class GatewayProcess:
         env = dict(os.environ)
         env["CBEC_API_KEYS"] = json.dumps([{"name": "bench", "key": self.api_key, "role": "admin"}])
         env.setdefault("CBEC_LOG_FORMAT", "json")  # what production writes: one JSON line per request
+        env.update(self.env)
         cmd = [*cbec_command(), "serve", "--database-url", self.dsn, "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(self.workdir / "gateway-data")]  # fmt: skip
         if self.config:
@@ -690,6 +700,9 @@ class Report:
     validate: ValidateRun
     ingest: IngestRun
     verification: Verification
+    forwarding: IngestRun | None
+    forwarding_verification: Verification | None
+    forwarding_jobs: dict[str, int]
     flatness: list[FlatRow]
     notes: list[str]
 
@@ -699,7 +712,11 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.verification.ok and all(r.verification.ok for r in self.flatness)
+        return (
+            self.verification.ok
+            and (self.forwarding_verification is None or self.forwarding_verification.ok)
+            and all(r.verification.ok for r in self.flatness)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         def run(r: IngestRun) -> dict[str, Any]:
@@ -718,6 +735,13 @@ class Report:
             "ingest": run(self.ingest),
             "verification": {**asdict(self.verification), "ok": self.verification.ok},
             "ingest_over_lxml": self.ratio,
+            "ingest_with_forwarding": run(self.forwarding) if self.forwarding else None,
+            "ingest_with_forwarding_verification": (
+                {**asdict(self.forwarding_verification), "ok": self.forwarding_verification.ok}
+                if self.forwarding_verification
+                else None
+            ),
+            "forwarding_jobs_after_run": self.forwarding_jobs,
             "flatness": [
                 {
                     "shipments_stored": r.shipments_stored,
@@ -768,6 +792,18 @@ def format_report(r: Report) -> str:
         c = i.cpu_us_per_message
         row("   CPU per message: gateway / PostgreSQL / client (µs)",
             f"{c['gateway']:.0f} / {c['postgres']:.0f} / {c['client']:.0f}")  # fmt: skip
+    fw, fv = r.forwarding, r.forwarding_verification
+    if fw is not None and fv is not None:
+        row("3b. the same with cbec serve's forwarding running (msg/s)", f"{fw.per_second:,.0f}")
+        row("   latency p50 / p99 (ms)", f"{fw.p50_ms:.1f} / {fw.p99_ms:.1f}")
+        row(
+            "   accepted / stored / shipments matched",
+            f"{fw.accepted:,} / {fv.messages_stored:,} / {fv.shipments_matched:,}",
+        )
+        if fw.cpu_us_per_message:
+            c = fw.cpu_us_per_message
+            row("   CPU per message: gateway / PostgreSQL / client (µs)",
+                f"{c['gateway']:.0f} / {c['postgres']:.0f} / {c['client']:.0f}")  # fmt: skip
     row("4. full ingest / bare lxml", f"{r.ratio:.3f} ({1 / r.ratio:.0f}×)" if r.ratio else "-")
     if i.machine_share:
         sh = i.machine_share
@@ -775,6 +811,9 @@ def format_report(r: Report) -> str:
             f"  (during 3. the machine's CPU went {sh['bench'] * 100:.0f}% to this benchmark's processes, "
             f"{sh['others'] * 100:.0f}% to other processes, {sh['idle'] * 100:.0f}% idle)"
         )
+    if r.forwarding_jobs:
+        jobs = ", ".join(f"{n:,} {state}" for state, n in sorted(r.forwarding_jobs.items()))
+        out.append(f"  (forwarding jobs when that run ended: {jobs})")
     if r.flatness:
         out += [
             "",
@@ -848,6 +887,7 @@ class Options:
     batch: int = 2000
     seed: int = 1
     min_seconds: float = 1.0  # per in-process CPU measurement
+    forwarding: bool = True  # also run the ingest with cbec serve's forwarding (worker + customs sandbox)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -861,6 +901,7 @@ class Options:
             shipments=sorted(set(counts)),
             batch=int(getattr(args, "batch", None) or 2000),
             seed=int(getattr(args, "seed", None) or 1),
+            forwarding=not getattr(args, "no_forwarding", False),
         )
 
 
@@ -889,7 +930,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
             machine = await machine_facts(admin_dsn, where)
             say(f"full ingest of {len(messages):,} messages ({where}) ...")
             async with fresh_database(admin_dsn) as (dsn, dbname):
-                gateway = GatewayProcess(dsn, work, opts.config)
+                gateway = GatewayProcess(dsn, work, opts.config, INGEST_ONLY_ENV)
                 try:
                     await gateway.start()
                     assert gateway.proc is not None
@@ -897,6 +938,26 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
                 finally:
                     await gateway.stop()
                 verification = await verify(dsn, messages)
+
+            forwarding: IngestRun | None = None
+            forwarding_verification: Verification | None = None
+            forwarding_jobs: dict[str, int] = {}
+            if opts.forwarding:
+                if _uses_sandbox(opts.config):
+                    say(f"full ingest of {len(messages):,} messages with forwarding to the customs sandbox ...")
+                    async with fresh_database(admin_dsn) as (dsn, dbname):
+                        gateway = GatewayProcess(dsn, work, opts.config, FORWARDING_ENV)
+                        try:
+                            await gateway.start()
+                            assert gateway.proc is not None
+                            meter = CpuMeter(gateway.proc.pid, dbname)
+                            forwarding = await drive(gateway, messages, opts.concurrency, meter)
+                            forwarding_jobs = await _job_states(dsn)
+                        finally:
+                            await gateway.stop()
+                        forwarding_verification = await verify(dsn, messages)
+                else:
+                    notes.append("the configuration names a customs endpoint: the run with forwarding was skipped")
 
             flatness: list[FlatRow] = []
             if opts.shipments:
@@ -916,10 +977,31 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
         validate=validate,
         ingest=ingest,
         verification=verification,
+        forwarding=forwarding,
+        forwarding_verification=forwarding_verification,
+        forwarding_jobs=forwarding_jobs,
         flatness=flatness,
         notes=notes,
     )
     return report
+
+
+def _uses_sandbox(config_file: str | None) -> bool:
+    """Whether ``cbec serve`` with this configuration forwards to its built-in sandbox (never to real customs)."""
+    from gateway import config
+    from gateway.workers import uses_sandbox
+
+    fwd = config.load(config_file).forwarding
+    return fwd.enabled and uses_sandbox(fwd)
+
+
+async def _job_states(dsn: str) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+    finally:
+        await conn.close()
+    return {r["state"]: r["n"] for r in rows}
 
 
 def _mix(messages: Sequence[Message]) -> str:
@@ -952,7 +1034,7 @@ async def _flatness(
                     notes.append(
                         f"populating {target:,} shipments took {populate_seconds:.0f} s, more than five minutes"
                     )
-            gateway = GatewayProcess(dsn, work, opts.config)
+            gateway = GatewayProcess(dsn, work, opts.config, INGEST_ONLY_ENV)
             warmup = corpus.shipments(warmup_shipments)
             batch = corpus.shipments(batch_shipments)
             try:

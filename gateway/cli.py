@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=2000, help="messages ingested per flatness row (default 2000)")
     p.add_argument("--seed", type=int, default=1, help="seed of the sample messages (default 1)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object instead of a table")
+    p.add_argument(
+        "--no-forwarding",
+        action="store_true",
+        help="skip the ingest run with the built-in forwarding (queue worker + customs sandbox) running",
+    )
     p.set_defaults(func=_cmd_bench)
     return parser
 

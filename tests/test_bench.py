@@ -46,6 +46,11 @@ async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
         assert all(f > 0 for f in figures), f"not positive: {line!r}"
         assert label.strip()
 
+    # The run with cbec serve's forwarding (worker + customs sandbox) stored everything too.
+    assert report.forwarding is not None and report.forwarding_verification is not None
+    assert report.forwarding.accepted == 40 and report.forwarding_verification.ok
+    assert any(line.strip().startswith("3b.") for line in table)
+
     flat = report.flatness
     assert len(flat) == 1
     assert flat[0].shipments_stored == 30
@@ -66,4 +71,5 @@ def test_cli_bench_options() -> None:
     )
     opts = bench.Options.from_args(args)
     assert (opts.messages, opts.concurrency, opts.shipments, opts.batch) == (80, 8, [1000, 1_000_000], 2000)
-    assert args.json is True
+    assert args.json is True and opts.forwarding is True
+    assert bench.Options.from_args(build_parser().parse_args(["bench", "--no-forwarding"])).forwarding is False
