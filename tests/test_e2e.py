@@ -17,6 +17,7 @@ from adapters.webhook import verify_signature
 from gateway import config
 from gateway.config import ApiKey, Role, WebhookSettings
 from gateway.sandbox import start_sandbox
+from gateway.sandbox.receipts import build_receipt
 from gateway.sandbox.recorder import start_recorder
 from gateway.server import serve
 from gateway.workers import submit_and_wait_released
@@ -215,3 +216,40 @@ async def test_standalone_sandbox_command_options() -> None:
         assert sb.config.failure_rate == 0.0 and sb.config.receipt_delay == 0.001
     finally:
         await sb.stop()
+
+
+async def test_folder_transport_outbox_and_inbox(db_dsn: str, tmp_path: Any) -> None:
+    """Customs through a transfer client's folders: DxpMsg files out, receipt files in (polled, same intake)."""
+    outbox, inbox = tmp_path / "outbox", tmp_path / "inbox"
+    folder = {"transport": "folder", "outbox": outbox, "inbox": inbox}
+    async with running_stack(db_dsn, customs=folder, forwarding={"inbox_poll_s": 0.05}) as stack:
+        s = shipment(109)
+        await stack.submit(s.order)
+        await stack.wait_sql("SELECT count(*) = 1 FROM jobs WHERE endpoint = 'customs' AND state = 'done'")
+        (sent,) = [p for p in outbox.iterdir() if p.is_file()]
+        env = dxp.unwrap(sent.read_bytes())
+        assert env.msg_type == "CEB311Message" and sent.name == f"CEB311Message_{env.cop_msg_id}.xml"
+        doc = s.order_doc
+        values = {"guid": str(doc["guid"]) if doc.get("guid") else s.order["guid"], "ebpCode": doc["ebpCode"],
+                  "ebcCode": doc["ebcCode"], "orderNo": doc["orderNo"], "returnStatus": "120",
+                  "returnTime": "20260101120000001", "returnInfo": "ok"}  # fmt: skip
+        receipt = dxp.wrap(
+            build_receipt("CEB312", values), msg_type="CEB312Message", sender_id=dxp.IMPORT_RECEIVER,
+            receiver_ids=["DXPENT0000000001"], cop_msg_id="R-1", created=datetime.now(dxp.CHINA_TZ),
+        )  # fmt: skip
+        inbox.mkdir(exist_ok=True)
+        (inbox / "r1.xml").write_bytes(receipt)
+        (inbox / "garbage.xml").write_bytes(b"<not a receipt")
+        await stack.wait_sql(
+            "SELECT d.forward_state = 'receipted' FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
+            " WHERE m.guid = $1",
+            s.order["guid"],
+        )
+        await wait_for(lambda: _exists(inbox / "error" / "garbage.xml"), what="garbage moved to error/")
+        assert (inbox / "done" / "r1.xml").exists()
+        (row,) = await stack.fetch("SELECT source, cop_msg_id, submitter FROM receipts")
+        assert dict(row) == {"source": "inbox", "cop_msg_id": "R-1", "submitter": "inbox:customs"}
+
+
+async def _exists(path: Any) -> bool:
+    return bool(path.exists())
