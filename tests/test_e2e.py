@@ -4,9 +4,16 @@ through POST /v1/receipts → released; and `cbec serve` with its built-in sandb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import random
+import re
+import signal
+import socket
+import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,17 +21,17 @@ import pytest
 
 from adapters import dxp
 from adapters.webhook import verify_signature
-from gateway import config
-from gateway.config import ApiKey, Role, WebhookSettings
+from gateway.config import WebhookSettings
 from gateway.sandbox import start_sandbox
 from gateway.sandbox.receipts import build_receipt
 from gateway.sandbox.recorder import start_recorder
-from gateway.server import serve
 from gateway.workers import submit_and_wait_released
 from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A
 from tests.forwardutil import CUSTOMS_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
 
 pytestmark = pytest.mark.db
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def first_usable_receipt(stack: Stack, guid: str) -> Any:
@@ -157,38 +164,74 @@ async def test_webhooks_tell_the_seller(db_dsn: str) -> None:
         await recorder.stop()
 
 
-async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Any) -> None:
-    """`cbec serve` without a customs endpoint: the sandbox in-process, receipts back with an internal key."""
-    fwd = config.ForwardingSettings(sandbox_port=0, sandbox_receipt_delay_s=0.005, worker_poll_s=0.05,
-                                    watchdog_interval_s=0.2)  # fmt: skip
-    settings = config.Settings(
-        port=0,
-        database_url=db_dsn,
-        data_dir=tmp_path,
-        api_keys=(ApiKey("admin", ADMIN, Role.ADMIN),),
-        log_format="json",
-        log_level="warning",
-        forwarding=fwd,
-    )
-    ready, stop, info = asyncio.Event(), asyncio.Event(), {}
-    task = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info))
+SERVE_TOML = """
+log_format = "json"
+log_level = "info"
+port = {port}
+
+[[api_keys]]
+name = "admin"
+key = "{key}"
+role = "admin"
+
+[forwarding]
+sandbox_port = {sandbox_port}
+sandbox_receipt_delay_s = 0.005
+worker_poll_s = 0.05
+watchdog_interval_s = 0.2
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> None:
+    """`cbec serve` without a customs endpoint: the sandbox in-process, receipts back with an internal key.
+
+    A real `cbec serve` process (it configures logging for its whole process, which tests must not)."""
+    port, sandbox_port = free_port(), free_port()
+    cfg = tmp_path / "cbec.toml"
+    cfg.write_text(SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=sandbox_port), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--database-url", db_dsn,
+        "--data-dir", str(tmp_path / "var"), cwd=str(ROOT), env={**env, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url, sandbox_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}"
     try:
-        await asyncio.wait_for(ready.wait(), 30)
-        assert info["sandbox_url"] and info["sandbox_url"] != info["url"]
-        ships = [shipment(106), shipment(107, "1210")]
-        run = await submit_and_wait_released(info["url"], ADMIN, ships, concurrency=2, timeout_s=30, poll_s=0.05)
-        assert run.released == 2 and run.not_released == [] and len(run.latencies_s) == 2
-        assert run.as_dict()["latency_p50_s"] is not None
         async with aiohttp.ClientSession() as session:
-            async with session.get(info["url"] + key_path(ships[0]), headers={"X-API-Key": ADMIN}) as resp:
+
+            async def up() -> bool:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(url + "/healthz") as resp:
+                        return resp.status == 200
+                return False
+
+            await wait_for(up, timeout=30, what="cbec serve")
+            ships = [shipment(106), shipment(107, "1210")]
+            run = await submit_and_wait_released(url, ADMIN, ships, concurrency=2, timeout_s=30, poll_s=0.05,
+                                                 session=session)  # fmt: skip
+            assert run.released == 2 and run.not_released == [] and len(run.latencies_s) == 2
+            assert run.as_dict()["latency_p50_s"] is not None
+            async with session.get(url + key_path(ships[0]), headers={"X-API-Key": ADMIN}) as resp:
                 body = await resp.json()
             assert body["customs_status"] == "released"
-            async with session.get(info["sandbox_url"] + "/sandbox/stats") as resp:
+            async with session.get(sandbox_url + "/sandbox/stats") as resp:
                 stats = await resp.json()
             assert stats["receipts"]["delivered"] == stats["receipts"]["generated"] > 0
+            assert stats["duplicates"] == {}
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    log = err.decode()
+    assert proc.returncode == 0, log[-2000:]
+    assert '"event": "customs_sandbox"' in log
+    # the internal customs key (secrets.token_urlsafe(32): 43 characters) is never logged
+    assert not re.search(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", log)
 
 
 async def test_transmissions_and_attempts_after_retries(db_dsn: str) -> None:
