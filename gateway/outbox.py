@@ -1,9 +1,10 @@
 """The forwarding side of the store: the transactional outbox, receipts applied, held inventories released.
 
-* :meth:`Outbox.on_ingest` runs inside the ingest transaction (gateway.store calls it right after a
-  message is written, in the batched path too): it marks the message's documents ``queued`` (or
-  ``held``) and enqueues its jobs (cbec_queue.enqueue, same connection) — a job exists iff the message
-  committed. When a shipment the message touched is matched, held inventories are re-evaluated.
+* :meth:`Outbox.plan_wave` / :meth:`Outbox.after_write` run inside the ingest transaction (gateway.store
+  calls them around the write of each wave of messages, batched or not): the documents are written
+  ``queued`` (or ``held``) with their CopMsgId, and the jobs are enqueued right after on the same
+  connection — a job exists iff the message committed. When a shipment the wave matched holds an
+  inventory, it is evaluated again.
 * :meth:`Outbox.apply_receipts` stores every receipt (deduplicated, spec §8.4) and applies them in one
   transaction: the document's customs state (monotonic, gateway.receipts), the shipment's
   customs_status, webhooks and the warehouse order on a change, the release of held inventories whose
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -40,12 +41,25 @@ _ATTEMPTS = 3  # a deadlock between a receipt and an ingest that found more lock
 
 # --- SQL ---------------------------------------------------------------------------------------------------
 
-#: Forward state and CopMsgId of every document of a message just written ($1 message id).
-MARK_MESSAGE = "UPDATE documents SET forward_state = $2, cop_msg_id = $3 WHERE message_id = $1"
+#: cbec_queue.enqueue for many jobs ($1 JSON array of {endpoint, kind, payload, dedupe_key, delay, priority};
+#: $2 the queue's NOTIFY channel): ON CONFLICT DO NOTHING skips a job whose endpoint already has a live one
+#: with the same dedupe key; one notification per endpoint, delivered at commit. Returns how many were new.
+ENQUEUE_MANY = """
+WITH ins AS (
+    INSERT INTO jobs (endpoint, kind, payload, dedupe_key, run_after, priority)
+    SELECT x.endpoint, x.kind, x.payload, x.dedupe_key, now() + make_interval(secs => x.delay), x.priority
+      FROM jsonb_to_recordset($1::jsonb) AS x(endpoint text, kind text, payload jsonb, dedupe_key text,
+                                               delay float8, priority int)
+    ON CONFLICT DO NOTHING
+    RETURNING endpoint
+)
+SELECT (SELECT count(*) FROM ins) AS new,
+       (SELECT count(pg_notify($2::text, e.endpoint)) FROM (SELECT DISTINCT endpoint FROM ins) AS e) AS woken
+"""
 
 #: Held inventories of shipments ($1 ebpCode, $2 orderNo) or naming waybills ($3 logisticsCode, $4 No) whose
-#: every document's shipment is matched with order, payment and waybill receipted at rank >= $5 (spec §6.7
-#: step 2; a rejection is forward_state 'rejected'): flipped to 'queued' and returned with their modes.
+#: every document's shipment is matched with its order, payment and waybill receipted at rank >= $5 (spec
+#: §6.7 step 2; a rejection is forward_state 'rejected'): flipped to 'queued' and returned with their modes.
 RELEASE_HELD = """
 WITH cand AS MATERIALIZED (
     SELECT d.message_id
@@ -66,22 +80,23 @@ WITH cand AS MATERIALIZED (
            LATERAL (SELECT * FROM documents AS d WHERE d.message_id = c.message_id AND d.forward_state = 'held'
                     OFFSET 0) AS d
 ), blocked AS (
+    -- the latest current order / payment of the shipment and the waybill the inventory names (as reconciled)
     SELECT x.message_id FROM docs AS x
      WHERE NOT x.withdrawn AND (
            NOT EXISTS (SELECT FROM shipments AS s
                         WHERE s.ebp_code = x.ebp_code AND s.order_no = x.order_no AND s.state = 'matched')
-        OR NOT EXISTS (SELECT FROM documents AS o
-                        WHERE o.ebp_code = x.ebp_code AND o.order_no = x.order_no AND o.kind = 'order'
-                          AND o.is_current AND NOT o.withdrawn AND o.forward_state = 'receipted'
-                          AND o.customs_rank >= $5)
-        OR NOT EXISTS (SELECT FROM documents AS p
-                        WHERE p.ebp_code = x.ebp_code AND p.order_no = x.order_no AND p.kind = 'payment'
-                          AND p.is_current AND NOT p.withdrawn AND p.forward_state = 'receipted'
-                          AND p.customs_rank >= $5)
-        OR NOT EXISTS (SELECT FROM documents AS w
-                        WHERE w.logistics_code = x.logistics_code AND w.logistics_no = x.logistics_no
-                          AND w.kind = 'waybill' AND w.is_current AND NOT w.withdrawn
-                          AND w.forward_state = 'receipted' AND w.customs_rank >= $5))
+        OR NOT coalesce((SELECT o.forward_state = 'receipted' AND o.customs_rank >= $5 FROM documents AS o
+                          WHERE o.ebp_code = x.ebp_code AND o.order_no = x.order_no AND o.kind = 'order'
+                            AND o.is_current AND NOT o.withdrawn
+                          ORDER BY o.app_time DESC, o.id DESC LIMIT 1), false)
+        OR NOT coalesce((SELECT p.forward_state = 'receipted' AND p.customs_rank >= $5 FROM documents AS p
+                          WHERE p.ebp_code = x.ebp_code AND p.order_no = x.order_no AND p.kind = 'payment'
+                            AND p.is_current AND NOT p.withdrawn
+                          ORDER BY p.app_time DESC, p.id DESC LIMIT 1), false)
+        OR NOT coalesce((SELECT w.forward_state = 'receipted' AND w.customs_rank >= $5 FROM documents AS w
+                          WHERE w.logistics_code = x.logistics_code AND w.logistics_no = x.logistics_no
+                            AND w.kind = 'waybill' AND w.is_current AND NOT w.withdrawn
+                          ORDER BY w.app_time DESC, w.id DESC LIMIT 1), false))
 ), released AS (
     UPDATE documents AS d SET forward_state = 'queued'
       FROM docs AS x
@@ -103,10 +118,16 @@ _DOC_STATE = (
 )
 
 #: Correlation probes, most reliable first (gateway.receipts.Correlation); each returns document ids.
-BY_GUID = "SELECT d.id FROM documents AS d WHERE d.doc_guid = $1 AND d.message_type = $2 ORDER BY d.id DESC LIMIT 1"
+BY_GUID = """
+SELECT d.id FROM documents AS d
+ WHERE d.doc_guid = $1 AND d.kind IN ('inventory', 'cancel', 'refund', 'delivery') AND d.message_type = $2
+ ORDER BY d.id DESC LIMIT 1
+"""
+#: $4: the receipt's ebcCode when it carries one (CEB312), else NULL.
 BY_KEY = """
 SELECT d.id FROM documents AS d
  WHERE d.message_type = $1 AND d.key1 = $2 AND d.key2 = $3 AND d.is_current
+   AND ($4::text IS NULL OR d.ebc_code IS NULL OR d.ebc_code = $4)
 """
 BY_COP_NO = """
 SELECT d.id, d.ebc_code, d.head ->> 'agentCode' AS agent_code, d.head ->> 'operatorCode' AS operator_code
@@ -176,7 +197,8 @@ WITH inv AS MATERIALIZED (
 )
 SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
        (SELECT coalesce(json_agg(json_build_object(
-                 'id', l.id, 'message_id', l.message_id, 'doc_index', l.doc_index, 'kind', l.kind,
+                 'id', l.id, 'app_time', l.app_time, 'message_id', l.message_id, 'doc_index', l.doc_index,
+                 'kind', l.kind,
                  'forward_state', l.forward_state, 'customs_status', l.customs_status,
                  'customs_rank', l.customs_rank, 'customs_info', l.customs_info) ORDER BY l.id), '[]')
           FROM (SELECT d.* FROM documents AS d
@@ -306,6 +328,17 @@ class ReceiptResult:
         }
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What an accepted message forwards: decided before it is written (see Outbox.plan_wave)."""
+
+    guid: str
+    message_type: str
+    state: str  # none | held | queued
+    endpoints: tuple[str, ...]
+    matched: list[tuple[str, str]]  # shipments it left matched: held inventories there are looked at again
+
+
 @dataclass
 class _Doc:
     """A document's forwarding state, as read (and changed in memory by the receipts being applied)."""
@@ -356,34 +389,53 @@ class Outbox:
 
     # -- ingest (inside the store's transaction) ------------------------------------------------------------
 
-    async def on_ingest(
-        self, conn: asyncpg.Connection, *, message_id: int, msg: ParsedMessage, body: dict[str, Any]
-    ) -> None:
-        """Called by the store right after the message is written, in the same transaction."""
+    def plan_wave(self, writes: Iterable[tuple[ParsedMessage, dict[str, Any], list[dict[str, Any]]]]) -> list[Plan]:
+        """Before the store writes a wave: decide each message's forwarding and stamp its document rows
+        (``forward_state``, ``cop_msg_id``) so that they are written once, with it. No I/O."""
+        router = self.router
+        if router is None:
+            return []
+        plans = []
+        for msg, body, rows in writes:
+            outcomes = {d["index"]: d for d in body.get("documents", ())}
+            stored = [d for d in msg.documents if outcomes.get(d.index, {}).get("outcome") != "ignored_older"]
+            matched = [
+                (s["ebpCode"], s["orderNo"])
+                for s in body.get("shipments", ())
+                if s.get("state") == "matched" and s["ebpCode"]
+            ]
+            endpoints: tuple[str, ...] = ()
+            state = "none"
+            if stored:
+                modes = {m for d in stored if (m := (d.head.get("tradeMode") or "").strip())}
+                endpoints = router.endpoints_for(msg.type.code, modes)
+                if endpoints:
+                    app_types = {(d.head.get("appType") or "1").strip() for d in stored}
+                    state = "held" if router.holds(msg.type.code, app_types) else "queued"
+            cop = router.cop_msg_id(msg.guid, endpoints) if state != "none" else None
+            for row in rows:
+                row["forward_state"], row["cop_msg_id"] = state, cop
+            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched))
+        return plans
+
+    async def after_write(self, conn: asyncpg.Connection, plans: Sequence[Plan], ids: Mapping[str, int]) -> None:
+        """After the store wrote the wave, same transaction: enqueue the jobs of the messages that go now (one
+        statement) and release the held inventories of shipments the wave matched."""
         router = self.router
         if router is None:
             return
-        outcomes = {d["index"]: d for d in body.get("documents", ())}
-        stored = [d for d in msg.documents if outcomes.get(d.index, {}).get("outcome", "accepted") != "ignored_older"]
-        matched = [
-            (s["ebpCode"], s["orderNo"])
-            for s in body.get("shipments", ())
-            if s.get("state") == "matched" and s["ebpCode"]
-        ]
-        if stored:
-            modes = {m for d in stored if (m := (d.head.get("tradeMode") or "").strip())}
-            endpoints = router.endpoints_for(msg.type.code, modes)
-            if endpoints:
-                app_types = {(d.head.get("appType") or "1").strip() for d in stored}
-                held = router.holds(msg.type.code, app_types)
-                await conn.execute(
-                    MARK_MESSAGE, message_id, "held" if held else "queued", router.cop_msg_id(msg.guid, endpoints)
+        jobs: list[JobSpec] = []
+        matched: set[tuple[str, str]] = set()
+        for p in plans:
+            if p.state == "queued":
+                jobs += router.message_jobs(
+                    message_id=ids[p.guid], guid=p.guid, message_type=p.message_type, endpoints=p.endpoints
                 )
-                if not held:
-                    jobs = router.message_jobs(
-                        message_id=message_id, guid=msg.guid, message_type=msg.type.code, endpoints=endpoints
-                    )
-                    await enqueue_all(conn, jobs)
+            elif p.state == "held":
+                # Only a held message can be released by an ingest: any other message adds a leg version
+                # without a receipt yet, which releases nothing (receipts do, in apply_receipts).
+                matched.update(p.matched)
+        await enqueue_all(conn, jobs)
         if matched:
             await self._release(conn, matched, [])
 
@@ -581,12 +633,12 @@ class Outbox:
         declared = c.declared_type
         if declared is None:
             return []
-        if c.guid:
-            found = await conn.fetchval(BY_GUID, c.guid, declared)
+        if c.keys is not None:  # 312 / 412 / 512 / 514: the declaration's own key (the current document)
+            found = await conn.fetchval(BY_KEY, declared, *c.keys, c.ebc_code)
             if found is not None:
                 return [found]
-        if c.keys is not None:
-            found = await conn.fetchval(BY_KEY, declared, *c.keys)
+        if c.guid:  # 622 / 624 / 626 / 712: the echoed guid first
+            found = await conn.fetchval(BY_GUID, c.guid, declared)
             if found is not None:
                 return [found]
         if c.cop_no:
@@ -725,30 +777,32 @@ class Outbox:
 
 
 def _latest_legs(legs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One leg per kind: the latest (two current payments of one order are possible; the store reconciles the
-    latest)."""
+    """One leg per kind: the latest by appTime, then arrival (two current payments of one order are possible;
+    the store reconciles the latest)."""
     by_kind: dict[str, dict[str, Any]] = {}
     for leg in legs:
-        if leg["kind"] not in by_kind or leg["id"] > by_kind[leg["kind"]]["id"]:
+        best = by_kind.get(leg["kind"])
+        if best is None or (leg["app_time"] or "", leg["id"]) > (best["app_time"] or "", best["id"]):
             by_kind[leg["kind"]] = leg
     return list(by_kind.values())
 
 
 async def enqueue_all(conn: asyncpg.Connection, jobs: Iterable[JobSpec]) -> int:
-    """cbec_queue.enqueue each job on ``conn`` (the caller's transaction); returns how many were new."""
-    n = 0
-    now = None
-    for job in jobs:
-        run_after = None
-        if job.delay_s > 0:
-            now = now or datetime.now(UTC)
-            run_after = now + timedelta(seconds=job.delay_s)
-        found = await cbec_queue.enqueue(
-            conn, endpoint=job.endpoint, kind=job.kind, payload=job.payload, dedupe_key=job.dedupe_key,
-            run_after=run_after, priority=job.priority,
-        )  # fmt: skip
-        n += found is not None
-    return n
+    """Enqueue the jobs on ``conn`` (the caller's transaction) in one statement; returns how many were new.
+
+    The same insert as ``cbec_queue.enqueue`` (a live job with the same endpoint and dedupe key wins; the
+    endpoint's workers are woken at commit), for many jobs at once: one round trip per ingest wave.
+    """
+    rows = [
+        {"endpoint": j.endpoint, "kind": j.kind, "payload": j.payload, "dedupe_key": j.dedupe_key,
+         "delay": float(j.delay_s), "priority": j.priority}
+        for j in jobs
+    ]  # fmt: skip
+    if not rows:
+        return 0
+    row = await conn.fetchrow(ENQUEUE_MANY, rows, cbec_queue.CHANNEL)
+    assert row is not None
+    return int(row["new"])
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -251,9 +251,9 @@ class ReceiptRecord:
 class Correlation:
     """How to find the declared document a receipt answers, most reliable first (spec §5.1).
 
-    1. the echoed ``guid`` = a document's head guid (of the declared type);
-    2. the declaration's business ``keys`` (312: ebpCode+orderNo, 412: payCode+payTransactionId,
-       512/514: logisticsCode+logisticsNo), when the receipt carries them all;
+    1. the declaration's business ``keys`` (312: ebpCode+orderNo [+ebcCode], 412: payCode+payTransactionId,
+       512/514: logisticsCode+logisticsNo), when the receipt carries them all: the current document;
+    2. else (622/624/626/712) the echoed ``guid`` = a document's head guid (of the declared type);
     3. ``copNo`` with ebcCode / agentCode / operatorCode (622/624/626/712);
     4. ``preNo`` / ``invtNo`` once an earlier receipt taught them;
     5. CEB900: ``oriCopMsgId`` → every document of the message sent with that CopMsgId.

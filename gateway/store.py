@@ -190,15 +190,16 @@ WITH m AS (
 ), d AS (
     INSERT INTO documents (message_id, doc_index, doc_guid, kind, message_type, key1, key2, order_no, ebp_code,
                            ebc_code, logistics_code, logistics_no, pay_code, pay_transaction_id, app_type, app_time,
-                           app_status, path, head, lines, parties, is_current, withdrawn)
+                           app_status, path, head, lines, parties, is_current, withdrawn, forward_state, cop_msg_id)
     SELECT m.id, x.doc_index, x.doc_guid, x.kind, m.message_type, x.key1, x.key2, x.order_no, x.ebp_code,
            x.ebc_code, x.logistics_code, x.logistics_no, x.pay_code, x.pay_transaction_id, x.app_type, x.app_time,
-           x.app_status, x.path, x.head, x.lines, x.parties, x.is_current, x.withdrawn
+           x.app_status, x.path, x.head, x.lines, x.parties, x.is_current, x.withdrawn,
+           coalesce(x.forward_state, 'none'), x.cop_msg_id
       FROM jsonb_to_recordset($9::jsonb) AS x(
            guid text, doc_index int, doc_guid text, kind text, key1 text, key2 text, order_no text, ebp_code text,
            ebc_code text, logistics_code text, logistics_no text, pay_code text, pay_transaction_id text,
            app_type text, app_time text, app_status text, path text, head jsonb, lines jsonb, parties text[],
-           is_current boolean, withdrawn boolean)
+           is_current boolean, withdrawn boolean, forward_state text, cop_msg_id text)
       JOIN m ON m.guid = x.guid
     RETURNING id, message_id, doc_index
 ), linked AS (
@@ -624,12 +625,17 @@ class Store:
                 raise _LocksBusy()
             held |= more_locks
         if writes:
+            # Forwarding (gateway.outbox): the documents are written with their forward state, and the wave's
+            # jobs are enqueued right after, in this transaction: a job exists iff its message committed.
+            plans = []
+            if self.outbox is not None:
+                plans = self.outbox.plan_wave([(job.msg, w.body, w.documents) for job, w in writes])
             ids = await self._write(conn, writes)
             for job, w in writes:
                 w.body["id"] = ids[job.msg.guid]  # the statement stored it in the response the same way
-                if self.outbox is not None:  # same transaction, batched or not: a job exists iff this commits
-                    await self.outbox.on_ingest(conn, message_id=ids[job.msg.guid], msg=job.msg, body=w.body)
                 outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False)
+            if self.outbox is not None:
+                await self.outbox.after_write(conn, plans, ids)
         return deferred
 
     @staticmethod

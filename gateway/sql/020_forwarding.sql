@@ -25,8 +25,11 @@ ALTER TABLE documents
     ADD COLUMN receipt_overdue     boolean NOT NULL DEFAULT false,  -- set by the watchdog, cleared by a receipt
     ADD COLUMN repushes            int     NOT NULL DEFAULT 0;      -- re-sends (watchdog, transient receipts)
 
--- Receipt correlation (gateway.receipts.Correlation): echoed guid, copNo, preNo/invtNo, CEB900's CopMsgId.
-CREATE INDEX documents_doc_guid_idx ON documents (doc_guid);
+-- Receipt correlation (gateway.receipts.Correlation): echoed guid and copNo (inventories, cancellations,
+-- returns, warehouse entries; orders, payments and waybills go by their keys' index), preNo/invtNo,
+-- CEB900's CopMsgId.
+CREATE INDEX documents_doc_guid_idx ON documents (doc_guid)
+    WHERE kind IN ('inventory', 'cancel', 'refund', 'delivery');
 CREATE INDEX documents_cop_no_idx ON documents ((head ->> 'copNo'))
     WHERE kind IN ('inventory', 'cancel', 'refund', 'delivery');
 CREATE INDEX documents_pre_no_idx ON documents (pre_no) WHERE pre_no IS NOT NULL;
