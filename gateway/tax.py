@@ -10,8 +10,8 @@ and counts toward the annual quota; anything else above a limit is general trade
 Computation (§7.2; the spec marks rounding and allocation uncertain [U], these are our choices):
 
 * dutiable value D = Σ line totalPrice + head freight + head insuredFee, at 0.01 (ROUND_HALF_UP).
-* per line, P_i = totalPrice_i + its pro-rata share (by totalPrice) of freight + insuredFee, rounded
-  half-up to 0.01; the last line takes the rounding remainder so that Σ P_i = D exactly.
+* per line, P_i = totalPrice_i + its pro-rata share (by totalPrice) of freight + insuredFee, in whole
+  cents by the largest-remainder method, so that Σ P_i = D exactly and no P_i is negative.
 * per line, with r_c = consumption rate, r_v = VAT rate, r_t = MFN tariff (longest HS prefix of gcode):
   within limits  customs 0, consumption = k · P/(1 − r_c) · r_c, VAT = k · (P + P/(1 − r_c) · r_c) · r_v
   with k = ``reduction`` (0.7); full rate  tariff = P · r_t, consumption = (P + tariff)/(1 − r_c) · r_c,
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
@@ -312,17 +312,24 @@ def _amount(
 
 
 def _allocate(dutiable: Decimal, prices: list[Decimal]) -> list[Decimal]:
-    """Split the dutiable value over the lines pro rata by totalPrice; the last line takes the remainder."""
+    """Split the dutiable value over the lines pro rata by totalPrice, in whole cents.
+
+    Largest-remainder method: each line gets its exact share rounded down to the cent, and the cents
+    left over go one each to the lines with the largest dropped fractions (ties: the earlier line).
+    The shares add up to the dutiable value exactly and are never negative — a "last line takes the
+    remainder" rule can push a small last line below zero.
+    """
     if not prices:
         return []
     goods = sum(prices, Decimal(0))
     extra = dutiable - goods
-    shares: list[Decimal] = []
-    for price in prices[:-1]:
-        # all-zero prices (gifts only): split evenly instead of dividing by zero
-        part = extra * price / goods if goods else extra / len(prices)
-        shares.append(_cents(price + part))
-    shares.append(dutiable - sum(shares, Decimal(0)))
+    # all-zero prices (gifts only): split evenly instead of dividing by zero
+    exact = [price + (extra * price / goods if goods else extra / len(prices)) for price in prices]
+    shares = [e.quantize(_CENT, rounding=ROUND_FLOOR) for e in exact]
+    left = int((dutiable - sum(shares, Decimal(0))) / _CENT)
+    by_fraction = sorted(range(len(prices)), key=lambda i: (shares[i] - exact[i], i))
+    for i in by_fraction[: max(left, 0)]:
+        shares[i] += _CENT
     return shares
 
 
