@@ -121,13 +121,13 @@ def test_the_three_way_split_of_a_cent_stays_exact() -> None:
     # 1 yuan of freight over three equal lines: the left-over cent goes to the first of the tied lines
     result = assess(inventory((MILK, "10.00"), (MILK, "10.00"), (MILK, "10.00"), freight="1.00"), annual_used=ZERO)
     assert [t.dutiable_value for t in result.lines] == [Decimal("10.34"), Decimal("10.33"), Decimal("10.33")]
+    assert result.dutiable_value == Decimal("31.00")
 
 
 def test_a_small_last_line_never_gets_a_negative_share() -> None:
     # found by hypothesis: rounding each share half-up and giving the last line the rest made it -0.01
     result = assess(inventory((MILK, "0.01"), (MILK, "0.01"), (MILK, "0.00"), insured_fee="0.01"), annual_used=ZERO)
     assert [t.dutiable_value for t in result.lines] == [Decimal("0.02"), Decimal("0.01"), Decimal("0.00")]
-    assert result.dutiable_value == Decimal("31.00")
 
 
 def test_gifts_only_split_the_freight_evenly() -> None:
