@@ -270,10 +270,11 @@ SELECT d.id, d.message_id, d.forward_state, d.cop_msg_id, d.sent_at, d.customs_s
   FROM documents AS d JOIN messages AS m ON m.id = d.message_id
  WHERE d.id = ANY ($1::bigint[])
 """
+#: The jobs of messages ($1 guids): every job carries its message's guid in the payload (index 040).
 TRANSMISSIONS = """
-SELECT id, endpoint, kind, dedupe_key, state, attempts, max_attempts, replays, last_error, dead_reason,
-       created_at, updated_at, finished_at
-  FROM jobs WHERE dedupe_key = ANY ($1::text[])
+SELECT id, endpoint, kind, dedupe_key, payload ->> 'guid' AS message_guid, state, attempts, max_attempts, replays,
+       last_error, dead_reason, run_after, created_at, updated_at, finished_at
+  FROM jobs WHERE payload ? 'guid' AND payload ->> 'guid' = ANY ($1::text[])
  ORDER BY created_at, id
 """
 ATTEMPTS = """
@@ -717,17 +718,11 @@ class Outbox:
         state, customs status, transmissions (jobs and attempts) and receipts; the shipment's customs_status."""
         docs = shipment.get("documents", [])
         ids = [d["id"] for d in docs]
-        endpoints = sorted(self.router.endpoint_kinds) if self.router else ["customs", "inspection", "warehouse"]
         async with self.pool.acquire() as conn:
             own = await conn.fetchrow(SHIPMENT_CUSTOMS, shipment["ebpCode"], shipment["orderNo"])
             fwd = {r["id"]: r for r in await conn.fetch(FORWARDING_OF_DOCUMENTS, ids)}
-            keys: set[str] = set()
-            for r in fwd.values():
-                guid = r["message_guid"]
-                for e in endpoints:
-                    keys.add(f"{e}:{guid}")
-                    keys |= {f"{e}:{guid}:resend{n}" for n in range(1, r["repushes"] + 1)}
-            jobs = [dict(j) for j in await conn.fetch(TRANSMISSIONS, sorted(keys))]
+            guids = sorted({r["message_guid"] for r in fwd.values()})
+            jobs = [dict(j) for j in await conn.fetch(TRANSMISSIONS, guids)]
             history: dict[int, list[dict[str, Any]]] = {j["id"]: [] for j in jobs}
             if jobs:
                 for h in await conn.fetch(ATTEMPTS, list(history)):
@@ -760,10 +755,7 @@ class Outbox:
                     "time": r["customs_return_time"],
                 }
             )
-            d["transmissions"] = [
-                j for j in jobs if j["dedupe_key"] == f"{j['endpoint']}:{guid}" or j["dedupe_key"].startswith(
-                    f"{j['endpoint']}:{guid}:")
-            ]  # fmt: skip
+            d["transmissions"] = [j for j in jobs if j["message_guid"] == guid]
             d["receipts"] = [
                 x
                 for x in receipts

@@ -57,15 +57,19 @@ async def make_dead_letter(
     *,
     endpoint: str = "customs",
     kind: str = "CEB311",
-    dedupe_key: str | None = None,
+    guid: str | None = None,
     error: str = "sandbox scenario POISON: rejected permanently",
 ) -> int:
-    """A job that was claimed once and failed permanently, through cbec_queue's own functions."""
+    """A job that was claimed once and failed permanently, through cbec_queue's own functions.
+
+    With ``guid`` it is a transmission of that message, shaped as the forwarding makes them."""
+    payload: dict[str, str] = {"message": "<CEB311Message/>" * 50}
+    if guid:
+        payload |= {"guid": guid, "message_type": kind}
     async with pool.acquire() as conn:
         job_id = await cbec_queue.enqueue(
-            conn, endpoint=endpoint, kind=kind, payload={"message": "<CEB311Message/>" * 50, "dedupe_key": dedupe_key},
-            dedupe_key=dedupe_key,
-        )  # fmt: skip
+            conn, endpoint=endpoint, kind=kind, payload=payload, dedupe_key=f"{endpoint}:{guid}" if guid else None
+        )
         assert job_id is not None
         claimed = await cbec_queue.claim(conn, worker_id="test-worker", lease_s=30, endpoint=endpoint, limit=100)
         job = next(j for j in claimed if j.id == job_id)
@@ -76,11 +80,14 @@ async def make_dead_letter(
 
 
 async def make_forwarded(
-    pool: asyncpg.Pool, *, endpoint: str = "customs", kind: str = "CEB311", dedupe_key: str | None = None
+    pool: asyncpg.Pool, *, endpoint: str = "customs", kind: str = "CEB311", guid: str | None = None
 ) -> int:
-    """A job sent successfully on its first attempt."""
+    """A job sent successfully on its first attempt (a transmission of message ``guid`` when given)."""
+    payload = {"guid": guid, "message_type": kind} if guid else {}
     async with pool.acquire() as conn:
-        job_id = await cbec_queue.enqueue(conn, endpoint=endpoint, kind=kind, payload={}, dedupe_key=dedupe_key)
+        job_id = await cbec_queue.enqueue(
+            conn, endpoint=endpoint, kind=kind, payload=payload, dedupe_key=f"{endpoint}:{guid}" if guid else None
+        )
         assert job_id is not None
         claimed = await cbec_queue.claim(conn, worker_id="test-worker", lease_s=30, endpoint=endpoint, limit=100)
         job = next(j for j in claimed if j.id == job_id)

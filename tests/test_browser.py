@@ -158,7 +158,7 @@ async def test_console_live_mismatch_detail_and_replay(browser: Browser, site: S
 
         # a dead letter (made with cbec_queue's own functions) is replayed from the page
         await page.click("a.back")
-        job_id = await make_dead_letter(site.pool, endpoint="customs", dedupe_key=f"CEB311:{s.order['guid']}")
+        job_id = await make_dead_letter(site.pool, endpoint="customs", guid=s.order["guid"])
         dead_row = f"#dead-table tbody tr[data-job='{job_id}']"
         await page.wait_for_selector(dead_row)  # the feed's queue event brings it in
         assert "POISON" in await page.inner_text(dead_row)

@@ -262,9 +262,9 @@ async def test_shipment_page_has_history_transmissions_and_xml(ops: Ops) -> None
     reply = await ops.api.post_xml(xml_of(fixed.payment))
     assert reply.status == 202, reply.body
     order_guid = s.order["guid"]
-    dead = await make_dead_letter(ops.pool, dedupe_key=f"CEB311:{order_guid}")
-    sent = await make_forwarded(ops.pool, endpoint="customs-payment", dedupe_key=fixed.payment["guid"])
-    await make_forwarded(ops.pool, dedupe_key="CEB311:SOMEONE-ELSE")
+    dead = await make_dead_letter(ops.pool, guid=order_guid)
+    sent = await make_forwarded(ops.pool, endpoint="customs-payment", kind="CEB411", guid=fixed.payment["guid"])
+    await make_forwarded(ops.pool, guid="SOMEONE-ELSE")
 
     client = await ops.console(OPERATOR)
     body = await client.get_json("/ops/api/shipment", **key_of(s))

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import cbec_queue
+
+from gateway import outbox
 
 #: Reconciliation states in the order the console shows them (gateway.reconcile.ShipmentState).
 STATES: tuple[str, ...] = ("mismatched", "incomplete", "matched")
@@ -313,14 +315,8 @@ SELECT d.id, d.message_id, d.doc_index, d.doc_guid, d.kind, d.message_type, d.ke
  ORDER BY m.received_at, d.id
 """
 
-#: Jobs that transmitted these messages: the forwarding's dedupe key is the message guid or
-#: "<messageType>:<guid>" ($1 every such key).
-TRANSMISSIONS = """
-SELECT id, endpoint, kind, dedupe_key, state, attempts, max_attempts, replays, last_error, dead_reason,
-       run_after, created_at, updated_at, finished_at
-  FROM jobs WHERE dedupe_key = ANY ($1::text[])
- ORDER BY created_at, id
-"""
+#: Jobs that transmitted these messages ($1 message guids): the same query as the API's shipment detail.
+TRANSMISSIONS = outbox.TRANSMISSIONS
 
 #: Attempt history of jobs ($1 ids), in the order things happened.
 HISTORY = """
@@ -359,13 +355,6 @@ async def job_history(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int,
     return out
 
 
-def _transmission_keys(messages: Iterable[tuple[str, str]]) -> list[str]:
-    keys: set[str] = set()
-    for guid, message_type in messages:
-        keys.update((guid, f"{message_type}:{guid}"))
-    return sorted(keys)
-
-
 async def shipment_detail(
     conn: asyncpg.Connection, ebp_code: str, order_no: str, features: Features
 ) -> dict[str, Any] | None:
@@ -379,8 +368,7 @@ async def shipment_detail(
     for d in docs:
         d["head"], d["lines"] = _json(d["head"]), _json(d["lines"])
     out["documents"] = docs
-    messages = {(d["message_guid"], d["message_type"]) for d in docs}
-    jobs = [dict(r) for r in await conn.fetch(TRANSMISSIONS, _transmission_keys(messages))]
+    jobs = [dict(r) for r in await conn.fetch(TRANSMISSIONS, sorted({d["message_guid"] for d in docs}))]
     history = await job_history(conn, [j["id"] for j in jobs])
     for j in jobs:
         j["history"] = history[j["id"]]
