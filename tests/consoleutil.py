@@ -216,11 +216,10 @@ async def seed_realistic(api: Client, pool: asyncpg.Pool, *, spread_minutes: int
         bad = xml_of(new_shipment(360 + i).order).replace(b"<ceb:currency>142<", b"<ceb:currency>14<", 1)
         assert (await api.post_xml(bad)).status == 422
     async with pool.acquire() as conn:
-        sent = [f"{r['message_type']}:{r['guid']}" for r in await conn.fetch(
-            "SELECT guid, message_type FROM messages ORDER BY id")]  # fmt: skip
-    for key in sent[:40]:
-        await make_forwarded(pool, endpoint="customs", kind=key.split(":")[0], dedupe_key=key)
-    made["dead"].append(str(await make_dead_letter(pool, endpoint="customs", dedupe_key="CEB311:POISON-0001")))
+            sent = await conn.fetch("SELECT guid, message_type FROM messages ORDER BY id")
+    for r in sent[:40]:
+        await make_forwarded(pool, endpoint="customs", kind=r["message_type"], guid=r["guid"])
+    made["dead"].append(str(await make_dead_letter(pool, endpoint="customs", guid="POISON-0001")))
     made["dead"].append(
         str(
             await make_dead_letter(
@@ -240,7 +239,7 @@ async def seed_realistic(api: Client, pool: asyncpg.Pool, *, spread_minutes: int
                     SELECT count(*) FROM messages AS n WHERE n.id > messages.id) * $1::float8);
                 UPDATE rejected_messages SET received_at = now() - make_interval(secs => id * 600);
                 UPDATE jobs AS j SET created_at = m.received_at + interval '1 second'
-                  FROM messages AS m WHERE j.dedupe_key = m.message_type || ':' || m.guid;
+                  FROM messages AS m WHERE j.payload ->> 'guid' = m.guid;
                 UPDATE job_attempts AS a SET started_at = j.created_at + interval '1 second',
                                              finished_at = j.created_at + interval '2 seconds'
                   FROM jobs AS j WHERE a.job_id = j.id AND a.outcome = 'ok';
