@@ -222,16 +222,19 @@ async def list_shipments(request: web.Request) -> web.Response:
         limit = min(max(int(q.get("limit", "50")), 1), 500)
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
-    page = await request.app[STORE].list_shipments(
-        state=state,
-        ebp_code=q.get("ebpCode"),
-        ebc_code=q.get("ebcCode"),
-        since=since,
-        until=until,
-        parties=None if principal.sees_everything else sorted(principal.codes),
-        limit=limit,
-        cursor=q.get("cursor"),
-    )
+    try:
+        page = await request.app[STORE].list_shipments(
+            state=state,
+            ebp_code=q.get("ebpCode"),
+            ebc_code=q.get("ebcCode"),
+            since=since,
+            until=until,
+            parties=None if principal.sees_everything else sorted(principal.codes),
+            limit=limit,
+            cursor=q.get("cursor"),
+        )
+    except ValueError as exc:  # a cursor that is not one of ours
+        return error_response(400, f"bad cursor: {exc}")
     return json_response(page)
 
 
@@ -390,4 +393,10 @@ def create_app(
     app.router.add_get("/openapi.json", openapi)
     setup_console(app, pool_key=POOL, keys_key=KEYS)
     setup_metrics(app, pool_key=POOL)
+
+    async def finish_batches(app: web.Application) -> None:
+        # Messages already handed to the store's batcher are committed and answered before the pool closes.
+        await store.aclose()
+
+    app.on_cleanup.append(finish_batches)
     return app

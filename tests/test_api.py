@@ -235,6 +235,7 @@ async def test_list_filters_and_paginates(api: Client) -> None:
     assert len(seen) == 5 == len(set(seen))
     assert (await api.get("/v1/shipments?state=matched")).body["items"] == []
     assert (await api.get("/v1/shipments?state=bogus")).status == 400
+    assert (await api.get("/v1/shipments?cursor=not-a-cursor")).status == 400
 
 
 async def test_healthz_and_openapi(api: Client) -> None:
