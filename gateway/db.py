@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -60,6 +61,21 @@ def resolve_dsn(explicit: str | None) -> str | None:
 
 
 # --- migrations ------------------------------------------------------------------------------
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server, another database (host:port DSNs and ?host=/socket/dir DSNs alike)."""
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+async def answers(dsn: str) -> bool:
+    """Whether a PostgreSQL server accepts a connection at ``dsn`` (within 3 s)."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
 
 
 def migration_files() -> list[tuple[str, str]]:

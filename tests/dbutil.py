@@ -16,29 +16,13 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest_asyncio
 
-from gateway.db import EmbeddedPostgres, create_pool, migrate
+from gateway.db import EmbeddedPostgres, answers, create_pool, migrate, with_database
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def with_database(dsn: str, name: str) -> str:
-    """The same server, another database (works for host:port and for ?host=/socket/dir DSNs)."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-async def _answers(dsn: str) -> bool:
-    try:
-        conn = await asyncpg.connect(dsn, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
-    await conn.close()
-    return True
 
 
 async def find_server() -> tuple[str, EmbeddedPostgres | None]:
@@ -46,7 +30,7 @@ async def find_server() -> tuple[str, EmbeddedPostgres | None]:
     explicit = os.environ.get("CBEC_TEST_DATABASE_URL")
     if explicit:
         return explicit, None
-    if await _answers(LOCAL_DSN):
+    if await answers(LOCAL_DSN):
         return LOCAL_DSN, None
     pg = EmbeddedPostgres(tempfile.mkdtemp(prefix="cbec-pg-"), cleanup_mode="delete")
     return await pg.start(), pg
