@@ -7,13 +7,13 @@ Two kinds of figures:
   failures by error code. They are counters since this process started (Prometheus' ``rate()`` and
   ``increase()`` handle restarts);
 * state figures, read from PostgreSQL when Prometheus scrapes (a handful of index-backed queries, one
-  scrape at a time): shipments by reconciliation state (and by customs status once that column exists),
+  scrape at a time): shipments by reconciliation state and by customs status,
   queue depth, due and running jobs, oldest queued age and dead letters per endpoint, circuit states of
   this process's workers, and forward / receipt latency quantiles over the last ``window_s`` seconds.
 
-Wire it with :func:`setup_metrics` (adds the route, the middleware as the outermost one, and the
-start-up check of optional tables). Metrics live in a registry of the application, not in
-prometheus_client's global one, so two applications in one process (tests) do not mix their figures.
+Wire it with :func:`setup_metrics` (adds the route and the middleware as the outermost one). Metrics live
+in a registry of the application, not in prometheus_client's global one, so two applications in one
+process (tests) do not mix their figures.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ class Metrics:
         self.pool_key = pool_key
         self.keys_key = keys_key  # set: /metrics needs an operator/admin key (Bearer or X-API-Key)
         self.window_s = window_s
-        self.features = q.Features()
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "cbec_http_requests",
@@ -145,18 +144,15 @@ class Metrics:
 
     async def _state_families(self, conn: asyncpg.Connection) -> Iterable[Metric]:
         out: list[Metric] = []
-        counts = await q.shipment_counts(conn, self.features)
+        counts = await q.shipment_counts(conn)
         g = GaugeMetricFamily("cbec_shipments", "Shipments by reconciliation state", labels=["state"])
         for state, n in counts["by_state"].items():
             g.add_metric([state], n)
         out.append(g)
-        if counts["by_customs_status"] is not None:
-            g = GaugeMetricFamily(
-                "cbec_shipments_customs_status", "Shipments by customs status ('' = none yet)", labels=["status"]
-            )
-            for status, n in sorted(counts["by_customs_status"].items()):
-                g.add_metric([status], n)
-            out.append(g)
+        g = GaugeMetricFamily("cbec_shipments_customs_status", "Shipments by customs status", labels=["status"])
+        for status, n in sorted(counts["by_customs_status"].items()):
+            g.add_metric([status], n)
+        out.append(g)
 
         stats = await cbec_queue.stats(conn)
         per_endpoint = {
@@ -206,22 +202,16 @@ class Metrics:
                     attempt.add_metric([r["endpoint"], quantile], float(v) / 1000)
         out.extend((latency, attempt, sent))
 
-        shape = self.features.receipts
-        sql = q.receipt_latency_window_sql(shape) if shape else None
-        if sql:
-            r = await conn.fetchrow(sql, float(self.window_s))
-            g = GaugeMetricFamily(
-                "cbec_receipt_latency_seconds",
-                f"Message accepted → customs receipt received, quantiles {window}",
-                labels=["quantile"],
-            )
-            if r is not None and r["n"]:
-                for quantile, v in zip(QUANTILES, r["q"] or (), strict=False):
-                    g.add_metric([quantile], float(v))
-            out.append(g)
-            out.append(
-                GaugeMetricFamily("cbec_receipts_recent", f"Receipts received {window}", float(r["n"] if r else 0))
-            )
+        r = await conn.fetchrow(q.RECEIPT_LATENCY_WINDOW, float(self.window_s))
+        g = GaugeMetricFamily(
+            "cbec_receipt_latency_seconds",
+            f"Message accepted → customs receipt received, quantiles {window}",
+            labels=["quantile"],
+        )
+        for quantile, v in zip(QUANTILES, r["q"] or (), strict=False):
+            g.add_metric([quantile], float(v))
+        out.append(g)
+        out.append(GaugeMetricFamily("cbec_receipts_recent", f"Receipts received {window}", float(r["n"])))
         return out
 
 
@@ -235,7 +225,7 @@ class _Snapshot:
         yield from self.metrics.snapshot
 
     def describe(self) -> list[Metric]:
-        return []  # names vary with the optional tables; nothing to pre-register
+        return []  # the families are read at each scrape; nothing to pre-register
 
 
 METRICS = web.AppKey("metrics", Metrics)
@@ -333,7 +323,7 @@ def setup_metrics(
     keys_key: web.AppKey[KeyRing] | None = None,
     path: str = "/metrics",
 ) -> Metrics:
-    """Add ``GET /metrics`` and the outermost middleware; look for optional tables at start-up.
+    """Add ``GET /metrics`` and the outermost middleware.
 
     ``keys_key``: when given, a scrape needs an operator or admin API key (``Authorization: Bearer`` or
     ``X-API-Key``); by default the endpoint is open like most exporters (it shows counts, no documents).
@@ -347,12 +337,5 @@ def setup_metrics(
     app[METRICS] = metrics
     app.middlewares.insert(0, metrics_middleware)  # outermost: sees the final status of every answer
 
-    async def detect(app: web.Application) -> None:
-        try:
-            metrics.features = await q.detect_features(app[pool_key])
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("metrics_features_unknown", error=str(exc))
-
-    app.on_startup.append(detect)
     app.router.add_get(path, metrics_handler)
     return metrics

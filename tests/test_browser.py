@@ -12,6 +12,7 @@ import shutil
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
@@ -20,9 +21,12 @@ import pytest
 import pytest_asyncio
 
 from gateway import samples
+from gateway.console import CONSOLE
 from gateway.sandbox.receipts import build_receipt, return_time
 from tests.apiutil import ADMIN, PLATFORM_A, Client
-from tests.consoleutil import build_app, make_dead_letter, new_shipment, seed_realistic, start, submit
+from tests.consoleutil import build_app, new_shipment, seed_realistic, start, submit
+from tests.forwardutil import running_stack
+from tests.forwardutil import shipment as fwd_shipment
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -99,7 +103,7 @@ def shot(name: str) -> str:
     return str(ARTIFACTS / name)
 
 
-async def test_console_live_mismatch_detail_and_replay(browser: Browser, site: Site) -> None:
+async def test_console_live_mismatch_detail_and_sign_out(browser: Browser, site: Site) -> None:
     errors: list[str] = []
     async with asyncio.timeout(120):
         await submit(site.api, new_shipment(401))  # one matched shipment before the page opens
@@ -156,25 +160,71 @@ async def test_console_live_mismatch_detail_and_replay(browser: Browser, site: S
         assert order_no in xml and "<ceb:orderNo>" in xml
         await page.screenshot(path=shot("browser-shipment.png"), full_page=True)
 
-        # a dead letter (made with cbec_queue's own functions) is replayed from the page
-        await page.click("a.back")
-        job_id = await make_dead_letter(site.pool, endpoint="customs", guid=s.order["guid"])
-        dead_row = f"#dead-table tbody tr[data-job='{job_id}']"
-        await page.wait_for_selector(dead_row)  # the feed's queue event brings it in
-        assert "POISON" in await page.inner_text(dead_row)
-        await page.screenshot(path=shot("browser-dead-letter.png"), full_page=True)
-        await page.click(f"{dead_row} button.replay")
-        await page.wait_for_selector(dead_row, state="detached")
-        assert "queued again" in await page.inner_text("#toast")
-        async with site.pool.acquire() as conn:
-            job = await cbec_queue.get_job(conn, job_id)
-        assert job is not None and job["state"] == "queued" and job["history"][-1]["outcome"] == "replayed"
-
         # sign out: back to the sign-in page, the session is gone
         await page.click("#sign-out")
         await page.wait_for_url(site.base + "/ops/login")
         await page.goto(site.base + "/ops")
         assert page.url.endswith("/ops/login")
+        await page.context.close()
+    assert errors == []
+
+
+async def test_poison_order_dead_letter_is_replayed_from_the_page(browser: Browser, db_dsn: str) -> None:
+    """The gateway forwarding to its sandbox: an order the sandbox answers 400 (POISON-) dies at once; once
+    the sandbox takes POISON again (``scenarios_off``), Replay from the page gets it delivered and receipted."""
+    errors: list[str] = []
+    async with asyncio.timeout(30), running_stack(db_dsn) as stack:
+        feed = stack.app[CONSOLE].feed
+        assert feed is not None
+        feed.interval = 0.2  # queue figures every 5 polls: a second instead of five
+        page = await new_page(browser, errors)
+        await sign_in(page, stack.base, ADMIN)
+        await page.wait_for_url(stack.base + "/ops")
+        await page.wait_for_selector("#live[data-state='live']")
+
+        s = fwd_shipment(403, prefix="POISON-")
+        await stack.submit(s.order)
+        await stack.wait_sql("SELECT count(*) = 1 FROM jobs WHERE state = 'dead'")
+        job_id = await stack.fetchval("SELECT id FROM jobs WHERE state = 'dead'")
+        dead_row = f"#dead-table tbody tr[data-job='{job_id}']"
+        await page.wait_for_selector(dead_row)  # the feed's queue event brings it in
+        row_text = await page.inner_text(dead_row)
+        assert "customs" in row_text and "permanent" in row_text and "400" in row_text
+        await page.screenshot(path=shot("browser-dead-letter.png"), full_page=True)
+
+        # "the cause is fixed": the sandbox takes POISON orders from now on
+        fixed = {"scenarios_off": ["POISON"]}
+        async with aiohttp.ClientSession() as http, http.post(stack.sandbox.url + "/sandbox/config", json=fixed) as r:
+            assert r.status == 200
+        await page.click(f"{dead_row} button.replay")
+        await page.wait_for_selector(dead_row, state="detached")
+        assert "queued again" in await page.inner_text("#toast")
+        await stack.wait_sql(
+            "SELECT forward_state = 'receipted' AND customs_status = '120' FROM documents WHERE message_id ="
+            " (SELECT id FROM messages WHERE guid = $1)",
+            s.order["guid"],
+        )
+        async with stack.pool.acquire() as conn:
+            job = await cbec_queue.get_job(conn, job_id)
+        assert job is not None and job["state"] == "done"
+        assert [h["outcome"] for h in job["history"]] == ["permanent", "replayed", "ok"]
+        assert "admin" in job["history"][1]["error"]  # the replay names who did it
+
+        # the shipment page: the order's forward state and customs status, the transmission, the receipts
+        key = urlencode({"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"]})
+        await page.goto(f"{stack.base}/ops#/shipment?{key}")
+        await page.wait_for_selector(".timeline li.transmission")
+        timeline = await page.inner_text(".timeline")
+        for text in (
+            "receipted 已回执",
+            "customs 海关 120",
+            "Transmission 发送 → customs",
+            "Receipt 回执 CEB312 · 2",
+            "Receipt 回执 CEB312 · 120",
+            "attempt history 尝试记录 (3)",
+        ):
+            assert text in timeline, text
+        await page.screenshot(path=shot("browser-replayed-shipment.png"), full_page=True)
         await page.context.close()
     assert errors == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,10 +20,11 @@ from gateway import samples
 from gateway.auth import Principal
 from gateway.config import Role
 from gateway.console import CONSOLE
-from gateway.console.queries import ReceiptsShape, mask_id_number
+from gateway.console.queries import mask_id_number
 from gateway.console.session import SessionStore
 from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A
 from tests.consoleutil import (
+    ConsoleClient,
     Ops,
     build_app,
     key_of,
@@ -34,6 +36,9 @@ from tests.consoleutil import (
     submit,
     xml_of,
 )
+from tests.forwardutil import legs as fwd_legs
+from tests.forwardutil import running_stack
+from tests.forwardutil import shipment as fwd_shipment
 
 pytestmark = pytest.mark.db
 
@@ -185,7 +190,7 @@ async def test_summary_counts_shipments_by_state(ops: Ops) -> None:
     body = await client.get_json("/ops/api/summary")
     assert body["shipments"]["by_state"] == {"mismatched": 1, "incomplete": 1, "matched": 2}
     assert body["shipments"]["total"] == 4
-    assert body["shipments"]["by_customs_status"] is None or isinstance(body["shipments"]["by_customs_status"], dict)
+    assert body["shipments"]["by_customs_status"] == {"pending": 4}  # nothing forwarded without a router
 
 
 async def test_mismatch_list_shows_field_both_values_and_documents(ops: Ops) -> None:
@@ -409,73 +414,62 @@ async def test_feed_is_one_task_for_many_clients_and_stops_with_the_app(db_pool:
             await c.close()
 
 
-async def test_optional_tables_are_read_when_present(db_pool: Any) -> None:
-    """customs_status and a receipts table (as the forwarding work adds them) appear in the console."""
-    async with db_pool.acquire() as conn:
-        if await conn.fetchval("SELECT to_regclass('receipts') IS NOT NULL"):
-            pytest.skip("the forwarding work's receipts table exists; this test builds its own stand-in")
-        await conn.execute(
-            "ALTER TABLE shipments ADD COLUMN IF NOT EXISTS customs_status text;"
-            " CREATE TABLE receipts (id bigserial PRIMARY KEY, message_guid text NOT NULL, message_type text,"
-            " return_status text, return_info text, raw_xml text, received_at timestamptz NOT NULL DEFAULT now())"
-        )
-    app = build_app(db_pool)
-    runner, base = await start(app)
-    try:
-        async with aiohttp.ClientSession() as session:
-            from tests.apiutil import Client
+async def test_receipts_and_customs_status_from_the_forwarding(db_dsn: str) -> None:
+    """A shipment forwarded to the sandbox, its receipts back through POST /v1/receipts: the console shows
+    the customs status (summary, list, shipment, each document), the receipts and their latency."""
+    async with running_stack(db_dsn) as stack:
+        s = fwd_shipment(141)
+        for payload in fwd_legs(s):
+            await stack.submit(payload)
+        await stack.wait_status(s, "released")
+        await stack.sandbox.wait_idle()
+        client = ConsoleClient(stack.base)
+        try:
+            assert (await client.sign_in(OPERATOR)).status == 303
+            summary = await client.get_json("/ops/api/summary")
+            assert summary["shipments"]["by_customs_status"] == {"released": 1}
+            [listed] = (await client.get_json("/ops/api/shipments", state="matched"))["items"]
+            assert listed["orderNo"] == s.order_doc["orderNo"] and listed["customsStatus"] == "released"
 
-            api = Client(session, base)
-            s = new_shipment(141)
-            await submit(api, s)
-            async with db_pool.acquire() as conn:
-                await conn.execute("UPDATE shipments SET customs_status = 'released' WHERE order_no = $1",
-                                   s.order_doc["orderNo"])  # fmt: skip
-                await conn.execute(
-                    "INSERT INTO receipts"
-                    " (message_guid, message_type, return_status, return_info, raw_xml, received_at)"
-                    " SELECT guid, 'CEB312', '120', '新增申报成功', '<x/>', received_at + interval '3 seconds'"
-                    " FROM messages WHERE guid = $1",
-                    s.order["guid"],
-                )
-            from tests.consoleutil import ConsoleClient
+            ship = await client.get_json("/ops/api/shipment", **key_of(s))
+            assert ship["customsStatus"] == "released"
+            docs = {d["kind"]: d for d in ship["documents"]}
+            assert docs.keys() == {"order", "payment", "waybill", "inventory"}
+            for kind in ("order", "payment", "waybill"):
+                assert (docs[kind]["forward_state"], docs[kind]["customs_status"]) == ("receipted", "120")
+            assert (docs["inventory"]["forward_state"], docs["inventory"]["customs_status"]) == ("receipted", "800")
+            by_doc: dict[int, list[str]] = {}
+            for r in ship["receipts"]:
+                assert r["outcome"] == "applied" and r["source"] == "http" and r["return_info"]
+                by_doc.setdefault(r["document_id"], []).append(r["return_status"])
+            assert by_doc == {docs[k]["id"]: ["2", "120"] for k in ("order", "payment", "waybill")} | {
+                docs["inventory"]["id"]: ["2", "120", "399", "800"]
+            }
+            assert "raw_xml" not in ship["receipts"][0]  # the XML stays in the database
+            customs_jobs = [j for j in ship["transmissions"] if j["endpoint"] == "customs"]
+            assert len(customs_jobs) == 4 and {j["state"] for j in customs_jobs} == {"done"}
 
-            client = ConsoleClient(base)
-            try:
-                assert (await client.sign_in(OPERATOR)).status == 303
-                info = await client.get_json("/ops/api/session")
-                assert info["features"] == {"customs_status": True, "receipts": True}
-                summary = await client.get_json("/ops/api/summary")
-                assert summary["shipments"]["by_customs_status"] == {"released": 1}
-                ship = await client.get_json("/ops/api/shipment", **key_of(s))
-                assert ship["customsStatus"] == "released"
-                [receipt] = ship["receipts"]
-                assert receipt["return_status"] == "120" and receipt["return_info"] == "新增申报成功"
-                assert receipt["raw_xml"] == "<4 characters>"
-                listed = await client.get_json("/ops/api/shipments", state="matched")
-                assert listed["items"][0]["customsStatus"] == "released"
-                series = await client.get_json("/ops/api/series", minutes="5")
-                p50 = [v for v in series["receipt_latency"]["p50_s"] if v is not None]
-                assert p50 and abs(p50[-1] - 3.0) < 0.01
-            finally:
-                await client.close()
-    finally:
-        await asyncio.wait_for(runner.cleanup(), 10)
-
-
-def test_receipts_shape_links() -> None:
-    shape = ReceiptsShape(frozenset({"id", "guid", "order_no", "ebp_code", "received_at"}))
-    found = shape.shipment_condition(
-        message_ids=[1], message_guids=["m"], document_ids=[2], document_guids=["d"], ebp_code="E", order_no="O"
-    )
-    assert found == ("r.guid = ANY ($1::text[]) OR (r.ebp_code = $2 AND r.order_no = $3)", [["d"], "E", "O"])
-    assert shape.message_link is None and shape.time_column == "received_at"
-    assert (
-        ReceiptsShape(frozenset({"x"})).shipment_condition(
-            message_ids=[], message_guids=[], document_ids=[], document_guids=[], ebp_code="", order_no=""
-        )
-        is None
-    )
+            # receipt latency: receipt received − declared message accepted, per minute of the receipt
+            accepted = {d["message_id"]: datetime.fromisoformat(d["received_at"]) for d in ship["documents"]}
+            expected: dict[datetime, list[float]] = {}
+            for r in ship["receipts"]:
+                at = datetime.fromisoformat(r["received_at"])
+                minute = at.replace(second=0, microsecond=0)
+                expected.setdefault(minute, []).append((at - accepted[r["message_id"]]).total_seconds())
+            series = await client.get_json("/ops/api/series", minutes="5")
+            latency = series["receipt_latency"]
+            got = {
+                datetime.fromisoformat(t): (p50, p95)
+                for t, p50, p95 in zip(series["minutes"], latency["p50_s"], latency["p95_s"], strict=True)
+                if p50 is not None
+            }
+            assert got.keys() == expected.keys()
+            for minute, latencies in expected.items():
+                p50, p95 = got[minute]
+                assert p50 == pytest.approx(statistics.median(latencies), abs=1e-3)
+                assert min(latencies) <= p50 <= p95 <= max(latencies) + 1e-3
+        finally:
+            await client.close()
 
 
 async def test_receipts_stored_as_documents_join_the_timeline(ops: Ops) -> None:

@@ -28,6 +28,9 @@ from tests.consoleutil import (
     submit,
     xml_of,
 )
+from tests.forwardutil import legs as fwd_legs
+from tests.forwardutil import running_stack
+from tests.forwardutil import shipment as fwd_shipment
 
 pytestmark = pytest.mark.db
 
@@ -90,6 +93,7 @@ async def test_ingest_counters_move_with_submissions(ops: Ops) -> None:
     done, _ = await scrape(ops.base)
     assert value(done, "cbec_shipments", state="incomplete") == 0
     assert value(done, "cbec_shipments", state="matched") == 1
+    assert value(done, "cbec_shipments_customs_status", status="pending") == 1  # no router: nothing forwarded
     assert value(done, "cbec_ingest_messages_total", message_type="CEB621", outcome="accepted") == 1
     assert value(done, "cbec_http_requests_total", route="/v1/messages", method="POST", status="202") == 5
 
@@ -150,6 +154,25 @@ async def test_queue_and_forwarding_gauges(ops: Ops) -> None:
     p99 = value(samples, "cbec_forward_latency_seconds", endpoint="customs", quantile="0.99")
     assert 0 <= p50 <= p99 < 60
     assert value(samples, "cbec_forward_attempt_seconds", endpoint="customs", quantile="0.5") == pytest.approx(0.04)
+
+
+async def test_customs_status_and_receipt_gauges_follow_the_forwarding(db_dsn: str) -> None:
+    async with running_stack(db_dsn) as stack:
+        s = fwd_shipment(211)
+        for payload in fwd_legs(s):
+            await stack.submit(payload)
+        await stack.wait_status(s, "released")
+        await stack.sandbox.wait_idle()
+        samples, _ = await scrape(stack.base)
+        latencies = await stack.fetch(
+            "SELECT EXTRACT(EPOCH FROM r.received_at - m.received_at)::float8 AS s"
+            " FROM receipts AS r JOIN messages AS m ON m.id = r.message_id"
+        )
+    assert value(samples, "cbec_shipments_customs_status", status="released") == 1
+    assert value(samples, "cbec_receipts_recent") == len(latencies) == 10  # 2 + 2 + 2 + 4 (docs/sandbox.md)
+    p50 = value(samples, "cbec_receipt_latency_seconds", quantile="0.5")
+    p99 = value(samples, "cbec_receipt_latency_seconds", quantile="0.99")
+    assert min(r["s"] for r in latencies) <= p50 <= p99 <= max(r["s"] for r in latencies)
 
 
 async def test_protected_metrics_need_an_operator_key(db_pool: Any) -> None:

@@ -6,7 +6,7 @@ import html
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,6 @@ class Console:
     secure_cookie: bool | None
     customs_endpoints: str
     poll_interval: float
-    features: q.Features = field(default_factory=q.Features)
     feed: Feed | None = None
 
 
@@ -225,7 +224,6 @@ async def session_info(request: web.Request) -> web.StreamResponse:
             "role": str(session.role),
             "csrf": session.csrf,
             "may_replay": session.may_replay,
-            "features": console.features.as_dict(),
             "customs_endpoints": console.customs_endpoints,
         }
     )
@@ -234,7 +232,7 @@ async def session_info(request: web.Request) -> web.StreamResponse:
 @api
 async def summary(request: web.Request) -> web.StreamResponse:
     async with _pool(request).acquire() as conn:
-        return json_response(await build_summary(conn, _console(request).features))
+        return json_response(await build_summary(conn))
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -290,7 +288,7 @@ async def shipments(request: web.Request) -> web.StreamResponse:
     except ValueError as exc:
         return error(400, str(exc))
     async with _pool(request).acquire() as conn:
-        return json_response(await q.list_shipments(conn, ql, _console(request).features))
+        return json_response(await q.list_shipments(conn, ql))
 
 
 @api
@@ -301,7 +299,7 @@ async def shipment(request: web.Request) -> web.StreamResponse:
         return error(400, "orderNo is required (and ebpCode, empty for a shipment known only by its waybill)")
     structlog.contextvars.bind_contextvars(shipment=f"{ebp_code}/{order_no}")
     async with _pool(request).acquire() as conn:
-        found = await q.shipment_detail(conn, ebp_code, order_no, _console(request).features)
+        found = await q.shipment_detail(conn, ebp_code, order_no)
     if found is None:
         return error(404, "no such shipment")
     return json_response(found)
@@ -364,17 +362,13 @@ async def series(request: web.Request) -> web.StreamResponse:
             i = index.get(r["t"])
             if i is not None:
                 out[r["series"]][i] = int(r["n"])
-        out["receipt_latency"] = None
-        shape = console.features.receipts
-        sql = q.receipt_latency_series_sql(shape) if shape else None
-        if sql:
-            p50: list[float | None] = [None] * minutes
-            p95: list[float | None] = [None] * minutes
-            for r in await conn.fetch(sql, since):
-                i = index.get(r["t"])
-                if i is not None:
-                    p50[i], p95[i] = r["p50"], r["p95"]
-            out["receipt_latency"] = {"p50_s": p50, "p95_s": p95}
+        p50: list[float | None] = [None] * minutes
+        p95: list[float | None] = [None] * minutes
+        for r in await conn.fetch(q.RECEIPT_LATENCY_SERIES, since):
+            i = index.get(r["t"])
+            if i is not None:
+                p50[i], p95[i] = r["p50"], r["p95"]
+        out["receipt_latency"] = {"p50_s": p50, "p95_s": p95}
     return json_response(out)
 
 
@@ -458,12 +452,7 @@ def setup(
     app[CONSOLE] = console
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        pool = app[pool_key]
-        try:
-            console.features = await q.detect_features(pool)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("console_features_unknown", error=str(exc))
-        console.feed = Feed(pool, lambda: console.features, interval=console.poll_interval)
+        console.feed = Feed(app[pool_key], interval=console.poll_interval)
         await console.feed.start()
         yield
         await console.feed.stop()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,14 +83,12 @@ class Feed:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        features: Callable[[], q.Features],
         *,
         interval: float = 1.0,
         recount_every: int = 5,
         queue_every: int = 5,
     ) -> None:
         self.pool = pool
-        self.features = features
         self.interval = interval
         self.recount_every = recount_every
         self.queue_every = queue_every
@@ -163,12 +160,11 @@ class Feed:
 
     async def tick(self) -> None:
         """One poll: the marker; the counts when it moved (or every recount_every ticks); the queue now and then."""
-        features = self.features()
         async with self.pool.acquire(timeout=5) as conn:
             marker = tuple(await conn.fetchrow(q.MARKER, timeout=5) or ())
             recount = marker != self._marker or self.ticks % self.recount_every == 0
             if recount:
-                summary = await build_summary(conn, features)
+                summary = await build_summary(conn)
                 changed = []
                 if self._marker is not None:  # not on the first poll: everything would count as changed
                     since = self._changed_since or _EPOCH
@@ -187,9 +183,8 @@ class Feed:
         self.ticks += 1
 
 
-async def build_summary(conn: asyncpg.Connection, features: q.Features) -> dict[str, Any]:
+async def build_summary(conn: asyncpg.Connection) -> dict[str, Any]:
     return {
-        "shipments": await q.shipment_counts(conn, features),
-        "features": features.as_dict(),
+        "shipments": await q.shipment_counts(conn),
         "as_of": datetime.now().astimezone(),
     }

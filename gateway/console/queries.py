@@ -1,10 +1,10 @@
 """Read queries of the operators' console and of the /metrics scrape (asyncpg, read-only).
 
 Every statement is a constant here or is assembled here from fixed fragments (filters add only ``$n``
-parameters). Tables the forwarding work adds — ``receipts`` and ``shipments.customs_status`` — are
-looked up once at start-up (:func:`detect_features`); the queries that use them exist only when they do.
+parameters). A shipment's transmissions, their attempts and its receipts are read with gateway.outbox's
+own queries (the API's shipment view uses the same).
 
-Indexes the queries rely on: gateway/sql/001_core.sql, 010_queue.sql and 030_console.sql.
+Indexes the queries rely on: gateway/sql/001_core.sql, 010_queue.sql, 020_forwarding.sql and 030_console.sql.
 """
 
 from __future__ import annotations
@@ -24,116 +24,19 @@ from gateway import outbox
 #: Reconciliation states in the order the console shows them (gateway.reconcile.ShipmentState).
 STATES: tuple[str, ...] = ("mismatched", "incomplete", "matched")
 
-#: Columns of a receipts row that are never sent to the browser whole (XML, payloads).
-_BULKY = frozenset({"raw", "raw_xml", "xml", "payload", "body", "message", "response"})
-
-
-# --- what the database has ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReceiptsShape:
-    """How a ``receipts`` table (added by the forwarding work) can be read: its columns and links."""
-
-    columns: frozenset[str]
-
-    @property
-    def time_column(self) -> str | None:
-        return next((c for c in ("received_at", "created_at", "stored_at") if c in self.columns), None)
-
-    @property
-    def message_link(self) -> str | None:
-        """SQL joining ``receipts AS r`` to the declared ``messages AS m``, when a link column exists."""
-        if "message_id" in self.columns:
-            return "m.id = r.message_id"
-        if "message_guid" in self.columns:
-            return "m.guid = r.message_guid"
-        if "document_id" in self.columns:
-            return "m.id = (SELECT d.message_id FROM documents AS d WHERE d.id = r.document_id)"
-        return None
-
-    def shipment_condition(
-        self,
-        *,
-        message_ids: list[int],
-        message_guids: list[str],
-        document_ids: list[int],
-        document_guids: list[str],
-        ebp_code: str,
-        order_no: str,
-    ) -> tuple[str, list[Any]] | None:
-        """WHERE clause (and its arguments) finding a shipment's receipts by whatever links the table has."""
-        parts: list[str] = []
-        args: list[Any] = []
-
-        def add(sql: str, *values: Any) -> None:
-            args.extend(values)
-            numbers = range(len(args) - len(values) + 1, len(args) + 1)
-            parts.append(sql.format(*(f"${n}" for n in numbers)))
-
-        if "message_id" in self.columns:
-            add("r.message_id = ANY ({}::bigint[])", message_ids)
-        if "message_guid" in self.columns:
-            add("r.message_guid = ANY ({}::text[])", message_guids)
-        if "document_id" in self.columns:
-            add("r.document_id = ANY ({}::bigint[])", document_ids)
-        for name in ("doc_guid", "guid"):
-            if name in self.columns:
-                add(f"r.{name} = ANY ({{}}::text[])", document_guids)
-                break
-        if {"ebp_code", "order_no"} <= self.columns:
-            add("(r.ebp_code = {} AND r.order_no = {})", ebp_code, order_no)
-        elif "order_no" in self.columns:
-            add("r.order_no = {}", order_no)
-        return (" OR ".join(parts), args) if parts else None
-
-
-@dataclass(frozen=True)
-class Features:
-    """Optional schema parts, detected once at start-up (information_schema)."""
-
-    customs_status: bool = False
-    receipts: ReceiptsShape | None = None
-
-    def as_dict(self) -> dict[str, bool]:
-        return {"customs_status": self.customs_status, "receipts": self.receipts is not None}
-
-
-DETECT = """
-SELECT table_name, column_name FROM information_schema.columns
- WHERE table_schema = current_schema() AND table_name IN ('shipments', 'receipts')
-"""
-
-
-async def detect_features(conn: asyncpg.Connection | asyncpg.Pool) -> Features:
-    columns: dict[str, set[str]] = {}
-    for r in await conn.fetch(DETECT):
-        columns.setdefault(r["table_name"], set()).add(r["column_name"])
-    receipts = columns.get("receipts")
-    return Features(
-        customs_status="customs_status" in columns.get("shipments", set()),
-        receipts=ReceiptsShape(frozenset(receipts)) if receipts else None,
-    )
-
-
 # --- counts -------------------------------------------------------------------------------------
 
-#: Shipments by reconciliation state (index-only scan of shipments_state_updated_idx).
-COUNT_BY_STATE = "SELECT state, count(*)::bigint AS n FROM shipments GROUP BY state"
-#: Shipments by customs status; '' while a shipment has none yet.
-COUNT_BY_CUSTOMS_STATUS = (
-    "SELECT COALESCE(customs_status::text, '') AS status, count(*)::bigint AS n FROM shipments GROUP BY 1"
-)
+#: Shipments by reconciliation state and customs status (gateway/sql/020_forwarding.sql).
+COUNT_SHIPMENTS = "SELECT state, customs_status, count(*)::bigint AS n FROM shipments GROUP BY 1, 2"
 
 
-async def shipment_counts(conn: asyncpg.Connection, features: Features) -> dict[str, Any]:
+async def shipment_counts(conn: asyncpg.Connection) -> dict[str, Any]:
     by_state = {s: 0 for s in STATES}
-    for r in await conn.fetch(COUNT_BY_STATE):
-        by_state[r["state"]] = int(r["n"])
-    out: dict[str, Any] = {"total": sum(by_state.values()), "by_state": by_state, "by_customs_status": None}
-    if features.customs_status:
-        out["by_customs_status"] = {r["status"]: int(r["n"]) for r in await conn.fetch(COUNT_BY_CUSTOMS_STATUS)}
-    return out
+    by_customs: dict[str, int] = {}
+    for r in await conn.fetch(COUNT_SHIPMENTS):
+        by_state[r["state"]] += int(r["n"])
+        by_customs[r["customs_status"]] = by_customs.get(r["customs_status"], 0) + int(r["n"])
+    return {"total": sum(by_state.values()), "by_state": by_state, "by_customs_status": by_customs}
 
 
 #: The live feed's change marker: cheap index look-ups, each moves when something new is committed.
@@ -155,7 +58,7 @@ SELECT ebp_code, order_no, state, updated_at FROM shipments
 
 _LIST_SELECT = """
 SELECT s.id, s.ebp_code, s.order_no, s.ebc_code, s.state, s.missing, s.findings, s.mode, s.buyer_id_number,
-       s.created_at, s.updated_at{extra},
+       s.customs_status, s.created_at, s.updated_at,
        (SELECT d.head->>'buyerName' FROM documents AS d
          WHERE d.ebp_code = s.ebp_code AND d.order_no = s.order_no AND d.kind IN ('order', 'inventory')
            AND d.is_current AND NOT d.withdrawn
@@ -214,7 +117,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
 
 
-def list_sql(q: ListQuery, features: Features) -> tuple[str, list[Any]]:
+def list_sql(q: ListQuery) -> tuple[str, list[Any]]:
     """The list statement and its arguments: newest first, keyset-paginated on (updated_at, id)."""
     clauses: list[str] = []
     args: list[Any] = []
@@ -228,9 +131,8 @@ def list_sql(q: ListQuery, features: Features) -> tuple[str, list[Any]]:
         args.extend((ts, row_id))
         clauses.append(f"(s.updated_at, s.id) < (${len(args) - 1}, ${len(args)})")
     args.append(q.limit + 1)
-    extra = ", s.customs_status::text AS customs_status" if features.customs_status else ""
     sql = (
-        _LIST_SELECT.format(extra=extra)
+        _LIST_SELECT
         + (" WHERE " + " AND ".join(clauses) if clauses else "")
         + f" ORDER BY s.updated_at DESC, s.id DESC LIMIT ${len(args)}"
     )
@@ -253,19 +155,18 @@ def shipment_row(r: asyncpg.Record) -> dict[str, Any]:
         "missing": list(r["missing"]),
         "findings": _json(r["findings"]),
         "mode": r["mode"],
+        "customsStatus": r["customs_status"],
         "buyerIdNumber": r["buyer_id_number"],
         "created_at": r["created_at"],
         "updated_at": r["updated_at"],
     }
     if "buyer_name" in r:
         out["buyerName"] = r["buyer_name"]
-    if "customs_status" in r:
-        out["customsStatus"] = r["customs_status"]
     return out
 
 
-async def list_shipments(conn: asyncpg.Connection, q: ListQuery, features: Features) -> dict[str, Any]:
-    sql, args = list_sql(q, features)
+async def list_shipments(conn: asyncpg.Connection, q: ListQuery) -> dict[str, Any]:
+    sql, args = list_sql(q)
     rows = await conn.fetch(sql, *args)
     more = len(rows) > q.limit
     rows = rows[: q.limit]
@@ -310,19 +211,10 @@ WITH own AS MATERIALIZED (
 )
 SELECT d.id, d.message_id, d.doc_index, d.doc_guid, d.kind, d.message_type, d.key1, d.key2, d.app_type,
        d.app_time, d.app_status, d.path, d.head, d.lines, d.is_current, d.withdrawn, d.superseded_by,
+       d.forward_state, d.sent_at, d.customs_status, d.customs_info, d.customs_return_time, d.receipt_overdue,
        m.guid AS message_guid, m.received_at, m.submitter, m.source
   FROM ids JOIN documents AS d ON d.id = ids.id JOIN messages AS m ON m.id = d.message_id
  ORDER BY m.received_at, d.id
-"""
-
-#: Jobs that transmitted these messages ($1 message guids): the same query as the API's shipment detail.
-TRANSMISSIONS = outbox.TRANSMISSIONS
-
-#: Attempt history of jobs ($1 ids), in the order things happened.
-HISTORY = """
-SELECT job_id, replay, attempt, worker_id, started_at, finished_at, outcome, error, duration_ms
-  FROM job_attempts WHERE job_id = ANY ($1::bigint[])
- ORDER BY job_id, replay, attempt, id
 """
 
 
@@ -347,53 +239,34 @@ def small_payload(payload: Any) -> dict[str, Any]:
 
 
 async def job_history(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """Attempt history of jobs, in the order things happened (gateway.outbox.ATTEMPTS)."""
     out: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
     if ids:
-        for h in await conn.fetch(HISTORY, list(ids)):
+        for h in await conn.fetch(outbox.ATTEMPTS, list(ids)):
             entry = dict(h)
             out[entry.pop("job_id")].append(entry)
     return out
 
 
-async def shipment_detail(
-    conn: asyncpg.Connection, ebp_code: str, order_no: str, features: Features
-) -> dict[str, Any] | None:
+async def shipment_detail(conn: asyncpg.Connection, ebp_code: str, order_no: str) -> dict[str, Any] | None:
+    """The shipment with every version of its documents (each with its forward state and customs status),
+    the jobs that transmitted its messages (with their attempts) and the receipts of its documents."""
     s = await conn.fetchrow(SHIPMENT, ebp_code, order_no)
     if s is None:
         return None
     out = shipment_row(s)
-    if features.customs_status:
-        out["customsStatus"] = s["customs_status"]
+    out["customsInfo"] = s["customs_info"]
     docs = [dict(r) for r in await conn.fetch(SHIPMENT_DOCUMENTS, ebp_code, order_no)]
     for d in docs:
         d["head"], d["lines"] = _json(d["head"]), _json(d["lines"])
     out["documents"] = docs
-    jobs = [dict(r) for r in await conn.fetch(TRANSMISSIONS, sorted({d["message_guid"] for d in docs}))]
+    jobs = [dict(r) for r in await conn.fetch(outbox.TRANSMISSIONS, sorted({d["message_guid"] for d in docs}))]
     history = await job_history(conn, [j["id"] for j in jobs])
     for j in jobs:
         j["history"] = history[j["id"]]
     out["transmissions"] = jobs
-    out["receipts"] = None
-    shape = features.receipts
-    if shape is not None:
-        out["receipts"] = []
-        found = shape.shipment_condition(
-            message_ids=sorted({d["message_id"] for d in docs}),
-            message_guids=sorted({d["message_guid"] for d in docs}),
-            document_ids=sorted({d["id"] for d in docs}),
-            document_guids=sorted({d["doc_guid"] for d in docs}),
-            ebp_code=ebp_code,
-            order_no=order_no,
-        )
-        if found:
-            condition, args = found
-            order = f" ORDER BY r.{shape.time_column}" if shape.time_column else ""
-            rows = await conn.fetch(f"SELECT r.* FROM receipts AS r WHERE {condition}{order} LIMIT 500", *args)
-            out["receipts"] = [
-                {k: (f"<{len(v)} characters>" if k in _BULKY and isinstance(v, str) else v)
-                 for k, v in dict(r).items()}
-                for r in rows
-            ]  # fmt: skip
+    receipts = await conn.fetch(outbox.RECEIPTS_OF, [d["id"] for d in docs], sorted({d["message_id"] for d in docs}))
+    out["receipts"] = [{**r, "keys": _json(r["keys"])} for r in receipts]
     return out
 
 
@@ -433,31 +306,22 @@ SELECT 'forwarded', date_trunc('minute', a.finished_at), count(*)
 """
 
 
-def receipt_latency_series_sql(shape: ReceiptsShape) -> str | None:
-    """Per minute since $1: median and 95th percentile of receipt time − message acceptance (seconds)."""
-    link, at = shape.message_link, shape.time_column
-    if link is None or at is None:
-        return None
-    return f"""
-SELECT date_trunc('minute', r.{at}) AS t,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM r.{at} - m.received_at)) AS p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM r.{at} - m.received_at)) AS p95
-  FROM receipts AS r JOIN messages AS m ON {link}
- WHERE r.{at} >= $1 GROUP BY 1
+#: Per minute since $1: median and 95th percentile of receipt received − declared message accepted (seconds).
+RECEIPT_LATENCY_SERIES = """
+SELECT date_trunc('minute', r.received_at) AS t,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM r.received_at - m.received_at)) AS p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM r.received_at - m.received_at)) AS p95
+  FROM receipts AS r JOIN messages AS m ON m.id = r.message_id
+ WHERE r.received_at >= $1 GROUP BY 1
 """
 
-
-def receipt_latency_window_sql(shape: ReceiptsShape) -> str | None:
-    """Over the last $1 seconds: count and quantiles (0.5, 0.9, 0.99) of receipt latency in seconds."""
-    link, at = shape.message_link, shape.time_column
-    if link is None or at is None:
-        return None
-    return f"""
+#: Over the last $1 seconds: count and quantiles (0.5, 0.9, 0.99) of that receipt latency in seconds.
+RECEIPT_LATENCY_WINDOW = """
 SELECT count(*)::bigint AS n,
-       percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM r.{at} - m.received_at))
+       percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM r.received_at - m.received_at))
            AS q
-  FROM receipts AS r JOIN messages AS m ON {link}
- WHERE r.{at} >= now() - make_interval(secs => $1)
+  FROM receipts AS r JOIN messages AS m ON m.id = r.message_id
+ WHERE r.received_at >= now() - make_interval(secs => $1)
 """
 
 

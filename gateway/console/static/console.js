@@ -8,6 +8,8 @@
   const DOC_ZH = { CEB311: "订单", CEB411: "支付单", CEB511: "运单", CEB621: "清单" };
   const APP_TYPE = { "1": "new 新增", "2": "change 变更", "3": "delete 删除" };
   const STATE_ZH = { mismatched: "不一致", incomplete: "待补齐", matched: "已匹配" };
+  const CUSTOMS_ZH = { pending: "未申报", declared: "已申报", accepted: "已受理", released: "已放行", rejected: "被拒" };
+  const FORWARD_ZH = { held: "暂缓", queued: "待发送", sent: "已发送", receipted: "已回执", rejected: "被拒" };
 
   const state = {
     session: null,
@@ -112,13 +114,9 @@
     setKpi("kpi-incomplete", shipments.by_state.incomplete);
     setKpi("kpi-matched", shipments.by_state.matched);
     setKpi("kpi-total", shipments.total);
-    const customs = shipments.by_customs_status;
-    $("customs").hidden = !customs;
-    if (customs) {
-      const chips = Object.entries(customs).sort((a, b) => b[1] - a[1]).map(([status, n]) =>
-        h("span", { class: "chip" }, status || "not sent 未发送", h("b", { text: fmtNum(n) })));
-      $("customs-chips").replaceChildren(...chips);
-    }
+    const chips = Object.entries(shipments.by_customs_status).sort((a, b) => b[1] - a[1]).map(([status, n]) =>
+      h("span", { class: "chip" }, `${status} ${CUSTOMS_ZH[status] || ""}`, h("b", { text: fmtNum(n) })));
+    $("customs-chips").replaceChildren(...chips);
   }
 
   // --- queue ---
@@ -350,14 +348,10 @@
     const sum = (a) => a.reduce((x, v) => x + v, 0);
     $("chart-totals").textContent =
       `60 min: ${fmtNum(sum(body.accepted))} / ${fmtNum(sum(body.rejected))} / ${fmtNum(sum(body.forwarded))}`;
-    const lat = body.receipt_latency;
-    $("latency-block").hidden = !lat;
-    if (lat) {
-      lineChart($("latency-chart"), body.minutes, [
-        { name: "p50", label: "p50", values: lat.p50_s },
-        { name: "p95", label: "p95", values: lat.p95_s },
-      ], { height: 130, unit: "s" });
-    }
+    lineChart($("latency-chart"), body.minutes, [
+      { name: "p50", label: "p50", values: body.receipt_latency.p50_s },
+      { name: "p95", label: "p95", values: body.receipt_latency.p95_s },
+    ], { height: 130, unit: "s" });
   }
 
   // --- the live feed ---
@@ -471,6 +465,11 @@
       if (d.withdrawn) tags.push(h("span", { class: "tag withdrawn", text: "withdrawn 已撤回" }));
       else if (d.is_current) tags.push(h("span", { class: "tag current", text: "current 当前" }));
       else if (d.superseded_by) tags.push(h("span", { class: "tag", text: "superseded 已被替换" }));
+      if (d.forward_state !== "none") {
+        tags.push(h("span", { class: `tag ${d.forward_state}`, title: d.receipt_overdue ? "receipt overdue 回执超时" : null,
+          text: `${d.forward_state} ${FORWARD_ZH[d.forward_state] || ""}${d.receipt_overdue ? " ⚠" : ""}` }));
+      }
+      if (d.customs_status) tags.push(h("span", { class: "tag", text: `customs 海关 ${d.customs_status}` }));
       const keys = [d.key1, d.key2].filter(Boolean).join(" / ");
       items.push({ at: d.received_at, el: h("li", { class: d.is_current || d.withdrawn ? "document" : "document superseded" },
         h("span", { class: "t", text: fmtTime(d.received_at) }),
@@ -478,9 +477,10 @@
         xmlButton(d.message_guid),
         h("div", { class: "detail" },
           `appType ${d.app_type || "?"} ${APP_TYPE[d.app_type] || ""} · appTime ${d.app_time || "—"} · ${keys} · `,
-          h("span", { class: "mono", text: `guid ${d.doc_guid}` }), ` · by ${d.submitter} (${d.source})`)) });
+          h("span", { class: "mono", text: `guid ${d.doc_guid}` }), ` · by ${d.submitter} (${d.source})`,
+          d.customs_status ? ` · ${d.customs_info || ""} (returnTime ${d.customs_return_time || "—"})` : "")) });
     }
-    for (const j of ship.transmissions || []) {
+    for (const j of ship.transmissions) {
       items.push({ at: j.created_at, el: h("li", { class: j.state === "dead" ? "transmission failed" : "transmission" },
         h("span", { class: "t", text: fmtTime(j.created_at) }),
         h("span", { class: "what", text: `Transmission 发送 → ${j.endpoint}` }),
@@ -491,14 +491,13 @@
           h("summary", { text: `attempt history 尝试记录 (${j.history.length})` }),
           attemptsTable(j.history)) : null) });
     }
-    for (const r of ship.receipts || []) {
-      const at = r.received_at || r.created_at || r.return_time;
-      const status = r.return_status ?? r.returnStatus ?? "";
-      const info = r.return_info ?? r.returnInfo ?? "";
-      items.push({ at, el: h("li", { class: String(status).startsWith("-") || status === "100" ? "receipt failed" : "receipt" },
-        h("span", { class: "t", text: fmtTime(at) }),
-        h("span", { class: "what", text: `Receipt 回执 ${r.message_type || ""} ${status}` }),
-        h("div", { class: "detail", text: info })) });
+    for (const r of ship.receipts) {
+      const status = r.return_status;
+      items.push({ at: r.received_at, el: h("li", { class: status.startsWith("-") || status === "100" ? "receipt failed" : "receipt" },
+        h("span", { class: "t", text: fmtTime(r.received_at) }),
+        h("span", { class: "what", text: `Receipt 回执 ${r.message_type} · ${status}` }),
+        h("span", { class: "tag", text: r.outcome }),
+        h("div", { class: "detail", text: `${r.return_info || ""} · returnTime ${r.return_time} · via ${r.source}` })) });
     }
     items.sort((a, b) => String(a.at).localeCompare(String(b.at)));
     return items.map((i) => i.el);
@@ -530,7 +529,8 @@
         h("div", { class: "ship-head" },
           h("h1", { class: "mono", text: ship.orderNo }),
           h("span", { class: `state ${ship.state}`, text: `${ship.state} ${STATE_ZH[ship.state] || ""}` }),
-          ship.customsStatus !== undefined ? h("span", { class: "chip", text: `customs 海关: ${ship.customsStatus || "not sent"}` }) : null),
+          h("span", { class: "chip", title: ship.customsInfo || "",
+            text: `customs 海关: ${ship.customsStatus} ${CUSTOMS_ZH[ship.customsStatus] || ""}` })),
         h("dl", { class: "facts" },
           fact("ebpCode 电商平台", ship.ebpCode || "(waybill only)", true),
           fact("ebcCode 电商企业", ship.ebcCode, true),
@@ -543,7 +543,7 @@
       h("section", { class: "panel" }, h("h2", {}, "Findings ", h("span", { class: "zh", text: "差异" })),
         findingsTable(ship.findings)),
       h("section", { class: "panel" }, h("h2", {}, "Timeline ", h("span", { class: "zh", text: "时间线" }),
-        h("small", { text: ship.receipts === null ? "documents and transmissions" : "documents, transmissions and receipts" })),
+        h("small", { text: "documents, transmissions and receipts" })),
         h("ol", { class: "timeline" }, timelineItems(ship))));
   }
 
