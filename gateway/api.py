@@ -176,7 +176,7 @@ async def post_message(request: web.Request) -> web.Response:
             issues=exc.issues,
             http_status=status,
         )
-        log.info("message_rejected", codes=[i.code for i in exc.issues[:10]])
+        log.info("message_rejected", message_type=exc.message_type, codes=[i.code for i in exc.issues[:10]])
         return error_response(status, "the message was rejected", exc.issues)
     except Forbidden as exc:
         return error_response(403, "the API key may not submit these documents", exc.issues)
@@ -190,6 +190,8 @@ async def post_message(request: web.Request) -> web.Response:
             http_status=409,
         )
         return error_response(409, "the message conflicts with what is stored", exc.issues)
+    shipments = [f"{s['ebpCode']}/{s['orderNo']}" for s in result.body.get("shipments", [])]
+    structlog.contextvars.bind_contextvars(shipment=shipments[0] if len(shipments) == 1 else shipments)
     headers = {"Location": f"/v1/messages/{result.guid}"}
     if result.replay:
         headers["Idempotent-Replay"] = "true"
@@ -202,6 +204,7 @@ def _visible(principal: Principal, parties: Any) -> bool:
 
 async def get_message(request: web.Request) -> web.Response:
     principal = _principal(request)
+    structlog.contextvars.bind_contextvars(guid=request.match_info["guid"])
     found = await request.app[STORE].get_message(request.match_info["guid"])
     parties = {p for d in (found or {}).get("documents", []) for p in d.get("parties") or ()}
     if found is None or not _visible(principal, parties):
@@ -240,6 +243,7 @@ async def list_shipments(request: web.Request) -> web.Response:
 
 async def get_shipment(request: web.Request) -> web.Response:
     principal = _principal(request)
+    structlog.contextvars.bind_contextvars(shipment=f"{request.match_info['ebpCode']}/{request.match_info['orderNo']}")
     found = await request.app[STORE].get_shipment(request.match_info["ebpCode"], request.match_info["orderNo"])
     if found is None or not _visible(principal, found.get("parties")):
         return error_response(404, "no such shipment")

@@ -230,6 +230,12 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
     log = err.decode()
     assert proc.returncode == 0, log[-2000:]
     assert '"event": "customs_sandbox"' in log
+    # every request line carries its request id; a submission also its message guid and shipment key
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    posts = [e for e in events if e.get("event") == "request" and e.get("path") == "/v1/messages"]
+    assert len(posts) == 8, posts[:2]
+    keys = {key_path(s).removeprefix("/v1/shipments/") for s in ships}
+    assert all(e["request_id"] and e["guid"] and e["shipment"] in keys for e in posts), posts[:2]
     # the internal customs key (secrets.token_urlsafe(32): 43 characters) is never logged
     assert not re.search(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", log)
 
