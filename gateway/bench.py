@@ -265,6 +265,9 @@ INGEST_ONLY_ENV = {"CBEC_FORWARDING_WORKER": "false", "CBEC_FORWARDING_SANDBOX_P
 #: ``cbec serve`` as it runs by default: its queue worker forwards every message to the built-in customs
 #: sandbox (on a free port here), whose receipts come back to the gateway over HTTP.
 FORWARDING_ENV = {"CBEC_FORWARDING_SANDBOX_PORT": "0"}
+#: ``cbec serve`` with its forwarding and the built-in sandbox answering at once (receipt delays zero): the
+#: release run measures the gateway's own forwarding path (queue, customs adapter, receipts), not a wait.
+RELEASE_ENV = {"CBEC_FORWARDING_SANDBOX_PORT": "0", "CBEC_FORWARDING_SANDBOX_RECEIPT_DELAY_S": "0"}
 
 
 class GatewayProcess:
@@ -453,6 +456,55 @@ async def drive(
         cpu_us_per_message=cpu,
         machine_share=share,
         errors=errors,
+    )
+
+
+@dataclass
+class ReleaseBench:
+    """Submission to release through the forwarding (gateway.workers.submit_and_wait_released)."""
+
+    shipments: int
+    released: int
+    seconds: float  # from the first submission until the last shipment was seen released
+    submit_seconds: float  # until the last leg was accepted
+    customs_done: int  # customs jobs done (messages forwarded) when the run ended
+    p50_s: float
+    p99_s: float
+
+    @property
+    def forwarded_per_second(self) -> float:
+        return _rate(self.customs_done, self.seconds)
+
+    @property
+    def ok(self) -> bool:
+        return self.released == self.shipments
+
+
+def release_samples(seed: int, count: int) -> list[samples.ShipmentSample]:
+    """Shipments as JSON payloads (the gateway renders and signs the CEB621), half 9610 and half 1210."""
+    rng = random.Random(seed * 7919 + 1)
+    return [samples.shipment(rng, mode=rng.choice(("9610", "1210")), n_items=rng.randint(1, 5)) for _ in range(count)]
+
+
+async def bench_release(
+    gateway: GatewayProcess, shipments: Sequence[samples.ShipmentSample], concurrency: int, *, timeout_s: float
+) -> ReleaseBench:
+    """Submit the shipments to a ``cbec serve`` forwarding to its sandbox (receipt delays zero) and wait until
+    every one is released (receipt 800); forwarded messages/s = customs jobs done / wall time."""
+    from gateway.workers import submit_and_wait_released
+
+    run = await submit_and_wait_released(
+        gateway.base_url, gateway.api_key, shipments, concurrency=concurrency, timeout_s=timeout_s, poll_s=0.1
+    )
+    states = await _job_states(gateway.dsn, endpoint="customs")
+    return ReleaseBench(
+        shipments=run.shipments,
+        released=run.released,
+        seconds=run.total_s,
+        submit_seconds=run.submit_s,
+        customs_done=states.get("done", 0),
+        p50_s=run.percentile(0.50) or 0.0,
+        p99_s=run.percentile(0.99) or 0.0,
     )
 
 
@@ -703,6 +755,7 @@ class Report:
     forwarding: IngestRun | None
     forwarding_verification: Verification | None
     forwarding_jobs: dict[str, int]
+    release: ReleaseBench | None
     flatness: list[FlatRow]
     notes: list[str]
 
@@ -715,6 +768,7 @@ class Report:
         return (
             self.verification.ok
             and (self.forwarding_verification is None or self.forwarding_verification.ok)
+            and (self.release is None or self.release.ok)
             and all(r.verification.ok for r in self.flatness)
         )
 
@@ -742,6 +796,15 @@ class Report:
                 else None
             ),
             "forwarding_jobs_after_run": self.forwarding_jobs,
+            "release": (
+                {
+                    **asdict(self.release),
+                    "forwarded_per_second": self.release.forwarded_per_second,
+                    "ok": self.release.ok,
+                }
+                if self.release
+                else None
+            ),
             "flatness": [
                 {
                     "shipments_stored": r.shipments_stored,
@@ -804,6 +867,12 @@ def format_report(r: Report) -> str:
             c = fw.cpu_us_per_message
             row("   CPU per message: gateway / PostgreSQL / client (µs)",
                 f"{c['gateway']:.0f} / {c['postgres']:.0f} / {c['client']:.0f}")  # fmt: skip
+    rl = r.release
+    if rl is not None:
+        row("3c. forwarding throughput to the sandbox (messages/s)", f"{rl.forwarded_per_second:,.0f}")
+        row("   time from submission to 800 released p50 / p99 (s)", f"{rl.p50_s:.2f} / {rl.p99_s:.2f}")
+        row("   shipments released / submitted (receipt delays 0)", f"{rl.released:,} / {rl.shipments:,}")
+        row("   customs messages forwarded / wall time (s)", f"{rl.customs_done:,} / {rl.seconds:.1f}")
     row("4. full ingest / bare lxml", f"{r.ratio:.3f} ({1 / r.ratio:.0f}×)" if r.ratio else "-")
     if i.machine_share:
         sh = i.machine_share
@@ -942,6 +1011,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
             forwarding: IngestRun | None = None
             forwarding_verification: Verification | None = None
             forwarding_jobs: dict[str, int] = {}
+            release: ReleaseBench | None = None
             if opts.forwarding:
                 if _uses_sandbox(opts.config):
                     say(f"full ingest of {len(messages):,} messages with forwarding to the customs sandbox ...")
@@ -956,6 +1026,20 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
                         finally:
                             await gateway.stop()
                         forwarding_verification = await verify(dsn, messages)
+                    release_set = release_samples(opts.seed, n_shipments)
+                    say(f"forwarding {len(release_set):,} shipments to the sandbox until released ...")
+                    async with fresh_database(admin_dsn) as (dsn, _dbname):
+                        gateway = GatewayProcess(dsn, work, opts.config, RELEASE_ENV)
+                        try:
+                            await gateway.start()
+                            release = await bench_release(
+                                gateway, release_set, opts.concurrency, timeout_s=max(60.0, n_shipments * 0.2)
+                            )
+                        finally:
+                            await gateway.stop()
+                    if not release.ok:
+                        notes.append(f"release run: {release.shipments - release.released:,} shipments not released"
+                                     " before the timeout; see the gateway log")  # fmt: skip
                 else:
                     notes.append("the configuration names a customs endpoint: the run with forwarding was skipped")
 
@@ -980,6 +1064,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
         forwarding=forwarding,
         forwarding_verification=forwarding_verification,
         forwarding_jobs=forwarding_jobs,
+        release=release,
         flatness=flatness,
         notes=notes,
     )
@@ -995,10 +1080,12 @@ def _uses_sandbox(config_file: str | None) -> bool:
     return fwd.enabled and uses_sandbox(fwd)
 
 
-async def _job_states(dsn: str) -> dict[str, int]:
+async def _job_states(dsn: str, *, endpoint: str | None = None) -> dict[str, int]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+        rows = await conn.fetch(
+            "SELECT state, count(*) AS n FROM jobs WHERE $1::text IS NULL OR endpoint = $1 GROUP BY state", endpoint
+        )
     finally:
         await conn.close()
     return {r["state"]: r["n"] for r in rows}

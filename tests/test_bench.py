@@ -51,6 +51,15 @@ async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
     assert report.forwarding.accepted == 40 and report.forwarding_verification.ok
     assert any(line.strip().startswith("3b.") for line in table)
 
+    # The release run: every shipment forwarded to the sandbox (four customs messages each) and released.
+    rl = report.release
+    assert rl is not None and rl.ok, text
+    assert rl.shipments == rl.released == 10
+    assert rl.customs_done == 40
+    assert rl.forwarded_per_second > 0 and 0 < rl.p50_s <= rl.p99_s <= rl.seconds
+    assert any(line.strip().startswith("3c.") for line in table)
+    assert report.as_dict()["release"]["forwarded_per_second"] == rl.forwarded_per_second
+
     flat = report.flatness
     assert len(flat) == 1
     assert flat[0].shipments_stored == 30
