@@ -46,11 +46,17 @@ Handler = Callable[[cbec_queue.Job], Awaitable[None]]
 # --- configuration -> endpoints, router --------------------------------------------------------------------
 
 
+#: Customs deliveries in flight per worker when the built-in sandbox plays customs.
+SANDBOX_CUSTOMS_CONCURRENCY = 8
+
+
 def sandbox_endpoints(base_url: str) -> tuple[EndpointSettings, ...]:
     """The three endpoints the customs sandbox plays (gateway.sandbox)."""
     base = base_url.rstrip("/")
     return (
-        EndpointSettings("customs", "customs", url=f"{base}/dxp"),
+        # In process and answering at once: more deliveries in flight than a remote endpoint's default (4), which
+        # would leave the worker waiting on commits; fewer than the pool (16), which the ingest shares.
+        EndpointSettings("customs", "customs", url=f"{base}/dxp", concurrency=SANDBOX_CUSTOMS_CONCURRENCY),
         EndpointSettings("inspection", "inspection", url=f"{base}/inspection", timeout_s=15.0),
         EndpointSettings("warehouse", "warehouse", url=f"{base}/warehouse/orders", timeout_s=15.0),
     )

@@ -573,6 +573,39 @@ async def test_worker_reaps_an_abandoned_claim(pool: asyncpg.Pool) -> None:
     assert done == [2]
 
 
+@pytest.mark.db
+@pytest.mark.parametrize("timeout", [None, 5.0])
+async def test_a_job_the_handler_marked_done_is_not_finished_again(pool: asyncpg.Pool, timeout: float | None) -> None:
+    ids = await add_jobs(pool, "customs", 3)
+    seen: list[int] = []
+
+    async def commits_itself(job: Job) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await cbec_queue.mark_done(conn, job)
+        seen.append(job.id)
+
+    finishes = 0
+    real_finish = cbec_queue.store._finish
+
+    async def counting_finish(*args: Any, **kw: Any) -> bool:
+        nonlocal finishes
+        finishes += 1
+        return await real_finish(*args, **kw)
+
+    worker = Worker(pool, {"customs": commits_itself}, handler_timeout_s=timeout, **fast())
+    with capture_logs() as logs, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cbec_queue.store, "_finish", counting_finish)
+        async with running(worker):
+            await wait_until(holds(pool, "SELECT count(*) = 3 FROM jobs WHERE state = 'done'"))
+            await wait_until(lambda: asyncio.sleep(0, len(seen) == 3))
+    assert sorted(seen) == sorted(ids)
+    assert finishes == 3  # the handler's own, none by the worker
+    done = [e for e in logs if e["event"] == "job_done"]
+    assert sorted(e["job_id"] for e in done) == sorted(ids) and all(e["finished_by"] == "handler" for e in done)
+    assert not [e for e in logs if e["event"] == "lease_lost"]
+    assert await count(pool, "SELECT count(*) FROM job_attempts WHERE outcome = 'ok'") == 3
+
+
 KILL_SCRIPT = """
 import asyncio, sys
 import asyncpg

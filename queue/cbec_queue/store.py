@@ -6,6 +6,7 @@ worker decides where the others run.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +22,12 @@ from .jobs import Job, Outcome
 from .limits import circuits
 
 log = structlog.get_logger("cbec_queue")
+
+#: Set by the worker around a handler: the claims (id, attempts, locked_by) the handler marked done in its own
+#: transaction (mark_done), so that the worker does not write the outcome a second time.
+handler_marks: contextvars.ContextVar[set[tuple[int, int, str]] | None] = contextvars.ContextVar(
+    "cbec_queue_handler_marks", default=None
+)
 
 # Limits on stored error text: enough for a traceback's useful tail, not a payload dump.
 _LAST_ERROR_CHARS = 500
@@ -146,6 +153,9 @@ async def mark_done(conn: asyncpg.Connection, job: Job, *, duration_ms: int | No
     """
     if not await record_done(conn, job, duration_ms=duration_ms):
         raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {job.locked_by}")
+    marks = handler_marks.get()
+    if marks is not None:
+        marks.add((job.id, job.attempts, job.locked_by))
 
 
 async def holder(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record | None:

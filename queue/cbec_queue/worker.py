@@ -300,6 +300,9 @@ class Worker:
         job, ep = running.job, running.endpoint
         started = self._clock()
         error: Exception | None = None
+        # mark_done inside the handler records its claim here (a task copies the context, not the set).
+        marks: set[tuple[int, int, str]] = set()
+        store.handler_marks.set(marks)
         try:
             try:
                 if self.handler_timeout_s is None:
@@ -315,6 +318,13 @@ class Worker:
                 error = e
             running.in_handler = False
             duration_ms = int((self._clock() - started) * 1000)
+            if error is None and (job.id, job.attempts, job.locked_by) in marks:
+                # The handler returned after its own transaction marked the job done (and committed): writing
+                # the outcome again would only find the claim gone and ask who holds it (two round trips).
+                ep.breaker.record_success()
+                log.info("job_done", job_id=job.id, endpoint=job.endpoint, kind=job.kind, attempt=job.attempts,
+                         worker_id=self.worker_id, duration_ms=duration_ms, finished_by="handler")  # fmt: skip
+                return
             write = asyncio.ensure_future(self._record_outcome(job, ep, error, duration_ms))
             self._writes.add(write)
             write.add_done_callback(self._writes.discard)
