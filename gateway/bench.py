@@ -43,7 +43,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -188,20 +187,6 @@ def bench_validate(messages: Sequence[Message], folder: Path, *, min_files: int 
 # --- databases -----------------------------------------------------------------------------------
 
 
-def with_database(dsn: str, name: str) -> str:
-    """The same server, another database (host:port DSNs and ?host=/socket/dir DSNs alike)."""
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
-
-
-async def _answers(dsn: str) -> bool:
-    try:
-        conn = await asyncpg.connect(dsn, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
-    await conn.close()
-    return True
-
-
 @contextlib.asynccontextmanager
 async def database_server(explicit: str | None, data_dir: Path | None) -> AsyncIterator[tuple[str, str]]:
     """Yield (admin DSN, where): the given server, the local one at 127.0.0.1:5432, or an embedded one."""
@@ -209,7 +194,7 @@ async def database_server(explicit: str | None, data_dir: Path | None) -> AsyncI
     if dsn is not None:
         yield dsn, "given server"
         return
-    if await _answers(LOCAL_DSN):
+    if await db.answers(LOCAL_DSN):
         yield LOCAL_DSN, "local server 127.0.0.1:5432"
         return
     if data_dir is not None:
@@ -234,7 +219,7 @@ async def fresh_database(admin_dsn: str) -> AsyncIterator[tuple[str, str]]:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    dsn = with_database(admin_dsn, name)
+    dsn = db.with_database(admin_dsn, name)
     try:
         conn = await asyncpg.connect(dsn)
         try:
