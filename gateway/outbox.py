@@ -186,6 +186,29 @@ UPDATE documents AS d
  WHERE d.id = x.id
 """
 
+#: SET_CUSTOMS_STATE ($1-$8) and SET_RECEIPT_OUTCOMES ($9-$13) in one round trip (empty arrays change nothing): the
+#: two tables are distinct, so one snapshot for both changes nothing either.
+SET_CUSTOMS_STATE_AND_OUTCOMES = """
+WITH docs AS (
+    UPDATE documents AS d
+       SET forward_state = x.forward_state, customs_status = x.status, customs_rank = x.rank,
+           customs_return_time = x.rtime, customs_info = x.info, pre_no = coalesce(x.pre_no, d.pre_no),
+           invt_no = coalesce(x.invt_no, d.invt_no), last_receipt_at = now(), receipt_overdue = false
+      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[])
+           AS x(id, forward_state, status, rank, rtime, info, pre_no, invt_no)
+     WHERE d.id = x.id
+    RETURNING d.id
+), recs AS (
+    UPDATE receipts AS r SET message_id = x.message_id, document_id = x.document_id, applied = x.applied,
+                             outcome = x.outcome
+      FROM unnest($9::bigint[], $10::bigint[], $11::bigint[], $12::boolean[], $13::text[])
+           AS x(id, message_id, document_id, applied, outcome)
+     WHERE r.id = x.id
+    RETURNING r.id
+)
+SELECT (SELECT count(*) FROM docs) AS documents, (SELECT count(*) FROM recs) AS receipts
+"""
+
 #: The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments'.
 SHIPMENT_LEGS = """
 WITH inv AS MATERIALIZED (
@@ -599,23 +622,19 @@ class Outbox:
             else:
                 res.outcome = decisions[0].outcome.value
         changed = [d for d in docs.values() if d.changed]
-        if changed:
-            await conn.execute(
-                SET_CUSTOMS_STATE,
-                [d.id for d in changed], [d.forward_state for d in changed], [d.state.status for d in changed],
-                [d.state.rank for d in changed], [d.state.return_time for d in changed],
-                [d.state.info for d in changed], [d.learned.get("preNo") for d in changed],
-                [d.learned.get("invtNo") for d in changed],
-            )  # fmt: skip
         rows = [(new[r.index], results[r.index]) for r in todo]
         await conn.execute(
-            SET_RECEIPT_OUTCOMES,
+            SET_CUSTOMS_STATE_AND_OUTCOMES,
+            [d.id for d in changed], [d.forward_state for d in changed], [d.state.status for d in changed],
+            [d.state.rank for d in changed], [d.state.return_time for d in changed],
+            [d.state.info for d in changed], [d.learned.get("preNo") for d in changed],
+            [d.learned.get("invtNo") for d in changed],
             [i for i, _ in rows],
             [res.message_id for _, res in rows],
             [res.document_ids[0] if len(res.document_ids) == 1 else None for _, res in rows],
             [res.outcome == rc.Outcome.APPLIED.value for _, res in rows],
             [res.outcome for _, res in rows],
-        )
+        )  # fmt: skip
         await self._refresh_shipments(conn, shipments)
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]
         await self._release(
