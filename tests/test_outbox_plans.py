@@ -1,0 +1,73 @@
+"""The receipt and sent transactions run with generic plans (gateway.outbox.BEGIN_PLANNED): each statement's generic
+plan must probe indexes only, on empty tables and on small analysed ones (a long-lived connection plans once)."""
+
+from __future__ import annotations
+
+import re
+
+import asyncpg
+
+from gateway import outbox
+from gateway.store import Store
+from tests.test_store import full_shipment
+
+_T = "ARRAY['x']::text[]"
+# Each statement with parameters good enough for PREPARE/EXECUTE (the plan, not the result, is checked).
+_PLAN_CASES = {
+    "BY_GUID": "'g', 'CEB621'",
+    "BY_KEY": "'CEB311', 'E', 'O', NULL",
+    "BY_COP_NO": "'c', 'CEB621'",
+    "BY_PRE_NO": "'p', 'CEB621'",
+    "BY_INVT_NO": "'i', 'CEB621'",
+    "BY_COP_MSG_ID": "'m'",
+    "READ_DOCUMENTS": "ARRAY[1::bigint]",
+    "LOCK_DOCUMENTS": "ARRAY[1::bigint]",
+    "SHIPMENTS_OF_WAYBILL": "'L', 'N', 'O'",
+    "SET_CUSTOMS_STATE_AND_OUTCOMES": f"ARRAY[1::bigint], {_T}, {_T}, ARRAY[1], {_T}, {_T}, {_T}, {_T}, "
+    f"ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[true], {_T}",
+    "SHIPMENT_LEGS": f"{_T}, {_T}",
+    "SET_SHIPMENT_CUSTOMS": f"{_T}, {_T}, {_T}, {_T}",
+    "RELEASE_HELD": f"{_T}, {_T}, {_T}, {_T}, 1",
+    "MARK_SENT": "1",
+    "MESSAGE_DOCUMENTS": "1",
+    "MESSAGE_HEADS": "ARRAY[1::bigint]",
+    "COUNT_RESEND": "ARRAY[1::bigint], 3",
+}
+_SCAN = re.compile(r"(Seq Scan|Index Scan|Index Only Scan|Bitmap Index Scan|Tid Scan)")
+
+
+async def _full_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    await conn.execute(outbox.BEGIN_PLANNED)
+    try:
+        for name, args in _PLAN_CASES.items():
+            await conn.execute(f"PREPARE plan_check AS {getattr(outbox, name)}")
+            lines = [r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE plan_check({args})")]
+            await conn.execute("DEALLOCATE plan_check")
+            for i, line in enumerate(lines):
+                if _SCAN.search(line):
+                    detail = " ".join(lines[i + 1 : i + 3])
+                    if "Seq Scan" in line or not re.search(r"(Index Cond|TID Cond)", detail):
+                        found.setdefault(name, []).append(line.strip())
+    finally:
+        await conn.execute("ROLLBACK")
+    return found
+
+
+async def test_every_generic_plan_of_the_receipt_path_probes_indexes(db_pool: asyncpg.Pool) -> None:
+    store = Store(db_pool)
+    async with db_pool.acquire() as conn:
+        assert await _full_scans(conn) == {}
+        # record_sent's mark_done (cbec_queue FINISH) runs after END_PLANNED: custom plans, as everywhere else
+        await conn.execute(outbox.BEGIN_PLANNED)
+        try:
+            await conn.execute(outbox.END_PLANNED)
+            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+            assert await conn.fetchval("SHOW enable_seqscan") == "on"
+        finally:
+            await conn.execute("ROLLBACK")
+    for i in range(5):
+        await full_shipment(store, f"OP{i}")
+    async with db_pool.acquire() as conn:
+        await conn.execute("ANALYZE")
+        assert await _full_scans(conn) == {}
