@@ -679,11 +679,12 @@ class Outbox:
         )  # fmt: skip
         await self._refresh_shipments(conn, shipments)
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]
-        await self._release(
-            conn,
-            [(d.ebp_code or "", d.order_no or "") for d in legs if d.kind != "waybill"] + sorted(shipments),
-            [(d.logistics_code or "", d.logistics_no or "") for d in legs if d.kind == "waybill"],
-        )
+        if legs:  # only a receipt on an order, payment or waybill can make a held inventory eligible (RELEASE_HELD)
+            await self._release(
+                conn,
+                [(d.ebp_code or "", d.order_no or "") for d in legs if d.kind != "waybill"] + sorted(shipments),
+                [(d.logistics_code or "", d.logistics_no or "") for d in legs if d.kind == "waybill"],
+            )
         if resend:
             await self._resend(conn, sorted(resend), delay_s=self.router.resend_delay_s if self.router else 0.0)
         return [results[r.index] for r in recs]
