@@ -397,12 +397,13 @@ def _waves(jobs: list[_Job]) -> tuple[list[_Job], list[_Job]]:
     return wave, rest
 
 
-def _encode_cursor(updated_at: datetime, row_id: int) -> str:
+def encode_cursor(updated_at: datetime, row_id: int) -> str:
+    """An opaque keyset-pagination cursor (the API's and the console's lists)."""
     raw = json.dumps([updated_at.isoformat(), row_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         ts, row_id = json.loads(raw)
@@ -788,7 +789,7 @@ class Store:
                 args.append(list(value) if isinstance(value, list) else value)
                 clauses.append(_LIST_FILTERS[name].format(len(args)))
         if cursor:
-            ts, row_id = _decode_cursor(cursor)
+            ts, row_id = decode_cursor(cursor)
             args.extend((ts, row_id))
             clauses.append(_LIST_AFTER[newest_first].format(len(args) - 1, len(args)))
         args.append(limit + 1)
@@ -804,7 +805,7 @@ class Store:
         rows = rows[:limit]
         return {
             "items": [self._shipment_dict(r) for r in rows],
-            "next_cursor": _encode_cursor(rows[-1]["updated_at"], rows[-1]["id"]) if more else None,
+            "next_cursor": encode_cursor(rows[-1]["updated_at"], rows[-1]["id"]) if more else None,
         }
 
     @staticmethod

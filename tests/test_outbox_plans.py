@@ -3,12 +3,11 @@ plan must probe indexes only, on empty tables and on small analysed ones (a long
 
 from __future__ import annotations
 
-import re
-
 import asyncpg
 
 from gateway import outbox
 from gateway.store import Store
+from tests.planutil import full_scans
 from tests.test_store import full_shipment
 
 _T = "ARRAY['x']::text[]"
@@ -33,25 +32,8 @@ _PLAN_CASES = {
     "MESSAGE_HEADS": "ARRAY[1::bigint]",
     "COUNT_RESEND": "ARRAY[1::bigint], 3",
 }
-_SCAN = re.compile(r"(Seq Scan|Index Scan|Index Only Scan|Bitmap Index Scan|Tid Scan)")
-
-
 async def _full_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    await conn.execute(outbox.BEGIN_PLANNED)
-    try:
-        for name, args in _PLAN_CASES.items():
-            await conn.execute(f"PREPARE plan_check AS {getattr(outbox, name)}")
-            lines = [r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE plan_check({args})")]
-            await conn.execute("DEALLOCATE plan_check")
-            for i, line in enumerate(lines):
-                if _SCAN.search(line):
-                    detail = " ".join(lines[i + 1 : i + 3])
-                    if "Seq Scan" in line or not re.search(r"(Index Cond|TID Cond)", detail):
-                        found.setdefault(name, []).append(line.strip())
-    finally:
-        await conn.execute("ROLLBACK")
-    return found
+    return await full_scans(conn, begin=outbox.BEGIN_PLANNED, module=outbox, cases=_PLAN_CASES)
 
 
 async def test_every_generic_plan_of_the_receipt_path_probes_indexes(db_pool: asyncpg.Pool) -> None:

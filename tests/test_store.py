@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,6 +17,7 @@ from gateway.db import migrate
 from gateway.documents import Document, ParsedMessage
 from gateway.messages import BY_CODE
 from gateway.store import CODES, Conflict, IngestResult, Store
+from tests.planutil import full_scans
 
 # pg_dsn, db_dsn, empty_db_dsn and db_pool: tests/dbutil.py, through conftest.py
 
@@ -625,26 +625,9 @@ _PLAN_CASES = {
     "SELECT_SHIPMENT": "'E', 'O'",
     "SELECT_SHIPMENT_DOCUMENTS": "'E', 'O'",
 }
-_SCAN = re.compile(r"(Seq Scan|Index Scan|Index Only Scan|Bitmap Index Scan|Tid Scan)")
-
-
 async def _full_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
     """Scans of each statement's generic plan that probe no index condition (they grow with the table)."""
-    found: dict[str, list[str]] = {}
-    await conn.execute(store_module.BEGIN_TRANSACTION)
-    try:
-        for name, args in _PLAN_CASES.items():
-            await conn.execute(f"PREPARE plan_check AS {getattr(store_module, name)}")
-            lines = [r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE plan_check({args})")]
-            await conn.execute("DEALLOCATE plan_check")
-            for i, line in enumerate(lines):
-                if _SCAN.search(line):
-                    detail = " ".join(lines[i + 1 : i + 3])
-                    if "Seq Scan" in line or not re.search(r"(Index Cond|TID Cond)", detail):
-                        found.setdefault(name, []).append(line.strip())
-    finally:
-        await conn.execute("ROLLBACK")
-    return found
+    return await full_scans(conn, begin=store_module.BEGIN_TRANSACTION, module=store_module, cases=_PLAN_CASES)
 
 
 async def test_every_generic_plan_probes_indexes(store: Store, db_pool: asyncpg.Pool) -> None:

@@ -9,7 +9,6 @@ Indexes the queries rely on: gateway/sql/001_core.sql, 010_queue.sql, 020_forwar
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import asyncpg
 import cbec_queue
 
 from gateway import outbox
+from gateway.store import decode_cursor, encode_cursor
 
 #: Reconciliation states in the order the console shows them (gateway.reconcile.ShipmentState).
 STATES: tuple[str, ...] = ("mismatched", "incomplete", "matched")
@@ -101,20 +101,6 @@ class ListQuery:
             value = getattr(self, name)
             if value is not None and value != "":
                 self.filters[name] = value
-
-
-def encode_cursor(updated_at: datetime, row_id: int) -> str:
-    raw = json.dumps([updated_at.isoformat(), row_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        ts, row_id = json.loads(raw)
-        return datetime.fromisoformat(ts), int(row_id)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc
 
 
 def list_sql(q: ListQuery) -> tuple[str, list[Any]]:
