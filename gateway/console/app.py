@@ -438,6 +438,15 @@ def setup(
     poll_interval: float = 1.0,
     sessions: SessionStore | None = None,
 ) -> None:
+    """Add the console's routes, its live feed (started and stopped with the app) and security headers.
+
+    ``pool_key`` / ``keys_key``: where the app keeps its asyncpg pool and its KeyRing (gateway.api's POOL
+    and KEYS). ``allowed_origins``: origins besides the request's own that may POST (e.g.
+    ``"https://ops.example.com"`` behind a TLS-terminating proxy). ``secure_cookie``: force the cookie's
+    Secure flag (None: set it when the request came over HTTPS). ``customs_endpoints``: SQL LIKE pattern of
+    the queue endpoints counted as "forwarded" in the charts. ``poll_interval``: seconds between the live
+    feed's polls. Calling it twice on one app does nothing the second time.
+    """
     if CONSOLE in app:
         return
     console = Console(
