@@ -1,7 +1,6 @@
 """The API with the operators' console and /metrics on 127.0.0.1, a signed-in console client, and data makers.
 
-Until gateway.api.create_app wires the console itself, the fixture calls setup_console / setup_metrics
-(both do nothing when create_app already did).
+gateway.api.create_app wires the console and /metrics; tests only shorten the live feed's poll interval.
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ import pytest_asyncio
 from aiohttp import web
 
 from gateway import samples
-from gateway.api import KEYS, POOL, create_app
-from gateway.console import CONSOLE, setup_console
-from gateway.metrics import setup_metrics
+from gateway.api import create_app
+from gateway.console import CONSOLE
 from gateway.render import render
 from tests.apiutil import Client, sign_as_agent, test_settings
 
@@ -161,9 +159,7 @@ class Ops:
 
 def build_app(pool: asyncpg.Pool, *, poll_interval: float = 0.2) -> web.Application:
     app = create_app(test_settings(), pool, signer=sign_as_agent)
-    setup_console(app, pool_key=POOL, keys_key=KEYS, poll_interval=poll_interval)
-    setup_metrics(app, pool_key=POOL)
-    app[CONSOLE].poll_interval = poll_interval  # also when create_app set the console up itself
+    app[CONSOLE].poll_interval = poll_interval
     return app
 
 
