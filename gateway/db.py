@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import subprocess
+from collections.abc import AsyncIterator
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -39,6 +40,38 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb/json as Python objects in both directions (the store passes dicts and lists).
     for name in ("jsonb", "json"):
         await conn.set_type_codec(name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+
+#: How the transactions on the hot paths begin (gateway.store's ingest, gateway.outbox's receipts and sends).
+#: Their statements are prepared once per connection and written as parameterised index probes
+#: (``LATERAL (... OFFSET 0)``, ``= ANY``, scalar subqueries); left to itself the planner re-plans the
+#: array-driven ones at every call (often costlier than running them), and a generic plan made from the
+#: statistics of the moment would keep the scans chosen while the tables were small, whose cost then grows
+#: with the tables. So plans are generic and the full-scan alternatives are off: they stay index-driven and
+#: the cost per message stays flat. Local to the transaction; tests check every statement's generic plan.
+BEGIN_PLANNED = (
+    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;"
+    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+)
+#: Back to the server's planning for the rest of a planned transaction (for statements not written as probes).
+END_PLANNED = (
+    "SET LOCAL plan_cache_mode = DEFAULT; SET LOCAL enable_seqscan = DEFAULT; SET LOCAL enable_hashjoin = DEFAULT;"
+    " SET LOCAL enable_mergejoin = DEFAULT"
+)
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool, begin: str = BEGIN_PLANNED) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction opened by ``begin`` (its settings and locks travel in the same round trip as BEGIN)."""
+    async with pool.acquire() as conn:
+        await conn.execute(begin)
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):  # the connection may be gone; the error that matters is raised
+                await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:

@@ -20,9 +20,8 @@ ingest not yet seeing the receipt, the receipt not yet seeing the inventory).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,6 +30,7 @@ import asyncpg
 import cbec_queue
 import structlog
 
+from gateway import db
 from gateway import receipts as rc
 from gateway.documents import ParsedMessage
 from gateway.forward import JobSpec, LegState, Router, shipment_customs_status
@@ -40,22 +40,6 @@ log = structlog.get_logger("gateway.outbox")
 _ATTEMPTS = 3  # a deadlock between a receipt and an ingest that found more locks late is retried
 
 # --- SQL ---------------------------------------------------------------------------------------------------
-
-#: How the receipt and sent transactions begin, as gateway.store's ingest does: left to itself the planner re-plans
-#: the array-driven statements below at every call (SHIPMENT_LEGS 0.6 ms, RELEASE_HELD 1 ms of planning, more than
-#: running them) — they are written as parameterised index probes (``LATERAL (... OFFSET 0)``, ``= ANY``), so
-#: one generic plan per connection serves, and without the full-scan alternatives it stays index-driven whatever
-#: the statistics were when it was made. Local to the transaction; tests/test_outbox_plans.py checks the plans.
-BEGIN_PLANNED = (
-    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;"
-    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
-)
-#: Back to the server's planning for the rest of the transaction: cbec_queue's statements (mark_done) are not
-#: written for generic plans (on an empty jobs table FINISH's would scan a partial index instead of the key).
-END_PLANNED = (
-    "SET LOCAL plan_cache_mode = DEFAULT; SET LOCAL enable_seqscan = DEFAULT; SET LOCAL enable_hashjoin = DEFAULT;"
-    " SET LOCAL enable_mergejoin = DEFAULT"
-)
 
 #: cbec_queue.enqueue for many jobs ($1 JSON array of {endpoint, kind, payload, dedupe_key, delay, priority};
 #: $2 the queue's NOTIFY channel): ON CONFLICT DO NOTHING skips a job whose endpoint already has a live one
@@ -435,23 +419,6 @@ class Outbox:
         self.pool = pool
         self.router = router
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self, begin: str | None = None) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction; ``begin`` (e.g. :data:`BEGIN_PLANNED`) opens it in the same round trip as its settings."""
-        async with self.pool.acquire() as conn:
-            if begin is None:
-                async with conn.transaction():
-                    yield conn
-                return
-            await conn.execute(begin)
-            try:
-                yield conn
-            except BaseException:
-                with contextlib.suppress(Exception):  # the connection may be gone; the error that matters is raised
-                    await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
-
     # -- ingest (inside the store's transaction) ------------------------------------------------------------
 
     def plan_wave(self, writes: Iterable[tuple[ParsedMessage, dict[str, Any], list[dict[str, Any]]]]) -> list[Plan]:
@@ -534,12 +501,13 @@ class Outbox:
     async def record_sent(self, job: cbec_queue.Job, message_id: int) -> None:
         """The customs handler's commit: the message is sent, its shipments' customs status follows, the job is
         done — one transaction, fenced by the claim (raises cbec_queue.LeaseLost and rolls back otherwise)."""
-        async with self._transaction(BEGIN_PLANNED) as conn:
+        async with db.transaction(self.pool) as conn:
             docs = [_Doc.of(r) for r in await conn.fetch(MESSAGE_DOCUMENTS, message_id)]
             shipments = await self._lock_shipments_of(conn, docs)
             await conn.execute(MARK_SENT, message_id)
             await self._refresh_shipments(conn, shipments)
-            await conn.execute(END_PLANNED)
+            # cbec_queue's statements (mark_done) are not written for generic plans
+            await conn.execute(db.END_PLANNED)
             await cbec_queue.mark_done(conn, job)
 
     async def _lock_shipments_of(self, conn: asyncpg.Connection, docs: Iterable[_Doc]) -> set[tuple[str, str]]:
@@ -605,7 +573,7 @@ class Outbox:
         """Store every receipt of the message (once) and apply the new ones, in one transaction."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                async with self._transaction(BEGIN_PLANNED) as conn:
+                async with db.transaction(self.pool) as conn:
                     return await self._apply(conn, intake, source, submitter)
             except asyncpg.DeadlockDetectedError:
                 if attempt == _ATTEMPTS:
@@ -756,7 +724,7 @@ class Outbox:
     async def watchdog(self, *, timeout_s: float, repush: bool, max_repushes: int, limit: int = 1000) -> dict[str, Any]:
         """One pass: flag overdue messages (sent, no receipt for ``timeout_s``) and, with ``repush``, re-send them."""
         repush = repush and self.router is not None
-        async with self._transaction() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(WATCHDOG, float(timeout_s), repush, max_repushes, limit)
             overdue = sorted({r["message_id"] for r in rows})
             resent = (

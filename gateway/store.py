@@ -20,7 +20,7 @@ this module reads the rows it needs and writes what it decided:
   ones before it; none is answered before the commit.
 
 Every statement reaches a handful of rows through an index, with plans that stay index-driven as the
-tables grow (see BEGIN_TRANSACTION).
+tables grow (see db.BEGIN_PLANNED).
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from gateway import tax
+from gateway import db, tax
 from gateway.documents import ParsedMessage
 from gateway.errors import Issue
 from gateway.keystate import (
@@ -79,23 +78,6 @@ _DOC_COLUMNS = (
     "d.id, d.message_id, d.doc_index, d.doc_guid, d.kind, d.message_type, d.key1, d.key2, d.order_no, d.ebp_code,"
     " d.ebc_code, d.logistics_code, d.logistics_no, d.app_type, d.app_time, d.app_status, d.path, d.head, d.lines,"
     " d.parties, d.is_current, d.withdrawn, d.superseded_by"
-)
-
-#: Opens every transaction of the store (one round trip, simple-query protocol). The statements are
-#: prepared once per connection and should be planned once too: left to itself the planner re-plans the
-#: array-driven ones at every call (0.4 ms of CPU for READ_STATE, more than running it), and a generic
-#: plan made from the statistics of the moment would keep sequential scans and hash joins chosen while
-#: the tables were small, whose cost then grows with the tables. So every lookup below is written as a
-#: parameterised probe (``LATERAL (... OFFSET 0)`` per key, ``= ANY``, scalar subqueries), plans are
-#: generic, and the full-scan alternatives are off: the plans stay index-driven whatever the
-#: statistics say, and the cost per message stays flat as the tables grow. Local to the transaction.
-#: Inside a probe only the columns of the index it is meant to use are tested (plus the predicate of
-#: that index when partial); other conditions — is_current, kind — go outside, since a partial index
-#: whose predicate they imply (``WHERE is_current``, ``WHERE kind = 'waybill'``) would otherwise be a
-#: candidate for a full scan with a filter. tests/test_store.py checks every generic plan.
-BEGIN_TRANSACTION = (
-    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;"
-    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 )
 
 #: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding
@@ -347,12 +329,12 @@ def _lock_id(lock: Lock) -> int:
 
 
 def _begin_and_lock(lock_ids: Iterable[int]) -> str:
-    """BEGIN_TRANSACTION plus the locks, in one round trip (the ids are integers made by _lock_id)."""
+    """db.BEGIN_PLANNED plus the locks, in one round trip (the ids are integers made by _lock_id)."""
     ids = sorted(set(lock_ids))  # one order for every transaction: no deadlock among them
     if not ids:
-        return BEGIN_TRANSACTION
+        return db.BEGIN_PLANNED
     array = ",".join(str(int(i)) for i in ids)
-    return f"{BEGIN_TRANSACTION}; SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{{{array}}}'::bigint[]) AS k"
+    return f"{db.BEGIN_PLANNED}; SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{{{array}}}'::bigint[]) AS k"
 
 
 def _replay(stored: dict[str, Any], msg: ParsedMessage, sha: bytes) -> IngestResult:
@@ -472,18 +454,6 @@ class Store:
         self._arrivals = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self, begin: str = BEGIN_TRANSACTION) -> AsyncIterator[asyncpg.Connection]:
-        async with self.pool.acquire() as conn:
-            await conn.execute(begin)
-            try:
-                yield conn
-            except BaseException:
-                with contextlib.suppress(Exception):  # the connection may be gone; the error that matters is raised
-                    await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
-
     # --- ingest ------------------------------------------------------------------------------
 
     async def ingest(self, msg: ParsedMessage, raw: bytes, *, submitter: str, source: str = "xml") -> IngestResult:
@@ -577,7 +547,7 @@ class Store:
         """The jobs in one transaction, wave after wave; a Conflict answers its job and the others go on."""
         ids = {_lock_id(lock) for job in jobs for lock in job.locks}
         outcomes: dict[_Job, IngestResult | Exception] = {}
-        async with self._transaction(_begin_and_lock(ids)) as conn:
+        async with db.transaction(self.pool, _begin_and_lock(ids)) as conn:
             held = {lock for job in jobs for lock in job.locks}
             pending = jobs
             while pending:
@@ -708,7 +678,7 @@ class Store:
     ) -> None:
         """Keep a refused message for audit (its first 64 KiB) with the issues that refused it."""
         text = raw[: 64 * 1024].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-        async with self._transaction() as conn:
+        async with db.transaction(self.pool) as conn:
             await conn.execute(
                 INSERT_REJECTION,
                 submitter,
@@ -722,7 +692,7 @@ class Store:
 
     async def get_message(self, guid: str) -> dict[str, Any] | None:
         """The message row, its stored documents (head, lines, key state) and its XML."""
-        async with self._transaction() as conn:
+        async with db.transaction(self.pool) as conn:
             m = await conn.fetchrow(SELECT_MESSAGE, guid)
             if m is None:
                 return None
@@ -743,7 +713,7 @@ class Store:
 
     async def get_shipment(self, ebp_code: str, order_no: str) -> dict[str, Any] | None:
         """The shipment's state and findings with every version of its documents (current and history)."""
-        async with self._transaction() as conn:
+        async with db.transaction(self.pool) as conn:
             s = await conn.fetchrow(SELECT_SHIPMENT, ebp_code, order_no)
             if s is None:
                 return None
@@ -799,7 +769,7 @@ class Store:
             + _LIST_ORDER[newest_first]
             + f" LIMIT ${len(args)}"
         )
-        async with self._transaction() as conn:
+        async with db.transaction(self.pool) as conn:
             rows = await conn.fetch(sql, *args)
         more = len(rows) > limit
         rows = rows[:limit]

@@ -1,11 +1,11 @@
-"""The receipt and sent transactions run with generic plans (gateway.outbox.BEGIN_PLANNED): each statement's generic
+"""The receipt and sent transactions run with generic plans (gateway.db.BEGIN_PLANNED): each statement's generic
 plan must probe indexes only, on empty tables and on small analysed ones (a long-lived connection plans once)."""
 
 from __future__ import annotations
 
 import asyncpg
 
-from gateway import outbox
+from gateway import db, outbox
 from gateway.store import Store
 from tests.planutil import full_scans
 from tests.test_store import full_shipment
@@ -33,7 +33,7 @@ _PLAN_CASES = {
     "COUNT_RESEND": "ARRAY[1::bigint], 3",
 }
 async def _full_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
-    return await full_scans(conn, begin=outbox.BEGIN_PLANNED, module=outbox, cases=_PLAN_CASES)
+    return await full_scans(conn, begin=db.BEGIN_PLANNED, module=outbox, cases=_PLAN_CASES)
 
 
 async def test_every_generic_plan_of_the_receipt_path_probes_indexes(db_pool: asyncpg.Pool) -> None:
@@ -41,9 +41,9 @@ async def test_every_generic_plan_of_the_receipt_path_probes_indexes(db_pool: as
     async with db_pool.acquire() as conn:
         assert await _full_scans(conn) == {}
         # record_sent's mark_done (cbec_queue FINISH) runs after END_PLANNED: custom plans, as everywhere else
-        await conn.execute(outbox.BEGIN_PLANNED)
+        await conn.execute(db.BEGIN_PLANNED)
         try:
-            await conn.execute(outbox.END_PLANNED)
+            await conn.execute(db.END_PLANNED)
             assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
             assert await conn.fetchval("SHOW enable_seqscan") == "on"
         finally:

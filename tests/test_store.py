@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway import db, tax
 from gateway import store as store_module
-from gateway import tax
 from gateway.db import migrate
 from gateway.documents import Document, ParsedMessage
 from gateway.messages import BY_CODE
@@ -627,7 +627,7 @@ _PLAN_CASES = {
 }
 async def _full_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
     """Scans of each statement's generic plan that probe no index condition (they grow with the table)."""
-    return await full_scans(conn, begin=store_module.BEGIN_TRANSACTION, module=store_module, cases=_PLAN_CASES)
+    return await full_scans(conn, begin=db.BEGIN_PLANNED, module=store_module, cases=_PLAN_CASES)
 
 
 async def test_every_generic_plan_probes_indexes(store: Store, db_pool: asyncpg.Pool) -> None:
