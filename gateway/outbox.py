@@ -171,28 +171,8 @@ ON CONFLICT (dedupe) DO NOTHING
 RETURNING id, element_index
 """
 
-#: The receipts' correlation and outcome ($1 ids, $2 message ids, $3 document ids, $4 applied, $5 outcomes).
-SET_RECEIPT_OUTCOMES = """
-UPDATE receipts AS r SET message_id = x.message_id, document_id = x.document_id, applied = x.applied,
-                         outcome = x.outcome
-  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[], $5::text[])
-       AS x(id, message_id, document_id, applied, outcome)
- WHERE r.id = x.id
-"""
-
-#: Documents' customs state after the receipts ($1 ids, then the new values; NULL keeps pre_no / invt_no).
-SET_CUSTOMS_STATE = """
-UPDATE documents AS d
-   SET forward_state = x.forward_state, customs_status = x.status, customs_rank = x.rank,
-       customs_return_time = x.rtime, customs_info = x.info, pre_no = coalesce(x.pre_no, d.pre_no),
-       invt_no = coalesce(x.invt_no, d.invt_no), last_receipt_at = now(), receipt_overdue = false
-  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[])
-       AS x(id, forward_state, status, rank, rtime, info, pre_no, invt_no)
- WHERE d.id = x.id
-"""
-
-#: SET_CUSTOMS_STATE ($1-$8) and SET_RECEIPT_OUTCOMES ($9-$13) in one round trip (empty arrays change nothing): the
-#: two tables are distinct, so one snapshot for both changes nothing either.
+#: Documents' customs state after the receipts ($1-$8: ids, then the new values; NULL keeps pre_no / invt_no) and
+#: the receipts' outcomes ($9-$13), in one round trip (empty arrays change nothing; the tables are distinct).
 SET_CUSTOMS_STATE_AND_OUTCOMES = """
 WITH docs AS (
     UPDATE documents AS d
