@@ -12,6 +12,10 @@ half 1210, 1–5 goods lines. The run measures:
    the given concurrency — every answer a 202 after the commit, reconciliation included — with p50/p99
    latency, the CPU each process spent per message, and a check in SQL afterwards that every message
    was stored and every shipment is matched (a benchmark that loses data is wrong);
+   the same with cbec serve's forwarding running; forwarding until released, first all in ``cbec serve``
+   (worker and sandbox in its process, as a newcomer runs it), then in the production topology (``cbec
+   serve`` for the API, a ``cbec worker`` and the sandbox in processes of their own), with the CPU each
+   process spent per forwarded message;
 5. full ingest / bare lxml;
 6. flatness: a fixed batch ingested again after the tables were bulk-populated (INSERT ... SELECT
    generate_series, rows shaped like the sample documents) to each requested shipment count.
@@ -258,20 +262,32 @@ RELEASE_ENV = {"CBEC_FORWARDING_SANDBOX_PORT": "0", "CBEC_FORWARDING_SANDBOX_REC
 class GatewayProcess:
     """``cbec serve`` on a free port with a bench API key; its log (JSON lines) goes to a file."""
 
-    def __init__(self, dsn: str, workdir: Path, config: str | None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        workdir: Path,
+        config: str | None,
+        env: dict[str, str] | None = None,
+        *,
+        customs_key: str | None = None,
+    ) -> None:
         self.dsn = dsn
         self.workdir = workdir
         self.config = config
         self.env = env or {}
         self.port = _free_port()
         self.api_key = secrets.token_urlsafe(24)
+        self.customs_key = customs_key  # receipts from a sandbox in its own process
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_file = workdir / f"gateway-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self, timeout: float = 60.0) -> None:
         env = dict(os.environ)
-        env["CBEC_API_KEYS"] = json.dumps([{"name": "bench", "key": self.api_key, "role": "admin"}])
+        keys = [{"name": "bench", "key": self.api_key, "role": "admin"}]
+        if self.customs_key:
+            keys.append({"name": "customs-sandbox", "key": self.customs_key, "role": "customs"})
+        env["CBEC_API_KEYS"] = json.dumps(keys)
         env.setdefault("CBEC_LOG_FORMAT", "json")  # what production writes: one JSON line per request
         env.update(self.env)
         cmd = [*cbec_command(), "serve", "--database-url", self.dsn, "--host", "127.0.0.1", "--port", str(self.port),
@@ -312,7 +328,42 @@ class GatewayProcess:
             await asyncio.to_thread(proc.wait, 10)
 
 
-Snapshot = tuple[float, dict[int, float], float]  # gateway seconds, {postgres pid: seconds}, client seconds
+class HelperProcess:
+    """``cbec worker`` or ``cbec sandbox`` in a process of its own (the split topology of run 3d)."""
+
+    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str], ready: str) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.ready = ready  # a line of its output that says it is up
+        self.log_file = workdir / f"{name}-{secrets.token_hex(3)}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        env = {**os.environ, "CBEC_LOG_FORMAT": "json", **self.env}
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen([*cbec_command(), *self.args], stdout=log, stderr=log, env=env)
+        deadline = time.monotonic() + timeout
+        while self.ready not in self.log_file.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_file.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"cbec {self.name} did not start: {tail}")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 10)
+
+
+#: gateway seconds, {postgres pid: seconds}, client seconds, {other process name: seconds}
+Snapshot = tuple[float, dict[int, float], float, dict[str, float]]
 
 
 class CpuMeter:
@@ -322,9 +373,10 @@ class CpuMeter:
 
     _SHARED = ("walwriter", "checkpointer", "background writer", "wal writer")
 
-    def __init__(self, gateway_pid: int, dbname: str) -> None:
+    def __init__(self, gateway_pid: int, dbname: str, others: dict[str, int] | None = None) -> None:
         self.gateway_pid = gateway_pid
         self.dbname = dbname
+        self.others = others or {}  # more processes of ours by name (run 3d: worker, sandbox)
 
     def _postgres(self) -> dict[int, float]:
         out = {}
@@ -340,18 +392,24 @@ class CpuMeter:
                 continue
         return out
 
-    def snapshot(self) -> Snapshot:
+    @staticmethod
+    def _seconds(pid: int) -> float:
         try:
-            t = psutil.Process(self.gateway_pid).cpu_times()
-            gateway = t.user + t.system
+            t = psutil.Process(pid).cpu_times()
+            return float(t.user + t.system)
         except psutil.Error:
-            gateway = 0.0
-        return gateway, self._postgres(), time.process_time()
+            return 0.0
+
+    def snapshot(self) -> Snapshot:
+        others = {name: self._seconds(pid) for name, pid in self.others.items()}
+        return self._seconds(self.gateway_pid), self._postgres(), time.process_time(), others
 
     @staticmethod
     def spent(before: Snapshot, after: Snapshot) -> dict[str, float]:
         pg = sum(v - before[1].get(pid, 0.0) for pid, v in after[1].items())
-        return {"gateway": after[0] - before[0], "postgres": pg, "client": after[2] - before[2]}
+        out = {"gateway": after[0] - before[0], "postgres": pg, "client": after[2] - before[2]}
+        out.update({name: v - before[3].get(name, 0.0) for name, v in after[3].items()})
+        return out
 
 
 # --- driving ingest ----------------------------------------------------------------------------
@@ -455,6 +513,8 @@ class ReleaseBench:
     customs_done: int  # customs jobs done (messages forwarded) when the run ended
     p50_s: float
     p99_s: float
+    #: CPU ms per forwarded message by process (gateway, worker, sandbox, postgres, client)
+    cpu_ms_per_message: dict[str, float] = field(default_factory=dict)
 
     @property
     def forwarded_per_second(self) -> float:
@@ -472,16 +532,26 @@ def release_samples(seed: int, count: int) -> list[samples.ShipmentSample]:
 
 
 async def bench_release(
-    gateway: GatewayProcess, shipments: Sequence[samples.ShipmentSample], concurrency: int, *, timeout_s: float
+    gateway: GatewayProcess,
+    shipments: Sequence[samples.ShipmentSample],
+    concurrency: int,
+    *,
+    timeout_s: float,
+    meter: CpuMeter | None = None,
 ) -> ReleaseBench:
     """Submit the shipments to a ``cbec serve`` forwarding to its sandbox (receipt delays zero) and wait until
     every one is released (receipt 800); forwarded messages/s = customs jobs done / wall time."""
     from gateway.workers import submit_and_wait_released
 
+    before = meter.snapshot() if meter else None
     run = await submit_and_wait_released(
         gateway.base_url, gateway.api_key, shipments, concurrency=concurrency, timeout_s=timeout_s, poll_s=0.1
     )
+    after = meter.snapshot() if meter else None
     states = await _job_states(gateway.dsn, endpoint="customs")
+    cpu: dict[str, float] = {}
+    if before is not None and after is not None and states.get("done"):
+        cpu = {k: v / states["done"] * 1e3 for k, v in CpuMeter.spent(before, after).items()}
     return ReleaseBench(
         shipments=run.shipments,
         released=run.released,
@@ -490,7 +560,55 @@ async def bench_release(
         customs_done=states.get("done", 0),
         p50_s=run.percentile(0.50) or 0.0,
         p99_s=run.percentile(0.99) or 0.0,
+        cpu_ms_per_message=cpu,
     )
+
+
+async def bench_release_split(
+    dsn: str,
+    dbname: str,
+    work: Path,
+    config: str | None,
+    shipments: Sequence[samples.ShipmentSample],
+    concurrency: int,
+    *,
+    timeout_s: float,
+) -> ReleaseBench:
+    """The release run in the production topology: ``cbec serve`` takes the API only, a ``cbec worker`` delivers
+    and the customs sandbox (``cbec sandbox``, receipt delays zero) answers from processes of their own."""
+    customs_key = secrets.token_urlsafe(24)
+    # The API process keeps its receipt watchdog and routing; its own worker is off (the in-process sandbox idles).
+    api_env = {**RELEASE_ENV, "CBEC_FORWARDING_WORKER": "false"}
+    gateway = GatewayProcess(dsn, work, config, api_env, customs_key=customs_key)
+    sandbox_port = _free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    helpers: list[HelperProcess] = []
+    try:
+        await gateway.start()
+        assert gateway.proc is not None
+        sandbox = HelperProcess(
+            "sandbox",
+            ["sandbox", "--port", str(sandbox_port), "--receipt-url", f"{gateway.base_url}/v1/receipts",
+             "--receipt-key", customs_key, "--delay-ms", "0"],
+            work, {}, "customs sandbox on",
+        )  # fmt: skip
+        helpers.append(sandbox)
+        await sandbox.start()
+        worker = HelperProcess(
+            "worker",
+            ["worker", "--database-url", dsn, "--sandbox-url", sandbox_url, "--no-watchdog",
+             "--data-dir", str(work / "worker-data")] + (["--config", config] if config else []),
+            work, {}, "worker_ready",
+        )  # fmt: skip
+        helpers.append(worker)
+        await worker.start()
+        assert sandbox.proc is not None and worker.proc is not None
+        meter = CpuMeter(gateway.proc.pid, dbname, {"worker": worker.proc.pid, "sandbox": sandbox.proc.pid})
+        return await bench_release(gateway, shipments, concurrency, timeout_s=timeout_s, meter=meter)
+    finally:
+        for h in reversed(helpers):
+            await h.stop()
+        await gateway.stop()
 
 
 @dataclass
@@ -741,6 +859,7 @@ class Report:
     forwarding_verification: Verification | None
     forwarding_jobs: dict[str, int]
     release: ReleaseBench | None
+    release_split: ReleaseBench | None
     flatness: list[FlatRow]
     notes: list[str]
 
@@ -754,12 +873,16 @@ class Report:
             self.verification.ok
             and (self.forwarding_verification is None or self.forwarding_verification.ok)
             and (self.release is None or self.release.ok)
+            and (self.release_split is None or self.release_split.ok)
             and all(r.verification.ok for r in self.flatness)
         )
 
     def as_dict(self) -> dict[str, Any]:
         def run(r: IngestRun) -> dict[str, Any]:
             return {**asdict(r), "per_second": r.per_second, "accepted": r.accepted}
+
+        def release(r: ReleaseBench | None) -> dict[str, Any] | None:
+            return None if r is None else {**asdict(r), "forwarded_per_second": r.forwarded_per_second, "ok": r.ok}
 
         return {
             "machine": self.machine,
@@ -781,15 +904,8 @@ class Report:
                 else None
             ),
             "forwarding_jobs_after_run": self.forwarding_jobs,
-            "release": (
-                {
-                    **asdict(self.release),
-                    "forwarded_per_second": self.release.forwarded_per_second,
-                    "ok": self.release.ok,
-                }
-                if self.release
-                else None
-            ),
+            "release": release(self.release),
+            "release_split": release(self.release_split),
             "flatness": [
                 {
                     "shipments_stored": r.shipments_stored,
@@ -852,12 +968,20 @@ def format_report(r: Report) -> str:
             c = fw.cpu_us_per_message
             row("   CPU per message: gateway / PostgreSQL / client (µs)",
                 f"{c['gateway']:.0f} / {c['postgres']:.0f} / {c['client']:.0f}")  # fmt: skip
-    rl = r.release
-    if rl is not None:
-        row("3c. forwarding throughput to the sandbox (messages/s)", f"{rl.forwarded_per_second:,.0f}")
+    for label, rl in (
+        ("3c. forwarding to the sandbox, all in cbec serve (msg/s)", r.release),
+        ("3d. the same, worker and sandbox in own processes (msg/s)", r.release_split),
+    ):
+        if rl is None:
+            continue
+        row(label, f"{rl.forwarded_per_second:,.0f}")
         row("   time from submission to 800 released p50 / p99 (s)", f"{rl.p50_s:.2f} / {rl.p99_s:.2f}")
         row("   shipments released / submitted (receipt delays 0)", f"{rl.released:,} / {rl.shipments:,}")
         row("   customs messages forwarded / wall time (s)", f"{rl.customs_done:,} / {rl.seconds:.1f}")
+        if rl.cpu_ms_per_message:
+            names = [n for n in ("gateway", "worker", "sandbox", "postgres", "client") if n in rl.cpu_ms_per_message]
+            row(f"   CPU ms per forwarded message: {' / '.join(names)}",
+                " / ".join(f"{rl.cpu_ms_per_message[n]:.2f}" for n in names))  # fmt: skip
     row("4. full ingest / bare lxml", f"{r.ratio:.3f} ({1 / r.ratio:.0f}×)" if r.ratio else "-")
     if i.machine_share:
         sh = i.machine_share
@@ -997,6 +1121,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
             forwarding_verification: Verification | None = None
             forwarding_jobs: dict[str, int] = {}
             release: ReleaseBench | None = None
+            release_split: ReleaseBench | None = None
             if opts.forwarding:
                 if _uses_sandbox(opts.config):
                     say(f"full ingest of {len(messages):,} messages with forwarding to the customs sandbox ...")
@@ -1013,18 +1138,25 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
                         forwarding_verification = await verify(dsn, messages)
                     release_set = release_samples(opts.seed, n_shipments)
                     say(f"forwarding {len(release_set):,} shipments to the sandbox until released ...")
-                    async with fresh_database(admin_dsn) as (dsn, _dbname):
+                    timeout_s = max(60.0, n_shipments * 0.2)
+                    async with fresh_database(admin_dsn) as (dsn, dbname):
                         gateway = GatewayProcess(dsn, work, opts.config, RELEASE_ENV)
                         try:
                             await gateway.start()
-                            release = await bench_release(
-                                gateway, release_set, opts.concurrency, timeout_s=max(60.0, n_shipments * 0.2)
-                            )
+                            assert gateway.proc is not None
+                            release = await bench_release(gateway, release_set, opts.concurrency, timeout_s=timeout_s,
+                                                          meter=CpuMeter(gateway.proc.pid, dbname))  # fmt: skip
                         finally:
                             await gateway.stop()
-                    if not release.ok:
-                        notes.append(f"release run: {release.shipments - release.released:,} shipments not released"
-                                     " before the timeout; see the gateway log")  # fmt: skip
+                    say("again with cbec worker and cbec sandbox in processes of their own ...")
+                    async with fresh_database(admin_dsn) as (dsn, dbname):
+                        release_split = await bench_release_split(
+                            dsn, dbname, work, opts.config, release_set, opts.concurrency, timeout_s=timeout_s
+                        )
+                    for label, r in (("release run", release), ("split release run", release_split)):
+                        if not r.ok:
+                            notes.append(f"{label}: {r.shipments - r.released:,} shipments not released"
+                                         " before the timeout; see the gateway log")  # fmt: skip
                 else:
                     notes.append("the configuration names a customs endpoint: the run with forwarding was skipped")
 
@@ -1050,6 +1182,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
         forwarding_verification=forwarding_verification,
         forwarding_jobs=forwarding_jobs,
         release=release,
+        release_split=release_split,
         flatness=flatness,
         notes=notes,
     )

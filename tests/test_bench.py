@@ -59,6 +59,14 @@ async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
     assert rl.forwarded_per_second > 0 and 0 < rl.p50_s <= rl.p99_s <= rl.seconds
     assert any(line.strip().startswith("3c.") for line in table)
     assert report.as_dict()["release"]["forwarded_per_second"] == rl.forwarded_per_second
+    assert rl.cpu_ms_per_message["gateway"] > 0 and rl.cpu_ms_per_message["postgres"] > 0
+
+    # The same with cbec worker and cbec sandbox in processes of their own: each spent CPU on the run.
+    split = report.release_split
+    assert split is not None and split.ok, text
+    assert split.shipments == split.released == 10 and split.customs_done == 40
+    assert all(split.cpu_ms_per_message[p] > 0 for p in ("gateway", "worker", "sandbox", "postgres")), split
+    assert any(line.strip().startswith("3d.") for line in table)
 
     flat = report.flatness
     assert len(flat) == 1
