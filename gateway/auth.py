@@ -49,11 +49,16 @@ class KeyRing:
     """Looks keys up by digest so that the lookup time does not depend on how much of a key matched."""
 
     def __init__(self, keys: Iterable[ApiKey]) -> None:
-        self._by_digest = {self._digest(k.key): k for k in keys}
+        self._by_digest = {self.digest(k.key): k for k in keys}
 
     @staticmethod
-    def _digest(key: str) -> bytes:
+    def digest(key: str) -> bytes:
         return hashlib.sha256(key.encode()).digest()
+
+    def by_digest(self, digest: bytes) -> Principal | None:
+        """The principal of the configured key with this digest (console sessions remember the digest only)."""
+        key = self._by_digest.get(digest)
+        return None if key is None else Principal(key.name, key.role, key.codes)
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -61,8 +66,8 @@ class KeyRing:
     def authenticate(self, presented: str | None) -> Principal | None:
         if not presented:
             return None
-        digest = self._digest(presented)
+        digest = self.digest(presented)
         key = self._by_digest.get(digest)
-        if key is None or not hmac.compare_digest(self._digest(key.key), digest):
+        if key is None or not hmac.compare_digest(self.digest(key.key), digest):
             return None
         return Principal(key.name, key.role, key.codes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import statistics
 import time
@@ -13,12 +14,13 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import asyncpg
 import cbec_queue
 import pytest
 
 from gateway import samples
-from gateway.auth import Principal
-from gateway.config import Role
+from gateway.auth import KeyRing, Principal
+from gateway.config import ApiKey, Role
 from gateway.console import CONSOLE
 from gateway.console.queries import mask_id_number
 from gateway.console.session import SessionStore
@@ -126,23 +128,61 @@ async def test_sign_out_needs_the_token_and_ends_the_session(ops: Ops) -> None:
     assert (await client.get("/ops/api/session"))[0] == 401
 
 
-def test_session_store_expiry_and_capacity() -> None:
+async def test_session_store_expiry_capacity_and_key_changes(db_pool: asyncpg.Pool) -> None:
     now = [1000.0]
-    store = SessionStore(idle_s=10, max_age_s=30, max_sessions=2, clock=lambda: now[0])
-    admin = Principal("a", Role.ADMIN, frozenset())
-    sid, _ = store.create(admin)
+    store = SessionStore(idle_s=10, max_age_s=30, max_sessions=2, touch_s=0, clock=lambda: now[0])
+    admin_key = ApiKey("a", "admin-key", Role.ADMIN)
+    keys = KeyRing([admin_key])
+    admin = keys.authenticate("admin-key")
+    assert admin is not None
+    digest = KeyRing.digest("admin-key")
+    sid, _ = await store.create(db_pool, admin, digest)
     now[0] += 9
-    assert store.get(sid) is not None  # touched: idle time starts again
+    assert await store.get(db_pool, keys, sid) is not None  # touched: idle time starts again
     now[0] += 9
-    assert store.get(sid) is not None
+    assert await store.get(db_pool, keys, sid) is not None
     now[0] += 13
-    assert store.get(sid) is None  # 31 s after sign-in: over max_age even though it was in use
-    a, _ = store.create(admin)
-    b, _ = store.create(admin)
-    c, _ = store.create(admin)
-    assert store.get(a) is None and store.get(b) is not None and store.get(c) is not None
+    assert await store.get(db_pool, keys, sid) is None  # 31 s after sign-in: over max_age even though it was in use
+    made = []
+    for _ in range(3):
+        now[0] += 1
+        made.append((await store.create(db_pool, admin, digest))[0])
+    a, b, c = made
+    assert await store.get(db_pool, keys, a) is None  # the oldest went to make room
+    assert await store.get(db_pool, keys, b) is not None and await store.get(db_pool, keys, c) is not None
+    assert await store.count(db_pool) == 2
+    async with db_pool.acquire() as conn:  # the table holds digests only, never the cookie or the key
+        rows = await conn.fetch("SELECT id_sha256, key_sha256 FROM console_sessions")
+    assert {bytes(r["id_sha256"]) for r in rows} == {hashlib.sha256(x.encode()).digest() for x in (b, c)}
+    assert {bytes(r["key_sha256"]) for r in rows} == {digest}
+    # Another process (same table, its own store object) knows the session.
+    assert await SessionStore(clock=lambda: now[0]).get(db_pool, keys, c) is not None
+    # The key's role changed in the configuration: the session follows at once; removed: the session ends.
+    demoted = KeyRing([ApiKey("a", "admin-key", Role.SUBMITTER, frozenset({"X"}))])
+    assert await store.get(db_pool, demoted, b) is None
+    assert await store.get(db_pool, KeyRing([]), c) is None
+    assert await store.count(db_pool) == 0
+    assert await store.drop(db_pool, c) is False
     with pytest.raises(ValueError):
-        store.create(Principal("s", Role.SUBMITTER, frozenset({"X"})))
+        await store.create(db_pool, Principal("s", Role.SUBMITTER, frozenset({"X"})), digest)
+
+
+async def test_sessions_touch_last_seen_at_most_every_touch_s(db_pool: asyncpg.Pool) -> None:
+    now = [1000.0]
+    store = SessionStore(idle_s=100, touch_s=60, clock=lambda: now[0])
+    keys = KeyRing([ApiKey("o", "op-key", Role.OPERATOR)])
+    principal = keys.authenticate("op-key")
+    assert principal is not None
+    sid, _ = await store.create(db_pool, principal, KeyRing.digest("op-key"))
+    seen = []
+    for step in (30, 31):
+        now[0] += step
+        session = await store.get(db_pool, keys, sid)
+        assert session is not None
+        seen.append(session.last_seen)
+    assert seen == [1000.0, 1061.0]  # not written 30 s after the last write, written 61 s after
+    now[0] += 101
+    assert await store.get(db_pool, keys, sid) is None  # idle past idle_s since the last write
 
 
 # --- CSRF on replay ----------------------------------------------------------------------------------

@@ -91,15 +91,16 @@ def _pool(request: web.Request) -> asyncpg.Pool:
     return request.app[_console(request).pool_key]
 
 
-def current_session(request: web.Request) -> Session | None:
-    return _console(request).sessions.get(request.cookies.get(COOKIE))
+async def current_session(request: web.Request) -> Session | None:
+    console = _console(request)
+    return await console.sessions.get(_pool(request), request.app[console.keys_key], request.cookies.get(COOKIE))
 
 
 def api(handler: Handler) -> Handler:
     """JSON endpoint: needs a session (401 otherwise); binds the operator's name to the log context."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        session = current_session(request)
+        session = await current_session(request)
         if session is None:
             return error(401, "sign in at /ops/login first (the session is missing or has expired)")
         request[SESSION] = session
@@ -151,7 +152,7 @@ def _set_cookie(response: web.StreamResponse, request: web.Request, value: str, 
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    if current_session(request) is None:
+    if await current_session(request) is None:
         raise web.HTTPFound(f"{PREFIX}/login")
     return _html(_static_text("index.html"))
 
@@ -174,7 +175,7 @@ def login_page(message: str | None = None, status: int = 200) -> web.Response:
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
-    if current_session(request) is not None:
+    if await current_session(request) is not None:
         raise web.HTTPFound(PREFIX)
     return login_page()
 
@@ -194,8 +195,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     if principal.role not in CONSOLE_ROLES:
         log.warning("console_sign_in_refused", reason="role", key_name=principal.name, role=str(principal.role))
         return login_page(_LOGIN_MESSAGES[403], 403)
-    console.sessions.drop(request.cookies.get(COOKIE))  # a new sign-in never reuses an old session id
-    session_id, session = console.sessions.create(principal)
+    pool = _pool(request)
+    await console.sessions.drop(pool, request.cookies.get(COOKIE))  # a new sign-in never reuses an old session id
+    session_id, session = await console.sessions.create(pool, principal, KeyRing.digest(key))
     log.info("console_signed_in", operator=session.name, role=str(session.role))
     response = web.Response(status=303, headers={"Location": PREFIX, "Cache-Control": "no-store"})
     _set_cookie(response, request, session_id, max_age=int(console.sessions.max_age_s))
@@ -204,7 +206,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 @mutating
 async def logout(request: web.Request) -> web.StreamResponse:
-    _console(request).sessions.drop(request.cookies.get(COOKIE))
+    await _console(request).sessions.drop(_pool(request), request.cookies.get(COOKIE))
     log.info("console_signed_out")
     response = json_response({"signed_out": True})
     _set_cookie(response, request, "", max_age=0)
@@ -397,7 +399,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             transport = request.transport
             if transport is None or transport.is_closing():
                 break  # the browser went away; noticed within _CHECK_S rather than at the next write
-            if console.sessions.get(cookie) is None:
+            if await console.sessions.get(_pool(request), request.app[console.keys_key], cookie) is None:
                 await response.write(b"event: signed-out\ndata: {}\n\n")
                 break
             if batch:
