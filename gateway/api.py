@@ -8,6 +8,7 @@ stack trace. Handlers stay thin: the pipeline and the store do the work.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -346,7 +347,8 @@ async def healthz(request: web.Request) -> web.Response:
             await conn.fetchval("SELECT 1")
     except Exception as exc:
         return json_response({"status": "unavailable", "database": str(exc)}, 503)
-    return json_response({"status": "ok", "database": "ok"})
+    # the pid tells which process answered when several share the port (cbec serve --processes)
+    return json_response({"status": "ok", "database": "ok", "process": os.getpid()})
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@ def _settings(args: argparse.Namespace) -> config.Settings:
         data_dir=getattr(args, "data_dir", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        processes=getattr(args, "processes", None),
     )
 
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(p)
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 8080)")
+    p.add_argument("--processes", type=int, help="API processes sharing the port (default 1; also CBEC_PROCESSES)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("worker", help="deliver queued messages (customs, inspection, warehouse, webhooks), no API")

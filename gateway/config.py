@@ -134,7 +134,9 @@ class Settings:
     log_level: str = "info"
     amount_tolerance: Decimal = Decimal("0")  # reconciliation tolerance for compared amounts, in CNY
     tax_rates: Mapping[str, Any] = field(default_factory=dict)  # overrides of gateway.tax defaults
-    pool_max_size: int = 16
+    pool_max_size: int = 16  # per process
+    # API processes sharing the port (SO_REUSEPORT); forwarding, the sandbox and the watchdog run in the first.
+    processes: int = 1
     # The declaring agent's key, used to sign JSON-submitted declarations whose schema requires a
     # signature (CEB621). None: a TEST key is generated in data_dir/signing (never for customs).
     signing_key_file: Path | None = None
@@ -320,6 +322,7 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
         ("log_level", str),
         ("amount_tolerance", lambda v: Decimal(str(v))),
         ("pool_max_size", int),
+        ("processes", int),
         ("signing_key_file", Path),
         ("signing_cert_file", Path),
         ("signing_algorithm", str),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
+import os
 import secrets
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -110,14 +112,23 @@ async def serve(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     info: dict[str, Any] | None = None,
+    api_only: bool = False,
 ) -> None:
     """Run until ``stop`` (or SIGINT/SIGTERM). ``info`` (if given) receives ``url`` and ``sandbox_url`` once
-    listening, before ``ready`` is set."""
+    listening, before ``ready`` is set.
+
+    With ``settings.processes`` > 1 this process also starts that many minus one API processes on the same port
+    (SO_REUSEPORT: the kernel spreads the connections) and restarts any that dies; they share the database and
+    the console's sessions, and ``api_only`` runs them without the sandbox, the queue worker and the watchdog,
+    which stay in this first process."""
+    if settings.processes < 1:
+        raise SystemExit(f"processes must be at least 1, got {settings.processes}")
     logs.configure(settings.log_format, settings.log_level)
     settings = dev_keys(settings)
     fwd = settings.forwarding
     sandboxed = fwd.enabled and uses_sandbox(fwd)
-    customs_key = secrets.token_urlsafe(32) if sandboxed else None
+    # API processes get their settings from the first one, the sandbox's receipt key included
+    customs_key = secrets.token_urlsafe(32) if sandboxed and not api_only else None
     if customs_key is not None:
         settings = settings.with_overrides(
             api_keys=(*settings.api_keys, ApiKey("customs-sandbox", customs_key, Role.CUSTOMS))
@@ -141,11 +152,23 @@ async def serve(
             app = create_app(settings, pool, signer=agent_signer(settings), router=router)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
-            site = web.TCPSite(runner, settings.host, settings.port)
+            shared = settings.processes > 1 or api_only
+            site = web.TCPSite(runner, settings.host, settings.port, reuse_port=shared or None)
             await site.start()
             port = runner.addresses[0][1] if settings.port == 0 else settings.port
             url = f"http://{_local(settings.host)}:{port}"
+            others: ApiProcesses | None = None
             try:
+                if api_only:
+                    log.info("api_process_listening", url=f"http://{settings.host}:{port}", pid=os.getpid())
+                    if ready is not None:
+                        ready.set()
+                    await stop.wait()
+                    return
+                if settings.processes > 1:
+                    # the settings (keys included) reach them through the spawn pipe, never argv or environment
+                    others = ApiProcesses(settings.with_overrides(port=port, database_url=dsn))
+                    others.start(settings.processes - 1)
                 if sandboxed:
                     from gateway.sandbox import start_sandbox
 
@@ -171,6 +194,8 @@ async def serve(
                 await stop.wait()
             finally:
                 log.info("stopping")
+                if others is not None:
+                    await others.stop()
                 if forwarding is not None:
                     await forwarding.stop()
                 await runner.cleanup()
@@ -178,6 +203,61 @@ async def serve(
                     await sandbox.stop()
         finally:
             await pool.close()
+
+
+def _api_process(settings: Settings) -> None:
+    """The entry point of the other API processes (multiprocessing, spawn)."""
+    asyncio.run(serve(settings, api_only=True))
+
+
+class ApiProcesses:
+    """The API processes besides the first one: started fresh (spawn), restarted when one dies, stopped with it."""
+
+    RESTART_DELAY_S = 1.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings  # with the port and the DSN the first process resolved
+        self._context = multiprocessing.get_context("spawn")  # no forked event loop, pool or embedded server
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._watch: asyncio.Task[None] | None = None
+
+    def _spawn(self) -> multiprocessing.process.BaseProcess:
+        proc = self._context.Process(
+            target=_api_process, args=(self.settings,), name="cbec-api", daemon=True
+        )
+        proc.start()
+        log.info("api_process_started", pid=proc.pid)
+        return proc
+
+    def start(self, count: int) -> None:
+        self._procs = [self._spawn() for _ in range(count)]
+        self._watch = asyncio.create_task(self._supervise())
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(self.RESTART_DELAY_S)
+            for i, proc in enumerate(self._procs):
+                if not proc.is_alive():
+                    log.error("api_process_exited", pid=proc.pid, exit_code=proc.exitcode, note="starting another")
+                    self._procs[i] = self._spawn()
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        for proc in self._procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)  # a normal stop: in-flight requests and batches finish
+        for proc in self._procs:
+            await asyncio.to_thread(proc.join, timeout)
+            if proc.is_alive():
+                proc.kill()
+                await asyncio.to_thread(proc.join, 5)
 
 
 async def run_worker(

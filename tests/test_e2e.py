@@ -240,6 +240,71 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
     assert not re.search(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", log)
 
 
+async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tmp_path: Path) -> None:
+    """`cbec serve --processes 2`: two API processes on one port (SO_REUSEPORT). Connections land on either;
+    legs submitted to either reconcile and are released (receipts reach either); a console session made on one
+    works on the other; a killed API process is replaced; SIGTERM stops them all."""
+    port, sandbox_port = free_port(), free_port()
+    cfg = tmp_path / "cbec.toml"
+    cfg.write_text(SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=sandbox_port), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--database-url", db_dsn,
+        "--data-dir", str(tmp_path / "var"), "--processes", "2", cwd=str(ROOT), env={**env, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    fresh = aiohttp.TCPConnector(force_close=True)  # a new connection per request: the kernel picks a process
+    try:
+        async with aiohttp.ClientSession(connector=fresh) as session:
+
+            async def pids(n: int) -> set[int]:
+                seen = set()
+                for _ in range(n):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(url + "/healthz") as resp:
+                            if resp.status == 200:
+                                seen.add((await resp.json())["process"])
+                return seen
+
+            async def both_up() -> bool:
+                return len(await pids(20)) == 2
+
+            await wait_for(both_up, timeout=40, what="two API processes")
+            ships = [shipment(110), shipment(111, "1210"), shipment(112)]
+            run = await submit_and_wait_released(url, ADMIN, ships, concurrency=3, timeout_s=40, poll_s=0.05,
+                                                 session=session)  # fmt: skip
+            assert run.released == 3 and run.not_released == []
+
+            async with session.post(url + "/ops/login", data={"key": ADMIN}, allow_redirects=False) as resp:
+                assert resp.status == 303
+                cookie = resp.cookies["cbec_ops"].value
+            answers = []
+            for _ in range(12):
+                async with session.get(url + "/ops/api/session", cookies={"cbec_ops": cookie}) as resp:
+                    answers.append(resp.status)
+            assert answers == [200] * 12  # both processes know the session
+
+            (victim,) = await pids(20) - {proc.pid}  # the API process the first one started
+            os.kill(victim, signal.SIGKILL)
+
+            async def replaced() -> bool:
+                now = await pids(20)
+                return len(now) == 2 and victim not in now
+
+            await wait_for(replaced, timeout=40, what="a new API process")
+            survivors = await pids(20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 40)
+    log = err.decode()
+    assert proc.returncode == 0, log[-2000:]
+    assert '"event": "api_process_exited"' in log
+    for pid in survivors:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # stopped with the first process
+
+
 async def test_transmissions_and_attempts_after_retries(db_dsn: str) -> None:
     """FLAKY-: two 503s then accepted; the shipment detail shows the three attempts of one transmission."""
     async with running_stack(db_dsn) as stack:
