@@ -394,11 +394,18 @@ class CpuMeter:
 
     @staticmethod
     def _seconds(pid: int) -> float:
+        """CPU seconds of the process and its children (the API processes of ``cbec serve --processes N``)."""
+        total = 0.0
         try:
-            t = psutil.Process(pid).cpu_times()
-            return float(t.user + t.system)
+            proc = psutil.Process(pid)
+            family = [proc, *proc.children(recursive=True)]
         except psutil.Error:
             return 0.0
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
 
     def snapshot(self) -> Snapshot:
         others = {name: self._seconds(pid) for name, pid in self.others.items()}
@@ -573,12 +580,13 @@ async def bench_release_split(
     concurrency: int,
     *,
     timeout_s: float,
+    processes: int = 1,
 ) -> ReleaseBench:
     """The release run in the production topology: ``cbec serve`` takes the API only, a ``cbec worker`` delivers
     and the customs sandbox (``cbec sandbox``, receipt delays zero) answers from processes of their own."""
     customs_key = secrets.token_urlsafe(24)
     # The API process keeps its receipt watchdog and routing; its own worker is off (the in-process sandbox idles).
-    api_env = {**RELEASE_ENV, "CBEC_FORWARDING_WORKER": "false"}
+    api_env = {**RELEASE_ENV, "CBEC_FORWARDING_WORKER": "false", "CBEC_PROCESSES": str(processes)}
     gateway = GatewayProcess(dsn, work, config, api_env, customs_key=customs_key)
     sandbox_port = _free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
@@ -946,7 +954,9 @@ def format_report(r: Report) -> str:
     row("   start-up of cbec validate (s)", f"{v.startup_seconds:.2f}")
     after = v.files_per_second_after_startup
     row("   files/s after start-up", f"{after:,.0f}" if after is not None else "n/a (too short)")
-    row(f"3. full ingest over HTTP, concurrency {r.corpus['concurrency']} (messages/s)", f"{i.per_second:,.0f}")
+    procs = r.corpus.get("processes", 1)
+    where = f", {procs} processes" if procs > 1 else ""
+    row(f"3. full ingest, HTTP, concurrency {r.corpus['concurrency']}{where} (msg/s)", f"{i.per_second:,.0f}")
     row("   latency p50 / p99 (ms)", f"{i.p50_ms:.1f} / {i.p99_ms:.1f}")
     row("   accepted (HTTP 202) / sent", f"{i.accepted:,} / {i.messages:,}")
     vf = r.verification
@@ -1065,6 +1075,7 @@ class Options:
     batch: int = 2000
     seed: int = 1
     min_seconds: float = 1.0  # per in-process CPU measurement
+    processes: int = 1  # cbec serve --processes for the ingest runs
     forwarding: bool = True  # also run the ingest with cbec serve's forwarding (worker + customs sandbox)
 
     @classmethod
@@ -1080,6 +1091,7 @@ class Options:
             batch=int(getattr(args, "batch", None) or 2000),
             seed=int(getattr(args, "seed", None) or 1),
             forwarding=not getattr(args, "no_forwarding", False),
+            processes=int(getattr(args, "processes", None) or 1),
         )
 
 
@@ -1108,7 +1120,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
             machine = await machine_facts(admin_dsn, where)
             say(f"full ingest of {len(messages):,} messages ({where}) ...")
             async with fresh_database(admin_dsn) as (dsn, dbname):
-                gateway = GatewayProcess(dsn, work, opts.config, INGEST_ONLY_ENV)
+                gateway = GatewayProcess(dsn, work, opts.config, {**INGEST_ONLY_ENV, **_processes(opts)})
                 try:
                     await gateway.start()
                     assert gateway.proc is not None
@@ -1126,7 +1138,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
                 if _uses_sandbox(opts.config):
                     say(f"full ingest of {len(messages):,} messages with forwarding to the customs sandbox ...")
                     async with fresh_database(admin_dsn) as (dsn, dbname):
-                        gateway = GatewayProcess(dsn, work, opts.config, FORWARDING_ENV)
+                        gateway = GatewayProcess(dsn, work, opts.config, {**FORWARDING_ENV, **_processes(opts)})
                         try:
                             await gateway.start()
                             assert gateway.proc is not None
@@ -1140,7 +1152,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
                     say(f"forwarding {len(release_set):,} shipments to the sandbox until released ...")
                     timeout_s = max(60.0, n_shipments * 0.2)
                     async with fresh_database(admin_dsn) as (dsn, dbname):
-                        gateway = GatewayProcess(dsn, work, opts.config, RELEASE_ENV)
+                        gateway = GatewayProcess(dsn, work, opts.config, {**RELEASE_ENV, **_processes(opts)})
                         try:
                             await gateway.start()
                             assert gateway.proc is not None
@@ -1151,8 +1163,9 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
                     say("again with cbec worker and cbec sandbox in processes of their own ...")
                     async with fresh_database(admin_dsn) as (dsn, dbname):
                         release_split = await bench_release_split(
-                            dsn, dbname, work, opts.config, release_set, opts.concurrency, timeout_s=timeout_s
-                        )
+                            dsn, dbname, work, opts.config, release_set, opts.concurrency, timeout_s=timeout_s,
+                            processes=opts.processes,
+                        )  # fmt: skip
                     for label, r in (("release run", release), ("split release run", release_split)):
                         if not r.ok:
                             notes.append(f"{label}: {r.shipments - r.released:,} shipments not released"
@@ -1172,6 +1185,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
             "mix": _mix(messages),
             "avg_bytes": sum(map(len, bodies)) / len(bodies),
             "concurrency": opts.concurrency,
+            "processes": opts.processes,
         },
         lxml_per_second=lxml_rate,
         pipeline_per_second=pipeline_rate,
@@ -1187,6 +1201,11 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
         notes=notes,
     )
     return report
+
+
+def _processes(opts: Options) -> dict[str, str]:
+    """``cbec serve --processes`` for the runs (the API processes' CPU counts as the gateway's)."""
+    return {"CBEC_PROCESSES": str(opts.processes)}
 
 
 def _uses_sandbox(config_file: str | None) -> bool:
@@ -1239,7 +1258,7 @@ async def _flatness(
                     notes.append(
                         f"populating {target:,} shipments took {populate_seconds:.0f} s, more than five minutes"
                     )
-            gateway = GatewayProcess(dsn, work, opts.config, INGEST_ONLY_ENV)
+            gateway = GatewayProcess(dsn, work, opts.config, {**INGEST_ONLY_ENV, **_processes(opts)})
             warmup = corpus.shipments(warmup_shipments)
             batch = corpus.shipments(batch_shipments)
             try:

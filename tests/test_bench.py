@@ -19,13 +19,16 @@ def _numbers(text: str) -> list[float]:
 @pytest.mark.db
 @pytest.mark.asyncio(loop_scope="session")
 async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
-    opts = bench.Options(database_url=pg_dsn, messages=40, concurrency=4, shipments=[30], batch=40, min_seconds=0.1)
+    opts = bench.Options(
+        database_url=pg_dsn, messages=40, concurrency=4, shipments=[30], batch=40, min_seconds=0.1, processes=2
+    )
     report = await bench.run(opts)
     text = bench.format_report(report)
 
     # Nothing lost: every message stored once, every shipment matched, in the main run and the flatness run.
     assert report.ok, text
     assert report.ingest.accepted == report.ingest.messages == 40
+    assert "concurrency 4, 2 processes" in text  # the runs used cbec serve --processes 2
     assert report.verification.messages_stored == 40
     assert report.verification.shipments_matched == report.verification.shipments_expected == 10
     assert report.validate.valid == report.validate.files == bench.MIN_VALIDATE_FILES  # the 40, written 50 times
@@ -88,5 +91,6 @@ def test_cli_bench_options() -> None:
     )
     opts = bench.Options.from_args(args)
     assert (opts.messages, opts.concurrency, opts.shipments, opts.batch) == (80, 8, [1000, 1_000_000], 2000)
-    assert args.json is True and opts.forwarding is True
+    assert args.json is True and opts.forwarding is True and opts.processes == 1
+    assert bench.Options.from_args(build_parser().parse_args(["bench", "--processes", "2"])).processes == 2
     assert bench.Options.from_args(build_parser().parse_args(["bench", "--no-forwarding"])).forwarding is False
