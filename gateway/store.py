@@ -451,6 +451,7 @@ class Store:
         self.outbox = outbox
         self._queue: collections.deque[_Job] = collections.deque()
         self._workers = 0
+        self._running_locks: collections.Counter[Lock] = collections.Counter()  # locks of the batches running now
         self._arrivals = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -470,12 +471,18 @@ class Store:
             Refs.of(news),
         )  # fmt: skip
         self._queue.append(job)
-        if self._workers < self.max_parallel:
+        self._start_drains()
+        return await job.future
+
+    def _start_drains(self) -> None:
+        """One more drain while fewer than max_parallel run and a waiting message could start now."""
+        if self._workers < self.max_parallel and self._queue and (
+            self._workers == 0 or not self._queue[-1].locks & self._running_locks.keys()
+        ):
             self._workers += 1
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await job.future
 
     async def aclose(self) -> None:
         """Wait for the messages already handed over (call before closing the pool)."""
@@ -483,23 +490,44 @@ class Store:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _drain(self) -> None:
-        """Take what is waiting, up to max_batch messages, as one transaction; repeat until nothing waits.
+        """Take what is waiting, up to max_batch messages, as one transaction; repeat until nothing can start.
 
         At most max_parallel of these run at once. Under load the messages pile up while a batch runs,
         so the next batch is bigger: BEGIN, the locks, COMMIT (its WAL flush) and the pool's reset are
         paid once per batch instead of once per message. An idle gateway answers each message alone.
+        A message that shares a lock with a batch running in this process waits in the queue for that
+        batch to end instead of joining a new batch: it would make the whole new batch wait at BEGIN.
         """
         try:
-            while self._queue:
-                batch: list[_Job] = []
-                while self._queue and len(batch) < self.max_batch:
-                    job = self._queue.popleft()
-                    if not job.future.done():  # the caller went away before it started: nothing to do
-                        batch.append(job)
-                if batch:
+            while batch := self._take():
+                locks = [lock for job in batch for lock in job.locks]
+                self._running_locks.update(locks)
+                try:
                     await self._run_batch(batch)
+                finally:
+                    self._running_locks.subtract(locks)
+                    self._running_locks += collections.Counter()  # drop the zero counts
         finally:
             self._workers -= 1
+            self._start_drains()  # what this batch held back may start now
+
+    def _take(self) -> list[_Job]:
+        """The next batch: waiting messages in arrival order, skipping those that share a lock with a running
+        batch or with a message skipped before them (no message overtakes one it shares a lock with)."""
+        batch: list[_Job] = []
+        blocked = set(self._running_locks)
+        kept: list[_Job] = []
+        while self._queue and len(batch) < self.max_batch:
+            job = self._queue.popleft()
+            if job.future.done():  # the caller went away before it started: nothing to do
+                continue
+            if job.locks & blocked:
+                blocked |= job.locks
+                kept.append(job)
+            else:
+                batch.append(job)
+        self._queue.extendleft(reversed(kept))
+        return batch
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         try:
