@@ -640,3 +640,26 @@ async def test_every_generic_plan_probes_indexes(store: Store, db_pool: asyncpg.
     async with db_pool.acquire() as conn:
         await conn.execute("ANALYZE")
         assert await _full_scans(conn) == {}
+
+
+async def test_a_batch_skips_messages_locked_by_a_running_batch_and_keeps_their_order() -> None:
+    """Scheduling (Store._take): a message sharing a lock with a running batch stays queued, and so does any later
+    message sharing a lock with it — no message overtakes one it shares a lock with; the others go now."""
+    store = Store(None, max_batch=10)  # type: ignore[arg-type]  # _take touches no database
+
+    def job(n: int, *locks: tuple[str, str]) -> Any:
+        return store_module._Job(None, b"", b"", "t", "xml", n, [], set(locks), None)  # type: ignore[arg-type]
+
+    a, b, c = ("order", "A"), ("order", "B"), ("order", "C")
+    jobs = [job(1, a), job(2, b), job(3, b, c), job(4, c), job(5, ("order", "D"))]
+    store._queue.extend(jobs)
+    store._running_locks.update([a, b])  # a batch with A and B runs
+    assert [j.arrival for j in store._take()] == [5]  # 3 shares B, 4 shares C with 3: they wait too
+    assert [j.arrival for j in store._queue] == [1, 2, 3, 4]
+    store._running_locks.subtract([a, b])
+    store._running_locks += store_module.collections.Counter()
+    assert [j.arrival for j in store._take()] == [1, 2, 3, 4]  # the batch ended: all go, in arrival order
+    gone = job(6, a)
+    gone.future.cancel()  # the caller went away before it started
+    store._queue.append(gone)
+    assert store._take() == [] and not store._queue
