@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import cbec_queue
+import orjson
 import structlog
 from aiohttp import web
 from lxml import etree
@@ -60,9 +61,10 @@ def _default(o: Any) -> Any:
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        text=json.dumps(body, ensure_ascii=False, default=_default),
+        body=orjson.dumps(body, default=_default, option=orjson.OPT_NON_STR_KEYS),
         status=status,
         content_type="application/json",
+        charset="utf-8",
         headers=headers,
     )
 

@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
-from functools import partial
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,31 @@ MIGRATION_LOCK = 0x6362_6563_6D69_6772
 
 _MIGRATION_FILE = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
 
-_dumps = partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+_JSONB_VERSION = b"\x01"  # the first byte of jsonb in PostgreSQL's binary format
+
+
+def _json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _jsonb_bytes(value: Any) -> bytes:
+    return _JSONB_VERSION + orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _jsonb_value(data: bytes) -> Any:
+    if data[:1] != _JSONB_VERSION:
+        raise ValueError(f"unknown jsonb binary format version {data[:1]!r}")
+    return orjson.loads(data[1:])
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # jsonb/json as Python objects in both directions (the store passes dicts and lists).
-    for name in ("jsonb", "json"):
-        await conn.set_type_codec(name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+    # jsonb/json as Python objects in both directions (the store passes dicts and lists), in the binary wire
+    # format with orjson: every ingested message sends and reads back several documents' JSON, and this is
+    # several times cheaper than the json module through text.
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_bytes, decoder=_jsonb_value, schema="pg_catalog", format="binary"
+    )
+    await conn.set_type_codec("json", encoder=_json_bytes, decoder=orjson.loads, schema="pg_catalog", format="binary")
 
 
 #: How the transactions on the hot paths begin (gateway.store's ingest, gateway.outbox's receipts and sends).
@@ -75,7 +93,7 @@ async def transaction(pool: asyncpg.Pool, begin: str = BEGIN_PLANNED) -> AsyncIt
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
-    """A pool whose connections encode and decode json/jsonb with the json module."""
+    """A pool whose connections encode and decode json/jsonb as Python values (orjson, binary format)."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
