@@ -122,54 +122,84 @@ _DOC_STATE = (
     " d.customs_return_time, d.customs_info, d.pre_no, d.invt_no, d.repushes, d.head ->> 'tradeMode' AS mode"
 )
 
-#: Correlation probes, most reliable first (gateway.receipts.Correlation); each returns document ids.
-BY_GUID = """
-SELECT d.id FROM documents AS d
- WHERE d.doc_guid = $1 AND d.kind IN ('inventory', 'cancel', 'refund', 'delivery') AND d.message_type = $2
- ORDER BY d.id DESC LIMIT 1
+_RECEIPTED_KINDS = "('inventory', 'cancel', 'refund', 'delivery')"  # the kinds answered by guid / copNo
+
+#: Correlation of every new return of a receipt message in one statement ($1: JSON array of
+#: {i, declared, ori, k1, k2, ebc, guid, cop_no, parties, pre_no, invt_no}, absent values null), with the
+#: documents found, read (not locked): one row per (i, document), in the order of the probes of
+#: gateway.receipts.Correlation, most reliable first — a CEB900's oriCopMsgId gives every document sent with
+#: that CopMsgId (and nothing else); else the first probe that finds one: the declaration's key (the current
+#: document; with the receipt's ebcCode when it carries one), the echoed guid, copNo with a party in common
+#: (among its 20 latest), preNo, invtNo. COALESCE evaluates its probes lazily, left to right.
+CORRELATE = f"""
+SELECT x.i, {_DOC_STATE}
+  FROM jsonb_to_recordset($1::jsonb) AS x(i int, declared text, ori text, k1 text, k2 text, ebc text, guid text,
+                                           cop_no text, parties text[], pre_no text, invt_no text),
+       LATERAL unnest(CASE
+           WHEN x.ori IS NOT NULL THEN
+               ARRAY(SELECT o.id FROM documents AS o WHERE o.cop_msg_id = x.ori ORDER BY o.doc_index)
+           WHEN x.declared IS NULL THEN '{{}}'::bigint[]
+           ELSE ARRAY[coalesce(
+               (SELECT k.id FROM documents AS k
+                 WHERE k.message_type = x.declared AND k.key1 = x.k1 AND k.key2 = x.k2 AND k.is_current
+                   AND (x.ebc IS NULL OR k.ebc_code IS NULL OR k.ebc_code = x.ebc)
+                 LIMIT 1),
+               (SELECT g.id FROM documents AS g
+                 WHERE g.doc_guid = x.guid AND g.kind IN {_RECEIPTED_KINDS} AND g.message_type = x.declared
+                 ORDER BY g.id DESC LIMIT 1),
+               (SELECT c.id
+                  FROM (SELECT c.id, c.is_current, c.ebc_code, c.head ->> 'agentCode' AS agent_code,
+                               c.head ->> 'operatorCode' AS operator_code
+                          FROM documents AS c
+                         WHERE (c.head ->> 'copNo') = x.cop_no AND c.kind IN {_RECEIPTED_KINDS}
+                           AND c.message_type = x.declared
+                         ORDER BY c.is_current DESC, c.id DESC LIMIT 20) AS c
+                 WHERE cardinality(x.parties) = 0 OR c.ebc_code = ANY (x.parties) OR c.agent_code = ANY (x.parties)
+                    OR c.operator_code = ANY (x.parties)
+                 ORDER BY c.is_current DESC, c.id DESC LIMIT 1),
+               (SELECT p.id FROM documents AS p WHERE p.pre_no = x.pre_no AND p.message_type = x.declared
+                 ORDER BY p.id DESC LIMIT 1),
+               (SELECT v.id FROM documents AS v WHERE v.invt_no = x.invt_no AND v.message_type = x.declared
+                 ORDER BY v.id DESC LIMIT 1))]
+       END) WITH ORDINALITY AS f(id, n)
+  JOIN documents AS d ON d.id = f.id
+ ORDER BY x.i, f.n
 """
-#: $4: the receipt's ebcCode when it carries one (CEB312), else NULL.
-BY_KEY = """
-SELECT d.id FROM documents AS d
- WHERE d.message_type = $1 AND d.key1 = $2 AND d.key2 = $3 AND d.is_current
-   AND ($4::text IS NULL OR d.ebc_code IS NULL OR d.ebc_code = $4)
-"""
-BY_COP_NO = """
-SELECT d.id, d.ebc_code, d.head ->> 'agentCode' AS agent_code, d.head ->> 'operatorCode' AS operator_code
-  FROM documents AS d
- WHERE (d.head ->> 'copNo') = $1 AND d.kind IN ('inventory', 'cancel', 'refund', 'delivery') AND d.message_type = $2
- ORDER BY d.is_current DESC, d.id DESC LIMIT 20
-"""
-BY_PRE_NO = "SELECT d.id FROM documents AS d WHERE d.pre_no = $1 AND d.message_type = $2 ORDER BY d.id DESC LIMIT 1"
-BY_INVT_NO = "SELECT d.id FROM documents AS d WHERE d.invt_no = $1 AND d.message_type = $2 ORDER BY d.id DESC LIMIT 1"
-BY_COP_MSG_ID = "SELECT d.id FROM documents AS d WHERE d.cop_msg_id = $1 ORDER BY d.doc_index"
 
 #: The documents ($1 ids), fresh and row-locked, after the shipment locks are held.
 LOCK_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.id = ANY ($1::bigint[]) ORDER BY d.id FOR UPDATE"
-READ_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.id = ANY ($1::bigint[]) ORDER BY d.id"
 
-#: Keyed shipments a waybill ($1 logisticsCode, $2 logisticsNo, $3 orderNo) belongs to: via an inventory
-#: naming it, or sharing its orderNo.
-SHIPMENTS_OF_WAYBILL = """
-SELECT d.ebp_code, d.order_no FROM documents AS d
- WHERE d.logistics_code = $1 AND d.logistics_no = $2 AND d.kind = 'inventory' AND d.is_current AND NOT d.withdrawn
+#: Keyed shipments waybills ($1 logisticsCode, $2 logisticsNo; $3 their orderNos) belong to: via an inventory
+#: naming one, or sharing an orderNo.
+SHIPMENTS_OF_WAYBILLS = """
+SELECT d.ebp_code, d.order_no
+  FROM unnest($1::text[], $2::text[]) AS w(lc, ln),
+       LATERAL (SELECT * FROM documents AS d WHERE d.logistics_code = w.lc AND d.logistics_no = w.ln OFFSET 0) AS d
+ WHERE d.kind = 'inventory' AND d.is_current AND NOT d.withdrawn
 UNION
-SELECT s.ebp_code, s.order_no FROM shipments AS s WHERE s.order_no = $3 AND s.ebp_code <> ''
+SELECT s.ebp_code, s.order_no
+  FROM unnest($3::text[]) AS o(ono),
+       LATERAL (SELECT * FROM shipments AS s WHERE s.order_no = o.ono OFFSET 0) AS s
+ WHERE s.ebp_code <> ''
 """
 
 #: Take the advisory locks $1 (sorted ids) for the rest of the transaction.
 LOCK_IDS = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
 
-#: Insert the receipts; the ones already stored (same dedupe) are skipped. Returns the new ones' index.
+#: Insert the receipts; the ones already stored (same dedupe) are skipped. Returns the new ones' index. The
+#: message's raw XML ($4) goes on its first return element only: one copy per message, not one per return.
 INSERT_RECEIPTS = """
 INSERT INTO receipts (message_type, root_guid, element_index, doc_guid, keys, return_status, return_time,
                       return_info, cop_msg_id, raw_xml, source, submitter, dedupe, outcome)
-SELECT $1, $2, x.idx, x.guid, x.keys, x.status, x.rtime, x.info, $3, $4, $5, $6, x.dedupe, 'unmatched'
+SELECT $1, $2, x.idx, x.guid, x.keys, x.status, x.rtime, x.info, $3,
+       CASE WHEN x.idx = min(x.idx) OVER () THEN $4 END, $5, $6, x.dedupe, 'unmatched'
   FROM unnest($7::int[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::text[])
        AS x(idx, guid, keys, status, rtime, info, dedupe)
 ON CONFLICT (dedupe) DO NOTHING
-RETURNING id, element_index
+RETURNING id, element_index, raw_xml IS NOT NULL AS has_raw
 """
+#: The raw XML ($2) on a receipt ($1): when the message's first return element was already stored.
+SET_RECEIPT_RAW = "UPDATE receipts SET raw_xml = $2 WHERE id = $1"
 
 #: Documents' customs state after the receipts ($1-$8: ids, then the new values; NULL keeps pre_no / invt_no) and
 #: the receipts' outcomes ($9-$13), in one round trip (empty arrays change nothing; the tables are distinct).
@@ -494,13 +524,20 @@ class Outbox:
         """The keyed shipments the documents belong to, under the ingest's orderNo locks."""
         shipments: set[tuple[str, str]] = set()
         orders: set[str] = set()
+        waybills: list[_Doc] = []
         for d in docs:
             orders.add(d.order_no or "")
             if d.kind == "waybill":
-                for r in await conn.fetch(SHIPMENTS_OF_WAYBILL, d.logistics_code, d.logistics_no, d.order_no):
-                    shipments.add((r["ebp_code"], r["order_no"]))
+                waybills.append(d)
             elif d.kind in ("order", "payment", "inventory") and d.ebp_code:
                 shipments.add((d.ebp_code, d.order_no or ""))
+        if waybills:
+            rows = await conn.fetch(
+                SHIPMENTS_OF_WAYBILLS,
+                [d.logistics_code for d in waybills], [d.logistics_no for d in waybills],
+                [d.order_no for d in waybills],
+            )  # fmt: skip
+            shipments.update((r["ebp_code"], r["order_no"]) for r in rows)
         orders |= {s[1] for s in shipments}
         await conn.fetchval(LOCK_IDS, sorted({order_lock(o) for o in orders}))
         return shipments
@@ -514,6 +551,7 @@ class Outbox:
         rows = await conn.fetch(SHIPMENT_LEGS, [s[0] for s in ships], [s[1] for s in ships])
         changed: list[tuple[str, str, str, str | None]] = []
         jobs: list[JobSpec] = []
+        released: list[tuple[asyncpg.Record, dict[str, Any]]] = []  # (shipment, its inventory leg)
         for r in rows:
             legs = _latest_legs(r["legs"])
             status, info = shipment_customs_status(
@@ -535,10 +573,15 @@ class Outbox:
             )  # fmt: skip
             inventory = next((leg for leg in legs if leg["kind"] == "inventory"), None)
             if status == "released" and inventory is not None:
-                heads = await conn.fetch(MESSAGE_HEADS, [inventory["message_id"]])
+                released.append((r, inventory))
+        if released and self.router is not None:
+            # one read of the guids for every shipment released here (a receipt message may release many)
+            heads = await conn.fetch(MESSAGE_HEADS, [inv["message_id"] for _, inv in released])
+            guids = {h["id"]: h["guid"] for h in heads}
+            for r, inventory in released:
                 jobs += self.router.release_jobs(
-                    message_id=inventory["message_id"], guid=heads[0]["guid"], doc_index=inventory["doc_index"],
-                    ebp_code=r["ebp_code"], order_no=r["order_no"],
+                    message_id=inventory["message_id"], guid=guids[inventory["message_id"]],
+                    doc_index=inventory["doc_index"], ebp_code=r["ebp_code"], order_no=r["order_no"],
                 )  # fmt: skip
         if changed:
             await conn.execute(
@@ -572,6 +615,8 @@ class Outbox:
             [r.dedupe_key() for r in recs],
         )  # fmt: skip
         new = {row["element_index"]: row["id"] for row in inserted}
+        if inserted and not any(row["has_raw"] for row in inserted):
+            await conn.execute(SET_RECEIPT_RAW, min(new.values()), intake.raw_xml)
         results = {
             r.index: ReceiptResult(
                 r.index, r.message_type, r.return_status, rc.Outcome.DUPLICATE.value, rc.status_name(r.return_status)
@@ -581,11 +626,14 @@ class Outbox:
         todo = [r for r in recs if r.index in new]
         if not todo:
             return [results[r.index] for r in recs]
-        targets = {r.index: await self._correlate(conn, r.correlation()) for r in todo}
-        ids = sorted({i for found in targets.values() for i in found})
+        targets: dict[int, list[int]] = {r.index: [] for r in todo}
+        found_docs: dict[int, _Doc] = {}
+        for row in await conn.fetch(CORRELATE, [_probe(r.index, r.correlation()) for r in todo]):
+            targets[row["i"]].append(row["id"])
+            found_docs.setdefault(row["id"], _Doc.of(row))
+        ids = sorted(found_docs)
         # Lock the shipments first (the ingest's order), then read the documents fresh and row-locked.
-        docs = {d.id: d for d in (_Doc.of(x) for x in await conn.fetch(READ_DOCUMENTS, ids))}
-        shipments = await self._lock_shipments_of(conn, docs.values())
+        shipments = await self._lock_shipments_of(conn, found_docs.values())
         docs = {d.id: d for d in (_Doc.of(x) for x in await conn.fetch(LOCK_DOCUMENTS, ids))}
         resend: set[int] = set()
         for r in todo:
@@ -636,34 +684,6 @@ class Outbox:
         if resend:
             await self._resend(conn, sorted(resend), delay_s=self.router.resend_delay_s if self.router else 0.0)
         return [results[r.index] for r in recs]
-
-    async def _correlate(self, conn: asyncpg.Connection, c: rc.Correlation) -> list[int]:
-        """Document ids a receipt answers (several for a CEB900: the whole message)."""
-        if c.ori_cop_msg_id is not None:
-            return [r["id"] for r in await conn.fetch(BY_COP_MSG_ID, c.ori_cop_msg_id)]
-        declared = c.declared_type
-        if declared is None:
-            return []
-        if c.keys is not None:  # 312 / 412 / 512 / 514: the declaration's own key (the current document)
-            found = await conn.fetchval(BY_KEY, declared, *c.keys, c.ebc_code)
-            if found is not None:
-                return [found]
-        if c.guid:  # 622 / 624 / 626 / 712: the echoed guid first
-            found = await conn.fetchval(BY_GUID, c.guid, declared)
-            if found is not None:
-                return [found]
-        if c.cop_no:
-            rows = await conn.fetch(BY_COP_NO, c.cop_no, declared)
-            for r in rows:
-                parties = {r["ebc_code"], r["agent_code"], r["operator_code"]} - {None}
-                if not c.parties or not parties.isdisjoint(c.parties):
-                    return [r["id"]]
-        for probe, value in ((BY_PRE_NO, c.pre_no), (BY_INVT_NO, c.invt_no)):
-            if value:
-                found = await conn.fetchval(probe, value, declared)
-                if found is not None:
-                    return [found]
-        return []
 
     async def _resend(self, conn: asyncpg.Connection, message_ids: Sequence[int], *, delay_s: float) -> list[int]:
         """Send messages again (same guid and CopMsgId), each at most max_repushes times."""
@@ -776,6 +796,24 @@ class Outbox:
             shipment["customs_info"] = own["customs_info"]
             shipment["customs_updated_at"] = _iso(own["customs_updated_at"])
         return shipment
+
+
+def _probe(index: int, c: rc.Correlation) -> dict[str, Any]:
+    """One row of CORRELATE's input: absent or empty values as null (a probe without its value finds nothing)."""
+    declared = c.declared_type
+    return {
+        "i": index,
+        "declared": declared,
+        "ori": c.ori_cop_msg_id,
+        "k1": c.keys[0] if c.keys is not None else None,
+        "k2": c.keys[1] if c.keys is not None else None,
+        "ebc": c.ebc_code,
+        "guid": c.guid or None,
+        "cop_no": c.cop_no or None,
+        "parties": list(c.parties),
+        "pre_no": c.pre_no or None,
+        "invt_no": c.invt_no or None,
+    }
 
 
 def _latest_legs(legs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,6 +3,8 @@ plan must probe indexes only, on empty tables and on small analysed ones (a long
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 
 from gateway import db, outbox
@@ -11,17 +13,17 @@ from tests.planutil import full_scans
 from tests.test_store import full_shipment
 
 _T = "ARRAY['x']::text[]"
+#: A CORRELATE input row with every probe's value (the plan of each probe is checked).
+_PROBE = {"i": 1, "declared": "CEB621", "ori": None, "k1": "A", "k2": "C", "ebc": "E", "guid": "g", "cop_no": "c",
+          "parties": ["E"], "pre_no": "p", "invt_no": "i"}  # fmt: skip
 # Each statement with parameters good enough for PREPARE/EXECUTE (the plan, not the result, is checked).
 _PLAN_CASES = {
-    "BY_GUID": "'g', 'CEB621'",
-    "BY_KEY": "'CEB311', 'E', 'O', NULL",
-    "BY_COP_NO": "'c', 'CEB621'",
-    "BY_PRE_NO": "'p', 'CEB621'",
-    "BY_INVT_NO": "'i', 'CEB621'",
-    "BY_COP_MSG_ID": "'m'",
-    "READ_DOCUMENTS": "ARRAY[1::bigint]",
+    "CORRELATE": "'" + json.dumps([_PROBE, {"i": 2, "ori": "m", "parties": []}]) + "'",
+    "INSERT_RECEIPTS": f"'CEB312', 'R', NULL, 'x', 'http', NULL, ARRAY[1], {_T}, ARRAY['{{}}'::jsonb], {_T}, {_T}, "
+    f"{_T}, {_T}",
     "LOCK_DOCUMENTS": "ARRAY[1::bigint]",
-    "SHIPMENTS_OF_WAYBILL": "'L', 'N', 'O'",
+    "SHIPMENTS_OF_WAYBILLS": f"{_T}, {_T}, {_T}",
+    "SET_RECEIPT_RAW": "1, 'x'",
     "SET_CUSTOMS_STATE_AND_OUTCOMES": f"ARRAY[1::bigint], {_T}, {_T}, ARRAY[1], {_T}, {_T}, {_T}, {_T}, "
     f"ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[true], {_T}",
     "SHIPMENT_LEGS": f"{_T}, {_T}",
@@ -32,6 +34,8 @@ _PLAN_CASES = {
     "MESSAGE_HEADS": "ARRAY[1::bigint]",
     "COUNT_RESEND": "ARRAY[1::bigint], 3",
 }
+
+
 async def _full_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
     return await full_scans(conn, begin=db.BEGIN_PLANNED, module=outbox, cases=_PLAN_CASES)
 
