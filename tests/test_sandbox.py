@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from lxml import etree
 
 from adapters import dxp
@@ -83,17 +84,20 @@ async def post_dxp(
         return resp.status, await resp.json(), cop
 
 
-def receipt(rec_body: bytes) -> dict[str, Any]:
-    """One received receipt: envelope fields and the return element's children."""
+def receipt(rec_body: bytes) -> list[dict[str, Any]]:
+    """The receipts of one received message: envelope fields and each return element's children."""
     env = dxp.unwrap(rec_body)
     root = etree.fromstring(env.data)
-    ret = root[0]
-    fields = {etree.QName(c).localname: c.text or "" for c in ret}
-    return {"env": env, "root": root, "type": etree.QName(root).localname[:6], **fields}
+    out = []
+    for ret in root:
+        fields = {etree.QName(c).localname: c.text or "" for c in ret}
+        out.append({"env": env, "root": root, "type": etree.QName(root).localname[:6], **fields})
+    return out
 
 
 def receipts(rec: Recorder, where: Callable[[dict[str, Any]], bool] = lambda r: True) -> list[dict[str, Any]]:
-    out = [receipt(r.body) for r in rec.requests if r.path == "/v1/receipts"]
+    """Every receipt (return element) posted, in the order posted."""
+    out = [x for r in rec.requests if r.path == "/v1/receipts" for x in receipt(r.body)]
     return [r for r in out if where(r)]
 
 
@@ -459,6 +463,122 @@ async def test_header_selects_the_scenario(
     assert status == 503
     status, _, _ = await post_dxp(client, sandbox.url, xml)
     assert status == 200
+
+
+# --- batched receipts ---------------------------------------------------------------------------------
+
+
+def posted(rec: Recorder) -> list[list[dict[str, Any]]]:
+    """The receipt messages posted, each as its list of receipts (return elements)."""
+    return [receipt(r.body) for r in rec.requests if r.path == "/v1/receipts"]
+
+
+def per_document(posts: list[list[dict[str, Any]]]) -> dict[str, list[tuple[int, str, str]]]:
+    """orderNo -> (index of the message that carried it, returnStatus, returnTime) in posting order."""
+    seen: dict[str, list[tuple[int, str, str]]] = {}
+    for n, p in enumerate(posts):
+        for r in p:
+            seen.setdefault(r["orderNo"], []).append((n, r["returnStatus"], r["returnTime"]))
+    return seen
+
+
+async def test_receipts_due_together_share_a_message_and_keep_each_documents_order(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    sandbox.config.receipt_batch_window = 0.2  # wide: the six declarations' receipts surely meet
+    orders = [legs(rsa_key, seed=20 + i)["CEB311"] for i in range(6)]
+    await asyncio.gather(*(post_dxp(client, sandbox.url, x) for x in orders))
+    await sandbox.wait_idle()
+    posts = posted(http_recorder)
+    assert [len(p) for p in posts] == [6, 6]  # all the "2"s, then all the "120"s
+    for steps in per_document(posts).values():
+        assert [s for _, s, _ in steps] == ["2", "120"]
+        assert steps[0][0] < steps[1][0] and steps[0][2] < steps[1][2]
+    sset = pytest.importorskip("gateway.schema").SchemaSet()
+    from gateway.messages import lookup
+
+    for p in posts:
+        assert sset.validate(p[0]["root"], lookup("CEB312")) == []
+        assert p[0]["env"].msg_type == "CEB312Message" and p[0]["env"].receiver_ids == (SENDER,)
+    # one record per receipt, each delivered, naming the message that carried it
+    records = sandbox.sandbox.receipts
+    assert len(records) == 12 and all(r["delivered"] is True for r in records)
+    assert len({r["cop_msg_id"] for r in records}) == 2 and {r["returns"] for r in records} == {6}
+    assert {r["cop_msg_id"] for r in records} == {p[0]["env"].cop_msg_id for p in posts}
+    assert sandbox.stats()["receipts"]["messages"] == 2
+
+
+async def test_a_message_carries_at_most_receipt_batch_max_returns(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    sandbox.config.receipt_batch_window = 0.2
+    sandbox.config.receipt_batch_max = 4
+    orders = [legs(rsa_key, seed=30 + i)["CEB311"] for i in range(6)]
+    await asyncio.gather(*(post_dxp(client, sandbox.url, x) for x in orders))
+    await sandbox.wait_idle()
+    sizes = [len(p) for p in posted(http_recorder)]
+    assert sum(sizes) == 12 and sizes[0] == 4 and max(sizes) == 4  # the first one full before its window
+    for steps in per_document(posted(http_recorder)).values():
+        assert [s for _, s, _ in steps] == ["2", "120"] and steps[0][0] < steps[1][0]
+
+
+async def test_receipt_batch_max_1_sends_one_receipt_per_message(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    sandbox.config.receipt_batch_max = 1
+    orders = [legs(rsa_key, seed=30 + i)["CEB311"] for i in range(3)]
+    await asyncio.gather(*(post_dxp(client, sandbox.url, x) for x in orders))
+    await sandbox.wait_idle()
+    assert [len(p) for p in posted(http_recorder)] == [1] * 6
+    assert len({r["cop_msg_id"] for r in sandbox.sandbox.receipts}) == 6
+
+
+async def test_receipts_wait_for_the_message_in_flight(
+    sandbox: RunningSandbox, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """Past its window a batch waits while receipt_batch_inflight messages of its kind are being posted."""
+    sizes: list[int] = []
+    busy = {"now": 0, "max": 0}
+
+    async def slow(request: web.Request) -> web.Response:
+        busy["now"] += 1
+        busy["max"] = max(busy["max"], busy["now"])
+        sizes.append(len(receipt(await request.read())))
+        await asyncio.sleep(0.3)
+        busy["now"] -= 1
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/receipts", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        sandbox.config.receipt_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/receipts"
+        sandbox.config.receipt_batch_window = 0.0
+        sandbox.config.receipt_batch_inflight = 1
+        orders = [legs(rsa_key, seed=40 + i)["CEB311"] for i in range(6)]
+        await post_dxp(client, sandbox.url, orders[0])
+        await asyncio.sleep(0.1)  # its "2" is being posted now
+        await asyncio.gather(*(post_dxp(client, sandbox.url, x) for x in orders[1:]))
+        await sandbox.wait_idle()
+    finally:
+        await runner.cleanup()
+    assert busy["max"] == 1 and sum(sizes) == 12
+    assert sizes[:2] == [1, 5]  # the five "2"s that came while the first one was posted went together
+    assert all(r["delivered"] is True for r in sandbox.sandbox.receipts)
+
+
+def test_max_returns_per_receipt_message_is_the_xsds() -> None:
+    from gateway.sandbox.receipts import RECEIPT_FIELDS, max_returns
+
+    xsd = etree.parse(str(Path(__file__).resolve().parent.parent / "schemas" / "ceb-import-202205.xsd"))
+    xs = "{http://www.w3.org/2001/XMLSchema}"
+    for code, (root, element, _) in RECEIPT_FIELDS.items():
+        (el,) = xsd.iterfind(f"{xs}element[@name='{root}']//{xs}element[@name='{element}']")
+        assert max_returns(code) == int(el.get("maxOccurs", "1")), code
+    assert max_returns("CEB900") == 1 and max_returns("CEB622") == 100
 
 
 # --- inspection and warehouse -------------------------------------------------------------------------

@@ -19,6 +19,12 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--receipt-header", action="append", default=[], metavar="NAME:VALUE",
                    help="extra header on receipt POSTs, e.g. 'X-API-Key: ...' (repeatable)")
     p.add_argument("--receipt-delay", type=float, default=SandboxConfig.receipt_delay)
+    p.add_argument("--receipt-batch-window", type=float, default=SandboxConfig.receipt_batch_window,
+                   help="seconds a receipt waits for others of its type and receiver (default %(default)s)")
+    p.add_argument("--receipt-batch-max", type=int, default=SandboxConfig.receipt_batch_max,
+                   help="return elements per receipt message at most; 1: one each (default %(default)s)")
+    p.add_argument("--receipt-batch-inflight", type=int, default=SandboxConfig.receipt_batch_inflight,
+                   help="past its window a batch also waits while this many of its kind are posted; 0: never")
     p.add_argument("--flaky-failures", type=int, default=SandboxConfig.flaky_failures)
     p.add_argument("--timeout-delay", type=float, default=SandboxConfig.timeout_delay)
     p.add_argument("--slow-delay", type=float, default=SandboxConfig.slow_delay)
@@ -41,6 +47,9 @@ async def _run(ns: argparse.Namespace) -> None:
         receipt_url=ns.receipt_url,
         receipt_headers=headers,
         receipt_delay=ns.receipt_delay,
+        receipt_batch_window=ns.receipt_batch_window,
+        receipt_batch_max=ns.receipt_batch_max,
+        receipt_batch_inflight=ns.receipt_batch_inflight,
         flaky_failures=ns.flaky_failures,
         timeout_delay=ns.timeout_delay,
         slow_delay=ns.slow_delay,

@@ -5,7 +5,10 @@ Customs side
     ``POST /dxp`` takes a DxpMsg, ``POST /ceb`` a bare CEB message. The immediate HTTP answer is a small JSON
     ack (``200 {"code": "0000", ...}``) or an error (``400 {"code": "0001"|"0002"|"2001", "reason": ...}``);
     receipts follow asynchronously as DxpMsg-wrapped CEB312/412/512/514/622/624/626/712 (or CEB900 for a
-    message that fails parsing or the schema), POSTed to ``receipt_url``:
+    message that fails parsing or the schema), POSTed to ``receipt_url``. Receipts due together (of any
+    messages) go out together: one receipt message per type and receiver carries up to ``receipt_batch_max``
+    return elements (100, the XSD's maximum; a CEB900 one), sent when full or ``receipt_batch_window`` after
+    its first; a document's next receipt waits until the message carrying its previous one was posted:
 
     * order / payment / waybill: ``2`` → ``120``;
     * inventory: three-document comparison against the order, payment and waybill received so far, then the
@@ -16,7 +19,8 @@ Customs side
     * appStatus 1 (temp-save): one receipt ``1``.
 
 Scenarios (a prefix of orderNo / logisticsNo / payTransactionId, or an ``X-Sandbox-Scenario`` header) make it
-misbehave on purpose: FAIL5XX, FLAKY, TIMEOUT, SLOW, LOSTRCPT, DUPRCPT, OOORCPT, REJECT, POISON.
+misbehave on purpose: FAIL5XX, FLAKY, TIMEOUT, SLOW, LOSTRCPT, DUPRCPT, OOORCPT, REJECT, POISON. The receipts of
+LOSTRCPT, DUPRCPT and OOORCPT messages go one per receipt message, as their scenario describes.
 
 Control: ``GET /sandbox/stats`` (deliveries by CopMsgId — exactly-once checks), ``GET /sandbox/receipts``,
 ``GET /sandbox/records`` (inspection / warehouse requests), ``POST /sandbox/config``, ``POST /sandbox/reset``.
@@ -56,6 +60,8 @@ SCENARIOS: tuple[str, ...] = (
     "FAIL5XX", "FLAKY", "TIMEOUT", "SLOW", "LOSTRCPT", "DUPRCPT", "OOORCPT", "REJECT", "POISON",
 )  # fmt: skip
 SCENARIO_HEADER = "X-Sandbox-Scenario"
+#: Scenarios about how receipts travel (twice, reversed, never): their receipts go one per message, as before.
+UNBATCHED_SCENARIOS = frozenset({"DUPRCPT", "OOORCPT", "LOSTRCPT"})
 SCENARIO_FIELDS: tuple[str, ...] = ("orderNo", "logisticsNo", "payTransactionId")
 CUSTOMS_IDS = (dxp.IMPORT_RECEIVER, dxp.EXPORT_RECEIVER)
 
@@ -72,6 +78,14 @@ class SandboxConfig:
     receipt_headers: dict[str, str] = field(default_factory=dict)  # e.g. the gateway's API key
     receipt_delay: float = 0.5  # before the first receipt and between receipts of one sequence
     receipt_retries: int = 3  # extra attempts per receipt when the receiver fails
+    # Receipts due together go out together: per receipt type and receiver, up to receipt_batch_max return
+    # elements per message (never more than the type allows: 100, a CEB900 1), sent when full or
+    # receipt_batch_window after the first one — and, past the window, not while receipt_batch_inflight messages
+    # of the same type and receiver are still being posted (0: no such wait), so that a slow receiver gets
+    # fewer, fuller messages. receipt_batch_max 1: one receipt per message, as before.
+    receipt_batch_window: float = 0.005
+    receipt_batch_max: int = 100
+    receipt_batch_inflight: int = 1
     flaky_failures: int = 2  # FLAKY-: 503 on the first N attempts of each CopMsgId
     timeout_delay: float = 120.0  # TIMEOUT-: how long the request is held before a 504
     slow_delay: float = 2.0  # SLOW-: delay before a normal answer
@@ -111,6 +125,23 @@ class Step:
     info: str
     values: dict[str, str]  # business keys of the receipt
     key: str  # human-readable key for /sandbox/receipts
+
+
+@dataclass
+class _Batch:
+    """Receipts of one type for one receiver waiting to go out as one receipt message."""
+
+    code: str
+    receiver: str
+    cap: int
+    items: list[tuple[dict[str, Any], Mapping[str, str]]]  # (its record in Sandbox.receipts, its return values)
+    sent: asyncio.Future[None]  # done once the message was posted (or given up)
+    timer: asyncio.TimerHandle | None = None
+    due: bool = False  # its window is over; it waits for a message of its type and receiver in flight
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.code, self.receiver)
 
 
 @dataclass
@@ -185,6 +216,8 @@ class Sandbox:
         self._schema_error: str | None = None
         self._serial = itertools.count(1)
         self._random = random.Random()
+        self._batches: dict[tuple[str, str], _Batch] = {}  # open batches by (receipt code, receiver)
+        self._inflight: Counter[tuple[str, str]] = Counter()  # receipt messages being posted, by the same key
         self.reset()
 
     # -- state -------------------------------------------------------------------------------
@@ -192,6 +225,7 @@ class Sandbox:
     def reset(self) -> None:
         for t in list(getattr(self, "_tasks", ())):
             t.cancel()
+        self._drop_batches("sandbox reset")
         self.attempts: Counter[str] = Counter()  # every HTTP request, per CopMsgId
         self.accepted: Counter[str] = Counter()  # requests past the transport scenarios, per CopMsgId
         self.by_type: Counter[str] = Counter()
@@ -219,6 +253,7 @@ class Sandbox:
             "duplicates": {k: n - 1 for k, n in self.accepted.items() if n > 1},
             "receipts": {
                 "generated": len(self.receipts),
+                "messages": len({r["cop_msg_id"] for r in self.receipts if r["cop_msg_id"]}),
                 "delivered": sum(1 for r in self.receipts if r["delivered"]),
                 "failed": sum(1 for r in self.receipts if r["delivered"] is False),
                 "pending": sum(1 for r in self.receipts if r["delivered"] is None),
@@ -255,6 +290,7 @@ class Sandbox:
 
     async def cleanup(self, app: web.Application) -> None:
         self.closing.set()
+        self._drop_batches("sandbox shut down")
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
@@ -595,13 +631,112 @@ class Sandbox:
             (i, n, s) for n, plan in enumerate(plans) for i, s in enumerate(plan)
         ]
         ordered.sort(key=lambda t: (t[0], t[1]))  # first receipts of all documents first, like a real queue
-        items: list[tuple[dict[str, Any], bytes]] = []
+        stages: list[list[tuple[dict[str, Any], dict[str, str]]]] = []  # per step: (meta, return values)
         for i, n, s in ordered:
             moment = start + timedelta(milliseconds=step_ms * (i + 1) + n)  # distinct, increasing returnTime
             values = {**s.values, "returnStatus": s.status, "returnTime": rc.return_time(moment), "returnInfo": s.info}
             meta = {"code": s.code, "status": s.status, "key": s.key, "info": s.info[:300]}
-            items.append((meta, rc.build_receipt(s.code, values)))
+            if i == len(stages):
+                stages.append([])
+            stages[i].append((meta, values))
+        if self.config.receipt_batch_max > 1 and scenario not in UNBATCHED_SCENARIOS:
+            self._schedule_batched(stages, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
+            return
+        items = [(meta, rc.build_receipt(meta["code"], values)) for stage in stages for meta, values in stage]
         self._schedule_xml(items, scenario, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
+
+    def _schedule_batched(
+        self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], *, receiver: str, ori_cop_msg_id: str
+    ) -> None:
+        """One record per receipt now; each step's receipts join the open batches once the step before was sent."""
+        recorded: list[list[tuple[dict[str, Any], dict[str, str]]]] = []
+        for stage in stages:
+            recorded.append([])
+            for meta, values in stage:
+                record = {**meta, "cop_msg_id": None, "ori_cop_msg_id": ori_cop_msg_id, "copy": 1, "delivered": None,
+                          "lost": False, "xml": None}  # fmt: skip
+                self.receipts.append(record)
+                recorded[-1].append((record, values))
+        self._spawn(self._deliver_stages(recorded, receiver[:16] or self.config.enterprise_dxp_id))
+
+    async def _deliver_stages(self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], receiver: str) -> None:
+        for stage in stages:
+            if not await self._sleep(self.config.receipt_delay):
+                for record, _ in stage:
+                    record["delivered"] = False
+                    record["error"] = "sandbox shut down"
+                continue
+            # Per document, step i+1 joins a batch only after the message carrying step i was posted.
+            sent = {id(f): f for f in (self._batch_add(record, values, receiver) for record, values in stage)}
+            await asyncio.gather(*sent.values())
+
+    def _batch_add(self, record: dict[str, Any], values: Mapping[str, str], receiver: str) -> asyncio.Future[None]:
+        """Put one receipt in the open batch of its type and receiver; the future is done once that was sent."""
+        code = record["code"]
+        key = (code, receiver)
+        batch = self._batches.get(key)
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            cap = max(1, min(self.config.receipt_batch_max, rc.max_returns(code)))
+            batch = _Batch(code, receiver, cap, [], loop.create_future())
+            self._batches[key] = batch
+            batch.timer = loop.call_later(max(0.0, self.config.receipt_batch_window), self._batch_due, batch)
+        batch.items.append((record, values))
+        if len(batch.items) >= batch.cap:
+            self._batch_flush(batch)
+        return batch.sent
+
+    def _batch_due(self, batch: _Batch) -> None:
+        """The window is over: send, unless receipt_batch_inflight messages of its kind are still being posted
+        (then it keeps filling and goes as soon as one of them is done: bigger messages when the receiver lags)."""
+        batch.timer = None
+        limit = self.config.receipt_batch_inflight
+        if limit > 0 and self._inflight[batch.key] >= limit:
+            batch.due = True
+            return
+        self._batch_flush(batch)
+
+    def _batch_flush(self, batch: _Batch) -> None:
+        if self._batches.get(batch.key) is batch:
+            del self._batches[batch.key]
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        self._inflight[batch.key] += 1
+        self._spawn(self._batch_send(batch))
+
+    async def _batch_send(self, batch: _Batch) -> None:
+        try:
+            xml = rc.build_receipts(batch.code, [values for _, values in batch.items])
+            cop = str(uuid.uuid4()).upper()
+            env = dxp.wrap(
+                xml, msg_type=f"{batch.code}Message", sender_id=dxp.IMPORT_RECEIVER, receiver_ids=[batch.receiver],
+                cop_msg_id=cop, created=datetime.now(rc.CHINA_TZ),
+            )  # fmt: skip
+            text = xml.decode("utf-8")
+            records = [record for record, _ in batch.items]
+            for n, record in enumerate(records, 1):
+                record.update(cop_msg_id=cop, xml=text, returns=len(records), index=n)
+            await self._post_receipt(records, env)
+        finally:
+            if not batch.sent.done():
+                batch.sent.set_result(None)
+            self._inflight[batch.key] -= 1
+            waiting = self._batches.get(batch.key)
+            if waiting is not None and waiting.due:
+                self._batch_flush(waiting)
+
+    def _drop_batches(self, reason: str) -> None:
+        """Open batches are not sent any more (reset, shut-down): their receipts say so, their waiters go on."""
+        for batch in list(self._batches.values()):
+            if batch.timer is not None:
+                batch.timer.cancel()
+            for record, _ in batch.items:
+                record["delivered"] = False
+                record["error"] = reason
+            if not batch.sent.done():
+                batch.sent.set_result(None)
+        self._batches.clear()
 
     def _schedule_xml(
         self, items: list[tuple[dict[str, Any], bytes]], scenario: str | None, *, receiver: str, ori_cop_msg_id: str
@@ -647,13 +782,15 @@ class Sandbox:
                 record["delivered"] = False
                 record["error"] = "sandbox shut down"
                 continue
-            await self._post_receipt(record, env)
+            await self._post_receipt([record], env)
 
-    async def _post_receipt(self, record: dict[str, Any], env: bytes) -> None:
+    async def _post_receipt(self, records: list[dict[str, Any]], env: bytes) -> None:
+        """POST one receipt message (its records: one per return element) with retries; record the outcome."""
         url = self.config.receipt_url
         if not url:
-            record["delivered"] = False
-            record["error"] = "no receipt_url configured"
+            for record in records:
+                record["delivered"] = False
+                record["error"] = "no receipt_url configured"
             return
         assert self._session is not None
         headers = {"Content-Type": "application/xml; charset=utf-8", **self.config.receipt_headers}
@@ -665,17 +802,21 @@ class Sandbox:
                 async with self._session.post(url, data=env, headers=headers) as resp:
                     await resp.read()
                     if 200 <= resp.status < 300:
-                        record["delivered"] = True
-                        record["http_status"] = resp.status
+                        for record in records:
+                            record["delivered"] = True
+                            record["http_status"] = resp.status
                         return
                     error = f"HTTP {resp.status}"
                     if 400 <= resp.status < 500 and resp.status not in (408, 429):
                         break  # the receiver refuses it; retrying will not change its mind
             except (aiohttp.ClientError, TimeoutError) as exc:
                 error = f"{exc.__class__.__name__}: {exc}"
-        record["delivered"] = False
-        record["error"] = error
-        log.warning("sandbox receipt %s %s not delivered to %s: %s", record["code"], record["status"], url, error)
+        for record in records:
+            record["delivered"] = False
+            record["error"] = error
+        first = records[0]
+        log.warning("sandbox receipt %s %s (%d in the message) not delivered to %s: %s", first["code"], first["status"],
+                    len(records), url, error)  # fmt: skip
 
     # -- inspection and warehouse ------------------------------------------------------------
 

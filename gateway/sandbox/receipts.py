@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
 from lxml import etree
 
-from gateway.messages import CEB_NS, MESSAGE_TYPES
+from gateway.messages import BY_CODE, CEB_NS, MESSAGE_TYPES
 
 CHINA_TZ = timezone(timedelta(hours=8), "CST")
 
@@ -80,23 +80,37 @@ def new_guid() -> str:
 
 def build_receipt(code: str, values: Mapping[str, str | None], *, message_guid: str | None = None) -> bytes:
     """One receipt message with one return element; optional fields without a value are left out."""
+    return build_receipts(code, [values], message_guid=message_guid)
+
+
+def build_receipts(code: str, returns: Sequence[Mapping[str, str | None]], *, message_guid: str | None = None) -> bytes:
+    """One receipt message with a return element per entry of ``returns`` (1..max_returns(code)), in order."""
+    if not 1 <= len(returns) <= max_returns(code):
+        raise ValueError(f"{code} carries 1..{max_returns(code)} return elements, not {len(returns)}")
     root_name, element, fields = RECEIPT_FIELDS[code]
     ns = f"{{{CEB_NS}}}"
     root = etree.Element(ns + root_name, nsmap={None: CEB_NS})
     root.set("guid", message_guid or new_guid())
     root.set("version", "1.0")
-    ret = etree.SubElement(root, ns + element)
     limit = _MAX_INFO.get(code, 1000)
-    for name in fields:
-        value = values.get(name)
-        if value is None or value == "":
-            if name not in _REQUIRED_ALWAYS:
-                continue
-            value = value or ""
-        if name == "returnInfo":
-            value = value[:limit]
-        etree.SubElement(ret, ns + name).text = value
+    for values in returns:
+        ret = etree.SubElement(root, ns + element)
+        for name in fields:
+            value = values.get(name)
+            if value is None or value == "":
+                if name not in _REQUIRED_ALWAYS:
+                    continue
+                value = value or ""
+            if name == "returnInfo":
+                value = value[:limit]
+            etree.SubElement(ret, ns + name).text = value
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def max_returns(code: str) -> int:
+    """How many return elements one message of this receipt type may carry (the XSD's maxOccurs: 100, CEB900 1)."""
+    mtype = BY_CODE[code]
+    return mtype.max_documents or 1
 
 
 def format_receipt(
