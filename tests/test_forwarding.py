@@ -23,7 +23,7 @@ from gateway.forward import LegState, Router, shipment_customs_status
 from gateway.outbox import Outbox, order_lock
 from gateway.pipeline import Pipeline
 from gateway.render import render
-from gateway.sandbox.receipts import RECEIPT_FOR, build_receipt, format_receipt
+from gateway.sandbox.receipts import RECEIPT_FOR, build_receipt, build_receipts, format_receipt
 from gateway.schema import SchemaSet
 from gateway.store import Store
 from tests.apiutil import sign_as_agent
@@ -227,15 +227,10 @@ class Flow:
 
     async def receipt(self, payload: dict[str, Any], status: str, time_ms: int, **extra: str) -> list[dict[str, Any]]:
         """A receipt for the (single) document of a submitted payload, as customs would write it."""
-        doc = payload["documents"][0]
-        code = RECEIPT_FOR[payload["type"]]
-        values = {k: str(v) for k, v in doc.items() if isinstance(v, str | int)}
-        values.update(guid=str(doc.get("guid") or payload["guid"]), returnStatus=status,
-                      returnTime=f"20260101120000{time_ms:03d}", returnInfo=f"status {status}", **extra)  # fmt: skip
-        if code == "CEB622":
-            values.setdefault("copNo", str(doc.get("copNo") or doc["orderNo"])[:20])
-            values.setdefault("preNo", "B20260101000000001")
-        xml = build_receipt(code, values)
+        xml = build_receipt(RECEIPT_FOR[payload["type"]], return_values(payload, status, time_ms, **extra))
+        return await self.post(xml)
+
+    async def post(self, xml: bytes) -> list[dict[str, Any]]:
         intake = rc.read(xml, _SCHEMAS)
         return [r.as_dict() for r in await self.outbox.apply_receipts(intake, source="http", submitter="test")]
 
@@ -260,6 +255,18 @@ class Flow:
             s.order_doc["orderNo"],
         )
         return row
+
+
+def return_values(payload: dict[str, Any], status: str, time_ms: int, **extra: str) -> dict[str, str]:
+    """The return element customs would write for the (single) document of a payload."""
+    doc = payload["documents"][0]
+    values = {k: str(v) for k, v in doc.items() if isinstance(v, str | int)}
+    values.update(guid=str(doc.get("guid") or payload["guid"]), returnStatus=status,
+                  returnTime=f"20260101120000{time_ms:03d}", returnInfo=f"status {status}", **extra)  # fmt: skip
+    if payload["type"] == "CEB621":
+        values.setdefault("copNo", str(doc.get("copNo") or doc["orderNo"])[:20])
+        values.setdefault("preNo", "B20260101000000001")
+    return values
 
 
 HOOK = WebhookSettings("seller-a", frozenset({samples.EBC_CODE}), "http://127.0.0.1:9/hook", "secret")
@@ -460,3 +467,120 @@ async def test_sent_and_watchdog(flow: Flow) -> None:
     await flow.receipt(s.order, "2", 1)
     doc = await flow.doc(s.order)
     assert not doc["receipt_overdue"] and doc["last_receipt_at"] is not None
+
+
+# --- receipt messages with many returns -------------------------------------------------------------------
+
+
+async def _one_transaction(flow: Flow, root_guid: str, doc_ids: list[int]) -> bool:
+    """Whether the receipt rows of a message and the documents were last written by one and the same transaction."""
+    rows = await flow.rows(
+        "SELECT xmin::text AS x FROM receipts WHERE root_guid = $1"
+        " UNION SELECT xmin::text FROM documents WHERE id = ANY ($2::bigint[])",
+        root_guid, doc_ids,
+    )  # fmt: skip
+    return len(rows) == 1
+
+
+@pytest.mark.db
+async def test_a_receipt_message_with_many_returns_is_applied_in_one_transaction(flow: Flow) -> None:
+    s = [shipment(40 + i) for i in range(6)]
+    for x in s:
+        await flow.submit(x.order)
+    # s[5]'s "2" came alone before: in the big message it is a duplicate
+    (first,) = await flow.receipt(s[5].order, "2", 1)
+    assert first["outcome"] == "applied"
+    nobody = {**return_values(s[0].order, "2", 1), "ebpCode": "NOBODY0001", "orderNo": "NO-SUCH-ORDER"}
+    returns = [
+        return_values(s[0].order, "2", 1),  # 1 applied
+        return_values(s[0].order, "120", 3),  # 2 applied after it, same document, same message
+        return_values(s[1].order, "-301010", 2),  # 3 "already there": applied as accepted
+        return_values(s[2].order, "4", 2),  # 4 transient: sent again
+        return_values(s[3].order, "120", 5),  # 5 applied ...
+        return_values(s[3].order, "2", 4),  # 6 ... and the lower one after it is stale
+        return_values(s[4].order, "100", 2),  # 7 rejected
+        nobody,  # 8 unmatched
+        return_values(s[5].order, "2", 1),  # 9 stored already: duplicate
+        return_values(s[5].order, "18", 2),  # 10 a status in no table: kept raw
+    ]
+    got = await flow.post(build_receipts("CEB312", returns, message_guid="M" * 36))
+    assert [r["outcome"] for r in got] == ["applied", "applied", "applied", "transient", "applied", "stale",
+                                           "applied", "unmatched", "duplicate", "unknown_status"]  # fmt: skip
+    assert [r["index"] for r in got] == list(range(1, 11))
+    docs = [await flow.doc(x.order) for x in s]
+    assert [r["document_ids"] for r in got] == [[docs[0]["id"]], [docs[0]["id"]], [docs[1]["id"]], [docs[2]["id"]],
+                                                [docs[3]["id"]], [docs[3]["id"]], [docs[4]["id"]], [], [],
+                                                [docs[5]["id"]]]  # fmt: skip
+    assert [(d["customs_status"], d["forward_state"]) for d in docs] == [
+        ("120", "receipted"), ("-301010", "receipted"), (None, "queued"), ("120", "receipted"), ("100", "rejected"),
+        ("2", "receipted"),
+    ]
+    assert got[3]["resend"] and f"customs:{s[2].order['guid']}:resend1" in await flow.jobs()
+    assert (await flow.shipment(s[4]))["customs_status"] == "rejected"
+    stored = await flow.rows(
+        "SELECT element_index, outcome, document_id, raw_xml FROM receipts WHERE root_guid = $1 ORDER BY element_index",
+        "M" * 36,
+    )
+    assert [r["element_index"] for r in stored] == [1, 2, 3, 4, 5, 6, 7, 8, 10]  # 9 was there before
+    assert [r["outcome"] for r in stored] == [r["outcome"] for r in got if r["outcome"] != "duplicate"]
+    assert stored[7]["document_id"] is None
+    # the message is stored once, on its first return element
+    assert stored[0]["raw_xml"].count("<OrderReturn>") == 10 and all(r["raw_xml"] is None for r in stored[1:])
+    assert await _one_transaction(flow, "M" * 36, [d["id"] for d in docs])
+    # the same message again: every return is "already stored", nothing changes
+    again = await flow.post(build_receipts("CEB312", returns))
+    assert {r["outcome"] for r in again} == {"duplicate"}
+    assert len(await flow.rows("SELECT id FROM receipts")) == 10
+    # a message whose first return is stored already keeps its XML on its first new one
+    partial = [returns[0], return_values(s[0].order, "399", 6)]
+    assert [r["outcome"] for r in await flow.post(build_receipts("CEB312", partial, message_guid="P" * 36))] == [
+        "duplicate", "applied"]  # fmt: skip
+    (row,) = await flow.rows("SELECT element_index, raw_xml FROM receipts WHERE root_guid = $1", "P" * 36)
+    assert row["element_index"] == 2 and row["raw_xml"].count("<OrderReturn>") == 2
+
+
+@pytest.mark.db
+async def test_every_correlation_path_in_one_message(flow: Flow) -> None:
+    """Inventory returns found by guid, copNo (with a party in common), preNo and invtNo, side by side."""
+    s = [shipment(50 + i) for i in range(5)]
+    for x in s:
+        for payload in (x.order, x.payment, x.waybill, x.inventory):
+            await flow.submit(payload)
+    # an earlier receipt taught each inventory its preNo and invtNo
+    for i, x in enumerate(s):
+        await flow.receipt(x.inventory, "120", 1, preNo=f"B2026010100000001{i}", invtNo=f"46012026I00000001{i}")
+    inv = [await flow.doc(x.inventory) for x in s]
+    wrong = {"guid": "F" * 36, "copNo": "NO-SUCH-COPNO"}
+    returns = [
+        return_values(s[0].inventory, "399", 2),  # by the echoed guid
+        {**return_values(s[1].inventory, "399", 2), "guid": "F" * 36},  # by copNo, its ebcCode in common
+        {**return_values(s[2].inventory, "399", 2), "guid": "F" * 36, "ebcCode": "OTHER00001",
+         "agentCode": "OTHER00002", "preNo": inv[2]["pre_no"]},  # copNo without a party in common: by preNo
+        {**return_values(s[3].inventory, "399", 2), **wrong, "preNo": "B20260101999999999",
+         "invtNo": inv[3]["invt_no"]},  # by invtNo
+        {**return_values(s[4].inventory, "399", 2), **wrong, "preNo": "B20260101999999999"},  # nothing: unmatched
+    ]  # fmt: skip
+    got = await flow.post(build_receipts("CEB622", returns))
+    assert [r["document_ids"] for r in got] == [[d["id"]] for d in inv[:4]] + [[]]
+    assert [r["outcome"] for r in got] == ["applied"] * 4 + ["unmatched"]
+    assert [(await flow.doc(x.inventory))["customs_status"] for x in s] == ["399"] * 4 + ["120"]
+
+
+@pytest.mark.db
+async def test_returns_of_waybills_and_format_receipts_lock_and_release_their_shipments(flow: Flow) -> None:
+    """Waybill returns of several shipments in one message: their held inventories go; a CEB900 answers a whole
+    message (it carries one return only)."""
+    s = [shipment(60 + i) for i in range(3)]
+    for x in s:
+        for payload in (x.order, x.payment, x.waybill, x.inventory):
+            await flow.submit(payload)
+    await flow.post(build_receipts("CEB312", [return_values(x.order, "2", 1) for x in s]))
+    await flow.post(build_receipts("CEB412", [return_values(x.payment, "2", 1) for x in s]))
+    assert {(await flow.doc(x.inventory))["forward_state"] for x in s} == {"held"}
+    got = await flow.post(build_receipts("CEB512", [return_values(x.waybill, "2", 1) for x in s]))
+    assert [r["outcome"] for r in got] == ["applied"] * 3
+    assert {(await flow.doc(x.inventory))["forward_state"] for x in s} == {"queued"}
+    jobs = await flow.jobs()
+    assert all(f"customs:{x.inventory['guid']}" in jobs for x in s)
+    with pytest.raises(ValueError):
+        build_receipts("CEB900", [{}, {}])
