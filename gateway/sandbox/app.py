@@ -718,12 +718,17 @@ class Sandbox:
             for n, record in enumerate(records, 1):
                 record.update(cop_msg_id=cop, xml=text, returns=len(records), index=n)
             await self._post_receipt(records, env)
+        except Exception as exc:  # a sandbox bug: say so on every receipt of the message, keep the others going
+            log.exception("sandbox receipt message %s not built or sent", batch.code)
+            for record, _ in batch.items:
+                record["delivered"] = False
+                record["error"] = f"{exc.__class__.__name__}: {exc}"
         finally:
             if not batch.sent.done():
                 batch.sent.set_result(None)
             self._inflight[batch.key] -= 1
             waiting = self._batches.get(batch.key)
-            if waiting is not None and waiting.due:
+            if waiting is not None and waiting.due and not self.closing.is_set():
                 self._batch_flush(waiting)
 
     def _drop_batches(self, reason: str) -> None:
