@@ -100,7 +100,9 @@ class Delivery:
     """One adapter per endpoint and the queue handler around it.
 
     Customs: the stored message (exact bytes) goes out with the CopMsgId of the job payload; on success the
-    message is marked ``sent`` and the job done in one transaction (:meth:`Outbox.record_sent`). Inspection,
+    message is marked ``sent`` and the job done in one transaction, shared with the deliveries that finish at
+    the same time (:meth:`Outbox.record_sent`). The handlers of a claimed batch read their messages' XML in
+    one statement (:meth:`Outbox.message_xml`). Inspection,
     warehouse and webhooks: at least once, with their own idempotency keys (docs/adapters.md).
     """
 
@@ -330,6 +332,7 @@ class Forwarding:
         self._tasks.clear()
         if self.delivery is not None:
             await self.delivery.close()
+        await self.outbox.aclose()  # record_sent batches of cancelled handlers finish before the pool closes
 
     async def __aenter__(self) -> Forwarding:
         await self.start()
