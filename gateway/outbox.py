@@ -10,7 +10,7 @@
   customs_status, webhooks and the warehouse order on a change, the release of held inventories whose
   legs are now receipted, and re-sends for transient codes.
 * :meth:`Outbox.record_sent` is the customs handler's commit: the message is ``sent`` and the job done
-  in one transaction (fenced by the claim).
+  in one transaction (fenced by the claim), shared by the deliveries that finish together.
 * :meth:`Outbox.watchdog` flags messages sent without a receipt for too long and re-sends them.
 
 Concurrency: a receipt and an ingest touching the same shipment serialise on the ingest's advisory lock
