@@ -46,13 +46,15 @@ Handler = Callable[[cbec_queue.Job], Awaitable[None]]
 # --- configuration -> endpoints, router --------------------------------------------------------------------
 
 
-#: Customs deliveries in flight per worker when the built-in sandbox plays customs. Measured with
-#: ``cbec bench`` row 3c (2 cores, the sandbox in process): at 8 the run waits on deliveries (about 3 per
-#: record_sent transaction); at 32 the transactions carry about 10, the gateway's CPU per forwarded message
-#: drops ~15 % and the throughput rises until the event loop is the limit; 64 brought nothing more. An
-#: in-flight delivery holds no connection while it waits on HTTP (the XML reads and record_sent batches use
-#: at most three), so this may exceed the pool the ingest shares (Settings.pool_max_size, 16).
-SANDBOX_CUSTOMS_CONCURRENCY = 32
+#: Customs deliveries in flight per worker when the built-in sandbox plays customs. Measured (2 cores, the
+#: sandbox in process, 1,000 shipments; runs vary by ±15 %): at 8, record_sent transactions carry ~2
+#: deliveries and row 3c of ``cbec bench`` stays at the unbatched figure (~63 messages/s); at 16 they carry
+#: ~5, 3c gives 70–77 and the gateway spends ~15 % less CPU per forwarded message; 32 carries ~9 and gives
+#: 66–90, but takes more of the event loop from a concurrent ingest (row 3b 140 against 155–160 at 16).
+#: 16 keeps most of the gain at the lower cost. An in-flight delivery holds no connection while it waits on
+#: HTTP (the XML reads and the record_sent batches use at most three), so the pool the ingest shares
+#: (Settings.pool_max_size, 16) does not bound this.
+SANDBOX_CUSTOMS_CONCURRENCY = 16
 
 
 def sandbox_endpoints(base_url: str) -> tuple[EndpointSettings, ...]:
