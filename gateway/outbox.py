@@ -10,7 +10,7 @@
   customs_status, webhooks and the warehouse order on a change, the release of held inventories whose
   legs are now receipted, and re-sends for transient codes.
 * :meth:`Outbox.record_sent` is the customs handler's commit: the message is ``sent`` and the job done
-  in one transaction (fenced by the claim).
+  in one transaction (fenced by the claim), shared by the deliveries that finish together.
 * :meth:`Outbox.watchdog` flags messages sent without a receipt for too long and re-sends them.
 
 Concurrency: a receipt and an ingest touching the same shipment serialise on the ingest's advisory lock
@@ -20,6 +20,8 @@ ingest not yet seeing the receipt, the receipt not yet seeing the inventory).
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from gateway.forward import JobSpec, LegState, Router, shipment_customs_status
 log = structlog.get_logger("gateway.outbox")
 
 _ATTEMPTS = 3  # a deadlock between a receipt and an ingest that found more locks late is retried
+_XML_READ_MAX = 256  # message ids per read of the stored XML
 
 # --- SQL ---------------------------------------------------------------------------------------------------
 
@@ -170,17 +173,17 @@ SELECT x.i, {_DOC_STATE}
 LOCK_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.id = ANY ($1::bigint[]) ORDER BY d.id FOR UPDATE"
 
 #: Keyed shipments waybills ($1 logisticsCode, $2 logisticsNo; $3 their orderNos) belong to: via an inventory
-#: naming one, or sharing an orderNo.
+#: naming one, or sharing its orderNo. All the waybills of a batch in one round trip.
 SHIPMENTS_OF_WAYBILLS = """
 SELECT d.ebp_code, d.order_no
   FROM unnest($1::text[], $2::text[]) AS w(lc, ln),
-       LATERAL (SELECT * FROM documents AS d WHERE d.logistics_code = w.lc AND d.logistics_no = w.ln OFFSET 0) AS d
- WHERE d.kind = 'inventory' AND d.is_current AND NOT d.withdrawn
+       LATERAL (SELECT * FROM documents AS d
+                 WHERE d.logistics_code = w.lc AND d.logistics_no = w.ln AND d.kind = 'inventory'
+                   AND d.is_current AND NOT d.withdrawn OFFSET 0) AS d
 UNION
 SELECT s.ebp_code, s.order_no
   FROM unnest($3::text[]) AS o(ono),
-       LATERAL (SELECT * FROM shipments AS s WHERE s.order_no = o.ono OFFSET 0) AS s
- WHERE s.ebp_code <> ''
+       LATERAL (SELECT * FROM shipments AS s WHERE s.order_no = o.ono AND s.ebp_code <> '' OFFSET 0) AS s
 """
 
 #: Take the advisory locks $1 (sorted ids) for the rest of the transaction.
@@ -271,14 +274,18 @@ UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, cust
    AND s.ebp_code = ANY ($1::text[]) AND s.order_no = ANY ($2::text[])  -- index probes whatever the plan
 """
 
-#: A customs delivery succeeded ($1 message id): sent (a receipt may have come first: then it stays).
+#: Customs deliveries succeeded ($1 message ids): sent (a receipt may have come first: then it stays).
 MARK_SENT = """
 UPDATE documents SET forward_state = CASE WHEN forward_state IN ('none', 'held', 'queued') THEN 'sent'
                                           ELSE forward_state END,
                      sent_at = now()
- WHERE message_id = $1
+ WHERE message_id = ANY ($1::bigint[])
 """
-MESSAGE_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.message_id = $1 ORDER BY d.doc_index"
+#: The documents of messages ($1 ids).
+MESSAGE_DOCUMENTS = (
+    f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.message_id = ANY ($1::bigint[])"
+    " ORDER BY d.message_id, d.doc_index"
+)
 
 #: Re-send bookkeeping for messages ($1 ids) still under the limit ($2): count it; a 'sent' message goes
 #: back to 'queued' (so that the watchdog leaves it alone until it is sent again).
@@ -306,7 +313,8 @@ RETURNING d.message_id, d.repushes, d.forward_state, d.head ->> 'tradeMode' AS m
 """
 
 MESSAGE_HEADS = "SELECT id, guid, message_type FROM messages WHERE id = ANY ($1::bigint[])"
-MESSAGE_XML = "SELECT raw_xml FROM messages WHERE id = $1"
+#: The stored XML of messages ($1 ids): what the handlers of a claimed batch send, in one read.
+MESSAGES_XML = "SELECT id, raw_xml FROM messages WHERE id = ANY ($1::bigint[])"
 
 #: Forwarding columns of documents ($1 ids) for the shipment view.
 FORWARDING_OF_DOCUMENTS = """
@@ -419,15 +427,51 @@ class _Doc:
         )  # fmt: skip
 
 
+@dataclass(eq=False)
+class _Sent:
+    """A customs delivery waiting for (or in) a record_sent transaction, and the future its handler awaits."""
+
+    job: cbec_queue.Job
+    message_id: int
+    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    attempts: int = 1
+
+
 # --- the outbox --------------------------------------------------------------------------------------------
 
 
 class Outbox:
-    """Forwarding persistence. ``router`` None: receipts are still applied, but nothing is ever enqueued."""
+    """Forwarding persistence. ``router`` None: receipts are still applied, but nothing is ever enqueued.
 
-    def __init__(self, pool: asyncpg.Pool, router: Router | None) -> None:
+    ``max_sent_batch`` / ``max_sent_parallel``: deliveries per record_sent transaction and such transactions
+    at once, at most (see :meth:`record_sent`).
+    """
+
+    def __init__(
+        self, pool: asyncpg.Pool, router: Router | None, *, max_sent_batch: int = 32, max_sent_parallel: int = 2
+    ) -> None:
+        if max_sent_batch < 1 or max_sent_parallel < 1:
+            raise ValueError("max_sent_batch and max_sent_parallel must be at least 1")
         self.pool = pool
         self.router = router
+        self.max_sent_batch = max_sent_batch
+        self.max_sent_parallel = max_sent_parallel
+        self._sent: collections.deque[_Sent] = collections.deque()
+        self._sent_workers = 0
+        self._xml_wanted: dict[int, list[asyncio.Future[str | None]]] = {}
+        self._xml_reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """Wait for the deliveries and reads already handed over (call before closing the pool)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, work: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- ingest (inside the store's transaction) ------------------------------------------------------------
 
@@ -510,34 +554,100 @@ class Outbox:
 
     async def record_sent(self, job: cbec_queue.Job, message_id: int) -> None:
         """The customs handler's commit: the message is sent, its shipments' customs status follows, the job is
-        done — one transaction, fenced by the claim (raises cbec_queue.LeaseLost and rolls back otherwise)."""
+        done — committed together, fenced by the claim: when the claim is gone this raises cbec_queue.LeaseLost
+        and nothing of it is written.
+
+        Deliveries that finish together share one transaction (at most ``max_sent_batch``, at most
+        ``max_sent_parallel`` such transactions at once): under load they pile up while one commits, so BEGIN,
+        the locks, the statements and COMMIT's WAL flush are paid per batch. An idle gateway commits each alone.
+        """
+        item = _Sent(job, message_id)
+        self._sent.append(item)
+        if self._sent_workers < self.max_sent_parallel:
+            self._sent_workers += 1
+            self._spawn(self._drain_sent())
+        await item.future
+        cbec_queue.note_done(job)  # in the handler's task: the worker must not write the outcome again
+
+    async def _drain_sent(self) -> None:
+        try:
+            while self._sent:
+                batch: list[_Sent] = []
+                while self._sent and len(batch) < self.max_sent_batch:
+                    item = self._sent.popleft()
+                    if not item.future.done():  # its handler went away (cancelled) before it started
+                        batch.append(item)
+                if batch:
+                    await self._run_sent(batch)
+        finally:
+            self._sent_workers -= 1
+
+    async def _run_sent(self, items: list[_Sent]) -> None:
+        try:
+            lost = await self._sent_batch(items)
+        except asyncio.CancelledError:
+            for item in items:
+                item.future.cancel()
+            raise
+        except Exception as exc:
+            if len(items) > 1:
+                # A deadlock, or a connection gone: one by one, so that each retries (or fails) on its own.
+                for item in items:
+                    await self._run_sent([item])
+                return
+            item = items[0]
+            if item.attempts < _ATTEMPTS and isinstance(
+                exc, asyncpg.DeadlockDetectedError | asyncpg.SerializationError
+            ):
+                item.attempts += 1
+                await self._run_sent([item])
+            elif not item.future.done():
+                item.future.set_exception(exc)
+            return
+        for item in items:
+            if item.future.done():
+                continue
+            if item.job.id in lost:
+                j = item.job
+                item.future.set_exception(
+                    cbec_queue.LeaseLost(f"job {j.id} attempt {j.attempts} is no longer held by {j.locked_by}")
+                )
+            else:
+                item.future.set_result(None)
+
+    async def _sent_batch(self, items: Sequence[_Sent]) -> set[int]:
+        """One transaction for the deliveries; returns the ids of the jobs whose claim was gone."""
+        message_ids = sorted({i.message_id for i in items})
         async with db.transaction(self.pool) as conn:
-            docs = [_Doc.of(r) for r in await conn.fetch(MESSAGE_DOCUMENTS, message_id)]
+            docs = [_Doc.of(r) for r in await conn.fetch(MESSAGE_DOCUMENTS, message_ids)]
+            # The locks first, then the fenced done: the order of the single-delivery transaction it replaces.
             shipments = await self._lock_shipments_of(conn, docs)
-            await conn.execute(MARK_SENT, message_id)
-            await self._refresh_shipments(conn, shipments)
-            # cbec_queue's statements (mark_done) are not written for generic plans
-            await conn.execute(db.END_PLANNED)
-            await cbec_queue.mark_done(conn, job)
+            done = await cbec_queue.mark_done_many(conn, [i.job for i in items])
+            sent = {i.message_id for i in items if i.job.id in done}
+            if len(sent) < len(message_ids):
+                # A lost claim writes nothing, as when its own transaction rolled back: its message is not
+                # marked sent and only the others' shipments are refreshed (their locks are held already).
+                shipments = await self._lock_shipments_of(conn, [d for d in docs if d.message_id in sent])
+            if sent:
+                await conn.execute(MARK_SENT, sorted(sent))
+                await self._refresh_shipments(conn, shipments)
+        return {i.job.id for i in items} - done
 
     async def _lock_shipments_of(self, conn: asyncpg.Connection, docs: Iterable[_Doc]) -> set[tuple[str, str]]:
         """The keyed shipments the documents belong to, under the ingest's orderNo locks."""
         shipments: set[tuple[str, str]] = set()
         orders: set[str] = set()
-        waybills: list[_Doc] = []
+        waybills: set[tuple[str | None, str | None, str | None]] = set()
         for d in docs:
             orders.add(d.order_no or "")
             if d.kind == "waybill":
-                waybills.append(d)
+                waybills.add((d.logistics_code, d.logistics_no, d.order_no))
             elif d.kind in ("order", "payment", "inventory") and d.ebp_code:
                 shipments.add((d.ebp_code, d.order_no or ""))
         if waybills:
-            rows = await conn.fetch(
-                SHIPMENTS_OF_WAYBILLS,
-                [d.logistics_code for d in waybills], [d.logistics_no for d in waybills],
-                [d.order_no for d in waybills],
-            )  # fmt: skip
-            shipments.update((r["ebp_code"], r["order_no"]) for r in rows)
+            w = sorted(waybills, key=lambda x: tuple(v or "" for v in x))
+            rows = await conn.fetch(SHIPMENTS_OF_WAYBILLS, [x[0] for x in w], [x[1] for x in w], [x[2] for x in w])
+            shipments |= {(r["ebp_code"], r["order_no"]) for r in rows}
         orders |= {s[1] for s in shipments}
         await conn.fetchval(LOCK_IDS, sorted({order_lock(o) for o in orders}))
         return shipments
@@ -739,9 +849,44 @@ class Outbox:
     # -- reads ----------------------------------------------------------------------------------------------
 
     async def message_xml(self, message_id: int) -> str | None:
-        async with self.pool.acquire() as conn:
-            value: str | None = await conn.fetchval(MESSAGE_XML, message_id)
-            return value
+        """The stored XML of a message (None: not stored).
+
+        The handlers of a claimed batch start together and all ask at once: the asks of one moment share one
+        read (one connection, one statement). Nothing is cached, so a job run again reads afresh.
+        """
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._xml_wanted.setdefault(message_id, []).append(future)
+        if self._xml_reader is None:
+            self._xml_reader = self._spawn(self._read_xml())
+        return await future
+
+    async def _read_xml(self) -> None:
+        wanted: dict[int, list[asyncio.Future[str | None]]] = {}
+        try:
+            await asyncio.sleep(0)  # the handlers started in the same turn ask before the read goes out
+            while self._xml_wanted:
+                ids = list(self._xml_wanted)[:_XML_READ_MAX]
+                wanted = {i: self._xml_wanted.pop(i) for i in ids}
+                try:
+                    async with self.pool.acquire() as conn:
+                        found = {r["id"]: r["raw_xml"] for r in await conn.fetch(MESSAGES_XML, ids)}
+                except Exception as exc:  # each handler fails (and its job is retried) as with its own read
+                    for futures in wanted.values():
+                        for f in futures:
+                            if not f.done():
+                                f.set_exception(exc)
+                    continue
+                for message_id, futures in wanted.items():
+                    for f in futures:
+                        if not f.done():
+                            f.set_result(found.get(message_id))
+                wanted = {}
+        finally:
+            self._xml_reader = None
+            for futures in (*wanted.values(), *self._xml_wanted.values()):  # cancelled: nobody waits forever
+                for f in futures:
+                    f.cancel()
+            self._xml_wanted = {}
 
     async def shipment_forwarding(self, shipment: dict[str, Any]) -> dict[str, Any]:
         """Add forwarding to a shipment as gateway.store.Store.get_shipment returns it: per document its forward

@@ -584,3 +584,139 @@ async def test_returns_of_waybills_and_format_receipts_lock_and_release_their_sh
     assert all(f"customs:{x.inventory['guid']}" in jobs for x in s)
     with pytest.raises(ValueError):
         build_receipts("CEB900", [{}, {}])
+
+
+# --- record_sent in batches -------------------------------------------------------------------------------
+
+
+async def _claim_all(flow: Flow, n: int) -> list[cbec_queue.Job]:
+    async with flow.pool.acquire() as conn:
+        jobs = await cbec_queue.claim(conn, worker_id="w1", lease_s=30, limit=100)
+    assert len(jobs) == n
+    return jobs
+
+
+async def _sent_as_handler(flow: Flow, job: cbec_queue.Job) -> set[tuple[int, int, str]]:
+    """record_sent as the worker runs a handler: in its own task, with the worker's done-marks."""
+    marks: set[tuple[int, int, str]] = set()
+    cbec_queue.store.handler_marks.set(marks)  # a gathered coroutine runs in its own task (a context copy)
+    await flow.outbox.record_sent(job, job.payload["message_id"])
+    return marks
+
+
+async def _writers(flow: Flow, jobs: list[cbec_queue.Job]) -> dict[int, tuple[str, set[str]]]:
+    """Per job: the transaction that last wrote it and those that last wrote its message's documents."""
+    rows = await flow.rows(
+        "SELECT j.id, j.xmin::text AS job_x, array_agg(DISTINCT d.xmin::text) AS doc_x FROM jobs AS j"
+        " JOIN documents AS d ON d.message_id = (j.payload ->> 'message_id')::bigint"
+        " WHERE j.id = ANY ($1::bigint[]) GROUP BY j.id, j.xmin::text",
+        [j.id for j in jobs],
+    )
+    return {r["id"]: (r["job_x"], set(r["doc_x"])) for r in rows}
+
+
+@pytest.mark.db
+async def test_concurrent_deliveries_commit_together(flow: Flow) -> None:
+    ships = [shipment(40 + i) for i in range(4)]
+    for s in ships:
+        for payload in (s.order, s.payment, s.waybill):
+            await flow.submit(payload)
+    jobs = await _claim_all(flow, 12)
+    marks = await asyncio.gather(*(_sent_as_handler(flow, j) for j in jobs))
+    # every handler learnt that its own transaction marked its job done (the worker writes no outcome again)
+    assert [m for m in marks] == [{(j.id, j.attempts, j.locked_by)} for j in jobs]
+    writers = await _writers(flow, jobs)
+    # the job and its message's sent mark in one transaction; the twelve deliveries in fewer transactions
+    assert all(docs == {job_x} for job_x, docs in writers.values())
+    assert len({job_x for job_x, _ in writers.values()}) <= 2
+    for s in ships:
+        for payload in (s.order, s.payment, s.waybill):
+            doc = await flow.doc(payload)
+            assert doc["forward_state"] == "sent" and doc["sent_at"] is not None
+        assert (await flow.shipment(s))["customs_status"] == "declared"
+    done = await flow.rows(
+        "SELECT j.state, j.locked_by, a.outcome, a.finished_at FROM jobs AS j"
+        " JOIN job_attempts AS a ON a.job_id = j.id AND a.attempt = j.attempts WHERE j.id = ANY ($1::bigint[])",
+        [j.id for j in jobs],
+    )
+    assert len(done) == 12
+    assert all(r["state"] == "done" and r["locked_by"] is None and r["outcome"] == "ok" and r["finished_at"]
+               for r in done)  # fmt: skip
+
+
+@pytest.mark.db
+async def test_a_lost_lease_in_a_batch_fails_alone(flow: Flow) -> None:
+    kept, lost = shipment(50), shipment(51)
+    for payload in (kept.order, kept.payment, lost.order):
+        await flow.submit(payload)
+    jobs = await _claim_all(flow, 3)
+    (gone,) = [j for j in jobs if j.payload["guid"] == lost.order["guid"]]
+    async with flow.pool.acquire() as conn:  # its lease runs out and the reaper takes it back
+        await conn.execute("UPDATE jobs SET lease_until = now() - interval '1 s' WHERE id = $1", gone.id)
+        assert [r["id"] for r in await cbec_queue.reap_expired(conn)] == [gone.id]
+    results = await asyncio.gather(*(_sent_as_handler(flow, j) for j in jobs), return_exceptions=True)
+    for job, result in zip(jobs, results, strict=True):
+        if job is gone:
+            assert isinstance(result, cbec_queue.LeaseLost)
+        else:
+            assert result == {(job.id, job.attempts, job.locked_by)}
+    # the others committed, in one transaction ...
+    writers = await _writers(flow, [j for j in jobs if j is not gone])
+    assert len({x for x, docs in writers.values() for x in {x, *docs}}) == 1
+    assert (await flow.shipment(kept))["customs_status"] == "declared"
+    # ... and the lost one wrote nothing, as its own rolled-back transaction would have
+    doc = await flow.doc(lost.order)
+    assert doc["forward_state"] == "queued" and doc["sent_at"] is None
+    assert (await flow.shipment(lost))["customs_status"] == "pending"
+    (job,) = await flow.rows("SELECT state, attempts FROM jobs WHERE id = $1", gone.id)
+    assert job["state"] == "queued" and job["attempts"] == gone.attempts
+    outcomes = await flow.rows("SELECT outcome FROM job_attempts WHERE job_id = $1", gone.id)
+    assert [r["outcome"] for r in outcomes] == ["lease_expired"]
+
+
+@pytest.mark.db
+async def test_a_failing_batch_runs_one_by_one(flow: Flow) -> None:
+    ships = [shipment(60 + i) for i in range(3)]
+    for s in ships:
+        await flow.submit(s.order)
+    jobs = await _claim_all(flow, 3)
+    bad = jobs[1]
+    async with flow.pool.acquire() as conn:
+        # two deadlocks (the batch's, then the first delivery's alone: retried); the database always refuses the
+        # sent mark of one message
+        await conn.execute(f"""
+            CREATE SEQUENCE trips;
+            CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('trips') <= 2 THEN
+                    RAISE EXCEPTION 'deadlock' USING ERRCODE = 'deadlock_detected';
+                END IF;
+                IF NEW.message_id = {int(bad.payload["message_id"])} THEN
+                    RAISE EXCEPTION 'refused';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse BEFORE UPDATE OF forward_state ON documents FOR EACH ROW EXECUTE FUNCTION refuse();
+        """)  # fmt: skip
+    results = await asyncio.gather(*(_sent_as_handler(flow, j) for j in jobs), return_exceptions=True)
+    assert isinstance(results[1], asyncpg.RaiseError) and str(results[1]) == "refused"
+    for i in (0, 2):
+        assert results[i] == {(jobs[i].id, jobs[i].attempts, jobs[i].locked_by)}
+        assert (await flow.doc(ships[i].order))["forward_state"] == "sent"
+    assert (await flow.doc(ships[1].order))["forward_state"] == "queued"
+    states = {r["id"]: r["state"] for r in await flow.rows("SELECT id, state FROM jobs WHERE endpoint = 'customs'")}
+    assert states == {jobs[0].id: "done", jobs[1].id: "running", jobs[2].id: "done"}
+    assert await flow.rows("SELECT last_value FROM trips") == [(5,)]  # batch, first (twice), second, third
+
+
+@pytest.mark.db
+async def test_message_xml_reads_many_at_once(flow: Flow) -> None:
+    ships = [shipment(70 + i) for i in range(3)]
+    for s in ships:
+        await flow.submit(s.order)
+    stored = {r["id"]: r["raw_xml"] for r in await flow.rows("SELECT id, raw_xml FROM messages")}
+    ids = sorted(stored)
+    asked = [*ids, ids[0], 10**9]
+    found = await asyncio.gather(*(flow.outbox.message_xml(i) for i in asked))
+    assert found == [*(stored[i] for i in ids), stored[ids[0]], None]
+    assert await flow.outbox.message_xml(ids[1]) == stored[ids[1]]  # alone, later: read again

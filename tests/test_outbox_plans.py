@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import asyncpg
+from cbec_queue import queries
 
 from gateway import db, outbox
 from gateway.store import Store
@@ -29,22 +30,26 @@ _PLAN_CASES = {
     "SHIPMENT_LEGS": f"{_T}, {_T}",
     "SET_SHIPMENT_CUSTOMS": f"{_T}, {_T}, {_T}, {_T}",
     "RELEASE_HELD": f"{_T}, {_T}, {_T}, {_T}, 1",
-    "MARK_SENT": "1",
-    "MESSAGE_DOCUMENTS": "1",
+    "MARK_SENT": "ARRAY[1::bigint]",
+    "MESSAGE_DOCUMENTS": "ARRAY[1::bigint]",
+    "MESSAGES_XML": "ARRAY[1::bigint]",
     "MESSAGE_HEADS": "ARRAY[1::bigint]",
     "COUNT_RESEND": "ARRAY[1::bigint], 3",
 }
+#: cbec_queue's statements that run inside the planned record_sent transaction.
+_QUEUE_PLAN_CASES = {"FINISH_DONE_MANY": "ARRAY[1::bigint], ARRAY[1], ARRAY['w']"}
 
 
 async def _full_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
-    return await full_scans(conn, begin=db.BEGIN_PLANNED, module=outbox, cases=_PLAN_CASES)
+    found = await full_scans(conn, begin=db.BEGIN_PLANNED, module=outbox, cases=_PLAN_CASES)
+    return found | await full_scans(conn, begin=db.BEGIN_PLANNED, module=queries, cases=_QUEUE_PLAN_CASES)
 
 
 async def test_every_generic_plan_of_the_receipt_path_probes_indexes(db_pool: asyncpg.Pool) -> None:
     store = Store(db_pool)
     async with db_pool.acquire() as conn:
         assert await _full_scans(conn) == {}
-        # record_sent's mark_done (cbec_queue FINISH) runs after END_PLANNED: custom plans, as everywhere else
+        # END_PLANNED gives a planned transaction back to the server's planning
         await conn.execute(db.BEGIN_PLANNED)
         try:
             await conn.execute(db.END_PLANNED)

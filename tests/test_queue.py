@@ -548,6 +548,31 @@ async def test_lease_expiry_requeues_and_fences_the_lost_worker(pool: asyncpg.Po
 
 
 @pytest.mark.db
+async def test_mark_done_many_fences_each_claim(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        ids = [await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={"n": i}) for i in range(3)]
+        jobs = await cbec_queue.claim(conn, worker_id="w1", lease_s=30, endpoint="customs", limit=3)
+        assert sorted(j.id for j in jobs) == ids
+        # the second claim is lost: reaped and taken by another worker
+        await conn.execute("UPDATE jobs SET lease_until = now() - interval '1 s' WHERE id = $1", ids[1])
+        await cbec_queue.reap_expired(conn)
+        [taken] = await cbec_queue.claim(conn, worker_id="w2", lease_s=5, endpoint="customs")
+        marks: set[tuple[int, int, str]] = set()
+        cbec_queue.store.handler_marks.set(marks)
+        async with conn.transaction():
+            assert await cbec_queue.mark_done_many(conn, list(reversed(jobs))) == {ids[0], ids[2]}
+        assert marks == set()  # only note_done tells the worker, from the handler's task
+        cbec_queue.note_done(jobs[0])
+        assert marks == {(jobs[0].id, jobs[0].attempts, "w1")}
+        assert await cbec_queue.mark_done_many(conn, []) == set()
+        states = await conn.fetch("SELECT id, state, locked_by FROM jobs ORDER BY id")
+        assert [tuple(r) for r in states] == [(ids[0], "done", None), (ids[1], "running", "w2"), (ids[2], "done", None)]
+        assert await cbec_queue.mark_done_many(conn, [taken]) == {ids[1]}
+    for job_id, outcomes in zip(ids, ([(1, "ok")], [(1, "lease_expired"), (2, "ok")], [(1, "ok")]), strict=True):
+        assert [(r["attempt"], r["outcome"]) for r in await history(pool, job_id)] == outcomes
+
+
+@pytest.mark.db
 async def test_lease_expiry_on_the_last_attempt_is_dead(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         job_id = await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={}, max_attempts=1)

@@ -97,6 +97,33 @@ WITH j AS (
 SELECT id FROM j
 """
 
+# FINISH to done for many claims of a handler's transaction (store.mark_done_many), each fenced by its own
+# (id, locked_by, attempts); returns the ids whose claim held. Each claim is read by its primary key and
+# row-locked (a probe whatever the plan: a `state = 'running'` filter on the UPDATE would let the planner
+# scan the running-lease index instead), fenced, then finished by id. Pass the ids sorted: rows are locked
+# in that order. $1 ids bigint[], $2 attempts int[], $3 worker ids text[]
+FINISH_DONE_MANY = """
+WITH held AS MATERIALIZED (
+    SELECT j.id, j.replays, j.attempts
+      FROM unnest($1::bigint[], $2::int[], $3::text[]) AS c(id, attempts, locked_by),
+           LATERAL (SELECT * FROM jobs AS j WHERE j.id = c.id OFFSET 0 FOR UPDATE) AS j
+     WHERE j.state = 'running' AND j.locked_by = c.locked_by AND j.attempts = c.attempts
+), j AS (
+    UPDATE jobs
+    SET state = 'done', locked_by = NULL, lease_until = NULL, finished_at = now(),
+        last_error = NULL, dead_reason = NULL, updated_at = now()
+    WHERE jobs.id = ANY (ARRAY(SELECT h.id FROM held AS h))
+    RETURNING jobs.id
+), a AS (
+    UPDATE job_attempts ja
+    SET finished_at = now(), outcome = 'ok', error = NULL, duration_ms = NULL
+    FROM held AS h
+    WHERE ja.job_id = ANY (ARRAY(SELECT h.id FROM held AS h)) AND ja.job_id = h.id AND ja.replay = h.replays
+      AND ja.attempt = h.attempts
+)
+SELECT id FROM j
+"""
+
 # Who holds a job now (explains a FINISH that applied to no row).
 # $1 id
 JOB_STATE = "SELECT state, locked_by, attempts FROM jobs WHERE id = $1"

@@ -153,6 +153,29 @@ async def mark_done(conn: asyncpg.Connection, job: Job, *, duration_ms: int | No
     """
     if not await record_done(conn, job, duration_ms=duration_ms):
         raise LeaseLost(f"job {job.id} attempt {job.attempts} is no longer held by {job.locked_by}")
+    note_done(job)
+
+
+async def mark_done_many(conn: asyncpg.Connection, jobs: Sequence[Job]) -> set[int]:
+    """`mark_done` for many jobs in one statement, in the caller's transaction; returns the ids whose claim
+    still held (and are now done). Raises nothing for the others: the caller applies its writes for the jobs
+    returned only and answers the others with LeaseLost, so every job's effect still happens exactly once.
+
+    It may run in another task than the handlers (a batching writer): each handler then calls `note_done`
+    itself once the transaction committed.
+    """
+    claims = sorted(jobs, key=lambda j: j.id)  # one locking order for every caller
+    if not claims:
+        return set()
+    rows = await conn.fetch(
+        q.FINISH_DONE_MANY, [j.id for j in claims], [j.attempts for j in claims], [j.locked_by for j in claims]
+    )
+    return {int(r["id"]) for r in rows}
+
+
+def note_done(job: Job) -> None:
+    """Tell the worker running this handler (the calling task) that the handler's own transaction marked the
+    job done, so that it does not write the outcome again."""
     marks = handler_marks.get()
     if marks is not None:
         marks.add((job.id, job.attempts, job.locked_by))
