@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -188,6 +189,12 @@ def _resend(payload: dict[str, Any], app_type: str, app_time: str) -> dict[str, 
     return p
 
 
+def _later(app_time: str, seconds: int) -> str:
+    """An appTime (YYYYMMDDhhmmss) some seconds later: adding to the digits would make second 60 at :59."""
+    moment = datetime.strptime(app_time, "%Y%m%d%H%M%S") + timedelta(seconds=seconds)
+    return moment.strftime("%Y%m%d%H%M%S")
+
+
 async def test_duplicate_change_older_and_withdrawal(api: Client) -> None:
     s = new_shipment(19)
     order = s.order
@@ -198,7 +205,7 @@ async def test_duplicate_change_older_and_withdrawal(api: Client) -> None:
     assert dup.status == 409
     assert dup.body["error"]["issues"][0]["code"] == "state.duplicate"
 
-    newer = str(int(t0) + 1)
+    newer = _later(t0, 1)
     changed = _resend(order, "2", newer)
     changed["documents"][0]["note"] = "地址已更正"
     reply = await api.post_xml(xml_of(changed))
@@ -208,7 +215,7 @@ async def test_duplicate_change_older_and_withdrawal(api: Client) -> None:
     assert older.status in (200, 202)
     assert older.body["documents"][0]["outcome"] == "ignored_older"
 
-    withdrawn = await api.post_xml(xml_of(_resend(order, "3", str(int(t0) + 2))))
+    withdrawn = await api.post_xml(xml_of(_resend(order, "3", _later(t0, 2))))
     assert withdrawn.status == 202 and withdrawn.body["documents"][0]["outcome"] == "withdrawn"
     found = await shipment_state(api, s)
     assert "order" in found["missing"]
