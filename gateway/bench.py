@@ -990,7 +990,8 @@ def format_report(r: Report) -> str:
         row("   customs messages forwarded / wall time (s)", f"{rl.customs_done:,} / {rl.seconds:.1f}")
         if rl.cpu_ms_per_message:
             names = [n for n in ("gateway", "worker", "sandbox", "postgres", "client") if n in rl.cpu_ms_per_message]
-            row(f"   CPU ms per forwarded message: {' / '.join(names)}",
+            short = {"postgres": "pg"}
+            row(f"   CPU ms per message: {'/'.join(short.get(n, n) for n in names)}",
                 " / ".join(f"{rl.cpu_ms_per_message[n]:.2f}" for n in names))  # fmt: skip
     row("4. full ingest / bare lxml", f"{r.ratio:.3f} ({1 / r.ratio:.0f}×)" if r.ratio else "-")
     if i.machine_share:
