@@ -259,6 +259,18 @@ FORWARDING_ENV = {"CBEC_FORWARDING_SANDBOX_PORT": "0"}
 RELEASE_ENV = {"CBEC_FORWARDING_SANDBOX_PORT": "0", "CBEC_FORWARDING_SANDBOX_RECEIPT_DELAY_S": "0"}
 
 
+async def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM (a normal stop), then SIGKILL after 30 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(proc.wait, 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        await asyncio.to_thread(proc.wait, 10)
+
+
 class GatewayProcess:
     """``cbec serve`` on a free port with a bench API key; its log (JSON lines) goes to a file."""
 
@@ -318,14 +330,7 @@ class GatewayProcess:
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 10)
+        await _terminate(proc)
 
 
 class HelperProcess:
@@ -352,14 +357,7 @@ class HelperProcess:
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 10)
+        await _terminate(proc)
 
 
 #: gateway seconds, {postgres pid: seconds}, client seconds, {other process name: seconds}
