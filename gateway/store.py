@@ -436,7 +436,9 @@ class Store:
         tax_rates: tax.TaxRates = tax.DEFAULT_RATES,
         tolerance: Decimal = Decimal("0"),
         max_batch: int = 32,
-        max_parallel: int = 4,
+        # Two: fewer, bigger batches cost less per message (measured 2 against 4 at concurrency 32: ~10 % more
+        # messages/s, ~30 % less PostgreSQL CPU per message); one would leave a commit's wait unused.
+        max_parallel: int = 2,
         outbox: Outbox | None = None,
     ) -> None:
         if max_batch < 1 or max_parallel < 1:
