@@ -949,3 +949,21 @@ async def test_two_workers_share_one_database(qdsn: str) -> None:
             await p.close()
     assert sorted(job_id for _, job_id in runs) == sorted(ids)  # each job ran once
     assert {name for name, _ in runs} == {"w0", "w1"}  # and both did work
+
+
+def test_an_endpoint_left_out_for_a_token_comes_back_when_the_token_is_there() -> None:
+    """Regression: a turn leaves an endpoint out for want of a token; when the bucket refills while the turn is
+    still running, the next turn must come at once, not after the poll interval (jobs and a token both waited)."""
+    clock = FakeClock()
+
+    async def noop(job: Job) -> None:
+        return None
+
+    worker = Worker(None, {"metered": noop}, rate_by_endpoint={"metered": Rate(per_s=2, burst=1)},  # type: ignore[arg-type]
+                    poll_interval_s=5.0, clock=clock)  # fmt: skip
+    bucket = worker._endpoints["metered"].bucket
+    assert bucket is not None and bucket.try_take(1)  # the last token went to the turn before
+    assert worker._idle_timeout({"metered"}) == pytest.approx(0.5)  # the next token is due in 0.5 s
+    clock.advance(0.6)  # ... and came while this turn was claiming for other endpoints
+    assert worker._idle_timeout({"metered"}) <= 0.001
+    assert worker._idle_timeout(set()) == 5.0  # a full bucket of an endpoint with nothing due: just the poll

@@ -225,10 +225,13 @@ class Worker:
         """Claim what the limits allow and start it; returns how long to wait before the next turn."""
         wanted: dict[str, int] = {}
         probes: set[str] = set()
+        rate_limited: set[str] = set()  # free slots, no token now
         for ep in self._endpoints.values():
             n = min(ep.concurrency - ep.in_flight, self.batch_size)
-            if ep.bucket is not None:
+            if ep.bucket is not None and n > 0:
                 n = min(n, int(ep.bucket.tokens + 1e-9))
+                if n <= 0:
+                    rate_limited.add(ep.name)
             if n <= 0:
                 continue
             if ep.breaker.state is not CircuitState.CLOSED:
@@ -240,7 +243,7 @@ class Worker:
                 probes.add(ep.name)
             wanted[ep.name] = n
         if not wanted:
-            return self._idle_timeout(set())
+            return self._idle_timeout(rate_limited)
         try:
             async with self.pool.acquire() as conn:
                 jobs = await store.claim_per_endpoint(
@@ -259,10 +262,10 @@ class Worker:
         if any(got.get(name, 0) >= n for name, n in wanted.items()):
             return 0.0  # a full batch: there may be more
         starving = {name for name in wanted if got.get(name, 0) < wanted[name]}
-        return await self._next_turn_in(starving)
+        return await self._next_turn_in(starving, rate_limited)
 
-    async def _next_turn_in(self, starving: set[str]) -> float:
-        timeout = self._idle_timeout(starving)
+    async def _next_turn_in(self, starving: set[str], rate_limited: set[str]) -> float:
+        timeout = self._idle_timeout(rate_limited)
         if starving:
             async with self.pool.acquire() as conn:
                 due = await store.next_due_in(conn, sorted(starving))
@@ -271,12 +274,14 @@ class Worker:
                 timeout = min(timeout, max(due, 0.02))
         return timeout
 
-    def _idle_timeout(self, starving: set[str]) -> float:
+    def _idle_timeout(self, rate_limited: set[str]) -> float:
         timeout = self.poll_interval_s
         for ep in self._endpoints.values():
             if ep.in_flight >= ep.concurrency:
                 continue  # a finishing job wakes the loop
-            if ep.bucket is not None and ep.bucket.tokens < 1:
+            # An endpoint left out of this turn for want of a token comes back when one is due — at once if the
+            # bucket refilled while the turn ran (its jobs would otherwise wait for the poll interval).
+            if ep.bucket is not None and (ep.name in rate_limited or ep.bucket.tokens < 1):
                 timeout = min(timeout, ep.bucket.wait_time(1))
             cooldown_left = ep.breaker.retry_in()
             if cooldown_left > 0:  # 0: the probe is due, but only the bucket or a free slot can start it
