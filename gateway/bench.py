@@ -282,8 +282,10 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         *,
         customs_key: str | None = None,
+        processes: int = 1,
     ) -> None:
         self.dsn = dsn
+        self.processes = processes  # cbec serve --processes; the API processes' CPU counts as the gateway's
         self.workdir = workdir
         self.config = config
         self.env = env or {}
@@ -302,6 +304,7 @@ class GatewayProcess:
         env["CBEC_API_KEYS"] = json.dumps(keys)
         env.setdefault("CBEC_LOG_FORMAT", "json")  # what production writes: one JSON line per request
         env.update(self.env)
+        env["CBEC_PROCESSES"] = str(self.processes)
         cmd = [*cbec_command(), "serve", "--database-url", self.dsn, "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(self.workdir / "gateway-data")]  # fmt: skip
         if self.config:
@@ -584,8 +587,8 @@ async def bench_release_split(
     and the customs sandbox (``cbec sandbox``, receipt delays zero) answers from processes of their own."""
     customs_key = secrets.token_urlsafe(24)
     # The API process keeps its receipt watchdog and routing; its own worker is off (the in-process sandbox idles).
-    api_env = {**RELEASE_ENV, "CBEC_FORWARDING_WORKER": "false", "CBEC_PROCESSES": str(processes)}
-    gateway = GatewayProcess(dsn, work, config, api_env, customs_key=customs_key)
+    api_env = {**RELEASE_ENV, "CBEC_FORWARDING_WORKER": "false"}
+    gateway = GatewayProcess(dsn, work, config, api_env, customs_key=customs_key, processes=processes)
     sandbox_port = _free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     helpers: list[HelperProcess] = []
@@ -1119,7 +1122,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
             machine = await machine_facts(admin_dsn, where)
             say(f"full ingest of {len(messages):,} messages ({where}) ...")
             async with fresh_database(admin_dsn) as (dsn, dbname):
-                gateway = GatewayProcess(dsn, work, opts.config, {**INGEST_ONLY_ENV, **_processes(opts)})
+                gateway = GatewayProcess(dsn, work, opts.config, INGEST_ONLY_ENV, processes=opts.processes)
                 try:
                     await gateway.start()
                     assert gateway.proc is not None
@@ -1137,7 +1140,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
                 if _uses_sandbox(opts.config):
                     say(f"full ingest of {len(messages):,} messages with forwarding to the customs sandbox ...")
                     async with fresh_database(admin_dsn) as (dsn, dbname):
-                        gateway = GatewayProcess(dsn, work, opts.config, {**FORWARDING_ENV, **_processes(opts)})
+                        gateway = GatewayProcess(dsn, work, opts.config, FORWARDING_ENV, processes=opts.processes)
                         try:
                             await gateway.start()
                             assert gateway.proc is not None
@@ -1151,7 +1154,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
                     say(f"forwarding {len(release_set):,} shipments to the sandbox until released ...")
                     timeout_s = max(60.0, n_shipments * 0.2)
                     async with fresh_database(admin_dsn) as (dsn, dbname):
-                        gateway = GatewayProcess(dsn, work, opts.config, {**RELEASE_ENV, **_processes(opts)})
+                        gateway = GatewayProcess(dsn, work, opts.config, RELEASE_ENV, processes=opts.processes)
                         try:
                             await gateway.start()
                             assert gateway.proc is not None
@@ -1200,11 +1203,6 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
         notes=notes,
     )
     return report
-
-
-def _processes(opts: Options) -> dict[str, str]:
-    """``cbec serve --processes`` for the runs (the API processes' CPU counts as the gateway's)."""
-    return {"CBEC_PROCESSES": str(opts.processes)}
 
 
 def _uses_sandbox(config_file: str | None) -> bool:
@@ -1257,7 +1255,7 @@ async def _flatness(
                     notes.append(
                         f"populating {target:,} shipments took {populate_seconds:.0f} s, more than five minutes"
                     )
-            gateway = GatewayProcess(dsn, work, opts.config, {**INGEST_ONLY_ENV, **_processes(opts)})
+            gateway = GatewayProcess(dsn, work, opts.config, INGEST_ONLY_ENV, processes=opts.processes)
             warmup = corpus.shipments(warmup_shipments)
             batch = corpus.shipments(batch_shipments)
             try:
