@@ -507,8 +507,7 @@ class Store:
                 try:
                     await self._run_batch(batch)
                 finally:
-                    self._running_locks.subtract(locks)
-                    self._running_locks += collections.Counter()  # drop the zero counts
+                    self._running_locks -= collections.Counter(locks)  # drops the locks no batch holds any more
         finally:
             self._workers -= 1
             self._start_drains()  # what this batch held back may start now

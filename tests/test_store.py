@@ -656,8 +656,7 @@ async def test_a_batch_skips_messages_locked_by_a_running_batch_and_keeps_their_
     store._running_locks.update([a, b])  # a batch with A and B runs
     assert [j.arrival for j in store._take()] == [5]  # 3 shares B, 4 shares C with 3: they wait too
     assert [j.arrival for j in store._queue] == [1, 2, 3, 4]
-    store._running_locks.subtract([a, b])
-    store._running_locks += store_module.collections.Counter()
+    store._running_locks -= store_module.collections.Counter([a, b])
     assert [j.arrival for j in store._take()] == [1, 2, 3, 4]  # the batch ended: all go, in arrival order
     gone = job(6, a)
     gone.future.cancel()  # the caller went away before it started
