@@ -16,12 +16,15 @@ import multiprocessing
 import os
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
+from cbec_queue.policy import RetryPolicy
 from lxml import etree
 
 from gateway import db, logs
@@ -210,50 +213,92 @@ def _api_process(settings: Settings) -> None:
     asyncio.run(serve(settings, api_only=True))
 
 
+@dataclass
+class RestartBackoff:
+    """When to start an API process again after it died. Pure: the caller passes the clock's readings.
+
+    A process that lived at least ``stable_s`` died of something passing: it is started again after the
+    policy's first delay. One that died sooner most likely fails at start-up (a bad setting, a port or a
+    database it cannot reach): each such death in a row doubles the wait, up to the policy's cap, so that it
+    is not restarted, and logged, every second forever.
+    """
+
+    policy: RetryPolicy = field(default_factory=lambda: RetryPolicy(base_s=1.0, factor=2.0, cap_s=60.0, jitter="none"))
+    stable_s: float = 30.0
+    quick_deaths: int = 0  # deaths in a row, each sooner than stable_s after its start
+
+    def delay_after_death(self, lived_s: float) -> float:
+        self.quick_deaths = self.quick_deaths + 1 if lived_s < self.stable_s else 1
+        return self.policy.upper_bound(self.quick_deaths)
+
+
+@dataclass
+class _Slot:
+    proc: multiprocessing.process.BaseProcess
+    started: float  # time.monotonic() at its start
+    backoff: RestartBackoff
+    restart_at: float | None = None  # set once its death was seen
+
+
 class ApiProcesses:
-    """The API processes besides the first one: started fresh (spawn), restarted when one dies, stopped with it."""
+    """The API processes besides the first one: started fresh (spawn), restarted when one dies (with a
+    growing wait when it keeps dying at start-up, see :class:`RestartBackoff`), stopped with it."""
 
-    RESTART_DELAY_S = 1.0
+    POLL_S = 0.5
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        target: Callable[..., None] = _api_process,
+        backoff: Callable[[], RestartBackoff] = RestartBackoff,
+    ) -> None:
         self.settings = settings  # with the port and the DSN the first process resolved
         self._context = multiprocessing.get_context("spawn")  # no forked event loop, pool or embedded server
-        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._target = target
+        self._backoff = backoff
+        self._slots: list[_Slot] = []
         self._watch: asyncio.Task[None] | None = None
 
     def _spawn(self) -> multiprocessing.process.BaseProcess:
-        proc = self._context.Process(
-            target=_api_process, args=(self.settings,), name="cbec-api", daemon=True
-        )
+        proc = self._context.Process(target=self._target, args=(self.settings,), name="cbec-api", daemon=True)
         proc.start()
         log.info("api_process_started", pid=proc.pid)
         return proc
 
     def start(self, count: int) -> None:
-        self._procs = [self._spawn() for _ in range(count)]
+        self._slots = [_Slot(self._spawn(), time.monotonic(), self._backoff()) for _ in range(count)]
         self._watch = asyncio.create_task(self._supervise())
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.pid is not None]
+        return [s.proc.pid for s in self._slots if s.proc.pid is not None]
 
     async def _supervise(self) -> None:
         while True:
-            await asyncio.sleep(self.RESTART_DELAY_S)
-            for i, proc in enumerate(self._procs):
-                if not proc.is_alive():
-                    log.error("api_process_exited", pid=proc.pid, exit_code=proc.exitcode, note="starting another")
-                    self._procs[i] = self._spawn()
+            await asyncio.sleep(self.POLL_S)
+            now = time.monotonic()
+            for slot in self._slots:
+                if slot.restart_at is None and not slot.proc.is_alive():
+                    delay = slot.backoff.delay_after_death(now - slot.started)
+                    slot.restart_at = now + delay
+                    log.error(
+                        "api_process_exited", pid=slot.proc.pid, exit_code=slot.proc.exitcode,
+                        lived_s=round(now - slot.started, 1), restart_in_s=delay,
+                    )  # fmt: skip
+                if slot.restart_at is not None and now >= slot.restart_at:
+                    slot.proc, slot.started, slot.restart_at = self._spawn(), now, None
 
     async def stop(self, timeout: float = 15.0) -> None:
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        for proc in self._procs:
+        procs = [s.proc for s in self._slots]
+        for proc in procs:
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)  # a normal stop: in-flight requests and batches finish
-        for proc in self._procs:
+        for proc in procs:
             await asyncio.to_thread(proc.join, timeout)
             if proc.is_alive():
                 proc.kill()

@@ -1,0 +1,69 @@
+"""Supervision of the extra API processes of ``cbec serve --processes N`` (gateway.server.ApiProcesses)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+
+from cbec_queue.policy import RetryPolicy
+
+from gateway.config import Settings
+from gateway.server import ApiProcesses, RestartBackoff
+
+
+def _die_at_once(settings: Settings) -> None:
+    """Stands in for an API process that fails at start-up every time."""
+    os._exit(3)
+
+
+def test_quick_deaths_in_a_row_double_the_wait_up_to_the_cap() -> None:
+    b = RestartBackoff(RetryPolicy(base_s=1.0, factor=2.0, cap_s=60.0, jitter="none"), stable_s=30.0)
+    assert [b.delay_after_death(lived_s=0.5) for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_a_process_that_lived_long_enough_is_restarted_after_the_first_wait() -> None:
+    b = RestartBackoff(RetryPolicy(base_s=1.0, factor=2.0, cap_s=60.0, jitter="none"), stable_s=30.0)
+    for _ in range(5):
+        b.delay_after_death(lived_s=1.0)
+    assert b.delay_after_death(lived_s=45.0) == 1  # it ran: the count starts again
+    assert b.delay_after_death(lived_s=2.0) == 2
+
+
+class _Recorded(ApiProcesses):
+    POLL_S = 0.05
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.started_at: list[float] = []
+
+    def _spawn(self):  # type: ignore[no-untyped-def]
+        self.started_at.append(time.monotonic())
+        return super()._spawn()
+
+
+async def test_a_process_that_keeps_dying_at_start_up_is_restarted_ever_more_slowly() -> None:
+    """Real spawned processes that exit at once: each is seen dead, and the next start waits the growing
+    delay (0.2, 0.4, 0.8 s, then the cap) after its death — the gaps between starts grow accordingly."""
+    delays: list[float] = []
+
+    class Recording(RestartBackoff):
+        def delay_after_death(self, lived_s: float) -> float:
+            d = super().delay_after_death(lived_s)
+            delays.append(d)
+            return d
+
+    policy = RetryPolicy(base_s=0.2, factor=2.0, cap_s=0.8, jitter="none")
+    procs = _Recorded(Settings(), target=_die_at_once, backoff=lambda: Recording(policy, stable_s=30.0))
+    procs.start(1)
+    try:
+        await asyncio.sleep(4.0)
+    finally:
+        await procs.stop(timeout=5)
+    starts = procs.started_at
+    assert len(starts) >= 3, starts  # it is started again, and again
+    assert delays[:3] == [0.2, 0.4, 0.8][: len(delays[:3])] and set(delays[3:]) <= {0.8}
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # a gap is the process's short life plus the wait after its death: never shorter than the wait
+    assert all(gap >= delay for gap, delay in zip(gaps, delays, strict=False)), (gaps, delays)
