@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -49,6 +50,11 @@ async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
         assert all(f > 0 for f in figures), f"not positive: {line!r}"
         assert label.strip()
 
+    # The same messages with each shipment's legs back to back: stored and matched as well.
+    assert report.ingest_adjacent is not None and report.verification_adjacent is not None
+    assert report.ingest_adjacent.accepted == 40 and report.verification_adjacent.ok
+    assert any("legs back to back" in line for line in table)
+
     # The run with cbec serve's forwarding (worker + customs sandbox) stored everything too.
     assert report.forwarding is not None and report.forwarding_verification is not None
     assert report.forwarding.accepted == 40 and report.forwarding_verification.ok
@@ -83,6 +89,22 @@ async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
     assert report.lxml_per_second > report.ingest.per_second > 0
     assert 0 < report.ratio < 1
     assert report.machine["cores"] >= 1 and report.machine["postgres"].startswith("PostgreSQL")
+
+
+def test_interleave_spreads_the_legs_of_a_shipment_among_others_and_keeps_every_message() -> None:
+    adjacent = bench.Corpus(3).shipments(300)
+    mixed = bench.interleave(adjacent, seed=3)
+    assert sorted(id(m) for m in mixed) == sorted(id(m) for m in adjacent)  # a permutation: nothing lost
+    assert bench.interleave(adjacent, seed=3) == mixed  # the same order for the same seed
+    # Back to back, each shipment's four legs are neighbours; interleaved, most are not, and no leg is
+    # further than the window from its shipment's place.
+    def neighbours(ms: list[bench.Message]) -> int:
+        return sum(a.shipment == b.shipment for a, b in itertools.pairwise(ms))
+
+    assert neighbours(adjacent) == 3 * 300
+    assert neighbours(mixed) < 0.1 * 3 * 300
+    for place, m in enumerate(mixed):
+        assert abs(place / 4 - m.shipment) <= bench.INTERLEAVE_WINDOW + 4
 
 
 def test_cli_bench_options() -> None:
