@@ -21,7 +21,6 @@ ingest not yet seeing the receipt, the receipt not yet seeing the inventory).
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import structlog
 
 from gateway import db
 from gateway import receipts as rc
+from gateway.batching import Batcher
 from gateway.documents import ParsedMessage
 from gateway.forward import JobSpec, LegState, Router, shipment_customs_status
 
@@ -434,7 +434,15 @@ class _Sent:
     job: cbec_queue.Job
     message_id: int
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    attempts: int = 1
+
+
+def _sent_retryable(exc: Exception) -> bool:
+    """A delivery whose record_sent failed alone runs again on these (see gateway.batching)."""
+    return isinstance(exc, asyncpg.DeadlockDetectedError | asyncpg.SerializationError)
+
+
+def _lease_lost(j: cbec_queue.Job) -> cbec_queue.LeaseLost:
+    return cbec_queue.LeaseLost(f"job {j.id} attempt {j.attempts} is no longer held by {j.locked_by}")
 
 
 # --- the outbox --------------------------------------------------------------------------------------------
@@ -456,11 +464,13 @@ class Outbox:
         self.router = router
         self.max_sent_batch = max_sent_batch
         self.max_sent_parallel = max_sent_parallel
-        self._sent: collections.deque[_Sent] = collections.deque()
-        self._sent_workers = 0
         self._xml_wanted: dict[int, list[asyncio.Future[str | None]]] = {}
         self._xml_reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sent: Batcher[_Sent, None] = Batcher(
+            self._sent_batch, max_batch=max_sent_batch, max_parallel=max_sent_parallel, attempts=_ATTEMPTS,
+            retryable=_sent_retryable, spawn=self._spawn,
+        )  # fmt: skip
 
     async def aclose(self) -> None:
         """Wait for the deliveries and reads already handed over (call before closing the pool)."""
@@ -558,65 +568,15 @@ class Outbox:
         and nothing of it is written.
 
         Deliveries that finish together share one transaction (at most ``max_sent_batch``, at most
-        ``max_sent_parallel`` such transactions at once): under load they pile up while one commits, so BEGIN,
-        the locks, the statements and COMMIT's WAL flush are paid per batch. An idle gateway commits each alone.
+        ``max_sent_parallel`` such transactions at once; :mod:`gateway.batching`): under load they pile up while
+        one commits, so BEGIN, the locks, the statements and COMMIT's WAL flush are paid per batch. An idle
+        gateway commits each alone.
         """
-        item = _Sent(job, message_id)
-        self._sent.append(item)
-        if self._sent_workers < self.max_sent_parallel:
-            self._sent_workers += 1
-            self._spawn(self._drain_sent())
-        await item.future
+        await self._sent.put(_Sent(job, message_id))
         cbec_queue.note_done(job)  # in the handler's task: the worker must not write the outcome again
 
-    async def _drain_sent(self) -> None:
-        try:
-            while self._sent:
-                batch: list[_Sent] = []
-                while self._sent and len(batch) < self.max_sent_batch:
-                    item = self._sent.popleft()
-                    if not item.future.done():  # its handler went away (cancelled) before it started
-                        batch.append(item)
-                if batch:
-                    await self._run_sent(batch)
-        finally:
-            self._sent_workers -= 1
-
-    async def _run_sent(self, items: list[_Sent]) -> None:
-        try:
-            lost = await self._sent_batch(items)
-        except asyncio.CancelledError:
-            for item in items:
-                item.future.cancel()
-            raise
-        except Exception as exc:
-            if len(items) > 1:
-                # A deadlock, or a connection gone: one by one, so that each retries (or fails) on its own.
-                for item in items:
-                    await self._run_sent([item])
-                return
-            item = items[0]
-            if item.attempts < _ATTEMPTS and isinstance(
-                exc, asyncpg.DeadlockDetectedError | asyncpg.SerializationError
-            ):
-                item.attempts += 1
-                await self._run_sent([item])
-            elif not item.future.done():
-                item.future.set_exception(exc)
-            return
-        for item in items:
-            if item.future.done():
-                continue
-            if item.job.id in lost:
-                j = item.job
-                item.future.set_exception(
-                    cbec_queue.LeaseLost(f"job {j.id} attempt {j.attempts} is no longer held by {j.locked_by}")
-                )
-            else:
-                item.future.set_result(None)
-
-    async def _sent_batch(self, items: Sequence[_Sent]) -> set[int]:
-        """One transaction for the deliveries; returns the ids of the jobs whose claim was gone."""
+    async def _sent_batch(self, items: list[_Sent]) -> dict[_Sent, Exception | None]:
+        """One transaction for the deliveries; a delivery whose claim was gone gets cbec_queue.LeaseLost."""
         message_ids = sorted({i.message_id for i in items})
         async with db.transaction(self.pool) as conn:
             docs = [_Doc.of(r) for r in await conn.fetch(MESSAGE_DOCUMENTS, message_ids)]
@@ -631,7 +591,7 @@ class Outbox:
             if sent:
                 await conn.execute(MARK_SENT, sorted(sent))
                 await self._refresh_shipments(conn, shipments)
-        return {i.job.id for i in items} - done
+        return {i: None if i.job.id in done else _lease_lost(i.job) for i in items}
 
     async def _lock_shipments_of(self, conn: asyncpg.Connection, docs: Iterable[_Doc]) -> set[tuple[str, str]]:
         """The keyed shipments the documents belong to, under the ingest's orderNo locks."""

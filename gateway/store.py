@@ -13,10 +13,10 @@ this module reads the rows it needs and writes what it decided:
   unique index on current keys stays the last guard; a deadlock between transactions that found
   extra locks late is retried;
 * throughput: messages arriving together share a transaction (at most ``max_batch``, at most
-  ``max_parallel`` transactions at once). Inside, they go in waves of messages whose locks are
-  disjoint: one read for the wave, the pure judgement per message, one write for the wave — so a
-  busy gateway pays about two round trips per wave, plus BEGIN and COMMIT per batch, instead of five
-  round trips per message. Each message is still judged as if alone, in arrival order, seeing the
+  ``max_parallel`` transactions at once; :mod:`gateway.batching`). Inside, they go in waves of messages
+  whose locks are disjoint: one read for the wave, the pure judgement per message, one write for the
+  wave — so a busy gateway pays about two round trips per wave, plus BEGIN and COMMIT per batch,
+  instead of five round trips per message. Each message is still judged as if alone, in arrival order, seeing the
   ones before it; none is answered before the commit.
 
 Every statement reaches a handful of rows through an index, with plans that stay index-driven as the
@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from gateway import db, tax
+from gateway.batching import Batcher
 from gateway.documents import ParsedMessage
 from gateway.errors import Issue
 from gateway.keystate import (
@@ -315,11 +317,28 @@ class _Job:
     locks: set[Lock]
     refs: Refs
     future: asyncio.Future[IngestResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    attempts: int = 1
 
 
 class _LocksBusy(Exception):
-    """A lock found late is held by another transaction: start the batch again (see LOCK_MORE)."""
+    """A lock found late is held by another transaction: run the batch again, its jobs now listing the locks they
+    found late, so that it takes them all at BEGIN (see LOCK_MORE)."""
+
+
+def _retryable(exc: Exception) -> bool:
+    """A message that failed alone runs again on these (see gateway.batching)."""
+    return isinstance(exc, asyncpg.DeadlockDetectedError) or (
+        # a twin with other content committed first: the next attempt reports the conflict
+        isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "messages_guid_key"
+    )
+
+
+def _failure(job: _Job, exc: Exception) -> Exception:
+    """What a message that failed alone answers: a concurrent message that took its key is a conflict."""
+    if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "documents_current_key_idx":
+        return Conflict(
+            [issue("state.duplicate", job.msg.path, f"a concurrent message took the same key ({exc.detail})")]
+        )
+    return exc
 
 
 def _lock_id(lock: Lock) -> int:
@@ -451,11 +470,14 @@ class Store:
         # Forwarding (gateway.outbox): what an accepted message sends to customs is enqueued in its
         # transaction (the transactional outbox). None: nothing is forwarded.
         self.outbox = outbox
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._workers = 0
         self._running_locks: collections.Counter[Lock] = collections.Counter()  # locks of the batches running now
         self._arrivals = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batcher: Batcher[_Job, IngestResult] = Batcher(
+            self._batch, max_batch=max_batch, max_parallel=max_parallel, attempts=_ATTEMPTS,
+            retryable=_retryable, failure=_failure, again=(_LocksBusy,),
+            take=self._take, ready=self._could_start, hold=self._holding,
+        )  # fmt: skip
+        self._queue = self._batcher.queue
 
     # --- ingest ------------------------------------------------------------------------------
 
@@ -472,45 +494,29 @@ class Store:
             msg, raw, hashlib.sha256(raw).digest(), submitter, source, self._arrivals, news, up_front_locks(msg),
             Refs.of(news),
         )  # fmt: skip
-        self._queue.append(job)
-        self._start_drains()
-        return await job.future
-
-    def _start_drains(self) -> None:
-        """One more drain while fewer than max_parallel run and a waiting message could start now."""
-        if self._workers < self.max_parallel and self._queue and (
-            self._workers == 0 or not self._queue[-1].locks & self._running_locks.keys()
-        ):
-            self._workers += 1
-            task = asyncio.create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        return await self._batcher.put(job)
 
     async def aclose(self) -> None:
         """Wait for the messages already handed over (call before closing the pool)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._batcher.aclose()
 
-    async def _drain(self) -> None:
-        """Take what is waiting, up to max_batch messages, as one transaction; repeat until nothing can start.
+    # Scheduling (gateway.batching runs the batches): a message that shares a lock with a batch running in this
+    # process waits in the queue for that batch to end instead of joining a new batch, which would make the
+    # whole new batch wait at BEGIN.
 
-        At most max_parallel of these run at once. Under load the messages pile up while a batch runs,
-        so the next batch is bigger: BEGIN, the locks, COMMIT (its WAL flush) and the pool's reset are
-        paid once per batch instead of once per message. An idle gateway answers each message alone.
-        A message that shares a lock with a batch running in this process waits in the queue for that
-        batch to end instead of joining a new batch: it would make the whole new batch wait at BEGIN.
-        """
+    def _could_start(self, job: _Job) -> bool:
+        """Whether the newest waiting message could start now: one more batch is worth starting for it."""
+        return not job.locks & self._running_locks.keys()
+
+    @contextlib.contextmanager
+    def _holding(self, batch: list[_Job]) -> Iterator[None]:
+        """The batch's locks count as running while it runs, retries and all (see _take)."""
+        locks = [lock for job in batch for lock in job.locks]  # as taken: a job adds the locks it finds late
+        self._running_locks.update(locks)
         try:
-            while batch := self._take():
-                locks = [lock for job in batch for lock in job.locks]
-                self._running_locks.update(locks)
-                try:
-                    await self._run_batch(batch)
-                finally:
-                    self._running_locks -= collections.Counter(locks)  # drops the locks no batch holds any more
+            yield
         finally:
-            self._workers -= 1
-            self._start_drains()  # what this batch held back may start now
+            self._running_locks -= collections.Counter(locks)  # drops the locks no batch holds any more
 
     def _take(self) -> list[_Job]:
         """The next batch: waiting messages in arrival order, skipping those that share a lock with a running
@@ -529,48 +535,6 @@ class Store:
                 batch.append(job)
         self._queue.extendleft(reversed(kept))
         return batch
-
-    async def _run_batch(self, jobs: list[_Job]) -> None:
-        try:
-            outcomes = await self._batch(jobs)
-        except _LocksBusy:
-            # The jobs now list the locks they found late: the next run takes them all at BEGIN.
-            await self._run_batch(jobs)
-            return
-        except asyncio.CancelledError:
-            for job in jobs:
-                job.future.cancel()
-            raise
-        except Exception as exc:
-            if len(jobs) > 1:
-                # One message broke the transaction (or the connection went): run them one by one, so
-                # that only the guilty one fails.
-                for job in jobs:
-                    await self._run_batch([job])
-                return
-            job = jobs[0]
-            retry = job.attempts < _ATTEMPTS and (
-                isinstance(exc, asyncpg.DeadlockDetectedError)
-                # a twin with other content committed first: the next attempt reports the conflict
-                or (isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "messages_guid_key")
-            )
-            if retry:
-                job.attempts += 1
-                await self._run_batch([job])
-                return
-            if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "documents_current_key_idx":
-                exc = Conflict(
-                    [issue("state.duplicate", job.msg.path, f"a concurrent message took the same key ({exc.detail})")]
-                )
-            outcomes = {job: exc}
-        for job in jobs:
-            outcome = outcomes[job]
-            if job.future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                job.future.set_exception(outcome)
-            else:
-                job.future.set_result(outcome)
 
     async def _batch(self, jobs: list[_Job]) -> dict[_Job, IngestResult | Exception]:
         """The jobs in one transaction, wave after wave; a Conflict answers its job and the others go on."""
