@@ -992,30 +992,20 @@ def format_report(r: Report) -> str:
         c = i.cpu_us_per_message
         row("   CPU per message: gateway / PostgreSQL / client (µs)",
             f"{c['gateway']:.0f} / {c['postgres']:.0f} / {c['client']:.0f}")  # fmt: skip
-    ia, va = r.ingest_adjacent, r.verification_adjacent
-    if ia is not None and va is not None:
-        row("   the same, each shipment's 4 legs back to back (msg/s)", f"{ia.per_second:,.0f}")
-        row("   latency p50 / p99 (ms)", f"{ia.p50_ms:.1f} / {ia.p99_ms:.1f}")
-        row(
-            "   accepted / stored / shipments matched",
-            f"{ia.accepted:,} / {va.messages_stored:,} / {va.shipments_matched:,}",
-        )
-        if ia.cpu_us_per_message:
-            c = ia.cpu_us_per_message
+    def ingest_rows(label: str, run: IngestRun | None, vf: Verification | None) -> None:
+        if run is None or vf is None:
+            return
+        row(label, f"{run.per_second:,.0f}")
+        row("   latency p50 / p99 (ms)", f"{run.p50_ms:.1f} / {run.p99_ms:.1f}")
+        row("   accepted / stored / shipments matched",
+            f"{run.accepted:,} / {vf.messages_stored:,} / {vf.shipments_matched:,}")  # fmt: skip
+        if run.cpu_us_per_message:
+            c = run.cpu_us_per_message
             row("   CPU per message: gateway / PostgreSQL / client (µs)",
                 f"{c['gateway']:.0f} / {c['postgres']:.0f} / {c['client']:.0f}")  # fmt: skip
-    fw, fv = r.forwarding, r.forwarding_verification
-    if fw is not None and fv is not None:
-        row("3b. the same with cbec serve's forwarding running (msg/s)", f"{fw.per_second:,.0f}")
-        row("   latency p50 / p99 (ms)", f"{fw.p50_ms:.1f} / {fw.p99_ms:.1f}")
-        row(
-            "   accepted / stored / shipments matched",
-            f"{fw.accepted:,} / {fv.messages_stored:,} / {fv.shipments_matched:,}",
-        )
-        if fw.cpu_us_per_message:
-            c = fw.cpu_us_per_message
-            row("   CPU per message: gateway / PostgreSQL / client (µs)",
-                f"{c['gateway']:.0f} / {c['postgres']:.0f} / {c['client']:.0f}")  # fmt: skip
+
+    ingest_rows("   the same, each shipment's 4 legs back to back (msg/s)", r.ingest_adjacent, r.verification_adjacent)
+    ingest_rows("3b. the same with cbec serve's forwarding running (msg/s)", r.forwarding, r.forwarding_verification)
     for label, rl in (
         ("3c. forwarding to the sandbox, all in cbec serve (msg/s)", r.release),
         ("3d. the same, worker and sandbox in own processes (msg/s)", r.release_split),
@@ -1159,27 +1149,11 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
         async with database_server(opts.database_url, opts.data_dir) as (admin_dsn, where):
             machine = await machine_facts(admin_dsn, where)
             say(f"full ingest of {len(messages):,} messages ({where}) ...")
-            async with fresh_database(admin_dsn) as (dsn, dbname):
-                gateway = GatewayProcess(dsn, work, opts.config, INGEST_ONLY_ENV, processes=opts.processes)
-                try:
-                    await gateway.start()
-                    assert gateway.proc is not None
-                    ingest = await drive(gateway, messages, opts.concurrency, CpuMeter(gateway.proc.pid, dbname))
-                finally:
-                    await gateway.stop()
-                verification = await verify(dsn, messages)
+            ingest, verification, _ = await _ingest_run(admin_dsn, work, opts, messages, INGEST_ONLY_ENV)
             say(f"full ingest of the same {len(messages):,} messages, each shipment's legs back to back ...")
-            async with fresh_database(admin_dsn) as (dsn, dbname):
-                gateway = GatewayProcess(dsn, work, opts.config, INGEST_ONLY_ENV, processes=opts.processes)
-                try:
-                    await gateway.start()
-                    assert gateway.proc is not None
-                    ingest_adjacent = await drive(
-                        gateway, adjacent, opts.concurrency, CpuMeter(gateway.proc.pid, dbname)
-                    )
-                finally:
-                    await gateway.stop()
-                verification_adjacent = await verify(dsn, adjacent)
+            ingest_adjacent, verification_adjacent, _ = await _ingest_run(
+                admin_dsn, work, opts, adjacent, INGEST_ONLY_ENV
+            )
 
             forwarding: IngestRun | None = None
             forwarding_verification: Verification | None = None
@@ -1189,17 +1163,9 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
             if opts.forwarding:
                 if _uses_sandbox(opts.config):
                     say(f"full ingest of {len(messages):,} messages with forwarding to the customs sandbox ...")
-                    async with fresh_database(admin_dsn) as (dsn, dbname):
-                        gateway = GatewayProcess(dsn, work, opts.config, FORWARDING_ENV, processes=opts.processes)
-                        try:
-                            await gateway.start()
-                            assert gateway.proc is not None
-                            meter = CpuMeter(gateway.proc.pid, dbname)
-                            forwarding = await drive(gateway, messages, opts.concurrency, meter)
-                            forwarding_jobs = await _job_states(dsn)
-                        finally:
-                            await gateway.stop()
-                        forwarding_verification = await verify(dsn, messages)
+                    forwarding, forwarding_verification, forwarding_jobs = await _ingest_run(
+                        admin_dsn, work, opts, messages, FORWARDING_ENV
+                    )
                     release_set = release_samples(opts.seed, n_shipments)
                     say(f"forwarding {len(release_set):,} shipments to the sandbox until released ...")
                     timeout_s = max(60.0, n_shipments * 0.2)
@@ -1256,6 +1222,23 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
         notes=notes,
     )
     return report
+
+
+async def _ingest_run(
+    admin_dsn: str, work: Path, opts: Options, messages: Sequence[Message], env: dict[str, str]
+) -> tuple[IngestRun, Verification, dict[str, int]]:
+    """``cbec serve`` (with ``env``) on a fresh database driven with the messages: the run, what SQL finds
+    stored afterwards, and the queue's jobs by state."""
+    async with fresh_database(admin_dsn) as (dsn, dbname):
+        gateway = GatewayProcess(dsn, work, opts.config, env, processes=opts.processes)
+        try:
+            await gateway.start()
+            assert gateway.proc is not None
+            run = await drive(gateway, messages, opts.concurrency, CpuMeter(gateway.proc.pid, dbname))
+            jobs = await _job_states(dsn)
+        finally:
+            await gateway.stop()
+        return run, await verify(dsn, messages), jobs
 
 
 def _uses_sandbox(config_file: str | None) -> bool:
