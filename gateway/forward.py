@@ -8,17 +8,22 @@ Identity of a delivery: the queue's dedupe key is ``<endpoint>:<message guid>`` 
 ``:resend<n>``), and the customs CopMsgId is always ``adapters.dxp.cop_msg_id_for("<endpoint>:<guid>")``,
 carried in the job payload, so that every retry and every re-send of a message carries the same guid
 and the same CopMsgId.
+
+Order of deliveries: every job of a declaration carries the business keys of its message's documents as
+queue ordering keys (:func:`ordering_key`), so that per endpoint a change (appType 2) or a withdrawal (3)
+never goes before an earlier message of the same document that is still queued, retrying or running.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from adapters.dxp import cop_msg_id_for
 from gateway import receipts as rc
 from gateway.config import DEFAULT_ROUTES, ForwardingSettings, RouteSettings, WebhookSettings
+from gateway.messages import lookup
 
 #: documents.forward_state values (gateway/sql/020_forwarding.sql).
 FORWARD_STATES = ("none", "held", "queued", "sent", "receipted", "rejected")
@@ -38,6 +43,20 @@ class JobSpec:
     dedupe_key: str
     delay_s: float = 0.0  # run_after = now + delay
     priority: int = 0
+    # Queue ordering keys: not claimed while an earlier job of the endpoint sharing one is queued or running.
+    ordering_keys: tuple[str, ...] = ()
+
+
+def ordering_key(message_type: str, keys: Iterable[str]) -> str:
+    """The queue ordering key of a document: its message type and business key values (spec §6.2; the fields
+    are ``MessageType.keys``), trimmed as the store keeps them (documents.key1, key2), e.g.
+    ``CEB311:<ebpCode>:<orderNo>``. Only the type's own key fields count (a stored key2 of '' for a one-field
+    type is no part of it). Every version of a document (appType 1, 2, 3) has the same key."""
+    mtype = lookup(message_type)
+    values = [k.strip() for k in keys]
+    if mtype is not None:
+        values = values[: len(mtype.keys)]
+    return ":".join((message_type, *values))
 
 
 @dataclass(frozen=True)
@@ -117,10 +136,18 @@ class Router:
         return cop_msg_id_for(f"{customs}:{guid}") if customs else None
 
     def message_jobs(
-        self, *, message_id: int, guid: str, message_type: str, endpoints: Iterable[str], resend: int = 0
+        self,
+        *,
+        message_id: int,
+        guid: str,
+        message_type: str,
+        endpoints: Iterable[str],
+        ordering_keys: Iterable[str] = (),
+        resend: int = 0,
     ) -> list[JobSpec]:
         """One job per endpoint for a whole message; ``resend`` > 0 makes a re-send (new dedupe key,
-        same CopMsgId)."""
+        same CopMsgId). ``ordering_keys``: the :func:`ordering_key` of each of the message's documents."""
+        keys = tuple(sorted(set(ordering_keys)))
         jobs = []
         for endpoint in endpoints:
             base = f"{endpoint}:{guid}"
@@ -128,16 +155,25 @@ class Router:
             if self.endpoint_kinds.get(endpoint) == "customs":
                 payload["cop_msg_id"] = cop_msg_id_for(base)
             key = f"{base}:resend{resend}" if resend else base
-            jobs.append(JobSpec(endpoint, message_type, payload, key))
+            jobs.append(JobSpec(endpoint, message_type, payload, key, ordering_keys=keys))
         return jobs
 
     def resend_jobs(
-        self, *, message_id: int, guid: str, message_type: str, customs_endpoint: str, resend: int, delay_s: float
+        self,
+        *,
+        message_id: int,
+        guid: str,
+        message_type: str,
+        customs_endpoint: str,
+        resend: int,
+        delay_s: float,
+        ordering_keys: Iterable[str] = (),
     ) -> list[JobSpec]:
         jobs = self.message_jobs(
-            message_id=message_id, guid=guid, message_type=message_type, endpoints=[customs_endpoint], resend=resend
-        )
-        return [JobSpec(j.endpoint, j.kind, j.payload, j.dedupe_key, delay_s=delay_s) for j in jobs]
+            message_id=message_id, guid=guid, message_type=message_type, endpoints=[customs_endpoint],
+            ordering_keys=ordering_keys, resend=resend,
+        )  # fmt: skip
+        return [replace(j, delay_s=delay_s) for j in jobs]
 
     # -- what a customs status change sets off --------------------------------------------------------------
 

@@ -13,6 +13,10 @@
   in one transaction (fenced by the claim), shared by the deliveries that finish together.
 * :meth:`Outbox.watchdog` flags messages sent without a receipt for too long and re-sends them.
 
+Every declaration job (at ingest, released from a hold, re-sent) carries the business keys of its message's
+documents as queue ordering keys (gateway.forward.ordering_key), so per endpoint a later version of a document
+is not delivered while an earlier one is still queued or running.
+
 Concurrency: a receipt and an ingest touching the same shipment serialise on the ingest's advisory lock
 of the shipment's orderNo (:func:`order_lock`), so a held inventory cannot be missed by both (the
 ingest not yet seeing the receipt, the receipt not yet seeing the inventory).
@@ -35,7 +39,7 @@ from gateway import db
 from gateway import receipts as rc
 from gateway.batching import Batcher
 from gateway.documents import ParsedMessage
-from gateway.forward import JobSpec, LegState, Router, shipment_customs_status
+from gateway.forward import JobSpec, LegState, Router, ordering_key, shipment_customs_status
 
 log = structlog.get_logger("gateway.outbox")
 
@@ -44,15 +48,20 @@ _XML_READ_MAX = 256  # message ids per read of the stored XML
 
 # --- SQL ---------------------------------------------------------------------------------------------------
 
-#: cbec_queue.enqueue for many jobs ($1 JSON array of {endpoint, kind, payload, dedupe_key, delay, priority};
-#: $2 the queue's NOTIFY channel): ON CONFLICT DO NOTHING skips a job whose endpoint already has a live one
-#: with the same dedupe key; one notification per endpoint, delivered at commit. Returns how many were new.
+#: cbec_queue.enqueue for many jobs ($1 JSON array of {endpoint, kind, payload, dedupe_key, delay, priority,
+#: ordering_keys}; $2 the queue's NOTIFY channel): ON CONFLICT DO NOTHING skips a job whose endpoint already has
+#: a live one with the same dedupe key; one notification per endpoint, delivered at commit. Returns how many
+#: were new. Rows get their ids in the array's order (WITH ORDINALITY), so that of two jobs of one wave sharing
+#: an ordering key the one listed first goes first.
 ENQUEUE_MANY = """
 WITH ins AS (
-    INSERT INTO jobs (endpoint, kind, payload, dedupe_key, run_after, priority)
-    SELECT x.endpoint, x.kind, x.payload, x.dedupe_key, now() + make_interval(secs => x.delay), x.priority
-      FROM jsonb_to_recordset($1::jsonb) AS x(endpoint text, kind text, payload jsonb, dedupe_key text,
-                                               delay float8, priority int)
+    INSERT INTO jobs (endpoint, kind, payload, dedupe_key, run_after, priority, ordering_keys)
+    SELECT x.endpoint, x.kind, x.payload, x.dedupe_key, now() + make_interval(secs => x.delay), x.priority,
+           CASE WHEN cardinality(x.ordering_keys) > 0 THEN x.ordering_keys END
+      FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (endpoint text, kind text, payload jsonb, dedupe_key text,
+                                                        delay float8, priority int, ordering_keys text[]))
+           WITH ORDINALITY AS x(endpoint, kind, payload, dedupe_key, delay, priority, ordering_keys, n)
+     ORDER BY x.n
     ON CONFLICT DO NOTHING
     RETURNING endpoint
 )
@@ -62,7 +71,8 @@ SELECT (SELECT count(*) FROM ins) AS new,
 
 #: Held inventories of shipments ($1 ebpCode, $2 orderNo) or naming waybills ($3 logisticsCode, $4 No) whose
 #: every document's shipment is matched with its order, payment and waybill receipted at rank >= $5 (spec
-#: §6.7 step 2; a rejection is forward_state 'rejected'): flipped to 'queued' and returned with their modes.
+#: §6.7 step 2; a rejection is forward_state 'rejected'): flipped to 'queued' and returned with their modes
+#: and their documents' business keys (key1s[i], key2s[i]: the ordering keys of the jobs).
 RELEASE_HELD = """
 WITH cand AS MATERIALIZED (
     SELECT d.message_id
@@ -78,7 +88,7 @@ WITH cand AS MATERIALIZED (
                        AND d.forward_state = 'held' OFFSET 0) AS d
 ), docs AS MATERIALIZED (
     SELECT d.id, d.message_id, d.ebp_code, d.order_no, d.logistics_code, d.logistics_no, d.withdrawn,
-           d.head ->> 'tradeMode' AS mode
+           d.key1, d.key2, d.head ->> 'tradeMode' AS mode
       FROM cand AS c,
            LATERAL (SELECT * FROM documents AS d WHERE d.message_id = c.message_id AND d.forward_state = 'held'
                     OFFSET 0) AS d
@@ -112,7 +122,8 @@ WITH cand AS MATERIALIZED (
     RETURNING d.message_id
 )
 SELECT x.message_id, m.guid, m.message_type,
-       coalesce(array_agg(DISTINCT x.mode) FILTER (WHERE x.mode IS NOT NULL), '{}') AS modes
+       coalesce(array_agg(DISTINCT x.mode) FILTER (WHERE x.mode IS NOT NULL), '{}') AS modes,
+       array_agg(x.key1 ORDER BY x.id) AS key1s, array_agg(x.key2 ORDER BY x.id) AS key2s
   FROM docs AS x JOIN messages AS m ON m.id = x.message_id
  WHERE x.message_id IN (SELECT message_id FROM released)
  GROUP BY x.message_id, m.guid, m.message_type
@@ -288,12 +299,13 @@ MESSAGE_DOCUMENTS = (
 )
 
 #: Re-send bookkeeping for messages ($1 ids) still under the limit ($2): count it; a 'sent' message goes
-#: back to 'queued' (so that the watchdog leaves it alone until it is sent again).
+#: back to 'queued' (so that the watchdog leaves it alone until it is sent again). Per document: what the
+#: re-send job needs (its mode for the routes, its business key for the ordering keys).
 COUNT_RESEND = """
 UPDATE documents AS d SET repushes = d.repushes + 1,
        forward_state = CASE WHEN d.forward_state = 'sent' THEN 'queued' ELSE d.forward_state END
  WHERE d.message_id = ANY ($1::bigint[]) AND d.repushes < $2
-RETURNING d.message_id, d.repushes, d.head ->> 'tradeMode' AS mode
+RETURNING d.message_id, d.repushes, d.head ->> 'tradeMode' AS mode, d.message_type, d.key1, d.key2
 """
 
 #: Watchdog: messages sent more than $1 s ago without any receipt. Flags them; with $2 (repush) and under
@@ -309,7 +321,7 @@ UPDATE documents AS d
            AND (NOT o.receipt_overdue OR ($2 AND o.repushes < $3))
          ORDER BY o.sent_at LIMIT $4 FOR UPDATE SKIP LOCKED) AS due
  WHERE d.id = due.id
-RETURNING d.message_id, d.repushes, d.forward_state, d.head ->> 'tradeMode' AS mode
+RETURNING d.message_id, d.repushes, d.forward_state, d.head ->> 'tradeMode' AS mode, d.message_type, d.key1, d.key2
 """
 
 MESSAGE_HEADS = "SELECT id, guid, message_type FROM messages WHERE id = ANY ($1::bigint[])"
@@ -392,6 +404,7 @@ class Plan:
     state: str  # none | held | queued
     endpoints: tuple[str, ...]
     matched: list[tuple[str, str]]  # shipments it left matched: held inventories there are looked at again
+    ordering_keys: tuple[str, ...] = ()  # of every document of the message (gateway.forward.ordering_key)
 
 
 @dataclass
@@ -511,7 +524,10 @@ class Outbox:
             cop = router.cop_msg_id(msg.guid, endpoints) if state != "none" else None
             for row in rows:
                 row["forward_state"], row["cop_msg_id"] = state, cop
-            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched))
+            # Every document of the message, an ignored_older one too: the whole message goes to customs, and its
+            # older version of that document must not overtake the newer one still on its way.
+            keys = tuple(ordering_key(msg.type.code, d.keys) for d in msg.documents)
+            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys))
         return plans
 
     async def after_write(self, conn: asyncpg.Connection, plans: Sequence[Plan], ids: Mapping[str, int]) -> None:
@@ -525,8 +541,9 @@ class Outbox:
         for p in plans:
             if p.state == "queued":
                 jobs += router.message_jobs(
-                    message_id=ids[p.guid], guid=p.guid, message_type=p.message_type, endpoints=p.endpoints
-                )
+                    message_id=ids[p.guid], guid=p.guid, message_type=p.message_type, endpoints=p.endpoints,
+                    ordering_keys=p.ordering_keys,
+                )  # fmt: skip
             elif p.state == "held":
                 # Only a held message can be released by an ingest: any other message adds a leg version
                 # without a receipt yet, which releases nothing (receipts do, in apply_receipts).
@@ -553,9 +570,11 @@ class Outbox:
         jobs: list[JobSpec] = []
         for r in rows:
             endpoints = router.endpoints_for(r["message_type"], set(r["modes"]))
+            keys = [ordering_key(r["message_type"], k) for k in zip(r["key1s"], r["key2s"], strict=True)]
             jobs += router.message_jobs(
-                message_id=r["message_id"], guid=r["guid"], message_type=r["message_type"], endpoints=endpoints
-            )
+                message_id=r["message_id"], guid=r["guid"], message_type=r["message_type"], endpoints=endpoints,
+                ordering_keys=keys,
+            )  # fmt: skip
             log.info("inventory_released", message_guid=r["guid"], endpoints=list(endpoints))
         await enqueue_all(conn, jobs)
         return [r["message_id"] for r in rows]
@@ -769,9 +788,11 @@ class Outbox:
         router = self.router
         assert router is not None
         per_message: dict[int, tuple[int, set[str]]] = {}
+        keys: dict[int, set[str]] = collections.defaultdict(set)
         for r in rows:
             count, modes = per_message.get(r["message_id"], (0, set()))
             per_message[r["message_id"]] = (max(count, r["repushes"]), modes | ({r["mode"]} if r["mode"] else set()))
+            keys[r["message_id"]].add(ordering_key(r["message_type"], (r["key1"], r["key2"])))
         if not per_message:
             return []
         heads = {h["id"]: h for h in await conn.fetch(MESSAGE_HEADS, list(per_message))}
@@ -783,7 +804,7 @@ class Outbox:
                 continue
             jobs += router.resend_jobs(
                 message_id=message_id, guid=head["guid"], message_type=head["message_type"], customs_endpoint=customs,
-                resend=count, delay_s=delay_s,
+                resend=count, delay_s=delay_s, ordering_keys=keys[message_id],
             )  # fmt: skip
             log.warning("message_resent", message_guid=head["guid"], resend=count)
         await enqueue_all(conn, jobs)
@@ -936,11 +957,12 @@ async def enqueue_all(conn: asyncpg.Connection, jobs: Iterable[JobSpec]) -> int:
     """Enqueue the jobs on ``conn`` (the caller's transaction) in one statement; returns how many were new.
 
     The same insert as ``cbec_queue.enqueue`` (a live job with the same endpoint and dedupe key wins; the
-    endpoint's workers are woken at commit), for many jobs at once: one round trip per ingest wave.
+    endpoint's workers are woken at commit; ordering keys hold a job back behind the earlier live jobs of its
+    keys), for many jobs at once: one round trip per ingest wave. Ids follow the order of ``jobs``.
     """
     rows = [
         {"endpoint": j.endpoint, "kind": j.kind, "payload": j.payload, "dedupe_key": j.dedupe_key,
-         "delay": float(j.delay_s), "priority": j.priority}
+         "delay": float(j.delay_s), "priority": j.priority, "ordering_keys": list(j.ordering_keys)}
         for j in jobs
     ]  # fmt: skip
     if not rows:

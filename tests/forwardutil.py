@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -18,6 +20,7 @@ from aiohttp import web
 from gateway import db, samples
 from gateway.api import OUTBOX, PIPELINE, create_app
 from gateway.config import ApiKey, EndpointSettings, ForwardingSettings, RetrySettings, Role, Settings
+from gateway.render import new_guid
 from gateway.sandbox import RunningSandbox, start_sandbox
 from gateway.workers import Forwarding, build_router
 from tests.apiutil import Client, Reply, sign_as_agent, test_settings
@@ -71,6 +74,17 @@ def shipment(seed: int, mode: str = "9610", prefix: str = "", **kw: Any) -> samp
 
 def legs(s: samples.ShipmentSample) -> list[dict[str, Any]]:
     return [s.order, s.payment, s.waybill, s.inventory]
+
+
+def version_of(payload: dict[str, Any], app_type: str, seconds_later: int, **fields: Any) -> dict[str, Any]:
+    """Another version of a one-document message: a new message (new guids) with ``appType`` 2 (change) or 3
+    (withdrawal), an ``appTime`` that many seconds later, and any head fields changed."""
+    p = copy.deepcopy(payload)
+    p["guid"] = new_guid()
+    doc = p["documents"][0]
+    at = datetime.strptime(doc["appTime"], "%Y%m%d%H%M%S") + timedelta(seconds=seconds_later)
+    doc.update(guid=new_guid(), appType=app_type, appTime=at.strftime("%Y%m%d%H%M%S"), **fields)
+    return p
 
 
 def key_path(s: samples.ShipmentSample) -> str:

@@ -190,6 +190,7 @@ async def test_poison_order_dead_letter_is_replayed_from_the_page(browser: Brows
         await page.wait_for_selector(dead_row)  # the feed's queue event brings it in
         row_text = await page.inner_text(dead_row)
         assert "customs" in row_text and "permanent" in row_text and "400" in row_text
+        assert f"CEB311:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}" in row_text  # the document it holds
         await page.screenshot(path=shot("browser-dead-letter.png"), full_page=True)
 
         # "the cause is fixed": the sandbox takes POISON orders from now on

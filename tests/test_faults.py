@@ -21,7 +21,7 @@ from gateway.api import OUTBOX
 from gateway.config import RetrySettings
 from gateway.sandbox import start_sandbox
 from tests.apiutil import ADMIN, OPERATOR
-from tests.forwardutil import CUSTOMS_KEY, Stack, legs, running_stack, shipment, wait_for
+from tests.forwardutil import CUSTOMS_KEY, Stack, legs, running_stack, shipment, version_of, wait_for
 
 pytestmark = pytest.mark.db
 
@@ -120,6 +120,37 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")}
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+async def test_a_change_never_overtakes_its_original_waiting_for_a_retry(db_dsn: str) -> None:
+    """The original order's first deliveries fail (503, FLAKY-), its change is submitted while the original waits
+    for its retry and could go at once: customs still takes the original first and the change after it, so it
+    applies the change (2, 120) rather than refusing a change of an order it does not know (-301009)."""
+    customs = {"retry": RetrySettings(base_s=0.4, factor=1.0, cap_s=0.4, max_attempts=10)}
+    async with running_stack(db_dsn, customs=customs) as stack:
+        s = shipment(320)
+        pay_id = s.order_doc["payTransactionId"]
+        # the scenario goes by the original's payTransactionId: its change (another one) is not FLAKY
+        original = version_of(s.order, "1", 0, payTransactionId=f"FLAKY-{pay_id}")
+        await stack.submit(original)
+        await stack.wait_sql("SELECT count(*) >= 1 FROM job_attempts WHERE outcome = 'transient'")
+        change = version_of(original, "2", 60, payTransactionId=pay_id)
+        await stack.submit(change)
+        await customs_done(stack, 2)
+        await stack.sandbox.wait_idle()
+        original_cop, change_cop = [(await _doc(stack, p["guid"]))["cop_msg_id"] for p in (original, change)]
+        sandbox = stack.sandbox.sandbox
+        taken = list(dict.fromkeys(r["ori_cop_msg_id"] for r in sandbox.receipts))  # in the order customs took them
+        assert taken == [original_cop, change_cop]
+        assert [r["status"] for r in sandbox.receipts if r["ori_cop_msg_id"] == change_cop] == ["2", "120"]
+        key = (s.order_doc["ebpCode"], s.order_doc["orderNo"])
+        assert sandbox.orders[key].head["payTransactionId"] == pay_id  # customs holds the change
+        attempts = stack.sandbox.stats()["attempts_by_cop_msg_id"]
+        assert (attempts[original_cop], attempts[change_cop]) == (3, 1)  # the change was never tried early
+        # the gateway: the change, the current version, is receipted 120
+        change_doc = await _doc(stack, change["guid"])
+        await stack.wait_sql("SELECT forward_state = 'receipted' AND customs_status = '120' FROM documents"
+                             " WHERE id = $1", change_doc["id"])  # fmt: skip
 
 
 WORKER_TOML = """

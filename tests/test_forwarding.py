@@ -19,7 +19,7 @@ from adapters.dxp import cop_msg_id_for
 from gateway import config, samples
 from gateway import receipts as rc
 from gateway.config import ForwardingSettings, RouteSettings, WebhookSettings
-from gateway.forward import LegState, Router, shipment_customs_status
+from gateway.forward import LegState, Router, ordering_key, shipment_customs_status
 from gateway.outbox import Outbox, order_lock
 from gateway.pipeline import Pipeline
 from gateway.render import render
@@ -27,6 +27,7 @@ from gateway.sandbox.receipts import RECEIPT_FOR, build_receipt, build_receipts,
 from gateway.schema import SchemaSet
 from gateway.store import Store
 from tests.apiutil import sign_as_agent
+from tests.forwardutil import version_of
 
 SANDBOX_KINDS = {"customs": "customs", "inspection": "inspection", "warehouse": "warehouse"}
 
@@ -80,6 +81,21 @@ def test_message_jobs_keep_guid_and_cop_msg_id_across_resends() -> None:
     assert again.payload["cop_msg_id"] == first[0].payload["cop_msg_id"]
     assert r.cop_msg_id("G1", ("customs",)) == first[0].payload["cop_msg_id"]
     assert r.cop_msg_id("G1", ("inspection",)) is None
+
+
+def test_ordering_keys_are_the_documents_business_keys() -> None:
+    assert ordering_key("CEB311", (" 4601260E35", "ORD-1 ")) == "CEB311:4601260E35:ORD-1"  # trimmed, as stored
+    assert ordering_key("CEB900", ("COP-1", "")) == "CEB900:COP-1"  # a one-field type's stored key2 is no part
+    r = router()
+    jobs = r.message_jobs(message_id=7, guid="G1", message_type="CEB621", endpoints=("customs", "inspection"),
+                          ordering_keys=["CEB621:E:O2", "CEB621:E:O1", "CEB621:E:O1"])  # fmt: skip
+    assert [j.ordering_keys for j in jobs] == [("CEB621:E:O1", "CEB621:E:O2")] * 2
+    (again,) = r.resend_jobs(message_id=7, guid="G1", message_type="CEB621", customs_endpoint="customs", resend=1,
+                             delay_s=5, ordering_keys=["CEB621:E:O1"])  # fmt: skip
+    assert again.ordering_keys == ("CEB621:E:O1",) and again.delay_s == 5
+    # deliveries that are no declarations are not ordered
+    (release,) = r.release_jobs(message_id=3, guid="G", doc_index=1, ebp_code="P", order_no="O")
+    assert release.ordering_keys == ()
 
 
 def test_webhooks_go_to_sellers_holding_a_party_code() -> None:
@@ -308,6 +324,49 @@ async def test_ingest_enqueues_with_the_message(flow: Flow) -> None:
 
 
 @pytest.mark.db
+async def test_declaration_jobs_are_ordered_by_their_documents_keys(flow: Flow) -> None:
+    """Every job of a declaration carries its documents' business keys: at ingest, released from a hold, and
+    re-sent; so a change waits for its original."""
+    s = shipment(12, mode="1210")
+    o, inv = s.order_doc, s.inventory_doc
+    order_key = f"CEB311:{o['ebpCode']}:{o['orderNo']}"
+    await flow.submit(s.order)
+    change = version_of(s.order, "2", 60, consignee=o["consignee"])
+    await flow.submit(change)
+    jobs = await flow.jobs()
+    original_job, change_job = jobs[f"customs:{s.order['guid']}"], jobs[f"customs:{change['guid']}"]
+    assert original_job["ordering_keys"] == change_job["ordering_keys"] == [order_key]
+    async with flow.pool.acquire() as conn:
+        claimed = await cbec_queue.claim(conn, worker_id="w", lease_s=30, limit=10)
+    assert [j.id for j in claimed] == [original_job["id"]]  # the change waits for the original
+
+    # a message of several documents carries all their keys
+    two = shipment(13)
+    both = dict(two.order, guid="A" * 8 + two.order["guid"][8:],
+                documents=[two.order_doc, {**shipment(14).order_doc, "ebpCode": two.order_doc["ebpCode"]}])
+    await flow.submit(both)
+    keys = sorted(f"CEB311:{d['ebpCode']}:{d['orderNo']}" for d in both["documents"])
+    assert (await flow.jobs())[f"customs:{both['guid']}"]["ordering_keys"] == keys
+
+    # a held inventory, released by the third receipt: customs and inspection jobs, the inventory's key
+    for payload in (s.payment, s.waybill, s.inventory):
+        await flow.submit(payload)
+    await flow.receipt(change, "2", 1)
+    await flow.receipt(s.payment, "2", 1)
+    await flow.receipt(s.waybill, "2", 1)
+    jobs = await flow.jobs()
+    inv_key = [f"CEB621:{inv['ebcCode']}:{inv['orderNo']}"]
+    assert jobs[f"customs:{s.inventory['guid']}"]["ordering_keys"] == inv_key
+    assert jobs[f"inspection:{s.inventory['guid']}"]["ordering_keys"] == inv_key
+    # a transient receipt re-sends the payment with its key
+    (res,) = await flow.receipt(s.payment, "4", 2)
+    assert res["resend"]
+    p = s.payment_doc
+    resent = (await flow.jobs())[f"customs:{s.payment['guid']}:resend1"]
+    assert resent["ordering_keys"] == [f"CEB411:{p['payCode']}:{p['payTransactionId']}"]
+
+
+@pytest.mark.db
 async def test_a_refused_message_enqueues_nothing_even_in_a_batch(flow: Flow) -> None:
     """Messages ingested together share a transaction; the one refused leaves no job, the others keep theirs."""
     base = [shipment(10 + i) for i in range(6)]
@@ -461,7 +520,8 @@ async def test_sent_and_watchdog(flow: Flow) -> None:
     assert (await flow.doc(s.order))["receipt_overdue"]
     report = await flow.outbox.watchdog(timeout_s=0, repush=True, max_repushes=2)
     assert report["resent"] == [doc["message_id"]]
-    assert f"customs:{s.order['guid']}:resend1" in await flow.jobs()
+    repush = (await flow.jobs())[f"customs:{s.order['guid']}:resend1"]
+    assert repush["ordering_keys"] == [f"CEB311:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}"]
     assert (await flow.doc(s.order))["forward_state"] == "queued"
     # a receipt clears the flag
     await flow.receipt(s.order, "2", 1)

@@ -36,6 +36,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from tests.planutil import full_scans
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -967,3 +969,276 @@ def test_an_endpoint_left_out_for_a_token_comes_back_when_the_token_is_there() -
     clock.advance(0.6)  # ... and came while this turn was claiming for other endpoints
     assert worker._idle_timeout({"metered"}) <= 0.001
     assert worker._idle_timeout(set()) == 5.0  # a full bucket of an endpoint with nothing due: just the poll
+
+
+# --- ordering keys --------------------------------------------------------------------------------
+
+
+async def keyed(conn: asyncpg.Connection, endpoint: str, *keys: str, **kw: Any) -> int:
+    job_id = await cbec_queue.enqueue(conn, endpoint=endpoint, kind="k", payload={}, ordering_keys=keys, **kw)
+    assert job_id is not None
+    return job_id
+
+
+async def claim_jobs(conn: asyncpg.Connection, endpoint: str | None = None, limit: int = 10) -> dict[int, Job]:
+    jobs = await cbec_queue.claim(conn, worker_id="w", lease_s=30, endpoint=endpoint, limit=limit)
+    return {j.id: j for j in jobs}
+
+
+async def claim_ids(conn: asyncpg.Connection, endpoint: str | None = None, limit: int = 10) -> list[int]:
+    return sorted(await claim_jobs(conn, endpoint, limit))
+
+
+@pytest.mark.db
+async def test_a_later_job_of_a_key_waits_while_the_earlier_one_is_queued_retrying_or_running(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        original = await keyed(conn, "customs", "CEB311:E1:O1")
+        change = await keyed(conn, "customs", "CEB311:E1:O1")
+        other_key = await keyed(conn, "customs", "CEB311:E1:O2")
+        unordered = await keyed(conn, "customs")  # no keys: never held back
+        other_endpoint = await keyed(conn, "inspection", "CEB311:E1:O1")
+        withdrawal = await keyed(conn, "customs", "CEB311:E1:O9", "CEB311:E1:O1")  # any shared key holds it back
+        assert await conn.fetchval("SELECT ordering_keys FROM jobs WHERE id = $1", unordered) is None
+
+        # One statement sees the original and its change queued together: it takes the original only.
+        jobs = await claim_jobs(conn, "customs")
+        assert sorted(jobs) == [original, other_key, unordered]
+        assert jobs[original].ordering_keys == ("CEB311:E1:O1",) and jobs[unordered].ordering_keys == ()
+        assert await claim_ids(conn, "inspection") == [other_endpoint]  # endpoints are independent
+        assert await claim_ids(conn) == []  # the original runs
+        assert await cbec_queue.next_due_in(conn, ["customs"]) is None  # nothing claimable: nothing to poll for
+
+        # A transient failure: the original waits for its retry, the change still waits behind it.
+        assert await cbec_queue.record_retry(conn, jobs[original], delay_s=60, error=TransientError("503"))
+        assert await claim_ids(conn) == []
+        due = await cbec_queue.next_due_in(conn, ["customs"])
+        assert due is not None and 55 < due <= 60  # the original's retry, not the change that is "due"
+        await conn.execute("UPDATE jobs SET run_after = now() WHERE id = $1", original)  # its retry is due
+        [retry] = (await claim_jobs(conn, "customs")).values()
+        assert (retry.id, retry.attempts) == (original, 2)
+
+        assert await cbec_queue.record_done(conn, retry)
+        [running_change] = (await claim_jobs(conn)).values()
+        assert running_change.id == change
+        assert await claim_ids(conn) == []  # the withdrawal waits for the change
+        assert await cbec_queue.record_done(conn, running_change)
+        assert await claim_ids(conn) == [withdrawal]
+
+
+@pytest.mark.db
+async def test_a_dead_job_holds_nothing_back_and_its_replay_does_not_wait(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        poison = await keyed(conn, "customs", "K1")
+        change = await keyed(conn, "customs", "K1")
+        [job] = (await claim_jobs(conn, "customs")).values()
+        assert job.id == poison
+        assert await cbec_queue.record_dead(conn, job, reason="permanent", error=PermanentError("400"),
+                                            outcome="permanent")  # fmt: skip
+        [later] = (await claim_jobs(conn, "customs")).values()
+        assert later.id == change  # the dead letter let it go
+        # Replayed now, the original is the earlier job: it goes at once, beside its change (the order cannot be
+        # restored) ...
+        assert await cbec_queue.replay(conn, job_ids=[poison]) == 1
+        [replayed] = (await claim_jobs(conn)).values()
+        assert replayed.id == poison
+        # ... and a job enqueued after both waits for both.
+        third = await keyed(conn, "customs", "K1")
+        assert await claim_ids(conn) == []
+        assert await cbec_queue.record_done(conn, later)
+        assert await claim_ids(conn) == []
+        assert await cbec_queue.record_done(conn, replayed)
+        assert await claim_ids(conn) == [third]
+
+
+@pytest.mark.db
+async def test_lease_expiry_and_release_keep_the_order(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        original = await keyed(conn, "customs", "K1")
+        change = await keyed(conn, "customs", "K1")
+        await cbec_queue.claim(conn, worker_id="crashed", lease_s=0.05, endpoint="customs")
+        await asyncio.sleep(0.1)
+        [reaped] = await cbec_queue.reap_expired(conn, default_max_attempts=5)
+        assert (reaped["id"], reaped["state"]) == (original, "queued")
+        [job] = (await claim_jobs(conn, "customs")).values()
+        assert job.id == original
+        assert await cbec_queue.release(conn, [job]) == [original]  # back to queued at a graceful stop
+        assert await claim_ids(conn, "customs") == [original]
+        # its lease runs out on its last attempt: dead, and the change may go
+        await conn.execute("UPDATE jobs SET max_attempts = 1, lease_until = now() WHERE id = $1", original)
+        [reaped] = await cbec_queue.reap_expired(conn)
+        assert (reaped["id"], reaped["state"]) == (original, "dead")
+        assert await claim_ids(conn, "customs") == [change]
+
+
+@pytest.mark.db
+async def test_concurrent_claimers_never_take_a_later_job_early(pool: asyncpg.Pool) -> None:
+    """Chains of versions of 40 keys (some jobs with two keys, two endpoints), claimed by four claimers at once
+    that finish jobs as done, dead or retry: a job is never claimed before every earlier job of its endpoint
+    sharing a key has ended (done or dead)."""
+    rng = random.Random(7)
+    specs: list[tuple[str, tuple[str, ...]]] = []
+    for _ in range(240):
+        endpoint = rng.choice(["a", "b"])
+        keys = tuple(sorted({f"K{rng.randrange(40)}" for _ in range(rng.choice([1, 1, 2]))}))
+        specs.append((endpoint, keys))
+    async with pool.acquire() as conn, conn.transaction():
+        ids = [await keyed(conn, endpoint, *keys) for endpoint, keys in specs]
+    spec_of = dict(zip(ids, specs, strict=True))
+    ending: set[int] = set()  # done or dead, or about to be (before the write that ends it commits)
+    holding: set[int] = set()  # claimed and not given back yet
+    claims: list[int] = []
+    violations: list[tuple[int, int]] = []
+
+    def earlier_live(job_id: int) -> list[int]:
+        endpoint, keys = spec_of[job_id]
+        return [
+            i for i in ids
+            if i < job_id and i not in ending and spec_of[i][0] == endpoint and set(spec_of[i][1]) & set(keys)
+        ]  # fmt: skip
+
+    async def claimer(name: str) -> None:
+        async with pool.acquire() as conn:
+            while len(ending) < len(ids):
+                if name == "c3":
+                    wanted = {"a": 3, "b": 2}
+                    jobs = await cbec_queue.claim_per_endpoint(conn, worker_id=name, lease_s=30, wanted=wanted)
+                else:
+                    jobs = await cbec_queue.claim(conn, worker_id=name, lease_s=30, limit=4)
+                for job in jobs:
+                    violations.extend((job.id, e) for e in earlier_live(job.id))
+                    assert job.id not in holding and job.id not in ending
+                    holding.add(job.id)
+                    claims.append(job.id)
+                await asyncio.sleep(rng.random() * 0.002)
+                for job in jobs:
+                    holding.discard(job.id)
+                    roll = rng.random()
+                    if roll < 0.15:
+                        assert await cbec_queue.record_retry(conn, job, delay_s=0, error=TransientError("503"))
+                    elif roll < 0.25:
+                        ending.add(job.id)
+                        assert await cbec_queue.record_dead(conn, job, reason="permanent", error=PermanentError("x"),
+                                                            outcome="permanent")  # fmt: skip
+                    else:
+                        ending.add(job.id)
+                        assert await cbec_queue.record_done(conn, job)
+                if not jobs:
+                    await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(asyncio.gather(*(claimer(f"c{i}") for i in range(4))), 60)
+    assert violations == []
+    assert sorted(set(claims)) == sorted(ids) and len(claims) > len(ids)  # every job, some more than once
+    assert await count(pool, "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')") == 0
+
+
+def counting_next_due(mp: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Count the worker's turns that found too little to claim (each asks when the next job is due)."""
+    turns = 0
+    real = cbec_queue.store.next_due_in
+
+    async def next_due_in(*args: Any, **kw: Any) -> float | None:
+        nonlocal turns
+        turns += 1
+        return await real(*args, **kw)
+
+    mp.setattr(cbec_queue.store, "next_due_in", next_due_in)
+    return lambda: turns
+
+
+@pytest.mark.db
+async def test_the_end_of_a_job_on_another_worker_wakes_the_held_back_one(pool: asyncpg.Pool) -> None:
+    """The original runs elsewhere (another worker process); the worker here holds its change back without polling
+    and takes it within moments of the original's end, long before its 30 s poll."""
+    started: list[tuple[int, float]] = []
+
+    async def ok(job: Job) -> None:
+        started.append((job.id, time.monotonic()))
+
+    worker = Worker(pool, {"customs": ok}, **fast(poll_interval_s=30, lease_s=60))
+    async with pool.acquire() as conn:
+        await keyed(conn, "customs", "K1")
+        [elsewhere] = await cbec_queue.claim(conn, worker_id="elsewhere", lease_s=60, endpoint="customs")
+        change = await keyed(conn, "customs", "K1")
+    with pytest.MonkeyPatch.context() as mp:
+        turns = counting_next_due(mp)
+        async with running(worker):
+            await asyncio.sleep(0.5)
+            assert started == []
+            assert turns() <= 2  # the change is due but held back: the worker sleeps
+            async with pool.acquire() as conn:
+                ended = time.monotonic()
+                assert await cbec_queue.record_done(conn, elsewhere)
+            await wait_until(lambda: asyncio.sleep(0, bool(started)))
+    assert started[0][0] == change
+    assert started[0][1] - ended < 1.0
+
+
+@pytest.mark.db
+async def test_a_worker_runs_the_versions_of_a_key_in_order_through_retries(pool: asyncpg.Pool) -> None:
+    """One worker, both jobs: the original fails twice (transient), its change is due all along; the worker sleeps
+    until the original's retries, and starts the change only after the original is done, and at once."""
+    events: list[tuple[str, int, float]] = []
+
+    async def handler(job: Job) -> None:
+        events.append(("start", job.id, time.monotonic()))
+        if job.payload.get("original") and job.attempts < 3:
+            raise TransientError("503 from customs")
+        events.append(("done", job.id, time.monotonic()))
+
+    policy = RetryPolicy(base_s=0.2, factor=2, cap_s=0.4, max_attempts=5, jitter="none")
+    worker = Worker(pool, {"customs": handler}, policy_by_endpoint={"customs": policy}, **fast(poll_interval_s=30))
+    with pytest.MonkeyPatch.context() as mp:
+        turns = counting_next_due(mp)
+        async with running(worker):
+            async with pool.acquire() as conn, conn.transaction():
+                original = await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={"original": True},
+                                                    ordering_keys=["CEB311:E:O"])  # fmt: skip
+                change = await cbec_queue.enqueue(conn, endpoint="customs", kind="k", payload={},
+                                                  ordering_keys=["CEB311:E:O"])  # fmt: skip
+            await wait_until(holds(pool, "SELECT count(*) = 2 FROM jobs WHERE state = 'done'"))
+        # About ten turns: start, each start and end of a job, the original's retry times, two wake-ups by the
+        # ends of keyed jobs. Polling at the 20 ms floor through 0.6 s of retries would add some 30 more.
+        assert turns() <= 15
+    order = [(e, i) for e, i, _ in events]
+    assert order == [("start", original), ("start", original), ("start", original), ("done", original),
+                     ("start", change), ("done", change)]  # fmt: skip
+    original_done = next(t for e, i, t in events if (e, i) == ("done", original))
+    change_start = next(t for e, i, t in events if (e, i) == ("start", change))
+    assert change_start - original_done < 0.5
+
+
+@pytest.mark.db
+async def test_ordered_claims_probe_indexes(pool: asyncpg.Pool) -> None:
+    """The claim statements, the next-due read and the batched done write stay index probes on a table with many
+    jobs, with custom and with generic plans (the worker's prepared statements become generic)."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO jobs (endpoint, kind, state, finished_at, ordering_keys)"
+            " SELECT 'e' || (g % 4), 'k', 'done', now(), ARRAY['CEB311:E:' || g] FROM generate_series(1, 30000) g"
+        )
+        await conn.execute(
+            "INSERT INTO jobs (endpoint, kind, ordering_keys)"
+            " SELECT 'e' || (g % 4), 'k', ARRAY['CEB311:E:' || (g % 500)] FROM generate_series(1, 2000) g"
+        )
+        await conn.execute("INSERT INTO jobs (endpoint, kind) SELECT 'e1', 'k' FROM generate_series(1, 500)")
+        await conn.execute("ANALYZE jobs")
+        cases = {
+            "CLAIM_PER_ENDPOINT": "ARRAY['e1', 'e2'], ARRAY[5, 5], 'w', 5.0",
+            "CLAIM_ANY": "5, 'w', 5.0",
+            "NEXT_DUE": "ARRAY['e1', 'e2']",
+            "FINISH_DONE_MANY": "ARRAY[1::bigint], ARRAY[1], ARRAY['w']",
+        }
+        for begin in ("BEGIN", "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"):
+            assert await full_scans(conn, begin=begin, module=q, cases=cases) == {}
+            await conn.execute(begin)
+            try:
+                for name in ("CLAIM_PER_ENDPOINT", "CLAIM_ANY", "NEXT_DUE"):
+                    await conn.execute(f"PREPARE plan_check AS {getattr(q, name)}")
+                    plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE plan_check({cases[name]})"))
+                    await conn.execute("DEALLOCATE plan_check")
+                    assert "Bitmap Index Scan on jobs_ordering_live_idx" in plan, (name, plan)
+                    assert "Seq Scan" not in plan, (name, plan)
+            finally:
+                await conn.execute("ROLLBACK")

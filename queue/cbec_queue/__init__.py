@@ -2,7 +2,9 @@
 
 A transactional outbox: `enqueue` is a plain INSERT in the caller's transaction, `Worker` claims jobs with
 FOR UPDATE SKIP LOCKED under leases, retries with capped, jittered backoff and keeps dead letters with
-their whole attempt history for `replay`. Schema: gateway/sql/010_queue.sql.
+their whole attempt history for `replay`. Jobs with ordering keys go in order per key and endpoint: none is
+claimed while an earlier one sharing a key is queued or running. Schema: gateway/sql/010_queue.sql,
+060_job_ordering.sql.
 """
 
 from .errors import LeaseLost, PermanentError, QueueError, TransientError

@@ -33,6 +33,8 @@ class Job:
     created_at: datetime
     locked_by: str
     lease_until: datetime
+    # Keys this job is ordered by within its endpoint (empty: unordered); see queries.CLAIM_PER_ENDPOINT.
+    ordering_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> Job:
@@ -51,4 +53,5 @@ class Job:
             created_at=r["created_at"],
             locked_by=r["locked_by"],
             lease_until=r["lease_until"],
+            ordering_keys=tuple(r["ordering_keys"] or ()),
         )

@@ -10,16 +10,32 @@ from __future__ import annotations
 # the statements work on connections with and without a jsonb codec (gateway.db installs one).
 _JOB_COLUMNS = (
     "id, endpoint, kind, payload::text AS payload, dedupe_key, priority, attempts, max_attempts, replays, "
-    "run_after, created_at, locked_by, lease_until"
+    "run_after, created_at, locked_by, lease_until, ordering_keys"
 )
+
+
+def _not_held_back(j: str) -> str:
+    """True when job `j` has no ordering keys, or no earlier job (smaller id) of its endpoint sharing one of them
+    is live (queued, due or waiting for a retry, or running). Dead and done jobs hold nothing back.
+
+    One probe of the partial GIN index jobs_ordering_live_idx per job with keys. OFFSET 0 keeps the sub-select
+    a correlated sub-plan (a semi-join would let the planner read every live keyed job once and hash them)."""
+    return f"""({j}.ordering_keys IS NULL OR NOT EXISTS (
+        SELECT FROM jobs AS e
+         WHERE e.ordering_keys && {j}.ordering_keys AND e.state IN ('queued', 'running')
+           AND e.ordering_keys IS NOT NULL AND e.endpoint = {j}.endpoint AND e.id < {j}.id
+        OFFSET 0))"""
+
 
 # Insert one job in the caller's transaction and wake workers (NOTIFY is delivered at commit, never on
 # rollback; PostgreSQL folds identical notifications of one transaction into one).
-# $1 endpoint, $2 kind, $3 payload (json text), $4 dedupe_key, $5 run_after|NULL, $6 priority, $7 max_attempts|NULL
+# $1 endpoint, $2 kind, $3 payload (json text), $4 dedupe_key, $5 run_after|NULL, $6 priority, $7 max_attempts|NULL,
+# $8 ordering_keys text[]|NULL (empty: none)
 ENQUEUE = """
 WITH ins AS (
-    INSERT INTO jobs (endpoint, kind, payload, dedupe_key, run_after, priority, max_attempts)
-    VALUES ($1, $2, $3::text::jsonb, $4, COALESCE($5::timestamptz, now()), $6, $7)
+    INSERT INTO jobs (endpoint, kind, payload, dedupe_key, run_after, priority, max_attempts, ordering_keys)
+    VALUES ($1, $2, $3::text::jsonb, $4, COALESCE($5::timestamptz, now()), $6, $7,
+            CASE WHEN cardinality($8::text[]) > 0 THEN $8::text[] END)
     ON CONFLICT DO NOTHING
     RETURNING id
 )
@@ -46,7 +62,9 @@ SELECT {_JOB_COLUMNS} FROM claimed ORDER BY priority DESC, run_after, id
 """
 
 
-# Claim up to n due jobs per endpoint (the worker passes only endpoints with free capacity).
+# Claim up to n due jobs per endpoint (the worker passes only endpoints with free capacity); a job held back by
+# an earlier live job of one of its ordering keys is passed over. Two claimers at once stay apart: a claimer
+# sees the earlier job queued (its own statement's snapshot) or running, or locked (SKIP LOCKED), never gone.
 # $1 endpoints text[], $2 counts int[], $3 worker_id, $4 lease seconds
 CLAIM_PER_ENDPOINT = f"""
 WITH wanted AS (
@@ -57,18 +75,19 @@ WITH wanted AS (
     CROSS JOIN LATERAL (
         SELECT j.id FROM jobs j
         WHERE j.state = 'queued' AND j.endpoint = w.endpoint AND j.run_after <= now()
+          AND {_not_held_back("j")}
         ORDER BY j.priority DESC, j.run_after, j.id
         LIMIT w.n
         FOR UPDATE SKIP LOCKED
     ) c
 ), {_claim_tail("$3::text", "$4::float8")}"""
 
-# Claim up to n due jobs of any endpoint.
+# Claim up to n due jobs of any endpoint (ordering keys as in CLAIM_PER_ENDPOINT).
 # $1 limit, $2 worker_id, $3 lease seconds
 CLAIM_ANY = f"""
 WITH picked AS MATERIALIZED (
     SELECT j.id FROM jobs j
-    WHERE j.state = 'queued' AND j.run_after <= now()
+    WHERE j.state = 'queued' AND j.run_after <= now() AND {_not_held_back("j")}
     ORDER BY j.priority DESC, j.run_after, j.id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -76,6 +95,9 @@ WITH picked AS MATERIALIZED (
 
 # Close the current attempt and move the job on; fenced by (id, locked_by, attempts) so a worker whose
 # lease expired cannot overwrite the next claim's work. Returns 1 row when it applied, 0 otherwise.
+# A job with ordering keys that ends (done or dead) wakes the endpoint's workers at commit: jobs it held back
+# may go now, and workers of other processes would otherwise only see them at their next poll. (Always, not
+# only when a held-back job is seen: one enqueued by a transaction that commits meanwhile would be missed.)
 # $1 id, $2 worker_id, $3 attempts, $4 new state (done|queued|dead), $5 retry delay seconds,
 # $6 last_error, $7 dead_reason, $8 attempt outcome, $9 attempt error detail, $10 duration_ms
 FINISH = """
@@ -87,21 +109,22 @@ WITH j AS (
         finished_at = CASE WHEN $4::text = 'queued' THEN NULL ELSE now() END,
         last_error = $6, dead_reason = $7, updated_at = now()
     WHERE id = $1 AND state = 'running' AND locked_by = $2 AND attempts = $3
-    RETURNING id, replays, attempts
+    RETURNING id, replays, attempts, endpoint, state, ordering_keys IS NOT NULL AS ordered
 ), a AS (
     UPDATE job_attempts ja
     SET finished_at = now(), outcome = $8, error = $9, duration_ms = $10
     FROM j
     WHERE ja.job_id = j.id AND ja.replay = j.replays AND ja.attempt = j.attempts
 )
-SELECT id FROM j
+SELECT id, CASE WHEN ordered AND state <> 'queued' THEN pg_notify('cbec_jobs', endpoint) END AS woken FROM j
 """
 
 # FINISH to done for many claims of a handler's transaction (store.mark_done_many), each fenced by its own
 # (id, locked_by, attempts); returns the ids whose claim held. Each claim is read by its primary key and
 # row-locked (a probe whatever the plan: a `state = 'running'` filter on the UPDATE would let the planner
 # scan the running-lease index instead), fenced, then finished by id. Pass the ids sorted: rows are locked
-# in that order. $1 ids bigint[], $2 attempts int[], $3 worker ids text[]
+# in that order. Jobs with ordering keys wake their endpoint's workers at commit (see FINISH).
+# $1 ids bigint[], $2 attempts int[], $3 worker ids text[]
 FINISH_DONE_MANY = """
 WITH held AS MATERIALIZED (
     SELECT j.id, j.replays, j.attempts
@@ -113,7 +136,7 @@ WITH held AS MATERIALIZED (
     SET state = 'done', locked_by = NULL, lease_until = NULL, finished_at = now(),
         last_error = NULL, dead_reason = NULL, updated_at = now()
     WHERE jobs.id = ANY (ARRAY(SELECT h.id FROM held AS h))
-    RETURNING jobs.id
+    RETURNING jobs.id, jobs.endpoint, jobs.ordering_keys IS NOT NULL AS ordered
 ), a AS (
     UPDATE job_attempts ja
     SET finished_at = now(), outcome = 'ok', error = NULL, duration_ms = NULL
@@ -121,7 +144,7 @@ WITH held AS MATERIALIZED (
     WHERE ja.job_id = ANY (ARRAY(SELECT h.id FROM held AS h)) AND ja.job_id = h.id AND ja.replay = h.replays
       AND ja.attempt = h.attempts
 )
-SELECT id FROM j
+SELECT id, CASE WHEN ordered THEN pg_notify('cbec_jobs', endpoint) END AS woken FROM j
 """
 
 # Who holds a job now (explains a FINISH that applied to no row).
@@ -157,7 +180,8 @@ SELECT id, pg_notify('cbec_jobs', endpoint) FROM j
 
 # Put jobs whose lease ran out (their worker died or hung) back to queued, or to dead when they have used
 # every attempt (a job that kills its worker each time must not loop forever). Any worker may run this;
-# SKIP LOCKED keeps concurrent reapers apart.
+# SKIP LOCKED keeps concurrent reapers apart. Wakes the endpoint's workers for a job queued again, and for a
+# job with ordering keys gone dead (the jobs it held back may go).
 # $1 endpoints text[], $2 max_attempts int[] (the reaping worker's policies), $3 default max_attempts|NULL,
 # $4 limit
 REAP = """
@@ -179,7 +203,7 @@ WITH expired AS MATERIALIZED (
         last_error = 'lease expired (worker ' || e.locked_by || ')'
     FROM expired e
     WHERE j.id = e.id
-    RETURNING j.id, j.endpoint, j.state, j.attempts, e.locked_by
+    RETURNING j.id, j.endpoint, j.state, j.attempts, e.locked_by, j.ordering_keys IS NOT NULL AS ordered
 ), att AS (
     UPDATE job_attempts ja
     SET finished_at = now(), outcome = 'lease_expired', error = 'lease expired',
@@ -188,7 +212,7 @@ WITH expired AS MATERIALIZED (
     WHERE ja.job_id = e.id AND ja.replay = e.replays AND ja.attempt = e.attempts
 )
 SELECT u.id, u.endpoint, u.state, u.attempts, u.locked_by,
-       CASE WHEN u.state = 'queued' THEN pg_notify('cbec_jobs', u.endpoint) END AS notified
+       CASE WHEN u.state = 'queued' OR u.ordered THEN pg_notify('cbec_jobs', u.endpoint) END AS notified
 FROM upd u
 """
 
@@ -228,11 +252,20 @@ WITH cand AS MATERIALIZED (
 SELECT id, pg_notify('cbec_jobs', endpoint) FROM upd
 """
 
-# Seconds until the next queued job of these endpoints is due (negative: overdue; NULL: none queued).
+# Seconds until the next queued job of these endpoints is due (negative: overdue; NULL: none queued), leaving
+# out the jobs held back by an earlier live job of their ordering keys: they are not claimable when due, and
+# counting them would make a worker poll without rest while their predecessor runs or waits for its retry.
+# What frees them wakes the worker instead: the predecessor's own due time (counted here), its end (FINISH
+# notifies, and the worker running it turns at once), or its lease running out (REAP notifies). Per endpoint
+# the queued jobs are read in due order up to the first one not held back (jobs_queued_due_idx), so the cost
+# is that of the held-back jobs due before it, as in the claims, not of the whole backlog.
 # $1 endpoints text[]
-NEXT_DUE = """
-SELECT EXTRACT(EPOCH FROM min(run_after) - clock_timestamp())::float8
-FROM jobs WHERE state = 'queued' AND endpoint = ANY($1::text[])
+NEXT_DUE = f"""
+SELECT EXTRACT(EPOCH FROM min(n.run_after) - clock_timestamp())::float8
+FROM unnest($1::text[]) AS w(endpoint),
+     LATERAL (SELECT j.run_after FROM jobs AS j
+               WHERE j.state = 'queued' AND j.endpoint = w.endpoint AND {_not_held_back("j")}
+               ORDER BY j.run_after LIMIT 1) AS n
 """
 
 # Per-endpoint counts by state and queue age. Scans done rows too: purge them (PURGE_DONE) to keep it cheap.
@@ -251,7 +284,8 @@ ORDER BY endpoint
 
 _JOB_DETAIL_COLUMNS = (
     "id, endpoint, kind, payload::text AS payload, dedupe_key, state, priority, attempts, max_attempts, replays, "
-    "run_after, locked_by, lease_until, last_error, dead_reason, created_at, updated_at, finished_at"
+    "run_after, locked_by, lease_until, last_error, dead_reason, created_at, updated_at, finished_at, "
+    "coalesce(ordering_keys, '{}') AS ordering_keys"
 )
 
 # Dead letters, newest first.

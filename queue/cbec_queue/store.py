@@ -55,15 +55,23 @@ async def enqueue(
     run_after: datetime | None = None,
     priority: int = 0,
     max_attempts: int | None = None,
+    ordering_keys: Iterable[str] = (),
 ) -> int | None:
     """Add a job in the caller's transaction; it exists (and workers are woken) only if that commits.
 
     Returns the job id, or None when a live (queued or running) job of this endpoint has `dedupe_key`.
     `payload` must be JSON-serialisable (keep it small: ids to look up, not documents). `run_after` must be
     timezone-aware. `priority`: higher runs first. `max_attempts` overrides the worker's policy.
+    `ordering_keys`: the job is not claimed while an earlier job of the same endpoint sharing one of these keys
+    is queued (due or waiting for a retry) or running; dead and done jobs hold nothing back.
     """
+    if isinstance(ordering_keys, str):
+        raise TypeError("ordering_keys is a collection of keys, not one string")
     body = json.dumps(payload, ensure_ascii=False)
-    row = await conn.fetchrow(q.ENQUEUE, endpoint, kind, body, dedupe_key, run_after, priority, max_attempts)
+    keys = sorted(set(ordering_keys))
+    row = await conn.fetchrow(
+        q.ENQUEUE, endpoint, kind, body, dedupe_key, run_after, priority, max_attempts, keys
+    )
     return None if row is None else int(row["id"])
 
 
@@ -258,7 +266,8 @@ async def replay(
 
 
 async def next_due_in(conn: asyncpg.Connection, endpoints: Sequence[str]) -> float | None:
-    """Seconds until the next queued job of `endpoints` is due (<= 0: due now; None: nothing queued)."""
+    """Seconds until the next queued job of `endpoints` is due (<= 0: due now; None: nothing queued). Jobs held
+    back by an earlier live job of their ordering keys do not count: their predecessor's end wakes the worker."""
     value = await conn.fetchval(q.NEXT_DUE, list(endpoints))
     return None if value is None else float(value)
 

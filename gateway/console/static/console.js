@@ -154,7 +154,9 @@
     const rows = dead.map((job) => h("tr", { "data-job": job.id },
       h("td", { class: "mono", text: `#${job.id}` }),
       h("td", { class: "mono", text: job.endpoint }),
-      h("td", { text: job.kind }),
+      // the documents it delivers: its later versions went on without it (the queue's ordering keys)
+      h("td", {}, h("div", { text: job.kind }),
+        h("div", { class: "mono", text: (job.ordering_keys || []).join(" ") })),
       h("td", { class: "when", text: fmtTime(job.finished_at) }),
       h("td", {}, h("div", { text: job.dead_reason || "" }), h("div", { class: "error-text", text: job.last_error || "" })),
       h("td", {}, h("details", { class: "history" },
