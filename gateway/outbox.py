@@ -25,6 +25,7 @@ ingest not yet seeing the receipt, the receipt not yet seeing the inventory).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
