@@ -51,11 +51,14 @@ def ordering_key(message_type: str, keys: Iterable[str]) -> str:
     """The queue ordering key of a document: its message type and business key values (spec §6.2; the fields
     are ``MessageType.keys``), trimmed as the store keeps them (documents.key1, key2), e.g.
     ``CEB311:<ebpCode>:<orderNo>``. Only the type's own key fields count (a stored key2 of '' for a one-field
-    type is no part of it). Every version of a document (appType 1, 2, 3) has the same key."""
+    type is no part of it). Every version of a document (appType 1, 2, 3) has the same key, and a type that
+    ``orders_with`` another keys as that one: the cancel (CEB623) or refund (CEB625) of an inventory waits
+    behind the inventory (CEB621) with the same ebcCode and orderNo."""
     mtype = lookup(message_type)
     values = [k.strip() for k in keys]
     if mtype is not None:
         values = values[: len(mtype.keys)]
+        message_type = mtype.orders_with or message_type
     return ":".join((message_type, *values))
 
 

@@ -67,6 +67,9 @@ class MessageType:
     flow: str = "import"
     schema: str = IMPORT_SCHEMA
     max_documents: int | None = 100  # None: unbounded (CEB816/818)
+    # Forwarded in one order with the documents of this type that have the same key (gateway.forward.ordering_key):
+    # a cancel or refund of an inventory never reaches customs before the inventory itself.
+    orders_with: str | None = None
 
     @property
     def root(self) -> str:
@@ -93,9 +96,9 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
     MessageType("CEB621", "Inventory", "InventoryHead", "InventoryList", Kind.INVENTORY, _D,
                 ("ebcCode", "orderNo"), Signature.REQUIRED),
     MessageType("CEB623", "InvtCancel", None, None, Kind.CANCEL, _D,
-                ("ebcCode", "orderNo"), Signature.REQUIRED),
+                ("ebcCode", "orderNo"), Signature.REQUIRED, orders_with="CEB621"),
     MessageType("CEB625", "InvtRefund", "InvtRefundHead", "InvtRefundList", Kind.REFUND, _D,
-                ("ebcCode", "orderNo"), Signature.REQUIRED),
+                ("ebcCode", "orderNo"), Signature.REQUIRED, orders_with="CEB621"),
     MessageType("CEB711", "Delivery", "DeliveryHead", "DeliveryList", Kind.DELIVERY, _D,
                 ("operatorCode", "billNo"), Signature.REQUIRED, max_documents=1),
     # --- import receipts and customs-originated messages ----------------------------------

@@ -86,6 +86,9 @@ def test_message_jobs_keep_guid_and_cop_msg_id_across_resends() -> None:
 def test_ordering_keys_are_the_documents_business_keys() -> None:
     assert ordering_key("CEB311", (" 4601260E35", "ORD-1 ")) == "CEB311:4601260E35:ORD-1"  # trimmed, as stored
     assert ordering_key("CEB900", ("COP-1", "")) == "CEB900:COP-1"  # a one-field type's stored key2 is no part
+    # a cancel or a refund of an inventory is ordered behind that inventory (same ebcCode and orderNo)
+    assert ordering_key("CEB623", ("E", "O1")) == ordering_key("CEB625", ("E", "O1")) == "CEB621:E:O1"
+    assert ordering_key("CEB623", ("E", "O2")) != ordering_key("CEB621", ("E", "O1"))
     r = router()
     jobs = r.message_jobs(message_id=7, guid="G1", message_type="CEB621", endpoints=("customs", "inspection"),
                           ordering_keys=["CEB621:E:O2", "CEB621:E:O1", "CEB621:E:O1"])  # fmt: skip
