@@ -642,7 +642,7 @@ async def main(dsn):
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=8)
 
     async def slow(job):
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.3)
         # The delivery and the completion commit together, fenced by the claim.
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("INSERT INTO deliveries (job_id, worker_id) VALUES ($1, $2)", job.id, job.locked_by)
@@ -661,14 +661,17 @@ async def test_kill_9_mid_batch_every_job_delivered_exactly_once(pool: asyncpg.P
     async with pool.acquire() as conn:
         # Not unique on purpose: a double delivery would show as a second row.
         await conn.execute("CREATE TABLE deliveries (job_id bigint NOT NULL, worker_id text NOT NULL)")
-    ids = await add_jobs(pool, "slow", 24)
+    # 40 jobs of 0.3 s, 4 at a time: about 3 s of work, so the victim is still mid-way when it is killed
+    # even if this test's own polling runs late
+    ids = await add_jobs(pool, "slow", 40)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", KILL_SCRIPT, qdsn, cwd=str(ROOT),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        await wait_until(holds(pool, "SELECT count(*) >= 5 FROM deliveries"), timeout=10)
-        await wait_until(holds(pool, "SELECT count(*) > 0 FROM jobs WHERE state = 'running'"))
+        # generous bounds: a fresh interpreter with asyncpg may start slowly on a loaded machine
+        await wait_until(holds(pool, "SELECT count(*) >= 5 FROM deliveries"), timeout=30)
+        await wait_until(holds(pool, "SELECT count(*) > 0 FROM jobs WHERE state = 'running'"), timeout=10)
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
@@ -683,7 +686,7 @@ async def test_kill_9_mid_batch_every_job_delivered_exactly_once(pool: asyncpg.P
 
     worker = Worker(pool, {"slow": rescue}, worker_id="rescuer", **fast(lease_s=1.0, poll_interval_s=0.2))
     async with running(worker):
-        await wait_until(holds(pool, "SELECT count(*) = 24 FROM jobs WHERE state = 'done'"), timeout=10)
+        await wait_until(holds(pool, "SELECT count(*) = 40 FROM jobs WHERE state = 'done'"), timeout=30)
     async with pool.acquire() as conn:
         per_job = await conn.fetch("SELECT job_id, count(*) AS n FROM deliveries GROUP BY job_id")
         expired = await conn.fetchval(
