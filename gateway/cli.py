@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +89,28 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve
+    settings = _settings(args)
+    with _shared_metrics(settings.processes):
+        from gateway.server import serve
 
-    asyncio.run(serve(_settings(args)))
+        asyncio.run(serve(settings))
     return 0
+
+
+@contextlib.contextmanager
+def _shared_metrics(processes: int) -> Iterator[None]:
+    """Several API processes share their /metrics figures through files in a fresh folder (gateway.metrics),
+    named in the environment before prometheus_client is imported here or in the processes spawned later."""
+    if processes < 2 or os.environ.get(config.METRICS_SHARED_DIR_ENV):  # one process, or a folder the operator chose
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="cbec-metrics-")
+    os.environ[config.METRICS_SHARED_DIR_ENV] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop(config.METRICS_SHARED_DIR_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:

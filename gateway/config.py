@@ -16,6 +16,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+#: prometheus_client's multiprocess switch (a folder), read when prometheus_client is first imported: set by
+#: ``cbec serve --processes N`` so that its API processes share their /metrics figures (gateway.metrics).
+METRICS_SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 
 class Role(StrEnum):
     SUBMITTER = "submitter"  # submits and reads documents carrying one of its enterprise codes

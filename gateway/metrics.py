@@ -14,12 +14,20 @@ Two kinds of figures:
 Wire it with :func:`setup_metrics` (adds the route and the middleware as the outermost one). Metrics live
 in a registry of the application, not in prometheus_client's global one, so two applications in one
 process (tests) do not mix their figures.
+
+Several API processes on one port (``cbec serve --processes N``): a scrape reaches whichever process the
+kernel picks, so per-process counters would seem to jump back and forth (Prometheus would read every jump
+down as a restart). There the request-path instruments keep their values in files that the processes share
+(prometheus_client's multiprocess mode, switched on by ``PROMETHEUS_MULTIPROC_DIR``, which ``cbec serve``
+sets to a fresh folder before anything imports prometheus_client), and every scrape shows their sum. The
+files of a process that died stay, so the sums never go down when one is replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -29,12 +37,13 @@ import asyncpg
 import cbec_queue
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.auth import KeyRing
-from gateway.config import Role
+from gateway.config import METRICS_SHARED_DIR_ENV, Role
 from gateway.console import queries as q
 from gateway.messages import BY_CODE
 
@@ -52,6 +61,11 @@ _SNIFF_JSON = re.compile(rb'"type"\s*:\s*"(CEB\d{3})"')
 _CODE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,3}$")
 
 
+def shared_across_processes() -> bool:
+    """Whether the request-path figures are shared by the processes (multiprocess mode is on in this one)."""
+    return bool(os.environ.get(METRICS_SHARED_DIR_ENV)) and values.ValueClass is not values.MutexValue
+
+
 class Metrics:
     """The application's registry, its request-path instruments and the last database snapshot."""
 
@@ -66,31 +80,37 @@ class Metrics:
         self.keys_key = keys_key  # set: /metrics needs an operator/admin key (Bearer or X-API-Key)
         self.window_s = window_s
         self.registry = CollectorRegistry(auto_describe=True)
+        self.shared = shared_across_processes()
+        # Shared: the instruments write to the files and the scrape reads every process's from there; registered
+        # here as well, this process's own values would be counted twice.
+        instruments = None if self.shared else self.registry
+        if self.shared:
+            MultiProcessCollector(self.registry)
         self.requests = Counter(
             "cbec_http_requests",
             "HTTP requests answered, by route template, method and status",
             ["route", "method", "status"],
-            registry=self.registry,
+            registry=instruments,
         )
         self.ingested = Counter(
             "cbec_ingest_messages",
             "POST /v1/messages by CEB message type and outcome "
             "(accepted, replayed, rejected, conflict, forbidden, unauthorized, refused, error)",
             ["message_type", "outcome"],
-            registry=self.registry,
+            registry=instruments,
         )
         self.ingest_seconds = Histogram(
             "cbec_ingest_duration_seconds",
             "Time to answer POST /v1/messages (parse, validate, store, reconcile), by outcome",
             ["outcome"],
             buckets=INGEST_BUCKETS,
-            registry=self.registry,
+            registry=instruments,
         )
         self.failures = Counter(
             "cbec_validation_failures",
             "Refused messages carrying an error code (each code counted once per message), by code",
             ["code"],
-            registry=self.registry,
+            registry=instruments,
         )
         self.snapshot: list[Metric] = []
         self.registry.register(_Snapshot(self))

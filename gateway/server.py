@@ -29,7 +29,8 @@ from lxml import etree
 
 from gateway import db, logs
 from gateway.api import OUTBOX, PIPELINE, create_app
-from gateway.config import ApiKey, Role, Settings
+from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings
+from gateway.metrics import shared_across_processes
 from gateway.workers import Forwarding, build_router, default_sandbox_url, effective_endpoints, uses_sandbox
 
 log = structlog.get_logger("gateway.server")
@@ -169,6 +170,12 @@ async def serve(
                     await stop.wait()
                     return
                 if settings.processes > 1:
+                    if not shared_across_processes():  # serve() called without cbec serve's set-up
+                        log.warning(
+                            "metrics_per_process",
+                            note="each API process answers /metrics with its own request counters; set "
+                            f"{METRICS_SHARED_DIR_ENV} to a fresh folder to share them",
+                        )
                     # the settings (keys included) reach them through the spawn pipe, never argv or environment
                     others = ApiProcesses(settings.with_overrides(port=port, database_url=dsn))
                     others.start(settings.processes - 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -94,3 +95,20 @@ def test_thousands_of_files_in_one_call_as_a_real_process(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout)
     assert len(results) == 1500 and all(r["valid"] for r in results)
+
+
+def test_serve_with_processes_shares_metrics_through_a_fresh_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cbec serve --processes N names a fresh folder for the processes' /metrics files, and removes it after."""
+    from gateway import cli, config
+
+    monkeypatch.delenv(config.METRICS_SHARED_DIR_ENV, raising=False)
+    with cli._shared_metrics(1):
+        assert config.METRICS_SHARED_DIR_ENV not in os.environ  # one process: nothing to share
+    with cli._shared_metrics(3):
+        folder = Path(os.environ[config.METRICS_SHARED_DIR_ENV])
+        assert folder.is_dir() and not any(folder.iterdir())
+    assert config.METRICS_SHARED_DIR_ENV not in os.environ and not folder.exists()
+    monkeypatch.setenv(config.METRICS_SHARED_DIR_ENV, "/srv/metrics")  # the operator's own folder is kept
+    with cli._shared_metrics(3):
+        assert os.environ[config.METRICS_SHARED_DIR_ENV] == "/srv/metrics"
+    assert os.environ[config.METRICS_SHARED_DIR_ENV] == "/srv/metrics"

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters import dxp
 from adapters.webhook import verify_signature
@@ -243,7 +244,8 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
 async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tmp_path: Path) -> None:
     """`cbec serve --processes 2`: two API processes on one port (SO_REUSEPORT). Connections land on either;
     legs submitted to either reconcile and are released (receipts reach either); a console session made on one
-    works on the other; a killed API process is replaced; SIGTERM stops them all."""
+    works on the other; /metrics, whichever process answers, counts the requests of both, and its counters
+    do not go down when a killed API process is replaced; SIGTERM stops them all."""
     port, sandbox_port = free_port(), free_port()
     cfg = tmp_path / "cbec.toml"
     cfg.write_text(SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=sandbox_port), encoding="utf-8")
@@ -261,13 +263,31 @@ async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tm
     try:
         async with aiohttp.ClientSession(connector=fresh, timeout=aiohttp.ClientTimeout(total=10)) as session:
 
+            healthz_ok = 0  # /healthz answers 200 received, from either process
+
             async def pids(n: int) -> set[int]:
+                nonlocal healthz_ok
                 seen = set()
                 for _ in range(n):
                     with contextlib.suppress(aiohttp.ClientError):  # e.g. reset by the process being killed
                         async with session.get(url + "/healthz") as resp:
                             if resp.status == 200:
                                 seen.add((await resp.json())["process"])
+                                healthz_ok += 1
+                return seen
+
+            async def healthz_counted() -> list[float]:
+                """cbec_http_requests_total of /healthz 200 as 12 scrapes (fresh connections) see it."""
+                seen = []
+                for _ in range(12):
+                    async with session.get(url + "/metrics") as resp:
+                        assert resp.status == 200
+                        text = await resp.text()
+                    seen.append(sum(
+                        s.value for f in text_string_to_metric_families(text) for s in f.samples
+                        if s.name == "cbec_http_requests_total" and s.labels.get("route") == "/healthz"
+                        and s.labels.get("status") == "200"
+                    ))  # fmt: skip
                 return seen
 
             async def both_up() -> bool:
@@ -289,6 +309,8 @@ async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tm
             assert answers == [200] * 12  # both processes know the session
 
             (victim,) = await pids(20) - {proc.pid}  # the API process the first one started
+            # every scrape shows both processes' requests, not the ~half the answering process served itself
+            assert await healthz_counted() == [healthz_ok] * 12
             os.kill(victim, signal.SIGKILL)
 
             async def replaced() -> bool:
@@ -297,6 +319,9 @@ async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tm
 
             await wait_for(replaced, timeout=40, what="a new API process")
             survivors = await pids(20)
+            # the dead process's counts stay in the sums (+1: one it counted as it was killed, never received)
+            after = await healthz_counted()
+            assert len(set(after)) == 1 and healthz_ok <= after[0] <= healthz_ok + 1, (after, healthz_ok)
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 40)
