@@ -586,7 +586,7 @@ async def bench_release(
     try:
         before = meter.snapshot() if meter else None
         run = await submit_and_wait_released(
-            gateway.base_url, gateway.api_key, shipments, concurrency=concurrency, timeout_s=timeout_s, poll_s=0.1,
+            gateway.base_url, gateway.api_key, shipments, concurrency=concurrency, timeout_s=timeout_s, poll_s=0.25,
             release_times=release_times,
         )  # fmt: skip
         after = meter.snapshot() if meter else None
