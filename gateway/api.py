@@ -28,7 +28,7 @@ from gateway.auth import KeyRing, Principal
 from gateway.config import Role, Settings
 from gateway.console import setup_console
 from gateway.errors import Issue, Layer, MessageRejected
-from gateway.forward import Router
+from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.metrics import setup_metrics
 from gateway.openapi import OPENAPI
 from gateway.outbox import Outbox
@@ -222,6 +222,10 @@ async def list_shipments(request: web.Request) -> web.Response:
     state = q.get("state")
     if state is not None and state not in {s.value for s in ShipmentState}:
         return error_response(400, f"unknown state {state!r}")
+    customs_status = q.get("customs_status")
+    if customs_status is not None and customs_status not in SHIPMENT_CUSTOMS_STATUSES:
+        return error_response(400, f"unknown customs_status {customs_status!r}: one of "
+                              + ", ".join(SHIPMENT_CUSTOMS_STATUSES))  # fmt: skip
     try:
         since = datetime.fromisoformat(q["since"]) if "since" in q else None
         until = datetime.fromisoformat(q["until"]) if "until" in q else None
@@ -231,6 +235,7 @@ async def list_shipments(request: web.Request) -> web.Response:
     try:
         page = await request.app[STORE].list_shipments(
             state=state,
+            customs_status=customs_status,
             ebp_code=q.get("ebpCode"),
             ebc_code=q.get("ebcCode"),
             since=since,

@@ -105,11 +105,12 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/shipments": {
             "get": {
-                "summary": "Shipments with their reconciliation state, newest first (keyset-paginated)",
+                "summary": "Shipments with their reconciliation state and customs status, newest first (keyset pages)",
                 "parameters": [
                     {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
                     for n, d in (
                         ("state", "incomplete | matched | mismatched"),
+                        ("customs_status", "pending | declared | accepted | released | rejected"),
                         ("ebpCode", "platform code"),
                         ("ebcCode", "e-commerce enterprise code"),
                         ("since", "ISO 8601 time, updated at or after"),

@@ -245,7 +245,7 @@ SELECT_MESSAGE_DOCUMENTS = f"SELECT {_DOC_COLUMNS} FROM documents AS d WHERE d.m
 
 SELECT_SHIPMENT = """
 SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, buyer_id_number,
-       created_at, updated_at
+       customs_status, customs_updated_at, created_at, updated_at
   FROM shipments WHERE ebp_code = $1 AND order_no = $2
 """
 
@@ -274,12 +274,13 @@ SELECT m.guid AS message_guid, m.received_at, {_DOC_COLUMNS}
 """
 
 _LIST_COLUMNS = (
-    "SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, created_at, updated_at"
-    " FROM shipments"
+    "SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, customs_status,"
+    " customs_updated_at, created_at, updated_at FROM shipments"
 )
 #: list_shipments filters (each adds one parameter) and the keyset page condition (two).
 _LIST_FILTERS = {
     "state": "state = ${}",
+    "customs_status": "customs_status = ${}",
     "ebp_code": "ebp_code = ${}",
     "ebc_code": "ebc_code = ${}",
     "since": "updated_at >= ${}",
@@ -396,6 +397,25 @@ def _waves(jobs: list[_Job]) -> tuple[list[_Job], list[_Job]]:
         (rest if job.locks & seen else wave).append(job)
         seen |= job.locks
     return wave, rest
+
+
+def list_query(
+    filters: dict[str, Any], after: tuple[datetime, int] | None, limit: int, newest_first: bool
+) -> tuple[str, list[Any]]:
+    """The statement of a shipment list page and its arguments: the filters given (not None) of
+    ``_LIST_FILTERS``, the keyset condition after ``after`` (updated_at, id) and at most ``limit`` rows."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for name, value in filters.items():
+        if value is not None:
+            args.append(list(value) if isinstance(value, list) else value)
+            clauses.append(_LIST_FILTERS[name].format(len(args)))
+    if after is not None:
+        args.extend(after)
+        clauses.append(_LIST_AFTER[newest_first].format(len(args) - 1, len(args)))
+    args.append(limit)
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    return f"{_LIST_COLUMNS}{where}{_LIST_ORDER[newest_first]} LIMIT ${len(args)}", args
 
 
 def encode_cursor(updated_at: datetime, row_id: int) -> str:
@@ -720,6 +740,7 @@ class Store:
         self,
         *,
         state: str | None = None,
+        customs_status: str | None = None,
         ebp_code: str | None = None,
         ebc_code: str | None = None,
         since: datetime | None = None,
@@ -739,29 +760,14 @@ class Store:
             raise ValueError("limit must be at least 1")
         filters = {
             "state": state,
+            "customs_status": customs_status,
             "ebp_code": ebp_code,
             "ebc_code": ebc_code,
             "since": since,
             "until": until,
             "parties": parties,
         }
-        clauses: list[str] = []
-        args: list[Any] = []
-        for name, value in filters.items():
-            if value is not None:
-                args.append(list(value) if isinstance(value, list) else value)
-                clauses.append(_LIST_FILTERS[name].format(len(args)))
-        if cursor:
-            ts, row_id = decode_cursor(cursor)
-            args.extend((ts, row_id))
-            clauses.append(_LIST_AFTER[newest_first].format(len(args) - 1, len(args)))
-        args.append(limit + 1)
-        sql = (
-            _LIST_COLUMNS
-            + (" WHERE " + " AND ".join(clauses) if clauses else "")
-            + _LIST_ORDER[newest_first]
-            + f" LIMIT ${len(args)}"
-        )
+        sql, args = list_query(filters, decode_cursor(cursor) if cursor else None, limit + 1, newest_first)
         async with db.transaction(self.pool) as conn:
             rows = await conn.fetch(sql, *args)
         more = len(rows) > limit
@@ -782,6 +788,8 @@ class Store:
             "findings": r["findings"],
             "parties": list(r["parties"]),
             "mode": r["mode"],
+            "customs_status": r["customs_status"],
+            "customs_updated_at": _iso(r["customs_updated_at"]),
             "created_at": _iso(r["created_at"]),
             "updated_at": _iso(r["updated_at"]),
         }

@@ -243,6 +243,13 @@ async def test_list_filters_and_paginates(api: Client) -> None:
     assert (await api.get("/v1/shipments?state=matched")).body["items"] == []
     assert (await api.get("/v1/shipments?state=bogus")).status == 400
     assert (await api.get("/v1/shipments?cursor=not-a-cursor")).status == 400
+    # by customs status (nothing is forwarded here: every one is pending)
+    pending = (await api.get("/v1/shipments?customs_status=pending&state=incomplete")).body["items"]
+    assert sorted(i["orderNo"] for i in pending) == sorted(seen)
+    assert all(i["customs_status"] == "pending" and i["customs_updated_at"] is None for i in pending)
+    assert (await api.get("/v1/shipments?customs_status=released")).body["items"] == []
+    bogus = await api.get("/v1/shipments?customs_status=bogus")
+    assert bogus.status == 400 and "released" in bogus.body["error"]["title"]
 
 
 async def test_healthz_and_openapi(api: Client) -> None:

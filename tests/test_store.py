@@ -16,7 +16,7 @@ from gateway import store as store_module
 from gateway.db import migrate
 from gateway.documents import Document, ParsedMessage
 from gateway.messages import BY_CODE
-from gateway.store import CODES, Conflict, IngestResult, Store
+from gateway.store import CODES, Conflict, IngestResult, Store, list_query
 from tests.planutil import full_scans
 
 # pg_dsn, db_dsn, empty_db_dsn and db_pool: tests/dbutil.py, through conftest.py
@@ -609,6 +609,17 @@ async def test_list_shipments_filters_and_pages(store: Store) -> None:
     with pytest.raises(ValueError):
         await store.list_shipments(cursor="not-a-cursor")
 
+    # by customs status: every item carries it (nothing forwarded here: pending), and the filter finds the one
+    assert {s["customs_status"] for s in oldest_first["items"]} == {"pending"}
+    await store.pool.execute(
+        "UPDATE shipments SET customs_status = 'rejected', customs_updated_at = now() WHERE order_no = 'L03'"
+    )
+    rejected = (await store.list_shipments(customs_status="rejected"))["items"]
+    assert [(s["orderNo"], s["customs_status"]) for s in rejected] == [("L03", "rejected")]
+    assert rejected[0]["customs_updated_at"] is not None
+    assert (await store.list_shipments(customs_status="released"))["items"] == []
+    assert len((await store.list_shipments(customs_status="pending", parties=[PAY]))["items"]) == 6
+
 
 # --- plans -----------------------------------------------------------------------------------
 
@@ -640,6 +651,25 @@ async def test_every_generic_plan_probes_indexes(store: Store, db_pool: asyncpg.
     async with db_pool.acquire() as conn:
         await conn.execute("ANALYZE")
         assert await _full_scans(conn) == {}
+
+
+async def test_a_list_by_customs_status_reads_its_index(store: Store, db_pool: asyncpg.Pool) -> None:
+    """A rare customs status (rejected) among many shipments: the page is one range of the status's index, in
+    both orders, not a walk through every shipment by time."""
+    for i in range(5):
+        await full_shipment(store, f"CS{i}")
+    async with db_pool.acquire() as conn:
+        await conn.execute("ANALYZE")
+        for newest_first in (True, False):
+            sql, _ = list_query({"customs_status": "rejected"}, (datetime.now(UTC), 0), 51, newest_first)
+            await conn.execute(db.BEGIN_PLANNED)
+            try:
+                await conn.execute(f"PREPARE list_check AS {sql}")
+                plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE list_check('rejected', now(), 0, 51)"))
+                await conn.execute("DEALLOCATE list_check")
+            finally:
+                await conn.execute("ROLLBACK")
+            assert "shipments_customs_updated_idx" in plan and "Index Cond" in plan, plan
 
 
 async def test_a_batch_skips_messages_locked_by_a_running_batch_and_keeps_their_order() -> None:
