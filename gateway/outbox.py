@@ -333,8 +333,8 @@ MESSAGES_XML = "SELECT id, raw_xml FROM messages WHERE id = ANY ($1::bigint[])"
 FORWARDING_OF_DOCUMENTS = """
 SELECT d.id, d.message_id, d.forward_state, d.cop_msg_id, d.sent_at, d.customs_status, d.customs_rank,
        d.customs_return_time, d.customs_info, d.pre_no, d.invt_no, d.last_receipt_at, d.receipt_overdue,
-       d.repushes, m.guid AS message_guid
-  FROM documents AS d JOIN messages AS m ON m.id = d.message_id
+       d.repushes, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid
+  FROM documents AS d
  WHERE d.id = ANY ($1::bigint[])
 """
 #: The jobs of messages ($1 guids): every job carries its message's guid in the payload (index 040).
@@ -356,9 +356,6 @@ SELECT id, received_at, message_type, root_guid, element_index, doc_guid, keys, 
  WHERE document_id = ANY ($1::bigint[]) OR (document_id IS NULL AND message_id = ANY ($2::bigint[]))
  ORDER BY return_time, id
 """
-SHIPMENT_CUSTOMS = (
-    "SELECT customs_status, customs_info, customs_updated_at FROM shipments WHERE ebp_code = $1 AND order_no = $2"
-)
 
 
 def order_lock(order_no: str) -> int:
@@ -871,12 +868,13 @@ class Outbox:
             self._xml_wanted = {}
 
     async def shipment_forwarding(self, shipment: dict[str, Any]) -> dict[str, Any]:
-        """Add forwarding to a shipment as gateway.store.Store.get_shipment returns it: per document its forward
-        state, customs status, transmissions (jobs and attempts) and receipts; the shipment's customs_status."""
+        """Add forwarding to a shipment as gateway.store.Store.get_shipment returns it (with the shipment's own
+        customs_status, customs_info and customs_updated_at): per document its forward state, customs status,
+        transmissions (jobs and attempts) and receipts."""
         docs = shipment.get("documents", [])
         ids = [d["id"] for d in docs]
-        async with self.pool.acquire() as conn:
-            own = await conn.fetchrow(SHIPMENT_CUSTOMS, shipment["ebpCode"], shipment["orderNo"])
+        # planned like the writes (db.BEGIN_PLANNED): index probes whatever the tables' statistics say
+        async with db.transaction(self.pool) as conn:
             fwd = {r["id"]: r for r in await conn.fetch(FORWARDING_OF_DOCUMENTS, ids)}
             guids = sorted({r["message_guid"] for r in fwd.values()})
             jobs = [dict(j) for j in await conn.fetch(TRANSMISSIONS, guids)]
@@ -918,10 +916,6 @@ class Outbox:
                 for x in receipts
                 if x["document_id"] == d["id"] or (x["document_id"] is None and x["message_id"] == r["message_id"])
             ]
-        if own is not None:
-            shipment["customs_status"] = own["customs_status"]
-            shipment["customs_info"] = own["customs_info"]
-            shipment["customs_updated_at"] = _iso(own["customs_updated_at"])
         return shipment
 
 

@@ -245,7 +245,7 @@ SELECT_MESSAGE_DOCUMENTS = f"SELECT {_DOC_COLUMNS} FROM documents AS d WHERE d.m
 
 SELECT_SHIPMENT = """
 SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, buyer_id_number,
-       customs_status, customs_updated_at, created_at, updated_at
+       customs_status, customs_info, customs_updated_at, created_at, updated_at
   FROM shipments WHERE ebp_code = $1 AND order_no = $2
 """
 
@@ -733,6 +733,7 @@ class Store:
             docs = await conn.fetch(SELECT_SHIPMENT_DOCUMENTS, ebp_code, order_no)
         out = self._shipment_dict(s)
         out["buyer_id_number"] = s["buyer_id_number"]
+        out["customs_info"] = s["customs_info"]
         out["documents"] = [_document_dict(d) for d in docs]
         return out
 

@@ -35,6 +35,11 @@ _PLAN_CASES = {
     "MESSAGES_XML": "ARRAY[1::bigint]",
     "MESSAGE_HEADS": "ARRAY[1::bigint]",
     "COUNT_RESEND": "ARRAY[1::bigint], 3",
+    # the shipment view (GET /v1/shipments/{ebpCode}/{orderNo}, polled by sellers)
+    "FORWARDING_OF_DOCUMENTS": "ARRAY[1::bigint]",
+    "TRANSMISSIONS": _T,
+    "ATTEMPTS": "ARRAY[1::bigint]",
+    "RECEIPTS_OF": "ARRAY[1::bigint], ARRAY[1::bigint]",
 }
 #: cbec_queue's statements that run inside the planned record_sent transaction.
 _QUEUE_PLAN_CASES = {"FINISH_DONE_MANY": "ARRAY[1::bigint], ARRAY[1], ARRAY['w']"}
