@@ -28,7 +28,7 @@ from cbec_queue.policy import RetryPolicy
 from lxml import etree
 
 from gateway import db, logs
-from gateway.api import OUTBOX, PIPELINE, create_app
+from gateway.api import OUTBOX, PIPELINE, STORE, create_app
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings
 from gateway.metrics import shared_across_processes
 from gateway.workers import Forwarding, build_router, default_sandbox_url, effective_endpoints, uses_sandbox
@@ -154,6 +154,10 @@ async def serve(
             # The router needs the endpoints' names and kinds only; the sandbox's address comes later.
             router = build_router(fwd, effective_endpoints(fwd, sandbox_url="http://sandbox")) if fwd.enabled else None
             app = create_app(settings, pool, signer=agent_signer(settings), router=router)
+            if not api_only:
+                folded = await app[STORE].fold_counts()
+                if folded:
+                    log.info("shipment_counts_folded", rows=folded)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             shared = settings.processes > 1 or api_only

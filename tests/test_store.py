@@ -386,6 +386,65 @@ async def test_many_concurrent_messages_match_sequential_outcomes(db_pool: async
     assert await count(db_pool, "SELECT count(*) FROM tax_ledger") == 12
 
 
+async def _counts_kept_and_counted(pool: asyncpg.Pool) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    from gateway.console.queries import COUNT_SHIPMENTS
+
+    kept = {(r["state"], r["customs_status"]): r["n"] for r in await pool.fetch(COUNT_SHIPMENTS)}
+    counted = {
+        (r["state"], r["customs_status"]): r["n"]
+        for r in await pool.fetch("SELECT state, customs_status, count(*) AS n FROM shipments GROUP BY 1, 2")
+    }
+    return kept, counted
+
+
+async def test_shipment_counts_are_kept_through_every_change(db_dsn: str) -> None:
+    """The counts the console and /metrics read (sql/080_shipment_counts.sql) equal a count of the table after
+    concurrent batches (new, changed, mismatched, blank shipments made and removed), customs status changes,
+    and after folding the rows of a session that ended."""
+    db_pool = await db.create_pool(db_dsn, min_size=1, max_size=8)
+    try:
+        await _counts_through_every_change(db_pool, db_dsn)
+    finally:
+        await db_pool.close()
+
+
+async def _counts_through_every_change(db_pool: asyncpg.Pool, dsn: str) -> None:
+    store = Store(db_pool, max_batch=4, max_parallel=3)  # several sessions count at once
+    msgs = [message("CEB511", waybill_head("C-B"))]  # a blank shipment, taken over by its order below
+    for i in range(10):
+        paid = {"amountPaid": "1"} if i == 0 else {}  # C0's payment does not cover its order: mismatched
+        msgs += [message("CEB311", order_head(f"C{i}")), message("CEB411", payment_head(f"C{i}", **paid))]
+        if i % 2:
+            msgs += [message("CEB511", waybill_head(f"C{i}")), message("CEB621", inventory_head(f"C{i}"))]
+    msgs.append(message("CEB311", order_head("C-B")))
+    results = await asyncio.gather(*(ingest(store, m) for m in msgs), return_exceptions=True)
+    assert all(isinstance(r, IngestResult) for r in results), [r for r in results if not isinstance(r, IngestResult)]
+    await store.aclose()
+    kept, counted = await _counts_kept_and_counted(db_pool)
+    assert kept == counted and counted[("matched", "pending")] == 5 and counted[("mismatched", "pending")] == 1
+    assert await count(db_pool, "SELECT count(*) FROM shipments WHERE ebp_code = ''") == 0
+
+    # customs status changes from a session of its own, which then ends; its counts outlive it
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE shipments SET customs_status = 'released' WHERE order_no IN ('C1', 'C3')")
+        await conn.execute("UPDATE shipments SET customs_status = 'rejected' WHERE order_no = 'C5'")
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+    finally:
+        await conn.close()
+    kept, counted = await _counts_kept_and_counted(db_pool)
+    assert kept == counted and counted[("matched", "released")] == 2 and counted[("matched", "rejected")] == 1
+    for _ in range(50):  # the ended session leaves pg_stat_activity a moment after the close
+        if await count(db_pool, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await Store(db_pool).fold_counts() >= 2  # its rows: matched/pending (-3), released, rejected
+    assert await count(db_pool, "SELECT count(*) FROM shipment_counts WHERE slot = $1", pid) == 0
+    kept, counted = await _counts_kept_and_counted(db_pool)
+    assert kept == counted
+    assert await Store(db_pool).fold_counts() == 0  # nothing left to fold
+
+
 async def test_receipts_are_recorded_without_key_state(store: Store, db_pool: asyncpg.Pool) -> None:
     head = {"guid": "RCPT", "ebpCode": EBP, "ebcCode": EBC, "orderNo": "R9", "returnStatus": "2",
             "returnTime": "20250301100000000", "returnInfo": "ok"}  # fmt: skip
