@@ -300,11 +300,17 @@ def _operator(request: web.Request) -> web.Response | None:
     return None
 
 
+def _configured_endpoints(app: web.Application) -> tuple[str, ...]:
+    """The queue endpoints this gateway forwards to: the queue figures list them even when idle."""
+    router = app[OUTBOX].router
+    return tuple(router.endpoint_kinds) if router is not None else ()
+
+
 async def get_queue(request: web.Request) -> web.Response:
     if (denied := _operator(request)) is not None:
         return denied
     async with request.app[POOL].acquire() as conn:
-        endpoints = await cbec_queue.stats(conn)
+        endpoints = await cbec_queue.stats(conn, endpoints=_configured_endpoints(request.app))
     return json_response({"endpoints": endpoints})
 
 
@@ -404,8 +410,8 @@ def create_app(
     app.router.add_post("/v1/queue/replay", post_replay)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
-    setup_console(app, pool_key=POOL, keys_key=KEYS)
-    setup_metrics(app, pool_key=POOL)
+    setup_console(app, pool_key=POOL, keys_key=KEYS, endpoints=_configured_endpoints(app))
+    setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app))
 
     async def finish_batches(app: web.Application) -> None:
         # Messages already handed to the store's batcher are committed and answered before the pool closes.

@@ -75,8 +75,10 @@ class Metrics:
         *,
         window_s: float = 300.0,
         keys_key: web.AppKey[KeyRing] | None = None,
+        endpoints: Iterable[str] = (),
     ) -> None:
         self.pool_key = pool_key
+        self.endpoints = tuple(endpoints)  # the configured queue endpoints: their gauges exist even when idle
         self.keys_key = keys_key  # set: /metrics needs an operator/admin key (Bearer or X-API-Key)
         self.window_s = window_s
         self.registry = CollectorRegistry(auto_describe=True)
@@ -174,7 +176,7 @@ class Metrics:
             g.add_metric([status], n)
         out.append(g)
 
-        stats = await cbec_queue.stats(conn)
+        stats = await cbec_queue.stats(conn, endpoints=self.endpoints)
         per_endpoint = {
             "cbec_queue_depth": ("Queued jobs (due or scheduled) per endpoint", "queued"),
             "cbec_queue_due": ("Queued jobs whose time has come, per endpoint", "due"),
@@ -342,6 +344,7 @@ def setup_metrics(
     window_s: float = 300.0,
     keys_key: web.AppKey[KeyRing] | None = None,
     path: str = "/metrics",
+    endpoints: Iterable[str] = (),
 ) -> Metrics:
     """Add ``GET /metrics`` and the outermost middleware.
 
@@ -353,7 +356,7 @@ def setup_metrics(
     existing = app.get(METRICS)
     if existing is not None:
         return existing
-    metrics = Metrics(pool_key, window_s=window_s, keys_key=keys_key)
+    metrics = Metrics(pool_key, window_s=window_s, keys_key=keys_key, endpoints=endpoints)
     app[METRICS] = metrics
     app.middlewares.insert(0, metrics_middleware)  # outermost: sees the final status of every answer
 

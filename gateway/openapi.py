@@ -163,8 +163,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/queue": {
             "get": {
-                "summary": "Delivery queue per endpoint: queued, due, running, done, dead, oldest queued age (s), "
-                "circuit state of this process's worker (operator / admin)",
+                "summary": "Delivery queue per configured endpoint: live jobs queued, due, running and dead, oldest "
+                "queued age (s), circuit state of this process's worker (operator / admin)",
                 "responses": {"200": {"description": "{endpoints: [...]}"}, **_AUTH_ERRORS},
             }
         },

@@ -893,8 +893,9 @@ async def test_circuit_opens_then_probe_closes_it(pool: asyncpg.Pool) -> None:
     events = [e["event"] for e in logs if e["event"].startswith("circuit_")]
     assert events == ["circuit_open", "circuit_half_open", "circuit_closed"]
     async with pool.acquire() as conn:
-        [row] = await cbec_queue.stats(conn)
-    assert row["circuit"] is None  # the worker stopped: nobody local knows
+        assert await cbec_queue.stats(conn) == []  # no live job, no local worker: nothing to show
+        [row] = await cbec_queue.stats(conn, endpoints=["customs"])  # unless it is a configured endpoint
+    assert row["circuit"] is None and row["queued"] == 0  # the worker stopped: nobody local knows
 
 
 @pytest.mark.db
@@ -909,10 +910,31 @@ async def test_stats(pool: asyncpg.Pool) -> None:
         await cbec_queue.claim(conn, worker_id="w", lease_s=5, endpoint="a")  # takes the due one
         await conn.execute("INSERT INTO jobs (endpoint, kind, created_at) VALUES ('a', 'k', now() - interval '30 s')")
         rows = {r["endpoint"]: r for r in await cbec_queue.stats(conn)}
+        # a configured endpoint without a live job is listed too
+        idle = {r["endpoint"]: r for r in await cbec_queue.stats(conn, endpoints=["a", "idle"])}["idle"]
     a, b = rows["a"], rows["b"]
-    assert (a["queued"], a["due"], a["running"], a["done"], a["dead"]) == (2, 1, 1, 0, 0)
+    assert (a["queued"], a["due"], a["running"], a["dead"]) == (2, 1, 1, 0)
     assert 29 <= a["oldest_queued_age_s"] < 60
     assert (b["queued"], b["dead"], b["oldest_queued_age_s"]) == (0, 1, None)
+    assert (idle["queued"], idle["running"], idle["dead"], idle["oldest_queued_age_s"]) == (0, 0, 0, None)
+    assert "done" not in a  # history, not counted (see the next test)
+
+
+@pytest.mark.db
+async def test_stats_read_the_live_jobs_only(pool: asyncpg.Pool) -> None:
+    """Done jobs pile up (one per delivery, until purged): the stats read each live state's partial index and
+    never the done rows, so their cost follows the backlog, not the history."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO jobs (endpoint, kind, state, finished_at)"
+            " SELECT 'e' || (g % 4), 'k', 'done', now() FROM generate_series(1, 30000) g"
+        )
+        await conn.execute("INSERT INTO jobs (endpoint, kind) SELECT 'e1', 'k' FROM generate_series(1, 50)")
+        await conn.execute("ANALYZE jobs")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + q.STATS))
+        assert "Seq Scan" not in plan and "jobs_done_idx" not in plan and "jobs_pkey" not in plan, plan
+        rows = await cbec_queue.stats(conn)
+    assert [(r["endpoint"], r["queued"]) for r in rows] == [("e1", 50)]
 
 
 @pytest.mark.db

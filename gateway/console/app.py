@@ -60,6 +60,7 @@ class Console:
     secure_cookie: bool | None
     customs_endpoints: str
     poll_interval: float
+    endpoints: tuple[str, ...] = ()  # the configured queue endpoints, listed even when idle
     feed: Feed | None = None
 
 
@@ -321,7 +322,7 @@ async def message_xml(request: web.Request) -> web.StreamResponse:
 @api
 async def queue(request: web.Request) -> web.StreamResponse:
     async with _pool(request).acquire() as conn:
-        return json_response(await q.queue_health(conn))
+        return json_response(await q.queue_health(conn, endpoints=request.app[CONSOLE].endpoints))
 
 
 @mutating
@@ -439,6 +440,7 @@ def setup(
     customs_endpoints: str = "customs%",
     poll_interval: float = 1.0,
     sessions: SessionStore | None = None,
+    endpoints: Iterable[str] = (),
 ) -> None:
     """Add the console's routes, its live feed (started and stopped with the app) and security headers.
 
@@ -447,7 +449,8 @@ def setup(
     ``"https://ops.example.com"`` behind a TLS-terminating proxy). ``secure_cookie``: force the cookie's
     Secure flag (None: set it when the request came over HTTPS). ``customs_endpoints``: SQL LIKE pattern of
     the queue endpoints counted as "forwarded" in the charts. ``poll_interval``: seconds between the live
-    feed's polls. Calling it twice on one app does nothing the second time.
+    feed's polls. ``endpoints``: the configured queue endpoints, shown even when idle. Calling it twice on
+    one app does nothing the second time.
     """
     if CONSOLE in app:
         return
@@ -459,11 +462,12 @@ def setup(
         secure_cookie=secure_cookie,
         customs_endpoints=customs_endpoints,
         poll_interval=poll_interval,
+        endpoints=tuple(endpoints),
     )
     app[CONSOLE] = console
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        console.feed = Feed(app[pool_key], interval=console.poll_interval)
+        console.feed = Feed(app[pool_key], interval=console.poll_interval, endpoints=console.endpoints)
         await console.feed.start()
         yield
         await console.feed.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,8 +88,10 @@ class Feed:
         interval: float = 1.0,
         recount_every: int = 5,
         queue_every: int = 5,
+        endpoints: Iterable[str] = (),
     ) -> None:
         self.pool = pool
+        self.endpoints = tuple(endpoints)  # the configured queue endpoints, listed even when idle
         self.interval = interval
         self.recount_every = recount_every
         self.queue_every = queue_every
@@ -176,7 +179,7 @@ class Feed:
                     self.publish("summary", {**summary, "changed": changed})
                 self._marker = marker
             if self.ticks % self.queue_every == 0:
-                health = await q.queue_health(conn, dead_limit=0)
+                health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0)
                 queue = {"endpoints": health["endpoints"], "dead_total": health["dead_total"]}
                 if self.latest.get("queue", {}).get("endpoints") != queue["endpoints"]:
                     self.publish("queue", {**queue, "as_of": datetime.now().astimezone()})

@@ -10,7 +10,7 @@ Indexes the queries rely on: gateway/sql/001_core.sql, 010_queue.sql, 020_forwar
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -265,16 +265,19 @@ RAW_MESSAGE = "SELECT guid, message_type, received_at, submitter, raw_xml FROM m
 # --- queue ----------------------------------------------------------------------------------------------
 
 
-async def queue_health(conn: asyncpg.Connection, *, dead_limit: int = 50) -> dict[str, Any]:
-    """Per endpoint depth, oldest age and circuit (cbec_queue.stats), and the newest dead letters."""
-    endpoints = await cbec_queue.stats(conn)
+async def queue_health(
+    conn: asyncpg.Connection, *, endpoints: Iterable[str] = (), dead_limit: int = 50
+) -> dict[str, Any]:
+    """Per endpoint depth, oldest age and circuit (cbec_queue.stats; ``endpoints``, the configured ones, are
+    listed even when idle), and the newest dead letters."""
+    per_endpoint = await cbec_queue.stats(conn, endpoints=endpoints)
     dead = await cbec_queue.dead_letters(conn, limit=dead_limit)
     for job in dead:
         job["payload"] = small_payload(job["payload"])
     return {
-        "endpoints": endpoints,
+        "endpoints": per_endpoint,
         "dead_letters": dead,
-        "dead_total": sum(int(e.get("dead") or 0) for e in endpoints),
+        "dead_total": sum(int(e.get("dead") or 0) for e in per_endpoint),
     }
 
 

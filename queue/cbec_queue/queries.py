@@ -268,16 +268,20 @@ FROM unnest($1::text[]) AS w(endpoint),
                ORDER BY j.run_after LIMIT 1) AS n
 """
 
-# Per-endpoint counts by state and queue age. Scans done rows too: purge them (PURGE_DONE) to keep it cheap.
+# Per-endpoint live jobs by state and queue age: each state read through its partial index, so the cost
+# follows the backlog, never the history (done jobs are not counted: they would make it a whole-table read).
 STATS = """
-SELECT endpoint,
-       count(*) FILTER (WHERE state = 'queued') AS queued,
-       count(*) FILTER (WHERE state = 'queued' AND run_after <= now()) AS due,
-       count(*) FILTER (WHERE state = 'running') AS running,
-       count(*) FILTER (WHERE state = 'done') AS done,
-       count(*) FILTER (WHERE state = 'dead') AS dead,
-       EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE state = 'queued'))::float8 AS oldest_queued_age_s
-FROM jobs
+SELECT endpoint, sum(queued)::bigint AS queued, sum(due)::bigint AS due, sum(running)::bigint AS running,
+       sum(dead)::bigint AS dead, EXTRACT(EPOCH FROM now() - min(oldest))::float8 AS oldest_queued_age_s
+FROM (
+    SELECT endpoint, count(*) AS queued, count(*) FILTER (WHERE run_after <= now()) AS due, 0 AS running,
+           0 AS dead, min(created_at) AS oldest
+      FROM jobs WHERE state = 'queued' GROUP BY endpoint
+    UNION ALL
+    SELECT endpoint, 0, 0, count(*), 0, NULL::timestamptz FROM jobs WHERE state = 'running' GROUP BY endpoint
+    UNION ALL
+    SELECT endpoint, 0, 0, 0, count(*), NULL::timestamptz FROM jobs WHERE state = 'dead' GROUP BY endpoint
+) AS live
 GROUP BY endpoint
 ORDER BY endpoint
 """

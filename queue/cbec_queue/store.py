@@ -272,20 +272,20 @@ async def next_due_in(conn: asyncpg.Connection, endpoints: Sequence[str]) -> flo
     return None if value is None else float(value)
 
 
-async def stats(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    """Per endpoint: counts by state, due jobs, oldest queued age (s) and the circuit state known locally."""
-    rows = await conn.fetch(q.STATS)
+async def stats(conn: asyncpg.Connection, *, endpoints: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Per endpoint: live jobs (queued, due, running, dead), oldest queued age (s) and the circuit state known
+    locally, by endpoint name. Done jobs are history and are not counted (counting them would read the whole
+    table; ``purge_done`` deletes old ones). Endpoints named in ``endpoints`` (the configured ones) and those a
+    local worker guards are listed even with no live job."""
+    found = {r["endpoint"]: dict(r) for r in await conn.fetch(q.STATS)}
     local = circuits.states()
+    for endpoint in {*endpoints, *local} - set(found):
+        found[endpoint] = {"endpoint": endpoint, "queued": 0, "due": 0, "running": 0, "dead": 0,
+                           "oldest_queued_age_s": None}  # fmt: skip
     out: list[dict[str, Any]] = []
-    for r in rows:
-        item = dict(r)
-        state = local.pop(r["endpoint"], None)
-        item["circuit"] = None if state is None else state.value
-        out.append(item)
-    # Endpoints a local worker guards but with no job yet.
-    for endpoint, state in sorted(local.items()):
-        out.append({"endpoint": endpoint, "queued": 0, "due": 0, "running": 0, "done": 0, "dead": 0,
-                    "oldest_queued_age_s": None, "circuit": state.value})  # fmt: skip
+    for endpoint in sorted(found):
+        state = local.get(endpoint)
+        out.append({**found[endpoint], "circuit": None if state is None else state.value})
     return out
 
 
