@@ -114,6 +114,9 @@ class ForwardingSettings:
     webhook_endpoint: str = "webhook"
     receipt_timeout_s: float = 600.0  # a message sent this long ago without a receipt is overdue
     watchdog_interval_s: float = 30.0
+    # Delivered jobs and their attempts are deleted this long after (0: kept for ever); the documents keep their
+    # forward state, CopMsgId and sent time, and messages and receipts are never deleted.
+    done_job_retention_days: float = 30.0
     watchdog_repush: bool = False  # re-send overdue messages (same guid and CopMsgId)
     max_repushes: int = 3  # per message, for the watchdog and for transient receipts together
     resend_delay_s: float = 30.0  # wait before re-sending after a transient receipt (4, system codes)
@@ -244,6 +247,7 @@ _FORWARDING_SCALARS: dict[str, Any] = {
     "webhook_endpoint": str,
     "receipt_timeout_s": float,
     "watchdog_interval_s": float,
+    "done_job_retention_days": float,
     "watchdog_repush": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on"),
     "max_repushes": int,
     "resend_delay_s": float,

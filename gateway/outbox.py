@@ -825,6 +825,19 @@ class Outbox:
             log.warning("receipts_overdue", messages=len(overdue), resent=len(resent))
         return {"overdue": overdue, "resent": resent}
 
+    async def purge_done_jobs(self, *, older_than_s: float, batch: int = 5000, max_batches: int = 20) -> int:
+        """Delete delivered jobs (and their attempts) finished more than ``older_than_s`` ago: a short transaction
+        per ``batch`` jobs, at most ``max_batches`` per call (a backlog of history goes over several passes);
+        returns how many. The documents keep their forward state, CopMsgId and sent time."""
+        purged = 0
+        for _ in range(max_batches):
+            async with self.pool.acquire() as conn:
+                n = await cbec_queue.purge_done(conn, older_than_s=older_than_s, limit=batch)
+            purged += n
+            if n < batch:
+                break
+        return purged
+
     # -- reads ----------------------------------------------------------------------------------------------
 
     async def message_xml(self, message_id: int) -> str | None:

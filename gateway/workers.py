@@ -256,13 +256,18 @@ def build_worker(
 
 
 async def run_watchdog(outbox: Outbox, fwd: ForwardingSettings, stop: asyncio.Event) -> None:
-    """Flag (and, with watchdog_repush, re-send) messages without a receipt after receipt_timeout_s."""
+    """Flag (and, with watchdog_repush, re-send) messages without a receipt after receipt_timeout_s; delete the
+    delivered jobs older than done_job_retention_days."""
     interval = max(0.05, fwd.watchdog_interval_s)
     while not stop.is_set():
         try:
             await outbox.watchdog(
                 timeout_s=fwd.receipt_timeout_s, repush=fwd.watchdog_repush, max_repushes=fwd.max_repushes
             )
+            if fwd.done_job_retention_days > 0:
+                purged = await outbox.purge_done_jobs(older_than_s=fwd.done_job_retention_days * 86400)
+                if purged:
+                    log.info("done_jobs_purged", jobs=purged, retention_days=fwd.done_job_retention_days)
         except Exception as exc:  # the database may be restarting: try again next time
             log.warning("watchdog_failed", error=f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(TimeoutError):

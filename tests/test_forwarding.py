@@ -783,3 +783,37 @@ async def test_message_xml_reads_many_at_once(flow: Flow) -> None:
     found = await asyncio.gather(*(flow.outbox.message_xml(i) for i in asked))
     assert found == [*(stored[i] for i in ids), stored[ids[0]], None]
     assert await flow.outbox.message_xml(ids[1]) == stored[ids[1]]  # alone, later: read again
+
+
+@pytest.mark.db
+async def test_the_watchdog_deletes_delivered_jobs_after_the_retention(flow: Flow) -> None:
+    """Delivered jobs older than done_job_retention_days go with the watchdog's pass; newer ones, live ones and
+    dead letters stay; a retention of 0 keeps everything."""
+    from gateway.workers import run_watchdog
+
+    async with flow.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO jobs (endpoint, kind, state, finished_at) VALUES"
+            " ('customs', 'k', 'done', now() - interval '3 days'), ('customs', 'k', 'done', now() - interval '2 days'),"
+            " ('customs', 'k', 'done', now() - interval '1 hour'), ('customs', 'k', 'dead', now() - interval '9 days'),"
+            " ('customs', 'k', 'queued', NULL)"
+        )
+
+    async def states() -> list[str]:
+        return sorted(r["state"] for r in await flow.pool.fetch("SELECT state FROM jobs"))
+
+    async def one_pass(retention_days: float) -> None:
+        stop = asyncio.Event()
+        fwd = ForwardingSettings(done_job_retention_days=retention_days, watchdog_interval_s=60)
+        task = asyncio.create_task(run_watchdog(flow.outbox, fwd, stop))
+        await asyncio.sleep(0.3)  # the first pass runs at once
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    await one_pass(0)
+    assert await states() == ["dead", "done", "done", "done", "queued"]
+    await one_pass(2.5)
+    assert await states() == ["dead", "done", "done", "queued"]
+    await one_pass(1)
+    assert await states() == ["dead", "done", "queued"]
+    assert await flow.outbox.purge_done_jobs(older_than_s=0, batch=1) == 1  # batch by batch, to the end

@@ -921,6 +921,34 @@ async def test_stats(pool: asyncpg.Pool) -> None:
 
 
 @pytest.mark.db
+async def test_purge_done_deletes_old_history_oldest_first_and_nothing_live(pool: asyncpg.Pool) -> None:
+    [dead] = await make_dead(pool, [("e", "k")])
+    async with pool.acquire() as conn:
+        old = [r["id"] for r in await conn.fetch(
+            "INSERT INTO jobs (endpoint, kind, state, finished_at)"
+            " SELECT 'e', 'k', 'done', now() - make_interval(hours => 100 - g) FROM generate_series(1, 10) g"
+            " RETURNING id"
+        )]  # fmt: skip
+        await conn.execute(
+            "INSERT INTO job_attempts (job_id, replay, attempt, worker_id, started_at, finished_at, outcome)"
+            " SELECT id, 0, 1, 'w', finished_at, finished_at, 'ok' FROM jobs WHERE id = ANY ($1::bigint[])", old
+        )
+        await conn.execute("INSERT INTO jobs (endpoint, kind, state, finished_at) VALUES ('e', 'k', 'done', now())")
+        await conn.execute("UPDATE jobs SET finished_at = now() - interval '1000 hours' WHERE id = $1", dead)
+        [live] = await add_jobs(pool, "e", 1)
+        purge = q.PURGE_DONE.replace("$1", "3600").replace("$2", "4")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + purge))
+        assert "jobs_done_idx" in plan, plan
+        assert await cbec_queue.purge_done(conn, older_than_s=3600, limit=4) == 4
+        left = {r["id"] for r in await conn.fetch("SELECT id FROM jobs")}
+        assert left.isdisjoint(old[:4]) and set(old[4:]) <= left  # the oldest went first
+        assert await cbec_queue.purge_done(conn, older_than_s=3600) == 6
+        left = {r["id"] for r in await conn.fetch("SELECT id FROM jobs")}
+        assert left.isdisjoint(old) and {dead, live} <= left and len(left) == 3  # + the recent done one
+        assert await conn.fetchval("SELECT count(*) FROM job_attempts WHERE job_id = ANY ($1::bigint[])", old) == 0
+
+
+@pytest.mark.db
 async def test_stats_read_the_live_jobs_only(pool: asyncpg.Pool) -> None:
     """Done jobs pile up (one per delivery, until purged): the stats read each live state's partial index and
     never the done rows, so their cost follows the backlog, not the history."""

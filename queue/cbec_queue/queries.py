@@ -314,10 +314,16 @@ WHERE job_id = ANY($1::bigint[])
 ORDER BY job_id, replay, attempt, id
 """
 
-# Delete done jobs (and, by cascade, their attempts) finished longer ago than $1 seconds.
+# Delete done jobs (and, by cascade, their attempts) finished longer ago than $1 seconds, oldest first, at
+# most $2 of them (NULL: all). Found through jobs_done_idx (finished_at): the cost follows what is deleted.
 PURGE_DONE = """
 WITH d AS (
-    DELETE FROM jobs WHERE state = 'done' AND finished_at < now() - make_interval(secs => $1) RETURNING 1
+    DELETE FROM jobs
+     WHERE id = ANY (ARRAY(SELECT o.id FROM jobs AS o
+                            WHERE o.state = 'done' AND o.finished_at < now() - make_interval(secs => $1)
+                            ORDER BY o.finished_at LIMIT $2))
+       AND state = 'done'
+    RETURNING 1
 )
 SELECT count(*) FROM d
 """

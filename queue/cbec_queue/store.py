@@ -322,6 +322,7 @@ async def get_job(conn: asyncpg.Connection, job_id: int) -> dict[str, Any] | Non
     return (await _with_history(conn, [row]))[0]
 
 
-async def purge_done(conn: asyncpg.Connection, *, older_than_s: float) -> int:
-    """Delete done jobs finished more than `older_than_s` ago, with their history; returns the count."""
-    return int(await conn.fetchval(q.PURGE_DONE, float(older_than_s)))
+async def purge_done(conn: asyncpg.Connection, *, older_than_s: float, limit: int | None = None) -> int:
+    """Delete done jobs finished more than `older_than_s` ago, with their history, oldest first and at most
+    `limit` of them (None: all); returns the count."""
+    return int(await conn.fetchval(q.PURGE_DONE, float(older_than_s), limit))
