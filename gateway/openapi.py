@@ -163,7 +163,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/queue": {
             "get": {
-                "summary": "Delivery queue per configured endpoint: live jobs queued, due, running and dead, oldest "
+                "summary": "Delivery queue per endpoint: jobs queued, due, running, done (kept) and dead, oldest "
                 "queued age (s), circuit state of this process's worker (operator / admin)",
                 "responses": {"200": {"description": "{endpoints: [...]}"}, **_AUTH_ERRORS},
             }

@@ -893,9 +893,8 @@ async def test_circuit_opens_then_probe_closes_it(pool: asyncpg.Pool) -> None:
     events = [e["event"] for e in logs if e["event"].startswith("circuit_")]
     assert events == ["circuit_open", "circuit_half_open", "circuit_closed"]
     async with pool.acquire() as conn:
-        assert await cbec_queue.stats(conn) == []  # no live job, no local worker: nothing to show
-        [row] = await cbec_queue.stats(conn, endpoints=["customs"])  # unless it is a configured endpoint
-    assert row["circuit"] is None and row["queued"] == 0  # the worker stopped: nobody local knows
+        [row] = await cbec_queue.stats(conn)
+    assert row["circuit"] is None and row["done"] == 4  # the worker stopped: nobody local knows
 
 
 @pytest.mark.db
@@ -913,11 +912,11 @@ async def test_stats(pool: asyncpg.Pool) -> None:
         # a configured endpoint without a live job is listed too
         idle = {r["endpoint"]: r for r in await cbec_queue.stats(conn, endpoints=["a", "idle"])}["idle"]
     a, b = rows["a"], rows["b"]
-    assert (a["queued"], a["due"], a["running"], a["dead"]) == (2, 1, 1, 0)
+    assert (a["queued"], a["due"], a["running"], a["done"], a["dead"]) == (2, 1, 1, 0, 0)
     assert 29 <= a["oldest_queued_age_s"] < 60
     assert (b["queued"], b["dead"], b["oldest_queued_age_s"]) == (0, 1, None)
-    assert (idle["queued"], idle["running"], idle["dead"], idle["oldest_queued_age_s"]) == (0, 0, 0, None)
-    assert "done" not in a  # history, not counted (see the next test)
+    assert (idle["queued"], idle["running"], idle["done"], idle["dead"], idle["oldest_queued_age_s"]) == (
+        0, 0, 0, 0, None)  # fmt: skip
 
 
 @pytest.mark.db
@@ -949,9 +948,9 @@ async def test_purge_done_deletes_old_history_oldest_first_and_nothing_live(pool
 
 
 @pytest.mark.db
-async def test_stats_read_the_live_jobs_only(pool: asyncpg.Pool) -> None:
-    """Done jobs pile up (one per delivery, until purged): the stats read each live state's partial index and
-    never the done rows, so their cost follows the backlog, not the history."""
+async def test_stats_read_the_backlog_and_kept_done_counts_never_the_history(pool: asyncpg.Pool) -> None:
+    """Done jobs pile up (one per delivery, until purged): the stats read each live state's partial index and the
+    done counts the triggers keep (migration 090), never the done rows, so their cost follows the backlog."""
     async with pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO jobs (endpoint, kind, state, finished_at)"
@@ -960,9 +959,61 @@ async def test_stats_read_the_live_jobs_only(pool: asyncpg.Pool) -> None:
         await conn.execute("INSERT INTO jobs (endpoint, kind) SELECT 'e1', 'k' FROM generate_series(1, 50)")
         await conn.execute("ANALYZE jobs")
         plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + q.STATS))
-        assert "Seq Scan" not in plan and "jobs_done_idx" not in plan and "jobs_pkey" not in plan, plan
+        assert "Seq Scan on jobs" not in plan and "jobs_done_idx" not in plan and "jobs_pkey" not in plan, plan
         rows = await cbec_queue.stats(conn)
-    assert [(r["endpoint"], r["queued"]) for r in rows] == [("e1", 50)]
+    assert [(r["endpoint"], r["queued"], r["done"]) for r in rows] == [
+        ("e0", 0, 7500), ("e1", 50, 7500), ("e2", 0, 7500), ("e3", 0, 7500)]  # fmt: skip
+
+
+@pytest.mark.db
+async def test_done_counts_follow_every_path_to_and_from_done(pool: asyncpg.Pool, qdsn: str) -> None:
+    """The kept done counts equal a count of the table through deliveries by workers in several sessions, a
+    replayed dead letter delivered, purges, and after folding the rows of sessions that ended."""
+    done: list[int] = []
+
+    async def deliver(job: Job) -> None:
+        done.append(job.id)
+
+    async def counted() -> tuple[dict[str, int], dict[str, int]]:
+        async with pool.acquire() as conn:
+            kept = {r["endpoint"]: r["done"] for r in await cbec_queue.stats(conn)}
+            real = {r["endpoint"]: r["n"] for r in await conn.fetch(
+                "SELECT endpoint, count(*) AS n FROM jobs WHERE state = 'done' GROUP BY 1")}  # fmt: skip
+        return {e: n for e, n in kept.items() if n}, real
+
+    [dead] = await make_dead(pool, [("b", "k")])
+    await add_jobs(pool, "a", 30)
+    await add_jobs(pool, "b", 10)
+    worker = Worker(pool, {"a": deliver, "b": deliver}, default_concurrency=4, **fast())
+    async with running(worker):
+        await wait_until(lambda: asyncio.sleep(0, len(done) == 40))
+        async with pool.acquire() as conn:
+            assert await cbec_queue.replay(conn, job_ids=[dead]) == 1
+        await wait_until(lambda: asyncio.sleep(0, len(done) == 41))
+    await wait_until(holds(pool, "SELECT count(*) = 41 FROM jobs WHERE state = 'done'"))
+    kept, real = await counted()
+    assert kept == real == {"a": 30, "b": 11}
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE jobs SET finished_at = now() - interval '2 hours' WHERE id IN"
+                           " (SELECT id FROM jobs WHERE state = 'done' AND endpoint = 'a' LIMIT 12)")  # fmt: skip
+        assert await cbec_queue.purge_done(conn, older_than_s=3600) == 12
+    kept, real = await counted()
+    assert kept == real == {"a": 18, "b": 11}
+    # a session of its own delivers (by hand) the last job and ends; its row folds into slot 0
+    [last] = await add_jobs(pool, "a", 1)
+    conn = await asyncpg.connect(qdsn)
+    try:
+        await conn.execute("UPDATE jobs SET state = 'done', finished_at = now() WHERE id = $1", last)
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+    finally:
+        await conn.close()
+    await wait_until(holds(pool, f"SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = {pid}"))
+    async with pool.acquire() as conn:
+        assert await cbec_queue.fold_counts(conn) == 1
+        assert await conn.fetchval("SELECT count(*) FROM job_done_counts WHERE slot = $1", pid) == 0
+        assert await conn.fetchval("SELECT n FROM job_done_counts WHERE slot = 0 AND endpoint = 'a'") == 1
+    kept, real = await counted()
+    assert kept == real == {"a": 19, "b": 11}
 
 
 @pytest.mark.db

@@ -268,23 +268,30 @@ FROM unnest($1::text[]) AS w(endpoint),
                ORDER BY j.run_after LIMIT 1) AS n
 """
 
-# Per-endpoint live jobs by state and queue age: each state read through its partial index, so the cost
-# follows the backlog, never the history (done jobs are not counted: they would make it a whole-table read).
+# Per-endpoint jobs by state and queue age: the live states read through their partial indexes (the cost
+# follows the backlog), done jobs from the counts the triggers keep (migration 090): never the whole history.
 STATS = """
 SELECT endpoint, sum(queued)::bigint AS queued, sum(due)::bigint AS due, sum(running)::bigint AS running,
-       sum(dead)::bigint AS dead, EXTRACT(EPOCH FROM now() - min(oldest))::float8 AS oldest_queued_age_s
+       sum(done)::bigint AS done, sum(dead)::bigint AS dead,
+       EXTRACT(EPOCH FROM now() - min(oldest))::float8 AS oldest_queued_age_s
 FROM (
     SELECT endpoint, count(*) AS queued, count(*) FILTER (WHERE run_after <= now()) AS due, 0 AS running,
-           0 AS dead, min(created_at) AS oldest
+           0 AS done, 0 AS dead, min(created_at) AS oldest
       FROM jobs WHERE state = 'queued' GROUP BY endpoint
     UNION ALL
-    SELECT endpoint, 0, 0, count(*), 0, NULL::timestamptz FROM jobs WHERE state = 'running' GROUP BY endpoint
+    SELECT endpoint, 0, 0, count(*), 0, 0, NULL::timestamptz FROM jobs WHERE state = 'running' GROUP BY endpoint
     UNION ALL
-    SELECT endpoint, 0, 0, 0, count(*), NULL::timestamptz FROM jobs WHERE state = 'dead' GROUP BY endpoint
-) AS live
+    SELECT endpoint, 0, 0, 0, sum(n), 0, NULL::timestamptz FROM job_done_counts GROUP BY endpoint
+    UNION ALL
+    SELECT endpoint, 0, 0, 0, 0, count(*), NULL::timestamptz FROM jobs WHERE state = 'dead' GROUP BY endpoint
+) AS per_state
 GROUP BY endpoint
+HAVING sum(queued) + sum(running) + sum(done) + sum(dead) > 0
 ORDER BY endpoint
 """
+
+# Fold the done counts of database sessions that ended into one row per endpoint; returns the rows folded.
+FOLD_COUNTS = "SELECT job_done_counts_fold()"
 
 _JOB_DETAIL_COLUMNS = (
     "id, endpoint, kind, payload::text AS payload, dedupe_key, state, priority, attempts, max_attempts, replays, "

@@ -273,14 +273,14 @@ async def next_due_in(conn: asyncpg.Connection, endpoints: Sequence[str]) -> flo
 
 
 async def stats(conn: asyncpg.Connection, *, endpoints: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Per endpoint: live jobs (queued, due, running, dead), oldest queued age (s) and the circuit state known
-    locally, by endpoint name. Done jobs are history and are not counted (counting them would read the whole
-    table; ``purge_done`` deletes old ones). Endpoints named in ``endpoints`` (the configured ones) and those a
-    local worker guards are listed even with no live job."""
+    """Per endpoint: jobs by state (queued, due, running, done, dead), oldest queued age (s) and the circuit state
+    known locally, by endpoint name. ``done`` counts the delivered jobs still kept (``purge_done`` deletes old
+    ones), from counts kept by triggers: the cost follows the backlog, not the history. Endpoints named in
+    ``endpoints`` (the configured ones) and those a local worker guards are listed even with no job."""
     found = {r["endpoint"]: dict(r) for r in await conn.fetch(q.STATS)}
     local = circuits.states()
     for endpoint in {*endpoints, *local} - set(found):
-        found[endpoint] = {"endpoint": endpoint, "queued": 0, "due": 0, "running": 0, "dead": 0,
+        found[endpoint] = {"endpoint": endpoint, "queued": 0, "due": 0, "running": 0, "done": 0, "dead": 0,
                            "oldest_queued_age_s": None}  # fmt: skip
     out: list[dict[str, Any]] = []
     for endpoint in sorted(found):
@@ -320,6 +320,12 @@ async def get_job(conn: asyncpg.Connection, job_id: int) -> dict[str, Any] | Non
     if row is None:
         return None
     return (await _with_history(conn, [row]))[0]
+
+
+async def fold_counts(conn: asyncpg.Connection) -> int:
+    """Fold the done counts of database sessions that ended into one row per endpoint (they are kept one row per
+    session, so that workers never wait on a shared counter); returns how many rows were folded."""
+    return int(await conn.fetchval(q.FOLD_COUNTS))
 
 
 async def purge_done(conn: asyncpg.Connection, *, older_than_s: float, limit: int | None = None) -> int:
