@@ -177,6 +177,21 @@ async def _migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
+#: The kept counts (shipments by state, delivered jobs per endpoint; sql/080_kept_counts.sql) of database sessions
+#: that ended, folded into one row per key.
+FOLD_KEPT_COUNTS = "SELECT kept_counts_fold()"
+
+
+async def fold_kept_counts(pool: asyncpg.Pool) -> int:
+    """Fold the kept counts of ended sessions (each session counts in rows of its own, so that concurrent
+    transactions never wait on a shared counter) so that reading them stays a few rows; returns the rows folded."""
+    async with pool.acquire() as conn:
+        folded = int(await conn.fetchval(FOLD_KEPT_COUNTS))
+    if folded:
+        log.info("kept counts of ended sessions folded: %d rows", folded)
+    return folded
+
+
 # --- embedded server -------------------------------------------------------------------------
 
 

@@ -22,18 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import cbec_queue
 import structlog
 from aiohttp import web
 from cbec_queue.policy import RetryPolicy
 from lxml import etree
 
 from gateway import db, logs
-from gateway.api import OUTBOX, PIPELINE, STORE, create_app
+from gateway.api import OUTBOX, PIPELINE, create_app
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings
 from gateway.metrics import shared_across_processes
-from gateway.store import Store
 from gateway.workers import Forwarding, build_router, default_sandbox_url, effective_endpoints, uses_sandbox
 
 log = structlog.get_logger("gateway.server")
@@ -108,16 +105,6 @@ async def migrate_only(settings: Settings) -> list[str]:
             await pool.close()
 
 
-async def fold_counts(pool: asyncpg.Pool, store: Store | None = None) -> None:
-    """The counts kept one row per database session (shipments by state, done jobs per endpoint): the rows of
-    sessions that ended are folded into one, so that reading them stays a handful of rows."""
-    async with pool.acquire() as conn:
-        jobs = await cbec_queue.fold_counts(conn)
-    shipments = await store.fold_counts() if store is not None else 0
-    if jobs or shipments:
-        log.info("counts_folded", shipment_rows=shipments, job_rows=jobs)
-
-
 def _local(host: str) -> str:
     """An address of this host to reach a server listening on ``host``."""
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
@@ -168,7 +155,7 @@ async def serve(
             router = build_router(fwd, effective_endpoints(fwd, sandbox_url="http://sandbox")) if fwd.enabled else None
             app = create_app(settings, pool, signer=agent_signer(settings), router=router)
             if not api_only:
-                await fold_counts(pool, app[STORE])
+                await db.fold_kept_counts(pool)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             shared = settings.processes > 1 or api_only
@@ -352,7 +339,7 @@ async def run_worker(
         pool = await db.create_pool(dsn, min_size=2, max_size=max(4, settings.pool_max_size // 2))
         try:
             await db.migrate(pool)
-            await fold_counts(pool)
+            await db.fold_kept_counts(pool)
             from gateway.outbox import Outbox
             from gateway.schema import SchemaSet
 

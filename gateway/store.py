@@ -273,9 +273,6 @@ SELECT m.guid AS message_guid, m.received_at, {_DOC_COLUMNS}
  ORDER BY d.kind, d.id
 """
 
-#: Shipment counts of ended sessions folded into slot 0 (sql/080_shipment_counts.sql).
-FOLD_COUNTS = "SELECT shipment_counts_fold()"
-
 _LIST_COLUMNS = (
     "SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, customs_status,"
     " customs_updated_at, created_at, updated_at FROM shipments"
@@ -681,12 +678,6 @@ class Store:
         return {guid: int(i) for guid, i in row["ids"].items()}
 
     # --- rejections and reads ------------------------------------------------------------------
-
-    async def fold_counts(self) -> int:
-        """Fold the shipment counts of database sessions that ended into one row per state (see
-        sql/080_shipment_counts.sql); returns how many rows were folded."""
-        async with self.pool.acquire() as conn:
-            return int(await conn.fetchval(FOLD_COUNTS))
 
     async def record_rejection(
         self,

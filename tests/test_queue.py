@@ -36,6 +36,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from gateway.db import fold_kept_counts
 from tests.planutil import full_scans
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -950,7 +951,7 @@ async def test_purge_done_deletes_old_history_oldest_first_and_nothing_live(pool
 @pytest.mark.db
 async def test_stats_read_the_backlog_and_kept_done_counts_never_the_history(pool: asyncpg.Pool) -> None:
     """Done jobs pile up (one per delivery, until purged): the stats read each live state's partial index and the
-    done counts the triggers keep (migration 090), never the done rows, so their cost follows the backlog."""
+    done counts the triggers keep (sql/080_kept_counts.sql), never the done rows, so their cost follows the backlog."""
     async with pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO jobs (endpoint, kind, state, finished_at)"
@@ -1008,10 +1009,10 @@ async def test_done_counts_follow_every_path_to_and_from_done(pool: asyncpg.Pool
     finally:
         await conn.close()
     await wait_until(holds(pool, f"SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = {pid}"))
+    assert await fold_kept_counts(pool) == 1
     async with pool.acquire() as conn:
-        assert await cbec_queue.fold_counts(conn) == 1
-        assert await conn.fetchval("SELECT count(*) FROM job_done_counts WHERE slot = $1", pid) == 0
-        assert await conn.fetchval("SELECT n FROM job_done_counts WHERE slot = 0 AND endpoint = 'a'") == 1
+        assert await conn.fetchval("SELECT count(*) FROM kept_counts WHERE slot = $1", pid) == 0
+        assert await conn.fetchval("SELECT n FROM kept_counts WHERE counter = 'jobs_done' AND slot = 0") == 1
     kept, real = await counted()
     assert kept == real == {"a": 19, "b": 11}
 

@@ -398,7 +398,7 @@ async def _counts_kept_and_counted(pool: asyncpg.Pool) -> tuple[dict[tuple[str, 
 
 
 async def test_shipment_counts_are_kept_through_every_change(db_dsn: str) -> None:
-    """The counts the console and /metrics read (sql/080_shipment_counts.sql) equal a count of the table after
+    """The counts the console and /metrics read (sql/080_kept_counts.sql) equal a count of the table after
     concurrent batches (new, changed, mismatched, blank shipments made and removed), customs status changes,
     and after folding the rows of a session that ended."""
     db_pool = await db.create_pool(db_dsn, min_size=1, max_size=8)
@@ -438,11 +438,11 @@ async def _counts_through_every_change(db_pool: asyncpg.Pool, dsn: str) -> None:
         if await count(db_pool, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid) == 0:
             break
         await asyncio.sleep(0.05)
-    assert await Store(db_pool).fold_counts() >= 2  # its rows: matched/pending (-3), released, rejected
-    assert await count(db_pool, "SELECT count(*) FROM shipment_counts WHERE slot = $1", pid) == 0
+    assert await db.fold_kept_counts(db_pool) >= 2  # its rows: matched/pending (-3), released, rejected
+    assert await count(db_pool, "SELECT count(*) FROM kept_counts WHERE slot = $1", pid) == 0
     kept, counted = await _counts_kept_and_counted(db_pool)
     assert kept == counted
-    assert await Store(db_pool).fold_counts() == 0  # nothing left to fold
+    assert await db.fold_kept_counts(db_pool) == 0  # nothing left to fold
 
 
 async def test_receipts_are_recorded_without_key_state(store: Store, db_pool: asyncpg.Pool) -> None:

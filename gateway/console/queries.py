@@ -26,10 +26,11 @@ STATES: tuple[str, ...] = ("mismatched", "incomplete", "matched")
 
 # --- counts -------------------------------------------------------------------------------------
 
-#: Shipments by reconciliation state and customs status, as the triggers of gateway/sql/080_shipment_counts.sql
-#: keep them (a few rows, whatever the number of shipments).
+#: Shipments by reconciliation state and customs status, as the triggers of gateway/sql/080_kept_counts.sql keep
+#: them (a few rows, whatever the number of shipments).
 COUNT_SHIPMENTS = """
-SELECT state, customs_status, sum(n)::bigint AS n FROM shipment_counts GROUP BY 1, 2 HAVING sum(n) <> 0
+SELECT k1 AS state, k2 AS customs_status, sum(n)::bigint AS n
+  FROM kept_counts WHERE counter = 'shipments' GROUP BY 1, 2 HAVING sum(n) <> 0
 """
 
 

@@ -269,7 +269,8 @@ FROM unnest($1::text[]) AS w(endpoint),
 """
 
 # Per-endpoint jobs by state and queue age: the live states read through their partial indexes (the cost
-# follows the backlog), done jobs from the counts the triggers keep (migration 090): never the whole history.
+# follows the backlog), done jobs from the counts triggers keep (kept_counts, gateway/sql/080_kept_counts.sql): never
+# the whole history.
 STATS = """
 SELECT endpoint, sum(queued)::bigint AS queued, sum(due)::bigint AS due, sum(running)::bigint AS running,
        sum(done)::bigint AS done, sum(dead)::bigint AS dead,
@@ -281,7 +282,7 @@ FROM (
     UNION ALL
     SELECT endpoint, 0, 0, count(*), 0, 0, NULL::timestamptz FROM jobs WHERE state = 'running' GROUP BY endpoint
     UNION ALL
-    SELECT endpoint, 0, 0, 0, sum(n), 0, NULL::timestamptz FROM job_done_counts GROUP BY endpoint
+    SELECT k1, 0, 0, 0, sum(n), 0, NULL::timestamptz FROM kept_counts WHERE counter = 'jobs_done' GROUP BY k1
     UNION ALL
     SELECT endpoint, 0, 0, 0, 0, count(*), NULL::timestamptz FROM jobs WHERE state = 'dead' GROUP BY endpoint
 ) AS per_state
@@ -289,9 +290,6 @@ GROUP BY endpoint
 HAVING sum(queued) + sum(running) + sum(done) + sum(dead) > 0
 ORDER BY endpoint
 """
-
-# Fold the done counts of database sessions that ended into one row per endpoint; returns the rows folded.
-FOLD_COUNTS = "SELECT job_done_counts_fold()"
 
 _JOB_DETAIL_COLUMNS = (
     "id, endpoint, kind, payload::text AS payload, dedupe_key, state, priority, attempts, max_attempts, replays, "

@@ -322,12 +322,6 @@ async def get_job(conn: asyncpg.Connection, job_id: int) -> dict[str, Any] | Non
     return (await _with_history(conn, [row]))[0]
 
 
-async def fold_counts(conn: asyncpg.Connection) -> int:
-    """Fold the done counts of database sessions that ended into one row per endpoint (they are kept one row per
-    session, so that workers never wait on a shared counter); returns how many rows were folded."""
-    return int(await conn.fetchval(q.FOLD_COUNTS))
-
-
 async def purge_done(conn: asyncpg.Connection, *, older_than_s: float, limit: int | None = None) -> int:
     """Delete done jobs finished more than `older_than_s` ago, with their history, oldest first and at most
     `limit` of them (None: all); returns the count."""
