@@ -167,9 +167,11 @@ async def serve(
             try:
                 if api_only:
                     log.info("api_process_listening", url=f"http://{settings.host}:{port}", pid=os.getpid())
+                    orphan_watch = asyncio.create_task(stop_when_orphaned(stop))
                     if ready is not None:
                         ready.set()
                     await stop.wait()
+                    await orphan_watch
                     return
                 if settings.processes > 1:
                     if not shared_across_processes():  # serve() called without cbec serve's set-up
@@ -215,6 +217,22 @@ async def serve(
                     await sandbox.stop()
         finally:
             await pool.close()
+
+
+async def stop_when_orphaned(stop: asyncio.Event, poll_s: float = 0.5) -> None:
+    """Set ``stop`` once the process that started this one is gone (until ``stop`` is set otherwise).
+
+    The first process of ``cbec serve --processes N`` supervises the others; killed without the chance to stop
+    them (SIGKILL, the OOM killer), it would leave them answering on the shared port with nobody to supervise
+    them, and alongside a ``cbec serve`` started again. A process whose parent died is adopted by another, so a
+    changed parent pid says so (portable, unlike Linux's parent-death signal)."""
+    parent = os.getppid()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_s)
+        if not stop.is_set() and os.getppid() != parent:
+            log.error("api_process_orphaned", parent_pid=parent, pid=os.getpid())
+            stop.set()
 
 
 def _api_process(settings: Settings) -> None:

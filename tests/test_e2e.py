@@ -335,6 +335,60 @@ async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tm
             os.kill(pid, 0)  # stopped with the first process
 
 
+async def test_api_processes_stop_when_the_first_is_killed(db_dsn: str, tmp_path: Path) -> None:
+    """`cbec serve --processes 2` killed with SIGKILL (no chance to stop the others): the other API process sees
+    it is orphaned and stops by itself, instead of answering on the port with nobody supervising it."""
+    port, sandbox_port = free_port(), free_port()
+    cfg = tmp_path / "cbec.toml"
+    cfg.write_text(SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=sandbox_port), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")}
+    log_out = (tmp_path / "serve.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--database-url", db_dsn,
+        "--data-dir", str(tmp_path / "var"), "--processes", "2", cwd=str(ROOT), env={**env, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=log_out,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    others: set[int] = set()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+
+            async def both_up() -> bool:
+                seen = set()
+                for _ in range(20):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(url + "/healthz") as resp:
+                            seen.add((await resp.json())["process"])
+                others.update(seen - {proc.pid})
+                return len(seen) == 2
+
+            await wait_for(both_up, timeout=40, what="two API processes")
+        proc.kill()
+        await proc.wait()
+        (other,) = others
+
+        async def gone() -> bool:
+            try:
+                os.kill(other, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        await wait_for(gone, timeout=15, what="the orphaned API process to stop")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        for pid in others:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        log_out.close()
+    log = (tmp_path / "serve.log").read_text()
+    assert '"event": "api_process_orphaned"' in log, log[-3000:]
+    with pytest.raises(aiohttp.ClientError):
+        async with aiohttp.ClientSession() as session, session.get(url + "/healthz") as resp:
+            await resp.read()
+
+
 async def test_transmissions_and_attempts_after_retries(db_dsn: str) -> None:
     """FLAKY-: two 503s then accepted; the shipment detail shows the three attempts of one transmission."""
     async with running_stack(db_dsn) as stack:
