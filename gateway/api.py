@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 from lxml import etree
 
-from gateway import receipts
+from gateway import db, receipts
 from gateway.auth import KeyRing, Principal
 from gateway.config import Role, Settings
 from gateway.console import setup_console
@@ -171,27 +171,14 @@ async def post_message(request: web.Request) -> web.Response:
         result = await pipeline.submit(checked, principal, source=source)
     except MessageRejected as exc:
         status = _status_for(exc.issues)
-        await store.record_rejection(
-            raw=body,
-            submitter=principal.name,
-            guid=None,
-            message_type=exc.message_type,
-            issues=exc.issues,
-            http_status=status,
-        )
+        await _record_rejection(store, body, principal.name, None, exc.message_type, exc.issues, status)
         log.info("message_rejected", message_type=exc.message_type, codes=[i.code for i in exc.issues[:10]])
         return error_response(status, "the message was rejected", exc.issues)
     except Forbidden as exc:
         return error_response(403, "the API key may not submit these documents", exc.issues)
     except Conflict as exc:
-        await store.record_rejection(
-            raw=body,
-            submitter=principal.name,
-            guid=checked.message.guid,
-            message_type=checked.message.type.code,
-            issues=exc.issues,
-            http_status=409,
-        )
+        guid, code = checked.message.guid, checked.message.type.code
+        await _record_rejection(store, body, principal.name, guid, code, exc.issues, 409)
         return error_response(409, "the message conflicts with what is stored", exc.issues)
     shipments = [f"{s['ebpCode']}/{s['orderNo']}" for s in result.body.get("shipments", [])]
     structlog.contextvars.bind_contextvars(shipment=shipments[0] if len(shipments) == 1 else shipments)
@@ -203,6 +190,19 @@ async def post_message(request: web.Request) -> web.Response:
 
 def _visible(principal: Principal, parties: Any) -> bool:
     return principal.sees_everything or principal.may_touch(parties or ())
+
+
+async def _record_rejection(
+    store: Store, raw: bytes, submitter: str, guid: str | None, message_type: str | None, issues: list[Issue],
+    status: int,
+) -> None:
+    """Keep a refused message for the operators. The sender's answer does not depend on it: should the audit
+    write fail (the database is away), the sender still gets the refusal, and the failure is logged."""
+    try:
+        await store.record_rejection(raw=raw, submitter=submitter, guid=guid, message_type=message_type,
+                                     issues=issues, http_status=status)  # fmt: skip
+    except Exception:
+        log.exception("rejection_not_recorded", message_type=message_type, status=status)
 
 
 async def get_message(request: web.Request) -> web.Response:
@@ -320,9 +320,11 @@ async def get_dead_letters(request: web.Request) -> web.Response:
     q = request.query
     try:
         limit = min(max(int(q.get("limit", "50")), 1), 500)
-        offset = max(int(q.get("offset", "0")), 0)
+        offset = int(q.get("offset", "0"))
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
+    if not 0 <= offset <= db.MAX_BIGINT:
+        return error_response(400, f"offset must be between 0 and {db.MAX_BIGINT}")
     async with request.app[POOL].acquire() as conn:
         items = await cbec_queue.dead_letters(conn, endpoint=q.get("endpoint"), limit=limit, offset=offset)
     return json_response({"items": items, "limit": limit, "offset": offset})
@@ -339,8 +341,11 @@ async def post_replay(request: web.Request) -> web.Response:
     if not isinstance(spec, dict) or set(spec) - {"job_ids", "endpoint", "all"}:
         return error_response(400, "expected {job_ids?: [int], endpoint?: string, all?: true}")
     job_ids, endpoint, everything = spec.get("job_ids"), spec.get("endpoint"), spec.get("all") is True
-    if job_ids is not None and (not isinstance(job_ids, list) or not all(isinstance(i, int) for i in job_ids)):
-        return error_response(400, "job_ids must be a list of integers")
+    if job_ids is not None and (
+        not isinstance(job_ids, list)
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i <= db.MAX_BIGINT for i in job_ids)
+    ):
+        return error_response(400, "job_ids must be a list of job ids (positive integers)")
     if endpoint is not None and not isinstance(endpoint, str):
         return error_response(400, "endpoint must be a string")
     if job_ids is None and endpoint is None and not everything:

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path("var") / "pgdata"
 
+#: The largest bigint: an id or offset from a client beyond it is the client's error, refused before the database.
+MAX_BIGINT = 2**63 - 1
+
 #: pg_advisory_lock key that serialises migrations across processes ("cbecmigr" as bytes).
 MIGRATION_LOCK = 0x6362_6563_6D69_6772
 

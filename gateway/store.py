@@ -433,6 +433,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
 
 
+def _no_nul(value: Any) -> Any:
+    """``value`` with every NUL character in its strings (keys included) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    return value
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -689,17 +700,19 @@ class Store:
         issues: list[Issue],
         http_status: int,
     ) -> None:
-        """Keep a refused message for audit (its first 64 KiB) with the issues that refused it."""
-        text = raw[: 64 * 1024].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+        """Keep a refused message for audit (its first 64 KiB) with the issues that refused it. PostgreSQL's text
+        and jsonb hold no NUL character, which a refused message may well carry (an issue quotes what it found):
+        each is stored as U+FFFD."""
+        text = _no_nul(raw[: 64 * 1024].decode("utf-8", errors="replace"))
         async with db.transaction(self.pool) as conn:
             await conn.execute(
                 INSERT_REJECTION,
                 submitter,
-                guid,
-                message_type,
+                _no_nul(guid),
+                _no_nul(message_type),
                 text,
                 len(raw),
-                [i.as_dict() for i in issues],
+                _no_nul([i.as_dict() for i in issues]),
                 http_status,
             )
 

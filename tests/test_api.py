@@ -132,6 +132,19 @@ async def test_json_submission_goes_through_the_same_path(api: Client) -> None:
     assert "<ceb:CEB311Message" in stored.body["raw_xml"]
 
 
+async def test_a_refused_message_with_nul_characters_is_answered_and_kept(api: Client, db_pool: Any) -> None:
+    """PostgreSQL's text and jsonb hold no NUL: a refused message quoting one in its issues is still answered
+    with its 4xx and kept for the operators, with U+FFFD in the NUL's place."""
+    order = json.loads(json.dumps(new_shipment(17).order, default=str))
+    order["documents"][0]["consignee"] = "张\x00三"
+    order["documents"][0]["odd\x00field"] = "x"
+    reply = await api.request("POST", "/v1/messages", json_body=order)
+    assert 400 <= reply.status < 500, reply.body
+    row = await db_pool.fetchrow("SELECT raw, issues FROM rejected_messages ORDER BY id DESC LIMIT 1")
+    stored = row["raw"] + json.dumps(row["issues"], ensure_ascii=False)
+    assert "\x00" not in stored and "\ufffd" in json.dumps(row["issues"], ensure_ascii=False), row
+
+
 async def test_missing_or_unknown_key_is_401(api: Client) -> None:
     s = new_shipment(15)
     assert (await api.post_xml(legs(s)["CEB311"], key=None)).status == 401

@@ -92,6 +92,9 @@ async def test_replay_accepts_a_same_origin_referer_without_origin(ops: Ops) -> 
     headers["Referer"] = ops.base + "/ops"
     async with admin.session.post(url, headers=headers) as resp:
         assert resp.status == 200
+    # an id beyond any bigint is the client's error, not the server's
+    async with admin.session.post(f"{ops.base}/ops/api/jobs/{2**63}/replay", headers=headers) as resp:
+        assert resp.status == 400
 
 
 async def test_operator_signs_in_with_a_strict_http_only_cookie(ops: Ops) -> None:

@@ -115,6 +115,10 @@ async def test_api_roles_receipts_and_queue(db_dsn: str) -> None:
         assert (await c.get("/v1/queue/dead", key=ADMIN)).body["items"] == []
         assert (await c.request("POST", "/v1/queue/replay", key=ADMIN, json_body={})).status == 400
         assert (await c.request("POST", "/v1/queue/replay", key=ADMIN, json_body={"job_ids": ["1"]})).status == 400
+        # numbers beyond what the database holds are the client's error, not the server's
+        assert (await c.get(f"/v1/queue/dead?offset={2**64}", key=ADMIN)).status == 400
+        for ids in ([2**63], [True], [0]):
+            assert (await c.request("POST", "/v1/queue/replay", key=ADMIN, json_body={"job_ids": ids})).status == 400
         replayed = await c.request("POST", "/v1/queue/replay", key=OPERATOR, json_body={"all": True})
         assert replayed.status == 200 and replayed.body == {"replayed": 0}
         spec = (await c.get("/openapi.json")).body

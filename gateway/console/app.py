@@ -16,6 +16,7 @@ import cbec_queue
 import structlog
 from aiohttp import web
 
+from gateway import db
 from gateway.auth import KeyRing
 from gateway.console import queries as q
 from gateway.console.feed import Feed, Subscriber, build_summary, to_json
@@ -332,6 +333,8 @@ async def replay(request: web.Request) -> web.StreamResponse:
         job_id = int(request.match_info["id"])
     except ValueError:
         return error(400, "the job id is a number")
+    if not 0 < job_id <= db.MAX_BIGINT:
+        return error(400, "no job has that id")
     structlog.contextvars.bind_contextvars(job_id=job_id)
     if not session.may_replay:
         return error(403, "replaying dead letters needs an operator or admin key")
