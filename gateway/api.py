@@ -90,7 +90,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     try:
-        response = await handler(request)
+        if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
+            # PostgreSQL's text holds no NUL: refused here, once, rather than failing in some query
+            response = error_response(400, "NUL characters are not allowed in the path or the query")
+        else:
+            response = await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
         response = error_response(413, "body too large", [Issue(Layer.PARSE, "parse.too_large", "/", exc.text or "")])
     except web.HTTPException as exc:
@@ -346,8 +350,8 @@ async def post_replay(request: web.Request) -> web.Response:
         or not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i <= db.MAX_BIGINT for i in job_ids)
     ):
         return error_response(400, "job_ids must be a list of job ids (positive integers)")
-    if endpoint is not None and not isinstance(endpoint, str):
-        return error_response(400, "endpoint must be a string")
+    if endpoint is not None and (not isinstance(endpoint, str) or "\x00" in endpoint):
+        return error_response(400, "endpoint must be a string (without NUL characters)")
     if job_ids is None and endpoint is None and not everything:
         return error_response(400, "name job_ids, an endpoint, or all: true")
     principal = _principal(request)

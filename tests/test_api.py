@@ -271,3 +271,13 @@ async def test_healthz_and_openapi(api: Client) -> None:
     spec = await api.get("/openapi.json", key=None)
     assert spec.status == 200
     assert {"/v1/messages", "/v1/shipments", "/v1/shipments/{ebpCode}/{orderNo}"} <= set(spec.body["paths"])
+
+
+async def test_nul_characters_in_paths_and_queries_are_refused(api: Client) -> None:
+    """PostgreSQL text holds no NUL: a path or query carrying one is the client's error (400), not a 500."""
+    for path in ("/v1/messages/a%00b", "/v1/shipments/EBP%00/ORDER", "/v1/shipments?ebpCode=a%00b",
+                 "/v1/queue/dead?endpoint=%00", "/ops/api/shipment?ebpCode=%00&orderNo=x"):  # fmt: skip
+        reply = await api.get(path)
+        assert reply.status == 400 and "NUL" in reply.body["error"]["title"], (path, reply)
+    replay = await api.request("POST", "/v1/queue/replay", json_body={"endpoint": "customs\x00"})
+    assert replay.status == 400
