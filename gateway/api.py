@@ -89,6 +89,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
+    response: web.StreamResponse
     try:
         if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
             # PostgreSQL's text holds no NUL: refused here, once, rather than failing in some query
