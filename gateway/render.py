@@ -17,8 +17,8 @@ Head fields sit flat in each document under the spec's element names; list lines
 ``parse_float=Decimal``); binary floats are refused because they cannot carry money exactly.
 ``null`` means "absent" (the default applies, or the element is left out).
 
-Element order is taken from :data:`FIELD_ORDER`, transcribed from the spec tables §2.3 and
-§3.1–3.4 (which were generated from the 2022-05 import XSD); tests check it against the XSD.
+Element order is taken from :data:`FIELD_ORDER`, read from the 2022-05 import XSD in ``schemas/`` (the
+spec tables §2.3 and §3.1–3.4 list the same fields).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from lxml import etree
 
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.messages import CEB_NS, MessageType, lookup
+from gateway.schema import element_sequences
 
 try:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -57,43 +58,13 @@ CODES: dict[str, str] = {
 #: Message types accepted as JSON.
 JSON_TYPES: tuple[str, ...] = ("CEB311", "CEB411", "CEB511", "CEB621")
 
-#: Child elements of each rendered element, in XSD sequence order (spec §2.3, §2.4, §3.1–3.4).
-FIELD_ORDER: dict[str, tuple[str, ...]] = {
-    "BaseTransfer": ("copCode", "copName", "dxpMode", "dxpId", "note"),
-    "BaseSubscribe": ("status", "dxpMode", "dxpAddress", "note"),
-    "OrderHead": (
-        "guid", "appType", "appTime", "appStatus", "orderType", "orderNo", "ebpCode", "ebpName", "ebcCode",
-        "ebcName", "goodsValue", "freight", "discount", "taxTotal", "acturalPaid", "currency", "buyerRegNo",
-        "buyerName", "buyerTelephone", "buyerIdType", "buyerIdNumber", "payCode", "payName", "payTransactionId",
-        "batchNumbers", "consignee", "consigneeTelephone", "consigneeAddress", "consigneeDistrict", "note",
-    ),
-    "OrderList": (
-        "gnum", "itemNo", "itemName", "gmodel", "itemDescribe", "barCode", "unit", "qty", "price", "totalPrice",
-        "currency", "country", "note",
-    ),
-    "PaymentHead": (
-        "guid", "appType", "appTime", "appStatus", "payCode", "payName", "payTransactionId", "orderNo", "ebpCode",
-        "ebpName", "payerIdType", "payerIdNumber", "payerName", "telephone", "amountPaid", "currency", "payTime",
-        "note",
-    ),
-    "LogisticsHead": (
-        "guid", "appType", "appTime", "appStatus", "logisticsCode", "logisticsName", "logisticsNo", "billNo",
-        "orderNo", "freight", "insuredFee", "currency", "weight", "packNo", "goodsInfo", "consignee",
-        "consigneeAddress", "consigneeTelephone", "note",
-    ),
-    "InventoryHead": (
-        "guid", "appType", "appTime", "appStatus", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName",
-        "logisticsNo", "logisticsCode", "logisticsName", "copNo", "preNo", "assureCode", "emsNo", "invtNo",
-        "ieFlag", "declTime", "customsCode", "portCode", "ieDate", "buyerIdType", "buyerIdNumber", "buyerName",
-        "buyerTelephone", "consigneeAddress", "agentCode", "agentName", "areaCode", "areaName", "tradeMode",
-        "trafMode", "trafNo", "voyageNo", "billNo", "loctNo", "licenseNo", "country", "freight", "insuredFee",
-        "currency", "wrapType", "packNo", "grossWeight", "netWeight", "note",
-    ),
-    "InventoryList": (
-        "gnum", "itemRecordNo", "itemNo", "itemName", "gcode", "gname", "gmodel", "barCode", "country",
-        "tradeCountry", "currency", "qty", "unit", "qty1", "unit1", "qty2", "unit2", "price", "totalPrice", "note",
-    ),
-}  # fmt: skip
+#: The elements rendered from JSON fields (heads, lines, BaseTransfer, BaseSubscribe).
+RENDERED_ELEMENTS: tuple[str, ...] = (
+    "BaseTransfer", "BaseSubscribe", "OrderHead", "OrderList", "PaymentHead", "LogisticsHead", "InventoryHead",
+    "InventoryList",
+)  # fmt: skip
+#: Child elements of each rendered element, in XSD sequence order, as the import schema itself declares them.
+FIELD_ORDER: dict[str, tuple[str, ...]] = {name: element_sequences()[name] for name in RENDERED_ELEMENTS}
 
 #: Values filled in when a field is absent (or null). guid/appTime defaults are generated per call.
 DEFAULTS: dict[str, dict[str, str]] = {

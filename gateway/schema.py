@@ -16,6 +16,7 @@ A valid message costs one ``XMLSchema.validate`` call; all the work above happen
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import urllib.parse
@@ -25,9 +26,9 @@ from pathlib import Path, PurePosixPath
 from lxml import etree
 
 from gateway.errors import Issue, Layer
-from gateway.messages import DXP_SCHEMA, SCHEMA_DIR, MessageType
+from gateway.messages import DXP_SCHEMA, IMPORT_SCHEMA, SCHEMA_DIR, MessageType
 
-__all__ = ["CODES", "SchemaLoadError", "SchemaSet"]
+__all__ = ["CODES", "SchemaLoadError", "SchemaSet", "element_sequences"]
 
 CODES: dict[str, str] = {
     "schema.missing_element": "a required element is absent (path names the element that should be there)",
@@ -282,6 +283,19 @@ _MAX_SHOWN = 60
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
+
+
+@functools.cache
+def element_sequences(filename: str = IMPORT_SCHEMA, schema_dir: Path = SCHEMA_DIR) -> dict[str, tuple[str, ...]]:
+    """The child elements of every complex element of a schema file, by the element's local name, in the order of
+    its XSD sequence: what the schema declares, for the code that builds elements (JSON rendering, the sandbox's
+    receipts) to follow rather than transcribe. An element met in several places keeps its first sequence (in
+    our schemas a name always has one type)."""
+    parser, _ = _schema_parser(schema_dir)
+    sequences: dict[str, tuple[str, ...]] = {}
+    for key, parts in _ModelReader(schema_dir, parser).read(filename).items():
+        sequences.setdefault(_local(key[-1]), tuple(_local(p.tag) for p in parts))
+    return sequences
 
 
 def _strip_ns(text: str) -> str:

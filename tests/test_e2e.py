@@ -245,23 +245,31 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
     assert not re.search(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", log)
 
 
-async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tmp_path: Path) -> None:
-    """`cbec serve --processes 2`: two API processes on one port (SO_REUSEPORT). Connections land on either;
-    legs submitted to either reconcile and are released (receipts reach either); a console session made on one
-    works on the other; /metrics, whichever process answers, counts the requests of both, and its counters
-    do not go down when a killed API process is replaced; SIGTERM stops them all."""
-    port, sandbox_port = free_port(), free_port()
+async def _serve_two_processes(
+    db_dsn: str, tmp_path: Path, port: int, log_file: Path
+) -> tuple[asyncio.subprocess.Process, Any]:
+    """`cbec serve --processes 2` on ``port`` (its sandbox on a free one), logging to ``log_file`` — a file, not a
+    pipe read at the end: three processes log every request, and a full pipe would block them."""
     cfg = tmp_path / "cbec.toml"
-    cfg.write_text(SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=sandbox_port), encoding="utf-8")
+    cfg.write_text(SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=free_port()), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")}
-    # A file, not a pipe read at the end: three processes log every request, and a full pipe would block them.
-    log_file = tmp_path / "serve.log"
     log_out = log_file.open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--database-url", db_dsn,
         "--data-dir", str(tmp_path / "var"), "--processes", "2", cwd=str(ROOT), env={**env, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.DEVNULL, stderr=log_out,
     )  # fmt: skip
+    return proc, log_out
+
+
+async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tmp_path: Path) -> None:
+    """`cbec serve --processes 2`: two API processes on one port (SO_REUSEPORT). Connections land on either;
+    legs submitted to either reconcile and are released (receipts reach either); a console session made on one
+    works on the other; /metrics, whichever process answers, counts the requests of both, and its counters
+    do not go down when a killed API process is replaced; SIGTERM stops them all."""
+    port = free_port()
+    log_file = tmp_path / "serve.log"
+    proc, log_out = await _serve_two_processes(db_dsn, tmp_path, port, log_file)
     url = f"http://127.0.0.1:{port}"
     fresh = aiohttp.TCPConnector(force_close=True)  # a new connection per request: the kernel picks a process
     try:
@@ -342,16 +350,8 @@ async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tm
 async def test_api_processes_stop_when_the_first_is_killed(db_dsn: str, tmp_path: Path) -> None:
     """`cbec serve --processes 2` killed with SIGKILL (no chance to stop the others): the other API process sees
     it is orphaned and stops by itself, instead of answering on the port with nobody supervising it."""
-    port, sandbox_port = free_port(), free_port()
-    cfg = tmp_path / "cbec.toml"
-    cfg.write_text(SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=sandbox_port), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")}
-    log_out = (tmp_path / "serve.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--database-url", db_dsn,
-        "--data-dir", str(tmp_path / "var"), "--processes", "2", cwd=str(ROOT), env={**env, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.DEVNULL, stderr=log_out,
-    )  # fmt: skip
+    port = free_port()
+    proc, log_out = await _serve_two_processes(db_dsn, tmp_path, port, tmp_path / "serve.log")
     url = f"http://127.0.0.1:{port}"
     others: set[int] = set()
     try:

@@ -179,28 +179,6 @@ def test_every_field_rendered_is_schema_valid(xsd: etree.XMLSchema) -> None:
     assert rendered_elements == {(parent, name) for parent, names in FIELD_ORDER.items() for name in names}
 
 
-def test_field_order_table_equals_the_xsd_sequences() -> None:
-    if not XSD_PATH.exists():
-        pytest.skip(f"{XSD_PATH} not there yet")
-    import xmlschema
-
-    schema = xmlschema.XMLSchema(str(XSD_PATH))
-    found: dict[str, tuple[str, ...]] = {}
-
-    def walk(el: Any, depth: int = 0) -> None:
-        t = getattr(el, "type", None)
-        if t is None or t.is_simple() or t.has_simple_content() or depth > 4:
-            return
-        kids = [c for c in t.content.iter_elements() if getattr(c, "type", None) is not None]
-        found.setdefault(el.local_name, tuple(c.local_name for c in kids))
-        for c in kids:
-            walk(c, depth + 1)
-
-    for code in render_mod.JSON_TYPES:
-        walk(schema.elements[f"{code}Message"])
-    assert {k: found.get(k) for k in FIELD_ORDER} == FIELD_ORDER
-
-
 # --- defaults -----------------------------------------------------------------------------
 
 

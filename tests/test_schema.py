@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -674,3 +675,37 @@ def test_validation_is_fast_no_per_call_compilation(schemas: SchemaSet) -> None:
         schemas.validate(root, mtype)
     # about 25 µs each here; compiling per call would take over 1.5 ms each
     assert time.perf_counter() - started < 1.0
+
+
+def test_element_sequences_read_as_xmlschema_reads_the_import_schema() -> None:
+    """gateway.schema.element_sequences (what JSON rendering and the sandbox's receipts follow) against an
+    independent reader, xmlschema: every complex element of every import message, its children in order."""
+    import xmlschema
+
+    from gateway.messages import CEB_NS, IMPORT_SCHEMA, MESSAGE_TYPES, SCHEMA_DIR
+    from gateway.render import FIELD_ORDER
+    from gateway.sandbox.receipts import RECEIPT_FIELDS
+    from gateway.schema import element_sequences
+
+    schema = xmlschema.XMLSchema(str(SCHEMA_DIR / IMPORT_SCHEMA))
+    found: dict[str, tuple[str, ...]] = {}
+
+    def walk(el: Any, depth: int = 0) -> None:
+        t = getattr(el, "type", None)
+        if t is None or t.is_simple() or t.has_simple_content() or depth > 8:
+            return
+        kids = [c for c in t.content.iter_elements() if getattr(c, "type", None) is not None]
+        if el.target_namespace == CEB_NS:  # XML-DSig's choices are not ours to build
+            found.setdefault(el.local_name, tuple(c.local_name for c in kids))
+        for c in kids:
+            walk(c, depth + 1)
+
+    for mtype in MESSAGE_TYPES:
+        if mtype.schema == IMPORT_SCHEMA:
+            walk(schema.elements[mtype.root])
+    sequences = element_sequences()
+    # an xs:any (ExtendMessage's Message) has no sequence to follow: () on both sides
+    assert {name: sequences.get(name) or () for name in found} == found
+    assert FIELD_ORDER["OrderHead"][:4] == ("guid", "appType", "appTime", "appStatus")
+    assert RECEIPT_FIELDS["CEB900"][2] == ("guid", "returnStatus", "returnInfo", "returnTime", "oriCopMsgId",
+                                           "oriMessageType", "oriBizMessage")  # fmt: skip

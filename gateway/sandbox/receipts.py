@@ -15,33 +15,18 @@ from datetime import datetime, timedelta, timezone
 from lxml import etree
 
 from gateway.messages import BY_CODE, CEB_NS, MESSAGE_TYPES
+from gateway.schema import element_sequences
 
 CHINA_TZ = timezone(timedelta(hours=8), "CST")
 
-#: Children of each receipt's return element, in XSD order (Appendix A.1–A.12, A.15).
+#: The receipts the sandbox sends: code -> (root, return element, its children in XSD order). The names come from
+#: the registry, the order from the import schema itself.
+RECEIPT_CODES: tuple[str, ...] = ("CEB312", "CEB412", "CEB512", "CEB514", "CEB622", "CEB624", "CEB626", "CEB712",
+                                  "CEB900")  # fmt: skip
 RECEIPT_FIELDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    # code: (root, return element, fields)
-    "CEB312": ("CEB312Message", "OrderReturn", ("guid", "ebpCode", "ebcCode", "orderNo", "returnStatus",
-                                                "returnTime", "returnInfo")),
-    "CEB412": ("CEB412Message", "PaymentReturn", ("guid", "payCode", "payTransactionId", "returnStatus",
-                                                  "returnTime", "returnInfo")),
-    "CEB512": ("CEB512Message", "LogisticsReturn", ("guid", "logisticsCode", "logisticsNo", "returnStatus",
-                                                    "returnTime", "returnInfo")),
-    "CEB514": ("CEB514Message", "LogisticsStatusReturn", ("guid", "logisticsCode", "logisticsNo", "logisticsStatus",
-                                                          "returnStatus", "returnTime", "returnInfo")),
-    "CEB622": ("CEB622Message", "InventoryReturn", ("guid", "customsCode", "ebpCode", "ebcCode", "agentCode", "copNo",
-                                                    "preNo", "invtNo", "returnStatus", "returnTime", "returnInfo")),
-    "CEB624": ("CEB624Message", "InvtCancelReturn", ("guid", "customsCode", "agentCode", "ebpCode", "ebcCode",
-                                                     "copNo", "preNo", "invtNo", "returnStatus", "returnTime",
-                                                     "returnInfo")),
-    "CEB626": ("CEB626Message", "InvtRefundReturn", ("guid", "customsCode", "agentCode", "ebpCode", "ebcCode",
-                                                     "copNo", "preNo", "invtNo", "returnStatus", "returnTime",
-                                                     "returnInfo")),
-    "CEB712": ("CEB712Message", "DeliveryReturn", ("guid", "customsCode", "operatorCode", "copNo", "preNo", "rkdNo",
-                                                   "returnStatus", "returnTime", "returnInfo")),
-    "CEB900": ("CEB900Message", "MessageReturn", ("guid", "returnStatus", "returnInfo", "returnTime", "oriCopMsgId",
-                                                  "oriMessageType", "oriBizMessage")),
-}  # fmt: skip
+    code: (BY_CODE[code].root, BY_CODE[code].document, element_sequences()[BY_CODE[code].document])
+    for code in RECEIPT_CODES
+}
 
 #: Declaration code -> receipt code, from the registry (MessageType.receipt_for): one source.
 RECEIPT_FOR: dict[str, str] = {t.receipt_for: t.code for t in MESSAGE_TYPES if t.receipt_for}
