@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.render import JSON_TYPES, json_schema
+
 _ISSUE = {
     "type": "object",
     "required": ["layer", "code", "path", "message"],
@@ -56,7 +58,7 @@ OPENAPI: dict[str, Any] = {
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             "bearer": {"type": "http", "scheme": "bearer"},
         },
-        "schemas": {"Issue": _ISSUE, "Error": _ERROR},
+        "schemas": {"Issue": _ISSUE, "Error": _ERROR, **{f"{code}Json": json_schema(code) for code in JSON_TYPES}},
     },
     "security": [{"apiKey": []}, {"bearer": []}],
     "paths": {
@@ -68,16 +70,8 @@ OPENAPI: dict[str, Any] = {
                     "content": {
                         "application/xml": {"schema": {"type": "string"}},
                         "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["type", "documents"],
-                                "properties": {
-                                    "type": {"type": "string", "enum": ["CEB311", "CEB411", "CEB511", "CEB621"]},
-                                    "guid": {"type": "string"},
-                                    "baseTransfer": {"type": "object"},
-                                    "documents": {"type": "array", "items": {"type": "object"}},
-                                },
-                            }
+                            # the fields of each type, read from the tables the renderer follows and the XSD
+                            "schema": {"oneOf": [{"$ref": f"#/components/schemas/{code}Json"} for code in JSON_TYPES]}
                         },
                     },
                 },

@@ -34,7 +34,7 @@ from lxml import etree
 
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.messages import CEB_NS, MessageType, lookup
-from gateway.schema import element_sequences
+from gateway.schema import element_particles, element_sequences
 
 try:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -310,3 +310,63 @@ def render(
     if signer is not None:
         signer(root)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+# --- the JSON shape, as a JSON Schema (served in the OpenAPI document) ----------------------------------
+
+#: A field's value: a string, an integer or a decimal number (see :meth:`_Renderer.text`).
+_VALUE_SCHEMA: dict[str, Any] = {"type": ["string", "integer", "number"]}
+
+
+def _fields_schema(element: str, generated: Sequence[str] = ()) -> dict[str, Any]:
+    """An object with the element's fields: required are those the XSD requires that no default or generated
+    value fills; nothing else is allowed (``json.unknown_field``)."""
+    defaults = DEFAULTS.get(element, {})
+    particles = element_particles()[element]
+    required = [name for name, p in zip(FIELD_ORDER[element], particles, strict=True)
+                if p.min >= 1 and name not in defaults and name not in generated]  # fmt: skip
+    return {
+        "type": "object",
+        "properties": {name: _VALUE_SCHEMA for name in FIELD_ORDER[element]},
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+def _occurs(parent: str, child: str) -> tuple[int, int]:
+    particle = next(p for p in element_particles()[parent] if p.tag.endswith(f"}}{child}"))
+    return particle.min, particle.max
+
+
+def json_schema(code: str) -> dict[str, Any]:
+    """The JSON Schema of a payload of message type ``code`` (one of :data:`JSON_TYPES`), built from the same
+    tables the renderer follows and the import XSD's occurrences, so that it says what the gateway does."""
+    mtype = lookup(code)
+    if mtype is None or code not in JSON_TYPES or mtype.head is None:
+        raise ValueError(f"{code!r} is not sent as JSON; one of {', '.join(JSON_TYPES)}")
+    document = _fields_schema(mtype.head, GENERATED_HEAD_FIELDS)
+    if mtype.lines is not None:
+        low, high = _occurs(mtype.document, mtype.lines)
+        document["properties"][ITEMS] = {"type": "array", "minItems": low, "maxItems": high,
+                                         "items": _fields_schema(mtype.lines)}  # fmt: skip
+        if low >= 1:
+            document["required"].append(ITEMS)
+    low, high = _occurs(mtype.root, mtype.document)
+    subscribe_low, subscribe_high = _occurs(mtype.root, "BaseSubscribe")
+    return {
+        "type": "object",
+        "title": f"{code} as JSON",
+        "required": ["type", "documents", "baseTransfer"],
+        "additionalProperties": False,
+        "properties": {
+            "type": {"const": code},
+            "guid": {"type": "string", "description": "the message guid; generated when absent"},
+            "version": {"type": "string", "default": DEFAULT_VERSION},
+            "baseTransfer": _fields_schema("BaseTransfer"),
+            "baseSubscribe": {
+                "type": "array", "minItems": subscribe_low, "maxItems": subscribe_high,
+                "items": _fields_schema("BaseSubscribe"),
+            },
+            "documents": {"type": "array", "minItems": low, "maxItems": high, "items": document},
+        },
+    }

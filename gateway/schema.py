@@ -28,7 +28,7 @@ from lxml import etree
 from gateway.errors import Issue, Layer
 from gateway.messages import DXP_SCHEMA, IMPORT_SCHEMA, SCHEMA_DIR, MessageType
 
-__all__ = ["CODES", "SchemaLoadError", "SchemaSet", "element_sequences"]
+__all__ = ["CODES", "Particle", "SchemaLoadError", "SchemaSet", "element_particles", "element_sequences"]
 
 CODES: dict[str, str] = {
     "schema.missing_element": "a required element is absent (path names the element that should be there)",
@@ -286,16 +286,23 @@ def _local(tag: str) -> str:
 
 
 @functools.cache
-def element_sequences(filename: str = IMPORT_SCHEMA, schema_dir: Path = SCHEMA_DIR) -> dict[str, tuple[str, ...]]:
-    """The child elements of every complex element of a schema file, by the element's local name, in the order of
-    its XSD sequence: what the schema declares, for the code that builds elements (JSON rendering, the sandbox's
-    receipts) to follow rather than transcribe. An element met in several places keeps its first sequence (in
-    our schemas a name always has one type)."""
+def element_particles(filename: str = IMPORT_SCHEMA, schema_dir: Path = SCHEMA_DIR) -> dict[str, tuple[Particle, ...]]:
+    """The child elements (with their occurrences) of every complex element of a schema file, by the element's local
+    name, in the order of its XSD sequence: what the schema declares, for the code that builds elements (JSON
+    rendering, the sandbox's receipts) or describes them (the JSON schema of the API) to follow rather than
+    transcribe. An element met in several places keeps its first sequence (in our schemas a name has one type)."""
     parser, _ = _schema_parser(schema_dir)
-    sequences: dict[str, tuple[str, ...]] = {}
+    particles: dict[str, tuple[Particle, ...]] = {}
     for key, parts in _ModelReader(schema_dir, parser).read(filename).items():
-        sequences.setdefault(_local(key[-1]), tuple(_local(p.tag) for p in parts))
-    return sequences
+        particles.setdefault(_local(key[-1]), parts)
+    return particles
+
+
+@functools.cache
+def element_sequences(filename: str = IMPORT_SCHEMA, schema_dir: Path = SCHEMA_DIR) -> dict[str, tuple[str, ...]]:
+    """The names of :func:`element_particles`, in order."""
+    particles = element_particles(filename, schema_dir)
+    return {name: tuple(_local(p.tag) for p in parts) for name, parts in particles.items()}
 
 
 def _strip_ns(text: str) -> str:

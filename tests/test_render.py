@@ -477,3 +477,46 @@ def test_documented_error_example_matches_the_real_answer() -> None:
     assert [i.as_dict() for i in exc.value.issues] == answer["issues"]
     for code in CODES:
         assert f"`{code}`" in text
+
+
+# --- the JSON Schema of /openapi.json -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["9610", "1210"])
+def test_the_json_schemas_accept_the_payloads_the_gateway_accepts(xsd: etree.XMLSchema, mode: str) -> None:
+    from jsonschema import Draft202012Validator
+
+    for seed in range(8):
+        for code, payload in sample_payloads(seed, mode).items():
+            Draft202012Validator(render_mod.json_schema(code)).validate(json.loads(json.dumps(payload, default=str)))
+            assert xsd.validate(etree.fromstring(render(payload, signer=stub_signature, now=NOW))), code
+
+
+def test_a_field_the_json_schema_requires_is_required_by_the_gateway(xsd: etree.XMLSchema) -> None:
+    """Every required field of the published schemas, left out of a good payload: the schema refuses it, and so
+    does the gateway (its XSD layer) — the document says what the gateway does."""
+    from jsonschema import Draft202012Validator
+
+    for code, payload in sample_payloads(3).items():
+        schema = render_mod.json_schema(code)
+        validator = Draft202012Validator(schema)
+        document = schema["properties"]["documents"]["items"]
+        cases = [("documents", 0, name) for name in document["required"]]
+        cases += [("baseTransfer", name) for name in schema["properties"]["baseTransfer"]["required"]]
+        if "items" in document["properties"]:
+            line = document["properties"]["items"]["items"]
+            cases += [("documents", 0, "items", 0, name) for name in line["required"]]
+        assert len(cases) >= 8, code
+        for where in cases:
+            broken = copy.deepcopy(payload)
+            holder: Any = broken
+            for step in where[:-1]:
+                holder = holder[step]
+            del holder[where[-1]]
+            assert not validator.is_valid(json.loads(json.dumps(broken, default=str))), (code, where)
+            assert not xsd.validate(etree.fromstring(render(broken, signer=stub_signature, now=NOW))), (code, where)
+        unknown = copy.deepcopy(payload)
+        unknown["documents"][0]["colour"] = "red"
+        assert not validator.is_valid(json.loads(json.dumps(unknown, default=str)))
+        with pytest.raises(MessageRejected):
+            render(unknown, signer=stub_signature, now=NOW)
