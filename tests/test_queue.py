@@ -369,15 +369,20 @@ async def test_claim_order_priority_then_run_after(pool: asyncpg.Pool) -> None:
     assert [j.id for j in jobs] == [high, low, later]  # the future job is not due
 
 
+async def history_and_backlog(conn: asyncpg.Connection, *, endpoints: int, done: int, queued: int) -> None:
+    """The jobs table of a busy queue: many done jobs spread over endpoints e0… (history), a few queued on e1."""
+    await conn.execute(
+        "INSERT INTO jobs (endpoint, kind, state, finished_at)"
+        " SELECT 'e' || (g % $1), 'k', 'done', now() FROM generate_series(1, $2) g", endpoints, done
+    )
+    await conn.execute("INSERT INTO jobs (endpoint, kind) SELECT 'e1', 'k' FROM generate_series(1, $1)", queued)
+    await conn.execute("ANALYZE jobs")
+
+
 @pytest.mark.db
 async def test_claim_uses_the_partial_indexes(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO jobs (endpoint, kind, state, finished_at)"
-            " SELECT 'e' || (g % 20), 'k', 'done', now() FROM generate_series(1, 20000) g"
-        )
-        await conn.execute("INSERT INTO jobs (endpoint, kind) SELECT 'e1', 'k' FROM generate_series(1, 5)")
-        await conn.execute("ANALYZE jobs")
+        await history_and_backlog(conn, endpoints=20, done=20000, queued=5)
         plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + q.CLAIM_PER_ENDPOINT, ["e1"], [5], "w", 5.0)
         assert "jobs_queued_endpoint_idx" in plan
         plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + q.REAP, [], [], None, 100)
@@ -953,12 +958,7 @@ async def test_stats_read_the_backlog_and_kept_done_counts_never_the_history(poo
     """Done jobs pile up (one per delivery, until purged): the stats read each live state's partial index and the
     done counts the triggers keep (sql/080_kept_counts.sql), never the done rows, so their cost follows the backlog."""
     async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO jobs (endpoint, kind, state, finished_at)"
-            " SELECT 'e' || (g % 4), 'k', 'done', now() FROM generate_series(1, 30000) g"
-        )
-        await conn.execute("INSERT INTO jobs (endpoint, kind) SELECT 'e1', 'k' FROM generate_series(1, 50)")
-        await conn.execute("ANALYZE jobs")
+        await history_and_backlog(conn, endpoints=4, done=30000, queued=50)
         plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + q.STATS))
         assert "Seq Scan on jobs" not in plan and "jobs_done_idx" not in plan and "jobs_pkey" not in plan, plan
         rows = await cbec_queue.stats(conn)
