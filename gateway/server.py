@@ -151,11 +151,11 @@ async def serve(
             applied = await db.migrate(pool)
             if applied:
                 log.info("migrations_applied", names=applied)
+            if not api_only:
+                await db.fold_kept_counts(pool)
             # The router needs the endpoints' names and kinds only; the sandbox's address comes later.
             router = build_router(fwd, effective_endpoints(fwd, sandbox_url="http://sandbox")) if fwd.enabled else None
             app = create_app(settings, pool, signer=agent_signer(settings), router=router)
-            if not api_only:
-                await db.fold_kept_counts(pool)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             shared = settings.processes > 1 or api_only
