@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import cbec_queue
 import pytest
 
 from gateway import db, tax
@@ -168,6 +169,38 @@ async def test_migrations_apply_once_and_are_idempotent(empty_db_dsn: str) -> No
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_the_kept_counts_start_from_what_an_existing_database_holds(empty_db_dsn: str) -> None:
+    """An installation upgraded to 080_kept_counts already has shipments and delivered jobs: the migration counts
+    them, and the triggers carry on from there."""
+    conn = await asyncpg.connect(empty_db_dsn)
+    try:
+        await conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY, applied_at timestamptz)")
+        for name, sql in db.migration_files():
+            if name >= "080":
+                break
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+        await conn.execute(
+            "INSERT INTO shipments (ebp_code, order_no, state, customs_status) SELECT 'E', 'O' || g,"
+            " (ARRAY['matched', 'incomplete'])[1 + g % 2], (ARRAY['released', 'pending', 'declared'])[1 + g % 3]"
+            " FROM generate_series(1, 30) g"
+        )
+        await conn.execute("INSERT INTO jobs (endpoint, kind, state, finished_at) SELECT 'customs', 'k', 'done', now()"
+                           " FROM generate_series(1, 7)")  # fmt: skip
+        assert "080_kept_counts.sql" in await migrate(conn)
+        await conn.execute("UPDATE shipments SET customs_status = 'released' WHERE order_no = 'O2'")
+        from gateway.console.queries import COUNT_SHIPMENTS
+
+        kept = {(r["state"], r["customs_status"]): r["n"] for r in await conn.fetch(COUNT_SHIPMENTS)}
+        real = {(r["state"], r["customs_status"]): r["n"] for r in await conn.fetch(
+            "SELECT state, customs_status, count(*) AS n FROM shipments GROUP BY 1, 2")}  # fmt: skip
+        assert kept == real and sum(kept.values()) == 30
+        [row] = await cbec_queue.stats(conn)
+        assert row["endpoint"] == "customs" and row["done"] == 7
+    finally:
+        await conn.close()
 
 
 async def test_migrated_template_is_current(db_pool: asyncpg.Pool) -> None:
