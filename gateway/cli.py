@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    with _shared_metrics(settings.processes):
+    with _shared_metrics(settings.processes, settings.data_dir):
         from gateway.server import serve
 
         asyncio.run(serve(settings))
@@ -98,19 +97,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _shared_metrics(processes: int) -> Iterator[None]:
+def _shared_metrics(processes: int, data_dir: Path) -> Iterator[None]:
     """Several API processes share their /metrics figures through files in a fresh folder (gateway.metrics),
-    named in the environment before prometheus_client is imported here or in the processes spawned later."""
+    named in the environment before prometheus_client is imported here or in the processes spawned later.
+
+    The folder is ``data_dir/metrics-<pid>``, removed at the end; one left by a ``cbec serve`` that was killed is
+    removed by the next start (its pid is gone)."""
     if processes < 2 or os.environ.get(config.METRICS_SHARED_DIR_ENV):  # one process, or a folder the operator chose
         yield
         return
-    folder = tempfile.mkdtemp(prefix="cbec-metrics-")
-    os.environ[config.METRICS_SHARED_DIR_ENV] = folder
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in data_dir.glob("metrics-*"):
+        pid = stale.name.removeprefix("metrics-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = data_dir / f"metrics-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    os.environ[config.METRICS_SHARED_DIR_ENV] = str(folder.resolve())
     try:
         yield
     finally:
         os.environ.pop(config.METRICS_SHARED_DIR_ENV, None)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:

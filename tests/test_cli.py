@@ -97,18 +97,26 @@ def test_thousands_of_files_in_one_call_as_a_real_process(tmp_path: Path) -> Non
     assert len(results) == 1500 and all(r["valid"] for r in results)
 
 
-def test_serve_with_processes_shares_metrics_through_a_fresh_folder(monkeypatch: pytest.MonkeyPatch) -> None:
-    """cbec serve --processes N names a fresh folder for the processes' /metrics files, and removes it after."""
+def test_serve_with_processes_shares_metrics_through_a_fresh_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """cbec serve --processes N names a fresh folder in its data folder for the processes' /metrics files, removes
+    it after, and removes one a killed serve left behind."""
     from gateway import cli, config
 
     monkeypatch.delenv(config.METRICS_SHARED_DIR_ENV, raising=False)
-    with cli._shared_metrics(1):
+    with cli._shared_metrics(1, tmp_path):
         assert config.METRICS_SHARED_DIR_ENV not in os.environ  # one process: nothing to share
-    with cli._shared_metrics(3):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f"metrics-{int(dead.stdout)}"  # a serve that is gone (its process ended)
+    left.mkdir()
+    (left / "counter_1.db").write_bytes(b"x")
+    with cli._shared_metrics(3, tmp_path):
         folder = Path(os.environ[config.METRICS_SHARED_DIR_ENV])
-        assert folder.is_dir() and not any(folder.iterdir())
+        assert folder == (tmp_path / f"metrics-{os.getpid()}").resolve() and not any(folder.iterdir())
+        assert not left.exists()
     assert config.METRICS_SHARED_DIR_ENV not in os.environ and not folder.exists()
     monkeypatch.setenv(config.METRICS_SHARED_DIR_ENV, "/srv/metrics")  # the operator's own folder is kept
-    with cli._shared_metrics(3):
+    with cli._shared_metrics(3, tmp_path):
         assert os.environ[config.METRICS_SHARED_DIR_ENV] == "/srv/metrics"
     assert os.environ[config.METRICS_SHARED_DIR_ENV] == "/srv/metrics"
