@@ -19,8 +19,8 @@ Several API processes on one port (``cbec serve --processes N``): a scrape reach
 kernel picks, so per-process counters would seem to jump back and forth (Prometheus would read every jump
 down as a restart). There the request-path instruments keep their values in files that the processes share
 (prometheus_client's multiprocess mode, switched on by ``PROMETHEUS_MULTIPROC_DIR``, which ``cbec serve``
-sets to a fresh folder of its data folder before anything imports prometheus_client), and every scrape shows their sum. The
-files of a process that died stay, so the sums never go down when one is replaced.
+sets to a fresh folder of its data folder before anything imports prometheus_client), and every scrape shows
+their sum. The files of a process that died stay, so the sums never go down when one is replaced.
 """
 
 from __future__ import annotations
