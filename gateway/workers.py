@@ -444,6 +444,7 @@ async def submit_and_wait_released(
         waiting = {key_of(s) for s in shipments}
         latencies: list[float] = []
         deadline = t0 + timeout_s
+        recorded_end: float | None = None  # the last release as the gateway recorded it (release_times)
         if release_times is not None:
             last_release = t0_wall
             while waiting and time.monotonic() < deadline:
@@ -454,50 +455,44 @@ async def submit_and_wait_released(
                         last_release = max(last_release, at)
                 if waiting:
                     await asyncio.sleep(poll_s)
-            return ReleaseRun(
-                shipments=len(shipments),
-                released=len(shipments) - len(waiting),
-                submit_s=submit_s,
-                total_s=last_release - t0_wall if not waiting else time.monotonic() - t0,
-                latencies_s=latencies,
-                not_released=sorted(waiting),
-            )
+            recorded_end = None if waiting else last_release - t0_wall
+        else:
 
-        async def released(k: tuple[str, str]) -> bool:
-            async with gate, http.get(f"{base}/v1/shipments/{quote(k[0], safe='')}/{quote(k[1], safe='')}",
-                                      headers={"X-API-Key": api_key}) as resp:  # fmt: skip
-                if resp.status != 200:
-                    return False
-                body = await resp.json()
-                return bool(body.get("customs_status") == "released")
+            async def released(k: tuple[str, str]) -> bool:
+                async with gate, http.get(f"{base}/v1/shipments/{quote(k[0], safe='')}/{quote(k[1], safe='')}",
+                                          headers={"X-API-Key": api_key}) as resp:  # fmt: skip
+                    if resp.status != 200:
+                        return False
+                    body = await resp.json()
+                    return bool(body.get("customs_status") == "released")
 
-        # Each pass looks at a few shipments only — the oldest waiting (customs answers roughly in order) and a
-        # rotating share of the rest (one stuck shipment must not hide the others): polling every waiting
-        # shipment would cost the gateway more than the forwarding being measured.
-        order = [key_of(s) for s in shipments]
-        window = max(2, min(concurrency, 8))
-        cursor = 0
-        while waiting and time.monotonic() < deadline:
-            pending = [k for k in order if k in waiting]
-            keys = pending[: window // 2]
-            rest = pending[window // 2 :]
-            if rest:
-                cursor %= len(rest)
-                keys += (rest[cursor:] + rest[:cursor])[: window - len(keys)]
-                cursor += window - window // 2
-            done = await asyncio.gather(*(released(k) for k in keys))
-            now = time.monotonic()
-            for k, ok in zip(keys, done, strict=True):
-                if ok:
-                    waiting.discard(k)
-                    latencies.append(now - started[k])
-            if waiting and not all(done):
-                await asyncio.sleep(poll_s)
+            # Each pass looks at a few shipments only — the oldest waiting (customs answers roughly in order) and
+            # a rotating share of the rest (one stuck shipment must not hide the others): polling every waiting
+            # shipment would cost the gateway more than the forwarding being measured.
+            order = [key_of(s) for s in shipments]
+            window = max(2, min(concurrency, 8))
+            cursor = 0
+            while waiting and time.monotonic() < deadline:
+                pending = [k for k in order if k in waiting]
+                keys = pending[: window // 2]
+                rest = pending[window // 2 :]
+                if rest:
+                    cursor %= len(rest)
+                    keys += (rest[cursor:] + rest[:cursor])[: window - len(keys)]
+                    cursor += window - window // 2
+                done = await asyncio.gather(*(released(k) for k in keys))
+                now = time.monotonic()
+                for k, ok in zip(keys, done, strict=True):
+                    if ok:
+                        waiting.discard(k)
+                        latencies.append(now - started[k])
+                if waiting and not all(done):
+                    await asyncio.sleep(poll_s)
         return ReleaseRun(
             shipments=len(shipments),
             released=len(shipments) - len(waiting),
             submit_s=submit_s,
-            total_s=time.monotonic() - t0,
+            total_s=recorded_end if recorded_end is not None else time.monotonic() - t0,
             latencies_s=latencies,
             not_released=sorted(waiting),
         )
