@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
+from cbec_queue import queries
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 #: array-driven ones at every call (often costlier than running them), and a generic plan made from the
 #: statistics of the moment would keep the scans chosen while the tables were small, whose cost then grows
 #: with the tables. So plans are generic and the full-scan alternatives are off: they stay index-driven and
-#: the cost per message stays flat. Local to the transaction; tests check every statement's generic plan.
-BEGIN_PLANNED = (
-    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;"
-    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
-)
+#: the cost per message stays flat. Local to the transaction; tests check every statement's generic plan. The queue's
+#: claims begin the same way (the text lives with them: cbec_queue does not import the gateway).
+BEGIN_PLANNED = queries.BEGIN_PLANNED
 #: Back to the server's planning for the rest of a planned transaction (for statements not written as probes).
 END_PLANNED = (
     "SET LOCAL plan_cache_mode = DEFAULT; SET LOCAL enable_seqscan = DEFAULT; SET LOCAL enable_hashjoin = DEFAULT;"

@@ -80,9 +80,9 @@ async def claim(
 ) -> list[Job]:
     """Claim up to `limit` due jobs (of `endpoint`, or of any endpoint) for `worker_id` under a lease."""
     if endpoint is None:
-        rows = await conn.fetch(q.CLAIM_ANY, limit, worker_id, lease_s)
+        rows = await _planned_fetch(conn, q.CLAIM_ANY, limit, worker_id, lease_s)
     else:
-        rows = await conn.fetch(q.CLAIM_PER_ENDPOINT, [endpoint], [limit], worker_id, lease_s)
+        rows = await _planned_fetch(conn, q.CLAIM_PER_ENDPOINT, [endpoint], [limit], worker_id, lease_s)
     return [Job.from_record(r) for r in rows]
 
 
@@ -93,8 +93,26 @@ async def claim_per_endpoint(
     endpoints = [e for e, n in wanted.items() if n > 0]
     if not endpoints:
         return []
-    rows = await conn.fetch(q.CLAIM_PER_ENDPOINT, endpoints, [wanted[e] for e in endpoints], worker_id, lease_s)
+    counts = [wanted[e] for e in endpoints]
+    rows = await _planned_fetch(conn, q.CLAIM_PER_ENDPOINT, endpoints, counts, worker_id, lease_s)
     return [Job.from_record(r) for r in rows]
+
+
+async def _planned_fetch(conn: asyncpg.Connection, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run a claim statement with the planner settings of q.BEGIN_PLANNED: in a transaction of its own, or, on a
+    connection already in one, for the rest of the caller's transaction (SET LOCAL cannot be undone earlier)."""
+    if conn.is_in_transaction():
+        await conn.execute(q.BEGIN_PLANNED.removeprefix("BEGIN; "))
+        return await conn.fetch(query, *args)
+    await conn.execute(q.BEGIN_PLANNED)
+    try:
+        rows = await conn.fetch(query, *args)
+    except BaseException:
+        if not conn.is_closed():
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+    return rows
 
 
 async def _finish(
@@ -268,7 +286,8 @@ async def replay(
 async def next_due_in(conn: asyncpg.Connection, endpoints: Sequence[str]) -> float | None:
     """Seconds until the next queued job of `endpoints` is due (<= 0: due now; None: nothing queued). Jobs held
     back by an earlier live job of their ordering keys do not count: their predecessor's end wakes the worker."""
-    value = await conn.fetchval(q.NEXT_DUE, list(endpoints))
+    rows = await _planned_fetch(conn, q.NEXT_DUE, list(endpoints))
+    value = rows[0][0] if rows else None
     return None if value is None else float(value)
 
 
