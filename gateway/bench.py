@@ -15,7 +15,8 @@ half 1210, 1–5 goods lines. The run measures:
    the same with cbec serve's forwarding running; forwarding until released, first all in ``cbec serve``
    (worker and sandbox in its process, as a newcomer runs it), then in the production topology (``cbec
    serve`` for the API, a ``cbec worker`` and the sandbox in processes of their own), with the CPU each
-   process spent per forwarded message;
+   process spent per forwarded message; and forwarding alone: a backlog of accepted legs delivered by a ``cbec
+   worker`` started afterwards to a ``cbec sandbox`` that holds its receipts back (queue drain rate);
 5. full ingest / bare lxml;
 6. flatness: a fixed batch ingested again after the tables were bulk-populated (INSERT ... SELECT
    generate_series, rows shaped like the sample documents) to each requested shipment count.
@@ -656,6 +657,110 @@ async def bench_release_split(
         await gateway.stop()
 
 
+#: The drain run's sandbox holds its receipts this long: they would come after the run, which ends before.
+DRAIN_RECEIPT_DELAY_MS = 600_000
+
+#: The customs jobs of the drain run: how many, how many done, and the span from the first claim to the last
+#: delivery as PostgreSQL recorded them.
+DRAIN_STATE = """
+WITH first AS (
+    SELECT min(a.started_at) AS at FROM job_attempts AS a JOIN jobs AS k ON k.id = a.job_id
+     WHERE k.endpoint = 'customs'
+)
+SELECT count(*) AS jobs, count(*) FILTER (WHERE j.state = 'done') AS done,
+       extract(epoch FROM max(j.finished_at) - (SELECT at FROM first))::float8 AS seconds
+  FROM jobs AS j WHERE j.endpoint = 'customs'
+"""
+
+
+@dataclass
+class DrainBench:
+    """A backlog forwarded: every leg accepted first, then ``cbec worker`` started (run 3e)."""
+
+    queued: int  # customs jobs waiting when the worker started (orders, payments, waybills)
+    forwarded: int  # of them delivered when the run ended
+    seconds: float  # from the first claim to the last delivery, as recorded in PostgreSQL
+    #: CPU ms per forwarded message by process (worker, sandbox, postgres; gateway and client near zero)
+    cpu_ms_per_message: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def forwarded_per_second(self) -> float:
+        return _rate(self.forwarded, self.seconds)
+
+    @property
+    def ok(self) -> bool:
+        return self.queued > 0 and self.forwarded == self.queued
+
+
+async def bench_drain(
+    dsn: str,
+    dbname: str,
+    work: Path,
+    config: str | None,
+    shipments: Sequence[samples.ShipmentSample],
+    concurrency: int,
+    *,
+    timeout_s: float,
+    processes: int = 1,
+) -> DrainBench:
+    """Forwarding alone: the shipments are submitted with no worker running, so their orders, payments and
+    waybills wait in the queue (the inventories wait for receipts); then a ``cbec worker`` delivers the backlog
+    to ``cbec sandbox`` in a process of its own, whose receipts are held until after the run. Measures what the
+    worker, the sandbox and PostgreSQL need per delivered message, without ingest or receipts beside them."""
+    from gateway.workers import submit_shipments
+
+    customs_key = secrets.token_urlsafe(24)
+    api_env = {**RELEASE_ENV, "CBEC_FORWARDING_WORKER": "false"}
+    gateway = GatewayProcess(dsn, work, config, api_env, customs_key=customs_key, processes=processes)
+    sandbox_port = _free_port()
+    helpers: list[HelperProcess] = []
+    conn: asyncpg.Connection | None = None
+    try:
+        await gateway.start()
+        assert gateway.proc is not None
+        sandbox = HelperProcess(
+            "sandbox",
+            ["sandbox", "--port", str(sandbox_port), "--receipt-url", f"{gateway.base_url}/v1/receipts",
+             "--receipt-key", customs_key, "--delay-ms", str(DRAIN_RECEIPT_DELAY_MS)],
+            work, {}, "customs sandbox on",
+        )  # fmt: skip
+        helpers.append(sandbox)
+        await sandbox.start()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            await submit_shipments(http, gateway.base_url, gateway.api_key, shipments, concurrency=concurrency)
+        conn = await asyncpg.connect(dsn)
+        queued = int(await conn.fetchval("SELECT count(*) FROM jobs WHERE endpoint = 'customs' AND state = 'queued'"))
+        worker = HelperProcess(
+            "worker",
+            ["worker", "--database-url", dsn, "--sandbox-url", f"http://127.0.0.1:{sandbox_port}", "--no-watchdog",
+             "--data-dir", str(work / "worker-data")] + (["--config", config] if config else []),
+            work, {}, "worker_ready",
+        )  # fmt: skip
+        helpers.append(worker)
+        await worker.start()
+        assert sandbox.proc is not None and worker.proc is not None
+        # From the worker's "ready" on (seen within 50 ms): its start-up (imports, schemas) is not delivery work.
+        meter = CpuMeter(gateway.proc.pid, dbname, {"worker": worker.proc.pid, "sandbox": sandbox.proc.pid})
+        before = meter.snapshot()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            row = await conn.fetchrow(DRAIN_STATE)
+            if row["done"] >= queued or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.25)
+        after = meter.snapshot()
+        forwarded = int(row["done"])
+        cpu = {k: v / forwarded * 1e3 for k, v in CpuMeter.spent(before, after).items()} if forwarded else {}
+        return DrainBench(queued=queued, forwarded=forwarded, seconds=float(row["seconds"] or 0.0),
+                          cpu_ms_per_message=cpu)  # fmt: skip
+    finally:
+        if conn is not None:
+            await conn.close()
+        for h in reversed(helpers):
+            await h.stop()
+        await gateway.stop()
+
+
 @dataclass
 class Verification:
     messages_sent: int
@@ -907,6 +1012,7 @@ class Report:
     forwarding_jobs: dict[str, int]
     release: ReleaseBench | None
     release_split: ReleaseBench | None
+    drain: DrainBench | None
     flatness: list[FlatRow]
     notes: list[str]
 
@@ -922,6 +1028,7 @@ class Report:
             and (self.forwarding_verification is None or self.forwarding_verification.ok)
             and (self.release is None or self.release.ok)
             and (self.release_split is None or self.release_split.ok)
+            and (self.drain is None or self.drain.ok)
             and all(r.verification.ok for r in self.flatness)
         )
 
@@ -960,6 +1067,11 @@ class Report:
             "forwarding_jobs_after_run": self.forwarding_jobs,
             "release": release(self.release),
             "release_split": release(self.release_split),
+            "drain": (
+                None if self.drain is None
+                else {**asdict(self.drain), "forwarded_per_second": self.drain.forwarded_per_second,
+                      "ok": self.drain.ok}
+            ),
             "flatness": [
                 {
                     "shipments_stored": r.shipments_stored,
@@ -1042,6 +1154,15 @@ def format_report(r: Report) -> str:
             short = {"postgres": "pg"}
             row(f"   CPU ms per message: {'/'.join(short.get(n, n) for n in names)}",
                 " / ".join(f"{rl.cpu_ms_per_message[n]:.2f}" for n in names))  # fmt: skip
+    if r.drain is not None:
+        d = r.drain
+        row("3e. a backlog forwarded: cbec worker → cbec sandbox (msg/s)", f"{d.forwarded_per_second:,.0f}")
+        row("   messages forwarded / waiting when the worker started", f"{d.forwarded:,} / {d.queued:,}")
+        row("   first claim to last delivery (s)", f"{d.seconds:.1f}")
+        if d.cpu_ms_per_message:
+            c = d.cpu_ms_per_message
+            row("   CPU ms per message: worker/sandbox/pg",
+                f"{c['worker']:.2f} / {c['sandbox']:.2f} / {c['postgres']:.2f}")  # fmt: skip
     row("4. full ingest / bare lxml", f"{r.ratio:.3f} ({1 / r.ratio:.0f}×)" if r.ratio else "-")
     if i.machine_share:
         sh = i.machine_share
@@ -1181,6 +1302,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
             forwarding_jobs: dict[str, int] = {}
             release: ReleaseBench | None = None
             release_split: ReleaseBench | None = None
+            drain: DrainBench | None = None
             if opts.forwarding:
                 if _uses_sandbox(opts.config):
                     say(f"full ingest of {len(messages):,} messages with forwarding to the customs sandbox ...")
@@ -1205,6 +1327,15 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
                             dsn, dbname, work, opts.config, release_set, opts.concurrency, timeout_s=timeout_s,
                             processes=opts.processes,
                         )  # fmt: skip
+                    say("a backlog of the same shipments' legs forwarded by cbec worker ...")
+                    async with fresh_database(admin_dsn) as (dsn, dbname):
+                        drain = await bench_drain(
+                            dsn, dbname, work, opts.config, release_set, opts.concurrency, timeout_s=timeout_s,
+                            processes=opts.processes,
+                        )  # fmt: skip
+                    if not drain.ok:
+                        notes.append(f"drain run: {drain.queued - drain.forwarded:,} of {drain.queued:,} messages"
+                                     " not forwarded before the timeout; see the worker log")  # fmt: skip
                     for label, r in (("release run", release), ("split release run", release_split)):
                         if not r.ok:
                             notes.append(f"{label}: {r.shipments - r.released:,} shipments not released"
@@ -1239,6 +1370,7 @@ async def run(opts: Options, progress: Callable[[str], None] | None = None) -> R
         forwarding_jobs=forwarding_jobs,
         release=release,
         release_split=release_split,
+        drain=drain,
         flatness=flatness,
         notes=notes,
     )

@@ -393,6 +393,43 @@ class ReleaseRun:
 ReleaseTimes = Callable[[Sequence[tuple[str, str]]], Awaitable[Mapping[tuple[str, str], float]]]
 
 
+def shipment_key(s: Any) -> tuple[str, str]:
+    """(ebpCode, orderNo) of a :class:`gateway.samples.ShipmentSample`."""
+    doc = s.order["documents"][0]
+    return (str(doc["ebpCode"]), str(doc["orderNo"]))
+
+
+async def submit_shipments(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    api_key: str,
+    shipments: Sequence[Any],
+    *,
+    concurrency: int = 16,
+    started: Callable[[tuple[str, str]], None] | None = None,
+) -> None:
+    """Submit every shipment's four legs over HTTP as JSON (the gateway renders and signs the CEB621): legs of one
+    shipment in order 311, 411, 511, 621, up to ``concurrency`` shipments at once; ``started`` is told each
+    shipment's key as its first leg goes. A non-202 answer raises RuntimeError."""
+    headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
+    base = base_url.rstrip("/")
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def submit(s: Any) -> None:
+        async with gate:
+            if started is not None:
+                started(shipment_key(s))
+            for payload in (s.order, s.payment, s.waybill, s.inventory):
+                body = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
+                async with http.post(f"{base}/v1/messages", data=body, headers=headers) as resp:
+                    if resp.status != 202:
+                        raise RuntimeError(f"{payload['type']} of {shipment_key(s)}: HTTP {resp.status}: "
+                                           f"{await resp.text()}")  # fmt: skip
+                    await resp.read()
+
+    await asyncio.gather(*(submit(s) for s in shipments))
+
+
 async def submit_and_wait_released(
     base_url: str,
     api_key: str,
@@ -417,31 +454,19 @@ async def submit_and_wait_released(
     """
     own = session is None
     http = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-    headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
     base = base_url.rstrip("/")
     started: dict[tuple[str, str], float] = {}
     started_wall: dict[tuple[str, str], float] = {}
     gate = asyncio.Semaphore(max(1, concurrency))
     t0, t0_wall = time.monotonic(), time.time()
 
-    def key_of(s: Any) -> tuple[str, str]:
-        doc = s.order["documents"][0]
-        return (str(doc["ebpCode"]), str(doc["orderNo"]))
-
-    async def submit(s: Any) -> None:
-        async with gate:
-            started[key_of(s)], started_wall[key_of(s)] = time.monotonic(), time.time()
-            for payload in (s.order, s.payment, s.waybill, s.inventory):
-                body = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
-                async with http.post(f"{base}/v1/messages", data=body, headers=headers) as resp:
-                    if resp.status != 202:
-                        raise RuntimeError(f"{payload['type']} of {key_of(s)}: HTTP {resp.status}: {await resp.text()}")
-                    await resp.read()
+    def note_start(key: tuple[str, str]) -> None:
+        started[key], started_wall[key] = time.monotonic(), time.time()
 
     try:
-        await asyncio.gather(*(submit(s) for s in shipments))
+        await submit_shipments(http, base, api_key, shipments, concurrency=concurrency, started=note_start)
         submit_s = time.monotonic() - t0
-        waiting = {key_of(s) for s in shipments}
+        waiting = {shipment_key(s) for s in shipments}
         latencies: list[float] = []
         deadline = t0 + timeout_s
         recorded_end: float | None = None  # the last release as the gateway recorded it (release_times)
@@ -469,7 +494,7 @@ async def submit_and_wait_released(
             # Each pass looks at a few shipments only — the oldest waiting (customs answers roughly in order) and
             # a rotating share of the rest (one stuck shipment must not hide the others): polling every waiting
             # shipment would cost the gateway more than the forwarding being measured.
-            order = [key_of(s) for s in shipments]
+            order = [shipment_key(s) for s in shipments]
             window = max(2, min(concurrency, 8))
             cursor = 0
             while waiting and time.monotonic() < deadline:
@@ -513,6 +538,8 @@ __all__ = [
     "inbox_handler",
     "run_watchdog",
     "sandbox_endpoints",
+    "shipment_key",
     "submit_and_wait_released",
+    "submit_shipments",
     "uses_sandbox",
 ]

@@ -77,6 +77,15 @@ async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
     assert all(split.cpu_ms_per_message[p] > 0 for p in ("gateway", "worker", "sandbox", "postgres")), split
     assert any(line.strip().startswith("3d.") for line in table)
 
+    # The backlog run: the three legs of each shipment waited for the worker (the inventories for receipts, which
+    # the sandbox holds back), and every one was delivered, the sandbox and PostgreSQL working for them.
+    drain = report.drain
+    assert drain is not None and drain.ok, text
+    assert drain.queued == drain.forwarded == 30 and 0 < drain.seconds < rl.seconds + split.seconds
+    assert all(drain.cpu_ms_per_message[p] > 0 for p in ("worker", "sandbox", "postgres")), drain
+    assert any(line.strip().startswith("3e.") for line in table)
+    assert report.as_dict()["drain"]["forwarded_per_second"] == drain.forwarded_per_second
+
     flat = report.flatness
     assert len(flat) == 1
     assert flat[0].shipments_stored == 30
