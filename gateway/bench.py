@@ -609,6 +609,62 @@ async def bench_release(
     )
 
 
+class SplitTopology:
+    """The production topology of runs 3d and 3e: ``cbec serve`` takes the API only (its receipt watchdog and
+    routing; its own worker off, the in-process sandbox idle), ``cbec sandbox`` plays customs in a process of its
+    own with the given receipt delay, and a ``cbec worker`` started by :meth:`start_worker` delivers."""
+
+    def __init__(self, dsn: str, work: Path, config: str | None, *, receipt_delay_ms: float, processes: int) -> None:
+        self.dsn = dsn
+        self.work = work
+        self.config = config
+        self.receipt_delay_ms = receipt_delay_ms
+        customs_key = secrets.token_urlsafe(24)
+        api_env = {**RELEASE_ENV, "CBEC_FORWARDING_WORKER": "false"}
+        self.gateway = GatewayProcess(dsn, work, config, api_env, customs_key=customs_key, processes=processes)
+        self.sandbox_url = f"http://127.0.0.1:{_free_port()}"
+        self.helpers: list[HelperProcess] = []
+
+    async def __aenter__(self) -> SplitTopology:
+        try:
+            await self.gateway.start()
+            port = self.sandbox_url.rsplit(":", 1)[1]
+            await self._start(HelperProcess(
+                "sandbox",
+                ["sandbox", "--port", port, "--receipt-url", f"{self.gateway.base_url}/v1/receipts",
+                 "--receipt-key", str(self.gateway.customs_key), "--delay-ms", f"{self.receipt_delay_ms:g}"],
+                self.work, {}, "customs sandbox on",
+            ))  # fmt: skip
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for h in reversed(self.helpers):
+            await h.stop()
+        await self.gateway.stop()
+
+    async def _start(self, helper: HelperProcess) -> HelperProcess:
+        self.helpers.append(helper)
+        await helper.start()
+        return helper
+
+    async def start_worker(self) -> HelperProcess:
+        args = ["worker", "--database-url", self.dsn, "--sandbox-url", self.sandbox_url, "--no-watchdog",
+                "--data-dir", str(self.work / "worker-data")] + (["--config", self.config] if self.config else [])
+        return await self._start(HelperProcess("worker", args, self.work, {}, "worker_ready"))
+
+    def meter(self, dbname: str) -> CpuMeter:
+        """CPU of the API, the sandbox, the worker (when started) and PostgreSQL, from now on."""
+        assert self.gateway.proc is not None
+        others = {h.name: h.proc.pid for h in self.helpers if h.proc is not None}
+        return CpuMeter(self.gateway.proc.pid, dbname, others)
+
+
 async def bench_release_split(
     dsn: str,
     dbname: str,
@@ -620,41 +676,11 @@ async def bench_release_split(
     timeout_s: float,
     processes: int = 1,
 ) -> ReleaseBench:
-    """The release run in the production topology: ``cbec serve`` takes the API only, a ``cbec worker`` delivers
-    and the customs sandbox (``cbec sandbox``, receipt delays zero) answers from processes of their own."""
-    customs_key = secrets.token_urlsafe(24)
-    # The API process keeps its receipt watchdog and routing; its own worker is off (the in-process sandbox idles).
-    api_env = {**RELEASE_ENV, "CBEC_FORWARDING_WORKER": "false"}
-    gateway = GatewayProcess(dsn, work, config, api_env, customs_key=customs_key, processes=processes)
-    sandbox_port = _free_port()
-    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-    helpers: list[HelperProcess] = []
-    try:
-        await gateway.start()
-        assert gateway.proc is not None
-        sandbox = HelperProcess(
-            "sandbox",
-            ["sandbox", "--port", str(sandbox_port), "--receipt-url", f"{gateway.base_url}/v1/receipts",
-             "--receipt-key", customs_key, "--delay-ms", "0"],
-            work, {}, "customs sandbox on",
-        )  # fmt: skip
-        helpers.append(sandbox)
-        await sandbox.start()
-        worker = HelperProcess(
-            "worker",
-            ["worker", "--database-url", dsn, "--sandbox-url", sandbox_url, "--no-watchdog",
-             "--data-dir", str(work / "worker-data")] + (["--config", config] if config else []),
-            work, {}, "worker_ready",
-        )  # fmt: skip
-        helpers.append(worker)
-        await worker.start()
-        assert sandbox.proc is not None and worker.proc is not None
-        meter = CpuMeter(gateway.proc.pid, dbname, {"worker": worker.proc.pid, "sandbox": sandbox.proc.pid})
-        return await bench_release(gateway, shipments, concurrency, timeout_s=timeout_s, meter=meter)
-    finally:
-        for h in reversed(helpers):
-            await h.stop()
-        await gateway.stop()
+    """The release run in the production topology (:class:`SplitTopology`, receipt delays zero)."""
+    async with SplitTopology(dsn, work, config, receipt_delay_ms=0, processes=processes) as split:
+        await split.start_worker()
+        return await bench_release(split.gateway, shipments, concurrency, timeout_s=timeout_s,
+                                   meter=split.meter(dbname))  # fmt: skip
 
 
 #: The drain run's sandbox holds its receipts this long: they would come after the run, which ends before.
@@ -709,56 +735,31 @@ async def bench_drain(
     worker, the sandbox and PostgreSQL need per delivered message, without ingest or receipts beside them."""
     from gateway.workers import submit_shipments
 
-    customs_key = secrets.token_urlsafe(24)
-    api_env = {**RELEASE_ENV, "CBEC_FORWARDING_WORKER": "false"}
-    gateway = GatewayProcess(dsn, work, config, api_env, customs_key=customs_key, processes=processes)
-    sandbox_port = _free_port()
-    helpers: list[HelperProcess] = []
-    conn: asyncpg.Connection | None = None
-    try:
-        await gateway.start()
-        assert gateway.proc is not None
-        sandbox = HelperProcess(
-            "sandbox",
-            ["sandbox", "--port", str(sandbox_port), "--receipt-url", f"{gateway.base_url}/v1/receipts",
-             "--receipt-key", customs_key, "--delay-ms", str(DRAIN_RECEIPT_DELAY_MS)],
-            work, {}, "customs sandbox on",
-        )  # fmt: skip
-        helpers.append(sandbox)
-        await sandbox.start()
+    async with SplitTopology(dsn, work, config, receipt_delay_ms=DRAIN_RECEIPT_DELAY_MS,
+                             processes=processes) as split:  # fmt: skip
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-            await submit_shipments(http, gateway.base_url, gateway.api_key, shipments, concurrency=concurrency)
+            await submit_shipments(http, split.gateway.base_url, split.gateway.api_key, shipments,
+                                   concurrency=concurrency)  # fmt: skip
         conn = await asyncpg.connect(dsn)
-        queued = int(await conn.fetchval("SELECT count(*) FROM jobs WHERE endpoint = 'customs' AND state = 'queued'"))
-        worker = HelperProcess(
-            "worker",
-            ["worker", "--database-url", dsn, "--sandbox-url", f"http://127.0.0.1:{sandbox_port}", "--no-watchdog",
-             "--data-dir", str(work / "worker-data")] + (["--config", config] if config else []),
-            work, {}, "worker_ready",
-        )  # fmt: skip
-        helpers.append(worker)
-        await worker.start()
-        assert sandbox.proc is not None and worker.proc is not None
-        # From the worker's "ready" on (seen within 50 ms): its start-up (imports, schemas) is not delivery work.
-        meter = CpuMeter(gateway.proc.pid, dbname, {"worker": worker.proc.pid, "sandbox": sandbox.proc.pid})
-        before = meter.snapshot()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            row = await conn.fetchrow(DRAIN_STATE)
-            if row["done"] >= queued or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.25)
-        after = meter.snapshot()
-        forwarded = int(row["done"])
-        cpu = {k: v / forwarded * 1e3 for k, v in CpuMeter.spent(before, after).items()} if forwarded else {}
-        return DrainBench(queued=queued, forwarded=forwarded, seconds=float(row["seconds"] or 0.0),
-                          cpu_ms_per_message=cpu)  # fmt: skip
-    finally:
-        if conn is not None:
+        try:
+            queued = int(await conn.fetchval(
+                "SELECT count(*) FROM jobs WHERE endpoint = 'customs' AND state = 'queued'"))  # fmt: skip
+            await split.start_worker()
+            # From the worker's "ready" on (seen within 50 ms): its start-up (imports, schemas) is not delivery work.
+            meter = split.meter(dbname)
+            before = meter.snapshot()
+            deadline = time.monotonic() + timeout_s
+            while True:
+                row = await conn.fetchrow(DRAIN_STATE)
+                if row["done"] >= queued or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.25)
+            after = meter.snapshot()
+        finally:
             await conn.close()
-        for h in reversed(helpers):
-            await h.stop()
-        await gateway.stop()
+    forwarded = int(row["done"])
+    cpu = {k: v / forwarded * 1e3 for k, v in CpuMeter.spent(before, after).items()} if forwarded else {}
+    return DrainBench(queued=queued, forwarded=forwarded, seconds=float(row["seconds"] or 0.0), cpu_ms_per_message=cpu)
 
 
 @dataclass
