@@ -199,6 +199,10 @@ async def test_the_kept_counts_start_from_what_an_existing_database_holds(empty_
         assert kept == real and sum(kept.values()) == 30
         [row] = await cbec_queue.stats(conn)
         assert row["endpoint"] == "customs" and row["done"] == 7
+        # 090 made the counters' writer PL/pgSQL (its INSERT planned once a session, not at every statement).
+        lang = await conn.fetchval("SELECT l.lanname FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang"
+                                   " WHERE p.proname = 'kept_counts_add'")  # fmt: skip
+        assert lang == "plpgsql"
     finally:
         await conn.close()
 
