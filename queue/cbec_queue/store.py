@@ -1,4 +1,5 @@
-"""The queue's database operations (asyncpg). Each public function runs one statement unless noted.
+"""The queue's database operations (asyncpg). Each public function runs one statement unless noted; the claims
+and the next-due read run theirs between the planner settings' BEGIN and a COMMIT (see _planned_fetch).
 
 Functions take a connection, not a pool: `enqueue` must run in the caller's transaction, and the
 worker decides where the others run.
@@ -6,6 +7,7 @@ worker decides where the others run.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import traceback
@@ -108,7 +110,7 @@ async def _planned_fetch(conn: asyncpg.Connection, query: str, *args: Any) -> li
     try:
         rows = await conn.fetch(query, *args)
     except BaseException:
-        if not conn.is_closed():
+        with contextlib.suppress(Exception):  # the connection may be gone; the error that matters is raised
             await conn.execute("ROLLBACK")
         raise
     await conn.execute("COMMIT")
