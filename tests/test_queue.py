@@ -1379,7 +1379,7 @@ async def test_claims_probe_indexes_over_a_backlog_of_keyed_jobs(pool: asyncpg.P
                 assert "Hash" not in plan and "Seq Scan" not in plan, (name, plan)
         finally:
             await conn.execute("ROLLBACK")
-        # And the claims the worker makes do take the jobs in order, one key's jobs one at a time.
+        # And a claim as the worker makes it takes the due jobs in order and leaves no transaction open.
         jobs = await cbec_queue.claim_per_endpoint(conn, worker_id="w", lease_s=30, wanted={"customs": 8})
         assert [j.id for j in jobs] == sorted(j.id for j in jobs) and len(jobs) == 8
         assert not conn.is_in_transaction()
