@@ -686,14 +686,14 @@ async def bench_release_split(
 #: The drain run's sandbox holds its receipts this long: they would come after the run, which ends before.
 DRAIN_RECEIPT_DELAY_MS = 600_000
 
-#: The customs jobs of the drain run: how many, how many done, and the span from the first claim to the last
-#: delivery as PostgreSQL recorded them.
+#: The customs jobs of the drain run: how many are done, and the span from the first claim to the last delivery as
+#: PostgreSQL recorded them.
 DRAIN_STATE = """
 WITH first AS (
     SELECT min(a.started_at) AS at FROM job_attempts AS a JOIN jobs AS k ON k.id = a.job_id
      WHERE k.endpoint = 'customs'
 )
-SELECT count(*) AS jobs, count(*) FILTER (WHERE j.state = 'done') AS done,
+SELECT count(*) FILTER (WHERE j.state = 'done') AS done,
        extract(epoch FROM max(j.finished_at) - (SELECT at FROM first))::float8 AS seconds
   FROM jobs AS j WHERE j.endpoint = 'customs'
 """
