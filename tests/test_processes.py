@@ -1,16 +1,22 @@
-"""Supervision of the extra API processes of ``cbec serve --processes N`` (gateway.server.ApiProcesses)."""
+"""The serving processes: supervision of ``cbec serve --processes N``'s extra API processes
+(gateway.server.ApiProcesses), and what one process does while it serves."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import time
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 from cbec_queue.policy import RetryPolicy
 
-from gateway.config import Settings
-from gateway.server import ApiProcesses, RestartBackoff
+from gateway.config import ForwardingSettings, Settings
+from gateway.server import ApiProcesses, RestartBackoff, serve
+from tests import apiutil
 
 
 def _die_at_once(settings: Settings) -> None:
@@ -67,3 +73,23 @@ async def test_a_process_that_keeps_dying_at_start_up_is_restarted_ever_more_slo
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     # a gap is the process's short life plus the wait after its death: never shorter than the wait
     assert all(gap >= delay for gap, delay in zip(gaps, delays, strict=False)), (gaps, delays)
+
+
+async def test_serve_freezes_its_start_up_heap_while_serving_and_unfreezes_after(db_dsn: str, tmp_path: Path) -> None:
+    settings = apiutil.test_settings(
+        database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json",
+        forwarding=ForwardingSettings(enabled=False),
+    )  # fmt: skip
+    ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
+    serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info))
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        frozen_while_serving = gc.get_freeze_count()
+        async with aiohttp.ClientSession() as session, session.get(info["url"] + "/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 60)
+    # the modules, schemas and app that start-up built: tens of thousands of objects
+    assert frozen_while_serving > 10_000
+    assert gc.get_freeze_count() == 0
