@@ -159,8 +159,13 @@ class CustomsAdapter(HttpAdapter):
 
     async def send(self, job_payload: Mapping[str, Any]) -> SendResult:
         cfg = self.config
-        # Signing can be slow (a remote crypto device, SM2): keep it off the event loop.
-        prep = await asyncio.to_thread(prepare, job_payload, cfg)
+        if cfg.signer is None:
+            # Parsing and wrapping one message takes tens of µs: a thread hand-off per send would cost more (two
+            # wake-ups and a context switch each way; measured on a drain: ~0.2 ms of the worker's CPU per message).
+            prep = prepare(job_payload, cfg)
+        else:
+            # Signing can be slow (a remote crypto device, SM2): keep it off the event loop.
+            prep = await asyncio.to_thread(prepare, job_payload, cfg)
         detail: dict[str, Any] = {"msg_type": prep.msg_type.root, "guid": prep.guid, "signed_here": prep.signed_here}
         if cfg.transport == "folder":
             assert cfg.outbox is not None

@@ -20,6 +20,7 @@ import pytest_asyncio
 from aiohttp import web
 from lxml import etree
 
+from adapters import customs as customs_module
 from adapters import dxp
 from adapters.base import (
     Adapter,
@@ -317,6 +318,27 @@ async def test_signer_makes_an_unsigned_inventory_acceptable(
     generated = customs_sandbox_local.sandbox.receipts
     assert [r["status"] for r in generated if r["code"] == "CEB622"] == ["2", "120", "399", "800"]
     assert not [r for r in generated if r["code"] == "CEB900"]
+
+
+async def test_only_signing_sends_are_prepared_off_the_event_loop(
+    customs_sandbox_local: RunningSandbox, rsa_key: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed_off: list[str] = []
+    real_to_thread = asyncio.to_thread
+
+    async def recording_to_thread(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if getattr(fn, "__module__", None) == customs_module.__name__:  # asyncio is shared with the sandbox
+            handed_off.append(fn.__name__)
+        return await real_to_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr(customs_module.asyncio, "to_thread", recording_to_thread)
+    xmls = legs(None, seed=4)
+    async with customs(customs_sandbox_local.url + "/dxp") as bare:
+        await bare.send(job(xmls["CEB311"], "bare-order"))
+    assert handed_off == []  # a thread hand-off would cost more than parsing and wrapping
+    async with customs(customs_sandbox_local.url + "/dxp", signer=rsa_key) as signing:
+        await signing.send(job(xmls["CEB621"], "signed-inventory"))
+    assert handed_off == ["prepare"]
 
 
 # --- folder transport ------------------------------------------------------------------------------------
