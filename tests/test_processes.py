@@ -15,7 +15,7 @@ import aiohttp
 from cbec_queue.policy import RetryPolicy
 
 from gateway.config import ForwardingSettings, Settings
-from gateway.server import ApiProcesses, RestartBackoff, serve
+from gateway.server import ApiProcesses, RestartBackoff, run_worker, serve
 from tests import apiutil
 
 
@@ -92,4 +92,22 @@ async def test_serve_freezes_its_start_up_heap_while_serving_and_unfreezes_after
         await asyncio.wait_for(serving, 60)
     # the modules, schemas and app that start-up built: tens of thousands of objects
     assert frozen_while_serving > 10_000
+    assert gc.get_freeze_count() == 0
+
+
+async def test_a_worker_freezes_its_start_up_heap_while_it_delivers_and_unfreezes_after(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    settings = apiutil.test_settings(database_url=db_dsn, data_dir=tmp_path, log_format="json")
+    ready, stop = asyncio.Event(), asyncio.Event()
+    working = asyncio.create_task(
+        run_worker(settings, sandbox_url="http://127.0.0.1:9", watchdog=False, ready=ready, stop=stop)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        frozen_while_working = gc.get_freeze_count()
+    finally:
+        stop.set()
+        await asyncio.wait_for(working, 60)
+    assert frozen_while_working > 10_000
     assert gc.get_freeze_count() == 0
