@@ -15,6 +15,7 @@ from gateway.messages import CEB_NS, DS_NS, MessageType
 
 _CEB = f"{{{CEB_NS}}}"
 _SIGNATURE = f"{{{DS_NS}}}Signature"
+_BASE_TRANSFER = f"{_CEB}BaseTransfer"
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,32 @@ class ParsedMessage:
         return f"/{self.type.root}"
 
 
+_LOCAL_NAMES: dict[str, str] = {}  # "{namespace}name" -> "name", for the few hundred tags the schemas know
+_LOCAL_NAMES_MAX = 4096  # the cache never grows with what a hostile document invents
+
+
+def _local_name(tag: str) -> str:
+    name = _LOCAL_NAMES.get(tag)
+    if name is None:
+        name = tag[tag.index("}") + 1 :] if tag[0] == "{" else tag
+        if len(_LOCAL_NAMES) < _LOCAL_NAMES_MAX:
+            _LOCAL_NAMES[tag] = name
+    return name
+
+
 def _fields(el: etree._Element) -> dict[str, str]:
     """Leaf children of ``el`` as name -> text (empty string for an empty element)."""
     out: dict[str, str] = {}
     for child in el:
         tag = child.tag
-        if not isinstance(tag, str) or len(child):
-            continue
-        out[tag[tag.index("}") + 1 :] if tag[0] == "{" else tag] = child.text or ""
+        if tag.__class__ is str and not len(child):  # not a comment or PI, and a leaf
+            out[_local_name(tag)] = child.text or ""
     return out
 
 
 def extract(root: etree._Element, mtype: MessageType) -> ParsedMessage:
     """Turn a schema-valid (or at least well-formed) root into a :class:`ParsedMessage`."""
+    # One pass over each business element's children (head and lines alike): this runs for every message.
     doc_tag = _CEB + mtype.document
     head_tag = _CEB + mtype.head if mtype.head else None
     line_tag = _CEB + mtype.lines if mtype.lines else None
@@ -77,15 +91,25 @@ def extract(root: etree._Element, mtype: MessageType) -> ParsedMessage:
     signed = False
     index = 0
     for child in root:
-        if child.tag == doc_tag:
+        tag = child.tag
+        if tag == doc_tag:
             index += 1
-            head_el = child.find(head_tag) if head_tag else child
-            head = _fields(head_el) if head_el is not None else {}
-            lines = [_fields(li) for li in child.iterfind(line_tag)] if line_tag else []
-            documents.append(Document(mtype, index, f"/{mtype.root}/{mtype.document}[{index}]", head, lines))
-        elif child.tag == _CEB + "BaseTransfer":
+            head: dict[str, str] | None = None if head_tag else _fields(child)
+            lines: list[dict[str, str]] = []
+            if head_tag or line_tag:
+                for part in child:
+                    part_tag = part.tag
+                    if part_tag == head_tag:
+                        if head is None:  # the first, as find() would
+                            head = _fields(part)
+                    elif part_tag == line_tag:
+                        lines.append(_fields(part))
+            documents.append(
+                Document(mtype, index, f"/{mtype.root}/{mtype.document}[{index}]", head or {}, lines)
+            )
+        elif tag == _BASE_TRANSFER:
             base_transfer = _fields(child)
-        elif child.tag == _SIGNATURE:
+        elif tag == _SIGNATURE:
             signed = True
     return ParsedMessage(
         type=mtype,
