@@ -8,16 +8,34 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
+import orjson
 import structlog
+
+
+def _orjson_text(value: Any, **kw: Any) -> str:
+    return orjson.dumps(value, **kw).decode("utf-8")
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer(ensure_ascii=False)
-    )
+    renderer: structlog.typing.Processor
+    factory: Callable[..., Any]
+    if fmt == "console":
+        renderer, factory = structlog.dev.ConsoleRenderer(), structlog.PrintLoggerFactory(file=sys.stderr)
+    else:
+        # orjson writes UTF-8 bytes (Chinese names stay readable) at ~2/3 of the json module's cost per line;
+        # one line is written for every request.
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
+        binary = getattr(sys.stderr, "buffer", None)
+        if binary is not None:
+            factory = structlog.BytesLoggerFactory(file=binary)
+        else:  # a text-only stderr (some embedding hosts): the same lines, decoded
+            renderer = structlog.processors.JSONRenderer(serializer=_orjson_text, option=orjson.OPT_NON_STR_KEYS)
+            factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -27,6 +45,6 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )

@@ -1,0 +1,36 @@
+"""Log set-up (gateway.logs): one JSON object per line in production."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from decimal import Decimal
+
+import pytest
+import structlog
+
+from gateway import logs
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_json_lines_keep_chinese_text_and_survive_odd_values(monkeypatch: pytest.MonkeyPatch, binary: bool) -> None:
+    raw = io.BytesIO()
+    stderr: io.TextIOBase = io.TextIOWrapper(raw, encoding="utf-8", write_through=True) if binary else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    before = structlog.get_config()
+    try:
+        logs.configure("json", "info")
+        log = structlog.get_logger("test")
+        log.info("request", consignee="张三", amount=Decimal("12.50"), by_rank={2: "sent"})
+        log.debug("hidden")
+    finally:
+        structlog.configure(**before)
+    text = raw.getvalue().decode("utf-8") if binary else stderr.getvalue()  # type: ignore[attr-defined]
+    lines = text.splitlines()
+    assert len(lines) == 1  # the debug line is below the level
+    line = json.loads(lines[0])
+    assert "张三" in lines[0]  # not \\u escapes
+    assert line["event"] == "request" and line["level"] == "info" and line["consignee"] == "张三"
+    assert line["amount"] == "Decimal('12.50')" and line["by_rank"] == {"2": "sent"}
+    assert line["timestamp"].endswith("Z")
