@@ -233,9 +233,32 @@ def up_front_locks(msg: ParsedMessage) -> set[Lock]:
         if mtype.kind in (Kind.WAYBILL, Kind.INVENTORY):
             waybill = ((head.get("logisticsCode") or "").strip(), (head.get("logisticsNo") or "").strip())
             locks.add((LOCK_WAYBILL, SEP.join(waybill)))
-        if mtype.kind is Kind.INVENTORY:
-            locks.add((LOCK_BUYER, (head.get("buyerIdNumber") or "").strip()))
+        buyer = likely_buyer(mtype.kind, head)
+        if buyer is not None:
+            locks.add((LOCK_BUYER, buyer[0]))
     return locks
+
+
+#: Where each leg names the person whose annual quota its shipment's inventory draws on (spec §6.4: the order's
+#: buyer, the payment's payer, the inventory's buyer are one person). The waybill names only a consignee.
+_BUYER_FIELDS = {Kind.INVENTORY: "buyerIdNumber", Kind.ORDER: "buyerIdNumber", Kind.PAYMENT: "payerIdNumber"}
+
+
+def likely_buyer(kind: Kind, head: dict[str, str]) -> tuple[str, int] | None:
+    """The (buyerIdNumber, quota year) a leg's arrival will most likely reassess, or None.
+
+    For an inventory it is its own. An order or payment that arrives after its inventory reassesses the
+    inventory's tax against the buyer's ledger, which needs the buyer's lock and ledger rows; named up front from
+    the leg itself, they are read with everything else in the batch's first read instead of sending the message
+    to a second round (it used to be 40 % of all messages). A guess that misses (a payer who is not the buyer,
+    another year) only means that second round, as before."""
+    name = _BUYER_FIELDS.get(kind)
+    if name is None:
+        return None
+    buyer = (head.get(name) or "").strip()
+    if not buyer and kind is not Kind.INVENTORY:
+        return None  # no guess rather than one lock shared by every leg without a number
+    return buyer, ledger_year(head)
 
 
 @dataclass
@@ -247,7 +270,7 @@ class Refs:
     waybill_keys: set[tuple[str, str]] = field(default_factory=set)  # waybills' own (logisticsCode, logisticsNo)
     waybill_orders: set[str] = field(default_factory=set)  # waybills' orderNo
     inventory_waybills: set[tuple[str, str]] = field(default_factory=set)  # inventories' (logisticsCode, No)
-    buyers: set[tuple[str, int]] = field(default_factory=set)  # (buyerIdNumber, year) of inventories
+    buyers: set[tuple[str, int]] = field(default_factory=set)  # (buyerIdNumber, year): see likely_buyer
 
     def add(self, row: Row) -> None:
         if row.kind == Kind.WAYBILL:
@@ -265,8 +288,9 @@ class Refs:
             if new.tracked:
                 refs.keys.add(new.row.key)
                 refs.add(new.row)
-                if new.row.kind == Kind.INVENTORY:
-                    refs.buyers.add(buyer_of(new.row.head))
+                buyer = likely_buyer(new.doc.type.kind, new.row.head)
+                if buyer is not None:
+                    refs.buyers.add(buyer)
         return refs
 
     def covers(self, other: Refs) -> bool:

@@ -1,13 +1,35 @@
-"""gateway.keystate without a database: the appType rules over any sequence of submissions of one key."""
+"""gateway.keystate without a database: the appType rules over any sequence of submissions of one key, and what
+one message must read and lock."""
 
 from __future__ import annotations
 
+import dataclasses
+import random
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.documents import Document, ParsedMessage
-from gateway.keystate import Conflict, Row, decide, new_documents, up_front_locks
+from gateway import samples, tax
+from gateway.documents import Document, ParsedMessage, extract
+from gateway.keystate import (
+    LOCK_BUYER,
+    Conflict,
+    Defer,
+    Refs,
+    Row,
+    State,
+    Write,
+    buyer_of,
+    decide,
+    judge,
+    new_documents,
+    up_front_locks,
+)
 from gateway.messages import BY_CODE
+from gateway.xmlsafe import parse_message
 
 ORDER = BY_CODE["CEB311"]
 
@@ -63,3 +85,55 @@ def test_locks_name_the_key_the_order_and_the_guid() -> None:
     assert ("order", "O9") in locks and ("guid", "M") in locks
     assert any(ns == "key" and "O9" in key for ns, key in locks)
     assert Conflict([]).issues == []
+
+
+# --- a leg arriving after its inventory: the buyer's ledger is read with everything else -----------------------
+
+
+def _legs(defect: str | None = None) -> dict[str, ParsedMessage]:
+    shipment = samples.shipment(random.Random(7), now=datetime(2026, 11, 20, 10, 0, 0))
+    if defect is not None:
+        shipment = samples.broken(shipment, defect)
+    return {code: extract(*parse_message(xml)) for code, xml in samples.render_shipment(shipment).items()}
+
+
+def _stored(msg: ParsedMessage) -> Row:
+    return dataclasses.replace(new_documents(msg)[0].row, id=1, is_new=False, doc=None)
+
+
+def _judge_after_inventory(leg: ParsedMessage, inventory: Row) -> Write | Defer:
+    state = State(current={inventory.key: inventory}, rows={inventory.id: inventory}, ledger={})
+    news = new_documents(leg)
+    return judge(leg, news, Refs.of(news), up_front_locks(leg), state, rates=tax.DEFAULT_RATES, tolerance=Decimal(0))
+
+
+@pytest.mark.parametrize("code", ["CEB311", "CEB411"])
+def test_an_order_or_payment_after_its_inventory_reassesses_the_tax_without_a_second_read(code: str) -> None:
+    legs = _legs()
+    inventory = _stored(legs["CEB621"])
+    verdict = _judge_after_inventory(legs[code], inventory)
+    assert isinstance(verdict, Write)
+    buyer = inventory.head["buyerIdNumber"]
+    assert [(p["buyer_id_number"], p["order_no"]) for p in verdict.ledger_put] == [(buyer, inventory.order_no)]
+
+
+def test_a_waybill_after_its_inventory_still_asks_for_the_buyers_ledger() -> None:
+    legs = _legs()
+    inventory = _stored(legs["CEB621"])
+    verdict = _judge_after_inventory(legs["CEB511"], inventory)  # a waybill names no buyer
+    assert isinstance(verdict, Defer)
+    assert verdict.locks == {(LOCK_BUYER, inventory.head["buyerIdNumber"])}
+
+
+def test_a_payer_who_is_not_the_buyer_costs_a_second_read_not_a_wrong_answer() -> None:
+    legs = _legs("payer_not_buyer")
+    inventory = _stored(legs["CEB621"])
+    verdict = _judge_after_inventory(legs["CEB411"], inventory)
+    assert isinstance(verdict, Defer) and verdict.refs.buyers == {buyer_of(inventory.head)}
+
+
+def test_a_leg_without_a_buyer_number_takes_no_shared_buyer_lock() -> None:
+    order = _legs()["CEB311"]
+    order.documents[0].head["buyerIdNumber"] = " "
+    assert not [lock for lock in up_front_locks(order) if lock[0] == LOCK_BUYER]
+    assert Refs.of(new_documents(order)).buyers == set()
