@@ -327,6 +327,22 @@ async def test_ingest_enqueues_with_the_message(flow: Flow) -> None:
 
 
 @pytest.mark.db
+async def test_a_wave_of_messages_enqueues_each_job_with_its_own_message(flow: Flow) -> None:
+    """The jobs of a wave go with its write statement, which fills in each payload's message id by guid."""
+    legs = [leg for i in range(6) for leg in (shipment(100 + i).order, shipment(100 + i).payment)]
+    await asyncio.gather(*(flow.submit(leg) for leg in legs))  # together: batched, several to a wave
+    waves = await flow.rows("SELECT count(DISTINCT xmin::text) AS n FROM messages")
+    assert waves[0]["n"] < len(legs)  # some went in one batch
+    jobs = await flow.jobs()
+    assert len(jobs) == len(legs)
+    for leg in legs:
+        doc = await flow.doc(leg)
+        job = jobs[f"customs:{leg['guid']}"]
+        assert job["payload"]["message_id"] == doc["message_id"] and job["payload"]["guid"] == leg["guid"]
+        assert job["payload"]["cop_msg_id"] == doc["cop_msg_id"] and job["state"] == "queued"
+
+
+@pytest.mark.db
 async def test_declaration_jobs_are_ordered_by_their_documents_keys(flow: Flow) -> None:
     """Every job of a declaration carries its documents' business keys: at ingest, released from a hold, and
     re-sent; so a change waits for its original."""
