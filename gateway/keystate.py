@@ -249,9 +249,9 @@ def likely_buyer(kind: Kind, head: dict[str, str]) -> tuple[str, int] | None:
 
     For an inventory it is its own. An order or payment that arrives after its inventory reassesses the
     inventory's tax against the buyer's ledger, which needs the buyer's lock and ledger rows; named up front from
-    the leg itself, they are read with everything else in the batch's first read instead of sending the message
-    to a second round (it used to be 40 % of all messages). A guess that misses (a payer who is not the buyer,
-    another year) only means that second round, as before."""
+    the leg itself, they are locked and read with everything else in the batch's first round instead of sending
+    the message to a second one (judge's Defer). A guess that misses (a payer who is not the buyer, another
+    year) costs only that second round."""
     name = _BUYER_FIELDS.get(kind)
     if name is None:
         return None
