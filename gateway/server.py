@@ -139,12 +139,7 @@ async def serve(
             api_keys=(*settings.api_keys, ApiKey("customs-sandbox", customs_key, Role.CUSTOMS))
         )
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        # A normal return on SIGTERM lets the embedded server shut down cleanly.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    async with database(settings) as dsn:
+    async with stopped_by_signals(stop), database(settings) as dsn:
         pool = await db.create_pool(dsn, max_size=settings.pool_max_size)
         sandbox: Any = None
         forwarding: Forwarding | None = None
@@ -220,6 +215,24 @@ async def serve(
                     await sandbox.stop()
         finally:
             await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def stopped_by_signals(stop: asyncio.Event) -> AsyncIterator[None]:
+    """While the block runs, SIGINT and SIGTERM set ``stop``: a normal return lets the embedded server shut down
+    cleanly. The handlers go with the block, since serve() may run inside a longer process (tests): Ctrl-C
+    there must interrupt again."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform, or not the main thread
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 @contextlib.contextmanager
@@ -364,15 +377,11 @@ async def run_worker(
     logs.configure(settings.log_format, settings.log_level)
     fwd = settings.forwarding
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     url = sandbox_url or default_sandbox_url(fwd)
     if uses_sandbox(fwd) and url is None:
         raise SystemExit("no customs endpoint is configured and the sandbox port is 0: pass --sandbox-url")
     endpoints = effective_endpoints(fwd, sandbox_url=url)
-    async with database(settings) as dsn:
+    async with stopped_by_signals(stop), database(settings) as dsn:
         pool = await db.create_pool(dsn, min_size=2, max_size=max(4, settings.pool_max_size // 2))
         try:
             await db.migrate(pool)

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import itertools
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,15 @@ async def test_a_process_that_keeps_dying_at_start_up_is_restarted_ever_more_slo
     assert all(gap >= delay for gap, delay in zip(gaps, delays, strict=False)), (gaps, delays)
 
 
-async def test_serve_freezes_its_start_up_heap_while_serving_and_unfreezes_after(db_dsn: str, tmp_path: Path) -> None:
+def _signal_handlers_left() -> list[int]:
+    """The stop signals the running loop still handles (removing a handler says whether there was one)."""
+    loop = asyncio.get_running_loop()
+    return [sig for sig in (signal.SIGINT, signal.SIGTERM) if loop.remove_signal_handler(sig)]
+
+
+async def test_serve_freezes_its_start_up_heap_and_takes_the_stop_signals_only_while_serving(
+    db_dsn: str, tmp_path: Path
+) -> None:
     settings = apiutil.test_settings(
         database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json",
         forwarding=ForwardingSettings(enabled=False),
@@ -93,9 +102,10 @@ async def test_serve_freezes_its_start_up_heap_while_serving_and_unfreezes_after
     # the modules, schemas and app that start-up built: tens of thousands of objects
     assert frozen_while_serving > 10_000
     assert gc.get_freeze_count() == 0
+    assert _signal_handlers_left() == []  # Ctrl-C interrupts the process again
 
 
-async def test_a_worker_freezes_its_start_up_heap_while_it_delivers_and_unfreezes_after(
+async def test_a_worker_freezes_its_start_up_heap_and_takes_the_stop_signals_only_while_it_delivers(
     db_dsn: str, tmp_path: Path
 ) -> None:
     settings = apiutil.test_settings(database_url=db_dsn, data_dir=tmp_path, log_format="json")
@@ -111,3 +121,4 @@ async def test_a_worker_freezes_its_start_up_heap_while_it_delivers_and_unfreeze
         await asyncio.wait_for(working, 60)
     assert frozen_while_working > 10_000
     assert gc.get_freeze_count() == 0
+    assert _signal_handlers_left() == []
