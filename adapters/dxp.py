@@ -169,15 +169,23 @@ def parse_creat_time(raw: str) -> datetime:
         ) from None
 
 
-def unwrap(dxp_xml: bytes, max_bytes: int = DEFAULT_MAX_BYTES * 2) -> Envelope:
+#: Size limit of a whole DxpMsg: twice the CEB limit, since base64 inflates the payload by a third.
+MAX_ENVELOPE_BYTES = DEFAULT_MAX_BYTES * 2
+
+
+def unwrap(dxp_xml: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
     """Parse a ``DxpMsg`` safely (no DTD, no entities, size-limited) and decode its Data.
 
     Raises :class:`~gateway.errors.MessageRejected` with ``parse.*`` issues. The envelope is not
     validated against the DXP XSD here (that is ``gateway.schema.validate_dxp``'s job); only what is
-    needed to route and decode it is checked. ``max_bytes`` defaults to twice the CEB limit because
-    base64 inflates the payload by a third.
+    needed to route and decode it is checked.
     """
-    root = parse_xml(dxp_xml, max_bytes)
+    return read_envelope(parse_xml(dxp_xml, max_bytes))
+
+
+def read_envelope(root: etree._Element) -> Envelope:
+    """:func:`unwrap` of an envelope already parsed with ``gateway.xmlsafe.parse_xml``: for a caller that also
+    validates the tree against the DXP XSD, so that it is parsed once."""
     if root.tag != _DXP + "DxpMsg":
         found = root.tag if isinstance(root.tag, str) else "?"
         raise _reject(

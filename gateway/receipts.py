@@ -321,11 +321,12 @@ def read(body: bytes, schemas: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> In
     envelope_type = None
     ceb = body
     if dxp.is_dxp(body):
+        envelope = parse_xml(body, max_bytes * 2)  # base64 inflates the receipt by a third
         if schemas is not None:
-            issues = schemas.validate_dxp(parse_xml(body, max_bytes * 2))
+            issues = schemas.validate_dxp(envelope)
             if issues:
                 raise MessageRejected(issues)
-        env = dxp.unwrap(body, max_bytes * 2)
+        env = dxp.read_envelope(envelope)
         ceb, cop_msg_id, envelope_type = env.data, env.cop_msg_id, env.msg_type
     root, mtype = parse_message(ceb, max_bytes)
     if mtype.kind not in RECEIPT_KINDS:

@@ -928,13 +928,14 @@ async def _dxp(request: web.Request) -> web.Response:
     sb = request.app[SANDBOX_KEY]
     body = await request.read()
     try:
-        env = dxp.unwrap(body)
+        root = parse_xml(body, dxp.MAX_ENVELOPE_BYTES)
+        env = dxp.read_envelope(root)
     except MessageRejected as exc:
         return _json({"code": "0001", "reason": str(exc), "issues": [i.as_dict() for i in exc.issues]}, 400)
     if sb.config.validate_schema:
         sset = await sb._schema_set()
         if sset is not None:
-            issues = sset.validate_dxp(parse_xml(body, len(body) + 1))
+            issues = sset.validate_dxp(root)
             if issues:
                 return _json({"code": "0002", "reason": "DxpMsg fails the DXP schema",
                               "issues": [i.as_dict() for i in issues[:20]]}, 400)  # fmt: skip
