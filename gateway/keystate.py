@@ -255,10 +255,10 @@ def likely_buyer(kind: Kind, head: dict[str, str]) -> tuple[str, int] | None:
     name = _BUYER_FIELDS.get(kind)
     if name is None:
         return None
-    buyer = (head.get(name) or "").strip()
-    if not buyer and kind is not Kind.INVENTORY:
+    buyer = buyer_of(head, name)
+    if not buyer[0] and kind is not Kind.INVENTORY:
         return None  # no guess rather than one lock shared by every leg without a number
-    return buyer, ledger_year(head)
+    return buyer
 
 
 @dataclass
@@ -382,8 +382,9 @@ def ledger_year(head: dict[str, str]) -> int:
     return datetime.now(UTC).year
 
 
-def buyer_of(head: dict[str, str]) -> tuple[str, int]:
-    return ((head.get("buyerIdNumber") or "").strip(), ledger_year(head))
+def buyer_of(head: dict[str, str], id_field: str = "buyerIdNumber") -> tuple[str, int]:
+    """(the ID number in ``id_field``, the quota year) of a document's head."""
+    return ((head.get(id_field) or "").strip(), ledger_year(head))
 
 
 def _latest(rows: Iterable[Row] | None) -> Row | None:
