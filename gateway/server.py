@@ -380,7 +380,7 @@ async def run_worker(
     url = sandbox_url or default_sandbox_url(fwd)
     if uses_sandbox(fwd) and url is None:
         raise SystemExit("no customs endpoint is configured and the sandbox port is 0: pass --sandbox-url")
-    endpoints = effective_endpoints(fwd, sandbox_url=url)
+    endpoints = effective_endpoints(fwd, sandbox_url=url, dedicated=True)
     async with stopped_by_signals(stop), database(settings) as dsn:
         pool = await db.create_pool(dsn, min_size=2, max_size=max(4, settings.pool_max_size // 2))
         try:
@@ -395,7 +395,7 @@ async def run_worker(
                 pool, outbox, fwd, endpoints, schemas=SchemaSet(), watchdog=watchdog, worker_options=options
             )
             await forwarding.start()
-            log.info("worker_ready", endpoints=[e.name for e in endpoints])
+            log.info("worker_ready", endpoints={e.name: e.concurrency for e in endpoints})  # name: deliveries in flight
             try:
                 with settled_heap():
                     if ready is not None:

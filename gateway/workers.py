@@ -46,24 +46,32 @@ Handler = Callable[[cbec_queue.Job], Awaitable[None]]
 # --- configuration -> endpoints, router --------------------------------------------------------------------
 
 
-#: Customs deliveries in flight per worker when the built-in sandbox plays customs. Measured (2 cores, the
-#: sandbox in process, 1,000 shipments; runs vary by ±15 %): at 8, record_sent transactions carry ~2
-#: deliveries and row 3c of ``cbec bench`` stays at the unbatched figure (~63 messages/s); at 16 they carry
-#: ~5, 3c gives 70–77 and the gateway spends ~15 % less CPU per forwarded message; 32 carries ~9 and gives
-#: 66–90, but takes more of the event loop from a concurrent ingest (row 3b 140 against 155–160 at 16).
-#: 16 keeps most of the gain at the lower cost. An in-flight delivery holds no connection while it waits on
-#: HTTP (the XML reads and the record_sent batches use at most three), so the pool the ingest shares
-#: (Settings.pool_max_size, 16) does not bound this.
+#: Customs deliveries in flight per worker when the built-in sandbox plays customs, for the worker inside
+#: ``cbec serve`` (it shares the API's event loop). Measured (2 cores, the sandbox in process, 1,000 shipments;
+#: runs vary by ±15 %): at 8, record_sent transactions carry ~2 deliveries and row 3c of ``cbec bench`` stays
+#: at the unbatched figure (~63 messages/s); at 16 they carry ~5, 3c gives 70–77 and the gateway spends ~15 %
+#: less CPU per forwarded message; 32 carries ~9 and gives 66–90, but takes more of the event loop from a
+#: concurrent ingest (row 3b 140 against 155–160 at 16). 16 keeps most of the gain at the lower cost. An
+#: in-flight delivery holds no connection while it waits on HTTP (the XML reads and the record_sent batches
+#: use at most three), so the pool the ingest shares (Settings.pool_max_size, 16) does not bound this.
 SANDBOX_CUSTOMS_CONCURRENCY = 16
+#: The same for a ``cbec worker`` process, whose event loop serves no API: nothing competes with the deliveries
+#: there, and the more finish together, the bigger the claims and the record_sent transactions that carry them
+#: (their fixed cost — BEGIN, the locks, each statement's round trip and triggers, COMMIT — is paid per batch).
+#: Measured (2 cores, a backlog of 3,000 legs, row 3e): 16 → ~300, 32 → ~400, 64 → ~510 messages/s, with
+#: PostgreSQL's CPU per message 1.8 → 0.75 ms and the worker's 2.1 → 1.25 ms; 128 and 256 gave no more.
+SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED = 64
 
 
-def sandbox_endpoints(base_url: str) -> tuple[EndpointSettings, ...]:
-    """The three endpoints the customs sandbox plays (gateway.sandbox)."""
+def sandbox_endpoints(base_url: str, *, dedicated: bool = False) -> tuple[EndpointSettings, ...]:
+    """The three endpoints the customs sandbox plays (gateway.sandbox); ``dedicated``: for a worker process
+    whose event loop serves no API (``cbec worker``)."""
     base = base_url.rstrip("/")
+    # On this machine and answering at once: more deliveries in flight than a remote endpoint's default (4),
+    # which would leave the worker waiting on the sandbox's answers (see SANDBOX_CUSTOMS_CONCURRENCY).
+    customs = SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED if dedicated else SANDBOX_CUSTOMS_CONCURRENCY
     return (
-        # In process and answering at once: more deliveries in flight than a remote endpoint's default (4), which
-        # would leave the worker waiting on the sandbox's answers (see SANDBOX_CUSTOMS_CONCURRENCY).
-        EndpointSettings("customs", "customs", url=f"{base}/dxp", concurrency=SANDBOX_CUSTOMS_CONCURRENCY),
+        EndpointSettings("customs", "customs", url=f"{base}/dxp", concurrency=customs),
         EndpointSettings("inspection", "inspection", url=f"{base}/inspection", timeout_s=15.0),
         EndpointSettings("warehouse", "warehouse", url=f"{base}/warehouse/orders", timeout_s=15.0),
     )
@@ -73,13 +81,16 @@ def uses_sandbox(fwd: ForwardingSettings) -> bool:
     return fwd.sandbox != "off" and not any(e.kind == "customs" for e in fwd.endpoints)
 
 
-def effective_endpoints(fwd: ForwardingSettings, *, sandbox_url: str | None = None) -> tuple[EndpointSettings, ...]:
-    """The configured endpoints; with no customs endpoint, the sandbox's (at ``sandbox_url``) for the names not
-    configured; a ``webhook`` endpoint when webhooks are configured."""
+def effective_endpoints(
+    fwd: ForwardingSettings, *, sandbox_url: str | None = None, dedicated: bool = False
+) -> tuple[EndpointSettings, ...]:
+    """The configured endpoints; with no customs endpoint, the sandbox's (at ``sandbox_url``; ``dedicated``: for a
+    ``cbec worker`` process, see sandbox_endpoints) for the names not configured; a ``webhook`` endpoint when
+    webhooks are configured."""
     out = list(fwd.endpoints)
     names = {e.name for e in out}
     if uses_sandbox(fwd) and sandbox_url:
-        out += [e for e in sandbox_endpoints(sandbox_url) if e.name not in names]
+        out += [e for e in sandbox_endpoints(sandbox_url, dedicated=dedicated) if e.name not in names]
     if fwd.webhooks and fwd.webhook_endpoint not in {e.name for e in out}:
         out.append(EndpointSettings(fwd.webhook_endpoint, "webhook", timeout_s=10.0))
     return tuple(out)

@@ -26,6 +26,7 @@ from gateway.render import render
 from gateway.sandbox.receipts import RECEIPT_FOR, build_receipt, build_receipts, format_receipt
 from gateway.schema import SchemaSet
 from gateway.store import Store
+from gateway.workers import effective_endpoints
 from tests.apiutil import sign_as_agent
 from tests.forwardutil import version_of
 
@@ -66,6 +67,17 @@ def test_routes_to_missing_endpoints_are_dropped() -> None:
     assert r.endpoints_for("CEB311") == ("customs",)
     assert set(r.dropped) == {"audit", "warehouse"}
     assert r.on_release == ()
+
+
+def test_the_sandbox_gets_more_deliveries_in_flight_from_a_worker_that_serves_no_api() -> None:
+    def in_flight(**kw: Any) -> dict[str, int]:
+        return {e.name: e.concurrency for e in effective_endpoints(ForwardingSettings(), **kw)}
+
+    shared, dedicated = in_flight(sandbox_url="http://127.0.0.1:9"), in_flight(sandbox_url="http://127.0.0.1:9",
+                                                                                dedicated=True)  # fmt: skip
+    assert shared["customs"] < dedicated["customs"]
+    assert shared["inspection"] == dedicated["inspection"]  # only customs carries the volume
+    assert in_flight(sandbox_url=None, dedicated=True) == {}  # no sandbox, nothing configured: nowhere to send
 
 
 def test_message_jobs_keep_guid_and_cop_msg_id_across_resends() -> None:

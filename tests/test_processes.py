@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from cbec_queue.policy import RetryPolicy
 
-from gateway.config import ForwardingSettings, Settings
+from gateway import server
+from gateway.config import EndpointSettings, ForwardingSettings, Settings
 from gateway.server import ApiProcesses, RestartBackoff, run_worker, serve
+from gateway.workers import SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED, Forwarding
 from tests import apiutil
 
 
@@ -110,9 +113,17 @@ async def test_serve_freezes_its_start_up_heap_and_takes_the_stop_signals_only_w
 
 
 async def test_a_worker_freezes_its_start_up_heap_and_takes_the_stop_signals_only_while_it_delivers(
-    db_dsn: str, tmp_path: Path
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = apiutil.test_settings(database_url=db_dsn, data_dir=tmp_path, log_format="json")
+    built: list[tuple[EndpointSettings, ...]] = []
+
+    class Recorded(Forwarding):
+        def __init__(self, pool: Any, outbox: Any, fwd: Any, endpoints: tuple[EndpointSettings, ...], **kw: Any):
+            built.append(endpoints)
+            super().__init__(pool, outbox, fwd, endpoints, **kw)
+
+    monkeypatch.setattr(server, "Forwarding", Recorded)
     ready, stop = asyncio.Event(), asyncio.Event()
     working = asyncio.create_task(
         run_worker(settings, sandbox_url="http://127.0.0.1:9", watchdog=False, ready=ready, stop=stop)
@@ -126,3 +137,6 @@ async def test_a_worker_freezes_its_start_up_heap_and_takes_the_stop_signals_onl
     assert frozen_while_working > 10_000
     assert gc.get_freeze_count() == 0
     assert _signal_handlers_left() == []
+    # Its event loop serves no API: the sandbox's customs endpoint gets the dedicated worker's deliveries in flight.
+    (endpoints,) = built
+    assert {e.name: e.concurrency for e in endpoints}["customs"] == SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED
