@@ -24,7 +24,8 @@ from lxml import etree
 
 from adapters import dxp
 from gateway.messages import CEB_NS
-from gateway.sandbox import SCENARIOS, RunningSandbox, scenario_of
+from gateway.sandbox import SCENARIOS, RunningSandbox, SandboxConfig, create_sandbox_app, scenario_of, start_sandbox
+from gateway.sandbox.app import SANDBOX_KEY
 from gateway.sandbox.recorder import Recorder
 
 pytest_plugins = ["gateway.sandbox.pytest_plugin"]
@@ -339,6 +340,16 @@ async def test_config_endpoint_refuses_unknown_fields(sandbox: RunningSandbox, c
 
 
 # --- scenarios ----------------------------------------------------------------------------------------
+
+
+async def test_the_schemas_are_compiled_before_the_sandbox_answers() -> None:
+    app = create_sandbox_app(SandboxConfig())
+    assert app[SANDBOX_KEY].stats()["schema"] == "loading"
+    running = await start_sandbox()
+    try:
+        assert running.stats()["schema"] == "on"  # by start-up, not by the first message (whose answer would wait)
+    finally:
+        await running.stop()
 
 
 def test_scenario_selection() -> None:

@@ -44,6 +44,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from adapters import dxp
@@ -201,7 +202,9 @@ def dutiable_value(inv: Document) -> Decimal:
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False, default=str))
+    # orjson (UTF-8, Chinese text as is): every accepted message is answered with one of these
+    data = orjson.dumps(body, default=str, option=orjson.OPT_NON_STR_KEYS)
+    return web.Response(body=data, status=status, content_type="application/json", charset="utf-8")
 
 
 class Sandbox:
@@ -265,7 +268,8 @@ class Sandbox:
                 "attempts": dict(self.warehouse_attempts),
                 "callbacks": len(self.callbacks),
             },
-            "schema": "off" if not self.config.validate_schema else (self._schema_error or "on"),
+            "schema": "off" if not self.config.validate_schema
+            else self._schema_error or ("on" if self._schema is not None else "loading"),
             "busy": len(self._tasks),
         }
 
@@ -283,6 +287,9 @@ class Sandbox:
 
     async def startup(self, app: web.Application) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, connect=3))
+        if self.config.validate_schema:
+            # Compiled before the sandbox answers, not by its first message (whose answer would wait for it).
+            await self._schema_set()
 
     async def shutdown(self, app: web.Application) -> None:
         # Before the runner waits for in-flight handlers: ends TIMEOUT-/SLOW- waits and receipt delays at once.
