@@ -58,8 +58,8 @@ SANDBOX_CUSTOMS_CONCURRENCY = 16
 #: The same for a ``cbec worker`` process, whose event loop serves no API: nothing competes with the deliveries
 #: there, and the more finish together, the bigger the claims and the record_sent transactions that carry them
 #: (their fixed cost — BEGIN, the locks, each statement's round trip and triggers, COMMIT — is paid per batch).
-#: Measured (2 cores, a backlog of 3,000 legs, row 3e): 16 → ~300, 32 → ~400, 64 → ~510 messages/s, with
-#: PostgreSQL's CPU per message 1.8 → 0.75 ms and the worker's 2.1 → 1.25 ms; 128 and 256 gave no more.
+#: Measured (2 cores, a backlog of 3,000 legs, row 3e): 16 → ~300, 32 → ~390, 64 → 440–500 messages/s, with
+#: PostgreSQL's CPU per message 1.8 → 0.9 ms and the worker's 2.1 → 1.3–1.4 ms; 128 and 256 gave no more.
 SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED = 64
 
 

@@ -73,8 +73,8 @@ def test_the_sandbox_gets_more_deliveries_in_flight_from_a_worker_that_serves_no
     def in_flight(**kw: Any) -> dict[str, int]:
         return {e.name: e.concurrency for e in effective_endpoints(ForwardingSettings(), **kw)}
 
-    shared, dedicated = in_flight(sandbox_url="http://127.0.0.1:9"), in_flight(sandbox_url="http://127.0.0.1:9",
-                                                                                dedicated=True)  # fmt: skip
+    url = "http://127.0.0.1:9"
+    shared, dedicated = in_flight(sandbox_url=url), in_flight(sandbox_url=url, dedicated=True)
     assert shared["customs"] < dedicated["customs"]
     assert shared["inspection"] == dedicated["inspection"]  # only customs carries the volume
     assert in_flight(sandbox_url=None, dedicated=True) == {}  # no sandbox, nothing configured: nowhere to send

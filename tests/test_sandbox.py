@@ -339,9 +339,6 @@ async def test_config_endpoint_refuses_unknown_fields(sandbox: RunningSandbox, c
     assert sandbox.config.flaky_failures == 3
 
 
-# --- scenarios ----------------------------------------------------------------------------------------
-
-
 async def test_the_schemas_are_compiled_before_the_sandbox_answers() -> None:
     app = create_sandbox_app(SandboxConfig())
     assert app[SANDBOX_KEY].stats()["schema"] == "loading"
@@ -350,6 +347,9 @@ async def test_the_schemas_are_compiled_before_the_sandbox_answers() -> None:
         assert running.stats()["schema"] == "on"  # by start-up, not by the first message (whose answer would wait)
     finally:
         await running.stop()
+
+
+# --- scenarios ----------------------------------------------------------------------------------------
 
 
 def test_scenario_selection() -> None:
