@@ -119,10 +119,12 @@ class _Renderer:
 
     # --- value checks ---------------------------------------------------------------------
 
-    def text(self, value: Any, path: str) -> str | None:
-        """The XML text of a scalar, or None (after recording an issue) when it is not one."""
+    def text(self, value: Any, *where: str | int) -> str | None:
+        """The XML text of a scalar, or None (after recording an issue at the JSON pointer of ``where``) when it is
+        not one. The pointer is built only for an issue: this runs for every field of every JSON message."""
         if isinstance(value, bool):  # bool is an int subclass: test it first
-            self.issue("json.invalid_type", path, f"expected a string or a number, found the boolean {value!r}")
+            found = f"the boolean {value!r}"
+            self.issue("json.invalid_type", _pointer(*where), f"expected a string or a number, found {found}")
             return None
         if isinstance(value, str):
             return value
@@ -130,20 +132,20 @@ class _Renderer:
             return str(value)
         if isinstance(value, Decimal):
             if not value.is_finite():
-                self.issue("json.invalid_type", path, f"expected a finite number, found {value}")
+                self.issue("json.invalid_type", _pointer(*where), f"expected a finite number, found {value}")
                 return None
             return format(value, "f")  # positional notation: 1E+2 -> "100", never an exponent
         if isinstance(value, float):
             self.issue(
                 "json.invalid_type",
-                path,
+                _pointer(*where),
                 f"binary floating-point number {value!r} refused: money must be exact; send the number as a "
                 "string, or parse the JSON with parse_float=decimal.Decimal",
             )
             return None
         kind = "an object" if isinstance(value, Mapping) else "an array" if isinstance(value, list | tuple) else None
         found = kind or f"a value of type {type(value).__name__}"
-        self.issue("json.invalid_type", path, f"expected a string or a number, found {found}")
+        self.issue("json.invalid_type", _pointer(*where), f"expected a string or a number, found {found}")
         return None
 
     def obj(self, value: Any, path: str, what: str) -> Mapping[str, Any] | None:
@@ -187,7 +189,7 @@ class _Renderer:
                 value = (generated or {}).get(name, defaults.get(name))
                 if value is None:
                     continue  # absent: the XSD layer decides whether that is allowed
-            text = self.text(value, _pointer(*path_parts, name))
+            text = self.text(value, *path_parts, name)
             if text is None:
                 continue
             child = etree.SubElement(el, _q(name))
@@ -276,7 +278,7 @@ def render(
     attrs: dict[str, str] = {}
     for name, default in (("guid", None), ("version", DEFAULT_VERSION)):
         value = payload.get(name)
-        text = r.text(value, _pointer(name)) if value is not None else (default or new_guid())
+        text = r.text(value, name) if value is not None else (default or new_guid())
         if text is not None:
             attrs[name] = text
     try:
