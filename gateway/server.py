@@ -189,6 +189,7 @@ async def serve(
                         receipt_url=f"{url}/v1/receipts",
                         receipt_headers={"X-API-Key": customs_key},
                         receipt_delay=fwd.sandbox_receipt_delay_s,
+                        schemas=app[PIPELINE].schemas,  # the XSDs compiled once per process
                     )
                     log.info("customs_sandbox", url=sandbox.url, note="no customs endpoint configured")
                 if fwd.enabled:

@@ -27,6 +27,7 @@ from gateway.messages import CEB_NS
 from gateway.sandbox import SCENARIOS, RunningSandbox, SandboxConfig, create_sandbox_app, scenario_of, start_sandbox
 from gateway.sandbox.app import SANDBOX_KEY
 from gateway.sandbox.recorder import Recorder
+from gateway.schema import SchemaSet
 
 pytest_plugins = ["gateway.sandbox.pytest_plugin"]
 
@@ -345,6 +346,12 @@ async def test_the_schemas_are_compiled_before_the_sandbox_answers() -> None:
     running = await start_sandbox()
     try:
         assert running.stats()["schema"] == "on"  # by start-up, not by the first message (whose answer would wait)
+    finally:
+        await running.stop()
+    shared = SchemaSet()  # cbec serve hands its pipeline's over: one set of XSDs per process
+    running = await start_sandbox(schemas=shared)
+    try:
+        assert running.sandbox.schemas is shared and running.stats()["schema"] == "on"
     finally:
         await running.stop()
 

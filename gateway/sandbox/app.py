@@ -210,12 +210,13 @@ def _json(body: Any, status: int = 200) -> web.Response:
 class Sandbox:
     """State and behaviour; the aiohttp handlers are thin wrappers around it."""
 
-    def __init__(self, config: SandboxConfig) -> None:
+    def __init__(self, config: SandboxConfig, *, schemas: Any = None) -> None:
         self.config = config
         self.closing = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._schema: Any = None
+        self._shared_schema = schemas  # a gateway.schema.SchemaSet to use rather than compile another
         self._schema_error: str | None = None
         self._serial = itertools.count(1)
         self._random = random.Random()
@@ -288,7 +289,7 @@ class Sandbox:
     async def startup(self, app: web.Application) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, connect=3))
         if self.config.validate_schema:
-            # Compiled before the sandbox answers, not by its first message (whose answer would wait for it).
+            # Loaded before the sandbox answers, not by its first message (whose answer would wait for it).
             await self._schema_set()
 
     async def shutdown(self, app: web.Application) -> None:
@@ -322,13 +323,18 @@ class Sandbox:
 
     # -- schema ------------------------------------------------------------------------------
 
+    @property
+    def schemas(self) -> Any:
+        """The gateway.schema.SchemaSet it validates with (None until start-up, or when unavailable)."""
+        return self._schema
+
     async def _schema_set(self) -> Any:
         if self._schema is None and self._schema_error is None:
             try:
                 from gateway.schema import SchemaSet
 
-                sset = SchemaSet()
-                await asyncio.to_thread(sset.preload)
+                sset = self._shared_schema or SchemaSet()
+                await asyncio.to_thread(sset.preload)  # nothing left to do for a set already compiled
                 self._schema = sset
             except Exception as exc:  # missing module or schema folder: say so in the stats, keep running
                 self._schema_error = f"unavailable: {exc.__class__.__name__}: {exc}"
@@ -1033,10 +1039,11 @@ async def _health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
-def create_sandbox_app(config: SandboxConfig | None = None) -> web.Application:
-    """The sandbox as an aiohttp application (run it with any aiohttp runner)."""
+def create_sandbox_app(config: SandboxConfig | None = None, *, schemas: Any = None) -> web.Application:
+    """The sandbox as an aiohttp application (run it with any aiohttp runner); ``schemas``: a
+    gateway.schema.SchemaSet of the same process to validate with (by default it compiles its own)."""
     app = web.Application(client_max_size=16 * 1024 * 1024)
-    sb = Sandbox(config or SandboxConfig())
+    sb = Sandbox(config or SandboxConfig(), schemas=schemas)
     app[SANDBOX_KEY] = sb
     app.on_startup.append(sb.startup)
     app.on_shutdown.append(sb.shutdown)
@@ -1078,9 +1085,12 @@ class RunningSandbox:
         await self.runner.cleanup()
 
 
-async def start_sandbox(host: str = "127.0.0.1", port: int = 0, **config: Any) -> RunningSandbox:
-    """Start the sandbox on ``host:port`` (0: a free port) and return its URL and handles."""
-    app = create_sandbox_app(SandboxConfig(**config))
+async def start_sandbox(
+    host: str = "127.0.0.1", port: int = 0, *, schemas: Any = None, **config: Any
+) -> RunningSandbox:
+    """Start the sandbox on ``host:port`` (0: a free port) and return its URL and handles (``schemas``: see
+    create_sandbox_app)."""
+    app = create_sandbox_app(SandboxConfig(**config), schemas=schemas)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
