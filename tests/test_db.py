@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,10 +10,11 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import cbec_queue
 import psutil
 import pytest
 
-from gateway.db import EmbeddedPostgres, create_pool, migration_files, resolve_dsn
+from gateway.db import EmbeddedPostgres, create_pool, migrate, migration_files, resolve_dsn, transaction
 
 # pg_dsn, db_dsn and empty_db_dsn: tests/dbutil.py, through conftest.py
 
@@ -44,6 +46,56 @@ async def test_pool_round_trips_jsonb_as_python_objects(db_dsn: str) -> None:
         assert await pool.fetchval("SELECT $1::jsonb -> 'lines' -> 0 ->> 'qty'", value) == "1"
     finally:
         await pool.close()
+
+
+#: What a pooled session may not carry from one use to the next (create_pool does not reset released connections).
+SESSION_LEFTOVERS = """
+SELECT (SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory') AS advisory_locks,
+       (SELECT count(*) FROM pg_listening_channels()) AS listening,
+       (SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings
+         WHERE source IN ('session', 'client')) AS settings
+"""
+
+
+@pytest.mark.db
+@pytest.mark.asyncio(loop_scope="session")
+async def test_released_connections_go_back_as_they_are_and_carry_no_session_state(empty_db_dsn: str) -> None:
+    pool = await create_pool(empty_db_dsn, min_size=2, max_size=2)
+    observer = await asyncpg.connect(empty_db_dsn)
+    try:
+        async with pool.acquire() as conn:
+            unused = dict(await conn.fetchrow(SESSION_LEFTOVERS))  # the settings made at connect (jit, ...)
+        assert unused["advisory_locks"] == unused["listening"] == 0
+        # The session-scoped uses: the migration lock, a worker's LISTEN, started and stopped.
+        assert await migrate(pool)
+        worker = cbec_queue.Worker(pool, {"customs": _never_runs}, poll_interval_s=0.2)
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        await asyncio.wait_for(worker.wait_listening(), 10)
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        # The hot paths' transactions.
+        async with transaction(pool) as conn:
+            pid = conn.get_server_pid()
+            await conn.execute("SELECT pg_advisory_xact_lock(42)")
+        # Released without a reset query: the session's last statement is the COMMIT.
+        last = await observer.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+        assert last == "COMMIT"
+
+        conns = [await pool.acquire() for _ in range(2)]  # every session of the pool
+        try:
+            leftovers = [dict(await c.fetchrow(SESSION_LEFTOVERS)) for c in conns]
+        finally:
+            for c in conns:
+                await pool.release(c)
+        assert leftovers == [unused] * 2
+    finally:
+        await observer.close()
+        await pool.close()
+
+
+async def _never_runs(job: cbec_queue.Job) -> None:
+    raise AssertionError(f"no job was enqueued, yet {job.id} ran")
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:

@@ -470,9 +470,13 @@ class Worker:
     async def _drop_listener(self, conn: asyncpg.Connection) -> None:
         try:
             if not conn.is_closed():
-                await conn.remove_listener(CHANNEL, self._on_notify)
+                await conn.remove_listener(CHANNEL, self._on_notify)  # UNLISTEN
         except Exception:
-            pass
+            # Maybe still LISTENing: the session ends (closing it frees its pool slot) rather than going back to
+            # a pool that may not reset it. A connection the server cut was handed back by asyncpg already.
+            with contextlib.suppress(Exception):
+                conn.terminate()
+            return
         try:
             # Shielded: a connection that never goes back to the pool would block pool.close() forever.
             await asyncio.shield(asyncio.wait_for(self.pool.release(conn), 5.0))
