@@ -124,7 +124,7 @@ def prepare(job_payload: Mapping[str, Any], config: CustomsConfig, *, created: d
     except MessageRejected as exc:
         raise PermanentError(f"job payload is not a CEB message: {exc}") from exc
     signed_here = False
-    if not is_signed(root) and config.signer is not None:
+    if config.signer is not None and not is_signed(root):
         try:
             ceb = sign_message(ceb, config.signer)
         except MessageRejected as exc:
