@@ -197,7 +197,9 @@ class Delivery:
             cop = job.payload.get("cop_msg_id")
             if not isinstance(cop, str) or not cop:
                 raise PermanentError("customs job payload has no cop_msg_id")
-            await adapter.send({"message": xml, "cop_msg_id": cop})
+            p = job.payload
+            await adapter.send({"message": xml, "cop_msg_id": cop, "message_type": p.get("message_type"),
+                                "guid": p.get("guid")})  # fmt: skip
             await self.outbox.record_sent(job, int(job.payload["message_id"]))
 
         return handle

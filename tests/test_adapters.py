@@ -291,6 +291,27 @@ def test_prepare_leaves_signed_messages_alone(rsa_key: Any) -> None:
     assert prepare(job(plain), CustomsConfig(sender_id=SENDER)).ceb == plain  # no signer: as is
 
 
+def test_prepare_takes_the_stored_type_and_guid_when_nothing_is_signed(rsa_key: Any) -> None:
+    xml = legs(None)["CEB311"]
+    guid = etree.fromstring(xml).get("guid")
+    at = datetime(2026, 12, 5, 12, 0, tzinfo=dxp.CHINA_TZ)
+    parsed = prepare(job(xml), CustomsConfig(sender_id=SENDER), created=at)
+    told = prepare({**job(xml), "message_type": "CEB311", "guid": guid}, CustomsConfig(sender_id=SENDER), created=at)
+    assert told == parsed  # the same envelope, type and guid as when the message is parsed again
+    # Named, it is not parsed again: even a message that is no CEB goes as the store says.
+    plain = CustomsConfig(sender_id=SENDER)
+    assert prepare({**job(b"stored"), "message_type": "CEB311", "guid": "G"}, plain).guid == "G"
+    # A type the registry does not know, or no guid: parsed as before.
+    with pytest.raises(PermanentError, match="not a CEB message"):
+        prepare({**job(b"<x/>"), "message_type": "CEB999", "guid": "G"}, plain)
+    with pytest.raises(PermanentError, match="not a CEB message"):
+        prepare({**job(b"<x/>"), "message_type": "CEB311"}, plain)
+    # With a signer the message is parsed (and signed) whatever the payload names.
+    signer = CustomsConfig(sender_id=SENDER, signer=rsa_key)
+    signed = prepare({**job(xml), "message_type": "CEB311", "guid": guid}, signer)
+    assert signed.signed_here and signing.verify(signed.ceb).ok
+
+
 def test_prepare_refuses_bad_payloads() -> None:
     cfg = CustomsConfig(sender_id=SENDER)
     xml = legs(None)["CEB311"]
