@@ -628,13 +628,7 @@ class SplitTopology:
     async def __aenter__(self) -> SplitTopology:
         try:
             await self.gateway.start()
-            port = self.sandbox_url.rsplit(":", 1)[1]
-            await self._start(HelperProcess(
-                "sandbox",
-                ["sandbox", "--port", port, "--receipt-url", f"{self.gateway.base_url}/v1/receipts",
-                 "--receipt-key", str(self.gateway.customs_key), "--delay-ms", f"{self.receipt_delay_ms:g}"],
-                self.work, {}, "customs sandbox on",
-            ))  # fmt: skip
+            await self._start(HelperProcess("sandbox", self.sandbox_args(), self.work, {}, "customs sandbox on"))
         except BaseException:
             await self.aclose()
             raise
@@ -642,6 +636,13 @@ class SplitTopology:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def sandbox_args(self) -> list[str]:
+        """``cbec sandbox``'s arguments: on the chosen port, its receipts to the API with the customs key."""
+        port = self.sandbox_url.rsplit(":", 1)[1]
+        return ["sandbox", "--port", port, "--receipt-url", f"{self.gateway.base_url}/v1/receipts",
+                # "=": a generated key may begin with "-", which argparse would take for an option
+                f"--receipt-key={self.gateway.customs_key}", "--delay-ms", f"{self.receipt_delay_ms:g}"]  # fmt: skip
 
     async def aclose(self) -> None:
         for h in reversed(self.helpers):

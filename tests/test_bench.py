@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,11 @@ def test_cli_bench_options() -> None:
     assert args.json is True and opts.forwarding is True and opts.processes == 1
     assert bench.Options.from_args(build_parser().parse_args(["bench", "--processes", "2"])).processes == 2
     assert bench.Options.from_args(build_parser().parse_args(["bench", "--no-forwarding"])).forwarding is False
+
+
+def test_split_topology_passes_a_customs_key_that_begins_with_a_dash(tmp_path: Path) -> None:
+    split = bench.SplitTopology("postgresql://x/y", tmp_path, None, receipt_delay_ms=0, processes=1)
+    split.gateway.customs_key = "-Yx_2kQ"  # secrets.token_urlsafe draws "-" as a first character one time in 64
+    args = build_parser().parse_args(split.sandbox_args())
+    assert args.receipt_key == "-Yx_2kQ"
+    assert args.receipt_url == f"{split.gateway.base_url}/v1/receipts" and args.delay_ms == 0
