@@ -405,6 +405,27 @@ async def test_timeout_never_answers_in_time(
     assert http_recorder.requests == []
 
 
+async def test_stopping_ends_held_answers_and_receipt_delays_at_once(
+    http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    running = await start_sandbox(receipt_url=http_recorder.url + "/v1/receipts", receipt_delay=60.0,
+                                  slow_delay=60.0, validate_schema=False)  # fmt: skip
+    try:
+        status, _, _ = await post_dxp(client, running.url, legs(rsa_key)["CEB311"])
+        assert status == 200  # accepted; its receipts wait a minute
+        held = asyncio.create_task(post_dxp(client, running.url, legs(rsa_key, order_no="SLOW-0002")["CEB311"]))
+        while running.sandbox.stats()["attempts"] < 2:  # the SLOW- answer is held
+            await asyncio.sleep(0.01)
+    finally:
+        started = time.monotonic()
+        await running.stop()
+    assert time.monotonic() - started < 5  # neither the held answer nor the receipt delays kept it
+    await asyncio.gather(held, return_exceptions=True)
+    waited = [r for r in running.sandbox.receipts if r.get("delivered") is not None]
+    assert waited and all(r["delivered"] is False and r["error"] == "sandbox shut down" for r in waited)
+    assert http_recorder.requests == []
+
+
 async def test_slow_answers_late_but_normally(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:
