@@ -228,6 +228,8 @@ WITH docs AS (
            AS x(id, forward_state, status, rank, rtime, info, pre_no, invt_no)
      WHERE d.id = x.id AND d.id = ANY ($1::bigint[])  -- index probes whatever the plan
     RETURNING d.id
+), answered AS (  -- a receipt came: no longer awaited (sql/100_receipts_awaited.sql)
+    DELETE FROM receipts_awaited AS a WHERE a.document_id = ANY ($1::bigint[])
 ), recs AS (
     UPDATE receipts AS r SET message_id = x.message_id, document_id = x.document_id, applied = x.applied,
                              outcome = x.outcome
@@ -286,12 +288,19 @@ UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, cust
    AND s.ebp_code = ANY ($1::text[]) AND s.order_no = ANY ($2::text[])  -- index probes whatever the plan
 """
 
-#: Customs deliveries succeeded ($1 message ids): sent (a receipt may have come first: then it stays).
+#: Customs deliveries succeeded ($1 message ids): sent (a receipt may have come first: then it stays); a sent
+#: document without a receipt is awaited from now (sql/100_receipts_awaited.sql).
 MARK_SENT = """
-UPDATE documents SET forward_state = CASE WHEN forward_state IN ('none', 'held', 'queued') THEN 'sent'
-                                          ELSE forward_state END,
-                     sent_at = now()
- WHERE message_id = ANY ($1::bigint[])
+WITH sent AS (
+    UPDATE documents SET forward_state = CASE WHEN forward_state IN ('none', 'held', 'queued') THEN 'sent'
+                                              ELSE forward_state END,
+                         sent_at = now()
+     WHERE message_id = ANY ($1::bigint[])
+    RETURNING id, forward_state, sent_at, last_receipt_at
+)
+INSERT INTO receipts_awaited AS a (document_id, sent_at)
+SELECT id, sent_at FROM sent WHERE forward_state = 'sent' AND last_receipt_at IS NULL
+    ON CONFLICT (document_id) DO UPDATE SET sent_at = EXCLUDED.sent_at
 """
 #: The documents of messages ($1 ids).
 MESSAGE_DOCUMENTS = (
@@ -312,17 +321,24 @@ RETURNING d.message_id, d.repushes, d.head ->> 'tradeMode' AS mode, d.message_ty
 #: Watchdog: messages sent more than $1 s ago without any receipt. Flags them; with $2 (repush) and under
 #: $3 re-sends, counts a re-send and puts them back to 'queued'. Oldest first, at most $4 documents.
 WATCHDOG = """
-UPDATE documents AS d
-   SET receipt_overdue = true,
-       repushes = d.repushes + CASE WHEN $2 AND d.repushes < $3 THEN 1 ELSE 0 END,
-       forward_state = CASE WHEN $2 AND d.repushes < $3 THEN 'queued' ELSE d.forward_state END
-  FROM (SELECT o.id FROM documents AS o
-         WHERE o.forward_state = 'sent' AND o.last_receipt_at IS NULL
-           AND o.sent_at < now() - make_interval(secs => $1)
-           AND (NOT o.receipt_overdue OR ($2 AND o.repushes < $3))
-         ORDER BY o.sent_at LIMIT $4 FOR UPDATE SKIP LOCKED) AS due
- WHERE d.id = due.id
-RETURNING d.message_id, d.repushes, d.forward_state, d.head ->> 'tradeMode' AS mode, d.message_type, d.key1, d.key2
+WITH flagged AS (
+    UPDATE documents AS d
+       SET receipt_overdue = true,
+           repushes = d.repushes + CASE WHEN $2 AND d.repushes < $3 THEN 1 ELSE 0 END,
+           forward_state = CASE WHEN $2 AND d.repushes < $3 THEN 'queued' ELSE d.forward_state END
+      FROM (SELECT o.id FROM receipts_awaited AS a JOIN documents AS o ON o.id = a.document_id
+             WHERE a.sent_at < now() - make_interval(secs => $1)
+               AND o.forward_state = 'sent' AND o.last_receipt_at IS NULL
+               AND (NOT o.receipt_overdue OR ($2 AND o.repushes < $3))
+             ORDER BY a.sent_at LIMIT $4 FOR UPDATE OF o SKIP LOCKED) AS due
+     WHERE d.id = due.id
+    RETURNING d.id, d.message_id, d.repushes, d.forward_state, d.head ->> 'tradeMode' AS mode, d.message_type,
+              d.key1, d.key2
+), requeued AS (  -- re-pushed: awaited again once sent again
+    DELETE FROM receipts_awaited AS a
+     WHERE a.document_id = ANY (ARRAY(SELECT id FROM flagged WHERE forward_state <> 'sent'))
+)
+SELECT message_id, repushes, forward_state, mode, message_type, key1, key2 FROM flagged
 """
 
 MESSAGE_HEADS = "SELECT id, guid, message_type FROM messages WHERE id = ANY ($1::bigint[])"

@@ -276,6 +276,14 @@ class Flow:
         )
         return row
 
+    async def awaited(self) -> set[int]:
+        """The documents awaiting a receipt (the watchdog's list), checked against the documents themselves."""
+        kept = {(r["document_id"], r["sent_at"]) for r in await self.rows("SELECT * FROM receipts_awaited")}
+        sent = await self.rows("SELECT id, sent_at FROM documents WHERE forward_state = 'sent' AND last_receipt_at"
+                               " IS NULL")  # fmt: skip
+        assert kept == {(r["id"], r["sent_at"]) for r in sent}
+        return {document_id for document_id, _ in kept}
+
     async def jobs(self) -> dict[str, asyncpg.Record]:
         return {r["dedupe_key"]: r for r in await self.rows("SELECT * FROM jobs ORDER BY id")}
 
@@ -539,9 +547,11 @@ async def test_sent_and_watchdog(flow: Flow) -> None:
     await flow.submit(s.order)
     async with flow.pool.acquire() as conn:
         (job,) = await cbec_queue.claim(conn, worker_id="w1", lease_s=30)
+    assert await flow.awaited() == set()
     await flow.outbox.record_sent(job, job.payload["message_id"])
     doc = await flow.doc(s.order)
     assert doc["forward_state"] == "sent" and doc["sent_at"] is not None
+    assert await flow.awaited() == {doc["id"]}
     assert (await flow.jobs())[job.dedupe_key]["state"] == "done"
     assert (await flow.shipment(s))["customs_status"] == "declared"
     # nothing overdue yet; then, with a zero timeout, flagged and (repush on) sent again
@@ -549,15 +559,25 @@ async def test_sent_and_watchdog(flow: Flow) -> None:
     report = await flow.outbox.watchdog(timeout_s=0, repush=False, max_repushes=2)
     assert report == {"overdue": [doc["message_id"]], "resent": []}
     assert (await flow.doc(s.order))["receipt_overdue"]
+    assert await flow.awaited() == {doc["id"]}  # flagged, still awaited
+    assert (await flow.outbox.watchdog(timeout_s=0, repush=False, max_repushes=2))["overdue"] == []  # once
     report = await flow.outbox.watchdog(timeout_s=0, repush=True, max_repushes=2)
     assert report["resent"] == [doc["message_id"]]
     repush = (await flow.jobs())[f"customs:{s.order['guid']}:resend1"]
     assert repush["ordering_keys"] == [f"CEB311:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}"]
     assert (await flow.doc(s.order))["forward_state"] == "queued"
-    # a receipt clears the flag
+    assert await flow.awaited() == set()  # queued again: awaited once sent again
+    async with flow.pool.acquire() as conn:
+        (again,) = await cbec_queue.claim(conn, worker_id="w1", lease_s=30, endpoint="customs")
+    await flow.outbox.record_sent(again, again.payload["message_id"])
+    assert await flow.awaited() == {doc["id"]}
+    assert (await flow.doc(s.order))["sent_at"] > doc["sent_at"]
+    # a receipt clears the flag and ends the wait
     await flow.receipt(s.order, "2", 1)
     doc = await flow.doc(s.order)
     assert not doc["receipt_overdue"] and doc["last_receipt_at"] is not None
+    assert await flow.awaited() == set()
+    assert (await flow.outbox.watchdog(timeout_s=0, repush=True, max_repushes=2))["overdue"] == []
 
 
 # --- receipt messages with many returns -------------------------------------------------------------------
@@ -725,6 +745,7 @@ async def test_concurrent_deliveries_commit_together(flow: Flow) -> None:
             doc = await flow.doc(payload)
             assert doc["forward_state"] == "sent" and doc["sent_at"] is not None
         assert (await flow.shipment(s))["customs_status"] == "declared"
+    assert len(await flow.awaited()) == 12
     done = await flow.rows(
         "SELECT j.state, j.locked_by, a.outcome, a.finished_at FROM jobs AS j"
         " JOIN job_attempts AS a ON a.job_id = j.id AND a.attempt = j.attempts WHERE j.id = ANY ($1::bigint[])",
@@ -758,6 +779,7 @@ async def test_a_lost_lease_in_a_batch_fails_alone(flow: Flow) -> None:
     # ... and the lost one wrote nothing, as its own rolled-back transaction would have
     doc = await flow.doc(lost.order)
     assert doc["forward_state"] == "queued" and doc["sent_at"] is None
+    assert doc["id"] not in await flow.awaited()
     assert (await flow.shipment(lost))["customs_status"] == "pending"
     (job,) = await flow.rows("SELECT state, attempts FROM jobs WHERE id = $1", gone.id)
     assert job["state"] == "queued" and job["attempts"] == gone.attempts
