@@ -298,7 +298,7 @@ WITH sent AS (
      WHERE message_id = ANY ($1::bigint[])
     RETURNING id, forward_state, sent_at, last_receipt_at
 )
-INSERT INTO receipts_awaited AS a (document_id, sent_at)
+INSERT INTO receipts_awaited (document_id, sent_at)
 SELECT id, sent_at FROM sent WHERE forward_state = 'sent' AND last_receipt_at IS NULL
     ON CONFLICT (document_id) DO UPDATE SET sent_at = EXCLUDED.sent_at
 """

@@ -3,9 +3,10 @@
 -- last_receipt_at; while an index of documents named them, each such update wrote a new entry into every index of
 -- documents (a dozen). Now they are named by no index, so PostgreSQL can update the row in place on its page (a
 -- HOT update: no index entry written), given room on the page: documents leave a quarter of each new page free.
--- Kept exact by the statements that change those columns (gateway/outbox.py: MARK_SENT adds; the receipts
--- (SET_CUSTOMS_STATE_AND_OUTCOMES, which re-sends follow) and WATCHDOG's re-push remove), under the locks those
--- transactions take; tests compare it with the documents after each kind of change.
+-- Kept exact by the statements that change those columns (gateway/outbox.py): MARK_SENT adds; a receipt
+-- (SET_CUSTOMS_STATE_AND_OUTCOMES, before any re-send it causes) and the watchdog's re-push (WATCHDOG) remove. They
+-- run under the shipment's locks or the documents' row locks; tests compare the list with the documents after
+-- each kind of change.
 CREATE TABLE receipts_awaited (
     document_id bigint      PRIMARY KEY,  -- documents.id (documents are never deleted)
     sent_at     timestamptz NOT NULL
