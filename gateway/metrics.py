@@ -9,7 +9,8 @@ Two kinds of figures:
 * state figures, read from PostgreSQL when Prometheus scrapes (a handful of index-backed queries, one
   scrape at a time): shipments by reconciliation state and by customs status,
   queue depth, due and running jobs, oldest queued age and dead letters per endpoint, circuit states of
-  this process's workers, and forward / receipt latency quantiles over the last ``window_s`` seconds.
+  this process's workers, forward / receipt latency quantiles over the last ``window_s`` seconds, and the
+  documents sent to customs still awaiting a receipt (how many, and the oldest's wait).
 
 Wire it with :func:`setup_metrics` (adds the route and the middleware as the outermost one). Metrics live
 in a registry of the application, not in prometheus_client's global one, so two applications in one
@@ -234,6 +235,14 @@ class Metrics:
             g.add_metric([quantile], float(v))
         out.append(g)
         out.append(GaugeMetricFamily("cbec_receipts_recent", f"Receipts received {window}", float(r["n"])))
+        r = await conn.fetchrow(q.RECEIPTS_AWAITED)
+        out.append(GaugeMetricFamily("cbec_receipts_awaited", "Documents sent to customs and still without any receipt",
+                                     float(r["n"])))  # fmt: skip
+        out.append(GaugeMetricFamily(
+            "cbec_receipt_oldest_wait_seconds",
+            "How long the oldest document sent to customs and still without a receipt has waited (0: none)",
+            float(r["oldest_s"]),
+        ))  # fmt: skip
         return out
 
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import db
-from gateway.api import KEYS, POOL, create_app
+from gateway.api import KEYS, OUTBOX, POOL, create_app
 from gateway.metrics import setup_metrics
 from tests import apiutil
 from tests.apiutil import OPERATOR, PLATFORM_A, sign_as_agent
@@ -211,3 +211,25 @@ async def test_setup_is_idempotent_and_the_middleware_is_outermost(db_pool: Any)
     first = setup_metrics(app, pool_key=POOL)
     assert setup_metrics(app, pool_key=POOL) is first
     assert list(app.middlewares).count(metrics_middleware) == 1 and app.middlewares[0] is metrics_middleware
+
+
+async def test_receipts_awaited_gauges_count_the_sent_legs_without_a_receipt(db_dsn: str) -> None:
+    """A customs that loses its receipts (the sandbox's LOSTRCPT- scenario): the legs wait, and the gauges say how
+    many and since when, until a re-send brings the receipts."""
+    async with running_stack(db_dsn, forwarding={"receipt_timeout_s": 3600, "watchdog_repush": False}) as stack:
+        lost = fwd_shipment(212, prefix="LOSTRCPT-")
+        for payload in fwd_legs(lost):
+            await stack.submit(payload)
+        await stack.wait_sql("SELECT count(*) = 3 FROM receipts_awaited")  # the order, payment and waybill
+        await asyncio.sleep(0.2)
+        waiting, types = await scrape(stack.base)
+        assert types["cbec_receipts_awaited"] == types["cbec_receipt_oldest_wait_seconds"] == "gauge"
+        assert value(waiting, "cbec_receipts_awaited") == 3
+        oldest = await stack.fetchval("SELECT EXTRACT(EPOCH FROM now() - min(sent_at))::float8 FROM receipts_awaited")
+        assert 0.2 <= value(waiting, "cbec_receipt_oldest_wait_seconds") <= oldest
+        stack.sandbox.config.scenarios_off = ["LOSTRCPT"]
+        assert len((await stack.app[OUTBOX].watchdog(timeout_s=0, repush=True, max_repushes=3))["resent"]) == 3
+        await stack.wait_status(lost, "released")
+        released, _ = await scrape(stack.base)
+    assert value(released, "cbec_receipts_awaited") == 0
+    assert value(released, "cbec_receipt_oldest_wait_seconds") == 0

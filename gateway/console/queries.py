@@ -318,6 +318,14 @@ SELECT count(*)::bigint AS n,
 """
 
 
+#: Documents sent to customs and still without any receipt, and how long the oldest of them has waited (seconds;
+#: 0 when none): the receipt watchdog's list (sql/100_receipts_awaited.sql), read through its sent_at index.
+RECEIPTS_AWAITED = """
+SELECT (SELECT count(*) FROM receipts_awaited)::bigint AS n,
+       coalesce(EXTRACT(EPOCH FROM now() - (SELECT min(sent_at) FROM receipts_awaited)), 0)::float8 AS oldest_s
+"""
+
+
 #: Over the last $1 seconds, per endpoint: successful attempts, quantiles (0.5, 0.9, 0.99) of the forward
 #: latency (job created → attempt finished ok, seconds) and of the attempt's own duration (ms).
 FORWARD_LATENCY = """
