@@ -158,8 +158,13 @@ OPENAPI: dict[str, Any] = {
         "/v1/queue": {
             "get": {
                 "summary": "Delivery queue per endpoint: jobs queued, due, running, done (kept) and dead, oldest "
-                "queued age (s), circuit state of this process's worker (operator / admin)",
-                "responses": {"200": {"description": "{endpoints: [...]}"}, **_AUTH_ERRORS},
+                "queued age (s), circuit state of this process's worker; and the documents sent to customs still "
+                "awaiting a receipt (operator / admin)",
+                "responses": {
+                    "200": {"description": "{endpoints: [...], receipts_awaited: {count, oldest_sent_at, "
+                            "oldest_wait_s}}"},
+                    **_AUTH_ERRORS,
+                },
             }
         },
         "/v1/queue/dead": {

@@ -18,7 +18,7 @@ import cbec_queue
 import pytest_asyncio
 from aiohttp import web
 
-from gateway import samples
+from gateway import outbox, samples
 from gateway.api import create_app
 from gateway.console import CONSOLE
 from gateway.render import render
@@ -241,5 +241,15 @@ async def seed_realistic(api: Client, pool: asyncpg.Pool, *, spread_minutes: int
                   FROM jobs AS j WHERE a.job_id = j.id AND a.outcome = 'ok';
                 UPDATE jobs SET created_at = now() - make_interval(secs => 100 + id) WHERE state = 'queued';
                 """.replace("$1::float8", str(spread_minutes * 60 / max(len(sent), 1))),
+            )
+            # the newest forwarded messages sent 12 minutes ago, their receipts still awaited (the page warns past 10)
+            ids = await conn.fetch("SELECT id FROM messages WHERE guid = ANY ($1::text[]) ORDER BY id DESC LIMIT 4",
+                                   [r["guid"] for r in sent[:40]])  # fmt: skip
+            await conn.execute(outbox.MARK_SENT, [r["id"] for r in ids])
+            await conn.execute(
+                """
+                UPDATE receipts_awaited SET sent_at = sent_at - interval '12 minutes';
+                UPDATE documents AS d SET sent_at = a.sent_at FROM receipts_awaited AS a WHERE a.document_id = d.id;
+                """
             )
     return made

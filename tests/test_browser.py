@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -241,6 +242,10 @@ async def test_console_at_1366x768_with_realistic_data(browser: Browser, site: S
         await page.wait_for_selector(f"#list-table tbody tr[data-order='{made['mismatched'][0]}']")
         await page.wait_for_selector("#chart svg path.series.accepted")
         await page.wait_for_selector("#queue-table tbody tr")
+        awaited = await site.pool.fetchval("SELECT count(*) FROM receipts_awaited")
+        assert awaited == 4  # seed_realistic's demo: four legs sent twelve minutes ago, no receipt yet
+        await expect(page.locator("#awaited")).to_have_text(re.compile(r"^4 · oldest 12 min"))
+        await expect(page.locator("p.awaited")).to_have_class(re.compile(r"\bwarn\b"))
         await page.wait_for_selector("#live[data-state='live']")
         await page.wait_for_timeout(1500)  # let the highlights of fresh figures fade
         # usable on a laptop: nothing wider than the window

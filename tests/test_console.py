@@ -349,11 +349,35 @@ async def test_queue_health_and_dead_letters(ops: Ops) -> None:
     assert by["warehouse"]["queued"] == 1 and by["warehouse"]["dead"] == 0
     assert by["customs"]["oldest_queued_age_s"] >= 0
     assert body["dead_total"] == 1
+    assert body["receipts_awaited"] == {"count": 0, "oldest_sent_at": None}
     [letter] = body["dead_letters"]
     assert letter["id"] == dead and letter["dead_reason"] == "permanent"
     assert "POISON" in letter["last_error"]
     assert [h["outcome"] for h in letter["history"]] == ["permanent"]
     assert letter["payload"]["message"].startswith("<") and "characters" in letter["payload"]["message"]
+
+
+async def test_queue_health_shows_the_receipts_awaited_and_the_feed_sends_them(ops: Ops) -> None:
+    client = await ops.console(OPERATOR)
+    deadline = time.monotonic() + 15
+    async with client.session.get(ops.base + "/ops/api/events") as resp:
+        events = _events(resp, deadline)
+        async for event, data in events:
+            if event == "queue":
+                assert data["receipts_awaited"] == {"count": 0, "oldest_sent_at": None}
+                break
+        async with ops.pool.acquire() as conn:  # two documents sent, no receipt yet (as MARK_SENT lists them)
+            await conn.execute("INSERT INTO receipts_awaited (document_id, sent_at)"
+                               " VALUES (1, now() - interval '5 minutes'), (2, now())")  # fmt: skip
+        async for event, data in events:
+            if event == "queue" and data["receipts_awaited"]["count"] == 2:
+                oldest = datetime.fromisoformat(data["receipts_awaited"]["oldest_sent_at"])
+                assert timedelta(minutes=5) <= datetime.now(UTC) - oldest < timedelta(minutes=6)
+                break
+        else:
+            pytest.fail("no queue event with the awaited receipts arrived")
+    body = await client.get_json("/ops/api/queue")
+    assert body["receipts_awaited"]["count"] == 2
 
 
 async def test_series_per_minute(ops: Ops) -> None:

@@ -227,6 +227,8 @@ async def test_receipts_awaited_gauges_count_the_sent_legs_without_a_receipt(db_
         assert value(waiting, "cbec_receipts_awaited") == 3
         oldest = await stack.fetchval("SELECT EXTRACT(EPOCH FROM now() - min(sent_at))::float8 FROM receipts_awaited")
         assert 0.2 <= value(waiting, "cbec_receipt_oldest_wait_seconds") <= oldest
+        queue = (await stack.client.get("/v1/queue", key=OPERATOR)).body["receipts_awaited"]
+        assert queue["count"] == 3 and queue["oldest_wait_s"] >= 0.2 and queue["oldest_sent_at"]
         stack.sandbox.config.scenarios_off = ["LOSTRCPT"]
         assert len((await stack.app[OUTBOX].watchdog(timeout_s=0, repush=True, max_repushes=3))["resent"]) == 3
         await stack.wait_status(lost, "released")

@@ -180,8 +180,9 @@ class Feed:
                 self._marker = marker
             if self.ticks % self.queue_every == 0:
                 health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0)
-                queue = {"endpoints": health["endpoints"], "dead_total": health["dead_total"]}
-                if self.latest.get("queue", {}).get("endpoints") != queue["endpoints"]:
+                queue = {k: health[k] for k in ("endpoints", "dead_total", "receipts_awaited")}
+                latest = self.latest.get("queue", {})
+                if any(latest.get(k) != queue[k] for k in ("endpoints", "receipts_awaited")):
                     self.publish("queue", {**queue, "as_of": datetime.now().astimezone()})
         self.ticks += 1
 

@@ -270,15 +270,17 @@ async def queue_health(
     conn: asyncpg.Connection, *, endpoints: Iterable[str] = (), dead_limit: int = 50
 ) -> dict[str, Any]:
     """Per endpoint depth, oldest age and circuit (cbec_queue.stats; ``endpoints``, the configured ones, are
-    listed even when idle), and the newest dead letters."""
+    listed even when idle), the newest dead letters, and the documents sent to customs awaiting a receipt."""
     per_endpoint = await cbec_queue.stats(conn, endpoints=endpoints)
     dead = await cbec_queue.dead_letters(conn, limit=dead_limit)
     for job in dead:
         job["payload"] = small_payload(job["payload"])
+    awaited = await conn.fetchrow(RECEIPTS_AWAITED)
     return {
         "endpoints": per_endpoint,
         "dead_letters": dead,
         "dead_total": sum(int(e.get("dead") or 0) for e in per_endpoint),
+        "receipts_awaited": {"count": awaited["n"], "oldest_sent_at": awaited["oldest_sent_at"]},
     }
 
 
@@ -318,11 +320,13 @@ SELECT count(*)::bigint AS n,
 """
 
 
-#: Documents sent to customs and still without any receipt, and how long the oldest of them has waited (seconds;
-#: 0 when none): the receipt watchdog's list (sql/100_receipts_awaited.sql), read through its sent_at index.
+#: Documents sent to customs and still without any receipt, when the oldest of them was sent and how long it has
+#: waited (seconds; 0 when none): the receipt watchdog's list (sql/100_receipts_awaited.sql), its min through the
+#: sent_at index.
 RECEIPTS_AWAITED = """
-SELECT (SELECT count(*) FROM receipts_awaited)::bigint AS n,
-       coalesce(EXTRACT(EPOCH FROM now() - (SELECT min(sent_at) FROM receipts_awaited)), 0)::float8 AS oldest_s
+SELECT n, oldest_sent_at, coalesce(EXTRACT(EPOCH FROM now() - oldest_sent_at), 0)::float8 AS oldest_s
+  FROM (SELECT (SELECT count(*) FROM receipts_awaited)::bigint AS n,
+               (SELECT min(sent_at) FROM receipts_awaited) AS oldest_sent_at) AS x
 """
 
 

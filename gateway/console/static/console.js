@@ -121,7 +121,15 @@
 
   // --- queue ---
 
-  function renderQueue(endpoints, deadTotal) {
+  function renderAwaited(awaited) {
+    const n = Number(awaited?.count || 0);
+    const age = n && awaited.oldest_sent_at ? (Date.now() - Date.parse(awaited.oldest_sent_at)) / 1000 : null;
+    $("awaited").textContent = n ? `${fmtNum(n)} · oldest ${fmtAge(age)}` : "none 无";
+    $("awaited").closest(".awaited").classList.toggle("warn", age !== null && age > 600);
+  }
+
+  function renderQueue(endpoints, deadTotal, awaited) {
+    renderAwaited(awaited);
     const rows = endpoints.map((e) => h("tr", { class: e.circuit === "open" ? "bad" : (e.dead ? "warn" : null) },
       h("td", { class: "mono", text: e.endpoint }),
       h("td", { class: "num", text: fmtNum(e.queued) }),
@@ -173,7 +181,7 @@
 
   async function loadQueue() {
     const body = await call(`${API}/queue`);
-    renderQueue(body.endpoints, body.dead_total);
+    renderQueue(body.endpoints, body.dead_total, body.receipts_awaited);
     renderDead(body.dead_letters);
   }
 
@@ -380,7 +388,7 @@
     });
     es.addEventListener("queue", (ev) => {
       const data = JSON.parse(ev.data);
-      if (renderQueue(data.endpoints, data.dead_total)) loadQueue().catch(() => {});
+      if (renderQueue(data.endpoints, data.dead_total, data.receipts_awaited)) loadQueue().catch(() => {});
     });
     es.addEventListener("status", (ev) => {
       const data = JSON.parse(ev.data);
