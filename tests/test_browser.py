@@ -231,6 +231,24 @@ async def test_poison_order_dead_letter_is_replayed_from_the_page(browser: Brows
     assert errors == []
 
 
+async def test_the_oldest_awaited_receipt_counts_on_while_the_feed_is_quiet(browser: Browser, site: Site) -> None:
+    errors: list[str] = []
+    async with site.pool.acquire() as conn:  # one document sent three minutes ago, as MARK_SENT lists it
+        await conn.execute("INSERT INTO receipts_awaited (document_id, sent_at) VALUES (1, now() - interval '3 min')")
+    async with asyncio.timeout(60):
+        page = await new_page(browser, errors)
+        await sign_in(page, site.base, ADMIN)
+        await page.wait_for_url(site.base + "/ops")
+        await page.wait_for_selector("#live[data-state='live']")
+        await expect(page.locator("#awaited")).to_have_text(re.compile(r"^1 · oldest 3 min"))
+        await expect(page.locator("p.awaited")).not_to_have_class(re.compile(r"\bwarn\b"))
+        # nothing moves, so the feed sends nothing: the page counts the wait on by itself
+        first = await page.locator("#awaited").text_content()
+        await expect(page.locator("#awaited")).not_to_have_text(first or "", timeout=8000)
+        await page.context.close()
+    assert errors == []
+
+
 async def test_console_at_1366x768_with_realistic_data(browser: Browser, site: Site) -> None:
     errors: list[str] = []
     async with asyncio.timeout(120):

@@ -349,7 +349,7 @@ async def test_queue_health_and_dead_letters(ops: Ops) -> None:
     assert by["warehouse"]["queued"] == 1 and by["warehouse"]["dead"] == 0
     assert by["customs"]["oldest_queued_age_s"] >= 0
     assert body["dead_total"] == 1
-    assert body["receipts_awaited"] == {"count": 0, "oldest_sent_at": None}
+    assert body["receipts_awaited"] == {"count": 0, "oldest_sent_at": None, "oldest_wait_s": 0}
     [letter] = body["dead_letters"]
     assert letter["id"] == dead and letter["dead_reason"] == "permanent"
     assert "POISON" in letter["last_error"]
@@ -364,7 +364,7 @@ async def test_queue_health_shows_the_receipts_awaited_and_the_feed_sends_them(o
         events = _events(resp, deadline)
         async for event, data in events:
             if event == "queue":
-                assert data["receipts_awaited"] == {"count": 0, "oldest_sent_at": None}
+                assert data["receipts_awaited"] == {"count": 0, "oldest_sent_at": None, "oldest_wait_s": 0}
                 break
         async with ops.pool.acquire() as conn:  # two documents sent, no receipt yet (as MARK_SENT lists them)
             await conn.execute("INSERT INTO receipts_awaited (document_id, sent_at)"
@@ -373,11 +373,25 @@ async def test_queue_health_shows_the_receipts_awaited_and_the_feed_sends_them(o
             if event == "queue" and data["receipts_awaited"]["count"] == 2:
                 oldest = datetime.fromisoformat(data["receipts_awaited"]["oldest_sent_at"])
                 assert timedelta(minutes=5) <= datetime.now(UTC) - oldest < timedelta(minutes=6)
+                assert 300 <= data["receipts_awaited"]["oldest_wait_s"] < 360
                 break
         else:
             pytest.fail("no queue event with the awaited receipts arrived")
     body = await client.get_json("/ops/api/queue")
     assert body["receipts_awaited"]["count"] == 2
+
+
+def test_the_feed_publishes_the_queue_when_it_moved_not_as_the_oldest_wait_grows() -> None:
+    from gateway.console.feed import _queue_moved
+
+    at = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    before = {"endpoints": [{"endpoint": "customs", "queued": 1}], "dead_total": 0,
+              "receipts_awaited": {"count": 2, "oldest_sent_at": at, "oldest_wait_s": 30.0}}  # fmt: skip
+    later = {**before, "receipts_awaited": {**before["receipts_awaited"], "oldest_wait_s": 35.0}}
+    assert not _queue_moved(before, later)
+    assert _queue_moved(before, {**later, "receipts_awaited": {"count": 1, "oldest_sent_at": at, "oldest_wait_s": 5}})
+    assert _queue_moved(before, {**later, "endpoints": [{"endpoint": "customs", "queued": 2}]})
+    assert _queue_moved({}, later)
 
 
 async def test_series_per_minute(ops: Ops) -> None:

@@ -181,10 +181,18 @@ class Feed:
             if self.ticks % self.queue_every == 0:
                 health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0)
                 queue = {k: health[k] for k in ("endpoints", "dead_total", "receipts_awaited")}
-                latest = self.latest.get("queue", {})
-                if any(latest.get(k) != queue[k] for k in ("endpoints", "receipts_awaited")):
+                if _queue_moved(self.latest.get("queue", {}), queue):
                     self.publish("queue", {**queue, "as_of": datetime.now().astimezone()})
         self.ticks += 1
+
+
+def _queue_moved(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether the queue figures changed (the oldest awaited receipt's wait grows by itself: the page counts it)."""
+    def awaited(q: dict[str, Any]) -> tuple[Any, Any]:
+        a = q.get("receipts_awaited") or {}
+        return a.get("count"), a.get("oldest_sent_at")
+
+    return before.get("endpoints") != now["endpoints"] or awaited(before) != awaited(now)
 
 
 async def build_summary(conn: asyncpg.Connection) -> dict[str, Any]:

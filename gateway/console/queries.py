@@ -280,7 +280,8 @@ async def queue_health(
         "endpoints": per_endpoint,
         "dead_letters": dead,
         "dead_total": sum(int(e.get("dead") or 0) for e in per_endpoint),
-        "receipts_awaited": {"count": awaited["n"], "oldest_sent_at": awaited["oldest_sent_at"]},
+        "receipts_awaited": {"count": awaited["n"], "oldest_sent_at": awaited["oldest_sent_at"],
+                             "oldest_wait_s": awaited["oldest_s"]},
     }
 
 

@@ -20,6 +20,7 @@
     listKey: "",
     listTimer: null,
     seriesAt: 0,
+    awaited: null,
     view: "overview",
     shipmentKey: null,
   };
@@ -121,10 +122,14 @@
 
   // --- queue ---
 
+  // The oldest wait as the server measured it, counted on from when it arrived (no client clock involved);
+  // re-rendered every few seconds, since the feed only says when the figures change.
   function renderAwaited(awaited) {
-    const n = Number(awaited?.count || 0);
-    const age = n && awaited.oldest_sent_at ? (Date.now() - Date.parse(awaited.oldest_sent_at)) / 1000 : null;
-    $("awaited").textContent = n ? `${fmtNum(n)} · oldest ${fmtAge(age)}` : "none 无";
+    if (awaited) state.awaited = { count: Number(awaited.count || 0), wait: awaited.oldest_wait_s, at: Date.now() };
+    const a = state.awaited;
+    if (!a) return;
+    const age = a.count && a.wait !== null && a.wait !== undefined ? a.wait + (Date.now() - a.at) / 1000 : null;
+    $("awaited").textContent = a.count ? `${fmtNum(a.count)} · oldest ${fmtAge(age)}` : "none 无";
     $("awaited").closest(".awaited").classList.toggle("warn", age !== null && age > 600);
   }
 
@@ -607,6 +612,7 @@
     route();
     await Promise.all([loadQueue(), loadSeries()]).catch((e) => toast(e.message, true));
     setInterval(() => { if (Date.now() - state.seriesAt > 30000) loadSeries().catch(() => {}); }, 10000);
+    setInterval(() => renderAwaited(null), 5000);
     connect();
   }
 
