@@ -193,14 +193,15 @@ class Delivery:
 
     def _customs_handler(self, adapter: CustomsAdapter) -> Handler:
         async def handle(job: cbec_queue.Job) -> None:
-            xml = await self._message(job.payload)
-            cop = job.payload.get("cop_msg_id")
+            p = job.payload
+            xml = await self._message(p)
+            cop = p.get("cop_msg_id")
             if not isinstance(cop, str) or not cop:
                 raise PermanentError("customs job payload has no cop_msg_id")
-            p = job.payload
+            # the type and guid as stored: the adapter need not parse the message again to learn them
             await adapter.send({"message": xml, "cop_msg_id": cop, "message_type": p.get("message_type"),
                                 "guid": p.get("guid")})  # fmt: skip
-            await self.outbox.record_sent(job, int(job.payload["message_id"]))
+            await self.outbox.record_sent(job, int(p["message_id"]))
 
         return handle
 
