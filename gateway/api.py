@@ -27,7 +27,7 @@ from gateway import db, receipts
 from gateway.auth import KeyRing, Principal
 from gateway.config import Role, Settings
 from gateway.console import setup_console
-from gateway.console.queries import RECEIPTS_AWAITED
+from gateway.console.queries import receipts_awaited
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.metrics import setup_metrics
@@ -317,12 +317,8 @@ async def get_queue(request: web.Request) -> web.Response:
         return denied
     async with request.app[POOL].acquire() as conn:
         endpoints = await cbec_queue.stats(conn, endpoints=_configured_endpoints(request.app))
-        awaited = await conn.fetchrow(RECEIPTS_AWAITED)
-    return json_response({
-        "endpoints": endpoints,
-        "receipts_awaited": {"count": awaited["n"], "oldest_sent_at": awaited["oldest_sent_at"],
-                             "oldest_wait_s": awaited["oldest_s"]},
-    })  # fmt: skip
+        awaited = await receipts_awaited(conn)
+    return json_response({"endpoints": endpoints, "receipts_awaited": awaited})
 
 
 async def get_dead_letters(request: web.Request) -> web.Response:

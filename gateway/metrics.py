@@ -235,13 +235,13 @@ class Metrics:
             g.add_metric([quantile], float(v))
         out.append(g)
         out.append(GaugeMetricFamily("cbec_receipts_recent", f"Receipts received {window}", float(r["n"])))
-        r = await conn.fetchrow(q.RECEIPTS_AWAITED)
+        awaited = await q.receipts_awaited(conn)
         out.append(GaugeMetricFamily("cbec_receipts_awaited", "Documents sent to customs and still without any receipt",
-                                     float(r["n"])))  # fmt: skip
+                                     float(awaited["count"])))  # fmt: skip
         out.append(GaugeMetricFamily(
             "cbec_receipt_oldest_wait_seconds",
             "How long the oldest document sent to customs and still without a receipt has waited (0: none)",
-            float(r["oldest_s"]),
+            float(awaited["oldest_wait_s"]),
         ))  # fmt: skip
         return out
 

@@ -275,14 +275,19 @@ async def queue_health(
     dead = await cbec_queue.dead_letters(conn, limit=dead_limit)
     for job in dead:
         job["payload"] = small_payload(job["payload"])
-    awaited = await conn.fetchrow(RECEIPTS_AWAITED)
     return {
         "endpoints": per_endpoint,
         "dead_letters": dead,
         "dead_total": sum(int(e.get("dead") or 0) for e in per_endpoint),
-        "receipts_awaited": {"count": awaited["n"], "oldest_sent_at": awaited["oldest_sent_at"],
-                             "oldest_wait_s": awaited["oldest_s"]},
+        "receipts_awaited": await receipts_awaited(conn),
     }
+
+
+async def receipts_awaited(conn: asyncpg.Connection) -> dict[str, Any]:
+    """``count``, ``oldest_sent_at`` and ``oldest_wait_s`` of the documents awaiting a customs receipt
+    (RECEIPTS_AWAITED): the console, ``GET /v1/queue`` and ``/metrics`` show these."""
+    r = await conn.fetchrow(RECEIPTS_AWAITED)
+    return {"count": r["n"], "oldest_sent_at": r["oldest_sent_at"], "oldest_wait_s": r["oldest_s"]}
 
 
 # --- series for the charts --------------------------------------------------------------------------------
