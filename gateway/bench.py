@@ -1160,7 +1160,8 @@ def format_report(r: Report) -> str:
         d = r.drain
         row("3e. a backlog forwarded: cbec worker → cbec sandbox (msg/s)", f"{d.forwarded_per_second:,.0f}")
         row("   messages forwarded / waiting when the worker started", f"{d.forwarded:,} / {d.queued:,}")
-        row("   first claim to last delivery (s)", f"{d.seconds:.3g}")  # a tiny backlog drains in ms
+        span = f"{d.seconds:.3g}" if d.seconds < 100 else f"{d.seconds:,.0f}"  # a tiny backlog drains in ms
+        row("   first claim to last delivery (s)", span)
         if d.cpu_ms_per_message:
             c = d.cpu_ms_per_message
             row("   CPU ms per message: worker/sandbox/pg",
