@@ -45,6 +45,7 @@ from gateway.documents import ParsedMessage
 from gateway.errors import Issue
 from gateway.keystate import (
     CODES,
+    LOCK_BUYER,
     SEP,
     Conflict,
     Defer,
@@ -55,6 +56,7 @@ from gateway.keystate import (
     Refs,
     Row,
     State,
+    WaybillBuyers,
     Write,
     issue,
     judge,
@@ -502,6 +504,7 @@ class Store:
         # transaction (the transactional outbox). None: nothing is forwarded.
         self.outbox = outbox
         self._running_locks: collections.Counter[Lock] = collections.Counter()  # locks of the batches running now
+        self.waybill_buyers = WaybillBuyers()  # the inventories' buyers by waybill, for a waybill's locks up front
         self._arrivals = 0
         self._batcher: Batcher[_Job, IngestResult] = Batcher(
             self._batch, max_batch=max_batch, max_parallel=max_parallel, attempts=_ATTEMPTS,
@@ -521,10 +524,11 @@ class Store:
             raise ValueError(f"source must be 'xml' or 'json', got {source!r}")
         self._arrivals += 1
         news = new_documents(msg)
-        job = _Job(
-            msg, raw, hashlib.sha256(raw).digest(), submitter, source, self._arrivals, news, up_front_locks(msg),
-            Refs.of(news),
-        )  # fmt: skip
+        locks, refs = up_front_locks(msg), Refs.of(news)
+        for buyer in self.waybill_buyers.guess(news):
+            locks.add((LOCK_BUYER, buyer[0]))
+            refs.buyers.add(buyer)
+        job = _Job(msg, raw, hashlib.sha256(raw).digest(), submitter, source, self._arrivals, news, locks, refs)
         return await self._batcher.put(job)
 
     async def aclose(self) -> None:
@@ -628,6 +632,7 @@ class Store:
             ids = await self._write(conn, writes)
             for job, w in writes:
                 w.body["id"] = ids[job.msg.guid]  # the statement stored it in the response the same way
+                self.waybill_buyers.learn(job.news)
                 outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False)
             if self.outbox is not None:
                 await self.outbox.after_write(conn, plans, ids)

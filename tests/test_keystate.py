@@ -21,6 +21,7 @@ from gateway.keystate import (
     Refs,
     Row,
     State,
+    WaybillBuyers,
     Write,
     buyer_of,
     decide,
@@ -137,3 +138,53 @@ def test_a_leg_without_a_buyer_number_takes_no_shared_buyer_lock() -> None:
     order.documents[0].head["buyerIdNumber"] = " "
     assert not [lock for lock in up_front_locks(order) if lock[0] == LOCK_BUYER]
     assert Refs.of(new_documents(order)).buyers == set()
+
+
+# --- a waybill after its inventory: the buyer guessed from the inventories this process accepted -----------------
+
+
+def test_a_waybill_after_an_inventory_seen_here_takes_its_buyer_up_front() -> None:
+    legs = _legs()
+    inventory = _stored(legs["CEB621"])
+    hints = WaybillBuyers()
+    hints.learn(new_documents(legs["CEB621"]))
+    waybill = new_documents(legs["CEB511"])
+    guessed = hints.guess(waybill)
+    assert guessed == {buyer_of(inventory.head)}
+    refs, locks = Refs.of(waybill), up_front_locks(legs["CEB511"])
+    refs.buyers |= guessed
+    locks |= {(LOCK_BUYER, b) for b, _ in guessed}
+    state = State(current={inventory.key: inventory}, rows={inventory.id: inventory}, ledger={})
+    verdict = judge(legs["CEB511"], waybill, refs, locks, state, rates=tax.DEFAULT_RATES, tolerance=Decimal(0))
+    assert isinstance(verdict, Write)
+    assert [p["buyer_id_number"] for p in verdict.ledger_put] == [inventory.head["buyerIdNumber"]]
+
+
+def test_the_waybill_hints_forget_the_oldest_and_guess_nothing_for_other_legs() -> None:
+    hints = WaybillBuyers(size=2)
+    shipments = [_legs_of(seed) for seed in (1, 2, 3)]
+    for legs in shipments:
+        hints.learn(new_documents(legs["CEB621"]))
+    assert len(hints) == 2
+    assert hints.guess(new_documents(shipments[0]["CEB511"])) == set()  # forgotten: the oldest
+    assert hints.guess(new_documents(shipments[2]["CEB511"])) == {buyer_of(shipments[2]["CEB621"].documents[0].head)}
+    # an order names its own buyer: nothing is guessed for it, nor learnt from it
+    assert hints.guess(new_documents(shipments[2]["CEB311"])) == set()
+    hints.learn(new_documents(shipments[0]["CEB311"]))
+    assert hints.guess(new_documents(shipments[0]["CEB511"])) == set()
+    with pytest.raises(ValueError):
+        WaybillBuyers(size=0)
+
+
+def test_a_withdrawn_inventory_teaches_no_buyer() -> None:
+    legs = _legs()
+    news = new_documents(legs["CEB621"])
+    news[0].outcome, news[0].row.withdrawn = "withdrawn", True
+    hints = WaybillBuyers()
+    hints.learn(news)
+    assert hints.guess(new_documents(legs["CEB511"])) == set()
+
+
+def _legs_of(seed: int) -> dict[str, ParsedMessage]:
+    shipment = samples.shipment(random.Random(seed), now=datetime(2026, 11, 20, 10, 0, 0))
+    return {code: extract(*parse_message(xml)) for code, xml in samples.render_shipment(shipment).items()}

@@ -614,6 +614,35 @@ async def test_ledger_counts_the_buyers_other_orders(store: Store, db_pool: asyn
     assert (await ledger(db_pool))["Z1"] == tax.assess(other.documents[0], annual_used=Decimal(0)).counts_toward_annual
 
 
+async def test_a_waybill_after_its_inventory_reads_once_where_the_inventory_was_seen(
+    store: Store, db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The waybill names no buyer, but reassesses its inventory's tax: the store that accepted the inventory
+    # guesses the buyer up front (one read); another store (another API process) reads a second time. Both
+    # end with the same ledger and shipment.
+    reads = 0
+    real_read = Store._read
+
+    async def counting_read(*args: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_read(*args)
+
+    monkeypatch.setattr(Store, "_read", staticmethod(counting_read))
+    other = Store(db_pool)
+    found = {}
+    for order_no, by in (("WBH1", store), ("WBH2", other)):
+        await ingest(store, message("CEB621", inventory_head(order_no), lines=inventory_lines("4900")))
+        reads = 0
+        await ingest(by, message("CEB511", waybill_head(order_no)))
+        found[order_no] = reads
+        shipment = await store.get_shipment(EBP, order_no)
+        assert shipment is not None and "waybill" not in shipment["missing"]
+    assert found == {"WBH1": 1, "WBH2": 2}
+    book = await ledger(db_pool)
+    assert book["WBH1"] == book["WBH2"] > 0
+
+
 async def test_several_inventories_of_one_buyer_in_one_message(store: Store, db_pool: asyncpg.Pool) -> None:
     heads = [inventory_head(f"V{i}", guid=f"INV-V{i}") for i in range(6)]
     msg = message("CEB621", *heads, lines=inventory_lines("4900"))
