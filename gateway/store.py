@@ -13,10 +13,11 @@ this module reads the rows it needs and writes what it decided:
   unique index on current keys stays the last guard; a deadlock between transactions that found
   extra locks late is retried;
 * throughput: messages arriving together share a transaction (at most ``max_batch``, at most
-  ``max_parallel`` transactions at once; :mod:`gateway.batching`). Inside, they go in waves of messages
-  whose locks are disjoint: one read for the wave, the pure judgement per message, one write for the
-  wave — so a busy gateway pays about two round trips per wave, plus BEGIN and COMMIT per batch,
-  instead of five round trips per message. Each message is still judged as if alone, in arrival order, seeing the
+  ``max_parallel`` transactions at once; :mod:`gateway.batching`). A batch takes messages whose locks
+  are disjoint (the others wait for a later batch) and runs them as a wave: one read, the pure judgement
+  per message, one write — so a busy gateway pays about two round trips per batch, plus BEGIN and COMMIT,
+  instead of five round trips per message; a message that found it needs more locks goes to a later
+  wave of the same transaction. Each message is still judged as if alone, in arrival order, seeing the
   ones before it; none is answered before the commit.
 
 Every statement reaches a handful of rows through an index, with plans that stay index-driven as the
@@ -555,7 +556,14 @@ class Store:
 
     def _take(self) -> list[_Job]:
         """The next batch: waiting messages in arrival order, skipping those that share a lock with a running
-        batch or with a message skipped before them (no message overtakes one it shares a lock with)."""
+        batch, with a message taken before them or with one skipped before them (no message overtakes one it
+        shares a lock with).
+
+        A message sharing a lock with one already in the batch (another leg of its shipment, most often) waits
+        for a later batch rather than joining this one: inside the batch it would need a wave of its own — a
+        read, a write and an enqueue more for one or two messages, while the batch's other messages wait for
+        them before the commit (at 128 clients, 2.2 waves per batch of 32).
+        """
         batch: list[_Job] = []
         blocked = set(self._running_locks)
         kept: list[_Job] = []
@@ -564,10 +572,10 @@ class Store:
             if job.future.done():  # the caller went away before it started: nothing to do
                 continue
             if job.locks & blocked:
-                blocked |= job.locks
                 kept.append(job)
             else:
                 batch.append(job)
+            blocked |= job.locks
         self._queue.extendleft(reversed(kept))
         return batch
 
