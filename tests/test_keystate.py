@@ -91,8 +91,8 @@ def test_locks_name_the_key_the_order_and_the_guid() -> None:
 # --- a leg arriving after its inventory: the buyer's ledger is read with everything else -----------------------
 
 
-def _legs(defect: str | None = None) -> dict[str, ParsedMessage]:
-    shipment = samples.shipment(random.Random(7), now=datetime(2026, 11, 20, 10, 0, 0))
+def _legs(defect: str | None = None, seed: int = 7) -> dict[str, ParsedMessage]:
+    shipment = samples.shipment(random.Random(seed), now=datetime(2026, 11, 20, 10, 0, 0))
     if defect is not None:
         shipment = samples.broken(shipment, defect)
     return {code: extract(*parse_message(xml)) for code, xml in samples.render_shipment(shipment).items()}
@@ -162,7 +162,7 @@ def test_a_waybill_after_an_inventory_seen_here_takes_its_buyer_up_front() -> No
 
 def test_the_waybill_hints_forget_the_oldest_and_guess_nothing_for_other_legs() -> None:
     hints = WaybillBuyers(size=2)
-    shipments = [_legs_of(seed) for seed in (1, 2, 3)]
+    shipments = [_legs(seed=seed) for seed in (1, 2, 3)]
     for legs in shipments:
         hints.learn(new_documents(legs["CEB621"]))
     assert len(hints) == 2
@@ -183,8 +183,3 @@ def test_a_withdrawn_inventory_teaches_no_buyer() -> None:
     hints = WaybillBuyers()
     hints.learn(news)
     assert hints.guess(new_documents(legs["CEB511"])) == set()
-
-
-def _legs_of(seed: int) -> dict[str, ParsedMessage]:
-    shipment = samples.shipment(random.Random(seed), now=datetime(2026, 11, 20, 10, 0, 0))
-    return {code: extract(*parse_message(xml)) for code, xml in samples.render_shipment(shipment).items()}
