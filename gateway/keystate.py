@@ -27,7 +27,8 @@ its waybill is the one its inventory names, else the latest one carrying its ord
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -435,21 +436,62 @@ def _latest(rows: Iterable[Row] | None) -> Row | None:
 
 
 class Live:
-    """The live (current, not withdrawn) documents as they will be after the message."""
+    """The live (current, not withdrawn) documents as they will be after the message.
 
-    def __init__(self, rows: Iterable[Row]) -> None:
+    Built once for a wave's rows (:meth:`State.live`); each message of the wave sees them through
+    :meth:`changed`, with the rows it replaces taken out and its own live documents put in, undone after.
+    """
+
+    def __init__(self, rows: Iterable[Row] = ()) -> None:
         self.legs: dict[tuple[str, str], dict[str, list[Row]]] = {}
         self.waybills_by_key: dict[tuple[str, str], list[Row]] = {}
         self.waybills_by_order: dict[str, list[Row]] = {}
         self.inventories_by_waybill: dict[tuple[str, str], list[Row]] = {}
         for row in rows:
-            if row.kind == Kind.WAYBILL:
-                self.waybills_by_key.setdefault(row.logistics_key, []).append(row)
-                self.waybills_by_order.setdefault(row.order_no or "", []).append(row)
-            elif row.kind in SHIPMENT_KIND_VALUES:
-                self.legs.setdefault(row.shipment_key, {}).setdefault(row.kind, []).append(row)
-                if row.kind == Kind.INVENTORY:
-                    self.inventories_by_waybill.setdefault(row.logistics_key, []).append(row)
+            self.add(row)
+
+    def _places(self, row: Row) -> list[tuple[dict[Any, list[Row]], Any]]:
+        """The (index, key) pairs whose lists hold ``row``."""
+        if row.kind == Kind.WAYBILL:
+            return [(self.waybills_by_key, row.logistics_key), (self.waybills_by_order, row.order_no or "")]
+        if row.kind not in SHIPMENT_KIND_VALUES:
+            return []
+        places: list[tuple[dict[Any, list[Row]], Any]] = [(self.legs.setdefault(row.shipment_key, {}), row.kind)]
+        if row.kind == Kind.INVENTORY:
+            places.append((self.inventories_by_waybill, row.logistics_key))
+        return places
+
+    def add(self, row: Row) -> None:
+        for index, key in self._places(row):
+            index.setdefault(key, []).append(row)
+
+    def remove(self, row: Row) -> None:
+        """Take ``row`` (this very object) out; an index entry left empty goes, as if never added."""
+        for index, key in self._places(row):
+            rows = index[key]
+            rows.remove(row)  # this very object: rows compare by identity (eq=False)
+            if not rows:
+                del index[key]
+        if row.kind in SHIPMENT_KIND_VALUES and row.kind != Kind.WAYBILL and not self.legs[row.shipment_key]:
+            del self.legs[row.shipment_key]
+
+    @contextlib.contextmanager
+    def changed(self, gone: Iterable[Row], new: Iterable[Row]) -> Iterator[Live]:
+        """These documents as they will be with ``gone`` out and ``new`` in, for the block; then as before."""
+        gone, new = list(gone), list(new)
+        for row in gone:
+            self.remove(row)
+        added: list[Row] = []
+        try:
+            for row in new:
+                self.add(row)
+                added.append(row)
+            yield self
+        finally:
+            for row in reversed(added):
+                self.remove(row)
+            for row in gone:
+                self.add(row)
 
     def shipments_of_waybill(self, row: Row) -> list[tuple[str, str]]:
         """Keyed shipments a waybill belongs to: via an inventory naming it, or sharing its orderNo."""
@@ -595,6 +637,14 @@ class State:
     current: dict[tuple[str, str, str], Row]  # current row per key, withdrawn or not
     rows: dict[int, Row]  # live legs and waybills of the shipments involved
     ledger: LedgerBook
+    _live: Live | None = field(default=None, repr=False)
+
+    def live(self) -> Live:
+        """The live documents of ``rows``, indexed once for all the messages judged against this state (a
+        wave of a batch: each message used to index every row of the wave again)."""
+        if self._live is None:
+            self._live = Live(self.rows.values())
+        return self._live
 
 
 def judge(
@@ -617,12 +667,27 @@ def judge(
     issues = decide(news, state.current)
     if issues:
         raise Conflict(issues)
+    replaced = dict.fromkeys(new.replaces.id for new in news if new.replaces is not None)
+    gone = [state.rows[i] for i in replaced if i in state.rows]
+    with state.live().changed(gone, [n.row for n in news if n.live]) as live:
+        return _judge(msg, news, refs, held, state, live, rates=rates, tolerance=tolerance)
+
+
+def _judge(
+    msg: ParsedMessage,
+    news: list[New],
+    refs: Refs,
+    held: set[Lock],
+    state: State,
+    live: Live,
+    *,
+    rates: tax.TaxRates,
+    tolerance: Decimal,
+) -> Write | Defer:
     more = Refs()
     for new in news:
         if new.replaces is not None and not new.replaces.withdrawn:
             more.add(new.replaces)
-    gone = {new.replaces.id for new in news if new.replaces is not None}
-    live = Live([row for row in state.rows.values() if row.id not in gone] + [n.row for n in news if n.live])
     keyed, blanks = touched(news, live)
     shipments = {key: live.shipment(key) for key in keyed}
     orders = {k[1] for k in more.keyed} | more.waybill_orders | {k[1] for k in keyed} | set(blanks)

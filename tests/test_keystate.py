@@ -18,6 +18,7 @@ from gateway.keystate import (
     LOCK_BUYER,
     Conflict,
     Defer,
+    Live,
     Refs,
     Row,
     State,
@@ -183,3 +184,72 @@ def test_a_withdrawn_inventory_teaches_no_buyer() -> None:
     hints = WaybillBuyers()
     hints.learn(news)
     assert hints.guess(new_documents(legs["CEB511"])) == set()
+
+
+# --- the live documents of a wave, indexed once and changed for each message ---------------------------------------
+
+
+def _answers(live: Live, shipment_keys: list[tuple[str, str]], waybills: list[Row]) -> list[object]:
+    """What judging asks of a Live: each shipment's legs, each waybill's shipments, each waybill-only shipment."""
+    out: list[object] = []
+    for key in shipment_keys:
+        s = live.shipment(key)
+        out.append([id(d) if d is not None else None for d in (s.order, s.payment, s.waybill, s.inventory)])
+    for w in waybills:
+        out.append(live.shipments_of_waybill(w))
+        blank = live.blank_shipment(w.order_no or "")
+        out.append(id(blank.waybill) if blank is not None else None)
+    return out
+
+
+@given(st.data())
+def test_a_changed_live_answers_as_one_built_with_the_change_and_goes_back_after(data: st.DataObject) -> None:
+    rows: list[Row] = []
+    for seed in (1, 2, 3):  # three shipments' legs, stored
+        for msg in _legs(seed=seed).values():
+            row = _stored(msg)
+            row.id = len(rows) + 1
+            row.document  # noqa: B018 - built once, so that both ways answer with the same Document objects
+            rows.append(row)
+    stored = data.draw(st.lists(st.sampled_from(rows), unique_by=id))
+    gone = data.draw(st.lists(st.sampled_from(stored), unique_by=id)) if stored else []
+    new = [r for r in data.draw(st.lists(st.sampled_from(rows), unique_by=id)) if r not in stored]
+    keys = sorted({r.shipment_key for r in rows})
+    waybills = [r for r in rows if r.message_type == "CEB511"]
+
+    live = Live(stored)
+    before = _answers(live, keys, waybills)
+    expected = _answers(Live([r for r in stored if r not in gone] + new), keys, waybills)
+    with live.changed(gone, new) as changed:
+        assert _answers(changed, keys, waybills) == expected
+    assert _answers(live, keys, waybills) == before
+    # an index entry emptied by the change is gone, as in a Live built without its rows
+    with live.changed(stored, []) as empty:
+        assert empty.legs == {} and empty.waybills_by_key == {} and empty.inventories_by_waybill == {}
+
+
+def test_messages_judged_against_one_state_are_judged_as_each_against_its_own() -> None:
+    first, second = _legs(seed=11), _legs(seed=12)
+    stored = [_stored(first["CEB621"]), _stored(second["CEB311"]), _stored(second["CEB621"])]
+    for i, row in enumerate(stored, start=1):
+        row.id = i
+    change = first["CEB621"]  # the first shipment's inventory again, changed (appType 2, newer appTime)
+    change.documents[0].head.update(appType="2", appTime="20991231235959")
+
+    def state() -> State:
+        return State(current={r.key: r for r in stored}, rows={r.id: r for r in stored}, ledger={})
+
+    def verdict(msg: ParsedMessage, st: State) -> Write | Defer:
+        news = new_documents(msg)
+        refs, locks = Refs.of(news), up_front_locks(msg)
+        refs.buyers |= {buyer_of(r.head) for r in stored if r.message_type == "CEB621"}
+        locks |= {(LOCK_BUYER, b) for b, _ in refs.buyers}
+        return judge(msg, news, refs, locks, st, rates=tax.DEFAULT_RATES, tolerance=Decimal(0))
+
+    messages = [change, first["CEB311"], second["CEB511"], second["CEB411"]]
+    shared = state()
+    together = [verdict(msg, shared) for msg in messages]
+    alone = [verdict(msg, state()) for msg in messages]
+    assert all(isinstance(v, Write) for v in together)
+    assert together == alone
+    assert len(shared.live().legs) == 2  # the change of the first message did not stay in the wave's index
