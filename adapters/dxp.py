@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +53,9 @@ CODES: dict[str, str] = {
 }
 
 _DXP = f"{{{DXP_NS}}}"
-_WS = re.compile(rb"\s+")
+#: What base64 text may carry between its characters (what the regex \s matches in bytes), deleted by
+#: bytes.translate: a tenth of the cost of a regex over a message's Data.
+_WS = b" \t\n\r\x0b\x0c"
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def read_envelope(root: etree._Element) -> Envelope:
     created = parse_creat_time(_text(trans, "CreatTime", tpath))
     msg_type = _text(trans, "MsgType", tpath, required=False)
     data_el = root.find(_DXP + "Data")
-    raw = _WS.sub(b"", (data_el.text or "").encode("ascii", "replace")) if data_el is not None else b""
+    raw = (data_el.text or "").encode("ascii", "replace").translate(None, _WS) if data_el is not None else b""
     if not raw:
         raise _reject("parse.dxp_missing_field", "/DxpMsg/Data", "DxpMsg Data is missing or empty")
     try:

@@ -151,10 +151,12 @@ def test_unwrap_is_safe() -> None:
 
 def test_unwrap_tolerates_wrapped_base64_and_offsets() -> None:
     data = base64.b64encode(CEB).decode()
-    folded = "\n".join(data[i : i + 76] for i in range(0, len(data), 76))
+    # MIME's 76-character lines, and any other XML whitespace a peer's formatter may leave between them
+    folded = "\r\n".join(data[i : i + 76] for i in range(0, len(data), 76)).replace("A", " \tA", 3)
     body = _wrap().decode().replace(data, folded).replace("2026-11-20T09:30:15", "2026-11-20T09:30:15.250+08:00")
     env = dxp.unwrap(body.encode())
     assert env.data == CEB
+    assert _codes(body.replace(folded, folded.replace("A", "A.", 1)).encode()) == ["parse.dxp_bad_data"]
     assert env.created == datetime(2026, 11, 20, 9, 30, 15, 250000, tzinfo=timezone(timedelta(hours=8)))
 
 
