@@ -7,6 +7,7 @@ stack trace. Handlers stay thin: the pipeline and the store do the work.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -33,14 +34,16 @@ from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.metrics import setup_metrics
 from gateway.openapi import OPENAPI
 from gateway.outbox import Outbox
-from gateway.pipeline import Forbidden, Pipeline
+from gateway.pipeline import Checked, Forbidden, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
 from gateway.store import Conflict, Store
+from gateway.turns import Turns
 
 log = structlog.get_logger("gateway.api")
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
+TURNS = web.AppKey("turns", Turns)
 STORE = web.AppKey("store", Store)
 KEYS = web.AppKey("keys", KeyRing)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -151,6 +154,17 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
+def _check_json(pipeline: Pipeline, body: bytes) -> Checked:
+    try:
+        payload = json.loads(body, parse_float=Decimal)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        issue = Issue(Layer.PARSE, "parse.invalid_json", "", f"the body is not JSON: {exc}")
+        raise MessageRejected([issue]) from None
+    if not isinstance(payload, dict):
+        raise MessageRejected([Issue(Layer.SCHEMA, "json.not_an_object", "", "the body must be a JSON object")])
+    return pipeline.check_json(payload)
+
+
 async def post_message(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
     principal = _principal(request)
@@ -160,17 +174,11 @@ async def post_message(request: web.Request) -> web.Response:
     source = "json" if ctype == "application/json" else "xml"
     try:
         body = await _read_body(request, pipeline.max_bytes)
+        # the check takes its turn (gateway.turns): the store's transactions are never queued behind a burst
         if source == "json":
-            try:
-                payload = json.loads(body, parse_float=Decimal)
-            except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
-                issue = Issue(Layer.PARSE, "parse.invalid_json", "", f"the body is not JSON: {exc}")
-                raise MessageRejected([issue]) from None
-            if not isinstance(payload, dict):
-                raise MessageRejected([Issue(Layer.SCHEMA, "json.not_an_object", "", "the body must be a JSON object")])
-            checked = pipeline.check_json(payload)
+            checked = await request.app[TURNS].run(_check_json, pipeline, body)
         elif ctype in ("application/xml", "text/xml", "application/octet-stream", ""):
-            checked = pipeline.check(body)
+            checked = await request.app[TURNS].run(pipeline.check, body)
         else:
             return error_response(415, f"unsupported Content-Type {ctype}; send application/xml or application/json")
         structlog.contextvars.bind_contextvars(guid=checked.message.guid, message_type=checked.message.type.code)
@@ -275,7 +283,8 @@ async def post_receipts(request: web.Request) -> web.Response:
         if request.content_type not in ("application/xml", "text/xml", "application/octet-stream", ""):
             return error_response(415, f"unsupported Content-Type {request.content_type}; send application/xml")
         body = await _read_body(request, pipeline.max_bytes * 2)  # a DxpMsg carries base64: a third more
-        intake = receipts.read(body, pipeline.schemas, max_bytes=pipeline.max_bytes)
+        read = functools.partial(receipts.read, max_bytes=pipeline.max_bytes)
+        intake = await request.app[TURNS].run(read, body, pipeline.schemas)  # its turn, as a message's check
     except MessageRejected as exc:
         status = _status_for(exc.issues)
         await request.app[STORE].record_rejection(
@@ -410,6 +419,7 @@ def create_app(
     app[POOL] = pool
     app[STORE] = store
     app[OUTBOX] = outbox
+    app[TURNS] = Turns()
     app[PIPELINE] = Pipeline(schemas or SchemaSet(), store, max_bytes=settings.max_body_bytes, signer=signer)
     app[KEYS] = KeyRing(settings.api_keys)
     app.router.add_post("/v1/messages", post_message)
