@@ -822,3 +822,21 @@ async def test_a_batch_skips_messages_locked_by_a_running_batch_and_keeps_their_
     gone.future.cancel()  # the caller went away before it started
     store._queue.append(gone)
     assert store._take() == [] and not store._queue
+
+
+async def test_another_transaction_starts_only_for_a_full_batch() -> None:
+    """Scheduling (Store._could_start): beside a running transaction, another one starts only once a full batch
+    waits (the newest of it free to start); fewer wait for the running one and go together in its next batch."""
+    store = Store(None, max_batch=3)  # type: ignore[arg-type]  # _could_start touches no database
+
+    def job(n: int, *locks: tuple[str, str]) -> Any:
+        return store_module._Job(None, b"", b"", "t", "xml", n, [], set(locks), None)  # type: ignore[arg-type]
+
+    running = ("order", "R")
+    store._running_locks.update([running])
+    store._queue.extend([job(1, ("order", "A")), job(2, ("order", "B"))])
+    assert not store._could_start(store._queue[-1])  # two of three: they wait for the running transaction
+    store._queue.append(job(3, ("order", "C")))
+    assert store._could_start(store._queue[-1])  # a full batch
+    store._queue.append(job(4, running))
+    assert not store._could_start(store._queue[-1])  # full, but the newest waits for the running batch's lock
