@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import random
@@ -115,6 +116,28 @@ async def test_bad_bodies_get_precise_errors(api: Client, body: bytes, ctype: st
     reply = await api.request("POST", "/v1/messages", data=body, content_type=ctype)
     assert reply.status == status, reply.body
     assert reply.body["error"]["issues"][0]["code"] == code
+
+
+async def test_a_burst_of_good_and_bad_messages_gets_each_its_own_answer(api: Client) -> None:
+    """Many requests at once, each check taking its turn (gateway.turns): every answer is its own request's."""
+    shipments = [new_shipment(seed, mode) for seed, mode in ((40, "9610"), (41, "1210"), (42, "9610"))]
+    good = [(code, xml) for s in shipments for code, xml in legs(s).items()]
+    bad = [(b"<a><b></a>", "application/xml", 400, "parse.not_well_formed"),
+           (b"{not json", "application/json", 400, "parse.invalid_json"),
+           (b'{"type": "CEB999", "documents": []}', "application/json", 422, "json.unsupported_type")]  # fmt: skip
+    calls = [api.post_xml(xml) for _, xml in good]
+    calls += [api.request("POST", "/v1/messages", data=body, content_type=ctype) for body, ctype, _, _ in bad]
+    calls.insert(5, api.request("POST", "/v1/messages", json_body=json.loads(json.dumps(new_shipment(43).order,
+                                                                                    default=str))))  # fmt: skip
+    replies = await asyncio.gather(*calls)
+    json_reply = replies.pop(5)
+    assert json_reply.status == 202 and json_reply.body["message_type"] == "CEB311", json_reply.body
+    for (code, _), reply in zip(good, replies, strict=False):
+        assert reply.status == 202 and reply.body["message_type"] == code, reply.body
+    for (_, _, status, issue), reply in zip(bad, replies[len(good) :], strict=True):
+        assert reply.status == status and reply.body["error"]["issues"][0]["code"] == issue, reply.body
+    for s in shipments:
+        assert (await shipment_state(api, s))["state"] == "matched"
 
 
 async def test_unsupported_content_type_is_415(api: Client) -> None:
