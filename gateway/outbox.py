@@ -409,6 +409,15 @@ class ReceiptResult:
         }
 
 
+#: The legs a held inventory waits for besides its waybill: their receipts (RELEASE_HELD checks the waybill too).
+_RELEASE_NEEDS = frozenset({"order", "payment"})
+
+
+def _may_release(receipted_kinds: set[str] | None) -> bool:
+    """False when the shipment's live legs were read and its order or payment has no receipt yet."""
+    return receipted_kinds is None or _RELEASE_NEEDS.issubset(receipted_kinds)
+
+
 @dataclass(frozen=True)
 class Plan:
     """What an accepted message forwards: decided before it is written (see Outbox.plan_wave)."""
@@ -544,9 +553,20 @@ class Outbox:
             plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys))
         return plans
 
-    async def after_write(self, conn: asyncpg.Connection, plans: Sequence[Plan], ids: Mapping[str, int]) -> None:
+    async def after_write(
+        self,
+        conn: asyncpg.Connection,
+        plans: Sequence[Plan],
+        ids: Mapping[str, int],
+        receipted: Mapping[tuple[str, str], set[str]] | None = None,
+    ) -> None:
         """After the store wrote the wave, same transaction: enqueue the jobs of the messages that go now (one
-        statement) and release the held inventories of shipments the wave matched."""
+        statement) and release the held inventories of shipments the wave matched.
+
+        ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
+        that customs took. A shipment whose order or payment is not among them releases nothing (RELEASE_HELD
+        would find it blocked), so it costs no statement: the usual case, an inventory declared before the
+        receipts of its order and payment. A shipment not in it is looked at in SQL as before."""
         router = self.router
         if router is None:
             return
@@ -561,7 +581,7 @@ class Outbox:
             elif p.state == "held":
                 # Only a held message can be released by an ingest: any other message adds a leg version
                 # without a receipt yet, which releases nothing (receipts do, in apply_receipts).
-                matched.update(p.matched)
+                matched.update(s for s in p.matched if receipted is None or _may_release(receipted.get(s)))
         await enqueue_all(conn, jobs)
         if matched:
             await self._release(conn, matched, [])

@@ -66,6 +66,7 @@ from gateway.keystate import (
 )
 from gateway.messages import BY_CODE
 from gateway.receipts import CODES as _RECEIPT_CODES
+from gateway.receipts import RANK_DECLARING
 
 if TYPE_CHECKING:
     from gateway.outbox import Outbox
@@ -83,6 +84,12 @@ _DOC_COLUMNS = (
     "d.id, d.message_id, d.doc_index, d.doc_guid, d.kind, d.message_type, d.key1, d.key2, d.order_no, d.ebp_code,"
     " d.ebc_code, d.logistics_code, d.logistics_no, d.app_type, d.app_time, d.app_status, d.path, d.head, d.lines,"
     " d.parties, d.is_current, d.withdrawn, d.superseded_by"
+)
+
+#: The columns of a document row as READ_STATE reads it: plus whether customs took it (a receipt of rank "2
+#: declaring" or higher), which tells the outbox when releasing a held inventory is worth a statement.
+_READ_COLUMNS = (
+    f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted"
 )
 
 #: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding
@@ -126,20 +133,20 @@ SELECT
                        FROM messages AS m WHERE m.guid = g.guid OFFSET 0) AS m) AS stored,
     (SELECT coalesce(json_agg(x), '[]')
        FROM (SELECT 'key' AS role, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid,
-                    {_DOC_COLUMNS}
+                    {_READ_COLUMNS}
                FROM unnest($1::text[], $2::text[], $3::text[]) AS k(mt, k1, k2),
                     LATERAL (SELECT * FROM documents AS d
                               WHERE d.message_type = k.mt AND d.key1 = k.k1 AND d.key2 = k.k2 AND d.is_current
                              OFFSET 0) AS d
              UNION ALL
-             SELECT 'leg', NULL, {_DOC_COLUMNS} FROM legs AS d
+             SELECT 'leg', NULL, {_READ_COLUMNS} FROM legs AS d
              UNION ALL
-             SELECT 'waybill', NULL, {_DOC_COLUMNS}
+             SELECT 'waybill', NULL, {_READ_COLUMNS}
                FROM (SELECT ono FROM keyed UNION SELECT unnest($8::text[])) AS o,
                     LATERAL (SELECT * FROM documents AS d WHERE d.kind = 'waybill' AND d.order_no = o.ono OFFSET 0) AS d
               WHERE d.is_current AND NOT d.withdrawn
              UNION ALL
-             SELECT 'waybill', NULL, {_DOC_COLUMNS}
+             SELECT 'waybill', NULL, {_READ_COLUMNS}
                FROM (SELECT logistics_code, logistics_no FROM legs WHERE kind = 'inventory'
                      UNION SELECT * FROM unnest($9::text[], $10::text[])) AS w(lc, ln),
                     LATERAL (SELECT * FROM documents AS d
@@ -611,7 +618,7 @@ class Store:
         refs = Refs()
         for job in jobs:
             refs.merge(job.refs)
-        stored, state = await self._read(conn, [job.msg.guid for job in jobs], refs)
+        stored, state, receipted = await self._read(conn, [job.msg.guid for job in jobs], refs)
         writes: list[tuple[_Job, Write]] = []
         deferred: list[_Job] = []
         more_locks: set[Lock] = set()
@@ -651,12 +658,15 @@ class Store:
                 self.waybill_buyers.learn(job.news)
                 outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False)
             if self.outbox is not None:
-                await self.outbox.after_write(conn, plans, ids)
+                await self.outbox.after_write(conn, plans, ids, receipted)
         return deferred
 
     @staticmethod
-    async def _read(conn: asyncpg.Connection, guids: list[str], refs: Refs) -> tuple[dict[str, Any], State]:
-        """The messages stored under the guids, and the rows ``refs`` names (see READ_STATE)."""
+    async def _read(
+        conn: asyncpg.Connection, guids: list[str], refs: Refs
+    ) -> tuple[dict[str, Any], State, dict[tuple[str, str], set[str]]]:
+        """The messages stored under the guids, the rows ``refs`` names (see READ_STATE), and for each shipment
+        whose legs were read the kinds of its live legs that customs took (receipted)."""
         keys = sorted(refs.keys)
         keyed, wkeys, ikeys = sorted(refs.keyed), sorted(refs.waybill_keys), sorted(refs.inventory_waybills)
         buyers = sorted(refs.buyers)
@@ -673,14 +683,19 @@ class Store:
         assert row is not None
         current: dict[tuple[str, str, str], Row] = {}
         rows: dict[int, Row] = {}
+        receipted: dict[tuple[str, str], set[str]] = {}
         for r in row["documents"]:
             doc = Row.from_json(r)
+            if r["role"] == "leg":
+                kinds = receipted.setdefault(doc.shipment_key, set())
+                if r["receipted"]:
+                    kinds.add(doc.kind)
             if r["role"] == "key":
                 current[doc.key] = doc
             else:
                 rows[doc.id] = doc
         stored = {m["guid"]: m for m in row["stored"]}
-        return stored, State(current, rows, _ledger_book(buyers, row["ledger"]))
+        return stored, State(current, rows, _ledger_book(buyers, row["ledger"])), receipted
 
     @staticmethod
     async def _write(conn: asyncpg.Connection, writes: list[tuple[_Job, Write]]) -> dict[str, int]:

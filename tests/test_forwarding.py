@@ -460,6 +460,61 @@ async def test_inventory_arriving_last_is_released_in_its_own_transaction(flow: 
 
 
 @pytest.mark.db
+async def test_an_ingest_looks_for_releases_only_once_the_order_and_payment_have_receipts(
+    flow: Flow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store tells the outbox which live legs customs took: a matched inventory whose order or payment has no
+    receipt yet costs no release statement, and is released all the same once the receipts come."""
+    looked: list[set[tuple[str, str]]] = []
+    release = Outbox._release
+
+    async def counting(self: Outbox, conn: asyncpg.Connection, shipments: Any, waybills: Any) -> list[int]:
+        looked.append(set(shipments))
+        return await release(self, conn, shipments, waybills)
+
+    monkeypatch.setattr(Outbox, "_release", counting)
+    key = lambda s: (s.order_doc["ebpCode"], s.order_doc["orderNo"])  # noqa: E731
+
+    # nothing receipted: matched, held, and no statement looks for a release at ingest
+    a = shipment(30)
+    for payload in (a.order, a.payment, a.waybill, a.inventory):
+        await flow.submit(payload)
+    assert (await flow.shipment(a))["state"] == "matched"
+    assert (await flow.doc(a.inventory))["forward_state"] == "held"
+    assert looked == []
+    for payload in (a.order, a.payment, a.waybill):
+        await flow.receipt(payload, "2", 1)
+    assert (await flow.doc(a.inventory))["forward_state"] == "queued"  # the receipts release it
+
+    # the order receipted, the payment only saved temporarily (rank below "declaring"): still no statement
+    b = shipment(31)
+    for payload in (b.order, b.payment, b.waybill):
+        await flow.submit(payload)
+    await flow.receipt(b.order, "2", 1)
+    await flow.receipt(b.payment, "1", 1)
+    await flow.receipt(b.waybill, "2", 1)
+    looked.clear()  # the receipts looked (they always do)
+    await flow.submit(b.inventory)
+    assert looked == []
+    assert (await flow.doc(b.inventory))["forward_state"] == "held"
+    await flow.receipt(b.payment, "2", 2)
+    assert (await flow.doc(b.inventory))["forward_state"] == "queued"
+
+    # order and payment receipted, the waybill not yet: looked at in SQL, which finds the waybill missing
+    c = shipment(32)
+    for payload in (c.order, c.payment, c.waybill):
+        await flow.submit(payload)
+    await flow.receipt(c.order, "2", 1)
+    await flow.receipt(c.payment, "2", 1)
+    looked.clear()  # the receipts looked (they always do)
+    await flow.submit(c.inventory)
+    assert looked == [{key(c)}]
+    assert (await flow.doc(c.inventory))["forward_state"] == "held"
+    await flow.receipt(c.waybill, "2", 1)
+    assert (await flow.doc(c.inventory))["forward_state"] == "queued"
+
+
+@pytest.mark.db
 async def test_a_rejected_leg_keeps_the_inventory_held_and_rejects_the_shipment(flow: Flow) -> None:
     s = shipment(4)
     for payload in (s.order, s.payment, s.waybill, s.inventory):
