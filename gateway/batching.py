@@ -22,6 +22,11 @@ with a running batch), ``ready`` says whether the newest item could start now (i
 it while one runs) and ``hold`` is entered around each batch taken, retries and all (the store counts its
 running locks there).
 
+A run may take its successor early: ``run(items, follow)``, and ``follow()`` ends the batch's hold, takes the
+next batch (holding it) and returns it; the drain runs that batch next, passing the run the same list. The store
+calls it just before COMMIT to begin the next transaction in the same round trip. ``follow`` is None for the
+one-by-one runs after a failure: those take nothing early.
+
 The hot path runs for every item (about a thousand a second): per item one append, one check and the caller's
 own await of its future — no task and no other await; per batch one call of ``take`` and ``hold``.
 """
@@ -47,6 +52,9 @@ class Pending(Protocol):
 T = TypeVar("T", bound=Pending)
 R = TypeVar("R")
 
+#: What a run is given to take its successor early (see the module docstring).
+Follow = Callable[[], list[T]]
+
 _NO_HOLD = contextlib.nullcontext()
 
 
@@ -67,7 +75,7 @@ class Batcher(Generic[T, R]):
 
     def __init__(
         self,
-        run: Callable[[list[T]], Awaitable[Mapping[T, R | Exception]]],
+        run: Callable[[list[T], Follow[T] | None], Awaitable[Mapping[T, R | Exception]]],
         *,
         max_batch: int,
         max_parallel: int,
@@ -139,22 +147,24 @@ class Batcher(Generic[T, R]):
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
-        """Take a batch, run it; repeat until nothing can start."""
+        """Take a batch, run it; repeat until nothing can start. The run may take the next batch early (follow)."""
+        drain = _Lookahead(self)
         try:
-            while batch := self._take():
-                with self._hold(batch):
-                    await self._run(batch, 1)
+            while batch := drain.next():
+                await self._run(batch, 1, drain.follow)
         finally:
+            for item in drain.close():  # taken early, never run: the drain was cancelled
+                item.future.cancel()
             self._workers -= 1
             self._start()  # what this batch held back may start now
 
-    async def _run(self, items: list[T], attempt: int) -> None:
+    async def _run(self, items: list[T], attempt: int, follow: Follow[T] | None = None) -> None:
         """Run the items as one batch (``attempt``: of a single item) and settle their futures."""
         outcomes: Mapping[T, R | Exception]
         try:
-            outcomes = await self._work(items)
+            outcomes = await self._work(items, follow)
         except self._again:
-            await self._run(items, attempt)
+            await self._run(items, attempt, follow)
             return
         except asyncio.CancelledError:
             for item in items:
@@ -180,3 +190,40 @@ class Batcher(Generic[T, R]):
                 item.future.set_exception(outcome)
             else:
                 item.future.set_result(outcome)
+
+
+class _Lookahead(Generic[T]):
+    """A drain's batches: the one running, held, and the next one if its run took it early (follow)."""
+
+    def __init__(self, batcher: Batcher[T, Any]) -> None:
+        self._batcher = batcher
+        self._held = contextlib.ExitStack()  # the hold of the batch running
+        self._following: list[T] = []
+        self._following_held = contextlib.ExitStack()
+
+    def next(self) -> list[T]:
+        """The batch to run now (the one taken early, else a new one), held; its predecessor's hold ends."""
+        self._held.close()
+        batch, self._following = self._following, []
+        self._held, self._following_held = self._following_held, contextlib.ExitStack()
+        if not batch:
+            batch = self._batcher._take()
+            if batch:
+                self._held.enter_context(self._batcher._hold(batch))
+        return batch
+
+    def follow(self) -> list[T]:
+        """Take the next batch now (once): the running batch's hold ends, the next one's begins."""
+        if not self._following:
+            self._held.close()
+            self._following = self._batcher._take()
+            if self._following:
+                self._following_held.enter_context(self._batcher._hold(self._following))
+        return self._following
+
+    def close(self) -> list[T]:
+        """End the holds; returns the batch taken early and not run."""
+        self._held.close()
+        self._following_held.close()
+        following, self._following = self._following, []
+        return following

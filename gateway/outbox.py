@@ -38,7 +38,7 @@ import structlog
 
 from gateway import db
 from gateway import receipts as rc
-from gateway.batching import Batcher
+from gateway.batching import Batcher, Follow
 from gateway.documents import ParsedMessage
 from gateway.forward import JobSpec, LegState, Router, ordering_key, shipment_customs_status
 
@@ -628,8 +628,9 @@ class Outbox:
         await self._sent.put(_Sent(job, message_id))
         cbec_queue.note_done(job)  # in the handler's task: the worker must not write the outcome again
 
-    async def _sent_batch(self, items: list[_Sent]) -> dict[_Sent, Exception | None]:
-        """One transaction for the deliveries; a delivery whose claim was gone gets cbec_queue.LeaseLost."""
+    async def _sent_batch(self, items: list[_Sent], follow: Follow[_Sent] | None) -> dict[_Sent, Exception | None]:
+        """One transaction for the deliveries; a delivery whose claim was gone gets cbec_queue.LeaseLost.
+        (Nothing is taken early: ``follow`` is not used.)"""
         message_ids = sorted({i.message_id for i in items})
         async with db.transaction(self.pool) as conn:
             docs = [_Doc.of(r) for r in await conn.fetch(MESSAGE_DOCUMENTS, message_ids)]

@@ -16,8 +16,9 @@ this module reads the rows it needs and writes what it decided:
   ``max_parallel`` transactions at once, another one only for a full batch; :mod:`gateway.batching`). A
   batch takes messages whose locks are disjoint (the others wait for a later batch) and runs them as a
   wave: one read, the pure judgement per message, one write — so a busy gateway pays about two round
-  trips per batch, plus BEGIN and COMMIT, instead of five round trips per message; a message that found
-  it needs more locks goes to a later wave of the same transaction. Each message is still judged as if
+  trips per batch, plus COMMIT, instead of five round trips per message (the next batch, waiting, begins
+  with its locks in the round trip of the COMMIT before it: see Store._commit); a message that found it
+  needs more locks goes to a later wave of the same transaction. Each message is still judged as if
   alone, in arrival order, seeing the ones before it; none is answered before the commit.
 
 Every statement reaches a handful of rows through an index, with plans that stay index-driven as the
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from gateway import db, tax
-from gateway.batching import Batcher
+from gateway.batching import Batcher, Follow
 from gateway.documents import ParsedMessage
 from gateway.errors import Issue
 from gateway.keystate import (
@@ -358,6 +359,10 @@ def _lock_id(lock: Lock) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def _lock_ids(jobs: Iterable[_Job]) -> set[int]:
+    return {_lock_id(lock) for job in jobs for lock in job.locks}
+
+
 def _begin_and_lock(lock_ids: Iterable[int]) -> str:
     """db.BEGIN_PLANNED plus the locks, in one round trip (the ids are integers made by _lock_id)."""
     ids = sorted(set(lock_ids))  # one order for every transaction: no deadlock among them
@@ -514,6 +519,8 @@ class Store:
         self._running_locks: collections.Counter[Lock] = collections.Counter()  # locks of the batches running now
         self.waybill_buyers = WaybillBuyers()  # the inventories' buyers by waybill, for a waybill's locks up front
         self._arrivals = 0
+        # Transactions begun for the batch a drain runs next, by its first job (see _commit).
+        self._begun: dict[_Job, tuple[list[_Job], asyncpg.Connection]] = {}
         self._batcher: Batcher[_Job, IngestResult] = Batcher(
             self._batch, max_batch=max_batch, max_parallel=max_parallel, attempts=_ATTEMPTS,
             retryable=_retryable, failure=_failure, again=(_LocksBusy,),
@@ -542,6 +549,9 @@ class Store:
     async def aclose(self) -> None:
         """Wait for the messages already handed over (call before closing the pool)."""
         await self._batcher.aclose()
+        while self._begun:  # begun for a batch whose drain was cancelled before it ran
+            _, (_, conn) = self._begun.popitem()
+            await self._discard(conn)
 
     # Scheduling (gateway.batching runs the batches): a message that shares a lock with a batch running in this
     # process waits in the queue for that batch to end instead of joining a new batch, which would make the
@@ -594,18 +604,81 @@ class Store:
         self._queue.extendleft(reversed(kept))
         return batch
 
-    async def _batch(self, jobs: list[_Job]) -> dict[_Job, IngestResult | Exception]:
-        """The jobs in one transaction, wave after wave; a Conflict answers its job and the others go on."""
-        ids = {_lock_id(lock) for job in jobs for lock in job.locks}
+    async def _batch(self, jobs: list[_Job], follow: Follow[_Job] | None) -> dict[_Job, IngestResult | Exception]:
+        """The jobs in one transaction, wave after wave; a Conflict answers its job and the others go on.
+
+        The transaction may have begun already, with the jobs' locks, in the round trip that committed the batch
+        before (see _commit)."""
         outcomes: dict[_Job, IngestResult | Exception] = {}
-        async with db.transaction(self.pool, _begin_and_lock(ids)) as conn:
+        conn = self._begun_for(jobs)
+        if conn is None:
+            conn = await self.pool.acquire()
+            try:
+                await conn.execute(_begin_and_lock(_lock_ids(jobs)))
+            except BaseException:
+                await self._discard(conn)
+                raise
+        try:
             held = {lock for job in jobs for lock in job.locks}
             pending = jobs
             while pending:
                 wave, rest = _waves(pending)
                 deferred = await self._wave(conn, wave, held, outcomes)
                 pending = sorted(rest + deferred, key=lambda j: j.arrival)
+        except BaseException:
+            await self._discard(conn)
+            raise
+        await self._commit(conn, follow() if follow is not None else [])
         return outcomes
+
+    async def _commit(self, conn: asyncpg.Connection, following: list[_Job]) -> None:
+        """COMMIT; with the next batch taken (it waited meanwhile), its BEGIN and locks go in the same round trip.
+
+        Why: BEGIN alone costs the next batch a round trip while the API answers this batch's messages, and
+        PostgreSQL has nothing to do; begun here, the next batch's first round trip is its read, which
+        PostgreSQL does while the answers go out. The connection stays out of the pool, in the transaction,
+        until that batch runs: at once, on the same drain (an open transaction that has read nothing holds no
+        snapshot). Nothing waits: the next batch's locks are disjoint from the other running batch's (see
+        _take); another process holding one delays this commit's answers as it would have delayed that BEGIN.
+
+        A statement after COMMIT failing leaves the commit done (PostgreSQL ends a transaction at COMMIT
+        whatever follows in the query string): this batch is answered and the next begins on its own. A
+        failed COMMIT leaves no transaction open, and raises."""
+        if not following:
+            try:
+                await conn.execute("COMMIT")
+            finally:
+                await self.pool.release(conn)
+            return
+        try:
+            await conn.execute(f"COMMIT; {_begin_and_lock(_lock_ids(following))}")
+        except asyncpg.PostgresError:
+            if not conn.is_in_transaction():  # the COMMIT failed: nothing of the next batch began either
+                await self.pool.release(conn)
+                raise
+            await self._discard(conn)  # committed; the next batch's BEGIN or locks failed
+            return
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        self._begun[following[0]] = (following, conn)
+
+    def _begun_for(self, jobs: list[_Job]) -> asyncpg.Connection | None:
+        """The connection whose transaction began for these jobs in the previous batch's commit, if any."""
+        begun = self._begun.pop(jobs[0], None)
+        if begun is None:
+            return None
+        if begun[0] is not jobs:  # never happens: a drain runs the batch it took early next, as taken
+            raise AssertionError("a transaction begun for another batch")
+        return begun[1]
+
+    async def _discard(self, conn: asyncpg.Connection) -> None:
+        """Roll back whatever the connection's transaction did and give it back."""
+        try:
+            with contextlib.suppress(Exception):  # the connection may be gone; the error that matters is raised
+                await conn.execute("ROLLBACK")
+        finally:
+            await self.pool.release(conn)
 
     async def _wave(
         self,

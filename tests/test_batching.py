@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from gateway.batching import Batcher
+from gateway.batching import Batcher, Follow
 
 
 @dataclass(eq=False)
@@ -43,7 +44,7 @@ class Work:
         self.running = 0
         self.peak = 0
 
-    async def __call__(self, items: list[Item]) -> dict[Item, str | Exception]:
+    async def __call__(self, items: list[Item], follow: Follow[Item] | None = None) -> dict[Item, str | Exception]:
         names = [i.name for i in items]
         self.batches.append(names)
         self.events.append(("run", names))
@@ -173,7 +174,7 @@ async def test_outcomes_are_per_item_and_the_last_error_goes_through_failure() -
     class Lost(Exception):
         pass
 
-    async def run(items: list[Item]) -> dict[Item, str | Exception]:
+    async def run(items: list[Item], follow: Follow[Item] | None) -> dict[Item, str | Exception]:
         if any(i.name == "broken" for i in items):
             raise Boom("constraint")
         return {i: Lost(i.name) if i.name.startswith("lost") else i.name.upper() for i in items}
@@ -291,3 +292,94 @@ async def test_aclose_waits_for_the_items_handed_over() -> None:
     async with asyncio.timeout(5):
         await closing
     assert [f.result() for f in futures] == ["A", "B", "C"]
+
+
+class Following(Work):
+    """Work whose runs take the next batch early (as the store does before its COMMIT), after the gate opens;
+    a run fails after taking it when its first item's failures say so."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.taken_early: list[list[str] | None] = []  # per run: what follow returned, None without follow
+        self.given: list[list[Item]] = []  # the lists the runs were given
+
+    async def __call__(self, items: list[Item], follow: Follow[Item] | None = None) -> dict[Item, str | Exception]:
+        self.given.append(items)
+        self.batches.append([i.name for i in items])
+        self.events.append(("run", [i.name for i in items]))
+        await self.gate.wait()
+        self.taken_early.append([i.name for i in follow()] if follow is not None else None)
+        for item in items:
+            if self.fail.get(item.name):
+                raise self.fail[item.name].pop(0)
+        return {i: i.name.upper() for i in items}
+
+
+def recording_hold(work: Work) -> Any:
+    @contextmanager
+    def hold(batch: list[Item]) -> Iterator[None]:
+        work.events.append(("hold", [i.name for i in batch]))
+        yield
+        work.events.append(("release", [i.name for i in batch]))
+
+    return hold
+
+
+async def test_a_run_takes_the_next_batch_early_and_the_drain_runs_that_batch_next() -> None:
+    work = Following(gated=True)
+    batcher: Batcher[Item, str] = Batcher(work, max_batch=2, max_parallel=1, hold=recording_hold(work))
+    first = callers(batcher, "a")
+    await settle()
+    later = callers(batcher, "b", "c", "d")  # they arrive while [a] runs
+    await settle()
+    work.gate.set()
+    assert await outcomes(first + later) == ["A", "B", "C", "D"]
+    assert work.batches == [["a"], ["b", "c"], ["d"]]
+    assert work.taken_early == [["b", "c"], ["d"], []]  # the last found nothing waiting
+    assert work.events == [
+        ("hold", ["a"]), ("run", ["a"]),
+        ("release", ["a"]), ("hold", ["b", "c"]),  # at follow: a's hold ends, the next batch's begins
+        ("run", ["b", "c"]),
+        ("release", ["b", "c"]), ("hold", ["d"]),
+        ("run", ["d"]),
+        ("release", ["d"]),
+    ]  # fmt: skip
+    # the run taken early is given the very list its predecessor's follow returned
+    assert [i.name for i in work.given[1]] == ["b", "c"] and work.given[1] is not work.given[0]
+
+
+async def test_the_one_by_one_runs_after_a_failure_take_nothing_early() -> None:
+    work = Following(fail={"a": [Boom("in the batch")]})
+    batcher: Batcher[Item, str] = Batcher(work, max_batch=2, max_parallel=1)
+    first = callers(batcher, "a", "b")
+    later = callers(batcher, "c")
+    assert await outcomes(first + later) == ["A", "B", "C"]
+    # [a, b] took [c] early, then failed: a and b again alone, without follow; then the batch taken early
+    assert work.batches == [["a", "b"], ["a"], ["b"], ["c"]]
+    assert work.taken_early == [["c"], None, None, []]
+
+
+async def test_a_drain_cancelled_after_taking_early_cancels_the_batch_it_took() -> None:
+    work = Following()
+    drains: list[asyncio.Task[None]] = []
+
+    def spawn(coro: object) -> None:
+        drains.append(asyncio.create_task(coro))  # type: ignore[arg-type]
+
+    stuck = asyncio.Event()  # never set: the run waits after taking the next batch
+
+    async def run(items: list[Item], follow: Follow[Item] | None) -> dict[Item, str | Exception]:
+        work.batches.append([i.name for i in items])
+        if follow is not None:
+            follow()
+        await stuck.wait()
+        return {}
+
+    batcher: Batcher[Item, str] = Batcher(run, max_batch=1, max_parallel=1, spawn=spawn, hold=recording_hold(work))
+    tasks = callers(batcher, "a", "b")
+    await settle()
+    assert work.batches == [["a"]] and not batcher.queue  # b was taken early
+    drains[0].cancel()
+    await settle()
+    assert all(t.cancelled() for t in tasks)  # b's caller learns it too, rather than waiting forever
+    assert work.events == [("hold", ["a"]), ("release", ["a"]), ("hold", ["b"]), ("release", ["b"])]

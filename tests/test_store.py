@@ -840,3 +840,110 @@ async def test_another_transaction_starts_only_for_a_full_batch() -> None:
     assert store._could_start(store._queue[-1])  # a full batch
     store._queue.append(job(4, running))
     assert not store._could_start(store._queue[-1])  # full, but the newest waits for the running batch's lock
+
+
+class _CountingPool:
+    """The pool as the ingest path uses it (acquire, release), counting the connections taken."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.acquired = 0
+
+    async def acquire(self) -> asyncpg.Connection:
+        self.acquired += 1
+        return await self.pool.acquire()
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        await self.pool.release(conn)
+
+
+async def test_a_batch_waiting_begins_in_the_commit_of_the_one_before(db_pool: asyncpg.Pool) -> None:
+    """Store._commit: with messages waiting, the next batch's BEGIN and locks go with the COMMIT, on the same
+    connection, which goes back to the pool when the last batch commits."""
+    pool = _CountingPool(db_pool)
+    store = Store(pool, max_batch=4, max_parallel=1)  # type: ignore[arg-type]
+    batches: list[int] = []
+    real_batch = store._batch
+
+    async def batch(jobs: list[Any], follow: Any) -> Any:
+        batches.append(len(jobs))
+        return await real_batch(jobs, follow)
+
+    store._batcher._work = batch
+    msgs = [message("CEB311", order_head(f"C{i}", buyerIdNumber=f"11010119900101{i:04d}")) for i in range(12)]
+    results = await asyncio.gather(*(ingest(store, m) for m in msgs))
+    assert [r.http_status for r in results] == [202] * 12 and not any(r.replay for r in results)
+    assert pool.acquired == 1  # three batches of four: the second and third began in the commit before them
+    assert batches == [4, 4, 4]
+    assert not store._begun
+    assert db_pool.get_idle_size() == db_pool.get_size()  # every connection is back
+    assert await count(db_pool, "SELECT count(*) FROM messages") == 12
+    async with db_pool.acquire() as conn:  # no session left in a transaction
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in%'"
+        ) == 0
+
+
+async def test_a_failure_after_the_commit_answers_the_batch_and_the_next_begins_alone(
+    db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next batch's BEGIN and locks fail in the round trip of the commit: the committed batch is answered as
+    committed (not run again), and the next one begins on its own."""
+    real = store_module._begin_and_lock
+    calls: list[str] = []
+
+    def failing_once(lock_ids: Any) -> str:
+        calls.append("begin")
+        sql = real(lock_ids)
+        return f"{sql}; SELECT 1/0" if len(calls) == 2 else sql  # the second: the first commit's chained BEGIN
+
+    monkeypatch.setattr(store_module, "_begin_and_lock", failing_once)
+    store = Store(db_pool, max_batch=1, max_parallel=1)
+    msgs = [message("CEB311", order_head(f"F{i}")) for i in range(3)]
+    results = await asyncio.gather(*(ingest(store, m) for m in msgs))
+    assert [(r.http_status, r.replay) for r in results] == [(202, False)] * 3
+    assert len(calls) == 4  # a; chained for b (failed); b on its own; chained for c
+    assert await count(db_pool, "SELECT count(*) FROM messages") == 3
+    await store.aclose()
+    assert db_pool.get_idle_size() == db_pool.get_size()
+
+
+async def test_a_failed_commit_with_the_next_batch_chained_fails_only_its_own_message(
+    db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A COMMIT that fails (here a deferred constraint of this test) leaves nothing begun: its batch runs again one
+    message at a time, so only the refused message fails, and the batch taken meanwhile runs on its own."""
+    refused = message("CEB311", order_head("R-BAD", buyerIdNumber="110101199001019999"))
+    async with db_pool.acquire() as conn:
+        await conn.execute(f"""
+            CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.guid = '{refused.guid}' THEN RAISE EXCEPTION 'refused at commit'; END IF;
+                RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON messages
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();
+        """)  # fmt: skip
+    store = Store(db_pool, max_batch=3, max_parallel=1)
+    commits: list[tuple[int, str]] = []  # (messages of the batch taken next, how the commit ended)
+    real_commit = store._commit
+
+    async def commit(conn: asyncpg.Connection, following: list[Any]) -> None:
+        try:
+            await real_commit(conn, following)
+        except asyncpg.PostgresError:
+            commits.append((len(following), "failed"))
+            raise
+        commits.append((len(following), "done"))
+
+    monkeypatch.setattr(store, "_commit", commit)
+    msgs = [message("CEB311", order_head(f"R{i}", buyerIdNumber=f"11010119900101{i:04d}")) for i in range(7)]
+    msgs[4] = refused  # in the second batch, whose commit carries the third batch's BEGIN
+    results = await asyncio.gather(*(ingest(store, m) for m in msgs), return_exceptions=True)
+    assert commits[:2] == [(3, "done"), (1, "failed")]
+    assert isinstance(results[4], asyncpg.RaiseError)
+    assert all(isinstance(r, IngestResult) and r.http_status == 202 for i, r in enumerate(results) if i != 4)
+    assert await count(db_pool, "SELECT count(*) FROM messages") == 6
+    assert await store.get_message(refused.guid) is None
+    await store.aclose()
+    assert db_pool.get_idle_size() == db_pool.get_size()
