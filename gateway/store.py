@@ -628,7 +628,10 @@ class Store:
         except BaseException:
             await self._discard(conn)
             raise
-        await self._commit(conn, follow() if follow is not None else [])
+        # Only a lone drain takes its next batch early: beside a second transaction the batches, taken a round
+        # trip sooner, came out smaller (13.5 against 22 messages at 128 clients) and PostgreSQL's CPU per message
+        # rose by 10-15 % for the same rate.
+        await self._commit(conn, follow() if follow is not None and self._batcher.running == 1 else [])
         return outcomes
 
     async def _commit(self, conn: asyncpg.Connection, following: list[_Job]) -> None:

@@ -947,3 +947,22 @@ async def test_a_failed_commit_with_the_next_batch_chained_fails_only_its_own_me
     assert await store.get_message(refused.guid) is None
     await store.aclose()
     assert db_pool.get_idle_size() == db_pool.get_size()
+
+
+async def test_beside_a_second_transaction_no_batch_is_taken_early(db_pool: asyncpg.Pool) -> None:
+    """With two drains running, each commits alone and the next batch begins on its own (see Store._batch)."""
+    store = Store(db_pool, max_batch=2, max_parallel=2)
+    taken_early: list[int] = []
+    real_commit = store._commit
+
+    async def commit(conn: asyncpg.Connection, following: list[Any]) -> None:
+        taken_early.append(len(following))
+        await real_commit(conn, following)
+
+    store._commit = commit  # type: ignore[method-assign]
+    # eight messages at once: the first drain takes two, six wait (a full batch), so a second drain starts
+    msgs = [message("CEB311", order_head(f"P{i}", buyerIdNumber=f"11010119900102{i:04d}")) for i in range(8)]
+    results = await asyncio.gather(*(ingest(store, m) for m in msgs))
+    assert [r.http_status for r in results] == [202] * 8
+    assert len(taken_early) == 4 and taken_early[:2] == [0, 0]  # both drains ran: neither took early
+    await store.aclose()
