@@ -1,10 +1,10 @@
 """The forwarding side of the store: the transactional outbox, receipts applied, held inventories released.
 
-* :meth:`Outbox.plan_wave` / :meth:`Outbox.after_write` run inside the ingest transaction (gateway.store
-  calls them around the write of each wave of messages, batched or not): the documents are written
-  ``queued`` (or ``held``) with their CopMsgId, and the jobs are enqueued right after on the same
-  connection — a job exists iff the message committed. When a shipment the wave matched holds an
-  inventory, it is evaluated again.
+* :meth:`Outbox.plan_wave`, :meth:`Outbox.wave_jobs` and :meth:`Outbox.after_write` run inside the ingest
+  transaction (gateway.store calls them around the write of each wave of messages, batched or not): the
+  documents are written ``queued`` (or ``held``) with their CopMsgId, and their jobs are enqueued by the same
+  statement — a job exists iff the message committed. When a shipment the wave matched holds an inventory, it
+  is evaluated again.
 * :meth:`Outbox.apply_receipts` stores every receipt (deduplicated, spec §8.4) and applies them in one
   transaction: the document's customs state (monotonic, gateway.receipts), the shipment's
   customs_status, webhooks and the warehouse order on a change, the release of held inventories whose
@@ -54,20 +54,36 @@ _XML_READ_MAX = 256  # message ids per read of the stored XML
 #: a live one with the same dedupe key; one notification per endpoint, delivered at commit. Returns how many
 #: were new. Rows get their ids in the array's order (WITH ORDINALITY), so that of two jobs of one wave sharing
 #: an ordering key the one listed first goes first.
-ENQUEUE_MANY = """
-WITH ins AS (
+def enqueue_insert(rows: str) -> str:
+    """The insert of many jobs, given as the JSON array ``rows`` (a parameter such as ``$1``; see job_rows): the
+    same insert as ``cbec_queue.enqueue`` (a live job with the same endpoint and dedupe key wins; ids follow the
+    order of the rows). Returns each new job's endpoint; see wake_endpoints. Shared by ENQUEUE_MANY and the
+    ingest's write statement (gateway.store.WRITE_INGEST), which enqueues its wave's jobs itself."""
+    return f"""
     INSERT INTO jobs (endpoint, kind, payload, dedupe_key, run_after, priority, ordering_keys)
     SELECT x.endpoint, x.kind, x.payload, x.dedupe_key, now() + make_interval(secs => x.delay), x.priority,
            CASE WHEN cardinality(x.ordering_keys) > 0 THEN x.ordering_keys END
-      FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (endpoint text, kind text, payload jsonb, dedupe_key text,
+      FROM ROWS FROM (jsonb_to_recordset({rows}::jsonb) AS (endpoint text, kind text, payload jsonb, dedupe_key text,
                                                         delay float8, priority int, ordering_keys text[]))
            WITH ORDINALITY AS x(endpoint, kind, payload, dedupe_key, delay, priority, ordering_keys, n)
      ORDER BY x.n
     ON CONFLICT DO NOTHING
-    RETURNING endpoint
+    RETURNING endpoint"""
+
+
+def wake_endpoints(inserted: str, channel: str) -> str:
+    """An expression that wakes, at commit, the workers of each endpoint among the rows of the CTE ``inserted``
+    (an enqueue_insert) on the NOTIFY channel ``channel`` (a parameter)."""
+    return (
+        f"(SELECT count(pg_notify({channel}::text, e.endpoint)) FROM (SELECT DISTINCT endpoint FROM {inserted}) AS e)"
+    )
+
+
+#: $1 the jobs (job_rows), $2 the NOTIFY channel.
+ENQUEUE_MANY = f"""
+WITH ins AS ({enqueue_insert("$1")}
 )
-SELECT (SELECT count(*) FROM ins) AS new,
-       (SELECT count(pg_notify($2::text, e.endpoint)) FROM (SELECT DISTINCT endpoint FROM ins) AS e) AS woken
+SELECT (SELECT count(*) FROM ins) AS new, {wake_endpoints("ins", "$2")} AS woken
 """
 
 #: Held inventories of shipments ($1 ebpCode, $2 orderNo) or naming waybills ($3 logisticsCode, $4 No) whose
@@ -553,36 +569,42 @@ class Outbox:
             plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys))
         return plans
 
-    async def after_write(
-        self,
-        conn: asyncpg.Connection,
-        plans: Sequence[Plan],
-        ids: Mapping[str, int],
-        receipted: Mapping[tuple[str, str], set[str]] | None = None,
-    ) -> None:
-        """After the store wrote the wave, same transaction: enqueue the jobs of the messages that go now (one
-        statement) and release the held inventories of shipments the wave matched.
-
-        ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
-        that customs took. A shipment whose order or payment is not among them releases nothing (RELEASE_HELD
-        would find it blocked), so it costs no statement: the usual case, an inventory declared before the
-        receipts of its order and payment. A shipment not in it is looked at in SQL as before."""
+    def wave_jobs(self, plans: Sequence[Plan], ids: Mapping[str, int]) -> list[JobSpec]:
+        """The jobs of the wave's messages that go now (their message ids by guid): the store's write statement
+        enqueues them with the messages, so a job exists iff its message committed."""
         router = self.router
         if router is None:
-            return
+            return []
         jobs: list[JobSpec] = []
-        matched: set[tuple[str, str]] = set()
         for p in plans:
             if p.state == "queued":
                 jobs += router.message_jobs(
                     message_id=ids[p.guid], guid=p.guid, message_type=p.message_type, endpoints=p.endpoints,
                     ordering_keys=p.ordering_keys,
                 )  # fmt: skip
-            elif p.state == "held":
+        return jobs
+
+    async def after_write(
+        self,
+        conn: asyncpg.Connection,
+        plans: Sequence[Plan],
+        receipted: Mapping[tuple[str, str], set[str]] | None = None,
+    ) -> None:
+        """After the store wrote the wave (and its jobs, see wave_jobs), same transaction: release the held
+        inventories of shipments the wave matched.
+
+        ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
+        that customs took. A shipment whose order or payment is not among them releases nothing (RELEASE_HELD
+        would find it blocked), so it costs no statement: the usual case, an inventory declared before the
+        receipts of its order and payment. A shipment not in it is looked at in SQL as before."""
+        if self.router is None:
+            return
+        matched: set[tuple[str, str]] = set()
+        for p in plans:
+            if p.state == "held":
                 # Only a held message can be released by an ingest: any other message adds a leg version
                 # without a receipt yet, which releases nothing (receipts do, in apply_receipts).
                 matched.update(s for s in p.matched if receipted is None or _may_release(receipted.get(s)))
-        await enqueue_all(conn, jobs)
         if matched:
             await self._release(conn, matched, [])
 
@@ -998,18 +1020,23 @@ def _latest_legs(legs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_kind.values())
 
 
+def job_rows(jobs: Iterable[JobSpec]) -> list[dict[str, Any]]:
+    """The jobs as the rows enqueue_insert reads."""
+    return [
+        {"endpoint": j.endpoint, "kind": j.kind, "payload": j.payload, "dedupe_key": j.dedupe_key,
+         "delay": float(j.delay_s), "priority": j.priority, "ordering_keys": list(j.ordering_keys)}
+        for j in jobs
+    ]  # fmt: skip
+
+
 async def enqueue_all(conn: asyncpg.Connection, jobs: Iterable[JobSpec]) -> int:
     """Enqueue the jobs on ``conn`` (the caller's transaction) in one statement; returns how many were new.
 
     The same insert as ``cbec_queue.enqueue`` (a live job with the same endpoint and dedupe key wins; the
     endpoint's workers are woken at commit; ordering keys hold a job back behind the earlier live jobs of its
-    keys), for many jobs at once: one round trip per ingest wave. Ids follow the order of ``jobs``.
+    keys), for many jobs at once. Ids follow the order of ``jobs``.
     """
-    rows = [
-        {"endpoint": j.endpoint, "kind": j.kind, "payload": j.payload, "dedupe_key": j.dedupe_key,
-         "delay": float(j.delay_s), "priority": j.priority, "ordering_keys": list(j.ordering_keys)}
-        for j in jobs
-    ]  # fmt: skip
+    rows = job_rows(jobs)
     if not rows:
         return 0
     row = await conn.fetchrow(ENQUEUE_MANY, rows, cbec_queue.CHANNEL)

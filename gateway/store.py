@@ -40,6 +40,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import cbec_queue
 
 from gateway import db, tax
 from gateway.batching import Batcher, Follow
@@ -66,10 +67,12 @@ from gateway.keystate import (
     up_front_locks,
 )
 from gateway.messages import BY_CODE
+from gateway.outbox import enqueue_insert, job_rows, wake_endpoints
 from gateway.receipts import CODES as _RECEIPT_CODES
 from gateway.receipts import RANK_DECLARING
 
 if TYPE_CHECKING:
+    from gateway.forward import JobSpec
     from gateway.outbox import Outbox
 
 __all__ = ["CODES", "Conflict", "DocumentOutcome", "IngestResult", "Store"]
@@ -105,7 +108,9 @@ LOCK_MORE = "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest($1::bigin
 #: holding an inventory that points at one of their waybills ($6, $7: logisticsCode, logisticsNo) or
 #: sharing the orderNo of one of their waybills ($8) — plus the live waybills (role "waybill") those
 #: shipments, those order numbers and their inventories ($9, $10) point at;
-#: ``ledger`` — the ledger rows of the buyers involved ($12 buyerIdNumber, $13 year), amounts as text.
+#: ``ledger`` — the ledger rows of the buyers involved ($12 buyerIdNumber, $13 year), amounts as text;
+#: ``ids`` — $14 new message ids, for the messages the wave will write (the write statement takes them, so that
+#: their jobs are known before it and go in it; an id not used is a gap in the sequence, nothing more).
 READ_STATE = f"""
 WITH keyed AS (
     SELECT t.ebp, t.ono FROM unnest($4::text[], $5::text[]) AS t(ebp, ono)
@@ -158,7 +163,8 @@ SELECT
        FROM unnest($12::text[], $13::int[]) AS b(buyer, year),
             LATERAL (SELECT l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount::text AS amount
                        FROM tax_ledger AS l WHERE l.buyer_id_number = b.buyer AND l.year = b.year OFFSET 0) AS l
-    ) AS ledger
+    ) AS ledger,
+    ARRAY(SELECT nextval(pg_get_serial_sequence('messages', 'id')) FROM generate_series(1, $14::int)) AS ids
 """
 
 #: $1 ids of the rows that changes and withdrawals replace. Runs before the new rows are inserted, since
@@ -166,21 +172,19 @@ SELECT
 SUPERSEDE = "UPDATE documents SET is_current = false WHERE id = ANY ($1::bigint[])"
 
 #: The messages of a wave, their documents, the links from replaced rows, the shipments, the waybill-only
-#: shipments to drop and the ledger, in one statement. $1-$8 the message rows (arrays; each response gets
-#: its message's new id); $9 documents (JSON array of objects, each with its message's guid); $10-$12 the
-#: replaced row ids with the guid and doc_index of their successors; $13 shipments (JSON); $14 orderNos
-#: of waybill-only shipments to delete; $15 ledger rows to upsert (JSON); $16-$19 inventories (ebcCode,
-#: orderNo) whose other ledger rows go, except the kept buyer and year (NULL: keep none).
-#: Returns {guid: message id}.
-WRITE_INGEST = """
+#: shipments to drop, the ledger and the jobs of the messages that go now, in one statement. $1-$8 and $20
+#: the message rows (arrays; $20 their ids, from READ_STATE); $9 documents (JSON array of objects, each with
+#: its message's guid); $10-$12 the replaced row ids with the guid and doc_index of their successors; $13
+#: shipments (JSON); $14 orderNos of waybill-only shipments to delete; $15 ledger rows to upsert (JSON);
+#: $16-$19 inventories (ebcCode, orderNo) whose other ledger rows go, except the kept buyer and year (NULL:
+#: keep none); $21 the jobs (gateway.outbox.job_rows), $22 the queue's NOTIFY channel.
+WRITE_INGEST = f"""
 WITH m AS (
     INSERT INTO messages (id, guid, message_type, sha256, raw_xml, source, submitter, response, http_status)
-    SELECT x.id, x.guid, x.message_type, x.sha256, x.raw_xml, x.source, x.submitter,
-           jsonb_set(x.response, '{id}', to_jsonb(x.id)), x.http_status
-      FROM (SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS id, u.*
-              FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
-                          $8::int[])
-                   AS u(guid, message_type, sha256, raw_xml, source, submitter, response, http_status)) AS x
+    SELECT u.id, u.guid, u.message_type, u.sha256, u.raw_xml, u.source, u.submitter, u.response, u.http_status
+      FROM unnest($20::bigint[], $1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[],
+                  $7::jsonb[], $8::int[])
+           AS u(id, guid, message_type, sha256, raw_xml, source, submitter, response, http_status)
     RETURNING id, guid, message_type
 ), d AS (
     INSERT INTO documents (message_id, doc_index, doc_guid, kind, message_type, key1, key2, order_no, ebp_code,
@@ -236,10 +240,9 @@ WITH m AS (
                             WHERE t.ebc_code = x.ebc AND t.order_no = x.ono OFFSET 0) AS t
             WHERE x.buyer IS NULL OR x.buyer <> t.buyer_id_number OR x.year <> t.year))
     RETURNING 1
+), jobs_in AS ({enqueue_insert("$21")}
 )
-SELECT (SELECT json_object_agg(m.guid, m.id) FROM m) AS ids,
-       (SELECT count(*) FROM d) + (SELECT count(*) FROM linked) + (SELECT count(*) FROM s)
-       + (SELECT count(*) FROM blank) + (SELECT count(*) FROM ledger_put) + (SELECT count(*) FROM ledger_drop) AS rows
+SELECT (SELECT count(*) FROM m) AS messages, {wake_endpoints("jobs_in", "$22")} AS woken
 """
 
 INSERT_REJECTION = """
@@ -694,7 +697,7 @@ class Store:
         refs = Refs()
         for job in jobs:
             refs.merge(job.refs)
-        stored, state, receipted = await self._read(conn, [job.msg.guid for job in jobs], refs)
+        stored, state, receipted, new_ids = await self._read(conn, [job.msg.guid for job in jobs], refs)
         writes: list[tuple[_Job, Write]] = []
         deferred: list[_Job] = []
         more_locks: set[Lock] = set()
@@ -723,26 +726,30 @@ class Store:
                 raise _LocksBusy()
             held |= more_locks
         if writes:
-            # Forwarding (gateway.outbox): the documents are written with their forward state, and the wave's
-            # jobs are enqueued right after, in this transaction: a job exists iff its message committed.
-            plans = []
+            ids = dict(zip((job.msg.guid for job, _ in writes), new_ids, strict=False))  # in arrival order
+            for job, w in writes:
+                w.body["id"] = ids[job.msg.guid]
+            # Forwarding (gateway.outbox): the documents are written with their forward state and the wave's
+            # jobs with them, by the same statement: a job exists iff its message committed.
+            plans, jobs_now = [], []
             if self.outbox is not None:
                 plans = self.outbox.plan_wave([(job.msg, w.body, w.documents) for job, w in writes])
-            ids = await self._write(conn, writes)
+                jobs_now = self.outbox.wave_jobs(plans, ids)
+            await self._write(conn, writes, ids, jobs_now)
             for job, w in writes:
-                w.body["id"] = ids[job.msg.guid]  # the statement stored it in the response the same way
                 self.waybill_buyers.learn(job.news)
                 outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False)
             if self.outbox is not None:
-                await self.outbox.after_write(conn, plans, ids, receipted)
+                await self.outbox.after_write(conn, plans, receipted)
         return deferred
 
     @staticmethod
     async def _read(
         conn: asyncpg.Connection, guids: list[str], refs: Refs
-    ) -> tuple[dict[str, Any], State, dict[tuple[str, str], set[str]]]:
-        """The messages stored under the guids, the rows ``refs`` names (see READ_STATE), and for each shipment
-        whose legs were read the kinds of its live legs that customs took (receipted)."""
+    ) -> tuple[dict[str, Any], State, dict[tuple[str, str], set[str]], list[int]]:
+        """The messages stored under the guids, the rows ``refs`` names (see READ_STATE), for each shipment
+        whose legs were read the kinds of its live legs that customs took (receipted), and a new message id for
+        each guid."""
         keys = sorted(refs.keys)
         keyed, wkeys, ikeys = sorted(refs.keyed), sorted(refs.waybill_keys), sorted(refs.inventory_waybills)
         buyers = sorted(refs.buyers)
@@ -755,6 +762,7 @@ class Store:
             [k[0] for k in ikeys], [k[1] for k in ikeys],
             guids,
             [b[0] for b in buyers], [b[1] for b in buyers],
+            len(guids),
         )  # fmt: skip
         assert row is not None
         current: dict[tuple[str, str, str], Row] = {}
@@ -771,10 +779,12 @@ class Store:
             else:
                 rows[doc.id] = doc
         stored = {m["guid"]: m for m in row["stored"]}
-        return stored, State(current, rows, _ledger_book(buyers, row["ledger"])), receipted
+        return stored, State(current, rows, _ledger_book(buyers, row["ledger"])), receipted, list(row["ids"])
 
     @staticmethod
-    async def _write(conn: asyncpg.Connection, writes: list[tuple[_Job, Write]]) -> dict[str, int]:
+    async def _write(
+        conn: asyncpg.Connection, writes: list[tuple[_Job, Write]], ids: dict[str, int], jobs: list[JobSpec]
+    ) -> None:
         replaced = [(old, job.msg.guid, index) for job, w in writes for old, index in w.replaced]
         if replaced:
             await conn.execute(SUPERSEDE, [r[0] for r in replaced])
@@ -796,9 +806,11 @@ class Store:
             [b for _, w in writes for b in w.blanks],
             [p for _, w in writes for p in w.ledger_put],
             [d[0] for d in drops], [d[1] for d in drops], [d[2] for d in drops], [d[3] for d in drops],
+            [ids[job.msg.guid] for job, _ in writes],
+            job_rows(jobs),
+            cbec_queue.CHANNEL,
         )  # fmt: skip
         assert row is not None
-        return {guid: int(i) for guid, i in row["ids"].items()}
 
     # --- rejections and reads ------------------------------------------------------------------
 

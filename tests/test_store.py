@@ -751,11 +751,11 @@ async def test_list_shipments_filters_and_pages(store: Store) -> None:
 # Each statement with parameters good enough for PREPARE/EXECUTE (the plan, not the result, is checked).
 _PLAN_CASES = {
     "READ_STATE": "ARRAY['CEB311'], ARRAY['E'], ARRAY['O'], ARRAY['E'], ARRAY['O'], ARRAY['L'], ARRAY['N'], "
-    "ARRAY['O'], ARRAY['L'], ARRAY['N'], ARRAY['g'], ARRAY['b'], ARRAY[2025]",
+    "ARRAY['O'], ARRAY['L'], ARRAY['N'], ARRAY['g'], ARRAY['b'], ARRAY[2025], 1",
     "SUPERSEDE": "ARRAY[1::bigint]",
     "WRITE_INGEST": "ARRAY['g'], ARRAY['CEB311'], ARRAY['\\x00'::bytea], ARRAY['<x/>'], ARRAY['xml'], ARRAY['s'], "
     "ARRAY['{}'::jsonb], ARRAY[202], '[]'::jsonb, ARRAY[1::bigint], ARRAY['g'], ARRAY[1], '[]'::jsonb, ARRAY['O'], "
-    "'[]'::jsonb, ARRAY['E'], ARRAY['O'], ARRAY['b'], ARRAY[2025]",
+    "'[]'::jsonb, ARRAY['E'], ARRAY['O'], ARRAY['b'], ARRAY[2025], ARRAY[1::bigint], '[]'::jsonb, 'cbec_jobs'",
     "SELECT_MESSAGE": "'g'",
     "SELECT_MESSAGE_DOCUMENTS": "1",
     "SELECT_SHIPMENT": "'E', 'O'",
