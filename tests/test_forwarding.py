@@ -922,3 +922,37 @@ async def test_the_watchdog_deletes_delivered_jobs_after_the_retention(flow: Flo
     await one_pass(1)
     assert await states() == ["dead", "done", "queued"]
     assert await flow.outbox.purge_done_jobs(older_than_s=0, batch=1) == 1  # batch by batch, to the end
+
+
+async def test_a_second_record_sent_transaction_starts_only_for_a_full_batch() -> None:
+    """Outbox._full_batch_waits: beside a running record_sent transaction, deliveries wait for its next batch
+    until a full batch waits."""
+    from gateway.outbox import _Sent
+
+    outbox = Outbox(None, None, max_sent_batch=2, max_sent_parallel=2)  # type: ignore[arg-type]
+    gate = asyncio.Event()
+    batches: list[int] = []
+
+    async def record(items: list[_Sent], follow: Any) -> dict[_Sent, Exception | None]:
+        batches.append(len(items))
+        await gate.wait()
+        return dict.fromkeys(items)
+
+    outbox._sent._work = record
+
+    def deliver(n: int) -> asyncio.Future[None]:
+        return outbox._sent.put(_Sent(None, n))  # type: ignore[arg-type]
+
+    futures = [deliver(1)]
+    await asyncio.sleep(0)
+    futures.append(deliver(2))
+    await asyncio.sleep(0)
+    assert outbox._sent.running == 1  # one waits: it goes in the running transaction's next batch
+    futures.append(deliver(3))
+    await asyncio.sleep(0)
+    assert outbox._sent.running == 2  # a full batch waits: a second transaction takes it
+    gate.set()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*futures)
+    assert sorted(batches) == [1, 2]
+    await outbox.aclose()
