@@ -295,6 +295,7 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
                   LIMIT 1)) AS l) AS legs
   FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
        LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = k.ebp AND s.order_no = k.ono OFFSET 0) AS s
+ WHERE NOT $3::bool OR s.customs_status = 'pending'
 """
 
 SET_SHIPMENT_CUSTOMS = """
@@ -673,7 +674,9 @@ class Outbox:
                 shipments = await self._lock_shipments_of(conn, [d for d in docs if d.message_id in sent])
             if sent:
                 await conn.execute(MARK_SENT, sorted(sent))
-                await self._refresh_shipments(conn, shipments)
+                # A send can change only a pending shipment's status (to declared: see
+                # gateway.forward.shipment_customs_status; it moves no leg out of rejected and no rank).
+                await self._refresh_shipments(conn, shipments, only_pending=True)
         return {i: None if i.job.id in done else _lease_lost(i.job) for i in items}
 
     async def _lock_shipments_of(self, conn: asyncpg.Connection, docs: Iterable[_Doc]) -> set[tuple[str, str]]:
@@ -695,13 +698,15 @@ class Outbox:
         await conn.fetchval(LOCK_IDS, sorted({order_lock(o) for o in orders}))
         return shipments
 
-    async def _refresh_shipments(self, conn: asyncpg.Connection, shipments: Iterable[tuple[str, str]]) -> None:
-        """Recompute customs_status of the shipments from their current legs; on a change tell the sellers and,
-        once released, the warehouse."""
+    async def _refresh_shipments(
+        self, conn: asyncpg.Connection, shipments: Iterable[tuple[str, str]], *, only_pending: bool = False
+    ) -> None:
+        """Recompute customs_status of the shipments (``only_pending``: of those still pending) from their current
+        legs; on a change tell the sellers and, once released, the warehouse."""
         ships = sorted(set(shipments))
         if not ships:
             return
-        rows = await conn.fetch(SHIPMENT_LEGS, [s[0] for s in ships], [s[1] for s in ships])
+        rows = await conn.fetch(SHIPMENT_LEGS, [s[0] for s in ships], [s[1] for s in ships], only_pending)
         changed: list[tuple[str, str, str, str | None]] = []
         jobs: list[JobSpec] = []
         released: list[tuple[asyncpg.Record, dict[str, Any]]] = []  # (shipment, its inventory leg)

@@ -635,6 +635,38 @@ async def test_sent_and_watchdog(flow: Flow) -> None:
     assert (await flow.outbox.watchdog(timeout_s=0, repush=True, max_repushes=2))["overdue"] == []
 
 
+@pytest.mark.db
+async def test_a_send_looks_again_only_at_pending_shipments(flow: Flow) -> None:
+    """A send can move a shipment only from pending to declared, so record_sent reads the legs of pending
+    shipments alone (SHIPMENT_LEGS with only_pending); the statuses come out as a full refresh gives them."""
+    from gateway.outbox import SHIPMENT_LEGS
+
+    a, b = shipment(40), shipment(41)
+    for payload in (a.order, b.order, b.payment):
+        await flow.submit(payload)
+
+    async def send(payload: dict[str, Any]) -> None:
+        async with flow.pool.acquire() as conn:
+            jobs = await cbec_queue.claim(conn, worker_id="w1", lease_s=30, endpoint="customs", limit=10)
+        (job,) = [j for j in jobs if j.payload["guid"] == payload["guid"]]
+        async with flow.pool.acquire() as conn:
+            await cbec_queue.release(conn, [j for j in jobs if j is not job])
+        await flow.outbox.record_sent(job, job.payload["message_id"])
+
+    await send(b.order)
+    assert (await flow.shipment(b))["customs_status"] == "declared"
+    assert (await flow.shipment(a))["customs_status"] == "pending"
+    keys = [(s.order_doc["ebpCode"], s.order_doc["orderNo"]) for s in (a, b)]
+    args = ([k[0] for k in keys], [k[1] for k in keys])
+    async with flow.pool.acquire() as conn:
+        assert {r["order_no"] for r in await conn.fetch(SHIPMENT_LEGS, *args, True)} == {keys[0][1]}
+        assert {r["order_no"] for r in await conn.fetch(SHIPMENT_LEGS, *args, False)} == {k[1] for k in keys}
+    await send(b.payment)  # a declared shipment: not read again, still declared
+    await send(a.order)
+    assert (await flow.shipment(a))["customs_status"] == "declared"
+    assert (await flow.shipment(b))["customs_status"] == "declared"
+
+
 # --- receipt messages with many returns -------------------------------------------------------------------
 
 

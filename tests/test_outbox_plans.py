@@ -27,7 +27,7 @@ _PLAN_CASES = {
     "SET_RECEIPT_RAW": "1, 'x'",
     "SET_CUSTOMS_STATE_AND_OUTCOMES": f"ARRAY[1::bigint], {_T}, {_T}, ARRAY[1], {_T}, {_T}, {_T}, {_T}, "
     f"ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[true], {_T}",
-    "SHIPMENT_LEGS": f"{_T}, {_T}",
+    "SHIPMENT_LEGS": f"{_T}, {_T}, true",
     "SET_SHIPMENT_CUSTOMS": f"{_T}, {_T}, {_T}, {_T}",
     "RELEASE_HELD": f"{_T}, {_T}, {_T}, {_T}, 1",
     "MARK_SENT": "ARRAY[1::bigint]",
