@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -93,6 +94,11 @@ def test_cop_msg_id_is_stable_and_distinct() -> None:
     assert len(a) == 36 and a == a.upper()
     with pytest.raises(ValueError):
         dxp.cop_msg_id_for("")
+
+
+@pytest.mark.parametrize("key", ["customs:" + "0" * 36, "k1", "customs:ABC:resend2", "海关:订单-1", "x" * 300])
+def test_cop_msg_id_is_the_uuid5_of_the_key(key: str) -> None:
+    assert dxp.cop_msg_id_for(key) == str(uuid.uuid5(dxp.COP_MSG_ID_NAMESPACE, key)).upper()
 
 
 def test_receiver_by_flow() -> None:
