@@ -49,11 +49,6 @@ _XML_READ_MAX = 256  # message ids per read of the stored XML
 
 # --- SQL ---------------------------------------------------------------------------------------------------
 
-#: cbec_queue.enqueue for many jobs ($1 JSON array of {endpoint, kind, payload, dedupe_key, delay, priority,
-#: ordering_keys}; $2 the queue's NOTIFY channel): ON CONFLICT DO NOTHING skips a job whose endpoint already has
-#: a live one with the same dedupe key; one notification per endpoint, delivered at commit. Returns how many
-#: were new. Rows get their ids in the array's order (WITH ORDINALITY), so that of two jobs of one wave sharing
-#: an ordering key the one listed first goes first.
 def enqueue_insert(rows: str) -> str:
     """The insert of many jobs, given as the JSON array ``rows`` (a parameter such as ``$1``; see job_rows): the
     same insert as ``cbec_queue.enqueue`` (a live job with the same endpoint and dedupe key wins; ids follow the
@@ -79,7 +74,11 @@ def wake_endpoints(inserted: str, channel: str) -> str:
     )
 
 
-#: $1 the jobs (job_rows), $2 the NOTIFY channel.
+#: cbec_queue.enqueue for many jobs ($1 JSON array of {endpoint, kind, payload, dedupe_key, delay, priority,
+#: ordering_keys}, see job_rows; $2 the queue's NOTIFY channel): ON CONFLICT DO NOTHING skips a job whose
+#: endpoint already has a live one with the same dedupe key; one notification per endpoint, delivered at commit.
+#: Returns how many were new. Rows get their ids in the array's order (WITH ORDINALITY), so that of two jobs of
+#: one wave sharing an ordering key the one listed first goes first.
 ENQUEUE_MANY = f"""
 WITH ins AS ({enqueue_insert("$1")}
 )

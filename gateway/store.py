@@ -644,8 +644,9 @@ class Store:
         PostgreSQL has nothing to do; begun here, the next batch's first round trip is its read, which
         PostgreSQL does while the answers go out. The connection stays out of the pool, in the transaction,
         until that batch runs: at once, on the same drain (an open transaction that has read nothing holds no
-        snapshot). Nothing waits: the next batch's locks are disjoint from the other running batch's (see
-        _take); another process holding one delays this commit's answers as it would have delayed that BEGIN.
+        snapshot). Only a lone drain takes a batch early (see _batch), so no batch of this process holds the
+        next batch's locks; another process holding one delays this commit's answers as it would have delayed
+        that BEGIN.
 
         A statement after COMMIT failing leaves the commit done (PostgreSQL ends a transaction at COMMIT
         whatever follows in the query string): this batch is answered and the next begins on its own. A
