@@ -96,6 +96,8 @@ def _to_decimal(name: str, value: Any) -> Decimal:
 
 
 def _longest_prefix(table: Mapping[str, Decimal], gcode: str, default: Decimal) -> Decimal:
+    if not table:  # the default tariff and VAT-override tables: every line asks
+        return default
     for n in range(len(gcode), 0, -1):
         rate = table.get(gcode[:n])
         if rate is not None:
