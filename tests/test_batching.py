@@ -302,13 +302,16 @@ class Following(Work):
         super().__init__(**kw)  # type: ignore[arg-type]
         self.taken_early: list[list[str] | None] = []  # per run: what follow returned, None without follow
         self.given: list[list[Item]] = []  # the lists the runs were given
+        self.followed: list[list[Item]] = []  # the lists follow returned
 
     async def __call__(self, items: list[Item], follow: Follow[Item] | None = None) -> dict[Item, str | Exception]:
         self.given.append(items)
         self.batches.append([i.name for i in items])
         self.events.append(("run", [i.name for i in items]))
         await self.gate.wait()
-        self.taken_early.append([i.name for i in follow()] if follow is not None else None)
+        if follow is not None:
+            self.followed.append(follow())
+        self.taken_early.append([i.name for i in self.followed[-1]] if follow is not None else None)
         for item in items:
             if self.fail.get(item.name):
                 raise self.fail[item.name].pop(0)
@@ -344,8 +347,8 @@ async def test_a_run_takes_the_next_batch_early_and_the_drain_runs_that_batch_ne
         ("run", ["d"]),
         ("release", ["d"]),
     ]  # fmt: skip
-    # the run taken early is given the very list its predecessor's follow returned
-    assert [i.name for i in work.given[1]] == ["b", "c"] and work.given[1] is not work.given[0]
+    # each run taken early is given the very list its predecessor's follow returned
+    assert work.given[1] is work.followed[0] and work.given[2] is work.followed[1]
 
 
 async def test_the_one_by_one_runs_after_a_failure_take_nothing_early() -> None:
@@ -383,3 +386,18 @@ async def test_a_drain_cancelled_after_taking_early_cancels_the_batch_it_took() 
     await settle()
     assert all(t.cancelled() for t in tasks)  # b's caller learns it too, rather than waiting forever
     assert work.events == [("hold", ["a"]), ("release", ["a"]), ("hold", ["b"]), ("release", ["b"])]
+
+
+async def test_with_another_when_full_a_second_drain_starts_only_for_a_full_batch() -> None:
+    work = Work(gated=True)
+    batcher: Batcher[Item, str] = Batcher(work, max_batch=3, max_parallel=2, another_when_full=True)
+    tasks = callers(batcher, "a")
+    await settle()
+    tasks += callers(batcher, "b", "c")
+    await settle()
+    assert batcher.running == 1 and work.batches == [["a"]]  # two wait for the running batch
+    tasks += callers(batcher, "d")
+    await settle()
+    assert batcher.running == 2 and work.batches == [["a"], ["b", "c", "d"]]  # a full batch: a second drain
+    work.gate.set()
+    assert await outcomes(tasks) == ["A", "B", "C", "D"]

@@ -957,8 +957,8 @@ async def test_the_watchdog_deletes_delivered_jobs_after_the_retention(flow: Flo
 
 
 async def test_a_second_record_sent_transaction_starts_only_for_a_full_batch() -> None:
-    """Outbox._full_batch_waits: beside a running record_sent transaction, deliveries wait for its next batch
-    until a full batch waits."""
+    """The outbox's Batcher (another_when_full): beside a running record_sent transaction, deliveries wait for
+    its next batch until a full batch waits."""
     from gateway.outbox import _Sent
 
     outbox = Outbox(None, None, max_sent_batch=2, max_sent_parallel=2)  # type: ignore[arg-type]

@@ -825,21 +825,34 @@ async def test_a_batch_skips_messages_locked_by_a_running_batch_and_keeps_their_
 
 
 async def test_another_transaction_starts_only_for_a_full_batch() -> None:
-    """Scheduling (Store._could_start): beside a running transaction, another one starts only once a full batch
-    waits (the newest of it free to start); fewer wait for the running one and go together in its next batch."""
-    store = Store(None, max_batch=3)  # type: ignore[arg-type]  # _could_start touches no database
+    """Scheduling (the store's Batcher with another_when_full, Store._locks_free): beside a running transaction,
+    another one starts only once a full batch waits (the newest of it free to start); fewer wait for the running
+    one and go together in its next batch."""
+    store = Store(None, max_batch=3)  # type: ignore[arg-type]  # nothing here touches the database
+    started: list[int] = []
+
+    def spawn(drain: Any) -> None:
+        started.append(len(store._queue))
+        drain.close()  # not run: only the decision is looked at
+
+    store._batcher._spawn = spawn
 
     def job(n: int, *locks: tuple[str, str]) -> Any:
         return store_module._Job(None, b"", b"", "t", "xml", n, [], set(locks), None)  # type: ignore[arg-type]
 
     running = ("order", "R")
     store._running_locks.update([running])
+    store._batcher._workers = 1  # a transaction runs
     store._queue.extend([job(1, ("order", "A")), job(2, ("order", "B"))])
-    assert not store._could_start(store._queue[-1])  # two of three: they wait for the running transaction
+    store._batcher._start()
+    assert started == []  # two of three: they wait for the running transaction
     store._queue.append(job(3, ("order", "C")))
-    assert store._could_start(store._queue[-1])  # a full batch
+    store._batcher._start()
+    assert started == [3]  # a full batch
+    store._batcher._workers = 1
     store._queue.append(job(4, running))
-    assert not store._could_start(store._queue[-1])  # full, but the newest waits for the running batch's lock
+    store._batcher._start()
+    assert started == [3]  # full, but the newest waits for the running batch's lock
 
 
 class _CountingPool:
