@@ -147,6 +147,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     import signal
 
     from gateway.sandbox import start_sandbox
+    from gateway.server import settled_heap
 
     async def run() -> None:
         headers = {"X-API-Key": args.receipt_key} if args.receipt_key else {}
@@ -165,7 +166,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            with settled_heap():
+                await stop.wait()
         finally:
             await sandbox.stop()
 

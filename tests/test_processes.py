@@ -89,7 +89,7 @@ def _signal_handlers_left() -> list[int]:
     return [sig for sig in (signal.SIGINT, signal.SIGTERM) if loop.remove_signal_handler(sig)]
 
 
-async def test_serve_freezes_its_start_up_heap_and_takes_the_stop_signals_only_while_serving(
+async def test_serve_freezes_its_start_up_heap_tunes_the_collector_and_takes_the_stop_signals_while_serving(
     db_dsn: str, tmp_path: Path
 ) -> None:
     settings = apiutil.test_settings(
@@ -97,10 +97,12 @@ async def test_serve_freezes_its_start_up_heap_and_takes_the_stop_signals_only_w
         forwarding=ForwardingSettings(enabled=False),
     )  # fmt: skip
     ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
+    before = gc.get_threshold()
     serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info))
     try:
         await asyncio.wait_for(ready.wait(), 60)
         frozen_while_serving = gc.get_freeze_count()
+        threshold_while_serving = gc.get_threshold()[0]
         async with aiohttp.ClientSession() as session, session.get(info["url"] + "/healthz") as resp:
             assert resp.status == 200
     finally:
@@ -109,10 +111,12 @@ async def test_serve_freezes_its_start_up_heap_and_takes_the_stop_signals_only_w
     # the modules, schemas and app that start-up built: tens of thousands of objects
     assert frozen_while_serving > 10_000
     assert gc.get_freeze_count() == 0
+    assert threshold_while_serving == server.SERVING_GC_THRESHOLD
+    assert gc.get_threshold()[0] == before[0]  # the test process's own, back
     assert _signal_handlers_left() == []  # Ctrl-C interrupts the process again
 
 
-async def test_a_worker_freezes_its_start_up_heap_and_takes_the_stop_signals_only_while_it_delivers(
+async def test_a_worker_freezes_its_start_up_heap_tunes_the_collector_and_takes_the_stop_signals_while_it_works(
     db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = apiutil.test_settings(database_url=db_dsn, data_dir=tmp_path, log_format="json")
@@ -131,10 +135,12 @@ async def test_a_worker_freezes_its_start_up_heap_and_takes_the_stop_signals_onl
     try:
         await asyncio.wait_for(ready.wait(), 60)
         frozen_while_working = gc.get_freeze_count()
+        threshold_while_working = gc.get_threshold()[0]
     finally:
         stop.set()
         await asyncio.wait_for(working, 60)
     assert frozen_while_working > 10_000
+    assert threshold_while_working == server.SERVING_GC_THRESHOLD != gc.get_threshold()[0]
     assert gc.get_freeze_count() == 0
     assert _signal_handlers_left() == []
     # Its event loop serves no API: the sandbox's customs endpoint gets the dedicated worker's deliveries in flight.
