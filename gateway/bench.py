@@ -310,6 +310,7 @@ class GatewayProcess:
         self.customs_key = customs_key  # receipts from a sandbox in its own process
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_file = workdir / f"gateway-{self.port}.log"
+        self._log_start = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self, timeout: float = 60.0) -> None:
@@ -327,6 +328,7 @@ class GatewayProcess:
             cmd += ["--config", self.config]
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
+            self._log_start = log.tell()
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
@@ -335,11 +337,22 @@ class GatewayProcess:
                     raise RuntimeError(f"cbec serve exited with {self.proc.returncode}: {self.log_tail()}")
                 with contextlib.suppress(aiohttp.ClientError, OSError):
                     async with session.get(self.base_url + "/healthz") as resp:
-                        if resp.status == 200:
+                        # The first process answers before the others listen; a run started then would open all
+                        # its connections to the first (the kernel spreads only new connections).
+                        if resp.status == 200 and self.listening_api_processes() >= self.processes - 1:
                             return
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"cbec serve did not answer within {timeout:.0f} s: {self.log_tail()}")
                 await asyncio.sleep(0.05)
+
+    def listening_api_processes(self) -> int:
+        """How many of the other API processes (``--processes N``) have said in the log that they listen."""
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(self._log_start)  # this start's lines only: the file is appended to
+                return f.read().count(b'"api_process_listening"')
+        except OSError:
+            return 0
 
     def log_tail(self, size: int = 2000) -> str:
         try:

@@ -10,6 +10,7 @@ import pytest
 
 from gateway import bench
 from gateway.cli import build_parser
+from tests import dbutil
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -134,3 +135,25 @@ def test_split_topology_passes_a_customs_key_that_begins_with_a_dash(tmp_path: P
     args = build_parser().parse_args(split.sandbox_args())
     assert args.receipt_key == "-Yx_2kQ"
     assert args.receipt_url == f"{split.gateway.base_url}/v1/receipts" and args.delay_ms == 0
+
+
+@pytest.mark.db
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_gateway_with_several_api_processes_is_started_once_all_of_them_listen(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    # Were the run started when the first process answers, the kernel would hand every connection to it.
+    async with dbutil.fresh_database(pg_dsn) as dsn:
+        gateway = bench.GatewayProcess(dsn, tmp_path, None, dict(bench.INGEST_ONLY_ENV), processes=3)
+        try:
+            await gateway.start()
+            assert gateway.listening_api_processes() == 2, gateway.log_tail()
+        finally:
+            await gateway.stop()
+        again = bench.GatewayProcess(dsn, tmp_path, None, dict(bench.INGEST_ONLY_ENV), processes=1)
+        again.log_file = gateway.log_file  # the same file, appended: the earlier start's lines do not count
+        try:
+            await again.start()
+            assert again.listening_api_processes() == 0
+        finally:
+            await again.stop()
