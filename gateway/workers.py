@@ -61,7 +61,9 @@ SANDBOX_CUSTOMS_CONCURRENCY = 16
 #: Measured (2 cores, a backlog of 3,000 legs, row 3e): 16 → ~300, 32 → ~390, 64 → 440–500 messages/s, with
 #: PostgreSQL's CPU per message 1.8 → 0.9 ms and the worker's 2.1 → 1.3–1.4 ms; 128 and 256 gave no more then.
 #: Once a delivery cost a quarter of that, they did (6,000 legs, pairs interleaved in time): 64 → 128 +16 %,
-#: 128 → 256 +9 %, 64 → 256 +30 % (~1,640 → ~2,130 messages/s); 512 no more than 256.
+#: 128 → 256 +9 %, 64 → 256 +30 % (~1,640 → ~2,130 messages/s); 512 no more than 256. At most 100 of them are
+#: HTTP requests at once (aiohttp's connector limit per adapter; lifting it changed nothing, -1 % in three pairs):
+#: the others are being claimed, read or recorded, in the bigger batches that this buys.
 SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED = 256
 
 
