@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
@@ -89,13 +88,14 @@ def _status_for(issues: list[Issue]) -> int:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()  # 32 hex digits, as a uuid4's
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     response: web.StreamResponse
     try:
-        if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.query.items()):
+        query = request.query if request.query_string else None  # most requests have none: no MultiDict
+        if "\x00" in request.path or (query and any("\x00" in k or "\x00" in v for k, v in query.items())):
             # PostgreSQL's text holds no NUL: refused here, once, rather than failing in some query
             response = error_response(400, "NUL characters are not allowed in the path or the query")
         else:

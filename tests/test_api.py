@@ -304,3 +304,11 @@ async def test_nul_characters_in_paths_and_queries_are_refused(api: Client) -> N
         assert reply.status == 400 and "NUL" in reply.body["error"]["title"], (path, reply)
     replay = await api.request("POST", "/v1/queue/replay", json_body={"endpoint": "customs\x00"})
     assert replay.status == 400
+
+
+async def test_every_answer_carries_a_request_id(api: Client) -> None:
+    """A new id of 32 hex digits per request unless the client sent its own, which is echoed."""
+    ids = [(await api.get("/healthz", key=None)).headers["X-Request-Id"] for _ in range(3)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and len(set(ids)) == 3, ids
+    async with api.session.get(api.base + "/v1/shipments", headers={"X-Request-Id": "trace-42"}) as resp:
+        assert resp.status == 401 and resp.headers["X-Request-Id"] == "trace-42"
