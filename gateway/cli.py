@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=2000, help="messages ingested per flatness row (default 2000)")
     p.add_argument("--seed", type=int, default=1, help="seed of the sample messages (default 1)")
     p.add_argument("--processes", type=int, default=1, help="cbec serve --processes for the runs (default 1)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of the full ingest run, each on a fresh database; the median is shown (default 3)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object instead of a table")
     p.add_argument(
         "--no-forwarding",
