@@ -1,6 +1,7 @@
 """The ``cbec`` command: serve, worker, sandbox, replay, validate, db migrate, bench.
 
-Exit codes: 0 success, 1 invalid input (validate), 2 usage errors (argparse's own convention).
+Exit codes: 0 success, 1 invalid input (validate), 2 usage errors (argparse's own convention; a configuration
+that cannot be used is one).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> config.Settings:
-    s = config.load(args.config)
+    try:
+        s = config.load(args.config)
+    except (OSError, ValueError, ArithmeticError) as exc:  # a TOML syntax error is a ValueError too
+        print(f"cbec: the configuration is not usable: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None  # a usage error: nothing started
     return s.with_overrides(
         database_url=getattr(args, "database_url", None),
         data_dir=getattr(args, "data_dir", None),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
@@ -261,6 +261,26 @@ _FORWARDING_SCALARS: dict[str, Any] = {
 }
 
 
+def _one_customs_endpoint_per_type(routes: Iterable[RouteSettings], endpoints: Iterable[EndpointSettings]) -> None:
+    """Refuse routes that send one message type to two customs endpoints.
+
+    Customs takes each declaration once, and its receipts name the CopMsgId of that sending, which the gateway
+    keeps one of per document: sent twice, the declaration would be a duplicate at customs, and the receipts of
+    the second sending would match no document. The routes' tradeModes do not keep two apart: a message without a
+    tradeMode, or with documents of both modes, matches every route of its type."""
+    customs = {e.name for e in endpoints if e.kind == "customs"}
+    by_type: dict[str, set[str]] = {}
+    for route in routes:
+        for message_type in route.message_types:
+            by_type.setdefault(message_type, set()).update(e for e in route.endpoints if e in customs)
+    for message_type, names in sorted(by_type.items()):
+        if len(names) > 1:
+            raise ValueError(
+                f"forwarding.routes send {message_type} to {len(names)} customs endpoints ({', '.join(sorted(names))}):"
+                " customs takes each declaration once; route it to one of them"
+            )
+
+
 def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ForwardingSettings:
     """The ``[forwarding]`` table of the TOML file, then ``CBEC_FORWARDING_<NAME>`` for its scalar settings."""
     env = env or {}
@@ -294,6 +314,7 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
                 )
             )
         changes["routes"] = tuple(routes)
+    _one_customs_endpoint_per_type(changes.get("routes", DEFAULT_ROUTES), changes["endpoints"])
     for name in ("hold_types", "on_release"):
         if name in data:
             changes[name] = _strings(data[name], f"forwarding.{name}")
@@ -345,7 +366,12 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if env.get("CBEC_API_KEYS"):
         changes["api_keys"] = _parse_keys(json.loads(env["CBEC_API_KEYS"]))
     if "tax_rates" in data:
+        from gateway.tax import TaxRates  # here, not at the top: the tax module is not needed to read settings
+
+        if not isinstance(data["tax_rates"], Mapping):
+            raise ValueError("tax_rates must be a table")
         changes["tax_rates"] = dict(data["tax_rates"])
+        TaxRates.from_mapping(changes["tax_rates"])  # refused at load, with the others, rather than at start
     forwarding = data.get("forwarding", {})
     if not isinstance(forwarding, Mapping):
         raise ValueError("forwarding must be a table")

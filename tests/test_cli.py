@@ -120,3 +120,34 @@ def test_serve_with_processes_shares_metrics_through_a_fresh_folder(
     with cli._shared_metrics(3, tmp_path):
         assert os.environ[config.METRICS_SHARED_DIR_ENV] == "/srv/metrics"
     assert os.environ[config.METRICS_SHARED_DIR_ENV] == "/srv/metrics"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[forwarding\n", "not usable"),  # not TOML
+        ('[[api_keys]]\nname = "x"\nkey = "k"\nrole = "emperor"\n', "emperor"),
+        ('[tax_rates]\nvat = "lots"\n', "vat"),
+        ("amount_tolerance = \"x\"\n", "not usable"),
+        (
+            '[forwarding.endpoints.a]\nkind = "customs"\nurl = "http://h/a"\n'
+            '[forwarding.endpoints.b]\nkind = "customs"\nurl = "http://h/b"\n'
+            '[[forwarding.routes]]\nmessage_types = ["CEB311"]\nendpoints = ["a", "b"]\n',
+            "2 customs endpoints",
+        ),
+    ],
+)
+def test_a_configuration_that_cannot_be_used_is_a_usage_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, says: str
+) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    for command in (["serve", "--config", str(path)], ["db", "migrate", "--config", str(path)]):
+        with pytest.raises(SystemExit) as exited:
+            main(command)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cbec: the configuration is not usable:") and says in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--config", str(tmp_path / "missing.toml")])
+    assert exited.value.code == 2 and "missing.toml" in capsys.readouterr().err

@@ -228,6 +228,39 @@ def test_bad_forwarding_configuration_is_refused(tmp_path: Path, text: str) -> N
         config.load(path, env={})
 
 
+_TWO_CUSTOMS = """
+[forwarding.endpoints.customs]
+kind = "customs"
+url = "http://127.0.0.1:9/a"
+[forwarding.endpoints.eport]
+kind = "customs"
+transport = "folder"
+outbox = "/data/out"
+[[forwarding.routes]]
+message_types = ["CEB311", "CEB621"]
+endpoints = ["customs"]
+modes = ["9610"]
+[[forwarding.routes]]
+message_types = ["CEB621"]
+endpoints = ["eport", "inspection"]
+modes = ["1210"]
+"""
+
+
+def test_a_message_type_routed_to_two_customs_endpoints_is_refused(tmp_path: Path) -> None:
+    """Customs takes a declaration once and its receipts name one sending's CopMsgId: two customs endpoints for
+    one type are refused at load (modes do not separate them: a message of both modes matches both routes)."""
+    path = tmp_path / "two.toml"
+    path.write_text(_TWO_CUSTOMS, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"CEB621 to 2 customs endpoints \(customs, eport\)"):
+        config.load(path, env={})
+    # one customs endpoint per type, the other types elsewhere: accepted
+    path.write_text(_TWO_CUSTOMS.replace('["CEB621"]', '["CEB411"]'), encoding="utf-8")
+    f = config.load(path, env={}).forwarding
+    r = Router.from_settings(f, {e.name: e.kind for e in f.endpoints})
+    assert r.endpoints_for("CEB621", {"9610", "1210"}) == ("customs",) and r.endpoints_for("CEB411") == ("eport",)
+
+
 def test_customs_role_needs_no_codes(tmp_path: Path) -> None:
     path = tmp_path / "keys.toml"
     path.write_text('[[api_keys]]\nname = "eport"\nkey = "k-123"\nrole = "customs"\n', encoding="utf-8")
