@@ -3,10 +3,9 @@
 Why: an ingest transaction is several round trips to PostgreSQL (its read, its write, the COMMIT that carries
 the next batch's BEGIN; see gateway.store), and after each one the batch waits for its turn on the event loop.
 Requests arrive in bursts — a committed batch answers up to 32 clients at once, and they send their next messages
-together —
-and the loop runs every callback that is ready before it looks at the sockets again: a reply from
-PostgreSQL that arrived behind such a burst waited for all of its checks (~0.1 ms each), at every round
-trip of the batch, while PostgreSQL and the other core sat idle. Taking one check per pass puts the
+together — and the loop runs every callback that is ready before it looks at the sockets again: a reply from
+PostgreSQL that arrived behind such a burst waited for all of its checks (~0.1 ms each), at every round trip of
+the batch, while PostgreSQL and the other core sat idle. Taking one check per pass puts the
 transactions' replies between the checks instead: each waits for at most one. The work done is the same;
 batches finish sooner, so more of them finish per second (measured in the README's performance section).
 
