@@ -192,6 +192,9 @@ async def post_message(request: web.Request) -> web.Response:
         return error_response(403, "the API key may not submit these documents", exc.issues)
     except Conflict as exc:
         guid, code = checked.message.guid, checked.message.type.code
+        if any(i.code == "auth.not_your_document" for i in exc.issues):  # another tenant's stored document
+            await _record_rejection(store, body, principal.name, guid, code, exc.issues, 403)
+            return error_response(403, "the API key may not change these documents", exc.issues)
         await _record_rejection(store, body, principal.name, guid, code, exc.issues, 409)
         return error_response(409, "the message conflicts with what is stored", exc.issues)
     shipments = [f"{s['ebpCode']}/{s['orderNo']}" for s in result.body.get("shipments", [])]

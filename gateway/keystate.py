@@ -354,8 +354,15 @@ class Refs:
         self.buyers |= other.buyers
 
 
-def decide(news: list[New], current: dict[tuple[str, str, str], Row]) -> list[Issue]:
-    """Apply the appType rules to each document against the current row of its key."""
+def decide(
+    news: list[New], current: dict[tuple[str, str, str], Row], scope: frozenset[str] | None = None
+) -> list[Issue]:
+    """Apply the appType rules to each document against the current row of its key.
+
+    ``scope``: the enterprise codes of the submitting API key (None: an operator's or admin's, which may touch
+    every key). A stored document's key belongs to its parties: a key holding none of them may not change,
+    withdraw or declare it again, and learns nothing of it beyond that it is taken (issue ``auth.not_your_document``).
+    """
     issues: list[Issue] = []
     seen: dict[tuple[str, str, str], New] = {}
     for new in news:
@@ -377,7 +384,18 @@ def decide(news: list[New], current: dict[tuple[str, str, str], Row]) -> list[Is
         cur = current.get(new.row.key)
         t = new.app_type
         at = new.row.app_time
-        if cur is not None and not cur.withdrawn and t not in ("2", "3"):
+        if cur is not None and scope is not None and scope.isdisjoint(cur.parties):
+            # checked first: every answer below would show the stored document (its message, its appTime)
+            issues.append(
+                Issue(
+                    Layer.RULE,
+                    "auth.not_your_document",
+                    new.doc.path,
+                    f"a document with {new.describe_key()} is stored and carries none of this API key's enterprise "
+                    "codes: only its parties may change, withdraw or declare it again",
+                )
+            )
+        elif cur is not None and not cur.withdrawn and t not in ("2", "3"):
             issues.append(
                 issue(
                     "state.duplicate",
@@ -656,15 +674,16 @@ def judge(
     *,
     rates: tax.TaxRates,
     tolerance: Decimal,
+    scope: frozenset[str] | None = None,
 ) -> Write | Defer:
     """What ``msg`` (its documents ``news``, see new_documents) writes, given the rows read for ``refs``
-    under the locks ``held``.
+    under the locks ``held``; ``scope`` as for decide.
 
     Raises Conflict. Returns Defer when the message reaches beyond ``refs`` or ``held``: a replaced
     payment or waybill named another order, a waybill belongs to an inventory of another orderNo, a
     stored inventory must be reassessed against a buyer's ledger not read.
     """
-    issues = decide(news, state.current)
+    issues = decide(news, state.current, scope)
     if issues:
         raise Conflict(issues)
     replaced = dict.fromkeys(new.replaces.id for new in news if new.replaces is not None)

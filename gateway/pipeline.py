@@ -91,9 +91,12 @@ class Pipeline:
         if self.store is None:
             raise RuntimeError("the pipeline has no store")
         self.authorize(checked.message, principal)
-        return await self.store.ingest(checked.message, checked.raw, submitter=principal.name, source=source)
+        scope = None if principal.sees_everything else principal.codes
+        return await self.store.ingest(checked.message, checked.raw, submitter=principal.name, source=source,
+                                       scope=scope)  # fmt: skip
 
 
 CODES: dict[str, str] = {
-    "auth.not_your_document": "the API key's enterprise codes do not include any party of the document (HTTP 403)",
+    "auth.not_your_document": "the API key's enterprise codes do not include any party of the document, or of the "
+    "stored document whose key it changes, withdraws or declares again (HTTP 403)",
 }

@@ -331,6 +331,7 @@ class _Job:
     news: list[New]  # its documents, judged (again) in each wave that reads for it
     locks: set[Lock]
     refs: Refs
+    scope: frozenset[str] | None = None  # the submitting key's enterprise codes (None: it may touch every document)
     future: asyncio.Future[IngestResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -537,10 +538,20 @@ class Store:
 
     # --- ingest ------------------------------------------------------------------------------
 
-    async def ingest(self, msg: ParsedMessage, raw: bytes, *, submitter: str, source: str = "xml") -> IngestResult:
+    async def ingest(
+        self,
+        msg: ParsedMessage,
+        raw: bytes,
+        *,
+        submitter: str,
+        source: str = "xml",
+        scope: frozenset[str] | None = None,
+    ) -> IngestResult:
         """Store a validated message and reconcile what it touches; commits before returning.
 
-        Raises :class:`Conflict` (nothing stored; the caller records the rejection).
+        ``scope``: the submitting key's enterprise codes, None for a key that may touch everything (see
+        keystate.decide: a stored document's key belongs to its parties). Raises :class:`Conflict` (nothing
+        stored; the caller records the rejection).
         """
         if source not in ("xml", "json"):
             raise ValueError(f"source must be 'xml' or 'json', got {source!r}")
@@ -550,7 +561,7 @@ class Store:
         for buyer in self.waybill_buyers.guess(news):
             locks.add((LOCK_BUYER, buyer[0]))
             refs.buyers.add(buyer)
-        job = _Job(msg, raw, hashlib.sha256(raw).digest(), submitter, source, self._arrivals, news, locks, refs)
+        job = _Job(msg, raw, hashlib.sha256(raw).digest(), submitter, source, self._arrivals, news, locks, refs, scope)
         return await self._batcher.put(job)
 
     async def aclose(self) -> None:
@@ -707,8 +718,9 @@ class Store:
                 # the job's own locks, not the batch's: what another job of the wave locks, that job may
                 # be writing right now, unseen by this read
                 verdict = judge(
-                    job.msg, job.news, job.refs, job.locks, state, rates=self.tax_rates, tolerance=self.tolerance
-                )
+                    job.msg, job.news, job.refs, job.locks, state, rates=self.tax_rates, tolerance=self.tolerance,
+                    scope=job.scope,
+                )  # fmt: skip
             except Conflict as exc:  # raised before the job wrote anything
                 outcomes[job] = exc
                 continue

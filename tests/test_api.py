@@ -195,6 +195,34 @@ async def test_tenants_are_isolated(api: Client) -> None:
     assert [i["orderNo"] for i in listed.body["items"]] == [doc["orderNo"]]
 
 
+@pytest.mark.parametrize("app_type", ["1", "2", "3"])
+async def test_another_tenant_may_not_change_withdraw_or_redeclare_a_stored_document(
+    api: Client, app_type: str
+) -> None:
+    """A key's own code in one party field does not make another tenant's stored document its own: the key of a
+    stored document belongs to its parties, and the refusal shows nothing of the stored message."""
+    s = new_shipment(18)
+    own = await api.post_xml(legs(s)["CEB311"], key=PLATFORM_A)
+    assert own.status == 202, own.body
+    forged = copy.deepcopy(s.order)
+    forged.pop("guid", None)
+    doc = forged["documents"][0]
+    doc.pop("guid", None)
+    doc.update(appType=app_type, appTime=str(int(doc["appTime"]) + 100), payCode="9999999999")  # the stranger's
+    reply = await api.request("POST", "/v1/messages", key=STRANGER, json_body=json.loads(json.dumps(forged)))
+    assert reply.status == 403, reply.body
+    assert [i["code"] for i in reply.body["error"]["issues"]] == ["auth.not_your_document"]
+    assert own.body["guid"] not in json.dumps(reply.body)
+    path = f"/v1/shipments/{doc['ebpCode']}/{doc['orderNo']}"
+    assert (await api.get(path, key=STRANGER)).status == 404
+    stored = await api.get(path, key=PLATFORM_A)
+    assert [(d["message_guid"], d["withdrawn"]) for d in stored.body["documents"]] == [(own.body["guid"], False)]
+    # its owner still may (a second appType 1 being a duplicate, as for anyone)
+    doc["payCode"] = s.order["documents"][0]["payCode"]
+    again = await api.request("POST", "/v1/messages", key=PLATFORM_A, json_body=forged)
+    assert again.status == (409 if app_type == "1" else 202), again.body
+
+
 async def test_same_guid_same_bytes_replays_the_original_answer(api: Client) -> None:
     xml = legs(new_shipment(17))["CEB311"]
     first = await api.post_xml(xml)

@@ -75,6 +75,21 @@ def test_the_current_document_only_moves_forward(steps: list[tuple[str, int]]) -
         current = new.row
 
 
+@pytest.mark.parametrize("app_type", ["1", "2", "3"])
+def test_a_stored_key_belongs_to_its_parties(app_type: str) -> None:
+    stored = dataclasses.replace(new_documents(_message("1", "20250301100000"))[0].row, id=1, is_new=False, doc=None,
+                                 message_guid="OWNER-MESSAGE")  # fmt: skip
+    current = {stored.key: stored}
+    news = new_documents(_message(app_type, "20250301100009"))
+    refused = decide(news, current, frozenset({"STRANGER"}))
+    assert [i.code for i in refused] == ["auth.not_your_document"]
+    assert "OWNER-MESSAGE" not in refused[0].message and "20250301100000" not in refused[0].message
+    # a key holding one of the stored document's codes, and one that may touch everything, get the usual rules
+    for scope in (frozenset({"EBP"}), None):
+        issues = decide(new_documents(_message(app_type, "20250301100009")), current, scope)
+        assert [i.code for i in issues] == (["state.duplicate"] if app_type == "1" else [])
+
+
 def test_the_same_key_twice_in_a_message_is_a_duplicate() -> None:
     msg = _message("1", "20250301100000")
     twice = ParsedMessage(ORDER, "M", "1.0", [msg.documents[0], msg.documents[0]], None, False)
