@@ -244,8 +244,8 @@ async def list_shipments(request: web.Request) -> web.Response:
         return error_response(400, f"unknown customs_status {customs_status!r}: one of "
                               + ", ".join(SHIPMENT_CUSTOMS_STATUSES))  # fmt: skip
     try:
-        since = datetime.fromisoformat(q["since"]) if "since" in q else None
-        until = datetime.fromisoformat(q["until"]) if "until" in q else None
+        since = db.utc_time(q["since"], "since") if "since" in q else None
+        until = db.utc_time(q["until"], "until") if "until" in q else None
         limit = min(max(int(q.get("limit", "50")), 1), 500)
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
@@ -355,7 +355,7 @@ async def post_replay(request: web.Request) -> web.Response:
         return denied
     try:
         spec = json.loads(await request.read() or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return error_response(400, "the body must be a JSON object")
     if not isinstance(spec, dict) or set(spec) - {"job_ids", "endpoint", "all"}:
         return error_response(400, "expected {job_ids?: [int], endpoint?: string, all?: true}")

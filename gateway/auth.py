@@ -54,7 +54,9 @@ class KeyRing:
 
     @staticmethod
     def digest(key: str) -> bytes:
-        return hashlib.sha256(key.encode()).digest()
+        # surrogateescape: aiohttp hands header bytes that are not UTF-8 over as lone surrogates (an unknown key,
+        # never a 500)
+        return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
     def by_digest(self, digest: bytes) -> Principal | None:
         """The principal of the configured key with this digest (console sessions remember the digest only)."""

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +32,22 @@ DEFAULT_DATA_DIR = Path("var") / "pgdata"
 
 #: The largest bigint: an id or offset from a client beyond it is the client's error, refused before the database.
 MAX_BIGINT = 2**63 - 1
+
+
+
+def utc_time(value: str, name: str) -> datetime:
+    """An ISO 8601 time a client sent (a query parameter), in UTC; one without an offset is UTC, as asyncpg takes a
+    naive datetime. ValueError, naming ``name``, for what is no such time or lies beyond year 9999 in UTC (asyncpg
+    would fail on it inside the query)."""
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{name} is not an ISO 8601 time: {value!r}") from None
+    try:
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name} is out of range: {value!r}") from None
+
 
 #: pg_advisory_lock key that serialises migrations across processes ("cbecmigr" as bytes).
 MIGRATION_LOCK = 0x6362_6563_6D69_6772

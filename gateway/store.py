@@ -447,9 +447,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         ts, row_id = json.loads(raw)
-        return datetime.fromisoformat(ts), int(row_id)
-    except (ValueError, TypeError) as exc:
+        at, row_id = db.utc_time(ts, "the cursor's time"), int(row_id)
+    except (ValueError, TypeError, RecursionError) as exc:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
+    if not 0 < row_id <= db.MAX_BIGINT:  # a cursor is ours, but a client can write one
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return at, row_id
 
 
 def _no_nul(value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import random
@@ -332,6 +333,38 @@ async def test_nul_characters_in_paths_and_queries_are_refused(api: Client) -> N
         assert reply.status == 400 and "NUL" in reply.body["error"]["title"], (path, reply)
     replay = await api.request("POST", "/v1/queue/replay", json_body={"endpoint": "customs\x00"})
     assert replay.status == 400
+
+
+async def _raw_exchange(api: Client, request: bytes) -> bytes:
+    host, port = api.base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_odd_queries_bodies_and_header_bytes_are_client_errors(api: Client) -> None:
+    """Times beyond what PostgreSQL holds, a forged cursor, absurdly nested JSON, header bytes that are not UTF-8:
+    each a 4xx with the error shape, never a 500."""
+    far_cursor = base64.urlsafe_b64encode(json.dumps(["2024-01-01T00:00:00+00:00", 10**30]).encode()).decode()
+    for query in ("since=0001-01-01T00:00:00%2B01:00", "until=9999-12-31T23:59:59-01:00", f"cursor={far_cursor}",
+                  "since=yesterday"):  # fmt: skip
+        reply = await api.get("/v1/shipments?" + query)  # the console's list: test_console
+        assert reply.status == 400 and reply.body["error"]["title"], (query, reply)
+    nested = b"[" * 100_000 + b"]" * 100_000
+    reply = await api.request("POST", "/v1/queue/replay", data=nested, content_type="application/json")
+    assert reply.status == 400, reply
+    for header in (b"X-API-Key: \xff\xfe", b"Authorization: Bearer \xff"):
+        answer = await _raw_exchange(api, b"GET /v1/shipments HTTP/1.1\r\nHost: x\r\n" + header
+                                     + b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    for path in (b"/ops/api/summary", b"/ops", b"/ops/login"):
+        answer = await _raw_exchange(api, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nCookie: cbec_ops=\xc3\x28abc\r\n"
+                                     b"Connection: close\r\n\r\n")  # fmt: skip
+        assert not answer.startswith(b"HTTP/1.1 5"), (path, answer[:200])
 
 
 async def test_every_answer_carries_a_request_id(api: Client) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import hashlib
 import json
@@ -291,7 +292,10 @@ async def test_list_filters(ops: Ops) -> None:
         if cursor is None:
             break
     assert sorted(seen) == sorted(m.order_doc["orderNo"] for m in made.values())
-    for bad in ({"state": "lost"}, {"since": "yesterday"}, {"cursor": "%%%"}, {"orderNo": "x' OR 1=1 --"}):
+    far_cursor = base64.urlsafe_b64encode(json.dumps(["2024-01-01T00:00:00+00:00", 10**30]).encode()).decode()
+    for bad in ({"state": "lost"}, {"since": "yesterday"}, {"cursor": "%%%"}, {"orderNo": "x' OR 1=1 --"},
+                {"since": "0001-01-01T00:00:00+01:00"}, {"until": "9999-12-31T23:59:59-01:00"},
+                {"cursor": far_cursor}):  # fmt: skip
         assert (await client.get("/ops/api/shipments", **bad))[0] == 400, bad
 
 

@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -240,13 +240,7 @@ async def summary(request: web.Request) -> web.StreamResponse:
 
 
 def _time(value: str | None, name: str) -> datetime | None:
-    if not value:
-        return None
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{name} is not an ISO 8601 time: {value!r}") from None
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+    return db.utc_time(value, name) if value else None
 
 
 _TEXT_FILTER = re.compile(r"^[\w\-./: ]{1,64}$")

@@ -88,7 +88,7 @@ class SessionStore:
 
     @staticmethod
     def _key(session_id: str) -> bytes:
-        return hashlib.sha256(session_id.encode()).digest()
+        return hashlib.sha256(session_id.encode("utf-8", "surrogateescape")).digest()  # a cookie's bytes, as sent
 
     def _expired(self, now: float, created: float, last_seen: float) -> bool:
         return now - last_seen > self.idle_s or now - created > self.max_age_s
@@ -156,4 +156,4 @@ def origin_allowed(request: web.Request, allowed: Iterable[str], *, required: bo
 
 def csrf_ok(request: web.Request, session: Session) -> bool:
     presented = request.headers.get(CSRF_HEADER, "")
-    return bool(presented) and hmac.compare_digest(presented.encode(), session.csrf.encode())
+    return bool(presented) and hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), session.csrf.encode())
