@@ -15,7 +15,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from gateway import config
 
@@ -26,19 +26,28 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="where the embedded PostgreSQL and local state live (default ./var)")
 
 
+def _unusable(reason: object) -> NoReturn:
+    print(f"cbec: the configuration is not usable: {reason}", file=sys.stderr)
+    raise SystemExit(2)  # a usage error: nothing started
+
+
 def _settings(args: argparse.Namespace) -> config.Settings:
     try:
         s = config.load(args.config)
-    except (OSError, ValueError, ArithmeticError) as exc:  # a TOML syntax error is a ValueError too
-        print(f"cbec: the configuration is not usable: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None  # a usage error: nothing started
-    return s.with_overrides(
+    # a TOML syntax error is a ValueError; a value of the wrong kind (a list for a port, a table for a rate) is
+    # a TypeError where a conversion refuses it
+    except (OSError, ValueError, TypeError, ArithmeticError) as exc:
+        _unusable(exc)
+    s = s.with_overrides(
         database_url=getattr(args, "database_url", None),
         data_dir=getattr(args, "data_dir", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         processes=getattr(args, "processes", None),
     )
+    if s.processes < 1:
+        _unusable(f"processes must be at least 1, got {s.processes}")
+    return s
 
 
 def validate_files(paths: Sequence[str]) -> tuple[list[dict[str, Any]], bool]:

@@ -129,6 +129,9 @@ def test_serve_with_processes_shares_metrics_through_a_fresh_folder(
         ('[[api_keys]]\nname = "x"\nkey = "k"\nrole = "emperor"\n', "emperor"),
         ('[tax_rates]\nvat = "lots"\n', "vat"),
         ("amount_tolerance = \"x\"\n", "not usable"),
+        ("port = [8080]\n", "not usable"),  # a value of the wrong kind
+        ("[forwarding.endpoints.customs]\nrate_per_s = {per = 5}\n", "not usable"),
+        ("processes = 0\n", "processes must be at least 1"),
         (
             '[forwarding.endpoints.a]\nkind = "customs"\nurl = "http://h/a"\n'
             '[forwarding.endpoints.b]\nkind = "customs"\nurl = "http://h/b"\n'
