@@ -113,7 +113,11 @@ OPENAPI: dict[str, Any] = {
                         ("cursor", "next_cursor of the previous page"),
                     )
                 ],
-                "responses": {"200": {"description": "{items, next_cursor}"}, **_AUTH_ERRORS},
+                "responses": {
+                    "200": {"description": "{items, next_cursor}"},
+                    "400": _err("an unknown state or customs_status, a time or cursor that is not one, a bad limit"),
+                    **_AUTH_ERRORS,
+                },
             }
         },
         "/v1/shipments/{ebpCode}/{orderNo}": {
@@ -178,7 +182,11 @@ OPENAPI: dict[str, Any] = {
                         ("offset", "integer", "default 0"),
                     )
                 ],
-                "responses": {"200": {"description": "{items, limit, offset}"}, **_AUTH_ERRORS},
+                "responses": {
+                    "200": {"description": "{items, limit, offset}"},
+                    "400": _err("a limit or offset that is not a number in range"),
+                    **_AUTH_ERRORS,
+                },
             }
         },
         "/v1/queue/replay": {

@@ -316,8 +316,10 @@ def render(
 
 # --- the JSON shape, as a JSON Schema (served in the OpenAPI document) ----------------------------------
 
-#: A field's value: a string, an integer or a decimal number (see :meth:`_Renderer.text`).
+#: A field's value: a string, an integer or a decimal number (see :meth:`_Renderer.text`); null is absent, which
+#: only a field the XSD lets be absent may be.
 _VALUE_SCHEMA: dict[str, Any] = {"type": ["string", "integer", "number"]}
+_OPTIONAL_VALUE_SCHEMA: dict[str, Any] = {"type": ["string", "integer", "number", "null"]}
 
 
 def _fields_schema(element: str, generated: Sequence[str] = ()) -> dict[str, Any]:
@@ -329,7 +331,9 @@ def _fields_schema(element: str, generated: Sequence[str] = ()) -> dict[str, Any
                 if p.min >= 1 and name not in defaults and name not in generated]  # fmt: skip
     return {
         "type": "object",
-        "properties": {name: _VALUE_SCHEMA for name in FIELD_ORDER[element]},
+        "properties": {
+            name: _VALUE_SCHEMA if name in required else _OPTIONAL_VALUE_SCHEMA for name in FIELD_ORDER[element]
+        },
         "required": required,
         "additionalProperties": False,
     }
@@ -362,8 +366,8 @@ def json_schema(code: str) -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "type": {"const": code},
-            "guid": {"type": "string", "description": "the message guid; generated when absent"},
-            "version": {"type": "string", "default": DEFAULT_VERSION},
+            "guid": {**_OPTIONAL_VALUE_SCHEMA, "description": "the message guid; generated when absent"},
+            "version": {**_OPTIONAL_VALUE_SCHEMA, "default": DEFAULT_VERSION},
             "baseTransfer": _fields_schema("BaseTransfer"),
             "baseSubscribe": {
                 "type": "array", "minItems": subscribe_low, "maxItems": subscribe_high,

@@ -520,3 +520,25 @@ def test_a_field_the_json_schema_requires_is_required_by_the_gateway(xsd: etree.
         assert not validator.is_valid(json.loads(json.dumps(unknown, default=str)))
         with pytest.raises(MessageRejected):
             render(unknown, signer=stub_signature, now=NOW)
+
+
+def test_null_is_absent_in_the_json_schemas_as_in_the_gateway(xsd: etree.XMLSchema) -> None:
+    """null for an optional field (a guid and a version included: generated, defaulted) is accepted by both the
+    published schema and the gateway; null for a required field is refused by both."""
+    from jsonschema import Draft202012Validator
+
+    for code, payload in sample_payloads(5).items():
+        schema = render_mod.json_schema(code)
+        validator = Draft202012Validator(schema)
+        document = schema["properties"]["documents"]["items"]
+        optional = [n for n in document["properties"] if n not in document["required"] and n != "items"]
+        nulls = json.loads(json.dumps(payload, default=str))
+        nulls.update(guid=None, version=None)
+        for name in optional:
+            nulls["documents"][0][name] = None
+        validator.validate(nulls)
+        assert xsd.validate(etree.fromstring(render(nulls, signer=stub_signature, now=NOW))), code
+        required = json.loads(json.dumps(payload, default=str))
+        required["documents"][0][document["required"][0]] = None
+        assert not validator.is_valid(required), code
+        assert not xsd.validate(etree.fromstring(render(required, signer=stub_signature, now=NOW))), code
