@@ -158,9 +158,10 @@ _RECEIPTED_KINDS = "('inventory', 'cancel', 'refund', 'delivery')"  # the kinds 
 #: {i, declared, ori, k1, k2, ebc, guid, cop_no, parties, pre_no, invt_no}, absent values null), with the
 #: documents found, read (not locked): one row per (i, document), in the order of the probes of
 #: gateway.receipts.Correlation, most reliable first — a CEB900's oriCopMsgId gives every document sent with
-#: that CopMsgId (and nothing else); else the first probe that finds one: the declaration's key (the current
-#: document; with the receipt's ebcCode when it carries one), the echoed guid, copNo with a party in common
-#: (among its 20 latest), preNo, invtNo. COALESCE evaluates its probes lazily, left to right.
+#: that CopMsgId (and nothing else); else the first probe that finds one: the declaration's key (the version of
+#: it whose guid the receipt echoes, else the current document; with the receipt's ebcCode when it carries one),
+#: the echoed guid, copNo with a party in common (among its 20 latest), preNo, invtNo. COALESCE evaluates its
+#: probes lazily, left to right.
 CORRELATE = f"""
 SELECT x.i, {_DOC_STATE}
   FROM jsonb_to_recordset($1::jsonb) AS x(i int, declared text, ori text, k1 text, k2 text, ebc text, guid text,
@@ -170,6 +171,10 @@ SELECT x.i, {_DOC_STATE}
                ARRAY(SELECT o.id FROM documents AS o WHERE o.cop_msg_id = x.ori ORDER BY o.doc_index)
            WHEN x.declared IS NULL THEN '{{}}'::bigint[]
            ELSE ARRAY[coalesce(
+               (SELECT v.id FROM documents AS v
+                 WHERE v.doc_guid = x.guid AND v.message_type = x.declared AND v.key1 = x.k1 AND v.key2 = x.k2
+                   AND (x.ebc IS NULL OR v.ebc_code IS NULL OR v.ebc_code = x.ebc)
+                 ORDER BY v.id DESC LIMIT 1),
                (SELECT k.id FROM documents AS k
                  WHERE k.message_type = x.declared AND k.key1 = x.k1 AND k.key2 = x.k2 AND k.is_current
                    AND (x.ebc IS NULL OR k.ebc_code IS NULL OR k.ebc_code = x.ebc)
@@ -788,7 +793,7 @@ class Outbox:
         # Lock the shipments first (the ingest's order), then read the documents fresh and row-locked.
         shipments = await self._lock_shipments_of(conn, found_docs.values())
         docs = {d.id: d for d in (_Doc.of(x) for x in await conn.fetch(LOCK_DOCUMENTS, ids))}
-        resend: set[int] = set()
+        resend: dict[int, set[int]] = {}  # return element -> the messages it asks to send again
         for r in todo:
             res = results[r.index]
             found = [docs[i] for i in targets[r.index] if i in docs]
@@ -806,8 +811,7 @@ class Outbox:
                 d.changed = True  # last_receipt_at and what it taught, at least
                 d.learned.update(decision.learned)
                 if decision.resend:
-                    resend.add(d.message_id)
-                    res.resend = True
+                    resend.setdefault(r.index, set()).add(d.message_id)
             if any(x.moved for x in decisions):
                 res.outcome = rc.Outcome.APPLIED.value
             else:
@@ -835,11 +839,14 @@ class Outbox:
                 [(d.logistics_code or "", d.logistics_no or "") for d in legs if d.kind == "waybill"],
             )
         if resend:
-            await self._resend(conn, sorted(resend), delay_s=self.router.resend_delay_s if self.router else 0.0)
+            wanted = sorted(set().union(*resend.values()))
+            resent = set(await self._resend(conn, wanted, delay_s=self.router.resend_delay_s if self.router else 0.0))
+            for index, message_ids in resend.items():  # "resend" says that it happened (not past max_repushes)
+                results[index].resend = not message_ids.isdisjoint(resent)
         return [results[r.index] for r in recs]
 
     async def _resend(self, conn: asyncpg.Connection, message_ids: Sequence[int], *, delay_s: float) -> list[int]:
-        """Send messages again (same guid and CopMsgId), each at most max_repushes times."""
+        """Send messages again (same guid and CopMsgId), each at most max_repushes times; the ids of those sent."""
         router = self.router
         if router is None or not message_ids:
             return []
@@ -861,18 +868,20 @@ class Outbox:
             return []
         heads = {h["id"]: h for h in await conn.fetch(MESSAGE_HEADS, list(per_message))}
         jobs: list[JobSpec] = []
+        sent: list[int] = []
         for message_id, (count, modes) in sorted(per_message.items()):
             head = heads[message_id]
             customs = router.customs_endpoint(router.endpoints_for(head["message_type"], modes))
             if customs is None:
                 continue
+            sent.append(message_id)
             jobs += router.resend_jobs(
                 message_id=message_id, guid=head["guid"], message_type=head["message_type"], customs_endpoint=customs,
                 resend=count, delay_s=delay_s, ordering_keys=keys[message_id],
             )  # fmt: skip
             log.warning("message_resent", message_guid=head["guid"], resend=count)
         await enqueue_all(conn, jobs)
-        return sorted(per_message)
+        return sent
 
     # -- the watchdog ---------------------------------------------------------------------------------------
 

@@ -396,6 +396,45 @@ async def test_a_wave_of_messages_enqueues_each_job_with_its_own_message(flow: F
 
 
 @pytest.mark.db
+async def test_a_receipt_for_the_first_declaration_moves_it_not_its_later_change(flow: Flow) -> None:
+    """Receipts find an order by its key, and which version of it they answer by the guid they echo: the first
+    declaration's "4" re-sends the first declaration, its 120 and its rejection are the first one's; the change,
+    not yet sent, stays queued until its own receipts."""
+    s = shipment(12)
+    o = s.order_doc
+    await flow.submit(s.order)
+    change = version_of(s.order, "2", 60, consignee=o["consignee"] + "甲")
+    await flow.submit(change)
+    (transient,) = await flow.receipt(s.order, "4", 1)
+    first, second = await flow.doc(s.order), await flow.doc(change)
+    assert transient["document_ids"] == [first["id"]] and transient["resend"], transient
+    jobs = await flow.jobs()
+    assert f"customs:{s.order['guid']}:resend1" in jobs and f"customs:{change['guid']}:resend1" not in jobs
+    (accepted,) = await flow.receipt(s.order, "120", 2)
+    first, second = await flow.doc(s.order), await flow.doc(change)
+    assert accepted["document_ids"] == [first["id"]] and first["customs_status"] == "120"
+    assert second["customs_status"] is None and second["forward_state"] == "queued"
+    (own,) = await flow.receipt(change, "120", 3)
+    assert own["document_ids"] == [second["id"]] and (await flow.doc(change))["customs_status"] == "120"
+    # a receipt whose guid names no version of the key goes to the current document, as before
+    unknown = version_of(change, "2", 0)  # the same key, a guid no version has
+    (other,) = await flow.receipt(unknown, "399", 4)
+    assert other["document_ids"] == [second["id"]], other
+
+
+@pytest.mark.db
+async def test_a_transient_receipt_says_resend_only_while_a_resend_is_made(flow: Flow) -> None:
+    """Past max_repushes a "4" sends nothing more, and its answer says so."""
+    s = shipment(15)
+    await flow.submit(s.payment)
+    limit = flow.outbox.router.max_repushes if flow.outbox.router else 0
+    answers = [(await flow.receipt(s.payment, "4", i))[0]["resend"] for i in range(limit + 2)]
+    assert answers == [True] * limit + [False, False]
+    resends = [k for k in await flow.jobs() if k.startswith(f"customs:{s.payment['guid']}:resend")]
+    assert len(resends) == limit
+
+
+@pytest.mark.db
 async def test_declaration_jobs_are_ordered_by_their_documents_keys(flow: Flow) -> None:
     """Every job of a declaration carries its documents' business keys: at ingest, released from a hold, and
     re-sent; so a change waits for its original."""
