@@ -75,8 +75,14 @@ def _fields(el: etree._Element) -> dict[str, str]:
     out: dict[str, str] = {}
     for child in el:
         tag = child.tag
-        if tag.__class__ is str and not len(child):  # not a comment or PI, and a leaf
-            out[_LOCAL_NAMES.get(tag) or _local_name(tag)] = child.text or ""  # the cache read inline: ~50 a message
+        if tag.__class__ is not str:  # a comment or PI beside the fields
+            continue
+        if not len(child):  # a leaf: the cache read inline below (~50 a message)
+            out[_LOCAL_NAMES.get(tag) or _local_name(tag)] = child.text or ""
+        elif all(c.tag.__class__ is not str for c in child):
+            # A value with a comment or PI inside (<orderNo>A<!-- x -->B</orderNo>): the XSD ignores them and so
+            # must we, or the field would vanish (a business key lost, an amount left unchecked).
+            out[_LOCAL_NAMES.get(tag) or _local_name(tag)] = "".join(child.itertext())
     return out
 
 

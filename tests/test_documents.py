@@ -41,3 +41,12 @@ def test_the_local_name_cache_stays_bounded_whatever_tags_arrive() -> None:
     head = extract(etree.fromstring(xml), BY_CODE["CEB311"]).documents[0].head
     assert len(head) == documents._LOCAL_NAMES_MAX + 50 and head["f0"] == "v"
     assert len(documents._LOCAL_NAMES) <= documents._LOCAL_NAMES_MAX
+
+
+def test_a_comment_or_pi_inside_a_value_leaves_the_value_whole() -> None:
+    """The XSD ignores comments and processing instructions inside a simple value; extraction too, or the
+    field (a business key, an amount) would vanish from every later check."""
+    xml = _ORDER.replace(b"<ceb:orderNo>A1</ceb:orderNo>", b"<ceb:orderNo>A<!-- c -->1<?pi y?>B</ceb:orderNo>")
+    first = extract(etree.fromstring(xml), BY_CODE["CEB311"]).documents[0]
+    assert first.head == {"orderNo": "A1B", "note": ""}
+    assert first.keys == ("", "A1B")  # ebpCode absent here; orderNo whole
