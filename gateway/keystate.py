@@ -445,8 +445,11 @@ def ledger_year(head: dict[str, str]) -> int:
 
 
 def buyer_of(head: dict[str, str], id_field: str = "buyerIdNumber") -> tuple[str, int]:
-    """(the ID number in ``id_field``, the quota year) of a document's head."""
-    return ((head.get(id_field) or "").strip(), ledger_year(head))
+    """(the ID number in ``id_field``, the quota year) of a document's head: the ledger's and the lock's key.
+
+    In upper case: an ID card number's check character X is written either way, and one person has one annual
+    quota (reconciliation compares the numbers the same way)."""
+    return ((head.get(id_field) or "").strip().upper(), ledger_year(head))
 
 
 def _latest(rows: Iterable[Row] | None) -> Row | None:

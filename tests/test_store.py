@@ -614,6 +614,28 @@ async def test_ledger_counts_the_buyers_other_orders(store: Store, db_pool: asyn
     assert (await ledger(db_pool))["Z1"] == tax.assess(other.documents[0], annual_used=Decimal(0)).counts_toward_annual
 
 
+async def test_one_buyer_one_quota_whichever_case_the_check_character_x_is_written_in(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    used = Decimal(0)
+    for i in range(5):  # ¥24,550 with a lower-case x
+        inv = message("CEB621", inventory_head(f"X{i}", buyerIdNumber="11010119900101123x"),
+                      lines=inventory_lines("4900"))  # fmt: skip
+        await ingest(store, inv)
+        used += tax.assess(inv.documents[0], annual_used=used).counts_toward_annual
+    upper = message("CEB621", inventory_head("X9", buyerIdNumber="11010119900101123X"), lines=inventory_lines("4900"))
+    r = await ingest(store, upper)
+    assert "tax.annual_limit_exceeded" in {f["code"] for f in r.body["shipments"][0]["findings"]}
+    async with db_pool.acquire() as conn:
+        buyers = await conn.fetch("SELECT DISTINCT buyer_id_number FROM tax_ledger")
+    assert [r["buyer_id_number"] for r in buyers] == ["11010119900101123X"]
+    # migration 120 writes the ledger's older rows the same way
+    async with db_pool.acquire() as conn:
+        await conn.execute("UPDATE tax_ledger SET buyer_id_number = lower(buyer_id_number) WHERE order_no = 'X0'")
+        await conn.execute(dict(db.migration_files())["120_ledger_buyer_upper.sql"])
+        assert await conn.fetchval("SELECT count(DISTINCT buyer_id_number) FROM tax_ledger") == 1
+
+
 async def test_a_waybill_after_its_inventory_reads_once_where_the_inventory_was_seen(
     store: Store, db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
