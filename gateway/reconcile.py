@@ -301,8 +301,9 @@ class _Findings:
 
 def _gnum_key(raw: str | None) -> str:
     s = (raw or "").strip()
-    # "1" and "01" are the same item number (xs:int); anything else keys on its text
-    return (s.lstrip("0") or "0") if s.isascii() and s.isdigit() else s
+    # "1", "01" and "+1" are the same item number (xs:int); anything else keys on its text
+    digits = s[1:] if s[:1] == "+" else s
+    return (digits.lstrip("0") or "0") if digits.isascii() and digits.isdigit() else s
 
 
 def _group(doc: Document) -> dict[str, list[int]]:

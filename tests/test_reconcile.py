@@ -283,6 +283,7 @@ def test_each_broken_comparison_gives_exactly_its_finding(
         (Kind.PAYMENT, HEAD, {"amountPaid": "364.034"}),
         (Kind.INVENTORY, 0, {"qty": "2.00000"}),
         (Kind.INVENTORY, 0, {"gnum": "01"}),
+        (Kind.INVENTORY, 0, {"gnum": "+1"}),  # xs:int allows the sign, and the rules accept it
         # itemName is optional in the inventory; gname is the customs name and is not compared
         (Kind.INVENTORY, 1, {"itemName": None, "gname": "配方奶粉"}),
         # the waybill's insuredFee is optional
