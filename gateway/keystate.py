@@ -49,6 +49,12 @@ CODES: dict[str, str] = {
         "document not applied: its appTime is not newer than the stored document's (customs: -301014 and kin); "
         "an outcome of an accepted message, not an error"
     ),
+    "state.no_inventory": (
+        "a cancellation (CEB623) or return (CEB625) names an inventory (ebcCode, orderNo) that is not stored or "
+        "was withdrawn (spec R12)"
+    ),
+    "state.refund_not_in_inventory": "a return line's gnum is no item of the inventory it returns (spec R12)",
+    "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9)",
 }
 
 # errors.Layer has no "state" member yet; the codes carry the layer in their prefix either way.
@@ -221,6 +227,13 @@ def new_documents(msg: ParsedMessage) -> list[New]:
     return out
 
 
+def referenced_key(row: Row) -> tuple[str, str, str] | None:
+    """The stored document a new one must refer to: a cancellation's or return's inventory (spec R12), the
+    document its type is forwarded in order with, under the same key."""
+    ref = BY_CODE[row.message_type].orders_with
+    return (ref, row.key1, row.key2) if ref else None
+
+
 def up_front_locks(msg: ParsedMessage) -> set[Lock]:
     """The locks known from the message alone (see LOCK_GUID ...)."""
     locks = {(LOCK_GUID, msg.guid)}
@@ -229,7 +242,10 @@ def up_front_locks(msg: ParsedMessage) -> set[Lock]:
         return locks
     for doc in msg.documents:
         head = doc.head
-        locks.add((LOCK_KEY, SEP.join((mtype.code, *(v.strip() for v in doc.keys)))))
+        keys = [v.strip() for v in doc.keys]
+        locks.add((LOCK_KEY, SEP.join((mtype.code, *keys))))
+        if mtype.orders_with:  # the inventory it refers to must not change meanwhile
+            locks.add((LOCK_KEY, SEP.join((mtype.orders_with, *keys))))
         if mtype.kind.value in SHIPMENT_KIND_VALUES:
             locks.add((LOCK_ORDER, (head.get("orderNo") or "").strip()))
         if mtype.kind in (Kind.WAYBILL, Kind.INVENTORY):
@@ -331,6 +347,8 @@ class Refs:
         for new in news:
             if new.tracked:
                 refs.keys.add(new.row.key)
+                if (ref := referenced_key(new.row)) is not None:
+                    refs.keys.add(ref)
                 refs.add(new.row)
                 buyer = likely_buyer(new.doc.type.kind, new.row.head)
                 if buyer is not None:
@@ -427,9 +445,47 @@ def decide(
             if t == "3":
                 new.outcome = "withdrawn"
                 new.row.withdrawn = True
-            elif cur is not None and not cur.withdrawn:
-                new.outcome = "replaced"
+            else:
+                if cur is not None and not cur.withdrawn:
+                    new.outcome = "replaced"
+                if (ref := referenced_key(new.row)) is not None:
+                    issues += _referenced(new, current.get(ref), scope)
     return issues
+
+
+def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None) -> list[Issue]:
+    """R12: a cancellation or return names a stored inventory, of the submitter's parties; a return's lines are
+    items of that inventory, each no more than its qty."""
+    ebc, order_no = new.row.key1, new.row.key2
+    if stored is None or stored.withdrawn:
+        what = "was withdrawn" if stored is not None else "is not stored"
+        return [issue("state.no_inventory", new.doc.path,
+                      f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} it names {what}")]  # fmt: skip
+    if scope is not None and scope.isdisjoint(stored.parties):
+        return [Issue(Layer.RULE, "auth.not_your_document", new.doc.path,
+                      f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} carries none of this API key's "
+                      "enterprise codes")]  # fmt: skip
+    items = {recon.gnum_key(line.get("gnum")): line for line in stored.lines}
+    found: list[Issue] = []
+    for i, line in enumerate(new.doc.lines):
+        gnum = (line.get("gnum") or "").strip()
+        item = items.get(recon.gnum_key(gnum))
+        if item is None:
+            message = f"gnum {gnum!r} is no item of the inventory (items {', '.join(sorted(items))})"
+            found.append(issue("state.refund_not_in_inventory", new.doc.line_path(i, "gnum"), message))
+            continue
+        qty, limit = _decimal(line.get("qty")), _decimal(item.get("qty"))
+        if qty is not None and limit is not None and qty > limit:
+            found.append(issue("state.refund_exceeds_inventory", new.doc.line_path(i, "qty"),
+                               f"qty {qty} exceeds the {limit} of the inventory's item {gnum}"))  # fmt: skip
+    return found
+
+
+def _decimal(raw: str | None) -> Decimal | None:
+    try:
+        return Decimal((raw or "").strip())
+    except ArithmeticError:  # decimal.InvalidOperation; the XSD let nothing else through
+        return None
 
 
 # --- shipments -------------------------------------------------------------------------------

@@ -299,7 +299,7 @@ class _Findings:
             self.pair(code, lname, _side(ldoc, lname), _side(rdoc, rname), _leg(ldoc), _leg(rdoc), rname)
 
 
-def _gnum_key(raw: str | None) -> str:
+def gnum_key(raw: str | None) -> str:
     s = (raw or "").strip()
     # "1", "01" and "+1" are the same item number (xs:int); anything else keys on its text
     digits = s[1:] if s[:1] == "+" else s
@@ -309,7 +309,7 @@ def _gnum_key(raw: str | None) -> str:
 def _group(doc: Document) -> dict[str, list[int]]:
     groups: dict[str, list[int]] = {}
     for i, line in enumerate(doc.lines):
-        groups.setdefault(_gnum_key(line.get("gnum")), []).append(i)
+        groups.setdefault(gnum_key(line.get("gnum")), []).append(i)
     return groups
 
 

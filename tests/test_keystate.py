@@ -268,3 +268,19 @@ def test_messages_judged_against_one_state_are_judged_as_each_against_its_own() 
     assert all(isinstance(v, Write) for v in together)
     assert together == alone
     assert len(shared.live().legs) == 2  # the change of the first message did not stay in the wave's index
+
+
+def test_a_cancellation_of_another_tenants_inventory_is_refused() -> None:
+    cancel_type, inventory_type = BY_CODE["CEB623"], BY_CODE["CEB621"]
+    head = {"guid": "C", "appType": "1", "appTime": "20250301100000", "ebcCode": "EBC", "orderNo": "O1",
+            "agentCode": "STRANGER"}  # fmt: skip
+    cancel = ParsedMessage(cancel_type, "M", "1.0", [Document(cancel_type, 1, "/x", head, [])], None, False)
+    inv_msg = ParsedMessage(inventory_type, "I", "1.0",
+                            [Document(inventory_type, 1, "/y", {"ebcCode": "EBC", "orderNo": "O1"}, [])], None, False)
+    inventory = dataclasses.replace(new_documents(inv_msg)[0].row, id=1, is_new=False, doc=None)
+    news = new_documents(cancel)
+    assert ("CEB621", "EBC", "O1") in Refs.of(news).keys  # the inventory is read with the cancellation
+    current = {inventory.key: inventory}
+    assert [i.code for i in decide(news, current, frozenset({"STRANGER"}))] == ["auth.not_your_document"]
+    assert decide(new_documents(cancel), current, frozenset({"EBC"})) == []
+    assert [i.code for i in decide(new_documents(cancel), {}, None)] == ["state.no_inventory"]

@@ -571,6 +571,51 @@ async def test_payment_moved_to_another_order_reconciles_both(store: Store) -> N
     assert "payment" in states["Q1"] and "payment" not in states["Q2"]
 
 
+# --- cancellations and returns (spec R12) ---------------------------------------------------------------
+
+
+def _refund_head(order_no: str, **kw: str) -> dict[str, str]:
+    inv = inventory_head(order_no)
+    h = {k: inv[k] for k in ("appTime", "customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName",
+                             "logisticsNo", "logisticsCode", "logisticsName", "buyerIdType", "buyerIdNumber",
+                             "buyerName", "buyerTelephone", "agentCode", "agentName")}  # fmt: skip
+    h.update(guid=f"REF-{order_no}", appType="1", appStatus="2", invtNo="22442025I000000001", reason="不想要了")
+    h.update(kw)
+    return h
+
+
+def _refund_line(gnum: str, qty: str) -> dict[str, str]:
+    return {"gnum": gnum, "gcode": "3304990099", "gname": "面霜", "qty": qty, "unit": "011"}
+
+
+async def _refused(store: Store, msg: ParsedMessage) -> list[tuple[str, str]]:
+    with pytest.raises(Conflict) as refused:
+        await ingest(store, msg)
+    return [(i.code, i.path) for i in refused.value.issues]
+
+
+async def test_a_cancellation_or_return_names_a_stored_inventory_and_returns_no_more_than_it_holds(
+    store: Store,
+) -> None:
+    for code in ("CEB623", "CEB625"):
+        lines = [_refund_line("1", "1")] if code == "CEB625" else []
+        orphan = message(code, _refund_head("R0"), lines=lines)
+        assert await _refused(store, orphan) == [("state.no_inventory", f"/{code}Message/{orphan.type.document}[1]")]
+    await ingest(store, message("CEB621", inventory_head("R1"), lines=[
+        {**inventory_lines()[0], "qty": "2", "qty1": "2", "totalPrice": "200"}]))  # fmt: skip
+    path = "/CEB625Message/InvtRefund[1]/InvtRefundList"
+    too_many = message("CEB625", _refund_head("R1"), lines=[_refund_line("1", "3"), _refund_line("2", "1")])
+    assert await _refused(store, too_many) == [("state.refund_exceeds_inventory", f"{path}[1]/qty"),
+                                               ("state.refund_not_in_inventory", f"{path}[2]/gnum")]  # fmt: skip
+    returned = await ingest(store, message("CEB625", _refund_head("R1"), lines=[_refund_line("01", "2")]))
+    assert returned.http_status == 202
+    assert (await ingest(store, message("CEB623", _refund_head("R1")))).http_status == 202
+    # a withdrawn inventory can be cancelled no more
+    await ingest(store, message("CEB621", inventory_head("R2")))
+    await ingest(store, message("CEB621", inventory_head("R2", appType="3", appTime=_later(T0, 1))))
+    assert [c for c, _ in await _refused(store, message("CEB623", _refund_head("R2")))] == ["state.no_inventory"]
+
+
 # --- tax ledger ------------------------------------------------------------------------------
 
 
