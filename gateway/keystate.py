@@ -145,6 +145,7 @@ class Row:
     message_guid: str | None = None
     doc: Document | None = None
     is_new: bool = False  # a document of the message being judged (no id yet)
+    rejected: bool = False  # customs rejected it (a receipt): it may be declared anew
 
     @classmethod
     def from_json(cls, r: dict[str, Any]) -> Row:
@@ -153,7 +154,7 @@ class Row:
             order_no=r["order_no"], ebp_code=r["ebp_code"], ebc_code=r["ebc_code"],
             logistics_code=r["logistics_code"], logistics_no=r["logistics_no"], app_time=r["app_time"] or "",
             doc_index=r["doc_index"], path=r["path"], head=r["head"], lines=r["lines"], parties=r["parties"],
-            withdrawn=r["withdrawn"], message_guid=r.get("message_guid"),
+            withdrawn=r["withdrawn"], message_guid=r.get("message_guid"), rejected=bool(r.get("rejected")),
         )  # fmt: skip
 
     @property
@@ -413,7 +414,9 @@ def decide(
                     "codes: only its parties may change, withdraw or declare it again",
                 )
             )
-        elif cur is not None and not cur.withdrawn and t not in ("2", "3"):
+        elif cur is not None and not cur.withdrawn and not cur.rejected and t not in ("2", "3"):
+            # A document customs rejected is not there for customs: it may be declared anew (appType 1, a newer
+            # appTime), the only way for a type that takes no change (a cancellation, CEB623).
             issues.append(
                 issue(
                     "state.duplicate",

@@ -93,7 +93,8 @@ _DOC_COLUMNS = (
 #: The columns of a document row as READ_STATE reads it: plus whether customs took it (a receipt of rank "2
 #: declaring" or higher), which tells the outbox when releasing a held inventory is worth a statement.
 _READ_COLUMNS = (
-    f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted"
+    f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted,"
+    " d.forward_state = 'rejected' AS rejected"
 )
 
 #: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding

@@ -284,3 +284,17 @@ def test_a_cancellation_of_another_tenants_inventory_is_refused() -> None:
     assert [i.code for i in decide(news, current, frozenset({"STRANGER"}))] == ["auth.not_your_document"]
     assert decide(new_documents(cancel), current, frozenset({"EBC"})) == []
     assert [i.code for i in decide(new_documents(cancel), {}, None)] == ["state.no_inventory"]
+
+
+def test_a_document_customs_rejected_may_be_declared_anew_with_a_newer_app_time() -> None:
+    stored = dataclasses.replace(new_documents(_message("1", "20250301100000"))[0].row, id=1, is_new=False, doc=None,
+                                 rejected=True)  # fmt: skip
+    current = {stored.key: stored}
+    anew = new_documents(_message("1", "20250301100009"))
+    assert decide(anew, current) == [] and anew[0].outcome == "replaced" and anew[0].replaces is stored
+    same = new_documents(_message("1", "20250301100000"))
+    assert decide(same, current) == [] and same[0].outcome == "ignored_older"
+    kept = dataclasses.replace(stored, rejected=False)
+    assert [i.code for i in decide(new_documents(_message("1", "20250301100009")), {kept.key: kept})] == [
+        "state.duplicate"
+    ]

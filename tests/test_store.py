@@ -616,6 +616,22 @@ async def test_a_cancellation_or_return_names_a_stored_inventory_and_returns_no_
     assert [c for c, _ in await _refused(store, message("CEB623", _refund_head("R2")))] == ["state.no_inventory"]
 
 
+async def test_a_cancellation_customs_rejected_may_be_declared_anew(store: Store, db_pool: asyncpg.Pool) -> None:
+    """CEB623 takes appType 1 only: once customs rejected a cancellation (a receipt made it 'rejected'), a new one
+    with a newer appTime replaces it; before that, or with the same appTime, the usual answers."""
+    await ingest(store, message("CEB621", inventory_head("RC1")))
+    await ingest(store, message("CEB623", _refund_head("RC1")))
+    with pytest.raises(Conflict) as exc:
+        await ingest(store, message("CEB623", _refund_head("RC1", appTime=_later(T0, 5))))
+    assert codes(exc) == ["state.duplicate"]
+    async with db_pool.acquire() as conn:
+        await conn.execute("UPDATE documents SET forward_state = 'rejected' WHERE message_type = 'CEB623'")
+    same = await ingest(store, message("CEB623", _refund_head("RC1")))
+    assert same.body["documents"][0]["outcome"] == "ignored_older"
+    again = await ingest(store, message("CEB623", _refund_head("RC1", appTime=_later(T0, 5))))
+    assert again.http_status == 202 and again.body["documents"][0]["outcome"] == "replaced"
+
+
 # --- tax ledger ------------------------------------------------------------------------------
 
 
