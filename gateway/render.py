@@ -53,7 +53,13 @@ CODES: dict[str, str] = {
     "boolean or binary float)",
     "json.invalid_character": "a string contains a character that XML cannot carry (control characters, lone "
     "surrogates)",
+    "json.number_out_of_range": "a number with more than 40 digits before or after the decimal point (no field "
+    "takes more than 19 and 5): written out it could be millions of digits",
 }
+
+#: A decimal number is written out in positional notation; beyond this many digits on either side of the point
+#: it is refused before it is (1e99999999 would be a hundred million digits). No CEB field takes more than 19.5.
+_MAX_POSITIONAL_DIGITS = 40
 
 #: Message types accepted as JSON.
 JSON_TYPES: tuple[str, ...] = ("CEB311", "CEB411", "CEB511", "CEB621")
@@ -133,6 +139,14 @@ class _Renderer:
         if isinstance(value, Decimal):
             if not value.is_finite():
                 self.issue("json.invalid_type", _pointer(*where), f"expected a finite number, found {value}")
+                return None
+            exponent = value.as_tuple().exponent
+            if value.adjusted() >= _MAX_POSITIONAL_DIGITS or (
+                isinstance(exponent, int) and exponent < -_MAX_POSITIONAL_DIGITS  # 0E-99999999 too
+            ):
+                self.issue("json.number_out_of_range", _pointer(*where),
+                           f"the number {value} has more than {_MAX_POSITIONAL_DIGITS} digits before or after its "
+                           "decimal point")  # fmt: skip
                 return None
             return format(value, "f")  # positional notation: 1E+2 -> "100", never an exponent
         if isinstance(value, float):

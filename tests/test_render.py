@@ -265,6 +265,18 @@ def test_json_parsed_with_decimal_keeps_every_digit() -> None:
     assert (line["gnum"], line["qty"], line["price"], line["totalPrice"]) == ("1", "3", "0.1", "0.30000")
 
 
+def test_a_number_too_long_to_write_out_is_refused_before_it_is() -> None:
+    """1e99999999 is 10 bytes of JSON and a hundred million digits in positional notation: refused as such."""
+    for value in ("1e99999999", "1e-99999999", "0e-99999999", "-4.2E+40"):
+        with pytest.raises(MessageRejected) as exc:
+            render(json.loads('{"type": "CEB311", "documents": [{"goodsValue": ' + value + "}]}", parse_float=Decimal))
+        [issue] = exc.value.issues
+        assert (issue.code, issue.path) == ("json.number_out_of_range", "/documents/0/goodsValue"), issue
+    # the widest the XSD takes is written out, and so is a zero with a few places
+    assert _order_with(goodsValue=Decimal("1234567890123456789.12345"))["goodsValue"] == "1234567890123456789.12345"
+    assert _order_with(goodsValue=Decimal("0E-3"))["goodsValue"] == "0.000"
+
+
 def test_binary_float_is_refused_with_a_clear_message() -> None:
     with pytest.raises(MessageRejected) as exc:
         render(json.loads('{"type": "CEB311", "documents": [{"items": [{"price": 0.1}]}]}'))
@@ -376,7 +388,7 @@ def test_every_emitted_code_is_documented() -> None:
     emitted: set[str] = set()
     payloads: list[Any] = [[], {}, {"type": "X"}, {"type": "CEB311"}, {"type": "CEB311", "documents": {}},
                            {"type": "CEB311", "documents": [1]}, _with_doc(x=1), _with_doc(orderNo=[]),
-                           _with_doc(orderNo="\x00")]  # fmt: skip
+                           _with_doc(orderNo="\x00"), _with_doc(goodsValue=Decimal("1e99"))]  # fmt: skip
     for payload in payloads:
         with pytest.raises(MessageRejected) as exc:
             render(payload)
