@@ -18,9 +18,11 @@ from gateway.messages import BY_TAG, MessageType
 
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # 100 documents of 99 lines stay well below this
 
+_UTF8 = ("UTF-8", "UTF8")
 _BOM = b"\xef\xbb\xbf"
-_XML_DECL = re.compile(rb"^<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']", re.S)
-_FIRST_ELEMENT = re.compile(rb"<[A-Za-z_]")  # the root's start tag ends the prolog
+#: What may come before a DOCTYPE: blanks, the XML declaration and other processing instructions, comments (in
+#: which "<a" is no start tag). The alternatives begin differently, so the match is linear.
+_PROLOG = re.compile(rb"(?:\s+|<\?.*?\?>|<!--.*?-->)*", re.S)
 _local = threading.local()
 
 
@@ -51,13 +53,10 @@ def parse_xml(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
         raise _reject("parse.empty", "the body is empty")
     if len(body) > max_bytes:
         raise _reject("parse.too_large", f"the body has {len(body)} bytes; the limit is {max_bytes}")
-    head = body[3:] if body.startswith(_BOM) else body
-    head = head.lstrip()
-    m = _XML_DECL.match(head[:200])
-    if m and m.group(1).decode("ascii").replace("_", "-").upper() not in ("UTF-8", "UTF8"):
-        raise _reject("parse.encoding", f"CEB messages are UTF-8; the document declares {m.group(1).decode()}")
-    first_element = _FIRST_ELEMENT.search(body)
-    if b"<!DOCTYPE" in body[: first_element.start() if first_element else len(body)]:
+    if b"\x00" in body:  # every UTF-16 or UTF-32 document has them (libxml2 would read it); no UTF-8 XML has one
+        raise _reject("parse.encoding", "CEB messages are UTF-8; the body holds NUL bytes (UTF-16 or UTF-32?)")
+    start = 3 if body.startswith(_BOM) else 0
+    if body.startswith(b"<!DOCTYPE", _PROLOG.match(body, start).end()):  # type: ignore[union-attr]
         raise _reject("parse.dtd_forbidden", "a DOCTYPE or entity declaration is not allowed in a CEB message")
     try:
         root = etree.fromstring(body, _parser())
@@ -68,8 +67,13 @@ def parse_xml(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
         raise _reject(code, f"not well-formed XML{line}: {msg}") from None
     except ValueError as exc:  # e.g. a str with an encoding declaration; bytes avoid it
         raise _reject("parse.not_well_formed", str(exc)) from None
-    if root.getroottree().docinfo.doctype:  # belt and braces: the byte scan above should catch it
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype:  # belt and braces: the byte scan above should catch it
         raise _reject("parse.dtd_forbidden", "a DOCTYPE is not allowed in a CEB message")
+    # What libxml2 read the declaration as (however long it is): the bytes are stored and sent on as they came,
+    # so they must be the UTF-8 they are taken for.
+    if docinfo.encoding and docinfo.encoding.replace("_", "-").upper() not in _UTF8:
+        raise _reject("parse.encoding", f"CEB messages are UTF-8; the document declares {docinfo.encoding}")
     return root
 
 
@@ -92,7 +96,8 @@ def parse_message(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[etre
 CODES: dict[str, str] = {
     "parse.empty": "the body is empty",
     "parse.too_large": "the body is larger than the configured limit (HTTP 413); nothing was parsed",
-    "parse.encoding": "the XML declaration names an encoding other than UTF-8",
+    "parse.encoding": "the document is not UTF-8: its XML declaration names another encoding, or it holds NUL "
+    "bytes (UTF-16, UTF-32)",
     "parse.dtd_forbidden": "the document has a DOCTYPE (DTDs and entity declarations are refused: XXE, billion laughs)",
     "parse.not_well_formed": "the bytes are not well-formed XML; the message gives libxml2's reason and line",
     "parse.too_deep": "the elements nest deeper than the parser allows",

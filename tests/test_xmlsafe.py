@@ -34,6 +34,9 @@ PARAMETER_ENTITY = b"""<?xml version="1.0"?>
 
 DOCTYPE_AFTER_BOM = b"\xef\xbb\xbf" + EXTERNAL_DTD
 
+#: A declaration whose encoding lies beyond the first 200 bytes (an early check only looked that far).
+LATIN1_LONG_DECLARATION = ('<?xml version="1.0"' + " " * 250 + 'encoding="ISO-8859-1"?><a>Café</a>').encode("latin-1")
+
 ATTACKS = {
     "billion_laughs": (BILLION_LAUGHS, "parse.dtd_forbidden"),
     "xxe_file": (XXE_FILE, "parse.dtd_forbidden"),
@@ -44,7 +47,13 @@ ATTACKS = {
     "deep_nesting": (b"<a>" * 5000 + b"</a>" * 5000, "parse.too_deep"),
     "not_well_formed": (b"<a><b></a>", "parse.not_well_formed"),
     "truncated": (MINIMAL[:-5], "parse.not_well_formed"),
-    "garbage": (b"\x00\x01\x02 not xml", "parse.not_well_formed"),
+    "garbage": (b"\x01\x02 not xml", "parse.not_well_formed"),
+    "nul_bytes": (b"<a>\x00</a>", "parse.encoding"),
+    "utf16_declared": ('<?xml version="1.0" encoding="UTF-16"?><a>中</a>'.encode("utf-16"), "parse.encoding"),
+    "utf16_undeclared_no_bom": ("<a>中</a>".encode("utf-16-le"), "parse.encoding"),
+    "latin1_long_declaration": (LATIN1_LONG_DECLARATION, "parse.encoding"),
+    "doctype_after_a_comment": (b"<!-- <a --><!DOCTYPE a [<!ENTITY x 'y'>]><a>&x;</a>", "parse.dtd_forbidden"),
+    "doctype_after_a_pi": (b'<?xml version="1.0"?>\n<?pi <b?><!DOCTYPE a SYSTEM "x"><a/>', "parse.dtd_forbidden"),
     "empty": (b"", "parse.empty"),
     "whitespace": (b"  \n ", "parse.empty"),
     "gbk_declared": ('<?xml version="1.0" encoding="GBK"?><a>中</a>'.encode("gbk"), "parse.encoding"),
