@@ -4,12 +4,12 @@ Request (documented for sellers in docs/adapters.md)::
 
     POST <seller url>
     Content-Type: application/json
-    X-CBEC-Event: shipment.status_changed
+    X-CBEC-Event: shipment.customs_status_changed
     X-CBEC-Delivery: 6F1C...            # same value on every retry of this event: dedupe on it
     X-CBEC-Timestamp: 1767225600        # Unix seconds when this attempt was signed
     X-CBEC-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>
 
-    {"id": "6F1C...", "event": "shipment.status_changed", "timestamp": 1767225600, "data": {...}}
+    {"id": "6F1C...", "event": "shipment.customs_status_changed", "timestamp": 1767225600, "data": {...}}
 
 The HMAC covers the raw body bytes exactly as sent; the body repeats the timestamp, so the timestamp is
 signed too. To verify: compute HMAC-SHA256 over the raw body with the shared secret, compare it with the
@@ -18,7 +18,7 @@ few minutes of now (replay protection), then dedupe on ``id``. :func:`verify_sig
 
 Job payload::
 
-    {"seller": "S001", "event": "shipment.status_changed", "data": {...},
+    {"seller": "S001", "event": "shipment.customs_status_changed", "data": {...},
      "id": "...optional delivery id...", "dedupe_key": "..."}
 
 The seller's URL and secret are looked up by ``seller`` in the adapter's endpoint table (never stored in the

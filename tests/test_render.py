@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
+from gateway import api
 from gateway import render as render_mod
 from gateway.documents import extract
 from gateway.errors import Layer, MessageRejected
@@ -483,10 +484,12 @@ def test_documented_examples_render_and_validate() -> None:
 
 def test_documented_error_example_matches_the_real_answer() -> None:
     text = DOCS.read_text(encoding="utf-8")
-    answer = next(e for e in _doc_examples() if "issues" in e)
+    answer = next(e for e in _doc_examples() if "error" in e)
     with pytest.raises(MessageRejected) as exc:
         render({"type": "CEB311", "documents": [{"ordrNo": "x", "items": [{}, {}, {"price": 0.5}]}]})
-    assert [i.as_dict() for i in exc.value.issues] == answer["issues"]
+    issues = exc.value.issues
+    expected = api.error_response(api._status_for(issues), "the message was rejected", issues)
+    assert answer == json.loads(expected.body)  # the API's own answer, status and title included
     for code in CODES:
         assert f"`{code}`" in text
 
