@@ -36,6 +36,7 @@ from gateway.outbox import Outbox
 from gateway.pipeline import Checked, Forbidden, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
+from gateway.signing import read_certificates
 from gateway.store import Conflict, Store
 from gateway.turns import Turns
 
@@ -423,7 +424,9 @@ def create_app(
     app[STORE] = store
     app[OUTBOX] = outbox
     app[TURNS] = Turns()
-    app[PIPELINE] = Pipeline(schemas or SchemaSet(), store, max_bytes=settings.max_body_bytes, signer=signer)
+    trusted = read_certificates(settings.trusted_certs) if settings.trusted_certs else None
+    app[PIPELINE] = Pipeline(schemas or SchemaSet(), store, max_bytes=settings.max_body_bytes, signer=signer,
+                             verify_signatures=settings.verify_signatures, trusted_certs=trusted)  # fmt: skip
     app[KEYS] = KeyRing(settings.api_keys)
     app.router.add_post("/v1/messages", post_message)
     app.router.add_get("/v1/messages/{guid}", get_message)

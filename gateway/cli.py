@@ -50,13 +50,15 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     return s
 
 
-def validate_files(paths: Sequence[str]) -> tuple[list[dict[str, Any]], bool]:
+def validate_files(
+    paths: Sequence[str], *, verify_signatures: bool = False, trusted_certs: Sequence[bytes] | None = None
+) -> tuple[list[dict[str, Any]], bool]:
     """Validate files offline with one compiled schema set. Returns (results, any_unreadable)."""
     from gateway.errors import MessageRejected
     from gateway.pipeline import Pipeline
     from gateway.schema import SchemaSet
 
-    pipeline = Pipeline(SchemaSet())
+    pipeline = Pipeline(SchemaSet(), verify_signatures=verify_signatures, trusted_certs=trusted_certs)
     results: list[dict[str, Any]] = []
     unreadable = False
     for path in paths:
@@ -81,7 +83,18 @@ def validate_files(paths: Sequence[str]) -> tuple[list[dict[str, Any]], bool]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    results, unreadable = validate_files(args.files)
+    trusted = None
+    if args.trusted_certs:
+        from gateway.signing import read_certificates
+
+        try:
+            trusted = read_certificates(Path(args.trusted_certs))
+        except (OSError, ValueError) as exc:
+            print(f"cbec: --trusted-certs: {exc}", file=sys.stderr)
+            return 2
+    results, unreadable = validate_files(
+        args.files, verify_signatures=args.verify_signatures or trusted is not None, trusted_certs=trusted
+    )
     if args.json:
         json.dump(results, sys.stdout, ensure_ascii=False, indent=None)
         sys.stdout.write("\n")
@@ -251,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate CEB XML files offline (schema + business rules)")
     p.add_argument("--json", action="store_true", help="print one JSON array, one object per file")
+    p.add_argument("--verify-signatures", action="store_true",
+                   help="verify the ds:Signature of each signed message (digest, value, KeyName)")
+    p.add_argument("--trusted-certs", metavar="PATH",
+                   help="a PEM bundle or a folder of certificates: signatures must be made with one of them "
+                   "(implies --verify-signatures)")  # fmt: skip
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=_cmd_validate)
 

@@ -149,10 +149,19 @@ class Settings:
     signing_key_file: Path | None = None
     signing_cert_file: Path | None = None
     signing_algorithm: str = "rsa-sha1"  # or "sm2-sm3"
+    # Verify the ds:Signature of every signed XML message at ingest (spec §2.7; customs answers a bad one with
+    # -621028/-621029), pinned to the certificates in trusted_certs (a PEM file or a folder of them) when given.
+    verify_signatures: bool = False
+    trusted_certs: Path | None = None
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _flag(value: Any) -> bool:
+    """A boolean setting from TOML (a boolean) or the environment (1/true/yes/on, anything else false)."""
+    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
 
 
 def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
@@ -242,19 +251,19 @@ def _parse_endpoint(name: str, item: Any) -> EndpointSettings:
 
 
 _FORWARDING_SCALARS: dict[str, Any] = {
-    "enabled": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on"),
+    "enabled": _flag,
     "sender_id": str,
     "webhook_endpoint": str,
     "receipt_timeout_s": float,
     "watchdog_interval_s": float,
     "done_job_retention_days": float,
-    "watchdog_repush": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on"),
+    "watchdog_repush": _flag,
     "max_repushes": int,
     "resend_delay_s": float,
     "sandbox": str,
     "sandbox_port": int,
     "sandbox_receipt_delay_s": float,
-    "worker": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on"),
+    "worker": _flag,
     "worker_lease_s": float,
     "worker_poll_s": float,
     "inbox_poll_s": float,
@@ -355,6 +364,8 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
         ("signing_key_file", Path),
         ("signing_cert_file", Path),
         ("signing_algorithm", str),
+        ("verify_signatures", _flag),
+        ("trusted_certs", Path),
     ):
         if name in data:
             changes[name] = conv(data[name])
@@ -372,6 +383,10 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
             raise ValueError("tax_rates must be a table")
         changes["tax_rates"] = dict(data["tax_rates"])
         TaxRates.from_mapping(changes["tax_rates"])  # refused at load, with the others, rather than at start
+    if changes.get("trusted_certs") is not None:
+        from gateway.signing import read_certificates  # here: reading settings needs no crypto otherwise
+
+        read_certificates(changes["trusted_certs"])  # refused at load (OSError, ValueError), not at start
     forwarding = data.get("forwarding", {})
     if not isinstance(forwarding, Mapping):
         raise ValueError("forwarding must be a table")

@@ -7,13 +7,13 @@ which persists and reconciles in one transaction before anything is acknowledged
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lxml import etree
 
-from gateway import rules
+from gateway import rules, signing
 from gateway.auth import Principal, document_parties
 from gateway.documents import ParsedMessage, extract
 from gateway.errors import Issue, Layer, MessageRejected
@@ -46,6 +46,8 @@ class Pipeline:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         signer: Callable[[etree._Element], None] | None = None,
+        verify_signatures: bool = False,
+        trusted_certs: Sequence[bytes] | None = None,
     ) -> None:
         self.schemas = schemas
         self.store = store
@@ -53,9 +55,16 @@ class Pipeline:
         # Signs JSON-submitted declarations whose schema requires a signature (CEB621) with the
         # declaring agent's key configured on the gateway; XML submitters sign their own.
         self.signer = signer
+        # Verify the signature of a signed XML message (customs would refuse a bad one: -621028/-621029), pinned
+        # to trusted_certs when given. Not those the gateway signs itself (JSON submissions).
+        self.verify_signatures = verify_signatures
+        self.trusted_certs = trusted_certs
 
     def check(self, body: bytes) -> Checked:
         """Parse and validate; raises MessageRejected with every issue found."""
+        return self._check(body, verify=self.verify_signatures)
+
+    def _check(self, body: bytes, *, verify: bool) -> Checked:
         root, mtype = parse_message(body, self.max_bytes)
         issues = self.schemas.validate(root, mtype)
         if issues:
@@ -65,12 +74,17 @@ class Pipeline:
         issues = rules.check(msg)
         if issues:
             raise MessageRejected(issues, mtype.code)
+        if verify and msg.signed:
+            result = signing.verify(root, trusted_certs=self.trusted_certs)
+            if not result.ok:
+                issue = Issue(Layer.RULE, result.code or "signature.malformed", result.path, result.reason)
+                raise MessageRejected([issue], mtype.code)
         return Checked(msg, body)
 
     def check_json(self, payload: Mapping[str, Any]) -> Checked:
         mtype = lookup(str(payload.get("type", "")))
         needs_signature = mtype is not None and mtype.signature is Signature.REQUIRED
-        return self.check(render(payload, signer=self.signer if needs_signature else None))
+        return self._check(render(payload, signer=self.signer if needs_signature else None), verify=False)
 
     @staticmethod
     def authorize(msg: ParsedMessage, principal: Principal) -> None:

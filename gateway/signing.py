@@ -686,6 +686,28 @@ def _pem_blocks(data: bytes) -> list[tuple[str, bytes]]:
     return [(m.group(1).decode(), base64.b64decode(_WS.sub("", m.group(2).decode()))) for m in _PEM.finditer(data)]
 
 
+def read_certificates(path: Path) -> list[bytes]:
+    """The certificates (DER) in a PEM file (a bundle of any number) or in the files of a folder (PEM or DER:
+    .pem, .crt, .cer, .der): what ``verify``'s ``trusted_certs`` pins to. ValueError when there are none."""
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".pem", ".crt", ".cer", ".der")) \
+        if path.is_dir() else [path]  # fmt: skip
+    found: list[bytes] = []
+    for file in files:
+        data = file.read_bytes()
+        if data.lstrip().startswith(b"-----BEGIN"):
+            found += [der for label, der in _pem_blocks(data) if label == "CERTIFICATE"]
+        else:
+            found.append(data)
+    for der in found:
+        try:
+            _read_certificate(der)  # an RSA or SM2 certificate, as verify reads them
+        except ValueError as exc:
+            raise ValueError(f"{path}: a certificate cannot be used: {exc}") from None
+    if not found:
+        raise ValueError(f"{path}: no certificate found")
+    return found
+
+
 def certificate_to_der(cert: bytes) -> bytes:
     """A certificate given as PEM or DER, as DER."""
     if cert.lstrip().startswith(b"-----BEGIN"):

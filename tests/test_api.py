@@ -373,3 +373,35 @@ async def test_every_answer_carries_a_request_id(api: Client) -> None:
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and len(set(ids)) == 3, ids
     async with api.session.get(api.base + "/v1/shipments", headers={"X-Request-Id": "trace-42"}) as resp:
         assert resp.status == 401 and resp.headers["X-Request-Id"] == "trace-42"
+
+
+async def test_signatures_are_verified_when_configured_but_not_the_gateways_own(db_pool: Any) -> None:
+    """verify_signatures: a signed XML message altered after signing is a 422 naming the signature check; a JSON
+    inventory, which the gateway signs itself, is not verified again (its key need not be pinned)."""
+    import aiohttp
+    from aiohttp import web
+
+    from gateway.api import create_app
+    from tests.apiutil import test_settings
+
+    app = create_app(test_settings(verify_signatures=True), db_pool, signer=sign_as_agent)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Client(session, f"http://127.0.0.1:{port}")
+            s = new_shipment(40)
+            signed = legs(s)["CEB621"]
+            tampered = signed.replace(b"</ceb:buyerName>", "甲</ceb:buyerName>".encode(), 1)
+            reply = await api.post_xml(tampered)
+            assert reply.status == 422, reply.body
+            assert [i["code"] for i in reply.body["error"]["issues"]] == ["signature.digest_mismatch"]
+            assert (await api.post_xml(signed)).status == 202
+            other = new_shipment(41).inventory
+            assert (await api.request("POST", "/v1/messages", json_body=json.loads(json.dumps(other, default=str)))
+                    ).status == 202  # fmt: skip
+    finally:
+        await runner.cleanup()

@@ -132,6 +132,7 @@ def test_serve_with_processes_shares_metrics_through_a_fresh_folder(
         ("port = [8080]\n", "not usable"),  # a value of the wrong kind
         ("[forwarding.endpoints.customs]\nrate_per_s = {per = 5}\n", "not usable"),
         ("processes = 0\n", "processes must be at least 1"),
+        ('trusted_certs = "/nonexistent/trusted.pem"\n', "trusted.pem"),
         (
             '[forwarding.endpoints.a]\nkind = "customs"\nurl = "http://h/a"\n'
             '[forwarding.endpoints.b]\nkind = "customs"\nurl = "http://h/b"\n'
@@ -154,3 +155,15 @@ def test_a_configuration_that_cannot_be_used_is_a_usage_error_not_a_traceback(
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--config", str(tmp_path / "missing.toml")])
     assert exited.value.code == 2 and "missing.toml" in capsys.readouterr().err
+
+
+def test_signature_verification_is_configured_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    from gateway import config
+
+    cert = Path(__file__).parent / "data" / "signing" / "test-only-rsa-cert.pem"
+    assert config.load(env={}).verify_signatures is False
+    s = config.load(env={"CBEC_VERIFY_SIGNATURES": "true", "CBEC_TRUSTED_CERTS": str(cert)})
+    assert s.verify_signatures is True and s.trusted_certs == cert
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'verify_signatures = true\ntrusted_certs = "{cert}"\n', encoding="utf-8")
+    assert config.load(path, env={}).verify_signatures is True

@@ -719,3 +719,58 @@ def test_we_verify_an_xmlsec_rsa_signature() -> None:
     result = verify(signed)
     assert result.ok, result
     assert verify(signed.replace(b"DXPENT0000000001", b"DXPENT0000000002")).code == "signature.digest_mismatch"
+
+
+# --- verification at ingest (Pipeline, cbec validate) ---------------------------------------------------
+
+
+def test_the_pipeline_verifies_signatures_when_asked_and_pins_to_trusted_certificates(tmp_path: Path) -> None:
+    from gateway.pipeline import Pipeline
+    from gateway.schema import SchemaSet
+
+    schemas = SchemaSet()
+    tampered = GOLDEN_RSA.replace(b"</ceb:buyerName>", b"X</ceb:buyerName>", 1)
+    assert tampered != GOLDEN_RSA
+    assert Pipeline(schemas).check(tampered).message.signed  # off by default: presence only
+    verifying = Pipeline(schemas, verify_signatures=True)
+    verifying.check(GOLDEN_RSA)
+    with pytest.raises(MessageRejected) as exc:
+        verifying.check(tampered)
+    [issue] = exc.value.issues
+    assert (issue.code, issue.path) == ("signature.digest_mismatch", "/CEB621Message/Signature/SignedInfo/Reference/"
+                                        "DigestValue")  # fmt: skip
+    # pinned: the RSA and SM2 test certificates as one bundle file and as a folder
+    bundle = tmp_path / "trusted.pem"
+    bundle.write_bytes((DATA / "test-only-rsa-cert.pem").read_bytes() + (DATA / "test-only-sm2-cert.pem").read_bytes())
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    shutil.copy(DATA / "test-only-sm2-cert.pem", folder / "sm2.pem")
+    assert len(signing.read_certificates(bundle)) == 2 and len(signing.read_certificates(folder)) == 1
+    Pipeline(schemas, verify_signatures=True, trusted_certs=signing.read_certificates(bundle)).check(GOLDEN_RSA)
+    pinned = Pipeline(schemas, verify_signatures=True, trusted_certs=signing.read_certificates(folder))
+    pinned.check((DATA / "ceb621-signed-sm2-sm3.xml").read_bytes())
+    with pytest.raises(MessageRejected) as exc:
+        pinned.check(GOLDEN_RSA)
+    assert exc.value.issues[0].code == "signature.untrusted_certificate"
+    (tmp_path / "empty").mkdir()
+    for unusable in (tmp_path / "empty", DATA / "test-only-rsa-key.pem"):
+        with pytest.raises(ValueError):
+            signing.read_certificates(unusable)
+
+
+def test_cbec_validate_verifies_signatures_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from gateway.cli import main
+
+    tampered = tmp_path / "tampered.xml"
+    tampered.write_bytes(GOLDEN_RSA.replace(b"</ceb:buyerName>", b"X</ceb:buyerName>", 1))
+    assert main(["validate", str(tampered)]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--json", "--verify-signatures", str(tampered)]) == 1
+    [result] = json.loads(capsys.readouterr().out)
+    assert [e["code"] for e in result["errors"]] == ["signature.digest_mismatch"]
+    rsa_signed = str(DATA / "ceb621-signed-rsa-sha1.xml")
+    assert main(["validate", "--trusted-certs", str(DATA / "test-only-sm2-cert.pem"), rsa_signed]) == 1
+    assert "signature.untrusted_certificate" in capsys.readouterr().out
+    assert main(["validate", "--trusted-certs", str(tmp_path / "none.pem"), str(tampered)]) == 2
