@@ -72,22 +72,28 @@ def verify_signature(
     tolerance: float | None = DEFAULT_TOLERANCE,
     now: float | None = None,
 ) -> bool:
-    """True when ``signature`` is the body's HMAC and (if given) ``timestamp`` is fresh and matches the body."""
+    """True when ``signature`` is the body's HMAC, the body's signed ``timestamp`` is within ``tolerance`` seconds
+    of now (None: not checked), and the ``timestamp`` header, when given, is that one.
+
+    The freshness is the body's, never only the header's: a replay with the header left out must not pass."""
     if not signature or not signature.startswith("sha256="):
         return False
     if not hmac.compare_digest(sign_body(secret, body).encode(), signature.strip().encode()):
         return False
-    if timestamp is None:
+    if tolerance is None and timestamp is None:
         return True
     try:
-        ts = int(timestamp)
         doc = json.loads(body)
-    except ValueError:
+        header = int(timestamp) if timestamp is not None else None
+    except (ValueError, UnicodeDecodeError):
         return False
-    if not isinstance(doc, Mapping) or doc.get("timestamp") != ts:
+    signed = doc.get("timestamp") if isinstance(doc, Mapping) else None
+    if not isinstance(signed, int) or isinstance(signed, bool):
+        return False  # no signed time: nothing tells a replay from a delivery
+    if header is not None and header != signed:
         return False  # a header timestamp not bound to the signed body proves nothing
     current = time.time() if now is None else now
-    return tolerance is None or abs(current - ts) <= tolerance
+    return tolerance is None or abs(current - signed) <= tolerance
 
 
 def _json_default(o: Any) -> Any:

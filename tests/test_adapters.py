@@ -548,6 +548,12 @@ async def test_webhook_signature_verifies_and_tampering_fails(http_recorder: Rec
     assert not verify_signature("other", body, sig, timestamp=ts, now=clock[0])
     assert not verify_signature(secret, body, sig, timestamp=ts, now=clock[0] + 3600)  # replayed later
     assert not verify_signature(secret, body, sig, timestamp="1790000001", now=clock[0])  # header not the body's
+    # without the header the body's own time still decides: a replay an hour later fails, a fresh one passes
+    assert not verify_signature(secret, body, sig, now=clock[0] + 3600)
+    assert verify_signature(secret, body, sig, now=clock[0] + 10)
+    unstamped = json.dumps({"id": "x", "data": {}}).encode()
+    assert not verify_signature(secret, unstamped, sign_body(secret, unstamped), now=clock[0])
+    assert verify_signature(secret, unstamped, sign_body(secret, unstamped), tolerance=None)  # HMAC only, on request
     assert not verify_signature(secret, body, None) and not verify_signature(secret, body, "md5=abc")
     assert sign_body(secret, body) == sig
 
