@@ -165,6 +165,30 @@ async def test_receipts_are_schema_valid(
         assert sset.validate_dxp(etree.fromstring(req.body)) == []
 
 
+async def test_receipts_carry_18_character_numbers_whatever_the_declaration_held(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """preNo and invtNo are exactly 18 characters in CEB622/624 (the declarations take up to 18): a shorter
+    declared one is not echoed into a receipt the gateway's XSD check would refuse."""
+    from gateway.messages import lookup
+    from gateway.schema import SchemaSet
+
+    xmls = legs(rsa_key, seed=8)
+    await declare_all(client, sandbox, xmls, ("CEB311", "CEB411", "CEB511"))
+    inventory = xmls["CEB621"].replace(b"</ceb:copNo>", b"</ceb:copNo><ceb:preNo>B2026</ceb:preNo>", 1)
+    assert b"<ceb:preNo>B2026</ceb:preNo>" in inventory
+    await post_dxp(client, sandbox.url, inventory)
+    cancel = (Path(__file__).parent / "data" / "schema" / "CEB623Message.xml").read_bytes()
+    await post_dxp(client, sandbox.url, cancel.replace(b"29912024I000012345</ceb:invtNo>", b"2991I12345</ceb:invtNo>"))
+    await sandbox.wait_idle()
+    got = [r for r in receipts(http_recorder) if r["type"] in ("CEB622", "CEB624")]
+    assert {r["type"] for r in got} == {"CEB622", "CEB624"}
+    sset = SchemaSet()
+    for r in got:
+        assert sset.validate(r["root"], lookup(r["type"])) == [], r
+        assert len(r["preNo"]) == 18 and len(r.get("invtNo") or "X" * 18) == 18, r
+
+
 async def test_inventory_without_its_documents_is_rejected(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:

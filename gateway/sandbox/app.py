@@ -575,7 +575,13 @@ class Sandbox:
         label = "/".join(key)
         existing = self.inventories.get(key)
         now = datetime.now(rc.CHINA_TZ)
-        pre_no = existing.pre_no if existing else (h.get("preNo") or rc.pre_no(next(self._serial), now))
+        # E-Port assigns preNo (18 characters, and the receipt's XSD takes nothing else): a declared one of that
+        # length is echoed, any other is replaced
+        declared = h.get("preNo") or ""
+        if existing is not None:
+            pre_no = existing.pre_no
+        else:
+            pre_no = declared if len(declared) == 18 else rc.pre_no(next(self._serial), now)
         values = {
             "guid": h.get("guid", ""),
             "customsCode": h.get("customsCode", ""),
@@ -636,8 +642,17 @@ class Sandbox:
         values.setdefault("guid", h.get("guid", ""))
         if "copNo" in fields:
             values["copNo"] = (h.get("copNo") or h.get("orderNo") or h.get("billNo") or "SANDBOX")[:20]
-        if "preNo" in fields and not values.get("preNo"):
-            values["preNo"] = rc.pre_no(next(self._serial))
+        # preNo and invtNo are exactly 18 characters in the receipts (C18, spec A.6/A.8): a cancellation or return
+        # gets its inventory's, else a declared value of that length, else preNo a new one and invtNo none
+        inventory = self.inventories.get((h.get("ebcCode", ""), h.get("orderNo", ""))) \
+            if code in ("CEB623", "CEB625") else None  # fmt: skip
+        if "invtNo" in values and len(values["invtNo"]) != 18:
+            if inventory is not None:
+                values["invtNo"] = inventory.invt_no
+            else:
+                del values["invtNo"]
+        if "preNo" in fields and len(values.get("preNo", "")) != 18:
+            values["preNo"] = inventory.pre_no if inventory is not None else rc.pre_no(next(self._serial))
         label = "/".join(v for v in doc.keys if v)
         if h.get("appStatus") == "1":
             return [self._step(rcode, "1", values, label)]
