@@ -317,6 +317,9 @@ async def test_bad_envelopes_are_refused_at_once(sandbox: RunningSandbox, client
         assert resp.status == 400 and (await resp.json())["code"] == "0001"
     status, ack, _ = await post_dxp(client, sandbox.url, b"<x/>", receiver="DXPENT0000000009")
     assert status == 400 and ack["code"] == "2001"
+    # an import message addressed to the export system (spec §5.4 2002: not the receiver it belongs to)
+    status, ack, _ = await post_dxp(client, sandbox.url, b"<x/>", receiver=dxp.EXPORT_RECEIVER)
+    assert status == 400 and ack["code"] == "2002" and dxp.IMPORT_RECEIVER in ack["reason"]
     assert sandbox.stats()["received"] == 0
 
 

@@ -3,7 +3,7 @@ warehouse on 127.0.0.1, for tests and local development (docs/sandbox.md).
 
 Customs side
     ``POST /dxp`` takes a DxpMsg, ``POST /ceb`` a bare CEB message. The immediate HTTP answer is a small JSON
-    ack (``200 {"code": "0000", ...}``) or an error (``400 {"code": "0001"|"0002"|"2001", "reason": ...}``);
+    ack (``200 {"code": "0000", ...}``) or an error (``400 {"code": "0001"|"0002"|"2001"|"2002", "reason": ...}``);
     receipts follow asynchronously as DxpMsg-wrapped CEB312/412/512/514/622/624/626/712 (or CEB900 for a
     message that fails parsing or the schema), POSTed to ``receipt_url``. Receipts due together (of any
     messages) go out together: one receipt message per type and receiver carries up to ``receipt_batch_max``
@@ -988,6 +988,10 @@ async def _dxp(request: web.Request) -> web.Response:
     if not any(r in CUSTOMS_IDS for r in env.receiver_ids):
         reason = f"receiver {', '.join(env.receiver_ids)} does not exist (expected {' or '.join(CUSTOMS_IDS)})"
         return _json({"code": "2001", "reason": reason}, 400)
+    expected = dxp.receiver_for(env.msg_type)
+    if expected not in env.receiver_ids:  # spec §5.4 2002: the import system is not the export one
+        reason = f"{env.msg_type} goes to {expected}, not to {', '.join(env.receiver_ids)}"
+        return _json({"code": "2002", "reason": reason}, 400)
     return await sb.accept(
         env.data,
         cop_msg_id=env.cop_msg_id,
