@@ -672,11 +672,14 @@ class Store:
         try:
             await conn.execute(f"COMMIT; {_begin_and_lock(_lock_ids(following))}")
         except asyncpg.PostgresError:
-            if not conn.is_in_transaction():  # the COMMIT failed: nothing of the next batch began either
-                await self.pool.release(conn)
-                raise
-            await self._discard(conn)  # committed; the next batch's BEGIN or locks failed
-            return
+            # A connection that died with the error (the server ended the session) is back in the pool already and
+            # answers nothing more: the error that matters is this one, not the proxy's.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                if conn.is_in_transaction():
+                    await self._discard(conn)  # committed; the next batch's BEGIN or locks failed
+                    return
+                await self.pool.release(conn)  # the COMMIT failed: nothing of the next batch began either
+            raise
         except BaseException:
             await self.pool.release(conn)
             raise

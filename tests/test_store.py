@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import types
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -1043,6 +1044,23 @@ async def test_a_failed_commit_with_the_next_batch_chained_fails_only_its_own_me
     assert await store.get_message(refused.guid) is None
     await store.aclose()
     assert db_pool.get_idle_size() == db_pool.get_size()
+
+
+async def test_a_session_ended_at_a_chained_commit_raises_its_own_error(db_pool: asyncpg.Pool) -> None:
+    """The server ending the session in the COMMIT that carries the next BEGIN: the caller gets that error, not
+    the pool proxy's complaint that the connection was already released (what is_in_transaction raised)."""
+    store = Store(db_pool)
+
+    class EndedSession:
+        async def execute(self, query: str) -> None:
+            raise asyncpg.AdminShutdownError("terminating connection due to administrator command")
+
+        def is_in_transaction(self) -> bool:
+            raise asyncpg.InterfaceError("connection has been released back to the pool")
+
+    with pytest.raises(asyncpg.AdminShutdownError):
+        await store._commit(EndedSession(), [types.SimpleNamespace(locks={("order", "X")})])  # type: ignore[arg-type, list-item]
+    await store.aclose()
 
 
 async def test_beside_a_second_transaction_no_batch_is_taken_early(db_pool: asyncpg.Pool) -> None:
