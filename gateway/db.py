@@ -90,6 +90,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 #: the cost per message stays flat. Local to the transaction; tests check every statement's generic plan. The queue's
 #: claims begin the same way (the text lives with them: cbec_queue does not import the gateway).
 BEGIN_PLANNED = queries.BEGIN_PLANNED
+#: A read of several statements that must see one moment (a shipment, then its documents): one snapshot for the
+#: whole transaction instead of one per statement. Read only, so it never fails to serialise.
+BEGIN_SNAPSHOT_PLANNED = BEGIN_PLANNED.replace("BEGIN;", "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", 1)
 #: Back to the server's planning for the rest of a planned transaction (for statements not written as probes).
 END_PLANNED = (
     "SET LOCAL plan_cache_mode = DEFAULT; SET LOCAL enable_seqscan = DEFAULT; SET LOCAL enable_hashjoin = DEFAULT;"

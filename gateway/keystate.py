@@ -579,18 +579,26 @@ class Live:
         found |= {k for k in self.legs if k[1] == row.order_no and k[0]}
         return sorted(found)
 
+    def waybill_of(self, key: tuple[str, str]) -> Row | None:
+        """The waybill a keyed shipment holds: its inventory's, else one of its orderNo. A shipment with no live
+        leg holds none (as shipments_of_waybill counts only shipments with one)."""
+        legs = self.legs.get(key)
+        if not legs:
+            return None
+        inventory = _latest(legs.get(Kind.INVENTORY))
+        waybill = _latest(self.waybills_by_key.get(inventory.logistics_key)) if inventory is not None else None
+        if waybill is None and key[0]:
+            # no inventory yet, or its waybill has not arrived: the order's waybill (reconciliation then
+            # reports a key mismatch rather than a missing leg)
+            waybill = _latest(self.waybills_by_order.get(key[1]))
+        return waybill
+
     def shipment(self, key: tuple[str, str]) -> recon.Shipment:
         legs = self.legs.get(key, {})
         order = _latest(legs.get(Kind.ORDER))
         payment = _latest(legs.get(Kind.PAYMENT))
         inventory = _latest(legs.get(Kind.INVENTORY))
-        waybill = None
-        if inventory is not None:
-            waybill = _latest(self.waybills_by_key.get(inventory.logistics_key))
-        if waybill is None and key[0]:
-            # no inventory yet, or its waybill has not arrived: the order's waybill (reconciliation then
-            # reports a key mismatch rather than a missing leg)
-            waybill = _latest(self.waybills_by_order.get(key[1]))
+        waybill = self.waybill_of(key)
         return recon.Shipment(
             order=order.document if order else None,
             payment=payment.document if payment else None,
@@ -603,14 +611,20 @@ class Live:
         return recon.Shipment(waybill=waybill.document) if waybill else None
 
 
-def touched(news: list[New], live: Live) -> tuple[list[tuple[str, str]], list[str]]:
-    """Keyed shipments to reconcile again (in order of first mention) and orderNos of waybill-only ones."""
+def touched(
+    news: list[New], live: Live, released: Iterable[Row] = ()
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Keyed shipments to reconcile again (in order of first mention) and orderNos of waybill-only ones.
+
+    ``released``: the waybills the shipments of the replaced or withdrawn legs held before the change; each goes
+    where it belongs now (another shipment, or one of its own), as it would had it arrived after the change."""
     changed: list[Row] = []
     for new in news:
         if new.tracked and new.stored and new.row.kind in SHIPMENT_KIND_VALUES:
             changed.append(new.row)
             if new.replaces is not None and not new.replaces.withdrawn:
                 changed.append(new.replaces)
+    changed.extend(released)
     keyed: list[tuple[str, str]] = []
     blanks: list[str] = []
     for row in changed:
@@ -750,8 +764,12 @@ def judge(
         raise Conflict(issues)
     replaced = dict.fromkeys(new.replaces.id for new in news if new.replaces is not None)
     gone = [state.rows[i] for i in replaced if i in state.rows]
-    with state.live().changed(gone, [n.row for n in news if n.live]) as live:
-        return _judge(msg, news, refs, held, state, live, rates=rates, tolerance=tolerance)
+    before = state.live()
+    # the waybills held by the shipments whose legs change: a shipment may let go of one (see touched)
+    keys = dict.fromkeys(r.shipment_key for r in gone if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL)
+    released = [w for w in map(before.waybill_of, keys) if w is not None]
+    with before.changed(gone, [n.row for n in news if n.live]) as live:
+        return _judge(msg, news, refs, held, state, live, rates=rates, tolerance=tolerance, released=released)
 
 
 def _judge(
@@ -764,16 +782,22 @@ def _judge(
     *,
     rates: tax.TaxRates,
     tolerance: Decimal,
+    released: list[Row],
 ) -> Write | Defer:
     more = Refs()
     for new in news:
         if new.replaces is not None and not new.replaces.withdrawn:
             more.add(new.replaces)
-    keyed, blanks = touched(news, live)
+    for waybill in released:  # where it goes now: the shipments of its orderNo and its key must have been read
+        more.waybill_orders.add(waybill.order_no or "")
+        more.waybill_keys.add(waybill.logistics_key)
+    keyed, blanks = touched(news, live, released)
     shipments = {key: live.shipment(key) for key in keyed}
     orders = {k[1] for k in more.keyed} | more.waybill_orders | {k[1] for k in keyed} | set(blanks)
     orders |= {(s.waybill.head.get("orderNo") or "").strip() for s in shipments.values() if s.waybill}
     wanted = {(LOCK_ORDER, o) for o in orders}
+    # an inventory naming a released waybill, arriving meanwhile, would take it: serialised on the waybill's lock
+    wanted |= {(LOCK_WAYBILL, SEP.join(w.logistics_key)) for w in released}
     inventories = {key: s.inventory for key, s in shipments.items() if s.inventory is not None}
     buyers = {key: buyer_of(inv.head) for key, inv in inventories.items()}
     more.buyers |= set(buyers.values())

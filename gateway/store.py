@@ -859,7 +859,7 @@ class Store:
 
     async def get_message(self, guid: str) -> dict[str, Any] | None:
         """The message row, its stored documents (head, lines, key state) and its XML."""
-        async with db.transaction(self.pool) as conn:
+        async with db.transaction(self.pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
             m = await conn.fetchrow(SELECT_MESSAGE, guid)
             if m is None:
                 return None
@@ -879,8 +879,10 @@ class Store:
         }
 
     async def get_shipment(self, ebp_code: str, order_no: str) -> dict[str, Any] | None:
-        """The shipment's state and findings with every version of its documents (current and history)."""
-        async with db.transaction(self.pool) as conn:
+        """The shipment's state and findings with every version of its documents (current and history), as of one
+        moment: an ingest committing between the two reads would otherwise show the old state beside the new
+        documents."""
+        async with db.transaction(self.pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
             s = await conn.fetchrow(SELECT_SHIPMENT, ebp_code, order_no)
             if s is None:
                 return None

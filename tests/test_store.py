@@ -572,6 +572,59 @@ async def test_payment_moved_to_another_order_reconciles_both(store: Store) -> N
     assert "payment" in states["Q1"] and "payment" not in states["Q2"]
 
 
+async def _shipment_rows(pool: asyncpg.Pool) -> list[tuple[str, str, str, list[str]]]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT ebp_code, order_no, state, missing FROM shipments ORDER BY 1, 2")
+    return [(r["ebp_code"], r["order_no"], r["state"], list(r["missing"])) for r in rows]
+
+
+@pytest.mark.parametrize("waybill_first", [True, False])
+async def test_a_waybill_a_shipment_lets_go_of_goes_where_it_would_have_gone_had_it_come_last(
+    db_pool: asyncpg.Pool, waybill_first: bool
+) -> None:
+    """An inventory moved to another waybill, an order withdrawn: the waybill their shipment held goes back to a
+    shipment of its own, so the rows do not depend on whether the waybill came before or after."""
+    store = Store(db_pool)
+    waybill = message("CEB511", waybill_head("X9", logisticsNo="LN-W1"))
+    changed = inventory_head("O1", logisticsNo="LN-W2", appType="2", appTime=_later(T0, 5))
+    moved = [message("CEB621", inventory_head("O1", logisticsNo="LN-W1")), message("CEB621", changed)]
+    own = message("CEB511", waybill_head("X7"))
+    withdrawn = [message("CEB311", order_head("X7")),
+                 message("CEB311", order_head("X7", appType="3", appTime=_later(T0, 5)))]  # fmt: skip
+    for msg in [waybill, *moved, own, *withdrawn] if waybill_first else [*moved, waybill, *withdrawn, own]:
+        await ingest(store, msg)
+    assert await _shipment_rows(db_pool) == [
+        ("", "X7", "incomplete", ["order", "payment", "inventory"]),
+        ("", "X9", "incomplete", ["order", "payment", "inventory"]),
+        (EBP, "O1", "incomplete", ["order", "payment", "waybill"]),
+        (EBP, "X7", "incomplete", ["order", "payment", "waybill", "inventory"]),
+    ]
+
+
+async def test_a_shipment_is_read_as_of_one_moment(
+    store: Store, db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_shipment reads the shipment, then its documents: a payment committed in between is in neither."""
+    await ingest(store, message("CEB311", order_head("SNAP1")))
+    real_fetch = asyncpg.Connection.fetch
+    between: list[IngestResult] = []
+
+    async def fetch(self: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> Any:
+        if query == store_module.SELECT_SHIPMENT_DOCUMENTS and not between:
+            between.append(await ingest(store, message("CEB411", payment_head("SNAP1"))))  # commits meanwhile
+        return await real_fetch(self, query, *args, **kw)
+
+    monkeypatch.setattr(asyncpg.Connection, "fetch", fetch)
+    seen = await store.get_shipment(EBP, "SNAP1")
+    assert between and between[0].http_status == 202
+    assert seen is not None and "payment" in seen["missing"]
+    assert [d["kind"] for d in seen["documents"]] == ["order"]
+    monkeypatch.undo()
+    after = await store.get_shipment(EBP, "SNAP1")
+    assert after is not None and "payment" not in after["missing"]
+    assert sorted(d["kind"] for d in after["documents"]) == ["order", "payment"]
+
+
 # --- cancellations and returns (spec R12) ---------------------------------------------------------------
 
 
