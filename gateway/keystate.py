@@ -606,9 +606,13 @@ class Live:
             inventory=inventory.document if inventory else None,
         )
 
-    def blank_shipment(self, order_no: str) -> recon.Shipment | None:
-        waybill = _latest(self.waybills_by_order.get(order_no))
-        return recon.Shipment(waybill=waybill.document) if waybill else None
+    def lone_waybill(self, order_no: str) -> Row | None:
+        """The latest waybill of ``order_no`` that no keyed shipment holds: what its waybill-only shipment shows."""
+        return _latest([w for w in self.waybills_by_order.get(order_no, ()) if not self.shipments_of_waybill(w)])
+
+    def keyed_orders(self) -> set[str]:
+        """orderNos with a keyed shipment that has a live leg: every waybill of such an orderNo is held by it."""
+        return {k[1] for k in self.legs if k[0]}
 
 
 def touched(
@@ -793,8 +797,18 @@ def _judge(
         more.waybill_keys.add(waybill.logistics_key)
     keyed, blanks = touched(news, live, released)
     shipments = {key: live.shipment(key) for key in keyed}
-    orders = {k[1] for k in more.keyed} | more.waybill_orders | {k[1] for k in keyed} | set(blanks)
-    orders |= {(s.waybill.head.get("orderNo") or "").strip() for s in shipments.values() if s.waybill}
+    holding = [(s.waybill.head.get("orderNo") or "").strip() for s in shipments.values() if s.waybill]
+    # Waybill-only shipments ('', orderNo) to decide again: the orderNos of waybills that changed or were let go
+    # of, and of those the shipments here hold (one may have been the orderNo's only lone waybill). One exists iff
+    # some waybill of its orderNo is held by no keyed shipment; deciding that needs every waybill of the orderNo
+    # read, and the inventories naming them — unless a keyed shipment of that orderNo holds them all.
+    lone_orders = list(dict.fromkeys([*blanks, *holding]))
+    with_keyed = live.keyed_orders()
+    for order_no in lone_orders:
+        if order_no not in with_keyed:
+            more.waybill_orders.add(order_no)
+            more.waybill_keys |= {w.logistics_key for w in live.waybills_by_order.get(order_no, ())}
+    orders = {k[1] for k in more.keyed} | more.waybill_orders | {k[1] for k in keyed} | set(lone_orders)
     wanted = {(LOCK_ORDER, o) for o in orders}
     # an inventory naming a released waybill, arriving meanwhile, would take it: serialised on the waybill's lock
     wanted |= {(LOCK_WAYBILL, SEP.join(w.logistics_key)) for w in released}
@@ -838,18 +852,15 @@ def _judge(
         ledger_drop.append((ebc, order_no, kept[0] if kept else None, kept[1] if kept else None))
 
     results: dict[tuple[str, str], ShipmentResult] = {}
-    drop_blanks: set[str] = set()
     for key, shipment in shipments.items():
         results[key] = shipment_result(key, shipment, assessed.get(key), tolerance)
-        if shipment.waybill is not None:
-            drop_blanks.add((shipment.waybill.head.get("orderNo") or "").strip())
-    for order_no in blanks:
-        if order_no in drop_blanks:
-            continue
-        blank = live.blank_shipment(order_no)
-        if blank is None:
+    drop_blanks: set[str] = set()
+    for order_no in lone_orders:
+        lone = live.lone_waybill(order_no)
+        if lone is None:
             drop_blanks.add(order_no)
         else:
+            blank = recon.Shipment(waybill=lone.document)
             results[("", order_no)] = shipment_result(("", order_no), blank, None, tolerance)
 
     return Write(

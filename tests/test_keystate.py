@@ -212,8 +212,8 @@ def _answers(live: Live, shipment_keys: list[tuple[str, str]], waybills: list[Ro
         out.append([id(d) if d is not None else None for d in (s.order, s.payment, s.waybill, s.inventory)])
     for w in waybills:
         out.append(live.shipments_of_waybill(w))
-        blank = live.blank_shipment(w.order_no or "")
-        out.append(id(blank.waybill) if blank is not None else None)
+        lone = live.lone_waybill(w.order_no or "")
+        out.append(id(lone) if lone is not None else None)
     return out
 
 

@@ -7,6 +7,7 @@ stored current appTime never moves backwards.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import uuid
 from dataclasses import dataclass
@@ -98,3 +99,97 @@ async def test_app_type_handling_matches_the_model_and_is_monotonic(db_pool: asy
         if last_current is not None and current is not None:
             assert current >= last_current, "the current appTime moved backwards"
         last_current = current if current is not None else last_current
+
+
+# --- the shipments do not depend on how the keys' histories interleave -------------------------------------
+
+
+@dataclass(frozen=True)
+class Version:
+    code: str
+    head: dict[str, str]
+
+
+#: Two shipments' legs, with changes and withdrawals that move waybills and inventories between them.
+SHAPES = st.fixed_dictionaries({
+    "order": st.sampled_from(["none", "declared", "withdrawn"]),
+    "payment": st.booleans(),
+    "w1_order": st.sampled_from(["o1", "o2", "x9"]),
+    "w2": st.booleans(),
+    "inventory": st.sampled_from(["none", "kept", "moved", "withdrawn"]),
+    "order2": st.booleans(),
+})  # fmt: skip
+
+
+def _histories(suffix: str, shape: dict[str, object]) -> list[list[Version]]:
+    """Each key's versions in appTime order; the keys (orderNos, logisticsNos) carry ``suffix``."""
+    from tests.test_store import T0, _later, inventory_head, order_head, payment_head, waybill_head
+
+    names = {"o1": f"A{suffix}", "o2": f"B{suffix}", "x9": f"X{suffix}"}
+    buyer = f"ID{suffix}"  # a buyer of each run's own: the annual ledger is not shared between runs
+    order_head, payment_head, inventory_head = (  # the helpers, with this buyer
+        functools.partial(order_head, buyerIdNumber=buyer), functools.partial(payment_head, payerIdNumber=buyer),
+        functools.partial(inventory_head, buyerIdNumber=buyer))  # fmt: skip
+    o1, o2 = names["o1"], names["o2"]
+    w1, w2 = f"W1{suffix}", f"W2{suffix}"
+    histories: list[list[Version]] = []
+    if shape["order"] != "none":
+        histories.append([Version("CEB311", order_head(o1))])
+        if shape["order"] == "withdrawn":
+            histories[-1].append(Version("CEB311", order_head(o1, appType="3", appTime=_later(T0, 9))))
+    if shape["payment"]:
+        histories.append([Version("CEB411", payment_head(o1))])
+    histories.append([Version("CEB511", waybill_head(names[str(shape["w1_order"])], logisticsNo=w1))])
+    if shape["w2"]:
+        histories.append([Version("CEB511", waybill_head(o2, logisticsNo=w2))])
+    if shape["inventory"] != "none":
+        histories.append([Version("CEB621", inventory_head(o1, logisticsNo=w1))])
+        if shape["inventory"] == "moved":
+            histories[-1].append(Version("CEB621", inventory_head(o1, logisticsNo=w2, appType="2",
+                                                                  appTime=_later(T0, 7))))  # fmt: skip
+        elif shape["inventory"] == "withdrawn":
+            histories[-1].append(Version("CEB621", inventory_head(o1, appType="3", appTime=_later(T0, 7))))
+    if shape["order2"]:
+        histories.append([Version("CEB311", order_head(o2, payTransactionId=f"TX2{suffix}"))])
+    return histories
+
+
+def _interleave(histories: list[list[Version]], picks: list[int]) -> list[Version]:
+    """One arrival order: each key's versions in their own order, the keys mixed as ``picks`` says."""
+    queues = [list(h) for h in histories]
+    out: list[Version] = []
+    for pick in picks:
+        queues = [q for q in queues if q]
+        if not queues:
+            break
+        out.append(queues[pick % len(queues)].pop(0))
+    return out + [v for q in queues for v in q]
+
+
+async def _outcome(pool: asyncpg.Pool, store: Store, order: list[Version], suffix: str) -> list[tuple[object, ...]]:
+    from tests.test_store import ingest, message
+
+    for v in order:
+        await ingest(store, message(v.code, v.head))
+    rows = await pool.fetch(
+        "SELECT ebp_code, order_no, state, missing, findings FROM shipments WHERE order_no LIKE '%' || $1 "
+        "ORDER BY ebp_code, order_no", suffix)  # fmt: skip
+    return [(r["ebp_code"], r["order_no"].removesuffix(suffix), r["state"], list(r["missing"]),
+             sorted(f["code"] for f in r["findings"])) for r in rows]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=SHAPES, picks=st.lists(st.integers(0, 11), min_size=12, max_size=12))
+async def test_the_shipments_do_not_depend_on_how_the_histories_interleave(
+    db_pool: asyncpg.Pool, shape: dict[str, object], picks: list[int]
+) -> None:
+    """Whatever the arrival order across keys (each key's versions in appTime order, as a sender sends them), the
+    same documents end in the same shipments, with the same state, missing legs and findings."""
+    run = next(_orders)
+    first, second = f"-{run}a", f"-{run}b"
+    store = Store(db_pool)
+    canonical = [v for h in _histories(first, shape) for v in h]
+    mixed = _interleave(_histories(second, shape), picks)
+    arrival = [(v.code, v.head.get("appType"), v.head.get("logisticsNo")) for v in mixed]
+    assert await _outcome(db_pool, store, canonical, first) == await _outcome(db_pool, store, mixed, second), arrival
+    await store.aclose()
