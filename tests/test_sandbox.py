@@ -367,6 +367,26 @@ async def test_config_endpoint_refuses_unknown_fields(sandbox: RunningSandbox, c
     assert sandbox.config.flaky_failures == 3
 
 
+async def test_config_endpoint_neither_shows_nor_changes_credentials(client: aiohttp.ClientSession) -> None:
+    """The receipts' API key and the warehouse secret stay where the sandbox was started: anyone on its port may
+    read and change the rest, but a key shown could post receipts, and a receipt_url changed would send it away."""
+    from gateway.sandbox.app import start_sandbox
+
+    sb = await start_sandbox(receipt_url="http://127.0.0.1:9/v1/receipts", receipt_headers={"X-API-Key": "k-secret"},
+                             warehouse_callback_secret="w-secret")  # fmt: skip
+    try:
+        async with client.get(sb.url + "/sandbox/config") as resp:
+            shown = await resp.text()
+        assert resp.status == 200 and "k-secret" not in shown and "w-secret" not in shown
+        assert json.loads(shown)["receipt_headers"] == {"X-API-Key": "(set)"}
+        for change in ({"receipt_url": "http://evil.example/"}, {"receipt_headers": {}}):
+            async with client.post(sb.url + "/sandbox/config", json=change) as resp:
+                assert resp.status == 400 and "cannot be changed" in (await resp.json())["reason"]
+        assert sb.config.receipt_url == "http://127.0.0.1:9/v1/receipts"
+    finally:
+        await sb.stop()
+
+
 async def test_the_schemas_are_compiled_before_the_sandbox_answers() -> None:
     app = create_sandbox_app(SandboxConfig())
     assert app[SANDBOX_KEY].stats()["schema"] == "loading"

@@ -1057,19 +1057,37 @@ async def _reset(request: web.Request) -> web.Response:
     return _json({"status": "reset"})
 
 
+#: Fields that carry credentials (the gateway's customs key in the receipts' headers, the warehouse's shared
+#: secret) or say where they go: never shown by GET /sandbox/config, never changed by POST — the sandbox answers
+#: anyone on its port, and a changed receipt_url would send the key elsewhere. Set them where the sandbox starts.
+_GUARDED = ("receipt_headers", "receipt_url", "warehouse_callback_secret", "warehouse_callback_url")
+
+
+def _shown(config: SandboxConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(config)
+    out["receipt_headers"] = {name: "(set)" for name in config.receipt_headers}
+    if config.warehouse_callback_secret:
+        out["warehouse_callback_secret"] = "(set)"
+    return out
+
+
 async def _config(request: web.Request) -> web.Response:
     sb = request.app[SANDBOX_KEY]
     if request.method == "POST":
         changes = await _read_json(request)
         if not isinstance(changes, dict):
             return _json({"code": "invalid", "reason": "expected a JSON object of config fields"}, 400)
+        guarded = sorted(set(changes) & set(_GUARDED))
+        if guarded:
+            reason = f"{', '.join(guarded)} cannot be changed at run time: set them where the sandbox starts"
+            return _json({"code": "invalid", "reason": reason}, 400)
         try:
             sb.config.update(changes)
         except KeyError as exc:
             return _json({"code": "invalid", "reason": f"unknown config field {exc.args[0]!r}"}, 400)
         except (TypeError, ValueError, ArithmeticError) as exc:
             return _json({"code": "invalid", "reason": str(exc)}, 400)
-    return _json(dataclasses.asdict(sb.config))
+    return _json(_shown(sb.config))
 
 
 async def _health(request: web.Request) -> web.Response:
