@@ -267,10 +267,17 @@ async def list_shipments(request: web.Request) -> web.Response:
     return json_response(page)
 
 
+#: The ebpCode in a shipment's path for a waybill-only shipment, whose ebpCode is empty (an empty path segment
+#: matches no route). No platform code is a lone hyphen.
+NO_EBP_CODE = "-"
+
+
 async def get_shipment(request: web.Request) -> web.Response:
     principal = _principal(request)
     structlog.contextvars.bind_contextvars(shipment=f"{request.match_info['ebpCode']}/{request.match_info['orderNo']}")
-    found = await request.app[STORE].get_shipment(request.match_info["ebpCode"], request.match_info["orderNo"])
+    ebp_code = request.match_info["ebpCode"]
+    found = await request.app[STORE].get_shipment("" if ebp_code == NO_EBP_CODE else ebp_code,
+                                                  request.match_info["orderNo"])  # fmt: skip
     if found is None or not _visible(principal, found.get("parties")):
         return error_response(404, "no such shipment")
     return json_response(await request.app[OUTBOX].shipment_forwarding(found))

@@ -127,7 +127,8 @@ OPENAPI: dict[str, Any] = {
                 "(none | held | queued | sent | receipted | rejected), customs {code, rank, name, info, time}, "
                 "transmissions (jobs with their attempts) and receipts",
                 "parameters": [
-                    {"name": "ebpCode", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "ebpCode", "in": "path", "required": True, "schema": {"type": "string"},
+                     "description": "- for a waybill-only shipment (its order has not come; ebpCode empty)"},
                     {"name": "orderNo", "in": "path", "required": True, "schema": {"type": "string"}},
                 ],
                 "responses": {

@@ -66,6 +66,17 @@ async def test_incomplete_shipment_names_missing_legs(api: Client) -> None:
     assert shipment["missing"] == ["payment", "waybill", "inventory"]
 
 
+async def test_a_waybill_only_shipment_is_read_with_a_hyphen_for_its_empty_ebp_code(api: Client) -> None:
+    s = new_shipment(12)
+    reply = await api.post_xml(legs(s)["CEB511"])
+    shipment = reply.body["documents"][0]["shipment"]
+    assert (shipment["ebpCode"], shipment["orderNo"]) == ("", s.order_doc["orderNo"])
+    found = await api.get(f"/v1/shipments/-/{s.order_doc['orderNo']}")
+    assert found.status == 200, found.body
+    assert [d["kind"] for d in found.body["documents"]] == ["waybill"] and found.body["ebpCode"] == ""
+    assert (await api.get(f"/v1/shipments/-/{s.order_doc['orderNo']}", key=STRANGER)).status == 404
+
+
 async def test_inconsistent_amounts_make_a_mismatch_with_both_values(api: Client) -> None:
     s = samples.broken(new_shipment(11), "amount_mismatch")
     for xml in legs(s).values():
