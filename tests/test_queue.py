@@ -578,6 +578,9 @@ async def test_mark_done_many_fences_each_claim(pool: asyncpg.Pool) -> None:
         assert await cbec_queue.mark_done_many(conn, [taken]) == {ids[1]}
     for job_id, outcomes in zip(ids, ([(1, "ok")], [(1, "lease_expired"), (2, "ok")], [(1, "ok")]), strict=True):
         assert [(r["attempt"], r["outcome"]) for r in await history(pool, job_id)] == outcomes
+    # an attempt finished this way has its duration too (the forward latency metrics and the console show it)
+    durations = await pool.fetch("SELECT duration_ms FROM job_attempts WHERE outcome = 'ok'")
+    assert len(durations) == 3 and all(r["duration_ms"] is not None and r["duration_ms"] >= 0 for r in durations)
 
 
 @pytest.mark.db

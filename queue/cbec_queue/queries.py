@@ -153,7 +153,10 @@ WITH held AS MATERIALIZED (
     RETURNING jobs.id, jobs.endpoint, jobs.ordering_keys IS NOT NULL AS ordered
 ), a AS (
     UPDATE job_attempts ja
-    SET finished_at = now(), outcome = 'ok', error = NULL, duration_ms = NULL
+    -- the attempt's time from its claim to this commit: the handler that records many at once has no clock of
+    -- each (mark_done's duration_ms is the worker's; this one also counts the wait for the batch's commit)
+    SET finished_at = now(), outcome = 'ok', error = NULL,
+        duration_ms = greatest(0, round(extract(epoch FROM clock_timestamp() - ja.started_at) * 1000))::int
     FROM held AS h
     WHERE ja.job_id = ANY (ARRAY(SELECT h.id FROM held AS h)) AND ja.job_id = h.id AND ja.replay = h.replays
       AND ja.attempt = h.attempts
