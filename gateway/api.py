@@ -33,7 +33,7 @@ from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.metrics import setup_metrics
 from gateway.openapi import OPENAPI
 from gateway.outbox import Outbox
-from gateway.pipeline import Checked, Forbidden, Pipeline
+from gateway.pipeline import Forbidden, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
 from gateway.signing import read_certificates
@@ -155,17 +155,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
-def _check_json(pipeline: Pipeline, body: bytes) -> Checked:
-    try:
-        payload = json.loads(body, parse_float=Decimal)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
-        issue = Issue(Layer.PARSE, "parse.invalid_json", "", f"the body is not JSON: {exc}")
-        raise MessageRejected([issue]) from None
-    if not isinstance(payload, dict):
-        raise MessageRejected([Issue(Layer.SCHEMA, "json.not_an_object", "", "the body must be a JSON object")])
-    return pipeline.check_json(payload)
-
-
 async def post_message(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
     principal = _principal(request)
@@ -177,7 +166,7 @@ async def post_message(request: web.Request) -> web.Response:
         body = await _read_body(request, pipeline.max_bytes)
         # the check takes its turn (gateway.turns): the store's transactions are never queued behind a burst
         if source == "json":
-            checked = await request.app[TURNS].run(_check_json, pipeline, body)
+            checked = await request.app[TURNS].run(pipeline.check_json_body, body)
         elif ctype in ("application/xml", "text/xml", "application/octet-stream", ""):
             checked = await request.app[TURNS].run(pipeline.check, body)
         else:

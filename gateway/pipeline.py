@@ -7,8 +7,10 @@ which persists and reconciles in one transaction before anything is acknowledged
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from lxml import etree
@@ -80,6 +82,17 @@ class Pipeline:
                 issue = Issue(Layer.RULE, result.code or "signature.malformed", result.path, result.reason)
                 raise MessageRejected([issue], mtype.code)
         return Checked(msg, body)
+
+    def check_json_body(self, body: bytes) -> Checked:
+        """A JSON request body (docs/json-api.md): parsed with exact decimals, rendered to CEB XML, checked."""
+        try:
+            payload = json.loads(body, parse_float=Decimal)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+            issue = Issue(Layer.PARSE, "parse.invalid_json", "", f"the body is not JSON: {exc}")
+            raise MessageRejected([issue]) from None
+        if not isinstance(payload, dict):
+            raise MessageRejected([Issue(Layer.SCHEMA, "json.not_an_object", "", "the body must be a JSON object")])
+        return self.check_json(payload)
 
     def check_json(self, payload: Mapping[str, Any]) -> Checked:
         mtype = lookup(str(payload.get("type", "")))

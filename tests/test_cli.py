@@ -167,3 +167,28 @@ def test_signature_verification_is_configured_from_the_file_or_the_environment(t
     path = tmp_path / "gateway.toml"
     path.write_text(f'verify_signatures = true\ntrusted_certs = "{cert}"\n', encoding="utf-8")
     assert config.load(path, env={}).verify_signatures is True
+
+
+def test_validate_takes_the_json_a_seller_sends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A JSON document set (docs/json-api.md) is rendered and checked as the API would; its inventory signed as the
+    gateway signs one (here with a throwaway key); not JSON at all is parse.invalid_json."""
+    import random
+
+    from gateway import samples
+
+    s = samples.shipment(random.Random(3), mode="1210")
+    files = []
+    for payload in (s.order, s.inventory):
+        f = tmp_path / f"{payload['type']}.json"
+        f.write_text(json.dumps(payload, ensure_ascii=False, default=str), encoding="utf-8")
+        files.append(str(f))
+    bad = dict(s.order, documents=[{**s.order["documents"][0], "acturalPaid": "1.00"}])
+    (tmp_path / "bad.json").write_text(json.dumps(bad, ensure_ascii=False, default=str), encoding="utf-8")
+    (tmp_path / "broken.json").write_text('{"type": "CEB311", ', encoding="utf-8")
+    assert main(["validate", "--json", *files]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["message_type"], r["valid"]) for r in results] == [("CEB311", True), ("CEB621", True)]
+    assert main(["validate", "--json", str(tmp_path / "bad.json"), str(tmp_path / "broken.json")]) == 1
+    bad_result, broken_result = json.loads(capsys.readouterr().out)
+    assert "rule.actural_paid_mismatch" in [e["code"] for e in bad_result["errors"]]
+    assert [e["code"] for e in broken_result["errors"]] == ["parse.invalid_json"]
