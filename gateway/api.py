@@ -195,6 +195,17 @@ async def post_message(request: web.Request) -> web.Response:
     return json_response(result.body, result.http_status, headers)
 
 
+def _integer(query: Any, name: str, default: int) -> int:
+    """An integer query parameter, ``default`` when absent; ValueError naming it otherwise."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    digits = raw.strip()
+    if not (digits.isascii() and digits.lstrip("+-").isdigit() and len(digits) <= 20):
+        raise ValueError(f"{name} must be an integer, found {raw!r}")
+    return int(digits)
+
+
 def _visible(principal: Principal, parties: Any) -> bool:
     return principal.sees_everything or principal.may_touch(parties or ())
 
@@ -236,7 +247,7 @@ async def list_shipments(request: web.Request) -> web.Response:
     try:
         since = db.utc_time(q["since"], "since") if "since" in q else None
         until = db.utc_time(q["until"], "until") if "until" in q else None
-        limit = min(max(int(q.get("limit", "50")), 1), 500)
+        limit = min(max(_integer(q, "limit", 50), 1), 500)
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
     try:
@@ -335,8 +346,8 @@ async def get_dead_letters(request: web.Request) -> web.Response:
         return denied
     q = request.query
     try:
-        limit = min(max(int(q.get("limit", "50")), 1), 500)
-        offset = int(q.get("offset", "0"))
+        limit = min(max(_integer(q, "limit", 50), 1), 500)
+        offset = _integer(q, "offset", 0)
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
     if not 0 <= offset <= db.MAX_BIGINT:

@@ -85,6 +85,8 @@ class Pipeline:
 
     def check_json_body(self, body: bytes) -> Checked:
         """A JSON request body (docs/json-api.md): parsed with exact decimals, rendered to CEB XML, checked."""
+        if not body.strip():
+            raise MessageRejected([Issue(Layer.PARSE, "parse.empty", "/", "the body is empty")])
         try:
             payload = json.loads(body, parse_float=Decimal)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON

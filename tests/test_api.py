@@ -365,6 +365,12 @@ async def test_odd_queries_bodies_and_header_bytes_are_client_errors(api: Client
                   "since=yesterday"):  # fmt: skip
         reply = await api.get("/v1/shipments?" + query)  # the console's list: test_console
         assert reply.status == 400 and reply.body["error"]["title"], (query, reply)
+    for query in ("limit=abc", "limit=1e3", "limit=" + "9" * 40):
+        reply = await api.get("/v1/shipments?" + query)
+        assert reply.status == 400 and "limit must be an integer" in reply.body["error"]["title"], (query, reply)
+    assert (await api.get("/v1/queue/dead?offset=-1")).status == 400
+    empty = await api.request("POST", "/v1/messages", data=b" ", content_type="application/json")
+    assert empty.status == 400 and empty.body["error"]["issues"][0]["code"] == "parse.empty"
     nested = b"[" * 100_000 + b"]" * 100_000
     reply = await api.request("POST", "/v1/queue/replay", data=nested, content_type="application/json")
     assert reply.status == 400, reply
