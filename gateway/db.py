@@ -34,7 +34,6 @@ DEFAULT_DATA_DIR = Path("var") / "pgdata"
 MAX_BIGINT = 2**63 - 1
 
 
-
 def utc_time(value: str, name: str) -> datetime:
     """An ISO 8601 time a client sent (a query parameter), in UTC; one without an offset is UTC, as asyncpg takes a
     naive datetime. ValueError, naming ``name``, for what is no such time or lies beyond year 9999 in UTC (asyncpg

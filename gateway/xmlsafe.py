@@ -22,7 +22,7 @@ _UTF8 = ("UTF-8", "UTF8")
 _BOM = b"\xef\xbb\xbf"
 #: What may come before a DOCTYPE: blanks, the XML declaration and other processing instructions, comments (in
 #: which "<a" is no start tag). The alternatives begin differently, so the match is linear.
-_PROLOG = re.compile(rb"(?:\s+|<\?.*?\?>|<!--.*?-->)*", re.S)
+_PROLOG = re.compile(rb"(?:\s|<\?.*?\?>|<!--.*?-->)*", re.S)
 _local = threading.local()
 
 
