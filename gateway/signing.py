@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -643,10 +644,9 @@ def _signing_certificate(
 
     trusted: list[_Certificate] = []
     for item in trusted_certs or ():
-        try:
-            trusted.append(_read_certificate(certificate_to_der(item)))
-        except ValueError:
-            continue  # an unreadable pin matches nothing
+        pinned = _pinned(bytes(item))
+        if pinned is not None:  # an unreadable pin matches nothing
+            trusted.append(pinned)
     if cert_el is not None:
         cert_path = f"{ki_path}/X509Data/X509Certificate"
         der = _b64(cert_el.text, "X509Certificate", cert_path)
@@ -729,6 +729,15 @@ class _Certificate:
 _OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 _OID_SM2_CURVE = "1.2.156.10197.1.301"
 _OID_SM2_WITH_SM3 = "1.2.156.10197.1.501"
+
+
+@functools.lru_cache(maxsize=4096)
+def _pinned(cert: bytes) -> _Certificate | None:
+    """A trusted certificate as read once (verify at ingest sees the same pins for every message)."""
+    try:
+        return _read_certificate(certificate_to_der(cert))
+    except ValueError:
+        return None
 
 
 def _read_certificate(der: bytes) -> _Certificate:
