@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -195,13 +196,16 @@ async def post_message(request: web.Request) -> web.Response:
     return json_response(result.body, result.http_status, headers)
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
+
+
 def _integer(query: Any, name: str, default: int) -> int:
     """An integer query parameter, ``default`` when absent; ValueError naming it otherwise."""
     raw = query.get(name)
     if raw is None:
         return default
     digits = raw.strip()
-    if not (digits.isascii() and digits.lstrip("+-").isdigit() and len(digits) <= 20):
+    if not _INTEGER.fullmatch(digits):
         raise ValueError(f"{name} must be an integer, found {raw!r}")
     return int(digits)
 

@@ -414,9 +414,7 @@ def decide(
                     "codes: only its parties may change, withdraw or declare it again",
                 )
             )
-        elif cur is not None and not cur.withdrawn and not cur.rejected and t not in ("2", "3"):
-            # A document customs rejected is not there for customs: it may be declared anew (appType 1, a newer
-            # appTime), the only way for a type that takes no change (a cancellation, CEB623).
+        elif cur is not None and not cur.withdrawn and not _declared_anew(cur) and t not in ("2", "3"):
             issues.append(
                 issue(
                     "state.duplicate",
@@ -456,18 +454,26 @@ def decide(
     return issues
 
 
+def _declared_anew(cur: Row) -> bool:
+    """Whether appType 1 may follow ``cur``: a first declaration customs rejected is not there for customs, so it
+    may be declared anew with a newer appTime — the only way for a type that takes no change (a cancellation,
+    CEB623). A rejected change is not: customs still holds the version before it."""
+    return cur.rejected and (cur.head.get("appType") or "1").strip() == "1"
+
+
 def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None) -> list[Issue]:
     """R12: a cancellation or return names a stored inventory, of the submitter's parties; a return's lines are
     items of that inventory, each no more than its qty."""
     ebc, order_no = new.row.key1, new.row.key2
+    if stored is not None and scope is not None and scope.isdisjoint(stored.parties):
+        # first, withdrawn or not: an outsider learns nothing of another tenant's inventory beyond that it is taken
+        return [Issue(Layer.RULE, "auth.not_your_document", new.doc.path,
+                      f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} carries none of this API key's "
+                      "enterprise codes")]  # fmt: skip
     if stored is None or stored.withdrawn:
         what = "was withdrawn" if stored is not None else "is not stored"
         return [issue("state.no_inventory", new.doc.path,
                       f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} it names {what}")]  # fmt: skip
-    if scope is not None and scope.isdisjoint(stored.parties):
-        return [Issue(Layer.RULE, "auth.not_your_document", new.doc.path,
-                      f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} carries none of this API key's "
-                      "enterprise codes")]  # fmt: skip
     items = {recon.gnum_key(line.get("gnum")): line for line in stored.lines}
     found: list[Issue] = []
     for i, line in enumerate(new.doc.lines):

@@ -20,6 +20,9 @@ DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # 100 documents of 99 lines stay well below
 
 _UTF8 = ("UTF-8", "UTF8")
 _BOM = b"\xef\xbb\xbf"
+#: The XML declaration's encoding, however long the declaration: read before parsing, as libxml2 refuses a UTF-8
+#: body that declares UTF-16 (or UTF-32) with a syntax error that names no encoding.
+_DECLARED = re.compile(rb"\s*<\?xml\s[^?>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
 #: What may come before a DOCTYPE: blanks, the XML declaration and other processing instructions, comments (in
 #: which "<a" is no start tag). The alternatives begin differently, so the match is linear.
 _PROLOG = re.compile(rb"(?:\s|<\?.*?\?>|<!--.*?-->)*", re.S)
@@ -56,6 +59,9 @@ def parse_xml(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
     if b"\x00" in body:  # every UTF-16 or UTF-32 document has them (libxml2 would read it); no UTF-8 XML has one
         raise _reject("parse.encoding", "CEB messages are UTF-8; the body holds NUL bytes (UTF-16 or UTF-32?)")
     start = 3 if body.startswith(_BOM) else 0
+    declared = _DECLARED.match(body, start)
+    if declared and declared.group(1).decode("ascii").replace("_", "-").upper() not in _UTF8:
+        raise _reject("parse.encoding", f"CEB messages are UTF-8; the document declares {declared.group(1).decode()}")
     if body.startswith(b"<!DOCTYPE", _PROLOG.match(body, start).end()):  # type: ignore[union-attr]
         raise _reject("parse.dtd_forbidden", "a DOCTYPE or entity declaration is not allowed in a CEB message")
     try:

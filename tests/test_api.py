@@ -365,7 +365,7 @@ async def test_odd_queries_bodies_and_header_bytes_are_client_errors(api: Client
                   "since=yesterday"):  # fmt: skip
         reply = await api.get("/v1/shipments?" + query)  # the console's list: test_console
         assert reply.status == 400 and reply.body["error"]["title"], (query, reply)
-    for query in ("limit=abc", "limit=1e3", "limit=" + "9" * 40):
+    for query in ("limit=abc", "limit=1e3", "limit=" + "9" * 40, "limit=--5", "limit=%2B-3"):
         reply = await api.get("/v1/shipments?" + query)
         assert reply.status == 400 and "limit must be an integer" in reply.body["error"]["title"], (query, reply)
     assert (await api.get("/v1/queue/dead?offset=-1")).status == 400

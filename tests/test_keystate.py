@@ -284,6 +284,10 @@ def test_a_cancellation_of_another_tenants_inventory_is_refused() -> None:
     assert [i.code for i in decide(news, current, frozenset({"STRANGER"}))] == ["auth.not_your_document"]
     assert decide(new_documents(cancel), current, frozenset({"EBC"})) == []
     assert [i.code for i in decide(new_documents(cancel), {}, None)] == ["state.no_inventory"]
+    # withdrawn or not, another tenant's inventory tells an outsider nothing more than that it is taken
+    gone = {inventory.key: dataclasses.replace(inventory, withdrawn=True)}
+    assert [i.code for i in decide(new_documents(cancel), gone, frozenset({"STRANGER"}))] == ["auth.not_your_document"]
+    assert [i.code for i in decide(new_documents(cancel), gone, frozenset({"EBC"}))] == ["state.no_inventory"]
 
 
 def test_a_document_customs_rejected_may_be_declared_anew_with_a_newer_app_time() -> None:
@@ -296,5 +300,10 @@ def test_a_document_customs_rejected_may_be_declared_anew_with_a_newer_app_time(
     assert decide(same, current) == [] and same[0].outcome == "ignored_older"
     kept = dataclasses.replace(stored, rejected=False)
     assert [i.code for i in decide(new_documents(_message("1", "20250301100009")), {kept.key: kept})] == [
+        "state.duplicate"
+    ]
+    # a rejected change is not: customs still holds the version before it
+    change = dataclasses.replace(stored, head={**stored.head, "appType": "2"})
+    assert [i.code for i in decide(new_documents(_message("1", "20250301100009")), {change.key: change})] == [
         "state.duplicate"
     ]

@@ -52,6 +52,8 @@ ATTACKS = {
     "utf16_declared": ('<?xml version="1.0" encoding="UTF-16"?><a>中</a>'.encode("utf-16"), "parse.encoding"),
     "utf16_undeclared_no_bom": ("<a>中</a>".encode("utf-16-le"), "parse.encoding"),
     "latin1_long_declaration": (LATIN1_LONG_DECLARATION, "parse.encoding"),
+    # UTF-8 bytes declaring UTF-16: libxml2 refuses them with a syntax error, the declaration says why
+    "utf16_declared_over_utf8": (b'<?xml version="1.0"' + b" " * 250 + b'encoding="UTF-16"?><a/>', "parse.encoding"),
     "doctype_after_a_comment": (b"<!-- <a --><!DOCTYPE a [<!ENTITY x 'y'>]><a>&x;</a>", "parse.dtd_forbidden"),
     "doctype_after_a_pi": (b'<?xml version="1.0"?>\n<?pi <b?><!DOCTYPE a SYSTEM "x"><a/>', "parse.dtd_forbidden"),
     "empty": (b"", "parse.empty"),
