@@ -84,9 +84,7 @@ class Corpus:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        key_pem, cert_pem = signing.generate_test_key("rsa", "cbec bench agent")
-        backend = signing.RsaSha1Key.from_pem(key_pem, cert_pem)
-        self._sign: Callable[[etree._Element], None] = lambda root: signing.sign(root, backend)
+        self._sign = signing.throwaway_signer("cbec bench agent")
         self.next_shipment = 0
 
     def shipments(self, count: int) -> list[Message]:

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -73,7 +73,9 @@ def validate_files(
         try:
             if body.lstrip()[:1] == b"{":  # a seller's JSON document set (docs/json-api.md)
                 if pipeline.signer is None:  # the gateway signs JSON inventories: a throwaway key stands in here
-                    pipeline.signer = _throwaway_signer()
+                    from gateway.signing import throwaway_signer
+
+                    pipeline.signer = throwaway_signer("cbec validate (throwaway)")
                 checked = pipeline.check_json_body(body)
             else:
                 checked = pipeline.check(body)
@@ -85,15 +87,6 @@ def validate_files(
             entry["valid"] = True
         results.append(entry)
     return results, unreadable
-
-
-def _throwaway_signer() -> Callable[[Any], None]:
-    """Signs like the gateway does a JSON inventory, with a key made for this run (only the signature's presence
-    and shape are judged offline)."""
-    from gateway import signing
-
-    backend = signing.RsaSha1Key.from_pem(*signing.generate_test_key("rsa", "cbec validate (throwaway)"))
-    return lambda root: signing.sign(root, backend)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

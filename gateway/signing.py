@@ -783,6 +783,13 @@ def _sm2_point_from_spki(spki: bytes) -> tuple[int, int]:
     return _sm2_decode_point(key[1][1:])
 
 
+def throwaway_signer(common_name: str) -> Callable[[etree._Element], None]:
+    """Signs (RSA-SHA1) with a TEST key made for this process: the benchmark's corpus, ``cbec validate``'s JSON
+    inventories — where a signature's presence and shape matter, never for customs."""
+    backend = RsaSha1Key.from_pem(*generate_test_key("rsa", common_name))
+    return lambda root: sign(root, backend)
+
+
 def generate_test_key(kind: Literal["rsa", "sm2"], common_name: str, *, days: int = 3650) -> tuple[bytes, bytes]:
     """A TEST key and self-signed certificate (PEM key, PEM certificate) for the sandbox and tests.
 
