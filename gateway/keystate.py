@@ -809,7 +809,7 @@ def _judge(
     # some waybill of its orderNo is held by no keyed shipment; deciding that needs every waybill of the orderNo
     # read, and the inventories naming them — unless a keyed shipment of that orderNo holds them all.
     lone_orders = list(dict.fromkeys([*blanks, *holding]))
-    with_keyed = live.keyed_orders()
+    with_keyed = live.keyed_orders() if lone_orders else set()
     for order_no in lone_orders:
         if order_no not in with_keyed:
             more.waybill_orders.add(order_no)
