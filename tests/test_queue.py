@@ -11,7 +11,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -591,6 +591,80 @@ async def test_lease_expiry_on_the_last_attempt_is_dead(pool: asyncpg.Pool) -> N
         await asyncio.sleep(0.1)
         [reaped] = await cbec_queue.reap_expired(conn)
     assert reaped["id"] == job_id and reaped["state"] == "dead"
+
+
+class HookLog:
+    """An application's hook on dead letters: it writes what it saw in the moving transaction (a table of its own),
+    then fails with ``fail`` when one is given."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.seen: list[tuple[int, str, dict[str, Any], str | None]] = []
+        self.fail = fail
+
+    async def __call__(self, conn: asyncpg.Connection, moved: Sequence[cbec_queue.JobMoved]) -> None:
+        self.seen += [(m.id, m.state, m.payload, m.last_error) for m in moved]
+        await conn.executemany("INSERT INTO hook_log (job_id, state) VALUES ($1, $2)", [(m.id, m.state) for m in moved])
+        if self.fail == "bug":
+            raise ValueError("a bug in the hook")
+        if self.fail == "deadlock":
+            await conn.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = 'deadlock_detected'; END $$")
+
+    @staticmethod
+    async def rows(conn: asyncpg.Connection) -> list[tuple[int, str]]:
+        return [tuple(r) for r in await conn.fetch("SELECT job_id, state FROM hook_log ORDER BY id")]
+
+
+@pytest.mark.db
+async def test_hooks_follow_dead_letters_and_replays_in_their_transaction(pool: asyncpg.Pool) -> None:
+    hook = HookLog()
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE hook_log (id serial PRIMARY KEY, job_id bigint, state text)")
+        refused = await cbec_queue.enqueue(conn, endpoint="a", kind="k", payload={"n": 1})
+        abandoned = await cbec_queue.enqueue(conn, endpoint="b", kind="k", payload={"n": 2}, max_attempts=1)
+        again = await cbec_queue.enqueue(conn, endpoint="b", kind="k", payload={"n": 3}, max_attempts=5)
+
+    async def refuse(job: Job) -> None:
+        raise PermanentError("customs says no")
+
+    # a handler's final failure
+    async with running(Worker(pool, {"a": refuse}, on_dead=hook, **fast())):
+        await wait_until(holds(pool, "SELECT state = 'dead' FROM jobs WHERE id = $1", refused))
+    assert hook.seen == [(refused, "dead", {"n": 1}, "PermanentError: customs says no")]
+    # a lease that ran out on the last attempt; the job with attempts left goes back to the queue, unseen
+    async with pool.acquire() as conn:
+        await cbec_queue.claim(conn, worker_id="crashed", lease_s=0.05, endpoint="b", limit=2)
+        await asyncio.sleep(0.1)
+        reaped = await cbec_queue.reap_expired(conn, on_dead=hook)
+        assert sorted((r["id"], r["state"]) for r in reaped) == [(abandoned, "dead"), (again, "queued")]
+        assert hook.seen[1:] == [(abandoned, "dead", {"n": 2}, "lease expired (worker crashed)")]
+        # replayed: the hook sees them queued again
+        assert await cbec_queue.replay(conn, all=True, on_replayed=hook) == 2
+        assert hook.seen[2:] == [(refused, "queued", {"n": 1}, None), (abandoned, "queued", {"n": 2}, None)]
+        assert await HookLog.rows(conn) == [(refused, "dead"), (abandoned, "dead"), (refused, "queued"),
+                                            (abandoned, "queued")]  # fmt: skip
+
+
+@pytest.mark.db
+async def test_a_failing_hook_never_stops_the_queue_and_a_deadlock_undoes_the_move(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE hook_log (id serial PRIMARY KEY, job_id bigint, state text)")
+        job_id = await cbec_queue.enqueue(conn, endpoint="a", kind="k", payload={})
+        [job] = await cbec_queue.claim(conn, worker_id="w", lease_s=5, endpoint="a")
+        # a bug in the application's hook: logged, its writes undone, the job dead all the same
+        with capture_logs() as logs:
+            assert await cbec_queue.record_dead(
+                conn, job, reason="permanent", error=PermanentError("no"), outcome="permanent", on_dead=HookLog("bug")
+            )
+        assert await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "dead"
+        assert await HookLog.rows(conn) == []
+        assert [e["job_ids"] for e in logs if e["event"] == "jobs_hook_failed"] == [[job_id]]
+        # a deadlock in the hook: nothing moves (the caller tries the whole again), so the two never disagree
+        with pytest.raises(asyncpg.DeadlockDetectedError):
+            await cbec_queue.replay(conn, job_ids=[job_id], on_replayed=HookLog("deadlock"))
+        assert await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "dead"
+        assert await HookLog.rows(conn) == []
+        assert await cbec_queue.replay(conn, job_ids=[job_id], on_replayed=HookLog()) == 1
+        assert await HookLog.rows(conn) == [(job_id, "queued")]
 
 
 @pytest.mark.db

@@ -8,7 +8,7 @@ claimed while an earlier one sharing a key is queued or running. Schema: gateway
 """
 
 from .errors import LeaseLost, PermanentError, QueueError, TransientError
-from .jobs import CHANNEL, Job, JobState, Outcome
+from .jobs import CHANNEL, Job, JobMoved, JobsHook, JobState, Outcome
 from .limits import BreakerSettings, CircuitBreaker, CircuitRegistry, CircuitState, Rate, TokenBucket, circuits
 from .policy import Decision, RetryPolicy, classify
 from .store import (
@@ -42,7 +42,9 @@ __all__ = [
     "Decision",
     "Handler",
     "Job",
+    "JobMoved",
     "JobState",
+    "JobsHook",
     "LeaseLost",
     "Outcome",
     "PermanentError",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import asyncpg
 
 JobState = Literal["queued", "running", "done", "dead"]
 Outcome = Literal["ok", "transient", "permanent", "lease_expired", "replayed"]
@@ -55,3 +58,21 @@ class Job:
             lease_until=r["lease_until"],
             ordering_keys=tuple(r["ordering_keys"] or ()),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class JobMoved:
+    """A job that went to the dead letters (``state`` 'dead') or came back from them ('queued'), as a hook sees it."""
+
+    id: int
+    endpoint: str
+    kind: str
+    payload: dict[str, Any]
+    state: JobState
+    last_error: str | None = None
+
+
+#: An application's hook on jobs moving in or out of the dead letters (``Worker(on_dead=...)``,
+#: ``replay(on_replayed=...)``): called on the connection and in the transaction that moves them, so that what
+#: the application keeps about them commits (or not) with the move itself.
+JobsHook = Callable[["asyncpg.Connection", Sequence[JobMoved]], Awaitable[None]]

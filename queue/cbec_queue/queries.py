@@ -220,7 +220,8 @@ WITH expired AS MATERIALIZED (
         last_error = 'lease expired (worker ' || e.locked_by || ')'
     FROM expired e
     WHERE j.id = e.id
-    RETURNING j.id, j.endpoint, j.state, j.attempts, e.locked_by, j.ordering_keys IS NOT NULL AS ordered
+    RETURNING j.id, j.endpoint, j.kind, j.payload, j.last_error, j.state, j.attempts, e.locked_by,
+              j.ordering_keys IS NOT NULL AS ordered
 ), att AS (
     UPDATE job_attempts ja
     SET finished_at = now(), outcome = 'lease_expired', error = 'lease expired',
@@ -228,7 +229,7 @@ WITH expired AS MATERIALIZED (
     FROM expired e
     WHERE ja.job_id = e.id AND ja.replay = e.replays AND ja.attempt = e.attempts
 )
-SELECT u.id, u.endpoint, u.state, u.attempts, u.locked_by,
+SELECT u.id, u.endpoint, u.kind, u.payload, u.last_error, u.state, u.attempts, u.locked_by,
        CASE WHEN u.state = 'queued' OR u.ordered THEN pg_notify('cbec_jobs', u.endpoint) END AS notified
 FROM upd u
 """
@@ -261,12 +262,12 @@ WITH cand AS MATERIALIZED (
         finished_at = NULL, dead_reason = NULL, updated_at = now()
     FROM chosen c
     WHERE j.id = c.id
-    RETURNING j.id, j.endpoint, j.replays
+    RETURNING j.id, j.endpoint, j.kind, j.payload, j.replays
 ), marker AS (
     INSERT INTO job_attempts (job_id, replay, attempt, started_at, finished_at, outcome, error)
     SELECT id, replays, 0, now(), now(), 'replayed', $4::text FROM upd
 )
-SELECT id, pg_notify('cbec_jobs', endpoint) FROM upd
+SELECT id, endpoint, kind, payload, pg_notify('cbec_jobs', endpoint) FROM upd ORDER BY id
 """
 
 # Seconds until the next queued job of these endpoints is due (negative: overdue; NULL: none queued), leaving

@@ -20,7 +20,7 @@ import structlog
 
 from . import queries as q
 from .errors import LeaseLost
-from .jobs import Job, Outcome
+from .jobs import Job, JobMoved, JobsHook, JobState, Outcome
 from .limits import circuits
 
 log = structlog.get_logger("cbec_queue")
@@ -165,12 +165,44 @@ async def record_dead(
     error: BaseException,
     outcome: Outcome,
     duration_ms: int | None = None,
+    on_dead: JobsHook | None = None,
 ) -> bool:
-    """Close the failed attempt and move the job to the dead letters. False when the claim was lost."""
-    return await _finish(
-        conn, job, state="dead", outcome=outcome, dead_reason=reason,
-        last_error=short_error(error), error=error_detail(error), duration_ms=duration_ms,
-    )  # fmt: skip
+    """Close the failed attempt and move the job to the dead letters. False when the claim was lost.
+
+    ``on_dead`` runs in the same transaction once the job is dead (see :func:`_follow`)."""
+
+    async def finish() -> bool:
+        return await _finish(
+            conn, job, state="dead", outcome=outcome, dead_reason=reason,
+            last_error=short_error(error), error=error_detail(error), duration_ms=duration_ms,
+        )  # fmt: skip
+
+    if on_dead is None:
+        return await finish()
+    async with conn.transaction():
+        if not await finish():
+            return False
+        moved = JobMoved(job.id, job.endpoint, job.kind, job.payload, "dead", short_error(error))
+        await _follow(conn, on_dead, [moved])
+    return True
+
+
+async def _follow(conn: asyncpg.Connection, hook: JobsHook | None, moved: Sequence[JobMoved]) -> None:
+    """Run an application's hook on jobs moved in or out of the dead letters, in the caller's transaction and in a
+    savepoint of its own. A hook that fails for want of the database (or in a deadlock) fails the whole move, which
+    is then tried again as any write is; a hook that fails otherwise (a bug) is logged and undone alone: the
+    queue's own progress never waits on application code."""
+    if hook is None or not moved:
+        return
+    try:
+        async with conn.transaction():
+            await hook(conn, moved)
+    except (
+        asyncpg.TransactionRollbackError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError
+    ):  # fmt: skip
+        raise
+    except Exception:
+        log.exception("jobs_hook_failed", job_ids=[m.id for m in moved], state=moved[0].state)
 
 
 async def mark_done(conn: asyncpg.Connection, job: Job, *, duration_ms: int | None = None) -> None:
@@ -243,14 +275,22 @@ async def reap_expired(
     max_attempts_by_endpoint: Mapping[str, int] | None = None,
     default_max_attempts: int | None = None,
     limit: int = 1000,
+    on_dead: JobsHook | None = None,
 ) -> list[dict[str, Any]]:
     """Re-queue jobs whose lease ran out (recording a lease_expired attempt), or dead-letter those that
-    used all their attempts (job's max_attempts, else the map, else the default; None = never).
+    used all their attempts (job's max_attempts, else the map, else the default; None = never). ``on_dead`` runs
+    in the same transaction for the jobs dead-lettered (see :func:`_follow`).
 
     Returns one dict per reaped job: id, endpoint, state (queued|dead), attempts, locked_by (the lost owner).
     """
     limits = dict(max_attempts_by_endpoint or {})
-    rows = await conn.fetch(q.REAP, list(limits), list(limits.values()), default_max_attempts, limit)
+    args = (list(limits), list(limits.values()), default_max_attempts, limit)
+    if on_dead is None:
+        rows = await conn.fetch(q.REAP, *args)
+    else:
+        async with conn.transaction():
+            rows = await conn.fetch(q.REAP, *args)
+            await _follow(conn, on_dead, [_moved(r) for r in rows if r["state"] == "dead"])
     reaped = [
         {"id": r["id"], "endpoint": r["endpoint"], "state": r["state"], "attempts": r["attempts"],
          "locked_by": r["locked_by"]}
@@ -270,19 +310,36 @@ async def replay(
     kind: str | None = None,
     all: bool = False,
     note: str | None = None,
+    on_replayed: JobsHook | None = None,
 ) -> int:
     """Move dead jobs matching every given filter back to queued with attempts reset; returns the count.
 
     History is kept and a 'replayed' marker (with `note`) opens a new round. Without any filter `all=True`
-    is required, so an empty call cannot replay the whole dead-letter queue by accident.
+    is required, so an empty call cannot replay the whole dead-letter queue by accident. ``on_replayed`` runs in
+    the same transaction for the jobs replayed (see :func:`_follow`).
     """
     if job_ids is None and endpoint is None and kind is None and not all:
         raise ValueError("replay() needs job_ids, endpoint, kind or all=True")
     ids = None if job_ids is None else [int(i) for i in job_ids]
-    rows = await conn.fetch(q.REPLAY, ids, endpoint, kind, note or "replayed")
+    args = (ids, endpoint, kind, note or "replayed")
+    if on_replayed is None:
+        rows = await conn.fetch(q.REPLAY, *args)
+    else:
+        async with conn.transaction():
+            rows = await conn.fetch(q.REPLAY, *args)
+            await _follow(conn, on_replayed, [_moved(r, "queued") for r in rows])
     if rows:
         log.info("jobs_replayed", count=len(rows), endpoint=endpoint, kind=kind)
     return len(rows)
+
+
+def _moved(r: asyncpg.Record, state: JobState | None = None) -> JobMoved:
+    payload = r["payload"]
+    return JobMoved(
+        id=r["id"], endpoint=r["endpoint"], kind=r["kind"],
+        payload=json.loads(payload) if isinstance(payload, str) else dict(payload),
+        state=state or r["state"], last_error=r.get("last_error"),
+    )  # fmt: skip
 
 
 async def next_due_in(conn: asyncpg.Connection, endpoints: Sequence[str]) -> float | None:

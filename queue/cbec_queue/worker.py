@@ -23,7 +23,7 @@ import asyncpg
 import structlog
 
 from . import store
-from .jobs import CHANNEL, Job
+from .jobs import CHANNEL, Job, JobsHook
 from .limits import BreakerSettings, CircuitBreaker, CircuitState, Rate, TokenBucket, circuits
 from .policy import RetryPolicy, classify
 
@@ -76,7 +76,9 @@ class Worker:
     """Runs the handlers of some endpoints. Several workers (in several processes) may share one database.
 
     `handlers` maps endpoint -> handler. Limits (concurrency, rate, circuit breaker) are per endpoint and
-    per worker. The pool needs at least 2 connections: one is held for LISTEN.
+    per worker. The pool needs at least 2 connections: one is held for LISTEN. `on_dead` is called in the
+    transaction that moves jobs to the dead letters (a final failure, or a lease that ran out on the last attempt),
+    so that the application's record of them follows in the same commit.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class Worker:
         reconnect_policy: RetryPolicy = RECONNECT_POLICY,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        on_dead: JobsHook | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("a worker needs at least one handler")
@@ -118,6 +121,7 @@ class Worker:
         self.shutdown_grace_s = shutdown_grace_s
         self.handler_timeout_s = handler_timeout_s
         self.reconnect_policy = reconnect_policy
+        self.on_dead = on_dead
         self._clock = clock
         self._rng = rng or random.Random()
         policies = policy_by_endpoint or {}
@@ -375,8 +379,9 @@ class Worker:
 
                 async def write(conn: asyncpg.Connection) -> bool:
                     return await store.record_dead(
-                        conn, job, reason=decision.reason, error=error, outcome=outcome, duration_ms=duration_ms
-                    )
+                        conn, job, reason=decision.reason, error=error, outcome=outcome, duration_ms=duration_ms,
+                        on_dead=self.on_dead,
+                    )  # fmt: skip
 
         self._log_breaker(ep, before)
         applied = await self._write_with_retry(write, ctx)
@@ -506,7 +511,7 @@ class Worker:
         while not stop.is_set():  # first pass at once: a worker starting after a crash reaps its leftovers
             try:
                 async with self.pool.acquire() as conn:
-                    await store.reap_expired(conn, max_attempts_by_endpoint=limits)
+                    await store.reap_expired(conn, max_attempts_by_endpoint=limits, on_dead=self.on_dead)
             except Exception as e:
                 log.warning("reap_failed", worker_id=self.worker_id, error=store.short_error(e))
             # Jitter so that many workers do not reap in lockstep.
