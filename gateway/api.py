@@ -384,8 +384,9 @@ async def post_replay(request: web.Request) -> web.Response:
     principal = _principal(request)
     async with request.app[POOL].acquire() as conn:
         count = await cbec_queue.replay(
-            conn, job_ids=job_ids, endpoint=endpoint, all=everything, note=f"replayed by {principal.name} (API)"
-        )
+            conn, job_ids=job_ids, endpoint=endpoint, all=everything, note=f"replayed by {principal.name} (API)",
+            on_replayed=request.app[OUTBOX].deliveries_replayed,
+        )  # fmt: skip
     log.info("dead_letters_replayed", count=count, endpoint=endpoint, job_ids=job_ids, all=everything)
     return json_response({"replayed": count})
 
@@ -449,7 +450,9 @@ def create_app(
     app.router.add_post("/v1/queue/replay", post_replay)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
-    setup_console(app, pool_key=POOL, keys_key=KEYS, endpoints=_configured_endpoints(app))
+    setup_console(
+        app, pool_key=POOL, keys_key=KEYS, endpoints=_configured_endpoints(app), on_replayed=outbox.deliveries_replayed
+    )
     setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app))
 
     async def finish_batches(app: web.Application) -> None:

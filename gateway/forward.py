@@ -25,10 +25,11 @@ from gateway import receipts as rc
 from gateway.config import DEFAULT_ROUTES, ForwardingSettings, RouteSettings, WebhookSettings
 from gateway.messages import lookup
 
-#: documents.forward_state values (gateway/sql/020_forwarding.sql).
-FORWARD_STATES = ("none", "held", "queued", "sent", "receipted", "rejected")
-#: shipments.customs_status values, in the order a shipment normally goes through them.
-SHIPMENT_CUSTOMS_STATUSES = ("pending", "declared", "accepted", "released", "rejected")
+#: documents.forward_state values (gateway/sql/020_forwarding.sql, 130_delivery_failed.sql).
+FORWARD_STATES = ("none", "held", "queued", "sent", "receipted", "rejected", "failed")
+#: shipments.customs_status values, in the order a shipment normally goes through them, then the two that need
+#: someone: customs rejected a leg, or a leg's delivery to customs failed (its job is a dead letter).
+SHIPMENT_CUSTOMS_STATUSES = ("pending", "declared", "accepted", "released", "rejected", "failed")
 
 WEBHOOK_EVENT = "shipment.customs_status_changed"
 
@@ -248,7 +249,11 @@ class LegState:
 
 
 def shipment_customs_status(legs: Iterable[LegState]) -> tuple[str, str | None]:
-    """(status, info) of a shipment from its current legs; see gateway/sql/020_forwarding.sql."""
+    """(status, info) of a shipment from its current legs; see gateway/sql/020_forwarding.sql.
+
+    A leg whose delivery failed makes the shipment ``failed`` only while customs has not accepted its inventory:
+    customs' own word on the inventory stands (and a released shipment never goes back, so its warehouse order
+    and its sellers' webhook are never set off twice)."""
     legs = list(legs)
     inventory = next((leg for leg in legs if leg.kind == "inventory"), None)
     for leg in legs:
@@ -262,6 +267,9 @@ def shipment_customs_status(legs: Iterable[LegState]) -> tuple[str, str | None]:
             return "released", inventory.customs_info
         if inventory.customs_rank >= rc.RANK_ACCEPTED:
             return "accepted", inventory.customs_info
+    failed = next((leg for leg in legs if leg.forward_state == "failed"), None)
+    if failed is not None:
+        return "failed", f"{failed.kind}: delivery to customs failed (a dead letter: replay it once the cause is fixed)"
     if any(leg.forward_state in ("sent", "receipted") for leg in legs):
         return "declared", None
     return "pending", None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.forward import FORWARD_STATES, SHIPMENT_CUSTOMS_STATUSES
 from gateway.render import JSON_TYPES, json_schema
 
 _ISSUE = {
@@ -104,7 +105,7 @@ OPENAPI: dict[str, Any] = {
                     {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
                     for n, d in (
                         ("state", "incomplete | matched | mismatched"),
-                        ("customs_status", "pending | declared | accepted | released | rejected"),
+                        ("customs_status", " | ".join(SHIPMENT_CUSTOMS_STATUSES)),
                         ("ebpCode", "platform code"),
                         ("ebcCode", "e-commerce enterprise code"),
                         ("since", "ISO 8601 time, updated at or after"),
@@ -123,8 +124,8 @@ OPENAPI: dict[str, Any] = {
         "/v1/shipments/{ebpCode}/{orderNo}": {
             "get": {
                 "summary": "One shipment: documents (current and history), state, missing legs, findings; "
-                "customs_status (pending | declared | accepted | released | rejected) and, per document, forward_state "
-                "(none | held | queued | sent | receipted | rejected), customs {code, rank, name, info, time}, "
+                f"customs_status ({' | '.join(SHIPMENT_CUSTOMS_STATUSES)}) and, per document, forward_state "
+                f"({' | '.join(FORWARD_STATES)}), customs {{code, rank, name, info, time}}, "
                 "transmissions (jobs with their attempts) and receipts",
                 "parameters": [
                     {"name": "ebpCode", "in": "path", "required": True, "schema": {"type": "string"},

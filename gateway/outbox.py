@@ -12,6 +12,9 @@
 * :meth:`Outbox.record_sent` is the customs handler's commit: the message is ``sent`` and the job done
   in one transaction (fenced by the claim), shared by the deliveries that finish together.
 * :meth:`Outbox.watchdog` flags messages sent without a receipt for too long and re-sends them.
+* :meth:`Outbox.deliveries_dead` and :meth:`Outbox.deliveries_replayed` are the queue's hooks, in the transaction
+  that moves a customs delivery to the dead letters or back: its message is ``failed``, or ``queued`` again, and
+  its shipments' customs_status follows.
 
 Every declaration job (at ingest, released from a hold, re-sent) carries the business keys of its message's
 documents as queue ordering keys (gateway.forward.ordering_key), so per endpoint a later version of a document
@@ -299,7 +302,7 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
                   LIMIT 1)) AS l) AS legs
   FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
        LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = k.ebp AND s.order_no = k.ono OFFSET 0) AS s
- WHERE NOT $3::bool OR s.customs_status = 'pending'
+ WHERE NOT $3::bool OR s.customs_status IN ('pending', 'failed')
 """
 
 SET_SHIPMENT_CUSTOMS = """
@@ -310,10 +313,11 @@ UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, cust
 """
 
 #: Customs deliveries succeeded ($1 message ids): sent (a receipt may have come first: then it stays); a sent
-#: document without a receipt is awaited from now (sql/100_receipts_awaited.sql).
+#: document without a receipt is awaited from now (sql/100_receipts_awaited.sql). ('failed': a delivery replayed
+#: while its hook could not run still ends sent.)
 MARK_SENT = """
 WITH sent AS (
-    UPDATE documents SET forward_state = CASE WHEN forward_state IN ('none', 'held', 'queued') THEN 'sent'
+    UPDATE documents SET forward_state = CASE WHEN forward_state IN ('none', 'held', 'queued', 'failed') THEN 'sent'
                                               ELSE forward_state END,
                          sent_at = now()
      WHERE message_id = ANY ($1::bigint[])
@@ -330,11 +334,12 @@ MESSAGE_DOCUMENTS = (
 )
 
 #: Re-send bookkeeping for messages ($1 ids) still under the limit ($2): count it; a 'sent' message goes
-#: back to 'queued' (so that the watchdog leaves it alone until it is sent again). Per document: what the
-#: re-send job needs (its mode for the routes, its business key for the ordering keys).
+#: back to 'queued' (so that the watchdog leaves it alone until it is sent again), and so does a 'failed' one (a
+#: live delivery again). Per document: what the re-send job needs (its mode for the routes, its business key for
+#: the ordering keys).
 COUNT_RESEND = """
 UPDATE documents AS d SET repushes = d.repushes + 1,
-       forward_state = CASE WHEN d.forward_state = 'sent' THEN 'queued' ELSE d.forward_state END
+       forward_state = CASE WHEN d.forward_state IN ('sent', 'failed') THEN 'queued' ELSE d.forward_state END
  WHERE d.message_id = ANY ($1::bigint[]) AND d.repushes < $2
 RETURNING d.message_id, d.repushes, d.head ->> 'tradeMode' AS mode, d.message_type, d.key1, d.key2
 """
@@ -360,6 +365,23 @@ WITH flagged AS (
      WHERE a.document_id = ANY (ARRAY(SELECT id FROM flagged WHERE forward_state <> 'sent'))
 )
 SELECT message_id, repushes, forward_state, mode, message_type, key1, key2 FROM flagged
+"""
+
+#: Customs deliveries gone to the dead letters ($1 message ids, $2 their guids): the documents waiting for them
+#: are 'failed', unless the message has another live delivery to customs (a re-send queued or running).
+DELIVERY_FAILED = """
+UPDATE documents AS d SET forward_state = 'failed'
+  FROM unnest($1::bigint[], $2::text[]) AS x(message_id, guid)
+ WHERE d.message_id = x.message_id AND d.message_id = ANY ($1::bigint[]) AND d.forward_state = 'queued'
+   AND NOT EXISTS (SELECT 1 FROM jobs AS j
+                    WHERE j.payload ? 'guid' AND j.payload ->> 'guid' = x.guid AND j.payload ? 'cop_msg_id'
+                      AND j.state IN ('queued', 'running'))
+RETURNING d.id
+"""
+#: Dead customs deliveries replayed ($1 message ids): their documents wait for them again.
+DELIVERY_REPLAYED = """
+UPDATE documents SET forward_state = 'queued' WHERE message_id = ANY ($1::bigint[]) AND forward_state = 'failed'
+RETURNING id
 """
 
 MESSAGE_HEADS = "SELECT id, guid, message_type FROM messages WHERE id = ANY ($1::bigint[])"
@@ -675,7 +697,8 @@ class Outbox:
             if sent:
                 await conn.execute(MARK_SENT, sorted(sent))
                 # A send can change only a pending shipment's status (to declared: see
-                # gateway.forward.shipment_customs_status; it moves no leg out of rejected and no rank).
+                # gateway.forward.shipment_customs_status; it moves no leg out of rejected and no rank), or a
+                # failed one's (a delivery replayed while its hook could not run).
                 await self._refresh_shipments(conn, shipments, only_pending=True)
         return {i: None if i.job.id in done else _lease_lost(i.job) for i in items}
 
@@ -701,7 +724,7 @@ class Outbox:
     async def _refresh_shipments(
         self, conn: asyncpg.Connection, shipments: Iterable[tuple[str, str]], *, only_pending: bool = False
     ) -> None:
-        """Recompute customs_status of the shipments (``only_pending``: of those still pending) from their current
+        """Recompute customs_status of the shipments (``only_pending``: of those pending or failed) from their current
         legs; on a change tell the sellers and, once released, the warehouse."""
         ships = sorted(set(shipments))
         if not ships:
@@ -747,6 +770,43 @@ class Outbox:
                 [c[0] for c in changed], [c[1] for c in changed], [c[2] for c in changed], [c[3] for c in changed],
             )  # fmt: skip
         await enqueue_all(conn, jobs)
+
+    # -- a delivery went to the dead letters, or back ------------------------------------------------------
+
+    async def deliveries_dead(self, conn: asyncpg.Connection, moved: Sequence[cbec_queue.JobMoved]) -> None:
+        """cbec_queue's ``on_dead`` hook, in the transaction that dead-letters the jobs: a message whose delivery to
+        customs failed for good is ``failed``, and so are its shipments that customs has not accepted yet
+        (gateway.forward.shipment_customs_status): operators find them by that status, sellers hear of it."""
+        await self._follow_deliveries(conn, moved, failed=True)
+
+    async def deliveries_replayed(self, conn: asyncpg.Connection, moved: Sequence[cbec_queue.JobMoved]) -> None:
+        """cbec_queue's ``on_replayed`` hook, in the replay's transaction: the failed message waits for its
+        delivery again (``queued``) and its shipments' customs_status follows."""
+        await self._follow_deliveries(conn, moved, failed=False)
+
+    async def _follow_deliveries(
+        self, conn: asyncpg.Connection, moved: Sequence[cbec_queue.JobMoved], *, failed: bool
+    ) -> None:
+        declared: dict[int, str] = {}  # message id -> guid, of customs deliveries (their payload has a CopMsgId)
+        for m in moved:
+            message_id, guid = m.payload.get("message_id"), m.payload.get("guid")
+            if isinstance(message_id, int) and isinstance(guid, str) and m.payload.get("cop_msg_id"):
+                declared[message_id] = guid
+        if not declared:
+            return
+        ids = sorted(declared)
+        docs = [_Doc.of(r) for r in await conn.fetch(MESSAGE_DOCUMENTS, ids)]
+        shipments = await self._lock_shipments_of(conn, docs)
+        if failed:
+            rows = await conn.fetch(DELIVERY_FAILED, ids, [declared[i] for i in ids])
+        else:
+            rows = await conn.fetch(DELIVERY_REPLAYED, ids)
+        if rows:
+            (log.warning if failed else log.info)(
+                "delivery_failed" if failed else "delivery_replayed", message_guids=[declared[i] for i in ids],
+                documents=len(rows),
+            )  # fmt: skip
+            await self._refresh_shipments(conn, shipments)
 
     # -- receipts -------------------------------------------------------------------------------------------
 

@@ -32,7 +32,14 @@ from gateway import db, logs
 from gateway.api import OUTBOX, PIPELINE, create_app
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings
 from gateway.metrics import shared_across_processes
-from gateway.workers import Forwarding, build_router, default_sandbox_url, effective_endpoints, uses_sandbox
+from gateway.workers import (
+    Forwarding,
+    build_router,
+    default_sandbox_url,
+    effective_endpoints,
+    routing_router,
+    uses_sandbox,
+)
 
 log = structlog.get_logger("gateway.server")
 
@@ -149,9 +156,7 @@ async def serve(
                 log.info("migrations_applied", names=applied)
             if not api_only:
                 await db.fold_kept_counts(pool)
-            # The router needs the endpoints' names and kinds only; the sandbox's address comes later.
-            router = build_router(fwd, effective_endpoints(fwd, sandbox_url="http://sandbox")) if fwd.enabled else None
-            app = create_app(settings, pool, signer=agent_signer(settings), router=router)
+            app = create_app(settings, pool, signer=agent_signer(settings), router=routing_router(fwd))
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             shared = settings.processes > 1 or api_only
@@ -419,16 +424,21 @@ async def run_worker(
 
 
 async def replay(settings: Settings, *, job_ids: list[int] | None, endpoint: str | None, everything: bool) -> int:
-    """``cbec replay``: dead letters back to the queue; returns how many."""
+    """``cbec replay``: dead letters back to the queue; returns how many. Their messages wait for them again and
+    their shipments' customs status follows (gateway.outbox.Outbox.deliveries_replayed)."""
     import cbec_queue
+
+    from gateway.outbox import Outbox
 
     logs.configure(settings.log_format, settings.log_level)
     async with database(settings) as dsn:
         pool = await db.create_pool(dsn, min_size=1, max_size=2)
         try:
+            outbox = Outbox(pool, routing_router(settings.forwarding))
             async with pool.acquire() as conn:
                 return await cbec_queue.replay(
-                    conn, job_ids=job_ids, endpoint=endpoint, all=everything, note="replayed from the command line"
-                )
+                    conn, job_ids=job_ids, endpoint=endpoint, all=everything, note="replayed from the command line",
+                    on_replayed=outbox.deliveries_replayed,
+                )  # fmt: skip
         finally:
             await pool.close()

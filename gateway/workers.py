@@ -115,6 +115,12 @@ def build_router(fwd: ForwardingSettings, endpoints: Sequence[EndpointSettings])
     return router
 
 
+def routing_router(fwd: ForwardingSettings) -> Router | None:
+    """The router of a process that routes without delivering (the API, ``cbec replay``): it needs the endpoints'
+    names and kinds only, not the sandbox's address. None when forwarding is off."""
+    return build_router(fwd, effective_endpoints(fwd, sandbox_url="http://sandbox")) if fwd.enabled else None
+
+
 # --- adapters and handlers ---------------------------------------------------------------------------------
 
 
@@ -266,6 +272,7 @@ def build_worker(
         },
         lease_s=lease_s,
         poll_interval_s=poll_interval_s,
+        on_dead=delivery.outbox.deliveries_dead,
         **kwargs,
     )
 
@@ -554,6 +561,7 @@ __all__ = [
     "default_sandbox_url",
     "effective_endpoints",
     "inbox_handler",
+    "routing_router",
     "run_watchdog",
     "sandbox_endpoints",
     "shipment_key",

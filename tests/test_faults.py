@@ -15,13 +15,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import cbec_queue
 import pytest
+from cbec_queue import PermanentError
 
 from gateway import db
 from gateway.api import OUTBOX
-from gateway.config import RetrySettings
+from gateway.config import RetrySettings, WebhookSettings
 from gateway.sandbox import start_sandbox
 from tests.apiutil import ADMIN, OPERATOR
+from tests.consoleutil import ConsoleClient
 from tests.forwardutil import CUSTOMS_KEY, Stack, legs, running_stack, shipment, version_of, wait_for
 
 pytestmark = pytest.mark.db
@@ -94,6 +97,15 @@ async def test_poison_and_exhausted_messages_dead_letter_then_replay_delivers(db
         assert [h["outcome"] for h in by_reason["max_attempts"]["history"]] == ["transient"] * 3
         queue = {e["endpoint"]: e for e in (await stack.client.get("/v1/queue", key=OPERATOR)).body["endpoints"]}
         assert queue["customs"]["dead"] == 2
+        # their orders did not reach customs: failed, and so are their shipments, where operators look
+        for p in (poison, failing):
+            doc = (await stack.client.get(f"/v1/shipments/{p['documents'][0]['ebpCode']}/"
+                                          f"{p['documents'][0]['orderNo']}", key=OPERATOR)).body  # fmt: skip
+            assert doc["customs_status"] == "failed", doc
+            assert doc["customs_info"].startswith("order: delivery to customs failed")
+            assert [d["forward_state"] for d in doc["documents"]] == ["failed"]
+        listed = (await stack.client.get("/v1/shipments?customs_status=failed", key=OPERATOR)).body["items"]
+        assert sorted(i["orderNo"] for i in listed) == sorted(p["documents"][0]["orderNo"] for p in (poison, failing))
         # the cause is fixed at customs; an operator replays one over the API, the other from the command line
         stack.sandbox.config.scenarios_off = ["POISON", "FAIL5XX"]
         reply = await stack.client.request(
@@ -112,9 +124,84 @@ async def test_poison_and_exhausted_messages_dead_letter_then_replay_delivers(db
         stats = stack.sandbox.stats()
         assert stats["received"] == 2 and stats["duplicates"] == {}
         await stack.wait_sql("SELECT count(*) = 2 FROM documents WHERE forward_state = 'receipted'")
+        # replayed (API and command line alike), delivered, receipted: declared, nothing failed any more
+        assert await stack.fetchval("SELECT array_agg(DISTINCT customs_status) FROM shipments") == ["declared"]
         history = await stack.fetch("SELECT outcome FROM job_attempts WHERE job_id = $1 ORDER BY id",
                                     by_reason["permanent"]["id"])  # fmt: skip
         assert [h["outcome"] for h in history] == ["permanent", "replayed", "ok"]
+
+
+async def test_a_dead_delivery_fails_its_message_and_shipment_until_replayed(db_dsn: str) -> None:
+    """No worker runs: each delivery is claimed and dead-lettered here as the worker does it (record_dead with the
+    outbox's hook), so that what a replay does is seen before any delivery. Replays by API, console and CLI."""
+    s = shipment(250)
+    seller = WebhookSettings("seller-a", frozenset({s.order_doc["ebcCode"]}), "http://127.0.0.1:9/hook", "k1")
+    async with running_stack(db_dsn, worker=False, forwarding={"webhooks": (seller,)}) as stack:
+        outbox = stack.app[OUTBOX]
+        await stack.submit(s.order)
+        await stack.submit(s.payment)
+        order_guid = s.order["guid"]
+
+        async def die(job_id: int) -> None:
+            async with stack.pool.acquire() as conn:
+                jobs = await cbec_queue.claim(conn, worker_id="w", lease_s=30, endpoint="customs", limit=10)
+                [job] = [j for j in jobs if j.id == job_id]
+                await cbec_queue.release(conn, [j for j in jobs if j.id != job_id])
+                assert await cbec_queue.record_dead(conn, job, reason="permanent", error=PermanentError("no"),
+                                                    outcome="permanent", on_dead=outbox.deliveries_dead)  # fmt: skip
+
+        async def order_state() -> tuple[str, str]:
+            row = (await stack.fetch(
+                "SELECT d.forward_state, s.customs_status FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
+                " JOIN shipments AS s ON s.ebp_code = d.ebp_code AND s.order_no = d.order_no WHERE m.guid = $1",
+                order_guid,
+            ))[0]  # fmt: skip
+            return row["forward_state"], row["customs_status"]
+
+        [first] = [r["id"] for r in await stack.fetch(
+            "SELECT id FROM jobs WHERE endpoint = 'customs' AND payload ->> 'guid' = $1", order_guid)]  # fmt: skip
+        # a re-send of the order is live: the first delivery's death fails nothing yet
+        async with stack.pool.acquire() as conn:
+            [job] = await cbec_queue.claim(conn, worker_id="w", lease_s=30, endpoint="customs", limit=1)
+            assert job.id == first
+            await cbec_queue.release(conn, [job])
+            resend = await cbec_queue.enqueue(conn, endpoint="customs", kind="CEB311", payload=job.payload,
+                                              dedupe_key=f"customs:{order_guid}:resend1")  # fmt: skip
+        assert resend is not None
+        await die(first)
+        assert await order_state() == ("queued", "pending")
+        await die(resend)
+        assert await order_state() == ("failed", "failed")
+        # the payment is still on its way; the seller hears of the failure
+        payment_state = await stack.fetchval(
+            "SELECT d.forward_state FROM documents AS d JOIN messages AS m ON m.id = d.message_id WHERE m.guid = $1",
+            s.payment["guid"],
+        )  # fmt: skip
+        assert payment_state == "queued"
+        [event] = [r["payload"] for r in await stack.fetch("SELECT payload FROM jobs WHERE endpoint = 'webhook'")]
+        assert event["data"]["customsStatus"] == "failed"
+
+        reply = await stack.client.request("POST", "/v1/queue/replay", key=OPERATOR, json_body={"job_ids": [resend]})
+        assert reply.body == {"replayed": 1}
+        assert await order_state() == ("queued", "pending")
+        await die(resend)
+        assert await order_state() == ("failed", "failed")
+        console = ConsoleClient(stack.base)
+        try:
+            assert (await console.sign_in(OPERATOR)).status == 303
+            status, body = await console.post(f"/ops/api/jobs/{resend}/replay", csrf=console.csrf)
+        finally:
+            await console.close()
+        assert status == 200 and body["replayed"] == 1
+        assert await order_state() == ("queued", "pending")
+        await die(resend)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "replay", "--job", str(resend), "--database-url", db_dsn,
+            cwd=str(ROOT), env=_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert await order_state() == ("queued", "pending")
 
 
 def _env() -> dict[str, str]:

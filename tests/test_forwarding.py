@@ -154,6 +154,17 @@ def test_shipment_customs_status() -> None:
     assert shipment_customs_status([leg("inventory", "receipted", "700", 90)])[0] == "rejected"
 
 
+def test_a_failed_delivery_fails_the_shipment_until_customs_accepted_its_inventory() -> None:
+    status, info = shipment_customs_status([leg("order", "receipted", "2", 20), leg("payment", "failed")])
+    assert status == "failed" and info is not None and info.startswith("payment: delivery to customs failed")
+    assert shipment_customs_status([leg("order", "failed"), leg("inventory", "held")])[0] == "failed"
+    # customs' word comes first: a rejection, and an inventory accepted or released
+    assert shipment_customs_status([leg("order", "rejected", "100", 80), leg("payment", "failed")])[0] == "rejected"
+    waybill = leg("waybill", "failed")
+    assert shipment_customs_status([waybill, leg("inventory", "receipted", "120", 40)])[0] == "accepted"
+    assert shipment_customs_status([waybill, leg("inventory", "receipted", "800", 100)])[0] == "released"
+
+
 # --- configuration ----------------------------------------------------------------------------------------
 
 

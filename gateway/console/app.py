@@ -62,6 +62,7 @@ class Console:
     customs_endpoints: str
     poll_interval: float
     endpoints: tuple[str, ...] = ()  # the configured queue endpoints, listed even when idle
+    on_replayed: cbec_queue.JobsHook | None = None  # what follows a replay in its transaction (gateway.outbox)
     feed: Feed | None = None
 
 
@@ -333,7 +334,10 @@ async def replay(request: web.Request) -> web.StreamResponse:
     if not session.may_replay:
         return error(403, "replaying dead letters needs an operator or admin key")
     async with _pool(request).acquire() as conn:
-        count = await cbec_queue.replay(conn, job_ids=[job_id], note=f"replayed from the console by {session.name}")
+        count = await cbec_queue.replay(
+            conn, job_ids=[job_id], note=f"replayed from the console by {session.name}",
+            on_replayed=_console(request).on_replayed,
+        )  # fmt: skip
         job = await cbec_queue.get_job(conn, job_id) if count else None
     if not count:
         return error(409, f"job {job_id} is not a dead letter (or a live job with its dedupe key exists)")
@@ -438,6 +442,7 @@ def setup(
     poll_interval: float = 1.0,
     sessions: SessionStore | None = None,
     endpoints: Iterable[str] = (),
+    on_replayed: cbec_queue.JobsHook | None = None,
 ) -> None:
     """Add the console's routes, its live feed (started and stopped with the app) and security headers.
 
@@ -446,8 +451,8 @@ def setup(
     ``"https://ops.example.com"`` behind a TLS-terminating proxy). ``secure_cookie``: force the cookie's
     Secure flag (None: set it when the request came over HTTPS). ``customs_endpoints``: SQL LIKE pattern of
     the queue endpoints counted as "forwarded" in the charts. ``poll_interval``: seconds between the live
-    feed's polls. ``endpoints``: the configured queue endpoints, shown even when idle. Calling it twice on
-    one app does nothing the second time.
+    feed's polls. ``endpoints``: the configured queue endpoints, shown even when idle. ``on_replayed``: the hook
+    a replay runs in its transaction (cbec_queue.replay). Calling it twice on one app does nothing the second time.
     """
     if CONSOLE in app:
         return
@@ -460,6 +465,7 @@ def setup(
         customs_endpoints=customs_endpoints,
         poll_interval=poll_interval,
         endpoints=tuple(endpoints),
+        on_replayed=on_replayed,
     )
     app[CONSOLE] = console
 
