@@ -55,7 +55,7 @@ def validate_files(
 ) -> tuple[list[dict[str, Any]], bool]:
     """Validate files offline with one compiled schema set. Returns (results, any_unreadable)."""
     from gateway.errors import MessageRejected
-    from gateway.pipeline import Pipeline
+    from gateway.pipeline import Pipeline, looks_like_json
     from gateway.schema import SchemaSet
 
     pipeline = Pipeline(SchemaSet(), verify_signatures=verify_signatures, trusted_certs=trusted_certs)
@@ -71,7 +71,7 @@ def validate_files(
             results.append(entry)
             continue
         try:
-            if body.lstrip()[:1] == b"{":  # a seller's JSON document set (docs/json-api.md)
+            if looks_like_json(body):  # a seller's JSON document set (docs/json-api.md)
                 if pipeline.signer is None:  # the gateway signs JSON inventories: a throwaway key stands in here
                     from gateway.signing import throwaway_signer
 

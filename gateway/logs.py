@@ -6,6 +6,7 @@ structlog's contextvars so that every line of one request carries them.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -15,8 +16,15 @@ import orjson
 import structlog
 
 
-def _orjson_text(value: Any, **kw: Any) -> str:
-    return orjson.dumps(value, **kw).decode("utf-8")
+def _json_line(value: Any, **kw: Any) -> bytes:
+    try:
+        return orjson.dumps(value, **kw)
+    except TypeError:  # a lone surrogate from a hostile request, which UTF-8 cannot carry: escaped, the line kept
+        return json.dumps(value, default=repr, ensure_ascii=True).encode("ascii")
+
+
+def _json_text(value: Any, **kw: Any) -> str:
+    return _json_line(value, **kw).decode("utf-8")
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
@@ -29,12 +37,12 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
     else:
         # orjson writes UTF-8 bytes (Chinese names stay readable) at ~2/3 of the json module's cost per line;
         # one line is written for every request.
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
+        renderer = structlog.processors.JSONRenderer(serializer=_json_line, option=orjson.OPT_NON_STR_KEYS)
         binary = getattr(sys.stderr, "buffer", None)
         if binary is not None:
             factory = structlog.BytesLoggerFactory(file=binary)
         else:  # a text-only stderr (some embedding hosts): the same lines, decoded
-            renderer = structlog.processors.JSONRenderer(serializer=_orjson_text, option=orjson.OPT_NON_STR_KEYS)
+            renderer = structlog.processors.JSONRenderer(serializer=_json_text, option=orjson.OPT_NON_STR_KEYS)
             factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=[

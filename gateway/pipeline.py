@@ -20,7 +20,7 @@ from gateway.auth import Principal, document_parties
 from gateway.documents import ParsedMessage, extract
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.messages import Signature, lookup
-from gateway.render import render
+from gateway.render import json_constant, json_int, json_object, render
 from gateway.schema import SchemaSet
 from gateway.store import IngestResult, Store
 from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_message
@@ -38,6 +38,19 @@ class Forbidden(Exception):
 class Checked:
     message: ParsedMessage
     raw: bytes
+
+
+#: A rendered JSON message may be larger than the JSON it came from (``&`` becomes ``&amp;``, an element name is
+#: written twice, defaults are filled in) but not without bound: at most five times its characters plus the
+#: defaults of 100 documents of 99 lines. Its size check is a safety net, never the seller's limit (that applies
+#: to the JSON body).
+_RENDERED_FACTOR, _RENDERED_EXTRA = 5, 2 * 1024 * 1024
+
+
+def looks_like_json(body: bytes) -> bool:
+    """Whether a file holds a JSON payload rather than XML: its first character (after a UTF-8 byte order mark and
+    white space) opens an object or an array. What ``cbec validate`` decides by; the API goes by Content-Type."""
+    return body.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"[")
 
 
 class Pipeline:
@@ -66,8 +79,8 @@ class Pipeline:
         """Parse and validate; raises MessageRejected with every issue found."""
         return self._check(body, verify=self.verify_signatures)
 
-    def _check(self, body: bytes, *, verify: bool) -> Checked:
-        root, mtype = parse_message(body, self.max_bytes)
+    def _check(self, body: bytes, *, verify: bool, max_bytes: int | None = None) -> Checked:
+        root, mtype = parse_message(body, max_bytes or self.max_bytes)
         issues = self.schemas.validate(root, mtype)
         if issues:
             # Rules assume the structure the schema guarantees; judging a broken tree would only add noise.
@@ -84,11 +97,18 @@ class Pipeline:
         return Checked(msg, body)
 
     def check_json_body(self, body: bytes) -> Checked:
-        """A JSON request body (docs/json-api.md): parsed with exact decimals, rendered to CEB XML, checked."""
+        """A JSON request body (docs/json-api.md): UTF-8 (RFC 8259), parsed with exact decimals, no member named
+        twice; rendered to CEB XML, checked."""
         if not body.strip():
             raise MessageRejected([Issue(Layer.PARSE, "parse.empty", "/", "the body is empty")])
         try:
-            payload = json.loads(body, parse_float=Decimal)
+            text = body.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            issue = Issue(Layer.PARSE, "parse.encoding", "", f"JSON must be UTF-8 (RFC 8259): {exc}")
+            raise MessageRejected([issue]) from None
+        try:
+            payload = json.loads(text, parse_float=Decimal, parse_int=json_int, parse_constant=json_constant,
+                                 object_pairs_hook=json_object)  # fmt: skip
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             issue = Issue(Layer.PARSE, "parse.invalid_json", "", f"the body is not JSON: {exc}")
             raise MessageRejected([issue]) from None
@@ -99,7 +119,8 @@ class Pipeline:
     def check_json(self, payload: Mapping[str, Any]) -> Checked:
         mtype = lookup(str(payload.get("type", "")))
         needs_signature = mtype is not None and mtype.signature is Signature.REQUIRED
-        return self._check(render(payload, signer=self.signer if needs_signature else None), verify=False)
+        rendered = render(payload, signer=self.signer if needs_signature else None)
+        return self._check(rendered, verify=False, max_bytes=_RENDERED_FACTOR * self.max_bytes + _RENDERED_EXTRA)
 
     @staticmethod
     def authorize(msg: ParsedMessage, principal: Principal) -> None:

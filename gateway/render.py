@@ -55,6 +55,9 @@ CODES: dict[str, str] = {
     "surrogates)",
     "json.number_out_of_range": "a number with more than 40 digits before or after the decimal point (no field "
     "takes more than 19 and 5): written out it could be millions of digits",
+    "json.too_many": "an array has more entries than the message may carry (documents 100, items 99, baseSubscribe "
+    "5): refused before anything is rendered",
+    "json.duplicate_member": "an object names the same member twice (which one counts would be a guess)",
 }
 
 #: A decimal number is written out in positional notation; beyond this many digits on either side of the point
@@ -109,8 +112,44 @@ def app_time(now: datetime | None = None) -> str:
 
 
 def _pointer(*parts: str | int) -> str:
-    """RFC 6901 JSON pointer; the whole payload is the empty pointer ``""``."""
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+    """RFC 6901 JSON pointer; the whole payload is the empty pointer ``""``. A member name with a lone surrogate
+    (which UTF-8, hence the answer, cannot carry) shows it escaped as ``\\udXXX``."""
+    text = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class Members(dict[str, Any]):
+    """A JSON object whose ``repeated`` members were named more than once (the last value is kept, as by
+    ``json.loads``); the renderer refuses them. See :func:`json_object`."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads``: a plain dict, or :class:`Members` when a name repeats."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    repeated: dict[str, None] = {}
+    for key, _ in pairs:
+        if key in seen:
+            repeated[key] = None
+        seen.add(key)
+    members = Members(obj)
+    members.repeated = tuple(repeated)
+    return members
+
+
+def json_int(digits: str) -> int | Decimal:
+    """``parse_int`` for ``json.loads``: an int, or beyond 40 digits a Decimal, which the renderer refuses as
+    json.number_out_of_range (Python refuses to read an int of more than 4,300 digits at all)."""
+    return int(digits) if len(digits) <= _MAX_POSITIONAL_DIGITS else Decimal(digits)
+
+
+def json_constant(name: str) -> Any:
+    """``parse_constant`` for ``json.loads``: NaN and Infinity are not JSON (RFC 8259), whatever Python accepts."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 class _Renderer:
@@ -129,7 +168,7 @@ class _Renderer:
         """The XML text of a scalar, or None (after recording an issue at the JSON pointer of ``where``) when it is
         not one. The pointer is built only for an issue: this runs for every field of every JSON message."""
         if isinstance(value, bool):  # bool is an int subclass: test it first
-            found = f"the boolean {value!r}"
+            found = f"the boolean {'true' if value else 'false'}"
             self.issue("json.invalid_type", _pointer(*where), f"expected a string or a number, found {found}")
             return None
         if isinstance(value, str):
@@ -162,6 +201,15 @@ class _Renderer:
         self.issue("json.invalid_type", _pointer(*where), f"expected a string or a number, found {found}")
         return None
 
+    def few_enough(self, seq: Sequence[Any], parent: str, child: str, path: str) -> bool:
+        """At most as many entries as the XSD lets ``parent`` hold of ``child``; else an issue (nothing of them is
+        rendered: a 4 MiB body of empty objects would otherwise become hundreds of megabytes of XML)."""
+        _, most = _occurs(parent, child)
+        if most < 0 or len(seq) <= most:  # -1: unbounded
+            return True
+        self.issue("json.too_many", path, f"{len(seq):,} entries; a {self.mtype.code} message takes at most {most}")
+        return False
+
     def obj(self, value: Any, path: str, what: str) -> Mapping[str, Any] | None:
         if isinstance(value, Mapping):
             return value
@@ -176,6 +224,9 @@ class _Renderer:
 
     def unknown(self, obj: Mapping[str, Any], allowed: Sequence[str], path_parts: tuple[str | int, ...],
                 where: str) -> None:
+        for key in getattr(obj, "repeated", ()):
+            self.issue("json.duplicate_member", _pointer(*path_parts, key),
+                       f"{where} names {key!r} more than once; send each member once")  # fmt: skip
         for key in obj:
             if key in allowed:
                 continue
@@ -223,6 +274,9 @@ class _Renderer:
         assert mtype.head is not None  # every JSON type has a head element
         generated = {"guid": new_guid(), "appTime": self.app_time}
         doc_el = etree.SubElement(root, _q(mtype.document))
+        for key in getattr(doc, "repeated", ()):  # the head's own copy below drops the mark
+            self.issue("json.duplicate_member", _pointer(*parts, key),
+                       f"documents[{index}] names {key!r} more than once; send each member once")  # fmt: skip
         head_fields = {k: v for k, v in doc.items() if k != ITEMS or mtype.lines is None}
         self.leaves(doc_el, mtype.head, head_fields, parts, f"a {mtype.code} document ({mtype.head})", generated)
         if mtype.lines is None:
@@ -231,6 +285,8 @@ class _Renderer:
         if items is None:
             return  # no lines: the XSD reports the missing list
         seq = self.arr(items, _pointer(*parts, ITEMS), ITEMS)
+        if seq is not None and not self.few_enough(seq, mtype.document, mtype.lines, _pointer(*parts, ITEMS)):
+            return
         for i, item in enumerate(seq or ()):
             item_parts = (*parts, ITEMS, i)
             line = self.obj(item, _pointer(*item_parts), f"{ITEMS}[{i}]")
@@ -289,23 +345,25 @@ def render(
     r = _Renderer(mtype, now)
     r.unknown(payload, _TOP_LEVEL, (), "the payload")
 
-    attrs: dict[str, str] = {}
+    root = etree.Element(_q(mtype.root), nsmap={"ceb": CEB_NS})
     for name, default in (("guid", None), ("version", DEFAULT_VERSION)):
         value = payload.get(name)
         text = r.text(value, name) if value is not None else (default or new_guid())
-        if text is not None:
-            attrs[name] = text
-    try:
-        root = etree.Element(_q(mtype.root), attrs, nsmap={"ceb": CEB_NS})
-    except ValueError:
-        r.issue("json.invalid_character", "/guid", "guid or version contains a character that is not allowed in XML")
-        root = etree.Element(_q(mtype.root), nsmap={"ceb": CEB_NS})
+        if text is None:
+            continue
+        try:
+            root.set(name, text)
+        except ValueError:  # lxml refuses control characters and lone surrogates
+            r.issue("json.invalid_character", _pointer(name), f"{name} contains a character that is not allowed in XML")
 
     documents = payload.get("documents")
     if documents is None:
         r.issue("json.missing_field", "/documents", "\"documents\" is required: an array of 1–100 documents")
     else:
-        for i, doc in enumerate(r.arr(documents, "/documents", "documents") or ()):
+        seq = r.arr(documents, "/documents", "documents")
+        if seq is not None and not r.few_enough(seq, mtype.root, mtype.document, "/documents"):
+            raise MessageRejected(r.issues)
+        for i, doc in enumerate(seq or ()):
             r.document(root, doc, i)
 
     base_transfer = payload.get("baseTransfer")
@@ -316,7 +374,10 @@ def render(
 
     subscribe = payload.get("baseSubscribe")
     if subscribe is not None:
-        for i, sub in enumerate(r.arr(subscribe, "/baseSubscribe", "baseSubscribe") or ()):
+        subs = r.arr(subscribe, "/baseSubscribe", "baseSubscribe") or ()
+        if not r.few_enough(subs, mtype.root, "BaseSubscribe", "/baseSubscribe"):
+            subs = ()
+        for i, sub in enumerate(subs):
             sub_obj = r.obj(sub, _pointer("baseSubscribe", i), f"baseSubscribe[{i}]")
             if sub_obj is not None:
                 r.leaves(root, "BaseSubscribe", sub_obj, ("baseSubscribe", i), "baseSubscribe")

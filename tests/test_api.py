@@ -167,6 +167,34 @@ async def test_json_submission_goes_through_the_same_path(api: Client) -> None:
     assert "<ceb:CEB311Message" in stored.body["raw_xml"]
 
 
+async def test_a_hostile_json_member_name_is_answered_and_kept(api: Client, db_pool: Any) -> None:
+    """A lone surrogate in a member name (valid JSON escapes, no UTF-8 form) was a plain-text 500: the pointer of
+    its issue could not be stored, logged or answered."""
+    body = b'{"type": "CEB311", "documents": [{"\\ud800x": 1}], "\\udc00": 2}'
+    reply = await api.request("POST", "/v1/messages", data=body, content_type="application/json")
+    assert reply.status == 422, reply.body
+    paths = {i["path"] for i in reply.body["error"]["issues"]}
+    assert {"/documents/0/\\ud800x", "/\\udc00"} <= paths
+    row = await db_pool.fetchrow("SELECT issues FROM rejected_messages ORDER BY id DESC LIMIT 1")
+    assert any(i["path"] == "/\\udc00" for i in row["issues"])
+
+
+async def test_the_body_limit_is_the_json_as_sent_not_the_xml_rendered_from_it(api: Client) -> None:
+    """max_body_bytes is 256 KiB here: a CEB311 of 100 documents whose notes are full of '&' is under it as JSON
+    and over it as XML ('&amp;'), and is judged as any other."""
+    order = json.loads(json.dumps(new_shipment(18).order, default=str))
+    doc = order["documents"][0]
+    docs = []
+    for i in range(100):
+        d = dict(doc, orderNo=f"AMP{i:05d}{doc['orderNo'][8:]}", note="&" * 500)
+        docs.append(d)
+    order["documents"] = docs
+    body = json.dumps(order).encode()
+    assert len(body) < 256 * 1024 < len(body.replace(b"&", b"&amp;"))
+    reply = await api.request("POST", "/v1/messages", data=body, content_type="application/json")
+    assert reply.status != 413 and "parse.too_large" not in json.dumps(reply.body), reply.body
+
+
 async def test_a_refused_message_with_nul_characters_is_answered_and_kept(api: Client, db_pool: Any) -> None:
     """PostgreSQL's text and jsonb hold no NUL: a refused message quoting one in its issues is still answered
     with its 4xx and kept for the operators, with U+FFFD in the NUL's place."""

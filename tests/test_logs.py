@@ -24,11 +24,13 @@ def test_json_lines_keep_chinese_text_and_survive_odd_values(monkeypatch: pytest
         log = structlog.get_logger("test")
         log.info("request", consignee="张三", amount=Decimal("12.50"), by_rank={2: "sent"})
         log.debug("hidden")
+        log.info("hostile", path="/documents/0/\ud800x")  # a lone surrogate: escaped, the line kept
     finally:
         structlog.configure(**before)
     text = raw.getvalue().decode("utf-8") if binary else stderr.getvalue()  # type: ignore[attr-defined]
     lines = text.splitlines()
-    assert len(lines) == 1  # the debug line is below the level
+    assert len(lines) == 2  # the debug line is below the level
+    assert json.loads(lines[1])["path"] == "/documents/0/\ud800x"
     line = json.loads(lines[0])
     assert "张三" in lines[0]  # not \\u escapes
     assert line["event"] == "request" and line["level"] == "info" and line["consignee"] == "张三"

@@ -20,8 +20,10 @@ from gateway import render as render_mod
 from gateway.documents import extract
 from gateway.errors import Layer, MessageRejected
 from gateway.messages import CEB_NS, DS_NS, IMPORT_SCHEMA, SCHEMA_DIR, lookup
-from gateway.render import CODES, DEFAULTS, FIELD_ORDER, render
+from gateway.pipeline import Pipeline, looks_like_json
+from gateway.render import CODES, DEFAULTS, FIELD_ORDER, json_object, render
 from gateway.samples import shipment
+from gateway.schema import SchemaSet
 from gateway.xmlsafe import parse_message
 
 XSD_PATH = SCHEMA_DIR / IMPORT_SCHEMA
@@ -384,12 +386,59 @@ def test_a_hostile_payload_gets_a_bounded_answer() -> None:
     assert 0 < len(exc.value.issues) <= 100
 
 
+def test_arrays_beyond_what_the_message_takes_are_refused_before_anything_is_rendered() -> None:
+    # a 4 MiB body of empty objects was rendered whole (hundreds of megabytes of XML) before the size check
+    with pytest.raises(MessageRejected) as exc:
+        render({"type": "CEB311", "documents": [{}] * 1_400_000})
+    assert [(i.code, i.path) for i in exc.value.issues] == [("json.too_many", "/documents")]
+    assert "1,400,000 entries" in exc.value.issues[0].message and "at most 100" in exc.value.issues[0].message
+    items = {"type": "CEB311", "documents": [{"orderNo": "A", "items": [{}] * 100}], "baseSubscribe": [{}] * 6}
+    with pytest.raises(MessageRejected) as exc:
+        render(items)
+    codes = {(i.code, i.path) for i in exc.value.issues}
+    assert {("json.too_many", "/documents/0/items"), ("json.too_many", "/baseSubscribe")} <= codes
+
+
+def test_json_loading_refuses_what_json_is_not_and_names_members_sent_twice() -> None:
+    pipeline = Pipeline(SchemaSet())
+
+    def codes(body: bytes) -> list[tuple[str, str]]:
+        with pytest.raises(MessageRejected) as exc:
+            pipeline.check_json_body(body)
+        return [(i.code, i.path) for i in exc.value.issues]
+
+    assert codes(b'{"type": "CEB411", "documents": [{"payCode": NaN}]}')[0][0] == "parse.invalid_json"
+    twice = b'{"type": "CEB411", "documents": [{"payCode": "a", "payCode": "b"}], "guid": 1, "guid": 2}'
+    assert ("json.duplicate_member", "/documents/0/payCode") in codes(twice)
+    assert ("json.duplicate_member", "/guid") in codes(twice)
+    huge = b'{"type": "CEB411", "documents": [{"payCode": 1' + b"0" * 5000 + b"}]}"
+    assert codes(huge) == [("json.number_out_of_range", "/documents/0/payCode")]  # not Python's 4,300-digit error
+    assert codes('{"type": "CEB411"}'.encode("utf-16"))[0][0] == "parse.encoding"  # RFC 8259: UTF-8
+    assert codes(b'{"type": "CEB411", "documents": [{"payCode": true}]}')[0] == ("json.invalid_type",
+                                                                                  "/documents/0/payCode")  # fmt: skip
+    # a lone surrogate in a member name: the pointer shows it escaped (the answer is UTF-8 JSON)
+    [(code, path)] = codes(b'{"type": "CEB411", "documents": [{"\\ud800x": 1}]}')
+    assert code == "json.unknown_field" and path == "/documents/0/\\ud800x"
+    path.encode("utf-8")
+    with pytest.raises(MessageRejected) as exc:
+        render({"type": "CEB411", "documents": [{}], "version": "1\x01"})
+    assert ("json.invalid_character", "/version") in {(i.code, i.path) for i in exc.value.issues}
+
+
+def test_json_and_xml_are_told_apart_as_the_api_would() -> None:
+    assert looks_like_json(b"\xef\xbb\xbf  {}") and looks_like_json(b"\n[]")
+    assert not looks_like_json(b"<?xml version='1.0'?><a/>") and not looks_like_json(b"")
+
+
 def test_every_emitted_code_is_documented() -> None:
     assert all(code.startswith("json.") and text for code, text in CODES.items())
     emitted: set[str] = set()
     payloads: list[Any] = [[], {}, {"type": "X"}, {"type": "CEB311"}, {"type": "CEB311", "documents": {}},
                            {"type": "CEB311", "documents": [1]}, _with_doc(x=1), _with_doc(orderNo=[]),
-                           _with_doc(orderNo="\x00"), _with_doc(goodsValue=Decimal("1e99"))]  # fmt: skip
+                           _with_doc(orderNo="\x00"), _with_doc(goodsValue=Decimal("1e99")),
+                           {"type": "CEB411", "documents": [{}] * 101},
+                           {"type": "CEB411", "documents": [json_object([("payCode", "a"), ("payCode", "b")])]},
+                           ]  # fmt: skip
     for payload in payloads:
         with pytest.raises(MessageRejected) as exc:
             render(payload)
