@@ -215,19 +215,21 @@ class Router:
         previous: str | None,
         status: str,
         info: str | None,
+        event_id: str,
     ) -> list[JobSpec]:
+        """One job per seller for a change of a shipment's customs status. ``event_id`` makes each change its own
+        delivery (a status may come back: failed, replayed, failed again); the per-shipment ordering key delivers
+        a seller's events of one shipment in the order they happened."""
         if self.webhook_endpoint is None:
             return []
         data = {"ebpCode": ebp_code, "orderNo": order_no, "customsStatus": status, "previous": previous, "info": info}
-        return [
-            JobSpec(
-                self.webhook_endpoint,
-                "webhook",
-                {"seller": w.seller, "event": WEBHOOK_EVENT, "data": data},
-                f"{self.webhook_endpoint}:{w.seller}:{ebp_code}:{order_no}:{status}",
-            )
-            for w in self.sellers_of(parties)
-        ]
+        jobs = []
+        for w in self.sellers_of(parties):
+            stream = f"{self.webhook_endpoint}:{w.seller}:{ebp_code}:{order_no}"
+            payload = {"seller": w.seller, "event": WEBHOOK_EVENT, "data": data}
+            key = f"{stream}:{status}:{event_id}"
+            jobs.append(JobSpec(self.webhook_endpoint, "webhook", payload, key, ordering_keys=(stream,)))
+        return jobs
 
 
 def _route(r: RouteSettings, endpoints: tuple[str, ...]) -> Route:
@@ -252,8 +254,11 @@ def shipment_customs_status(legs: Iterable[LegState]) -> tuple[str, str | None]:
     """(status, info) of a shipment from its current legs; see gateway/sql/020_forwarding.sql.
 
     A leg whose delivery failed makes the shipment ``failed`` only while customs has not accepted its inventory:
-    customs' own word on the inventory stands (and a released shipment never goes back, so its warehouse order
-    and its sellers' webhook are never set off twice)."""
+    customs' own word on the inventory stands. (The outbox moves a shipment to ``failed`` only from pending or
+    declared: a change of an accepted inventory that fails leaves the shipment as customs left it.) ``released`` is
+    final: the outbox never recomputes a released shipment, so a later change, its rejection or its failed delivery
+    shows on the document only, and the warehouse's outbound order and the sellers' webhook are never set off
+    twice."""
     legs = list(legs)
     inventory = next((leg for leg in legs if leg.kind == "inventory"), None)
     for leg in legs:

@@ -146,6 +146,7 @@ class Row:
     doc: Document | None = None
     is_new: bool = False  # a document of the message being judged (no id yet)
     rejected: bool = False  # customs rejected it (a receipt): it may be declared anew
+    failed: bool = False  # its delivery to customs is a dead letter (gateway.outbox.deliveries_dead)
 
     @classmethod
     def from_json(cls, r: dict[str, Any]) -> Row:
@@ -155,6 +156,7 @@ class Row:
             logistics_code=r["logistics_code"], logistics_no=r["logistics_no"], app_time=r["app_time"] or "",
             doc_index=r["doc_index"], path=r["path"], head=r["head"], lines=r["lines"], parties=r["parties"],
             withdrawn=r["withdrawn"], message_guid=r.get("message_guid"), rejected=bool(r.get("rejected")),
+            failed=bool(r.get("failed")),
         )  # fmt: skip
 
     @property

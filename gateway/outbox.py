@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -302,8 +303,12 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
                   LIMIT 1)) AS l) AS legs
   FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
        LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = k.ebp AND s.order_no = k.ono OFFSET 0) AS s
- WHERE NOT $3::bool OR s.customs_status IN ('pending', 'failed')
+ WHERE ($3::text[] IS NULL OR s.customs_status = ANY ($3::text[]))
+   AND s.customs_status <> 'released'  -- final: customs released the goods (gateway.forward.shipment_customs_status)
 """
+
+#: Keyed shipments of orderNos ($1): those a waybill of the orderNo may be the leg of (SHIPMENT_LEGS).
+SHIPMENTS_OF_ORDERS = "SELECT ebp_code, order_no FROM shipments WHERE order_no = ANY ($1::text[]) AND ebp_code <> ''"
 
 SET_SHIPMENT_CUSTOMS = """
 UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, customs_updated_at = now()
@@ -619,14 +624,24 @@ class Outbox:
         conn: asyncpg.Connection,
         plans: Sequence[Plan],
         receipted: Mapping[tuple[str, str], set[str]] | None = None,
+        superseded_failed: Iterable[tuple[str, str | None, str | None]] = (),
     ) -> None:
         """After the store wrote the wave (and its jobs, see wave_jobs), same transaction: release the held
-        inventories of shipments the wave matched.
+        inventories of shipments the wave matched; refresh the customs status of shipments whose failed leg the
+        wave changed or withdrew (``superseded_failed``: (kind, ebpCode, orderNo) of those legs; rare).
 
         ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
         that customs took. A shipment whose order or payment is not among them releases nothing (RELEASE_HELD
         would find it blocked), so it costs no statement: the usual case, an inventory declared before the
         receipts of its order and payment. A shipment not in it is looked at in SQL as before."""
+        failed = list(superseded_failed)
+        if failed:
+            # The new version is on its way (or withdrawn): the shipment no longer waits for a replay.
+            shipments = {(ebp, ono or "") for kind, ebp, ono in failed if kind != "waybill" and ebp}
+            orders = sorted({ono for kind, _, ono in failed if kind == "waybill" and ono})
+            if orders:
+                shipments |= {(r["ebp_code"], r["order_no"]) for r in await conn.fetch(SHIPMENTS_OF_ORDERS, orders)}
+            await self._refresh_shipments(conn, shipments, statuses=("failed",))
         if self.router is None:
             return
         matched: set[tuple[str, str]] = set()
@@ -686,20 +701,19 @@ class Outbox:
         message_ids = sorted({i.message_id for i in items})
         async with db.transaction(self.pool) as conn:
             docs = [_Doc.of(r) for r in await conn.fetch(MESSAGE_DOCUMENTS, message_ids)]
-            # The locks first, then the fenced done: the order of the single-delivery transaction it replaces.
-            shipments = await self._lock_shipments_of(conn, docs)
+            # The fenced done first (job rows), then the shipments' locks: the order of every transaction that
+            # moves jobs and shipments together (the queue's dead-letter hooks: deliveries_dead and _replayed).
             done = await cbec_queue.mark_done_many(conn, [i.job for i in items])
             sent = {i.message_id for i in items if i.job.id in done}
-            if len(sent) < len(message_ids):
-                # A lost claim writes nothing, as when its own transaction rolled back: its message is not
-                # marked sent and only the others' shipments are refreshed (their locks are held already).
-                shipments = await self._lock_shipments_of(conn, [d for d in docs if d.message_id in sent])
             if sent:
+                # A lost claim writes nothing, as when its own transaction rolled back: its message is not
+                # marked sent and its shipments are not refreshed.
+                shipments = await self._lock_shipments_of(conn, [d for d in docs if d.message_id in sent])
                 await conn.execute(MARK_SENT, sorted(sent))
                 # A send can change only a pending shipment's status (to declared: see
                 # gateway.forward.shipment_customs_status; it moves no leg out of rejected and no rank), or a
                 # failed one's (a delivery replayed while its hook could not run).
-                await self._refresh_shipments(conn, shipments, only_pending=True)
+                await self._refresh_shipments(conn, shipments, statuses=("pending", "failed"))
         return {i: None if i.job.id in done else _lease_lost(i.job) for i in items}
 
     async def _lock_shipments_of(self, conn: asyncpg.Connection, docs: Iterable[_Doc]) -> set[tuple[str, str]]:
@@ -722,14 +736,16 @@ class Outbox:
         return shipments
 
     async def _refresh_shipments(
-        self, conn: asyncpg.Connection, shipments: Iterable[tuple[str, str]], *, only_pending: bool = False
+        self, conn: asyncpg.Connection, shipments: Iterable[tuple[str, str]], *, statuses: Sequence[str] | None = None
     ) -> None:
-        """Recompute customs_status of the shipments (``only_pending``: of those pending or failed) from their current
+        """Recompute customs_status of the shipments (of those in ``statuses`` only, when given) from their current
         legs; on a change tell the sellers and, once released, the warehouse."""
         ships = sorted(set(shipments))
         if not ships:
             return
-        rows = await conn.fetch(SHIPMENT_LEGS, [s[0] for s in ships], [s[1] for s in ships], only_pending)
+        rows = await conn.fetch(
+            SHIPMENT_LEGS, [s[0] for s in ships], [s[1] for s in ships], None if statuses is None else list(statuses)
+        )
         changed: list[tuple[str, str, str, str | None]] = []
         jobs: list[JobSpec] = []
         released: list[tuple[asyncpg.Record, dict[str, Any]]] = []  # (shipment, its inventory leg)
@@ -750,7 +766,7 @@ class Outbox:
                      previous=r["customs_status"])  # fmt: skip
             jobs += self.router.webhook_jobs(
                 ebp_code=r["ebp_code"], order_no=r["order_no"], parties=r["parties"], previous=r["customs_status"],
-                status=status, info=info,
+                status=status, info=info, event_id=uuid.uuid4().hex,
             )  # fmt: skip
             inventory = next((leg for leg in legs if leg["kind"] == "inventory"), None)
             if status == "released" and inventory is not None:
@@ -806,7 +822,9 @@ class Outbox:
                 "delivery_failed" if failed else "delivery_replayed", message_guids=[declared[i] for i in ids],
                 documents=len(rows),
             )  # fmt: skip
-            await self._refresh_shipments(conn, shipments)
+            # Customs' word stands: a shipment customs accepted, released or rejected keeps its status when a
+            # later delivery (a change) fails or is replayed; only one on its way moves.
+            await self._refresh_shipments(conn, shipments, statuses=("pending", "declared", "failed"))
 
     # -- receipts -------------------------------------------------------------------------------------------
 
@@ -890,7 +908,6 @@ class Outbox:
             [res.outcome == rc.Outcome.APPLIED.value for _, res in rows],
             [res.outcome for _, res in rows],
         )  # fmt: skip
-        await self._refresh_shipments(conn, shipments)
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]
         if legs:  # only a receipt on an order, payment or waybill can make a held inventory eligible (RELEASE_HELD)
             await self._release(
@@ -903,6 +920,8 @@ class Outbox:
             resent = set(await self._resend(conn, wanted, delay_s=self.router.resend_delay_s if self.router else 0.0))
             for index, message_ids in resend.items():  # "resend" says that it happened (not past max_repushes)
                 results[index].resend = not message_ids.isdisjoint(resent)
+        # Last: a re-send puts a failed message back on its way (COUNT_RESEND), and the status must say so.
+        await self._refresh_shipments(conn, shipments)
         return [results[r.index] for r in recs]
 
     async def _resend(self, conn: asyncpg.Connection, message_ids: Sequence[int], *, delay_s: float) -> list[int]:

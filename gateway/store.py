@@ -94,7 +94,7 @@ _DOC_COLUMNS = (
 #: declaring" or higher), which tells the outbox when releasing a held inventory is worth a statement.
 _READ_COLUMNS = (
     f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted,"
-    " d.forward_state = 'rejected' AS rejected"
+    " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed"
 )
 
 #: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding
@@ -757,7 +757,10 @@ class Store:
                 self.waybill_buyers.learn(job.news)
                 outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False)
             if self.outbox is not None:
-                await self.outbox.after_write(conn, plans, receipted)
+                # a stored version whose delivery failed, changed or withdrawn now
+                failed = [(old.kind, old.ebp_code, old.order_no) for job, _ in writes for d in job.news
+                          if (old := d.replaces) is not None and old.failed]  # fmt: skip
+                await self.outbox.after_write(conn, plans, receipted, failed)
         return deferred
 
     @staticmethod

@@ -117,12 +117,18 @@ def test_webhooks_go_to_sellers_holding_a_party_code() -> None:
     hook = WebhookSettings("seller-a", frozenset({"E1"}), "http://127.0.0.1:1/h", "s3cret")
     r = router(webhooks=(hook,))
     (job,) = r.webhook_jobs(ebp_code="P", order_no="O1", parties=["E1", "X"], previous="declared", status="released",
-                            info=None)  # fmt: skip
+                            info=None, event_id="e1")  # fmt: skip
     assert job.endpoint == "webhook" and job.payload["seller"] == "seller-a"
-    assert job.payload["data"]["customsStatus"] == "released" and job.dedupe_key.endswith(":O1:released")
-    assert r.webhook_jobs(ebp_code="P", order_no="O1", parties=["Y"], previous=None, status="released", info=None) == []
+    assert job.payload["data"]["customsStatus"] == "released" and job.dedupe_key == "webhook:seller-a:P:O1:released:e1"
+    # each change is its own delivery (a status may come back), delivered in order per seller and shipment
+    (again,) = r.webhook_jobs(ebp_code="P", order_no="O1", parties=["E1"], previous="pending", status="released",
+                              info=None, event_id="e2")  # fmt: skip
+    assert again.dedupe_key != job.dedupe_key and again.ordering_keys == job.ordering_keys == ("webhook:seller-a:P:O1",)
+    assert r.webhook_jobs(ebp_code="P", order_no="O1", parties=["Y"], previous=None, status="released", info=None,
+                          event_id="e3") == []  # fmt: skip
     silent = router()
-    assert silent.webhook_jobs(ebp_code="P", order_no="O1", parties=["E1"], previous=None, status="x", info=None) == []
+    assert silent.webhook_jobs(ebp_code="P", order_no="O1", parties=["E1"], previous=None, status="x", info=None,
+                               event_id="e4") == []  # fmt: skip
 
 
 def test_release_jobs() -> None:
@@ -635,7 +641,8 @@ async def test_receipts_out_of_order_and_duplicated_end_released(flow: Flow) -> 
     assert {r["outcome"]: r["n"] for r in stored} == {"applied": 1, "stale": 3}  # the second 800 was not stored
     jobs = await flow.jobs()
     assert f"warehouse:{s.inventory['guid']}:1" in jobs
-    hook = jobs[f"webhook:seller-a:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}:released"]
+    [hook] = [j for key, j in jobs.items()
+              if key.startswith(f"webhook:seller-a:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}:released:")]
     assert hook["payload"]["data"]["customsStatus"] == "released"
 
 
@@ -720,8 +727,8 @@ async def test_sent_and_watchdog(flow: Flow) -> None:
 
 @pytest.mark.db
 async def test_a_send_looks_again_only_at_pending_shipments(flow: Flow) -> None:
-    """A send can move a shipment only from pending to declared, so record_sent reads the legs of pending
-    shipments alone (SHIPMENT_LEGS with only_pending); the statuses come out as a full refresh gives them."""
+    """A send can move a shipment only from pending (or failed) to declared, so record_sent reads the legs of those
+    shipments alone (SHIPMENT_LEGS with their statuses); the statuses come out as a full refresh gives them."""
     from gateway.outbox import SHIPMENT_LEGS
 
     a, b = shipment(40), shipment(41)
@@ -742,12 +749,72 @@ async def test_a_send_looks_again_only_at_pending_shipments(flow: Flow) -> None:
     keys = [(s.order_doc["ebpCode"], s.order_doc["orderNo"]) for s in (a, b)]
     args = ([k[0] for k in keys], [k[1] for k in keys])
     async with flow.pool.acquire() as conn:
-        assert {r["order_no"] for r in await conn.fetch(SHIPMENT_LEGS, *args, True)} == {keys[0][1]}
-        assert {r["order_no"] for r in await conn.fetch(SHIPMENT_LEGS, *args, False)} == {k[1] for k in keys}
+        assert {r["order_no"] for r in await conn.fetch(SHIPMENT_LEGS, *args, ["pending", "failed"])} == {keys[0][1]}
+        assert {r["order_no"] for r in await conn.fetch(SHIPMENT_LEGS, *args, None)} == {k[1] for k in keys}
     await send(b.payment)  # a declared shipment: not read again, still declared
     await send(a.order)
     assert (await flow.shipment(a))["customs_status"] == "declared"
     assert (await flow.shipment(b))["customs_status"] == "declared"
+
+
+# --- deliveries that fail for good ---------------------------------------------------------------------------
+
+
+async def _die(flow: Flow, payload: dict[str, Any]) -> None:
+    """The customs delivery of a submitted message becomes a dead letter, as the worker does it."""
+    async with flow.pool.acquire() as conn:
+        jobs = await cbec_queue.claim(conn, worker_id="w", lease_s=30, endpoint="customs", limit=20)
+        (job,) = [j for j in jobs if j.payload["guid"] == payload["guid"]]
+        await cbec_queue.release(conn, [j for j in jobs if j is not job])
+        assert await cbec_queue.record_dead(conn, job, reason="permanent", error=cbec_queue.PermanentError("no"),
+                                            outcome="permanent", on_dead=flow.outbox.deliveries_dead)  # fmt: skip
+
+
+@pytest.mark.db
+async def test_a_failed_leg_changed_withdrawn_or_resent_no_longer_fails_its_shipment(flow: Flow) -> None:
+    """The shipment is listed as needing a replay only while its failed leg is the one in force and not on its
+    way again: a change or a withdrawal of that leg (at ingest) and a re-send asked by a receipt (4) refresh it."""
+    changed, withdrawn, resent = shipment(60), shipment(61), shipment(62)
+    for s in (changed, withdrawn, resent):
+        await flow.submit(s.order)
+        await _die(flow, s.order)
+        assert (await flow.shipment(s))["customs_status"] == "failed"
+    await flow.submit(version_of(changed.order, "2", 60, consignee=changed.order_doc["consignee"] + "甲"))
+    assert (await flow.shipment(changed))["customs_status"] == "pending"
+    await flow.submit(version_of(withdrawn.order, "3", 60))
+    assert (await flow.shipment(withdrawn))["customs_status"] == "pending"
+    [answer] = await flow.receipt(resent.order, "4", 1)  # customs: delivery failed, send it again
+    assert answer["resend"] is True
+    assert (await flow.doc(resent.order))["forward_state"] == "queued"
+    assert (await flow.shipment(resent))["customs_status"] == "pending"
+
+
+@pytest.mark.db
+async def test_a_failed_change_leaves_a_released_shipment_released(flow: Flow) -> None:
+    """Customs' word stands: a change of a released inventory whose delivery fails does not make the shipment
+    failed (nor, once replayed and released again, send the warehouse a second outbound order)."""
+    s = shipment(63)
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    await flow.receipt(s.inventory, "800", 4)
+    assert (await flow.shipment(s))["customs_status"] == "released"
+    async with flow.pool.acquire() as conn:  # the first declarations went (a change waits behind its original)
+        for job in await cbec_queue.claim(conn, worker_id="w", lease_s=30, endpoint="customs", limit=20):
+            assert await cbec_queue.record_done(conn, job)
+    change = version_of(s.inventory, "2", 60)
+    await flow.submit(change)
+    await flow.receipt(s.order, "120", 2)  # anything that refreshes the shipment while the change waits
+    await _die(flow, change)
+    assert (await flow.doc(change))["forward_state"] == "failed"
+    assert (await flow.shipment(s))["customs_status"] == "released"
+    async with flow.pool.acquire() as conn:
+        assert await cbec_queue.replay(conn, endpoint="customs", on_replayed=flow.outbox.deliveries_replayed) == 1
+    assert (await flow.doc(change))["forward_state"] == "queued"
+    assert (await flow.shipment(s))["customs_status"] == "released"
+    outbound = [k for k in await flow.jobs() if k.startswith("warehouse:")]
+    assert len(outbound) == 1, outbound
 
 
 # --- receipt messages with many returns -------------------------------------------------------------------
