@@ -158,18 +158,27 @@ _DOC_STATE = (
 
 _RECEIPTED_KINDS = "('inventory', 'cancel', 'refund', 'delivery')"  # the kinds answered by guid / copNo
 
+def _agrees(doc: str) -> str:
+    """SQL: the document ``doc`` carries every party of the probe ``x`` (x.parties: {field: value}) in its head."""
+    return (
+        "NOT EXISTS (SELECT 1 FROM jsonb_each_text(x.parties) AS party(field, value)"
+        f" WHERE coalesce({doc}.head ->> party.field, '') <> party.value)"
+    )
+
+
 #: Correlation of every new return of a receipt message in one statement ($1: JSON array of
-#: {i, declared, ori, k1, k2, ebc, guid, cop_no, parties, pre_no, invt_no}, absent values null), with the
-#: documents found, read (not locked): one row per (i, document), in the order of the probes of
-#: gateway.receipts.Correlation, most reliable first — a CEB900's oriCopMsgId gives every document sent with
-#: that CopMsgId (and nothing else); else the first probe that finds one: the declaration's key (the version of
-#: it whose guid the receipt echoes, else the current document; with the receipt's ebcCode when it carries one),
-#: the echoed guid, copNo with a party in common (among its 20 latest), preNo, invtNo. COALESCE evaluates its
-#: probes lazily, left to right.
+#: {i, declared, ori, k1, k2, ebc, guid, cop_no, parties, pre_no, invt_no}, absent values null, parties an object
+#: {field: value}), with the documents found, read (not locked): one row per (i, document), in the order of the
+#: probes of gateway.receipts.Correlation, most reliable first — a CEB900's oriCopMsgId gives every document sent
+#: with that CopMsgId (and nothing else); else the first probe that finds one: the declaration's key (the version
+#: of it whose guid the receipt echoes, else the current document; with the receipt's ebcCode when it carries
+#: one); then, each only with every party of the receipt in agreement: preNo, invtNo, the echoed guid, copNo (the
+#: latest version; with no party named, only when one document has it). COALESCE evaluates its probes lazily,
+#: left to right.
 CORRELATE = f"""
 SELECT x.i, {_DOC_STATE}
   FROM jsonb_to_recordset($1::jsonb) AS x(i int, declared text, ori text, k1 text, k2 text, ebc text, guid text,
-                                           cop_no text, parties text[], pre_no text, invt_no text),
+                                           cop_no text, parties jsonb, pre_no text, invt_no text),
        LATERAL unnest(CASE
            WHEN x.ori IS NOT NULL THEN
                ARRAY(SELECT o.id FROM documents AS o WHERE o.cop_msg_id = x.ori ORDER BY o.doc_index)
@@ -183,23 +192,23 @@ SELECT x.i, {_DOC_STATE}
                  WHERE k.message_type = x.declared AND k.key1 = x.k1 AND k.key2 = x.k2 AND k.is_current
                    AND (x.ebc IS NULL OR k.ebc_code IS NULL OR k.ebc_code = x.ebc)
                  LIMIT 1),
+               (SELECT p.id FROM documents AS p
+                 WHERE p.pre_no = x.pre_no AND p.message_type = x.declared AND {_agrees("p")}
+                 ORDER BY p.id DESC LIMIT 1),
+               (SELECT v.id FROM documents AS v
+                 WHERE v.invt_no = x.invt_no AND v.message_type = x.declared AND {_agrees("v")}
+                 ORDER BY v.id DESC LIMIT 1),
                (SELECT g.id FROM documents AS g
                  WHERE g.doc_guid = x.guid AND g.kind IN {_RECEIPTED_KINDS} AND g.message_type = x.declared
+                   AND {_agrees("g")}
                  ORDER BY g.id DESC LIMIT 1),
-               (SELECT c.id
-                  FROM (SELECT c.id, c.is_current, c.ebc_code, c.head ->> 'agentCode' AS agent_code,
-                               c.head ->> 'operatorCode' AS operator_code
+               (SELECT CASE WHEN x.parties <> '{{}}'::jsonb OR count(DISTINCT c.key) = 1
+                            THEN (array_agg(c.id ORDER BY c.is_current DESC, c.id DESC))[1] END
+                  FROM (SELECT c.id, c.is_current, (c.key1, c.key2) AS key
                           FROM documents AS c
                          WHERE (c.head ->> 'copNo') = x.cop_no AND c.kind IN {_RECEIPTED_KINDS}
-                           AND c.message_type = x.declared
-                         ORDER BY c.is_current DESC, c.id DESC LIMIT 20) AS c
-                 WHERE cardinality(x.parties) = 0 OR c.ebc_code = ANY (x.parties) OR c.agent_code = ANY (x.parties)
-                    OR c.operator_code = ANY (x.parties)
-                 ORDER BY c.is_current DESC, c.id DESC LIMIT 1),
-               (SELECT p.id FROM documents AS p WHERE p.pre_no = x.pre_no AND p.message_type = x.declared
-                 ORDER BY p.id DESC LIMIT 1),
-               (SELECT v.id FROM documents AS v WHERE v.invt_no = x.invt_no AND v.message_type = x.declared
-                 ORDER BY v.id DESC LIMIT 1))]
+                           AND c.message_type = x.declared AND {_agrees("c")}
+                         ORDER BY c.is_current DESC, c.id DESC LIMIT 20) AS c))]
        END) WITH ORDINALITY AS f(id, n)
   JOIN documents AS d ON d.id = f.id
  ORDER BY x.i, f.n
@@ -1098,7 +1107,7 @@ def _probe(index: int, c: rc.Correlation) -> dict[str, Any]:
         "ebc": c.ebc_code,
         "guid": c.guid or None,
         "cop_no": c.cop_no or None,
-        "parties": list(c.parties),
+        "parties": dict(c.parties),
         "pre_no": c.pre_no or None,
         "invt_no": c.invt_no or None,
     }

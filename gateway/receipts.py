@@ -234,7 +234,7 @@ class ReceiptRecord:
         if mtype is not None and all(k.get(name) for name in mtype.keys):
             values = [k[name] for name in mtype.keys]
             keys = (values[0], values[1] if len(values) > 1 else "")
-        parties = tuple(v for f in ("ebcCode", "agentCode", "operatorCode") if (v := k.get(f)))
+        parties = tuple((f, v) for f in PARTY_FIELDS if (v := k.get(f)))
         return Correlation(
             declared,
             self.guid,
@@ -247,15 +247,24 @@ class ReceiptRecord:
         )
 
 
+#: The enterprise fields a receipt may carry that its declared document carries too (in its head, by the same
+#: name): a document found by anything but its business key must agree with every one the receipt names.
+PARTY_FIELDS = ("ebpCode", "ebcCode", "agentCode", "operatorCode")
+
+
 @dataclass(frozen=True)
 class Correlation:
     """How to find the declared document a receipt answers, most reliable first (spec §5.1).
 
     1. the declaration's business ``keys`` (312: ebpCode+orderNo [+ebcCode], 412: payCode+payTransactionId,
        512/514: logisticsCode+logisticsNo), when the receipt carries them all: the current document;
-    2. else (622/624/626/712) the echoed ``guid`` = a document's head guid (of the declared type);
-    3. ``copNo`` with ebcCode / agentCode / operatorCode (622/624/626/712);
-    4. ``preNo`` / ``invtNo`` once an earlier receipt taught them;
+    2. else (622/624/626/712) ``preNo`` / ``invtNo``, the numbers E-Port and customs gave, once an earlier
+       receipt taught them;
+    3. the echoed ``guid`` = a document's head guid (of the declared type);
+    4. ``copNo``, the enterprise's own number (unique per enterprise only, spec §2.3): with no party to tell
+       two apart, only when one document has it.
+    Steps 2–4 take a document only when it agrees with every party the receipt names (:data:`PARTY_FIELDS`): two
+    enterprises may share a copNo, a customs broker, even a guid.
     5. CEB900: ``oriCopMsgId`` → every document of the message sent with that CopMsgId.
     """
 
@@ -263,7 +272,7 @@ class Correlation:
     guid: str
     keys: tuple[str, str] | None = None
     cop_no: str | None = None
-    parties: tuple[str, ...] = ()
+    parties: tuple[tuple[str, str], ...] = ()  # (field, value) of PARTY_FIELDS the receipt carries
     ebc_code: str | None = None
     pre_no: str | None = None
     invt_no: str | None = None

@@ -889,7 +889,8 @@ async def test_a_receipt_message_with_many_returns_is_applied_in_one_transaction
 
 @pytest.mark.db
 async def test_every_correlation_path_in_one_message(flow: Flow) -> None:
-    """Inventory returns found by guid, copNo (with a party in common), preNo and invtNo, side by side."""
+    """Inventory returns found by guid, copNo, preNo and invtNo, side by side; each only when the document agrees
+    with every party the return names."""
     s = [shipment(50 + i) for i in range(5)]
     for x in s:
         for payload in (x.order, x.payment, x.waybill, x.inventory):
@@ -901,17 +902,37 @@ async def test_every_correlation_path_in_one_message(flow: Flow) -> None:
     wrong = {"guid": "F" * 36, "copNo": "NO-SUCH-COPNO"}
     returns = [
         return_values(s[0].inventory, "399", 2),  # by the echoed guid
-        {**return_values(s[1].inventory, "399", 2), "guid": "F" * 36},  # by copNo, its ebcCode in common
-        {**return_values(s[2].inventory, "399", 2), "guid": "F" * 36, "ebcCode": "OTHER00001",
-         "agentCode": "OTHER00002", "preNo": inv[2]["pre_no"]},  # copNo without a party in common: by preNo
+        {**return_values(s[1].inventory, "399", 2), "guid": "F" * 36},  # by copNo
+        {**return_values(s[2].inventory, "399", 2), **wrong, "preNo": inv[2]["pre_no"]},  # by preNo
         {**return_values(s[3].inventory, "399", 2), **wrong, "preNo": "B20260101999999999",
          "invtNo": inv[3]["invt_no"]},  # by invtNo
         {**return_values(s[4].inventory, "399", 2), **wrong, "preNo": "B20260101999999999"},  # nothing: unmatched
+        # another enterprise's return whose guid, copNo and preNo are s[0]'s: its ebcCode is not s[0]'s
+        {**return_values(s[0].inventory, "800", 3), "ebcCode": "OTHER00001", "preNo": inv[0]["pre_no"]},
     ]  # fmt: skip
     got = await flow.post(build_receipts("CEB622", returns))
-    assert [r["document_ids"] for r in got] == [[d["id"]] for d in inv[:4]] + [[]]
-    assert [r["outcome"] for r in got] == ["applied"] * 4 + ["unmatched"]
+    assert [r["document_ids"] for r in got] == [[d["id"]] for d in inv[:4]] + [[], []]
+    assert [r["outcome"] for r in got] == ["applied"] * 4 + ["unmatched"] * 2
     assert [(await flow.doc(x.inventory))["customs_status"] for x in s] == ["399"] * 4 + ["120"]
+
+
+@pytest.mark.db
+async def test_two_enterprises_sharing_a_copno_and_a_broker_get_their_own_returns(flow: Flow) -> None:
+    """copNo is unique per enterprise only (spec §2.3): a return naming E1 goes to E1's inventory, whatever E2
+    declared with the same copNo through the same broker."""
+    a, b = shipment(70), shipment(71)
+    a.inventory["documents"][0]["copNo"] = b.inventory["documents"][0]["copNo"] = "COP000001"
+    b.inventory["documents"][0].update(ebcCode="4601260E99", assureCode="4601260E99")
+    for x in (a, b):
+        await flow.submit(x.inventory)
+    docs = [await flow.doc(x.inventory) for x in (a, b)]
+    for_a = {**return_values(a.inventory, "100", 1), "guid": "E" * 36}  # E-Port's own guid: by copNo
+    [got] = await flow.post(build_receipts("CEB622", [for_a]))
+    assert got["document_ids"] == [docs[0]["id"]]
+    assert [(await flow.doc(x.inventory))["forward_state"] for x in (a, b)] == ["rejected", "held"]
+    [got] = await flow.post(build_receipts("CEB622", [{**return_values(b.inventory, "120", 2), "guid": "E" * 36}]))
+    assert got["document_ids"] == [docs[1]["id"]]
+    assert [(await flow.doc(x.inventory))["customs_status"] for x in (a, b)] == ["100", "120"]
 
 
 @pytest.mark.db

@@ -190,7 +190,7 @@ def test_records_of_the_official_shape() -> None:
     assert second.verdict is Verdict.DATA_ERROR and second.index == 2
     c = first.correlation()
     assert c.declared_type == "CEB621" and c.cop_no == "INV202403010001" and c.keys is None
-    assert c.pre_no == "B20240301000000123" and "3301960AB8" in c.parties
+    assert c.pre_no == "B20240301000000123" and ("ebcCode", "3301960AB8") in c.parties
 
 
 def test_order_receipt_correlates_by_the_declared_key() -> None:
