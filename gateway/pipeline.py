@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +38,8 @@ class Forbidden(Exception):
 class Checked:
     message: ParsedMessage
     raw: bytes
+    # What decides "the same message again" (the store's sha256): the raw XML, or for JSON the payload's content.
+    identity: bytes | None = None
 
 
 #: A rendered JSON message may be larger than the JSON it came from (``&`` becomes ``&amp;``, an element name is
@@ -45,6 +47,14 @@ class Checked:
 #: defaults of 100 documents of 99 lines. Its size check is a safety net, never the seller's limit (that applies
 #: to the JSON body).
 _RENDERED_FACTOR, _RENDERED_EXTRA = 5, 2 * 1024 * 1024
+
+
+def json_identity(payload: Mapping[str, Any]) -> bytes:
+    """What makes a JSON submission the same message again: its content (members sorted, no white space, numbers
+    as sent), not the XML rendered from it, which differs on every call where the seller left a document guid or
+    appTime to be generated, or signs with a randomised algorithm (SM2)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return b"json:" + text.encode("ascii")
 
 
 def looks_like_json(body: bytes) -> bool:
@@ -120,7 +130,8 @@ class Pipeline:
         mtype = lookup(str(payload.get("type", "")))
         needs_signature = mtype is not None and mtype.signature is Signature.REQUIRED
         rendered = render(payload, signer=self.signer if needs_signature else None)
-        return self._check(rendered, verify=False, max_bytes=_RENDERED_FACTOR * self.max_bytes + _RENDERED_EXTRA)
+        checked = self._check(rendered, verify=False, max_bytes=_RENDERED_FACTOR * self.max_bytes + _RENDERED_EXTRA)
+        return replace(checked, identity=json_identity(payload))
 
     @staticmethod
     def authorize(msg: ParsedMessage, principal: Principal) -> None:
@@ -143,7 +154,7 @@ class Pipeline:
         self.authorize(checked.message, principal)
         scope = None if principal.sees_everything else principal.codes
         return await self.store.ingest(checked.message, checked.raw, submitter=principal.name, source=source,
-                                       scope=scope)  # fmt: skip
+                                       scope=scope, identity=checked.identity)  # fmt: skip
 
 
 CODES: dict[str, str] = {

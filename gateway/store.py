@@ -550,8 +550,12 @@ class Store:
         submitter: str,
         source: str = "xml",
         scope: frozenset[str] | None = None,
+        identity: bytes | None = None,
     ) -> IngestResult:
         """Store a validated message and reconcile what it touches; commits before returning.
+
+        ``identity``: what makes a message with a stored guid the same one again (its sha256 is kept); ``raw``
+        when None. A JSON submission passes its content (gateway.pipeline.json_identity).
 
         ``scope``: the submitting key's enterprise codes, None for a key that may touch everything (see
         keystate.decide: a stored document's key belongs to its parties). Raises :class:`Conflict` (nothing
@@ -565,7 +569,8 @@ class Store:
         for buyer in self.waybill_buyers.guess(news):
             locks.add((LOCK_BUYER, buyer[0]))
             refs.buyers.add(buyer)
-        job = _Job(msg, raw, hashlib.sha256(raw).digest(), submitter, source, self._arrivals, news, locks, refs, scope)
+        sha = hashlib.sha256(raw if identity is None else identity).digest()
+        job = _Job(msg, raw, sha, submitter, source, self._arrivals, news, locks, refs, scope)
         return await self._batcher.put(job)
 
     async def aclose(self) -> None:

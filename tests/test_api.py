@@ -167,6 +167,23 @@ async def test_json_submission_goes_through_the_same_path(api: Client) -> None:
     assert "<ceb:CEB311Message" in stored.body["raw_xml"]
 
 
+async def test_a_json_message_sent_again_is_a_replay_whatever_the_gateway_generated(api: Client) -> None:
+    """A seller's retry of a JSON message (its root guid kept, document guid and appTime left to the gateway) is
+    the same message: the XML rendered from it differs each time, its content does not."""
+    order = json.loads(json.dumps(new_shipment(19).order, default=str))
+    for field in ("guid", "appTime"):
+        order["documents"][0].pop(field, None)
+    first = await api.request("POST", "/v1/messages", json_body=order)
+    assert first.status == 202, first.body
+    again = json.dumps(order, indent=2, sort_keys=True).encode()  # another client's formatting, same content
+    second = await api.request("POST", "/v1/messages", data=again, content_type="application/json")
+    assert second.status == first.status and second.body == first.body
+    assert second.headers.get("Idempotent-Replay") == "true"
+    order["documents"][0]["note"] = "another content"
+    third = await api.request("POST", "/v1/messages", json_body=order)
+    assert third.status == 409 and third.body["error"]["issues"][0]["code"] == "state.guid_conflict"
+
+
 async def test_a_hostile_json_member_name_is_answered_and_kept(api: Client, db_pool: Any) -> None:
     """A lone surrogate in a member name (valid JSON escapes, no UTF-8 form) was a plain-text 500: the pointer of
     its issue could not be stored, logged or answered."""
