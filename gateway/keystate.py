@@ -55,6 +55,10 @@ CODES: dict[str, str] = {
     ),
     "state.refund_not_in_inventory": "a return line's gnum is no item of the inventory it returns (spec R12)",
     "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9)",
+    "state.recorded_only": (
+        "a customs message (a receipt, a tax bill) posted to POST /v1/messages: kept as a record, applied to "
+        "nothing; customs receipts are applied at POST /v1/receipts. An outcome of an accepted message, not an error"
+    ),
 }
 
 # errors.Layer has no "state" member yet; the codes carry the layer in their prefix either way.
@@ -209,6 +213,11 @@ class New:
 
     def describe_key(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.key_names().items())
+
+
+RECORDED_ONLY = (
+    "a customs message is kept here as a record only; receipts are applied to their declarations at POST /v1/receipts"
+)
 
 
 def new_documents(msg: ParsedMessage) -> list[New]:
@@ -389,7 +398,8 @@ def decide(
     for new in news:
         new.outcome, new.replaces, new.code, new.message = "accepted", None, None, None
         new.row.withdrawn = False
-        if not new.tracked:
+        if not new.tracked:  # a customs message posted as a declaration: kept for the record, applied to nothing
+            new.outcome, new.code, new.message = "recorded", "state.recorded_only", RECORDED_ONLY
             continue
         first = seen.setdefault(new.row.key, new)
         if first is not new:

@@ -317,7 +317,11 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
 """
 
 #: Keyed shipments of orderNos ($1): those a waybill of the orderNo may be the leg of (SHIPMENT_LEGS).
-SHIPMENTS_OF_ORDERS = "SELECT ebp_code, order_no FROM shipments WHERE order_no = ANY ($1::text[]) AND ebp_code <> ''"
+SHIPMENTS_OF_ORDERS = """
+SELECT s.ebp_code, s.order_no
+  FROM unnest($1::text[]) AS o(ono),
+       LATERAL (SELECT * FROM shipments AS s WHERE s.order_no = o.ono AND s.ebp_code <> '' OFFSET 0) AS s
+"""
 
 SET_SHIPMENT_CUSTOMS = """
 UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, customs_updated_at = now()

@@ -16,10 +16,11 @@ from tests.test_store import full_shipment
 _T = "ARRAY['x']::text[]"
 #: A CORRELATE input row with every probe's value (the plan of each probe is checked).
 _PROBE = {"i": 1, "declared": "CEB621", "ori": None, "k1": "A", "k2": "C", "ebc": "E", "guid": "g", "cop_no": "c",
-          "parties": ["E"], "pre_no": "p", "invt_no": "i"}  # fmt: skip
+          "parties": {"ebcCode": "E"}, "pre_no": "p", "invt_no": "i"}  # fmt: skip
 # Each statement with parameters good enough for PREPARE/EXECUTE (the plan, not the result, is checked).
 _PLAN_CASES = {
-    "CORRELATE": "'" + json.dumps([_PROBE, {"i": 2, "ori": "m", "parties": []}]) + "'",
+    "CORRELATE": "'" + json.dumps([_PROBE, {"i": 2, "ori": "m", "parties": {}}, {**_PROBE, "i": 3, "parties": {}}])
+    + "'",
     "INSERT_RECEIPTS": f"'CEB312', 'R', NULL, 'x', 'http', NULL, ARRAY[1], {_T}, ARRAY['{{}}'::jsonb], {_T}, {_T}, "
     f"{_T}, {_T}",
     "LOCK_DOCUMENTS": "ARRAY[1::bigint]",
@@ -27,7 +28,11 @@ _PLAN_CASES = {
     "SET_RECEIPT_RAW": "1, 'x'",
     "SET_CUSTOMS_STATE_AND_OUTCOMES": f"ARRAY[1::bigint], {_T}, {_T}, ARRAY[1], {_T}, {_T}, {_T}, {_T}, "
     f"ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[true], {_T}",
-    "SHIPMENT_LEGS": f"{_T}, {_T}, true",
+    "SHIPMENT_LEGS": f"{_T}, {_T}, {_T}",
+    "SHIPMENTS_OF_ORDERS": _T,
+    # the queue's dead-letter hooks (Outbox.deliveries_dead / deliveries_replayed)
+    "DELIVERY_FAILED": f"ARRAY[1::bigint], {_T}",
+    "DELIVERY_REPLAYED": "ARRAY[1::bigint]",
     "SET_SHIPMENT_CUSTOMS": f"{_T}, {_T}, {_T}, {_T}",
     "RELEASE_HELD": f"{_T}, {_T}, {_T}, {_T}, 1",
     "MARK_SENT": "ARRAY[1::bigint]",

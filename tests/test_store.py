@@ -487,7 +487,11 @@ async def test_receipts_are_recorded_without_key_state(store: Store, db_pool: as
     head = {"guid": "RCPT", "ebpCode": EBP, "ebcCode": EBC, "orderNo": "R9", "returnStatus": "2",
             "returnTime": "20250301100000000", "returnInfo": "ok"}  # fmt: skip
     for status in ("2", "120"):
-        await ingest(store, message("CEB312", {**head, "returnStatus": status}))
+        r = await ingest(store, message("CEB312", {**head, "returnStatus": status}))
+        # the answer says it: kept as a record, applied to nothing (receipts are applied at POST /v1/receipts)
+        [doc] = r.body["documents"]
+        assert doc["outcome"] == "recorded" and doc["code"] == "state.recorded_only", doc
+        assert "/v1/receipts" in doc["message"]
     assert await count(db_pool, "SELECT count(*) FROM documents WHERE kind = 'receipt' AND NOT is_current") == 2
     assert await count(db_pool, "SELECT count(*) FROM shipments") == 0
 
