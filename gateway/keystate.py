@@ -53,6 +53,10 @@ CODES: dict[str, str] = {
         "a cancellation (CEB623) or return (CEB625) names an inventory (ebcCode, orderNo) that is not stored or "
         "was withdrawn (spec R12)"
     ),
+    "state.inventory_held": (
+        "a cancellation (CEB623) or return (CEB625) names an inventory the gateway still holds (not yet declared to "
+        "customs, spec §6.7): withdraw the inventory (appType 3) instead"
+    ),
     "state.refund_not_in_inventory": "a return line's gnum is no item of the inventory it returns (spec R12)",
     "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9)",
     "state.recorded_only": (
@@ -151,6 +155,7 @@ class Row:
     is_new: bool = False  # a document of the message being judged (no id yet)
     rejected: bool = False  # customs rejected it (a receipt): it may be declared anew
     failed: bool = False  # its delivery to customs is a dead letter (gateway.outbox.deliveries_dead)
+    held: bool = False  # an inventory the gateway holds until its shipment may be declared (spec §6.7)
 
     @classmethod
     def from_json(cls, r: dict[str, Any]) -> Row:
@@ -160,7 +165,7 @@ class Row:
             logistics_code=r["logistics_code"], logistics_no=r["logistics_no"], app_time=r["app_time"] or "",
             doc_index=r["doc_index"], path=r["path"], head=r["head"], lines=r["lines"], parties=r["parties"],
             withdrawn=r["withdrawn"], message_guid=r.get("message_guid"), rejected=bool(r.get("rejected")),
-            failed=bool(r.get("failed")),
+            failed=bool(r.get("failed")), held=bool(r.get("held")),
         )  # fmt: skip
 
     @property
@@ -486,6 +491,10 @@ def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None) -> l
         what = "was withdrawn" if stored is not None else "is not stored"
         return [issue("state.no_inventory", new.doc.path,
                       f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} it names {what}")]  # fmt: skip
+    if stored.held:  # customs has not seen it: a cancellation would reach customs before the inventory itself
+        return [issue("state.inventory_held", new.doc.path,
+                      f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} is held, not yet declared to customs; "
+                      "withdraw it (appType 3) instead")]  # fmt: skip
     items = {recon.gnum_key(line.get("gnum")): line for line in stored.lines}
     found: list[Issue] = []
     for i, line in enumerate(new.doc.lines):

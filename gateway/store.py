@@ -94,7 +94,7 @@ _DOC_COLUMNS = (
 #: declaring" or higher), which tells the outbox when releasing a held inventory is worth a statement.
 _READ_COLUMNS = (
     f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted,"
-    " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed"
+    " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed, d.forward_state = 'held' AS held"
 )
 
 #: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding

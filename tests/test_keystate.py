@@ -288,6 +288,9 @@ def test_a_cancellation_of_another_tenants_inventory_is_refused() -> None:
     gone = {inventory.key: dataclasses.replace(inventory, withdrawn=True)}
     assert [i.code for i in decide(new_documents(cancel), gone, frozenset({"STRANGER"}))] == ["auth.not_your_document"]
     assert [i.code for i in decide(new_documents(cancel), gone, frozenset({"EBC"}))] == ["state.no_inventory"]
+    # held by the gateway (not declared yet): a cancellation would reach customs before the inventory itself
+    held = {inventory.key: dataclasses.replace(inventory, held=True)}
+    assert [i.code for i in decide(new_documents(cancel), held, frozenset({"EBC"}))] == ["state.inventory_held"]
 
 
 def test_a_document_customs_rejected_may_be_declared_anew_with_a_newer_app_time() -> None:

@@ -674,6 +674,20 @@ async def test_a_cancellation_or_return_names_a_stored_inventory_and_returns_no_
     assert [c for c, _ in await _refused(store, message("CEB623", _refund_head("R2")))] == ["state.no_inventory"]
 
 
+async def test_an_inventory_the_gateway_holds_is_withdrawn_not_cancelled(store: Store, db_pool: asyncpg.Pool) -> None:
+    """A held inventory has not reached customs: a cancellation (or return) of it would (spec R12, §6.7)."""
+    await ingest(store, message("CEB621", inventory_head("RH1")))
+    async with db_pool.acquire() as conn:  # as the outbox writes an inventory whose shipment is not matched yet
+        await conn.execute("UPDATE documents SET forward_state = 'held' WHERE message_type = 'CEB621'")
+    for code in ("CEB623", "CEB625"):
+        lines = [_refund_line("1", "1")] if code == "CEB625" else []
+        assert [c for c, _ in await _refused(store, message(code, _refund_head("RH1"), lines=lines))] == [
+            "state.inventory_held"
+        ]
+    withdrawal = await ingest(store, message("CEB621", inventory_head("RH1", appType="3", appTime=_later(T0, 1))))
+    assert withdrawal.body["documents"][0]["outcome"] == "withdrawn"
+
+
 async def test_a_cancellation_customs_rejected_may_be_declared_anew(store: Store, db_pool: asyncpg.Pool) -> None:
     """CEB623 takes appType 1 only: once customs rejected a cancellation (a receipt made it 'rejected'), a new one
     with a newer appTime replaces it; before that, or with the same appTime, the usual answers."""
