@@ -331,7 +331,8 @@ UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, cust
 """
 
 #: Customs deliveries succeeded ($1 message ids): sent (a receipt may have come first: then it stays); a sent
-#: document without a receipt is awaited from now (sql/100_receipts_awaited.sql). ('failed': a delivery replayed
+#: document without a receipt since this send is awaited from now (sql/100_receipts_awaited.sql): a re-send asked
+#: by a receipt (4) is watched again. ('failed': a delivery replayed
 #: while its hook could not run still ends sent.)
 MARK_SENT = """
 WITH sent AS (
@@ -342,7 +343,7 @@ WITH sent AS (
     RETURNING id, forward_state, sent_at, last_receipt_at
 )
 INSERT INTO receipts_awaited (document_id, sent_at)
-SELECT id, sent_at FROM sent WHERE forward_state = 'sent' AND last_receipt_at IS NULL
+SELECT id, sent_at FROM sent WHERE forward_state = 'sent' AND (last_receipt_at IS NULL OR last_receipt_at < sent_at)
     ON CONFLICT (document_id) DO UPDATE SET sent_at = EXCLUDED.sent_at
 """
 #: The documents of messages ($1 ids).
@@ -362,7 +363,7 @@ UPDATE documents AS d SET repushes = d.repushes + 1,
 RETURNING d.message_id, d.repushes, d.head ->> 'tradeMode' AS mode, d.message_type, d.key1, d.key2
 """
 
-#: Watchdog: messages sent more than $1 s ago without any receipt. Flags them; with $2 (repush) and under
+#: Watchdog: messages sent more than $1 s ago without any receipt since. Flags them; with $2 (repush) and under
 #: $3 re-sends, counts a re-send and puts them back to 'queued'. Oldest first, at most $4 documents.
 WATCHDOG = """
 WITH flagged AS (
@@ -372,7 +373,7 @@ WITH flagged AS (
            forward_state = CASE WHEN $2 AND d.repushes < $3 THEN 'queued' ELSE d.forward_state END
       FROM (SELECT o.id FROM receipts_awaited AS a JOIN documents AS o ON o.id = a.document_id
              WHERE a.sent_at < now() - make_interval(secs => $1)
-               AND o.forward_state = 'sent' AND o.last_receipt_at IS NULL
+               AND o.forward_state = 'sent' AND (o.last_receipt_at IS NULL OR o.last_receipt_at < o.sent_at)
                AND (NOT o.receipt_overdue OR ($2 AND o.repushes < $3))
              ORDER BY a.sent_at LIMIT $4 FOR UPDATE OF o SKIP LOCKED) AS due
      WHERE d.id = due.id

@@ -329,8 +329,8 @@ class Flow:
     async def awaited(self) -> set[int]:
         """The documents awaiting a receipt (the watchdog's list), checked against the documents themselves."""
         kept = {(r["document_id"], r["sent_at"]) for r in await self.rows("SELECT * FROM receipts_awaited")}
-        sent = await self.rows("SELECT id, sent_at FROM documents WHERE forward_state = 'sent' AND last_receipt_at"
-                               " IS NULL")  # fmt: skip
+        sent = await self.rows("SELECT id, sent_at FROM documents WHERE forward_state = 'sent' AND (last_receipt_at"
+                               " IS NULL OR last_receipt_at < sent_at)")  # fmt: skip
         assert kept == {(r["id"], r["sent_at"]) for r in sent}
         return {document_id for document_id, _ in kept}
 
@@ -723,6 +723,27 @@ async def test_sent_and_watchdog(flow: Flow) -> None:
     assert not doc["receipt_overdue"] and doc["last_receipt_at"] is not None
     assert await flow.awaited() == set()
     assert (await flow.outbox.watchdog(timeout_s=0, repush=True, max_repushes=2))["overdue"] == []
+
+
+@pytest.mark.db
+async def test_a_message_sent_again_after_a_4_is_watched_again(flow: Flow) -> None:
+    """Customs' 4 (delivery failed) re-sends the message; if that send gets no receipt either, the watchdog sees
+    it (it waited only for messages that never had any receipt)."""
+    s = shipment(10)
+    await flow.submit(s.order)
+    async with flow.pool.acquire() as conn:
+        (job,) = await cbec_queue.claim(conn, worker_id="w1", lease_s=30)
+    await flow.outbox.record_sent(job, job.payload["message_id"])
+    [answer] = await flow.receipt(s.order, "4", 1)
+    assert answer["resend"] is True and await flow.awaited() == set()
+    async with flow.pool.acquire() as conn:
+        await conn.execute("UPDATE jobs SET run_after = now() WHERE state = 'queued'")  # the re-send's delay
+        (again,) = await cbec_queue.claim(conn, worker_id="w1", lease_s=30, endpoint="customs")
+    await flow.outbox.record_sent(again, again.payload["message_id"])
+    doc = await flow.doc(s.order)
+    assert await flow.awaited() == {doc["id"]}
+    report = await flow.outbox.watchdog(timeout_s=0, repush=False, max_repushes=2)
+    assert report["overdue"] == [doc["message_id"]]
 
 
 @pytest.mark.db
