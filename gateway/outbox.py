@@ -49,6 +49,7 @@ from gateway.forward import JobSpec, LegState, Router, ordering_key, shipment_cu
 log = structlog.get_logger("gateway.outbox")
 
 _ATTEMPTS = 3  # a deadlock between a receipt and an ingest that found more locks late is retried
+_RANK_CONCLUDED = rc.RANKS["399"]  # 海关审结: a cancellation concluded
 _XML_READ_MAX = 256  # message ids per read of the stored XML
 
 # --- SQL ---------------------------------------------------------------------------------------------------
@@ -153,7 +154,8 @@ SELECT x.message_id, m.guid, m.message_type,
 _DOC_STATE = (
     "d.id, d.message_id, d.doc_index, d.kind, d.message_type, d.ebp_code, d.order_no, d.logistics_code,"
     " d.logistics_no, d.is_current, d.withdrawn, d.forward_state, d.customs_status, d.customs_rank,"
-    " d.customs_return_time, d.customs_info, d.pre_no, d.invt_no, d.repushes, d.head ->> 'tradeMode' AS mode"
+    " d.customs_return_time, d.customs_info, d.pre_no, d.invt_no, d.repushes, d.head ->> 'tradeMode' AS mode,"
+    " d.key1, d.key2, d.app_type"
 )
 
 _RECEIPTED_KINDS = "('inventory', 'cancel', 'refund', 'delivery')"  # the kinds answered by guid / copNo
@@ -272,6 +274,17 @@ WITH docs AS (
     RETURNING r.id
 )
 SELECT (SELECT count(*) FROM docs) AS documents, (SELECT count(*) FROM recs) AS receipts
+"""
+
+#: Inventories ($1 ebcCode, $2 orderNo) that count no more toward their buyer's annual quota (a first declaration
+#: customs rejected, an inventory whose cancellation customs concluded): their tax_ledger rows go to zero. Without
+#: the buyer's lock: a lower amount is never an overrun, and an ingest that read the higher one was only stricter.
+RELEASE_QUOTA = """
+UPDATE tax_ledger AS l SET amount = 0, updated_at = now()
+  FROM unnest($1::text[], $2::text[]) AS x(ebc, ono)
+ WHERE l.ebc_code = x.ebc AND l.order_no = x.ono AND l.amount <> 0
+   AND l.ebc_code = ANY ($1::text[]) AND l.order_no = ANY ($2::text[])  -- index probes whatever the plan
+RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no
 """
 
 #: The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments'.
@@ -511,6 +524,8 @@ class _Doc:
     invt_no: str | None
     repushes: int
     mode: str | None
+    key: tuple[str, str] = ("", "")  # (key1, key2): an inventory's and its cancellation's (ebcCode, orderNo)
+    app_type: str = "1"
     changed: bool = False
     learned: dict[str, str] = field(default_factory=dict)
 
@@ -522,6 +537,7 @@ class _Doc:
             logistics_code=r["logistics_code"], logistics_no=r["logistics_no"], forward_state=r["forward_state"],
             state=rc.CustomsState(r["customs_status"], r["customs_rank"], r["customs_return_time"], r["customs_info"]),
             pre_no=r["pre_no"], invt_no=r["invt_no"], repushes=r["repushes"], mode=r["mode"],
+            key=(r["key1"], r["key2"]), app_type=(r["app_type"] or "1").strip(),
         )  # fmt: skip
 
 
@@ -922,6 +938,7 @@ class Outbox:
             [res.outcome == rc.Outcome.APPLIED.value for _, res in rows],
             [res.outcome for _, res in rows],
         )  # fmt: skip
+        await self._release_quota(conn, [d for d in changed if d.changed])
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]
         if legs:  # only a receipt on an order, payment or waybill can make a held inventory eligible (RELEASE_HELD)
             await self._release(
@@ -937,6 +954,19 @@ class Outbox:
         # Last: a re-send puts a failed message back on its way (COUNT_RESEND), and the status must say so.
         await self._refresh_shipments(conn, shipments)
         return [results[r.index] for r in recs]
+
+    async def _release_quota(self, conn: asyncpg.Connection, docs: Sequence[_Doc]) -> None:
+        """An inventory customs refused (its first declaration), or whose cancellation customs concluded (399 and
+        above), counts no more toward its buyer's annual quota (spec §7.1). A rejected change leaves it: customs
+        holds the version before. A return (CEB625) is not deducted (its share of the dutiable value is not
+        computed here)."""
+        void = sorted(
+            {d.key for d in docs if (d.kind == "inventory" and d.forward_state == "rejected" and d.app_type == "1")
+             or (d.kind == "cancel" and d.forward_state == "receipted" and (d.state.rank or 0) >= _RANK_CONCLUDED)}
+        )  # fmt: skip
+        if void:
+            for r in await conn.fetch(RELEASE_QUOTA, [k[0] for k in void], [k[1] for k in void]):
+                log.info("quota_released", ebc_code=r["ebc_code"], order_no=r["order_no"], year=r["year"])
 
     async def _resend(self, conn: asyncpg.Connection, message_ids: Sequence[int], *, delay_s: float) -> list[int]:
         """Send messages again (same guid and CopMsgId), each at most max_repushes times; the ids of those sent."""

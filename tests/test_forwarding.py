@@ -746,6 +746,49 @@ async def test_a_message_sent_again_after_a_4_is_watched_again(flow: Flow) -> No
     assert report["overdue"] == [doc["message_id"]]
 
 
+async def _quota(flow: Flow, s: samples.ShipmentSample) -> list[str]:
+    doc = s.inventory["documents"][0]
+    rows = await flow.rows("SELECT amount FROM tax_ledger WHERE ebc_code = $1 AND order_no = $2", doc["ebcCode"],
+                           doc["orderNo"])  # fmt: skip
+    return [str(r["amount"]) for r in rows]
+
+
+@pytest.mark.db
+async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_frees_the_buyers_quota(
+    flow: Flow,
+) -> None:
+    """The annual quota counts what customs holds (spec §7.1): a first declaration customs rejected, or an
+    inventory cancelled (CEB624 399), counts no more; a rejected change leaves it (customs holds the version
+    before)."""
+    from tests.test_store import message
+
+    refused, cancelled = shipment(80), shipment(81)
+    for s in (refused, cancelled):
+        for payload in (s.order, s.payment, s.waybill):
+            await flow.submit(payload)
+            await flow.receipt(payload, "2", 1)
+        await flow.submit(s.inventory)
+        assert await _quota(flow, s) != ["0.00000"] and len(await _quota(flow, s)) == 1
+    await flow.receipt(refused.inventory, "100", 2)
+    assert await _quota(flow, refused) == ["0.00000"]
+
+    inv = cancelled.inventory["documents"][0]
+    fields = ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode",
+              "logisticsName", "copNo", "buyerIdType", "buyerIdNumber", "buyerName", "buyerTelephone", "agentCode",
+              "agentName")  # fmt: skip
+    head = {k: str(inv[k]) for k in fields}
+    head.update(guid="C" * 36, appType="1", appStatus="2", appTime=str(inv["appTime"]), invtNo="46012026I000000081",
+                reason="买家取消")  # fmt: skip
+    cancel = message("CEB623", head, lines=[])
+    assert (await flow.store.ingest(cancel, b"<CEB623Message/>", submitter="test")).http_status == 202
+    values = {k: head[k] for k in ("customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "invtNo", "guid")}
+    values.update(preNo="B20260101000000081", returnInfo="ok")
+    await flow.post(build_receipt("CEB624", {**values, "returnStatus": "120", "returnTime": "20260101120000003"}))
+    assert await _quota(flow, cancelled) != ["0.00000"]  # taken for processing, not concluded
+    await flow.post(build_receipt("CEB624", {**values, "returnStatus": "399", "returnTime": "20260101120000004"}))
+    assert await _quota(flow, cancelled) == ["0.00000"]
+
+
 @pytest.mark.db
 async def test_a_send_looks_again_only_at_pending_shipments(flow: Flow) -> None:
     """A send can move a shipment only from pending (or failed) to declared, so record_sent reads the legs of those
