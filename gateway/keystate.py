@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -474,8 +474,16 @@ def decide(
 def _declared_anew(cur: Row) -> bool:
     """Whether appType 1 may follow ``cur``: a first declaration customs rejected is not there for customs, so it
     may be declared anew with a newer appTime — the only way for a type that takes no change (a cancellation,
-    CEB623). A rejected change is not: customs still holds the version before it."""
+    CEB623). A rejected change is not: customs still holds the version before it. Nor is a temp-saved document
+    (appStatus 1, spec §3.6): it was never declared, and its declaration is an appType 1 with appStatus 2."""
+    if temp_saved(cur.head):
+        return True
     return cur.rejected and (cur.head.get("appType") or "1").strip() == "1"
+
+
+def temp_saved(head: Mapping[str, str]) -> bool:
+    """appStatus 1: stored at E-Port, not declared (spec §3.6): nothing for customs, nothing for the quota."""
+    return (head.get("appStatus") or "").strip() == "1"
 
 
 def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None) -> list[Issue]:
@@ -856,7 +864,8 @@ def _judge(
         book = state.ledger.setdefault((buyer, year), {})
         used = sum((amount for k, amount in book.items() if k != own), Decimal(0))
         assessment = tax.assess(inv, annual_used=used, rates=rates, order=shipments[key].order)
-        book[own] = assessment.counts_toward_annual
+        counts = Decimal(0) if temp_saved(inv.head) else assessment.counts_toward_annual
+        book[own] = counts
         assessed[key] = assessment
         keep[own] = (buyer, year)
         ledger_put[(buyer, year, *own)] = {
@@ -864,7 +873,7 @@ def _judge(
             "year": year,
             "ebc_code": own[0],
             "order_no": own[1],
-            "amount": str(assessment.counts_toward_annual),
+            "amount": str(counts),
         }
     # Every inventory touched or reassessed keeps one ledger row (its buyer's), none once withdrawn.
     inventories_touched = set(keep)

@@ -674,6 +674,24 @@ async def test_a_cancellation_or_return_names_a_stored_inventory_and_returns_no_
     assert [c for c, _ in await _refused(store, message("CEB623", _refund_head("R2")))] == ["state.no_inventory"]
 
 
+async def test_a_temp_saved_inventory_takes_no_quota_and_is_declared_with_app_type_1(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """appStatus 1 is a temp-save at E-Port (spec §3.6): never declared, so it counts nothing toward the buyer's
+    annual quota, and its declaration is appType 1 again (appStatus 2, a newer appTime), not a duplicate."""
+    await ingest(store, message("CEB621", inventory_head("TS1", appStatus="1")))
+    amounts = "SELECT array_agg(amount::text) FROM tax_ledger WHERE order_no = 'TS1'"
+    assert await db_pool.fetchval(amounts) == ["0.00000"]
+    declared = await ingest(store, message("CEB621", inventory_head("TS1", appTime=_later(T0, 1))))
+    assert declared.http_status == 202 and declared.body["documents"][0]["outcome"] == "replaced"
+    [amount] = await db_pool.fetchval(amounts)
+    assert Decimal(amount) > 0
+    # declared: appType 1 again is the usual duplicate
+    assert [c for c, _ in await _refused(store, message("CEB621", inventory_head("TS1", appTime=_later(T0, 2))))] == [
+        "state.duplicate"
+    ]
+
+
 async def test_an_inventory_the_gateway_holds_is_withdrawn_not_cancelled(store: Store, db_pool: asyncpg.Pool) -> None:
     """A held inventory has not reached customs: a cancellation (or return) of it would (spec R12, §6.7)."""
     await ingest(store, message("CEB621", inventory_head("RH1")))
