@@ -273,6 +273,33 @@ async def test_annual_quota_is_per_buyer_and_counts_released_inventories(
     assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800", "-621018"]
 
 
+async def test_a_change_to_another_buyer_moves_the_amount_between_their_quotas(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """The earlier version's amount goes back to the earlier version's buyer (it was taken from the new one)."""
+    s = samples.shipment(random.Random(7), order_no="QUOTA-C", now=NOW)
+
+    def sign(root: Any) -> None:
+        signing.sign(root, rsa_key)
+
+    await declare_all(client, sandbox, samples.render_shipment(s, signer=sign))
+    await sandbox.wait_idle()
+    first = s.inventory_doc["buyerIdNumber"].upper()
+    used = dict(sandbox.sandbox.quota_used)
+    assert used[first] > 0
+    other = "460100199001010011"  # the order, payment and inventory change to another buyer
+    changed = ((s.order_doc, "buyerIdNumber"), (s.payment_doc, "payerIdNumber"), (s.inventory_doc, "buyerIdNumber"))
+    for doc, field in changed:
+        doc.update({"appType": "2", "appTime": str(int(doc["appTime"]) + 60), field: other})
+    xmls = samples.render_shipment(s, signer=sign)
+    for code in ("CEB311", "CEB411", "CEB621"):
+        await post_dxp(client, sandbox.url, xmls[code])
+        await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB622")[-1] not in ("-621018", "100"), statuses(http_recorder, "CEB622")
+    assert sandbox.sandbox.quota_used[first] == 0
+    assert sandbox.sandbox.quota_used[other] == used[first]
+
+
 async def test_temp_save_gets_status_1(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:

@@ -610,15 +610,19 @@ class Sandbox:
             info = f"订购金额{value}超过单次交易限值{cfg.single_limit} (sandbox: single-transaction limit)"
             return [step("CEB622", "-621005", values, label, info)]
         buyer = h.get("buyerIdNumber", "").upper()
-        previous = existing.value if existing else Decimal(0)  # a change replaces the earlier amount
-        used = self.quota_used.get(buyer, Decimal(0)) - previous
+        # a change or a deletion gives back the earlier version's amount, to the earlier version's buyer
+        previous = existing.value if existing else Decimal(0)
+        earlier = existing.doc.head.get("buyerIdNumber", "").upper() if existing else buyer
+        if app_type == "3":
+            self.inventories.pop(key, None)
+            self.quota_used[earlier] = self.quota_used.get(earlier, Decimal(0)) - previous
+            return [step("CEB622", "2", values, label), step("CEB622", "120", values, label)]
+        used = self.quota_used.get(buyer, Decimal(0)) - (previous if earlier == buyer else Decimal(0))
         if used + value > cfg.annual_limit:
             info = f"年度已用额度{used}加本次{value}超过年度限值{cfg.annual_limit} (sandbox: annual limit)"
             return [step("CEB622", "-621018", values, label, info)]
-        if app_type == "3":
-            self.inventories.pop(key, None)
-            self.quota_used[buyer] = used
-            return [step("CEB622", "2", values, label), step("CEB622", "120", values, label)]
+        if earlier != buyer:
+            self.quota_used[earlier] = self.quota_used.get(earlier, Decimal(0)) - previous
         invt = existing.invt_no if existing else rc.invt_no(h.get("customsCode", ""), next(self._serial), now)
         self.inventories[key] = InventoryRecord(doc, pre_no, invt, value)
         self.quota_used[buyer] = used + value
