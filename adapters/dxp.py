@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from lxml import etree
 
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.messages import DXP_NS, lookup
-from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_xml
+from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_xml, prolog_end
 
 IMPORT_RECEIVER = "DXPEDCCEB0000002"
 EXPORT_RECEIVER = "DXPEDCCEB0000003"
@@ -239,7 +240,11 @@ def read_envelope(root: etree._Element) -> Envelope:
     )
 
 
+_DXP_ROOT = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?DxpMsg[\s/>]")
+
+
 def is_dxp(body: bytes) -> bool:
-    """Cheap sniff: does this look like a DxpMsg rather than a bare CEB message? (No parsing.)"""
-    head = body[:512]
-    return b"DxpMsg" in head and DXP_NS.encode() in head
+    """Cheap sniff: is the root element a DxpMsg rather than a bare CEB message? (No parsing: its start tag, after
+    whatever comments and processing instructions come first, and the DXP namespace declared in it.)"""
+    start = prolog_end(body)
+    return _DXP_ROOT.match(body, start) is not None and DXP_NS.encode() in body[start : start + 4096]

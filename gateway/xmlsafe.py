@@ -26,6 +26,13 @@ _DECLARED = re.compile(rb"\s*<\?xml\s[^?>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+
 #: What may come before a DOCTYPE: blanks, the XML declaration and other processing instructions, comments (in
 #: which "<a" is no start tag). The alternatives begin differently, so the match is linear.
 _PROLOG = re.compile(rb"(?:\s|<\?.*?\?>|<!--.*?-->)*", re.S)
+
+
+def prolog_end(body: bytes) -> int:
+    """Where the first markup after the byte order mark, the XML declaration, processing instructions, comments and
+    blanks begins (the DOCTYPE or the root element's start tag). No parsing."""
+    start = 3 if body.startswith(_BOM) else 0
+    return _PROLOG.match(body, start).end()  # type: ignore[union-attr]  # the pattern matches the empty string
 _local = threading.local()
 
 
@@ -62,7 +69,7 @@ def parse_xml(body: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
     declared = _DECLARED.match(body, start)
     if declared and declared.group(1).decode("ascii").replace("_", "-").upper() not in _UTF8:
         raise _reject("parse.encoding", f"CEB messages are UTF-8; the document declares {declared.group(1).decode()}")
-    if body.startswith(b"<!DOCTYPE", _PROLOG.match(body, start).end()):  # type: ignore[union-attr]
+    if body.startswith(b"<!DOCTYPE", prolog_end(body)):
         raise _reject("parse.dtd_forbidden", "a DOCTYPE or entity declaration is not allowed in a CEB message")
     try:
         root = etree.fromstring(body, _parser())

@@ -223,6 +223,11 @@ def test_read_unwraps_a_dxp_envelope() -> None:
     intake = rc.read(env, SchemaSet())
     assert intake.cop_msg_id == "COP-1" and intake.records[0].keys == {"logisticsCode": "L1", "logisticsNo": "N1"}
     assert intake.raw_xml.encode() == xml
+    # a long comment before the root (a relay's banner) still leaves it an envelope, not an unknown message
+    declaration, rest = env.split(b"?>", 1)
+    commented = declaration + b"?><!--" + b" relay " * 100 + b"-->" + rest
+    assert rc.read(commented, SchemaSet()).cop_msg_id == "COP-1"
+    assert not dxp.is_dxp(b"<?xml version='1.0'?><!-- DxpMsg http://www.chinaport.gov.cn/dxp --><CEB312Message/>")
 
 
 def test_read_refuses_declarations_and_mismatched_envelopes() -> None:
