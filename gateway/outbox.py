@@ -236,8 +236,9 @@ SELECT s.ebp_code, s.order_no
 #: Take the advisory locks $1 (sorted ids) for the rest of the transaction.
 LOCK_IDS = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
 
-#: Insert the receipts; the ones already stored (same dedupe) are skipped. Returns the new ones' index. The
-#: message's raw XML ($4) goes on its first return element only: one copy per message, not one per return.
+#: Insert the receipts; the ones already stored (same dedupe) are skipped, unless they matched no document then:
+#: those are returned with the new ones, to be tried again (their document may have been stored since). Returns
+#: their dedupe keys. The message's raw XML ($4) goes on its first return element only: one copy per message.
 INSERT_RECEIPTS = """
 INSERT INTO receipts (message_type, root_guid, element_index, doc_guid, keys, return_status, return_time,
                       return_info, cop_msg_id, raw_xml, source, submitter, dedupe, outcome)
@@ -245,8 +246,9 @@ SELECT $1, $2, x.idx, x.guid, x.keys, x.status, x.rtime, x.info, $3,
        CASE WHEN x.idx = min(x.idx) OVER () THEN $4 END, $5, $6, x.dedupe, 'unmatched'
   FROM unnest($7::int[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::text[])
        AS x(idx, guid, keys, status, rtime, info, dedupe)
-ON CONFLICT (dedupe) DO NOTHING
-RETURNING id, element_index, raw_xml IS NOT NULL AS has_raw
+ON CONFLICT (dedupe) DO UPDATE SET received_at = receipts.received_at  -- kept as it was, returned to be tried again
+ WHERE receipts.outcome = 'unmatched'
+RETURNING id, dedupe, raw_xml IS NOT NULL AS has_raw
 """
 #: The raw XML ($2) on a receipt ($1): when the message's first return element was already stored.
 SET_RECEIPT_RAW = "UPDATE receipts SET raw_xml = $2 WHERE id = $1"
@@ -873,14 +875,16 @@ class Outbox:
         self, conn: asyncpg.Connection, intake: rc.Intake, source: str, submitter: str | None
     ) -> list[ReceiptResult]:
         recs = intake.records
+        dedupes = [r.dedupe_key() for r in recs]
         inserted = await conn.fetch(
             INSERT_RECEIPTS,
             intake.message_type, intake.root_guid, intake.cop_msg_id, intake.raw_xml, source, submitter,
             [r.index for r in recs], [r.guid for r in recs], [dict(r.keys) for r in recs],
             [r.return_status for r in recs], [r.return_time for r in recs], [r.return_info for r in recs],
-            [r.dedupe_key() for r in recs],
+            dedupes,
         )  # fmt: skip
-        new = {row["element_index"]: row["id"] for row in inserted}
+        index_of = {d: r.index for d, r in zip(dedupes, recs, strict=True)}
+        new = {index_of[row["dedupe"]]: row["id"] for row in inserted}
         if inserted and not any(row["has_raw"] for row in inserted):
             await conn.execute(SET_RECEIPT_RAW, min(new.values()), intake.raw_xml)
         results = {

@@ -687,6 +687,24 @@ async def test_unmatched_receipts_are_kept(flow: Flow) -> None:
 
 
 @pytest.mark.db
+async def test_a_receipt_that_came_before_its_declaration_is_applied_when_it_comes_again(flow: Flow) -> None:
+    """Customs re-delivers a receipt it got no answer for; one stored as unmatched (its declaration was not stored
+    yet) is tried again then, not swallowed as already stored. An applied one stays a duplicate."""
+    s = shipment(12)
+    early = build_receipt("CEB312", return_values(s.order, "2", 1))
+    (res,) = await flow.post(early)
+    assert res["outcome"] == "unmatched"
+    await flow.submit(s.order)
+    (res,) = await flow.post(early)
+    assert res["outcome"] == "applied" and res["document_ids"] == [(await flow.doc(s.order))["id"]]
+    assert (await flow.doc(s.order))["customs_status"] == "2"
+    (res,) = await flow.post(early)
+    assert res["outcome"] == "duplicate"
+    (row,) = await flow.rows("SELECT * FROM receipts")  # still one row
+    assert row["outcome"] == "applied" and row["raw_xml"].startswith("<?xml")
+
+
+@pytest.mark.db
 async def test_sent_and_watchdog(flow: Flow) -> None:
     s = shipment(9)
     await flow.submit(s.order)
@@ -939,9 +957,9 @@ async def test_a_receipt_message_with_many_returns_is_applied_in_one_transaction
     # the message is stored once, on its first return element
     assert stored[0]["raw_xml"].count("<OrderReturn>") == 10 and all(r["raw_xml"] is None for r in stored[1:])
     assert await _one_transaction(flow, "M" * 36, [d["id"] for d in docs])
-    # the same message again: every return is "already stored", nothing changes
+    # the same message again: every return is "already stored", nothing changes (the unmatched one is tried again)
     again = await flow.post(build_receipts("CEB312", returns))
-    assert {r["outcome"] for r in again} == {"duplicate"}
+    assert [r["outcome"] for r in again] == ["duplicate"] * 7 + ["unmatched"] + ["duplicate"] * 2
     assert len(await flow.rows("SELECT id FROM receipts")) == 10
     # a message whose first return is stored already keeps its XML on its first new one
     partial = [returns[0], return_values(s[0].order, "399", 6)]
