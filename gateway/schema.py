@@ -359,6 +359,20 @@ class _Explainer:
         self.models = models
         self.document = mtype.document if mtype else None
         self.lines = mtype.lines if mtype else None
+        self.missing_in: list[etree._Element] = []  # parents libxml2 found a required child missing in
+
+    def all_missing(self) -> list[Issue]:
+        """Every required child absent from the parents that lack one: libxml2 stops at the first of each
+        sequence, and a sender (a seller filling a JSON form most of all) should learn them all at once."""
+        out: list[Issue] = []
+        for parent in dict.fromkeys(self.missing_in):
+            present = {c.tag for c in _elements(parent)}
+            pname = _local(parent.tag)
+            for p in self.models.get(self.model_key(parent), ()):
+                if p.min >= 1 and p.tag not in present:
+                    out.append(Issue(Layer.SCHEMA, "schema.missing_element", f"{self.path(parent)}/{_local(p.tag)}",
+                                     f"required element {_local(p.tag)} is missing in {pname}"))  # fmt: skip
+        return out
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -485,6 +499,8 @@ class _Explainer:
             missing_children = "Missing child element" in rest
             s = self.structural(el, missing_children, expected)
             if s is not None:
+                if s.code == "schema.missing_element":
+                    self.missing_in.append(s.path_el)
                 at = self.path(s.path_el) + (f"/{_local(s.missing)}" if s.missing else "")
                 return issue(s.code, s.message, at)
             # No content model for this parent (a choice inside ds:KeyInfo, xs:any ...): go by
@@ -632,4 +648,6 @@ class SchemaSet:
             if key not in seen:
                 seen.add(key)
                 out.append(issue)
+        reported = {(i.code, i.path) for i in out}
+        out += [i for i in explainer.all_missing() if (i.code, i.path) not in reported]
         return out

@@ -153,6 +153,22 @@ def test_missing_required_element(schemas: SchemaSet) -> None:
     assert "acturalPaid" in issue.message and "currency" in issue.message  # what is missing, what was found
 
 
+def test_every_missing_required_element_is_named_at_once(schemas: SchemaSet) -> None:
+    """libxml2 stops at the first missing element of a sequence; the sender learns them all in one answer."""
+    root, mtype = load("CEB311")
+    for name in ("ebpName", "acturalPaid", "buyerName"):
+        remove(root, f"ceb:Order[2]/ceb:OrderHead/ceb:{name}")
+    remove(root, "ceb:Order[1]/ceb:OrderList[1]/ceb:itemName")
+    issues = schemas.validate(root, mtype)
+    assert {(i.code, i.path) for i in issues} == {
+        ("schema.missing_element", "/CEB311Message/Order[2]/OrderHead/ebpName"),
+        ("schema.missing_element", "/CEB311Message/Order[2]/OrderHead/acturalPaid"),
+        ("schema.missing_element", "/CEB311Message/Order[2]/OrderHead/buyerName"),
+        ("schema.missing_element", "/CEB311Message/Order[1]/OrderList[1]/itemName"),
+    }
+    assert len(issues) == 4
+
+
 def test_missing_element_at_the_end_of_a_head(schemas: SchemaSet) -> None:
     root, mtype = load("CEB511")
     remove(root, "ceb:Logistics[2]/ceb:LogisticsHead/ceb:note")
