@@ -53,6 +53,10 @@ CODES: dict[str, str] = {
         "a cancellation (CEB623) or return (CEB625) names an inventory (ebcCode, orderNo) that is not stored or "
         "was withdrawn (spec R12)"
     ),
+    "state.second_inventory": (
+        "an inventory for a shipment (ebpCode, orderNo) that has a live inventory under another key (another "
+        "ebcCode): an order has one inventory; withdraw the other first, or change it"
+    ),
     "state.inventory_held": (
         "a cancellation (CEB623) or return (CEB625) names an inventory the gateway still holds (not yet declared to "
         "customs, spec §6.7): withdraw the inventory (appType 3) instead"
@@ -808,7 +812,28 @@ def judge(
     keys = dict.fromkeys(r.shipment_key for r in gone if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL)
     released = [w for w in map(before.waybill_of, keys) if w is not None]
     with before.changed(gone, [n.row for n in news if n.live]) as live:
+        issues = _second_inventories(news, live)
+        if issues:
+            raise Conflict(issues)
         return _judge(msg, news, refs, held, state, live, rates=rates, tolerance=tolerance, released=released)
+
+
+def _second_inventories(news: list[New], live: Live) -> list[Issue]:
+    """An order has one inventory: a new one beside a live inventory of its shipment under another key (another
+    ebcCode) would be reconciled and released with the shipment unseen, and both sent to customs."""
+    out: list[Issue] = []
+    for new in news:
+        row = new.row
+        if not new.live or row.kind != Kind.INVENTORY:
+            continue
+        for other in live.legs.get(row.shipment_key, {}).get(Kind.INVENTORY.value, ()):
+            if other is not row and other.key != row.key:
+                out.append(issue("state.second_inventory", new.doc.path,
+                                 f"the shipment {row.ebp_code}/{row.order_no} has a live inventory with ebcCode "
+                                 f"{other.ebc_code} (message {other.message_guid or 'of this message'}): an order has "
+                                 "one inventory; withdraw that one (appType 3) first, or change it"))  # fmt: skip
+                break
+    return out
 
 
 def _judge(

@@ -692,6 +692,21 @@ async def test_a_temp_saved_inventory_takes_no_quota_and_is_declared_with_app_ty
     ]
 
 
+async def test_an_order_has_one_inventory(store: Store) -> None:
+    """A second live inventory of a shipment under another ebcCode was stored beside the first: reconciliation and
+    the tax ledger saw the latest only, and the hold released both to customs."""
+    await ingest(store, message("CEB621", inventory_head("OI1")))
+    other = inventory_head("OI1", guid="INV-OI1-B", ebcCode="4601260E99", assureCode="4601260E99",
+                           appTime=_later(T0, 1))  # fmt: skip
+    refused = await _refused(store, message("CEB621", other))
+    assert refused == [("state.second_inventory", "/CEB621Message/Inventory[1]")]
+    await ingest(store, message("CEB621", inventory_head("OI1", appType="3", appTime=_later(T0, 2))))
+    assert (await ingest(store, message("CEB621", {**other, "appTime": _later(T0, 3)}))).http_status == 202
+    # a change of the live inventory is no second one
+    change = {**other, "appType": "2", "appTime": _later(T0, 4), "note": "changed"}
+    assert (await ingest(store, message("CEB621", change))).body["documents"][0]["outcome"] == "replaced"
+
+
 async def test_an_inventory_the_gateway_holds_is_withdrawn_not_cancelled(store: Store, db_pool: asyncpg.Pool) -> None:
     """A held inventory has not reached customs: a cancellation (or return) of it would (spec R12, §6.7)."""
     await ingest(store, message("CEB621", inventory_head("RH1")))
