@@ -51,7 +51,7 @@ CODES: dict[str, str] = {
 class Verdict(StrEnum):
     """What a returnStatus means for the document it answers."""
 
-    PROGRESS = "progress"  # a step on the ladder (1, 2, 3, 120, 300, 399, 5xx, 700, 800, 899)
+    PROGRESS = "progress"  # a step on the ladder (1, 2, 3, 120, 300, 500, 399, 501-599, 700, 800, 899)
     REJECTED = "rejected"  # 100: customs rejected it (returnInfo says why)
     DATA_ERROR = "data_error"  # a negative business / format code: rejected
     OLDER_IGNORED = "older_ignored"  # "message older than the stored one" codes: rejected, needs a newer appTime
@@ -60,13 +60,15 @@ class Verdict(StrEnum):
     UNKNOWN = "unknown"  # a code in no table: kept raw, state unchanged
 
 
-#: Rank of each status on the ladder (higher = further). 500..599 share one rank.
+#: Rank of each status on the ladder (higher = further). 500 (inspection) comes before 399 (concluded), as in the
+#: spec's inventory sequence 120 → (300 / 500) → 399 → 800; 501..599 (detained) share one rank above it.
 RANKS: dict[str, int] = {
     "1": 10,
     "2": 20,
     "3": 30,
     "120": 40,
     "300": 50,
+    "500": 55,
     "399": 60,
     "5xx": 70,
     "100": 80,

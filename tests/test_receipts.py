@@ -49,11 +49,12 @@ def waybill_receipt() -> bytes:
 
 
 def test_the_ladder_is_the_briefs_order() -> None:
-    ladder = ["1", "2", "3", "120", "300", "399", "501", "100", "700", "800", "899"]
+    # inspection (500) comes before the conclusion (399), spec §5.2: 120 → (300 / 500) → 399 → 800
+    ladder = ["1", "2", "3", "120", "300", "500", "399", "501", "100", "700", "800", "899"]
     ranks = [rc.rank(s) for s in ladder]
     assert all(r is not None for r in ranks)
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
-    assert rc.rank("500") == rc.rank("599") == rc.rank("502")  # one rung for inspection / detention
+    assert rc.rank("501") == rc.rank("599") == rc.rank("502")  # one rung for the detentions
 
 
 @pytest.mark.parametrize(
