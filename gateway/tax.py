@@ -257,7 +257,8 @@ def assess(
                 "tax.annual_limit_exceeded",
                 inventory,
                 dutiable,
-                f"annual amount used {annual_used} + this dutiable value {dutiable} = {annual_used + dutiable} "
+                f"annual amount used {_cents(annual_used)} + this dutiable value {_cents(dutiable)} = "
+                f"{_cents(annual_used + dutiable)} "
                 f"exceeds the annual limit {annual_limit}; customs: -621018",
             )
         )

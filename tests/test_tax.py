@@ -213,6 +213,9 @@ def test_one_cent_over_the_annual_limit_is_refused_with_both_figures() -> None:
     finding = result.findings[0]
     assert finding.blocking
     assert "25690.01" in finding.message and "310.00" in finding.message and "26000" in finding.message
+    # the ledger keeps five decimals; the message shows money in cents
+    result = assess(inventory((MILK, "300.00"), freight="10.00"), annual_used=Decimal("25690.01000"))
+    assert "used 25690.01 +" in result.findings[0].message and "= 26000.01 " in result.findings[0].message
     assert "-621018" in finding.message
     assert result.full_rate is True and result.counts_toward_annual == Decimal("0.00")
 
