@@ -310,7 +310,9 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
                          WHERE d.ebp_code = s.ebp_code AND d.order_no = s.order_no OFFSET 0) AS d
                  WHERE d.kind IN ('order', 'payment', 'inventory') AND d.is_current AND NOT d.withdrawn
                 UNION ALL
-                -- the waybill the inventory names (pri 0), else the latest one of the orderNo (as reconciliation)
+                -- the waybill the inventory names (pri 0), else the latest one of the orderNo (as reconciliation),
+                -- unless another platform has a shipment of that orderNo too: whose waybill it is, nothing says
+                -- (a waybill carries no ebpCode), and one platform's rejection must not move the other's status
                 (SELECT w.id, w.app_time, w.message_id, w.doc_index, w.kind, w.forward_state, w.customs_status,
                         w.customs_rank, w.customs_info
                    FROM (SELECT n.*, 0 AS pri
@@ -321,7 +323,10 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
                          UNION ALL
                          SELECT o.*, 1 AS pri
                            FROM (SELECT * FROM documents AS o
-                                  WHERE o.order_no = s.order_no AND o.kind = 'waybill' OFFSET 0) AS o) AS w
+                                  WHERE o.order_no = s.order_no AND o.kind = 'waybill' OFFSET 0) AS o
+                          WHERE NOT EXISTS (SELECT 1 FROM shipments AS t
+                                             WHERE t.order_no = s.order_no AND t.ebp_code <> ''
+                                               AND t.ebp_code <> s.ebp_code)) AS w
                   WHERE w.kind = 'waybill' AND w.is_current AND NOT w.withdrawn
                   ORDER BY w.pri, w.id DESC
                   LIMIT 1)) AS l) AS legs

@@ -808,6 +808,24 @@ async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_f
 
 
 @pytest.mark.db
+async def test_a_waybill_of_an_order_number_two_platforms_use_moves_neither_shipment(flow: Flow) -> None:
+    """orderNo is unique within a platform only (spec §6.2) and a waybill carries no ebpCode: until an inventory
+    names it, its rejection is no platform's shipment status (it showed on both, with the other's text)."""
+    p1 = shipment(90, order_no="SHARED-ORDER-1")
+    p2 = shipment(90, order_no="SHARED-ORDER-1")
+    p2.order["guid"] = "B" * 36
+    p2.order["documents"][0].update(guid="C" * 36, ebpCode="46012609ZZ")
+    await flow.submit(p1.order)
+    await flow.submit(p2.order)
+    await flow.submit(p1.waybill)
+    await flow.receipt(p1.waybill, "100", 1)
+    statuses = await flow.rows("SELECT ebp_code, customs_status FROM shipments WHERE order_no = 'SHARED-ORDER-1'"
+                               " AND ebp_code <> '' ORDER BY ebp_code")  # fmt: skip
+    assert [(r["ebp_code"], r["customs_status"]) for r in statuses] == [("46012609BQ", "pending"),
+                                                                         ("46012609ZZ", "pending")]  # fmt: skip
+
+
+@pytest.mark.db
 async def test_a_send_looks_again_only_at_pending_shipments(flow: Flow) -> None:
     """A send can move a shipment only from pending (or failed) to declared, so record_sent reads the legs of those
     shipments alone (SHIPMENT_LEGS with their statuses); the statuses come out as a full refresh gives them."""
