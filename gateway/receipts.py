@@ -82,7 +82,11 @@ RANK_REJECTED = RANKS["100"]
 RANK_RELEASED = RANKS["800"]
 
 #: Duplicates: the document is already on file at customs (spec §5.3, [V] and [C] codes).
-DUPLICATE_CODES = frozenset({"-301010", "-401007", "-504012", "-504015", "-505012", "-621004", "-621041", "-800001"})
+DUPLICATE_CODES = frozenset({"-301010", "-401007", "-504012", "-504015", "-505012", "-621004", "-800001"})
+#: Codes seen with two meanings and in no official table: -621041 is "cannot add again within a short time" or
+#: "inventory already declared" ([C] only, spec §5.3). Neither accepted nor rejected on such a word: kept raw, the
+#: state unchanged (UNKNOWN), so the document stays awaited and the watchdog brings it to an operator.
+AMBIGUOUS_CODES = frozenset({"-621041"})
 #: "Older than the stored one, ignored" (spec §5.3, §6.5).
 OLDER_IGNORED_CODES = frozenset({"-301014", "-401012", "-505016", "-800005", "-621055"})
 #: System exceptions worth a resend (spec §5.4 retry guidance).
@@ -130,6 +134,8 @@ def classify(status: str) -> Verdict:
         return Verdict.DUPLICATE
     if s in OLDER_IGNORED_CODES:
         return Verdict.OLDER_IGNORED
+    if s in AMBIGUOUS_CODES:
+        return Verdict.UNKNOWN
     if n is not None and n < 0:
         if 3000 <= -n <= 3999:  # a DXP system code sent with a minus sign: transient like §5.4's 3xxx
             return Verdict.TRANSIENT
@@ -151,7 +157,7 @@ def rank(status: str) -> int | None:
         return RANKS["5xx"]
     if s in DUPLICATE_CODES:
         return RANK_ACCEPTED
-    if s in TRANSIENT_CODES:
+    if s in TRANSIENT_CODES or s in AMBIGUOUS_CODES:
         return None
     if n is not None and n < 0:
         return None if 3000 <= -n <= 3999 else RANK_REJECTED

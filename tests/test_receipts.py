@@ -68,6 +68,7 @@ def test_the_ladder_is_the_briefs_order() -> None:
         ("-3001", Verdict.TRANSIENT, None),
         ("-301010", Verdict.DUPLICATE, rc.RANK_ACCEPTED),
         ("-621004", Verdict.DUPLICATE, rc.RANK_ACCEPTED),
+        ("-621041", Verdict.UNKNOWN, None),  # two meanings in public code, none official: neither way
         ("-301014", Verdict.OLDER_IGNORED, rc.RANK_REJECTED),
         ("-621018", Verdict.DATA_ERROR, rc.RANK_REJECTED),
         ("-1", Verdict.DATA_ERROR, rc.RANK_REJECTED),
