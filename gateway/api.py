@@ -438,6 +438,7 @@ def create_app(
     app[TURNS] = Turns()
     trusted = read_certificates(settings.trusted_certs) if settings.trusted_certs else None
     app[PIPELINE] = Pipeline(schemas or SchemaSet(), store, max_bytes=settings.max_body_bytes, signer=signer,
+                             signing_agent_code=settings.signing_agent_code,
                              verify_signatures=settings.verify_signatures, trusted_certs=trusted)  # fmt: skip
     app[KEYS] = KeyRing(settings.api_keys)
     app.router.add_post("/v1/messages", post_message)

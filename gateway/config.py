@@ -149,6 +149,9 @@ class Settings:
     signing_key_file: Path | None = None
     signing_cert_file: Path | None = None
     signing_algorithm: str = "rsa-sha1"  # or "sm2-sm3"
+    # The agentCode of the enterprise whose key that is: a JSON CEB621 naming another agent is refused (customs
+    # checks the signer against the declared agent). None: not checked.
+    signing_agent_code: str | None = None
     # Verify the ds:Signature of every signed XML message at ingest (spec §2.7; customs answers a bad one with
     # -621028/-621029), pinned to the certificates in trusted_certs (a PEM file or a folder of them) when given.
     verify_signatures: bool = False
@@ -364,6 +367,7 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
         ("signing_key_file", Path),
         ("signing_cert_file", Path),
         ("signing_algorithm", str),
+        ("signing_agent_code", str),
         ("verify_signatures", _flag),
         ("trusted_certs", Path),
     ):

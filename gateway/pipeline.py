@@ -71,6 +71,7 @@ class Pipeline:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         signer: Callable[[etree._Element], None] | None = None,
+        signing_agent_code: str | None = None,
         verify_signatures: bool = False,
         trusted_certs: Sequence[bytes] | None = None,
     ) -> None:
@@ -80,6 +81,7 @@ class Pipeline:
         # Signs JSON-submitted declarations whose schema requires a signature (CEB621) with the
         # declaring agent's key configured on the gateway; XML submitters sign their own.
         self.signer = signer
+        self.signing_agent_code = signing_agent_code  # whose key that is (None: not checked)
         # Verify the signature of a signed XML message (customs would refuse a bad one: -621028/-621029), pinned
         # to trusted_certs when given. Not those the gateway signs itself (JSON submissions).
         self.verify_signatures = verify_signatures
@@ -131,7 +133,24 @@ class Pipeline:
         needs_signature = mtype is not None and mtype.signature is Signature.REQUIRED
         rendered = render(payload, signer=self.signer if needs_signature else None)
         checked = self._check(rendered, verify=False, max_bytes=_RENDERED_FACTOR * self.max_bytes + _RENDERED_EXTRA)
+        if needs_signature and self.signing_agent_code is not None:
+            self._signed_for_its_agent(checked.message, self.signing_agent_code)
         return replace(checked, identity=json_identity(payload))
+
+    @staticmethod
+    def _signed_for_its_agent(msg: ParsedMessage, agent: str) -> None:
+        """The gateway signs a JSON declaration with one agent's key: a document naming another agent would reach
+        customs signed by the wrong enterprise (-621029)."""
+        issues = []
+        for doc in msg.documents:
+            code = (doc.head.get("agentCode") or "").strip()
+            if code != agent:
+                message = (f"agentCode {code!r} is not the agent whose key signs JSON declarations here ({agent!r}): "
+                           "send this one as XML signed with its own key")  # fmt: skip
+                path = f"/documents/{doc.index - 1}/agentCode"
+                issues.append(Issue(Layer.RULE, "rule.agent_not_signer", path, message))
+        if issues:
+            raise MessageRejected(issues, msg.type.code)
 
     @staticmethod
     def authorize(msg: ParsedMessage, principal: Principal) -> None:
@@ -158,6 +177,8 @@ class Pipeline:
 
 
 CODES: dict[str, str] = {
+    "rule.agent_not_signer": "a JSON declaration the gateway signs (CEB621) names an agentCode other than the agent "
+    "whose key it signs with (signing_agent_code)",
     "auth.not_your_document": "the API key's enterprise codes do not include any party of the document, or of the "
     "stored document whose key it changes, withdraws or declares again (HTTP 403)",
 }

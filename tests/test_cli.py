@@ -165,8 +165,12 @@ def test_signature_verification_is_configured_from_the_file_or_the_environment(t
     s = config.load(env={"CBEC_VERIFY_SIGNATURES": "true", "CBEC_TRUSTED_CERTS": str(cert)})
     assert s.verify_signatures is True and s.trusted_certs == cert
     path = tmp_path / "gateway.toml"
-    path.write_text(f'verify_signatures = true\ntrusted_certs = "{cert}"\n', encoding="utf-8")
+    path.write_text(f'verify_signatures = true\ntrusted_certs = "{cert}"\nsigning_agent_code = "4601980H12"\n',
+                    encoding="utf-8")  # fmt: skip
     assert config.load(path, env={}).verify_signatures is True
+    assert config.load(path, env={}).signing_agent_code == "4601980H12"
+    assert config.load(env={"CBEC_SIGNING_AGENT_CODE": "4601980H99"}).signing_agent_code == "4601980H99"
+    assert config.load(env={}).signing_agent_code is None
 
 
 def test_validate_takes_the_json_a_seller_sends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -425,6 +425,25 @@ def test_json_loading_refuses_what_json_is_not_and_names_members_sent_twice() ->
     assert ("json.invalid_character", "/version") in {(i.code, i.path) for i in exc.value.issues}
 
 
+def test_a_json_inventory_naming_another_agent_than_the_signers_is_refused() -> None:
+    """The gateway signs JSON inventories with one agent's key (signing_agent_code says whose): one declared by
+    another agent would reach customs signed by the wrong enterprise."""
+    inventory = json.loads(json.dumps(shipment(random.Random(3)).inventory, default=str))
+    agent = inventory["documents"][0]["agentCode"]
+    signer = Pipeline(SchemaSet(), signer=_throwaway_signer(), signing_agent_code=agent)
+    assert signer.check_json(inventory).message.type.code == "CEB621"
+    other = Pipeline(SchemaSet(), signer=_throwaway_signer(), signing_agent_code="4601999999")
+    with pytest.raises(MessageRejected) as exc:
+        other.check_json(inventory)
+    assert [(i.code, i.path) for i in exc.value.issues] == [("rule.agent_not_signer", "/documents/0/agentCode")]
+
+
+def _throwaway_signer() -> Any:
+    from gateway.signing import throwaway_signer
+
+    return throwaway_signer("test agent")
+
+
 def test_json_and_xml_are_told_apart_as_the_api_would() -> None:
     assert looks_like_json(b"\xef\xbb\xbf  {}") and looks_like_json(b"\n[]")
     assert not looks_like_json(b"<?xml version='1.0'?><a/>") and not looks_like_json(b"")
