@@ -440,12 +440,12 @@ def json_schema(code: str) -> dict[str, Any]:
         "required": ["type", "documents", "baseTransfer"],
         "additionalProperties": False,
         "properties": {
-            "type": {"const": code},
+            "type": {"enum": [code, mtype.root], "description": f"{code} (or its root element's name, {mtype.root})"},
             "guid": {**_OPTIONAL_VALUE_SCHEMA, "description": "the message guid; generated when absent"},
             "version": {**_OPTIONAL_VALUE_SCHEMA, "default": DEFAULT_VERSION},
             "baseTransfer": _fields_schema("BaseTransfer"),
-            "baseSubscribe": {
-                "type": "array", "minItems": subscribe_low, "maxItems": subscribe_high,
+            "baseSubscribe": {  # null: absent, as for every member
+                "type": ["array", "null"], "minItems": subscribe_low, "maxItems": subscribe_high,
                 "items": _fields_schema("BaseSubscribe"),
             },
             "documents": {"type": "array", "minItems": low, "maxItems": high, "items": document},
