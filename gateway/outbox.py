@@ -174,9 +174,9 @@ def _agrees(doc: str) -> str:
 #: probes of gateway.receipts.Correlation, most reliable first — a CEB900's oriCopMsgId gives every document sent
 #: with that CopMsgId (and nothing else); else the first probe that finds one: the declaration's key (the version
 #: of it whose guid the receipt echoes, else the current document; with the receipt's ebcCode when it carries
-#: one); then, each only with every party of the receipt in agreement: preNo, invtNo, the echoed guid, copNo (the
-#: latest version; with no party named, only when one document has it). COALESCE evaluates its probes lazily,
-#: left to right.
+#: one); then, each only with every party of the receipt in agreement: the echoed guid (the very version), copNo
+#: (the current version first, so a change gets its receipts; with no party named, only when one document has
+#: it), preNo, invtNo. COALESCE evaluates its probes lazily, left to right.
 CORRELATE = f"""
 SELECT x.i, {_DOC_STATE}
   FROM jsonb_to_recordset($1::jsonb) AS x(i int, declared text, ori text, k1 text, k2 text, ebc text, guid text,
@@ -194,12 +194,6 @@ SELECT x.i, {_DOC_STATE}
                  WHERE k.message_type = x.declared AND k.key1 = x.k1 AND k.key2 = x.k2 AND k.is_current
                    AND (x.ebc IS NULL OR k.ebc_code IS NULL OR k.ebc_code = x.ebc)
                  LIMIT 1),
-               (SELECT p.id FROM documents AS p
-                 WHERE p.pre_no = x.pre_no AND p.message_type = x.declared AND {_agrees("p")}
-                 ORDER BY p.id DESC LIMIT 1),
-               (SELECT v.id FROM documents AS v
-                 WHERE v.invt_no = x.invt_no AND v.message_type = x.declared AND {_agrees("v")}
-                 ORDER BY v.id DESC LIMIT 1),
                (SELECT g.id FROM documents AS g
                  WHERE g.doc_guid = x.guid AND g.kind IN {_RECEIPTED_KINDS} AND g.message_type = x.declared
                    AND {_agrees("g")}
@@ -210,7 +204,13 @@ SELECT x.i, {_DOC_STATE}
                           FROM documents AS c
                          WHERE (c.head ->> 'copNo') = x.cop_no AND c.kind IN {_RECEIPTED_KINDS}
                            AND c.message_type = x.declared AND {_agrees("c")}
-                         ORDER BY c.is_current DESC, c.id DESC LIMIT 20) AS c))]
+                         ORDER BY c.is_current DESC, c.id DESC LIMIT 20) AS c),
+               (SELECT p.id FROM documents AS p
+                 WHERE p.pre_no = x.pre_no AND p.message_type = x.declared AND {_agrees("p")}
+                 ORDER BY p.id DESC LIMIT 1),
+               (SELECT v.id FROM documents AS v
+                 WHERE v.invt_no = x.invt_no AND v.message_type = x.declared AND {_agrees("v")}
+                 ORDER BY v.id DESC LIMIT 1))]
        END) WITH ORDINALITY AS f(id, n)
   JOIN documents AS d ON d.id = f.id
  ORDER BY x.i, f.n

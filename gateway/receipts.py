@@ -266,11 +266,11 @@ class Correlation:
 
     1. the declaration's business ``keys`` (312: ebpCode+orderNo [+ebcCode], 412: payCode+payTransactionId,
        512/514: logisticsCode+logisticsNo), when the receipt carries them all: the current document;
-    2. else (622/624/626/712) ``preNo`` / ``invtNo``, the numbers E-Port and customs gave, once an earlier
-       receipt taught them;
-    3. the echoed ``guid`` = a document's head guid (of the declared type);
-    4. ``copNo``, the enterprise's own number (unique per enterprise only, spec §2.3): with no party to tell
-       two apart, only when one document has it.
+    2. else (622/624/626/712) the echoed ``guid`` = a document's head guid (of the declared type): that version;
+    3. ``copNo``, the enterprise's own number (unique per enterprise only, spec §2.3): the current version of its
+       document first (a change's receipts carry the first version's numbers); with no party to tell two
+       documents apart, only when one document has it;
+    4. ``preNo`` / ``invtNo``, the numbers E-Port and customs gave, once an earlier receipt taught them.
     Steps 2–4 take a document only when it agrees with every party the receipt names (:data:`PARTY_FIELDS`): two
     enterprises may share a copNo, a customs broker, even a guid.
     5. CEB900: ``oriCopMsgId`` → every document of the message sent with that CopMsgId.

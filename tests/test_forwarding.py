@@ -1017,6 +1017,25 @@ async def test_every_correlation_path_in_one_message(flow: Flow) -> None:
 
 
 @pytest.mark.db
+async def test_the_receipts_of_an_inventorys_change_go_to_the_change(flow: Flow) -> None:
+    """A change carries the first version's copNo and preNo: its receipts, echoing its guid or not, are the
+    change's, not the superseded first version's."""
+    s = shipment(72)
+    await flow.submit(s.inventory)
+    await flow.receipt(s.inventory, "120", 1)  # teaches v1 its preNo
+    v1 = await flow.doc(s.inventory)
+    change = version_of(s.inventory, "2", 60)
+    await flow.submit(change)
+    v2 = await flow.doc(change)
+    [echoing] = await flow.post(build_receipts("CEB622", [return_values(change, "2", 2)]))
+    assert echoing["document_ids"] == [v2["id"]]
+    own_guid = {**return_values(change, "100", 3), "guid": "E" * 36, "preNo": v1["pre_no"]}
+    [eport] = await flow.post(build_receipts("CEB622", [own_guid]))
+    assert eport["document_ids"] == [v2["id"]]
+    assert [(await flow.doc(p))["customs_status"] for p in (s.inventory, change)] == ["120", "100"]
+
+
+@pytest.mark.db
 async def test_two_enterprises_sharing_a_copno_and_a_broker_get_their_own_returns(flow: Flow) -> None:
     """copNo is unique per enterprise only (spec §2.3): a return naming E1 goes to E1's inventory, whatever E2
     declared with the same copNo through the same broker."""
