@@ -533,7 +533,9 @@ class _Doc:
     mode: str | None
     key: tuple[str, str] = ("", "")  # (key1, key2): an inventory's and its cancellation's (ebcCode, orderNo)
     app_type: str = "1"
+    is_current: bool = True
     changed: bool = False
+    voided: bool = False  # a receipt applied now made it void (see void)
     learned: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -544,8 +546,16 @@ class _Doc:
             logistics_code=r["logistics_code"], logistics_no=r["logistics_no"], forward_state=r["forward_state"],
             state=rc.CustomsState(r["customs_status"], r["customs_rank"], r["customs_return_time"], r["customs_info"]),
             pre_no=r["pre_no"], invt_no=r["invt_no"], repushes=r["repushes"], mode=r["mode"],
-            key=(r["key1"], r["key2"]), app_type=(r["app_type"] or "1").strip(),
+            key=(r["key1"], r["key2"]), app_type=(r["app_type"] or "1").strip(), is_current=r["is_current"],
         )  # fmt: skip
+
+    @property
+    def void(self) -> bool:
+        """Nothing at customs counts for its inventory any more: a first declaration customs rejected (a rejected
+        change leaves customs the version before), or a cancellation customs concluded (399 and above)."""
+        if self.kind == "inventory":
+            return self.forward_state == "rejected" and self.app_type == "1"
+        return self.kind == "cancel" and self.forward_state == "receipted" and (self.state.rank or 0) >= _RANK_CONCLUDED
 
 
 @dataclass(eq=False)
@@ -923,8 +933,10 @@ class Outbox:
             decisions = [rc.apply(d.state, r) for d in found]
             for d, decision in zip(found, decisions, strict=True):
                 if decision.moved:
+                    was_void = d.void
                     d.state = decision.state
                     d.forward_state = decision.state.forward_state or d.forward_state
+                    d.voided = d.voided or (d.void and not was_void)
                 d.changed = True  # last_receipt_at and what it taught, at least
                 d.learned.update(decision.learned)
                 if decision.resend:
@@ -947,7 +959,7 @@ class Outbox:
             [res.outcome == rc.Outcome.APPLIED.value for _, res in rows],
             [res.outcome for _, res in rows],
         )  # fmt: skip
-        await self._release_quota(conn, [d for d in changed if d.changed])
+        await self._release_quota(conn, [d for d in changed if d.voided])
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]
         if legs:  # only a receipt on an order, payment or waybill can make a held inventory eligible (RELEASE_HELD)
             await self._release(
@@ -965,14 +977,10 @@ class Outbox:
         return [results[r.index] for r in recs]
 
     async def _release_quota(self, conn: asyncpg.Connection, docs: Sequence[_Doc]) -> None:
-        """An inventory customs refused (its first declaration), or whose cancellation customs concluded (399 and
-        above), counts no more toward its buyer's annual quota (spec §7.1). A rejected change leaves it: customs
-        holds the version before. A return (CEB625) is not deducted (its share of the dutiable value is not
-        computed here)."""
-        void = sorted(
-            {d.key for d in docs if (d.kind == "inventory" and d.forward_state == "rejected" and d.app_type == "1")
-             or (d.kind == "cancel" and d.forward_state == "receipted" and (d.state.rank or 0) >= _RANK_CONCLUDED)}
-        )  # fmt: skip
+        """The documents these receipts voided (:attr:`_Doc.void`, and current): their inventory counts no more
+        toward its buyer's annual quota (spec §7.1). A return (CEB625) is not deducted (its share of the dutiable
+        value is not computed here)."""
+        void = sorted({d.key for d in docs if d.is_current})
         if void:
             for r in await conn.fetch(RELEASE_QUOTA, [k[0] for k in void], [k[1] for k in void]):
                 log.info("quota_released", ebc_code=r["ebc_code"], order_no=r["order_no"], year=r["year"])

@@ -789,6 +789,13 @@ async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_f
         assert await _quota(flow, s) != ["0.00000"] and len(await _quota(flow, s)) == 1
     await flow.receipt(refused.inventory, "100", 2)
     assert await _quota(flow, refused) == ["0.00000"]
+    # declared anew, it counts again; a late receipt of the refused version changes nothing of that
+    anew = version_of(refused.inventory, "1", 60)
+    await flow.submit(anew)
+    counted = await _quota(flow, refused)
+    assert counted != ["0.00000"] and len(counted) == 1
+    [late] = await flow.receipt(refused.inventory, "3", 1)
+    assert late["outcome"] == "stale" and await _quota(flow, refused) == counted
 
     inv = cancelled.inventory["documents"][0]
     fields = ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode",
