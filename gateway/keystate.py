@@ -478,16 +478,17 @@ def decide(
 def _declared_anew(cur: Row) -> bool:
     """Whether appType 1 may follow ``cur``: a first declaration customs rejected is not there for customs, so it
     may be declared anew with a newer appTime — the only way for a type that takes no change (a cancellation,
-    CEB623). A rejected change is not: customs still holds the version before it. Nor is a temp-saved document
-    (appStatus 1, spec §3.6): it was never declared, and its declaration is an appType 1 with appStatus 2."""
+    CEB623). A rejected change is not: customs still holds the version before it. Nor is a temp-saved first
+    declaration (appStatus 1, spec §3.6): never declared, it is declared by an appType 1 with appStatus 2."""
     if temp_saved(cur.head):
         return True
     return cur.rejected and (cur.head.get("appType") or "1").strip() == "1"
 
 
 def temp_saved(head: Mapping[str, str]) -> bool:
-    """appStatus 1: stored at E-Port, not declared (spec §3.6): nothing for customs, nothing for the quota."""
-    return (head.get("appStatus") or "").strip() == "1"
+    """A first declaration temp-saved (appType 1, appStatus 1): stored at E-Port, never declared (spec §3.6), so
+    nothing for customs and nothing for the quota. A temp-saved change is not: customs holds the version before."""
+    return (head.get("appStatus") or "").strip() == "1" and (head.get("appType") or "1").strip() == "1"
 
 
 def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None) -> list[Issue]:

@@ -690,6 +690,14 @@ async def test_a_temp_saved_inventory_takes_no_quota_and_is_declared_with_app_ty
     assert [c for c, _ in await _refused(store, message("CEB621", inventory_head("TS1", appTime=_later(T0, 2))))] == [
         "state.duplicate"
     ]
+    # a temp-saved change of the declared one is no temp-save of a first declaration: customs holds the declared
+    # version, so the quota stays and appType 1 is still a duplicate
+    temp_change = inventory_head("TS1", appType="2", appStatus="1", appTime=_later(T0, 3))
+    assert (await ingest(store, message("CEB621", temp_change))).body["documents"][0]["outcome"] == "replaced"
+    assert Decimal((await db_pool.fetchval(amounts))[0]) > 0
+    assert [c for c, _ in await _refused(store, message("CEB621", inventory_head("TS1", appTime=_later(T0, 4))))] == [
+        "state.duplicate"
+    ]
 
 
 async def test_an_order_has_one_inventory(store: Store) -> None:
