@@ -55,7 +55,7 @@ CODES: dict[str, str] = {
     ),
     "state.second_inventory": (
         "an inventory for a shipment (ebpCode, orderNo) that has a live inventory under another key (another "
-        "ebcCode): an order has one inventory; withdraw the other first, or change it"
+        "ebcCode), not refused by customs: an order has one inventory; withdraw the other first"
     ),
     "state.inventory_held": (
         "a cancellation (CEB623) or return (CEB625) names an inventory the gateway still holds (not yet declared to "
@@ -828,11 +828,12 @@ def _second_inventories(news: list[New], live: Live) -> list[Issue]:
         if not new.live or row.kind != Kind.INVENTORY:
             continue
         for other in live.legs.get(row.shipment_key, {}).get(Kind.INVENTORY.value, ()):
-            if other is not row and other.key != row.key:
+            refused = other.rejected and (other.head.get("appType") or "1").strip() == "1"  # nothing at customs
+            if other is not row and other.key != row.key and not refused:
                 out.append(issue("state.second_inventory", new.doc.path,
                                  f"the shipment {row.ebp_code}/{row.order_no} has a live inventory with ebcCode "
                                  f"{other.ebc_code} (message {other.message_guid or 'of this message'}): an order has "
-                                 "one inventory; withdraw that one (appType 3) first, or change it"))  # fmt: skip
+                                 "one inventory; withdraw that one (appType 3) first"))  # fmt: skip
                 break
     return out
 

@@ -700,7 +700,7 @@ async def test_a_temp_saved_inventory_takes_no_quota_and_is_declared_with_app_ty
     ]
 
 
-async def test_an_order_has_one_inventory(store: Store) -> None:
+async def test_an_order_has_one_inventory(store: Store, db_pool: asyncpg.Pool) -> None:
     """A second live inventory of a shipment under another ebcCode was stored beside the first: reconciliation and
     the tax ledger saw the latest only, and the hold released both to customs."""
     await ingest(store, message("CEB621", inventory_head("OI1")))
@@ -713,6 +713,13 @@ async def test_an_order_has_one_inventory(store: Store) -> None:
     # a change of the live inventory is no second one
     change = {**other, "appType": "2", "appTime": _later(T0, 4), "note": "changed"}
     assert (await ingest(store, message("CEB621", change))).body["documents"][0]["outcome"] == "replaced"
+    # one customs refused (its first declaration) is no inventory at customs: another may be declared
+    await ingest(store, message("CEB621", inventory_head("OI2")))
+    async with db_pool.acquire() as conn:
+        await conn.execute("UPDATE documents SET forward_state = 'rejected' WHERE order_no = 'OI2'")
+    again = inventory_head("OI2", guid="INV-OI2-B", ebcCode="4601260E99", assureCode="4601260E99",
+                           appTime=_later(T0, 1))  # fmt: skip
+    assert (await ingest(store, message("CEB621", again))).http_status == 202
 
 
 async def test_an_inventory_the_gateway_holds_is_withdrawn_not_cancelled(store: Store, db_pool: asyncpg.Pool) -> None:
