@@ -248,7 +248,7 @@ SELECT $1, $2, x.idx, x.guid, x.keys, x.status, x.rtime, x.info, $3,
        AS x(idx, guid, keys, status, rtime, info, dedupe)
 ON CONFLICT (dedupe) DO UPDATE SET received_at = receipts.received_at  -- kept as it was, returned to be tried again
  WHERE receipts.outcome = 'unmatched'
-RETURNING id, dedupe, raw_xml IS NOT NULL AS has_raw
+RETURNING id, dedupe, raw_xml IS NOT NULL AS has_raw, xmax = 0 AS inserted
 """
 #: The raw XML ($2) on a receipt ($1): when the message's first return element was already stored.
 SET_RECEIPT_RAW = "UPDATE receipts SET raw_xml = $2 WHERE id = $1"
@@ -890,18 +890,22 @@ class Outbox:
         self, conn: asyncpg.Connection, intake: rc.Intake, source: str, submitter: str | None
     ) -> list[ReceiptResult]:
         recs = intake.records
-        dedupes = [r.dedupe_key() for r in recs]
+        # One row per receipt: a message may carry the same return twice (the later copies answer "duplicate").
+        first: dict[str, rc.ReceiptRecord] = {}
+        for r in recs:
+            first.setdefault(r.dedupe_key(), r)
+        once = list(first.values())
         inserted = await conn.fetch(
             INSERT_RECEIPTS,
             intake.message_type, intake.root_guid, intake.cop_msg_id, intake.raw_xml, source, submitter,
-            [r.index for r in recs], [r.guid for r in recs], [dict(r.keys) for r in recs],
-            [r.return_status for r in recs], [r.return_time for r in recs], [r.return_info for r in recs],
-            dedupes,
+            [r.index for r in once], [r.guid for r in once], [dict(r.keys) for r in once],
+            [r.return_status for r in once], [r.return_time for r in once], [r.return_info for r in once],
+            list(first),
         )  # fmt: skip
-        index_of = {d: r.index for d, r in zip(dedupes, recs, strict=True)}
-        new = {index_of[row["dedupe"]]: row["id"] for row in inserted}
-        if inserted and not any(row["has_raw"] for row in inserted):
-            await conn.execute(SET_RECEIPT_RAW, min(new.values()), intake.raw_xml)
+        new = {first[row["dedupe"]].index: row["id"] for row in inserted}
+        fresh = [row for row in inserted if row["inserted"]]  # not the unmatched ones returned to be tried again
+        if fresh and not any(row["has_raw"] for row in fresh):
+            await conn.execute(SET_RECEIPT_RAW, min(row["id"] for row in fresh), intake.raw_xml)
         results = {
             r.index: ReceiptResult(
                 r.index, r.message_type, r.return_status, rc.Outcome.DUPLICATE.value, rc.status_name(r.return_status)

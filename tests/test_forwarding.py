@@ -705,6 +705,24 @@ async def test_a_receipt_that_came_before_its_declaration_is_applied_when_it_com
 
 
 @pytest.mark.db
+async def test_a_return_twice_in_one_message_is_stored_once_and_a_redelivery_keeps_its_own_xml(flow: Flow) -> None:
+    """The same return twice in one message: the first applies, the copy is a duplicate (the insert of both was a
+    500). A message re-delivering an unmatched return beside a new one keeps its XML on the new one."""
+    s, t = shipment(13), shipment(14)
+    await flow.submit(s.order)
+    twice = build_receipts("CEB312", [return_values(s.order, "2", 1), return_values(s.order, "2", 1)])
+    assert [r["outcome"] for r in await flow.post(twice)] == ["applied", "duplicate"]
+    lonely = return_values(t.order, "2", 1)
+    [first] = await flow.post(build_receipts("CEB312", [lonely], message_guid="M1" + "0" * 34))
+    assert first["outcome"] == "unmatched"
+    await flow.submit(t.order)
+    m2 = build_receipts("CEB312", [lonely, return_values(t.order, "120", 2)], message_guid="M2" + "0" * 34)
+    assert [r["outcome"] for r in await flow.post(m2)] == ["applied", "applied"]
+    kept = await flow.rows("SELECT raw_xml FROM receipts WHERE raw_xml IS NOT NULL")
+    assert sum(1 for r in kept if "M2" + "0" * 34 in r["raw_xml"]) == 1
+
+
+@pytest.mark.db
 async def test_sent_and_watchdog(flow: Flow) -> None:
     s = shipment(9)
     await flow.submit(s.order)
