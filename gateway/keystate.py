@@ -58,8 +58,8 @@ CODES: dict[str, str] = {
         "ebcCode), not refused by customs: an order has one inventory; withdraw the other first"
     ),
     "state.inventory_held": (
-        "a cancellation (CEB623) or return (CEB625) names an inventory the gateway still holds (not yet declared to "
-        "customs, spec §6.7): withdraw the inventory (appType 3) instead"
+        "a cancellation (CEB623) or return (CEB625) names an inventory whose first declaration the gateway still holds "
+        "(not yet sent to customs, spec §6.7): withdraw the inventory (appType 3) instead"
     ),
     "state.refund_not_in_inventory": "a return line's gnum is no item of the inventory it returns (spec R12)",
     "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9)",
@@ -504,7 +504,9 @@ def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None) -> l
         what = "was withdrawn" if stored is not None else "is not stored"
         return [issue("state.no_inventory", new.doc.path,
                       f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} it names {what}")]  # fmt: skip
-    if stored.held:  # customs has not seen it: a cancellation would reach customs before the inventory itself
+    # a held first declaration: customs has not seen it, a cancellation would reach customs before the inventory
+    # itself (a held change is not: customs holds the version before it, which may well be cancelled)
+    if stored.held and (stored.head.get("appType") or "1").strip() == "1":
         return [issue("state.inventory_held", new.doc.path,
                       f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} is held, not yet declared to customs; "
                       "withdraw it (appType 3) instead")]  # fmt: skip

@@ -734,6 +734,12 @@ async def test_an_inventory_the_gateway_holds_is_withdrawn_not_cancelled(store: 
         ]
     withdrawal = await ingest(store, message("CEB621", inventory_head("RH1", appType="3", appTime=_later(T0, 1))))
     assert withdrawal.body["documents"][0]["outcome"] == "withdrawn"
+    # a held change of a declared inventory: customs holds the version before it, which may be cancelled
+    await ingest(store, message("CEB621", inventory_head("RH2")))
+    await ingest(store, message("CEB621", inventory_head("RH2", appType="2", appTime=_later(T0, 1))))
+    async with db_pool.acquire() as conn:
+        await conn.execute("UPDATE documents SET forward_state = 'held' WHERE order_no = 'RH2' AND is_current")
+    assert (await ingest(store, message("CEB623", _refund_head("RH2", appTime=_later(T0, 2))))).http_status == 202
 
 
 async def test_a_cancellation_customs_rejected_may_be_declared_anew(store: Store, db_pool: asyncpg.Pool) -> None:
