@@ -253,20 +253,27 @@ RETURNING id, dedupe, raw_xml IS NOT NULL AS has_raw, xmax = 0 AS inserted
 #: The raw XML ($2) on a receipt ($1): when the message's first return element was already stored.
 SET_RECEIPT_RAW = "UPDATE receipts SET raw_xml = $2 WHERE id = $1"
 
-#: Documents' customs state after the receipts ($1-$8: ids, then the new values; NULL keeps pre_no / invt_no) and
-#: the receipts' outcomes ($9-$13), in one round trip (empty arrays change nothing; the tables are distinct).
+#: Documents' customs state after the receipts ($1-$8: ids, then the new values; NULL keeps pre_no / invt_no; $14
+#: whether a receipt said something: one whose code is in no table moves nothing and leaves the document awaited,
+#: so that the watchdog brings it to an operator) and the receipts' outcomes ($9-$13), in one round trip (empty
+#: arrays change nothing; the tables are distinct).
 SET_CUSTOMS_STATE_AND_OUTCOMES = """
 WITH docs AS (
     UPDATE documents AS d
        SET forward_state = x.forward_state, customs_status = x.status, customs_rank = x.rank,
            customs_return_time = x.rtime, customs_info = x.info, pre_no = coalesce(x.pre_no, d.pre_no),
-           invt_no = coalesce(x.invt_no, d.invt_no), last_receipt_at = now(), receipt_overdue = false
-      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[])
-           AS x(id, forward_state, status, rank, rtime, info, pre_no, invt_no)
+           invt_no = coalesce(x.invt_no, d.invt_no),
+           last_receipt_at = CASE WHEN x.answered THEN now() ELSE d.last_receipt_at END,
+           receipt_overdue = d.receipt_overdue AND NOT x.answered
+      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[],
+                  $14::boolean[])
+           AS x(id, forward_state, status, rank, rtime, info, pre_no, invt_no, answered)
      WHERE d.id = x.id AND d.id = ANY ($1::bigint[])  -- index probes whatever the plan
     RETURNING d.id
-), answered AS (  -- a receipt came: no longer awaited (sql/100_receipts_awaited.sql)
-    DELETE FROM receipts_awaited AS a WHERE a.document_id = ANY ($1::bigint[])
+), answered AS (  -- a receipt came: no longer awaited (sql/100_receipts_awaited.sql); not for a code in no table
+    DELETE FROM receipts_awaited AS a
+     WHERE a.document_id = ANY (ARRAY(SELECT y.id FROM unnest($1::bigint[], $14::boolean[]) AS y(id, answered)
+                                       WHERE y.answered))
 ), recs AS (
     UPDATE receipts AS r SET message_id = x.message_id, document_id = x.document_id, applied = x.applied,
                              outcome = x.outcome
@@ -535,6 +542,7 @@ class _Doc:
     app_type: str = "1"
     is_current: bool = True
     changed: bool = False
+    answered: bool = False  # a receipt in a known table came (one in no table leaves it awaited)
     voided: bool = False  # a receipt applied now made it void (see void)
     learned: dict[str, str] = field(default_factory=dict)
 
@@ -942,6 +950,7 @@ class Outbox:
                     d.forward_state = decision.state.forward_state or d.forward_state
                     d.voided = d.voided or (d.void and not was_void)
                 d.changed = True  # last_receipt_at and what it taught, at least
+                d.answered = d.answered or decision.outcome is not rc.Outcome.UNKNOWN
                 d.learned.update(decision.learned)
                 if decision.resend:
                     resend.setdefault(r.index, set()).add(d.message_id)
@@ -962,6 +971,7 @@ class Outbox:
             [res.document_ids[0] if len(res.document_ids) == 1 else None for _, res in rows],
             [res.outcome == rc.Outcome.APPLIED.value for _, res in rows],
             [res.outcome for _, res in rows],
+            [d.answered for d in changed],
         )  # fmt: skip
         await self._release_quota(conn, [d for d in changed if d.voided])
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]

@@ -851,6 +851,23 @@ async def test_a_waybill_of_an_order_number_two_platforms_use_moves_neither_ship
 
 
 @pytest.mark.db
+async def test_a_receipt_in_no_table_leaves_the_document_awaited_for_the_watchdog(flow: Flow) -> None:
+    """A code that decides nothing (-621041, two meanings in public code; 18 in the official samples) is kept, but
+    the document is still waiting for customs' word: the watchdog flags it."""
+    s = shipment(11)
+    await flow.submit(s.order)
+    async with flow.pool.acquire() as conn:
+        (job,) = await cbec_queue.claim(conn, worker_id="w1", lease_s=30)
+    await flow.outbox.record_sent(job, job.payload["message_id"])
+    doc = await flow.doc(s.order)
+    [answer] = await flow.receipt(s.order, "18", 1)
+    assert answer["outcome"] == "unknown_status" and await flow.awaited() == {doc["id"]}
+    assert (await flow.outbox.watchdog(timeout_s=0, repush=False, max_repushes=2))["overdue"] == [doc["message_id"]]
+    await flow.receipt(s.order, "2", 2)  # a word that counts
+    assert await flow.awaited() == set() and not (await flow.doc(s.order))["receipt_overdue"]
+
+
+@pytest.mark.db
 async def test_a_send_looks_again_only_at_pending_shipments(flow: Flow) -> None:
     """A send can move a shipment only from pending (or failed) to declared, so record_sent reads the legs of those
     shipments alone (SHIPMENT_LEGS with their statuses); the statuses come out as a full refresh gives them."""

@@ -27,7 +27,7 @@ _PLAN_CASES = {
     "SHIPMENTS_OF_WAYBILLS": f"{_T}, {_T}, {_T}",
     "SET_RECEIPT_RAW": "1, 'x'",
     "SET_CUSTOMS_STATE_AND_OUTCOMES": f"ARRAY[1::bigint], {_T}, {_T}, ARRAY[1], {_T}, {_T}, {_T}, {_T}, "
-    f"ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[true], {_T}",
+    f"ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[true], {_T}, ARRAY[true]",
     "SHIPMENT_LEGS": f"{_T}, {_T}, {_T}",
     "SHIPMENTS_OF_ORDERS": _T,
     "RELEASE_QUOTA": f"{_T}, {_T}",
