@@ -351,6 +351,11 @@ class _Structural:
     message: str
 
 
+#: Schema issues in one answer, at most: enough to fix a message; a hostile one (100 documents of 99 empty lines
+#: is 41 KB of JSON) must not buy megabytes of answer and seconds of the event loop.
+MAX_ISSUES = 100
+
+
 class _Explainer:
     """Turns one validation run's libxml2 errors into Issues for one root element."""
 
@@ -648,6 +653,8 @@ class SchemaSet:
             if key not in seen:
                 seen.add(key)
                 out.append(issue)
+                if len(out) >= MAX_ISSUES:
+                    return out
         reported = {(i.code, i.path) for i in out}
-        out += [i for i in explainer.all_missing() if (i.code, i.path) not in reported]
+        out += [i for i in explainer.all_missing() if (i.code, i.path) not in reported][: MAX_ISSUES - len(out)]
         return out
