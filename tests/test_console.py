@@ -23,7 +23,7 @@ from gateway import samples
 from gateway.auth import KeyRing, Principal
 from gateway.config import ApiKey, Role
 from gateway.console import CONSOLE
-from gateway.console.queries import mask_id_number
+from gateway.console.queries import mask_findings, mask_id_number
 from gateway.console.session import SessionStore
 from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A
 from tests.consoleutil import (
@@ -235,6 +235,22 @@ async def test_summary_counts_shipments_by_state(ops: Ops) -> None:
     assert body["shipments"]["by_state"] == {"mismatched": 1, "incomplete": 1, "matched": 2}
     assert body["shipments"]["total"] == 4
     assert body["shipments"]["by_customs_status"] == {"pending": 4}  # nothing forwarded without a router
+
+
+def test_id_numbers_are_never_whole_in_a_list() -> None:
+    assert mask_id_number("370202199902280792") == "370202********0792"
+    for short in ("E12345678", "H123456(7)", "1234567890", "AB"):
+        masked = mask_id_number(short)
+        assert masked != short and masked is not None and len(masked) == len(short) and "*" in masked
+    finding = {"code": "recon.buyer_payer_mismatch", "field": "buyerIdNumber",
+               "message": "order buyerIdNumber is '370202199902280792' but payment payerIdNumber is "
+                          "'440106196809279249'",
+               "left": {"doc": "CEB311", "value": "370202199902280792", "path": "/x/buyerIdNumber"},
+               "right": {"doc": "CEB411", "value": "440106196809279249", "path": "/y/payerIdNumber"}}  # fmt: skip
+    [masked] = mask_findings([finding])
+    assert "370202199902280792" not in str(masked) and "440106196809279249" not in str(masked)
+    assert masked["left"]["value"] == "370202********0792" and "440106********9249" in masked["message"]
+    assert finding["left"]["value"] == "370202199902280792"  # the shipment page's copy is untouched
 
 
 async def test_mismatch_list_shows_field_both_values_and_documents(ops: Ops) -> None:

@@ -130,10 +130,33 @@ def list_sql(q: ListQuery) -> tuple[str, list[Any]]:
 
 
 def mask_id_number(value: str | None) -> str | None:
-    """A buyer ID number for lists: region and last four kept (the shipment page shows it whole)."""
-    if not value or len(value) < 10:
+    """An ID number for lists (the shipment page shows it whole): of an 18-character ID card number the region and
+    the last four, of anything shorter (passports, Hong Kong IDs, mistakes) a quarter at the end — never whole."""
+    if not value:
         return value
-    return value[:6] + "*" * (len(value) - 10) + value[-4:]
+    if len(value) >= 14:
+        return value[:6] + "*" * (len(value) - 10) + value[-4:]
+    kept = len(value) // 4
+    return "*" * (len(value) - kept) + value[len(value) - kept :]
+
+
+def mask_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Findings as a list shows them: the ID numbers they compare (buyerIdNumber, payerIdNumber ...) masked in both
+    values and in the message that quotes them."""
+    out = []
+    for f in findings:
+        f = dict(f)
+        message = f.get("message") or ""
+        for side in ("left", "right"):
+            value = (f.get(side) or {}).get("value")
+            where = f"{f.get('field') or ''} {(f.get(side) or {}).get('path') or ''}"
+            if isinstance(value, str) and value and "IdNumber" in where:
+                masked = mask_id_number(value)
+                f[side] = {**f[side], "value": masked}
+                message = message.replace(value, masked or "")
+        f["message"] = message
+        out.append(f)
+    return out
 
 
 def shipment_row(r: asyncpg.Record) -> dict[str, Any]:
@@ -164,6 +187,7 @@ async def list_shipments(conn: asyncpg.Connection, q: ListQuery) -> dict[str, An
     for r in rows:
         item = shipment_row(r)
         item["buyerIdNumber"] = mask_id_number(item["buyerIdNumber"])
+        item["findings"] = mask_findings(item["findings"] or [])
         items.append(item)
     return {
         "items": items,
