@@ -448,8 +448,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         ts, row_id = json.loads(raw)
-        at, row_id = db.utc_time(ts, "the cursor's time"), int(row_id)
-    except (ValueError, TypeError, RecursionError) as exc:
+        if not isinstance(row_id, int) or isinstance(row_id, bool):  # ours carry an integer id (not 1e400)
+            raise TypeError("the cursor's id is no integer")
+        at = db.utc_time(ts, "the cursor's time")
+    except (ValueError, TypeError, RecursionError, OverflowError) as exc:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
     if not 0 < row_id <= db.MAX_BIGINT:  # a cursor is ours, but a client can write one
         raise ValueError(f"invalid cursor {cursor!r}")

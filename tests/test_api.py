@@ -364,6 +364,10 @@ async def test_list_filters_and_paginates(api: Client) -> None:
     assert (await api.get("/v1/shipments?state=matched")).body["items"] == []
     assert (await api.get("/v1/shipments?state=bogus")).status == 400
     assert (await api.get("/v1/shipments?cursor=not-a-cursor")).status == 400
+    for forged in ('["2026-01-01T00:00:00+00:00", 1e400]', '["2026-01-01T00:00:00+00:00", 1.5]',
+                   '["2026-01-01T00:00:00+00:00", true]'):  # fmt: skip
+        cursor = base64.urlsafe_b64encode(forged.encode()).decode().rstrip("=")
+        assert (await api.get(f"/v1/shipments?cursor={cursor}")).status == 400, forged
     # by customs status (nothing is forwarded here: every one is pending)
     pending = (await api.get("/v1/shipments?customs_status=pending&state=incomplete")).body["items"]
     assert sorted(i["orderNo"] for i in pending) == sorted(seen)
