@@ -178,7 +178,7 @@
         h("summary", { text: `${job.history.length} recorded` }), attemptsTable(job.history))),
       h("td", {}, h("button", {
         type: "button", class: "btn danger replay", disabled: !canReplay,
-        title: canReplay ? "Queue the job again 重新发送" : "Admins only 仅管理员",
+        title: canReplay ? "Queue the job again 重新发送" : "Operators and admins only 仅限操作员和管理员",
         onclick: (ev) => replay(job.id, ev.currentTarget),
       }, "Replay 重发"))));
     $("dead-table").tBodies[0].replaceChildren(...rows);
