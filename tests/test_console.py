@@ -412,6 +412,9 @@ def test_the_feed_publishes_the_queue_when_it_moved_not_as_the_oldest_wait_grows
     assert _queue_moved(before, {**later, "receipts_awaited": {"count": 1, "oldest_sent_at": at, "oldest_wait_s": 5}})
     assert _queue_moved(before, {**later, "endpoints": [{"endpoint": "customs", "queued": 2}]})
     assert _queue_moved({}, later)
+    # one dead letter replayed and another dead at once: the count is the same, the newest death is not
+    assert _queue_moved({**before, "dead_total": 1, "dead_newest": at},
+                        {**later, "dead_total": 1, "dead_newest": at + timedelta(seconds=3)})  # fmt: skip
 
 
 async def test_series_per_minute(ops: Ops) -> None:
@@ -476,6 +479,38 @@ async def test_events_stream_counts_and_changed_shipments(ops: Ops) -> None:
             break
         await asyncio.sleep(0.1)
     assert not feed.subscribers
+
+
+async def test_the_feed_names_customs_changes_late_commits_and_says_when_it_cannot_name_them_all(
+    db_pool: Any,
+) -> None:
+    """What an open shipment page reloads on: a customs status change (a receipt moves no updated_at), a change
+    whose transaction committed after a later one (stamped earlier), and, beyond what one event names, a flag."""
+    from gateway.console.feed import Feed
+
+    feed = Feed(db_pool, recount_every=1)
+    sub = feed.subscribe()
+
+    async def changed() -> tuple[set[str], bool]:
+        await feed.tick()
+        data = dict(sub.pending.get("summary") or {})
+        sub.pending.clear()
+        return {c["orderNo"] for c in data.get("changed", [])}, bool(data.get("changed_overflow"))
+
+    insert = "INSERT INTO shipments (ebp_code, order_no, state, updated_at) VALUES ('P', $1, 'incomplete', $2)"
+    await db_pool.execute(insert, "A", datetime.now(UTC))
+    await changed()  # the first poll names nothing
+    await db_pool.execute("UPDATE shipments SET customs_status = 'declared', customs_updated_at = now()")
+    assert await changed() == ({"A"}, False)
+    await db_pool.execute(insert, "B", datetime.now(UTC))
+    assert await changed() == ({"B"}, False)
+    # committed now, stamped two seconds ago (its transaction began before B's): still named, once
+    await db_pool.execute(insert, "LATE", datetime.now(UTC) - timedelta(seconds=2))
+    assert await changed() == ({"LATE"}, False)
+    assert await changed() == (set(), False)
+    await db_pool.executemany(insert, [(f"M{i}", datetime.now(UTC)) for i in range(130)])
+    names, overflow = await changed()
+    assert overflow and 0 < len(names) <= 100 and all(n.startswith("M") for n in names)  # the pages reload
 
 
 async def test_feed_is_one_task_for_many_clients_and_stops_with_the_app(db_pool: Any) -> None:

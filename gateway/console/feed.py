@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -30,6 +30,9 @@ log = structlog.get_logger("gateway.console.feed")
 
 _CHANGED_LIMIT = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: A transaction stamps its rows with its start time and may commit after a later one: changes are read again
+#: this far back, and those already announced are left out.
+_LATE_COMMIT = timedelta(seconds=5)
 
 
 def to_json(body: Any) -> str:
@@ -100,6 +103,7 @@ class Feed:
         self.ticks = 0
         self._marker: tuple[Any, ...] | None = None
         self._changed_since: datetime | None = None
+        self._announced: dict[tuple[str, str], datetime] = {}  # shipment -> the change announced last
         self._listening = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -168,22 +172,38 @@ class Feed:
             recount = marker != self._marker or self.ticks % self.recount_every == 0
             if recount:
                 summary = await build_summary(conn)
-                changed = []
+                changed: list[dict[str, Any]] = []
+                overflow = False
                 if self._marker is not None:  # not on the first poll: everything would count as changed
-                    since = self._changed_since or _EPOCH
-                    rows = await conn.fetch(q.CHANGED, since, _CHANGED_LIMIT, timeout=5)
-                    changed = [{"ebpCode": r["ebp_code"], "orderNo": r["order_no"], "state": r["state"]} for r in rows]
-                self._changed_since = marker[0] or self._changed_since
+                    changed, overflow = await self._changed(conn)
+                newest = max((t for t in marker[:2] if t is not None), default=None)
+                self._changed_since = newest or self._changed_since
                 previous = self.latest.get("summary")
-                if previous is None or changed or previous["shipments"] != summary["shipments"]:
-                    self.publish("summary", {**summary, "changed": changed})
+                if previous is None or changed or overflow or previous["shipments"] != summary["shipments"]:
+                    # overflow: more changed than one event names; the pages reload what they show
+                    self.publish("summary", {**summary, "changed": changed, "changed_overflow": overflow})
                 self._marker = marker
             if self.ticks % self.queue_every == 0:
                 health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0)
-                queue = {k: health[k] for k in ("endpoints", "dead_total", "receipts_awaited")}
+                queue = {k: health[k] for k in ("endpoints", "dead_total", "dead_newest", "receipts_awaited")}
                 if _queue_moved(self.latest.get("queue", {}), queue):
                     self.publish("queue", {**queue, "as_of": datetime.now().astimezone()})
         self.ticks += 1
+
+    async def _changed(self, conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], bool]:
+        """The shipments changed since the last poll (reconciliation or customs status), read from a little earlier
+        (a late commit) without those already announced; and whether there were more than one event names."""
+        since = (self._changed_since or _EPOCH) - _LATE_COMMIT
+        rows = await conn.fetch(q.CHANGED, since, _CHANGED_LIMIT + 1, timeout=5)
+        changed = []
+        for r in rows:
+            key = (r["ebp_code"], r["order_no"])
+            if self._announced.get(key) == r["at"]:
+                continue
+            self._announced[key] = r["at"]
+            changed.append({"ebpCode": key[0], "orderNo": key[1], "state": r["state"]})
+        self._announced = {k: at for k, at in self._announced.items() if at > since}
+        return changed[:_CHANGED_LIMIT], len(rows) > _CHANGED_LIMIT
 
 
 def _queue_moved(before: dict[str, Any], now: dict[str, Any]) -> bool:
@@ -192,7 +212,11 @@ def _queue_moved(before: dict[str, Any], now: dict[str, Any]) -> bool:
         a = q.get("receipts_awaited") or {}
         return a.get("count"), a.get("oldest_sent_at")
 
-    return before.get("endpoints") != now["endpoints"] or awaited(before) != awaited(now)
+    return (
+        before.get("endpoints") != now["endpoints"]
+        or before.get("dead_newest") != now.get("dead_newest")
+        or awaited(before) != awaited(now)
+    )
 
 
 async def build_summary(conn: asyncpg.Connection) -> dict[str, Any]:

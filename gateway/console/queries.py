@@ -46,16 +46,27 @@ async def shipment_counts(conn: asyncpg.Connection) -> dict[str, Any]:
 #: The live feed's change marker: cheap index look-ups, each moves when something new is committed.
 MARKER = """
 SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
+       (SELECT max(customs_updated_at) FROM shipments) AS customs_at,
        (SELECT max(id) FROM messages) AS last_message,
        (SELECT max(id) FROM rejected_messages) AS last_rejection,
        (SELECT max(id) FROM job_attempts) AS last_attempt
 """
 
-#: Shipments updated after $1 (oldest first, at most $2): what the feed says changed.
+#: Shipments whose reconciliation or customs status changed after $1 (at most $2 of each, oldest first): what the
+#: feed says changed, each with the time of its latest change.
 CHANGED = """
-SELECT ebp_code, order_no, state, updated_at FROM shipments
- WHERE updated_at > $1 ORDER BY updated_at, id LIMIT $2
+SELECT s.ebp_code, s.order_no, s.state, greatest(s.updated_at, coalesce(s.customs_updated_at, s.updated_at)) AS at
+  FROM shipments AS s
+ WHERE s.id IN ((SELECT u.id FROM shipments AS u WHERE u.updated_at > $1 ORDER BY u.updated_at LIMIT $2)
+                UNION ALL
+                (SELECT c.id FROM shipments AS c WHERE c.customs_updated_at > $1 ORDER BY c.customs_updated_at
+                 LIMIT $2))
+ ORDER BY at
 """
+
+#: When the newest dead letter died: with their count, what tells the page its list is stale (one replayed
+#: and another dead in the same moment leave the count as it was).
+DEAD_NEWEST = "SELECT max(finished_at) FROM jobs WHERE state = 'dead'"
 
 
 # --- the shipment list (mismatches) ---------------------------------------------------------------
@@ -303,6 +314,7 @@ async def queue_health(
         "endpoints": per_endpoint,
         "dead_letters": dead,
         "dead_total": sum(int(e.get("dead") or 0) for e in per_endpoint),
+        "dead_newest": await conn.fetchval(DEAD_NEWEST),
         "receipts_awaited": await receipts_awaited(conn),
     }
 

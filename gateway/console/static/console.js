@@ -18,6 +18,7 @@
     counts: null,
     queuedTotal: null,
     deadTotal: null,
+    deadNewest: null,
     cursor: null,
     listKey: "",
     listTimer: null,
@@ -135,7 +136,7 @@
     $("awaited").closest(".awaited").classList.toggle("warn", age !== null && age > 600);
   }
 
-  function renderQueue(endpoints, deadTotal, awaited) {
+  function renderQueue(endpoints, deadTotal, awaited, deadNewest) {
     renderAwaited(awaited);
     const rows = endpoints.map((e) => h("tr", { class: e.circuit === "open" ? "bad" : (e.dead ? "warn" : null) },
       h("td", { class: "mono", text: e.endpoint }),
@@ -149,9 +150,12 @@
     const queued = endpoints.reduce((sum, e) => sum + Number(e.queued || 0), 0);
     setKpi("kpi-queued", queued);
     setKpi("kpi-dead", deadTotal);
-    const deadChanged = state.deadTotal !== null && state.deadTotal !== deadTotal;
+    // one replayed and another dead at once leave the count as it was: the newest death tells them apart
+    const deadChanged = state.deadTotal !== null &&
+      (state.deadTotal !== deadTotal || (deadNewest !== undefined && state.deadNewest !== deadNewest));
     state.queuedTotal = queued;
     state.deadTotal = deadTotal;
+    if (deadNewest !== undefined) state.deadNewest = deadNewest;
     return deadChanged;
   }
 
@@ -188,7 +192,7 @@
 
   async function loadQueue() {
     const body = await call(`${API}/queue`);
-    renderQueue(body.endpoints, body.dead_total, body.receipts_awaited);
+    renderQueue(body.endpoints, body.dead_total, body.receipts_awaited, body.dead_newest);
     renderDead(body.dead_letters);
   }
 
@@ -388,14 +392,16 @@
         scheduleList();
         if (Date.now() - state.seriesAt > 5000) loadSeries().catch(() => {});
       }
-      if (state.view === "shipment" && state.shipmentKey &&
-          changed.some((c) => c.ebpCode === state.shipmentKey.ebpCode && c.orderNo === state.shipmentKey.orderNo)) {
+      if (state.view === "shipment" && state.shipmentKey && (data.changed_overflow ||
+          changed.some((c) => c.ebpCode === state.shipmentKey.ebpCode && c.orderNo === state.shipmentKey.orderNo))) {
         loadShipment(state.shipmentKey).catch((e) => toast(e.message, true));
       }
     });
     es.addEventListener("queue", (ev) => {
       const data = JSON.parse(ev.data);
-      if (renderQueue(data.endpoints, data.dead_total, data.receipts_awaited)) loadQueue().catch(() => {});
+      if (renderQueue(data.endpoints, data.dead_total, data.receipts_awaited, data.dead_newest)) {
+        loadQueue().catch(() => {});
+      }
     });
     es.addEventListener("status", (ev) => {
       const data = JSON.parse(ev.data);
