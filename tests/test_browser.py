@@ -249,6 +249,35 @@ async def test_the_oldest_awaited_receipt_counts_on_while_the_feed_is_quiet(brow
     assert errors == []
 
 
+async def test_load_more_survives_live_updates_and_keeps_the_filters_it_was_loaded_with(
+    browser: Browser, site: Site
+) -> None:
+    """A live reload kept page 1 only (the rows loaded by *Load more* vanished), and *Load more* read the form as it
+    was being edited rather than the filters of the list on screen."""
+    insert = ("INSERT INTO shipments (ebp_code, order_no, state, updated_at)"
+              " VALUES ('46012609BQ', $1, $2, now() - make_interval(secs => $3))")  # fmt: skip
+    await site.pool.executemany(insert, [(f"MM{i:04d}", "mismatched", 600 - i) for i in range(60)])
+    await site.pool.executemany(insert, [(f"II{i:04d}", "incomplete", 600 - i) for i in range(5)])
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await new_page(browser, errors)
+        await sign_in(page, site.base, ADMIN)
+        await page.wait_for_url(site.base + "/ops")
+        await page.wait_for_selector("#live[data-state='live']")
+        await expect(page.locator("#list-count")).to_have_text("50+")
+        await page.click("#list-more")
+        await expect(page.locator("#list-count")).to_have_text("60")
+        await page.select_option("#filters select[name=state]", "any")  # edited, not searched
+        await site.pool.execute(insert, "MMNEW", "mismatched", 0)
+        await page.wait_for_selector("#list-table tbody tr[data-order='MMNEW']")
+        # as many rows as were loaded (not page 1's 50), the newest first; the oldest one moved to the next page
+        await expect(page.locator("#list-count")).to_have_text("60+")
+        assert await page.inner_text("#list-title") == "Mismatches 三单对碰不一致"
+        assert await page.locator("#list-table tbody tr[data-order^='II']").count() == 0
+        await page.context.close()
+    assert errors == []
+
+
 async def test_console_at_1366x768_with_realistic_data(browser: Browser, site: Site) -> None:
     errors: list[str] = []
     async with asyncio.timeout(120):

@@ -21,6 +21,7 @@
     deadNewest: null,
     cursor: null,
     listKey: "",
+    listParams: null,
     listTimer: null,
     seriesAt: 0,
     awaited: null,
@@ -269,9 +270,14 @@
       h("td", {}, findingsOf(item)));
   }
 
-  async function loadList(append = false) {
-    const params = filterParams();
+  // The list on screen keeps the filters it was loaded with (state.listParams): "Load more" and the live reloads use
+  // them, not whatever the form says now; a live reload keeps the rows loaded so far (up to 200), not page 1.
+  async function loadList(append = false, live = false) {
+    const fromForm = !(append || live) || state.listParams === null;
+    const params = new URLSearchParams(fromForm ? filterParams().toString() : state.listParams);
     const key = params.toString();
+    const shown = $("list-table").tBodies[0].rows.length;
+    if (live && shown > 50) params.set("limit", String(Math.min(shown, 200)));
     if (append && state.cursor) params.set("cursor", state.cursor);
     const body = await call(`${API}/shipments?${params}`);
     const tbody = $("list-table").tBodies[0];
@@ -280,6 +286,7 @@
     const rows = body.items.map((item) => listRow(item, !append && !firstLoad && !before.has(item.orderNo)));
     if (append) tbody.append(...rows); else tbody.replaceChildren(...rows);
     state.listKey = key;
+    state.listParams = key;
     state.cursor = body.next_cursor;
     $("list-more").hidden = !body.next_cursor;
     $("list-empty").hidden = tbody.rows.length > 0;
@@ -289,9 +296,9 @@
     $("list-title").textContent = titles[stateName];
   }
 
-  function scheduleList() {
+  function scheduleList(live = false) {
     clearTimeout(state.listTimer);
-    state.listTimer = setTimeout(() => loadList().catch((e) => toast(e.message, true)), 250);
+    state.listTimer = setTimeout(() => loadList(false, live).catch((e) => toast(e.message, true)), 250);
   }
 
   // --- charts (inline SVG) ---
@@ -388,8 +395,9 @@
       renderCounts(data.shipments);
       $("live-text").textContent = `Live 实时 · ${fmtTime(data.as_of, false)}`;
       const changed = data.changed || [];
-      if (state.view === "overview" && (changed.length || before !== JSON.stringify(data.shipments.by_state))) {
-        scheduleList();
+      if (state.view === "overview" && (changed.length || data.changed_overflow ||
+          before !== JSON.stringify(data.shipments.by_state))) {
+        scheduleList(true);
         if (Date.now() - state.seriesAt > 5000) loadSeries().catch(() => {});
       }
       if (state.view === "shipment" && state.shipmentKey && (data.changed_overflow ||
