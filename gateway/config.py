@@ -163,8 +163,16 @@ class Settings:
 
 
 def _flag(value: Any) -> bool:
-    """A boolean setting from TOML (a boolean) or the environment (1/true/yes/on, anything else false)."""
-    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    """A boolean setting from TOML (a boolean) or the environment (1/true/yes/on or 0/false/no/off). Anything else is
+    refused: a misspelt 'ture' must not turn a safety check off."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is no boolean (true/false, 1/0, yes/no, on/off)")
 
 
 def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
@@ -175,11 +183,56 @@ def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
         if not isinstance(item, Mapping) or not item.get("key"):
             raise ValueError(f"api_keys[{i}] needs at least a key")
         role = Role(item.get("role", "submitter"))
-        codes = frozenset(str(c) for c in item.get("codes", ()))
+        codes = frozenset(_strings(item.get("codes", ()), f"api_keys[{i}].codes"))
         if role is Role.SUBMITTER and not codes:
             raise ValueError(f"api_keys[{i}] is a submitter key without enterprise codes")
         keys.append(ApiKey(name=str(item.get("name", f"key{i}")), key=str(item["key"]), role=role, codes=codes))
+    seen: set[str] = set()
+    for i, k in enumerate(keys):
+        if k.key in seen:  # the later one would win silently, its role and codes with it
+            raise ValueError(f"api_keys[{i}] ({k.name}) repeats the key of an earlier entry")
+        seen.add(k.key)
     return tuple(keys)
+
+
+#: The top-level settings a configuration file may hold (besides its tables): an unknown name is a typo, and a
+#: typo silently falling back to a default (the embedded database, a generated key, no signature check) is worse
+#: than a refusal.
+_TABLES = ("api_keys", "tax_rates", "forwarding")
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> Any:
+    def conv(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}; found {value!r}")
+        return text
+
+    return conv
+
+
+def _int_in(name: str, low: int, high: int | None = None) -> Any:
+    def conv(value: Any) -> int:
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be an integer; found {value!r}") from None
+        if n < low or (high is not None and n > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bounds}; found {n}")
+        return n
+
+    return conv
+
+
+def _decimal(name: str) -> Any:
+    def conv(value: Any) -> Decimal:
+        try:
+            return Decimal(str(value))
+        except ArithmeticError:
+            raise ValueError(f"must be a decimal number; found {value!r}") from None
+
+    return conv
 
 
 def _floats(value: Any) -> float | None:
@@ -301,11 +354,14 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
     if unknown:
         raise ValueError(f"forwarding: unknown setting(s) {', '.join(sorted(unknown))}")
     for name, conv in _FORWARDING_SCALARS.items():
-        if name in data:
-            changes[name] = conv(data[name])
-        env_value = env.get(f"CBEC_FORWARDING_{name.upper()}")
-        if env_value:
-            changes[name] = conv(env_value)
+        try:
+            if name in data:
+                changes[name] = conv(data[name])
+            env_value = env.get(f"CBEC_FORWARDING_{name.upper()}")
+            if env_value:
+                changes[name] = conv(env_value)
+        except ValueError as exc:
+            raise ValueError(f"forwarding.{name}: {exc}") from None
     if changes.get("sandbox", "auto") not in ("auto", "off"):
         raise ValueError("forwarding.sandbox must be 'auto' or 'off'")
     endpoints = data.get("endpoints", {})
@@ -353,29 +409,37 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
             data = tomllib.load(fh)
     s = Settings()
     changes: dict[str, Any] = {}
-    for name, conv in (
+    settings: tuple[tuple[str, Any], ...] = (
         ("host", str),
-        ("port", int),
+        ("port", _int_in("port", 0, 65535)),
         ("database_url", str),
         ("data_dir", Path),
-        ("max_body_bytes", int),
-        ("log_format", str),
-        ("log_level", str),
-        ("amount_tolerance", lambda v: Decimal(str(v))),
-        ("pool_max_size", int),
+        ("max_body_bytes", _int_in("max_body_bytes", 1024)),
+        ("log_format", _choice("log_format", ("auto", "json", "console"))),
+        ("log_level", _choice("log_level", ("debug", "info", "warning", "error", "critical"))),
+        ("amount_tolerance", _decimal("amount_tolerance")),
+        ("pool_max_size", _int_in("pool_max_size", 2)),
         ("processes", int),
         ("signing_key_file", Path),
         ("signing_cert_file", Path),
-        ("signing_algorithm", str),
+        ("signing_algorithm", _choice("signing_algorithm", ("rsa-sha1", "sm2-sm3"))),
         ("signing_agent_code", str),
         ("verify_signatures", _flag),
         ("trusted_certs", Path),
-    ):
-        if name in data:
-            changes[name] = conv(data[name])
-        env_value = env.get(f"CBEC_{name.upper()}")
-        if env_value:
-            changes[name] = conv(env_value)
+    )
+    unknown = sorted(set(data) - {name for name, _ in settings} - set(_TABLES))
+    if unknown:
+        raise ValueError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                         "(see the README's configuration reference)")  # fmt: skip
+    for name, conv in settings:
+        try:
+            if name in data:
+                changes[name] = conv(data[name])
+            env_value = env.get(f"CBEC_{name.upper()}")
+            if env_value:
+                changes[name] = conv(env_value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
     if "api_keys" in data:
         changes["api_keys"] = _parse_keys(data["api_keys"])
     if env.get("CBEC_API_KEYS"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -155,6 +156,32 @@ def test_a_configuration_that_cannot_be_used_is_a_usage_error_not_a_traceback(
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--config", str(tmp_path / "missing.toml")])
     assert exited.value.code == 2 and "missing.toml" in capsys.readouterr().err
+
+
+def test_a_misspelt_or_out_of_range_setting_is_refused_not_defaulted(tmp_path: Path) -> None:
+    """A typo in a setting's name fell back to its default (the embedded database, a generated key, no signature
+    check), a misspelt flag was false, a bad level a traceback later; a key's codes given as one string were split
+    into characters, and a repeated key let the last entry win."""
+    from gateway import config
+
+    path = tmp_path / "gateway.toml"
+    for text, words in (
+        ('databse_url = "postgresql://x/y"\n', "unknown setting databse_url"),
+        ('[[api-keys]]\nkey = "k"\n', "unknown setting api-keys"),
+        ('verify_signatures = "ture"\n', "verify_signatures: 'ture' is no boolean"),
+        ('log_level = "verbose"\n', "log_level: must be one of"),
+        ("port = 70000\n", "port: must be between 0 and 65535"),
+        ("pool_max_size = 1\n", "pool_max_size: must be at least 2"),
+        ('signing_algorithm = "sm2"\n', "signing_algorithm: must be one of rsa-sha1, sm2-sm3"),
+        ('[[api_keys]]\nkey = "k1"\nrole = "admin"\n[[api_keys]]\nkey = "k1"\nrole = "operator"\n', "repeats the key"),
+    ):
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=re.escape(words)):
+            config.load(path, env={})
+    with pytest.raises(ValueError, match="forwarding"):
+        config.load(env={"CBEC_FORWARDING_ENABLED": "nope"})
+    keys = config.load(env={"CBEC_API_KEYS": '[{"key": "k", "role": "submitter", "codes": "46012609BQ"}]'}).api_keys
+    assert keys[0].codes == frozenset({"46012609BQ"})
 
 
 def test_signature_verification_is_configured_from_the_file_or_the_environment(tmp_path: Path) -> None:
