@@ -324,7 +324,7 @@ def _stop_leftover(pgdata: Path) -> None:
     except (ValueError, AssertionError, OSError):
         info = None  # unreadable pid file (a crash while writing it)
     process = info.process if info is not None else None
-    if process is not None and _is_postgres(process):
+    if process is not None and _is_postgres(process, pgdata):
         log.warning("stopping a PostgreSQL server left running in %s by a killed process", pgdata)
         _pg_ctl_stop(pgdata)
         with contextlib.suppress(psutil.Error):
@@ -335,13 +335,20 @@ def _stop_leftover(pgdata: Path) -> None:
     handles_file.write_text("[]")
 
 
-def _is_postgres(process: Any) -> bool:
+def _is_postgres(process: Any, pgdata: Path) -> bool:
+    """Whether ``process`` is a PostgreSQL server of ``pgdata``: its name, and ``-D`` naming this very folder. A
+    stale pid file's pid may belong to anything by now — another gateway's server, a system PostgreSQL, a
+    'postgres_exporter' — and none of those is ours to stop."""
     import psutil
 
     try:
-        return bool(process.is_running() and process.name().startswith("postgres"))
+        if not (process.is_running() and process.name().startswith("postgres")):
+            return False
+        args = process.cmdline()
     except psutil.Error:
         return False
+    folder = os.path.realpath(pgdata)
+    return any(a == "-D" and i + 1 < len(args) and os.path.realpath(args[i + 1]) == folder for i, a in enumerate(args))
 
 
 def _pg_ctl_stop(pgdata: Path) -> None:

@@ -156,6 +156,31 @@ async def test_embedded_server_survives_a_killed_owner_and_stops_cleanly(tmp_pat
         _ = pg.dsn
 
 
+def test_a_stale_pid_file_naming_another_programs_process_is_not_ours_to_stop(tmp_path: Path) -> None:
+    """A pid left in postmaster.pid may belong to anything by now: only a postgres whose -D is this very folder is
+    the leftover server; another gateway's server, or a 'postgres_exporter', is left alone."""
+    import shutil
+
+    from gateway.db import _is_postgres
+
+    fake = tmp_path / "postgres_exporter"  # a shell named like a server, as the old check wanted
+    shutil.copy(shutil.which("sh") or "/bin/sh", fake)
+    ours, other = tmp_path / "pgdata", tmp_path / "elsewhere"
+    ours.mkdir()
+    other.mkdir()
+    # "; :" keeps the shell itself alive (no exec of its last command); -D and the folder are its arguments
+    procs = [subprocess.Popen([str(fake), "-c", "sleep 30; :", "x", "-D", str(d)]) for d in (ours, other)]
+    try:
+        looked = [psutil.Process(p.pid) for p in procs]
+        assert all(p.name().startswith("postgres") for p in looked)
+        assert _is_postgres(looked[0], ours) and not _is_postgres(looked[1], ours)
+        assert not _is_postgres(psutil.Process(os.getpid()), ours)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def test_embedded_rejects_an_unknown_cleanup_mode() -> None:
     with pytest.raises(ValueError):
         EmbeddedPostgres("x", cleanup_mode="later")
