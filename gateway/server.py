@@ -160,8 +160,14 @@ async def serve(
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             shared = settings.processes > 1 or api_only
+            if not api_only and settings.port != 0:
+                _ensure_port_free(settings.host, settings.port)
             site = web.TCPSite(runner, settings.host, settings.port, reuse_port=shared or None)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                where = f"{settings.host}:{settings.port}"
+                raise SystemExit(f"cbec: cannot listen on {where}: {exc.strerror or exc}") from None
             port = runner.addresses[0][1] if settings.port == 0 else settings.port
             url = f"http://{_local(settings.host)}:{port}"
             others: ApiProcesses | None = None
@@ -378,6 +384,23 @@ class ApiProcesses:
             if proc.is_alive():
                 proc.kill()
                 await asyncio.to_thread(proc.join, 5)
+
+
+def _ensure_port_free(host: str, port: int) -> None:
+    """Refuse a port another program listens on. The API processes share theirs with SO_REUSEPORT, which would also
+    let a second gateway (another database) bind it and take turns answering: one shipment split between two
+    databases. The first process binds once without it, to see."""
+    import socket
+
+    for family, kind, proto, _, addr in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE):  # fmt: skip
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a connection in TIME_WAIT is no owner
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                raise SystemExit(f"cbec: cannot listen on {host}:{port}: {exc.strerror or exc} (another program, "
+                                 "another gateway perhaps, holds it)") from None  # fmt: skip
 
 
 async def run_worker(

@@ -272,6 +272,25 @@ async def _serve_two_processes(
     return proc, log_out
 
 
+async def test_a_second_gateway_does_not_share_a_port_another_listens_on(db_dsn: str, tmp_path: Path) -> None:
+    """SO_REUSEPORT let a second gateway (`--processes 2`, another database) bind the port of a running one, the
+    two taking turns answering; a taken port now stops `cbec serve` with one line."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as a gateway's own processes bind it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        log_file = tmp_path / "serve.log"
+        proc, log_out = await _serve_two_processes(db_dsn, tmp_path, port, log_file)
+        try:
+            assert await asyncio.wait_for(proc.wait(), 60) == 1
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            log_out.close()
+    assert f"cbec: cannot listen on 127.0.0.1:{port}" in log_file.read_text()
+
+
 async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tmp_path: Path) -> None:
     """`cbec serve --processes 2`: two API processes on one port (SO_REUSEPORT). Connections land on either;
     legs submitted to either reconcile and are released (receipts reach either); a console session made on one
