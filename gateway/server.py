@@ -415,6 +415,8 @@ async def run_worker(
     """``cbec worker``: delivery only (no API). Several may run against one database."""
     logs.configure(settings.log_format, settings.log_level)
     fwd = settings.forwarding
+    if not fwd.enabled:  # README: with forwarding off, nothing is enqueued and no worker runs
+        raise SystemExit("cbec: forwarding is disabled (forwarding.enabled = false): a worker has nothing to do")
     stop = stop or asyncio.Event()
     url = sandbox_url or default_sandbox_url(fwd)
     if uses_sandbox(fwd) and url is None:

@@ -184,6 +184,16 @@ def test_a_misspelt_or_out_of_range_setting_is_refused_not_defaulted(tmp_path: P
     assert keys[0].codes == frozenset({"46012609BQ"})
 
 
+def test_a_worker_with_forwarding_disabled_says_so_and_does_nothing(tmp_path: Path) -> None:
+    """With forwarding.enabled = false no worker runs (README); `cbec worker` delivered the queued jobs all the
+    same."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")} | {"CBEC_FORWARDING_ENABLED": "false"}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "worker", "--data-dir", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1 and "forwarding is disabled" in done.stderr
+    assert not (tmp_path / "pgdata").exists()  # stopped before starting a database
+
+
 def test_signature_verification_is_configured_from_the_file_or_the_environment(tmp_path: Path) -> None:
     from gateway import config
 
