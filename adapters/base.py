@@ -259,12 +259,15 @@ class HttpAdapter:
             async with self._session.post(url, data=data, headers=hdrs, allow_redirects=False) as resp:
                 body = await resp.content.read(MAX_REPLY_BYTES)
                 return HttpReply(resp.status, dict(resp.headers), body)
-        except aiohttp.InvalidURL as exc:
-            raise PermanentError(f"{what}: invalid URL: {exc}") from exc
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:  # no retry makes a bad URL good
+            raise PermanentError(f"{what}: invalid URL ({exc.__class__.__name__})") from None  # its text has the URL
         except TimeoutError as exc:  # ServerTimeoutError is one too
             raise TransientError(f"{what}: timed out ({exc.__class__.__name__}, limit {self.timeouts.total}s)") from exc
         except aiohttp.ClientError as exc:  # connection refused/reset, DNS, disconnects, broken payloads
-            raise TransientError(f"{what}: {exc.__class__.__name__}: {exc}") from exc
+            # the error's own text may quote the URL with its credentials: the logs, the jobs and the API show it
+            # (not chained either: the stored traceback would quote it)
+            detail = str(exc).replace(url, _display(url))
+            raise TransientError(f"{what}: {exc.__class__.__name__}: {detail}") from None
 
     async def post_checked(
         self, url: str, *, data: bytes, content_type: str, headers: Mapping[str, str] | None = None

@@ -10,6 +10,7 @@ import random
 import socket
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -191,6 +192,16 @@ async def test_invalid_url_and_unknown_receiver_are_permanent(customs_sandbox: s
     async with customs(customs_sandbox + "/dxp", receiver_id="DXPENT9999999999") as a:
         with pytest.raises(PermanentError, match="2001"):
             await a.send(job(xml))
+    # a relay's credentials in a URL with a mistyped scheme: permanent, and quoted nowhere (logs, jobs, the API)
+    async with customs("htps://relayuser:RelayPassw0rd@127.0.0.1:9/dxp") as a:
+        with pytest.raises(PermanentError) as refused:
+            await a.send(job(xml))
+    shown = "".join(traceback.format_exception(refused.value))
+    assert "RelayPassw0rd" not in shown and "relayuser" not in shown
+    async with customs(f"http://relayuser:RelayPassw0rd@127.0.0.1:{free_port()}/dxp") as a:
+        with pytest.raises(TransientError) as refused_conn:
+            await a.send(job(xml))
+    assert "RelayPassw0rd" not in "".join(traceback.format_exception(refused_conn.value))
 
 
 async def test_flaky_retries_deliver_exactly_once(
