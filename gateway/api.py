@@ -88,6 +88,13 @@ def _status_for(issues: list[Issue]) -> int:
     return 422
 
 
+#: Errors meaning "the database cannot be reached or is restarting" rather than a bug: a 503 the client retries.
+DATABASE_AWAY = (
+    OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+)  # fmt: skip
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()  # 32 hex digits, as a uuid4's
@@ -108,6 +115,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         response = error_response(exc.status, exc.reason)
+    except DATABASE_AWAY as exc:
+        # nothing was stored (a message is acknowledged only once committed): the client may send it again
+        log.warning("database_unavailable", path=request.path, error=f"{exc.__class__.__name__}: {exc}")
+        response = error_response(503, f"the database is unavailable; try again (request id {request_id})")
+        response.headers["Retry-After"] = "5"
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = error_response(500, f"internal error (request id {request_id})")
@@ -396,7 +408,9 @@ async def healthz(request: web.Request) -> web.Response:
         async with request.app[POOL].acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
     except Exception as exc:
-        return json_response({"status": "unavailable", "database": str(exc)}, 503)
+        # the error's text (paths, hosts) is for the log, not for whoever asks /healthz
+        log.warning("healthz_database_unavailable", error=f"{exc.__class__.__name__}: {exc}")
+        return json_response({"status": "unavailable", "database": "unavailable"}, 503)
     # the pid tells which process answered when several share the port (cbec serve --processes)
     return json_response({"status": "ok", "database": "ok", "process": os.getpid()})
 

@@ -325,6 +325,7 @@ async def test_postgres_restart_under_load_recovers_by_itself() -> None:
         async with running_stack(dsn) as stack:
             orders = [shipment(280 + i).order for i in range(24)]
             accepted: list[str] = []
+            refused: list[tuple[int, str | None]] = []  # answers while the database was away
 
             async def submit_until_accepted(p: dict[str, Any]) -> None:
                 for _ in range(400):
@@ -333,6 +334,7 @@ async def test_postgres_restart_under_load_recovers_by_itself() -> None:
                         if reply.status == 202:
                             accepted.append(p["guid"])
                             return
+                        refused.append((reply.status, reply.headers.get("Retry-After")))
                     await asyncio.sleep(0.05)
                 raise AssertionError(f"{p['guid']} never accepted")
 
@@ -346,6 +348,7 @@ async def test_postgres_restart_under_load_recovers_by_itself() -> None:
             await asyncio.to_thread(_pg_restart, pg.data_dir, Path(folder) / "restart.log")
             await asyncio.wait_for(loader, 60)
             assert sorted(accepted) == sorted(p["guid"] for p in orders)
+            assert set(refused) <= {(503, "5")}, refused  # "try again", never a 500
             await customs_done(stack, len(orders))
             stats = stack.sandbox.stats()
             assert sorted(stats["by_cop_msg_id"]) == await cop_ids(stack, orders)  # every message went out
