@@ -316,6 +316,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _database_unusable(exc):
+            raise
+        # a wrong or unreachable --database-url, a database not migrated: one line, not a traceback
+        print(f"cbec: cannot use the database: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _database_unusable(exc: BaseException) -> bool:
+    import socket
+
+    import asyncpg  # here: cbec validate needs no database driver
+
+    return isinstance(exc, ConnectionError | TimeoutError | socket.gaierror | asyncpg.PostgresError
+                      | asyncpg.InterfaceError | asyncpg.ClientConfigurationError)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +193,15 @@ def test_a_worker_with_forwarding_disabled_says_so_and_does_nothing(tmp_path: Pa
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 1 and "forwarding is disabled" in done.stderr
     assert not (tmp_path / "pgdata").exists()  # stopped before starting a database
+
+
+def test_an_unusable_database_is_one_line_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["db", "migrate", "--database-url", f"postgresql://postgres@127.0.0.1:{port}/x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cbec: cannot use the database: ") and "Traceback" not in err
 
 
 def test_signature_verification_is_configured_from_the_file_or_the_environment(tmp_path: Path) -> None:
