@@ -56,3 +56,33 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+    _route_stdlib(fmt, level)
+
+
+def _route_stdlib(fmt: str, level: str) -> None:
+    """The standard library's records (asyncpg, the embedded PostgreSQL's package, warnings) in the same form and at
+    the same level: one JSON object per line in production, not free text and bare tracebacks among them."""
+    text_renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer()
+        if fmt == "console"
+        else structlog.processors.JSONRenderer(serializer=_json_text, option=orjson.OPT_NON_STR_KEYS)
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.format_exc_info,
+            ],
+        )
+    )
+    handler.set_name("cbec")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "cbec"]:  # configured again: replaced, not doubled
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.getLevelNamesMapping()[level.upper()])
+    logging.captureWarnings(True)
