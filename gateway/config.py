@@ -201,6 +201,24 @@ def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
 _TABLES = ("api_keys", "tax_rates", "forwarding")
 
 
+def _scalars(
+    data: Mapping[str, Any], env: Mapping[str, str], convs: Iterable[tuple[str, Any]], *, env_prefix: str, where: str
+) -> dict[str, Any]:
+    """Each named setting from the file, then from the environment (``<env_prefix><NAME>`` wins), converted; a value
+    that does not convert names its setting."""
+    out: dict[str, Any] = {}
+    for name, conv in convs:
+        try:
+            if name in data:
+                out[name] = conv(data[name])
+            env_value = env.get(f"{env_prefix}{name.upper()}")
+            if env_value:
+                out[name] = conv(env_value)
+        except ValueError as exc:
+            raise ValueError(f"{where}{name}: {exc}") from None
+    return out
+
+
 def _choice(name: str, allowed: tuple[str, ...]) -> Any:
     def conv(value: Any) -> str:
         text = str(value).strip().lower()
@@ -353,15 +371,7 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
     unknown = set(data) - set(_FORWARDING_SCALARS) - {"endpoints", "routes", "hold_types", "on_release", "webhooks"}
     if unknown:
         raise ValueError(f"forwarding: unknown setting(s) {', '.join(sorted(unknown))}")
-    for name, conv in _FORWARDING_SCALARS.items():
-        try:
-            if name in data:
-                changes[name] = conv(data[name])
-            env_value = env.get(f"CBEC_FORWARDING_{name.upper()}")
-            if env_value:
-                changes[name] = conv(env_value)
-        except ValueError as exc:
-            raise ValueError(f"forwarding.{name}: {exc}") from None
+    changes.update(_scalars(data, env, _FORWARDING_SCALARS.items(), env_prefix="CBEC_FORWARDING_", where="forwarding."))
     if changes.get("sandbox", "auto") not in ("auto", "off"):
         raise ValueError("forwarding.sandbox must be 'auto' or 'off'")
     endpoints = data.get("endpoints", {})
@@ -431,15 +441,7 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if unknown:
         raise ValueError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
                          "(see the README's configuration reference)")  # fmt: skip
-    for name, conv in settings:
-        try:
-            if name in data:
-                changes[name] = conv(data[name])
-            env_value = env.get(f"CBEC_{name.upper()}")
-            if env_value:
-                changes[name] = conv(env_value)
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+    changes.update(_scalars(data, env, settings, env_prefix="CBEC_", where=""))
     if "api_keys" in data:
         changes["api_keys"] = _parse_keys(data["api_keys"])
     if env.get("CBEC_API_KEYS"):
