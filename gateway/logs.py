@@ -59,6 +59,22 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
     _route_stdlib(fmt, level)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record comes, not as it was when logging was set up (a test harness or
+    an embedding host may replace it, and close the old one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def _route_stdlib(fmt: str, level: str) -> None:
     """The standard library's records (asyncpg, the embedded PostgreSQL's package, warnings) in the same form and at
     the same level: one JSON object per line in production, not free text and bare tracebacks among them."""
@@ -67,7 +83,7 @@ def _route_stdlib(fmt: str, level: str) -> None:
         if fmt == "console"
         else structlog.processors.JSONRenderer(serializer=_json_text, option=orjson.OPT_NON_STR_KEYS)
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
