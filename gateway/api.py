@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -89,9 +90,11 @@ def _status_for(issues: list[Issue]) -> int:
 
 
 #: Errors meaning "the database cannot be reached or is restarting" rather than a bug: a 503 the client retries.
+#: The OS errors a connection attempt meets (refused, reset, timed out, a Unix socket gone while the server restarts,
+#: a host name that does not resolve), not any OSError: a handler's other one is a bug to see as such.
 DATABASE_AWAY = (
-    OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
+    ConnectionError, TimeoutError, FileNotFoundError, socket.gaierror, asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
 )  # fmt: skip
 
 
