@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -89,13 +88,6 @@ def _status_for(issues: list[Issue]) -> int:
     return 422
 
 
-#: Errors meaning "the database cannot be reached or is restarting" rather than a bug: a 503 the client retries.
-#: The OS errors a connection attempt meets (refused, reset, timed out, a Unix socket gone while the server restarts,
-#: a host name that does not resolve), not any OSError: a handler's other one is a bug to see as such.
-DATABASE_AWAY = (
-    ConnectionError, TimeoutError, FileNotFoundError, socket.gaierror, asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
-)  # fmt: skip
 
 
 @web.middleware
@@ -118,14 +110,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         response = error_response(exc.status, exc.reason)
-    except DATABASE_AWAY as exc:
-        # nothing was stored (a message is acknowledged only once committed): the client may send it again
-        log.warning("database_unavailable", path=request.path, error=f"{exc.__class__.__name__}: {exc}")
-        response = error_response(503, f"the database is unavailable; try again (request id {request_id})")
-        response.headers["Retry-After"] = "5"
-    except Exception:
-        log.exception("unhandled_error", path=request.path)
-        response = error_response(500, f"internal error (request id {request_id})")
+    except Exception as exc:
+        if db.database_away(exc):
+            # nothing was stored (a message is acknowledged only once committed): the client may send it again
+            log.warning("database_unavailable", path=request.path, error=f"{exc.__class__.__name__}: {exc}")
+            response = error_response(503, f"the database is unavailable; try again (request id {request_id})")
+            response.headers["Retry-After"] = "5"
+        else:
+            log.exception("unhandled_error", path=request.path)
+            response = error_response(500, f"internal error (request id {request_id})")
     response.headers["X-Request-Id"] = request_id
     log.info(
         "request",
@@ -412,7 +405,7 @@ async def healthz(request: web.Request) -> web.Response:
             await conn.fetchval("SELECT 1")
     except Exception as exc:
         # the error's text (paths, hosts) is for the log, not for whoever asks /healthz
-        log.warning("healthz_database_unavailable", error=f"{exc.__class__.__name__}: {exc}")
+        log.debug("healthz_database_unavailable", error=f"{exc.__class__.__name__}: {exc}")  # probed every second
         return json_response({"status": "unavailable", "database": "unavailable"}, 503)
     # the pid tells which process answered when several share the port (cbec serve --processes)
     return json_response({"status": "ok", "database": "ok", "process": os.getpid()})

@@ -325,12 +325,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _database_unusable(exc: BaseException) -> bool:
-    import socket
-
+    """An unreachable or wrong --database-url, a database not there or not migrated: not a bug of cbec's (whose
+    other errors keep their traceback)."""
     import asyncpg  # here: cbec validate needs no database driver
 
-    return isinstance(exc, ConnectionError | TimeoutError | socket.gaierror | asyncpg.PostgresError
-                      | asyncpg.InterfaceError | asyncpg.ClientConfigurationError)  # fmt: skip
+    from gateway.db import database_away
+
+    wrong = (
+        asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError, asyncpg.UndefinedTableError,
+        asyncpg.ClientConfigurationError,
+    )  # fmt: skip
+    return database_away(exc) or isinstance(exc, wrong)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,28 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asy
     return pool
 
 
+#: Errors that say "the database cannot be reached or is restarting" whatever raised them.
+_DATABASE_GONE = (
+    asyncpg.PostgresConnectionError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+)  # fmt: skip
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is unreachable (a 503 the client retries) rather than a bug: asyncpg's
+    connection errors, and the OS errors and timeouts of its own connection attempts (refused, a Unix socket gone
+    during a restart, a name that does not resolve, the pool's wait) — not a client's dropped upload, not a file."""
+    if isinstance(exc, _DATABASE_GONE):
+        return True
+    if isinstance(exc, OSError | TimeoutError):  # TimeoutError is an OSError; socket.gaierror too
+        tb = exc.__traceback__
+        while tb is not None:
+            if "/asyncpg/" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+    return False
+
+
 def resolve_dsn(explicit: str | None) -> str | None:
     """``--database-url``, then ``CBEC_DATABASE_URL``; None means: use the embedded server."""
     return explicit or os.environ.get("CBEC_DATABASE_URL") or None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -179,6 +180,30 @@ def test_a_stale_pid_file_naming_another_programs_process_is_not_ours_to_stop(tm
         for p in procs:
             p.kill()
             p.wait()
+
+
+async def test_database_away_is_the_databases_errors_not_any_os_error(tmp_path: Path) -> None:
+    """A 503 'try again' for what says the database is unreachable; a client's dropped upload or a missing file
+    stays a bug to see."""
+    from gateway.db import database_away
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/x", timeout=5)
+    except OSError as refused:
+        assert database_away(refused)
+    assert database_away(asyncpg.exceptions.ConnectionDoesNotExistError("closed in the middle of operation"))
+    for other in (ConnectionResetError("Connection lost"), FileNotFoundError("console.js")):
+        try:
+            raise other
+        except OSError as exc:
+            assert not database_away(exc)
+    try:
+        (tmp_path / "missing").read_text()
+    except OSError as exc:
+        assert not database_away(exc)
 
 
 def test_embedded_rejects_an_unknown_cleanup_mode() -> None:
