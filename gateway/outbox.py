@@ -290,9 +290,13 @@ SELECT (SELECT count(*) FROM docs) AS documents, (SELECT count(*) FROM recs) AS 
 #: the buyer's lock: a lower amount is never an overrun, and an ingest that read the higher one was only stricter.
 RELEASE_QUOTA = """
 UPDATE tax_ledger AS l SET amount = 0, updated_at = now()
-  FROM unnest($1::text[], $2::text[]) AS x(ebc, ono)
+  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(ebc, ono, doc)
  WHERE l.ebc_code = x.ebc AND l.order_no = x.ono AND l.amount <> 0
    AND l.ebc_code = ANY ($1::text[]) AND l.order_no = ANY ($2::text[])  -- index probes whatever the plan
+   -- not when the inventory was declared again since (its amount is the new declaration's)
+   AND NOT EXISTS (SELECT 1 FROM documents AS n
+                    WHERE n.message_type = 'CEB621' AND n.key1 = x.ebc AND n.key2 = x.ono AND n.id > x.doc
+                      AND n.app_type = '1')
 RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no
 """
 
@@ -540,7 +544,6 @@ class _Doc:
     mode: str | None
     key: tuple[str, str] = ("", "")  # (key1, key2): an inventory's and its cancellation's (ebcCode, orderNo)
     app_type: str = "1"
-    is_current: bool = True
     changed: bool = False
     answered: bool = False  # a receipt in a known table came (one in no table leaves it awaited)
     voided: bool = False  # a receipt applied now made it void (see void)
@@ -554,7 +557,7 @@ class _Doc:
             logistics_code=r["logistics_code"], logistics_no=r["logistics_no"], forward_state=r["forward_state"],
             state=rc.CustomsState(r["customs_status"], r["customs_rank"], r["customs_return_time"], r["customs_info"]),
             pre_no=r["pre_no"], invt_no=r["invt_no"], repushes=r["repushes"], mode=r["mode"],
-            key=(r["key1"], r["key2"]), app_type=(r["app_type"] or "1").strip(), is_current=r["is_current"],
+            key=(r["key1"], r["key2"]), app_type=(r["app_type"] or "1").strip()
         )  # fmt: skip
 
     @property
@@ -991,12 +994,14 @@ class Outbox:
         return [results[r.index] for r in recs]
 
     async def _release_quota(self, conn: asyncpg.Connection, docs: Sequence[_Doc]) -> None:
-        """The documents these receipts voided (:attr:`_Doc.void`, and current): their inventory counts no more
-        toward its buyer's annual quota (spec §7.1). A return (CEB625) is not deducted (its share of the dutiable
-        value is not computed here)."""
-        void = sorted({d.key for d in docs if d.is_current})
+        """The documents these receipts voided (:attr:`_Doc.void`): their inventory counts no more toward its buyer's
+        annual quota (spec §7.1), unless it was declared again since (appType 1 over the rejected one; a change made
+        while the first declaration awaited its receipt is no such thing: customs had nothing to change). A return
+        (CEB625) is not deducted (its share of the dutiable value is not computed here)."""
+        void = sorted({(d.key, d.id) for d in docs})
         if void:
-            for r in await conn.fetch(RELEASE_QUOTA, [k[0] for k in void], [k[1] for k in void]):
+            args = [k[0] for k, _ in void], [k[1] for k, _ in void], [i for _, i in void]
+            for r in await conn.fetch(RELEASE_QUOTA, *args):
                 log.info("quota_released", ebc_code=r["ebc_code"], order_no=r["order_no"], year=r["year"])
 
     async def _resend(self, conn: asyncpg.Connection, message_ids: Sequence[int], *, delay_s: float) -> list[int]:

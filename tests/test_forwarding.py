@@ -814,6 +814,14 @@ async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_f
     assert counted != ["0.00000"] and len(counted) == 1
     [late] = await flow.receipt(refused.inventory, "3", 1)
     assert late["outcome"] == "stale" and await _quota(flow, refused) == counted
+    # a change sent while the first declaration awaited its receipt: customs refusing the first leaves nothing to
+    # change, and the quota goes back all the same
+    pending = shipment(82)
+    await flow.submit(pending.inventory)
+    await flow.submit(version_of(pending.inventory, "2", 60))
+    assert await _quota(flow, pending) != ["0.00000"]
+    await flow.receipt(pending.inventory, "100", 2)
+    assert await _quota(flow, pending) == ["0.00000"]
 
     inv = cancelled.inventory["documents"][0]
     fields = ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode",
