@@ -830,7 +830,9 @@ def _second_inventories(news: list[New], live: Live) -> list[Issue]:
         if not new.live or row.kind != Kind.INVENTORY:
             continue
         for other in live.legs.get(row.shipment_key, {}).get(Kind.INVENTORY.value, ()):
-            refused = other.rejected and (other.head.get("appType") or "1").strip() == "1"  # nothing at customs
+            # customs refused its first declaration: nothing at customs. (A temp-saved one still counts, unlike in
+            # _declared_anew: it is at E-Port, one step from being declared.)
+            refused = other.rejected and (other.head.get("appType") or "1").strip() == "1"
             if other is not row and other.key != row.key and not refused:
                 out.append(issue("state.second_inventory", new.doc.path,
                                  f"the shipment {row.ebp_code}/{row.order_no} has a live inventory with ebcCode "

@@ -511,6 +511,11 @@ async def test_the_feed_names_customs_changes_late_commits_and_says_when_it_cann
     await db_pool.executemany(insert, [(f"M{i}", datetime.now(UTC)) for i in range(130)])
     names, overflow = await changed()
     assert overflow and 0 < len(names) <= 100 and all(n.startswith("M") for n in names)  # the pages reload
+    # the burst's rest comes next, then nothing more is overflow: a change after it is named at once
+    names, overflow = await changed()
+    assert not overflow and names and all(n.startswith("M") for n in names)
+    await db_pool.execute(insert, "AFTER", datetime.now(UTC))
+    assert await changed() == ({"AFTER"}, False)
 
 
 async def test_feed_is_one_task_for_many_clients_and_stops_with_the_app(db_pool: Any) -> None:

@@ -194,16 +194,20 @@ class Feed:
         """The shipments changed since the last poll (reconciliation or customs status), read from a little earlier
         (a late commit) without those already announced; and whether there were more than one event names."""
         since = (self._changed_since or _EPOCH) - _LATE_COMMIT
-        rows = await conn.fetch(q.CHANGED, since, _CHANGED_LIMIT + 1, timeout=5)
+        # the rows already announced come back within the look-back: read past them
+        rows = await conn.fetch(q.CHANGED, since, _CHANGED_LIMIT + len(self._announced) + 1, timeout=5)
         changed = []
         for r in rows:
             key = (r["ebp_code"], r["order_no"])
             if self._announced.get(key) == r["at"]:
                 continue
-            self._announced[key] = r["at"]
-            changed.append({"ebpCode": key[0], "orderNo": key[1], "state": r["state"]})
+            changed.append({"ebpCode": key[0], "orderNo": key[1], "state": r["state"], "at": r["at"]})
+        overflow = len(changed) > _CHANGED_LIMIT
+        changed = changed[:_CHANGED_LIMIT]
+        for c in changed:
+            self._announced[(c["ebpCode"], c["orderNo"])] = c.pop("at")
         self._announced = {k: at for k, at in self._announced.items() if at > since}
-        return changed[:_CHANGED_LIMIT], len(rows) > _CHANGED_LIMIT
+        return changed, overflow
 
 
 def _queue_moved(before: dict[str, Any], now: dict[str, Any]) -> bool:
