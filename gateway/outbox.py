@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import cbec_queue
@@ -347,13 +347,6 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
    AND s.customs_status <> 'released'  -- final: customs released the goods (gateway.forward.shipment_customs_status)
 """
 
-#: Keyed shipments of orderNos ($1): those a waybill of the orderNo may be the leg of (SHIPMENT_LEGS).
-SHIPMENTS_OF_ORDERS = """
-SELECT s.ebp_code, s.order_no
-  FROM unnest($1::text[]) AS o(ono),
-       LATERAL (SELECT * FROM shipments AS s WHERE s.order_no = o.ono AND s.ebp_code <> '' OFFSET 0) AS s
-"""
-
 SET_SHIPMENT_CUSTOMS = """
 UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, customs_updated_at = now()
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(ebp, ono, status, info)
@@ -363,8 +356,7 @@ UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, cust
 
 #: Customs deliveries succeeded ($1 message ids): sent (a receipt may have come first: then it stays); a sent
 #: document without a receipt since this send is awaited from now (sql/100_receipts_awaited.sql): a re-send asked
-#: by a receipt (4) is watched again. ('failed': a delivery replayed
-#: while its hook could not run still ends sent.)
+#: by a receipt (4) is watched again. ('failed': a delivery replayed while its hook could not run still ends sent.)
 MARK_SENT = """
 WITH sent AS (
     UPDATE documents SET forward_state = CASE WHEN forward_state IN ('none', 'held', 'queued', 'failed') THEN 'sent'
@@ -682,11 +674,11 @@ class Outbox:
         conn: asyncpg.Connection,
         plans: Sequence[Plan],
         receipted: Mapping[tuple[str, str], set[str]] | None = None,
-        superseded_failed: Iterable[tuple[str, str | None, str | None]] = (),
+        superseded_failed: Iterable[Leg] = (),
     ) -> None:
         """After the store wrote the wave (and its jobs, see wave_jobs), same transaction: release the held
         inventories of shipments the wave matched; refresh the customs status of shipments whose failed leg the
-        wave changed or withdrew (``superseded_failed``: (kind, ebpCode, orderNo) of those legs; rare).
+        wave changed or withdrew (``superseded_failed``: those legs' stored versions; rare).
 
         ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
         that customs took. A shipment whose order or payment is not among them releases nothing (RELEASE_HELD
@@ -695,11 +687,7 @@ class Outbox:
         failed = list(superseded_failed)
         if failed:
             # The new version is on its way (or withdrawn): the shipment no longer waits for a replay.
-            shipments = {(ebp, ono or "") for kind, ebp, ono in failed if kind != "waybill" and ebp}
-            orders = sorted({ono for kind, _, ono in failed if kind == "waybill" and ono})
-            if orders:
-                shipments |= {(r["ebp_code"], r["order_no"]) for r in await conn.fetch(SHIPMENTS_OF_ORDERS, orders)}
-            await self._refresh_shipments(conn, shipments, statuses=("failed",))
+            await self._refresh_shipments(conn, await shipments_of(conn, failed), statuses=("failed",))
         if self.router is None:
             return
         matched: set[tuple[str, str]] = set()
@@ -776,20 +764,9 @@ class Outbox:
 
     async def _lock_shipments_of(self, conn: asyncpg.Connection, docs: Iterable[_Doc]) -> set[tuple[str, str]]:
         """The keyed shipments the documents belong to, under the ingest's orderNo locks."""
-        shipments: set[tuple[str, str]] = set()
-        orders: set[str] = set()
-        waybills: set[tuple[str | None, str | None, str | None]] = set()
-        for d in docs:
-            orders.add(d.order_no or "")
-            if d.kind == "waybill":
-                waybills.add((d.logistics_code, d.logistics_no, d.order_no))
-            elif d.kind in ("order", "payment", "inventory") and d.ebp_code:
-                shipments.add((d.ebp_code, d.order_no or ""))
-        if waybills:
-            w = sorted(waybills, key=lambda x: tuple(v or "" for v in x))
-            rows = await conn.fetch(SHIPMENTS_OF_WAYBILLS, [x[0] for x in w], [x[1] for x in w], [x[2] for x in w])
-            shipments |= {(r["ebp_code"], r["order_no"]) for r in rows}
-        orders |= {s[1] for s in shipments}
+        docs = list(docs)
+        shipments = await shipments_of(conn, docs)
+        orders = {d.order_no or "" for d in docs} | {s[1] for s in shipments}
         await conn.fetchval(LOCK_IDS, sorted({order_lock(o) for o in orders}))
         return shipments
 
@@ -1164,6 +1141,33 @@ class Outbox:
                 if x["document_id"] == d["id"] or (x["document_id"] is None and x["message_id"] == r["message_id"])
             ]
         return shipment
+
+
+class Leg(Protocol):
+    """What :func:`shipments_of` reads of a document (gateway.keystate.Row and the outbox's _Doc alike)."""
+
+    kind: str
+    ebp_code: str | None
+    order_no: str | None
+    logistics_code: str | None
+    logistics_no: str | None
+
+
+async def shipments_of(conn: asyncpg.Connection, docs: Iterable[Leg]) -> set[tuple[str, str]]:
+    """The keyed shipments documents belong to: an order's, payment's or inventory's own; a waybill's via an
+    inventory naming it or sharing its orderNo (SHIPMENTS_OF_WAYBILLS, one round trip for all of them)."""
+    shipments: set[tuple[str, str]] = set()
+    waybills: set[tuple[str | None, str | None, str | None]] = set()
+    for d in docs:
+        if d.kind == "waybill":
+            waybills.add((d.logistics_code, d.logistics_no, d.order_no))
+        elif d.kind in ("order", "payment", "inventory") and d.ebp_code:
+            shipments.add((d.ebp_code, d.order_no or ""))
+    if waybills:
+        w = sorted(waybills, key=lambda x: tuple(v or "" for v in x))
+        rows = await conn.fetch(SHIPMENTS_OF_WAYBILLS, [x[0] for x in w], [x[1] for x in w], [x[2] for x in w])
+        shipments |= {(r["ebp_code"], r["order_no"]) for r in rows}
+    return shipments
 
 
 def _probe(index: int, c: rc.Correlation) -> dict[str, Any]:

@@ -765,8 +765,7 @@ class Store:
                 outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False)
             if self.outbox is not None:
                 # a stored version whose delivery failed, changed or withdrawn now
-                failed = [(old.kind, old.ebp_code, old.order_no) for job, _ in writes for d in job.news
-                          if (old := d.replaces) is not None and old.failed]  # fmt: skip
+                failed = [old for job, _ in writes for d in job.news if (old := d.replaces) is not None and old.failed]
                 await self.outbox.after_write(conn, plans, receipted, failed)
         return deferred
 

@@ -933,6 +933,15 @@ async def test_a_failed_leg_changed_withdrawn_or_resent_no_longer_fails_its_ship
     assert (await flow.shipment(changed))["customs_status"] == "pending"
     await flow.submit(version_of(withdrawn.order, "3", 60))
     assert (await flow.shipment(withdrawn))["customs_status"] == "pending"
+    # a waybill's shipment is found through its orderNo (or the inventory naming it)
+    waybilled = shipment(64)
+    await flow.submit(waybilled.order)
+    await flow.receipt(waybilled.order, "2", 1)
+    await flow.submit(waybilled.waybill)
+    await _die(flow, waybilled.waybill)
+    assert (await flow.shipment(waybilled))["customs_status"] == "failed"
+    await flow.submit(version_of(waybilled.waybill, "2", 60))
+    assert (await flow.shipment(waybilled))["customs_status"] == "declared"
     [answer] = await flow.receipt(resent.order, "4", 1)  # customs: delivery failed, send it again
     assert answer["resend"] is True
     assert (await flow.doc(resent.order))["forward_state"] == "queued"

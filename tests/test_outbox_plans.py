@@ -29,7 +29,6 @@ _PLAN_CASES = {
     "SET_CUSTOMS_STATE_AND_OUTCOMES": f"ARRAY[1::bigint], {_T}, {_T}, ARRAY[1], {_T}, {_T}, {_T}, {_T}, "
     f"ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[true], {_T}, ARRAY[true]",
     "SHIPMENT_LEGS": f"{_T}, {_T}, {_T}",
-    "SHIPMENTS_OF_ORDERS": _T,
     "RELEASE_QUOTA": f"{_T}, {_T}, ARRAY[1::bigint]",
     # the queue's dead-letter hooks (Outbox.deliveries_dead / deliveries_replayed)
     "DELIVERY_FAILED": f"ARRAY[1::bigint], {_T}",
