@@ -480,9 +480,17 @@ def _declared_anew(cur: Row) -> bool:
     may be declared anew with a newer appTime — the only way for a type that takes no change (a cancellation,
     CEB623). A rejected change is not: customs still holds the version before it. Nor is a temp-saved first
     declaration (appStatus 1, spec §3.6): never declared, it is declared by an appType 1 with appStatus 2."""
-    if temp_saved(cur.head):
-        return True
-    return cur.rejected and (cur.head.get("appType") or "1").strip() == "1"
+    return temp_saved(cur.head) or refused_first(cur)
+
+
+def first_declaration(row: Row) -> bool:
+    """appType 1: the first declaration of its key (or one declared anew), not a change or a withdrawal."""
+    return (row.head.get("appType") or "1").strip() == "1"
+
+
+def refused_first(row: Row) -> bool:
+    """A first declaration customs rejected: there is nothing of it at customs."""
+    return row.rejected and first_declaration(row)
 
 
 def temp_saved(head: Mapping[str, str]) -> bool:
@@ -506,7 +514,7 @@ def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None) -> l
                       f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} it names {what}")]  # fmt: skip
     # a held first declaration: customs has not seen it, a cancellation would reach customs before the inventory
     # itself (a held change is not: customs holds the version before it, which may well be cancelled)
-    if stored.held and (stored.head.get("appType") or "1").strip() == "1":
+    if stored.held and first_declaration(stored):
         return [issue("state.inventory_held", new.doc.path,
                       f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} is held, not yet declared to customs; "
                       "withdraw it (appType 3) instead")]  # fmt: skip
@@ -830,10 +838,9 @@ def _second_inventories(news: list[New], live: Live) -> list[Issue]:
         if not new.live or row.kind != Kind.INVENTORY:
             continue
         for other in live.legs.get(row.shipment_key, {}).get(Kind.INVENTORY.value, ()):
-            # customs refused its first declaration: nothing at customs. (A temp-saved one still counts, unlike in
-            # _declared_anew: it is at E-Port, one step from being declared.)
-            refused = other.rejected and (other.head.get("appType") or "1").strip() == "1"
-            if other is not row and other.key != row.key and not refused:
+            # one customs refused is nothing at customs. (A temp-saved one still counts, unlike in _declared_anew: it
+            # is at E-Port, one step from being declared.)
+            if other is not row and other.key != row.key and not refused_first(other):
                 out.append(issue("state.second_inventory", new.doc.path,
                                  f"the shipment {row.ebp_code}/{row.order_no} has a live inventory with ebcCode "
                                  f"{other.ebc_code} (message {other.message_guid or 'of this message'}): an order has "
