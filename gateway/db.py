@@ -142,9 +142,11 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asy
 
 
 #: Errors that say "the database cannot be reached or is restarting" whatever raised them.
+#: (asyncpg's InternalClientError is what a connection the server cut mid-operation may raise: "another operation is
+#: in progress". The queue worker counts the same ones, cbec_queue.worker.is_db_unavailable, and any OSError.)
 _DATABASE_GONE = (
     asyncpg.PostgresConnectionError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.AdminShutdownError, asyncpg.InternalClientError,
 )  # fmt: skip
 
 

@@ -195,6 +195,8 @@ async def test_database_away_is_the_databases_errors_not_any_os_error(tmp_path: 
     except OSError as refused:
         assert database_away(refused)
     assert database_away(asyncpg.exceptions.ConnectionDoesNotExistError("closed in the middle of operation"))
+    # a connection cut mid-operation during a restart (seen in test_faults' restart)
+    assert database_away(asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"))
     for other in (ConnectionResetError("Connection lost"), FileNotFoundError("console.js")):
         try:
             raise other
