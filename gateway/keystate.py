@@ -18,10 +18,14 @@ Key rules, per document key (MessageType.keys, trimmed):
 * the same key twice in one message is ``state.duplicate``; receipts carry no key state.
 
 Shipments (spec §6.2 joins): orders, payments and inventories belong to the shipment (ebpCode,
-orderNo); a waybill belongs to the shipments whose inventory names its (logisticsCode, logisticsNo)
-and to those sharing its orderNo, else to a waybill-only shipment ('', orderNo) that goes away once a
-keyed shipment takes the waybill. A shipment's legs are its latest live order, payment and inventory;
-its waybill is the one its inventory names, else the latest one carrying its orderNo.
+orderNo). A waybill names an orderNo but no ebpCode, and an orderNo is unique within a platform only: a
+waybill is held by the shipments whose inventory names its (logisticsCode, logisticsNo); unless an inventory
+of its own orderNo does, also by its orderNo's shipment when one platform alone uses that orderNo. When
+several do, it is none of theirs (they report ``recon.waybill_ambiguous``) until an inventory names it. A
+waybill held by no keyed shipment sits in a waybill-only shipment ('', orderNo) that goes away once a keyed
+shipment takes it. A shipment's legs are its latest live order and payment, its latest live inventory that
+still counts at customs (see :func:`void`), else its latest; its waybill is the one its inventory names, else
+the latest of the waybills of its orderNo it holds.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ CODES: dict[str, str] = {
     ),
     "state.second_inventory": (
         "an inventory for a shipment (ebpCode, orderNo) that has a live inventory under another key (another "
-        "ebcCode), not refused by customs: an order has one inventory; withdraw the other first"
+        "ebcCode) that counts at customs (not refused, not cancelled): an order has one inventory; withdraw or "
+        "cancel the other first"
     ),
     "state.inventory_held": (
         "a cancellation (CEB623) or return (CEB625) names an inventory whose first declaration the gateway still holds "
@@ -160,6 +165,7 @@ class Row:
     rejected: bool = False  # customs rejected it (a receipt): it may be declared anew
     failed: bool = False  # its delivery to customs is a dead letter (gateway.outbox.deliveries_dead)
     held: bool = False  # an inventory the gateway holds until its shipment may be declared (spec §6.7)
+    cancelled: bool = False  # an inventory whose cancellation (CEB623) customs concluded, not declared anew since
 
     @classmethod
     def from_json(cls, r: dict[str, Any]) -> Row:
@@ -169,7 +175,7 @@ class Row:
             logistics_code=r["logistics_code"], logistics_no=r["logistics_no"], app_time=r["app_time"] or "",
             doc_index=r["doc_index"], path=r["path"], head=r["head"], lines=r["lines"], parties=r["parties"],
             withdrawn=r["withdrawn"], message_guid=r.get("message_guid"), rejected=bool(r.get("rejected")),
-            failed=bool(r.get("failed")), held=bool(r.get("held")),
+            failed=bool(r.get("failed")), held=bool(r.get("held")), cancelled=bool(r.get("cancelled")),
         )  # fmt: skip
 
     @property
@@ -359,6 +365,8 @@ class Refs:
             self.waybill_orders.add(row.order_no or "")
         elif row.kind in SHIPMENT_KIND_VALUES:
             self.keyed.add(row.shipment_key)
+            # the other platforms' shipments of its orderNo: whether a waybill of it is this one's depends on them
+            self.waybill_orders.add(row.order_no or "")
             if row.kind == Kind.INVENTORY:
                 self.inventory_waybills.add(row.logistics_key)
 
@@ -476,11 +484,12 @@ def decide(
 
 
 def _declared_anew(cur: Row) -> bool:
-    """Whether appType 1 may follow ``cur``: a first declaration customs rejected is not there for customs, so it
-    may be declared anew with a newer appTime — the only way for a type that takes no change (a cancellation,
-    CEB623). A rejected change is not: customs still holds the version before it. Nor is a temp-saved first
-    declaration (appStatus 1, spec §3.6): never declared, it is declared by an appType 1 with appStatus 2."""
-    return temp_saved(cur.head) or refused_first(cur)
+    """Whether appType 1 may follow ``cur``: what is void at customs (:func:`void`: a first declaration customs
+    rejected, an inventory whose cancellation it concluded) may be declared anew with a newer appTime — the only way
+    for a type that takes no change (a cancellation, CEB623). A rejected change is not: customs still holds the
+    version before it. Nor is a temp-saved first declaration (appStatus 1, spec §3.6): never declared, it is
+    declared by an appType 1 with appStatus 2."""
+    return temp_saved(cur.head) or void(cur)
 
 
 def first_declaration(row: Row) -> bool:
@@ -491,6 +500,13 @@ def first_declaration(row: Row) -> bool:
 def refused_first(row: Row) -> bool:
     """A first declaration customs rejected: there is nothing of it at customs."""
     return row.rejected and first_declaration(row)
+
+
+def void(row: Row) -> bool:
+    """Nothing of the document counts at customs: a first declaration customs rejected, or an inventory whose
+    cancellation customs concluded (CEB624 399 and above, spec §5.2). It is no order's one inventory, it draws on
+    no annual quota (the outbox gave that back when the receipt came), and its key may be declared anew."""
+    return refused_first(row) or row.cancelled
 
 
 def temp_saved(head: Mapping[str, str]) -> bool:
@@ -623,55 +639,108 @@ class Live:
             for row in gone:
                 self.add(row)
 
+    def platforms(self, order_no: str) -> list[tuple[str, str]]:
+        """The keyed shipments of ``order_no`` with a live leg, one per platform (orderNo is unique within one)."""
+        return sorted(k for k in self.legs if k[1] == order_no and k[0])
+
+    def _decided(self, row: Row) -> bool:
+        """Whether an inventory of the waybill's own orderNo names it: that inventory's shipment is its platform's."""
+        return any(inv.order_no == row.order_no for inv in self.inventories_by_waybill.get(row.logistics_key, ()))
+
+    def ambiguous(self, row: Row) -> bool:
+        """A waybill no inventory of its orderNo names while several platforms use that orderNo: whose it is,
+        nothing says (a waybill carries no ebpCode)."""
+        return not self._decided(row) and len(self.platforms(row.order_no or "")) > 1
+
     def shipments_of_waybill(self, row: Row) -> list[tuple[str, str]]:
-        """Keyed shipments a waybill belongs to: via an inventory naming it, or sharing its orderNo."""
+        """Keyed shipments whose reconciliation a waybill may change: via an inventory naming it, or sharing its
+        orderNo (each holds it, or reports it ambiguous, or holds another). See holders for those it is a leg of."""
         found = {inv.shipment_key for inv in self.inventories_by_waybill.get(row.logistics_key, ())}
-        found |= {k for k in self.legs if k[1] == row.order_no and k[0]}
+        found |= set(self.platforms(row.order_no or ""))
         return sorted(found)
 
-    def waybill_of(self, key: tuple[str, str]) -> Row | None:
-        """The waybill a keyed shipment holds: its inventory's, else one of its orderNo. A shipment with no live
-        leg holds none (as shipments_of_waybill counts only shipments with one)."""
-        legs = self.legs.get(key)
-        if not legs:
-            return None
-        inventory = _latest(legs.get(Kind.INVENTORY))
-        waybill = _latest(self.waybills_by_key.get(inventory.logistics_key)) if inventory is not None else None
-        if waybill is None and key[0]:
-            # no inventory yet, or its waybill has not arrived: the order's waybill (reconciliation then
-            # reports a key mismatch rather than a missing leg)
-            waybill = _latest(self.waybills_by_order.get(key[1]))
-        return waybill
+    def holders(self, row: Row) -> list[tuple[str, str]]:
+        """Keyed shipments holding a waybill: those whose inventory names it; unless an inventory of its own orderNo
+        does, also its orderNo's shipment when one platform alone uses that orderNo. None: a waybill-only one."""
+        found = {inv.shipment_key for inv in self.inventories_by_waybill.get(row.logistics_key, ())}
+        if not self._decided(row):
+            owners = self.platforms(row.order_no or "")
+            if len(owners) == 1:
+                found |= set(owners)
+        return sorted(found)
 
-    def shipment(self, key: tuple[str, str]) -> recon.Shipment:
+    def inventory_of(self, key: tuple[str, str]) -> Row | None:
+        """A shipment's inventory leg: its latest live inventory that counts at customs, else its latest (one
+        cancelled or refused may stand beside the one declared after it, under another ebcCode)."""
+        rows = self.legs.get(key, {}).get(Kind.INVENTORY)
+        return max(rows, key=lambda r: (not void(r), r.order)) if rows else None
+
+    def _waybill_leg(self, key: tuple[str, str]) -> tuple[Row | None, list[Row]]:
+        """The waybill a keyed shipment holds (its inventory's, else the latest of those of its orderNo it holds)
+        and, when its inventory gives it none, the waybills of its orderNo that are ambiguous. A shipment with no
+        live leg holds none (as holders counts only shipments with one)."""
+        if not self.legs.get(key):
+            return None, []
+        inventory = self.inventory_of(key)
+        waybill = _latest(self.waybills_by_key.get(inventory.logistics_key)) if inventory is not None else None
+        if waybill is not None or not key[0]:
+            return waybill, []
+        # no inventory yet, or its waybill has not arrived: a waybill of its orderNo (reconciliation then reports a
+        # key mismatch rather than a missing leg) — if it is this platform's
+        of_order = self.waybills_by_order.get(key[1], ())
+        waybill = _latest([w for w in of_order if key in self.holders(w)])
+        return waybill, sorted((w for w in of_order if self.ambiguous(w)), key=lambda w: w.logistics_key)
+
+    def waybill_of(self, key: tuple[str, str]) -> Row | None:
+        """The waybill a keyed shipment holds (see _waybill_leg)."""
+        return self._waybill_leg(key)[0]
+
+    def waybill_view(self, key: tuple[str, str]) -> tuple[object, ...]:
+        """What a shipment's reconciliation takes of the waybills (its leg and those ambiguous, as row identities;
+        the platforms sharing its orderNo when any is ambiguous): when another platform's leg changes it, that
+        shipment is reconciled again."""
+        waybill, ambiguous = self._waybill_leg(key)
+        sharing = self.platforms(key[1]) if ambiguous else []
+        return (id(waybill), *(id(w) for w in ambiguous), *sharing)
+
+    def _shipment(self, key: tuple[str, str], waybill: Row | None, ambiguous: list[Row]) -> recon.Shipment:
         legs = self.legs.get(key, {})
         order = _latest(legs.get(Kind.ORDER))
         payment = _latest(legs.get(Kind.PAYMENT))
-        inventory = _latest(legs.get(Kind.INVENTORY))
-        waybill = self.waybill_of(key)
+        inventory = self.inventory_of(key)
+        order_no = key[1] or (waybill.order_no or "" if waybill is not None else "")
         return recon.Shipment(
             order=order.document if order else None,
             payment=payment.document if payment else None,
             waybill=waybill.document if waybill else None,
             inventory=inventory.document if inventory else None,
+            ambiguous=tuple(w.document for w in ambiguous),
+            platforms=tuple(k[0] for k in self.platforms(order_no)) if ambiguous else (),
         )
+
+    def shipment(self, key: tuple[str, str]) -> recon.Shipment:
+        return self._shipment(key, *self._waybill_leg(key))
 
     def lone_waybill(self, order_no: str) -> Row | None:
         """The latest waybill of ``order_no`` that no keyed shipment holds: what its waybill-only shipment shows."""
-        return _latest([w for w in self.waybills_by_order.get(order_no, ()) if not self.shipments_of_waybill(w)])
+        return _latest([w for w in self.waybills_by_order.get(order_no, ()) if not self.holders(w)])
 
-    def keyed_orders(self) -> set[str]:
-        """orderNos with a keyed shipment that has a live leg: every waybill of such an orderNo is held by it."""
-        return {k[1] for k in self.legs if k[0]}
+    def lone_shipment(self, order_no: str) -> recon.Shipment | None:
+        """The waybill-only shipment ('', orderNo), or None when every waybill of ``order_no`` is held."""
+        lone = self.lone_waybill(order_no)
+        if lone is None:
+            return None
+        return self._shipment(("", order_no), lone, [lone] if self.ambiguous(lone) else [])
 
 
 def touched(
-    news: list[New], live: Live, released: Iterable[Row] = ()
+    news: list[New], live: Live, released: Iterable[Row] = (), neighbours: Iterable[tuple[str, str]] = ()
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """Keyed shipments to reconcile again (in order of first mention) and orderNos of waybill-only ones.
 
     ``released``: the waybills the shipments of the replaced or withdrawn legs held before the change; each goes
-    where it belongs now (another shipment, or one of its own), as it would had it arrived after the change."""
+    where it belongs now (another shipment, or one of its own), as it would had it arrived after the change.
+    ``neighbours``: other platforms' shipments of the changed legs' orderNos whose waybill the change moved."""
     changed: list[Row] = []
     for new in news:
         if new.tracked and new.stored and new.row.kind in SHIPMENT_KIND_VALUES:
@@ -683,12 +752,12 @@ def touched(
     blanks: list[str] = []
     for row in changed:
         if row.kind == Kind.WAYBILL:
-            targets = live.shipments_of_waybill(row)
-            if not targets:
+            if not live.holders(row):
                 blanks.append(row.order_no or "")
-            keyed.extend(targets)
+            keyed.extend(live.shipments_of_waybill(row))
         else:
             keyed.append(row.shipment_key)
+    keyed.extend(neighbours)
     return list(dict.fromkeys(keyed)), list(dict.fromkeys(blanks))
 
 
@@ -822,11 +891,21 @@ def judge(
     # the waybills held by the shipments whose legs change: a shipment may let go of one (see touched)
     keys = dict.fromkeys(r.shipment_key for r in gone if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL)
     released = [w for w in map(before.waybill_of, keys) if w is not None]
-    with before.changed(gone, [n.row for n in news if n.live]) as live:
+    # A leg of one platform can move a waybill of its orderNo for another platform's shipment (make it ambiguous,
+    # or the other's alone again): those shipments are compared before and after.
+    new_rows = [n.row for n in news if n.live]
+    orders = {r.order_no or "" for r in (*gone, *new_rows) if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL}
+    views = {k: before.waybill_view(k) for o in orders for k in before.platforms(o)}
+    with before.changed(gone, new_rows) as live:
         issues = _second_inventories(news, live)
         if issues:
             raise Conflict(issues)
-        return _judge(msg, news, refs, held, state, live, rates=rates, tolerance=tolerance, released=released)
+        after = {k: live.waybill_view(k) for o in orders for k in live.platforms(o)}
+        neighbours = [k for k in sorted(views.keys() | after.keys()) if views.get(k) != after.get(k)]
+        return _judge(
+            msg, news, refs, held, state, live, rates=rates, tolerance=tolerance, released=released,
+            neighbours=neighbours,
+        )  # fmt: skip
 
 
 def _second_inventories(news: list[New], live: Live) -> list[Issue]:
@@ -838,13 +917,13 @@ def _second_inventories(news: list[New], live: Live) -> list[Issue]:
         if not new.live or row.kind != Kind.INVENTORY:
             continue
         for other in live.legs.get(row.shipment_key, {}).get(Kind.INVENTORY.value, ()):
-            # one customs refused is nothing at customs. (A temp-saved one still counts, unlike in _declared_anew: it
-            # is at E-Port, one step from being declared.)
-            if other is not row and other.key != row.key and not refused_first(other):
+            # one customs refused or cancelled is nothing at customs. (A temp-saved one still counts, unlike in
+            # _declared_anew: it is at E-Port, one step from being declared.)
+            if other is not row and other.key != row.key and not void(other):
                 out.append(issue("state.second_inventory", new.doc.path,
                                  f"the shipment {row.ebp_code}/{row.order_no} has a live inventory with ebcCode "
                                  f"{other.ebc_code} (message {other.message_guid or 'of this message'}): an order has "
-                                 "one inventory; withdraw that one (appType 3) first"))  # fmt: skip
+                                 "one inventory; withdraw or cancel that one first"))  # fmt: skip
                 break
     return out
 
@@ -860,6 +939,7 @@ def _judge(
     rates: tax.TaxRates,
     tolerance: Decimal,
     released: list[Row],
+    neighbours: list[tuple[str, str]],
 ) -> Write | Defer:
     more = Refs()
     for new in news:
@@ -868,24 +948,27 @@ def _judge(
     for waybill in released:  # where it goes now: the shipments of its orderNo and its key must have been read
         more.waybill_orders.add(waybill.order_no or "")
         more.waybill_keys.add(waybill.logistics_key)
-    keyed, blanks = touched(news, live, released)
+    keyed, blanks = touched(news, live, released, neighbours)
     shipments = {key: live.shipment(key) for key in keyed}
     holding = [(s.waybill.head.get("orderNo") or "").strip() for s in shipments.values() if s.waybill]
     # Waybill-only shipments ('', orderNo) to decide again: the orderNos of waybills that changed or were let go
-    # of, and of those the shipments here hold (one may have been the orderNo's only lone waybill). One exists iff
-    # some waybill of its orderNo is held by no keyed shipment; deciding that needs every waybill of the orderNo
-    # read, and the inventories naming them — unless a keyed shipment of that orderNo holds them all.
-    lone_orders = list(dict.fromkeys([*blanks, *holding]))
-    with_keyed = live.keyed_orders() if lone_orders else set()
+    # of, of those the shipments here hold (one may have been the orderNo's only lone waybill), and of the shipments
+    # here (a second platform makes a waybill of the orderNo ambiguous). One exists iff some waybill of its orderNo
+    # is held by no keyed shipment; deciding that needs every platform of the orderNo read (so do the shipments of
+    # it), and, unless one platform alone holds them all, every waybill of the orderNo and the inventories naming
+    # them.
+    lone_orders = list(dict.fromkeys([*blanks, *holding, *(k[1] for k in keyed if k[0])]))
     for order_no in lone_orders:
-        if order_no not in with_keyed:
-            more.waybill_orders.add(order_no)
+        more.waybill_orders.add(order_no)
+        if len(live.platforms(order_no)) != 1:
             more.waybill_keys |= {w.logistics_key for w in live.waybills_by_order.get(order_no, ())}
     orders = {k[1] for k in more.keyed} | more.waybill_orders | {k[1] for k in keyed} | set(lone_orders)
     wanted = {(LOCK_ORDER, o) for o in orders}
     # an inventory naming a released waybill, arriving meanwhile, would take it: serialised on the waybill's lock
     wanted |= {(LOCK_WAYBILL, SEP.join(w.logistics_key)) for w in released}
     inventories = {key: s.inventory for key, s in shipments.items() if s.inventory is not None}
+    # void at customs (refused, cancelled): its quota was given back when the receipt came, and stays so
+    voided = {key for key in inventories if (row := live.inventory_of(key)) is not None and void(row)}
     buyers = {key: buyer_of(inv.head) for key, inv in inventories.items()}
     more.buyers |= set(buyers.values())
     wanted |= {(LOCK_BUYER, b) for b, _ in buyers.values()}
@@ -902,7 +985,7 @@ def _judge(
         book = state.ledger.setdefault((buyer, year), {})
         used = sum((amount for k, amount in book.items() if k != own), Decimal(0))
         assessment = tax.assess(inv, annual_used=used, rates=rates, order=shipments[key].order)
-        counts = Decimal(0) if temp_saved(inv.head) else assessment.counts_toward_annual
+        counts = Decimal(0) if temp_saved(inv.head) or key in voided else assessment.counts_toward_annual
         book[own] = counts
         assessed[key] = assessment
         keep[own] = (buyer, year)
@@ -930,11 +1013,10 @@ def _judge(
         results[key] = shipment_result(key, shipment, assessed.get(key), tolerance)
     drop_blanks: set[str] = set()
     for order_no in lone_orders:
-        lone = live.lone_waybill(order_no)
-        if lone is None:
+        blank = live.lone_shipment(order_no)
+        if blank is None:
             drop_blanks.add(order_no)
         else:
-            blank = recon.Shipment(waybill=lone.document)
             results[("", order_no)] = shipment_result(("", order_no), blank, None, tolerance)
 
     return Write(
@@ -984,7 +1066,7 @@ def _response(
         row = new.row
         if new.stored and row.kind in SHIPMENT_KIND_VALUES:
             if row.kind == Kind.WAYBILL:
-                targets = live.shipments_of_waybill(row) or [("", row.order_no or "")]
+                targets = live.holders(row) or [("", row.order_no or "")]
             else:
                 targets = [row.shipment_key]
             found = results.get(targets[0])

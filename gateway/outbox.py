@@ -49,10 +49,21 @@ from gateway.forward import JobSpec, LegState, Router, ordering_key, shipment_cu
 log = structlog.get_logger("gateway.outbox")
 
 _ATTEMPTS = 3  # a deadlock between a receipt and an ingest that found more locks late is retried
-_RANK_CONCLUDED = rc.RANKS["399"]  # 海关审结: a cancellation concluded
 _XML_READ_MAX = 256  # message ids per read of the stored XML
 
 # --- SQL ---------------------------------------------------------------------------------------------------
+
+def other_platform(ebp: str, ono: str) -> str:
+    """SQL: a platform other than ``ebp`` has a shipment of the orderNo ``ono`` with a live order, payment or
+    inventory (as gateway.keystate.Live.platforms counts them). A waybill names its orderNo but no ebpCode and an
+    orderNo is unique within a platform only (spec §6.2): then a waybill of that orderNo is a shipment's only through
+    an inventory naming it."""
+    return (
+        f"EXISTS (SELECT 1 FROM shipments AS t WHERE t.order_no = {ono} AND t.ebp_code <> '' AND t.ebp_code <> {ebp}"
+        " AND EXISTS (SELECT 1 FROM documents AS l WHERE l.ebp_code = t.ebp_code AND l.order_no = t.order_no"
+        " AND l.kind IN ('order', 'payment', 'inventory') AND l.is_current AND NOT l.withdrawn))"
+    )
+
 
 def enqueue_insert(rows: str) -> str:
     """The insert of many jobs, given as the JSON array ``rows`` (a parameter such as ``$1``; see job_rows): the
@@ -301,7 +312,7 @@ RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no
 """
 
 #: The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments'.
-SHIPMENT_LEGS = """
+SHIPMENT_LEGS = f"""
 WITH inv AS MATERIALIZED (
     SELECT d.ebp_code, d.order_no, d.logistics_code AS lc, d.logistics_no AS ln
       FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
@@ -322,8 +333,8 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
                  WHERE d.kind IN ('order', 'payment', 'inventory') AND d.is_current AND NOT d.withdrawn
                 UNION ALL
                 -- the waybill the inventory names (pri 0), else the latest one of the orderNo (as reconciliation),
-                -- unless another platform has a shipment of that orderNo too: whose waybill it is, nothing says
-                -- (a waybill carries no ebpCode), and one platform's rejection must not move the other's status
+                -- unless another platform uses that orderNo too: whose waybill it is, nothing says (a waybill
+                -- carries no ebpCode), and one platform's rejection must not move the other's status
                 (SELECT w.id, w.app_time, w.message_id, w.doc_index, w.kind, w.forward_state, w.customs_status,
                         w.customs_rank, w.customs_info
                    FROM (SELECT n.*, 0 AS pri
@@ -335,9 +346,7 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
                          SELECT o.*, 1 AS pri
                            FROM (SELECT * FROM documents AS o
                                   WHERE o.order_no = s.order_no AND o.kind = 'waybill' OFFSET 0) AS o
-                          WHERE NOT EXISTS (SELECT 1 FROM shipments AS t
-                                             WHERE t.order_no = s.order_no AND t.ebp_code <> ''
-                                               AND t.ebp_code <> s.ebp_code)) AS w
+                          WHERE NOT {other_platform("s.ebp_code", "s.order_no")}) AS w
                   WHERE w.kind = 'waybill' AND w.is_current AND NOT w.withdrawn
                   ORDER BY w.pri, w.id DESC
                   LIMIT 1)) AS l) AS legs
@@ -558,7 +567,8 @@ class _Doc:
         change leaves customs the version before), or a cancellation customs concluded (399 and above)."""
         if self.kind == "inventory":
             return self.forward_state == "rejected" and self.app_type == "1"
-        return self.kind == "cancel" and self.forward_state == "receipted" and (self.state.rank or 0) >= _RANK_CONCLUDED
+        concluded = (self.state.rank or 0) >= rc.RANK_CONCLUDED
+        return self.kind == "cancel" and self.forward_state == "receipted" and concluded
 
 
 @dataclass(eq=False)

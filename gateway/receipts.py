@@ -79,6 +79,7 @@ RANKS: dict[str, int] = {
 RANK_DECLARING = RANKS["2"]  # the lowest rank that counts as "taken by E-Port" (spec §6.7 step 2)
 RANK_ACCEPTED = RANKS["120"]
 RANK_REJECTED = RANKS["100"]
+RANK_CONCLUDED = RANKS["399"]  # 海关审结: for a cancellation (CEB624), the inventory is cancelled
 RANK_RELEASED = RANKS["800"]
 
 #: Duplicates: the document is already on file at customs (spec §5.3, [V] and [C] codes).

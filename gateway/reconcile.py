@@ -19,6 +19,11 @@ only points at the document element itself (``/CEB621Message/Inventory[1]``); a 
 What is compared (spec §6.2–6.4; single-document rules such as R1, R4, R10's field presence or
 1210 ``country = 142`` belong to the rules layer and are not repeated here):
 
+* which waybill (§6.2, a warning): a waybill names its orderNo but no ebpCode, and an orderNo is unique within a
+  platform only. While two platforms' shipments use the orderNo and no inventory of that orderNo names the
+  waybill, it is no platform's leg: each of those shipments whose inventory does not give it its waybill lists it in
+  :attr:`Shipment.ambiguous` and gets ``recon.waybill_ambiguous`` (not blocking: the inventory naming the waybill's
+  logisticsCode and logisticsNo decides, so waiting fixes it; meanwhile the waybill leg is missing).
 * keys (§6.2, blocking): payment ebpCode + orderNo = order's; order payCode / payTransactionId
   = payment's when the order carries them; waybill orderNo = order's; inventory orderNo, ebpCode,
   ebcCode = order's; inventory logisticsCode + logisticsNo = waybill's; inventory billNo = waybill
@@ -77,6 +82,11 @@ CODES: dict[str, str] = {
     "recon.line_total_price_mismatch": "inventory line totalPrice differs from the order line with the same gnum",
     "recon.line_item_name_mismatch": "inventory line itemName differs from the order line with the same gnum",
     "recon.line_country_mismatch": "warning: inventory line origin country differs from the order line's",
+    "recon.waybill_ambiguous": (
+        "warning: a waybill (CEB511) carries the shipment's orderNo, which another platform's shipment uses too, and "
+        "no inventory of that orderNo names it: it is no platform's leg until an inventory naming its logisticsCode "
+        "and logisticsNo decides"
+    ),
 }
 
 #: Codes whose findings are warnings (``blocking=False``): they never make a shipment mismatched.
@@ -86,6 +96,7 @@ NON_BLOCKING: frozenset[str] = frozenset(
         "recon.insured_fee_mismatch",
         "recon.inventory_buyer_telephone_mismatch",
         "recon.line_country_mismatch",
+        "recon.waybill_ambiguous",
     }
 )
 
@@ -133,12 +144,16 @@ class Finding:
 
 @dataclass(frozen=True)
 class Shipment:
-    """The current (not withdrawn) document of each leg, or None when it has not arrived."""
+    """The current (not withdrawn) document of each leg, or None when it has not arrived; ``ambiguous``: the waybills
+    of its orderNo that could be its leg but another platform's as well (see the module's "which waybill"), and
+    ``platforms`` the ebpCodes using that orderNo."""
 
     order: Document | None = None
     payment: Document | None = None
     waybill: Document | None = None
     inventory: Document | None = None
+    ambiguous: tuple[Document, ...] = ()
+    platforms: tuple[str, ...] = ()
 
     def leg(self, kind: Kind) -> Document | None:
         return {
@@ -165,6 +180,16 @@ def reconcile(shipment: Shipment, *, tolerance: Decimal = Decimal("0")) -> Outco
         raise ValueError(f"tolerance must not be negative, got {tolerance}")
     f = _Findings(tolerance)
     order, payment, waybill, inventory = shipment.order, shipment.payment, shipment.waybill, shipment.inventory
+    # which waybill (§6.2): a waybill of an orderNo several platforms use, decided by no inventory
+    keyed = order or payment or inventory
+    for w in shipment.ambiguous:
+        right = _side(w, "orderNo")
+        message = (
+            f"waybill {_text(w, 'logisticsCode')}/{_text(w, 'logisticsNo')} carries orderNo {right.value!r}, which "
+            f"platforms {', '.join(shipment.platforms)} all use, and no inventory names it: it is none of theirs "
+            "until an inventory naming its logisticsCode and logisticsNo decides"
+        )
+        f.add("recon.waybill_ambiguous", "orderNo", message, _side(keyed, "orderNo") if keyed else None, right)
     # keys (§6.2)
     if order and payment:
         f.texts("recon.payment_order_key_mismatch", order, payment, ("ebpCode", "orderNo"))

@@ -67,9 +67,9 @@ from gateway.keystate import (
     up_front_locks,
 )
 from gateway.messages import BY_CODE
-from gateway.outbox import enqueue_insert, job_rows, wake_endpoints
+from gateway.outbox import enqueue_insert, job_rows, other_platform, wake_endpoints
 from gateway.receipts import CODES as _RECEIPT_CODES
-from gateway.receipts import RANK_DECLARING
+from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING
 
 if TYPE_CHECKING:
     from gateway.forward import JobSpec
@@ -91,10 +91,18 @@ _DOC_COLUMNS = (
 )
 
 #: The columns of a document row as READ_STATE reads it: plus whether customs took it (a receipt of rank "2
-#: declaring" or higher), which tells the outbox when releasing a held inventory is worth a statement.
+#: declaring" or higher), which tells the outbox when releasing a held inventory is worth a statement; and of an
+#: inventory whether customs concluded its cancellation (the current CEB623 of its key receipted 399 or above) with
+#: no first declaration (appType 1) of the key since (keystate.Row.cancelled).
 _READ_COLUMNS = (
     f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted,"
-    " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed, d.forward_state = 'held' AS held"
+    " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed, d.forward_state = 'held' AS held,"
+    " CASE WHEN d.kind = 'inventory' THEN EXISTS ("
+    "SELECT 1 FROM documents AS c WHERE c.message_type = 'CEB623' AND c.key1 = d.key1 AND c.key2 = d.key2"
+    f" AND c.is_current AND c.forward_state = 'receipted' AND c.customs_rank >= {RANK_CONCLUDED}"
+    " AND NOT EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code AND n.order_no = d.order_no"
+    " AND n.message_type = d.message_type AND n.key1 = d.key1 AND n.key2 = d.key2 AND n.app_type = '1'"
+    " AND n.id > c.id AND n.id <= d.id)) ELSE false END AS cancelled"
 )
 
 #: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding
@@ -264,8 +272,10 @@ SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode
   FROM shipments WHERE ebp_code = $1 AND order_no = $2
 """
 
-#: Every version of the shipment's legs: order, payment, inventory by ($1 ebpCode, $2 orderNo); waybills
-#: by that orderNo or by the key any version of its inventory named.
+#: Every version of the shipment's legs: order, payment, inventory by ($1 ebpCode, $2 orderNo); waybills by the key
+#: any version of its inventory named, and by that orderNo unless another platform uses it too (then a waybill
+#: is a shipment's only through its inventory: gateway.keystate.Live.holders). The waybill-only shipment ($1 '')
+#: lists every waybill of its orderNo.
 SELECT_SHIPMENT_DOCUMENTS = f"""
 WITH own AS MATERIALIZED (
     SELECT d.id, d.kind, d.logistics_code, d.logistics_no FROM documents AS d
@@ -273,7 +283,8 @@ WITH own AS MATERIALIZED (
 ), ids AS (
     SELECT id FROM own
     UNION
-    SELECT d.id FROM documents AS d WHERE d.kind = 'waybill' AND d.order_no = $2
+    SELECT d.id FROM documents AS d
+     WHERE d.kind = 'waybill' AND d.order_no = $2 AND ($1 = '' OR NOT {other_platform("$1", "$2")})
     UNION
     SELECT w.id
       FROM (SELECT DISTINCT logistics_code, logistics_no FROM own WHERE kind = 'inventory') AS k,

@@ -253,6 +253,41 @@ def test_id_numbers_are_never_whole_in_a_list() -> None:
     assert finding["left"]["value"] == "370202199902280792"  # the shipment page's copy is untouched
 
 
+async def test_a_waybill_two_platforms_order_numbers_share_is_listed_on_the_shipment_its_inventory_decides(
+    db_pool: asyncpg.Pool,
+) -> None:
+    """orderNo is unique within a platform only and a waybill names no ebpCode (spec §6.2): the logisticsNo filter and
+    the shipment page listed it on both platforms' shipments. Until an inventory names it, it is the orderNo's
+    waybill-only shipment's; then that inventory's shipment's only."""
+    from gateway.console.queries import ListQuery, list_shipments, shipment_detail
+    from gateway.store import Store
+    from tests.test_store import EBP, ingest, inventory_head, message, order_head, waybill_head
+
+    other = "46012609ZZ"
+    store = Store(db_pool)
+    await ingest(store, message("CEB311", order_head("PQ1")))
+    await ingest(store, message("CEB311", order_head("PQ1", ebpCode=other, guid="ORD-2")))
+    await ingest(store, message("CEB511", waybill_head("PQ1")))
+
+    async def found() -> list[str]:
+        async with db_pool.acquire() as conn:
+            page = await list_shipments(conn, ListQuery(state=None, logistics_no="LN-PQ1"))
+        return sorted(i["ebpCode"] for i in page["items"])
+
+    async def waybills(ebp: str) -> list[str]:
+        async with db_pool.acquire() as conn:
+            detail = await shipment_detail(conn, ebp, "PQ1")
+        assert detail is not None
+        return [d["head"]["logisticsNo"] for d in detail["documents"] if d["kind"] == "waybill"]
+
+    assert await found() == [""]
+    assert await waybills(EBP) == [] and await waybills(other) == [] and await waybills("") == ["LN-PQ1"]
+    await ingest(store, message("CEB621", inventory_head("PQ1")))
+    assert await found() == [EBP]
+    assert await waybills(EBP) == ["LN-PQ1"] and await waybills(other) == []
+    await store.aclose()
+
+
 async def test_mismatch_list_shows_field_both_values_and_documents(ops: Ops) -> None:
     made = await _three_states(ops)
     s = made["mismatched"]

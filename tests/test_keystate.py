@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import reconcile as recon
 from gateway import samples, tax
 from gateway.documents import Document, ParsedMessage, extract
 from gateway.keystate import (
@@ -30,7 +31,7 @@ from gateway.keystate import (
     new_documents,
     up_front_locks,
 )
-from gateway.messages import BY_CODE
+from gateway.messages import BY_CODE, Kind
 from gateway.xmlsafe import parse_message
 
 ORDER = BY_CODE["CEB311"]
@@ -310,3 +311,114 @@ def test_a_document_customs_rejected_may_be_declared_anew_with_a_newer_app_time(
     assert [i.code for i in decide(new_documents(_message("1", "20250301100009")), {change.key: change})] == [
         "state.duplicate"
     ]
+
+
+# --- a waybill of an orderNo two platforms use (spec §6.2: orderNo is unique within a platform only) -------------
+
+T = "20250301100000"
+
+
+def _row(code: str, row_id: int, **head: str) -> Row:
+    mtype = BY_CODE[code]
+    doc = Document(mtype, 1, f"/{mtype.root}/{mtype.document}[1]", {"appType": "1", "appTime": T, **head}, [])
+    msg = ParsedMessage(mtype, f"M{row_id}", "1.0", [doc], None, False)
+    return dataclasses.replace(new_documents(msg)[0].row, id=row_id, is_new=False, doc=None, message_guid=f"M{row_id}")
+
+
+def _waybill(row_id: int = 3, order_no: str = "O1", logistics_no: str = "W1") -> Row:
+    return _row("CEB511", row_id, logisticsCode="L", logisticsNo=logistics_no, orderNo=order_no)
+
+
+def test_a_waybill_of_an_order_number_two_platforms_use_is_neither_ones_until_an_inventory_names_it() -> None:
+    a, b = _row("CEB311", 1, ebpCode="A", orderNo="O1"), _row("CEB311", 2, ebpCode="B", orderNo="O1")
+    w = _waybill()
+    alone = Live([a, w])
+    assert alone.holders(w) == [("A", "O1")] and alone.shipment(("A", "O1")).waybill is w.document
+
+    live = Live([a, b, w])
+    assert live.holders(w) == [] and live.lone_waybill("O1") is w
+    for key in (("A", "O1"), ("B", "O1")):
+        s = live.shipment(key)
+        assert s.waybill is None and s.ambiguous == (w.document,) and s.platforms == ("A", "B")
+        outcome = recon.reconcile(s)
+        assert outcome.state == "incomplete" and Kind.WAYBILL in outcome.missing
+        [finding] = outcome.findings
+        assert finding.code == "recon.waybill_ambiguous" and not finding.blocking
+        assert finding.left is not None and finding.left.doc == "CEB311" and finding.right is not None
+        assert finding.right.doc == "CEB511" and finding.right.value == "O1"
+    blank = live.lone_shipment("O1")
+    assert blank is not None and blank.waybill is w.document and blank.ambiguous == (w.document,)
+
+    # an inventory of the orderNo naming it decides: its shipment's only
+    inv = _row("CEB621", 4, ebpCode="A", ebcCode="E", orderNo="O1", logisticsCode="L", logisticsNo="W1")
+    named = Live([a, b, w, inv])
+    assert named.holders(w) == [("A", "O1")] and named.lone_waybill("O1") is None
+    assert named.shipment(("A", "O1")).waybill is w.document
+    other = named.shipment(("B", "O1"))
+    assert other.waybill is None and other.ambiguous == ()
+
+
+def _verdict(msg: ParsedMessage, stored: list[Row]) -> Write:
+    """judge, with the reads and locks it asks for (Defer) added, as the store does."""
+    state = State(current={r.key: r for r in stored}, rows={r.id: r for r in stored}, ledger={})
+    news = new_documents(msg)
+    refs, locks = Refs.of(news), up_front_locks(msg)
+    for _ in range(3):
+        verdict = judge(msg, news, refs, locks, state, rates=tax.DEFAULT_RATES, tolerance=Decimal(0))
+        if isinstance(verdict, Write):
+            return verdict
+        refs.merge(verdict.refs)
+        locks |= verdict.locks
+    raise AssertionError("judge kept asking for more")
+
+
+def test_a_second_platforms_leg_takes_the_waybill_from_the_first_and_its_withdrawal_gives_it_back() -> None:
+    """Whatever came first: a waybill the first platform's shipment held becomes ambiguous when a second platform's
+    order of the orderNo arrives (the first is reconciled again, the waybill gets a shipment of its own)."""
+    a, w = _row("CEB311", 1, ebpCode="A", orderNo="O1"), _waybill()
+    b = _row("CEB311", 2, ebpCode="B", orderNo="O1").document
+    order_b = ParsedMessage(ORDER, "MB", "1.0", [b], None, False)
+    verdict = _verdict(order_b, [a, w])
+    written = {(s["ebp_code"], s["order_no"]): s for s in verdict.shipments}
+    assert sorted(written) == [("", "O1"), ("A", "O1"), ("B", "O1")]
+    assert [f["code"] for f in written[("A", "O1")]["findings"]] == ["recon.waybill_ambiguous"]
+    assert "waybill" in written[("A", "O1")]["missing"] and verdict.blanks == []
+    [waybill_outcome] = _verdict(ParsedMessage(BY_CODE["CEB511"], "MW", "1.0", [w.document], None, False),
+                                 [a]).body["documents"]  # fmt: skip
+    assert waybill_outcome["shipment"]["ebpCode"] == "A"  # one platform: its waybill
+
+    # the second platform's order withdrawn: the waybill is the first one's again, the blank shipment goes
+    stored_b = _row("CEB311", 2, ebpCode="B", orderNo="O1")
+    head = {**stored_b.head, "appType": "3", "appTime": "20250301100009"}
+    withdrawal = dataclasses.replace(stored_b.document, head=head)
+    verdict = _verdict(ParsedMessage(ORDER, "MB3", "1.0", [withdrawal], None, False), [a, w, stored_b])
+    written = {(s["ebp_code"], s["order_no"]): s for s in verdict.shipments}
+    assert written[("A", "O1")]["findings"] == [] and "waybill" not in written[("A", "O1")]["missing"]
+    assert verdict.blanks == ["O1"]
+
+
+def test_an_inventory_whose_cancellation_customs_concluded_is_void() -> None:
+    """Its key may be declared anew, another key's inventory of the order is no second one, and a leg reassessing
+    it does not count its quota again (the outbox gave it back with the receipt)."""
+    legs = _legs()
+    inventory = _stored(legs["CEB621"])
+    cancelled = dataclasses.replace(inventory, cancelled=True)
+    anew = legs["CEB621"]
+    anew.documents[0].head["appTime"] = "20991231235959"
+    assert [i.code for i in decide(new_documents(anew), {inventory.key: inventory})] == ["state.duplicate"]
+    news = new_documents(anew)
+    assert decide(news, {cancelled.key: cancelled}) == [] and news[0].outcome == "replaced"
+
+    other = _legs()["CEB621"]
+    head = other.documents[0].head
+    head.update(ebcCode="OTHEREBC01", assureCode="OTHEREBC01", guid="O" * 36)
+    with pytest.raises(Conflict) as refused:
+        _verdict(other, [inventory])
+    assert [i.code for i in refused.value.issues] == ["state.second_inventory"]
+    verdict = _verdict(other, [cancelled])
+    assert {(p["ebc_code"], Decimal(p["amount"]) > 0) for p in verdict.ledger_put} == {("OTHEREBC01", True)}
+
+    # the cancelled one alone: an order arriving reassesses it, at nothing
+    verdict = _verdict(legs["CEB311"], [cancelled])
+    assert [Decimal(p["amount"]) for p in verdict.ledger_put] == [Decimal(0)]
+    assert [Decimal(p["amount"]) > 0 for p in _verdict(legs["CEB311"], [inventory]).ledger_put] == [True]

@@ -577,3 +577,21 @@ def test_perturbing_a_compared_amount_by_a_cent_gives_exactly_its_finding(
     # a tolerance of one cent absorbs it for money (qty is never rounded nor tolerated)
     tolerant = reconcile(moved, tolerance=Decimal("0.01"))
     assert tolerant.findings == () if name != "qty" else only(tolerant).code == code
+
+
+def test_an_ambiguous_waybill_is_a_warning_beside_a_missing_waybill_leg() -> None:
+    """A waybill of an orderNo two platforms use, named by no inventory, is no shipment's leg (spec §6.2): the
+    shipment stays incomplete, told why, and nothing of the waybill is compared."""
+    full = make_shipment()
+    waybill = changed(full.waybill, consignee="someone else") if full.waybill else None
+    assert waybill is not None
+    s = dataclasses.replace(full, waybill=None, ambiguous=(waybill,), platforms=("A", "B"))
+    outcome = reconcile(s)
+    assert outcome.state is ShipmentState.INCOMPLETE and outcome.missing == (Kind.WAYBILL,)
+    finding = only(outcome)
+    assert finding.code == "recon.waybill_ambiguous" and not finding.blocking and "A, B" in finding.message
+    assert finding.left is not None and finding.left.doc == "CEB311" and finding.left.path.endswith("/orderNo")
+    assert finding.right is not None and finding.right.doc == "CEB511"
+    # the waybill-only shipment that shows it: no keyed leg to point at
+    lone = reconcile(Shipment(waybill=waybill, ambiguous=(waybill,), platforms=("A", "B")))
+    assert [f.left for f in lone.findings if f.code == "recon.waybill_ambiguous"] == [None]

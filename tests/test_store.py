@@ -18,6 +18,7 @@ from gateway import store as store_module
 from gateway.db import migrate
 from gateway.documents import Document, ParsedMessage
 from gateway.messages import BY_CODE
+from gateway.receipts import RANK_CONCLUDED
 from gateway.store import CODES, Conflict, IngestResult, Store, list_query
 from tests.planutil import full_scans
 
@@ -556,6 +557,46 @@ async def test_withdrawn_blank_waybill_removes_its_shipment(store: Store, db_poo
     assert await count(db_pool, "SELECT count(*) FROM shipments") == 0
 
 
+@pytest.mark.parametrize("waybill_first", [True, False])
+async def test_a_waybill_of_an_order_number_two_platforms_use_is_neither_ones_until_an_inventory_names_it(
+    store: Store, waybill_first: bool
+) -> None:
+    """orderNo is unique within a platform only and a waybill names no ebpCode (spec §6.2): it was reconciled with,
+    and listed on, both platforms' shipments. Until an inventory of the orderNo names it, it is neither one's leg;
+    both report it ambiguous, and it shows in the orderNo's waybill-only shipment."""
+    other = "46012609ZZ"
+    first = [message("CEB311", order_head("PP1")), message("CEB311", order_head("PP1", ebpCode=other, guid="ORD-2"))]
+    waybill = message("CEB511", waybill_head("PP1"))
+    for msg in [waybill, *first] if waybill_first else [first[0], waybill, first[1]]:
+        await ingest(store, msg)
+
+    def waybills(shipment: dict[str, Any] | None) -> list[str]:
+        assert shipment is not None
+        return [d["head"]["logisticsNo"] for d in shipment["documents"] if d["kind"] == "waybill"]
+
+    for ebp in (EBP, other):
+        shipment = await store.get_shipment(ebp, "PP1")
+        assert shipment is not None and "waybill" in shipment["missing"] and shipment["state"] == "incomplete"
+        assert [f["code"] for f in shipment["findings"]] == ["recon.waybill_ambiguous"]
+        assert waybills(shipment) == []
+    blank = await store.get_shipment("", "PP1")
+    assert waybills(blank) == ["LN-PP1"]
+    assert blank is not None and [f["code"] for f in blank["findings"]] == ["recon.waybill_ambiguous"]
+
+    # the inventory names it: the platform's shipment it belongs to, the other's not at all
+    r = await ingest(store, message("CEB621", inventory_head("PP1")))
+    mine, theirs = await store.get_shipment(EBP, "PP1"), await store.get_shipment(other, "PP1")
+    assert mine is not None and "waybill" not in mine["missing"] and waybills(mine) == ["LN-PP1"]
+    assert not [f for f in mine["findings"] if f["code"] == "recon.waybill_ambiguous"]
+    assert theirs is not None and theirs["findings"] == [] and waybills(theirs) == []
+    assert await store.get_shipment("", "PP1") is None
+    assert {(s["ebpCode"], s["orderNo"]) for s in r.body["shipments"]} == {(EBP, "PP1"), (other, "PP1")}
+    listed = await store.list_shipments()
+    assert sorted((i["ebpCode"], i["orderNo"]) for i in listed["items"] if i["orderNo"] == "PP1") == [
+        (other, "PP1"), (EBP, "PP1")
+    ]
+
+
 async def test_waybill_is_found_through_the_inventory_logistics_key(store: Store) -> None:
     # the waybill names another orderNo; the inventory's (logisticsCode, logisticsNo) still pairs them
     await ingest(store, message("CEB621", inventory_head("K1", logisticsNo="LN-K")))
@@ -720,6 +761,47 @@ async def test_an_order_has_one_inventory(store: Store, db_pool: asyncpg.Pool) -
     again = inventory_head("OI2", guid="INV-OI2-B", ebcCode="4601260E99", assureCode="4601260E99",
                            appTime=_later(T0, 1))  # fmt: skip
     assert (await ingest(store, message("CEB621", again))).http_status == 202
+
+
+async def _conclude_cancellation(db_pool: asyncpg.Pool, order_no: str) -> None:
+    """The CEB624 399 as the outbox applies it to the order's cancellation, and the quota it gives back."""
+    async with db_pool.acquire() as conn:
+        await conn.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '399', customs_rank = $2"
+                           " WHERE message_type = 'CEB623' AND order_no = $1", order_no, RANK_CONCLUDED)
+        await conn.execute("UPDATE tax_ledger SET amount = 0 WHERE order_no = $1", order_no)  # fmt: skip
+
+
+async def test_an_inventory_whose_cancellation_customs_concluded_leaves_room_for_a_new_one(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """Nothing of a cancelled inventory is left at customs (CEB624 399): it is no order's one inventory any more,
+    its key may be declared anew, and the quota the outbox gave back with the receipt is not counted again."""
+    await ingest(store, message("CEB621", inventory_head("CX1")))
+    await ingest(store, message("CEB623", _refund_head("CX1", appTime=_later(T0, 1))))
+    other = inventory_head("CX1", guid="INV-CX1-B", ebcCode="4601260E99", assureCode="4601260E99",
+                           appTime=_later(T0, 2))  # fmt: skip
+    assert [c for c, _ in await _refused(store, message("CEB621", other))] == ["state.second_inventory"]
+    await _conclude_cancellation(db_pool, "CX1")
+    quota = "SELECT ebc_code, amount::text FROM tax_ledger WHERE order_no = 'CX1' ORDER BY ebc_code"
+    # a leg reassessing the cancelled inventory does not count it again
+    await ingest(store, message("CEB311", order_head("CX1")))
+    assert [tuple(r) for r in await db_pool.fetch(quota)] == [(EBC, "0.00000")]
+    declared = await ingest(store, message("CEB621", other))
+    assert declared.http_status == 202 and declared.body["documents"][0]["outcome"] == "accepted"
+    amounts = {r["ebc_code"]: Decimal(r["amount"]) for r in await db_pool.fetch(quota)}
+    assert amounts[EBC] == 0 and amounts["4601260E99"] > 0
+    shipment = await store.get_shipment(EBP, "CX1")
+    assert shipment is not None and shipment["ebcCode"] == "4601260E99"  # the new inventory is the shipment's leg
+    # the same key declared anew after its cancellation concluded
+    await ingest(store, message("CEB621", inventory_head("CX2")))
+    await ingest(store, message("CEB623", _refund_head("CX2", appTime=_later(T0, 1))))
+    await _conclude_cancellation(db_pool, "CX2")
+    anew = await ingest(store, message("CEB621", inventory_head("CX2", appTime=_later(T0, 2))))
+    assert anew.http_status == 202 and anew.body["documents"][0]["outcome"] == "replaced"
+    # declared anew, it is the order's one inventory again
+    again = inventory_head("CX2", guid="INV-CX2-B", ebcCode="4601260E99", assureCode="4601260E99",
+                           appTime=_later(T0, 3))  # fmt: skip
+    assert [c for c, _ in await _refused(store, message("CEB621", again))] == ["state.second_inventory"]
 
 
 async def test_an_inventory_the_gateway_holds_is_withdrawn_not_cancelled(store: Store, db_pool: asyncpg.Pool) -> None:

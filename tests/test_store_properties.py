@@ -110,7 +110,9 @@ class Version:
     head: dict[str, str]
 
 
-#: Two shipments' legs, with changes and withdrawals that move waybills and inventories between them.
+#: Two shipments' legs, with changes and withdrawals that move waybills and inventories between them; and another
+#: platform's shipment of the first orderNo (spec §6.2: orderNo is unique within a platform only), with an order and
+#: perhaps an inventory naming a waybill of its own.
 SHAPES = st.fixed_dictionaries({
     "order": st.sampled_from(["none", "declared", "withdrawn"]),
     "payment": st.booleans(),
@@ -118,6 +120,7 @@ SHAPES = st.fixed_dictionaries({
     "w2": st.booleans(),
     "inventory": st.sampled_from(["none", "kept", "moved", "withdrawn"]),
     "order2": st.booleans(),
+    "platform2": st.sampled_from(["none", "order", "inventory"]),
 })  # fmt: skip
 
 
@@ -151,6 +154,14 @@ def _histories(suffix: str, shape: dict[str, object]) -> list[list[Version]]:
             histories[-1].append(Version("CEB621", inventory_head(o1, appType="3", appTime=_later(T0, 7))))
     if shape["order2"]:
         histories.append([Version("CEB311", order_head(o2, payTransactionId=f"TX2{suffix}"))])
+    if shape["platform2"] != "none":
+        ebp, ebc, w3 = "46012609ZZ", "4601260E99", f"W3{suffix}"
+        histories.append([Version("CEB311", order_head(o1, ebpCode=ebp, guid=f"ORD2-{suffix}",
+                                                       payTransactionId=f"TX3{suffix}"))])  # fmt: skip
+        if shape["platform2"] == "inventory":
+            histories.append([Version("CEB511", waybill_head(o1, logisticsNo=w3, guid=f"WB3-{suffix}"))])
+            histories.append([Version("CEB621", inventory_head(o1, ebpCode=ebp, ebcCode=ebc, assureCode=ebc,
+                                                               logisticsNo=w3, guid=f"INV2-{suffix}"))])  # fmt: skip
     return histories
 
 

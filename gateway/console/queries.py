@@ -85,8 +85,14 @@ SELECT s.id, s.ebp_code, s.order_no, s.ebc_code, s.state, s.missing, s.findings,
 LIST_FILTERS: dict[str, str] = {
     "state": "s.state = ${}",
     "order_no": "s.order_no = ${}",
-    # waybills and inventories both carry the orderNo of the shipment they belong to
-    "logistics_no": "s.order_no IN (SELECT d.order_no FROM documents AS d WHERE d.logistics_no = ${})",
+    # the shipments listing a document with that logisticsNo (SHIPMENT_DOCUMENTS): an inventory's own; a waybill's
+    # orderNo's, unless another platform uses that orderNo too (then only an inventory naming the waybill says whose)
+    "logistics_no": (
+        "((s.ebp_code, s.order_no) IN (SELECT d.ebp_code, d.order_no FROM documents AS d"
+        " WHERE d.logistics_no = ${0} AND d.kind = 'inventory')"
+        " OR (s.order_no IN (SELECT d.order_no FROM documents AS d WHERE d.logistics_no = ${0} AND d.kind = 'waybill')"
+        f" AND (s.ebp_code = '' OR NOT {outbox.other_platform('s.ebp_code', 's.order_no')})))"
+    ),
     # the check character X is written either way
     "buyer_id_number": "s.buyer_id_number IN (${0}, lower(${0}))",
     # any enterprise of the shipment: platform, e-commerce enterprise, payment, logistics, agent ...
@@ -211,14 +217,16 @@ async def list_shipments(conn: asyncpg.Connection, q: ListQuery) -> dict[str, An
 SHIPMENT = "SELECT * FROM shipments WHERE ebp_code = $1 AND order_no = $2"
 
 #: Every version of the shipment's documents with the message that brought each ($1 ebpCode, $2 orderNo):
-#: order, payment, inventory by the order's key; waybills by that orderNo or by any inventory's waybill key;
-#: receipts stored as documents (kind 'receipt') that name the order's key (CEB312) or a waybill's (CEB512/514).
-SHIPMENT_DOCUMENTS = """
+#: order, payment, inventory by the order's key; waybills by any inventory's waybill key, and by that orderNo unless
+#: another platform uses it too (as gateway.store.SELECT_SHIPMENT_DOCUMENTS); receipts stored as documents (kind
+#: 'receipt') that name the order's key (CEB312) or a waybill's (CEB512/514).
+SHIPMENT_DOCUMENTS = f"""
 WITH own AS MATERIALIZED (
     SELECT d.id, d.kind, d.logistics_code, d.logistics_no FROM documents AS d
      WHERE d.ebp_code = $1 AND d.order_no = $2 AND d.kind IN ('order', 'payment', 'inventory', 'receipt')
 ), waybills AS MATERIALIZED (
-    SELECT d.id, d.logistics_code, d.logistics_no FROM documents AS d WHERE d.kind = 'waybill' AND d.order_no = $2
+    SELECT d.id, d.logistics_code, d.logistics_no FROM documents AS d
+     WHERE d.kind = 'waybill' AND d.order_no = $2 AND ($1 = '' OR NOT {outbox.other_platform("$1", "$2")})
     UNION
     SELECT d.id, d.logistics_code, d.logistics_no
       FROM (SELECT DISTINCT logistics_code, logistics_no FROM own WHERE kind = 'inventory') AS w
