@@ -34,14 +34,14 @@ ones you sell.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
 from gateway.documents import Document
-from gateway.reconcile import Finding, Side
+from gateway.reconcile import Finding, Side, gnum_key
 
 CODES: dict[str, str] = {
     "tax.single_limit_exceeded": (
@@ -285,6 +285,46 @@ def assess(
         findings=tuple(findings),
         lines=lines,
     )
+
+
+def returned_value(inventory: Document, returned: Sequence[Mapping[str, str]]) -> Decimal:
+    """The part of ``inventory``'s dutiable value that a return (CEB625 lines ``returned``: gnum, qty) gives back to
+    the buyer's annual quota (海关总署公告2018年第194号: for a return the tax is not levied and the annual total is
+    adjusted).
+
+    Per returned item (by gnum), its share of the dutiable value as :func:`assess` allocates it (freight and
+    insuredFee included) times the returned qty over the item's qty, at most the whole item; rounded down to the
+    cent, so that the quota given back is never more than the goods returned. A return of every item in full gives
+    back the whole dutiable value. An item the return names twice counts once with the qty added up; an item or a
+    qty that cannot be read gives back nothing (the store refuses such a return: spec R12).
+    """
+    findings: list[Finding] = []
+    prices = [_amount(inventory, findings, line_index=i) for i in range(len(inventory.lines))]
+    dutiable = _cents(sum(prices, Decimal(0)) + _amount(inventory, findings, name="freight")
+                      + _amount(inventory, findings, name="insuredFee"))  # fmt: skip
+    shares = dict(zip((gnum_key(line.get("gnum")) for line in inventory.lines), _allocate(dutiable, prices),
+                      strict=True))  # fmt: skip
+    qtys = {gnum_key(line.get("gnum")): _quantity(line.get("qty")) for line in inventory.lines}
+    wanted: dict[str, Decimal] = {}
+    for line in returned:
+        gnum, qty = gnum_key(line.get("gnum")), _quantity(line.get("qty"))
+        if gnum in shares and qty is not None:
+            wanted[gnum] = wanted.get(gnum, Decimal(0)) + qty
+    total = _ZERO
+    for gnum, qty in wanted.items():
+        whole = qtys[gnum]
+        if whole is None or whole <= 0:
+            continue
+        total += shares[gnum] if qty >= whole else (shares[gnum] * qty / whole).quantize(_CENT, rounding=ROUND_FLOOR)
+    return total
+
+
+def _quantity(raw: str | None) -> Decimal | None:
+    try:
+        value = Decimal((raw or "").strip())
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() and value >= 0 else None
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from gateway.tax import (
     TaxAssessment,
     TaxRates,
     assess,
+    returned_value,
 )
 
 INV = "/CEB621Message/Inventory[1]"
@@ -385,3 +386,32 @@ def test_totals_are_sums_of_lines_and_limits_are_consistent(
     if not result.full_rate and all(g == MILK for g, _ in lines):
         # VAT-only goods within the limits: 9.1 %, off by at most half a cent per line
         assert abs(result.total - expected_value * Decimal("0.091")) <= Decimal("0.005") * len(lines)
+
+
+# --- a return gives back the goods returned ------------------------------------------------------
+
+
+def test_a_return_of_every_item_gives_back_the_whole_dutiable_value() -> None:
+    inv = inventory((CREAM, "100.00"), (MILK, "200.00"), freight="10.00", insured_fee="1.00")
+    full = [{"gnum": "1", "qty": "1"}, {"gnum": "02", "qty": "1"}]  # "02" is item 2
+    assert returned_value(inv, full) == assess(inv, annual_used=ZERO).dutiable_value == Decimal("311.00")
+
+
+def test_a_return_of_one_item_gives_back_its_share_freight_included() -> None:
+    inv = inventory((CREAM, "100.00"), (MILK, "200.00"), freight="30.00")
+    # item 2: 200 + 2/3 of the freight
+    assert returned_value(inv, [{"gnum": "2", "qty": "1"}]) == Decimal("220.00")
+
+
+def test_part_of_an_items_qty_gives_back_that_part_rounded_down() -> None:
+    inv = inventory((CREAM, "100.00"))
+    inv.lines[0]["qty"] = "3"
+    assert returned_value(inv, [{"gnum": "1", "qty": "1"}]) == Decimal("33.33")
+    # the item named twice counts once, its qty added up, never more than the item
+    assert returned_value(inv, [{"gnum": "1", "qty": "2"}, {"gnum": "1", "qty": "2"}]) == Decimal("100.00")
+
+
+def test_a_return_naming_no_item_or_no_qty_gives_back_nothing() -> None:
+    inv = inventory((CREAM, "100.00"))
+    assert returned_value(inv, [{"gnum": "9", "qty": "1"}, {"gnum": "1", "qty": "x"}]) == ZERO
+    assert returned_value(inv, []) == ZERO
