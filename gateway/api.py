@@ -38,7 +38,7 @@ from gateway.pipeline import Forbidden, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
 from gateway.signing import read_certificates
-from gateway.store import Conflict, Store
+from gateway.store import Conflict, Store, quota_reassessor
 from gateway.turns import Turns
 
 log = structlog.get_logger("gateway.api")
@@ -435,13 +435,9 @@ def create_app(
         # aiohttp refuses larger bodies itself; a little slack lets our own check give the precise error.
         client_max_size=settings.max_body_bytes + 1024,
     )
-    outbox = Outbox(pool, router)
-    store = Store(
-        pool,
-        tax_rates=TaxRates.from_mapping(settings.tax_rates),
-        tolerance=settings.amount_tolerance,
-        outbox=outbox,
-    )
+    rates = TaxRates.from_mapping(settings.tax_rates)
+    outbox = Outbox(pool, router, reassess=quota_reassessor(rates=rates, tolerance=settings.amount_tolerance))
+    store = Store(pool, tax_rates=rates, tolerance=settings.amount_tolerance, outbox=outbox)
     app[POOL] = pool
     app[STORE] = store
     app[OUTBOX] = outbox

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -88,6 +88,9 @@ LOCK_GUID, LOCK_KEY, LOCK_ORDER, LOCK_WAYBILL, LOCK_BUYER = "guid", "key", "orde
 
 Lock = tuple[str, str]  # (namespace, key)
 LedgerBook = dict[tuple[str, int], dict[tuple[str, str], Decimal]]  # (buyer, year) -> (ebcCode, orderNo) -> amount
+#: (buyer, year) -> the inventories the annual limit blocks, in the order they were blocked: (ebcCode, orderNo,
+#: ebpCode), the last naming the shipment (ebpCode, orderNo) to assess again when quota is given back.
+BlockedBook = dict[tuple[str, int], list[tuple[str, str, str]]]
 
 
 class Conflict(Exception):
@@ -845,6 +848,9 @@ class Write:
     blanks: list[str]  # orderNos of waybill-only shipments to delete
     ledger_put: list[dict[str, Any]]
     ledger_drop: list[tuple[str, str, str | None, int | None]]  # (ebcCode, orderNo, kept buyer, kept year)
+    #: other shipments of a buyer whose quota the message gave back, no longer blocked by the annual limit and now
+    #: matched (their rows are among ``shipments``, not in the answer: they may be another party's)
+    reopened: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -854,6 +860,7 @@ class State:
     current: dict[tuple[str, str, str], Row]  # current row per key, withdrawn or not
     rows: dict[int, Row]  # live legs and waybills of the shipments involved
     ledger: LedgerBook
+    blocked: BlockedBook = field(default_factory=dict)  # of the buyers in ``ledger``
     _live: Live | None = field(default=None, repr=False)
 
     def live(self) -> Live:
@@ -970,32 +977,30 @@ def _judge(
     # void at customs (refused, cancelled): its quota was given back when the receipt came, and stays so
     voided = {key for key in inventories if (row := live.inventory_of(key)) is not None and void(row)}
     buyers = {key: buyer_of(inv.head) for key, inv in inventories.items()}
-    more.buyers |= set(buyers.values())
-    wanted |= {(LOCK_BUYER, b) for b, _ in buyers.values()}
+    # A replaced or withdrawn inventory may give its buyer quota back, which may reopen that buyer's blocked shipments:
+    # the buyer's ledger is read and locked too (most often the same buyer, named up front).
+    given_back = {
+        buyer_of(new.replaces.head)
+        for new in news
+        if new.stored and new.row.kind == Kind.INVENTORY and new.replaces is not None and not new.replaces.withdrawn
+    }
+    involved = set(buyers.values()) | given_back
+    more.buyers |= involved
+    wanted |= {(LOCK_BUYER, b) for b, _ in involved}
     if not (refs.covers(more) and wanted <= held):
         return Defer(wanted - held, more)
 
     # Tax: each inventory against the rest of its buyer's year (later inventories of the message see it).
+    before = {bk: sum(state.ledger.get(bk, {}).values(), Decimal(0)) for bk in involved}
     assessed: dict[tuple[str, str], tax.TaxAssessment] = {}
     ledger_put: dict[tuple[str, int, str, str], dict[str, Any]] = {}
     keep: dict[tuple[str, str], tuple[str, int]] = {}
     for key, inv in inventories.items():
         buyer, year = buyers[key]
-        own = ((inv.head.get("ebcCode") or "").strip(), (inv.head.get("orderNo") or "").strip())
-        book = state.ledger.setdefault((buyer, year), {})
-        used = sum((amount for k, amount in book.items() if k != own), Decimal(0))
-        assessment = tax.assess(inv, annual_used=used, rates=rates, order=shipments[key].order)
-        counts = Decimal(0) if temp_saved(inv.head) or key in voided else assessment.counts_toward_annual
-        book[own] = counts
-        assessed[key] = assessment
-        keep[own] = (buyer, year)
-        ledger_put[(buyer, year, *own)] = {
-            "buyer_id_number": buyer,
-            "year": year,
-            "ebc_code": own[0],
-            "order_no": own[1],
-            "amount": str(counts),
-        }
+        assessed[key], put = assess_into(state.ledger.setdefault((buyer, year), {}), (buyer, year), inv,
+                                         shipments[key].order, rates, is_void=key in voided)  # fmt: skip
+        keep[(put["ebc_code"], put["order_no"])] = (buyer, year)
+        ledger_put[(buyer, year, put["ebc_code"], put["order_no"])] = put
     # Every inventory touched or reassessed keeps one ledger row (its buyer's), none once withdrawn.
     inventories_touched = set(keep)
     for new in news:
@@ -1007,6 +1012,20 @@ def _judge(
     for ebc, order_no in sorted(inventories_touched):
         kept = keep.get((ebc, order_no))
         ledger_drop.append((ebc, order_no, kept[0] if kept else None, kept[1] if kept else None))
+        for bk in involved - {kept}:  # the books as they will be
+            state.ledger.get(bk, {}).pop((ebc, order_no), None)
+
+    # Quota given back: the buyer's shipments the annual limit blocked are assessed again (see reopen).
+    freed = [bk for bk in sorted(involved) if sum(state.ledger.get(bk, {}).values(), Decimal(0)) < before[bk]]
+    waiting = blocked_shipments(freed, state, skip=set(shipments))
+    reopened: dict[tuple[str, str], ShipmentResult] = {}
+    if waiting:
+        more.keyed |= set(waiting)
+        wanted |= {(LOCK_ORDER, order_no) for _, order_no in waiting}
+        if not (refs.covers(more) and wanted <= held):
+            return Defer(wanted - held, more)
+        reopened, puts = reopen(freed, state, live, skip=set(shipments), rates=rates, tolerance=tolerance)
+        ledger_put.update({(p["buyer_id_number"], p["year"], p["ebc_code"], p["order_no"]): p for p in puts})
 
     results: dict[tuple[str, str], ShipmentResult] = {}
     for key, shipment in shipments.items():
@@ -1023,11 +1042,106 @@ def _judge(
         body=_response(msg, news, results, live),
         documents=[_document_row(new) for new in news if new.stored],
         replaced=[(new.replaces.id, new.doc.index) for new in news if new.replaces is not None and new.stored],
-        shipments=[r.row() for r in results.values()],
+        shipments=[r.row() for r in (*results.values(), *reopened.values())],
         blanks=sorted(drop_blanks - {o for (e, o) in results if not e}),
         ledger_put=list(ledger_put.values()),
         ledger_drop=ledger_drop,
+        reopened=[key for key, r in reopened.items() if r.state == recon.ShipmentState.MATCHED],
     )
+
+
+# --- the annual quota --------------------------------------------------------------------------
+
+
+def annual_blocked(assessment: tax.TaxAssessment) -> bool:
+    """Whether the annual limit blocks the inventory: quota given back may let it pass."""
+    return any(f.code == "tax.annual_limit_exceeded" for f in assessment.findings)
+
+
+def assess_into(
+    book: dict[tuple[str, str], Decimal],
+    buyer: tuple[str, int],
+    inventory: Document,
+    order: Document | None,
+    rates: tax.TaxRates,
+    *,
+    is_void: bool = False,
+) -> tuple[tax.TaxAssessment, dict[str, Any]]:
+    """Assess ``inventory`` against the rest of its buyer's year (``book``), enter what it counts in the book, and
+    return the assessment with the inventory's ledger row (``blocked``: see annual_blocked). An inventory void at
+    customs (``is_void``, see :func:`void`) counts nothing and is blocked by nothing: its quota was given back."""
+    own = ((inventory.head.get("ebcCode") or "").strip(), (inventory.head.get("orderNo") or "").strip())
+    used = sum((amount for k, amount in book.items() if k != own), Decimal(0))
+    assessment = tax.assess(inventory, annual_used=used, rates=rates, order=order)
+    counts = Decimal(0) if temp_saved(inventory.head) or is_void else assessment.counts_toward_annual
+    book[own] = counts
+    put = {
+        "buyer_id_number": buyer[0],
+        "year": buyer[1],
+        "ebc_code": own[0],
+        "order_no": own[1],
+        "amount": str(counts),
+        "blocked": annual_blocked(assessment) and not is_void,
+    }
+    return assessment, put
+
+
+def blocked_shipments(
+    freed: Iterable[tuple[str, int]], state: State, *, skip: Collection[tuple[str, str]] = ()
+) -> list[tuple[str, str]]:
+    """The shipments (ebpCode, orderNo) the annual limit blocks for the buyer-years ``freed``, in the order they were
+    blocked, except ``skip`` (those assessed already): what must be read and locked to reopen them."""
+    found: dict[tuple[str, str], None] = {}
+    for bk in freed:
+        for _, order_no, ebp_code in state.blocked.get(bk, ()):
+            if ebp_code and (ebp_code, order_no) not in skip:
+                found[(ebp_code, order_no)] = None
+    return list(found)
+
+
+def reopen(
+    freed: Iterable[tuple[str, int]],
+    state: State,
+    live: Live,
+    *,
+    skip: Collection[tuple[str, str]] = (),
+    rates: tax.TaxRates,
+    tolerance: Decimal,
+) -> tuple[dict[tuple[str, str], ShipmentResult], list[dict[str, Any]]]:
+    """Quota was given back to the buyer-years ``freed``: assess their blocked shipments again (blocked_shipments,
+    their legs read into ``live``), in the order they were blocked, each against the book as the ones before it
+    left it — first come, first served, and a later one that fits passes when an earlier one still does not.
+
+    Returns the shipments no longer blocked by the annual limit, reconciled and assessed, with their inventories'
+    ledger rows; the ones still blocked are left as they are. An inventory that is no longer the one blocked (changed
+    to another buyer, withdrawn) or that customs refused is passed over: there is nothing of it at customs to count.
+    """
+    results: dict[tuple[str, str], ShipmentResult] = {}
+    puts: list[dict[str, Any]] = []
+    for bk in freed:
+        book = state.ledger.setdefault(bk, {})
+        for ebc_code, order_no, ebp_code in state.blocked.get(bk, ()):
+            key = (ebp_code, order_no)
+            if key in skip or key in results:
+                continue
+            row = _latest(live.legs.get(key, {}).get(Kind.INVENTORY))
+            if (
+                row is None
+                or (row.ebc_code or "", row.order_no or "") != (ebc_code, order_no)
+                or buyer_of(row.head) != bk
+                or refused_first(row)
+            ):
+                continue
+            shipment = live.shipment(key)
+            assert shipment.inventory is not None
+            was = book.get((ebc_code, order_no), Decimal(0))
+            assessment, put = assess_into(book, bk, shipment.inventory, shipment.order, rates)
+            if put["blocked"]:
+                book[(ebc_code, order_no)] = was  # still blocked: stays as it is
+                continue
+            results[key] = shipment_result(key, shipment, assessment, tolerance)
+            puts.append(put)
+    return results, puts
 
 
 def _document_row(new: New) -> dict[str, Any]:

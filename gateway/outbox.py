@@ -31,9 +31,10 @@ import asyncio
 import collections
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 import asyncpg
@@ -43,8 +44,10 @@ import structlog
 from gateway import db
 from gateway import receipts as rc
 from gateway.batching import Batcher, Follow
-from gateway.documents import ParsedMessage
+from gateway.documents import Document, ParsedMessage
 from gateway.forward import JobSpec, LegState, Router, ordering_key, shipment_customs_status
+from gateway.messages import BY_CODE
+from gateway.tax import returned_value
 
 log = structlog.get_logger("gateway.outbox")
 
@@ -297,18 +300,40 @@ SELECT (SELECT count(*) FROM docs) AS documents, (SELECT count(*) FROM recs) AS 
 """
 
 #: Inventories ($1 ebcCode, $2 orderNo) that count no more toward their buyer's annual quota (a first declaration
-#: customs rejected, an inventory whose cancellation customs concluded): their tax_ledger rows go to zero. Without
-#: the buyer's lock: a lower amount is never an overrun, and an ingest that read the higher one was only stricter.
+#: customs rejected, an inventory whose cancellation customs concluded): their tax_ledger rows go to zero, and one
+#: the annual limit blocked is blocked no more (nothing of it at customs to reopen). Without the buyer's lock: a
+#: lower amount is never an overrun, and an ingest that read the higher one was only stricter.
 RELEASE_QUOTA = """
-UPDATE tax_ledger AS l SET amount = 0, updated_at = now()
+UPDATE tax_ledger AS l SET amount = 0, blocked_at = NULL, updated_at = now()
   FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(ebc, ono, doc)
- WHERE l.ebc_code = x.ebc AND l.order_no = x.ono AND l.amount <> 0
+ WHERE l.ebc_code = x.ebc AND l.order_no = x.ono AND (l.amount <> 0 OR l.blocked_at IS NOT NULL)
    AND l.ebc_code = ANY ($1::text[]) AND l.order_no = ANY ($2::text[])  -- index probes whatever the plan
    -- not when the inventory was declared again since (its amount is the new declaration's)
    AND NOT EXISTS (SELECT 1 FROM documents AS n
                     WHERE n.message_type = 'CEB621' AND n.key1 = x.ebc AND n.key2 = x.ono AND n.id > x.doc
                       AND n.app_type = '1')
 RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no
+"""
+
+#: Returns ($1 document ids) with the current version of the inventory each returns (its head and lines).
+RETURNED_INVENTORIES = """
+SELECT r.id, r.key1, r.key2, r.lines AS returned, i.doc_index, i.path, i.head, i.lines
+  FROM documents AS r,
+       LATERAL (SELECT i.doc_index, i.path, i.head, i.lines, i.withdrawn FROM documents AS i
+                 WHERE i.message_type = 'CEB621' AND i.key1 = r.key1 AND i.key2 = r.key2 AND i.is_current
+                OFFSET 0) AS i
+ WHERE r.id = ANY ($1::bigint[]) AND NOT i.withdrawn
+"""
+
+#: Returns customs concluded: their inventories ($1 ebcCode, $2 orderNo) count less toward their buyer's annual quota
+#: by the value of the goods returned ($3; gateway.tax.returned_value), never below zero. Without the buyer's lock,
+#: as RELEASE_QUOTA.
+RETURN_QUOTA = """
+UPDATE tax_ledger AS l SET amount = greatest(l.amount - x.value, 0), updated_at = now()
+  FROM unnest($1::text[], $2::text[], $3::numeric[]) AS x(ebc, ono, value)
+ WHERE l.ebc_code = x.ebc AND l.order_no = x.ono AND l.amount <> 0 AND x.value > 0
+   AND l.ebc_code = ANY ($1::text[]) AND l.order_no = ANY ($2::text[])  -- index probes whatever the plan
+RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount
 """
 
 #: The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments'.
@@ -547,7 +572,7 @@ class _Doc:
     app_type: str = "1"
     changed: bool = False
     answered: bool = False  # a receipt in a known table came (one in no table leaves it awaited)
-    voided: bool = False  # a receipt applied now made it void (see void)
+    gave_back: bool = False  # a receipt applied now gave its inventory's quota back (see gives_back)
     learned: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -567,8 +592,18 @@ class _Doc:
         change leaves customs the version before), or a cancellation customs concluded (399 and above)."""
         if self.kind == "inventory":
             return self.forward_state == "rejected" and self.app_type == "1"
-        concluded = (self.state.rank or 0) >= rc.RANK_CONCLUDED
-        return self.kind == "cancel" and self.forward_state == "receipted" and concluded
+        return self.kind == "cancel" and self.concluded
+
+    @property
+    def concluded(self) -> bool:
+        """Customs concluded it (399 and above, not a rejection)."""
+        return self.forward_state == "receipted" and (self.state.rank or 0) >= rc.RANK_CONCLUDED
+
+    @property
+    def gives_back(self) -> bool:
+        """Its inventory counts less toward the buyer's annual quota: it is void, or it is a return customs concluded
+        (海关总署公告2018年第194号: the annual total is adjusted for the goods returned)."""
+        return self.void or (self.kind == "refund" and self.concluded)
 
 
 @dataclass(eq=False)
@@ -592,6 +627,11 @@ def _lease_lost(j: cbec_queue.Job) -> cbec_queue.LeaseLost:
 # --- the outbox --------------------------------------------------------------------------------------------
 
 
+#: Assess again, in the receipt's transaction, the shipments the annual limit blocked for these (buyer, year)s; returns
+#: those now matched (gateway.store.quota_reassessor).
+Reassess = Callable[[asyncpg.Connection, Sequence[tuple[str, int]]], Awaitable[list[tuple[str, str]]]]
+
+
 class Outbox:
     """Forwarding persistence. ``router`` None: receipts are still applied, but nothing is ever enqueued.
 
@@ -600,12 +640,21 @@ class Outbox:
     """
 
     def __init__(
-        self, pool: asyncpg.Pool, router: Router | None, *, max_sent_batch: int = 32, max_sent_parallel: int = 2
+        self,
+        pool: asyncpg.Pool,
+        router: Router | None,
+        *,
+        max_sent_batch: int = 32,
+        max_sent_parallel: int = 2,
+        reassess: Reassess | None = None,
     ) -> None:
         if max_sent_batch < 1 or max_sent_parallel < 1:
             raise ValueError("max_sent_batch and max_sent_parallel must be at least 1")
         self.pool = pool
         self.router = router
+        # Quota a receipt gives back reopens the buyers' shipments the annual limit blocked
+        # (gateway.store.quota_reassessor); None: it is given back, and they stay blocked until their next change.
+        self.reassess = reassess
         self.max_sent_batch = max_sent_batch
         self.max_sent_parallel = max_sent_parallel
         self._xml_wanted: dict[int, list[asyncio.Future[str | None]]] = {}
@@ -685,10 +734,12 @@ class Outbox:
         plans: Sequence[Plan],
         receipted: Mapping[tuple[str, str], set[str]] | None = None,
         superseded_failed: Iterable[Leg] = (),
+        reopened: Iterable[tuple[str, str]] = (),
     ) -> None:
         """After the store wrote the wave (and its jobs, see wave_jobs), same transaction: release the held
-        inventories of shipments the wave matched; refresh the customs status of shipments whose failed leg the
-        wave changed or withdrew (``superseded_failed``: those legs' stored versions; rare).
+        inventories of shipments the wave matched, and of those it matched by giving quota back (``reopened``:
+        shipments the annual limit blocked, assessed again); refresh the customs status of shipments whose failed
+        leg the wave changed or withdrew (``superseded_failed``: those legs' stored versions; rare).
 
         ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
         that customs took. A shipment whose order or payment is not among them releases nothing (RELEASE_HELD
@@ -700,7 +751,7 @@ class Outbox:
             await self._refresh_shipments(conn, await shipments_of(conn, failed), statuses=("failed",))
         if self.router is None:
             return
-        matched: set[tuple[str, str]] = set()
+        matched: set[tuple[str, str]] = set(reopened)  # their legs may all be receipted: looked at in SQL
         for p in plans:
             if p.state == "held":
                 # Only a held message can be released by an ingest: any other message adds a leg version
@@ -935,10 +986,10 @@ class Outbox:
             decisions = [rc.apply(d.state, r) for d in found]
             for d, decision in zip(found, decisions, strict=True):
                 if decision.moved:
-                    was_void = d.void
+                    gave_back = d.gives_back
                     d.state = decision.state
                     d.forward_state = decision.state.forward_state or d.forward_state
-                    d.voided = d.voided or (d.void and not was_void)
+                    d.gave_back = d.gave_back or (d.gives_back and not gave_back)
                 d.changed = True  # last_receipt_at and what it taught, at least
                 d.answered = d.answered or decision.outcome is not rc.Outcome.UNKNOWN
                 d.learned.update(decision.learned)
@@ -963,7 +1014,7 @@ class Outbox:
             [res.outcome for _, res in rows],
             [d.answered for d in changed],
         )  # fmt: skip
-        await self._release_quota(conn, [d for d in changed if d.voided])
+        await self._release_quota(conn, [d for d in changed if d.gave_back])
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]
         if legs:  # only a receipt on an order, payment or waybill can make a held inventory eligible (RELEASE_HELD)
             await self._release(
@@ -981,15 +1032,36 @@ class Outbox:
         return [results[r.index] for r in recs]
 
     async def _release_quota(self, conn: asyncpg.Connection, docs: Sequence[_Doc]) -> None:
-        """The documents these receipts voided (:attr:`_Doc.void`): their inventory counts no more toward its buyer's
-        annual quota (spec §7.1), unless it was declared again since (appType 1 over the rejected one; a change made
-        while the first declaration awaited its receipt is no such thing: customs had nothing to change). A return
-        (CEB625) is not deducted (its share of the dutiable value is not computed here)."""
-        void = sorted({(d.key, d.id) for d in docs})
+        """The documents these receipts made give quota back (:attr:`_Doc.gives_back`): a voided inventory counts no
+        more toward its buyer's annual quota (spec §7.1), unless it was declared again since (appType 1 over the
+        rejected one; a change made while the first declaration awaited its receipt is no such thing: customs had
+        nothing to change); a concluded return's inventory counts less by the value of the goods returned. Then the
+        buyers' shipments the annual limit blocked are assessed again (``reassess``) and those now matched go on."""
+        freed: set[tuple[str, int]] = set()
+        void = sorted({(d.key, d.id) for d in docs if d.kind != "refund"})
         if void:
             args = [k[0] for k, _ in void], [k[1] for k, _ in void], [i for _, i in void]
             for r in await conn.fetch(RELEASE_QUOTA, *args):
                 log.info("quota_released", ebc_code=r["ebc_code"], order_no=r["order_no"], year=r["year"])
+                freed.add((r["buyer_id_number"], r["year"]))
+        refunds = sorted(d.id for d in docs if d.kind == "refund")
+        if refunds:
+            values: dict[tuple[str, str], Decimal] = {}
+            for r in await conn.fetch(RETURNED_INVENTORIES, refunds):
+                inventory = Document(BY_CODE["CEB621"], r["doc_index"], r["path"], r["head"], r["lines"])
+                values[(r["key1"], r["key2"])] = returned_value(inventory, r["returned"])
+            keys = sorted(values)
+            rows = await conn.fetch(RETURN_QUOTA, [k[0] for k in keys], [k[1] for k in keys],
+                                    [values[k] for k in keys])  # fmt: skip
+            for r in rows:
+                log.info("quota_returned", ebc_code=r["ebc_code"], order_no=r["order_no"], year=r["year"],
+                         value=str(values[(r["ebc_code"], r["order_no"])]))  # fmt: skip
+                freed.add((r["buyer_id_number"], r["year"]))
+        if freed and self.reassess is not None:
+            reopened = await self.reassess(conn, sorted(freed))
+            if reopened:
+                log.info("blocked_shipments_reopened", shipments=[list(k) for k in reopened])
+                await self._release(conn, reopened, [])
 
     async def _resend(self, conn: asyncpg.Connection, message_ids: Sequence[int], *, delay_s: float) -> list[int]:
         """Send messages again (same guid and CopMsgId), each at most max_repushes times; the ids of those sent."""

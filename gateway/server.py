@@ -429,8 +429,13 @@ async def run_worker(
             await db.fold_kept_counts(pool)
             from gateway.outbox import Outbox
             from gateway.schema import SchemaSet
+            from gateway.store import quota_reassessor
+            from gateway.tax import TaxRates
 
-            outbox = Outbox(pool, build_router(fwd, endpoints))
+            # the inbox poller applies receipts here: quota they give back reopens blocked shipments as in the API
+            reassess = quota_reassessor(rates=TaxRates.from_mapping(settings.tax_rates),
+                                        tolerance=settings.amount_tolerance)  # fmt: skip
+            outbox = Outbox(pool, build_router(fwd, endpoints), reassess=reassess)
             options = {"worker_id": worker_id} if worker_id else {}
             forwarding = Forwarding(
                 pool, outbox, fwd, endpoints, schemas=SchemaSet(), watchdog=watchdog, worker_options=options

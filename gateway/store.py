@@ -33,7 +33,7 @@ import collections
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -49,7 +49,9 @@ from gateway.errors import Issue
 from gateway.keystate import (
     CODES,
     LOCK_BUYER,
+    LOCK_ORDER,
     SEP,
+    BlockedBook,
     Conflict,
     Defer,
     DocumentOutcome,
@@ -61,19 +63,21 @@ from gateway.keystate import (
     State,
     WaybillBuyers,
     Write,
+    blocked_shipments,
     issue,
     judge,
     new_documents,
+    reopen,
     up_front_locks,
 )
 from gateway.messages import BY_CODE
-from gateway.outbox import enqueue_insert, job_rows, other_platform, wake_endpoints
+from gateway.outbox import LOCK_IDS, enqueue_insert, job_rows, other_platform, wake_endpoints
 from gateway.receipts import CODES as _RECEIPT_CODES
 from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING
 
 if TYPE_CHECKING:
     from gateway.forward import JobSpec
-    from gateway.outbox import Outbox
+    from gateway.outbox import Outbox, Reassess
 
 __all__ = ["CODES", "Conflict", "DocumentOutcome", "IngestResult", "Store"]
 
@@ -117,7 +121,8 @@ LOCK_MORE = "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest($1::bigin
 #: holding an inventory that points at one of their waybills ($6, $7: logisticsCode, logisticsNo) or
 #: sharing the orderNo of one of their waybills ($8) — plus the live waybills (role "waybill") those
 #: shipments, those order numbers and their inventories ($9, $10) point at;
-#: ``ledger`` — the ledger rows of the buyers involved ($12 buyerIdNumber, $13 year), amounts as text;
+#: ``ledger`` — the ledger rows of the buyers involved ($12 buyerIdNumber, $13 year), amounts as text, in the order
+#: they were blocked by the annual limit (the blocked ones with their inventory's ebpCode);
 #: ``ids`` — $14 new message ids, for the messages the wave will write (the write statement takes them, so that
 #: their jobs are known before it and go in it; an id not used is a gap in the sequence, nothing more).
 READ_STATE = f"""
@@ -168,9 +173,13 @@ SELECT
                               WHERE d.logistics_code = w.lc AND d.logistics_no = w.ln OFFSET 0) AS d
               WHERE d.kind = 'waybill' AND d.is_current AND NOT d.withdrawn
             ) AS x) AS documents,
-    (SELECT coalesce(json_agg(l), '[]')
+    (SELECT coalesce(json_agg(l ORDER BY l.blocked_at, l.ebc_code, l.order_no), '[]')
        FROM unnest($12::text[], $13::int[]) AS b(buyer, year),
-            LATERAL (SELECT l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount::text AS amount
+            LATERAL (SELECT l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount::text AS amount, l.blocked_at,
+                            -- a blocked inventory's shipment: reassessed when the buyer gets quota back
+                            (SELECT d.ebp_code FROM documents AS d
+                              WHERE d.message_type = 'CEB621' AND d.key1 = l.ebc_code AND d.key2 = l.order_no
+                                AND d.is_current AND NOT d.withdrawn AND l.blocked_at IS NOT NULL) AS ebp_code
                        FROM tax_ledger AS l WHERE l.buyer_id_number = b.buyer AND l.year = b.year OFFSET 0) AS l
     ) AS ledger,
     ARRAY(SELECT nextval(pg_get_serial_sequence('messages', 'id')) FROM generate_series(1, $14::int)) AS ids
@@ -179,6 +188,37 @@ SELECT
 #: $1 ids of the rows that changes and withdrawals replace. Runs before the new rows are inserted, since
 #: the unique index on current keys is checked row by row; WRITE_INGEST then links them to their successors.
 SUPERSEDE = "UPDATE documents SET is_current = false WHERE id = ANY ($1::bigint[])"
+
+def _put_shipments(rows: str) -> str:
+    """The upsert of the shipments in the JSON array ``rows`` (ShipmentResult.row); shared by the writes."""
+    return f"""
+    INSERT INTO shipments AS s (ebp_code, order_no, ebc_code, state, missing, findings, parties, mode,
+                                buyer_id_number)
+    SELECT x.ebp_code, x.order_no, x.ebc_code, x.state, x.missing, x.findings, x.parties, x.mode, x.buyer_id_number
+      FROM jsonb_to_recordset({rows}::jsonb) AS x(
+           ebp_code text, order_no text, ebc_code text, state text, missing text[], findings jsonb,
+           parties text[], mode text, buyer_id_number text)
+    ON CONFLICT (ebp_code, order_no) DO UPDATE
+       SET ebc_code = EXCLUDED.ebc_code, state = EXCLUDED.state, missing = EXCLUDED.missing,
+           findings = EXCLUDED.findings, mode = EXCLUDED.mode, buyer_id_number = EXCLUDED.buyer_id_number,
+           parties = ARRAY(SELECT DISTINCT p FROM unnest(s.parties || EXCLUDED.parties) AS p ORDER BY p),
+           updated_at = now()
+    RETURNING 1"""
+
+
+def _put_ledger(rows: str) -> str:
+    """The upsert of the ledger rows in the JSON array ``rows`` (keystate.assess_into); shared by the writes. A row
+    the annual limit blocks keeps the time it was first blocked (the order in which quota given back reopens them)."""
+    return f"""
+    INSERT INTO tax_ledger AS l (buyer_id_number, year, ebc_code, order_no, amount, blocked_at)
+    SELECT x.buyer_id_number, x.year, x.ebc_code, x.order_no, x.amount, CASE WHEN x.blocked THEN now() END
+      FROM jsonb_to_recordset({rows}::jsonb) AS x(buyer_id_number text, year int, ebc_code text, order_no text,
+                                                amount numeric, blocked boolean)
+    ON CONFLICT (buyer_id_number, year, ebc_code, order_no) DO UPDATE
+       SET amount = EXCLUDED.amount, updated_at = now(),
+           blocked_at = CASE WHEN EXCLUDED.blocked_at IS NOT NULL THEN coalesce(l.blocked_at, EXCLUDED.blocked_at) END
+    RETURNING 1"""
+
 
 #: The messages of a wave, their documents, the links from replaced rows, the shipments, the waybill-only
 #: shipments to drop, the ledger and the jobs of the messages that go now, in one statement. $1-$8 and $20
@@ -215,30 +255,11 @@ WITH m AS (
       FROM unnest($10::bigint[], $11::text[], $12::int[]) AS r(old_id, guid, doc_index), m, d
      WHERE o.id = r.old_id AND m.guid = r.guid AND d.message_id = m.id AND d.doc_index = r.doc_index
     RETURNING 1
-), s AS (
-    INSERT INTO shipments AS s (ebp_code, order_no, ebc_code, state, missing, findings, parties, mode,
-                                buyer_id_number)
-    SELECT x.ebp_code, x.order_no, x.ebc_code, x.state, x.missing, x.findings, x.parties, x.mode, x.buyer_id_number
-      FROM jsonb_to_recordset($13::jsonb) AS x(
-           ebp_code text, order_no text, ebc_code text, state text, missing text[], findings jsonb,
-           parties text[], mode text, buyer_id_number text)
-    ON CONFLICT (ebp_code, order_no) DO UPDATE
-       SET ebc_code = EXCLUDED.ebc_code, state = EXCLUDED.state, missing = EXCLUDED.missing,
-           findings = EXCLUDED.findings, mode = EXCLUDED.mode, buyer_id_number = EXCLUDED.buyer_id_number,
-           parties = ARRAY(SELECT DISTINCT p FROM unnest(s.parties || EXCLUDED.parties) AS p ORDER BY p),
-           updated_at = now()
-    RETURNING 1
+), s AS ({_put_shipments("$13")}
 ), blank AS (
     DELETE FROM shipments AS s WHERE s.ebp_code = '' AND s.order_no = ANY ($14::text[])
     RETURNING 1
-), ledger_put AS (
-    INSERT INTO tax_ledger AS l (buyer_id_number, year, ebc_code, order_no, amount)
-    SELECT x.buyer_id_number, x.year, x.ebc_code, x.order_no, x.amount
-      FROM jsonb_to_recordset($15::jsonb) AS x(buyer_id_number text, year int, ebc_code text, order_no text,
-                                                amount numeric)
-    ON CONFLICT (buyer_id_number, year, ebc_code, order_no) DO UPDATE
-       SET amount = EXCLUDED.amount, updated_at = now()
-    RETURNING 1
+), ledger_put AS ({_put_ledger("$15")}
 ), ledger_drop AS (
     -- by ctid: the candidates come from one index probe per inventory, whatever the plan
     DELETE FROM tax_ledger AS l
@@ -252,6 +273,15 @@ WITH m AS (
 ), jobs_in AS ({enqueue_insert("$21")}
 )
 SELECT (SELECT count(*) FROM m) AS messages, {wake_endpoints("jobs_in", "$22")} AS woken
+"""
+
+#: The shipments a buyer's quota given back reopened outside an ingest (see reopen_quota) and their inventories' ledger
+#: rows: $1 shipments, $2 ledger rows (JSON, as WRITE_INGEST's $13 and $15).
+WRITE_REOPENED = f"""
+WITH s AS ({_put_shipments("$1")}
+), ledger_put AS ({_put_ledger("$2")}
+)
+SELECT (SELECT count(*) FROM s) AS shipments, (SELECT count(*) FROM ledger_put) AS ledger
 """
 
 INSERT_REJECTION = """
@@ -411,12 +441,17 @@ def _replay(stored: dict[str, Any], msg: ParsedMessage, sha: bytes) -> IngestRes
     )
 
 
-def _ledger_book(pairs: Iterable[tuple[str, int]], rows: Iterable[dict[str, Any]]) -> LedgerBook:
-    """(buyer, year) -> (ebcCode, orderNo) -> amount, with an empty book for buyers without rows."""
+def _ledger_book(pairs: Iterable[tuple[str, int]], rows: Iterable[dict[str, Any]]) -> tuple[LedgerBook, BlockedBook]:
+    """(buyer, year) -> (ebcCode, orderNo) -> amount, with an empty book for buyers without rows; and per (buyer,
+    year) the inventories the annual limit blocks, in the order read (the order they were blocked)."""
     book: LedgerBook = {p: {} for p in pairs}
+    blocked: BlockedBook = {}
     for r in rows:
-        book[(r["buyer_id_number"], r["year"])][(r["ebc_code"], r["order_no"])] = Decimal(r["amount"])
-    return book
+        bk = (r["buyer_id_number"], r["year"])
+        book[bk][(r["ebc_code"], r["order_no"])] = Decimal(r["amount"])
+        if r["blocked_at"] is not None and r["ebp_code"] is not None:
+            blocked.setdefault(bk, []).append((r["ebc_code"], r["order_no"], r["ebp_code"]))
+    return book, blocked
 
 
 def _waves(jobs: list[_Job]) -> tuple[list[_Job], list[_Job]]:
@@ -509,6 +544,50 @@ def _document_dict(r: asyncpg.Record) -> dict[str, Any]:
         out["message_guid"] = r["message_guid"]
         out["received_at"] = _iso(r["received_at"])
     return out
+
+
+# --- quota given back outside an ingest ------------------------------------------------------
+
+
+async def reopen_quota(
+    conn: asyncpg.Connection, freed: Iterable[tuple[str, int]], *, rates: tax.TaxRates, tolerance: Decimal
+) -> list[tuple[str, str]]:
+    """Quota was given back to the buyer-years ``freed`` by customs' word (a refused first declaration, a concluded
+    cancellation or return; gateway.outbox, in the receipt's transaction): assess their shipments the annual limit
+    blocked again (keystate.reopen) and write those no longer blocked. Returns the ones now matched, whose held
+    inventories the caller releases.
+
+    The ingest's locks, here waited for: the buyers' (the ledger must not move meanwhile), then the orderNos of
+    their blocked shipments. A receipt transaction already holds the locks of its own shipments, so waiting may
+    deadlock with an ingest that holds one of these and wants one of those; PostgreSQL breaks it and the receipts
+    are applied again (gateway.outbox.Outbox.apply_receipts)."""
+    pairs = sorted(set(freed))
+    if not pairs:
+        return []
+    await conn.fetchval(LOCK_IDS, sorted({_lock_id((LOCK_BUYER, buyer)) for buyer, _ in pairs}))
+    refs = Refs(buyers=set(pairs))
+    _, state, _, _ = await Store._read(conn, [], refs)
+    waiting = blocked_shipments(pairs, state)
+    if not waiting:
+        return []
+    # no shipment is blocked meanwhile: a ledger row is written only under its buyer's lock
+    await conn.fetchval(LOCK_IDS, sorted({_lock_id((LOCK_ORDER, order_no)) for _, order_no in waiting}))
+    refs.keyed |= set(waiting)
+    _, state, _, _ = await Store._read(conn, [], refs)
+    results, puts = reopen(pairs, state, state.live(), rates=rates, tolerance=tolerance)
+    if not results:
+        return []
+    await conn.fetchrow(WRITE_REOPENED, [r.row() for r in results.values()], puts)
+    return [key for key, r in results.items() if r.state == "matched"]
+
+
+def quota_reassessor(*, rates: tax.TaxRates = tax.DEFAULT_RATES, tolerance: Decimal = Decimal("0")) -> Reassess:
+    """reopen_quota with these rates and tolerance (the Store's): the outbox's ``reassess``."""
+
+    async def reassess(conn: asyncpg.Connection, freed: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
+        return await reopen_quota(conn, freed, rates=rates, tolerance=tolerance)
+
+    return reassess
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -777,7 +856,8 @@ class Store:
             if self.outbox is not None:
                 # a stored version whose delivery failed, changed or withdrawn now
                 failed = [old for job, _ in writes for d in job.news if (old := d.replaces) is not None and old.failed]
-                await self.outbox.after_write(conn, plans, receipted, failed)
+                reopened = [key for _, w in writes for key in w.reopened]
+                await self.outbox.after_write(conn, plans, receipted, failed, reopened)
         return deferred
 
     @staticmethod
@@ -816,7 +896,8 @@ class Store:
             else:
                 rows[doc.id] = doc
         stored = {m["guid"]: m for m in row["stored"]}
-        return stored, State(current, rows, _ledger_book(buyers, row["ledger"])), receipted, list(row["ids"])
+        book, blocked = _ledger_book(buyers, row["ledger"])
+        return stored, State(current, rows, book, blocked), receipted, list(row["ids"])
 
     @staticmethod
     async def _write(

@@ -7,6 +7,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from gateway.pipeline import Pipeline
 from gateway.render import render
 from gateway.sandbox.receipts import RECEIPT_FOR, build_receipt, build_receipts, format_receipt
 from gateway.schema import SchemaSet
-from gateway.store import Store
+from gateway.store import Store, quota_reassessor
+from gateway.tax import ANNUAL_LIMIT, assess, returned_value
 from gateway.workers import effective_endpoints
 from tests.apiutil import sign_as_agent
 from tests.forwardutil import version_of
@@ -364,7 +366,8 @@ HOOK = WebhookSettings("seller-a", frozenset({samples.EBC_CODE}), "http://127.0.
 @pytest_asyncio.fixture
 async def flow(db_pool: asyncpg.Pool) -> AsyncIterator[Flow]:
     fwd = ForwardingSettings(webhooks=(HOOK,), resend_delay_s=5.0)
-    outbox = Outbox(db_pool, Router.from_settings(fwd, {**SANDBOX_KINDS, "webhook": "webhook"}))
+    outbox = Outbox(db_pool, Router.from_settings(fwd, {**SANDBOX_KINDS, "webhook": "webhook"}),
+                    reassess=quota_reassessor())  # fmt: skip
     store = Store(db_pool, outbox=outbox)
     yield Flow(db_pool, store, outbox, Pipeline(_SCHEMAS, store))
     await store.aclose()
@@ -838,6 +841,89 @@ async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_f
     assert await _quota(flow, cancelled) != ["0.00000"]  # taken for processing, not concluded
     await flow.post(build_receipt("CEB624", {**values, "returnStatus": "399", "returnTime": "20260101120000004"}))
     assert await _quota(flow, cancelled) == ["0.00000"]
+
+
+async def _blocked_behind(flow: Flow, a: samples.ShipmentSample, b: samples.ShipmentSample, slack: Decimal) -> None:
+    """``a`` declared and counted; ``b`` of the same buyer, its legs receipted, blocked by the annual limit with its
+    inventory held: another inventory of the buyer takes the year's quota but ``slack`` less than both need."""
+    buyer = a.inventory["documents"][0]["buyerIdNumber"]
+    for payload, name in ((b.order, "buyerIdNumber"), (b.payment, "payerIdNumber"), (b.inventory, "buyerIdNumber")):
+        payload["documents"][0][name] = buyer
+    for s in (a, b):
+        for payload in (s.order, s.payment, s.waybill):
+            await flow.submit(payload)
+            await flow.receipt(payload, "2", 1)
+        if s is a:
+            await flow.submit(a.inventory)
+    (counted,) = await flow.rows("SELECT year, amount FROM tax_ledger WHERE order_no = $1", a.order_doc["orderNo"])
+    b_value = assess(flow.pipeline.check(xml_of(b.inventory)).message.documents[0], annual_used=Decimal(0))
+    filler = ANNUAL_LIMIT - counted["amount"] - b_value.dutiable_value + slack
+    async with flow.pool.acquire() as conn:
+        await conn.execute("INSERT INTO tax_ledger (buyer_id_number, year, ebc_code, order_no, amount)"
+                           " VALUES ($1, $2, 'OTHER', 'FILL', $3)", buyer, counted["year"], filler)  # fmt: skip
+    await flow.submit(b.inventory)
+    shipment = await flow.shipment(b)
+    assert shipment["state"] == "mismatched"
+    assert "tax.annual_limit_exceeded" in {f["code"] for f in shipment["findings"]}
+    assert (await flow.doc(b.inventory))["forward_state"] == "held"
+
+
+async def _reopened(flow: Flow, b: samples.ShipmentSample) -> bool:
+    """``b`` matched, its quota counted, and its held inventory on its way to customs."""
+    shipment = await flow.shipment(b)
+    released = (await flow.doc(b.inventory))["forward_state"] == "queued"
+    return shipment["state"] == "matched" and released and f"customs:{b.inventory['guid']}" in await flow.jobs()
+
+
+@pytest.mark.db
+async def test_quota_customs_gives_back_reopens_the_buyers_blocked_shipment_and_releases_its_inventory(
+    flow: Flow,
+) -> None:
+    """A refused first declaration gives its quota back in the receipt's transaction; the buyer's shipment the annual
+    limit blocked is assessed again there, matches, and its held inventory goes to customs."""
+    a, b = shipment(83), shipment(84)
+    await _blocked_behind(flow, a, b, Decimal("0.01"))
+    assert not await _reopened(flow, b)
+    await flow.receipt(a.inventory, "100", 2)
+    assert await _reopened(flow, b)
+    (row,) = await flow.rows("SELECT amount, blocked_at FROM tax_ledger WHERE order_no = $1", b.order_doc["orderNo"])
+    assert row["amount"] > 0 and row["blocked_at"] is None
+
+
+@pytest.mark.db
+async def test_a_return_customs_concluded_gives_back_the_returned_goods_and_reopens_blocked_shipments(
+    flow: Flow,
+) -> None:
+    """CEB625 (海关总署公告2018年第194号: the annual total is adjusted for goods returned): on customs' CEB626
+    399, not on the return's submission nor its 120, the inventory counts less by the value of the items returned."""
+    from tests.test_store import message
+
+    a, b = shipment(85, n_items=2), shipment(86)
+    inv = a.inventory["documents"][0]
+    item = inv["items"][0]
+    returned = [{"gnum": str(item["gnum"]), "gcode": item["gcode"], "gname": item["gname"], "qty": item["qty"],
+                 "unit": item["unit"]}]  # fmt: skip
+    value = returned_value(flow.pipeline.check(xml_of(a.inventory)).message.documents[0], returned)
+    assert value > 0
+    await _blocked_behind(flow, a, b, value)  # the first item's return makes room for b
+    before = await _quota(flow, a)
+
+    fields = ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode",
+              "logisticsName", "copNo", "buyerIdType", "buyerIdNumber", "buyerName", "buyerTelephone", "agentCode",
+              "agentName")  # fmt: skip
+    head = {k: str(inv[k]) for k in fields}
+    head.update(guid="R" * 36, appType="1", appStatus="2", appTime=str(inv["appTime"]), invtNo="46012026I000000085",
+                reason="七天无理由退货")  # fmt: skip
+    refund = message("CEB625", head, lines=returned)
+    assert (await flow.store.ingest(refund, b"<CEB625Message/>", submitter="test")).http_status == 202
+    assert await _quota(flow, a) == before  # submitted, not accepted
+    values = {k: head[k] for k in ("customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "invtNo", "guid")}
+    values.update(preNo="B20260101000000085", returnInfo="ok")
+    await flow.post(build_receipt("CEB626", {**values, "returnStatus": "120", "returnTime": "20260101120000003"}))
+    assert await _quota(flow, a) == before and not await _reopened(flow, b)
+    await flow.post(build_receipt("CEB626", {**values, "returnStatus": "399", "returnTime": "20260101120000004"}))
+    assert [Decimal(q) for q in await _quota(flow, a)] == [Decimal(before[0]) - value]
+    assert await _reopened(flow, b)
 
 
 @pytest.mark.db

@@ -17,6 +17,7 @@ from gateway import samples, tax
 from gateway.documents import Document, ParsedMessage, extract
 from gateway.keystate import (
     LOCK_BUYER,
+    LOCK_ORDER,
     Conflict,
     Defer,
     Live,
@@ -29,6 +30,7 @@ from gateway.keystate import (
     decide,
     judge,
     new_documents,
+    reopen,
     up_front_locks,
 )
 from gateway.messages import BY_CODE, Kind
@@ -422,3 +424,82 @@ def test_an_inventory_whose_cancellation_customs_concluded_is_void() -> None:
     verdict = _verdict(legs["CEB311"], [cancelled])
     assert [Decimal(p["amount"]) for p in verdict.ledger_put] == [Decimal(0)]
     assert [Decimal(p["amount"]) > 0 for p in _verdict(legs["CEB311"], [inventory]).ledger_put] == [True]
+
+
+# --- quota given back reopens the buyer's blocked shipments ---------------------------------------------------
+
+
+def _inventory_row(order_no: str, total: str, row_id: int, **head: str) -> Row:
+    from tests.test_store import inventory_head, inventory_lines, message
+
+    msg = message("CEB621", inventory_head(order_no, **head), lines=inventory_lines(total))
+    return dataclasses.replace(new_documents(msg)[0].row, id=row_id, is_new=False, doc=None)
+
+
+def _quota_state(used: str, *blocked: Row, stored: tuple[Row, ...] = ()) -> State:
+    """The buyer of the test inventories with ``used`` taken by another inventory, ``blocked`` blocked in that
+    order (each counting 0), ``stored`` counting their dutiable value."""
+    bk = buyer_of(blocked[0].head)
+    book = {("OTHER", "FILL"): Decimal(used)}
+    book |= {(r.ebc_code or "", r.order_no or ""): Decimal(0) for r in blocked}
+    book |= {(r.ebc_code or "", r.order_no or ""): Decimal(r.lines[0]["totalPrice"]) + 10 for r in stored}
+    rows = {r.id: r for r in (*blocked, *stored)}
+    return State(current={r.key: r for r in stored}, rows=rows, ledger={bk: book},
+                 blocked={bk: [(r.ebc_code or "", r.order_no or "", r.ebp_code or "") for r in blocked]})  # fmt: skip
+
+
+def _reopened(state: State) -> tuple[list[str], list[tuple[str, str]]]:
+    bk = next(iter(state.ledger))
+    results, puts = reopen([bk], state, state.live(), rates=tax.DEFAULT_RATES, tolerance=Decimal(0))
+    for r in results.values():
+        assert "tax.annual_limit_exceeded" not in {f["code"] for f in r.findings}
+    return [key[1] for key in results], [(p["order_no"], p["amount"]) for p in puts if not p["blocked"]]
+
+
+def test_quota_given_back_goes_to_the_blocked_shipments_in_the_order_they_were_blocked() -> None:
+    # ¥3,000 free; each needs ¥2,010 (2,000 + freight 10): the first blocked gets it, the second stays blocked
+    b1, b2 = _inventory_row("B1", "2000", 1), _inventory_row("B2", "2000", 2)
+    assert _reopened(_quota_state("23000", b1, b2)) == (["B1"], [("B1", "2010.00")])
+    assert _reopened(_quota_state("23000", b2, b1)) == (["B2"], [("B2", "2010.00")])
+
+
+def test_a_later_blocked_shipment_that_fits_passes_an_earlier_one_that_does_not() -> None:
+    big, small = _inventory_row("B1", "4000", 1), _inventory_row("B2", "1000", 2)
+    assert _reopened(_quota_state("23000", big, small)) == (["B2"], [("B2", "1010.00")])
+    assert _reopened(_quota_state("23000", small, big)) == (["B2"], [("B2", "1010.00")])  # then ¥1,990 left
+
+
+def test_an_inventory_customs_refused_or_now_of_another_buyer_is_not_reopened() -> None:
+    refused = _inventory_row("B1", "1000", 1)
+    refused.rejected = True
+    moved = _inventory_row("B2", "1000", 2)
+    state = _quota_state("0", refused, moved)
+    moved.head = {**moved.head, "buyerIdNumber": "220101199001015678"}
+    assert _reopened(state) == ([], [])
+
+
+def test_a_withdrawal_that_gives_quota_back_reads_and_reopens_the_buyers_blocked_shipment() -> None:
+    """In the withdrawal's own transaction: the blocked shipment's legs are read and its orderNo locked (Defer),
+    then it is assessed again and written — not answered: it may be another party's."""
+    from tests.test_store import inventory_head, message
+
+    withdrawn = _inventory_row("W", "3000", 1)
+    blocked = _inventory_row("B1", "2000", 2)
+    msg = message("CEB621", inventory_head("W", appType="3", appTime="20250301100001"))
+    news = new_documents(msg)
+    refs, locks = Refs.of(news), up_front_locks(msg)
+
+    def state() -> State:
+        return _quota_state("23000", blocked, stored=(withdrawn,))
+
+    first = judge(msg, news, refs, locks, state(), rates=tax.DEFAULT_RATES, tolerance=Decimal(0))
+    assert isinstance(first, Defer)
+    assert first.locks == {(LOCK_ORDER, "B1")} and (blocked.ebp_code, "B1") in first.refs.keyed
+    refs.merge(first.refs)
+    verdict = judge(msg, new_documents(msg), refs, locks | first.locks, state(), rates=tax.DEFAULT_RATES,
+                    tolerance=Decimal(0))  # fmt: skip
+    assert isinstance(verdict, Write)
+    assert [(p["order_no"], p["amount"], p["blocked"]) for p in verdict.ledger_put] == [("B1", "2010.00", False)]
+    assert [s["order_no"] for s in verdict.shipments] == ["W", "B1"]
+    assert [s["orderNo"] for s in verdict.body["shipments"]] == ["W"]
+    assert verdict.reopened == []  # B1 has no order, payment or waybill: incomplete, nothing to release yet

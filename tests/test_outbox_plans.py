@@ -30,6 +30,8 @@ _PLAN_CASES = {
     f"ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[true], {_T}, ARRAY[true]",
     "SHIPMENT_LEGS": f"{_T}, {_T}, {_T}",
     "RELEASE_QUOTA": f"{_T}, {_T}, ARRAY[1::bigint]",
+    "RETURNED_INVENTORIES": "ARRAY[1::bigint]",
+    "RETURN_QUOTA": f"{_T}, {_T}, ARRAY[1::numeric]",
     # the queue's dead-letter hooks (Outbox.deliveries_dead / deliveries_replayed)
     "DELIVERY_FAILED": f"ARRAY[1::bigint], {_T}",
     "DELIVERY_REPLAYED": "ARRAY[1::bigint]",

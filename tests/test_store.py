@@ -934,6 +934,32 @@ async def test_a_waybill_after_its_inventory_reads_once_where_the_inventory_was_
     assert book["WBH1"] == book["WBH2"] > 0
 
 
+async def test_a_withdrawal_that_frees_quota_reopens_the_buyers_shipment_the_annual_limit_blocked(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    for i, total in enumerate(("4900", "4900", "4900", "4900", "4900", "1340")):  # ¥25,900 with freight
+        await ingest(store, message("CEB621", inventory_head(f"Q{i}"), lines=inventory_lines(total)))
+    await full_shipment(store, "QB")  # ¥110 more: over the annual limit
+    blocked = await store.get_shipment(EBP, "QB")
+    assert blocked is not None and blocked["state"] == "mismatched"
+    assert "tax.annual_limit_exceeded" in {f["code"] for f in blocked["findings"]}
+    since = "SELECT blocked_at FROM tax_ledger WHERE order_no = 'QB'"
+    assert await count(db_pool, f"SELECT count(*) FROM ({since}) AS b WHERE blocked_at IS NOT NULL") == 1
+    assert (await ledger(db_pool))["QB"] == 0
+    async with db_pool.acquire() as conn:  # migration 150 finds the rows blocked before it
+        await conn.execute("UPDATE tax_ledger SET blocked_at = NULL")
+        await conn.execute(dict(db.migration_files())["150_ledger_blocked.sql"])
+        assert await conn.fetchval("SELECT array_agg(order_no) FROM tax_ledger WHERE blocked_at IS NOT NULL") == ["QB"]
+
+    r = await ingest(store, message("CEB621", inventory_head("Q5", appType="3", appTime=_later(T0, 1))))
+    assert [s["orderNo"] for s in r.body["shipments"]] == ["Q5"]  # the other shipment is not answered
+    reopened = await store.get_shipment(EBP, "QB")
+    assert reopened is not None and reopened["state"] == "matched"
+    assert [f["code"] for f in reopened["findings"]] == ["tax.tax_total_differs"]  # a warning only
+    assert (await ledger(db_pool))["QB"] == Decimal("110")
+    assert await count(db_pool, f"SELECT count(*) FROM ({since}) AS b WHERE blocked_at IS NULL") == 1
+
+
 async def test_several_inventories_of_one_buyer_in_one_message(store: Store, db_pool: asyncpg.Pool) -> None:
     heads = [inventory_head(f"V{i}", guid=f"INV-V{i}") for i in range(6)]
     msg = message("CEB621", *heads, lines=inventory_lines("4900"))
@@ -1044,6 +1070,7 @@ _PLAN_CASES = {
     "READ_STATE": "ARRAY['CEB311'], ARRAY['E'], ARRAY['O'], ARRAY['E'], ARRAY['O'], ARRAY['L'], ARRAY['N'], "
     "ARRAY['O'], ARRAY['L'], ARRAY['N'], ARRAY['g'], ARRAY['b'], ARRAY[2025], 1",
     "SUPERSEDE": "ARRAY[1::bigint]",
+    "WRITE_REOPENED": "'[]'::jsonb, '[]'::jsonb",
     "WRITE_INGEST": "ARRAY['g'], ARRAY['CEB311'], ARRAY['\\x00'::bytea], ARRAY['<x/>'], ARRAY['xml'], ARRAY['s'], "
     "ARRAY['{}'::jsonb], ARRAY[202], '[]'::jsonb, ARRAY[1::bigint], ARRAY['g'], ARRAY[1], '[]'::jsonb, ARRAY['O'], "
     "'[]'::jsonb, ARRAY['E'], ARRAY['O'], ARRAY['b'], ARRAY[2025], ARRAY[1::bigint], '[]'::jsonb, 'cbec_jobs'",
