@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 from lxml import etree
 
-from gateway import db, receipts
+from gateway import db, receipts, taxbills
 from gateway.auth import KeyRing, Principal
 from gateway.config import Role, Settings
 from gateway.console import setup_console
@@ -292,11 +292,13 @@ async def get_shipment(request: web.Request) -> web.Response:
                                                   request.match_info["orderNo"])  # fmt: skip
     if found is None or not _visible(principal, found.get("parties")):
         return error_response(404, "no such shipment")
-    return json_response(await request.app[OUTBOX].shipment_forwarding(found))
+    view = await request.app[OUTBOX].shipment_forwarding(found)
+    return json_response(taxbills.add_to_shipment(view, request.app[STORE].tax_rates))
 
 
 async def post_receipts(request: web.Request) -> web.Response:
-    """Customs receipts (bare CEB312/412/512/514/622/624/626/712/900 or in a DxpMsg): stored once, applied."""
+    """Customs receipts (bare CEB312/412/512/514/622/624/626/712/900 or in a DxpMsg) and tax bills (CEB816/818):
+    stored once, applied."""
     principal = _principal(request)
     if principal.role not in (Role.CUSTOMS, Role.ADMIN):
         return error_response(403, "only customs (and admin) keys may post receipts")

@@ -22,6 +22,7 @@ MODULES: tuple[str, ...] = (
     "gateway.receipts",
     "gateway.reconcile",
     "gateway.tax",
+    "gateway.taxbills",
     "gateway.signing",
 )
 

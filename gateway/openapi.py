@@ -126,7 +126,12 @@ OPENAPI: dict[str, Any] = {
                 "summary": "One shipment: documents (current and history), state, missing legs, findings; "
                 f"customs_status ({' | '.join(SHIPMENT_CUSTOMS_STATUSES)}) and, per document, forward_state "
                 f"({' | '.join(FORWARD_STATES)}), customs {{code, rank, name, info, time}}, "
-                "transmissions (jobs with their attempts) and receipts",
+                "transmissions (jobs with their attempts) and receipts; tax_bills: customs' electronic tax bills "
+                "(CEB816/818) of its inventory, each [{taxNo, invtNo, status (1 generated | 2 consolidated | 3 void), "
+                "status_name, status_time, entDutyNo, customsTax, valueAddedTax, consumptionTax, total, estimate "
+                "{customsTax, valueAddedTax, consumptionTax, total, full_rate}: the gateway's own, findings "
+                "(tax.bill_differs when a tax differs from the estimate by more than 0.01, also among the "
+                "shipment's findings), document_id}]",
                 "parameters": [
                     {"name": "ebpCode", "in": "path", "required": True, "schema": {"type": "string"},
                      "description": "- for a waybill-only shipment (its order has not come; ebpCode empty)"},
@@ -144,19 +149,24 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Customs receipts: a bare CEB312/412/512/514/622/624/626/712/900 or one in a DxpMsg "
                 "(customs and admin keys). Every return element is stored once (type, business keys, "
                 "returnStatus, returnTime) and applied: the document's customs status (monotonic), the "
-                "shipment's customs_status, held inventories released, webhooks and warehouse orders",
+                "shipment's customs_status, held inventories released, webhooks and warehouse orders. Tax bills "
+                "(CEB816) and their status changes (CEB818) come the same way: each Tax element stored once (its "
+                "status as return_status), matched to the inventory by invtNo and every enterprise code it names, "
+                "its status moving forward by returnTime (void is final); shown on the shipment (tax_bills)",
                 "requestBody": {"required": True, "content": {"application/xml": {"schema": {"type": "string"}}}},
                 "responses": {
                     "200": {
                         "description": "{message_type, guid, cop_msg_id, stored, already_stored, receipts: [{index, "
                         "message_type, return_status, status_name, outcome (applied | stale | transient | "
                         "unknown_status | unmatched | duplicate), document_ids, message_id, resend}]}; a receipt "
-                        "received before answers outcome duplicate (already stored), not an error"
+                        "received before answers outcome duplicate (already stored), not an error; one that matched "
+                        "nothing is kept (unmatched) and tried again when delivered again"
                     },
                     "400": _err("not a safe, well-formed receipt or DxpMsg"),
                     "413": _err("body too large"),
                     "415": _err("unsupported Content-Type"),
-                    "422": _err("schema errors, or not a receipt (rule.not_a_receipt)"),
+                    "422": _err("schema errors, a tax bill's rule errors (e.g. rule.tax_status), or not a receipt "
+                                "(rule.not_a_receipt)"),
                     **_AUTH_ERRORS,
                 },
             }

@@ -41,7 +41,7 @@ import asyncpg
 import cbec_queue
 import structlog
 
-from gateway import db
+from gateway import db, taxbills
 from gateway import receipts as rc
 from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
@@ -228,6 +228,14 @@ SELECT x.i, {_DOC_STATE}
        END) WITH ORDINALITY AS f(id, n)
   JOIN documents AS d ON d.id = f.id
  ORDER BY x.i, f.n
+"""
+
+#: The tax bills (CEB816/818, gateway.taxbills) matched to inventories ($1 ids) before: what a new one is folded into
+#: (in any order: the fold's result does not depend on it).
+TAX_BILLS_OF = """
+SELECT message_type, element_index, doc_guid, keys, return_status, return_time, return_info, document_id
+  FROM receipts
+ WHERE document_id = ANY ($1::bigint[]) AND message_type IN ('CEB816', 'CEB818')
 """
 
 #: The documents ($1 ids), fresh and row-locked, after the shipment locks are held.
@@ -955,14 +963,19 @@ class Outbox:
         fresh = [row for row in inserted if row["inserted"]]  # not the unmatched ones returned to be tried again
         if fresh and not any(row["has_raw"] for row in fresh):
             await conn.execute(SET_RECEIPT_RAW, min(row["id"] for row in fresh), intake.raw_xml)
+        tax_bills = intake.message_type in taxbills.TAX_TYPES
+        name = taxbills.status_name if tax_bills else rc.status_name
         results = {
             r.index: ReceiptResult(
-                r.index, r.message_type, r.return_status, rc.Outcome.DUPLICATE.value, rc.status_name(r.return_status)
+                r.index, r.message_type, r.return_status, rc.Outcome.DUPLICATE.value, name(r.return_status)
             )
             for r in recs
         }
         todo = [r for r in recs if r.index in new]
         if not todo:
+            return [results[r.index] for r in recs]
+        if tax_bills:
+            await self._apply_tax_bills(conn, todo, new, results)
             return [results[r.index] for r in recs]
         targets: dict[int, list[int]] = {r.index: [] for r in todo}
         found_docs: dict[int, _Doc] = {}
@@ -1030,6 +1043,41 @@ class Outbox:
         # Last: a re-send puts a failed message back on its way (COUNT_RESEND), and the status must say so.
         await self._refresh_shipments(conn, shipments)
         return [results[r.index] for r in recs]
+
+    async def _apply_tax_bills(
+        self, conn: asyncpg.Connection, todo: list[rc.ReceiptRecord], new: Mapping[int, int],
+        results: Mapping[int, ReceiptResult],
+    ) -> None:  # fmt: skip
+        """Customs' tax bills (CEB816/818, gateway.taxbills): each matched to its inventory (invtNo and parties), its
+        outcome whether it moved the bill as stored so far. No lock: the bill shown is the fold of every record
+        stored, whatever order they committed in. They move nothing of the inventory (its status is its receipts')."""
+        found = {row["i"]: row for row in await conn.fetch(CORRELATE, [_probe(r.index, taxbills.correlation(r))
+                                                                        for r in todo])}  # fmt: skip
+        earlier = await conn.fetch(TAX_BILLS_OF, sorted({row["id"] for row in found.values()}))
+        bills: dict[tuple[int, str], taxbills.TaxBill] = {}
+        for row in earlier:
+            rec = taxbills.from_row(row)
+            key = (row["document_id"], rec.keys.get("taxNo", ""))
+            bills[key] = taxbills.apply(bills.get(key), rec)
+        for r in todo:
+            res, doc = results[r.index], found.get(r.index)
+            if doc is None:
+                res.outcome = rc.Outcome.UNMATCHED.value
+                log.warning("tax_bill_unmatched", message_type=r.message_type, invt_no=r.keys.get("invtNo"),
+                            tax_no=r.keys.get("taxNo"))  # fmt: skip
+                continue
+            key = (doc["id"], r.keys.get("taxNo", ""))
+            before = bills.get(key)
+            bills[key] = taxbills.apply(before, r)
+            res.document_ids, res.message_id = [doc["id"]], doc["message_id"]
+            res.outcome = (rc.Outcome.APPLIED if bills[key] != before else rc.Outcome.STALE).value
+        rows = [(new[r.index], results[r.index]) for r in todo]
+        await conn.execute(
+            SET_CUSTOMS_STATE_AND_OUTCOMES, [], [], [], [], [], [], [], [],  # no document's customs state moves
+            [i for i, _ in rows], [res.message_id for _, res in rows],
+            [res.document_ids[0] if res.document_ids else None for _, res in rows],
+            [res.outcome == rc.Outcome.APPLIED.value for _, res in rows], [res.outcome for _, res in rows], [],
+        )  # fmt: skip
 
     async def _release_quota(self, conn: asyncpg.Connection, docs: Sequence[_Doc]) -> None:
         """The documents these receipts made give quota back (:attr:`_Doc.gives_back`): a voided inventory counts no

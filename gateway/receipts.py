@@ -35,13 +35,15 @@ from typing import Any
 
 from lxml import etree
 
+from gateway import rules
 from gateway.documents import extract
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.messages import BY_CODE, Kind, MessageType
 from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_message, parse_xml
 
 CODES: dict[str, str] = {
-    "rule.not_a_receipt": "POST /v1/receipts takes customs receipts (CEB312/412/512/514/622/624/626/712/900) only",
+    "rule.not_a_receipt": "POST /v1/receipts takes customs receipts (CEB312/412/512/514/622/624/626/712/900) and "
+    "tax bills (CEB816/818) only",
     "rule.receipt_envelope_type": "the DxpMsg MsgType names another message than the receipt it carries",
 }
 
@@ -314,6 +316,8 @@ def records(root: etree._Element, mtype: MessageType) -> list[ReceiptRecord]:
 # --- intake --------------------------------------------------------------------------------------------
 
 RECEIPT_KINDS = frozenset({Kind.RECEIPT, Kind.FORMAT_RECEIPT})
+#: Customs' tax bills and their status changes come in the same way (gateway.taxbills).
+TAX_KINDS = frozenset({Kind.TAX, Kind.TAX_STATUS})
 
 
 @dataclass(frozen=True)
@@ -328,12 +332,13 @@ class Intake:
 
 
 def read(body: bytes, schemas: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Intake:
-    """Parse safely (bare or in a DxpMsg), check it is a receipt, validate it; raises MessageRejected.
+    """Parse safely (bare or in a DxpMsg), check it is a receipt or a tax bill, validate it; raises MessageRejected.
 
     ``schemas`` is a :class:`gateway.schema.SchemaSet` (or anything with ``validate(root, mtype)`` and
     ``validate_dxp(root)``); None skips the XSD checks.
     """
     from adapters import dxp  # local: adapters imports gateway modules
+    from gateway import taxbills  # local: it imports this module
 
     cop_msg_id = None
     envelope_type = None
@@ -347,7 +352,7 @@ def read(body: bytes, schemas: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> In
         env = dxp.read_envelope(envelope)
         ceb, cop_msg_id, envelope_type = env.data, env.cop_msg_id, env.msg_type
     root, mtype = parse_message(ceb, max_bytes)
-    if mtype.kind not in RECEIPT_KINDS:
+    if mtype.kind not in RECEIPT_KINDS | TAX_KINDS:
         raise MessageRejected(
             [Issue(Layer.RULE, "rule.not_a_receipt", f"/{mtype.root}",
                    f"{mtype.code} is not a receipt; declarations go to POST /v1/messages")],
@@ -363,10 +368,14 @@ def read(body: bytes, schemas: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> In
         issues = schemas.validate(root, mtype)
         if issues:
             raise MessageRejected(issues, mtype.code)
+    if mtype.kind in TAX_KINDS:  # a bill is folded by its status and amounts: one in no table must not come in
+        issues = rules.check(extract(root, mtype))
+        if issues:
+            raise MessageRejected(issues, mtype.code)
     return Intake(
         message_type=mtype.code,
         root_guid=root.get("guid", ""),
-        records=records(root, mtype),
+        records=taxbills.records(root, mtype) if mtype.kind in TAX_KINDS else records(root, mtype),
         raw_xml=ceb.decode("utf-8", errors="replace"),
         cop_msg_id=cop_msg_id,
     )
