@@ -4,14 +4,17 @@ the inventory by the invtNo its receipts taught, stored once, shown on the shipm
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from adapters import dxp
+from gateway.api import OUTBOX, PIPELINE
 from gateway.documents import Document
 from gateway.messages import BY_CODE
 from gateway.sandbox.receipts import CHINA_TZ, build_receipt, build_tax_bills, new_guid, return_time, tax_bill_of
+from gateway.workers import inbox_handler
 from tests.apiutil import ADMIN, PLATFORM_A, Reply
 from tests.forwardutil import CUSTOMS_KEY, Stack, key_path, legs, running_stack, shipment
 
@@ -142,5 +145,10 @@ async def test_a_bill_waits_for_its_invt_no_and_names_the_right_enterprises(db_d
         assert right.body["receipts"][0]["outcome"] == "applied"
         (b,) = (await stack.client.get(key_path(s))).body["tax_bills"]
         assert b["taxNo"] == "T-802" and b["status"] == "2"
+        # the folder transport's inbox takes them through the same intake
+        handle = inbox_handler(stack.app[OUTBOX], stack.app[PIPELINE].schemas, "customs")
+        await handle(status(invt_no, "T-802", "3", 5), Path("void.xml"))
+        assert await stack.fetchval("SELECT outcome FROM receipts WHERE source = 'inbox'") == "applied"
+        assert (await stack.shipment(s))["tax_bills"][0]["status"] == "3"
         # the bill moved nothing of the inventory: its customs status is its receipts'
         assert (await stack.shipment(s))["customs_status"] == "released"
