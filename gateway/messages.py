@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from gateway.errors import Issue, Layer
+
 CEB_NS = "http://www.chinaport.gov.cn/ceb"
 DXP_NS = "http://www.chinaport.gov.cn/dxp"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
@@ -21,6 +23,7 @@ DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 SCHEMA_DIR = Path(os.environ.get("CBEC_SCHEMA_DIR") or Path(__file__).resolve().parent.parent / "schemas")
 
 IMPORT_SCHEMA = "ceb-import-202205.xsd"
+EXPORT_SCHEMA = "ceb-export-202205.xsd"
 DXP_SCHEMA = "dxp-terminal-202205.xsd"
 
 
@@ -70,6 +73,9 @@ class MessageType:
     # Forwarded in one order with the documents of this type that have the same key (gateway.forward.ordering_key):
     # a cancel or refund of an inventory never reaches customs before the inventory itself.
     orders_with: str | None = None
+    # The documents of other types this one names, and the fields (the same names on both sides) that name them:
+    # (("CEB303", ("ebpCode", "orderNo")), ...). Export only for now: the import joins live in gateway.reconcile.
+    refers_to: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def root(self) -> str:
@@ -82,6 +88,7 @@ class MessageType:
 
 
 _D, _R = Direction.DECLARATION, Direction.RECEIPT
+_X, _XSD = "export", EXPORT_SCHEMA
 
 MESSAGE_TYPES: tuple[MessageType, ...] = (
     # --- import declarations -------------------------------------------------------------
@@ -124,11 +131,58 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
                 ("invtNo", "taxNo"), Signature.NONE, max_documents=None),
     MessageType("CEB900", "MessageReturn", None, None, Kind.FORMAT_RECEIPT, _R,
                 ("oriCopMsgId",), Signature.NONE, max_documents=1),
+    # --- export declarations (spec §4, §6.2 "export equivalents"; §2.7: 603 and 605 are signed when declared) --
+    MessageType("CEB303", "Order", "OrderHead", "OrderList", Kind.ORDER, _D,
+                ("ebpCode", "orderNo"), Signature.OPTIONAL, flow=_X, schema=_XSD),
+    MessageType("CEB403", "Receipts", None, None, Kind.PAYMENT, _D,
+                ("ebcCode", "orderNo"), Signature.OPTIONAL, flow=_X, schema=_XSD,
+                refers_to=(("CEB303", ("ebcCode", "orderNo")),)),
+    MessageType("CEB505", "Logistics", None, None, Kind.WAYBILL, _D,
+                ("logisticsCode", "logisticsNo"), Signature.OPTIONAL, flow=_X, schema=_XSD),
+    MessageType("CEB603", "Inventory", "InventoryHead", "InventoryList", Kind.INVENTORY, _D,
+                ("agentCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD,
+                refers_to=(("CEB303", ("ebpCode", "orderNo")), ("CEB403", ("ebcCode", "orderNo")),
+                           ("CEB505", ("logisticsCode", "logisticsNo")))),
+    MessageType("CEB605", "InvtCancel", None, None, Kind.CANCEL, _D,
+                ("agentCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD,
+                refers_to=(("CEB603", ("invtNo",)),)),
+    # --- export receipts (spec §5.1, Appendix A.16, A.18, A.19, A.24, A.26) --------------------------------
+    MessageType("CEB304", "OrderReturn", None, None, Kind.RECEIPT, _R,
+                ("ebpCode", "orderNo"), Signature.NONE, receipt_for="CEB303", flow=_X, schema=_XSD),
+    MessageType("CEB404", "ReceiptsReturn", None, None, Kind.RECEIPT, _R,
+                ("ebcCode", "orderNo"), Signature.NONE, receipt_for="CEB403", flow=_X, schema=_XSD),
+    MessageType("CEB506", "LogisticsReturn", None, None, Kind.RECEIPT, _R,
+                ("logisticsCode", "logisticsNo"), Signature.NONE, receipt_for="CEB505", flow=_X, schema=_XSD),
+    MessageType("CEB604", "InventoryReturn", None, None, Kind.RECEIPT, _R,
+                ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB603", flow=_X, schema=_XSD),
+    MessageType("CEB606", "InvtCancelReturn", None, None, Kind.RECEIPT, _R,
+                ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB605", flow=_X, schema=_XSD),
 )
 
 BY_ROOT: dict[str, MessageType] = {t.root: t for t in MESSAGE_TYPES}
 BY_CODE: dict[str, MessageType] = {t.code: t for t in MESSAGE_TYPES}
 BY_TAG: dict[str, MessageType] = {t.tag: t for t in MESSAGE_TYPES}
+
+#: The flows of the registry that are taken in, reconciled and forwarded. Export types (spec §4) are judged by the
+#: schema and rules layers (``cbec validate``, the API's check) and refused for ingest (``ingest.export_not_accepted``).
+INGESTED_FLOWS: frozenset[str] = frozenset({"import"})
+
+def not_ingested(mtype: MessageType) -> Issue:
+    """The answer to an export message (spec §4) offered for ingest: it is judged like any message (``cbec
+    validate`` and the API check it alike), but the store, reconciliation and forwarding know the import flow only,
+    so it is refused rather than stored as if the gateway would declare it."""
+    return Issue(Layer.RULE, "ingest.export_not_accepted", f"/{mtype.root}",
+                 f"{mtype.code} is an export message: export messages are checked (schema and rules, as cbec validate "
+                 "does) but not yet accepted for ingest; the gateway stores, reconciles and forwards import "
+                 "messages only")  # fmt: skip
+
+
+CODES: dict[str, str] = {
+    "ingest.export_not_accepted": "an export message (CEB303/403/505/603/605 or an export receipt) passed its checks "
+    "but is not taken in: export messages are judged by cbec validate and the API alike, and refused for ingest "
+    "(HTTP 422) until the store, reconciliation and forwarding handle the export flow; nothing of it is stored but "
+    "the record of the refusal",
+}
 
 #: The four legs of an import shipment, in the order the spec lists them.
 SHIPMENT_KINDS: tuple[Kind, ...] = (Kind.ORDER, Kind.PAYMENT, Kind.WAYBILL, Kind.INVENTORY)

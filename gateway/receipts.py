@@ -38,7 +38,7 @@ from lxml import etree
 from gateway import rules
 from gateway.documents import extract
 from gateway.errors import Issue, Layer, MessageRejected
-from gateway.messages import BY_CODE, Kind, MessageType
+from gateway.messages import BY_CODE, INGESTED_FLOWS, Kind, MessageType, not_ingested
 from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_message, parse_xml
 
 CODES: dict[str, str] = {
@@ -368,6 +368,8 @@ def read(body: bytes, schemas: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> In
         issues = schemas.validate(root, mtype)
         if issues:
             raise MessageRejected(issues, mtype.code)
+    if mtype.flow not in INGESTED_FLOWS:  # no export declaration is ever stored for it to answer
+        raise MessageRejected([not_ingested(mtype)], mtype.code)
     if mtype.kind in TAX_KINDS:  # a bill is folded by its status and amounts: one in no table must not come in
         issues = rules.check(extract(root, mtype))
         if issues:

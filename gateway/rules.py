@@ -1,7 +1,8 @@
 """Business rules of one CEB message that the customs XSD cannot express (spec §14) — pure, no I/O.
 
 The XSDs carry no enumerations, patterns or arithmetic, so this layer enforces: non-empty, trimmed
-values without control characters; the code lists of spec §3.6; date formats and plausibility; the
+values without control characters (the 2022 export XSD lets most required strings be empty, §2.6: here
+they are refused); the code lists of spec §3.6; date formats and plausibility; the
 single-message consistency rules R1, R4–R10 of §6.3 and the high-confidence single-message rows of
 §6.4; signature presence (§2.7); guid lengths. Rules that compare documents with each other (R2, R3,
 buyer = payer, order vs inventory) belong to :mod:`gateway.reconcile`, not here.
@@ -58,15 +59,24 @@ CODES: dict[str, str] = {
     "(e.g. ebpCode + orderNo)",
     "rule.app_type": "appType is not 1 (new), 2 (change) or 3 (delete); CEB623 allows only 1",
     "rule.app_status": "appStatus is not 1 (temp-save) or 2 (declare)",
-    "rule.order_type": "orderType of an import order is not I",
+    "rule.order_type": "orderType of an import order is not I; of an export order (CEB303) not E (B2C), B (B2B) or "
+    "W (overseas-warehouse booking), as the 2022 spec text has it",
     "rule.id_type": "buyerIdType / payerIdType is not 1 (ID card), the only type customs accepts",
-    "rule.ie_flag": "ieFlag is not I on an import inventory (CEB711: not I or E)",
+    "rule.ie_flag": "ieFlag is not I on an import inventory, not E on an export inventory (CEB603); CEB711: not I "
+    "or E",
     "rule.currency_not_cny": "an import amount is not in currency 142 (CNY) — order head and lines, payment, "
     "waybill, inventory head and lines (R5)",
     "rule.logistics_status": "logisticsStatus is not S (signed for), the only status of CEB513/514",
     "rule.tax_status": "tax bill status is not 1 (generated), 2 (consolidated) or 3 (void)",
     "rule.trade_mode": "tradeMode of an import inventory is not 9610 (direct purchase), 1210 (bonded) or 1239 "
-    "(bonded 'A'; not in the spec text but used in practice, accepted and treated like 1210)",
+    "(bonded 'A'; not in the spec text but used in practice, accepted and treated like 1210); of an export inventory "
+    "(CEB603) not 9610 (general), 1210 (special-zone), 9710 (B2B direct) or 9810 (overseas warehouse)",
+    "rule.statistics_flag": "statisticsFlag of an export inventory or its receipt is not A (simplified declaration) or "
+    "B (consolidated declaration)",
+    "rule.fee_flag": "fFlag / iFlag of an export inventory is not 1 (rate), 2 (unit price) or 3 (total)",
+    "rule.currency_code": "an export amount's currency (CEB303/403/505/603) is not a currency code of the spec's "
+    "table (§3.6: 142 CNY, 110 HKD, 116 JPY, 121 MOP, 132 SGD, 143 TWD, 300 EUR, 302 DKK, 303 GBP, 330 SEK, "
+    "331 CHF, 501 CAD, 502 USD, 601 AUD, 609 NZD); export amounts are not fixed to 142",
     "rule.traf_mode": "trafMode is not a transport-mode code of spec §3.6 (0–9, A, H, T, W, X, Y, Z)",
     "rule.dxp_mode": "BaseTransfer dxpMode is not DXP",
     "rule.return_status_format": "returnStatus of a receipt is not an integer (negative numbers are errors)",
@@ -97,7 +107,8 @@ CODES: dict[str, str] = {
     "rule.gnum_duplicate": "two lines of one document carry the same gnum",
     "rule.assure_code": "inventory assureCode is none of its ebpCode, ebcCode or logisticsCode (R9)",
     "rule.mode_field_missing": "an element the trade mode requires is absent or empty (R10): 1210/1239 need "
-    "emsNo, areaCode, areaName and itemRecordNo on every line; 9610 needs trafNo, voyageNo and billNo",
+    "emsNo, areaCode, areaName and itemRecordNo on every line; 9610 needs trafNo, voyageNo and billNo. Export "
+    "(CEB603) 1210 needs iacCode, emsNo and itemRecordNo on every line",
     "rule.bonded_country": "a bonded (1210/1239) inventory's head country is not 142 (R10)",
     "rule.signature_missing": "the message is not signed although its type requires ds:Signature "
     "(always, or when a document is declared with appStatus = 2)",
@@ -261,6 +272,8 @@ ORDER_TYPE_IMPORT = one_of("rule.order_type", {"I": "import"})
 ID_CARD = one_of("rule.id_type", {"1": "ID card"})
 IE_IMPORT = one_of("rule.ie_flag", {"I": "import"})
 IE_FLAG = one_of("rule.ie_flag", {"I": "import", "E": "export"})
+IE_EXPORT = one_of("rule.ie_flag", {"E": "export"})
+ORDER_TYPE_EXPORT = one_of("rule.order_type", {"E": "B2C export", "B": "B2B export", "W": "overseas-warehouse booking"})
 CNY = one_of("rule.currency_not_cny", {"142": "CNY"})
 SIGNED_FOR = one_of("rule.logistics_status", {"S": "signed for"})
 TAX_STATUS = one_of("rule.tax_status", {"1": "generated", "2": "consolidated", "3": "void"})
@@ -273,6 +286,21 @@ DXP = one_of("rule.dxp_mode", {"DXP": ""})
 IMPORT_TRADE_MODES: dict[str, str] = {"9610": "direct", "1210": "bonded", "1239": "bonded"}
 TRADE_MODE = one_of("rule.trade_mode", {k: f"{v} import" for k, v in IMPORT_TRADE_MODES.items()})
 TRAF_MODE = one_of("rule.traf_mode", dict.fromkeys("0123456789AHTWXYZ", ""))
+
+#: Export inventory trade modes (spec §3.6, the 2022 text; the export XSD's annotation still says 9610, 1210/1239).
+#: Only 1210 has fields of its own (the zone's account book); 9710/9810 are judged like 9610 here.
+EXPORT_TRADE_MODES: dict[str, str] = {
+    "9610": "general CBEC export", "1210": "special-zone export", "9710": "B2B direct export",
+    "9810": "export to an overseas warehouse",
+}  # fmt: skip
+EXPORT_TRADE_MODE = one_of("rule.trade_mode", EXPORT_TRADE_MODES)
+STATISTICS_FLAG = one_of("rule.statistics_flag", {"A": "simplified", "B": "consolidated"})
+FEE_FLAG = one_of("rule.fee_flag", {"1": "rate", "2": "unit price", "3": "total"})
+#: The currency codes of spec §3.6 (JGS-20). Export sales are priced in the buyer's currency as often as in yuan.
+CURRENCY = one_of("rule.currency_code", {
+    "142": "CNY", "110": "HKD", "116": "JPY", "121": "MOP", "132": "SGD", "143": "TWD", "300": "EUR", "302": "DKK",
+    "303": "GBP", "330": "SEK", "331": "CHF", "501": "CAD", "502": "USD", "601": "AUD", "609": "NZD",
+})  # fmt: skip
 
 COUNTRY = digits("rule.country_code", 3, "a country code")
 UNIT = digits("rule.unit_code", 3, "a unit code")
@@ -288,6 +316,7 @@ NON_NEGATIVE = amount(positive=False)
 POSITIVE = amount(positive=True)
 GNUM = integer(minimum=1)
 PACK_NO_ONE = integer(exactly=1, code="rule.pack_no")
+PACK_NO = integer(minimum=1)  # export: the parcels under one waybill or inventory, not fixed to 1
 RETURN_STATUS: Check = _return_status
 
 # ---------------------------------------------------------------------------------------------
@@ -518,6 +547,29 @@ def trade_mode_fields(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
             )
 
 
+_ZONE_HEAD = ("iacCode", "emsNo")
+
+
+def special_zone_fields(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """Export from a special customs zone (CEB603 tradeMode 1210) names the zone enterprise (iacCode), its account
+    book (emsNo) and every line's item in that book (itemRecordNo), spec §4.3 and §11."""
+    h = doc.head
+    if _filled(h, "tradeMode") != "1210":
+        return
+    for name in _ZONE_HEAD:
+        if not _filled(h, name):
+            path = doc.field_path(name) if name in h else doc.head_path
+            state = "empty" if name in h else "missing"
+            yield _issue("rule.mode_field_missing", path, f"tradeMode 1210 (special-zone export) requires {name}; "
+                                                          f"it is {state}")  # fmt: skip
+    for i, line in enumerate(doc.lines):
+        if not _filled(line, "itemRecordNo"):
+            path = doc.line_path(i, "itemRecordNo") if "itemRecordNo" in line else doc.line_path(i)
+            state = "empty" if "itemRecordNo" in line else "missing"
+            yield _issue("rule.mode_field_missing", path,
+                         f"tradeMode 1210 (special-zone export) requires itemRecordNo on every line; it is {state}")
+
+
 # ---------------------------------------------------------------------------------------------
 # THE TABLE: message code -> rules. Adding a rule is one line here.
 # ---------------------------------------------------------------------------------------------
@@ -692,6 +744,88 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Field(H, "returnStatus", RETURN_STATUS),
         Field(H, "returnTime", DATETIME17),
     ),
+    # --- export (spec §4, Appendix A.16–A.26). The 2022 export XSD lets most required strings be empty: the
+    # Required lines below are where an empty one is refused.
+    "CEB303": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "orderType orderNo ebpCode ebpName ebcCode ebcName goodsValue freight currency"),
+        Required(L, "gnum itemNo itemName unit currency qty price totalPrice"),
+        Field(H, "orderType", ORDER_TYPE_EXPORT),
+        Field(H, "goodsValue freight", NON_NEGATIVE),
+        Field(H, "currency", CURRENCY),
+        Field(L, "gnum", GNUM),
+        Field(L, "unit", UNIT),
+        Field(L, "currency", CURRENCY),
+        Field(L, "qty", POSITIVE),
+        Field(L, "price totalPrice", NON_NEGATIVE),
+        line_total_price,
+        gnum_sequence,
+    ),
+    "CEB403": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "ebpCode ebpName ebcCode ebcName orderNo payName charge currency accountingDate"),
+        Field(H, "charge", NON_NEGATIVE),
+        Field(H, "currency", CURRENCY),
+        Field(H, "accountingDate", DATETIME14),
+    ),
+    "CEB505": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "logisticsCode logisticsName logisticsNo freight insuredFee currency grossWeight packNo goodsInfo"),
+        Field(H, "freight insuredFee", NON_NEGATIVE),
+        Field(H, "currency", CURRENCY),
+        Field(H, "grossWeight", POSITIVE),
+        Field(H, "packNo", PACK_NO),
+    ),
+    "CEB603": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "customsCode ebpCode ebpName orderNo logisticsCode logisticsName logisticsNo copNo ieFlag"),
+        Required(H, "portCode ieDate statisticsFlag agentCode agentName ebcCode ebcName ownerCode ownerName"),
+        Required(H, "tradeMode trafMode country POD freight fCurrency fFlag insuredFee iCurrency iFlag wrapType"),
+        Required(H, "packNo grossWeight netWeight"),
+        Required(L, "gnum itemNo gcode gname gmodel barCode country currency qty qty1 unit unit1 price totalPrice"),
+        Field(H, "customsCode portCode", CUSTOMS),
+        Field(H, "ieFlag", IE_EXPORT),
+        Field(H, "ieDate", DATE8),
+        Field(H, "statisticsFlag", STATISTICS_FLAG),
+        Field(H, "tradeMode", EXPORT_TRADE_MODE),
+        Field(H, "trafMode", TRAF_MODE),
+        Field(H, "country", COUNTRY),
+        Field(H, "freight insuredFee", NON_NEGATIVE),
+        Field(H, "fCurrency iCurrency", CURRENCY),
+        Field(H, "fFlag iFlag", FEE_FLAG),
+        Field(H, "packNo", PACK_NO),
+        Field(H, "grossWeight netWeight", POSITIVE),
+        Field(L, "gnum", GNUM),
+        Field(L, "gcode", GCODE),
+        Field(L, "country", COUNTRY),
+        Field(L, "currency", CURRENCY),
+        Field(L, "unit unit1 unit2", UNIT),
+        Field(L, "qty qty1 qty2 price totalPrice", POSITIVE),
+        line_total_price,
+        gnum_sequence,
+        weights,
+        legal_quantities,
+        special_zone_fields,
+    ),
+    "CEB605": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "customsCode copNo invtNo reason agentCode agentName ebcCode ebcName"),
+        Field(H, "customsCode", CUSTOMS),
+    ),
+    "CEB304": (*_RECEIPT, Required(H, "ebpCode ebcCode orderNo")),
+    "CEB404": (*_RECEIPT, Required(H, "ebcCode orderNo")),
+    "CEB506": (*_RECEIPT, Required(H, "logisticsCode logisticsNo")),
+    "CEB604": (
+        *_RECEIPT,
+        Required(H, "agentCode copNo preNo invtNo ebcCode ebpCode orderNo statisticsFlag"),
+        Field(H, "statisticsFlag", STATISTICS_FLAG),
+    ),
+    "CEB606": (*_RECEIPT, Required(H, "agentCode copNo preNo invtNo")),
 }
 
 
@@ -861,6 +995,7 @@ def check(msg: ParsedMessage, *, today: datetime.date | None = None) -> list[Iss
 
 __all__ = [
     "CODES",
+    "EXPORT_TRADE_MODES",
     "FREE_TEXT",
     "IMPORT_TRADE_MODES",
     "MESSAGE_RULES",

@@ -8,6 +8,7 @@ import copy
 import json
 import random
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -471,3 +472,33 @@ async def test_signatures_are_verified_when_configured_but_not_the_gateways_own(
                     ).status == 202  # fmt: skip
     finally:
         await runner.cleanup()
+
+
+async def test_an_export_message_is_checked_but_not_taken_in(api: Client, db_pool: Any) -> None:
+    """Export messages (spec §4) are judged like any message, then refused for ingest with their own code: the
+    store, reconciliation and forwarding know the import flow only. Nothing is stored but the refusal's record."""
+    fixtures = Path(__file__).parent / "data" / "schema"
+    counts = ("SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM documents), "
+              "(SELECT count(*) FROM shipments)")
+    before = tuple(await db_pool.fetchrow(counts))
+    xml = (fixtures / "CEB303Message.xml").read_bytes()
+    reply = await api.post_xml(xml)
+    assert reply.status == 422, reply.body
+    [issue] = reply.body["error"]["issues"]
+    assert (issue["code"], issue["path"]) == ("ingest.export_not_accepted", "/CEB303Message")
+    assert "export" in issue["message"] and "not yet accepted" in issue["message"]
+    assert tuple(await db_pool.fetchrow(counts)) == before
+    row = await db_pool.fetchrow("SELECT message_type, http_status, issues FROM rejected_messages ORDER BY id DESC "
+                                 "LIMIT 1")  # fmt: skip
+    assert (row["message_type"], row["http_status"]) == ("CEB303", 422)
+    assert [i["code"] for i in row["issues"]] == ["ingest.export_not_accepted"]
+    # a broken one gets its schema or rule issues first, as from cbec validate
+    broken = xml.replace(b"<ceb:appType>1</ceb:appType>", b"<ceb:appType>12</ceb:appType>", 1)
+    reply = await api.post_xml(broken)
+    assert reply.status == 422 and reply.body["error"]["issues"][0]["code"] == "schema.wrong_length"
+    # and an export receipt is not applied to anything either
+    receipt = (fixtures / "CEB304Message.xml").read_bytes()
+    reply = await api.request("POST", "/v1/receipts", data=receipt, content_type="application/xml")
+    assert reply.status == 422, reply.body
+    assert [i["code"] for i in reply.body["error"]["issues"]] == ["ingest.export_not_accepted"]
+    assert await db_pool.fetchval("SELECT count(*) FROM receipts") == 0

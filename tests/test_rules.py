@@ -6,6 +6,8 @@ import dataclasses
 import datetime
 from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -376,6 +378,15 @@ def format_receipt_msg() -> ParsedMessage:
     return message("CEB900", [head])
 
 
+EXPORT_DATA = Path(__file__).parent / "data" / "schema"
+
+
+def export(code: str) -> ParsedMessage:
+    """An export message as the schema fixtures hold it (spec §4: parsed, not built, as their layouts differ)."""
+    root, mtype = parse_message((EXPORT_DATA / f"{code}Message.xml").read_bytes())
+    return extract(root, mtype)
+
+
 FACTORIES: dict[str, Callable[[], ParsedMessage]] = {
     "311": order_msg,
     "411": payment_msg,
@@ -392,6 +403,9 @@ FACTORIES: dict[str, Callable[[], ParsedMessage]] = {
     "816": tax_msg,
     "818": tax_status_msg,
     "900": format_receipt_msg,
+    "303": partial(export, "CEB303"),
+    "603": partial(export, "CEB603"),
+    "604": partial(export, "CEB604"),
 }
 
 # --------------------------------------------------------------------------------------------
@@ -569,6 +583,7 @@ def test_good_cases(kind: str, mutation: Mutation) -> None:
 # Bad cases: exact code and path (the full set of issues the mutation causes)
 # --------------------------------------------------------------------------------------------
 
+XH = "/CEB603Message/Inventory[1]/InventoryHead/"
 BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     # non-empty / trimmed / control characters
     ("empty required", "311", head(ebpName=""), {("rule.required_empty", OH + "ebpName")}),
@@ -720,6 +735,16 @@ BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     ("unsigned inventory", "621", attrs(signed=False), {("rule.signature_missing", "/CEB621Message")}),
     ("unsigned cancel", "623", attrs(signed=False), {("rule.signature_missing", "/CEB623Message")}),
     ("unsigned delivery", "711", attrs(signed=False), {("rule.signature_missing", "/CEB711Message")}),
+    # export (spec §4): the code lists of §3.6 that only export messages carry
+    ("export statisticsFlag", "603", head(statisticsFlag="C"), {("rule.statistics_flag", XH + "statisticsFlag")}),
+    ("export receipt statisticsFlag", "604", head(statisticsFlag="9"),
+     {("rule.statistics_flag", "/CEB604Message/InventoryReturn[1]/statisticsFlag")}),
+    ("export fFlag", "603", head(fFlag="4"), {("rule.fee_flag", XH + "fFlag")}),
+    ("export currency", "303", head(currency="USD"),
+     {("rule.currency_code", "/CEB303Message/Order[1]/OrderHead/currency")}),
+    ("export line currency", "603", line(1, currency="999"),
+     {("rule.currency_code", "/CEB603Message/Inventory[1]/InventoryList[1]/currency")}),
+    ("export unsigned inventory", "603", attrs(signed=False), {("rule.signature_missing", "/CEB603Message")}),
 ]
 
 
@@ -918,3 +943,175 @@ def test_many_documents_and_lines() -> None:
     msg.documents[57].lines[41]["totalPrice"] = "199.01"
     found = [(i.code, i.path) for i in check(msg, today=TODAY)]
     assert found == [("rule.total_price_mismatch", "/CEB621Message/Inventory[58]/InventoryList[42]/totalPrice")]
+
+
+# --------------------------------------------------------------------------------------------
+# Export messages (spec §4): parsed from the schema fixtures, changed one value at a time
+# --------------------------------------------------------------------------------------------
+
+def codes_of(msg: ParsedMessage) -> list[tuple[str, str]]:
+    return [(i.code, i.path) for i in check(msg, today=TODAY)]
+
+
+@pytest.mark.parametrize("code", ["CEB303", "CEB304", "CEB403", "CEB404", "CEB505", "CEB506", "CEB603", "CEB604",
+                                  "CEB605", "CEB606"])  # fmt: skip
+def test_export_fixtures_pass(code: str) -> None:
+    assert codes_of(export(code)) == []
+
+
+_ORDER_HEAD = "/CEB303Message/Order[1]/OrderHead"
+_INVT_HEAD = "/CEB603Message/Inventory[1]/InventoryHead"
+
+
+@pytest.mark.parametrize(("code", "where", "name", "good", "bad", "rule"), [
+    ("CEB303", "head", "orderType", ["E", "B", "W"], ["I", "X"], "rule.order_type"),
+    ("CEB303", "head", "appType", ["1", "2", "3"], ["4"], "rule.app_type"),
+    ("CEB303", "head", "appStatus", ["1", "2"], ["3"], "rule.app_status"),
+    ("CEB303", "head", "currency", ["142", "502", "300", "116"], ["999", "USD"], "rule.currency_code"),
+    ("CEB303", "line", "currency", ["303"], ["000"], "rule.currency_code"),
+    ("CEB303", "line", "unit", ["011"], ["aaa"], "rule.unit_code"),
+    ("CEB403", "head", "currency", ["609"], ["123"], "rule.currency_code"),
+    ("CEB403", "head", "accountingDate", ["20261119235959"], ["20261119246000", "2026111912"], "rule.date_format"),
+    ("CEB505", "head", "currency", ["110"], ["111"], "rule.currency_code"),
+    ("CEB505", "head", "packNo", ["1", "3"], ["0"], "rule.not_positive"),
+    ("CEB603", "head", "ieFlag", ["E"], ["I", "e"], "rule.ie_flag"),
+    ("CEB603", "head", "tradeMode", ["1210"], ["1239", "0110"], "rule.trade_mode"),
+    ("CEB603", "head", "statisticsFlag", ["A", "B"], ["C", "1"], "rule.statistics_flag"),
+    ("CEB603", "head", "fFlag", ["1", "2", "3"], ["0", "4"], "rule.fee_flag"),
+    ("CEB603", "head", "iFlag", ["1"], ["9"], "rule.fee_flag"),
+    ("CEB603", "head", "fCurrency", ["502"], ["501X"], "rule.currency_code"),
+    ("CEB603", "head", "iCurrency", ["142"], ["ABC"], "rule.currency_code"),
+    ("CEB603", "head", "ieDate", ["20261120"], ["20261131", "20261122"], None),
+    ("CEB603", "head", "customsCode", ["4601"], ["46O1"], "rule.customs_code"),
+    ("CEB603", "head", "packNo", ["2"], ["0"], "rule.not_positive"),  # export packNo is not fixed to 1
+    ("CEB603", "head", "trafMode", ["5", "Y"], ["B"], "rule.traf_mode"),
+    ("CEB603", "line", "gcode", ["6109100021"], ["610910002X"], "rule.gcode"),
+    ("CEB603", "line", "country", ["502"], ["US"], "rule.country_code"),
+    ("CEB604", "head", "statisticsFlag", ["A"], ["Z"], "rule.statistics_flag"),
+])  # fmt: skip
+def test_export_value_rules(
+    code: str, where: str, name: str, good: list[str], bad: list[str], rule: str | None
+) -> None:
+    def with_value(value: str) -> list[tuple[str, str]]:
+        msg = export(code)
+        doc = msg.documents[0]
+        fields = doc.head if where == "head" else doc.lines[0]
+        assert name in fields
+        fields[name] = value
+        return codes_of(msg)
+
+    path = (export(code).documents[0].field_path(name) if where == "head"
+            else export(code).documents[0].line_path(0, name))  # fmt: skip
+    for value in good:
+        assert with_value(value) == [], value
+    for value in bad:
+        found = with_value(value)
+        assert len(found) == 1 and found[0][1] == path, (value, found)
+        assert rule is None or found[0][0] == rule, (value, found)
+
+
+def test_export_trade_modes_of_the_2022_text() -> None:
+    for mode in ("9610", "9710", "9810"):
+        msg = export("CEB603")
+        msg.documents[0].head["tradeMode"] = mode  # no zone fields needed, and the 1210 ones do no harm
+        assert codes_of(msg) == [], mode
+
+
+def test_import_currency_is_still_142_only() -> None:
+    msg = message("CEB311", [order_head(currency="502")], [order_lines()])
+    assert [i.code for i in check(msg, today=TODAY)] == ["rule.currency_not_cny"]
+
+
+@pytest.mark.parametrize(("code", "where", "name"), [
+    ("CEB303", "head", "ebpName"), ("CEB303", "head", "orderNo"), ("CEB303", "line", "itemNo"),
+    ("CEB403", "head", "payName"), ("CEB505", "head", "goodsInfo"), ("CEB505", "head", "logisticsNo"),
+    ("CEB603", "head", "copNo"), ("CEB603", "head", "ownerName"), ("CEB603", "line", "gname"),
+    ("CEB603", "line", "barCode"), ("CEB604", "head", "invtNo"), ("CEB605", "head", "reason"),
+    ("CEB304", "head", "returnStatus"),
+])  # fmt: skip
+def test_export_required_strings_may_not_be_empty(code: str, where: str, name: str) -> None:
+    """The 2022 export XSD lets these through empty (spec §2.6); the rules layer refuses them (§14)."""
+    for value in ("", "   "):
+        msg = export(code)
+        doc = msg.documents[0]
+        (doc.head if where == "head" else doc.lines[0])[name] = value
+        path = doc.field_path(name) if where == "head" else doc.line_path(0, name)
+        assert codes_of(msg) == [("rule.required_empty", path)], (name, value)
+
+
+def test_export_line_total_price_is_price_times_qty_in_decimal() -> None:
+    msg = export("CEB603")
+    line = msg.documents[0].lines[1]
+    line.update(qty="3", qty1="3", price="0.1", totalPrice="0.30")  # 0.1 × 3 is 0.30000000000000004 as floats
+    assert codes_of(msg) == []
+    line["totalPrice"] = "0.31"
+    assert codes_of(msg) == [("rule.total_price_mismatch", "/CEB603Message/Inventory[1]/InventoryList[2]/totalPrice")]
+    order = export("CEB303")
+    order.documents[1].lines[0]["totalPrice"] = "1.00"
+    assert codes_of(order) == [("rule.total_price_mismatch", "/CEB303Message/Order[2]/OrderList[1]/totalPrice")]
+
+
+def test_export_gnum_sequence() -> None:
+    msg = export("CEB603")
+    msg.documents[0].lines[2]["gnum"] = "4"
+    assert codes_of(msg) == [("rule.gnum_sequence", "/CEB603Message/Inventory[1]/InventoryList[3]/gnum")]
+    msg = export("CEB303")
+    msg.documents[0].lines[1]["gnum"] = "1"
+    assert codes_of(msg) == [("rule.gnum_duplicate", "/CEB303Message/Order[1]/OrderList[2]/gnum")]
+
+
+def test_export_net_weight_not_above_gross() -> None:
+    msg = export("CEB603")
+    head = msg.documents[0].head
+    head["netWeight"] = head["grossWeight"]
+    assert codes_of(msg) == []
+    head["netWeight"] = str(Decimal(head["grossWeight"]) + Decimal("0.001"))
+    assert codes_of(msg) == [("rule.net_weight_exceeds_gross", f"{_INVT_HEAD}/netWeight")]
+
+
+def test_export_qty2_goes_with_unit2() -> None:
+    msg = export("CEB603")
+    lines = msg.documents[0].lines
+    i = next(n for n, li in enumerate(lines) if "unit2" in li)
+    del lines[i]["unit2"]
+    assert codes_of(msg) == [("rule.qty2_unit2", f"/CEB603Message/Inventory[1]/InventoryList[{i + 1}]/qty2")]
+    msg = export("CEB603")
+    del msg.documents[0].lines[i]["qty2"]
+    assert codes_of(msg) == [("rule.qty2_unit2", f"/CEB603Message/Inventory[1]/InventoryList[{i + 1}]")]
+
+
+@pytest.mark.parametrize("name", ["iacCode", "emsNo"])
+def test_special_zone_export_needs_its_account_book(name: str) -> None:
+    msg = export("CEB603")
+    assert msg.documents[0].head["tradeMode"] == "1210"
+    del msg.documents[0].head[name]
+    assert codes_of(msg) == [("rule.mode_field_missing", _INVT_HEAD)]
+    msg = export("CEB603")
+    msg.documents[0].head[name] = ""  # optional in the XSD: empty is as good as absent, and 1210 needs it
+    assert codes_of(msg) == [("rule.mode_field_missing", f"{_INVT_HEAD}/{name}")]
+    msg.documents[0].head["tradeMode"] = "9610"  # general export keeps no account book
+    assert codes_of(msg) == []
+
+
+def test_special_zone_export_needs_item_record_numbers() -> None:
+    msg = export("CEB603")
+    del msg.documents[0].lines[1]["itemRecordNo"]
+    assert codes_of(msg) == [("rule.mode_field_missing", "/CEB603Message/Inventory[1]/InventoryList[2]")]
+    msg.documents[0].head["tradeMode"] = "9610"
+    assert codes_of(msg) == []
+
+
+@pytest.mark.parametrize("code", ["CEB603", "CEB605"])
+def test_export_inventory_and_cancel_are_signed_when_declared(code: str) -> None:
+    msg = dataclasses.replace(export(code), signed=False)
+    assert codes_of(msg) == [("rule.signature_missing", f"/{code}Message")]
+    msg.documents[0].head["appStatus"] = "1"  # temp-save: no signature needed (spec §2.7)
+    assert codes_of(msg) == []
+    assert codes_of(dataclasses.replace(export("CEB303"), signed=False)) == []  # optional on the order
+
+
+def test_export_duplicate_documents_go_by_the_registry_keys() -> None:
+    msg = export("CEB505")
+    first, second = msg.documents
+    second.head.update(logisticsCode=first.head["logisticsCode"], logisticsNo=first.head["logisticsNo"])
+    assert codes_of(msg) == [("rule.duplicate_document", "/CEB505Message/Logistics[2]")]

@@ -339,6 +339,23 @@ async def test_unparseable_data_answers_ceb900_unknown(
     assert (r["type"], r["oriCopMsgId"], r["oriMessageType"]) == ("CEB900", cop, "Unknown")
 
 
+async def test_an_export_message_is_not_one_the_sandbox_answers(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    """The sandbox plays the CEB import system: an export message gets a format receipt (in a DxpMsg) or a 400
+    (bare), not receipts of a flow it does not simulate."""
+    xml = (Path(__file__).parent / "data" / "schema" / "CEB303Message.xml").read_bytes()
+    status, ack, _ = await post_dxp(client, sandbox.url, xml)  # to the import system's id: a routing error
+    assert (status, ack["code"]) == (400, "2002")
+    status, ack, cop = await post_dxp(client, sandbox.url, xml, receiver=dxp.EXPORT_RECEIVER)
+    assert status == 200 and ack["format_error"] is True
+    async with client.post(sandbox.url + "/ceb", data=xml) as resp:
+        assert resp.status == 400 and "export" in (await resp.json())["reason"]
+    await sandbox.wait_idle()
+    [r] = receipts(http_recorder)
+    assert (r["type"], r["oriCopMsgId"]) == ("CEB900", cop) and "export" in r["returnInfo"]
+
+
 async def test_bad_envelopes_are_refused_at_once(sandbox: RunningSandbox, client: aiohttp.ClientSession) -> None:
     async with client.post(sandbox.url + "/dxp", data=b"<a/>") as resp:
         assert resp.status == 400 and (await resp.json())["code"] == "0001"

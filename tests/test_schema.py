@@ -739,3 +739,185 @@ def test_element_sequences_read_as_xmlschema_reads_the_import_schema() -> None:
     assert FIELD_ORDER["OrderHead"][:4] == ("guid", "appType", "appTime", "appStatus")
     assert RECEIPT_FIELDS["CEB900"][2] == ("guid", "returnStatus", "returnInfo", "returnTime", "oriCopMsgId",
                                            "oriMessageType", "oriBizMessage")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Export messages (spec §2.2, §2.6, §4, Appendix A.16–A.26): ceb-export-202205.xsd
+# ------------------------------------------------------------------------------------------------
+
+EXPORT_CODES = ("CEB303", "CEB304", "CEB403", "CEB404", "CEB505", "CEB506", "CEB603", "CEB604", "CEB605", "CEB606")
+
+
+def test_the_export_types_use_the_export_schema() -> None:
+    from gateway.messages import EXPORT_SCHEMA
+
+    assert sorted(t.code for t in MESSAGE_TYPES if t.flow == "export") == sorted(EXPORT_CODES)
+    assert all(BY_CODE[c].schema == EXPORT_SCHEMA for c in EXPORT_CODES)
+    assert (BY_CODE["CEB603"].signature, BY_CODE["CEB605"].signature) == ("on_declare", "on_declare")
+    assert {BY_CODE[c].signature for c in ("CEB303", "CEB403", "CEB505")} == {"optional"}
+
+
+def test_export_fixtures_carry_several_documents_lines_and_the_export_child_order() -> None:
+    root, _ = load("CEB303")
+    assert [len(o.findall(ceb("OrderList"))) for o in root.findall(ceb("Order"))] == [3, 2]
+    assert [etree.QName(c).localname for c in root][-4:] == ["BaseTransfer", "BaseSubscribe", "Signature",
+                                                              "ExtendMessage"]  # fmt: skip
+    root, _ = load("CEB603")
+    assert len(root.findall(f"{ceb('Inventory')}/{ceb('InventoryList')}")) == 3
+    assert root.find(f"{{{DS_NS}}}Signature").getnext().tag == ceb("ExtendMessage")
+    assert root.xpath("ceb:Inventory/ceb:InventoryList/ceb:unit2", namespaces=NS)
+
+
+@pytest.mark.parametrize("code", ["CEB303", "CEB603"])
+def test_export_signature_after_extend_message_is_out_of_order(schemas: SchemaSet, code: str) -> None:
+    """§2.2: the import order (ExtendMessage, then ds:Signature) is wrong for export — what a signer that always
+    appends the signature last produces."""
+    root, mtype = load(code)
+    root.append(root.find(f"{{{DS_NS}}}Signature"))
+    issue = one(schemas.validate(root, mtype))
+    assert (issue.code, issue.path) == ("schema.out_of_order", f"/{code}Message/Signature")
+
+
+def test_export_signature_is_optional_in_the_schema(schemas: SchemaSet) -> None:
+    # 603/605 must be signed when declared (§2.7), but that is the rules layer's word, not the export XSD's
+    for code in ("CEB603", "CEB605"):
+        root, mtype = load(code)
+        remove(root, "ds:Signature")
+        assert schemas.validate(root, mtype) == []
+
+
+@pytest.mark.parametrize("code", ["CEB304", "CEB604", "CEB606"])
+def test_signature_on_an_export_receipt(schemas: SchemaSet, code: str) -> None:
+    root, mtype = load(code)
+    root.append(copy.deepcopy(load("CEB603")[0].find(f"{{{DS_NS}}}Signature")))
+    issue = one(schemas.validate(root, mtype))
+    assert (issue.code, issue.path) == ("schema.unexpected_element", f"/{code}Message/Signature")
+
+
+@pytest.mark.parametrize(("code", "xpath"), [
+    ("CEB303", "ceb:Order[1]/ceb:OrderHead/ceb:ebpName"),
+    ("CEB303", "ceb:Order[2]/ceb:OrderList[1]/ceb:itemNo"),
+    ("CEB403", "ceb:Receipts[1]/ceb:payName"),
+    ("CEB505", "ceb:Logistics[1]/ceb:goodsInfo"),
+    ("CEB603", "ceb:Inventory/ceb:InventoryHead/ceb:copNo"),
+    ("CEB603", "ceb:Inventory/ceb:InventoryList[2]/ceb:gname"),
+    ("CEB604", "ceb:InventoryReturn[1]/ceb:invtNo"),
+    ("CEB605", "ceb:InvtCancel/ceb:reason"),
+])  # fmt: skip
+def test_export_schema_lets_empty_starred_strings_pass(schemas: SchemaSet, code: str, xpath: str) -> None:
+    """§2.6: the 2022 export XSD dropped minLength=1 on most required strings; the rules layer refuses them."""
+    root, mtype = load(code)
+    set_text(root, xpath, "")
+    assert schemas.validate(root, mtype) == []
+
+
+@pytest.mark.parametrize("name", ["ebpName", "logisticsName", "agentName", "ebcCode", "ebcName"])
+def test_export_required_strings_without_a_star_keep_their_minimum(schemas: SchemaSet, name: str) -> None:
+    root, mtype = load("CEB603")
+    set_text(root, f"ceb:Inventory/ceb:InventoryHead/ceb:{name}", "")
+    issue = one(schemas.validate(root, mtype))
+    assert (issue.code, issue.path) == ("schema.too_short", f"/CEB603Message/Inventory[1]/InventoryHead/{name}")
+
+
+def test_export_currency_is_not_fixed(schemas: SchemaSet) -> None:
+    root, mtype = load("CEB303")
+    set_text(root, "ceb:Order[1]/ceb:OrderHead/ceb:currency", "502")
+    set_text(root, "ceb:Order[1]/ceb:OrderList[1]/ceb:currency", "502")
+    assert schemas.validate(root, mtype) == []
+    set_text(root, "ceb:Order[1]/ceb:OrderHead/ceb:currency", "5020")
+    issue = one(schemas.validate(root, mtype))
+    assert (issue.code, issue.path) == ("schema.wrong_length", "/CEB303Message/Order[1]/OrderHead/currency")
+
+
+def test_export_lists_take_100_lines_not_101(schemas: SchemaSet) -> None:
+    root, mtype = load("CEB603")
+    inventory = root.find(ceb("Inventory"))
+    line = inventory.find(ceb("InventoryList"))
+    while len(inventory.findall(ceb("InventoryList"))) < 100:
+        line.addnext(copy.deepcopy(line))
+    assert schemas.validate(root, mtype) == []
+    line.addnext(copy.deepcopy(line))
+    issue = one(schemas.validate(root, mtype))
+    assert (issue.code, issue.path) == ("schema.too_many_occurrences", "/CEB603Message/Inventory[1]/InventoryList[101]")
+    assert "100" in issue.message
+
+
+def test_export_documents_100_not_101(schemas: SchemaSet) -> None:
+    root, mtype = load("CEB505")
+    logistics = root.find(ceb("Logistics"))
+    while len(root.findall(ceb("Logistics"))) < 100:
+        logistics.addnext(copy.deepcopy(logistics))
+    assert schemas.validate(root, mtype) == []
+    logistics.addnext(copy.deepcopy(logistics))
+    issue = one(schemas.validate(root, mtype))
+    assert (issue.code, issue.path) == ("schema.too_many_occurrences", "/CEB505Message/Logistics[101]")
+
+
+@pytest.mark.parametrize(("code", "xpath", "value", "expected"), [
+    ("CEB505", "ceb:Logistics[1]/ceb:logisticsNo", "SF" + "1" * 31, "schema.too_long"),  # 32 since 2022
+    ("CEB603", "ceb:Inventory/ceb:InventoryHead/ceb:logisticsNo", "SF" + "1" * 31, "schema.too_long"),
+    ("CEB603", "ceb:Inventory/ceb:InventoryHead/ceb:copNo", "C" * 31, "schema.too_long"),
+    ("CEB603", "ceb:Inventory/ceb:InventoryHead/ceb:POD", "LA", "schema.too_short"),
+    ("CEB603", "ceb:Inventory/ceb:InventoryHead/ceb:POD", "LAXYZ", "schema.too_long"),
+    ("CEB603", "ceb:Inventory/ceb:InventoryList[1]/ceb:itemNo", "I" * 21, "schema.too_long"),
+    ("CEB603", "ceb:Inventory/ceb:InventoryList[1]/ceb:gnum", "100000", "schema.too_many_digits"),
+    ("CEB603", "ceb:Inventory/ceb:InventoryList[1]/ceb:qty", "1.000001", "schema.too_many_fraction_digits"),
+    ("CEB303", "ceb:Order[1]/ceb:OrderList[1]/ceb:itemNo", "I" * 31, "schema.too_long"),
+    ("CEB604", "ceb:InventoryReturn[2]/ceb:preNo", "B2026112000000471", "schema.wrong_length"),
+    ("CEB604", "ceb:InventoryReturn[1]/ceb:invtNo", "4" * 21, "schema.too_long"),
+    ("CEB304", "ceb:OrderReturn[1]/ceb:returnStatus", "", "schema.too_short"),
+])  # fmt: skip
+def test_export_lengths_and_numbers(schemas: SchemaSet, code: str, xpath: str, value: str, expected: str) -> None:
+    root, mtype = load(code)
+    set_text(root, xpath, value)
+    issue = one(schemas.validate(root, mtype))
+    assert issue.code == expected, issue
+    assert issue.path.endswith(xpath.rsplit(":", 1)[-1])
+
+
+def test_collapsed_strings_count_after_folding_blanks(schemas: SchemaSet) -> None:
+    root, mtype = load("CEB603")
+    set_text(root, "ceb:Inventory/ceb:InventoryHead/ceb:POD", "  LAX  ")  # ws=collapse: 3 characters
+    # 603 characters as written, 243 after folding
+    set_text(root, "ceb:Inventory/ceb:InventoryList[1]/ceb:gmodel", " 规格:" + "    大" * 120 + " ")
+    assert schemas.validate(root, mtype) == []
+    root, mtype = load("CEB505")
+    set_text(root, "ceb:Logistics[1]/ceb:goodsInfo", "茶" * 201)
+    assert one(schemas.validate(root, mtype)).code == "schema.too_long"
+
+
+def test_export_inventory_lists_quantities_before_units(schemas: SchemaSet) -> None:
+    """603 lines give qty, qty1, qty2 then unit, unit1, unit2 — the import interleaving is out of order here."""
+    root, mtype = load("CEB603")
+    line = root.xpath("ceb:Inventory/ceb:InventoryList[1]", namespaces=NS)[0]
+    line.find(ceb("qty1")).addprevious(line.find(ceb("unit")))  # qty, unit, qty1: the import order
+    issue = one(schemas.validate(root, mtype))
+    assert issue.code == "schema.out_of_order"
+    assert issue.path.startswith("/CEB603Message/Inventory[1]/InventoryList[1]/")
+
+
+def test_element_sequences_read_as_xmlschema_reads_the_export_schema() -> None:
+    """The export schema, read by gateway.schema (what the export samples' writer follows) and by xmlschema."""
+    import xmlschema
+
+    from gateway.messages import EXPORT_SCHEMA
+    from gateway.schema import element_sequences
+
+    schema = xmlschema.XMLSchema(str(SCHEMA_DIR / EXPORT_SCHEMA))
+    found: dict[str, tuple[str, ...]] = {}
+
+    def walk(el: Any, depth: int = 0) -> None:
+        t = getattr(el, "type", None)
+        if t is None or t.is_simple() or t.has_simple_content() or depth > 8:
+            return
+        kids = [c for c in t.content.iter_elements() if getattr(c, "type", None) is not None]
+        if el.target_namespace == CEB_NS:
+            found.setdefault(el.local_name, tuple(c.local_name for c in kids))
+        for c in kids:
+            walk(c, depth + 1)
+
+    for code in EXPORT_CODES:
+        walk(schema.elements[BY_CODE[code].root])
+    sequences = element_sequences(EXPORT_SCHEMA)
+    assert {name: sequences.get(name) or () for name in found} == found
+    assert found["CEB603Message"] == ("Inventory", "BaseTransfer", "BaseSubscribe", "Signature", "ExtendMessage")

@@ -50,7 +50,7 @@ from aiohttp import web
 from adapters import dxp
 from adapters.webhook import sign_body
 from gateway.documents import Document, ParsedMessage, extract
-from gateway.errors import MessageRejected
+from gateway.errors import Issue, Layer, MessageRejected
 from gateway.messages import MessageType
 from gateway.sandbox import receipts as rc
 from gateway.xmlsafe import parse_message, parse_xml
@@ -401,6 +401,10 @@ class Sandbox:
         attempt = self.attempts[cop_msg_id]
         try:
             root, mtype = parse_message(ceb)
+            if mtype.flow != "import":  # the sandbox plays the CEB import system (DXPEDCCEB0000002) only
+                raise MessageRejected([Issue(Layer.PARSE, "parse.unknown_message_type", f"/{mtype.root}",
+                                             f"{mtype.root} is an export message; the sandbox simulates the CEB "
+                                             "import system only")])  # fmt: skip
         except MessageRejected as exc:
             if not enveloped:
                 return _json({"code": "0001", "reason": str(exc), "issues": [i.as_dict() for i in exc.issues]}, 400)
