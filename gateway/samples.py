@@ -599,3 +599,291 @@ def _other_person(rng: random.Random, id_number: str, avoid_name: str = "") -> P
     while p.id_number == id_number or p.name == avoid_name:
         p = _person(rng, now)
     return p
+
+
+# --- export shipments (spec §4): judged by `cbec validate`, not taken in by the API yet --------------------------
+
+#: Goods a Chinese seller exports: (gcode, gname, spec, unit, unit1, unit2 or "", net kg of one unit, unit price range
+#: in yuan). unit2 is the legal second unit of the HS code where it has one (kilograms for garments and shoes).
+EXPORT_GOODS: tuple[tuple[str, str, str, str, str, str, Decimal, tuple[int, int]], ...] = (
+    ("6214100000", "真丝围巾", "桑蚕丝 180×90cm", "015", "015", "035", Decimal("0.08"), (89, 320)),
+    ("6912001000", "陶瓷茶具套装", "1壶6杯 景德镇白瓷", "006", "006", "035", Decimal("1.6"), (128, 560)),
+    ("8518300000", "蓝牙耳机", "入耳式 降噪 白色", "008", "008", "", Decimal("0.06"), (79, 399)),
+    ("9617001900", "不锈钢保温杯", "500ml 316不锈钢", "007", "007", "", Decimal("0.35"), (39, 129)),
+    ("6404110000", "运动鞋", "网面 42码", "025", "025", "035", Decimal("0.7"), (159, 499)),
+    ("6109100021", "纯棉T恤", "男款 L码 白色", "011", "011", "035", Decimal("0.2"), (29, 99)),
+    ("0902109000", "龙井绿茶", "明前 250g/盒", "140", "035", "", Decimal("0.25"), (88, 368)),
+    ("9503002100", "毛绒玩具熊", "40cm 填充棉", "007", "007", "", Decimal("0.3"), (35, 129)),
+    ("4202920000", "帆布双肩包", "15.6寸 灰色", "007", "007", "", Decimal("0.6"), (69, 239)),
+)
+#: Where the parcels go: (country code, IATA airport shown as POD, currency of the sale). Currencies from the code
+#: table of spec §3.6: export amounts are not fixed to 142.
+EXPORT_DESTINATIONS: tuple[tuple[str, str, str], ...] = (
+    ("502", "LAX", "502"), ("502", "JFK", "502"), ("303", "LHR", "303"), ("116", "NRT", "116"),
+    ("132", "SIN", "132"), ("601", "SYD", "601"), ("304", "FRA", "300"), ("110", "HKG", "110"),
+)  # fmt: skip
+#: The overseas platform a 9610 sale is made on; a foreign platform without a customs code may write "无" (§4.1).
+EXPORT_EBP = ("46012609BQ", "海南示例跨境电商平台有限公司")
+EXPORT_EBC = ("4601260E35", "海南示例国际贸易有限公司")
+EXPORT_OWNER = ("4601960K21", "海口示例日用品制造有限公司")  # producer / seller (ownerCode)
+
+
+@dataclass
+class ExportShipmentSample:
+    """The four export legs of one parcel: order (CEB303), 收款单 (CEB403), waybill (CEB505), inventory (CEB603),
+    as payloads for :func:`render_export` (one document each, lines under ``items``)."""
+
+    order: dict[str, Any]
+    receipt: dict[str, Any]
+    waybill: dict[str, Any]
+    inventory: dict[str, Any]
+
+    @property
+    def order_doc(self) -> dict[str, Any]:
+        return self.order["documents"][0]
+
+    @property
+    def receipt_doc(self) -> dict[str, Any]:
+        return self.receipt["documents"][0]
+
+    @property
+    def waybill_doc(self) -> dict[str, Any]:
+        return self.waybill["documents"][0]
+
+    @property
+    def inventory_doc(self) -> dict[str, Any]:
+        return self.inventory["documents"][0]
+
+    @property
+    def mode(self) -> str:
+        return str(self.inventory_doc["tradeMode"])
+
+    def payloads(self) -> dict[str, dict[str, Any]]:
+        return {"CEB303": self.order, "CEB403": self.receipt, "CEB505": self.waybill, "CEB603": self.inventory}
+
+
+def export_shipment(
+    rng: random.Random, *, mode: str = "9610", n_items: int | None = None, now: datetime | None = None
+) -> ExportShipmentSample:
+    """One consistent export parcel. ``mode`` is 9610 (general CBEC export) or 1210 (export from a special customs
+    zone: iacCode, emsNo, itemRecordNo); ``n_items`` 1–100 lines (default 1–4).
+
+    Kept by construction: totalPrice = price × qty (R4, also for export lines); order goodsValue = Σ totalPrice;
+    收款单 charge = goodsValue + freight; inventory lines = order lines by gnum (itemNo, qty, price, totalPrice, unit,
+    currency); qty1 = qty where unit1 = unit; qty2 exactly where unit2 is; netWeight ≤ grossWeight = waybill
+    grossWeight; one currency of the code table for the whole sale; gnum 1..n; the inventory names the order
+    (ebpCode + orderNo), the 收款单 (ebcCode + orderNo) and the waybill (logisticsCode + logisticsNo).
+    """
+    if mode not in ("9610", "1210"):
+        raise ValueError(f"mode must be '9610' or '1210', not {mode!r}")
+    n = n_items if n_items is not None else rng.choice((1, 2, 2, 3, 4))
+    if not 1 <= n <= 100:
+        raise ValueError(f"n_items must be 1..100, not {n}")
+    if now is None:
+        now = datetime.now(SHANGHAI)
+    elif now.tzinfo is not None:
+        now = now.astimezone(SHANGHAI)
+    now = now.replace(tzinfo=None, microsecond=0)
+    zone = mode == "1210"
+
+    placed = now - timedelta(minutes=rng.randint(180, 720))
+    paid_at = placed + timedelta(minutes=rng.randint(1, 20), seconds=rng.randrange(60))
+    order_time = placed + timedelta(minutes=rng.randint(1, 10), seconds=rng.randrange(60))
+    receipt_time = paid_at + timedelta(minutes=rng.randint(5, 30), seconds=rng.randrange(60))
+    waybill_time = order_time + timedelta(minutes=rng.randint(20, 60), seconds=rng.randrange(60))
+    inventory_time = waybill_time + timedelta(minutes=rng.randint(10, 60), seconds=rng.randrange(60))
+
+    country, pod, currency = rng.choice(EXPORT_DESTINATIONS)
+    pay_code, pay_name, pay_prefix = rng.choice(PAYERS)
+    log_code, log_name, log_prefix = rng.choice(CARRIERS)
+    customs = rng.choice(CUSTOMS)
+    order_no = f"{'TZ' if zone else 'EX'}{placed:%Y%m%d}{_digits(rng, 10)}"
+    logistics_no = f"{log_prefix}{_digits(rng, 12)}CN"
+
+    order_items: list[dict[str, Any]] = []
+    inventory_items: list[dict[str, Any]] = []
+    net = Decimal(0)
+    goods_value = Decimal(0)
+    for i in range(1, n + 1):
+        k = rng.randrange(len(EXPORT_GOODS))
+        gcode, gname, spec, unit, unit1, unit2, net_kg, (low, high) = EXPORT_GOODS[k]
+        qty = rng.choice((1, 1, 2, 3, 5))
+        price = Decimal(rng.randint(low * 100, high * 100)) / 100
+        total = (price * qty).quantize(CENT)
+        goods_value += total
+        item_no = f"EX{_digits(rng, 8)}"
+        item_name = f"{gname} {spec}"
+        order_items.append({
+            "gnum": i, "itemNo": item_no, "itemName": item_name, "itemDescribe": f"中国制造 {item_name}",
+            "barCode": _ean13(rng, "142"), "unit": unit, "currency": currency, "qty": str(qty),
+            "price": _money(price), "totalPrice": _money(total),
+        })  # fmt: skip
+        qty1 = Decimal(qty) if unit1 == unit else (net_kg * qty).normalize()
+        line: dict[str, Any] = {
+            "gnum": i, "itemNo": item_no, "itemName": item_name, "gcode": gcode, "gname": gname,
+            "gmodel": f"品名:{gname};规格:{spec};品牌:无牌", "barCode": order_items[-1]["barCode"],
+            "country": country, "currency": currency, "qty": str(qty), "qty1": str(qty1), "unit": unit,
+            "unit1": unit1, "price": _money(price), "totalPrice": _money(total),
+        }  # fmt: skip
+        if unit2:
+            line["qty2"], line["unit2"] = str((net_kg * qty).normalize()), unit2
+        if zone:
+            line["itemRecordNo"] = f"{20000 + k}"  # the good's number in the zone's account book
+        inventory_items.append(line)
+        net += net_kg * qty
+    gross = (net * Decimal("1.15") + Decimal("0.2")).quantize(Decimal("0.001"))
+    net = net.quantize(Decimal("0.001"))
+    freight = Decimal(rng.randint(20, 120))
+
+    order_doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(order_time), "appStatus": "2", "orderType": "E",
+        "orderNo": order_no, "ebpCode": EXPORT_EBP[0], "ebpName": EXPORT_EBP[1], "ebcCode": EXPORT_EBC[0],
+        "ebcName": EXPORT_EBC[1], "goodsValue": _money(goods_value), "freight": _money(freight),
+        "currency": currency, "items": order_items,
+    }  # fmt: skip
+    receipt_doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(receipt_time), "appStatus": "2",
+        "ebpCode": EXPORT_EBP[0], "ebpName": EXPORT_EBP[1], "ebcCode": EXPORT_EBC[0], "ebcName": EXPORT_EBC[1],
+        "orderNo": order_no, "payCode": pay_code, "payName": pay_name,
+        "payNo": f"{pay_prefix}{paid_at:%Y%m%d%H%M%S}{_digits(rng, 10)}", "charge": _money(goods_value + freight),
+        "currency": currency, "accountingDate": _t(paid_at),
+    }  # fmt: skip
+    goods_info = "；".join(f"{it['itemName']}×{it['qty']}" for it in order_items)
+    waybill_doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(waybill_time), "appStatus": "2",
+        "logisticsCode": log_code, "logisticsName": log_name, "logisticsNo": logistics_no,
+        "freight": _money(freight), "insuredFee": "0.00", "currency": currency, "grossWeight": str(gross),
+        "packNo": "1", "goodsInfo": goods_info if len(goods_info) <= 200 else goods_info[:199] + "…",
+        "ebcCode": EXPORT_EBC[0], "ebcName": EXPORT_EBC[1], "ebcTelephone": "0898-6652" + _digits(rng, 4),
+    }  # fmt: skip
+    inventory_doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(inventory_time), "appStatus": "2",
+        "customsCode": customs, "ebpCode": EXPORT_EBP[0], "ebpName": EXPORT_EBP[1], "orderNo": order_no,
+        "logisticsCode": log_code, "logisticsName": log_name, "logisticsNo": logistics_no,
+        "copNo": f"EXP{inventory_time:%Y%m%d}{_digits(rng, 8)}", "ieFlag": "E", "portCode": customs,
+        "ieDate": f"{inventory_time:%Y%m%d}", "statisticsFlag": "B" if zone else "A", "agentCode": AGENT[0],
+        "agentName": AGENT[1], "ebcCode": EXPORT_EBC[0], "ebcName": EXPORT_EBC[1], "ownerCode": EXPORT_OWNER[0],
+        "ownerName": EXPORT_OWNER[1], "tradeMode": mode, "country": country, "POD": pod,
+        "freight": _money(freight), "fCurrency": currency, "fFlag": "3", "insuredFee": "0.00",
+        "iCurrency": currency, "iFlag": "3", "wrapType": "2", "packNo": "1", "grossWeight": str(gross),
+        "netWeight": str(net), "items": inventory_items,
+    }  # fmt: skip
+    airline, prefix = rng.choice(AIRLINES)
+    serial = rng.randrange(10**7)
+    inventory_doc.update({
+        "trafMode": "5", "trafName": f"{airline}{rng.randint(1000, 9999)}", "voyageNo": f"{inventory_time:%Y%m%d}",
+        "billNo": f"{prefix}-{serial:07d}{serial % 7}",
+    })  # fmt: skip
+    if zone:
+        inventory_doc.update({"iacCode": AREA[0], "iacName": AREA[1], "emsNo": EMS_NO})
+
+    def message(code: str, doc: dict[str, Any], sender: tuple[str, str]) -> dict[str, Any]:
+        return {"type": code, "guid": _guid(rng), "version": "1.0", "baseTransfer": _base_transfer(*sender),
+                "documents": [doc]}  # fmt: skip
+
+    return ExportShipmentSample(
+        order=message("CEB303", order_doc, EXPORT_EBP),
+        receipt=message("CEB403", receipt_doc, (pay_code, pay_name)),
+        waybill=message("CEB505", waybill_doc, (log_code, log_name)),
+        inventory=message("CEB603", inventory_doc, AGENT),
+    )
+
+
+def render_export(payload: dict[str, Any], *, signer: Callable[[etree._Element], None] | None = None) -> bytes:
+    """An export payload (the shape of :func:`export_shipment`'s) as CEB XML, elements in the order the export schema
+    declares them; a field whose value is None is left out, "" is written empty. Export messages are not taken as
+    JSON by the API (gateway.render serves the import types), so this writer is the samples' own. ``signer`` inserts
+    ds:Signature where the export schema wants it (gateway.signing places it before ExtendMessage)."""
+    from gateway.messages import BY_CODE, CEB_NS, EXPORT_SCHEMA
+    from gateway.schema import element_sequences
+
+    mtype = BY_CODE[payload["type"]]
+    order = element_sequences(EXPORT_SCHEMA)
+    ns = f"{{{CEB_NS}}}"
+
+    def leaves(parent: etree._Element, element: str, fields: dict[str, Any]) -> None:
+        el = etree.SubElement(parent, ns + element)
+        unknown = set(fields) - set(order[element]) - {"items"}
+        if unknown:
+            raise ValueError(f"{element} has no field {', '.join(sorted(unknown))}")
+        for name in order[element]:
+            if fields.get(name) is not None:
+                etree.SubElement(el, ns + name).text = str(fields[name])
+
+    root = etree.Element(ns + mtype.root, nsmap={"ceb": CEB_NS})
+    root.set("guid", payload["guid"])
+    root.set("version", payload.get("version", "1.0"))
+    for doc in payload["documents"]:
+        if mtype.head is None:
+            leaves(root, mtype.document, doc)
+            continue
+        doc_el = etree.SubElement(root, ns + mtype.document)
+        leaves(doc_el, mtype.head, doc)
+        for item in doc.get("items", ()):
+            leaves(doc_el, mtype.lines or "", item)
+    leaves(root, "BaseTransfer", payload["baseTransfer"])
+    if signer is not None:
+        signer(root)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def render_export_shipment(
+    s: ExportShipmentSample, *, signer: Callable[[etree._Element], None] | None = None
+) -> dict[str, bytes]:
+    """The four export legs as XML; ``signer`` signs the CEB603 (declared with appStatus 2, spec §2.7)."""
+    return {code: render_export(p, signer=signer if code == "CEB603" else None) for code, p in s.payloads().items()}
+
+
+#: Export defect name -> what it breaks; each is refused by the rules layer, none by the export schema.
+EXPORT_DEFECTS: dict[str, str] = {
+    "line_total_mismatch": "inventory line 1 totalPrice ≠ price × qty (R4, also for export inventory lines)",
+    "empty_ebp_name": "order ebpName is empty: the 2022 export XSD lets it pass, the rules refuse it (spec §14)",
+    "missing_ems_no_1210": "1210 inventory without emsNo; 1210 samples only",
+    "net_over_gross": "inventory netWeight > grossWeight",
+    "wrong_ie_flag": "inventory ieFlag is I on an export inventory",
+}
+
+
+def broken_export(s: ExportShipmentSample, defect: str) -> ExportShipmentSample:
+    """A deep copy of ``s`` with one deliberate defect from :data:`EXPORT_DEFECTS`."""
+    if defect not in EXPORT_DEFECTS:
+        raise ValueError(f"unknown defect {defect!r}; known: {', '.join(EXPORT_DEFECTS)}")
+    b = copy.deepcopy(s)
+    inv = b.inventory_doc
+    match defect:
+        case "line_total_mismatch":
+            inv["items"][0]["totalPrice"] = _money(Decimal(inv["items"][0]["totalPrice"]) + 1)
+        case "empty_ebp_name":
+            b.order_doc["ebpName"] = ""
+        case "missing_ems_no_1210":
+            if b.mode != "1210":
+                raise ValueError(f"defect {defect!r} needs a 1210 sample, this one is {b.mode}")
+            del inv["emsNo"]
+        case "net_over_gross":
+            inv["netWeight"] = str(Decimal(inv["grossWeight"]) + Decimal("0.5"))
+        case "wrong_ie_flag":
+            inv["ieFlag"] = "I"
+    return b
+
+
+#: The export files kept under tests/data/samples/ (file name -> how it is made), regenerated and compared by
+#: tests/test_samples.py: ``export_sample_files(signer)`` with the test RSA key of tests/data/signing writes them.
+EXPORT_SAMPLE_NOW = datetime(2026, 11, 20, 15, 0, 0)
+EXPORT_SAMPLE_SEEDS: dict[str, int] = {"9610": 3, "1210": 21}
+EXPORT_BROKEN_FILES: dict[str, tuple[str, str, str]] = {  # file -> (mode, defect, message code)
+    "broken-CEB603-total-price.xml": ("9610", "line_total_mismatch", "CEB603"),
+    "broken-CEB303-empty-ebp-name.xml": ("9610", "empty_ebp_name", "CEB303"),
+    "broken-CEB603-1210-no-ems-no.xml": ("1210", "missing_ems_no_1210", "CEB603"),
+}
+
+
+def export_sample_files(signer: Callable[[etree._Element], None] | None) -> dict[str, bytes]:
+    """The good export samples (``CEB303-9610.xml`` ... ``CEB603-1210.xml``) and the broken ones of
+    :data:`EXPORT_BROKEN_FILES`, as bytes; ``signer`` signs the CEB603s."""
+    shipments = {mode: export_shipment(random.Random(seed), mode=mode, now=EXPORT_SAMPLE_NOW)
+                 for mode, seed in EXPORT_SAMPLE_SEEDS.items()}  # fmt: skip
+    files = {f"{code}-{mode}.xml": xml for mode, s in shipments.items()
+             for code, xml in render_export_shipment(s, signer=signer).items()}  # fmt: skip
+    for name, (mode, defect, code) in EXPORT_BROKEN_FILES.items():
+        files[name] = render_export_shipment(broken_export(shipments[mode], defect), signer=signer)[code]
+    return files

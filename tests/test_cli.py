@@ -21,11 +21,29 @@ BROKEN = str(SAMPLES / "broken-CEB311-actural-paid.xml")
 
 
 def test_all_valid_files_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
-    assert len(GOOD) == 8
+    assert len(GOOD) == 16  # import CEB311/411/511/621 and export CEB303/403/505/603, each 9610 and 1210
     assert main(["validate", *GOOD]) == 0
     out = capsys.readouterr().out
-    assert out.count(": valid CEB") == 8
-    assert "8 valid, 0 invalid" in out
+    assert out.count(": valid CEB") == 16
+    assert "16 valid, 0 invalid" in out
+
+
+def test_export_files_are_judged(capsys: pytest.CaptureFixture[str]) -> None:
+    """Export messages (spec §4) go through the export schema and rules: the good samples pass (their CEB603
+    signatures verify), each broken one names its one rule."""
+    export = [f for f in GOOD if Path(f).name[:6] in ("CEB303", "CEB403", "CEB505", "CEB603")]
+    assert main(["validate", "--verify-signatures", *export]) == 0
+    assert "8 valid, 0 invalid" in capsys.readouterr().out
+    broken = {"broken-CEB603-total-price.xml": ("CEB603", "rule.total_price_mismatch",
+                                                "/CEB603Message/Inventory[1]/InventoryList[1]/totalPrice"),
+              "broken-CEB303-empty-ebp-name.xml": ("CEB303", "rule.required_empty",
+                                                   "/CEB303Message/Order[1]/OrderHead/ebpName"),
+              "broken-CEB603-1210-no-ems-no.xml": ("CEB603", "rule.mode_field_missing",
+                                                   "/CEB603Message/Inventory[1]/InventoryHead")}  # fmt: skip
+    assert main(["validate", "--json", *(str(SAMPLES / name) for name in broken)]) == 1
+    results = json.loads(capsys.readouterr().out)
+    found = {Path(r["file"]).name: (r["message_type"], *[(e["code"], e["path"]) for e in r["errors"]]) for r in results}
+    assert found == {name: (code, (rule, path)) for name, (code, rule, path) in broken.items()}
 
 
 def test_an_invalid_file_exits_1_and_names_code_and_path(capsys: pytest.CaptureFixture[str]) -> None:
