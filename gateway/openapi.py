@@ -82,7 +82,8 @@ OPENAPI: dict[str, Any] = {
                     "409": _err("duplicate business key, unknown document to change, or guid reused with other bytes"),
                     "413": _err("body too large"),
                     "415": _err("unsupported Content-Type"),
-                    "422": _err("schema or business-rule errors"),
+                    "422": _err("schema or business-rule errors, or an export message, which is checked but not "
+                                "accepted for ingest (ingest.export_not_accepted)"),
                     **_AUTH_ERRORS,
                 },
             }
@@ -165,8 +166,8 @@ OPENAPI: dict[str, Any] = {
                     "400": _err("not a safe, well-formed receipt or DxpMsg"),
                     "413": _err("body too large"),
                     "415": _err("unsupported Content-Type"),
-                    "422": _err("schema errors, a tax bill's rule errors (e.g. rule.tax_status), or not a receipt "
-                                "(rule.not_a_receipt)"),
+                    "422": _err("schema errors, a tax bill's rule errors (e.g. rule.tax_status), not a receipt "
+                                "(rule.not_a_receipt), or an export receipt (ingest.export_not_accepted)"),
                     **_AUTH_ERRORS,
                 },
             }
