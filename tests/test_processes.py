@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,13 @@ from cbec_queue.policy import RetryPolicy
 
 from gateway import server
 from gateway.config import EndpointSettings, ForwardingSettings, Settings
+from gateway.db import _stop_leftover
 from gateway.server import ApiProcesses, RestartBackoff, run_worker, serve
 from gateway.workers import SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED, Forwarding
 from tests import apiutil
+from tests.forwardutil import wait_for
+from tests.test_db import _postmaster_pid
+from tests.test_e2e import ROOT, free_port, logged
 
 
 def _die_at_once(settings: Settings) -> None:
@@ -146,3 +152,75 @@ async def test_a_worker_freezes_its_start_up_heap_tunes_the_collector_and_takes_
     # Its event loop serves no API: the sandbox's customs endpoint gets the dedicated worker's deliveries in flight.
     (endpoints,) = built
     assert {e.name: e.concurrency for e in endpoints}["customs"] == SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED
+
+
+EMBEDDED_TOML = """
+log_format = "json"
+port = {port}
+[forwarding]
+sandbox_port = 0
+"""
+
+
+@pytest.mark.db
+async def test_serve_and_a_worker_stop_when_their_embedded_postgres_dies_and_the_next_start_brings_it_back(
+    tmp_path: Path,
+) -> None:
+    """The embedded PostgreSQL killed under `cbec serve` and a `cbec worker` sharing it: both see it within seconds
+    and exit with status 1 and an error line, instead of answering 503 for ever; `cbec serve` started again (as a
+    supervisor would) starts the server again over the dead one's pid file."""
+    port = free_port()
+    cfg = tmp_path / "cbec.toml"
+    cfg.write_text(EMBEDDED_TOML.format(port=port), encoding="utf-8")
+    data_dir, url = tmp_path / "var", f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")} | {"PYTHONPATH": str(ROOT)}
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def cbec(command: str, *args: str, log_file: Path) -> asyncio.subprocess.Process:
+        with log_file.open("wb") as log_out:  # a file, not a pipe: nobody reads it while the process runs
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.cli", command, "--config", str(cfg), "--data-dir", str(data_dir), *args,
+                cwd=str(ROOT), env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log_out,
+            )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    async def healthy() -> bool:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with aiohttp.ClientSession() as session, session.get(url + "/healthz") as resp:
+                return resp.status == 200
+        return False
+
+    try:
+        serving = await cbec("serve", log_file=tmp_path / "serve.log")
+        await wait_for(healthy, timeout=90, what="cbec serve on an embedded PostgreSQL")
+        working = await cbec("worker", "--sandbox-url", "http://127.0.0.1:9", log_file=tmp_path / "worker.log")
+
+        async def worker_ready() -> bool:
+            return logged((tmp_path / "worker.log").read_text(), "worker_ready")
+
+        await wait_for(worker_ready, timeout=60, what="cbec worker on the same embedded PostgreSQL")
+        postmaster = _postmaster_pid(data_dir / "pgdata")
+        assert postmaster is not None
+        os.kill(postmaster, signal.SIGKILL)
+        killed_at = time.monotonic()
+        codes = [await asyncio.wait_for(p.wait(), 60) for p in (serving, working)]
+        took = time.monotonic() - killed_at
+        assert codes == [server.EXIT_DATABASE_GONE] * 2 != [0, 0]
+        assert took < 20, took
+        for name in ("serve.log", "worker.log"):
+            log = (tmp_path / name).read_text()
+            uncaught = [line for line in log.splitlines() if line.startswith("Traceback")]  # not a JSON log line
+            assert logged(log, "embedded_postgres_gone") and not uncaught, log[-3000:]
+
+        again = await cbec("serve", log_file=tmp_path / "again.log")
+        await wait_for(healthy, timeout=90, what="cbec serve started again")
+        assert _postmaster_pid(data_dir / "pgdata") not in (None, postmaster)
+        again.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(again.wait(), 60) == 0
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+        _stop_leftover(data_dir / "pgdata")  # a server a failed run left behind
