@@ -6,6 +6,7 @@ setting is listed in the README's configuration reference.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
@@ -409,9 +410,59 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
     return replace(ForwardingSettings(), **changes)
 
 
+#: The top-level scalar settings, each also ``CBEC_<NAME>`` in the environment.
+_SETTINGS: tuple[tuple[str, Any], ...] = (
+    ("host", str),
+    ("port", _int_in("port", 0, 65535)),
+    ("database_url", str),
+    ("data_dir", Path),
+    ("max_body_bytes", _int_in("max_body_bytes", 1024)),
+    ("log_format", _choice("log_format", ("auto", "json", "console"))),
+    ("log_level", _choice("log_level", ("debug", "info", "warning", "error", "critical"))),
+    ("amount_tolerance", _decimal("amount_tolerance")),
+    ("pool_max_size", _int_in("pool_max_size", 2)),
+    ("processes", int),
+    ("signing_key_file", Path),
+    ("signing_cert_file", Path),
+    ("signing_algorithm", _choice("signing_algorithm", ("rsa-sha1", "sm2-sm3"))),
+    ("signing_agent_code", str),
+    ("verify_signatures", _flag),
+    ("trusted_certs", Path),
+)
+
+#: Every ``CBEC_*`` environment variable anything of the project reads. Any other is a misspelt one, refused as a
+#: misspelt name in the file is: a misspelt database URL variable silently meant the embedded database.
+ENV_NAMES: frozenset[str] = frozenset(
+    {f"CBEC_{name.upper()}" for name, _ in _SETTINGS}
+    | {f"CBEC_FORWARDING_{name.upper()}" for name in _FORWARDING_SCALARS}
+    | {
+        "CBEC_CONFIG",  # the configuration file
+        "CBEC_API_KEYS",  # api_keys, as JSON
+        "CBEC_SCHEMA_DIR",  # another folder of customs XSDs (gateway.messages)
+        "CBEC_CUSTOMS_SANDBOX_URL",  # the sandbox the pytest fixture yields (gateway.sandbox.pytest_plugin)
+        "CBEC_TEST_DATABASE_URL",  # the PostgreSQL server of the test suite (tests/dbutil.py)
+    }
+)
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """Refuse a ``CBEC_*`` variable no one reads, naming the closest known one."""
+    unknown = sorted(n for n in env if n.startswith("CBEC_") and n not in ENV_NAMES)
+    if not unknown:
+        return
+    named = []
+    for name in unknown:
+        forwarding = "CBEC_FORWARDING_" + name.removeprefix("CBEC_")  # a forwarding setting without its prefix
+        close = [forwarding] if forwarding in ENV_NAMES else difflib.get_close_matches(name, ENV_NAMES, n=1)
+        named.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise ValueError(f"unknown environment variable{'s' if len(unknown) > 1 else ''} {', '.join(named)}; see the "
+                     "README's configuration reference")  # fmt: skip
+
+
 def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from an optional TOML file and the environment (CBEC_*)."""
     env = os.environ if env is None else env
+    _check_env_names(env)
     data: dict[str, Any] = {}
     path = config_file or env.get("CBEC_CONFIG")
     if path:
@@ -419,29 +470,11 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
             data = tomllib.load(fh)
     s = Settings()
     changes: dict[str, Any] = {}
-    settings: tuple[tuple[str, Any], ...] = (
-        ("host", str),
-        ("port", _int_in("port", 0, 65535)),
-        ("database_url", str),
-        ("data_dir", Path),
-        ("max_body_bytes", _int_in("max_body_bytes", 1024)),
-        ("log_format", _choice("log_format", ("auto", "json", "console"))),
-        ("log_level", _choice("log_level", ("debug", "info", "warning", "error", "critical"))),
-        ("amount_tolerance", _decimal("amount_tolerance")),
-        ("pool_max_size", _int_in("pool_max_size", 2)),
-        ("processes", int),
-        ("signing_key_file", Path),
-        ("signing_cert_file", Path),
-        ("signing_algorithm", _choice("signing_algorithm", ("rsa-sha1", "sm2-sm3"))),
-        ("signing_agent_code", str),
-        ("verify_signatures", _flag),
-        ("trusted_certs", Path),
-    )
-    unknown = sorted(set(data) - {name for name, _ in settings} - set(_TABLES))
+    unknown = sorted(set(data) - {name for name, _ in _SETTINGS} - set(_TABLES))
     if unknown:
         raise ValueError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
                          "(see the README's configuration reference)")  # fmt: skip
-    changes.update(_scalars(data, env, settings, env_prefix="CBEC_", where=""))
+    changes.update(_scalars(data, env, _SETTINGS, env_prefix="CBEC_", where=""))
     if "api_keys" in data:
         changes["api_keys"] = _parse_keys(data["api_keys"])
     if env.get("CBEC_API_KEYS"):

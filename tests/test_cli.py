@@ -203,6 +203,52 @@ def test_a_misspelt_or_out_of_range_setting_is_refused_not_defaulted(tmp_path: P
     assert keys[0].codes == frozenset({"46012609BQ"})
 
 
+def test_a_misspelt_environment_variable_is_refused_naming_the_closest_known_one(tmp_path: Path) -> None:
+    """CBEC_DATABSE_URL was ignored: the gateway ran on the embedded database instead of the one meant."""
+    from gateway import config
+
+    with socket.socket() as s:  # a database nothing answers at: had the name been ignored, a quick exit 1
+        s.bind(("127.0.0.1", 0))
+        unreachable = f"postgresql://postgres@127.0.0.1:{s.getsockname()[1]}/x"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")} | {"CBEC_DATABSE_URL": unreachable}
+    for command in (["serve"], ["worker"], ["db", "migrate"]):
+        done = subprocess.run(  # its own process: ignoring the name, the command would set up logging and start
+            [sys.executable, "-m", "gateway.cli", *command, "--database-url", unreachable, "--data-dir", str(tmp_path)],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.startswith(
+            "cbec: the configuration is not usable: unknown environment variable CBEC_DATABSE_URL (did you mean "
+            "CBEC_DATABASE_URL?)"
+        )
+    for name, meant in (("CBEC_LOGLEVEL", "CBEC_LOG_LEVEL"), ("CBEC_WORKER", "CBEC_FORWARDING_WORKER")):
+        with pytest.raises(ValueError, match=re.escape(f"{name} (did you mean {meant}?)")):
+            config.load(env={name: "1"})
+    with pytest.raises(ValueError, match="variables CBEC_QQQ, CBEC_XYZZY;"):
+        config.load(env={"CBEC_XYZZY": "", "CBEC_QQQ": "1"})  # even empty; without a near name, no guess
+    assert config.load(env={"CBEC_HOST": "::1", "HOST": "x", "cbec_port": "1"}).host == "::1"  # only CBEC_* is ours
+
+
+def test_every_cbec_variable_the_project_names_is_a_known_one() -> None:
+    """The gateway's settings, the configuration file, the schemas folder, the test suite's server and sandbox: a
+    name used in the code, the scripts or the documentation must not become a usage error."""
+    from gateway import config
+
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", root / ".ci" / "run", *(root / "ops").iterdir()]
+    for folder in ("gateway", "adapters", "queue", "tests", "docs"):
+        files += [f for f in (root / folder).rglob("*") if f.suffix in (".py", ".md", ".toml", ".sh", ".js", ".html")]
+    named: dict[str, str] = {}
+    for f in files:
+        if f.is_file() and f.resolve() != Path(__file__).resolve():  # this file's misspelt examples
+            for name in re.findall(r"CBEC_[A-Z0-9_]+", f.read_text(encoding="utf-8", errors="replace")):
+                if not name.endswith("_"):  # a prefix: CBEC_FORWARDING_<NAME>
+                    named.setdefault(name, str(f.relative_to(root)))
+    assert named.pop("CBEC_DATABSE_URL") == "README.md"  # its example of a misspelt one
+    assert {"CBEC_DATABASE_URL", "CBEC_TEST_DATABASE_URL", "CBEC_CUSTOMS_SANDBOX_URL", "CBEC_SCHEMA_DIR"} <= set(named)
+    assert {n: f for n, f in named.items() if n not in config.ENV_NAMES} == {}
+
+
 def test_a_worker_with_forwarding_disabled_says_so_and_does_nothing(tmp_path: Path) -> None:
     """With forwarding.enabled = false no worker runs (README); `cbec worker` delivered the queued jobs all the
     same."""
