@@ -22,6 +22,12 @@ from typing import Any
 METRICS_SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def netloc(host: str, port: int) -> str:
+    """``host:port`` as messages and URLs write it: an IPv6 address in brackets (``[::1]:8080``; ``::1:8080`` reads
+    as an address, and is no URL's host)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 class Role(StrEnum):
     SUBMITTER = "submitter"  # submits and reads documents carrying one of its enterprise codes
     OPERATOR = "operator"  # reads everything and replays dead letters (bonded-zone operators)

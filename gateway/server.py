@@ -30,7 +30,7 @@ from lxml import etree
 
 from gateway import db, logs
 from gateway.api import OUTBOX, PIPELINE, create_app
-from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings
+from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, netloc
 from gateway.metrics import shared_across_processes
 from gateway.workers import (
     Forwarding,
@@ -147,8 +147,9 @@ async def migrate_only(settings: Settings) -> list[str]:
 
 
 def _local(host: str) -> str:
-    """An address of this host to reach a server listening on ``host``."""
-    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    """An address of this host to reach a server listening on ``host``. Listening on ``::`` is IPv6 only (asyncio
+    sets IPV6_V6ONLY): that is ``::1``."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 async def serve(
@@ -199,14 +200,14 @@ async def serve(
             try:
                 await site.start()
             except OSError as exc:
-                where = f"{settings.host}:{settings.port}"
+                where = netloc(settings.host, settings.port)
                 raise SystemExit(f"cbec: cannot listen on {where}: {exc.strerror or exc}") from None
             port = runner.addresses[0][1] if settings.port == 0 else settings.port
-            url = f"http://{_local(settings.host)}:{port}"
+            url = f"http://{netloc(_local(settings.host), port)}"
             others: ApiProcesses | None = None
             try:
                 if api_only:
-                    log.info("api_process_listening", url=f"http://{settings.host}:{port}", pid=os.getpid())
+                    log.info("api_process_listening", url=f"http://{netloc(settings.host, port)}", pid=os.getpid())
                     orphan_watch = asyncio.create_task(stop_when_orphaned(stop))
                     with settled_heap():
                         if ready is not None:
@@ -242,7 +243,7 @@ async def serve(
                         pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=fwd.worker
                     )
                     await forwarding.start()
-                log.info("listening", url=f"http://{settings.host}:{port}", openapi="/openapi.json")
+                log.info("listening", url=f"http://{netloc(settings.host, port)}", openapi="/openapi.json")
                 if info is not None:
                     info.update(url=url, sandbox_url=sandbox.url if sandbox else None)
                 with settled_heap():
@@ -432,8 +433,8 @@ def _ensure_port_free(host: str, port: int) -> None:
             try:
                 probe.bind(addr)
             except OSError as exc:
-                raise SystemExit(f"cbec: cannot listen on {host}:{port}: {exc.strerror or exc} (another program, "
-                                 "another gateway perhaps, holds it)") from None  # fmt: skip
+                raise SystemExit(f"cbec: cannot listen on {netloc(host, port)}: {exc.strerror or exc} (another "
+                                 "program, another gateway perhaps, holds it)") from None  # fmt: skip
 
 
 async def run_worker(

@@ -9,6 +9,7 @@ import gc
 import itertools
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -19,12 +20,13 @@ import pytest
 from cbec_queue.policy import RetryPolicy
 
 from gateway import server
-from gateway.config import EndpointSettings, ForwardingSettings, Settings
+from gateway.config import EndpointSettings, ForwardingSettings, Settings, netloc
 from gateway.db import _stop_leftover
+from gateway.sandbox import start_sandbox
 from gateway.server import ApiProcesses, RestartBackoff, run_worker, serve
-from gateway.workers import SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED, Forwarding
+from gateway.workers import SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED, Forwarding, submit_and_wait_released
 from tests import apiutil
-from tests.forwardutil import wait_for
+from tests.forwardutil import shipment, wait_for
 from tests.test_db import _postmaster_pid
 from tests.test_e2e import ROOT, free_port, logged
 
@@ -224,3 +226,53 @@ async def test_serve_and_a_worker_stop_when_their_embedded_postgres_dies_and_the
                 p.kill()
                 await p.wait()
         _stop_leftover(data_dir / "pgdata")  # a server a failed run left behind
+
+
+def test_an_ipv6_host_is_written_in_brackets_with_its_port() -> None:
+    assert netloc("::1", 8080) == "[::1]:8080" and netloc("fe80::1%eth0", 80) == "[fe80::1%eth0]:80"
+    assert netloc("127.0.0.1", 8080) == "127.0.0.1:8080" and netloc("gw.internal", 80) == "gw.internal:80"
+    assert netloc("[::1]", 8080) == "[::1]:8080"
+    # asyncio listens on :: for IPv6 only (IPV6_V6ONLY): the gateway reaches itself on ::1 then, not 127.0.0.1
+    assert [server._local(h) for h in ("", "0.0.0.0", "::", "::1", "10.0.0.5")] == [
+        "127.0.0.1", "127.0.0.1", "::1", "::1", "10.0.0.5",
+    ]  # fmt: skip
+
+
+def test_a_taken_ipv6_port_is_named_in_brackets() -> None:
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as refused:
+            server._ensure_port_free("::1", port)
+    assert str(refused.value.code).startswith(f"cbec: cannot listen on [::1]:{port}: ")
+
+
+@pytest.mark.db
+async def test_serve_on_ipv6_takes_the_receipts_of_its_own_sandbox(db_dsn: str, tmp_path: Path) -> None:
+    """Listening on :: (IPv6 only), the gateway gave its sandbox http://127.0.0.1:<port>/v1/receipts, which nothing
+    answers, and with ::1 it would have been no URL at all (http://::1:<port>): the shipment was never released."""
+    fwd = ForwardingSettings(sandbox_port=0, sandbox_receipt_delay_s=0.005, worker_poll_s=0.05)
+    settings = apiutil.test_settings(database_url=db_dsn, host="::", port=0, data_dir=tmp_path, log_format="json",
+                                     forwarding=fwd)  # fmt: skip
+    ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
+    serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info))
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        assert info["url"].startswith("http://[::1]:")
+        run = await submit_and_wait_released(info["url"], apiutil.ADMIN, [shipment(301)], concurrency=1,
+                                             timeout_s=30, poll_s=0.05)  # fmt: skip
+        assert run.released == 1 and run.not_released == []
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 60)
+
+
+async def test_the_sandbox_on_ipv6_gives_a_url_that_reaches_it() -> None:
+    sandbox = await start_sandbox("::1", 0)
+    try:
+        assert sandbox.url.startswith("http://[::1]:")
+        async with aiohttp.ClientSession() as session, session.get(sandbox.url + "/sandbox/stats") as resp:
+            assert resp.status == 200
+    finally:
+        await sandbox.stop()

@@ -49,6 +49,7 @@ from aiohttp import web
 
 from adapters import dxp
 from adapters.webhook import sign_body
+from gateway.config import netloc
 from gateway.documents import Document, ParsedMessage, extract
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.messages import MessageType
@@ -1163,4 +1164,4 @@ async def start_sandbox(
         await runner.cleanup()
         raise
     bound = runner.addresses[0]
-    return RunningSandbox(f"http://{host}:{bound[1]}", app, runner)
+    return RunningSandbox(f"http://{netloc(host, bound[1])}", app, runner)

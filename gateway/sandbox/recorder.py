@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.config import netloc
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -65,5 +67,5 @@ async def start_recorder(host: str = "127.0.0.1", port: int = 0) -> Recorder:
     site = web.TCPSite(runner, host, port)
     await site.start()
     rec._runner = runner
-    rec.url = f"http://{host}:{runner.addresses[0][1]}"
+    rec.url = f"http://{netloc(host, runner.addresses[0][1])}"
     return rec
