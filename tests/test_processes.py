@@ -249,9 +249,14 @@ def test_a_taken_ipv6_port_is_named_in_brackets() -> None:
 
 
 @pytest.mark.db
-async def test_serve_on_ipv6_takes_the_receipts_of_its_own_sandbox(db_dsn: str, tmp_path: Path) -> None:
+async def test_serve_on_ipv6_takes_the_receipts_of_its_own_sandbox(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Listening on :: (IPv6 only), the gateway gave its sandbox http://127.0.0.1:<port>/v1/receipts, which nothing
     answers, and with ::1 it would have been no URL at all (http://::1:<port>): the shipment was never released."""
+    # serve configures structlog for its whole process, caching the loggers its queue worker uses on first use: later
+    # tests' capture_logs would then see nothing of them. This test is about addresses, not logs.
+    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)
     fwd = ForwardingSettings(sandbox_port=0, sandbox_receipt_delay_s=0.005, worker_poll_s=0.05)
     settings = apiutil.test_settings(database_url=db_dsn, host="::", port=0, data_dir=tmp_path, log_format="json",
                                      forwarding=fwd)  # fmt: skip
