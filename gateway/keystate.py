@@ -1020,7 +1020,7 @@ def _judge(
     waiting = blocked_shipments(freed, state, skip=set(shipments))
     reopened: dict[tuple[str, str], ShipmentResult] = {}
     if waiting:
-        more.keyed |= set(waiting)
+        more.merge(reopen_refs(waiting, live))
         wanted |= {(LOCK_ORDER, order_no) for _, order_no in waiting}
         if not (refs.covers(more) and wanted <= held):
             return Defer(wanted - held, more)
@@ -1099,6 +1099,19 @@ def blocked_shipments(
     return list(found)
 
 
+def reopen_refs(waiting: Iterable[tuple[str, str]], live: Live) -> Refs:
+    """What assessing the blocked shipments ``waiting`` again must read besides their legs, as for any shipment
+    reconciled: the other platforms' shipments of their orderNos, and where several platforms use one, its waybills
+    (with the inventories naming them) — whose waybill it is depends on them (Live.holders). Read, then asked again
+    until covered: ``live`` knows the platforms only once their orderNos were read."""
+    refs = Refs(keyed=set(waiting))
+    for _, order_no in waiting:
+        refs.waybill_orders.add(order_no)
+        if len(live.platforms(order_no)) != 1:
+            refs.waybill_keys |= {w.logistics_key for w in live.waybills_by_order.get(order_no, ())}
+    return refs
+
+
 def reopen(
     freed: Iterable[tuple[str, int]],
     state: State,
@@ -1114,7 +1127,8 @@ def reopen(
 
     Returns the shipments no longer blocked by the annual limit, reconciled and assessed, with their inventories'
     ledger rows; the ones still blocked are left as they are. An inventory that is no longer the one blocked (changed
-    to another buyer, withdrawn) or that customs refused is passed over: there is nothing of it at customs to count.
+    to another buyer, withdrawn) or that is void at customs (refused, cancelled) is passed over: there is nothing of it
+    at customs to count.
     """
     results: dict[tuple[str, str], ShipmentResult] = {}
     puts: list[dict[str, Any]] = []
@@ -1124,12 +1138,12 @@ def reopen(
             key = (ebp_code, order_no)
             if key in skip or key in results:
                 continue
-            row = _latest(live.legs.get(key, {}).get(Kind.INVENTORY))
+            row = live.inventory_of(key)
             if (
                 row is None
                 or (row.ebc_code or "", row.order_no or "") != (ebc_code, order_no)
                 or buyer_of(row.head) != bk
-                or refused_first(row)
+                or void(row)
             ):
                 continue
             shipment = live.shipment(key)

@@ -68,6 +68,7 @@ from gateway.keystate import (
     judge,
     new_documents,
     reopen,
+    reopen_refs,
     up_front_locks,
 )
 from gateway.messages import BY_CODE
@@ -572,8 +573,12 @@ async def reopen_quota(
         return []
     # no shipment is blocked meanwhile: a ledger row is written only under its buyer's lock
     await conn.fetchval(LOCK_IDS, sorted({_lock_id((LOCK_ORDER, order_no)) for _, order_no in waiting}))
-    refs.keyed |= set(waiting)
-    _, state, _, _ = await Store._read(conn, [], refs)
+    while True:  # their legs, and the other platforms and waybills of their orderNos (reopen_refs)
+        wanted = reopen_refs(waiting, state.live())
+        if refs.covers(wanted):
+            break
+        refs.merge(wanted)
+        _, state, _, _ = await Store._read(conn, [], refs)
     results, puts = reopen(pairs, state, state.live(), rates=rates, tolerance=tolerance)
     if not results:
         return []

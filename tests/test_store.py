@@ -960,6 +960,37 @@ async def test_a_withdrawal_that_frees_quota_reopens_the_buyers_shipment_the_ann
     assert await count(db_pool, f"SELECT count(*) FROM ({since}) AS b WHERE blocked_at IS NULL") == 1
 
 
+async def test_a_shipment_reopened_by_quota_given_back_is_reconciled_with_the_other_platforms_of_its_order_no(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """Reopened with no message of its own, the shipment must be reconciled as any: a waybill of its orderNo that
+    another platform uses too, and no inventory names, is nobody's (recon.waybill_ambiguous), not its leg."""
+    other = "EBP0000002"
+    await ingest(store, message("CEB311", order_head("SH1", ebpCode=other, guid="ORD-SH1-2")))
+    await ingest(store, message("CEB511", waybill_head("SH1", logisticsNo="LN-OTHER", guid="WB-OTHER")))
+    await ingest(store, message("CEB311", order_head("SH1")))
+    await ingest(store, message("CEB411", payment_head("SH1")))
+    big = inventory_head("BIG1", guid="INV-BIG1", ebpCode="EBP0000009", logisticsNo="LN-BIG1")
+    await ingest(store, message("CEB621", big, lines=inventory_lines("25900")))  # nearly all the year's quota
+    await ingest(store, message("CEB621", inventory_head("SH1")))  # names a waybill that has not come
+
+    async def sh1() -> tuple[str, list[str], set[str]]:
+        found = await store.get_shipment(EBP, "SH1")
+        assert found is not None
+        return found["state"], sorted(found["missing"]), {f["code"] for f in found["findings"]}
+
+    _, missing, codes = await sh1()
+    assert {"tax.annual_limit_exceeded", "recon.waybill_ambiguous"} <= codes and "waybill" in missing
+    withdrawal = {**big, "appType": "3", "appTime": _later(T0, 1)}
+    await ingest(store, message("CEB621", withdrawal, lines=inventory_lines("25900")))  # reopens SH1
+    reopened = await sh1()
+    assert reopened[0] == "incomplete" and "tax.annual_limit_exceeded" not in reopened[2]
+    # what reconciling SH1 for a message of its own gives
+    await ingest(store, message("CEB411", payment_head("SH1", appType="2", appTime=_later(T0, 2))))
+    assert reopened == await sh1()
+    assert "recon.waybill_ambiguous" in reopened[2] and "waybill" in reopened[1]
+
+
 async def test_several_inventories_of_one_buyer_in_one_message(store: Store, db_pool: asyncpg.Pool) -> None:
     heads = [inventory_head(f"V{i}", guid=f"INV-V{i}") for i in range(6)]
     msg = message("CEB621", *heads, lines=inventory_lines("4900"))
