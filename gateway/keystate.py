@@ -169,6 +169,7 @@ class Row:
     failed: bool = False  # its delivery to customs is a dead letter (gateway.outbox.deliveries_dead)
     held: bool = False  # an inventory the gateway holds until its shipment may be declared (spec §6.7)
     cancelled: bool = False  # an inventory whose cancellation (CEB623) customs concluded, not declared anew since
+    spent: bool = False  # a cancellation customs concluded whose inventory was declared anew since (see _declared_anew)
 
     @classmethod
     def from_json(cls, r: dict[str, Any]) -> Row:
@@ -179,6 +180,7 @@ class Row:
             doc_index=r["doc_index"], path=r["path"], head=r["head"], lines=r["lines"], parties=r["parties"],
             withdrawn=r["withdrawn"], message_guid=r.get("message_guid"), rejected=bool(r.get("rejected")),
             failed=bool(r.get("failed")), held=bool(r.get("held")), cancelled=bool(r.get("cancelled")),
+            spent=bool(r.get("spent")),
         )  # fmt: skip
 
     @property
@@ -487,12 +489,13 @@ def decide(
 
 
 def _declared_anew(cur: Row) -> bool:
-    """Whether appType 1 may follow ``cur``: what is void at customs (:func:`void`: a first declaration customs
-    rejected, an inventory whose cancellation it concluded) may be declared anew with a newer appTime — the only way
-    for a type that takes no change (a cancellation, CEB623). A rejected change is not: customs still holds the
-    version before it. Nor is a temp-saved first declaration (appStatus 1, spec §3.6): never declared, it is
-    declared by an appType 1 with appStatus 2."""
-    return temp_saved(cur.head) or void(cur)
+    """Whether appType 1 may follow ``cur`` (with a newer appTime): what is void at customs (:func:`void`: a first
+    declaration customs rejected, an inventory whose cancellation it concluded) may be declared anew — the only way for
+    a type that takes no change (a cancellation, CEB623); a rejected change may not, customs still holds the version
+    before it. A temp-saved first declaration (appStatus 1, spec §3.6), never declared, is declared by an appType 1
+    with appStatus 2. A concluded cancellation whose inventory was declared anew since (``spent``) cancelled the
+    declaration before: the new one is cancelled by an appType 1 again."""
+    return temp_saved(cur.head) or void(cur) or cur.spent
 
 
 def first_declaration(row: Row) -> bool:

@@ -98,7 +98,8 @@ _DOC_COLUMNS = (
 #: The columns of a document row as READ_STATE reads it: plus whether customs took it (a receipt of rank "2
 #: declaring" or higher), which tells the outbox when releasing a held inventory is worth a statement; and of an
 #: inventory whether customs concluded its cancellation (the current CEB623 of its key receipted 399 or above) with
-#: no first declaration (appType 1) of the key since (keystate.Row.cancelled).
+#: no first declaration (appType 1) of the key since (keystate.Row.cancelled); and of a cancellation whether it is
+#: spent: concluded, and its inventory declared anew since (keystate.Row.spent).
 _READ_COLUMNS = (
     f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted,"
     " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed, d.forward_state = 'held' AS held,"
@@ -107,7 +108,10 @@ _READ_COLUMNS = (
     f" AND c.is_current AND c.forward_state = 'receipted' AND c.customs_rank >= {RANK_CONCLUDED}"
     " AND NOT EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code AND n.order_no = d.order_no"
     " AND n.message_type = d.message_type AND n.key1 = d.key1 AND n.key2 = d.key2 AND n.app_type = '1'"
-    " AND n.id > c.id AND n.id <= d.id)) ELSE false END AS cancelled"
+    " AND n.id > c.id AND n.id <= d.id)) ELSE false END AS cancelled,"
+    " CASE WHEN d.message_type = 'CEB623' THEN d.forward_state = 'receipted'"
+    f" AND d.customs_rank >= {RANK_CONCLUDED} AND EXISTS (SELECT 1 FROM documents AS n WHERE n.message_type = 'CEB621'"
+    " AND n.key1 = d.key1 AND n.key2 = d.key2 AND n.app_type = '1' AND n.id > d.id) ELSE false END AS spent"
 )
 
 #: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding

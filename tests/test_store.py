@@ -802,6 +802,16 @@ async def test_an_inventory_whose_cancellation_customs_concluded_leaves_room_for
     again = inventory_head("CX2", guid="INV-CX2-B", ebcCode="4601260E99", assureCode="4601260E99",
                            appTime=_later(T0, 3))  # fmt: skip
     assert [c for c, _ in await _refused(store, message("CEB621", again))] == ["state.second_inventory"]
+    # and it is cancelled again by a new cancellation (appType 1: a cancellation takes no change), which, before the
+    # key was declared anew, was the same cancellation twice
+    twice = _refund_head("CX2", guid="REF-CX2-2", appTime=_later(T0, 3))
+    cancel_again = await ingest(store, message("CEB623", twice))
+    assert cancel_again.http_status == 202 and cancel_again.body["documents"][0]["outcome"] == "replaced"
+    await ingest(store, message("CEB621", inventory_head("CX3")))
+    await ingest(store, message("CEB623", _refund_head("CX3", appTime=_later(T0, 1))))
+    await _conclude_cancellation(db_pool, "CX3")
+    again3 = _refund_head("CX3", guid="REF-CX3-2", appTime=_later(T0, 2))
+    assert [c for c, _ in await _refused(store, message("CEB623", again3))] == ["state.duplicate"]
 
 
 async def test_an_inventory_the_gateway_holds_is_withdrawn_not_cancelled(store: Store, db_pool: asyncpg.Pool) -> None:
