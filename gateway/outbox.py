@@ -230,12 +230,19 @@ SELECT x.i, {_DOC_STATE}
  ORDER BY x.i, f.n
 """
 
-#: The tax bills (CEB816/818, gateway.taxbills) matched to inventories ($1 ids) before: what a new one is folded into
-#: (in any order: the fold's result does not depend on it).
+#: The tax bills (CEB816/818, gateway.taxbills) matched before to any version of the inventories ($1 message types,
+#: $2 key1s, $3 key2s, $4 ebpCodes, $5 orderNos): what a new one is folded into (in any order: the fold's result does
+#: not depend on it). A bill is the inventory's, whichever version its records matched (a refused change echoes the
+#: invtNo too).
 TAX_BILLS_OF = """
-SELECT message_type, element_index, doc_guid, keys, return_status, return_time, return_info, document_id
-  FROM receipts
- WHERE document_id = ANY ($1::bigint[]) AND message_type IN ('CEB816', 'CEB818')
+SELECT v.message_type AS inv_type, v.key1 AS inv_key1, v.key2 AS inv_key2, r.message_type, r.element_index,
+       r.doc_guid, r.keys, r.return_status, r.return_time, r.return_info, r.document_id
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(mt, k1, k2, ebp, ono),
+       LATERAL (SELECT v.id, v.message_type, v.key1, v.key2 FROM documents AS v
+                 WHERE v.ebp_code = k.ebp AND v.order_no = k.ono AND v.message_type = k.mt AND v.key1 = k.k1
+                   AND v.key2 = k.k2 OFFSET 0) AS v,
+       LATERAL (SELECT * FROM receipts AS r
+                 WHERE r.document_id = v.id AND r.message_type IN ('CEB816', 'CEB818') OFFSET 0) AS r
 """
 
 #: The documents ($1 ids), fresh and row-locked, after the shipment locks are held.
@@ -1053,11 +1060,13 @@ class Outbox:
         stored, whatever order they committed in. They move nothing of the inventory (its status is its receipts')."""
         found = {row["i"]: row for row in await conn.fetch(CORRELATE, [_probe(r.index, taxbills.correlation(r))
                                                                         for r in todo])}  # fmt: skip
-        earlier = await conn.fetch(TAX_BILLS_OF, sorted({row["id"] for row in found.values()}))
-        bills: dict[tuple[int, str], taxbills.TaxBill] = {}
+        inventories = sorted({(row["message_type"], row["key1"], row["key2"], row["ebp_code"] or "",
+                               row["order_no"] or "") for row in found.values()})  # fmt: skip
+        earlier = await conn.fetch(TAX_BILLS_OF, *([k[n] for k in inventories] for n in range(5)))
+        bills: dict[tuple[str, str, str, str], taxbills.TaxBill] = {}
         for row in earlier:
             rec = taxbills.from_row(row)
-            key = (row["document_id"], rec.keys.get("taxNo", ""))
+            key = (row["inv_type"], row["inv_key1"], row["inv_key2"], rec.keys.get("taxNo", ""))
             bills[key] = taxbills.apply(bills.get(key), rec)
         for r in todo:
             res, doc = results[r.index], found.get(r.index)
@@ -1066,7 +1075,7 @@ class Outbox:
                 log.warning("tax_bill_unmatched", message_type=r.message_type, invt_no=r.keys.get("invtNo"),
                             tax_no=r.keys.get("taxNo"))  # fmt: skip
                 continue
-            key = (doc["id"], r.keys.get("taxNo", ""))
+            key = (doc["message_type"], doc["key1"], doc["key2"], r.keys.get("taxNo", ""))
             before = bills.get(key)
             bills[key] = taxbills.apply(before, r)
             res.document_ids, res.message_id = [doc["id"]], doc["message_id"]

@@ -110,8 +110,9 @@ _READ_COLUMNS = (
     " AND n.message_type = d.message_type AND n.key1 = d.key1 AND n.key2 = d.key2 AND n.app_type = '1'"
     " AND n.id > c.id AND n.id <= d.id)) ELSE false END AS cancelled,"
     " CASE WHEN d.message_type = 'CEB623' THEN d.forward_state = 'receipted'"
-    f" AND d.customs_rank >= {RANK_CONCLUDED} AND EXISTS (SELECT 1 FROM documents AS n WHERE n.message_type = 'CEB621'"
-    " AND n.key1 = d.key1 AND n.key2 = d.key2 AND n.app_type = '1' AND n.id > d.id) ELSE false END AS spent"
+    f" AND d.customs_rank >= {RANK_CONCLUDED} AND EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code"
+    " AND n.order_no = d.order_no AND n.message_type = 'CEB621' AND n.key1 = d.key1 AND n.key2 = d.key2"
+    " AND n.app_type = '1' AND n.id > d.id) ELSE false END AS spent"
 )
 
 #: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding

@@ -253,25 +253,39 @@ def shipment_bills(
     documents: Sequence[Mapping[str, Any]], receipts: Iterable[Mapping[str, Any]],
     rates: tax.TaxRates = tax.DEFAULT_RATES,
 ) -> tuple[list[dict[str, Any]], list[Finding]]:
-    """The tax bills of a shipment from its stored documents (``id``, ``kind``, ``head``, ``lines``, ``path``) and
-    the receipts rows matched to them: every bill of every inventory version, oldest taxNo first."""
+    """The tax bills of a shipment from its stored documents (``id``, ``kind``, ``message_type``, ``key1``, ``key2``,
+    ``head``, ``lines``, ``path``, ``forward_state``) and the receipts rows matched to them, oldest taxNo first. A bill
+    is its inventory's, whichever version its records matched (a refused change echoes the invtNo too): folded over
+    every version, and set beside the estimate of the version customs holds (:func:`held_version`)."""
     inventories = {d["id"]: d for d in documents if d.get("kind") == "inventory"}
-    per_doc: dict[int, list[ReceiptRecord]] = {}
+    versions: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for d in inventories.values():
+        versions.setdefault((d.get("message_type") or "", d.get("key1") or "", d.get("key2") or ""), []).append(d)
+    per_key: dict[tuple[str, str, str], list[ReceiptRecord]] = {}
     for row in receipts:
-        if row.get("message_type") in TAX_TYPES and row.get("document_id") in inventories:
-            per_doc.setdefault(row["document_id"], []).append(from_row(row))
+        of = inventories.get(row.get("document_id"))
+        if row.get("message_type") in TAX_TYPES and of is not None:
+            key = (of.get("message_type") or "", of.get("key1") or "", of.get("key2") or "")
+            per_key.setdefault(key, []).append(from_row(row))
     views: list[tuple[str, str, dict[str, Any]]] = []
     findings: list[Finding] = []
-    for doc_id, recs in per_doc.items():
-        d = inventories[doc_id]
+    for key, recs in per_key.items():
+        d = held_version(versions[key])
         inv = Document(BY_CODE[_INVENTORY], int(d.get("index") or d.get("doc_index") or 1),
                        d.get("path") or "", dict(d.get("head") or {}), list(d.get("lines") or []))  # fmt: skip
         for bill in fold(recs).values():
             view, found = bill_view(bill, inv, rates)
-            views.append((bill.status_time, bill.tax_no, {**view, "document_id": doc_id}))
+            views.append((bill.status_time, bill.tax_no, {**view, "document_id": d["id"]}))
             findings += found
     views.sort(key=lambda v: (v[1], v[0]))
     return [v for _, _, v in views], findings
+
+
+def held_version(versions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The version of an inventory customs holds: the latest it did not refuse (a refused change leaves it the one
+    before), else the latest."""
+    kept = [d for d in versions if d.get("forward_state") != "rejected"]
+    return max(kept or versions, key=lambda d: int(d["id"]))
 
 
 def add_to_shipment(shipment: dict[str, Any], rates: tax.TaxRates = tax.DEFAULT_RATES) -> dict[str, Any]:

@@ -17,14 +17,23 @@ import pytest
 import pytest_asyncio
 
 from adapters.dxp import cop_msg_id_for
-from gateway import config, samples
+from gateway import config, samples, taxbills
 from gateway import receipts as rc
 from gateway.config import ForwardingSettings, RouteSettings, WebhookSettings
 from gateway.forward import LegState, Router, ordering_key, shipment_customs_status
 from gateway.outbox import Outbox, order_lock
 from gateway.pipeline import Pipeline
 from gateway.render import render
-from gateway.sandbox.receipts import RECEIPT_FOR, build_receipt, build_receipts, format_receipt
+from gateway.sandbox.receipts import (
+    CHINA_TZ,
+    RECEIPT_FOR,
+    build_receipt,
+    build_receipts,
+    build_tax_bills,
+    format_receipt,
+    new_guid,
+    return_time,
+)
 from gateway.schema import SchemaSet
 from gateway.store import Store, quota_reassessor
 from gateway.tax import ANNUAL_LIMIT, assess, returned_value
@@ -1423,3 +1432,38 @@ async def test_a_second_record_sent_transaction_starts_only_for_a_full_batch() -
         await asyncio.gather(*futures)
     assert sorted(batches) == [1, 2]
     await outbox.aclose()
+
+
+async def test_a_tax_bill_is_its_inventorys_whatever_version_its_records_match(flow: Flow) -> None:
+    """A refused change echoes the invtNo too: a CEB818 found its version, and the bill was shown twice (one per
+    version), the later status beside no amounts; the bill is the inventory's, estimated on the version customs
+    holds."""
+    from datetime import datetime, timedelta
+
+    now = datetime.now(CHINA_TZ)
+    s = shipment(301)
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    invt_no, tax_no = "46012026I000000301", "4601202600000000301"
+    await flow.receipt(s.inventory, "800", 2, invtNo=invt_no)  # released: customs taught the invtNo
+    head = {"guid": new_guid(), "returnTime": return_time(now - timedelta(minutes=30)), "invtNo": invt_no,
+            "taxNo": tax_no, "customsTax": "0", "valueAddedTax": "1.00", "consumptionTax": "0", "status": "1"}
+    line = {"gnum": "1", "gcode": "3304990099", "taxPrice": "10", "customsTax": "0", "valueAddedTax": "1.00",
+            "consumptionTax": "0"}  # fmt: skip
+    assert [r["outcome"] for r in await flow.post(build_tax_bills("CEB816", [(head, [line])]))] == ["applied"]
+    change = version_of(s.inventory, "2", 60, invtNo=invt_no, preNo="B20260101000000001", note="changed")
+    await flow.submit(change)
+    await flow.receipt(change, "-621043", 3, invtNo=invt_no)  # refused, its receipt echoing the invtNo
+    status = {"guid": new_guid(), "returnTime": return_time(now - timedelta(minutes=10)), "invtNo": invt_no,
+              "taxNo": tax_no, "status": "2", "entDutyNo": "D-1"}
+    assert [r["outcome"] for r in await flow.post(build_tax_bills("CEB818", [(status, [])]))] == ["applied"]
+    found = await flow.store.get_shipment(s.order_doc["ebpCode"], s.order_doc["orderNo"])
+    view = taxbills.add_to_shipment(await flow.outbox.shipment_forwarding(found))
+    assert [(b["taxNo"], b["status"], b["valueAddedTax"], b["entDutyNo"]) for b in view["tax_bills"]] == [
+        (tax_no, "2", "1.00", "D-1")
+    ]
+    first = next(d for d in view["documents"] if d["kind"] == "inventory" and d["app_type"] == "1")
+    assert view["tax_bills"][0]["document_id"] == first["id"]  # estimated on the version customs holds
+
