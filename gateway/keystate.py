@@ -43,7 +43,7 @@ from gateway import tax
 from gateway.auth import document_parties
 from gateway.documents import Document, ParsedMessage
 from gateway.errors import Issue, Layer
-from gateway.messages import BY_CODE, SHIPMENT_KINDS, Direction, Kind
+from gateway.messages import BY_CODE, SHIPMENT_KINDS, Direction, Kind, MessageType
 
 CODES: dict[str, str] = {
     "state.guid_conflict": "a message with this guid was already accepted with different content",
@@ -68,6 +68,11 @@ CODES: dict[str, str] = {
     ),
     "state.refund_not_in_inventory": "a return line's gnum is no item of the inventory it returns (spec R12)",
     "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9)",
+    "state.flow_conflict": (
+        "an import document for a shipment (ebpCode, orderNo) that has live export legs, or an export document for one "
+        "with live import legs: an orderNo is unique within a platform (spec §6.2), and an import and an export "
+        "shipment are never reconciled together; withdraw the other flow's legs first"
+    ),
     "state.recorded_only": (
         "a customs message (a receipt, a tax bill) posted to POST /v1/messages: kept as a record, applied to "
         "nothing; customs receipts are applied at POST /v1/receipts. An outcome of an accepted message, not an error"
@@ -194,6 +199,11 @@ class Row:
         return self.doc
 
     @property
+    def flow(self) -> str:
+        """"import" or "export" (MessageType.flow): the two are never legs of one shipment."""
+        return BY_CODE[self.message_type].flow
+
+    @property
     def shipment_key(self) -> tuple[str, str]:
         return (self.ebp_code or "", self.order_no or "")
 
@@ -278,23 +288,25 @@ def up_front_locks(msg: ParsedMessage) -> set[Lock]:
         locks.add((LOCK_KEY, SEP.join((mtype.code, *keys))))
         if mtype.orders_with:  # the inventory it refers to must not change meanwhile
             locks.add((LOCK_KEY, SEP.join((mtype.orders_with, *keys))))
-        if mtype.kind.value in SHIPMENT_KIND_VALUES:
+        if mtype.kind.value in SHIPMENT_KIND_VALUES and (mtype.flow == "import" or mtype.kind is not Kind.WAYBILL):
+            # an export waybill (CEB505) names no orderNo: it joins its shipment through the inventory alone
             locks.add((LOCK_ORDER, (head.get("orderNo") or "").strip()))
         if mtype.kind in (Kind.WAYBILL, Kind.INVENTORY):
             waybill = ((head.get("logisticsCode") or "").strip(), (head.get("logisticsNo") or "").strip())
             locks.add((LOCK_WAYBILL, SEP.join(waybill)))
-        buyer = likely_buyer(mtype.kind, head)
+        buyer = likely_buyer(mtype, head)
         if buyer is not None:
             locks.add((LOCK_BUYER, buyer[0]))
     return locks
 
 
 #: Where each leg names the person whose annual quota its shipment's inventory draws on (spec §6.4: the order's
-#: buyer, the payment's payer, the inventory's buyer are one person). The waybill names only a consignee.
+#: buyer, the payment's payer, the inventory's buyer are one person). The waybill names only a consignee; an export
+#: shipment names no buyer at all and draws on no quota (the retail-import tax of spec §7 is the import flow's).
 _BUYER_FIELDS = {Kind.INVENTORY: "buyerIdNumber", Kind.ORDER: "buyerIdNumber", Kind.PAYMENT: "payerIdNumber"}
 
 
-def likely_buyer(kind: Kind, head: dict[str, str]) -> tuple[str, int] | None:
+def likely_buyer(mtype: MessageType, head: dict[str, str]) -> tuple[str, int] | None:
     """The (buyerIdNumber, quota year) a leg's arrival will most likely reassess, or None.
 
     For an inventory it is its own. An order or payment that arrives after its inventory reassesses the
@@ -302,8 +314,9 @@ def likely_buyer(kind: Kind, head: dict[str, str]) -> tuple[str, int] | None:
     the leg itself, they are locked and read with everything else in the batch's first round instead of sending
     the message to a second one (judge's Defer). A guess that misses (a payer who is not the buyer, another
     year) costs only that second round."""
+    kind = mtype.kind
     name = _BUYER_FIELDS.get(kind)
-    if name is None:
+    if name is None or mtype.flow != "import":
         return None
     buyer = buyer_of(head, name)
     if not buyer[0] and kind is not Kind.INVENTORY:
@@ -335,7 +348,7 @@ class WaybillBuyers:
     def learn(self, news: Iterable[New]) -> None:
         """Remember the buyer of each inventory among an accepted message's documents (the newest wins)."""
         for new in news:
-            if new.row.kind == Kind.INVENTORY and new.live:
+            if new.row.kind == Kind.INVENTORY and new.live and new.row.flow == "import":
                 key = new.row.logistics_key
                 self._buyers[key] = buyer_of(new.row.head)
                 self._buyers.move_to_end(key)
@@ -367,7 +380,8 @@ class Refs:
     def add(self, row: Row) -> None:
         if row.kind == Kind.WAYBILL:
             self.waybill_keys.add(row.logistics_key)
-            self.waybill_orders.add(row.order_no or "")
+            if row.flow == "import":  # an export waybill names no orderNo
+                self.waybill_orders.add(row.order_no or "")
         elif row.kind in SHIPMENT_KIND_VALUES:
             self.keyed.add(row.shipment_key)
             # the other platforms' shipments of its orderNo: whether a waybill of it is this one's depends on them
@@ -384,7 +398,7 @@ class Refs:
                 if (ref := referenced_key(new.row)) is not None:
                     refs.keys.add(ref)
                 refs.add(new.row)
-                buyer = likely_buyer(new.doc.type.kind, new.row.head)
+                buyer = likely_buyer(new.doc.type, new.row.head)
                 if buyer is not None:
                     refs.buyers.add(buyer)
         return refs
@@ -605,6 +619,8 @@ class Live:
     def _places(self, row: Row) -> list[tuple[dict[Any, list[Row]], Any]]:
         """The (index, key) pairs whose lists hold ``row``."""
         if row.kind == Kind.WAYBILL:
+            if row.flow != "import":  # an export waybill names no orderNo: an inventory naming it is its only join
+                return [(self.waybills_by_key, row.logistics_key)]
             return [(self.waybills_by_key, row.logistics_key), (self.waybills_by_order, row.order_no or "")]
         if row.kind not in SHIPMENT_KIND_VALUES:
             return []
@@ -645,13 +661,25 @@ class Live:
             for row in gone:
                 self.add(row)
 
+    def flow_of(self, key: tuple[str, str]) -> str:
+        """The flow of a shipment's live legs ("import" when it has none): one flow per shipment (judge refuses a
+        leg of the other, state.flow_conflict)."""
+        for rows in self.legs.get(key, {}).values():
+            return rows[0].flow
+        return "import"
+
     def platforms(self, order_no: str) -> list[tuple[str, str]]:
-        """The keyed shipments of ``order_no`` with a live leg, one per platform (orderNo is unique within one)."""
-        return sorted(k for k in self.legs if k[1] == order_no and k[0])
+        """The keyed import shipments of ``order_no`` with a live leg, one per platform (orderNo is unique within
+        one): those an import waybill of that orderNo may belong to (an export waybill names no orderNo)."""
+        return sorted(k for k in self.legs if k[1] == order_no and k[0] and self.flow_of(k) == "import")
+
+    def _naming(self, row: Row) -> list[Row]:
+        """The live inventories of the waybill's flow naming it (logisticsCode, logisticsNo)."""
+        return [inv for inv in self.inventories_by_waybill.get(row.logistics_key, ()) if inv.flow == row.flow]
 
     def _decided(self, row: Row) -> bool:
         """Whether an inventory of the waybill's own orderNo names it: that inventory's shipment is its platform's."""
-        return any(inv.order_no == row.order_no for inv in self.inventories_by_waybill.get(row.logistics_key, ()))
+        return any(inv.order_no == row.order_no for inv in self._naming(row))
 
     def ambiguous(self, row: Row) -> bool:
         """A waybill no inventory of its orderNo names while several platforms use that orderNo: whose it is,
@@ -668,8 +696,8 @@ class Live:
     def holders(self, row: Row) -> list[tuple[str, str]]:
         """Keyed shipments holding a waybill: those whose inventory names it; unless an inventory of its own orderNo
         does, also its orderNo's shipment when one platform alone uses that orderNo. None: a waybill-only one."""
-        found = {inv.shipment_key for inv in self.inventories_by_waybill.get(row.logistics_key, ())}
-        if not self._decided(row):
+        found = {inv.shipment_key for inv in self._naming(row)}
+        if row.flow == "import" and not self._decided(row):
             owners = self.platforms(row.order_no or "")
             if len(owners) == 1:
                 found |= set(owners)
@@ -688,8 +716,11 @@ class Live:
         if not self.legs.get(key):
             return None, []
         inventory = self.inventory_of(key)
-        waybill = _latest(self.waybills_by_key.get(inventory.logistics_key)) if inventory is not None else None
-        if waybill is not None or not key[0]:
+        waybill = None
+        if inventory is not None:
+            named = self.waybills_by_key.get(inventory.logistics_key, ())
+            waybill = _latest([w for w in named if w.flow == inventory.flow])
+        if waybill is not None or not key[0] or self.flow_of(key) != "import":
             return waybill, []
         # no inventory yet, or its waybill has not arrived: a waybill of its orderNo (reconciliation then reports a
         # key mismatch rather than a missing leg) — if it is this platform's
@@ -758,7 +789,7 @@ def touched(
     blanks: list[str] = []
     for row in changed:
         if row.kind == Kind.WAYBILL:
-            if not live.holders(row):
+            if not live.holders(row) and row.flow == "import":  # an export waybill has no waybill-only shipment
                 blanks.append(row.order_no or "")
             keyed.extend(live.shipments_of_waybill(row))
         else:
@@ -778,9 +809,11 @@ class ShipmentResult:
     ebc_code: str | None = None
     mode: str | None = None
     buyer_id_number: str | None = None
+    flow: str = "import"
 
     def summary(self, *, findings: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {"ebpCode": self.ebp_code, "orderNo": self.order_no, "state": self.state}
+        out: dict[str, Any] = {"ebpCode": self.ebp_code, "orderNo": self.order_no, "flow": self.flow,
+                               "state": self.state}  # fmt: skip
         out["missing"] = self.missing
         if findings:
             out["findings"] = self.findings
@@ -797,6 +830,7 @@ class ShipmentResult:
             "parties": self.parties,
             "mode": self.mode,
             "buyer_id_number": self.buyer_id_number,
+            "flow": self.flow,
         }
 
 
@@ -816,6 +850,7 @@ def shipment_result(
             state = recon.ShipmentState.MISMATCHED  # same precedence as reconciliation's own findings
     inv, order = shipment.inventory, shipment.order
     source = inv or order
+    first = next(iter(_legs(shipment)), None)
     return ShipmentResult(
         ebp_code=key[0],
         order_no=key[1],
@@ -826,6 +861,7 @@ def shipment_result(
         ebc_code=text(source.head, "ebcCode") if source else None,
         mode=text(inv.head, "tradeMode") if inv else None,
         buyer_id_number=text(source.head, "buyerIdNumber") if source else None,
+        flow=first.type.flow if first is not None else "import",
     )
 
 
@@ -907,7 +943,7 @@ def judge(
     orders = {r.order_no or "" for r in (*gone, *new_rows) if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL}
     views = {k: before.waybill_view(k) for o in orders for k in before.platforms(o)}
     with before.changed(gone, new_rows) as live:
-        issues = _second_inventories(news, live)
+        issues = _flow_conflicts(news, live) or _second_inventories(news, live)
         if issues:
             raise Conflict(issues)
         after = {k: live.waybill_view(k) for o in orders for k in live.platforms(o)}
@@ -916,6 +952,26 @@ def judge(
             msg, news, refs, held, state, live, rates=rates, tolerance=tolerance, released=released,
             neighbours=neighbours,
         )  # fmt: skip
+
+
+def _flow_conflicts(news: list[New], live: Live) -> list[Issue]:
+    """A shipment is of one flow: an export leg beside live import legs of its (ebpCode, orderNo), or the reverse,
+    is refused rather than reconciled with them (an orderNo is unique within a platform, spec §6.2, so the two
+    sharing one is the platform's mistake; the shipment's key, its URL and its customs status stay one flow's)."""
+    out: list[Issue] = []
+    for new in news:
+        row = new.row
+        if not new.live or row.kind == Kind.WAYBILL or row.kind not in SHIPMENT_KIND_VALUES:
+            continue
+        other = next((r for rows in live.legs.get(row.shipment_key, {}).values() for r in rows if r.flow != row.flow),
+                     None)  # fmt: skip
+        if other is not None:
+            out.append(issue("state.flow_conflict", new.doc.path,
+                             f"the shipment {row.ebp_code}/{row.order_no} has a live {other.flow} {other.kind} "
+                             f"({other.message_type}, message {other.message_guid or 'of this message'}): a "
+                             f"{row.flow} {row.kind} cannot join it; an orderNo is one shipment of one flow per "
+                             "platform"))  # fmt: skip
+    return out
 
 
 def _second_inventories(news: list[New], live: Live) -> list[Issue]:
@@ -956,18 +1012,21 @@ def _judge(
         if new.replaces is not None and not new.replaces.withdrawn:
             more.add(new.replaces)
     for waybill in released:  # where it goes now: the shipments of its orderNo and its key must have been read
-        more.waybill_orders.add(waybill.order_no or "")
+        if waybill.flow == "import":
+            more.waybill_orders.add(waybill.order_no or "")
         more.waybill_keys.add(waybill.logistics_key)
     keyed, blanks = touched(news, live, released, neighbours)
     shipments = {key: live.shipment(key) for key in keyed}
-    holding = [(s.waybill.head.get("orderNo") or "").strip() for s in shipments.values() if s.waybill]
+    holding = [(s.waybill.head.get("orderNo") or "").strip() for s in shipments.values()
+               if s.waybill and s.waybill.type.flow == "import"]  # fmt: skip
     # Waybill-only shipments ('', orderNo) to decide again: the orderNos of waybills that changed or were let go
     # of, of those the shipments here hold (one may have been the orderNo's only lone waybill), and of the shipments
     # here (a second platform makes a waybill of the orderNo ambiguous). One exists iff some waybill of its orderNo
     # is held by no keyed shipment; deciding that needs every platform of the orderNo read (so do the shipments of
     # it), and, unless one platform alone holds them all, every waybill of the orderNo and the inventories naming
     # them.
-    lone_orders = list(dict.fromkeys([*blanks, *holding, *(k[1] for k in keyed if k[0])]))
+    imports = [k[1] for k in keyed if k[0] and live.flow_of(k) == "import"]  # an export shipment has no lone waybill
+    lone_orders = list(dict.fromkeys([*blanks, *holding, *imports]))
     for order_no in lone_orders:
         more.waybill_orders.add(order_no)
         if len(live.platforms(order_no)) != 1:
@@ -976,7 +1035,9 @@ def _judge(
     wanted = {(LOCK_ORDER, o) for o in orders}
     # an inventory naming a released waybill, arriving meanwhile, would take it: serialised on the waybill's lock
     wanted |= {(LOCK_WAYBILL, SEP.join(w.logistics_key)) for w in released}
-    inventories = {key: s.inventory for key, s in shipments.items() if s.inventory is not None}
+    # the tax pre-check and the annual quota are the import flow's (spec §7): an export inventory names no buyer
+    inventories = {key: s.inventory for key, s in shipments.items()
+                   if s.inventory is not None and s.inventory.type.flow == "import"}  # fmt: skip
     # void at customs (refused, cancelled): its quota was given back when the receipt came, and stays so
     voided = {key for key in inventories if (row := live.inventory_of(key)) is not None and void(row)}
     buyers = {key: buyer_of(inv.head) for key, inv in inventories.items()}
@@ -986,6 +1047,7 @@ def _judge(
         buyer_of(new.replaces.head)
         for new in news
         if new.stored and new.row.kind == Kind.INVENTORY and new.replaces is not None and not new.replaces.withdrawn
+        and new.row.flow == "import"
     }
     involved = set(buyers.values()) | given_back
     more.buyers |= involved
@@ -1007,7 +1069,7 @@ def _judge(
     # Every inventory touched or reassessed keeps one ledger row (its buyer's), none once withdrawn.
     inventories_touched = set(keep)
     for new in news:
-        if new.stored and new.row.kind == Kind.INVENTORY:
+        if new.stored and new.row.kind == Kind.INVENTORY and new.row.flow == "import":
             inventories_touched.add((new.row.ebc_code or "", new.row.order_no or ""))
             if new.replaces is not None:
                 inventories_touched.add((new.replaces.ebc_code or "", new.replaces.order_no or ""))

@@ -617,7 +617,10 @@ class _Doc:
     @property
     def gives_back(self) -> bool:
         """Its inventory counts less toward the buyer's annual quota: it is void, or it is a return customs concluded
-        (海关总署公告2018年第194号: the annual total is adjusted for the goods returned)."""
+        (海关总署公告2018年第194号: the annual total is adjusted for the goods returned). Export documents draw on no
+        quota."""
+        if BY_CODE[self.message_type].flow != "import":
+            return False
         return self.void or (self.kind == "refund" and self.concluded)
 
 

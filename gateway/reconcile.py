@@ -1,4 +1,4 @@
-"""Three-document reconciliation (三单对碰) of one import shipment — pure, no I/O.
+"""Three-document reconciliation (三单对碰) of one import or export shipment — pure, no I/O.
 
 ``reconcile(shipment) -> Outcome`` is a pure function of the shipment's current documents, so it
 gives the same outcome whatever the arrival order. The store re-runs it whenever any leg
@@ -46,6 +46,22 @@ What is compared (spec §6.2–6.4; single-document rules such as R1, R4, R10's 
   platform's itemName ("面霜" vs the product title), so it is not compared; classification
   (gname/gcode) is the rules and customs' business, not reconciliation's.
 
+An export shipment (spec §4.4: order CEB303, 收款单 CEB403, waybill CEB505, inventory CEB603; the shipment is
+known by the flow of its legs, never mixed with an import one) is compared by :data:`EXPORT_COMPARISONS` instead:
+
+* keys (§6.2 "export equivalents", blocking): 收款单 ebpCode, ebcCode, orderNo = order's; inventory orderNo,
+  ebpCode, ebcCode = order's; inventory logisticsCode + logisticsNo = waybill's;
+* lines (§4.1 gnum "corresponds to the inventory item numbers", §4.3 "matches the order item numbers"): gnum one
+  to one, per gnum qty, unit, currency, totalPrice and itemName (blocking, as R8 for import), order goodsValue =
+  Σ inventory totalPrice (blocking, as for import);
+* warnings, inferred rather than stated: the 收款单 charge against the order (A.17 defines charge as the payment
+  enterprise's order transaction amount without saying whether it includes freight: it agrees when it is
+  goodsValue or goodsValue + freight, in the order's currency; ``recon.charge_mismatch``); order freight against
+  the inventory's and waybill insuredFee against the inventory's, each only when the inventory gives a total
+  (fFlag / iFlag 3) in the other side's currency.
+
+No buyer = payer, consignee or tax rule: an export order names no buyer ID, and the retail-import tax is import's.
+
 Values that do not parse as decimals are compared as trimmed strings (the rules layer reports the
 format itself); an empty or absent value on either side is not compared.
 """
@@ -62,10 +78,12 @@ from gateway.documents import Document
 from gateway.messages import SHIPMENT_KINDS, Kind
 
 CODES: dict[str, str] = {
-    "recon.payment_order_key_mismatch": "payment (CEB411) ebpCode or orderNo differs from the order's",
+    "recon.payment_order_key_mismatch": "payment (CEB411) ebpCode or orderNo, or 收款单 (CEB403) ebpCode, ebcCode or "
+    "orderNo, differs from the order's",
     "recon.payment_reference_mismatch": "order payCode or payTransactionId differs from the payment's",
     "recon.waybill_order_key_mismatch": "waybill (CEB511) orderNo differs from the order's",
-    "recon.inventory_order_key_mismatch": "inventory (CEB621) orderNo, ebpCode or ebcCode differs from the order's",
+    "recon.inventory_order_key_mismatch": "inventory (CEB621, CEB603) orderNo, ebpCode or ebcCode differs from the "
+    "order's",
     "recon.inventory_waybill_key_mismatch": "inventory logisticsCode or logisticsNo differs from the waybill's",
     "recon.bill_no_mismatch": "inventory billNo differs from the waybill billNo (both given)",
     "recon.amount_paid_mismatch": "order acturalPaid differs from payment amountPaid (R2)",
@@ -82,6 +100,11 @@ CODES: dict[str, str] = {
     "recon.line_total_price_mismatch": "inventory line totalPrice differs from the order line with the same gnum",
     "recon.line_item_name_mismatch": "inventory line itemName differs from the order line with the same gnum",
     "recon.line_country_mismatch": "warning: inventory line origin country differs from the order line's",
+    "recon.line_currency_mismatch": "export: inventory line currency differs from the order line with the same gnum",
+    "recon.charge_mismatch": (
+        "warning (export): the 收款单 (CEB403) charge is neither the order's goodsValue nor goodsValue + freight, or "
+        "is in another currency than the order (spec A.17 leaves open what charge includes)"
+    ),
     "recon.waybill_ambiguous": (
         "warning: a waybill (CEB511) carries the shipment's orderNo, which another platform's shipment uses too, and "
         "no inventory of that orderNo names it: it is no platform's leg until an inventory naming its logisticsCode "
@@ -97,6 +120,7 @@ NON_BLOCKING: frozenset[str] = frozenset(
         "recon.inventory_buyer_telephone_mismatch",
         "recon.line_country_mismatch",
         "recon.waybill_ambiguous",
+        "recon.charge_mismatch",
     }
 )
 
@@ -179,6 +203,23 @@ def reconcile(shipment: Shipment, *, tolerance: Decimal = Decimal("0")) -> Outco
     if tolerance < 0:
         raise ValueError(f"tolerance must not be negative, got {tolerance}")
     f = _Findings(tolerance)
+    first = shipment.order or shipment.payment or shipment.waybill or shipment.inventory
+    if first is not None and first.type.flow == "export":
+        _compare_export(shipment, f)
+    else:
+        _compare_import(shipment, f)
+    blocking = any(x.blocking for x in f.items)
+    missing = tuple(k for k in SHIPMENT_KINDS if shipment.leg(k) is None)
+    if blocking:
+        state = ShipmentState.MISMATCHED
+    elif missing:
+        state = ShipmentState.INCOMPLETE
+    else:
+        state = ShipmentState.MATCHED
+    return Outcome(state=state, missing=missing, findings=tuple(f.items))
+
+
+def _compare_import(shipment: Shipment, f: _Findings) -> None:
     order, payment, waybill, inventory = shipment.order, shipment.payment, shipment.waybill, shipment.inventory
     # which waybill (§6.2): a waybill of an orderNo several platforms use, decided by no inventory
     keyed = order or payment or inventory
@@ -225,15 +266,66 @@ def reconcile(shipment: Shipment, *, tolerance: Decimal = Decimal("0")) -> Outco
         f.text("recon.inventory_buyer_mismatch", order, "buyerIdNumber", inventory, "buyerIdNumber", fold_case=True)
         f.text("recon.inventory_buyer_telephone_mismatch", order, "buyerTelephone", inventory, "buyerTelephone")
         _compare_lines(order, inventory, f)
-    blocking = any(x.blocking for x in f.items)
-    missing = tuple(k for k in SHIPMENT_KINDS if shipment.leg(k) is None)
-    if blocking:
-        state = ShipmentState.MISMATCHED
-    elif missing:
-        state = ShipmentState.INCOMPLETE
-    else:
-        state = ShipmentState.MATCHED
-    return Outcome(state=state, missing=missing, findings=tuple(f.items))
+
+
+#: The export comparisons as data: (left leg, right leg, code, fields compared as text on both sides), each applied
+#: when both legs are present; keys of spec §6.2's export equivalents.
+EXPORT_COMPARISONS: tuple[tuple[Kind, Kind, str, tuple[str, ...]], ...] = (
+    (Kind.ORDER, Kind.PAYMENT, "recon.payment_order_key_mismatch", ("ebpCode", "ebcCode", "orderNo")),
+    (Kind.ORDER, Kind.INVENTORY, "recon.inventory_order_key_mismatch", ("orderNo", "ebpCode", "ebcCode")),
+    (Kind.WAYBILL, Kind.INVENTORY, "recon.inventory_waybill_key_mismatch", ("logisticsCode", "logisticsNo")),
+)
+
+#: Export lines per gnum: an export sale is in any currency of the code table, per line (spec §4.1, §4.3), so the
+#: line's currency is compared with its amounts; an export order line has no country.
+_EXPORT_LINE_CHECKS: tuple[tuple[str, str, str], ...] = (
+    ("recon.line_qty_mismatch", "qty", "number"),
+    ("recon.line_unit_mismatch", "unit", "text"),
+    ("recon.line_currency_mismatch", "currency", "text"),
+    ("recon.line_total_price_mismatch", "totalPrice", "money"),
+    ("recon.line_item_name_mismatch", "itemName", "text"),
+)
+
+
+def _compare_export(shipment: Shipment, f: _Findings) -> None:
+    for left, right, code, names in EXPORT_COMPARISONS:
+        ldoc, rdoc = shipment.leg(left), shipment.leg(right)
+        if ldoc is not None and rdoc is not None:
+            f.texts(code, ldoc, rdoc, names)
+    order, payment, waybill, inventory = shipment.order, shipment.payment, shipment.waybill, shipment.inventory
+    if order and payment:
+        _compare_charge(order, payment, f)
+    if order and inventory and _text(inventory, "fFlag") == "3" and _text(inventory, "fCurrency") == _text(
+        order, "currency"
+    ):
+        f.amount("recon.freight_mismatch", order, "freight", inventory, "freight")
+    if waybill and inventory and _text(inventory, "iFlag") == "3" and _text(inventory, "iCurrency") == _text(
+        waybill, "currency"
+    ):
+        f.amount("recon.insured_fee_mismatch", waybill, "insuredFee", inventory, "insuredFee")
+    if order and inventory:
+        _compare_lines(order, inventory, f, _EXPORT_LINE_CHECKS)
+
+
+def _compare_charge(order: Document, receipt: Document, f: _Findings) -> None:
+    """The 收款单's charge against the order (a warning: spec A.17 does not say whether it includes freight)."""
+    currency, charged = _text(order, "currency"), _text(receipt, "currency")
+    if currency and charged and currency != charged:
+        f.pair("recon.charge_mismatch", "currency", _side(order, "currency"), _side(receipt, "currency"), "order",
+               "payment", "currency")  # fmt: skip
+        return
+    charge, goods = _text(receipt, "charge"), _text(order, "goodsValue")
+    if not charge or not goods:
+        return
+    with_freight = goods
+    base, freight = _decimal(goods), _decimal(_text(order, "freight") or "0")
+    if base is not None and freight is not None:
+        with_freight = str(base + freight)
+    if f.differs("money", goods, charge) and f.differs("money", with_freight, charge):
+        left, right = _side(order, "goodsValue"), _side(receipt, "charge")
+        f.add("recon.charge_mismatch", "charge",
+              f"payment charge is {right.value!r} but the order's goodsValue is {left.value!r} and with freight "
+              f"{with_freight}", left, right)  # fmt: skip
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -338,7 +430,9 @@ def _group(doc: Document) -> dict[str, list[int]]:
     return groups
 
 
-def _compare_lines(order: Document, inventory: Document, f: _Findings) -> None:
+def _compare_lines(
+    order: Document, inventory: Document, f: _Findings, checks: tuple[tuple[str, str, str], ...] | None = None
+) -> None:
     """R8: pair lines by gnum (the k-th occurrence with the k-th, so duplicates stay visible)."""
     ogroups, igroups = _group(order), _group(inventory)
     pairs: list[tuple[int, int]] = []
@@ -373,7 +467,7 @@ def _compare_lines(order: Document, inventory: Document, f: _Findings) -> None:
     totals_agree = not order_only and not inventory_only
     for oi, ii in pairs:
         gnum = (order.lines[oi].get("gnum") or "").strip()
-        for code, name, kind in _LINE_CHECKS:
+        for code, name, kind in checks or _LINE_CHECKS:
             a, b = (order.lines[oi].get(name) or "").strip(), (inventory.lines[ii].get(name) or "").strip()
             if not a or not b or not f.differs(kind, a, b):
                 continue  # itemName is optional in the inventory: compared only when both carry it

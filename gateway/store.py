@@ -199,14 +199,16 @@ def _put_shipments(rows: str) -> str:
     """The upsert of the shipments in the JSON array ``rows`` (ShipmentResult.row); shared by the writes."""
     return f"""
     INSERT INTO shipments AS s (ebp_code, order_no, ebc_code, state, missing, findings, parties, mode,
-                                buyer_id_number)
-    SELECT x.ebp_code, x.order_no, x.ebc_code, x.state, x.missing, x.findings, x.parties, x.mode, x.buyer_id_number
+                                buyer_id_number, flow)
+    SELECT x.ebp_code, x.order_no, x.ebc_code, x.state, x.missing, x.findings, x.parties, x.mode, x.buyer_id_number,
+           x.flow
       FROM jsonb_to_recordset({rows}::jsonb) AS x(
            ebp_code text, order_no text, ebc_code text, state text, missing text[], findings jsonb,
-           parties text[], mode text, buyer_id_number text)
+           parties text[], mode text, buyer_id_number text, flow text)
     ON CONFLICT (ebp_code, order_no) DO UPDATE
        SET ebc_code = EXCLUDED.ebc_code, state = EXCLUDED.state, missing = EXCLUDED.missing,
            findings = EXCLUDED.findings, mode = EXCLUDED.mode, buyer_id_number = EXCLUDED.buyer_id_number,
+           flow = EXCLUDED.flow,
            parties = ARRAY(SELECT DISTINCT p FROM unnest(s.parties || EXCLUDED.parties) AS p ORDER BY p),
            updated_at = now()
     RETURNING 1"""
@@ -303,7 +305,7 @@ SELECT id, guid, message_type, sha256, raw_xml, source, submitter, received_at, 
 SELECT_MESSAGE_DOCUMENTS = f"SELECT {_DOC_COLUMNS} FROM documents AS d WHERE d.message_id = $1 ORDER BY d.doc_index"
 
 SELECT_SHIPMENT = """
-SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, buyer_id_number,
+SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, buyer_id_number, flow,
        customs_status, customs_info, customs_updated_at, created_at, updated_at
   FROM shipments WHERE ebp_code = $1 AND order_no = $2
 """
@@ -336,7 +338,7 @@ SELECT m.guid AS message_guid, m.received_at, {_DOC_COLUMNS}
 """
 
 _LIST_COLUMNS = (
-    "SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, customs_status,"
+    "SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, flow, customs_status,"
     " customs_updated_at, created_at, updated_at FROM shipments"
 )
 #: list_shipments filters (each adds one parameter) and the keyset page condition (two).
@@ -345,6 +347,7 @@ _LIST_FILTERS = {
     "customs_status": "customs_status = ${}",
     "ebp_code": "ebp_code = ${}",
     "ebc_code": "ebc_code = ${}",
+    "flow": "flow = ${}",
     "since": "updated_at >= ${}",
     "until": "updated_at < ${}",
     "parties": "parties && ${}::text[]",
@@ -1011,6 +1014,7 @@ class Store:
         customs_status: str | None = None,
         ebp_code: str | None = None,
         ebc_code: str | None = None,
+        flow: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         parties: list[str] | None = None,
@@ -1031,6 +1035,7 @@ class Store:
             "customs_status": customs_status,
             "ebp_code": ebp_code,
             "ebc_code": ebc_code,
+            "flow": flow,
             "since": since,
             "until": until,
             "parties": parties,
@@ -1056,6 +1061,7 @@ class Store:
             "findings": r["findings"],
             "parties": list(r["parties"]),
             "mode": r["mode"],
+            "flow": r["flow"],
             "customs_status": r["customs_status"],
             "customs_updated_at": _iso(r["customs_updated_at"]),
             "created_at": _iso(r["created_at"]),

@@ -595,3 +595,68 @@ def test_an_ambiguous_waybill_is_a_warning_beside_a_missing_waybill_leg() -> Non
     # the waybill-only shipment that shows it: no keyed leg to point at
     lone = reconcile(Shipment(waybill=waybill, ambiguous=(waybill,), platforms=("A", "B")))
     assert [f.left for f in lone.findings if f.code == "recon.waybill_ambiguous"] == [None]
+
+
+# --- export shipments (spec §4.4, §6.2 export equivalents) -----------------------------------------------------
+
+
+def _export_legs(**changes: dict[str, str]) -> dict[str, Document]:
+    from gateway.messages import BY_CODE
+    from tests import exportutil as ex
+
+    heads = {"CEB303": ex.order_head("E1"), "CEB403": ex.receipt_head("E1"), "CEB505": ex.waybill_head("E1"),
+             "CEB603": ex.inventory_head("E1")}  # fmt: skip
+    lines = {"CEB303": ex.ORDER_LINES, "CEB603": ex.inventory_lines()}
+    out = {}
+    for code, head in heads.items():
+        t = BY_CODE[code]
+        head.update(changes.get(code, {}))
+        out[code] = Document(t, 1, f"/{t.root}/{t.document}[1]", head, [dict(x) for x in lines.get(code, [])])
+    return out
+
+
+def _export(**changes: dict[str, str]) -> Outcome:
+    d = _export_legs(**changes)
+    return reconcile(Shipment(order=d["CEB303"], payment=d["CEB403"], waybill=d["CEB505"], inventory=d["CEB603"]))
+
+
+def test_a_consistent_export_shipment_matches_without_import_rules() -> None:
+    # no buyer, payer or consignee on export documents: nothing of the import's parties is asked for
+    outcome = _export()
+    assert (outcome.state, outcome.findings) == (ShipmentState.MATCHED, ())
+
+
+def test_export_keys_are_blocking() -> None:
+    outcome = _export(CEB403={"ebcCode": "OTHER"}, CEB603={"logisticsNo": "ELN-OTHER"})
+    found = {(f.code, f.field, f.blocking) for f in outcome.findings}
+    assert ("recon.payment_order_key_mismatch", "ebcCode", True) in found
+    assert ("recon.inventory_waybill_key_mismatch", "logisticsNo", True) in found
+    assert outcome.state == ShipmentState.MISMATCHED
+
+
+def test_the_charge_is_a_warning_either_with_or_without_freight() -> None:
+    assert _export(CEB403={"charge": "100"}).findings == ()  # goodsValue alone
+    assert _export(CEB403={"charge": "110.00"}).findings == ()  # goodsValue + freight
+    outcome = _export(CEB403={"charge": "95"})
+    [f] = outcome.findings
+    assert (f.code, f.field, f.blocking, f.right and f.right.value) == ("recon.charge_mismatch", "charge", False, "95")
+    assert outcome.state == ShipmentState.MATCHED
+    [f] = _export(CEB403={"currency": "142"}).findings
+    assert (f.code, f.field, f.left and f.left.value, f.right and f.right.value) == (
+        "recon.charge_mismatch", "currency", "502", "142")
+
+
+def test_export_freight_is_compared_only_as_a_total_in_the_orders_currency() -> None:
+    [f] = _export(CEB603={"freight": "12"}).findings
+    assert (f.code, f.blocking) == ("recon.freight_mismatch", False)
+    assert _export(CEB603={"freight": "12", "fFlag": "1"}).findings == ()  # a rate is no amount to compare
+    assert _export(CEB603={"freight": "12", "fCurrency": "142"}).findings == ()
+
+
+def test_export_lines_pair_by_gnum_with_their_currency() -> None:
+    d = _export_legs()
+    inv = d["CEB603"]
+    lines = [dict(inv.lines[0], currency="142")]
+    outcome = reconcile(Shipment(order=d["CEB303"], payment=d["CEB403"], waybill=d["CEB505"],
+                                 inventory=Document(inv.type, 1, inv.path, inv.head, lines)))  # fmt: skip
+    assert [(f.code, f.blocking) for f in outcome.findings] == [("recon.line_currency_mismatch", True)]

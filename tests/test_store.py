@@ -503,8 +503,8 @@ async def test_receipts_are_recorded_without_key_state(store: Store, db_pool: as
 async def test_shipment_state_follows_the_legs(store: Store) -> None:
     r = await ingest(store, message("CEB311", order_head("S1")))
     assert r.body["shipments"] == [
-        {"ebpCode": EBP, "orderNo": "S1", "state": "incomplete", "missing": ["payment", "waybill", "inventory"],
-         "findings": []},
+        {"ebpCode": EBP, "orderNo": "S1", "flow": "import", "state": "incomplete",
+         "missing": ["payment", "waybill", "inventory"], "findings": []},
     ]  # fmt: skip
     await ingest(store, message("CEB411", payment_head("S1")))
     await ingest(store, message("CEB511", waybill_head("S1")))

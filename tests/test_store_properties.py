@@ -121,6 +121,9 @@ SHAPES = st.fixed_dictionaries({
     "inventory": st.sampled_from(["none", "kept", "moved", "withdrawn"]),
     "order2": st.booleans(),
     "platform2": st.sampled_from(["none", "order", "inventory"]),
+    # an export shipment (spec §4.4) of its own orderNo: 收款单 or not, its inventory kept, moved to a second waybill
+    # or withdrawn; its waybills name no orderNo
+    "export": st.sampled_from(["none", "kept", "moved", "withdrawn", "no_receipt"]),
 })  # fmt: skip
 
 
@@ -162,7 +165,26 @@ def _histories(suffix: str, shape: dict[str, object]) -> list[list[Version]]:
             histories.append([Version("CEB511", waybill_head(o1, logisticsNo=w3, guid=f"WB3-{suffix}"))])
             histories.append([Version("CEB621", inventory_head(o1, ebpCode=ebp, ebcCode=ebc, assureCode=ebc,
                                                                logisticsNo=w3, guid=f"INV2-{suffix}"))])  # fmt: skip
+    if shape["export"] != "none":
+        histories += _export_histories(suffix, str(shape["export"]))
     return histories
+
+
+def _export_histories(suffix: str, how: str) -> list[list[Version]]:
+    from tests import exportutil as ex
+    from tests.test_store import T0, _later
+
+    e, w4, w5 = f"E{suffix}", f"W4{suffix}", f"W5{suffix}"
+    out = [[Version("CEB303", ex.order_head(e))], [Version("CEB505", ex.waybill_head(e, logisticsNo=w4))],
+           [Version("CEB505", ex.waybill_head(e, logisticsNo=w5, guid=f"EWB5-{suffix}"))]]  # fmt: skip
+    if how != "no_receipt":
+        out.append([Version("CEB403", ex.receipt_head(e))])
+    inventory = [Version("CEB603", ex.inventory_head(e, logisticsNo=w4))]
+    if how == "moved":
+        inventory.append(Version("CEB603", ex.inventory_head(e, logisticsNo=w5, appType="2", appTime=_later(T0, 7))))
+    elif how == "withdrawn":
+        inventory.append(Version("CEB603", ex.inventory_head(e, appType="3", appTime=_later(T0, 7))))
+    return [*out, inventory]
 
 
 def _interleave(histories: list[list[Version]], picks: list[int]) -> list[Version]:
@@ -178,14 +200,17 @@ def _interleave(histories: list[list[Version]], picks: list[int]) -> list[Versio
 
 
 async def _outcome(pool: asyncpg.Pool, store: Store, order: list[Version], suffix: str) -> list[tuple[object, ...]]:
+    from tests.exportutil import export_message
     from tests.test_store import ingest, message
 
     for v in order:
-        await ingest(store, message(v.code, v.head))
+        make = export_message if v.code in ("CEB303", "CEB603") else message  # lines of their own flow
+        await ingest(store, make(v.code, v.head))
     rows = await pool.fetch(
-        "SELECT ebp_code, order_no, state, missing, findings FROM shipments WHERE order_no LIKE '%' || $1 "
+        "SELECT ebp_code, order_no, flow, state, missing, findings FROM shipments WHERE order_no LIKE '%' || $1 "
         "ORDER BY ebp_code, order_no", suffix)  # fmt: skip
-    return [(r["ebp_code"], r["order_no"].removesuffix(suffix), r["state"], list(r["missing"]),
+    assert await pool.fetchval("SELECT count(*) FROM shipments WHERE order_no = ''") == 0  # no export waybill's
+    return [(r["ebp_code"], r["order_no"].removesuffix(suffix), r["flow"], r["state"], list(r["missing"]),
              sorted(f["code"] for f in r["findings"])) for r in rows]  # fmt: skip
 
 

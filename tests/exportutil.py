@@ -1,0 +1,97 @@
+"""Consistent export documents of one shipment (spec §4: CEB303, CEB403, CEB505, CEB603, CEB605), as ParsedMessages
+for the store; keyword overrides change any head field. The import counterparts live in tests/test_store.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.documents import ParsedMessage
+from tests.test_store import T0, message
+
+EBP, EBC, PAY, LOG, AGENT = "EBP0000001", "EBC0000001", "PAY0000001", "LOG0000001", "AGT0000001"
+
+
+def order_head(order_no: str, **kw: str) -> dict[str, str]:
+    h = {
+        "guid": f"EORD-{order_no}", "appType": "1", "appTime": T0, "appStatus": "2", "orderType": "E",
+        "orderNo": order_no, "ebpCode": EBP, "ebpName": "Platform", "ebcCode": EBC, "ebcName": "Seller",
+        "goodsValue": "100", "freight": "10", "currency": "502",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+ORDER_LINES = [
+    {"gnum": "1", "itemNo": "SKU1", "itemName": "真丝围巾", "unit": "015", "currency": "502", "qty": "2",
+     "price": "50", "totalPrice": "100"},
+]  # fmt: skip
+
+
+def receipt_head(order_no: str, **kw: str) -> dict[str, str]:
+    h = {
+        "guid": f"ERCP-{order_no}", "appType": "1", "appTime": T0, "appStatus": "2", "ebpCode": EBP,
+        "ebpName": "Platform", "ebcCode": EBC, "ebcName": "Seller", "orderNo": order_no, "payCode": PAY,
+        "payName": "Pay", "payNo": f"PN-{order_no}", "charge": "110", "currency": "502", "accountingDate": T0,
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+def waybill_head(order_no: str, **kw: str) -> dict[str, str]:
+    """An export waybill names no orderNo: ``order_no`` only makes its logisticsNo."""
+    h = {
+        "guid": f"EWB-{order_no}", "appType": "1", "appTime": T0, "appStatus": "2", "logisticsCode": LOG,
+        "logisticsName": "Carrier", "logisticsNo": f"ELN-{order_no}", "freight": "10", "insuredFee": "0",
+        "currency": "502", "grossWeight": "0.5", "packNo": "1", "goodsInfo": "真丝围巾×2",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+def inventory_head(order_no: str, **kw: str) -> dict[str, str]:
+    h = {
+        "guid": f"EINV-{order_no}", "appType": "1", "appTime": T0, "appStatus": "2", "customsCode": "6401",
+        "ebpCode": EBP, "ebpName": "Platform", "orderNo": order_no, "logisticsCode": LOG, "logisticsName": "Carrier",
+        "logisticsNo": f"ELN-{order_no}", "copNo": f"COP-{order_no}", "ieFlag": "E", "portCode": "6401",
+        "ieDate": "20250301", "statisticsFlag": "A", "agentCode": AGENT, "agentName": "Agent", "ebcCode": EBC,
+        "ebcName": "Seller", "ownerCode": "OWN0000001", "ownerName": "Maker", "tradeMode": "9610", "trafMode": "5",
+        "country": "502", "POD": "LAX", "freight": "10", "fCurrency": "502", "fFlag": "3", "insuredFee": "0",
+        "iCurrency": "502", "iFlag": "3", "wrapType": "2", "packNo": "1", "grossWeight": "0.5", "netWeight": "0.4",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+def inventory_lines(total: str = "100", qty: str = "2") -> list[dict[str, str]]:
+    return [
+        {"gnum": "1", "itemNo": "SKU1", "itemName": "真丝围巾", "gcode": "6214100000", "gname": "真丝围巾",
+         "gmodel": "180×90cm", "barCode": "无", "country": "502", "currency": "502", "qty": qty, "qty1": qty,
+         "unit": "015", "unit1": "015", "price": "50", "totalPrice": total},
+    ]  # fmt: skip
+
+
+def cancel_head(invt_no: str, **kw: str) -> dict[str, str]:
+    h = {
+        "guid": f"ECAN-{invt_no}", "appType": "1", "appTime": T0, "appStatus": "2", "customsCode": "6401",
+        "copNo": f"CAN-{invt_no}", "invtNo": invt_no, "reason": "buyer cancelled", "agentCode": AGENT,
+        "agentName": "Agent", "ebcCode": EBC, "ebcName": "Seller",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+_LINES: dict[str, Any] = {"CEB303": ORDER_LINES, "CEB603": inventory_lines()}
+
+
+def export_message(code: str, *heads: dict[str, str], guid: str | None = None, lines: Any = None) -> ParsedMessage:
+    return message(code, *heads, guid=guid, lines=lines if lines is not None else _LINES.get(code, []))
+
+
+def legs(order_no: str, **inventory: str) -> list[ParsedMessage]:
+    """The four legs of one export shipment, order first."""
+    return [
+        export_message("CEB303", order_head(order_no)),
+        export_message("CEB403", receipt_head(order_no)),
+        export_message("CEB505", waybill_head(order_no)),
+        export_message("CEB603", inventory_head(order_no, **inventory)),
+    ]
