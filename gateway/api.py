@@ -31,6 +31,7 @@ from gateway.console import setup_console
 from gateway.console.queries import receipts_awaited
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
+from gateway.messages import FLOWS
 from gateway.metrics import setup_metrics
 from gateway.openapi import OPENAPI
 from gateway.outbox import Outbox
@@ -256,6 +257,9 @@ async def list_shipments(request: web.Request) -> web.Response:
     if customs_status is not None and customs_status not in SHIPMENT_CUSTOMS_STATUSES:
         return error_response(400, f"unknown customs_status {customs_status!r}: one of "
                               + ", ".join(SHIPMENT_CUSTOMS_STATUSES))  # fmt: skip
+    flow = q.get("flow")
+    if flow is not None and flow not in FLOWS:
+        return error_response(400, f"unknown flow {flow!r}: one of " + ", ".join(sorted(FLOWS)))
     try:
         since = db.utc_time(q["since"], "since") if "since" in q else None
         until = db.utc_time(q["until"], "until") if "until" in q else None
@@ -268,6 +272,7 @@ async def list_shipments(request: web.Request) -> web.Response:
             customs_status=customs_status,
             ebp_code=q.get("ebpCode"),
             ebc_code=q.get("ebcCode"),
+            flow=flow,
             since=since,
             until=until,
             parties=None if principal.sees_everything else sorted(principal.codes),

@@ -104,7 +104,8 @@ class WebhookSettings:
 
 
 DEFAULT_ROUTES: tuple[RouteSettings, ...] = (
-    RouteSettings(("CEB311", "CEB411", "CEB511", "CEB513", "CEB621", "CEB623", "CEB625", "CEB711"), ("customs",)),
+    RouteSettings(("CEB311", "CEB411", "CEB511", "CEB513", "CEB621", "CEB623", "CEB625", "CEB711",
+                   "CEB303", "CEB403", "CEB505", "CEB603", "CEB605"), ("customs",)),
     RouteSettings(("CEB621",), ("inspection",), modes=("1210",)),
 )
 
@@ -115,7 +116,8 @@ class ForwardingSettings:
     sender_id: str = "DXPENT0000000001"  # our DXP id (assigned by the exchange platform)
     endpoints: tuple[EndpointSettings, ...] = ()  # none of kind customs: the built-in sandbox (see sandbox)
     routes: tuple[RouteSettings, ...] = DEFAULT_ROUTES
-    hold_types: tuple[str, ...] = ("CEB621",)  # held until the shipment is matched and its legs receipted
+    # held until the shipment is matched and its legs receipted (spec §6.7; the export inventory as the import one)
+    hold_types: tuple[str, ...] = ("CEB621", "CEB603")
     on_release: tuple[str, ...] = ("warehouse",)  # endpoints told when a shipment is released (800)
     webhooks: tuple[WebhookSettings, ...] = ()
     webhook_endpoint: str = "webhook"

@@ -81,7 +81,7 @@ class Router:
 
     endpoint_kinds: Mapping[str, str]
     routes: tuple[Route, ...] = ()
-    hold_types: frozenset[str] = frozenset({"CEB621"})
+    hold_types: frozenset[str] = frozenset({"CEB621", "CEB603"})
     on_release: tuple[str, ...] = ()
     webhooks: tuple[WebhookSettings, ...] = ()
     webhook_endpoint: str | None = None

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from gateway.errors import Issue, Layer
-
 CEB_NS = "http://www.chinaport.gov.cn/ceb"
 DXP_NS = "http://www.chinaport.gov.cn/dxp"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
@@ -163,28 +161,12 @@ BY_ROOT: dict[str, MessageType] = {t.root: t for t in MESSAGE_TYPES}
 BY_CODE: dict[str, MessageType] = {t.code: t for t in MESSAGE_TYPES}
 BY_TAG: dict[str, MessageType] = {t.tag: t for t in MESSAGE_TYPES}
 
-#: The flows of the registry that are taken in, reconciled and forwarded. Export types (spec §4) are judged by the
-#: schema and rules layers (``cbec validate``, the API's check) and refused for ingest (``ingest.export_not_accepted``).
-INGESTED_FLOWS: frozenset[str] = frozenset({"import"})
+#: The flows of the registry: every message type of either is taken in, reconciled and forwarded (an export shipment
+#: is reconciled apart from any import one: gateway.keystate, state.flow_conflict).
+FLOWS: frozenset[str] = frozenset(t.flow for t in MESSAGE_TYPES)
 
-def not_ingested(mtype: MessageType) -> Issue:
-    """The answer to an export message (spec §4) offered for ingest: it is judged like any message (``cbec
-    validate`` and the API check it alike), but the store, reconciliation and forwarding know the import flow only,
-    so it is refused rather than stored as if the gateway would declare it."""
-    return Issue(Layer.RULE, "ingest.export_not_accepted", f"/{mtype.root}",
-                 f"{mtype.code} is an export message: export messages are checked (schema and rules, as cbec validate "
-                 "does) but not yet accepted for ingest; the gateway stores, reconciles and forwards import "
-                 "messages only")  # fmt: skip
-
-
-CODES: dict[str, str] = {
-    "ingest.export_not_accepted": "an export message (CEB303/403/505/603/605 or an export receipt) passed its checks "
-    "but is not taken in: export messages are judged by cbec validate and the API alike, and refused for ingest "
-    "(HTTP 422) until the store, reconciliation and forwarding handle the export flow; nothing of it is stored but "
-    "the record of the refusal",
-}
-
-#: The four legs of an import shipment, in the order the spec lists them.
+#: The four legs of a shipment, in the order the spec lists them: order, payment (收款单 for export), waybill,
+#: inventory.
 SHIPMENT_KINDS: tuple[Kind, ...] = (Kind.ORDER, Kind.PAYMENT, Kind.WAYBILL, Kind.INVENTORY)
 
 

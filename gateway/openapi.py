@@ -82,8 +82,8 @@ OPENAPI: dict[str, Any] = {
                     "409": _err("duplicate business key, unknown document to change, or guid reused with other bytes"),
                     "413": _err("body too large"),
                     "415": _err("unsupported Content-Type"),
-                    "422": _err("schema or business-rule errors, or an export message, which is checked but not "
-                                "accepted for ingest (ingest.export_not_accepted)"),
+                    "422": _err("schema or business-rule errors; an export message sent as JSON (export messages are "
+                                "taken as XML only: json.unsupported_type)"),
                     **_AUTH_ERRORS,
                 },
             }
@@ -109,6 +109,7 @@ OPENAPI: dict[str, Any] = {
                         ("customs_status", " | ".join(SHIPMENT_CUSTOMS_STATUSES)),
                         ("ebpCode", "platform code"),
                         ("ebcCode", "e-commerce enterprise code"),
+                        ("flow", "import | export"),
                         ("since", "ISO 8601 time, updated at or after"),
                         ("until", "ISO 8601 time, updated before"),
                         ("limit", "1..500, default 50"),
@@ -117,7 +118,8 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {
                     "200": {"description": "{items, next_cursor}"},
-                    "400": _err("an unknown state or customs_status, a time or cursor that is not one, a bad limit"),
+                    "400": _err("an unknown state, customs_status or flow, a time or cursor that is not one, a bad "
+                                "limit"),
                     **_AUTH_ERRORS,
                 },
             }
@@ -166,8 +168,8 @@ OPENAPI: dict[str, Any] = {
                     "400": _err("not a safe, well-formed receipt or DxpMsg"),
                     "413": _err("body too large"),
                     "415": _err("unsupported Content-Type"),
-                    "422": _err("schema errors, a tax bill's rule errors (e.g. rule.tax_status), not a receipt "
-                                "(rule.not_a_receipt), or an export receipt (ingest.export_not_accepted)"),
+                    "422": _err("schema errors, a tax bill's rule errors (e.g. rule.tax_status), or not a receipt "
+                                "(rule.not_a_receipt)"),
                     **_AUTH_ERRORS,
                 },
             }

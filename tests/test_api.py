@@ -15,6 +15,7 @@ import pytest
 
 from gateway import samples
 from gateway.render import render
+from gateway.sandbox.receipts import build_receipt
 from tests.apiutil import OPERATOR, PLATFORM_A, STRANGER, Client, sign_as_agent
 
 pytestmark = pytest.mark.db
@@ -474,31 +475,85 @@ async def test_signatures_are_verified_when_configured_but_not_the_gateways_own(
         await runner.cleanup()
 
 
-async def test_an_export_message_is_checked_but_not_taken_in(api: Client, db_pool: Any) -> None:
-    """Export messages (spec §4) are judged like any message, then refused for ingest with their own code: the
-    store, reconciliation and forwarding know the import flow only. Nothing is stored but the refusal's record."""
-    fixtures = Path(__file__).parent / "data" / "schema"
-    counts = ("SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM documents), "
-              "(SELECT count(*) FROM shipments)")
-    before = tuple(await db_pool.fetchrow(counts))
-    xml = (fixtures / "CEB303Message.xml").read_bytes()
-    reply = await api.post_xml(xml)
-    assert reply.status == 422, reply.body
-    [issue] = reply.body["error"]["issues"]
-    assert (issue["code"], issue["path"]) == ("ingest.export_not_accepted", "/CEB303Message")
-    assert "export" in issue["message"] and "not yet accepted" in issue["message"]
-    assert tuple(await db_pool.fetchrow(counts)) == before
-    row = await db_pool.fetchrow("SELECT message_type, http_status, issues FROM rejected_messages ORDER BY id DESC "
-                                 "LIMIT 1")  # fmt: skip
-    assert (row["message_type"], row["http_status"]) == ("CEB303", 422)
-    assert [i["code"] for i in row["issues"]] == ["ingest.export_not_accepted"]
-    # a broken one gets its schema or rule issues first, as from cbec validate
-    broken = xml.replace(b"<ceb:appType>1</ceb:appType>", b"<ceb:appType>12</ceb:appType>", 1)
-    reply = await api.post_xml(broken)
-    assert reply.status == 422 and reply.body["error"]["issues"][0]["code"] == "schema.wrong_length"
-    # and an export receipt is not applied to anything either
-    receipt = (fixtures / "CEB304Message.xml").read_bytes()
-    reply = await api.request("POST", "/v1/receipts", data=receipt, content_type="application/xml")
-    assert reply.status == 422, reply.body
-    assert [i["code"] for i in reply.body["error"]["issues"]] == ["ingest.export_not_accepted"]
-    assert await db_pool.fetchval("SELECT count(*) FROM receipts") == 0
+async def test_export_messages_are_taken_in_as_xml_and_their_receipts_applied(api: Client, db_pool: Any) -> None:
+    """Export messages (spec §4): the four legs of a 9610 export shipment taken in as XML, reconciled into a shipment
+    of flow export; its receipts (CEB304/404/506/604/606) applied at POST /v1/receipts by the keys of spec §5.1; the
+    JSON shape stays the import flow's, and an export receipt posted as a message is only recorded."""
+    samples_dir = Path(__file__).parent / "data" / "samples"
+    xmls = {c: (samples_dir / f"{c}-9610.xml").read_bytes() for c in ("CEB303", "CEB403", "CEB505", "CEB603")}
+    for code in ("CEB603", "CEB505", "CEB403", "CEB303"):
+        reply = await api.post_xml(xmls[code])
+        assert reply.status == 202, (code, reply.body)
+    assert reply.body["documents"][0]["shipment"]["flow"] == "export"
+    assert reply.body["documents"][0]["shipment"]["state"] == "matched"
+    order = reply.body["documents"][0]["keys"]
+    path = f"/v1/shipments/{order['ebpCode']}/{order['orderNo']}"
+    body = (await api.get(path)).body
+    assert (body["flow"], body["state"], body["mode"], body["customs_status"]) == ("export", "matched", "9610",
+                                                                                     "pending")  # fmt: skip
+    docs = {d["kind"]: d for d in body["documents"]}
+    assert [i["orderNo"] for i in (await api.get("/v1/shipments?flow=export")).body["items"]] == [order["orderNo"]]
+    assert (await api.get("/v1/shipments?flow=import")).body["items"] == []
+    assert (await api.get("/v1/shipments?flow=both")).status == 400
+    # the receipts, by their keys: 304 (ebpCode, orderNo), 404 (ebcCode, orderNo), 506 (logisticsCode, logisticsNo)
+    heads = {c: docs[k]["head"] for c, k in (("CEB303", "order"), ("CEB403", "payment"), ("CEB505", "waybill"),
+                                             ("CEB603", "inventory"))}  # fmt: skip
+    when = "20261120160000000"
+    answers = [
+        ("CEB304", {"guid": heads["CEB303"]["guid"], "ebpCode": order["ebpCode"], "ebcCode": heads["CEB303"]["ebcCode"],
+                    "orderNo": order["orderNo"]}),
+        ("CEB404", {"guid": heads["CEB403"]["guid"], "ebcCode": heads["CEB403"]["ebcCode"],
+                    "orderNo": order["orderNo"]}),
+        ("CEB506", {"guid": heads["CEB505"]["guid"], "logisticsCode": heads["CEB505"]["logisticsCode"],
+                    "logisticsNo": heads["CEB505"]["logisticsNo"]}),
+    ]  # fmt: skip
+    for code, values in answers:
+        xml = build_receipt(code, {**values, "returnStatus": "120", "returnTime": when, "returnInfo": "ok"})
+        reply = await api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
+        assert reply.status == 200, (code, reply.body)
+        assert [r["outcome"] for r in reply.body["receipts"]] == ["applied"], (code, reply.body)
+    body = (await api.get(path)).body
+    assert {d["kind"]: d["customs"]["code"] for d in body["documents"] if d["kind"] != "inventory"} == dict.fromkeys(
+        ("order", "payment", "waybill"), "120")
+    inv = heads["CEB603"]
+    xml = build_receipt("CEB604", {
+        "guid": inv["guid"], "agentCode": inv["agentCode"], "copNo": inv["copNo"], "preNo": "B20261120000000001",
+        "invtNo": "64012026E000000001", "ebcCode": inv["ebcCode"], "ebpCode": inv["ebpCode"],
+        "orderNo": inv["orderNo"], "statisticsFlag": inv["statisticsFlag"], "returnStatus": "800",
+        "returnTime": when, "returnInfo": "放行"})  # fmt: skip
+    reply = await api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
+    assert [r["outcome"] for r in reply.body["receipts"]] == ["applied"], reply.body
+    body = (await api.get(path)).body
+    docs = {d["kind"]: d for d in body["documents"]}
+    assert (body["customs_status"], docs["inventory"]["invt_no"]) == ("released", "64012026E000000001")
+    # an export cancellation, and its receipt by (agentCode, copNo)
+    cancel = export_cancel(inv, "64012026E000000001")
+    reply = await api.post_xml(cancel)
+    assert reply.status == 202 and reply.body["documents"][0]["kind"] == "cancel", reply.body
+    xml = build_receipt("CEB606", {"guid": "C" * 36, "agentCode": inv["agentCode"], "copNo": "CANCEL-1",
+                                   "preNo": "B20261120000000002", "invtNo": "64012026E000000001",
+                                   "returnStatus": "399", "returnTime": when, "returnInfo": "撤销审结"})  # fmt: skip
+    reply = await api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
+    assert [r["outcome"] for r in reply.body["receipts"]] == ["applied"], reply.body
+    # the JSON shape is the import flow's: an export type is refused by name
+    reply = await api.request("POST", "/v1/messages", json_body={"type": "CEB303", "documents": [{}]})
+    assert reply.status == 422 and reply.body["error"]["issues"][0]["code"] == "json.unsupported_type"
+    # an export receipt posted as a message is a record, applied to nothing
+    reply = await api.post_xml((Path(__file__).parent / "data" / "schema" / "CEB304Message.xml").read_bytes())
+    assert reply.status == 202 and reply.body["documents"][0]["outcome"] == "recorded"
+    assert await db_pool.fetchval("SELECT count(*) FROM rejected_messages WHERE message_type LIKE 'CEB3%'") == 0
+
+
+def export_cancel(inventory: dict[str, str], invt_no: str) -> bytes:
+    """A CEB605 for an export inventory (spec A.25), written in the export schema's order."""
+    from gateway.samples import render_export
+
+    doc = {"guid": "D" * 36, "appType": "1", "appTime": "20261120170000", "appStatus": "2", "customsCode": "6401",
+           "copNo": "CANCEL-1", "invtNo": invt_no, "reason": "买家取消", "agentCode": inventory["agentCode"],
+           "agentName": inventory["agentName"], "ebcCode": inventory["ebcCode"], "ebcName": inventory["ebcName"]}
+    payload = {"type": "CEB605", "guid": "E" * 36, "documents": [doc],
+               "baseTransfer": {"copCode": inventory["agentCode"], "copName": inventory["agentName"], "dxpMode": "DXP",
+                                "dxpId": "DXPENT0000000001"}}  # fmt: skip
+    return render_export(payload, signer=sign_as_agent)
+
+
