@@ -484,3 +484,46 @@ async def test_folder_transport_outbox_and_inbox(db_dsn: str, tmp_path: Any) -> 
 
 async def _exists(path: Any) -> bool:
     return bool(path.exists())
+
+
+async def test_an_export_shipment_of_each_mode_ends_released(db_dsn: str) -> None:
+    """General (9610) and special-zone (1210) export parcels (spec §4.4): the four legs as XML in any order, the
+    inventory held until its legs are receipted, the export receipts (CEB304/404/506/604) back from the sandbox."""
+    from gateway import samples
+    from tests.apiutil import sign_as_agent
+
+    async with running_stack(db_dsn) as stack:
+        ships = [samples.export_shipment(random.Random(seed), mode=mode) for seed, mode in ((41, "9610"), (42, "1210"))]
+        files = [(s, code, xml) for s in ships
+                 for code, xml in samples.render_export_shipment(s, signer=sign_as_agent).items()]  # fmt: skip
+        random.Random(9).shuffle(files)
+        for _, code, xml in files:
+            reply = await stack.client.post_xml(xml)
+            assert reply.status == 202, (code, reply.body)
+        for s in ships:
+            path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+
+            async def released(path: str = path) -> bool:
+                return (await stack.client.get(path)).body["customs_status"] == "released"
+
+            await wait_for(released, timeout=20, what=f"{s.order_doc['orderNo']} released")
+            body = (await stack.client.get(path)).body
+            assert (body["flow"], body["state"], body["mode"]) == ("export", "matched", s.mode)
+            docs = {d["kind"]: d for d in body["documents"] if d["is_current"]}
+            assert {d["message_type"] for d in docs.values()} == {"CEB303", "CEB403", "CEB505", "CEB603"}
+            assert [r["return_status"] for r in docs["inventory"]["receipts"]] == ["2", "120", "399", "800"]
+            assert docs["inventory"]["invt_no"][8] == "E"  # an export inventory number
+            for kind in ("order", "payment", "waybill"):
+                assert docs[kind]["forward_state"] == "receipted" and docs[kind]["customs"]["code"] == "120"
+            inv_sent = await stack.fetchval(
+                "SELECT min(a.started_at) FROM job_attempts AS a JOIN jobs AS j ON j.id = a.job_id"
+                " WHERE j.dedupe_key = $1", f"customs:{s.inventory['guid']}")  # fmt: skip
+            legs_receipted = [await first_usable_receipt(stack, p["guid"]) for p in (s.order, s.receipt, s.waybill)]
+            assert None not in legs_receipted and inv_sent > max(legs_receipted)
+        stats = stack.sandbox.stats()
+        assert stats["by_type"] == {"CEB303Message": 2, "CEB403Message": 2, "CEB505Message": 2, "CEB603Message": 2}
+        assert await stack.fetchval("SELECT count(*) FROM receipts WHERE outcome <> 'applied'") == 0
+        assert await stack.fetchval("SELECT count(*) FROM receipts") == 10 * len(ships)
+        listed = (await stack.client.get("/v1/shipments?flow=export")).body["items"]
+        assert sorted(i["orderNo"] for i in listed) == sorted(s.order_doc["orderNo"] for s in ships)
+        assert (await stack.client.get("/v1/shipments?flow=import")).body["items"] == []

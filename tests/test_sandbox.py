@@ -23,7 +23,7 @@ from aiohttp import web
 from lxml import etree
 
 from adapters import dxp
-from gateway.messages import CEB_NS
+from gateway.messages import BY_CODE, CEB_NS, lookup
 from gateway.sandbox import SCENARIOS, RunningSandbox, SandboxConfig, create_sandbox_app, scenario_of, start_sandbox
 from gateway.sandbox.app import SANDBOX_KEY
 from gateway.sandbox.recorder import Recorder
@@ -339,21 +339,32 @@ async def test_unparseable_data_answers_ceb900_unknown(
     assert (r["type"], r["oriCopMsgId"], r["oriMessageType"]) == ("CEB900", cop, "Unknown")
 
 
-async def test_an_export_message_is_not_one_the_sandbox_answers(
+async def test_export_declarations_are_answered_by_the_export_system(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
 ) -> None:
-    """The sandbox plays the CEB import system: an export message gets a format receipt (in a DxpMsg) or a 400
-    (bare), not receipts of a flow it does not simulate."""
-    xml = (Path(__file__).parent / "data" / "schema" / "CEB303Message.xml").read_bytes()
-    status, ack, _ = await post_dxp(client, sandbox.url, xml)  # to the import system's id: a routing error
+    """The sandbox plays the CEB export system (DXPEDCCEB0000003) too: the export legs addressed to it get the export
+    receipts (CEB304/404/506 2 → 120, CEB604 2 → 120 → 399 → 800 with an export invtNo), sent by that system; an
+    export message addressed to the import system is a routing error."""
+    data = Path(__file__).parent / "data" / "samples"
+    xmls = {code: (data / f"{code}-9610.xml").read_bytes() for code in ("CEB303", "CEB403", "CEB505", "CEB603")}
+    status, ack, _ = await post_dxp(client, sandbox.url, xmls["CEB303"])  # to the import system's id
     assert (status, ack["code"]) == (400, "2002")
-    status, ack, cop = await post_dxp(client, sandbox.url, xml, receiver=dxp.EXPORT_RECEIVER)
-    assert status == 200 and ack["format_error"] is True
-    async with client.post(sandbox.url + "/ceb", data=xml) as resp:
-        assert resp.status == 400 and "export" in (await resp.json())["reason"]
+    for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+        status, ack, _ = await post_dxp(client, sandbox.url, xmls[code], receiver=dxp.EXPORT_RECEIVER)
+        assert (status, ack["code"]) == (200, "0000"), ack
     await sandbox.wait_idle()
-    [r] = receipts(http_recorder)
-    assert (r["type"], r["oriCopMsgId"]) == ("CEB900", cop) and "export" in r["returnInfo"]
+    for code in ("CEB304", "CEB404", "CEB506"):
+        assert statuses(http_recorder, code) == ["2", "120"], code
+    assert statuses(http_recorder, "CEB604") == ["2", "120", "399", "800"]
+    got = receipts(http_recorder)
+    assert {r["env"].sender_id for r in got} == {dxp.EXPORT_RECEIVER}
+    schemas = SchemaSet()
+    for r in got:
+        mtype = lookup(r["type"])
+        assert mtype is not None and schemas.validate(r["root"], mtype) == [], r["type"]
+    [released] = receipts(http_recorder, lambda r: r["type"] == "CEB604" and r["returnStatus"] == "800")
+    assert released["invtNo"][8] == "E" and len(released["preNo"]) == 18
+    assert released["orderNo"] in xmls["CEB603"].decode()
 
 
 async def test_bad_envelopes_are_refused_at_once(sandbox: RunningSandbox, client: aiohttp.ClientSession) -> None:
@@ -703,9 +714,10 @@ async def test_receipts_wait_for_the_message_in_flight(
 def test_max_returns_per_receipt_message_is_the_xsds() -> None:
     from gateway.sandbox.receipts import RECEIPT_FIELDS, max_returns
 
-    xsd = etree.parse(str(Path(__file__).resolve().parent.parent / "schemas" / "ceb-import-202205.xsd"))
+    schemas = Path(__file__).resolve().parent.parent / "schemas"
     xs = "{http://www.w3.org/2001/XMLSchema}"
     for code, (root, element, _) in RECEIPT_FIELDS.items():
+        xsd = etree.parse(str(schemas / BY_CODE[code].schema))
         (el,) = xsd.iterfind(f"{xs}element[@name='{root}']//{xs}element[@name='{element}']")
         assert max_returns(code) == int(el.get("maxOccurs", "1")), code
     assert max_returns("CEB900") == 1 and max_returns("CEB622") == 100

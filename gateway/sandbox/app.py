@@ -51,7 +51,7 @@ from adapters import dxp
 from adapters.webhook import sign_body
 from gateway.config import netloc
 from gateway.documents import Document, ParsedMessage, extract
-from gateway.errors import Issue, Layer, MessageRejected
+from gateway.errors import MessageRejected
 from gateway.messages import MessageType
 from gateway.sandbox import receipts as rc
 from gateway.xmlsafe import parse_message, parse_xml
@@ -70,6 +70,10 @@ CUSTOMS_IDS = (dxp.IMPORT_RECEIVER, dxp.EXPORT_RECEIVER)
 #: Business duplicate codes per declaration (spec §5.3) and "nothing to change" codes.
 DUPLICATE_CODE = {"CEB311": "-301010", "CEB411": "-401007", "CEB511": "-504015", "CEB621": "-621004"}
 NOTHING_TO_CHANGE = {"CEB311": "-301009", "CEB411": "-401008", "CEB511": "-504016", "CEB621": "-621042"}
+# The spec lists no export business codes (§5.3): the sandbox answers an export declaration with its import
+# counterpart's, which the gateway classifies alike (duplicate, nothing to change).
+DUPLICATE_CODE |= {"CEB303": "-301010", "CEB403": "-401007", "CEB505": "-504015", "CEB603": "-621004"}
+NOTHING_TO_CHANGE |= {"CEB303": "-301009", "CEB403": "-401008", "CEB505": "-504016", "CEB603": "-621042"}
 
 
 @dataclass
@@ -243,6 +247,7 @@ class Sandbox:
         self.orders: dict[tuple[str, str], Document] = {}
         self.payments: dict[tuple[str, str], Document] = {}
         self.payments_by_order: dict[tuple[str, str], Document] = {}
+        self.export_receipts: dict[tuple[str, str], Document] = {}  # 收款单 (CEB403) by (ebcCode, orderNo)
         self.waybills: dict[tuple[str, str], Document] = {}
         self.inventories: dict[tuple[str, str], InventoryRecord] = {}
         self.quota_used: dict[str, Decimal] = {}
@@ -402,10 +407,6 @@ class Sandbox:
         attempt = self.attempts[cop_msg_id]
         try:
             root, mtype = parse_message(ceb)
-            if mtype.flow != "import":  # the sandbox plays the CEB import system (DXPEDCCEB0000002) only
-                raise MessageRejected([Issue(Layer.PARSE, "parse.unknown_message_type", f"/{mtype.root}",
-                                             f"{mtype.root} is an export message; the sandbox simulates the CEB "
-                                             "import system only")])  # fmt: skip
         except MessageRejected as exc:
             if not enveloped:
                 return _json({"code": "0001", "reason": str(exc), "issues": [i.as_dict() for i in exc.issues]}, 400)
@@ -468,6 +469,10 @@ class Sandbox:
             "CEB411": self._payment,
             "CEB511": self._waybill,
             "CEB621": self._inventory,
+            "CEB303": self._order,
+            "CEB403": self._export_receipt,
+            "CEB505": self._waybill,
+            "CEB603": self._export_inventory,
         }.get(mtype.code, self._other)
         return [handler(doc, scenario) for doc in parsed.documents]
 
@@ -531,6 +536,61 @@ class Sandbox:
         elif (current := self.payments_by_order.get(order_key)) is not None and current.keys == doc.keys:
             del self.payments_by_order[order_key]  # deleted with appType 3
         return steps
+
+    def _export_receipt(self, doc: Document, scenario: str | None) -> list[Step]:
+        h = doc.head
+        values = {k: h.get(k, "") for k in ("guid", "ebcCode", "orderNo", "payNo")}
+        key = (h.get("ebcCode", ""), h.get("orderNo", ""))
+        return self._declare(doc, scenario, self.export_receipts, key, values)
+
+    def _export_inventory(self, doc: Document, scenario: str | None) -> list[Step]:
+        """An export inventory (CEB603): checked against its order, 收款单 and waybill as the gateway reconciles them,
+        then 2 → 120 → 399 → 800 (CEB604, each carrying the preNo and invtNo its XSD requires)."""
+        h = doc.head
+        key = (h.get("agentCode", ""), h.get("copNo", ""))
+        label = "/".join(key)
+        existing = self.inventories.get(key)
+        now = datetime.now(rc.CHINA_TZ)
+        pre_no = existing.pre_no if existing is not None else rc.pre_no(next(self._serial), now)
+        invt = existing.invt_no if existing is not None else rc.invt_no(h.get("customsCode", ""), next(self._serial),
+                                                                           now, ie_flag="E")  # fmt: skip
+        values = {name: h.get(name, "") for name in ("guid", "agentCode", "copNo", "ebcCode", "ebpCode", "orderNo",
+                                                     "statisticsFlag")}  # fmt: skip
+        values.update(preNo=pre_no, invtNo=invt)
+        step = self._step
+        app_type, app_status = h.get("appType", "1"), h.get("appStatus", "2")
+        if app_status == "1":
+            return [step("CEB604", "1", values, label)]
+        if app_type == "1" and existing is not None:
+            return [step("CEB604", DUPLICATE_CODE["CEB603"], values, label, f"清单{label}已申报 (sandbox: duplicate)")]
+        if app_type in ("2", "3") and existing is None:
+            return [step("CEB604", NOTHING_TO_CHANGE["CEB603"], values, label, "未找到可变更的清单 (sandbox)")]
+        if scenario == "REJECT":
+            return self._rejected("CEB604", values, label, "sandbox scenario REJECT")
+        order = self.orders.get((h.get("ebpCode", ""), h.get("orderNo", "")))
+        receipt = self.export_receipts.get((h.get("ebcCode", ""), h.get("orderNo", "")))
+        waybill = self.waybills.get((h.get("logisticsCode", ""), h.get("logisticsNo", "")))
+        problems = self._compare(doc, order, receipt, waybill)
+        if problems:
+            return self._rejected("CEB604", values, label, "三单对碰不通过: " + "; ".join(problems))
+        if app_type == "3":
+            self.inventories.pop(key, None)
+            return [step("CEB604", "2", values, label), step("CEB604", "120", values, label)]
+        self.inventories[key] = InventoryRecord(doc, pre_no, invt, Decimal(0))
+        return [step("CEB604", status, values, label) for status in ("2", "120", "399", "800")]
+
+    @staticmethod
+    def _compare(
+        inv: Document, order: Document | None, payment: Document | None, waybill: Document | None
+    ) -> list[str]:
+        """Reasons an inventory does not match its legs (gateway.reconcile, which knows both flows); [] when it does."""
+        from gateway.reconcile import Shipment, ShipmentState, reconcile
+
+        outcome = reconcile(Shipment(order=order, payment=payment, waybill=waybill, inventory=inv))
+        if outcome.state == ShipmentState.MATCHED:
+            return []
+        reasons = [f"缺少{k}({k.value} missing)" for k in outcome.missing]
+        return reasons + [f"{f.code}: {f.message}" for f in outcome.findings if f.blocking]
 
     def _waybill(self, doc: Document, scenario: str | None) -> list[Step]:
         h = doc.head
@@ -655,7 +715,7 @@ class Sandbox:
         # gets its inventory's, else a declared value of that length, else preNo a new one and invtNo none
         inventory = self.inventories.get((h.get("ebcCode", ""), h.get("orderNo", ""))) \
             if code in ("CEB623", "CEB625") else None  # fmt: skip
-        if "invtNo" in values and len(values["invtNo"]) != 18:
+        if "invtNo" in values and len(values["invtNo"]) != 18 and code in ("CEB623", "CEB625"):
             if inventory is not None:
                 values["invtNo"] = inventory.invt_no
             else:
@@ -765,8 +825,8 @@ class Sandbox:
             xml = rc.build_receipts(batch.code, [values for _, values in batch.items])
             cop = str(uuid.uuid4()).upper()
             env = dxp.wrap(
-                xml, msg_type=f"{batch.code}Message", sender_id=dxp.IMPORT_RECEIVER, receiver_ids=[batch.receiver],
-                cop_msg_id=cop, created=datetime.now(rc.CHINA_TZ),
+                xml, msg_type=f"{batch.code}Message", sender_id=dxp.receiver_for(batch.code),
+                receiver_ids=[batch.receiver], cop_msg_id=cop, created=datetime.now(rc.CHINA_TZ),
             )  # fmt: skip
             text = xml.decode("utf-8")
             records = [record for record, _ in batch.items]
@@ -811,7 +871,7 @@ class Sandbox:
             env = dxp.wrap(
                 xml,
                 msg_type=f"{meta['code']}Message",
-                sender_id=dxp.IMPORT_RECEIVER,
+                sender_id=dxp.receiver_for(meta["code"]),  # the CEB system (import or export) that answers
                 receiver_ids=[receiver[:16] or self.config.enterprise_dxp_id],
                 cop_msg_id=cop,
                 created=datetime.now(rc.CHINA_TZ),

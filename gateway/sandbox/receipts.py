@@ -24,13 +24,14 @@ from gateway.tax import DEFAULT_RATES, TaxRates
 CHINA_TZ = timezone(timedelta(hours=8), "CST")
 
 #: The receipts the sandbox sends: code -> (root, return element, its children in XSD order). The names come from
-#: the registry, the order from the import schema itself.
+#: the registry, the order from the type's schema itself (import or export).
 RECEIPT_CODES: tuple[str, ...] = ("CEB312", "CEB412", "CEB512", "CEB514", "CEB622", "CEB624", "CEB626", "CEB712",
-                                  "CEB900")  # fmt: skip
+                                  "CEB900", "CEB304", "CEB404", "CEB506", "CEB604", "CEB606")  # fmt: skip
 RECEIPT_FIELDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    code: (BY_CODE[code].root, BY_CODE[code].document, element_sequences()[BY_CODE[code].document])
+    code: (BY_CODE[code].root, BY_CODE[code].document,
+           element_sequences(BY_CODE[code].schema)[BY_CODE[code].document])
     for code in RECEIPT_CODES
-}
+}  # fmt: skip
 
 #: Declaration code -> receipt code, from the registry (MessageType.receipt_for): one source.
 RECEIPT_FOR: dict[str, str] = {t.receipt_for: t.code for t in MESSAGE_TYPES if t.receipt_for}
@@ -38,7 +39,8 @@ RECEIPT_FOR: dict[str, str] = {t.receipt_for: t.code for t in MESSAGE_TYPES if t
 #: Fields a receipt must carry even when the declaration has no value (XSD minOccurs 1).
 _REQUIRED_ALWAYS = frozenset({"guid", "returnStatus", "returnTime", "returnInfo", "copNo", "preNo", "ebpCode",
                               "ebcCode", "orderNo", "payCode", "payTransactionId", "logisticsCode", "logisticsNo",
-                              "logisticsStatus", "oriCopMsgId", "oriMessageType", "oriBizMessage"})  # fmt: skip
+                              "logisticsStatus", "oriCopMsgId", "oriMessageType", "oriBizMessage", "agentCode",
+                              "statisticsFlag"})  # fmt: skip
 
 _MAX_INFO = {"CEB900": 5000}
 STATUS_TEXT = {
@@ -187,8 +189,9 @@ def pre_no(serial: int, moment: datetime | None = None) -> str:
     return f"B{moment:%Y%m%d}{serial % 10**9:09d}"
 
 
-def invt_no(customs_code: str, serial: int, moment: datetime | None = None) -> str:
-    """Customs inventory number: 4-digit district + year + ``I`` + 9-digit serial (18 chars)."""
+def invt_no(customs_code: str, serial: int, moment: datetime | None = None, ie_flag: str = "I") -> str:
+    """Customs inventory number: 4-digit district + year + ``I`` (import) or ``E`` (export) + 9-digit serial (18
+    chars)."""
     moment = moment or datetime.now(CHINA_TZ)
     district = (customs_code if len(customs_code) == 4 and customs_code.isdigit() else "0000")
-    return f"{district}{moment:%Y}I{serial % 10**9:09d}"
+    return f"{district}{moment:%Y}{ie_flag}{serial % 10**9:09d}"
