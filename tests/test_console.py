@@ -288,6 +288,32 @@ async def test_a_waybill_two_platforms_order_numbers_share_is_listed_on_the_ship
     await store.aclose()
 
 
+async def test_the_console_lists_export_shipments_with_their_flow(db_pool: asyncpg.Pool) -> None:
+    """An export shipment (spec §4.4) is listed and shown like an import one, its flow named, and the list filters
+    by flow."""
+    from gateway.console.app import list_query
+    from gateway.console.queries import ListQuery, list_shipments, shipment_detail
+    from gateway.store import Store
+    from tests import exportutil as ex
+    from tests.test_store import full_shipment, ingest
+
+    store = Store(db_pool)
+    for m in ex.legs("EXC1"):
+        await ingest(store, m)
+    await full_shipment(store, "IMC1")
+    async with db_pool.acquire() as conn:
+        both = await list_shipments(conn, ListQuery(state=None))
+        exports = await list_shipments(conn, list_query({"state": "any", "flow": "export"}))
+        detail = await shipment_detail(conn, ex.EBP, "EXC1")
+    assert sorted((i["orderNo"], i["flow"]) for i in both["items"]) == [("EXC1", "export"), ("IMC1", "import")]
+    assert [(i["orderNo"], i["state"]) for i in exports["items"]] == [("EXC1", "matched")]
+    assert detail is not None and detail["flow"] == "export"
+    assert sorted(d["message_type"] for d in detail["documents"]) == ["CEB303", "CEB403", "CEB505", "CEB603"]
+    with pytest.raises(ValueError):
+        list_query({"flow": "transit"})
+    await store.aclose()
+
+
 async def test_mismatch_list_shows_field_both_values_and_documents(ops: Ops) -> None:
     made = await _three_states(ops)
     s = made["mismatched"]

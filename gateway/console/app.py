@@ -263,12 +263,16 @@ def list_query(query: Any) -> q.ListQuery:
         if value and not _TEXT_FILTER.match(value):
             raise ValueError(f"{param} has characters no such code contains")
         texts[attr] = value or None
+    flow = query.get("flow") or None
+    if flow not in (None, "import", "export"):
+        raise ValueError(f"unknown flow {flow!r}")
     try:
         limit = min(max(int(query.get("limit", "50")), 1), 200)
     except ValueError:
         raise ValueError("limit must be a number") from None
     ql = q.ListQuery(
         state=None if state == "any" else state,
+        flow=flow,
         since=_time(query.get("since"), "since"),
         until=_time(query.get("until"), "until"),
         limit=limit,

@@ -73,7 +73,7 @@ DEAD_NEWEST = "SELECT max(finished_at) FROM jobs WHERE state = 'dead'"
 
 _LIST_SELECT = """
 SELECT s.id, s.ebp_code, s.order_no, s.ebc_code, s.state, s.missing, s.findings, s.mode, s.buyer_id_number,
-       s.customs_status, s.created_at, s.updated_at,
+       s.flow, s.customs_status, s.created_at, s.updated_at,
        (SELECT d.head->>'buyerName' FROM documents AS d
          WHERE d.ebp_code = s.ebp_code AND d.order_no = s.order_no AND d.kind IN ('order', 'inventory')
            AND d.is_current AND NOT d.withdrawn
@@ -84,6 +84,7 @@ SELECT s.id, s.ebp_code, s.order_no, s.ebc_code, s.state, s.missing, s.findings,
 #: filter name -> condition (``{}`` is the parameter number).
 LIST_FILTERS: dict[str, str] = {
     "state": "s.state = ${}",
+    "flow": "s.flow = ${}",
     "order_no": "s.order_no = ${}",
     # the shipments listing a document with that logisticsNo (SHIPMENT_DOCUMENTS): an inventory's own; a waybill's
     # orderNo's, unless another platform uses that orderNo too (then only an inventory naming the waybill says whose)
@@ -105,6 +106,7 @@ LIST_FILTERS: dict[str, str] = {
 @dataclass
 class ListQuery:
     state: str | None = "mismatched"  # None: every state
+    flow: str | None = None  # "import" | "export"; None: both
     order_no: str | None = None
     logistics_no: str | None = None
     buyer_id_number: str | None = None
@@ -185,6 +187,7 @@ def shipment_row(r: asyncpg.Record) -> dict[str, Any]:
         "missing": list(r["missing"]),
         "findings": _json(r["findings"]),
         "mode": r["mode"],
+        "flow": r["flow"],
         "customsStatus": r["customs_status"],
         "buyerIdNumber": r["buyer_id_number"],
         "created_at": r["created_at"],

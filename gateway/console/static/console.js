@@ -264,7 +264,8 @@
       h("td", { class: "order" },
         h("a", { href: shipmentHref(item), class: "mono", text: item.orderNo }),
         h("div", { class: "sub" }, h("span", { class: `state ${item.state}`, text: `${item.state} ${STATE_ZH[item.state] || ""}` }),
-          " ", item.ebpCode || "(waybill only)", item.mode ? ` · ${item.mode}` : "")),
+          " ", item.ebpCode || "(waybill only)", item.mode ? ` · ${item.mode}` : "",
+          item.flow === "export" ? " · export 出口" : "")),
       h("td", { class: "buyer" }, h("div", { text: item.buyerName || "—" }),
         h("div", { class: "sub mono", text: item.buyerIdNumber || "" })),
       h("td", {}, findingsOf(item)));
@@ -566,6 +567,7 @@
           fact("ebpCode 电商平台", ship.ebpCode || "(waybill only)", true),
           fact("ebcCode 电商企业", ship.ebcCode, true),
           fact("Trade mode 监管方式", ship.mode),
+          fact("Flow 进出口", ship.flow === "export" ? "export 出口" : "import 进口"),
           fact("Missing 缺少", ship.missing.length ? ship.missing.map((k) => `${k} ${KIND_ZH[k] || ""}`).join(", ") : "none 无"),
           fact("Buyer 订购人", head.buyerName),
           fact("Buyer ID 身份证号", ship.buyerIdNumber, true),
