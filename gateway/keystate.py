@@ -839,8 +839,11 @@ def _legs(s: recon.Shipment) -> list[Document]:
 
 
 def shipment_result(
-    key: tuple[str, str], shipment: recon.Shipment, assessment: tax.TaxAssessment | None, tolerance: Decimal
+    key: tuple[str, str], shipment: recon.Shipment, assessment: tax.TaxAssessment | None, tolerance: Decimal,
+    *, flow: str | None = None,
 ) -> ShipmentResult:
+    """The shipment reconciled (and its inventory assessed). ``flow``: the flow of the legs it had, for a shipment left
+    with none (all withdrawn): it stays an export shipment if it was one."""
     outcome = recon.reconcile(shipment, tolerance=tolerance)
     findings = list(outcome.findings)
     state = recon.ShipmentState(outcome.state)
@@ -861,7 +864,7 @@ def shipment_result(
         ebc_code=text(source.head, "ebcCode") if source else None,
         mode=text(inv.head, "tradeMode") if inv else None,
         buyer_id_number=text(source.head, "buyerIdNumber") if source else None,
-        flow=first.type.flow if first is not None else "import",
+        flow=first.type.flow if first is not None else flow or "import",
     )
 
 
@@ -1093,8 +1096,10 @@ def _judge(
         ledger_put.update({(p["buyer_id_number"], p["year"], p["ebc_code"], p["order_no"]): p for p in puts})
 
     results: dict[tuple[str, str], ShipmentResult] = {}
+    flows = {r.shipment_key: r.flow for r in (*(n.row for n in news), *(n.replaces for n in news if n.replaces))
+             if r.kind in SHIPMENT_KIND_VALUES}  # fmt: skip
     for key, shipment in shipments.items():
-        results[key] = shipment_result(key, shipment, assessed.get(key), tolerance)
+        results[key] = shipment_result(key, shipment, assessed.get(key), tolerance, flow=flows.get(key))
     drop_blanks: set[str] = set()
     for order_no in lone_orders:
         blank = live.lone_shipment(order_no)

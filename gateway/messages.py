@@ -169,6 +169,13 @@ FLOWS: frozenset[str] = frozenset(t.flow for t in MESSAGE_TYPES)
 #: inventory.
 SHIPMENT_KINDS: tuple[Kind, ...] = (Kind.ORDER, Kind.PAYMENT, Kind.WAYBILL, Kind.INVENTORY)
 
+#: The message type of each leg per flow (``LEGS["export"][Kind.WAYBILL]`` is "CEB505"): a leg joins only the legs of
+#: its own flow (a waybill the inventory naming its logisticsCode and logisticsNo, when both flows share one).
+LEGS: dict[str, dict[Kind, str]] = {
+    flow: {t.kind: t.code for t in MESSAGE_TYPES if t.flow == flow and t.kind in SHIPMENT_KINDS} for flow in FLOWS
+}
+assert all(len(legs) == len(SHIPMENT_KINDS) for legs in LEGS.values()), "a flow lacks a leg, or has one twice"
+
 
 def lookup(root_or_code: str) -> MessageType | None:
     """Find a type by root element name (``CEB311Message``), code (``CEB311``) or Clark tag."""

@@ -46,7 +46,7 @@ from gateway import receipts as rc
 from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
 from gateway.forward import JobSpec, LegState, Router, ordering_key, shipment_customs_status
-from gateway.messages import BY_CODE
+from gateway.messages import BY_CODE, LEGS, Kind
 from gateway.tax import returned_value
 
 log = structlog.get_logger("gateway.outbox")
@@ -56,13 +56,21 @@ _XML_READ_MAX = 256  # message ids per read of the stored XML
 
 # --- SQL ---------------------------------------------------------------------------------------------------
 
+def waybill_type_of(inventory_type: str) -> str:
+    """SQL: the waybill message type of the flow of an inventory whose type is ``inventory_type`` (an expression): a
+    waybill joins an inventory of its own flow only (a carrier's logisticsNo may come back in the other)."""
+    whens = " ".join(f"WHEN '{legs[Kind.INVENTORY]}' THEN '{legs[Kind.WAYBILL]}'" for _, legs in sorted(LEGS.items()))
+    return f"(CASE {inventory_type} {whens} END)"
+
+
 def other_platform(ebp: str, ono: str) -> str:
     """SQL: a platform other than ``ebp`` has a shipment of the orderNo ``ono`` with a live order, payment or
     inventory (as gateway.keystate.Live.platforms counts them). A waybill names its orderNo but no ebpCode and an
     orderNo is unique within a platform only (spec §6.2): then a waybill of that orderNo is a shipment's only through
-    an inventory naming it."""
+    an inventory naming it. Import shipments only: an import waybill never joins an export one (keystate.Live)."""
     return (
         f"EXISTS (SELECT 1 FROM shipments AS t WHERE t.order_no = {ono} AND t.ebp_code <> '' AND t.ebp_code <> {ebp}"
+        " AND t.flow = 'import'"
         " AND EXISTS (SELECT 1 FROM documents AS l WHERE l.ebp_code = t.ebp_code AND l.order_no = t.order_no"
         " AND l.kind IN ('order', 'payment', 'inventory') AND l.is_current AND NOT l.withdrawn))"
     )
@@ -108,7 +116,7 @@ SELECT (SELECT count(*) FROM ins) AS new, {wake_endpoints("ins", "$2")} AS woken
 #: every document's shipment is matched with its order, payment and waybill receipted at rank >= $5 (spec
 #: §6.7 step 2; a rejection is forward_state 'rejected'): flipped to 'queued' and returned with their modes
 #: and their documents' business keys (key1s[i], key2s[i]: the ordering keys of the jobs).
-RELEASE_HELD = """
+RELEASE_HELD = f"""
 WITH cand AS MATERIALIZED (
     SELECT d.message_id
       FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
@@ -123,7 +131,7 @@ WITH cand AS MATERIALIZED (
                        AND d.forward_state = 'held' OFFSET 0) AS d
 ), docs AS MATERIALIZED (
     SELECT d.id, d.message_id, d.ebp_code, d.order_no, d.logistics_code, d.logistics_no, d.withdrawn,
-           d.key1, d.key2, d.head ->> 'tradeMode' AS mode
+           d.key1, d.key2, d.head ->> 'tradeMode' AS mode, d.message_type AS mt
       FROM cand AS c,
            LATERAL (SELECT * FROM documents AS d WHERE d.message_id = c.message_id AND d.forward_state = 'held'
                     OFFSET 0) AS d
@@ -147,7 +155,8 @@ WITH cand AS MATERIALIZED (
                            FROM (SELECT * FROM documents AS w
                                   WHERE w.logistics_code = x.logistics_code AND w.logistics_no = x.logistics_no
                                  OFFSET 0) AS w
-                          WHERE w.kind = 'waybill' AND w.is_current AND NOT w.withdrawn
+                          WHERE w.kind = 'waybill' AND w.message_type = {waybill_type_of("x.mt")}
+                            AND w.is_current AND NOT w.withdrawn
                           ORDER BY w.app_time DESC, w.id DESC LIMIT 1), false))
 ), released AS (
     -- by id = ANY: one index probe per candidate whatever the plan
@@ -157,7 +166,7 @@ WITH cand AS MATERIALIZED (
     RETURNING d.message_id
 )
 SELECT x.message_id, m.guid, m.message_type,
-       coalesce(array_agg(DISTINCT x.mode) FILTER (WHERE x.mode IS NOT NULL), '{}') AS modes,
+       coalesce(array_agg(DISTINCT x.mode) FILTER (WHERE x.mode IS NOT NULL), '{{}}') AS modes,
        array_agg(x.key1 ORDER BY x.id) AS key1s, array_agg(x.key2 ORDER BY x.id) AS key2s
   FROM docs AS x JOIN messages AS m ON m.id = x.message_id
  WHERE x.message_id IN (SELECT message_id FROM released)
@@ -250,16 +259,18 @@ LOCK_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.id = ANY ($1:
 
 #: Keyed shipments waybills ($1 logisticsCode, $2 logisticsNo; $3 their orderNos) belong to: via an inventory
 #: naming one, or sharing its orderNo. All the waybills of a batch in one round trip.
-SHIPMENTS_OF_WAYBILLS = """
+SHIPMENTS_OF_WAYBILLS = f"""
 SELECT d.ebp_code, d.order_no
-  FROM unnest($1::text[], $2::text[]) AS w(lc, ln),
+  FROM unnest($1::text[], $2::text[], $4::text[]) AS w(lc, ln, wt),
        LATERAL (SELECT * FROM documents AS d
                  WHERE d.logistics_code = w.lc AND d.logistics_no = w.ln AND d.kind = 'inventory'
                    AND d.is_current AND NOT d.withdrawn OFFSET 0) AS d
+ WHERE w.wt = {waybill_type_of("d.message_type")}
 UNION
 SELECT s.ebp_code, s.order_no
   FROM unnest($3::text[]) AS o(ono),
        LATERAL (SELECT * FROM shipments AS s WHERE s.order_no = o.ono AND s.ebp_code <> '' OFFSET 0) AS s
+ WHERE s.flow = 'import'
 """
 
 #: Take the advisory locks $1 (sorted ids) for the rest of the transaction.
@@ -354,13 +365,13 @@ RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount
 #: The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments'.
 SHIPMENT_LEGS = f"""
 WITH inv AS MATERIALIZED (
-    SELECT d.ebp_code, d.order_no, d.logistics_code AS lc, d.logistics_no AS ln
+    SELECT d.ebp_code, d.order_no, d.logistics_code AS lc, d.logistics_no AS ln, d.message_type AS mt
       FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
            LATERAL (SELECT * FROM documents AS d
                      WHERE d.ebp_code = k.ebp AND d.order_no = k.ono AND d.kind = 'inventory'
                        AND d.is_current AND NOT d.withdrawn OFFSET 0) AS d
 )
-SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
+SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties, s.flow,
        (SELECT coalesce(json_agg(json_build_object(
                  'id', l.id, 'app_time', l.app_time, 'message_id', l.message_id, 'doc_index', l.doc_index,
                  'kind', l.kind,
@@ -374,7 +385,8 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
                 UNION ALL
                 -- the waybill the inventory names (pri 0), else the latest one of the orderNo (as reconciliation),
                 -- unless another platform uses that orderNo too: whose waybill it is, nothing says (a waybill
-                -- carries no ebpCode), and one platform's rejection must not move the other's status
+                -- carries no ebpCode), and one platform's rejection must not move the other's status; by the orderNo
+                -- for an import shipment only, and by the inventory a waybill of its flow
                 (SELECT w.id, w.app_time, w.message_id, w.doc_index, w.kind, w.forward_state, w.customs_status,
                         w.customs_rank, w.customs_info
                    FROM (SELECT n.*, 0 AS pri
@@ -382,11 +394,12 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties,
                                 LATERAL (SELECT * FROM documents AS n
                                           WHERE n.logistics_code = i.lc AND n.logistics_no = i.ln OFFSET 0) AS n
                           WHERE i.ebp_code = s.ebp_code AND i.order_no = s.order_no
+                            AND n.message_type = {waybill_type_of("i.mt")}
                          UNION ALL
                          SELECT o.*, 1 AS pri
                            FROM (SELECT * FROM documents AS o
                                   WHERE o.order_no = s.order_no AND o.kind = 'waybill' OFFSET 0) AS o
-                          WHERE NOT {other_platform("s.ebp_code", "s.order_no")}) AS w
+                          WHERE s.flow = 'import' AND NOT {other_platform("s.ebp_code", "s.order_no")}) AS w
                   WHERE w.kind = 'waybill' AND w.is_current AND NOT w.withdrawn
                   ORDER BY w.pri, w.id DESC
                   LIMIT 1)) AS l) AS legs
@@ -883,7 +896,9 @@ class Outbox:
                 status=status, info=info, event_id=uuid.uuid4().hex,
             )  # fmt: skip
             inventory = next((leg for leg in legs if leg["kind"] == "inventory"), None)
-            if status == "released" and inventory is not None:
+            # the warehouse's outbound order is the import flow's (goods leaving for the buyer; the warehouse
+            # adapter makes one from a CEB621, never from an export CEB603)
+            if status == "released" and inventory is not None and r["flow"] == "import":
                 released.append((r, inventory))
         if released and self.router is not None:
             # one read of the guids for every shipment released here (a receipt message may release many)
@@ -1289,6 +1304,7 @@ class Leg(Protocol):
     """What :func:`shipments_of` reads of a document (gateway.keystate.Row and the outbox's _Doc alike)."""
 
     kind: str
+    message_type: str
     ebp_code: str | None
     order_no: str | None
     logistics_code: str | None
@@ -1299,15 +1315,15 @@ async def shipments_of(conn: asyncpg.Connection, docs: Iterable[Leg]) -> set[tup
     """The keyed shipments documents belong to: an order's, payment's or inventory's own; a waybill's via an
     inventory naming it or sharing its orderNo (SHIPMENTS_OF_WAYBILLS, one round trip for all of them)."""
     shipments: set[tuple[str, str]] = set()
-    waybills: set[tuple[str | None, str | None, str | None]] = set()
+    waybills: set[tuple[str | None, str | None, str | None, str]] = set()
     for d in docs:
         if d.kind == "waybill":
-            waybills.add((d.logistics_code, d.logistics_no, d.order_no))
+            waybills.add((d.logistics_code, d.logistics_no, d.order_no, d.message_type))
         elif d.kind in ("order", "payment", "inventory") and d.ebp_code:
             shipments.add((d.ebp_code, d.order_no or ""))
     if waybills:
         w = sorted(waybills, key=lambda x: tuple(v or "" for v in x))
-        rows = await conn.fetch(SHIPMENTS_OF_WAYBILLS, [x[0] for x in w], [x[1] for x in w], [x[2] for x in w])
+        rows = await conn.fetch(SHIPMENTS_OF_WAYBILLS, *([x[n] for x in w] for n in range(4)))
         shipments |= {(r["ebp_code"], r["order_no"]) for r in rows}
     return shipments
 

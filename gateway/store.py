@@ -72,7 +72,7 @@ from gateway.keystate import (
     up_front_locks,
 )
 from gateway.messages import BY_CODE
-from gateway.outbox import LOCK_IDS, enqueue_insert, job_rows, other_platform, wake_endpoints
+from gateway.outbox import LOCK_IDS, enqueue_insert, job_rows, other_platform, wake_endpoints, waybill_type_of
 from gateway.receipts import CODES as _RECEIPT_CODES
 from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING
 
@@ -316,19 +316,20 @@ SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode
 #: lists every waybill of its orderNo.
 SELECT_SHIPMENT_DOCUMENTS = f"""
 WITH own AS MATERIALIZED (
-    SELECT d.id, d.kind, d.logistics_code, d.logistics_no FROM documents AS d
+    SELECT d.id, d.kind, d.message_type, d.logistics_code, d.logistics_no FROM documents AS d
      WHERE d.ebp_code = $1 AND d.order_no = $2 AND d.kind IN ('order', 'payment', 'inventory')
 ), ids AS (
     SELECT id FROM own
     UNION
     SELECT d.id FROM documents AS d
      WHERE d.kind = 'waybill' AND d.order_no = $2 AND ($1 = '' OR NOT {other_platform("$1", "$2")})
+       AND NOT EXISTS (SELECT 1 FROM shipments AS x WHERE x.ebp_code = $1 AND x.order_no = $2 AND x.flow <> 'import')
     UNION
     SELECT w.id
-      FROM (SELECT DISTINCT logistics_code, logistics_no FROM own WHERE kind = 'inventory') AS k,
-           LATERAL (SELECT d.id, d.kind FROM documents AS d
+      FROM (SELECT DISTINCT logistics_code, logistics_no, message_type FROM own WHERE kind = 'inventory') AS k,
+           LATERAL (SELECT d.id, d.kind, d.message_type FROM documents AS d
                      WHERE d.logistics_code = k.logistics_code AND d.logistics_no = k.logistics_no OFFSET 0) AS w
-     WHERE w.kind = 'waybill'
+     WHERE w.kind = 'waybill' AND w.message_type = {waybill_type_of("k.message_type")}
 )
 SELECT m.guid AS message_guid, m.received_at, {_DOC_COLUMNS}
   FROM ids,

@@ -25,7 +25,7 @@ _PLAN_CASES = {
     f"{_T}, {_T}",
     "LOCK_DOCUMENTS": "ARRAY[1::bigint]",
     "TAX_BILLS_OF": f"{_T}, {_T}, {_T}, {_T}, {_T}",
-    "SHIPMENTS_OF_WAYBILLS": f"{_T}, {_T}, {_T}",
+    "SHIPMENTS_OF_WAYBILLS": f"{_T}, {_T}, {_T}, {_T}",
     "SET_RECEIPT_RAW": "1, 'x'",
     "SET_CUSTOMS_STATE_AND_OUTCOMES": f"ARRAY[1::bigint], {_T}, {_T}, ARRAY[1], {_T}, {_T}, {_T}, {_T}, "
     f"ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[true], {_T}, ARRAY[true]",

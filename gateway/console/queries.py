@@ -91,7 +91,8 @@ LIST_FILTERS: dict[str, str] = {
     "logistics_no": (
         "((s.ebp_code, s.order_no) IN (SELECT d.ebp_code, d.order_no FROM documents AS d"
         " WHERE d.logistics_no = ${0} AND d.kind = 'inventory')"
-        " OR (s.order_no IN (SELECT d.order_no FROM documents AS d WHERE d.logistics_no = ${0} AND d.kind = 'waybill')"
+        " OR (s.flow = 'import'"
+        " AND s.order_no IN (SELECT d.order_no FROM documents AS d WHERE d.logistics_no = ${0} AND d.kind = 'waybill')"
         f" AND (s.ebp_code = '' OR NOT {outbox.other_platform('s.ebp_code', 's.order_no')})))"
     ),
     # the check character X is written either way
@@ -225,16 +226,17 @@ SHIPMENT = "SELECT * FROM shipments WHERE ebp_code = $1 AND order_no = $2"
 #: 'receipt') that name the order's key (CEB312) or a waybill's (CEB512/514).
 SHIPMENT_DOCUMENTS = f"""
 WITH own AS MATERIALIZED (
-    SELECT d.id, d.kind, d.logistics_code, d.logistics_no FROM documents AS d
+    SELECT d.id, d.kind, d.message_type, d.logistics_code, d.logistics_no FROM documents AS d
      WHERE d.ebp_code = $1 AND d.order_no = $2 AND d.kind IN ('order', 'payment', 'inventory', 'receipt')
 ), waybills AS MATERIALIZED (
     SELECT d.id, d.logistics_code, d.logistics_no FROM documents AS d
      WHERE d.kind = 'waybill' AND d.order_no = $2 AND ($1 = '' OR NOT {outbox.other_platform("$1", "$2")})
+       AND NOT EXISTS (SELECT 1 FROM shipments AS x WHERE x.ebp_code = $1 AND x.order_no = $2 AND x.flow <> 'import')
     UNION
     SELECT d.id, d.logistics_code, d.logistics_no
-      FROM (SELECT DISTINCT logistics_code, logistics_no FROM own WHERE kind = 'inventory') AS w
+      FROM (SELECT DISTINCT logistics_code, logistics_no, message_type FROM own WHERE kind = 'inventory') AS w
       JOIN documents AS d ON d.logistics_code = w.logistics_code AND d.logistics_no = w.logistics_no
-     WHERE d.kind = 'waybill'
+     WHERE d.kind = 'waybill' AND d.message_type = {outbox.waybill_type_of("w.message_type")}
 ), ids AS (
     SELECT id FROM own
     UNION

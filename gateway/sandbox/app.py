@@ -250,6 +250,10 @@ class Sandbox:
         self.export_receipts: dict[tuple[str, str], Document] = {}  # 收款单 (CEB403) by (ebcCode, orderNo)
         self.waybills: dict[tuple[str, str], Document] = {}
         self.inventories: dict[tuple[str, str], InventoryRecord] = {}
+        # customs' export system is another system (DXPEDCCEB0000003): its orders, waybills and inventories are its own
+        self.export_orders: dict[tuple[str, str], Document] = {}
+        self.export_waybills: dict[tuple[str, str], Document] = {}
+        self.export_inventories: dict[tuple[str, str], InventoryRecord] = {}
         self.quota_used: dict[str, Decimal] = {}
         self.receipts: list[dict[str, Any]] = []
         self.inspection: list[dict[str, Any]] = []
@@ -522,7 +526,8 @@ class Sandbox:
     def _order(self, doc: Document, scenario: str | None) -> list[Step]:
         h = doc.head
         values = {k: h.get(k, "") for k in ("guid", "ebpCode", "ebcCode", "orderNo")}
-        return self._declare(doc, scenario, self.orders, (h.get("ebpCode", ""), h.get("orderNo", "")), values)
+        orders = self.orders if doc.type.flow == "import" else self.export_orders
+        return self._declare(doc, scenario, orders, (h.get("ebpCode", ""), h.get("orderNo", "")), values)
 
     def _payment(self, doc: Document, scenario: str | None) -> list[Step]:
         h = doc.head
@@ -549,7 +554,7 @@ class Sandbox:
         h = doc.head
         key = (h.get("agentCode", ""), h.get("copNo", ""))
         label = "/".join(key)
-        existing = self.inventories.get(key)
+        existing = self.export_inventories.get(key)
         now = datetime.now(rc.CHINA_TZ)
         pre_no = existing.pre_no if existing is not None else rc.pre_no(next(self._serial), now)
         invt = existing.invt_no if existing is not None else rc.invt_no(h.get("customsCode", ""), next(self._serial),
@@ -567,16 +572,16 @@ class Sandbox:
             return [step("CEB604", NOTHING_TO_CHANGE["CEB603"], values, label, "未找到可变更的清单 (sandbox)")]
         if scenario == "REJECT":
             return self._rejected("CEB604", values, label, "sandbox scenario REJECT")
-        order = self.orders.get((h.get("ebpCode", ""), h.get("orderNo", "")))
+        order = self.export_orders.get((h.get("ebpCode", ""), h.get("orderNo", "")))
         receipt = self.export_receipts.get((h.get("ebcCode", ""), h.get("orderNo", "")))
-        waybill = self.waybills.get((h.get("logisticsCode", ""), h.get("logisticsNo", "")))
+        waybill = self.export_waybills.get((h.get("logisticsCode", ""), h.get("logisticsNo", "")))
         problems = self._compare(doc, order, receipt, waybill)
         if problems:
             return self._rejected("CEB604", values, label, "三单对碰不通过: " + "; ".join(problems))
         if app_type == "3":
-            self.inventories.pop(key, None)
+            self.export_inventories.pop(key, None)
             return [step("CEB604", "2", values, label), step("CEB604", "120", values, label)]
-        self.inventories[key] = InventoryRecord(doc, pre_no, invt, Decimal(0))
+        self.export_inventories[key] = InventoryRecord(doc, pre_no, invt, Decimal(0))
         return [step("CEB604", status, values, label) for status in ("2", "120", "399", "800")]
 
     @staticmethod
@@ -596,7 +601,8 @@ class Sandbox:
         h = doc.head
         values = {k: h.get(k, "") for k in ("guid", "logisticsCode", "logisticsNo")}
         key = (h.get("logisticsCode", ""), h.get("logisticsNo", ""))
-        return self._declare(doc, scenario, self.waybills, key, values)
+        waybills = self.waybills if doc.type.flow == "import" else self.export_waybills
+        return self._declare(doc, scenario, waybills, key, values)
 
     def _three_documents(self, inv: Document) -> list[str]:
         """Reasons the inventory does not match its order / payment / waybill; [] when it does."""
@@ -709,8 +715,9 @@ class Sandbox:
         fields = rc.RECEIPT_FIELDS[rcode][2]
         values = {f: h.get(f, "") for f in fields if f in h}
         values.setdefault("guid", h.get("guid", ""))
-        if "copNo" in fields:
-            values["copNo"] = (h.get("copNo") or h.get("orderNo") or h.get("billNo") or "SANDBOX")[:20]
+        if "copNo" in fields:  # as declared, within the receipt's length (import C..20, export C..30)
+            limit = 30 if doc.type.flow == "export" else 20
+            values["copNo"] = (h.get("copNo") or h.get("orderNo") or h.get("billNo") or "SANDBOX")[:limit]
         # preNo and invtNo are exactly 18 characters in the receipts (C18, spec A.6/A.8): a cancellation or return
         # gets its inventory's, else a declared value of that length, else preNo a new one and invtNo none
         inventory = self.inventories.get((h.get("ebcCode", ""), h.get("orderNo", ""))) \

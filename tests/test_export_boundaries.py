@@ -1,0 +1,327 @@
+"""The boundary between the import and the export flow: an export shipment never takes an import leg (nor the
+reverse) in reconciliation, in the SQL views (documents, customs status, held inventories) or in the sandbox, which
+plays customs' two systems apart; an export release sets off no warehouse order; a withdrawn export shipment stays
+export."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+from lxml import etree
+
+from adapters import dxp
+from gateway import samples
+from gateway.api import create_app
+from gateway.config import ForwardingSettings
+from gateway.samples import render_export
+from gateway.sandbox.app import RunningSandbox
+from gateway.sandbox.recorder import Recorder
+from gateway.workers import routing_router
+from tests.apiutil import Client, sign_as_agent
+from tests.apiutil import test_settings as settings_
+from tests.exportapi import NOW, export_ship, import_ship, post_export, post_json, post_receipt, version
+from tests.forwardutil import running_stack, wait_for
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+# --- export release ------------------------------------------------------------------------------
+
+
+@pytest.mark.db
+async def test_a_released_export_shipment_leaves_no_dead_letter(db_dsn: str) -> None:
+    async with running_stack(db_dsn) as stack:
+        s = samples.export_shipment(random.Random(51), mode="9610", now=NOW)
+        for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+            xml = samples.render_export(s.payloads()[code], signer=sign_as_agent if code == "CEB603" else None)
+            reply = await stack.client.post_xml(xml)
+            assert reply.status == 202, (code, reply.body)
+        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+
+        async def released() -> bool:
+            return (await stack.client.get(path)).body["customs_status"] == "released"
+
+        await wait_for(released, timeout=20, what="released")
+
+        async def settled() -> bool:
+            return not await stack.fetchval("SELECT count(*) FROM jobs WHERE state NOT IN ('done', 'dead')")
+
+        await wait_for(settled, timeout=20, what="queue settled")
+        dead = await stack.fetch("SELECT j.endpoint, j.kind, a.error FROM jobs AS j"
+                                 " LEFT JOIN job_attempts AS a ON a.job_id = j.id WHERE j.state = 'dead'")
+        assert dead == [], [dict(d) for d in dead]
+
+
+# --- flow after withdrawal -----------------------------------------------------------------------
+
+
+@pytest.mark.db
+async def test_a_withdrawn_export_shipment_stays_export(api: Client, db_pool: Any) -> None:
+    ex = export_ship(11, order_no="WD0001")
+    ebp = ex.order_doc["ebpCode"]
+    assert (await post_export(api, ex.order)).status == 202
+    later = version(ex.order, "3", "20261120160000")
+    r = await post_export(api, later)
+    assert r.status == 202, r.body
+    row = await db_pool.fetchrow("SELECT flow, state, missing FROM shipments WHERE ebp_code = $1 AND order_no = $2",
+                                 ebp, "WD0001")
+    print(dict(row) if row else None, r.body["documents"][0]["shipment"])
+    assert row is None or row["flow"] == "export", dict(row)
+
+
+# --- flow mixing ---------------------------------------------------------------------------------
+
+
+@pytest.mark.db
+async def test_an_export_shipment_lists_no_import_waybill_of_its_orderno(api: Client, db_pool: Any) -> None:
+    ex = export_ship(1, order_no="MIX0001")
+    ebp = ex.order_doc["ebpCode"]
+    assert (await post_export(api, ex.order)).status == 202
+    assert (await post_export(api, ex.receipt)).status == 202
+    # an import waybill of the same orderNo (another platform's parcel, its order not in yet): a waybill-only
+    # import shipment ('', MIX0001) -- keystate keeps it out of the export shipment
+    im = import_ship(2, order_no="MIX0001")
+    r = await post_json(api, im.waybill)
+    assert r.status == 202, r.body
+    path = f"/v1/shipments/{ebp}/MIX0001"
+    body = (await api.get(path)).body
+    assert body["flow"] == "export"
+    # the export shipment's documents list no import (CEB511) waybill
+    types = sorted(d["message_type"] for d in body["documents"])
+    assert "CEB511" not in types, types
+
+
+@pytest.mark.db
+async def test_an_import_waybills_rejection_leaves_an_export_shipments_customs_status(
+    api: Client, db_pool: Any
+) -> None:
+    ex = export_ship(1, order_no="MIX0003")
+    ebp = ex.order_doc["ebpCode"]
+    assert (await post_export(api, ex.order)).status == 202
+    im = import_ship(2, order_no="MIX0003")
+    assert (await post_json(api, im.waybill)).status == 202
+    # customs rejects the import waybill: only the import waybill-only shipment is concerned
+    w = im.waybill_doc
+    r = await post_receipt(api, "CEB512", {"guid": w["guid"], "logisticsCode": w["logisticsCode"],
+                                           "logisticsNo": w["logisticsNo"], "returnStatus": "100",
+                                           "returnTime": "20261120160000000", "returnInfo": "退单"})
+    assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    status = await db_pool.fetchval(
+        "SELECT customs_status FROM shipments WHERE ebp_code = $1 AND order_no = 'MIX0003'", ebp)
+    assert status != "rejected", "the export shipment took the import waybill's rejection"
+
+
+@pytest.mark.db
+async def test_an_export_shipment_of_another_platform_does_not_hide_an_import_shipments_waybill(api: Client,
+                                                                                       db_pool: Any) -> None:
+    """Import shipment (Q, ORD) with its order, payment and waybill; an export shipment (P, ORD) of another
+    platform. keystate (import platforms only) gives Q the waybill; the shipment view and SHIPMENT_LEGS
+    (other_platform counts P's export legs) do not."""
+    im = import_ship(3, order_no="MIX0002", ebp_code="IMPQ000001")
+    for p in (im.order, im.payment, im.waybill):
+        r = await post_json(api, p)
+        assert r.status == 202, r.body
+    ex = export_ship(4, order_no="MIX0002")
+    assert ex.order_doc["ebpCode"] != "IMPQ000001"
+    assert (await post_export(api, ex.order)).status == 202
+    body = (await api.get("/v1/shipments/IMPQ000001/MIX0002")).body
+    assert body["flow"] == "import"
+    assert "waybill" not in body["missing"]  # keystate: the waybill is Q's leg
+    kinds = sorted(d["kind"] for d in body["documents"] if d.get("is_current", True))
+    assert "waybill" in kinds, f"the import shipment's waybill leg is not listed: {kinds}"
+    # and its rejection shows on the import shipment
+    w = im.waybill_doc
+    r = await post_receipt(api, "CEB512", {"guid": w["guid"], "logisticsCode": w["logisticsCode"],
+                                           "logisticsNo": w["logisticsNo"], "returnStatus": "100",
+                                           "returnTime": "20261120160000000", "returnInfo": "退单"})
+    assert r.status == 200, r.body
+    status = await db_pool.fetchval(
+        "SELECT customs_status FROM shipments WHERE ebp_code = 'IMPQ000001' AND order_no = 'MIX0002'")
+    assert status == "rejected", f"import shipment's waybill rejection not shown: {status}"
+
+
+@pytest.mark.db
+async def test_an_export_shipment_of_another_platform_keeps_an_import_waybills_rejection_off_its_shipment(
+    api: Client, db_pool: Any
+) -> None:
+    im = import_ship(5, order_no="MIX0004", ebp_code="IMPQ000001")
+    for p in (im.order, im.payment, im.waybill):
+        assert (await post_json(api, p)).status == 202
+    ex = export_ship(6, order_no="MIX0004")
+    assert (await post_export(api, ex.order)).status == 202
+    w = im.waybill_doc
+    r = await post_receipt(api, "CEB512", {"guid": w["guid"], "logisticsCode": w["logisticsCode"],
+                                           "logisticsNo": w["logisticsNo"], "returnStatus": "100",
+                                           "returnTime": "20261120160000000", "returnInfo": "退单"})
+    assert r.status == 200, r.body
+    status = await db_pool.fetchval(
+        "SELECT customs_status FROM shipments WHERE ebp_code = 'IMPQ000001' AND order_no = 'MIX0004'")
+    assert status == "rejected", f"import shipment's waybill rejection not shown: {status}"
+
+
+# --- hold cross flow -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def routed(db_pool: asyncpg.Pool) -> AsyncIterator[Client]:
+    fwd = ForwardingSettings()
+    app = create_app(settings_(forwarding=fwd), db_pool, signer=sign_as_agent, router=routing_router(fwd))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with aiohttp.ClientSession() as session:
+        yield Client(session, f"http://127.0.0.1:{port}")
+    await runner.cleanup()
+
+
+async def state_of(pool: asyncpg.Pool, code: str) -> str:
+    return await pool.fetchval("SELECT forward_state FROM documents WHERE message_type = $1 AND is_current", code)
+
+
+@pytest.mark.db
+async def test_an_import_waybills_receipt_does_not_release_an_export_inventory(routed: Client, db_pool: Any) -> None:
+    ex = export_ship(31, order_no="HOLD0001")
+    for p in (ex.order, ex.receipt, ex.waybill, ex.inventory):
+        r = await post_export(routed, p)
+        assert r.status == 202, r.body
+    assert await state_of(db_pool, "CEB603") == "held"
+    o, rc = ex.order_doc, ex.receipt_doc
+    for code, values in (("CEB304", {"guid": o["guid"], "ebpCode": o["ebpCode"], "ebcCode": o["ebcCode"],
+                                     "orderNo": o["orderNo"]}),
+                         ("CEB404", {"guid": rc["guid"], "ebcCode": rc["ebcCode"], "orderNo": rc["orderNo"]})):
+        r = await post_receipt(routed, code, {**values, "returnStatus": "120", "returnTime": "20261120160000000",
+                                              "returnInfo": "ok"})
+        assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    assert await state_of(db_pool, "CEB603") == "held"  # the export waybill has no receipt yet
+    # an import waybill with the same carrier and number (another flow, its own orderNo), newer
+    im = import_ship(32, order_no="IMPHOLD01")
+    w = im.waybill_doc
+    w["logisticsCode"], w["logisticsNo"] = ex.waybill_doc["logisticsCode"], ex.waybill_doc["logisticsNo"]
+    w["appTime"] = "20261120155959"
+    r = await post_json(routed, im.waybill)
+    assert r.status == 202, r.body
+    r = await post_receipt(routed, "CEB512", {"guid": w["guid"], "logisticsCode": w["logisticsCode"],
+                                              "logisticsNo": w["logisticsNo"], "returnStatus": "120",
+                                              "returnTime": "20261120160001000", "returnInfo": "ok"})
+    assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    assert await state_of(db_pool, "CEB603") == "held", "released on the import waybill's receipt"
+
+
+# --- inventory moves -----------------------------------------------------------------------------
+
+
+@pytest.mark.db
+async def test_a_changed_export_inventory_naming_another_order_leaves_its_old_shipment(api: Client,
+                                                                                       db_pool: Any) -> None:
+    a = export_ship(21, order_no="MOVA0001")
+    b = export_ship(21, order_no="MOVB0001")  # same goods, other orderNo
+    ebp = a.order_doc["ebpCode"]
+    for p in (a.order, a.receipt, a.waybill, a.inventory):
+        r = await post_export(api, p)
+        assert r.status == 202, r.body
+    b.receipt["documents"][0]["guid"] = "B" + b.receipt_doc["guid"][1:]
+    for p in (b.order, b.receipt):
+        for d in p["documents"]:
+            d["guid"] = "C" + d["guid"][1:]
+        p["guid"] = "D" + p["guid"][1:]
+        r = await post_export(api, p)
+        assert r.status == 202, r.body
+    assert (await api.get(f"/v1/shipments/{ebp}/MOVA0001")).body["state"] == "matched"
+    # the inventory (agentCode, copNo) changed to name order MOVB0001
+    moved = version(a.inventory, "2", "20261120160000", orderNo="MOVB0001")
+    r = await post_export(api, moved)
+    assert r.status == 202, r.body
+    print(r.body["documents"][0])
+    old = (await api.get(f"/v1/shipments/{ebp}/MOVA0001")).body
+    new = (await api.get(f"/v1/shipments/{ebp}/MOVB0001")).body
+    print(old["state"], old["missing"], new["state"], new["missing"])
+    assert "inventory" in old["missing"], (old["state"], old["missing"])
+    assert "inventory" not in new["missing"], (new["state"], new["missing"])
+
+
+# --- sandbox export ------------------------------------------------------------------------------
+
+
+pytest_plugins = ["gateway.sandbox.pytest_plugin"]
+
+
+def cancel(cop_no: str) -> bytes:
+    doc = {"guid": str(uuid.uuid4()).upper(), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
+           "customsCode": "6401", "copNo": cop_no, "invtNo": "64012026E000000001", "reason": "买家取消",
+           "agentCode": "4601980H12", "agentName": "Agent", "ebcCode": "4601260E35", "ebcName": "Seller"}
+    payload = {"type": "CEB605", "guid": str(uuid.uuid4()).upper(), "documents": [doc],
+               "baseTransfer": {"copCode": "4601980H12", "copName": "Agent", "dxpMode": "DXP",
+                                "dxpId": "DXPENT0000000001"}}
+    return render_export(payload, signer=sign_as_agent)
+
+
+async def test_the_export_cancellation_receipt_echoes_the_declared_cop_no(
+    customs_sandbox_local: RunningSandbox, http_recorder: Recorder
+) -> None:
+    sb = customs_sandbox_local
+    sb.config.receipt_url = http_recorder.url + "/v1/receipts"
+    cop_no = "CANCEL-2026112017000000000001"  # 29 characters: CEB605/606 copNo is C..30 (spec A.25, A.26)
+    assert len(cop_no) <= 30
+    env = dxp.wrap(cancel(cop_no), msg_type="CEB605Message", sender_id="DXPENT0000458763",
+                   receiver_ids=[dxp.EXPORT_RECEIVER], cop_msg_id=str(uuid.uuid4()).upper(), created=datetime.now())
+    async with aiohttp.ClientSession() as client, client.post(sb.url + "/dxp", data=env) as resp:
+        ack = await resp.json()
+        assert resp.status == 200 and ack["code"] == "0000", ack
+    await sb.wait_idle()
+    got = []
+    for r in http_recorder.requests:
+        if r.path != "/v1/receipts":
+            continue
+        root = etree.fromstring(dxp.unwrap(r.body).data)
+        for ret in root:
+            got.append({etree.QName(c).localname: c.text or "" for c in ret})
+    assert got, "no CEB606"
+    assert {g["copNo"] for g in got} == {cop_no}, [g["copNo"] for g in got]
+
+
+async def test_an_export_inventory_is_not_a_duplicate_of_an_import_one(
+    customs_sandbox_local: RunningSandbox, http_recorder: Recorder
+) -> None:
+    """The sandbox kept import inventories by (ebcCode, orderNo) and export ones by (agentCode, copNo) in one table:
+    an enterprise declaring its own export parcel (agentCode = its ebcCode) with copNo = an orderNo it imported
+    under got -621004 from the export system, which had never seen that inventory."""
+    sb = customs_sandbox_local
+    sb.config.receipt_url = http_recorder.url + "/v1/receipts"
+    im = samples.shipment(random.Random(61), now=NOW)
+    ex = samples.export_shipment(random.Random(62), now=NOW)
+    inv = ex.inventory_doc
+    inv["agentCode"], inv["copNo"] = im.inventory_doc["ebcCode"], im.inventory_doc["orderNo"]
+    imports = samples.render_shipment(im, signer=sign_as_agent)
+    exports = samples.render_export_shipment(ex, signer=sign_as_agent)
+    async with aiohttp.ClientSession() as client:
+        for code, xml, receiver in [*((c, imports[c], dxp.IMPORT_RECEIVER) for c in ("CEB311", "CEB411", "CEB511",
+                                                                                     "CEB621")),
+                                    *((c, exports[c], dxp.EXPORT_RECEIVER) for c in ("CEB303", "CEB403", "CEB505",
+                                                                                     "CEB603"))]:
+            env = dxp.wrap(xml, msg_type=f"{code}Message", sender_id="DXPENT0000458763", receiver_ids=[receiver],
+                           cop_msg_id=str(uuid.uuid4()).upper(), created=datetime.now())
+            async with client.post(sb.url + "/dxp", data=env) as resp:
+                assert resp.status == 200, await resp.text()
+            if code == "CEB621":
+                await sb.wait_idle()
+    await sb.wait_idle()
+    statuses: dict[str, list[str]] = {}
+    for r in http_recorder.requests:
+        if r.path != "/v1/receipts":
+            continue
+        root = etree.fromstring(dxp.unwrap(r.body).data)
+        for ret in root:
+            f = {etree.QName(c).localname: c.text or "" for c in ret}
+            statuses.setdefault(etree.QName(root).localname[:6], []).append(f["returnStatus"])
+    assert statuses["CEB622"][-1] == "800", statuses
+    assert statuses["CEB604"] == ["2", "120", "399", "800"], statuses
