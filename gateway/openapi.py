@@ -51,8 +51,10 @@ OPENAPI: dict[str, Any] = {
     "info": {
         "title": "cbec-gateway",
         "version": "0.1.0",
-        "description": "Cross-border e-commerce (CEB) declaration gateway: submit order (CEB311), payment (CEB411), "
-        "waybill (CEB511) and inventory (CEB621) messages; watch each shipment's reconciliation.",
+        "description": "Cross-border e-commerce (CEB) declaration gateway: submit import order (CEB311), payment "
+        "(CEB411), waybill (CEB511) and inventory (CEB621) messages and export order (CEB303), 收款单 (CEB403), "
+        "waybill (CEB505), inventory (CEB603) and cancellation (CEB605) messages, as XML or JSON; watch each "
+        "shipment's reconciliation.",
     },
     "components": {
         "securitySchemes": {
@@ -82,8 +84,8 @@ OPENAPI: dict[str, Any] = {
                     "409": _err("duplicate business key, unknown document to change, or guid reused with other bytes"),
                     "413": _err("body too large"),
                     "415": _err("unsupported Content-Type"),
-                    "422": _err("schema or business-rule errors; an export message sent as JSON (export messages are "
-                                "taken as XML only: json.unsupported_type)"),
+                    "422": _err("schema or business-rule errors (a JSON shape error's path is a JSON pointer into "
+                                "the payload)"),
                     **_AUTH_ERRORS,
                 },
             }

@@ -19,7 +19,7 @@ from gateway import rules, signing
 from gateway.auth import Principal, document_parties
 from gateway.documents import ParsedMessage, extract
 from gateway.errors import Issue, Layer, MessageRejected
-from gateway.messages import Signature, lookup
+from gateway.messages import CEB_NS, MessageType, Signature, lookup
 from gateway.render import json_constant, json_int, json_object, render
 from gateway.schema import SchemaSet
 from gateway.store import IngestResult, Store
@@ -61,6 +61,20 @@ def looks_like_json(body: bytes) -> bool:
     """Whether a file holds a JSON payload rather than XML: its first character (after a UTF-8 byte order mark and
     white space) opens an object or an array. What ``cbec validate`` decides by; the API goes by Content-Type."""
     return body.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"[")
+
+
+_APP_STATUS = f"{{{CEB_NS}}}appStatus"
+
+
+def _wants_signature(mtype: MessageType, root: etree._Element) -> bool:
+    """Whether the gateway signs a message rendered from JSON (spec §2.7, as rules.signature judges it): a type whose
+    XSD requires ds:Signature (CEB621) always, a CEB603 or 605 when one of its documents is declared (appStatus 2,
+    the JSON default). A temporary save (appStatus 1) needs no signature and gets none."""
+    if mtype.signature is Signature.REQUIRED:
+        return True
+    return mtype.signature is Signature.ON_DECLARE and any(
+        (el.text or "").strip() == "2" for el in root.iter(_APP_STATUS)
+    )
 
 
 class Pipeline:
@@ -130,10 +144,15 @@ class Pipeline:
 
     def check_json(self, payload: Mapping[str, Any]) -> Checked:
         mtype = lookup(str(payload.get("type", "")))
-        needs_signature = mtype is not None and mtype.signature is Signature.REQUIRED
-        rendered = render(payload, signer=self.signer if needs_signature else None)
+        signer = self.signer
+
+        def sign_if_wanted(root: etree._Element) -> None:
+            if signer is not None and mtype is not None and _wants_signature(mtype, root):
+                signer(root)
+
+        rendered = render(payload, signer=sign_if_wanted)
         checked = self._check(rendered, verify=False, max_bytes=_RENDERED_FACTOR * self.max_bytes + _RENDERED_EXTRA)
-        if needs_signature and self.signing_agent_code is not None:
+        if checked.message.signed and self.signing_agent_code is not None:
             self._signed_for_its_agent(checked.message, self.signing_agent_code)
         return replace(checked, identity=json_identity(payload))
 
@@ -177,8 +196,8 @@ class Pipeline:
 
 
 CODES: dict[str, str] = {
-    "rule.agent_not_signer": "a JSON declaration the gateway signs (CEB621) names an agentCode other than the agent "
-    "whose key it signs with (signing_agent_code)",
+    "rule.agent_not_signer": "a JSON declaration the gateway signs (CEB621; CEB603 and 605 when declared) names an "
+    "agentCode other than the agent whose key it signs with (signing_agent_code)",
     "auth.not_your_document": "the API key's enterprise codes do not include any party of the document, or of the "
     "stored document whose key it changes, withdraws or declares again (HTTP 403)",
 }

@@ -17,8 +17,11 @@ Head fields sit flat in each document under the spec's element names; list lines
 ``parse_float=Decimal``); binary floats are refused because they cannot carry money exactly.
 ``null`` means "absent" (the default applies, or the element is left out).
 
-Element order is taken from :data:`FIELD_ORDER`, read from the 2022-05 import XSD in ``schemas/`` (the
-spec tables §2.3 and §3.1–3.4 list the same fields).
+The import declarations (CEB311/411/511/621) and the export ones (CEB303/403/505/603/605) take the same shape. Element
+order is taken from :data:`FIELD_ORDER`, read per flow from the 2022-05 import or export XSD in ``schemas/`` (the
+spec tables §2.3, §3.1–3.4 and §4 list the same fields): the two schemas name their elements alike (OrderHead,
+InventoryList ...) but give them other children in another order. CEB403, 505 and 605 have no head: their fields
+sit in the business element itself, and in the JSON flat in each document as every head's do.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 from lxml import etree
 
 from gateway.errors import Issue, Layer, MessageRejected
-from gateway.messages import CEB_NS, MessageType, lookup
+from gateway.messages import BY_CODE, CEB_NS, MessageType, lookup
 from gateway.schema import element_particles, element_sequences
 
 try:
@@ -47,7 +50,8 @@ CODES: dict[str, str] = {
     "json.not_an_object": "a JSON object was expected here (the payload, a document, an item, baseTransfer ...)",
     "json.not_an_array": "a JSON array was expected here (documents, items, baseSubscribe)",
     "json.missing_field": "the JSON payload lacks \"type\" or \"documents\", without which nothing can be rendered",
-    "json.unsupported_type": "\"type\" is not a message type accepted as JSON (CEB311, CEB411, CEB511, CEB621)",
+    "json.unsupported_type": "\"type\" is not a message type accepted as JSON (import CEB311, CEB411, CEB511, "
+    "CEB621; export CEB303, CEB403, CEB505, CEB603, CEB605)",
     "json.unknown_field": "the object has a member that is not an element of this part of the message",
     "json.invalid_type": "a field value must be a string, an integer or a decimal number (not an object, array, "
     "boolean or binary float)",
@@ -55,8 +59,8 @@ CODES: dict[str, str] = {
     "surrogates)",
     "json.number_out_of_range": "a number with more than 40 digits before or after the decimal point (no field "
     "takes more than 19 and 5): written out it could be millions of digits",
-    "json.too_many": "an array has more entries than the message may carry (documents 100, items 99, baseSubscribe "
-    "5): refused before anything is rendered",
+    "json.too_many": "an array has more entries than the message may carry (documents 100, items 99 on import and "
+    "100 on export, baseSubscribe 5): refused before anything is rendered",
     "json.duplicate_member": "an object names the same member twice (which one counts would be a guess)",
 }
 
@@ -64,29 +68,58 @@ CODES: dict[str, str] = {
 #: it is refused before it is (1e99999999 would be a hundred million digits). No CEB field takes more than 19.5.
 _MAX_POSITIONAL_DIGITS = 40
 
-#: Message types accepted as JSON.
-JSON_TYPES: tuple[str, ...] = ("CEB311", "CEB411", "CEB511", "CEB621")
+#: Message types accepted as JSON: the import declarations, then the export ones (spec §4).
+JSON_TYPES: tuple[str, ...] = ("CEB311", "CEB411", "CEB511", "CEB621", "CEB303", "CEB403", "CEB505", "CEB603", "CEB605")
 
-#: The elements rendered from JSON fields (heads, lines, BaseTransfer, BaseSubscribe).
-RENDERED_ELEMENTS: tuple[str, ...] = (
-    "BaseTransfer", "BaseSubscribe", "OrderHead", "OrderList", "PaymentHead", "LogisticsHead", "InventoryHead",
-    "InventoryList",
-)  # fmt: skip
-#: Child elements of each rendered element, in XSD sequence order, as the import schema itself declares them.
-FIELD_ORDER: dict[str, tuple[str, ...]] = {name: element_sequences()[name] for name in RENDERED_ELEMENTS}
+#: The schema file of each flow's JSON types (gateway.messages): where their elements' sequences are read.
+_SCHEMAS: dict[str, str] = {BY_CODE[code].flow: BY_CODE[code].schema for code in JSON_TYPES}
 
-#: Values filled in when a field is absent (or null). guid/appTime defaults are generated per call.
-DEFAULTS: dict[str, dict[str, str]] = {
-    "BaseTransfer": {"dxpMode": "DXP"},
-    "BaseSubscribe": {"dxpMode": "DXP"},
-    "OrderHead": {"appType": "1", "appStatus": "2", "orderType": "I", "currency": "142", "buyerIdType": "1"},
-    "OrderList": {"currency": "142"},
-    "PaymentHead": {"appType": "1", "appStatus": "2", "currency": "142", "payerIdType": "1"},
-    "LogisticsHead": {"appType": "1", "appStatus": "2", "currency": "142", "packNo": "1"},
-    "InventoryHead": {
-        "appType": "1", "appStatus": "2", "currency": "142", "buyerIdType": "1", "ieFlag": "I", "packNo": "1",
+
+def _fields_element(mtype: MessageType) -> str:
+    """The element holding a document's fields: its head, or the business element itself (CEB403, 505, 605)."""
+    return mtype.head or mtype.document
+
+
+#: The elements rendered from JSON fields in each flow: BaseTransfer, BaseSubscribe and the heads (or head-less
+#: business elements) and lines of that flow's JSON types.
+RENDERED_ELEMENTS: dict[str, tuple[str, ...]] = {
+    flow: tuple(dict.fromkeys(["BaseTransfer", "BaseSubscribe"] + [
+        name for code in JSON_TYPES if BY_CODE[code].flow == flow
+        for name in (_fields_element(BY_CODE[code]), BY_CODE[code].lines) if name is not None
+    ]))
+    for flow in _SCHEMAS
+}  # fmt: skip
+#: Child elements of each rendered element by flow, in XSD sequence order, as that flow's schema itself declares
+#: them (export InventoryList: its quantities, then its units; import: each quantity beside its unit).
+FIELD_ORDER: dict[str, dict[str, tuple[str, ...]]] = {
+    flow: {name: element_sequences(_SCHEMAS[flow])[name] for name in names} for flow, names in RENDERED_ELEMENTS.items()
+}
+
+#: Values filled in by flow when a field is absent (or null). guid/appTime defaults are generated per call. Import
+#: amounts are in yuan (142, rule.currency_not_cny); an export sale's currency is the seller's (spec §4.1: not fixed
+#: to 142), so no export currency is guessed, nor an export packNo (not fixed to 1 there).
+DEFAULTS: dict[str, dict[str, dict[str, str]]] = {
+    "import": {
+        "BaseTransfer": {"dxpMode": "DXP"},
+        "BaseSubscribe": {"dxpMode": "DXP"},
+        "OrderHead": {"appType": "1", "appStatus": "2", "orderType": "I", "currency": "142", "buyerIdType": "1"},
+        "OrderList": {"currency": "142"},
+        "PaymentHead": {"appType": "1", "appStatus": "2", "currency": "142", "payerIdType": "1"},
+        "LogisticsHead": {"appType": "1", "appStatus": "2", "currency": "142", "packNo": "1"},
+        "InventoryHead": {
+            "appType": "1", "appStatus": "2", "currency": "142", "buyerIdType": "1", "ieFlag": "I", "packNo": "1",
+        },
+        "InventoryList": {"currency": "142"},
     },
-    "InventoryList": {"currency": "142"},
+    "export": {
+        "BaseTransfer": {"dxpMode": "DXP"},
+        "BaseSubscribe": {"dxpMode": "DXP"},
+        "OrderHead": {"appType": "1", "appStatus": "2", "orderType": "E"},  # E: a B2C export order
+        "Receipts": {"appType": "1", "appStatus": "2"},
+        "Logistics": {"appType": "1", "appStatus": "2"},
+        "InventoryHead": {"appType": "1", "appStatus": "2", "ieFlag": "E"},
+        "InvtCancel": {"appType": "1", "appStatus": "2"},
+    },
 }  # fmt: skip
 
 #: Head fields generated per document when absent: a fresh upper-case uuid4 and the current time.
@@ -157,6 +190,8 @@ class _Renderer:
         self.mtype = mtype
         self.app_time = app_time(now)
         self.issues: list[Issue] = []
+        self.field_order = FIELD_ORDER[mtype.flow]
+        self.defaults = DEFAULTS[mtype.flow]
 
     def issue(self, code: str, path: str, message: str) -> None:
         if len(self.issues) < _MAX_ISSUES:
@@ -204,7 +239,7 @@ class _Renderer:
     def few_enough(self, seq: Sequence[Any], parent: str, child: str, path: str) -> bool:
         """At most as many entries as the XSD lets ``parent`` hold of ``child``; else an issue (nothing of them is
         rendered: a 4 MiB body of empty objects would otherwise become hundreds of megabytes of XML)."""
-        _, most = _occurs(parent, child)
+        _, most = _occurs(self.mtype.schema, parent, child)
         if most < 0 or len(seq) <= most:  # -1: unbounded
             return True
         self.issue("json.too_many", path, f"{len(seq):,} entries; a {self.mtype.code} message takes at most {most}")
@@ -244,10 +279,10 @@ class _Renderer:
                path_parts: tuple[str | int, ...], where: str,
                generated: Mapping[str, str] | None = None) -> etree._Element:
         """Append ``<ceb:element>`` with one child per known field, in XSD order, defaults applied."""
-        order = FIELD_ORDER[element]
+        order = self.field_order[element]
         self.unknown(obj, order, path_parts, where)
         el = etree.SubElement(parent, _q(element))
-        defaults = DEFAULTS.get(element, {})
+        defaults = self.defaults.get(element, {})
         for name in order:
             value = obj.get(name)
             if value is None:
@@ -271,14 +306,18 @@ class _Renderer:
         if doc is None:
             return
         mtype = self.mtype
-        assert mtype.head is not None  # every JSON type has a head element
         generated = {"guid": new_guid(), "appTime": self.app_time}
-        doc_el = etree.SubElement(root, _q(mtype.document))
         for key in getattr(doc, "repeated", ()):  # the head's own copy below drops the mark
             self.issue("json.duplicate_member", _pointer(*parts, key),
                        f"documents[{index}] names {key!r} more than once; send each member once")  # fmt: skip
         head_fields = {k: v for k, v in doc.items() if k != ITEMS or mtype.lines is None}
-        self.leaves(doc_el, mtype.head, head_fields, parts, f"a {mtype.code} document ({mtype.head})", generated)
+        fields = _fields_element(mtype)
+        where = f"a {mtype.code} document ({fields})"
+        if mtype.head is None:  # CEB403, 505, 605: the business element holds the fields itself (and has no lines)
+            self.leaves(root, fields, head_fields, parts, where, generated)
+            return
+        doc_el = etree.SubElement(root, _q(mtype.document))
+        self.leaves(doc_el, mtype.head, head_fields, parts, where, generated)
         if mtype.lines is None:
             return
         items = doc.get(ITEMS)
@@ -327,7 +366,8 @@ def render(
     """Render a friendly JSON payload as CEB XML (UTF-8 bytes with an XML declaration).
 
     ``signer`` is called on the finished root element and must insert the enveloped
-    ``ds:Signature`` (required by the XSD for CEB621); without it nothing is signed.
+    ``ds:Signature`` where the message's schema puts it (required by the XSD for CEB621; by spec §2.7 for a CEB603
+    or 605 declared); without it nothing is signed.
     ``now`` fixes the default appTime (China time; a naive value is read as China time).
     Raises :class:`MessageRejected` with ``json.*`` issues (layer ``schema``, JSON-pointer paths)
     when the payload does not have the documented shape.
@@ -397,43 +437,43 @@ _VALUE_SCHEMA: dict[str, Any] = {"type": ["string", "integer", "number"]}
 _OPTIONAL_VALUE_SCHEMA: dict[str, Any] = {"type": ["string", "integer", "number", "null"]}
 
 
-def _fields_schema(element: str, generated: Sequence[str] = ()) -> dict[str, Any]:
-    """An object with the element's fields: required are those the XSD requires that no default or generated
-    value fills; nothing else is allowed (``json.unknown_field``)."""
-    defaults = DEFAULTS.get(element, {})
-    particles = element_particles()[element]
-    required = [name for name, p in zip(FIELD_ORDER[element], particles, strict=True)
+def _fields_schema(flow: str, element: str, generated: Sequence[str] = ()) -> dict[str, Any]:
+    """An object with the element's fields (in ``flow``'s schema): required are those the XSD requires that no
+    default or generated value fills; nothing else is allowed (``json.unknown_field``)."""
+    defaults = DEFAULTS[flow].get(element, {})
+    order = FIELD_ORDER[flow][element]
+    particles = element_particles(_SCHEMAS[flow])[element]
+    required = [name for name, p in zip(order, particles, strict=True)
                 if p.min >= 1 and name not in defaults and name not in generated]  # fmt: skip
     return {
         "type": "object",
-        "properties": {
-            name: _VALUE_SCHEMA if name in required else _OPTIONAL_VALUE_SCHEMA for name in FIELD_ORDER[element]
-        },
+        "properties": {name: _VALUE_SCHEMA if name in required else _OPTIONAL_VALUE_SCHEMA for name in order},
         "required": required,
         "additionalProperties": False,
     }
 
 
-def _occurs(parent: str, child: str) -> tuple[int, int]:
-    particle = next(p for p in element_particles()[parent] if p.tag.endswith(f"}}{child}"))
+def _occurs(schema: str, parent: str, child: str) -> tuple[int, int]:
+    particle = next(p for p in element_particles(schema)[parent] if p.tag.endswith(f"}}{child}"))
     return particle.min, particle.max
 
 
 def json_schema(code: str) -> dict[str, Any]:
     """The JSON Schema of a payload of message type ``code`` (one of :data:`JSON_TYPES`), built from the same
-    tables the renderer follows and the import XSD's occurrences, so that it says what the gateway does."""
+    tables the renderer follows and the occurrences of its flow's XSD, so that it says what the gateway does."""
     mtype = lookup(code)
-    if mtype is None or code not in JSON_TYPES or mtype.head is None:
+    if mtype is None or code not in JSON_TYPES:
         raise ValueError(f"{code!r} is not sent as JSON; one of {', '.join(JSON_TYPES)}")
-    document = _fields_schema(mtype.head, GENERATED_HEAD_FIELDS)
+    flow, schema = mtype.flow, mtype.schema
+    document = _fields_schema(flow, _fields_element(mtype), GENERATED_HEAD_FIELDS)
     if mtype.lines is not None:
-        low, high = _occurs(mtype.document, mtype.lines)
+        low, high = _occurs(schema, mtype.document, mtype.lines)
         document["properties"][ITEMS] = {"type": "array", "minItems": low, "maxItems": high,
-                                         "items": _fields_schema(mtype.lines)}  # fmt: skip
+                                         "items": _fields_schema(flow, mtype.lines)}  # fmt: skip
         if low >= 1:
             document["required"].append(ITEMS)
-    low, high = _occurs(mtype.root, mtype.document)
-    subscribe_low, subscribe_high = _occurs(mtype.root, "BaseSubscribe")
+    low, high = _occurs(schema, mtype.root, mtype.document)
+    subscribe_low, subscribe_high = _occurs(schema, mtype.root, "BaseSubscribe")
     return {
         "type": "object",
         "title": f"{code} as JSON",
@@ -443,10 +483,10 @@ def json_schema(code: str) -> dict[str, Any]:
             "type": {"enum": [code, mtype.root], "description": f"{code} (or its root element's name, {mtype.root})"},
             "guid": {**_OPTIONAL_VALUE_SCHEMA, "description": "the message guid; generated when absent"},
             "version": {**_OPTIONAL_VALUE_SCHEMA, "default": DEFAULT_VERSION},
-            "baseTransfer": _fields_schema("BaseTransfer"),
+            "baseTransfer": _fields_schema(flow, "BaseTransfer"),
             "baseSubscribe": {  # null: absent, as for every member
                 "type": ["array", "null"], "minItems": subscribe_low, "maxItems": subscribe_high,
-                "items": _fields_schema("BaseSubscribe"),
+                "items": _fields_schema(flow, "BaseSubscribe"),
             },
             "documents": {"type": "array", "minItems": low, "maxItems": high, "items": document},
         },

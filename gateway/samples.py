@@ -452,14 +452,14 @@ _COUNTRY_NAMES = {"116": "日本", "133": "韩国", "142": "中国", "301": "比
 
 def _xsd_key_order(doc: dict[str, Any], head: str, line: str | None) -> None:
     """Reorder keys like the XML, only so that the JSON reads well; render orders elements itself."""
-    order = FIELD_ORDER[head]
+    order = FIELD_ORDER["import"][head]
     items = doc.pop("items", None)
     ordered = {k: doc[k] for k in sorted(doc, key=order.index)}
     doc.clear()
     doc.update(ordered)
     if items is not None and line is not None:
         for i, it in enumerate(items):
-            items[i] = {k: it[k] for k in sorted(it, key=FIELD_ORDER[line].index)}
+            items[i] = {k: it[k] for k in sorted(it, key=FIELD_ORDER["import"][line].index)}
         doc["items"] = items
 
 
@@ -601,7 +601,7 @@ def _other_person(rng: random.Random, id_number: str, avoid_name: str = "") -> P
     return p
 
 
-# --- export shipments (spec §4): judged by `cbec validate`, not taken in by the API yet --------------------------
+# --- export shipments (spec §4) -----------------------------------------------------------------------------------
 
 #: Goods a Chinese seller exports: (gcode, gname, spec, unit, unit1, unit2 or "", net kg of one unit, unit price range
 #: in yuan). unit2 is the legal second unit of the HS code where it has one (kilograms for garments and shoes).
@@ -631,7 +631,7 @@ EXPORT_OWNER = ("4601960K21", "海口示例日用品制造有限公司")  # prod
 @dataclass
 class ExportShipmentSample:
     """The four export legs of one parcel: order (CEB303), 收款单 (CEB403), waybill (CEB505), inventory (CEB603),
-    as payloads for :func:`render_export` (one document each, lines under ``items``)."""
+    as JSON payloads for :func:`gateway.render.render` (one document each, lines under ``items``)."""
 
     order: dict[str, Any]
     receipt: dict[str, Any]
@@ -789,49 +789,11 @@ def export_shipment(
     )
 
 
-def render_export(payload: dict[str, Any], *, signer: Callable[[etree._Element], None] | None = None) -> bytes:
-    """An export payload (the shape of :func:`export_shipment`'s) as CEB XML, elements in the order the export schema
-    declares them; a field whose value is None is left out, "" is written empty. Export messages are not taken as
-    JSON by the API (gateway.render serves the import types), so this writer is the samples' own. ``signer`` inserts
-    ds:Signature where the export schema wants it (gateway.signing places it before ExtendMessage)."""
-    from gateway.messages import BY_CODE, CEB_NS, EXPORT_SCHEMA
-    from gateway.schema import element_sequences
-
-    mtype = BY_CODE[payload["type"]]
-    order = element_sequences(EXPORT_SCHEMA)
-    ns = f"{{{CEB_NS}}}"
-
-    def leaves(parent: etree._Element, element: str, fields: dict[str, Any]) -> None:
-        el = etree.SubElement(parent, ns + element)
-        unknown = set(fields) - set(order[element]) - {"items"}
-        if unknown:
-            raise ValueError(f"{element} has no field {', '.join(sorted(unknown))}")
-        for name in order[element]:
-            if fields.get(name) is not None:
-                etree.SubElement(el, ns + name).text = str(fields[name])
-
-    root = etree.Element(ns + mtype.root, nsmap={"ceb": CEB_NS})
-    root.set("guid", payload["guid"])
-    root.set("version", payload.get("version", "1.0"))
-    for doc in payload["documents"]:
-        if mtype.head is None:
-            leaves(root, mtype.document, doc)
-            continue
-        doc_el = etree.SubElement(root, ns + mtype.document)
-        leaves(doc_el, mtype.head, doc)
-        for item in doc.get("items", ()):
-            leaves(doc_el, mtype.lines or "", item)
-    leaves(root, "BaseTransfer", payload["baseTransfer"])
-    if signer is not None:
-        signer(root)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
-
-
 def render_export_shipment(
     s: ExportShipmentSample, *, signer: Callable[[etree._Element], None] | None = None
 ) -> dict[str, bytes]:
     """The four export legs as XML; ``signer`` signs the CEB603 (declared with appStatus 2, spec §2.7)."""
-    return {code: render_export(p, signer=signer if code == "CEB603" else None) for code, p in s.payloads().items()}
+    return {code: render(p, signer=signer if code == "CEB603" else None) for code, p in s.payloads().items()}
 
 
 #: Export defect name -> what it breaks; each is refused by the rules layer, none by the export schema.

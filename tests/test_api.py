@@ -477,8 +477,8 @@ async def test_signatures_are_verified_when_configured_but_not_the_gateways_own(
 
 async def test_export_messages_are_taken_in_as_xml_and_their_receipts_applied(api: Client, db_pool: Any) -> None:
     """Export messages (spec §4): the four legs of a 9610 export shipment taken in as XML, reconciled into a shipment
-    of flow export; its receipts (CEB304/404/506/604/606) applied at POST /v1/receipts by the keys of spec §5.1; the
-    JSON shape stays the import flow's, and an export receipt posted as a message is only recorded."""
+    of flow export; its receipts (CEB304/404/506/604/606) applied at POST /v1/receipts by the keys of spec §5.1; an
+    export receipt posted as a message is only recorded."""
     samples_dir = Path(__file__).parent / "data" / "samples"
     xmls = {c: (samples_dir / f"{c}-9610.xml").read_bytes() for c in ("CEB303", "CEB403", "CEB505", "CEB603")}
     for code in ("CEB603", "CEB505", "CEB403", "CEB303"):
@@ -535,25 +535,91 @@ async def test_export_messages_are_taken_in_as_xml_and_their_receipts_applied(ap
                                    "returnStatus": "399", "returnTime": when, "returnInfo": "撤销审结"})  # fmt: skip
     reply = await api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
     assert [r["outcome"] for r in reply.body["receipts"]] == ["applied"], reply.body
-    # the JSON shape is the import flow's: an export type is refused by name
-    reply = await api.request("POST", "/v1/messages", json_body={"type": "CEB303", "documents": [{}]})
-    assert reply.status == 422 and reply.body["error"]["issues"][0]["code"] == "json.unsupported_type"
     # an export receipt posted as a message is a record, applied to nothing
     reply = await api.post_xml((Path(__file__).parent / "data" / "schema" / "CEB304Message.xml").read_bytes())
     assert reply.status == 202 and reply.body["documents"][0]["outcome"] == "recorded"
     assert await db_pool.fetchval("SELECT count(*) FROM rejected_messages WHERE message_type LIKE 'CEB3%'") == 0
 
 
+async def test_an_export_shipment_sent_as_json_is_reconciled_matched(api: Client) -> None:
+    """A 9610 export parcel with every leg posted as JSON, document guid, appTime, appType and appStatus left to the
+    gateway: rendered in the export schema's order, the inventory signed by the gateway, reconciled into a matched
+    export shipment like the same legs sent as XML; a retry is a replay; the cancellation is taken as JSON too."""
+    s = samples.export_shipment(random.Random(31), mode="9610", n_items=2)
+    bodies: dict[str, dict[str, Any]] = {}
+    for code, payload in reversed(s.payloads().items()):  # inventory first: the legs come in any order
+        body = json.loads(json.dumps(payload, default=str))
+        for name in ("guid", "appTime", "appType", "appStatus"):
+            del body["documents"][0][name]
+        bodies[code] = body
+        reply = await api.request("POST", "/v1/messages", json_body=body)
+        assert reply.status == 202, (code, reply.body)
+        assert (reply.body["message_type"], reply.body["documents"][0]["outcome"]) == (code, "accepted")
+    shipment = reply.body["documents"][0]["shipment"]
+    assert (shipment["flow"], shipment["state"]) == ("export", "matched"), shipment
+    order = s.order_doc
+    found = (await api.get(f"/v1/shipments/{order['ebpCode']}/{order['orderNo']}")).body
+    assert (found["flow"], found["state"], found["mode"]) == ("export", "matched", "9610")
+    assert [f for f in found["findings"] if f["blocking"]] == [] and found["missing"] == []
+    raw = (await api.get(f"/v1/messages/{s.inventory['guid']}")).body["raw_xml"]
+    # the gateway's signature, where the export schema puts it (spec §2.2); quantities before units (§4.3)
+    assert raw.index("</ceb:BaseTransfer>") < raw.index("<ds:Signature") and "ExtendMessage" not in raw
+    assert raw.index("<ceb:qty1>") < raw.index("<ceb:unit>")
+    again = await api.request("POST", "/v1/messages", json_body=bodies["CEB603"])
+    assert again.status == 202 and again.headers.get("Idempotent-Replay") == "true"
+    # customs' CEB604 gives the inventory its invtNo; the cancellation that names it comes as JSON
+    inv = next(d for d in found["documents"] if d["kind"] == "inventory")["head"]
+    invt_no = "51412026E000000031"
+    xml = build_receipt("CEB604", {
+        "guid": inv["guid"], "agentCode": inv["agentCode"], "copNo": inv["copNo"], "preNo": "B20261120000000031",
+        "invtNo": invt_no, "ebcCode": inv["ebcCode"], "ebpCode": inv["ebpCode"], "orderNo": inv["orderNo"],
+        "statisticsFlag": inv["statisticsFlag"], "returnStatus": "800", "returnTime": "20261120160000000",
+        "returnInfo": "放行"})  # fmt: skip
+    reply = await api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
+    assert [r["outcome"] for r in reply.body["receipts"]] == ["applied"], reply.body
+    cancel = {"type": "CEB605", "baseTransfer": bodies["CEB603"]["baseTransfer"],
+              "documents": [{"customsCode": inv["customsCode"], "copNo": "CANCEL-31", "invtNo": invt_no,
+                             "reason": "买家取消订单", "agentCode": inv["agentCode"], "agentName": inv["agentName"],
+                             "ebcCode": inv["ebcCode"], "ebcName": inv["ebcName"]}]}  # fmt: skip
+    reply = await api.request("POST", "/v1/messages", json_body=cancel)
+    assert reply.status == 202 and reply.body["documents"][0]["kind"] == "cancel", reply.body
+    assert "<ds:Signature" in (await api.get(f"/v1/messages/{reply.body['guid']}")).body["raw_xml"]
+
+
+async def test_an_export_json_message_is_answered_at_json_pointers(api: Client) -> None:
+    """Shape errors of an export payload point into the JSON; what the rules find once rendered points at the XML,
+    as for import."""
+    s = samples.export_shipment(random.Random(32), n_items=2)
+    inventory = json.loads(json.dumps(s.inventory, default=str))
+    inventory["documents"][0]["items"][1]["tradeCountry"] = "502"  # an import inventory line's field
+    inventory["documents"][0]["buyerName"] = "张三"  # nor has an export inventory a buyer
+    inventory["documents"][0]["freight"] = True
+    reply = await api.request("POST", "/v1/messages", json_body=inventory)
+    assert reply.status == 422, reply.body
+    assert {(i["code"], i["path"]) for i in reply.body["error"]["issues"]} == {
+        ("json.unknown_field", "/documents/0/items/1/tradeCountry"), ("json.unknown_field", "/documents/0/buyerName"),
+        ("json.invalid_type", "/documents/0/freight")}  # fmt: skip
+    waybill = json.loads(json.dumps(s.waybill, default=str))
+    waybill["documents"][0]["items"] = [{"gnum": 1}]  # a waybill has no lines
+    reply = await api.request("POST", "/v1/messages", json_body=waybill)
+    assert [(i["code"], i["path"]) for i in reply.body["error"]["issues"]] == [("json.unknown_field",
+                                                                                 "/documents/0/items")]  # fmt: skip
+    inventory = json.loads(json.dumps(s.inventory, default=str))
+    inventory["documents"][0]["ieFlag"] = "I"
+    reply = await api.request("POST", "/v1/messages", json_body=inventory)
+    assert reply.status == 422
+    assert [(i["code"], i["path"]) for i in reply.body["error"]["issues"]] == [
+        ("rule.ie_flag", "/CEB603Message/Inventory[1]/InventoryHead/ieFlag")]  # fmt: skip
+
+
 def export_cancel(inventory: dict[str, str], invt_no: str) -> bytes:
     """A CEB605 for an export inventory (spec A.25), written in the export schema's order."""
-    from gateway.samples import render_export
-
     doc = {"guid": "D" * 36, "appType": "1", "appTime": "20261120170000", "appStatus": "2", "customsCode": "6401",
            "copNo": "CANCEL-1", "invtNo": invt_no, "reason": "买家取消", "agentCode": inventory["agentCode"],
            "agentName": inventory["agentName"], "ebcCode": inventory["ebcCode"], "ebcName": inventory["ebcName"]}
     payload = {"type": "CEB605", "guid": "E" * 36, "documents": [doc],
                "baseTransfer": {"copCode": inventory["agentCode"], "copName": inventory["agentName"], "dxpMode": "DXP",
                                 "dxpId": "DXPENT0000000001"}}  # fmt: skip
-    return render_export(payload, signer=sign_as_agent)
+    return render(payload, signer=sign_as_agent)
 
 

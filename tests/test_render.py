@@ -1,4 +1,5 @@
-"""JSON → CEB XML rendering: round trip through the real parser, order, defaults, decimals, shape errors."""
+"""JSON → CEB XML rendering: round trip through the real parser, order, defaults, decimals, shape errors; the import
+declarations and the export ones alike."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import copy
 import json
 import random
 import re
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,14 +22,16 @@ from gateway import api
 from gateway import render as render_mod
 from gateway.documents import extract
 from gateway.errors import Layer, MessageRejected
-from gateway.messages import CEB_NS, DS_NS, IMPORT_SCHEMA, SCHEMA_DIR, lookup
+from gateway.messages import CEB_NS, DS_NS, EXPORT_SCHEMA, IMPORT_SCHEMA, SCHEMA_DIR, MessageType, lookup
 from gateway.pipeline import Pipeline, looks_like_json
-from gateway.render import CODES, DEFAULTS, FIELD_ORDER, json_object, render
-from gateway.samples import shipment
+from gateway.render import CODES, DEFAULTS, FIELD_ORDER, JSON_TYPES, json_object, render
+from gateway.samples import export_shipment, shipment
 from gateway.schema import SchemaSet
 from gateway.xmlsafe import parse_message
 
 XSD_PATH = SCHEMA_DIR / IMPORT_SCHEMA
+EXPORT_XSD_PATH = SCHEMA_DIR / EXPORT_SCHEMA
+EXPORT_TYPES = ("CEB303", "CEB403", "CEB505", "CEB603", "CEB605")
 NOW = datetime(2026, 11, 20, 9, 30, 5)  # naive: China time
 UUID4_UPPER = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}$")
 
@@ -53,13 +58,60 @@ def xsd() -> etree.XMLSchema:
     return etree.XMLSchema(etree.parse(str(XSD_PATH)))
 
 
+@pytest.fixture(scope="module")
+def export_xsd() -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(EXPORT_XSD_PATH)))
+
+
+@pytest.fixture(scope="module")
+def xsds(xsd: etree.XMLSchema, export_xsd: etree.XMLSchema) -> dict[str, etree.XMLSchema]:
+    """The schema of each flow."""
+    return {"import": xsd, "export": export_xsd}
+
+
 def sample_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, Any]]:
     return shipment(random.Random(seed), mode=mode, n_items=3, now=NOW).payloads()
 
 
+def export_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, Any]]:
+    """The four export legs of a sample parcel and a cancellation (CEB605) of its inventory."""
+    s = export_shipment(random.Random(seed), mode=mode, n_items=3, now=NOW)
+    inv = s.inventory_doc
+    cancel = {"guid": _seeded_guid(seed, 1), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
+              "customsCode": inv["customsCode"], "copNo": f"CX{inv['copNo']}"[:30],
+              "invtNo": f"{inv['customsCode']}2026E{seed:011d}", "reason": "买家取消订单",
+              "agentCode": inv["agentCode"], "agentName": inv["agentName"], "ebcCode": inv["ebcCode"],
+              "ebcName": inv["ebcName"]}  # fmt: skip
+    ceb605 = {"type": "CEB605", "guid": _seeded_guid(seed, 2), "version": "1.0",
+              "baseTransfer": dict(s.inventory["baseTransfer"]), "documents": [cancel]}  # fmt: skip
+    return {**s.payloads(), "CEB605": ceb605}
+
+
+def _seeded_guid(seed: int, n: int) -> str:
+    return str(uuid.UUID(int=random.Random(seed * 100 + n).getrandbits(128), version=4)).upper()
+
+
+def all_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, Any]]:
+    """A good payload of every JSON type: the import legs of one sample shipment, the export ones of another."""
+    return {**sample_payloads(seed, mode), **export_payloads(seed, mode)}
+
+
+def mtype_of(code: str) -> MessageType:
+    mtype = lookup(code)
+    assert mtype is not None
+    return mtype
+
+
+def fields_element(mtype: MessageType) -> str:
+    return mtype.head or mtype.document
+
+
 def minimal(code: str) -> dict[str, Any]:
-    doc: dict[str, Any] = {"orderNo": "O-1"}
-    if lookup(code).lines:  # type: ignore[union-attr]
+    mtype = mtype_of(code)
+    # one field to hold on to: the orderNo, or where a document has none (CEB505, 605) its last business key
+    key = "orderNo" if "orderNo" in FIELD_ORDER[mtype.flow][fields_element(mtype)] else mtype.keys[-1]
+    doc: dict[str, Any] = {key: "O-1"}
+    if mtype.lines:
         doc["items"] = [{"gnum": 1}]
     return {"type": code, "baseTransfer": {"copCode": "C", "copName": "N", "dxpId": "DXPENT0000000001"},
             "documents": [doc]}  # fmt: skip
@@ -80,9 +132,9 @@ def local(el: etree._Element) -> str:
 
 
 @pytest.mark.parametrize("mode", ["9610", "1210"])
-@pytest.mark.parametrize("code", ["CEB311", "CEB411", "CEB511", "CEB621"])
+@pytest.mark.parametrize("code", JSON_TYPES)
 def test_round_trip_through_parser_and_extract(code: str, mode: str) -> None:
-    payload = sample_payloads(mode=mode)[code]
+    payload = all_payloads(mode=mode)[code]
     xml = render(payload, now=NOW)
     root, mtype = parse_message(xml)
     assert mtype.code == code
@@ -114,15 +166,15 @@ def test_uses_ceb_prefix_and_declaration() -> None:
 # --- element order ------------------------------------------------------------------------
 
 
-def _assert_in_field_order(parent: etree._Element, element: str) -> None:
+def _assert_in_field_order(parent: etree._Element, flow: str, element: str) -> None:
     names = [local(c) for c in parent]
-    order = FIELD_ORDER[element]
+    order = FIELD_ORDER[flow][element]
     assert [order.index(n) for n in names] == sorted(order.index(n) for n in names), (element, names)
 
 
-@pytest.mark.parametrize("code", ["CEB311", "CEB411", "CEB511", "CEB621"])
+@pytest.mark.parametrize("code", JSON_TYPES)
 def test_elements_follow_field_order_whatever_the_json_order(code: str) -> None:
-    payload = sample_payloads()[code]
+    payload = all_payloads()[code]
     scrambled = copy.deepcopy(payload)
     rng = random.Random(3)
     for doc in scrambled["documents"]:
@@ -134,79 +186,117 @@ def test_elements_follow_field_order_whatever_the_json_order(code: str) -> None:
     assert list(scrambled["documents"][0]) != list(payload["documents"][0])
     xml = render(scrambled)
     assert xml == render(payload)  # JSON member order does not matter at all
-    mtype = lookup(code)
-    assert mtype is not None and mtype.head is not None
+    mtype = mtype_of(code)
+    flow = mtype.flow
     root = etree.fromstring(xml)
     assert [local(c) for c in root] == [mtype.document, "BaseTransfer"]
     doc_el = root[0]
-    assert [local(c) for c in doc_el] == [mtype.head] + [mtype.lines] * len(payload["documents"][0].get("items", []))
-    _assert_in_field_order(doc_el[0], mtype.head)
-    for line in doc_el[1:]:
-        _assert_in_field_order(line, mtype.lines)  # type: ignore[arg-type]
-    _assert_in_field_order(root[1], "BaseTransfer")
+    if mtype.head is None:  # CEB403, 505, 605: the fields sit in the business element
+        _assert_in_field_order(doc_el, flow, mtype.document)
+    else:
+        n_items = len(payload["documents"][0].get("items", []))
+        assert [local(c) for c in doc_el] == [mtype.head] + [mtype.lines] * n_items
+        _assert_in_field_order(doc_el[0], flow, mtype.head)
+        for line in doc_el[1:]:
+            _assert_in_field_order(line, flow, mtype.lines)  # type: ignore[arg-type]
+    _assert_in_field_order(root[1], flow, "BaseTransfer")
 
 
-#: Values for the optional fields the samples leave out, so that every element of FIELD_ORDER is rendered.
-OPTIONAL_VALUES: dict[str, dict[str, str]] = {
-    "OrderHead": {"batchNumbers": "BATCH-2026-11", "note": "促销价"},
-    "OrderList": {"note": "赠品"},
-    "PaymentHead": {"note": "无"},
-    "LogisticsHead": {"note": "易碎"},
-    "InventoryHead": {"preNo": "B20261120000000001", "invtNo": "460120261000000001", "emsNo": "T4604W000035",
-                      "areaCode": "4604640032", "areaName": "示例保税仓", "loctNo": "4601", "licenseNo": "L-1",
-                      "wrapType": "2", "note": "无"},
-    "InventoryList": {"itemRecordNo": "10001", "tradeCountry": "116", "qty2": "1", "unit2": "035", "note": "无"},
+def test_export_elements_follow_the_export_schema_not_the_import_one() -> None:
+    """The two schemas name their elements alike but order them otherwise: an export inventory line lists its
+    quantities before its units (spec §4.3), an import one pairs each quantity with its unit."""
+    line = etree.fromstring(render(export_payloads()["CEB603"])).find(f".//{{{CEB_NS}}}InventoryList")
+    assert line is not None
+    names = [local(c) for c in line]
+    assert names.index("qty") < names.index("qty1") < names.index("unit") < names.index("unit1")
+    import_line = etree.fromstring(render(sample_payloads()["CEB621"])).find(f".//{{{CEB_NS}}}InventoryList")
+    assert import_line is not None
+    import_names = [local(c) for c in import_line]
+    assert import_names.index("qty") < import_names.index("unit") < import_names.index("qty1")
+    assert FIELD_ORDER["export"]["OrderHead"] != FIELD_ORDER["import"]["OrderHead"]
+
+
+#: Values by flow for the optional fields the samples leave out, so that every element of FIELD_ORDER is rendered.
+OPTIONAL_VALUES: dict[str, dict[str, dict[str, str]]] = {
+    "import": {
+        "OrderHead": {"batchNumbers": "BATCH-2026-11", "note": "促销价"},
+        "OrderList": {"note": "赠品"},
+        "PaymentHead": {"note": "无"},
+        "LogisticsHead": {"note": "易碎"},
+        "InventoryHead": {"preNo": "B20261120000000001", "invtNo": "460120261000000001", "emsNo": "T4604W000035",
+                          "areaCode": "4604640032", "areaName": "示例保税仓", "loctNo": "4601", "licenseNo": "L-1",
+                          "wrapType": "2", "note": "无"},
+        "InventoryList": {"itemRecordNo": "10001", "tradeCountry": "116", "qty2": "1", "unit2": "035", "note": "无"},
+    },
+    "export": {
+        "OrderHead": {"note": "海外仓补货"},
+        "OrderList": {"note": "赠品"},
+        "Receipts": {"note": "无"},
+        "Logistics": {"note": "易碎"},
+        "InventoryHead": {"preNo": "B20261120000000001", "invtNo": "51412026E000000001", "iacCode": "4604640032",
+                          "iacName": "示例综保区仓储有限公司", "emsNo": "T4604W000035", "totalPackageNo": "P-1",
+                          "loctNo": "5141", "licenseNo": "L-1", "note": "无"},
+        "InventoryList": {"itemRecordNo": "10001", "qty2": "1", "unit2": "035", "note": "无"},
+        "InvtCancel": {"preNo": "B20261120000000002", "note": "撤销"},
+    },
 }  # fmt: skip
 
 
-def test_every_field_rendered_is_schema_valid(xsd: etree.XMLSchema) -> None:
-    payloads = sample_payloads()
-    payloads["CEB311"]["baseSubscribe"] = [{"status": "RET", "dxpAddress": "DXPENT0000000002", "note": "copy"}]
+@pytest.mark.parametrize("flow", ["import", "export"])
+def test_every_field_rendered_is_schema_valid(xsds: dict[str, etree.XMLSchema], flow: str) -> None:
+    payloads = sample_payloads() if flow == "import" else export_payloads()
+    first = next(iter(payloads.values()))
+    first["baseSubscribe"] = [{"status": "RET", "dxpAddress": "DXPENT0000000002", "note": "copy"}]
     rendered_elements: set[tuple[str, str]] = set()
     for code, payload in payloads.items():
-        mtype = lookup(code)
-        assert mtype is not None and mtype.head is not None
+        mtype = mtype_of(code)
         for doc in payload["documents"]:
-            for k, v in OPTIONAL_VALUES.get(mtype.head, {}).items():
+            for k, v in OPTIONAL_VALUES[flow].get(fields_element(mtype), {}).items():
                 doc.setdefault(k, v)
             for line in doc.get("items", []):
-                for k, v in OPTIONAL_VALUES.get(mtype.lines or "", {}).items():
+                for k, v in OPTIONAL_VALUES[flow].get(mtype.lines or "", {}).items():
                     line.setdefault(k, v)
         payload["baseTransfer"]["note"] = "n"
         root = etree.fromstring(render(payload, signer=stub_signature))
-        assert xsd.validate(root), (code, xsd.error_log)
+        assert xsds[flow].validate(root), (code, xsds[flow].error_log)
         for el in root.iter(f"{{{CEB_NS}}}*"):
             if len(el) == 0:
                 rendered_elements.add((local(el.getparent()), local(el)))
-    # the check above covered every element of every sequence in FIELD_ORDER
-    assert rendered_elements == {(parent, name) for parent, names in FIELD_ORDER.items() for name in names}
+    # the check above covered every element of every sequence in the flow's FIELD_ORDER
+    assert rendered_elements == {(parent, name) for parent, names in FIELD_ORDER[flow].items() for name in names}
 
 
 # --- defaults -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", ["CEB311", "CEB411", "CEB511", "CEB621"])
+@pytest.mark.parametrize("code", JSON_TYPES)
 def test_defaults_are_applied(code: str) -> None:
-    msg = extract(*parse_message(render(minimal(code), now=NOW)))
+    payload = minimal(code)
+    msg = extract(*parse_message(render(payload, now=NOW)))
     assert UUID4_UPPER.match(msg.guid) and msg.version == "1.0"
     [doc] = msg.documents
     assert UUID4_UPPER.match(doc.head["guid"]) and doc.head["guid"] != msg.guid
     assert doc.head["appTime"] == "20261120093005"
     assert doc.head["appType"] == "1" and doc.head["appStatus"] == "2"
-    assert doc.head["currency"] == "142"
     assert msg.base_transfer is not None and msg.base_transfer["dxpMode"] == "DXP"
     expected = {
-        "CEB311": {"orderType": "I", "buyerIdType": "1"},
-        "CEB411": {"payerIdType": "1"},
-        "CEB511": {"packNo": "1"},
-        "CEB621": {"buyerIdType": "1", "ieFlag": "I", "packNo": "1"},
+        "CEB311": {"orderType": "I", "buyerIdType": "1", "currency": "142"},
+        "CEB411": {"payerIdType": "1", "currency": "142"},
+        "CEB511": {"packNo": "1", "currency": "142"},
+        "CEB621": {"buyerIdType": "1", "ieFlag": "I", "packNo": "1", "currency": "142"},
+        "CEB303": {"orderType": "E"},
+        "CEB403": {},
+        "CEB505": {},
+        "CEB603": {"ieFlag": "E"},
+        "CEB605": {},
     }[code]
     assert {k: doc.head[k] for k in expected} == expected
-    assert all(line["currency"] == "142" for line in doc.lines)
+    mtype = mtype_of(code)
+    # import amounts are in yuan; an export sale's currency is the seller's and is not guessed (spec §4.1)
+    assert all(line.get("currency") == ("142" if mtype.flow == "import" else None) for line in doc.lines)
     # nothing else was invented: only the given field, the generated ones and the documented defaults
-    mtype = lookup(code)
-    assert mtype is not None and mtype.head is not None
-    assert set(doc.head) == {"orderNo", "guid", "appTime"} | set(DEFAULTS[mtype.head])
+    given = set(payload["documents"][0]) - {"items"}
+    assert set(doc.head) == given | {"guid", "appTime"} | set(DEFAULTS[mtype.flow][fields_element(mtype)])
 
 
 def test_explicit_values_win_over_defaults() -> None:
@@ -354,6 +444,14 @@ def _with_item(**fields: Any) -> dict[str, Any]:
         (_with_item(gcode="0101"), "json.unknown_field", "/documents/0/items/2/gcode"),  # a 621 field in a 311
         ({"type": "CEB411", "documents": [{"items": []}]}, "json.unknown_field", "/documents/0/items"),
         ({"type": "CEB511", "documents": [{"gnum": 1}]}, "json.unknown_field", "/documents/0/gnum"),
+        # export: each type takes its own schema's fields, not the import namesake's
+        ({"type": "CEB303", "documents": [{"buyerName": "x"}]}, "json.unknown_field", "/documents/0/buyerName"),
+        ({"type": "CEB403", "documents": [{"items": []}]}, "json.unknown_field", "/documents/0/items"),
+        ({"type": "CEB505", "documents": [{"consignee": "x"}]}, "json.unknown_field", "/documents/0/consignee"),
+        ({"type": "CEB603Message", "documents": [{"items": [{"gnum": 1, "tradeCountry": "116"}]}]},
+         "json.unknown_field", "/documents/0/items/0/tradeCountry"),
+        ({"type": "CEB605", "documents": [{"reason": ["买家取消"]}]}, "json.invalid_type", "/documents/0/reason"),
+        ({"type": "CEB605", "documents": [{"orderNo": "x"}]}, "json.unknown_field", "/documents/0/orderNo"),
     ],
 )
 def test_bad_shapes_give_code_and_pointer(payload: Any, code: str, path: str) -> None:
@@ -399,6 +497,25 @@ def test_arrays_beyond_what_the_message_takes_are_refused_before_anything_is_ren
     assert {("json.too_many", "/documents/0/items"), ("json.too_many", "/baseSubscribe")} <= codes
 
 
+def test_export_lists_take_what_the_export_schema_takes() -> None:
+    """The array limits follow each schema's maxima: an export document takes 100 lines, an import one 99."""
+    def items(code: str, n: int) -> dict[str, Any]:
+        return {"type": code, "documents": [{"orderNo": "A", "items": [{"gnum": 1}] * n}]}
+
+    assert rejected(items("CEB603", 101)) == [("json.too_many", "/documents/0/items")]
+    assert rejected(items("CEB303", 101)) == [("json.too_many", "/documents/0/items")]
+    for code in ("CEB603", "CEB303"):
+        root = etree.fromstring(render(items(code, 100)))
+        assert len(root.findall(f".//{{{CEB_NS}}}{mtype_of(code).lines}")) == 100
+    assert rejected(items("CEB621", 100)) == [("json.too_many", "/documents/0/items")]
+    with pytest.raises(MessageRejected) as exc:
+        render({"type": "CEB505", "documents": [{}] * 101, "baseSubscribe": [{}] * 6})
+    assert [(i.code, i.path) for i in exc.value.issues] == [("json.too_many", "/documents")]
+    assert "a CEB505 message takes at most 100" in exc.value.issues[0].message
+    assert rejected({"type": "CEB605", "documents": [{}], "baseSubscribe": [{}] * 6}) == [("json.too_many",
+                                                                                          "/baseSubscribe")]
+
+
 def test_json_loading_refuses_what_json_is_not_and_names_members_sent_twice() -> None:
     pipeline = Pipeline(SchemaSet())
 
@@ -436,6 +553,87 @@ def test_a_json_inventory_naming_another_agent_than_the_signers_is_refused() -> 
     with pytest.raises(MessageRejected) as exc:
         other.check_json(inventory)
     assert [(i.code, i.path) for i in exc.value.issues] == [("rule.agent_not_signer", "/documents/0/agentCode")]
+
+
+@pytest.mark.parametrize("mode", ["9610", "1210"])
+def test_each_export_type_from_json_passes_the_export_schema_and_the_rules(export_xsd: etree.XMLSchema,
+                                                                          mode: str) -> None:
+    """Rendered, signed where the gateway signs, and checked as posted XML is: the export XSD and the export rules.
+    The declared inventory and cancellation are signed by the gateway (spec §2.7), the rest are not."""
+    pipeline = Pipeline(SchemaSet(), signer=_throwaway_signer())
+    for code, payload in export_payloads(5, mode).items():
+        checked = pipeline.check_json(json.loads(json.dumps(payload, default=str), parse_float=Decimal))
+        assert checked.message.type.code == code
+        root = etree.fromstring(checked.raw)
+        assert export_xsd.validate(root), (code, export_xsd.error_log)
+        signed = code in ("CEB603", "CEB605")
+        assert checked.message.signed is signed, code
+        # spec §2.2: in an export message ds:Signature follows BaseTransfer (and BaseSubscribe), before ExtendMessage
+        assert [local(c) for c in root][1:] == ["BaseTransfer"] + ["Signature"] * signed, code
+
+
+def test_an_export_inventory_or_cancellation_is_signed_when_declared_and_for_its_agent_only() -> None:
+    payloads = export_payloads(9)
+    agent = payloads["CEB603"]["documents"][0]["agentCode"]
+    pipeline = Pipeline(SchemaSet(), signer=_throwaway_signer(), signing_agent_code=agent)
+    for code in ("CEB603", "CEB605"):
+        declared = copy.deepcopy(payloads[code])
+        del declared["documents"][0]["appStatus"]  # the default: declared (2)
+        assert pipeline.check_json(declared).message.signed, code
+        saved = copy.deepcopy(payloads[code])
+        saved["documents"][0]["appStatus"] = "1"  # a temporary save needs no signature (spec §2.7) and gets none
+        assert not pipeline.check_json(saved).message.signed, code
+        other = copy.deepcopy(payloads[code])
+        other["documents"][0]["agentCode"] = "4601999999"
+        with pytest.raises(MessageRejected) as exc:
+            pipeline.check_json(other)
+        assert [(i.code, i.path) for i in exc.value.issues] == [("rule.agent_not_signer", "/documents/0/agentCode")]
+    # the order, 收款单 and waybill are the platform's, payer's and carrier's to sign: the gateway signs none of them
+    for code in ("CEB303", "CEB403", "CEB505"):
+        assert not pipeline.check_json(payloads[code]).message.signed, code
+
+
+#: Export declarations written as XML: the schema samples (with BaseSubscribe, ExtendMessage and a signature) and
+#: the generated samples of both modes.
+_DATA = Path(__file__).parent / "data"
+EXPORT_SAMPLE_FILES = [_DATA / "schema" / f"{code}Message.xml" for code in EXPORT_TYPES] + [
+    _DATA / "samples" / f"{code}-{mode}.xml" for code in EXPORT_TYPES[:4] for mode in ("9610", "1210")
+]
+
+
+def payload_from_xml(xml: bytes) -> dict[str, Any]:
+    """The JSON a seller would send for a CEB declaration written as XML (ExtendMessage and the signature are not
+    part of the JSON shape)."""
+    root, mtype = parse_message(xml)
+    msg = extract(root, mtype)
+    documents = [{**d.head, **({"items": d.lines} if mtype.lines else {})} for d in msg.documents]
+    payload: dict[str, Any] = {"type": mtype.code, "guid": msg.guid, "version": msg.version,
+                               "baseTransfer": msg.base_transfer, "documents": documents}  # fmt: skip
+    subscribe = [{local(c): c.text or "" for c in el} for el in root.iterchildren(f"{{{CEB_NS}}}BaseSubscribe")]
+    if subscribe:
+        payload["baseSubscribe"] = subscribe
+    return payload
+
+
+def canonical(xml: bytes) -> bytes:
+    """The document without layout, comments, ExtendMessage or signature, canonicalised."""
+    root = etree.fromstring(xml, etree.XMLParser(remove_blank_text=True, remove_comments=True))
+    for child in list(root):
+        if local(child) in ("Signature", "ExtendMessage"):
+            root.remove(child)
+    return etree.tostring(root, method="c14n")
+
+
+@pytest.mark.parametrize("path", EXPORT_SAMPLE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_json_payload_made_from_an_export_sample_renders_the_same_document(path: Path,
+                                                                             export_xsd: etree.XMLSchema) -> None:
+    original = path.read_bytes()
+    payload = json.loads(json.dumps(payload_from_xml(original)), parse_float=Decimal)
+    xml = render(payload, signer=stub_signature)
+    assert export_xsd.validate(etree.fromstring(xml)), export_xsd.error_log
+    assert canonical(xml) == canonical(original)  # every element, value and position the same
+    if path.parent.name == "samples":  # the generated samples are consistent business data: the rules pass too
+        Pipeline(SchemaSet(), signer=_throwaway_signer()).check_json(payload)
 
 
 def _throwaway_signer() -> Any:
@@ -540,12 +738,17 @@ def test_documented_examples_render_and_validate() -> None:
     assert order["acturalPaid"] == order["goodsValue"] + order["freight"] + order["taxTotal"] - order["discount"]
     assert order["goodsValue"] == sum(i["totalPrice"] for i in order["items"])
     del examples["CEB621"]["documents"][0]["..."]  # abridged in the docs
-    schema = etree.XMLSchema(etree.parse(str(XSD_PATH))) if XSD_PATH.exists() else None
+    schemas = {flow: etree.XMLSchema(etree.parse(str(path))) for flow, path in (("import", XSD_PATH),
+                                                                               ("export", EXPORT_XSD_PATH))}
     for code, payload in examples.items():
-        xml = render(payload, signer=stub_signature if code == "CEB621" else None)
-        root, _ = parse_message(xml)
-        if schema is not None and code != "CEB621":  # the 621 example is abridged
-            assert schema.validate(root), (code, schema.error_log)
+        xml = render(payload, signer=stub_signature if code in ("CEB621", "CEB603", "CEB605") else None)
+        root, mtype = parse_message(xml)
+        if code != "CEB621":  # the 621 example is abridged
+            assert schemas[mtype.flow].validate(root), (code, schemas[mtype.flow].error_log)
+    # the export examples are one consistent parcel: each passes the rules, as the gateway would sign it
+    pipeline = Pipeline(SchemaSet(), signer=_throwaway_signer())
+    for code in EXPORT_TYPES:
+        pipeline.check_json(examples[code])
     head = extract(*parse_message(render(examples["CEB311"]))).documents[0].head
     assert (head["freight"], head["discount"], head["acturalPaid"]) == ("53.00", "10.00", "1013.73")
 
@@ -566,21 +769,43 @@ def test_documented_error_example_matches_the_real_answer() -> None:
 
 
 @pytest.mark.parametrize("mode", ["9610", "1210"])
-def test_the_json_schemas_accept_the_payloads_the_gateway_accepts(xsd: etree.XMLSchema, mode: str) -> None:
+def test_the_json_schemas_accept_the_payloads_the_gateway_accepts(xsds: dict[str, etree.XMLSchema], mode: str) -> None:
     from jsonschema import Draft202012Validator
 
     for seed in range(8):
-        for code, payload in sample_payloads(seed, mode).items():
+        for code, payload in all_payloads(seed, mode).items():
             Draft202012Validator(render_mod.json_schema(code)).validate(json.loads(json.dumps(payload, default=str)))
+            xsd = xsds[mtype_of(code).flow]
             assert xsd.validate(etree.fromstring(render(payload, signer=stub_signature, now=NOW))), code
 
 
-def test_a_field_the_json_schema_requires_is_required_by_the_gateway(xsd: etree.XMLSchema) -> None:
+def test_the_openapi_request_body_takes_each_json_type_by_its_own_schema() -> None:
+    """POST /v1/messages's JSON body in /openapi.json: one of the types' schemas, import and export alike."""
+    from jsonschema import Draft202012Validator
+
+    from gateway.openapi import OPENAPI
+
+    body = OPENAPI["paths"]["/v1/messages"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    validator = Draft202012Validator({**body, "components": OPENAPI["components"]})
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in body["oneOf"]} == {f"{code}Json" for code in JSON_TYPES}
+    for payload in all_payloads(4).values():
+        validator.validate(json.loads(json.dumps(payload, default=str)))
+    inventory = json.loads(json.dumps(export_payloads(4)["CEB603"], default=str))
+    inventory["documents"][0]["items"] *= 34  # 102 lines: the export XSD takes 100
+    assert not validator.is_valid(inventory)
+    inventory["documents"][0]["items"] = inventory["documents"][0]["items"][:100]
+    validator.validate(inventory)
+    inventory["documents"][0]["buyerName"] = "an import inventory's field"
+    assert not validator.is_valid(inventory)
+
+
+def test_a_field_the_json_schema_requires_is_required_by_the_gateway(xsds: dict[str, etree.XMLSchema]) -> None:
     """Every required field of the published schemas, left out of a good payload: the schema refuses it, and so
     does the gateway (its XSD layer) — the document says what the gateway does."""
     from jsonschema import Draft202012Validator
 
-    for code, payload in sample_payloads(3).items():
+    for code, payload in all_payloads(3).items():
+        xsd = xsds[mtype_of(code).flow]
         schema = render_mod.json_schema(code)
         validator = Draft202012Validator(schema)
         document = schema["properties"]["documents"]["items"]
@@ -605,12 +830,13 @@ def test_a_field_the_json_schema_requires_is_required_by_the_gateway(xsd: etree.
             render(unknown, signer=stub_signature, now=NOW)
 
 
-def test_null_is_absent_in_the_json_schemas_as_in_the_gateway(xsd: etree.XMLSchema) -> None:
+def test_null_is_absent_in_the_json_schemas_as_in_the_gateway(xsds: dict[str, etree.XMLSchema]) -> None:
     """null for an optional field (a guid and a version included: generated, defaulted) is accepted by both the
     published schema and the gateway; null for a required field is refused by both."""
     from jsonschema import Draft202012Validator
 
-    for code, payload in sample_payloads(5).items():
+    for code, payload in all_payloads(5).items():
+        xsd = xsds[mtype_of(code).flow]
         schema = render_mod.json_schema(code)
         validator = Draft202012Validator(schema)
         document = schema["properties"]["documents"]["items"]

@@ -736,7 +736,7 @@ def test_element_sequences_read_as_xmlschema_reads_the_import_schema() -> None:
     sequences = element_sequences()
     # an xs:any (ExtendMessage's Message) has no sequence to follow: () on both sides
     assert {name: sequences.get(name) or () for name in found} == found
-    assert FIELD_ORDER["OrderHead"][:4] == ("guid", "appType", "appTime", "appStatus")
+    assert FIELD_ORDER["import"]["OrderHead"][:4] == ("guid", "appType", "appTime", "appStatus")
     assert RECEIPT_FIELDS["CEB900"][2] == ("guid", "returnStatus", "returnInfo", "returnTime", "oriCopMsgId",
                                            "oriMessageType", "oriBizMessage")  # fmt: skip
 
@@ -897,10 +897,11 @@ def test_export_inventory_lists_quantities_before_units(schemas: SchemaSet) -> N
 
 
 def test_element_sequences_read_as_xmlschema_reads_the_export_schema() -> None:
-    """The export schema, read by gateway.schema (what the export samples' writer follows) and by xmlschema."""
+    """The export schema, read by gateway.schema (what JSON rendering follows for export) and by xmlschema."""
     import xmlschema
 
     from gateway.messages import EXPORT_SCHEMA
+    from gateway.render import FIELD_ORDER
     from gateway.schema import element_sequences
 
     schema = xmlschema.XMLSchema(str(SCHEMA_DIR / EXPORT_SCHEMA))
@@ -921,3 +922,4 @@ def test_element_sequences_read_as_xmlschema_reads_the_export_schema() -> None:
     sequences = element_sequences(EXPORT_SCHEMA)
     assert {name: sequences.get(name) or () for name in found} == found
     assert found["CEB603Message"] == ("Inventory", "BaseTransfer", "BaseSubscribe", "Signature", "ExtendMessage")
+    assert {name: found[name] for name in FIELD_ORDER["export"]} == FIELD_ORDER["export"]
