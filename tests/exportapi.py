@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway import samples
-from gateway.render import new_guid
+from gateway.render import new_guid, render
 from gateway.sandbox.receipts import build_receipt
 from tests.apiutil import Client, sign_as_agent
 
@@ -35,7 +35,7 @@ def import_ship(seed: int, order_no: str | None = None, **kw: Any) -> samples.Sh
 
 def xml(payload: dict[str, Any]) -> bytes:
     signer = sign_as_agent if payload["type"] in ("CEB603", "CEB605") else None
-    return samples.render_export(payload, signer=signer)
+    return render(payload, signer=signer)
 
 
 def version(payload: dict[str, Any], app_type: str, app_time: str, **fields: Any) -> dict[str, Any]:

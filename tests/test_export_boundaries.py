@@ -21,7 +21,7 @@ from adapters import dxp
 from gateway import samples
 from gateway.api import create_app
 from gateway.config import ForwardingSettings
-from gateway.samples import render_export
+from gateway.render import render
 from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
 from gateway.workers import routing_router
@@ -41,7 +41,7 @@ async def test_a_released_export_shipment_leaves_no_dead_letter(db_dsn: str) -> 
     async with running_stack(db_dsn) as stack:
         s = samples.export_shipment(random.Random(51), mode="9610", now=NOW)
         for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
-            xml = samples.render_export(s.payloads()[code], signer=sign_as_agent if code == "CEB603" else None)
+            xml = render(s.payloads()[code], signer=sign_as_agent if code == "CEB603" else None)
             reply = await stack.client.post_xml(xml)
             assert reply.status == 202, (code, reply.body)
         path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
@@ -262,7 +262,7 @@ def cancel(cop_no: str) -> bytes:
     payload = {"type": "CEB605", "guid": str(uuid.uuid4()).upper(), "documents": [doc],
                "baseTransfer": {"copCode": "4601980H12", "copName": "Agent", "dxpMode": "DXP",
                                 "dxpId": "DXPENT0000000001"}}
-    return render_export(payload, signer=sign_as_agent)
+    return render(payload, signer=sign_as_agent)
 
 
 async def test_the_export_cancellation_receipt_echoes_the_declared_cop_no(
