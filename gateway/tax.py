@@ -21,7 +21,8 @@ Computation (§7.2; the spec marks rounding and allocation uncertain [U], these 
   policy's "仅一件商品" could also be read as qty 1; we follow the line reading.
 * "full_rate" is True whenever the preferential treatment does not apply — the single-item exception or
   a breached limit; the figures are then the full-rate (general-trade) estimate. ``counts_toward_annual``
-  is D when the inventory can pass, else 0.
+  is D when the inventory can pass, else 0 — less what customs' concluded return of its goods gave back
+  (``returned``, see :func:`returned_value`), which the annual limit does not count either.
 
 Default rates (:data:`DEFAULT_RATES`, all configurable through :meth:`TaxRates.from_mapping`): VAT 13 %
 (the general rate since 2019-04 [U]; add 9 % goods under ``vat_overrides``); consumption tax 15 % on
@@ -190,6 +191,9 @@ class TaxAssessment:
     counts_toward_annual: Decimal
     findings: tuple[Finding, ...]
     lines: tuple[LineTax, ...] = ()
+    #: the part of the dutiable value a concluded return gave back (0 unless the inventory can pass):
+    #: ``counts_toward_annual + returned`` is what it would count without the return
+    returned: Decimal = _ZERO
 
     @property
     def blocking(self) -> bool:
@@ -204,12 +208,15 @@ def assess(
     single_limit: Decimal = SINGLE_LIMIT,
     annual_limit: Decimal = ANNUAL_LIMIT,
     order: Document | None = None,
+    returned: Sequence[Mapping[str, str]] = (),
 ) -> TaxAssessment:
     """Estimate the retail-import tax of ``inventory`` and pre-check the buyer's limits.
 
     ``annual_used`` is what the buyer (inventory buyerIdNumber) has already used this year, as the
     caller's store knows it; ``order`` (the CEB311 of the shipment), when given, lets the estimate be
-    compared with the order's taxTotal.
+    compared with the order's taxTotal. ``returned``: the lines (gnum, qty) of the return customs concluded
+    for the inventory, if any: the value they give back (:func:`returned_value`) counts toward the year no
+    more. The tax estimated and the single limit stay the whole inventory's (the return came after them).
     """
     if annual_used < 0:
         raise ValueError(f"annual_used must not be negative, got {annual_used}")
@@ -220,6 +227,8 @@ def assess(
     goods = sum(prices, Decimal(0))
     dutiable = _cents(goods + freight + insured_fee)
     shares = _allocate(dutiable, prices)
+    given_back = _given_back(inventory, shares, returned)
+    counts = dutiable - given_back
 
     full_rate = False
     if dutiable > single_limit:
@@ -250,15 +259,15 @@ def assess(
                     f"{_cents(insured_fee)}) exceeds the single limit {single_limit} with {why}; customs: -621005",
                 )
             )
-    if annual_used + dutiable > annual_limit:
+    if annual_used + counts > annual_limit:
         full_rate = True
+        this = f"this dutiable value {dutiable}" + (f" less {given_back} returned" if given_back else "")
         findings.append(
             _finding(
                 "tax.annual_limit_exceeded",
                 inventory,
                 dutiable,
-                f"annual amount used {_cents(annual_used)} + this dutiable value {_cents(dutiable)} = "
-                f"{_cents(annual_used + dutiable)} "
+                f"annual amount used {_cents(annual_used)} + {this} = {_cents(annual_used + counts)} "
                 f"exceeds the annual limit {annual_limit}; customs: -621018",
             )
         )
@@ -281,9 +290,10 @@ def assess(
         consumption_tax=consumption,
         total=total,
         full_rate=full_rate,
-        counts_toward_annual=dutiable if passes else _ZERO,
+        counts_toward_annual=counts if passes else _ZERO,
         findings=tuple(findings),
         lines=lines,
+        returned=given_back if passes else _ZERO,
     )
 
 
@@ -302,20 +312,27 @@ def returned_value(inventory: Document, returned: Sequence[Mapping[str, str]]) -
     prices = [_amount(inventory, findings, line_index=i) for i in range(len(inventory.lines))]
     dutiable = _cents(sum(prices, Decimal(0)) + _amount(inventory, findings, name="freight")
                       + _amount(inventory, findings, name="insuredFee"))  # fmt: skip
-    shares = dict(zip((gnum_key(line.get("gnum")) for line in inventory.lines), _allocate(dutiable, prices),
-                      strict=True))  # fmt: skip
+    return _given_back(inventory, _allocate(dutiable, prices), returned)
+
+
+def _given_back(inventory: Document, shares: list[Decimal], returned: Sequence[Mapping[str, str]]) -> Decimal:
+    """returned_value over the inventory lines' shares of the dutiable value (``shares``, from _allocate)."""
+    if not returned:
+        return _ZERO
+    by_gnum = dict(zip((gnum_key(line.get("gnum")) for line in inventory.lines), shares, strict=True))
     qtys = {gnum_key(line.get("gnum")): _quantity(line.get("qty")) for line in inventory.lines}
     wanted: dict[str, Decimal] = {}
     for line in returned:
         gnum, qty = gnum_key(line.get("gnum")), _quantity(line.get("qty"))
-        if gnum in shares and qty is not None:
+        if gnum in by_gnum and qty is not None:
             wanted[gnum] = wanted.get(gnum, Decimal(0)) + qty
     total = _ZERO
     for gnum, qty in wanted.items():
         whole = qtys[gnum]
         if whole is None or whole <= 0:
             continue
-        total += shares[gnum] if qty >= whole else (shares[gnum] * qty / whole).quantize(_CENT, rounding=ROUND_FLOOR)
+        share = by_gnum[gnum]
+        total += share if qty >= whole else (share * qty / whole).quantize(_CENT, rounding=ROUND_FLOOR)
     return total
 
 

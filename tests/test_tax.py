@@ -415,3 +415,20 @@ def test_a_return_naming_no_item_or_no_qty_gives_back_nothing() -> None:
     inv = inventory((CREAM, "100.00"))
     assert returned_value(inv, [{"gnum": "9", "qty": "1"}, {"gnum": "1", "qty": "x"}]) == ZERO
     assert returned_value(inv, []) == ZERO
+
+
+def test_a_concluded_return_counts_toward_the_year_no_more_nor_against_the_annual_limit() -> None:
+    inv = inventory((CREAM, "100.00"), (MILK, "200.00"), freight="30.00")
+    back = [{"gnum": "2", "qty": "1"}]  # ¥220.00 of ¥330.00
+    result = assess(inv, annual_used=ZERO, returned=back)
+    assert (result.counts_toward_annual, result.returned) == (Decimal("110.00"), Decimal("220.00"))
+    assert result.total == assess(inv, annual_used=ZERO).total  # the tax estimated is the whole inventory's
+    # the limit counts what the inventory counts: ¥110 fits where ¥330 does not
+    used = ANNUAL_LIMIT - Decimal("200")
+    assert "tax.annual_limit_exceeded" in codes(assess(inv, annual_used=used))
+    assert "tax.annual_limit_exceeded" not in codes(assess(inv, annual_used=used, returned=back))
+    blocked = assess(inv, annual_used=ANNUAL_LIMIT, returned=back)
+    assert "tax.annual_limit_exceeded" in codes(blocked) and "less 220.00 returned" in blocked.findings[0].message
+    assert (blocked.counts_toward_annual, blocked.returned) == (ZERO, ZERO)  # counts nothing, gives nothing back
+    everything = assess(inv, annual_used=ZERO, returned=[{"gnum": "1", "qty": "1"}, {"gnum": "2", "qty": "1"}])
+    assert (everything.counts_toward_annual, everything.returned) == (ZERO, Decimal("330.00"))
