@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -175,6 +175,9 @@ class Row:
     held: bool = False  # an inventory the gateway holds until its shipment may be declared (spec §6.7)
     cancelled: bool = False  # an inventory whose cancellation (CEB623) customs concluded, not declared anew since
     spent: bool = False  # a cancellation customs concluded whose inventory was declared anew since (see _declared_anew)
+    #: an inventory's: the lines (gnum, qty) of the return (CEB625) customs concluded for it, whose value its buyer's
+    #: annual quota counts no more (see carry_return)
+    returned: Sequence[Mapping[str, str]] = ()
 
     @classmethod
     def from_json(cls, r: dict[str, Any]) -> Row:
@@ -185,7 +188,7 @@ class Row:
             doc_index=r["doc_index"], path=r["path"], head=r["head"], lines=r["lines"], parties=r["parties"],
             withdrawn=r["withdrawn"], message_guid=r.get("message_guid"), rejected=bool(r.get("rejected")),
             failed=bool(r.get("failed")), held=bool(r.get("held")), cancelled=bool(r.get("cancelled")),
-            spent=bool(r.get("spent")),
+            spent=bool(r.get("spent")), returned=r.get("returned") or (),
         )  # fmt: skip
 
     @property
@@ -934,6 +937,7 @@ def judge(
     issues = decide(news, state.current, scope)
     if issues:
         raise Conflict(issues)
+    carry_return(news)
     replaced = dict.fromkeys(new.replaces.id for new in news if new.replaces is not None)
     gone = [state.rows[i] for i in replaced if i in state.rows]
     before = state.live()
@@ -1041,8 +1045,9 @@ def _judge(
     # the tax pre-check and the annual quota are the import flow's (spec §7): an export inventory names no buyer
     inventories = {key: s.inventory for key, s in shipments.items()
                    if s.inventory is not None and s.inventory.type.flow == "import"}  # fmt: skip
+    inventory_rows = {key: row for key in inventories if (row := live.inventory_of(key)) is not None}
     # void at customs (refused, cancelled): its quota was given back when the receipt came, and stays so
-    voided = {key for key in inventories if (row := live.inventory_of(key)) is not None and void(row)}
+    voided = {key for key, row in inventory_rows.items() if void(row)}
     buyers = {key: buyer_of(inv.head) for key, inv in inventories.items()}
     # A replaced or withdrawn inventory may give its buyer quota back, which may reopen that buyer's blocked shipments:
     # the buyer's ledger is read and locked too (most often the same buyer, named up front).
@@ -1065,8 +1070,10 @@ def _judge(
     keep: dict[tuple[str, str], tuple[str, int]] = {}
     for key, inv in inventories.items():
         buyer, year = buyers[key]
+        row = inventory_rows.get(key)
         assessed[key], put = assess_into(state.ledger.setdefault((buyer, year), {}), (buyer, year), inv,
-                                         shipments[key].order, rates, is_void=key in voided)  # fmt: skip
+                                         shipments[key].order, rates, is_void=key in voided,
+                                         returned=row.returned if row is not None else ())  # fmt: skip
         keep[(put["ebc_code"], put["order_no"])] = (buyer, year)
         ledger_put[(buyer, year, put["ebc_code"], put["order_no"])] = put
     # Every inventory touched or reassessed keeps one ledger row (its buyer's), none once withdrawn.
@@ -1136,14 +1143,21 @@ def assess_into(
     rates: tax.TaxRates,
     *,
     is_void: bool = False,
+    returned: Sequence[Mapping[str, str]] = (),
 ) -> tuple[tax.TaxAssessment, dict[str, Any]]:
     """Assess ``inventory`` against the rest of its buyer's year (``book``), enter what it counts in the book, and
     return the assessment with the inventory's ledger row (``blocked``: see annual_blocked). An inventory void at
-    customs (``is_void``, see :func:`void`) counts nothing and is blocked by nothing: its quota was given back."""
+    customs (``is_void``, see :func:`void`) counts nothing and is blocked by nothing: its quota was given back.
+
+    ``returned``: the lines of the return customs concluded for it (Row.returned); their value, at the inventory's
+    own allocation of its dutiable value, is counted neither in the book nor against the limit. The row keeps it
+    (``returned``, at most what the inventory would count without it) so that a return concluded later replaces it
+    (gateway.outbox.RETURN_QUOTA): the row's amount plus its returned is always what the inventory counts in full."""
     own = ((inventory.head.get("ebcCode") or "").strip(), (inventory.head.get("orderNo") or "").strip())
     used = sum((amount for k, amount in book.items() if k != own), Decimal(0))
-    assessment = tax.assess(inventory, annual_used=used, rates=rates, order=order)
-    counts = Decimal(0) if temp_saved(inventory.head) or is_void else assessment.counts_toward_annual
+    assessment = tax.assess(inventory, annual_used=used, rates=rates, order=order, returned=returned)
+    nothing = temp_saved(inventory.head) or is_void
+    counts = Decimal(0) if nothing else assessment.counts_toward_annual
     book[own] = counts
     put = {
         "buyer_id_number": buyer[0],
@@ -1151,9 +1165,24 @@ def assess_into(
         "ebc_code": own[0],
         "order_no": own[1],
         "amount": str(counts),
+        "returned": str(Decimal(0) if nothing else assessment.returned),
         "blocked": annual_blocked(assessment) and not is_void,
     }
     return assessment, put
+
+
+def carry_return(news: Iterable[New]) -> None:
+    """A change (appType 2) of an inventory keeps the return customs concluded for the version it replaces: the
+    goods went back whatever the change says (their value is taken anew at the changed inventory's allocation, and
+    an item the change no longer has gives nothing back). A declaration anew (appType 1, after a withdrawal, a
+    refusal or a cancellation) is other goods: no return of the declaration before counts for it — as the store
+    reads it, the latest return concluded since the inventory's latest appType 1 (gateway.outbox.latest_return)."""
+    for new in news:
+        if new.row.kind == Kind.INVENTORY and new.row.is_new:
+            old = new.replaces
+            new.row.returned = ()
+            if old is not None and not old.withdrawn and new.live and new.app_type == "2":
+                new.row.returned = old.returned
 
 
 def blocked_shipments(
@@ -1219,7 +1248,7 @@ def reopen(
             shipment = live.shipment(key)
             assert shipment.inventory is not None
             was = book.get((ebc_code, order_no), Decimal(0))
-            assessment, put = assess_into(book, bk, shipment.inventory, shipment.order, rates)
+            assessment, put = assess_into(book, bk, shipment.inventory, shipment.order, rates, returned=row.returned)
             if put["blocked"]:
                 book[(ebc_code, order_no)] = was  # still blocked: stays as it is
                 continue

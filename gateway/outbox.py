@@ -46,6 +46,7 @@ from gateway import receipts as rc
 from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
 from gateway.forward import JobSpec, LegState, Router, ordering_key, shipment_customs_status
+from gateway.keystate import buyer_of
 from gateway.messages import BY_CODE, LEGS, Kind
 from gateway.tax import returned_value
 
@@ -330,9 +331,9 @@ SELECT (SELECT count(*) FROM docs) AS documents, (SELECT count(*) FROM recs) AS 
 #: the annual limit blocked is blocked no more (nothing of it at customs to reopen). Without the buyer's lock: a
 #: lower amount is never an overrun, and an ingest that read the higher one was only stricter.
 RELEASE_QUOTA = """
-UPDATE tax_ledger AS l SET amount = 0, blocked_at = NULL, updated_at = now()
+UPDATE tax_ledger AS l SET amount = 0, returned = 0, blocked_at = NULL, updated_at = now()
   FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(ebc, ono, doc)
- WHERE l.ebc_code = x.ebc AND l.order_no = x.ono AND (l.amount <> 0 OR l.blocked_at IS NOT NULL)
+ WHERE l.ebc_code = x.ebc AND l.order_no = x.ono AND (l.amount <> 0 OR l.returned <> 0 OR l.blocked_at IS NOT NULL)
    AND l.ebc_code = ANY ($1::text[]) AND l.order_no = ANY ($2::text[])  -- index probes whatever the plan
    -- not when the inventory was declared again since (its amount is the new declaration's)
    AND NOT EXISTS (SELECT 1 FROM documents AS n
@@ -341,25 +342,53 @@ UPDATE tax_ledger AS l SET amount = 0, blocked_at = NULL, updated_at = now()
 RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no
 """
 
-#: Returns ($1 document ids) with the current version of the inventory each returns (its head and lines).
-RETURNED_INVENTORIES = """
-SELECT r.id, r.key1, r.key2, r.lines AS returned, i.doc_index, i.path, i.head, i.lines
+def latest_return(d: str) -> str:
+    """SQL: the lines of the return (CEB625) customs concluded for the inventory row ``d`` (an alias with its id,
+    ebp_code, order_no, key1 and key2), NULL when none: of the versions of the return of its key (a withdrawal is
+    none) receipted 399 or above since the inventory's latest first declaration (appType 1) up to ``d``, the latest
+    — a change of a return replaces what the return gives back, a return of a declaration before does not count for
+    one declared anew (gateway.keystate.carry_return). The versions are probed by the inventory's shipment
+    (ebpCode, orderNo), as its legs are."""
+    return (
+        f"(SELECT r.lines FROM documents AS r WHERE r.ebp_code = {d}.ebp_code AND r.order_no = {d}.order_no"
+        f" AND r.message_type = 'CEB625' AND r.key1 = {d}.key1 AND r.key2 = {d}.key2 AND NOT r.withdrawn"
+        f" AND r.forward_state = 'receipted' AND r.customs_rank >= {rc.RANK_CONCLUDED}"
+        " AND NOT EXISTS (SELECT 1 FROM documents AS n"
+        f" WHERE n.ebp_code = {d}.ebp_code AND n.order_no = {d}.order_no AND n.message_type = 'CEB621'"
+        f" AND n.key1 = {d}.key1 AND n.key2 = {d}.key2 AND n.app_type = '1' AND n.id > r.id AND n.id <= {d}.id)"
+        " ORDER BY r.id DESC LIMIT 1)"
+    )
+
+
+#: Returns ($1 document ids, any of their versions) with the current version of the inventory each returns (its head
+#: and lines) and the lines of the return customs concluded for it (latest_return: not necessarily these).
+RETURNED_INVENTORIES = f"""
+SELECT i.key1, i.key2, i.doc_index, i.path, i.head, i.lines, {latest_return("i")} AS returned
   FROM documents AS r,
-       LATERAL (SELECT i.doc_index, i.path, i.head, i.lines, i.withdrawn FROM documents AS i
+       LATERAL (SELECT i.id, i.ebp_code, i.order_no, i.key1, i.key2, i.doc_index, i.path, i.head, i.lines,
+                       i.withdrawn
+                  FROM documents AS i
                  WHERE i.message_type = 'CEB621' AND i.key1 = r.key1 AND i.key2 = r.key2 AND i.is_current
                 OFFSET 0) AS i
  WHERE r.id = ANY ($1::bigint[]) AND NOT i.withdrawn
 """
 
-#: Returns customs concluded: their inventories ($1 ebcCode, $2 orderNo) count less toward their buyer's annual quota
-#: by the value of the goods returned ($3; gateway.tax.returned_value), never below zero. Without the buyer's lock,
-#: as RELEASE_QUOTA.
+#: Returns customs concluded: their inventories ($1 ebcCode, $2 orderNo) count toward their buyer's annual quota what
+#: they count in full (a row's amount + returned, see gateway.keystate.assess_into) less the value of the goods
+#: returned ($3; gateway.tax.returned_value, of the latest version concluded), which replaces what an earlier version
+#: gave back. Under the buyers' locks: a changed return may give back less, and the amount rise. ``freed``: it fell.
 RETURN_QUOTA = """
-UPDATE tax_ledger AS l SET amount = greatest(l.amount - x.value, 0), updated_at = now()
-  FROM unnest($1::text[], $2::text[], $3::numeric[]) AS x(ebc, ono, value)
- WHERE l.ebc_code = x.ebc AND l.order_no = x.ono AND l.amount <> 0 AND x.value > 0
-   AND l.ebc_code = ANY ($1::text[]) AND l.order_no = ANY ($2::text[])  -- index probes whatever the plan
-RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount
+WITH o AS (
+    SELECT l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount + l.returned AS whole, l.returned AS was,
+           least(x.value, l.amount + l.returned) AS returned
+      FROM unnest($1::text[], $2::text[], $3::numeric[]) AS x(ebc, ono, value),
+           LATERAL (SELECT * FROM tax_ledger AS l WHERE l.ebc_code = x.ebc AND l.order_no = x.ono OFFSET 0) AS l
+)
+UPDATE tax_ledger AS l SET amount = o.whole - o.returned, returned = o.returned, updated_at = now()
+  FROM o
+ WHERE l.buyer_id_number = o.buyer_id_number AND l.year = o.year AND l.ebc_code = o.ebc_code
+   AND l.order_no = o.order_no AND o.returned <> o.was
+RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount, l.returned, l.returned > o.was AS freed
 """
 
 #: The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments'.
@@ -524,6 +553,12 @@ SELECT id, received_at, message_type, root_guid, element_index, doc_guid, keys, 
 def order_lock(order_no: str) -> int:
     """The ingest's advisory lock id of the shipments of an orderNo (gateway.store: ("order", orderNo))."""
     digest = hashlib.blake2b(f"order\x1f{order_no}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def buyer_lock(buyer: str) -> int:
+    """The ingest's advisory lock id of a buyer's tax ledger (gateway.store: ("buyer", buyerIdNumber))."""
+    digest = hashlib.blake2b(f"buyer\x1f{buyer}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
@@ -1110,8 +1145,9 @@ class Outbox:
         """The documents these receipts made give quota back (:attr:`_Doc.gives_back`): a voided inventory counts no
         more toward its buyer's annual quota (spec §7.1), unless it was declared again since (appType 1 over the
         rejected one; a change made while the first declaration awaited its receipt is no such thing: customs had
-        nothing to change); a concluded return's inventory counts less by the value of the goods returned. Then the
-        buyers' shipments the annual limit blocked are assessed again (``reassess``) and those now matched go on."""
+        nothing to change); a concluded return's inventory counts less by the value of the goods returned, the latest
+        version concluded of the return replacing what an earlier one gave back. Then the buyers' shipments the
+        annual limit blocked are assessed again (``reassess``) and those now matched go on."""
         freed: set[tuple[str, int]] = set()
         void = sorted({(d.key, d.id) for d in docs if d.kind != "refund"})
         if void:
@@ -1122,16 +1158,21 @@ class Outbox:
         refunds = sorted(d.id for d in docs if d.kind == "refund")
         if refunds:
             values: dict[tuple[str, str], Decimal] = {}
+            buyers: set[str] = set()
             for r in await conn.fetch(RETURNED_INVENTORIES, refunds):
                 inventory = Document(BY_CODE["CEB621"], r["doc_index"], r["path"], r["head"], r["lines"])
-                values[(r["key1"], r["key2"])] = returned_value(inventory, r["returned"])
+                values[(r["key1"], r["key2"])] = returned_value(inventory, r["returned"] or [])
+                buyers.add(buyer_of(r["head"])[0])
             keys = sorted(values)
-            rows = await conn.fetch(RETURN_QUOTA, [k[0] for k in keys], [k[1] for k in keys],
-                                    [values[k] for k in keys])  # fmt: skip
-            for r in rows:
-                log.info("quota_returned", ebc_code=r["ebc_code"], order_no=r["order_no"], year=r["year"],
-                         value=str(values[(r["ebc_code"], r["order_no"])]))  # fmt: skip
-                freed.add((r["buyer_id_number"], r["year"]))
+            if keys:  # under the buyers' locks, as an ingest writes a ledger row (see reopen_quota on deadlocks)
+                await conn.fetchval(LOCK_IDS, sorted({buyer_lock(b) for b in buyers}))
+                rows = await conn.fetch(RETURN_QUOTA, [k[0] for k in keys], [k[1] for k in keys],
+                                        [values[k] for k in keys])  # fmt: skip
+                for r in rows:
+                    log.info("quota_returned", ebc_code=r["ebc_code"], order_no=r["order_no"], year=r["year"],
+                             value=str(r["returned"]), amount=str(r["amount"]))  # fmt: skip
+                    if r["freed"]:
+                        freed.add((r["buyer_id_number"], r["year"]))
         if freed and self.reassess is not None:
             reopened = await self.reassess(conn, sorted(freed))
             if reopened:

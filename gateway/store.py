@@ -72,7 +72,15 @@ from gateway.keystate import (
     up_front_locks,
 )
 from gateway.messages import BY_CODE
-from gateway.outbox import LOCK_IDS, enqueue_insert, job_rows, other_platform, wake_endpoints, waybill_type_of
+from gateway.outbox import (
+    LOCK_IDS,
+    enqueue_insert,
+    job_rows,
+    latest_return,
+    other_platform,
+    wake_endpoints,
+    waybill_type_of,
+)
 from gateway.receipts import CODES as _RECEIPT_CODES
 from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING
 
@@ -99,7 +107,8 @@ _DOC_COLUMNS = (
 #: declaring" or higher), which tells the outbox when releasing a held inventory is worth a statement; and of an
 #: inventory whether customs concluded its cancellation (the current CEB623 of its key receipted 399 or above) with
 #: no first declaration (appType 1) of the key since (keystate.Row.cancelled); and of a cancellation whether it is
-#: spent: concluded, and its inventory declared anew since (keystate.Row.spent).
+#: spent: concluded, and its inventory declared anew since (keystate.Row.spent); and of an import inventory the lines
+#: of the return customs concluded for it (keystate.Row.returned, gateway.outbox.latest_return).
 _READ_COLUMNS = (
     f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted,"
     " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed, d.forward_state = 'held' AS held,"
@@ -112,7 +121,8 @@ _READ_COLUMNS = (
     " CASE WHEN d.message_type = 'CEB623' THEN d.forward_state = 'receipted'"
     f" AND d.customs_rank >= {RANK_CONCLUDED} AND EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code"
     " AND n.order_no = d.order_no AND n.message_type = 'CEB621' AND n.key1 = d.key1 AND n.key2 = d.key2"
-    " AND n.app_type = '1' AND n.id > d.id) ELSE false END AS spent"
+    " AND n.app_type = '1' AND n.id > d.id) ELSE false END AS spent,"
+    f" CASE WHEN d.message_type = 'CEB621' THEN {latest_return('d')} END AS returned"
 )
 
 #: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding
@@ -218,12 +228,12 @@ def _put_ledger(rows: str) -> str:
     """The upsert of the ledger rows in the JSON array ``rows`` (keystate.assess_into); shared by the writes. A row
     the annual limit blocks keeps the time it was first blocked (the order in which quota given back reopens them)."""
     return f"""
-    INSERT INTO tax_ledger AS l (buyer_id_number, year, ebc_code, order_no, amount, blocked_at)
-    SELECT x.buyer_id_number, x.year, x.ebc_code, x.order_no, x.amount, CASE WHEN x.blocked THEN now() END
+    INSERT INTO tax_ledger AS l (buyer_id_number, year, ebc_code, order_no, amount, returned, blocked_at)
+    SELECT x.buyer_id_number, x.year, x.ebc_code, x.order_no, x.amount, x.returned, CASE WHEN x.blocked THEN now() END
       FROM jsonb_to_recordset({rows}::jsonb) AS x(buyer_id_number text, year int, ebc_code text, order_no text,
-                                                amount numeric, blocked boolean)
+                                                amount numeric, returned numeric, blocked boolean)
     ON CONFLICT (buyer_id_number, year, ebc_code, order_no) DO UPDATE
-       SET amount = EXCLUDED.amount, updated_at = now(),
+       SET amount = EXCLUDED.amount, returned = EXCLUDED.returned, updated_at = now(),
            blocked_at = CASE WHEN EXCLUDED.blocked_at IS NOT NULL THEN coalesce(l.blocked_at, EXCLUDED.blocked_at) END
     RETURNING 1"""
 

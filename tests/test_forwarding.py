@@ -393,6 +393,14 @@ def test_order_lock_is_the_stores() -> None:
     assert order_lock("ORDER-1") == _lock_id((LOCK_ORDER, "ORDER-1"))
 
 
+def test_buyer_lock_is_the_stores() -> None:
+    from gateway.keystate import LOCK_BUYER
+    from gateway.outbox import buyer_lock
+    from gateway.store import _lock_id
+
+    assert buyer_lock("110101199001011234") == _lock_id((LOCK_BUYER, "110101199001011234"))
+
+
 @pytest.mark.db
 async def test_ingest_enqueues_with_the_message(flow: Flow) -> None:
     s = shipment(1)
@@ -933,6 +941,77 @@ async def test_a_return_customs_concluded_gives_back_the_returned_goods_and_reop
     await flow.post(build_receipt("CEB626", {**values, "returnStatus": "399", "returnTime": "20260101120000004"}))
     assert [Decimal(q) for q in await _quota(flow, a)] == [Decimal(before[0]) - value]
     assert await _reopened(flow, b)
+
+
+async def _conclude_return(flow: Flow, head: dict[str, str], lines: list[dict[str, str]], n: int) -> None:
+    """Submit the return (CEB625) ``head`` with ``lines`` and post customs' CEB626 399 for it."""
+    from tests.test_store import message
+
+    refund = message("CEB625", head, lines=lines)
+    assert (await flow.store.ingest(refund, b"<CEB625Message/>", submitter="test")).http_status == 202
+    values = {k: head[k] for k in ("customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "invtNo", "guid")}
+    values.update(preNo=f"B2026010100000{n:04d}", returnInfo="ok", returnStatus="399",
+                  returnTime=f"202601011200{n:05d}")  # fmt: skip
+    await flow.post(build_receipt("CEB626", values))
+
+
+async def _returnable(flow: Flow, a: samples.ShipmentSample) -> tuple[Decimal, list[dict[str, str]], dict[str, str]]:
+    """``a`` declared, its legs receipted: what its inventory counts, its items as return lines, a return's head."""
+    for payload in (a.order, a.payment, a.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(a.inventory)
+    [whole] = await _quota(flow, a)
+    inv = a.inventory["documents"][0]
+    items = [{"gnum": str(i["gnum"]), "gcode": i["gcode"], "gname": i["gname"], "qty": i["qty"], "unit": i["unit"]}
+             for i in inv["items"]]  # fmt: skip
+    fields = ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode",
+              "logisticsName", "copNo", "buyerIdType", "buyerIdNumber", "buyerName", "buyerTelephone", "agentCode",
+              "agentName")  # fmt: skip
+    head = {k: str(inv[k]) for k in fields}
+    head.update(guid="S" * 36, appType="1", appStatus="2", appTime=str(inv["appTime"]), invtNo="46012026I000000087",
+                reason="七天无理由退货")  # fmt: skip
+    return Decimal(whole), items, head
+
+
+@pytest.mark.db
+async def test_a_later_leg_does_not_count_again_what_a_concluded_return_gave_back(flow: Flow) -> None:
+    """A change of the order or payment reassesses the inventory: less what the return gave back (it was counted
+    again in full)."""
+    a = shipment(87, n_items=2)
+    whole, items, head = await _returnable(flow, a)
+    value = returned_value(flow.pipeline.check(xml_of(a.inventory)).message.documents[0], items[:1])
+    assert value > 0
+    await _conclude_return(flow, head, items[:1], 1)
+    assert [Decimal(q) for q in await _quota(flow, a)] == [whole - value]
+    await flow.submit(version_of(a.order, "2", 60))
+    assert [Decimal(q) for q in await _quota(flow, a)] == [whole - value]
+    await flow.submit(version_of(a.payment, "2", 60))
+    assert [Decimal(q) for q in await _quota(flow, a)] == [whole - value]
+
+
+@pytest.mark.db
+async def test_a_return_changed_and_concluded_again_gives_back_its_own_value_once(flow: Flow) -> None:
+    """A return changed (appType 2) after customs concluded it, concluded again: the latest version's value replaces
+    the first one's (it was deducted on top of it) — and one that returns less gives back less."""
+    from datetime import datetime, timedelta
+
+    a = shipment(88, n_items=3)
+    whole, items, head = await _returnable(flow, a)
+    document = flow.pipeline.check(xml_of(a.inventory)).message.documents[0]
+    first, two = returned_value(document, items[:1]), returned_value(document, items[:2])
+    assert 0 < first < two < whole
+    await _conclude_return(flow, head, items[:1], 1)
+    assert [Decimal(q) for q in await _quota(flow, a)] == [whole - first]
+
+    def change(seconds: int, guid: str) -> dict[str, str]:
+        at = datetime.strptime(head["appTime"], "%Y%m%d%H%M%S") + timedelta(seconds=seconds)
+        return {**head, "guid": guid, "appType": "2", "appTime": at.strftime("%Y%m%d%H%M%S")}
+
+    await _conclude_return(flow, change(60, "T" * 36), items[:2], 2)
+    assert [Decimal(q) for q in await _quota(flow, a)] == [whole - two]
+    await _conclude_return(flow, change(120, "U" * 36), items[1:2], 3)
+    assert [Decimal(q) for q in await _quota(flow, a)] == [whole - (two - first)]
 
 
 @pytest.mark.db

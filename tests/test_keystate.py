@@ -503,3 +503,50 @@ def test_a_withdrawal_that_gives_quota_back_reads_and_reopens_the_buyers_blocked
     assert [s["order_no"] for s in verdict.shipments] == ["W", "B1"]
     assert [s["orderNo"] for s in verdict.body["shipments"]] == ["W"]
     assert verdict.reopened == []  # B1 has no order, payment or waybill: incomplete, nothing to release yet
+
+
+# --- what a concluded return gave back stays given back --------------------------------------------------------
+
+
+def _after_return(msg: ParsedMessage, stored: Row) -> Write:
+    """What ``msg`` writes over ``stored`` (an inventory of two items, one of them returned and the return concluded:
+    Row.returned as the store reads it), its buyer's year holding nothing else."""
+    stored.returned = [{"gnum": "1", "qty": "1"}]
+    bk = buyer_of(stored.head)
+    refs, locks = Refs.of(new_documents(msg)), up_front_locks(msg)
+    for _ in range(3):  # the rounds a Defer asks for
+        state = State(current={stored.key: stored}, rows={stored.id: stored},
+                      ledger={bk: {(stored.ebc_code or "", stored.order_no or ""): Decimal("505.00")}})  # fmt: skip
+        verdict = judge(msg, new_documents(msg), refs, locks, state, rates=tax.DEFAULT_RATES, tolerance=Decimal(0))
+        if isinstance(verdict, Write):
+            return verdict
+        refs.merge(verdict.refs)
+        locks |= verdict.locks
+    raise AssertionError("still deferred")
+
+
+def _two_of(row: Row) -> Row:
+    row.lines = [{**row.lines[0], "qty": "2", "qty1": "2"}]  # one line of two items: ¥1,010 with freight
+    return row
+
+
+def test_a_later_leg_reassesses_the_inventory_less_what_its_concluded_return_gave_back() -> None:
+    from tests.test_store import message, order_head
+
+    verdict = _after_return(message("CEB311", order_head("RT")), _two_of(_inventory_row("RT", "1000", 1)))
+    assert [(p["order_no"], p["amount"], p["returned"]) for p in verdict.ledger_put] == [("RT", "505.00", "505.00")]
+
+
+def test_a_changed_inventory_keeps_its_return_valued_anew_and_one_declared_anew_does_not() -> None:
+    from tests.test_store import inventory_head, inventory_lines, message
+
+    lines = [{**inventory_lines("2000")[0], "qty": "2", "qty1": "2"}]  # ¥2,010: the item returned is now ¥1,005
+    change = message("CEB621", inventory_head("RT", appType="2", appTime="20250301100001"), lines=lines)
+    verdict = _after_return(change, _two_of(_inventory_row("RT", "1000", 1)))
+    assert [(p["amount"], p["returned"]) for p in verdict.ledger_put] == [("1005.00", "1005.00")]
+    # customs refused the first declaration: one declared anew is other goods, no return of the one before counts
+    refused = _two_of(_inventory_row("RT", "1000", 1))
+    refused.rejected = True
+    anew = message("CEB621", inventory_head("RT", appTime="20250301100001"), lines=lines)
+    verdict = _after_return(anew, refused)
+    assert [(p["amount"], p["returned"]) for p in verdict.ledger_put] == [("2010.00", "0.00")]

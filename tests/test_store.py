@@ -771,6 +771,31 @@ async def _conclude_cancellation(db_pool: asyncpg.Pool, order_no: str) -> None:
         await conn.execute("UPDATE tax_ledger SET amount = 0 WHERE order_no = $1", order_no)  # fmt: skip
 
 
+async def test_a_later_leg_counts_the_inventory_less_what_its_concluded_return_gave_back(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """With an inventory the store reads the return customs concluded for it (CEB626 399): a leg arriving after the
+    receipt reassesses the inventory less the value of the goods returned, and a change of the inventory values them
+    at its changed prices. The ledger row keeps what the return took off (returned)."""
+    two = [{**inventory_lines("1000")[0], "qty": "2", "qty1": "2"}]  # ¥1,010 with freight
+    await ingest(store, message("CEB621", inventory_head("RQ1"), lines=two))
+    await ingest(store, message("CEB625", _refund_head("RQ1"), lines=[_refund_line("1", "1")]))
+    row = "SELECT amount::text, returned::text FROM tax_ledger WHERE order_no = 'RQ1'"
+    await ingest(store, message("CEB311", order_head("RQ1")))
+    assert tuple(await db_pool.fetchrow(row)) == ("1010.00000", "0.00000")  # submitted, not concluded
+    await db_pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '399', customs_rank = $1"
+                          " WHERE message_type = 'CEB625' AND order_no = 'RQ1'", RANK_CONCLUDED)  # fmt: skip
+    await ingest(store, message("CEB411", payment_head("RQ1")))
+    assert tuple(await db_pool.fetchrow(row)) == ("505.00000", "505.00000")
+    async with db_pool.acquire() as conn:  # migration 200 finds what a return gave back before the column
+        await conn.execute("UPDATE tax_ledger SET returned = 0")
+        await conn.execute(dict(db.migration_files())["200_ledger_returned.sql"])
+    assert tuple(await db_pool.fetchrow(row)) == ("505.00000", "505.00000")
+    changed = [{**two[0], "price": "1000", "totalPrice": "2000"}]  # ¥2,010: the item returned is now ¥1,005
+    await ingest(store, message("CEB621", inventory_head("RQ1", appType="2", appTime=_later(T0, 1)), lines=changed))
+    assert tuple(await db_pool.fetchrow(row)) == ("1005.00000", "1005.00000")
+
+
 async def test_an_inventory_whose_cancellation_customs_concluded_leaves_room_for_a_new_one(
     store: Store, db_pool: asyncpg.Pool
 ) -> None:
