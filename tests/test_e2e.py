@@ -89,9 +89,16 @@ async def test_four_documents_in_any_order_end_released(db_dsn: str) -> None:
             assert customs_jobs[0]["history"][0]["outcome"] == "ok"
             statuses = [r["return_status"] for r in docs["inventory"]["receipts"]]
             assert statuses == ["2", "120", "399", "800"]
+            # customs' tax bill, sent after the release, is the gateway's estimate: beside it, no finding
+            (bill,) = body["tax_bills"]
+            assert (bill["invtNo"], bill["status_name"], bill["findings"]) == (docs["inventory"]["invt_no"],
+                                                                               "generated", [])  # fmt: skip
+            taxes = ("customsTax", "valueAddedTax", "consumptionTax", "total")
+            assert [bill[t] for t in taxes] == [bill["estimate"][t] for t in taxes]
+            assert not any(f["code"] == "tax.bill_differs" for f in body["findings"])
 
-        # everything stored: 2 + 2 + 2 + 4 receipts per shipment, each once
-        assert await stack.fetchval("SELECT count(*) FROM receipts") == 10 * len(ships)
+        # everything stored: 2 + 2 + 2 + 4 receipts and a tax bill per shipment, each once
+        assert await stack.fetchval("SELECT count(*) FROM receipts") == 11 * len(ships)
         assert await stack.fetchval("SELECT count(*) FROM receipts WHERE outcome <> 'applied'") == 0
         stats = stack.sandbox.stats()
         assert stats["duplicates"] == {}
@@ -523,7 +530,7 @@ async def test_an_export_shipment_of_each_mode_ends_released(db_dsn: str) -> Non
         stats = stack.sandbox.stats()
         assert stats["by_type"] == {"CEB303Message": 2, "CEB403Message": 2, "CEB505Message": 2, "CEB603Message": 2}
         assert await stack.fetchval("SELECT count(*) FROM receipts WHERE outcome <> 'applied'") == 0
-        assert await stack.fetchval("SELECT count(*) FROM receipts") == 10 * len(ships)
+        assert await stack.fetchval("SELECT count(*) FROM receipts") == 10 * len(ships)  # no tax bill: not taxed
         listed = (await stack.client.get("/v1/shipments?flow=export")).body["items"]
         assert sorted(i["orderNo"] for i in listed) == sorted(s.order_doc["orderNo"] for s in ships)
         assert (await stack.client.get("/v1/shipments?flow=import")).body["items"] == []

@@ -398,12 +398,15 @@ async def test_receipts_out_of_order_duplicated_or_lost(db_dsn: str) -> None:
         assert [(r["return_status"], r["outcome"]) for r in outcomes] == [
             ("800", "applied"), ("399", "stale"), ("120", "stale"), ("2", "stale")
         ]  # fmt: skip
-        # duplicated: every receipt stored once, though delivered twice
+        # its tax bill came first too, before a receipt had taught the invtNo: kept unmatched
+        assert await stack.fetchval("SELECT outcome FROM receipts WHERE message_type = 'CEB816' AND document_id IS NULL"
+                                    ) == "unmatched"  # fmt: skip
+        # duplicated: every receipt (and the tax bill) stored once, though delivered twice
         dup_docs = [await _doc(stack, p["guid"]) for p in legs(dup)]
         stored = await stack.fetchval(
             "SELECT count(*) FROM receipts WHERE document_id = ANY ($1::bigint[])", [d["id"] for d in dup_docs]
         )
-        assert stored == 10
+        assert stored == 11
         # lost: the legs stay sent and are flagged overdue; the inventory waits
         await stack.wait_sql(
             "SELECT count(*) = 3 FROM documents AS d JOIN messages AS m ON m.id = d.message_id"

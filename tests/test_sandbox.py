@@ -23,11 +23,14 @@ from aiohttp import web
 from lxml import etree
 
 from adapters import dxp
+from gateway import taxbills
+from gateway.documents import extract
 from gateway.messages import BY_CODE, CEB_NS, lookup
 from gateway.sandbox import SCENARIOS, RunningSandbox, SandboxConfig, create_sandbox_app, scenario_of, start_sandbox
 from gateway.sandbox.app import SANDBOX_KEY
 from gateway.sandbox.recorder import Recorder
 from gateway.schema import SchemaSet
+from gateway.xmlsafe import parse_message
 
 pytest_plugins = ["gateway.sandbox.pytest_plugin"]
 
@@ -107,6 +110,17 @@ def statuses(rec: Recorder, code: str) -> list[str]:
     return [r["returnStatus"] for r in receipts(rec, lambda r: r["type"] == code)]
 
 
+def tax_bills(rec: Recorder) -> list[dict[str, Any]]:
+    """The head of every tax bill (CEB816 Tax) posted, in the order posted, with its envelope."""
+    out = []
+    for r in rec.requests:
+        env = dxp.unwrap(r.body)
+        if r.path == "/v1/receipts" and env.msg_type == "CEB816Message":
+            for head in etree.fromstring(env.data).iter(f"{C}TaxHeadRd"):
+                out.append({"env": env, **{etree.QName(c).localname: c.text or "" for c in head}})
+    return out
+
+
 async def declare_all(client: aiohttp.ClientSession, sb: RunningSandbox, xmls: dict, codes: tuple = ()) -> None:
     for code in codes or ("CEB311", "CEB411", "CEB511", "CEB621"):
         status, ack, _ = await post_dxp(client, sb.url, xmls[code])
@@ -137,10 +151,31 @@ async def test_clean_shipment_receipt_sequences(
     for r in receipts(http_recorder):
         assert r["env"].sender_id == dxp.IMPORT_RECEIVER and r["env"].receiver_ids == (SENDER,)
         assert r["env"].msg_type == etree.QName(r["root"]).localname
-    assert len({r["env"].cop_msg_id for r in receipts(http_recorder)}) == 10
+    # ten receipt messages, then the released inventory's tax bill in one of its own
+    assert len({r["env"].cop_msg_id for r in receipts(http_recorder)}) == 11
+    assert receipts(http_recorder)[-1]["type"] == "CEB816"
     # receipts echo the declared document's guid
     order_guid = etree.fromstring(xmls["CEB311"]).findtext(f"{C}Order/{C}OrderHead/{C}guid")
     assert {r["guid"] for r in receipts(http_recorder, lambda r: r["type"] == "CEB312")} == {order_guid}
+
+    # the bill is the gateway's estimate of the inventory, named by the invtNo the receipts taught, after the 800
+    (bill,) = tax_bills(http_recorder)
+    root, mtype = parse_message(xmls["CEB621"])
+    estimate = taxbills.estimate(extract(root, mtype).documents[0])
+    assert (bill["invtNo"], bill["status"]) == (inv[3]["invtNo"], "1") and bill["returnTime"] > inv[3]["returnTime"]
+    assert [Decimal(bill[name]) for name in taxbills.TAXES] == [
+        estimate.customs_tax, estimate.value_added_tax, estimate.consumption_tax]  # fmt: skip
+    assert bill["env"].sender_id == dxp.IMPORT_RECEIVER and bill["env"].receiver_ids == (SENDER,)
+
+
+async def test_no_tax_bill_when_turned_off(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    async with client.post(sandbox.url + "/sandbox/config", json={"tax_bills": False}) as r:
+        assert r.status == 200 and (await r.json())["tax_bills"] is False
+    await declare_all(client, sandbox, legs(rsa_key, seed=8))
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800"] and tax_bills(http_recorder) == []
 
 
 async def test_receipts_are_schema_valid(
@@ -158,7 +193,7 @@ async def test_receipts_are_schema_valid(
     await post_dxp(client, sandbox.url, bad)  # -> CEB900
     await sandbox.wait_idle()
     got = receipts(http_recorder)
-    assert {r["type"] for r in got} == {"CEB312", "CEB412", "CEB512", "CEB622", "CEB900"}
+    assert {r["type"] for r in got} == {"CEB312", "CEB412", "CEB512", "CEB622", "CEB816", "CEB900"}
     for r in got:
         assert sset.validate(r["root"], lookup(r["type"])) == [], r["type"]
     for req in http_recorder.requests:
@@ -210,7 +245,7 @@ async def test_inconsistent_inventory_is_rejected_with_the_reason(
     assert statuses(http_recorder, "CEB622") == ["2", "100"]
     rejected = receipts(http_recorder, lambda r: r["type"] == "CEB622")[1]
     assert "acturalPaid" in rejected["returnInfo"] or "amountPaid" in rejected["returnInfo"]
-    assert "invtNo" not in rejected
+    assert "invtNo" not in rejected and tax_bills(http_recorder) == []  # nothing released, nothing taxed
     # A rejected inventory is not on file: after a payment change (appType 2) it is declared anew and passes.
     fixed = legs(rsa_key, seed=3)
     change = fixed["CEB411"].replace(b"<ceb:appType>1</ceb:appType>", b"<ceb:appType>2</ceb:appType>")
@@ -221,6 +256,7 @@ async def test_inconsistent_inventory_is_rejected_with_the_reason(
     await sandbox.wait_idle()
     assert statuses(http_recorder, "CEB412") == ["2", "120", "2", "120"]
     assert statuses(http_recorder, "CEB622") == ["2", "100", "2", "120", "399", "800"]
+    assert [b["invtNo"] for b in tax_bills(http_recorder)] == [receipts(http_recorder)[-2]["invtNo"]]
 
 
 async def test_duplicates_get_the_spec_codes(

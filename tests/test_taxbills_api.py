@@ -43,7 +43,7 @@ def inventory_of(view: dict[str, Any]) -> tuple[dict[str, Any], Document]:
 
 
 async def test_a_released_inventorys_bill_and_its_status_changes(db_dsn: str) -> None:
-    async with running_stack(db_dsn) as stack:
+    async with running_stack(db_dsn, sandbox_config={"tax_bills": False}) as stack:  # this test sends the bills
         s = shipment(801)
         for p in legs(s):
             await stack.submit(p)

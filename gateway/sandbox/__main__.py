@@ -31,6 +31,8 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-schema", action="store_true", help="do not XSD-validate incoming messages")
     p.add_argument("--single-limit", type=Decimal, default=SandboxConfig.single_limit)
     p.add_argument("--annual-limit", type=Decimal, default=SandboxConfig.annual_limit)
+    p.add_argument("--no-tax-bills", action="store_true",
+                   help="send no tax bill (CEB816) after an import inventory's release")
     p.add_argument("--warehouse-callback-url")
     p.add_argument("--warehouse-callback-secret")
     return p.parse_args(argv)
@@ -56,6 +58,7 @@ async def _run(ns: argparse.Namespace) -> None:
         validate_schema=not ns.no_schema,
         single_limit=ns.single_limit,
         annual_limit=ns.annual_limit,
+        tax_bills=not ns.no_tax_bills,
         warehouse_callback_url=ns.warehouse_callback_url,
         warehouse_callback_secret=ns.warehouse_callback_secret,
     )

@@ -13,7 +13,8 @@ Customs side
     * order / payment / waybill: ``2`` → ``120``;
     * inventory: three-document comparison against the order, payment and waybill received so far, then the
       single (¥5,000, several lines) and annual (¥26,000 per buyer ID) quota; clean: ``2`` → ``120`` →
-      ``399`` → ``800``; inconsistent or incomplete: ``2`` → ``100`` with the reasons in returnInfo;
+      ``399`` → ``800``, then its tax bill (CEB816, the gateway's estimate; ``tax_bills``); inconsistent or
+      incomplete: ``2`` → ``100`` with the reasons in returnInfo;
     * a second declaration (appType 1) of a key already accepted: one receipt with −301010 (order), −401007
       (payment), −504015 (waybill) or −621004 (inventory); over the limits: −621005 / −621018;
     * appStatus 1 (temp-save): one receipt ``1``.
@@ -37,7 +38,7 @@ import logging
 import random
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -104,6 +105,8 @@ class SandboxConfig:
     warehouse_callback_secret: str | None = None  # signs callbacks like seller webhooks
     failure_rate: float = 0.0  # fraction of customs / inspection / warehouse requests answered 503 at random
     scenarios_off: list[str] = field(default_factory=list)  # scenario names ignored (e.g. POISON after a fix)
+    # after an import inventory's 800, its tax bill (CEB816) as the gateway would estimate it, to the same receipt_url
+    tax_bills: bool = True
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Apply ``{field: value}`` with the field's type; unknown fields raise KeyError, bad values ValueError."""
@@ -158,6 +161,10 @@ class InventoryRecord:
     value: Decimal
 
 
+#: A tax bill as the sandbox builds it: its head and lines (gateway.sandbox.receipts.tax_bill).
+TaxBill = tuple[dict[str, str | None], list[dict[str, str]]]
+
+
 def scenario_of(header: str | None, values: Iterable[str]) -> str | None:
     """The scenario named by the header (``FLAKY`` or ``FLAKY-``) or by the first value with a known prefix."""
     if header:
@@ -210,6 +217,12 @@ def _json(body: Any, status: int = 200) -> web.Response:
     # orjson (UTF-8, Chinese text as is): every accepted message is answered with one of these
     data = orjson.dumps(body, default=str, option=orjson.OPT_NON_STR_KEYS)
     return web.Response(body=data, status=status, content_type="application/json", charset="utf-8")
+
+
+def _shut_down(records: Iterable[dict[str, Any]]) -> None:
+    for record in records:
+        record["delivered"] = False
+        record["error"] = "sandbox shut down"
 
 
 def _settle(waiting: asyncio.Future[None]) -> None:
@@ -448,7 +461,8 @@ class Sandbox:
                     return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario, format_error=True)
 
         plans = self.process(mtype, parsed, scenario)
-        self._schedule(plans, scenario, receiver=sender_id, ori_cop_msg_id=cop_msg_id)
+        bills = self._released(parsed, plans) if self.config.tax_bills and mtype.code == "CEB621" else []
+        self._schedule(plans, scenario, receiver=sender_id, ori_cop_msg_id=cop_msg_id, bills=bills)
         return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario)
 
     def _ack(self, cop_msg_id: str, msg_type: str, documents: int, scenario: str | None, **extra: Any) -> web.Response:
@@ -479,6 +493,14 @@ class Sandbox:
             "CEB603": self._export_inventory,
         }.get(mtype.code, self._other)
         return [handler(doc, scenario) for doc in parsed.documents]
+
+    @staticmethod
+    def _released(parsed: ParsedMessage, plans: list[list[Step]]) -> list[tuple[Document, str, str]]:
+        """The inventories these plans release (their last receipt 800), each with its invtNo and key: customs
+        sends each its tax bill."""
+        return [(doc, plan[-1].values["invtNo"], plan[-1].key)
+                for doc, plan in zip(parsed.documents, plans, strict=True)
+                if plan and plan[-1].code == "CEB622" and plan[-1].status == "800"]  # fmt: skip
 
     @staticmethod
     def _step(code: str, status: str, values: Mapping[str, str], key: str, info: str = "") -> Step:
@@ -745,8 +767,12 @@ class Sandbox:
         meta = {"code": "CEB900", "status": "-1", "key": cop_msg_id, "info": info[:300]}
         self._schedule_xml([(meta, xml)], scenario, receiver=receiver, ori_cop_msg_id=cop_msg_id)
 
-    def _schedule(self, plans: list[list[Step]], scenario: str | None, *, receiver: str, ori_cop_msg_id: str) -> None:
-        """Time and serialise the receipts: step i of every document is due at (i + 1) × receipt_delay."""
+    def _schedule(
+        self, plans: list[list[Step]], scenario: str | None, *, receiver: str, ori_cop_msg_id: str,
+        bills: Sequence[tuple[Document, str, str]] = (),
+    ) -> None:  # fmt: skip
+        """Time and serialise the receipts: step i of every document is due at (i + 1) × receipt_delay; the tax
+        bills of the released inventories (``bills``: inventory, invtNo, key) one step after the last receipt."""
         step_ms = max(1, round(self.config.receipt_delay * 1000))
         start = datetime.now(rc.CHINA_TZ)
         ordered: list[tuple[int, int, Step]] = [
@@ -761,36 +787,67 @@ class Sandbox:
             if i == len(stages):
                 stages.append([])
             stages[i].append((meta, values))
+        taxes: list[tuple[dict[str, Any], TaxBill]] = []
+        for n, (doc, invt, key) in enumerate(bills):
+            moment = start + timedelta(milliseconds=step_ms * (len(stages) + 1) + n)
+            head, lines = rc.tax_bill(doc, invt, rc.tax_no(invt), moment=moment)
+            meta = {"code": "CEB816", "status": "1", "key": key, "info": f"电子税单 {head['taxNo']}"}
+            taxes.append((meta, (head, lines)))
         if self.config.receipt_batch_max > 1 and scenario not in UNBATCHED_SCENARIOS:
-            self._schedule_batched(stages, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
+            self._schedule_batched(stages, taxes, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
             return
         items = [(meta, rc.build_receipt(meta["code"], values)) for stage in stages for meta, values in stage]
+        items += [(meta, rc.build_tax_bills("CEB816", [bill])) for meta, bill in taxes]
         self._schedule_xml(items, scenario, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
 
     def _schedule_batched(
-        self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], *, receiver: str, ori_cop_msg_id: str
-    ) -> None:
-        """One record per receipt now; each step's receipts join the open batches once the step before was sent."""
-        recorded: list[list[tuple[dict[str, Any], dict[str, str]]]] = []
-        for stage in stages:
-            recorded.append([])
-            for meta, values in stage:
-                record = {**meta, "cop_msg_id": None, "ori_cop_msg_id": ori_cop_msg_id, "copy": 1, "delivered": None,
-                          "lost": False, "xml": None}  # fmt: skip
-                self.receipts.append(record)
-                recorded[-1].append((record, values))
-        self._spawn(self._deliver_stages(recorded, receiver[:16] or self.config.enterprise_dxp_id))
+        self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], taxes: list[tuple[dict[str, Any], TaxBill]],
+        *, receiver: str, ori_cop_msg_id: str,
+    ) -> None:  # fmt: skip
+        """One record per receipt now; each step's receipts join the open batches once the step before was sent, the
+        tax bills go together once the last step was."""
 
-    async def _deliver_stages(self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], receiver: str) -> None:
+        def record(meta: dict[str, Any]) -> dict[str, Any]:
+            out = {**meta, "cop_msg_id": None, "ori_cop_msg_id": ori_cop_msg_id, "copy": 1, "delivered": None,
+                   "lost": False, "xml": None}  # fmt: skip
+            self.receipts.append(out)
+            return out
+
+        recorded = [[(record(meta), values) for meta, values in stage] for stage in stages]
+        bills = [(record(meta), bill) for meta, bill in taxes]
+        self._spawn(self._deliver_stages(recorded, bills, receiver[:16] or self.config.enterprise_dxp_id))
+
+    async def _deliver_stages(
+        self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], bills: list[tuple[dict[str, Any], TaxBill]],
+        receiver: str,
+    ) -> None:  # fmt: skip
         for stage in stages:
             if not await self._sleep(self.config.receipt_delay):
-                for record, _ in stage:
-                    record["delivered"] = False
-                    record["error"] = "sandbox shut down"
+                _shut_down(record for record, _ in stage)
                 continue
             # Per document, step i+1 joins a batch only after the message carrying step i was posted.
             sent = {id(f): f for f in (self._batch_add(record, values, receiver) for record, values in stage)}
             await asyncio.gather(*sent.values())
+        if not bills:
+            return
+        if await self._sleep(self.config.receipt_delay):
+            await self._send_tax_bills(bills, receiver)
+        else:
+            _shut_down(record for record, _ in bills)
+
+    async def _send_tax_bills(self, bills: list[tuple[dict[str, Any], TaxBill]], receiver: str) -> None:
+        """The tax bills of one declaration's released inventories: CEB816 messages of up to receipt_batch_max."""
+        size = max(1, self.config.receipt_batch_max)
+        for start in range(0, len(bills), size):
+            chunk = bills[start : start + size]
+            xml = rc.build_tax_bills("CEB816", [bill for _, bill in chunk])
+            cop = str(uuid.uuid4()).upper()
+            env = dxp.wrap(xml, msg_type="CEB816Message", sender_id=dxp.receiver_for("CEB816"), receiver_ids=[receiver],
+                           cop_msg_id=cop, created=datetime.now(rc.CHINA_TZ))  # fmt: skip
+            records = [record for record, _ in chunk]
+            for n, record in enumerate(records, 1):
+                record.update(cop_msg_id=cop, xml=xml.decode("utf-8"), returns=len(records), index=n)
+            await self._post_receipt(records, env)
 
     def _batch_add(self, record: dict[str, Any], values: Mapping[str, str], receiver: str) -> asyncio.Future[None]:
         """Put one receipt in the open batch of its type and receiver; the future is done once that was sent."""

@@ -126,12 +126,13 @@ def build_tax_bills(
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 
-def tax_bill_of(
+def tax_bill(
     inventory: Document, invt_no: str, tax_no: str, *, moment: datetime | None = None,
     rates: TaxRates = DEFAULT_RATES,
-) -> bytes:  # fmt: skip
-    """The CEB816 customs would send for a released inventory, computed as the gateway estimates it (spec §7.2; the
-    sandbox's customs knows no other rules): status 1 generated, the withholding agent its assureCode."""
+) -> tuple[dict[str, str | None], list[dict[str, str]]]:  # fmt: skip
+    """The head and lines of the tax bill customs would send for a released inventory, computed as the gateway
+    estimates it (spec §7.2; the sandbox's customs knows no other rules): status 1 generated, the withholding agent
+    its assureCode."""
     assessment = tax.assess(inventory, annual_used=Decimal(0), rates=rates)
     h = inventory.head
     head = {
@@ -145,7 +146,21 @@ def tax_bill_of(
          "valueAddedTax": str(t.value_added_tax), "consumptionTax": str(t.consumption_tax)}
         for t in assessment.lines
     ]  # fmt: skip
-    return build_tax_bills("CEB816", [(head, lines)])
+    return head, lines
+
+
+def tax_bill_of(
+    inventory: Document, invt_no: str, tax_no: str, *, moment: datetime | None = None,
+    rates: TaxRates = DEFAULT_RATES,
+) -> bytes:  # fmt: skip
+    """The CEB816 message of :func:`tax_bill`."""
+    return build_tax_bills("CEB816", [tax_bill(inventory, invt_no, tax_no, moment=moment, rates=rates)])
+
+
+def tax_no(invt_no: str) -> str:
+    """The sandbox's taxNo of an inventory's bill: one bill per invtNo, so a changed inventory released again gets
+    the same bill with new amounts (a corrected bill), not a second one."""
+    return f"{invt_no}T1"
 
 
 def max_returns(code: str) -> int:
