@@ -464,9 +464,8 @@ def create_app(
     app.router.add_post("/v1/queue/replay", post_replay)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
-    setup_console(
-        app, pool_key=POOL, keys_key=KEYS, endpoints=_configured_endpoints(app), on_replayed=outbox.deliveries_replayed
-    )
+    setup_console(app, pool_key=POOL, keys_key=KEYS, endpoints=_configured_endpoints(app),
+                  on_replayed=outbox.deliveries_replayed, tax_rates=rates)  # fmt: skip
     setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app))
 
     async def finish_batches(app: web.Application) -> None:

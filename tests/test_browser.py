@@ -23,10 +23,11 @@ import pytest_asyncio
 
 from gateway import samples
 from gateway.console import CONSOLE
-from gateway.sandbox.receipts import build_receipt, return_time
+from gateway.sandbox.receipts import build_receipt, build_tax_bills, new_guid, return_time
 from tests.apiutil import ADMIN, PLATFORM_A, Client
 from tests.consoleutil import build_app, new_shipment, seed_realistic, start, submit
-from tests.forwardutil import running_stack
+from tests.forwardutil import CUSTOMS_KEY, running_stack
+from tests.forwardutil import legs as fwd_legs
 from tests.forwardutil import shipment as fwd_shipment
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -227,6 +228,47 @@ async def test_poison_order_dead_letter_is_replayed_from_the_page(browser: Brows
         ):
             assert text in timeline, text
         await page.screenshot(path=shot("browser-replayed-shipment.png"), full_page=True)
+        await page.context.close()
+    assert errors == []
+
+
+async def test_the_shipment_page_shows_customs_tax_bills_beside_the_estimate(browser: Browser, db_dsn: str) -> None:
+    """The sandbox's bill after the release, as estimated; a second bill whose VAT is not: its difference marked."""
+    errors: list[str] = []
+    async with asyncio.timeout(30), running_stack(db_dsn) as stack:
+        s = fwd_shipment(404)
+        for payload in fwd_legs(s):
+            await stack.submit(payload)
+        await stack.wait_status(s, "released")
+        await stack.sandbox.wait_idle()
+        (bill,) = (await stack.shipment(s))["tax_bills"]
+        head = {"guid": new_guid(), "returnTime": return_time(), "invtNo": bill["invtNo"], "taxNo": "T-404-B",
+                "customsTax": "0", "valueAddedTax": "999.00", "consumptionTax": "0", "status": "1"}
+        line = {"gnum": "1", "gcode": s.inventory_doc["items"][0]["gcode"], "taxPrice": "1", "customsTax": "0",
+                "valueAddedTax": "999.00", "consumptionTax": "0"}  # fmt: skip
+        reply = await stack.client.request("POST", "/v1/receipts", key=CUSTOMS_KEY, content_type="application/xml",
+                                           data=build_tax_bills("CEB816", [(head, [line])]))  # fmt: skip
+        assert reply.status == 200
+
+        page = await new_page(browser, errors)
+        await sign_in(page, stack.base, ADMIN)
+        await page.wait_for_url(stack.base + "/ops")
+        key = urlencode({"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"]})
+        await page.goto(f"{stack.base}/ops#/shipment?{key}")
+        same = page.locator(f"#tax-bills .tax-bill[data-tax-no='{bill['taxNo']}']")
+        other = page.locator("#tax-bills .tax-bill[data-tax-no='T-404-B']")
+        await expect(same).to_contain_text("1 generated 已生成")
+        text = await same.inner_text()
+        assert bill["invtNo"] in text and "海关税单" in text and "网关估算" in text
+        taxes = [bill[t] for t in ("customsTax", "valueAddedTax", "consumptionTax", "total")]
+        for row in ("tr.billed", "tr.estimated"):
+            assert (await same.locator(row).inner_text()).split("\t")[1:] == taxes, row
+        assert await same.locator("td.differs").count() == 0
+        differs = other.locator("td.differs")
+        await expect(differs).to_have_count(2)  # the bill's VAT and the estimate's
+        assert "999.00" in await differs.first.inner_text() and "tax.bill_differs" in await other.inner_text()
+        assert "taxNo T-404-B · returnTime" in await page.inner_text(".timeline")  # its record among the receipts
+        await page.screenshot(path=shot("browser-tax-bills.png"), full_page=True)
         await page.context.close()
     assert errors == []
 

@@ -618,7 +618,8 @@ async def test_feed_is_one_task_for_many_clients_and_stops_with_the_app(db_pool:
 
 async def test_receipts_and_customs_status_from_the_forwarding(db_dsn: str) -> None:
     """A shipment forwarded to the sandbox, its receipts back through POST /v1/receipts: the console shows
-    the customs status (summary, list, shipment, each document), the receipts and their latency."""
+    the customs status (summary, list, shipment, each document), the receipts and their latency, and the tax bill
+    the sandbox sent after the release."""
     async with running_stack(db_dsn) as stack:
         s = fwd_shipment(141)
         for payload in fwd_legs(s):
@@ -651,6 +652,11 @@ async def test_receipts_and_customs_status_from_the_forwarding(db_dsn: str) -> N
             assert by_doc == {docs[k]["id"]: ["2", "120"] for k in ("order", "payment", "waybill")} | {
                 docs["inventory"]["id"]: ["2", "120", "399", "800"]
             }
+            # the sandbox's bill is the gateway's estimate: shown beside it, no tax.bill_differs
+            invt_no = next(r["keys"]["invtNo"] for r in ship["receipts"] if r["return_status"] == "800")
+            (bill,) = ship["tax_bills"]
+            assert (bill["invtNo"], bill["status"], bill["findings"]) == (invt_no, "1", [])
+            assert bill["total"] == bill["estimate"]["total"] and bill["document_id"] == docs["inventory"]["id"]
             assert "raw_xml" not in ship["receipts"][0]  # the XML stays in the database
             customs_jobs = [j for j in ship["transmissions"] if j["endpoint"] == "customs"]
             assert len(customs_jobs) == 4 and {j["state"] for j in customs_jobs} == {"done"}
@@ -700,3 +706,63 @@ async def test_receipts_stored_as_documents_join_the_timeline(ops: Ops) -> None:
     receipts = [(d["message_type"], d["head"]["returnStatus"]) for d in body["documents"] if d["kind"] == "receipt"]
     assert sorted(receipts) == [("CEB312", "120"), ("CEB512", "2")]
     assert body["state"] == "matched"  # receipts never change the reconciliation
+
+
+async def test_the_shipment_page_sets_each_tax_bill_beside_the_estimate_at_the_configured_rates(
+    db_pool: asyncpg.Pool,
+) -> None:
+    """Customs' tax bills on the console's shipment, as the API shows them: each beside the gateway's estimate at the
+    configured rates (not the defaults), a tax more than ¥0.01 apart a ``tax.bill_differs`` finding."""
+    from gateway.api import create_app
+    from gateway.documents import Document
+    from gateway.messages import BY_CODE
+    from gateway.sandbox.receipts import build_receipt, build_tax_bills, new_guid, return_time, tax_bill_of
+    from gateway.tax import TaxRates
+    from tests.apiutil import Client, sign_as_agent, test_settings
+
+    rates = {"vat": "0.09"}  # not the default 13 %: an estimate at the defaults would differ from customs' bill
+    app = create_app(test_settings(tax_rates=rates), db_pool, signer=sign_as_agent)
+    runner, base = await start(app)
+    client = ConsoleClient(base)
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Client(session, base)
+            s = new_shipment(161)
+            await submit(api, s)
+            path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+            (d,) = [d for d in (await api.get(path)).body["documents"] if d["kind"] == "inventory"]
+            h, inv = d["head"], Document(BY_CODE["CEB621"], d["index"], d["path"], d["head"], d["lines"])
+            invt_no = f"{h['customsCode']}2026I000000161"
+            released = {"guid": h["guid"], "customsCode": h["customsCode"], "ebpCode": h["ebpCode"],
+                        "ebcCode": h["ebcCode"], "agentCode": h["agentCode"], "copNo": h["copNo"],
+                        "preNo": "B20260101000000161", "invtNo": invt_no, "returnStatus": "800",
+                        "returnTime": return_time(), "returnInfo": "放行"}  # fmt: skip
+            differing = {"guid": new_guid(), "returnTime": return_time(), "invtNo": invt_no, "taxNo": "T-161-B",
+                         "customsTax": "0", "valueAddedTax": "999.00", "consumptionTax": "0", "status": "1"}
+            line = {"gnum": "1", "gcode": inv.lines[0]["gcode"], "taxPrice": "1", "customsTax": "0",
+                    "valueAddedTax": "999.00", "consumptionTax": "0"}  # fmt: skip
+            for xml in (build_receipt("CEB622", released),
+                        tax_bill_of(inv, invt_no, "T-161-A", rates=TaxRates.from_mapping(rates)),
+                        build_tax_bills("CEB816", [(differing, [line])])):  # fmt: skip
+                reply = await api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
+                assert reply.status == 200 and reply.body["receipts"][0]["outcome"] == "applied", reply.body
+            shown = (await api.get(path)).body
+
+        assert (await client.sign_in(OPERATOR)).status == 303
+        ship = await client.get_json("/ops/api/shipment", **key_of(s))
+        same, other = ship["tax_bills"]
+        assert same == shown["tax_bills"][0] and other["taxNo"] == "T-161-B"
+        assert (same["taxNo"], same["status"], same["status_name"], same["invtNo"]) == ("T-161-A", "1", "generated",
+                                                                                        invt_no)  # fmt: skip
+        assert {k: same[k] for k in ("customsTax", "valueAddedTax", "consumptionTax", "total")} == {
+            k: same["estimate"][k] for k in ("customsTax", "valueAddedTax", "consumptionTax", "total")}  # fmt: skip
+        assert same["findings"] == []
+        (f,) = other["findings"]
+        assert (f["code"], f["field"], f["left"]["value"], f["right"]["value"]) == (
+            "tax.bill_differs", "valueAddedTax", "999.00", same["estimate"]["valueAddedTax"])  # fmt: skip
+        assert f in ship["findings"] and ship["state"] == "matched"  # a warning, not stored with the shipment
+        # the bills' records stay in the timeline with the other receipts
+        assert sorted(r["message_type"] for r in ship["receipts"]) == ["CEB622", "CEB816", "CEB816"]
+    finally:
+        await client.close()
+        await asyncio.wait_for(runner.cleanup(), 10)

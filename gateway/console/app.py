@@ -16,7 +16,7 @@ import cbec_queue
 import structlog
 from aiohttp import web
 
-from gateway import db
+from gateway import db, tax
 from gateway.auth import KeyRing
 from gateway.console import queries as q
 from gateway.console.feed import Feed, Subscriber, build_summary, to_json
@@ -63,6 +63,7 @@ class Console:
     poll_interval: float
     endpoints: tuple[str, ...] = ()  # the configured queue endpoints, listed even when idle
     on_replayed: cbec_queue.JobsHook | None = None  # what follows a replay in its transaction (gateway.outbox)
+    tax_rates: tax.TaxRates = tax.DEFAULT_RATES  # the estimate a tax bill is set beside (the API's rates)
     feed: Feed | None = None
 
 
@@ -302,7 +303,7 @@ async def shipment(request: web.Request) -> web.StreamResponse:
         return error(400, "orderNo is required (and ebpCode, empty for a shipment known only by its waybill)")
     structlog.contextvars.bind_contextvars(shipment=f"{ebp_code}/{order_no}")
     async with _pool(request).acquire() as conn:
-        found = await q.shipment_detail(conn, ebp_code, order_no)
+        found = await q.shipment_detail(conn, ebp_code, order_no, _console(request).tax_rates)
     if found is None:
         return error(404, "no such shipment")
     return json_response(found)
@@ -447,6 +448,7 @@ def setup(
     sessions: SessionStore | None = None,
     endpoints: Iterable[str] = (),
     on_replayed: cbec_queue.JobsHook | None = None,
+    tax_rates: tax.TaxRates = tax.DEFAULT_RATES,
 ) -> None:
     """Add the console's routes, its live feed (started and stopped with the app) and security headers.
 
@@ -456,7 +458,9 @@ def setup(
     Secure flag (None: set it when the request came over HTTPS). ``customs_endpoints``: SQL LIKE pattern of
     the queue endpoints counted as "forwarded" in the charts. ``poll_interval``: seconds between the live
     feed's polls. ``endpoints``: the configured queue endpoints, shown even when idle. ``on_replayed``: the hook
-    a replay runs in its transaction (cbec_queue.replay). Calling it twice on one app does nothing the second time.
+    a replay runs in its transaction (cbec_queue.replay). ``tax_rates``: the rates of the estimate the shipment page
+    sets customs' tax bills beside (the configured ones, as the API's). Calling it twice on one app does nothing the
+    second time.
     """
     if CONSOLE in app:
         return
@@ -470,6 +474,7 @@ def setup(
         poll_interval=poll_interval,
         endpoints=tuple(endpoints),
         on_replayed=on_replayed,
+        tax_rates=tax_rates,
     )
     app[CONSOLE] = console
 

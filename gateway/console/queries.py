@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import cbec_queue
 
-from gateway import outbox
+from gateway import outbox, tax, taxbills
 from gateway.store import decode_cursor, encode_cursor
 
 #: Reconciliation states in the order the console shows them (gateway.reconcile.ShipmentState).
@@ -286,9 +286,13 @@ async def job_history(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int,
     return out
 
 
-async def shipment_detail(conn: asyncpg.Connection, ebp_code: str, order_no: str) -> dict[str, Any] | None:
+async def shipment_detail(
+    conn: asyncpg.Connection, ebp_code: str, order_no: str, rates: tax.TaxRates = tax.DEFAULT_RATES
+) -> dict[str, Any] | None:
     """The shipment with every version of its documents (each with its forward state and customs status),
-    the jobs that transmitted its messages (with their attempts) and the receipts of its documents."""
+    the jobs that transmitted its messages (with their attempts), the receipts of its documents, and customs' tax
+    bills beside the gateway's estimate at ``rates`` (gateway.taxbills.shipment_bills, as the API's shipment shows
+    them: a bill's ``tax.bill_differs`` findings join the shipment's)."""
     s = await conn.fetchrow(SHIPMENT, ebp_code, order_no)
     if s is None:
         return None
@@ -305,6 +309,8 @@ async def shipment_detail(conn: asyncpg.Connection, ebp_code: str, order_no: str
     out["transmissions"] = jobs
     receipts = await conn.fetch(outbox.RECEIPTS_OF, [d["id"] for d in docs], sorted({d["message_id"] for d in docs}))
     out["receipts"] = [{**r, "keys": _json(r["keys"])} for r in receipts]
+    out["tax_bills"], differs = taxbills.shipment_bills(docs, out["receipts"], rates)
+    out["findings"] = [*(out["findings"] or []), *(f.as_dict() for f in differs)]
     return out
 
 

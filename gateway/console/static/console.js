@@ -12,6 +12,9 @@
     failed: "发送失败" };
   const FORWARD_ZH = { held: "暂缓", queued: "待发送", sent: "已发送", receipted: "已回执", rejected: "被拒",
     failed: "发送失败" };
+  // customs' tax bill status (CEB816/818, gateway.taxbills.STATUS_NAMES)
+  const TAX_STATUS_ZH = { "1": "已生成", "2": "已汇总", "3": "已作废" };
+  const TAXES = [["customsTax", "关税"], ["valueAddedTax", "增值税"], ["consumptionTax", "消费税"], ["total", "合计"]];
 
   const state = {
     session: null,
@@ -529,7 +532,8 @@
         h("span", { class: "t", text: fmtTime(r.received_at) }),
         h("span", { class: "what", text: `Receipt 回执 ${r.message_type} · ${status}` }),
         h("span", { class: "tag", text: r.outcome }),
-        h("div", { class: "detail", text: `${r.return_info || ""} · returnTime ${r.return_time} · via ${r.source}` })) });
+        h("div", { class: "detail", text: [r.keys && r.keys.taxNo ? `taxNo ${r.keys.taxNo}` : null, r.return_info,
+          `returnTime ${r.return_time}`, `via ${r.source}`].filter(Boolean).join(" · ") })) });
     }
     items.sort((a, b) => String(a.at).localeCompare(String(b.at)));
     return items.map((i) => i.el);
@@ -544,6 +548,44 @@
       h("tbody", {}, findings.map((f) => h("tr", { class: f.blocking === false ? "warn" : "bad" },
         h("td", { class: "mono", text: f.field }), h("td", {}, side(f.left)), h("td", {}, side(f.right)),
         h("td", { class: "mono sub", text: f.code }), h("td", { text: f.message })))));
+  }
+
+  // Each bill of customs (CEB816/818) over the gateway's estimate of its inventory; a tax the bill and the estimate
+  // disagree on (its tax.bill_differs finding) is marked in both rows.
+  function taxBillView(b) {
+    const differs = new Map((b.findings || []).filter((f) => f.code === "tax.bill_differs").map((f) => [f.field, f]));
+    const cell = (row, name) => {
+      const f = differs.get(name);
+      const value = row ? row[name] : null;
+      return h("td", { class: f ? "num differs" : "num", title: f ? f.message : null },
+        f ? h("span", { class: "ne", text: "≠ " }) : null, value ?? "—");
+    };
+    const status = `${b.status} ${b.status_name || ""} ${TAX_STATUS_ZH[b.status] || ""}`.trim();
+    const estimateLabel = `Gateway estimate 网关估算${b.estimate && b.estimate.full_rate ? " (full rate 全额)" : ""}`;
+    return h("div", { class: differs.size ? "tax-bill differs" : "tax-bill", "data-tax-no": b.taxNo },
+      h("div", { class: "tax-head" },
+        h("b", { class: "mono", text: b.taxNo }),
+        h("span", { class: `tag tax-status s${b.status}`, text: status }),
+        h("span", { class: "sub" }, "invtNo ", h("span", { class: "mono", text: b.invtNo })),
+        h("span", { class: "sub" }, "entDutyNo 缴款书 ", h("span", { class: "mono", text: b.entDutyNo || "—" })),
+        h("span", { class: "sub", text: `returnTime ${b.status_time || "—"}` })),
+      h("table", { class: "data taxes" },
+        h("thead", {}, h("tr", {}, h("th", { text: "" }),
+          TAXES.map(([name, zh]) => h("th", { class: "num", text: `${name} ${zh}` })))),
+        h("tbody", {},
+          h("tr", { class: "billed" }, h("td", { text: "Customs' bill 海关税单" }), TAXES.map(([name]) => cell(b, name))),
+          h("tr", { class: "estimated" }, h("td", { text: estimateLabel }), TAXES.map(([name]) => cell(b.estimate, name))))),
+      differs.size ? h("div", { class: "sub differs-note" }, "tax.bill_differs: ",
+        [...differs.values()].map((f) => f.message).join("; ")) : null);
+  }
+
+  function taxBillsPanel(ship) {
+    const bills = ship.tax_bills || [];
+    if (ship.flow === "export" && !bills.length) return null; // customs taxes no export
+    return h("section", { class: "panel", id: "tax-bills" },
+      h("h2", {}, "Tax bills ", h("span", { class: "zh", text: "电子税单" }),
+        h("small", { text: "customs' CEB816/818 beside the gateway's estimate" })),
+      bills.length ? bills.map(taxBillView) : h("p", { class: "empty", text: "No tax bill from customs yet. 暂无电子税单" }));
   }
 
   function fact(label, value, mono = false) {
@@ -575,6 +617,7 @@
           fact("Updated 更新", fmtTime(ship.updated_at)))),
       h("section", { class: "panel" }, h("h2", {}, "Findings ", h("span", { class: "zh", text: "差异" })),
         findingsTable(ship.findings)),
+      taxBillsPanel(ship),
       h("section", { class: "panel" }, h("h2", {}, "Timeline ", h("span", { class: "zh", text: "时间线" }),
         h("small", { text: "documents, transmissions and receipts" })),
         h("ol", { class: "timeline" }, timelineItems(ship))));
