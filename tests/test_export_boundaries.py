@@ -320,6 +320,8 @@ async def test_an_export_inventory_is_not_a_duplicate_of_an_import_one(
         if r.path != "/v1/receipts":
             continue
         root = etree.fromstring(dxp.unwrap(r.body).data)
+        if etree.QName(root).localname == "CEB816Message":  # the import inventory's tax bill, after its 800
+            continue
         for ret in root:
             f = {etree.QName(c).localname: c.text or "" for c in ret}
             statuses.setdefault(etree.QName(root).localname[:6], []).append(f["returnStatus"])
