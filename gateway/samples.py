@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from lxml import etree
 
@@ -211,38 +211,53 @@ def _guid(rng: random.Random) -> str:
 # --- the sample ---------------------------------------------------------------------------
 
 
-@dataclass
-class ShipmentSample:
-    """The four legs of one parcel as friendly JSON payloads (one document each)."""
+class _Parcel:
+    """What the samples of both flows share: one parcel's legs as friendly JSON payloads, one document each."""
 
+    #: (message code, attribute) of each leg, in the spec's order
+    LEGS: ClassVar[tuple[tuple[str, str], ...]]
+    order: dict[str, Any]
+    waybill: dict[str, Any]
+    inventory: dict[str, Any]
+
+    def doc(self, leg: str) -> dict[str, Any]:
+        """The one document of a leg's payload (``"order"``, ``"waybill"`` ...)."""
+        return cast(dict[str, Any], getattr(self, leg)["documents"][0])
+
+    @property
+    def order_doc(self) -> dict[str, Any]:
+        return self.doc("order")
+
+    @property
+    def waybill_doc(self) -> dict[str, Any]:
+        return self.doc("waybill")
+
+    @property
+    def inventory_doc(self) -> dict[str, Any]:
+        return self.doc("inventory")
+
+    @property
+    def mode(self) -> str:
+        """The inventory's tradeMode: 9610, or 1210 (bonded import / special-zone export)."""
+        return str(self.inventory_doc["tradeMode"])
+
+    def payloads(self) -> dict[str, dict[str, Any]]:
+        return {code: getattr(self, leg) for code, leg in self.LEGS}
+
+
+@dataclass
+class ShipmentSample(_Parcel):
+    """The four legs of one import parcel: order (CEB311), payment (CEB411), waybill (CEB511), inventory (CEB621)."""
+
+    LEGS = (("CEB311", "order"), ("CEB411", "payment"), ("CEB511", "waybill"), ("CEB621", "inventory"))
     order: dict[str, Any]
     payment: dict[str, Any]
     waybill: dict[str, Any]
     inventory: dict[str, Any]
 
     @property
-    def order_doc(self) -> dict[str, Any]:
-        return self.order["documents"][0]
-
-    @property
     def payment_doc(self) -> dict[str, Any]:
-        return self.payment["documents"][0]
-
-    @property
-    def waybill_doc(self) -> dict[str, Any]:
-        return self.waybill["documents"][0]
-
-    @property
-    def inventory_doc(self) -> dict[str, Any]:
-        return self.inventory["documents"][0]
-
-    @property
-    def mode(self) -> str:
-        """The inventory's tradeMode: 9610 (direct purchase) or 1210 (bonded)."""
-        return str(self.inventory_doc["tradeMode"])
-
-    def payloads(self) -> dict[str, dict[str, Any]]:
-        return {"CEB311": self.order, "CEB411": self.payment, "CEB511": self.waybill, "CEB621": self.inventory}
+        return self.doc("payment")
 
 
 def _pick_goods(rng: random.Random, n: int) -> list[Good]:
@@ -629,37 +644,19 @@ EXPORT_OWNER = ("4601960K21", "海口示例日用品制造有限公司")  # prod
 
 
 @dataclass
-class ExportShipmentSample:
+class ExportShipmentSample(_Parcel):
     """The four export legs of one parcel: order (CEB303), 收款单 (CEB403), waybill (CEB505), inventory (CEB603),
     as JSON payloads for :func:`gateway.render.render` (one document each, lines under ``items``)."""
 
+    LEGS = (("CEB303", "order"), ("CEB403", "receipt"), ("CEB505", "waybill"), ("CEB603", "inventory"))
     order: dict[str, Any]
     receipt: dict[str, Any]
     waybill: dict[str, Any]
     inventory: dict[str, Any]
 
     @property
-    def order_doc(self) -> dict[str, Any]:
-        return self.order["documents"][0]
-
-    @property
     def receipt_doc(self) -> dict[str, Any]:
-        return self.receipt["documents"][0]
-
-    @property
-    def waybill_doc(self) -> dict[str, Any]:
-        return self.waybill["documents"][0]
-
-    @property
-    def inventory_doc(self) -> dict[str, Any]:
-        return self.inventory["documents"][0]
-
-    @property
-    def mode(self) -> str:
-        return str(self.inventory_doc["tradeMode"])
-
-    def payloads(self) -> dict[str, dict[str, Any]]:
-        return {"CEB303": self.order, "CEB403": self.receipt, "CEB505": self.waybill, "CEB603": self.inventory}
+        return self.doc("receipt")
 
 
 def export_shipment(
