@@ -211,6 +211,17 @@ def _guid(rng: random.Random) -> str:
 # --- the sample ---------------------------------------------------------------------------
 
 
+def _anchor(now: datetime | None) -> datetime:
+    """The time a sample's times are drawn back from: ``now`` (the clock's by default) in Shanghai, naive, to the
+    second, as the messages write their times."""
+    if now is None:
+        now = datetime.now(SHANGHAI)
+    elif now.tzinfo is not None:
+        now = now.astimezone(SHANGHAI)
+    return now.replace(tzinfo=None, microsecond=0)
+
+
+
 class _Parcel:
     """What the samples of both flows share: one parcel's legs as friendly JSON payloads, one document each."""
 
@@ -318,11 +329,7 @@ def shipment(
     n = n_items if n_items is not None else rng.choice((1, 1, 1, 2, 2, 3, 4))
     if not 1 <= n <= 99:
         raise ValueError(f"n_items must be 1..99, not {n}")
-    if now is None:
-        now = datetime.now(SHANGHAI)
-    elif now.tzinfo is not None:
-        now = now.astimezone(SHANGHAI)
-    now = now.replace(tzinfo=None, microsecond=0)
+    now = _anchor(now)
     bonded = mode == "1210"
 
     # times: order placed and paid 2–10 h ago, declarations follow within ~1.5 h, all before now
@@ -676,11 +683,7 @@ def export_shipment(
     n = n_items if n_items is not None else rng.choice((1, 2, 2, 3, 4))
     if not 1 <= n <= 100:
         raise ValueError(f"n_items must be 1..100, not {n}")
-    if now is None:
-        now = datetime.now(SHANGHAI)
-    elif now.tzinfo is not None:
-        now = now.astimezone(SHANGHAI)
-    now = now.replace(tzinfo=None, microsecond=0)
+    now = _anchor(now)
     zone = mode == "1210"
 
     placed = now - timedelta(minutes=rng.randint(180, 720))

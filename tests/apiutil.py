@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -86,14 +87,22 @@ def test_settings(**overrides: Any) -> Settings:
     return Settings(api_keys=keys, max_body_bytes=256 * 1024, **overrides)
 
 
-@pytest.fixture
-async def api(db_pool: asyncpg.Pool) -> AsyncIterator[Client]:
-    app = create_app(test_settings(), db_pool, signer=sign_as_agent)
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[Client]:
+    """The app on a free port of 127.0.0.1 for the block, and a client of it."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as session:
-        yield Client(session, f"http://127.0.0.1:{port}")
-    await runner.cleanup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as session:
+            yield Client(session, f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def api(db_pool: asyncpg.Pool) -> AsyncIterator[Client]:
+    async with serving(create_app(test_settings(), db_pool, signer=sign_as_agent)) as client:
+        yield client

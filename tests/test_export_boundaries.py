@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 from lxml import etree
 
 from adapters import dxp
@@ -25,7 +24,7 @@ from gateway.render import render
 from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
 from gateway.workers import routing_router
-from tests.apiutil import Client, sign_as_agent
+from tests.apiutil import Client, serving, sign_as_agent
 from tests.apiutil import test_settings as settings_
 from tests.exportapi import NOW, export_ship, import_ship, post_export, post_json, post_receipt, version
 from tests.forwardutil import running_stack, wait_for
@@ -174,14 +173,8 @@ async def test_an_export_shipment_of_another_platform_keeps_an_import_waybills_r
 async def routed(db_pool: asyncpg.Pool) -> AsyncIterator[Client]:
     fwd = ForwardingSettings()
     app = create_app(settings_(forwarding=fwd), db_pool, signer=sign_as_agent, router=routing_router(fwd))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as session:
-        yield Client(session, f"http://127.0.0.1:{port}")
-    await runner.cleanup()
+    async with serving(app) as client:
+        yield client
 
 
 async def state_of(pool: asyncpg.Pool, code: str) -> str:
