@@ -54,7 +54,8 @@ def ordering_key(message_type: str, keys: Iterable[str]) -> str:
     ``CEB311:<ebpCode>:<orderNo>``. Only the type's own key fields count (a stored key2 of '' for a one-field
     type is no part of it). Every version of a document (appType 1, 2, 3) has the same key, and a type that
     ``orders_with`` another keys as that one: the cancel (CEB623) or refund (CEB625) of an inventory waits
-    behind the inventory (CEB621) with the same ebcCode and orderNo."""
+    behind the inventory (CEB621) with the same ebcCode and orderNo. An export cancellation (CEB605) names its
+    inventory by invtNo instead: its job also carries the key of the inventory the store found (Outbox.plan_wave)."""
     mtype = lookup(message_type)
     values = [k.strip() for k in keys]
     if mtype is not None:

@@ -43,7 +43,7 @@ from gateway import tax
 from gateway.auth import document_parties
 from gateway.documents import Document, ParsedMessage
 from gateway.errors import Issue, Layer
-from gateway.messages import BY_CODE, SHIPMENT_KINDS, Direction, Kind, MessageType
+from gateway.messages import BY_CODE, MESSAGE_TYPES, SHIPMENT_KINDS, Direction, Kind, MessageType
 
 CODES: dict[str, str] = {
     "state.guid_conflict": "a message with this guid was already accepted with different content",
@@ -55,7 +55,8 @@ CODES: dict[str, str] = {
     ),
     "state.no_inventory": (
         "a cancellation (CEB623) or return (CEB625) names an inventory (ebcCode, orderNo) that is not stored or "
-        "was withdrawn (spec R12)"
+        "was withdrawn (spec R12); an export cancellation (CEB605) names an invtNo that no stored export inventory "
+        "of its agentCode and ebcCode was given by customs (CEB604), or whose inventory was withdrawn"
     ),
     "state.second_inventory": (
         "an inventory for a shipment (ebpCode, orderNo) that has a live inventory under another key (another "
@@ -63,8 +64,8 @@ CODES: dict[str, str] = {
         "cancel the other first"
     ),
     "state.inventory_held": (
-        "a cancellation (CEB623) or return (CEB625) names an inventory whose first declaration the gateway still holds "
-        "(not yet sent to customs, spec §6.7): withdraw the inventory (appType 3) instead"
+        "a cancellation (CEB623, CEB605) or return (CEB625) names an inventory whose first declaration the gateway "
+        "still holds (not yet sent to customs, spec §6.7): withdraw the inventory (appType 3) instead"
     ),
     "state.refund_not_in_inventory": "a return line's gnum is no item of the inventory it returns (spec R12)",
     "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9)",
@@ -173,7 +174,7 @@ class Row:
     rejected: bool = False  # customs rejected it (a receipt): it may be declared anew
     failed: bool = False  # its delivery to customs is a dead letter (gateway.outbox.deliveries_dead)
     held: bool = False  # an inventory the gateway holds until its shipment may be declared (spec §6.7)
-    cancelled: bool = False  # an inventory whose cancellation (CEB623) customs concluded, not declared anew since
+    cancelled: bool = False  # an inventory whose cancellation (CEB623, 605) customs concluded, not declared anew since
     spent: bool = False  # a cancellation customs concluded whose inventory was declared anew since (see _declared_anew)
     #: an inventory's: the lines (gnum, qty) of the return (CEB625) customs concluded for it, whose value its buyer's
     #: annual quota counts no more (see carry_return)
@@ -232,6 +233,8 @@ class New:
     replaces: Row | None = None
     code: str | None = None
     message: str | None = None
+    #: the stored document it names by invtNo (referenced_invt_no): it is forwarded after it
+    after: Row | None = None
 
     @property
     def stored(self) -> bool:
@@ -277,6 +280,20 @@ def referenced_key(row: Row) -> tuple[str, str, str] | None:
     document its type is forwarded in order with, under the same key."""
     ref = BY_CODE[row.message_type].orders_with
     return (ref, row.key1, row.key2) if ref else None
+
+
+#: The types that name the document they are forwarded after by the number customs gave it, not by its key: an export
+#: cancellation (CEB605) names its inventory (CEB603) by invtNo (spec A.25), which the store keeps from the CEB604
+#: receipts (documents.invt_no). Type -> the type it names.
+BY_INVT_NO: dict[str, str] = {
+    t.code: ref for t in MESSAGE_TYPES for ref, fields in t.refers_to if fields == ("invtNo",)
+}
+
+
+def referenced_invt_no(row: Row) -> tuple[str, str] | None:
+    """(type, invtNo) of the stored document a new one names by invtNo (see BY_INVT_NO), None for the others."""
+    ref = BY_INVT_NO.get(row.message_type)
+    return (ref, text(row.head, "invtNo") or "") if ref else None
 
 
 def up_front_locks(msg: ParsedMessage) -> set[Lock]:
@@ -379,6 +396,7 @@ class Refs:
     waybill_orders: set[str] = field(default_factory=set)  # waybills' orderNo
     inventory_waybills: set[tuple[str, str]] = field(default_factory=set)  # inventories' (logisticsCode, No)
     buyers: set[tuple[str, int]] = field(default_factory=set)  # (buyerIdNumber, year): see likely_buyer
+    invt_nos: set[tuple[str, str]] = field(default_factory=set)  # (type, invtNo) named: see referenced_invt_no
 
     def add(self, row: Row) -> None:
         if row.kind == Kind.WAYBILL:
@@ -400,6 +418,8 @@ class Refs:
                 refs.keys.add(new.row.key)
                 if (ref := referenced_key(new.row)) is not None:
                     refs.keys.add(ref)
+                if (named := referenced_invt_no(new.row)) is not None:
+                    refs.invt_nos.add(named)
                 refs.add(new.row)
                 buyer = likely_buyer(new.doc.type, new.row.head)
                 if buyer is not None:
@@ -421,12 +441,19 @@ class Refs:
         self.waybill_orders |= other.waybill_orders
         self.inventory_waybills |= other.inventory_waybills
         self.buyers |= other.buyers
+        self.invt_nos |= other.invt_nos
 
 
 def decide(
-    news: list[New], current: dict[tuple[str, str, str], Row], scope: frozenset[str] | None = None
+    news: list[New],
+    current: dict[tuple[str, str, str], Row],
+    scope: frozenset[str] | None = None,
+    numbered: Mapping[tuple[str, str], Sequence[Row]] | None = None,
 ) -> list[Issue]:
     """Apply the appType rules to each document against the current row of its key.
+
+    ``numbered``: per (type, invtNo) the current rows of the keys customs gave that invtNo (State.numbered), where
+    a new document names the one it refers to by invtNo (referenced_invt_no).
 
     ``scope``: the enterprise codes of the submitting API key (None: an operator's or admin's, which may touch
     every key). A stored document's key belongs to its parties: a key holding none of them may not change,
@@ -435,7 +462,7 @@ def decide(
     issues: list[Issue] = []
     seen: dict[tuple[str, str, str], New] = {}
     for new in news:
-        new.outcome, new.replaces, new.code, new.message = "accepted", None, None, None
+        new.outcome, new.replaces, new.code, new.message, new.after = "accepted", None, None, None, None
         new.row.withdrawn = False
         if not new.tracked:  # a customs message posted as a declaration: kept for the record, applied to nothing
             new.outcome, new.code, new.message = "recorded", "state.recorded_only", RECORDED_ONLY
@@ -502,6 +529,8 @@ def decide(
                     new.outcome = "replaced"
                 if (ref := referenced_key(new.row)) is not None:
                     issues += _referenced(new, current.get(ref), scope)
+                elif (named := referenced_invt_no(new.row)) is not None:
+                    issues += _numbered(new, named[1], (numbered or {}).get(named, ()), scope)
     return issues
 
 
@@ -538,25 +567,22 @@ def temp_saved(head: Mapping[str, str]) -> bool:
     return (head.get("appStatus") or "").strip() == "1" and (head.get("appType") or "1").strip() == "1"
 
 
-def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None) -> list[Issue]:
+def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None, named: str | None = None) -> list[Issue]:
     """R12: a cancellation or return names a stored inventory, of the submitter's parties; a return's lines are
-    items of that inventory, each no more than its qty."""
-    ebc, order_no = new.row.key1, new.row.key2
+    items of that inventory, each no more than its qty. ``named``: how the document names it (its own key)."""
+    named = named or f"the inventory with ebcCode={new.row.key1!r}, orderNo={new.row.key2!r}"
     if stored is not None and scope is not None and scope.isdisjoint(stored.parties):
         # first, withdrawn or not: an outsider learns nothing of another tenant's inventory beyond that it is taken
         return [Issue(Layer.RULE, "auth.not_your_document", new.doc.path,
-                      f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} carries none of this API key's "
-                      "enterprise codes")]  # fmt: skip
+                      f"{named} carries none of this API key's enterprise codes")]  # fmt: skip
     if stored is None or stored.withdrawn:
         what = "was withdrawn" if stored is not None else "is not stored"
-        return [issue("state.no_inventory", new.doc.path,
-                      f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} it names {what}")]  # fmt: skip
+        return [issue("state.no_inventory", new.doc.path, f"{named} it names {what}")]
     # a held first declaration: customs has not seen it, a cancellation would reach customs before the inventory
     # itself (a held change is not: customs holds the version before it, which may well be cancelled)
     if stored.held and first_declaration(stored):
         return [issue("state.inventory_held", new.doc.path,
-                      f"the inventory with ebcCode={ebc!r}, orderNo={order_no!r} is held, not yet declared to customs; "
-                      "withdraw it (appType 3) instead")]  # fmt: skip
+                      f"{named} is held, not yet declared to customs; withdraw it (appType 3) instead")]  # fmt: skip
     items = {recon.gnum_key(line.get("gnum")): line for line in stored.lines}
     found: list[Issue] = []
     for i, line in enumerate(new.doc.lines):
@@ -571,6 +597,25 @@ def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None) -> l
             found.append(issue("state.refund_exceeds_inventory", new.doc.line_path(i, "qty"),
                                f"qty {qty} exceeds the {limit} of the inventory's item {gnum}"))  # fmt: skip
     return found
+
+
+def _numbered(new: New, invt_no: str, found: Sequence[Row], scope: frozenset[str] | None) -> list[Issue]:
+    """An export cancellation names its inventory by the invtNo customs gave it (``found``: the current rows of the
+    keys customs gave that number), and the enterprises it names (agentCode, ebcCode) are that inventory's; then as
+    for an import one (_referenced). Found, the cancellation is forwarded after it (New.after) and belongs to its
+    shipment (its ebpCode and orderNo, which the cancellation does not carry)."""
+    agent, ebc = new.row.key1, new.row.ebc_code or ""
+    theirs = [r for r in found if r.key1 == agent and (r.ebc_code or "") == ebc]
+    named = f"the export inventory with invtNo={invt_no!r}, agentCode={agent!r}, ebcCode={ebc!r}"
+    # another enterprise's inventory of that number: an outsider learns only that it is taken (auth first)
+    stored = max(theirs or found, key=lambda r: (not r.withdrawn, r.order), default=None)
+    if stored is not None and not theirs and (scope is None or not scope.isdisjoint(stored.parties)):
+        stored = None
+    issues = _referenced(new, stored, scope, named)
+    if not issues and stored is not None:
+        new.after = stored
+        new.row.ebp_code, new.row.order_no = stored.ebp_code, stored.order_no
+    return issues
 
 
 def _decimal(raw: str | None) -> Decimal | None:
@@ -906,6 +951,8 @@ class State:
     rows: dict[int, Row]  # live legs and waybills of the shipments involved
     ledger: LedgerBook
     blocked: BlockedBook = field(default_factory=dict)  # of the buyers in ``ledger``
+    #: (type, invtNo) -> the current rows of the keys customs gave that invtNo (Refs.invt_nos)
+    numbered: dict[tuple[str, str], list[Row]] = field(default_factory=dict)
     _live: Live | None = field(default=None, repr=False)
 
     def live(self) -> Live:
@@ -934,9 +981,13 @@ def judge(
     payment or waybill named another order, a waybill belongs to an inventory of another orderNo, a
     stored inventory must be reassessed against a buyer's ledger not read.
     """
-    issues = decide(news, state.current, scope)
+    issues = decide(news, state.current, scope, state.numbered)
     if issues:
         raise Conflict(issues)
+    # what a document names by invtNo must not change meanwhile, as a CEB623's inventory (locked up front by its key)
+    named = {(LOCK_KEY, SEP.join(new.after.key)) for new in news if new.after is not None}
+    if not named <= held:
+        return Defer(named - held, Refs())
     carry_return(news)
     replaced = dict.fromkeys(new.replaces.id for new in news if new.replaces is not None)
     gone = [state.rows[i] for i in replaced if i in state.rows]
@@ -1281,6 +1332,8 @@ def _document_row(new: New) -> dict[str, Any]:
         "parties": row.parties,
         "is_current": new.tracked,
         "withdrawn": row.withdrawn,
+        # not a column: the outbox gives the job the ordering key of the document it is forwarded after
+        "after": list(new.after.key) if new.after is not None else None,
     }
 
 

@@ -776,6 +776,9 @@ class Outbox:
             # Every document of the message, an ignored_older one too: the whole message goes to customs, and its
             # older version of that document must not overtake the newer one still on its way.
             keys = tuple(ordering_key(msg.type.code, d.keys) for d in msg.documents)
+            # and of what a document names by invtNo (an export cancellation's inventory, gateway.keystate._numbered):
+            # it waits behind that inventory's versions as a CEB623 does behind its CEB621's
+            keys += tuple(ordering_key(after[0], after[1:]) for row in rows if (after := row.get("after")))
             plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys))
         return plans
 

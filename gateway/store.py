@@ -105,23 +105,36 @@ _DOC_COLUMNS = (
 
 #: The columns of a document row as READ_STATE reads it: plus whether customs took it (a receipt of rank "2
 #: declaring" or higher), which tells the outbox when releasing a held inventory is worth a statement; and of an
-#: inventory whether customs concluded its cancellation (the current CEB623 of its key receipted 399 or above) with
-#: no first declaration (appType 1) of the key since (keystate.Row.cancelled); and of a cancellation whether it is
+#: inventory whether customs concluded its cancellation (the current CEB623 of its key, or CEB605 of its shipment and
+#: agentCode, receipted 399 or above) with no first declaration (appType 1) since (keystate.Row.cancelled); and of a
+#: cancellation whether it is
 #: spent: concluded, and its inventory declared anew since (keystate.Row.spent); and of an import inventory the lines
 #: of the return customs concluded for it (keystate.Row.returned, gateway.outbox.latest_return).
 _READ_COLUMNS = (
     f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted,"
     " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed, d.forward_state = 'held' AS held,"
-    " CASE WHEN d.kind = 'inventory' THEN EXISTS ("
+    " CASE WHEN d.message_type = 'CEB621' THEN EXISTS ("
     "SELECT 1 FROM documents AS c WHERE c.message_type = 'CEB623' AND c.key1 = d.key1 AND c.key2 = d.key2"
     f" AND c.is_current AND c.forward_state = 'receipted' AND c.customs_rank >= {RANK_CONCLUDED}"
     " AND NOT EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code AND n.order_no = d.order_no"
     " AND n.message_type = d.message_type AND n.key1 = d.key1 AND n.key2 = d.key2 AND n.app_type = '1'"
-    " AND n.id > c.id AND n.id <= d.id)) ELSE false END AS cancelled,"
+    " AND n.id > c.id AND n.id <= d.id))"
+    # an export cancellation has its own key: it is stored with its inventory's ebpCode and orderNo
+    # (keystate._numbered), by the inventory's agentCode (its key1) and ebcCode; an order has one inventory
+    " WHEN d.message_type = 'CEB603' THEN EXISTS (SELECT 1 FROM documents AS c WHERE c.ebp_code = d.ebp_code"
+    " AND c.order_no = d.order_no AND c.message_type = 'CEB605' AND c.key1 = d.key1 AND c.ebc_code = d.ebc_code"
+    f" AND c.is_current AND c.forward_state = 'receipted' AND c.customs_rank >= {RANK_CONCLUDED}"
+    " AND NOT EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code AND n.order_no = d.order_no"
+    " AND n.message_type = d.message_type AND n.app_type = '1' AND n.id > c.id AND n.id <= d.id))"
+    " ELSE false END AS cancelled,"
     " CASE WHEN d.message_type = 'CEB623' THEN d.forward_state = 'receipted'"
     f" AND d.customs_rank >= {RANK_CONCLUDED} AND EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code"
     " AND n.order_no = d.order_no AND n.message_type = 'CEB621' AND n.key1 = d.key1 AND n.key2 = d.key2"
-    " AND n.app_type = '1' AND n.id > d.id) ELSE false END AS spent,"
+    " AND n.app_type = '1' AND n.id > d.id)"
+    " WHEN d.message_type = 'CEB605' THEN d.forward_state = 'receipted'"
+    f" AND d.customs_rank >= {RANK_CONCLUDED} AND EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code"
+    " AND n.order_no = d.order_no AND n.message_type = 'CEB603' AND n.app_type = '1' AND n.id > d.id)"
+    " ELSE false END AS spent,"
     f" CASE WHEN d.message_type = 'CEB621' THEN {latest_return('d')} END AS returned"
 )
 
@@ -141,6 +154,8 @@ LOCK_MORE = "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest($1::bigin
 #: they were blocked by the annual limit (the blocked ones with their inventory's ebpCode);
 #: ``ids`` — $14 new message ids, for the messages the wave will write (the write statement takes them, so that
 #: their jobs are known before it and go in it; an id not used is a gap in the sequence, nothing more).
+#: The documents named by invtNo ($15 type, $16 invtNo; role "numbered", with the invtNo): the current row of each
+#: key one of whose versions customs gave that number (documents.invt_no, from its receipts).
 READ_STATE = f"""
 WITH keyed AS (
     SELECT t.ebp, t.ono FROM unnest($4::text[], $5::text[]) AS t(ebp, ono)
@@ -169,20 +184,30 @@ SELECT
                        FROM messages AS m WHERE m.guid = g.guid OFFSET 0) AS m) AS stored,
     (SELECT coalesce(json_agg(x), '[]')
        FROM (SELECT 'key' AS role, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid,
-                    {_READ_COLUMNS}
+                    NULL AS numbered, {_READ_COLUMNS}
                FROM unnest($1::text[], $2::text[], $3::text[]) AS k(mt, k1, k2),
                     LATERAL (SELECT * FROM documents AS d
                               WHERE d.message_type = k.mt AND d.key1 = k.k1 AND d.key2 = k.k2 AND d.is_current
                              OFFSET 0) AS d
              UNION ALL
-             SELECT 'leg', NULL, {_READ_COLUMNS} FROM legs AS d
+             SELECT 'numbered', (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id), v.no, {_READ_COLUMNS}
+               FROM (SELECT DISTINCT n.no, v.message_type, v.key1, v.key2
+                       FROM unnest($15::text[], $16::text[]) AS n(mt, no),
+                            LATERAL (SELECT v.message_type, v.key1, v.key2 FROM documents AS v
+                                      WHERE v.invt_no = n.no OFFSET 0) AS v
+                      WHERE v.message_type = n.mt) AS v,
+                    LATERAL (SELECT * FROM documents AS d
+                              WHERE d.message_type = v.message_type AND d.key1 = v.key1 AND d.key2 = v.key2
+                                AND d.is_current OFFSET 0) AS d
              UNION ALL
-             SELECT 'waybill', NULL, {_READ_COLUMNS}
+             SELECT 'leg', NULL, NULL, {_READ_COLUMNS} FROM legs AS d
+             UNION ALL
+             SELECT 'waybill', NULL, NULL, {_READ_COLUMNS}
                FROM (SELECT ono FROM keyed UNION SELECT unnest($8::text[])) AS o,
                     LATERAL (SELECT * FROM documents AS d WHERE d.kind = 'waybill' AND d.order_no = o.ono OFFSET 0) AS d
               WHERE d.is_current AND NOT d.withdrawn
              UNION ALL
-             SELECT 'waybill', NULL, {_READ_COLUMNS}
+             SELECT 'waybill', NULL, NULL, {_READ_COLUMNS}
                FROM (SELECT logistics_code, logistics_no FROM legs WHERE kind = 'inventory'
                      UNION SELECT * FROM unnest($9::text[], $10::text[])) AS w(lc, ln),
                     LATERAL (SELECT * FROM documents AS d
@@ -893,7 +918,7 @@ class Store:
         each guid."""
         keys = sorted(refs.keys)
         keyed, wkeys, ikeys = sorted(refs.keyed), sorted(refs.waybill_keys), sorted(refs.inventory_waybills)
-        buyers = sorted(refs.buyers)
+        buyers, numbered = sorted(refs.buyers), sorted(refs.invt_nos)
         row = await conn.fetchrow(
             READ_STATE,
             [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
@@ -904,13 +929,18 @@ class Store:
             guids,
             [b[0] for b in buyers], [b[1] for b in buyers],
             len(guids),
+            [n[0] for n in numbered], [n[1] for n in numbered],
         )  # fmt: skip
         assert row is not None
         current: dict[tuple[str, str, str], Row] = {}
         rows: dict[int, Row] = {}
         receipted: dict[tuple[str, str], set[str]] = {}
+        by_number: dict[tuple[str, str], list[Row]] = {}
         for r in row["documents"]:
             doc = Row.from_json(r)
+            if r["role"] == "numbered":
+                by_number.setdefault((doc.message_type, r["numbered"]), []).append(doc)
+                continue
             if r["role"] == "leg":
                 kinds = receipted.setdefault(doc.shipment_key, set())
                 if r["receipted"]:
@@ -921,7 +951,7 @@ class Store:
                 rows[doc.id] = doc
         stored = {m["guid"]: m for m in row["stored"]}
         book, blocked = _ledger_book(buyers, row["ledger"])
-        return stored, State(current, rows, book, blocked), receipted, list(row["ids"])
+        return stored, State(current, rows, book, blocked, by_number), receipted, list(row["ids"])
 
     @staticmethod
     async def _write(

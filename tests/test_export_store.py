@@ -6,11 +6,17 @@ from __future__ import annotations
 import itertools
 
 import asyncpg
+import cbec_queue
 import pytest
 
+from gateway.config import ForwardingSettings, RouteSettings
+from gateway.documents import ParsedMessage
+from gateway.forward import Router
+from gateway.outbox import Outbox
+from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING
 from gateway.store import Conflict, Store
 from tests import exportutil as ex
-from tests.test_store import full_shipment, ingest, inventory_head, message
+from tests.test_store import _later, full_shipment, ingest, inventory_head, message
 
 pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="session")]
 
@@ -112,3 +118,141 @@ async def test_an_export_and_an_import_shipment_of_one_key_are_never_mixed(store
     assert s is not None and (s["flow"], s["state"]) == ("import", "incomplete")
     s = await shipment(db_pool, "MIX1")
     assert s is not None and (s["flow"], s["state"]) == ("import", "matched")
+
+
+# --- the export cancellation (CEB605) and its inventory ---------------------------------------------------------
+
+
+async def _declared(pool: asyncpg.Pool, order_no: str, invt_no: str) -> None:
+    """The CEB604 800 as the outbox applies it to the order's export inventory: customs gave it ``invt_no``."""
+    await pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '800', customs_rank = $3,"
+                       " invt_no = $2 WHERE message_type = 'CEB603' AND order_no = $1", order_no, invt_no,
+                       RANK_DECLARING)  # fmt: skip
+
+
+async def _refused_codes(store: Store, msg: ParsedMessage, scope: frozenset[str] | None = None) -> list[str]:
+    with pytest.raises(Conflict) as exc:
+        await store.ingest(msg, b"<x/>", submitter="tester", scope=scope)
+    return [i.code for i in exc.value.issues]
+
+
+def _cancel(invt_no: str, **kw: str) -> ParsedMessage:
+    return ex.export_message("CEB605", ex.cancel_head(invt_no, **kw))
+
+
+async def test_an_export_cancellation_names_a_stored_export_inventory_by_its_invt_no(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """A CEB605 names its inventory by the invtNo customs gave the CEB603 (spec A.25): one no stored export inventory
+    has — of the enterprises it names, agentCode and ebcCode — is refused, as an import cancellation naming no stored
+    inventory is."""
+    assert await _refused_codes(store, _cancel("64012025E000000001")) == ["state.no_inventory"]
+    for leg in ex.legs("XC1"):
+        await ingest(store, leg)
+    # declared, but customs has given it no invtNo yet
+    assert await _refused_codes(store, _cancel("64012025E000000001")) == ["state.no_inventory"]
+    await _declared(db_pool, "XC1", "64012025E000000001")
+    # the inventory's invtNo, another enterprise's codes
+    assert await _refused_codes(store, _cancel("64012025E000000001", ebcCode="EBC0000009")) == ["state.no_inventory"]
+    assert await _refused_codes(store, _cancel("64012025E000000001", agentCode="AGT0000009")) == [
+        "state.no_inventory"
+    ]
+    taken = await ingest(store, _cancel("64012025E000000001"))
+    assert taken.http_status == 202 and taken.body["documents"][0]["outcome"] == "accepted"
+    # a withdrawn one can be cancelled no more (a change of it keeps its invtNo: customs' number for the key)
+    for leg in ex.legs("XC2"):
+        await ingest(store, leg)
+    await _declared(db_pool, "XC2", "64012025E000000002")
+    changed = ex.export_message("CEB603", ex.inventory_head("XC2", appType="2", appTime=_later(ex.T0, 1)))
+    await ingest(store, changed)
+    assert (await ingest(store, _cancel("64012025E000000002", appTime=_later(ex.T0, 2)))).http_status == 202
+    gone = ex.export_message("CEB603", ex.inventory_head("XC2", appType="3", appTime=_later(ex.T0, 3)))
+    await ingest(store, gone)
+    again = _cancel("64012025E000000002", copNo="CAN-XC2-2", guid="ECAN-XC2-2", appTime=_later(ex.T0, 4))
+    assert await _refused_codes(store, again) == ["state.no_inventory"]
+
+
+async def test_an_export_inventory_the_gateway_holds_is_withdrawn_not_cancelled(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    for leg in ex.legs("XH1"):
+        await ingest(store, leg)
+    await _declared(db_pool, "XH1", "64012025E000000011")
+    # the first declaration held (as the outbox writes one whose shipment is not matched yet), and yet numbered
+    await db_pool.execute("UPDATE documents SET forward_state = 'held' WHERE message_type = 'CEB603'")
+    assert await _refused_codes(store, _cancel("64012025E000000011")) == ["state.inventory_held"]
+
+
+async def test_another_tenant_may_not_cancel_an_export_inventory(store: Store, db_pool: asyncpg.Pool) -> None:
+    """The inventory an invtNo names belongs to its parties: a key holding none of its codes learns only that it is
+    taken (auth.not_your_document), whatever codes its cancellation names."""
+    for leg in ex.legs("XT1"):
+        await ingest(store, leg)
+    await _declared(db_pool, "XT1", "64012025E000000021")
+    other = _cancel("64012025E000000021", agentCode="AGT0000009", ebcCode="EBC0000009")
+    assert await _refused_codes(store, other, frozenset({"AGT0000009", "EBC0000009"})) == ["auth.not_your_document"]
+    mine = await store.ingest(_cancel("64012025E000000021"), b"<x/>", submitter="t",
+                              scope=frozenset({ex.AGENT}))  # fmt: skip
+    assert mine.http_status == 202
+
+
+async def _conclude_export_cancellation(pool: asyncpg.Pool, invt_no: str) -> None:
+    """The CEB606 399 as the outbox applies it to the cancellation naming ``invt_no``."""
+    await pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '399', customs_rank = $2"
+                       " WHERE message_type = 'CEB605' AND head ->> 'invtNo' = $1",
+                       invt_no, RANK_CONCLUDED)  # fmt: skip
+
+
+async def test_an_export_inventory_whose_cancellation_customs_concluded_leaves_room_for_a_new_one(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """Nothing of a cancelled export inventory is left at customs (CEB606 399, spec §5.2): it is no order's one
+    inventory any more, and its key may be declared anew, as for import."""
+    for leg in ex.legs("XV1"):
+        await ingest(store, leg)
+    await _declared(db_pool, "XV1", "64012025E000000031")
+    await ingest(store, _cancel("64012025E000000031", appTime=_later(ex.T0, 1)))
+    other = ex.inventory_head("XV1", guid="EINV-XV1-B", copNo="COP-XV1-B", appTime=_later(ex.T0, 2))
+    assert await _refused_codes(store, ex.export_message("CEB603", other)) == ["state.second_inventory"]
+    await db_pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '120', customs_rank ="
+                          " $1 WHERE message_type = 'CEB605'", RANK_DECLARING)  # fmt: skip
+    assert await _refused_codes(store, ex.export_message("CEB603", other)) == ["state.second_inventory"]
+    await _conclude_export_cancellation(db_pool, "64012025E000000031")
+    declared = await ingest(store, ex.export_message("CEB603", other))
+    assert declared.http_status == 202 and declared.body["documents"][0]["outcome"] == "accepted"
+    s = await shipment(db_pool, "XV1")
+    assert s is not None and s["state"] == "matched"
+    # the same key declared anew after its cancellation concluded
+    for leg in ex.legs("XV2"):
+        await ingest(store, leg)
+    await _declared(db_pool, "XV2", "64012025E000000032")
+    await ingest(store, _cancel("64012025E000000032", appTime=_later(ex.T0, 1)))
+    await _conclude_export_cancellation(db_pool, "64012025E000000032")
+    anew = await ingest(store, ex.export_message("CEB603", ex.inventory_head("XV2", appTime=_later(ex.T0, 2))))
+    assert anew.http_status == 202 and anew.body["documents"][0]["outcome"] == "replaced"
+    # declared anew, it is the order's one inventory again
+    again = ex.inventory_head("XV2", guid="EINV-XV2-B", copNo="COP-XV2-B", appTime=_later(ex.T0, 3))
+    assert await _refused_codes(store, ex.export_message("CEB603", again)) == ["state.second_inventory"]
+
+
+async def test_an_export_cancellation_is_forwarded_after_its_inventory(db_pool: asyncpg.Pool) -> None:
+    """Its job carries its inventory's ordering key (the inventory's agentCode and copNo, not the cancellation's): a
+    change of the inventory still queued goes to customs first, as a CEB621 does before its CEB623."""
+    routes = (RouteSettings(message_types=("CEB603", "CEB605"), endpoints=("customs",)),)
+    router = Router.from_settings(ForwardingSettings(routes=routes, hold_types=()), {"customs": "customs"})
+    store = Store(db_pool, outbox=Outbox(db_pool, router))
+    for leg in ex.legs("XO1"):
+        await ingest(store, leg)
+    await _declared(db_pool, "XO1", "64012025E000000041")
+    await db_pool.execute("UPDATE jobs SET state = 'done'")
+    change = ex.export_message("CEB603", ex.inventory_head("XO1", guid="EINV-XO1-2", appType="2",
+                                                           appTime=_later(ex.T0, 1)))  # fmt: skip
+    await ingest(store, change)
+    cancel = await ingest(store, _cancel("64012025E000000041", appTime=_later(ex.T0, 2)))
+    jobs = {r["dedupe_key"]: r for r in await db_pool.fetch("SELECT * FROM jobs WHERE state = 'queued'")}
+    inventory_key = f"CEB603:{ex.AGENT}:COP-XO1"
+    assert jobs[f"customs:{change.guid}"]["ordering_keys"] == [inventory_key]
+    assert inventory_key in jobs[f"customs:{cancel.guid}"]["ordering_keys"]
+    async with db_pool.acquire() as conn:
+        claimed = await cbec_queue.claim(conn, worker_id="w", lease_s=30, limit=10)
+    assert [j.id for j in claimed] == [jobs[f"customs:{change.guid}"]["id"]]  # the cancellation waits

@@ -1134,7 +1134,7 @@ async def test_list_shipments_filters_and_pages(store: Store) -> None:
 # Each statement with parameters good enough for PREPARE/EXECUTE (the plan, not the result, is checked).
 _PLAN_CASES = {
     "READ_STATE": "ARRAY['CEB311'], ARRAY['E'], ARRAY['O'], ARRAY['E'], ARRAY['O'], ARRAY['L'], ARRAY['N'], "
-    "ARRAY['O'], ARRAY['L'], ARRAY['N'], ARRAY['g'], ARRAY['b'], ARRAY[2025], 1",
+    "ARRAY['O'], ARRAY['L'], ARRAY['N'], ARRAY['g'], ARRAY['b'], ARRAY[2025], 1, ARRAY['CEB603'], ARRAY['I']",
     "SUPERSEDE": "ARRAY[1::bigint]",
     "WRITE_REOPENED": "'[]'::jsonb, '[]'::jsonb",
     "WRITE_INGEST": "ARRAY['g'], ARRAY['CEB311'], ARRAY['\\x00'::bytea], ARRAY['<x/>'], ARRAY['xml'], ARRAY['s'], "
