@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -217,6 +218,21 @@ async def migrate(pool_or_conn: asyncpg.Pool | asyncpg.Connection) -> list[str]:
     return await _migrate(pool_or_conn)
 
 
+#: Migrations whose data change needs the gateway's own Python (a computation SQL should not copy), run in the
+#: migration's transaction after its SQL: name -> "module:function" taking the connection (imported when needed: those
+#: modules import this one).
+DATA_STEPS: dict[str, str] = {"200_ledger_returned.sql": "gateway.store:recount_returns"}
+
+
+async def apply_migration(conn: asyncpg.Connection, name: str) -> None:
+    """Run one migration — its SQL, then its data step (DATA_STEPS) — on ``conn``, in the caller's transaction."""
+    await conn.execute(dict(migration_files())[name])
+    step = DATA_STEPS.get(name)
+    if step is not None:
+        module, function = step.split(":")
+        await getattr(importlib.import_module(module), function)(conn)
+
+
 async def _migrate(conn: asyncpg.Connection) -> list[str]:
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
@@ -226,11 +242,11 @@ async def _migrate(conn: asyncpg.Connection) -> list[str]:
             " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-        for name, sql in migration_files():
+        for name, _sql in migration_files():
             if name in done:
                 continue
             async with conn.transaction():
-                await conn.execute(sql)
+                await apply_migration(conn, name)
                 await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
             log.info("migration applied: %s", name)
             applied.append(name)

@@ -44,7 +44,7 @@ import cbec_queue
 
 from gateway import db, tax
 from gateway.batching import Batcher, Follow
-from gateway.documents import ParsedMessage
+from gateway.documents import Document, ParsedMessage
 from gateway.errors import Issue
 from gateway.keystate import (
     CODES,
@@ -69,6 +69,7 @@ from gateway.keystate import (
     new_documents,
     reopen,
     reopen_refs,
+    temp_saved,
     up_front_locks,
 )
 from gateway.messages import BY_CODE
@@ -628,6 +629,48 @@ async def reopen_quota(
         return []
     await conn.fetchrow(WRITE_REOPENED, [r.row() for r in results.values()], puts)
     return [key for key, r in results.items() if r.state == "matched"]
+
+
+#: The ledger rows (not blocked) of current inventories, not void at customs, that customs concluded a return for
+#: (outbox.latest_return), with the inventory and the return's lines: what recount_returns recounts.
+LEDGER_WITH_RETURNS = f"""
+SELECT l.buyer_id_number, l.year, l.ebc_code, l.order_no, i.doc_index, i.path, i.head, i.lines, r.lines AS returned
+  FROM tax_ledger AS l
+  JOIN documents AS i ON i.message_type = 'CEB621' AND i.key1 = l.ebc_code AND i.key2 = l.order_no AND i.is_current,
+       LATERAL (SELECT {latest_return("i")} AS lines) AS r
+ WHERE NOT i.withdrawn AND l.blocked_at IS NULL AND r.lines IS NOT NULL
+   AND NOT (i.forward_state = 'rejected' AND i.app_type = '1')
+   AND NOT EXISTS (SELECT 1 FROM documents AS c
+                    WHERE c.message_type = 'CEB623' AND c.key1 = i.key1 AND c.key2 = i.key2 AND c.is_current
+                      AND c.forward_state = 'receipted' AND c.customs_rank >= {RANK_CONCLUDED})
+"""
+
+
+def _json(value: Any) -> Any:
+    """A jsonb value as a connection without the pool's codecs returns it (text) or with them (decoded)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+async def recount_returns(conn: asyncpg.Connection) -> int:
+    """Migration 200's data step: the ledger rows of the inventories customs concluded a return for are counted as the
+    gateway counts them now (keystate.assess_into: in full less the return's value, which ``returned`` keeps).
+    Before, a concluded return gave back nothing, or — for a moment — was given back twice when changed, or counted
+    again by a later leg: recounted, not inferred from what the row lacks. Returns how many rows it set."""
+    updates = []
+    for r in await conn.fetch(LEDGER_WITH_RETURNS):
+        head = _json(r["head"])
+        if temp_saved(head):
+            continue
+        inventory = Document(BY_CODE["CEB621"], r["doc_index"], r["path"], head, _json(r["lines"]))
+        assessment = tax.assess(inventory, annual_used=Decimal(0), returned=_json(r["returned"]))
+        updates.append((r["buyer_id_number"], r["year"], r["ebc_code"], r["order_no"],
+                        assessment.counts_toward_annual, assessment.returned))  # fmt: skip
+    await conn.executemany(
+        "UPDATE tax_ledger SET amount = $5, returned = $6, updated_at = now()"
+        " WHERE buyer_id_number = $1 AND year = $2 AND ebc_code = $3 AND order_no = $4",
+        updates,
+    )
+    return len(updates)
 
 
 def quota_reassessor(*, rates: tax.TaxRates = tax.DEFAULT_RATES, tolerance: Decimal = Decimal("0")) -> Reassess:

@@ -789,11 +789,38 @@ async def test_a_later_leg_counts_the_inventory_less_what_its_concluded_return_g
     assert tuple(await db_pool.fetchrow(row)) == ("505.00000", "505.00000")
     async with db_pool.acquire() as conn:  # migration 200 finds what a return gave back before the column
         await conn.execute("UPDATE tax_ledger SET returned = 0")
-        await conn.execute(dict(db.migration_files())["200_ledger_returned.sql"])
+        await db.apply_migration(conn, "200_ledger_returned.sql")
     assert tuple(await db_pool.fetchrow(row)) == ("505.00000", "505.00000")
     changed = [{**two[0], "price": "1000", "totalPrice": "2000"}]  # ¥2,010: the item returned is now ¥1,005
     await ingest(store, message("CEB621", inventory_head("RQ1", appType="2", appTime=_later(T0, 1)), lines=changed))
     assert tuple(await db_pool.fetchrow(row)) == ("1005.00000", "1005.00000")
+
+
+@pytest.mark.parametrize(
+    ("left", "why"),
+    [(("0", "0"), "a changed return concluded again, deducted on top of the first version"),
+     (("1010", "0"), "a later leg counting it again in full, or a return concluded before returns gave any")],
+)  # fmt: skip
+async def test_migration_200_recounts_the_rows_of_inventories_customs_concluded_a_return_for(
+    store: Store, db_pool: asyncpg.Pool, left: tuple[str, str], why: str
+) -> None:
+    """Whatever an earlier build left in the row (``why``), the migration sets what the gateway counts now: the
+    inventory in full (¥1,010) less the value of the item returned (¥505), kept in ``returned``."""
+    two = [{**inventory_lines("1000")[0], "qty": "2", "qty1": "2"}]  # ¥1,010 with freight
+    await ingest(store, message("CEB621", inventory_head("MG1"), lines=two))
+    await ingest(store, message("CEB625", _refund_head("MG1"), lines=[_refund_line("1", "1")]))
+    await ingest(store, message("CEB625", _refund_head("MG1", guid="REF-MG1-2", appType="2", appTime=_later(T0, 30)),
+                                lines=[_refund_line("1", "1")]))  # fmt: skip
+    await db_pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '399', customs_rank = $1"
+                          " WHERE message_type = 'CEB625' AND order_no = 'MG1'", RANK_CONCLUDED)  # fmt: skip
+    await db_pool.execute("UPDATE tax_ledger SET amount = $1, returned = $2 WHERE order_no = 'MG1'",
+                          Decimal(left[0]), Decimal(left[1]))  # fmt: skip
+    async with db_pool.acquire() as conn:
+        await db.apply_migration(conn, "200_ledger_returned.sql")
+    row = "SELECT amount::text, returned::text FROM tax_ledger WHERE order_no = 'MG1'"
+    migrated = tuple(await db_pool.fetchrow(row))
+    await ingest(store, message("CEB311", order_head("MG1")))  # a later leg: the gateway's own count
+    assert migrated == tuple(await db_pool.fetchrow(row)) == ("505.00000", "505.00000")
 
 
 async def test_an_inventory_whose_cancellation_customs_concluded_leaves_room_for_a_new_one(
