@@ -534,3 +534,58 @@ async def test_an_export_shipment_of_each_mode_ends_released(db_dsn: str) -> Non
         listed = (await stack.client.get("/v1/shipments?flow=export")).body["items"]
         assert sorted(i["orderNo"] for i in listed) == sorted(s.order_doc["orderNo"] for s in ships)
         assert (await stack.client.get("/v1/shipments?flow=import")).body["items"] == []
+
+
+
+async def test_an_export_cancellation_concludes_at_the_sandbox_and_the_order_takes_a_new_inventory(
+    db_dsn: str,
+) -> None:
+    """A released export parcel cancelled (CEB605, through the gateway as JSON): the sandbox answers 2 → 399 (the
+    CEB606's statuses, spec §5.2), the inventory is void, and a new inventory of the order is accepted and released
+    (customs' export system no longer holds the cancelled one: no duplicate)."""
+    import copy
+
+    from gateway import samples
+    from gateway.render import new_guid
+    from tests.apiutil import sign_as_agent
+
+    async with running_stack(db_dsn) as stack:
+        s = samples.export_shipment(random.Random(43), mode="9610")
+        for xml in samples.render_export_shipment(s, signer=sign_as_agent).values():
+            assert (await stack.client.post_xml(xml)).status == 202
+        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+
+        async def released(path: str = path) -> bool:
+            return (await stack.client.get(path)).body["customs_status"] == "released"
+
+        await wait_for(released, timeout=20, what="released")
+        inv = s.inventory_doc
+        invt_no = next(d for d in (await stack.client.get(path)).body["documents"]
+                       if d["kind"] == "inventory" and d["is_current"])["invt_no"]  # fmt: skip
+        cancel = {"type": "CEB605", "baseTransfer": s.inventory["baseTransfer"],
+                  "documents": [{"customsCode": inv["customsCode"], "copNo": f"CANCEL-{inv['copNo']}"[:30],
+                                 "invtNo": invt_no, "reason": "买家取消订单", "agentCode": inv["agentCode"],
+                                 "agentName": inv["agentName"], "ebcCode": inv["ebcCode"],
+                                 "ebcName": inv["ebcName"]}]}  # fmt: skip
+        reply = await stack.client.request("POST", "/v1/messages", json_body=json.loads(json.dumps(cancel)))
+        assert reply.status == 202, reply.body
+
+        async def concluded() -> bool:
+            return await stack.fetchval("SELECT customs_status FROM documents WHERE message_type = 'CEB605'") == "399"
+
+        await wait_for(concluded, timeout=20, what="cancellation concluded")
+        statuses = await stack.fetchval("SELECT array_agg(return_status ORDER BY id) FROM receipts"
+                                        " WHERE message_type = 'CEB606'")  # fmt: skip
+        assert statuses == ["2", "399"]
+        again = copy.deepcopy(s.inventory)
+        again["guid"] = new_guid()
+        again["documents"][0].update(guid=new_guid(), copNo=f"R-{inv['copNo']}"[:30])
+        assert (await stack.client.request("POST", "/v1/messages", json_body=json.loads(json.dumps(again, default=str)))
+                ).status == 202  # fmt: skip
+
+        async def redeclared() -> bool:
+            return await stack.fetchval(
+                "SELECT count(*) FROM receipts WHERE message_type = 'CEB604' AND keys ->> 'copNo' = $1"
+                " AND return_status = '800'", again["documents"][0]["copNo"]) == 1  # fmt: skip
+
+        await wait_for(redeclared, timeout=20, what="the new inventory released")

@@ -491,6 +491,7 @@ class Sandbox:
             "CEB403": self._export_receipt,
             "CEB505": self._waybill,
             "CEB603": self._export_inventory,
+            "CEB605": self._export_cancel,
         }.get(mtype.code, self._other)
         return [handler(doc, scenario) for doc in parsed.documents]
 
@@ -726,6 +727,19 @@ class Sandbox:
             step("CEB622", "399", released, label),
             step("CEB622", "800", released, label),
         ]
+
+    def _export_cancel(self, doc: Document, scenario: str | None) -> list[Step]:
+        """An export cancellation (CEB605): 2 → 399 (the CEB606's statuses, spec §5.2: no 120), and the export
+        inventory its invtNo names is gone from customs (declared again, it is no duplicate)."""
+        steps = self._other(doc, scenario)
+        if [s.status for s in steps] != ["2", "120"]:  # temp-saved or refused: as any
+            return steps
+        invt_no = (doc.head.get("invtNo") or "").strip()
+        for key, record in list(self.export_inventories.items()):
+            if record.invt_no == invt_no:
+                del self.export_inventories[key]
+        accepted = steps[1]
+        return [steps[0], self._step(accepted.code, "399", accepted.values, accepted.key)]
 
     def _other(self, doc: Document, scenario: str | None) -> list[Step]:
         """513/623/625/711: accepted into customs (``2`` → ``120``) without further checks."""
