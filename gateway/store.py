@@ -156,7 +156,8 @@ LOCK_MORE = "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest($1::bigin
 #: ``ids`` — $14 new message ids, for the messages the wave will write (the write statement takes them, so that
 #: their jobs are known before it and go in it; an id not used is a gap in the sequence, nothing more).
 #: The documents named by invtNo ($15 type, $16 invtNo; role "numbered", with the invtNo): the current row of each
-#: key one of whose versions customs gave that number (documents.invt_no, from its receipts).
+#: key one of whose versions customs gave that number (documents.invt_no, from its receipts), unless the key was
+#: declared anew since.
 READ_STATE = f"""
 WITH keyed AS (
     SELECT t.ebp, t.ono FROM unnest($4::text[], $5::text[]) AS t(ebp, ono)
@@ -194,9 +195,15 @@ SELECT
              SELECT 'numbered', (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id), v.no, {_READ_COLUMNS}
                FROM (SELECT DISTINCT n.no, v.message_type, v.key1, v.key2
                        FROM unnest($15::text[], $16::text[]) AS n(mt, no),
-                            LATERAL (SELECT v.message_type, v.key1, v.key2 FROM documents AS v
-                                      WHERE v.invt_no = n.no OFFSET 0) AS v
-                      WHERE v.message_type = n.mt) AS v,
+                            LATERAL (SELECT v.id, v.ebp_code, v.order_no, v.message_type, v.key1, v.key2
+                                       FROM documents AS v WHERE v.invt_no = n.no OFFSET 0) AS v
+                      WHERE v.message_type = n.mt
+                        -- not a number of a declaration before the key was declared anew (appType 1): that one is
+                        -- gone from customs (cancelled, refused), and the number names nothing live
+                        AND NOT EXISTS (SELECT 1 FROM documents AS a
+                                         WHERE a.ebp_code = v.ebp_code AND a.order_no = v.order_no
+                                           AND a.message_type = v.message_type AND a.key1 = v.key1 AND a.key2 = v.key2
+                                           AND a.app_type = '1' AND a.id > v.id)) AS v,
                     LATERAL (SELECT * FROM documents AS d
                               WHERE d.message_type = v.message_type AND d.key1 = v.key1 AND d.key2 = v.key2
                                 AND d.is_current OFFSET 0) AS d

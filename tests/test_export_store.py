@@ -233,6 +233,14 @@ async def test_an_export_inventory_whose_cancellation_customs_concluded_leaves_r
     # declared anew, it is the order's one inventory again
     again = ex.inventory_head("XV2", guid="EINV-XV2-B", copNo="COP-XV2-B", appTime=_later(ex.T0, 3))
     assert await _refused_codes(store, ex.export_message("CEB603", again)) == ["state.second_inventory"]
+    # customs numbers the new declaration anew: the cancelled one's number names nothing live any more (a cancellation
+    # naming it was tied to the new declaration, and once concluded made it void)
+    await db_pool.execute("UPDATE documents SET invt_no = '64012025E000000033' WHERE message_type = 'CEB603'"
+                          " AND order_no = 'XV2' AND is_current")  # fmt: skip
+    stale = _cancel("64012025E000000032", guid="ECAN-STALE", copNo="CAN-STALE", appTime=_later(ex.T0, 4))
+    assert await _refused_codes(store, stale) == ["state.no_inventory"]
+    assert (await ingest(store, _cancel("64012025E000000033", guid="ECAN-NEW", copNo="CAN-NEW",
+                                        appTime=_later(ex.T0, 4)))).http_status == 202  # fmt: skip
 
 
 async def test_an_export_cancellation_is_forwarded_after_its_inventory(db_pool: asyncpg.Pool) -> None:
