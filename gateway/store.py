@@ -106,11 +106,11 @@ _DOC_COLUMNS = (
 
 #: The columns of a document row as READ_STATE reads it: plus whether customs took it (a receipt of rank "2
 #: declaring" or higher), which tells the outbox when releasing a held inventory is worth a statement; and of an
-#: inventory whether customs concluded its cancellation (the current CEB623 of its key, or CEB605 of its shipment and
-#: agentCode, receipted 399 or above) with no first declaration (appType 1) since (keystate.Row.cancelled); and of a
-#: cancellation whether it is
-#: spent: concluded, and its inventory declared anew since (keystate.Row.spent); and of an import inventory the lines
-#: of the return customs concluded for it (keystate.Row.returned, gateway.outbox.latest_return).
+#: import inventory whether customs concluded its cancellation (the current CEB623 of its key receipted 399 or above)
+#: with no first declaration (appType 1) since (keystate.Row.cancelled; an export one's: EXPORT_FLAGS); and of an
+#: import cancellation whether it is spent: concluded, and its inventory declared anew since (keystate.Row.spent);
+#: and of an import inventory the lines of the return customs concluded for it (keystate.Row.returned,
+#: gateway.outbox.latest_return).
 _READ_COLUMNS = (
     f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted,"
     " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed, d.forward_state = 'held' AS held,"
@@ -120,24 +120,40 @@ _READ_COLUMNS = (
     " AND NOT EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code AND n.order_no = d.order_no"
     " AND n.message_type = d.message_type AND n.key1 = d.key1 AND n.key2 = d.key2 AND n.app_type = '1'"
     " AND n.id > c.id AND n.id <= d.id))"
-    # an export cancellation has its own key: it is stored with its inventory's ebpCode and orderNo
-    # (keystate._numbered), by the inventory's agentCode (its key1) and ebcCode; an order has one inventory
-    " WHEN d.message_type = 'CEB603' THEN EXISTS (SELECT 1 FROM documents AS c WHERE c.ebp_code = d.ebp_code"
-    " AND c.order_no = d.order_no AND c.message_type = 'CEB605' AND c.key1 = d.key1 AND c.ebc_code = d.ebc_code"
-    f" AND c.is_current AND c.forward_state = 'receipted' AND c.customs_rank >= {RANK_CONCLUDED}"
-    " AND NOT EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code AND n.order_no = d.order_no"
-    " AND n.message_type = d.message_type AND n.app_type = '1' AND n.id > c.id AND n.id <= d.id))"
     " ELSE false END AS cancelled,"
     " CASE WHEN d.message_type = 'CEB623' THEN d.forward_state = 'receipted'"
     f" AND d.customs_rank >= {RANK_CONCLUDED} AND EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code"
     " AND n.order_no = d.order_no AND n.message_type = 'CEB621' AND n.key1 = d.key1 AND n.key2 = d.key2"
     " AND n.app_type = '1' AND n.id > d.id)"
-    " WHEN d.message_type = 'CEB605' THEN d.forward_state = 'receipted'"
-    f" AND d.customs_rank >= {RANK_CONCLUDED} AND EXISTS (SELECT 1 FROM documents AS n WHERE n.ebp_code = d.ebp_code"
-    " AND n.order_no = d.order_no AND n.message_type = 'CEB603' AND n.app_type = '1' AND n.id > d.id)"
     " ELSE false END AS spent,"
     f" CASE WHEN d.message_type = 'CEB621' THEN {latest_return('d')} END AS returned"
 )
+
+#: The export inventories' and cancellations' flags (keystate.Row.cancelled / spent; $1 document ids), read only when
+#: a read holds one: an export cancellation has its own key and is stored with its inventory's ebpCode and orderNo
+#: (keystate._numbered), matched by the inventory's agentCode (its key1) and ebcCode (an order has one inventory).
+#: Kept out of READ_STATE's columns: there, these two subqueries doubled PostgreSQL's CPU per imported message.
+EXPORT_FLAGS = f"""
+SELECT d.id,
+       CASE WHEN d.message_type = 'CEB603' THEN EXISTS (
+            SELECT 1 FROM documents AS c
+             WHERE c.ebp_code = d.ebp_code AND c.order_no = d.order_no AND c.message_type = 'CEB605'
+               AND c.key1 = d.key1 AND c.ebc_code = d.ebc_code AND c.is_current AND c.forward_state = 'receipted'
+               AND c.customs_rank >= {RANK_CONCLUDED}
+               AND NOT EXISTS (SELECT 1 FROM documents AS n
+                                WHERE n.ebp_code = d.ebp_code AND n.order_no = d.order_no
+                                  AND n.message_type = d.message_type AND n.app_type = '1'
+                                  AND n.id > c.id AND n.id <= d.id)) ELSE false END AS cancelled,
+       CASE WHEN d.message_type = 'CEB605' THEN d.forward_state = 'receipted' AND d.customs_rank >= {RANK_CONCLUDED}
+            AND EXISTS (SELECT 1 FROM documents AS n
+                         WHERE n.ebp_code = d.ebp_code AND n.order_no = d.order_no AND n.message_type = 'CEB603'
+                           AND n.app_type = '1' AND n.id > d.id) ELSE false END AS spent
+  FROM documents AS d
+ WHERE d.id = ANY ($1::bigint[])
+"""
+
+#: The export types whose flags EXPORT_FLAGS reads.
+_EXPORT_FLAGGED = frozenset({"CEB603", "CEB605"})
 
 #: More locks, found after a read: $1 lock ids (see _lock_id). Only tried: waiting for them while holding
 #: others could deadlock with a transaction that took them in order at BEGIN; when one is busy the batch
@@ -999,6 +1015,12 @@ class Store:
                 current[doc.key] = doc
             else:
                 rows[doc.id] = doc
+        read = [*current.values(), *rows.values(), *(r for found in by_number.values() for r in found)]
+        export = [r for r in read if r.message_type in _EXPORT_FLAGGED]
+        if export:  # no import message pays for this statement
+            flags = {f["id"]: f for f in await conn.fetch(EXPORT_FLAGS, sorted({r.id for r in export}))}
+            for r in export:
+                r.cancelled, r.spent = flags[r.id]["cancelled"], flags[r.id]["spent"]
         stored = {m["guid"]: m for m in row["stored"]}
         book, blocked = _ledger_book(buyers, row["ledger"])
         return stored, State(current, rows, book, blocked, by_number), receipted, list(row["ids"])
