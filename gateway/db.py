@@ -74,6 +74,12 @@ def _jsonb_value(data: bytes) -> Any:
     return orjson.loads(data[1:])
 
 
+def json_value(value: Any) -> Any:
+    """A json/jsonb column's value as Python: pools made here decode it (_init_connection), a plain asyncpg connection
+    (the migrations', a test's) gives text."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb/json as Python objects in both directions (the store passes dicts and lists), in the binary wire
     # format with orjson: every ingested message sends and reads back several documents' JSON, and this is

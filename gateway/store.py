@@ -669,11 +669,6 @@ SELECT l.buyer_id_number, l.year, l.ebc_code, l.order_no, i.doc_index, i.path, i
 """
 
 
-def _json(value: Any) -> Any:
-    """A jsonb value as a connection without the pool's codecs returns it (text) or with them (decoded)."""
-    return json.loads(value) if isinstance(value, str) else value
-
-
 async def recount_returns(conn: asyncpg.Connection) -> int:
     """Migration 200's data step: the ledger rows of the inventories customs concluded a return for are counted as the
     gateway counts them now (keystate.assess_into: in full less the return's value, which ``returned`` keeps).
@@ -681,11 +676,11 @@ async def recount_returns(conn: asyncpg.Connection) -> int:
     again by a later leg: recounted, not inferred from what the row lacks. Returns how many rows it set."""
     updates = []
     for r in await conn.fetch(LEDGER_WITH_RETURNS):
-        head = _json(r["head"])
+        head = db.json_value(r["head"])
         if temp_saved(head):
             continue
-        inventory = Document(BY_CODE["CEB621"], r["doc_index"], r["path"], head, _json(r["lines"]))
-        assessment = tax.assess(inventory, annual_used=Decimal(0), returned=_json(r["returned"]))
+        inventory = Document(BY_CODE["CEB621"], r["doc_index"], r["path"], head, db.json_value(r["lines"]))
+        assessment = tax.assess(inventory, annual_used=Decimal(0), returned=db.json_value(r["returned"]))
         updates.append((r["buyer_id_number"], r["year"], r["ebc_code"], r["order_no"],
                         assessment.counts_toward_annual, assessment.returned))  # fmt: skip
     await conn.executemany(

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import cbec_queue
 
-from gateway import outbox, tax, taxbills
+from gateway import db, outbox, tax, taxbills
 from gateway.store import decode_cursor, encode_cursor
 
 #: Reconciliation states in the order the console shows them (gateway.reconcile.ShipmentState).
@@ -186,7 +186,7 @@ def shipment_row(r: asyncpg.Record) -> dict[str, Any]:
         "ebcCode": r["ebc_code"],
         "state": r["state"],
         "missing": list(r["missing"]),
-        "findings": _json(r["findings"]),
+        "findings": db.json_value(r["findings"]),
         "mode": r["mode"],
         "flow": r["flow"],
         "customsStatus": r["customs_status"],
@@ -256,11 +256,6 @@ SELECT d.id, d.message_id, d.doc_index, d.doc_guid, d.kind, d.message_type, d.ke
 """
 
 
-def _json(value: Any) -> Any:
-    # pools made by gateway.db decode jsonb; a plain asyncpg connection gives text
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def _short(value: Any, limit: int = 240) -> Any:
     if isinstance(value, str) and len(value) > limit:
         return f"<{len(value)} characters>"
@@ -269,7 +264,7 @@ def _short(value: Any, limit: int = 240) -> Any:
 
 def small_payload(payload: Any) -> dict[str, Any]:
     """A job payload for the page: short values kept, the message XML and other bulk summarised."""
-    payload = _json(payload)
+    payload = db.json_value(payload)
     if not isinstance(payload, dict):
         return {"payload": _short(json.dumps(payload, ensure_ascii=False))}
     return {k: _short(v) if not isinstance(v, dict | list) else _short(json.dumps(v, ensure_ascii=False))
@@ -300,7 +295,7 @@ async def shipment_detail(
     out["customsInfo"] = s["customs_info"]
     docs = [dict(r) for r in await conn.fetch(SHIPMENT_DOCUMENTS, ebp_code, order_no)]
     for d in docs:
-        d["head"], d["lines"] = _json(d["head"]), _json(d["lines"])
+        d["head"], d["lines"] = db.json_value(d["head"]), db.json_value(d["lines"])
     out["documents"] = docs
     jobs = [dict(r) for r in await conn.fetch(outbox.TRANSMISSIONS, sorted({d["message_guid"] for d in docs}))]
     history = await job_history(conn, [j["id"] for j in jobs])
@@ -308,7 +303,7 @@ async def shipment_detail(
         j["history"] = history[j["id"]]
     out["transmissions"] = jobs
     receipts = await conn.fetch(outbox.RECEIPTS_OF, [d["id"] for d in docs], sorted({d["message_id"] for d in docs}))
-    out["receipts"] = [{**r, "keys": _json(r["keys"])} for r in receipts]
+    out["receipts"] = [{**r, "keys": db.json_value(r["keys"])} for r in receipts]
     out["tax_bills"], differs = taxbills.shipment_bills(docs, out["receipts"], rates)
     out["findings"] = [*(out["findings"] or []), *(f.as_dict() for f in differs)]
     return out
