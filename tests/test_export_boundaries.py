@@ -147,25 +147,6 @@ async def test_an_export_shipment_of_another_platform_does_not_hide_an_import_sh
     assert status == "rejected", f"import shipment's waybill rejection not shown: {status}"
 
 
-@pytest.mark.db
-async def test_an_export_shipment_of_another_platform_keeps_an_import_waybills_rejection_off_its_shipment(
-    api: Client, db_pool: Any
-) -> None:
-    im = import_ship(5, order_no="MIX0004", ebp_code="IMPQ000001")
-    for p in (im.order, im.payment, im.waybill):
-        assert (await post_json(api, p)).status == 202
-    ex = export_ship(6, order_no="MIX0004")
-    assert (await post_export(api, ex.order)).status == 202
-    w = im.waybill_doc
-    r = await post_receipt(api, "CEB512", {"guid": w["guid"], "logisticsCode": w["logisticsCode"],
-                                           "logisticsNo": w["logisticsNo"], "returnStatus": "100",
-                                           "returnTime": "20261120160000000", "returnInfo": "退单"})
-    assert r.status == 200, r.body
-    status = await db_pool.fetchval(
-        "SELECT customs_status FROM shipments WHERE ebp_code = 'IMPQ000001' AND order_no = 'MIX0004'")
-    assert status == "rejected", f"import shipment's waybill rejection not shown: {status}"
-
-
 # --- hold cross flow -----------------------------------------------------------------------------
 
 

@@ -802,6 +802,16 @@ async def test_a_message_sent_again_after_a_4_is_watched_again(flow: Flow) -> No
     assert report["overdue"] == [doc["message_id"]]
 
 
+def referring_head(inv: dict[str, Any], *, guid: str, invt_no: str, reason: str) -> dict[str, str]:
+    """The head of a cancellation (CEB623) or return (CEB625) of the inventory document ``inv`` (a JSON payload's)."""
+    fields = ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode",
+              "logisticsName", "copNo", "buyerIdType", "buyerIdNumber", "buyerName", "buyerTelephone", "agentCode",
+              "agentName")  # fmt: skip
+    head = {k: str(inv[k]) for k in fields}
+    head.update(guid=guid, appType="1", appStatus="2", appTime=str(inv["appTime"]), invtNo=invt_no, reason=reason)
+    return head
+
+
 async def _quota(flow: Flow, s: samples.ShipmentSample) -> list[str]:
     doc = s.inventory["documents"][0]
     rows = await flow.rows("SELECT amount FROM tax_ledger WHERE ebc_code = $1 AND order_no = $2", doc["ebcCode"],
@@ -844,12 +854,7 @@ async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_f
     assert await _quota(flow, pending) == ["0.00000"]
 
     inv = cancelled.inventory["documents"][0]
-    fields = ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode",
-              "logisticsName", "copNo", "buyerIdType", "buyerIdNumber", "buyerName", "buyerTelephone", "agentCode",
-              "agentName")  # fmt: skip
-    head = {k: str(inv[k]) for k in fields}
-    head.update(guid="C" * 36, appType="1", appStatus="2", appTime=str(inv["appTime"]), invtNo="46012026I000000081",
-                reason="买家取消")  # fmt: skip
+    head = referring_head(inv, guid="C" * 36, invt_no="46012026I000000081", reason="买家取消")
     cancel = message("CEB623", head, lines=[])
     assert (await flow.store.ingest(cancel, b"<CEB623Message/>", submitter="test")).http_status == 202
     values = {k: head[k] for k in ("customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "invtNo", "guid")}
@@ -925,12 +930,7 @@ async def test_a_return_customs_concluded_gives_back_the_returned_goods_and_reop
     await _blocked_behind(flow, a, b, value)  # the first item's return makes room for b
     before = await _quota(flow, a)
 
-    fields = ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode",
-              "logisticsName", "copNo", "buyerIdType", "buyerIdNumber", "buyerName", "buyerTelephone", "agentCode",
-              "agentName")  # fmt: skip
-    head = {k: str(inv[k]) for k in fields}
-    head.update(guid="R" * 36, appType="1", appStatus="2", appTime=str(inv["appTime"]), invtNo="46012026I000000085",
-                reason="七天无理由退货")  # fmt: skip
+    head = referring_head(inv, guid="R" * 36, invt_no="46012026I000000085", reason="七天无理由退货")
     refund = message("CEB625", head, lines=returned)
     assert (await flow.store.ingest(refund, b"<CEB625Message/>", submitter="test")).http_status == 202
     assert await _quota(flow, a) == before  # submitted, not accepted
@@ -965,12 +965,7 @@ async def _returnable(flow: Flow, a: samples.ShipmentSample) -> tuple[Decimal, l
     inv = a.inventory["documents"][0]
     items = [{"gnum": str(i["gnum"]), "gcode": i["gcode"], "gname": i["gname"], "qty": i["qty"], "unit": i["unit"]}
              for i in inv["items"]]  # fmt: skip
-    fields = ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode",
-              "logisticsName", "copNo", "buyerIdType", "buyerIdNumber", "buyerName", "buyerTelephone", "agentCode",
-              "agentName")  # fmt: skip
-    head = {k: str(inv[k]) for k in fields}
-    head.update(guid="S" * 36, appType="1", appStatus="2", appTime=str(inv["appTime"]), invtNo="46012026I000000087",
-                reason="七天无理由退货")  # fmt: skip
+    head = referring_head(inv, guid="S" * 36, invt_no="46012026I000000087", reason="七天无理由退货")
     return Decimal(whole), items, head
 
 
