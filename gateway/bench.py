@@ -1238,7 +1238,7 @@ def format_report(r: Report) -> str:
             ok = "ok" if f.verification.ok else "LOST DATA"
             ok += ", autovacuum ran" if f.autovacuum_seen else ""
             out.append(
-                f"  {f.shipments_stored:>16,} {f.populate_seconds:>12.1f} {f.run.per_second:>11,.0f}"
+                f"  {f.shipments_stored:>16,} {f.populate_seconds:>12.3g} {f.run.per_second:>11,.0f}"
                 f" {f.run.p50_ms:>9.1f} {f.run.p99_ms:>9.1f} {cpu:>14}  {ok}"
             )
     if not r.ok:
