@@ -61,7 +61,9 @@ class CustomsConfig:
     outbox: Path | None = None  # folder transport
     folder_format: Literal["dxp", "ceb"] = "dxp"  # "ceb": bare business-node files for the official client
     file_pattern: str = "{msg_type}_{cop_msg_id}.xml"
-    receiver_id: str | None = None  # None: DXPEDCCEB0000002 / 0000003 by message type
+    # The ReceiverId of import / export messages; None: customs' own, DXPEDCCEB0000002 / DXPEDCCEB0000003.
+    import_receiver_id: str | None = None
+    export_receiver_id: str | None = None
     signer: Any = None  # a gateway.signing backend; None: send as is
     timeouts: AdapterTimeouts = field(default_factory=AdapterTimeouts)
     headers: Mapping[str, str] = field(default_factory=dict)  # e.g. a relay's auth token
@@ -123,6 +125,13 @@ def _stored_identity(job_payload: Mapping[str, Any]) -> tuple[MessageType, str] 
     return (mtype, guid) if mtype is not None and isinstance(guid, str) and guid else None
 
 
+def _receiver(config: CustomsConfig, msg_type: str) -> str:
+    """The ReceiverId of a message: customs' system of its flow, or the id configured for that flow."""
+    default = dxp.receiver_for(msg_type)
+    configured = config.export_receiver_id if default == dxp.EXPORT_RECEIVER else config.import_receiver_id
+    return configured or default
+
+
 def prepare(job_payload: Mapping[str, Any], config: CustomsConfig, *, created: datetime | None = None) -> Prepared:
     """Pure part of a send: parse, sign if needed, wrap. Raises PermanentError on a bad payload."""
     ceb = payload_message(job_payload)
@@ -151,7 +160,7 @@ def prepare(job_payload: Mapping[str, Any], config: CustomsConfig, *, created: d
             ceb,
             msg_type=mtype.root,
             sender_id=config.sender_id,
-            receiver_ids=[config.receiver_id or dxp.receiver_for(mtype.root)],
+            receiver_ids=[_receiver(config, mtype.root)],
             cop_msg_id=cop_msg_id,
             created=created or datetime.now(dxp.CHINA_TZ),
             file_name=file_name if isinstance(file_name, str) and file_name else None,

@@ -68,7 +68,9 @@ class EndpointSettings:
     transport: str = "http"  # customs only: http | folder
     url: str | None = None  # http: where to POST (customs: the DxpMsg; others: their JSON)
     sender_id: str | None = None  # customs: our DXP id (SenderId); default forwarding.sender_id
-    receiver_id: str | None = None  # customs: None = DXPEDCCEB0000002 / 0000003 by message type
+    # customs: the ReceiverId of import messages (default DXPEDCCEB0000002) and of export ones (DXPEDCCEB0000003)
+    import_receiver_id: str | None = None
+    export_receiver_id: str | None = None
     outbox: Path | None = None  # customs folder transport: where the transfer client picks files up
     inbox: Path | None = None  # customs folder transport: where it drops receipts (polled)
     folder_format: str = "dxp"  # customs folder transport: "dxp" envelopes or bare "ceb" messages
@@ -299,6 +301,9 @@ def _parse_endpoint(name: str, item: Any) -> EndpointSettings:
     retry = item.get("retry", {})
     if not isinstance(retry, Mapping):
         raise ValueError(f"forwarding.endpoints.{name}.retry must be a table")
+    if "receiver_id" in item:  # one id for both customs systems would send one flow's messages to the other system
+        raise ValueError(f"forwarding.endpoints.{name}: receiver_id is no longer read, as one id named the receiver of "
+                         "import and export messages alike; set import_receiver_id and/or export_receiver_id")
     known = {f for f in EndpointSettings.__dataclass_fields__} - {"name"}
     unknown = set(item) - known
     if unknown:
@@ -309,7 +314,8 @@ def _parse_endpoint(name: str, item: Any) -> EndpointSettings:
         transport=transport,
         url=str(item["url"]) if item.get("url") else None,
         sender_id=str(item["sender_id"]) if item.get("sender_id") else None,
-        receiver_id=str(item["receiver_id"]) if item.get("receiver_id") else None,
+        import_receiver_id=str(item["import_receiver_id"]) if item.get("import_receiver_id") else None,
+        export_receiver_id=str(item["export_receiver_id"]) if item.get("export_receiver_id") else None,
         outbox=Path(item["outbox"]) if item.get("outbox") else None,
         inbox=Path(item["inbox"]) if item.get("inbox") else None,
         folder_format=str(item.get("folder_format", "dxp")),

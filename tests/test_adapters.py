@@ -189,7 +189,7 @@ async def test_invalid_url_and_unknown_receiver_are_permanent(customs_sandbox: s
     async with customs("not a url") as a:
         with pytest.raises(PermanentError):
             await a.send(job(xml))
-    async with customs(customs_sandbox + "/dxp", receiver_id="DXPENT9999999999") as a:
+    async with customs(customs_sandbox + "/dxp", import_receiver_id="DXPENT9999999999") as a:
         with pytest.raises(PermanentError, match="2001"):
             await a.send(job(xml))
     # a relay's credentials in a URL with a mistyped scheme: permanent, and quoted nowhere (logs, jobs, the API)
@@ -277,6 +277,21 @@ async def test_ok_code_in_reply_is_success(odd_server: str, rsa_key: Any) -> Non
 
 
 # --- payloads and signing --------------------------------------------------------------------------------
+
+
+def test_each_flow_goes_to_its_own_receiver_and_an_override_is_one_flows() -> None:
+    export = samples.render_export_shipment(samples.export_shipment(random.Random(3), mode="9610"))["CEB303"]
+    imported = legs(None)["CEB311"]
+
+    def receiver(xml: bytes, **kw: str) -> tuple[str, ...]:
+        return dxp.unwrap(prepare(job(xml), CustomsConfig(sender_id=SENDER, **kw)).envelope).receiver_ids
+
+    assert receiver(imported) == (dxp.IMPORT_RECEIVER,) and receiver(export) == (dxp.EXPORT_RECEIVER,)
+    # a relay's id for the import system leaves the export messages to the export system, and the reverse
+    assert receiver(imported, import_receiver_id="DXPENT0000000009") == ("DXPENT0000000009",)
+    assert receiver(export, import_receiver_id="DXPENT0000000009") == (dxp.EXPORT_RECEIVER,)
+    assert receiver(export, export_receiver_id="DXPENT0000000008") == ("DXPENT0000000008",)
+    assert receiver(imported, export_receiver_id="DXPENT0000000008") == (dxp.IMPORT_RECEIVER,)
 
 
 def test_prepare_signs_unsigned_messages_before_wrapping(rsa_key: Any) -> None:

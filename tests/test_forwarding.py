@@ -201,6 +201,7 @@ kind = "customs"
 transport = "folder"
 outbox = "/data/dxp/outbox"
 inbox = "/data/dxp/inbox"
+export_receiver_id = "DXPENT0000000003"
 concurrency = 2
 rate_per_s = 5
 retry = { base_s = 0.5, max_attempts = 6 }
@@ -229,6 +230,7 @@ secret = "s3cret"
     customs, wms = f.endpoints
     assert customs.transport == "folder" and customs.inbox == Path("/data/dxp/inbox") and customs.rate_per_s == 5
     assert customs.retry.base_s == 0.5 and customs.retry.max_attempts == 6 and customs.retry.cap_s == 300
+    assert (customs.import_receiver_id, customs.export_receiver_id) == (None, "DXPENT0000000003")
     assert wms.kind == "warehouse" and wms.warehouse_code == "HK01"
     assert f.routes == (RouteSettings(("CEB311", "CEB411", "CEB511", "CEB621"), ("customs",), None),)
     assert f.webhooks[0].codes == frozenset({"4601260E35"})
@@ -253,6 +255,14 @@ def test_bad_forwarding_configuration_is_refused(tmp_path: Path, text: str) -> N
     path = tmp_path / "bad.toml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError):
+        config.load(path, env={})
+
+
+def test_one_receiver_id_for_both_flows_is_refused_with_what_to_set_instead(tmp_path: Path) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text('[forwarding.endpoints.c]\nkind = "customs"\nurl = "http://h"\nreceiver_id = "DXPENT0000000009"',
+                    encoding="utf-8")  # fmt: skip
+    with pytest.raises(ValueError, match="import_receiver_id and/or export_receiver_id"):
         config.load(path, env={})
 
 
