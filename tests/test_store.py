@@ -1221,11 +1221,11 @@ async def test_a_batch_skips_messages_locked_by_a_running_batch_and_keeps_their_
     a, b, c = ("order", "A"), ("order", "B"), ("order", "C")
     jobs = [job(1, a), job(2, b), job(3, b, c), job(4, c), job(5, ("order", "D"))]
     store._queue.extend(jobs)
-    store._running_locks.update([a, b])  # a batch with A and B runs
-    assert [j.arrival for j in store._take()] == [5]  # 3 shares B, 4 shares C with 3: they wait too
-    assert [j.arrival for j in store._queue] == [1, 2, 3, 4]
-    store._running_locks -= store_module.collections.Counter([a, b])
-    # the batch ended: 1 and 2 go; 3 shares B with 2 and waits for a later batch (not a second wave of this
+    with store._holding([job(0, a), job(0, a, b)]):  # batches with A, and A and B, run
+        assert [j.arrival for j in store._take()] == [5]  # 3 shares B, 4 shares C with 3: they wait too
+        assert [j.arrival for j in store._queue] == [1, 2, 3, 4]
+    assert not store._running_locks  # each lock counted as often as it was taken, and let go as often
+    # the batches ended: 1 and 2 go; 3 shares B with 2 and waits for a later batch (not a second wave of this
     # one), and 4 shares C with 3
     assert [j.arrival for j in store._take()] == [1, 2]
     assert [j.arrival for j in store._take()] == [3]
@@ -1253,7 +1253,7 @@ async def test_another_transaction_starts_only_for_a_full_batch() -> None:
         return store_module._Job(None, b"", b"", "t", "xml", n, [], set(locks), None)  # type: ignore[arg-type]
 
     running = ("order", "R")
-    store._running_locks.update([running])
+    store._running_locks[running] = 1
     store._batcher._workers = 1  # a transaction runs
     store._queue.extend([job(1, ("order", "A")), job(2, ("order", "B"))])
     store._batcher._start()
