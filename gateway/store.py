@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -467,6 +468,7 @@ def _failure(job: _Job, exc: Exception) -> Exception:
     return exc
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a shipment's legs, its receipts and its buyer's messages take the same locks
 def _lock_id(lock: Lock) -> int:
     """A 64-bit advisory lock id; computed here so that the locks go with BEGIN."""
     digest = hashlib.blake2b(f"{lock[0]}{SEP}{lock[1]}".encode(), digest_size=8).digest()
