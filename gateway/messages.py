@@ -43,6 +43,10 @@ class Kind(StrEnum):
     DELIVERY = "delivery"
     TAX = "tax"
     TAX_STATUS = "tax_status"
+    # export transport (spec §4.4 step 3, Appendix A.20–A.28): not legs of a shipment; their lists name waybills
+    ARRIVAL = "arrival"  # CEB507 运抵单
+    DEPARTURE = "departure"  # CEB509 离境单
+    MANIFEST = "manifest"  # CEB607 清单总分单: B/L, voyage and bags of the parcels' waybills / inventories
     RECEIPT = "receipt"
     FORMAT_RECEIPT = "format_receipt"
 
@@ -144,7 +148,16 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
     MessageType("CEB605", "InvtCancel", None, None, Kind.CANCEL, _D,
                 ("agentCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD,
                 refers_to=(("CEB603", ("invtNo",)),)),
-    # --- export receipts (spec §5.1, Appendix A.16, A.18, A.19, A.24, A.26) --------------------------------
+    # --- export transport (spec §4.4 step 3, A.20/A.22/A.27): keyed by the sender's code and its copNo, as their
+    # receipts (CEB508/510/608, §5.1) answer them; §2.7: 507 and 607 are signed when declared, 509 "required" in
+    # the header table (treated as when declared). Their lists name waybills (logisticsNo; 607 also invtNo).
+    MessageType("CEB507", "Arrival", "ArrivalHead", "ArrivalList", Kind.ARRIVAL, _D,
+                ("operatorCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+    MessageType("CEB509", "Departure", "DepartureHead", "DepartureList", Kind.DEPARTURE, _D,
+                ("logisticsCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+    MessageType("CEB607", "WayBill", "WayBillHead", "WayBillList", Kind.MANIFEST, _D,
+                ("agentCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+    # --- export receipts (spec §5.1, Appendix A.16, A.18, A.19, A.21, A.23, A.24, A.26, A.28) ---------------
     MessageType("CEB304", "OrderReturn", None, None, Kind.RECEIPT, _R,
                 ("ebpCode", "orderNo"), Signature.NONE, receipt_for="CEB303", flow=_X, schema=_XSD),
     MessageType("CEB404", "ReceiptsReturn", None, None, Kind.RECEIPT, _R,
@@ -155,6 +168,12 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
                 ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB603", flow=_X, schema=_XSD),
     MessageType("CEB606", "InvtCancelReturn", None, None, Kind.RECEIPT, _R,
                 ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB605", flow=_X, schema=_XSD),
+    MessageType("CEB508", "ArrivalReturn", None, None, Kind.RECEIPT, _R,
+                ("operatorCode", "copNo"), Signature.NONE, receipt_for="CEB507", flow=_X, schema=_XSD),
+    MessageType("CEB510", "DepartureReturn", None, None, Kind.RECEIPT, _R,
+                ("logisticsCode", "copNo"), Signature.NONE, receipt_for="CEB509", flow=_X, schema=_XSD),
+    MessageType("CEB608", "WayBillReturn", None, None, Kind.RECEIPT, _R,
+                ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB607", flow=_X, schema=_XSD),
 )
 
 BY_ROOT: dict[str, MessageType] = {t.root: t for t in MESSAGE_TYPES}

@@ -68,8 +68,8 @@ _APP_STATUS = f"{{{CEB_NS}}}appStatus"
 
 def _wants_signature(mtype: MessageType, root: etree._Element) -> bool:
     """Whether the gateway signs a message rendered from JSON (spec §2.7, as rules.signature judges it): a type whose
-    XSD requires ds:Signature (CEB621) always, a CEB603 or 605 when one of its documents is declared (appStatus 2,
-    the JSON default). A temporary save (appStatus 1) needs no signature and gets none."""
+    XSD requires ds:Signature (CEB621) always, a CEB603, 605, 507, 509 or 607 when one of its documents is declared
+    (appStatus 2, the JSON default). A temporary save (appStatus 1) needs no signature and gets none."""
     if mtype.signature is Signature.REQUIRED:
         return True
     return mtype.signature is Signature.ON_DECLARE and any(
@@ -163,11 +163,17 @@ class Pipeline:
         issues = []
         for doc in msg.documents:
             code = (doc.head.get("agentCode") or "").strip()
-            if code != agent:
+            if code == agent:
+                continue
+            if "agentCode" not in doc.head:  # CEB507/509: declared by the site operator or the carrier, not an agent
+                message = (f"a {msg.type.code} names no agentCode: its sender signs it, not the agent whose key signs "
+                           f"JSON declarations here ({agent!r}); send it as XML signed with its own key")  # fmt: skip
+                path = f"/documents/{doc.index - 1}"
+            else:
                 message = (f"agentCode {code!r} is not the agent whose key signs JSON declarations here ({agent!r}): "
                            "send this one as XML signed with its own key")  # fmt: skip
                 path = f"/documents/{doc.index - 1}/agentCode"
-                issues.append(Issue(Layer.RULE, "rule.agent_not_signer", path, message))
+            issues.append(Issue(Layer.RULE, "rule.agent_not_signer", path, message))
         if issues:
             raise MessageRejected(issues, msg.type.code)
 
@@ -196,8 +202,9 @@ class Pipeline:
 
 
 CODES: dict[str, str] = {
-    "rule.agent_not_signer": "a JSON declaration the gateway signs (CEB621; CEB603 and 605 when declared) names an "
-    "agentCode other than the agent whose key it signs with (signing_agent_code)",
+    "rule.agent_not_signer": "a JSON declaration the gateway signs (CEB621; CEB603, 605, 507, 509 and 607 when "
+    "declared) names an agentCode other than the agent whose key it signs with (signing_agent_code), or no agentCode "
+    "at all (CEB507, 509: their senders sign them)",
     "auth.not_your_document": "the API key's enterprise codes do not include any party of the document, or of the "
     "stored document whose key it changes, withdraws or declares again (HTTP 403)",
 }

@@ -17,7 +17,8 @@ Head fields sit flat in each document under the spec's element names; list lines
 ``parse_float=Decimal``); binary floats are refused because they cannot carry money exactly.
 ``null`` means "absent" (the default applies, or the element is left out).
 
-The import declarations (CEB311/411/511/621) and the export ones (CEB303/403/505/603/605) take the same shape. Element
+The import declarations (CEB311/411/511/621) and the export ones (CEB303/403/505/507/509/603/605/607) take the same
+shape. Element
 order is taken from :data:`FIELD_ORDER`, read per flow from the 2022-05 import or export XSD in ``schemas/`` (the
 spec tables §2.3, §3.1–3.4 and §4 list the same fields): the two schemas name their elements alike (OrderHead,
 InventoryList ...) but give them other children in another order. CEB403, 505 and 605 have no head: their fields
@@ -51,7 +52,7 @@ CODES: dict[str, str] = {
     "json.not_an_array": "a JSON array was expected here (documents, items, baseSubscribe)",
     "json.missing_field": "the JSON payload lacks \"type\" or \"documents\", without which nothing can be rendered",
     "json.unsupported_type": "\"type\" is not a message type accepted as JSON (import CEB311, CEB411, CEB511, "
-    "CEB621; export CEB303, CEB403, CEB505, CEB603, CEB605)",
+    "CEB621; export CEB303, CEB403, CEB505, CEB507, CEB509, CEB603, CEB605, CEB607)",
     "json.unknown_field": "the object has a member that is not an element of this part of the message",
     "json.invalid_type": "a field value must be a string, an integer or a decimal number (not an object, array, "
     "boolean or binary float)",
@@ -69,7 +70,10 @@ CODES: dict[str, str] = {
 _MAX_POSITIONAL_DIGITS = 40
 
 #: Message types accepted as JSON: the import declarations, then the export ones (spec §4).
-JSON_TYPES: tuple[str, ...] = ("CEB311", "CEB411", "CEB511", "CEB621", "CEB303", "CEB403", "CEB505", "CEB603", "CEB605")
+JSON_TYPES: tuple[str, ...] = (
+    "CEB311", "CEB411", "CEB511", "CEB621", "CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509",
+    "CEB607",
+)  # fmt: skip
 
 #: The schema file of each flow's JSON types (gateway.messages): where their elements' sequences are read.
 _SCHEMAS: dict[str, str] = {BY_CODE[code].flow: BY_CODE[code].schema for code in JSON_TYPES}
@@ -119,6 +123,10 @@ DEFAULTS: dict[str, dict[str, dict[str, str]]] = {
         "Logistics": {"appType": "1", "appStatus": "2"},
         "InventoryHead": {"appType": "1", "appStatus": "2", "ieFlag": "E"},
         "InvtCancel": {"appType": "1", "appStatus": "2"},
+        # transport messages (spec A.20, A.22, A.27): msgCount / msgSeqNo are 1 when the message is not split
+        "ArrivalHead": {"appType": "1", "appStatus": "2", "ieFlag": "E", "msgCount": "1", "msgSeqNo": "1"},
+        "DepartureHead": {"appType": "1", "appStatus": "2", "msgCount": "1", "msgSeqNo": "1"},
+        "WayBillHead": {"appType": "1", "appStatus": "2", "msgCount": "1", "msgSeqNo": "1"},
     },
 }  # fmt: skip
 

@@ -62,8 +62,8 @@ CODES: dict[str, str] = {
     "rule.order_type": "orderType of an import order is not I; of an export order (CEB303) not E (B2C), B (B2B) or "
     "W (overseas-warehouse booking), as the 2022 spec text has it",
     "rule.id_type": "buyerIdType / payerIdType is not 1 (ID card), the only type customs accepts",
-    "rule.ie_flag": "ieFlag is not I on an import inventory, not E on an export inventory (CEB603); CEB711: not I "
-    "or E",
+    "rule.ie_flag": "ieFlag is not I on an import inventory, not E on an export inventory (CEB603) or arrival "
+    "(CEB507); CEB711: not I or E",
     "rule.currency_not_cny": "an import amount is not in currency 142 (CNY) — order head and lines, payment, "
     "waybill, inventory head and lines (R5)",
     "rule.logistics_status": "logisticsStatus is not S (signed for), the only status of CEB513/514",
@@ -89,7 +89,7 @@ CODES: dict[str, str] = {
     "17 YYYYMMDDhhmmssSSS) or is not a real calendar time",
     "rule.date_implausible": "a time or date lies before 2010 or more than one day after today",
     "rule.decimal_format": "an amount, quantity or weight is not a decimal number",
-    "rule.integer_format": "gnum / packNo is not an integer",
+    "rule.integer_format": "gnum / packNo / msgCount / msgSeqNo is not an integer",
     "rule.negative_amount": "an amount that may be zero is negative",
     "rule.not_positive": "a value that must be greater than zero is not (inventory price, totalPrice, "
     "quantities, weights, gnum)",
@@ -105,6 +105,12 @@ CODES: dict[str, str] = {
     "rule.qty2_unit2": "an inventory line has qty2 without unit2 or unit2 without qty2 (they go together)",
     "rule.gnum_sequence": "line gnum values do not run 1, 2, 3 … in line order (R8)",
     "rule.gnum_duplicate": "two lines of one document carry the same gnum",
+    "rule.msg_seq_no": "msgSeqNo of a split export transport message (CEB507/509/607 and their receipts) is greater "
+    "than its msgCount: the parts run 1 … msgCount",
+    "rule.waybill_listed_twice": "the list of an arrival, departure or 清单总分单 (CEB507/509/607) names the same "
+    "logisticsNo on two lines",
+    "rule.invt_no_format": "an invtNo a 清单总分单 (CEB607) line names is not an export inventory number: 4-digit "
+    "district, 4-digit year, E, 9–11 digit serial (spec §3.6)",
     "rule.assure_code": "inventory assureCode is none of its ebpCode, ebcCode or logisticsCode (R9)",
     "rule.mode_field_missing": "an element the trade mode requires is absent or empty (R10): 1210/1239 need "
     "emsNo, areaCode, areaName and itemRecordNo on every line; 9610 needs trafNo, voyageNo and billNo. Export "
@@ -318,6 +324,19 @@ GNUM = integer(minimum=1)
 PACK_NO_ONE = integer(exactly=1, code="rule.pack_no")
 PACK_NO = integer(minimum=1)  # export: the parcels under one waybill or inventory, not fixed to 1
 RETURN_STATUS: Check = _return_status
+MSG_COUNT = integer(minimum=1)  # msgCount / msgSeqNo of a split transport message: 1 when not split
+
+
+def _export_invt_no(value: str, ctx: RuleContext) -> Problem | None:
+    """Spec §3.6: an export invtNo is district (4) + year (4) + E + a 9–11 digit serial (18–20 characters)."""
+    district, year, flag, serial = value[:4], value[4:8], value[8:9], value[9:]
+    if (value.isascii() and (district + year).isdigit() and flag == "E" and serial.isdigit()
+            and 9 <= len(serial) <= 11):  # fmt: skip
+        return None
+    return "rule.invt_no_format", f"is {value!r}; expected district (4 digits), year (4), E and a 9–11 digit serial"
+
+
+EXPORT_INVT_NO: Check = _export_invt_no
 
 # ---------------------------------------------------------------------------------------------
 # Table entries
@@ -574,6 +593,30 @@ def special_zone_fields(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
 # THE TABLE: message code -> rules. Adding a rule is one line here.
 # ---------------------------------------------------------------------------------------------
 
+def msg_sequence(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """A split transport message (CEB507/509/607, spec A.20: "1-based sequence ... no gaps") is part msgSeqNo of
+    msgCount: never beyond the count. Whether every part arrived is customs' to judge, not one message's."""
+    count, seq = _parse_int(_filled(doc.head, "msgCount")), _parse_int(_filled(doc.head, "msgSeqNo"))
+    if count is not None and seq is not None and count >= 1 and seq > count:
+        yield _issue("rule.msg_seq_no", doc.field_path("msgSeqNo"),
+                     f"msgSeqNo is {seq} but msgCount is {count}; the parts run 1 … {count}")  # fmt: skip
+
+
+def listed_once(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """A waybill arrives, leaves or is put under a B/L once per document: the same logisticsNo on two lines is a
+    mistake of the list (which of the two lines' bags holds the parcel?)."""
+    first_at: dict[str, int] = {}
+    for i, line in enumerate(doc.lines):
+        no = _filled(line, "logisticsNo")
+        if not no:
+            continue
+        if no in first_at:
+            yield _issue("rule.waybill_listed_twice", doc.line_path(i, "logisticsNo"),
+                         f"logisticsNo {no} is listed again; {doc.type.lines}[{first_at[no] + 1}] already names it")
+        else:
+            first_at[no] = i
+
+
 _TRANSFER: tuple[Rule, ...] = (
     Required(T, "copCode copName dxpMode dxpId"),
     Field(T, "dxpMode", DXP),
@@ -817,6 +860,53 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Required(H, "customsCode copNo invtNo reason agentCode agentName ebcCode ebcName"),
         Field(H, "customsCode", CUSTOMS),
     ),
+    # --- export transport (spec §4.4 step 3, Appendix A.20–A.28): the supervision site's arrival, the carrier's
+    # departure, the declarant's 清单总分单. Lists name waybills (gnum 1, 2, 3 …, each logisticsNo once).
+    "CEB507": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "customsCode copNo operatorCode operatorName ieFlag trafMode domesticTrafNo logisticsCode"),
+        Required(H, "logisticsName msgCount msgSeqNo"),
+        Required(L, "gnum logisticsNo"),
+        Field(H, "customsCode", CUSTOMS),
+        Field(H, "ieFlag", IE_EXPORT),
+        Field(H, "trafMode", TRAF_MODE),
+        Field(H, "msgCount msgSeqNo", MSG_COUNT),
+        Field(L, "gnum", GNUM),
+        msg_sequence,
+        gnum_sequence,
+        listed_once,
+    ),
+    "CEB509": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "customsCode copNo logisticsCode logisticsName trafMode leaveTime msgCount msgSeqNo"),
+        Required(L, "gnum logisticsNo"),
+        Field(H, "customsCode", CUSTOMS),
+        Field(H, "trafMode", TRAF_MODE),
+        Field(H, "leaveTime", DATETIME14),
+        Field(H, "msgCount msgSeqNo", MSG_COUNT),
+        Field(L, "gnum", GNUM),
+        msg_sequence,
+        gnum_sequence,
+        listed_once,
+    ),
+    "CEB607": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "customsCode copNo agentCode agentName trafMode trafName voyageNo billNo grossWeight"),
+        Required(H, "logisticsCode logisticsName msgCount msgSeqNo"),
+        Required(L, "gnum logisticsNo"),
+        Field(H, "customsCode", CUSTOMS),
+        Field(H, "trafMode", TRAF_MODE),
+        Field(H, "grossWeight", POSITIVE),
+        Field(H, "msgCount msgSeqNo", MSG_COUNT),
+        Field(L, "gnum", GNUM),
+        Field(L, "invtNo", EXPORT_INVT_NO),
+        msg_sequence,
+        gnum_sequence,
+        listed_once,
+    ),
     "CEB304": (*_RECEIPT, Required(H, "ebpCode ebcCode orderNo")),
     "CEB404": (*_RECEIPT, Required(H, "ebcCode orderNo")),
     "CEB506": (*_RECEIPT, Required(H, "logisticsCode logisticsNo")),
@@ -826,6 +916,11 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Field(H, "statisticsFlag", STATISTICS_FLAG),
     ),
     "CEB606": (*_RECEIPT, Required(H, "agentCode copNo preNo invtNo")),
+    "CEB508": (*_RECEIPT, Required(H, "operatorCode logisticsCode preNo copNo billNo msgSeqNo"),
+               Field(H, "msgSeqNo", MSG_COUNT)),
+    "CEB510": (*_RECEIPT, Required(H, "logisticsCode copNo preNo msgSeqNo"), Field(H, "msgSeqNo", MSG_COUNT)),
+    "CEB608": (*_RECEIPT, Required(H, "agentCode logisticsCode copNo preNo billNo msgSeqNo"),
+               Field(H, "msgSeqNo", MSG_COUNT)),
 }
 
 

@@ -828,6 +828,75 @@ def broken_export(s: ExportShipmentSample, defect: str) -> ExportShipmentSample:
     return b
 
 
+#: The supervision-site operator of the export samples' arrivals (CEB507 operatorCode / operatorName).
+EXPORT_SITE = ("4601980S08", "海口示例跨境电商监管中心有限公司")
+#: The transport messages of an export parcel, in the order they follow the inventory (spec §4.4 steps 2–3): the
+#: 清单总分单 puts its waybill under the B/L, the site operator reports it arrived, the carrier that it left.
+TRANSPORT = (("CEB607", "manifest"), ("CEB507", "arrival"), ("CEB509", "departure"))
+
+
+def export_transport(
+    parcels: list[ExportShipmentSample], rng: random.Random, *, released: datetime | None = None
+) -> dict[str, dict[str, Any]]:
+    """The 清单总分单 (CEB607), arrival (CEB507) and departure (CEB509) of parcels leaving on one flight, as JSON
+    payloads for :func:`gateway.render.render`, one document each listing every parcel's waybill (gnum 1..n; the
+    607 lines with the inventory's invtNo when it has one). The parcels share their first one's carrier, customs
+    district and flight (trafName, voyageNo, billNo of its inventory); ``released`` (default: an hour after the last
+    inventory) is when customs released them, and the three follow it in that order."""
+    if not parcels:
+        raise ValueError("export_transport needs at least one parcel")
+    first = parcels[0].inventory_doc
+    log_code, log_name, customs = first["logisticsCode"], first["logisticsName"], first["customsCode"]
+    latest = max(datetime.strptime(p.inventory_doc["appTime"], "%Y%m%d%H%M%S") for p in parcels)
+    released = released or latest + timedelta(hours=1)
+    manifest_at = released + timedelta(minutes=rng.randint(5, 30), seconds=rng.randrange(60))
+    arrival_at = manifest_at + timedelta(minutes=rng.randint(20, 90), seconds=rng.randrange(60))
+    departure_at = arrival_at + timedelta(hours=rng.randint(2, 6), minutes=rng.randrange(60))
+    bag = f"BAG{arrival_at:%Y%m%d}{_digits(rng, 4)}"
+    truck = f"琼A·{rng.choice('BCDEFGHJK')}{_digits(rng, 4)}"
+    gross = sum(Decimal(p.inventory_doc["grossWeight"]) for p in parcels)
+    flight = {k: first[k] for k in ("trafMode", "trafName", "voyageNo", "billNo")}
+
+    def lines(**extra: Callable[[ExportShipmentSample], dict[str, str]]) -> list[dict[str, Any]]:
+        out = []
+        for n, p in enumerate(parcels, 1):
+            line: dict[str, Any] = {"gnum": n, "totalPackageNo": bag, "logisticsNo": p.inventory_doc["logisticsNo"]}
+            for make in extra.values():
+                line.update(make(p))
+            out.append(line)
+        return out
+
+    def message(code: str, doc: dict[str, Any], sender: tuple[str, str]) -> dict[str, Any]:
+        return {"type": code, "guid": _guid(rng), "version": "1.0", "baseTransfer": _base_transfer(*sender),
+                "documents": [doc]}  # fmt: skip
+
+    manifest = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(manifest_at), "appStatus": "2", "customsCode": customs,
+        "copNo": f"ZF{manifest_at:%Y%m%d}{_digits(rng, 6)}", "agentCode": AGENT[0], "agentName": AGENT[1],
+        **flight, "domesticTrafNo": truck, "grossWeight": str(gross), "logisticsCode": log_code,
+        "logisticsName": log_name, "msgCount": "1", "msgSeqNo": "1",
+        "items": lines(invt=lambda p: {"invtNo": p.inventory_doc["invtNo"]} if p.inventory_doc.get("invtNo") else {}),
+    }  # fmt: skip
+    arrival = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(arrival_at), "appStatus": "2", "customsCode": customs,
+        "copNo": f"YD{arrival_at:%Y%m%d}{_digits(rng, 6)}", "operatorCode": EXPORT_SITE[0],
+        "operatorName": EXPORT_SITE[1], "ieFlag": "E", "trafMode": flight["trafMode"], "billNo": flight["billNo"],
+        "domesticTrafNo": truck, "logisticsCode": log_code, "logisticsName": log_name, "msgCount": "1",
+        "msgSeqNo": "1", "items": lines(),
+    }  # fmt: skip
+    departure = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(departure_at + timedelta(minutes=5)), "appStatus": "2",
+        "customsCode": customs, "copNo": f"LJ{departure_at:%Y%m%d}{_digits(rng, 6)}", "logisticsCode": log_code,
+        "logisticsName": log_name, **flight, "leaveTime": _t(departure_at), "msgCount": "1", "msgSeqNo": "1",
+        "items": lines(),
+    }  # fmt: skip
+    return {
+        "CEB607": message("CEB607", manifest, AGENT),
+        "CEB507": message("CEB507", arrival, EXPORT_SITE),
+        "CEB509": message("CEB509", departure, (log_code, log_name)),
+    }
+
+
 #: The export files kept under tests/data/samples/ (file name -> how it is made), regenerated and compared by
 #: tests/test_samples.py: ``export_sample_files(signer)`` with the test RSA key of tests/data/signing writes them.
 EXPORT_SAMPLE_NOW = datetime(2026, 11, 20, 15, 0, 0)
@@ -840,12 +909,16 @@ EXPORT_BROKEN_FILES: dict[str, tuple[str, str, str]] = {  # file -> (mode, defec
 
 
 def export_sample_files(signer: Callable[[etree._Element], None] | None) -> dict[str, bytes]:
-    """The good export samples (``CEB303-9610.xml`` ... ``CEB603-1210.xml``) and the broken ones of
-    :data:`EXPORT_BROKEN_FILES`, as bytes; ``signer`` signs the CEB603s."""
+    """The good export samples (``CEB303-9610.xml`` ... ``CEB603-1210.xml``, and each parcel's transport messages
+    ``CEB507/509/607-<mode>.xml``) and the broken ones of :data:`EXPORT_BROKEN_FILES`, as bytes; ``signer`` signs
+    the CEB603s and the transport messages (declared, spec §2.7)."""
     shipments = {mode: export_shipment(random.Random(seed), mode=mode, now=EXPORT_SAMPLE_NOW)
                  for mode, seed in EXPORT_SAMPLE_SEEDS.items()}  # fmt: skip
     files = {f"{code}-{mode}.xml": xml for mode, s in shipments.items()
              for code, xml in render_export_shipment(s, signer=signer).items()}  # fmt: skip
     for name, (mode, defect, code) in EXPORT_BROKEN_FILES.items():
         files[name] = render_export_shipment(broken_export(shipments[mode], defect), signer=signer)[code]
+    for mode, seed in EXPORT_SAMPLE_SEEDS.items():  # a generator of their own: the legs' files stay as they were
+        for code, payload in export_transport([shipments[mode]], random.Random(seed)).items():
+            files[f"{code}-{mode}.xml"] = render(payload, signer=signer)
     return files

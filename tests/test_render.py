@@ -25,13 +25,13 @@ from gateway.errors import Layer, MessageRejected
 from gateway.messages import CEB_NS, DS_NS, EXPORT_SCHEMA, IMPORT_SCHEMA, SCHEMA_DIR, MessageType, lookup
 from gateway.pipeline import Pipeline, looks_like_json
 from gateway.render import CODES, DEFAULTS, FIELD_ORDER, JSON_TYPES, json_object, render
-from gateway.samples import export_shipment, shipment
+from gateway.samples import export_shipment, export_transport, shipment
 from gateway.schema import SchemaSet
 from gateway.xmlsafe import parse_message
 
 XSD_PATH = SCHEMA_DIR / IMPORT_SCHEMA
 EXPORT_XSD_PATH = SCHEMA_DIR / EXPORT_SCHEMA
-EXPORT_TYPES = ("CEB303", "CEB403", "CEB505", "CEB603", "CEB605")
+EXPORT_TYPES = ("CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509", "CEB607")
 NOW = datetime(2026, 11, 20, 9, 30, 5)  # naive: China time
 UUID4_UPPER = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}$")
 
@@ -74,7 +74,8 @@ def sample_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, An
 
 
 def export_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, Any]]:
-    """The four export legs of a sample parcel and a cancellation (CEB605) of its inventory."""
+    """The four export legs of a sample parcel, a cancellation (CEB605) of its inventory and its transport messages
+    (CEB607, 507, 509)."""
     s = export_shipment(random.Random(seed), mode=mode, n_items=3, now=NOW)
     inv = s.inventory_doc
     cancel = {"guid": _seeded_guid(seed, 1), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
@@ -84,7 +85,7 @@ def export_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, An
               "ebcName": inv["ebcName"]}  # fmt: skip
     ceb605 = {"type": "CEB605", "guid": _seeded_guid(seed, 2), "version": "1.0",
               "baseTransfer": dict(s.inventory["baseTransfer"]), "documents": [cancel]}  # fmt: skip
-    return {**s.payloads(), "CEB605": ceb605}
+    return {**s.payloads(), "CEB605": ceb605, **export_transport([s], random.Random(seed))}
 
 
 def _seeded_guid(seed: int, n: int) -> str:
@@ -238,6 +239,12 @@ OPTIONAL_VALUES: dict[str, dict[str, dict[str, str]]] = {
                           "loctNo": "5141", "licenseNo": "L-1", "note": "无"},
         "InventoryList": {"itemRecordNo": "10001", "qty2": "1", "unit2": "035", "note": "无"},
         "InvtCancel": {"preNo": "B20261120000000002", "note": "撤销"},
+        "ArrivalHead": {"preNo": "B20261120000000003", "loctNo": "5141W01", "note": "第一车"},
+        "ArrivalList": {"note": "外包装完好"},
+        "DepartureHead": {"preNo": "B20261120000000004", "note": "已起飞"},
+        "DepartureList": {"note": "无"},
+        "WayBillHead": {"preNo": "B20261120000000005", "loctNo": "5141W01", "note": "总分单"},
+        "WayBillList": {"invtNo": "51412026E000000001", "note": "无"},
     },
 }  # fmt: skip
 
@@ -289,6 +296,9 @@ def test_defaults_are_applied(code: str) -> None:
         "CEB505": {},
         "CEB603": {"ieFlag": "E"},
         "CEB605": {},
+        "CEB507": {"ieFlag": "E", "msgCount": "1", "msgSeqNo": "1"},
+        "CEB509": {"msgCount": "1", "msgSeqNo": "1"},
+        "CEB607": {"msgCount": "1", "msgSeqNo": "1"},
     }[code]
     assert {k: doc.head[k] for k in expected} == expected
     mtype = mtype_of(code)
@@ -566,7 +576,7 @@ def test_each_export_type_from_json_passes_the_export_schema_and_the_rules(expor
         assert checked.message.type.code == code
         root = etree.fromstring(checked.raw)
         assert export_xsd.validate(root), (code, export_xsd.error_log)
-        signed = code in ("CEB603", "CEB605")
+        signed = code in ("CEB603", "CEB605", "CEB507", "CEB509", "CEB607")  # §2.7: signed when declared
         assert checked.message.signed is signed, code
         # spec §2.2: in an export message ds:Signature follows BaseTransfer (and BaseSubscribe), before ExtendMessage
         assert [local(c) for c in root][1:] == ["BaseTransfer"] + ["Signature"] * signed, code
@@ -591,6 +601,29 @@ def test_an_export_inventory_or_cancellation_is_signed_when_declared_and_for_its
     # the order, 收款单 and waybill are the platform's, payer's and carrier's to sign: the gateway signs none of them
     for code in ("CEB303", "CEB403", "CEB505"):
         assert not pipeline.check_json(payloads[code]).message.signed, code
+
+
+def test_transport_messages_are_signed_by_the_agent_only_where_they_are_the_agents() -> None:
+    """A 清单总分单 (CEB607) is the agent's, signed as its CEB603 is; an arrival (507, the site operator's) or a
+    departure (509, the carrier's) names no agent, so the agent's key must not sign it: refused when declared,
+    a temporary save goes through unsigned."""
+    payloads = export_payloads(9)
+    agent = payloads["CEB603"]["documents"][0]["agentCode"]
+    pipeline = Pipeline(SchemaSet(), signer=_throwaway_signer(), signing_agent_code=agent)
+    assert pipeline.check_json(payloads["CEB607"]).message.signed
+    other = copy.deepcopy(payloads["CEB607"])
+    other["documents"][0]["agentCode"] = "4601999999"
+    with pytest.raises(MessageRejected) as exc:
+        pipeline.check_json(other)
+    assert [(i.code, i.path) for i in exc.value.issues] == [("rule.agent_not_signer", "/documents/0/agentCode")]
+    for code in ("CEB507", "CEB509"):
+        with pytest.raises(MessageRejected) as exc:
+            pipeline.check_json(payloads[code])
+        assert [(i.code, i.path) for i in exc.value.issues] == [("rule.agent_not_signer", "/documents/0")], code
+        assert "names no agentCode" in exc.value.issues[0].message
+        saved = copy.deepcopy(payloads[code])
+        saved["documents"][0]["appStatus"] = "1"
+        assert not pipeline.check_json(saved).message.signed, code
 
 
 #: Export declarations written as XML: the schema samples (with BaseSubscribe, ExtendMessage and a signature) and
@@ -741,7 +774,7 @@ def test_documented_examples_render_and_validate() -> None:
     schemas = {flow: etree.XMLSchema(etree.parse(str(path))) for flow, path in (("import", XSD_PATH),
                                                                                ("export", EXPORT_XSD_PATH))}
     for code, payload in examples.items():
-        xml = render(payload, signer=stub_signature if code in ("CEB621", "CEB603", "CEB605") else None)
+        xml = render(payload, signer=stub_signature if code in ("CEB621", *EXPORT_TYPES[3:]) else None)
         root, mtype = parse_message(xml)
         if code != "CEB621":  # the 621 example is abridged
             assert schemas[mtype.flow].validate(root), (code, schemas[mtype.flow].error_log)

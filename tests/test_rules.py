@@ -406,6 +406,10 @@ FACTORIES: dict[str, Callable[[], ParsedMessage]] = {
     "303": partial(export, "CEB303"),
     "603": partial(export, "CEB603"),
     "604": partial(export, "CEB604"),
+    "507": partial(export, "CEB507"),
+    "509": partial(export, "CEB509"),
+    "607": partial(export, "CEB607"),
+    "508": partial(export, "CEB508"),
 }
 
 # --------------------------------------------------------------------------------------------
@@ -745,6 +749,13 @@ BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     ("export line currency", "603", line(1, currency="999"),
      {("rule.currency_code", "/CEB603Message/Inventory[1]/InventoryList[1]/currency")}),
     ("export unsigned inventory", "603", attrs(signed=False), {("rule.signature_missing", "/CEB603Message")}),
+    # export transport (A.20–A.28): split parts, the list's waybills and inventories
+    ("arrival part beyond its count", "507", head(msgCount="2", msgSeqNo="3"),
+     {("rule.msg_seq_no", "/CEB507Message/Arrival[1]/ArrivalHead/msgSeqNo")}),
+    ("departure lists a waybill twice", "509", line(3, logisticsNo="YT403787576557CN"),
+     {("rule.waybill_listed_twice", "/CEB509Message/Departure[1]/DepartureList[3]/logisticsNo")}),
+    ("清单总分单 names an import invtNo", "607", line(1, invtNo="51412026I00000471101"),
+     {("rule.invt_no_format", "/CEB607Message/WayBill[1]/WayBillList[1]/invtNo")}),
 ]
 
 
@@ -954,7 +965,8 @@ def codes_of(msg: ParsedMessage) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("code", ["CEB303", "CEB304", "CEB403", "CEB404", "CEB505", "CEB506", "CEB603", "CEB604",
-                                  "CEB605", "CEB606"])  # fmt: skip
+                                  "CEB605", "CEB606", "CEB507", "CEB508", "CEB509", "CEB510", "CEB607",
+                                  "CEB608"])  # fmt: skip
 def test_export_fixtures_pass(code: str) -> None:
     assert codes_of(export(code)) == []
 
@@ -988,6 +1000,20 @@ _INVT_HEAD = "/CEB603Message/Inventory[1]/InventoryHead"
     ("CEB603", "line", "gcode", ["6109100021"], ["610910002X"], "rule.gcode"),
     ("CEB603", "line", "country", ["502"], ["US"], "rule.country_code"),
     ("CEB604", "head", "statisticsFlag", ["A"], ["Z"], "rule.statistics_flag"),
+    ("CEB507", "head", "ieFlag", ["E"], ["I", "X"], "rule.ie_flag"),  # an arrival for export
+    ("CEB507", "head", "customsCode", ["5141"], ["514"], "rule.customs_code"),
+    ("CEB507", "head", "trafMode", ["4", "5", "6"], ["K"], "rule.traf_mode"),
+    ("CEB507", "head", "msgCount", ["1", "9"], ["0", "x"], None),
+    ("CEB509", "head", "leaveTime", ["20261120235959"], ["20261121246000", "200911201200", "20261123000000"], None),
+    ("CEB509", "head", "msgSeqNo", ["1", "2"], ["0", "3"], None),
+    ("CEB509", "head", "trafMode", ["2"], ["Q"], "rule.traf_mode"),
+    ("CEB607", "head", "grossWeight", ["0.001"], ["0", "-1", "abc"], None),
+    ("CEB607", "head", "appStatus", ["1", "2"], ["0"], "rule.app_status"),
+    ("CEB607", "line", "invtNo", ["51412026E000004711", "51412026E0000047110", "46012026E00000471101"],
+     ["51412026E00000471", "5141202XE000004711", "51412026E00000471101X", "51412026I00000471101"],
+     "rule.invt_no_format"),
+    ("CEB508", "head", "msgSeqNo", ["1"], ["0"], "rule.not_positive"),
+    ("CEB508", "head", "returnTime", ["20261120235959999"], ["2026112023595999"], "rule.date_format"),
 ])  # fmt: skip
 def test_export_value_rules(
     code: str, where: str, name: str, good: list[str], bad: list[str], rule: str | None
@@ -1027,7 +1053,11 @@ def test_import_currency_is_still_142_only() -> None:
     ("CEB403", "head", "payName"), ("CEB505", "head", "goodsInfo"), ("CEB505", "head", "logisticsNo"),
     ("CEB603", "head", "copNo"), ("CEB603", "head", "ownerName"), ("CEB603", "line", "gname"),
     ("CEB603", "line", "barCode"), ("CEB604", "head", "invtNo"), ("CEB605", "head", "reason"),
-    ("CEB304", "head", "returnStatus"),
+    ("CEB304", "head", "returnStatus"), ("CEB507", "head", "copNo"), ("CEB507", "head", "operatorCode"),
+    ("CEB507", "head", "domesticTrafNo"), ("CEB507", "line", "logisticsNo"), ("CEB509", "head", "logisticsCode"),
+    ("CEB509", "line", "logisticsNo"), ("CEB607", "head", "trafName"), ("CEB607", "head", "voyageNo"),
+    ("CEB607", "head", "billNo"), ("CEB607", "head", "agentCode"), ("CEB608", "head", "billNo"),
+    ("CEB510", "head", "copNo"), ("CEB508", "head", "operatorCode"),
 ])  # fmt: skip
 def test_export_required_strings_may_not_be_empty(code: str, where: str, name: str) -> None:
     """The 2022 export XSD lets these through empty (spec §2.6); the rules layer refuses them (§14)."""
@@ -1101,11 +1131,13 @@ def test_special_zone_export_needs_item_record_numbers() -> None:
     assert codes_of(msg) == []
 
 
-@pytest.mark.parametrize("code", ["CEB603", "CEB605"])
+@pytest.mark.parametrize("code", ["CEB603", "CEB605", "CEB507", "CEB509", "CEB607"])
 def test_export_inventory_and_cancel_are_signed_when_declared(code: str) -> None:
+    """§2.7: 603/605, and 507/607 ("appStatus=2 requires signature") and 509 (required in the header table)."""
     msg = dataclasses.replace(export(code), signed=False)
     assert codes_of(msg) == [("rule.signature_missing", f"/{code}Message")]
-    msg.documents[0].head["appStatus"] = "1"  # temp-save: no signature needed (spec §2.7)
+    for doc in msg.documents:
+        doc.head["appStatus"] = "1"  # temp-save: no signature needed (spec §2.7)
     assert codes_of(msg) == []
     assert codes_of(dataclasses.replace(export("CEB303"), signed=False)) == []  # optional on the order
 
@@ -1115,3 +1147,33 @@ def test_export_duplicate_documents_go_by_the_registry_keys() -> None:
     first, second = msg.documents
     second.head.update(logisticsCode=first.head["logisticsCode"], logisticsNo=first.head["logisticsNo"])
     assert codes_of(msg) == [("rule.duplicate_document", "/CEB505Message/Logistics[2]")]
+
+
+def test_transport_lists_may_name_many_waybills_or_none() -> None:
+    """An arrival's list may be empty (A.20: 0..n); a departure's and a 清单总分单's lines are unbounded, each waybill
+    once, gnum 1, 2, 3 …"""
+    msg = export("CEB507")
+    msg.documents[1].lines.clear()
+    assert codes_of(msg) == []
+    msg = export("CEB509")
+    doc = msg.documents[0]
+    doc.lines[:] = [{"gnum": str(n), "logisticsNo": f"YT{n:012d}CN"} for n in range(1, 251)]
+    assert codes_of(msg) == []
+    doc.lines[100]["gnum"] = "100"
+    assert codes_of(msg) == [("rule.gnum_duplicate", "/CEB509Message/Departure[1]/DepartureList[101]/gnum")]
+
+
+def test_the_same_waybill_in_two_documents_of_one_message_is_not_a_list_mistake() -> None:
+    # two arrivals (two trucks) may each carry part of one consignment's bags: only one list naming a waybill twice is
+    msg = export("CEB507")
+    msg.documents[1].lines[0]["logisticsNo"] = msg.documents[0].lines[0]["logisticsNo"]
+    assert codes_of(msg) == []
+
+
+def test_a_split_message_part_within_its_count() -> None:
+    msg = export("CEB509")
+    assert (msg.documents[0].head["msgCount"], msg.documents[0].head["msgSeqNo"]) == ("2", "1")
+    msg.documents[0].head["msgSeqNo"] = "2"
+    assert codes_of(msg) == []
+    msg.documents[0].head["msgSeqNo"] = "3"
+    assert codes_of(msg) == [("rule.msg_seq_no", "/CEB509Message/Departure[1]/DepartureHead/msgSeqNo")]

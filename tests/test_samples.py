@@ -29,6 +29,7 @@ from gateway.samples import (
     broken_export,
     export_sample_files,
     export_shipment,
+    export_transport,
     render_export_shipment,
     render_shipment,
     shipment,
@@ -419,7 +420,34 @@ def test_export_sample_files_are_what_gateway_samples_generates() -> None:
     """tests/data/samples/ holds the export files gateway.samples makes (RSA test key: PKCS#1 v1.5 is deterministic),
     so a change in the generator or the layout shows here; rewrite them with export_sample_files(golden_signer)."""
     files = export_sample_files(golden_signer)
-    good = {f"{c}-{m}.xml" for c in ("CEB303", "CEB403", "CEB505", "CEB603") for m in ("9610", "1210")}
+    good = {f"{c}-{m}.xml" for c in ("CEB303", "CEB403", "CEB505", "CEB603", "CEB507", "CEB509", "CEB607")
+            for m in ("9610", "1210")}
     assert set(files) == good | set(EXPORT_BROKEN_FILES)
     for name, data in files.items():
         assert (SAMPLE_FILES / name).read_bytes() == data, name
+
+
+def test_export_transport_lists_the_parcels_of_one_flight_after_their_release() -> None:
+    """CEB607, 507 and 509 of parcels leaving together: every waybill once in each list, the carrier, district and
+    flight of the first parcel, in the order 607 → 507 → 509 after the release; all pass the schema and the rules."""
+    rng = random.Random(31)
+    parcels = [export_shipment(rng, mode="9610", now=NOW) for _ in range(3)]
+    transport = export_transport(parcels, random.Random(7))
+    assert list(transport) == ["CEB607", "CEB507", "CEB509"]
+    waybills = [p.inventory_doc["logisticsNo"] for p in parcels]
+    docs = {code: payload["documents"][0] for code, payload in transport.items()}
+    for doc in docs.values():
+        assert [li["logisticsNo"] for li in doc["items"]] == waybills
+        assert [li["gnum"] for li in doc["items"]] == [1, 2, 3]
+        assert doc["logisticsCode"] == parcels[0].inventory_doc["logisticsCode"]
+    assert docs["CEB607"]["billNo"] == docs["CEB507"]["billNo"] == docs["CEB509"]["billNo"]
+    released = max(p.inventory_doc["appTime"] for p in parcels)
+    assert released < docs["CEB607"]["appTime"] < docs["CEB507"]["appTime"] < docs["CEB509"]["leaveTime"]
+    pipeline = Pipeline(SchemaSet())
+    for code, payload in transport.items():
+        assert pipeline.check(render(payload, signer=stub_signature)).message.type.code == code
+    parcels[1].inventory_doc["invtNo"] = "51412026E00000471101"  # known once customs answered the inventory
+    lines = export_transport(parcels, random.Random(7))["CEB607"]["documents"][0]["items"]
+    assert [li.get("invtNo") for li in lines] == [None, "51412026E00000471101", None]
+    with pytest.raises(ValueError):
+        export_transport([], rng)

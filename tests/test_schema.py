@@ -745,7 +745,8 @@ def test_element_sequences_read_as_xmlschema_reads_the_import_schema() -> None:
 # Export messages (spec §2.2, §2.6, §4, Appendix A.16–A.26): ceb-export-202205.xsd
 # ------------------------------------------------------------------------------------------------
 
-EXPORT_CODES = ("CEB303", "CEB304", "CEB403", "CEB404", "CEB505", "CEB506", "CEB603", "CEB604", "CEB605", "CEB606")
+EXPORT_CODES = ("CEB303", "CEB304", "CEB403", "CEB404", "CEB505", "CEB506", "CEB603", "CEB604", "CEB605", "CEB606",
+                "CEB507", "CEB508", "CEB509", "CEB510", "CEB607", "CEB608")
 
 
 def test_the_export_types_use_the_export_schema() -> None:
@@ -753,7 +754,8 @@ def test_the_export_types_use_the_export_schema() -> None:
 
     assert sorted(t.code for t in MESSAGE_TYPES if t.flow == "export") == sorted(EXPORT_CODES)
     assert all(BY_CODE[c].schema == EXPORT_SCHEMA for c in EXPORT_CODES)
-    assert (BY_CODE["CEB603"].signature, BY_CODE["CEB605"].signature) == ("on_declare", "on_declare")
+    assert {BY_CODE[c].signature for c in ("CEB603", "CEB605", "CEB507", "CEB509", "CEB607")} == {"on_declare"}
+    assert {BY_CODE[c].receipt_for for c in ("CEB508", "CEB510", "CEB608")} == {"CEB507", "CEB509", "CEB607"}
     assert {BY_CODE[c].signature for c in ("CEB303", "CEB403", "CEB505")} == {"optional"}
 
 
@@ -780,13 +782,13 @@ def test_export_signature_after_extend_message_is_out_of_order(schemas: SchemaSe
 
 def test_export_signature_is_optional_in_the_schema(schemas: SchemaSet) -> None:
     # 603/605 must be signed when declared (§2.7), but that is the rules layer's word, not the export XSD's
-    for code in ("CEB603", "CEB605"):
+    for code in ("CEB603", "CEB605", "CEB507", "CEB509", "CEB607"):
         root, mtype = load(code)
         remove(root, "ds:Signature")
         assert schemas.validate(root, mtype) == []
 
 
-@pytest.mark.parametrize("code", ["CEB304", "CEB604", "CEB606"])
+@pytest.mark.parametrize("code", ["CEB304", "CEB604", "CEB606", "CEB508", "CEB510", "CEB608"])
 def test_signature_on_an_export_receipt(schemas: SchemaSet, code: str) -> None:
     root, mtype = load(code)
     root.append(copy.deepcopy(load("CEB603")[0].find(f"{{{DS_NS}}}Signature")))
@@ -803,6 +805,18 @@ def test_signature_on_an_export_receipt(schemas: SchemaSet, code: str) -> None:
     ("CEB603", "ceb:Inventory/ceb:InventoryList[2]/ceb:gname"),
     ("CEB604", "ceb:InventoryReturn[1]/ceb:invtNo"),
     ("CEB605", "ceb:InvtCancel/ceb:reason"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalHead/ceb:copNo"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalHead/ceb:operatorName"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalHead/ceb:domesticTrafNo"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalList[1]/ceb:logisticsNo"),
+    ("CEB508", "ceb:ArrivalReturn[1]/ceb:billNo"),
+    ("CEB509", "ceb:Departure[1]/ceb:DepartureHead/ceb:logisticsName"),
+    ("CEB509", "ceb:Departure[1]/ceb:DepartureList[2]/ceb:logisticsNo"),
+    ("CEB510", "ceb:DepartureReturn[1]/ceb:copNo"),
+    ("CEB607", "ceb:WayBill[1]/ceb:WayBillHead/ceb:trafName"),
+    ("CEB607", "ceb:WayBill[1]/ceb:WayBillHead/ceb:voyageNo"),
+    ("CEB607", "ceb:WayBill[1]/ceb:WayBillHead/ceb:billNo"),
+    ("CEB608", "ceb:WayBillReturn[1]/ceb:agentCode"),
 ])  # fmt: skip
 def test_export_schema_lets_empty_starred_strings_pass(schemas: SchemaSet, code: str, xpath: str) -> None:
     """§2.6: the 2022 export XSD dropped minLength=1 on most required strings; the rules layer refuses them."""
@@ -866,6 +880,25 @@ def test_export_documents_100_not_101(schemas: SchemaSet) -> None:
     ("CEB604", "ceb:InventoryReturn[2]/ceb:preNo", "B2026112000000471", "schema.wrong_length"),
     ("CEB604", "ceb:InventoryReturn[1]/ceb:invtNo", "4" * 21, "schema.too_long"),
     ("CEB304", "ceb:OrderReturn[1]/ceb:returnStatus", "", "schema.too_short"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalHead/ceb:customsCode", "51410", "schema.wrong_length"),
+    ("CEB507", "ceb:Arrival[2]/ceb:ArrivalHead/ceb:preNo", "B2026112100000051", "schema.wrong_length"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalHead/ceb:loctNo", "5141W012345", "schema.too_long"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalHead/ceb:billNo", "B" * 38, "schema.too_long"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalHead/ceb:domesticTrafNo", "车" * 101, "schema.too_long"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalHead/ceb:msgCount", "1000000000", "schema.too_many_digits"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalHead/ceb:msgSeqNo", "1.5", "schema.invalid_value"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalList[1]/ceb:logisticsNo", "YT" + "1" * 31, "schema.too_long"),
+    ("CEB507", "ceb:Arrival[1]/ceb:ArrivalList[1]/ceb:totalPackageNo", "B" * 38, "schema.too_long"),
+    ("CEB508", "ceb:ArrivalReturn[1]/ceb:preNo", "", "schema.wrong_length"),
+    ("CEB509", "ceb:Departure[1]/ceb:DepartureHead/ceb:leaveTime", "202611211745", "schema.wrong_length"),
+    ("CEB509", "ceb:Departure[1]/ceb:DepartureHead/ceb:voyageNo", "V" * 33, "schema.too_long"),
+    ("CEB509", "ceb:Departure[1]/ceb:DepartureHead/ceb:trafName", "T" * 101, "schema.too_long"),
+    ("CEB510", "ceb:DepartureReturn[1]/ceb:msgSeqNo", "", "schema.invalid_value"),
+    ("CEB607", "ceb:WayBill[1]/ceb:WayBillHead/ceb:grossWeight", "1.123456", "schema.too_many_fraction_digits"),
+    ("CEB607", "ceb:WayBill[1]/ceb:WayBillHead/ceb:domesticTrafNo", "D" * 101, "schema.too_long"),
+    ("CEB607", "ceb:WayBill[1]/ceb:WayBillList[1]/ceb:totalPackageNo", "P" * 61, "schema.too_long"),
+    ("CEB607", "ceb:WayBill[1]/ceb:WayBillList[1]/ceb:invtNo", "5" * 21, "schema.too_long"),
+    ("CEB608", "ceb:WayBillReturn[1]/ceb:billNo", "B" * 38, "schema.too_long"),
 ])  # fmt: skip
 def test_export_lengths_and_numbers(schemas: SchemaSet, code: str, xpath: str, value: str, expected: str) -> None:
     root, mtype = load(code)
@@ -923,3 +956,37 @@ def test_element_sequences_read_as_xmlschema_reads_the_export_schema() -> None:
     assert {name: sequences.get(name) or () for name in found} == found
     assert found["CEB603Message"] == ("Inventory", "BaseTransfer", "BaseSubscribe", "Signature", "ExtendMessage")
     assert {name: found[name] for name in FIELD_ORDER["export"]} == FIELD_ORDER["export"]
+
+
+def test_transport_lists_an_arrival_may_be_empty_departure_and_607_not(schemas: SchemaSet) -> None:
+    """A.20: ArrivalList 0..n; A.22, A.27: DepartureList and WayBillList 1..n; none of them capped at 100."""
+    root, mtype = load("CEB507")
+    for line in root.xpath("ceb:Arrival[2]/ceb:ArrivalList", namespaces=NS):
+        line.getparent().remove(line)
+    assert schemas.validate(root, mtype) == []
+    for code, doc, lines in (("CEB509", "Departure", "DepartureList"), ("CEB607", "WayBill", "WayBillList")):
+        root, mtype = load(code)
+        first = root.find(ceb(doc))
+        line = first.find(ceb(lines))
+        for _ in range(150):
+            line.addnext(copy.deepcopy(line))
+        assert schemas.validate(root, mtype) == [], code
+        for line in first.findall(ceb(lines)):
+            first.remove(line)
+        issue = one(schemas.validate(root, mtype))
+        assert (issue.code, issue.path) == ("schema.missing_element", f"/{code}Message/{doc}[1]/{lines}"), code
+
+
+def test_transport_collapsed_and_optional_fields(schemas: SchemaSet) -> None:
+    root, mtype = load("CEB607")
+    set_text(root, "ceb:WayBill[1]/ceb:WayBillHead/ceb:voyageNo", "  " + "V " * 16 + "  ")  # 31 after folding
+    set_text(root, "ceb:WayBill[1]/ceb:WayBillHead/ceb:trafName", "中远海运    " * 10)  # 50 after folding
+    assert schemas.validate(root, mtype) == []
+    root, mtype = load("CEB509")
+    for name in ("trafName", "voyageNo", "billNo", "note"):  # A.22: 0..1
+        remove(root, f"ceb:Departure[1]/ceb:DepartureHead/ceb:{name}")
+    remove(root, "ceb:Departure[1]/ceb:DepartureList[1]/ceb:totalPackageNo")
+    assert schemas.validate(root, mtype) == []
+    remove(root, "ceb:Departure[1]/ceb:DepartureHead/ceb:leaveTime")
+    issue = one(schemas.validate(root, mtype))
+    assert (issue.code, issue.path) == ("schema.missing_element", "/CEB509Message/Departure[1]/DepartureHead/leaveTime")
