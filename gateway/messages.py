@@ -188,6 +188,9 @@ FLOWS: frozenset[str] = frozenset(t.flow for t in MESSAGE_TYPES)
 #: inventory.
 SHIPMENT_KINDS: tuple[Kind, ...] = (Kind.ORDER, Kind.PAYMENT, Kind.WAYBILL, Kind.INVENTORY)
 
+#: The export transport messages' kinds (CEB507/509/607): no legs; their lists name the parcels' waybills.
+TRANSPORT_KINDS: tuple[Kind, ...] = (Kind.ARRIVAL, Kind.DEPARTURE, Kind.MANIFEST)
+
 #: The message type of each leg per flow (``LEGS["export"][Kind.WAYBILL]`` is "CEB505"): a leg joins only the legs of
 #: its own flow (a waybill the inventory naming its logisticsCode and logisticsNo, when both flows share one).
 LEGS: dict[str, dict[Kind, str]] = {

@@ -72,7 +72,7 @@ from gateway.keystate import (
     temp_saved,
     up_front_locks,
 )
-from gateway.messages import BY_CODE
+from gateway.messages import BY_CODE, LEGS, TRANSPORT_KINDS, Kind
 from gateway.outbox import (
     LOCK_IDS,
     enqueue_insert,
@@ -369,10 +369,15 @@ SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode
   FROM shipments WHERE ebp_code = $1 AND order_no = $2
 """
 
+#: The transport kinds as an SQL list, as migration 210's partial index names them (the planner matches the two).
+TRANSPORT_KINDS_SQL = "(" + ", ".join(f"'{k.value}'" for k in TRANSPORT_KINDS) + ")"
+
 #: Every version of the shipment's legs: order, payment, inventory by ($1 ebpCode, $2 orderNo); waybills by the key
 #: any version of its inventory named, and by that orderNo unless another platform uses it too (then a waybill
 #: is a shipment's only through its inventory: gateway.keystate.Live.holders). The waybill-only shipment ($1 '')
-#: lists every waybill of its orderNo.
+#: lists every waybill of its orderNo. An export shipment also lists the transport messages (arrival, departure,
+#: 清单总分单: CEB507/509/607) whose list names the waybill of any version of its inventory — the head's
+#: logisticsCode and a line's logisticsNo (migration 210's index) — every version of them, as they are no leg.
 SELECT_SHIPMENT_DOCUMENTS = f"""
 WITH own AS MATERIALIZED (
     SELECT d.id, d.kind, d.message_type, d.logistics_code, d.logistics_no FROM documents AS d
@@ -389,6 +394,15 @@ WITH own AS MATERIALIZED (
            LATERAL (SELECT d.id, d.kind, d.message_type FROM documents AS d
                      WHERE d.logistics_code = k.logistics_code AND d.logistics_no = k.logistics_no OFFSET 0) AS w
      WHERE w.kind = 'waybill' AND w.message_type = {waybill_type_of("k.message_type")}
+    UNION
+    SELECT t.id
+      FROM (SELECT DISTINCT logistics_code, logistics_no FROM own
+             WHERE kind = 'inventory' AND message_type = '{LEGS["export"][Kind.INVENTORY]}') AS k,
+           LATERAL (SELECT d.id, d.logistics_code FROM documents AS d
+                     WHERE d.kind IN {TRANSPORT_KINDS_SQL}
+                       AND d.lines @> jsonb_build_array(jsonb_build_object('logisticsNo', k.logistics_no))
+                    OFFSET 0) AS t
+     WHERE t.logistics_code = k.logistics_code
 )
 SELECT m.guid AS message_guid, m.received_at, {_DOC_COLUMNS}
   FROM ids,

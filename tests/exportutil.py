@@ -1,5 +1,6 @@
-"""Consistent export documents of one shipment (spec §4: CEB303, CEB403, CEB505, CEB603, CEB605), as ParsedMessages
-for the store; keyword overrides change any head field. The import counterparts live in tests/test_store.py."""
+"""Consistent export documents of one shipment (spec §4: CEB303, CEB403, CEB505, CEB603, CEB605) and the transport
+messages of its parcel (CEB507, 509, 607), as ParsedMessages for the store; keyword overrides change any head field.
+The import counterparts live in tests/test_store.py."""
 
 from __future__ import annotations
 
@@ -78,6 +79,55 @@ def cancel_head(invt_no: str, **kw: str) -> dict[str, str]:
     }  # fmt: skip
     h.update(kw)
     return h
+
+
+SITE = "SITE000001"  # the supervision-site operator of the arrivals (operatorCode)
+
+
+def arrival_head(cop_no: str, **kw: str) -> dict[str, str]:
+    """A 运抵单 (CEB507) of the carrier LOG at the site SITE; its lines: :func:`transport_lines`."""
+    h = {
+        "guid": f"EARR-{cop_no}", "appType": "1", "appTime": T0, "appStatus": "2", "customsCode": "6401",
+        "copNo": cop_no, "operatorCode": SITE, "operatorName": "Site", "ieFlag": "E", "trafMode": "5",
+        "billNo": "784-00000001", "domesticTrafNo": "琼A·00001", "logisticsCode": LOG, "logisticsName": "Carrier",
+        "msgCount": "1", "msgSeqNo": "1",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+def departure_head(cop_no: str, **kw: str) -> dict[str, str]:
+    """A 离境单 (CEB509) of the carrier LOG."""
+    h = {
+        "guid": f"EDEP-{cop_no}", "appType": "1", "appTime": T0, "appStatus": "2", "customsCode": "6401",
+        "copNo": cop_no, "logisticsCode": LOG, "logisticsName": "Carrier", "trafMode": "5", "trafName": "CZ1046",
+        "voyageNo": "20250301", "billNo": "784-00000001", "leaveTime": T0, "msgCount": "1", "msgSeqNo": "1",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+def manifest_head(cop_no: str, **kw: str) -> dict[str, str]:
+    """A 清单总分单 (CEB607) of the agent AGENT for the carrier LOG."""
+    h = {
+        "guid": f"EMAN-{cop_no}", "appType": "1", "appTime": T0, "appStatus": "2", "customsCode": "6401",
+        "copNo": cop_no, "agentCode": AGENT, "agentName": "Agent", "trafMode": "5", "trafName": "CZ1046",
+        "voyageNo": "20250301", "billNo": "784-00000001", "grossWeight": "1.5", "logisticsCode": LOG,
+        "logisticsName": "Carrier", "msgCount": "1", "msgSeqNo": "1",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+def transport_lines(*order_nos: str, invt_nos: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """The lines naming the waybills of the shipments ``order_nos`` (as waybill_head makes their logisticsNo)."""
+    lines = []
+    for n, order_no in enumerate(order_nos, 1):
+        line = {"gnum": str(n), "logisticsNo": f"ELN-{order_no}", "totalPackageNo": "BAG1"}
+        if invt_nos and order_no in invt_nos:
+            line["invtNo"] = invt_nos[order_no]
+        lines.append(line)
+    return lines
 
 
 _LINES: dict[str, Any] = {"CEB303": ORDER_LINES, "CEB603": inventory_lines()}

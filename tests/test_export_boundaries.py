@@ -5,6 +5,7 @@ export."""
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,8 @@ from lxml import etree
 from adapters import dxp
 from gateway import samples
 from gateway.api import create_app
-from gateway.config import ForwardingSettings
+from gateway.config import ApiKey, ForwardingSettings, Role, Settings
+from gateway.messages import BY_CODE
 from gateway.render import render
 from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
@@ -301,3 +303,47 @@ async def test_an_export_inventory_is_not_a_duplicate_of_an_import_one(
             statuses.setdefault(etree.QName(root).localname[:6], []).append(f["returnStatus"])
     assert statuses["CEB622"][-1] == "800", statuses
     assert statuses["CEB604"] == ["2", "120", "399", "800"], statuses
+
+
+# --- transport messages (CEB507/509/607): through the API, access by their codes, on the shipment's view -----------
+
+
+@pytest.mark.db
+async def test_transport_messages_through_the_api_by_their_senders_keys(db_pool: Any) -> None:
+    """A parcel's 清单总分单, arrival and departure as their senders post them (XML signed by the site operator and the
+    carrier; the 607 as JSON, signed by the gateway's agent key): each taken by a key holding one of its codes,
+    refused to a key holding none (auth.not_your_document), and shown on the export shipment whose waybill it
+    lists, with the shipment's own state untouched."""
+    s = export_ship(61)
+    transport = samples.export_transport([s], random.Random(61))
+    inv = s.inventory_doc
+    site, carrier, agent = samples.EXPORT_SITE[0], inv["logisticsCode"], inv["agentCode"]
+    keys = (ApiKey("admin", "admin-key-000000000000", Role.ADMIN),
+            ApiKey("site", "site-key-4444444444444", Role.SUBMITTER, frozenset({site})),
+            ApiKey("carrier", "carrier-key-55555555555", Role.SUBMITTER, frozenset({carrier})),
+            ApiKey("agent", "agent-key-666666666666", Role.SUBMITTER, frozenset({agent})),
+            ApiKey("other", "other-key-777777777777", Role.SUBMITTER, frozenset({"9999999999"})))  # fmt: skip
+    app = create_app(Settings(api_keys=keys, max_body_bytes=256 * 1024), db_pool, signer=sign_as_agent)
+    async with serving(app) as client:
+        for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+            assert (await post_export(client, s.payloads()[code])).status == 202, code
+        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+        before = (await client.get(path)).body
+        arrival = render(transport["CEB507"], signer=sign_as_agent)
+        refused = await client.post_xml(arrival, key="other-key-777777777777")
+        assert refused.status == 403 and refused.body["error"]["issues"][0]["code"] == "auth.not_your_document"
+        reply = await client.post_xml(arrival, key="site-key-4444444444444")
+        assert reply.status == 202, reply.body
+        assert (reply.body["documents"][0]["kind"], reply.body["documents"][0]["shipment"]) == ("arrival", None)
+        departure = render(transport["CEB509"], signer=sign_as_agent)
+        assert (await client.post_xml(departure, key="carrier-key-55555555555")).status == 202
+        reply = await client.request("POST", "/v1/messages", key="agent-key-666666666666",
+                                     json_body=json.loads(json.dumps(transport["CEB607"], default=str)))  # fmt: skip
+        assert reply.status == 202, reply.body
+        after = (await client.get(path)).body
+        shown = {d["message_type"]: d["keys"] for d in after["documents"] if d["kind"] in ("arrival", "departure",
+                                                                                           "manifest")}  # fmt: skip
+        assert shown == {code: {name: payload["documents"][0][name] for name in BY_CODE[code].keys}
+                         for code, payload in transport.items()}
+        assert (after["state"], after["missing"], after["updated_at"]) == (before["state"], before["missing"],
+                                                                           before["updated_at"])  # fmt: skip

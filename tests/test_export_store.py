@@ -264,3 +264,83 @@ async def test_an_export_cancellation_is_forwarded_after_its_inventory(db_pool: 
     async with db_pool.acquire() as conn:
         claimed = await cbec_queue.claim(conn, worker_id="w", lease_s=30, limit=10)
     assert [j.id for j in claimed] == [jobs[f"customs:{change.guid}"]["id"]]  # the cancellation waits
+
+
+# --- transport messages (spec §4.4 step 3, A.20–A.28): no legs, listed on the shipments whose waybills they name ----
+
+
+async def test_transport_messages_are_stored_by_their_own_keys_and_join_no_shipment(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    for leg in ex.legs("TR1"):
+        await ingest(store, leg)
+    before = await shipment(db_pool, "TR1")
+    cases = [("CEB507", ex.arrival_head("YD-TR1"), "arrival", {"operatorCode": ex.SITE, "copNo": "YD-TR1"}),
+             ("CEB509", ex.departure_head("LJ-TR1"), "departure", {"logisticsCode": ex.LOG, "copNo": "LJ-TR1"}),
+             ("CEB607", ex.manifest_head("ZF-TR1"), "manifest", {"agentCode": ex.AGENT, "copNo": "ZF-TR1"})]
+    for code, head, kind, keys in cases:
+        r = await ingest(store, ex.export_message(code, head, lines=ex.transport_lines("TR1")))
+        assert r.http_status == 202, r.body
+        doc = r.body["documents"][0]
+        assert (doc["kind"], doc["outcome"], doc["keys"], doc["shipment"]) == (kind, "accepted", keys, None), code
+    after = await shipment(db_pool, "TR1")
+    assert after is not None and before is not None
+    assert (after["state"], after["missing"], after["updated_at"]) == (before["state"], before["missing"],
+                                                                       before["updated_at"])  # fmt: skip
+    rows = await db_pool.fetch("SELECT kind, ebp_code, order_no, logistics_code FROM documents"
+                               " WHERE kind IN ('arrival', 'departure', 'manifest') ORDER BY id")  # fmt: skip
+    assert [tuple(r) for r in rows] == [(k, None, None, ex.LOG) for k in ("arrival", "departure", "manifest")]
+
+
+async def test_transport_keys_follow_the_app_type_rules(store: Store) -> None:
+    """A change (appType 2, newer appTime) replaces an arrival, an older one is ignored, a second new one with the
+    same operatorCode and copNo is a duplicate, a delete withdraws it — as every keyed document."""
+    lines = ex.transport_lines("TR2")
+    first = await ingest(store, ex.export_message("CEB507", ex.arrival_head("YD-TR2"), lines=lines))
+    assert first.body["documents"][0]["outcome"] == "accepted"
+    with pytest.raises(Conflict) as exc:
+        await ingest(store, ex.export_message("CEB507", ex.arrival_head("YD-TR2", guid="EARR-again"), lines=lines))
+    assert [i.code for i in exc.value.issues] == ["state.duplicate"]
+    changed = await ingest(store, ex.export_message(
+        "CEB507", ex.arrival_head("YD-TR2", guid="EARR-2", appType="2", appTime=_later(ex.T0, 60)),
+        lines=ex.transport_lines("TR2", "TR3")))
+    assert changed.body["documents"][0]["outcome"] == "replaced"
+    older = await ingest(store, ex.export_message("CEB507", ex.arrival_head("YD-TR2", guid="EARR-3", appType="2"),
+                                                  lines=lines))  # fmt: skip
+    assert older.body["documents"][0]["outcome"] == "ignored_older"
+    gone = await ingest(store, ex.export_message(
+        "CEB507", ex.arrival_head("YD-TR2", guid="EARR-4", appType="3", appTime=_later(ex.T0, 120)), lines=lines))
+    assert gone.body["documents"][0]["outcome"] == "withdrawn"
+    # another operator's arrival of the same copNo is another document
+    other = await ingest(store, ex.export_message("CEB507", ex.arrival_head("YD-TR2", operatorCode="SITE000002",
+                                                                            guid="EARR-5"), lines=lines))  # fmt: skip
+    assert other.body["documents"][0]["outcome"] == "accepted"
+
+
+async def test_the_export_shipment_lists_the_transport_messages_naming_its_waybill(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """GET /v1/shipments/{ebpCode}/{orderNo} shows the arrival, departure and 清单总分单 whose list names the waybill
+    of its inventory (by the head's logisticsCode and a line's logisticsNo), every version of them; one naming
+    another carrier's waybill of the same number, or only other parcels, is not the shipment's."""
+    for name in ("TR5", "TR6"):
+        for leg in ex.legs(name):
+            await ingest(store, leg)
+    both = ex.transport_lines("TR6", "TR5")
+    await ingest(store, ex.export_message("CEB607", ex.manifest_head("ZF-TR5"), lines=both))
+    await ingest(store, ex.export_message("CEB507", ex.arrival_head("YD-TR5"), lines=both))
+    await ingest(store, ex.export_message("CEB507", ex.arrival_head(
+        "YD-TR5", guid="EARR-TR5-2", appType="2", appTime=_later(ex.T0, 60)), lines=both))
+    await ingest(store, ex.export_message("CEB509", ex.departure_head("LJ-TR6"), lines=ex.transport_lines("TR6")))
+    await ingest(store, ex.export_message("CEB509", ex.departure_head("LJ-X", logisticsCode="LOG0000009"),
+                                          lines=ex.transport_lines("TR5")))  # fmt: skip
+    view = await store.get_shipment(ex.EBP, "TR5")
+    assert view is not None
+    transport = [(d["kind"], d["keys"]["copNo"], d["is_current"]) for d in view["documents"]
+                 if d["kind"] in ("arrival", "departure", "manifest")]  # fmt: skip
+    assert transport == [("arrival", "YD-TR5", False), ("arrival", "YD-TR5", True), ("manifest", "ZF-TR5", True)]
+    assert [d["kind"] for d in view["documents"]].count("inventory") == 1
+    view = await store.get_shipment(ex.EBP, "TR6")
+    assert view is not None
+    assert {(d["kind"], d["keys"]["copNo"]) for d in view["documents"] if d["kind"] == "departure"} == {
+        ("departure", "LJ-TR6")}
