@@ -43,7 +43,7 @@ from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_message, parse_xml
 
 CODES: dict[str, str] = {
     "rule.not_a_receipt": "POST /v1/receipts takes customs receipts (import CEB312/412/512/514/622/624/626/712/900, "
-    "export CEB304/404/506/604/606) and tax bills (CEB816/818) only",
+    "export CEB304/404/506/508/510/604/606/608) and tax bills (CEB816/818) only",
     "rule.receipt_envelope_type": "the DxpMsg MsgType names another message than the receipt it carries",
 }
 

@@ -916,7 +916,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Field(H, "statisticsFlag", STATISTICS_FLAG),
     ),
     "CEB606": (*_RECEIPT, Required(H, "agentCode copNo preNo invtNo")),
-    "CEB508": (*_RECEIPT, Required(H, "operatorCode logisticsCode preNo copNo billNo msgSeqNo"),
+    # an arrival may name no B/L (A.20 billNo 0..1): its receipt's billNo (required, no minimum) may then be empty
+    "CEB508": (*_RECEIPT, Required(H, "operatorCode logisticsCode preNo copNo msgSeqNo"),
                Field(H, "msgSeqNo", MSG_COUNT)),
     "CEB510": (*_RECEIPT, Required(H, "logisticsCode copNo preNo msgSeqNo"), Field(H, "msgSeqNo", MSG_COUNT)),
     "CEB608": (*_RECEIPT, Required(H, "agentCode logisticsCode copNo preNo billNo msgSeqNo"),

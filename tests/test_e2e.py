@@ -537,6 +537,55 @@ async def test_an_export_shipment_of_each_mode_ends_released(db_dsn: str) -> Non
 
 
 
+async def test_an_export_parcels_transport_is_forwarded_and_concluded_after_its_release(db_dsn: str) -> None:
+    """After the release (CEB604 800), the parcel's 清单总分单 naming its invtNo, its arrival and its departure
+    (CEB607/507/509, signed by their senders) go to customs' export system, which answers each 2 → 399
+    (CEB608/508/510) from DXPEDCCEB0000003; the receipts are applied by their keys, the documents learn their preNo,
+    and the export shipment lists the three, its own customs status still released."""
+    from gateway import samples
+    from gateway.render import render
+    from tests.apiutil import sign_as_agent
+
+    async with running_stack(db_dsn) as stack:
+        s = samples.export_shipment(random.Random(44), mode="1210")
+        for xml in samples.render_export_shipment(s, signer=sign_as_agent).values():
+            assert (await stack.client.post_xml(xml)).status == 202
+        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+
+        async def released() -> bool:
+            return (await stack.client.get(path)).body["customs_status"] == "released"
+
+        await wait_for(released, timeout=20, what="released")
+        inventory = next(d for d in (await stack.client.get(path)).body["documents"]
+                         if d["kind"] == "inventory" and d["is_current"])  # fmt: skip
+        s.inventory_doc["invtNo"] = inventory["invt_no"]  # what customs gave it: the 清单总分单 names it
+        transport = samples.export_transport([s], random.Random(44))
+        assert transport["CEB607"]["documents"][0]["items"][0]["invtNo"] == inventory["invt_no"]
+        for code, payload in transport.items():
+            reply = await stack.client.post_xml(render(payload, signer=sign_as_agent))
+            assert reply.status == 202, (code, reply.body)
+
+        async def concluded() -> bool:
+            return await stack.fetchval("SELECT count(*) FROM documents WHERE kind IN ('arrival', 'departure',"
+                                        " 'manifest') AND customs_status = '399'") == 3  # fmt: skip
+
+        await wait_for(concluded, timeout=20, what="the transport messages concluded")
+        rows = await stack.fetch("SELECT message_type, array_agg(return_status ORDER BY id) AS statuses,"
+                                 " bool_and(outcome = 'applied') AS applied FROM receipts"
+                                 " WHERE message_type IN ('CEB508', 'CEB510', 'CEB608') GROUP BY 1")  # fmt: skip
+        assert {r["message_type"]: (r["statuses"], r["applied"]) for r in rows} == {
+            code: (["2", "399"], True) for code in ("CEB508", "CEB510", "CEB608")}
+        body = (await stack.client.get(path)).body
+        assert body["customs_status"] == "released"
+        shown = {d["message_type"]: d for d in body["documents"] if d["kind"] in ("arrival", "departure", "manifest")}
+        assert set(shown) == {"CEB507", "CEB509", "CEB607"}
+        for doc in shown.values():
+            assert doc["forward_state"] == "receipted" and doc["customs"]["code"] == "399", doc
+            assert len(doc["pre_no"]) == 18
+        assert stack.sandbox.stats()["by_type"] == {
+            f"{code}Message": 1 for code in ("CEB303", "CEB403", "CEB505", "CEB603", "CEB607", "CEB507", "CEB509")}
+
+
 async def test_an_export_cancellation_concludes_at_the_sandbox_and_the_order_takes_a_new_inventory(
     db_dsn: str,
 ) -> None:

@@ -202,6 +202,24 @@ def test_order_receipt_correlates_by_the_declared_key() -> None:
     assert c.declared_type == "CEB311" and c.keys == ("E1", "O-1") and c.guid == "D" * 36
 
 
+@pytest.mark.parametrize(("code", "declared", "keys"), [
+    ("CEB508", "CEB507", ("4601980S08", "YD2026112100017")),
+    ("CEB510", "CEB509", ("1101980B33", "LJ2026112100009")),
+    ("CEB608", "CEB607", ("4601980H12", "ZF2026112100004")),
+])  # fmt: skip
+def test_transport_receipts_correlate_by_the_declared_key(code: str, declared: str, keys: tuple[str, str]) -> None:
+    """CEB508/510/608 carry the sender's code and copNo (spec §5.1), the keys of the arrival, departure and 清单总分单
+    they answer; their preNo is learned, their msgSeqNo and billNo kept among the keys."""
+    records = rc.read((DATA / "schema" / f"{code}Message.xml").read_bytes(), SchemaSet()).records
+    for r in records:
+        c = r.correlation()
+        assert (c.declared_type, c.keys, c.cop_no) == (declared, keys, keys[1])
+        assert r.keys["msgSeqNo"] == "1" and len(c.pre_no or "") == 18
+        assert rc.apply(None, r).learned == {"preNo": r.keys["preNo"]}
+    assert [r.return_status for r in records][-1] in ("399", "120")
+    assert rc.fold(records).status == records[-1].return_status
+
+
 def test_dedupe_key_ignores_guid_and_info_but_not_status_or_time() -> None:
     a = rec("120", "20260101120000001")
     same = ReceiptRecord(**{**a.__dict__, "guid": "other", "return_info": "other text", "root_guid": "X"})

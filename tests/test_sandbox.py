@@ -23,7 +23,7 @@ from aiohttp import web
 from lxml import etree
 
 from adapters import dxp
-from gateway import taxbills
+from gateway import rules, taxbills
 from gateway.documents import extract
 from gateway.messages import BY_CODE, CEB_NS, lookup
 from gateway.sandbox import SCENARIOS, RunningSandbox, SandboxConfig, create_sandbox_app, scenario_of, start_sandbox
@@ -401,6 +401,47 @@ async def test_export_declarations_are_answered_by_the_export_system(
     [released] = receipts(http_recorder, lambda r: r["type"] == "CEB604" and r["returnStatus"] == "800")
     assert released["invtNo"][8] == "E" and len(released["preNo"]) == 18
     assert released["orderNo"] in xmls["CEB603"].decode()
+
+
+async def test_export_transport_messages_are_answered_by_the_export_system(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    """CEB607, 507 and 509 get their receipts 2 → 399 (spec §5.2: 508/510 list no 120, and for 608 the XSD has 399)
+    from DXPEDCCEB0000003, echoing the document's copNo, msgSeqNo, billNo and codes with a preNo of their own, each
+    schema- and rule-valid; an arrival naming no B/L gets an empty billNo; a temporary save gets 1. Nothing asks
+    whether the parcels were released (the spec prescribes no order)."""
+    data = Path(__file__).parent / "data" / "samples"
+    xmls = {code: (data / f"{code}-9610.xml").read_bytes() for code in ("CEB607", "CEB507", "CEB509")}
+    arrival = etree.fromstring(xmls["CEB507"])
+    head = arrival.find(f"{C}Arrival/{C}ArrivalHead")
+    assert head is not None
+    head.remove(head.find(f"{C}billNo"))
+    head.find(f"{C}copNo").text = "YD-NO-BILL"
+    saved = etree.fromstring(xmls["CEB509"])
+    saved.find(f"{C}Departure/{C}DepartureHead/{C}appStatus").text = "1"
+    saved.find(f"{C}Departure/{C}DepartureHead/{C}copNo").text = "LJ-SAVED"
+    for body in (*xmls.values(), etree.tostring(arrival), etree.tostring(saved)):
+        status, ack, _ = await post_dxp(client, sandbox.url, body, receiver=dxp.EXPORT_RECEIVER)
+        assert (status, ack["code"]) == (200, "0000"), ack
+    await sandbox.wait_idle()
+    got = receipts(http_recorder)
+    assert {r["env"].sender_id for r in got} == {dxp.EXPORT_RECEIVER}
+    schemas = SchemaSet()
+    for r in got:
+        mtype = lookup(r["type"])
+        assert mtype is not None and schemas.validate(r["root"], mtype) == [], r["type"]
+        assert rules.check(extract(r["root"], mtype), today=datetime.now().date()) == [], r["type"]
+    by_cop: dict[str, list[str]] = {}
+    for r in got:
+        by_cop.setdefault(r["copNo"], []).append(r["returnStatus"])
+    declared = {code: etree.fromstring(x).findtext(f".//{C}copNo") for code, x in xmls.items()}
+    assert by_cop == {declared["CEB607"]: ["2", "399"], declared["CEB507"]: ["2", "399"],
+                      declared["CEB509"]: ["2", "399"], "YD-NO-BILL": ["2", "399"], "LJ-SAVED": ["1"]}  # fmt: skip
+    [arrived] = receipts(http_recorder, lambda r: r["type"] == "CEB508" and r["returnStatus"] == "399"
+                         and r["copNo"] == declared["CEB507"])  # fmt: skip
+    assert (arrived["billNo"], arrived["msgSeqNo"], len(arrived["preNo"])) == (
+        etree.fromstring(xmls["CEB507"]).findtext(f".//{C}billNo"), "1", 18)
+    assert [r["billNo"] for r in receipts(http_recorder, lambda r: r["copNo"] == "YD-NO-BILL")] == ["", ""]
 
 
 async def test_bad_envelopes_are_refused_at_once(sandbox: RunningSandbox, client: aiohttp.ClientSession) -> None:

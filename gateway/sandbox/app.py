@@ -492,6 +492,9 @@ class Sandbox:
             "CEB505": self._waybill,
             "CEB603": self._export_inventory,
             "CEB605": self._export_cancel,
+            "CEB507": self._transport,
+            "CEB509": self._transport,
+            "CEB607": self._transport,
         }.get(mtype.code, self._other)
         return [handler(doc, scenario) for doc in parsed.documents]
 
@@ -738,6 +741,17 @@ class Sandbox:
         for key, record in list(self.export_inventories.items()):
             if record.invt_no == invt_no:
                 del self.export_inventories[key]
+        accepted = steps[1]
+        return [steps[0], self._step(accepted.code, "399", accepted.values, accepted.key)]
+
+    def _transport(self, doc: Document, scenario: str | None) -> list[Step]:
+        """An arrival, departure or 清单总分单 (CEB507/509/607): 2 → 399, the statuses spec §5.2 gives their receipts
+        (508/510 list no 120; for 608 the XSD lists 399 where the PDF has 120, and the XSD is what customs runs). Each
+        receipt echoes its copNo, msgSeqNo and billNo (empty when an arrival names none) with a preNo of its own.
+        Whether the parcels it lists were released is not asked: the spec prescribes no order there."""
+        steps = self._other(doc, scenario)
+        if [s.status for s in steps] != ["2", "120"]:  # temp-saved or refused: as any
+            return steps
         accepted = steps[1]
         return [steps[0], self._step(accepted.code, "399", accepted.values, accepted.key)]
 
