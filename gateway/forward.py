@@ -59,7 +59,7 @@ def ordering_key(message_type: str, keys: Iterable[str]) -> str:
     mtype = lookup(message_type)
     values = [k.strip() for k in keys]
     if mtype is not None:
-        values = values[: len(mtype.keys)]
+        values = list(mtype.key_values(values))[: len(mtype.keys)]  # the stored (key1, key2) or the fields alike
         message_type = mtype.orders_with or message_type
     return ":".join((message_type, *values))
 

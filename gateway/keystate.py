@@ -43,7 +43,7 @@ from gateway import tax
 from gateway.auth import document_parties
 from gateway.documents import Document, ParsedMessage
 from gateway.errors import Issue, Layer
-from gateway.messages import BY_CODE, MESSAGE_TYPES, SHIPMENT_KINDS, Direction, Kind, MessageType
+from gateway.messages import BY_CODE, KEY_SEP, MESSAGE_TYPES, SHIPMENT_KINDS, Direction, Kind, MessageType
 
 CODES: dict[str, str] = {
     "state.guid_conflict": "a message with this guid was already accepted with different content",
@@ -83,7 +83,7 @@ CODES: dict[str, str] = {
 # errors.Layer has no "state" member yet; the codes carry the layer in their prefix either way.
 STATE_LAYER: Layer = getattr(Layer, "STATE", Layer.RULE)
 
-SEP = "\x1f"  # cannot occur in XML text, so it safely joins key parts
+SEP = KEY_SEP  # cannot occur in XML text, so it safely joins key parts (a stored key2 of three fields too)
 SHIPMENT_KIND_VALUES = frozenset(k.value for k in SHIPMENT_KINDS)
 
 #: Advisory lock namespaces. The store takes, for a message, the locks of its guid, of its document
@@ -245,7 +245,8 @@ class New:
         return self.tracked and self.outcome in ("accepted", "replaced")
 
     def key_names(self) -> dict[str, str]:
-        return dict(zip(self.doc.type.keys, (self.row.key1, self.row.key2), strict=False))
+        mtype = self.doc.type
+        return dict(zip(mtype.keys, mtype.key_values((self.row.key1, self.row.key2)), strict=False))
 
     def describe_key(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.key_names().items())
@@ -262,10 +263,10 @@ def new_documents(msg: ParsedMessage) -> list[New]:
     out = []
     for doc in msg.documents:
         head = doc.head
-        keys = [v.strip() for v in doc.keys]
+        key1, key2 = mtype.stored_key([v.strip() for v in doc.keys])
         row = Row(
-            id=-doc.index, kind=mtype.kind.value, message_type=mtype.code, key1=keys[0],
-            key2=keys[1] if len(keys) > 1 else "", order_no=text(head, "orderNo"), ebp_code=text(head, "ebpCode"),
+            id=-doc.index, kind=mtype.kind.value, message_type=mtype.code, key1=key1,
+            key2=key2, order_no=text(head, "orderNo"), ebp_code=text(head, "ebpCode"),
             ebc_code=text(head, "ebcCode"), logistics_code=text(head, "logisticsCode"),
             logistics_no=text(head, "logisticsNo"), app_time=(head.get("appTime") or "").strip(),
             doc_index=doc.index, path=doc.path, head=head, lines=doc.lines,

@@ -8,6 +8,7 @@ Field names are the spec's own (orderNo, ebpCode, logisticsNo ...); see the CEB 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -66,7 +67,7 @@ class MessageType:
     lines: str | None  # repeated item element inside the document
     kind: Kind
     direction: Direction
-    keys: tuple[str, ...]  # business key fields of one document (spec §6.2)
+    keys: tuple[str, ...]  # business key fields of one document (spec §6.2); stored as two (stored_key)
     signature: Signature
     receipt_for: str | None = None  # receipts: the code of the declaration they answer
     flow: str = "import"
@@ -79,6 +80,17 @@ class MessageType:
     # (("CEB303", ("ebpCode", "orderNo")), ...). Export only for now: the import joins live in gateway.reconcile.
     refers_to: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
+    def stored_key(self, values: Sequence[str]) -> tuple[str, str]:
+        """The key as documents.key1 / key2 keep it: the first field, and the others joined by :data:`KEY_SEP` (a
+        split transport message's copNo and msgSeqNo); ``values`` are the key fields' (trimmed) values in order."""
+        return (values[0], KEY_SEP.join(values[1:])) if values else ("", "")
+
+    def key_values(self, values: Sequence[str]) -> tuple[str, ...]:
+        """The key fields' values, in order, from the stored (key1, key2) or from the fields themselves."""
+        if len(self.keys) > 2 and len(values) == 2:
+            return (values[0], *values[1].split(KEY_SEP, len(self.keys) - 2))
+        return tuple(values)
+
     @property
     def root(self) -> str:
         return f"{self.code}Message"
@@ -88,6 +100,11 @@ class MessageType:
         """Clark-notation tag of the root element."""
         return f"{{{CEB_NS}}}{self.root}"
 
+
+#: Joins the key fields past the first into documents.key2 (MessageType.stored_key). It cannot occur in XML text,
+#: and it is the separator of the store's key locks (gateway.keystate.SEP), so a lock on the stored key and one on
+#: the fields are the same.
+KEY_SEP = "\x1f"
 
 _D, _R = Direction.DECLARATION, Direction.RECEIPT
 _X, _XSD = "export", EXPORT_SCHEMA
@@ -148,15 +165,16 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
     MessageType("CEB605", "InvtCancel", None, None, Kind.CANCEL, _D,
                 ("agentCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD,
                 refers_to=(("CEB603", ("invtNo",)),)),
-    # --- export transport (spec §4.4 step 3, A.20/A.22/A.27): keyed by the sender's code and its copNo, as their
-    # receipts (CEB508/510/608, §5.1) answer them; §2.7: 507 and 607 are signed when declared, 509 "required" in
-    # the header table (treated as when declared). Their lists name waybills (logisticsNo; 607 also invtNo).
+    # --- export transport (spec §4.4 step 3, A.20/A.22/A.27): keyed by the sender's code, its copNo and the part
+    # (msgSeqNo: a long list goes in parts of one copNo, 1..msgCount), as their receipts (CEB508/510/608, §5.1)
+    # answer them; §2.7: 507 and 607 are signed when declared, 509 "required" in the header table (treated as when
+    # declared). Their lists name waybills (logisticsNo; 607 also invtNo).
     MessageType("CEB507", "Arrival", "ArrivalHead", "ArrivalList", Kind.ARRIVAL, _D,
-                ("operatorCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+                ("operatorCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
     MessageType("CEB509", "Departure", "DepartureHead", "DepartureList", Kind.DEPARTURE, _D,
-                ("logisticsCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+                ("logisticsCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
     MessageType("CEB607", "WayBill", "WayBillHead", "WayBillList", Kind.MANIFEST, _D,
-                ("agentCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+                ("agentCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
     # --- export receipts (spec §5.1, Appendix A.16, A.18, A.19, A.21, A.23, A.24, A.26, A.28) ---------------
     MessageType("CEB304", "OrderReturn", None, None, Kind.RECEIPT, _R,
                 ("ebpCode", "orderNo"), Signature.NONE, receipt_for="CEB303", flow=_X, schema=_XSD),
@@ -169,11 +187,11 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
     MessageType("CEB606", "InvtCancelReturn", None, None, Kind.RECEIPT, _R,
                 ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB605", flow=_X, schema=_XSD),
     MessageType("CEB508", "ArrivalReturn", None, None, Kind.RECEIPT, _R,
-                ("operatorCode", "copNo"), Signature.NONE, receipt_for="CEB507", flow=_X, schema=_XSD),
+                ("operatorCode", "copNo", "msgSeqNo"), Signature.NONE, receipt_for="CEB507", flow=_X, schema=_XSD),
     MessageType("CEB510", "DepartureReturn", None, None, Kind.RECEIPT, _R,
-                ("logisticsCode", "copNo"), Signature.NONE, receipt_for="CEB509", flow=_X, schema=_XSD),
+                ("logisticsCode", "copNo", "msgSeqNo"), Signature.NONE, receipt_for="CEB509", flow=_X, schema=_XSD),
     MessageType("CEB608", "WayBillReturn", None, None, Kind.RECEIPT, _R,
-                ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB607", flow=_X, schema=_XSD),
+                ("agentCode", "copNo", "msgSeqNo"), Signature.NONE, receipt_for="CEB607", flow=_X, schema=_XSD),
 )
 
 BY_ROOT: dict[str, MessageType] = {t.root: t for t in MESSAGE_TYPES}

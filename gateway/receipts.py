@@ -243,8 +243,7 @@ class ReceiptRecord:
         mtype = BY_CODE.get(declared) if declared else None
         keys: tuple[str, str] | None = None
         if mtype is not None and all(k.get(name) for name in mtype.keys):
-            values = [k[name] for name in mtype.keys]
-            keys = (values[0], values[1] if len(values) > 1 else "")
+            keys = mtype.stored_key([k[name] for name in mtype.keys])
         parties = tuple((f, v) for f in PARTY_FIELDS if (v := k.get(f)))
         return Correlation(
             declared,

@@ -606,13 +606,14 @@ def _iso(value: datetime | None) -> str | None:
 def _document_dict(r: asyncpg.Record) -> dict[str, Any]:
     mtype = BY_CODE.get(r["message_type"])
     names = mtype.keys if mtype else ("key1", "key2")
+    values = mtype.key_values((r["key1"], r["key2"])) if mtype else (r["key1"], r["key2"])
     out: dict[str, Any] = {
         "id": r["id"],
         "index": r["doc_index"],
         "doc_guid": r["doc_guid"],
         "kind": r["kind"],
         "message_type": r["message_type"],
-        "keys": dict(zip(names, (r["key1"], r["key2"]), strict=False)),
+        "keys": dict(zip(names, values, strict=False)),
         "app_type": r["app_type"],
         "app_time": r["app_time"],
         "app_status": r["app_status"],

@@ -347,3 +347,24 @@ async def test_transport_messages_through_the_api_by_their_senders_keys(db_pool:
                          for code, payload in transport.items()}
         assert (after["state"], after["missing"], after["updated_at"]) == (before["state"], before["missing"],
                                                                            before["updated_at"])  # fmt: skip
+
+
+@pytest.mark.db
+async def test_a_receipt_answers_the_part_of_a_split_transport_message_it_names(api: Client, db_pool: Any) -> None:
+    """The two parts of one departure (copNo, msgCount 2) are answered apart: a CEB510 naming msgSeqNo 2 moves part 2
+    only, and teaches it its preNo."""
+    s = export_ship(62)
+    payload = samples.export_transport([s], random.Random(62))["CEB509"]
+    doc = payload["documents"][0]
+    doc.update(msgCount="2")
+    second = version(payload, "1", doc["appTime"], msgSeqNo="2")
+    for p in (payload, second):
+        assert (await api.post_xml(render(p, signer=sign_as_agent))).status == 202
+    values = {"guid": second["documents"][0]["guid"], "logisticsCode": doc["logisticsCode"], "copNo": doc["copNo"],
+              "preNo": "B20261120000000888", "msgSeqNo": "2", "returnStatus": "399",
+              "returnTime": "20261120190000000", "returnInfo": "离境审结"}  # fmt: skip
+    reply = await post_receipt(api, "CEB510", values)
+    assert reply.status == 200, reply.body
+    rows = await db_pool.fetch("SELECT head ->> 'msgSeqNo' AS part, customs_status, pre_no FROM documents"
+                               " WHERE message_type = 'CEB509' ORDER BY 1")  # fmt: skip
+    assert [tuple(r) for r in rows] == [("1", None, None), ("2", "399", "B20261120000000888")]

@@ -275,9 +275,12 @@ async def test_transport_messages_are_stored_by_their_own_keys_and_join_no_shipm
     for leg in ex.legs("TR1"):
         await ingest(store, leg)
     before = await shipment(db_pool, "TR1")
-    cases = [("CEB507", ex.arrival_head("YD-TR1"), "arrival", {"operatorCode": ex.SITE, "copNo": "YD-TR1"}),
-             ("CEB509", ex.departure_head("LJ-TR1"), "departure", {"logisticsCode": ex.LOG, "copNo": "LJ-TR1"}),
-             ("CEB607", ex.manifest_head("ZF-TR1"), "manifest", {"agentCode": ex.AGENT, "copNo": "ZF-TR1"})]
+    cases = [("CEB507", ex.arrival_head("YD-TR1"), "arrival",
+              {"operatorCode": ex.SITE, "copNo": "YD-TR1", "msgSeqNo": "1"}),
+             ("CEB509", ex.departure_head("LJ-TR1"), "departure",
+              {"logisticsCode": ex.LOG, "copNo": "LJ-TR1", "msgSeqNo": "1"}),
+             ("CEB607", ex.manifest_head("ZF-TR1"), "manifest",
+              {"agentCode": ex.AGENT, "copNo": "ZF-TR1", "msgSeqNo": "1"})]  # fmt: skip
     for code, head, kind, keys in cases:
         r = await ingest(store, ex.export_message(code, head, lines=ex.transport_lines("TR1")))
         assert r.http_status == 202, r.body
@@ -315,6 +318,35 @@ async def test_transport_keys_follow_the_app_type_rules(store: Store) -> None:
     other = await ingest(store, ex.export_message("CEB507", ex.arrival_head("YD-TR2", operatorCode="SITE000002",
                                                                             guid="EARR-5"), lines=lines))  # fmt: skip
     assert other.body["documents"][0]["outcome"] == "accepted"
+
+
+async def test_the_parts_of_a_split_transport_message_are_documents_of_their_own(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """A long list goes in parts of one copNo (msgCount, msgSeqNo 1..msgCount, spec A.20): each part is a document
+    of its own key (sender code, copNo, msgSeqNo), changed and answered apart; the same part twice is a duplicate."""
+    part1 = ex.export_message("CEB509", ex.departure_head("LJ-SPLIT", msgCount="2", msgSeqNo="1"),
+                              lines=ex.transport_lines("SP1"))  # fmt: skip
+    part2 = ex.export_message("CEB509", ex.departure_head("LJ-SPLIT", guid="EDEP-SPLIT-2", msgCount="2",
+                                                          msgSeqNo="2"), lines=ex.transport_lines("SP2"))  # fmt: skip
+    for part, seq in ((part1, "1"), (part2, "2")):
+        r = await ingest(store, part)
+        doc = r.body["documents"][0]
+        assert (doc["outcome"], doc["keys"]) == ("accepted", {"logisticsCode": ex.LOG, "copNo": "LJ-SPLIT",
+                                                              "msgSeqNo": seq})  # fmt: skip
+    rows = await db_pool.fetch("SELECT key1, key2 FROM documents WHERE message_type = 'CEB509' ORDER BY id")
+    assert [tuple(r) for r in rows] == [(ex.LOG, "LJ-SPLIT\x1f1"), (ex.LOG, "LJ-SPLIT\x1f2")]
+    with pytest.raises(Conflict) as exc:
+        await ingest(store, ex.export_message("CEB509", ex.departure_head(
+            "LJ-SPLIT", guid="EDEP-SPLIT-3", msgCount="2", msgSeqNo="2"), lines=ex.transport_lines("SP2")))
+    assert [i.code for i in exc.value.issues] == ["state.duplicate"]
+    changed = await ingest(store, ex.export_message("CEB509", ex.departure_head(
+        "LJ-SPLIT", guid="EDEP-SPLIT-4", appType="2", appTime=_later(ex.T0, 60), msgCount="2", msgSeqNo="2"),
+        lines=ex.transport_lines("SP2", "SP3")))
+    assert changed.body["documents"][0]["outcome"] == "replaced"
+    current = await db_pool.fetch("SELECT key2, doc_guid FROM documents WHERE message_type = 'CEB509' AND is_current"
+                                  " ORDER BY key2")  # fmt: skip
+    assert [tuple(r) for r in current] == [("LJ-SPLIT\x1f1", "EDEP-LJ-SPLIT"), ("LJ-SPLIT\x1f2", "EDEP-SPLIT-4")]
 
 
 async def test_the_export_shipment_lists_the_transport_messages_naming_its_waybill(

@@ -208,12 +208,12 @@ def test_order_receipt_correlates_by_the_declared_key() -> None:
     ("CEB608", "CEB607", ("4601980H12", "ZF2026112100004")),
 ])  # fmt: skip
 def test_transport_receipts_correlate_by_the_declared_key(code: str, declared: str, keys: tuple[str, str]) -> None:
-    """CEB508/510/608 carry the sender's code and copNo (spec §5.1), the keys of the arrival, departure and 清单总分单
-    they answer; their preNo is learned, their msgSeqNo and billNo kept among the keys."""
+    """CEB508/510/608 carry the sender's code, copNo and msgSeqNo (spec §5.1), the key of the arrival, departure or
+    清单总分单 part they answer (stored as key1 and copNo + msgSeqNo); their preNo is learned."""
     records = rc.read((DATA / "schema" / f"{code}Message.xml").read_bytes(), SchemaSet()).records
     for r in records:
         c = r.correlation()
-        assert (c.declared_type, c.keys, c.cop_no) == (declared, keys, keys[1])
+        assert (c.declared_type, c.keys, c.cop_no) == (declared, (keys[0], keys[1] + "\x1f1"), keys[1])
         assert r.keys["msgSeqNo"] == "1" and len(c.pre_no or "") == 18
         assert rc.apply(None, r).learned == {"preNo": r.keys["preNo"]}
     assert [r.return_status for r in records][-1] in ("399", "120")

@@ -109,8 +109,9 @@ def fields_element(mtype: MessageType) -> str:
 
 def minimal(code: str) -> dict[str, Any]:
     mtype = mtype_of(code)
-    # one field to hold on to: the orderNo, or where a document has none (CEB505, 605) its last business key
-    key = "orderNo" if "orderNo" in FIELD_ORDER[mtype.flow][fields_element(mtype)] else mtype.keys[-1]
+    # one field to hold on to: the orderNo, or where a document has none (CEB505, 605) its second business key (the
+    # transport messages' copNo: their msgSeqNo has a default)
+    key = "orderNo" if "orderNo" in FIELD_ORDER[mtype.flow][fields_element(mtype)] else mtype.keys[1]
     doc: dict[str, Any] = {key: "O-1"}
     if mtype.lines:
         doc["items"] = [{"gnum": 1}]
