@@ -53,8 +53,8 @@ OPENAPI: dict[str, Any] = {
         "version": "0.1.0",
         "description": "Cross-border e-commerce (CEB) declaration gateway: submit import order (CEB311), payment "
         "(CEB411), waybill (CEB511) and inventory (CEB621) messages and export order (CEB303), 收款单 (CEB403), "
-        "waybill (CEB505), inventory (CEB603) and cancellation (CEB605) messages, as XML or JSON; watch each "
-        "shipment's reconciliation.",
+        "waybill (CEB505), inventory (CEB603) and cancellation (CEB605) messages and the parcels' 清单总分单 "
+        "(CEB607), arrival (CEB507) and departure (CEB509), as XML or JSON; watch each shipment's reconciliation.",
     },
     "components": {
         "securitySchemes": {
