@@ -291,6 +291,35 @@ async def test_the_oldest_awaited_receipt_counts_on_while_the_feed_is_quiet(brow
     assert errors == []
 
 
+async def test_a_finding_whose_sides_agree_shows_the_value_once_and_what_is_wrong(browser: Browser, site: Site) -> None:
+    """A waybill of an orderNo two platforms use (recon.waybill_ambiguous): its two sides hold the same orderNo, which
+    the list showed as "O1 ≠ O1"."""
+    mine = new_shipment(431)
+    order_no = mine.order_doc["orderNo"]
+    theirs = new_shipment(432, ebp_code="46012609ZZ", order_no=order_no)
+    await submit(site.api, mine, "CEB311", "CEB511")
+    await submit(site.api, theirs, "CEB311")
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await new_page(browser, errors)
+        await sign_in(page, site.base, ADMIN)
+        await page.wait_for_url(site.base + "/ops")
+        await page.select_option("#filters select[name=state]", "incomplete")
+        await page.click("#filters button[type=submit]")
+        rows = page.locator(f"#list-table tbody tr[data-order='{order_no}']")
+        await expect(rows).to_have_count(3)  # each platform's shipment and the orderNo's waybill-only one
+        findings = rows.locator(".finding")
+        texts = await findings.all_inner_texts()
+        assert len(texts) == 3 and all("≠" not in t and "recon.waybill_ambiguous" in t for t in texts), texts
+        assert await findings.locator(".val").all_inner_texts() == [order_no] * 3  # the value once
+        assert all("46012609ZZ" in t for t in await findings.locator(".why").all_inner_texts())  # what is wrong
+        docs = sorted([tuple(await f.locator(".doc").all_inner_texts()) for f in await findings.all()])
+        assert docs == [("CEB311 订单", "CEB511 运单")] * 2 + [("CEB511 运单",)]  # the waybill-only one: the waybill
+        await page.screenshot(path=shot("browser-shared-finding.png"))
+        await page.context.close()
+    assert errors == []
+
+
 async def test_load_more_survives_live_updates_and_keeps_the_filters_it_was_loaded_with(
     browser: Browser, site: Site
 ) -> None:

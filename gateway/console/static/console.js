@@ -216,13 +216,31 @@
 
   function sideView(side) {
     if (!side) return h("span", { class: "side" }, h("span", { class: "val", text: "—" }));
-    const label = `${side.doc}${DOC_ZH[side.doc] ? " " + DOC_ZH[side.doc] : ""}`;
     const value = side.value === null || side.value === undefined ? "(missing 缺失)" : side.value;
     return h("span", { class: "side", title: side.path || "" },
-      h("span", { class: "doc", text: label }), h("span", { class: "val", text: value }));
+      h("span", { class: "doc", text: docLabel(side) }), h("span", { class: "val", text: value }));
+  }
+
+  function docLabel(side) {
+    return `${side.doc}${DOC_ZH[side.doc] ? " " + DOC_ZH[side.doc] : ""}`;
+  }
+
+  // A finding whose sides hold the same value disagrees on nothing: what is wrong is elsewhere (recon.waybill_ambiguous:
+  // the waybill carries an orderNo that several platforms use). "O1 ≠ O1" would read as nonsense, so it shows the
+  // value once with the documents holding it, and its message says what is wrong. A lone right side (the ambiguous
+  // waybill of a waybill-only shipment) is shown the same way rather than as "— ≠ O1".
+  function sharedView(f, sides) {
+    return h("div", { class: f.blocking === false ? "finding shared warning" : "finding shared", title: f.message || "" },
+      h("span", { class: "field", text: f.field || f.code }),
+      h("span", { class: "side" }, ...sides.map((s) => h("span", { class: "doc", title: s.path || "", text: docLabel(s) })),
+        h("span", { class: "val", text: sides[0].value ?? "(missing 缺失)" })),
+      h("span", { class: "code", text: f.code }),
+      h("div", { class: "why", text: f.message || "" }));
   }
 
   function findingView(f) {
+    const sides = [f.left, f.right].filter(Boolean);
+    if (sides.length && (!f.left || (sides.length === 2 && f.left.value === f.right.value))) return sharedView(f, sides);
     return h("div", { class: f.blocking === false ? "finding warning" : "finding", title: f.message || "" },
       h("span", { class: "field", text: f.field || f.code }),
       sideView(f.left),
