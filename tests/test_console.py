@@ -708,15 +708,82 @@ async def test_receipts_stored_as_documents_join_the_timeline(ops: Ops) -> None:
     assert body["state"] == "matched"  # receipts never change the reconciliation
 
 
+async def _inventory_of(api: Any, s: samples.ShipmentSample, serial: int) -> tuple[Any, str, bytes]:
+    """The shipment's inventory as a Document, the invtNo customs gives it and the CEB622 that releases it."""
+    from gateway.documents import Document
+    from gateway.messages import BY_CODE
+    from gateway.sandbox.receipts import build_receipt, return_time
+
+    path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+    (d,) = [d for d in (await api.get(path)).body["documents"] if d["kind"] == "inventory"]
+    h, inv = d["head"], Document(BY_CODE["CEB621"], d["index"], d["path"], d["head"], d["lines"])
+    invt_no = f"{h['customsCode']}2026I{serial:09d}"
+    released = {"guid": h["guid"], "customsCode": h["customsCode"], "ebpCode": h["ebpCode"], "ebcCode": h["ebcCode"],
+                "agentCode": h["agentCode"], "copNo": h["copNo"], "preNo": f"B20260101{serial:09d}", "invtNo": invt_no,
+                "returnStatus": "800", "returnTime": return_time(), "returnInfo": "放行"}  # fmt: skip
+    return inv, invt_no, build_receipt("CEB622", released)
+
+
+async def test_the_feed_names_a_shipment_whose_inventory_got_a_tax_bill_or_a_bill_status(db_pool: asyncpg.Pool) -> None:
+    """A tax bill (CEB816) and a bill's status change (CEB818) move nothing of the shipment row (its reconciliation, its
+    customs status): an open shipment page showed a bill that came after it only once reloaded. The feed names the
+    shipment of a bill's inventory, once; a bill that matched no inventory names nothing."""
+    from gateway.api import create_app
+    from gateway.console.feed import Feed
+    from gateway.sandbox.receipts import build_tax_bills, new_guid, return_time, tax_bill_of
+    from tests.apiutil import Client, sign_as_agent, test_settings
+
+    app = create_app(test_settings(), db_pool, signer=sign_as_agent)
+    runner, base = await start(app)
+    feed = Feed(db_pool, recount_every=1)
+    sub = feed.subscribe()
+
+    async def changed() -> set[str]:
+        await feed.tick()
+        data = dict(sub.pending.get("summary") or {})
+        sub.pending.clear()
+        assert not data.get("changed_overflow")
+        return {c["orderNo"] for c in data.get("changed", [])}
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Client(session, base)
+
+            async def post(xml: bytes, outcome: str = "applied") -> None:
+                reply = await api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
+                assert reply.status == 200 and reply.body["receipts"][0]["outcome"] == outcome, reply.body
+
+            s = new_shipment(171)
+            order_no = s.order_doc["orderNo"]
+            await submit(api, s)
+            inv, invt_no, released = await _inventory_of(api, s, 171)
+            await post(released)
+            await changed()  # the first poll names nothing, the next the release (within the look-back)
+            await changed()
+            assert await changed() == set()
+            await post(tax_bill_of(inv, invt_no, "T-171"))
+            assert await changed() == {order_no}
+            assert await changed() == set()
+            paid = {"guid": new_guid(), "returnTime": return_time(), "invtNo": invt_no, "taxNo": "T-171", "status": "2",
+                    "entDutyNo": "D-171"}  # fmt: skip
+            await post(build_tax_bills("CEB818", [(paid, [])]))
+            assert await changed() == {order_no}
+            assert await changed() == set()
+            await post(build_tax_bills("CEB818", [({**paid, "guid": new_guid(), "invtNo": "X" + invt_no[1:]}, [])]),
+                       "unmatched")  # fmt: skip
+            assert await changed() == set()
+    finally:
+        feed.unsubscribe(sub)
+        await asyncio.wait_for(runner.cleanup(), 10)
+
+
 async def test_the_shipment_page_sets_each_tax_bill_beside_the_estimate_at_the_configured_rates(
     db_pool: asyncpg.Pool,
 ) -> None:
     """Customs' tax bills on the console's shipment, as the API shows them: each beside the gateway's estimate at the
     configured rates (not the defaults), a tax more than ¥0.01 apart a ``tax.bill_differs`` finding."""
     from gateway.api import create_app
-    from gateway.documents import Document
-    from gateway.messages import BY_CODE
-    from gateway.sandbox.receipts import build_receipt, build_tax_bills, new_guid, return_time, tax_bill_of
+    from gateway.sandbox.receipts import build_tax_bills, new_guid, return_time, tax_bill_of
     from gateway.tax import TaxRates
     from tests.apiutil import Client, sign_as_agent, test_settings
 
@@ -730,18 +797,12 @@ async def test_the_shipment_page_sets_each_tax_bill_beside_the_estimate_at_the_c
             s = new_shipment(161)
             await submit(api, s)
             path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
-            (d,) = [d for d in (await api.get(path)).body["documents"] if d["kind"] == "inventory"]
-            h, inv = d["head"], Document(BY_CODE["CEB621"], d["index"], d["path"], d["head"], d["lines"])
-            invt_no = f"{h['customsCode']}2026I000000161"
-            released = {"guid": h["guid"], "customsCode": h["customsCode"], "ebpCode": h["ebpCode"],
-                        "ebcCode": h["ebcCode"], "agentCode": h["agentCode"], "copNo": h["copNo"],
-                        "preNo": "B20260101000000161", "invtNo": invt_no, "returnStatus": "800",
-                        "returnTime": return_time(), "returnInfo": "放行"}  # fmt: skip
+            inv, invt_no, released = await _inventory_of(api, s, 161)
             differing = {"guid": new_guid(), "returnTime": return_time(), "invtNo": invt_no, "taxNo": "T-161-B",
                          "customsTax": "0", "valueAddedTax": "999.00", "consumptionTax": "0", "status": "1"}
             line = {"gnum": "1", "gcode": inv.lines[0]["gcode"], "taxPrice": "1", "customsTax": "0",
                     "valueAddedTax": "999.00", "consumptionTax": "0"}  # fmt: skip
-            for xml in (build_receipt("CEB622", released),
+            for xml in (released,
                         tax_bill_of(inv, invt_no, "T-161-A", rates=TaxRates.from_mapping(rates)),
                         build_tax_bills("CEB816", [(differing, [line])])):  # fmt: skip
                 reply = await api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")

@@ -3,10 +3,10 @@
 Why polling and not LISTEN/NOTIFY: the figures come from tables the ingest path writes in its own
 transactions. NOTIFY would need triggers on those tables (a cost on every message, paid whether anyone
 watches or not) and a connection held out of the pool for LISTEN. One task polling once a second costs one
-cheap round trip — a change marker made of index look-ups (newest shipment update, newest message,
-rejection and attempt ids) — and runs the counts only when the marker moved (or every few seconds, which
-also catches a transaction that committed late with an older timestamp). It polls only while at least one
-browser is connected, and its cost does not grow with the number of browsers.
+cheap round trip — a change marker made of index look-ups (newest shipment update and customs status change,
+newest tax bill, newest message, rejection and attempt ids) — and runs the counts only when the marker moved (or
+every few seconds, which also catches a transaction that committed late with an older timestamp). It polls only
+while at least one browser is connected, and its cost does not grow with the number of browsers.
 
 Each client keeps only the latest value of each event (a slow client never makes memory grow); the list of
 changed shipments is merged until the client takes it.
@@ -176,7 +176,7 @@ class Feed:
                 overflow = False
                 if self._marker is not None:  # not on the first poll: everything would count as changed
                     changed, overflow = await self._changed(conn)
-                newest = max((t for t in marker[:2] if t is not None), default=None)
+                newest = max((t for t in marker[:3] if t is not None), default=None)  # the times of the marker
                 self._changed_since = newest or self._changed_since
                 previous = self.latest.get("summary")
                 if previous is None or changed or overflow or previous["shipments"] != summary["shipments"]:
@@ -191,8 +191,8 @@ class Feed:
         self.ticks += 1
 
     async def _changed(self, conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], bool]:
-        """The shipments changed since the last poll (reconciliation or customs status), read from a little earlier
-        (a late commit) without those already announced; and whether there were more than one event names."""
+        """The shipments changed since the last poll (reconciliation, customs status or tax bills), read from a little
+        earlier (a late commit) without those already announced; and whether there were more than one event names."""
         since = (self._changed_since or _EPOCH) - _LATE_COMMIT
         # the rows already announced come back within the look-back: read past them
         rows = await conn.fetch(q.CHANGED, since, _CHANGED_LIMIT + len(self._announced) + 1, timeout=5)

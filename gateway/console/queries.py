@@ -47,20 +47,33 @@ async def shipment_counts(conn: asyncpg.Connection) -> dict[str, Any]:
 MARKER = """
 SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
        (SELECT max(customs_updated_at) FROM shipments) AS customs_at,
+       (SELECT max(received_at) FROM receipts WHERE message_type IN ('CEB816', 'CEB818')) AS tax_bill_at,
        (SELECT max(id) FROM messages) AS last_message,
        (SELECT max(id) FROM rejected_messages) AS last_rejection,
        (SELECT max(id) FROM job_attempts) AS last_attempt
 """
 
-#: Shipments whose reconciliation or customs status changed after $1 (at most $2 of each, oldest first): what the
-#: feed says changed, each with the time of its latest change.
+#: Shipments whose reconciliation or customs status changed after $1, or whose inventory got a tax bill or a bill's
+#: status change (CEB816/818: they move nothing of the shipment row) after $1 (at most $2 of each, oldest first):
+#: what the feed says changed, each with the time of its latest change. A bill's document is the inventory, of the
+#: shipment's ebpCode and orderNo; one that matched nothing has none. (Through sql/140's and 230's indexes.)
 CHANGED = """
-SELECT s.ebp_code, s.order_no, s.state, greatest(s.updated_at, coalesce(s.customs_updated_at, s.updated_at)) AS at
-  FROM shipments AS s
+WITH bills AS (
+    SELECT d.ebp_code, d.order_no, max(b.received_at) AS at
+      FROM (SELECT r.document_id, r.received_at FROM receipts AS r
+             WHERE r.message_type IN ('CEB816', 'CEB818') AND r.received_at > $1 ORDER BY r.received_at LIMIT $2) AS b
+      JOIN documents AS d ON d.id = b.document_id
+     GROUP BY 1, 2
+)
+SELECT s.ebp_code, s.order_no, s.state, greatest(s.updated_at, s.customs_updated_at, b.at) AS at
+  FROM shipments AS s LEFT JOIN bills AS b ON b.ebp_code = s.ebp_code AND b.order_no = s.order_no
  WHERE s.id IN ((SELECT u.id FROM shipments AS u WHERE u.updated_at > $1 ORDER BY u.updated_at LIMIT $2)
                 UNION ALL
                 (SELECT c.id FROM shipments AS c WHERE c.customs_updated_at > $1 ORDER BY c.customs_updated_at
-                 LIMIT $2))
+                 LIMIT $2)
+                UNION ALL
+                (SELECT t.id FROM bills JOIN shipments AS t ON t.ebp_code = bills.ebp_code
+                                                            AND t.order_no = bills.order_no))
  ORDER BY at
 """
 
