@@ -67,6 +67,11 @@ CODES: dict[str, str] = {
         "a cancellation (CEB623, CEB605) or return (CEB625) names an inventory whose first declaration the gateway "
         "still holds (not yet sent to customs, spec §6.7): withdraw the inventory (appType 3) instead"
     ),
+    "state.inventory_platform_mismatch": (
+        "a cancellation (CEB623) or return (CEB625) names an ebpCode other than that of the inventory (ebcCode, "
+        "orderNo) it names: an inventory declares one platform's order (ebpCode + orderNo, spec §6.2), and what refers "
+        "to it names that order (R12)"
+    ),
     "state.refund_not_in_inventory": "a return line's gnum is no item of the inventory it returns (spec R12)",
     "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9)",
     "state.flow_conflict": (
@@ -529,7 +534,7 @@ def decide(
                 if cur is not None and not cur.withdrawn:
                     new.outcome = "replaced"
                 if (ref := referenced_key(new.row)) is not None:
-                    issues += _referenced(new, current.get(ref), scope)
+                    issues += _referenced(new, current.get(ref), scope) or _same_order(new, current[ref])
                 elif (named := referenced_invt_no(new.row)) is not None:
                     issues += _numbered(new, named[1], (numbered or {}).get(named, ()), scope)
     return issues
@@ -598,6 +603,20 @@ def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None, name
             found.append(issue("state.refund_exceeds_inventory", new.doc.line_path(i, "qty"),
                                f"qty {qty} exceeds the {limit} of the inventory's item {gnum}"))  # fmt: skip
     return found
+
+
+def _same_order(new: New, stored: Row) -> list[Issue]:
+    """An import cancellation or return names its inventory by its key (ebcCode, orderNo) and the order the inventory
+    declares by ebpCode + orderNo (spec §6.2: an orderNo is unique within a platform only): one naming another ebpCode
+    names no inventory stored (R12). Taken, it would belong to another shipment than its inventory, and a concluded
+    return would give no quota back (gateway.outbox.latest_return reads a return's versions by its inventory's
+    shipment)."""
+    mine, theirs = new.row.ebp_code or "", stored.ebp_code or ""
+    if mine == theirs:
+        return []
+    named = f"the inventory with ebcCode={new.row.key1!r}, orderNo={new.row.key2!r}"
+    return [issue("state.inventory_platform_mismatch", new.doc.field_path("ebpCode"),
+                  f"ebpCode {mine!r} is not {theirs!r}, the ebpCode of {named} it names")]  # fmt: skip
 
 
 def _numbered(new: New, invt_no: str, found: Sequence[Row], scope: frozenset[str] | None) -> list[Issue]:

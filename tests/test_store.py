@@ -715,6 +715,23 @@ async def test_a_cancellation_or_return_names_a_stored_inventory_and_returns_no_
     assert [c for c, _ in await _refused(store, message("CEB623", _refund_head("R2")))] == ["state.no_inventory"]
 
 
+@pytest.mark.parametrize("code", ["CEB625", "CEB623"])
+async def test_a_cancellation_or_return_names_its_inventorys_platform(store: Store, code: str) -> None:
+    """An inventory declares one platform's order (ebpCode + orderNo, spec §6.2): a return naming another ebpCode was
+    taken, stored on another shipment than its inventory's, and once customs concluded it gave no quota back (its
+    versions are read by its inventory's shipment). Before its inventory it names none; after, it is refused."""
+    lines = [_refund_line("1", "1")] if code == "CEB625" else []
+    other = message(code, _refund_head("PL1", ebpCode="46012609ZZ"), lines=lines)
+    assert [c for c, _ in await _refused(store, other)] == ["state.no_inventory"]
+    await ingest(store, message("CEB621", inventory_head("PL1")))
+    with pytest.raises(Conflict) as refused:
+        await ingest(store, other)
+    (found,) = refused.value.issues
+    assert (found.code, found.path) == ("state.inventory_platform_mismatch", other.documents[0].field_path("ebpCode"))
+    assert f"ebpCode '46012609ZZ' is not '{EBP}'" in found.message
+    assert (await ingest(store, message(code, _refund_head("PL1"), lines=lines))).http_status == 202
+
+
 async def test_a_temp_saved_inventory_takes_no_quota_and_is_declared_with_app_type_1(
     store: Store, db_pool: asyncpg.Pool
 ) -> None:
