@@ -233,7 +233,8 @@ async def test_poison_order_dead_letter_is_replayed_from_the_page(browser: Brows
 
 
 async def test_the_shipment_page_shows_customs_tax_bills_beside_the_estimate(browser: Browser, db_dsn: str) -> None:
-    """The sandbox's bill after the release, as estimated; a second bill whose VAT is not: its difference marked."""
+    """The sandbox's bill after the release, as estimated, consolidated by its status change (CEB818); a second bill
+    whose VAT is not: its difference marked."""
     errors: list[str] = []
     async with asyncio.timeout(30), running_stack(db_dsn) as stack:
         s = fwd_shipment(404)
@@ -257,9 +258,10 @@ async def test_the_shipment_page_shows_customs_tax_bills_beside_the_estimate(bro
         await page.goto(f"{stack.base}/ops#/shipment?{key}")
         same = page.locator(f"#tax-bills .tax-bill[data-tax-no='{bill['taxNo']}']")
         other = page.locator("#tax-bills .tax-bill[data-tax-no='T-404-B']")
-        await expect(same).to_contain_text("1 generated 已生成")
+        await expect(same).to_contain_text("2 consolidated 已汇总")
+        await expect(other).to_contain_text("1 generated 已生成")
         text = await same.inner_text()
-        assert bill["invtNo"] in text and "海关税单" in text and "网关估算" in text
+        assert bill["invtNo"] in text and "海关税单" in text and "网关估算" in text and bill["entDutyNo"] in text
         taxes = [bill[t] for t in ("customsTax", "valueAddedTax", "consumptionTax", "total")]
         for row in ("tr.billed", "tr.estimated"):
             assert (await same.locator(row).inner_text()).split("\t")[1:] == taxes, row

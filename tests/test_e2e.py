@@ -89,16 +89,18 @@ async def test_four_documents_in_any_order_end_released(db_dsn: str) -> None:
             assert customs_jobs[0]["history"][0]["outcome"] == "ok"
             statuses = [r["return_status"] for r in docs["inventory"]["receipts"]]
             assert statuses == ["2", "120", "399", "800"]
-            # customs' tax bill, sent after the release, is the gateway's estimate: beside it, no finding
+            # customs' tax bill, sent after the release, is the gateway's estimate: beside it, no finding; its status
+            # change (CEB818) consolidated it into a payment slip
             (bill,) = body["tax_bills"]
             assert (bill["invtNo"], bill["status_name"], bill["findings"]) == (docs["inventory"]["invt_no"],
-                                                                               "generated", [])  # fmt: skip
+                                                                               "consolidated", [])  # fmt: skip
+            assert bill["entDutyNo"]
             taxes = ("customsTax", "valueAddedTax", "consumptionTax", "total")
             assert [bill[t] for t in taxes] == [bill["estimate"][t] for t in taxes]
             assert not any(f["code"] == "tax.bill_differs" for f in body["findings"])
 
-        # everything stored: 2 + 2 + 2 + 4 receipts and a tax bill per shipment, each once
-        assert await stack.fetchval("SELECT count(*) FROM receipts") == 11 * len(ships)
+        # everything stored: 2 + 2 + 2 + 4 receipts, a tax bill and its status change per shipment, each once
+        assert await stack.fetchval("SELECT count(*) FROM receipts") == 12 * len(ships)
         assert await stack.fetchval("SELECT count(*) FROM receipts WHERE outcome <> 'applied'") == 0
         stats = stack.sandbox.stats()
         assert stats["duplicates"] == {}

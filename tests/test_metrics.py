@@ -169,8 +169,8 @@ async def test_customs_status_and_receipt_gauges_follow_the_forwarding(db_dsn: s
             " FROM receipts AS r JOIN messages AS m ON m.id = r.message_id"
         )
     assert value(samples, "cbec_shipments_customs_status", status="released") == 1
-    # 2 + 2 + 2 + 4 receipts and the inventory's tax bill (docs/sandbox.md)
-    assert value(samples, "cbec_receipts_recent") == len(latencies) == 11
+    # 2 + 2 + 2 + 4 receipts, the inventory's tax bill and its status change (docs/sandbox.md)
+    assert value(samples, "cbec_receipts_recent") == len(latencies) == 12
     p50 = value(samples, "cbec_receipt_latency_seconds", quantile="0.5")
     p99 = value(samples, "cbec_receipt_latency_seconds", quantile="0.99")
     assert min(r["s"] for r in latencies) <= p50 <= p99 <= max(r["s"] for r in latencies)

@@ -110,13 +110,14 @@ def statuses(rec: Recorder, code: str) -> list[str]:
     return [r["returnStatus"] for r in receipts(rec, lambda r: r["type"] == code)]
 
 
-def tax_bills(rec: Recorder) -> list[dict[str, Any]]:
-    """The head of every tax bill (CEB816 Tax) posted, in the order posted, with its envelope."""
+def tax_bills(rec: Recorder, code: str = "CEB816") -> list[dict[str, Any]]:
+    """The head of every tax bill (CEB816 Tax), or of every status change (CEB818), posted, in the order posted, with
+    its envelope."""
     out = []
     for r in rec.requests:
         env = dxp.unwrap(r.body)
-        if r.path == "/v1/receipts" and env.msg_type == "CEB816Message":
-            for head in etree.fromstring(env.data).iter(f"{C}TaxHeadRd"):
+        if r.path == "/v1/receipts" and env.msg_type == f"{code}Message":
+            for head in etree.fromstring(env.data).iter(f"{C}{BY_CODE[code].head}"):
                 out.append({"env": env, **{etree.QName(c).localname: c.text or "" for c in head}})
     return out
 
@@ -151,9 +152,9 @@ async def test_clean_shipment_receipt_sequences(
     for r in receipts(http_recorder):
         assert r["env"].sender_id == dxp.IMPORT_RECEIVER and r["env"].receiver_ids == (SENDER,)
         assert r["env"].msg_type == etree.QName(r["root"]).localname
-    # ten receipt messages, then the released inventory's tax bill in one of its own
-    assert len({r["env"].cop_msg_id for r in receipts(http_recorder)}) == 11
-    assert receipts(http_recorder)[-1]["type"] == "CEB816"
+    # ten receipt messages, then the released inventory's tax bill in one of its own, then the bill's status change
+    assert len({r["env"].cop_msg_id for r in receipts(http_recorder)}) == 12
+    assert [r["type"] for r in receipts(http_recorder)[-2:]] == ["CEB816", "CEB818"]
     # receipts echo the declared document's guid
     order_guid = etree.fromstring(xmls["CEB311"]).findtext(f"{C}Order/{C}OrderHead/{C}guid")
     assert {r["guid"] for r in receipts(http_recorder, lambda r: r["type"] == "CEB312")} == {order_guid}
@@ -166,6 +167,12 @@ async def test_clean_shipment_receipt_sequences(
     assert [Decimal(bill[name]) for name in taxbills.TAXES] == [
         estimate.customs_tax, estimate.value_added_tax, estimate.consumption_tax]  # fmt: skip
     assert bill["env"].sender_id == dxp.IMPORT_RECEIVER and bill["env"].receiver_ids == (SENDER,)
+    # the return window over, customs consolidates it into a payment slip: CEB818 status 2, later than the bill
+    (settled,) = tax_bills(http_recorder, "CEB818")
+    assert {k: settled[k] for k in ("invtNo", "taxNo", "status", "assureCode")} == {
+        "invtNo": bill["invtNo"], "taxNo": bill["taxNo"], "status": "2", "assureCode": bill["assureCode"]}  # fmt: skip
+    assert settled["entDutyNo"].startswith("D") and settled["returnTime"] > bill["returnTime"]
+    assert settled["env"].sender_id == dxp.IMPORT_RECEIVER and settled["env"].receiver_ids == (SENDER,)
 
 
 async def test_no_tax_bill_when_turned_off(
@@ -176,6 +183,28 @@ async def test_no_tax_bill_when_turned_off(
     await declare_all(client, sandbox, legs(rsa_key, seed=8))
     await sandbox.wait_idle()
     assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800"] and tax_bills(http_recorder) == []
+    assert tax_bills(http_recorder, "CEB818") == []
+
+
+async def test_the_tax_bill_status_change_is_configurable(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """tax_bill_status_delay: how long after the bill its CEB818 comes (the return window); tax_bill_status: whether."""
+    async with client.post(sandbox.url + "/sandbox/config", json={"tax_bill_status_delay": 0.4}) as r:
+        assert r.status == 200 and (await r.json())["tax_bill_status_delay"] == 0.4
+    await declare_all(client, sandbox, legs(rsa_key, seed=9))
+    await sandbox.wait_idle()
+    (bill,), (settled,) = tax_bills(http_recorder), tax_bills(http_recorder, "CEB818")
+    waited = datetime.strptime(settled["returnTime"], "%Y%m%d%H%M%S%f") - datetime.strptime(bill["returnTime"],
+                                                                                            "%Y%m%d%H%M%S%f")
+    assert waited.total_seconds() == pytest.approx(0.4, abs=0.002)
+    records = {r["code"]: r for r in sandbox.sandbox.receipts if r["code"] in ("CEB816", "CEB818")}
+    assert records["CEB818"]["status"] == "2" and records["CEB818"]["delivered"] is True
+    async with client.post(sandbox.url + "/sandbox/config", json={"tax_bill_status": False}) as r:
+        assert r.status == 200
+    await declare_all(client, sandbox, legs(rsa_key, seed=10))
+    await sandbox.wait_idle()
+    assert len(tax_bills(http_recorder)) == 2 and len(tax_bills(http_recorder, "CEB818")) == 1
 
 
 async def test_receipts_are_schema_valid(
@@ -193,7 +222,7 @@ async def test_receipts_are_schema_valid(
     await post_dxp(client, sandbox.url, bad)  # -> CEB900
     await sandbox.wait_idle()
     got = receipts(http_recorder)
-    assert {r["type"] for r in got} == {"CEB312", "CEB412", "CEB512", "CEB622", "CEB816", "CEB900"}
+    assert {r["type"] for r in got} == {"CEB312", "CEB412", "CEB512", "CEB622", "CEB816", "CEB818", "CEB900"}
     for r in got:
         assert sset.validate(r["root"], lookup(r["type"])) == [], r["type"]
     for req in http_recorder.requests:
@@ -256,7 +285,8 @@ async def test_inconsistent_inventory_is_rejected_with_the_reason(
     await sandbox.wait_idle()
     assert statuses(http_recorder, "CEB412") == ["2", "120", "2", "120"]
     assert statuses(http_recorder, "CEB622") == ["2", "100", "2", "120", "399", "800"]
-    assert [b["invtNo"] for b in tax_bills(http_recorder)] == [receipts(http_recorder)[-2]["invtNo"]]
+    released = receipts(http_recorder, lambda r: r["type"] == "CEB622")[-1]
+    assert [b["invtNo"] for b in tax_bills(http_recorder)] == [released["invtNo"]]
 
 
 async def test_duplicates_get_the_spec_codes(

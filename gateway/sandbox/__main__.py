@@ -33,6 +33,11 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--annual-limit", type=Decimal, default=SandboxConfig.annual_limit)
     p.add_argument("--no-tax-bills", action="store_true",
                    help="send no tax bill (CEB816) after an import inventory's release")
+    p.add_argument("--no-tax-bill-status", action="store_true",
+                   help="send no status change (CEB818, 2 consolidated) after a tax bill")
+    p.add_argument("--tax-bill-status-delay", type=float, default=None, metavar="SECONDS",
+                   help="seconds from a tax bill to its status change, standing for the return window "
+                        "(default: one receipt delay)")
     p.add_argument("--warehouse-callback-url")
     p.add_argument("--warehouse-callback-secret")
     return p.parse_args(argv)
@@ -59,6 +64,8 @@ async def _run(ns: argparse.Namespace) -> None:
         single_limit=ns.single_limit,
         annual_limit=ns.annual_limit,
         tax_bills=not ns.no_tax_bills,
+        tax_bill_status=not ns.no_tax_bill_status,
+        tax_bill_status_delay=ns.tax_bill_status_delay,
         warehouse_callback_url=ns.warehouse_callback_url,
         warehouse_callback_secret=ns.warehouse_callback_secret,
     )

@@ -107,6 +107,11 @@ class SandboxConfig:
     scenarios_off: list[str] = field(default_factory=list)  # scenario names ignored (e.g. POISON after a fix)
     # after an import inventory's 800, its tax bill (CEB816) as the gateway would estimate it, to the same receipt_url
     tax_bills: bool = True
+    # then the bill's status change (CEB818): 2 consolidated (已汇总) into a payment slip (entDutyNo), once the return
+    # window is over (spec §6.5: the withholding agent settles after the 30 days a return may take); the window is
+    # tax_bill_status_delay seconds after the bill (None: one receipt_delay, as any next receipt)
+    tax_bill_status: bool = True
+    tax_bill_status_delay: float | None = None
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Apply ``{field: value}`` with the field's type; unknown fields raise KeyError, bad values ValueError."""
@@ -465,6 +470,11 @@ class Sandbox:
         self._schedule(plans, scenario, receiver=sender_id, ori_cop_msg_id=cop_msg_id, bills=bills)
         return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario)
 
+    def tax_status_delay(self) -> float:
+        """Seconds from a tax bill to its status change (CEB818): tax_bill_status_delay, or one receipt_delay."""
+        delay = self.config.tax_bill_status_delay
+        return self.config.receipt_delay if delay is None else max(0.0, float(delay))
+
     def _ack(self, cop_msg_id: str, msg_type: str, documents: int, scenario: str | None, **extra: Any) -> web.Response:
         return _json(
             {
@@ -816,24 +826,33 @@ class Sandbox:
                 stages.append([])
             stages[i].append((meta, values))
         taxes: list[tuple[dict[str, Any], TaxBill]] = []
+        settled: list[tuple[dict[str, Any], TaxBill]] = []  # their status changes (CEB818), the window after them
+        delay = self.tax_status_delay()
+        slip = rc.ent_duty_no(next(self._serial), start) if bills and self.config.tax_bill_status else None
         for n, (doc, invt, key) in enumerate(bills):
             moment = start + timedelta(milliseconds=step_ms * (len(stages) + 1) + n)
             head, lines = rc.tax_bill(doc, invt, rc.tax_no(invt), moment=moment)
             meta = {"code": "CEB816", "status": "1", "key": key, "info": f"电子税单 {head['taxNo']}"}
             taxes.append((meta, (head, lines)))
+            if slip is not None:  # the bills of one declaration go into one payment slip
+                later = moment + timedelta(milliseconds=max(1, round(delay * 1000)))
+                info = f"电子税单 {head['taxNo']} 已汇总 缴款书 {slip}"
+                settled.append(({"code": "CEB818", "status": "2", "key": key, "info": info},
+                                rc.tax_status(head, "2", ent_duty_no=slip, moment=later)))  # fmt: skip
         if self.config.receipt_batch_max > 1 and scenario not in UNBATCHED_SCENARIOS:
-            self._schedule_batched(stages, taxes, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
+            self._schedule_batched(stages, taxes, settled, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
             return
         items = [(meta, rc.build_receipt(meta["code"], values)) for stage in stages for meta, values in stage]
         items += [(meta, rc.build_tax_bills("CEB816", [bill])) for meta, bill in taxes]
+        items += [({**meta, "after": delay}, rc.build_tax_bills("CEB818", [bill])) for meta, bill in settled]
         self._schedule_xml(items, scenario, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
 
     def _schedule_batched(
         self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], taxes: list[tuple[dict[str, Any], TaxBill]],
-        *, receiver: str, ori_cop_msg_id: str,
+        settled: list[tuple[dict[str, Any], TaxBill]], *, receiver: str, ori_cop_msg_id: str,
     ) -> None:  # fmt: skip
         """One record per receipt now; each step's receipts join the open batches once the step before was sent, the
-        tax bills go together once the last step was."""
+        tax bills go together once the last step was, and their status changes once the return window is over."""
 
         def record(meta: dict[str, Any]) -> dict[str, Any]:
             out = {**meta, "cop_msg_id": None, "ori_cop_msg_id": ori_cop_msg_id, "copy": 1, "delivered": None,
@@ -843,11 +862,12 @@ class Sandbox:
 
         recorded = [[(record(meta), values) for meta, values in stage] for stage in stages]
         bills = [(record(meta), bill) for meta, bill in taxes]
-        self._spawn(self._deliver_stages(recorded, bills, receiver[:16] or self.config.enterprise_dxp_id))
+        statuses = [(record(meta), bill) for meta, bill in settled]
+        self._spawn(self._deliver_stages(recorded, bills, statuses, receiver[:16] or self.config.enterprise_dxp_id))
 
     async def _deliver_stages(
         self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], bills: list[tuple[dict[str, Any], TaxBill]],
-        receiver: str,
+        statuses: list[tuple[dict[str, Any], TaxBill]], receiver: str,
     ) -> None:  # fmt: skip
         for stage in stages:
             if not await self._sleep(self.config.receipt_delay):
@@ -856,21 +876,24 @@ class Sandbox:
             # Per document, step i+1 joins a batch only after the message carrying step i was posted.
             sent = {id(f): f for f in (self._batch_add(record, values, receiver) for record, values in stage)}
             await asyncio.gather(*sent.values())
-        if not bills:
-            return
-        if await self._sleep(self.config.receipt_delay):
-            await self._send_tax_bills(bills, receiver)
-        else:
-            _shut_down(record for record, _ in bills)
+        for code, items, delay in (("CEB816", bills, self.config.receipt_delay),
+                                   ("CEB818", statuses, self.tax_status_delay())):  # fmt: skip
+            if not items:
+                return
+            if await self._sleep(delay):
+                await self._send_tax_bills(code, items, receiver)
+            else:
+                _shut_down(record for record, _ in items)
 
-    async def _send_tax_bills(self, bills: list[tuple[dict[str, Any], TaxBill]], receiver: str) -> None:
-        """The tax bills of one declaration's released inventories: CEB816 messages of up to receipt_batch_max."""
+    async def _send_tax_bills(self, code: str, bills: list[tuple[dict[str, Any], TaxBill]], receiver: str) -> None:
+        """The tax bills (CEB816) of one declaration's released inventories, or their status changes (CEB818):
+        messages of up to receipt_batch_max."""
         size = max(1, self.config.receipt_batch_max)
         for start in range(0, len(bills), size):
             chunk = bills[start : start + size]
-            xml = rc.build_tax_bills("CEB816", [bill for _, bill in chunk])
+            xml = rc.build_tax_bills(code, [bill for _, bill in chunk])
             cop = str(uuid.uuid4()).upper()
-            env = dxp.wrap(xml, msg_type="CEB816Message", sender_id=dxp.receiver_for("CEB816"), receiver_ids=[receiver],
+            env = dxp.wrap(xml, msg_type=f"{code}Message", sender_id=dxp.receiver_for(code), receiver_ids=[receiver],
                            cop_msg_id=cop, created=datetime.now(rc.CHINA_TZ))  # fmt: skip
             records = [record for record, _ in chunk]
             for n, record in enumerate(records, 1):
@@ -983,6 +1006,7 @@ class Sandbox:
                 envelopes.append((record, env))
         if scenario == "LOSTRCPT":
             for record, _ in envelopes:
+                record.pop("after", None)
                 record["delivered"] = False
                 record["error"] = "sandbox scenario LOSTRCPT: never sent"
             return
@@ -990,7 +1014,8 @@ class Sandbox:
 
     async def _deliver(self, envelopes: list[tuple[dict[str, Any], bytes]]) -> None:
         for record, env in envelopes:
-            if not await self._sleep(self.config.receipt_delay):
+            # "after": a tax bill's status change waits for the return window instead (tax_bill_status_delay)
+            if not await self._sleep(record.pop("after", self.config.receipt_delay)):
                 record["delivered"] = False
                 record["error"] = "sandbox shut down"
                 continue

@@ -158,6 +158,23 @@ def tax_bill_of(
     return build_tax_bills("CEB816", [tax_bill(inventory, invt_no, tax_no, moment=moment, rates=rates)])
 
 
+def tax_status(
+    bill: Mapping[str, str | None], status: str, *, ent_duty_no: str | None = None, moment: datetime | None = None
+) -> tuple[dict[str, str | None], list[dict[str, str]]]:
+    """The CEB818 Tax (spec A.14: a head, no lines) moving the bill whose CEB816 head is ``bill`` to ``status``, with
+    the payment slip (entDutyNo) it was consolidated into."""
+    head = {"guid": new_guid(), "returnTime": return_time(moment), "invtNo": bill.get("invtNo"),
+            "taxNo": bill.get("taxNo"), "status": status, "entDutyNo": ent_duty_no,
+            "assureCode": bill.get("assureCode")}  # fmt: skip
+    return head, []
+
+
+def ent_duty_no(serial: int, moment: datetime | None = None) -> str:
+    """The sandbox's payment slip number (缴款书编号, C..50; its form is customs' own): ``D`` + yyyymmdd + serial."""
+    moment = moment or datetime.now(CHINA_TZ)
+    return f"D{moment:%Y%m%d}{serial % 10**9:09d}"
+
+
 def tax_no(invt_no: str) -> str:
     """The sandbox's taxNo of an inventory's bill: one bill per invtNo, so a changed inventory released again gets
     the same bill with new amounts (a corrected bill), not a second one."""
