@@ -244,8 +244,12 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
             async with session.get(url + key_path(ships[0]), headers={"X-API-Key": ADMIN}) as resp:
                 body = await resp.json()
             assert body["customs_status"] == "released"
-            async with session.get(sandbox_url + "/sandbox/stats") as resp:
-                stats = await resp.json()
+            for _ in range(200):  # released: the tax bills and their status changes still follow
+                async with session.get(sandbox_url + "/sandbox/stats") as resp:
+                    stats = await resp.json()
+                if not stats["receipts"]["pending"]:
+                    break
+                await asyncio.sleep(0.05)
             assert stats["receipts"]["delivered"] == stats["receipts"]["generated"] > 0
             assert stats["duplicates"] == {}
     finally:
