@@ -48,6 +48,8 @@ class Kind(StrEnum):
     ARRIVAL = "arrival"  # CEB507 运抵单
     DEPARTURE = "departure"  # CEB509 离境单
     MANIFEST = "manifest"  # CEB607 清单总分单: B/L, voyage and bags of the parcels' waybills / inventories
+    SUMMARY = "summary"  # CEB701 汇总申请单: B-type export inventories consolidated into a customs declaration
+    SUMMARY_RESULT = "summary_result"  # CEB792 汇总结果单: customs' declaration made of a summary application
     RECEIPT = "receipt"
     FORMAT_RECEIPT = "format_receipt"
 
@@ -192,6 +194,17 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
                 ("logisticsCode", "copNo", "msgSeqNo"), Signature.NONE, receipt_for="CEB509", flow=_X, schema=_XSD),
     MessageType("CEB608", "WayBillReturn", None, None, Kind.RECEIPT, _R,
                 ("agentCode", "copNo", "msgSeqNo"), Signature.NONE, receipt_for="CEB607", flow=_X, schema=_XSD),
+    # --- export summary declaration (汇总申报, spec §4.4 step 4, Appendix A.29–A.31) ---------------------------
+    # CEB701 names the B-type inventories (statisticsFlag B) to consolidate by their invtNo, one SummaryApplyList
+    # each; signed when declared (§2.7). Its key is the agent's copNo, as the export inventory's; a split
+    # application (msgCount > 1) gives each part a copNo of its own. CEB792 comes from customs unasked, like a tax
+    # bill: one SummaryResult per customs declaration (declSeqNo) of a summary application (sumNo).
+    MessageType("CEB701", "SummaryApply", "SummaryApplyHead", "SummaryApplyList", Kind.SUMMARY, _D,
+                ("agentCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+    MessageType("CEB702", "SummaryReturn", None, None, Kind.RECEIPT, _R,
+                ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB701", flow=_X, schema=_XSD),
+    MessageType("CEB792", "SummaryResult", "SummaryResultHead", "SummaryResultList", Kind.SUMMARY_RESULT, _R,
+                ("sumNo", "declSeqNo"), Signature.NONE, flow=_X, schema=_XSD),
 )
 
 BY_ROOT: dict[str, MessageType] = {t.root: t for t in MESSAGE_TYPES}

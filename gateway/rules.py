@@ -105,8 +105,8 @@ CODES: dict[str, str] = {
     "rule.qty2_unit2": "an inventory line has qty2 without unit2 or unit2 without qty2 (they go together)",
     "rule.gnum_sequence": "line gnum values do not run 1, 2, 3 … in line order (R8)",
     "rule.gnum_duplicate": "two lines of one document carry the same gnum",
-    "rule.msg_seq_no": "msgSeqNo of a split export transport message (CEB507/509/607 and their receipts) is greater "
-    "than its msgCount: the parts run 1 … msgCount",
+    "rule.msg_seq_no": "msgSeqNo of a split message (the export transport CEB507/509/607, the summary CEB701/792, and "
+    "their receipts) is greater than its msgCount: the parts run 1 … msgCount",
     "rule.waybill_listed_twice": "the list of an arrival, departure or 清单总分单 (CEB507/509/607) names the same "
     "logisticsNo on two lines",
     "rule.invt_no_format": "an invtNo a 清单总分单 (CEB607) line names is not an export inventory number: 4-digit "
@@ -118,6 +118,13 @@ CODES: dict[str, str] = {
     "rule.bonded_country": "a bonded (1210/1239) inventory's head country is not 142 (R10)",
     "rule.signature_missing": "the message is not signed although its type requires ds:Signature "
     "(always, or when a document is declared with appStatus = 2)",
+    # --- the summary declaration (CEB701/702/792, spec A.29–A.31)
+    "rule.summary_flag": "CEB701 summaryFlag is not 1 (by consignor) or 2 (by consignor and producer/seller)",
+    "rule.summary_period": "CEB701 startTime without endTime or endTime without startTime, or startTime after "
+    "endTime: a summarised period needs both ends in order",
+    "rule.summary_nothing": "CEB701 names neither inventories (SummaryApplyList) nor a period (startTime and "
+    "endTime): there is nothing to summarise",
+    "rule.summary_duplicate_inventory": "CEB701 names the same invtNo twice in one application",
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +331,7 @@ GNUM = integer(minimum=1)
 PACK_NO_ONE = integer(exactly=1, code="rule.pack_no")
 PACK_NO = integer(minimum=1)  # export: the parcels under one waybill or inventory, not fixed to 1
 RETURN_STATUS: Check = _return_status
-MSG_COUNT = integer(minimum=1)  # msgCount / msgSeqNo of a split transport message: 1 when not split
+MSG_COUNT = integer(minimum=1)  # msgCount / msgSeqNo of a split message (CEB507/509/607, 701/702/792); 1: not split
 
 
 def _export_invt_no(value: str, ctx: RuleContext) -> Problem | None:
@@ -337,6 +344,7 @@ def _export_invt_no(value: str, ctx: RuleContext) -> Problem | None:
 
 
 EXPORT_INVT_NO: Check = _export_invt_no
+SUMMARY_FLAG = one_of("rule.summary_flag", {"1": "by consignor", "2": "by consignor and producer/seller"})
 
 # ---------------------------------------------------------------------------------------------
 # Table entries
@@ -594,7 +602,7 @@ def special_zone_fields(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
 # ---------------------------------------------------------------------------------------------
 
 def msg_sequence(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
-    """A split transport message (CEB507/509/607, spec A.20: "1-based sequence ... no gaps") is part msgSeqNo of
+    """A split message (CEB507/509/607, CEB701/792; spec A.20: "1-based sequence ... no gaps") is part msgSeqNo of
     msgCount: never beyond the count. Whether every part arrived is customs' to judge, not one message's."""
     count, seq = _parse_int(_filled(doc.head, "msgCount")), _parse_int(_filled(doc.head, "msgSeqNo"))
     if count is not None and seq is not None and count >= 1 and seq > count:
@@ -615,6 +623,29 @@ def listed_once(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
                          f"logisticsNo {no} is listed again; {doc.type.lines}[{first_at[no] + 1}] already names it")
         else:
             first_at[no] = i
+def summary_scope(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """CEB701 summarises either the inventories it lists or a period (startTime and endTime; when a period is given
+    customs ignores the list, A.29): a period needs both ends in order, and an application needs one or the other;
+    the same invtNo listed twice is a mistake customs would refuse."""
+    start, end = _filled(doc.head, "startTime"), _filled(doc.head, "endTime")
+    if bool(start) != bool(end):
+        given, missing = ("startTime", "endTime") if start else ("endTime", "startTime")
+        yield _issue("rule.summary_period", doc.field_path(given), f"{given} is given without {missing}")
+    elif start and end and len(start) == len(end) == 14 and start.isdigit() and end.isdigit() and start > end:
+        yield _issue("rule.summary_period", doc.field_path("startTime"), f"startTime {start} is after endTime {end}")
+    listed = [(i, _filled(line, "invtNo")) for i, line in enumerate(doc.lines)]
+    if not start and not end and not any(no for _, no in listed):
+        yield _issue("rule.summary_nothing", doc.head_path,
+                     "the application lists no inventory (SummaryApplyList) and gives no period (startTime, endTime)")
+    first: dict[str, int] = {}
+    for i, no in listed:
+        if not no:
+            continue
+        if no in first:
+            yield _issue("rule.summary_duplicate_inventory", doc.line_path(i, "invtNo"),
+                         f"invtNo {no} is already listed at {doc.type.lines}[{first[no] + 1}]")
+        else:
+            first[no] = i
 
 
 _TRANSFER: tuple[Rule, ...] = (
@@ -922,6 +953,39 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "CEB510": (*_RECEIPT, Required(H, "logisticsCode copNo preNo msgSeqNo"), Field(H, "msgSeqNo", MSG_COUNT)),
     "CEB608": (*_RECEIPT, Required(H, "agentCode logisticsCode copNo preNo billNo msgSeqNo"),
                Field(H, "msgSeqNo", MSG_COUNT)),
+    # --- the summary declaration (spec §4.4 step 4, A.29–A.31). Whether the inventories a CEB701 names are B-type
+    # export inventories of its ebcCode is not a rule of the message: only the stored CEB603s know (gateway.summary).
+    "CEB701": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "customsCode copNo agentCode agentName ebcCode ebcName declAgentCode declAgentName"),
+        Required(H, "summaryFlag itemNameFlag msgCount msgSeqNo"),
+        Required(L, "invtNo"),
+        Field(H, "customsCode", CUSTOMS),
+        Field(H, "startTime endTime", DATETIME14),
+        Field(H, "summaryFlag", SUMMARY_FLAG),
+        Field(H, "msgCount msgSeqNo", MSG_COUNT),
+        msg_sequence,
+        summary_scope,
+    ),
+    "CEB702": (
+        *_RECEIPT,
+        Required(H, "agentCode ebcCode copNo preNo msgSeqNo"),
+        Field(H, "msgSeqNo", MSG_COUNT),
+    ),
+    "CEB792": (
+        Required(H, "guid customsCode sumNo opDate declSeqNo decState agentCode agentName ebcCode ebcName"),
+        Required(H, "declAgentCode declAgentName grossWeight netWeight msgCount msgSeqNo"),
+        Required(L, "invtNo logisticsNo gseqno gnum gcode"),
+        Field(H, "guid", GUID),
+        Field(H, "customsCode", CUSTOMS),
+        Field(H, "opDate", DATETIME17),
+        Field(H, "grossWeight netWeight", NON_NEGATIVE),
+        Field(H, "msgCount msgSeqNo", MSG_COUNT),
+        Field(L, "gseqno gnum", GNUM),
+        Field(L, "gcode", GCODE),
+        msg_sequence,
+    ),
 }
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -909,9 +909,10 @@ EXPORT_BROKEN_FILES: dict[str, tuple[str, str, str]] = {  # file -> (mode, defec
 
 
 def export_sample_files(signer: Callable[[etree._Element], None] | None) -> dict[str, bytes]:
-    """The good export samples (``CEB303-9610.xml`` ... ``CEB603-1210.xml``, and each parcel's transport messages
-    ``CEB507/509/607-<mode>.xml``) and the broken ones of :data:`EXPORT_BROKEN_FILES`, as bytes; ``signer`` signs
-    the CEB603s and the transport messages (declared, spec §2.7)."""
+    """The good export samples (``CEB303-9610.xml`` ... ``CEB603-1210.xml``, each parcel's transport messages
+    ``CEB507/509/607-<mode>.xml`` and the B-type 1210 inventory's summary application ``CEB701-1210.xml``) and the
+    broken ones of :data:`EXPORT_BROKEN_FILES`, as bytes; ``signer`` signs the CEB603s, the transport messages and
+    the CEB701 (declared, spec §2.7)."""
     shipments = {mode: export_shipment(random.Random(seed), mode=mode, now=EXPORT_SAMPLE_NOW)
                  for mode, seed in EXPORT_SAMPLE_SEEDS.items()}  # fmt: skip
     files = {f"{code}-{mode}.xml": xml for mode, s in shipments.items()
@@ -921,4 +922,38 @@ def export_sample_files(signer: Callable[[etree._Element], None] | None) -> dict
     for mode, seed in EXPORT_SAMPLE_SEEDS.items():  # a generator of their own: the legs' files stay as they were
         for code, payload in export_transport([shipments[mode]], random.Random(seed)).items():
             files[f"{code}-{mode}.xml"] = render(payload, signer=signer)
+    # the 1210 sample's inventory is B-type (statisticsFlag B): summarised the next morning, by the invtNo customs gave
+    # it (the sandbox's first number of the day in that district)
+    zone = shipments["1210"].inventory_doc
+    invt_no = f"{zone['customsCode']}{EXPORT_SAMPLE_NOW:%Y}E{1:09d}"
+    summary = summary_application(random.Random(EXPORT_SAMPLE_SEEDS["1210"]), [zone], [invt_no],
+                                  now=EXPORT_SAMPLE_NOW + timedelta(hours=18))  # fmt: skip
+    files["CEB701-1210.xml"] = render(summary, signer=signer)
     return files
+
+
+# --- the summary declaration (汇总申报, spec §4.4 step 4, A.29) ---------------------------------------------------
+
+
+def summary_application(
+    rng: random.Random, inventories: Sequence[dict[str, Any]], invt_nos: Sequence[str], *,
+    now: datetime | None = None, summary_flag: str = "1",
+) -> dict[str, Any]:
+    """A CEB701 汇总申请单 JSON payload (for :func:`gateway.render.render`) consolidating B-type export inventories:
+    ``inventories`` are their CEB603 heads (one consignor's: the application takes its agent, consignor and customs
+    district from the first), ``invt_nos`` the numbers customs gave them (CEB604), one SummaryApplyList each. The
+    declaring agent is also the customs broker (declAgentCode); one message, not split (msgCount 1)."""
+    if not inventories or not invt_nos:
+        raise ValueError("a summary application names at least one inventory")
+    first = inventories[0]
+    now = _anchor(now)
+    doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(now), "appStatus": "2",
+        "customsCode": first["customsCode"], "copNo": f"SUM{now:%Y%m%d}{_digits(rng, 8)}",
+        "agentCode": first["agentCode"], "agentName": first["agentName"], "ebcCode": first["ebcCode"],
+        "ebcName": first["ebcName"], "declAgentCode": first["agentCode"], "declAgentName": first["agentName"],
+        "summaryFlag": summary_flag, "itemNameFlag": "1", "msgCount": "1", "msgSeqNo": "1",
+        "items": [{"invtNo": no} for no in invt_nos],
+    }  # fmt: skip
+    return {"type": "CEB701", "guid": _guid(rng), "version": "1.0",
+            "baseTransfer": _base_transfer(first["agentCode"], first["agentName"]), "documents": [doc]}  # fmt: skip

@@ -25,13 +25,13 @@ from gateway.errors import Layer, MessageRejected
 from gateway.messages import CEB_NS, DS_NS, EXPORT_SCHEMA, IMPORT_SCHEMA, SCHEMA_DIR, MessageType, lookup
 from gateway.pipeline import Pipeline, looks_like_json
 from gateway.render import CODES, DEFAULTS, FIELD_ORDER, JSON_TYPES, json_object, render
-from gateway.samples import export_shipment, export_transport, shipment
+from gateway.samples import export_shipment, export_transport, shipment, summary_application
 from gateway.schema import SchemaSet
 from gateway.xmlsafe import parse_message
 
 XSD_PATH = SCHEMA_DIR / IMPORT_SCHEMA
 EXPORT_XSD_PATH = SCHEMA_DIR / EXPORT_SCHEMA
-EXPORT_TYPES = ("CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509", "CEB607")
+EXPORT_TYPES = ("CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509", "CEB607", "CEB701")
 NOW = datetime(2026, 11, 20, 9, 30, 5)  # naive: China time
 UUID4_UPPER = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}$")
 
@@ -74,8 +74,8 @@ def sample_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, An
 
 
 def export_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, Any]]:
-    """The four export legs of a sample parcel, a cancellation (CEB605) of its inventory and its transport messages
-    (CEB607, 507, 509)."""
+    """The four export legs of a sample parcel, a cancellation (CEB605) of its inventory, its transport messages
+    (CEB607, 507, 509) and a summary application (CEB701) naming it."""
     s = export_shipment(random.Random(seed), mode=mode, n_items=3, now=NOW)
     inv = s.inventory_doc
     cancel = {"guid": _seeded_guid(seed, 1), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
@@ -85,7 +85,8 @@ def export_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, An
               "ebcName": inv["ebcName"]}  # fmt: skip
     ceb605 = {"type": "CEB605", "guid": _seeded_guid(seed, 2), "version": "1.0",
               "baseTransfer": dict(s.inventory["baseTransfer"]), "documents": [cancel]}  # fmt: skip
-    return {**s.payloads(), "CEB605": ceb605, **export_transport([s], random.Random(seed))}
+    ceb701 = summary_application(random.Random(seed), [inv], [cancel["invtNo"]], now=NOW)
+    return {**s.payloads(), "CEB605": ceb605, "CEB701": ceb701, **export_transport([s], random.Random(seed))}
 
 
 def _seeded_guid(seed: int, n: int) -> str:
@@ -113,8 +114,8 @@ def minimal(code: str) -> dict[str, Any]:
     # transport messages' copNo: their msgSeqNo has a default)
     key = "orderNo" if "orderNo" in FIELD_ORDER[mtype.flow][fields_element(mtype)] else mtype.keys[1]
     doc: dict[str, Any] = {key: "O-1"}
-    if mtype.lines:
-        doc["items"] = [{"gnum": 1}]
+    if mtype.lines:  # gnum, or a CEB701's invtNo
+        doc["items"] = [{FIELD_ORDER[mtype.flow][mtype.lines][0]: 1}]
     return {"type": code, "baseTransfer": {"copCode": "C", "copName": "N", "dxpId": "DXPENT0000000001"},
             "documents": [doc]}  # fmt: skip
 
@@ -246,6 +247,9 @@ OPTIONAL_VALUES: dict[str, dict[str, dict[str, str]]] = {
         "DepartureList": {"note": "无"},
         "WayBillHead": {"preNo": "B20261120000000005", "loctNo": "5141W01", "note": "总分单"},
         "WayBillList": {"invtNo": "51412026E000000001", "note": "无"},
+        "SummaryApplyHead": {"preNo": "S20261121000000311", "sumNo": "51412026S000000311",
+                             "startTime": "20261120000000", "endTime": "20261120235959", "loctNo": "514101",
+                             "note": "汇总"},
     },
 }  # fmt: skip
 
@@ -300,6 +304,7 @@ def test_defaults_are_applied(code: str) -> None:
         "CEB507": {"ieFlag": "E", "msgCount": "1", "msgSeqNo": "1"},
         "CEB509": {"msgCount": "1", "msgSeqNo": "1"},
         "CEB607": {"msgCount": "1", "msgSeqNo": "1"},
+        "CEB701": {"msgCount": "1", "msgSeqNo": "1"},  # one message, not split
     }[code]
     assert {k: doc.head[k] for k in expected} == expected
     mtype = mtype_of(code)
@@ -570,14 +575,15 @@ def test_a_json_inventory_naming_another_agent_than_the_signers_is_refused() -> 
 def test_each_export_type_from_json_passes_the_export_schema_and_the_rules(export_xsd: etree.XMLSchema,
                                                                           mode: str) -> None:
     """Rendered, signed where the gateway signs, and checked as posted XML is: the export XSD and the export rules.
-    The declared inventory and cancellation are signed by the gateway (spec §2.7), the rest are not."""
+    The declared inventory, cancellation and summary application are signed by the gateway (spec §2.7), the rest
+    are not."""
     pipeline = Pipeline(SchemaSet(), signer=_throwaway_signer())
     for code, payload in export_payloads(5, mode).items():
         checked = pipeline.check_json(json.loads(json.dumps(payload, default=str), parse_float=Decimal))
         assert checked.message.type.code == code
         root = etree.fromstring(checked.raw)
         assert export_xsd.validate(root), (code, export_xsd.error_log)
-        signed = code in ("CEB603", "CEB605", "CEB507", "CEB509", "CEB607")  # §2.7: signed when declared
+        signed = code in ("CEB603", "CEB605", "CEB507", "CEB509", "CEB607", "CEB701")  # §2.7: signed when declared
         assert checked.message.signed is signed, code
         # spec §2.2: in an export message ds:Signature follows BaseTransfer (and BaseSubscribe), before ExtendMessage
         assert [local(c) for c in root][1:] == ["BaseTransfer"] + ["Signature"] * signed, code

@@ -410,6 +410,9 @@ FACTORIES: dict[str, Callable[[], ParsedMessage]] = {
     "509": partial(export, "CEB509"),
     "607": partial(export, "CEB607"),
     "508": partial(export, "CEB508"),
+    "701": partial(export, "CEB701"),
+    "702": partial(export, "CEB702"),
+    "792": partial(export, "CEB792"),
 }
 
 # --------------------------------------------------------------------------------------------
@@ -588,6 +591,7 @@ def test_good_cases(kind: str, mutation: Mutation) -> None:
 # --------------------------------------------------------------------------------------------
 
 XH = "/CEB603Message/Inventory[1]/InventoryHead/"
+SH = "/CEB701Message/SummaryApply[1]/SummaryApplyHead/"
 BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     # non-empty / trimmed / control characters
     ("empty required", "311", head(ebpName=""), {("rule.required_empty", OH + "ebpName")}),
@@ -756,6 +760,19 @@ BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
      {("rule.waybill_listed_twice", "/CEB509Message/Departure[1]/DepartureList[3]/logisticsNo")}),
     ("清单总分单 names an import invtNo", "607", line(1, invtNo="51412026I00000471101"),
      {("rule.invt_no_format", "/CEB607Message/WayBill[1]/WayBillList[1]/invtNo")}),
+    # the summary declaration (A.29–A.31)
+    ("summaryFlag", "701", head(summaryFlag="3"), {("rule.summary_flag", SH + "summaryFlag")}),
+    ("msgSeqNo after msgCount", "701", head(msgCount="2", msgSeqNo="3"), {("rule.msg_seq_no", SH + "msgSeqNo")}),
+    ("result msgSeqNo after msgCount", "792", head(msgSeqNo="2"),
+     {("rule.msg_seq_no", "/CEB792Message/SummaryResult[1]/SummaryResultHead/msgSeqNo")}),
+    ("startTime without endTime", "701", head(startTime="20261120000000"), {("rule.summary_period", SH + "startTime")}),
+    ("startTime after endTime", "701", head(startTime="20261120120000", endTime="20261120110000"),
+     {("rule.summary_period", SH + "startTime")}),
+    ("no inventory and no period", "701", lambda msg: msg.documents[0].lines.clear(),
+     {("rule.summary_nothing", SH[:-1])}),
+    ("invtNo twice", "701", line(3, invtNo="51412026E00000471101"),
+     {("rule.summary_duplicate_inventory", "/CEB701Message/SummaryApply[1]/SummaryApplyList[3]/invtNo")}),
+    ("unsigned summary application", "701", attrs(signed=False), {("rule.signature_missing", "/CEB701Message")}),
 ]
 
 
@@ -966,9 +983,16 @@ def codes_of(msg: ParsedMessage) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("code", ["CEB303", "CEB304", "CEB403", "CEB404", "CEB505", "CEB506", "CEB603", "CEB604",
                                   "CEB605", "CEB606", "CEB507", "CEB508", "CEB509", "CEB510", "CEB607",
-                                  "CEB608"])  # fmt: skip
+                                  "CEB608", "CEB701", "CEB702", "CEB792"])  # fmt: skip
 def test_export_fixtures_pass(code: str) -> None:
     assert codes_of(export(code)) == []
+
+
+def test_a_summary_application_of_a_period_lists_nothing() -> None:
+    """A.29: with startTime and endTime customs summarises the period; no SummaryApplyList is needed."""
+    msg = export("CEB701")
+    assert not msg.documents[1].lines and msg.documents[1].head["startTime"]
+    assert codes_of(msg) == []
 
 
 _ORDER_HEAD = "/CEB303Message/Order[1]/OrderHead"
@@ -1014,6 +1038,18 @@ _INVT_HEAD = "/CEB603Message/Inventory[1]/InventoryHead"
      "rule.invt_no_format"),
     ("CEB508", "head", "msgSeqNo", ["1"], ["0"], "rule.not_positive"),
     ("CEB508", "head", "returnTime", ["20261120235959999"], ["2026112023595999"], "rule.date_format"),
+    ("CEB701", "head", "summaryFlag", ["1", "2"], ["0", "3"], "rule.summary_flag"),
+    ("CEB701", "head", "customsCode", ["4601"], ["46O1"], "rule.customs_code"),
+    ("CEB701", "head", "appType", ["1", "2", "3"], ["4"], "rule.app_type"),
+    ("CEB701", "head", "msgCount", ["1", "9"], ["0", "x"], None),
+    ("CEB701", "head", "copNo", ["SUM1"], [" "], "rule.required_empty"),
+    ("CEB701", "line", "invtNo", ["51412026E00000471199"], [""], "rule.required_empty"),
+    ("CEB702", "head", "returnTime", ["20261121093100120"], ["2026112109310012X"], "rule.date_format"),
+    ("CEB702", "head", "preNo", ["S20261121000000311"], [""], "rule.required_empty"),
+    ("CEB792", "head", "opDate", ["20261121103000250"], ["20261121253000250"], "rule.date_format"),
+    ("CEB792", "head", "decState", ["10"], [""], "rule.required_empty"),
+    ("CEB792", "line", "gcode", ["6109100021"], ["610910002X"], "rule.gcode"),
+    ("CEB792", "line", "gseqno", ["1"], ["0"], "rule.not_positive"),
 ])  # fmt: skip
 def test_export_value_rules(
     code: str, where: str, name: str, good: list[str], bad: list[str], rule: str | None

@@ -77,8 +77,8 @@ def test_realistic_instance_of_every_type_is_valid(schemas: SchemaSet, code: str
     # the fixtures are meant to be realistic: documents of the right kind, Chinese text, lines
     docs = root.findall(ceb(mtype.document))
     assert docs
-    if mtype.lines:
-        assert all(d.findall(f".//{ceb(mtype.lines)}") for d in docs)
+    if mtype.lines:  # a CEB701 may name a period (startTime, endTime) instead of inventories (A.29)
+        assert all(d.findall(f".//{ceb(mtype.lines)}") or d.find(f".//{ceb('startTime')}") is not None for d in docs)
     if mtype.signature.value == "required":
         assert root.find(f"{{{DS_NS}}}Signature") is not None
 
@@ -746,7 +746,7 @@ def test_element_sequences_read_as_xmlschema_reads_the_import_schema() -> None:
 # ------------------------------------------------------------------------------------------------
 
 EXPORT_CODES = ("CEB303", "CEB304", "CEB403", "CEB404", "CEB505", "CEB506", "CEB603", "CEB604", "CEB605", "CEB606",
-                "CEB507", "CEB508", "CEB509", "CEB510", "CEB607", "CEB608")
+                "CEB507", "CEB508", "CEB509", "CEB510", "CEB607", "CEB608", "CEB701", "CEB702", "CEB792")
 
 
 def test_the_export_types_use_the_export_schema() -> None:
@@ -990,3 +990,66 @@ def test_transport_collapsed_and_optional_fields(schemas: SchemaSet) -> None:
     remove(root, "ceb:Departure[1]/ceb:DepartureHead/ceb:leaveTime")
     issue = one(schemas.validate(root, mtype))
     assert (issue.code, issue.path) == ("schema.missing_element", "/CEB509Message/Departure[1]/DepartureHead/leaveTime")
+# ------------------------------------------------------------------------------------------------
+# The summary declaration (spec §4.4 step 4, A.29–A.31): CEB701, CEB702, CEB792
+# ------------------------------------------------------------------------------------------------
+
+
+def test_summary_types_and_their_signature_rule() -> None:
+    assert (BY_CODE["CEB701"].signature, BY_CODE["CEB702"].receipt_for) == ("on_declare", "CEB701")
+    assert (BY_CODE["CEB792"].direction, BY_CODE["CEB792"].receipt_for) == ("receipt", None)
+
+
+def test_the_official_ceb792_order_gnum_before_gseqno_is_invalid(schemas: SchemaSet) -> None:
+    """§12.2: customs' own CEB792 sample puts gnum before gseqno; the XSD's order is gseqno, gnum."""
+    root, mtype = load("CEB792")
+    line = root.xpath("ceb:SummaryResult/ceb:SummaryResultList[1]", namespaces=NS)[0]
+    line.find(ceb("gseqno")).addprevious(line.find(ceb("gnum")))
+    issue = one(schemas.validate(root, mtype))
+    assert issue.code == "schema.out_of_order"
+    assert issue.path.startswith("/CEB792Message/SummaryResult[1]/SummaryResultList[1]/")
+
+
+def test_summary_lists_may_be_absent_and_are_unbounded(schemas: SchemaSet) -> None:
+    root, mtype = load("CEB792")
+    for line in root.xpath("ceb:SummaryResult/ceb:SummaryResultList", namespaces=NS):
+        line.getparent().remove(line)
+    assert schemas.validate(root, mtype) == []
+    root, mtype = load("CEB701")
+    line = root.xpath("ceb:SummaryApply[1]/ceb:SummaryApplyList[1]", namespaces=NS)[0]
+    for _ in range(500):  # a day's B-type parcels of one consignor, no 100 limit here
+        line.addnext(copy.deepcopy(line))
+    assert schemas.validate(root, mtype) == []
+
+
+@pytest.mark.parametrize(("code", "xpath", "value", "expected"), [
+    ("CEB701", "ceb:SummaryApply[1]/ceb:SummaryApplyHead/ceb:itemNameFlag", "", "schema.wrong_length"),  # C1
+    ("CEB701", "ceb:SummaryApply[1]/ceb:SummaryApplyHead/ceb:summaryFlag", "12", "schema.wrong_length"),
+    ("CEB701", "ceb:SummaryApply[1]/ceb:SummaryApplyHead/ceb:preNo", "S" * 19, "schema.too_long"),  # C..18
+    ("CEB701", "ceb:SummaryApply[1]/ceb:SummaryApplyHead/ceb:copNo", "C" * 31, "schema.too_long"),
+    ("CEB701", "ceb:SummaryApply[1]/ceb:SummaryApplyHead/ceb:msgCount", "1234567890", "schema.too_many_digits"),
+    ("CEB701", "ceb:SummaryApply[1]/ceb:SummaryApplyList[1]/ceb:invtNo", "5" * 21, "schema.too_long"),
+    ("CEB702", "ceb:SummaryReturn[2]/ceb:sumNo", "51412026S00000031", "schema.wrong_length"),  # C18
+    ("CEB702", "ceb:SummaryReturn[1]/ceb:preNo", "S2026112100000031", "schema.wrong_length"),
+    ("CEB792", "ceb:SummaryResult/ceb:SummaryResultHead/ceb:decState", "", "schema.too_short"),  # required, no "*"
+    ("CEB792", "ceb:SummaryResult/ceb:SummaryResultHead/ceb:decState", "1000", "schema.too_long"),
+    ("CEB792", "ceb:SummaryResult/ceb:SummaryResultHead/ceb:opDate", "20261121103000", "schema.wrong_length"),
+    ("CEB792", "ceb:SummaryResult/ceb:SummaryResultList[1]/ceb:gcode", "61091000", "schema.wrong_length"),
+])  # fmt: skip
+def test_summary_lengths(schemas: SchemaSet, code: str, xpath: str, value: str, expected: str) -> None:
+    root, mtype = load(code)
+    set_text(root, xpath, value)
+    issue = one(schemas.validate(root, mtype))
+    assert issue.code == expected, issue
+    assert issue.path.endswith(xpath.rsplit(":", 1)[-1])
+
+
+@pytest.mark.parametrize(("code", "xpath"), [
+    ("CEB701", "ceb:SummaryApply[1]/ceb:SummaryApplyHead/ceb:declAgentName"),
+    ("CEB702", "ceb:SummaryReturn[1]/ceb:copNo"),
+    ("CEB792", "ceb:SummaryResult/ceb:SummaryResultList[1]/ceb:logisticsNo"),
+])  # fmt: skip
+def test_summary_starred_strings_may_be_empty_in_the_schema(schemas: SchemaSet, code: str, xpath: str) -> None:
+    root, mtype = load(code)
+    set_text(root, xpath, "")
+    assert schemas.validate(root, mtype) == []
