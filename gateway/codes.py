@@ -23,6 +23,7 @@ MODULES: tuple[str, ...] = (
     "gateway.reconcile",
     "gateway.tax",
     "gateway.taxbills",
+    "gateway.summary",
     "gateway.signing",
 )
 
@@ -36,6 +37,8 @@ _TITLES = {
     "state": "Stored state: idempotency, duplicates, changes (HTTP 409, or an explicit outcome)",
     "recon": "Reconciliation findings (stored on the shipment, not a rejection)",
     "tax": "Tax pre-check findings (stored on the shipment)",
+    "summary": "Summary declaration (CEB701): the inventories it names, as the gateway holds them (HTTP 409, or a "
+    "warning in the 202 answer)",
     "signature": "XML signature",
 }
 

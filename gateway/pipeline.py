@@ -15,11 +15,12 @@ from typing import Any
 
 from lxml import etree
 
-from gateway import rules, signing
+from gateway import rules, signing, summary
 from gateway.auth import Principal, document_parties
 from gateway.documents import ParsedMessage, extract
 from gateway.errors import Issue, Layer, MessageRejected
-from gateway.messages import CEB_NS, MessageType, Signature, lookup
+from gateway.keystate import Conflict
+from gateway.messages import CEB_NS, Kind, MessageType, Signature, lookup
 from gateway.render import json_constant, json_int, json_object, render
 from gateway.schema import SchemaSet
 from gateway.store import IngestResult, Store
@@ -196,9 +197,31 @@ class Pipeline:
         if self.store is None:
             raise RuntimeError("the pipeline has no store")
         self.authorize(checked.message, principal)
+        warnings: list[Issue] = []
+        if checked.message.type.kind is Kind.SUMMARY:  # a CEB701: the inventories it names, as the gateway holds them
+            warnings = await self._judge_summary(checked.message)
         scope = None if principal.sees_everything else principal.codes
-        return await self.store.ingest(checked.message, checked.raw, submitter=principal.name, source=source,
-                                       scope=scope, identity=checked.identity)  # fmt: skip
+        result = await self.store.ingest(checked.message, checked.raw, submitter=principal.name, source=source,
+                                         scope=scope, identity=checked.identity)  # fmt: skip
+        if warnings and not result.replay:
+            result.body["warnings"] = [i.as_dict() for i in warnings]
+        return result
+
+    async def _judge_summary(self, msg: ParsedMessage) -> list[Issue]:
+        """gateway.summary: a summary application naming an inventory that cannot be summarised is refused (Conflict,
+        nothing stored); what may still come right is returned as warnings. Read before the store's transaction: an
+        inventory withdrawn meanwhile is customs' to refuse."""
+        assert self.store is not None
+        held = await self.store.held_inventories(summary.named_inventories(msg.documents))
+        errors: list[Issue] = []
+        warnings: list[Issue] = []
+        for doc in msg.documents:
+            refusing, warned = summary.judge(doc, held)
+            errors += refusing
+            warnings += warned
+        if errors:
+            raise Conflict(errors)
+        return warnings
 
 
 CODES: dict[str, str] = {

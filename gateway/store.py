@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import cbec_queue
 
-from gateway import db, tax
+from gateway import db, summary, tax
 from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
 from gateway.errors import Issue
@@ -1101,6 +1101,17 @@ class Store:
                 _no_nul([i.as_dict() for i in issues]),
                 http_status,
             )
+
+    async def held_inventories(self, invt_nos: list[str]) -> dict[str, list[summary.HeldInventory]]:
+        """The current inventories carrying these invtNos, by invtNo (what a summary application names: CEB701)."""
+        if not invt_nos:
+            return {}
+        async with db.transaction(self.pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
+            rows = await conn.fetch(summary.HELD_INVENTORIES, invt_nos, RANK_CONCLUDED)
+        held: dict[str, list[summary.HeldInventory]] = {}
+        for r in rows:
+            held.setdefault(r["invt_no"], []).append(summary.HeldInventory.from_row(r))
+        return held
 
     async def get_message(self, guid: str) -> dict[str, Any] | None:
         """The message row, its stored documents (head, lines, key state) and its XML."""

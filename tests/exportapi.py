@@ -34,7 +34,7 @@ def import_ship(seed: int, order_no: str | None = None, **kw: Any) -> samples.Sh
 
 
 def xml(payload: dict[str, Any]) -> bytes:
-    signer = sign_as_agent if payload["type"] in ("CEB603", "CEB605") else None
+    signer = sign_as_agent if payload["type"] in ("CEB603", "CEB605", "CEB701") else None
     return render(payload, signer=signer)
 
 
