@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 from lxml import etree
 
-from gateway import db, receipts, taxbills
+from gateway import db, receipts, summary, taxbills
 from gateway.auth import KeyRing, Principal
 from gateway.config import Role, Settings
 from gateway.console import setup_console
@@ -289,6 +289,19 @@ async def list_shipments(request: web.Request) -> web.Response:
 NO_EBP_CODE = "-"
 
 
+async def get_summary(request: web.Request) -> web.Response:
+    """A summary application (CEB701) with its forwarding, its CEB702 receipts (its preNo, sumNo and status) and
+    customs' summary results (CEB792: the declarations and the inventory items that went into each)."""
+    principal = _principal(request)
+    agent_code, cop_no = request.match_info["agentCode"], request.match_info["copNo"]
+    found = await request.app[STORE].get_summary(agent_code, cop_no)
+    parties = {p for d in (found or {}).get("documents", []) for p in d.get("parties") or ()}
+    if found is None or not _visible(principal, parties):
+        return error_response(404, "no such summary application")
+    view = await request.app[OUTBOX].shipment_forwarding(found)
+    return json_response(summary.add_results(view))
+
+
 async def get_shipment(request: web.Request) -> web.Response:
     principal = _principal(request)
     structlog.contextvars.bind_contextvars(shipment=f"{request.match_info['ebpCode']}/{request.match_info['orderNo']}")
@@ -458,6 +471,7 @@ def create_app(
     app.router.add_get("/v1/messages/{guid}", get_message)
     app.router.add_get("/v1/shipments", list_shipments)
     app.router.add_get("/v1/shipments/{ebpCode}/{orderNo}", get_shipment)
+    app.router.add_get("/v1/summaries/{agentCode}/{copNo}", get_summary)
     app.router.add_post("/v1/receipts", post_receipts)
     app.router.add_get("/v1/queue", get_queue)
     app.router.add_get("/v1/queue/dead", get_dead_letters)

@@ -53,8 +53,10 @@ OPENAPI: dict[str, Any] = {
         "version": "0.1.0",
         "description": "Cross-border e-commerce (CEB) declaration gateway: submit import order (CEB311), payment "
         "(CEB411), waybill (CEB511) and inventory (CEB621) messages and export order (CEB303), 收款单 (CEB403), "
-        "waybill (CEB505), inventory (CEB603) and cancellation (CEB605) messages and the parcels' 清单总分单 "
-        "(CEB607), arrival (CEB507) and departure (CEB509), as XML or JSON; watch each shipment's reconciliation.",
+        "waybill (CEB505), inventory (CEB603) and cancellation (CEB605) messages, the parcels' 清单总分单 "
+        "(CEB607), arrival (CEB507) and departure (CEB509), and the summary application of B-type export inventories "
+        "(CEB701), as XML or JSON; watch each shipment's reconciliation and each summary's customs declarations "
+        "(CEB792).",
     },
     "components": {
         "securitySchemes": {
@@ -149,6 +151,25 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/summaries/{agentCode}/{copNo}": {
+            "get": {
+                "summary": "One summary application (CEB701 汇总申请单): every version (documents, newest first) with "
+                "its forwarding and CEB702 receipts; preNo, sumNo (from its CEB702), customs {code, ...}, "
+                "forward_state and withdrawn of the current version; results: customs' summary results (CEB792), "
+                "each {sumNo, declSeqNo, entryId, decTmpNo, decPreNo, decState, opDate, customsCode, grossWeight, "
+                "netWeight, msgCount, msgSeqNo, note, items: [{invtNo, logisticsNo, gseqno, gnum, gcode}]}; "
+                "declarations: the customs declarations' numbers (entryId, else declSeqNo)",
+                "parameters": [
+                    {"name": "agentCode", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "copNo", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "the summary application"},
+                    "404": _err("unknown or not yours"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/v1/receipts": {
             "post": {
                 "summary": "Customs receipts: a bare CEB312/412/512/514/622/624/626/712/900 or one in a DxpMsg "
@@ -157,7 +178,10 @@ OPENAPI: dict[str, Any] = {
                 "shipment's customs_status, held inventories released, webhooks and warehouse orders. Tax bills "
                 "(CEB816) and their status changes (CEB818) come the same way: each Tax element stored once (its "
                 "status as return_status), matched to the inventory by invtNo and every enterprise code it names, "
-                "its status moving forward by returnTime (void is final); shown on the shipment (tax_bills)",
+                "its status moving forward by returnTime (void is final); shown on the shipment (tax_bills). "
+                "Summary results (CEB792) too: each SummaryResult stored once (decState as return_status), matched "
+                "to the summary application by the sumNo its CEB702 gave it and every enterprise code it names; "
+                "shown at /v1/summaries/{agentCode}/{copNo}",
                 "requestBody": {"required": True, "content": {"application/xml": {"schema": {"type": "string"}}}},
                 "responses": {
                     "200": {
@@ -170,8 +194,8 @@ OPENAPI: dict[str, Any] = {
                     "400": _err("not a safe, well-formed receipt or DxpMsg"),
                     "413": _err("body too large"),
                     "415": _err("unsupported Content-Type"),
-                    "422": _err("schema errors, a tax bill's rule errors (e.g. rule.tax_status), or not a receipt "
-                                "(rule.not_a_receipt)"),
+                    "422": _err("schema errors, a tax bill's or summary result's rule errors (e.g. rule.tax_status), "
+                                "or not a receipt (rule.not_a_receipt)"),
                     **_AUTH_ERRORS,
                 },
             }

@@ -41,7 +41,7 @@ import asyncpg
 import cbec_queue
 import structlog
 
-from gateway import db, taxbills
+from gateway import db, summary, taxbills
 from gateway import receipts as rc
 from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
@@ -1029,7 +1029,8 @@ class Outbox:
         if fresh and not any(row["has_raw"] for row in fresh):
             await conn.execute(SET_RECEIPT_RAW, min(row["id"] for row in fresh), intake.raw_xml)
         tax_bills = intake.message_type in taxbills.TAX_TYPES
-        name = taxbills.status_name if tax_bills else rc.status_name
+        summary_results = intake.message_type in summary.RESULT_TYPES
+        name = taxbills.status_name if tax_bills else summary.status_name if summary_results else rc.status_name
         results = {
             r.index: ReceiptResult(
                 r.index, r.message_type, r.return_status, rc.Outcome.DUPLICATE.value, name(r.return_status)
@@ -1041,6 +1042,9 @@ class Outbox:
             return [results[r.index] for r in recs]
         if tax_bills:
             await self._apply_tax_bills(conn, todo, new, results)
+            return [results[r.index] for r in recs]
+        if summary_results:
+            await self._apply_summary_results(conn, todo, new, results)
             return [results[r.index] for r in recs]
         targets: dict[int, list[int]] = {r.index: [] for r in todo}
         found_docs: dict[int, _Doc] = {}
@@ -1138,6 +1142,32 @@ class Outbox:
             bills[key] = taxbills.apply(before, r)
             res.document_ids, res.message_id = [doc["id"]], doc["message_id"]
             res.outcome = (rc.Outcome.APPLIED if bills[key] != before else rc.Outcome.STALE).value
+        rows = [(new[r.index], results[r.index]) for r in todo]
+        await conn.execute(
+            SET_CUSTOMS_STATE_AND_OUTCOMES, [], [], [], [], [], [], [], [],  # no document's customs state moves
+            [i for i, _ in rows], [res.message_id for _, res in rows],
+            [res.document_ids[0] if res.document_ids else None for _, res in rows],
+            [res.outcome == rc.Outcome.APPLIED.value for _, res in rows], [res.outcome for _, res in rows], [],
+        )  # fmt: skip
+
+    async def _apply_summary_results(
+        self, conn: asyncpg.Connection, todo: list[rc.ReceiptRecord], new: Mapping[int, int],
+        results: Mapping[int, ReceiptResult],
+    ) -> None:  # fmt: skip
+        """Customs' summary results (CEB792, gateway.summary): each matched to its summary application (the sumNo its
+        CEB702 gave it, and the parties) and kept as a record of it; a result moves nothing of the application's
+        customs state (that is its CEB702 receipts'). One that matches nothing is kept unmatched and tried again when
+        it comes again, as a receipt is."""
+        found = {row["i"]: row for row in await conn.fetch(CORRELATE, [_probe(r.index, summary.correlation(r))
+                                                                        for r in todo])}  # fmt: skip
+        for r in todo:
+            res, doc = results[r.index], found.get(r.index)
+            if doc is None:
+                res.outcome = rc.Outcome.UNMATCHED.value
+                log.warning("summary_result_unmatched", sum_no=r.keys.get("sumNo"), decl_seq_no=r.keys.get("declSeqNo"))
+                continue
+            res.document_ids, res.message_id = [doc["id"]], doc["message_id"]
+            res.outcome = rc.Outcome.APPLIED.value
         rows = [(new[r.index], results[r.index]) for r in todo]
         await conn.execute(
             SET_CUSTOMS_STATE_AND_OUTCOMES, [], [], [], [], [], [], [], [],  # no document's customs state moves

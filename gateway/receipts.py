@@ -43,7 +43,7 @@ from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_message, parse_xml
 
 CODES: dict[str, str] = {
     "rule.not_a_receipt": "POST /v1/receipts takes customs receipts (import CEB312/412/512/514/622/624/626/712/900, "
-    "export CEB304/404/506/508/510/604/606/608) and tax bills (CEB816/818) only",
+    "export CEB304/404/506/508/510/604/606/608/702), tax bills (CEB816/818) and summary results (CEB792) only",
     "rule.receipt_envelope_type": "the DxpMsg MsgType names another message than the receipt it carries",
 }
 
@@ -317,6 +317,8 @@ def records(root: etree._Element, mtype: MessageType) -> list[ReceiptRecord]:
 RECEIPT_KINDS = frozenset({Kind.RECEIPT, Kind.FORMAT_RECEIPT})
 #: Customs' tax bills and their status changes come in the same way (gateway.taxbills).
 TAX_KINDS = frozenset({Kind.TAX, Kind.TAX_STATUS})
+#: And customs' summary results (CEB792, gateway.summary).
+RESULT_KINDS = frozenset({Kind.SUMMARY_RESULT})
 
 
 @dataclass(frozen=True)
@@ -337,7 +339,7 @@ def read(body: bytes, schemas: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> In
     ``validate_dxp(root)``); None skips the XSD checks.
     """
     from adapters import dxp  # local: adapters imports gateway modules
-    from gateway import taxbills  # local: it imports this module
+    from gateway import summary, taxbills  # local: they import this module
 
     cop_msg_id = None
     envelope_type = None
@@ -351,7 +353,7 @@ def read(body: bytes, schemas: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> In
         env = dxp.read_envelope(envelope)
         ceb, cop_msg_id, envelope_type = env.data, env.cop_msg_id, env.msg_type
     root, mtype = parse_message(ceb, max_bytes)
-    if mtype.kind not in RECEIPT_KINDS | TAX_KINDS:
+    if mtype.kind not in RECEIPT_KINDS | TAX_KINDS | RESULT_KINDS:
         raise MessageRejected(
             [Issue(Layer.RULE, "rule.not_a_receipt", f"/{mtype.root}",
                    f"{mtype.code} is not a receipt; declarations go to POST /v1/messages")],
@@ -367,14 +369,21 @@ def read(body: bytes, schemas: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> In
         issues = schemas.validate(root, mtype)
         if issues:
             raise MessageRejected(issues, mtype.code)
-    if mtype.kind in TAX_KINDS:  # a bill is folded by its status and amounts: one in no table must not come in
+    if mtype.kind in TAX_KINDS | RESULT_KINDS:
+        # a bill is folded by its status and amounts, a result shown by its numbers: one in no table must not come in
         issues = rules.check(extract(root, mtype))
         if issues:
             raise MessageRejected(issues, mtype.code)
+    if mtype.kind in TAX_KINDS:
+        recs = taxbills.records(root, mtype)
+    elif mtype.kind in RESULT_KINDS:
+        recs = summary.records(root, mtype)
+    else:
+        recs = records(root, mtype)
     return Intake(
         message_type=mtype.code,
         root_guid=root.get("guid", ""),
-        records=taxbills.records(root, mtype) if mtype.kind in TAX_KINDS else records(root, mtype),
+        records=recs,
         raw_xml=ceb.decode("utf-8", errors="replace"),
         cop_msg_id=cop_msg_id,
     )
@@ -440,6 +449,8 @@ def apply(current: CustomsState | None, receipt: ReceiptRecord) -> Decision:
     current = current or CustomsState()
     verdict = receipt.verdict
     learned = {k: receipt.keys[k] for k in ("preNo", "invtNo") if receipt.keys.get(k)}
+    if receipt.keys.get("sumNo"):  # a summary application's number (CEB702) is kept where an inventory's invtNo is
+        learned["invtNo"] = receipt.keys["sumNo"]
     r = receipt.rank
     if verdict is Verdict.TRANSIENT:
         # "Delivery failed" matters only while customs has not confirmed anything beyond E-Port's intake.

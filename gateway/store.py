@@ -363,6 +363,15 @@ SELECT id, guid, message_type, sha256, raw_xml, source, submitter, received_at, 
 
 SELECT_MESSAGE_DOCUMENTS = f"SELECT {_DOC_COLUMNS} FROM documents AS d WHERE d.message_id = $1 ORDER BY d.doc_index"
 
+#: Every version of a summary application (CEB701) by ($1 agentCode, $2 copNo), newest first
+#: (documents_summary_key_idx, migration 220).
+SELECT_SUMMARY_DOCUMENTS = f"""
+SELECT d.* FROM (SELECT {_DOC_COLUMNS} FROM documents AS d
+                  WHERE d.kind = 'summary' AND d.key1 = $1 AND d.key2 = $2 AND d.message_type = 'CEB701'
+                 OFFSET 0) AS d
+ ORDER BY d.id DESC
+"""
+
 SELECT_SHIPMENT = """
 SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode, buyer_id_number, flow,
        customs_status, customs_info, customs_updated_at, created_at, updated_at
@@ -1112,6 +1121,14 @@ class Store:
         for r in rows:
             held.setdefault(r["invt_no"], []).append(summary.HeldInventory.from_row(r))
         return held
+
+    async def get_summary(self, agent_code: str, cop_no: str) -> dict[str, Any] | None:
+        """A summary application (CEB701): every version of its key, newest first; None when none was stored."""
+        async with db.transaction(self.pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
+            docs = await conn.fetch(SELECT_SUMMARY_DOCUMENTS, agent_code, cop_no)
+        if not docs:
+            return None
+        return {"agentCode": agent_code, "copNo": cop_no, "documents": [_document_dict(d) for d in docs]}
 
     async def get_message(self, guid: str) -> dict[str, Any] | None:
         """The message row, its stored documents (head, lines, key state) and its XML."""

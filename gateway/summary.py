@@ -31,10 +31,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.documents import Document
+from lxml import etree
+
+from gateway.documents import Document, extract
 from gateway.errors import Issue
 from gateway.keystate import STATE_LAYER
-from gateway.receipts import RANK_RELEASED
+from gateway.messages import MessageType
+from gateway.receipts import RANK_RELEASED, Correlation, ReceiptRecord
 
 CODES: dict[str, str] = {
     "summary.inventory_not_export": "a summary application (CEB701) names the invtNo of an import inventory (CEB621) "
@@ -61,17 +64,19 @@ REFUSING: frozenset[str] = frozenset({
 #: stand now (the current version: a withdrawal's tombstone carries no invtNo of its own), with whether an export one
 #: was cancelled (its CEB605 concluded: $2 the concluded rank). Read only for a CEB701: no other path runs it.
 HELD_INVENTORIES = """
-SELECT DISTINCT ON (v.invt_no, c.id)
-       v.invt_no, c.message_type, c.ebc_code, c.head ->> 'statisticsFlag' AS statistics_flag, c.withdrawn,
+SELECT v.invt_no, c.message_type, c.ebc_code, c.head ->> 'statisticsFlag' AS statistics_flag, c.withdrawn,
        coalesce(c.customs_rank, 0) AS customs_rank, c.key1, c.key2,
        EXISTS (SELECT 1 FROM documents AS x
                 WHERE x.message_type = 'CEB605' AND x.is_current AND x.key1 = c.key1
                   AND x.head ->> 'invtNo' = v.invt_no AND x.forward_state = 'receipted'
                   AND x.customs_rank >= $2) AS cancelled
-  FROM documents AS v
-  JOIN documents AS c ON c.message_type = v.message_type AND c.key1 = v.key1 AND c.key2 = v.key2 AND c.is_current
- WHERE v.invt_no = ANY ($1::text[]) AND v.message_type IN ('CEB603', 'CEB621')
- ORDER BY v.invt_no, c.id
+  FROM (SELECT DISTINCT v.invt_no, v.message_type, v.key1, v.key2 FROM documents AS v
+         WHERE v.invt_no = ANY ($1::text[]) AND v.message_type IN ('CEB603', 'CEB621')) AS v,
+       LATERAL (SELECT c.message_type, c.ebc_code, c.head, c.withdrawn, c.customs_rank, c.key1, c.key2
+                  FROM documents AS c
+                 WHERE c.message_type = v.message_type AND c.key1 = v.key1 AND c.key2 = v.key2 AND c.is_current
+                OFFSET 0) AS c
+ ORDER BY v.invt_no, c.message_type
 """
 
 
@@ -139,4 +144,79 @@ def judge(doc: Document, held: Mapping[str, list[HeldInventory]]) -> tuple[list[
     return errors, warnings
 
 
-__all__ = ["CODES", "HELD_INVENTORIES", "REFUSING", "HeldInventory", "judge", "named_inventories"]
+# --- customs' summary results (CEB792) --------------------------------------------------------------------
+
+RESULT_TYPES = frozenset({"CEB792"})
+_APPLICATION = "CEB701"
+#: The enterprise codes a result names that its application's head carries by the same names: a result is matched
+#: only to an application that agrees with every one (the receipts' rule, gateway.receipts.PARTY_FIELDS).
+PARTY_FIELDS = ("agentCode", "ebcCode", "declAgentCode")
+_OWN_FIELDS = frozenset({"guid", "opDate", "decState", "note"})  # the record's own columns, not keys
+ITEMS = "items"  # the key holding a result's SummaryResultList lines
+
+
+def status_name(status: str | None) -> str | None:
+    """decState is customs' declaration status (its values are customs', A.31): shown as given."""
+    return None if status is None else f"declaration status {status.strip()}"
+
+
+def records(root: etree._Element, mtype: MessageType) -> list[ReceiptRecord]:
+    """Every SummaryResult of a parsed CEB792 as a receipt record: decState as its returnStatus, opDate as its
+    returnTime, the note as its returnInfo, every other head field a key, and the inventory items that went into
+    the declaration under ``items`` (invtNo, logisticsNo, gseqno, gnum, gcode each)."""
+    out = []
+    for doc in extract(root, mtype).documents:
+        head = {name: value.strip() for name, value in doc.head.items()}
+        keys: dict[str, Any] = {n: v for n, v in head.items() if n not in _OWN_FIELDS and v}
+        keys[ITEMS] = [{n: v.strip() for n, v in line.items()} for line in doc.lines]
+        out.append(ReceiptRecord(
+            message_type=mtype.code, root_guid=root.get("guid", ""), index=doc.index, guid=head.get("guid", ""),
+            keys=keys, return_status=head.get("decState", ""), return_time=head.get("opDate", ""),
+            return_info=doc.head.get("note", ""), path=doc.path,
+        ))  # fmt: skip
+    return out
+
+
+def correlation(record: ReceiptRecord) -> Correlation:
+    """How to find the application of a result: the sumNo its CEB702 receipts gave it (documents.invt_no), with every
+    party the result names in agreement (customs made the result; it echoes nothing else of the application)."""
+    parties = tuple((f, v) for f in PARTY_FIELDS if (v := record.keys.get(f)))
+    return Correlation(_APPLICATION, "", parties=parties, invt_no=record.keys.get("sumNo") or None)
+
+
+def result_view(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored CEB792 record (a ``receipts`` row as the views give it) as the result an operator reads."""
+    keys = dict(r.get("keys") or {})
+    return {
+        "sumNo": keys.get("sumNo"), "declSeqNo": keys.get("declSeqNo"), "entryId": keys.get("entryId"),
+        "decTmpNo": keys.get("decTmpNo"), "decPreNo": keys.get("decPreNo"), "decState": r.get("return_status"),
+        "opDate": r.get("return_time"), "customsCode": keys.get("customsCode"),
+        "grossWeight": keys.get("grossWeight"), "netWeight": keys.get("netWeight"),
+        "msgCount": keys.get("msgCount"), "msgSeqNo": keys.get("msgSeqNo"), "note": r.get("return_info") or None,
+        "items": keys.get(ITEMS, []), "received_at": r.get("received_at"), "guid": r.get("doc_guid"),
+    }  # fmt: skip
+
+
+def add_results(view: dict[str, Any]) -> dict[str, Any]:
+    """A summary application's view (its versions with their forwarding, gateway.outbox.Outbox.shipment_forwarding)
+    with ``results``: the CEB792 records move out of their version's ``receipts``, newest declaration last; the
+    application's own numbers and status (the current version's) are lifted beside them."""
+    results: list[dict[str, Any]] = []
+    for d in view.get("documents", []):
+        mine = [r for r in d.get("receipts", []) if r.get("message_type") in RESULT_TYPES]
+        if mine:
+            results += [result_view(r) for r in mine]
+            d["receipts"] = [r for r in d["receipts"] if r.get("message_type") not in RESULT_TYPES]
+    current = next((d for d in view.get("documents", []) if d.get("is_current")), None)
+    if current is not None:
+        view.update(preNo=current.get("pre_no"), sumNo=current.get("invt_no"), customs=current.get("customs"),
+                    forward_state=current.get("forward_state"), withdrawn=current.get("withdrawn"))  # fmt: skip
+    view["results"] = results
+    view["declarations"] = sorted({r["entryId"] or r["declSeqNo"] for r in results if r["entryId"] or r["declSeqNo"]})
+    return view
+
+
+__all__ = [
+    "CODES", "HELD_INVENTORIES", "REFUSING", "RESULT_TYPES", "HeldInventory", "add_results", "correlation", "judge",
+    "named_inventories", "records", "result_view", "status_name",
+]  # fmt: skip

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from adapters import dxp
 from gateway import receipts as rc
+from gateway import summary
 from gateway.errors import MessageRejected
 from gateway.receipts import CustomsState, Outcome, ReceiptRecord, Verdict
 from gateway.sandbox.receipts import build_receipt
@@ -271,3 +272,33 @@ def test_read_validates_against_the_schema() -> None:
     with pytest.raises(MessageRejected) as err:
         rc.read(b"<not-xml", SchemaSet())
     assert err.value.issues[0].code.startswith("parse.")
+
+
+# --- the summary declaration's receipt (CEB702) and customs' summary result (CEB792) -------------------------------
+
+SCHEMA_DATA = Path(__file__).parent / "data" / "schema"
+
+
+def test_a_summary_result_is_read_as_records_of_its_declaration() -> None:
+    intake = rc.read((SCHEMA_DATA / "CEB792Message.xml").read_bytes(), None)
+    [rec] = intake.records
+    assert (rec.return_status, rec.return_time, rec.return_info) == ("10", "20261121103000250", "汇总生成报关单")
+    assert rec.keys["sumNo"] == "51412026S000000311" and rec.keys["entryId"] == "514120261000312345"
+    assert [(i["invtNo"], i["gseqno"], i["gnum"]) for i in rec.keys["items"]] == [
+        ("51412026E00000471101", "1", "1"), ("51412026E00000471101", "2", "2"), ("51412026E00000471102", "1", "1")]
+    c = summary.correlation(rec)
+    assert (c.declared_type, c.invt_no, dict(c.parties)) == (
+        "CEB701", "51412026S000000311",
+        {"agentCode": "4601980H12", "ebcCode": "4601260E35", "declAgentCode": "4601980H12"})
+    # the CEB702 that concluded the application taught its sumNo, kept where an inventory's invtNo is
+    r702 = rc.read((SCHEMA_DATA / "CEB702Message.xml").read_bytes(), None).records
+    assert rc.apply(None, r702[1]).learned == {"preNo": "S20261121000000311", "invtNo": "51412026S000000311"}
+    assert rc.apply(None, r702[0]).learned == {"preNo": "S20261121000000311"}
+
+
+def test_a_summary_result_breaking_a_rule_is_refused_at_intake() -> None:
+    good = (SCHEMA_DATA / "CEB792Message.xml").read_bytes()
+    bad = good.replace(b"<gcode>4202220000</gcode>", b"<gcode>42022200XX</gcode>")
+    with pytest.raises(MessageRejected) as exc:
+        rc.read(bad, None)
+    assert [i.code for i in exc.value.issues] == ["rule.gcode"]

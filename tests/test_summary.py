@@ -4,12 +4,20 @@ gateway refuses what it knows customs would refuse and warns of what may still c
 from __future__ import annotations
 
 import random
+import uuid
+from datetime import datetime
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+from lxml import etree
 
+from adapters import dxp
 from gateway import samples
+from gateway.messages import CEB_NS
+from gateway.sandbox.app import RunningSandbox
+from gateway.sandbox.recorder import Recorder
 from tests.apiutil import PLATFORM_A, STRANGER, Client
 from tests.exportapi import NOW, export_ship, import_ship, post_export, post_json, post_receipt, version, xml
 
@@ -155,7 +163,7 @@ async def test_a_summary_in_json_is_signed_and_stored(api: Client) -> None:
 
 @pytest.mark.db
 async def test_the_read_of_the_named_inventories_probes_indexes(api: Client, db_pool: asyncpg.Pool) -> None:
-    from gateway import db, summary
+    from gateway import db, store, summary
     from tests.planutil import full_scans
 
     await declared(api, 23)
@@ -163,4 +171,153 @@ async def test_the_read_of_the_named_inventories_probes_indexes(api: Client, db_
         await conn.execute("ANALYZE documents")
         found = await full_scans(conn, begin=db.BEGIN_SNAPSHOT_PLANNED, module=summary,
                                  cases={"HELD_INVENTORIES": "ARRAY['51412026E000000001'], 60"})  # fmt: skip
+        found |= await full_scans(conn, begin=db.BEGIN_SNAPSHOT_PLANNED, module=store,
+                                  cases={"SELECT_SUMMARY_DOCUMENTS": "'4601980H12', 'SUM2026112000000001'"})
     assert found == {}
+
+
+# --- forwarded to customs' export system, answered by CEB702 and CEB792 -------------------------------------------
+
+
+@pytest.mark.db
+async def test_a_summary_goes_to_customs_and_comes_back_with_its_declaration(db_dsn: str) -> None:
+    """The whole way: two B-type parcels released by the sandbox's export system, their summary application
+    forwarded to it (DXPEDCCEB0000003), its CEB702 receipts applied (preNo, sumNo, 399) and its CEB792 matched and
+    shown with the inventory items that went into the declaration."""
+    from pathlib import Path
+
+    from gateway.api import OUTBOX, PIPELINE
+    from gateway.render import render
+    from gateway.workers import inbox_handler
+    from tests.apiutil import sign_as_agent
+    from tests.forwardutil import running_stack, wait_for
+
+    async with running_stack(db_dsn) as stack:
+        parcels = [samples.export_shipment(random.Random(seed), mode="1210", now=NOW) for seed in (41, 42)]
+        for s in parcels:
+            for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+                xml_ = render(s.payloads()[code], signer=sign_as_agent if code == "CEB603" else None)
+                r = await stack.client.post_xml(xml_)
+                assert r.status == 202, (code, r.body)
+
+        async def invt_nos() -> list[str] | None:
+            rows = await stack.fetch("SELECT invt_no, customs_rank FROM documents WHERE message_type = 'CEB603'"
+                                     " ORDER BY id")  # fmt: skip
+            done = all(r["invt_no"] and r["customs_rank"] == 100 for r in rows) and len(rows) == 2
+            return [r["invt_no"] for r in rows] if done else None
+
+        await wait_for(invt_nos, timeout=20, what="both inventories released")
+        numbers = await invt_nos()
+        assert numbers is not None
+        p = samples.summary_application(random.Random(43), [s.inventory_doc for s in parcels], numbers, now=NOW)
+        r = await stack.client.post_xml(render(p, signer=sign_as_agent))
+        assert r.status == 202 and "warnings" not in r.body, r.body
+        doc = p["documents"][0]
+        path = f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}"
+
+        async def declared() -> dict[str, Any] | None:
+            view = (await stack.client.get(path)).body
+            return view if view.get("results") else None
+
+        await wait_for(declared, timeout=20, what="the summary result")
+        view = await declared()
+        assert view is not None
+        assert view["forward_state"] == "receipted" and view["customs"]["code"] == "399", view
+        assert view["sumNo"] and len(view["sumNo"]) == 18 and view["preNo"]
+        [result] = view["results"]
+        assert result["sumNo"] == view["sumNo"] and result["decState"] == "10"
+        assert view["declarations"] == [result["entryId"]]
+        items = result["items"]
+        lines = [(n, li["gnum"]) for s, n in zip(parcels, numbers, strict=True)
+                 for li in s.inventory_doc["items"]]  # fmt: skip
+        assert [(i["invtNo"], int(i["gnum"])) for i in items] == [(n, int(g)) for n, g in lines]
+        assert {i["logisticsNo"] for i in items} == {s.inventory_doc["logisticsNo"] for s in parcels}
+        receipts = view["documents"][0]["receipts"]
+        assert [x["message_type"] for x in receipts] == ["CEB702", "CEB702"]
+        assert [x["return_status"] for x in receipts] == ["2", "399"]
+        jobs = await stack.fetch("SELECT endpoint FROM jobs WHERE kind = 'CEB701'")
+        assert [j["endpoint"] for j in jobs] == ["customs"]
+        # the folder transport's inbox takes a result through the same intake: a second declaration of the summary
+        handle = inbox_handler(stack.app[OUTBOX], stack.app[PIPELINE].schemas, "customs")
+        await handle(result_for(view["sumNo"], p, numbers[:1]), Path("result.xml"))
+        assert await stack.fetchval("SELECT outcome FROM receipts WHERE source = 'inbox'") == "applied"
+        assert len((await stack.client.get(path)).body["results"]) == 2
+
+
+# --- CEB702 and CEB792 at /v1/receipts ---------------------------------------------------------------------------
+
+def result_for(sum_no: str, app: dict[str, Any], invt_nos: list[str], ebc: str | None = None) -> bytes:
+    from gateway.documents import extract
+    from gateway.render import render
+    from gateway.sandbox import receipts as rc
+    from gateway.xmlsafe import parse_message
+
+    application = extract(*parse_message(render(app))).documents[0]
+    head, lines = rc.summary_result(application, sum_no, [], [], 7)
+    head["ebcCode"] = ebc or head["ebcCode"]
+    lines = [{"invtNo": no, "logisticsNo": "SF1234567890123CN", "gseqno": "1", "gnum": "1", "gcode": "0902109000"}
+             for no in invt_nos]  # fmt: skip
+    return rc.build_customs_documents("CEB792", [(head, lines)])
+
+
+@pytest.mark.db
+async def test_a_result_is_matched_by_the_sum_no_its_receipt_gave(api: Client) -> None:
+    a, a_no = await declared(api, 31)
+    p = application([a], [a_no])
+    assert (await post_export(api, p)).status == 202
+    doc = p["documents"][0]
+    path = f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}"
+    sum_no = "51412026S000000031"
+    result = result_for(sum_no, p, [a_no])
+    # before customs' CEB702 gave the application its sumNo a result finds nothing: kept, tried again when it comes
+    r = await api.request("POST", "/v1/receipts", data=result, content_type="application/xml")
+    assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["unmatched"], r.body
+    for i, (status, extra) in enumerate((("2", {}), ("399", {"sumNo": sum_no}))):
+        r = await post_receipt(api, "CEB702", {
+            "guid": doc["guid"], "agentCode": doc["agentCode"], "ebcCode": doc["ebcCode"], "copNo": doc["copNo"],
+            "preNo": "S20261120000000031", "msgSeqNo": "1", "returnStatus": status,
+            "returnTime": f"2026112017000{i}000", "returnInfo": "ok", **extra})  # fmt: skip
+        assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    r = await api.request("POST", "/v1/receipts", data=result, content_type="application/xml")
+    assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    view = (await api.get(path)).body
+    assert (view["sumNo"], view["preNo"], view["customs"]["code"]) == (sum_no, "S20261120000000031", "399")
+    [res] = view["results"]
+    assert res["sumNo"] == sum_no and [i["invtNo"] for i in res["items"]] == [a_no]
+    assert [x["message_type"] for x in view["documents"][0]["receipts"]] == ["CEB702", "CEB702"]
+    # another consignor's result with the same sumNo is not this application's
+    r = await api.request("POST", "/v1/receipts", data=result_for(sum_no, p, [a_no], ebc="4601260E99"),
+                          content_type="application/xml")  # fmt: skip
+    assert [x["outcome"] for x in r.body["receipts"]] == ["unmatched"], r.body
+    # the enterprises' view only
+    assert (await api.get(path, key=STRANGER)).status == 404
+    assert (await api.get(path, key=PLATFORM_A)).status == 200
+    assert (await api.get(f"/v1/summaries/{doc['agentCode']}/NOSUCH")).status == 404
+
+
+# --- the sandbox's export system ------------------------------------------------------------------------------------
+
+pytest_plugins = ["gateway.sandbox.pytest_plugin"]
+
+
+async def test_the_sandbox_refuses_a_summary_of_what_it_did_not_release(
+    customs_sandbox_local: RunningSandbox, http_recorder: Recorder
+) -> None:
+    """Customs' export system summarises only B-type inventories it released, of the application's consignor: an
+    invtNo it never gave is 退单 (CEB702 100), and no summary result follows."""
+    sb = customs_sandbox_local
+    sb.config.receipt_url = http_recorder.url + "/v1/receipts"
+    inv = export_ship(51, mode="1210").inventory_doc
+    p = application([inv], ["51412026E000000999"])
+    env = dxp.wrap(xml(p), msg_type="CEB701Message", sender_id="DXPENT0000458763", receiver_ids=[dxp.EXPORT_RECEIVER],
+                   cop_msg_id=str(uuid.uuid4()).upper(), created=datetime.now())  # fmt: skip
+    async with aiohttp.ClientSession() as client, client.post(sb.url + "/dxp", data=env) as resp:
+        assert resp.status == 200, await resp.text()
+    await sb.wait_idle()
+    got = []
+    for r in http_recorder.requests:
+        root = etree.fromstring(dxp.unwrap(r.body).data)
+        got += [(etree.QName(root).localname, ret.findtext(f"{{{CEB_NS}}}returnStatus"),
+                 ret.findtext(f"{{{CEB_NS}}}returnInfo")) for ret in root]  # fmt: skip
+    assert [(g[0], g[1]) for g in got] == [("CEB702Message", "2"), ("CEB702Message", "100")], got
+    assert "51412026E000000999" in (got[1][2] or "")

@@ -170,6 +170,16 @@ class InventoryRecord:
 TaxBill = tuple[dict[str, str | None], list[dict[str, str]]]
 
 
+@dataclass
+class SummaryRecord:
+    """A summary application (CEB701) customs' export system took: its numbers and the inventories it summarises."""
+
+    doc: Document
+    pre_no: str
+    sum_no: str
+    inventories: list[InventoryRecord]
+
+
 def scenario_of(header: str | None, values: Iterable[str]) -> str | None:
     """The scenario named by the header (``FLAKY`` or ``FLAKY-``) or by the first value with a known prefix."""
     if header:
@@ -272,6 +282,7 @@ class Sandbox:
         self.export_orders: dict[tuple[str, str], Document] = {}
         self.export_waybills: dict[tuple[str, str], Document] = {}
         self.export_inventories: dict[tuple[str, str], InventoryRecord] = {}
+        self.summaries: dict[tuple[str, str], SummaryRecord] = {}  # CEB701 by (agentCode, copNo)
         self.quota_used: dict[str, Decimal] = {}
         self.receipts: list[dict[str, Any]] = []
         self.inspection: list[dict[str, Any]] = []
@@ -467,7 +478,8 @@ class Sandbox:
 
         plans = self.process(mtype, parsed, scenario)
         bills = self._released(parsed, plans) if self.config.tax_bills and mtype.code == "CEB621" else []
-        self._schedule(plans, scenario, receiver=sender_id, ori_cop_msg_id=cop_msg_id, bills=bills)
+        results = self._summary_results(parsed, plans) if mtype.code == "CEB701" else []
+        self._schedule(plans, scenario, receiver=sender_id, ori_cop_msg_id=cop_msg_id, bills=bills, results=results)
         return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario)
 
     def tax_status_delay(self) -> float:
@@ -505,6 +517,7 @@ class Sandbox:
             "CEB507": self._transport,
             "CEB509": self._transport,
             "CEB607": self._transport,
+            "CEB701": self._summary,
         }.get(mtype.code, self._other)
         return [handler(doc, scenario) for doc in parsed.documents]
 
@@ -764,6 +777,74 @@ class Sandbox:
             return steps
         accepted = steps[1]
         return [steps[0], self._step(accepted.code, "399", accepted.values, accepted.key)]
+    def _summary(self, doc: Document, scenario: str | None) -> list[Step]:
+        """A summary application (CEB701): each inventory it names must be a B-type export inventory of its consignor
+        that this export system released (a period summarises all of them), else 100; then 2 → 399 (CEB702, the
+        sumNo with the 399), and its summary result (CEB792) follows (:meth:`_summary_results`)."""
+        h = doc.head
+        key = (h.get("agentCode", ""), h.get("copNo", ""))
+        label = "/".join(key)
+        existing = self.summaries.get(key)
+        pre_no = existing.pre_no if existing is not None else rc.pre_no(next(self._serial))
+        values = {name: h.get(name, "") for name in ("guid", "agentCode", "ebcCode", "copNo", "msgSeqNo")}
+        values["preNo"] = pre_no
+        step = self._step
+        app_type, app_status = h.get("appType", "1"), h.get("appStatus", "2")
+        if app_status == "1":
+            return [step("CEB702", "1", values, label)]
+        if app_type == "1" and existing is not None:
+            return self._rejected("CEB702", values, label, f"汇总申请{label}已申报 (sandbox: duplicate)")
+        if app_type in ("2", "3") and existing is None:
+            return self._rejected("CEB702", values, label, "未找到可变更的汇总申请 (sandbox)")
+        if scenario == "REJECT":
+            return self._rejected("CEB702", values, label, "sandbox scenario REJECT")
+        if app_type == "3":
+            self.summaries.pop(key, None)
+            return [step("CEB702", "2", values, label), step("CEB702", "399", values, label)]
+        ebc = h.get("ebcCode", "")
+        by_no = {r.invt_no: r for r in self.export_inventories.values()}
+        listed = [(line.get("invtNo") or "").strip() for line in doc.lines]
+        if h.get("startTime") and h.get("endTime"):  # a period: every B-type inventory of the consignor
+            chosen = [r for r in self.export_inventories.values()
+                      if r.doc.head.get("ebcCode") == ebc and r.doc.head.get("statisticsFlag") == "B"]  # fmt: skip
+            problems = [] if chosen else ["该时段无可汇总的B类清单"]
+        else:
+            chosen, problems = [], []
+            for no in listed:
+                r = by_no.get(no)
+                if r is None:
+                    problems.append(f"清单{no}不存在或未放行")
+                elif r.doc.head.get("statisticsFlag") != "B":
+                    problems.append(f"清单{no}不是B类(汇总)清单")
+                elif r.doc.head.get("ebcCode") != ebc:
+                    problems.append(f"清单{no}不属于收发货人{ebc}")
+                else:
+                    chosen.append(r)
+        if problems:
+            return self._rejected("CEB702", values, label, "汇总申请不通过: " + "; ".join(problems))
+        customs = h.get("customsCode", "")
+        district = customs if len(customs) == 4 and customs.isdigit() else "0000"
+        sum_no = existing.sum_no if existing is not None else \
+            f"{district}{datetime.now(rc.CHINA_TZ):%Y}S{next(self._serial) % 10**9:09d}"  # fmt: skip
+        self.summaries[key] = SummaryRecord(doc, pre_no, sum_no, chosen)
+        return [step("CEB702", "2", values, label), step("CEB702", "399", {**values, "sumNo": sum_no}, label)]
+
+    def _summary_results(self, parsed: ParsedMessage, plans: list[list[Step]]) -> list[tuple[dict[str, Any], bytes]]:
+        """The summary result (CEB792) of each application these plans conclude (CEB702 399, not a deletion): one
+        customs declaration of all its inventories' items, an item (gseqno) per HS code, as customs merges them."""
+        out: list[tuple[dict[str, Any], bytes]] = []
+        for doc, plan in zip(parsed.documents, plans, strict=True):
+            if not plan or plan[-1].status != "399" or doc.head.get("appType") == "3":
+                continue
+            record = self.summaries.get((doc.head.get("agentCode", ""), doc.head.get("copNo", "")))
+            if record is None:
+                continue
+            head, lines = rc.summary_result(record.doc, record.sum_no, [r.doc for r in record.inventories],
+                                            [r.invt_no for r in record.inventories], next(self._serial))  # fmt: skip
+            meta = {"code": "CEB792", "status": head["decState"], "key": plan[-1].key,
+                    "info": f"汇总结果 {head['entryId']}"}  # fmt: skip
+            out.append((meta, rc.build_customs_documents("CEB792", [(head, lines)])))
+        return out
 
     def _other(self, doc: Document, scenario: str | None) -> list[Step]:
         """513/623/625/711: accepted into customs (``2`` → ``120``) without further checks."""
@@ -807,10 +888,11 @@ class Sandbox:
 
     def _schedule(
         self, plans: list[list[Step]], scenario: str | None, *, receiver: str, ori_cop_msg_id: str,
-        bills: Sequence[tuple[Document, str, str]] = (),
+        bills: Sequence[tuple[Document, str, str]] = (), results: Sequence[tuple[dict[str, Any], bytes]] = (),
     ) -> None:  # fmt: skip
         """Time and serialise the receipts: step i of every document is due at (i + 1) × receipt_delay; the tax
-        bills of the released inventories (``bills``: inventory, invtNo, key) one step after the last receipt."""
+        bills of the released inventories (``bills``: inventory, invtNo, key) one step after the last receipt, and
+        so the summary results (``results``: CEB792 messages, meta and XML each)."""
         step_ms = max(1, round(self.config.receipt_delay * 1000))
         start = datetime.now(rc.CHINA_TZ)
         ordered: list[tuple[int, int, Step]] = [
@@ -840,16 +922,19 @@ class Sandbox:
                 settled.append(({"code": "CEB818", "status": "2", "key": key, "info": info},
                                 rc.tax_status(head, "2", ent_duty_no=slip, moment=later)))  # fmt: skip
         if self.config.receipt_batch_max > 1 and scenario not in UNBATCHED_SCENARIOS:
-            self._schedule_batched(stages, taxes, settled, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
+            self._schedule_batched(stages, taxes, settled, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id,
+                                   results=results)  # fmt: skip
             return
         items = [(meta, rc.build_receipt(meta["code"], values)) for stage in stages for meta, values in stage]
         items += [(meta, rc.build_tax_bills("CEB816", [bill])) for meta, bill in taxes]
         items += [({**meta, "after": delay}, rc.build_tax_bills("CEB818", [bill])) for meta, bill in settled]
+        items += list(results)
         self._schedule_xml(items, scenario, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
 
     def _schedule_batched(
         self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], taxes: list[tuple[dict[str, Any], TaxBill]],
         settled: list[tuple[dict[str, Any], TaxBill]], *, receiver: str, ori_cop_msg_id: str,
+        results: Sequence[tuple[dict[str, Any], bytes]] = (),
     ) -> None:  # fmt: skip
         """One record per receipt now; each step's receipts join the open batches once the step before was sent, the
         tax bills go together once the last step was, and their status changes once the return window is over."""
@@ -863,11 +948,14 @@ class Sandbox:
         recorded = [[(record(meta), values) for meta, values in stage] for stage in stages]
         bills = [(record(meta), bill) for meta, bill in taxes]
         statuses = [(record(meta), bill) for meta, bill in settled]
-        self._spawn(self._deliver_stages(recorded, bills, statuses, receiver[:16] or self.config.enterprise_dxp_id))
+        summaries = [(record(meta), xml) for meta, xml in results]
+        self._spawn(self._deliver_stages(recorded, bills, statuses, receiver[:16] or self.config.enterprise_dxp_id,
+                                         summaries))  # fmt: skip
 
     async def _deliver_stages(
         self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], bills: list[tuple[dict[str, Any], TaxBill]],
         statuses: list[tuple[dict[str, Any], TaxBill]], receiver: str,
+        results: Sequence[tuple[dict[str, Any], bytes]] = (),
     ) -> None:  # fmt: skip
         for stage in stages:
             if not await self._sleep(self.config.receipt_delay):
@@ -879,11 +967,20 @@ class Sandbox:
         for code, items, delay in (("CEB816", bills, self.config.receipt_delay),
                                    ("CEB818", statuses, self.tax_status_delay())):  # fmt: skip
             if not items:
-                return
+                break
             if await self._sleep(delay):
                 await self._send_tax_bills(code, items, receiver)
             else:
                 _shut_down(record for record, _ in items)
+        for record, xml in results:  # each summary result a message of its own, after the application's 399
+            if not await self._sleep(self.config.receipt_delay):
+                _shut_down([record])
+                continue
+            cop = str(uuid.uuid4()).upper()
+            env = dxp.wrap(xml, msg_type="CEB792Message", sender_id=dxp.receiver_for("CEB792"), receiver_ids=[receiver],
+                           cop_msg_id=cop, created=datetime.now(rc.CHINA_TZ))  # fmt: skip
+            record.update(cop_msg_id=cop, xml=xml.decode("utf-8"), returns=1, index=1)
+            await self._post_receipt([record], env)
 
     async def _send_tax_bills(self, code: str, bills: list[tuple[dict[str, Any], TaxBill]], receiver: str) -> None:
         """The tax bills (CEB816) of one declaration's released inventories, or their status changes (CEB818):

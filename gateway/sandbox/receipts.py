@@ -27,7 +27,7 @@ CHINA_TZ = timezone(timedelta(hours=8), "CST")
 #: the registry, the order from the type's schema itself (import or export).
 RECEIPT_CODES: tuple[str, ...] = ("CEB312", "CEB412", "CEB512", "CEB514", "CEB622", "CEB624", "CEB626", "CEB712",
                                   "CEB900", "CEB304", "CEB404", "CEB506", "CEB604", "CEB606", "CEB508", "CEB510",
-                                  "CEB608")  # fmt: skip
+                                  "CEB608", "CEB702")  # fmt: skip
 RECEIPT_FIELDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     code: (BY_CODE[code].root, BY_CODE[code].document,
            element_sequences(BY_CODE[code].schema)[BY_CODE[code].document])
@@ -107,9 +107,22 @@ def build_tax_bills(
 ) -> bytes:
     """A CEB816 (tax bills: a head and its lines each) or CEB818 (status changes: a head each, no lines) message;
     optional fields without a value are left out, the rest in the XSD's order."""
+    assert code in ("CEB816", "CEB818")
+    return build_customs_documents(code, taxes, message_guid=message_guid)
+
+
+def build_customs_documents(
+    code: str,
+    documents: Sequence[tuple[Mapping[str, str | None], Sequence[Mapping[str, str]]]],
+    *,
+    message_guid: str | None = None,
+) -> bytes:
+    """A customs-originated message of documents with a head and lines (CEB816, CEB818, CEB792): a head and its lines
+    each; optional fields without a value are left out, the rest in the order of the type's XSD."""
     mtype = BY_CODE[code]
-    assert mtype.head is not None and code in ("CEB816", "CEB818")
-    sequences = element_sequences()
+    assert mtype.head is not None
+    taxes = documents
+    sequences = element_sequences(mtype.schema)
     ns = f"{{{CEB_NS}}}"
     root = etree.Element(ns + mtype.root, nsmap={None: CEB_NS})
     root.set("guid", message_guid or new_guid())
@@ -173,6 +186,36 @@ def ent_duty_no(serial: int, moment: datetime | None = None) -> str:
     """The sandbox's payment slip number (缴款书编号, C..50; its form is customs' own): ``D`` + yyyymmdd + serial."""
     moment = moment or datetime.now(CHINA_TZ)
     return f"D{moment:%Y%m%d}{serial % 10**9:09d}"
+def summary_result(
+    application: Document, sum_no: str, inventories: Sequence[Document], invt_nos: Sequence[str], serial: int,
+    *, moment: datetime | None = None,
+) -> tuple[dict[str, str | None], list[dict[str, str]]]:  # fmt: skip
+    """The head and lines of the summary result (CEB792, spec A.31) customs would send for a concluded summary
+    application: one declaration (declSeqNo, entryId) of every item of its inventories, an item (gseqno) per HS code
+    in the order first met, the inventories' weights summed."""
+    moment = moment or datetime.now(CHINA_TZ)
+    h = application.head
+    customs = h.get("customsCode", "")
+    district = customs if len(customs) == 4 and customs.isdigit() else "0000"
+    gross = sum((Decimal(i.head.get("grossWeight") or 0) for i in inventories), Decimal(0))
+    net = sum((Decimal(i.head.get("netWeight") or 0) for i in inventories), Decimal(0))
+    head: dict[str, str | None] = {
+        "guid": new_guid(), "customsCode": customs, "sumNo": sum_no, "opDate": return_time(moment),
+        "declSeqNo": f"{district}{moment:%Y}1{serial % 10**9:09d}",
+        "entryId": f"{district}{moment:%Y}{serial % 10**10:010d}",
+        "decState": "10", "grossWeight": str(gross), "netWeight": str(net), "msgCount": "1", "msgSeqNo": "1",
+        **{name: h.get(name) for name in ("agentCode", "agentName", "ebcCode", "ebcName", "declAgentCode",
+                                          "declAgentName")},
+    }  # fmt: skip
+    items: dict[str, int] = {}
+    lines = []
+    for inv, invt_no in zip(inventories, invt_nos, strict=True):
+        for line in inv.lines:
+            gcode = line.get("gcode", "")
+            seq = items.setdefault(gcode, len(items) + 1)
+            lines.append({"invtNo": invt_no, "logisticsNo": inv.head.get("logisticsNo", ""), "gseqno": str(seq),
+                          "gnum": line.get("gnum", ""), "gcode": gcode})  # fmt: skip
+    return head, lines
 
 
 def tax_no(invt_no: str) -> str:
