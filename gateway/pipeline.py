@@ -225,7 +225,7 @@ class Pipeline:
 
 
 CODES: dict[str, str] = {
-    "rule.agent_not_signer": "a JSON declaration the gateway signs (CEB621; CEB603, 605, 507, 509 and 607 when "
+    "rule.agent_not_signer": "a JSON declaration the gateway signs (CEB621; CEB603, 605, 507, 509, 607 and 701 when "
     "declared) names an agentCode other than the agent whose key it signs with (signing_agent_code), or no agentCode "
     "at all (CEB507, 509: their senders sign them)",
     "auth.not_your_document": "the API key's enterprise codes do not include any party of the document, or of the "

@@ -593,7 +593,7 @@ def test_an_export_inventory_or_cancellation_is_signed_when_declared_and_for_its
     payloads = export_payloads(9)
     agent = payloads["CEB603"]["documents"][0]["agentCode"]
     pipeline = Pipeline(SchemaSet(), signer=_throwaway_signer(), signing_agent_code=agent)
-    for code in ("CEB603", "CEB605"):
+    for code in ("CEB603", "CEB605", "CEB701"):
         declared = copy.deepcopy(payloads[code])
         del declared["documents"][0]["appStatus"]  # the default: declared (2)
         assert pipeline.check_json(declared).message.signed, code
