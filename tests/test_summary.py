@@ -16,6 +16,7 @@ from lxml import etree
 from adapters import dxp
 from gateway import samples
 from gateway.messages import CEB_NS
+from gateway.render import new_guid
 from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
 from tests.apiutil import PLATFORM_A, STRANGER, Client
@@ -105,6 +106,32 @@ async def test_a_withdrawn_inventory_refuses_the_summary(api: Client) -> None:
     assert r.status == 202 and r.body["documents"][0]["outcome"] == "withdrawn", r.body
     r = await post_export(api, application([a], [a_no]))
     assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "summary.inventory_withdrawn", r.body
+
+
+@pytest.mark.db
+async def test_a_cancelled_inventory_refuses_the_summary(api: Client) -> None:
+    """An inventory whose cancellation (CEB605) customs concluded (CEB606 399) is void: not to be summarised."""
+    a, a_no = await declared(api, 24)
+    cancel = {"guid": new_guid(), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
+              "customsCode": a["customsCode"], "copNo": f"C{a['copNo']}"[:30], "invtNo": a_no, "reason": "买家取消订单",
+              "agentCode": a["agentCode"], "agentName": a["agentName"], "ebcCode": a["ebcCode"],
+              "ebcName": a["ebcName"]}  # fmt: skip
+    r = await post_export(api, {"type": "CEB605", "guid": new_guid(), "version": "1.0", "documents": [cancel],
+                                "baseTransfer": {"copCode": a["agentCode"], "copName": a["agentName"],
+                                                 "dxpMode": "DXP", "dxpId": "DXPENT0000000001"}})  # fmt: skip
+    assert r.status == 202, r.body
+    r = await post_export(api, application([a], [a_no]))
+    assert r.status == 202, r.body  # not concluded yet: the inventory stands
+    for i, status in enumerate(("2", "399")):
+        r = await post_receipt(api, "CEB606", {
+            "guid": cancel["guid"], "agentCode": a["agentCode"], "copNo": cancel["copNo"],
+            "preNo": "B20261120000000924", "invtNo": a_no, "returnStatus": status,
+            "returnTime": f"2026112017100{i}000", "returnInfo": "ok"})  # fmt: skip
+        assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    r = await post_export(api, application([a], [a_no], seed=5))
+    assert r.status == 409, r.body
+    [issue] = r.body["error"]["issues"]
+    assert issue["code"] == "summary.inventory_withdrawn" and "cancelled" in issue["message"], issue
 
 
 @pytest.mark.db
