@@ -348,3 +348,15 @@ async def test_the_sandbox_refuses_a_summary_of_what_it_did_not_release(
                  ret.findtext(f"{{{CEB_NS}}}returnInfo")) for ret in root]  # fmt: skip
     assert [(g[0], g[1]) for g in got] == [("CEB702Message", "2"), ("CEB702Message", "100")], got
     assert "51412026E000000999" in (got[1][2] or "")
+
+
+@pytest.mark.db
+async def test_customs_summary_messages_posted_as_messages_are_recorded(api: Client) -> None:
+    """A CEB702 or CEB792 sent to /v1/messages is kept as a record, applied to nothing (receipts go to /v1/receipts)."""
+    from pathlib import Path
+
+    for code in ("CEB702", "CEB792"):
+        body = (Path(__file__).parent / "data" / "schema" / f"{code}Message.xml").read_bytes()
+        r = await api.post_xml(body)
+        assert r.status == 202, (code, r.body)
+        assert {d["outcome"] for d in r.body["documents"]} == {"recorded"}, r.body
