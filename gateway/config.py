@@ -335,6 +335,17 @@ def _parse_endpoint(name: str, item: Any) -> EndpointSettings:
         raise ValueError(f"forwarding.endpoints.{name}: a {ep.kind} endpoint needs a url")
     if ep.kind == "customs" and ep.transport == "http" and not ep.url:
         raise ValueError(f"forwarding.endpoints.{name}: the http transport needs a url")
+    dxp_ids = {"sender_id": ep.sender_id, "import_receiver_id": ep.import_receiver_id,
+               "export_receiver_id": ep.export_receiver_id}  # fmt: skip
+    for setting, value in dxp_ids.items():
+        if value is None:
+            continue
+        if ep.kind != "customs":  # read by nothing else: a setting in the wrong table is a mistake, not a no-op
+            raise ValueError(f"forwarding.endpoints.{name}: {setting} is a customs endpoint's (a DXP id); this "
+                             f"endpoint is a {ep.kind} one")
+        if not 1 <= len(value) <= 16:  # the DxpMsg schema's: every message of the flow would be a dead letter
+            raise ValueError(f"forwarding.endpoints.{name}: {setting} {value!r} is {len(value)} characters; a DXP id "
+                             "has 1 to 16")
     if ep.kind == "customs" and ep.transport == "folder" and ep.outbox is None:
         raise ValueError(f"forwarding.endpoints.{name}: the folder transport needs an outbox")
     return ep
@@ -390,6 +401,9 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
     changes.update(_scalars(data, env, _FORWARDING_SCALARS.items(), env_prefix="CBEC_FORWARDING_", where="forwarding."))
     if changes.get("sandbox", "auto") not in ("auto", "off"):
         raise ValueError("forwarding.sandbox must be 'auto' or 'off'")
+    if "sender_id" in changes and not 1 <= len(changes["sender_id"]) <= 16:  # the DxpMsg schema's SenderId
+        raise ValueError(f"forwarding.sender_id {changes['sender_id']!r} is {len(changes['sender_id'])} characters; "
+                         "a DXP id has 1 to 16")
     endpoints = data.get("endpoints", {})
     if not isinstance(endpoints, Mapping):
         raise ValueError("forwarding.endpoints must be a table of tables")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -258,6 +259,27 @@ def test_bad_forwarding_configuration_is_refused(tmp_path: Path, text: str) -> N
     path = tmp_path / "bad.toml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError):
+        config.load(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        # a DxpMsg id is 1..16 characters: loaded, every message of the flow would be a dead letter at its send
+        ('[forwarding.endpoints.c]\nkind = "customs"\nurl = "http://h"\nimport_receiver_id = "DXPEDCCEB00000002"',
+         "import_receiver_id 'DXPEDCCEB00000002' is 17 characters"),
+        ('[forwarding.endpoints.c]\nkind = "customs"\nurl = "http://h"\nsender_id = "DXPENT00004587631"',
+         "sender_id 'DXPENT00004587631' is 17 characters"),
+        ('[forwarding]\nsender_id = "DXPENT00004587631"', "forwarding.sender_id 'DXPENT00004587631'"),
+        # read by nothing but a customs endpoint
+        ('[forwarding.endpoints.wms]\nkind = "warehouse"\nurl = "http://h"\nexport_receiver_id = "DXPENT0000000008"',
+         "export_receiver_id is a customs endpoint's"),
+    ],
+)
+def test_dxp_ids_are_checked_when_the_configuration_loads(tmp_path: Path, text: str, says: str) -> None:
+    path = tmp_path / "ids.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(says)):
         config.load(path, env={})
 
 
