@@ -529,6 +529,31 @@ async def test_config_endpoint_refuses_unknown_fields(sandbox: RunningSandbox, c
     assert sandbox.config.flaky_failures == 3
 
 
+@pytest.mark.parametrize("bad", ["soon", [1], {"s": 1}, True, -1, 1e400, "nan"])
+async def test_config_endpoint_refuses_a_delay_that_is_no_finite_number(
+    sandbox: RunningSandbox, client: aiohttp.ClientSession, rsa_key: Any, bad: Any
+) -> None:
+    """Taken, such a delay failed every later message in its timing (a string in float(), inf in round()): 500s."""
+    receipt_delay = sandbox.config.receipt_delay
+    for name in ("tax_bill_status_delay", "receipt_delay"):
+        async with client.post(sandbox.url + "/sandbox/config", json={name: bad}) as resp:
+            assert resp.status == 400, (name, bad)
+    assert sandbox.config.tax_bill_status_delay is None and sandbox.config.receipt_delay == receipt_delay
+    async with client.post(sandbox.url + "/sandbox/config", json={"tax_bill_status_delay": "0.25"}) as resp:
+        assert resp.status == 200 and sandbox.config.tax_bill_status_delay == 0.25
+    for code, xml in legs(rsa_key, seed=23).items():  # the sandbox still takes messages
+        assert (await post_dxp(client, sandbox.url, xml))[0] == 200, code
+
+
+def test_the_command_line_refuses_a_delay_that_is_no_finite_number() -> None:
+    from gateway.sandbox.__main__ import _args
+
+    for bad in ("inf", "nan", "-1", "soon"):
+        with pytest.raises(SystemExit):
+            _args(["--tax-bill-status-delay", bad])
+    assert _args(["--tax-bill-status-delay", "2.5"]).tax_bill_status_delay == 2.5
+
+
 async def test_config_endpoint_neither_shows_nor_changes_credentials(client: aiohttp.ClientSession) -> None:
     """The receipts' API key and the warehouse secret stay where the sandbox was started: anyone on its port may
     read and change the rest, but a key shown could post receipts, and a receipt_url changed would send it away."""

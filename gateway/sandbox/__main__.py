@@ -8,7 +8,7 @@ import contextlib
 import signal
 from decimal import Decimal
 
-from gateway.sandbox.app import SandboxConfig, start_sandbox
+from gateway.sandbox.app import SandboxConfig, seconds, start_sandbox
 
 
 def _args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -18,16 +18,16 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--receipt-url", help="where receipts are POSTed (the gateway's /v1/receipts)")
     p.add_argument("--receipt-header", action="append", default=[], metavar="NAME:VALUE",
                    help="extra header on receipt POSTs, e.g. 'X-API-Key: ...' (repeatable)")
-    p.add_argument("--receipt-delay", type=float, default=SandboxConfig.receipt_delay)
-    p.add_argument("--receipt-batch-window", type=float, default=SandboxConfig.receipt_batch_window,
+    p.add_argument("--receipt-delay", type=seconds, default=SandboxConfig.receipt_delay)
+    p.add_argument("--receipt-batch-window", type=seconds, default=SandboxConfig.receipt_batch_window,
                    help="seconds a receipt waits for others of its type and receiver (default %(default)s)")
     p.add_argument("--receipt-batch-max", type=int, default=SandboxConfig.receipt_batch_max,
                    help="return elements per receipt message at most; 1: one each (default %(default)s)")
     p.add_argument("--receipt-batch-inflight", type=int, default=SandboxConfig.receipt_batch_inflight,
                    help="past its window a batch also waits while this many of its kind are posted; 0: never")
     p.add_argument("--flaky-failures", type=int, default=SandboxConfig.flaky_failures)
-    p.add_argument("--timeout-delay", type=float, default=SandboxConfig.timeout_delay)
-    p.add_argument("--slow-delay", type=float, default=SandboxConfig.slow_delay)
+    p.add_argument("--timeout-delay", type=seconds, default=SandboxConfig.timeout_delay)
+    p.add_argument("--slow-delay", type=seconds, default=SandboxConfig.slow_delay)
     p.add_argument("--no-schema", action="store_true", help="do not XSD-validate incoming messages")
     p.add_argument("--single-limit", type=Decimal, default=SandboxConfig.single_limit)
     p.add_argument("--annual-limit", type=Decimal, default=SandboxConfig.annual_limit)
@@ -35,7 +35,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="send no tax bill (CEB816) after an import inventory's release")
     p.add_argument("--no-tax-bill-status", action="store_true",
                    help="send no status change (CEB818, 2 consolidated) after a tax bill")
-    p.add_argument("--tax-bill-status-delay", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--tax-bill-status-delay", type=seconds, default=None, metavar="SECONDS",
                    help="seconds from a tax bill to its status change, standing for the return window "
                         "(default: one receipt delay)")
     p.add_argument("--warehouse-callback-url")

@@ -35,6 +35,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import random
 import uuid
 from collections import Counter
@@ -120,14 +121,33 @@ class SandboxConfig:
             if name not in fields:
                 raise KeyError(name)
             current = getattr(self, name)
-            if value is None or isinstance(current, dict) or current is None:
+            if name in _OPTIONAL_SECONDS:
+                setattr(self, name, None if value is None else seconds(value))
+            elif value is None or isinstance(current, dict) or current is None:
                 setattr(self, name, value)
             elif isinstance(current, bool):
                 setattr(self, name, bool(value))
             elif isinstance(current, Decimal):
                 setattr(self, name, Decimal(str(value)))
+            elif isinstance(current, float):
+                setattr(self, name, seconds(value))
             else:
                 setattr(self, name, type(current)(value))
+
+
+#: Settings that are seconds or None (then another setting's value stands for them).
+_OPTIONAL_SECONDS = frozenset({"tax_bill_status_delay"})
+
+
+def seconds(value: Any) -> float:
+    """A delay or rate setting: a finite number, not negative (``inf`` would overflow the receipts' timing, a string
+    would fail each message the sandbox takes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"expected a finite number not below 0, got {value!r}")
+    return number
 
 
 @dataclass
