@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 from collections.abc import AsyncIterator
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlencode
@@ -319,6 +320,39 @@ async def test_a_finding_whose_sides_agree_shows_the_value_once_and_what_is_wron
         assert docs == [("CEB311 订单", "CEB511 运单")] * 2 + [("CEB511 运单",)]  # the waybill-only one: the waybill
         await page.screenshot(path=shot("browser-shared-finding.png"))
         await page.context.close()
+    assert errors == []
+
+
+def _same_mask_other_id(id_number: str) -> str:
+    """Another valid ID of the same region and the same last four characters, born on another day: the list's mask
+    (region ******** last four) shows the two alike."""
+    born = date(int(id_number[6:10]), int(id_number[10:12]), int(id_number[12:14]))
+    for days in range(1, 4000):
+        first17 = id_number[:6] + (born - timedelta(days=days)).strftime("%Y%m%d") + id_number[14:17]
+        if samples.id_check_digit(first17) == id_number[17]:
+            return first17 + id_number[17]
+    raise AssertionError("no such ID number")
+
+
+async def test_a_mismatch_the_mask_shows_alike_still_reads_as_a_mismatch(browser: Browser, site: Site) -> None:
+    """Two ID numbers differing only in the birth date are masked alike in the list: the finding must not read as
+    one agreeing value (the shared view is for findings whose sides hold one value by what they say)."""
+    s = new_shipment(451)
+    order_no, mine = s.order_doc["orderNo"], s.order_doc["buyerIdNumber"]
+    s.payment_doc["payerIdNumber"] = _same_mask_other_id(mine)  # the payer is not the order's buyer (spec §6.4)
+    await submit(site.api, s, "CEB311", "CEB411")
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await new_page(browser, errors)
+        await sign_in(page, site.base, ADMIN)
+        await page.wait_for_url(site.base + "/ops")
+        await page.select_option("#filters select[name=state]", "any")
+        await page.click("#filters button[type=submit]")
+        finding = page.locator(f"#list-table tbody tr[data-order='{order_no}'] .finding", has_text="buyerIdNumber")
+        await expect(finding).to_have_count(1)
+        text = await finding.inner_text()
+        await page.context.close()
+    assert "recon.buyer_payer_mismatch" in text and "≠" in text and "masks" in text, text
     assert errors == []
 
 

@@ -238,15 +238,21 @@
       h("div", { class: "why", text: f.message || "" }));
   }
 
+  // Findings whose two sides hold one value by what they say (an orderNo several platforms use): the value once.
+  // Any other finding compares two values, even where the list's masking of ID numbers shows them alike.
+  const SHARED_VALUE = new Set(["recon.waybill_ambiguous"]);
+
   function findingView(f) {
     const sides = [f.left, f.right].filter(Boolean);
-    if (sides.length && (!f.left || (sides.length === 2 && f.left.value === f.right.value))) return sharedView(f, sides);
+    if (sides.length && (!f.left || SHARED_VALUE.has(f.code))) return sharedView(f, sides);
+    const masked = f.right && f.left.value === f.right.value;  // e.g. two IDs differing only in their birth dates
     return h("div", { class: f.blocking === false ? "finding warning" : "finding", title: f.message || "" },
       h("span", { class: "field", text: f.field || f.code }),
       sideView(f.left),
       f.right ? h("span", { class: "ne", text: "≠" }) : null,
       f.right ? sideView(f.right) : null,
-      h("span", { class: "code", text: f.code }));
+      h("span", { class: "code", text: f.code }),
+      masked ? h("div", { class: "why", text: "the two differ where the list masks them; the shipment page shows both" }) : null);
   }
 
   function findingsOf(item) {
