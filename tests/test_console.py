@@ -731,7 +731,7 @@ async def test_the_feed_names_a_shipment_whose_inventory_got_a_tax_bill_or_a_bil
     customs status): an open shipment page showed a bill that came after it only once reloaded. The feed names the
     shipment of a bill's inventory, once; a bill that matched no inventory names nothing."""
     from gateway.api import create_app
-    from gateway.console.feed import Feed
+    from gateway.console.feed import _CHANGED_LIMIT, Feed
     from gateway.sandbox.receipts import build_tax_bills, new_guid, return_time, tax_bill_of
     from tests.apiutil import Client, sign_as_agent, test_settings
 
@@ -774,6 +774,14 @@ async def test_the_feed_names_a_shipment_whose_inventory_got_a_tax_bill_or_a_bil
             await post(build_tax_bills("CEB818", [({**paid, "guid": new_guid(), "invtNo": "X" + invt_no[1:]}, [])]),
                        "unmatched")  # fmt: skip
             assert await changed() == set()
+            # customs sends a withholding agent the bills of every declaration: more that match nothing than one read
+            # of the feed takes must not crowd out the next of this shipment's
+            others = [({**paid, "guid": new_guid(), "invtNo": f"5100{2026}I{n:09d}", "taxNo": f"OTHER-{n}"}, [])
+                      for n in range(_CHANGED_LIMIT + 20)]  # fmt: skip
+            await post(build_tax_bills("CEB818", others), "unmatched")
+            assert await changed() == set()
+            await post(tax_bill_of(inv, invt_no, "T-171-B"))
+            assert await changed() == {order_no}
     finally:
         feed.unsubscribe(sub)
         await asyncio.wait_for(runner.cleanup(), 10)

@@ -47,7 +47,8 @@ async def shipment_counts(conn: asyncpg.Connection) -> dict[str, Any]:
 MARKER = """
 SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
        (SELECT max(customs_updated_at) FROM shipments) AS customs_at,
-       (SELECT max(received_at) FROM receipts WHERE message_type IN ('CEB816', 'CEB818')) AS tax_bill_at,
+       (SELECT max(received_at) FROM receipts
+         WHERE message_type IN ('CEB816', 'CEB818') AND document_id IS NOT NULL) AS tax_bill_at,
        (SELECT max(id) FROM messages) AS last_message,
        (SELECT max(id) FROM rejected_messages) AS last_rejection,
        (SELECT max(id) FROM job_attempts) AS last_attempt
@@ -61,7 +62,8 @@ CHANGED = """
 WITH bills AS (
     SELECT d.ebp_code, d.order_no, max(b.received_at) AS at
       FROM (SELECT r.document_id, r.received_at FROM receipts AS r
-             WHERE r.message_type IN ('CEB816', 'CEB818') AND r.received_at > $1 ORDER BY r.received_at LIMIT $2) AS b
+             WHERE r.message_type IN ('CEB816', 'CEB818') AND r.document_id IS NOT NULL AND r.received_at > $1
+             ORDER BY r.received_at LIMIT $2) AS b
       JOIN documents AS d ON d.id = b.document_id
      GROUP BY 1, 2
 )
