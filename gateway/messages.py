@@ -50,6 +50,7 @@ class Kind(StrEnum):
     MANIFEST = "manifest"  # CEB607 清单总分单: B/L, voyage and bags of the parcels' waybills / inventories
     SUMMARY = "summary"  # CEB701 汇总申请单: B-type export inventories consolidated into a customs declaration
     SUMMARY_RESULT = "summary_result"  # CEB792 汇总结果单: customs' declaration made of a summary application
+    REFUND_TALLY = "refund_tally"  # CEB215 出口退运理货明细单: the site operator's tally of a returned export parcel
     RECEIPT = "receipt"
     FORMAT_RECEIPT = "format_receipt"
 
@@ -205,6 +206,19 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
                 ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB701", flow=_X, schema=_XSD),
     MessageType("CEB792", "SummaryResult", "SummaryResultHead", "SummaryResultList", Kind.SUMMARY_RESULT, _R,
                 ("sumNo", "declSeqNo"), Signature.NONE, flow=_X, schema=_XSD),
+    # --- retail export returns (零售出口退货, 公告2020年第44号; spec §4.4 step 5, Appendix A.32–A.35) ------------
+    # CEB213 returns goods of an export inventory, which it names by the invtNo customs gave it (as a CEB605 does);
+    # keyed by its agentCode and coElNo, as its receipt CEB214 answers it. CEB215 is the supervision site operator's
+    # tally of a returned parcel (its waybill), keyed by operatorCode and coElNo as CEB216 answers it; it joins no
+    # shipment and waits for no return (the operator tallies what arrives). §2.7: both optionally signed.
+    MessageType("CEB213", "InvtRefund", "InvtRefundHead", "InvtRefundList", Kind.REFUND, _D,
+                ("agentCode", "coElNo"), Signature.OPTIONAL, flow=_X, schema=_XSD),
+    MessageType("CEB215", "InvtRefundDetail", None, None, Kind.REFUND_TALLY, _D,
+                ("operatorCode", "coElNo"), Signature.OPTIONAL, flow=_X, schema=_XSD),
+    MessageType("CEB214", "RefundReturn", None, None, Kind.RECEIPT, _R,
+                ("agentCode", "coElNo"), Signature.NONE, receipt_for="CEB213", flow=_X, schema=_XSD),
+    MessageType("CEB216", "InvtRefundDetailReturn", None, None, Kind.RECEIPT, _R,
+                ("operatorCode", "coElNo"), Signature.NONE, receipt_for="CEB215", flow=_X, schema=_XSD),
 )
 
 BY_ROOT: dict[str, MessageType] = {t.root: t for t in MESSAGE_TYPES}

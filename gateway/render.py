@@ -52,8 +52,8 @@ CODES: dict[str, str] = {
     "json.not_an_array": "a JSON array was expected here (documents, items, baseSubscribe)",
     "json.missing_field": "the JSON payload lacks \"type\" or \"documents\", without which nothing can be rendered",
     "json.unsupported_type": "\"type\" is not a message type accepted as JSON (import CEB311, CEB411, CEB511, "
-    "CEB621; export CEB303, CEB403, CEB505, CEB507, CEB509, CEB603, CEB605, CEB607, and the summary application "
-    "CEB701)",
+    "CEB621; export CEB303, CEB403, CEB505, CEB507, CEB509, CEB603, CEB605, CEB607, the summary application "
+    "CEB701, the retail export return CEB213 and its tally CEB215)",
     "json.unknown_field": "the object has a member that is not an element of this part of the message",
     "json.invalid_type": "a field value must be a string, an integer or a decimal number (not an object, array, "
     "boolean or binary float)",
@@ -73,7 +73,7 @@ _MAX_POSITIONAL_DIGITS = 40
 #: Message types accepted as JSON: the import declarations, then the export ones (spec §4).
 JSON_TYPES: tuple[str, ...] = (
     "CEB311", "CEB411", "CEB511", "CEB621", "CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509",
-    "CEB607", "CEB701",
+    "CEB607", "CEB701", "CEB213", "CEB215",
 )  # fmt: skip
 
 #: The schema file of each flow's JSON types (gateway.messages): where their elements' sequences are read.
@@ -129,6 +129,9 @@ DEFAULTS: dict[str, dict[str, dict[str, str]]] = {
         "DepartureHead": {"appType": "1", "appStatus": "2", "msgCount": "1", "msgSeqNo": "1"},
         "WayBillHead": {"appType": "1", "appStatus": "2", "msgCount": "1", "msgSeqNo": "1"},
         "SummaryApplyHead": {"appType": "1", "appStatus": "2", "msgCount": "1", "msgSeqNo": "1"},  # not split
+        # a retail export return and its tally (A.32, A.34): the goods come back in, ieFlag I
+        "InvtRefundHead": {"appType": "1", "appStatus": "2", "ieFlag": "I"},
+        "InvtRefundDetail": {"appType": "1", "appStatus": "2", "ieFlag": "I"},
     },
 }  # fmt: skip
 

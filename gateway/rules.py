@@ -63,14 +63,15 @@ CODES: dict[str, str] = {
     "W (overseas-warehouse booking), as the 2022 spec text has it",
     "rule.id_type": "buyerIdType / payerIdType is not 1 (ID card), the only type customs accepts",
     "rule.ie_flag": "ieFlag is not I on an import inventory, not E on an export inventory (CEB603) or arrival "
-    "(CEB507); CEB711: not I or E",
+    "(CEB507); CEB711: not I or E; not I on a retail export return or its tally (CEB213/215: the goods come back in)",
     "rule.currency_not_cny": "an import amount is not in currency 142 (CNY) — order head and lines, payment, "
     "waybill, inventory head and lines (R5)",
     "rule.logistics_status": "logisticsStatus is not S (signed for), the only status of CEB513/514",
     "rule.tax_status": "tax bill status is not 1 (generated), 2 (consolidated) or 3 (void)",
     "rule.trade_mode": "tradeMode of an import inventory is not 9610 (direct purchase), 1210 (bonded) or 1239 "
     "(bonded 'A'; not in the spec text but used in practice, accepted and treated like 1210); of an export inventory "
-    "(CEB603) not 9610 (general), 1210 (special-zone), 9710 (B2B direct) or 9810 (overseas warehouse)",
+    "(CEB603) not 9610 (general), 1210 (special-zone), 9710 (B2B direct) or 9810 (overseas warehouse); of a retail "
+    "export return (CEB213) not 9661 (general export return) or 1261 (special-zone export return)",
     "rule.statistics_flag": "statisticsFlag of an export inventory or its receipt is not A (simplified declaration) or "
     "B (consolidated declaration)",
     "rule.fee_flag": "fFlag / iFlag of an export inventory is not 1 (rate), 2 (unit price) or 3 (total)",
@@ -109,8 +110,9 @@ CODES: dict[str, str] = {
     "their receipts) is greater than its msgCount: the parts run 1 … msgCount",
     "rule.waybill_listed_twice": "the list of an arrival, departure or 清单总分单 (CEB507/509/607) names the same "
     "logisticsNo on two lines",
-    "rule.invt_no_format": "an invtNo a 清单总分单 (CEB607) line names is not an export inventory number: 4-digit "
-    "district, 4-digit year, E, 9–11 digit serial (spec §3.6)",
+    "rule.invt_no_format": "an invtNo a 清单总分单 (CEB607) line, a retail export return (CEB213) or its tally "
+    "(CEB215) names is not an export inventory number: 4-digit district, 4-digit year, E, 9–11 digit serial (spec "
+    "§3.6); an import inventory's number (I) is refused as such",
     "rule.assure_code": "inventory assureCode is none of its ebpCode, ebcCode or logisticsCode (R9)",
     "rule.mode_field_missing": "an element the trade mode requires is absent or empty (R10): 1210/1239 need "
     "emsNo, areaCode, areaName and itemRecordNo on every line; 9610 needs trafNo, voyageNo and billNo. Export "
@@ -125,6 +127,8 @@ CODES: dict[str, str] = {
     "rule.summary_nothing": "CEB701 names neither inventories (SummaryApplyList) nor a period (startTime and "
     "endTime): there is nothing to summarise",
     "rule.summary_duplicate_inventory": "CEB701 names the same invtNo twice in one application",
+    # --- retail export returns (CEB213/215, spec A.32–A.35)
+    "rule.return_country": "a retail export return's country (启运国, where the goods come back from) is 142, China",
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -340,11 +344,24 @@ def _export_invt_no(value: str, ctx: RuleContext) -> Problem | None:
     if (value.isascii() and (district + year).isdigit() and flag == "E" and serial.isdigit()
             and 9 <= len(serial) <= 11):  # fmt: skip
         return None
+    if flag == "I" and (district + year).isdigit():
+        return "rule.invt_no_format", f"is {value!r}, an import inventory's number (I); an export one (E) is named here"
     return "rule.invt_no_format", f"is {value!r}; expected district (4 digits), year (4), E and a 9–11 digit serial"
 
 
 EXPORT_INVT_NO: Check = _export_invt_no
 SUMMARY_FLAG = one_of("rule.summary_flag", {"1": "by consignor", "2": "by consignor and producer/seller"})
+#: The return's supervision mode (spec §3.6, A.32; the XSD annotation is outdated): 9661 returns a general export
+#: (9610, 9710, 9810), 1261 a special-zone one (1210).
+RETURN_TRADE_MODES: dict[str, str] = {"9661": "general export return", "1261": "special-zone export return"}
+RETURN_TRADE_MODE = one_of("rule.trade_mode", RETURN_TRADE_MODES)
+
+
+def _not_china(value: str, ctx: RuleContext) -> Problem | None:
+    return ("rule.return_country", "is 142 (China): a return comes back from abroad") if value == "142" else None
+
+
+RETURN_COUNTRY: Check = _not_china
 
 # ---------------------------------------------------------------------------------------------
 # Table entries
@@ -623,6 +640,21 @@ def listed_once(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
                          f"logisticsNo {no} is listed again; {doc.type.lines}[{first_at[no] + 1}] already names it")
         else:
             first_at[no] = i
+def items_once(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
+    """A return's gnum is the item number of the inventory it returns (A.9, A.32), not a running number: a partial
+    return lists items 2 and 5 alone. Each item once; whether it is an item of that inventory the store judges."""
+    first_at: dict[int, int] = {}
+    for i, line in enumerate(doc.lines):
+        g = _parse_int(_filled(line, "gnum"))
+        if g is None:
+            continue
+        if g in first_at:
+            yield _issue("rule.gnum_duplicate", doc.line_path(i, "gnum"),
+                         f"gnum {g} is repeated; {doc.type.lines}[{first_at[g] + 1}] already returns that item")
+        else:
+            first_at[g] = i
+
+
 def summary_scope(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
     """CEB701 summarises either the inventories it lists or a period (startTime and endTime; when a period is given
     customs ignores the list, A.29): a period needs both ends in order, and an application needs one or the other;
@@ -986,6 +1018,42 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Field(L, "gcode", GCODE),
         msg_sequence,
     ),
+    # --- retail export returns (公告2020年第44号, spec §4.4 step 5, A.32–A.35). A return is an import (ieFlag I) from
+    # abroad of goods an export inventory declared; whether that inventory is stored, the submitter's, and holds the
+    # items and quantities is the store's to judge (gateway.keystate._numbered), as for an export cancellation.
+    "CEB213": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "customsCode ebpCode ebpName ebcCode ebcName logisticsNo logisticsCode logisticsName coElNo"),
+        Required(H, "invtNo agentCode agentName billNo ieFlag trafMode trafName portCode reason country voyageNo"),
+        Required(L, "gnum gcode gname gmodel qty qty1 unit unit1"),
+        Field(H, "customsCode portCode", CUSTOMS),
+        Field(H, "invtNo", EXPORT_INVT_NO),
+        Field(H, "tradeMode", RETURN_TRADE_MODE),
+        Field(H, "ieFlag", IE_IMPORT),
+        Field(H, "trafMode", TRAF_MODE),
+        Field(H, "country", COUNTRY),
+        Field(H, "country", RETURN_COUNTRY),
+        Field(L, "gnum", GNUM),
+        Field(L, "gcode", GCODE),
+        Field(L, "unit unit1 unit2", UNIT),
+        Field(L, "qty qty1 qty2", POSITIVE),
+        items_once,
+        legal_quantities,
+    ),
+    # the site operator's tally of one returned parcel (its waybill); the invtNo of the return, when it knows it
+    "CEB215": (
+        *_DECLARATION,
+        Field(H, "appType", APP_TYPE),
+        Required(H, "customsCode operatorCode operatorName logisticsCode logisticsName logisticsNo coElNo billNo"),
+        Required(H, "ieFlag trafMode trafName voyageNo"),
+        Field(H, "customsCode", CUSTOMS),
+        Field(H, "invtNo", EXPORT_INVT_NO),
+        Field(H, "ieFlag", IE_IMPORT),
+        Field(H, "trafMode", TRAF_MODE),
+    ),
+    "CEB214": (*_RECEIPT, Required(H, "agentCode coElNo invtNo")),
+    "CEB216": (*_RECEIPT, Required(H, "operatorCode logisticsCode logisticsNo coElNo")),
 }
 
 

@@ -910,9 +910,9 @@ EXPORT_BROKEN_FILES: dict[str, tuple[str, str, str]] = {  # file -> (mode, defec
 
 def export_sample_files(signer: Callable[[etree._Element], None] | None) -> dict[str, bytes]:
     """The good export samples (``CEB303-9610.xml`` ... ``CEB603-1210.xml``, each parcel's transport messages
-    ``CEB507/509/607-<mode>.xml`` and the B-type 1210 inventory's summary application ``CEB701-1210.xml``) and the
-    broken ones of :data:`EXPORT_BROKEN_FILES`, as bytes; ``signer`` signs the CEB603s, the transport messages and
-    the CEB701 (declared, spec §2.7)."""
+    ``CEB507/509/607-<mode>.xml``, the B-type 1210 inventory's summary application ``CEB701-1210.xml`` and the 9610
+    parcel's return and its tally ``CEB213/215-9610.xml``) and the broken ones of :data:`EXPORT_BROKEN_FILES`, as
+    bytes; ``signer`` signs the CEB603s, the transport messages and the CEB701 (declared, spec §2.7)."""
     shipments = {mode: export_shipment(random.Random(seed), mode=mode, now=EXPORT_SAMPLE_NOW)
                  for mode, seed in EXPORT_SAMPLE_SEEDS.items()}  # fmt: skip
     files = {f"{code}-{mode}.xml": xml for mode, s in shipments.items()
@@ -929,6 +929,15 @@ def export_sample_files(signer: Callable[[etree._Element], None] | None) -> dict
     summary = summary_application(random.Random(EXPORT_SAMPLE_SEEDS["1210"]), [zone], [invt_no],
                                   now=EXPORT_SAMPLE_NOW + timedelta(hours=18))  # fmt: skip
     files["CEB701-1210.xml"] = render(summary, signer=signer)
+    # the 9610 parcel comes back: the buyer refused it; its return (CEB213) names the inventory by the invtNo customs
+    # gave it, and the site operator tallies the parcel on arrival (CEB215); both unsigned (optional, spec §2.7)
+    general = shipments["9610"].inventory_doc
+    invt_no = f"{general['customsCode']}{EXPORT_SAMPLE_NOW:%Y}E{1:09d}"
+    rng = random.Random(EXPORT_SAMPLE_SEEDS["9610"])
+    refund = export_return(rng, general, invt_no, now=EXPORT_SAMPLE_NOW + timedelta(days=6))
+    files["CEB213-9610.xml"] = render(refund, signer=None)
+    files["CEB215-9610.xml"] = render(return_tally(rng, refund, now=EXPORT_SAMPLE_NOW + timedelta(days=6, hours=3)),
+                                      signer=None)  # fmt: skip
     return files
 
 
@@ -957,3 +966,63 @@ def summary_application(
     }  # fmt: skip
     return {"type": "CEB701", "guid": _guid(rng), "version": "1.0",
             "baseTransfer": _base_transfer(first["agentCode"], first["agentName"]), "documents": [doc]}  # fmt: skip
+
+
+# --- retail export returns (零售出口退货, 公告2020年第44号; spec §4.4 step 5, A.32, A.34) ------------------------
+
+
+#: The return's supervision mode by the export inventory's (A.32): a special-zone export comes back as 1261.
+RETURN_TRADE_MODE = {"1210": "1261"}
+
+
+def export_return(
+    rng: random.Random, inventory: dict[str, Any], invt_no: str, *, now: datetime | None = None,
+    items: Sequence[int] | None = None, reason: str = "买家拒收，整单退回",
+) -> dict[str, Any]:
+    """A CEB213 零售出口退货申请单 JSON payload returning the goods of an export inventory (``inventory``: its CEB603
+    head and lines, ``invt_no`` the number customs gave it): the inventory's items ``items`` (gnum; all by default)
+    in full, flown back by the carrier that took them out, under the original waybill, 9661 (1261 for a 1210
+    inventory). The declaring agent is the inventory's."""
+    now = _anchor(now)
+    wanted = set(items) if items is not None else None
+    lines = [
+        {k: line[k] for k in ("gnum", "gcode", "gname", "gmodel", "qty", "qty1", "unit", "unit1", "qty2", "unit2")
+         if line.get(k) not in (None, "")}
+        for line in inventory["items"] if wanted is None or int(line["gnum"]) in wanted
+    ]  # fmt: skip
+    flight = f"CZ{rng.randint(3000, 3999)}"
+    doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(now), "appStatus": "2",
+        "customsCode": inventory["customsCode"], "ebpCode": inventory["ebpCode"], "ebpName": inventory["ebpName"],
+        "ebcCode": inventory["ebcCode"], "ebcName": inventory["ebcName"], "logisticsNo": inventory["logisticsNo"],
+        "logisticsCode": inventory["logisticsCode"], "logisticsName": inventory["logisticsName"],
+        "coElNo": f"TH{now:%Y%m%d}{_digits(rng, 8)}", "invtNo": invt_no,
+        "tradeMode": RETURN_TRADE_MODE.get(inventory["tradeMode"], "9661"),
+        "agentCode": inventory["agentCode"], "agentName": inventory["agentName"],
+        "billNo": f"784-{_digits(rng, 8)}", "ieFlag": "I", "trafMode": "5", "trafName": flight,
+        "portCode": inventory["portCode"], "reason": reason, "country": inventory["country"],
+        "voyageNo": f"{now:%Y%m%d}", "items": lines,
+    }  # fmt: skip
+    sender = _base_transfer(inventory["agentCode"], inventory["agentName"])
+    return {"type": "CEB213", "guid": _guid(rng), "version": "1.0", "baseTransfer": sender, "documents": [doc]}
+
+
+def return_tally(
+    rng: random.Random, refund: dict[str, Any], *, now: datetime | None = None, with_invt_no: bool = True
+) -> dict[str, Any]:
+    """A CEB215 出口退运理货明细单 JSON payload: the supervision site operator tallies the parcel of a return
+    (``refund``: a CEB213 payload) as it is unloaded, by its waybill and the transport that brought it;
+    ``with_invt_no``: whether it names the return's invtNo (0..1 in A.34)."""
+    now = _anchor(now)
+    head = refund["documents"][0]
+    doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(now), "appStatus": "2",
+        "customsCode": head["customsCode"], "operatorCode": EXPORT_SITE[0], "operatorName": EXPORT_SITE[1],
+        "logisticsCode": head["logisticsCode"], "logisticsName": head["logisticsName"],
+        "logisticsNo": head["logisticsNo"], **({"invtNo": head["invtNo"]} if with_invt_no else {}),
+        "coElNo": f"LH{now:%Y%m%d}{_digits(rng, 6)}", "billNo": head["billNo"], "ieFlag": "I",
+        "trafMode": head["trafMode"], "trafName": head["trafName"], "voyageNo": head["voyageNo"],
+        "location": f"退货区{rng.choice('ABC')}-{rng.randint(1, 20):02d}",
+    }  # fmt: skip
+    return {"type": "CEB215", "guid": _guid(rng), "version": "1.0",
+            "baseTransfer": _base_transfer(*EXPORT_SITE), "documents": [doc]}

@@ -22,21 +22,21 @@ BROKEN = str(SAMPLES / "broken-CEB311-actural-paid.xml")
 
 def test_all_valid_files_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     # import CEB311/411/511/621 and export CEB303/403/505/603 and transport CEB507/509/607, each 9610 and 1210; the
-    # 1210 inventory's summary application CEB701
-    assert len(GOOD) == 23
+    # 1210 inventory's summary application CEB701; the 9610 parcel's return CEB213 and its tally CEB215
+    assert len(GOOD) == 25
     assert main(["validate", *GOOD]) == 0
     out = capsys.readouterr().out
-    assert out.count(": valid CEB") == 23
-    assert "23 valid, 0 invalid" in out
+    assert out.count(": valid CEB") == 25
+    assert "25 valid, 0 invalid" in out
 
 
 def test_export_files_are_judged(capsys: pytest.CaptureFixture[str]) -> None:
     """Export messages (spec §4) go through the export schema and rules: the good samples pass (their CEB603
     signatures verify), each broken one names its one rule."""
     export = [f for f in GOOD if Path(f).name[:6] in ("CEB303", "CEB403", "CEB505", "CEB603", "CEB507", "CEB509",
-                                                       "CEB607", "CEB701")]  # fmt: skip
+                                                       "CEB607", "CEB701", "CEB213", "CEB215")]  # fmt: skip
     assert main(["validate", "--verify-signatures", *export]) == 0
-    assert "15 valid, 0 invalid" in capsys.readouterr().out
+    assert "17 valid, 0 invalid" in capsys.readouterr().out
     broken = {"broken-CEB603-total-price.xml": ("CEB603", "rule.total_price_mismatch",
                                                 "/CEB603Message/Inventory[1]/InventoryList[1]/totalPrice"),
               "broken-CEB303-empty-ebp-name.xml": ("CEB303", "rule.required_empty",

@@ -25,13 +25,21 @@ from gateway.errors import Layer, MessageRejected
 from gateway.messages import CEB_NS, DS_NS, EXPORT_SCHEMA, IMPORT_SCHEMA, SCHEMA_DIR, MessageType, lookup
 from gateway.pipeline import Pipeline, looks_like_json
 from gateway.render import CODES, DEFAULTS, FIELD_ORDER, JSON_TYPES, json_object, render
-from gateway.samples import export_shipment, export_transport, shipment, summary_application
+from gateway.samples import (
+    export_return,
+    export_shipment,
+    export_transport,
+    return_tally,
+    shipment,
+    summary_application,
+)
 from gateway.schema import SchemaSet
 from gateway.xmlsafe import parse_message
 
 XSD_PATH = SCHEMA_DIR / IMPORT_SCHEMA
 EXPORT_XSD_PATH = SCHEMA_DIR / EXPORT_SCHEMA
-EXPORT_TYPES = ("CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509", "CEB607", "CEB701")
+EXPORT_TYPES = ("CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509", "CEB607", "CEB701", "CEB213",
+                "CEB215")
 NOW = datetime(2026, 11, 20, 9, 30, 5)  # naive: China time
 UUID4_UPPER = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}$")
 
@@ -75,7 +83,8 @@ def sample_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, An
 
 def export_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, Any]]:
     """The four export legs of a sample parcel, a cancellation (CEB605) of its inventory, its transport messages
-    (CEB607, 507, 509) and a summary application (CEB701) naming it."""
+    (CEB607, 507, 509), a summary application (CEB701) naming it, its return (CEB213) and the return's tally
+    (CEB215)."""
     s = export_shipment(random.Random(seed), mode=mode, n_items=3, now=NOW)
     inv = s.inventory_doc
     cancel = {"guid": _seeded_guid(seed, 1), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
@@ -86,7 +95,10 @@ def export_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, An
     ceb605 = {"type": "CEB605", "guid": _seeded_guid(seed, 2), "version": "1.0",
               "baseTransfer": dict(s.inventory["baseTransfer"]), "documents": [cancel]}  # fmt: skip
     ceb701 = summary_application(random.Random(seed), [inv], [cancel["invtNo"]], now=NOW)
-    return {**s.payloads(), "CEB605": ceb605, "CEB701": ceb701, **export_transport([s], random.Random(seed))}
+    ceb213 = export_return(random.Random(seed), inv, cancel["invtNo"], now=NOW)
+    ceb215 = return_tally(random.Random(seed), ceb213, now=NOW)
+    return {**s.payloads(), "CEB605": ceb605, "CEB701": ceb701, **export_transport([s], random.Random(seed)),
+            "CEB213": ceb213, "CEB215": ceb215}
 
 
 def _seeded_guid(seed: int, n: int) -> str:
@@ -250,6 +262,9 @@ OPTIONAL_VALUES: dict[str, dict[str, dict[str, str]]] = {
         "SummaryApplyHead": {"preNo": "S20261121000000311", "sumNo": "51412026S000000311",
                              "startTime": "20261120000000", "endTime": "20261120235959", "loctNo": "514101",
                              "note": "汇总"},
+        "InvtRefundHead": {"loctNo": "5141W01", "preNo": "R20261126000000031", "note": "原包装退回"},
+        "InvtRefundList": {"qty2": "1", "unit2": "035", "note": "外包装破损"},
+        "InvtRefundDetail": {"preNo": "T20261126000000017", "note": "件数相符"},
     },
 }  # fmt: skip
 
@@ -305,6 +320,8 @@ def test_defaults_are_applied(code: str) -> None:
         "CEB509": {"msgCount": "1", "msgSeqNo": "1"},
         "CEB607": {"msgCount": "1", "msgSeqNo": "1"},
         "CEB701": {"msgCount": "1", "msgSeqNo": "1"},  # one message, not split
+        "CEB213": {"ieFlag": "I"},  # a return comes back in (A.32)
+        "CEB215": {"ieFlag": "I"},
     }[code]
     assert {k: doc.head[k] for k in expected} == expected
     mtype = mtype_of(code)

@@ -413,6 +413,8 @@ FACTORIES: dict[str, Callable[[], ParsedMessage]] = {
     "701": partial(export, "CEB701"),
     "702": partial(export, "CEB702"),
     "792": partial(export, "CEB792"),
+    "213": partial(export, "CEB213"),
+    "215": partial(export, "CEB215"),
 }
 
 # --------------------------------------------------------------------------------------------
@@ -578,6 +580,10 @@ GOOD: list[tuple[str, str, Mutation]] = [
     ("two distinct documents", "311",
      second_document(guid=_guid(3112), orderNo="ORD20261119002")),
     ("signed 311 is fine too", "311", attrs(signed=True)),
+    # a partial return lists the inventory's items it returns by their own gnum (A.9, A.32): 2 alone is no gap
+    ("return of item 2 alone", "213", lambda msg: msg.documents[0].lines.__delitem__(0)),
+    ("return with no tradeMode", "213", head(tradeMode=_DEL)),
+    ("tally without the return's number", "215", head(invtNo=_DEL)),
 ]
 
 
@@ -592,6 +598,7 @@ def test_good_cases(kind: str, mutation: Mutation) -> None:
 
 XH = "/CEB603Message/Inventory[1]/InventoryHead/"
 SH = "/CEB701Message/SummaryApply[1]/SummaryApplyHead/"
+RH = "/CEB213Message/InvtRefund[1]/InvtRefundHead/"
 BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     # non-empty / trimmed / control characters
     ("empty required", "311", head(ebpName=""), {("rule.required_empty", OH + "ebpName")}),
@@ -773,6 +780,19 @@ BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     ("invtNo twice", "701", line(3, invtNo="51412026E00000471101"),
      {("rule.summary_duplicate_inventory", "/CEB701Message/SummaryApply[1]/SummaryApplyList[3]/invtNo")}),
     ("unsigned summary application", "701", attrs(signed=False), {("rule.signature_missing", "/CEB701Message")}),
+    # retail export returns (A.32–A.35)
+    ("return names an import inventory", "213", head(invtNo="51412026I00000471101"),
+     {("rule.invt_no_format", RH + "invtNo")}),
+    ("return is no export", "213", head(ieFlag="E"), {("rule.ie_flag", RH + "ieFlag")}),
+    ("return from China", "213", head(country="142"), {("rule.return_country", RH + "country")}),
+    ("return under an export trade mode", "213", head(tradeMode="9610"), {("rule.trade_mode", RH + "tradeMode")}),
+    ("return lists an item twice", "213", line(2, gnum="1"),
+     {("rule.gnum_duplicate", "/CEB213Message/InvtRefund[1]/InvtRefundList[2]/gnum")}),
+    ("return line qty2 without unit2", "213", line(1, unit2=_DEL),
+     {("rule.qty2_unit2", "/CEB213Message/InvtRefund[1]/InvtRefundList[1]/qty2")}),
+    ("tally names an import inventory", "215", head(invtNo="51412026I00000471101"),
+     {("rule.invt_no_format", "/CEB215Message/InvtRefundDetail[1]/invtNo")}),
+    ("tally is no export", "215", head(ieFlag="E"), {("rule.ie_flag", "/CEB215Message/InvtRefundDetail[1]/ieFlag")}),
 ]
 
 
@@ -983,7 +1003,8 @@ def codes_of(msg: ParsedMessage) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("code", ["CEB303", "CEB304", "CEB403", "CEB404", "CEB505", "CEB506", "CEB603", "CEB604",
                                   "CEB605", "CEB606", "CEB507", "CEB508", "CEB509", "CEB510", "CEB607",
-                                  "CEB608", "CEB701", "CEB702", "CEB792"])  # fmt: skip
+                                  "CEB608", "CEB701", "CEB702", "CEB792", "CEB213", "CEB214", "CEB215",
+                                  "CEB216"])  # fmt: skip
 def test_export_fixtures_pass(code: str) -> None:
     assert codes_of(export(code)) == []
 
@@ -1050,6 +1071,20 @@ _INVT_HEAD = "/CEB603Message/Inventory[1]/InventoryHead"
     ("CEB792", "head", "decState", ["10"], [""], "rule.required_empty"),
     ("CEB792", "line", "gcode", ["6109100021"], ["610910002X"], "rule.gcode"),
     ("CEB792", "line", "gseqno", ["1"], ["0"], "rule.not_positive"),
+    ("CEB213", "head", "tradeMode", ["9661", "1261"], ["1210", "9610"], "rule.trade_mode"),
+    ("CEB213", "head", "appTime", ["20261121101500"], ["20261121251500", "2026112110150"], "rule.date_format"),
+    ("CEB213", "head", "portCode", ["6401"], ["64A1"], "rule.customs_code"),
+    ("CEB213", "head", "country", ["132", "502"], ["142"], "rule.return_country"),
+    ("CEB213", "head", "coElNo", ["TH1"], [" "], "rule.required_empty"),
+    ("CEB213", "line", "gnum", ["1"], ["0"], "rule.not_positive"),
+    ("CEB213", "line", "qty", ["1", "0.5"], ["0", "-1"], None),
+    ("CEB213", "line", "unit", ["011"], ["11"], "rule.unit_code"),
+    ("CEB214", "head", "returnTime", ["20261121101600120"], ["20261121101600"], "rule.date_format"),
+    ("CEB214", "head", "invtNo", ["51412026E00000471101"], [""], "rule.required_empty"),
+    ("CEB215", "head", "trafMode", ["5", "4"], ["Q"], "rule.traf_mode"),
+    ("CEB215", "head", "appTime", ["20261121120000"], ["20261305120000"], "rule.date_format"),
+    ("CEB215", "head", "trafName", ["CZ3096"], [""], "rule.required_empty"),
+    ("CEB216", "head", "logisticsNo", ["YT403787576557CN"], [" "], "rule.required_empty"),
 ])  # fmt: skip
 def test_export_value_rules(
     code: str, where: str, name: str, good: list[str], bad: list[str], rule: str | None

@@ -423,6 +423,7 @@ def test_export_sample_files_are_what_gateway_samples_generates() -> None:
     good = {f"{c}-{m}.xml" for c in ("CEB303", "CEB403", "CEB505", "CEB603", "CEB507", "CEB509", "CEB607")
             for m in ("9610", "1210")}
     good.add("CEB701-1210.xml")  # the 1210 inventory is B-type: its summary application
+    good |= {"CEB213-9610.xml", "CEB215-9610.xml"}  # the 9610 parcel's return and the site's tally of it
     assert set(files) == good | set(EXPORT_BROKEN_FILES)
     for name, data in files.items():
         assert (SAMPLE_FILES / name).read_bytes() == data, name

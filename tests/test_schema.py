@@ -746,7 +746,8 @@ def test_element_sequences_read_as_xmlschema_reads_the_import_schema() -> None:
 # ------------------------------------------------------------------------------------------------
 
 EXPORT_CODES = ("CEB303", "CEB304", "CEB403", "CEB404", "CEB505", "CEB506", "CEB603", "CEB604", "CEB605", "CEB606",
-                "CEB507", "CEB508", "CEB509", "CEB510", "CEB607", "CEB608", "CEB701", "CEB702", "CEB792")
+                "CEB507", "CEB508", "CEB509", "CEB510", "CEB607", "CEB608", "CEB701", "CEB702", "CEB792",
+                "CEB213", "CEB214", "CEB215", "CEB216")
 
 
 def test_the_export_types_use_the_export_schema() -> None:
@@ -1052,4 +1053,66 @@ def test_summary_lengths(schemas: SchemaSet, code: str, xpath: str, value: str, 
 def test_summary_starred_strings_may_be_empty_in_the_schema(schemas: SchemaSet, code: str, xpath: str) -> None:
     root, mtype = load(code)
     set_text(root, xpath, "")
+    assert schemas.validate(root, mtype) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Retail export returns (spec §4.4 step 5, A.32–A.35): CEB213, CEB214, CEB215, CEB216
+# ------------------------------------------------------------------------------------------------
+
+
+def test_return_types_and_their_receipts() -> None:
+    assert (BY_CODE["CEB213"].signature, BY_CODE["CEB215"].signature) == ("optional", "optional")
+    assert (BY_CODE["CEB214"].receipt_for, BY_CODE["CEB216"].receipt_for) == ("CEB213", "CEB215")
+    assert BY_CODE["CEB213"].keys == BY_CODE["CEB214"].keys == ("agentCode", "coElNo")
+    assert BY_CODE["CEB215"].keys == BY_CODE["CEB216"].keys == ("operatorCode", "coElNo")
+
+
+@pytest.mark.parametrize(("code", "xpath", "value", "expected"), [
+    ("CEB213", "ceb:InvtRefund[1]/ceb:InvtRefundHead/ceb:logisticsNo", "Y" * 81, "schema.too_long"),  # C..80
+    ("CEB213", "ceb:InvtRefund[1]/ceb:InvtRefundHead/ceb:tradeMode", "966", "schema.wrong_length"),  # C4
+    ("CEB213", "ceb:InvtRefund[1]/ceb:InvtRefundHead/ceb:ieFlag", "IE", "schema.too_long"),  # C..1*
+    ("CEB213", "ceb:InvtRefund[1]/ceb:InvtRefundHead/ceb:portCode", "64011", "schema.too_long"),  # C..4*
+    ("CEB213", "ceb:InvtRefund[1]/ceb:InvtRefundHead/ceb:reason", "退" * 501, "schema.too_long"),  # C..500*
+    ("CEB213", "ceb:InvtRefund[1]/ceb:InvtRefundList[1]/ceb:gnum", "10000", "schema.too_many_digits"),  # N4
+    ("CEB213", "ceb:InvtRefund[1]/ceb:InvtRefundList[2]/ceb:note", "注" * 501, "schema.too_long"),
+    ("CEB214", "ceb:RefundReturn[1]/ceb:coElNo", "T" * 31, "schema.too_long"),
+    ("CEB215", "ceb:InvtRefundDetail[1]/ceb:coElNo", "L" * 21, "schema.too_long"),  # C..20 here, C..30 in 216
+    ("CEB215", "ceb:InvtRefundDetail[1]/ceb:ieFlag", "", "schema.wrong_length"),  # C1, no "*"
+    ("CEB215", "ceb:InvtRefundDetail[1]/ceb:location", "B" * 251, "schema.too_long"),
+    ("CEB216", "ceb:InvtRefundDetailReturn[1]/ceb:coElNo", "L" * 31, "schema.too_long"),
+    ("CEB216", "ceb:InvtRefundDetailReturn[1]/ceb:returnTime", "20261205120100", "schema.wrong_length"),
+])  # fmt: skip
+def test_return_lengths(schemas: SchemaSet, code: str, xpath: str, value: str, expected: str) -> None:
+    root, mtype = load(code)
+    set_text(root, xpath, value)
+    issue = one(schemas.validate(root, mtype))
+    assert issue.code == expected, issue
+    assert issue.path.endswith(xpath.rsplit(":", 1)[-1])
+
+
+@pytest.mark.parametrize(("code", "xpath"), [
+    ("CEB213", "ceb:InvtRefund[1]/ceb:InvtRefundHead/ceb:country"),
+    ("CEB213", "ceb:InvtRefund[1]/ceb:InvtRefundList[1]/ceb:gmodel"),
+    ("CEB214", "ceb:RefundReturn[1]/ceb:returnStatus"),
+    ("CEB215", "ceb:InvtRefundDetail[1]/ceb:voyageNo"),
+])  # fmt: skip
+def test_return_starred_strings_may_be_empty_in_the_schema(schemas: SchemaSet, code: str, xpath: str) -> None:
+    root, mtype = load(code)
+    set_text(root, xpath, "")
+    assert schemas.validate(root, mtype) == []
+
+
+def test_a_return_lists_1_to_100_lines_and_its_tally_has_none(schemas: SchemaSet) -> None:
+    root, mtype = load("CEB213")
+    for line in root.xpath("ceb:InvtRefund[2]/ceb:InvtRefundList", namespaces=NS):
+        line.getparent().remove(line)
+    assert one(schemas.validate(root, mtype)).code == "schema.missing_element"
+    root, mtype = load("CEB213")
+    line = root.xpath("ceb:InvtRefund[2]/ceb:InvtRefundList[1]", namespaces=NS)[0]
+    for _ in range(100):
+        line.addnext(copy.deepcopy(line))
+    assert one(schemas.validate(root, mtype)).path.startswith("/CEB213Message/InvtRefund[2]/InvtRefundList[101]")
+    root, mtype = load("CEB215")
+    remove(root, "ceb:InvtRefundDetail[1]/ceb:invtNo")  # 0..1: the tally may not know the return's number
     assert schemas.validate(root, mtype) == []
