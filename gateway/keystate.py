@@ -55,8 +55,9 @@ CODES: dict[str, str] = {
     ),
     "state.no_inventory": (
         "a cancellation (CEB623) or return (CEB625) names an inventory (ebcCode, orderNo) that is not stored or "
-        "was withdrawn (spec R12); an export cancellation (CEB605) names an invtNo that no stored export inventory "
-        "of its agentCode and ebcCode was given by customs (CEB604), or whose inventory was withdrawn"
+        "was withdrawn (spec R12); an export cancellation (CEB605) or retail export return (CEB213) names an invtNo "
+        "that no stored export inventory of its agentCode and ebcCode was given by customs (CEB604), or whose "
+        "inventory was withdrawn"
     ),
     "state.second_inventory": (
         "an inventory for a shipment (ebpCode, orderNo) that has a live inventory under another key (another "
@@ -64,15 +65,19 @@ CODES: dict[str, str] = {
         "cancel the other first"
     ),
     "state.inventory_held": (
-        "a cancellation (CEB623, CEB605) or return (CEB625) names an inventory whose first declaration the gateway "
-        "still holds (not yet sent to customs, spec §6.7): withdraw the inventory (appType 3) instead"
+        "a cancellation (CEB623, CEB605) or return (CEB625, CEB213) names an inventory whose first declaration the "
+        "gateway still holds (not yet sent to customs, spec §6.7): withdraw the inventory (appType 3) instead"
     ),
     "state.inventory_platform_mismatch": (
-        "a cancellation (CEB623) or return (CEB625) names an ebpCode other than that of the inventory (ebcCode, "
-        "orderNo) it names: an inventory declares one platform's order (ebpCode + orderNo, spec §6.2), and what refers "
-        "to it names that order (R12)"
+        "a cancellation (CEB623) or return (CEB625, or the retail export return CEB213) names an ebpCode other than "
+        "that of the inventory (ebcCode + orderNo; invtNo) it names: an inventory declares one platform's order "
+        "(ebpCode + orderNo, spec §6.2), and what refers to it names that order (R12)"
     ),
     "state.refund_not_in_inventory": "a return line's gnum is no item of the inventory it returns (spec R12)",
+    "state.return_trade_mode": "a retail export return's tradeMode does not fit the export inventory it returns "
+    "(spec A.32): 1261 returns a special-zone (1210) inventory, 9661 any other",
+    "state.inventory_cancelled": "a retail export return (CEB213) names an export inventory whose cancellation "
+    "(CEB605) customs concluded: its goods never left, there is nothing to return",
     "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9)",
     "state.flow_conflict": (
         "an import document for a shipment (ebpCode, orderNo) that has live export legs, or an export document for one "
@@ -632,10 +637,37 @@ def _numbered(new: New, invt_no: str, found: Sequence[Row], scope: frozenset[str
     if stored is not None and not theirs and (scope is None or not scope.isdisjoint(stored.parties)):
         stored = None
     issues = _referenced(new, stored, scope, named)
+    if not issues and stored is not None and new.row.kind == Kind.REFUND:
+        issues = _returned(new, stored, named)
     if not issues and stored is not None:
         new.after = stored
         new.row.ebp_code, new.row.order_no = stored.ebp_code, stored.order_no
     return issues
+
+
+#: The return's supervision mode by the export inventory's (spec A.32): a special-zone export comes back as 1261.
+_RETURN_MODE = {"1210": "1261"}
+
+
+def _returned(new: New, stored: Row, named: str) -> list[Issue]:
+    """A retail export return (CEB213) of a stored export inventory: of goods that left (not one whose cancellation
+    customs concluded), declared on the inventory's platform (ebpCode: an invtNo names one platform's order) and
+    under the return mode of the inventory's trade mode."""
+    if stored.cancelled:
+        return [issue("state.inventory_cancelled", new.doc.field_path("invtNo"),
+                      f"{named} was cancelled (CEB605 concluded by customs): its goods never left")]  # fmt: skip
+    found: list[Issue] = []
+    mine, theirs = new.row.ebp_code or "", stored.ebp_code or ""
+    if mine != theirs:
+        found.append(issue("state.inventory_platform_mismatch", new.doc.field_path("ebpCode"),
+                           f"ebpCode {mine!r} is not {theirs!r}, the ebpCode of {named} it returns"))  # fmt: skip
+    mode, exported = text(new.doc.head, "tradeMode"), text(stored.head, "tradeMode") or ""
+    expected = _RETURN_MODE.get(exported, "9661")
+    if mode and mode != expected:
+        found.append(issue("state.return_trade_mode", new.doc.field_path("tradeMode"),
+                           f"tradeMode {mode} does not return a {exported} export: {named} comes back as "
+                           f"{expected}"))  # fmt: skip
+    return found
 
 
 def _decimal(raw: str | None) -> Decimal | None:

@@ -212,7 +212,8 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
     # tally of a returned parcel (its waybill), keyed by operatorCode and coElNo as CEB216 answers it; it joins no
     # shipment and waits for no return (the operator tallies what arrives). §2.7: both optionally signed.
     MessageType("CEB213", "InvtRefund", "InvtRefundHead", "InvtRefundList", Kind.REFUND, _D,
-                ("agentCode", "coElNo"), Signature.OPTIONAL, flow=_X, schema=_XSD),
+                ("agentCode", "coElNo"), Signature.OPTIONAL, flow=_X, schema=_XSD,
+                refers_to=(("CEB603", ("invtNo",)),)),
     MessageType("CEB215", "InvtRefundDetail", None, None, Kind.REFUND_TALLY, _D,
                 ("operatorCode", "coElNo"), Signature.OPTIONAL, flow=_X, schema=_XSD),
     MessageType("CEB214", "RefundReturn", None, None, Kind.RECEIPT, _R,

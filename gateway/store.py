@@ -378,6 +378,9 @@ SELECT id, ebp_code, order_no, ebc_code, state, missing, findings, parties, mode
   FROM shipments WHERE ebp_code = $1 AND order_no = $2
 """
 
+#: The retail export return (CEB213): of the export inventory it names by invtNo, listed on its shipment.
+EXPORT_RETURN = next(t.code for t in BY_CODE.values() if t.flow == "export" and t.kind == Kind.REFUND)
+
 #: The transport kinds as an SQL list, as migration 210's partial index names them (the planner matches the two).
 TRANSPORT_KINDS_SQL = "(" + ", ".join(f"'{k.value}'" for k in TRANSPORT_KINDS) + ")"
 
@@ -386,11 +389,14 @@ TRANSPORT_KINDS_SQL = "(" + ", ".join(f"'{k.value}'" for k in TRANSPORT_KINDS) +
 #: is a shipment's only through its inventory: gateway.keystate.Live.holders). The waybill-only shipment ($1 '')
 #: lists every waybill of its orderNo. An export shipment also lists the transport messages (arrival, departure,
 #: 清单总分单: CEB507/509/607) whose list names the waybill of any version of its inventory — the head's
-#: logisticsCode and a line's logisticsNo (migration 210's index) — every version of them, as they are no leg.
+#: logisticsCode and a line's logisticsNo (migration 210's index) — every version of them, as they are no leg — and
+#: its retail export returns (CEB213: stored with the inventory's ebpCode and orderNo, keystate._numbered) with the
+#: site's tallies (CEB215) of the waybill of its inventory or of a return (a parcel may come back under a new one).
 SELECT_SHIPMENT_DOCUMENTS = f"""
 WITH own AS MATERIALIZED (
     SELECT d.id, d.kind, d.message_type, d.logistics_code, d.logistics_no FROM documents AS d
-     WHERE d.ebp_code = $1 AND d.order_no = $2 AND d.kind IN ('order', 'payment', 'inventory')
+     WHERE d.ebp_code = $1 AND d.order_no = $2
+       AND (d.kind IN ('order', 'payment', 'inventory') OR d.message_type = '{EXPORT_RETURN}')
 ), ids AS (
     SELECT id FROM own
     UNION
@@ -412,6 +418,13 @@ WITH own AS MATERIALIZED (
                        AND d.lines @> jsonb_build_array(jsonb_build_object('logisticsNo', k.logistics_no))
                     OFFSET 0) AS t
      WHERE t.logistics_code = k.logistics_code
+    UNION
+    SELECT t.id
+      FROM (SELECT DISTINCT logistics_code, logistics_no FROM own
+             WHERE message_type IN ('{LEGS["export"][Kind.INVENTORY]}', '{EXPORT_RETURN}')) AS k,
+           LATERAL (SELECT d.id, d.kind FROM documents AS d
+                     WHERE d.logistics_code = k.logistics_code AND d.logistics_no = k.logistics_no OFFSET 0) AS t
+     WHERE t.kind = '{Kind.REFUND_TALLY.value}'
 )
 SELECT m.guid AS message_guid, m.received_at, {_DOC_COLUMNS}
   FROM ids,

@@ -1,5 +1,6 @@
-"""Consistent export documents of one shipment (spec §4: CEB303, CEB403, CEB505, CEB603, CEB605) and the transport
-messages of its parcel (CEB507, 509, 607), as ParsedMessages for the store; keyword overrides change any head field.
+"""Consistent export documents of one shipment (spec §4: CEB303, CEB403, CEB505, CEB603, CEB605), the transport
+messages of its parcel (CEB507, 509, 607) and its return (CEB213) with the site's tally (CEB215), as ParsedMessages
+for the store; keyword overrides change any head field.
 The import counterparts live in tests/test_store.py."""
 
 from __future__ import annotations
@@ -130,7 +131,38 @@ def transport_lines(*order_nos: str, invt_nos: dict[str, str] | None = None) -> 
     return lines
 
 
-_LINES: dict[str, Any] = {"CEB303": ORDER_LINES, "CEB603": inventory_lines()}
+def refund_head(invt_no: str, order_no: str, **kw: str) -> dict[str, str]:
+    """A retail export return (CEB213) of the inventory of shipment ``order_no`` (its waybill), numbered ``invt_no``."""
+    h = {
+        "guid": f"ERET-{invt_no}", "appType": "1", "appTime": T0, "appStatus": "2", "customsCode": "6401",
+        "ebpCode": EBP, "ebpName": "Platform", "ebcCode": EBC, "ebcName": "Seller", "logisticsNo": f"ELN-{order_no}",
+        "logisticsCode": LOG, "logisticsName": "Carrier", "coElNo": f"RET-{invt_no}", "invtNo": invt_no,
+        "tradeMode": "9661", "agentCode": AGENT, "agentName": "Agent", "billNo": "784-00000009", "ieFlag": "I",
+        "trafMode": "5", "trafName": "CZ3096", "portCode": "6401", "reason": "buyer refused", "country": "502",
+        "voyageNo": "20250310",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+def refund_lines(qty: str = "2", gnum: str = "1") -> list[dict[str, str]]:
+    return [{"gnum": gnum, "gcode": "6214100000", "gname": "真丝围巾", "gmodel": "180×90cm", "qty": qty, "qty1": qty,
+             "unit": "015", "unit1": "015"}]  # fmt: skip
+
+
+def tally_head(cop_no: str, order_no: str, **kw: str) -> dict[str, str]:
+    """The site SITE's tally (CEB215) of the returned parcel of shipment ``order_no`` (its waybill)."""
+    h = {
+        "guid": f"ETAL-{cop_no}", "appType": "1", "appTime": T0, "appStatus": "2", "customsCode": "6401",
+        "operatorCode": SITE, "operatorName": "Site", "logisticsCode": LOG, "logisticsName": "Carrier",
+        "logisticsNo": f"ELN-{order_no}", "coElNo": cop_no, "billNo": "784-00000009", "ieFlag": "I", "trafMode": "5",
+        "trafName": "CZ3096", "voyageNo": "20250310",
+    }  # fmt: skip
+    h.update(kw)
+    return h
+
+
+_LINES: dict[str, Any] = {"CEB303": ORDER_LINES, "CEB603": inventory_lines(), "CEB213": refund_lines()}
 
 
 def export_message(code: str, *heads: dict[str, str], guid: str | None = None, lines: Any = None) -> ParsedMessage:

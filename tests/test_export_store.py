@@ -266,6 +266,138 @@ async def test_an_export_cancellation_is_forwarded_after_its_inventory(db_pool: 
     assert [j.id for j in claimed] == [jobs[f"customs:{change.guid}"]["id"]]  # the cancellation waits
 
 
+# --- retail export returns (CEB213) and the site's tallies of them (CEB215), spec §4.4 step 5 ---------------------
+
+
+def _return(invt_no: str, order_no: str, lines: list[dict[str, str]] | None = None, **kw: str) -> ParsedMessage:
+    return ex.export_message("CEB213", ex.refund_head(invt_no, order_no, **kw), lines=lines)
+
+
+async def test_an_export_return_names_a_stored_export_inventory_by_its_invt_no(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """A CEB213 names the inventory it returns by the invtNo customs gave it (A.32), as a CEB605 does: one that no
+    stored export inventory of its agentCode and ebcCode has is refused; taken, it is its shipment's, listed on it."""
+    assert await _refused_codes(store, _return("64012025E000000051", "RT1")) == ["state.no_inventory"]
+    for leg in ex.legs("RT1"):
+        await ingest(store, leg)
+    assert await _refused_codes(store, _return("64012025E000000051", "RT1")) == ["state.no_inventory"]  # unnumbered
+    await _declared(db_pool, "RT1", "64012025E000000051")
+    other_seller = _return("64012025E000000051", "RT1", ebcCode="EBC0000009")
+    assert await _refused_codes(store, other_seller) == ["state.no_inventory"]
+    taken = await ingest(store, _return("64012025E000000051", "RT1"))
+    assert taken.http_status == 202, taken.body
+    doc = taken.body["documents"][0]
+    assert (doc["kind"], doc["outcome"], doc["keys"]) == ("refund", "accepted", {"agentCode": ex.AGENT,
+                                                                                "coElNo": "RET-64012025E000000051"})
+    row = await db_pool.fetchrow("SELECT ebp_code, order_no FROM documents WHERE message_type = 'CEB213'")
+    assert tuple(row) == (ex.EBP, "RT1")
+    view = await store.get_shipment(ex.EBP, "RT1")
+    assert view is not None
+    assert [d["message_type"] for d in view["documents"] if d["kind"] == "refund"] == ["CEB213"]
+    # a change of it (appType 2) is judged against the inventory again
+    changed = _return("64012025E000000051", "RT1", lines=ex.refund_lines("1"), appType="2", appTime=_later(ex.T0, 1))
+    assert (await ingest(store, changed)).body["documents"][0]["outcome"] == "replaced"
+
+
+async def test_what_an_export_return_cannot_return(store: Store, db_pool: asyncpg.Pool) -> None:
+    """Its lines are items of the inventory (by the inventory's gnum), each no more than declared; its platform is the
+    inventory's; its tradeMode the return mode of the inventory's (1261 only for a 1210 one); and goods whose
+    cancellation customs concluded never left. An invtNo an import inventory holds names no export inventory."""
+    for leg in ex.legs("RT2"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RT2", "64012025E000000052")
+    no = "64012025E000000052"
+    assert await _refused_codes(store, _return(no, "RT2", lines=ex.refund_lines(gnum="2"))) == [
+        "state.refund_not_in_inventory"]
+    assert await _refused_codes(store, _return(no, "RT2", lines=ex.refund_lines("3"))) == [
+        "state.refund_exceeds_inventory"]
+    assert await _refused_codes(store, _return(no, "RT2", ebpCode="EBP0000009")) == [
+        "state.inventory_platform_mismatch"]
+    assert await _refused_codes(store, _return(no, "RT2", tradeMode="1261")) == ["state.return_trade_mode"]
+    modeless = ex.refund_head(no, "RT2")
+    del modeless["tradeMode"]  # optional (A.32)
+    assert (await ingest(store, ex.export_message("CEB213", modeless))).http_status == 202
+    for leg in ex.legs("RT3", tradeMode="1210"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RT3", "64012025E000000053")
+    assert await _refused_codes(store, _return("64012025E000000053", "RT3")) == ["state.return_trade_mode"]
+    assert (await ingest(store, _return("64012025E000000053", "RT3", tradeMode="1261"))).http_status == 202
+    # cancelled: nothing left the country
+    for leg in ex.legs("RT4"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RT4", "64012025E000000054")
+    await ingest(store, _cancel("64012025E000000054", appTime=_later(ex.T0, 1)))
+    await _conclude_export_cancellation(db_pool, "64012025E000000054")
+    assert await _refused_codes(store, _return("64012025E000000054", "RT4", appTime=_later(ex.T0, 2))) == [
+        "state.inventory_cancelled"]
+    # an import inventory of that number (as its CEB622 gave it): no export inventory
+    await full_shipment(store, "RT5")
+    await db_pool.execute("UPDATE documents SET invt_no = '64012025I000000055' WHERE message_type = 'CEB621'"
+                          " AND order_no = 'RT5'")  # fmt: skip
+    assert await _refused_codes(store, _return("64012025I000000055", "RT5")) == ["state.no_inventory"]
+
+
+async def test_an_export_return_is_held_to_its_inventorys_owners_and_declaration(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    for leg in ex.legs("RT6"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RT6", "64012025E000000056")
+    other = _return("64012025E000000056", "RT6", agentCode="AGT0000009", ebcCode="EBC0000009", ebpCode="EBP0000009")
+    scope = frozenset({"AGT0000009", "EBC0000009", "EBP0000009"})
+    assert await _refused_codes(store, other, scope) == ["auth.not_your_document"]
+    await db_pool.execute("UPDATE documents SET forward_state = 'held' WHERE message_type = 'CEB603'"
+                          " AND order_no = 'RT6'")  # fmt: skip
+    assert await _refused_codes(store, _return("64012025E000000056", "RT6")) == ["state.inventory_held"]
+
+
+async def test_an_export_return_is_forwarded_after_its_inventory(db_pool: asyncpg.Pool) -> None:
+    routes = (RouteSettings(message_types=("CEB603", "CEB213"), endpoints=("customs",)),)
+    router = Router.from_settings(ForwardingSettings(routes=routes, hold_types=()), {"customs": "customs"})
+    store = Store(db_pool, outbox=Outbox(db_pool, router))
+    for leg in ex.legs("RT7"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RT7", "64012025E000000057")
+    await db_pool.execute("UPDATE jobs SET state = 'done'")
+    change = ex.export_message("CEB603", ex.inventory_head("RT7", guid="EINV-RT7-2", appType="2",
+                                                           appTime=_later(ex.T0, 1)))  # fmt: skip
+    await ingest(store, change)
+    refund = await ingest(store, _return("64012025E000000057", "RT7", appTime=_later(ex.T0, 2)))
+    jobs = {r["dedupe_key"]: r for r in await db_pool.fetch("SELECT * FROM jobs WHERE state = 'queued'")}
+    assert f"CEB603:{ex.AGENT}:COP-RT7" in jobs[f"customs:{refund.guid}"]["ordering_keys"]
+    async with db_pool.acquire() as conn:
+        claimed = await cbec_queue.claim(conn, worker_id="w", lease_s=30, limit=10)
+    assert [j.id for j in claimed] == [jobs[f"customs:{change.guid}"]["id"]]  # the return waits
+
+
+async def test_a_return_tally_is_the_sites_own_and_listed_on_the_shipment_whose_parcel_it_tallies(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """The site operator tallies what arrives, whoever declared the return and whether or not the gateway holds it
+    (the agent may declare it after the parcel is unloaded): a CEB215 is stored under operatorCode + coElNo, joins
+    no shipment and waits for no return; the export shipment lists the tallies of its inventory's waybill or of a
+    return's (a parcel may come back under a new one)."""
+    early = await ingest(store, ex.export_message("CEB215", ex.tally_head("LH-1", "RT8")))
+    assert early.http_status == 202
+    assert early.body["documents"][0]["keys"] == {"operatorCode": ex.SITE, "coElNo": "LH-1"}
+    assert early.body["documents"][0]["shipment"] is None
+    for leg in ex.legs("RT8"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RT8", "64012025E000000058")
+    await ingest(store, _return("64012025E000000058", "RT8", logisticsNo="INBOUND-RT8"))
+    await ingest(store, ex.export_message("CEB215", ex.tally_head("LH-2", "RT8", logisticsNo="INBOUND-RT8",
+                                                                  invtNo="64012025E000000058")))  # fmt: skip
+    await ingest(store, ex.export_message("CEB215", ex.tally_head("LH-3", "OTHER")))
+    view = await store.get_shipment(ex.EBP, "RT8")
+    assert view is not None
+    assert sorted(d["keys"]["coElNo"] for d in view["documents"] if d["kind"] == "refund_tally") == ["LH-1", "LH-2"]
+    # its site's: another key may not change it
+    change = ex.export_message("CEB215", ex.tally_head("LH-1", "RT8", appType="2", appTime=_later(ex.T0, 1),
+                                                       operatorCode=ex.SITE))  # fmt: skip
+    assert await _refused_codes(store, change, frozenset({"SITE000009"})) == ["auth.not_your_document"]
+
+
 # --- transport messages (spec §4.4 step 3, A.20–A.28): no legs, listed on the shipments whose waybills they name ----
 
 
