@@ -315,8 +315,8 @@ async def get_shipment(request: web.Request) -> web.Response:
 
 
 async def post_receipts(request: web.Request) -> web.Response:
-    """Customs receipts (bare CEB312/412/512/514/622/624/626/712/900, export CEB304/404/506/508/510/604/606/608, or
-    in a DxpMsg) and tax bills (CEB816/818): stored once, applied."""
+    """Customs receipts (bare CEB312/412/512/514/622/624/626/712/900, export CEB304/404/506/508/510/604/606/608/702/
+    214/216, or in a DxpMsg), tax bills (CEB816/818) and summary results (CEB792): stored once, applied."""
     principal = _principal(request)
     if principal.role not in (Role.CUSTOMS, Role.ADMIN):
         return error_response(403, "only customs (and admin) keys may post receipts")

@@ -107,7 +107,8 @@ class WebhookSettings:
 
 DEFAULT_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings(("CEB311", "CEB411", "CEB511", "CEB513", "CEB621", "CEB623", "CEB625", "CEB711",
-                   "CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509", "CEB607", "CEB701"),
+                   "CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509", "CEB607", "CEB701",
+                   "CEB213", "CEB215"),
                   ("customs",)),
     RouteSettings(("CEB621",), ("inspection",), modes=("1210",)),
 )

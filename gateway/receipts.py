@@ -43,7 +43,7 @@ from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_message, parse_xml
 
 CODES: dict[str, str] = {
     "rule.not_a_receipt": "POST /v1/receipts takes customs receipts (import CEB312/412/512/514/622/624/626/712/900, "
-    "export CEB304/404/506/508/510/604/606/608/702), tax bills (CEB816/818) and summary results (CEB792) only",
+    "export CEB304/404/506/508/510/604/606/608/702/214/216), tax bills (CEB816/818) and summary results (CEB792) only",
     "rule.receipt_envelope_type": "the DxpMsg MsgType names another message than the receipt it carries",
 }
 

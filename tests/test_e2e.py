@@ -592,6 +592,50 @@ async def test_an_export_parcels_transport_is_forwarded_and_concluded_after_its_
             f"{code}Message": 1 for code in ("CEB303", "CEB403", "CEB505", "CEB603", "CEB607", "CEB507", "CEB509")}
 
 
+async def test_an_export_parcels_return_and_its_tally_are_forwarded_and_answered(db_dsn: str) -> None:
+    """After the release, the parcel's retail export return (CEB213, naming the invtNo customs gave the inventory) goes
+    to customs' export system behind it, and the site's tally (CEB215) of the returned parcel too; the sandbox answers
+    2 → 120 → 800 (CEB214) and 2 → 399 (CEB216), applied by their keys, and the export shipment lists both."""
+    from gateway import samples
+    from gateway.render import render
+    from tests.apiutil import sign_as_agent
+
+    async with running_stack(db_dsn) as stack:
+        s = samples.export_shipment(random.Random(45), mode="9610")
+        for xml in samples.render_export_shipment(s, signer=sign_as_agent).values():
+            assert (await stack.client.post_xml(xml)).status == 202
+        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+
+        async def released() -> bool:
+            return (await stack.client.get(path)).body["customs_status"] == "released"
+
+        await wait_for(released, timeout=20, what="released")
+        inventory = next(d for d in (await stack.client.get(path)).body["documents"]
+                         if d["kind"] == "inventory" and d["is_current"])  # fmt: skip
+        rng = random.Random(45)
+        refund = samples.export_return(rng, s.inventory_doc, inventory["invt_no"])
+        tally = samples.return_tally(rng, refund)
+        for payload in (refund, tally):
+            reply = await stack.client.post_xml(render(payload))
+            assert reply.status == 202, reply.body
+
+        async def answered() -> bool:
+            return await stack.fetchval("SELECT count(*) FROM documents WHERE (message_type = 'CEB213' AND"
+                                        " customs_status = '800') OR (message_type = 'CEB215' AND"
+                                        " customs_status = '399')") == 2  # fmt: skip
+
+        await wait_for(answered, timeout=20, what="the return released and its tally concluded")
+        rows = await stack.fetch("SELECT message_type, array_agg(return_status ORDER BY id) AS statuses,"
+                                 " bool_and(outcome = 'applied') AS applied FROM receipts"
+                                 " WHERE message_type IN ('CEB214', 'CEB216') GROUP BY 1")  # fmt: skip
+        assert {r["message_type"]: (r["statuses"], r["applied"]) for r in rows} == {
+            "CEB214": (["2", "120", "800"], True), "CEB216": (["2", "399"], True)}
+        shown = {d["message_type"]: d for d in (await stack.client.get(path)).body["documents"]
+                 if d["kind"] in ("refund", "refund_tally")}  # fmt: skip
+        assert set(shown) == {"CEB213", "CEB215"}
+        assert shown["CEB213"]["invt_no"] == inventory["invt_no"] and len(shown["CEB213"]["pre_no"]) == 18
+
+
 async def test_an_export_cancellation_concludes_at_the_sandbox_and_the_order_takes_a_new_inventory(
     db_dsn: str,
 ) -> None:

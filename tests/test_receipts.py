@@ -221,6 +221,25 @@ def test_transport_receipts_correlate_by_the_declared_key(code: str, declared: s
     assert rc.fold(records).status == records[-1].return_status
 
 
+@pytest.mark.parametrize(("code", "declared", "keys", "last"), [
+    ("CEB214", "CEB213", ("4601980H12", "TH2026112100000031"), "800"),
+    ("CEB216", "CEB215", ("4601980S08", "LH20261121000017"), "399"),
+])  # fmt: skip
+def test_return_receipts_correlate_by_the_declared_key(
+    code: str, declared: str, keys: tuple[str, str], last: str
+) -> None:
+    """CEB214 carries the agent's code and coElNo of the retail export return it answers, CEB216 the site operator's
+    and the tally's coElNo (spec §5.1, A.33, A.35): their declared keys; the preNo is learned, and a CEB214's
+    invtNo, the returned inventory's number, as a CEB606's is."""
+    records = rc.read((DATA / "schema" / f"{code}Message.xml").read_bytes(), SchemaSet()).records
+    for r in records:
+        c = r.correlation()
+        assert (c.declared_type, c.keys) == (declared, keys)
+        learned = {"preNo": r.keys["preNo"], **({"invtNo": r.keys["invtNo"]} if code == "CEB214" else {})}
+        assert rc.apply(None, r).learned == learned
+    assert rc.fold(records).status == records[-1].return_status == last
+
+
 def test_dedupe_key_ignores_guid_and_info_but_not_status_or_time() -> None:
     a = rec("120", "20260101120000001")
     same = ReceiptRecord(**{**a.__dict__, "guid": "other", "return_info": "other text", "root_guid": "X"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import random
@@ -431,6 +432,48 @@ async def test_export_declarations_are_answered_by_the_export_system(
     [released] = receipts(http_recorder, lambda r: r["type"] == "CEB604" and r["returnStatus"] == "800")
     assert released["invtNo"][8] == "E" and len(released["preNo"]) == 18
     assert released["orderNo"] in xmls["CEB603"].decode()
+
+
+async def test_export_returns_and_their_tallies_are_answered_by_the_export_system(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    """A retail export return (CEB213) of an export inventory the export system released to its agent gets its CEB214
+    2 → 120 → 800 (spec §5.2: 214 lists 120 and 800, no 399); one naming a number it never gave, or given to another
+    agent, 100; the site's tally (CEB215) its CEB216 2 → 399. Each receipt echoes the coElNo and codes, with a preNo
+    of its own, and is schema- and rule-valid."""
+    data = Path(__file__).parent / "data" / "samples"
+    for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+        await post_dxp(client, sandbox.url, (data / f"{code}-9610.xml").read_bytes(), receiver=dxp.EXPORT_RECEIVER)
+    await sandbox.wait_idle()
+    [released] = receipts(http_recorder, lambda r: r["type"] == "CEB604" and r["returnStatus"] == "800")
+    refund = etree.fromstring((data / "CEB213-9610.xml").read_bytes())
+    refund.find(f".//{C}invtNo").text = released["invtNo"]  # the number customs gave the inventory
+    unknown = copy.deepcopy(refund)
+    unknown.find(f".//{C}invtNo").text = released["invtNo"][:-1] + "9"
+    unknown.find(f".//{C}coElNo").text = "TH-UNKNOWN"
+    theirs = copy.deepcopy(refund)
+    theirs.find(f".//{C}agentCode").text = "4601980H99"
+    theirs.find(f".//{C}coElNo").text = "TH-THEIRS"
+    tally = (data / "CEB215-9610.xml").read_bytes()
+    for body in (etree.tostring(refund), etree.tostring(unknown), etree.tostring(theirs), tally):
+        status, ack, _ = await post_dxp(client, sandbox.url, body, receiver=dxp.EXPORT_RECEIVER)
+        assert (status, ack["code"]) == (200, "0000"), ack
+    await sandbox.wait_idle()
+    got = receipts(http_recorder, lambda r: r["type"] in ("CEB214", "CEB216"))
+    assert {r["env"].sender_id for r in got} == {dxp.EXPORT_RECEIVER}
+    schemas = SchemaSet()
+    for r in got:
+        mtype = lookup(r["type"])
+        assert mtype is not None and schemas.validate(r["root"], mtype) == [], r["type"]
+        assert rules.check(extract(r["root"], mtype), today=datetime.now().date()) == [], r["type"]
+    by_cop: dict[tuple[str, str], list[str]] = {}
+    for r in got:
+        by_cop.setdefault((r["type"], r["coElNo"]), []).append(r["returnStatus"])
+    mine, counted = refund.findtext(f".//{C}coElNo"), etree.fromstring(tally).findtext(f".//{C}coElNo")
+    assert by_cop == {("CEB214", mine): ["2", "120", "800"], ("CEB214", "TH-UNKNOWN"): ["2", "100"],
+                      ("CEB214", "TH-THEIRS"): ["2", "100"], ("CEB216", counted): ["2", "399"]}  # fmt: skip
+    [back] = receipts(http_recorder, lambda r: r["type"] == "CEB214" and r["returnStatus"] == "800")
+    assert (back["invtNo"], back["agentCode"], len(back["preNo"])) == (released["invtNo"], "4601980H12", 18)
 
 
 async def test_export_transport_messages_are_answered_by_the_export_system(

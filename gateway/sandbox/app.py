@@ -538,6 +538,8 @@ class Sandbox:
             "CEB509": self._transport,
             "CEB607": self._transport,
             "CEB701": self._summary,
+            "CEB213": self._export_return,
+            "CEB215": self._transport,
         }.get(mtype.code, self._other)
         return [handler(doc, scenario) for doc in parsed.documents]
 
@@ -786,6 +788,23 @@ class Sandbox:
                 del self.export_inventories[key]
         accepted = steps[1]
         return [steps[0], self._step(accepted.code, "399", accepted.values, accepted.key)]
+
+    def _export_return(self, doc: Document, scenario: str | None) -> list[Step]:
+        """A retail export return (CEB213): the export inventory its invtNo names must be one this export system
+        released to the return's agent (and not cancelled since), else 100; then 2 → 120 → 800 (the CEB214's
+        statuses, spec §5.2: no 399): customs lets the goods back in. The site's tally (CEB215) is answered as a
+        transport message is, 2 → 399 (CEB216's statuses), matched to no return: customs does that, not the site."""
+        steps = self._other(doc, scenario)
+        if [s.status for s in steps] != ["2", "120"]:  # temp-saved or refused: as any
+            return steps
+        h = doc.head
+        invt_no, agent = (h.get("invtNo") or "").strip(), (h.get("agentCode") or "").strip()
+        if not any(r.invt_no == invt_no and (r.doc.head.get("agentCode") or "").strip() == agent
+                   for r in self.export_inventories.values()):  # fmt: skip
+            return self._rejected("CEB214", steps[0].values, steps[0].key,
+                                  f"出口清单{invt_no}不存在或非本企业申报 (sandbox)")  # fmt: skip
+        accepted = steps[1]
+        return [*steps, self._step(accepted.code, "800", accepted.values, accepted.key)]
 
     def _transport(self, doc: Document, scenario: str | None) -> list[Step]:
         """An arrival, departure or 清单总分单 (CEB507/509/607): 2 → 399, the statuses spec §5.2 gives their receipts

@@ -27,7 +27,7 @@ CHINA_TZ = timezone(timedelta(hours=8), "CST")
 #: the registry, the order from the type's schema itself (import or export).
 RECEIPT_CODES: tuple[str, ...] = ("CEB312", "CEB412", "CEB512", "CEB514", "CEB622", "CEB624", "CEB626", "CEB712",
                                   "CEB900", "CEB304", "CEB404", "CEB506", "CEB604", "CEB606", "CEB508", "CEB510",
-                                  "CEB608", "CEB702")  # fmt: skip
+                                  "CEB608", "CEB702", "CEB214", "CEB216")  # fmt: skip
 RECEIPT_FIELDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     code: (BY_CODE[code].root, BY_CODE[code].document,
            element_sequences(BY_CODE[code].schema)[BY_CODE[code].document])
@@ -41,7 +41,7 @@ RECEIPT_FOR: dict[str, str] = {t.receipt_for: t.code for t in MESSAGE_TYPES if t
 _REQUIRED_ALWAYS = frozenset({"guid", "returnStatus", "returnTime", "returnInfo", "copNo", "preNo", "ebpCode",
                               "ebcCode", "orderNo", "payCode", "payTransactionId", "logisticsCode", "logisticsNo",
                               "logisticsStatus", "oriCopMsgId", "oriMessageType", "oriBizMessage", "agentCode",
-                              "statisticsFlag", "operatorCode", "billNo", "msgSeqNo"})  # fmt: skip
+                              "statisticsFlag", "operatorCode", "billNo", "msgSeqNo", "coElNo"})  # fmt: skip
 
 _MAX_INFO = {"CEB900": 5000}
 STATUS_TEXT = {
