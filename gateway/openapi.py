@@ -54,8 +54,9 @@ OPENAPI: dict[str, Any] = {
         "description": "Cross-border e-commerce (CEB) declaration gateway: submit import order (CEB311), payment "
         "(CEB411), waybill (CEB511) and inventory (CEB621) messages and export order (CEB303), 收款单 (CEB403), "
         "waybill (CEB505), inventory (CEB603) and cancellation (CEB605) messages, the parcels' 清单总分单 "
-        "(CEB607), arrival (CEB507) and departure (CEB509), and the summary application of B-type export inventories "
-        "(CEB701), as XML or JSON; watch each shipment's reconciliation and each summary's customs declarations "
+        "(CEB607), arrival (CEB507) and departure (CEB509), the summary application of B-type export inventories "
+        "(CEB701), and the retail export return (CEB213) with the site's tally of the returned parcel (CEB215), as "
+        "XML or JSON; watch each shipment's reconciliation and each summary's customs declarations "
         "(CEB792).",
     },
     "components": {
@@ -172,7 +173,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/receipts": {
             "post": {
-                "summary": "Customs receipts: a bare CEB312/412/512/514/622/624/626/712/900 or one in a DxpMsg "
+                "summary": "Customs receipts: a bare CEB312/412/512/514/622/624/626/712/900 (export "
+                "CEB304/404/506/508/510/604/606/608/702/214/216) or one in a DxpMsg "
                 "(customs and admin keys). Every return element is stored once (type, business keys, "
                 "returnStatus, returnTime) and applied: the document's customs status (monotonic), the "
                 "shipment's customs_status, held inventories released, webhooks and warehouse orders. Tax bills "
