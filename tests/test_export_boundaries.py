@@ -368,3 +368,52 @@ async def test_a_receipt_answers_the_part_of_a_split_transport_message_it_names(
     rows = await db_pool.fetch("SELECT head ->> 'msgSeqNo' AS part, customs_status, pre_no FROM documents"
                                " WHERE message_type = 'CEB509' ORDER BY 1")  # fmt: skip
     assert [tuple(r) for r in rows] == [("1", None, None), ("2", "399", "B20261120000000888")]
+
+
+@pytest.mark.db
+async def test_a_retail_export_return_and_its_tally_through_the_api(db_pool: Any) -> None:
+    """A parcel's return (CEB213, JSON) is refused with a precise error where it cannot be right — an import
+    inventory's number (422 at its invtNo), a number no stored export inventory has (409), another tenant's
+    inventory (403) — and taken by the inventory's agent once customs numbered the inventory; the site's tally
+    (CEB215, XML) by the site's key whether or not a return is held; the export shipment shows both."""
+    s = export_ship(62)
+    inv = s.inventory_doc
+    site, agent = samples.EXPORT_SITE[0], inv["agentCode"]
+    keys = (ApiKey("admin", "admin-key-000000000000", Role.ADMIN),
+            ApiKey("site", "site-key-4444444444444", Role.SUBMITTER, frozenset({site})),
+            ApiKey("agent", "agent-key-666666666666", Role.SUBMITTER, frozenset({agent})),
+            ApiKey("other", "other-key-777777777777", Role.SUBMITTER, frozenset({"9999999999"})))  # fmt: skip
+    app = create_app(Settings(api_keys=keys, max_body_bytes=256 * 1024), db_pool, signer=sign_as_agent)
+    invt_no = f"{inv['customsCode']}2026E000000062"
+    rng = random.Random(62)
+    refund = json.loads(json.dumps(samples.export_return(rng, inv, invt_no, now=NOW), default=str))
+    tally = render(samples.return_tally(rng, samples.export_return(rng, inv, invt_no, now=NOW), now=NOW))
+
+    async def post(payload: dict[str, Any], key: str = "agent-key-666666666666") -> Any:
+        return await client.request("POST", "/v1/messages", key=key, json_body=payload)
+
+    def issue(reply: Any) -> tuple[int, str, str]:
+        first = reply.body["error"]["issues"][0]
+        return reply.status, first["code"], first["path"]
+
+    head = "/CEB213Message/InvtRefund[1]/InvtRefundHead"
+    async with serving(app) as client:
+        for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+            assert (await post_export(client, s.payloads()[code])).status == 202, code
+        imported = json.loads(json.dumps(refund))
+        imported["documents"][0]["invtNo"] = invt_no.replace("E", "I")
+        assert issue(await post(imported)) == (422, "rule.invt_no_format", f"{head}/invtNo")
+        assert issue(await post(refund)) == (409, "state.no_inventory", "/CEB213Message/InvtRefund[1]")
+        await db_pool.execute("UPDATE documents SET invt_no = $1 WHERE message_type = 'CEB603' AND order_no = $2",
+                              invt_no, s.order_doc["orderNo"])  # fmt: skip
+        assert issue(await post(refund, "other-key-777777777777"))[:2] == (403, "auth.not_your_document")
+        taken = await post(refund)
+        assert taken.status == 202, taken.body
+        assert taken.body["documents"][0]["kind"] == "refund"
+        counted = await client.post_xml(tally, key="site-key-4444444444444")
+        assert counted.status == 202, counted.body
+        assert (counted.body["documents"][0]["kind"], counted.body["documents"][0]["shipment"]) == ("refund_tally",
+                                                                                                    None)
+        view = (await client.get(f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}")).body
+        assert sorted(d["message_type"] for d in view["documents"] if d["kind"] in ("refund", "refund_tally")) == [
+            "CEB213", "CEB215"]
