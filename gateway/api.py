@@ -25,7 +25,7 @@ from aiohttp import web
 from lxml import etree
 
 from gateway import db, receipts, summary, taxbills
-from gateway.auth import KeyRing, Principal
+from gateway.auth import KeyRing, Principal, shipment_view
 from gateway.config import Role, Settings
 from gateway.console import setup_console
 from gateway.console.queries import receipts_awaited
@@ -310,7 +310,7 @@ async def get_shipment(request: web.Request) -> web.Response:
                                                   request.match_info["orderNo"])  # fmt: skip
     if found is None or not _visible(principal, found.get("parties")):
         return error_response(404, "no such shipment")
-    view = await request.app[OUTBOX].shipment_forwarding(found)
+    view = shipment_view(principal, await request.app[OUTBOX].shipment_forwarding(found))
     return json_response(taxbills.add_to_shipment(view, request.app[STORE].tax_rates))
 
 

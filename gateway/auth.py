@@ -1,7 +1,8 @@
 """Access control: API keys with a role and, for submitters, the enterprise codes they hold.
 
 A submitter may submit and read only documents that carry one of its codes in a party field
-(ebpCode, ebcCode, payCode, logisticsCode, agentCode ...). Pure: no I/O.
+(ebpCode, ebcCode, payCode, logisticsCode, agentCode ...); of the export transport messages its shipment lists
+it sees only what concerns that shipment (:func:`shipment_view`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.config import ApiKey, Role
 from gateway.documents import Document
+from gateway.messages import TRANSPORT_KINDS, Kind
 
 #: Head fields that name an enterprise taking part in a document.
 PARTY_FIELDS: tuple[str, ...] = (
@@ -69,3 +72,40 @@ class KeyRing:
         if not presented:
             return None
         return self._by_digest.get(self.digest(presented))
+
+
+#: What a key that is no party of an export transport message (CEB507/509/607) sees of it on a shipment it may read:
+#: what identifies the document and what customs made of it, and of its list the lines naming the shipment's waybill.
+#: One arrival or 清单总分单 lists many sellers' parcels: the other lines (their waybills, a 607's invtNos), the head
+#: (the sender's names, flight, B/L, vehicle), its parties and transmissions are the sender's, whose message
+#: (GET /v1/messages/{guid}) answers that key 404.
+LIMITED_TRANSPORT_FIELDS: tuple[str, ...] = (
+    "id", "index", "doc_guid", "kind", "message_type", "keys", "app_type", "app_time", "app_status", "path",
+    "is_current", "withdrawn", "superseded_by", "message_guid", "received_at",
+    "forward_state", "sent_at", "last_receipt_at", "receipt_overdue", "pre_no", "invt_no", "customs", "receipts",
+)  # fmt: skip
+_TRANSPORT = frozenset(k.value for k in TRANSPORT_KINDS)
+
+
+def _text(values: dict[str, Any] | None, name: str) -> str:
+    return str((values or {}).get(name) or "").strip()
+
+
+def shipment_view(principal: Principal, shipment: dict[str, Any]) -> dict[str, Any]:
+    """The shipment (gateway.store.Store.get_shipment, with its forwarding) as ``principal`` may see it: each
+    transport message none of whose parties it holds cut to :data:`LIMITED_TRANSPORT_FIELDS` and to the lines
+    naming one of the shipment's waybills (the head's logisticsCode and the line's logisticsNo, as the store found
+    it by), marked ``limited``. Operators and admins see everything."""
+    docs = shipment.get("documents") or []
+    if principal.sees_everything or not any(d["kind"] in _TRANSPORT for d in docs):
+        return shipment
+    waybills = {(_text(d.get("head"), "logisticsCode"), _text(d.get("head"), "logisticsNo"))
+                for d in docs if d["kind"] == Kind.INVENTORY}  # fmt: skip
+    shown = []
+    for d in docs:
+        if d["kind"] in _TRANSPORT and not principal.may_touch(d.get("parties") or ()):
+            carrier = _text(d.get("head"), "logisticsCode")
+            lines = [x for x in d.get("lines") or () if (carrier, _text(x, "logisticsNo")) in waybills]
+            d = {**{f: d[f] for f in LIMITED_TRANSPORT_FIELDS if f in d}, "lines": lines, "limited": True}
+        shown.append(d)
+    return {**shipment, "documents": shown}

@@ -26,7 +26,7 @@ from gateway.render import render
 from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
 from gateway.workers import routing_router
-from tests.apiutil import Client, serving, sign_as_agent
+from tests.apiutil import PLATFORM_A, Client, serving, sign_as_agent
 from tests.apiutil import test_settings as settings_
 from tests.exportapi import NOW, export_ship, import_ship, post_export, post_json, post_receipt, version
 from tests.forwardutil import running_stack, wait_for
@@ -347,6 +347,57 @@ async def test_transport_messages_through_the_api_by_their_senders_keys(db_pool:
                          for code, payload in transport.items()}
         assert (after["state"], after["missing"], after["updated_at"]) == (before["state"], before["missing"],
                                                                            before["updated_at"])  # fmt: skip
+        # the agent, a party of the shipment, sees its own 清单总分单 whole and the others' arrival limited
+        seen = {d["message_type"]: d for d in (await client.get(path, key="agent-key-666666666666")).body["documents"]}
+        assert "limited" not in seen["CEB607"] and seen["CEB607"]["head"]["agentCode"] == agent
+        assert seen["CEB507"]["limited"] is True and "head" not in seen["CEB507"]
+
+
+@pytest.mark.db
+async def test_a_seller_sees_of_a_transport_message_on_its_shipment_only_its_own_parcel(api: Client) -> None:
+    """The site operator's arrival and the agent's 清单总分单 list other sellers' parcels too: on the shipment of a
+    key that is no party of them (PLATFORM_A holds the platform's and the seller's codes, none of theirs) they show
+    what identifies them, customs' word and the line naming this shipment's waybill, nothing of the others (their
+    waybills, the 607's invtNos) nor of their senders beyond their keys; an operator sees them whole."""
+    s = export_ship(75)
+    for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+        assert (await post_export(api, s.payloads()[code])).status == 202
+    transport = samples.export_transport([s], random.Random(75))
+    arrival, manifest = transport["CEB507"], transport["CEB607"]
+    arrival["documents"][0]["items"].append({"gnum": 2, "logisticsNo": "OTHERSELLER00000001"})
+    manifest["documents"][0]["items"].append({"gnum": 2, "logisticsNo": "OTHERSELLER00000002",
+                                              "invtNo": "51412026E000009999"})  # fmt: skip
+    for payload in (arrival, manifest):
+        assert (await api.post_xml(render(payload, signer=sign_as_agent))).status == 202
+    # the seller may not read the messages themselves ...
+    assert (await api.get(f"/v1/messages/{arrival['guid']}", key=PLATFORM_A)).status == 404
+    path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+    receipt = await post_receipt(api, "CEB508", {
+        "guid": arrival["documents"][0]["guid"], "operatorCode": arrival["documents"][0]["operatorCode"],
+        "logisticsCode": arrival["documents"][0]["logisticsCode"], "copNo": arrival["documents"][0]["copNo"],
+        "preNo": "B20261120000000875", "msgSeqNo": "1", "returnStatus": "399", "returnTime": "20261120190000000",
+        "returnInfo": "运抵审结"})  # fmt: skip
+    assert receipt.status == 200, receipt.body
+    # ... and on its shipment sees of them only what concerns its parcel
+    seller = {d["message_type"]: d for d in (await api.get(path, key=PLATFORM_A)).body["documents"]
+              if d["kind"] in ("arrival", "manifest")}  # fmt: skip
+    shown = json.dumps(seller, ensure_ascii=False)
+    for hidden in ("OTHERSELLER", "51412026E000009999", arrival["documents"][0]["operatorName"],
+                   manifest["documents"][0]["billNo"], manifest["documents"][0]["domesticTrafNo"]):
+        assert hidden not in shown, (hidden, shown[:800])
+    own = s.inventory_doc["logisticsNo"]
+    for code, payload in (("CEB507", arrival), ("CEB607", manifest)):
+        d = seller[code]
+        assert d["keys"] == {name: payload["documents"][0][name] for name in BY_CODE[code].keys}
+        assert [line["logisticsNo"] for line in d["lines"]] == [own] and d["limited"] is True
+        assert "head" not in d and "parties" not in d and "transmissions" not in d
+    assert seller["CEB507"]["customs"]["code"] == "399"
+    assert [r["return_status"] for r in seller["CEB507"]["receipts"]] == ["399"]
+    # an operator (here the admin) sees them whole
+    full = {d["message_type"]: d for d in (await api.get(path)).body["documents"] if d["kind"] in ("arrival",
+                                                                                                  "manifest")}
+    assert [line["logisticsNo"] for line in full["CEB507"]["lines"]] == [own, "OTHERSELLER00000001"]
+    assert full["CEB607"]["head"]["billNo"] == manifest["documents"][0]["billNo"] and "limited" not in full["CEB607"]
 
 
 @pytest.mark.db
