@@ -59,6 +59,8 @@ def ordering_key(message_type: str, keys: Iterable[str]) -> str:
     mtype = lookup(message_type)
     values = [k.strip() for k in keys]
     if mtype is not None:
+        if mtype.integer_keys:  # a part written "01" is part 1, as stored (MessageType.stored_key)
+            values = list(mtype.stored_key(values))
         values = list(mtype.key_values(values))[: len(mtype.keys)]  # the stored (key1, key2) or the fields alike
         message_type = mtype.orders_with or message_type
     return ":".join((message_type, *values))

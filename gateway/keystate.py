@@ -316,6 +316,8 @@ def up_front_locks(msg: ParsedMessage) -> set[Lock]:
     for doc in msg.documents:
         head = doc.head
         keys = [v.strip() for v in doc.keys]
+        if mtype.integer_keys:  # the lock of the key as stored: a part written "01" is part 1 (MessageType.stored_key)
+            keys = list(mtype.key_values(mtype.stored_key(keys)))
         locks.add((LOCK_KEY, SEP.join((mtype.code, *keys))))
         if mtype.orders_with:  # the inventory it refers to must not change meanwhile
             locks.add((LOCK_KEY, SEP.join((mtype.orders_with, *keys))))

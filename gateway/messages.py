@@ -8,9 +8,11 @@ Field names are the spec's own (orderNo, ebpCode, logisticsNo ...); see the CEB 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 
 CEB_NS = "http://www.chinaport.gov.cn/ceb"
@@ -85,8 +87,19 @@ class MessageType:
 
     def stored_key(self, values: Sequence[str]) -> tuple[str, str]:
         """The key as documents.key1 / key2 keep it: the first field, and the others joined by :data:`KEY_SEP` (a
-        split transport message's copNo and msgSeqNo); ``values`` are the key fields' (trimmed) values in order."""
-        return (values[0], KEY_SEP.join(values[1:])) if values else ("", "")
+        split transport message's copNo and msgSeqNo); ``values`` are the key fields' (trimmed) values in order.
+        An integer field (:data:`INTEGER_KEYS`) is kept as the number: a declaration's and a receipt's alike."""
+        if not values:
+            return ("", "")
+        if self.integer_keys:
+            values = [integer_key(v) if k in INTEGER_KEYS else v for k, v in zip(self.keys, values, strict=False)]
+        return (values[0], KEY_SEP.join(values[1:]))
+
+    @cached_property
+    def integer_keys(self) -> bool:
+        """Whether a key field is an integer (:data:`INTEGER_KEYS`); known once, as stored_key asks for every
+        document."""
+        return not INTEGER_KEYS.isdisjoint(self.keys)
 
     def key_values(self, values: Sequence[str]) -> tuple[str, ...]:
         """The key fields' values, in order, from the stored (key1, key2) or from the fields themselves."""
@@ -108,6 +121,19 @@ class MessageType:
 #: and it is the separator of the store's key locks (gateway.keystate.SEP), so a lock on the stored key and one on
 #: the fields are the same.
 KEY_SEP = "\x1f"
+
+#: The key fields that are numbers (xs:int): msgSeqNo, the part of a split message, which the schema lets be written
+#: "01" as well as "1" (and customs' receipt answers as it pleases). MessageType.stored_key keeps its canonical form.
+INTEGER_KEYS = frozenset({"msgSeqNo"})
+_INTEGER = re.compile(r"\+?0*([0-9]+)")
+
+
+def integer_key(value: str) -> str:
+    """``value`` as the key keeps an integer field: without a sign or leading zeros ("+01" -> "1"); a value that is
+    no non-negative integer (the rules refuse it) as it is."""
+    m = _INTEGER.fullmatch(value)
+    return m.group(1) if m else value
+
 
 _D, _R = Direction.DECLARATION, Direction.RECEIPT
 _X, _XSD = "export", EXPORT_SCHEMA

@@ -21,6 +21,7 @@ from adapters import dxp
 from gateway import samples
 from gateway.api import create_app
 from gateway.config import ApiKey, ForwardingSettings, Role, Settings
+from gateway.db import migration_files
 from gateway.messages import BY_CODE
 from gateway.render import render
 from gateway.sandbox.app import RunningSandbox
@@ -468,3 +469,32 @@ async def test_a_retail_export_return_and_its_tally_through_the_api(db_pool: Any
         view = (await client.get(f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}")).body
         assert sorted(d["message_type"] for d in view["documents"] if d["kind"] in ("refund", "refund_tally")) == [
             "CEB213", "CEB215"]
+
+
+async def test_a_transport_messages_part_is_keyed_by_its_msg_seq_no_as_an_integer(api: Client, db_pool: Any) -> None:
+    """msgSeqNo is an xs:int: a departure's part written "01" is part 1, as customs' CEB510 answering msgSeqNo 1
+    names it (and a receipt writing "001" too); the same part sent again as "1" is the same document."""
+    s = export_ship(76)
+    payload = samples.export_transport([s], random.Random(76))["CEB509"]
+    doc = payload["documents"][0]
+    doc.update(msgSeqNo="01")
+    r = await api.post_xml(render(payload, signer=sign_as_agent))
+    assert r.status == 202 and r.body["documents"][0]["keys"]["msgSeqNo"] == "1", r.body
+    again = await api.post_xml(render(version(payload, "1", doc["appTime"], msgSeqNo="1"), signer=sign_as_agent))
+    assert again.status == 409, again.body
+    for i, (seq, status) in enumerate((("1", "120"), ("001", "399"))):
+        reply = await post_receipt(api, "CEB510", {
+            "guid": doc["guid"], "logisticsCode": doc["logisticsCode"], "copNo": doc["copNo"],
+            "preNo": "B20261120000000876", "msgSeqNo": seq, "returnStatus": status,
+            "returnTime": f"2026112019000{i}000", "returnInfo": "离境审结"})  # fmt: skip
+        assert reply.status == 200 and [x["outcome"] for x in reply.body["receipts"]] == ["applied"], reply.body
+    row = await db_pool.fetchrow("SELECT head ->> 'msgSeqNo' AS part, customs_status FROM documents"
+                                 " WHERE message_type = 'CEB509' AND doc_guid = $1", doc["guid"])  # fmt: skip
+    assert tuple(row) == ("01", "399")  # the document as sent; its key the number
+    # migration 260 rewrites a key stored as written before
+    async with db_pool.acquire() as conn:
+        key2 = await conn.fetchval("SELECT key2 FROM documents WHERE doc_guid = $1", doc["guid"])
+        await conn.execute("UPDATE documents SET key2 = $2 WHERE doc_guid = $1", doc["guid"],
+                           key2.replace("\x1f1", "\x1f+001"))  # fmt: skip
+        await conn.execute(dict(migration_files())["260_msg_seq_no_keys.sql"])
+        assert await conn.fetchval("SELECT key2 FROM documents WHERE doc_guid = $1", doc["guid"]) == key2

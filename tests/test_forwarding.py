@@ -116,6 +116,7 @@ def test_ordering_keys_are_the_documents_business_keys() -> None:
     # a split transport message's part: the same key from its fields or from the stored (key1, copNo + msgSeqNo)
     stored = ordering_key("CEB507", ("S1", "YD-1\x1f2"))
     assert ordering_key("CEB507", ("S1", "YD-1", "2")) == stored == "CEB507:S1:YD-1:2"
+    assert ordering_key("CEB507", ("S1", "YD-1", "02")) == stored  # msgSeqNo the number, as stored
     r = router()
     jobs = r.message_jobs(message_id=7, guid="G1", message_type="CEB621", endpoints=("customs", "inspection"),
                           ordering_keys=["CEB621:E:O2", "CEB621:E:O1", "CEB621:E:O1"])  # fmt: skip

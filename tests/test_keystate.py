@@ -34,6 +34,7 @@ from gateway.keystate import (
     up_front_locks,
 )
 from gateway.messages import BY_CODE, Kind
+from gateway.render import render
 from gateway.xmlsafe import parse_message
 
 ORDER = BY_CODE["CEB311"]
@@ -105,6 +106,22 @@ def test_locks_name_the_key_the_order_and_the_guid() -> None:
     assert ("order", "O9") in locks and ("guid", "M") in locks
     assert any(ns == "key" and "O9" in key for ns, key in locks)
     assert Conflict([]).issues == []
+
+
+def test_a_split_messages_part_is_locked_and_stored_by_its_number() -> None:
+    """msgSeqNo (xs:int) written "01" is part 1: its key is stored, and locked, as the number (a receipt naming
+    part 1 finds it; a concurrent "1" waits for it)."""
+    rng = random.Random(5)
+    s = samples.export_shipment(rng, mode="9610", now=datetime(2026, 11, 20, 10, 0, 0))
+    payload = samples.export_transport([s], rng)["CEB509"]
+    parts = []
+    for seq in ("01", "1"):
+        payload["documents"][0]["msgSeqNo"] = seq
+        parts.append(extract(*parse_message(render(payload))))
+    (one,), (two,) = (new_documents(p) for p in parts)
+    assert (one.row.key1, one.row.key2) == (two.row.key1, two.row.key2) and one.key_names()["msgSeqNo"] == "1"
+    assert {lk for lk in up_front_locks(parts[0]) if lk[0] == "key"} == {
+        lk for lk in up_front_locks(parts[1]) if lk[0] == "key"}
 
 
 # --- a leg arriving after its inventory: the buyer's ledger is read with everything else -----------------------
