@@ -1204,7 +1204,7 @@ def format_report(r: Report) -> str:
             names = [n for n in ("gateway", "worker", "sandbox", "postgres", "client") if n in rl.cpu_ms_per_message]
             short = {"postgres": "pg"}
             row(f"   CPU ms per message: {'/'.join(short.get(n, n) for n in names)}",
-                " / ".join(f"{rl.cpu_ms_per_message[n]:.2f}" for n in names))  # fmt: skip
+                " / ".join(f"{rl.cpu_ms_per_message[n]:.3g}" for n in names))  # fmt: skip
     if r.drain is not None:
         d = r.drain
         row("3e. a backlog forwarded: cbec worker → cbec sandbox (msg/s)", f"{d.forwarded_per_second:,.0f}")
@@ -1214,7 +1214,8 @@ def format_report(r: Report) -> str:
         if d.cpu_ms_per_message:
             c = d.cpu_ms_per_message
             row("   CPU ms per message: worker/sandbox/pg",
-                f"{c['worker']:.2f} / {c['sandbox']:.2f} / {c['postgres']:.2f}")  # fmt: skip
+                f"{c['worker']:.3g} / {c['sandbox']:.3g} / {c['postgres']:.3g}")  # three figures: a tiny backlog's
+            # drain lasts milliseconds, and a process's share of it rounded to hundredths of a ms could read 0
     row("4. full ingest / bare lxml", f"{r.ratio:.3f} ({1 / r.ratio:.0f}×)" if r.ratio else "-")
     if i.machine_share:
         sh = i.machine_share
