@@ -6,15 +6,19 @@ as a customs declaration: the exporter's way to an export declaration and the VA
 inventories by the invtNo customs gave them (CEB604). Customs is the authority on what it takes; the gateway tells
 the declarant early what it already knows is wrong:
 
-* an inventory the gateway holds under that invtNo that **cannot** be summarised refuses the application (HTTP 409,
-  nothing stored): an import inventory (``summary.inventory_not_export``), an A-type one (simplified declaration,
-  ``summary.inventory_not_b_type``), another consignor's (``summary.inventory_other_enterprise``), one withdrawn or
-  cancelled (``summary.inventory_withdrawn``) — customs would refuse each, and a refused summary costs the
-  exporter a day;
+* an inventory of the applicant's the gateway holds under that invtNo that **cannot** be summarised refuses the
+  application (HTTP 409, nothing stored): an import inventory (``summary.inventory_not_export``), an A-type one
+  (simplified declaration, ``summary.inventory_not_b_type``), one withdrawn or cancelled
+  (``summary.inventory_withdrawn``) — customs would refuse each, and a refused summary costs the exporter a day;
 * what may still come right is a **warning** in the 202 answer, and the application is stored and forwarded: an
   invtNo the gateway holds no export inventory of (declared through another platform, or before the gateway —
   ``summary.inventory_unknown``), an inventory customs has not released yet (its 800 may be on its way,
   ``summary.inventory_not_released``).
+
+An inventory that is not the applicant's — another consignor's export inventory (its ebcCode is not the
+application's), an import one neither the application's agentCode nor its ebcCode is a party of — answers exactly as
+an invtNo the gateway does not hold (``summary.inventory_unknown``): whether another enterprise's number exists, and
+what it is, is not the applicant's to learn (README "Access"). Customs refuses it.
 
 These are not rules of the message (gateway.rules): only the stored inventories know them, so they are read when a
 CEB701 is submitted (:data:`HELD_INVENTORIES`), before it is stored. A summary of a period (startTime, endTime)
@@ -44,27 +48,25 @@ CODES: dict[str, str] = {
     "the gateway holds: only export inventories are summarised (HTTP 409)",
     "summary.inventory_not_b_type": "a summary application (CEB701) names an export inventory whose statisticsFlag is "
     "A (simplified declaration, 清单核放): only B-type inventories are summarised (HTTP 409)",
-    "summary.inventory_other_enterprise": "a summary application (CEB701) names an export inventory of another "
-    "consignor (its ebcCode is not the application's): a summary is one consignor's (HTTP 409)",
     "summary.inventory_withdrawn": "a summary application (CEB701) names an export inventory that was withdrawn "
     "(appType 3) or cancelled (CEB605 concluded by customs) (HTTP 409)",
-    "summary.inventory_unknown": "warning: the gateway holds no export inventory with an invtNo the summary "
-    "application names (declared elsewhere, or a typo); it is stored and forwarded, customs decides",
+    "summary.inventory_unknown": "warning: the gateway holds no export inventory of the application's consignor with "
+    "an invtNo the summary application names (declared elsewhere, a typo, or another enterprise's: that is not "
+    "disclosed); it is stored and forwarded, customs decides",
     "summary.inventory_not_released": "warning: an export inventory the summary application names has not been "
     "released by customs yet (no CEB604 800); it is stored and forwarded, customs decides",
 }
 
 #: The codes that refuse the application; the others are warnings in the 202 answer.
 REFUSING: frozenset[str] = frozenset({
-    "summary.inventory_not_export", "summary.inventory_not_b_type", "summary.inventory_other_enterprise",
-    "summary.inventory_withdrawn",
+    "summary.inventory_not_export", "summary.inventory_not_b_type", "summary.inventory_withdrawn",
 })  # fmt: skip
 
 #: The inventories (import and export) customs gave one of the invtNos ($1) a summary application names, as their keys
 #: stand now (the current version: a withdrawal's tombstone carries no invtNo of its own), with whether an export one
 #: was cancelled (its CEB605 concluded: $2 the concluded rank). Read only for a CEB701: no other path runs it.
 HELD_INVENTORIES = """
-SELECT v.invt_no, c.message_type, c.ebc_code, c.head ->> 'statisticsFlag' AS statistics_flag, c.withdrawn,
+SELECT v.invt_no, c.message_type, c.ebc_code, c.parties, c.head ->> 'statisticsFlag' AS statistics_flag, c.withdrawn,
        coalesce(c.customs_rank, 0) AS customs_rank, c.key1, c.key2,
        EXISTS (SELECT 1 FROM documents AS x
                 WHERE x.message_type = 'CEB605' AND x.is_current AND x.key1 = c.key1
@@ -72,7 +74,7 @@ SELECT v.invt_no, c.message_type, c.ebc_code, c.head ->> 'statisticsFlag' AS sta
                   AND x.customs_rank >= $2) AS cancelled
   FROM (SELECT DISTINCT v.invt_no, v.message_type, v.key1, v.key2 FROM documents AS v
          WHERE v.invt_no = ANY ($1::text[]) AND v.message_type IN ('CEB603', 'CEB621')) AS v,
-       LATERAL (SELECT c.message_type, c.ebc_code, c.head, c.withdrawn, c.customs_rank, c.key1, c.key2
+       LATERAL (SELECT c.message_type, c.ebc_code, c.parties, c.head, c.withdrawn, c.customs_rank, c.key1, c.key2
                   FROM documents AS c
                  WHERE c.message_type = v.message_type AND c.key1 = v.key1 AND c.key2 = v.key2 AND c.is_current
                 OFFSET 0) AS c
@@ -87,6 +89,7 @@ class HeldInventory:
     invt_no: str
     message_type: str  # CEB603 (export) or CEB621 (import)
     ebc_code: str
+    parties: frozenset[str]  # every enterprise code of its head
     statistics_flag: str
     withdrawn: bool
     cancelled: bool
@@ -96,6 +99,7 @@ class HeldInventory:
     @classmethod
     def from_row(cls, r: Mapping[str, Any]) -> HeldInventory:
         return cls(invt_no=r["invt_no"], message_type=r["message_type"], ebc_code=r["ebc_code"] or "",
+                   parties=frozenset(r["parties"] or ()),
                    statistics_flag=(r["statistics_flag"] or "").strip(), withdrawn=r["withdrawn"],
                    cancelled=r["cancelled"], customs_rank=r["customs_rank"], key=(r["key1"], r["key2"]))  # fmt: skip
 
@@ -106,34 +110,36 @@ def named_inventories(docs: Iterable[Document]) -> list[str]:
 
 
 def judge(doc: Document, held: Mapping[str, list[HeldInventory]]) -> tuple[list[Issue], list[Issue]]:
-    """(refusing issues, warnings) of one summary application against the inventories the gateway holds by invtNo."""
+    """(refusing issues, warnings) of one summary application against the inventories the gateway holds by invtNo.
+
+    Only the applicant's inventories are judged; another enterprise's answers as one the gateway does not hold."""
     errors: list[Issue] = []
     warnings: list[Issue] = []
     ebc = (doc.head.get("ebcCode") or "").strip()
+    applicant = {c for f in ("agentCode", "ebcCode") if (c := (doc.head.get(f) or "").strip())}
     for i, line in enumerate(doc.lines):
         no = (line.get("invtNo") or "").strip()
         if not no:
             continue
         path = doc.line_path(i, "invtNo")
         found = held.get(no, [])
-        exports = [h for h in found if h.message_type == "CEB603"]
+        exports = [h for h in found if h.message_type == "CEB603" and h.ebc_code == ebc]
+        imports = [h for h in found if h.message_type == "CEB621" and not applicant.isdisjoint(h.parties)]
         if not exports:
-            if found:
+            if imports:
                 errors.append(Issue(STATE_LAYER, "summary.inventory_not_export", path,
-                                    f"invtNo {no} is an import inventory's (CEB621 ebcCode {found[0].ebc_code}, "
-                                    f"orderNo {found[0].key[1]}); only export inventories are summarised"))
+                                    f"invtNo {no} is an import inventory's (CEB621 ebcCode {imports[0].ebc_code}, "
+                                    f"orderNo {imports[0].key[1]}); only export inventories are summarised"))
             else:
                 warnings.append(Issue(STATE_LAYER, "summary.inventory_unknown", path,
-                                      f"the gateway holds no export inventory with invtNo {no}; customs will judge it"))
+                                      f"the gateway holds no export inventory of consignor {ebc} with invtNo {no}; "
+                                      "customs will judge it"))
             continue
         inv = exports[0]
         named = f"the export inventory {inv.key[0]}/{inv.key[1]} (invtNo {no})"
         if inv.withdrawn or inv.cancelled:
             errors.append(Issue(STATE_LAYER, "summary.inventory_withdrawn", path,
                                 f"{named} was {'withdrawn' if inv.withdrawn else 'cancelled (CEB605 concluded)'}"))
-        elif inv.ebc_code != ebc:
-            errors.append(Issue(STATE_LAYER, "summary.inventory_other_enterprise", path,
-                                f"{named} is consignor {inv.ebc_code}'s; this application is {ebc}'s"))
         elif inv.statistics_flag != "B":
             errors.append(Issue(STATE_LAYER, "summary.inventory_not_b_type", path,
                                 f"{named} has statisticsFlag {inv.statistics_flag or '(none)'}: a simplified "

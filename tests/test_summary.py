@@ -3,6 +3,7 @@ gateway refuses what it knows customs would refuse and warns of what may still c
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from datetime import datetime
@@ -16,10 +17,10 @@ from lxml import etree
 from adapters import dxp
 from gateway import samples
 from gateway.messages import CEB_NS
-from gateway.render import new_guid
+from gateway.render import new_guid, render
 from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
-from tests.apiutil import PLATFORM_A, STRANGER, Client
+from tests.apiutil import PLATFORM_A, STRANGER, Client, sign_as_agent
 from tests.exportapi import NOW, export_ship, import_ship, post_export, post_json, post_receipt, version, xml
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -90,13 +91,47 @@ async def test_an_a_type_inventory_refuses_the_summary(api: Client, db_pool: asy
 
 
 @pytest.mark.db
-async def test_another_consignors_inventory_refuses_the_summary(api: Client) -> None:
-    _, a_no = await declared(api, 15, ebcCode="4601260E99")
+async def test_another_consignors_inventory_answers_as_unknown(api: Client) -> None:
+    """Another consignor's inventory is not the applicant's to know of: named, it answers as an invtNo the gateway
+    does not hold (a warning; customs decides), its enterprise and keys unsaid."""
+    other, a_no = await declared(api, 15, ebcCode="4601260E99")
     b, b_no = await declared(api, 16)
     r = await post_export(api, application([b], [a_no, b_no]))
-    assert r.status == 409, r.body
-    assert [(i["code"], i["path"]) for i in r.body["error"]["issues"]] == [
-        ("summary.inventory_other_enterprise", "/CEB701Message/SummaryApply[1]/SummaryApplyList[1]/invtNo")]
+    assert r.status == 202, r.body
+    assert [(w["code"], w["path"]) for w in r.body["warnings"]] == [
+        ("summary.inventory_unknown", "/CEB701Message/SummaryApply[1]/SummaryApplyList[1]/invtNo")]
+    assert "4601260E99" not in json.dumps(r.body) and other["copNo"] not in json.dumps(r.body)
+
+
+@pytest.mark.db
+async def test_the_refusal_discloses_nothing_of_another_tenants_inventories(api: Client) -> None:
+    """A submitter holding only its own code names another enterprise's invtNos in its own application: a withdrawn
+    export inventory and an import one it is no party of answer exactly as an invtNo never given (a 202 with
+    summary.inventory_unknown), naming none of their enterprises' codes or numbers."""
+    a, a_no = await declared(api, 71)
+    withdrawal = version(export_ship(71, mode="1210").inventory, "3", "20261120170000")
+    assert (await post_export(api, withdrawal)).status == 202
+    im = import_ship(70)
+    for p in (im.order, im.payment, im.waybill, im.inventory):
+        assert (await post_json(api, p)).status == 202
+    inv = im.inventory_doc
+    r = await post_receipt(api, "CEB622", {
+        "guid": inv["guid"], "customsCode": inv["customsCode"], "ebpCode": inv["ebpCode"], "ebcCode": inv["ebcCode"],
+        "agentCode": inv["agentCode"], "copNo": inv["copNo"], "preNo": "B20261120000000070",
+        "invtNo": "460120261000000070", "returnStatus": "120", "returnTime": "20261120160000000", "returnInfo": "ok"})
+    assert r.status == 200, r.body
+    answers = []
+    for seed, named in enumerate((a_no, "460120261000000070", "51412026E999999970"), start=71):
+        p = application([a], [named], seed=seed)
+        p["documents"][0].update(agentCode="9999999999", ebcCode="9999999999", declAgentCode="9999999999")
+        p["baseTransfer"]["copCode"] = "9999999999"
+        r = await api.post_xml(render(p, signer=sign_as_agent), key=STRANGER)
+        text = json.dumps(r.body, ensure_ascii=False)
+        for secret in (a["copNo"], a["ebcCode"], inv["ebcCode"], inv["orderNo"], inv["copNo"]):
+            assert secret not in text, (r.status, text)
+        answers.append((r.status, [(w["code"], w["path"]) for w in r.body.get("warnings", [])]))
+    unknown = (202, [("summary.inventory_unknown", "/CEB701Message/SummaryApply[1]/SummaryApplyList[1]/invtNo")])
+    assert answers == [unknown] * 3, answers
 
 
 @pytest.mark.db
