@@ -210,9 +210,12 @@ class Pipeline:
     async def _judge_summary(self, msg: ParsedMessage) -> list[Issue]:
         """gateway.summary: a summary application naming an inventory that cannot be summarised is refused (Conflict,
         nothing stored); what may still come right is returned as warnings. Read before the store's transaction: an
-        inventory withdrawn meanwhile is customs' to refuse."""
+        inventory withdrawn meanwhile is customs' to refuse. A message stored already is not judged again: the
+        store answers its retry with the original answer (or a guid conflict)."""
         assert self.store is not None
-        held = await self.store.held_inventories(summary.named_inventories(msg.documents))
+        held = await self.store.held_inventories(msg.guid, summary.named_inventories(msg.documents))
+        if held is None:
+            return []
         errors: list[Issue] = []
         warnings: list[Issue] = []
         for doc in msg.documents:

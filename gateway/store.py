@@ -361,6 +361,8 @@ SELECT id, guid, message_type, sha256, raw_xml, source, submitter, received_at, 
   FROM messages WHERE guid = $1
 """
 
+MESSAGE_STORED = "SELECT EXISTS (SELECT 1 FROM messages WHERE guid = $1)"
+
 SELECT_MESSAGE_DOCUMENTS = f"SELECT {_DOC_COLUMNS} FROM documents AS d WHERE d.message_id = $1 ORDER BY d.doc_index"
 
 #: Every version of a summary application (CEB701) by ($1 agentCode, $2 copNo), newest first
@@ -1124,12 +1126,14 @@ class Store:
                 http_status,
             )
 
-    async def held_inventories(self, invt_nos: list[str]) -> dict[str, list[summary.HeldInventory]]:
-        """The current inventories carrying these invtNos, by invtNo (what a summary application names: CEB701)."""
-        if not invt_nos:
-            return {}
+    async def held_inventories(self, guid: str, invt_nos: list[str]) -> dict[str, list[summary.HeldInventory]] | None:
+        """The current inventories carrying these invtNos, by invtNo (what a summary application names: CEB701);
+        None when a message with this root guid is stored already: ingest answers it (a replay, or a guid
+        conflict), whatever became of the inventories since."""
         async with db.transaction(self.pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
-            rows = await conn.fetch(summary.HELD_INVENTORIES, invt_nos, RANK_CONCLUDED)
+            if await conn.fetchval(MESSAGE_STORED, guid):
+                return None
+            rows = await conn.fetch(summary.HELD_INVENTORIES, invt_nos, RANK_CONCLUDED) if invt_nos else []
         held: dict[str, list[summary.HeldInventory]] = {}
         for r in rows:
             held.setdefault(r["invt_no"], []).append(summary.HeldInventory.from_row(r))

@@ -78,6 +78,21 @@ async def test_a_summary_of_released_b_type_inventories_is_stored(api: Client, d
 
 
 @pytest.mark.db
+async def test_a_retry_of_a_stored_summary_is_answered_as_a_replay(api: Client) -> None:
+    """The same guid with the same bytes gets the original answer (README "Idempotency"), even when an inventory it
+    names was withdrawn since: the application was stored and forwarded, the retry changes nothing."""
+    a, a_no = await declared(api, 79)
+    body = xml(application([a], [a_no], seed=79))
+    first = await api.post_xml(body)
+    assert first.status == 202, first.body
+    r = await post_export(api, version(export_ship(79, mode="1210").inventory, "3", "20261120170000"))
+    assert r.status == 202 and r.body["documents"][0]["outcome"] == "withdrawn", r.body
+    again = await api.post_xml(body)
+    assert (again.status, again.headers.get("Idempotent-Replay")) == (202, "true"), (again.status, again.body)
+    assert again.body == first.body
+
+
+@pytest.mark.db
 async def test_an_a_type_inventory_refuses_the_summary(api: Client, db_pool: asyncpg.Pool) -> None:
     a, a_no = await declared(api, 13, mode="9610")  # the 9610 sample is a simplified declaration (A)
     assert a["statisticsFlag"] == "A"
