@@ -104,9 +104,16 @@ class HeldInventory:
                    cancelled=r["cancelled"], customs_rank=r["customs_rank"], key=(r["key1"], r["key2"]))  # fmt: skip
 
 
+def judged(doc: Document) -> bool:
+    """Whether an application is judged by the inventories it names: not a withdrawal (appType 3), which summarises
+    nothing — an exporter withdraws an application whatever became of its inventories (one cancelled, most often)."""
+    return (doc.head.get("appType") or "").strip() != "3"
+
+
 def named_inventories(docs: Iterable[Document]) -> list[str]:
-    """The invtNos the applications name, once each, in order."""
-    return list(dict.fromkeys(no for doc in docs for line in doc.lines if (no := (line.get("invtNo") or "").strip())))
+    """The invtNos the applications judged name, once each, in order."""
+    return list(dict.fromkeys(no for doc in docs if judged(doc) for line in doc.lines
+                              if (no := (line.get("invtNo") or "").strip())))  # fmt: skip
 
 
 def judge(doc: Document, held: Mapping[str, list[HeldInventory]]) -> tuple[list[Issue], list[Issue]]:
@@ -115,6 +122,8 @@ def judge(doc: Document, held: Mapping[str, list[HeldInventory]]) -> tuple[list[
     Only the applicant's inventories are judged; another enterprise's answers as one the gateway does not hold."""
     errors: list[Issue] = []
     warnings: list[Issue] = []
+    if not judged(doc):
+        return errors, warnings
     ebc = (doc.head.get("ebcCode") or "").strip()
     applicant = {c for f in ("agentCode", "ebcCode") if (c := (doc.head.get(f) or "").strip())}
     for i, line in enumerate(doc.lines):
@@ -224,5 +233,5 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "CODES", "HELD_INVENTORIES", "REFUSING", "RESULT_TYPES", "HeldInventory", "add_results", "correlation", "judge",
-    "named_inventories", "records", "result_view", "status_name",
+    "judged", "named_inventories", "records", "result_view", "status_name",
 ]  # fmt: skip

@@ -185,6 +185,32 @@ async def test_a_cancelled_inventory_refuses_the_summary(api: Client) -> None:
 
 
 @pytest.mark.db
+async def test_a_summary_is_withdrawn_whatever_became_of_its_inventories(api: Client) -> None:
+    """A withdrawal (appType 3) summarises nothing: it is not judged by the inventories it names, and an exporter
+    whose inventory was cancelled withdraws the application that names it."""
+    a, a_no = await declared(api, 72)
+    p = application([a], [a_no], seed=72)
+    assert (await post_export(api, p)).status == 202
+    cancel = {"guid": new_guid(), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
+              "customsCode": a["customsCode"], "copNo": f"C{a['copNo']}"[:30], "invtNo": a_no, "reason": "买家取消订单",
+              "agentCode": a["agentCode"], "agentName": a["agentName"], "ebcCode": a["ebcCode"],
+              "ebcName": a["ebcName"]}  # fmt: skip
+    r = await post_export(api, {"type": "CEB605", "guid": new_guid(), "version": "1.0", "documents": [cancel],
+                                "baseTransfer": {"copCode": a["agentCode"], "copName": a["agentName"],
+                                                 "dxpMode": "DXP", "dxpId": "DXPENT0000000001"}})  # fmt: skip
+    assert r.status == 202, r.body
+    for i, status in enumerate(("2", "399")):
+        r = await post_receipt(api, "CEB606", {
+            "guid": cancel["guid"], "agentCode": a["agentCode"], "copNo": cancel["copNo"],
+            "preNo": "B20261120000000972", "invtNo": a_no, "returnStatus": status,
+            "returnTime": f"2026112017100{i}000", "returnInfo": "ok"})  # fmt: skip
+        assert r.status == 200, r.body
+    r = await post_export(api, version(p, "3", "20261120180000"))
+    assert r.status == 202 and r.body["documents"][0]["outcome"] == "withdrawn", (r.status, r.body)
+    assert "warnings" not in r.body
+
+
+@pytest.mark.db
 async def test_an_import_inventorys_number_refuses_the_summary(api: Client) -> None:
     im = import_ship(18)
     for p in (im.order, im.payment, im.waybill, im.inventory):
