@@ -63,7 +63,8 @@ REFUSING: frozenset[str] = frozenset({
 })  # fmt: skip
 
 #: The inventories (import and export) customs gave one of the invtNos ($1) a summary application names, as their keys
-#: stand now (the current version: a withdrawal's tombstone carries no invtNo of its own), with whether an export one
+#: stand now (the current version: a withdrawal's tombstone carries no invtNo of its own; a number given before the
+#: key was declared anew names nothing), with whether an export one
 #: was cancelled (its CEB605 concluded: $2 the concluded rank). Read only for a CEB701: no other path runs it.
 HELD_INVENTORIES = """
 SELECT v.invt_no, c.message_type, c.ebc_code, c.parties, c.head ->> 'statisticsFlag' AS statistics_flag, c.withdrawn,
@@ -72,8 +73,18 @@ SELECT v.invt_no, c.message_type, c.ebc_code, c.parties, c.head ->> 'statisticsF
                 WHERE x.message_type = 'CEB605' AND x.is_current AND x.key1 = c.key1
                   AND x.head ->> 'invtNo' = v.invt_no AND x.forward_state = 'receipted'
                   AND x.customs_rank >= $2) AS cancelled
-  FROM (SELECT DISTINCT v.invt_no, v.message_type, v.key1, v.key2 FROM documents AS v
-         WHERE v.invt_no = ANY ($1::text[]) AND v.message_type IN ('CEB603', 'CEB621')) AS v,
+  FROM (SELECT DISTINCT v.invt_no, v.message_type, v.key1, v.key2
+          FROM unnest($1::text[]) AS n(no),
+               LATERAL (SELECT v.id, v.invt_no, v.ebp_code, v.order_no, v.message_type, v.key1, v.key2
+                          FROM documents AS v WHERE v.invt_no = n.no OFFSET 0) AS v
+         WHERE v.message_type IN ('CEB603', 'CEB621')
+           -- not a number of a declaration before the key was declared anew (appType 1): that one is gone from
+           -- customs, the number names nothing live (as gateway.store.READ_STATE's numbered rows); OFFSET 0: a
+           -- probe per number, never a join over the table
+           AND NOT EXISTS (SELECT 1 FROM documents AS a
+                            WHERE a.ebp_code = v.ebp_code AND a.order_no = v.order_no
+                              AND a.message_type = v.message_type AND a.key1 = v.key1 AND a.key2 = v.key2
+                              AND a.app_type = '1' AND a.id > v.id OFFSET 0)) AS v,
        LATERAL (SELECT c.message_type, c.ebc_code, c.parties, c.head, c.withdrawn, c.customs_rank, c.key1, c.key2
                   FROM documents AS c
                  WHERE c.message_type = v.message_type AND c.key1 = v.key1 AND c.key2 = v.key2 AND c.is_current

@@ -211,6 +211,32 @@ async def test_a_summary_is_withdrawn_whatever_became_of_its_inventories(api: Cl
 
 
 @pytest.mark.db
+async def test_the_number_of_a_declaration_before_its_key_was_declared_anew_names_nothing(api: Client) -> None:
+    """An inventory with invtNo N1 is withdrawn and its key declared anew (appType 1); customs gives the new
+    declaration N2 and releases it. N1 names nothing live any more: a summary naming it is told so (not judged by the
+    key's new declaration, which is N2's)."""
+    a, n1 = await declared(api, 80)
+    inventory = export_ship(80, mode="1210").inventory
+    r = await post_export(api, version(inventory, "3", "20261120170000"))
+    assert r.status == 202 and r.body["documents"][0]["outcome"] == "withdrawn", r.body
+    anew = version(inventory, "1", "20261120171000")
+    assert (await post_export(api, anew)).status == 202
+    d = anew["documents"][0]
+    n2 = f"{d['customsCode']}2026E{881:09d}"
+    for i, status in enumerate(("120", "399", "800")):
+        r = await post_receipt(api, "CEB604", {
+            "guid": d["guid"], "agentCode": d["agentCode"], "copNo": d["copNo"], "preNo": "B20261120000000881",
+            "invtNo": n2, "ebcCode": d["ebcCode"], "ebpCode": d["ebpCode"], "orderNo": d["orderNo"],
+            "statisticsFlag": d["statisticsFlag"], "returnStatus": status, "returnTime": f"2026112017200{i}000",
+            "returnInfo": "ok"})  # fmt: skip
+        assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    r = await post_export(api, application([a], [n1, n2], seed=80))
+    assert r.status == 202, r.body
+    assert [(w["code"], w["path"]) for w in r.body["warnings"]] == [
+        ("summary.inventory_unknown", "/CEB701Message/SummaryApply[1]/SummaryApplyList[1]/invtNo")]
+
+
+@pytest.mark.db
 async def test_an_import_inventorys_number_refuses_the_summary(api: Client) -> None:
     im = import_ship(18)
     for p in (im.order, im.payment, im.waybill, im.inventory):
