@@ -22,7 +22,8 @@ what it is, is not the applicant's to learn (README "Access"). Customs refuses i
 
 These are not rules of the message (gateway.rules): only the stored inventories know them, so they are read when a
 CEB701 is submitted (:data:`HELD_INVENTORIES`), before it is stored. A summary of a period (startTime, endTime)
-names no inventory and is not checked here.
+is not checked here: customs ignores its list (a list beside the period is a warning, ``summary.list_ignored``); nor
+is a withdrawal (appType 3).
 
 CEB792 (汇总结果单) comes from customs like a tax bill (gateway.taxbills): taken at ``POST /v1/receipts`` (or the
 inbox), each SummaryResult stored as a receipt record of its message and matched to the summary application whose
@@ -53,6 +54,8 @@ CODES: dict[str, str] = {
     "summary.inventory_unknown": "warning: the gateway holds no export inventory of the application's consignor with "
     "an invtNo the summary application names (declared elsewhere, a typo, or another enterprise's: that is not "
     "disclosed); it is stored and forwarded, customs decides",
+    "summary.list_ignored": "warning: a summary application (CEB701) of a period (startTime and endTime) lists "
+    "inventories too: customs summarises the period and ignores the list (A.29), and the gateway does not check it",
     "summary.inventory_not_released": "warning: an export inventory the summary application names has not been "
     "released by customs yet (no CEB604 800); it is stored and forwarded, customs decides",
 }
@@ -115,10 +118,16 @@ class HeldInventory:
                    cancelled=r["cancelled"], customs_rank=r["customs_rank"], key=(r["key1"], r["key2"]))  # fmt: skip
 
 
+def period(doc: Document) -> bool:
+    """Whether an application summarises a period (startTime and endTime given): customs ignores its list (A.29)."""
+    return bool((doc.head.get("startTime") or "").strip() and (doc.head.get("endTime") or "").strip())
+
+
 def judged(doc: Document) -> bool:
     """Whether an application is judged by the inventories it names: not a withdrawal (appType 3), which summarises
-    nothing — an exporter withdraws an application whatever became of its inventories (one cancelled, most often)."""
-    return (doc.head.get("appType") or "").strip() != "3"
+    nothing — an exporter withdraws an application whatever became of its inventories (one cancelled, most often) —
+    nor an application of a period, whose list customs does not read."""
+    return (doc.head.get("appType") or "").strip() != "3" and not period(doc)
 
 
 def named_inventories(docs: Iterable[Document]) -> list[str]:
@@ -134,6 +143,10 @@ def judge(doc: Document, held: Mapping[str, list[HeldInventory]]) -> tuple[list[
     errors: list[Issue] = []
     warnings: list[Issue] = []
     if not judged(doc):
+        if period(doc) and any((line.get("invtNo") or "").strip() for line in doc.lines):
+            warnings.append(Issue(STATE_LAYER, "summary.list_ignored", doc.field_path("startTime"),
+                                  "startTime and endTime are given: customs summarises the period and ignores the "
+                                  "inventories listed (A.29); they are not checked"))
         return errors, warnings
     ebc = (doc.head.get("ebcCode") or "").strip()
     applicant = {c for f in ("agentCode", "ebcCode") if (c := (doc.head.get(f) or "").strip())}
@@ -244,5 +257,5 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "CODES", "HELD_INVENTORIES", "REFUSING", "RESULT_TYPES", "HeldInventory", "add_results", "correlation", "judge",
-    "judged", "named_inventories", "records", "result_view", "status_name",
+    "judged", "named_inventories", "period", "records", "result_view", "status_name",
 ]  # fmt: skip

@@ -237,6 +237,20 @@ async def test_the_number_of_a_declaration_before_its_key_was_declared_anew_name
 
 
 @pytest.mark.db
+async def test_a_period_summary_is_not_judged_by_the_list_customs_ignores(api: Client) -> None:
+    """A.29: with startTime and endTime the list is ignored and the period summarised. An A-type inventory in the list
+    of a period application refuses nothing; the declarant is told the list goes unread."""
+    _, a_no = await declared(api, 77, mode="9610")  # A-type
+    b, _ = await declared(api, 78)
+    p = application([b], [a_no], seed=77)
+    p["documents"][0].update(startTime="20261101000000", endTime="20261120000000")
+    r = await post_export(api, p)
+    assert r.status == 202, r.body
+    assert [(w["code"], w["path"]) for w in r.body["warnings"]] == [
+        ("summary.list_ignored", "/CEB701Message/SummaryApply[1]/SummaryApplyHead/startTime")]
+
+
+@pytest.mark.db
 async def test_an_import_inventorys_number_refuses_the_summary(api: Client) -> None:
     im = import_ship(18)
     for p in (im.order, im.payment, im.waybill, im.inventory):
