@@ -198,16 +198,16 @@ class Pipeline:
             raise RuntimeError("the pipeline has no store")
         self.authorize(checked.message, principal)
         warnings: list[Issue] = []
-        if checked.message.type.kind is Kind.SUMMARY:  # a CEB701: the inventories it names, as the gateway holds them
-            warnings = await self._judge_summary(checked.message)
         scope = None if principal.sees_everything else principal.codes
+        if checked.message.type.kind is Kind.SUMMARY:  # a CEB701: the inventories it names, as the gateway holds them
+            warnings = await self._judge_summary(checked.message, scope)
         result = await self.store.ingest(checked.message, checked.raw, submitter=principal.name, source=source,
                                          scope=scope, identity=checked.identity)  # fmt: skip
         if warnings and not result.replay:
             result.body["warnings"] = [i.as_dict() for i in warnings]
         return result
 
-    async def _judge_summary(self, msg: ParsedMessage) -> list[Issue]:
+    async def _judge_summary(self, msg: ParsedMessage, scope: frozenset[str] | None) -> list[Issue]:
         """gateway.summary: a summary application naming an inventory that cannot be summarised is refused (Conflict,
         nothing stored); what may still come right is returned as warnings. Read before the store's transaction: an
         inventory withdrawn meanwhile is customs' to refuse. A message stored already is not judged again: the
@@ -219,7 +219,7 @@ class Pipeline:
         errors: list[Issue] = []
         warnings: list[Issue] = []
         for doc in msg.documents:
-            refusing, warned = summary.judge(doc, held)
+            refusing, warned = summary.judge(doc, held, scope)
             errors += refusing
             warnings += warned
         if errors:

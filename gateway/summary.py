@@ -16,9 +16,10 @@ the declarant early what it already knows is wrong:
   ``summary.inventory_not_released``).
 
 An inventory that is not the applicant's — another consignor's export inventory (its ebcCode is not the
-application's), an import one neither the application's agentCode nor its ebcCode is a party of — answers exactly as
-an invtNo the gateway does not hold (``summary.inventory_unknown``): whether another enterprise's number exists, and
-what it is, is not the applicant's to learn (README "Access"). Customs refuses it.
+application's), an import one neither the application's agentCode nor its ebcCode is a party of, or one whose
+enterprise codes the submitting key holds none of (a submitter writes the application's ebcCode itself) — answers
+exactly as an invtNo the gateway does not hold (``summary.inventory_unknown``): whether another enterprise's number
+exists, and what it is, is not the applicant's to learn (README "Access"). Customs refuses it.
 
 These are not rules of the message (gateway.rules): only the stored inventories know them, so they are read when a
 CEB701 is submitted (:data:`HELD_INVENTORIES`), before it is stored. A summary of a period (startTime, endTime)
@@ -136,10 +137,14 @@ def named_inventories(docs: Iterable[Document]) -> list[str]:
                               if (no := (line.get("invtNo") or "").strip())))  # fmt: skip
 
 
-def judge(doc: Document, held: Mapping[str, list[HeldInventory]]) -> tuple[list[Issue], list[Issue]]:
+def judge(
+    doc: Document, held: Mapping[str, list[HeldInventory]], scope: frozenset[str] | None = None
+) -> tuple[list[Issue], list[Issue]]:
     """(refusing issues, warnings) of one summary application against the inventories the gateway holds by invtNo.
 
-    Only the applicant's inventories are judged; another enterprise's answers as one the gateway does not hold."""
+    Only the applicant's inventories are judged: of the application's consignor (an import one, of its agentCode or
+    ebcCode) and, for a submitter's key, carrying one of ``scope``, the key's codes (the application's ebcCode is
+    the submitter's to write); another enterprise's answers as one the gateway does not hold."""
     errors: list[Issue] = []
     warnings: list[Issue] = []
     if not judged(doc):
@@ -156,6 +161,7 @@ def judge(doc: Document, held: Mapping[str, list[HeldInventory]]) -> tuple[list[
             continue
         path = doc.line_path(i, "invtNo")
         found = held.get(no, [])
+        found = [h for h in found if scope is None or not scope.isdisjoint(h.parties)]
         exports = [h for h in found if h.message_type == "CEB603" and h.ebc_code == ebc]
         imports = [h for h in found if h.message_type == "CEB621" and not applicant.isdisjoint(h.parties)]
         if not exports:

@@ -147,6 +147,14 @@ async def test_the_refusal_discloses_nothing_of_another_tenants_inventories(api:
         answers.append((r.status, [(w["code"], w["path"]) for w in r.body.get("warnings", [])]))
     unknown = (202, [("summary.inventory_unknown", "/CEB701Message/SummaryApply[1]/SummaryApplyList[1]/invtNo")])
     assert answers == [unknown] * 3, answers
+    # naming the consignor in its own application (its own agentCode, the consignor's ebcCode) tells it no more: the
+    # inventories judged are those its key may read
+    p = application([a], [a_no], seed=74)
+    p["documents"][0].update(agentCode="9999999999", declAgentCode="9999999999")
+    p["baseTransfer"]["copCode"] = "9999999999"
+    r = await api.post_xml(render(p, signer=sign_as_agent), key=STRANGER)
+    assert (r.status, [(w["code"], w["path"]) for w in r.body.get("warnings", [])]) == unknown, r.body
+    assert a["copNo"] not in json.dumps(r.body, ensure_ascii=False)
 
 
 @pytest.mark.db
