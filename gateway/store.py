@@ -1126,18 +1126,22 @@ class Store:
                 http_status,
             )
 
-    async def held_inventories(self, guid: str, invt_nos: list[str]) -> dict[str, list[summary.HeldInventory]] | None:
-        """The current inventories carrying these invtNos, by invtNo (what a summary application names: CEB701);
-        None when a message with this root guid is stored already: ingest answers it (a replay, or a guid
-        conflict), whatever became of the inventories since."""
+    async def held_inventories(self, guid: str, invt_nos: list[str]) -> summary.Held | None:
+        """The current inventories carrying these invtNos and the live summary applications naming them, by invtNo
+        (what a summary application names: CEB701); None when a message with this root guid is stored already:
+        ingest answers it (a replay, or a guid conflict), whatever became of the inventories since."""
         async with db.transaction(self.pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
             if await conn.fetchval(MESSAGE_STORED, guid):
                 return None
             rows = await conn.fetch(summary.HELD_INVENTORIES, invt_nos, RANK_CONCLUDED) if invt_nos else []
+            live = await conn.fetch(summary.LIVE_SUMMARIES, invt_nos) if invt_nos else []
         held: dict[str, list[summary.HeldInventory]] = {}
         for r in rows:
             held.setdefault(r["invt_no"], []).append(summary.HeldInventory.from_row(r))
-        return held
+        summaries: dict[str, list[summary.LiveSummary]] = {}
+        for r in live:
+            summaries.setdefault(r["invt_no"], []).append(summary.LiveSummary.from_row(r))
+        return summary.Held(held, summaries)
 
     async def get_summary(self, agent_code: str, cop_no: str) -> dict[str, Any] | None:
         """A summary application (CEB701): every version of its key, newest first; None when none was stored."""

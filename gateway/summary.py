@@ -52,6 +52,9 @@ CODES: dict[str, str] = {
     "A (simplified declaration, 清单核放): only B-type inventories are summarised (HTTP 409)",
     "summary.inventory_withdrawn": "a summary application (CEB701) names an export inventory that was withdrawn "
     "(appType 3) or cancelled (CEB605 concluded by customs) (HTTP 409)",
+    "summary.inventory_summarised": "a summary application (CEB701) names an export inventory a live summary "
+    "application of the consignor (another key, not withdrawn nor refused) names already: it would be declared twice "
+    "and its VAT refund claimed twice; change or withdraw that application first (HTTP 409)",
     "summary.inventory_unknown": "warning: the gateway holds no export inventory of the application's consignor with "
     "an invtNo the summary application names (declared elsewhere, a typo, or another enterprise's: that is not "
     "disclosed); it is stored and forwarded, customs decides",
@@ -64,6 +67,7 @@ CODES: dict[str, str] = {
 #: The codes that refuse the application; the others are warnings in the 202 answer.
 REFUSING: frozenset[str] = frozenset({
     "summary.inventory_not_export", "summary.inventory_not_b_type", "summary.inventory_withdrawn",
+    "summary.inventory_summarised",
 })  # fmt: skip
 
 #: The inventories (import and export) customs gave one of the invtNos ($1) a summary application names, as their keys
@@ -95,6 +99,38 @@ SELECT v.invt_no, c.message_type, c.ebc_code, c.parties, c.head ->> 'statisticsF
                 OFFSET 0) AS c
  ORDER BY v.invt_no, c.message_type
 """
+
+
+#: The live summary applications (CEB701: current, not withdrawn, not refused by customs) naming one of the invtNos
+#: ($1) in their list (documents_summary_lines_idx, migration 250). Read only for a CEB701.
+LIVE_SUMMARIES = """
+SELECT n.no AS invt_no, s.key1, s.key2, s.ebc_code, s.parties, s.head ->> 'startTime' AS start_time,
+       s.head ->> 'endTime' AS end_time
+  FROM unnest($1::text[]) AS n(no),
+       LATERAL (SELECT s.key1, s.key2, s.ebc_code, s.parties, s.head, s.is_current, s.withdrawn, s.forward_state
+                  FROM documents AS s
+                 WHERE s.message_type = 'CEB701' AND s.lines @> jsonb_build_array(jsonb_build_object('invtNo', n.no))
+                OFFSET 0) AS s
+ WHERE s.is_current AND NOT s.withdrawn AND s.forward_state <> 'rejected'
+ ORDER BY n.no, s.key1, s.key2
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSummary:
+    """A live summary application naming an invtNo (a row of :data:`LIVE_SUMMARIES`)."""
+
+    invt_no: str
+    key: tuple[str, str]  # its stored key (agentCode, copNo)
+    ebc_code: str
+    parties: frozenset[str]
+    period: bool  # of a period: customs ignores its list, it summarises nothing by it
+
+    @classmethod
+    def from_row(cls, r: Mapping[str, Any]) -> LiveSummary:
+        return cls(invt_no=r["invt_no"], key=(r["key1"], r["key2"]), ebc_code=r["ebc_code"] or "",
+                   parties=frozenset(r["parties"] or ()),
+                   period=bool((r["start_time"] or "").strip() and (r["end_time"] or "").strip()))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +173,16 @@ def named_inventories(docs: Iterable[Document]) -> list[str]:
                               if (no := (line.get("invtNo") or "").strip())))  # fmt: skip
 
 
-def judge(
-    doc: Document, held: Mapping[str, list[HeldInventory]], scope: frozenset[str] | None = None
-) -> tuple[list[Issue], list[Issue]]:
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What the gateway holds of the invtNos summary applications name: the inventories, and the live applications
+    naming them, by invtNo."""
+
+    inventories: Mapping[str, list[HeldInventory]]
+    summaries: Mapping[str, list[LiveSummary]]
+
+
+def judge(doc: Document, held: Held, scope: frozenset[str] | None = None) -> tuple[list[Issue], list[Issue]]:
     """(refusing issues, warnings) of one summary application against the inventories the gateway holds by invtNo.
 
     Only the applicant's inventories are judged: of the application's consignor (an import one, of its agentCode or
@@ -154,13 +197,20 @@ def judge(
                                   "inventories listed (A.29); they are not checked"))
         return errors, warnings
     ebc = (doc.head.get("ebcCode") or "").strip()
+    own = doc.type.stored_key([v.strip() for v in doc.keys])  # a change of the application names its own again
     applicant = {c for f in ("agentCode", "ebcCode") if (c := (doc.head.get(f) or "").strip())}
     for i, line in enumerate(doc.lines):
         no = (line.get("invtNo") or "").strip()
         if not no:
             continue
         path = doc.line_path(i, "invtNo")
-        found = held.get(no, [])
+        other = next((s for s in held.summaries.get(no, []) if s.key != own and not s.period and s.ebc_code == ebc
+                      and (scope is None or not scope.isdisjoint(s.parties))), None)  # fmt: skip
+        twice = None if other is None else Issue(
+            STATE_LAYER, "summary.inventory_summarised", path,
+            f"invtNo {no} is named by the live summary application {other.key[0]}/{other.key[1]} already: summarised "
+            "twice it would be declared twice; change or withdraw that one")  # fmt: skip
+        found = held.inventories.get(no, [])
         found = [h for h in found if scope is None or not scope.isdisjoint(h.parties)]
         exports = [h for h in found if h.message_type == "CEB603" and h.ebc_code == ebc]
         imports = [h for h in found if h.message_type == "CEB621" and not applicant.isdisjoint(h.parties)]
@@ -169,6 +219,8 @@ def judge(
                 errors.append(Issue(STATE_LAYER, "summary.inventory_not_export", path,
                                     f"invtNo {no} is an import inventory's (CEB621 ebcCode {imports[0].ebc_code}, "
                                     f"orderNo {imports[0].key[1]}); only export inventories are summarised"))
+            elif twice is not None:  # the consignor's own application, though the gateway holds no such inventory
+                errors.append(twice)
             else:
                 warnings.append(Issue(STATE_LAYER, "summary.inventory_unknown", path,
                                       f"the gateway holds no export inventory of consignor {ebc} with invtNo {no}; "
@@ -179,6 +231,8 @@ def judge(
         if inv.withdrawn or inv.cancelled:
             errors.append(Issue(STATE_LAYER, "summary.inventory_withdrawn", path,
                                 f"{named} was {'withdrawn' if inv.withdrawn else 'cancelled (CEB605 concluded)'}"))
+        elif twice is not None:
+            errors.append(twice)
         elif inv.statistics_flag != "B":
             errors.append(Issue(STATE_LAYER, "summary.inventory_not_b_type", path,
                                 f"{named} has statisticsFlag {inv.statistics_flag or '(none)'}: a simplified "
@@ -262,6 +316,7 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "CODES", "HELD_INVENTORIES", "REFUSING", "RESULT_TYPES", "HeldInventory", "add_results", "correlation", "judge",
-    "judged", "named_inventories", "period", "records", "result_view", "status_name",
+    "CODES", "HELD_INVENTORIES", "LIVE_SUMMARIES", "REFUSING", "RESULT_TYPES", "Held", "HeldInventory", "LiveSummary",
+    "add_results", "correlation", "judge", "judged", "named_inventories", "period", "records", "result_view",
+    "status_name",
 ]  # fmt: skip

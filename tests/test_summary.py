@@ -259,6 +259,28 @@ async def test_a_period_summary_is_not_judged_by_the_list_customs_ignores(api: C
 
 
 @pytest.mark.db
+async def test_an_inventory_is_named_by_one_live_summary_only(api: Client) -> None:
+    """One released B-type inventory in two live summary applications of its consignor would be declared twice, its
+    VAT refund claimed twice: the second is refused (summary.inventory_summarised). A change of the first (appType 2)
+    names it again, and once the first is withdrawn another application may name it."""
+    a, a_no = await declared(api, 82)
+    b, b_no = await declared(api, 84)
+    first = application([a], [a_no], seed=82)
+    assert (await post_export(api, first)).status == 202
+    r = await post_export(api, application([b, a], [b_no, a_no], seed=83))
+    assert r.status == 409, r.body
+    [issue] = r.body["error"]["issues"]
+    assert (issue["code"], issue["path"]) == (
+        "summary.inventory_summarised", "/CEB701Message/SummaryApply[1]/SummaryApplyList[2]/invtNo"), issue
+    assert first["documents"][0]["copNo"] in issue["message"]
+    r = await post_export(api, version(first, "2", "20261120160000", items=[{"invtNo": a_no}, {"invtNo": b_no}]))
+    assert r.status == 202 and r.body["documents"][0]["outcome"] == "replaced", r.body
+    assert (await post_export(api, version(first, "3", "20261120170000"))).status == 202
+    r = await post_export(api, application([b, a], [b_no, a_no], seed=83))
+    assert r.status == 202 and "warnings" not in r.body, r.body
+
+
+@pytest.mark.db
 async def test_an_import_inventorys_number_refuses_the_summary(api: Client) -> None:
     im = import_ship(18)
     for p in (im.order, im.payment, im.waybill, im.inventory):
@@ -321,7 +343,8 @@ async def test_the_read_of_the_named_inventories_probes_indexes(api: Client, db_
     async with db_pool.acquire() as conn:
         await conn.execute("ANALYZE documents")
         found = await full_scans(conn, begin=db.BEGIN_SNAPSHOT_PLANNED, module=summary,
-                                 cases={"HELD_INVENTORIES": "ARRAY['51412026E000000001'], 60"})  # fmt: skip
+                                 cases={"HELD_INVENTORIES": "ARRAY['51412026E000000001'], 60",
+                                        "LIVE_SUMMARIES": "ARRAY['51412026E000000001']"})  # fmt: skip
         found |= await full_scans(conn, begin=db.BEGIN_SNAPSHOT_PLANNED, module=store,
                                   cases={"SELECT_SUMMARY_DOCUMENTS": "'4601980H12', 'SUM2026112000000001'"})
     assert found == {}
@@ -472,6 +495,52 @@ async def test_the_sandbox_refuses_a_summary_of_what_it_did_not_release(
                  ret.findtext(f"{{{CEB_NS}}}returnInfo")) for ret in root]  # fmt: skip
     assert [(g[0], g[1]) for g in got] == [("CEB702Message", "2"), ("CEB702Message", "100")], got
     assert "51412026E000000999" in (got[1][2] or "")
+
+
+def sandbox_with_released(*seeds: int) -> tuple[Any, list[dict[str, Any]], list[str]]:
+    """A sandbox whose export system released the B-type inventories of these seeds' shipments: (it, their heads,
+    their invtNos)."""
+    from decimal import Decimal
+
+    from gateway.documents import extract
+    from gateway.sandbox.app import InventoryRecord, Sandbox, SandboxConfig
+    from gateway.xmlsafe import parse_message
+    from tests.apiutil import sign_as_agent
+
+    sb = Sandbox(SandboxConfig())
+    heads, numbers = [], []
+    for seed in seeds:
+        s = export_ship(seed, mode="1210")
+        inv = extract(*parse_message(render(s.inventory, signer=sign_as_agent))).documents[0]
+        no = f"51412026E{seed:09d}"
+        sb.export_inventories[(inv.head["agentCode"], inv.head["copNo"])] = InventoryRecord(
+            inv, f"B20261120{seed:09d}", no, Decimal(0))
+        heads.append(s.inventory_doc)
+        numbers.append(no)
+    return sb, heads, numbers
+
+
+def sandbox_answers(sb: Any, payload: dict[str, Any]) -> list[tuple[str, str]]:
+    """The sandbox's CEB702 statuses and infos for a CEB701 (one document)."""
+    from gateway.documents import extract
+    from gateway.messages import BY_CODE
+    from gateway.xmlsafe import parse_message
+
+    [plan] = sb.process(BY_CODE["CEB701"], extract(*parse_message(xml(payload))), None)
+    return [(st.status, st.info) for st in plan]
+
+
+async def test_the_sandbox_refuses_an_inventory_a_live_summary_names() -> None:
+    """Customs' export system summarises an inventory once: a second application of the consignor naming one a live
+    application names is 退单 (100); once that one is withdrawn it may."""
+    sb, heads, numbers = sandbox_with_released(61, 62)
+    first = application(heads[:1], numbers[:1], seed=61)
+    assert [st for st, _ in sandbox_answers(sb, first)] == ["2", "399"]
+    second = application(heads, numbers, seed=62)
+    answers = sandbox_answers(sb, second)
+    assert [st for st, _ in answers] == ["2", "100"] and numbers[0] in answers[-1][1], answers
+    assert [st for st, _ in sandbox_answers(sb, version(first, "3", "20261120170000"))] == ["2", "399"]
+    assert [st for st, _ in sandbox_answers(sb, version(second, "1", "20261120171000"))] == ["2", "399"]
 
 
 @pytest.mark.db

@@ -818,7 +818,8 @@ class Sandbox:
         return [steps[0], self._step(accepted.code, "399", accepted.values, accepted.key)]
     def _summary(self, doc: Document, scenario: str | None) -> list[Step]:
         """A summary application (CEB701): each inventory it names must be a B-type export inventory of its consignor
-        that this export system released (a period summarises all of them), else 100; then 2 → 399 (CEB702, the
+        that this export system released and no other live application of the consignor summarises (a period
+        summarises all of them), else 100; then 2 → 399 (CEB702, the
         sumNo with the 399), and its summary result (CEB792) follows (:meth:`_summary_results`)."""
         h = doc.head
         key = (h.get("agentCode", ""), h.get("copNo", ""))
@@ -849,10 +850,15 @@ class Sandbox:
             problems = [] if chosen else ["该时段无可汇总的B类清单"]
         else:
             chosen, problems = [], []
+            # an inventory is summarised once: not one a live application of the consignor summarises already
+            taken = {r.invt_no: k for k, other in self.summaries.items()
+                     if k != key and other.doc.head.get("ebcCode") == ebc for r in other.inventories}  # fmt: skip
             for no in listed:
                 r = by_no.get(no)
                 if r is None:
                     problems.append(f"清单{no}不存在或未放行")
+                elif no in taken:
+                    problems.append(f"清单{no}已在汇总申请{'/'.join(taken[no])}中")
                 elif r.doc.head.get("statisticsFlag") != "B":
                     problems.append(f"清单{no}不是B类(汇总)清单")
                 elif r.doc.head.get("ebcCode") != ebc:
