@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -541,6 +542,29 @@ async def test_the_sandbox_refuses_an_inventory_a_live_summary_names() -> None:
     assert [st for st, _ in answers] == ["2", "100"] and numbers[0] in answers[-1][1], answers
     assert [st for st, _ in sandbox_answers(sb, version(first, "3", "20261120170000"))] == ["2", "399"]
     assert [st for st, _ in sandbox_answers(sb, version(second, "1", "20261120171000"))] == ["2", "399"]
+
+
+async def test_the_sandbox_summarises_a_period_of_what_it_released_within_it() -> None:
+    """A.29: with startTime and endTime the period is summarised: the B-type inventories of the consignor released
+    within it, not every one ever released. An application for January 2026 of a November parcel finds nothing (100);
+    one for the time the parcel was released summarises it."""
+    from datetime import timedelta
+
+    from gateway.sandbox import receipts as rc
+
+    sb, heads, numbers = sandbox_with_released(63)
+    p = application(heads, numbers, seed=63)
+    p["documents"][0].update(startTime="20260101000000", endTime="20260131235959", items=[])
+    assert [st for st, _ in sandbox_answers(sb, p)] == ["2", "100"]
+    now = datetime.now(rc.CHINA_TZ)
+    released = now.strftime("%Y%m%d%H%M%S")
+    sb.export_inventories = {k: replace(r, released=released) for k, r in sb.export_inventories.items()}
+    p = application(heads, numbers, seed=64)
+    p["documents"][0].update(startTime=f"{now - timedelta(hours=1):%Y%m%d%H%M%S}",
+                             endTime=f"{now + timedelta(hours=1):%Y%m%d%H%M%S}", items=[])  # fmt: skip
+    assert [st for st, _ in sandbox_answers(sb, p)] == ["2", "399"]
+    assert [r.invt_no for r in sb.summaries[(p["documents"][0]["agentCode"], p["documents"][0]["copNo"])].inventories] \
+        == numbers
 
 
 @pytest.mark.db

@@ -184,6 +184,7 @@ class InventoryRecord:
     pre_no: str
     invt_no: str
     value: Decimal
+    released: str = ""  # when this system released it (YYYYMMDDhhmmss, China time); "" before, or unknown
 
 
 #: A tax bill as the sandbox builds it: its head and lines (gateway.sandbox.receipts.tax_bill).
@@ -652,7 +653,7 @@ class Sandbox:
         if app_type == "3":
             self.export_inventories.pop(key, None)
             return [step("CEB604", "2", values, label), step("CEB604", "120", values, label)]
-        self.export_inventories[key] = InventoryRecord(doc, pre_no, invt, Decimal(0))
+        self.export_inventories[key] = InventoryRecord(doc, pre_no, invt, Decimal(0), released=f"{now:%Y%m%d%H%M%S}")
         return [step("CEB604", status, values, label) for status in ("2", "120", "399", "800")]
 
     @staticmethod
@@ -844,10 +845,12 @@ class Sandbox:
         ebc = h.get("ebcCode", "")
         by_no = {r.invt_no: r for r in self.export_inventories.values()}
         listed = [(line.get("invtNo") or "").strip() for line in doc.lines]
-        if h.get("startTime") and h.get("endTime"):  # a period: every B-type inventory of the consignor
+        start, end = (h.get("startTime") or "").strip(), (h.get("endTime") or "").strip()
+        if start and end:  # a period: every B-type inventory of the consignor released within it (A.29)
             chosen = [r for r in self.export_inventories.values()
-                      if r.doc.head.get("ebcCode") == ebc and r.doc.head.get("statisticsFlag") == "B"]  # fmt: skip
-            problems = [] if chosen else ["该时段无可汇总的B类清单"]
+                      if r.doc.head.get("ebcCode") == ebc and r.doc.head.get("statisticsFlag") == "B"
+                      and start <= (r.released or r.doc.head.get("appTime", "")) <= end]  # fmt: skip
+            problems = [] if chosen else [f"该时段({start}-{end})无可汇总的B类清单"]
         else:
             chosen, problems = [], []
             # an inventory is summarised once: not one a live application of the consignor summarises already
