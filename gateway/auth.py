@@ -1,7 +1,7 @@
 """Access control: API keys with a role and, for submitters, the enterprise codes they hold.
 
 A submitter may submit and read only documents that carry one of its codes in a party field
-(ebpCode, ebcCode, payCode, logisticsCode, agentCode ...); of the export transport messages its shipment lists
+(ebpCode, ebcCode, payCode, logisticsCode, agentCode, declAgentCode ...); of the export transport messages its shipment lists
 it sees only what concerns that shipment (:func:`shipment_view`). Pure: no I/O.
 """
 
@@ -26,6 +26,9 @@ PARTY_FIELDS: tuple[str, ...] = (
     "assureCode",
     "operatorCode",
     "areaCode",
+    # the customs broker (报关单位) of a summary application (CEB701) and of its results (CEB792), the only heads that
+    # carry it: it files the customs declaration the summary becomes
+    "declAgentCode",
 )
 
 

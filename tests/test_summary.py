@@ -326,6 +326,22 @@ async def test_a_summary_is_its_enterprises_only(api: Client) -> None:
 
 
 @pytest.mark.db
+async def test_the_customs_broker_of_a_summary_is_its_party(api: Client) -> None:
+    """The customs broker (declAgentCode, 报关单位) files the declaration a summary becomes (A.29, A.31 name it): a key
+    holding its code submits and reads the application as the agent and the consignor do; the consignor's
+    inventories, of which it is no party, it is told nothing of (they answer as unknown)."""
+    a, a_no = await declared(api, 25)
+    p = application([a], [a_no], seed=25)
+    doc = p["documents"][0]
+    doc.update(declAgentCode="9999999999", declAgentName="报关行")
+    r = await api.post_xml(xml(p), key=STRANGER)
+    assert r.status == 202, r.body
+    assert [w["code"] for w in r.body["warnings"]] == ["summary.inventory_unknown"]
+    assert (await api.get(f"/v1/messages/{p['guid']}", key=STRANGER)).status == 200
+    assert (await api.get(f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}", key=STRANGER)).status == 200
+
+
+@pytest.mark.db
 async def test_a_summary_in_json_is_signed_and_stored(api: Client) -> None:
     a, a_no = await declared(api, 22)
     p = application([a], [a_no])
