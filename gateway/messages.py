@@ -223,13 +223,14 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
                 ("agentCode", "copNo", "msgSeqNo"), Signature.NONE, receipt_for="CEB607", flow=_X, schema=_XSD),
     # --- export summary declaration (汇总申报, spec §4.4 step 4, Appendix A.29–A.31) ---------------------------
     # CEB701 names the B-type inventories (statisticsFlag B) to consolidate by their invtNo, one SummaryApplyList
-    # each; signed when declared (§2.7). Its key is the agent's copNo, as the export inventory's; a split
-    # application (msgCount > 1) gives each part a copNo of its own. CEB792 comes from customs unasked, like a tax
-    # bill: one SummaryResult per customs declaration (declSeqNo) of a summary application (sumNo).
+    # each; signed when declared (§2.7). Its key is the agent's copNo and the part, as the export transport
+    # messages': a long application goes in parts of one copNo (msgSeqNo 1..msgCount), and CEB702 answers copNo and
+    # msgSeqNo (A.30, §5.1). CEB792 comes from customs unasked, like a tax bill: one SummaryResult per customs
+    # declaration (declSeqNo) of a summary application (sumNo).
     MessageType("CEB701", "SummaryApply", "SummaryApplyHead", "SummaryApplyList", Kind.SUMMARY, _D,
-                ("agentCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+                ("agentCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
     MessageType("CEB702", "SummaryReturn", None, None, Kind.RECEIPT, _R,
-                ("agentCode", "copNo"), Signature.NONE, receipt_for="CEB701", flow=_X, schema=_XSD),
+                ("agentCode", "copNo", "msgSeqNo"), Signature.NONE, receipt_for="CEB701", flow=_X, schema=_XSD),
     MessageType("CEB792", "SummaryResult", "SummaryResultHead", "SummaryResultList", Kind.SUMMARY_RESULT, _R,
                 ("sumNo", "declSeqNo"), Signature.NONE, flow=_X, schema=_XSD),
     # --- retail export returns (零售出口退货, 公告2020年第44号; spec §4.4 step 5, Appendix A.32–A.35) ------------

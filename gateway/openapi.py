@@ -157,11 +157,13 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/summaries/{agentCode}/{copNo}": {
             "get": {
-                "summary": "One summary application (CEB701 汇总申请单): every version (documents, newest first) with "
-                "its forwarding and CEB702 receipts; preNo, sumNo (from its CEB702), customs {code, ...}, "
-                "forward_state and withdrawn of the current version; results: customs' summary results (CEB792), "
-                "each {sumNo, declSeqNo, entryId, decTmpNo, decPreNo, decState, opDate, customsCode, grossWeight, "
-                "netWeight, msgCount, msgSeqNo, note, items: [{invtNo, logisticsNo, gseqno, gnum, gcode}]}; "
+                "summary": "One summary application (CEB701 汇总申请单): every version of every part (msgSeqNo; "
+                "documents, newest first) with its forwarding and CEB702 receipts; parts: per msgSeqNo {msgSeqNo, "
+                "msgCount, preNo, sumNo, customs, forward_state, withdrawn} of its current version; preNo, sumNo "
+                "(from its CEB702), customs {code, ...}, forward_state and withdrawn of the first part's; results: "
+                "customs' summary results (CEB792), each {sumNo, declSeqNo, entryId, decTmpNo, decPreNo, decState, "
+                "opDate, customsCode, grossWeight, netWeight, msgCount, msgSeqNo, note, items: [{invtNo, "
+                "logisticsNo, gseqno, gnum, gcode}]}; "
                 "declarations: the customs declarations' numbers (entryId, else declSeqNo)",
                 "parameters": [
                     {"name": "agentCode", "in": "path", "required": True, "schema": {"type": "string"}},

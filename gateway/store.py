@@ -365,11 +365,12 @@ MESSAGE_STORED = "SELECT EXISTS (SELECT 1 FROM messages WHERE guid = $1)"
 
 SELECT_MESSAGE_DOCUMENTS = f"SELECT {_DOC_COLUMNS} FROM documents AS d WHERE d.message_id = $1 ORDER BY d.doc_index"
 
-#: Every version of a summary application (CEB701) by ($1 agentCode, $2 copNo), newest first
-#: (documents_summary_key_idx, migration 220).
+#: Every version of every part of a summary application (CEB701) by ($1 agentCode, $2 copNo), newest first: key2 is
+#: copNo and msgSeqNo joined by KEY_SEP (documents_summary_cop_no_idx, migration 250).
 SELECT_SUMMARY_DOCUMENTS = f"""
 SELECT d.* FROM (SELECT {_DOC_COLUMNS} FROM documents AS d
-                  WHERE d.kind = 'summary' AND d.key1 = $1 AND d.key2 = $2 AND d.message_type = 'CEB701'
+                  WHERE d.kind = 'summary' AND d.key1 = $1 AND split_part(d.key2, E'\\x1f', 1) = $2
+                    AND d.message_type = 'CEB701'
                  OFFSET 0) AS d
  ORDER BY d.id DESC
 """
@@ -1144,7 +1145,8 @@ class Store:
         return summary.Held(held, summaries)
 
     async def get_summary(self, agent_code: str, cop_no: str) -> dict[str, Any] | None:
-        """A summary application (CEB701): every version of its key, newest first; None when none was stored."""
+        """A summary application (CEB701): every version of each of its parts (msgSeqNo), newest first; None when
+        none was stored."""
         async with db.transaction(self.pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
             docs = await conn.fetch(SELECT_SUMMARY_DOCUMENTS, agent_code, cop_no)
         if not docs:

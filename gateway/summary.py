@@ -121,7 +121,7 @@ class LiveSummary:
     """A live summary application naming an invtNo (a row of :data:`LIVE_SUMMARIES`)."""
 
     invt_no: str
-    key: tuple[str, str]  # its stored key (agentCode, copNo)
+    key: tuple[str, str]  # its stored key (agentCode, copNo and msgSeqNo)
     ebc_code: str
     parties: frozenset[str]
     period: bool  # of a period: customs ignores its list, it summarises nothing by it
@@ -208,8 +208,8 @@ def judge(doc: Document, held: Held, scope: frozenset[str] | None = None) -> tup
                       and (scope is None or not scope.isdisjoint(s.parties))), None)  # fmt: skip
         twice = None if other is None else Issue(
             STATE_LAYER, "summary.inventory_summarised", path,
-            f"invtNo {no} is named by the live summary application {other.key[0]}/{other.key[1]} already: summarised "
-            "twice it would be declared twice; change or withdraw that one")  # fmt: skip
+            f"invtNo {no} is named by the live summary application {'/'.join(doc.type.key_values(other.key))} "
+            "already: summarised twice it would be declared twice; change or withdraw that one")  # fmt: skip
         found = held.inventories.get(no, [])
         found = [h for h in found if scope is None or not scope.isdisjoint(h.parties)]
         exports = [h for h in found if h.message_type == "CEB603" and h.ebc_code == ebc]
@@ -296,20 +296,33 @@ def result_view(r: Mapping[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _part_number(d: Mapping[str, Any]) -> tuple[int, str]:
+    seq = str((d.get("keys") or {}).get("msgSeqNo") or "")
+    return (int(seq), seq) if seq.isdigit() else (1 << 31, seq)
+
+
 def add_results(view: dict[str, Any]) -> dict[str, Any]:
-    """A summary application's view (its versions with their forwarding, gateway.outbox.Outbox.shipment_forwarding)
-    with ``results``: the CEB792 records move out of their version's ``receipts``, newest declaration last; the
-    application's own numbers and status (the current version's) are lifted beside them."""
+    """A summary application's view (the versions of its parts with their forwarding,
+    gateway.outbox.Outbox.shipment_forwarding) with ``results``: the CEB792 records move out of their version's
+    ``receipts``, newest declaration last; each part's numbers and status (its current version's) are listed in
+    ``parts`` by msgSeqNo, and the first part's are lifted beside them (an application not split has one part)."""
     results: list[dict[str, Any]] = []
     for d in view.get("documents", []):
         mine = [r for r in d.get("receipts", []) if r.get("message_type") in RESULT_TYPES]
         if mine:
             results += [result_view(r) for r in mine]
             d["receipts"] = [r for r in d["receipts"] if r.get("message_type") not in RESULT_TYPES]
-    current = next((d for d in view.get("documents", []) if d.get("is_current")), None)
-    if current is not None:
-        view.update(preNo=current.get("pre_no"), sumNo=current.get("invt_no"), customs=current.get("customs"),
-                    forward_state=current.get("forward_state"), withdrawn=current.get("withdrawn"))  # fmt: skip
+    current = sorted((d for d in view.get("documents", []) if d.get("is_current")), key=_part_number)
+    view["parts"] = [
+        {"msgSeqNo": (d.get("keys") or {}).get("msgSeqNo"), "msgCount": (d.get("head") or {}).get("msgCount"),
+         "preNo": d.get("pre_no"), "sumNo": d.get("invt_no"), "customs": d.get("customs"),
+         "forward_state": d.get("forward_state"), "withdrawn": d.get("withdrawn")}
+        for d in current
+    ]  # fmt: skip
+    if current:
+        first = current[0]
+        view.update(preNo=first.get("pre_no"), sumNo=first.get("invt_no"), customs=first.get("customs"),
+                    forward_state=first.get("forward_state"), withdrawn=first.get("withdrawn"))  # fmt: skip
     view["results"] = results
     view["declarations"] = sorted({r["entryId"] or r["declSeqNo"] for r in results if r["entryId"] or r["declSeqNo"]})
     return view

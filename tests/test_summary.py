@@ -61,7 +61,7 @@ async def test_a_summary_of_released_b_type_inventories_is_stored(api: Client, d
     r = await post_export(api, p)
     assert r.status == 202, r.body
     [doc] = r.body["documents"]
-    keys = {"agentCode": a["agentCode"], "copNo": p["documents"][0]["copNo"]}
+    keys = {"agentCode": a["agentCode"], "copNo": p["documents"][0]["copNo"], "msgSeqNo": "1"}
     assert (doc["kind"], doc["outcome"], doc["keys"]) == ("summary", "accepted", keys)
     assert "warnings" not in r.body
     stored = await db_pool.fetchrow("SELECT kind, is_current, lines FROM documents WHERE message_type = 'CEB701'")
@@ -75,6 +75,60 @@ async def test_a_summary_of_released_b_type_inventories_is_stored(api: Client, d
     assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "state.duplicate", r.body
     again["documents"][0].update(appType="2", appTime="20261120160000")
     r = await post_export(api, again)
+    assert r.status == 202 and r.body["documents"][0]["outcome"] == "replaced", r.body
+
+
+@pytest.mark.db
+async def test_a_split_summary_application_goes_in_parts_of_one_copno(api: Client) -> None:
+    """A.29/A.30: msgCount / msgSeqNo split one application, and CEB702 answers copNo + msgSeqNo: the parts share the
+    copNo and are keyed by (agentCode, copNo, msgSeqNo), as the export transport messages are. Each part gets its
+    own receipts; the view of the copNo shows every part."""
+    a, a_no = await declared(api, 73)
+    _, b_no = await declared(api, 74)
+    p = application([a], [a_no], seed=73)
+    p["documents"][0].update(msgCount="2", msgSeqNo="1")
+    second = version(p, "1", p["documents"][0]["appTime"], msgSeqNo="2", items=[{"invtNo": b_no}])
+    assert (await post_export(api, p)).status == 202
+    r = await post_export(api, second)
+    assert r.status == 202 and r.body["documents"][0]["keys"]["msgSeqNo"] == "2", r.body
+    r = await post_export(api, version(second, "1", p["documents"][0]["appTime"]))
+    assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "state.duplicate", r.body
+    doc = p["documents"][0]
+    for seq, guid in (("1", doc["guid"]), ("2", second["documents"][0]["guid"])):
+        r = await post_receipt(api, "CEB702", {
+            "guid": guid, "agentCode": doc["agentCode"], "ebcCode": doc["ebcCode"], "copNo": doc["copNo"],
+            "preNo": f"S2026112000000007{seq}", "msgSeqNo": seq, "returnStatus": "2",
+            "returnTime": f"2026112017000{seq}000", "returnInfo": "ok"})  # fmt: skip
+        assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    view = (await api.get(f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}")).body
+    assert [(d["keys"]["msgSeqNo"], d["pre_no"]) for d in view["documents"]] == [
+        ("2", "S20261120000000072"), ("1", "S20261120000000071")], view["documents"]
+    assert [(x["msgSeqNo"], x["preNo"]) for x in view["parts"]] == [
+        ("1", "S20261120000000071"), ("2", "S20261120000000072")], view["parts"]
+    assert view["preNo"] == "S20261120000000071"
+
+
+@pytest.mark.db
+async def test_migration_250_keys_the_stored_applications_by_their_part(api: Client, db_pool: asyncpg.Pool) -> None:
+    """Applications stored when a summary was keyed by copNo alone get the part in their key (and their broker among
+    their parties): the view and a change find them."""
+    from gateway import db
+
+    a, a_no = await declared(api, 26)
+    p = application([a], [a_no], seed=26)
+    doc = p["documents"][0]
+    doc.update(declAgentCode="4601980H99")
+    assert (await post_export(api, p)).status == 202
+    async with db_pool.acquire() as conn:
+        await conn.execute("UPDATE documents SET key2 = split_part(key2, E'\\x1f', 1),"
+                           " parties = array_remove(parties, '4601980H99') WHERE message_type = 'CEB701'")
+        r = await post_export(api, version(p, "2", "20261120160000"))
+        assert r.status == 409, r.body  # its change is keyed by the part: it finds nothing to change
+        await conn.execute(dict(db.migration_files())["250_summary_lines.sql"])
+        row = await conn.fetchrow("SELECT key2, parties FROM documents WHERE message_type = 'CEB701'")
+    assert row["key2"] == f"{doc['copNo']}\x1f1" and "4601980H99" in row["parties"], row
+    assert (await api.get(f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}")).status == 200
+    r = await post_export(api, version(p, "2", "20261120161000"))
     assert r.status == 202 and r.body["documents"][0]["outcome"] == "replaced", r.body
 
 
@@ -560,6 +614,17 @@ async def test_the_sandbox_refuses_an_inventory_a_live_summary_names() -> None:
     assert [st for st, _ in sandbox_answers(sb, version(second, "1", "20261120171000"))] == ["2", "399"]
 
 
+async def test_the_sandbox_takes_the_parts_of_a_split_summary() -> None:
+    """A split application's parts share its copNo (msgSeqNo 1..msgCount): each is a part, not a duplicate."""
+    sb, heads, numbers = sandbox_with_released(65, 66)
+    p = application(heads[:1], numbers[:1], seed=65)
+    p["documents"][0].update(msgCount="2", msgSeqNo="1")
+    second = version(p, "1", p["documents"][0]["appTime"], msgSeqNo="2", items=[{"invtNo": numbers[1]}])
+    assert [st for st, _ in sandbox_answers(sb, p)] == ["2", "399"]
+    assert [st for st, _ in sandbox_answers(sb, second)] == ["2", "399"]
+    assert [st for st, _ in sandbox_answers(sb, version(second, "1", "20261120171000"))] == ["2", "100"]
+
+
 async def test_the_sandbox_summarises_a_period_of_what_it_released_within_it() -> None:
     """A.29: with startTime and endTime the period is summarised: the B-type inventories of the consignor released
     within it, not every one ever released. An application for January 2026 of a November parcel finds nothing (100);
@@ -579,8 +644,8 @@ async def test_the_sandbox_summarises_a_period_of_what_it_released_within_it() -
     p["documents"][0].update(startTime=f"{now - timedelta(hours=1):%Y%m%d%H%M%S}",
                              endTime=f"{now + timedelta(hours=1):%Y%m%d%H%M%S}", items=[])  # fmt: skip
     assert [st for st, _ in sandbox_answers(sb, p)] == ["2", "399"]
-    assert [r.invt_no for r in sb.summaries[(p["documents"][0]["agentCode"], p["documents"][0]["copNo"])].inventories] \
-        == numbers
+    [record] = [r for k, r in sb.summaries.items() if k[1] == p["documents"][0]["copNo"]]
+    assert [r.invt_no for r in record.inventories] == numbers
 
 
 @pytest.mark.db

@@ -201,6 +201,11 @@ class SummaryRecord:
     inventories: list[InventoryRecord]
 
 
+def _summary_key(head: Mapping[str, str]) -> tuple[str, ...]:
+    """A summary application's key: agentCode, copNo and the part (msgSeqNo), as CEB702 answers it (A.30)."""
+    return tuple((head.get(name) or "").strip() for name in ("agentCode", "copNo", "msgSeqNo"))
+
+
 def scenario_of(header: str | None, values: Iterable[str]) -> str | None:
     """The scenario named by the header (``FLAKY`` or ``FLAKY-``) or by the first value with a known prefix."""
     if header:
@@ -303,7 +308,7 @@ class Sandbox:
         self.export_orders: dict[tuple[str, str], Document] = {}
         self.export_waybills: dict[tuple[str, str], Document] = {}
         self.export_inventories: dict[tuple[str, str], InventoryRecord] = {}
-        self.summaries: dict[tuple[str, str], SummaryRecord] = {}  # CEB701 by (agentCode, copNo)
+        self.summaries: dict[tuple[str, ...], SummaryRecord] = {}  # CEB701 by (agentCode, copNo, msgSeqNo)
         self.quota_used: dict[str, Decimal] = {}
         self.receipts: list[dict[str, Any]] = []
         self.inspection: list[dict[str, Any]] = []
@@ -823,7 +828,7 @@ class Sandbox:
         summarises all of them), else 100; then 2 → 399 (CEB702, the
         sumNo with the 399), and its summary result (CEB792) follows (:meth:`_summary_results`)."""
         h = doc.head
-        key = (h.get("agentCode", ""), h.get("copNo", ""))
+        key = _summary_key(h)
         label = "/".join(key)
         existing = self.summaries.get(key)
         pre_no = existing.pre_no if existing is not None else rc.pre_no(next(self._serial))
@@ -884,7 +889,7 @@ class Sandbox:
         for doc, plan in zip(parsed.documents, plans, strict=True):
             if not plan or plan[-1].status != "399" or doc.head.get("appType") == "3":
                 continue
-            record = self.summaries.get((doc.head.get("agentCode", ""), doc.head.get("copNo", "")))
+            record = self.summaries.get(_summary_key(doc.head))
             if record is None:
                 continue
             head, lines = rc.summary_result(record.doc, record.sum_no, [r.doc for r in record.inventories],

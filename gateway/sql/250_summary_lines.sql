@@ -1,8 +1,8 @@
 -- 250_summary_lines: the summary applications (CEB701) naming an inventory, by the invtNo of one of their lines: a
 -- second live application of the consignor naming an inventory one already names is refused
--- (summary.inventory_summarised; `lines @> '[{"invtNo": ...}]'`). Partial by message type, not kind, so that
--- documents_summary_key_idx (kind 'summary', migration 220) never answers that probe by reading itself whole; no
--- other message type maintains it.
+-- (summary.inventory_summarised; `lines @> '[{"invtNo": ...}]'`). Partial by message type, not kind, so that the
+-- summaries' key index (kind 'summary', below) never answers that probe by reading itself whole; no other message
+-- type maintains it.
 CREATE INDEX IF NOT EXISTS documents_summary_lines_idx ON documents USING gin (lines jsonb_path_ops)
     WHERE message_type = 'CEB701';
 
@@ -12,3 +12,13 @@ UPDATE documents SET parties = ARRAY(SELECT DISTINCT p FROM unnest(parties || AR
                                       ORDER BY p)
  WHERE message_type IN ('CEB701', 'CEB792') AND coalesce(head ->> 'declAgentCode', '') <> ''
    AND NOT (head ->> 'declAgentCode') = ANY (parties);
+
+-- A summary application is keyed by agentCode, copNo and msgSeqNo (the part: a split application's parts share its
+-- copNo, and CEB702 answers copNo and msgSeqNo, A.30), as the export transport messages are: key2 holds copNo and
+-- msgSeqNo joined by U+001F (gateway.messages.KEY_SEP). Stored applications were keyed by copNo alone.
+UPDATE documents SET key2 = key2 || E'\x1f' || btrim(coalesce(head ->> 'msgSeqNo', '1'), E' \t\r\n')
+ WHERE message_type = 'CEB701' AND strpos(key2, E'\x1f') = 0;
+-- GET /v1/summaries/{agentCode}/{copNo}: every version of every part of the copNo.
+CREATE INDEX IF NOT EXISTS documents_summary_cop_no_idx ON documents (key1, split_part(key2, E'\x1f', 1))
+    WHERE kind = 'summary';
+DROP INDEX IF EXISTS documents_summary_key_idx;
