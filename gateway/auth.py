@@ -1,8 +1,8 @@
 """Access control: API keys with a role and, for submitters, the enterprise codes they hold.
 
 A submitter may submit and read only documents that carry one of its codes in a party field
-(ebpCode, ebcCode, payCode, logisticsCode, agentCode, declAgentCode ...); of the export transport messages its shipment lists
-it sees only what concerns that shipment (:func:`shipment_view`). Pure: no I/O.
+(ebpCode, ebcCode, payCode, logisticsCode, agentCode, declAgentCode ...); of the export transport messages its
+shipment lists it sees only what concerns that shipment (:func:`shipment_view`). Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ UPDATE documents SET parties = ARRAY(SELECT DISTINCT p FROM unnest(parties || AR
 
 -- A summary application is keyed by agentCode, copNo and msgSeqNo (the part: a split application's parts share its
 -- copNo, and CEB702 answers copNo and msgSeqNo, A.30), as the export transport messages are: key2 holds copNo and
--- msgSeqNo joined by U+001F (gateway.messages.KEY_SEP). Stored applications were keyed by copNo alone.
-UPDATE documents SET key2 = key2 || E'\x1f' || btrim(coalesce(head ->> 'msgSeqNo', '1'), E' \t\r\n')
+-- msgSeqNo joined by U+001F (gateway.messages.KEY_SEP), the part as a number ("01" is part 1, as a receipt names it;
+-- the schema makes it an integer). Stored applications were keyed by copNo alone.
+UPDATE documents SET key2 = key2 || E'\x1f' || btrim(coalesce(head ->> 'msgSeqNo', '1'), E' \t\r\n')::bigint::text
  WHERE message_type = 'CEB701' AND strpos(key2, E'\x1f') = 0;
 -- GET /v1/summaries/{agentCode}/{copNo}: every version of every part of the copNo.
 CREATE INDEX IF NOT EXISTS documents_summary_cop_no_idx ON documents (key1, split_part(key2, E'\x1f', 1))
