@@ -57,7 +57,7 @@ CODES: dict[str, str] = {
         "a cancellation (CEB623) or return (CEB625) names an inventory (ebcCode, orderNo) that is not stored or "
         "was withdrawn (spec R12); an export cancellation (CEB605) or retail export return (CEB213) names an invtNo "
         "that no stored export inventory of its agentCode and ebcCode was given by customs (CEB604), or whose "
-        "inventory was withdrawn"
+        "inventory was withdrawn, or (a return) whose first declaration customs rejected"
     ),
     "state.second_inventory": (
         "an inventory for a shipment (ebpCode, orderNo) that has a live inventory under another key (another "
@@ -652,12 +652,16 @@ _RETURN_MODE = {"1210": "1261"}
 
 
 def _returned(new: New, stored: Row, named: str) -> list[Issue]:
-    """A retail export return (CEB213) of a stored export inventory: of goods that left (not one whose cancellation
-    customs concluded), declared on the inventory's platform (ebpCode: an invtNo names one platform's order) and
-    under the return mode of the inventory's trade mode."""
-    if stored.cancelled:
-        return [issue("state.inventory_cancelled", new.doc.field_path("invtNo"),
-                      f"{named} was cancelled (CEB605 concluded by customs): its goods never left")]  # fmt: skip
+    """A retail export return (CEB213) of a stored export inventory: of goods that left (not one void at customs: its
+    cancellation concluded, or its first declaration rejected), declared on the inventory's platform (ebpCode: an
+    invtNo names one platform's order) and under the return mode of the inventory's trade mode."""
+    if void(stored):
+        # a rejected first declaration is no inventory at customs (its number named one only until the rejection)
+        if stored.cancelled:
+            return [issue("state.inventory_cancelled", new.doc.field_path("invtNo"),
+                          f"{named} was cancelled (CEB605 concluded by customs): its goods never left")]  # fmt: skip
+        return [issue("state.no_inventory", new.doc.field_path("invtNo"),
+                      f"customs rejected the declaration of {named}: there is no inventory to return")]  # fmt: skip
     found: list[Issue] = []
     mine, theirs = new.row.ebp_code or "", stored.ebp_code or ""
     if mine != theirs:

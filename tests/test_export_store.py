@@ -371,6 +371,24 @@ async def test_an_export_return_is_forwarded_after_its_inventory(db_pool: asyncp
     assert [j.id for j in claimed] == [jobs[f"customs:{change.guid}"]["id"]]  # the return waits
 
 
+async def test_a_return_of_an_inventory_customs_rejected_is_refused(store: Store, db_pool: asyncpg.Pool) -> None:
+    """The inventory's first declaration got its invtNo (CEB604 120) and was then rejected (100): nothing of it is at
+    customs (keystate.void), no goods left; a return of it names no inventory."""
+    no = "64012025E000000074"
+    for leg in ex.legs("RR4"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RR4", no)
+    await db_pool.execute("UPDATE documents SET forward_state = 'rejected', customs_status = '100'"
+                          " WHERE message_type = 'CEB603' AND order_no = 'RR4'")  # fmt: skip
+    assert await _refused_codes(store, _return(no, "RR4")) == ["state.no_inventory"]
+
+
+
+
+
+
+
+
 async def test_a_return_tally_is_the_sites_own_and_listed_on_the_shipment_whose_parcel_it_tallies(
     store: Store, db_pool: asyncpg.Pool
 ) -> None:
