@@ -253,9 +253,15 @@ class ReceiptRecord:
             parties=parties,
             ebc_code=k.get("ebcCode") or None,
             pre_no=k.get("preNo") or None,
-            invt_no=k.get("invtNo") or None,
+            invt_no=None if declared in SHARED_INVT_NO else k.get("invtNo") or None,
         )
 
+
+#: The declared types whose receipts' invtNo is the number of the inventory the document names, shared by every
+#: document of that type naming it: a retail export return (CEB213; CEB214's invtNo, A.33) is one of several of its
+#: inventory, told apart by its key alone (agentCode + coElNo, §5.1). That number finds no return and is not
+#: learned as one's own. (An import return, CEB625, is keyed by its inventory's key: one per inventory.)
+SHARED_INVT_NO = frozenset({"CEB213"})
 
 #: The enterprise fields a receipt may carry that its declared document carries too (in its head, by the same
 #: name): a document found by anything but its business key must agree with every one the receipt names.
@@ -272,7 +278,8 @@ class Correlation:
     3. ``copNo``, the enterprise's own number (unique per enterprise only, spec §2.3): the current version of its
        document first (a change's receipts carry the first version's numbers); with no party to tell two
        documents apart, only when one document has it;
-    4. ``preNo`` / ``invtNo``, the numbers E-Port and customs gave, once an earlier receipt taught them.
+    4. ``preNo`` / ``invtNo``, the numbers E-Port and customs gave, once an earlier receipt taught them (no
+       ``invtNo`` for the types of :data:`SHARED_INVT_NO`).
     Steps 2–4 take a document only when it agrees with every party the receipt names (:data:`PARTY_FIELDS`): two
     enterprises may share a copNo, a customs broker, even a guid.
     5. CEB900: ``oriCopMsgId`` → every document of the message sent with that CopMsgId.
@@ -449,6 +456,8 @@ def apply(current: CustomsState | None, receipt: ReceiptRecord) -> Decision:
     current = current or CustomsState()
     verdict = receipt.verdict
     learned = {k: receipt.keys[k] for k in ("preNo", "invtNo") if receipt.keys.get(k)}
+    if receipt.declared_type in SHARED_INVT_NO:
+        learned.pop("invtNo", None)
     if receipt.keys.get("sumNo"):  # a summary application's number (CEB702) is kept where an inventory's invtNo is
         learned["invtNo"] = receipt.keys["sumNo"]
     r = receipt.rank

@@ -4,16 +4,20 @@ arrival order, kept apart from an import shipment of the same key, and no quota 
 from __future__ import annotations
 
 import itertools
+import uuid
 
 import asyncpg
 import cbec_queue
 import pytest
 
+from gateway import receipts as rc
 from gateway.config import ForwardingSettings, RouteSettings
 from gateway.documents import ParsedMessage
 from gateway.forward import Router
 from gateway.outbox import Outbox
 from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING
+from gateway.sandbox.receipts import build_receipt
+from gateway.schema import SchemaSet
 from gateway.store import Conflict, Store
 from tests import exportutil as ex
 from tests.test_store import _later, full_shipment, ingest, inventory_head, message
@@ -383,6 +387,32 @@ async def test_a_return_of_an_inventory_customs_rejected_is_refused(store: Store
     assert await _refused_codes(store, _return(no, "RR4")) == ["state.no_inventory"]
 
 
+async def test_a_ceb214_for_an_unknown_return_is_not_applied_to_another_return_of_the_same_inventory(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """CEB214's invtNo is the *inventory's* number (A.33), shared by every return of that inventory: a receipt whose
+    key (agentCode + coElNo, spec §5.1) names no stored return stays unmatched, and moves no other return."""
+    no = "64012025E000000071"
+    for leg in ex.legs("RR1"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RR1", no)
+    assert (await ingest(store, _return(no, "RR1", lines=ex.refund_lines("1")))).http_status == 202
+    outbox = Outbox(db_pool, None)
+    schemas = SchemaSet()
+
+    async def post(cop: str, status: str, t: str) -> list[dict[str, object]]:
+        xml = build_receipt("CEB214", {"guid": str(uuid.uuid4()).upper(), "agentCode": ex.AGENT, "coElNo": cop,
+                                       "invtNo": no, "returnStatus": status, "returnTime": t, "returnInfo": "x"})
+        return [r.as_dict() for r in await outbox.apply_receipts(rc.read(xml, schemas), source="http",
+                                                                 submitter="t")]  # fmt: skip
+
+    await post(f"RET-{no}", "120", "20250310120000000")  # the gateway's own return: the inventory's number not its
+    row = await db_pool.fetchrow("SELECT customs_status, invt_no FROM documents WHERE message_type = 'CEB213'")
+    assert tuple(row) == ("120", None)
+    res = await post("RET-OTHER", "100", "20250310130000000")  # another return of that inventory, not stored here
+    assert res[0]["outcome"] == "unmatched", res
+    row = await db_pool.fetchrow("SELECT customs_status FROM documents WHERE message_type = 'CEB213'")
+    assert row["customs_status"] == "120"
 
 
 
