@@ -47,6 +47,7 @@ from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
 from gateway.errors import Issue
 from gateway.keystate import (
+    BY_INVT_NO,
     CODES,
     LOCK_BUYER,
     LOCK_ORDER,
@@ -173,7 +174,11 @@ LOCK_MORE = "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest($1::bigin
 #: their jobs are known before it and go in it; an id not used is a gap in the sequence, nothing more).
 #: The documents named by invtNo ($15 type, $16 invtNo; role "numbered", with the invtNo): the current row of each
 #: key one of whose versions customs gave that number (documents.invt_no, from its receipts), unless the key was
-#: declared anew since.
+#: declared anew since (for whatever order: an export inventory's key is the agent's copNo, which it may use again
+#: for another order once the first is withdrawn). That later appType 1 is found through sql/270's partial index of
+#: the numbered types' declarations: the literal type list lets the generic plan use it, and OFFSET 0 keeps the
+#: NOT EXISTS a probe per number (as an anti join, the empty tables' plan read the whole index for each).
+_NUMBERED_TYPES = ", ".join(f"'{t}'" for t in sorted(set(BY_INVT_NO.values())))
 READ_STATE = f"""
 WITH keyed AS (
     SELECT t.ebp, t.ono FROM unnest($4::text[], $5::text[]) AS t(ebp, ono)
@@ -217,9 +222,9 @@ SELECT
                         -- not a number of a declaration before the key was declared anew (appType 1): that one is
                         -- gone from customs (cancelled, refused), and the number names nothing live
                         AND NOT EXISTS (SELECT 1 FROM documents AS a
-                                         WHERE a.ebp_code = v.ebp_code AND a.order_no = v.order_no
+                                         WHERE a.message_type IN ({_NUMBERED_TYPES}) AND a.app_type = '1'
                                            AND a.message_type = v.message_type AND a.key1 = v.key1 AND a.key2 = v.key2
-                                           AND a.app_type = '1' AND a.id > v.id)) AS v,
+                                           AND a.id > v.id OFFSET 0)) AS v,
                     LATERAL (SELECT * FROM documents AS d
                               WHERE d.message_type = v.message_type AND d.key1 = v.key1 AND d.key2 = v.key2
                                 AND d.is_current OFFSET 0) AS d

@@ -415,6 +415,27 @@ async def test_a_ceb214_for_an_unknown_return_is_not_applied_to_another_return_o
     assert row["customs_status"] == "120"
 
 
+async def test_a_return_naming_the_number_of_a_withdrawn_inventory_whose_key_was_declared_anew_for_another_order(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """Inventory COP-RR3 numbered by customs, withdrawn (appType 3), its key declared anew (appType 1) for another
+    order RR3B, not numbered yet: the number names nothing live, and a return or cancellation naming it is refused,
+    not tied to the new declaration (and so to shipment RR3B)."""
+    no = "64012025E000000073"
+    for leg in ex.legs("RR3"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RR3", no)
+    gone = ex.export_message("CEB603", ex.inventory_head("RR3", guid="EINV-RR3-3", appType="3",
+                                                         appTime=_later(ex.T0, 1)))  # fmt: skip
+    assert (await ingest(store, gone)).http_status == 202
+    for leg in ex.legs("RR3B")[:3]:
+        await ingest(store, leg)
+    anew = ex.export_message("CEB603", ex.inventory_head("RR3B", guid="EINV-RR3-4", copNo="COP-RR3",
+                                                         appTime=_later(ex.T0, 2)))  # fmt: skip
+    assert (await ingest(store, anew)).http_status == 202
+    assert await _refused_codes(store, _return(no, "RR3", appTime=_later(ex.T0, 3))) == ["state.no_inventory"]
+    assert await _refused_codes(store, _cancel(no, appTime=_later(ex.T0, 3))) == ["state.no_inventory"]
+    assert await db_pool.fetchval("SELECT count(*) FROM documents WHERE message_type IN ('CEB213', 'CEB605')") == 0
 
 
 
