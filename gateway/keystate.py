@@ -537,6 +537,10 @@ def decide(
             if t == "3":
                 new.outcome = "withdrawn"
                 new.row.withdrawn = True
+                if cur is not None and referenced_invt_no(new.row) is not None:
+                    # a return or export cancellation carries no orderNo: its withdrawal stays on the shipment the
+                    # version it withdraws belongs to (_numbered), and the shipment shows it withdrawn
+                    new.row.ebp_code, new.row.order_no = cur.ebp_code, cur.order_no
             else:
                 if cur is not None and not cur.withdrawn:
                     new.outcome = "replaced"

@@ -438,6 +438,28 @@ async def test_a_return_naming_the_number_of_a_withdrawn_inventory_whose_key_was
     assert await db_pool.fetchval("SELECT count(*) FROM documents WHERE message_type IN ('CEB213', 'CEB605')") == 0
 
 
+async def test_a_withdrawn_return_stays_listed_on_its_shipment(store: Store, db_pool: asyncpg.Pool) -> None:
+    """A withdrawal (appType 3) of a return is the return's current version: it keeps the inventory's ebpCode and
+    orderNo, so the shipment lists it and shows that the return was withdrawn; so does an export cancellation's."""
+    no = "64012025E000000075"
+    for leg in ex.legs("RR5"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RR5", no)
+    await ingest(store, _return(no, "RR5"))
+    gone = await ingest(store, _return(no, "RR5", appType="3", guid="ERET-RR5-W", appTime=_later(ex.T0, 1)))
+    assert gone.body["documents"][0]["outcome"] == "withdrawn"
+    rows = await db_pool.fetch("SELECT ebp_code, order_no FROM documents WHERE message_type = 'CEB213'")
+    assert {tuple(r) for r in rows} == {(ex.EBP, "RR5")}
+    view = await store.get_shipment(ex.EBP, "RR5")
+    assert view is not None
+    refunds = [(d.get("is_current"), d.get("withdrawn")) for d in view["documents"] if d["kind"] == "refund"]
+    assert (True, True) in refunds, refunds
+    # so does an export cancellation's
+    await ingest(store, _cancel(no, appTime=_later(ex.T0, 2)))
+    gone = await ingest(store, _cancel(no, appType="3", guid="ECAN-RR5-W", appTime=_later(ex.T0, 3)))
+    assert gone.body["documents"][0]["outcome"] == "withdrawn", gone.body
+    rows = await db_pool.fetch("SELECT ebp_code, order_no FROM documents WHERE message_type = 'CEB605'")
+    assert {tuple(r) for r in rows} == {(ex.EBP, "RR5")}
 
 
 async def test_a_return_tally_is_the_sites_own_and_listed_on_the_shipment_whose_parcel_it_tallies(
