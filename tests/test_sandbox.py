@@ -476,6 +476,34 @@ async def test_export_returns_and_their_tallies_are_answered_by_the_export_syste
     assert (back["invtNo"], back["agentCode"], len(back["preNo"])) == (released["invtNo"], "4601980H12", 18)
 
 
+async def test_the_sandbox_does_not_release_a_withdrawn_return(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    """A withdrawal (appType 3) of a retail export return lets no goods back in: its CEB214 is 2 → 120 (taken into
+    customs; the 214 has no 399, spec §5.2), never 800 (released back in), which only the return itself gets."""
+    data = Path(__file__).parent / "data" / "samples"
+    for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+        await post_dxp(client, sandbox.url, (data / f"{code}-9610.xml").read_bytes(), receiver=dxp.EXPORT_RECEIVER)
+    await sandbox.wait_idle()
+    [released] = receipts(http_recorder, lambda r: r["type"] == "CEB604" and r["returnStatus"] == "800")
+    refund = etree.fromstring((data / "CEB213-9610.xml").read_bytes())
+    refund.find(f".//{C}invtNo").text = released["invtNo"]
+    await post_dxp(client, sandbox.url, etree.tostring(refund), receiver=dxp.EXPORT_RECEIVER)
+    await sandbox.wait_idle()
+    gone = copy.deepcopy(refund)
+    gone.set("guid", str(uuid.uuid4()).upper())
+    head = gone.find(f".//{C}InvtRefundHead")
+    head.find(f"{C}guid").text = str(uuid.uuid4()).upper()
+    head.find(f"{C}appType").text = "3"
+    t = head.find(f"{C}appTime")
+    t.text = str(int(t.text) + 100)
+    status, ack, _ = await post_dxp(client, sandbox.url, etree.tostring(gone), receiver=dxp.EXPORT_RECEIVER)
+    assert (status, ack["code"]) == (200, "0000"), ack
+    await sandbox.wait_idle()
+    got = [r["returnStatus"] for r in receipts(http_recorder, lambda r: r["type"] == "CEB214")]
+    assert got == ["2", "120", "800", "2", "120"]  # the return itself, then its withdrawal
+
+
 async def test_export_transport_messages_are_answered_by_the_export_system(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
 ) -> None:

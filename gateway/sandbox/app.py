@@ -798,7 +798,8 @@ class Sandbox:
     def _export_return(self, doc: Document, scenario: str | None) -> list[Step]:
         """A retail export return (CEB213): the export inventory its invtNo names must be one this export system
         released to the return's agent (and not cancelled since), else 100; then 2 → 120 → 800 (the CEB214's
-        statuses, spec §5.2: no 399): customs lets the goods back in. The site's tally (CEB215) is answered as a
+        statuses, spec §5.2: no 399): customs lets the goods back in; its withdrawal (appType 3) 2 → 120 only,
+        no goods come back with it. The site's tally (CEB215) is answered as a
         transport message is, 2 → 399 (CEB216's statuses), matched to no return: customs does that, not the site."""
         steps = self._other(doc, scenario)
         if [s.status for s in steps] != ["2", "120"]:  # temp-saved or refused: as any
@@ -809,6 +810,8 @@ class Sandbox:
                    for r in self.export_inventories.values()):  # fmt: skip
             return self._rejected("CEB214", steps[0].values, steps[0].key,
                                   f"出口清单{invt_no}不存在或非本企业申报 (sandbox)")  # fmt: skip
+        if (h.get("appType") or "1").strip() == "3":  # a withdrawal lets nothing back in: taken, not released
+            return steps
         accepted = steps[1]
         return [*steps, self._step(accepted.code, "800", accepted.values, accepted.key)]
 
