@@ -78,7 +78,8 @@ CODES: dict[str, str] = {
     "(spec A.32): 1261 returns a special-zone (1210) inventory, 9661 any other",
     "state.inventory_cancelled": "a retail export return (CEB213) names an export inventory whose cancellation "
     "(CEB605) customs concluded: its goods never left, there is nothing to return",
-    "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9)",
+    "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9); for a "
+    "retail export return, with what the inventory's other live returns take back of that item (A.32)",
     "state.flow_conflict": (
         "an import document for a shipment (ebpCode, orderNo) that has live export legs, or an export document for one "
         "with live import legs: an orderNo is unique within a platform (spec §6.2), and an import and an export "
@@ -462,11 +463,13 @@ def decide(
     current: dict[tuple[str, str, str], Row],
     scope: frozenset[str] | None = None,
     numbered: Mapping[tuple[str, str], Sequence[Row]] | None = None,
+    returns: Mapping[tuple[str, str], Sequence[Row]] | None = None,
 ) -> list[Issue]:
     """Apply the appType rules to each document against the current row of its key.
 
     ``numbered``: per (type, invtNo) the current rows of the keys customs gave that invtNo (State.numbered), where
-    a new document names the one it refers to by invtNo (referenced_invt_no).
+    a new document names the one it refers to by invtNo (referenced_invt_no). ``returns``: per shipment (ebpCode,
+    orderNo) of such an export inventory, its live retail export returns (State.returns): what a new return adds to.
 
     ``scope``: the enterprise codes of the submitting API key (None: an operator's or admin's, which may touch
     every key). A stored document's key belongs to its parties: a key holding none of them may not change,
@@ -474,6 +477,7 @@ def decide(
     """
     issues: list[Issue] = []
     seen: dict[tuple[str, str, str], New] = {}
+    taken: dict[tuple[str, str], list[Row]] = {k: list(v) for k, v in (returns or {}).items()}
     for new in news:
         new.outcome, new.replaces, new.code, new.message, new.after = "accepted", None, None, None, None
         new.row.withdrawn = False
@@ -547,7 +551,7 @@ def decide(
                 if (ref := referenced_key(new.row)) is not None:
                     issues += _referenced(new, current.get(ref), scope) or _same_order(new, current[ref])
                 elif (named := referenced_invt_no(new.row)) is not None:
-                    issues += _numbered(new, named[1], (numbered or {}).get(named, ()), scope)
+                    issues += _numbered(new, named[1], (numbered or {}).get(named, ()), scope, taken)
     return issues
 
 
@@ -630,11 +634,18 @@ def _same_order(new: New, stored: Row) -> list[Issue]:
                   f"ebpCode {mine!r} is not {theirs!r}, the ebpCode of {named} it names")]  # fmt: skip
 
 
-def _numbered(new: New, invt_no: str, found: Sequence[Row], scope: frozenset[str] | None) -> list[Issue]:
+def _numbered(
+    new: New,
+    invt_no: str,
+    found: Sequence[Row],
+    scope: frozenset[str] | None,
+    returns: dict[tuple[str, str], list[Row]] | None = None,
+) -> list[Issue]:
     """An export cancellation names its inventory by the invtNo customs gave it (``found``: the current rows of the
     keys customs gave that number), and the enterprises it names (agentCode, ebcCode) are that inventory's; then as
     for an import one (_referenced). Found, the cancellation is forwarded after it (New.after) and belongs to its
-    shipment (its ebpCode and orderNo, which the cancellation does not carry)."""
+    shipment (its ebpCode and orderNo, which the cancellation does not carry). ``returns``: as for decide, with the
+    returns taken before in the message; a return taken is added."""
     agent, ebc = new.row.key1, new.row.ebc_code or ""
     theirs = [r for r in found if r.key1 == agent and (r.ebc_code or "") == ebc]
     named = f"the export inventory with invtNo={invt_no!r}, agentCode={agent!r}, ebcCode={ebc!r}"
@@ -644,7 +655,10 @@ def _numbered(new: New, invt_no: str, found: Sequence[Row], scope: frozenset[str
         stored = None
     issues = _referenced(new, stored, scope, named)
     if not issues and stored is not None and new.row.kind == Kind.REFUND:
-        issues = _returned(new, stored, named)
+        others = returns.setdefault(stored.shipment_key, []) if returns is not None else []
+        issues = _returned(new, stored, named, invt_no, others)
+        if not issues:
+            others.append(new.row)
     if not issues and stored is not None:
         new.after = stored
         new.row.ebp_code, new.row.order_no = stored.ebp_code, stored.order_no
@@ -655,10 +669,12 @@ def _numbered(new: New, invt_no: str, found: Sequence[Row], scope: frozenset[str
 _RETURN_MODE = {"1210": "1261"}
 
 
-def _returned(new: New, stored: Row, named: str) -> list[Issue]:
+def _returned(new: New, stored: Row, named: str, invt_no: str = "", others: Sequence[Row] = ()) -> list[Issue]:
     """A retail export return (CEB213) of a stored export inventory: of goods that left (not one void at customs: its
     cancellation concluded, or its first declaration rejected), declared on the inventory's platform (ebpCode: an
-    invtNo names one platform's order) and under the return mode of the inventory's trade mode."""
+    invtNo names one platform's order) and under the return mode of the inventory's trade mode; and with the
+    inventory's ``others`` returns (live, of that invtNo, another key, not rejected by customs) no more of an item
+    than it declared (A.32: an inventory may come back in parts, never more than it was)."""
     if void(stored):
         # a rejected first declaration is no inventory at customs (its number named one only until the rejection)
         if stored.cancelled:
@@ -677,6 +693,30 @@ def _returned(new: New, stored: Row, named: str) -> list[Issue]:
         found.append(issue("state.return_trade_mode", new.doc.field_path("tradeMode"),
                            f"tradeMode {mode} does not return a {exported} export: {named} comes back as "
                            f"{expected}"))  # fmt: skip
+    return found or _returned_before(new, stored, invt_no, others)
+
+
+def _returned_before(new: New, stored: Row, invt_no: str, others: Sequence[Row]) -> list[Issue]:
+    """A.32 across returns: each line's qty with what the inventory's other returns take back of that item."""
+    before: dict[str, Decimal] = {}
+    for r in others:
+        if r.key == new.row.key or r.withdrawn or refused_first(r) or (text(r.head, "invtNo") or "") != invt_no:
+            continue
+        for line in r.lines:
+            if (qty := _decimal(line.get("qty"))) is not None:
+                gnum = recon.gnum_key(line.get("gnum"))
+                before[gnum] = before.get(gnum, Decimal(0)) + qty
+    if not before:
+        return []
+    items = {recon.gnum_key(line.get("gnum")): line for line in stored.lines}
+    found: list[Issue] = []
+    for i, line in enumerate(new.doc.lines):
+        gnum = recon.gnum_key(line.get("gnum"))
+        qty, limit, taken = _decimal(line.get("qty")), _decimal((items.get(gnum) or {}).get("qty")), before.get(gnum)
+        if qty is not None and limit is not None and taken is not None and qty + taken > limit:
+            found.append(issue("state.refund_exceeds_inventory", new.doc.line_path(i, "qty"),
+                               f"qty {qty} with the {taken} the inventory's other returns take back exceeds the "
+                               f"{limit} of its item {(line.get('gnum') or '').strip()}"))  # fmt: skip
     return found
 
 
@@ -1015,6 +1055,8 @@ class State:
     blocked: BlockedBook = field(default_factory=dict)  # of the buyers in ``ledger``
     #: (type, invtNo) -> the current rows of the keys customs gave that invtNo (Refs.invt_nos)
     numbered: dict[tuple[str, str], list[Row]] = field(default_factory=dict)
+    #: (ebpCode, orderNo) of an export inventory in ``numbered`` -> its live retail export returns (CEB213)
+    returns: dict[tuple[str, str], list[Row]] = field(default_factory=dict)
     _live: Live | None = field(default=None, repr=False)
 
     def live(self) -> Live:
@@ -1043,7 +1085,7 @@ def judge(
     payment or waybill named another order, a waybill belongs to an inventory of another orderNo, a
     stored inventory must be reassessed against a buyer's ledger not read.
     """
-    issues = decide(news, state.current, scope, state.numbered)
+    issues = decide(news, state.current, scope, state.numbered, state.returns)
     if issues:
         raise Conflict(issues)
     # what a document names by invtNo must not change meanwhile, as a CEB623's inventory (locked up front by its key)

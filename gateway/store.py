@@ -153,6 +153,17 @@ SELECT d.id,
  WHERE d.id = ANY ($1::bigint[])
 """
 
+#: The live retail export returns (CEB213, stored with their inventory's ebpCode and orderNo) of the shipments ($1
+#: ebpCode, $2 orderNo) of the export inventories a wave names by invtNo (keystate.State.returns): what a new return
+#: adds to (A.32). Read only when a read holds such an inventory: no import message pays for it.
+RETURNS_OF = f"""
+SELECT coalesce(json_agg(x), '[]')
+  FROM (SELECT {_READ_COLUMNS}
+          FROM unnest($1::text[], $2::text[]) AS s(ebp, ono),
+               LATERAL (SELECT * FROM documents AS d WHERE d.ebp_code = s.ebp AND d.order_no = s.ono OFFSET 0) AS d
+         WHERE d.message_type = 'CEB213' AND d.is_current AND NOT d.withdrawn) AS x
+"""
+
 #: The export types whose flags EXPORT_FLAGS reads.
 _EXPORT_FLAGGED = frozenset({"CEB603", "CEB605"})
 
@@ -1069,9 +1080,16 @@ class Store:
             flags = {f["id"]: f for f in await conn.fetch(EXPORT_FLAGS, sorted({r.id for r in export}))}
             for r in export:
                 r.cancelled, r.spent = flags[r.id]["cancelled"], flags[r.id]["spent"]
+        returns: dict[tuple[str, str], list[Row]] = {}
+        shipments = sorted({r.shipment_key for found in by_number.values() for r in found if r.kind == Kind.INVENTORY})
+        if shipments:  # an export cancellation or return: no import message pays for this statement either
+            found = await conn.fetchval(RETURNS_OF, [k[0] for k in shipments], [k[1] for k in shipments])
+            for r in db.json_value(found):
+                doc = Row.from_json(r)
+                returns.setdefault(doc.shipment_key, []).append(doc)
         stored = {m["guid"]: m for m in row["stored"]}
         book, blocked = _ledger_book(buyers, row["ledger"])
-        return stored, State(current, rows, book, blocked, by_number), receipted, list(row["ids"])
+        return stored, State(current, rows, book, blocked, by_number, returns), receipted, list(row["ids"])
 
     @staticmethod
     async def _write(

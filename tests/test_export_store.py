@@ -462,6 +462,33 @@ async def test_a_withdrawn_return_stays_listed_on_its_shipment(store: Store, db_
     assert {tuple(r) for r in rows} == {(ex.EBP, "RR5")}
 
 
+async def test_returns_of_one_inventory_together_return_no_more_than_it_declared(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """A.32 qty: no more than the declared quantity, across the inventory's returns (it may come back in parts).
+    Item 1 declares 2: one return takes 1 back, a second (another coElNo) may take 1 more, not 2; a return withdrawn
+    takes nothing back."""
+    no = "64012025E000000072"
+    for leg in ex.legs("RR2"):
+        await ingest(store, leg)
+    await _declared(db_pool, "RR2", no)
+    assert (await ingest(store, _return(no, "RR2", lines=ex.refund_lines("1")))).http_status == 202
+    second = _return(no, "RR2", lines=ex.refund_lines("2"), coElNo="RET-2", guid="ERET-2", appTime=_later(ex.T0, 1))
+    assert await _refused_codes(store, second) == ["state.refund_exceeds_inventory"]
+    # a change of the first is judged without its own earlier version
+    change = _return(no, "RR2", lines=ex.refund_lines("2"), appType="2", guid="ERET-1B", appTime=_later(ex.T0, 1))
+    assert (await ingest(store, change)).body["documents"][0]["outcome"] == "replaced"
+    gone = _return(no, "RR2", appType="3", guid="ERET-1C", appTime=_later(ex.T0, 2))
+    assert (await ingest(store, gone)).body["documents"][0]["outcome"] == "withdrawn"
+    assert (await ingest(store, second)).http_status == 202
+    # two returns of one message add up too
+    gone = _return(no, "RR2", appType="3", coElNo="RET-2", guid="ERET-2B", appTime=_later(ex.T0, 2))
+    assert (await ingest(store, gone)).body["documents"][0]["outcome"] == "withdrawn"
+    both = ex.export_message("CEB213", *(ex.refund_head(no, "RR2", coElNo=c, guid=f"ERET-{c}") for c in ("R3", "R4")),
+                             lines=ex.refund_lines("2"))  # fmt: skip
+    assert await _refused_codes(store, both) == ["state.refund_exceeds_inventory"]
+
+
 async def test_a_return_tally_is_the_sites_own_and_listed_on_the_shipment_whose_parcel_it_tallies(
     store: Store, db_pool: asyncpg.Pool
 ) -> None:
