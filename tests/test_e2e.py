@@ -553,17 +553,7 @@ async def test_an_export_parcels_transport_is_forwarded_and_concluded_after_its_
     from tests.apiutil import sign_as_agent
 
     async with running_stack(db_dsn) as stack:
-        s = samples.export_shipment(random.Random(44), mode="1210")
-        for xml in samples.render_export_shipment(s, signer=sign_as_agent).values():
-            assert (await stack.client.post_xml(xml)).status == 202
-        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
-
-        async def released() -> bool:
-            return (await stack.client.get(path)).body["customs_status"] == "released"
-
-        await wait_for(released, timeout=20, what="released")
-        inventory = next(d for d in (await stack.client.get(path)).body["documents"]
-                         if d["kind"] == "inventory" and d["is_current"])  # fmt: skip
+        s, path, inventory = await released_export(stack, 44, "1210")
         s.inventory_doc["invtNo"] = inventory["invt_no"]  # what customs gave it: the 清单总分单 names it
         transport = samples.export_transport([s], random.Random(44))
         assert transport["CEB607"]["documents"][0]["items"][0]["invtNo"] == inventory["invt_no"]
@@ -598,20 +588,9 @@ async def test_an_export_parcels_return_and_its_tally_are_forwarded_and_answered
     2 → 120 → 800 (CEB214) and 2 → 399 (CEB216), applied by their keys, and the export shipment lists both."""
     from gateway import samples
     from gateway.render import render
-    from tests.apiutil import sign_as_agent
 
     async with running_stack(db_dsn) as stack:
-        s = samples.export_shipment(random.Random(45), mode="9610")
-        for xml in samples.render_export_shipment(s, signer=sign_as_agent).values():
-            assert (await stack.client.post_xml(xml)).status == 202
-        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
-
-        async def released() -> bool:
-            return (await stack.client.get(path)).body["customs_status"] == "released"
-
-        await wait_for(released, timeout=20, what="released")
-        inventory = next(d for d in (await stack.client.get(path)).body["documents"]
-                         if d["kind"] == "inventory" and d["is_current"])  # fmt: skip
+        s, path, inventory = await released_export(stack, 45, "9610")
         rng = random.Random(45)
         refund = samples.export_return(rng, s.inventory_doc, inventory["invt_no"])
         tally = samples.return_tally(rng, refund)
@@ -637,6 +616,26 @@ async def test_an_export_parcels_return_and_its_tally_are_forwarded_and_answered
         assert shown["CEB213"]["invt_no"] is None and len(shown["CEB213"]["pre_no"]) == 18
 
 
+async def released_export(stack: Stack, seed: int, mode: str) -> tuple[Any, str, dict[str, Any]]:
+    """A sample export shipment submitted as XML and released by the sandbox: the sample, its API path and its
+    current inventory as the API shows it (with the invt_no customs gave it)."""
+    from gateway import samples
+    from tests.apiutil import sign_as_agent
+
+    s = samples.export_shipment(random.Random(seed), mode=mode)
+    for xml in samples.render_export_shipment(s, signer=sign_as_agent).values():
+        assert (await stack.client.post_xml(xml)).status == 202
+    path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+
+    async def released() -> bool:
+        return (await stack.client.get(path)).body["customs_status"] == "released"
+
+    await wait_for(released, timeout=20, what=f"{s.order_doc['orderNo']} released")
+    inventory = next(d for d in (await stack.client.get(path)).body["documents"]
+                     if d["kind"] == "inventory" and d["is_current"])  # fmt: skip
+    return s, path, inventory
+
+
 async def test_an_export_cancellation_concludes_at_the_sandbox_and_the_order_takes_a_new_inventory(
     db_dsn: str,
 ) -> None:
@@ -645,23 +644,11 @@ async def test_an_export_cancellation_concludes_at_the_sandbox_and_the_order_tak
     (customs' export system no longer holds the cancelled one: no duplicate)."""
     import copy
 
-    from gateway import samples
     from gateway.render import new_guid
-    from tests.apiutil import sign_as_agent
 
     async with running_stack(db_dsn) as stack:
-        s = samples.export_shipment(random.Random(43), mode="9610")
-        for xml in samples.render_export_shipment(s, signer=sign_as_agent).values():
-            assert (await stack.client.post_xml(xml)).status == 202
-        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
-
-        async def released(path: str = path) -> bool:
-            return (await stack.client.get(path)).body["customs_status"] == "released"
-
-        await wait_for(released, timeout=20, what="released")
-        inv = s.inventory_doc
-        invt_no = next(d for d in (await stack.client.get(path)).body["documents"]
-                       if d["kind"] == "inventory" and d["is_current"])["invt_no"]  # fmt: skip
+        s, _, inventory = await released_export(stack, 43, "9610")
+        inv, invt_no = s.inventory_doc, inventory["invt_no"]
         cancel = {"type": "CEB605", "baseTransfer": s.inventory["baseTransfer"],
                   "documents": [{"customsCode": inv["customsCode"], "copNo": f"CANCEL-{inv['copNo']}"[:30],
                                  "invtNo": invt_no, "reason": "买家取消订单", "agentCode": inv["agentCode"],
