@@ -247,29 +247,6 @@ async def test_an_export_inventory_whose_cancellation_customs_concluded_leaves_r
                                         appTime=_later(ex.T0, 4)))).http_status == 202  # fmt: skip
 
 
-async def test_an_export_cancellation_is_forwarded_after_its_inventory(db_pool: asyncpg.Pool) -> None:
-    """Its job carries its inventory's ordering key (the inventory's agentCode and copNo, not the cancellation's): a
-    change of the inventory still queued goes to customs first, as a CEB621 does before its CEB623."""
-    routes = (RouteSettings(message_types=("CEB603", "CEB605"), endpoints=("customs",)),)
-    router = Router.from_settings(ForwardingSettings(routes=routes, hold_types=()), {"customs": "customs"})
-    store = Store(db_pool, outbox=Outbox(db_pool, router))
-    for leg in ex.legs("XO1"):
-        await ingest(store, leg)
-    await _declared(db_pool, "XO1", "64012025E000000041")
-    await db_pool.execute("UPDATE jobs SET state = 'done'")
-    change = ex.export_message("CEB603", ex.inventory_head("XO1", guid="EINV-XO1-2", appType="2",
-                                                           appTime=_later(ex.T0, 1)))  # fmt: skip
-    await ingest(store, change)
-    cancel = await ingest(store, _cancel("64012025E000000041", appTime=_later(ex.T0, 2)))
-    jobs = {r["dedupe_key"]: r for r in await db_pool.fetch("SELECT * FROM jobs WHERE state = 'queued'")}
-    inventory_key = f"CEB603:{ex.AGENT}:COP-XO1"
-    assert jobs[f"customs:{change.guid}"]["ordering_keys"] == [inventory_key]
-    assert inventory_key in jobs[f"customs:{cancel.guid}"]["ordering_keys"]
-    async with db_pool.acquire() as conn:
-        claimed = await cbec_queue.claim(conn, worker_id="w", lease_s=30, limit=10)
-    assert [j.id for j in claimed] == [jobs[f"customs:{change.guid}"]["id"]]  # the cancellation waits
-
-
 # --- retail export returns (CEB213) and the site's tallies of them (CEB215), spec §4.4 step 5 ---------------------
 
 
@@ -356,23 +333,32 @@ async def test_an_export_return_is_held_to_its_inventorys_owners_and_declaration
     assert await _refused_codes(store, _return("64012025E000000056", "RT6")) == ["state.inventory_held"]
 
 
-async def test_an_export_return_is_forwarded_after_its_inventory(db_pool: asyncpg.Pool) -> None:
-    routes = (RouteSettings(message_types=("CEB603", "CEB213"), endpoints=("customs",)),)
+@pytest.mark.parametrize("code", ["CEB605", "CEB213"])
+async def test_a_cancellation_or_return_is_forwarded_after_its_inventory(db_pool: asyncpg.Pool, code: str) -> None:
+    """Its job carries its inventory's ordering key (the inventory's agentCode and copNo, not its own): a change of
+    the inventory still queued goes to customs first, as a CEB621 does before its CEB623."""
+    routes = (RouteSettings(message_types=("CEB603", code), endpoints=("customs",)),)
     router = Router.from_settings(ForwardingSettings(routes=routes, hold_types=()), {"customs": "customs"})
     store = Store(db_pool, outbox=Outbox(db_pool, router))
-    for leg in ex.legs("RT7"):
+    order_no, invt_no = f"FW{code[-3:]}", f"64012025E000000{code[-3:]}"
+    for leg in ex.legs(order_no):
         await ingest(store, leg)
-    await _declared(db_pool, "RT7", "64012025E000000057")
+    await _declared(db_pool, order_no, invt_no)
     await db_pool.execute("UPDATE jobs SET state = 'done'")
-    change = ex.export_message("CEB603", ex.inventory_head("RT7", guid="EINV-RT7-2", appType="2",
+    change = ex.export_message("CEB603", ex.inventory_head(order_no, guid=f"EINV-{order_no}-2", appType="2",
                                                            appTime=_later(ex.T0, 1)))  # fmt: skip
     await ingest(store, change)
-    refund = await ingest(store, _return("64012025E000000057", "RT7", appTime=_later(ex.T0, 2)))
+    follows = _cancel(invt_no, appTime=_later(ex.T0, 2)) if code == "CEB605" else \
+        _return(invt_no, order_no, appTime=_later(ex.T0, 2))  # fmt: skip
+    after = await ingest(store, follows)
+    assert after.http_status == 202, after.body
     jobs = {r["dedupe_key"]: r for r in await db_pool.fetch("SELECT * FROM jobs WHERE state = 'queued'")}
-    assert f"CEB603:{ex.AGENT}:COP-RT7" in jobs[f"customs:{refund.guid}"]["ordering_keys"]
+    inventory_key = f"CEB603:{ex.AGENT}:COP-{order_no}"
+    assert jobs[f"customs:{change.guid}"]["ordering_keys"] == [inventory_key]
+    assert inventory_key in jobs[f"customs:{after.guid}"]["ordering_keys"]
     async with db_pool.acquire() as conn:
         claimed = await cbec_queue.claim(conn, worker_id="w", lease_s=30, limit=10)
-    assert [j.id for j in claimed] == [jobs[f"customs:{change.guid}"]["id"]]  # the return waits
+    assert [j.id for j in claimed] == [jobs[f"customs:{change.guid}"]["id"]]  # the cancellation or return waits
 
 
 async def test_a_return_of_an_inventory_customs_rejected_is_refused(store: Store, db_pool: asyncpg.Pool) -> None:
