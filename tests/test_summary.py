@@ -49,6 +49,29 @@ async def declared(api: Client, seed: int, mode: str = "1210", statuses: tuple[s
     return inv, invt_no
 
 
+async def cancelled(api: Client, a: dict[str, Any], a_no: str) -> dict[str, str]:
+    """The inventory ``a`` (numbered ``a_no``) cancelled by its agent (CEB605, accepted): the cancellation's head."""
+    cancel = {"guid": new_guid(), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
+              "customsCode": a["customsCode"], "copNo": f"C{a['copNo']}"[:30], "invtNo": a_no, "reason": "买家取消订单",
+              "agentCode": a["agentCode"], "agentName": a["agentName"], "ebcCode": a["ebcCode"],
+              "ebcName": a["ebcName"]}  # fmt: skip
+    r = await post_export(api, {"type": "CEB605", "guid": new_guid(), "version": "1.0", "documents": [cancel],
+                                "baseTransfer": {"copCode": a["agentCode"], "copName": a["agentName"],
+                                                 "dxpMode": "DXP", "dxpId": "DXPENT0000000001"}})  # fmt: skip
+    assert r.status == 202, r.body
+    return cancel
+
+
+async def concluded(api: Client, cancel: dict[str, str], pre_no: str) -> None:
+    """Customs concludes the cancellation (CEB606 2, then 399): its inventory is void."""
+    for i, status in enumerate(("2", "399")):
+        r = await post_receipt(api, "CEB606", {
+            "guid": cancel["guid"], "agentCode": cancel["agentCode"], "copNo": cancel["copNo"], "preNo": pre_no,
+            "invtNo": cancel["invtNo"], "returnStatus": status, "returnTime": f"2026112017100{i}000",
+            "returnInfo": "ok"})  # fmt: skip
+        assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+
+
 def application(inventories: list[dict[str, Any]], invt_nos: list[str], seed: int = 1) -> dict[str, Any]:
     return samples.summary_application(random.Random(seed), inventories, invt_nos, now=NOW)
 
@@ -225,22 +248,10 @@ async def test_a_withdrawn_inventory_refuses_the_summary(api: Client) -> None:
 async def test_a_cancelled_inventory_refuses_the_summary(api: Client) -> None:
     """An inventory whose cancellation (CEB605) customs concluded (CEB606 399) is void: not to be summarised."""
     a, a_no = await declared(api, 24)
-    cancel = {"guid": new_guid(), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
-              "customsCode": a["customsCode"], "copNo": f"C{a['copNo']}"[:30], "invtNo": a_no, "reason": "买家取消订单",
-              "agentCode": a["agentCode"], "agentName": a["agentName"], "ebcCode": a["ebcCode"],
-              "ebcName": a["ebcName"]}  # fmt: skip
-    r = await post_export(api, {"type": "CEB605", "guid": new_guid(), "version": "1.0", "documents": [cancel],
-                                "baseTransfer": {"copCode": a["agentCode"], "copName": a["agentName"],
-                                                 "dxpMode": "DXP", "dxpId": "DXPENT0000000001"}})  # fmt: skip
-    assert r.status == 202, r.body
+    cancel = await cancelled(api, a, a_no)
     r = await post_export(api, application([a], [a_no]))
     assert r.status == 202, r.body  # not concluded yet: the inventory stands
-    for i, status in enumerate(("2", "399")):
-        r = await post_receipt(api, "CEB606", {
-            "guid": cancel["guid"], "agentCode": a["agentCode"], "copNo": cancel["copNo"],
-            "preNo": "B20261120000000924", "invtNo": a_no, "returnStatus": status,
-            "returnTime": f"2026112017100{i}000", "returnInfo": "ok"})  # fmt: skip
-        assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    await concluded(api, cancel, "B20261120000000924")
     r = await post_export(api, application([a], [a_no], seed=5))
     assert r.status == 409, r.body
     [issue] = r.body["error"]["issues"]
@@ -254,20 +265,8 @@ async def test_a_summary_is_withdrawn_whatever_became_of_its_inventories(api: Cl
     a, a_no = await declared(api, 72)
     p = application([a], [a_no], seed=72)
     assert (await post_export(api, p)).status == 202
-    cancel = {"guid": new_guid(), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
-              "customsCode": a["customsCode"], "copNo": f"C{a['copNo']}"[:30], "invtNo": a_no, "reason": "买家取消订单",
-              "agentCode": a["agentCode"], "agentName": a["agentName"], "ebcCode": a["ebcCode"],
-              "ebcName": a["ebcName"]}  # fmt: skip
-    r = await post_export(api, {"type": "CEB605", "guid": new_guid(), "version": "1.0", "documents": [cancel],
-                                "baseTransfer": {"copCode": a["agentCode"], "copName": a["agentName"],
-                                                 "dxpMode": "DXP", "dxpId": "DXPENT0000000001"}})  # fmt: skip
-    assert r.status == 202, r.body
-    for i, status in enumerate(("2", "399")):
-        r = await post_receipt(api, "CEB606", {
-            "guid": cancel["guid"], "agentCode": a["agentCode"], "copNo": cancel["copNo"],
-            "preNo": "B20261120000000972", "invtNo": a_no, "returnStatus": status,
-            "returnTime": f"2026112017100{i}000", "returnInfo": "ok"})  # fmt: skip
-        assert r.status == 200, r.body
+    cancel = await cancelled(api, a, a_no)
+    await concluded(api, cancel, "B20261120000000972")
     r = await post_export(api, version(p, "3", "20261120180000"))
     assert r.status == 202 and r.body["documents"][0]["outcome"] == "withdrawn", (r.status, r.body)
     assert "warnings" not in r.body
