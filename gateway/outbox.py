@@ -1142,13 +1142,7 @@ class Outbox:
             bills[key] = taxbills.apply(before, r)
             res.document_ids, res.message_id = [doc["id"]], doc["message_id"]
             res.outcome = (rc.Outcome.APPLIED if bills[key] != before else rc.Outcome.STALE).value
-        rows = [(new[r.index], results[r.index]) for r in todo]
-        await conn.execute(
-            SET_CUSTOMS_STATE_AND_OUTCOMES, [], [], [], [], [], [], [], [],  # no document's customs state moves
-            [i for i, _ in rows], [res.message_id for _, res in rows],
-            [res.document_ids[0] if res.document_ids else None for _, res in rows],
-            [res.outcome == rc.Outcome.APPLIED.value for _, res in rows], [res.outcome for _, res in rows], [],
-        )  # fmt: skip
+        await _record_outcomes(conn, todo, new, results)
 
     async def _apply_summary_results(
         self, conn: asyncpg.Connection, todo: list[rc.ReceiptRecord], new: Mapping[int, int],
@@ -1168,13 +1162,7 @@ class Outbox:
                 continue
             res.document_ids, res.message_id = [doc["id"]], doc["message_id"]
             res.outcome = rc.Outcome.APPLIED.value
-        rows = [(new[r.index], results[r.index]) for r in todo]
-        await conn.execute(
-            SET_CUSTOMS_STATE_AND_OUTCOMES, [], [], [], [], [], [], [], [],  # no document's customs state moves
-            [i for i, _ in rows], [res.message_id for _, res in rows],
-            [res.document_ids[0] if res.document_ids else None for _, res in rows],
-            [res.outcome == rc.Outcome.APPLIED.value for _, res in rows], [res.outcome for _, res in rows], [],
-        )  # fmt: skip
+        await _record_outcomes(conn, todo, new, results)
 
     async def _release_quota(self, conn: asyncpg.Connection, docs: Sequence[_Doc]) -> None:
         """The documents these receipts made give quota back (:attr:`_Doc.gives_back`): a voided inventory counts no
@@ -1459,3 +1447,17 @@ async def enqueue_all(conn: asyncpg.Connection, jobs: Iterable[JobSpec]) -> int:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+async def _record_outcomes(
+    conn: asyncpg.Connection, todo: list[rc.ReceiptRecord], new: Mapping[int, int], results: Mapping[int, ReceiptResult]
+) -> None:
+    """The outcome of each of these customs documents (a tax bill, a summary result), with the document it matched:
+    kept as their receipt rows; no document's customs state moves."""
+    rows = [(new[r.index], results[r.index]) for r in todo]
+    await conn.execute(
+        SET_CUSTOMS_STATE_AND_OUTCOMES, [], [], [], [], [], [], [], [],
+        [i for i, _ in rows], [res.message_id for _, res in rows],
+        [res.document_ids[0] if res.document_ids else None for _, res in rows],
+        [res.outcome == rc.Outcome.APPLIED.value for _, res in rows], [res.outcome for _, res in rows], [],
+    )  # fmt: skip
