@@ -434,6 +434,21 @@ async def test_export_declarations_are_answered_by_the_export_system(
     assert released["orderNo"] in xmls["CEB603"].decode()
 
 
+async def _released_with_its_return(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> tuple[dict[str, Any], etree._Element]:
+    """The 9610 export sample parcel released by the export system: its CEB604 800 receipt, and the sample return
+    (CEB213) naming the number customs gave the inventory."""
+    data = Path(__file__).parent / "data" / "samples"
+    for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+        await post_dxp(client, sandbox.url, (data / f"{code}-9610.xml").read_bytes(), receiver=dxp.EXPORT_RECEIVER)
+    await sandbox.wait_idle()
+    [released] = receipts(http_recorder, lambda r: r["type"] == "CEB604" and r["returnStatus"] == "800")
+    refund = etree.fromstring((data / "CEB213-9610.xml").read_bytes())
+    refund.find(f".//{C}invtNo").text = released["invtNo"]
+    return released, refund
+
+
 async def test_export_returns_and_their_tallies_are_answered_by_the_export_system(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
 ) -> None:
@@ -442,12 +457,7 @@ async def test_export_returns_and_their_tallies_are_answered_by_the_export_syste
     agent, 100; the site's tally (CEB215) its CEB216 2 → 399. Each receipt echoes the coElNo and codes, with a preNo
     of its own, and is schema- and rule-valid."""
     data = Path(__file__).parent / "data" / "samples"
-    for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
-        await post_dxp(client, sandbox.url, (data / f"{code}-9610.xml").read_bytes(), receiver=dxp.EXPORT_RECEIVER)
-    await sandbox.wait_idle()
-    [released] = receipts(http_recorder, lambda r: r["type"] == "CEB604" and r["returnStatus"] == "800")
-    refund = etree.fromstring((data / "CEB213-9610.xml").read_bytes())
-    refund.find(f".//{C}invtNo").text = released["invtNo"]  # the number customs gave the inventory
+    released, refund = await _released_with_its_return(sandbox, http_recorder, client)
     unknown = copy.deepcopy(refund)
     unknown.find(f".//{C}invtNo").text = released["invtNo"][:-1] + "9"
     unknown.find(f".//{C}coElNo").text = "TH-UNKNOWN"
@@ -481,13 +491,7 @@ async def test_the_sandbox_does_not_release_a_withdrawn_return(
 ) -> None:
     """A withdrawal (appType 3) of a retail export return lets no goods back in: its CEB214 is 2 → 120 (taken into
     customs; the 214 has no 399, spec §5.2), never 800 (released back in), which only the return itself gets."""
-    data = Path(__file__).parent / "data" / "samples"
-    for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
-        await post_dxp(client, sandbox.url, (data / f"{code}-9610.xml").read_bytes(), receiver=dxp.EXPORT_RECEIVER)
-    await sandbox.wait_idle()
-    [released] = receipts(http_recorder, lambda r: r["type"] == "CEB604" and r["returnStatus"] == "800")
-    refund = etree.fromstring((data / "CEB213-9610.xml").read_bytes())
-    refund.find(f".//{C}invtNo").text = released["invtNo"]
+    _, refund = await _released_with_its_return(sandbox, http_recorder, client)
     await post_dxp(client, sandbox.url, etree.tostring(refund), receiver=dxp.EXPORT_RECEIVER)
     await sandbox.wait_idle()
     gone = copy.deepcopy(refund)
