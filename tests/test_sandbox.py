@@ -107,6 +107,16 @@ def receipts(rec: Recorder, where: Callable[[dict[str, Any]], bool] = lambda r: 
     return [r for r in out if where(r)]
 
 
+def assert_from_the_export_system_and_valid(got: list[dict[str, Any]]) -> None:
+    """Receipts the sandbox sent as customs' export system (DXPEDCCEB0000003), each schema- and rule-valid."""
+    assert got and {r["env"].sender_id for r in got} == {dxp.EXPORT_RECEIVER}
+    schemas = SchemaSet()
+    for r in got:
+        mtype = lookup(r["type"])
+        assert mtype is not None and schemas.validate(r["root"], mtype) == [], r["type"]
+        assert rules.check(extract(r["root"], mtype), today=datetime.now().date()) == [], r["type"]
+
+
 def statuses(rec: Recorder, code: str) -> list[str]:
     return [r["returnStatus"] for r in receipts(rec, lambda r: r["type"] == code)]
 
@@ -424,11 +434,7 @@ async def test_export_declarations_are_answered_by_the_export_system(
         assert statuses(http_recorder, code) == ["2", "120"], code
     assert statuses(http_recorder, "CEB604") == ["2", "120", "399", "800"]
     got = receipts(http_recorder)
-    assert {r["env"].sender_id for r in got} == {dxp.EXPORT_RECEIVER}
-    schemas = SchemaSet()
-    for r in got:
-        mtype = lookup(r["type"])
-        assert mtype is not None and schemas.validate(r["root"], mtype) == [], r["type"]
+    assert_from_the_export_system_and_valid(got)
     [released] = receipts(http_recorder, lambda r: r["type"] == "CEB604" and r["returnStatus"] == "800")
     assert released["invtNo"][8] == "E" and len(released["preNo"]) == 18
     assert released["orderNo"] in xmls["CEB603"].decode()
@@ -470,12 +476,7 @@ async def test_export_returns_and_their_tallies_are_answered_by_the_export_syste
         assert (status, ack["code"]) == (200, "0000"), ack
     await sandbox.wait_idle()
     got = receipts(http_recorder, lambda r: r["type"] in ("CEB214", "CEB216"))
-    assert {r["env"].sender_id for r in got} == {dxp.EXPORT_RECEIVER}
-    schemas = SchemaSet()
-    for r in got:
-        mtype = lookup(r["type"])
-        assert mtype is not None and schemas.validate(r["root"], mtype) == [], r["type"]
-        assert rules.check(extract(r["root"], mtype), today=datetime.now().date()) == [], r["type"]
+    assert_from_the_export_system_and_valid(got)
     by_cop: dict[tuple[str, str], list[str]] = {}
     for r in got:
         by_cop.setdefault((r["type"], r["coElNo"]), []).append(r["returnStatus"])
@@ -530,12 +531,7 @@ async def test_export_transport_messages_are_answered_by_the_export_system(
         assert (status, ack["code"]) == (200, "0000"), ack
     await sandbox.wait_idle()
     got = receipts(http_recorder)
-    assert {r["env"].sender_id for r in got} == {dxp.EXPORT_RECEIVER}
-    schemas = SchemaSet()
-    for r in got:
-        mtype = lookup(r["type"])
-        assert mtype is not None and schemas.validate(r["root"], mtype) == [], r["type"]
-        assert rules.check(extract(r["root"], mtype), today=datetime.now().date()) == [], r["type"]
+    assert_from_the_export_system_and_valid(got)
     by_cop: dict[str, list[str]] = {}
     for r in got:
         by_cop.setdefault(r["copNo"], []).append(r["returnStatus"])
