@@ -566,11 +566,8 @@ async def test_an_export_parcels_transport_is_forwarded_and_concluded_after_its_
                                         " 'manifest') AND customs_status = '399'") == 3  # fmt: skip
 
         await wait_for(concluded, timeout=20, what="the transport messages concluded")
-        rows = await stack.fetch("SELECT message_type, array_agg(return_status ORDER BY id) AS statuses,"
-                                 " bool_and(outcome = 'applied') AS applied FROM receipts"
-                                 " WHERE message_type IN ('CEB508', 'CEB510', 'CEB608') GROUP BY 1")  # fmt: skip
-        assert {r["message_type"]: (r["statuses"], r["applied"]) for r in rows} == {
-            code: (["2", "399"], True) for code in ("CEB508", "CEB510", "CEB608")}
+        assert await applied_receipts(stack, ("CEB508", "CEB510", "CEB608")) == {
+            code: ["2", "399"] for code in ("CEB508", "CEB510", "CEB608")}
         body = (await stack.client.get(path)).body
         assert body["customs_status"] == "released"
         shown = {d["message_type"]: d for d in body["documents"] if d["kind"] in ("arrival", "departure", "manifest")}
@@ -604,16 +601,22 @@ async def test_an_export_parcels_return_and_its_tally_are_forwarded_and_answered
                                         " customs_status = '399')") == 2  # fmt: skip
 
         await wait_for(answered, timeout=20, what="the return released and its tally concluded")
-        rows = await stack.fetch("SELECT message_type, array_agg(return_status ORDER BY id) AS statuses,"
-                                 " bool_and(outcome = 'applied') AS applied FROM receipts"
-                                 " WHERE message_type IN ('CEB214', 'CEB216') GROUP BY 1")  # fmt: skip
-        assert {r["message_type"]: (r["statuses"], r["applied"]) for r in rows} == {
-            "CEB214": (["2", "120", "800"], True), "CEB216": (["2", "399"], True)}
+        assert await applied_receipts(stack, ("CEB214", "CEB216")) == {
+            "CEB214": ["2", "120", "800"], "CEB216": ["2", "399"]}
         shown = {d["message_type"]: d for d in (await stack.client.get(path)).body["documents"]
                  if d["kind"] in ("refund", "refund_tally")}  # fmt: skip
         assert set(shown) == {"CEB213", "CEB215"}
         # its own preNo; the CEB214's invtNo is the inventory's, shared by all its returns: not the return's number
         assert shown["CEB213"]["invt_no"] is None and len(shown["CEB213"]["pre_no"]) == 18
+
+
+async def applied_receipts(stack: Stack, codes: tuple[str, ...]) -> dict[str, list[str]]:
+    """The return statuses of the receipts of these types, in arrival order, by type; only if every one applied."""
+    rows = await stack.fetch("SELECT message_type, array_agg(return_status ORDER BY id) AS statuses,"
+                             " bool_and(outcome = 'applied') AS applied FROM receipts"
+                             " WHERE message_type = ANY ($1::text[]) GROUP BY 1", list(codes))  # fmt: skip
+    assert all(r["applied"] for r in rows), [dict(r) for r in rows]
+    return {r["message_type"]: r["statuses"] for r in rows}
 
 
 async def released_export(stack: Stack, seed: int, mode: str) -> tuple[Any, str, dict[str, Any]]:
