@@ -78,6 +78,9 @@ CODES: dict[str, str] = {
     "(spec A.32): 1261 returns a special-zone (1210) inventory, 9661 any other",
     "state.inventory_cancelled": "a retail export return (CEB213) names an export inventory whose cancellation "
     "(CEB605) customs concluded: its goods never left, there is nothing to return",
+    "state.inventory_not_released": "a retail export return (CEB213) names an export inventory customs has not "
+    "released yet (no CEB604 800 for it: still being declared, examined or inspected): its goods have not left, there "
+    "is nothing to return yet (spec R12, §6.5: a return follows the release); send the return after the release",
     "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9); for a "
     "retail export return, with what the inventory's other live returns take back of that item (A.32)",
     "state.flow_conflict": (
@@ -187,6 +190,9 @@ class Row:
     held: bool = False  # an inventory the gateway holds until its shipment may be declared (spec §6.7)
     cancelled: bool = False  # an inventory whose cancellation (CEB623, 605) customs concluded, not declared anew since
     spent: bool = False  # a cancellation customs concluded whose inventory was declared anew since (see _declared_anew)
+    #: an export inventory named by invtNo: customs released it (a version of this declaration receipted 800 or above,
+    #: CEB604); read only for those (gateway.store.EXPORT_FLAGS), False for any other row
+    released: bool = False
     #: an inventory's: the lines (gnum, qty) of the return (CEB625) customs concluded for it, whose value its buyer's
     #: annual quota counts no more (see carry_return)
     returned: Sequence[Mapping[str, str]] = ()
@@ -200,7 +206,7 @@ class Row:
             doc_index=r["doc_index"], path=r["path"], head=r["head"], lines=r["lines"], parties=r["parties"],
             withdrawn=r["withdrawn"], message_guid=r.get("message_guid"), rejected=bool(r.get("rejected")),
             failed=bool(r.get("failed")), held=bool(r.get("held")), cancelled=bool(r.get("cancelled")),
-            spent=bool(r.get("spent")), returned=r.get("returned") or (),
+            spent=bool(r.get("spent")), returned=r.get("returned") or (), released=bool(r.get("released")),
         )  # fmt: skip
 
     @property
@@ -671,10 +677,10 @@ _RETURN_MODE = {"1210": "1261"}
 
 def _returned(new: New, stored: Row, named: str, invt_no: str = "", others: Sequence[Row] = ()) -> list[Issue]:
     """A retail export return (CEB213) of a stored export inventory: of goods that left (not one void at customs: its
-    cancellation concluded, or its first declaration rejected), declared on the inventory's platform (ebpCode: an
-    invtNo names one platform's order) and under the return mode of the inventory's trade mode; and with the
-    inventory's ``others`` returns (live, of that invtNo, another key, not rejected by customs) no more of an item
-    than it declared (A.32: an inventory may come back in parts, never more than it was)."""
+    cancellation concluded, or its first declaration rejected; and one customs released, CEB604 800), declared on the
+    inventory's platform (ebpCode: an invtNo names one platform's order) and under the return mode of the inventory's
+    trade mode; and with the inventory's ``others`` returns (live, of that invtNo, another key, not rejected by
+    customs) no more of an item than it declared (A.32: an inventory may come back in parts, never more than it was)."""
     if void(stored):
         # a rejected first declaration is no inventory at customs (its number named one only until the rejection)
         if stored.cancelled:
@@ -682,6 +688,12 @@ def _returned(new: New, stored: Row, named: str, invt_no: str = "", others: Sequ
                           f"{named} was cancelled (CEB605 concluded by customs): its goods never left")]  # fmt: skip
         return [issue("state.no_inventory", new.doc.field_path("invtNo"),
                       f"customs rejected the declaration of {named}: there is no inventory to return")]  # fmt: skip
+    if not stored.released:
+        # numbered by a CEB604 (2, 120, 399, 500 ...) but not released: the goods are still here. Refused rather than
+        # held until the 800: customs refuses it the same (R12), and one never released would be held for good
+        return [issue("state.inventory_not_released", new.doc.field_path("invtNo"),
+                      f"customs has not released {named} (no CEB604 800 yet): its goods have not left; send the "
+                      "return after its release")]  # fmt: skip
     found: list[Issue] = []
     mine, theirs = new.row.ebp_code or "", stored.ebp_code or ""
     if mine != theirs:

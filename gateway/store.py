@@ -84,7 +84,7 @@ from gateway.outbox import (
     waybill_type_of,
 )
 from gateway.receipts import CODES as _RECEIPT_CODES
-from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING
+from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING, RANK_RELEASED
 
 if TYPE_CHECKING:
     from gateway.forward import JobSpec
@@ -134,8 +134,20 @@ _READ_COLUMNS = (
 #: a read holds one: an export cancellation has its own key and is stored with its inventory's ebpCode and orderNo
 #: (keystate._numbered), matched by the inventory's agentCode (its key1) and ebcCode (an order has one inventory).
 #: Kept out of READ_STATE's columns: there, these two subqueries doubled PostgreSQL's CPU per imported message.
+#: And of the inventories named by invtNo ($2 document ids, a subset of $1) whether customs released them
+#: (keystate.Row.released): a version of the declaration — since its key was last declared (appType 1) — receipted
+#: 800 or above (CEB604; a change sent after the release is the current version, the release still stands).
 EXPORT_FLAGS = f"""
 SELECT d.id,
+       CASE WHEN d.message_type = 'CEB603' AND d.id = ANY ($2::bigint[]) THEN EXISTS (
+            SELECT 1 FROM documents AS v
+             WHERE v.ebp_code = d.ebp_code AND v.order_no = d.order_no AND v.message_type = d.message_type
+               AND v.key1 = d.key1 AND v.key2 = d.key2 AND v.id <= d.id AND v.forward_state = 'receipted'
+               AND v.customs_rank >= {RANK_RELEASED}
+               AND NOT EXISTS (SELECT 1 FROM documents AS n
+                                WHERE n.ebp_code = d.ebp_code AND n.order_no = d.order_no
+                                  AND n.message_type = d.message_type AND n.key1 = d.key1 AND n.key2 = d.key2
+                                  AND n.app_type = '1' AND n.id > v.id AND n.id <= d.id)) ELSE false END AS released,
        CASE WHEN d.message_type = 'CEB603' THEN EXISTS (
             SELECT 1 FROM documents AS c
              WHERE c.ebp_code = d.ebp_code AND c.order_no = d.order_no AND c.message_type = 'CEB605'
@@ -1077,9 +1089,11 @@ class Store:
         read = [*current.values(), *rows.values(), *(r for found in by_number.values() for r in found)]
         export = [r for r in read if r.message_type in _EXPORT_FLAGGED]
         if export:  # no import message pays for this statement
-            flags = {f["id"]: f for f in await conn.fetch(EXPORT_FLAGS, sorted({r.id for r in export}))}
+            by_invt_no = sorted({r.id for found in by_number.values() for r in found if r.message_type == "CEB603"})
+            flags = {f["id"]: f for f in await conn.fetch(EXPORT_FLAGS, sorted({r.id for r in export}), by_invt_no)}
             for r in export:
                 r.cancelled, r.spent = flags[r.id]["cancelled"], flags[r.id]["spent"]
+                r.released = flags[r.id]["released"]
         returns: dict[tuple[str, str], list[Row]] = {}
         shipments = sorted({r.shipment_key for found in by_number.values() for r in found if r.kind == Kind.INVENTORY})
         if shipments:  # an export cancellation or return: no import message pays for this statement either

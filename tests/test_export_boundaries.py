@@ -425,8 +425,9 @@ async def test_a_receipt_answers_the_part_of_a_split_transport_message_it_names(
 @pytest.mark.db
 async def test_a_retail_export_return_and_its_tally_through_the_api(db_pool: Any) -> None:
     """A parcel's return (CEB213, JSON) is refused with a precise error where it cannot be right — an import
-    inventory's number (422 at its invtNo), a number no stored export inventory has (409), another tenant's
-    inventory (403) — and taken by the inventory's agent once customs numbered the inventory; the site's tally
+    inventory's number (422 at its invtNo), a number no stored export inventory has (409), an inventory customs
+    numbered but has not released (409), another tenant's inventory (403) — and taken by the inventory's agent once
+    customs released the inventory (its CEB604 800 posted at /v1/receipts); the site's tally
     (CEB215, XML) by the site's key whether or not a return is held; the export shipment shows both."""
     s = export_ship(62)
     inv = s.inventory_doc
@@ -456,8 +457,15 @@ async def test_a_retail_export_return_and_its_tally_through_the_api(db_pool: Any
         imported["documents"][0]["invtNo"] = invt_no.replace("E", "I")
         assert issue(await post(imported)) == (422, "rule.invt_no_format", f"{head}/invtNo")
         assert issue(await post(refund)) == (409, "state.no_inventory", "/CEB213Message/InvtRefund[1]")
-        await db_pool.execute("UPDATE documents SET invt_no = $1 WHERE message_type = 'CEB603' AND order_no = $2",
-                              invt_no, s.order_doc["orderNo"])  # fmt: skip
+        for i, status in enumerate(("120", "800")):  # customs numbers the inventory, later releases it
+            reply = await post_receipt(client, "CEB604", {
+                "guid": inv["guid"], "agentCode": agent, "copNo": inv["copNo"], "preNo": "B20261120000000062",
+                "invtNo": invt_no, "ebcCode": inv["ebcCode"], "ebpCode": inv["ebpCode"], "orderNo": inv["orderNo"],
+                "statisticsFlag": inv["statisticsFlag"], "returnStatus": status,
+                "returnTime": f"2026112016000{i}000", "returnInfo": status})  # fmt: skip
+            assert [r["outcome"] for r in reply.body["receipts"]] == ["applied"], reply.body
+            if status == "120":  # numbered, not released: its goods have not left
+                assert issue(await post(refund)) == (409, "state.inventory_not_released", f"{head}/invtNo")
         assert issue(await post(refund, "other-key-777777777777"))[:2] == (403, "auth.not_your_document")
         taken = await post(refund)
         assert taken.status == 202, taken.body

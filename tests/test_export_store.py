@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from datetime import datetime, timedelta
 
 import asyncpg
 import cbec_queue
@@ -128,10 +129,37 @@ async def test_an_export_and_an_import_shipment_of_one_key_are_never_mixed(store
 
 
 async def _declared(pool: asyncpg.Pool, order_no: str, invt_no: str) -> None:
-    """The CEB604 800 as the outbox applies it to the order's export inventory: customs gave it ``invt_no``."""
-    await pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '800', customs_rank = $3,"
+    """A CEB604 2 as the outbox applies it to the order's export inventory: customs gave it ``invt_no`` (every CEB604
+    carries one), and has not released it."""
+    await pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '2', customs_rank = $3,"
                        " invt_no = $2 WHERE message_type = 'CEB603' AND order_no = $1", order_no, invt_no,
                        RANK_DECLARING)  # fmt: skip
+
+
+_CLOCK = itertools.count()  # seconds after noon: each receipt's returnTime later than the one before
+
+
+async def _answered(pool: asyncpg.Pool, order_no: str, invt_no: str, *statuses: str) -> list[str]:
+    """Customs' CEB604 receipts of the order's export inventory (its key as ex.inventory_head declares it: agentCode +
+    copNo; the receipt's guid E-Port's own), one message each, through the receipt path (Outbox.apply_receipts),
+    each numbering it ``invt_no``, later than the one before. Their outcomes."""
+    outbox, schemas, outcomes = Outbox(pool, None), SchemaSet(), []
+    for status in statuses:
+        xml = build_receipt("CEB604", {
+            "guid": str(uuid.uuid4()).upper(), "agentCode": ex.AGENT, "copNo": f"COP-{order_no}",
+            "preNo": "B20250301000000001", "invtNo": invt_no, "ebcCode": ex.EBC, "ebpCode": ex.EBP,
+            "orderNo": order_no, "statisticsFlag": "A", "returnStatus": status,
+            "returnTime": f"{datetime(2025, 3, 1, 12) + timedelta(seconds=next(_CLOCK)):%Y%m%d%H%M%S}000",
+            "returnInfo": status})  # fmt: skip
+        outcomes += [r.outcome for r in await outbox.apply_receipts(rc.read(xml, schemas), source="http",
+                                                                          submitter="t")]  # fmt: skip
+    return outcomes
+
+
+async def _released(pool: asyncpg.Pool, order_no: str, invt_no: str) -> None:
+    """Customs released the order's export inventory (CEB604 2 → 120 → 399 → 800, numbering it ``invt_no``), as the
+    receipts come: what a retail export return of it waits for."""
+    assert await _answered(pool, order_no, invt_no, "2", "120", "399", "800") == ["applied"] * 4
 
 
 async def _refused_codes(store: Store, msg: ParsedMessage, scope: frozenset[str] | None = None) -> list[str]:
@@ -263,7 +291,7 @@ async def test_an_export_return_names_a_stored_export_inventory_by_its_invt_no(
     for leg in ex.legs("RT1"):
         await ingest(store, leg)
     assert await _refused_codes(store, _return("64012025E000000051", "RT1")) == ["state.no_inventory"]  # unnumbered
-    await _declared(db_pool, "RT1", "64012025E000000051")
+    await _released(db_pool, "RT1", "64012025E000000051")
     other_seller = _return("64012025E000000051", "RT1", ebcCode="EBC0000009")
     assert await _refused_codes(store, other_seller) == ["state.no_inventory"]
     taken = await ingest(store, _return("64012025E000000051", "RT1"))
@@ -281,13 +309,41 @@ async def test_an_export_return_names_a_stored_export_inventory_by_its_invt_no(
     assert (await ingest(store, changed)).body["documents"][0]["outcome"] == "replaced"
 
 
+async def test_an_export_return_waits_for_its_inventorys_release(store: Store, db_pool: asyncpg.Pool) -> None:
+    """Goods leave with the release (CEB604 800): a return naming an inventory customs numbered but has not released
+    (2, 120, 399) is refused at its invtNo — nothing stored, nothing forwarded — and taken once the 800 came, as the
+    receipts come. A change of the inventory sent after the release is its current version, not released itself: the
+    release stands."""
+    no = "64012025E000000059"
+    for leg in ex.legs("RT9"):
+        await ingest(store, leg)
+    early = _return(no, "RT9")
+    for status in ("2", "120", "399"):
+        assert await _answered(db_pool, "RT9", no, status) == ["applied"]
+        with pytest.raises(Conflict) as exc:
+            await store.ingest(early, b"<x/>", submitter="tester")
+        [refused] = exc.value.issues
+        assert (refused.code, refused.path) == ("state.inventory_not_released",
+                                                "/CEB213Message/InvtRefund[1]/InvtRefundHead/invtNo"), status
+        assert "after its release" in refused.message
+    assert await db_pool.fetchval("SELECT count(*) FROM documents WHERE message_type = 'CEB213'") == 0
+    assert await _answered(db_pool, "RT9", no, "800") == ["applied"]
+    assert (await ingest(store, early)).http_status == 202
+    # released, then changed: the current version has no receipt of its own
+    change = ex.export_message("CEB603", ex.inventory_head("RT9", guid="EINV-RT9-2", appType="2",
+                                                           appTime=_later(ex.T0, 1)))  # fmt: skip
+    assert (await ingest(store, change)).body["documents"][0]["outcome"] == "replaced"
+    second = _return(no, "RT9", lines=ex.refund_lines("1"), appType="2", guid="ERET-RT9-2", appTime=_later(ex.T0, 2))
+    assert (await ingest(store, second)).body["documents"][0]["outcome"] == "replaced"
+
+
 async def test_what_an_export_return_cannot_return(store: Store, db_pool: asyncpg.Pool) -> None:
     """Its lines are items of the inventory (by the inventory's gnum), each no more than declared; its platform is the
     inventory's; its tradeMode the return mode of the inventory's (1261 only for a 1210 one); and goods whose
     cancellation customs concluded never left. An invtNo an import inventory holds names no export inventory."""
     for leg in ex.legs("RT2"):
         await ingest(store, leg)
-    await _declared(db_pool, "RT2", "64012025E000000052")
+    await _released(db_pool, "RT2", "64012025E000000052")
     no = "64012025E000000052"
     assert await _refused_codes(store, _return(no, "RT2", lines=ex.refund_lines(gnum="2"))) == [
         "state.refund_not_in_inventory"]
@@ -301,7 +357,7 @@ async def test_what_an_export_return_cannot_return(store: Store, db_pool: asyncp
     assert (await ingest(store, ex.export_message("CEB213", modeless))).http_status == 202
     for leg in ex.legs("RT3", tradeMode="1210"):
         await ingest(store, leg)
-    await _declared(db_pool, "RT3", "64012025E000000053")
+    await _released(db_pool, "RT3", "64012025E000000053")
     assert await _refused_codes(store, _return("64012025E000000053", "RT3")) == ["state.return_trade_mode"]
     assert (await ingest(store, _return("64012025E000000053", "RT3", tradeMode="1261"))).http_status == 202
     # cancelled: nothing left the country
@@ -343,7 +399,7 @@ async def test_a_cancellation_or_return_is_forwarded_after_its_inventory(db_pool
     order_no, invt_no = f"FW{code[-3:]}", f"64012025E000000{code[-3:]}"
     for leg in ex.legs(order_no):
         await ingest(store, leg)
-    await _declared(db_pool, order_no, invt_no)
+    await _released(db_pool, order_no, invt_no)
     await db_pool.execute("UPDATE jobs SET state = 'done'")
     change = ex.export_message("CEB603", ex.inventory_head(order_no, guid=f"EINV-{order_no}-2", appType="2",
                                                            appTime=_later(ex.T0, 1)))  # fmt: skip
@@ -381,7 +437,7 @@ async def test_a_ceb214_for_an_unknown_return_is_not_applied_to_another_return_o
     no = "64012025E000000071"
     for leg in ex.legs("RR1"):
         await ingest(store, leg)
-    await _declared(db_pool, "RR1", no)
+    await _released(db_pool, "RR1", no)
     assert (await ingest(store, _return(no, "RR1", lines=ex.refund_lines("1")))).http_status == 202
     outbox = Outbox(db_pool, None)
     schemas = SchemaSet()
@@ -430,7 +486,7 @@ async def test_a_withdrawn_return_stays_listed_on_its_shipment(store: Store, db_
     no = "64012025E000000075"
     for leg in ex.legs("RR5"):
         await ingest(store, leg)
-    await _declared(db_pool, "RR5", no)
+    await _released(db_pool, "RR5", no)
     await ingest(store, _return(no, "RR5"))
     gone = await ingest(store, _return(no, "RR5", appType="3", guid="ERET-RR5-W", appTime=_later(ex.T0, 1)))
     assert gone.body["documents"][0]["outcome"] == "withdrawn"
@@ -457,7 +513,7 @@ async def test_returns_of_one_inventory_together_return_no_more_than_it_declared
     no = "64012025E000000072"
     for leg in ex.legs("RR2"):
         await ingest(store, leg)
-    await _declared(db_pool, "RR2", no)
+    await _released(db_pool, "RR2", no)
     assert (await ingest(store, _return(no, "RR2", lines=ex.refund_lines("1")))).http_status == 202
     second = _return(no, "RR2", lines=ex.refund_lines("2"), coElNo="RET-2", guid="ERET-2", appTime=_later(ex.T0, 1))
     assert await _refused_codes(store, second) == ["state.refund_exceeds_inventory"]
@@ -488,7 +544,7 @@ async def test_a_return_tally_is_the_sites_own_and_listed_on_the_shipment_whose_
     assert early.body["documents"][0]["shipment"] is None
     for leg in ex.legs("RT8"):
         await ingest(store, leg)
-    await _declared(db_pool, "RT8", "64012025E000000058")
+    await _released(db_pool, "RT8", "64012025E000000058")
     await ingest(store, _return("64012025E000000058", "RT8", logisticsNo="INBOUND-RT8"))
     await ingest(store, ex.export_message("CEB215", ex.tally_head("LH-2", "RT8", logisticsNo="INBOUND-RT8",
                                                                   invtNo="64012025E000000058")))  # fmt: skip

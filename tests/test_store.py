@@ -1177,7 +1177,7 @@ async def test_list_shipments_filters_and_pages(store: Store) -> None:
 
 # Each statement with parameters good enough for PREPARE/EXECUTE (the plan, not the result, is checked).
 _PLAN_CASES = {
-    "EXPORT_FLAGS": "ARRAY[1::bigint]",
+    "EXPORT_FLAGS": "ARRAY[1::bigint], ARRAY[1::bigint]",
     "RETURNS_OF": "ARRAY['E'], ARRAY['O']",
     "READ_STATE": "ARRAY['CEB311'], ARRAY['E'], ARRAY['O'], ARRAY['E'], ARRAY['O'], ARRAY['L'], ARRAY['N'], "
     "ARRAY['O'], ARRAY['L'], ARRAY['N'], ARRAY['g'], ARRAY['b'], ARRAY[2025], 1, ARRAY['CEB603'], ARRAY['I']",
