@@ -487,6 +487,56 @@ async def test_export_returns_and_their_tallies_are_answered_by_the_export_syste
     assert (back["invtNo"], back["agentCode"], len(back["preNo"])) == (released["invtNo"], "4601980H12", 18)
 
 
+async def test_the_sandbox_refuses_a_return_of_goods_the_inventory_did_not_declare(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    """Customs compares a return's lines with the inventory its invtNo names (A.32): an item (gnum) that is none of
+    the inventory's, or more of an item than it declared — alone, or with what the inventory's earlier returns let
+    back in (it may come back in parts) — is refused, CEB214 2 → 100 (海关退单) with the reason in returnInfo, and
+    takes nothing back. The sample inventory declares item 1 qty 3 and item 2 qty 1. (The gateway refuses such a
+    return at ingest: posted to the sandbox directly.)"""
+    _, refund = await _released_with_its_return(sandbox, http_recorder, client)
+
+    def variant(co_el_no: str, *lines: tuple[str, str]) -> bytes:
+        """The sample return under another coElNo, its lines (gnum, qty) in place of the sample's."""
+        doc = copy.deepcopy(refund)
+        doc.set("guid", str(uuid.uuid4()).upper())
+        head = doc.find(f".//{C}InvtRefundHead")
+        head.find(f"{C}guid").text = str(uuid.uuid4()).upper()
+        head.find(f"{C}coElNo").text = co_el_no
+        sample = doc.findall(f".//{C}InvtRefundList")
+        for element in sample:
+            element.getparent().remove(element)
+        parent = doc.find(f".//{C}InvtRefund")
+        for gnum, qty in lines:
+            line = copy.deepcopy(sample[0])
+            line.find(f"{C}gnum").text = gnum
+            line.find(f"{C}qty").text = line.find(f"{C}qty1").text = qty
+            parent.append(line)
+        return etree.tostring(doc)
+
+    sent = [variant("TH-STRANGER", ("1", "1"), ("3", "1")),  # no item 3
+            variant("TH-TOO-MANY", ("1", "4")),  # 4 of the 3 declared
+            variant("TH-PART-1", ("1", "2")),  # 2 of 3: back in
+            variant("TH-PART-2", ("1", "2")),  # 2 more: 4 of 3
+            variant("TH-PART-3", ("01", "1"))]  # the last one (gnum an xs:int)
+    for body in sent:
+        status, ack, _ = await post_dxp(client, sandbox.url, body, receiver=dxp.EXPORT_RECEIVER)
+        assert (status, ack["code"]) == (200, "0000"), ack
+    await sandbox.wait_idle()
+    got = receipts(http_recorder, lambda r: r["type"] == "CEB214")
+    assert_from_the_export_system_and_valid(got)
+    by_cop: dict[str, list[str]] = {}
+    for r in got:
+        by_cop.setdefault(r["coElNo"], []).append(r["returnStatus"])
+    assert by_cop == {"TH-STRANGER": ["2", "100"], "TH-TOO-MANY": ["2", "100"], "TH-PART-1": ["2", "120", "800"],
+                      "TH-PART-2": ["2", "100"], "TH-PART-3": ["2", "120", "800"]}  # fmt: skip
+    info = {r["coElNo"]: r["returnInfo"] for r in got if r["returnStatus"] == "100"}
+    assert "商品序号3不是清单商品" in info["TH-STRANGER"] and "商品序号1" not in info["TH-STRANGER"]
+    assert "商品序号1退货数量4超过申报数量3" in info["TH-TOO-MANY"]
+    assert "商品序号1退货数量2加已退2超过申报数量3" in info["TH-PART-2"]
+
+
 async def test_the_sandbox_does_not_release_a_withdrawn_return(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
 ) -> None:

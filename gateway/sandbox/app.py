@@ -247,6 +247,22 @@ def _dec(raw: str | None) -> Decimal:
         return Decimal(0)
 
 
+def _gnum(raw: str | None) -> str:
+    """An item number as a number (an xs:int: "01" is item 1), else as written."""
+    text = (raw or "").strip()
+    return str(int(text)) if text.isdigit() else text
+
+
+def _qty_by_gnum(docs: Iterable[Document]) -> dict[str, Decimal]:
+    """The qty of each item (by gnum) over the lines of ``docs``."""
+    out: dict[str, Decimal] = {}
+    for doc in docs:
+        for line in doc.lines:
+            gnum = _gnum(line.get("gnum"))
+            out[gnum] = out.get(gnum, Decimal(0)) + _dec(line.get("qty"))
+    return out
+
+
 def dutiable_value(inv: Document) -> Decimal:
     """Σ line totalPrice + freight + insuredFee: what the limits are measured against (spec §7.1)."""
     return sum((_dec(li.get("totalPrice")) for li in inv.lines), Decimal(0)) + _dec(inv.head.get("freight")) + _dec(
@@ -309,6 +325,9 @@ class Sandbox:
         self.export_waybills: dict[tuple[str, str], Document] = {}
         self.export_inventories: dict[tuple[str, str], InventoryRecord] = {}
         self.summaries: dict[tuple[str, ...], SummaryRecord] = {}  # CEB701 by (agentCode, copNo, msgSeqNo)
+        # the retail export returns (CEB213) it let back in, by (agentCode, coElNo): what an inventory's next return
+        # adds to (A.32: an inventory may come back in parts, never more than it declared)
+        self.export_returns: dict[tuple[str, str], Document] = {}
         self.quota_used: dict[str, Decimal] = {}
         self.receipts: list[dict[str, Any]] = []
         self.inspection: list[dict[str, Any]] = []
@@ -797,23 +816,52 @@ class Sandbox:
 
     def _export_return(self, doc: Document, scenario: str | None) -> list[Step]:
         """A retail export return (CEB213): the export inventory its invtNo names must be one this export system
-        released to the return's agent (and not cancelled since), else 100; then 2 → 120 → 800 (the CEB214's
-        statuses, spec §5.2: no 399): customs lets the goods back in; its withdrawal (appType 3) 2 → 120 only,
-        no goods come back with it. The site's tally (CEB215) is answered as a
-        transport message is, 2 → 399 (CEB216's statuses), matched to no return: customs does that, not the site."""
+        released to the return's agent (and not cancelled since), and its lines that inventory's items (by its gnum),
+        each no more than declared with what the inventory's other returns took back (A.32), else 2 → 100 (海关退单,
+        the reasons in returnInfo); then 2 → 120 → 800 (the CEB214's statuses, spec §5.2: no 399): customs lets the
+        goods back in; its withdrawal (appType 3) 2 → 120 only, no goods come back with it. The site's tally (CEB215)
+        is answered as a transport message is, 2 → 399 (CEB216's statuses), matched to no return: customs does that,
+        not the site."""
         steps = self._other(doc, scenario)
         if [s.status for s in steps] != ["2", "120"]:  # temp-saved or refused: as any
             return steps
         h = doc.head
         invt_no, agent = (h.get("invtNo") or "").strip(), (h.get("agentCode") or "").strip()
-        if not any(r.invt_no == invt_no and (r.doc.head.get("agentCode") or "").strip() == agent
-                   for r in self.export_inventories.values()):  # fmt: skip
+        inventory = next((r for r in self.export_inventories.values()
+                          if r.invt_no == invt_no and (r.doc.head.get("agentCode") or "").strip() == agent),
+                         None)  # fmt: skip
+        if inventory is None:
             return self._rejected("CEB214", steps[0].values, steps[0].key,
                                   f"出口清单{invt_no}不存在或非本企业申报 (sandbox)")  # fmt: skip
+        key = (agent, (h.get("coElNo") or "").strip())
         if (h.get("appType") or "1").strip() == "3":  # a withdrawal lets nothing back in: taken, not released
+            self.export_returns.pop(key, None)
             return steps
+        problems = self._not_returnable(doc, inventory, key)
+        if problems:
+            return self._rejected("CEB214", steps[0].values, steps[0].key,
+                                  f"退货商品与出口清单{invt_no}不符: " + "; ".join(problems))  # fmt: skip
+        self.export_returns[key] = doc
         accepted = steps[1]
         return [*steps, self._step(accepted.code, "800", accepted.values, accepted.key)]
+
+    def _not_returnable(self, doc: Document, inventory: InventoryRecord, key: tuple[str, str]) -> list[str]:
+        """Why a return's lines are not the inventory's goods (A.32): a gnum that is no item of it, a qty more than
+        the item declared with what the inventory's other returns let back in (a change of this return replaces its
+        earlier version); [] when they are."""
+        declared = _qty_by_gnum([inventory.doc])
+        taken = _qty_by_gnum(other for k, other in self.export_returns.items()
+                             if k != key and (other.head.get("invtNo") or "").strip() == inventory.invt_no)  # fmt: skip
+        problems = []
+        for line in doc.lines:
+            gnum, qty = _gnum(line.get("gnum")), _dec(line.get("qty"))
+            before = taken.get(gnum, Decimal(0))
+            if gnum not in declared:
+                problems.append(f"商品序号{gnum}不是清单商品 (gnum {gnum} is no item of the inventory)")
+            elif qty + before > declared[gnum]:
+                problems.append(f"商品序号{gnum}退货数量{qty}" + (f"加已退{before}" if before else "")
+                                + f"超过申报数量{declared[gnum]} (more than declared)")  # fmt: skip
+        return problems
 
     def _transport(self, doc: Document, scenario: str | None) -> list[Step]:
         """An arrival, departure or 清单总分单 (CEB507/509/607): 2 → 399, the statuses spec §5.2 gives their receipts
