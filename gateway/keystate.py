@@ -105,6 +105,9 @@ SHIPMENT_KIND_VALUES = frozenset(k.value for k in SHIPMENT_KINDS)
 #: of each waybill key that a waybill has or an inventory names (they may carry different orderNos),
 #: and of each inventory's buyer (the tax ledger).
 LOCK_GUID, LOCK_KEY, LOCK_ORDER, LOCK_WAYBILL, LOCK_BUYER = "guid", "key", "order", "waybill", "buyer"
+#: Of each invtNo a summary application (CEB701) names, taken for CEB701 messages only (gateway.store.Store.ingest):
+#: two applications naming one inventory are judged one after the other (gateway.summary.LIVE_SUMMARIES).
+LOCK_SUMMARISED = "summarised"
 
 Lock = tuple[str, str]  # (namespace, key)
 LedgerBook = dict[tuple[str, int], dict[tuple[str, str], Decimal]]  # (buyer, year) -> (ebcCode, orderNo) -> amount

@@ -19,7 +19,6 @@ from gateway import rules, signing, summary
 from gateway.auth import Principal, document_parties
 from gateway.documents import ParsedMessage, extract
 from gateway.errors import Issue, Layer, MessageRejected
-from gateway.keystate import Conflict
 from gateway.messages import CEB_NS, Kind, MessageType, Signature, lookup
 from gateway.render import json_constant, json_int, json_object, render
 from gateway.schema import SchemaSet
@@ -198,34 +197,32 @@ class Pipeline:
             raise RuntimeError("the pipeline has no store")
         self.authorize(checked.message, principal)
         warnings: list[Issue] = []
+        named = None
         scope = None if principal.sees_everything else principal.codes
         if checked.message.type.kind is Kind.SUMMARY:  # a CEB701: the inventories it names, as the gateway holds them
-            warnings = await self._judge_summary(checked.message, scope)
+            warnings, named = await self._judge_summary(checked.message, scope)
         result = await self.store.ingest(checked.message, checked.raw, submitter=principal.name, source=source,
-                                         scope=scope, identity=checked.identity)  # fmt: skip
+                                         scope=scope, identity=checked.identity, named=named)  # fmt: skip
         if warnings and not result.replay:
             result.body["warnings"] = [i.as_dict() for i in warnings]
         return result
 
-    async def _judge_summary(self, msg: ParsedMessage, scope: frozenset[str] | None) -> list[Issue]:
+    async def _judge_summary(
+        self, msg: ParsedMessage, scope: frozenset[str] | None
+    ) -> tuple[list[Issue], summary.Named | None]:
         """gateway.summary: a summary application naming an inventory that cannot be summarised is refused (Conflict,
-        nothing stored); what may still come right is returned as warnings. Read before the store's transaction: an
-        inventory withdrawn meanwhile is customs' to refuse. A message stored already is not judged again: the
-        store answers its retry with the original answer (or a guid conflict)."""
+        nothing stored); what may still come right is returned as warnings, with what the store needs to judge the
+        message again in its transaction (summary.Named): the inventories are read here, before it (an inventory
+        withdrawn meanwhile is customs' to refuse), and the live applications naming them again there, under a lock
+        per invtNo — two applications naming one inventory at once are judged one after the other. A message stored
+        already is not judged again: the store answers its retry with the original answer (or a guid conflict)."""
         assert self.store is not None
-        held = await self.store.held_inventories(msg.guid, summary.named_inventories(msg.documents))
+        invt_nos = summary.named_inventories(msg.documents)
+        held = await self.store.held_inventories(msg.guid, invt_nos)
         if held is None:
-            return []
-        errors: list[Issue] = []
-        warnings: list[Issue] = []
-        for doc in msg.documents:
-            refusing, warned = summary.judge(doc, held, scope)
-            errors += refusing
-            warnings += warned
-        if errors:
-            raise Conflict(errors)
-        return warnings
-
+            return [], None
+        warnings = summary.judge_message(msg, held, scope)
+        return warnings, summary.Named(tuple(invt_nos), held.inventories) if invt_nos else None
 
 CODES: dict[str, str] = {
     "rule.agent_not_signer": "a JSON declaration the gateway signs (CEB621; CEB603, 605, 507, 509, 607 and 701 when "

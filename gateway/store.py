@@ -51,6 +51,7 @@ from gateway.keystate import (
     CODES,
     LOCK_BUYER,
     LOCK_ORDER,
+    LOCK_SUMMARISED,
     SEP,
     BlockedBook,
     Conflict,
@@ -510,6 +511,7 @@ class _Job:
     locks: set[Lock]
     refs: Refs
     scope: frozenset[str] | None = None  # the submitting key's enterprise codes (None: it may touch every document)
+    named: summary.Named | None = None  # a summary message's: judged again under its invtNos' locks (see _wave)
     future: asyncio.Future[IngestResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -822,6 +824,7 @@ class Store:
         source: str = "xml",
         scope: frozenset[str] | None = None,
         identity: bytes | None = None,
+        named: summary.Named | None = None,
     ) -> IngestResult:
         """Store a validated message and reconcile what it touches; commits before returning.
 
@@ -831,6 +834,11 @@ class Store:
         ``scope``: the submitting key's enterprise codes, None for a key that may touch everything (see
         keystate.decide: a stored document's key belongs to its parties). Raises :class:`Conflict` (nothing
         stored; the caller records the rejection).
+
+        ``named``: of a summary message (CEB701), the invtNos it names and their inventories as the caller read
+        them (gateway.pipeline): the message takes a lock per invtNo and is judged again in the transaction against
+        the live applications read under them (gateway.summary.judge_message), so that of two applications naming
+        one inventory at once the second sees the first. None for every other message: they pay nothing for it.
         """
         if source not in ("xml", "json"):
             raise ValueError(f"source must be 'xml' or 'json', got {source!r}")
@@ -840,8 +848,10 @@ class Store:
         for buyer in self.waybill_buyers.guess(news):
             locks.add((LOCK_BUYER, buyer[0]))
             refs.buyers.add(buyer)
+        if named is not None:
+            locks.update((LOCK_SUMMARISED, no) for no in named.invt_nos)
         sha = hashlib.sha256(raw if identity is None else identity).digest()
-        job = _Job(msg, raw, sha, submitter, source, self._arrivals, news, locks, refs, scope)
+        job = _Job(msg, raw, sha, submitter, source, self._arrivals, news, locks, refs, scope, named)
         return await self._batcher.put(job)
 
     async def aclose(self) -> None:
@@ -1000,11 +1010,21 @@ class Store:
         writes: list[tuple[_Job, Write]] = []
         deferred: list[_Job] = []
         more_locks: set[Lock] = set()
+        live: dict[str, list[summary.LiveSummary]] | None = None  # read once a summary message of the wave needs it
         for job in jobs:
             try:
                 if job.msg.guid in stored:
                     outcomes[job] = _replay(stored[job.msg.guid], job.msg, job.sha)
                     continue
+                if job.named is not None:
+                    # Under the invtNos' locks (taken at BEGIN): an application naming one of them committed before
+                    # is read now; the inventories are as the pipeline read them (one withdrawn since is customs'
+                    # to refuse). The wave's jobs share no lock: none of them names these invtNos too.
+                    if live is None:
+                        live = await self._live_summaries(conn, sorted({
+                            no for j in jobs if j.named is not None and j.msg.guid not in stored
+                            for no in j.named.invt_nos}))  # fmt: skip
+                    summary.judge_message(job.msg, summary.Held(job.named.inventories, live), job.scope)
                 # the job's own locks, not the batch's: what another job of the wave locks, that job may
                 # be writing right now, unseen by this read
                 verdict = judge(
@@ -1172,14 +1192,19 @@ class Store:
             if await conn.fetchval(MESSAGE_STORED, guid):
                 return None
             rows = await conn.fetch(summary.HELD_INVENTORIES, invt_nos, RANK_CONCLUDED) if invt_nos else []
-            live = await conn.fetch(summary.LIVE_SUMMARIES, invt_nos) if invt_nos else []
+            live = await self._live_summaries(conn, invt_nos)
         held: dict[str, list[summary.HeldInventory]] = {}
         for r in rows:
             held.setdefault(r["invt_no"], []).append(summary.HeldInventory.from_row(r))
-        summaries: dict[str, list[summary.LiveSummary]] = {}
-        for r in live:
-            summaries.setdefault(r["invt_no"], []).append(summary.LiveSummary.from_row(r))
-        return summary.Held(held, summaries)
+        return summary.Held(held, live)
+
+    @staticmethod
+    async def _live_summaries(conn: asyncpg.Connection, invt_nos: list[str]) -> dict[str, list[summary.LiveSummary]]:
+        """The live summary applications naming these invtNos, by invtNo (gateway.summary.LIVE_SUMMARIES)."""
+        found: dict[str, list[summary.LiveSummary]] = {}
+        for r in await conn.fetch(summary.LIVE_SUMMARIES, invt_nos) if invt_nos else []:
+            found.setdefault(r["invt_no"], []).append(summary.LiveSummary.from_row(r))
+        return found
 
     async def get_summary(self, agent_code: str, cop_no: str) -> dict[str, Any] | None:
         """A summary application (CEB701): every version of each of its parts (msgSeqNo), newest first; None when

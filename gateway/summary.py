@@ -22,7 +22,10 @@ exactly as an invtNo the gateway does not hold (``summary.inventory_unknown``): 
 exists, and what it is, is not the applicant's to learn (README "Access"). Customs refuses it.
 
 These are not rules of the message (gateway.rules): only the stored inventories know them, so they are read when a
-CEB701 is submitted (:data:`HELD_INVENTORIES`), before it is stored. A summary of a period (startTime, endTime)
+CEB701 is submitted (:data:`HELD_INVENTORIES`, :data:`LIVE_SUMMARIES`), before it is stored; and the store judges
+it again in its ingest transaction, under a lock per invtNo named (keystate.LOCK_SUMMARISED), against the live
+applications read there (:class:`Named`): of two applications naming one inventory submitted at once, the second
+sees the first and is refused, as it would be one after the other. A summary of a period (startTime, endTime)
 is not checked here: customs ignores its list (a list beside the period is a warning, ``summary.list_ignored``); nor
 is a withdrawal (appType 3).
 
@@ -39,9 +42,9 @@ from typing import Any
 
 from lxml import etree
 
-from gateway.documents import Document, extract
+from gateway.documents import Document, ParsedMessage, extract
 from gateway.errors import Issue
-from gateway.keystate import STATE_LAYER
+from gateway.keystate import STATE_LAYER, Conflict
 from gateway.messages import MessageType
 from gateway.receipts import RANK_RELEASED, Correlation, ReceiptRecord
 
@@ -180,6 +183,30 @@ class Held:
 
     inventories: Mapping[str, list[HeldInventory]]
     summaries: Mapping[str, list[LiveSummary]]
+
+
+@dataclass(frozen=True, slots=True)
+class Named:
+    """What a summary message names (its judged applications' invtNos) and the inventories read of them before the
+    store's transaction: it judges the message again in that transaction, under the invtNos' locks
+    (keystate.LOCK_SUMMARISED), against the live applications read there (:func:`judge_message`)."""
+
+    invt_nos: tuple[str, ...]
+    inventories: Mapping[str, list[HeldInventory]]
+
+
+def judge_message(msg: ParsedMessage, held: Held, scope: frozenset[str] | None = None) -> list[Issue]:
+    """The warnings of a summary message's applications (:func:`judge`); raises Conflict (HTTP 409) with every
+    refusing issue of them."""
+    errors: list[Issue] = []
+    warnings: list[Issue] = []
+    for doc in msg.documents:
+        refusing, warned = judge(doc, held, scope)
+        errors += refusing
+        warnings += warned
+    if errors:
+        raise Conflict(errors)
+    return warnings
 
 
 def judge(doc: Document, held: Held, scope: frozenset[str] | None = None) -> tuple[list[Issue], list[Issue]]:
@@ -330,6 +357,6 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "CODES", "HELD_INVENTORIES", "LIVE_SUMMARIES", "REFUSING", "RESULT_TYPES", "Held", "HeldInventory", "LiveSummary",
-    "add_results", "correlation", "judge", "judged", "named_inventories", "period", "records", "result_view",
-    "status_name",
+    "Named", "add_results", "correlation", "judge", "judge_message", "judged", "named_inventories", "period", "records",
+    "result_view", "status_name",
 ]  # fmt: skip

@@ -3,6 +3,7 @@ gateway refuses what it knows customs would refuse and warns of what may still c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import uuid
@@ -332,6 +333,21 @@ async def test_an_inventory_is_named_by_one_live_summary_only(api: Client) -> No
     assert (await post_export(api, version(first, "3", "20261120170000"))).status == 202
     r = await post_export(api, application([b, a], [b_no, a_no], seed=83))
     assert r.status == 202 and "warnings" not in r.body, r.body
+
+
+@pytest.mark.db
+async def test_two_applications_naming_one_inventory_at_once_are_judged_one_after_the_other(api: Client) -> None:
+    """Two applications of one consignor naming one inventory, submitted at the same instant: the second is judged
+    under the invtNo's lock, after the first committed, and refused as it would be sequentially (one is accepted,
+    every round)."""
+    for n in range(6):
+        a, a_no = await declared(api, 90 + n)
+        one, other = application([a], [a_no], seed=900 + n), application([a], [a_no], seed=950 + n)
+        answers = await asyncio.gather(post_export(api, one), post_export(api, other))
+        assert sorted(r.status for r in answers) == [202, 409], [(r.status, r.body) for r in answers]
+        [refused] = [r for r in answers if r.status == 409]
+        assert [(i["code"], i["path"]) for i in refused.body["error"]["issues"]] == [
+            ("summary.inventory_summarised", "/CEB701Message/SummaryApply[1]/SummaryApplyList[1]/invtNo")], refused.body
 
 
 @pytest.mark.db
