@@ -56,7 +56,8 @@ CODES: dict[str, str] = {
     "summary.inventory_withdrawn": "a summary application (CEB701) names an export inventory that was withdrawn "
     "(appType 3) or cancelled (CEB605 concluded by customs) (HTTP 409)",
     "summary.inventory_summarised": "a summary application (CEB701) names an export inventory a live summary "
-    "application of the consignor (another key, not withdrawn nor refused) names already: it would be declared twice "
+    "application of the consignor (another key, declared — a temporary save is not —, not withdrawn nor refused) "
+    "names already: it would be declared twice "
     "and its VAT refund claimed twice; change or withdraw that application first (HTTP 409)",
     "summary.inventory_unknown": "warning: the gateway holds no export inventory of the application's consignor with "
     "an invtNo the summary application names (declared elsewhere, a typo, or another enterprise's: that is not "
@@ -104,17 +105,26 @@ SELECT v.invt_no, c.message_type, c.ebc_code, c.parties, c.head ->> 'statisticsF
 """
 
 
-#: The live summary applications (CEB701: current, not withdrawn, not refused by customs) naming one of the invtNos
-#: ($1) in their list (documents_summary_lines_idx, migration 250). Read only for a CEB701.
+#: The live summary applications (CEB701) naming one of the invtNos ($1) in their list (documents_summary_lines_idx,
+#: migration 250): of each key the version customs holds — the newest one declared (appStatus 2), not withdrawn nor
+#: refused by customs. A temporary save (appStatus 1, 暂存) is stored at E-Port and never declared (spec §3.6, A.29):
+#: customs does not know it, so it blocks no other application; under a temp-saved change or withdrawal customs still
+#: holds the version declared before it (as keystate.temp_saved). Read only for a CEB701: by the pipeline before the
+#: store's transaction, and again in it under the invtNos' locks (keystate.LOCK_SUMMARISED).
 LIVE_SUMMARIES = """
 SELECT n.no AS invt_no, s.key1, s.key2, s.ebc_code, s.parties, s.head ->> 'startTime' AS start_time,
        s.head ->> 'endTime' AS end_time
   FROM unnest($1::text[]) AS n(no),
-       LATERAL (SELECT s.key1, s.key2, s.ebc_code, s.parties, s.head, s.is_current, s.withdrawn, s.forward_state
+       LATERAL (SELECT s.id, s.key1, s.key2, s.ebc_code, s.parties, s.head, s.is_current, s.withdrawn, s.forward_state,
+                       s.app_status
                   FROM documents AS s
                  WHERE s.message_type = 'CEB701' AND s.lines @> jsonb_build_array(jsonb_build_object('invtNo', n.no))
                 OFFSET 0) AS s
- WHERE s.is_current AND NOT s.withdrawn AND s.forward_state <> 'rejected'
+ WHERE s.app_status IS DISTINCT FROM '1' AND NOT s.withdrawn AND s.forward_state <> 'rejected'
+   AND (s.is_current
+        OR NOT EXISTS (SELECT 1 FROM documents AS v
+                        WHERE v.message_type = 'CEB701' AND v.key1 = s.key1 AND v.key2 = s.key2 AND v.id > s.id
+                          AND v.app_status IS DISTINCT FROM '1' OFFSET 0))
  ORDER BY n.no, s.key1, s.key2
 """
 

@@ -336,6 +336,32 @@ async def test_an_inventory_is_named_by_one_live_summary_only(api: Client) -> No
 
 
 @pytest.mark.db
+async def test_a_temporary_save_blocks_no_other_application(api: Client) -> None:
+    """A temporarily saved application (appStatus 1, 暂存) is stored at E-Port, never declared: customs does not know
+    it, so it does not make an inventory it names summarised — another application of the consignor may name it.
+    Under a temp-saved change customs still holds the version declared before: what that one names stays taken, what
+    only the temporary save names is free."""
+    a, a_no = await declared(api, 85)
+    b, b_no = await declared(api, 86)
+    c, c_no = await declared(api, 87)
+    saved = application([a], [a_no], seed=85)
+    saved["documents"][0]["appStatus"] = "1"
+    assert (await post_export(api, saved)).status == 202
+    r = await post_export(api, application([a], [a_no], seed=185))
+    assert r.status == 202 and "warnings" not in r.body, r.body
+    first = application([b], [b_no], seed=86)
+    assert (await post_export(api, first)).status == 202
+    r = await post_export(api, version(first, "2", "20261120160000", appStatus="1", items=[{"invtNo": c_no}]))
+    assert r.status == 202 and r.body["documents"][0]["outcome"] == "replaced", r.body
+    r = await post_export(api, application([b], [b_no], seed=186))
+    assert r.status == 409, r.body
+    [issue] = r.body["error"]["issues"]
+    assert issue["code"] == "summary.inventory_summarised" and first["documents"][0]["copNo"] in issue["message"], issue
+    r = await post_export(api, application([c], [c_no], seed=187))
+    assert r.status == 202 and "warnings" not in r.body, r.body
+
+
+@pytest.mark.db
 async def test_two_applications_naming_one_inventory_at_once_are_judged_one_after_the_other(api: Client) -> None:
     """Two applications of one consignor naming one inventory, submitted at the same instant: the second is judged
     under the invtNo's lock, after the first committed, and refused as it would be sequentially (one is accepted,
