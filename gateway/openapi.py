@@ -159,7 +159,8 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "One summary application (CEB701 汇总申请单): every version of every part (msgSeqNo; "
                 "documents, newest first) with its forwarding and CEB702 receipts; parts: per msgSeqNo {msgSeqNo, "
-                "msgCount, preNo, sumNo, customs, forward_state, withdrawn} of its current version; preNo, sumNo "
+                "msgCount, preNo, sumNo, customs, forward_state, withdrawn} of its current version, with results: "
+                "those of the sumNo any version of the part was given, without their items; preNo, sumNo "
                 "(from its CEB702), customs {code, ...}, forward_state and withdrawn of the first part's; results: "
                 "customs' summary results (CEB792), each {sumNo, declSeqNo, entryId, decTmpNo, decPreNo, decState, "
                 "opDate, customsCode, grossWeight, netWeight, msgCount, msgSeqNo, note, items: [{invtNo, "

@@ -342,9 +342,17 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
     """A summary application's view (the versions of its parts with their forwarding,
     gateway.outbox.Outbox.shipment_forwarding) with ``results``: the CEB792 records move out of their version's
     ``receipts``, newest declaration last; each part's numbers and status (its current version's) are listed in
-    ``parts`` by msgSeqNo, and the first part's are lifted beside them (an application not split has one part)."""
+    ``parts`` by msgSeqNo, and the first part's are lifted beside them (an application not split has one part).
+
+    Each part lists the results of the sumNo any of its versions' CEB702 gave it (``results``, without the items,
+    which ``results`` beside the parts holds): a result names its application by sumNo alone (A.31; its msgCount
+    and msgSeqNo number the result's own messages, not the application's parts) and customs declares the application
+    as a whole, so parts sharing one sumNo share its results, whichever version the record matched."""
     results: list[dict[str, Any]] = []
+    sum_nos: dict[str, set[str]] = {}  # msgSeqNo -> the sumNos of the part's versions
     for d in view.get("documents", []):
+        if d.get("invt_no"):
+            sum_nos.setdefault(_part_number(d)[1], set()).add(d["invt_no"])
         mine = [r for r in d.get("receipts", []) if r.get("message_type") in RESULT_TYPES]
         if mine:
             results += [result_view(r) for r in mine]
@@ -353,7 +361,9 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
     view["parts"] = [
         {"msgSeqNo": (d.get("keys") or {}).get("msgSeqNo"), "msgCount": (d.get("head") or {}).get("msgCount"),
          "preNo": d.get("pre_no"), "sumNo": d.get("invt_no"), "customs": d.get("customs"),
-         "forward_state": d.get("forward_state"), "withdrawn": d.get("withdrawn")}
+         "forward_state": d.get("forward_state"), "withdrawn": d.get("withdrawn"),
+         "results": [{k: v for k, v in r.items() if k != ITEMS} for r in results
+                     if r["sumNo"] in sum_nos.get(_part_number(d)[1], ())]}
         for d in current
     ]  # fmt: skip
     if current:

@@ -581,6 +581,39 @@ async def test_a_result_is_matched_by_the_sum_no_its_receipt_gave(api: Client) -
     assert (await api.get(f"/v1/summaries/{doc['agentCode']}/NOSUCH")).status == 404
 
 
+@pytest.mark.db
+async def test_a_result_of_a_sum_no_the_parts_share_is_shown_on_every_part(api: Client) -> None:
+    """A split application (msgCount 2) whose parts' CEB702 gave them one sumNo is one application to customs: its
+    CEB792 names it by that sumNo alone (its own msgSeqNo numbers the result's messages, not the application's parts)
+    and the declaration is of the whole application, so the view lists the result on each part, not only on the part
+    whose version the record matched; listed once among the application's results."""
+    a, a_no = await declared(api, 75)
+    _, b_no = await declared(api, 76)
+    p = application([a], [a_no], seed=75)
+    p["documents"][0].update(msgCount="2", msgSeqNo="1")
+    second = version(p, "1", p["documents"][0]["appTime"], msgSeqNo="2", items=[{"invtNo": b_no}])
+    assert (await post_export(api, p)).status == 202
+    assert (await post_export(api, second)).status == 202
+    doc, sum_no = p["documents"][0], "51412026S000000075"
+    for seq, guid in (("1", doc["guid"]), ("2", second["documents"][0]["guid"])):
+        for i, (status, extra) in enumerate((("2", {}), ("399", {"sumNo": sum_no}))):
+            r = await post_receipt(api, "CEB702", {
+                "guid": guid, "agentCode": doc["agentCode"], "ebcCode": doc["ebcCode"], "copNo": doc["copNo"],
+                "preNo": f"S2026112000000075{seq}", "msgSeqNo": seq, "returnStatus": status,
+                "returnTime": f"20261120170{seq}0{i}000", "returnInfo": "ok", **extra})  # fmt: skip
+            assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    r = await api.request("POST", "/v1/receipts", data=result_for(sum_no, p, [a_no, b_no]),
+                          content_type="application/xml")  # fmt: skip
+    assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    view = (await api.get(f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}")).body
+    [res] = view["results"]
+    assert res["sumNo"] == sum_no and [i["invtNo"] for i in res["items"]] == [a_no, b_no]
+    assert [(x["msgSeqNo"], x["sumNo"], [(y["declSeqNo"], y["entryId"]) for y in x["results"]])
+            for x in view["parts"]] == [("1", sum_no, [(res["declSeqNo"], res["entryId"])]),
+                                        ("2", sum_no, [(res["declSeqNo"], res["entryId"])])], view["parts"]
+    assert view["declarations"] == [res["entryId"]]
+
+
 # --- the sandbox's export system ------------------------------------------------------------------------------------
 
 pytest_plugins = ["gateway.sandbox.pytest_plugin"]
