@@ -31,11 +31,12 @@ from gateway.console import setup_console
 from gateway.console.queries import receipts_awaited
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
+from gateway.ingestlink import IngestUnavailable
 from gateway.messages import FLOWS
 from gateway.metrics import setup_metrics
 from gateway.openapi import OPENAPI
 from gateway.outbox import Outbox
-from gateway.pipeline import Forbidden, Pipeline
+from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
 from gateway.signing import read_certificates
@@ -112,7 +113,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         response = error_response(exc.status, exc.reason)
     except Exception as exc:
-        if db.database_away(exc):
+        if db.database_away(exc) or isinstance(exc, IngestUnavailable):
             # nothing was stored (a message is acknowledged only once committed): the client may send it again
             log.warning("database_unavailable", path=request.path, error=f"{exc.__class__.__name__}: {exc}")
             response = error_response(503, f"the database is unavailable; try again (request id {request_id})")
@@ -442,11 +443,13 @@ def create_app(
     schemas: SchemaSet | None = None,
     signer: Callable[[etree._Element], None] | None = None,
     router: Router | None = None,
+    ingest: Ingest | None = None,
 ) -> web.Application:
     """Build the API application around an open pool (the caller owns the pool's lifetime).
 
     ``router`` (gateway.forward) turns forwarding on: accepted messages enqueue their deliveries in their own
-    transaction. Without it nothing is enqueued; receipts are still stored and applied.
+    transaction. Without it nothing is enqueued; receipts are still stored and applied. ``ingest``: where accepted
+    messages are stored, when not by this app's own store (gateway.ingestlink).
     """
     from gateway.tax import TaxRates
 
@@ -465,7 +468,8 @@ def create_app(
     trusted = read_certificates(settings.trusted_certs) if settings.trusted_certs else None
     app[PIPELINE] = Pipeline(schemas or SchemaSet(), store, max_bytes=settings.max_body_bytes, signer=signer,
                              signing_agent_code=settings.signing_agent_code,
-                             verify_signatures=settings.verify_signatures, trusted_certs=trusted)  # fmt: skip
+                             verify_signatures=settings.verify_signatures, trusted_certs=trusted,
+                             ingest=ingest)  # fmt: skip
     app[KEYS] = KeyRing(settings.api_keys)
     app.router.add_post("/v1/messages", post_message)
     app.router.add_get("/v1/messages/{guid}", get_message)

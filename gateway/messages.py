@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 CEB_NS = "http://www.chinaport.gov.cn/ceb"
 DXP_NS = "http://www.chinaport.gov.cn/dxp"
@@ -84,6 +85,10 @@ class MessageType:
     # The documents of other types this one names, and the fields (the same names on both sides) that name them:
     # (("CEB303", ("ebpCode", "orderNo")), ...). Export only for now: the import joins live in gateway.reconcile.
     refers_to: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickled as its code (gateway.ingestlink): the registry's one instance on the other side."""
+        return (_registered, (self.code,))
 
     def stored_key(self, values: Sequence[str]) -> tuple[str, str]:
         """The key as documents.key1 / key2 keep it: the first field, and the others joined by :data:`KEY_SEP` (a
@@ -270,6 +275,10 @@ LEGS: dict[str, dict[Kind, str]] = {
     flow: {t.kind: t.code for t in MESSAGE_TYPES if t.flow == flow and t.kind in SHIPMENT_KINDS} for flow in FLOWS
 }
 assert all(len(legs) == len(SHIPMENT_KINDS) for legs in LEGS.values()), "a flow lacks a leg, or has one twice"
+
+
+def _registered(code: str) -> MessageType:
+    return BY_CODE[code]
 
 
 def lookup(root_or_code: str) -> MessageType | None:

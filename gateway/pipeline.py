@@ -8,10 +8,10 @@ which persists and reconciles in one transaction before anything is acknowledged
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from lxml import etree
 
@@ -24,6 +24,22 @@ from gateway.render import json_constant, json_int, json_object, render
 from gateway.schema import SchemaSet
 from gateway.store import IngestResult, Store
 from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_message
+
+
+class Ingest(Protocol):
+    """What stores an accepted message: ``Store.ingest``'s signature."""
+
+    def __call__(
+        self,
+        msg: ParsedMessage,
+        raw: bytes,
+        *,
+        submitter: str,
+        source: str = "xml",
+        scope: frozenset[str] | None = None,
+        identity: bytes | None = None,
+        named: summary.Named | None = None,
+    ) -> Awaitable[IngestResult]: ...
 
 
 class Forbidden(Exception):
@@ -88,9 +104,13 @@ class Pipeline:
         signing_agent_code: str | None = None,
         verify_signatures: bool = False,
         trusted_certs: Sequence[bytes] | None = None,
+        ingest: Ingest | None = None,
     ) -> None:
         self.schemas = schemas
         self.store = store
+        # Where an accepted message is stored: this process's store, or the first process's over the ingest link
+        # (gateway.ingestlink) in the other API processes of `cbec serve --processes N`.
+        self._ingest = ingest or (store.ingest if store is not None else None)
         self.max_bytes = max_bytes
         # Signs JSON-submitted declarations whose schema requires a signature (CEB621) with the
         # declaring agent's key configured on the gateway; XML submitters sign their own.
@@ -193,7 +213,7 @@ class Pipeline:
             raise Forbidden(denied)
 
     async def submit(self, checked: Checked, principal: Principal, *, source: str = "xml") -> IngestResult:
-        if self.store is None:
+        if self.store is None or self._ingest is None:
             raise RuntimeError("the pipeline has no store")
         self.authorize(checked.message, principal)
         warnings: list[Issue] = []
@@ -201,8 +221,8 @@ class Pipeline:
         scope = None if principal.sees_everything else principal.codes
         if checked.message.type.kind is Kind.SUMMARY:  # a CEB701: the inventories it names, as the gateway holds them
             warnings, named = await self._judge_summary(checked.message, scope)
-        result = await self.store.ingest(checked.message, checked.raw, submitter=principal.name, source=source,
-                                         scope=scope, identity=checked.identity, named=named)  # fmt: skip
+        result = await self._ingest(checked.message, checked.raw, submitter=principal.name, source=source,
+                                    scope=scope, identity=checked.identity, named=named)  # fmt: skip
         if warnings and not result.replay:
             result.body["warnings"] = [i.as_dict() for i in warnings]
         return result

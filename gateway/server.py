@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import multiprocessing
 import os
@@ -29,8 +30,9 @@ from cbec_queue.policy import RetryPolicy
 from lxml import etree
 
 from gateway import db, logs
-from gateway.api import OUTBOX, PIPELINE, create_app
+from gateway.api import OUTBOX, PIPELINE, STORE, create_app
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, netloc
+from gateway.ingestlink import IngestClient, IngestServer, link_folder
 from gateway.metrics import shared_across_processes
 from gateway.workers import (
     Forwarding,
@@ -159,6 +161,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     info: dict[str, Any] | None = None,
     api_only: bool = False,
+    ingest_path: Path | None = None,
 ) -> None:
     """Run until ``stop`` (or SIGINT/SIGTERM). ``info`` (if given) receives ``url`` and ``sandbox_url`` once
     listening, before ``ready`` is set.
@@ -166,7 +169,8 @@ async def serve(
     With ``settings.processes`` > 1 this process also starts that many minus one API processes on the same port
     (SO_REUSEPORT: the kernel spreads the connections) and restarts any that dies; they share the database and
     the console's sessions, and ``api_only`` runs them without the sandbox, the queue worker and the watchdog,
-    which stay in this first process."""
+    which stay in this first process. They store what they accept through this process's store, over the ingest
+    link at ``ingest_path`` (gateway.ingestlink): one batcher for all."""
     if settings.processes < 1:
         raise SystemExit(f"processes must be at least 1, got {settings.processes}")
     logs.configure(settings.log_format, settings.log_level)
@@ -180,7 +184,7 @@ async def serve(
             api_keys=(*settings.api_keys, ApiKey("customs-sandbox", customs_key, Role.CUSTOMS))
         )
     stop = stop or asyncio.Event()
-    async with stopped_by_signals(stop), database(settings, stop=stop) as dsn:
+    async with stopped_by_signals(stop), database(settings, stop=stop) as dsn, contextlib.AsyncExitStack() as stack:
         pool = await db.create_pool(dsn, max_size=settings.pool_max_size)
         sandbox: Any = None
         forwarding: Forwarding | None = None
@@ -190,7 +194,9 @@ async def serve(
                 log.info("migrations_applied", names=applied)
             if not api_only:
                 await db.fold_kept_counts(pool)
-            app = create_app(settings, pool, signer=agent_signer(settings), router=routing_router(fwd))
+            link = IngestClient(ingest_path) if ingest_path is not None else None
+            app = create_app(settings, pool, signer=agent_signer(settings), router=routing_router(fwd),
+                             ingest=link.ingest if link is not None else None)  # fmt: skip
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             shared = settings.processes > 1 or api_only
@@ -205,8 +211,11 @@ async def serve(
             port = runner.addresses[0][1] if settings.port == 0 else settings.port
             url = f"http://{netloc(_local(settings.host), port)}"
             others: ApiProcesses | None = None
+            link_server: IngestServer | None = None
             try:
                 if api_only:
+                    if link is not None:
+                        await link.connect()  # the first process listens before it starts this one
                     log.info("api_process_listening", url=f"http://{netloc(settings.host, port)}", pid=os.getpid())
                     orphan_watch = asyncio.create_task(stop_when_orphaned(stop))
                     with settled_heap():
@@ -214,6 +223,9 @@ async def serve(
                             ready.set()
                         await stop.wait()
                         await orphan_watch
+                    if link is not None:
+                        await runner.shutdown()  # the requests in flight answered first, then the link closes
+                        await link.aclose()
                     return
                 if settings.processes > 1:
                     if not shared_across_processes():  # serve() called without cbec serve's set-up
@@ -222,8 +234,11 @@ async def serve(
                             note="each API process answers /metrics with its own request counters; set "
                             f"{METRICS_SHARED_DIR_ENV} to a fresh folder to share them",
                         )
+                    link_server = IngestServer(app[STORE], stack.enter_context(link_folder()))
+                    await link_server.start()
                     # the settings (keys included) reach them through the spawn pipe, never argv or environment
-                    others = ApiProcesses(settings.with_overrides(port=port, database_url=dsn))
+                    others = ApiProcesses(settings.with_overrides(port=port, database_url=dsn),
+                                          target=functools.partial(_api_process, ingest_path=link_server.path))
                     others.start(settings.processes - 1)
                 if sandboxed:
                     from gateway.sandbox import start_sandbox
@@ -254,6 +269,8 @@ async def serve(
                 log.info("stopping")
                 if others is not None:
                     await others.stop()
+                if link_server is not None:
+                    await link_server.stop()
                 if forwarding is not None:
                     await forwarding.stop()
                 await runner.cleanup()
@@ -323,9 +340,9 @@ async def stop_when_orphaned(stop: asyncio.Event, poll_s: float = 0.5) -> None:
             stop.set()
 
 
-def _api_process(settings: Settings) -> None:
+def _api_process(settings: Settings, ingest_path: Path | None = None) -> None:
     """The entry point of the other API processes (multiprocessing, spawn)."""
-    asyncio.run(serve(settings, api_only=True))
+    asyncio.run(serve(settings, api_only=True, ingest_path=ingest_path))
 
 
 @dataclass

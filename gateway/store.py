@@ -840,6 +840,22 @@ class Store:
         the live applications read under them (gateway.summary.judge_message), so that of two applications naming
         one inventory at once the second sees the first. None for every other message: they pay nothing for it.
         """
+        return await self.enqueue(msg, raw, submitter=submitter, source=source, scope=scope, identity=identity,
+                                  named=named)  # fmt: skip
+
+    def enqueue(
+        self,
+        msg: ParsedMessage,
+        raw: bytes,
+        *,
+        submitter: str,
+        source: str = "xml",
+        scope: frozenset[str] | None = None,
+        identity: bytes | None = None,
+        named: summary.Named | None = None,
+    ) -> asyncio.Future[IngestResult]:
+        """:meth:`ingest` without the await: the future its outcome settles (gateway.ingestlink answers from it,
+        without a task per message)."""
         if source not in ("xml", "json"):
             raise ValueError(f"source must be 'xml' or 'json', got {source!r}")
         self._arrivals += 1
@@ -852,7 +868,7 @@ class Store:
             locks.update((LOCK_SUMMARISED, no) for no in named.invt_nos)
         sha = hashlib.sha256(raw if identity is None else identity).digest()
         job = _Job(msg, raw, sha, submitter, source, self._arrivals, news, locks, refs, scope, named)
-        return await self._batcher.put(job)
+        return self._batcher.put(job)
 
     async def aclose(self) -> None:
         """Wait for the messages already handed over (call before closing the pool)."""

@@ -6,6 +6,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,9 +15,11 @@ import pytest
 from aiohttp import web
 from lxml import etree
 
-from gateway.api import create_app
+from gateway.api import STORE, create_app
 from gateway.config import ApiKey, Role, Settings
+from gateway.ingestlink import IngestClient, IngestServer
 from gateway.signing import RsaSha1Key, generate_test_key, sign
+from gateway.store import Store
 
 ADMIN = "admin-key-000000000000"
 OPERATOR = "operator-key-11111111111"
@@ -106,3 +109,28 @@ async def serving(app: web.Application) -> AsyncIterator[Client]:
 async def api(db_pool: asyncpg.Pool) -> AsyncIterator[Client]:
     async with serving(create_app(test_settings(), db_pool, signer=sign_as_agent)) as client:
         yield client
+
+
+@dataclass
+class Linked:
+    first: Store  # the first process's store: every message is stored by it
+    other: Store  # the other process's own store: it reads, stores nothing
+    server: IngestServer
+    link: IngestClient
+
+
+@contextlib.asynccontextmanager
+async def linked_apps(db_pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[tuple[Client, Client, Linked]]:
+    """Two API apps on one database: the first stores with its own store, the other through the first's, over the
+    link (each on a port of its own)."""
+    first_app = create_app(test_settings(), db_pool, signer=sign_as_agent)
+    server = IngestServer(first_app[STORE], tmp_path / "ingest.sock")
+    await server.start()
+    link = IngestClient(server.path)
+    other_app = create_app(test_settings(), db_pool, signer=sign_as_agent, ingest=link.ingest)
+    try:
+        async with serving(first_app) as first, serving(other_app) as other:
+            yield first, other, Linked(first_app[STORE], other_app[STORE], server, link)
+    finally:
+        await link.aclose()
+        await server.stop()

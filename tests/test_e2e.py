@@ -45,6 +45,18 @@ def logged(log: str, event: str) -> bool:
     return False
 
 
+def logged_fields(log: str, event: str, name: str) -> list[Any]:
+    """The values of one field of every JSON log line of ``event``."""
+    found = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("event") == event:
+                    found.append(record.get(name))
+    return found
+
+
 async def first_usable_receipt(stack: Stack, guid: str) -> Any:
     """When the gateway received the first receipt of status 2 or better for a message's document."""
     return await stack.fetchval(
@@ -306,9 +318,10 @@ async def test_a_second_gateway_does_not_share_a_port_another_listens_on(db_dsn:
 
 async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tmp_path: Path) -> None:
     """`cbec serve --processes 2`: two API processes on one port (SO_REUSEPORT). Connections land on either;
-    legs submitted to either reconcile and are released (receipts reach either); a console session made on one
-    works on the other; /metrics, whichever process answers, counts the requests of both, and its counters
-    do not go down when a killed API process is replaced; SIGTERM stops them all."""
+    legs submitted to either reconcile and are released (receipts reach either), every one stored by the first
+    process's store (the other reaches it over the ingest link, and so does its replacement); a console session
+    made on one works on the other; /metrics, whichever process answers, counts the requests of both, and its
+    counters do not go down when a killed API process is replaced; SIGTERM stops them all."""
     port = free_port()
     log_file = tmp_path / "serve.log"
     proc, log_out = await _serve_two_processes(db_dsn, tmp_path, port, log_file)
@@ -384,6 +397,7 @@ async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tm
     log = log_file.read_text()
     assert proc.returncode == 0, log[-2000:]
     assert logged(log, "api_process_exited")
+    assert {victim, *survivors} - {proc.pid} <= set(logged_fields(log, "ingest_link_connected", "pid"))
     for pid in survivors:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # stopped with the first process

@@ -9,6 +9,7 @@ import random
 import uuid
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,7 +23,7 @@ from gateway.messages import CEB_NS
 from gateway.render import new_guid, render
 from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
-from tests.apiutil import PLATFORM_A, STRANGER, Client, sign_as_agent
+from tests.apiutil import PLATFORM_A, STRANGER, Client, linked_apps, sign_as_agent
 from tests.exportapi import NOW, export_ship, import_ship, post_export, post_json, post_receipt, version, xml
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -374,6 +375,21 @@ async def test_two_applications_naming_one_inventory_at_once_are_judged_one_afte
         [refused] = [r for r in answers if r.status == 409]
         assert [(i["code"], i["path"]) for i in refused.body["error"]["issues"]] == [
             ("summary.inventory_summarised", "/CEB701Message/SummaryApply[1]/SummaryApplyList[1]/invtNo")], refused.body
+
+
+@pytest.mark.db
+async def test_two_applications_at_once_in_two_api_processes_are_judged_one_after_the_other(
+    db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """The same, the two sent to two API processes at once (`cbec serve --processes N`): the other process's
+    application reaches the first's store over the ingest link with what it read of its inventories, and is judged
+    there under the same lock."""
+    async with linked_apps(db_pool, tmp_path) as (first, second, _):
+        for n in range(6):
+            a, a_no = await declared(first, 60 + n)
+            one, other = application([a], [a_no], seed=600 + n), application([a], [a_no], seed=650 + n)
+            answers = await asyncio.gather(post_export(first, one), post_export(second, other))
+            assert sorted(r.status for r in answers) == [202, 409], [(r.status, r.body) for r in answers]
 
 
 @pytest.mark.db

@@ -1,0 +1,128 @@
+"""The ingest link (gateway.ingestlink): an API process storing through another process's store, over a real Unix
+socket, against a real PostgreSQL — as the API processes of `cbec serve --processes N` do."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from gateway import ingestlink
+from gateway.documents import extract
+from gateway.ingestlink import IngestClient, IngestUnavailable
+from gateway.messages import BY_CODE
+from gateway.xmlsafe import parse_message
+from tests.apiutil import linked_apps
+
+SAMPLES = Path(__file__).parent / "data" / "samples"
+LEGS = ("CEB311", "CEB411", "CEB511", "CEB621")
+
+
+def sample(code: str) -> bytes:
+    return (SAMPLES / f"{code}-9610.xml").read_bytes()
+
+
+def test_frames_split_anywhere_come_out_whole() -> None:
+    """The stream cuts frames where it likes: fed byte by byte or several at once, each comes out once, whole."""
+    payloads = [b"", b"x", bytes(range(256)) * 40, b"last"]
+    stream = b"".join(ingestlink._frame(rid, p) for rid, p in enumerate(payloads, start=7))
+    for chunk in (1, 3, 8, 9, 1000, len(stream)):
+        frames = ingestlink._Frames()
+        got = [f for i in range(0, len(stream), chunk) for f in frames.feed(stream[i : i + chunk])]
+        assert got == list(enumerate(payloads, start=7)), chunk
+
+
+def test_a_frame_longer_than_any_message_breaks_the_link() -> None:
+    with pytest.raises(ValueError, match="frame"):
+        list(ingestlink._Frames().feed(ingestlink._HEADER.pack(1, 1 << 31)))
+
+
+def test_a_message_type_travels_as_the_registry_s_own() -> None:
+    """A message's type is pickled by its code: the other side gets its registry's instance, not a copy."""
+    for mtype in BY_CODE.values():
+        assert pickle.loads(pickle.dumps(mtype)) is mtype
+
+
+@pytest.mark.db
+async def test_messages_sent_to_the_other_process_are_stored_by_the_first_s_store(
+    db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Legs sent to either process make one shipment, matched; every message went through the first's store (its
+    batcher), none through the other's; answers as one process gives them, replays included."""
+    async with linked_apps(db_pool, tmp_path) as (first, other, stores):
+        answers = []
+        for i, code in enumerate(LEGS):
+            answers.append(await (other if i % 2 == 0 else first).post_xml(sample(code)))
+        assert [a.status for a in answers] == [202] * 4, [a.body for a in answers]
+        assert answers[-1].body["shipments"][0]["state"] == "matched"
+        assert stores.first._arrivals == 4 and stores.other._arrivals == 0
+        again = await other.post_xml(sample("CEB311"))
+        assert again.headers.get("Idempotent-Replay") == "true"
+        assert again.body["id"] == answers[0].body["id"]
+        shipment = await other.get("/v1/shipments/46012609BQ/ZG20261120394833411340")
+        assert shipment.status == 200 and shipment.body["state"] == "matched"
+
+
+@pytest.mark.db
+async def test_a_summary_application_sent_to_the_other_process_is_judged_in_the_first(
+    db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """A CEB701 carries what the other process read of its inventories (named): stored by the first process's store,
+    its warnings (inventories the gateway does not hold) as one process gives them."""
+    async with linked_apps(db_pool, tmp_path) as (_, other, stores):
+        body = (SAMPLES / "CEB701-1210.xml").read_bytes()
+        answer = await other.post_xml(body)
+        assert answer.status == 202, answer.body
+        assert {w["code"] for w in answer.body["warnings"]} == {"summary.inventory_unknown"}
+        assert stores.first._arrivals == 1 and stores.other._arrivals == 0
+
+
+@pytest.mark.db
+async def test_a_conflict_in_the_first_process_answers_as_one(db_pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """A second appType 1 for a stored key, sent to the other process: 409 with the store's issue, recorded."""
+    async with linked_apps(db_pool, tmp_path) as (first, other, _):
+        assert (await first.post_xml(sample("CEB411"))).status == 202
+        guid = b"E1CD7BE8-A7D8-4351-A65C-28EA0879D955"  # the message's, not its payment's
+        twin = sample("CEB411").replace(guid, guid[:-1] + b"6")
+        answer = await other.post_xml(twin)
+        assert answer.status == 409, answer.body
+        assert [i["code"] for i in answer.body["error"]["issues"]] == ["state.duplicate"]
+        rejected = await db_pool.fetchval("SELECT count(*) FROM rejected_messages WHERE http_status = 409")
+        assert rejected == 1
+
+
+@pytest.mark.db
+async def test_the_link_down_answers_503_and_stores_nothing(db_pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """The first process gone (its socket closed): the other answers 503 with Retry-After — the client sends it
+    again later — and nothing of the message is stored."""
+    async with linked_apps(db_pool, tmp_path) as (_, other, stores):
+        assert (await other.post_xml(sample("CEB311"))).status == 202  # the link is up
+        await stores.server.stop()
+        await stores.link.aclose()  # as the first process's exit closes it
+        answer = await other.post_xml(sample("CEB411"))
+        assert answer.status == 503, answer.body
+        assert answer.headers["Retry-After"] == "5"
+        assert await db_pool.fetchval("SELECT count(*) FROM messages") == 1
+
+
+async def test_answers_in_flight_when_the_link_closes_are_unavailable(tmp_path: Path) -> None:
+    """A peer that takes the message and closes without answering: the waiting ingest fails as unavailable (503),
+    never hangs."""
+    async def take_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(ingestlink._HEADER.size)
+        writer.close()
+
+    path = tmp_path / "peer.sock"
+    peer = await asyncio.start_unix_server(take_and_close, str(path))
+    link = IngestClient(path)
+    try:
+        root, mtype = parse_message(sample("CEB311"), 1 << 20)
+        with pytest.raises(IngestUnavailable):
+            await asyncio.wait_for(link.ingest(extract(root, mtype), sample("CEB311"), submitter="t"), 10)
+    finally:
+        await link.aclose()
+        peer.close()
+        await peer.wait_closed()
