@@ -59,6 +59,9 @@ CODES: dict[str, str] = {
     "application of the consignor (another key, declared — a temporary save is not —, not withdrawn nor refused) "
     "names already: it would be declared twice "
     "and its VAT refund claimed twice; change or withdraw that application first (HTTP 409)",
+    "summary.inventory_named_twice": "two applications of one summary message (CEB701) of one consignor name the "
+    "same invtNo (the earlier declared, not a temporary save): it would be declared twice and customs refuses the "
+    "later; name it in one of them (HTTP 409, nothing of the message stored)",
     "summary.inventory_unknown": "warning: the gateway holds no export inventory of the application's consignor with "
     "an invtNo the summary application names (declared elsewhere, a typo, or another enterprise's: that is not "
     "disclosed); it is stored and forwarded, customs decides",
@@ -71,7 +74,7 @@ CODES: dict[str, str] = {
 #: The codes that refuse the application; the others are warnings in the 202 answer.
 REFUSING: frozenset[str] = frozenset({
     "summary.inventory_not_export", "summary.inventory_not_b_type", "summary.inventory_withdrawn",
-    "summary.inventory_summarised",
+    "summary.inventory_summarised", "summary.inventory_named_twice",
 })  # fmt: skip
 
 #: The inventories (import and export) customs gave one of the invtNos ($1) a summary application names, as their keys
@@ -210,13 +213,47 @@ def judge_message(msg: ParsedMessage, held: Held, scope: frozenset[str] | None =
     refusing issue of them."""
     errors: list[Issue] = []
     warnings: list[Issue] = []
+    earlier: dict[tuple[str, str], Document] = {}  # (ebcCode, invtNo) -> the message's first application naming it
     for doc in msg.documents:
         refusing, warned = judge(doc, held, scope)
         errors += refusing
         warnings += warned
+        errors += _named_before(doc, earlier, {i.path for i in refusing})
     if errors:
         raise Conflict(errors)
     return warnings
+
+
+def _named_before(doc: Document, earlier: dict[tuple[str, str], Document], refused: set[str]) -> list[Issue]:
+    """The invtNos an application names that an earlier application of its message (of the same consignor) names:
+    each is judged only against the applications stored, so without this both would be stored and customs would
+    refuse the later. As against a stored one, the earlier counts when declared (a temporary save, appStatus 1, is
+    not: customs never sees it); the same invtNo twice in one application is a rule (rule.summary_duplicate_inventory).
+    ``earlier`` is updated with what this application names; a line refused already (``refused``) is not again, nor
+    does it take the invtNo from a later application."""
+    if not judged(doc):
+        return []
+    ebc = (doc.head.get("ebcCode") or "").strip()
+    errors: list[Issue] = []
+    mine: dict[tuple[str, str], Document] = {}
+    for i, line in enumerate(doc.lines):
+        no = (line.get("invtNo") or "").strip()
+        if not no:
+            continue
+        first = earlier.get((ebc, no))
+        path = doc.line_path(i, "invtNo")
+        if path in refused:  # refused already (by a stored application, say): it takes the inventory from none
+            continue
+        if first is not None:
+            shown = ", ".join(f"{n} {v.strip()}" for n, v in zip(first.type.keys, first.keys, strict=True))
+            errors.append(Issue(STATE_LAYER, "summary.inventory_named_twice", path,
+                                f"invtNo {no} is named by {first.path} ({shown}) of this message already: "
+                                "summarised twice it would be declared twice; name it in one application"))
+        elif (doc.head.get("appStatus") or "").strip() != "1":  # a temporary save blocks nothing: customs never sees it
+            mine.setdefault((ebc, no), doc)
+    for k, d in mine.items():
+        earlier.setdefault(k, d)
+    return errors
 
 
 def judge(doc: Document, held: Held, scope: frozenset[str] | None = None) -> tuple[list[Issue], list[Issue]]:

@@ -393,6 +393,34 @@ async def test_two_applications_at_once_in_two_api_processes_are_judged_one_afte
 
 
 @pytest.mark.db
+async def test_two_applications_of_one_message_naming_one_inventory_are_refused(
+    api: Client, db_pool: asyncpg.Pool
+) -> None:
+    """Each application of a message is judged against the applications stored; two of one message naming one
+    inventory would both be stored, and customs would refuse the later: the message is refused (409, nothing stored),
+    the later application's invtNo pointed at and the earlier named. A temporary save (appStatus 1) blocks nothing
+    here either; one application listing an invtNo twice is refused by the rules (422)."""
+    a, a_no = await declared(api, 96)
+    b, b_no = await declared(api, 97)
+    p = application([a], [a_no], seed=96)
+    p["documents"].append(application([b, a], [b_no, a_no], seed=97)["documents"][0])
+    r = await post_export(api, p)
+    assert r.status == 409, r.body
+    assert [(i["code"], i["path"]) for i in r.body["error"]["issues"]] == [
+        ("summary.inventory_named_twice", "/CEB701Message/SummaryApply[2]/SummaryApplyList[2]/invtNo")], r.body
+    assert f"copNo {p['documents'][0]['copNo']}" in r.body["error"]["issues"][0]["message"]
+    assert await db_pool.fetchval("SELECT count(*) FROM documents WHERE message_type = 'CEB701'") == 0
+    twice = application([a, b], [a_no, b_no, a_no], seed=98)
+    r = await post_export(api, twice)
+    assert r.status == 422 and [(i["code"], i["path"]) for i in r.body["error"]["issues"]] == [
+        ("rule.summary_duplicate_inventory", "/CEB701Message/SummaryApply[1]/SummaryApplyList[3]/invtNo")], r.body
+    p["guid"] = new_guid()
+    p["documents"][0].update(guid=new_guid(), appStatus="1")
+    r = await post_export(api, p)
+    assert r.status == 202 and [d["outcome"] for d in r.body["documents"]] == ["accepted", "accepted"], r.body
+
+
+@pytest.mark.db
 async def test_an_import_inventorys_number_refuses_the_summary(api: Client) -> None:
     im = import_ship(18)
     for p in (im.order, im.payment, im.waybill, im.inventory):
