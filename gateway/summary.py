@@ -109,8 +109,9 @@ SELECT v.invt_no, c.message_type, c.ebc_code, c.parties, c.head ->> 'statisticsF
 
 
 #: The live summary applications (CEB701) naming one of the invtNos ($1) in their list (documents_summary_lines_idx,
-#: migration 250): of each key the version customs holds — the newest one declared (appStatus 2), not withdrawn nor
-#: refused by customs. A temporary save (appStatus 1, 暂存) is stored at E-Port and never declared (spec §3.6, A.29):
+#: migration 250): of each key the version customs holds — the newest one declared (appStatus 2) customs did not refuse
+#: (a refused change or withdrawal leaves it the version before, the last it did not refuse), unless that is
+#: a withdrawal. A temporary save (appStatus 1, 暂存) is stored at E-Port and never declared (spec §3.6, A.29):
 #: customs does not know it, so it blocks no other application; under a temp-saved change or withdrawal customs still
 #: holds the version declared before it (as keystate.temp_saved). Read only for a CEB701: by the pipeline before the
 #: store's transaction, and again in it under the invtNos' locks (keystate.LOCK_SUMMARISED).
@@ -124,10 +125,12 @@ SELECT n.no AS invt_no, s.key1, s.key2, s.ebc_code, s.parties, s.head ->> 'start
                  WHERE s.message_type = 'CEB701' AND s.lines @> jsonb_build_array(jsonb_build_object('invtNo', n.no))
                 OFFSET 0) AS s
  WHERE s.app_status IS DISTINCT FROM '1' AND NOT s.withdrawn AND s.forward_state <> 'rejected'
+   -- no later version declared that customs did not refuse: under a refused change or withdrawal customs holds
+   -- the version before (as gateway.taxbills.held_version)
    AND (s.is_current
         OR NOT EXISTS (SELECT 1 FROM documents AS v
                         WHERE v.message_type = 'CEB701' AND v.key1 = s.key1 AND v.key2 = s.key2 AND v.id > s.id
-                          AND v.app_status IS DISTINCT FROM '1' OFFSET 0))
+                          AND v.app_status IS DISTINCT FROM '1' AND v.forward_state <> 'rejected' OFFSET 0))
  ORDER BY n.no, s.key1, s.key2
 """
 

@@ -336,6 +336,43 @@ async def test_an_inventory_is_named_by_one_live_summary_only(api: Client) -> No
     assert r.status == 202 and "warnings" not in r.body, r.body
 
 
+async def summary_receipt(api: Client, version: dict[str, Any], status: str, at: str) -> None:
+    """Customs' CEB702 answering one version of a (not split) summary application with ``status``."""
+    doc = version["documents"][0]
+    r = await post_receipt(api, "CEB702", {
+        "guid": doc["guid"], "agentCode": doc["agentCode"], "ebcCode": doc["ebcCode"], "copNo": doc["copNo"],
+        "preNo": "S20261120000000081", "msgSeqNo": "1", "returnStatus": status, "returnTime": at,
+        "returnInfo": "ok" if status != "100" else "refused"})  # fmt: skip
+    assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+
+
+@pytest.mark.db
+async def test_under_a_refused_change_the_version_customs_accepted_stays_live(api: Client) -> None:
+    """A change (appType 2) or withdrawal (appType 3) customs refuses (CEB702 100) leaves customs holding the version
+    it took before: what that version names stays summarised, what only the refused change names is free."""
+    a, a_no = await declared(api, 88)
+    b, b_no = await declared(api, 89)
+    first = application([a], [a_no], seed=88)
+    assert (await post_export(api, first)).status == 202
+    await summary_receipt(api, first, "2", "20261120150000000")
+    await summary_receipt(api, first, "399", "20261120150100000")
+    change = version(first, "2", "20261120160000", items=[{"invtNo": b_no}])
+    r = await post_export(api, change)
+    assert r.status == 202 and r.body["documents"][0]["outcome"] == "replaced", r.body
+    await summary_receipt(api, change, "100", "20261120160100000")
+    r = await post_export(api, application([a], [a_no], seed=188))
+    assert r.status == 409, r.body
+    [issue] = r.body["error"]["issues"]
+    assert issue["code"] == "summary.inventory_summarised" and first["documents"][0]["copNo"] in issue["message"], issue
+    withdrawal = version(first, "3", "20261120170000")
+    assert (await post_export(api, withdrawal)).status == 202
+    await summary_receipt(api, withdrawal, "100", "20261120170100000")
+    r = await post_export(api, application([a], [a_no], seed=189))
+    assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "summary.inventory_summarised", r.body
+    r = await post_export(api, application([b], [b_no], seed=190))
+    assert r.status == 202 and "warnings" not in r.body, r.body
+
+
 @pytest.mark.db
 async def test_a_temporary_save_blocks_no_other_application(api: Client) -> None:
     """A temporarily saved application (appStatus 1, 暂存) is stored at E-Port, never declared: customs does not know
