@@ -487,6 +487,30 @@ async def test_export_returns_and_their_tallies_are_answered_by_the_export_syste
     assert (back["invtNo"], back["agentCode"], len(back["preNo"])) == (released["invtNo"], "4601980H12", 18)
 
 
+def _return_variant(refund: etree._Element, co_el_no: str, *lines: tuple[str, str], app_type: str = "1",
+                    later: int = 0) -> bytes:
+    """The sample return under another coElNo, its lines (gnum, qty) in place of the sample's; ``app_type`` and
+    ``later`` (seconds added to its appTime) make a change or withdrawal of it."""
+    doc = copy.deepcopy(refund)
+    doc.set("guid", str(uuid.uuid4()).upper())
+    head = doc.find(f".//{C}InvtRefundHead")
+    head.find(f"{C}guid").text = str(uuid.uuid4()).upper()
+    head.find(f"{C}coElNo").text = co_el_no
+    head.find(f"{C}appType").text = app_type
+    t = head.find(f"{C}appTime")
+    t.text = str(int(t.text) + later)
+    sample = doc.findall(f".//{C}InvtRefundList")
+    for element in sample:
+        element.getparent().remove(element)
+    parent = doc.find(f".//{C}InvtRefund")
+    for gnum, qty in lines:
+        line = copy.deepcopy(sample[0])
+        line.find(f"{C}gnum").text = gnum
+        line.find(f"{C}qty").text = line.find(f"{C}qty1").text = qty
+        parent.append(line)
+    return etree.tostring(doc)
+
+
 async def test_the_sandbox_refuses_a_return_of_goods_the_inventory_did_not_declare(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
 ) -> None:
@@ -496,30 +520,11 @@ async def test_the_sandbox_refuses_a_return_of_goods_the_inventory_did_not_decla
     takes nothing back. The sample inventory declares item 1 qty 3 and item 2 qty 1. (The gateway refuses such a
     return at ingest: posted to the sandbox directly.)"""
     _, refund = await _released_with_its_return(sandbox, http_recorder, client)
-
-    def variant(co_el_no: str, *lines: tuple[str, str]) -> bytes:
-        """The sample return under another coElNo, its lines (gnum, qty) in place of the sample's."""
-        doc = copy.deepcopy(refund)
-        doc.set("guid", str(uuid.uuid4()).upper())
-        head = doc.find(f".//{C}InvtRefundHead")
-        head.find(f"{C}guid").text = str(uuid.uuid4()).upper()
-        head.find(f"{C}coElNo").text = co_el_no
-        sample = doc.findall(f".//{C}InvtRefundList")
-        for element in sample:
-            element.getparent().remove(element)
-        parent = doc.find(f".//{C}InvtRefund")
-        for gnum, qty in lines:
-            line = copy.deepcopy(sample[0])
-            line.find(f"{C}gnum").text = gnum
-            line.find(f"{C}qty").text = line.find(f"{C}qty1").text = qty
-            parent.append(line)
-        return etree.tostring(doc)
-
-    sent = [variant("TH-STRANGER", ("1", "1"), ("3", "1")),  # no item 3
-            variant("TH-TOO-MANY", ("1", "4")),  # 4 of the 3 declared
-            variant("TH-PART-1", ("1", "2")),  # 2 of 3: back in
-            variant("TH-PART-2", ("1", "2")),  # 2 more: 4 of 3
-            variant("TH-PART-3", ("01", "1"))]  # the last one (gnum an xs:int)
+    sent = [_return_variant(refund, "TH-STRANGER", ("1", "1"), ("3", "1")),  # no item 3
+            _return_variant(refund, "TH-TOO-MANY", ("1", "4")),  # 4 of the 3 declared
+            _return_variant(refund, "TH-PART-1", ("1", "2")),  # 2 of 3: back in
+            _return_variant(refund, "TH-PART-2", ("1", "2")),  # 2 more: 4 of 3
+            _return_variant(refund, "TH-PART-3", ("01", "1"))]  # the last one (gnum an xs:int)
     for body in sent:
         status, ack, _ = await post_dxp(client, sandbox.url, body, receiver=dxp.EXPORT_RECEIVER)
         assert (status, ack["code"]) == (200, "0000"), ack
@@ -535,6 +540,34 @@ async def test_the_sandbox_refuses_a_return_of_goods_the_inventory_did_not_decla
     assert "商品序号3不是清单商品" in info["TH-STRANGER"] and "商品序号1" not in info["TH-STRANGER"]
     assert "商品序号1退货数量4超过申报数量3" in info["TH-TOO-MANY"]
     assert "商品序号1退货数量2加已退2超过申报数量3" in info["TH-PART-2"]
+
+
+async def test_a_changed_return_replaces_its_earlier_version(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    """A change (appType 2) of a retail export return replaces the version customs let back in: it is judged with the
+    inventory's other returns, not with its own earlier version, and what it returns is what the inventory's next
+    return adds to. The sample inventory declares item 1 qty 3: a return of 2, changed to 3 (not 2 + 3), changed to 1;
+    then another return of 2 is back in (1 + 2), and a third of 1 more is refused (1 + 2 + 1 of 3)."""
+    _, refund = await _released_with_its_return(sandbox, http_recorder, client)
+    sent = [_return_variant(refund, "TH-CHANGED", ("1", "2")),
+            _return_variant(refund, "TH-CHANGED", ("1", "3"), app_type="2", later=100),
+            _return_variant(refund, "TH-CHANGED", ("1", "1"), app_type="2", later=200),
+            _return_variant(refund, "TH-OTHER", ("1", "2"), later=300),
+            _return_variant(refund, "TH-ONE-MORE", ("1", "1"), later=400)]
+    for body in sent:  # one at a time: each is judged with what the ones before let back in
+        status, ack, _ = await post_dxp(client, sandbox.url, body, receiver=dxp.EXPORT_RECEIVER)
+        assert (status, ack["code"]) == (200, "0000"), ack
+        await sandbox.wait_idle()
+    got = receipts(http_recorder, lambda r: r["type"] == "CEB214")
+    assert_from_the_export_system_and_valid(got)
+    by_cop: dict[str, list[str]] = {}
+    for r in got:
+        by_cop.setdefault(r["coElNo"], []).append(r["returnStatus"])
+    assert by_cop == {"TH-CHANGED": ["2", "120", "800"] * 3, "TH-OTHER": ["2", "120", "800"],
+                      "TH-ONE-MORE": ["2", "100"]}  # fmt: skip
+    [refused] = [r for r in got if r["returnStatus"] == "100"]
+    assert "商品序号1退货数量1加已退3超过申报数量3" in refused["returnInfo"], refused
 
 
 async def test_the_sandbox_does_not_release_a_withdrawn_return(
