@@ -7,9 +7,9 @@ own store split the batches as well: smaller batches cost PostgreSQL more per me
 docs/performance.md). Over the link the HTTP and the checks spread over the processes while the batches stay
 as large as one process makes them.
 
-A front (:class:`IngestClient`) sends ``(msg, raw, submitter, source, scope, identity, named)`` — what
-``Store.ingest`` takes — and awaits the answer; the first process (:class:`IngestServer`) hands it to its
-store at once (no task per message: the store's own future answers). Frames on a Unix socket: request id and
+A front (:class:`IngestClient`) sends a ``Submission`` — what ``Store.enqueue`` takes — and awaits the
+answer; the first process (:class:`IngestServer`) hands it to its store at once (no task per message: the
+store's own future answers). Frames on a Unix socket: request id and
 length (8 bytes), then a pickle. Pickle, because both ends are this program, on this host, as this user: the
 socket lives in a folder only its user may enter (0700), made by the first process for its lifetime.
 
@@ -34,10 +34,9 @@ from typing import Any
 
 import structlog
 
-from gateway import db, summary
-from gateway.documents import ParsedMessage
+from gateway import db
 from gateway.keystate import Conflict
-from gateway.store import IngestResult, Store
+from gateway.store import IngestResult, Store, Submission
 
 __all__ = ["IngestClient", "IngestServer", "IngestUnavailable", "link_folder"]
 
@@ -119,9 +118,7 @@ class _ServerSide(asyncio.Protocol):
             return
         for rid, payload in frames:
             try:
-                msg, raw, submitter, source, scope, identity, named = pickle.loads(payload)
-                future = self._store.enqueue(msg, raw, submitter=submitter, source=source, scope=scope,
-                                             identity=identity, named=named)  # fmt: skip
+                future = self._store.enqueue(pickle.loads(payload))
             except Exception as exc:
                 self._answer(rid, _FAILED, f"{exc.__class__.__name__}: {exc}")
                 continue
@@ -216,25 +213,15 @@ class IngestClient:
             if not future.done():
                 future.set_exception(IngestUnavailable("the ingest link closed before the answer came"))
 
-    async def ingest(
-        self,
-        msg: ParsedMessage,
-        raw: bytes,
-        *,
-        submitter: str,
-        source: str = "xml",
-        scope: frozenset[str] | None = None,
-        identity: bytes | None = None,
-        named: summary.Named | None = None,
-    ) -> IngestResult:
+    async def ingest(self, sub: Submission) -> IngestResult:
+        """Store ``sub`` through the first process's store (as its ``Store.enqueue``)."""
         if self._transport is None:
             await self.connect()
         assert self._transport is not None
         self._next_id = rid = (self._next_id + 1) & 0xFFFFFFFF
         future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        request = (msg, raw, submitter, source, scope, identity, named)
-        self._transport.write(_frame(rid, pickle.dumps(request, _PROTOCOL)))
+        self._transport.write(_frame(rid, pickle.dumps(sub, _PROTOCOL)))
         kind, value = await future
         if kind == _OK:
             result: IngestResult = value

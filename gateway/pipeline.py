@@ -11,7 +11,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from lxml import etree
 
@@ -22,24 +22,11 @@ from gateway.errors import Issue, Layer, MessageRejected
 from gateway.messages import CEB_NS, Kind, MessageType, Signature, lookup
 from gateway.render import json_constant, json_int, json_object, render
 from gateway.schema import SchemaSet
-from gateway.store import IngestResult, Store
+from gateway.store import IngestResult, Store, Submission
 from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_message
 
-
-class Ingest(Protocol):
-    """What stores an accepted message: ``Store.ingest``'s signature."""
-
-    def __call__(
-        self,
-        msg: ParsedMessage,
-        raw: bytes,
-        *,
-        submitter: str,
-        source: str = "xml",
-        scope: frozenset[str] | None = None,
-        identity: bytes | None = None,
-        named: summary.Named | None = None,
-    ) -> Awaitable[IngestResult]: ...
+#: What stores an accepted message: this process's store (``Store.enqueue``), or another's over the ingest link.
+Ingest = Callable[[Submission], Awaitable[IngestResult]]
 
 
 class Forbidden(Exception):
@@ -110,7 +97,7 @@ class Pipeline:
         self.store = store
         # Where an accepted message is stored: this process's store, or the first process's over the ingest link
         # (gateway.ingestlink) in the other API processes of `cbec serve --processes N`.
-        self._ingest = ingest or (store.ingest if store is not None else None)
+        self._ingest = ingest or (store.enqueue if store is not None else None)
         self.max_bytes = max_bytes
         # Signs JSON-submitted declarations whose schema requires a signature (CEB621) with the
         # declaring agent's key configured on the gateway; XML submitters sign their own.
@@ -221,8 +208,8 @@ class Pipeline:
         scope = None if principal.sees_everything else principal.codes
         if checked.message.type.kind is Kind.SUMMARY:  # a CEB701: the inventories it names, as the gateway holds them
             warnings, named = await self._judge_summary(checked.message, scope)
-        result = await self._ingest(checked.message, checked.raw, submitter=principal.name, source=source,
-                                    scope=scope, identity=checked.identity, named=named)  # fmt: skip
+        result = await self._ingest(Submission(checked.message, checked.raw, principal.name, source, scope,
+                                               checked.identity, named))  # fmt: skip
         if warnings and not result.replay:
             result.body["warnings"] = [i.as_dict() for i in warnings]
         return result

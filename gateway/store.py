@@ -497,6 +497,31 @@ class IngestResult:
     replay: bool
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A checked message handed to the store (:meth:`Store.ingest`), as the API process that accepted it knows it.
+
+    ``identity``: what makes a message with a stored guid the same one again (its sha256 is kept); ``raw`` when
+    None. A JSON submission passes its content (gateway.pipeline.json_identity).
+
+    ``scope``: the submitting key's enterprise codes, None for a key that may touch everything (see keystate.decide:
+    a stored document's key belongs to its parties).
+
+    ``named``: of a summary message (CEB701), the invtNos it names and their inventories as the caller read them
+    (gateway.pipeline): the message takes a lock per invtNo and is judged again in the transaction against the live
+    applications read under them (gateway.summary.judge_message), so that of two applications naming one inventory
+    at once the second sees the first. None for every other message: they pay nothing for it.
+    """
+
+    msg: ParsedMessage
+    raw: bytes
+    submitter: str
+    source: str = "xml"
+    scope: frozenset[str] | None = None
+    identity: bytes | None = None
+    named: summary.Named | None = None
+
+
 @dataclass(eq=False)
 class _Job:
     """A message waiting for (or in) an ingest transaction, and the future its caller awaits."""
@@ -826,48 +851,27 @@ class Store:
         identity: bytes | None = None,
         named: summary.Named | None = None,
     ) -> IngestResult:
-        """Store a validated message and reconcile what it touches; commits before returning.
+        """Store a validated message and reconcile what it touches; commits before returning. The arguments are a
+        :class:`Submission`'s; raises :class:`Conflict` (nothing stored; the caller records the rejection)."""
+        return await self.enqueue(Submission(msg, raw, submitter, source, scope, identity, named))
 
-        ``identity``: what makes a message with a stored guid the same one again (its sha256 is kept); ``raw``
-        when None. A JSON submission passes its content (gateway.pipeline.json_identity).
-
-        ``scope``: the submitting key's enterprise codes, None for a key that may touch everything (see
-        keystate.decide: a stored document's key belongs to its parties). Raises :class:`Conflict` (nothing
-        stored; the caller records the rejection).
-
-        ``named``: of a summary message (CEB701), the invtNos it names and their inventories as the caller read
-        them (gateway.pipeline): the message takes a lock per invtNo and is judged again in the transaction against
-        the live applications read under them (gateway.summary.judge_message), so that of two applications naming
-        one inventory at once the second sees the first. None for every other message: they pay nothing for it.
-        """
-        return await self.enqueue(msg, raw, submitter=submitter, source=source, scope=scope, identity=identity,
-                                  named=named)  # fmt: skip
-
-    def enqueue(
-        self,
-        msg: ParsedMessage,
-        raw: bytes,
-        *,
-        submitter: str,
-        source: str = "xml",
-        scope: frozenset[str] | None = None,
-        identity: bytes | None = None,
-        named: summary.Named | None = None,
-    ) -> asyncio.Future[IngestResult]:
+    def enqueue(self, sub: Submission) -> asyncio.Future[IngestResult]:
         """:meth:`ingest` without the await: the future its outcome settles (gateway.ingestlink answers from it,
         without a task per message)."""
-        if source not in ("xml", "json"):
-            raise ValueError(f"source must be 'xml' or 'json', got {source!r}")
+        if sub.source not in ("xml", "json"):
+            raise ValueError(f"source must be 'xml' or 'json', got {sub.source!r}")
         self._arrivals += 1
+        msg = sub.msg
         news = new_documents(msg)
         locks, refs = up_front_locks(msg), Refs.of(news)
         for buyer in self.waybill_buyers.guess(news):
             locks.add((LOCK_BUYER, buyer[0]))
             refs.buyers.add(buyer)
-        if named is not None:
-            locks.update((LOCK_SUMMARISED, no) for no in named.invt_nos)
-        sha = hashlib.sha256(raw if identity is None else identity).digest()
-        job = _Job(msg, raw, sha, submitter, source, self._arrivals, news, locks, refs, scope, named)
+        if sub.named is not None:
+            locks.update((LOCK_SUMMARISED, no) for no in sub.named.invt_nos)
+        sha = hashlib.sha256(sub.raw if sub.identity is None else sub.identity).digest()
+        job = _Job(msg, sub.raw, sha, sub.submitter, sub.source, self._arrivals, news, locks, refs, sub.scope,
+                   sub.named)  # fmt: skip
         return self._batcher.put(job)
 
     async def aclose(self) -> None:

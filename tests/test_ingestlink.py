@@ -14,6 +14,7 @@ from gateway import ingestlink
 from gateway.documents import extract
 from gateway.ingestlink import IngestClient, IngestUnavailable
 from gateway.messages import BY_CODE
+from gateway.store import Submission
 from gateway.xmlsafe import parse_message
 from tests.apiutil import linked_apps
 
@@ -121,7 +122,7 @@ async def test_answers_in_flight_when_the_link_closes_are_unavailable(tmp_path: 
     try:
         root, mtype = parse_message(sample("CEB311"), 1 << 20)
         with pytest.raises(IngestUnavailable):
-            await asyncio.wait_for(link.ingest(extract(root, mtype), sample("CEB311"), submitter="t"), 10)
+            await asyncio.wait_for(link.ingest(Submission(extract(root, mtype), sample("CEB311"), "t")), 10)
     finally:
         await link.aclose()
         peer.close()
