@@ -45,6 +45,10 @@ def _err(description: str) -> dict[str, Any]:
 
 
 _AUTH_ERRORS = {"401": _err("missing or unknown API key"), "403": _err("the key may not act on these documents")}
+#: A message is answered only once committed: away, the store answers nothing but this (with Retry-After).
+_UNAVAILABLE = {"503": _err("the database (or, in `cbec serve --processes N`, the first process's store) cannot be "
+                            "reached: send it again after Retry-After seconds; a message committed before its answer "
+                            "was lost answers as a replay")}  # fmt: skip
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -90,6 +94,7 @@ OPENAPI: dict[str, Any] = {
                     "422": _err("schema or business-rule errors (a JSON shape error's path is a JSON pointer into "
                                 "the payload)"),
                     **_AUTH_ERRORS,
+                    **_UNAVAILABLE,
                 },
             }
         },

@@ -106,6 +106,8 @@ async def test_the_link_down_answers_503_and_stores_nothing(db_pool: asyncpg.Poo
         answer = await other.post_xml(sample("CEB411"))
         assert answer.status == 503, answer.body
         assert answer.headers["Retry-After"] == "5"
+        spec = await other.get("/openapi.json", key=None)
+        assert "503" in spec.body["paths"]["/v1/messages"]["post"]["responses"]  # documented as it answers
         assert await db_pool.fetchval("SELECT count(*) FROM messages") == 1
 
 
