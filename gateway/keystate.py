@@ -14,7 +14,8 @@ Key rules, per document key (MessageType.keys, trimmed):
 * appType 2 replaces and appType 3 withdraws the current document when its appTime is strictly newer
   (appTime compares as 14-digit text); an older or equal one changes nothing and is answered
   ``state.ignored_older`` (like −301014); a change or withdrawal of an unknown or withdrawn key is
-  ``state.not_found`` (like −301009);
+  ``state.not_found`` (like −301009); a withdrawal customs refused withdrew nothing there: the store makes the
+  version before it current again when the receipt comes (gateway.store.restore_withdrawn, :func:`restore`);
 * the same key twice in one message is ``state.duplicate``; receipts carry no key state.
 
 Shipments (spec §6.2 joins): orders, payments and inventories belong to the shipment (ebpCode,
@@ -1131,6 +1132,30 @@ def judge(
         )  # fmt: skip
 
 
+def restore(
+    rows: Sequence[Row], refs: Refs, held: set[Lock], state: State, *, rates: tax.TaxRates, tolerance: Decimal
+) -> Write | Defer:
+    """The versions ``rows`` are current again: customs refused the withdrawal that followed each (spec §6.2: it
+    still holds the version before; gateway.store.restore_withdrawn). Their shipments are reconciled and their
+    inventories assessed again from their current documents, as when a leg arrives (``state`` read for ``refs``, the
+    rows among its live legs; Defer as judge). Nothing is refused: customs holds them. The Write's ``body`` is
+    empty and its ``documents`` are not written (the rows are stored)."""
+    live = state.live()
+    legs = [state.rows[r.id] for r in rows if r.id in state.rows]
+    orders = {r.order_no or "" for r in legs if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL}
+    with live.changed(legs, []) as before:
+        # as judge: the waybills their shipments held without them go where they belong now, and the other
+        # platforms' shipments of their orderNos whose waybill they move are reconciled again
+        keys = dict.fromkeys(r.shipment_key for r in legs if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL)
+        released = [w for w in map(before.waybill_of, keys) if w is not None]
+        views = {k: before.waybill_view(k) for o in orders for k in before.platforms(o)}
+    after = {k: live.waybill_view(k) for o in orders for k in live.platforms(o)}
+    neighbours = [k for k in sorted(views.keys() | after.keys()) if views.get(k) != after.get(k)]
+    news = [New(doc=r.document, row=r, app_type=(r.head.get("appType") or "1").strip(), tracked=True) for r in legs]
+    return _judge(None, news, refs, held, state, live, rates=rates, tolerance=tolerance, released=released,
+                  neighbours=neighbours)  # fmt: skip
+
+
 def _flow_conflicts(news: list[New], live: Live) -> list[Issue]:
     """A shipment is of one flow: an export leg beside live import legs of its (ebpCode, orderNo), or the reverse,
     is refused rather than reconciled with them (an orderNo is unique within a platform, spec §6.2, so the two
@@ -1172,7 +1197,7 @@ def _second_inventories(news: list[New], live: Live) -> list[Issue]:
 
 
 def _judge(
-    msg: ParsedMessage,
+    msg: ParsedMessage | None,
     news: list[New],
     refs: Refs,
     held: set[Lock],
@@ -1286,7 +1311,7 @@ def _judge(
             results[("", order_no)] = shipment_result(("", order_no), blank, None, tolerance)
 
     return Write(
-        body=_response(msg, news, results, live),
+        body=_response(msg, news, results, live) if msg is not None else {},
         documents=[_document_row(new) for new in news if new.stored],
         replaced=[(new.replaces.id, new.doc.index) for new in news if new.replaces is not None and new.stored],
         shipments=[r.row() for r in (*results.values(), *reopened.values())],

@@ -698,6 +698,9 @@ def _lease_lost(j: cbec_queue.Job) -> cbec_queue.LeaseLost:
 #: Assess again, in the receipt's transaction, the shipments the annual limit blocked for these (buyer, year)s; returns
 #: those now matched (gateway.store.quota_reassessor).
 Reassess = Callable[[asyncpg.Connection, Sequence[tuple[str, int]]], Awaitable[list[tuple[str, str]]]]
+#: Make current again, in the receipt's transaction, the versions before these withdrawals customs refused, and
+#: reconcile their shipments again; returns the shipments written (gateway.store.withdrawals_restorer).
+Restore = Callable[[asyncpg.Connection, Sequence[int]], Awaitable[list[tuple[str, str]]]]
 
 
 class Outbox:
@@ -715,6 +718,7 @@ class Outbox:
         max_sent_batch: int = 32,
         max_sent_parallel: int = 2,
         reassess: Reassess | None = None,
+        restore: Restore | None = None,
     ) -> None:
         if max_sent_batch < 1 or max_sent_parallel < 1:
             raise ValueError("max_sent_batch and max_sent_parallel must be at least 1")
@@ -723,6 +727,9 @@ class Outbox:
         # Quota a receipt gives back reopens the buyers' shipments the annual limit blocked
         # (gateway.store.quota_reassessor); None: it is given back, and they stay blocked until their next change.
         self.reassess = reassess
+        # A withdrawal customs refused leaves it the version before: that version is current again and its shipment
+        # reconciled again (gateway.store.withdrawals_restorer); None: the key stays withdrawn here.
+        self.restore = restore
         self.max_sent_batch = max_sent_batch
         self.max_sent_parallel = max_sent_parallel
         self._xml_wanted: dict[int, list[asyncio.Future[str | None]]] = {}
@@ -1096,12 +1103,18 @@ class Outbox:
             [res.outcome for _, res in rows],
             [d.answered for d in changed],
         )  # fmt: skip
+        restored: list[tuple[str, str]] = []
+        refused = [d.id for d in changed if d.app_type == "3" and d.forward_state == "rejected"]
+        if refused and self.restore is not None:  # a refused withdrawal: customs holds the version before it
+            restored = await self.restore(conn, refused)
         await self._release_quota(conn, [d for d in changed if d.gave_back])
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]
-        if legs:  # only a receipt on an order, payment or waybill can make a held inventory eligible (RELEASE_HELD)
+        if legs or restored:  # only a receipt on an order, payment or waybill, or a leg live again, can make a held
+            # inventory eligible (RELEASE_HELD)
             await self._release(
                 conn,
-                [(d.ebp_code or "", d.order_no or "") for d in legs if d.kind != "waybill"] + sorted(shipments),
+                [(d.ebp_code or "", d.order_no or "") for d in legs if d.kind != "waybill"] + sorted(shipments)
+                + restored,
                 [(d.logistics_code or "", d.logistics_no or "") for d in legs if d.kind == "waybill"],
             )
         if resend:
@@ -1110,7 +1123,7 @@ class Outbox:
             for index, message_ids in resend.items():  # "resend" says that it happened (not past max_repushes)
                 results[index].resend = not message_ids.isdisjoint(resent)
         # Last: a re-send puts a failed message back on its way (COUNT_RESEND), and the status must say so.
-        await self._refresh_shipments(conn, shipments)
+        await self._refresh_shipments(conn, shipments | set(restored))
         return [results[r.index] for r in recs]
 
     async def _apply_tax_bills(

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import cbec_queue
+import structlog
 
 from gateway import db, summary, tax
 from gateway.batching import Batcher, Follow
@@ -50,6 +51,7 @@ from gateway.keystate import (
     BY_INVT_NO,
     CODES,
     LOCK_BUYER,
+    LOCK_KEY,
     LOCK_ORDER,
     LOCK_SUMMARISED,
     SEP,
@@ -68,9 +70,11 @@ from gateway.keystate import (
     blocked_shipments,
     issue,
     judge,
+    likely_buyer,
     new_documents,
     reopen,
     reopen_refs,
+    restore,
     temp_saved,
     up_front_locks,
 )
@@ -89,7 +93,7 @@ from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING, RANK_RELEASED
 
 if TYPE_CHECKING:
     from gateway.forward import JobSpec
-    from gateway.outbox import Outbox, Reassess
+    from gateway.outbox import Outbox, Reassess, Restore
 
 __all__ = ["CODES", "Conflict", "DocumentOutcome", "IngestResult", "Store"]
 
@@ -97,6 +101,8 @@ __all__ = ["CODES", "Conflict", "DocumentOutcome", "IngestResult", "Store"]
 CODES = {**CODES, **_RECEIPT_CODES}
 
 _ATTEMPTS = 3
+
+log = structlog.get_logger("gateway.store")
 
 # --- SQL (every runtime query of the store) ---------------------------------------------------
 
@@ -316,6 +322,21 @@ def _put_ledger(rows: str) -> str:
     RETURNING 1"""
 
 
+def _drop_ledger(ebc: str, ono: str, buyer: str, year: str) -> str:
+    """The delete of the ledger rows of the inventories (ebcCode, orderNo) of the arrays ``ebc``, ``ono``, except the
+    kept buyer and year (NULL: keep none); shared by the writes."""
+    return f"""
+    -- by ctid: the candidates come from one index probe per inventory, whatever the plan
+    DELETE FROM tax_ledger AS l
+     WHERE l.ctid = ANY (ARRAY(
+           SELECT t.ctid
+             FROM unnest({ebc}::text[], {ono}::text[], {buyer}::text[], {year}::int[]) AS x(ebc, ono, buyer, year),
+                  LATERAL (SELECT t.ctid, t.buyer_id_number, t.year FROM tax_ledger AS t
+                            WHERE t.ebc_code = x.ebc AND t.order_no = x.ono OFFSET 0) AS t
+            WHERE x.buyer IS NULL OR x.buyer <> t.buyer_id_number OR x.year <> t.year))
+    RETURNING 1"""
+
+
 #: The messages of a wave, their documents, the links from replaced rows, the shipments, the waybill-only
 #: shipments to drop, the ledger and the jobs of the messages that go now, in one statement. $1-$8 and $20
 #: the message rows (arrays; $20 their ids, from READ_STATE); $9 documents (JSON array of objects, each with
@@ -356,16 +377,7 @@ WITH m AS (
     DELETE FROM shipments AS s WHERE s.ebp_code = '' AND s.order_no = ANY ($14::text[])
     RETURNING 1
 ), ledger_put AS ({_put_ledger("$15")}
-), ledger_drop AS (
-    -- by ctid: the candidates come from one index probe per inventory, whatever the plan
-    DELETE FROM tax_ledger AS l
-     WHERE l.ctid = ANY (ARRAY(
-           SELECT t.ctid
-             FROM unnest($16::text[], $17::text[], $18::text[], $19::int[]) AS x(ebc, ono, buyer, year),
-                  LATERAL (SELECT t.ctid, t.buyer_id_number, t.year FROM tax_ledger AS t
-                            WHERE t.ebc_code = x.ebc AND t.order_no = x.ono OFFSET 0) AS t
-            WHERE x.buyer IS NULL OR x.buyer <> t.buyer_id_number OR x.year <> t.year))
-    RETURNING 1
+), ledger_drop AS ({_drop_ledger("$16", "$17", "$18", "$19")}
 ), jobs_in AS ({enqueue_insert("$21")}
 )
 SELECT (SELECT count(*) FROM m) AS messages, {wake_endpoints("jobs_in", "$22")} AS woken
@@ -709,6 +721,119 @@ def _document_dict(r: asyncpg.Record) -> dict[str, Any]:
         out["message_guid"] = r["message_guid"]
         out["received_at"] = _iso(r["received_at"])
     return out
+
+
+# --- a withdrawal customs refused -----------------------------------------------------------
+
+#: The withdrawals (appType 3; $1 document ids) customs refused that are still their keys' current rows, each with the
+#: version customs holds instead (spec §6.2: a refused message changes nothing there): the latest earlier version of
+#: its key customs did not refuse (a change it refused left it the one before), unless that is a withdrawal customs
+#: took (nothing of the key is there) or one the gateway still holds (never sent: customs refused the withdrawal of
+#: what it never had, and a held version made current again would go out). The versions of a key are found by the
+#: indexes its documents share: its shipment (ebpCode, orderNo), its waybill (logisticsCode, logisticsNo), a summary
+#: application's copNo; each arm fenced so that no plan walks the whole table by id. Read only for a refused
+#: withdrawal, in the receipt's transaction.
+REFUSED_WITHDRAWALS = r"""
+SELECT w.id, w.message_type, w.key1, w.key2, v.id AS version_id
+  FROM documents AS w,
+       LATERAL (SELECT v.id, v.withdrawn, v.forward_state
+                  FROM (SELECT v.* FROM documents AS v
+                         WHERE v.ebp_code = w.ebp_code AND v.order_no = w.order_no OFFSET 0) AS v
+                 WHERE v.message_type = w.message_type AND v.key1 = w.key1 AND v.key2 = w.key2 AND v.id < w.id
+                   AND v.forward_state <> 'rejected'
+                UNION ALL
+                SELECT v.id, v.withdrawn, v.forward_state
+                  FROM (SELECT v.* FROM documents AS v
+                         WHERE v.logistics_code = w.logistics_code AND v.logistics_no = w.logistics_no OFFSET 0) AS v
+                 WHERE v.message_type = w.message_type AND v.key1 = w.key1 AND v.key2 = w.key2 AND v.id < w.id
+                   AND v.forward_state <> 'rejected'
+                UNION ALL
+                SELECT v.id, v.withdrawn, v.forward_state
+                  FROM (SELECT v.* FROM documents AS v
+                         WHERE w.kind = 'summary' AND v.kind = 'summary' AND v.key1 = w.key1
+                           AND split_part(v.key2, E'', 1) = split_part(w.key2, E'', 1) OFFSET 0) AS v
+                 WHERE v.message_type = w.message_type AND v.key2 = w.key2 AND v.id < w.id
+                   AND v.forward_state <> 'rejected'
+                 ORDER BY id DESC LIMIT 1) AS v
+ WHERE w.id = ANY ($1::bigint[]) AND w.is_current AND w.withdrawn AND w.forward_state = 'rejected' AND NOT v.withdrawn
+   AND v.forward_state <> 'held'
+ ORDER BY w.id
+"""
+
+#: A refused withdrawal's row leaves its key's current row (SUPERSEDE) first, then the version customs holds is current
+#: again ($1 ids): the unique index on current keys is checked row by row.
+RESTORE = "UPDATE documents SET is_current = true WHERE id = ANY ($1::bigint[])"
+
+#: The shipments reconciled again after such a restore, the waybill-only shipments to drop and the ledger: $1
+#: shipments (JSON), $2 orderNos of waybill-only shipments to delete, $3 ledger rows to upsert (JSON), $4-$7 the
+#: inventories whose other ledger rows go (as WRITE_INGEST's $13-$19).
+WRITE_RESTORED = f"""
+WITH s AS ({_put_shipments("$1")}
+), blank AS (
+    DELETE FROM shipments AS s WHERE s.ebp_code = '' AND s.order_no = ANY ($2::text[])
+    RETURNING 1
+), ledger_put AS ({_put_ledger("$3")}
+), ledger_drop AS ({_drop_ledger("$4", "$5", "$6", "$7")}
+)
+SELECT (SELECT count(*) FROM s) AS shipments, (SELECT count(*) FROM ledger_put) AS ledger
+"""
+
+
+async def restore_withdrawn(
+    conn: asyncpg.Connection, ids: Sequence[int], *, rates: tax.TaxRates, tolerance: Decimal
+) -> list[tuple[str, str]]:
+    """Customs refused the withdrawals ``ids`` (their receipts applied in this transaction, gateway.outbox): it still
+    holds the version before each, so that version is its key's current row again — a change or a new withdrawal of
+    it is judged as of a live document — and the withdrawal stays in the history with its refusal. Their shipments
+    are reconciled and their inventories assessed again (keystate.restore: the quota the withdrawal gave back is
+    counted again). Returns the shipments written, whose held inventories the caller looks at again.
+
+    Under the keys' locks (an ingest of a change or a declaration anew of the key waits, and then sees the version
+    restored) and, as reconciliation asks for them, the ingest's other locks, waited for as reopen_quota does."""
+    if not ids:
+        return []
+    found = await conn.fetch(REFUSED_WITHDRAWALS, sorted(set(ids)))
+    if not found:
+        return []
+    keys = {(r["message_type"], r["key1"], r["key2"]) for r in found}
+    await conn.fetchval(LOCK_IDS, sorted({_lock_id((LOCK_KEY, SEP.join((mt, *BY_CODE[mt].key_values((k1, k2))))))
+                                         for mt, k1, k2 in keys}))  # fmt: skip
+    await conn.execute(SUPERSEDE, [r["id"] for r in found])
+    await conn.execute(RESTORE, [r["version_id"] for r in found])
+    for r in found:
+        log.info("withdrawal_refused_restored", message_type=r["message_type"], key1=r["key1"], key2=r["key2"],
+                 withdrawal_id=r["id"], document_id=r["version_id"])  # fmt: skip
+    refs = Refs(keys=keys)
+    _, state, _, _ = await Store._read(conn, [], refs)
+    for row in state.current.values():
+        refs.add(row)
+        buyer = likely_buyer(BY_CODE[row.message_type], row.head)
+        if buyer is not None:
+            refs.buyers.add(buyer)
+    held: set[Lock] = set()
+    while True:
+        _, state, _, _ = await Store._read(conn, [], refs)
+        verdict = restore(list(state.current.values()), refs, held, state, rates=rates, tolerance=tolerance)
+        if isinstance(verdict, Write):
+            break
+        await conn.fetchval(LOCK_IDS, sorted({_lock_id(lock) for lock in verdict.locks - held}))
+        held |= verdict.locks
+        refs.merge(verdict.refs)
+    drops = verdict.ledger_drop
+    await conn.fetchrow(
+        WRITE_RESTORED, verdict.shipments, verdict.blanks, verdict.ledger_put,
+        [d[0] for d in drops], [d[1] for d in drops], [d[2] for d in drops], [d[3] for d in drops],
+    )  # fmt: skip
+    return [(s["ebp_code"], s["order_no"]) for s in verdict.shipments if s["ebp_code"]]
+
+
+def withdrawals_restorer(*, rates: tax.TaxRates = tax.DEFAULT_RATES, tolerance: Decimal = Decimal("0")) -> Restore:
+    """restore_withdrawn with these rates and tolerance (the Store's): the outbox's ``restore``."""
+
+    async def restore_(conn: asyncpg.Connection, ids: Sequence[int]) -> list[tuple[str, str]]:
+        return await restore_withdrawn(conn, ids, rates=rates, tolerance=tolerance)
+
+    return restore_
 
 
 # --- quota given back outside an ingest ------------------------------------------------------

@@ -371,6 +371,9 @@ async def test_under_a_refused_change_the_version_customs_accepted_stays_live(ap
     assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "summary.inventory_summarised", r.body
     r = await post_export(api, application([b], [b_no], seed=190))
     assert r.status == 202 and "warnings" not in r.body, r.body
+    # the application is current again, not withdrawn: a change of it is taken (not state.not_found)
+    r = await post_export(api, version(first, "2", "20261120180000"))
+    assert r.status == 202 and r.body["documents"][0]["outcome"] == "replaced", r.body
 
 
 @pytest.mark.db
