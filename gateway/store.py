@@ -735,7 +735,7 @@ def _document_dict(r: asyncpg.Record) -> dict[str, Any]:
 #: withdrawal, in the receipt's transaction.
 REFUSED_WITHDRAWALS = r"""
 SELECT w.id, w.message_type, w.key1, w.key2, v.id AS version_id
-  FROM documents AS w,
+  FROM (SELECT w.* FROM documents AS w WHERE w.id = ANY ($1::bigint[]) OFFSET 0) AS w,  -- by its primary key
        LATERAL (SELECT v.id, v.withdrawn, v.forward_state
                   FROM (SELECT v.* FROM documents AS v
                          WHERE v.ebp_code = w.ebp_code AND v.order_no = w.order_no OFFSET 0) AS v
@@ -755,7 +755,7 @@ SELECT w.id, w.message_type, w.key1, w.key2, v.id AS version_id
                  WHERE v.message_type = w.message_type AND v.key2 = w.key2 AND v.id < w.id
                    AND v.forward_state <> 'rejected'
                  ORDER BY id DESC LIMIT 1) AS v
- WHERE w.id = ANY ($1::bigint[]) AND w.is_current AND w.withdrawn AND w.forward_state = 'rejected' AND NOT v.withdrawn
+ WHERE w.is_current AND w.withdrawn AND w.forward_state = 'rejected' AND NOT v.withdrawn
    AND v.forward_state <> 'held'
  ORDER BY w.id
 """
