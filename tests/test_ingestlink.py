@@ -129,3 +129,22 @@ async def test_answers_in_flight_when_the_link_closes_are_unavailable(tmp_path: 
         await link.aclose()
         peer.close()
         await peer.wait_closed()
+
+
+@pytest.mark.db
+async def test_a_request_the_first_process_cannot_read_is_answered_failed_not_dropped(
+    db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """A frame that is no Submission (a broken front): the first process answers it as failed (the front then
+    answers 500) and the link stays up for the next; a frame longer than any message closes the link."""
+    async with linked_apps(db_pool, tmp_path) as (_, other, stores):
+        reader, writer = await asyncio.open_unix_connection(str(stores.server.path))
+        writer.write(ingestlink._frame(41, b"not a pickle"))
+        head = await asyncio.wait_for(reader.readexactly(ingestlink._HEADER.size), 10)
+        rid, length = ingestlink._HEADER.unpack(head)
+        kind, text = pickle.loads(await reader.readexactly(length))
+        assert (rid, kind) == (41, ingestlink._FAILED) and "UnpicklingError" in text
+        writer.write(ingestlink._HEADER.pack(42, 1 << 31))
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed
+        writer.close()
+        assert (await other.post_xml(sample("CEB311"))).status == 202  # the other process's own link is unharmed
