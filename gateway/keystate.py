@@ -16,6 +16,8 @@ Key rules, per document key (MessageType.keys, trimmed):
   ``state.ignored_older`` (like −301014); a change or withdrawal of an unknown or withdrawn key is
   ``state.not_found`` (like −301009); a withdrawal customs refused withdrew nothing there: the store makes the
   version before it current again when the receipt comes (gateway.store.restore_withdrawn, :func:`restore`);
+  a change or withdrawal of an inventory (CEB621, CEB603) whose current version customs released (800 and above)
+  is ``state.inventory_released`` (like −621043): the way back is a cancellation (CEB623, CEB605);
 * the same key twice in one message is ``state.duplicate``; receipts carry no key state.
 
 Shipments (spec §6.2 joins): orders, payments and inventories belong to the shipment (ebpCode,
@@ -79,6 +81,9 @@ CODES: dict[str, str] = {
     "(spec A.32): 1261 returns a special-zone (1210) inventory, 9661 any other",
     "state.inventory_cancelled": "a retail export return (CEB213) names an export inventory whose cancellation "
     "(CEB605) customs concluded: its goods never left, there is nothing to return",
+    "state.inventory_released": "a change (appType 2) or withdrawal (appType 3) of an inventory (CEB621, CEB603) "
+    "customs released (a receipt of 800 or above, 放行): customs allows no change or deletion after release (like "
+    "-621043); send a cancellation (撤销申请单: CEB623 for an import inventory, CEB605 for an export one) instead",
     "state.inventory_not_released": "a retail export return (CEB213) names an export inventory customs has not "
     "released yet (no CEB604 800 for it: still being declared, examined or inspected): its goods have not left, there "
     "is nothing to return yet (spec R12, §6.5: a return follows the release); send the return after the release",
@@ -194,8 +199,9 @@ class Row:
     held: bool = False  # an inventory the gateway holds until its shipment may be declared (spec §6.7)
     cancelled: bool = False  # an inventory whose cancellation (CEB623, 605) customs concluded, not declared anew since
     spent: bool = False  # a cancellation customs concluded whose inventory was declared anew since (see _declared_anew)
-    #: an export inventory named by invtNo: customs released it (a version of this declaration receipted 800 or above,
-    #: CEB604); read only for those (gateway.store.EXPORT_FLAGS), False for any other row
+    #: an inventory (CEB621, CEB603): customs released it (CEB622 / CEB604 800 or above) — this version (gateway.store
+    #: READ_STATE); for an export inventory named by invtNo, a version of this declaration (gateway.store.EXPORT_FLAGS).
+    #: False for any other row
     released: bool = False
     #: an inventory's: the lines (gnum, qty) of the return (CEB625) customs concluded for it, whose value its buyer's
     #: annual quota counts no more (see carry_return)
@@ -546,6 +552,20 @@ def decide(
                     f"appType {t} ({action}) but the document with {new.describe_key()} {what}",
                 )
             )
+        elif t in ("2", "3") and cur is not None and cur.message_type in _CANCELLATION and released_at_customs(cur):
+            # customs allows no change or deletion of a released inventory (-621043): refused here rather than
+            # forwarded to be refused there, while the shipment would show the change
+            action = "change" if t == "2" else "delete"
+            cancel = _CANCELLATION[cur.message_type]
+            issues.append(
+                issue(
+                    "state.inventory_released",
+                    new.doc.field_path("appType"),
+                    f"appType {t} ({action}) but customs released the inventory with {new.describe_key()} (message "
+                    f"{cur.message_guid}, receipt 800 or above): it may no longer be changed or deleted; send a "
+                    f"cancellation ({cancel}) instead",
+                )
+            )
         else:
             new.replaces = cur  # None for a first declaration; a withdrawn row when declaring again
             if t == "3":
@@ -563,6 +583,16 @@ def decide(
                 elif (named := referenced_invt_no(new.row)) is not None:
                     issues += _numbered(new, named[1], (numbered or {}).get(named, ()), scope, taken)
     return issues
+
+
+#: The cancellation (撤销申请单) of each inventory type: the way back once customs released it.
+_CANCELLATION = {"CEB621": "CEB623", "CEB603": "CEB605"}
+
+
+def released_at_customs(row: Row) -> bool:
+    """An inventory customs released (800 and above) and still holds (no cancellation concluded): it may no longer
+    be changed or deleted, only cancelled (CEB623 / CEB605)."""
+    return row.released and not row.cancelled
 
 
 def _declared_anew(cur: Row) -> bool:

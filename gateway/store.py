@@ -118,7 +118,9 @@ _DOC_COLUMNS = (
 #: with no first declaration (appType 1) since (keystate.Row.cancelled; an export one's: EXPORT_FLAGS); and of an
 #: import cancellation whether it is spent: concluded, and its inventory declared anew since (keystate.Row.spent);
 #: and of an import inventory the lines of the return customs concluded for it (keystate.Row.returned,
-#: gateway.outbox.latest_return).
+#: gateway.outbox.latest_return); and of an inventory (CEB621, CEB603) whether customs released the row itself (a
+#: receipt of 800 or above; receipts are monotonic, a later 100 does not lower it): a change or withdrawal of it is
+#: refused (keystate.Row.released, state.inventory_released). A column of the row, no subquery: ingest pays nothing.
 _READ_COLUMNS = (
     f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted,"
     " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed, d.forward_state = 'held' AS held,"
@@ -134,7 +136,9 @@ _READ_COLUMNS = (
     " AND n.order_no = d.order_no AND n.message_type = 'CEB621' AND n.key1 = d.key1 AND n.key2 = d.key2"
     " AND n.app_type = '1' AND n.id > d.id)"
     " ELSE false END AS spent,"
-    f" CASE WHEN d.message_type = 'CEB621' THEN {latest_return('d')} END AS returned"
+    f" CASE WHEN d.message_type = 'CEB621' THEN {latest_return('d')} END AS returned,"
+    " CASE WHEN d.message_type IN ('CEB621', 'CEB603') THEN"
+    f" d.forward_state = 'receipted' AND d.customs_rank >= {RANK_RELEASED} ELSE false END AS released"
 )
 
 #: The export inventories' and cancellations' flags (keystate.Row.cancelled / spent; $1 document ids), read only when
@@ -1258,7 +1262,7 @@ class Store:
             flags = {f["id"]: f for f in await conn.fetch(EXPORT_FLAGS, sorted({r.id for r in export}), by_invt_no)}
             for r in export:
                 r.cancelled, r.spent = flags[r.id]["cancelled"], flags[r.id]["spent"]
-                r.released = flags[r.id]["released"]
+                r.released = r.released or flags[r.id]["released"]  # of a version before it too, if named by invtNo
         returns: dict[tuple[str, str], list[Row]] = {}
         shipments = sorted({r.shipment_key for found in by_number.values() for r in found if r.kind == Kind.INVENTORY})
         if shipments:  # an export cancellation or return: no import message pays for this statement either

@@ -1155,8 +1155,9 @@ async def test_a_failed_leg_changed_withdrawn_or_resent_no_longer_fails_its_ship
 
 @pytest.mark.db
 async def test_a_failed_change_leaves_a_released_shipment_released(flow: Flow) -> None:
-    """Customs' word stands: a change of a released inventory whose delivery fails does not make the shipment
-    failed (nor, once replayed and released again, send the warehouse a second outbound order)."""
+    """Customs' word stands: a change of a released shipment's leg whose delivery fails does not make the shipment
+    failed (nor, once replayed and released again, send the warehouse a second outbound order). Its order's: the
+    released inventory itself takes no change (state.inventory_released)."""
     s = shipment(63)
     for payload in (s.order, s.payment, s.waybill):
         await flow.submit(payload)
@@ -1167,9 +1168,9 @@ async def test_a_failed_change_leaves_a_released_shipment_released(flow: Flow) -
     async with flow.pool.acquire() as conn:  # the first declarations went (a change waits behind its original)
         for job in await cbec_queue.claim(conn, worker_id="w", lease_s=30, endpoint="customs", limit=20):
             assert await cbec_queue.record_done(conn, job)
-    change = version_of(s.inventory, "2", 60)
+    change = version_of(s.order, "2", 60)
     await flow.submit(change)
-    await flow.receipt(s.order, "120", 2)  # anything that refreshes the shipment while the change waits
+    await flow.receipt(s.payment, "120", 2)  # anything that refreshes the shipment while the change waits
     await _die(flow, change)
     assert (await flow.doc(change))["forward_state"] == "failed"
     assert (await flow.shipment(s))["customs_status"] == "released"
@@ -1547,7 +1548,8 @@ async def test_a_second_record_sent_transaction_starts_only_for_a_full_batch() -
 async def test_a_tax_bill_is_its_inventorys_whatever_version_its_records_match(flow: Flow) -> None:
     """A refused change echoes the invtNo too: a CEB818 found its version, and the bill was shown twice (one per
     version), the later status beside no amounts; the bill is the inventory's, estimated on the version customs
-    holds."""
+    holds. (The change went in before the release, whose 800 came for the first declaration: a released inventory
+    takes no change.)"""
     from datetime import datetime, timedelta
 
     now = datetime.now(CHINA_TZ)
@@ -1557,14 +1559,15 @@ async def test_a_tax_bill_is_its_inventorys_whatever_version_its_records_match(f
         await flow.receipt(payload, "2", 1)
     await flow.submit(s.inventory)
     invt_no, tax_no = "46012026I000000301", "4601202600000000301"
-    await flow.receipt(s.inventory, "800", 2, invtNo=invt_no)  # released: customs taught the invtNo
+    await flow.receipt(s.inventory, "399", 2, invtNo=invt_no)  # customs taught the invtNo
+    change = version_of(s.inventory, "2", 60, invtNo=invt_no, preNo="B20260101000000001", note="changed")
+    await flow.submit(change)
+    await flow.receipt(s.inventory, "800", 3, invtNo=invt_no)  # released: the first declaration
     head = {"guid": new_guid(), "returnTime": return_time(now - timedelta(minutes=30)), "invtNo": invt_no,
             "taxNo": tax_no, "customsTax": "0", "valueAddedTax": "1.00", "consumptionTax": "0", "status": "1"}
     line = {"gnum": "1", "gcode": "3304990099", "taxPrice": "10", "customsTax": "0", "valueAddedTax": "1.00",
             "consumptionTax": "0"}  # fmt: skip
     assert [r["outcome"] for r in await flow.post(build_tax_bills("CEB816", [(head, [line])]))] == ["applied"]
-    change = version_of(s.inventory, "2", 60, invtNo=invt_no, preNo="B20260101000000001", note="changed")
-    await flow.submit(change)
     await flow.receipt(change, "-621043", 3, invtNo=invt_no)  # refused, its receipt echoing the invtNo
     status = {"guid": new_guid(), "returnTime": return_time(now - timedelta(minutes=10)), "invtNo": invt_no,
               "taxNo": tax_no, "status": "2", "entDutyNo": "D-1"}

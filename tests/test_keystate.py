@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
@@ -21,6 +22,7 @@ from gateway.keystate import (
     Conflict,
     Defer,
     Live,
+    New,
     Refs,
     Row,
     State,
@@ -567,3 +569,46 @@ def test_a_changed_inventory_keeps_its_return_valued_anew_and_one_declared_anew_
     anew = message("CEB621", inventory_head("RT", appTime="20250301100001"), lines=lines)
     verdict = _after_return(anew, refused)
     assert [(p["amount"], p["returned"]) for p in verdict.ledger_put] == [("2010.00", "0.00")]
+
+
+# --- a released inventory: no change, no withdrawal (customs -621043); a cancellation is the way back ---------------
+
+
+def _resubmitted(msg: ParsedMessage, **head: str) -> ParsedMessage:
+    docs = [dataclasses.replace(d, head={**d.head, **head}) for d in msg.documents]
+    return dataclasses.replace(msg, documents=docs)
+
+
+def _export_inventory() -> ParsedMessage:
+    s = samples.export_shipment(random.Random(3), mode="9610", now=datetime(2026, 11, 20, 10, 0, 0))
+    return extract(*parse_message(samples.render_export_shipment(s)["CEB603"]))
+
+
+@pytest.mark.parametrize(("inventory", "cancellation"), [(lambda: _legs()["CEB621"], "CEB623"),
+                                                          (_export_inventory, "CEB605")])  # fmt: skip
+@pytest.mark.parametrize("app_type", ["2", "3"])
+def test_a_released_inventory_is_neither_changed_nor_withdrawn(
+    inventory: Callable[[], ParsedMessage], cancellation: str, app_type: str
+) -> None:
+    """Customs released it (800, keystate.Row.released): a change or withdrawal is refused at its appType, pointing
+    at the cancellation of its type, the way back (customs would answer -621043)."""
+    msg = inventory()
+    stored = dataclasses.replace(_stored(msg), message_guid="RELEASED-MESSAGE")
+    later = str(int(stored.app_time) + 1)
+
+    def verdict(row: Row, app_time: str = later) -> tuple[list[str], New]:
+        news = new_documents(_resubmitted(msg, appType=app_type, appTime=app_time))
+        return [i.code for i in decide(news, {row.key: row})], news[0]
+
+    for row in (stored, dataclasses.replace(stored, released=False)):  # not released yet: taken
+        assert verdict(row)[0] == []
+    released = dataclasses.replace(stored, released=True)
+    news = new_documents(_resubmitted(msg, appType=app_type, appTime=later))
+    [refused] = decide(news, {released.key: released})
+    assert (refused.code, refused.path) == ("state.inventory_released", news[0].doc.field_path("appType"))
+    assert "customs released" in refused.message and f"cancellation ({cancellation})" in refused.message
+    assert "RELEASED-MESSAGE" in refused.message
+    # an older appTime changes nothing, as ever; a cancellation customs concluded: no longer released at customs
+    codes, new = verdict(released, stored.app_time)
+    assert codes == [] and new.outcome == "ignored_older"
+    assert verdict(dataclasses.replace(released, cancelled=True))[0] == []

@@ -29,6 +29,11 @@ from tests.exportapi import NOW, export_ship, import_ship, post_export, post_jso
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
+#: The receipts of an export inventory customs took but has not released: one withdrawn after its 800 is refused
+#: (state.inventory_released), customs takes no change or deletion of a released inventory.
+UNRELEASED = ("120", "399")
+
+
 async def declared(api: Client, seed: int, mode: str = "1210", statuses: tuple[str, ...] = ("120", "399", "800"),
                    **inventory: str) -> tuple[dict[str, Any], str]:
     """An export shipment through the API, its inventory receipted by customs (CEB604) with an invtNo: (its head,
@@ -160,13 +165,15 @@ async def test_migration_250_keys_the_stored_applications_by_their_part(api: Cli
 @pytest.mark.db
 async def test_a_retry_of_a_stored_summary_is_answered_as_a_replay(api: Client) -> None:
     """The same guid with the same bytes gets the original answer (README "Idempotency"), even when an inventory it
-    names was withdrawn since: the application was stored and forwarded, the retry changes nothing."""
+    names was cancelled since (released, it takes no withdrawal): the application was stored and forwarded, the
+    retry changes nothing."""
     a, a_no = await declared(api, 79)
     body = xml(application([a], [a_no], seed=79))
     first = await api.post_xml(body)
     assert first.status == 202, first.body
-    r = await post_export(api, version(export_ship(79, mode="1210").inventory, "3", "20261120170000"))
-    assert r.status == 202 and r.body["documents"][0]["outcome"] == "withdrawn", r.body
+    await concluded(api, await cancelled(api, a, a_no), "B20261120000000979")
+    r = await post_export(api, application([a], [a_no], seed=80))
+    assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "summary.inventory_withdrawn", r.body
     again = await api.post_xml(body)
     assert (again.status, again.headers.get("Idempotent-Replay")) == (202, "true"), (again.status, again.body)
     assert again.body == first.body
@@ -203,7 +210,7 @@ async def test_the_refusal_discloses_nothing_of_another_tenants_inventories(api:
     """A submitter holding only its own code names another enterprise's invtNos in its own application: a withdrawn
     export inventory and an import one it is no party of answer exactly as an invtNo never given (a 202 with
     summary.inventory_unknown), naming none of their enterprises' codes or numbers."""
-    a, a_no = await declared(api, 71)
+    a, a_no = await declared(api, 71, statuses=UNRELEASED)  # withdrawn below: released, it could not be
     withdrawal = version(export_ship(71, mode="1210").inventory, "3", "20261120170000")
     assert (await post_export(api, withdrawal)).status == 202
     im = import_ship(70)
@@ -239,7 +246,7 @@ async def test_the_refusal_discloses_nothing_of_another_tenants_inventories(api:
 
 @pytest.mark.db
 async def test_a_withdrawn_inventory_refuses_the_summary(api: Client) -> None:
-    a, a_no = await declared(api, 17)
+    a, a_no = await declared(api, 17, statuses=UNRELEASED)  # withdrawn below: released, it could not be
     r = await post_export(api, version(export_ship(17, mode="1210").inventory, "3", "20261120170000"))
     assert r.status == 202 and r.body["documents"][0]["outcome"] == "withdrawn", r.body
     r = await post_export(api, application([a], [a_no]))
@@ -279,7 +286,7 @@ async def test_the_number_of_a_declaration_before_its_key_was_declared_anew_name
     """An inventory with invtNo N1 is withdrawn and its key declared anew (appType 1); customs gives the new
     declaration N2 and releases it. N1 names nothing live any more: a summary naming it is told so (not judged by the
     key's new declaration, which is N2's)."""
-    a, n1 = await declared(api, 80)
+    a, n1 = await declared(api, 80, statuses=UNRELEASED)  # withdrawn below: released, it could not be
     inventory = export_ship(80, mode="1210").inventory
     r = await post_export(api, version(inventory, "3", "20261120170000"))
     assert r.status == 202 and r.body["documents"][0]["outcome"] == "withdrawn", r.body

@@ -119,3 +119,35 @@ async def test_a_refused_withdrawal_of_a_held_inventory_revives_nothing(routed: 
     r = await post_json(routed, version(s.inventory, "2", "20261120180000"))
     assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "state.not_found", r.body
     assert (await _shipment(routed, inv))["missing"] == ["inventory"]
+
+
+async def test_a_released_inventory_takes_no_change_or_withdrawal(api: Client, db_pool: asyncpg.Pool) -> None:
+    """Customs released it (CEB622 800): a change (appType 2) or withdrawal (appType 3) is refused at its appType —
+    customs would answer -621043 — nothing stored, nothing forwarded; the way back is a cancellation (CEB623)."""
+    s, inv = await _declared(api, 95)
+    await _receipt(api, inv, inv["guid"], "399", "20261120151000000")
+    await _receipt(api, inv, inv["guid"], "800", "20261120152000000")
+    for app_type, time in (("2", "20261120170000"), ("3", "20261120180000")):
+        r = await post_json(api, version(s.inventory, app_type, time))
+        assert r.status == 409, r.body
+        [issue] = r.body["error"]["issues"]
+        assert (issue["code"], issue["path"]) == ("state.inventory_released",
+                                                  "/CEB621Message/Inventory[1]/InventoryHead/appType")  # fmt: skip
+        assert "customs released" in issue["message"] and "cancellation (CEB623)" in issue["message"], issue
+    assert await db_pool.fetchval("SELECT count(*) FROM documents WHERE message_type = 'CEB621' AND key1 = $1"
+                                  " AND key2 = $2", inv["ebcCode"], inv["orderNo"]) == 1  # fmt: skip
+    assert (await _shipment(api, inv))["customs_status"] == "released"
+
+
+async def test_a_withdrawal_refused_for_the_release_leaves_the_inventory_released(api: Client) -> None:
+    """A withdrawal sent before the release and refused after it (-621043): customs holds the first declaration,
+    released — current again (restore_withdrawn), it takes no change either."""
+    s, inv = await _declared(api, 96)
+    await _receipt(api, inv, inv["guid"], "399", "20261120151000000")
+    withdrawal = version(s.inventory, "3", "20261120170000")
+    r = await post_json(api, withdrawal)
+    assert (r.status, r.body["documents"][0]["outcome"]) == (202, "withdrawn"), r.body
+    await _receipt(api, inv, inv["guid"], "800", "20261120171000000")
+    await _receipt(api, inv, withdrawal["documents"][0]["guid"], "-621043", "20261120172000000")
+    r = await post_json(api, version(s.inventory, "2", "20261120180000"))
+    assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "state.inventory_released", r.body
