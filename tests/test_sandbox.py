@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -353,14 +353,16 @@ async def test_annual_quota_is_per_buyer_and_counts_released_inventories(
 async def test_a_change_to_another_buyer_moves_the_amount_between_their_quotas(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:
-    """The earlier version's amount goes back to the earlier version's buyer (it was taken from the new one)."""
+    """The earlier version's amount goes back to the earlier version's buyer (it was taken from the new one). The
+    change comes before the release (its 800 due four receipt delays after the declaration): after it, customs takes
+    no change."""
+    sandbox.config.receipt_delay = 1.0
     s = samples.shipment(random.Random(7), order_no="QUOTA-C", now=NOW)
 
     def sign(root: Any) -> None:
         signing.sign(root, rsa_key)
 
     await declare_all(client, sandbox, samples.render_shipment(s, signer=sign))
-    await sandbox.wait_idle()
     first = s.inventory_doc["buyerIdNumber"].upper()
     used = dict(sandbox.sandbox.quota_used)
     assert used[first] > 0
@@ -371,10 +373,39 @@ async def test_a_change_to_another_buyer_moves_the_amount_between_their_quotas(
     xmls = samples.render_shipment(s, signer=sign)
     for code in ("CEB311", "CEB411", "CEB621"):
         await post_dxp(client, sandbox.url, xmls[code])
-        await sandbox.wait_idle()
-    assert statuses(http_recorder, "CEB622")[-1] not in ("-621018", "100"), statuses(http_recorder, "CEB622")
+    await sandbox.wait_idle(timeout=30)
+    assert statuses(http_recorder, "CEB622") == ["2", "2", "120", "120", "399", "399", "800", "800"]
     assert sandbox.sandbox.quota_used[first] == 0
     assert sandbox.sandbox.quota_used[other] == used[first]
+
+
+async def test_a_released_inventory_takes_no_change_or_withdrawal(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """Once customs released an import inventory (800), a change (appType 2) or deletion (appType 3) of it is refused,
+    CEB622 -621043 with the reason in Chinese and English: the way back is a cancellation (CEB623). The inventory and
+    its buyer's quota stay as released."""
+    s = samples.shipment(random.Random(8), order_no="RELEASED-1", now=NOW)
+
+    def sign(root: Any) -> None:
+        signing.sign(root, rsa_key)
+
+    await declare_all(client, sandbox, samples.render_shipment(s, signer=sign))
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800"]
+    [record] = sandbox.sandbox.inventories.values()
+    used = dict(sandbox.sandbox.quota_used)
+    for app_type, minutes in (("2", 1), ("3", 2)):
+        s.inventory_doc.update({"appType": app_type, "appTime": f"{NOW + timedelta(minutes=minutes):%Y%m%d%H%M%S}"})
+        status, ack, _ = await post_dxp(client, sandbox.url, samples.render_shipment(s, signer=sign)["CEB621"])
+        assert (status, ack["code"]) == (200, "0000")
+        await sandbox.wait_idle()
+        refused = receipts(http_recorder, lambda r: r["type"] == "CEB622")[-1]
+        assert refused["returnStatus"] == "-621043", app_type
+        assert "已放行" in refused["returnInfo"] and "CEB623" in refused["returnInfo"]
+        assert "released" in refused["returnInfo"] and refused["invtNo"] == record.invt_no
+    assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800", "-621043", "-621043"]
+    assert list(sandbox.sandbox.inventories.values()) == [record] and sandbox.sandbox.quota_used == used
 
 
 async def test_temp_save_gets_status_1(
@@ -438,6 +469,39 @@ async def test_export_declarations_are_answered_by_the_export_system(
     [released] = receipts(http_recorder, lambda r: r["type"] == "CEB604" and r["returnStatus"] == "800")
     assert released["invtNo"][8] == "E" and len(released["preNo"]) == 18
     assert released["orderNo"] in xmls["CEB603"].decode()
+
+
+async def test_the_export_system_takes_no_change_or_withdrawal_of_a_released_inventory(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    """An export inventory changed before its release (its 800 due four receipt delays after the declaration) is
+    taken; once released, a change (appType 2) or deletion (appType 3) is refused, CEB604 2 → 100 (海关退单) with the
+    reason: the way back is a cancellation (CEB605). The inventory stays as released."""
+    sandbox.config.receipt_delay = 0.5
+    data = Path(__file__).parent / "data" / "samples"
+    xmls = {code: (data / f"{code}-9610.xml").read_bytes() for code in ("CEB303", "CEB403", "CEB505", "CEB603")}
+    for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+        await post_dxp(client, sandbox.url, xmls[code], receiver=dxp.EXPORT_RECEIVER)
+
+    def app_type(value: str, app_time: str) -> bytes:
+        return xmls["CEB603"].replace(b"<ceb:appType>1</ceb:appType>", f"<ceb:appType>{value}</ceb:appType>".encode()
+                                      ).replace(b"20261120103306", app_time.encode())  # fmt: skip
+
+    status, ack, _ = await post_dxp(client, sandbox.url, app_type("2", "20261120103307"), receiver=dxp.EXPORT_RECEIVER)
+    assert (status, ack["code"]) == (200, "0000")  # before the release: taken
+    await sandbox.wait_idle(timeout=30)
+    assert statuses(http_recorder, "CEB604") == ["2", "2", "120", "120", "399", "399", "800", "800"]
+    [record] = sandbox.sandbox.export_inventories.values()
+    for value, app_time in (("2", "20261120103308"), ("3", "20261120103309")):
+        status, ack, _ = await post_dxp(client, sandbox.url, app_type(value, app_time), receiver=dxp.EXPORT_RECEIVER)
+        assert (status, ack["code"]) == (200, "0000")
+        await sandbox.wait_idle()
+        refused = receipts(http_recorder, lambda r: r["type"] == "CEB604")[-2:]
+        assert [r["returnStatus"] for r in refused] == ["2", "100"], value
+        assert "已放行" in refused[1]["returnInfo"] and "CEB605" in refused[1]["returnInfo"]
+        assert "released" in refused[1]["returnInfo"]
+    assert list(sandbox.sandbox.export_inventories.values()) == [record]
+    assert_from_the_export_system_and_valid(receipts(http_recorder))
 
 
 async def _released_with_its_return(

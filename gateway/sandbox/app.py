@@ -17,6 +17,9 @@ Customs side
       incomplete: ``2`` → ``100`` with the reasons in returnInfo;
     * a second declaration (appType 1) of a key already accepted: one receipt with −301010 (order), −401007
       (payment), −504015 (waybill) or −621004 (inventory); over the limits: −621005 / −621018;
+    * a change or deletion (appType 2 / 3) of an inventory released (once its 800 is due: four receipt delays after
+      it was taken): refused, CEB622 −621043 (import) or CEB604 ``2`` → ``100`` (export) with the reason — customs
+      takes no change after the release, the way back is a cancellation (CEB623 / CEB605);
     * appStatus 1 (temp-save): one receipt ``1``.
 
 Scenarios (a prefix of orderNo / logisticsNo / payTransactionId, or an ``X-Sandbox-Scenario`` header) make it
@@ -185,6 +188,12 @@ class InventoryRecord:
     invt_no: str
     value: Decimal
     released: str = ""  # when this system released it (YYYYMMDDhhmmss, China time); "" before, or unknown
+    #: when its 800 is due (its sequence's fourth receipt): from then on customs allows no change or deletion of it,
+    #: only a cancellation (CEB623 / CEB605); before, a change or withdrawal is taken as customs takes one at 399
+    release_due: datetime | None = None
+
+    def released_by(self, moment: datetime) -> bool:
+        return self.release_due is not None and self.release_due <= moment
 
 
 #: A tax bill as the sandbox builds it: its head and lines (gateway.sandbox.receipts.tax_bill).
@@ -666,6 +675,11 @@ class Sandbox:
             return [step("CEB604", DUPLICATE_CODE["CEB603"], values, label, f"清单{label}已申报 (sandbox: duplicate)")]
         if app_type in ("2", "3") and existing is None:
             return [step("CEB604", NOTHING_TO_CHANGE["CEB603"], values, label, "未找到可变更的清单 (sandbox)")]
+        if app_type in ("2", "3") and existing is not None and existing.released_by(now):
+            # the spec lists no export code for it (§5.3): refused as the export system refuses, 退单 with the reason
+            reason = (f"清单{label}已放行，不允许变更或删除，请申报撤销申请单(CEB605) "
+                      "(sandbox: the inventory was released; send a cancellation, CEB605)")  # fmt: skip
+            return self._rejected("CEB604", values, label, reason)
         if scenario == "REJECT":
             return self._rejected("CEB604", values, label, "sandbox scenario REJECT")
         order = self.export_orders.get((h.get("ebpCode", ""), h.get("orderNo", "")))
@@ -677,8 +691,13 @@ class Sandbox:
         if app_type == "3":
             self.export_inventories.pop(key, None)
             return [step("CEB604", "2", values, label), step("CEB604", "120", values, label)]
-        self.export_inventories[key] = InventoryRecord(doc, pre_no, invt, Decimal(0), released=f"{now:%Y%m%d%H%M%S}")
+        self.export_inventories[key] = InventoryRecord(doc, pre_no, invt, Decimal(0), released=f"{now:%Y%m%d%H%M%S}",
+                                                       release_due=self._release_due(now))  # fmt: skip
         return [step("CEB604", status, values, label) for status in ("2", "120", "399", "800")]
+
+    def _release_due(self, now: datetime) -> datetime:
+        """When an inventory accepted now is released: its 800 is its sequence's fourth receipt (_schedule)."""
+        return now + timedelta(seconds=4 * self.config.receipt_delay)
 
     @staticmethod
     def _compare(
@@ -767,6 +786,10 @@ class Sandbox:
                          f"清单{label}已申报，不能重复申报 (sandbox: duplicate inventory)")]  # fmt: skip
         if app_type in ("2", "3") and existing is None:
             return [step("CEB622", NOTHING_TO_CHANGE["CEB621"], values, label, "未找到可变更的清单 (sandbox)")]
+        if app_type in ("2", "3") and existing is not None and existing.released_by(now):
+            reason = (f"清单{label}已放行，状态不允许变更或删除，请申报撤销申请单(CEB623) (sandbox: the inventory was "
+                      "released, its state allows no change or deletion; send a cancellation, CEB623)")  # fmt: skip
+            return [step("CEB622", "-621043", {**values, "invtNo": existing.invt_no}, label, reason)]
         if scenario == "REJECT":
             return self._rejected("CEB622", values, label, "sandbox scenario REJECT")
         problems = self._three_documents(doc)
@@ -791,7 +814,7 @@ class Sandbox:
         if earlier != buyer:
             self.quota_used[earlier] = self.quota_used.get(earlier, Decimal(0)) - previous
         invt = existing.invt_no if existing else rc.invt_no(h.get("customsCode", ""), next(self._serial), now)
-        self.inventories[key] = InventoryRecord(doc, pre_no, invt, value)
+        self.inventories[key] = InventoryRecord(doc, pre_no, invt, value, release_due=self._release_due(now))
         self.quota_used[buyer] = used + value
         released = {**values, "invtNo": invt}
         return [
