@@ -203,33 +203,28 @@ class Pipeline:
         if self.store is None or self._ingest is None:
             raise RuntimeError("the pipeline has no store")
         self.authorize(checked.message, principal)
-        warnings: list[Issue] = []
         named = None
         scope = None if principal.sees_everything else principal.codes
         if checked.message.type.kind is Kind.SUMMARY:  # a CEB701: the inventories it names, as the gateway holds them
-            warnings, named = await self._judge_summary(checked.message, scope)
-        result = await self._ingest(Submission(checked.message, checked.raw, principal.name, source, scope,
-                                               checked.identity, named))  # fmt: skip
-        if warnings and not result.replay:
-            result.body["warnings"] = [i.as_dict() for i in warnings]
-        return result
+            named = await self._judge_summary(checked.message, scope)
+        return await self._ingest(Submission(checked.message, checked.raw, principal.name, source, scope,
+                                             checked.identity, named))  # fmt: skip
 
-    async def _judge_summary(
-        self, msg: ParsedMessage, scope: frozenset[str] | None
-    ) -> tuple[list[Issue], summary.Named | None]:
+    async def _judge_summary(self, msg: ParsedMessage, scope: frozenset[str] | None) -> summary.Named | None:
         """gateway.summary: a summary application naming an inventory that cannot be summarised is refused (Conflict,
-        nothing stored); what may still come right is returned as warnings, with what the store needs to judge the
-        message again in its transaction (summary.Named): the inventories are read here, before it (an inventory
-        withdrawn meanwhile is customs' to refuse), and the live applications naming them again there, under a lock
-        per invtNo — two applications naming one inventory at once are judged one after the other. A message stored
-        already is not judged again: the store answers its retry with the original answer (or a guid conflict)."""
+        nothing stored); returned is what the store needs to judge the message again in its transaction
+        (summary.Named), where what may still come right becomes the answer's warnings: the inventories are read here,
+        before it (an inventory withdrawn meanwhile is customs' to refuse), and the live applications naming them
+        again there, under a lock per invtNo — two applications naming one inventory at once are judged one after the
+        other. A message stored already is not judged again: the store answers its retry with the original answer
+        (or a guid conflict)."""
         assert self.store is not None
         invt_nos = summary.named_inventories(msg.documents)
         held = await self.store.held_inventories(msg.guid, invt_nos)
         if held is None:
-            return [], None
-        warnings = summary.judge_message(msg, held, scope)
-        return warnings, summary.Named(tuple(invt_nos), held.inventories) if invt_nos else None
+            return None
+        summary.judge_message(msg, held, scope)
+        return summary.Named(tuple(invt_nos), held.inventories)  # judged again in the store even naming none
 
 CODES: dict[str, str] = {
     "rule.agent_not_signer": "a JSON declaration the gateway signs (CEB621; CEB603, 605, 507, 509, 607 and 701 when "

@@ -526,7 +526,9 @@ class Submission:
     ``named``: of a summary message (CEB701), the invtNos it names and their inventories as the caller read them
     (gateway.pipeline): the message takes a lock per invtNo and is judged again in the transaction against the live
     applications read under them (gateway.summary.judge_message), so that of two applications naming one inventory
-    at once the second sees the first. None for every other message: they pay nothing for it.
+    at once the second sees the first; what may still come right there (an inventory not yet released …) is the
+    answer's ``warnings``, stored with it, so a replay answers them too. None for every other message: they pay
+    nothing for it.
     """
 
     msg: ParsedMessage
@@ -1161,6 +1163,7 @@ class Store:
         more_locks: set[Lock] = set()
         live: dict[str, list[summary.LiveSummary]] | None = None  # read once a summary message of the wave needs it
         for job in jobs:
+            warnings: list[Issue] = []
             try:
                 if job.msg.guid in stored:
                     outcomes[job] = _replay(stored[job.msg.guid], job.msg, job.sha)
@@ -1173,7 +1176,7 @@ class Store:
                         live = await self._live_summaries(conn, sorted({
                             no for j in jobs if j.named is not None and j.msg.guid not in stored
                             for no in j.named.invt_nos}))  # fmt: skip
-                    summary.judge_message(job.msg, summary.Held(job.named.inventories, live), job.scope)
+                    warnings = summary.judge_message(job.msg, summary.Held(job.named.inventories, live), job.scope)
                 # the job's own locks, not the batch's: what another job of the wave locks, that job may
                 # be writing right now, unseen by this read
                 verdict = judge(
@@ -1189,6 +1192,8 @@ class Store:
                 more_locks |= verdict.locks
                 deferred.append(job)
             else:
+                if warnings:  # part of the answer, kept with it: a replay answers them too
+                    verdict.body["warnings"] = [i.as_dict() for i in warnings]
                 writes.append((job, verdict))
         if more_locks - held:
             if not await conn.fetchval(LOCK_MORE, sorted(_lock_id(lock) for lock in more_locks - held)):

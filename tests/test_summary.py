@@ -180,6 +180,17 @@ async def test_a_retry_of_a_stored_summary_is_answered_as_a_replay(api: Client) 
 
 
 @pytest.mark.db
+async def test_a_replay_answers_the_first_answer_s_warnings_too(api: Client) -> None:
+    """The warnings (inventories the gateway does not hold) are part of the answer: stored with it, and a retry of the
+    same message gets them again with the rest."""
+    body = (Path(__file__).parent / "data" / "samples" / "CEB701-1210.xml").read_bytes()
+    first = await api.post_xml(body)
+    assert first.status == 202 and {w["code"] for w in first.body["warnings"]} == {"summary.inventory_unknown"}
+    again = await api.post_xml(body)
+    assert again.headers.get("Idempotent-Replay") == "true" and again.body == first.body
+
+
+@pytest.mark.db
 async def test_an_a_type_inventory_refuses_the_summary(api: Client, db_pool: asyncpg.Pool) -> None:
     a, a_no = await declared(api, 13, mode="9610")  # the 9610 sample is a simplified declaration (A)
     assert a["statisticsFlag"] == "A"
