@@ -589,21 +589,33 @@ async def test_the_sandbox_refuses_a_return_of_goods_the_inventory_did_not_decla
             _return_variant(refund, "TH-PART-1", ("1", "2")),  # 2 of 3: back in
             _return_variant(refund, "TH-PART-2", ("1", "2")),  # 2 more: 4 of 3
             _return_variant(refund, "TH-PART-3", ("01", "1"))]  # the last one (gnum an xs:int)
-    for body in sent:
-        status, ack, _ = await post_dxp(client, sandbox.url, body, receiver=dxp.EXPORT_RECEIVER)
-        assert (status, ack["code"]) == (200, "0000"), ack
-    await sandbox.wait_idle()
-    got = receipts(http_recorder, lambda r: r["type"] == "CEB214")
-    assert_from_the_export_system_and_valid(got)
-    by_cop: dict[str, list[str]] = {}
-    for r in got:
-        by_cop.setdefault(r["coElNo"], []).append(r["returnStatus"])
+    got, by_cop = await _returns_answered(sandbox, http_recorder, client, sent)
     assert by_cop == {"TH-STRANGER": ["2", "100"], "TH-TOO-MANY": ["2", "100"], "TH-PART-1": ["2", "120", "800"],
                       "TH-PART-2": ["2", "100"], "TH-PART-3": ["2", "120", "800"]}  # fmt: skip
     info = {r["coElNo"]: r["returnInfo"] for r in got if r["returnStatus"] == "100"}
     assert "商品序号3不是清单商品" in info["TH-STRANGER"] and "商品序号1" not in info["TH-STRANGER"]
     assert "商品序号1退货数量4超过申报数量3" in info["TH-TOO-MANY"]
     assert "商品序号1退货数量2加已退2超过申报数量3" in info["TH-PART-2"]
+
+
+async def _returns_answered(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, sent: list[bytes], *,
+    one_at_a_time: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """The returns posted to the sandbox (``one_at_a_time``: each answered before the next goes): its CEB214
+    receipts, checked as the export system's, and their statuses by return (coElNo)."""
+    for body in sent:
+        status, ack, _ = await post_dxp(client, sandbox.url, body, receiver=dxp.EXPORT_RECEIVER)
+        assert (status, ack["code"]) == (200, "0000"), ack
+        if one_at_a_time:
+            await sandbox.wait_idle()
+    await sandbox.wait_idle()
+    got = receipts(http_recorder, lambda r: r["type"] == "CEB214")
+    assert_from_the_export_system_and_valid(got)
+    by_cop: dict[str, list[str]] = {}
+    for r in got:
+        by_cop.setdefault(r["coElNo"], []).append(r["returnStatus"])
+    return got, by_cop
 
 
 async def test_a_changed_return_replaces_its_earlier_version(
@@ -619,15 +631,8 @@ async def test_a_changed_return_replaces_its_earlier_version(
             _return_variant(refund, "TH-CHANGED", ("1", "1"), app_type="2", later=200),
             _return_variant(refund, "TH-OTHER", ("1", "2"), later=300),
             _return_variant(refund, "TH-ONE-MORE", ("1", "1"), later=400)]
-    for body in sent:  # one at a time: each is judged with what the ones before let back in
-        status, ack, _ = await post_dxp(client, sandbox.url, body, receiver=dxp.EXPORT_RECEIVER)
-        assert (status, ack["code"]) == (200, "0000"), ack
-        await sandbox.wait_idle()
-    got = receipts(http_recorder, lambda r: r["type"] == "CEB214")
-    assert_from_the_export_system_and_valid(got)
-    by_cop: dict[str, list[str]] = {}
-    for r in got:
-        by_cop.setdefault(r["coElNo"], []).append(r["returnStatus"])
+    # one at a time: each is judged with what the ones before let back in
+    got, by_cop = await _returns_answered(sandbox, http_recorder, client, sent, one_at_a_time=True)
     assert by_cop == {"TH-CHANGED": ["2", "120", "800"] * 3, "TH-OTHER": ["2", "120", "800"],
                       "TH-ONE-MORE": ["2", "100"]}  # fmt: skip
     [refused] = [r for r in got if r["returnStatus"] == "100"]
