@@ -16,10 +16,11 @@ from aiohttp import web
 from lxml import etree
 
 from gateway.api import STORE, create_app
-from gateway.config import ApiKey, Role, Settings
+from gateway.config import ApiKey, ForwardingSettings, Role, Settings
 from gateway.ingestlink import IngestClient, IngestServer
 from gateway.signing import RsaSha1Key, generate_test_key, sign
 from gateway.store import Store
+from gateway.workers import routing_router
 
 ADMIN = "admin-key-000000000000"
 OPERATOR = "operator-key-11111111111"
@@ -108,6 +109,15 @@ async def serving(app: web.Application) -> AsyncIterator[Client]:
 @pytest.fixture
 async def api(db_pool: asyncpg.Pool) -> AsyncIterator[Client]:
     async with serving(create_app(test_settings(), db_pool, signer=sign_as_agent)) as client:
+        yield client
+
+
+@pytest.fixture
+async def routed(db_pool: asyncpg.Pool) -> AsyncIterator[Client]:
+    """The API with forwarding routed (jobs enqueued, no worker): inventories are held until their shipment may go."""
+    fwd = ForwardingSettings()
+    app = create_app(test_settings(forwarding=fwd), db_pool, signer=sign_as_agent, router=routing_router(fwd))
+    async with serving(app) as client:
         yield client
 
 

@@ -9,5 +9,5 @@ _KEEP = {"CBEC_TEST_DATABASE_URL", "CBEC_CUSTOMS_SANDBOX_URL"}  # test targets, 
 for _name in [n for n in os.environ if n.startswith("CBEC_") and n not in _KEEP]:
     del os.environ[_name]
 
-from tests.apiutil import api  # noqa: E402,F401
+from tests.apiutil import api, routed  # noqa: E402,F401
 from tests.dbutil import db_dsn, db_pool, empty_db_dsn, pg_dsn  # noqa: E402,F401  (fixtures for every test module)

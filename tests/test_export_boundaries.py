@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -20,15 +19,13 @@ from lxml import etree
 from adapters import dxp
 from gateway import samples
 from gateway.api import create_app
-from gateway.config import ApiKey, ForwardingSettings, Role, Settings
+from gateway.config import ApiKey, Role, Settings
 from gateway.db import migration_files
 from gateway.messages import BY_CODE
 from gateway.render import render
 from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
-from gateway.workers import routing_router
 from tests.apiutil import PLATFORM_A, Client, serving, sign_as_agent
-from tests.apiutil import test_settings as settings_
 from tests.exportapi import NOW, export_ship, import_ship, post_export, post_json, post_receipt, version
 from tests.forwardutil import running_stack, wait_for
 
@@ -151,14 +148,6 @@ async def test_an_export_shipment_of_another_platform_does_not_hide_an_import_sh
 
 
 # --- hold cross flow -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def routed(db_pool: asyncpg.Pool) -> AsyncIterator[Client]:
-    fwd = ForwardingSettings()
-    app = create_app(settings_(forwarding=fwd), db_pool, signer=sign_as_agent, router=routing_router(fwd))
-    async with serving(app) as client:
-        yield client
 
 
 async def state_of(pool: asyncpg.Pool, code: str) -> str:

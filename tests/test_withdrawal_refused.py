@@ -4,17 +4,12 @@ accepts still withdraws."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
-from gateway.api import create_app
-from gateway.config import ForwardingSettings
-from gateway.workers import routing_router
-from tests.apiutil import Client, serving, sign_as_agent
-from tests.apiutil import test_settings as settings_
+from tests.apiutil import Client
 from tests.exportapi import import_ship, post_json, post_receipt, version
 
 pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="session")]
@@ -97,15 +92,6 @@ async def test_a_refused_order_withdrawal_leaves_the_order_live(api: Client) -> 
     assert (await _shipment(api, inv))["state"] == "matched"
     r = await post_json(api, version(s.order, "2", "20261120180000"))
     assert (r.status, r.body["documents"][0]["outcome"]) == (202, "replaced"), r.body
-
-
-@pytest.fixture
-async def routed(db_pool: asyncpg.Pool) -> AsyncIterator[Client]:
-    """The API with forwarding routed (jobs enqueued, no worker): inventories are held until their shipment may go."""
-    fwd = ForwardingSettings()
-    app = create_app(settings_(forwarding=fwd), db_pool, signer=sign_as_agent, router=routing_router(fwd))
-    async with serving(app) as client:
-        yield client
 
 
 async def test_a_refused_withdrawal_of_a_held_inventory_revives_nothing(routed: Client, db_pool: asyncpg.Pool) -> None:
