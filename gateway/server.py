@@ -32,7 +32,7 @@ from lxml import etree
 from gateway import db, logs
 from gateway.api import OUTBOX, PIPELINE, STORE, create_app
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, netloc
-from gateway.ingestlink import IngestClient, IngestServer, link_folder
+from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
 from gateway.metrics import shared_across_processes
 from gateway.workers import (
     Forwarding,
@@ -215,7 +215,11 @@ async def serve(
             try:
                 if api_only:
                     if link is not None:
-                        await link.connect()  # the first process listens before it starts this one
+                        try:
+                            await link.connect()  # the first process listens before it starts this one
+                        except IngestUnavailable as exc:  # it is gone: exit, and its supervisor (if any) decides
+                            reason = f"cbec: this API process cannot reach the first one's store: {exc}"
+                            raise SystemExit(reason) from None
                     log.info("api_process_listening", url=f"http://{netloc(settings.host, port)}", pid=os.getpid())
                     orphan_watch = asyncio.create_task(stop_when_orphaned(stop))
                     with settled_heap():

@@ -9,13 +9,17 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 
 from gateway import ingestlink
+from gateway.config import ForwardingSettings
 from gateway.documents import extract
 from gateway.ingestlink import IngestClient, IngestUnavailable
 from gateway.messages import BY_CODE
+from gateway.server import serve
 from gateway.store import Submission
 from gateway.xmlsafe import parse_message
+from tests import apiutil
 from tests.apiutil import linked_apps
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
@@ -148,3 +152,19 @@ async def test_a_request_the_first_process_cannot_read_is_answered_failed_not_dr
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed
         writer.close()
         assert (await other.post_xml(sample("CEB311"))).status == 202  # the other process's own link is unharmed
+
+
+@pytest.mark.db
+async def test_an_api_process_whose_first_process_is_gone_exits_with_the_reason(db_dsn: str, tmp_path: Path) -> None:
+    """An API process of `cbec serve --processes N` started with no first process listening on its link (it died
+    meanwhile): it exits at once, saying why, rather than accept messages it could not store."""
+    settings = apiutil.test_settings(
+        database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json",
+        forwarding=ForwardingSettings(enabled=False),
+    )  # fmt: skip
+    before = structlog.get_config()  # serve configures the logging: the other tests keep theirs
+    try:
+        with pytest.raises(SystemExit, match="cannot reach the first one's store: the ingest link is down"):
+            await serve(settings, api_only=True, ingest_path=tmp_path / "gone.sock")  # in this task: it reaches us
+    finally:
+        structlog.configure(**before)
