@@ -40,7 +40,7 @@ from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
 from gateway.signing import read_certificates
-from gateway.store import Conflict, Store, quota_reassessor, withdrawals_restorer
+from gateway.store import Conflict, Store, quota_reassessor, refusals_restorer
 from gateway.turns import Turns
 
 log = structlog.get_logger("gateway.api")
@@ -460,7 +460,7 @@ def create_app(
     )
     rates = TaxRates.from_mapping(settings.tax_rates)
     outbox = Outbox(pool, router, reassess=quota_reassessor(rates=rates, tolerance=settings.amount_tolerance),
-                    restore=withdrawals_restorer(rates=rates, tolerance=settings.amount_tolerance))
+                    restore=refusals_restorer(rates=rates, tolerance=settings.amount_tolerance))
     store = Store(pool, tax_rates=rates, tolerance=settings.amount_tolerance, outbox=outbox)
     app[POOL] = pool
     app[STORE] = store

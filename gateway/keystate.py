@@ -14,8 +14,8 @@ Key rules, per document key (MessageType.keys, trimmed):
 * appType 2 replaces and appType 3 withdraws the current document when its appTime is strictly newer
   (appTime compares as 14-digit text); an older or equal one changes nothing and is answered
   ``state.ignored_older`` (like −301014); a change or withdrawal of an unknown or withdrawn key is
-  ``state.not_found`` (like −301009); a withdrawal customs refused withdrew nothing there: the store makes the
-  version before it current again when the receipt comes (gateway.store.restore_withdrawn, :func:`restore`);
+  ``state.not_found`` (like −301009); a change or withdrawal customs refused changed nothing there: the store makes
+  the version before it current again when the receipt comes (gateway.store.restore_refused, :func:`restore`);
   a change or withdrawal of an inventory (CEB621, CEB603) whose current version customs released (800 and above)
   is ``state.inventory_released`` (like −621043): the way back is a cancellation (CEB623, CEB605);
 * the same key twice in one message is ``state.duplicate``; receipts carry no key state.
@@ -1163,20 +1163,23 @@ def judge(
 
 
 def restore(
-    rows: Sequence[Row], refs: Refs, held: set[Lock], state: State, *, rates: tax.TaxRates, tolerance: Decimal
+    rows: Sequence[Row], refs: Refs, held: set[Lock], state: State, *, rates: tax.TaxRates, tolerance: Decimal,
+    gone: Sequence[Row] = (),
 ) -> Write | Defer:
-    """The versions ``rows`` are current again: customs refused the withdrawal that followed each (spec §6.2: it
-    still holds the version before; gateway.store.restore_withdrawn). Their shipments are reconciled and their
-    inventories assessed again from their current documents, as when a leg arrives (``state`` read for ``refs``, the
-    rows among its live legs; Defer as judge). Nothing is refused: customs holds them. The Write's ``body`` is
-    empty and its ``documents`` are not written (the rows are stored)."""
+    """The versions ``rows`` are current again: customs refused the change or withdrawal that followed each (spec
+    §6.2: it still holds the version before; gateway.store.restore_refused). ``gone``: the refused changes, legs
+    until now (a withdrawal is none) — what they held, a waybill another logisticsNo named say, is let go of. Their
+    shipments are reconciled and their inventories assessed again from their current documents, as when a leg
+    arrives (``state`` read for ``refs``, the rows among its live legs; Defer as judge). Nothing is refused: customs
+    holds them. The Write's ``body`` is empty and its ``documents`` are not written (the rows are stored)."""
     live = state.live()
     legs = [state.rows[r.id] for r in rows if r.id in state.rows]
-    orders = {r.order_no or "" for r in legs if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL}
-    with live.changed(legs, []) as before:
+    orders = {r.order_no or "" for r in (*legs, *gone) if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL}
+    with live.changed(legs, gone) as before:
         # as judge: the waybills their shipments held without them go where they belong now, and the other
         # platforms' shipments of their orderNos whose waybill they move are reconciled again
-        keys = dict.fromkeys(r.shipment_key for r in legs if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL)
+        keys = dict.fromkeys(r.shipment_key for r in (*legs, *gone)
+                             if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL)
         released = [w for w in map(before.waybill_of, keys) if w is not None]
         views = {k: before.waybill_view(k) for o in orders for k in before.platforms(o)}
     after = {k: live.waybill_view(k) for o in orders for k in live.platforms(o)}

@@ -698,8 +698,8 @@ def _lease_lost(j: cbec_queue.Job) -> cbec_queue.LeaseLost:
 #: Assess again, in the receipt's transaction, the shipments the annual limit blocked for these (buyer, year)s; returns
 #: those now matched (gateway.store.quota_reassessor).
 Reassess = Callable[[asyncpg.Connection, Sequence[tuple[str, int]]], Awaitable[list[tuple[str, str]]]]
-#: Make current again, in the receipt's transaction, the versions before these withdrawals customs refused, and
-#: reconcile their shipments again; returns the shipments written (gateway.store.withdrawals_restorer).
+#: Make current again, in the receipt's transaction, the versions before these changes and withdrawals customs refused,
+#: and reconcile their shipments again; returns the shipments written (gateway.store.refusals_restorer).
 Restore = Callable[[asyncpg.Connection, Sequence[int]], Awaitable[list[tuple[str, str]]]]
 
 
@@ -727,8 +727,8 @@ class Outbox:
         # Quota a receipt gives back reopens the buyers' shipments the annual limit blocked
         # (gateway.store.quota_reassessor); None: it is given back, and they stay blocked until their next change.
         self.reassess = reassess
-        # A withdrawal customs refused leaves it the version before: that version is current again and its shipment
-        # reconciled again (gateway.store.withdrawals_restorer); None: the key stays withdrawn here.
+        # A change or withdrawal customs refused leaves it the version before: that version is current again and its
+        # shipment reconciled again (gateway.store.refusals_restorer); None: the refused version stays current here.
         self.restore = restore
         self.max_sent_batch = max_sent_batch
         self.max_sent_parallel = max_sent_parallel
@@ -1104,8 +1104,8 @@ class Outbox:
             [d.answered for d in changed],
         )  # fmt: skip
         restored: list[tuple[str, str]] = []
-        refused = [d.id for d in changed if d.app_type == "3" and d.forward_state == "rejected"]
-        if refused and self.restore is not None:  # a refused withdrawal: customs holds the version before it
+        refused = [d.id for d in changed if d.app_type in ("2", "3") and d.forward_state == "rejected"]
+        if refused and self.restore is not None:  # a refused change or withdrawal: customs holds the version before
             restored = await self.restore(conn, refused)
         await self._release_quota(conn, [d for d in changed if d.gave_back])
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]

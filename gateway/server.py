@@ -484,13 +484,13 @@ async def run_worker(
             await db.fold_kept_counts(pool)
             from gateway.outbox import Outbox
             from gateway.schema import SchemaSet
-            from gateway.store import quota_reassessor, withdrawals_restorer
+            from gateway.store import quota_reassessor, refusals_restorer
             from gateway.tax import TaxRates
 
             # the inbox poller applies receipts here: quota they give back reopens blocked shipments as in the API
             rates = TaxRates.from_mapping(settings.tax_rates)
             reassess = quota_reassessor(rates=rates, tolerance=settings.amount_tolerance)
-            restore = withdrawals_restorer(rates=rates, tolerance=settings.amount_tolerance)
+            restore = refusals_restorer(rates=rates, tolerance=settings.amount_tolerance)
             outbox = Outbox(pool, build_router(fwd, endpoints), reassess=reassess, restore=restore)
             options = {"worker_id": worker_id} if worker_id else {}
             forwarding = Forwarding(

@@ -729,18 +729,18 @@ def _document_dict(r: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
-# --- a withdrawal customs refused -----------------------------------------------------------
+# --- a change or withdrawal customs refused ------------------------------------------------
 
-#: The withdrawals (appType 3; $1 document ids) customs refused that are still their keys' current rows, each with the
-#: version customs holds instead (spec §6.2: a refused message changes nothing there): the latest earlier version of
-#: its key customs did not refuse (a change it refused left it the one before), unless that is a withdrawal customs
-#: took (nothing of the key is there) or one the gateway still holds (never sent: customs refused the withdrawal of
-#: what it never had, and a held version made current again would go out). The versions of a key are found by the
-#: indexes its documents share: its shipment (ebpCode, orderNo), its waybill (logisticsCode, logisticsNo), a summary
-#: application's copNo; each arm fenced so that no plan walks the whole table by id. Read only for a refused
-#: withdrawal, in the receipt's transaction.
-REFUSED_WITHDRAWALS = r"""
-SELECT w.id, w.message_type, w.key1, w.key2, v.id AS version_id
+#: The changes and withdrawals (appType 2, 3; $1 document ids) customs refused that are still their keys' current rows,
+#: each with the version customs holds instead (spec §6.2: a refused message changes nothing there): the latest
+#: earlier version of its key customs did not refuse (a change it refused before left it the one before), unless that
+#: is a withdrawal customs took (nothing of the key is there) or one the gateway still holds (never sent: customs
+#: refused the change or withdrawal of what it never had, and a held version made current again would go out). The
+#: versions of a key are found by the indexes its documents share: its shipment (ebpCode, orderNo), its waybill
+#: (logisticsCode, logisticsNo), a summary application's copNo; each arm fenced so that no plan walks the whole table
+#: by id. Read only for a refused change or withdrawal, in the receipt's transaction.
+REFUSED_VERSIONS = r"""
+SELECT w.id, w.message_type, w.key1, w.key2, w.app_type, v.id AS version_id
   FROM (SELECT w.* FROM documents AS w WHERE w.id = ANY ($1::bigint[]) OFFSET 0) AS w,  -- by its primary key
        LATERAL (SELECT v.id, v.withdrawn, v.forward_state
                   FROM (SELECT v.* FROM documents AS v
@@ -761,13 +761,13 @@ SELECT w.id, w.message_type, w.key1, w.key2, v.id AS version_id
                  WHERE v.message_type = w.message_type AND v.key2 = w.key2 AND v.id < w.id
                    AND v.forward_state <> 'rejected'
                  ORDER BY id DESC LIMIT 1) AS v
- WHERE w.is_current AND w.withdrawn AND w.forward_state = 'rejected' AND NOT v.withdrawn
+ WHERE w.is_current AND w.app_type IN ('2', '3') AND w.forward_state = 'rejected' AND NOT v.withdrawn
    AND v.forward_state <> 'held'
  ORDER BY w.id
 """
 
-#: A refused withdrawal's row leaves its key's current row (SUPERSEDE) first, then the version customs holds is current
-#: again ($1 ids): the unique index on current keys is checked row by row.
+#: A refused change's or withdrawal's row leaves its key's current row (SUPERSEDE) first, then the version customs
+#: holds is current again ($1 ids): the unique index on current keys is checked row by row.
 RESTORE = "UPDATE documents SET is_current = true WHERE id = ANY ($1::bigint[])"
 
 #: The shipments reconciled again after such a restore, the waybill-only shipments to drop and the ledger: $1
@@ -785,33 +785,41 @@ SELECT (SELECT count(*) FROM s) AS shipments, (SELECT count(*) FROM ledger_put) 
 """
 
 
-async def restore_withdrawn(
+async def restore_refused(
     conn: asyncpg.Connection, ids: Sequence[int], *, rates: tax.TaxRates, tolerance: Decimal
 ) -> list[tuple[str, str]]:
-    """Customs refused the withdrawals ``ids`` (their receipts applied in this transaction, gateway.outbox): it still
-    holds the version before each, so that version is its key's current row again — a change or a new withdrawal of
-    it is judged as of a live document — and the withdrawal stays in the history with its refusal. Their shipments
-    are reconciled and their inventories assessed again (keystate.restore: the quota the withdrawal gave back is
-    counted again). Returns the shipments written, whose held inventories the caller looks at again.
+    """Customs refused the changes or withdrawals ``ids`` (their receipts applied in this transaction, gateway.outbox):
+    it still holds the version before each, so that version is its key's current row again — a change or a
+    withdrawal of it is judged as of the document customs holds (a release of it refuses them again,
+    state.inventory_released) — and the refused version stays in the history with its refusal. Their shipments are
+    reconciled and their inventories assessed again (keystate.restore: the version restored counts toward the quota
+    instead of the refused change, or again after the withdrawal gave it back). Returns the shipments written, whose
+    held inventories the caller looks at again.
 
     Under the keys' locks (an ingest of a change or a declaration anew of the key waits, and then sees the version
     restored) and, as reconciliation asks for them, the ingest's other locks, waited for as reopen_quota does."""
     if not ids:
         return []
-    found = await conn.fetch(REFUSED_WITHDRAWALS, sorted(set(ids)))
+    found = await conn.fetch(REFUSED_VERSIONS, sorted(set(ids)))
     if not found:
         return []
     keys = {(r["message_type"], r["key1"], r["key2"]) for r in found}
     await conn.fetchval(LOCK_IDS, sorted({_lock_id((LOCK_KEY, SEP.join((mt, *BY_CODE[mt].key_values((k1, k2))))))
                                          for mt, k1, k2 in keys}))  # fmt: skip
-    await conn.execute(SUPERSEDE, [r["id"] for r in found])
+    refs = Refs(keys=keys)
+    refused = {r["id"] for r in found}
+    if any(r["app_type"] == "2" for r in found):  # a refused change was a leg: what it held is let go of (restore)
+        _, state, _, _ = await Store._read(conn, [], refs)
+        gone = [row for row in state.current.values() if row.id in refused and not row.withdrawn]
+    else:
+        gone = []
+    await conn.execute(SUPERSEDE, sorted(refused))
     await conn.execute(RESTORE, [r["version_id"] for r in found])
     for r in found:
-        log.info("withdrawal_refused_restored", message_type=r["message_type"], key1=r["key1"], key2=r["key2"],
-                 withdrawal_id=r["id"], document_id=r["version_id"])  # fmt: skip
-    refs = Refs(keys=keys)
+        log.info("refused_version_restored", message_type=r["message_type"], key1=r["key1"], key2=r["key2"],
+                 refused_id=r["id"], app_type=r["app_type"], document_id=r["version_id"])  # fmt: skip
     _, state, _, _ = await Store._read(conn, [], refs)
-    for row in state.current.values():
+    for row in (*state.current.values(), *gone):
         refs.add(row)
         buyer = likely_buyer(BY_CODE[row.message_type], row.head)
         if buyer is not None:
@@ -819,7 +827,7 @@ async def restore_withdrawn(
     held: set[Lock] = set()
     while True:
         _, state, _, _ = await Store._read(conn, [], refs)
-        verdict = restore(list(state.current.values()), refs, held, state, rates=rates, tolerance=tolerance)
+        verdict = restore(list(state.current.values()), refs, held, state, rates=rates, tolerance=tolerance, gone=gone)
         if isinstance(verdict, Write):
             break
         await conn.fetchval(LOCK_IDS, sorted({_lock_id(lock) for lock in verdict.locks - held}))
@@ -833,11 +841,11 @@ async def restore_withdrawn(
     return [(s["ebp_code"], s["order_no"]) for s in verdict.shipments if s["ebp_code"]]
 
 
-def withdrawals_restorer(*, rates: tax.TaxRates = tax.DEFAULT_RATES, tolerance: Decimal = Decimal("0")) -> Restore:
-    """restore_withdrawn with these rates and tolerance (the Store's): the outbox's ``restore``."""
+def refusals_restorer(*, rates: tax.TaxRates = tax.DEFAULT_RATES, tolerance: Decimal = Decimal("0")) -> Restore:
+    """restore_refused with these rates and tolerance (the Store's): the outbox's ``restore``."""
 
     async def restore_(conn: asyncpg.Connection, ids: Sequence[int]) -> list[tuple[str, str]]:
-        return await restore_withdrawn(conn, ids, rates=rates, tolerance=tolerance)
+        return await restore_refused(conn, ids, rates=rates, tolerance=tolerance)
 
     return restore_
 

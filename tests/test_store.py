@@ -1182,7 +1182,7 @@ _PLAN_CASES = {
     "READ_STATE": "ARRAY['CEB311'], ARRAY['E'], ARRAY['O'], ARRAY['E'], ARRAY['O'], ARRAY['L'], ARRAY['N'], "
     "ARRAY['O'], ARRAY['L'], ARRAY['N'], ARRAY['g'], ARRAY['b'], ARRAY[2025], 1, ARRAY['CEB603'], ARRAY['I']",
     "SUPERSEDE": "ARRAY[1::bigint]",
-    "REFUSED_WITHDRAWALS": "ARRAY[1::bigint]",
+    "REFUSED_VERSIONS": "ARRAY[1::bigint]",
     "RESTORE": "ARRAY[1::bigint]",
     "WRITE_RESTORED": "'[]'::jsonb, ARRAY['O'], '[]'::jsonb, ARRAY['E'], ARRAY['O'], ARRAY['b'], ARRAY[2025]",
     "WRITE_REOPENED": "'[]'::jsonb, '[]'::jsonb",

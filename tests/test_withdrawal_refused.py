@@ -1,6 +1,6 @@
-"""A withdrawal (appType 3) customs refuses leaves customs the version before it (spec §6.2): through the API and the
-receipt path, the key is live again — a change of it is taken, its shipment shows it — while a withdrawal customs
-accepts still withdraws."""
+"""A withdrawal (appType 3) or a change (appType 2) customs refuses leaves customs the version before it (spec §6.2):
+through the API and the receipt path, that version is the key's current row again — a change of it is judged against
+it, its shipment is reconciled against it — while a withdrawal customs accepts still withdraws."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ async def test_a_released_inventory_takes_no_change_or_withdrawal(api: Client, d
 
 async def test_a_withdrawal_refused_for_the_release_leaves_the_inventory_released(api: Client) -> None:
     """A withdrawal sent before the release and refused after it (-621043): customs holds the first declaration,
-    released — current again (restore_withdrawn), it takes no change either."""
+    released — current again (restore_refused), it takes no change either."""
     s, inv = await _declared(api, 96)
     await _receipt(api, inv, inv["guid"], "399", "20261120151000000")
     withdrawal = version(s.inventory, "3", "20261120170000")
@@ -137,3 +137,117 @@ async def test_a_withdrawal_refused_for_the_release_leaves_the_inventory_release
     await _receipt(api, inv, withdrawal["documents"][0]["guid"], "-621043", "20261120172000000")
     r = await post_json(api, version(s.inventory, "2", "20261120180000"))
     assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "state.inventory_released", r.body
+
+
+async def _inventory_rows(db_pool: asyncpg.Pool, inv: dict[str, Any]) -> list[tuple[Any, ...]]:
+    rows = await db_pool.fetch(
+        "SELECT id, app_type, is_current, withdrawn, forward_state, superseded_by FROM documents"
+        " WHERE message_type = 'CEB621' AND key1 = $1 AND key2 = $2 ORDER BY id", inv["ebcCode"], inv["orderNo"])
+    return [tuple(r) for r in rows]
+
+
+async def test_a_change_customs_refuses_leaves_the_version_before_current(api: Client, db_pool: asyncpg.Pool) -> None:
+    """Customs refuses a change of a declared inventory (CEB622 100, before any release): it holds the first
+    declaration, which is the key's current row again; the shipment is reconciled against it and a further change is
+    judged against it."""
+    s, inv = await _declared(api, 97)
+    await _receipt(api, inv, inv["guid"], "120", "20261120151000000")
+    change = version(s.inventory, "2", "20261120170000", buyerName="王拒绝")
+    r = await post_json(api, change)
+    assert (r.status, r.body["documents"][0]["outcome"]) == (202, "replaced"), r.body
+    assert (await _shipment(api, inv))["state"] == "mismatched"  # the change's buyerName is not the order's
+    ledger = await db_pool.fetchval("SELECT amount FROM tax_ledger WHERE ebc_code = $1 AND order_no = $2",
+                                    inv["ebcCode"], inv["orderNo"])  # fmt: skip
+    await _receipt(api, inv, change["documents"][0]["guid"], "100", "20261120171000000")
+    shipment = await _shipment(api, inv)
+    assert (shipment["state"], shipment["findings"]) == ("matched", []), shipment
+    # the refused change stays in the history with its refusal; the version customs holds is current again
+    first, refused = await _inventory_rows(db_pool, inv)
+    assert (first[1:5], refused[1:5]) == (("1", True, False, "receipted"), ("2", False, False, "rejected"))
+    current = [d for d in shipment["documents"] if d["kind"] == "inventory" and d["is_current"]]
+    assert [d["id"] for d in current] == [first[0]], shipment["documents"]
+    assert await db_pool.fetchval("SELECT amount FROM tax_ledger WHERE ebc_code = $1 AND order_no = $2",
+                                  inv["ebcCode"], inv["orderNo"]) == ledger  # fmt: skip
+    # a further change replaces the version customs holds
+    r = await post_json(api, version(s.inventory, "2", "20261120180000", buyerTelephone="13900000098"))
+    assert (r.status, r.body["documents"][0]["outcome"]) == (202, "replaced"), r.body
+    first, refused, further = await _inventory_rows(db_pool, inv)
+    assert (first[2], first[5], refused[5], further[2]) == (False, further[0], None, True)
+
+
+async def test_a_refused_order_change_leaves_the_order_before_current(api: Client, db_pool: asyncpg.Pool) -> None:
+    s, inv = await _declared(api, 98)
+    order = s.order_doc
+    change = version(s.order, "2", "20261120170000", consignee="Zhang Refused")
+    r = await post_json(api, change)
+    assert (r.status, r.body["documents"][0]["outcome"]) == (202, "replaced"), r.body
+    shipment = await _shipment(api, inv)
+    assert "recon.consignee_mismatch" in {f["code"] for f in shipment["findings"]}, shipment
+    r = await post_receipt(api, "CEB312", {
+        "guid": change["documents"][0]["guid"], "ebpCode": order["ebpCode"], "ebcCode": order["ebcCode"],
+        "orderNo": order["orderNo"], "returnStatus": "100", "returnTime": "20261120171000000", "returnInfo": "x"})
+    assert r.status == 200 and r.body["receipts"][0]["outcome"] == "applied", r.body
+    shipment = await _shipment(api, inv)
+    assert (shipment["state"], shipment["findings"]) == ("matched", []), shipment
+    rows = await db_pool.fetch(
+        "SELECT app_type, is_current, forward_state FROM documents WHERE message_type = 'CEB311' AND key1 = $1"
+        " AND key2 = $2 ORDER BY id", order["ebpCode"], order["orderNo"])  # fmt: skip
+    assert [tuple(r) for r in rows] == [("1", True, "none"), ("2", False, "rejected")]
+
+
+async def test_a_change_refused_after_the_release_leaves_the_inventory_released(api: Client) -> None:
+    """A change sent before the release receipt came, refused after it (-621043): customs holds the first
+    declaration, released — current again, it takes no further change (state.inventory_released), which the refused
+    change, current, let through to be refused by customs again."""
+    s, inv = await _declared(api, 99)
+    await _receipt(api, inv, inv["guid"], "399", "20261120151000000")
+    change = version(s.inventory, "2", "20261120170000")
+    r = await post_json(api, change)
+    assert (r.status, r.body["documents"][0]["outcome"]) == (202, "replaced"), r.body
+    await _receipt(api, inv, inv["guid"], "800", "20261120171000000")
+    await _receipt(api, inv, change["documents"][0]["guid"], "-621043", "20261120172000000")
+    for app_type, time in (("2", "20261120180000"), ("3", "20261120190000")):
+        r = await post_json(api, version(s.inventory, app_type, time))
+        assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "state.inventory_released", r.body
+    assert (await _shipment(api, inv))["customs_status"] == "released"
+
+
+
+
+async def test_a_refused_change_naming_another_waybill_gives_that_waybill_back(api: Client) -> None:
+    """The refused change named another waybill (of another orderNo, no shipment's until then): restored, the first
+    declaration names the first waybill again, and the other is a waybill-only shipment again."""
+    s, inv = await _declared(api, 100)
+    other = version(s.waybill, "1", s.waybill["documents"][0]["appTime"], logisticsNo="YT9900000000100",
+                    orderNo="ZG9900000000100")  # fmt: skip
+    assert (await post_json(api, other)).status == 202
+    assert (await api.get("/v1/shipments/-/ZG9900000000100")).status == 200
+    change = version(s.inventory, "2", "20261120170000", logisticsNo="YT9900000000100")
+    assert (await post_json(api, change)).status == 202
+    assert (await api.get("/v1/shipments/-/ZG9900000000100")).status == 404  # the shipment took it
+    await _receipt(api, inv, change["documents"][0]["guid"], "100", "20261120171000000")
+    blank = await api.get("/v1/shipments/-/ZG9900000000100")
+    assert blank.status == 200, blank.body
+    assert [d["keys"]["logisticsNo"] for d in blank.body["documents"]] == ["YT9900000000100"], blank.body
+    shipment = await _shipment(api, inv)
+    assert (shipment["state"], shipment["findings"]) == ("matched", []), shipment
+
+
+
+async def test_a_refused_waybill_change_leaves_the_waybill_before(api: Client) -> None:
+    """A waybill's refused change (CEB512 100) named another orderNo: the version before is current again, and its
+    shipment is reconciled against it."""
+    s, inv = await _declared(api, 101)
+    way = s.waybill["documents"][0]
+    change = version(s.waybill, "2", "20261120170000", orderNo="ZG9900000000101")
+    assert (await post_json(api, change)).status == 202
+    codes = {f["code"] for f in (await _shipment(api, inv))["findings"]}
+    assert "recon.waybill_order_key_mismatch" in codes, codes
+    r = await post_receipt(api, "CEB512", {
+        "guid": change["documents"][0]["guid"], "logisticsCode": way["logisticsCode"],
+        "logisticsNo": way["logisticsNo"], "returnStatus": "100", "returnTime": "20261120171000000", "returnInfo": "x"})
+    assert r.status == 200 and r.body["receipts"][0]["outcome"] == "applied", r.body
+    shipment = await _shipment(api, inv)
+    assert shipment["state"] == "matched" and all(not f["blocking"] for f in shipment["findings"]), shipment
+    current = [d["doc_guid"] for d in shipment["documents"] if d["kind"] == "waybill" and d["is_current"]]
+    assert current == [way["guid"]], shipment["documents"]
