@@ -240,6 +240,7 @@ async def serve(
                         )
                     link_server = IngestServer(app[STORE], stack.enter_context(link_folder()))
                     await link_server.start()
+                    log.info("ingest_link_listening", path=str(link_server.path))
                     # the settings (keys included) reach them through the spawn pipe, never argv or environment
                     others = ApiProcesses(settings.with_overrides(port=port, database_url=dsn),
                                           target=functools.partial(_api_process, ingest_path=link_server.path))

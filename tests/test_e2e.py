@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -398,6 +399,8 @@ async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tm
     assert proc.returncode == 0, log[-2000:]
     assert logged(log, "api_process_exited")
     assert {victim, *survivors} - {proc.pid} <= set(logged_fields(log, "ingest_link_connected", "pid"))
+    [link] = logged_fields(log, "ingest_link_listening", "path")
+    assert not Path(link).parent.exists()  # the link's private folder goes with a normal stop
     for pid in survivors:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # stopped with the first process
@@ -443,6 +446,8 @@ async def test_api_processes_stop_when_the_first_is_killed(db_dsn: str, tmp_path
                 os.kill(pid, signal.SIGKILL)
         log_out.close()
     log = (tmp_path / "serve.log").read_text()
+    for link in logged_fields(log, "ingest_link_listening", "path"):  # killed outright, nothing removed its folder
+        shutil.rmtree(Path(link).parent, ignore_errors=True)
     assert logged(log, "api_process_orphaned"), log[-3000:]
     with pytest.raises(aiohttp.ClientError):
         async with aiohttp.ClientSession() as session, session.get(url + "/healthz") as resp:
