@@ -267,7 +267,7 @@ async def test_another_tenant_may_not_change_withdraw_or_redeclare_a_stored_docu
     forged.pop("guid", None)
     doc = forged["documents"][0]
     doc.pop("guid", None)
-    doc.update(appType=app_type, appTime=str(int(doc["appTime"]) + 100), payCode="9999999999")  # the stranger's
+    doc.update(appType=app_type, appTime=_later(doc["appTime"], 60), payCode="9999999999")  # the stranger's
     reply = await api.request("POST", "/v1/messages", key=STRANGER, json_body=json.loads(json.dumps(forged)))
     assert reply.status == 403, reply.body
     assert [i["code"] for i in reply.body["error"]["issues"]] == ["auth.not_your_document"]

@@ -369,7 +369,8 @@ async def test_a_change_to_another_buyer_moves_the_amount_between_their_quotas(
     other = "460100199001010011"  # the order, payment and inventory change to another buyer
     changed = ((s.order_doc, "buyerIdNumber"), (s.payment_doc, "payerIdNumber"), (s.inventory_doc, "buyerIdNumber"))
     for doc, field in changed:
-        doc.update({"appType": "2", "appTime": str(int(doc["appTime"]) + 60), field: other})
+        later = datetime.strptime(doc["appTime"], "%Y%m%d%H%M%S") + timedelta(minutes=1)  # not digits + 60 (:59)
+        doc.update({"appType": "2", "appTime": f"{later:%Y%m%d%H%M%S}", field: other})
     xmls = samples.render_shipment(s, signer=sign)
     for code in ("CEB311", "CEB411", "CEB621"):
         await post_dxp(client, sandbox.url, xmls[code])
