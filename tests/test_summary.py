@@ -83,6 +83,16 @@ def application(inventories: list[dict[str, Any]], invt_nos: list[str], seed: in
     return samples.summary_application(random.Random(seed), inventories, invt_nos, now=NOW)
 
 
+async def split_application(api: Client, seed: int) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """One application in two parts (msgCount 2) of one copNo, each naming an inventory of its own (declared with
+    ``seed`` and ``seed`` + 1): (part 1, part 2, their invtNos), not yet sent."""
+    a, a_no = await declared(api, seed)
+    _, b_no = await declared(api, seed + 1)
+    p = application([a], [a_no], seed=seed)
+    p["documents"][0].update(msgCount="2", msgSeqNo="1")
+    return p, version(p, "1", p["documents"][0]["appTime"], msgSeqNo="2", items=[{"invtNo": b_no}]), [a_no, b_no]
+
+
 @pytest.mark.db
 async def test_a_summary_of_released_b_type_inventories_is_stored(api: Client, db_pool: asyncpg.Pool) -> None:
     a, a_no = await declared(api, 11)
@@ -113,11 +123,7 @@ async def test_a_split_summary_application_goes_in_parts_of_one_copno(api: Clien
     """A.29/A.30: msgCount / msgSeqNo split one application, and CEB702 answers copNo + msgSeqNo: the parts share the
     copNo and are keyed by (agentCode, copNo, msgSeqNo), as the export transport messages are. Each part gets its
     own receipts; the view of the copNo shows every part."""
-    a, a_no = await declared(api, 73)
-    _, b_no = await declared(api, 74)
-    p = application([a], [a_no], seed=73)
-    p["documents"][0].update(msgCount="2", msgSeqNo="1")
-    second = version(p, "1", p["documents"][0]["appTime"], msgSeqNo="2", items=[{"invtNo": b_no}])
+    p, second, _ = await split_application(api, 73)
     assert (await post_export(api, p)).status == 202
     r = await post_export(api, second)
     assert r.status == 202 and r.body["documents"][0]["keys"]["msgSeqNo"] == "2", r.body
@@ -689,11 +695,7 @@ async def test_a_result_of_a_sum_no_the_parts_share_is_shown_on_every_part(api: 
     CEB792 names it by that sumNo alone (its own msgSeqNo numbers the result's messages, not the application's parts)
     and the declaration is of the whole application, so the view lists the result on each part, not only on the part
     whose version the record matched; listed once among the application's results."""
-    a, a_no = await declared(api, 75)
-    _, b_no = await declared(api, 76)
-    p = application([a], [a_no], seed=75)
-    p["documents"][0].update(msgCount="2", msgSeqNo="1")
-    second = version(p, "1", p["documents"][0]["appTime"], msgSeqNo="2", items=[{"invtNo": b_no}])
+    p, second, (a_no, b_no) = await split_application(api, 75)
     assert (await post_export(api, p)).status == 202
     assert (await post_export(api, second)).status == 202
     doc, sum_no = p["documents"][0], "51412026S000000075"
