@@ -767,8 +767,9 @@ SELECT w.id, w.message_type, w.key1, w.key2, w.app_type, v.id AS version_id
 """
 
 #: A refused change's or withdrawal's row leaves its key's current row (SUPERSEDE) first, then the version customs
-#: holds is current again ($1 ids): the unique index on current keys is checked row by row.
-RESTORE = "UPDATE documents SET is_current = true WHERE id = ANY ($1::bigint[])"
+#: holds is current again ($1 ids): the unique index on current keys is checked row by row. Nothing supersedes it
+#: any more (its superseded_by named the refused row; its next change links it anew).
+RESTORE = "UPDATE documents SET is_current = true, superseded_by = NULL WHERE id = ANY ($1::bigint[])"
 
 #: The shipments reconciled again after such a restore, the waybill-only shipments to drop and the ledger: $1
 #: shipments (JSON), $2 orderNos of waybill-only shipments to delete, $3 ledger rows to upsert (JSON), $4-$7 the

@@ -50,11 +50,10 @@ async def test_a_withdrawal_customs_refuses_leaves_the_inventory_live(api: Clien
     await _receipt(api, inv, withdrawal["documents"][0]["guid"], "100", "20261120171000000")
     shipment = await _shipment(api, inv)
     assert (shipment["state"], shipment["missing"]) == ("matched", []), shipment
-    rows = await db_pool.fetch(
-        "SELECT app_type, is_current, withdrawn, forward_state FROM documents"
-        " WHERE message_type = 'CEB621' AND key1 = $1 AND key2 = $2 ORDER BY id", inv["ebcCode"], inv["orderNo"])
-    # the withdrawal stays in the history with its refusal; the version customs holds is current again
-    assert [tuple(r) for r in rows] == [("1", True, False, "receipted"), ("3", False, True, "rejected")]
+    rows = await _inventory_rows(db_pool, inv)
+    # the withdrawal stays in the history with its refusal; the version customs holds is current again, superseded
+    # by nothing
+    assert [r[1:] for r in rows] == [("1", True, False, "receipted", None), ("3", False, True, "rejected", None)]
     # the quota it takes counts again
     assert await db_pool.fetchval("SELECT amount FROM tax_ledger WHERE ebc_code = $1 AND order_no = $2",
                                   inv["ebcCode"], inv["orderNo"]) > 0  # fmt: skip
@@ -150,6 +149,7 @@ async def test_a_change_customs_refuses_leaves_the_version_before_current(api: C
     # the refused change stays in the history with its refusal; the version customs holds is current again
     first, refused = await _inventory_rows(db_pool, inv)
     assert (first[1:5], refused[1:5]) == (("1", True, False, "receipted"), ("2", False, False, "rejected"))
+    assert first[5] is None  # current again: superseded by nothing (it named the refused change)
     current = [d for d in shipment["documents"] if d["kind"] == "inventory" and d["is_current"]]
     assert [d["id"] for d in current] == [first[0]], shipment["documents"]
     assert await db_pool.fetchval("SELECT amount FROM tax_ledger WHERE ebc_code = $1 AND order_no = $2",
