@@ -483,8 +483,13 @@ def create_app(
     app.router.add_post("/v1/queue/replay", post_replay)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
+    # Behind a TLS-terminating proxy the browser's Origin is the public one, not the address the gateway listens on;
+    # over https the session cookie must be Secure although the proxy speaks plain HTTP to us.
+    public = settings.public_url
     setup_console(app, pool_key=POOL, keys_key=KEYS, endpoints=_configured_endpoints(app),
-                  on_replayed=outbox.deliveries_replayed, tax_rates=rates)  # fmt: skip
+                  on_replayed=outbox.deliveries_replayed, tax_rates=rates,
+                  allowed_origins=(public,) if public else (),
+                  secure_cookie=True if public and public.startswith("https:") else None)  # fmt: skip
     setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app))
 
     async def finish_batches(app: web.Application) -> None:

@@ -16,6 +16,7 @@ from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 #: prometheus_client's multiprocess switch (a folder), read when prometheus_client is first imported: set by
 #: ``cbec serve --processes N`` so that its API processes share their /metrics figures (gateway.metrics).
@@ -170,6 +171,9 @@ class Settings:
     verify_signatures: bool = False
     trusted_certs: Path | None = None
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
+    # Where browsers and clients reach the gateway when that is not where it listens: behind a TLS-terminating proxy,
+    # e.g. "https://cbec.zone.example" (scheme and host[:port] only; see public_origin). None: where it listens.
+    public_url: str | None = None
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -264,6 +268,25 @@ def _decimal(name: str) -> Any:
             raise ValueError(f"must be a decimal number; found {value!r}") from None
 
     return conv
+
+
+def public_origin(url: str) -> str:
+    """The origin (``scheme://host[:port]``, lower-case) of a ``public_url``; ValueError for anything else. The
+    gateway is served at the root of that address (the console's pages ask for /ops/...), so a path is refused."""
+    text = str(url).strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # a port that is no number, or beyond 65535, raises here
+    except ValueError:
+        raise ValueError(f"must be a URL such as https://cbec.zone.example; found {url!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http or https URL with a host, such as https://cbec.zone.example; found {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"must be the scheme and host only (the gateway is served at its root); found {url!r}")
+    scheme = parts.scheme.lower()
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    default = {"http": 80, "https": 443}[scheme]  # a browser's Origin leaves the scheme's own port out
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
 def _floats(value: Any) -> float | None:
@@ -458,6 +481,7 @@ _SETTINGS: tuple[tuple[str, Any], ...] = (
     ("signing_agent_code", str),
     ("verify_signatures", _flag),
     ("trusted_certs", Path),
+    ("public_url", public_origin),
 )
 
 #: Every ``CBEC_*`` environment variable anything of the project reads. Any other is a misspelt one, refused as a

@@ -263,7 +263,8 @@ async def serve(
                         pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=fwd.worker
                     )
                     await forwarding.start()
-                log.info("listening", url=f"http://{netloc(settings.host, port)}", openapi="/openapi.json")
+                log.info("listening", url=f"http://{netloc(settings.host, port)}", openapi="/openapi.json",
+                         **({"public_url": settings.public_url} if settings.public_url else {}))
                 if info is not None:
                     info.update(url=url, sandbox_url=sandbox.url if sandbox else None)
                 with settled_heap():

@@ -157,8 +157,8 @@ class Ops:
         return client
 
 
-def build_app(pool: asyncpg.Pool, *, poll_interval: float = 0.2) -> web.Application:
-    app = create_app(test_settings(), pool, signer=sign_as_agent)
+def build_app(pool: asyncpg.Pool, *, poll_interval: float = 0.2, **settings: Any) -> web.Application:
+    app = create_app(test_settings(**settings), pool, signer=sign_as_agent)
     app[CONSOLE].poll_interval = poll_interval
     return app
 

@@ -291,6 +291,36 @@ def test_signature_verification_is_configured_from_the_file_or_the_environment(t
     assert config.load(env={}).signing_agent_code is None
 
 
+def test_the_public_url_is_read_as_its_origin_and_anything_else_is_refused(tmp_path: Path) -> None:
+    """public_url names where browsers reach the gateway behind a TLS-terminating proxy: kept as the origin a browser
+    sends (scheme and host lower-case, the scheme's own port left out); a path, a query, credentials, another scheme
+    or no host would never match an Origin, and is refused when the configuration is read."""
+    from gateway import config
+
+    assert config.load(env={}).public_url is None
+    for given, origin in (
+        ("https://CBEC.Zone.example/", "https://cbec.zone.example"),
+        ("https://cbec.zone.example:443", "https://cbec.zone.example"),
+        ("http://10.1.2.3:8443", "http://10.1.2.3:8443"),
+        ("https://[2001:db8::1]:9443", "https://[2001:db8::1]:9443"),
+    ):
+        assert config.load(env={"CBEC_PUBLIC_URL": given}).public_url == origin, given
+    path = tmp_path / "gateway.toml"
+    path.write_text('public_url = "https://ops.zone.example"\n', encoding="utf-8")
+    assert config.load(path, env={}).public_url == "https://ops.zone.example"
+    for bad, words in (
+        ("cbec.zone.example", "http or https URL with a host"),
+        ("ftp://cbec.zone.example", "http or https URL with a host"),
+        ("https://", "http or https URL with a host"),
+        ("https://cbec.zone.example/gateway", "scheme and host only"),
+        ("https://cbec.zone.example/?a=1", "scheme and host only"),
+        ("https://user:pw@cbec.zone.example", "scheme and host only"),
+        ("https://cbec.zone.example:99999", "must be a URL"),
+    ):
+        with pytest.raises(ValueError, match=rf"^public_url: .*{re.escape(words)}"):
+            config.load(env={"CBEC_PUBLIC_URL": bad})
+
+
 def test_validate_takes_the_json_a_seller_sends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A JSON document set (docs/json-api.md) is rendered and checked as the API would; its inventory signed as the
     gateway signs one (here with a throwaway key); not JSON at all is parse.invalid_json."""

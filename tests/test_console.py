@@ -83,6 +83,43 @@ async def test_sign_in_from_another_site_is_refused(ops: Ops) -> None:
             assert resp.status == 303
 
 
+@pytest.mark.parametrize("public_url", [None, "https://ops.zone.example"])
+async def test_behind_a_tls_proxy_the_public_url_may_sign_in_with_a_secure_cookie(
+    db_pool: asyncpg.Pool, public_url: str | None
+) -> None:
+    """A TLS-terminating proxy speaks plain HTTP to the gateway, while the browser sends the public Origin
+    (https://ops.zone.example): without public_url the console refused every sign-in and replay as cross-site, and
+    its cookie would not be Secure. With it, that origin signs in and acts (its cookie Secure); any other is refused
+    as before."""
+    job_id = await make_dead_letter(db_pool)
+    runner, base = await start(build_app(db_pool, public_url=public_url))
+    proxied = "https://ops.zone.example"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(base + "/ops/login", data={"key": ADMIN}, headers={"Origin": proxied},
+                              allow_redirects=False) as resp:  # fmt: skip
+                if public_url is None:
+                    assert resp.status == 403 and "Set-Cookie" not in resp.headers
+                    return
+                assert resp.status == 303, await resp.text()
+                cookie = resp.cookies[next(iter(resp.cookies))]
+                assert cookie["secure"] and cookie["httponly"], cookie.OutputString()
+            # the browser sends a Secure cookie over https only: here, as the proxy passes it on
+            headers = {"Cookie": f"{cookie.key}={cookie.value}"}
+            async with s.get(base + "/ops/api/session", headers=headers) as resp:
+                assert resp.status == 200
+                csrf = (await resp.json())["csrf"]
+            url = f"{base}/ops/api/jobs/{job_id}/replay"
+            for origin, status in (("https://evil.example", 403), ("http://ops.zone.example", 403), (proxied, 200)):
+                async with s.post(url, headers={**headers, "X-CSRF-Token": csrf, "Origin": origin}) as resp:
+                    assert resp.status == status, (origin, await resp.text())
+            async with s.post(base + "/ops/login", data={"key": ADMIN}, headers={"Origin": "https://evil.example"},
+                              allow_redirects=False) as resp:  # fmt: skip
+                assert resp.status == 403
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 10)
+
+
 async def test_replay_accepts_a_same_origin_referer_without_origin(ops: Ops) -> None:
     job_id = await make_dead_letter(ops.pool)
     admin = await ops.console(ADMIN)
