@@ -55,7 +55,13 @@ class KeyRing:
     lookup compares SHA-256 digests, whose matching prefix says nothing about the key's."""
 
     def __init__(self, keys: Iterable[ApiKey]) -> None:
-        # one Principal per key, made once: authenticate runs for every request
+        self.replace(keys)
+
+    def replace(self, keys: Iterable[ApiKey]) -> None:
+        """From now on these keys, and only these (the configuration read again): a key left out answers 401, and
+        the console's sessions made with it end (they look their key up by digest at every request)."""
+        # one Principal per key, made once: authenticate runs for every request; one assignment, so a request
+        # sees the old ring or the new one, never a mixture
         self._by_digest = {self.digest(k.key): Principal(k.name, k.role, k.codes) for k in keys}
 
     @staticmethod

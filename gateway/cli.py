@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -32,20 +33,24 @@ def _unusable(reason: object) -> NoReturn:
     raise SystemExit(2)  # a usage error: nothing started
 
 
+def reload_settings(config_file: str | None, options: dict[str, Any]) -> config.Settings:
+    """The configuration (the file and the environment) with the command line's options over it; read at start, and
+    again by ``cbec serve`` on SIGHUP (gateway.server.serve). Raises what config.load raises."""
+    return config.load(config_file).with_overrides(**options)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("database_url", "data_dir", "host", "port", "processes")
+    return {name: getattr(args, name, None) for name in names}
+
+
 def _settings(args: argparse.Namespace) -> config.Settings:
     try:
-        s = config.load(args.config)
+        s = reload_settings(args.config, _options(args))
     # a TOML syntax error is a ValueError; a value of the wrong kind (a list for a port, a table for a rate) is
     # a TypeError where a conversion refuses it
     except (OSError, ValueError, TypeError, ArithmeticError) as exc:
         _unusable(exc)
-    s = s.with_overrides(
-        database_url=getattr(args, "database_url", None),
-        data_dir=getattr(args, "data_dir", None),
-        host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
-        processes=getattr(args, "processes", None),
-    )
     if s.processes < 1:
         _unusable(f"processes must be at least 1, got {s.processes}")
     return s
@@ -127,7 +132,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     with _shared_metrics(settings.processes, settings.data_dir):
         from gateway.server import serve
 
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, reload=functools.partial(reload_settings, args.config, _options(args))))
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import multiprocessing
@@ -30,7 +31,8 @@ from cbec_queue.policy import RetryPolicy
 from lxml import etree
 
 from gateway import db, logs
-from gateway.api import OUTBOX, PIPELINE, STORE, create_app
+from gateway.api import KEYS, OUTBOX, PIPELINE, STORE, create_app
+from gateway.auth import KeyRing
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, netloc
 from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
 from gateway.metrics import shared_across_processes
@@ -154,6 +156,90 @@ def _local(host: str) -> str:
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
+#: What SIGHUP reads again: the configuration as ``cbec serve`` read it at start, its command-line options applied
+#: (gateway.cli.reload_settings bound to them).
+Reload = Callable[[], Settings]
+
+
+def needing_restart(running: Settings, fresh: Settings) -> list[str]:
+    """The settings besides the API keys that differ between the two: a reload applies the keys alone."""
+    return [f.name for f in dataclasses.fields(Settings)
+            if f.name != "api_keys" and getattr(running, f.name) != getattr(fresh, f.name)]  # fmt: skip
+
+
+def _key_changes(before: tuple[ApiKey, ...], after: tuple[ApiKey, ...]) -> dict[str, list[str]]:
+    """The names of the keys added, removed and changed (secret, role or codes): what the log says of a reload."""
+    old, new = {k.name: k for k in before}, {k.name: k for k in after}
+    return {
+        "added": sorted(new.keys() - old.keys()),
+        "removed": sorted(old.keys() - new.keys()),
+        "changed": sorted(n for n in old.keys() & new.keys() if old[n] != new[n]),
+    }
+
+
+@contextlib.contextmanager
+def on_hangup(callback: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, SIGHUP calls ``callback`` (by default it would end the process). Removed with the block,
+    as stopped_by_signals' handlers are."""
+    loop = asyncio.get_running_loop()
+    installed = False
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform, or not the main thread
+        loop.add_signal_handler(signal.SIGHUP, callback)
+        installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+
+@dataclass
+class KeyReload:
+    """SIGHUP in ``cbec serve``'s first process: the configuration read again, its API keys in force at once in this
+    process (``ring``) and, started again one after the other, in the other API processes (``others``). The keys of
+    the gateway's own making (``own_keys``: the sandbox's) stay; the other settings wait for the next start, and the
+    log names those that changed. A configuration that cannot be used changes nothing, and is logged."""
+
+    reload: Reload
+    running: Settings  # as read at start: what the configuration read again is compared with
+    ring: KeyRing
+    keys: tuple[ApiKey, ...]  # in force now
+    own_keys: tuple[ApiKey, ...]
+    others: ApiProcesses | None = None
+    renewals: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __call__(self) -> None:
+        try:
+            fresh = self.reload()
+        except (OSError, ValueError, TypeError, ArithmeticError) as exc:  # as at cbec serve's start
+            log.error("configuration_not_reloaded", error=str(exc), note="the API keys stay as they were")
+            return
+        keys = (*dev_keys(fresh).api_keys, *self.own_keys)
+        self.ring.replace(keys)
+        log.info("api_keys_reloaded", keys=len(keys), **_key_changes(self.keys, keys))
+        self.keys = keys
+        if stale := needing_restart(self.running, fresh):
+            log.warning("settings_need_restart", settings=stale, note="only the API keys take effect without a restart")
+        if self.others is not None:
+            renewal = asyncio.create_task(self._renew(self.others, keys))
+            self.renewals.add(renewal)
+            renewal.add_done_callback(self.renewals.discard)
+
+    @staticmethod
+    async def _renew(others: ApiProcesses, keys: tuple[ApiKey, ...]) -> None:
+        try:
+            await others.renew(others.settings.with_overrides(api_keys=keys))
+        except Exception:  # the processes go on with the keys they had; the supervisor still restarts a dead one
+            log.exception("api_processes_not_renewed")
+
+    async def aclose(self) -> None:
+        """Stop a renewal in progress (cbec serve is stopping: its processes are stopped next)."""
+        for renewal in list(self.renewals):
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+
+
 async def serve(
     settings: Settings,
     *,
@@ -162,6 +248,7 @@ async def serve(
     info: dict[str, Any] | None = None,
     api_only: bool = False,
     ingest_path: Path | None = None,
+    reload: Reload | None = None,
 ) -> None:
     """Run until ``stop`` (or SIGINT/SIGTERM). ``info`` (if given) receives ``url`` and ``sandbox_url`` once
     listening, before ``ready`` is set.
@@ -170,19 +257,22 @@ async def serve(
     (SO_REUSEPORT: the kernel spreads the connections) and restarts any that dies; they share the database and
     the console's sessions, and ``api_only`` runs them without the sandbox, the queue worker and the watchdog,
     which stay in this first process. They store what they accept through this process's store, over the ingest
-    link at ``ingest_path`` (gateway.ingestlink): one batcher for all."""
+    link at ``ingest_path`` (gateway.ingestlink): one batcher for all.
+
+    ``reload``: on SIGHUP the configuration is read again and its API keys take effect at once, here and, started
+    again one after the other, in the other API processes; the other settings wait for the next start (logged)."""
     if settings.processes < 1:
         raise SystemExit(f"processes must be at least 1, got {settings.processes}")
     logs.configure(settings.log_format, settings.log_level)
+    running = settings  # what a reload compares the configuration read again with
     settings = dev_keys(settings)
     fwd = settings.forwarding
     sandboxed = fwd.enabled and uses_sandbox(fwd)
     # API processes get their settings from the first one, the sandbox's receipt key included
     customs_key = secrets.token_urlsafe(32) if sandboxed and not api_only else None
-    if customs_key is not None:
-        settings = settings.with_overrides(
-            api_keys=(*settings.api_keys, ApiKey("customs-sandbox", customs_key, Role.CUSTOMS))
-        )
+    # keys of the gateway's own making, kept through a reload: the sandbox's, to post its receipts back
+    own_keys = (ApiKey("customs-sandbox", customs_key, Role.CUSTOMS),) if customs_key is not None else ()
+    settings = settings.with_overrides(api_keys=(*settings.api_keys, *own_keys))
     stop = stop or asyncio.Event()
     async with stopped_by_signals(stop), database(settings, stop=stop) as dsn, contextlib.AsyncExitStack() as stack:
         pool = await db.create_pool(dsn, max_size=settings.pool_max_size)
@@ -212,6 +302,7 @@ async def serve(
             url = f"http://{netloc(_local(settings.host), port)}"
             others: ApiProcesses | None = None
             link_server: IngestServer | None = None
+            reloader: KeyReload | None = None
             try:
                 if api_only:
                     if link is not None:
@@ -220,6 +311,9 @@ async def serve(
                         except IngestUnavailable as exc:  # it is gone: exit, and its supervisor (if any) decides
                             reason = f"cbec: this API process cannot reach the first one's store: {exc}"
                             raise SystemExit(reason) from None
+                    # the first process starts this one again with new keys (reload): a hangup sent to the whole
+                    # group must not end it meanwhile
+                    stack.enter_context(on_hangup(lambda: None))
                     log.info("api_process_listening", url=f"http://{netloc(settings.host, port)}", pid=os.getpid())
                     orphan_watch = asyncio.create_task(stop_when_orphaned(stop))
                     with settled_heap():
@@ -263,6 +357,9 @@ async def serve(
                         pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=fwd.worker
                     )
                     await forwarding.start()
+                if reload is not None:
+                    reloader = KeyReload(reload, running, app[KEYS], settings.api_keys, own_keys, others)
+                    stack.enter_context(on_hangup(reloader))
                 log.info("listening", url=f"http://{netloc(settings.host, port)}", openapi="/openapi.json",
                          **({"public_url": settings.public_url} if settings.public_url else {}))
                 if info is not None:
@@ -273,6 +370,8 @@ async def serve(
                     await stop.wait()
             finally:
                 log.info("stopping")
+                if reloader is not None:
+                    await reloader.aclose()
                 if others is not None:
                     await others.stop()
                 if link_server is not None:
@@ -376,6 +475,7 @@ class _Slot:
     started: float  # time.monotonic() at its start
     backoff: RestartBackoff
     restart_at: float | None = None  # set once its death was seen
+    renewing: bool = False  # stopped on purpose and started again by renew(): no death to supervise
 
 
 class ApiProcesses:
@@ -397,6 +497,7 @@ class ApiProcesses:
         self._backoff = backoff
         self._slots: list[_Slot] = []
         self._watch: asyncio.Task[None] | None = None
+        self._renewal = asyncio.Lock()  # one renewal at a time: a second reload waits for the first
 
     def _spawn(self) -> multiprocessing.process.BaseProcess:
         proc = self._context.Process(target=self._target, args=(self.settings,), name="cbec-api", daemon=True)
@@ -417,6 +518,8 @@ class ApiProcesses:
             await asyncio.sleep(self.POLL_S)
             now = time.monotonic()
             for slot in self._slots:
+                if slot.renewing:
+                    continue
                 if slot.restart_at is None and not slot.proc.is_alive():
                     delay = slot.backoff.delay_after_death(now - slot.started)
                     slot.restart_at = now + delay
@@ -427,12 +530,30 @@ class ApiProcesses:
                 if slot.restart_at is not None and now >= slot.restart_at:
                     slot.proc, slot.started, slot.restart_at = self._spawn(), now, None
 
+    async def renew(self, settings: Settings, timeout: float = 15.0) -> None:
+        """Start each process again with ``settings`` (the API keys read again), one after the other: each stops as
+        at a normal stop (its requests in flight answered), then its successor starts; the first process and the
+        others answer meanwhile, so no connection finds the port closed."""
+        async with self._renewal:
+            self.settings = settings
+            for slot in self._slots:
+                slot.renewing = True
+                try:
+                    await self._end([slot.proc], timeout)
+                    slot.proc, slot.started, slot.restart_at = self._spawn(), time.monotonic(), None
+                finally:
+                    slot.renewing = False
+            log.info("api_processes_renewed", pids=self.pids)
+
     async def stop(self, timeout: float = 15.0) -> None:
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        procs = [s.proc for s in self._slots]
+        await self._end([s.proc for s in self._slots], timeout)
+
+    @staticmethod
+    async def _end(procs: list[multiprocessing.process.BaseProcess], timeout: float) -> None:
         for proc in procs:
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)  # a normal stop: in-flight requests and batches finish

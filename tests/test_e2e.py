@@ -46,16 +46,21 @@ def logged(log: str, event: str) -> bool:
     return False
 
 
-def logged_fields(log: str, event: str, name: str) -> list[Any]:
-    """The values of one field of every JSON log line of ``event``."""
+def logged_records(log: str, event: str) -> list[dict[str, Any]]:
+    """Every JSON log line of ``event``, as its object."""
     found = []
     for line in log.splitlines():
         if line.startswith("{"):
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
                 if record.get("event") == event:
-                    found.append(record.get(name))
+                    found.append(record)
     return found
+
+
+def logged_fields(log: str, event: str, name: str) -> list[Any]:
+    """The values of one field of every JSON log line of ``event``."""
+    return [record.get(name) for record in logged_records(log, event)]
 
 
 async def first_usable_receipt(stack: Stack, guid: str) -> Any:
@@ -404,6 +409,83 @@ async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tm
     for pid in survivors:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # stopped with the first process
+
+
+async def test_sighup_puts_the_configured_api_keys_in_force_in_every_process(db_dsn: str, tmp_path: Path) -> None:
+    """A seller's key added, a leaked one removed, without stopping the gateway: SIGHUP to `cbec serve --processes
+    2` reads the configuration again. The keys are in force at once in the first process and, started again, in the
+    other (whichever process a connection reaches answers alike); a removed key's console session ends; a changed
+    port is named as waiting for a restart (the gateway stays where it listens); a configuration that cannot be
+    used changes nothing."""
+    port = free_port()
+    log_file = tmp_path / "serve.log"
+    proc, log_out = await _serve_two_processes(db_dsn, tmp_path, port, log_file)
+    cfg = tmp_path / "cbec.toml"
+    url, added = f"http://127.0.0.1:{port}", "k-added-" + "x" * 24
+    fresh = aiohttp.TCPConnector(force_close=True)  # a new connection per request: the kernel picks a process
+    try:
+        async with aiohttp.ClientSession(connector=fresh, timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+            async def answers(key: str, n: int = 16) -> tuple[set[int], set[int]]:
+                """The statuses of GET /v1/queue with ``key`` and the processes /healthz came from, n times each."""
+                statuses, pids = set(), set()
+                for _ in range(n):
+                    async with session.get(url + "/v1/queue", headers={"X-API-Key": key}) as resp:
+                        statuses.add(resp.status)
+                    async with session.get(url + "/healthz") as resp:
+                        pids.add((await resp.json())["process"])
+                return statuses, pids
+
+            async def both_up() -> bool:
+                with contextlib.suppress(aiohttp.ClientError):
+                    return len((await answers(ADMIN, 10))[1]) == 2
+                return False
+
+            await wait_for(both_up, timeout=40, what="two API processes")
+            assert (await answers(added))[0] == {401}
+            async with session.post(url + "/ops/login", data={"key": ADMIN}, allow_redirects=False) as resp:
+                assert resp.status == 303
+                cookie = resp.cookies["cbec_ops"].value
+            _, before = await answers(ADMIN)
+
+            text = cfg.read_text(encoding="utf-8")
+            cfg.write_text(text.replace(f'key = "{ADMIN}"', f'key = "{added}"')
+                               .replace(f"port = {port}", f"port = {free_port()}"), encoding="utf-8")  # fmt: skip
+            proc.send_signal(signal.SIGHUP)
+
+            async def renewed() -> bool:
+                if not logged(log_file.read_text(), "api_processes_renewed"):
+                    return False
+                statuses, pids = await answers(added)  # and the new process listens
+                return statuses == {200} and len(pids) == 2
+
+            await wait_for(renewed, timeout=40, what="the other API process started again with the new key")
+            statuses, after = await answers(added, 24)
+            assert statuses == {200} and len(after) == 2 and proc.pid in after and after != before
+            assert (await answers(ADMIN, 24))[0] == {401}  # removed, in both processes
+            for _ in range(8):
+                async with session.get(url + "/ops/api/session", cookies={"cbec_ops": cookie}) as resp:
+                    assert resp.status == 401  # the session made with the removed key ended
+
+            cfg.write_text("this is not = = toml", encoding="utf-8")
+            proc.send_signal(signal.SIGHUP)
+
+            async def refused() -> bool:
+                return logged(log_file.read_text(), "configuration_not_reloaded")
+
+            await wait_for(refused, timeout=20, what="the unusable configuration refused")
+            assert (await answers(added))[0] == {200}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 40)
+        log_out.close()
+        print(log_file.read_text()[-20000:])  # shown when the test fails
+    log = log_file.read_text()
+    assert proc.returncode == 0, log[-2000:]
+    [changes] = logged_records(log, "api_keys_reloaded")
+    assert (changes["added"], changes["removed"], changes["changed"]) == ([], [], ["admin"]), changes
+    assert logged_fields(log, "settings_need_restart", "settings") == [["port"]]
+    assert added not in log and ADMIN not in log  # names only, never a key
 
 
 async def test_api_processes_stop_when_the_first_is_killed(db_dsn: str, tmp_path: Path) -> None:
