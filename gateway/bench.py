@@ -1135,6 +1135,13 @@ class Report:
         }
 
 
+def cpu_ceiling(cpu_us_per_message: dict[str, float], cores: int) -> float | None:
+    """Messages/s at this CPU per message (all the bench's processes, client included) with every core busy all the
+    time: what no arrangement of the processes can pass on this machine. None without the figures."""
+    total = sum(cpu_us_per_message.values())
+    return cores * 1e6 / total if total > 0 and cores > 0 else None
+
+
 def format_report(r: Report) -> str:
     m = r.machine
     out = [
@@ -1176,6 +1183,10 @@ def format_report(r: Report) -> str:
         c = i.cpu_us_per_message
         row("   CPU per message: gateway / PostgreSQL / client (µs)",
             f"{c['gateway']:.0f} / {c['postgres']:.0f} / {c['client']:.0f}")  # fmt: skip
+        ceiling = cpu_ceiling(c, m["cores"])
+        if ceiling is not None:
+            row(f"   at that CPU per message, {m['cores']} cores always busy (msg/s)", f"{ceiling:,.0f}")
+
     def ingest_rows(label: str, run: IngestRun | None, vf: Verification | None) -> None:
         if run is None or vf is None:
             return

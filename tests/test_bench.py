@@ -59,6 +59,14 @@ async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
         assert all(f > 0 for f in figures), f"not positive: {line!r}"
         assert label.strip()
 
+    # The ceiling the CPU per message sets: the machine's cores over the three processes' CPU per message.
+    [ceiling] = [line for line in table if "cores always busy" in line]
+    c = report.ingest.cpu_us_per_message
+    cores = report.machine["cores"]
+    assert _numbers(ceiling[61:]) == [round(cores * 1e6 / (c["gateway"] + c["postgres"] + c["client"]))], ceiling
+    assert bench.cpu_ceiling({"gateway": 800.0, "postgres": 400.0, "client": 50.0}, 2) == 1600
+    assert bench.cpu_ceiling({}, 2) is None
+
     # The same messages with each shipment's legs back to back: stored and matched as well.
     assert report.ingest_adjacent is not None and report.verification_adjacent is not None
     assert report.ingest_adjacent.accepted == 40 and report.verification_adjacent.ok
