@@ -7,12 +7,11 @@ shipment lists it sees only what concerns that shipment (:func:`shipment_view`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import ApiKey, Role
+from gateway.config import ApiKey, Role, key_digest
 from gateway.documents import Document
 from gateway.messages import TRANSPORT_KINDS, Kind
 
@@ -62,13 +61,9 @@ class KeyRing:
         the console's sessions made with it end (they look their key up by digest at every request)."""
         # one Principal per key, made once: authenticate runs for every request; one assignment, so a request
         # sees the old ring or the new one, never a mixture
-        self._by_digest = {self.digest(k.key): Principal(k.name, k.role, k.codes) for k in keys}
+        self._by_digest = {k.digest: Principal(k.name, k.role, k.codes) for k in keys}
 
-    @staticmethod
-    def digest(key: str) -> bytes:
-        # surrogateescape: aiohttp hands header bytes that are not UTF-8 over as lone surrogates (an unknown key,
-        # never a 500)
-        return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+    digest = staticmethod(key_digest)
 
     def by_digest(self, digest: bytes) -> Principal | None:
         """The principal of the configured key with this digest (console sessions remember the digest only)."""

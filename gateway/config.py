@@ -7,6 +7,7 @@ setting is listed in the README's configuration reference.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import tomllib
@@ -36,12 +37,30 @@ class Role(StrEnum):
     CUSTOMS = "customs"  # customs / E-Port (or the sandbox): may post receipts (POST /v1/receipts) only
 
 
+def key_digest(key: str) -> bytes:
+    """The SHA-256 of an API key as presented. surrogateescape: aiohttp hands header bytes that are not UTF-8 over as
+    lone surrogates (an unknown key, never a 500)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
 @dataclass(frozen=True)
 class ApiKey:
     name: str
-    key: str
+    key: str | None  # the secret itself; None where the configuration holds only its SHA-256
     role: Role
     codes: frozenset[str] = frozenset()  # enterprise codes (ebp/ebc/pay/logistics/agent) a submitter holds
+    # The key's SHA-256 in hex, instead of the key: a configuration file (in a repository, a deployment tool) then
+    # holds nothing that opens the API.
+    key_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"API key {self.name!r} needs a key or a key_sha256, not both")
+
+    @property
+    def digest(self) -> bytes:
+        """What a presented key's :func:`key_digest` must equal."""
+        return bytes.fromhex(self.key_sha256) if self.key_sha256 is not None else key_digest(self.key or "")
 
 
 # --- forwarding (gateway/forward.py routes, gateway/workers.py delivers) -------------------------------
@@ -192,23 +211,41 @@ def _flag(value: Any) -> bool:
     raise ValueError(f"{value!r} is no boolean (true/false, 1/0, yes/no, on/off)")
 
 
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _key_sha256(value: Any, where: str) -> str:
+    text = str(value).strip().lower()
+    if len(text) != 64 or not set(text) <= _SHA256_HEX:
+        raise ValueError(f"{where}.key_sha256 must be 64 hexadecimal digits (printf '%s' \"$KEY\" | sha256sum); "
+                         f"found {len(text)} characters")  # fmt: skip
+    return text
+
+
 def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
     if not isinstance(items, list):
-        raise ValueError("api_keys must be a list of {name, key, role, codes}")
+        raise ValueError("api_keys must be a list of {name, key or key_sha256, role, codes}")
     keys = []
     for i, item in enumerate(items):
-        if not isinstance(item, Mapping) or not item.get("key"):
-            raise ValueError(f"api_keys[{i}] needs at least a key")
+        if not isinstance(item, Mapping) or not (item.get("key") or item.get("key_sha256")):
+            raise ValueError(f"api_keys[{i}] needs at least a key (or its key_sha256)")
+        if item.get("key") and item.get("key_sha256"):
+            raise ValueError(f"api_keys[{i}] gives both a key and a key_sha256: one of them")
+        unknown = set(item) - {"name", "key", "key_sha256", "role", "codes"}
+        if unknown:
+            raise ValueError(f"api_keys[{i}]: unknown setting(s) {', '.join(sorted(unknown))}")
         role = Role(item.get("role", "submitter"))
         codes = frozenset(_strings(item.get("codes", ()), f"api_keys[{i}].codes"))
         if role is Role.SUBMITTER and not codes:
             raise ValueError(f"api_keys[{i}] is a submitter key without enterprise codes")
-        keys.append(ApiKey(name=str(item.get("name", f"key{i}")), key=str(item["key"]), role=role, codes=codes))
-    seen: set[str] = set()
+        hashed = _key_sha256(item["key_sha256"], f"api_keys[{i}]") if item.get("key_sha256") else None
+        keys.append(ApiKey(name=str(item.get("name", f"key{i}")), key=None if hashed else str(item["key"]), role=role,
+                           codes=codes, key_sha256=hashed))  # fmt: skip
+    seen: set[bytes] = set()
     for i, k in enumerate(keys):
-        if k.key in seen:  # the later one would win silently, its role and codes with it
+        if k.digest in seen:  # the later one would win silently, its role and codes with it
             raise ValueError(f"api_keys[{i}] ({k.name}) repeats the key of an earlier entry")
-        seen.add(k.key)
+        seen.add(k.digest)
     return tuple(keys)
 
 

@@ -291,6 +291,41 @@ def test_signature_verification_is_configured_from_the_file_or_the_environment(t
     assert config.load(env={}).signing_agent_code is None
 
 
+def test_a_key_may_be_configured_by_its_sha256_alone(tmp_path: Path) -> None:
+    """A configuration file kept in a repository or a deployment tool need not hold the secrets that open the API: a
+    key given as key_sha256 authenticates the key it is the hash of, and nothing else; the same key twice (once in
+    plain, once hashed) is refused as a repeat; a malformed hash, or both forms in one entry, are refused."""
+    import hashlib
+
+    from gateway import config
+    from gateway.auth import KeyRing
+
+    secret = "seller-key-" + "s" * 20
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[[api_keys]]\nname = "platform-a"\nkey_sha256 = "{digest.upper()}"\nrole = "submitter"\n'
+                    'codes = ["46012609BQ"]\n', encoding="utf-8")  # fmt: skip
+    [key] = config.load(path, env={}).api_keys
+    assert (key.key, key.key_sha256) == (None, digest)
+    ring = KeyRing([key])
+    principal = ring.authenticate(secret)
+    assert principal is not None and principal.name == "platform-a" and principal.codes == {"46012609BQ"}
+    assert ring.authenticate(digest) is None and ring.authenticate(secret + "x") is None
+    for entries, words in (
+        (f'[{{"key": "{secret}", "role": "admin"}}, {{"key_sha256": "{digest}", "role": "operator"}}]',
+         "api_keys[1] (key1) repeats the key"),
+        ('[{"key_sha256": "abc", "role": "admin"}]', "api_keys[0].key_sha256 must be 64 hexadecimal digits"),
+        (f'[{{"key_sha256": "{"g" * 64}", "role": "admin"}}]', "must be 64 hexadecimal digits"),
+        (f'[{{"key": "k", "key_sha256": "{digest}", "role": "admin"}}]', "both a key and a key_sha256"),
+        ('[{"role": "admin"}]', "needs at least a key (or its key_sha256)"),
+        ('[{"key": "k", "role": "admin", "code": ["x"]}]', "api_keys[0]: unknown setting(s) code"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            config.load(env={"CBEC_API_KEYS": entries})
+    with pytest.raises(ValueError, match="needs a key or a key_sha256"):
+        config.ApiKey("neither", None, config.Role.ADMIN)
+
+
 def test_the_public_url_is_read_as_its_origin_and_anything_else_is_refused(tmp_path: Path) -> None:
     """public_url names where browsers reach the gateway behind a TLS-terminating proxy: kept as the origin a browser
     sends (scheme and host lower-case, the scheme's own port left out); a path, a query, credentials, another scheme

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -449,7 +450,8 @@ async def test_sighup_puts_the_configured_api_keys_in_force_in_every_process(db_
             _, before = await answers(ADMIN)
 
             text = cfg.read_text(encoding="utf-8")
-            cfg.write_text(text.replace(f'key = "{ADMIN}"', f'key = "{added}"')
+            hashed = hashlib.sha256(added.encode()).hexdigest()  # the file holds the new key's hash alone
+            cfg.write_text(text.replace(f'key = "{ADMIN}"', f'key_sha256 = "{hashed}"')
                                .replace(f"port = {port}", f"port = {free_port()}"), encoding="utf-8")  # fmt: skip
             proc.send_signal(signal.SIGHUP)
 
