@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import time
@@ -152,6 +153,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(401, "missing or unknown API key (send X-API-Key or Authorization: Bearer)")
     request[PRINCIPAL] = principal
     structlog.contextvars.bind_contextvars(principal=principal.name)
+    wait = principal.throttled()
+    if wait is not None:  # before the body is read: a flood costs the gateway as little as it can
+        assert principal.bucket is not None
+        rate = principal.bucket.rate
+        response = error_response(429, f"too many requests for this API key: {rate.per_s:g} a second, in bursts of "
+                                  f"{rate.burst:g}; send again in {wait:.1f} s")  # fmt: skip
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response
     if principal.role is Role.CUSTOMS and not (request.method == "POST" and request.path == "/v1/receipts"):
         return error_response(403, "a customs key may only post receipts (POST /v1/receipts)")
     return await handler(request)

@@ -8,8 +8,10 @@ shipment lists it sees only what concerns that shipment (:func:`shipment_view`).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from cbec_queue import Rate, TokenBucket
 
 from gateway.config import ApiKey, Role, key_digest
 from gateway.documents import Document
@@ -36,6 +38,14 @@ class Principal:
     name: str
     role: Role
     codes: frozenset[str]
+    # the key's requests in this process (ApiKey.rate_per_s), one bucket per key of the ring; None: no limit
+    bucket: TokenBucket | None = field(default=None, compare=False, repr=False)
+
+    def throttled(self) -> float | None:
+        """Take one request from the key's rate: None when it may go ahead, else the seconds until it may."""
+        if self.bucket is None or self.bucket.try_take():
+            return None
+        return self.bucket.wait_time()
 
     @property
     def sees_everything(self) -> bool:
@@ -47,6 +57,10 @@ class Principal:
 
 def document_parties(doc: Document) -> set[str]:
     return {v for f in PARTY_FIELDS if (v := doc.head.get(f))}
+
+
+def _bucket(key: ApiKey) -> TokenBucket | None:
+    return TokenBucket(Rate(key.rate_per_s, key.burst)) if key.rate_per_s is not None else None
 
 
 class KeyRing:
@@ -61,7 +75,7 @@ class KeyRing:
         the console's sessions made with it end (they look their key up by digest at every request)."""
         # one Principal per key, made once: authenticate runs for every request; one assignment, so a request
         # sees the old ring or the new one, never a mixture
-        self._by_digest = {k.digest: Principal(k.name, k.role, k.codes) for k in keys}
+        self._by_digest = {k.digest: Principal(k.name, k.role, k.codes, _bucket(k)) for k in keys}
 
     digest = staticmethod(key_digest)
 

@@ -52,10 +52,25 @@ class ApiKey:
     # The key's SHA-256 in hex, instead of the key: a configuration file (in a repository, a deployment tool) then
     # holds nothing that opens the API.
     key_sha256: str | None = None
+    # Requests a second this key may make on average (None: no limit), in bursts of up to rate_burst: each API
+    # process counts its own; beyond it the API answers 429 with Retry-After.
+    rate_per_s: float | None = None
+    rate_burst: float | None = None  # None: one second's worth of rate_per_s (at least 1)
 
     def __post_init__(self) -> None:
         if (self.key is None) == (self.key_sha256 is None):
             raise ValueError(f"API key {self.name!r} needs a key or a key_sha256, not both")
+        if self.rate_per_s is not None and not self.rate_per_s > 0:
+            raise ValueError(f"API key {self.name!r}: rate_per_s must be a number above 0; found {self.rate_per_s!r}")
+        if self.rate_burst is not None and not self.rate_burst >= 1:
+            raise ValueError(f"API key {self.name!r}: rate_burst must be at least 1; found {self.rate_burst!r}")
+        if self.rate_burst is not None and self.rate_per_s is None:
+            raise ValueError(f"API key {self.name!r}: rate_burst without a rate_per_s")
+
+    @property
+    def burst(self) -> float:
+        """The burst the key's rate allows (rate_burst, else a second's worth of rate_per_s, at least 1)."""
+        return self.rate_burst if self.rate_burst is not None else max(1.0, self.rate_per_s or 1.0)
 
     @property
     def digest(self) -> bytes:
@@ -214,6 +229,18 @@ def _flag(value: Any) -> bool:
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
+def _positive(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{where} must be a number; found {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{where} must be a number; found {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{where} must be a number above 0; found {value!r}")
+    return number
+
+
 def _key_sha256(value: Any, where: str) -> str:
     text = str(value).strip().lower()
     if len(text) != 64 or not set(text) <= _SHA256_HEX:
@@ -231,7 +258,7 @@ def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
             raise ValueError(f"api_keys[{i}] needs at least a key (or its key_sha256)")
         if item.get("key") and item.get("key_sha256"):
             raise ValueError(f"api_keys[{i}] gives both a key and a key_sha256: one of them")
-        unknown = set(item) - {"name", "key", "key_sha256", "role", "codes"}
+        unknown = set(item) - {"name", "key", "key_sha256", "role", "codes", "rate_per_s", "rate_burst"}
         if unknown:
             raise ValueError(f"api_keys[{i}]: unknown setting(s) {', '.join(sorted(unknown))}")
         role = Role(item.get("role", "submitter"))
@@ -239,8 +266,10 @@ def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
         if role is Role.SUBMITTER and not codes:
             raise ValueError(f"api_keys[{i}] is a submitter key without enterprise codes")
         hashed = _key_sha256(item["key_sha256"], f"api_keys[{i}]") if item.get("key_sha256") else None
+        rates = {name: _positive(item[name], f"api_keys[{i}].{name}") for name in ("rate_per_s", "rate_burst")
+                 if item.get(name) is not None}  # fmt: skip
         keys.append(ApiKey(name=str(item.get("name", f"key{i}")), key=None if hashed else str(item["key"]), role=role,
-                           codes=codes, key_sha256=hashed))  # fmt: skip
+                           codes=codes, key_sha256=hashed, **rates))  # fmt: skip
     seen: set[bytes] = set()
     for i, k in enumerate(keys):
         if k.digest in seen:  # the later one would win silently, its role and codes with it

@@ -44,7 +44,11 @@ def _err(description: str) -> dict[str, Any]:
     }
 
 
-_AUTH_ERRORS = {"401": _err("missing or unknown API key"), "403": _err("the key may not act on these documents")}
+_AUTH_ERRORS = {
+    "401": _err("missing or unknown API key"),
+    "403": _err("the key may not act on these documents"),
+    "429": _err("the key's rate (its rate_per_s and rate_burst) is spent: send again after Retry-After seconds"),
+}
 #: A message is answered only once committed: away, the store answers nothing but this (with Retry-After).
 _UNAVAILABLE = {"503": _err("the database (or, in `cbec serve --processes N`, the first process's store) cannot be "
                             "reached: send it again after Retry-After seconds; a message committed before its answer "

@@ -11,12 +11,26 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
+from lxml import etree
 
 from gateway import samples
+from gateway.api import create_app
+from gateway.config import ApiKey, Role
 from gateway.render import render
 from gateway.sandbox.receipts import build_receipt
-from tests.apiutil import OPERATOR, PLATFORM_A, STRANGER, Client, sign_as_agent
+from tests.apiutil import (
+    EBC_CODE,
+    EBP_CODE,
+    OPERATOR,
+    PLATFORM_A,
+    STRANGER,
+    Client,
+    serving,
+    sign_as_agent,
+    test_settings,
+)
 
 pytestmark = pytest.mark.db
 
@@ -232,6 +246,31 @@ async def test_missing_or_unknown_key_is_401(api: Client) -> None:
     assert (await api.post_xml(legs(s)["CEB311"], key=None)).status == 401
     assert (await api.post_xml(legs(s)["CEB311"], key="nope")).status == 401
     assert (await api.get("/v1/shipments", key=None)).status == 401
+
+
+async def test_a_key_beyond_its_rate_is_answered_429_and_nothing_is_stored(db_pool: asyncpg.Pool) -> None:
+    """A key configured with rate_per_s / rate_burst: its burst goes through, the next request is a 429 with
+    Retry-After (before its body is read: the message is neither stored nor recorded as rejected), and the other keys,
+    or a key without a rate, are not held back by it."""
+    limited = "k-limited-" + "l" * 20
+    keys = (*test_settings().api_keys,
+            ApiKey("limited", limited, Role.SUBMITTER, frozenset({EBP_CODE, EBC_CODE}), rate_per_s=0.2, rate_burst=2))
+    settings = test_settings().with_overrides(api_keys=keys)
+    async with serving(create_app(settings, db_pool, signer=sign_as_agent)) as api:
+        s = new_shipment(19)
+        assert (await api.get("/v1/shipments", key=limited)).status == 200
+        assert (await api.post_xml(legs(s)["CEB311"], key=limited)).status == 202
+        refused = await api.post_xml(legs(s)["CEB411"], key=limited)
+        assert refused.status == 429, refused.body
+        assert refused.headers["Retry-After"] == "5"  # one request's token at 0.2 a second
+        assert "0.2 a second, in bursts of 2" in refused.body["error"]["title"]
+        guid = etree.fromstring(legs(s)["CEB411"]).get("guid")
+        assert await db_pool.fetchval("SELECT count(*) FROM messages WHERE guid = $1", guid) == 0
+        assert await db_pool.fetchval("SELECT count(*) FROM rejected_messages WHERE guid = $1", guid) == 0
+        assert (await api.get("/v1/shipments", key=limited)).status == 429
+        # the others go on: a submitter of the same codes without a rate, and an operator
+        assert (await api.post_xml(legs(s)["CEB411"], key=PLATFORM_A)).status == 202
+        assert (await api.get("/v1/shipments", key=OPERATOR)).status == 200
 
 
 async def test_tenants_are_isolated(api: Client) -> None:

@@ -326,6 +326,29 @@ def test_a_key_may_be_configured_by_its_sha256_alone(tmp_path: Path) -> None:
         config.ApiKey("neither", None, config.Role.ADMIN)
 
 
+def test_a_key_s_rate_is_read_and_a_rate_that_is_no_positive_number_refused() -> None:
+    from gateway import config
+
+    def key(extra: str) -> config.ApiKey:
+        [k] = config.load(env={"CBEC_API_KEYS": f'[{{"key": "k", "role": "admin"{extra}}}]'}).api_keys
+        return k
+
+    assert (key("").rate_per_s, key("").rate_burst) == (None, None)
+    assert (key(', "rate_per_s": 50').rate_per_s, key(', "rate_per_s": 50').burst) == (50.0, 50.0)  # a second's
+    assert key(', "rate_per_s": 0.5').burst == 1.0  # never below one request
+    assert key(', "rate_per_s": "2.5", "rate_burst": 10').burst == 10.0
+    for extra, words in (
+        (', "rate_per_s": 0', "api_keys[0].rate_per_s must be a number above 0"),
+        (', "rate_per_s": -1', "rate_per_s must be a number above 0"),
+        (', "rate_per_s": "fast"', "api_keys[0].rate_per_s must be a number; found 'fast'"),
+        (', "rate_per_s": true', "rate_per_s must be a number"),
+        (', "rate_per_s": 5, "rate_burst": 0.5', "rate_burst must be at least 1"),
+        (', "rate_burst": 5', "rate_burst without a rate_per_s"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            key(extra)
+
+
 def test_the_public_url_is_read_as_its_origin_and_anything_else_is_refused(tmp_path: Path) -> None:
     """public_url names where browsers reach the gateway behind a TLS-terminating proxy: kept as the origin a browser
     sends (scheme and host lower-case, the scheme's own port left out); a path, a query, credentials, another scheme
