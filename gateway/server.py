@@ -215,12 +215,14 @@ class KeyReload:
             log.error("configuration_not_reloaded", error=str(exc), note="the API keys stay as they were")
             return
         keys = (*dev_keys(fresh).api_keys, *self.own_keys)
-        self.ring.replace(keys)
+        unchanged = keys == self.keys
+        if not unchanged:  # a ring made anew starts the keys' rates afresh: not for nothing
+            self.ring.replace(keys)
         log.info("api_keys_reloaded", keys=len(keys), **_key_changes(self.keys, keys))
         self.keys = keys
         if stale := needing_restart(self.running, fresh):
             log.warning("settings_need_restart", settings=stale, note="only the API keys take effect without a restart")
-        if self.others is not None:
+        if self.others is not None and not unchanged:
             renewal = asyncio.create_task(self._renew(self.others, keys))
             self.renewals.add(renewal)
             renewal.add_done_callback(self.renewals.discard)

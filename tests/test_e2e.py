@@ -469,6 +469,14 @@ async def test_sighup_puts_the_configured_api_keys_in_force_in_every_process(db_
                 async with session.get(url + "/ops/api/session", cookies={"cbec_ops": cookie}) as resp:
                     assert resp.status == 401  # the session made with the removed key ended
 
+            proc.send_signal(signal.SIGHUP)  # the same keys again: the other process is not started again
+
+            async def reloaded_twice() -> bool:
+                return len(logged_records(log_file.read_text(), "api_keys_reloaded")) == 2
+
+            await wait_for(reloaded_twice, timeout=20, what="the second reload")
+            assert (await answers(added))[1] == after  # the same two processes
+
             cfg.write_text("this is not = = toml", encoding="utf-8")
             proc.send_signal(signal.SIGHUP)
 
@@ -484,9 +492,11 @@ async def test_sighup_puts_the_configured_api_keys_in_force_in_every_process(db_
         print(log_file.read_text()[-20000:])  # shown when the test fails
     log = log_file.read_text()
     assert proc.returncode == 0, log[-2000:]
-    [changes] = logged_records(log, "api_keys_reloaded")
+    changes, again = logged_records(log, "api_keys_reloaded")
     assert (changes["added"], changes["removed"], changes["changed"]) == ([], [], ["admin"]), changes
-    assert logged_fields(log, "settings_need_restart", "settings") == [["port"]]
+    assert (again["added"], again["removed"], again["changed"]) == ([], [], []), again
+    assert len(logged_records(log, "api_processes_renewed")) == 1
+    assert logged_fields(log, "settings_need_restart", "settings") == [["port"], ["port"]]
     assert added not in log and ADMIN not in log  # names only, never a key
 
 
