@@ -429,6 +429,12 @@ async def post_replay(request: web.Request) -> web.Response:
     return json_response({"replayed": count})
 
 
+async def livez(request: web.Request) -> web.Response:
+    """The process answers, whatever the database does: for a supervisor's liveness probe, which must not restart the
+    gateway because PostgreSQL is away (/healthz says that, for readiness: the gateway answers 503 meanwhile)."""
+    return json_response({"status": "ok", "process": os.getpid()})
+
+
 async def healthz(request: web.Request) -> web.Response:
     try:
         async with request.app[POOL].acquire(timeout=2) as conn:
@@ -491,6 +497,7 @@ def create_app(
     app.router.add_get("/v1/queue/dead", get_dead_letters)
     app.router.add_post("/v1/queue/replay", post_replay)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
     app.router.add_get("/openapi.json", openapi)
     # Behind a TLS-terminating proxy the browser's Origin is the public one, not the address the gateway listens on;
     # over https the session cookie must be Secure although the proxy speaks plain HTTP to us.

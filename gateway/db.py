@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
-from cbec_queue import queries
+from cbec_queue import CONNECT_REFUSED, queries
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asy
 #: in progress". The queue worker counts the same ones, cbec_queue.worker.is_db_unavailable, and any OSError.)
 _DATABASE_GONE = (
     asyncpg.PostgresConnectionError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError, asyncpg.InternalClientError,
+    asyncpg.exceptions.AdminShutdownError, asyncpg.InternalClientError, *CONNECT_REFUSED,
 )  # fmt: skip
 
 

@@ -274,7 +274,14 @@ OPENAPI: dict[str, Any] = {
         },
         "/healthz": {
             "get": {
-                "summary": "Liveness and database check",
+                "summary": "Readiness: the process and its database answer",
+                "security": [],
+                "responses": {"200": {"description": "ok"}, "503": {"description": "the database cannot be reached"}},
+            }
+        },
+        "/livez": {
+            "get": {
+                "summary": "Liveness: the process answers, whatever the database does",
                 "security": [],
                 "responses": {"200": {"description": "ok"}},
             }

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import copy
 import json
+import os
 import random
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.apiutil import (
     sign_as_agent,
     test_settings,
 )
+from tests.dbutil import drop_database, fresh_database
 
 pytestmark = pytest.mark.db
 
@@ -424,6 +426,29 @@ async def test_healthz_and_openapi(api: Client) -> None:
     spec = await api.get("/openapi.json", key=None)
     assert spec.status == 200
     assert {"/v1/messages", "/v1/shipments", "/v1/shipments/{ebpCode}/{orderNo}"} <= set(spec.body["paths"])
+
+
+async def test_livez_answers_while_the_database_is_away_and_healthz_says_so(pg_dsn: str) -> None:
+    """A supervisor probes /livez for liveness (restarting the gateway would not bring PostgreSQL back) and /healthz
+    for readiness: with the database gone, the first still answers 200, the second 503, and the API 503 with
+    Retry-After, never a 500."""
+    async with fresh_database(pg_dsn) as dsn:
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=2)
+        try:
+            async with serving(create_app(test_settings(), pool, signer=sign_as_agent)) as api:
+                for path in ("/livez", "/healthz"):
+                    reply = await api.get(path, key=None)
+                    assert (reply.status, reply.body["status"]) == (200, "ok"), (path, reply.body)
+                assert (await api.get("/livez", key=None)).body["process"] == os.getpid()
+                await pool.expire_connections()
+                await drop_database(pg_dsn, dsn.rsplit("/", 1)[1])  # the database is gone, and its sessions
+                assert (await api.get("/livez", key=None)).status == 200
+                health = await api.get("/healthz", key=None)
+                assert (health.status, health.body["status"]) == (503, "unavailable"), health.body
+                shipments = await api.get("/v1/shipments")
+                assert shipments.status == 503 and shipments.headers["Retry-After"] == "5", shipments.body
+        finally:
+            await pool.close()
 
 
 async def test_nul_characters_in_paths_and_queries_are_refused(api: Client) -> None:

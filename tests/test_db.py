@@ -198,6 +198,13 @@ async def test_database_away_is_the_databases_errors_not_any_os_error(tmp_path: 
     assert database_away(asyncpg.exceptions.ConnectionDoesNotExistError("closed in the middle of operation"))
     # a connection cut mid-operation during a restart (seen in test_faults' restart)
     assert database_away(asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"))
+    # what the server answers a new connection it will not take: too many clients, the database gone, a login refused
+    for refusal in (asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+                    asyncpg.InvalidCatalogNameError('database "cbec" does not exist'),
+                    asyncpg.InvalidPasswordError('password authentication failed for user "cbec"')):  # fmt: skip
+        assert database_away(refusal) and cbec_queue.worker.is_db_unavailable(refusal), refusal
+    # a query's own error is a bug to see, not the database away
+    assert not database_away(asyncpg.UndefinedColumnError('column "x" does not exist'))
     for other in (ConnectionResetError("Connection lost"), FileNotFoundError("console.js")):
         try:
             raise other

@@ -31,10 +31,11 @@ from .store import (
     replay,
     stats,
 )
-from .worker import Handler, Worker
+from .worker import CONNECT_REFUSED, Handler, Worker
 
 __all__ = [
     "CHANNEL",
+    "CONNECT_REFUSED",
     "BreakerSettings",
     "CircuitBreaker",
     "CircuitRegistry",

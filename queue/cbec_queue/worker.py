@@ -35,17 +35,25 @@ Handler = Callable[[Job], Awaitable[None]]
 RECONNECT_POLICY = RetryPolicy(base_s=0.1, factor=2.0, cap_s=5.0, max_attempts=1_000_000, jitter="equal")
 
 
+#: What the server answers a new connection it will not take — too many clients, a database dropped or renamed, a
+#: login refused (a password changed under us): no query failed, the database is away for this process until the
+#: operators act, which is a 503 to retry, not a bug. None of them can come from a query on an open connection.
+CONNECT_REFUSED: tuple[type[asyncpg.PostgresError], ...] = (
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+)
+
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.InternalClientError, *CONNECT_REFUSED,
+)  # fmt: skip
+
+
 def is_db_unavailable(error: BaseException) -> bool:
     """Errors that mean 'the database is unreachable or restarting' rather than a bug."""
-    return isinstance(
-        error,
-        OSError
-        | TimeoutError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.exceptions.OperatorInterventionError
-        | asyncpg.InternalClientError,
-    )
+    return isinstance(error, _UNAVAILABLE)
 
 
 @dataclass(eq=False)
