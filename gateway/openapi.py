@@ -138,6 +138,42 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/rejections": {
+            "get": {
+                "summary": "Refused messages, newest first (keyset pages), each {id, received_at, submitter, guid, "
+                "message_type, http_status, raw_size, issues [{layer, code, path, message}]}: a submitter's key sees "
+                "its own, an operator's every one",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
+                    for n, d in (
+                        ("submitter", "the name of the key that sent them (operators; a submitter sees its own)"),
+                        ("message_type", "CEB311 ..."),
+                        ("code", "an issue's code, e.g. rule.actural_paid_mismatch"),
+                        ("since", "ISO 8601 time, received at or after"),
+                        ("until", "ISO 8601 time, received before"),
+                        ("limit", "1..500, default 50"),
+                        ("cursor", "next_cursor of the previous page"),
+                    )
+                ],
+                "responses": {
+                    "200": {"description": "{items, next_cursor}"},
+                    "400": _err("a time or cursor that is not one, a bad limit"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/rejections/{id}": {
+            "get": {
+                "summary": "One refused message with its issues and raw: the first 64 KiB of what was sent (as UTF-8, "
+                "raw_truncated when it was longer)",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "responses": {
+                    "200": {"description": "the refusal"},
+                    "404": _err("no such refusal (or another key's)"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/v1/shipments/{ebpCode}/{orderNo}": {
             "get": {
                 "summary": "One shipment: documents (current and history), state, missing legs, findings; "

@@ -401,6 +401,31 @@ INSERT INTO rejected_messages (submitter, guid, message_type, raw, raw_size, iss
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 """
 
+#: How much of a refused message's body is kept (record_rejection): enough to see what was sent, not a 4 MiB copy.
+REJECTION_RAW_LIMIT = 64 * 1024
+
+_REJECTION_COLUMNS = "id, received_at, submitter, guid, message_type, http_status, raw_size, issues"
+#: The filters of a page of refused messages, each NULL for none: $3 message type, $4 an issue's code, $5 since
+#: (inclusive) and $6 until (exclusive) received_at.
+_REJECTION_FILTERS = """
+   AND ($3::text IS NULL OR message_type = $3)
+   AND ($4::text IS NULL OR issues @> jsonb_build_array(jsonb_build_object('code', $4::text)))
+   AND ($5::timestamptz IS NULL OR received_at >= $5)
+   AND ($6::timestamptz IS NULL OR received_at < $6)"""
+#: A page of refused messages, newest first: $2 of those with an id below $1, as _REJECTION_FILTERS says; the raw body
+#: is left for SELECT_REJECTION. LIST_REJECTIONS_OF: those of one submitter ($7), by its index (migration 280).
+LIST_REJECTIONS = f"""
+SELECT {_REJECTION_COLUMNS} FROM rejected_messages
+ WHERE id < $1 {_REJECTION_FILTERS}
+ ORDER BY id DESC LIMIT $2
+"""
+LIST_REJECTIONS_OF = f"""
+SELECT {_REJECTION_COLUMNS} FROM rejected_messages
+ WHERE submitter = $7 AND id < $1 {_REJECTION_FILTERS}
+ ORDER BY id DESC LIMIT $2
+"""
+SELECT_REJECTION = f"SELECT {_REJECTION_COLUMNS}, raw FROM rejected_messages WHERE id = $1"
+
 SELECT_MESSAGE = """
 SELECT id, guid, message_type, sha256, raw_xml, source, submitter, received_at, response, http_status
   FROM messages WHERE guid = $1
@@ -695,6 +720,26 @@ def _no_nul(value: Any) -> Any:
     if isinstance(value, dict):
         return {_no_nul(k): _no_nul(v) for k, v in value.items()}
     return value
+
+
+def _rejection_cursor(cursor: str) -> int:
+    """The id a page of refused messages ends before (the last page's last id, as next_cursor gave it)."""
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise ValueError("not a cursor of GET /v1/rejections")
+    return int(cursor)
+
+
+def _rejection_dict(r: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "received_at": _iso(r["received_at"]),
+        "submitter": r["submitter"],
+        "guid": r["guid"],
+        "message_type": r["message_type"],
+        "http_status": r["http_status"],
+        "raw_size": r["raw_size"],
+        "issues": r["issues"],
+    }
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -1334,7 +1379,7 @@ class Store:
         """Keep a refused message for audit (its first 64 KiB) with the issues that refused it. PostgreSQL's text
         and jsonb hold no NUL character, which a refused message may well carry (an issue quotes what it found):
         each is stored as U+FFFD."""
-        text = _no_nul(raw[: 64 * 1024].decode("utf-8", errors="replace"))
+        text = _no_nul(raw[:REJECTION_RAW_LIMIT].decode("utf-8", errors="replace"))
         async with db.transaction(self.pool) as conn:
             await conn.execute(
                 INSERT_REJECTION,
@@ -1346,6 +1391,44 @@ class Store:
                 _no_nul([i.as_dict() for i in issues]),
                 http_status,
             )
+
+    async def list_rejections(
+        self,
+        *,
+        submitter: str | None = None,
+        message_type: str | None = None,
+        code: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of refused messages (record_rejection), newest first, without their bodies; ``submitter`` restricts
+        to one key's (a tenant's view). ``next_cursor`` is None on the last page; a malformed cursor raises
+        ValueError."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        before = _rejection_cursor(cursor) if cursor else 2**63 - 1
+        args: list[Any] = [before, limit + 1, message_type, code, since, until]
+        sql = LIST_REJECTIONS if submitter is None else LIST_REJECTIONS_OF
+        if submitter is not None:
+            args.append(submitter)
+        async with db.transaction(self.pool) as conn:
+            rows = await conn.fetch(sql, *args)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"items": [_rejection_dict(r) for r in rows], "next_cursor": str(rows[-1]["id"]) if more else None}
+
+    async def get_rejection(self, rejection_id: int) -> dict[str, Any] | None:
+        """One refused message with the first 64 KiB of its body as received (``raw_truncated`` when it was longer)."""
+        async with db.transaction(self.pool) as conn:
+            r = await conn.fetchrow(SELECT_REJECTION, rejection_id)
+        if r is None:
+            return None
+        out = _rejection_dict(r)
+        out["raw"] = r["raw"]
+        out["raw_truncated"] = r["raw_size"] > REJECTION_RAW_LIMIT
+        return out
 
     async def held_inventories(self, guid: str, invt_nos: list[str]) -> summary.Held | None:
         """The current inventories carrying these invtNos and the live summary applications naming them, by invtNo

@@ -275,6 +275,51 @@ async def test_a_key_beyond_its_rate_is_answered_429_and_nothing_is_stored(db_po
         assert (await api.get("/v1/shipments", key=OPERATOR)).status == 200
 
 
+async def test_refused_messages_are_listed_for_their_sender_and_the_operators(api: Client) -> None:
+    """What the gateway refused, and why, is there to read afterwards (the sender's own; the operators' all, to help
+    a seller): newest first with their issues, filtered by code, paged; one with the body as it was sent. Another
+    key's refusals are not disclosed."""
+    s = new_shipment(21)
+    garbage = b"<CEB311Message><not-closed>"
+    assert (await api.post_xml(garbage, key=PLATFORM_A)).status == 400
+    order = json.loads(json.dumps(s.order, default=str))
+    order["documents"][0]["acturalPaid"] = "1.00"  # not goodsValue + freight + taxTotal - discount
+    refused = await api.request("POST", "/v1/messages", key=PLATFORM_A, json_body=order)
+    assert refused.status == 422, refused.body
+    assert (await api.post_xml(legs(s)["CEB311"], key=STRANGER)).status == 403  # not its document
+
+    own = await api.get("/v1/rejections", key=PLATFORM_A)
+    assert own.status == 200 and own.body["next_cursor"] is None
+    newest, oldest = own.body["items"]
+    assert (newest["submitter"], newest["http_status"], newest["message_type"]) == ("platform-a", 422, "CEB311")
+    assert "rule.actural_paid_mismatch" in {i["code"] for i in newest["issues"]}, newest["issues"]
+    assert (oldest["http_status"], oldest["raw_size"], oldest["guid"]) == (400, len(garbage), None)
+    assert "raw" not in newest  # the list leaves the bodies out
+    coded = await api.get("/v1/rejections?code=rule.actural_paid_mismatch", key=PLATFORM_A)
+    assert [r["id"] for r in coded.body["items"]] == [newest["id"]]
+    first = await api.get("/v1/rejections?limit=1", key=PLATFORM_A)
+    assert [r["id"] for r in first.body["items"]] == [newest["id"]] and first.body["next_cursor"]
+    second = await api.get(f"/v1/rejections?limit=1&cursor={first.body['next_cursor']}", key=PLATFORM_A)
+    assert [r["id"] for r in second.body["items"]] == [oldest["id"]] and second.body["next_cursor"] is None
+    one = await api.get(f"/v1/rejections/{oldest['id']}", key=PLATFORM_A)
+    assert one.status == 200 and one.body["raw"] == garbage.decode() and one.body["raw_truncated"] is False
+
+    theirs = await api.get("/v1/rejections", key=STRANGER)
+    assert [(r["submitter"], r["http_status"]) for r in theirs.body["items"]] == [("stranger", 403)]
+    assert theirs.body["items"][0]["issues"][0]["code"] == "auth.not_your_document"
+    assert (await api.get(f"/v1/rejections/{oldest['id']}", key=STRANGER)).status == 404
+    assert (await api.get("/v1/rejections?submitter=platform-a", key=STRANGER)).body["items"] == theirs.body["items"]
+
+    every = await api.get("/v1/rejections", key=OPERATOR)
+    assert [r["submitter"] for r in every.body["items"]] == ["stranger", "platform-a", "platform-a"]
+    assert len((await api.get("/v1/rejections?submitter=platform-a&message_type=CEB311", key=OPERATOR)).body[
+        "items"]) == 1  # the garbage had no type
+    assert (await api.get(f"/v1/rejections/{oldest['id']}", key=OPERATOR)).status == 200
+    for bad in ("/v1/rejections?cursor=x", "/v1/rejections?since=yesterday", "/v1/rejections?limit=many"):
+        assert (await api.get(bad, key=OPERATOR)).status == 400, bad
+    assert (await api.get("/v1/rejections/x1", key=OPERATOR)).status == 404
+
+
 async def test_tenants_are_isolated(api: Client) -> None:
     s = new_shipment(16)
     order = legs(s)["CEB311"]
