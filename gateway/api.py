@@ -195,7 +195,7 @@ async def post_message(request: web.Request) -> web.Response:
         result = await pipeline.submit(checked, principal, source=source)
     except MessageRejected as exc:
         status = _status_for(exc.issues)
-        await _record_rejection(store, body, principal.name, None, exc.message_type, exc.issues, status)
+        await _record_rejection(store, body, principal.name, exc.guid, exc.message_type, exc.issues, status)
         log.info("message_rejected", message_type=exc.message_type, codes=[i.code for i in exc.issues[:10]])
         return error_response(status, "the message was rejected", exc.issues)
     except Forbidden as exc:  # kept as well: a seller's key set up without the codes it sends shows here

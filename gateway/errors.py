@@ -34,7 +34,10 @@ class Issue:
 class MessageRejected(Exception):
     """Raised at the edge when a message cannot be accepted; carries every issue found."""
 
-    def __init__(self, issues: list[Issue], message_type: str | None = None) -> None:
+    def __init__(self, issues: list[Issue], message_type: str | None = None, guid: str | None = None) -> None:
         super().__init__("; ".join(f"{i.code} at {i.path}: {i.message}" for i in issues[:3]))
         self.issues = issues
         self.message_type = message_type  # e.g. "CEB311" once the root was recognised
+        # the root's guid once the XML was read, as sent (cut to 64 characters: a refused message's may be anything),
+        # so that a sender can find the refusal of its message by it
+        self.guid = guid[:64] if guid else None

@@ -117,16 +117,16 @@ class Pipeline:
         issues = self.schemas.validate(root, mtype)
         if issues:
             # Rules assume the structure the schema guarantees; judging a broken tree would only add noise.
-            raise MessageRejected(issues, mtype.code)
+            raise MessageRejected(issues, mtype.code, root.get("guid"))
         msg = extract(root, mtype)
         issues = rules.check(msg)
         if issues:
-            raise MessageRejected(issues, mtype.code)
+            raise MessageRejected(issues, mtype.code, msg.guid)
         if verify and msg.signed:
             result = signing.verify(root, trusted_certs=self.trusted_certs)
             if not result.ok:
                 issue = Issue(Layer.RULE, result.code or "signature.malformed", result.path, result.reason)
-                raise MessageRejected([issue], mtype.code)
+                raise MessageRejected([issue], mtype.code, msg.guid)
         return Checked(msg, body)
 
     def check_json_body(self, body: bytes) -> Checked:
@@ -182,7 +182,7 @@ class Pipeline:
                 path = f"/documents/{doc.index - 1}/agentCode"
             issues.append(Issue(Layer.RULE, "rule.agent_not_signer", path, message))
         if issues:
-            raise MessageRejected(issues, msg.type.code)
+            raise MessageRejected(issues, msg.type.code, msg.guid)
 
     @staticmethod
     def authorize(msg: ParsedMessage, principal: Principal) -> None:

@@ -292,6 +292,7 @@ async def test_refused_messages_are_listed_for_their_sender_and_the_operators(ap
     assert own.status == 200 and own.body["next_cursor"] is None
     newest, oldest = own.body["items"]
     assert (newest["submitter"], newest["http_status"], newest["message_type"]) == ("platform-a", 422, "CEB311")
+    assert newest["guid"] == order["guid"]  # the sender finds the refusal of its message by its guid
     assert "rule.actural_paid_mismatch" in {i["code"] for i in newest["issues"]}, newest["issues"]
     assert (oldest["http_status"], oldest["raw_size"], oldest["guid"]) == (400, len(garbage), None)
     assert "raw" not in newest  # the list leaves the bodies out
