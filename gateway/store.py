@@ -722,6 +722,31 @@ def _no_nul(value: Any) -> Any:
     return value
 
 
+async def read_rejections(
+    conn: asyncpg.Connection,
+    *,
+    submitter: str | None = None,
+    message_type: str | None = None,
+    code: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Store.list_rejections on a connection of the caller's (the operators' console reads the same page)."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    before = _rejection_cursor(cursor) if cursor else 2**63 - 1
+    args: list[Any] = [before, limit + 1, message_type, code, since, until]
+    sql = LIST_REJECTIONS if submitter is None else LIST_REJECTIONS_OF
+    if submitter is not None:
+        args.append(submitter)
+    rows = await conn.fetch(sql, *args)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"items": [_rejection_dict(r) for r in rows], "next_cursor": str(rows[-1]["id"]) if more else None}
+
+
 def _rejection_cursor(cursor: str) -> int:
     """The id a page of refused messages ends before (the last page's last id, as next_cursor gave it)."""
     if not cursor.isdigit() or len(cursor) > 18:
@@ -1406,18 +1431,9 @@ class Store:
         """A page of refused messages (record_rejection), newest first, without their bodies; ``submitter`` restricts
         to one key's (a tenant's view). ``next_cursor`` is None on the last page; a malformed cursor raises
         ValueError."""
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        before = _rejection_cursor(cursor) if cursor else 2**63 - 1
-        args: list[Any] = [before, limit + 1, message_type, code, since, until]
-        sql = LIST_REJECTIONS if submitter is None else LIST_REJECTIONS_OF
-        if submitter is not None:
-            args.append(submitter)
         async with db.transaction(self.pool) as conn:
-            rows = await conn.fetch(sql, *args)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return {"items": [_rejection_dict(r) for r in rows], "next_cursor": str(rows[-1]["id"]) if more else None}
+            return await read_rejections(conn, submitter=submitter, message_type=message_type, code=code, since=since,
+                                         until=until, limit=limit, cursor=cursor)  # fmt: skip
 
     async def get_rejection(self, rejection_id: int) -> dict[str, Any] | None:
         """One refused message with the first 64 KiB of its body as received (``raw_truncated`` when it was longer)."""

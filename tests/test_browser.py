@@ -21,6 +21,7 @@ import asyncpg
 import cbec_queue
 import pytest
 import pytest_asyncio
+from lxml import etree
 
 from gateway import samples
 from gateway.console import CONSOLE
@@ -168,6 +169,32 @@ async def test_console_live_mismatch_detail_and_sign_out(browser: Browser, site:
         await page.wait_for_url(site.base + "/ops/login")
         await page.goto(site.base + "/ops")
         assert page.url.endswith("/ops/login")
+        await page.context.close()
+    assert errors == []
+
+
+async def test_a_refused_message_appears_in_the_refused_panel_without_a_reload(browser: Browser, site: Site) -> None:
+    """An operator helping a seller sees what the gateway refused and why: a message refused while the page is open
+    appears in the refused panel live, with its sender, its status and its issues' codes, paths and messages."""
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await new_page(browser, errors)
+        await sign_in(page, site.base, ADMIN)
+        await page.wait_for_url(site.base + "/ops")
+        await page.wait_for_selector("#live[data-state='live']")
+        await expect(page.locator("#refused-empty")).to_be_visible()
+        await page.evaluate("window.__noReload = 'still here'")
+        order = samples.render_shipment(new_shipment(405))["CEB311"].replace(b"ceb:orderNo>", b"ceb:orderNO>")
+        refused = await site.api.post_xml(order, key=PLATFORM_A)
+        assert refused.status == 422, refused.body
+        row = page.locator("#refused-table tbody tr").first
+        await expect(row).to_contain_text("platform-a")
+        text = await row.inner_text()
+        assert "CEB311" in text and "422" in text and "schema." in text and "orderNO" in text, text
+        assert etree.fromstring(order).get("guid") in text  # its guid, to find it by
+        assert await page.evaluate("window.__noReload") == "still here"
+        await expect(page.locator("#refused-empty")).to_be_hidden()
+        await page.locator("#refused-panel").screenshot(path=shot("browser-refused.png"))
         await page.context.close()
     assert errors == []
 

@@ -55,7 +55,7 @@ async def test_without_a_session_pages_redirect_and_api_answers_401(ops: Ops) ->
     assert status == 302
     status, body = await client.get("/ops/api/summary")
     assert status == 401 and body["error"]["status"] == 401
-    for path in ("/ops/api/shipments", "/ops/api/queue", "/ops/api/events", "/ops/api/series"):
+    for path in ("/ops/api/shipments", "/ops/api/queue", "/ops/api/events", "/ops/api/series", "/ops/api/rejections"):
         assert (await client.get(path))[0] == 401, path
     status, page = await client.get("/ops/login")
     assert status == 200 and 'name="key"' in page
@@ -118,6 +118,27 @@ async def test_behind_a_tls_proxy_the_public_url_may_sign_in_with_a_secure_cooki
                 assert resp.status == 403
     finally:
         await asyncio.wait_for(runner.cleanup(), 10)
+
+
+async def test_the_refused_messages_are_listed_with_their_issues_and_the_feed_names_the_newest(ops: Ops) -> None:
+    """The refused panel's page: the newest refusals of every key with the issues their senders were answered, 20 to
+    a page; the live feed's summary names the newest refusal, so that the panel reloads when another comes."""
+    admin = await ops.console(ADMIN)
+    assert (await admin.get_json("/ops/api/rejections")) == {"items": [], "next_cursor": None}
+    for n in range(21):
+        assert (await ops.api.post_xml(b"<CEB311Message><broken-" + str(n).encode(), key=PLATFORM_A)).status == 400
+    page = await admin.get_json("/ops/api/rejections")
+    assert len(page["items"]) == 20 and page["next_cursor"]
+    newest = page["items"][0]
+    assert (newest["submitter"], newest["http_status"], newest["issues"][0]["code"]) == ("platform-a", 400,
+                                                                                       "parse.not_well_formed")
+    assert "raw" not in newest
+    rest = await admin.get_json("/ops/api/rejections", cursor=page["next_cursor"])
+    assert len(rest["items"]) == 1 and rest["next_cursor"] is None
+    assert (await admin.get("/ops/api/rejections", cursor="nope"))[0] == 400
+    feed = ops.app[CONSOLE].feed
+    await feed.tick()
+    assert feed.latest["summary"]["last_rejection"] == newest["id"]
 
 
 async def test_replay_accepts_a_same_origin_referer_without_origin(ops: Ops) -> None:

@@ -28,6 +28,7 @@ from gateway.console.session import (
     csrf_ok,
     origin_allowed,
 )
+from gateway.store import read_rejections
 
 log = structlog.get_logger("gateway.console")
 
@@ -321,6 +322,16 @@ async def message_xml(request: web.Request) -> web.StreamResponse:
 
 
 @api
+async def rejections(request: web.Request) -> web.StreamResponse:
+    """The newest refused messages with their issues (GET /v1/rejections's page), for the refused panel."""
+    try:
+        async with _pool(request).acquire() as conn:
+            return json_response(await read_rejections(conn, limit=20, cursor=request.query.get("cursor") or None))
+    except ValueError as exc:
+        return error(400, str(exc))
+
+
+@api
 async def queue(request: web.Request) -> web.StreamResponse:
     async with _pool(request).acquire() as conn:
         return json_response(await q.queue_health(conn, endpoints=request.app[CONSOLE].endpoints))
@@ -504,6 +515,7 @@ def setup(
     r.add_get(PREFIX + "/api/shipment", shipment)
     r.add_get(PREFIX + "/api/messages/{guid}/xml", message_xml)
     r.add_get(PREFIX + "/api/queue", queue)
+    r.add_get(PREFIX + "/api/rejections", rejections)
     r.add_post(PREFIX + "/api/jobs/{id}/replay", replay)
     r.add_get(PREFIX + "/api/series", series)
     r.add_get(PREFIX + "/api/events", events)

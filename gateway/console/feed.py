@@ -168,7 +168,9 @@ class Feed:
     async def tick(self) -> None:
         """One poll: the marker; the counts when it moved (or every recount_every ticks); the queue now and then."""
         async with self.pool.acquire(timeout=5) as conn:
-            marker = tuple(await conn.fetchrow(q.MARKER, timeout=5) or ())
+            row = await conn.fetchrow(q.MARKER, timeout=5)
+            marker = tuple(row or ())
+            last_rejection = row["last_rejection"] if row is not None else None  # the refused panel reloads on it
             recount = marker != self._marker or self.ticks % self.recount_every == 0
             if recount:
                 summary = await build_summary(conn)
@@ -179,9 +181,11 @@ class Feed:
                 newest = max((t for t in marker[:3] if t is not None), default=None)  # the times of the marker
                 self._changed_since = newest or self._changed_since
                 previous = self.latest.get("summary")
-                if previous is None or changed or overflow or previous["shipments"] != summary["shipments"]:
+                if (previous is None or changed or overflow or previous["shipments"] != summary["shipments"]
+                        or previous.get("last_rejection") != last_rejection):
                     # overflow: more changed than one event names; the pages reload what they show
-                    self.publish("summary", {**summary, "changed": changed, "changed_overflow": overflow})
+                    self.publish("summary", {**summary, "changed": changed, "changed_overflow": overflow,
+                                             "last_rejection": last_rejection})  # fmt: skip
                 self._marker = marker
             if self.ticks % self.queue_every == 0:
                 health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0)

@@ -22,6 +22,8 @@
     queuedTotal: null,
     deadTotal: null,
     deadNewest: null,
+    refusedNewest: null,
+    refusedCursor: null,
     cursor: null,
     listKey: "",
     listParams: null,
@@ -198,6 +200,32 @@
     const body = await call(`${API}/queue`);
     renderQueue(body.endpoints, body.dead_total, body.receipts_awaited, body.dead_newest);
     renderDead(body.dead_letters);
+  }
+
+  // --- refused messages ---
+
+  function renderRefused(items, append) {
+    const rows = items.map((r) => h("tr", { "data-rejection": r.id },
+      h("td", { class: "when", text: fmtTime(r.received_at) }),
+      h("td", { class: "mono", text: r.submitter }),
+      h("td", {}, h("div", { text: r.message_type || "—" }), h("div", { class: "mono", text: r.guid || "" })),
+      h("td", { class: "num", text: r.http_status }),
+      h("td", {}, ...(r.issues || []).slice(0, 3).map((i) => h("div", { class: "issue" },
+        h("span", { class: "code", text: i.code }), " ", h("span", { class: "mono", text: i.path || "" }),
+        h("div", { class: "error-text", text: i.message || "" }))),
+      (r.issues || []).length > 3 ? h("div", { class: "muted", text: `+${r.issues.length - 3} more 更多` }) : null)));
+    const body = $("refused-table").tBodies[0];
+    if (append) body.append(...rows); else body.replaceChildren(...rows);
+    $("refused-empty").hidden = body.rows.length > 0;
+  }
+
+  async function loadRefused(append = false) {
+    const cursor = append && state.refusedCursor ? `?cursor=${encodeURIComponent(state.refusedCursor)}` : "";
+    const page = await call(`${API}/rejections${cursor}`);
+    renderRefused(page.items, append);
+    if (!append && page.items.length) state.refusedNewest = Math.max(state.refusedNewest ?? 0, page.items[0].id);
+    state.refusedCursor = page.next_cursor;
+    $("refused-more").hidden = !page.next_cursor;
   }
 
   async function replay(jobId, button) {
@@ -423,6 +451,10 @@
       renderCounts(data.shipments);
       $("live-text").textContent = `Live 实时 · ${fmtTime(data.as_of, false)}`;
       const changed = data.changed || [];
+      if (data.last_rejection != null && data.last_rejection !== state.refusedNewest) {
+        state.refusedNewest = data.last_rejection; // one reload per new refusal, however many events name it
+        loadRefused().catch(() => {});
+      }
       if (state.view === "overview" && (changed.length || data.changed_overflow ||
           before !== JSON.stringify(data.shipments.by_state))) {
         scheduleList(true);
@@ -684,6 +716,7 @@
     $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadList().catch((e) => toast(e.message, true)); });
     $("filters").addEventListener("reset", () => setTimeout(scheduleList, 0));
     $("list-more").addEventListener("click", () => loadList(true).catch((e) => toast(e.message, true)));
+    $("refused-more").addEventListener("click", () => loadRefused(true).catch((e) => toast(e.message, true)));
     for (const card of document.querySelectorAll("[data-state-filter]")) {
       card.addEventListener("click", (ev) => {
         ev.preventDefault();
@@ -695,7 +728,7 @@
     const summary = await call(`${API}/summary`);
     renderCounts(summary.shipments);
     route();
-    await Promise.all([loadQueue(), loadSeries()]).catch((e) => toast(e.message, true));
+    await Promise.all([loadQueue(), loadSeries(), loadRefused()]).catch((e) => toast(e.message, true));
     setInterval(() => { if (Date.now() - state.seriesAt > 30000) loadSeries().catch(() => {}); }, 10000);
     setInterval(() => renderAwaited(null), 5000);
     connect();
