@@ -807,8 +807,9 @@ def _document_dict(r: asyncpg.Record) -> dict[str, Any]:
 #: is a withdrawal customs took (nothing of the key is there) or one the gateway still holds (never sent: customs
 #: refused the change or withdrawal of what it never had, and a held version made current again would go out). The
 #: versions of a key are found by the indexes its documents share: its shipment (ebpCode, orderNo), its waybill
-#: (logisticsCode, logisticsNo), a summary application's copNo; each arm fenced so that no plan walks the whole table
-#: by id. Read only for a refused change or withdrawal, in the receipt's transaction.
+#: (logisticsCode, logisticsNo), the version the refused one replaced (superseded_by: a change that named another
+#: shipment), a summary application's copNo; each arm fenced so that no plan walks the whole table by id. Read only
+#: for a refused change or withdrawal, in the receipt's transaction.
 REFUSED_VERSIONS = r"""
 SELECT w.id, w.message_type, w.key1, w.key2, w.app_type, v.id AS version_id
   FROM (SELECT w.* FROM documents AS w WHERE w.id = ANY ($1::bigint[]) OFFSET 0) AS w,  -- by its primary key
@@ -821,6 +822,11 @@ SELECT w.id, w.message_type, w.key1, w.key2, w.app_type, v.id AS version_id
                 SELECT v.id, v.withdrawn, v.forward_state
                   FROM (SELECT v.* FROM documents AS v
                          WHERE v.logistics_code = w.logistics_code AND v.logistics_no = w.logistics_no OFFSET 0) AS v
+                 WHERE v.message_type = w.message_type AND v.key1 = w.key1 AND v.key2 = w.key2 AND v.id < w.id
+                   AND v.forward_state <> 'rejected'
+                UNION ALL
+                SELECT v.id, v.withdrawn, v.forward_state
+                  FROM (SELECT v.* FROM documents AS v WHERE v.superseded_by = w.id OFFSET 0) AS v
                  WHERE v.message_type = w.message_type AND v.key1 = w.key1 AND v.key2 = w.key2 AND v.id < w.id
                    AND v.forward_state <> 'rejected'
                 UNION ALL

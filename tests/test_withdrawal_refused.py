@@ -181,6 +181,38 @@ async def test_a_refused_order_change_leaves_the_order_before_current(api: Clien
     assert [tuple(r) for r in rows] == [("1", True, "none"), ("2", False, "rejected")]
 
 
+async def test_a_refused_change_that_moved_the_payment_to_another_order_moves_it_back(
+    api: Client, db_pool: asyncpg.Pool
+) -> None:
+    """A payment's key is its payCode and payTransactionId: a change may name another orderNo, which takes the payment
+    to another shipment. Customs refusing that change holds the payment where it was: it is current there again (found
+    by the version the change replaced, not by the shipment), the first shipment whole again, the other without it."""
+    s, inv = await _declared(api, 90)
+    pay = s.payment_doc
+    elsewhere = pay["orderNo"] + "X"
+    change = version(s.payment, "2", "20261120170000", orderNo=elsewhere)
+    r = await post_json(api, change)
+    assert (r.status, r.body["documents"][0]["outcome"]) == (202, "replaced"), r.body
+    assert (await _shipment(api, inv))["missing"] == ["payment"]
+    moved = await api.get(f"/v1/shipments/{pay['ebpCode']}/{elsewhere}")
+    assert moved.status == 200 and moved.body["missing"] == ["order", "waybill", "inventory"], moved.body
+    r = await post_receipt(api, "CEB412", {
+        "guid": change["documents"][0]["guid"], "payCode": pay["payCode"], "payTransactionId": pay["payTransactionId"],
+        "returnStatus": "100", "returnTime": "20261120171000000", "returnInfo": "x"})
+    assert r.status == 200 and r.body["receipts"][0]["outcome"] == "applied", r.body
+    shipment = await _shipment(api, inv)
+    assert (shipment["state"], shipment["missing"], shipment["findings"]) == ("matched", [], []), shipment
+    payments = [d for d in shipment["documents"] if d["kind"] == "payment" and d["is_current"]]
+    assert [d["app_type"] for d in payments] == ["1"], shipment["documents"]
+    rows = await db_pool.fetch(
+        "SELECT app_type, is_current, forward_state, order_no FROM documents WHERE message_type = 'CEB411'"
+        " AND key1 = $1 AND key2 = $2 ORDER BY id", pay["payCode"], pay["payTransactionId"])  # fmt: skip
+    assert [tuple(r) for r in rows] == [("1", True, "none", pay["orderNo"]), ("2", False, "rejected", elsewhere)]
+    moved = await api.get(f"/v1/shipments/{pay['ebpCode']}/{elsewhere}")
+    # the other shipment keeps its row (its history shows the refused change), every leg missing
+    assert (moved.status, moved.body["missing"]) == (200, ["order", "payment", "waybill", "inventory"]), moved.body
+
+
 @pytest.mark.parametrize(("app_type", "outcome"), [("3", "withdrawn"), ("2", "replaced")])
 async def test_a_change_or_withdrawal_refused_after_the_release_leaves_the_inventory_released(
     api: Client, app_type: str, outcome: str
