@@ -231,6 +231,14 @@ def _integer(query: Any, name: str, default: int) -> int:
     return int(digits)
 
 
+def _page_query(query: Any) -> tuple[datetime | None, datetime | None, int]:
+    """A list's ``since`` (inclusive) and ``until`` (exclusive) times and its ``limit`` (1..500, default 50); ValueError
+    naming the parameter that is none."""
+    since = db.utc_time(query["since"], "since") if "since" in query else None
+    until = db.utc_time(query["until"], "until") if "until" in query else None
+    return since, until, min(max(_integer(query, "limit", 50), 1), 500)
+
+
 def _visible(principal: Principal, parties: Any) -> bool:
     return principal.sees_everything or principal.may_touch(parties or ())
 
@@ -273,9 +281,7 @@ async def list_shipments(request: web.Request) -> web.Response:
     if flow is not None and flow not in FLOWS:
         return error_response(400, f"unknown flow {flow!r}: one of " + ", ".join(sorted(FLOWS)))
     try:
-        since = db.utc_time(q["since"], "since") if "since" in q else None
-        until = db.utc_time(q["until"], "until") if "until" in q else None
-        limit = min(max(_integer(q, "limit", 50), 1), 500)
+        since, until, limit = _page_query(q)
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
     try:
@@ -302,9 +308,7 @@ async def list_rejections(request: web.Request) -> web.Response:
     principal = _principal(request)
     q = request.query
     try:
-        since = db.utc_time(q["since"], "since") if "since" in q else None
-        until = db.utc_time(q["until"], "until") if "until" in q else None
-        limit = min(max(_integer(q, "limit", 50), 1), 500)
+        since, until, limit = _page_query(q)
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
     try:

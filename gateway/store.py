@@ -733,7 +733,9 @@ async def read_rejections(
     limit: int = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    """Store.list_rejections on a connection of the caller's (the operators' console reads the same page)."""
+    """A page of refused messages, newest first, without their bodies (the API's and the operators' console's):
+    ``submitter`` restricts to one key's (a tenant's view), the other filters as _REJECTION_FILTERS. ``next_cursor`` is
+    None on the last page; a malformed cursor raises ValueError."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
     before = _rejection_cursor(cursor) if cursor else 2**63 - 1
@@ -1423,23 +1425,11 @@ class Store:
                 http_status,
             )
 
-    async def list_rejections(
-        self,
-        *,
-        submitter: str | None = None,
-        message_type: str | None = None,
-        code: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> dict[str, Any]:
-        """A page of refused messages (record_rejection), newest first, without their bodies; ``submitter`` restricts
-        to one key's (a tenant's view). ``next_cursor`` is None on the last page; a malformed cursor raises
-        ValueError."""
+    async def list_rejections(self, **filters: Any) -> dict[str, Any]:
+        """A page of refused messages (record_rejection), newest first, without their bodies: :func:`read_rejections`
+        (its keyword arguments) on a connection of the store's."""
         async with db.transaction(self.pool) as conn:
-            return await read_rejections(conn, submitter=submitter, message_type=message_type, code=code, since=since,
-                                         until=until, limit=limit, cursor=cursor)  # fmt: skip
+            return await read_rejections(conn, **filters)
 
     async def get_rejection(self, rejection_id: int) -> dict[str, Any] | None:
         """One refused message with the first 64 KiB of its body as received (``raw_truncated`` when it was longer)."""

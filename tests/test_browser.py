@@ -102,6 +102,15 @@ async def sign_in(page: Page, base: str, key: str) -> None:
     await page.click("button[type=submit]")
 
 
+async def live_console(browser: Browser, site: Site, errors: list[str]) -> Page:
+    """A new page signed in with the admin key, on the overview with its live feed connected."""
+    page = await new_page(browser, errors)
+    await sign_in(page, site.base, ADMIN)
+    await page.wait_for_url(site.base + "/ops")
+    await page.wait_for_selector("#live[data-state='live']")
+    return page
+
+
 def shot(name: str) -> str:
     ARTIFACTS.mkdir(exist_ok=True)
     return str(ARTIFACTS / name)
@@ -178,10 +187,7 @@ async def test_a_refused_message_appears_in_the_refused_panel_without_a_reload(b
     appears in the refused panel live, with its sender, its status and its issues' codes, paths and messages."""
     errors: list[str] = []
     async with asyncio.timeout(60):
-        page = await new_page(browser, errors)
-        await sign_in(page, site.base, ADMIN)
-        await page.wait_for_url(site.base + "/ops")
-        await page.wait_for_selector("#live[data-state='live']")
+        page = await live_console(browser, site, errors)
         await expect(page.locator("#refused-empty")).to_be_visible()
         await page.evaluate("window.__noReload = 'still here'")
         order = samples.render_shipment(new_shipment(405))["CEB311"].replace(b"ceb:orderNo>", b"ceb:orderNO>")
@@ -308,10 +314,7 @@ async def test_the_oldest_awaited_receipt_counts_on_while_the_feed_is_quiet(brow
     async with site.pool.acquire() as conn:  # one document sent three minutes ago, as MARK_SENT lists it
         await conn.execute("INSERT INTO receipts_awaited (document_id, sent_at) VALUES (1, now() - interval '3 min')")
     async with asyncio.timeout(60):
-        page = await new_page(browser, errors)
-        await sign_in(page, site.base, ADMIN)
-        await page.wait_for_url(site.base + "/ops")
-        await page.wait_for_selector("#live[data-state='live']")
+        page = await live_console(browser, site, errors)
         await expect(page.locator("#awaited")).to_have_text(re.compile(r"^1 · oldest 3 min"))
         await expect(page.locator("p.awaited")).not_to_have_class(re.compile(r"\bwarn\b"))
         # nothing moves, so the feed sends nothing: the page counts the wait on by itself
@@ -394,10 +397,7 @@ async def test_load_more_survives_live_updates_and_keeps_the_filters_it_was_load
     await site.pool.executemany(insert, [(f"II{i:04d}", "incomplete", 600 - i) for i in range(5)])
     errors: list[str] = []
     async with asyncio.timeout(60):
-        page = await new_page(browser, errors)
-        await sign_in(page, site.base, ADMIN)
-        await page.wait_for_url(site.base + "/ops")
-        await page.wait_for_selector("#live[data-state='live']")
+        page = await live_console(browser, site, errors)
         await expect(page.locator("#list-count")).to_have_text("50+")
         await page.click("#list-more")
         await expect(page.locator("#list-count")).to_have_text("60")

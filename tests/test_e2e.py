@@ -304,6 +304,16 @@ async def _serve_two_processes(
     return proc, log_out
 
 
+async def _stop_two_processes(proc: asyncio.subprocess.Process, log_out: Any, log_file: Path) -> str:
+    """SIGTERM (a normal stop) to what _serve_two_processes started; its log, the tail printed (shown on a failure)."""
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 40)
+    log_out.close()
+    log = log_file.read_text()
+    print(log[-20000:])
+    return log
+
+
 async def test_a_second_gateway_does_not_share_a_port_another_listens_on(db_dsn: str, tmp_path: Path) -> None:
     """SO_REUSEPORT let a second gateway (`--processes 2`, another database) bind the port of a running one, the
     two taking turns answering; a taken port now stops `cbec serve` with one line."""
@@ -397,11 +407,7 @@ async def test_cbec_serve_processes_share_port_sessions_and_flow(db_dsn: str, tm
             after = await healthz_counted()
             assert len(set(after)) == 1 and healthz_ok <= after[0] <= healthz_ok + 1, (after, healthz_ok)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 40)
-        log_out.close()
-        print(log_file.read_text()[-20000:])  # shown when the test fails
-    log = log_file.read_text()
+        log = await _stop_two_processes(proc, log_out, log_file)
     assert proc.returncode == 0, log[-2000:]
     assert logged(log, "api_process_exited")
     assert {victim, *survivors} - {proc.pid} <= set(logged_fields(log, "ingest_link_connected", "pid"))
@@ -486,11 +492,7 @@ async def test_sighup_puts_the_configured_api_keys_in_force_in_every_process(db_
             await wait_for(refused, timeout=20, what="the unusable configuration refused")
             assert (await answers(added))[0] == {200}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 40)
-        log_out.close()
-        print(log_file.read_text()[-20000:])  # shown when the test fails
-    log = log_file.read_text()
+        log = await _stop_two_processes(proc, log_out, log_file)
     assert proc.returncode == 0, log[-2000:]
     changes, again = logged_records(log, "api_keys_reloaded")
     assert (changes["added"], changes["removed"], changes["changed"]) == ([], [], ["admin"]), changes
