@@ -749,6 +749,17 @@ async def read_rejections(
     return {"items": [_rejection_dict(r) for r in rows], "next_cursor": str(rows[-1]["id"]) if more else None}
 
 
+async def read_rejection(conn: asyncpg.Connection, rejection_id: int) -> dict[str, Any] | None:
+    """One refused message with the first 64 KiB of its body as received (``raw_truncated`` when it was longer)."""
+    r = await conn.fetchrow(SELECT_REJECTION, rejection_id)
+    if r is None:
+        return None
+    out = _rejection_dict(r)
+    out["raw"] = r["raw"]
+    out["raw_truncated"] = r["raw_size"] > REJECTION_RAW_LIMIT
+    return out
+
+
 def _rejection_cursor(cursor: str) -> int:
     """The id a page of refused messages ends before (the last page's last id, as next_cursor gave it)."""
     if not cursor.isdigit() or len(cursor) > 18:
@@ -1432,15 +1443,9 @@ class Store:
             return await read_rejections(conn, **filters)
 
     async def get_rejection(self, rejection_id: int) -> dict[str, Any] | None:
-        """One refused message with the first 64 KiB of its body as received (``raw_truncated`` when it was longer)."""
+        """:func:`read_rejection` on a connection of the store's."""
         async with db.transaction(self.pool) as conn:
-            r = await conn.fetchrow(SELECT_REJECTION, rejection_id)
-        if r is None:
-            return None
-        out = _rejection_dict(r)
-        out["raw"] = r["raw"]
-        out["raw_truncated"] = r["raw_size"] > REJECTION_RAW_LIMIT
-        return out
+            return await read_rejection(conn, rejection_id)
 
     async def held_inventories(self, guid: str, invt_nos: list[str]) -> summary.Held | None:
         """The current inventories carrying these invtNos and the live summary applications naming them, by invtNo

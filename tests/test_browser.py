@@ -200,6 +200,11 @@ async def test_a_refused_message_appears_in_the_refused_panel_without_a_reload(b
         assert etree.fromstring(order).get("guid") in text  # its guid, to find it by
         assert await page.evaluate("window.__noReload") == "still here"
         await expect(page.locator("#refused-empty")).to_be_hidden()
+        await row.locator(".sent-toggle").click()  # what was sent, as received
+        await expect(page.locator("#refused-table tr.sent pre")).to_contain_text("<ceb:orderNO>")
+        widths = await page.evaluate("[document.querySelector('#refused-table').offsetWidth,"
+                                     " document.querySelector('#refused-panel').clientWidth]")
+        assert widths[0] <= widths[1], widths  # one long line of XML does not widen the panel
         await page.locator("#refused-panel").screenshot(path=shot("browser-refused.png"))
         await page.context.close()
     assert errors == []

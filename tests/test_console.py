@@ -136,6 +136,10 @@ async def test_the_refused_messages_are_listed_with_their_issues_and_the_feed_na
     rest = await admin.get_json("/ops/api/rejections", cursor=page["next_cursor"])
     assert len(rest["items"]) == 1 and rest["next_cursor"] is None
     assert (await admin.get("/ops/api/rejections", cursor="nope"))[0] == 400
+    sent = await admin.get_json(f"/ops/api/rejections/{newest['id']}")
+    assert sent["raw"] == "<CEB311Message><broken-20" and sent["raw_truncated"] is False
+    for missing in ("999999999", "0", "x", str(2**63)):
+        assert (await admin.get(f"/ops/api/rejections/{missing}"))[0] == 404, missing
     feed = ops.app[CONSOLE].feed
     await feed.tick()
     assert feed.latest["summary"]["last_rejection"] == newest["id"]

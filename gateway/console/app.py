@@ -28,7 +28,7 @@ from gateway.console.session import (
     csrf_ok,
     origin_allowed,
 )
-from gateway.store import read_rejections
+from gateway.store import read_rejection, read_rejections
 
 log = structlog.get_logger("gateway.console")
 
@@ -332,6 +332,17 @@ async def rejections(request: web.Request) -> web.StreamResponse:
 
 
 @api
+async def rejection(request: web.Request) -> web.StreamResponse:
+    """One refused message with what was sent (its first 64 KiB), for the refused panel's Sent button."""
+    raw_id = request.match_info["id"]
+    if not raw_id.isdigit() or not 0 < int(raw_id) <= db.MAX_BIGINT:
+        return error(404, "no such refusal")
+    async with _pool(request).acquire() as conn:
+        found = await read_rejection(conn, int(raw_id))
+    return json_response(found) if found is not None else error(404, "no such refusal")
+
+
+@api
 async def queue(request: web.Request) -> web.StreamResponse:
     async with _pool(request).acquire() as conn:
         return json_response(await q.queue_health(conn, endpoints=request.app[CONSOLE].endpoints))
@@ -516,6 +527,7 @@ def setup(
     r.add_get(PREFIX + "/api/messages/{guid}/xml", message_xml)
     r.add_get(PREFIX + "/api/queue", queue)
     r.add_get(PREFIX + "/api/rejections", rejections)
+    r.add_get(PREFIX + "/api/rejections/{id}", rejection)
     r.add_post(PREFIX + "/api/jobs/{id}/replay", replay)
     r.add_get(PREFIX + "/api/series", series)
     r.add_get(PREFIX + "/api/events", events)

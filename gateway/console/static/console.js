@@ -213,10 +213,28 @@
       h("td", {}, ...(r.issues || []).slice(0, 3).map((i) => h("div", { class: "issue" },
         h("span", { class: "code", text: i.code }), " ", h("span", { class: "mono", text: i.path || "" }),
         h("div", { class: "error-text", text: i.message || "" }))),
-      (r.issues || []).length > 3 ? h("div", { class: "muted", text: `+${r.issues.length - 3} more 更多` }) : null)));
+      (r.issues || []).length > 3 ? h("div", { class: "muted", text: `+${r.issues.length - 3} more 更多` }) : null),
+      h("td", {}, sentButton(r.id))));
     const body = $("refused-table").tBodies[0];
     if (append) body.append(...rows); else body.replaceChildren(...rows);
     $("refused-empty").hidden = body.rows.length > 0;
+  }
+
+  // What was sent, as received (the first 64 KiB), under the refusal's row: read when asked for.
+  function sentButton(id) {
+    let shown = null;
+    const btn = h("button", { type: "button", class: "btn ghost sent-toggle", text: "Sent 原文" });
+    btn.addEventListener("click", async () => {
+      if (shown) { shown.remove(); shown = null; return; }
+      try {
+        const body = await call(`${API}/rejections/${encodeURIComponent(id)}`);
+        const note = body.raw_truncated ? ` · the first 64 KiB of ${fmtNum(body.raw_size)} bytes` : "";
+        shown = h("tr", { class: "sent" }, h("td", { colspan: 6 }, h("div", { class: "sub", text: `as received${note}` }),
+          h("pre", { class: "xml", text: indentXml(body.raw) })));
+        btn.closest("tr").after(shown);
+      } catch (err) { toast(err.message, true); }
+    });
+    return btn;
   }
 
   async function loadRefused(append = false) {
