@@ -21,6 +21,7 @@ from gateway.api import create_app
 from gateway.config import ApiKey, Role
 from gateway.render import render
 from gateway.sandbox.receipts import build_receipt
+from tests import apiutil
 from tests.apiutil import (
     EBC_CODE,
     EBP_CODE,
@@ -30,7 +31,6 @@ from tests.apiutil import (
     Client,
     serving,
     sign_as_agent,
-    test_settings,
 )
 from tests.dbutil import drop_database, fresh_database
 
@@ -255,9 +255,9 @@ async def test_a_key_beyond_its_rate_is_answered_429_and_nothing_is_stored(db_po
     Retry-After (before its body is read: the message is neither stored nor recorded as rejected), and the other keys,
     or a key without a rate, are not held back by it."""
     limited = "k-limited-" + "l" * 20
-    keys = (*test_settings().api_keys,
+    keys = (*apiutil.test_settings().api_keys,
             ApiKey("limited", limited, Role.SUBMITTER, frozenset({EBP_CODE, EBC_CODE}), rate_per_s=0.2, rate_burst=2))
-    settings = test_settings().with_overrides(api_keys=keys)
+    settings = apiutil.test_settings().with_overrides(api_keys=keys)
     async with serving(create_app(settings, db_pool, signer=sign_as_agent)) as api:
         s = new_shipment(19)
         assert (await api.get("/v1/shipments", key=limited)).status == 200
@@ -481,7 +481,7 @@ async def test_livez_answers_while_the_database_is_away_and_healthz_says_so(pg_d
     async with fresh_database(pg_dsn) as dsn:
         pool = await asyncpg.create_pool(dsn, min_size=0, max_size=2)
         try:
-            async with serving(create_app(test_settings(), pool, signer=sign_as_agent)) as api:
+            async with serving(create_app(apiutil.test_settings(), pool, signer=sign_as_agent)) as api:
                 for path in ("/livez", "/healthz"):
                     reply = await api.get(path, key=None)
                     assert (reply.status, reply.body["status"]) == (200, "ok"), (path, reply.body)
