@@ -220,21 +220,29 @@
     $("refused-empty").hidden = body.rows.length > 0;
   }
 
-  // What was sent, as received (the first 64 KiB), under the refusal's row: read when asked for.
-  function sentButton(id) {
+  // A button that shows, and on a second click hides, what ``build`` reads from the server when asked for, put in
+  // the page by ``place`` (the XML of a message, what a refused message sent).
+  function revealButton(cls, label, build, place) {
     let shown = null;
-    const btn = h("button", { type: "button", class: "btn ghost sent-toggle", text: "Sent 原文" });
+    const btn = h("button", { type: "button", class: `btn ghost ${cls}`, text: label });
     btn.addEventListener("click", async () => {
       if (shown) { shown.remove(); shown = null; return; }
       try {
-        const body = await call(`${API}/rejections/${encodeURIComponent(id)}`);
-        const note = body.raw_truncated ? ` · the first 64 KiB of ${fmtNum(body.raw_size)} bytes` : "";
-        shown = h("tr", { class: "sent" }, h("td", { colspan: 6 }, h("div", { class: "sub", text: `as received${note}` }),
-          h("pre", { class: "xml", text: indentXml(body.raw) })));
-        btn.closest("tr").after(shown);
+        shown = await build();
+        place(btn, shown);
       } catch (err) { toast(err.message, true); }
     });
     return btn;
+  }
+
+  // What was sent, as received (the first 64 KiB), under the refusal's row.
+  function sentButton(id) {
+    return revealButton("sent-toggle", "Sent 原文", async () => {
+      const body = await call(`${API}/rejections/${encodeURIComponent(id)}`);
+      const note = body.raw_truncated ? ` · the first 64 KiB of ${fmtNum(body.raw_size)} bytes` : "";
+      return h("tr", { class: "sent" }, h("td", { colspan: 6 }, h("div", { class: "sub", text: `as received${note}` }),
+        h("pre", { class: "xml", text: indentXml(body.raw) })));
+    }, (btn, el) => btn.closest("tr").after(el));
   }
 
   async function loadRefused(append = false) {
@@ -534,27 +542,20 @@
   }
 
   function xmlButton(guid) {
-    let shown = null;
-    const btn = h("button", { type: "button", class: "btn ghost xml-toggle", text: "XML" });
-    btn.addEventListener("click", async () => {
-      if (shown) { shown.remove(); shown = null; return; }
-      try {
-        const body = await call(`${API}/messages/${encodeURIComponent(guid)}/xml`);
-        let raw = false;
-        const pre = h("pre", { class: "xml", text: indentXml(body.raw_xml) });
-        const toggle = h("button", { type: "button", class: "btn ghost", text: "as stored 原文" });
-        toggle.addEventListener("click", () => {
-          raw = !raw;
-          pre.textContent = raw ? body.raw_xml : indentXml(body.raw_xml);
-          toggle.textContent = raw ? "indented 缩进" : "as stored 原文";
-        });
-        shown = h("div", { class: "xml-block" },
-          h("div", { class: "sub" }, `message ${body.guid} · ${body.message_type} · ${body.raw_xml.length} characters `,
-            "· indented for reading ", toggle), pre);
-        btn.closest("li").append(shown);
-      } catch (err) { toast(err.message, true); }
-    });
-    return btn;
+    return revealButton("xml-toggle", "XML", async () => {
+      const body = await call(`${API}/messages/${encodeURIComponent(guid)}/xml`);
+      let raw = false;
+      const pre = h("pre", { class: "xml", text: indentXml(body.raw_xml) });
+      const toggle = h("button", { type: "button", class: "btn ghost", text: "as stored 原文" });
+      toggle.addEventListener("click", () => {
+        raw = !raw;
+        pre.textContent = raw ? body.raw_xml : indentXml(body.raw_xml);
+        toggle.textContent = raw ? "indented 缩进" : "as stored 原文";
+      });
+      return h("div", { class: "xml-block" },
+        h("div", { class: "sub" }, `message ${body.guid} · ${body.message_type} · ${body.raw_xml.length} characters `,
+          "· indented for reading ", toggle), pre);
+    }, (btn, el) => btn.closest("li").append(el));
   }
 
   function timelineItems(ship) {
