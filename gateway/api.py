@@ -329,8 +329,8 @@ async def list_rejections(request: web.Request) -> web.Response:
 async def get_rejection(request: web.Request) -> web.Response:
     """One refused message, its issues and the first 64 KiB of what was sent."""
     principal = _principal(request)
-    raw_id = request.match_info["id"]
-    found = await request.app[STORE].get_rejection(int(raw_id)) if raw_id.isdigit() and len(raw_id) <= 18 else None
+    rejection_id = db.row_id(request.match_info["id"])
+    found = await request.app[STORE].get_rejection(rejection_id) if rejection_id is not None else None
     if found is None or not (principal.sees_everything or found["submitter"] == principal.name):
         return error_response(404, "no such rejection")  # another key's: not disclosed
     return json_response(found)

@@ -38,6 +38,15 @@ WATCH_POLL_S = 1.0
 MAX_BIGINT = 2**63 - 1
 
 
+def row_id(text: str) -> int | None:
+    """A row id written in a URL (a path segment, a cursor): its digits, within a bigint and above 0; None for
+    anything else, which names no row."""
+    if not text.isdigit() or len(text) > 19:
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_BIGINT else None
+
+
 def utc_time(value: str, name: str) -> datetime:
     """An ISO 8601 time a client sent (a query parameter), in UTC; one without an offset is UTC, as asyncpg takes a
     naive datetime. ValueError, naming ``name``, for what is no such time or lies beyond year 9999 in UTC (asyncpg

@@ -762,9 +762,10 @@ async def read_rejection(conn: asyncpg.Connection, rejection_id: int) -> dict[st
 
 def _rejection_cursor(cursor: str) -> int:
     """The id a page of refused messages ends before (the last page's last id, as next_cursor gave it)."""
-    if not cursor.isdigit() or len(cursor) > 18:
+    before = db.row_id(cursor)
+    if before is None:
         raise ValueError("not a cursor of GET /v1/rejections")
-    return int(cursor)
+    return before
 
 
 def _rejection_dict(r: asyncpg.Record) -> dict[str, Any]:

@@ -334,11 +334,11 @@ async def rejections(request: web.Request) -> web.StreamResponse:
 @api
 async def rejection(request: web.Request) -> web.StreamResponse:
     """One refused message with what was sent (its first 64 KiB), for the refused panel's Sent button."""
-    raw_id = request.match_info["id"]
-    if not raw_id.isdigit() or not 0 < int(raw_id) <= db.MAX_BIGINT:
+    rejection_id = db.row_id(request.match_info["id"])
+    if rejection_id is None:
         return error(404, "no such refusal")
     async with _pool(request).acquire() as conn:
-        found = await read_rejection(conn, int(raw_id))
+        found = await read_rejection(conn, rejection_id)
     return json_response(found) if found is not None else error(404, "no such refusal")
 
 
