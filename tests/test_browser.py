@@ -200,6 +200,12 @@ async def test_a_refused_message_appears_in_the_refused_panel_without_a_reload(b
         assert etree.fromstring(order).get("guid") in text  # its guid, to find it by
         assert await page.evaluate("window.__noReload") == "still here"
         await expect(page.locator("#refused-empty")).to_be_hidden()
+        # one sender's refusals: another's shows none of these; cleared, they are back
+        await page.fill("#refused-filters input[name=submitter]", "another-seller")
+        await page.click("#refused-filters button[type=submit]")
+        await expect(page.locator("#refused-empty")).to_be_visible()
+        await page.click("#refused-filters button[type=reset]")
+        await expect(row).to_contain_text("platform-a")
         await row.locator(".sent-toggle").click()  # what was sent, as received
         await expect(page.locator("#refused-table tr.sent pre")).to_contain_text("<ceb:orderNO>")
         widths = await page.evaluate("[document.querySelector('#refused-table').offsetWidth,"

@@ -25,7 +25,7 @@ from gateway.config import ApiKey, Role
 from gateway.console import CONSOLE
 from gateway.console.queries import mask_findings, mask_id_number
 from gateway.console.session import SessionStore
-from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A
+from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A, STRANGER
 from tests.consoleutil import (
     ConsoleClient,
     Ops,
@@ -136,13 +136,19 @@ async def test_the_refused_messages_are_listed_with_their_issues_and_the_feed_na
     rest = await admin.get_json("/ops/api/rejections", cursor=page["next_cursor"])
     assert len(rest["items"]) == 1 and rest["next_cursor"] is None
     assert (await admin.get("/ops/api/rejections", cursor="nope"))[0] == 400
+    # one sender's, or one issue code's, when asked
+    assert (await ops.api.post_xml(b"{not xml", key=STRANGER)).status == 400
+    theirs = await admin.get_json("/ops/api/rejections", submitter="stranger")
+    assert [(r["submitter"], r["http_status"]) for r in theirs["items"]] == [("stranger", 400)]
+    assert len((await admin.get_json("/ops/api/rejections", submitter="platform-a"))["items"]) == 20
+    assert (await admin.get_json("/ops/api/rejections", code="rule.actural_paid_mismatch"))["items"] == []
     sent = await admin.get_json(f"/ops/api/rejections/{newest['id']}")
     assert sent["raw"] == "<CEB311Message><broken-20" and sent["raw_truncated"] is False
     for missing in ("999999999", "0", "x", str(2**63)):
         assert (await admin.get(f"/ops/api/rejections/{missing}"))[0] == 404, missing
     feed = ops.app[CONSOLE].feed
     await feed.tick()
-    assert feed.latest["summary"]["last_rejection"] == newest["id"]
+    assert feed.latest["summary"]["last_rejection"] == theirs["items"][0]["id"]  # the newest of all
 
 
 async def test_replay_accepts_a_same_origin_referer_without_origin(ops: Ops) -> None:

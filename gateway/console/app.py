@@ -323,10 +323,14 @@ async def message_xml(request: web.Request) -> web.StreamResponse:
 
 @api
 async def rejections(request: web.Request) -> web.StreamResponse:
-    """The newest refused messages with their issues (GET /v1/rejections's page), for the refused panel."""
+    """The newest refused messages with their issues (GET /v1/rejections's page), for the refused panel: of one
+    sender (``submitter``, a key's name) or with one issue ``code`` when asked."""
+    query = request.query
     try:
         async with _pool(request).acquire() as conn:
-            return json_response(await read_rejections(conn, limit=20, cursor=request.query.get("cursor") or None))
+            return json_response(await read_rejections(
+                conn, limit=20, cursor=query.get("cursor") or None, submitter=query.get("submitter") or None,
+                code=query.get("code") or None))  # fmt: skip
     except ValueError as exc:
         return error(400, str(exc))
 

@@ -246,8 +246,12 @@
   }
 
   async function loadRefused(append = false) {
-    const cursor = append && state.refusedCursor ? `?cursor=${encodeURIComponent(state.refusedCursor)}` : "";
-    const page = await call(`${API}/rejections${cursor}`);
+    const params = new URLSearchParams();
+    for (const [name, value] of new FormData($("refused-filters"))) {
+      if (String(value).trim()) params.set(name, String(value).trim());
+    }
+    if (append && state.refusedCursor) params.set("cursor", state.refusedCursor);
+    const page = await call(`${API}/rejections?${params}`);
     renderRefused(page.items, append);
     if (!append && page.items.length) state.refusedNewest = Math.max(state.refusedNewest ?? 0, page.items[0].id);
     state.refusedCursor = page.next_cursor;
@@ -736,6 +740,11 @@
     $("filters").addEventListener("reset", () => setTimeout(scheduleList, 0));
     $("list-more").addEventListener("click", () => loadList(true).catch((e) => toast(e.message, true)));
     $("refused-more").addEventListener("click", () => loadRefused(true).catch((e) => toast(e.message, true)));
+    $("refused-filters").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      loadRefused().catch((e) => toast(e.message, true));
+    });
+    $("refused-filters").addEventListener("reset", () => setTimeout(() => loadRefused().catch(() => {}), 0));
     for (const card of document.querySelectorAll("[data-state-filter]")) {
       card.addEventListener("click", (ev) => {
         ev.preventDefault();
