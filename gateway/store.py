@@ -820,40 +820,27 @@ def _document_dict(r: asyncpg.Record) -> dict[str, Any]:
 #: earlier version of its key customs did not refuse (a change it refused before left it the one before), unless that
 #: is a withdrawal customs took (nothing of the key is there) or one the gateway still holds (never sent: customs
 #: refused the change or withdrawal of what it never had, and a held version made current again would go out). The
-#: versions of a key are found by the indexes its documents share: its shipment (ebpCode, orderNo), its waybill
-#: (logisticsCode, logisticsNo), the version the refused one replaced (superseded_by: a change that named another
-#: shipment), a summary application's copNo; each arm fenced so that no plan walks the whole table by id. Read only
-#: for a refused change or withdrawal, in the receipt's transaction.
-REFUSED_VERSIONS = r"""
-SELECT w.id, w.message_type, w.key1, w.key2, w.app_type, v.id AS version_id
-  FROM (SELECT w.* FROM documents AS w WHERE w.id = ANY ($1::bigint[]) OFFSET 0) AS w,  -- by its primary key
-       LATERAL (SELECT v.id, v.withdrawn, v.forward_state
-                  FROM (SELECT v.* FROM documents AS v
-                         WHERE v.ebp_code = w.ebp_code AND v.order_no = w.order_no OFFSET 0) AS v
-                 WHERE v.message_type = w.message_type AND v.key1 = w.key1 AND v.key2 = w.key2 AND v.id < w.id
-                   AND v.forward_state <> 'rejected'
-                UNION ALL
-                SELECT v.id, v.withdrawn, v.forward_state
-                  FROM (SELECT v.* FROM documents AS v
-                         WHERE v.logistics_code = w.logistics_code AND v.logistics_no = w.logistics_no OFFSET 0) AS v
-                 WHERE v.message_type = w.message_type AND v.key1 = w.key1 AND v.key2 = w.key2 AND v.id < w.id
-                   AND v.forward_state <> 'rejected'
-                UNION ALL
-                SELECT v.id, v.withdrawn, v.forward_state
-                  FROM (SELECT v.* FROM documents AS v WHERE v.superseded_by = w.id OFFSET 0) AS v
-                 WHERE v.message_type = w.message_type AND v.key1 = w.key1 AND v.key2 = w.key2 AND v.id < w.id
-                   AND v.forward_state <> 'rejected'
-                UNION ALL
-                SELECT v.id, v.withdrawn, v.forward_state
-                  FROM (SELECT v.* FROM documents AS v
-                         WHERE w.kind = 'summary' AND v.kind = 'summary' AND v.key1 = w.key1
-                           AND split_part(v.key2, E'', 1) = split_part(w.key2, E'', 1) OFFSET 0) AS v
-                 WHERE v.message_type = w.message_type AND v.key2 = w.key2 AND v.id < w.id
-                   AND v.forward_state <> 'rejected'
-                 ORDER BY id DESC LIMIT 1) AS v
- WHERE w.is_current AND w.app_type IN ('2', '3') AND w.forward_state = 'rejected' AND NOT v.withdrawn
-   AND v.forward_state <> 'held'
- ORDER BY w.id
+#: versions are walked back through the key's own history, each version to the one it replaced (superseded_by, its
+#: partial index, migration 290), past those customs refused: wherever each version was (another shipment, another
+#: waybill), and never to an older version the key ignored (state.ignored_older: it replaced nothing). Read only for a
+#: refused change or withdrawal, in the receipt's transaction.
+REFUSED_VERSIONS = """
+WITH RECURSIVE back AS (
+    SELECT w.id AS refused, w.message_type, w.key1, w.key2, w.app_type,
+           v.id, v.withdrawn, v.forward_state, 1 AS depth
+      FROM (SELECT w.* FROM documents AS w WHERE w.id = ANY ($1::bigint[]) OFFSET 0) AS w  -- by its primary key
+      JOIN documents AS v ON v.superseded_by = w.id
+     WHERE w.is_current AND w.app_type IN ('2', '3') AND w.forward_state = 'rejected'
+    UNION ALL
+    SELECT b.refused, b.message_type, b.key1, b.key2, b.app_type,
+           v.id, v.withdrawn, v.forward_state, b.depth + 1
+      FROM back AS b JOIN documents AS v ON v.superseded_by = b.id
+     WHERE b.forward_state = 'rejected' AND b.depth < 1000  -- past the versions customs refused
+)
+SELECT refused AS id, message_type, key1, key2, app_type, id AS version_id
+  FROM back
+ WHERE forward_state NOT IN ('rejected', 'held') AND NOT withdrawn
+ ORDER BY refused
 """
 
 #: A refused change's or withdrawal's row leaves its key's current row (SUPERSEDE) first, then the version customs

@@ -161,6 +161,27 @@ async def test_a_change_customs_refuses_leaves_the_version_before_current(api: C
     assert (first[2], first[5], refused[5], further[2]) == (False, further[0], None, True)
 
 
+async def test_two_changes_customs_refuses_leave_the_version_before_both(api: Client, db_pool: asyncpg.Pool) -> None:
+    """Two changes sent one after the other, both refused (the first while the second was current): customs holds the
+    first declaration, which is current again — found back through each version the next one replaced, past the
+    refused one."""
+    s, inv = await _declared(api, 89)
+    await _receipt(api, inv, inv["guid"], "120", "20261120151000000")
+    second = version(s.inventory, "2", "20261120170000", buyerTelephone="13900000081")
+    third = version(s.inventory, "2", "20261120171000", buyerTelephone="13900000082")
+    for change in (second, third):
+        r = await post_json(api, change)
+        assert (r.status, r.body["documents"][0]["outcome"]) == (202, "replaced"), r.body
+    await _receipt(api, inv, second["documents"][0]["guid"], "100", "20261120172000000")
+    assert [r[1:5] for r in await _inventory_rows(db_pool, inv)] == [
+        ("1", False, False, "receipted"), ("2", False, False, "rejected"), ("2", True, False, "none")]
+    await _receipt(api, inv, third["documents"][0]["guid"], "100", "20261120173000000")
+    first, refused, refused_too = await _inventory_rows(db_pool, inv)
+    assert (first[1:6], refused[1:5], refused_too[1:5]) == (
+        ("1", True, False, "receipted", None), ("2", False, False, "rejected"), ("2", False, False, "rejected"))
+    assert (await _shipment(api, inv))["state"] == "matched"
+
+
 async def test_a_refused_order_change_leaves_the_order_before_current(api: Client, db_pool: asyncpg.Pool) -> None:
     s, inv = await _declared(api, 98)
     order = s.order_doc
