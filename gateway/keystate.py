@@ -797,6 +797,13 @@ def _latest(rows: Iterable[Row] | None) -> Row | None:
     return max(rows, key=lambda r: r.order) if rows else None
 
 
+def _names(order: Row, payment: Row) -> bool:
+    """Whether the order names this payment: it carries payCode or payTransactionId, and each it carries is the
+    payment's (as recon.payment_reference_mismatch compares them)."""
+    named = [(n, v) for n in ("payCode", "payTransactionId") if (v := (order.head.get(n) or "").strip())]
+    return bool(named) and all((payment.head.get(n) or "").strip() == v for n, v in named)
+
+
 class Live:
     """The live (current, not withdrawn) documents as they will be after the message.
 
@@ -939,9 +946,15 @@ class Live:
     def _shipment(self, key: tuple[str, str], waybill: Row | None, ambiguous: list[Row]) -> recon.Shipment:
         legs = self.legs.get(key, {})
         order = _latest(legs.get(Kind.ORDER))
-        payment = _latest(legs.get(Kind.PAYMENT))
+        payments = legs.get(Kind.PAYMENT, ())
+        # of several, the one the order names (payCode, payTransactionId) is its payment; else the latest
+        payment = _latest([p for p in payments if order is not None and _names(order, p)]) or _latest(payments)
         inventory = self.inventory_of(key)
         order_no = key[1] or (waybill.order_no or "" if waybill is not None else "")
+        # a second live payment or inventory (one that counts at customs: a refused or cancelled one stands beside
+        # the one declared after it) is a finding of its own (recon.*_duplicate)
+        others = [r for r in (*payments, *legs.get(Kind.INVENTORY, ())) if r is not payment and r is not inventory
+                  and not void(r)]  # fmt: skip
         return recon.Shipment(
             order=order.document if order else None,
             payment=payment.document if payment else None,
@@ -949,6 +962,7 @@ class Live:
             inventory=inventory.document if inventory else None,
             ambiguous=tuple(w.document for w in ambiguous),
             platforms=tuple(k[0] for k in self.platforms(order_no)) if ambiguous else (),
+            others=tuple(r.document for r in sorted(others, key=lambda r: r.order)),
         )
 
     def shipment(self, key: tuple[str, str]) -> recon.Shipment:

@@ -24,6 +24,12 @@ What is compared (spec §6.2–6.4; single-document rules such as R1, R4, R10's 
   waybill, it is no platform's leg: each of those shipments whose inventory does not give it its waybill lists it in
   :attr:`Shipment.ambiguous` and gets ``recon.waybill_ambiguous`` (not blocking: the inventory naming the waybill's
   logisticsCode and logisticsNo decides, so waiting fixes it; meanwhile the waybill leg is missing).
+* one leg of each kind (§6.2: an order has one payment and one inventory; a second inventory of the order is a
+  duplicate): a second live payment, or a second live inventory that counts at customs (under another ebcCode; a
+  refused or cancelled one does not), is listed in :attr:`Shipment.others` and gets ``recon.payment_duplicate`` or
+  ``recon.inventory_duplicate`` (blocking: which one customs pairs with the order is not known, and an operator has
+  to get the wrong one withdrawn). The comparisons take the payment the order names (payCode, payTransactionId),
+  else the latest, and the latest inventory (the store chooses them: gateway.keystate).
 * keys (§6.2, blocking): payment ebpCode + orderNo = order's; order payCode / payTransactionId
   = payment's when the order carries them; waybill orderNo = order's; inventory orderNo, ebpCode,
   ebcCode = order's; inventory logisticsCode + logisticsNo = waybill's; inventory billNo = waybill
@@ -105,6 +111,16 @@ CODES: dict[str, str] = {
         "warning (export): the 收款单 (CEB403) charge is neither the order's goodsValue nor goodsValue + freight, or "
         "is in another currency than the order (spec A.17 leaves open what charge includes)"
     ),
+    "recon.payment_duplicate": (
+        "two live payments (CEB411, or 收款单 CEB403) for one shipment: the order is paired with one payment, and "
+        "which one customs takes is not known; the shipment is compared with the one the order names (else the latest) "
+        "until the other is withdrawn"
+    ),
+    "recon.inventory_duplicate": (
+        "two live inventories (CEB621, CEB603) that count at customs for one shipment (the other under another "
+        "ebcCode): an order has one inventory; the shipment is compared with the latest until the other is withdrawn "
+        "or cancelled"
+    ),
     "recon.waybill_ambiguous": (
         "warning: a waybill (CEB511) carries the shipment's orderNo, which another platform's shipment uses too, and "
         "no inventory of that orderNo names it: it is no platform's leg until an inventory naming its logisticsCode "
@@ -178,6 +194,8 @@ class Shipment:
     inventory: Document | None = None
     ambiguous: tuple[Document, ...] = ()
     platforms: tuple[str, ...] = ()
+    #: live payments and inventories beside the leg taken (``payment``, ``inventory``), in arrival order
+    others: tuple[Document, ...] = ()
 
     def leg(self, kind: Kind) -> Document | None:
         return {
@@ -203,6 +221,8 @@ def reconcile(shipment: Shipment, *, tolerance: Decimal = Decimal("0")) -> Outco
     if tolerance < 0:
         raise ValueError(f"tolerance must not be negative, got {tolerance}")
     f = _Findings(tolerance)
+    for other in shipment.others:
+        _duplicate(shipment, other, f)
     first = shipment.order or shipment.payment or shipment.waybill or shipment.inventory
     if first is not None and first.type.flow == "export":
         _compare_export(shipment, f)
@@ -217,6 +237,27 @@ def reconcile(shipment: Shipment, *, tolerance: Decimal = Decimal("0")) -> Outco
     else:
         state = ShipmentState.MATCHED
     return Outcome(state=state, missing=missing, findings=tuple(f.items))
+
+
+DUPLICATE_CODES = {Kind.PAYMENT: "recon.payment_duplicate", Kind.INVENTORY: "recon.inventory_duplicate"}
+
+
+def _duplicate(shipment: Shipment, other: Document, f: _Findings) -> None:
+    """A second live leg of one kind: the one taken on the left, the other on the right, by the key field that tells
+    them apart."""
+    kind = other.type.kind
+    taken = shipment.leg(kind)
+    if taken is None or kind not in DUPLICATE_CODES:
+        return
+    keys = other.type.keys
+    name = next((k for k in keys if _text(taken, k) != _text(other, k)), keys[-1])
+    shown = "/".join(_text(other, k) for k in keys)
+    message = (
+        f"another live {kind} ({other.type.code} {shown}) stands beside the one compared here "
+        f"({taken.type.code} {'/'.join(_text(taken, k) for k in keys)}): an order has one {kind}, and "
+        f"which one customs pairs with it is not known; withdraw the wrong one (appType 3)"
+    )
+    f.add(DUPLICATE_CODES[kind], name, message, _side(taken, name), _side(other, name))
 
 
 def _compare_import(shipment: Shipment, f: _Findings) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.documents import Document
 from gateway.messages import BY_CODE, Kind
-from gateway.reconcile import CODES, NON_BLOCKING, Finding, Outcome, Shipment, ShipmentState, reconcile
+from gateway.reconcile import CODES, NON_BLOCKING, Finding, Outcome, Shipment, ShipmentState, Side, reconcile
 
 # --- a realistic, consistent 9610 (direct purchase) shipment -----------------------------------
 
@@ -596,6 +596,35 @@ def test_an_ambiguous_waybill_is_a_warning_beside_a_missing_waybill_leg() -> Non
     lone = reconcile(Shipment(waybill=waybill, ambiguous=(waybill,), platforms=("A", "B")))
     assert [f.left for f in lone.findings if f.code == "recon.waybill_ambiguous"] == [None]
 
+
+
+def test_a_second_live_payment_or_inventory_is_a_blocking_finding_naming_both() -> None:
+    """An order has one payment and one inventory (§6.2): another one beside it is not silently passed over."""
+    full = make_shipment()
+    assert full.payment is not None and full.inventory is not None
+    other_payment = changed(full.payment, guid="PAY-2", payCode="4403169D3W", payTransactionId="2026112022001")
+    outcome = reconcile(dataclasses.replace(full, others=(other_payment,)))
+    finding = only(outcome)
+    assert outcome.state is ShipmentState.MISMATCHED and finding.blocking
+    assert (finding.code, finding.field) == ("recon.payment_duplicate", "payCode")
+    assert finding.left == Side("CEB411", PAYMENT_GUID, full.payment.field_path("payCode"), "440316T004")
+    assert finding.right == Side("CEB411", "PAY-2", other_payment.field_path("payCode"), "4403169D3W")
+    assert "4403169D3W/2026112022001" in finding.message
+    # the same payment company, another transaction: the field that tells them apart
+    again = changed(full.payment, payTransactionId="2026112022002")
+    assert only(reconcile(dataclasses.replace(full, others=(again,)))).field == "payTransactionId"
+    # an inventory under another ebcCode beside the one compared
+    other_inventory = changed(full.inventory, guid="INV-2", ebcCode="4601960009")
+    finding = only(reconcile(dataclasses.replace(full, others=(other_inventory,))))
+    assert (finding.code, finding.field, finding.right and finding.right.value) == (
+        "recon.inventory_duplicate", "ebcCode", "4601960009")
+    # export: a second 收款单
+    d = _export_legs()
+    second = changed(d["CEB403"], ebcCode="OTHER-EBC")
+    export = reconcile(Shipment(order=d["CEB303"], payment=d["CEB403"], waybill=d["CEB505"], inventory=d["CEB603"],
+                                others=(second,)))  # fmt: skip
+    assert [f.code for f in export.findings] == ["recon.payment_duplicate"]
+    assert export.state is ShipmentState.MISMATCHED
 
 # --- export shipments (spec §4.4, §6.2 export equivalents) -----------------------------------------------------
 

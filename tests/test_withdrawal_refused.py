@@ -293,3 +293,48 @@ async def test_a_refused_waybill_change_leaves_the_waybill_before(api: Client) -
     assert shipment["state"] == "matched" and all(not f["blocking"] for f in shipment["findings"]), shipment
     current = [d["doc_guid"] for d in shipment["documents"] if d["kind"] == "waybill" and d["is_current"]]
     assert current == [way["guid"]], shipment["documents"]
+
+
+async def test_a_second_payment_of_an_order_is_flagged_until_withdrawn(api: Client) -> None:
+    """An order has one payment (§6.2): a second live one for the same order — another transaction — makes the
+    shipment mismatched with a finding naming both, instead of being passed over; the one the order names
+    (payTransactionId) is still the one compared, whichever came last; withdrawing the other clears it."""
+    s, inv = await _declared(api, 91)
+    pay = s.payment_doc
+    second = version(s.payment, "1", "20261120170000", payTransactionId=pay["payTransactionId"] + "2")
+    r = await post_json(api, second)
+    assert r.status == 202, r.body
+    shipment = await _shipment(api, inv)
+    assert shipment["state"] == "mismatched", shipment
+    [finding] = shipment["findings"]
+    assert (finding["code"], finding["field"]) == ("recon.payment_duplicate", "payTransactionId"), finding
+    assert (finding["left"]["value"], finding["right"]["value"]) == (pay["payTransactionId"],
+                                                                     pay["payTransactionId"] + "2")  # fmt: skip
+    r = await post_json(api, version(second, "3", "20261120171000"))
+    assert (r.status, r.body["documents"][0]["outcome"]) == (202, "withdrawn"), r.body
+    shipment = await _shipment(api, inv)
+    assert (shipment["state"], shipment["findings"]) == ("matched", []), shipment
+
+
+async def test_a_payment_brought_back_by_a_refused_change_beside_another_is_flagged(api: Client) -> None:
+    """A payment changed to another orderNo leaves its order free for another payment; customs refusing the change
+    brings the first back beside it: the order then has two live payments, which the shipment says (it was silently
+    compared with the latest before), and the one compared is again the one the order names."""
+    s, inv = await _declared(api, 92)
+    pay = s.payment_doc
+    change = version(s.payment, "2", "20261120170000", orderNo=pay["orderNo"] + "X")
+    assert (await post_json(api, change)).status == 202
+    other = version(s.payment, "1", "20261120170500", payTransactionId=pay["payTransactionId"] + "9")
+    r = await post_json(api, other)
+    assert r.status == 202, r.body
+    shipment = await _shipment(api, inv)  # the only payment there now, but not the one the order names
+    assert [f["code"] for f in shipment["findings"]] == ["recon.payment_reference_mismatch"], shipment["findings"]
+    r = await post_receipt(api, "CEB412", {
+        "guid": change["documents"][0]["guid"], "payCode": pay["payCode"], "payTransactionId": pay["payTransactionId"],
+        "returnStatus": "100", "returnTime": "20261120171000000", "returnInfo": "x"})
+    assert r.status == 200 and r.body["receipts"][0]["outcome"] == "applied", r.body
+    shipment = await _shipment(api, inv)
+    assert shipment["state"] == "mismatched", shipment
+    [finding] = shipment["findings"]
+    assert (finding["code"], finding["left"]["value"], finding["right"]["value"]) == (
+        "recon.payment_duplicate", pay["payTransactionId"], pay["payTransactionId"] + "9"), finding
