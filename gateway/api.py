@@ -26,7 +26,7 @@ from aiohttp import web
 from lxml import etree
 
 from gateway import db, receipts, summary, taxbills
-from gateway.auth import KeyRing, Principal, shipment_view
+from gateway.auth import KeyRing, Principal, SharedRates, shipment_view
 from gateway.config import Role, Settings
 from gateway.console import setup_console
 from gateway.console.queries import receipts_awaited
@@ -501,12 +501,14 @@ def create_app(
     signer: Callable[[etree._Element], None] | None = None,
     router: Router | None = None,
     ingest: Ingest | None = None,
+    key_rates: SharedRates | None = None,
 ) -> web.Application:
     """Build the API application around an open pool (the caller owns the pool's lifetime).
 
     ``router`` (gateway.forward) turns forwarding on: accepted messages enqueue their deliveries in their own
     transaction. Without it nothing is enqueued; receipts are still stored and applied. ``ingest``: where accepted
-    messages are stored, when not by this app's own store (gateway.ingestlink).
+    messages are stored, when not by this app's own store (gateway.ingestlink). ``key_rates``: the keys' rates, counted
+    with the other API processes of the gateway (else in this process).
     """
     from gateway.tax import TaxRates
 
@@ -528,7 +530,7 @@ def create_app(
                              signing_agent_code=settings.signing_agent_code,
                              verify_signatures=settings.verify_signatures, trusted_certs=trusted,
                              ingest=ingest)  # fmt: skip
-    app[KEYS] = KeyRing(settings.api_keys)
+    app[KEYS] = KeyRing(settings.api_keys, key_rates)
     app.router.add_post("/v1/messages", post_message)
     app.router.add_get("/v1/messages/{guid}", get_message)
     app.router.add_get("/v1/shipments", list_shipments)

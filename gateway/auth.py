@@ -7,6 +7,8 @@ shipment lists it sees only what concerns that shipment (:func:`shipment_view`).
 
 from __future__ import annotations
 
+import multiprocessing
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +40,8 @@ class Principal:
     name: str
     role: Role
     codes: frozenset[str]
-    # the key's requests in this process (ApiKey.rate_per_s), one bucket per key of the ring; None: no limit
+    # the key's requests (ApiKey.rate_per_s), one bucket per key of the ring, shared by the API processes of one
+    # `cbec serve` (SharedRates); None: no limit
     bucket: TokenBucket | None = field(default=None, compare=False, repr=False)
 
     def throttled(self) -> float | None:
@@ -59,23 +62,53 @@ def document_parties(doc: Document) -> set[str]:
     return {v for f in PARTY_FIELDS if (v := doc.head.get(f))}
 
 
-def _bucket(key: ApiKey) -> TokenBucket | None:
+class SharedRates:
+    """The token buckets of a set of keys' rates (ApiKey.rate_per_s) in memory the API processes of one `cbec serve
+    --processes N` share: made by the first process, handed to the others as they start (spawn), so that a key's
+    rate holds for the gateway, whichever process a connection reaches — not N times over. A set of keys read again
+    (SIGHUP) gets rates of its own, their buckets full."""
+
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        limited = {k.digest: k for k in keys if k.rate_per_s is not None}
+        self._offsets = {digest: 2 * i for i, digest in enumerate(sorted(limited))}  # tokens, time of the last refill
+        context = multiprocessing.get_context("spawn")
+        self._cells = context.RawArray("d", max(2, 2 * len(limited)))
+        self._lock = context.Lock()
+        now = time.monotonic()  # the system's clock, the same in every process
+        for digest, offset in self._offsets.items():
+            self._cells[offset], self._cells[offset + 1] = limited[digest].burst, now
+
+    def bucket(self, key: ApiKey) -> TokenBucket | None:
+        """The key's bucket (None: the key has no rate); a key with a rate these were not made for is an error."""
+        if key.rate_per_s is None:
+            return None
+        offset = self._offsets.get(key.digest)
+        if offset is None:
+            raise ValueError(f"the shared rates were made for other keys than {key.name!r}")
+        return TokenBucket(Rate(key.rate_per_s, key.burst), cells=self._cells, offset=offset, lock=self._lock)
+
+
+def _bucket(key: ApiKey, rates: SharedRates | None) -> TokenBucket | None:
+    if rates is not None:
+        return rates.bucket(key)
     return TokenBucket(Rate(key.rate_per_s, key.burst)) if key.rate_per_s is not None else None
 
 
 class KeyRing:
     """Looks keys up by digest so that the lookup time does not depend on how much of a key matched: the
-    lookup compares SHA-256 digests, whose matching prefix says nothing about the key's."""
+    lookup compares SHA-256 digests, whose matching prefix says nothing about the key's.
 
-    def __init__(self, keys: Iterable[ApiKey]) -> None:
-        self.replace(keys)
+    ``rates``: the keys' buckets shared with the other API processes (made for these keys); else this process's."""
 
-    def replace(self, keys: Iterable[ApiKey]) -> None:
+    def __init__(self, keys: Iterable[ApiKey], rates: SharedRates | None = None) -> None:
+        self.replace(keys, rates)
+
+    def replace(self, keys: Iterable[ApiKey], rates: SharedRates | None = None) -> None:
         """From now on these keys, and only these (the configuration read again): a key left out answers 401, and
         the console's sessions made with it end (they look their key up by digest at every request)."""
         # one Principal per key, made once: authenticate runs for every request; one assignment, so a request
         # sees the old ring or the new one, never a mixture
-        self._by_digest = {k.digest: Principal(k.name, k.role, k.codes, _bucket(k)) for k in keys}
+        self._by_digest = {k.digest: Principal(k.name, k.role, k.codes, _bucket(k, rates)) for k in keys}
 
     digest = staticmethod(key_digest)
 

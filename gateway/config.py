@@ -52,8 +52,9 @@ class ApiKey:
     # The key's SHA-256 in hex, instead of the key: a configuration file (in a repository, a deployment tool) then
     # holds nothing that opens the API.
     key_sha256: str | None = None
-    # Requests a second this key may make on average (None: no limit), in bursts of up to rate_burst: each API
-    # process counts its own; beyond it the API answers 429 with Retry-After.
+    # Requests a second this key may make on average (None: no limit), in bursts of up to rate_burst, counted together
+    # by the API processes of one `cbec serve` (gateway.auth.SharedRates); beyond it the API answers 429 with
+    # Retry-After.
     rate_per_s: float | None = None
     rate_burst: float | None = None  # None: one second's worth of rate_per_s (at least 1)
 

@@ -32,7 +32,7 @@ from lxml import etree
 
 from gateway import db, logs
 from gateway.api import KEYS, OUTBOX, PIPELINE, STORE, create_app
-from gateway.auth import KeyRing
+from gateway.auth import KeyRing, SharedRates
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, netloc
 from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
 from gateway.metrics import shared_across_processes
@@ -216,21 +216,23 @@ class KeyReload:
             return
         keys = (*dev_keys(fresh).api_keys, *self.own_keys)
         unchanged = keys == self.keys
+        # the keys' rates shared with the other processes, made anew for the new keys
+        key_rates = SharedRates(keys) if self.others is not None and not unchanged else None
         if not unchanged:  # a ring made anew starts the keys' rates afresh: not for nothing
-            self.ring.replace(keys)
+            self.ring.replace(keys, key_rates)
         log.info("api_keys_reloaded", keys=len(keys), **_key_changes(self.keys, keys))
         self.keys = keys
         if stale := needing_restart(self.running, fresh):
             log.warning("settings_need_restart", settings=stale, note="only the API keys take effect without a restart")
         if self.others is not None and not unchanged:
-            renewal = asyncio.create_task(self._renew(self.others, keys))
+            renewal = asyncio.create_task(self._renew(self.others, keys, key_rates))
             self.renewals.add(renewal)
             renewal.add_done_callback(self.renewals.discard)
 
     @staticmethod
-    async def _renew(others: ApiProcesses, keys: tuple[ApiKey, ...]) -> None:
+    async def _renew(others: ApiProcesses, keys: tuple[ApiKey, ...], key_rates: SharedRates | None) -> None:
         try:
-            await others.renew(others.settings.with_overrides(api_keys=keys))
+            await others.renew(others.settings.with_overrides(api_keys=keys), key_rates)
         except Exception:  # the processes go on with the keys they had; the supervisor still restarts a dead one
             log.exception("api_processes_not_renewed")
 
@@ -251,6 +253,7 @@ async def serve(
     api_only: bool = False,
     ingest_path: Path | None = None,
     reload: Reload | None = None,
+    key_rates: SharedRates | None = None,
 ) -> None:
     """Run until ``stop`` (or SIGINT/SIGTERM). ``info`` (if given) receives ``url`` and ``sandbox_url`` once
     listening, before ``ready`` is set.
@@ -259,7 +262,8 @@ async def serve(
     (SO_REUSEPORT: the kernel spreads the connections) and restarts any that dies; they share the database and
     the console's sessions, and ``api_only`` runs them without the sandbox, the queue worker and the watchdog,
     which stay in this first process. They store what they accept through this process's store, over the ingest
-    link at ``ingest_path`` (gateway.ingestlink): one batcher for all.
+    link at ``ingest_path`` (gateway.ingestlink): one batcher for all; and they count the keys' rates together
+    (``key_rates``, made by the first process: gateway.auth.SharedRates).
 
     ``reload``: on SIGHUP the configuration is read again and its API keys take effect at once, here and, started
     again one after the other, in the other API processes; the other settings wait for the next start (logged)."""
@@ -287,8 +291,10 @@ async def serve(
             if not api_only:
                 await db.fold_kept_counts(pool)
             link = IngestClient(ingest_path) if ingest_path is not None else None
+            if settings.processes > 1 and not api_only:
+                key_rates = SharedRates(settings.api_keys)
             app = create_app(settings, pool, signer=agent_signer(settings), router=routing_router(fwd),
-                             ingest=link.ingest if link is not None else None)  # fmt: skip
+                             ingest=link.ingest if link is not None else None, key_rates=key_rates)  # fmt: skip
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             shared = settings.processes > 1 or api_only
@@ -338,7 +344,7 @@ async def serve(
                     await link_server.start()
                     log.info("ingest_link_listening", path=str(link_server.path))
                     # the settings (keys included) reach them through the spawn pipe, never argv or environment
-                    others = ApiProcesses(settings.with_overrides(port=port, database_url=dsn),
+                    others = ApiProcesses(settings.with_overrides(port=port, database_url=dsn), key_rates=key_rates,
                                           target=functools.partial(_api_process, ingest_path=link_server.path))
                     others.start(settings.processes - 1)
                 if sandboxed:
@@ -447,9 +453,9 @@ async def stop_when_orphaned(stop: asyncio.Event, poll_s: float = 0.5) -> None:
             stop.set()
 
 
-def _api_process(settings: Settings, ingest_path: Path | None = None) -> None:
+def _api_process(settings: Settings, key_rates: SharedRates | None, ingest_path: Path | None = None) -> None:
     """The entry point of the other API processes (multiprocessing, spawn)."""
-    asyncio.run(serve(settings, api_only=True, ingest_path=ingest_path))
+    asyncio.run(serve(settings, api_only=True, ingest_path=ingest_path, key_rates=key_rates))
 
 
 @dataclass
@@ -490,10 +496,12 @@ class ApiProcesses:
         self,
         settings: Settings,
         *,
+        key_rates: SharedRates | None = None,
         target: Callable[..., None] = _api_process,
         backoff: Callable[[], RestartBackoff] = RestartBackoff,
     ) -> None:
         self.settings = settings  # with the port and the DSN the first process resolved
+        self.key_rates = key_rates  # the keys' rates, counted with the first process (target's second argument)
         self._context = multiprocessing.get_context("spawn")  # no forked event loop, pool or embedded server
         self._target = target
         self._backoff = backoff
@@ -502,7 +510,8 @@ class ApiProcesses:
         self._renewal = asyncio.Lock()  # one renewal at a time: a second reload waits for the first
 
     def _spawn(self) -> multiprocessing.process.BaseProcess:
-        proc = self._context.Process(target=self._target, args=(self.settings,), name="cbec-api", daemon=True)
+        proc = self._context.Process(target=self._target, args=(self.settings, self.key_rates), name="cbec-api",
+                                     daemon=True)  # fmt: skip
         proc.start()
         log.info("api_process_started", pid=proc.pid)
         return proc
@@ -532,12 +541,12 @@ class ApiProcesses:
                 if slot.restart_at is not None and now >= slot.restart_at:
                     slot.proc, slot.started, slot.restart_at = self._spawn(), now, None
 
-    async def renew(self, settings: Settings, timeout: float = 15.0) -> None:
-        """Start each process again with ``settings`` (the API keys read again), one after the other: each stops as
-        at a normal stop (its requests in flight answered), then its successor starts; the first process and the
-        others answer meanwhile, so no connection finds the port closed."""
+    async def renew(self, settings: Settings, key_rates: SharedRates | None = None, timeout: float = 15.0) -> None:
+        """Start each process again with ``settings`` (the API keys read again, their ``key_rates``), one after the
+        other: each stops as at a normal stop (its requests in flight answered), then its successor starts; the first
+        process and the others answer meanwhile, so no connection finds the port closed."""
         async with self._renewal:
-            self.settings = settings
+            self.settings, self.key_rates = settings, key_rates
             for slot in self._slots:
                 slot.renewing = True
                 try:

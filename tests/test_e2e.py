@@ -288,12 +288,14 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
 
 
 async def _serve_two_processes(
-    db_dsn: str, tmp_path: Path, port: int, log_file: Path
+    db_dsn: str, tmp_path: Path, port: int, log_file: Path, *, extra_keys: str = ""
 ) -> tuple[asyncio.subprocess.Process, Any]:
     """`cbec serve --processes 2` on ``port`` (its sandbox on a free one), logging to ``log_file`` — a file, not a
-    pipe read at the end: three processes log every request, and a full pipe would block them."""
+    pipe read at the end: three processes log every request, and a full pipe would block them. ``extra_keys``: more
+    ``[[api_keys]]`` tables for the configuration."""
     cfg = tmp_path / "cbec.toml"
-    cfg.write_text(SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=free_port()), encoding="utf-8")
+    config = SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=free_port())
+    cfg.write_text(config.replace("[forwarding]", extra_keys + "\n[forwarding]"), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")}
     log_out = log_file.open("wb")
     proc = await asyncio.create_subprocess_exec(
@@ -500,6 +502,44 @@ async def test_sighup_puts_the_configured_api_keys_in_force_in_every_process(db_
     assert len(logged_records(log, "api_processes_renewed")) == 1
     assert logged_fields(log, "settings_need_restart", "settings") == [["port"], ["port"]]
     assert added not in log and ADMIN not in log  # names only, never a key
+
+
+async def test_a_keys_rate_holds_across_the_api_processes(db_dsn: str, tmp_path: Path) -> None:
+    """`cbec serve --processes 2` and a key with rate_per_s: its burst goes through once in all, whichever process
+    each connection reaches — not once per process — and the rest are 429s from both; other keys are not held back."""
+    port = free_port()
+    log_file = tmp_path / "serve.log"
+    limited = "k-limited-" + "q" * 22
+    proc, log_out = await _serve_two_processes(
+        db_dsn, tmp_path, port, log_file,
+        extra_keys=f'[[api_keys]]\nname = "limited"\nkey = "{limited}"\nrole = "operator"\nrate_per_s = 0.001\n'
+                   "rate_burst = 6\n",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    fresh = aiohttp.TCPConnector(force_close=True)  # a new connection per request: the kernel picks a process
+    try:
+        async with aiohttp.ClientSession(connector=fresh, timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+            async def both_up() -> bool:
+                seen = set()
+                for _ in range(20):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(url + "/healthz") as resp:
+                            seen.add((await resp.json())["process"])
+                return len(seen) == 2
+
+            await wait_for(both_up, timeout=40, what="two API processes")
+            statuses = []
+            for _ in range(40):
+                async with session.get(url + "/v1/queue", headers={"X-API-Key": limited}) as resp:
+                    statuses.append(resp.status)
+            assert statuses.count(200) == 6 and statuses.count(429) == 34, statuses
+            for _ in range(8):
+                async with session.get(url + "/v1/queue", headers={"X-API-Key": ADMIN}) as resp:
+                    assert resp.status == 200
+    finally:
+        log = await _stop_two_processes(proc, log_out, log_file)
+    assert proc.returncode == 0, log[-2000:]
 
 
 async def test_api_processes_stop_when_the_first_is_killed(db_dsn: str, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import multiprocessing
 import os
 import signal
 import socket
@@ -20,7 +21,8 @@ import pytest
 from cbec_queue.policy import RetryPolicy
 
 from gateway import server
-from gateway.config import EndpointSettings, ForwardingSettings, Settings, netloc
+from gateway.auth import KeyRing, SharedRates
+from gateway.config import ApiKey, EndpointSettings, ForwardingSettings, Role, Settings, netloc
 from gateway.db import _stop_leftover
 from gateway.sandbox import start_sandbox
 from gateway.server import ApiProcesses, RestartBackoff, run_worker, serve
@@ -31,7 +33,7 @@ from tests.test_db import _postmaster_pid
 from tests.test_e2e import ROOT, free_port, logged
 
 
-def _die_at_once(settings: Settings) -> None:
+def _die_at_once(settings: Settings, rates: object) -> None:
     """Stands in for an API process that fails at start-up every time."""
     os._exit(3)
 
@@ -59,6 +61,37 @@ class _Recorded(ApiProcesses):
     def _spawn(self):  # type: ignore[no-untyped-def]
         self.started_at.append(time.monotonic())
         return super()._spawn()
+
+
+def _take(rates: SharedRates, key: ApiKey, n: int, taken: Any) -> None:
+    """In a spawned process: try ``n`` requests of ``key`` against the shared rates; how many went through."""
+    bucket = rates.bucket(key)
+    assert bucket is not None
+    taken.value = sum(bucket.try_take() for _ in range(n))
+
+
+def test_the_api_processes_draw_on_one_bucket_per_key() -> None:
+    """A key's rate holds for the gateway, not for each API process (cbec serve --processes N): the buckets live in
+    memory the processes share, made by the first for its keys and handed to the others when they start."""
+    limited = ApiKey("limited", "k-limited-" + "r" * 20, Role.SUBMITTER, rate_per_s=0.001, rate_burst=5)
+    free = ApiKey("free", "k-free-" + "f" * 24, Role.SUBMITTER)
+    rates = SharedRates([free, limited])
+    assert rates.bucket(free) is None
+    context = multiprocessing.get_context("spawn")
+    taken = context.Value("i", -1)
+    other = context.Process(target=_take, args=(rates, limited, 3, taken))
+    other.start()
+    other.join(60)
+    assert (other.exitcode, taken.value) == (0, 3)
+    here = rates.bucket(limited)
+    assert here is not None
+    assert [here.try_take() for _ in range(4)] == [True, True, False, False]  # 5 in all, whichever process took them
+    assert here.wait_time() > 100  # a token every 1,000 s
+    # a ring made with these rates shares them; one without counts in this process alone
+    assert KeyRing([limited], rates).authenticate(limited.key).throttled() is not None  # type: ignore[union-attr]
+    assert KeyRing([limited]).authenticate(limited.key).throttled() is None  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="other keys"):
+        SharedRates([free]).bucket(limited)
 
 
 async def test_a_process_that_keeps_dying_at_start_up_is_restarted_ever_more_slowly() -> None:

@@ -1,15 +1,19 @@
 """Per-endpoint protection as pure state machines with an injectable clock: circuit breaker, token bucket.
 
-Both are local to one worker process: with W workers an endpoint sees at most W times the configured rate.
+Both are local to one worker process: with W workers an endpoint sees at most W times the configured rate (a token
+bucket can be kept in memory that processes share instead: TokenBucket's ``cells``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 Clock = Callable[[], float]
 
@@ -113,39 +117,59 @@ class Rate:
 
 
 class TokenBucket:
-    """Token bucket holding at most `burst` tokens, refilled at `per_s` tokens a second; starts full."""
+    """Token bucket holding at most `burst` tokens, refilled at `per_s` tokens a second; starts full.
 
-    def __init__(self, rate: Rate, *, clock: Clock = time.monotonic) -> None:
+    Its state is two numbers, the tokens and the time of the last refill: in a list of its own by default, or at
+    `offset` in `cells` shared with other processes (a ``multiprocessing`` RawArray of doubles, set to the burst and
+    the clock's time by whoever made it) under their `lock`, so that several processes draw on one bucket. The
+    clock must then be one they share (time.monotonic is the system's)."""
+
+    def __init__(
+        self,
+        rate: Rate,
+        *,
+        clock: Clock = time.monotonic,
+        cells: MutableSequence[float] | None = None,
+        offset: int = 0,
+        lock: AbstractContextManager[Any] | None = None,
+    ) -> None:
         self.rate = rate
         self._clock = clock
-        self._tokens = float(rate.burst)
-        self._at = clock()
+        if cells is None:
+            cells, offset = [float(rate.burst), clock()], 0
+        self._cells = cells
+        self._at = offset
+        self._lock: AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
 
-    def _refill(self) -> None:
-        now = self._clock()
+    def _refill(self) -> float:
+        """The tokens now (under the lock)."""
+        now, cells, i = self._clock(), self._cells, self._at
         # A clock that goes backwards must not mint tokens.
-        elapsed = max(0.0, now - self._at)
-        self._tokens = min(float(self.rate.burst), self._tokens + elapsed * self.rate.per_s)
-        self._at = now
+        elapsed = max(0.0, now - cells[i + 1])
+        tokens = min(float(self.rate.burst), cells[i] + elapsed * self.rate.per_s)
+        cells[i], cells[i + 1] = tokens, now
+        return tokens
 
     @property
     def tokens(self) -> float:
-        self._refill()
-        return self._tokens
+        with self._lock:
+            return self._refill()
 
     def try_take(self, n: int = 1) -> bool:
-        self._refill()
-        if self._tokens + 1e-9 < n:
-            return False
-        self._tokens = max(0.0, self._tokens - n)
-        return True
+        with self._lock:
+            tokens = self._refill()
+            if tokens + 1e-9 < n:
+                return False
+            self._cells[self._at] = max(0.0, tokens - n)
+            return True
 
     def wait_time(self, n: int = 1) -> float:
         """Seconds until `n` tokens are there (inf if n exceeds the burst)."""
-        self._refill()
+        with self._lock:
+            tokens = self._refill()
         if n > self.rate.burst:
             return float("inf")
-        return max(0.0, (n - self._tokens) / self.rate.per_s)
+        return max(0.0, (n - tokens) / self.rate.per_s)
 
 
 _SEVERITY = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
