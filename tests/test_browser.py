@@ -423,6 +423,35 @@ async def test_load_more_survives_live_updates_and_keeps_the_filters_it_was_load
     assert errors == []
 
 
+
+async def test_the_list_downloads_as_csv_with_the_filters_it_was_loaded_with(browser: Browser, site: Site) -> None:
+    """The list's CSV link downloads every shipment of the list on screen (not only the pages loaded), with the
+    filters it was searched with, as a file the browser saves."""
+    insert = ("INSERT INTO shipments (ebp_code, order_no, state, updated_at)"
+              " VALUES ('46012609BQ', $1, $2, now() - make_interval(secs => $3))")  # fmt: skip
+    await site.pool.executemany(insert, [(f"MM{i:04d}", "mismatched", 600 - i) for i in range(55)])
+    await site.pool.executemany(insert, [(f"II{i:04d}", "incomplete", 600 - i) for i in range(3)])
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await live_console(browser, site, errors)
+        await expect(page.locator("#list-count")).to_have_text("50+")
+        async with page.expect_download() as fetched:
+            await page.click("#list-csv")
+        download = await fetched.value
+        assert re.fullmatch(r"shipments-mismatched-\d{8}T\d{6}Z\.csv", download.suggested_filename)
+        text = Path(await download.path()).read_text(encoding="utf-8-sig")
+        orders = [line.split(",")[2] for line in text.splitlines()[1:]]
+        assert sorted(orders) == [f"MM{i:04d}" for i in range(55)]  # all 55, not the 50 shown
+        await page.select_option("#filters select[name=state]", "incomplete")
+        await page.click("#filters button[type=submit]")
+        await expect(page.locator("#list-count")).to_have_text("3")
+        async with page.expect_download() as fetched:
+            await page.click("#list-csv")
+        text = Path(await (await fetched.value).path()).read_text(encoding="utf-8-sig")
+        assert [line.split(",")[2] for line in text.splitlines()[1:]] == ["II0002", "II0001", "II0000"]  # newest first
+        await page.context.close()
+    assert errors == []
+
 async def test_console_at_1366x768_with_realistic_data(browser: Browser, site: Site) -> None:
     errors: list[str] = []
     async with asyncio.timeout(120):

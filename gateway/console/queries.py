@@ -231,6 +231,29 @@ async def list_shipments(conn: asyncpg.Connection, q: ListQuery) -> dict[str, An
     }
 
 
+
+#: The list as a CSV download (the console's "CSV" link): what the list shows of each shipment, ID numbers masked as
+#: there, the findings as "code: message", one after the other.
+CSV_COLUMNS = ("updated_at", "ebpCode", "orderNo", "ebcCode", "flow", "mode", "state", "missing", "customsStatus",
+               "buyerName", "buyerIdNumber", "findings")  # fmt: skip
+#: What a spreadsheet takes for the start of a formula in a cell (CSV injection: a seller's orderNo or name is text
+#: the gateway did not write).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> str:
+    """A value as a cell: times in ISO 8601, nothing for None; text a spreadsheet would run as a formula gets an
+    apostrophe in front (OWASP's advice), so that it shows as the text it is."""
+    text = "" if value is None else value.isoformat() if isinstance(value, datetime) else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_row(item: dict[str, Any]) -> list[str]:
+    """A listed shipment (list_shipments' item) as the cells of CSV_COLUMNS."""
+    findings = " | ".join(f"{f.get('code')}: {f.get('message')}" for f in item.get("findings") or ())
+    values = {**item, "missing": " ".join(item.get("missing") or ()), "findings": findings}
+    return [csv_cell(values.get(column)) for column in CSV_COLUMNS]
+
 # --- one shipment ------------------------------------------------------------------------------------
 
 SHIPMENT = "SELECT * FROM shipments WHERE ebp_code = $1 AND order_no = $2"

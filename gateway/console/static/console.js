@@ -373,6 +373,7 @@
     if (append) tbody.append(...rows); else tbody.replaceChildren(...rows);
     state.listKey = key;
     state.listParams = key;
+    $("list-csv").href = `${API}/shipments.csv?${key}`;  // the list as loaded, every page of it
     state.cursor = body.next_cursor;
     $("list-more").hidden = !body.next_cursor;
     $("list-empty").hidden = tbody.rows.length > 0;
