@@ -206,6 +206,10 @@ class Settings:
     verify_signatures: bool = False
     trusted_certs: Path | None = None
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
+    # Refused messages (rejected_messages: what was sent, up to 64 KiB, and the issues answered) are deleted this long
+    # after they came (0: kept for ever). They are no declaration: a seller reads its own afterwards, an operator
+    # helps with them, and a flood of bad messages would otherwise grow the table without end.
+    rejection_retention_days: float = 180.0
     # Where browsers and clients reach the gateway when that is not where it listens: behind a TLS-terminating proxy,
     # e.g. "https://cbec.zone.example" (scheme and host[:port] only; see public_origin). None: where it listens.
     public_url: str | None = None
@@ -323,6 +327,19 @@ def _int_in(name: str, low: int, high: int | None = None) -> Any:
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ValueError(f"must be {bounds}; found {n}")
         return n
+
+    return conv
+
+
+def _days(name: str) -> Any:
+    def conv(value: Any) -> float:
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number of days; found {value!r}") from None
+        if not 0 <= days < 36_500:  # NaN too
+            raise ValueError(f"must be 0 (for ever) or a number of days up to a century; found {value!r}")
+        return days
 
     return conv
 
@@ -549,6 +566,7 @@ _SETTINGS: tuple[tuple[str, Any], ...] = (
     ("verify_signatures", _flag),
     ("trusted_certs", Path),
     ("public_url", public_origin),
+    ("rejection_retention_days", _days("rejection_retention_days")),
 )
 
 #: Every ``CBEC_*`` environment variable anything of the project reads. Any other is a misspelt one, refused as a

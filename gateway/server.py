@@ -42,6 +42,7 @@ from gateway.workers import (
     default_sandbox_url,
     effective_endpoints,
     routing_router,
+    run_rejection_retention,
     uses_sandbox,
 )
 
@@ -311,6 +312,7 @@ async def serve(
             others: ApiProcesses | None = None
             link_server: IngestServer | None = None
             reloader: KeyReload | None = None
+            retention: asyncio.Task[None] | None = None  # the refused messages' retention, in the first process
             try:
                 if api_only:
                     if link is not None:
@@ -365,6 +367,8 @@ async def serve(
                         pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=fwd.worker
                     )
                     await forwarding.start()
+                retention = asyncio.create_task(
+                    run_rejection_retention(pool, settings.rejection_retention_days, stop))
                 if reload is not None:
                     reloader = KeyReload(reload, running, app[KEYS], settings.api_keys, own_keys, others)
                     stack.enter_context(on_hangup(reloader))
@@ -378,6 +382,10 @@ async def serve(
                     await stop.wait()
             finally:
                 log.info("stopping")
+                if retention is not None:
+                    retention.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await retention
                 if reloader is not None:
                     await reloader.aclose()
                 if others is not None:

@@ -425,6 +425,12 @@ SELECT {_REJECTION_COLUMNS} FROM rejected_messages
  ORDER BY id DESC LIMIT $2
 """
 SELECT_REJECTION = f"SELECT {_REJECTION_COLUMNS}, raw FROM rejected_messages WHERE id = $1"
+#: The oldest refused messages received more than $1 seconds ago, at most $2 of them (rejection_retention_days).
+PRUNE_REJECTIONS = """
+DELETE FROM rejected_messages
+ WHERE id = ANY (ARRAY(SELECT id FROM rejected_messages WHERE received_at < now() - make_interval(secs => $1)
+                        ORDER BY received_at LIMIT $2))
+"""
 
 SELECT_MESSAGE = """
 SELECT id, guid, message_type, sha256, raw_xml, source, submitter, received_at, response, http_status
@@ -758,6 +764,19 @@ async def read_rejection(conn: asyncpg.Connection, rejection_id: int) -> dict[st
     out["raw"] = r["raw"]
     out["raw_truncated"] = r["raw_size"] > REJECTION_RAW_LIMIT
     return out
+
+
+async def prune_rejections(pool: asyncpg.Pool, *, older_than_s: float, batch: int = 5000, max_batches: int = 20) -> int:
+    """Delete the refused messages received more than ``older_than_s`` ago, oldest first: a short transaction per
+    ``batch``, at most ``max_batches`` a call (a backlog goes over several passes); returns how many."""
+    pruned = 0
+    for _ in range(max_batches):
+        async with pool.acquire() as conn:
+            n = int((await conn.execute(PRUNE_REJECTIONS, older_than_s, batch)).split()[-1])
+        pruned += n
+        if n < batch:
+            break
+    return pruned
 
 
 def _rejection_cursor(cursor: str) -> int:

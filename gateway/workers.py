@@ -37,6 +37,7 @@ from gateway import receipts
 from gateway.config import EndpointSettings, ForwardingSettings
 from gateway.forward import Router
 from gateway.outbox import Outbox
+from gateway.store import prune_rejections
 
 log = structlog.get_logger("gateway.workers")
 
@@ -298,6 +299,23 @@ async def run_watchdog(outbox: Outbox, fwd: ForwardingSettings, stop: asyncio.Ev
             log.warning("watchdog_failed", error=f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
+
+
+async def run_rejection_retention(pool: asyncpg.Pool, days: float, stop: asyncio.Event, *,
+                                  interval_s: float = 3600.0) -> None:  # fmt: skip
+    """Delete the refused messages older than ``days`` (rejection_retention_days) now and then every ``interval_s``,
+    until ``stop``; 0 days: keep them, and do nothing."""
+    if days <= 0:
+        return
+    while not stop.is_set():
+        try:
+            pruned = await prune_rejections(pool, older_than_s=days * 86400)
+            if pruned:
+                log.info("rejections_pruned", messages=pruned, retention_days=days)
+        except Exception as exc:  # the database may be restarting: try again next time
+            log.warning("rejection_retention_failed", error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
 
 
 def inbox_handler(outbox: Outbox, schemas: Any, endpoint: str) -> Callable[[bytes, Path], Awaitable[None]]:

@@ -379,6 +379,19 @@ def test_the_public_url_is_read_as_its_origin_and_anything_else_is_refused(tmp_p
             config.load(env={"CBEC_PUBLIC_URL": bad})
 
 
+
+def test_the_refused_messages_retention_is_read_and_a_bad_one_refused(tmp_path: Path) -> None:
+    from gateway import config
+
+    assert config.load(env={}).rejection_retention_days == 180.0
+    assert config.load(env={"CBEC_REJECTION_RETENTION_DAYS": "0"}).rejection_retention_days == 0.0
+    path = tmp_path / "gateway.toml"
+    path.write_text("rejection_retention_days = 30.5\n", encoding="utf-8")
+    assert config.load(path, env={}).rejection_retention_days == 30.5
+    for bad in ("-1", "nan", "forever", "1e9"):
+        with pytest.raises(ValueError, match=r"^rejection_retention_days: must be"):
+            config.load(env={"CBEC_REJECTION_RETENTION_DAYS": bad})
+
 def test_validate_takes_the_json_a_seller_sends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A JSON document set (docs/json-api.md) is rendered and checked as the API would; its inventory signed as the
     gateway signs one (here with a throwaway key); not JSON at all is parse.invalid_json."""

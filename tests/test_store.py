@@ -1120,6 +1120,41 @@ async def test_record_rejection_keeps_a_truncated_copy(store: Store, db_pool: as
     assert rows[0]["issues"] == [issue.as_dict()] and rows[0]["http_status"] == 400
 
 
+
+async def test_refused_messages_older_than_their_retention_go_oldest_first_a_batch_at_a_time(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """rejection_retention_days: the refused messages received longer ago go, in batches (a short transaction each,
+    a bounded number a pass), the newer stay; the retention's loop does it at once and then every interval, and
+    with 0 days keeps everything."""
+    from gateway.errors import Issue, Layer
+    from gateway.store import prune_rejections
+    from gateway.workers import run_rejection_retention
+
+    issue = Issue(Layer.PARSE, "parse.not_well_formed", "/", "broken")
+    for i in range(7):
+        await store.record_rejection(raw=b"<x", submitter="bob", guid=f"G-OLD-{i}", message_type="CEB311",
+                                     issues=[issue], http_status=400)  # fmt: skip
+    await db_pool.execute("UPDATE rejected_messages SET received_at = now() - make_interval(days => 200 + id::int % 3)")
+    for i in range(2):
+        await store.record_rejection(raw=b"<x", submitter="bob", guid=f"G-NEW-{i}", message_type="CEB311",
+                                     issues=[issue], http_status=400)  # fmt: skip
+    assert await prune_rejections(db_pool, older_than_s=180 * 86400, batch=2, max_batches=2) == 4  # a pass's bound
+    left = await db_pool.fetchval("SELECT count(*) FROM rejected_messages WHERE guid LIKE 'G-OLD-%'")
+    assert left == 3
+    stop = asyncio.Event()
+    await run_rejection_retention(db_pool, 0, stop)  # 0: kept for ever, returns at once
+    assert await db_pool.fetchval("SELECT count(*) FROM rejected_messages") == 5
+    loop = asyncio.create_task(run_rejection_retention(db_pool, 180, stop, interval_s=0.05))
+    for _ in range(100):
+        if await db_pool.fetchval("SELECT count(*) FROM rejected_messages") == 2:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(loop, 5)
+    rows = await db_pool.fetch("SELECT guid FROM rejected_messages ORDER BY guid")
+    assert [r["guid"] for r in rows] == ["G-NEW-0", "G-NEW-1"]
+
 async def test_list_shipments_filters_and_pages(store: Store) -> None:
     for i in range(7):
         await ingest(store, message("CEB311", order_head(f"L{i:02d}")))
@@ -1192,6 +1227,7 @@ _PLAN_CASES = {
     "LIST_REJECTIONS": "9223372036854775807, 51, NULL, NULL, NULL, NULL",
     "LIST_REJECTIONS_OF": "9223372036854775807, 51, NULL, NULL, NULL, NULL, 's'",
     "SELECT_REJECTION": "1",
+    "PRUNE_REJECTIONS": "86400, 5000",
     "SELECT_MESSAGE": "'g'",
     "SELECT_MESSAGE_DOCUMENTS": "1",
     "SELECT_SHIPMENT": "'E', 'O'",
