@@ -40,7 +40,7 @@ from gateway.outbox import Outbox
 from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
-from gateway.signing import read_certificates
+from gateway.signing import Signer, read_certificates
 from gateway.store import Conflict, Store, quota_reassessor, refusals_restorer
 from gateway.turns import Turns
 
@@ -552,7 +552,8 @@ def create_app(
                   on_replayed=outbox.deliveries_replayed, tax_rates=rates,
                   allowed_origins=(public,) if public else (),
                   secure_cookie=True if public and public.startswith("https:") else None)  # fmt: skip
-    setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app))
+    setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app),
+                  signing_valid_until=signer.valid_until if isinstance(signer, Signer) else None)
 
     async def finish_batches(app: web.Application) -> None:
         # Messages already handed to the store's batcher are committed and answered before the pool closes.

@@ -10,7 +10,8 @@ Two kinds of figures:
   scrape at a time): shipments by reconciliation state and by customs status,
   queue depth, due and running jobs, oldest queued age and dead letters per endpoint, circuit states of
   this process's workers, forward / receipt latency quantiles over the last ``window_s`` seconds, and the
-  documents sent to customs still awaiting a receipt (how many, and the oldest's wait).
+  documents sent to customs still awaiting a receipt (how many, and the oldest's wait);
+* and how long the certificate of the key the gateway signs JSON declarations with is still valid.
 
 Wire it with :func:`setup_metrics` (adds the route and the middleware as the outermost one). Metrics live
 in a registry of the application, not in prometheus_client's global one, so two applications in one
@@ -31,6 +32,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -78,8 +80,10 @@ class Metrics:
         window_s: float = 300.0,
         keys_key: web.AppKey[KeyRing] | None = None,
         endpoints: Iterable[str] = (),
+        signing_valid_until: datetime | None = None,
     ) -> None:
         self.pool_key = pool_key
+        self.signing_valid_until = signing_valid_until  # the JSON declarations' signing certificate's notAfter
         self.endpoints = tuple(endpoints)  # the configured queue endpoints: their gauges exist even when idle
         self.keys_key = keys_key  # set: /metrics needs an operator/admin key (Bearer or X-API-Key)
         self.window_s = window_s
@@ -170,6 +174,13 @@ class Metrics:
             families = []
             up = 0
         families.append(GaugeMetricFamily("cbec_database_up", "1 when the last scrape could read PostgreSQL", up))
+        if self.signing_valid_until is not None:
+            families.append(GaugeMetricFamily(
+                "cbec_signing_certificate_expiry_seconds",
+                "Seconds until the certificate of the key the gateway signs JSON declarations with expires "
+                "(negative: expired; customs refuses what it signs then)",
+                (self.signing_valid_until - datetime.now(UTC)).total_seconds(),
+            ))  # fmt: skip
         families.append(
             GaugeMetricFamily(
                 "cbec_metrics_scrape_seconds",
@@ -369,6 +380,7 @@ def setup_metrics(
     keys_key: web.AppKey[KeyRing] | None = None,
     path: str = "/metrics",
     endpoints: Iterable[str] = (),
+    signing_valid_until: datetime | None = None,
 ) -> Metrics:
     """Add ``GET /metrics`` and the outermost middleware.
 
@@ -380,7 +392,8 @@ def setup_metrics(
     existing = app.get(METRICS)
     if existing is not None:
         return existing
-    metrics = Metrics(pool_key, window_s=window_s, keys_key=keys_key, endpoints=endpoints)
+    metrics = Metrics(pool_key, window_s=window_s, keys_key=keys_key, endpoints=endpoints,
+                      signing_valid_until=signing_valid_until)
     app[METRICS] = metrics
     app.middlewares.insert(0, metrics_middleware)  # outermost: sees the final status of every answer
 

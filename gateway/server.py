@@ -22,15 +22,15 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 from cbec_queue.policy import RetryPolicy
-from lxml import etree
 
-from gateway import db, logs
+from gateway import db, logs, signing
 from gateway.api import KEYS, OUTBOX, PIPELINE, STORE, create_app
 from gateway.auth import KeyRing, SharedRates
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, netloc
@@ -110,10 +110,14 @@ def dev_keys(settings: Settings) -> Settings:
     return settings.with_overrides(api_keys=(ApiKey("dev-admin", key, Role.ADMIN),))
 
 
-def agent_signer(settings: Settings) -> Callable[[etree._Element], None]:
-    """The signer for JSON-submitted CEB621s: the configured key, else a local TEST key."""
-    from gateway import signing
+#: How long before its signing certificate expires cbec serve starts saying so at every start.
+SIGNING_CERTIFICATE_WARNING = timedelta(days=30)
 
+
+def agent_signer(settings: Settings) -> signing.Signer:
+    """The signer for JSON-submitted CEB621s: the configured key, else a local TEST key. A certificate expired, or
+    expiring within SIGNING_CERTIFICATE_WARNING, is logged (and /metrics shows its expiry at every scrape): customs
+    refuses what an expired one signs."""
     key_file, cert_file = settings.signing_key_file, settings.signing_cert_file
     if key_file is None or cert_file is None:
         folder = Path(settings.data_dir) / "signing"
@@ -134,11 +138,16 @@ def agent_signer(settings: Settings) -> Callable[[etree._Element], None]:
         backend = signing.Sm2Sm3Key.from_files(key_file, cert_file)
     else:
         backend = signing.RsaSha1Key.from_files(key_file, cert_file)
-
-    def sign(root: etree._Element) -> None:
-        signing.sign(root, backend)
-
-    return sign
+    signer = signing.Signer(backend)
+    until = signer.valid_until
+    left = until - datetime.now(UTC)
+    if left <= timedelta(0):
+        log.error("signing_certificate_expired", valid_until=until.isoformat(), file=str(cert_file),
+                  note="customs refuses what it signs (DXP 1002): configure the renewed one")  # fmt: skip
+    elif left < SIGNING_CERTIFICATE_WARNING:
+        log.warning("signing_certificate_expires_soon", valid_until=until.isoformat(), file=str(cert_file),
+                    days_left=round(left / timedelta(days=1), 1))  # fmt: skip
+    return signer
 
 
 async def migrate_only(settings: Settings) -> list[str]:

@@ -149,6 +149,10 @@ CODES: dict[str, str] = {
     "signature.algorithm_key_mismatch": "SignatureMethod does not fit the certificate's key (e.g. sm2-sm3 with an "
     "RSA certificate)",
     "signature.bad_value": "SignatureValue does not verify against SignedInfo with the certificate's public key",
+    "signature.certificate_expired": "the signing certificate's validity ended (notAfter) before the message came: "
+    "customs refuses such a signature (DXP 1002, signature expired)",
+    "signature.certificate_not_yet_valid": "the signing certificate's validity begins (notBefore) after the message "
+    "came",
 }
 
 _DS = f"{{{DS_NS}}}"
@@ -540,10 +544,12 @@ def verify(
     *,
     trusted_certs: Sequence[bytes] | None = None,
     sm2_user_id: bytes = SM2_DEFAULT_USER_ID,
+    at: datetime | None = None,
 ) -> VerifyResult:
     """Check the enveloped signature of a CEB message: structure, algorithms, digest, KeyName,
     certificate pinning (``trusted_certs``: PEM or DER; when given the signing certificate must be
-    one of them) and the signature value with the embedded certificate's key.
+    one of them), the certificate's validity at ``at`` (default now) and the signature value with the
+    embedded certificate's key.
 
     Never raises on bad input; a tree passed in is left as it was.
     """
@@ -555,14 +561,14 @@ def verify(
                 return VerifyResult(False, "signature.malformed", f"the document cannot be parsed: {exc}", "/")
         else:
             root = root_or_bytes
-        return _verify(root, trusted_certs, sm2_user_id)
+        return _verify(root, trusted_certs, sm2_user_id, at or datetime.now(UTC))
     except _Fail as f:
         return VerifyResult(False, f.code, f.reason, f.path)
     except Exception as exc:  # a bug or an input nobody foresaw must not escape: report, do not raise
         return VerifyResult(False, "signature.malformed", f"cannot verify: {type(exc).__name__}: {exc}", "/")
 
 
-def _verify(root: etree._Element, trusted_certs: Sequence[bytes] | None, user_id: bytes) -> VerifyResult:
+def _verify(root: etree._Element, trusted_certs: Sequence[bytes] | None, user_id: bytes, at: datetime) -> VerifyResult:
     root_name = etree.QName(root).localname if isinstance(root.tag, str) else "?"
     base = f"/{root_name}/Signature"
     sigs = _signature_children(root)
@@ -612,7 +618,7 @@ def _verify(root: etree._Element, trusted_certs: Sequence[bytes] | None, user_id
         raise _Fail("signature.digest_mismatch", "the message does not match DigestValue: it was changed after "
                     "signing", f"{ref_path}/DigestValue")
 
-    cert, key_name = _signing_certificate(sig, base, trusted_certs)
+    cert, key_name = _signing_certificate(sig, base, trusted_certs, at)
     is_sm2 = method in (SM2_SM3, SM2_SM3_W3C)
     signed_octets = _c14n(signed_info, with_comments=c14n_method == C14N_WITH_COMMENTS)
     value_path = f"{base}/SignatureValue"
@@ -634,9 +640,10 @@ def _verify(root: etree._Element, trusted_certs: Sequence[bytes] | None, user_id
 
 
 def _signing_certificate(
-    sig: etree._Element, base: str, trusted_certs: Sequence[bytes] | None
+    sig: etree._Element, base: str, trusted_certs: Sequence[bytes] | None, at: datetime
 ) -> tuple[_Certificate, str | None]:
     ki_path = f"{base}/KeyInfo"
+    cert_path = ki_path
     key_info = sig.find(_DS + "KeyInfo")
     key_name_el = key_info.find(_DS + "KeyName") if key_info is not None else None
     key_name = _WS.sub("", key_name_el.text or "") if key_name_el is not None else None
@@ -666,6 +673,12 @@ def _signing_certificate(
     if key_name is not None and not _same_serial(key_name, cert.serial):
         raise _Fail("signature.key_name_mismatch", f"KeyName {key_name} is not the certificate serial "
                     f"{key_name_for(cert.serial)}", f"{ki_path}/KeyName")
+    if at > cert.not_after:
+        raise _Fail("signature.certificate_expired", f"certificate {key_name_for(cert.serial)} was valid until "
+                    f"{cert.not_after:%Y-%m-%d %H:%M:%S} UTC", cert_path)
+    if at < cert.not_before:
+        raise _Fail("signature.certificate_not_yet_valid", f"certificate {key_name_for(cert.serial)} is valid from "
+                    f"{cert.not_before:%Y-%m-%d %H:%M:%S} UTC", cert_path)
     return cert, key_name
 
 
@@ -724,6 +737,8 @@ class _Certificate:
     serial: int
     rsa_key: rsa.RSAPublicKey | None
     sm2_point: tuple[int, int] | None
+    not_before: datetime  # the validity period, UTC
+    not_after: datetime
 
 
 _OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
@@ -745,6 +760,7 @@ def _read_certificate(der: bytes) -> _Certificate:
     try:
         cert = x509.load_der_x509_certificate(der)
         serial = cert.serial_number
+        valid = (cert.not_valid_before_utc, cert.not_valid_after_utc)
         spki = _spki_of(cert.tbs_certificate_bytes)
         algorithm = _der_items(_der_items(_der_expect(spki, 0x30))[0][1])[0]
         key_oid = _der_oid_decode(algorithm[1]) if algorithm[0] == 0x06 else ""
@@ -752,14 +768,14 @@ def _read_certificate(der: bytes) -> _Certificate:
         raise ValueError(f"not an X.509 certificate ({exc})") from None
     if key_oid in (_OID_EC_PUBLIC_KEY, _OID_SM2_CURVE):
         # cryptography cannot load an SM2 key (and would accept other curves we do not want): read it here
-        return _Certificate(der, serial, None, _sm2_point_from_spki(spki))
+        return _Certificate(der, serial, None, _sm2_point_from_spki(spki), *valid)
     try:
         public = cert.public_key()
     except Exception as exc:
         raise ValueError(f"unsupported public key ({exc})") from None
     if not isinstance(public, rsa.RSAPublicKey):
         raise ValueError(f"unsupported public key type {type(public).__name__}")
-    return _Certificate(der, serial, public, None)
+    return _Certificate(der, serial, public, None, *valid)
 
 
 def _spki_of(tbs: bytes) -> bytes:
@@ -783,11 +799,31 @@ def _sm2_point_from_spki(spki: bytes) -> tuple[int, int]:
     return _sm2_decode_point(key[1][1:])
 
 
-def throwaway_signer(common_name: str) -> Callable[[etree._Element], None]:
+def certificate_validity(cert: bytes) -> tuple[datetime, datetime]:
+    """notBefore and notAfter (UTC) of a certificate (PEM or DER) with an RSA or SM2 key; ValueError otherwise."""
+    read = _read_certificate(certificate_to_der(cert))
+    return read.not_before, read.not_after
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs a CEB message root with one key (:func:`sign`): the gateway's signer of JSON declarations."""
+
+    backend: SignatureBackend
+
+    def __call__(self, root: etree._Element) -> None:
+        sign(root, self.backend)
+
+    @property
+    def valid_until(self) -> datetime:
+        """When the key's certificate expires (notAfter, UTC): customs refuses a signature made after (DXP 1002)."""
+        return certificate_validity(self.backend.certificate_der)[1]
+
+
+def throwaway_signer(common_name: str) -> Signer:
     """Signs (RSA-SHA1) with a TEST key made for this process: the benchmark's corpus, ``cbec validate``'s JSON
     inventories — where a signature's presence and shape matter, never for customs."""
-    backend = RsaSha1Key.from_pem(*generate_test_key("rsa", common_name))
-    return lambda root: sign(root, backend)
+    return Signer(RsaSha1Key.from_pem(*generate_test_key("rsa", common_name)))
 
 
 def generate_test_key(kind: Literal["rsa", "sm2"], common_name: str, *, days: int = 3650) -> tuple[bytes, bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -12,7 +13,7 @@ import cbec_queue
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import db
+from gateway import db, signing
 from gateway.api import KEYS, OUTBOX, POOL, create_app
 from gateway.metrics import setup_metrics
 from tests import apiutil
@@ -190,6 +191,29 @@ async def test_protected_metrics_need_an_operator_key(db_pool: Any) -> None:
     finally:
         await asyncio.wait_for(runner.cleanup(), 10)
 
+
+
+async def test_the_signing_certificates_expiry_is_a_figure(db_pool: Any) -> None:
+    """The seconds until the certificate the gateway signs JSON declarations with expires: an alert can fire a month
+    ahead instead of customs refusing every signed inventory the day after. No signer of the gateway's: no figure."""
+    signer = signing.throwaway_signer("cbec metrics test")
+    app = create_app(apiutil.test_settings(), db_pool, signer=signer)
+    runner, base = await start(app)
+    try:
+        samples, types = await scrape(base)
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 10)
+    assert types["cbec_signing_certificate_expiry_seconds"] == "gauge"
+    left = value(samples, "cbec_signing_certificate_expiry_seconds")
+    expected = (signer.valid_until - datetime.now(UTC)).total_seconds()
+    assert left > 3640 * 86400 and abs(left - expected) < 60  # the test key's ten years, less the day before
+    app = create_app(apiutil.test_settings(), db_pool, signer=sign_as_agent)  # a plain function: nothing to say
+    runner, base = await start(app)
+    try:
+        samples, types = await scrape(base)
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 10)
+    assert "cbec_signing_certificate_expiry_seconds" not in types
 
 async def test_database_down_is_a_figure_not_an_error(db_dsn: str) -> None:
     pool = await db.create_pool(db_dsn, min_size=1, max_size=2)

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -527,6 +528,55 @@ def test_certificate_pinning() -> None:
     assert verify(signed, trusted_certs=[]).code == "signature.untrusted_certificate"
     assert verify(signed, trusted_certs=[b"garbage"]).code == "signature.untrusted_certificate"
 
+
+
+@pytest.mark.parametrize("make", [rsa_key, sm2_key], ids=["rsa", "sm2"])
+def test_a_certificate_outside_its_validity_fails(make: Callable[[], signing.SignatureBackend]) -> None:
+    """Customs refuses a signature made with an expired certificate (DXP 1002): verify says so, with the date, at the
+    certificate, rather than pass it on to be refused."""
+    backend = make()
+    signed = sign_xml(UNSIGNED, backend)
+    since, until = signing.certificate_validity(backend.certificate_der)
+    assert (since, until) == (datetime(2026, 11, 21, 0, 9, 8, tzinfo=UTC), datetime(2051, 7, 13, 0, 9, 8, tzinfo=UTC))
+    assert verify(signed, at=until).ok and verify(signed, at=since).ok
+    late = verify(signed, at=until + timedelta(seconds=1))
+    assert (late.code, late.path) == ("signature.certificate_expired",
+                                      "/CEB621Message/Signature/KeyInfo/X509Data/X509Certificate")  # fmt: skip
+    assert "valid until 2051-07-13 00:09:08 UTC" in late.reason
+    early = verify(signed, at=since - timedelta(days=1))
+    assert early.code == "signature.certificate_not_yet_valid" and "valid from 2026-11-21" in early.reason
+    # a pinned certificate found by KeyName alone is held to its dates too
+    without = re.sub(rb"<ds:X509Data>.*</ds:X509Data>", b"", signed, flags=re.S)
+    pinned = verify(without, trusted_certs=[backend.certificate_der], at=until + timedelta(days=1))
+    assert (pinned.code, pinned.path) == ("signature.certificate_expired", "/CEB621Message/Signature/KeyInfo")
+
+
+def test_the_gateway_says_when_its_own_signing_certificate_expires(tmp_path: Path) -> None:
+    """cbec serve's signer of JSON declarations: an expired certificate is an error in the log at start, one expiring
+    within 30 days a warning; the signer knows its date (/metrics shows it)."""
+    from structlog.testing import capture_logs
+
+    from gateway.config import Settings
+    from gateway.server import agent_signer
+
+    def configured(days: int) -> tuple[Settings, datetime]:
+        key_pem, cert_pem = signing.generate_test_key("rsa", f"agent {days}", days=days)
+        (tmp_path / f"key{days}.pem").write_bytes(key_pem)
+        (tmp_path / f"cert{days}.pem").write_bytes(cert_pem)
+        return (Settings(signing_key_file=tmp_path / f"key{days}.pem", signing_cert_file=tmp_path / f"cert{days}.pem"),
+                signing.certificate_validity(cert_pem)[1])  # fmt: skip
+
+    for days, event, level in ((0, "signing_certificate_expired", "error"),
+                               (10, "signing_certificate_expires_soon", "warning"), (400, None, None)):  # fmt: skip
+        settings, until = configured(days)
+        with capture_logs() as logged:
+            signer = agent_signer(settings)
+        assert signer.valid_until == until
+        found = [(r["event"], r["log_level"]) for r in logged if r["event"].startswith("signing_certificate")]
+        assert found == ([(event, level)] if event else []), logged
+    root = parse(UNSIGNED)
+    signer(root)  # still signs: XML senders and the rest of the gateway go on
+    assert verify(root).ok
 
 def test_certificate_can_come_from_the_trusted_list_by_key_name() -> None:
     signed = sign_xml(UNSIGNED, sm2_key())
