@@ -397,15 +397,22 @@ async def test_a_mismatch_the_mask_shows_alike_still_reads_as_a_mismatch(browser
     assert errors == []
 
 
+async def _listed(pool: asyncpg.Pool, *, mismatched: int, incomplete: int) -> str:
+    """Shipments for the list, each a second older than the one before (MM0000…, II0000…, the last the newest); the
+    insert statement returned, for one more."""
+    insert = ("INSERT INTO shipments (ebp_code, order_no, state, updated_at)"
+              " VALUES ('46012609BQ', $1, $2, now() - make_interval(secs => $3))")  # fmt: skip
+    await pool.executemany(insert, [(f"MM{i:04d}", "mismatched", 600 - i) for i in range(mismatched)])
+    await pool.executemany(insert, [(f"II{i:04d}", "incomplete", 600 - i) for i in range(incomplete)])
+    return insert
+
+
 async def test_load_more_survives_live_updates_and_keeps_the_filters_it_was_loaded_with(
     browser: Browser, site: Site
 ) -> None:
     """A live reload kept page 1 only (the rows loaded by *Load more* vanished), and *Load more* read the form as it
     was being edited rather than the filters of the list on screen."""
-    insert = ("INSERT INTO shipments (ebp_code, order_no, state, updated_at)"
-              " VALUES ('46012609BQ', $1, $2, now() - make_interval(secs => $3))")  # fmt: skip
-    await site.pool.executemany(insert, [(f"MM{i:04d}", "mismatched", 600 - i) for i in range(60)])
-    await site.pool.executemany(insert, [(f"II{i:04d}", "incomplete", 600 - i) for i in range(5)])
+    insert = await _listed(site.pool, mismatched=60, incomplete=5)
     errors: list[str] = []
     async with asyncio.timeout(60):
         page = await live_console(browser, site, errors)
@@ -427,10 +434,7 @@ async def test_load_more_survives_live_updates_and_keeps_the_filters_it_was_load
 async def test_the_list_downloads_as_csv_with_the_filters_it_was_loaded_with(browser: Browser, site: Site) -> None:
     """The list's CSV link downloads every shipment of the list on screen (not only the pages loaded), with the
     filters it was searched with, as a file the browser saves."""
-    insert = ("INSERT INTO shipments (ebp_code, order_no, state, updated_at)"
-              " VALUES ('46012609BQ', $1, $2, now() - make_interval(secs => $3))")  # fmt: skip
-    await site.pool.executemany(insert, [(f"MM{i:04d}", "mismatched", 600 - i) for i in range(55)])
-    await site.pool.executemany(insert, [(f"II{i:04d}", "incomplete", 600 - i) for i in range(3)])
+    await _listed(site.pool, mismatched=55, incomplete=3)
     errors: list[str] = []
     async with asyncio.timeout(60):
         page = await live_console(browser, site, errors)

@@ -306,6 +306,17 @@ async def _serve_two_processes(
     return proc, log_out
 
 
+async def answering_processes(session: aiohttp.ClientSession, url: str, n: int = 20) -> set[int]:
+    """The pids of the processes answering ``n`` GET /healthz (a session whose connections are not kept: the kernel
+    picks a process for each)."""
+    seen = set()
+    for _ in range(n):
+        with contextlib.suppress(aiohttp.ClientError):  # e.g. reset by a process being stopped
+            async with session.get(url + "/healthz") as resp:
+                seen.add((await resp.json())["process"])
+    return seen
+
+
 async def _stop_two_processes(proc: asyncio.subprocess.Process, log_out: Any, log_file: Path) -> str:
     """SIGTERM (a normal stop) to what _serve_two_processes started; its log, the tail printed (shown on a failure)."""
     proc.send_signal(signal.SIGTERM)
@@ -521,12 +532,7 @@ async def test_a_keys_rate_holds_across_the_api_processes(db_dsn: str, tmp_path:
         async with aiohttp.ClientSession(connector=fresh, timeout=aiohttp.ClientTimeout(total=10)) as session:
 
             async def both_up() -> bool:
-                seen = set()
-                for _ in range(20):
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with session.get(url + "/healthz") as resp:
-                            seen.add((await resp.json())["process"])
-                return len(seen) == 2
+                return len(await answering_processes(session, url)) == 2
 
             await wait_for(both_up, timeout=40, what="two API processes")
             statuses = []
@@ -553,11 +559,7 @@ async def test_api_processes_stop_when_the_first_is_killed(db_dsn: str, tmp_path
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
 
             async def both_up() -> bool:
-                seen = set()
-                for _ in range(20):
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with session.get(url + "/healthz") as resp:
-                            seen.add((await resp.json())["process"])
+                seen = await answering_processes(session, url)
                 others.update(seen - {proc.pid})
                 return len(seen) == 2
 
