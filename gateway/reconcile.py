@@ -240,6 +240,9 @@ def reconcile(shipment: Shipment, *, tolerance: Decimal = Decimal("0")) -> Outco
 
 
 DUPLICATE_CODES = {Kind.PAYMENT: "recon.payment_duplicate", Kind.INVENTORY: "recon.inventory_duplicate"}
+#: What ends a second live leg of each kind: a payment is withdrawn; an inventory customs took is cancelled.
+_UNDO = {Kind.PAYMENT: "withdraw the wrong one (appType 3)",
+         Kind.INVENTORY: "withdraw the wrong one (appType 3), or cancel it if customs took it already"}  # fmt: skip
 
 
 def _duplicate(shipment: Shipment, other: Document, f: _Findings) -> None:
@@ -255,7 +258,7 @@ def _duplicate(shipment: Shipment, other: Document, f: _Findings) -> None:
     message = (
         f"another live {kind} ({other.type.code} {shown}) stands beside the one compared here "
         f"({taken.type.code} {'/'.join(_text(taken, k) for k in keys)}): an order has one {kind}, and "
-        f"which one customs pairs with it is not known; withdraw the wrong one (appType 3)"
+        f"which one customs pairs with it is not known; {_UNDO[kind]}"
     )
     f.add(DUPLICATE_CODES[kind], name, message, _side(taken, name), _side(other, name))
 
