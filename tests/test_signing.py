@@ -551,13 +551,16 @@ def test_a_certificate_outside_its_validity_fails(make: Callable[[], signing.Sig
     assert (pinned.code, pinned.path) == ("signature.certificate_expired", "/CEB621Message/Signature/KeyInfo")
 
 
-def test_the_gateway_says_when_its_own_signing_certificate_expires(tmp_path: Path) -> None:
+def test_the_gateway_says_when_its_own_signing_certificate_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """cbec serve's signer of JSON declarations: an expired certificate is an error in the log at start, one expiring
     within 30 days a warning; the signer knows its date (/metrics shows it)."""
+    import structlog
     from structlog.testing import capture_logs
 
+    from gateway import server
     from gateway.config import Settings
-    from gateway.server import agent_signer
 
     def configured(days: int) -> tuple[Settings, datetime]:
         key_pem, cert_pem = signing.generate_test_key("rsa", f"agent {days}", days=days)
@@ -570,7 +573,10 @@ def test_the_gateway_says_when_its_own_signing_certificate_expires(tmp_path: Pat
                                (10, "signing_certificate_expires_soon", "warning"), (400, None, None)):  # fmt: skip
         settings, until = configured(days)
         with capture_logs() as logged:
-            signer = agent_signer(settings)
+            # a fresh logger: the module's may have been bound and cached by an earlier test's configuration, which
+            # capture_logs does not reach
+            monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
+            signer = server.agent_signer(settings)
         assert signer.valid_until == until
         found = [(r["event"], r["log_level"]) for r in logged if r["event"].startswith("signing_certificate")]
         assert found == ([(event, level)] if event else []), logged
