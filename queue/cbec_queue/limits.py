@@ -138,12 +138,12 @@ class TokenBucket:
         if cells is None:
             cells, offset = [float(rate.burst), clock()], 0
         self._cells = cells
-        self._at = offset
+        self._offset = offset  # of the tokens; the time of the last refill follows
         self._lock: AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
 
     def _refill(self) -> float:
         """The tokens now (under the lock)."""
-        now, cells, i = self._clock(), self._cells, self._at
+        now, cells, i = self._clock(), self._cells, self._offset
         # A clock that goes backwards must not mint tokens.
         elapsed = max(0.0, now - cells[i + 1])
         tokens = min(float(self.rate.burst), cells[i] + elapsed * self.rate.per_s)
@@ -160,7 +160,7 @@ class TokenBucket:
             tokens = self._refill()
             if tokens + 1e-9 < n:
                 return False
-            self._cells[self._at] = max(0.0, tokens - n)
+            self._cells[self._offset] = max(0.0, tokens - n)
             return True
 
     def wait_time(self, n: int = 1) -> float:
