@@ -465,7 +465,7 @@ _FORWARDING_SCALARS: dict[str, Any] = {
     "webhook_endpoint": str,
     "receipt_timeout_s": float,
     "watchdog_interval_s": float,
-    "done_job_retention_days": float,
+    "done_job_retention_days": _days("done_job_retention_days"),
     "watchdog_repush": _flag,
     "max_repushes": int,
     "resend_delay_s": float,

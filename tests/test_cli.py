@@ -391,6 +391,10 @@ def test_the_refused_messages_retention_is_read_and_a_bad_one_refused(tmp_path: 
     for bad in ("-1", "nan", "forever", "1e9"):
         with pytest.raises(ValueError, match=r"^rejection_retention_days: must be"):
             config.load(env={"CBEC_REJECTION_RETENTION_DAYS": bad})
+        # the delivered jobs' retention is read the same way (it took any number, NaN included)
+        with pytest.raises(ValueError, match=r"^forwarding.done_job_retention_days: must be"):
+            config.load(env={"CBEC_FORWARDING_DONE_JOB_RETENTION_DAYS": bad})
+    assert config.load(env={"CBEC_FORWARDING_DONE_JOB_RETENTION_DAYS": "0"}).forwarding.done_job_retention_days == 0
 
 def test_validate_takes_the_json_a_seller_sends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A JSON document set (docs/json-api.md) is rendered and checked as the API would; its inventory signed as the
