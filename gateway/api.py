@@ -40,7 +40,7 @@ from gateway.outbox import Outbox
 from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
-from gateway.signing import Signer, read_certificates
+from gateway.signing import Signer, SigningUnavailable, read_certificates
 from gateway.store import Conflict, Store, quota_reassessor, refusals_restorer
 from gateway.turns import Turns
 
@@ -198,6 +198,12 @@ async def post_message(request: web.Request) -> web.Response:
         await _record_rejection(store, body, principal.name, exc.guid, exc.message_type, exc.issues, status)
         log.info("message_rejected", message_type=exc.message_type, codes=[i.code for i in exc.issues[:10]])
         return error_response(status, "the message was rejected", exc.issues)
+    except SigningUnavailable as exc:
+        # the gateway's key, not the message: not kept among the refused messages (the sender sends it again once
+        # the key is renewed); the operators see it here, in the 5xx share and in the certificate's expiry metric
+        log.error("json_declaration_not_signed", code=exc.code, reason=exc.message)
+        return error_response(503, "the gateway cannot sign this declaration now; nothing was stored",
+                              [Issue(Layer.RULE, exc.code, "/", exc.message)])  # fmt: skip
     except Forbidden as exc:  # kept as well: a seller's key set up without the codes it sends shows here
         await _record_rejection(store, body, principal.name, checked.message.guid, checked.message.type.code,
                                 exc.issues, 403)  # fmt: skip

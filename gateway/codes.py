@@ -40,6 +40,7 @@ _TITLES = {
     "summary": "Summary declaration (CEB701): the inventories it names, as the gateway holds them (HTTP 409, or a "
     "warning in the 202 answer)",
     "signature": "XML signature",
+    "signing": "The gateway's own signing key (HTTP 503: nothing about the message is wrong)",
 }
 
 

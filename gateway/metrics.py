@@ -178,7 +178,7 @@ class Metrics:
             families.append(GaugeMetricFamily(
                 "cbec_signing_certificate_expiry_seconds",
                 "Seconds until the certificate of the key the gateway signs JSON declarations with expires "
-                "(negative: expired; customs refuses what it signs then)",
+                "(negative: expired; it signs nothing then, and JSON declarations it would sign are answered 503)",
                 (self.signing_valid_until - datetime.now(UTC)).total_seconds(),
             ))  # fmt: skip
         families.append(

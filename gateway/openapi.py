@@ -98,7 +98,10 @@ OPENAPI: dict[str, Any] = {
                     "422": _err("schema or business-rule errors (a JSON shape error's path is a JSON pointer into "
                                 "the payload)"),
                     **_AUTH_ERRORS,
-                    **_UNAVAILABLE,
+                    "503": _err(_UNAVAILABLE["503"]["description"] + "; or (issue signing.certificate_expired / "
+                                "signing.certificate_not_yet_valid, no Retry-After) a JSON declaration the gateway "
+                                "signs came while its signing certificate is outside its validity: send it again once "
+                                "the zone's operators have installed the renewed key"),
                 },
             }
         },

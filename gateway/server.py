@@ -35,7 +35,7 @@ from gateway.api import KEYS, OUTBOX, PIPELINE, STORE, create_app
 from gateway.auth import KeyRing, SharedRates
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, netloc
 from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
-from gateway.metrics import shared_across_processes
+from gateway.metrics import METRICS, shared_across_processes
 from gateway.workers import (
     Forwarding,
     build_router,
@@ -143,7 +143,8 @@ def agent_signer(settings: Settings) -> signing.Signer:
     left = until - datetime.now(UTC)
     if left <= timedelta(0):
         log.error("signing_certificate_expired", valid_until=until.isoformat(), file=str(cert_file),
-                  note="customs refuses what it signs (DXP 1002): configure the renewed one")  # fmt: skip
+                  note="it signs nothing (customs would refuse it, DXP 1002): JSON declarations it would sign are "
+                       "answered 503 until the renewed one is in (SIGHUP)")  # fmt: skip
     elif left < SIGNING_CERTIFICATE_WARNING:
         log.warning("signing_certificate_expires_soon", valid_until=until.isoformat(), file=str(cert_file),
                     days_left=round(left / timedelta(days=1), 1))  # fmt: skip
@@ -171,10 +172,48 @@ def _local(host: str) -> str:
 Reload = Callable[[], Settings]
 
 
+#: The settings of the signatures a reload applies besides the API keys: the gateway's own signing key (a renewed
+#: certificate, the files replaced in place or named anew) and the enterprises' certificates it verifies against.
+SIGNATURE_SETTINGS = ("signing_key_file", "signing_cert_file", "signing_algorithm", "signing_agent_code",
+                      "verify_signatures", "trusted_certs")  # fmt: skip
+RELOADED_SETTINGS = ("api_keys", *SIGNATURE_SETTINGS)
+
+
 def needing_restart(running: Settings, fresh: Settings) -> list[str]:
-    """The settings besides the API keys that differ between the two: a reload applies the keys alone."""
+    """The settings besides those a reload applies (RELOADED_SETTINGS) that differ between the two."""
     return [f.name for f in dataclasses.fields(Settings)
-            if f.name != "api_keys" and getattr(running, f.name) != getattr(fresh, f.name)]  # fmt: skip
+            if f.name not in RELOADED_SETTINGS and getattr(running, f.name) != getattr(fresh, f.name)]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Signatures:
+    """What a process signs and verifies with, made from the settings: the signer of JSON declarations (with the agent
+    whose key it is) and the certificates signatures are pinned to (None: any)."""
+
+    signer: signing.Signer
+    agent_code: str | None
+    verify: bool
+    trusted: tuple[bytes, ...] | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Signatures:
+        """Reads the key, its certificate and the trusted certificates from their files (OSError, ValueError)."""
+        trusted = tuple(signing.read_certificates(settings.trusted_certs)) if settings.trusted_certs else None
+        return cls(agent_signer(settings), settings.signing_agent_code, settings.verify_signatures, trusted)
+
+    def same_as(self, other: Signatures) -> bool:
+        """The same key and certificate (files read anew compare by their contents), agent and trusted list."""
+        mine, theirs = self.signer.backend, other.signer.backend
+        return (type(mine) is type(theirs) and mine.certificate_der == theirs.certificate_der
+                and (self.agent_code, self.verify, self.trusted) == (other.agent_code, other.verify, other.trusted))
+
+    def put_in(self, app: web.Application) -> None:
+        """In force in ``app``'s pipeline (the next message uses them) and its /metrics."""
+        pipeline = app[PIPELINE]
+        pipeline.signer, pipeline.signing_agent_code = self.signer, self.agent_code
+        pipeline.verify_signatures, pipeline.trusted_certs = self.verify, self.trusted
+        if (metrics := app.get(METRICS)) is not None:
+            metrics.signing_valid_until = self.signer.valid_until
 
 
 def _key_changes(before: tuple[ApiKey, ...], after: tuple[ApiKey, ...]) -> dict[str, list[str]]:
@@ -205,10 +244,12 @@ def on_hangup(callback: Callable[[], None]) -> Iterator[None]:
 
 @dataclass
 class KeyReload:
-    """SIGHUP in ``cbec serve``'s first process: the configuration read again, its API keys in force at once in this
-    process (``ring``) and, started again one after the other, in the other API processes (``others``). The keys of
-    the gateway's own making (``own_keys``: the sandbox's) stay; the other settings wait for the next start, and the
-    log names those that changed. A configuration that cannot be used changes nothing, and is logged."""
+    """SIGHUP in ``cbec serve``'s first process: the configuration read again, and the keys in it in force — the API
+    keys (``ring``), the gateway's signing key and the trusted certificates (``signatures``, put in ``app``): at once in
+    this process and, started again one after the other, in the other API processes (``others``). The keys of the
+    gateway's own making (``own_keys``: the sandbox's) stay; the other settings wait for the next start, and the log
+    names those that changed. A configuration that cannot be used changes nothing; a signing key or certificate that
+    cannot be read leaves the signatures as they were (the API keys still change); both are logged."""
 
     reload: Reload
     running: Settings  # as read at start: what the configuration read again is compared with
@@ -216,6 +257,8 @@ class KeyReload:
     keys: tuple[ApiKey, ...]  # in force now
     own_keys: tuple[ApiKey, ...]
     others: ApiProcesses | None = None
+    app: web.Application | None = None  # this process's, whose pipeline the signatures are put in
+    signatures: Signatures | None = None  # in force now
     renewals: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __call__(self) -> None:
@@ -232,17 +275,44 @@ class KeyReload:
             self.ring.replace(keys, key_rates)
         log.info("api_keys_reloaded", keys=len(keys), **_key_changes(self.keys, keys))
         self.keys = keys
+        signed_anew = self._signatures_again(fresh)
         if stale := needing_restart(self.running, fresh):
-            log.warning("settings_need_restart", settings=stale, note="only the API keys take effect without a restart")
-        if self.others is not None and not unchanged:
-            renewal = asyncio.create_task(self._renew(self.others, keys, key_rates))
+            log.warning("settings_need_restart", settings=stale,
+                        note="only the API keys, the signing key and the trusted certificates take effect without a "
+                             "restart")  # fmt: skip
+        if self.others is not None and (not unchanged or signed_anew):
+            overrides: dict[str, Any] = {name: getattr(fresh, name) for name in SIGNATURE_SETTINGS} \
+                if signed_anew else {}  # fmt: skip
+            settings = self.others.settings.with_overrides(api_keys=keys, **overrides)
+            renewal = asyncio.create_task(self._renew(self.others, settings, key_rates or self.others.key_rates))
             self.renewals.add(renewal)
             renewal.add_done_callback(self.renewals.discard)
 
-    @staticmethod
-    async def _renew(others: ApiProcesses, keys: tuple[ApiKey, ...], key_rates: SharedRates | None) -> None:
+    def _signatures_again(self, fresh: Settings) -> bool:
+        """The signing key and trusted certificates read again (files replaced in place read anew) and, when they
+        differ from those in force, put in force here; whether they did."""
+        if self.app is None or self.signatures is None:
+            return False
         try:
-            await others.renew(others.settings.with_overrides(api_keys=keys), key_rates)
+            signatures = Signatures.from_settings(fresh)
+        except (OSError, ValueError, TypeError) as exc:  # a file missing or unreadable, a key not its certificate's
+            log.error("signatures_not_reloaded", error=str(exc),
+                      note="JSON declarations are signed, and signatures verified, as before")  # fmt: skip
+            return False
+        if signatures.same_as(self.signatures):
+            return False
+        signatures.put_in(self.app)
+        self.signatures = signatures
+        log.info("signatures_reloaded", signing_key=signatures.signer.backend.key_name,
+                 valid_until=signatures.signer.valid_until.isoformat(), agent_code=signatures.agent_code,
+                 verify_signatures=signatures.verify,
+                 trusted_certificates=None if signatures.trusted is None else len(signatures.trusted))  # fmt: skip
+        return True
+
+    @staticmethod
+    async def _renew(others: ApiProcesses, settings: Settings, key_rates: SharedRates | None) -> None:
+        try:
+            await others.renew(settings, key_rates)
         except Exception:  # the processes go on with the keys they had; the supervisor still restarts a dead one
             log.exception("api_processes_not_renewed")
 
@@ -303,7 +373,8 @@ async def serve(
             link = IngestClient(ingest_path) if ingest_path is not None else None
             if settings.processes > 1 and not api_only:
                 key_rates = SharedRates(settings.api_keys)
-            app = create_app(settings, pool, signer=agent_signer(settings), router=routing_router(fwd),
+            signatures = Signatures.from_settings(settings)
+            app = create_app(settings, pool, signer=signatures.signer, router=routing_router(fwd),
                              ingest=link.ingest if link is not None else None, key_rates=key_rates)  # fmt: skip
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
@@ -379,7 +450,8 @@ async def serve(
                 retention = asyncio.create_task(
                     run_rejection_retention(pool, settings.rejection_retention_days, stop))
                 if reload is not None:
-                    reloader = KeyReload(reload, running, app[KEYS], settings.api_keys, own_keys, others)
+                    reloader = KeyReload(reload, running, app[KEYS], settings.api_keys, own_keys, others, app,
+                                         signatures)  # fmt: skip
                     stack.enter_context(on_hangup(reloader))
                 log.info("listening", url=f"http://{netloc(settings.host, port)}", openapi="/openapi.json",
                          **({"public_url": settings.public_url} if settings.public_url else {}))

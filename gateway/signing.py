@@ -153,6 +153,12 @@ CODES: dict[str, str] = {
     "customs refuses such a signature (DXP 1002, signature expired)",
     "signature.certificate_not_yet_valid": "the signing certificate's validity begins (notBefore) after the message "
     "came",
+    "signing.certificate_expired": "a JSON declaration the gateway signs (CEB621; CEB603, 605, 507, 509, 607, 701 "
+    "when declared) came after the certificate of the gateway's own signing key expired: not signed, not stored "
+    "(HTTP 503); customs would refuse the signature (DXP 1002). The zone's operators install the renewed key "
+    "(SIGHUP), then the sender sends it again",
+    "signing.certificate_not_yet_valid": "as signing.certificate_expired, before the certificate's validity begins "
+    "(notBefore)",
 }
 
 _DS = f"{{{DS_NS}}}"
@@ -805,19 +811,49 @@ def certificate_validity(cert: bytes) -> tuple[datetime, datetime]:
     return read.not_before, read.not_after
 
 
+class SigningUnavailable(Exception):
+    """The gateway's own key cannot sign now: its certificate is outside its validity. Nothing about the message is
+    wrong; customs would refuse the signature (DXP 1002), so the declaration is not signed, nor taken, until the key
+    is renewed. ``code`` is one of :data:`CODES`' ``signing.*``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 @dataclass(frozen=True)
 class Signer:
-    """Signs a CEB message root with one key (:func:`sign`): the gateway's signer of JSON declarations."""
+    """Signs a CEB message root with one key (:func:`sign`): the gateway's signer of JSON declarations. It refuses
+    (:class:`SigningUnavailable`) outside its certificate's validity rather than make a signature customs refuses."""
 
     backend: SignatureBackend
+    valid_from: datetime = field(init=False)  # the certificate's notBefore and notAfter (UTC), read once
+    valid_until: datetime = field(init=False)
+
+    def __post_init__(self) -> None:
+        since, until = certificate_validity(self.backend.certificate_der)
+        object.__setattr__(self, "valid_from", since)
+        object.__setattr__(self, "valid_until", until)
 
     def __call__(self, root: etree._Element) -> None:
+        if (refusal := self.refusal(datetime.now(UTC))) is not None:
+            raise refusal
         sign(root, self.backend)
 
-    @property
-    def valid_until(self) -> datetime:
-        """When the key's certificate expires (notAfter, UTC): customs refuses a signature made after (DXP 1002)."""
-        return certificate_validity(self.backend.certificate_der)[1]
+    def refusal(self, at: datetime) -> SigningUnavailable | None:
+        """Why the key may not sign at ``at`` (its certificate expired, or not yet valid); None when it may."""
+        serial = self.backend.key_name
+        if at > self.valid_until:
+            return SigningUnavailable("signing.certificate_expired", f"the certificate of the gateway's signing key "
+                                      f"({serial}) expired at {self.valid_until:%Y-%m-%d %H:%M:%S} UTC: customs would "
+                                      "refuse the signature; the zone's operators must install the renewed one, then "
+                                      "send this again")  # fmt: skip
+        if at < self.valid_from:
+            return SigningUnavailable("signing.certificate_not_yet_valid", f"the certificate of the gateway's signing "
+                                      f"key ({serial}) is valid from {self.valid_from:%Y-%m-%d %H:%M:%S} UTC; send "
+                                      "this again then")  # fmt: skip
+        return None
 
 
 def throwaway_signer(common_name: str) -> Signer:

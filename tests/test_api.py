@@ -21,6 +21,7 @@ from gateway.api import create_app
 from gateway.config import ApiKey, Role
 from gateway.render import render
 from gateway.sandbox.receipts import build_receipt
+from gateway.signing import RsaSha1Key, Signer, generate_test_key
 from tests import apiutil
 from tests.apiutil import (
     EBC_CODE,
@@ -183,6 +184,33 @@ async def test_json_submission_goes_through_the_same_path(api: Client) -> None:
     stored = await api.get(f"/v1/messages/{guid}")
     assert stored.status == 200
     assert "<ceb:CEB311Message" in stored.body["raw_xml"]
+
+
+async def test_a_json_declaration_is_not_signed_with_an_expired_certificate(db_pool: asyncpg.Pool) -> None:
+    """The gateway's own signing certificate has expired: a JSON inventory, which it would sign, is a 503 naming
+    signing.certificate_expired — not stored, and not among the refused messages (nothing about it is wrong: its
+    sender sends it again once the key is renewed) — while what the gateway does not sign goes on: a JSON order, an
+    inventory its sender signed as XML. /metrics shows the certificate expired."""
+    expired = Signer(RsaSha1Key.from_pem(*generate_test_key("rsa", "expired agent", days=0)))
+    async with serving(create_app(apiutil.test_settings(), db_pool, signer=expired)) as api:
+        s = new_shipment(31)
+        inventory = json.loads(json.dumps(s.inventory, default=str))
+        refused = await api.request("POST", "/v1/messages", key=PLATFORM_A, json_body=inventory)
+        assert refused.status == 503, refused.body
+        [issue] = refused.body["error"]["issues"]
+        assert (issue["layer"], issue["code"], issue["path"]) == ("rule", "signing.certificate_expired", "/")
+        assert f"({expired.backend.key_name}) expired at {expired.valid_until:%Y-%m-%d}" in issue["message"]
+        assert "nothing was stored" in refused.body["error"]["title"]
+        assert await db_pool.fetchval("SELECT count(*) FROM messages WHERE message_type = 'CEB621'") == 0
+        assert await db_pool.fetchval("SELECT count(*) FROM rejected_messages") == 0
+        order = await api.request("POST", "/v1/messages", key=PLATFORM_A,
+                                  json_body=json.loads(json.dumps(s.order, default=str)))  # fmt: skip
+        assert order.status == 202, order.body
+        assert (await api.post_xml(legs(s)["CEB621"], key=PLATFORM_A)).status == 202
+        metrics = await api.get("/metrics")
+        [expiry] = [line for line in metrics.body.decode().splitlines()
+                    if line.startswith("cbec_signing_certificate_expiry_seconds ")]  # fmt: skip
+        assert float(expiry.split()[1]) < 0
 
 
 async def test_a_json_message_sent_again_is_a_replay_whatever_the_gateway_generated(api: Client) -> None:

@@ -7,25 +7,32 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import json
 import multiprocessing
 import os
+import random
 import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
+import structlog
+from aiohttp import web
 from cbec_queue.policy import RetryPolicy
+from structlog.testing import capture_logs
 
-from gateway import server
+from gateway import samples, server, signing
 from gateway.auth import KeyRing, SharedRates
 from gateway.config import ApiKey, EndpointSettings, ForwardingSettings, Role, Settings, netloc
 from gateway.db import _stop_leftover
 from gateway.sandbox import start_sandbox
 from gateway.server import ApiProcesses, RestartBackoff, run_worker, serve
+from gateway.signing import RsaSha1Key, generate_test_key
 from gateway.workers import SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED, Forwarding, submit_and_wait_released
 from tests import apiutil
 from tests.forwardutil import shipment, wait_for
@@ -314,3 +321,134 @@ async def test_the_sandbox_on_ipv6_gives_a_url_that_reaches_it() -> None:
             assert resp.status == 200
     finally:
         await sandbox.stop()
+
+
+def _agent_files(folder: Path, name: str, days: int) -> tuple[Path, Path, bytes, bytes]:
+    """A TEST agent key and certificate written to ``folder`` (over what is there), and their PEMs."""
+    key_pem, cert_pem = generate_test_key("rsa", name, days=days)
+    key_file, cert_file = folder / "agent-key.pem", folder / "agent-cert.pem"
+    key_file.write_bytes(key_pem)
+    cert_file.write_bytes(cert_pem)
+    return key_file, cert_file, key_pem, cert_pem
+
+
+@pytest.mark.db
+async def test_sighup_puts_a_renewed_signing_key_in_force_without_a_restart(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The declaring agent's certificate expired: the JSON inventories the gateway would sign are 503s. The renewed key
+    and certificate written over the same files, then SIGHUP: the next one is signed with the renewed key and stored,
+    and /metrics shows the new date — no restart. A renewal half done (the new key beside the old certificate) changes
+    nothing, and the log says why."""
+    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)  # capture_logs sees serve's lines
+    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
+    key_file, cert_file, _, _ = _agent_files(tmp_path, "agent", days=0)
+    settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json",
+                                     forwarding=ForwardingSettings(enabled=False), signing_key_file=key_file,
+                                     signing_cert_file=cert_file)  # fmt: skip
+    ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
+    with capture_logs() as logged:
+        serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info, reload=lambda: settings))
+        try:
+            await asyncio.wait_for(ready.wait(), 60)
+            async with aiohttp.ClientSession(headers={"X-API-Key": apiutil.ADMIN}) as session:
+
+                async def inventory(seed: int) -> tuple[int, Any]:
+                    payload = json.loads(json.dumps(samples.shipment(random.Random(seed)).inventory, default=str))
+                    async with session.post(info["url"] + "/v1/messages", json=payload) as resp:
+                        return resp.status, await resp.json()
+
+                async def expiry() -> float:
+                    async with session.get(info["url"] + "/metrics") as resp:
+                        text = await resp.text()
+                    [line] = [x for x in text.splitlines() if x.startswith("cbec_signing_certificate_expiry_seconds ")]
+                    return float(line.split()[1])
+
+                def said(event: str) -> Callable[[], Awaitable[bool]]:
+                    async def check() -> bool:
+                        return any(r["event"] == event for r in logged)
+
+                    return check
+
+                status, body = await inventory(1)
+                assert status == 503 and body["error"]["issues"][0]["code"] == "signing.certificate_expired", body
+                assert await expiry() < 0
+
+                renewed_key, renewed_cert = generate_test_key("rsa", "agent renewed", days=400)
+                key_file.write_bytes(renewed_key)  # its certificate not yet replaced
+                os.kill(os.getpid(), signal.SIGHUP)
+                await wait_for(said("signatures_not_reloaded"), what="the half-done renewal refused")
+                assert (await inventory(2))[0] == 503
+
+                cert_file.write_bytes(renewed_cert)
+                os.kill(os.getpid(), signal.SIGHUP)
+                await wait_for(said("signatures_reloaded"), what="the renewed key in force")
+                status, body = await inventory(3)
+                assert status == 202, body
+                async with session.get(info["url"] + f"/v1/messages/{body['guid']}") as resp:
+                    stored = (await resp.json())["raw_xml"].encode()
+                assert await expiry() > 398 * 86400  # the test key is valid from a day before it was made
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, 60)
+    renewed = RsaSha1Key.from_pem(renewed_key, renewed_cert)
+    assert signing.verify(stored).ok
+    assert f"<ds:KeyName>{renewed.key_name}</ds:KeyName>" in stored.decode()
+    [refusal] = [r for r in logged if r["event"] == "signatures_not_reloaded"]
+    assert "does not belong to the certificate" in refusal["error"]
+    [reloaded] = [r for r in logged if r["event"] == "signatures_reloaded"]
+    assert reloaded["signing_key"] == renewed.key_name
+
+
+class _OtherProcesses:
+    """Stands in for ApiProcesses in a reload: what it would start the other API processes again with."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.key_rates: Any = "the rates shared at start"
+        self.renewals: list[tuple[Settings, Any]] = []
+
+    async def renew(self, settings: Settings, key_rates: Any = None) -> None:
+        self.renewals.append((settings, key_rates))
+
+
+async def test_a_reload_gives_the_other_api_processes_the_renewed_signatures(tmp_path: Path) -> None:
+    """The other API processes of `cbec serve --processes N` sign and verify with what the first process reads: a
+    reload that finds the signing key or the trusted certificates changed starts them again with those settings (the
+    API keys and their shared rates as they were); one that finds the same files with the same contents does not."""
+    from gateway.api import PIPELINE
+    from gateway.pipeline import Pipeline
+    from gateway.schema import SchemaSet
+
+    key_file, cert_file, _, _ = _agent_files(tmp_path, "agent", days=30)
+    running = apiutil.test_settings(data_dir=tmp_path, signing_key_file=key_file, signing_cert_file=cert_file)
+    configured = [running]
+    app = web.Application()
+    app[PIPELINE] = Pipeline(cast(SchemaSet, None))  # nothing is checked here: the reload only puts its signer in it
+    signatures = server.Signatures.from_settings(running)
+    signatures.put_in(app)
+    others = _OtherProcesses(running.with_overrides(port=8123, database_url="postgresql://first/db"))
+    reload = server.KeyReload(lambda: configured[-1], running, KeyRing(running.api_keys), running.api_keys, (),
+                              cast(ApiProcesses, others), app, signatures)  # fmt: skip
+
+    async def reloaded() -> list[tuple[Settings, Any]]:
+        reload()
+        await asyncio.gather(*reload.renewals)
+        return others.renewals
+
+    assert await reloaded() == []  # the same key read again: nothing to renew
+    _, _, key_pem, cert_pem = _agent_files(tmp_path, "agent renewed", days=400)  # over the same files
+    [(renewed, rates)] = await reloaded()
+    assert rates == "the rates shared at start" and renewed.api_keys == running.api_keys
+    assert (renewed.port, renewed.database_url) == (8123, "postgresql://first/db")  # as the first process resolved
+    assert (renewed.signing_key_file, renewed.signing_cert_file) == (key_file, cert_file)
+    assert app[PIPELINE].signer.backend.certificate_der == RsaSha1Key.from_pem(key_pem, cert_pem).certificate_der
+
+    bundle = tmp_path / "trusted.pem"
+    bundle.write_bytes(cert_pem)
+    configured.append(running.with_overrides(verify_signatures=True, trusted_certs=bundle))
+    [_, (verifying, _)] = await reloaded()
+    assert (verifying.verify_signatures, verifying.trusted_certs) == (True, bundle)
+    pipeline = app[PIPELINE]
+    assert pipeline.verify_signatures and list(pipeline.trusted_certs or ()) == signing.read_certificates(bundle)
+    assert len(await reloaded()) == 2  # read again, unchanged

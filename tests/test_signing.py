@@ -581,8 +581,33 @@ def test_the_gateway_says_when_its_own_signing_certificate_expires(
         found = [(r["event"], r["log_level"]) for r in logged if r["event"].startswith("signing_certificate")]
         assert found == ([(event, level)] if event else []), logged
     root = parse(UNSIGNED)
-    signer(root)  # still signs: XML senders and the rest of the gateway go on
+    signer(root)  # valid for 400 days: signs
     assert verify(root).ok
+
+
+@pytest.mark.parametrize("make", [rsa_key, sm2_key], ids=["rsa", "sm2"])
+def test_the_gateways_signer_refuses_outside_its_certificates_validity(
+    make: Callable[[], signing.SignatureBackend],
+) -> None:
+    """A signature customs would refuse (DXP 1002) is not made: outside its certificate's dates the signer raises
+    SigningUnavailable, naming the date, and leaves the message unsigned."""
+    signer = signing.Signer(make())
+    since, until = signing.certificate_validity(signer.backend.certificate_der)
+    assert (signer.valid_from, signer.valid_until) == (since, until)
+    assert signer.refusal(since) is None and signer.refusal(until) is None
+    late = signer.refusal(until + timedelta(seconds=1))
+    assert late is not None and late.code == "signing.certificate_expired"
+    assert f"({signer.backend.key_name}) expired at 2051-07-13 00:09:08 UTC" in late.message
+    early = signer.refusal(since - timedelta(days=1))
+    assert early is not None and early.code == "signing.certificate_not_yet_valid"
+    assert "valid from 2026-11-21 00:09:08 UTC" in early.message
+
+    expired = signing.Signer(RsaSha1Key.from_pem(*signing.generate_test_key("rsa", "expired agent", days=0)))
+    root = parse(UNSIGNED)
+    with pytest.raises(signing.SigningUnavailable) as refused:
+        expired(root)
+    assert refused.value.code == "signing.certificate_expired"
+    assert root.find(f"{{{DS_NS}}}Signature") is None
 
 def test_certificate_can_come_from_the_trusted_list_by_key_name() -> None:
     signed = sign_xml(UNSIGNED, sm2_key())
@@ -636,7 +661,7 @@ def test_sm2_signature_encodings_and_ranges() -> None:
 
 
 def test_every_code_is_documented() -> None:
-    assert all(code.startswith("signature.") and text for code, text in CODES.items())
+    assert all(code.startswith(("signature.", "signing.")) and text for code, text in CODES.items())
     seen = {verify(UNSIGNED).code, verify(b"").code}
     assert seen <= set(CODES)
 
