@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -554,12 +554,19 @@ def create_app(
     # Behind a TLS-terminating proxy the browser's Origin is the public one, not the address the gateway listens on;
     # over https the session cookie must be Secure although the proxy speaks plain HTTP to us.
     public = settings.public_url
+    pipeline = app[PIPELINE]
+
+    def signing_valid_until() -> datetime | None:  # the signer in force now: a reload may renew it
+        return pipeline.signer.valid_until if isinstance(pipeline.signer, Signer) else None
+
+    def signing_standing() -> dict[str, Any] | None:
+        return pipeline.signer.standing(datetime.now(UTC)) if isinstance(pipeline.signer, Signer) else None
+
     setup_console(app, pool_key=POOL, keys_key=KEYS, endpoints=_configured_endpoints(app),
                   on_replayed=outbox.deliveries_replayed, tax_rates=rates,
-                  allowed_origins=(public,) if public else (),
+                  allowed_origins=(public,) if public else (), signing=signing_standing,
                   secure_cookie=True if public and public.startswith("https:") else None)  # fmt: skip
-    setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app),
-                  signing_valid_until=signer.valid_until if isinstance(signer, Signer) else None)
+    setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app), signing_valid_until=signing_valid_until)
 
     async def finish_batches(app: web.Application) -> None:
         # Messages already handed to the store's batcher are committed and answered before the pool closes.

@@ -80,10 +80,11 @@ class Metrics:
         window_s: float = 300.0,
         keys_key: web.AppKey[KeyRing] | None = None,
         endpoints: Iterable[str] = (),
-        signing_valid_until: datetime | None = None,
+        signing_valid_until: Callable[[], datetime | None] = lambda: None,
     ) -> None:
         self.pool_key = pool_key
-        self.signing_valid_until = signing_valid_until  # the JSON declarations' signing certificate's notAfter
+        # the notAfter of the certificate the JSON declarations are signed with now (a reload may renew it); None: none
+        self.signing_valid_until = signing_valid_until
         self.endpoints = tuple(endpoints)  # the configured queue endpoints: their gauges exist even when idle
         self.keys_key = keys_key  # set: /metrics needs an operator/admin key (Bearer or X-API-Key)
         self.window_s = window_s
@@ -174,12 +175,12 @@ class Metrics:
             families = []
             up = 0
         families.append(GaugeMetricFamily("cbec_database_up", "1 when the last scrape could read PostgreSQL", up))
-        if self.signing_valid_until is not None:
+        if (signing_until := self.signing_valid_until()) is not None:
             families.append(GaugeMetricFamily(
                 "cbec_signing_certificate_expiry_seconds",
                 "Seconds until the certificate of the key the gateway signs JSON declarations with expires "
                 "(negative: expired; it signs nothing then, and JSON declarations it would sign are answered 503)",
-                (self.signing_valid_until - datetime.now(UTC)).total_seconds(),
+                (signing_until - datetime.now(UTC)).total_seconds(),
             ))  # fmt: skip
         families.append(
             GaugeMetricFamily(
@@ -380,7 +381,7 @@ def setup_metrics(
     keys_key: web.AppKey[KeyRing] | None = None,
     path: str = "/metrics",
     endpoints: Iterable[str] = (),
-    signing_valid_until: datetime | None = None,
+    signing_valid_until: Callable[[], datetime | None] = lambda: None,
 ) -> Metrics:
     """Add ``GET /metrics`` and the outermost middleware.
 

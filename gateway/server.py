@@ -35,7 +35,7 @@ from gateway.api import KEYS, OUTBOX, PIPELINE, STORE, create_app
 from gateway.auth import KeyRing, SharedRates
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, netloc
 from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
-from gateway.metrics import METRICS, shared_across_processes
+from gateway.metrics import shared_across_processes
 from gateway.workers import (
     Forwarding,
     build_router,
@@ -110,13 +110,9 @@ def dev_keys(settings: Settings) -> Settings:
     return settings.with_overrides(api_keys=(ApiKey("dev-admin", key, Role.ADMIN),))
 
 
-#: How long before its signing certificate expires cbec serve starts saying so at every start.
-SIGNING_CERTIFICATE_WARNING = timedelta(days=30)
-
-
 def agent_signer(settings: Settings) -> signing.Signer:
     """The signer for JSON-submitted CEB621s: the configured key, else a local TEST key. A certificate expired, or
-    expiring within SIGNING_CERTIFICATE_WARNING, is logged (and /metrics shows its expiry at every scrape): customs
+    expiring within signing.EXPIRY_WARNING, is logged (and /metrics shows its expiry at every scrape): customs
     refuses what an expired one signs."""
     key_file, cert_file = settings.signing_key_file, settings.signing_cert_file
     if key_file is None or cert_file is None:
@@ -145,7 +141,7 @@ def agent_signer(settings: Settings) -> signing.Signer:
         log.error("signing_certificate_expired", valid_until=until.isoformat(), file=str(cert_file),
                   note="it signs nothing (customs would refuse it, DXP 1002): JSON declarations it would sign are "
                        "answered 503 until the renewed one is in (SIGHUP)")  # fmt: skip
-    elif left < SIGNING_CERTIFICATE_WARNING:
+    elif left < signing.EXPIRY_WARNING:
         log.warning("signing_certificate_expires_soon", valid_until=until.isoformat(), file=str(cert_file),
                     days_left=round(left / timedelta(days=1), 1))  # fmt: skip
     return signer
@@ -208,12 +204,10 @@ class Signatures:
                 and (self.agent_code, self.verify, self.trusted) == (other.agent_code, other.verify, other.trusted))
 
     def put_in(self, app: web.Application) -> None:
-        """In force in ``app``'s pipeline (the next message uses them) and its /metrics."""
+        """In force in ``app``'s pipeline: the next message uses them (and /metrics and the console read its signer)."""
         pipeline = app[PIPELINE]
         pipeline.signer, pipeline.signing_agent_code = self.signer, self.agent_code
         pipeline.verify_signatures, pipeline.trusted_certs = self.verify, self.trusted
-        if (metrics := app.get(METRICS)) is not None:
-            metrics.signing_valid_until = self.signer.valid_until
 
 
 def _key_changes(before: tuple[ApiKey, ...], after: tuple[ApiKey, ...]) -> dict[str, list[str]]:

@@ -96,13 +96,14 @@ import binascii
 import functools
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -811,6 +812,11 @@ def certificate_validity(cert: bytes) -> tuple[datetime, datetime]:
     return read.not_before, read.not_after
 
 
+#: How long before its certificate's end the gateway's own signing key is said to expire soon (the log at every start,
+#: the console's banner): time for the declaring agent to renew it with the E-Port CA.
+EXPIRY_WARNING = timedelta(days=30)
+
+
 class SigningUnavailable(Exception):
     """The gateway's own key cannot sign now: its certificate is outside its validity. Nothing about the message is
     wrong; customs would refuse the signature (DXP 1002), so the declaration is not signed, nor taken, until the key
@@ -840,6 +846,15 @@ class Signer:
         if (refusal := self.refusal(datetime.now(UTC))) is not None:
             raise refusal
         sign(root, self.backend)
+
+    def standing(self, at: datetime) -> dict[str, Any]:
+        """Where the key stands at ``at``, for the operators: ``state`` (``valid``, ``expires_soon`` within
+        EXPIRY_WARNING, ``expired``, ``not_yet_valid``), the certificate's dates, whole days left, its serial."""
+        left = self.valid_until - at
+        state = ("expired" if left < timedelta(0) else "not_yet_valid" if at < self.valid_from
+                 else "expires_soon" if left < EXPIRY_WARNING else "valid")  # fmt: skip
+        return {"state": state, "valid_from": self.valid_from.isoformat(), "valid_until": self.valid_until.isoformat(),
+                "days_left": math.floor(left / timedelta(days=1)), "key_name": self.backend.key_name}  # fmt: skip
 
     def refusal(self, at: datetime) -> SigningUnavailable | None:
         """Why the key may not sign at ``at`` (its certificate expired, or not yet valid); None when it may."""

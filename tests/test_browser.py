@@ -21,11 +21,14 @@ import asyncpg
 import cbec_queue
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from lxml import etree
 
 from gateway import samples
+from gateway.api import PIPELINE
 from gateway.console import CONSOLE
 from gateway.sandbox.receipts import build_receipt, build_tax_bills, new_guid, return_time
+from gateway.signing import RsaSha1Key, Signer, generate_test_key
 from tests.apiutil import ADMIN, PLATFORM_A, Client
 from tests.consoleutil import build_app, new_shipment, seed_realistic, start, submit
 from tests.forwardutil import CUSTOMS_KEY, running_stack
@@ -71,8 +74,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 class Site:
-    def __init__(self, base: str, api: Client, pool: asyncpg.Pool) -> None:
-        self.base, self.api, self.pool = base, api, pool
+    def __init__(self, base: str, api: Client, pool: asyncpg.Pool, app: web.Application) -> None:
+        self.base, self.api, self.pool, self.app = base, api, pool, app
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -80,7 +83,7 @@ async def site(db_pool: asyncpg.Pool) -> AsyncIterator[Site]:
     app = build_app(db_pool, poll_interval=0.3)
     runner, base = await start(app)
     async with aiohttp.ClientSession() as session:
-        yield Site(base, Client(session, base), db_pool)
+        yield Site(base, Client(session, base), db_pool, app)
     await asyncio.wait_for(runner.cleanup(), 10)
 
 
@@ -318,6 +321,39 @@ async def test_the_shipment_page_shows_customs_tax_bills_beside_the_estimate(bro
         await page.screenshot(path=shot("browser-tax-bills.png"), full_page=True)
         await page.context.close()
     assert errors == []
+
+
+async def test_the_banner_says_when_the_signing_certificate_expired_and_clears_once_it_is_renewed(
+    browser: Browser, site: Site
+) -> None:
+    """Past its certificate's end the gateway signs nothing and JSON declarations are 503s: the operators' header says
+    so, live; a certificate within 30 days of its end is a reminder with the days left; a renewed one put in force (as
+    SIGHUP does) clears the banner without a reload of the page."""
+    pipeline = site.app[PIPELINE]
+    before = pipeline.signer
+    errors: list[str] = []
+
+    def signer(days: int) -> Signer:
+        return Signer(RsaSha1Key.from_pem(*generate_test_key("rsa", f"agent {days}", days=days)))
+
+    try:
+        async with asyncio.timeout(60):
+            pipeline.signer = signer(0)  # valid from yesterday, until yesterday
+            page = await live_console(browser, site, errors)
+            banner = page.locator("#banner")
+            await expect(banner).to_be_visible()
+            await expect(banner).to_contain_text("Signing certificate expired")
+            await expect(banner).to_contain_text("JSON declarations refused (503) 签名证书已过期")
+            await page.screenshot(path=shot("console-signing-expired.png"))
+            pipeline.signer = signer(11)  # ten days left, less the seconds since it was made
+            await expect(banner).to_contain_text("Signing certificate expires in 9 d")
+            await expect(banner).to_contain_text("签名证书即将过期")
+            pipeline.signer = signer(400)
+            await expect(banner).to_be_hidden()
+            await page.screenshot(path=shot("console-signing-renewed.png"))
+            assert errors == []
+    finally:
+        pipeline.signer = before
 
 
 async def test_the_oldest_awaited_receipt_counts_on_while_the_feed_is_quiet(browser: Browser, site: Site) -> None:

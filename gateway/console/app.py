@@ -22,7 +22,7 @@ from aiohttp import web
 from gateway import db, tax
 from gateway.auth import KeyRing
 from gateway.console import queries as q
-from gateway.console.feed import Feed, Subscriber, build_summary, to_json
+from gateway.console.feed import Feed, Standing, Subscriber, build_summary, no_signer, to_json
 from gateway.console.session import (
     CONSOLE_ROLES,
     COOKIE,
@@ -68,6 +68,7 @@ class Console:
     endpoints: tuple[str, ...] = ()  # the configured queue endpoints, listed even when idle
     on_replayed: cbec_queue.JobsHook | None = None  # what follows a replay in its transaction (gateway.outbox)
     tax_rates: tax.TaxRates = tax.DEFAULT_RATES  # the estimate a tax bill is set beside (the API's rates)
+    signing: Standing = no_signer  # where the gateway's own signing key stands now (the banner)
     feed: Feed | None = None
 
 
@@ -530,6 +531,7 @@ def setup(
     endpoints: Iterable[str] = (),
     on_replayed: cbec_queue.JobsHook | None = None,
     tax_rates: tax.TaxRates = tax.DEFAULT_RATES,
+    signing: Standing = no_signer,
 ) -> None:
     """Add the console's routes, its live feed (started and stopped with the app) and security headers.
 
@@ -540,8 +542,9 @@ def setup(
     the queue endpoints counted as "forwarded" in the charts. ``poll_interval``: seconds between the live
     feed's polls. ``endpoints``: the configured queue endpoints, shown even when idle. ``on_replayed``: the hook
     a replay runs in its transaction (cbec_queue.replay). ``tax_rates``: the rates of the estimate the shipment page
-    sets customs' tax bills beside (the configured ones, as the API's). Calling it twice on one app does nothing the
-    second time.
+    sets customs' tax bills beside (the configured ones, as the API's). ``signing``: where the gateway's own signing
+    key stands now (gateway.signing.Signer.standing; a reload may renew it): the page's banner says when its
+    certificate has expired or expires soon. Calling it twice on one app does nothing the second time.
     """
     if CONSOLE in app:
         return
@@ -556,11 +559,13 @@ def setup(
         endpoints=tuple(endpoints),
         on_replayed=on_replayed,
         tax_rates=tax_rates,
+        signing=signing,
     )
     app[CONSOLE] = console
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        console.feed = Feed(app[pool_key], interval=console.poll_interval, endpoints=console.endpoints)
+        console.feed = Feed(app[pool_key], interval=console.poll_interval, endpoints=console.endpoints,
+                            signing=console.signing)  # fmt: skip
         await console.feed.start()
         yield
         await console.feed.stop()

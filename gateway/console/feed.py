@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -81,8 +81,17 @@ class Subscriber:
         return events
 
 
+#: Where the gateway's own signing key stands now (gateway.signing.Signer.standing), or None without one.
+Standing = Callable[[], dict[str, Any] | None]
+
+
+def no_signer() -> dict[str, Any] | None:
+    return None
+
+
 class Feed:
-    """Polls the database while someone listens and publishes ``summary``, ``queue`` and ``status`` events."""
+    """Polls the database while someone listens and publishes ``summary``, ``queue`` and ``status`` events, and
+    ``signing`` (where the gateway's signing key stands) when it changes."""
 
     def __init__(
         self,
@@ -92,8 +101,10 @@ class Feed:
         recount_every: int = 5,
         queue_every: int = 5,
         endpoints: Iterable[str] = (),
+        signing: Standing = no_signer,
     ) -> None:
         self.pool = pool
+        self.signing = signing
         self.endpoints = tuple(endpoints)  # the configured queue endpoints, listed even when idle
         self.interval = interval
         self.recount_every = recount_every
@@ -151,6 +162,9 @@ class Feed:
     async def _run(self) -> None:
         while not self._closing:
             await self._listening.wait()
+            standing = self.signing()  # renewed by a reload, or a day nearer its end: no database needed
+            if standing != self.latest.get("signing"):
+                self.publish("signing", standing)
             try:
                 await self.tick()
                 if not self._db_ok:

@@ -32,6 +32,7 @@
     awaited: null,
     view: "overview",
     shipmentKey: null,
+    alerts: { database: null, signing: null }, // what the header's banner says, one line each
   };
 
   // --- small DOM helpers ---
@@ -471,6 +472,27 @@
 
   // --- the live feed ---
 
+  function renderBanner() {
+    const lines = [state.alerts.database, state.alerts.signing].filter(Boolean);
+    const banner = $("banner");
+    banner.hidden = lines.length === 0;
+    banner.textContent = lines.join(" · ");
+  }
+
+  // The gateway's own signing key (gateway.signing.Signer.standing): past its certificate's end it signs nothing and
+  // JSON declarations it would sign are answered 503, so the operators are told before, and while, it happens.
+  function signingAlert(s) {
+    if (!s || s.state === "valid") return null;
+    const until = fmtTime(s.valid_until);
+    if (s.state === "expired") {
+      return `Signing certificate expired ${until} — JSON declarations refused (503) 签名证书已过期，JSON申报无法签名`;
+    }
+    if (s.state === "not_yet_valid") {
+      return `Signing certificate valid only from ${fmtTime(s.valid_from)} 签名证书尚未生效`;
+    }
+    return `Signing certificate expires in ${s.days_left} d (${until}) 签名证书即将过期，请及时更新`;
+  }
+
   function connect() {
     const live = $("live");
     const es = new EventSource(`${API}/events`);
@@ -504,9 +526,12 @@
     });
     es.addEventListener("status", (ev) => {
       const data = JSON.parse(ev.data);
-      const banner = $("banner");
-      banner.hidden = data.database === "ok";
-      banner.textContent = "Database unavailable 数据库不可用";
+      state.alerts.database = data.database === "ok" ? null : "Database unavailable 数据库不可用";
+      renderBanner();
+    });
+    es.addEventListener("signing", (ev) => {
+      state.alerts.signing = signingAlert(JSON.parse(ev.data));
+      renderBanner();
     });
     es.addEventListener("signed-out", () => { es.close(); window.location.assign("/ops/login"); });
   }
