@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 
 def _json_line(value: Any, **kw: Any) -> bytes:
@@ -75,6 +76,23 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _ClientFaults(logging.Filter):
+    """aiohttp logs a request it cannot even parse (a URL or header line beyond its limits, a malformed request line)
+    as an error with a traceback, and answers it 400: the client's fault, which a scanner on the port makes daily.
+    Such a record becomes one warning line naming the sender and the reason, so that an error in the log stays
+    something for the operators to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = (exc.message or "").splitlines()[0][:200] if exc.message else type(exc).__name__
+            record.msg, record.args = "bad_http_request", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+            record.reason = f"{exc.code} {type(exc).__name__}: {reason}"
+        return True
+
+
 def _route_stdlib(fmt: str, level: str) -> None:
     """The standard library's records (asyncpg, the embedded PostgreSQL's package, warnings) in the same form and at
     the same level: one JSON object per line in production, not free text and bare tracebacks among them."""
@@ -90,6 +108,7 @@ def _route_stdlib(fmt: str, level: str) -> None:
             foreign_pre_chain=[
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(allow=("reason",)),  # _ClientFaults' reason
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 structlog.processors.format_exc_info,
             ],
@@ -101,4 +120,8 @@ def _route_stdlib(fmt: str, level: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.getLevelNamesMapping()[level.upper()])
+    server = logging.getLogger("aiohttp.server")
+    for stale in [f for f in server.filters if isinstance(f, _ClientFaults)]:
+        server.removeFilter(stale)
+    server.addFilter(_ClientFaults())
     logging.captureWarnings(True)

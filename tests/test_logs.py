@@ -42,3 +42,38 @@ def test_json_lines_keep_chinese_text_and_survive_odd_values(monkeypatch: pytest
     assert line["event"] == "request" and line["level"] == "info" and line["consignee"] == "张三"
     assert line["amount"] == "Decimal('12.50')" and line["by_rank"] == {"2": "sent"}
     assert line["timestamp"].endswith("Z")
+
+
+async def test_a_request_aiohttp_cannot_parse_is_one_warning_line_not_an_error_with_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scanner's junk on the port (here a request line beyond aiohttp's 8,190 bytes) is answered 400 by aiohttp,
+    which logged it as an error with a traceback; it is the client's fault: one warning line with the reason."""
+    import asyncio
+
+    from aiohttp import web
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    before = structlog.get_config()
+    runner = web.AppRunner(web.Application(), access_log=None)
+    try:
+        logs.configure("json", "info")
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(200), 5)
+        writer.close()
+        logging.getLogger("aiohttp.server").error("a real error", exc_info=ValueError("kept as it is"))
+    finally:
+        await runner.cleanup()
+        structlog.configure(**before)
+    assert answer.split(b" ")[1] == b"400"
+    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    assert [(r["event"], r["level"]) for r in lines] == [("bad_http_request", "warning"), ("a real error", "error")]
+    assert lines[0]["reason"].startswith("400 LineTooLong: Got more than 8190 bytes") and "exception" not in lines[0]
+    assert "ValueError: kept as it is" in lines[1]["exception"]
