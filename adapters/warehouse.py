@@ -42,7 +42,7 @@ them and the shape.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,25 @@ ORDER_SCHEMA = "cbec.warehouse-order.v1"
 CALLBACK_SCHEMA = "cbec.warehouse-callback.v1"
 DIRECTIONS = ("inbound", "outbound")
 CALLBACK_STATUSES = ("accepted", "received", "picked", "shipped", "delivered", "rejected", "cancelled")
+CODES = {
+    "warehouse.bad_callback": "a warehouse callback (POST /v1/warehouse/callbacks) that is not the contract's: not a "
+    "JSON object of schema cbec.warehouse-callback.v1, orderId, warehouseOrderNo, direction, status or occurredAt "
+    "missing, a direction or status not in the contract (HTTP 422)",
+}
+
+#: How far an order has gone: callbacks may come twice or out of order, and an order's status is its furthest. An
+#: order ends rejected or cancelled whatever came before.
+STATUS_RANK = {"accepted": 1, "received": 2, "picked": 3, "shipped": 4, "delivered": 5, "rejected": 6, "cancelled": 6}
+
+
+def furthest(events: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """Of one order's callbacks (each with ``status``, in the order they came), the one of the furthest status; of two
+    equally far, the later."""
+    best: Mapping[str, Any] | None = None
+    for event in events:
+        if best is None or STATUS_RANK.get(event["status"], 0) >= STATUS_RANK.get(best["status"], 0):
+            best = event
+    return best
 
 _REFERENCE_FIELDS: dict[str, tuple[str, ...]] = {
     "CEB621": ("guid", "orderNo", "ebpCode", "ebcCode", "logisticsCode", "logisticsNo", "copNo", "preNo", "invtNo",

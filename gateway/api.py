@@ -25,6 +25,7 @@ import structlog
 from aiohttp import web
 from lxml import etree
 
+from adapters import warehouse
 from gateway import db, receipts, summary, taxbills
 from gateway.auth import KeyRing, Principal, SharedRates, shipment_view
 from gateway.config import Role, Settings
@@ -163,6 +164,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return response
     if principal.role is Role.CUSTOMS and not (request.method == "POST" and request.path == "/v1/receipts"):
         return error_response(403, "a customs key may only post receipts (POST /v1/receipts)")
+    if principal.role is Role.WAREHOUSE and not (request.method == "POST" and request.path == WAREHOUSE_CALLBACKS):
+        return error_response(403, f"a warehouse key may only post its orders' callbacks (POST {WAREHOUSE_CALLBACKS})")
     return await handler(request)
 
 
@@ -409,6 +412,34 @@ async def post_receipts(request: web.Request) -> web.Response:
     )
 
 
+#: Where warehouses report on the orders the gateway sent them (adapters/warehouse.py's callback contract).
+WAREHOUSE_CALLBACKS = "/v1/warehouse/callbacks"
+
+
+async def post_warehouse_callback(request: web.Request) -> web.Response:
+    """A warehouse's status of an order the gateway sent it: stored once (a repeat answers ``stored`` false), shown
+    on the document the order was made from (its reference), the furthest status being the order's."""
+    principal = _principal(request)
+    if principal.role not in (Role.WAREHOUSE, Role.ADMIN):
+        return error_response(403, "only warehouse (and admin) keys may post warehouse callbacks")
+    try:
+        body = await _read_body(request, 64 * 1024)  # a status line of one order: a few hundred bytes
+    except MessageRejected as exc:
+        return error_response(_status_for(exc.issues), "the callback was rejected", exc.issues)
+    try:
+        callback = warehouse.parse_callback(body)
+    except ValueError as exc:
+        issue = Issue(Layer.SCHEMA, "warehouse.bad_callback", "/", str(exc))
+        log.info("warehouse_callback_rejected", reason=str(exc))
+        return error_response(422, "the callback was rejected", [issue])
+    stored, linked, status = await request.app[OUTBOX].record_warehouse_callback(callback, principal.name)
+    log.info("warehouse_callback", order_id=callback.order_id, status=callback.status, stored=stored, linked=linked)
+    if not linked:
+        log.warning("warehouse_callback_unlinked", order_id=callback.order_id, reference=dict(callback.reference),
+                    note="its reference names no document the gateway holds")  # fmt: skip
+    return json_response({"order_id": callback.order_id, "stored": stored, "linked": linked, "status": status})
+
+
 def _operator(request: web.Request) -> web.Response | None:
     """403 unless the key is an operator's or an admin's (queue pages and replays)."""
     if _principal(request).role not in (Role.OPERATOR, Role.ADMIN):
@@ -545,6 +576,7 @@ def create_app(
     app.router.add_get("/v1/rejections", list_rejections)
     app.router.add_get("/v1/rejections/{id}", get_rejection)
     app.router.add_post("/v1/receipts", post_receipts)
+    app.router.add_post(WAREHOUSE_CALLBACKS, post_warehouse_callback)
     app.router.add_get("/v1/queue", get_queue)
     app.router.add_get("/v1/queue/dead", get_dead_letters)
     app.router.add_post("/v1/queue/replay", post_replay)

@@ -198,6 +198,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
             receipt_headers=headers,
             receipt_delay=args.delay_ms / 1000,
             failure_rate=args.failure_rate,
+            warehouse_callback_url=args.warehouse_callback_url,
+            warehouse_callback_headers={"X-API-Key": args.warehouse_key} if args.warehouse_key else {},
         )
         print(f"customs sandbox on {sandbox.url}: POST /dxp /ceb /inspection /warehouse/orders", flush=True)
         stop = asyncio.Event()
@@ -264,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8790, help="listen port (default 8790; 0: any free port)")
     p.add_argument("--receipt-url", help="where receipts go, e.g. http://127.0.0.1:8080/v1/receipts")
     p.add_argument("--receipt-key", help="API key (role customs) sent with the receipts as X-API-Key")
+    p.add_argument("--warehouse-callback-url",
+                   help="where its warehouse's callbacks go, e.g. http://127.0.0.1:8080/v1/warehouse/callbacks")
+    p.add_argument("--warehouse-key", help="API key (role warehouse) sent with the callbacks as X-API-Key")
     p.add_argument("--delay-ms", type=float, default=500.0, help="delay before each receipt (default 500)")
     p.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests answered 503 (default 0)")
     p.set_defaults(func=_cmd_sandbox)

@@ -13,6 +13,7 @@ import importlib
 MODULES: tuple[str, ...] = (
     "gateway.xmlsafe",
     "adapters.dxp",
+    "adapters.warehouse",
     "gateway.render",
     "gateway.schema",
     "gateway.rules",
@@ -41,6 +42,7 @@ _TITLES = {
     "warning in the 202 answer)",
     "signature": "XML signature",
     "signing": "The gateway's own signing key (HTTP 503: nothing about the message is wrong)",
+    "warehouse": "Warehouse callbacks",
 }
 
 

@@ -35,6 +35,7 @@ class Role(StrEnum):
     OPERATOR = "operator"  # reads everything and replays dead letters (bonded-zone operators)
     ADMIN = "admin"  # everything
     CUSTOMS = "customs"  # customs / E-Port (or the sandbox): may post receipts (POST /v1/receipts) only
+    WAREHOUSE = "warehouse"  # a warehouse (or the sandbox's): may post its orders' callbacks only
 
 
 def key_digest(key: str) -> bytes:

@@ -256,6 +256,23 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/warehouse/callbacks": {
+            "post": {
+                "summary": "A warehouse's status of an order the gateway sent it (warehouse and admin keys; the "
+                "contract in docs/adapters.md, schema cbec.warehouse-callback.v1): stored once per order, status and "
+                "occurredAt, and shown on the shipment under the document the order's reference names (messageType, "
+                "guid) as warehouse_orders, each with its furthest status and its callbacks",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "200": {"description": "{order_id, stored (false: this callback came before), linked (false: "
+                                           "its reference names no document the gateway holds; kept all the same), "
+                                           "status (the order's furthest so far)}"},
+                    "413": _err("body too large (64 KiB)"),
+                    "422": _err("not a callback of the contract (warehouse.bad_callback)"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/v1/queue": {
             "get": {
                 "summary": "Delivery queue per endpoint: jobs queued, due, running, done (kept) and dead, oldest "

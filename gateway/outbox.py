@@ -41,6 +41,7 @@ import asyncpg
 import cbec_queue
 import structlog
 
+from adapters import warehouse
 from gateway import db, summary, taxbills
 from gateway import receipts as rc
 from gateway.batching import Batcher, Follow
@@ -542,6 +543,30 @@ ATTEMPTS = """
 SELECT job_id, replay, attempt, worker_id, started_at, finished_at, outcome, error, duration_ms
   FROM job_attempts WHERE job_id = ANY ($1::bigint[])
  ORDER BY job_id, replay, attempt, id
+"""
+#: A warehouse's callback ($1-$10), once: a repeat of the same order, status and time changes nothing. Answers whether
+#: it was stored, whether its reference names a document the gateway holds, and the statuses of the order's earlier
+#: callbacks in the order they came (the snapshot does not hold this one) for its furthest status.
+INSERT_WAREHOUSE_EVENT = """
+WITH ins AS (
+    INSERT INTO warehouse_events (submitter, order_id, warehouse_order_no, direction, status, reason, occurred_at,
+                                  message_type, doc_guid, reference)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    ON CONFLICT (order_id, status, occurred_at) DO NOTHING
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM ins) AS stored,
+       $9::text IS NOT NULL AND EXISTS (SELECT 1 FROM documents AS d
+                                         WHERE d.doc_guid = $9 AND d.message_type = $8) AS linked,
+       -- through the order's unique index (OFFSET 0: sorting by id would read the primary key's instead)
+       ARRAY(SELECT e.status FROM (SELECT id, status FROM warehouse_events WHERE order_id = $2 OFFSET 0) AS e
+              ORDER BY e.id) AS statuses
+"""
+#: The warehouses' callbacks on the orders made from documents ($1 doc guids), oldest first.
+WAREHOUSE_EVENTS_OF = """
+SELECT doc_guid, message_type, order_id, warehouse_order_no, direction, status, reason, occurred_at, received_at
+  FROM warehouse_events WHERE doc_guid = ANY ($1::text[])
+ ORDER BY doc_guid, order_id, id
 """
 RECEIPTS_OF = """
 SELECT id, received_at, message_type, root_guid, element_index, doc_guid, keys, return_status, return_time,
@@ -1343,6 +1368,8 @@ class Outbox:
                     history[entry.pop("job_id")].append(entry)
             message_ids = sorted({r["message_id"] for r in fwd.values()})
             receipts = [dict(r) for r in await conn.fetch(RECEIPTS_OF, ids, message_ids)]
+            callbacks = await conn.fetch(WAREHOUSE_EVENTS_OF, sorted({d["doc_guid"] for d in docs}))
+        orders = warehouse_orders(callbacks)
         for j in jobs:
             j["history"] = history[j["id"]]
         for d in docs:
@@ -1369,12 +1396,52 @@ class Outbox:
                 }
             )
             d["transmissions"] = [j for j in jobs if j["message_guid"] == guid]
+            d["warehouse_orders"] = orders.get((d["message_type"], d["doc_guid"]), [])
             d["receipts"] = [
                 x
                 for x in receipts
                 if x["document_id"] == d["id"] or (x["document_id"] is None and x["message_id"] == r["message_id"])
             ]
         return shipment
+
+
+    async def record_warehouse_callback(
+        self, callback: warehouse.WarehouseCallback, submitter: str
+    ) -> tuple[bool, bool, str]:
+        """Store a warehouse's callback once: whether it was new, whether its reference names a document the gateway
+        holds (the order's document, where the shipment view shows it), and the order's furthest status now."""
+        ref = callback.reference
+        mtype, doc_guid = ref.get("messageType"), ref.get("guid")
+        row = await self.pool.fetchrow(
+            INSERT_WAREHOUSE_EVENT, submitter, callback.order_id, callback.warehouse_order_no, callback.direction,
+            callback.status, callback.reason, callback.occurred_at, mtype if isinstance(mtype, str) else None,
+            doc_guid if isinstance(doc_guid, str) else None, dict(ref),
+        )  # fmt: skip
+        assert row is not None
+        # the statement reads the order's earlier callbacks as they were before its own insert
+        best = warehouse.furthest({"status": s} for s in [*row["statuses"], callback.status])
+        assert best is not None
+        return row["stored"], row["linked"], best["status"]
+
+
+def warehouse_orders(callbacks: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The warehouse orders of each document (message type, doc guid) from their callbacks (WAREHOUSE_EVENTS_OF's
+    rows, oldest first): per order its furthest status and every callback as it came."""
+    by_order: dict[str, dict[str, Any]] = {}
+    for c in callbacks:
+        order = by_order.setdefault(c["order_id"], {
+            "key": (c["message_type"], c["doc_guid"]), "order_id": c["order_id"],
+            "warehouse_order_no": c["warehouse_order_no"], "direction": c["direction"], "events": [],
+        })  # fmt: skip
+        order["events"].append({"status": c["status"], "reason": c["reason"], "occurred_at": c["occurred_at"],
+                                "received_at": _iso(c["received_at"])})  # fmt: skip
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for order in by_order.values():
+        best = warehouse.furthest(order["events"])
+        assert best is not None
+        order.update(status=best["status"], reason=best["reason"])
+        out.setdefault(order.pop("key"), []).append(order)
+    return out
 
 
 class Leg(Protocol):

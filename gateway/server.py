@@ -31,7 +31,7 @@ from aiohttp import web
 from cbec_queue.policy import RetryPolicy
 
 from gateway import db, logs, signing
-from gateway.api import KEYS, OUTBOX, PIPELINE, STORE, create_app
+from gateway.api import KEYS, OUTBOX, PIPELINE, STORE, WAREHOUSE_CALLBACKS, create_app
 from gateway.auth import KeyRing, SharedRates
 from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, netloc
 from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
@@ -348,10 +348,15 @@ async def serve(
     settings = dev_keys(settings)
     fwd = settings.forwarding
     sandboxed = fwd.enabled and uses_sandbox(fwd)
-    # API processes get their settings from the first one, the sandbox's receipt key included
+    # API processes get their settings from the first one, the sandbox's keys included
     customs_key = secrets.token_urlsafe(32) if sandboxed and not api_only else None
-    # keys of the gateway's own making, kept through a reload: the sandbox's, to post its receipts back
-    own_keys = (ApiKey("customs-sandbox", customs_key, Role.CUSTOMS),) if customs_key is not None else ()
+    warehouse_key = secrets.token_urlsafe(32) if sandboxed and not api_only else None
+    # keys of the gateway's own making, kept through a reload: the sandbox's, to post its receipts and its warehouse's
+    # callbacks back
+    own_keys: tuple[ApiKey, ...] = ()
+    if customs_key is not None and warehouse_key is not None:
+        own_keys = (ApiKey("customs-sandbox", customs_key, Role.CUSTOMS),
+                    ApiKey("warehouse-sandbox", warehouse_key, Role.WAREHOUSE))  # fmt: skip
     settings = settings.with_overrides(api_keys=(*settings.api_keys, *own_keys))
     stop = stop or asyncio.Event()
     async with stopped_by_signals(stop), database(settings, stop=stop) as dsn, contextlib.AsyncExitStack() as stack:
@@ -432,6 +437,8 @@ async def serve(
                         receipt_url=f"{url}/v1/receipts",
                         receipt_headers={"X-API-Key": customs_key},
                         receipt_delay=fwd.sandbox_receipt_delay_s,
+                        warehouse_callback_url=f"{url}{WAREHOUSE_CALLBACKS}",
+                        warehouse_callback_headers={"X-API-Key": warehouse_key},
                         schemas=app[PIPELINE].schemas,  # the XSDs compiled once per process
                     )
                     log.info("customs_sandbox", url=sandbox.url, note="no customs endpoint configured")

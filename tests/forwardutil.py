@@ -26,6 +26,7 @@ from gateway.workers import Forwarding, build_router
 from tests.apiutil import Client, Reply, sign_as_agent, test_settings
 
 CUSTOMS_KEY = "customs-key-4444444444444"
+WAREHOUSE_KEY = "warehouse-key-55555555555"
 
 #: Millisecond retries, a breaker that recovers at once, a worker that polls often.
 FAST_RETRY = RetrySettings(base_s=0.02, factor=2.0, cap_s=0.2, max_attempts=60)
@@ -63,7 +64,8 @@ def fast_forwarding(endpoints: tuple[EndpointSettings, ...], **changes: Any) -> 
 
 def settings_for(fwd: ForwardingSettings) -> Settings:
     s = test_settings(forwarding=fwd)
-    return s.with_overrides(api_keys=(*s.api_keys, ApiKey("customs", CUSTOMS_KEY, Role.CUSTOMS)))
+    return s.with_overrides(api_keys=(*s.api_keys, ApiKey("customs", CUSTOMS_KEY, Role.CUSTOMS),
+                                      ApiKey("warehouse", WAREHOUSE_KEY, Role.WAREHOUSE)))  # fmt: skip
 
 
 def shipment(seed: int, mode: str = "9610", prefix: str = "", **kw: Any) -> samples.ShipmentSample:
@@ -182,6 +184,8 @@ async def running_stack(
         base = f"http://127.0.0.1:{runner.addresses[0][1]}"
         sb.config.receipt_url = f"{base}/v1/receipts"
         sb.config.receipt_headers = {"X-API-Key": CUSTOMS_KEY}
+        sb.config.warehouse_callback_url = f"{base}/v1/warehouse/callbacks"
+        sb.config.warehouse_callback_headers = {"X-API-Key": WAREHOUSE_KEY}
         fwd_runtime = Forwarding(pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=worker)
         await fwd_runtime.start()
         async with aiohttp.ClientSession() as session:

@@ -22,7 +22,7 @@ from aiohttp import web
 from lxml import etree
 
 from adapters import customs as customs_module
-from adapters import dxp
+from adapters import dxp, warehouse
 from adapters.base import (
     Adapter,
     AdapterTimeouts,
@@ -630,6 +630,31 @@ async def test_inspection_sends_bonded_inventories_only(
     lines = etree.fromstring(bonded).findall(f"{C}Inventory/{C}InventoryList")
     assert [i["gcode"] for i in decl["items"]] == [li.findtext(f"{C}gcode") for li in lines]
     assert [i["totalPrice"] for i in decl["items"]] == [li.findtext(f"{C}totalPrice") for li in lines]
+
+
+def test_a_warehouse_orders_status_is_its_furthest_whatever_order_the_callbacks_came_in() -> None:
+    from datetime import UTC
+
+    from gateway.outbox import warehouse_orders
+
+    def events(*statuses: str) -> list[dict[str, str]]:
+        return [{"status": s} for s in statuses]
+
+    assert warehouse.furthest(events("accepted", "shipped", "picked"))["status"] == "shipped"  # type: ignore[index]
+    assert warehouse.furthest(events("delivered", "rejected"))["status"] == "rejected"  # type: ignore[index]
+    assert warehouse.furthest(events("cancelled", "rejected"))["status"] == "rejected"  # type: ignore[index]
+    assert warehouse.furthest([]) is None
+    at = datetime(2026, 12, 6, tzinfo=UTC)
+    rows = [{"doc_guid": g, "message_type": "CEB621", "order_id": o, "warehouse_order_no": f"WH-{o}",
+             "direction": "outbound", "status": st, "reason": r, "occurred_at": "t", "received_at": at}
+            for g, o, st, r in (("G1", "O1", "shipped", None), ("G1", "O1", "accepted", None),
+                                ("G2", "O2", "rejected", "no stock"), ("G1", "O3", "accepted", None))]  # fmt: skip
+    orders = warehouse_orders(rows)
+    assert {k: [(o["order_id"], o["status"]) for o in v] for k, v in orders.items()} == {
+        ("CEB621", "G1"): [("O1", "shipped"), ("O3", "accepted")], ("CEB621", "G2"): [("O2", "rejected")]}
+    [o2] = orders[("CEB621", "G2")]
+    assert o2["reason"] == "no stock" and o2["warehouse_order_no"] == "WH-O2"
+    assert [e["status"] for e in orders[("CEB621", "G1")][0]["events"]] == ["shipped", "accepted"]  # as they came
 
 
 async def test_warehouse_outbound_order_and_callbacks(

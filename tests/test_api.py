@@ -761,3 +761,59 @@ def export_cancel(inventory: dict[str, str], invt_no: str) -> bytes:
     return render(payload, signer=sign_as_agent)
 
 
+
+
+async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furthest_status(
+    db_pool: asyncpg.Pool,
+) -> None:
+    """POST /v1/warehouse/callbacks (adapters/warehouse.py's contract), with a key of role warehouse: each callback is
+    stored once and shown on the document its order was made from (the reference's messageType and guid), the order's
+    status its furthest whatever order the callbacks came in; a repeat stores nothing; one naming no document the
+    gateway holds is kept and says so; a bad one is a 422; a warehouse key does nothing else, and no other key but
+    an admin's posts callbacks."""
+    warehouse_key = "warehouse-key-" + "w" * 16
+    settings = apiutil.test_settings()
+    settings = settings.with_overrides(api_keys=(*settings.api_keys, ApiKey("wms", warehouse_key, Role.WAREHOUSE)))
+    async with serving(create_app(settings, db_pool, signer=sign_as_agent)) as api:
+        s = new_shipment(41)
+        for xml in legs(s).values():
+            assert (await api.post_xml(xml)).status == 202
+        inventory = s.inventory["documents"][0]
+        reference = {"messageType": "CEB621", "guid": inventory["guid"], "orderNo": inventory["orderNo"],
+                     "ebpCode": inventory["ebpCode"]}  # fmt: skip
+
+        async def callback(status: str, minute: int, key: str = warehouse_key, **changes: Any) -> apiutil.Reply:
+            body = {"schema": "cbec.warehouse-callback.v1", "orderId": "ORDER-1", "warehouseOrderNo": "WH00000007",
+                    "direction": "outbound", "status": status, "reason": None, "reference": reference,
+                    "occurredAt": f"2026-12-06T10:{minute:02d}:00+08:00", "timestamp": 1796000000,
+                    **changes}  # fmt: skip
+            return await api.request("POST", "/v1/warehouse/callbacks", key=key, json_body=body)
+
+        shipped = await callback("shipped", 5)  # before its "accepted": out of order
+        assert shipped.status == 200, shipped.body
+        assert shipped.body == {"order_id": "ORDER-1", "stored": True, "linked": True, "status": "shipped"}
+        accepted = await callback("accepted", 1)
+        assert accepted.body["stored"] and accepted.body["status"] == "shipped"
+        again = await callback("accepted", 1)
+        assert (again.status, again.body["stored"], again.body["status"]) == (200, False, "shipped")
+
+        view = await shipment_state(api, s)
+        [doc] = [d for d in view["documents"] if d["message_type"] == "CEB621"]
+        [order] = doc["warehouse_orders"]
+        assert (order["order_id"], order["warehouse_order_no"], order["status"]) == ("ORDER-1", "WH00000007", "shipped")
+        assert [e["status"] for e in order["events"]] == ["shipped", "accepted"]
+        assert all(not d["warehouse_orders"] for d in view["documents"] if d["message_type"] != "CEB621")
+
+        stray = await callback("accepted", 2, orderId="ORDER-X", reference={"messageType": "CEB621", "guid": "nope"})
+        assert (stray.status, stray.body["stored"], stray.body["linked"]) == (200, True, False)
+        bad = await callback("lost", 3)
+        assert bad.status == 422 and bad.body["error"]["issues"][0]["code"] == "warehouse.bad_callback"
+        assert "status 'lost'" in bad.body["error"]["issues"][0]["message"]
+        assert (await callback("delivered", 9, key=PLATFORM_A)).status == 403
+        assert (await callback("delivered", 9, key=OPERATOR)).status == 403
+        assert (await api.get("/v1/shipments", key=warehouse_key)).status == 403
+        assert (await api.post_xml(legs(s)["CEB311"], key=warehouse_key)).status == 403
+        too_big = await api.request("POST", "/v1/warehouse/callbacks", key=warehouse_key, data=b"{" + b" " * 70000,
+                                    content_type="application/json")  # fmt: skip
+        assert too_big.status == 413
+        assert await db_pool.fetchval("SELECT count(*) FROM warehouse_events") == 3

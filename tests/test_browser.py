@@ -31,7 +31,7 @@ from gateway.sandbox.receipts import build_receipt, build_tax_bills, new_guid, r
 from gateway.signing import RsaSha1Key, Signer, generate_test_key
 from tests.apiutil import ADMIN, PLATFORM_A, Client
 from tests.consoleutil import build_app, new_shipment, seed_realistic, start, submit
-from tests.forwardutil import CUSTOMS_KEY, running_stack
+from tests.forwardutil import CUSTOMS_KEY, running_stack, wait_for
 from tests.forwardutil import legs as fwd_legs
 from tests.forwardutil import shipment as fwd_shipment
 
@@ -299,11 +299,21 @@ async def test_the_shipment_page_shows_customs_tax_bills_beside_the_estimate(bro
                                            data=build_tax_bills("CEB816", [(head, [line])]))  # fmt: skip
         assert reply.status == 200
 
+        async def shipped() -> bool:  # the released inventory's warehouse order, reported by the sandbox's warehouse
+            docs = (await stack.shipment(s))["documents"]
+            return any(o["status"] == "shipped" for d in docs for o in d.get("warehouse_orders", []))
+
+        await wait_for(shipped, timeout=10, what="the warehouse's callbacks")
+
         page = await new_page(browser, errors)
         await sign_in(page, stack.base, ADMIN)
         await page.wait_for_url(stack.base + "/ops")
         key = urlencode({"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"]})
         await page.goto(f"{stack.base}/ops#/shipment?{key}")
+        await expect(page.locator(".facts")).to_contain_text("shipped 已发货")  # the warehouse's order
+        timeline = page.locator(".timeline")
+        await expect(timeline).to_contain_text("Warehouse 仓库 WH")
+        await expect(timeline).to_contain_text("accepted 已接单")
         same = page.locator(f"#tax-bills .tax-bill[data-tax-no='{bill['taxNo']}']")
         other = page.locator("#tax-bills .tax-bill[data-tax-no='T-404-B']")
         await expect(same).to_contain_text("2 consolidated 已汇总")

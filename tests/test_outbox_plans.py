@@ -48,6 +48,9 @@ _PLAN_CASES = {
     "TRANSMISSIONS": _T,
     "ATTEMPTS": "ARRAY[1::bigint]",
     "RECEIPTS_OF": "ARRAY[1::bigint], ARRAY[1::bigint]",
+    "WAREHOUSE_EVENTS_OF": _T,
+    # a warehouse's callback (POST /v1/warehouse/callbacks)
+    "INSERT_WAREHOUSE_EVENT": "'w', 'o', 'WH1', 'outbound', 'shipped', NULL, 't', 'CEB621', 'g', '{}'::jsonb",
 }
 #: cbec_queue's statements that run inside the planned record_sent transaction.
 _QUEUE_PLAN_CASES = {"FINISH_DONE_MANY": "ARRAY[1::bigint], ARRAY[1], ARRAY['w']"}

@@ -323,7 +323,8 @@ async def shipment_detail(
     conn: asyncpg.Connection, ebp_code: str, order_no: str, rates: tax.TaxRates = tax.DEFAULT_RATES
 ) -> dict[str, Any] | None:
     """The shipment with every version of its documents (each with its forward state and customs status),
-    the jobs that transmitted its messages (with their attempts), the receipts of its documents, and customs' tax
+    the jobs that transmitted its messages (with their attempts), the receipts of its documents, the warehouse orders
+    made from them with the warehouses' callbacks (gateway.outbox.warehouse_orders), and customs' tax
     bills beside the gateway's estimate at ``rates`` (gateway.taxbills.shipment_bills, as the API's shipment shows
     them: a bill's ``tax.bill_differs`` findings join the shipment's)."""
     s = await conn.fetchrow(SHIPMENT, ebp_code, order_no)
@@ -342,6 +343,8 @@ async def shipment_detail(
     out["transmissions"] = jobs
     receipts = await conn.fetch(outbox.RECEIPTS_OF, [d["id"] for d in docs], sorted({d["message_id"] for d in docs}))
     out["receipts"] = [{**r, "keys": db.json_value(r["keys"])} for r in receipts]
+    callbacks = await conn.fetch(outbox.WAREHOUSE_EVENTS_OF, sorted({d["doc_guid"] for d in docs}))
+    out["warehouse_orders"] = [o for orders in outbox.warehouse_orders(callbacks).values() for o in orders]
     out["tax_bills"], differs = taxbills.shipment_bills(docs, out["receipts"], rates)
     out["findings"] = [*(out["findings"] or []), *(f.as_dict() for f in differs)]
     return out

@@ -107,6 +107,7 @@ class SandboxConfig:
     warehouse_callback_url: str | None = None  # default when an order has no callbackUrl
     warehouse_callback_delay: float = 0.5
     warehouse_callback_secret: str | None = None  # signs callbacks like seller webhooks
+    warehouse_callback_headers: dict[str, str] = field(default_factory=dict)  # e.g. the gateway's warehouse key
     failure_rate: float = 0.0  # fraction of customs / inspection / warehouse requests answered 503 at random
     scenarios_off: list[str] = field(default_factory=list)  # scenario names ignored (e.g. POISON after a fix)
     # after an import inventory's 800, its tax bill (CEB816) as the gateway would estimate it, to the same receipt_url
@@ -1352,7 +1353,7 @@ class Sandbox:
             ts = int(now.timestamp())
             doc = {**event, "occurredAt": now.isoformat(timespec="seconds"), "timestamp": ts}
             data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            headers = {"Content-Type": "application/json"}
+            headers = {**self.config.warehouse_callback_headers, "Content-Type": "application/json"}
             if self.config.warehouse_callback_secret:
                 headers["X-CBEC-Signature"] = sign_body(self.config.warehouse_callback_secret, data)
                 headers["X-CBEC-Timestamp"] = str(ts)
@@ -1470,12 +1471,14 @@ async def _reset(request: web.Request) -> web.Response:
 #: Fields that carry credentials (the gateway's customs key in the receipts' headers, the warehouse's shared
 #: secret) or say where they go: never shown by GET /sandbox/config, never changed by POST — the sandbox answers
 #: anyone on its port, and a changed receipt_url would send the key elsewhere. Set them where the sandbox starts.
-_GUARDED = ("receipt_headers", "receipt_url", "warehouse_callback_secret", "warehouse_callback_url")
+_GUARDED = ("receipt_headers", "receipt_url", "warehouse_callback_secret", "warehouse_callback_url",
+            "warehouse_callback_headers")
 
 
 def _shown(config: SandboxConfig) -> dict[str, Any]:
     out = dataclasses.asdict(config)
     out["receipt_headers"] = {name: "(set)" for name in config.receipt_headers}
+    out["warehouse_callback_headers"] = {name: "(set)" for name in config.warehouse_callback_headers}
     if config.warehouse_callback_secret:
         out["warehouse_callback_secret"] = "(set)"
     return out

@@ -14,6 +14,10 @@
     failed: "发送失败" };
   // customs' tax bill status (CEB816/818, gateway.taxbills.STATUS_NAMES)
   const TAX_STATUS_ZH = { "1": "已生成", "2": "已汇总", "3": "已作废" };
+  // a warehouse's statuses of an order (adapters/warehouse.py CALLBACK_STATUSES); the last two end it
+  const WAREHOUSE_ZH = { accepted: "已接单", received: "已入库", picked: "已拣货", shipped: "已发货", delivered: "已签收",
+    rejected: "已拒绝", cancelled: "已取消" };
+  const WAREHOUSE_ENDED = new Set(["rejected", "cancelled"]);
   const TAXES = [["customsTax", "关税"], ["valueAddedTax", "增值税"], ["consumptionTax", "消费税"], ["total", "合计"]];
 
   const state = {
@@ -640,6 +644,15 @@
         h("div", { class: "detail", text: [r.keys && r.keys.taxNo ? `taxNo ${r.keys.taxNo}` : null, r.return_info,
           `returnTime ${r.return_time}`, `via ${r.source}`].filter(Boolean).join(" · ") })) });
     }
+    for (const o of ship.warehouse_orders || []) {
+      for (const e of o.events) {
+        items.push({ at: e.received_at, el: h("li", { class: WAREHOUSE_ENDED.has(e.status) ? "receipt failed" : "receipt" },
+          h("span", { class: "t", text: fmtTime(e.received_at) }),
+          h("span", { class: "what", text: `Warehouse 仓库 ${o.warehouse_order_no} · ${e.status} ${WAREHOUSE_ZH[e.status] || ""}` }),
+          h("div", { class: "detail", text: [`${o.direction} order ${o.order_id}`, e.reason,
+            `occurredAt ${e.occurred_at}`].filter(Boolean).join(" · ") })) });
+      }
+    }
     items.sort((a, b) => String(a.at).localeCompare(String(b.at)));
     return items.map((i) => i.el);
   }
@@ -716,6 +729,8 @@
           fact("Trade mode 监管方式", ship.mode),
           fact("Flow 进出口", ship.flow === "export" ? "export 出口" : "import 进口"),
           fact("Missing 缺少", ship.missing.length ? ship.missing.map((k) => `${k} ${KIND_ZH[k] || ""}`).join(", ") : "none 无"),
+          fact("Warehouse 仓库", (ship.warehouse_orders || []).map((o) =>
+            `${o.warehouse_order_no} ${o.status} ${WAREHOUSE_ZH[o.status] || ""}`.trim()).join(", ") || "—"),
           fact("Buyer 订购人", head.buyerName),
           fact("Buyer ID 身份证号", ship.buyerIdNumber, true),
           fact("Consignee 收货人", head.consignee),
@@ -724,7 +739,7 @@
         findingsTable(ship.findings)),
       taxBillsPanel(ship),
       h("section", { class: "panel" }, h("h2", {}, "Timeline ", h("span", { class: "zh", text: "时间线" }),
-        h("small", { text: "documents, transmissions and receipts" })),
+        h("small", { text: "documents, transmissions, receipts and the warehouse's callbacks" })),
         h("ol", { class: "timeline" }, timelineItems(ship))));
   }
 

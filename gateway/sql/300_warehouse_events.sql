@@ -1,0 +1,21 @@
+-- What the warehouses report of the orders the gateway sent them (POST /v1/warehouse/callbacks, the contract of
+-- adapters/warehouse.py): every callback once, as it came. A callback names its order (orderId, the warehouse's
+-- number) and echoes the order's reference: the document it was made from (messageType, guid: documents.doc_guid),
+-- through which the shipment view shows it. Callbacks may come twice or out of order: one row per (order, status,
+-- time), and the view takes the furthest status.
+CREATE TABLE IF NOT EXISTS warehouse_events (
+    id                 bigserial   PRIMARY KEY,
+    received_at        timestamptz NOT NULL DEFAULT now(),
+    submitter          text        NOT NULL,  -- the warehouse's API key's name
+    order_id           text        NOT NULL,
+    warehouse_order_no text        NOT NULL,
+    direction          text        NOT NULL,  -- inbound | outbound
+    status             text        NOT NULL,  -- adapters.warehouse.CALLBACK_STATUSES
+    reason             text,
+    occurred_at        text        NOT NULL,  -- as the warehouse wrote it (ISO 8601 with its offset)
+    message_type       text,                  -- the reference's messageType and guid
+    doc_guid           text,
+    reference          jsonb       NOT NULL DEFAULT '{}',
+    UNIQUE (order_id, status, occurred_at)
+);
+CREATE INDEX IF NOT EXISTS warehouse_events_doc_guid_idx ON warehouse_events (doc_guid, id) WHERE doc_guid IS NOT NULL;
