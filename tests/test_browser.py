@@ -30,7 +30,7 @@ from gateway.console import CONSOLE
 from gateway.sandbox.receipts import build_receipt, build_tax_bills, new_guid, return_time
 from gateway.signing import RsaSha1Key, Signer, generate_test_key
 from tests.apiutil import ADMIN, PLATFORM_A, Client
-from tests.consoleutil import build_app, new_shipment, seed_realistic, start, submit
+from tests.consoleutil import build_app, key_of, new_shipment, seed_realistic, start, submit
 from tests.forwardutil import CUSTOMS_KEY, running_stack, wait_for
 from tests.forwardutil import legs as fwd_legs
 from tests.forwardutil import shipment as fwd_shipment
@@ -329,6 +329,29 @@ async def test_the_shipment_page_shows_customs_tax_bills_beside_the_estimate(bro
         assert "999.00" in await differs.first.inner_text() and "tax.bill_differs" in await other.inner_text()
         assert "taxNo T-404-B · returnTime" in await page.inner_text(".timeline")  # its record among the receipts
         await page.screenshot(path=shot("browser-tax-bills.png"), full_page=True)
+        await page.context.close()
+    assert errors == []
+
+
+async def test_an_open_shipment_page_shows_a_warehouse_callback_as_it_comes(browser: Browser, site: Site) -> None:
+    """A warehouse's callback changes no shipment row; the live feed still names the shipment whose document it
+    reports on, and the open page shows it without a reload."""
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        s = new_shipment(431)
+        await submit(site.api, s)
+        page = await live_console(browser, site, errors)
+        await page.goto(f"{site.base}/ops#/shipment?{urlencode(key_of(s))}")
+        await page.wait_for_selector(".timeline li.document")
+        inventory = s.inventory_doc
+        body = {"schema": "cbec.warehouse-callback.v1", "orderId": "LIVE-1", "warehouseOrderNo": "WH-LIVE-1",
+                "direction": "outbound", "status": "picked", "reason": None, "occurredAt": "2026-12-06T10:00:00+08:00",
+                "reference": {"messageType": "CEB621", "guid": inventory["guid"], "orderNo": inventory["orderNo"],
+                              "ebpCode": inventory["ebpCode"]}}  # fmt: skip
+        reply = await site.api.request("POST", "/v1/warehouse/callbacks", json_body=body)
+        assert reply.status == 200 and reply.body["linked"], reply.body
+        await expect(page.locator(".timeline")).to_contain_text("Warehouse 仓库 WH-LIVE-1 · picked 已拣货")
+        await expect(page.locator(".facts")).to_contain_text("WH-LIVE-1 picked 已拣货")
         await page.context.close()
     assert errors == []
 

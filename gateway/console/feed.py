@@ -4,9 +4,10 @@ Why polling and not LISTEN/NOTIFY: the figures come from tables the ingest path 
 transactions. NOTIFY would need triggers on those tables (a cost on every message, paid whether anyone
 watches or not) and a connection held out of the pool for LISTEN. One task polling once a second costs one
 cheap round trip — a change marker made of index look-ups (newest shipment update and customs status change,
-newest tax bill, newest message, rejection and attempt ids) — and runs the counts only when the marker moved (or
-every few seconds, which also catches a transaction that committed late with an older timestamp). It polls only
-while at least one browser is connected, and its cost does not grow with the number of browsers.
+newest tax bill and warehouse callback, newest message, rejection and attempt ids) — and runs the counts only when
+the marker moved (or every few seconds, which also catches a transaction that committed late with an older
+timestamp). It polls only while at least one browser is connected, and its cost does not grow with the number of
+browsers.
 
 Each client keeps only the latest value of each event (a slow client never makes memory grow); the list of
 changed shipments is merged until the client takes it.
@@ -87,6 +88,10 @@ Standing = Callable[[], dict[str, Any] | None]
 
 def no_signer() -> dict[str, Any] | None:
     return None
+
+
+#: The times among the marker's columns (q.MARKER): the newest is where the next poll's CHANGED reads from.
+_MARKER_TIMES = ("shipments_at", "customs_at", "tax_bill_at", "warehouse_at")
 
 
 class Feed:
@@ -192,7 +197,8 @@ class Feed:
                 overflow = False
                 if self._marker is not None:  # not on the first poll: everything would count as changed
                     changed, overflow = await self._changed(conn)
-                newest = max((t for t in marker[:3] if t is not None), default=None)  # the times of the marker
+                times = (row[name] for name in _MARKER_TIMES) if row is not None else ()
+                newest = max((t for t in times if t is not None), default=None)
                 self._changed_since = newest or self._changed_since
                 previous = self.latest.get("summary")
                 if (previous is None or changed or overflow or previous["shipments"] != summary["shipments"]

@@ -51,13 +51,16 @@ SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
          WHERE message_type IN ('CEB816', 'CEB818') AND document_id IS NOT NULL) AS tax_bill_at,
        (SELECT max(id) FROM messages) AS last_message,
        (SELECT max(id) FROM rejected_messages) AS last_rejection,
-       (SELECT max(id) FROM job_attempts) AS last_attempt
+       (SELECT max(id) FROM job_attempts) AS last_attempt,
+       (SELECT max(received_at) FROM warehouse_events WHERE doc_guid IS NOT NULL) AS warehouse_at
 """
 
 #: Shipments whose reconciliation or customs status changed after $1, or whose inventory got a tax bill or a bill's
-#: status change (CEB816/818: they move nothing of the shipment row) after $1 (at most $2 of each, oldest first):
-#: what the feed says changed, each with the time of its latest change. A bill's document is the inventory, of the
-#: shipment's ebpCode and orderNo; one that matched nothing has none. (Through sql/140's and 230's indexes.)
+#: status change (CEB816/818: they move nothing of the shipment row) after $1, or one of whose documents a warehouse
+#: reported on (POST /v1/warehouse/callbacks: nor do they) after $1 (at most $2 of each, oldest first): what the feed
+#: says changed, each with the time of its latest change. A bill's document is the inventory, of the shipment's
+#: ebpCode and orderNo; one that matched nothing has none; a callback's is the document its reference names.
+#: (Through sql/140's, 230's and 300's indexes.)
 CHANGED = """
 WITH bills AS (
     SELECT d.ebp_code, d.order_no, max(b.received_at) AS at
@@ -66,16 +69,29 @@ WITH bills AS (
              ORDER BY r.received_at LIMIT $2) AS b
       JOIN documents AS d ON d.id = b.document_id
      GROUP BY 1, 2
+), warehouse AS (
+    SELECT d.ebp_code, d.order_no, max(w.received_at) AS at
+      FROM (SELECT e.doc_guid, e.message_type, e.received_at FROM warehouse_events AS e
+             WHERE e.doc_guid IS NOT NULL AND e.received_at > $1
+             ORDER BY e.received_at LIMIT $2) AS w,
+           LATERAL (SELECT d.ebp_code, d.order_no FROM documents AS d
+                     WHERE d.doc_guid = w.doc_guid AND d.message_type = w.message_type OFFSET 0) AS d
+     WHERE d.ebp_code IS NOT NULL
+     GROUP BY 1, 2
 )
-SELECT s.ebp_code, s.order_no, s.state, greatest(s.updated_at, s.customs_updated_at, b.at) AS at
+SELECT s.ebp_code, s.order_no, s.state, greatest(s.updated_at, s.customs_updated_at, b.at, w.at) AS at
   FROM shipments AS s LEFT JOIN bills AS b ON b.ebp_code = s.ebp_code AND b.order_no = s.order_no
+                      LEFT JOIN warehouse AS w ON w.ebp_code = s.ebp_code AND w.order_no = s.order_no
  WHERE s.id IN ((SELECT u.id FROM shipments AS u WHERE u.updated_at > $1 ORDER BY u.updated_at LIMIT $2)
                 UNION ALL
                 (SELECT c.id FROM shipments AS c WHERE c.customs_updated_at > $1 ORDER BY c.customs_updated_at
                  LIMIT $2)
                 UNION ALL
                 (SELECT t.id FROM bills JOIN shipments AS t ON t.ebp_code = bills.ebp_code
-                                                            AND t.order_no = bills.order_no))
+                                                            AND t.order_no = bills.order_no)
+                UNION ALL
+                (SELECT t.id FROM warehouse JOIN shipments AS t ON t.ebp_code = warehouse.ebp_code
+                                                               AND t.order_no = warehouse.order_no))
  ORDER BY at
 """
 
