@@ -271,12 +271,22 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
                 await asyncio.sleep(0.05)
             assert stats["receipts"]["delivered"] == stats["receipts"]["generated"] > 0
             assert stats["duplicates"] == {}
+
+            async def warehouse_shipped() -> bool:  # the sandbox's warehouse reports back with a key of its own
+                async with session.get(url + key_path(ships[1]), headers={"X-API-Key": ADMIN}) as resp:
+                    docs = (await resp.json())["documents"]
+                return any(o["status"] == "shipped" for d in docs for o in d["warehouse_orders"])
+
+            await wait_for(warehouse_shipped, timeout=20, what="the warehouse's callbacks")
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     log = err.decode()
     assert proc.returncode == 0, log[-2000:]
     assert logged(log, "customs_sandbox")
+    # no error, and no callback refused or unlinked
+    assert not [e for e in log.splitlines()
+                if '"level":"error"' in e or ('"level":"warning"' in e and "warehouse_callback" in e)]  # fmt: skip
     # every request line carries its request id; a submission also its message guid and shipment key
     events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     posts = [e for e in events if e.get("event") == "request" and e.get("path") == "/v1/messages"]
