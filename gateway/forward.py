@@ -32,6 +32,8 @@ FORWARD_STATES = ("none", "held", "queued", "sent", "receipted", "rejected", "fa
 SHIPMENT_CUSTOMS_STATUSES = ("pending", "declared", "accepted", "released", "rejected", "failed")
 
 WEBHOOK_EVENT = "shipment.customs_status_changed"
+#: A warehouse's order made from one of the shipment's documents went further (POST /v1/warehouse/callbacks).
+WAREHOUSE_WEBHOOK_EVENT = "shipment.warehouse_status_changed"
 
 
 @dataclass(frozen=True)
@@ -223,14 +225,29 @@ class Router:
         """One job per seller for a change of a shipment's customs status. ``event_id`` makes each change its own
         delivery (a status may come back: failed, replayed, failed again); the per-shipment ordering key delivers
         a seller's events of one shipment in the order they happened."""
+        data = {"ebpCode": ebp_code, "orderNo": order_no, "customsStatus": status, "previous": previous, "info": info}
+        return self._seller_events(WEBHOOK_EVENT, ebp_code, order_no, parties, data, f"{status}:{event_id}")
+
+    def warehouse_webhook_jobs(
+        self, *, ebp_code: str, order_no: str, parties: Iterable[str], order: Mapping[str, Any], event_id: str
+    ) -> list[JobSpec]:
+        """One job per seller when a warehouse order made from one of the shipment's documents went further
+        (``order``: orderId, warehouseOrderNo, direction, status, previous, reason, occurredAt), in the same stream as
+        the shipment's customs status changes: a seller hears of a shipment's events in the order they happened."""
+        data = {"ebpCode": ebp_code, "orderNo": order_no, **order}
+        return self._seller_events(WAREHOUSE_WEBHOOK_EVENT, ebp_code, order_no, parties, data,
+                                   f"warehouse:{order['orderId']}:{order['status']}:{event_id}")  # fmt: skip
+
+    def _seller_events(
+        self, event: str, ebp_code: str, order_no: str, parties: Iterable[str], data: Mapping[str, Any], suffix: str
+    ) -> list[JobSpec]:
         if self.webhook_endpoint is None:
             return []
-        data = {"ebpCode": ebp_code, "orderNo": order_no, "customsStatus": status, "previous": previous, "info": info}
         jobs = []
         for w in self.sellers_of(parties):
             stream = f"{self.webhook_endpoint}:{w.seller}:{ebp_code}:{order_no}"
-            payload = {"seller": w.seller, "event": WEBHOOK_EVENT, "data": data}
-            key = f"{stream}:{status}:{event_id}"
+            payload = {"seller": w.seller, "event": event, "data": dict(data)}
+            key = f"{stream}:{suffix}"
             jobs.append(JobSpec(self.webhook_endpoint, "webhook", payload, key, ordering_keys=(stream,)))
         return jobs
 

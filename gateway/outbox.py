@@ -562,11 +562,22 @@ SELECT EXISTS (SELECT 1 FROM ins) AS stored,
        ARRAY(SELECT e.status FROM (SELECT id, status FROM warehouse_events WHERE order_id = $2 OFFSET 0) AS e
               ORDER BY e.id) AS statuses
 """
+#: The shipment (and its parties: whose sellers hear of it) of the document a warehouse callback names ($1 doc guid,
+#: $2 message type).
+WAREHOUSE_SHIPMENT = """
+SELECT s.ebp_code, s.order_no, s.parties
+  FROM (SELECT d.ebp_code, d.order_no FROM documents AS d
+         WHERE d.doc_guid = $1 AND d.message_type = $2 AND d.ebp_code IS NOT NULL OFFSET 0) AS d
+  JOIN shipments AS s ON s.ebp_code = d.ebp_code AND s.order_no = d.order_no
+ LIMIT 1
+"""
 #: The warehouses' callbacks on the orders made from documents ($1 doc guids), oldest first.
 WAREHOUSE_EVENTS_OF = """
-SELECT doc_guid, message_type, order_id, warehouse_order_no, direction, status, reason, occurred_at, received_at
-  FROM warehouse_events WHERE doc_guid = ANY ($1::text[])
- ORDER BY doc_guid, order_id, id
+SELECT e.doc_guid, e.message_type, e.order_id, e.warehouse_order_no, e.direction, e.status, e.reason, e.occurred_at,
+       e.received_at
+  FROM unnest($1::text[]) AS g(guid),
+       LATERAL (SELECT * FROM warehouse_events AS e WHERE e.doc_guid = g.guid OFFSET 0) AS e
+ ORDER BY e.doc_guid, e.order_id, e.id
 """
 RECEIPTS_OF = """
 SELECT id, received_at, message_type, root_guid, element_index, doc_guid, keys, return_status, return_time,
@@ -1411,17 +1422,40 @@ class Outbox:
         """Store a warehouse's callback once: whether it was new, whether its reference names a document the gateway
         holds (the order's document, where the shipment view shows it), and the order's furthest status now."""
         ref = callback.reference
-        mtype, doc_guid = ref.get("messageType"), ref.get("guid")
-        row = await self.pool.fetchrow(
-            INSERT_WAREHOUSE_EVENT, submitter, callback.order_id, callback.warehouse_order_no, callback.direction,
-            callback.status, callback.reason, callback.occurred_at, mtype if isinstance(mtype, str) else None,
-            doc_guid if isinstance(doc_guid, str) else None, dict(ref),
-        )  # fmt: skip
-        assert row is not None
-        # the statement reads the order's earlier callbacks as they were before its own insert
-        best = warehouse.furthest({"status": s} for s in [*row["statuses"], callback.status])
-        assert best is not None
+        mtype = ref.get("messageType") if isinstance(ref.get("messageType"), str) else None
+        doc_guid = ref.get("guid") if isinstance(ref.get("guid"), str) else None
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                INSERT_WAREHOUSE_EVENT, submitter, callback.order_id, callback.warehouse_order_no, callback.direction,
+                callback.status, callback.reason, callback.occurred_at, mtype, doc_guid, dict(ref),
+            )  # fmt: skip
+            assert row is not None
+            # the statement reads the order's earlier callbacks as they were before its own insert
+            before = warehouse.furthest({"status": s} for s in row["statuses"])
+            best = warehouse.furthest({"status": s} for s in [*row["statuses"], callback.status])
+            assert best is not None
+            went_further = before is None or best["status"] != before["status"]
+            if row["stored"] and row["linked"] and went_further and self.router is not None:
+                await self._tell_sellers(conn, callback, mtype, doc_guid, before["status"] if before else None)
         return row["stored"], row["linked"], best["status"]
+
+    async def _tell_sellers(
+        self, conn: asyncpg.Connection, callback: warehouse.WarehouseCallback, mtype: str | None,
+        doc_guid: str | None, previous: str | None,
+    ) -> None:
+        """The sellers of the shipment whose document a warehouse order went further on hear of it (webhooks), in the
+        callback's transaction."""
+        assert self.router is not None
+        ship = await conn.fetchrow(WAREHOUSE_SHIPMENT, doc_guid, mtype)
+        if ship is None:  # a document of no shipment (a delivery's, CEB711): no seller to tell
+            return
+        order = {"orderId": callback.order_id, "warehouseOrderNo": callback.warehouse_order_no,
+                 "direction": callback.direction, "status": callback.status, "previous": previous,
+                 "reason": callback.reason, "occurredAt": callback.occurred_at}  # fmt: skip
+        await enqueue_all(conn, self.router.warehouse_webhook_jobs(
+            ebp_code=ship["ebp_code"], order_no=ship["order_no"], parties=ship["parties"] or (), order=order,
+            event_id=uuid.uuid4().hex,
+        ))  # fmt: skip
 
 
 def warehouse_orders(callbacks: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:

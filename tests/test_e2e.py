@@ -30,7 +30,7 @@ from gateway.sandbox.receipts import build_receipt
 from gateway.sandbox.recorder import start_recorder
 from gateway.workers import submit_and_wait_released
 from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A
-from tests.forwardutil import CUSTOMS_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
+from tests.forwardutil import CUSTOMS_KEY, WAREHOUSE_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
 
 pytestmark = pytest.mark.db
 
@@ -203,6 +203,31 @@ async def test_webhooks_tell_the_seller(db_dsn: str) -> None:
             event = json.loads(req.body)
             assert event["event"] == "shipment.customs_status_changed"
             assert event["data"]["orderNo"] == s.order_doc["orderNo"] and event["data"]["customsStatus"] == "released"
+
+            # then the warehouse's progress on the released inventory's outbound order, in the order it went
+            def warehouse(r: Any) -> bool:
+                return b"shipment.warehouse_status_changed" in r.body
+
+            got = await recorder.wait_for(2, timeout=10, where=warehouse)
+            steps = [json.loads(r.body)["data"] for r in got]
+            assert [(d["previous"], d["status"]) for d in steps] == [(None, "accepted"), ("accepted", "shipped")]
+            assert {(d["ebpCode"], d["orderNo"], d["direction"]) for d in steps} == {
+                (s.order_doc["ebpCode"], s.order_doc["orderNo"], "outbound")}
+            assert steps[0]["warehouseOrderNo"] and steps[0]["orderId"] == steps[1]["orderId"]
+            assert all(verify_signature("k1", r.body, r.headers["X-CBEC-Signature"],
+                                        timestamp=r.headers["X-CBEC-Timestamp"]) for r in got)  # fmt: skip
+            # told again of nothing: the same callback once more, and one behind the order's furthest status
+            inventory = s.inventory_doc
+            for status in ("shipped", "picked"):
+                body = {"schema": "cbec.warehouse-callback.v1", "orderId": steps[1]["orderId"],
+                        "warehouseOrderNo": steps[1]["warehouseOrderNo"], "direction": "outbound", "status": status,
+                        "occurredAt": steps[1]["occurredAt"] if status == "shipped" else "2026-01-01T00:00:00+08:00",
+                        "reference": {"messageType": "CEB621", "guid": inventory["guid"]}}  # fmt: skip
+                reply = await stack.client.request("POST", "/v1/warehouse/callbacks", key=WAREHOUSE_KEY,
+                                                   json_body=body)  # fmt: skip
+                assert reply.status == 200 and reply.body["status"] == "shipped", reply.body
+            await stack.wait_sql("SELECT count(*) = 0 FROM jobs WHERE state NOT IN ('done', 'dead')")
+            assert len([r for r in recorder.requests if warehouse(r)]) == 2
     finally:
         await recorder.stop()
 

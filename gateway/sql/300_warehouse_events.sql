@@ -21,4 +21,4 @@ CREATE TABLE IF NOT EXISTS warehouse_events (
 CREATE INDEX IF NOT EXISTS warehouse_events_doc_guid_idx ON warehouse_events (doc_guid, id) WHERE doc_guid IS NOT NULL;
 -- the console's live feed: the newest callback, and those since its last poll (gateway/console/queries.py MARKER,
 -- CHANGED)
-CREATE INDEX IF NOT EXISTS warehouse_events_received_at_idx ON warehouse_events (received_at) WHERE doc_guid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS warehouse_events_received_at_idx ON warehouse_events (received_at);
