@@ -3,7 +3,9 @@
 The warehouse API is this gateway's own JSON contract (docs/adapters.md):
 
 * **outbound** (pick, pack and ship a parcel to the buyer) from a CEB621 inventory — for 1210 bonded stock
-  once the inventory is declared — or from a CEB311 order (overseas warehouse fulfilment);
+  once the inventory is declared — or from a CEB311 order (overseas warehouse fulfilment); and (pick, pack and
+  hand the parcels to the carrier, out of the special zone) from a released 1210 export inventory CEB603, whose
+  order names no consignee;
 * **inbound** (parcels arriving at the site) from a CEB711 delivery (入库明细单): one order per B/L, with the
   waybills unloaded under it.
 
@@ -83,6 +85,8 @@ def furthest(events: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 _REFERENCE_FIELDS: dict[str, tuple[str, ...]] = {
     "CEB621": ("guid", "orderNo", "ebpCode", "ebcCode", "logisticsCode", "logisticsNo", "copNo", "preNo", "invtNo",
                "tradeMode", "emsNo", "areaCode", "customsCode"),
+    "CEB603": ("guid", "orderNo", "ebpCode", "ebcCode", "logisticsCode", "logisticsNo", "copNo", "preNo", "invtNo",
+               "tradeMode", "emsNo", "iacCode", "customsCode", "portCode", "loctNo", "country"),
     "CEB311": ("guid", "orderNo", "ebpCode", "ebcCode", "payTransactionId"),
     "CEB711": ("guid", "billNo", "trafMode", "trafNo", "voyageNo", "logisticsCode", "operatorCode", "copNo",
                "customsCode", "unloadLocation"),
@@ -152,7 +156,7 @@ def build_orders(job_payload: Mapping[str, Any], config: WarehouseConfig) -> lis
             body["parcels"] = [
                 {"lineNo": line.get("gnum", ""), "logisticsNo": line.get("logisticsNo", "")} for line in doc.lines
             ]
-        elif direction == "outbound":
+        elif direction == "outbound" and mtype.flow == "import":  # an export's buyer is abroad: the carrier's
             name = h.get("consignee") or h.get("buyerName", "")  # an inventory names only the buyer
             phone = h.get("consigneeTelephone") or h.get("buyerTelephone", "")
             body["consignee"] = {"name": name, "telephone": phone, "address": h.get("consigneeAddress", "")}

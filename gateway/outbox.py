@@ -403,7 +403,7 @@ WITH inv AS MATERIALIZED (
                      WHERE d.ebp_code = k.ebp AND d.order_no = k.ono AND d.kind = 'inventory'
                        AND d.is_current AND NOT d.withdrawn OFFSET 0) AS d
 )
-SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties, s.flow,
+SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties, s.flow, s.mode,
        (SELECT coalesce(json_agg(json_build_object(
                  'id', l.id, 'app_time', l.app_time, 'message_id', l.message_id, 'doc_index', l.doc_index,
                  'kind', l.kind,
@@ -979,9 +979,7 @@ class Outbox:
                 status=status, info=info, event_id=uuid.uuid4().hex,
             )  # fmt: skip
             inventory = next((leg for leg in legs if leg["kind"] == "inventory"), None)
-            # the warehouse's outbound order is the import flow's (goods leaving for the buyer; the warehouse
-            # adapter makes one from a CEB621, never from an export CEB603)
-            if status == "released" and inventory is not None and r["flow"] == "import":
+            if status == "released" and inventory is not None and ships_from_a_warehouse(r["flow"], r["mode"]):
                 released.append((r, inventory))
         if released and self.router is not None:
             # one read of the guids for every shipment released here (a receipt message may release many)
@@ -1456,6 +1454,14 @@ class Outbox:
             ebp_code=ship["ebp_code"], order_no=ship["order_no"], parties=ship["parties"] or (), order=order,
             event_id=uuid.uuid4().hex,
         ))  # fmt: skip
+
+
+def ships_from_a_warehouse(flow: str, mode: str | None) -> bool:
+    """Whether a released shipment's goods leave from a warehouse that takes an outbound order (on_release): an
+    import's (bonded stock, or the parcel at the site, goes to the buyer) and a special-zone export's (1210: the zone
+    warehouse ships the goods out of the zone to the carrier). A 9610, 9710 or 9810 export's parcel is with its
+    seller or carrier already."""
+    return flow == "import" or mode == "1210"
 
 
 def warehouse_orders(callbacks: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:

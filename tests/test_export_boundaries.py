@@ -1,7 +1,7 @@
 """The boundary between the import and the export flow: an export shipment never takes an import leg (nor the
 reverse) in reconciliation, in the SQL views (documents, customs status, held inventories) or in the sandbox, which
-plays customs' two systems apart; an export release sets off no warehouse order; a withdrawn export shipment stays
-export."""
+plays customs' two systems apart; a 9610 export release sets off no warehouse order, a special-zone (1210) one the
+zone warehouse's outbound order; a withdrawn export shipment stays export."""
 
 from __future__ import annotations
 
@@ -57,6 +57,37 @@ async def test_a_released_export_shipment_leaves_no_dead_letter(db_dsn: str) -> 
         dead = await stack.fetch("SELECT j.endpoint, j.kind, a.error FROM jobs AS j"
                                  " LEFT JOIN job_attempts AS a ON a.job_id = j.id WHERE j.state = 'dead'")
         assert dead == [], [dict(d) for d in dead]
+        assert await stack.fetchval("SELECT count(*) FROM jobs WHERE endpoint = 'warehouse'") == 0  # the parcel is
+        # with its seller or carrier: no warehouse ships it
+
+
+@pytest.mark.db
+async def test_a_released_special_zone_export_is_shipped_out_by_the_zone_warehouse(db_dsn: str) -> None:
+    """1210 (特殊区域出口): the goods wait in the zone's warehouse (iacCode); once customs releases the inventory the
+    warehouse gets an outbound order made from the CEB603 — its items, the carrier and waybill to hand them to, no
+    consignee (the buyer is abroad) — and reports back on it, shown under the inventory."""
+    async with running_stack(db_dsn) as stack:
+        s = samples.export_shipment(random.Random(52), mode="1210", now=NOW)
+        for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+            xml = render(s.payloads()[code], signer=sign_as_agent if code == "CEB603" else None)
+            reply = await stack.client.post_xml(xml)
+            assert reply.status == 202, (code, reply.body)
+        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+
+        async def shipped() -> bool:
+            docs = (await stack.client.get(path)).body["documents"]
+            return any(o["status"] == "shipped" for d in docs if d["message_type"] == "CEB603"
+                       for o in d["warehouse_orders"])  # fmt: skip
+
+        await wait_for(shipped, timeout=20, what="the zone warehouse's callbacks")
+        [order] = stack.sandbox.sandbox.warehouse
+        inventory = s.payloads()["CEB603"]["documents"][0]
+        assert order["direction"] == "outbound" and "consignee" not in order
+        ref = order["reference"]
+        assert (ref["messageType"], ref["tradeMode"], ref["orderNo"]) == ("CEB603", "1210", inventory["orderNo"])
+        assert (ref["logisticsCode"], ref["logisticsNo"]) == (inventory["logisticsCode"], inventory["logisticsNo"])
+        assert ref["iacCode"] == inventory["iacCode"] and ref["emsNo"] == inventory["emsNo"]
+        assert [i["sku"] for i in order["items"]] == [i["itemNo"] for i in inventory["items"]]
 
 
 # --- flow after withdrawal -----------------------------------------------------------------------
