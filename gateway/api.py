@@ -37,7 +37,7 @@ from gateway.ingestlink import IngestUnavailable
 from gateway.messages import FLOWS
 from gateway.metrics import setup_metrics
 from gateway.openapi import OPENAPI
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, with_warehouse_orders
 from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
@@ -273,6 +273,7 @@ async def get_message(request: web.Request) -> web.Response:
     if found is None or not _visible(principal, parties):
         # 404 rather than 403 for other tenants' messages: existence itself is not disclosed.
         return error_response(404, "no such message")
+    await with_warehouse_orders(request.app[POOL], found["documents"])  # e.g. a delivery's (CEB711) inbound orders
     return json_response(found)
 
 

@@ -1377,8 +1377,7 @@ class Outbox:
                     history[entry.pop("job_id")].append(entry)
             message_ids = sorted({r["message_id"] for r in fwd.values()})
             receipts = [dict(r) for r in await conn.fetch(RECEIPTS_OF, ids, message_ids)]
-            callbacks = await conn.fetch(WAREHOUSE_EVENTS_OF, sorted({d["doc_guid"] for d in docs}))
-        orders = warehouse_orders(callbacks)
+            await with_warehouse_orders(conn, docs)
         for j in jobs:
             j["history"] = history[j["id"]]
         for d in docs:
@@ -1405,7 +1404,6 @@ class Outbox:
                 }
             )
             d["transmissions"] = [j for j in jobs if j["message_guid"] == guid]
-            d["warehouse_orders"] = orders.get((d["message_type"], d["doc_guid"]), [])
             d["receipts"] = [
                 x
                 for x in receipts
@@ -1454,6 +1452,15 @@ class Outbox:
             ebp_code=ship["ebp_code"], order_no=ship["order_no"], parties=ship["parties"] or (), order=order,
             event_id=uuid.uuid4().hex,
         ))  # fmt: skip
+
+
+async def with_warehouse_orders(conn: asyncpg.Connection | asyncpg.Pool, documents: list[dict[str, Any]]) -> None:
+    """Add to each document (with its message_type and doc_guid) the warehouse orders made from it, as their
+    warehouses reported them (``warehouse_orders``, see warehouse_orders)."""
+    callbacks = await conn.fetch(WAREHOUSE_EVENTS_OF, sorted({d["doc_guid"] for d in documents}))
+    orders = warehouse_orders(callbacks)
+    for d in documents:
+        d["warehouse_orders"] = orders.get((d["message_type"], d["doc_guid"]), [])
 
 
 def ships_from_a_warehouse(flow: str, mode: str | None) -> bool:

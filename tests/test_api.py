@@ -803,6 +803,8 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
         assert (order["order_id"], order["warehouse_order_no"], order["status"]) == ("ORDER-1", "WH00000007", "shipped")
         assert [e["status"] for e in order["events"]] == ["shipped", "accepted"]
         assert all(not d["warehouse_orders"] for d in view["documents"] if d["message_type"] != "CEB621")
+        message = await api.get(f"/v1/messages/{s.inventory['guid']}")  # and on the message's own view
+        assert [o["status"] for o in message.body["documents"][0]["warehouse_orders"]] == ["shipped"]
 
         stray = await callback("accepted", 2, orderId="ORDER-X", reference={"messageType": "CEB621", "guid": "nope"})
         assert (stray.status, stray.body["stored"], stray.body["linked"]) == (200, True, False)
