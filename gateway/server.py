@@ -278,7 +278,8 @@ class KeyReload:
             overrides: dict[str, Any] = {name: getattr(fresh, name) for name in SIGNATURE_SETTINGS} \
                 if signed_anew else {}  # fmt: skip
             settings = self.others.settings.with_overrides(api_keys=keys, **overrides)
-            renewal = asyncio.create_task(self._renew(self.others, settings, key_rates or self.others.key_rates))
+            rates = key_rates if key_rates is not None else self.others.key_rates  # the keys unchanged: theirs stay
+            renewal = asyncio.create_task(self._renew(self.others, settings, rates))
             self.renewals.add(renewal)
             renewal.add_done_callback(self.renewals.discard)
 
