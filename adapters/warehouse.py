@@ -102,6 +102,13 @@ class WarehouseConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+def order_id(key: str, index: int) -> str:
+    """The orderId of the order made from document ``index`` (1-based) of a message, for the job key ``key`` (the
+    gateway's: the message's guid): the same on every retry, and how a callback's order is known to be the gateway's
+    order for that document."""
+    return dxp.cop_msg_id_for(f"warehouse:{key}:{index}")
+
+
 def _pick(values: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
     return {n: values[n] for n in names if values.get(n)}
 
@@ -143,7 +150,7 @@ def build_orders(job_payload: Mapping[str, Any], config: WarehouseConfig) -> lis
     for doc in parsed.documents:
         body: dict[str, Any] = {
             "schema": ORDER_SCHEMA,
-            "orderId": dxp.cop_msg_id_for(f"warehouse:{key}:{doc.index}"),
+            "orderId": order_id(key, doc.index),
             "direction": direction,
             "warehouseCode": config.warehouse_code,
             "reference": {"messageType": mtype.code, **_pick(doc.head, ref_fields)},

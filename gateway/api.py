@@ -437,7 +437,7 @@ async def post_warehouse_callback(request: web.Request) -> web.Response:
     log.info("warehouse_callback", order_id=callback.order_id, status=callback.status, stored=stored, linked=linked)
     if not linked:
         log.warning("warehouse_callback_unlinked", order_id=callback.order_id, reference=dict(callback.reference),
-                    note="its reference names no document the gateway holds")  # fmt: skip
+                    note="not an order the gateway made from a document it holds (reference, orderId)")  # fmt: skip
     return json_response({"order_id": callback.order_id, "stored": stored, "linked": linked, "status": status})
 
 

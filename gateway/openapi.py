@@ -265,7 +265,8 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {
                     "200": {"description": "{order_id, stored (false: this callback came before), linked (false: "
-                                           "its reference names no document the gateway holds; kept all the same), "
+                                           "not an order the gateway made from the document its reference names; "
+                                           "kept all the same), "
                                            "status (the order's furthest so far)}"},
                     "413": _err("body too large (64 KiB)"),
                     "422": _err("not a callback of the contract (warehouse.bad_callback)"),

@@ -544,9 +544,18 @@ SELECT job_id, replay, attempt, worker_id, started_at, finished_at, outcome, err
   FROM job_attempts WHERE job_id = ANY ($1::bigint[])
  ORDER BY job_id, replay, attempt, id
 """
-#: A warehouse's callback ($1-$10), once: a repeat of the same order, status and time changes nothing. Answers whether
-#: it was stored, whether its reference names a document the gateway holds, and the statuses of the order's earlier
-#: callbacks in the order they came (the snapshot does not hold this one) for its furthest status.
+#: The messages (guid) and positions of the documents a warehouse callback's reference names ($1 doc guid, $2 message
+#: type): the orders the gateway made from them have orderIds of these (adapters.warehouse.order_id).
+WAREHOUSE_ORDER_SOURCES = """
+SELECT m.guid, d.doc_index
+  FROM (SELECT d.message_id, d.doc_index FROM documents AS d
+         WHERE d.doc_guid = $1 AND d.message_type = $2 OFFSET 0) AS d
+  JOIN messages AS m ON m.id = d.message_id
+"""
+#: A warehouse's callback ($1-$10; $9 the doc guid of the document its order was made from, when it is one the gateway
+#: made), once: a repeat of the same order, status and time changes nothing. Answers whether it was stored, and the
+#: statuses of the order's earlier callbacks in the order they came (the snapshot does not hold this one) for its
+#: furthest status.
 INSERT_WAREHOUSE_EVENT = """
 WITH ins AS (
     INSERT INTO warehouse_events (submitter, order_id, warehouse_order_no, direction, status, reason, occurred_at,
@@ -556,8 +565,6 @@ WITH ins AS (
     RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM ins) AS stored,
-       $9::text IS NOT NULL AND EXISTS (SELECT 1 FROM documents AS d
-                                         WHERE d.doc_guid = $9 AND d.message_type = $8) AS linked,
        -- through the order's unique index (OFFSET 0: sorting by id would read the primary key's instead)
        ARRAY(SELECT e.status FROM (SELECT id, status FROM warehouse_events WHERE order_id = $2 OFFSET 0) AS e
               ORDER BY e.id) AS statuses
@@ -1415,15 +1422,19 @@ class Outbox:
     async def record_warehouse_callback(
         self, callback: warehouse.WarehouseCallback, submitter: str
     ) -> tuple[bool, bool, str]:
-        """Store a warehouse's callback once: whether it was new, whether its reference names a document the gateway
-        holds (the order's document, where the shipment view shows it), and the order's furthest status now."""
+        """Store a warehouse's callback once: whether it was new, whether it is linked to the document its order was
+        made from (its reference names a document the gateway holds, and its orderId is the one the gateway gave the
+        order made from it: the shipment view shows it there), and the order's furthest status now."""
         ref = callback.reference
         mtype = ref.get("messageType") if isinstance(ref.get("messageType"), str) else None
         doc_guid = ref.get("guid") if isinstance(ref.get("guid"), str) else None
         async with self.pool.acquire() as conn, conn.transaction():
+            made = await conn.fetch(WAREHOUSE_ORDER_SOURCES, doc_guid, mtype) if mtype and doc_guid else []
+            linked = any(warehouse.order_id(r["guid"], r["doc_index"]) == callback.order_id for r in made)
             row = await conn.fetchrow(
                 INSERT_WAREHOUSE_EVENT, submitter, callback.order_id, callback.warehouse_order_no, callback.direction,
-                callback.status, callback.reason, callback.occurred_at, mtype, doc_guid, dict(ref),
+                callback.status, callback.reason, callback.occurred_at, mtype, doc_guid if linked else None,
+                dict(ref),
             )  # fmt: skip
             assert row is not None
             # the statement reads the order's earlier callbacks as they were before its own insert
@@ -1431,9 +1442,9 @@ class Outbox:
             best = warehouse.furthest({"status": s} for s in [*row["statuses"], callback.status])
             assert best is not None
             went_further = before is None or best["status"] != before["status"]
-            if row["stored"] and row["linked"] and went_further and self.router is not None:
+            if row["stored"] and linked and went_further and self.router is not None:
                 await self._tell_sellers(conn, callback, mtype, doc_guid, before["status"] if before else None)
-        return row["stored"], row["linked"], best["status"]
+        return row["stored"], linked, best["status"]
 
     async def _tell_sellers(
         self, conn: asyncpg.Connection, callback: warehouse.WarehouseCallback, mtype: str | None,

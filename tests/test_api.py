@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from lxml import etree
 
+from adapters import warehouse
 from gateway import samples
 from gateway.api import create_app
 from gateway.config import ApiKey, Role
@@ -781,9 +782,10 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
         inventory = s.inventory["documents"][0]
         reference = {"messageType": "CEB621", "guid": inventory["guid"], "orderNo": inventory["orderNo"],
                      "ebpCode": inventory["ebpCode"]}  # fmt: skip
+        order_id = warehouse.order_id(s.inventory["guid"], 1)  # the gateway's order for the message's document 1
 
         async def callback(status: str, minute: int, key: str = warehouse_key, **changes: Any) -> apiutil.Reply:
-            body = {"schema": "cbec.warehouse-callback.v1", "orderId": "ORDER-1", "warehouseOrderNo": "WH00000007",
+            body = {"schema": "cbec.warehouse-callback.v1", "orderId": order_id, "warehouseOrderNo": "WH00000007",
                     "direction": "outbound", "status": status, "reason": None, "reference": reference,
                     "occurredAt": f"2026-12-06T10:{minute:02d}:00+08:00", "timestamp": 1796000000,
                     **changes}  # fmt: skip
@@ -791,7 +793,7 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
 
         shipped = await callback("shipped", 5)  # before its "accepted": out of order
         assert shipped.status == 200, shipped.body
-        assert shipped.body == {"order_id": "ORDER-1", "stored": True, "linked": True, "status": "shipped"}
+        assert shipped.body == {"order_id": order_id, "stored": True, "linked": True, "status": "shipped"}
         accepted = await callback("accepted", 1)
         assert accepted.body["stored"] and accepted.body["status"] == "shipped"
         again = await callback("accepted", 1)
@@ -800,7 +802,7 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
         view = await shipment_state(api, s)
         [doc] = [d for d in view["documents"] if d["message_type"] == "CEB621"]
         [order] = doc["warehouse_orders"]
-        assert (order["order_id"], order["warehouse_order_no"], order["status"]) == ("ORDER-1", "WH00000007", "shipped")
+        assert (order["order_id"], order["warehouse_order_no"], order["status"]) == (order_id, "WH00000007", "shipped")
         assert [e["status"] for e in order["events"]] == ["shipped", "accepted"]
         assert all(not d["warehouse_orders"] for d in view["documents"] if d["message_type"] != "CEB621")
         message = await api.get(f"/v1/messages/{s.inventory['guid']}")  # and on the message's own view
@@ -808,6 +810,9 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
 
         stray = await callback("accepted", 2, orderId="ORDER-X", reference={"messageType": "CEB621", "guid": "nope"})
         assert (stray.status, stray.body["stored"], stray.body["linked"]) == (200, True, False)
+        # an order the gateway did not make from that document names it in vain: kept, shown nowhere
+        foreign = await callback("delivered", 4, orderId=warehouse.order_id(s.order["guid"], 1))
+        assert (foreign.status, foreign.body["stored"], foreign.body["linked"]) == (200, True, False)
         bad = await callback("lost", 3)
         assert bad.status == 422 and bad.body["error"]["issues"][0]["code"] == "warehouse.bad_callback"
         assert "status 'lost'" in bad.body["error"]["issues"][0]["message"]
@@ -818,4 +823,4 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
         too_big = await api.request("POST", "/v1/warehouse/callbacks", key=warehouse_key, data=b"{" + b" " * 70000,
                                     content_type="application/json")  # fmt: skip
         assert too_big.status == 413
-        assert await db_pool.fetchval("SELECT count(*) FROM warehouse_events") == 3
+        assert await db_pool.fetchval("SELECT count(*) FROM warehouse_events") == 4

@@ -24,6 +24,7 @@ import pytest_asyncio
 from aiohttp import web
 from lxml import etree
 
+from adapters import warehouse
 from gateway import samples
 from gateway.api import PIPELINE
 from gateway.console import CONSOLE
@@ -344,7 +345,8 @@ async def test_an_open_shipment_page_shows_a_warehouse_callback_as_it_comes(brow
         await page.goto(f"{site.base}/ops#/shipment?{urlencode(key_of(s))}")
         await page.wait_for_selector(".timeline li.document")
         inventory = s.inventory_doc
-        body = {"schema": "cbec.warehouse-callback.v1", "orderId": "LIVE-1", "warehouseOrderNo": "WH-LIVE-1",
+        body = {"schema": "cbec.warehouse-callback.v1", "orderId": warehouse.order_id(s.inventory["guid"], 1),
+                "warehouseOrderNo": "WH-LIVE-1",
                 "direction": "outbound", "status": "picked", "reason": None, "occurredAt": "2026-12-06T10:00:00+08:00",
                 "reference": {"messageType": "CEB621", "guid": inventory["guid"], "orderNo": inventory["orderNo"],
                               "ebpCode": inventory["ebpCode"]}}  # fmt: skip

@@ -52,6 +52,7 @@ _PLAN_CASES = {
     # a warehouse's callback (POST /v1/warehouse/callbacks)
     "INSERT_WAREHOUSE_EVENT": "'w', 'o', 'WH1', 'outbound', 'shipped', NULL, 't', 'CEB621', 'g', '{}'::jsonb",
     "WAREHOUSE_SHIPMENT": "'g', 'CEB621'",
+    "WAREHOUSE_ORDER_SOURCES": "'g', 'CEB621'",
 }
 #: cbec_queue's statements that run inside the planned record_sent transaction.
 _QUEUE_PLAN_CASES = {"FINISH_DONE_MANY": "ARRAY[1::bigint], ARRAY[1], ARRAY['w']"}

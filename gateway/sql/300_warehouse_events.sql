@@ -1,8 +1,9 @@
 -- What the warehouses report of the orders the gateway sent them (POST /v1/warehouse/callbacks, the contract of
 -- adapters/warehouse.py): every callback once, as it came. A callback names its order (orderId, the warehouse's
--- number) and echoes the order's reference: the document it was made from (messageType, guid: documents.doc_guid),
--- through which the shipment view shows it. Callbacks may come twice or out of order: one row per (order, status,
--- time), and the view takes the furthest status.
+-- number) and echoes the order's reference: the document it was made from (messageType, guid). doc_guid is that
+-- document's when the orderId is the one the gateway gave its order (adapters.warehouse.order_id), through which the
+-- shipment view shows it; NULL otherwise (kept, shown nowhere). Callbacks may come twice or out of order: one row per
+-- (order, status, time), and the view takes the furthest status.
 CREATE TABLE IF NOT EXISTS warehouse_events (
     id                 bigserial   PRIMARY KEY,
     received_at        timestamptz NOT NULL DEFAULT now(),
