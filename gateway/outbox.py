@@ -1418,7 +1418,6 @@ class Outbox:
             ]
         return shipment
 
-
     async def record_warehouse_callback(
         self, callback: warehouse.WarehouseCallback, submitter: str
     ) -> tuple[bool, bool, str]:
