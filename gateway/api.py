@@ -35,7 +35,7 @@ from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.ingestlink import IngestUnavailable
 from gateway.messages import FLOWS
-from gateway.metrics import setup_metrics
+from gateway.metrics import METRICS, setup_metrics
 from gateway.openapi import OPENAPI
 from gateway.outbox import Outbox, with_warehouse_orders
 from gateway.pipeline import Forbidden, Ingest, Pipeline
@@ -435,6 +435,8 @@ async def post_warehouse_callback(request: web.Request) -> web.Response:
         return error_response(422, "the callback was rejected", [issue])
     stored, linked, status = await request.app[OUTBOX].record_warehouse_callback(callback, principal.name)
     log.info("warehouse_callback", order_id=callback.order_id, status=callback.status, stored=stored, linked=linked)
+    if stored and (metrics := request.app.get(METRICS)) is not None:
+        metrics.observe_warehouse(callback.status, linked)
     if not linked:
         log.warning("warehouse_callback_unlinked", order_id=callback.order_id, reference=dict(callback.reference),
                     note="not an order the gateway made from a document it holds (reference, orderId)")  # fmt: skip

@@ -121,6 +121,13 @@ class Metrics:
             ["code"],
             registry=instruments,
         )
+        self.warehouse_callbacks = Counter(
+            "cbec_warehouse_callbacks",
+            "Warehouse callbacks stored (POST /v1/warehouse/callbacks; a repeat is not counted), by the status they "
+            "report and whether they were linked to the document the gateway made the order from",
+            ["status", "linked"],
+            registry=instruments,
+        )
         # labelled children by instrument and label values: prometheus_client's labels() takes a lock and
         # checks its arguments on every call (~1.5 µs; a cached child's inc ~0.35). Bounded: a client could
         # invent methods (and codes are counted as "other" when they are not ours) without end.
@@ -142,6 +149,10 @@ class Metrics:
 
     def observe(self, route: str, method: str, status: int) -> None:
         self._child(self.requests, route, method, str(status)).inc()
+
+    def observe_warehouse(self, status: str, linked: bool) -> None:
+        """A warehouse callback stored (its status one of the contract's: the labels stay bounded)."""
+        self._child(self.warehouse_callbacks, status, "true" if linked else "false").inc()
 
     async def observe_ingest(self, request: web.Request, response: web.StreamResponse | None, status: int,
                              elapsed: float) -> None:  # fmt: skip

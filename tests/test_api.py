@@ -824,3 +824,8 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
                                     content_type="application/json")  # fmt: skip
         assert too_big.status == 413
         assert await db_pool.fetchval("SELECT count(*) FROM warehouse_events") == 4
+        scraped = (await api.get("/metrics")).body.decode()
+        counted = {line.split("{")[1].split("}")[0]: float(line.split()[-1]) for line in scraped.splitlines()
+                   if line.startswith("cbec_warehouse_callbacks_total{")}  # fmt: skip
+        assert counted == {'linked="true",status="shipped"': 1, 'linked="true",status="accepted"': 1,
+                           'linked="false",status="accepted"': 1, 'linked="false",status="delivered"': 1}  # fmt: skip
