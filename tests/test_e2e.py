@@ -647,9 +647,11 @@ async def _done(stack: Stack, guid: str) -> bool:
 async def test_standalone_sandbox_command_options() -> None:
     """`cbec sandbox` builds on start_sandbox: the options it passes exist."""
     sb = await start_sandbox("127.0.0.1", 0, receipt_url=None, receipt_headers={}, receipt_delay=0.001,
-                             failure_rate=0.0)  # fmt: skip
+                             failure_rate=0.0, warehouse_callback_url="http://127.0.0.1:9/v1/warehouse/callbacks",
+                             warehouse_callback_headers={"X-API-Key": "w"})  # fmt: skip
     try:
         assert sb.config.failure_rate == 0.0 and sb.config.receipt_delay == 0.001
+        assert sb.config.warehouse_callback_headers == {"X-API-Key": "w"}
     finally:
         await sb.stop()
 
