@@ -35,15 +35,19 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 # --- export release ------------------------------------------------------------------------------
 
 
+async def _declared(client: Client, seed: int, mode: str) -> tuple[samples.ExportShipmentSample, str]:
+    """An export shipment's four legs sent as XML (the inventory signed), each accepted; the shipment and its path."""
+    s = samples.export_shipment(random.Random(seed), mode=mode, now=NOW)
+    for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+        reply = await client.post_xml(render(s.payloads()[code], signer=sign_as_agent if code == "CEB603" else None))
+        assert reply.status == 202, (code, reply.body)
+    return s, f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+
+
 @pytest.mark.db
 async def test_a_released_export_shipment_leaves_no_dead_letter(db_dsn: str) -> None:
     async with running_stack(db_dsn) as stack:
-        s = samples.export_shipment(random.Random(51), mode="9610", now=NOW)
-        for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
-            xml = render(s.payloads()[code], signer=sign_as_agent if code == "CEB603" else None)
-            reply = await stack.client.post_xml(xml)
-            assert reply.status == 202, (code, reply.body)
-        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+        _, path = await _declared(stack.client, 51, "9610")
 
         async def released() -> bool:
             return (await stack.client.get(path)).body["customs_status"] == "released"
@@ -67,12 +71,7 @@ async def test_a_released_special_zone_export_is_shipped_out_by_the_zone_warehou
     warehouse gets an outbound order made from the CEB603 — its items, the carrier and waybill to hand them to, no
     consignee (the buyer is abroad) — and reports back on it, shown under the inventory."""
     async with running_stack(db_dsn) as stack:
-        s = samples.export_shipment(random.Random(52), mode="1210", now=NOW)
-        for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
-            xml = render(s.payloads()[code], signer=sign_as_agent if code == "CEB603" else None)
-            reply = await stack.client.post_xml(xml)
-            assert reply.status == 202, (code, reply.body)
-        path = f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}"
+        s, path = await _declared(stack.client, 52, "1210")
 
         async def shipped() -> bool:
             docs = (await stack.client.get(path)).body["documents"]
