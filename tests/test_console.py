@@ -22,13 +22,14 @@ import asyncpg
 import cbec_queue
 import pytest
 
-from gateway import samples
+from gateway import csvexport, samples
 from gateway.auth import KeyRing, Principal
 from gateway.config import ApiKey, Role
 from gateway.console import CONSOLE
 from gateway.console import app as console_app
-from gateway.console.queries import CSV_COLUMNS, csv_cell, mask_findings, mask_id_number
+from gateway.console.queries import CSV_COLUMNS, mask_findings, mask_id_number
 from gateway.console.session import SessionStore
+from gateway.csvexport import cell as csv_cell
 from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A, STRANGER
 from tests.consoleutil import (
     ConsoleClient,
@@ -455,7 +456,7 @@ async def test_the_list_downloads_as_csv_every_page_masked_and_safe_for_a_spread
     """The list as filtered, every page of it (read a page at a time), as a CSV a spreadsheet opens as UTF-8: the
     columns the list shows, ID numbers masked as there, the findings as code and message; a cell a spreadsheet would
     run as a formula (a seller's text) shown as text. Refused without a session or with a bad filter."""
-    monkeypatch.setattr(console_app, "EXPORT_PAGE", 1)  # four shipments: four pages
+    monkeypatch.setattr(csvexport, "PAGE", 1)  # four shipments: four pages
     made = await _three_states(ops)
     client = await ops.console(OPERATOR)
     async with client.session.get(client.base + "/ops/api/shipments.csv", params={"state": "any"}) as resp:
@@ -498,7 +499,7 @@ async def test_a_csv_download_the_database_fails_midway_ends_unfinished(
 ) -> None:
     """Rows already sent cannot be taken back: a failure after the first page ends the download without its last
     chunk, so the browser says it failed, instead of a short file that looks complete."""
-    monkeypatch.setattr(console_app, "EXPORT_PAGE", 1)
+    monkeypatch.setattr(csvexport, "PAGE", 1)
     await _three_states(ops)
     pages = 0
     real = console_app.q.list_shipments

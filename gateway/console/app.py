@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import html
-import io
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -19,7 +17,7 @@ import cbec_queue
 import structlog
 from aiohttp import web
 
-from gateway import db, tax
+from gateway import csvexport, db, tax
 from gateway.auth import KeyRing
 from gateway.console import queries as q
 from gateway.console.feed import Feed, Standing, Subscriber, build_summary, no_signer, to_json
@@ -300,56 +298,26 @@ async def shipments(request: web.Request) -> web.StreamResponse:
         return json_response(await q.list_shipments(conn, ql))
 
 
-#: Shipments read per query while a CSV download is written (keyset pages of the list, newest first).
-EXPORT_PAGE = 500
-
-
 @api
 async def shipments_csv(request: web.Request) -> web.StreamResponse:
-    """The list as filtered, every page of it, as CSV for a spreadsheet: UTF-8 with a byte order mark (Excel and WPS
-    then read the Chinese names as UTF-8), one row per shipment, newest first, written as it is read. Should the
-    database fail midway, the download ends unfinished (no last chunk), never as a complete-looking short file."""
+    """The list as filtered, every page of it, as CSV for a spreadsheet (gateway.csvexport), newest first."""
     try:
         ql = list_query(request.query)
     except ValueError as exc:
         return error(400, str(exc))
-    ql = dataclasses.replace(ql, limit=EXPORT_PAGE, cursor=None)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
 
-    def lines(rows: Iterable[Iterable[str]]) -> bytes:
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerows(rows)
-        return buffer.getvalue().encode("utf-8")
-
-    async def page(query: q.ListQuery) -> dict[str, Any]:
-        async with _pool(request).acquire() as conn:
-            return await q.list_shipments(conn, query)
-
-    first = await page(ql)  # before the answer starts: a database away is a plain 503
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store",
-        "Content-Disposition": f'attachment; filename="shipments-{ql.state or "any"}-{stamp}.csv"'})  # fmt: skip
-    await response.prepare(request)
-    await response.write(b"\xef\xbb\xbf" + lines([q.CSV_COLUMNS]))
-    count, body = 0, first
-    try:
+    async def pages() -> AsyncIterator[list[list[str]]]:
+        query = dataclasses.replace(ql, limit=csvexport.PAGE, cursor=None)
         while True:
-            await response.write(lines(q.csv_row(item) for item in body["items"]))
-            count += len(body["items"])
+            async with _pool(request).acquire() as conn:
+                body = await q.list_shipments(conn, query)
+            yield [q.csv_row(item) for item in body["items"]]
             if body["next_cursor"] is None:
-                break
-            body = await page(dataclasses.replace(ql, cursor=body["next_cursor"]))
-    except Exception:
-        log.exception("shipments_export_failed", rows=count)
-        if request.transport is not None:
-            request.transport.close()  # no terminating chunk: the client sees the download unfinished
-        raise
-    await response.write_eof()
-    log.info("shipments_exported", rows=count, state=ql.state or "any")
-    return response
+                return
+            query = dataclasses.replace(query, cursor=body["next_cursor"])
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return await csvexport.stream(request, f"shipments-{ql.state or 'any'}-{stamp}.csv", q.CSV_COLUMNS, pages())
 
 
 @api

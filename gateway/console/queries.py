@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import cbec_queue
 
-from gateway import db, outbox, tax, taxbills
+from gateway import csvexport, db, outbox, tax, taxbills
 from gateway.store import decode_cursor, encode_cursor
 
 #: Reconciliation states in the order the console shows them (gateway.reconcile.ShipmentState).
@@ -252,23 +252,13 @@ async def list_shipments(conn: asyncpg.Connection, q: ListQuery) -> dict[str, An
 #: there, the findings as "code: message", one after the other.
 CSV_COLUMNS = ("updated_at", "ebpCode", "orderNo", "ebcCode", "flow", "mode", "state", "missing", "customsStatus",
                "buyerName", "buyerIdNumber", "findings")  # fmt: skip
-#: What a spreadsheet takes for the start of a formula in a cell (CSV injection: a seller's orderNo or name is text
-#: the gateway did not write).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(value: Any) -> str:
-    """A value as a cell: times in ISO 8601, nothing for None; text a spreadsheet would run as a formula gets an
-    apostrophe in front (OWASP's advice), so that it shows as the text it is."""
-    text = "" if value is None else value.isoformat() if isinstance(value, datetime) else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def csv_row(item: dict[str, Any]) -> list[str]:
-    """A listed shipment (list_shipments' item) as the cells of CSV_COLUMNS."""
-    findings = " | ".join(f"{f.get('code')}: {f.get('message')}" for f in item.get("findings") or ())
-    values = {**item, "missing": " ".join(item.get("missing") or ()), "findings": findings}
-    return [csv_cell(values.get(column)) for column in CSV_COLUMNS]
+    """A listed shipment (list_shipments' item) as the cells of CSV_COLUMNS (gateway.csvexport)."""
+    values = {**item, "missing": " ".join(item.get("missing") or ()),
+              "findings": csvexport.findings_cell(item.get("findings"))}
+    return [csvexport.cell(values.get(column)) for column in CSV_COLUMNS]
 
 # --- one shipment ------------------------------------------------------------------------------------
 
