@@ -13,7 +13,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from aiohttp import web
 from lxml import etree
 
 from adapters import warehouse
-from gateway import db, receipts, summary, taxbills
+from gateway import csvexport, db, receipts, summary, taxbills
 from gateway.auth import KeyRing, Principal, SharedRates, shipment_view
 from gateway.config import Role, Settings
 from gateway.console import setup_console
@@ -277,39 +277,65 @@ async def get_message(request: web.Request) -> web.Response:
     return json_response(found)
 
 
-async def list_shipments(request: web.Request) -> web.Response:
-    principal = _principal(request)
-    q = request.query
+def _shipment_filters(principal: Principal, q: Any) -> tuple[dict[str, Any], int]:
+    """The filters of GET /v1/shipments (and of its CSV) as Store.list_shipments takes them, the key's scope
+    included, and the page size; ValueError saying which parameter is wrong."""
     state = q.get("state")
     if state is not None and state not in {s.value for s in ShipmentState}:
-        return error_response(400, f"unknown state {state!r}")
+        raise ValueError(f"unknown state {state!r}")
     customs_status = q.get("customs_status")
     if customs_status is not None and customs_status not in SHIPMENT_CUSTOMS_STATUSES:
-        return error_response(400, f"unknown customs_status {customs_status!r}: one of "
-                              + ", ".join(SHIPMENT_CUSTOMS_STATUSES))  # fmt: skip
+        raise ValueError(f"unknown customs_status {customs_status!r}: one of " + ", ".join(SHIPMENT_CUSTOMS_STATUSES))
     flow = q.get("flow")
     if flow is not None and flow not in FLOWS:
-        return error_response(400, f"unknown flow {flow!r}: one of " + ", ".join(sorted(FLOWS)))
+        raise ValueError(f"unknown flow {flow!r}: one of " + ", ".join(sorted(FLOWS)))
     try:
         since, until, limit = _page_query(q)
     except ValueError as exc:
-        return error_response(400, f"bad query parameter: {exc}")
+        raise ValueError(f"bad query parameter: {exc}") from None
+    filters = {"state": state, "customs_status": customs_status, "ebp_code": q.get("ebpCode"),
+               "ebc_code": q.get("ebcCode"), "flow": flow, "since": since, "until": until,
+               "parties": None if principal.sees_everything else sorted(principal.codes)}  # fmt: skip
+    return filters, limit
+
+
+async def list_shipments(request: web.Request) -> web.Response:
     try:
-        page = await request.app[STORE].list_shipments(
-            state=state,
-            customs_status=customs_status,
-            ebp_code=q.get("ebpCode"),
-            ebc_code=q.get("ebcCode"),
-            flow=flow,
-            since=since,
-            until=until,
-            parties=None if principal.sees_everything else sorted(principal.codes),
-            limit=limit,
-            cursor=q.get("cursor"),
-        )
+        filters, limit = _shipment_filters(_principal(request), request.query)
+    except ValueError as exc:
+        return error_response(400, str(exc))
+    try:
+        page = await request.app[STORE].list_shipments(**filters, limit=limit, cursor=request.query.get("cursor"))
     except ValueError as exc:  # a cursor that is not one of ours
         return error_response(400, f"bad cursor: {exc}")
     return json_response(page)
+
+
+#: GET /v1/shipments.csv: what the list gives of each shipment, for a seller's spreadsheet.
+SHIPMENT_CSV_COLUMNS = ("updated_at", "ebpCode", "orderNo", "ebcCode", "flow", "mode", "state", "missing",
+                        "customs_status", "findings")  # fmt: skip
+
+
+async def shipments_csv(request: web.Request) -> web.StreamResponse:
+    """Every shipment GET /v1/shipments would list with the same filters (all its pages; the key's own for a
+    submitter), as CSV for a spreadsheet (gateway.csvexport), newest first."""
+    try:
+        filters, _ = _shipment_filters(_principal(request), request.query)
+    except ValueError as exc:
+        return error_response(400, str(exc))
+    store = request.app[STORE]
+
+    async def pages() -> AsyncIterator[list[list[str]]]:
+        cursor = None
+        while True:
+            page = await store.list_shipments(**filters, limit=csvexport.PAGE, cursor=cursor)
+            yield [csvexport.shipment_row(item, SHIPMENT_CSV_COLUMNS) for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return await csvexport.stream(request, f"shipments-{stamp}.csv", SHIPMENT_CSV_COLUMNS, pages())
 
 
 async def list_rejections(request: web.Request) -> web.Response:
@@ -574,6 +600,7 @@ def create_app(
     app.router.add_post("/v1/messages", post_message)
     app.router.add_get("/v1/messages/{guid}", get_message)
     app.router.add_get("/v1/shipments", list_shipments)
+    app.router.add_get("/v1/shipments.csv", shipments_csv)
     app.router.add_get("/v1/shipments/{ebpCode}/{orderNo}", get_shipment)
     app.router.add_get("/v1/summaries/{agentCode}/{copNo}", get_summary)
     app.router.add_get("/v1/rejections", list_rejections)

@@ -33,9 +33,12 @@ def cell(value: Any) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def findings_cell(findings: Iterable[dict[str, Any]] | None) -> str:
-    """A shipment's findings in one cell: each as "code: message", one after the other."""
-    return " | ".join(f"{f.get('code')}: {f.get('message')}" for f in findings or ())
+def shipment_row(item: dict[str, Any], columns: Sequence[str]) -> list[str]:
+    """A listed shipment as the cells of ``columns``: its missing legs in one cell, its findings in one (each as
+    "code: message", one after the other)."""
+    findings = " | ".join(f"{f.get('code')}: {f.get('message')}" for f in item.get("findings") or ())
+    values = {**item, "missing": " ".join(item.get("missing") or ()), "findings": findings}
+    return [cell(values.get(column)) for column in columns]
 
 
 async def stream(

@@ -177,6 +177,19 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/shipments.csv": {
+            "get": {
+                "summary": "Every shipment GET /v1/shipments lists with the same query parameters (but limit and "
+                "cursor: all its pages, newest first) as CSV: UTF-8 with a byte order mark, columns updated_at, "
+                "ebpCode, orderNo, ebcCode, flow, mode, state, missing, customs_status, findings; a cell a "
+                "spreadsheet would run as a formula starts with an apostrophe",
+                "responses": {
+                    "200": {"description": "the CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                    "400": _err("an unknown state, customs_status or flow, or a time that is not ISO 8601"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/v1/shipments/{ebpCode}/{orderNo}": {
             "get": {
                 "summary": "One shipment: documents (current and history), state, missing legs, findings; "

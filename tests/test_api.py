@@ -18,7 +18,7 @@ from lxml import etree
 
 from adapters import warehouse
 from gateway import samples
-from gateway.api import create_app
+from gateway.api import SHIPMENT_CSV_COLUMNS, create_app
 from gateway.config import ApiKey, Role
 from gateway.render import render
 from gateway.sandbox.receipts import build_receipt
@@ -829,3 +829,47 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
                    if line.startswith("cbec_warehouse_callbacks_total{")}  # fmt: skip
         assert counted == {'linked="true",status="shipped"': 1, 'linked="true",status="accepted"': 1,
                            'linked="false",status="accepted"': 1, 'linked="false",status="delivered"': 1}  # fmt: skip
+
+
+async def test_a_seller_downloads_its_shipments_as_csv_with_the_lists_filters(
+    api: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /v1/shipments.csv: every shipment GET /v1/shipments lists with the same filters and key — all its pages,
+    read a page at a time — as a CSV a spreadsheet opens as UTF-8: the list's fields, the findings as code and
+    message. Another tenant's key gets the header alone; a bad filter is a 400, no key a 401."""
+    import csv
+    import io
+
+    from gateway import csvexport
+
+    monkeypatch.setattr(csvexport, "PAGE", 1)  # three shipments: three pages
+    matched, broken, lone = new_shipment(61), samples.broken(new_shipment(62), "amount_mismatch"), new_shipment(63)
+    for s in (matched, broken):  # the four companies' legs (the platform's key holds its own codes only)
+        for xml in legs(s).values():
+            assert (await api.post_xml(xml)).status == 202
+    assert (await api.post_xml(legs(lone)["CEB311"], key=PLATFORM_A)).status == 202
+
+    async def download(key: str, **params: str) -> tuple[int, bytes, Any]:
+        async with api.session.get(api.base + "/v1/shipments.csv", params=params,
+                                   headers={"X-API-Key": key}) as resp:  # fmt: skip
+            return resp.status, await resp.read(), resp.headers
+
+    status, raw, headers = await download(PLATFORM_A)
+    assert status == 200 and headers["Content-Type"] == "text/csv; charset=utf-8"
+    assert headers["Content-Disposition"].startswith('attachment; filename="shipments-')
+    assert raw.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+    listed = (await api.get("/v1/shipments", key=PLATFORM_A)).body["items"]
+    assert [r["orderNo"] for r in rows] == [i["orderNo"] for i in listed]  # newest first, as the list
+    assert len(rows) == 3
+    [bad] = [r for r in rows if r["orderNo"] == broken.order_doc["orderNo"]]
+    assert bad["state"] == "mismatched" and bad["findings"].startswith("recon.amount_paid_mismatch: ")
+    [incomplete] = [r for r in rows if r["orderNo"] == lone.order_doc["orderNo"]]
+    assert (incomplete["state"], incomplete["missing"]) == ("incomplete", "payment waybill inventory")
+    _, only, _ = await download(PLATFORM_A, state="matched")
+    assert [r["orderNo"] for r in csv.DictReader(io.StringIO(only.decode("utf-8-sig")))] == [
+        matched.order_doc["orderNo"]]
+    status, none, _ = await download(STRANGER)
+    assert status == 200 and none.decode("utf-8-sig").splitlines() == [",".join(SHIPMENT_CSV_COLUMNS)]
+    assert (await download(PLATFORM_A, state="lost"))[0] == 400
+    assert (await api.get("/v1/shipments.csv", key=None)).status == 401

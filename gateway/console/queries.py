@@ -256,9 +256,7 @@ CSV_COLUMNS = ("updated_at", "ebpCode", "orderNo", "ebcCode", "flow", "mode", "s
 
 def csv_row(item: dict[str, Any]) -> list[str]:
     """A listed shipment (list_shipments' item) as the cells of CSV_COLUMNS (gateway.csvexport)."""
-    values = {**item, "missing": " ".join(item.get("missing") or ()),
-              "findings": csvexport.findings_cell(item.get("findings"))}
-    return [csvexport.cell(values.get(column)) for column in CSV_COLUMNS]
+    return csvexport.shipment_row(item, CSV_COLUMNS)
 
 # --- one shipment ------------------------------------------------------------------------------------
 
