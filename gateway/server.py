@@ -197,6 +197,14 @@ class Signatures:
         trusted = tuple(signing.read_certificates(settings.trusted_certs)) if settings.trusted_certs else None
         return cls(agent_signer(settings), settings.signing_agent_code, settings.verify_signatures, trusted)
 
+    @classmethod
+    def in_force(cls, app: web.Application) -> Signatures:
+        """Those ``app``'s pipeline holds (create_app read them from the settings at start)."""
+        pipeline = app[PIPELINE]
+        assert isinstance(pipeline.signer, signing.Signer)
+        trusted = tuple(pipeline.trusted_certs) if pipeline.trusted_certs is not None else None
+        return cls(pipeline.signer, pipeline.signing_agent_code, pipeline.verify_signatures, trusted)
+
     def same_as(self, other: Signatures) -> bool:
         """The same key and certificate (files read anew compare by their contents), agent and trusted list."""
         mine, theirs = self.signer.backend, other.signer.backend
@@ -373,9 +381,9 @@ async def serve(
             link = IngestClient(ingest_path) if ingest_path is not None else None
             if settings.processes > 1 and not api_only:
                 key_rates = SharedRates(settings.api_keys)
-            signatures = Signatures.from_settings(settings)
-            app = create_app(settings, pool, signer=signatures.signer, router=routing_router(fwd),
+            app = create_app(settings, pool, signer=agent_signer(settings), router=routing_router(fwd),
                              ingest=link.ingest if link is not None else None, key_rates=key_rates)  # fmt: skip
+            signatures = Signatures.in_force(app)  # what a reload compares the files read again with
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             shared = settings.processes > 1 or api_only
