@@ -37,7 +37,7 @@ from gateway.ingestlink import IngestUnavailable
 from gateway.messages import FLOWS
 from gateway.metrics import METRICS, setup_metrics
 from gateway.openapi import OPENAPI
-from gateway.outbox import Outbox, with_warehouse_orders
+from gateway.outbox import Outbox, read_warehouse_callbacks, with_warehouse_orders
 from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
@@ -469,6 +469,36 @@ async def post_warehouse_callback(request: web.Request) -> web.Response:
     return json_response({"order_id": callback.order_id, "stored": stored, "linked": linked, "status": status})
 
 
+#: ?linked= of GET /v1/warehouse/callbacks: both when absent.
+_LINKED = {"true": True, "false": False}
+
+
+async def list_warehouse_callbacks(request: web.Request) -> web.Response:
+    """The warehouses' callbacks as they came, newest first, for the operators: ``linked=false`` those placed on no
+    document (an order the gateway did not make, a reference it does not hold), which no shipment shows."""
+    if (denied := _operator(request)) is not None:
+        return denied
+    q = request.query
+    try:
+        since, until, limit = _page_query(q)
+        if q.get("linked", "") not in ("", *_LINKED):
+            raise ValueError(f"linked must be true or false, found {q['linked']!r}")
+        if q.get("status") and q["status"] not in warehouse.CALLBACK_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(warehouse.CALLBACK_STATUSES)}, found {q['status']!r}")
+    except ValueError as exc:
+        return error_response(400, f"bad query parameter: {exc}")
+    try:
+        async with request.app[POOL].acquire() as conn:
+            page = await read_warehouse_callbacks(
+                conn, linked=_LINKED.get(q.get("linked", "")), submitter=q.get("submitter") or None,
+                order_id=q.get("order_id") or None, status=q.get("status") or None, since=since, until=until,
+                limit=limit, cursor=q.get("cursor") or None,
+            )  # fmt: skip
+    except ValueError as exc:  # a cursor that is not one of ours
+        return error_response(400, f"bad cursor: {exc}")
+    return json_response(page)
+
+
 def _operator(request: web.Request) -> web.Response | None:
     """403 unless the key is an operator's or an admin's (queue pages and replays)."""
     if _principal(request).role not in (Role.OPERATOR, Role.ADMIN):
@@ -607,6 +637,7 @@ def create_app(
     app.router.add_get("/v1/rejections/{id}", get_rejection)
     app.router.add_post("/v1/receipts", post_receipts)
     app.router.add_post(WAREHOUSE_CALLBACKS, post_warehouse_callback)
+    app.router.add_get(WAREHOUSE_CALLBACKS, list_warehouse_callbacks)
     app.router.add_get("/v1/queue", get_queue)
     app.router.add_get("/v1/queue/dead", get_dead_letters)
     app.router.add_post("/v1/queue/replay", post_replay)

@@ -285,7 +285,32 @@ OPENAPI: dict[str, Any] = {
                     "422": _err("not a callback of the contract (warehouse.bad_callback)"),
                     **_AUTH_ERRORS,
                 },
-            }
+            },
+            "get": {
+                "summary": "The warehouses' callbacks as they came, newest first (keyset pages; operator / admin), "
+                "each {id, received_at, submitter, order_id, warehouse_order_no, direction, status, reason, "
+                "occurred_at, reference, linked, unlinked_because}: linked=false lists those no shipment shows, "
+                "unlinked_because unknown_reference (no document the gateway holds) or order_id_not_ours (a "
+                "document the gateway holds, whose order has another orderId)",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
+                    for n, d in (
+                        ("linked", "true or false (absent: both)"),
+                        ("submitter", "the name of the warehouse's key"),
+                        ("order_id", "the orderId a callback names"),
+                        ("status", "accepted, received, picked, shipped, delivered, rejected or cancelled"),
+                        ("since", "ISO 8601 time, received at or after"),
+                        ("until", "ISO 8601 time, received before"),
+                        ("limit", "1..500, default 50"),
+                        ("cursor", "next_cursor of the previous page"),
+                    )
+                ],
+                "responses": {
+                    "200": {"description": "{items, next_cursor}"},
+                    "400": _err("a linked, status, time or cursor that is not one, a bad limit"),
+                    **_AUTH_ERRORS,
+                },
+            },
         },
         "/v1/queue": {
             "get": {

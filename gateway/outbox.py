@@ -586,6 +586,27 @@ SELECT e.doc_guid, e.message_type, e.order_id, e.warehouse_order_no, e.direction
        LATERAL (SELECT * FROM warehouse_events AS e WHERE e.doc_guid = g.guid OFFSET 0) AS e
  ORDER BY e.doc_guid, e.order_id, e.id
 """
+#: A page of the warehouses' callbacks as they came, newest first: $2 of those with an id below $1; $3 a warehouse key's
+#: name, $4 orderId, $5 status, $6 since (inclusive) and $7 until (exclusive) received_at, each NULL for none. With it,
+#: whether an unlinked callback's reference names a document the gateway holds (then its orderId is not the one the
+#: gateway gave the order made from it). The unlinked alone (LIST_WAREHOUSE_CALLBACKS_UNLINKED) by their own index.
+_WAREHOUSE_CALLBACK_PAGE = """
+SELECT e.id, e.received_at, e.submitter, e.order_id, e.warehouse_order_no, e.direction, e.status, e.reason,
+       e.occurred_at, e.message_type, e.doc_guid, e.reference,
+       e.doc_guid IS NULL AND EXISTS (SELECT 1 FROM documents AS d WHERE d.doc_guid = e.reference ->> 'guid'
+                                          AND d.message_type = e.message_type) AS reference_held
+  FROM warehouse_events AS e
+ WHERE e.id < $1 {linked}
+   AND ($3::text IS NULL OR e.submitter = $3)
+   AND ($4::text IS NULL OR e.order_id = $4)
+   AND ($5::text IS NULL OR e.status = $5)
+   AND ($6::timestamptz IS NULL OR e.received_at >= $6)
+   AND ($7::timestamptz IS NULL OR e.received_at < $7)
+ ORDER BY e.id DESC LIMIT $2
+"""
+LIST_WAREHOUSE_CALLBACKS = _WAREHOUSE_CALLBACK_PAGE.format(linked="")
+LIST_WAREHOUSE_CALLBACKS_LINKED = _WAREHOUSE_CALLBACK_PAGE.format(linked="AND e.doc_guid IS NOT NULL")
+LIST_WAREHOUSE_CALLBACKS_UNLINKED = _WAREHOUSE_CALLBACK_PAGE.format(linked="AND e.doc_guid IS NULL")
 RECEIPTS_OF = """
 SELECT id, received_at, message_type, root_guid, element_index, doc_guid, keys, return_status, return_time,
        return_info, cop_msg_id, source, message_id, document_id, applied, outcome
@@ -1471,6 +1492,54 @@ async def with_warehouse_orders(conn: asyncpg.Connection | asyncpg.Pool, documen
     orders = warehouse_orders(callbacks)
     for d in documents:
         d["warehouse_orders"] = orders.get((d["message_type"], d["doc_guid"]), [])
+
+
+async def read_warehouse_callbacks(
+    conn: asyncpg.Connection,
+    *,
+    linked: bool | None = None,
+    submitter: str | None = None,
+    order_id: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """A page of the warehouses' callbacks, newest first (the API's GET /v1/warehouse/callbacks and the console's):
+    ``linked`` False for those placed on no document — an order the gateway did not make, or a reference it does not
+    hold — which no shipment shows. ``next_cursor`` is None on the last page; a malformed cursor raises ValueError."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    before = db.row_id(cursor) if cursor else 2**63 - 1
+    if before is None:
+        raise ValueError("not a cursor of GET /v1/warehouse/callbacks")
+    sql = {None: LIST_WAREHOUSE_CALLBACKS, True: LIST_WAREHOUSE_CALLBACKS_LINKED,
+           False: LIST_WAREHOUSE_CALLBACKS_UNLINKED}[linked]  # fmt: skip
+    rows = await conn.fetch(sql, before, limit + 1, submitter, order_id, status, since, until)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"items": [_warehouse_callback_dict(r) for r in rows], "next_cursor": str(rows[-1]["id"]) if more else None}
+
+
+def _warehouse_callback_dict(r: asyncpg.Record) -> dict[str, Any]:
+    linked = r["doc_guid"] is not None
+    return {
+        "id": r["id"],
+        "received_at": r["received_at"].isoformat(),
+        "submitter": r["submitter"],
+        "order_id": r["order_id"],
+        "warehouse_order_no": r["warehouse_order_no"],
+        "direction": r["direction"],
+        "status": r["status"],
+        "reason": r["reason"],
+        "occurred_at": r["occurred_at"],
+        "reference": r["reference"],
+        "linked": linked,
+        # why no shipment shows it: its reference names no document the gateway holds, or one the gateway made
+        # another order from (a mistyped or foreign orderId)
+        "unlinked_because": None if linked else ("order_id_not_ours" if r["reference_held"] else "unknown_reference"),
+    }
 
 
 def ships_from_a_warehouse(flow: str, mode: str | None) -> bool:

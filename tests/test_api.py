@@ -25,6 +25,7 @@ from gateway.sandbox.receipts import build_receipt
 from gateway.signing import RsaSha1Key, Signer, generate_test_key
 from tests import apiutil
 from tests.apiutil import (
+    ADMIN,
     EBC_CODE,
     EBP_CODE,
     OPERATOR,
@@ -764,6 +765,17 @@ def export_cancel(inventory: dict[str, str], invt_no: str) -> bytes:
 
 
 
+WAREHOUSE_KEY = "warehouse-key-" + "w" * 16
+
+
+def _warehouse_callback(order_id: str, reference: dict[str, Any], status: str, minute: int, /,
+                        **changes: Any) -> dict[str, Any]:  # fmt: skip
+    """A callback of adapters/warehouse.py's contract at minute ``minute`` of an hour; ``changes`` replace fields."""
+    return {"schema": "cbec.warehouse-callback.v1", "orderId": order_id, "warehouseOrderNo": "WH00000007",
+            "direction": "outbound", "status": status, "reason": None, "reference": reference,
+            "occurredAt": f"2026-12-06T10:{minute:02d}:00+08:00", "timestamp": 1796000000, **changes}  # fmt: skip
+
+
 async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furthest_status(
     db_pool: asyncpg.Pool,
 ) -> None:
@@ -772,7 +784,7 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
     status its furthest whatever order the callbacks came in; a repeat stores nothing; one naming no document the
     gateway holds is kept and says so; a bad one is a 422; a warehouse key does nothing else, and no other key but
     an admin's posts callbacks."""
-    warehouse_key = "warehouse-key-" + "w" * 16
+    warehouse_key = WAREHOUSE_KEY
     settings = apiutil.test_settings()
     settings = settings.with_overrides(api_keys=(*settings.api_keys, ApiKey("wms", warehouse_key, Role.WAREHOUSE)))
     async with serving(create_app(settings, db_pool, signer=sign_as_agent)) as api:
@@ -785,10 +797,7 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
         order_id = warehouse.order_id(s.inventory["guid"], 1)  # the gateway's order for the message's document 1
 
         async def callback(status: str, minute: int, key: str = warehouse_key, **changes: Any) -> apiutil.Reply:
-            body = {"schema": "cbec.warehouse-callback.v1", "orderId": order_id, "warehouseOrderNo": "WH00000007",
-                    "direction": "outbound", "status": status, "reason": None, "reference": reference,
-                    "occurredAt": f"2026-12-06T10:{minute:02d}:00+08:00", "timestamp": 1796000000,
-                    **changes}  # fmt: skip
+            body = _warehouse_callback(order_id, reference, status, minute, **changes)
             return await api.request("POST", "/v1/warehouse/callbacks", key=key, json_body=body)
 
         shipped = await callback("shipped", 5)  # before its "accepted": out of order
@@ -829,6 +838,68 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
                    if line.startswith("cbec_warehouse_callbacks_total{")}  # fmt: skip
         assert counted == {'linked="true",status="shipped"': 1, 'linked="true",status="accepted"': 1,
                            'linked="false",status="accepted"': 1, 'linked="false",status="delivered"': 1}  # fmt: skip
+
+
+async def test_operators_list_the_warehouse_callbacks_no_shipment_shows(db_pool: asyncpg.Pool) -> None:
+    """GET /v1/warehouse/callbacks (operator and admin keys): every callback as it came, newest first, in keyset pages;
+    linked=false those placed on no document, each saying why — its reference names no document the gateway holds, or
+    one whose order the gateway gave another orderId; filters by warehouse key, orderId, status and time; a bad filter
+    is a 400, and no other key lists them."""
+    settings = apiutil.test_settings()
+    settings = settings.with_overrides(api_keys=(*settings.api_keys, ApiKey("wms", WAREHOUSE_KEY, Role.WAREHOUSE)))
+    async with serving(create_app(settings, db_pool, signer=sign_as_agent)) as api:
+        s = new_shipment(42)
+        for xml in legs(s).values():
+            assert (await api.post_xml(xml)).status == 202
+        ours = warehouse.order_id(s.inventory["guid"], 1)
+        held = {"messageType": "CEB621", "guid": s.inventory["documents"][0]["guid"]}
+        sent = [
+            (ours, held, "accepted", 1),  # linked
+            ("ORDER-X", {"messageType": "CEB621", "guid": "nope"}, "accepted", 2),  # a reference the gateway lacks
+            (warehouse.order_id(s.order["guid"], 1), held, "delivered", 3),  # a document held, another orderId
+            (ours, held, "shipped", 4),  # linked
+        ]
+        for order_id, reference, status, minute in sent:
+            body = _warehouse_callback(order_id, reference, status, minute)
+            assert (await api.request("POST", "/v1/warehouse/callbacks", key=WAREHOUSE_KEY, json_body=body)).status \
+                == 200
+
+        every = await api.get("/v1/warehouse/callbacks", key=OPERATOR)
+        assert every.status == 200, every.body
+        assert [(c["order_id"], c["status"], c["linked"]) for c in every.body["items"]] == [
+            (ours, "shipped", True), (sent[2][0], "delivered", False), ("ORDER-X", "accepted", False),
+            (ours, "accepted", True)]  # fmt: skip
+        assert every.body["next_cursor"] is None
+
+        unlinked = (await api.get("/v1/warehouse/callbacks?linked=false", key=OPERATOR)).body["items"]
+        assert [(c["order_id"], c["unlinked_because"]) for c in unlinked] == [
+            (sent[2][0], "order_id_not_ours"), ("ORDER-X", "unknown_reference")]  # fmt: skip
+        assert unlinked[1]["reference"] == {"messageType": "CEB621", "guid": "nope"}
+        assert (unlinked[1]["submitter"], unlinked[1]["warehouse_order_no"], unlinked[1]["direction"]) == (
+            "wms", "WH00000007", "outbound")  # fmt: skip
+        assert unlinked[1]["occurred_at"] == "2026-12-06T10:02:00+08:00"
+        linked = (await api.get("/v1/warehouse/callbacks?linked=true", key=ADMIN)).body["items"]
+        assert [(c["status"], c["unlinked_because"]) for c in linked] == [("shipped", None), ("accepted", None)]
+
+        first = await api.get("/v1/warehouse/callbacks?limit=3", key=OPERATOR)
+        assert len(first.body["items"]) == 3 and first.body["next_cursor"]
+        rest = await api.get(f"/v1/warehouse/callbacks?limit=3&cursor={first.body['next_cursor']}", key=OPERATOR)
+        assert [c["id"] for c in first.body["items"] + rest.body["items"]] == [c["id"] for c in every.body["items"]]
+        for query, expected in (("order_id=ORDER-X", ["ORDER-X"]), ("status=shipped", [ours]),
+                                ("submitter=wms&status=delivered", [sent[2][0]]), ("submitter=other", []),
+                                ("since=2999-01-01T00:00:00Z", []), ("until=2999-01-01T00:00:00Z", [c[0] for c in
+                                                                                                    sent[::-1]])):
+            page = await api.get(f"/v1/warehouse/callbacks?{query}", key=OPERATOR)
+            assert [c["order_id"] for c in page.body["items"]] == expected, query
+
+        for query in ("linked=maybe", "status=lost", "cursor=abc", "since=yesterday", "limit=x"):
+            bad = await api.get(f"/v1/warehouse/callbacks?{query}", key=OPERATOR)
+            assert bad.status == 400, query
+        assert "linked must be true or false" in (await api.get("/v1/warehouse/callbacks?linked=maybe",
+                                                                key=OPERATOR)).body["error"]["title"]  # fmt: skip
+        for key in (PLATFORM_A, WAREHOUSE_KEY):
+            assert (await api.get("/v1/warehouse/callbacks", key=key)).status == 403
+        assert (await api.get("/v1/warehouse/callbacks", key=None)).status == 401
 
 
 async def test_a_seller_downloads_its_shipments_as_csv_with_the_lists_filters(

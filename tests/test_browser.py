@@ -358,6 +358,42 @@ async def test_an_open_shipment_page_shows_a_warehouse_callback_as_it_comes(brow
     assert errors == []
 
 
+async def test_a_warehouse_callback_placed_on_no_shipment_shows_in_its_panel_as_it_comes(
+    browser: Browser, site: Site
+) -> None:
+    """A callback no shipment shows — its reference names no document the gateway holds, or its orderId is not the
+    one the gateway gave that document's order — appears live in its own panel, with the warehouse, the order, the
+    status and why it was placed nowhere."""
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        s = new_shipment(433)
+        await submit(site.api, s)
+        page = await live_console(browser, site, errors)
+        await page.evaluate("window.__noReload = 'still here'")
+        inventory = s.inventory_doc
+
+        async def callback(order_id: str, guid: str) -> None:
+            body = {"schema": "cbec.warehouse-callback.v1", "orderId": order_id, "warehouseOrderNo": "WH-LOST-1",
+                    "direction": "outbound", "status": "picked", "reason": None,
+                    "occurredAt": "2026-12-06T10:00:00+08:00", "reference": {"messageType": "CEB621", "guid": guid}}
+            reply = await site.api.request("POST", "/v1/warehouse/callbacks", json_body=body)
+            assert reply.status == 200 and not reply.body["linked"], reply.body
+
+        await callback("ORDER-NOWHERE-1", "no-such-document")
+        row = page.locator("#unlinked-table tbody tr").first
+        await expect(row).to_contain_text("ORDER-NOWHERE-1")
+        text = await row.inner_text()
+        assert "picked 已拣货" in text and "WH-LOST-1" in text and "no-such-document" in text, text
+        assert "names no document the gateway holds" in text, text
+        await expect(page.locator("#unlinked-empty")).to_be_hidden()
+        await callback(warehouse.order_id(s.order["guid"], 1), inventory["guid"])  # a document held, another order
+        await expect(row).to_contain_text("not the orderId the gateway gave")
+        assert await page.evaluate("window.__noReload") == "still here"
+        await page.locator("#unlinked-panel").screenshot(path=shot("browser-unlinked-callbacks.png"))
+        await page.context.close()
+    assert errors == []
+
+
 async def test_the_banner_says_when_the_signing_certificate_expired_and_clears_once_it_is_renewed(
     browser: Browser, site: Site
 ) -> None:

@@ -53,6 +53,9 @@ _PLAN_CASES = {
     "INSERT_WAREHOUSE_EVENT": "'w', 'o', 'WH1', 'outbound', 'shipped', NULL, 't', 'CEB621', 'g', '{}'::jsonb",
     "WAREHOUSE_SHIPMENT": "'g', 'CEB621'",
     "WAREHOUSE_ORDER_SOURCES": "'g', 'CEB621'",
+    # the operators' list of callbacks (GET /v1/warehouse/callbacks, the console's panel of the unlinked)
+    **{name: "9223372036854775807, 51, NULL, NULL, NULL, NULL, NULL" for name in (
+        "LIST_WAREHOUSE_CALLBACKS", "LIST_WAREHOUSE_CALLBACKS_LINKED", "LIST_WAREHOUSE_CALLBACKS_UNLINKED")},
 }
 #: cbec_queue's statements that run inside the planned record_sent transaction.
 _QUEUE_PLAN_CASES = {"FINISH_DONE_MANY": "ARRAY[1::bigint], ARRAY[1], ARRAY['w']"}

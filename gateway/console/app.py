@@ -29,6 +29,7 @@ from gateway.console.session import (
     csrf_ok,
     origin_allowed,
 )
+from gateway.outbox import read_warehouse_callbacks
 from gateway.store import read_rejection, read_rejections
 
 log = structlog.get_logger("gateway.console")
@@ -371,6 +372,18 @@ async def rejection(request: web.Request) -> web.StreamResponse:
 
 
 @api
+async def unlinked_callbacks(request: web.Request) -> web.StreamResponse:
+    """The warehouses' callbacks placed on no document (GET /v1/warehouse/callbacks?linked=false's page), newest
+    first, for their panel: no shipment shows them."""
+    try:
+        async with _pool(request).acquire() as conn:
+            return json_response(await read_warehouse_callbacks(
+                conn, linked=False, limit=20, cursor=request.query.get("cursor") or None))  # fmt: skip
+    except ValueError as exc:
+        return error(400, str(exc))
+
+
+@api
 async def queue(request: web.Request) -> web.StreamResponse:
     async with _pool(request).acquire() as conn:
         return json_response(await q.queue_health(conn, endpoints=request.app[CONSOLE].endpoints))
@@ -561,6 +574,7 @@ def setup(
     r.add_get(PREFIX + "/api/queue", queue)
     r.add_get(PREFIX + "/api/rejections", rejections)
     r.add_get(PREFIX + "/api/rejections/{id}", rejection)
+    r.add_get(PREFIX + "/api/warehouse-callbacks", unlinked_callbacks)
     r.add_post(PREFIX + "/api/jobs/{id}/replay", replay)
     r.add_get(PREFIX + "/api/series", series)
     r.add_get(PREFIX + "/api/events", events)

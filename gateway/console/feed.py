@@ -189,7 +189,9 @@ class Feed:
         async with self.pool.acquire(timeout=5) as conn:
             row = await conn.fetchrow(q.MARKER, timeout=5)
             marker = tuple(row or ())
-            last_rejection = row["last_rejection"] if row is not None else None  # the refused panel reloads on it
+            # the refused messages' and the unlinked callbacks' panels reload when these move
+            last_rejection = row["last_rejection"] if row is not None else None
+            last_unlinked = row["last_unlinked_callback"] if row is not None else None
             recount = marker != self._marker or self.ticks % self.recount_every == 0
             if recount:
                 summary = await build_summary(conn)
@@ -202,10 +204,12 @@ class Feed:
                 self._changed_since = newest or self._changed_since
                 previous = self.latest.get("summary")
                 if (previous is None or changed or overflow or previous["shipments"] != summary["shipments"]
-                        or previous.get("last_rejection") != last_rejection):
+                        or previous.get("last_rejection") != last_rejection
+                        or previous.get("last_unlinked_callback") != last_unlinked):
                     # overflow: more changed than one event names; the pages reload what they show
                     self.publish("summary", {**summary, "changed": changed, "changed_overflow": overflow,
-                                             "last_rejection": last_rejection})  # fmt: skip
+                                             "last_rejection": last_rejection,
+                                             "last_unlinked_callback": last_unlinked})  # fmt: skip
                 self._marker = marker
             if self.ticks % self.queue_every == 0:
                 health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0)

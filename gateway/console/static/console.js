@@ -28,6 +28,8 @@
     deadNewest: null,
     refusedNewest: null,
     refusedCursor: null,
+    unlinkedNewest: null,
+    unlinkedCursor: null,
     cursor: null,
     listKey: "",
     listParams: null,
@@ -261,6 +263,43 @@
     if (!append && page.items.length) state.refusedNewest = Math.max(state.refusedNewest ?? 0, page.items[0].id);
     state.refusedCursor = page.next_cursor;
     $("refused-more").hidden = !page.next_cursor;
+  }
+
+  // --- warehouse callbacks on no shipment ---
+
+  const UNLINKED_BECAUSE = {
+    unknown_reference: "its reference names no document the gateway holds 关联报文不存在",
+    order_id_not_ours: "not the orderId the gateway gave that document's order 订单号不符",
+  };
+
+  function renderUnlinked(items, append) {
+    const rows = items.map((c) => {
+      const ref = c.reference || {};
+      return h("tr", { "data-callback": c.id },
+        h("td", { class: "when", text: fmtTime(c.received_at) }),
+        h("td", { class: "mono", text: c.submitter }),
+        h("td", {}, h("div", { class: "mono", text: c.order_id }),
+          h("div", { class: "muted", text: `${c.direction} · ${c.warehouse_order_no}` })),
+        h("td", {}, h("div", { text: `${c.status} ${WAREHOUSE_ZH[c.status] || ""}`.trim() }),
+          h("div", { class: "muted", text: c.occurred_at }),
+          c.reason ? h("div", { class: "error-text", text: c.reason }) : null),
+        h("td", {}, h("div", { text: typeof ref.messageType === "string" ? ref.messageType : "—" }),
+          h("div", { class: "mono", text: typeof ref.guid === "string" ? ref.guid : "" })),
+        h("td", { text: UNLINKED_BECAUSE[c.unlinked_because] || c.unlinked_because || "" }));
+    });
+    const body = $("unlinked-table").tBodies[0];
+    if (append) body.append(...rows); else body.replaceChildren(...rows);
+    $("unlinked-empty").hidden = body.rows.length > 0;
+  }
+
+  async function loadUnlinked(append = false) {
+    const params = new URLSearchParams();
+    if (append && state.unlinkedCursor) params.set("cursor", state.unlinkedCursor);
+    const page = await call(`${API}/warehouse-callbacks?${params}`);
+    renderUnlinked(page.items, append);
+    if (!append && page.items.length) state.unlinkedNewest = Math.max(state.unlinkedNewest ?? 0, page.items[0].id);
+    state.unlinkedCursor = page.next_cursor;
+    $("unlinked-more").hidden = !page.next_cursor;
   }
 
   async function replay(jobId, button) {
@@ -511,6 +550,10 @@
       if (data.last_rejection != null && data.last_rejection !== state.refusedNewest) {
         state.refusedNewest = data.last_rejection; // one reload per new refusal, however many events name it
         loadRefused().catch(() => {});
+      }
+      if (data.last_unlinked_callback != null && data.last_unlinked_callback !== state.unlinkedNewest) {
+        state.unlinkedNewest = data.last_unlinked_callback;
+        loadUnlinked().catch(() => {});
       }
       if (state.view === "overview" && (changed.length || data.changed_overflow ||
           before !== JSON.stringify(data.shipments.by_state))) {
@@ -781,6 +824,7 @@
     $("filters").addEventListener("reset", () => setTimeout(scheduleList, 0));
     $("list-more").addEventListener("click", () => loadList(true).catch((e) => toast(e.message, true)));
     $("refused-more").addEventListener("click", () => loadRefused(true).catch((e) => toast(e.message, true)));
+    $("unlinked-more").addEventListener("click", () => loadUnlinked(true).catch((e) => toast(e.message, true)));
     $("refused-filters").addEventListener("submit", (ev) => {
       ev.preventDefault();
       loadRefused().catch((e) => toast(e.message, true));
@@ -797,7 +841,7 @@
     const summary = await call(`${API}/summary`);
     renderCounts(summary.shipments);
     route();
-    await Promise.all([loadQueue(), loadSeries(), loadRefused()]).catch((e) => toast(e.message, true));
+    await Promise.all([loadQueue(), loadSeries(), loadRefused(), loadUnlinked()]).catch((e) => toast(e.message, true));
     setInterval(() => { if (Date.now() - state.seriesAt > 30000) loadSeries().catch(() => {}); }, 10000);
     setInterval(() => renderAwaited(null), 5000);
     connect();
