@@ -131,6 +131,11 @@ class WebhookAdapter(HttpAdapter):
         self._endpoints = endpoints
         self._clock = clock
 
+    def use(self, endpoints: EndpointLookup) -> None:
+        """Deliver with these sellers' URLs and secrets from now on (a reload of the configuration): a job of a seller
+        no longer among them fails as permanent."""
+        self._endpoints = endpoints
+
     def endpoint(self, seller: str) -> WebhookEndpoint | None:
         if callable(self._endpoints):
             return self._endpoints(seller)

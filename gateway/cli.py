@@ -35,7 +35,7 @@ def _unusable(reason: object) -> NoReturn:
 
 def reload_settings(config_file: str | None, options: dict[str, Any]) -> config.Settings:
     """The configuration (the file and the environment) with the command line's options over it; read at start, and
-    again by ``cbec serve`` on SIGHUP (gateway.server.serve). Raises what config.load raises."""
+    again by ``cbec serve`` and ``cbec worker`` on SIGHUP (gateway.server). Raises what config.load raises."""
     return config.load(config_file).with_overrides(**options)
 
 
@@ -176,7 +176,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from gateway.server import run_worker
 
     worker = run_worker(
-        _settings(args), sandbox_url=args.sandbox_url, worker_id=args.worker_id, watchdog=not args.no_watchdog
+        _settings(args), sandbox_url=args.sandbox_url, worker_id=args.worker_id, watchdog=not args.no_watchdog,
+        reload=functools.partial(reload_settings, args.config, _options(args)),
     )
     asyncio.run(worker)
     return 0

@@ -121,6 +121,11 @@ class Router:
             dropped=tuple(sorted(dropped)),
         )
 
+    def with_webhooks(self, webhooks: tuple[WebhookSettings, ...]) -> Router:
+        """This routing with these sellers' webhooks (a reload of the configuration); unchanged without a webhook
+        endpoint (no webhooks were configured at start: no worker delivers them)."""
+        return replace(self, webhooks=webhooks) if self.webhook_endpoint is not None else self
+
     # -- what an accepted message sets off ----------------------------------------------------------------
 
     def endpoints_for(self, message_type: str, modes: Collection[str] = ()) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from cbec_queue.policy import RetryPolicy
 from gateway import db, logs, signing
 from gateway.api import KEYS, OUTBOX, PIPELINE, STORE, WAREHOUSE_CALLBACKS, create_app
 from gateway.auth import KeyRing, SharedRates
-from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, netloc
+from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, WebhookSettings, netloc
 from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
 from gateway.metrics import shared_across_processes
 from gateway.workers import (
@@ -176,9 +176,16 @@ RELOADED_SETTINGS = ("api_keys", *SIGNATURE_SETTINGS)
 
 
 def needing_restart(running: Settings, fresh: Settings) -> list[str]:
-    """The settings besides those a reload applies (RELOADED_SETTINGS) that differ between the two."""
-    return [f.name for f in dataclasses.fields(Settings)
-            if f.name not in RELOADED_SETTINGS and getattr(running, f.name) != getattr(fresh, f.name)]  # fmt: skip
+    """The settings besides those a reload applies (RELOADED_SETTINGS, and the sellers' webhooks of the forwarding)
+    that differ between the two."""
+    stale = []
+    for f in dataclasses.fields(Settings):
+        before, after = getattr(running, f.name), getattr(fresh, f.name)
+        if f.name == "forwarding":  # its webhooks are the reload's (KeyReload); the rest of it waits for a restart
+            before = dataclasses.replace(before, webhooks=after.webhooks)
+        if f.name not in RELOADED_SETTINGS and before != after:
+            stale.append(f.name)
+    return stale
 
 
 @dataclass(frozen=True)
@@ -218,9 +225,9 @@ class Signatures:
         pipeline.verify_signatures, pipeline.trusted_certs = self.verify, self.trusted
 
 
-def _key_changes(before: tuple[ApiKey, ...], after: tuple[ApiKey, ...]) -> dict[str, list[str]]:
-    """The names of the keys added, removed and changed (secret, role or codes): what the log says of a reload."""
-    old, new = {k.name: k for k in before}, {k.name: k for k in after}
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
+    """The names added, removed and changed between two sets of named settings (the API keys by name, the webhooks by
+    seller: their secret, role, codes, URL): what the log says of a reload, never the secrets."""
     return {
         "added": sorted(new.keys() - old.keys()),
         "removed": sorted(old.keys() - new.keys()),
@@ -244,14 +251,60 @@ def on_hangup(callback: Callable[[], None]) -> Iterator[None]:
             loop.remove_signal_handler(signal.SIGHUP)
 
 
+def renew_webhooks(
+    forwarding: Forwarding | None, in_force: tuple[WebhookSettings, ...], webhooks: tuple[WebhookSettings, ...]
+) -> bool:
+    """The sellers' webhooks read again (a reload) put in force in ``forwarding`` — its router and its worker,
+    :meth:`Forwarding.renew_webhooks` — when they differ from those ``in_force``; whether they were. The log names the
+    sellers added, removed and changed, never their secrets."""
+    if webhooks == in_force or forwarding is None or not forwarding.renew_webhooks(webhooks):
+        return False
+    log.info("webhooks_reloaded", sellers=len(webhooks),
+             **_changes({w.seller: w for w in in_force}, {w.seller: w for w in webhooks}))  # fmt: skip
+    return True
+
+
+@dataclass
+class WorkerReload:
+    """SIGHUP in ``cbec worker``: the configuration read again and the sellers' webhooks in it in force in the worker
+    (whom the receipts it applies tell, the URLs and secrets it delivers with), as ``cbec serve``'s reload does in its
+    processes. The rest of the forwarding waits for the next start, and the log says so."""
+
+    reload: Reload
+    running: Settings
+    forwarding: Forwarding
+    webhooks: tuple[WebhookSettings, ...] = field(init=False)  # in force now
+
+    def __post_init__(self) -> None:
+        self.webhooks = self.running.forwarding.webhooks
+
+    def __call__(self) -> None:
+        try:
+            fresh = self.reload()
+        except (OSError, ValueError, TypeError, ArithmeticError) as exc:  # as at cbec worker's start
+            log.error("configuration_not_reloaded", error=str(exc), note="the webhooks stay as they were")
+            return
+        if renew_webhooks(self.forwarding, self.webhooks, fresh.forwarding.webhooks):
+            self.webhooks = fresh.forwarding.webhooks
+        restart = needing_restart(self.running, fresh)  # of those, a worker uses these
+        stale: list[str] = [name for name in ("database_url", "data_dir", "forwarding") if name in restart]
+        if fresh.forwarding.webhooks != self.webhooks:
+            stale.append("forwarding.webhooks")
+        if stale:
+            log.warning("settings_need_restart", settings=stale,
+                        note="only the sellers' webhooks take effect in a worker without a restart")  # fmt: skip
+
+
 @dataclass
 class KeyReload:
     """SIGHUP in ``cbec serve``'s first process: the configuration read again, and the keys in it in force — the API
-    keys (``ring``), the gateway's signing key and the trusted certificates (``signatures``, put in ``app``): at once in
-    this process and, started again one after the other, in the other API processes (``others``). The keys of the
-    gateway's own making (``own_keys``: the sandbox's) stay; the other settings wait for the next start, and the log
-    names those that changed. A configuration that cannot be used changes nothing; a signing key or certificate that
-    cannot be read leaves the signatures as they were (the API keys still change); both are logged."""
+    keys (``ring``), the gateway's signing key and the trusted certificates (``signatures``, put in ``app``), the
+    sellers' webhooks (their codes, URLs and secrets: ``forwarding``'s router and worker) — at once in this process
+    and, started again one after the other, in the other API processes (``others``). The keys of the gateway's own
+    making (``own_keys``: the sandbox's) stay; the other settings wait for the next start, and the log names those that
+    changed (webhooks among them when none were configured at start: no worker delivers them before a restart). A
+    configuration that cannot be used changes nothing; a signing key or certificate that cannot be read leaves the
+    signatures as they were (the API keys still change); both are logged."""
 
     reload: Reload
     running: Settings  # as read at start: what the configuration read again is compared with
@@ -261,7 +314,15 @@ class KeyReload:
     others: ApiProcesses | None = None
     app: web.Application | None = None  # this process's, whose pipeline the signatures are put in
     signatures: Signatures | None = None  # in force now
+    forwarding: Forwarding | None = None  # this process's, whose router and worker the webhooks are put in
     renewals: set[asyncio.Task[None]] = field(default_factory=set)
+    webhooks: tuple[WebhookSettings, ...] = field(init=False)  # in force now
+    # what the other API processes were last started with (a renewal started before this one may not have run yet)
+    others_settings: Settings | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.webhooks = self.running.forwarding.webhooks
+        self.others_settings = self.others.settings if self.others is not None else None
 
     def __call__(self) -> None:
         try:
@@ -275,17 +336,27 @@ class KeyReload:
         key_rates = SharedRates(keys) if self.others is not None and not unchanged else None
         if not unchanged:  # a ring made anew starts the keys' rates afresh: not for nothing
             self.ring.replace(keys, key_rates)
-        log.info("api_keys_reloaded", keys=len(keys), **_key_changes(self.keys, keys))
+        log.info("api_keys_reloaded", keys=len(keys), **_changes({k.name: k for k in self.keys},
+                                                                 {k.name: k for k in keys}))
         self.keys = keys
         signed_anew = self._signatures_again(fresh)
-        if stale := needing_restart(self.running, fresh):
+        webhooks_anew = self._webhooks_again(fresh.forwarding.webhooks)
+        stale = needing_restart(self.running, fresh)
+        if fresh.forwarding.webhooks != self.webhooks:  # not put in force: no webhook endpoint since the start
+            stale.append("forwarding.webhooks")
+        if stale:
             log.warning("settings_need_restart", settings=stale,
-                        note="only the API keys, the signing key and the trusted certificates take effect without a "
-                             "restart")  # fmt: skip
-        if self.others is not None and (not unchanged or signed_anew):
-            overrides: dict[str, Any] = {name: getattr(fresh, name) for name in SIGNATURE_SETTINGS} \
-                if signed_anew else {}  # fmt: skip
-            settings = self.others.settings.with_overrides(api_keys=keys, **overrides)
+                        note="only the API keys, the signing key, the trusted certificates and the sellers' webhooks "
+                             "take effect without a restart")  # fmt: skip
+        if self.others is not None and self.others_settings is not None and (
+                not unchanged or signed_anew or webhooks_anew):
+            overrides: dict[str, Any] = {"api_keys": keys}
+            if signed_anew:
+                overrides.update({name: getattr(fresh, name) for name in SIGNATURE_SETTINGS})
+            if webhooks_anew:
+                overrides["forwarding"] = dataclasses.replace(self.others_settings.forwarding, webhooks=self.webhooks)
+            # replace, not with_overrides: a setting removed (None: no trusted certificates) is renewed as well
+            settings = self.others_settings = dataclasses.replace(self.others_settings, **overrides)
             rates = key_rates if key_rates is not None else self.others.key_rates  # the keys unchanged: theirs stay
             renewal = asyncio.create_task(self._renew(self.others, settings, rates))
             self.renewals.add(renewal)
@@ -310,6 +381,13 @@ class KeyReload:
                  valid_until=signatures.signer.valid_until.isoformat(), agent_code=signatures.agent_code,
                  verify_signatures=signatures.verify,
                  trusted_certificates=None if signatures.trusted is None else len(signatures.trusted))  # fmt: skip
+        return True
+
+    def _webhooks_again(self, webhooks: tuple[WebhookSettings, ...]) -> bool:
+        """The sellers' webhooks read again put in force here when they changed; whether they were."""
+        if not renew_webhooks(self.forwarding, self.webhooks, webhooks):
+            return False
+        self.webhooks = webhooks
         return True
 
     @staticmethod
@@ -461,7 +539,7 @@ async def serve(
                     run_rejection_retention(pool, settings.rejection_retention_days, stop))
                 if reload is not None:
                     reloader = KeyReload(reload, running, app[KEYS], settings.api_keys, own_keys, others, app,
-                                         signatures)  # fmt: skip
+                                         signatures, forwarding)  # fmt: skip
                     stack.enter_context(on_hangup(reloader))
                 log.info("listening", url=f"http://{netloc(settings.host, port)}", openapi="/openapi.json",
                          **({"public_url": settings.public_url} if settings.public_url else {}))
@@ -699,8 +777,10 @@ async def run_worker(
     watchdog: bool = True,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    reload: Reload | None = None,
 ) -> None:
-    """``cbec worker``: delivery only (no API). Several may run against one database."""
+    """``cbec worker``: delivery only (no API). Several may run against one database. ``reload``: on SIGHUP the
+    configuration is read again and its sellers' webhooks take effect (WorkerReload)."""
     logs.configure(settings.log_format, settings.log_level)
     fwd = settings.forwarding
     if not fwd.enabled:  # README: with forwarding off, nothing is enqueued and no worker runs
@@ -732,7 +812,7 @@ async def run_worker(
             await forwarding.start()
             log.info("worker_ready", endpoints={e.name: e.concurrency for e in endpoints})  # name: deliveries in flight
             try:
-                with settled_heap():
+                with on_hangup(WorkerReload(reload, settings, forwarding) if reload else lambda: None), settled_heap():
                     if ready is not None:
                         ready.set()
                     await stop.wait()

@@ -17,7 +17,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,7 +34,7 @@ from adapters.inspection import InspectionAdapter, InspectionConfig
 from adapters.warehouse import WarehouseAdapter, WarehouseConfig, build_orders
 from adapters.webhook import WebhookAdapter, WebhookEndpoint
 from gateway import receipts
-from gateway.config import EndpointSettings, ForwardingSettings
+from gateway.config import EndpointSettings, ForwardingSettings, WebhookSettings
 from gateway.forward import Router
 from gateway.outbox import Outbox
 from gateway.store import prune_rejections
@@ -125,6 +125,10 @@ def routing_router(fwd: ForwardingSettings) -> Router | None:
 # --- adapters and handlers ---------------------------------------------------------------------------------
 
 
+def _webhook_table(webhooks: tuple[WebhookSettings, ...]) -> dict[str, WebhookEndpoint]:
+    return {w.seller: WebhookEndpoint(w.url, w.secret) for w in webhooks}
+
+
 class Delivery:
     """One adapter per endpoint and the queue handler around it.
 
@@ -180,13 +184,18 @@ class Delivery:
                 self.adapters[ep.name] = warehouse
                 self._handlers[ep.name] = self._warehouse_handler(warehouse)
             elif ep.kind == "webhook":
-                table = {w.seller: WebhookEndpoint(w.url, w.secret) for w in fwd.webhooks}
-                webhook = WebhookAdapter(table, timeouts=timeouts)
+                webhook = WebhookAdapter(_webhook_table(fwd.webhooks), timeouts=timeouts)
                 self.adapters[ep.name] = webhook
                 self._handlers[ep.name] = queue_handler(webhook)
 
     def handlers(self) -> dict[str, Handler]:
         return dict(self._handlers)
+
+    def renew_webhooks(self, webhooks: tuple[WebhookSettings, ...]) -> None:
+        """The sellers' URLs and secrets the next webhook deliveries go with (a reload of the configuration)."""
+        for adapter in self.adapters.values():
+            if isinstance(adapter, WebhookAdapter):
+                adapter.use(_webhook_table(webhooks))
 
     async def close(self) -> None:
         for adapter in self.adapters.values():
@@ -380,6 +389,20 @@ class Forwarding:
             if ep.kind == "customs" and ep.transport == "folder" and ep.inbox is not None:
                 self._tasks.append(asyncio.create_task(run_inbox(self.outbox, self.schemas, ep, self.fwd, self._stop)))
         log.info("forwarding_started", endpoints={e.name: e.kind for e in self.endpoints}, worker=self.worker)
+
+    def renew_webhooks(self, webhooks: tuple[WebhookSettings, ...]) -> bool:
+        """The sellers' webhooks read again (a reload of the configuration), in force from the next event on: whom the
+        router tells (an event already queued goes as it was made) and the URLs and secrets this process's worker
+        delivers with (a queued event of a seller no longer configured fails as permanent, a dead letter). False,
+        changing nothing, when no webhook endpoint was configured at start: only a restart adds it."""
+        router = self.outbox.router
+        if router is None or router.webhook_endpoint is None:
+            return False
+        self.outbox.router = router.with_webhooks(webhooks)
+        self.fwd = replace(self.fwd, webhooks=webhooks)
+        if self.delivery is not None:
+            self.delivery.renew_webhooks(webhooks)
+        return True
 
     async def stop(self) -> None:
         self._stop.set()

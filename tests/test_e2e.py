@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters import dxp
 from adapters.webhook import verify_signature
+from gateway.api import OUTBOX
 from gateway.config import WebhookSettings
 from gateway.sandbox import start_sandbox
 from gateway.sandbox.receipts import build_receipt
@@ -231,6 +232,61 @@ async def test_webhooks_tell_the_seller(db_dsn: str) -> None:
     finally:
         await recorder.stop()
 
+
+
+async def test_webhooks_renewed_while_running_tell_the_sellers_configured_now(db_dsn: str) -> None:
+    """The sellers' webhooks put in force while the gateway runs (what a reload does: Forwarding.renew_webhooks): a
+    rotated secret signs the next event, a seller added hears of its shipments, one removed hears nothing more; a
+    gateway that had no webhooks at start renews nothing (no worker delivers them before a restart)."""
+
+    def released(r: Any) -> bool:
+        return b'"released"' in r.body
+
+    recorder = await start_recorder()
+    try:
+        code = shipment(106).order_doc["ebcCode"]
+        first = WebhookSettings("seller-a", frozenset({code}), recorder.url + "/hook-a", "k1")
+        async with running_stack(db_dsn, forwarding={"webhooks": (first,)}) as stack:
+            assert stack.forwarding is not None
+            s = shipment(106)
+            for p in legs(s):
+                await stack.submit(p)
+            await stack.wait_status(s, "released")
+            [before] = await recorder.wait_for(1, timeout=10, where=released)
+            assert verify_signature("k1", before.body, before.headers["X-CBEC-Signature"],
+                                    timestamp=before.headers["X-CBEC-Timestamp"])  # fmt: skip
+
+            rotated = WebhookSettings("seller-a", frozenset({code}), recorder.url + "/hook-a", "k2")
+            added = WebhookSettings("seller-b", frozenset({code}), recorder.url + "/hook-b", "kb")
+            assert stack.forwarding.renew_webhooks((rotated, added))
+            s2 = shipment(107)
+            for p in legs(s2):
+                await stack.submit(p)
+            await stack.wait_status(s2, "released")
+            got = await recorder.wait_for(3, timeout=10, where=released)
+            by_path = {r.path: r for r in got[1:]}
+            assert set(by_path) == {"/hook-a", "/hook-b"}
+            for path, secret in (("/hook-a", "k2"), ("/hook-b", "kb")):
+                r = by_path[path]
+                assert verify_signature(secret, r.body, r.headers["X-CBEC-Signature"],
+                                        timestamp=r.headers["X-CBEC-Timestamp"]), path  # fmt: skip
+                assert json.loads(r.body)["data"]["orderNo"] == s2.order_doc["orderNo"]
+            assert not verify_signature("k1", by_path["/hook-a"].body, by_path["/hook-a"].headers["X-CBEC-Signature"],
+                                        timestamp=by_path["/hook-a"].headers["X-CBEC-Timestamp"])  # fmt: skip
+
+            assert stack.forwarding.renew_webhooks(())  # every seller removed
+            s3 = shipment(108)
+            for p in legs(s3):
+                await stack.submit(p)
+            await stack.wait_status(s3, "released")
+            await stack.wait_sql("SELECT count(*) = 0 FROM jobs WHERE state NOT IN ('done', 'dead')")
+            assert len([r for r in recorder.requests if released(r)]) == 3
+            assert await stack.fetchval("SELECT count(*) FROM jobs WHERE endpoint = 'webhook' AND state = 'dead'") == 0
+        async with running_stack(db_dsn) as bare:
+            assert bare.forwarding is not None and not bare.forwarding.renew_webhooks((first,))
+            assert bare.app[OUTBOX].router is not None and bare.app[OUTBOX].router.webhooks == ()
+    finally:
+        await recorder.stop()
 
 SERVE_TOML = """
 log_format = "json"

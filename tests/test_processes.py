@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import itertools
 import json
@@ -28,7 +29,7 @@ from structlog.testing import capture_logs
 
 from gateway import samples, server, signing
 from gateway.auth import KeyRing, SharedRates
-from gateway.config import ApiKey, EndpointSettings, ForwardingSettings, Role, Settings, netloc
+from gateway.config import ApiKey, EndpointSettings, ForwardingSettings, Role, Settings, WebhookSettings, netloc
 from gateway.db import _stop_leftover
 from gateway.sandbox import start_sandbox
 from gateway.server import ApiProcesses, RestartBackoff, run_worker, serve
@@ -194,6 +195,82 @@ async def test_a_worker_freezes_its_start_up_heap_tunes_the_collector_and_takes_
     # Its event loop serves no API: the sandbox's customs endpoint gets the dedicated worker's deliveries in flight.
     (endpoints,) = built
     assert {e.name: e.concurrency for e in endpoints}["customs"] == SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED
+
+
+
+def _said(logged: list[dict[str, Any]], event: str) -> Callable[[], Awaitable[bool]]:
+    """Whether a line with this event was logged (for wait_for)."""
+
+    async def check() -> bool:
+        return any(r["event"] == event for r in logged)
+
+    return check
+
+
+async def test_sighup_puts_the_sellers_webhooks_in_force_in_a_worker(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cbec worker` delivers the sellers' webhooks with the URLs and secrets of its configuration: SIGHUP reads it
+    again, and the next delivery goes with the rotated secret — no restart; a configuration that cannot be used
+    changes nothing."""
+    from adapters.webhook import verify_signature
+    from gateway import db
+    from gateway.forward import JobSpec
+    from gateway.outbox import enqueue_all
+    from gateway.sandbox.recorder import start_recorder
+
+    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)  # capture_logs sees the worker's lines
+    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
+    recorder = await start_recorder()
+    hook = WebhookSettings("seller-a", frozenset({"E1"}), recorder.url + "/hook", "secret-one")
+    settings = apiutil.test_settings(database_url=db_dsn, data_dir=tmp_path, log_format="json",
+                                     forwarding=ForwardingSettings(webhooks=(hook,), worker_poll_s=0.2))  # fmt: skip
+    configured: list[Any] = [settings]
+
+    def reload() -> Settings:
+        if isinstance(configured[-1], Exception):
+            raise configured[-1]
+        return cast(Settings, configured[-1])
+
+    pool = await db.create_pool(db_dsn, min_size=1, max_size=2)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    with capture_logs() as logged:
+        working = asyncio.create_task(run_worker(settings, sandbox_url="http://127.0.0.1:9", watchdog=False,
+                                                 ready=ready, stop=stop, reload=reload))  # fmt: skip
+        try:
+            await asyncio.wait_for(ready.wait(), 60)
+
+            async def deliver(n: int) -> Any:
+                job = JobSpec("webhook", "webhook", {"seller": "seller-a", "event": "test.event", "data": {"n": n},
+                                                     "id": f"delivery-{n}"}, f"test:{n}")  # fmt: skip
+                async with pool.acquire() as conn:
+                    await enqueue_all(conn, [job])
+                [got] = await recorder.wait_for(1, timeout=20, where=lambda r: f'"n":{n}'.encode() in r.body)
+                return got
+
+            def signed_with(secret: str, r: Any) -> bool:
+                return verify_signature(secret, r.body, r.headers["X-CBEC-Signature"],
+                                        timestamp=r.headers["X-CBEC-Timestamp"])  # fmt: skip
+
+            assert signed_with("secret-one", await deliver(1))
+            configured.append(ValueError("not a configuration"))
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for(_said(logged, "configuration_not_reloaded"), what="the unusable configuration refused")
+            assert signed_with("secret-one", await deliver(2))
+            configured.append(dataclasses.replace(settings, forwarding=dataclasses.replace(
+                settings.forwarding, webhooks=(dataclasses.replace(hook, secret="secret-two"),))))  # fmt: skip
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for(_said(logged, "webhooks_reloaded"), what="the rotated secret in force")
+            third = await deliver(3)
+            assert signed_with("secret-two", third) and not signed_with("secret-one", third)
+        finally:
+            stop.set()
+            await asyncio.wait_for(working, 60)
+            await pool.close()
+            await recorder.stop()
+    [reloaded] = [r for r in logged if r["event"] == "webhooks_reloaded"]
+    assert reloaded["changed"] == ["seller-a"] and "secret-two" not in repr(logged)
+    assert _signal_handlers_left() == []
 
 
 EMBEDDED_TOML = """
@@ -364,12 +441,6 @@ async def test_sighup_puts_a_renewed_signing_key_in_force_without_a_restart(
                     [line] = [x for x in text.splitlines() if x.startswith("cbec_signing_certificate_expiry_seconds ")]
                     return float(line.split()[1])
 
-                def said(event: str) -> Callable[[], Awaitable[bool]]:
-                    async def check() -> bool:
-                        return any(r["event"] == event for r in logged)
-
-                    return check
-
                 status, body = await inventory(1)
                 assert status == 503 and body["error"]["issues"][0]["code"] == "signing.certificate_expired", body
                 assert await expiry() < 0
@@ -377,12 +448,12 @@ async def test_sighup_puts_a_renewed_signing_key_in_force_without_a_restart(
                 renewed_key, renewed_cert = generate_test_key("rsa", "agent renewed", days=400)
                 key_file.write_bytes(renewed_key)  # its certificate not yet replaced
                 os.kill(os.getpid(), signal.SIGHUP)
-                await wait_for(said("signatures_not_reloaded"), what="the half-done renewal refused")
+                await wait_for(_said(logged, "signatures_not_reloaded"), what="the half-done renewal refused")
                 assert (await inventory(2))[0] == 503
 
                 cert_file.write_bytes(renewed_cert)
                 os.kill(os.getpid(), signal.SIGHUP)
-                await wait_for(said("signatures_reloaded"), what="the renewed key in force")
+                await wait_for(_said(logged, "signatures_reloaded"), what="the renewed key in force")
                 status, body = await inventory(3)
                 assert status == 202, body
                 async with session.get(info["url"] + f"/v1/messages/{body['guid']}") as resp:
@@ -411,6 +482,97 @@ class _OtherProcesses:
     async def renew(self, settings: Settings, key_rates: Any = None) -> None:
         self.renewals.append((settings, key_rates))
 
+
+
+class _RenewedForwarding:
+    """Stands in for the first process's Forwarding in a reload: the webhooks put in it (none when ``endpoint`` is
+    False: no webhook endpoint was configured at start)."""
+
+    def __init__(self, endpoint: bool = True) -> None:
+        self.endpoint = endpoint
+        self.renewed: list[tuple[WebhookSettings, ...]] = []
+
+    def renew_webhooks(self, webhooks: tuple[WebhookSettings, ...]) -> bool:
+        if self.endpoint:
+            self.renewed.append(webhooks)
+        return self.endpoint
+
+
+async def test_a_reload_puts_the_sellers_webhooks_in_force_here_and_in_the_other_api_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A seller's webhook added or its secret rotated in the configuration, then SIGHUP: in force in the first
+    process's router and worker, and the other API processes (which tell sellers of the receipts they take) started
+    again with them — the log names the sellers, never a secret. Two reloads before the first renewal ran: the second
+    carries both changes. Without a webhook endpoint since the start, nothing is renewed and the log says a restart is
+    needed; another change of the forwarding is named too."""
+    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
+    hook = WebhookSettings("seller-a", frozenset({"E1"}), "http://127.0.0.1:9/a", "secret-one")
+    running = apiutil.test_settings(forwarding=ForwardingSettings(webhooks=(hook,)))
+    configured = [running]
+    others = _OtherProcesses(running.with_overrides(port=8123))
+    forwarding = _RenewedForwarding()
+    reload = server.KeyReload(lambda: configured[-1], running, KeyRing(running.api_keys), running.api_keys, (),
+                              cast(ApiProcesses, others), None, None, cast(Forwarding, forwarding))  # fmt: skip
+
+    rotated = dataclasses.replace(hook, secret="secret-two")
+    added = WebhookSettings("seller-b", frozenset({"E2"}), "http://127.0.0.1:9/b", "secret-b")
+    with capture_logs() as logged:
+        configured.append(dataclasses.replace(running, forwarding=ForwardingSettings(webhooks=(rotated,))))
+        reload()
+        configured.append(dataclasses.replace(running, forwarding=ForwardingSettings(webhooks=(rotated, added))))
+        reload()  # before the first renewal ran
+        await asyncio.gather(*reload.renewals)
+        reload()  # the same again: nothing renewed
+        await asyncio.gather(*reload.renewals)
+    assert forwarding.renewed == [(rotated,), (rotated, added)]
+    assert [r.forwarding.webhooks for r, _ in others.renewals] == [(rotated,), (rotated, added)]
+    assert all(r.port == 8123 and r.api_keys == running.api_keys for r, _ in others.renewals)
+    changes = [(r["added"], r["removed"], r["changed"]) for r in logged if r["event"] == "webhooks_reloaded"]
+    assert changes == [([], [], ["seller-a"]), (["seller-b"], [], [])]
+    assert "secret-two" not in repr(logged) and "secret-b" not in repr(logged)
+    assert not [r for r in logged if r["event"] == "settings_need_restart"]
+
+    # no webhook endpoint since the start (none were configured): a restart adds it
+    bare = apiutil.test_settings()
+    late = [bare]
+    reload = server.KeyReload(lambda: late[-1], bare, KeyRing(bare.api_keys), bare.api_keys, (), None, None, None,
+                              cast(Forwarding, _RenewedForwarding(endpoint=False)))  # fmt: skip
+    late.append(dataclasses.replace(bare, forwarding=ForwardingSettings(webhooks=(hook,), max_repushes=5)))
+    with capture_logs() as logged:
+        reload()
+    [stale] = [r for r in logged if r["event"] == "settings_need_restart"]
+    assert stale["settings"] == ["forwarding", "forwarding.webhooks"]
+    assert not [r for r in logged if r["event"] == "webhooks_reloaded"]
+
+
+async def test_a_reload_that_removes_the_trusted_certificates_renews_the_other_processes_without_them(
+    tmp_path: Path,
+) -> None:
+    """Signatures verified against any certificate again (trusted_certs removed from the configuration): the other
+    API processes are started again without the pin, not with the one they had."""
+    from gateway.api import PIPELINE
+    from gateway.pipeline import Pipeline
+    from gateway.schema import SchemaSet
+
+    key_file, cert_file, _, cert_pem = _agent_files(tmp_path, "agent", days=30)
+    bundle = tmp_path / "trusted.pem"
+    bundle.write_bytes(cert_pem)
+    running = apiutil.test_settings(data_dir=tmp_path, signing_key_file=key_file, signing_cert_file=cert_file,
+                                    verify_signatures=True, trusted_certs=bundle)  # fmt: skip
+    configured = [running, dataclasses.replace(running, trusted_certs=None)]
+    app = web.Application()
+    app[PIPELINE] = Pipeline(cast(SchemaSet, None))
+    signatures = server.Signatures.from_settings(running)
+    signatures.put_in(app)
+    others = _OtherProcesses(running)
+    reload = server.KeyReload(lambda: configured[-1], running, KeyRing(running.api_keys), running.api_keys, (),
+                              cast(ApiProcesses, others), app, signatures)  # fmt: skip
+    reload()
+    await asyncio.gather(*reload.renewals)
+    [(renewed, _)] = others.renewals
+    assert renewed.trusted_certs is None and renewed.verify_signatures
+    assert app[PIPELINE].trusted_certs is None
 
 async def test_a_reload_gives_the_other_api_processes_the_renewed_signatures(tmp_path: Path) -> None:
     """The other API processes of `cbec serve --processes N` sign and verify with what the first process reads: a
