@@ -110,10 +110,13 @@ def dev_keys(settings: Settings) -> Settings:
     return settings.with_overrides(api_keys=(ApiKey("dev-admin", key, Role.ADMIN),))
 
 
-def agent_signer(settings: Settings) -> signing.Signer:
-    """The signer for JSON-submitted CEB621s: the configured key, else a local TEST key. A certificate expired, or
-    expiring within signing.EXPIRY_WARNING, is logged (and /metrics shows its expiry at every scrape): customs
-    refuses what an expired one signs."""
+#: The gateway's signing key as read: its algorithm ("rsa-sha1" or "sm2-sm3"), the key's PEM and its certificate's.
+SigningPem = tuple[str, bytes, bytes]
+
+
+def signing_pem(settings: Settings) -> tuple[SigningPem, Path]:
+    """The key the gateway signs JSON declarations with, read from its files: the configured ones, else a local TEST
+    key made once in data_dir/signing (logged); and the certificate's file, for the log (OSError)."""
     key_file, cert_file = settings.signing_key_file, settings.signing_cert_file
     if key_file is None or cert_file is None:
         folder = Path(settings.data_dir) / "signing"
@@ -129,12 +132,31 @@ def agent_signer(settings: Settings) -> signing.Signer:
         log.warning(
             "test_signing_key", note="no signing key configured; JSON CEB621s get a TEST signature", file=str(key_file)
         )
+    return (settings.signing_algorithm, Path(key_file).read_bytes(), Path(cert_file).read_bytes()), Path(cert_file)
+
+
+def pem_signer(pem: SigningPem) -> signing.Signer:
+    """A signer of that key (ValueError: not a key, or not its certificate's)."""
+    algorithm, key_pem, cert_pem = pem
     backend: signing.SignatureBackend
-    if settings.signing_algorithm == "sm2-sm3":
-        backend = signing.Sm2Sm3Key.from_files(key_file, cert_file)
+    if algorithm == "sm2-sm3":
+        backend = signing.Sm2Sm3Key.from_pem(key_pem, cert_pem)
     else:
-        backend = signing.RsaSha1Key.from_files(key_file, cert_file)
-    signer = signing.Signer(backend)
+        backend = signing.RsaSha1Key.from_pem(key_pem, cert_pem)
+    return signing.Signer(backend)
+
+
+def agent_signer(settings: Settings) -> signing.Signer:
+    """The signer for JSON-submitted CEB621s: the configured key, else a local TEST key. A certificate expired, or
+    expiring within signing.EXPIRY_WARNING, is logged (and /metrics shows its expiry at every scrape): customs
+    refuses what an expired one signs."""
+    pem, cert_file = signing_pem(settings)
+    signer = pem_signer(pem)
+    _log_expiry(signer, cert_file)
+    return signer
+
+
+def _log_expiry(signer: signing.Signer, cert_file: Path) -> None:
     until = signer.valid_until
     left = until - datetime.now(UTC)
     if left <= timedelta(0):
@@ -144,7 +166,6 @@ def agent_signer(settings: Settings) -> signing.Signer:
     elif left < signing.EXPIRY_WARNING:
         log.warning("signing_certificate_expires_soon", valid_until=until.isoformat(), file=str(cert_file),
                     days_left=round(left / timedelta(days=1), 1))  # fmt: skip
-    return signer
 
 
 async def migrate_only(settings: Settings) -> list[str]:
@@ -190,27 +211,34 @@ def needing_restart(running: Settings, fresh: Settings) -> list[str]:
 
 @dataclass(frozen=True)
 class Signatures:
-    """What a process signs and verifies with, made from the settings: the signer of JSON declarations (with the agent
-    whose key it is) and the certificates signatures are pinned to (None: any)."""
+    """What a process signs and verifies with: the signer of JSON declarations (with the agent whose key it is) and
+    the certificates signatures are pinned to (None: any). The first process of ``cbec serve`` reads them from the
+    files the settings name; the other API processes are handed the same (pickled as the key's and certificates'
+    bytes, through the spawn pipe), so that every process signs with the key in force in the first — not with files
+    that may be half renewed, or renewed and not yet reloaded, when one is started again."""
 
     signer: signing.Signer
     agent_code: str | None
     verify: bool
     trusted: tuple[bytes, ...] | None
+    pem: SigningPem  # the signer's key as read
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Signatures:
         """Reads the key, its certificate and the trusted certificates from their files (OSError, ValueError)."""
         trusted = tuple(signing.read_certificates(settings.trusted_certs)) if settings.trusted_certs else None
-        return cls(agent_signer(settings), settings.signing_agent_code, settings.verify_signatures, trusted)
+        pem, cert_file = signing_pem(settings)
+        signer = pem_signer(pem)
+        _log_expiry(signer, cert_file)
+        return cls(signer, settings.signing_agent_code, settings.verify_signatures, trusted, pem)
 
     @classmethod
-    def in_force(cls, app: web.Application) -> Signatures:
-        """Those ``app``'s pipeline holds (create_app read them from the settings at start)."""
-        pipeline = app[PIPELINE]
-        assert isinstance(pipeline.signer, signing.Signer)
-        trusted = tuple(pipeline.trusted_certs) if pipeline.trusted_certs is not None else None
-        return cls(pipeline.signer, pipeline.signing_agent_code, pipeline.verify_signatures, trusted)
+    def from_pem(cls, pem: SigningPem, agent_code: str | None, verify: bool,
+                 trusted: tuple[bytes, ...] | None) -> Signatures:  # fmt: skip
+        return cls(pem_signer(pem), agent_code, verify, trusted, pem)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Signatures.from_pem, (self.pem, self.agent_code, self.verify, self.trusted)
 
     def same_as(self, other: Signatures) -> bool:
         """The same key and certificate (files read anew compare by their contents), agent and trusted list."""
@@ -358,7 +386,9 @@ class KeyReload:
             # replace, not with_overrides: a setting removed (None: no trusted certificates) is renewed as well
             settings = self.others_settings = dataclasses.replace(self.others_settings, **overrides)
             rates = key_rates if key_rates is not None else self.others.key_rates  # the keys unchanged: theirs stay
-            renewal = asyncio.create_task(self._renew(self.others, settings, rates))
+            # the signatures in force here, read anew or not: never the files as they are now (half renewed?)
+            signatures = self.signatures if self.signatures is not None else self.others.signatures
+            renewal = asyncio.create_task(self._renew(self.others, settings, rates, signatures))
             self.renewals.add(renewal)
             renewal.add_done_callback(self.renewals.discard)
 
@@ -391,9 +421,10 @@ class KeyReload:
         return True
 
     @staticmethod
-    async def _renew(others: ApiProcesses, settings: Settings, key_rates: SharedRates | None) -> None:
+    async def _renew(others: ApiProcesses, settings: Settings, key_rates: SharedRates | None,
+                     signatures: Signatures | None) -> None:  # fmt: skip
         try:
-            await others.renew(settings, key_rates)
+            await others.renew(settings, key_rates, signatures)
         except Exception:  # the processes go on with the keys they had; the supervisor still restarts a dead one
             log.exception("api_processes_not_renewed")
 
@@ -415,6 +446,7 @@ async def serve(
     ingest_path: Path | None = None,
     reload: Reload | None = None,
     key_rates: SharedRates | None = None,
+    signatures: Signatures | None = None,
 ) -> None:
     """Run until ``stop`` (or SIGINT/SIGTERM). ``info`` (if given) receives ``url`` and ``sandbox_url`` once
     listening, before ``ready`` is set.
@@ -424,7 +456,8 @@ async def serve(
     the console's sessions, and ``api_only`` runs them without the sandbox, the queue worker and the watchdog,
     which stay in this first process. They store what they accept through this process's store, over the ingest
     link at ``ingest_path`` (gateway.ingestlink): one batcher for all; and they count the keys' rates together
-    (``key_rates``, made by the first process: gateway.auth.SharedRates).
+    (``key_rates``, made by the first process: gateway.auth.SharedRates), and sign and verify with its ``signatures``
+    (read from their files by the first process alone).
 
     ``reload``: on SIGHUP the configuration is read again and its API keys take effect at once, here and, started
     again one after the other, in the other API processes; the other settings wait for the next start (logged)."""
@@ -459,9 +492,13 @@ async def serve(
             link = IngestClient(ingest_path) if ingest_path is not None else None
             if settings.processes > 1 and not api_only:
                 key_rates = SharedRates(settings.api_keys)
-            app = create_app(settings, pool, signer=agent_signer(settings), router=routing_router(fwd),
-                             ingest=link.ingest if link is not None else None, key_rates=key_rates)  # fmt: skip
-            signatures = Signatures.in_force(app)  # what a reload compares the files read again with
+            # read here once (the first process), or handed over by it; put in the pipeline below, so create_app
+            # does not read the trusted certificates' files
+            signatures = signatures or Signatures.from_settings(settings)
+            app = create_app(dataclasses.replace(settings, trusted_certs=None), pool, signer=signatures.signer,
+                             router=routing_router(fwd), ingest=link.ingest if link is not None else None,
+                             key_rates=key_rates)  # fmt: skip
+            signatures.put_in(app)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             shared = settings.processes > 1 or api_only
@@ -513,6 +550,7 @@ async def serve(
                     log.info("ingest_link_listening", path=str(link_server.path))
                     # the settings (keys included) reach them through the spawn pipe, never argv or environment
                     others = ApiProcesses(settings.with_overrides(port=port, database_url=dsn), key_rates=key_rates,
+                                          signatures=signatures,
                                           target=functools.partial(_api_process, ingest_path=link_server.path))
                     others.start(settings.processes - 1)
                 if sandboxed:
@@ -630,9 +668,10 @@ async def stop_when_orphaned(stop: asyncio.Event, poll_s: float = 0.5) -> None:
             stop.set()
 
 
-def _api_process(settings: Settings, key_rates: SharedRates | None, ingest_path: Path | None = None) -> None:
+def _api_process(settings: Settings, key_rates: SharedRates | None, signatures: Signatures | None,
+                 ingest_path: Path | None = None) -> None:  # fmt: skip
     """The entry point of the other API processes (multiprocessing, spawn)."""
-    asyncio.run(serve(settings, api_only=True, ingest_path=ingest_path, key_rates=key_rates))
+    asyncio.run(serve(settings, api_only=True, ingest_path=ingest_path, key_rates=key_rates, signatures=signatures))
 
 
 @dataclass
@@ -674,11 +713,13 @@ class ApiProcesses:
         settings: Settings,
         *,
         key_rates: SharedRates | None = None,
+        signatures: Signatures | None = None,
         target: Callable[..., None] = _api_process,
         backoff: Callable[[], RestartBackoff] = RestartBackoff,
     ) -> None:
         self.settings = settings  # with the port and the DSN the first process resolved
         self.key_rates = key_rates  # the keys' rates, counted with the first process (target's second argument)
+        self.signatures = signatures  # those in force in the first process (target's third argument)
         self._context = multiprocessing.get_context("spawn")  # no forked event loop, pool or embedded server
         self._target = target
         self._backoff = backoff
@@ -687,8 +728,8 @@ class ApiProcesses:
         self._renewal = asyncio.Lock()  # one renewal at a time: a second reload waits for the first
 
     def _spawn(self) -> multiprocessing.process.BaseProcess:
-        proc = self._context.Process(target=self._target, args=(self.settings, self.key_rates), name="cbec-api",
-                                     daemon=True)  # fmt: skip
+        proc = self._context.Process(target=self._target, args=(self.settings, self.key_rates, self.signatures),
+                                     name="cbec-api", daemon=True)  # fmt: skip
         proc.start()
         log.info("api_process_started", pid=proc.pid)
         return proc
@@ -718,12 +759,14 @@ class ApiProcesses:
                 if slot.restart_at is not None and now >= slot.restart_at:
                     slot.proc, slot.started, slot.restart_at = self._spawn(), now, None
 
-    async def renew(self, settings: Settings, key_rates: SharedRates | None = None, timeout: float = 15.0) -> None:
-        """Start each process again with ``settings`` (the API keys read again, their ``key_rates``), one after the
-        other: each stops as at a normal stop (its requests in flight answered), then its successor starts; the first
-        process and the others answer meanwhile, so no connection finds the port closed."""
+    async def renew(self, settings: Settings, key_rates: SharedRates | None, signatures: Signatures | None,
+                    timeout: float = 15.0) -> None:  # fmt: skip
+        """Start each process again with ``settings`` (the API keys read again, their ``key_rates``) and the first
+        process's ``signatures``, one after the other: each stops as at a normal stop (its requests in flight
+        answered), then its successor starts; the first process and the others answer meanwhile, so no connection
+        finds the port closed."""
         async with self._renewal:
-            self.settings, self.key_rates = settings, key_rates
+            self.settings, self.key_rates, self.signatures = settings, key_rates, signatures
             for slot in self._slots:
                 slot.renewing = True
                 try:

@@ -606,6 +606,58 @@ async def test_sighup_puts_the_configured_api_keys_in_force_in_every_process(db_
     assert added not in log and ADMIN not in log  # names only, never a key
 
 
+
+async def test_an_api_process_started_again_signs_with_the_key_in_force_not_the_files_as_they_are(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """`cbec serve --processes 2`: the signing key's files are written over (a renewal not yet reloaded, or half done)
+    and then the other API process dies and is started again. It signs with the key the first process has in force —
+    handed over, not read from the files — so every JSON declaration is signed alike, whichever process takes it,
+    until SIGHUP puts the renewed key in force everywhere."""
+    from gateway import samples
+    from gateway.signing import RsaSha1Key, generate_test_key
+
+    port = free_port()
+    log_file = tmp_path / "serve.log"
+    proc, log_out = await _serve_two_processes(db_dsn, tmp_path, port, log_file)
+    url = f"http://127.0.0.1:{port}"
+    fresh = aiohttp.TCPConnector(force_close=True)  # a new connection per request: the kernel picks a process
+    try:
+        async with aiohttp.ClientSession(connector=fresh, timeout=aiohttp.ClientTimeout(total=10),
+                                         headers={"X-API-Key": ADMIN}) as session:  # fmt: skip
+
+            async def both_up() -> bool:
+                return len(await answering_processes(session, url, 10)) == 2
+
+            await wait_for(both_up, timeout=40, what="two API processes")
+            folder = tmp_path / "var" / "signing"
+            key_file, cert_file = folder / "test-agent-key.pem", folder / "test-agent-cert.pem"
+            in_force = RsaSha1Key.from_pem(key_file.read_bytes(), cert_file.read_bytes()).key_name
+            renewed_key, renewed_cert = generate_test_key("rsa", "renewed, not reloaded")
+            key_file.write_bytes(renewed_key)
+            cert_file.write_bytes(renewed_cert)
+            [other] = await answering_processes(session, url) - {proc.pid}
+            os.kill(other, signal.SIGKILL)
+
+            async def restarted() -> bool:
+                return len(await answering_processes(session, url, 10) - {proc.pid, other}) == 1
+
+            await wait_for(restarted, timeout=40, what="the other API process started again")
+            key_names = set()
+            for seed in range(24):
+                payload = json.loads(json.dumps(samples.shipment(random.Random(900 + seed)).inventory, default=str))
+                async with session.post(url + "/v1/messages", json=payload) as resp:
+                    body = await resp.json()
+                    assert resp.status == 202, body
+                async with session.get(url + f"/v1/messages/{body['guid']}") as resp:
+                    stored = (await resp.json())["raw_xml"]
+                key_names.update(re.findall(r"<ds:KeyName>([^<]+)</ds:KeyName>", stored))
+            assert key_names == {in_force}
+    finally:
+        log = await _stop_two_processes(proc, log_out, log_file)
+    assert proc.returncode == 0, log[-2000:]
+    assert len(logged_records(log, "api_process_started")) == 2  # the first start and the one after the kill
+
 async def test_a_keys_rate_holds_across_the_api_processes(db_dsn: str, tmp_path: Path) -> None:
     """`cbec serve --processes 2` and a key with rate_per_s: its burst goes through once in all, whichever process
     each connection reaches — not once per process — and the rest are 429s from both; other keys are not held back."""

@@ -11,6 +11,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import pickle
 import random
 import signal
 import socket
@@ -41,7 +42,7 @@ from tests.test_db import _postmaster_pid
 from tests.test_e2e import ROOT, free_port, logged
 
 
-def _die_at_once(settings: Settings, rates: object) -> None:
+def _die_at_once(settings: Settings, rates: object, signatures: object) -> None:
     """Stands in for an API process that fails at start-up every time."""
     os._exit(3)
 
@@ -478,9 +479,12 @@ class _OtherProcesses:
         self.settings = settings
         self.key_rates: Any = "the rates shared at start"
         self.renewals: list[tuple[Settings, Any]] = []
+        self.signatures: Any = "the signatures handed at start"
+        self.handed: list[Any] = []  # the signatures each renewal handed over
 
-    async def renew(self, settings: Settings, key_rates: Any = None) -> None:
+    async def renew(self, settings: Settings, key_rates: Any, signatures: Any) -> None:
         self.renewals.append((settings, key_rates))
+        self.handed.append(signatures)
 
 
 
@@ -546,6 +550,40 @@ async def test_a_reload_puts_the_sellers_webhooks_in_force_here_and_in_the_other
     assert not [r for r in logged if r["event"] == "webhooks_reloaded"]
 
 
+
+async def test_a_key_reload_during_a_half_done_renewal_hands_the_other_processes_the_key_in_force(
+    tmp_path: Path,
+) -> None:
+    """An API key added while the signing key's files are half renewed (the new key beside the old certificate): the
+    other API processes are started again for the key, and handed the signing key in force — they do not read the
+    half-renewed files, so they start and sign as the first process does."""
+    from gateway.api import PIPELINE
+    from gateway.pipeline import Pipeline
+    from gateway.schema import SchemaSet
+
+    key_file, cert_file, key_pem, cert_pem = _agent_files(tmp_path, "agent", days=30)
+    running = apiutil.test_settings(data_dir=tmp_path, signing_key_file=key_file, signing_cert_file=cert_file)
+    added = ApiKey("seller-new", "k-seller-new-" + "n" * 20, Role.SUBMITTER, frozenset({"E9"}))
+    configured = [dataclasses.replace(running, api_keys=(*running.api_keys, added))]
+    app = web.Application()
+    app[PIPELINE] = Pipeline(cast(SchemaSet, None))
+    signatures = server.Signatures.from_settings(running)
+    signatures.put_in(app)
+    others = _OtherProcesses(running)
+    reload = server.KeyReload(lambda: configured[-1], running, KeyRing(running.api_keys), running.api_keys, (),
+                              cast(ApiProcesses, others), app, signatures)  # fmt: skip
+    key_file.write_bytes(generate_test_key("rsa", "agent renewed", days=400)[0])  # its certificate not yet
+    reload()
+    await asyncio.gather(*reload.renewals)
+    [(renewed, _)] = others.renewals
+    assert added in renewed.api_keys
+    [handed] = others.handed
+    assert handed is signatures and handed.pem == ("rsa-sha1", key_pem, cert_pem)
+    assert app[PIPELINE].signer is signatures.signer
+    again = pickle.loads(pickle.dumps(handed))  # as the spawn pipe carries it
+    assert again.signer.backend.certificate_der == signatures.signer.backend.certificate_der
+    assert (again.agent_code, again.verify, again.trusted) == (handed.agent_code, handed.verify, handed.trusted)
+
 async def test_a_reload_that_removes_the_trusted_certificates_renews_the_other_processes_without_them(
     tmp_path: Path,
 ) -> None:
@@ -572,6 +610,7 @@ async def test_a_reload_that_removes_the_trusted_certificates_renews_the_other_p
     await asyncio.gather(*reload.renewals)
     [(renewed, _)] = others.renewals
     assert renewed.trusted_certs is None and renewed.verify_signatures
+    assert others.handed[0].trusted is None
     assert app[PIPELINE].trusted_certs is None
 
 async def test_a_reload_gives_the_other_api_processes_the_renewed_signatures(tmp_path: Path) -> None:
@@ -605,6 +644,8 @@ async def test_a_reload_gives_the_other_api_processes_the_renewed_signatures(tmp
     assert (renewed.port, renewed.database_url) == (8123, "postgresql://first/db")  # as the first process resolved
     assert (renewed.signing_key_file, renewed.signing_cert_file) == (key_file, cert_file)
     assert app[PIPELINE].signer.backend.certificate_der == RsaSha1Key.from_pem(key_pem, cert_pem).certificate_der
+    # and handed the signatures in force, which they sign with rather than read the files again at their start
+    assert others.handed[-1].signer.backend.certificate_der == app[PIPELINE].signer.backend.certificate_der
 
     bundle = tmp_path / "trusted.pem"
     bundle.write_bytes(cert_pem)
