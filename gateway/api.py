@@ -558,13 +558,22 @@ async def post_replay(request: web.Request) -> web.Response:
     if job_ids is None and endpoint is None and not everything:
         return error_response(400, "name job_ids, an endpoint, or all: true")
     principal = _principal(request)
+    replayed: list[int] = []
+
+    async def followed(conn: asyncpg.Connection, moved: list[cbec_queue.JobMoved]) -> None:
+        replayed.extend(m.id for m in moved)  # in the replay's transaction, as the outbox's hook
+        await request.app[OUTBOX].deliveries_replayed(conn, moved)
+
     async with request.app[POOL].acquire() as conn:
         count = await cbec_queue.replay(
             conn, job_ids=job_ids, endpoint=endpoint, all=everything, note=f"replayed by {principal.name} (API)",
-            on_replayed=request.app[OUTBOX].deliveries_replayed,
+            on_replayed=followed,
         )  # fmt: skip
     log.info("dead_letters_replayed", count=count, endpoint=endpoint, job_ids=job_ids, all=everything)
-    return json_response({"replayed": count})
+    answer: dict[str, Any] = {"replayed": count, "job_ids": sorted(replayed)}
+    if job_ids is not None:  # a mistyped id, or one of a job that is not dead (queued, running, done): said, not lost
+        answer["not_dead"] = sorted(set(job_ids) - set(replayed))
+    return json_response(answer)
 
 
 async def livez(request: web.Request) -> web.Response:

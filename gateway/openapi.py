@@ -361,7 +361,9 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    "200": {"description": "{replayed: n}"},
+                    "200": {"description": "{replayed: n, job_ids: [the jobs replayed], not_dead: [those of the "
+                                           "job_ids asked for that were no dead letter: unknown, queued, running or "
+                                           "done]}"},
                     "400": _err("no filter given, or a malformed body"),
                     **_AUTH_ERRORS,
                 },

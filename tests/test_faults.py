@@ -108,10 +108,13 @@ async def test_poison_and_exhausted_messages_dead_letter_then_replay_delivers(db
         assert sorted(i["orderNo"] for i in listed) == sorted(p["documents"][0]["orderNo"] for p in (poison, failing))
         # the cause is fixed at customs; an operator replays one over the API, the other from the command line
         stack.sandbox.config.scenarios_off = ["POISON", "FAIL5XX"]
-        reply = await stack.client.request(
-            "POST", "/v1/queue/replay", key=ADMIN, json_body={"job_ids": [by_reason["permanent"]["id"]]}
+        permanent = by_reason["permanent"]["id"]
+        reply = await stack.client.request(  # with a mistyped id beside it: named back, nothing else happens
+            "POST", "/v1/queue/replay", key=ADMIN, json_body={"job_ids": [permanent, 987654321]}
         )
-        assert reply.body == {"replayed": 1}
+        assert reply.body == {"replayed": 1, "job_ids": [permanent], "not_dead": [987654321]}
+        again = await stack.client.request("POST", "/v1/queue/replay", key=ADMIN, json_body={"job_ids": [permanent]})
+        assert again.body == {"replayed": 0, "job_ids": [], "not_dead": [permanent]}  # queued again: no dead letter
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "replay", "--job", str(by_reason["max_attempts"]["id"]),
             "--database-url", db_dsn, cwd=str(ROOT), env=_env(),
@@ -182,7 +185,7 @@ async def test_a_dead_delivery_fails_its_message_and_shipment_until_replayed(db_
         assert event["data"]["customsStatus"] == "failed"
 
         reply = await stack.client.request("POST", "/v1/queue/replay", key=OPERATOR, json_body={"job_ids": [resend]})
-        assert reply.body == {"replayed": 1}
+        assert reply.body == {"replayed": 1, "job_ids": [resend], "not_dead": []}
         assert await order_state() == ("queued", "pending")
         await die(resend)
         assert await order_state() == ("failed", "failed")
