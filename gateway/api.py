@@ -13,7 +13,7 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -560,7 +560,7 @@ async def post_replay(request: web.Request) -> web.Response:
     principal = _principal(request)
     replayed: list[int] = []
 
-    async def followed(conn: asyncpg.Connection, moved: list[cbec_queue.JobMoved]) -> None:
+    async def followed(conn: asyncpg.Connection, moved: Sequence[cbec_queue.JobMoved]) -> None:
         replayed.extend(m.id for m in moved)  # in the replay's transaction, as the outbox's hook
         await request.app[OUTBOX].deliveries_replayed(conn, moved)
 
