@@ -1406,6 +1406,10 @@ class Outbox:
             message_ids = sorted({r["message_id"] for r in fwd.values()})
             receipts = [dict(r) for r in await conn.fetch(RECEIPTS_OF, ids, message_ids)]
             await with_warehouse_orders(conn, docs)
+            if shipment.get("flow") == "export":
+                numbered = [{**d, "invt_no": fwd[d["id"]]["invt_no"] if d["id"] in fwd else None} for d in docs]
+                shipment["summary"] = await inventory_summary(conn, numbered,
+                                                              shipment.get("customs_status") == "released")  # fmt: skip
         for j in jobs:
             j["history"] = history[j["id"]]
         for d in docs:
@@ -1540,6 +1544,24 @@ def _warehouse_callback_dict(r: asyncpg.Record) -> dict[str, Any]:
         # another order from (a mistyped or foreign orderId)
         "unlinked_because": None if linked else ("order_id_not_ours" if r["reference_held"] else "unknown_reference"),
     }
+
+
+async def inventory_summary(
+    conn: asyncpg.Connection, documents: Iterable[Mapping[str, Any]], released: bool
+) -> dict[str, Any] | None:
+    """The summary declaration (汇总申报) of a shipment's current B-type export inventory (statisticsFlag B), as
+    gateway.summary.inventory_summary tells it from the live applications naming the invtNo customs gave it and
+    customs' results listing its items; None for any other shipment. ``documents``: the shipment's, each with its
+    ``invt_no`` (from its CEB604 receipts); ``released``: whether customs released the shipment."""
+    inventory = next((d for d in documents if d["message_type"] == "CEB603" and d["is_current"]
+                      and not d["withdrawn"]), None)  # fmt: skip
+    if inventory is None or (db.json_value(inventory["head"]) or {}).get("statisticsFlag") != "B":
+        return None
+    invt_no = inventory.get("invt_no")
+    live = await conn.fetch(summary.LIVE_SUMMARIES, [invt_no]) if invt_no else []
+    results = await conn.fetch(summary.RESULTS_OF_INVENTORY, invt_no) if invt_no else []
+    return summary.inventory_summary(invt_no, released, live, [{**r, "keys": db.json_value(r["keys"])}
+                                                               for r in results])  # fmt: skip
 
 
 def ships_from_a_warehouse(flow: str, mode: str | None) -> bool:

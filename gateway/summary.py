@@ -45,7 +45,7 @@ from lxml import etree
 from gateway.documents import Document, ParsedMessage, extract
 from gateway.errors import Issue
 from gateway.keystate import STATE_LAYER, Conflict
-from gateway.messages import MessageType
+from gateway.messages import KEY_SEP, MessageType
 from gateway.receipts import RANK_RELEASED, Correlation, ReceiptRecord
 
 CODES: dict[str, str] = {
@@ -117,10 +117,10 @@ SELECT v.invt_no, c.message_type, c.ebc_code, c.parties, c.head ->> 'statisticsF
 #: store's transaction, and again in it under the invtNos' locks (keystate.LOCK_SUMMARISED).
 LIVE_SUMMARIES = """
 SELECT n.no AS invt_no, s.key1, s.key2, s.ebc_code, s.parties, s.head ->> 'startTime' AS start_time,
-       s.head ->> 'endTime' AS end_time
+       s.head ->> 'endTime' AS end_time, s.pre_no, s.invt_no AS sum_no, s.forward_state, s.customs_status
   FROM unnest($1::text[]) AS n(no),
        LATERAL (SELECT s.id, s.key1, s.key2, s.ebc_code, s.parties, s.head, s.is_current, s.withdrawn, s.forward_state,
-                       s.app_status
+                       s.app_status, s.pre_no, s.invt_no, s.customs_status
                   FROM documents AS s
                  WHERE s.message_type = 'CEB701' AND s.lines @> jsonb_build_array(jsonb_build_object('invtNo', n.no))
                 OFFSET 0) AS s
@@ -373,9 +373,64 @@ def result_view(r: Mapping[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+#: Customs' summary results (CEB792 records) listing items of the inventory $1 (an invtNo), oldest first
+#: (receipts_summary_items_idx, migration 320). Matched to an application or not: customs says what it declared.
+RESULTS_OF_INVENTORY = """
+SELECT r.id, r.keys, r.return_status, r.return_time, r.return_info, r.received_at, r.doc_guid
+  FROM receipts AS r
+ WHERE r.message_type = 'CEB792' AND (r.keys -> 'items') @> jsonb_build_array(jsonb_build_object('invtNo', $1::text))
+ ORDER BY r.id
+"""
+
+
+def inventory_summary(
+    invt_no: str | None, released: bool, live: Iterable[Mapping[str, Any]], results: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """What became of a B-type export inventory in the summary declaration (汇总申报), for its shipment's view:
+    ``applications``, the live summary applications naming its invtNo (:data:`LIVE_SUMMARIES` rows: key, preNo, sumNo,
+    forward state, customs status); ``declarations``, each customs declaration its items went into (by declSeqNo:
+    entryId, decState, opDate, sumNo as the newest of its :data:`RESULTS_OF_INVENTORY` records says) with those items
+    only (gnum → gseqno, as its records listed them) — a declaration consolidates many consignors' parcels; and
+    ``state``: ``declared``
+    (a declaration holds its items), ``applied`` (an application names it, no result yet), ``awaiting`` (released,
+    named by no application: the consignor's to summarise) or ``not_released``."""
+    applications = []
+    for r in live:
+        cop_no, _, seq = str(r["key2"]).partition(KEY_SEP)
+        applications.append({"agentCode": r["key1"], "copNo": cop_no, "msgSeqNo": seq or None, "preNo": r["pre_no"],
+                             "sumNo": r["sum_no"], "forward_state": r["forward_state"],
+                             "customs_status": r["customs_status"]})  # fmt: skip
+    # by declaration (declSeqNo): its status as the newest record says (decState moves), its items as every record
+    # listed them (a result may come in several messages, msgCount / msgSeqNo, and again)
+    by_declaration: dict[str, dict[str, Any]] = {}
+    items: dict[str, dict[str, dict[str, Any]]] = {}  # by declaration, by gnum: an item listed again is the same one
+    for r in results:
+        view = result_view(r)
+        key = view["declSeqNo"] or view["entryId"] or str(r["id"])
+        for i in view["items"]:
+            if i.get("invtNo") == invt_no:
+                items.setdefault(key, {})[str(i.get("gnum"))] = {n: i.get(n) for n in ("gnum", "gseqno", "logisticsNo")}
+        by_declaration[key] = view
+    declarations = [{**{k: v for k, v in d.items() if k in _DECLARATION_FIELDS},
+                     "items": sorted(items.get(key, {}).values(), key=lambda i: _number(i["gnum"]))}
+                    for key, d in by_declaration.items()]  # fmt: skip
+    state = ("declared" if declarations else "applied" if applications else "awaiting" if released
+             else "not_released")  # fmt: skip
+    return {"invtNo": invt_no, "state": state, "applications": applications, "declarations": declarations}
+
+
+#: What a shipment's view shows of a declaration its inventory's items went into.
+_DECLARATION_FIELDS = ("sumNo", "declSeqNo", "entryId", "decState", "opDate", "customsCode", "received_at")
+
+
+def _number(text: Any) -> tuple[int, str]:
+    """A number as written (msgSeqNo, gnum) as a sort key: in numeric order, anything else after."""
+    value = str(text or "")
+    return (int(value), value) if value.isdigit() else (1 << 31, value)
+
+
 def _part_number(d: Mapping[str, Any]) -> tuple[int, str]:
-    seq = str((d.get("keys") or {}).get("msgSeqNo") or "")
-    return (int(seq), seq) if seq.isdigit() else (1 << 31, seq)
+    return _number((d.get("keys") or {}).get("msgSeqNo"))
 
 
 def add_results(view: dict[str, Any]) -> dict[str, Any]:
@@ -416,7 +471,7 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "CODES", "HELD_INVENTORIES", "LIVE_SUMMARIES", "REFUSING", "RESULT_TYPES", "Held", "HeldInventory", "LiveSummary",
-    "Named", "add_results", "correlation", "judge", "judge_message", "judged", "named_inventories", "period", "records",
-    "result_view", "status_name",
+    "CODES", "HELD_INVENTORIES", "LIVE_SUMMARIES", "REFUSING", "RESULTS_OF_INVENTORY", "RESULT_TYPES", "Held",
+    "HeldInventory", "LiveSummary", "Named", "add_results", "correlation", "inventory_summary", "judge",
+    "judge_message", "judged", "named_inventories", "period", "records", "result_view", "status_name",
 ]  # fmt: skip

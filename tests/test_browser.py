@@ -334,6 +334,36 @@ async def test_the_shipment_page_shows_customs_tax_bills_beside_the_estimate(bro
     assert errors == []
 
 
+
+async def test_an_export_shipment_page_says_what_became_of_its_summary_declaration(
+    browser: Browser, db_dsn: str
+) -> None:
+    """A released B-type export parcel awaits its summary declaration (汇总申报); once customs' result is in, its page
+    names the declaration its items went into (entryId, each item's gnum → gseqno) and the application."""
+    from tests.test_summary import released_b_type, summarised
+
+    errors: list[str] = []
+    async with asyncio.timeout(60), running_stack(db_dsn) as stack:
+        parcels, numbers = await released_b_type(stack, (51,))
+        page = await new_page(browser, errors)
+        await sign_in(page, stack.base, ADMIN)
+        await page.wait_for_url(stack.base + "/ops")
+        doc = parcels[0].inventory_doc
+        key = urlencode({"ebpCode": doc["ebpCode"], "orderNo": doc["orderNo"]})
+        await page.goto(f"{stack.base}/ops#/shipment?{key}")
+        facts = page.locator(".facts")
+        await expect(facts).to_contain_text("Summary 汇总申报awaiting 待汇总")
+        p, view = await summarised(stack, parcels, numbers)
+        await page.reload()
+        [result] = view["results"]
+        await expect(facts).to_contain_text(f"declared 已汇总申报 · declaration 报关单 {result['entryId']}")
+        text = await facts.inner_text()
+        items = ", ".join(f"{li['gnum']}→{li['gnum']}" for li in doc["items"])  # the sandbox keeps the numbers
+        assert f"items 商品 {items}" in text, text
+        assert f"application 汇总申请 {p['documents'][0]['copNo']} · sumNo {view['sumNo']}" in text, text
+        await page.context.close()
+    assert errors == []
+
 async def test_an_open_shipment_page_shows_a_warehouse_callback_as_it_comes(browser: Browser, site: Site) -> None:
     """A warehouse's callback changes no shipment row; the live feed still names the shipment whose document it
     reports on, and the open page shows it without a reload."""

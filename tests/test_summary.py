@@ -10,7 +10,7 @@ import uuid
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import asyncpg
@@ -25,6 +25,7 @@ from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
 from tests.apiutil import PLATFORM_A, STRANGER, Client, linked_apps, sign_as_agent
 from tests.exportapi import NOW, export_ship, import_ship, post_export, post_json, post_receipt, version, xml
+from tests.forwardutil import Stack, running_stack, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -554,6 +555,42 @@ async def test_a_summary_in_json_is_signed_and_stored(api: Client) -> None:
     assert "<ds:Signature" in raw and "<ceb:msgCount>1</ceb:msgCount>" in raw
 
 
+
+def test_an_inventorys_summary_says_where_its_items_were_declared() -> None:
+    """gateway.summary.inventory_summary, pure: the state from what is known (a declaration, else an application,
+    else released or not); a declaration by its declSeqNo, its status the newest record's, its items this
+    inventory's alone as every record listed them (an item listed again once, in gnum order)."""
+    from datetime import UTC
+
+    from gateway.summary import inventory_summary
+
+    when = datetime(2026, 12, 6, tzinfo=UTC)
+
+    def record(i: int, decl: str, state: str, items: list[tuple[str, str, str]]) -> dict[str, Any]:
+        return {"id": i, "return_status": state, "return_time": f"2026120610000{i}", "return_info": "",
+                "received_at": when, "doc_guid": f"g{i}",
+                "keys": {"sumNo": "S1", "declSeqNo": decl, "entryId": f"E{decl}",
+                         "items": [{"invtNo": no, "gnum": g, "gseqno": q, "logisticsNo": "L"} for no, g, q in items]}}
+
+    app = {"key1": "AGENT", "key2": "COP1\x1f1", "pre_no": "P1", "sum_no": "S1", "forward_state": "receipted",
+           "customs_status": "399"}
+    assert inventory_summary(None, False, [], [])["state"] == "not_released"
+    assert inventory_summary("I1", True, [], [])["state"] == "awaiting"
+    applied = inventory_summary("I1", True, [app], [])
+    assert applied["state"] == "applied" and applied["applications"] == [
+        {"agentCode": "AGENT", "copNo": "COP1", "msgSeqNo": "1", "preNo": "P1", "sumNo": "S1",
+         "forward_state": "receipted", "customs_status": "399"}]  # fmt: skip
+    declared = inventory_summary("I1", True, [app], [
+        record(1, "D1", "10", [("I1", "2", "5"), ("I2", "1", "1"), ("I1", "10", "6")]),
+        record(2, "D2", "10", [("I1", "1", "1")]),
+        record(3, "D1", "20", [("I1", "2", "5"), ("I1", "3", "7")]),  # D1 again: further, one item more
+    ])
+    assert declared["state"] == "declared" and declared["invtNo"] == "I1"
+    d1, d2 = declared["declarations"]
+    assert (d1["declSeqNo"], d1["entryId"], d1["decState"], d1["sumNo"]) == ("D1", "ED1", "20", "S1")
+    assert [(i["gnum"], i["gseqno"]) for i in d1["items"]] == [("2", "5"), ("3", "7"), ("10", "6")]
+    assert [(i["gnum"], i["gseqno"]) for i in d2["items"]] == [("1", "1")]
+
 @pytest.mark.db
 async def test_the_read_of_the_named_inventories_probes_indexes(api: Client, db_pool: asyncpg.Pool) -> None:
     from gateway import db, store, summary
@@ -562,9 +599,11 @@ async def test_the_read_of_the_named_inventories_probes_indexes(api: Client, db_
     await declared(api, 23)
     async with db_pool.acquire() as conn:
         await conn.execute("ANALYZE documents")
+        await conn.execute("ANALYZE receipts")
         found = await full_scans(conn, begin=db.BEGIN_SNAPSHOT_PLANNED, module=summary,
                                  cases={"HELD_INVENTORIES": "ARRAY['51412026E000000001'], 60",
-                                        "LIVE_SUMMARIES": "ARRAY['51412026E000000001']"})  # fmt: skip
+                                        "LIVE_SUMMARIES": "ARRAY['51412026E000000001']",
+                                        "RESULTS_OF_INVENTORY": "'51412026E000000001'"})  # fmt: skip
         found |= await full_scans(conn, begin=db.BEGIN_SNAPSHOT_PLANNED, module=store,
                                   cases={"SELECT_SUMMARY_DOCUMENTS": "'4601980H12', 'SUM2026112000000001'"})
     assert found == {}
@@ -573,49 +612,71 @@ async def test_the_read_of_the_named_inventories_probes_indexes(api: Client, db_
 # --- forwarded to customs' export system, answered by CEB702 and CEB792 -------------------------------------------
 
 
+
+async def released_b_type(stack: Stack, seeds: tuple[int, ...]) -> tuple[list[Any], list[str]]:
+    """B-type export parcels (1210) declared through ``stack`` and released by its sandbox's export system, with the
+    invtNos customs gave their inventories."""
+    parcels = [samples.export_shipment(random.Random(seed), mode="1210", now=NOW) for seed in seeds]
+    for s in parcels:
+        for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+            xml_ = render(s.payloads()[code], signer=sign_as_agent if code == "CEB603" else None)
+            r = await stack.client.post_xml(xml_)
+            assert r.status == 202, (code, r.body)
+
+    async def invt_nos() -> list[str] | None:
+        rows = await stack.fetch("SELECT invt_no, customs_rank FROM documents WHERE message_type = 'CEB603'"
+                                 " ORDER BY id")  # fmt: skip
+        done = all(r["invt_no"] and r["customs_rank"] == 100 for r in rows) and len(rows) == len(parcels)
+        return [r["invt_no"] for r in rows] if done else None
+
+    async def released() -> bool:  # and the shipments' customs status followed
+        states = [(await stack.shipment(s))["customs_status"] for s in parcels]
+        return await invt_nos() is not None and states == ["released"] * len(parcels)
+
+    await wait_for(released, timeout=20, what="the inventories released")
+    numbers = await invt_nos()
+    assert numbers is not None
+    return parcels, numbers
+
+
+async def summarised(stack: Stack, parcels: list[Any], numbers: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A summary application of the parcels' inventories sent through ``stack`` and answered by its sandbox: the
+    application, and its view once customs' result is in."""
+    p = samples.summary_application(random.Random(43), [s.inventory_doc for s in parcels], numbers, now=NOW)
+    r = await stack.client.post_xml(render(p, signer=sign_as_agent))
+    assert r.status == 202 and "warnings" not in r.body, r.body
+    doc = p["documents"][0]
+
+    async def declared() -> dict[str, Any] | None:
+        view = (await stack.client.get(f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}")).body
+        return view if view.get("results") else None
+
+    await wait_for(declared, timeout=20, what="the summary result")
+    view = await declared()
+    assert view is not None
+    return p, view
+
+
+async def summary_of(stack: Stack, s: Any) -> dict[str, Any]:
+    """What the export parcel's shipment view says of its summary declaration."""
+    return cast(dict[str, Any], (await stack.shipment(s))["summary"])
+
 @pytest.mark.db
 async def test_a_summary_goes_to_customs_and_comes_back_with_its_declaration(db_dsn: str) -> None:
     """The whole way: two B-type parcels released by the sandbox's export system, their summary application
     forwarded to it (DXPEDCCEB0000003), its CEB702 receipts applied (preNo, sumNo, 399) and its CEB792 matched and
     shown with the inventory items that went into the declaration."""
-    from pathlib import Path
-
     from gateway.api import OUTBOX, PIPELINE
-    from gateway.render import render
     from gateway.workers import inbox_handler
-    from tests.apiutil import sign_as_agent
-    from tests.forwardutil import running_stack, wait_for
 
     async with running_stack(db_dsn) as stack:
-        parcels = [samples.export_shipment(random.Random(seed), mode="1210", now=NOW) for seed in (41, 42)]
-        for s in parcels:
-            for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
-                xml_ = render(s.payloads()[code], signer=sign_as_agent if code == "CEB603" else None)
-                r = await stack.client.post_xml(xml_)
-                assert r.status == 202, (code, r.body)
-
-        async def invt_nos() -> list[str] | None:
-            rows = await stack.fetch("SELECT invt_no, customs_rank FROM documents WHERE message_type = 'CEB603'"
-                                     " ORDER BY id")  # fmt: skip
-            done = all(r["invt_no"] and r["customs_rank"] == 100 for r in rows) and len(rows) == 2
-            return [r["invt_no"] for r in rows] if done else None
-
-        await wait_for(invt_nos, timeout=20, what="both inventories released")
-        numbers = await invt_nos()
-        assert numbers is not None
-        p = samples.summary_application(random.Random(43), [s.inventory_doc for s in parcels], numbers, now=NOW)
-        r = await stack.client.post_xml(render(p, signer=sign_as_agent))
-        assert r.status == 202 and "warnings" not in r.body, r.body
+        parcels, numbers = await released_b_type(stack, (41, 42))
+        assert [(await summary_of(stack, s))["state"] for s in parcels] == ["awaiting", "awaiting"]
+        assert await summary_of(stack, parcels[0]) == {"invtNo": numbers[0], "state": "awaiting", "applications": [],
+                                                       "declarations": []}  # fmt: skip
+        p, view = await summarised(stack, parcels, numbers)
         doc = p["documents"][0]
         path = f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}"
-
-        async def declared() -> dict[str, Any] | None:
-            view = (await stack.client.get(path)).body
-            return view if view.get("results") else None
-
-        await wait_for(declared, timeout=20, what="the summary result")
-        view = await declared()
-        assert view is not None
         assert view["forward_state"] == "receipted" and view["customs"]["code"] == "399", view
         assert view["sumNo"] and len(view["sumNo"]) == 18 and view["preNo"]
         [result] = view["results"]
@@ -626,6 +687,17 @@ async def test_a_summary_goes_to_customs_and_comes_back_with_its_declaration(db_
                  for li in s.inventory_doc["items"]]  # fmt: skip
         assert [(i["invtNo"], int(i["gnum"])) for i in items] == [(n, int(g)) for n, g in lines]
         assert {i["logisticsNo"] for i in items} == {s.inventory_doc["logisticsNo"] for s in parcels}
+        # each parcel's shipment says under which declaration its own items went, and by which application
+        for s, n in zip(parcels, numbers, strict=True):
+            mine = await summary_of(stack, s)
+            assert mine["state"] == "declared" and mine["invtNo"] == n
+            [app] = mine["applications"]
+            assert (app["agentCode"], app["copNo"], app["sumNo"], app["preNo"]) == (
+                doc["agentCode"], doc["copNo"], view["sumNo"], view["preNo"])  # fmt: skip
+            [decl] = mine["declarations"]
+            assert (decl["entryId"], decl["sumNo"], decl["decState"]) == (result["entryId"], view["sumNo"], "10")
+            assert [(int(i["gnum"]), i["logisticsNo"]) for i in decl["items"]] == [
+                (int(li["gnum"]), s.inventory_doc["logisticsNo"]) for li in s.inventory_doc["items"]]  # fmt: skip
         receipts = view["documents"][0]["receipts"]
         assert [x["message_type"] for x in receipts] == ["CEB702", "CEB702"]
         assert [x["return_status"] for x in receipts] == ["2", "399"]
@@ -636,6 +708,11 @@ async def test_a_summary_goes_to_customs_and_comes_back_with_its_declaration(db_
         await handle(result_for(view["sumNo"], p, numbers[:1]), Path("result.xml"))
         assert await stack.fetchval("SELECT outcome FROM receipts WHERE source = 'inbox'") == "applied"
         assert len((await stack.client.get(path)).body["results"]) == 2
+        # the same declaration reported again (its declSeqNo) with the first parcel's items: one declaration still,
+        # each parcel's items as before
+        for s in parcels:
+            [again] = (await summary_of(stack, s))["declarations"]
+            assert len(again["items"]) == len(s.inventory_doc["items"]), again
 
 
 # --- CEB702 and CEB792 at /v1/receipts ---------------------------------------------------------------------------

@@ -293,7 +293,7 @@ WITH own AS MATERIALIZED (
 SELECT d.id, d.message_id, d.doc_index, d.doc_guid, d.kind, d.message_type, d.key1, d.key2, d.app_type,
        d.app_time, d.app_status, d.path, d.head, d.lines, d.is_current, d.withdrawn, d.superseded_by,
        d.forward_state, d.sent_at, d.customs_status, d.customs_info, d.customs_return_time, d.receipt_overdue,
-       m.guid AS message_guid, m.received_at, m.submitter, m.source
+       d.pre_no, d.invt_no, m.guid AS message_guid, m.received_at, m.submitter, m.source
   FROM ids JOIN documents AS d ON d.id = ids.id JOIN messages AS m ON m.id = d.message_id
  ORDER BY m.received_at, d.id
 """
@@ -352,6 +352,8 @@ async def shipment_detail(
     out["warehouse_orders"] = [o for orders in outbox.warehouse_orders(callbacks).values() for o in orders]
     out["tax_bills"], differs = taxbills.shipment_bills(docs, out["receipts"], rates)
     out["findings"] = [*(out["findings"] or []), *(f.as_dict() for f in differs)]
+    if out.get("flow") == "export":
+        out["summary"] = await outbox.inventory_summary(conn, docs, out.get("customsStatus") == "released")
     return out
 
 

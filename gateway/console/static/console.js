@@ -749,6 +749,19 @@
       bills.length ? bills.map(taxBillView) : h("p", { class: "empty", text: "No tax bill from customs yet. 暂无电子税单" }));
   }
 
+  // A B-type export inventory's summary declaration (汇总申报): whether it was applied for and under which customs
+  // declarations its items went (gateway.summary.inventory_summary).
+  const SUMMARY_ZH = { declared: "已汇总申报", applied: "已申请汇总", awaiting: "待汇总", not_released: "未放行" };
+  function summaryText(sm) {
+    const parts = [`${sm.state.replace("_", " ")} ${SUMMARY_ZH[sm.state] || ""}`.trim()];
+    for (const d of sm.declarations) {
+      const items = d.items.map((i) => `${i.gnum}→${i.gseqno}`).join(", ");
+      parts.push(`declaration 报关单 ${d.entryId || d.declSeqNo} (decState ${d.decState}; items 商品 ${items})`);
+    }
+    for (const a of sm.applications) parts.push(`application 汇总申请 ${a.copNo}${a.sumNo ? ` · sumNo ${a.sumNo}` : ""}`);
+    return parts.join(" · ");
+  }
+
   function fact(label, value, mono = false) {
     return h("div", {}, h("dt", { text: label }), h("dd", { class: mono ? "mono" : null, text: value ?? "—" }));
   }
@@ -774,6 +787,7 @@
           fact("Missing 缺少", ship.missing.length ? ship.missing.map((k) => `${k} ${KIND_ZH[k] || ""}`).join(", ") : "none 无"),
           fact("Warehouse 仓库", (ship.warehouse_orders || []).map((o) =>
             `${o.warehouse_order_no} ${o.status} ${WAREHOUSE_ZH[o.status] || ""}`.trim()).join(", ") || "—"),
+          ship.summary ? fact("Summary 汇总申报", summaryText(ship.summary)) : null,
           fact("Buyer 订购人", head.buyerName),
           fact("Buyer ID 身份证号", ship.buyerIdNumber, true),
           fact("Consignee 收货人", head.consignee),
