@@ -30,7 +30,7 @@ from gateway import csvexport, db, receipts, summary, taxbills
 from gateway.auth import KeyRing, Principal, SharedRates, shipment_view
 from gateway.config import Role, Settings
 from gateway.console import setup_console
-from gateway.console.queries import receipts_awaited
+from gateway.console.queries import awaited_documents, receipts_awaited
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.ingestlink import IngestUnavailable
@@ -521,6 +521,20 @@ async def get_queue(request: web.Request) -> web.Response:
     return json_response({"endpoints": endpoints, "receipts_awaited": awaited})
 
 
+async def get_awaited(request: web.Request) -> web.Response:
+    """The documents sent to customs still awaiting any receipt, the longest waiting first (operator / admin)."""
+    if (denied := _operator(request)) is not None:
+        return denied
+    q = request.query
+    try:
+        limit = min(max(_integer(q, "limit", 50), 1), 500)
+        async with request.app[POOL].acquire() as conn:
+            page = await awaited_documents(conn, limit=limit, cursor=q.get("cursor") or None)
+    except ValueError as exc:
+        return error_response(400, f"bad query parameter: {exc}")
+    return json_response(page)
+
+
 async def get_dead_letters(request: web.Request) -> web.Response:
     if (denied := _operator(request)) is not None:
         return denied
@@ -649,6 +663,7 @@ def create_app(
     app.router.add_get(WAREHOUSE_CALLBACKS, list_warehouse_callbacks)
     app.router.add_get("/v1/queue", get_queue)
     app.router.add_get("/v1/queue/dead", get_dead_letters)
+    app.router.add_get("/v1/queue/awaited", get_awaited)
     app.router.add_post("/v1/queue/replay", post_replay)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", livez)

@@ -324,6 +324,22 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/queue/awaited": {
+            "get": {
+                "summary": "The documents sent to customs still without any receipt, the longest waiting first "
+                "(keyset pages; operator / admin), each {document_id, message_guid, message_type, kind, keys, ebpCode, "
+                "orderNo, logisticsNo, sent_at, wait_s, receipt_overdue, repushes}",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
+                    for n, d in (("limit", "1..500, default 50"), ("cursor", "next_cursor of the previous page"))
+                ],
+                "responses": {
+                    "200": {"description": "{items, next_cursor}"},
+                    "400": _err("a limit or cursor that is not one"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/v1/queue/dead": {
             "get": {
                 "summary": "Dead letters, newest first, each with its whole attempt history (operator / admin)",

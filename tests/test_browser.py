@@ -464,7 +464,7 @@ async def test_the_oldest_awaited_receipt_counts_on_while_the_feed_is_quiet(brow
     async with asyncio.timeout(60):
         page = await live_console(browser, site, errors)
         await expect(page.locator("#awaited")).to_have_text(re.compile(r"^1 · oldest 3 min"))
-        await expect(page.locator("p.awaited")).not_to_have_class(re.compile(r"\bwarn\b"))
+        await expect(page.locator("details.awaited")).not_to_have_class(re.compile(r"\bwarn\b"))
         # nothing moves, so the feed sends nothing: the page counts the wait on by itself
         first = await page.locator("#awaited").text_content()
         await expect(page.locator("#awaited")).not_to_have_text(first or "", timeout=8000)
@@ -607,7 +607,16 @@ async def test_console_at_1366x768_with_realistic_data(browser: Browser, site: S
         awaited = await site.pool.fetchval("SELECT count(*) FROM receipts_awaited")
         assert awaited == 4  # seed_realistic's demo: four legs sent twelve minutes ago, no receipt yet
         await expect(page.locator("#awaited")).to_have_text(re.compile(r"^4 · oldest 12 min"))
-        await expect(page.locator("p.awaited")).to_have_class(re.compile(r"\bwarn\b"))
+        await expect(page.locator("details.awaited")).to_have_class(re.compile(r"\bwarn\b"))
+        # which documents: opened, the four, the longest waiting first, each linking its shipment
+        await page.click("#awaited-details summary")
+        rows = page.locator("#awaited-table tbody tr")
+        await expect(rows).to_have_count(4)
+        assert "12 min" in await rows.first.inner_text()
+        order_no = (await rows.first.locator("a").inner_text()).strip()
+        href = await rows.first.locator("a").get_attribute("href") or ""
+        assert href.startswith("#/shipment?") and f"orderNo={order_no}" in href, href
+        await page.click("#awaited-details summary")  # closed again for the screenshot below
         await page.wait_for_selector("#live[data-state='live']")
         await page.wait_for_timeout(1500)  # let the highlights of fresh figures fade
         # usable on a laptop: nothing wider than the window

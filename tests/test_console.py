@@ -604,6 +604,47 @@ async def test_queue_health_shows_the_receipts_awaited_and_the_feed_sends_them(o
     assert body["receipts_awaited"]["count"] == 2
 
 
+
+async def test_the_documents_awaiting_a_receipt_are_listed_longest_waiting_first(ops: Ops) -> None:
+    """GET /v1/queue/awaited and the console's queue panel: the documents sent to customs without any receipt yet,
+    the longest waiting first, each with its message, key and shipment (whose page it links) and whether the watchdog
+    found its receipt overdue; keyset pages; operators and admins only."""
+    from gateway import outbox
+
+    ships = [new_shipment(610 + i) for i in range(3)]
+    for s in ships:
+        await submit(ops.api, s, "CEB311")
+    async with ops.pool.acquire() as conn:
+        ids = await conn.fetch("SELECT id, guid FROM messages ORDER BY id DESC LIMIT 3")
+        await conn.execute(outbox.MARK_SENT, [r["id"] for r in ids])
+        # sent 30, 20 and 10 minutes ago, in the order the shipments were made; the oldest found overdue
+        await conn.execute("""
+            UPDATE receipts_awaited AS a SET sent_at = now() - make_interval(mins => (10 * (4 - x.n))::int)
+              FROM (SELECT d.id, row_number() OVER (ORDER BY d.id) AS n FROM documents AS d
+                     WHERE d.message_id = ANY ($1::bigint[])) AS x
+             WHERE a.document_id = x.id""", [r["id"] for r in ids])  # fmt: skip
+        await conn.execute("UPDATE documents SET receipt_overdue = true, repushes = 1 WHERE id = ("
+                           "SELECT document_id FROM receipts_awaited ORDER BY sent_at LIMIT 1)")  # fmt: skip
+    first = await ops.api.get("/v1/queue/awaited?limit=2", key=OPERATOR)
+    assert first.status == 200, first.body
+    rest = await ops.api.get(f"/v1/queue/awaited?limit=2&cursor={first.body['next_cursor']}", key=OPERATOR)
+    assert rest.body["next_cursor"] is None
+    items = first.body["items"] + rest.body["items"]
+    assert [i["orderNo"] for i in items] == [s.order_doc["orderNo"] for s in ships]
+    oldest = items[0]
+    assert (oldest["message_type"], oldest["kind"]) == ("CEB311", "order")
+    assert (oldest["ebpCode"], oldest["message_guid"]) == (ships[0].order_doc["ebpCode"], ships[0].order["guid"])
+    assert oldest["keys"] == {"ebpCode": ships[0].order_doc["ebpCode"], "orderNo": ships[0].order_doc["orderNo"]}
+    assert (oldest["receipt_overdue"], oldest["repushes"]) == (True, 1)
+    assert [i["receipt_overdue"] for i in items[1:]] == [False, False]
+    assert 1790 <= oldest["wait_s"] < 1900 and 590 <= items[2]["wait_s"] < 700
+    for key in (PLATFORM_A, None):
+        assert (await ops.api.get("/v1/queue/awaited", key=key)).status in (401, 403)
+    assert (await ops.api.get("/v1/queue/awaited?cursor=nope", key=OPERATOR)).status == 400
+    client = await ops.console(OPERATOR)
+    page = await client.get_json("/ops/api/queue/awaited")
+    assert [i["document_id"] for i in page["items"]] == [i["document_id"] for i in items]
+
 def test_the_feed_publishes_the_queue_when_it_moved_not_as_the_oldest_wait_grows() -> None:
     from gateway.console.feed import _queue_moved
 

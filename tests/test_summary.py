@@ -556,7 +556,7 @@ async def test_a_summary_in_json_is_signed_and_stored(api: Client) -> None:
 
 
 
-def test_an_inventorys_summary_says_where_its_items_were_declared() -> None:
+async def test_an_inventorys_summary_says_where_its_items_were_declared() -> None:
     """gateway.summary.inventory_summary, pure: the state from what is known (a declaration, else an application,
     else released or not); a declaration by its declSeqNo, its status the newest record's, its items this
     inventory's alone as every record listed them (an item listed again once, in gnum order)."""

@@ -372,6 +372,17 @@ async def rejection(request: web.Request) -> web.StreamResponse:
 
 
 @api
+async def awaited(request: web.Request) -> web.StreamResponse:
+    """The documents awaiting a customs receipt, the longest waiting first (GET /v1/queue/awaited's page of 20), for
+    the queue panel."""
+    try:
+        async with _pool(request).acquire() as conn:
+            return json_response(await q.awaited_documents(conn, cursor=request.query.get("cursor") or None))
+    except ValueError as exc:
+        return error(400, str(exc))
+
+
+@api
 async def unlinked_callbacks(request: web.Request) -> web.StreamResponse:
     """The warehouses' callbacks placed on no document (GET /v1/warehouse/callbacks?linked=false's page), newest
     first, for their panel: no shipment shows them."""
@@ -572,6 +583,7 @@ def setup(
     r.add_get(PREFIX + "/api/shipment", shipment)
     r.add_get(PREFIX + "/api/messages/{guid}/xml", message_xml)
     r.add_get(PREFIX + "/api/queue", queue)
+    r.add_get(PREFIX + "/api/queue/awaited", awaited)
     r.add_get(PREFIX + "/api/rejections", rejections)
     r.add_get(PREFIX + "/api/rejections/{id}", rejection)
     r.add_get(PREFIX + "/api/warehouse-callbacks", unlinked_callbacks)

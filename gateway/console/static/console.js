@@ -36,6 +36,7 @@
     listTimer: null,
     seriesAt: 0,
     awaited: null,
+    awaitedCursor: null,
     view: "overview",
     shipmentKey: null,
     alerts: { database: null, signing: null }, // what the header's banner says, one line each
@@ -141,7 +142,14 @@
   // The oldest wait as the server measured it, counted on from when it arrived (no client clock involved);
   // re-rendered every few seconds, since the feed only says when the figures change.
   function renderAwaited(awaited) {
-    if (awaited) state.awaited = { count: Number(awaited.count || 0), wait: awaited.oldest_wait_s, at: Date.now() };
+    if (awaited) {
+      const before = state.awaited ? state.awaited.count : null;
+      state.awaited = { count: Number(awaited.count || 0), wait: awaited.oldest_wait_s, at: Date.now() };
+      // the list, when open, follows the figures: a receipt came, or another document waits now
+      if ($("awaited-details").open && before !== null && before !== state.awaited.count) {
+        loadAwaitedList().catch(() => {});
+      }
+    }
     const a = state.awaited;
     if (!a) return;
     const age = a.count && a.wait !== null && a.wait !== undefined ? a.wait + (Date.now() - a.at) / 1000 : null;
@@ -170,6 +178,33 @@
     state.deadTotal = deadTotal;
     if (deadNewest !== undefined) state.deadNewest = deadNewest;
     return deadChanged;
+  }
+
+  // The documents behind the figure, the longest waiting first: which to chase with customs.
+  function renderAwaitedList(items, append) {
+    const rows = items.map((d) => h("tr", { class: d.receipt_overdue ? "warn" : null, "data-document": d.document_id },
+      h("td", { class: "when", text: fmtTime(d.sent_at) }),
+      h("td", { class: "num", text: `${fmtAge(d.wait_s)}${d.receipt_overdue ? " ⚠" : ""}`,
+        title: d.receipt_overdue ? "receipt overdue 回执超时" : null }),
+      h("td", {}, h("div", { text: `${d.message_type} ${KIND_ZH[d.kind] || d.kind}` }),
+        h("div", { class: "mono", text: Object.values(d.keys || {}).join(" / ") })),
+      h("td", {}, d.orderNo
+        ? h("a", { class: "mono", href: `#/shipment?${new URLSearchParams({ ebpCode: d.ebpCode || "", orderNo: d.orderNo })}`,
+          text: d.orderNo })
+        : h("span", { class: "muted", text: "—" })),
+      h("td", { class: "num", text: fmtNum(d.repushes || 0) })));
+    const body = $("awaited-table").tBodies[0];
+    if (append) body.append(...rows); else body.replaceChildren(...rows);
+    $("awaited-empty").hidden = body.rows.length > 0;
+  }
+
+  async function loadAwaitedList(append = false) {
+    const params = new URLSearchParams();
+    if (append && state.awaitedCursor) params.set("cursor", state.awaitedCursor);
+    const page = await call(`${API}/queue/awaited?${params}`);
+    renderAwaitedList(page.items, append);
+    state.awaitedCursor = page.next_cursor;
+    $("awaited-more").hidden = !page.next_cursor;
   }
 
   function attemptsTable(history) {
@@ -839,6 +874,10 @@
     $("list-more").addEventListener("click", () => loadList(true).catch((e) => toast(e.message, true)));
     $("refused-more").addEventListener("click", () => loadRefused(true).catch((e) => toast(e.message, true)));
     $("unlinked-more").addEventListener("click", () => loadUnlinked(true).catch((e) => toast(e.message, true)));
+    $("awaited-details").addEventListener("toggle", () => {
+      if ($("awaited-details").open) loadAwaitedList().catch((e) => toast(e.message, true));
+    });
+    $("awaited-more").addEventListener("click", () => loadAwaitedList(true).catch((e) => toast(e.message, true)));
     $("refused-filters").addEventListener("submit", (ev) => {
       ev.preventDefault();
       loadRefused().catch((e) => toast(e.message, true));
