@@ -274,6 +274,13 @@ async def test_webhooks_renewed_while_running_tell_the_sellers_configured_now(db
             assert not verify_signature("k1", by_path["/hook-a"].body, by_path["/hook-a"].headers["X-CBEC-Signature"],
                                         timestamp=by_path["/hook-a"].headers["X-CBEC-Timestamp"])  # fmt: skip
 
+            async def settled() -> bool:  # s2's warehouse order shipped and every event of it delivered
+                docs = (await stack.shipment(s2))["documents"]
+                shipped = any(o["status"] == "shipped" for d in docs for o in d.get("warehouse_orders", []))
+                return shipped and await stack.fetchval(
+                    "SELECT count(*) = 0 FROM jobs WHERE endpoint = 'webhook' AND state NOT IN ('done', 'dead')")
+
+            await wait_for(settled, timeout=10, what="the second shipment's events delivered")
             assert stack.forwarding.renew_webhooks(())  # every seller removed
             s3 = shipment(108)
             for p in legs(s3):
