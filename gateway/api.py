@@ -240,12 +240,17 @@ def _integer(query: Any, name: str, default: int) -> int:
     return int(digits)
 
 
+def _limit(query: Any) -> int:
+    """A list's page size: ``limit``, 1..500, default 50 (ValueError when it is no integer)."""
+    return min(max(_integer(query, "limit", 50), 1), 500)
+
+
 def _page_query(query: Any) -> tuple[datetime | None, datetime | None, int]:
-    """A list's ``since`` (inclusive) and ``until`` (exclusive) times and its ``limit`` (1..500, default 50); ValueError
+    """A list's ``since`` (inclusive) and ``until`` (exclusive) times and its ``limit`` (:func:`_limit`); ValueError
     naming the parameter that is none."""
     since = db.utc_time(query["since"], "since") if "since" in query else None
     until = db.utc_time(query["until"], "until") if "until" in query else None
-    return since, until, min(max(_integer(query, "limit", 50), 1), 500)
+    return since, until, _limit(query)
 
 
 def _visible(principal: Principal, parties: Any) -> bool:
@@ -527,9 +532,8 @@ async def get_awaited(request: web.Request) -> web.Response:
         return denied
     q = request.query
     try:
-        limit = min(max(_integer(q, "limit", 50), 1), 500)
         async with request.app[POOL].acquire() as conn:
-            page = await awaited_documents(conn, limit=limit, cursor=q.get("cursor") or None)
+            page = await awaited_documents(conn, limit=_limit(q), cursor=q.get("cursor") or None)
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
     return json_response(page)
@@ -540,7 +544,7 @@ async def get_dead_letters(request: web.Request) -> web.Response:
         return denied
     q = request.query
     try:
-        limit = min(max(_integer(q, "limit", 50), 1), 500)
+        limit = _limit(q)
         offset = _integer(q, "offset", 0)
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")

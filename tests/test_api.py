@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import json
 import os
 import random
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -768,6 +770,19 @@ def export_cancel(inventory: dict[str, str], invt_no: str) -> bytes:
 WAREHOUSE_KEY = "warehouse-key-" + "w" * 16
 
 
+@contextlib.asynccontextmanager
+async def _with_a_warehouse(db_pool: asyncpg.Pool, seed: int) -> AsyncIterator[tuple[Client, Any]]:
+    """The API with a warehouse's key (WAREHOUSE_KEY, named wms) besides the usual ones, and the four legs of the
+    shipment of ``seed`` accepted."""
+    settings = apiutil.test_settings()
+    settings = settings.with_overrides(api_keys=(*settings.api_keys, ApiKey("wms", WAREHOUSE_KEY, Role.WAREHOUSE)))
+    async with serving(create_app(settings, db_pool, signer=sign_as_agent)) as api:
+        s = new_shipment(seed)
+        for xml in legs(s).values():
+            assert (await api.post_xml(xml)).status == 202
+        yield api, s
+
+
 def _warehouse_callback(order_id: str, reference: dict[str, Any], status: str, minute: int, /,
                         **changes: Any) -> dict[str, Any]:  # fmt: skip
     """A callback of adapters/warehouse.py's contract at minute ``minute`` of an hour; ``changes`` replace fields."""
@@ -785,12 +800,7 @@ async def test_a_warehouse_reports_its_orders_and_the_shipment_shows_their_furth
     gateway holds is kept and says so; a bad one is a 422; a warehouse key does nothing else, and no other key but
     an admin's posts callbacks."""
     warehouse_key = WAREHOUSE_KEY
-    settings = apiutil.test_settings()
-    settings = settings.with_overrides(api_keys=(*settings.api_keys, ApiKey("wms", warehouse_key, Role.WAREHOUSE)))
-    async with serving(create_app(settings, db_pool, signer=sign_as_agent)) as api:
-        s = new_shipment(41)
-        for xml in legs(s).values():
-            assert (await api.post_xml(xml)).status == 202
+    async with _with_a_warehouse(db_pool, 41) as (api, s):
         inventory = s.inventory["documents"][0]
         reference = {"messageType": "CEB621", "guid": inventory["guid"], "orderNo": inventory["orderNo"],
                      "ebpCode": inventory["ebpCode"]}  # fmt: skip
@@ -845,12 +855,7 @@ async def test_operators_list_the_warehouse_callbacks_no_shipment_shows(db_pool:
     linked=false those placed on no document, each saying why — its reference names no document the gateway holds, or
     one whose order the gateway gave another orderId; filters by warehouse key, orderId, status and time; a bad filter
     is a 400, and no other key lists them."""
-    settings = apiutil.test_settings()
-    settings = settings.with_overrides(api_keys=(*settings.api_keys, ApiKey("wms", WAREHOUSE_KEY, Role.WAREHOUSE)))
-    async with serving(create_app(settings, db_pool, signer=sign_as_agent)) as api:
-        s = new_shipment(42)
-        for xml in legs(s).values():
-            assert (await api.post_xml(xml)).status == 202
+    async with _with_a_warehouse(db_pool, 42) as (api, s):
         ours = warehouse.order_id(s.inventory["guid"], 1)
         held = {"messageType": "CEB621", "guid": s.inventory["documents"][0]["guid"]}
         sent = [

@@ -488,6 +488,24 @@ class _OtherProcesses:
 
 
 
+
+def _reloading(
+    running: Settings, configured: list[Settings], others: _OtherProcesses
+) -> tuple[web.Application, server.Signatures, server.KeyReload]:
+    """The first process's reload, its pipeline holding the signatures read from ``running``'s files, the other API
+    processes stood in for by ``others``; the configuration read again is ``configured[-1]``."""
+    from gateway.api import PIPELINE
+    from gateway.pipeline import Pipeline
+    from gateway.schema import SchemaSet
+
+    app = web.Application()
+    app[PIPELINE] = Pipeline(cast(SchemaSet, None))  # nothing is checked here: the reload only puts its signer in it
+    signatures = server.Signatures.from_settings(running)
+    signatures.put_in(app)
+    reload = server.KeyReload(lambda: configured[-1], running, KeyRing(running.api_keys), running.api_keys, (),
+                              cast(ApiProcesses, others), app, signatures)  # fmt: skip
+    return app, signatures, reload
+
 class _RenewedForwarding:
     """Stands in for the first process's Forwarding in a reload: the webhooks put in it (none when ``endpoint`` is
     False: no webhook endpoint was configured at start)."""
@@ -558,20 +576,13 @@ async def test_a_key_reload_during_a_half_done_renewal_hands_the_other_processes
     other API processes are started again for the key, and handed the signing key in force — they do not read the
     half-renewed files, so they start and sign as the first process does."""
     from gateway.api import PIPELINE
-    from gateway.pipeline import Pipeline
-    from gateway.schema import SchemaSet
 
     key_file, cert_file, key_pem, cert_pem = _agent_files(tmp_path, "agent", days=30)
     running = apiutil.test_settings(data_dir=tmp_path, signing_key_file=key_file, signing_cert_file=cert_file)
     added = ApiKey("seller-new", "k-seller-new-" + "n" * 20, Role.SUBMITTER, frozenset({"E9"}))
     configured = [dataclasses.replace(running, api_keys=(*running.api_keys, added))]
-    app = web.Application()
-    app[PIPELINE] = Pipeline(cast(SchemaSet, None))
-    signatures = server.Signatures.from_settings(running)
-    signatures.put_in(app)
     others = _OtherProcesses(running)
-    reload = server.KeyReload(lambda: configured[-1], running, KeyRing(running.api_keys), running.api_keys, (),
-                              cast(ApiProcesses, others), app, signatures)  # fmt: skip
+    app, signatures, reload = _reloading(running, configured, others)
     key_file.write_bytes(generate_test_key("rsa", "agent renewed", days=400)[0])  # its certificate not yet
     reload()
     await asyncio.gather(*reload.renewals)
@@ -584,14 +595,13 @@ async def test_a_key_reload_during_a_half_done_renewal_hands_the_other_processes
     assert again.signer.backend.certificate_der == signatures.signer.backend.certificate_der
     assert (again.agent_code, again.verify, again.trusted) == (handed.agent_code, handed.verify, handed.trusted)
 
+
 async def test_a_reload_that_removes_the_trusted_certificates_renews_the_other_processes_without_them(
     tmp_path: Path,
 ) -> None:
     """Signatures verified against any certificate again (trusted_certs removed from the configuration): the other
     API processes are started again without the pin, not with the one they had."""
     from gateway.api import PIPELINE
-    from gateway.pipeline import Pipeline
-    from gateway.schema import SchemaSet
 
     key_file, cert_file, _, cert_pem = _agent_files(tmp_path, "agent", days=30)
     bundle = tmp_path / "trusted.pem"
@@ -599,13 +609,8 @@ async def test_a_reload_that_removes_the_trusted_certificates_renews_the_other_p
     running = apiutil.test_settings(data_dir=tmp_path, signing_key_file=key_file, signing_cert_file=cert_file,
                                     verify_signatures=True, trusted_certs=bundle)  # fmt: skip
     configured = [running, dataclasses.replace(running, trusted_certs=None)]
-    app = web.Application()
-    app[PIPELINE] = Pipeline(cast(SchemaSet, None))
-    signatures = server.Signatures.from_settings(running)
-    signatures.put_in(app)
     others = _OtherProcesses(running)
-    reload = server.KeyReload(lambda: configured[-1], running, KeyRing(running.api_keys), running.api_keys, (),
-                              cast(ApiProcesses, others), app, signatures)  # fmt: skip
+    app, _, reload = _reloading(running, configured, others)
     reload()
     await asyncio.gather(*reload.renewals)
     [(renewed, _)] = others.renewals
@@ -618,19 +623,12 @@ async def test_a_reload_gives_the_other_api_processes_the_renewed_signatures(tmp
     reload that finds the signing key or the trusted certificates changed starts them again with those settings (the
     API keys and their shared rates as they were); one that finds the same files with the same contents does not."""
     from gateway.api import PIPELINE
-    from gateway.pipeline import Pipeline
-    from gateway.schema import SchemaSet
 
     key_file, cert_file, _, _ = _agent_files(tmp_path, "agent", days=30)
     running = apiutil.test_settings(data_dir=tmp_path, signing_key_file=key_file, signing_cert_file=cert_file)
     configured = [running]
-    app = web.Application()
-    app[PIPELINE] = Pipeline(cast(SchemaSet, None))  # nothing is checked here: the reload only puts its signer in it
-    signatures = server.Signatures.from_settings(running)
-    signatures.put_in(app)
     others = _OtherProcesses(running.with_overrides(port=8123, database_url="postgresql://first/db"))
-    reload = server.KeyReload(lambda: configured[-1], running, KeyRing(running.api_keys), running.api_keys, (),
-                              cast(ApiProcesses, others), app, signatures)  # fmt: skip
+    app, _, reload = _reloading(running, configured, others)
 
     async def reloaded() -> list[tuple[Settings, Any]]:
         reload()
