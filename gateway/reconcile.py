@@ -45,7 +45,10 @@ What is compared (spec §6.2–6.4; single-document rules such as R1, R4, R10's 
   (blocking); buyer = payer, order buyerName + buyerIdNumber = payment payerName + payerIdNumber
   (§6.4 high, blocking); inventory buyerName + buyerIdNumber = order's (blocking: the annual quota
   is booked against the inventory's buyer); inventory buyerTelephone = order's (warning). ID numbers
-  compare case-insensitively (the check character ``X`` is written either way).
+  compare case-insensitively (the check character ``X`` is written either way). An ID number (idType 1, 身份证)
+  that is no GB 11643 citizen ID number — 18 characters, its check character the one its 17 digits give — is a
+  warning ``recon.id_number_invalid`` on the first leg carrying it: customs' identity check (实名认证) cannot pass
+  it, and a mistyped digit shows here before customs answers; a warning only, as the spec states no such rule.
 * lines (R8): gnum one-to-one between order and inventory (blocking); per gnum qty (exact, no
   rounding), unit, totalPrice (money) and itemName when the inventory carries it (blocking); origin
   country (warning). ``gname`` is the customs goods name and legitimately differs from the
@@ -100,6 +103,10 @@ CODES: dict[str, str] = {
     "recon.buyer_payer_mismatch": "order buyerName or buyerIdNumber differs from payment payerName or payerIdNumber",
     "recon.inventory_buyer_mismatch": "inventory buyerName or buyerIdNumber differs from the order's",
     "recon.inventory_buyer_telephone_mismatch": "warning: inventory buyerTelephone differs from the order's",
+    "recon.id_number_invalid": (
+        "warning: an order's or inventory's buyerIdNumber, or a payment's payerIdNumber, is no citizen ID number by "
+        "GB 11643 (18 characters; the check character its 17 digits give): customs' identity check cannot pass it"
+    ),
     "recon.gnum_unmatched": "an order or inventory line has no line with the same gnum on the other side (R8)",
     "recon.line_qty_mismatch": "inventory line qty differs from the order line with the same gnum",
     "recon.line_unit_mismatch": "inventory line unit differs from the order line with the same gnum",
@@ -134,6 +141,7 @@ NON_BLOCKING: frozenset[str] = frozenset(
         "recon.freight_mismatch",
         "recon.insured_fee_mismatch",
         "recon.inventory_buyer_telephone_mismatch",
+        "recon.id_number_invalid",
         "recon.line_country_mismatch",
         "recon.waybill_ambiguous",
         "recon.charge_mismatch",
@@ -305,11 +313,42 @@ def _compare_import(shipment: Shipment, f: _Findings) -> None:
     if order and payment:
         f.text("recon.buyer_payer_mismatch", order, "buyerName", payment, "payerName")
         f.text("recon.buyer_payer_mismatch", order, "buyerIdNumber", payment, "payerIdNumber", fold_case=True)
+    _id_numbers(((order, "buyerIdNumber"), (payment, "payerIdNumber"), (inventory, "buyerIdNumber")), f)
     if order and inventory:
         f.text("recon.inventory_buyer_mismatch", order, "buyerName", inventory, "buyerName")
         f.text("recon.inventory_buyer_mismatch", order, "buyerIdNumber", inventory, "buyerIdNumber", fold_case=True)
         f.text("recon.inventory_buyer_telephone_mismatch", order, "buyerTelephone", inventory, "buyerTelephone")
         _compare_lines(order, inventory, f)
+
+
+#: GB 11643 (公民身份号码): the weights of the 17 digits, and the check character of their weighted sum mod 11.
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+
+
+def id_number_problem(number: str) -> str | None:
+    """What makes ``number`` no citizen ID number by GB 11643 alone (its form and check character), None when nothing
+    does: whether such a person exists is customs' identity check to say."""
+    n = number.strip()
+    if len(n) != 18 or not n[:17].isdigit() or not (n[17].isdigit() or n[17] in "xX"):
+        return "is not an 18-character citizen ID number (17 digits and a check digit or X)"
+    expected = _ID_CHECK[sum(int(d) * w for d, w in zip(n[:17], _ID_WEIGHTS, strict=True)) % 11]
+    if n[17].upper() != expected:
+        return f"ends in {n[17]}, where its first 17 digits give the check character {expected} (GB 11643)"
+    return None
+
+
+def _id_numbers(fields: Iterable[tuple[Document | None, str]], f: _Findings) -> None:
+    """``recon.id_number_invalid`` for each distinct ID number of the legs that is none, on the first leg with it."""
+    seen: set[str] = set()
+    for doc, name in fields:
+        value = (doc.head.get(name) or "").strip() if doc is not None else ""
+        if doc is None or not value or value.upper() in seen:
+            continue
+        seen.add(value.upper())
+        if (problem := id_number_problem(value)) is not None:
+            f.add("recon.id_number_invalid", name, f"{name} {value} {problem}: customs' identity check cannot pass it "
+                  "(mistyped?)", _side(doc, name), None)  # fmt: skip
 
 
 #: The export comparisons as data: (left leg, right leg, code, fields compared as text on both sides), each applied

@@ -209,14 +209,14 @@ CASES: list[tuple[Kind, int | None, str, str, str, tuple[str, str], tuple[str, s
      (f"{WAY}/LogisticsHead/consigneeAddress", "北京市朝阳区建国路88号")),
     (Kind.PAYMENT, HEAD, "payerName", "李华", "recon.buyer_payer_mismatch",
      (f"{ORD}/OrderHead/buyerName", "张小明"), (f"{PAY}/PaymentHead/payerName", "李华")),
-    (Kind.PAYMENT, HEAD, "payerIdNumber", "110105199001011234", "recon.buyer_payer_mismatch",
+    (Kind.PAYMENT, HEAD, "payerIdNumber", "110105199001011232", "recon.buyer_payer_mismatch",
      (f"{ORD}/OrderHead/buyerIdNumber", "11010519491231002X"),
-     (f"{PAY}/PaymentHead/payerIdNumber", "110105199001011234")),
+     (f"{PAY}/PaymentHead/payerIdNumber", "110105199001011232")),
     (Kind.INVENTORY, HEAD, "buyerName", "李华", "recon.inventory_buyer_mismatch",
      (f"{ORD}/OrderHead/buyerName", "张小明"), (f"{INV}/InventoryHead/buyerName", "李华")),
-    (Kind.INVENTORY, HEAD, "buyerIdNumber", "110105199001011234", "recon.inventory_buyer_mismatch",
+    (Kind.INVENTORY, HEAD, "buyerIdNumber", "110105199001011232", "recon.inventory_buyer_mismatch",
      (f"{ORD}/OrderHead/buyerIdNumber", "11010519491231002X"),
-     (f"{INV}/InventoryHead/buyerIdNumber", "110105199001011234")),
+     (f"{INV}/InventoryHead/buyerIdNumber", "110105199001011232")),
     (Kind.INVENTORY, HEAD, "buyerTelephone", "13900139000", "recon.inventory_buyer_telephone_mismatch",
      (f"{ORD}/OrderHead/buyerTelephone", "13800138000"), (f"{INV}/InventoryHead/buyerTelephone", "13900139000")),
     # lines (gnum 2 = the second line)
@@ -419,6 +419,34 @@ def test_warnings_do_not_block() -> None:
     assert outcome.state is ShipmentState.INCOMPLETE and outcome.missing == (Kind.PAYMENT,)
     assert len(outcome.findings) == 2
 
+
+
+def test_an_id_number_that_is_no_citizen_id_is_a_warning_on_the_first_leg_carrying_it() -> None:
+    """GB 11643: 18 characters, the last the check character of the 17 digits (X in either case). A mistyped number
+    is one warning, on the first leg that carries it (the order), however many legs repeat it; a payer's other wrong
+    number is its own warning beside the blocking buyer/payer mismatch; the shipment stays matched otherwise."""
+    from gateway.reconcile import id_number_problem
+
+    assert id_number_problem("11010519491231002X") is None and id_number_problem("11010519491231002x") is None
+    assert "check character X" in (id_number_problem("110105194912310021") or "")
+    assert "18-character" in (id_number_problem("1101051949123100") or "")
+    assert "18-character" in (id_number_problem("11010519491231002Y") or "")
+    base = make_shipment()
+    assert base.order is not None and base.payment is not None and base.inventory is not None
+    wrong = "110105194912310021"  # the test buyer's number with its check character mistyped
+    legs = {"order": changed(base.order, buyerIdNumber=wrong), "payment": changed(base.payment, payerIdNumber=wrong),
+            "inventory": changed(base.inventory, buyerIdNumber=wrong)}  # fmt: skip
+    outcome = reconcile(dataclasses.replace(base, **legs))
+    assert outcome.state is ShipmentState.MATCHED
+    finding = only(outcome)
+    assert (finding.code, finding.field, finding.blocking) == ("recon.id_number_invalid", "buyerIdNumber", False)
+    assert finding.left == Side("CEB311", ORDER_GUID, f"{ORD}/OrderHead/buyerIdNumber", wrong)
+    assert "check character X (GB 11643)" in finding.message and "mistyped" in finding.message
+    other = "11010519491231002"  # one character short, on the payment alone
+    outcome = reconcile(with_leg(base, Kind.PAYMENT, changed(base.payment, payerIdNumber=other)))
+    assert outcome.state is ShipmentState.MISMATCHED
+    assert sorted((f.code, f.left.doc if f.left else None) for f in outcome.findings) == [
+        ("recon.buyer_payer_mismatch", "CEB311"), ("recon.id_number_invalid", "CEB411")]  # fmt: skip
 
 def test_correcting_the_leg_returns_to_matched() -> None:
     base = make_shipment()

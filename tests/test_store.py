@@ -44,7 +44,7 @@ def order_head(order_no: str, **kw: str) -> dict[str, str]:
         "orderNo": order_no, "ebpCode": EBP, "ebpName": "Platform", "ebcCode": EBC, "ebcName": "Seller",
         "goodsValue": "100", "freight": "10", "discount": "0", "taxTotal": "0", "acturalPaid": "110",
         "currency": "142", "buyerRegNo": "u1", "buyerName": "张三", "buyerTelephone": "13800000000",
-        "buyerIdType": "1", "buyerIdNumber": "110101199001011234", "payCode": PAY, "payName": "Pay",
+        "buyerIdType": "1", "buyerIdNumber": "110101199001011237", "payCode": PAY, "payName": "Pay",
         "payTransactionId": f"TX-{order_no}", "consignee": "张三", "consigneeTelephone": "13800000000",
         "consigneeAddress": "北京市东城区1号",
     }  # fmt: skip
@@ -62,7 +62,7 @@ def payment_head(order_no: str, **kw: str) -> dict[str, str]:
     h = {
         "guid": f"PAY-{order_no}", "appType": "1", "appTime": T0, "appStatus": "2", "payCode": PAY,
         "payName": "Pay", "payTransactionId": f"TX-{order_no}", "orderNo": order_no, "ebpCode": EBP,
-        "ebpName": "Platform", "payerIdType": "1", "payerIdNumber": "110101199001011234", "payerName": "张三",
+        "ebpName": "Platform", "payerIdType": "1", "payerIdNumber": "110101199001011237", "payerName": "张三",
         "amountPaid": "110", "currency": "142", "payTime": T0,
     }  # fmt: skip
     h.update(kw)
@@ -86,7 +86,7 @@ def inventory_head(order_no: str, **kw: str) -> dict[str, str]:
         "ebpCode": EBP, "ebpName": "Platform", "ebcCode": EBC, "ebcName": "Seller", "logisticsNo": f"LN-{order_no}",
         "logisticsCode": LOG, "logisticsName": "Carrier", "copNo": "C1", "assureCode": EBC, "ieFlag": "I",
         "declTime": "20250301", "customsCode": "2244", "portCode": "2244", "buyerIdType": "1",
-        "buyerIdNumber": "110101199001011234", "buyerName": "张三", "buyerTelephone": "13800000000",
+        "buyerIdNumber": "110101199001011237", "buyerName": "张三", "buyerTelephone": "13800000000",
         "consigneeAddress": "北京市东城区1号", "agentCode": AGENT, "agentName": "Agent", "tradeMode": "1210",
         "trafMode": "Y", "country": "142", "freight": "10", "insuredFee": "0", "currency": "142", "packNo": "1",
         "grossWeight": "0.5", "netWeight": "0.4",
