@@ -77,6 +77,8 @@ format itself); an empty or absent value on either side is not compared.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -326,13 +328,14 @@ _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
 
 
+@functools.lru_cache(maxsize=4096)  # a shipment is reconciled again as each leg comes, its number with it
 def id_number_problem(number: str) -> str | None:
     """What makes ``number`` no citizen ID number by GB 11643 alone (its form and check character), None when nothing
     does: whether such a person exists is customs' identity check to say."""
     n = number.strip()
     if len(n) != 18 or not n[:17].isdigit() or not (n[17].isdigit() or n[17] in "xX"):
         return "is not an 18-character citizen ID number (17 digits and a check digit or X)"
-    expected = _ID_CHECK[sum(int(d) * w for d, w in zip(n[:17], _ID_WEIGHTS, strict=True)) % 11]
+    expected = _ID_CHECK[sum(map(operator.mul, map(int, n[:17]), _ID_WEIGHTS)) % 11]
     if n[17].upper() != expected:
         return f"ends in {n[17]}, where its first 17 digits give the check character {expected} (GB 11643)"
     return None
