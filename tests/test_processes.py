@@ -410,6 +410,62 @@ def _agent_files(folder: Path, name: str, days: int) -> tuple[Path, Path, bytes,
     return key_file, cert_file, key_pem, cert_pem
 
 
+
+@pytest.mark.db
+async def test_sighup_puts_a_rotated_webhook_secret_in_force_in_cbec_serve(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cbec serve` with its sandbox and a seller's webhook: a shipment released is told to the seller signed with its
+    secret; the secret rotated in the configuration, then SIGHUP: the next shipment's release is signed with the new
+    one — no restart, and the log names the seller, not the secret."""
+    from adapters.webhook import verify_signature
+    from gateway.sandbox.recorder import start_recorder
+    from tests.forwardutil import legs, shipment
+
+    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)  # capture_logs sees serve's lines
+    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
+    recorder = await start_recorder()
+    ships = [shipment(71), shipment(72)]
+    hook = WebhookSettings("seller-a", frozenset(s.order_doc["ebcCode"] for s in ships), recorder.url + "/hook", "one")
+    fwd = ForwardingSettings(webhooks=(hook,), sandbox_port=0, sandbox_receipt_delay_s=0.005, worker_poll_s=0.05)
+    settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json", forwarding=fwd)
+    configured = [settings]
+    ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
+    with capture_logs() as logged:
+        serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info,
+                                            reload=lambda: configured[-1]))  # fmt: skip
+        try:
+            await asyncio.wait_for(ready.wait(), 60)
+            async with aiohttp.ClientSession(headers={"X-API-Key": apiutil.ADMIN}) as session:
+
+                async def released(s: Any) -> Any:
+                    for payload in legs(s):
+                        body = json.loads(json.dumps(payload, default=str))
+                        async with session.post(info["url"] + "/v1/messages", json=body) as resp:
+                            assert resp.status == 202, await resp.text()
+                    order_no = s.order_doc["orderNo"].encode()
+                    [told] = await recorder.wait_for(1, timeout=30, where=lambda r: order_no in r.body
+                                                     and b'"released"' in r.body)  # fmt: skip
+                    return told
+
+                def signed_with(secret: str, r: Any) -> bool:
+                    return verify_signature(secret, r.body, r.headers["X-CBEC-Signature"],
+                                            timestamp=r.headers["X-CBEC-Timestamp"])  # fmt: skip
+
+                assert signed_with("one", await released(ships[0]))
+                rotated = dataclasses.replace(fwd, webhooks=(dataclasses.replace(hook, secret="two"),))
+                configured.append(dataclasses.replace(settings, forwarding=rotated))
+                os.kill(os.getpid(), signal.SIGHUP)
+                await wait_for(_said(logged, "webhooks_reloaded"), what="the rotated secret in force")
+                second = await released(ships[1])
+                assert signed_with("two", second) and not signed_with("one", second)
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, 60)
+            await recorder.stop()
+    [reloaded] = [r for r in logged if r["event"] == "webhooks_reloaded"]
+    assert reloaded["changed"] == ["seller-a"] and "settings_need_restart" not in {r["event"] for r in logged}
+
 @pytest.mark.db
 async def test_sighup_puts_a_renewed_signing_key_in_force_without_a_restart(
     db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
