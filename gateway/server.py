@@ -146,17 +146,9 @@ def pem_signer(pem: SigningPem) -> signing.Signer:
     return signing.Signer(backend)
 
 
-def agent_signer(settings: Settings) -> signing.Signer:
-    """The signer for JSON-submitted CEB621s: the configured key, else a local TEST key. A certificate expired, or
-    expiring within signing.EXPIRY_WARNING, is logged (and /metrics shows its expiry at every scrape): customs
-    refuses what an expired one signs."""
-    pem, cert_file = signing_pem(settings)
-    signer = pem_signer(pem)
-    _log_expiry(signer, cert_file)
-    return signer
-
-
 def _log_expiry(signer: signing.Signer, cert_file: Path) -> None:
+    """A certificate expired, or expiring within signing.EXPIRY_WARNING, is logged (and /metrics shows its expiry at
+    every scrape): customs refuses what an expired one signs."""
     until = signer.valid_until
     left = until - datetime.now(UTC)
     if left <= timedelta(0):
@@ -225,7 +217,8 @@ class Signatures:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Signatures:
-        """Reads the key, its certificate and the trusted certificates from their files (OSError, ValueError)."""
+        """Reads the key, its certificate and the trusted certificates from their files (OSError, ValueError): the
+        configured key, else a local TEST key (signing_pem); its certificate's end logged when near or past."""
         trusted = tuple(signing.read_certificates(settings.trusted_certs)) if settings.trusted_certs else None
         pem, cert_file = signing_pem(settings)
         signer = pem_signer(pem)

@@ -576,7 +576,7 @@ def test_the_gateway_says_when_its_own_signing_certificate_expires(
             # a fresh logger: the module's may have been bound and cached by an earlier test's configuration, which
             # capture_logs does not reach
             monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
-            signer = server.agent_signer(settings)
+            signer = server.Signatures.from_settings(settings).signer
         assert signer.valid_until == until
         found = [(r["event"], r["log_level"]) for r in logged if r["event"].startswith("signing_certificate")]
         assert found == ([(event, level)] if event else []), logged
