@@ -488,15 +488,17 @@ async def list_warehouse_callbacks(request: web.Request) -> web.Response:
         since, until, limit = _page_query(q)
         if q.get("linked", "") not in ("", *_LINKED):
             raise ValueError(f"linked must be true or false, found {q['linked']!r}")
-        if q.get("status") and q["status"] not in warehouse.CALLBACK_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(warehouse.CALLBACK_STATUSES)}, found {q['status']!r}")
+        statuses = [x.strip() for x in q.get("status", "").split(",") if x.strip()]
+        if unknown := [x for x in statuses if x not in warehouse.CALLBACK_STATUSES]:
+            raise ValueError(f"status must be one of {', '.join(warehouse.CALLBACK_STATUSES)} (or several, separated "
+                             f"by commas), found {unknown[0]!r}")  # fmt: skip
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
     try:
         async with request.app[POOL].acquire() as conn:
             page = await read_warehouse_callbacks(
                 conn, linked=_LINKED.get(q.get("linked", "")), submitter=q.get("submitter") or None,
-                order_id=q.get("order_id") or None, status=q.get("status") or None, since=since, until=until,
+                order_id=q.get("order_id") or None, statuses=statuses or None, since=since, until=until,
                 limit=limit, cursor=q.get("cursor") or None,
             )  # fmt: skip
     except ValueError as exc:  # a cursor that is not one of ours

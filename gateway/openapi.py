@@ -289,7 +289,8 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "The warehouses' callbacks as they came, newest first (keyset pages; operator / admin), "
                 "each {id, received_at, submitter, order_id, warehouse_order_no, direction, status, reason, "
-                "occurred_at, reference, linked, unlinked_because}: linked=false lists those no shipment shows, "
+                "occurred_at, reference, linked, unlinked_because, ebpCode, orderNo}: linked=false lists those no "
+                "shipment shows, "
                 "unlinked_because unknown_reference (no document the gateway holds) or order_id_not_ours (a "
                 "document the gateway holds, whose order has another orderId)",
                 "parameters": [
@@ -298,7 +299,8 @@ OPENAPI: dict[str, Any] = {
                         ("linked", "true or false (absent: both)"),
                         ("submitter", "the name of the warehouse's key"),
                         ("order_id", "the orderId a callback names"),
-                        ("status", "accepted, received, picked, shipped, delivered, rejected or cancelled"),
+                        ("status", "accepted, received, picked, shipped, delivered, rejected or cancelled; several "
+                                   "separated by commas"),
                         ("since", "ISO 8601 time, received at or after"),
                         ("until", "ISO 8601 time, received before"),
                         ("limit", "1..500, default 50"),

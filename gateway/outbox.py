@@ -587,19 +587,22 @@ SELECT e.doc_guid, e.message_type, e.order_id, e.warehouse_order_no, e.direction
  ORDER BY e.doc_guid, e.order_id, e.id
 """
 #: A page of the warehouses' callbacks as they came, newest first: $2 of those with an id below $1; $3 a warehouse key's
-#: name, $4 orderId, $5 status, $6 since (inclusive) and $7 until (exclusive) received_at, each NULL for none. With it,
-#: whether an unlinked callback's reference names a document the gateway holds (then its orderId is not the one the
-#: gateway gave the order made from it). The unlinked alone (LIST_WAREHOUSE_CALLBACKS_UNLINKED) by their own index.
+#: name, $4 orderId, $5 statuses, $6 since (inclusive) and $7 until (exclusive) received_at, each NULL for none. With
+#: it, the shipment of a linked one's document, and whether an unlinked one's reference names a document the gateway
+#: holds (then its orderId is not the one the gateway gave the order made from it). The unlinked alone
+#: (LIST_WAREHOUSE_CALLBACKS_UNLINKED) by their own index.
 _WAREHOUSE_CALLBACK_PAGE = """
 SELECT e.id, e.received_at, e.submitter, e.order_id, e.warehouse_order_no, e.direction, e.status, e.reason,
-       e.occurred_at, e.message_type, e.doc_guid, e.reference,
+       e.occurred_at, e.message_type, e.doc_guid, e.reference, s.ebp_code, s.order_no,
        e.doc_guid IS NULL AND EXISTS (SELECT 1 FROM documents AS d WHERE d.doc_guid = e.reference ->> 'guid'
                                           AND d.message_type = e.message_type) AS reference_held
   FROM warehouse_events AS e
+  LEFT JOIN LATERAL (SELECT d.ebp_code, d.order_no FROM documents AS d
+                      WHERE d.doc_guid = e.doc_guid AND d.message_type = e.message_type LIMIT 1) AS s ON true
  WHERE e.id < $1 {linked}
    AND ($3::text IS NULL OR e.submitter = $3)
    AND ($4::text IS NULL OR e.order_id = $4)
-   AND ($5::text IS NULL OR e.status = $5)
+   AND ($5::text[] IS NULL OR e.status = ANY ($5::text[]))
    AND ($6::timestamptz IS NULL OR e.received_at >= $6)
    AND ($7::timestamptz IS NULL OR e.received_at < $7)
  ORDER BY e.id DESC LIMIT $2
@@ -1504,7 +1507,7 @@ async def read_warehouse_callbacks(
     linked: bool | None = None,
     submitter: str | None = None,
     order_id: str | None = None,
-    status: str | None = None,
+    statuses: Sequence[str] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 50,
@@ -1512,7 +1515,8 @@ async def read_warehouse_callbacks(
 ) -> dict[str, Any]:
     """A page of the warehouses' callbacks, newest first (the API's GET /v1/warehouse/callbacks and the console's):
     ``linked`` False for those placed on no document — an order the gateway did not make, or a reference it does not
-    hold — which no shipment shows. ``next_cursor`` is None on the last page; a malformed cursor raises ValueError."""
+    hold — which no shipment shows; ``statuses`` those reporting one of them (``rejected``, ``cancelled``: orders the
+    warehouse will not ship). ``next_cursor`` is None on the last page; a malformed cursor raises ValueError."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
     before = db.row_id(cursor) if cursor else 2**63 - 1
@@ -1520,7 +1524,8 @@ async def read_warehouse_callbacks(
         raise ValueError("not a cursor of GET /v1/warehouse/callbacks")
     sql = {None: LIST_WAREHOUSE_CALLBACKS, True: LIST_WAREHOUSE_CALLBACKS_LINKED,
            False: LIST_WAREHOUSE_CALLBACKS_UNLINKED}[linked]  # fmt: skip
-    rows = await conn.fetch(sql, before, limit + 1, submitter, order_id, status, since, until)
+    rows = await conn.fetch(sql, before, limit + 1, submitter, order_id, list(statuses) if statuses else None, since,
+                            until)  # fmt: skip
     more = len(rows) > limit
     rows = rows[:limit]
     return {"items": [_warehouse_callback_dict(r) for r in rows], "next_cursor": str(rows[-1]["id"]) if more else None}
@@ -1540,6 +1545,9 @@ def _warehouse_callback_dict(r: asyncpg.Record) -> dict[str, Any]:
         "occurred_at": r["occurred_at"],
         "reference": r["reference"],
         "linked": linked,
+        # the shipment of the document its order was made from (a linked one's; a delivery's document has none)
+        "ebpCode": r["ebp_code"],
+        "orderNo": r["order_no"],
         # why no shipment shows it: its reference names no document the gateway holds, or one the gateway made
         # another order from (a mistyped or foreign orderId)
         "unlinked_because": None if linked else ("order_id_not_ours" if r["reference_held"] else "unknown_reference"),

@@ -885,19 +885,23 @@ async def test_operators_list_the_warehouse_callbacks_no_shipment_shows(db_pool:
         assert unlinked[1]["occurred_at"] == "2026-12-06T10:02:00+08:00"
         linked = (await api.get("/v1/warehouse/callbacks?linked=true", key=ADMIN)).body["items"]
         assert [(c["status"], c["unlinked_because"]) for c in linked] == [("shipped", None), ("accepted", None)]
+        # a linked one names the shipment of the document its order was made from; an unlinked one none
+        assert {(c["ebpCode"], c["orderNo"]) for c in linked} == {(s.order_doc["ebpCode"], s.order_doc["orderNo"])}
+        assert {(c["ebpCode"], c["orderNo"]) for c in unlinked} == {(None, None)}
 
         first = await api.get("/v1/warehouse/callbacks?limit=3", key=OPERATOR)
         assert len(first.body["items"]) == 3 and first.body["next_cursor"]
         rest = await api.get(f"/v1/warehouse/callbacks?limit=3&cursor={first.body['next_cursor']}", key=OPERATOR)
         assert [c["id"] for c in first.body["items"] + rest.body["items"]] == [c["id"] for c in every.body["items"]]
         for query, expected in (("order_id=ORDER-X", ["ORDER-X"]), ("status=shipped", [ours]),
+                                ("status=shipped,delivered", [ours, sent[2][0]]),
                                 ("submitter=wms&status=delivered", [sent[2][0]]), ("submitter=other", []),
                                 ("since=2999-01-01T00:00:00Z", []), ("until=2999-01-01T00:00:00Z", [c[0] for c in
                                                                                                     sent[::-1]])):
             page = await api.get(f"/v1/warehouse/callbacks?{query}", key=OPERATOR)
             assert [c["order_id"] for c in page.body["items"]] == expected, query
 
-        for query in ("linked=maybe", "status=lost", "cursor=abc", "since=yesterday", "limit=x"):
+        for query in ("linked=maybe", "status=lost", "status=shipped,lost", "cursor=abc", "since=yesterday", "limit=x"):
             bad = await api.get(f"/v1/warehouse/callbacks?{query}", key=OPERATOR)
             assert bad.status == 400, query
         assert "linked must be true or false" in (await api.get("/v1/warehouse/callbacks?linked=maybe",

@@ -388,12 +388,13 @@ async def test_an_open_shipment_page_shows_a_warehouse_callback_as_it_comes(brow
     assert errors == []
 
 
-async def test_a_warehouse_callback_placed_on_no_shipment_shows_in_its_panel_as_it_comes(
+async def test_the_warehouse_panel_shows_callbacks_on_no_shipment_and_refused_orders_as_they_come(
     browser: Browser, site: Site
 ) -> None:
-    """A callback no shipment shows — its reference names no document the gateway holds, or its orderId is not the
-    one the gateway gave that document's order — appears live in its own panel, with the warehouse, the order, the
-    status and why it was placed nowhere."""
+    """The callbacks that need a look appear live in the warehouse panel: one no shipment shows — its reference names
+    no document the gateway holds, or its orderId is not the one the gateway gave that document's order — with the
+    warehouse, the order, the status and why; and, in the panel's other view, an order the warehouse refused, with a
+    link to its shipment."""
     errors: list[str] = []
     async with asyncio.timeout(60):
         s = new_shipment(433)
@@ -402,24 +403,34 @@ async def test_a_warehouse_callback_placed_on_no_shipment_shows_in_its_panel_as_
         await page.evaluate("window.__noReload = 'still here'")
         inventory = s.inventory_doc
 
-        async def callback(order_id: str, guid: str) -> None:
+        async def callback(order_id: str, guid: str, status: str = "picked", linked: bool = False) -> None:
             body = {"schema": "cbec.warehouse-callback.v1", "orderId": order_id, "warehouseOrderNo": "WH-LOST-1",
-                    "direction": "outbound", "status": "picked", "reason": None,
-                    "occurredAt": "2026-12-06T10:00:00+08:00", "reference": {"messageType": "CEB621", "guid": guid}}
+                    "direction": "outbound", "status": status, "reason": "no stock 无库存" if status == "rejected"
+                    else None, "occurredAt": "2026-12-06T10:00:00+08:00",
+                    "reference": {"messageType": "CEB621", "guid": guid}}  # fmt: skip
             reply = await site.api.request("POST", "/v1/warehouse/callbacks", json_body=body)
-            assert reply.status == 200 and not reply.body["linked"], reply.body
+            assert reply.status == 200 and reply.body["linked"] is linked, reply.body
 
         await callback("ORDER-NOWHERE-1", "no-such-document")
-        row = page.locator("#unlinked-table tbody tr").first
+        row = page.locator("#warehouse-table tbody tr").first
         await expect(row).to_contain_text("ORDER-NOWHERE-1")
         text = await row.inner_text()
         assert "picked 已拣货" in text and "WH-LOST-1" in text and "no-such-document" in text, text
         assert "names no document the gateway holds" in text, text
-        await expect(page.locator("#unlinked-empty")).to_be_hidden()
+        await expect(page.locator("#warehouse-empty")).to_be_hidden()
         await callback(warehouse.order_id(s.order["guid"], 1), inventory["guid"])  # a document held, another order
         await expect(row).to_contain_text("not the orderId the gateway gave")
+        await page.locator("#warehouse-panel").screenshot(path=shot("browser-unlinked-callbacks.png"))
+
+        await page.click("[data-warehouse-view=refused]")
+        await expect(page.locator("[data-warehouse-view=refused]")).to_have_attribute("aria-pressed", "true")
+        await callback(warehouse.order_id(s.inventory["guid"], 1), inventory["guid"], "rejected", linked=True)
+        await expect(row).to_contain_text("rejected 已拒绝")
+        text = await row.inner_text()
+        assert "no stock 无库存" in text and "ORDER-NOWHERE-1" not in text, text
         assert await page.evaluate("window.__noReload") == "still here"
-        await page.locator("#unlinked-panel").screenshot(path=shot("browser-unlinked-callbacks.png"))
+        await row.locator("a").click()  # to the shipment whose order the warehouse refused
+        await expect(page.locator(".facts")).to_contain_text("WH-LOST-1 rejected 已拒绝")
         await page.context.close()
     assert errors == []
 

@@ -382,14 +382,23 @@ async def awaited(request: web.Request) -> web.StreamResponse:
         return error(400, str(exc))
 
 
+#: The warehouse panel's views: the callbacks placed on no document (no shipment shows them), and those of orders the
+#: warehouse refused or cancelled (goods it will not ship), as read_warehouse_callbacks' filters.
+WAREHOUSE_VIEWS: dict[str, dict[str, Any]] = {"unlinked": {"linked": False},
+                                              "refused": {"statuses": ("rejected", "cancelled")}}  # fmt: skip
+
+
 @api
-async def unlinked_callbacks(request: web.Request) -> web.StreamResponse:
-    """The warehouses' callbacks placed on no document (GET /v1/warehouse/callbacks?linked=false's page), newest
-    first, for their panel: no shipment shows them."""
+async def warehouse_callbacks(request: web.Request) -> web.StreamResponse:
+    """A page of 20 warehouse callbacks of one of the panel's views (``view``: WAREHOUSE_VIEWS, default ``unlinked``),
+    newest first, as GET /v1/warehouse/callbacks gives them."""
+    view = WAREHOUSE_VIEWS.get(request.query.get("view") or "unlinked")
+    if view is None:
+        return error(400, f"view must be one of {', '.join(WAREHOUSE_VIEWS)}")
     try:
         async with _pool(request).acquire() as conn:
             return json_response(await read_warehouse_callbacks(
-                conn, linked=False, limit=20, cursor=request.query.get("cursor") or None))  # fmt: skip
+                conn, limit=20, cursor=request.query.get("cursor") or None, **view))  # fmt: skip
     except ValueError as exc:
         return error(400, str(exc))
 
@@ -586,7 +595,7 @@ def setup(
     r.add_get(PREFIX + "/api/queue/awaited", awaited)
     r.add_get(PREFIX + "/api/rejections", rejections)
     r.add_get(PREFIX + "/api/rejections/{id}", rejection)
-    r.add_get(PREFIX + "/api/warehouse-callbacks", unlinked_callbacks)
+    r.add_get(PREFIX + "/api/warehouse-callbacks", warehouse_callbacks)
     r.add_post(PREFIX + "/api/jobs/{id}/replay", replay)
     r.add_get(PREFIX + "/api/series", series)
     r.add_get(PREFIX + "/api/events", events)

@@ -189,9 +189,10 @@ class Feed:
         async with self.pool.acquire(timeout=5) as conn:
             row = await conn.fetchrow(q.MARKER, timeout=5)
             marker = tuple(row or ())
-            # the refused messages' and the unlinked callbacks' panels reload when these move
+            # the refused messages' and the warehouse callbacks' panels reload when these move
             last_rejection = row["last_rejection"] if row is not None else None
-            last_unlinked = row["last_unlinked_callback"] if row is not None else None
+            callbacks = {name: row[name] if row is not None else None
+                         for name in ("last_unlinked_callback", "last_refused_callback")}  # fmt: skip
             recount = marker != self._marker or self.ticks % self.recount_every == 0
             if recount:
                 summary = await build_summary(conn)
@@ -205,11 +206,10 @@ class Feed:
                 previous = self.latest.get("summary")
                 if (previous is None or changed or overflow or previous["shipments"] != summary["shipments"]
                         or previous.get("last_rejection") != last_rejection
-                        or previous.get("last_unlinked_callback") != last_unlinked):
+                        or any(previous.get(name) != value for name, value in callbacks.items())):
                     # overflow: more changed than one event names; the pages reload what they show
                     self.publish("summary", {**summary, "changed": changed, "changed_overflow": overflow,
-                                             "last_rejection": last_rejection,
-                                             "last_unlinked_callback": last_unlinked})  # fmt: skip
+                                             "last_rejection": last_rejection, **callbacks})  # fmt: skip
                 self._marker = marker
             if self.ticks % self.queue_every == 0:
                 health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0)

@@ -54,7 +54,8 @@ SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
        (SELECT max(id) FROM rejected_messages) AS last_rejection,
        (SELECT max(id) FROM job_attempts) AS last_attempt,
        (SELECT max(received_at) FROM warehouse_events WHERE doc_guid IS NOT NULL) AS warehouse_at,
-       (SELECT max(id) FROM warehouse_events WHERE doc_guid IS NULL) AS last_unlinked_callback
+       (SELECT max(id) FROM warehouse_events WHERE doc_guid IS NULL) AS last_unlinked_callback,
+       (SELECT max(id) FROM warehouse_events WHERE status IN ('rejected', 'cancelled')) AS last_refused_callback
 """
 
 #: Shipments whose reconciliation or customs status changed after $1, or whose inventory got a tax bill or a bill's

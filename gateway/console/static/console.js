@@ -28,8 +28,9 @@
     deadNewest: null,
     refusedNewest: null,
     refusedCursor: null,
-    unlinkedNewest: null,
-    unlinkedCursor: null,
+    warehouseView: "unlinked",
+    warehouseCursor: null,
+    warehouseNewest: {},
     cursor: null,
     listKey: "",
     listParams: null,
@@ -188,10 +189,7 @@
         title: d.receipt_overdue ? "receipt overdue 回执超时" : null }),
       h("td", {}, h("div", { text: `${d.message_type} ${KIND_ZH[d.kind] || d.kind}` }),
         h("div", { class: "mono", text: Object.values(d.keys || {}).join(" / ") })),
-      h("td", {}, d.orderNo
-        ? h("a", { class: "mono", href: `#/shipment?${new URLSearchParams({ ebpCode: d.ebpCode || "", orderNo: d.orderNo })}`,
-          text: d.orderNo })
-        : h("span", { class: "muted", text: "—" })),
+      h("td", {}, d.orderNo ? shipmentLink(d.ebpCode, d.orderNo) : h("span", { class: "muted", text: "—" })),
       h("td", { class: "num", text: fmtNum(d.repushes || 0) })));
     const body = $("awaited-table").tBodies[0];
     if (append) body.append(...rows); else body.replaceChildren(...rows);
@@ -300,14 +298,23 @@
     $("refused-more").hidden = !page.next_cursor;
   }
 
-  // --- warehouse callbacks on no shipment ---
+  // --- warehouse callbacks needing a look: on no shipment, or orders the warehouse refused or cancelled ---
 
   const UNLINKED_BECAUSE = {
     unknown_reference: "its reference names no document the gateway holds 关联报文不存在",
     order_id_not_ours: "not the orderId the gateway gave that document's order 订单号不符",
   };
+  const WAREHOUSE_EMPTY = {
+    unlinked: "Every callback is on its shipment. 仓库回执均已关联",
+    refused: "No order refused or cancelled. 无拒绝或取消的仓库订单",
+  };
 
-  function renderUnlinked(items, append) {
+  function shipmentLink(ebpCode, orderNo) {
+    return h("a", { class: "mono", href: `#/shipment?${new URLSearchParams({ ebpCode: ebpCode || "", orderNo })}`,
+      text: orderNo });
+  }
+
+  function renderWarehouse(items, append) {
     const rows = items.map((c) => {
       const ref = c.reference || {};
       return h("tr", { "data-callback": c.id },
@@ -320,21 +327,32 @@
           c.reason ? h("div", { class: "error-text", text: c.reason }) : null),
         h("td", {}, h("div", { text: typeof ref.messageType === "string" ? ref.messageType : "—" }),
           h("div", { class: "mono", text: typeof ref.guid === "string" ? ref.guid : "" })),
-        h("td", { text: UNLINKED_BECAUSE[c.unlinked_because] || c.unlinked_because || "" }));
+        h("td", {}, c.orderNo ? shipmentLink(c.ebpCode, c.orderNo)
+          : h("span", { text: UNLINKED_BECAUSE[c.unlinked_because] || c.unlinked_because || "—" })));
     });
-    const body = $("unlinked-table").tBodies[0];
+    const body = $("warehouse-table").tBodies[0];
     if (append) body.append(...rows); else body.replaceChildren(...rows);
-    $("unlinked-empty").hidden = body.rows.length > 0;
+    $("warehouse-empty").textContent = WAREHOUSE_EMPTY[state.warehouseView];
+    $("warehouse-empty").hidden = body.rows.length > 0;
   }
 
-  async function loadUnlinked(append = false) {
-    const params = new URLSearchParams();
-    if (append && state.unlinkedCursor) params.set("cursor", state.unlinkedCursor);
+  async function loadWarehouse(append = false) {
+    const params = new URLSearchParams({ view: state.warehouseView });
+    if (append && state.warehouseCursor) params.set("cursor", state.warehouseCursor);
     const page = await call(`${API}/warehouse-callbacks?${params}`);
-    renderUnlinked(page.items, append);
-    if (!append && page.items.length) state.unlinkedNewest = Math.max(state.unlinkedNewest ?? 0, page.items[0].id);
-    state.unlinkedCursor = page.next_cursor;
-    $("unlinked-more").hidden = !page.next_cursor;
+    renderWarehouse(page.items, append);
+    state.warehouseCursor = page.next_cursor;
+    $("warehouse-more").hidden = !page.next_cursor;
+  }
+
+  function showWarehouseView(view) {
+    state.warehouseView = view;
+    for (const b of document.querySelectorAll("[data-warehouse-view]")) {
+      const on = b.dataset.warehouseView === view;
+      b.classList.toggle("primary", on);
+      b.setAttribute("aria-pressed", String(on));
+    }
+    return loadWarehouse();
   }
 
   async function replay(jobId, button) {
@@ -586,10 +604,13 @@
         state.refusedNewest = data.last_rejection; // one reload per new refusal, however many events name it
         loadRefused().catch(() => {});
       }
-      if (data.last_unlinked_callback != null && data.last_unlinked_callback !== state.unlinkedNewest) {
-        state.unlinkedNewest = data.last_unlinked_callback;
-        loadUnlinked().catch(() => {});
+      // the warehouse panel's view reloads when a callback of its kind came (not on the first event: loaded at start)
+      const newest = { unlinked: data.last_unlinked_callback, refused: data.last_refused_callback };
+      const seen = state.warehouseNewest;
+      if ("unlinked" in seen && newest[state.warehouseView] !== seen[state.warehouseView]) {
+        loadWarehouse().catch(() => {});
       }
+      state.warehouseNewest = newest;
       if (state.view === "overview" && (changed.length || data.changed_overflow ||
           before !== JSON.stringify(data.shipments.by_state))) {
         scheduleList(true);
@@ -873,7 +894,10 @@
     $("filters").addEventListener("reset", () => setTimeout(scheduleList, 0));
     $("list-more").addEventListener("click", () => loadList(true).catch((e) => toast(e.message, true)));
     $("refused-more").addEventListener("click", () => loadRefused(true).catch((e) => toast(e.message, true)));
-    $("unlinked-more").addEventListener("click", () => loadUnlinked(true).catch((e) => toast(e.message, true)));
+    $("warehouse-more").addEventListener("click", () => loadWarehouse(true).catch((e) => toast(e.message, true)));
+    for (const b of document.querySelectorAll("[data-warehouse-view]")) {
+      b.addEventListener("click", () => showWarehouseView(b.dataset.warehouseView).catch((e) => toast(e.message, true)));
+    }
     $("awaited-details").addEventListener("toggle", () => {
       if ($("awaited-details").open) loadAwaitedList().catch((e) => toast(e.message, true));
     });
@@ -894,7 +918,7 @@
     const summary = await call(`${API}/summary`);
     renderCounts(summary.shipments);
     route();
-    await Promise.all([loadQueue(), loadSeries(), loadRefused(), loadUnlinked()]).catch((e) => toast(e.message, true));
+    await Promise.all([loadQueue(), loadSeries(), loadRefused(), loadWarehouse()]).catch((e) => toast(e.message, true));
     setInterval(() => { if (Date.now() - state.seriesAt > 30000) loadSeries().catch(() => {}); }, 10000);
     setInterval(() => renderAwaited(null), 5000);
     connect();
