@@ -13,7 +13,7 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -578,19 +578,11 @@ async def post_replay(request: web.Request) -> web.Response:
     if job_ids is None and endpoint is None and not everything:
         return error_response(400, "name job_ids, an endpoint, or all: true")
     principal = _principal(request)
-    replayed: list[int] = []
-
-    async def followed(conn: asyncpg.Connection, moved: Sequence[cbec_queue.JobMoved]) -> None:
-        replayed.extend(m.id for m in moved)  # in the replay's transaction, as the outbox's hook
-        await request.app[OUTBOX].deliveries_replayed(conn, moved)
-
     async with request.app[POOL].acquire() as conn:
-        count = await cbec_queue.replay(
-            conn, job_ids=job_ids, endpoint=endpoint, all=everything, note=f"replayed by {principal.name} (API)",
-            on_replayed=followed,
-        )  # fmt: skip
-    log.info("dead_letters_replayed", count=count, endpoint=endpoint, job_ids=job_ids, all=everything)
-    answer: dict[str, Any] = {"replayed": count, "job_ids": sorted(replayed)}
+        replayed = await request.app[OUTBOX].replay(conn, job_ids=job_ids, endpoint=endpoint, everything=everything,
+                                                    note=f"replayed by {principal.name} (API)")  # fmt: skip
+    log.info("dead_letters_replayed", count=len(replayed), endpoint=endpoint, job_ids=job_ids, all=everything)
+    answer: dict[str, Any] = {"replayed": len(replayed), "job_ids": replayed}
     if job_ids is not None:  # a mistyped id, or one of a job that is not dead (queued, running, done): said, not lost
         answer["not_dead"] = sorted(set(job_ids) - set(replayed))
     return json_response(answer)

@@ -224,8 +224,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not args.job and not args.endpoint and not args.all:
         print("cbec replay: name --job ID (repeatable), --endpoint E or --all", file=sys.stderr)
         return 2
-    count = asyncio.run(replay(_settings(args), job_ids=args.job or None, endpoint=args.endpoint, everything=args.all))
-    print(f"replayed {count} dead letter{'s' if count != 1 else ''}")
+    replayed = asyncio.run(replay(_settings(args), job_ids=args.job or None, endpoint=args.endpoint,
+                                  everything=args.all))  # fmt: skip
+    print(f"replayed {len(replayed)} dead letter{'s' if len(replayed) != 1 else ''}"
+          + (f": {', '.join(map(str, replayed))}" if replayed else ""))  # fmt: skip
+    if not_dead := sorted(set(args.job or ()) - set(replayed)):
+        # a mistyped id, or a job already queued again: said, and the exit status tells a script
+        print(f"not dead letters (unknown, queued, running or done): {', '.join(map(str, not_dead))}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1041,6 +1041,22 @@ class Outbox:
         delivery again (``queued``) and its shipments' customs_status follows."""
         await self._follow_deliveries(conn, moved, failed=False)
 
+    async def replay(
+        self, conn: asyncpg.Connection, *, job_ids: Sequence[int] | None = None, endpoint: str | None = None,
+        everything: bool = False, note: str,
+    ) -> list[int]:
+        """Dead letters back to the queue (cbec_queue.replay, with :meth:`deliveries_replayed` in its transaction):
+        the ids of the jobs replayed — of ``job_ids``, those that were dead letters."""
+        replayed: list[int] = []
+
+        async def followed(conn: asyncpg.Connection, moved: Sequence[cbec_queue.JobMoved]) -> None:
+            replayed.extend(m.id for m in moved)
+            await self.deliveries_replayed(conn, moved)
+
+        await cbec_queue.replay(conn, job_ids=job_ids, endpoint=endpoint, all=everything, note=note,
+                                on_replayed=followed)  # fmt: skip
+        return sorted(replayed)
+
     async def _follow_deliveries(
         self, conn: asyncpg.Connection, moved: Sequence[cbec_queue.JobMoved], *, failed: bool
     ) -> None:

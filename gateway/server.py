@@ -858,11 +858,11 @@ async def run_worker(
             await pool.close()
 
 
-async def replay(settings: Settings, *, job_ids: list[int] | None, endpoint: str | None, everything: bool) -> int:
-    """``cbec replay``: dead letters back to the queue; returns how many. Their messages wait for them again and
-    their shipments' customs status follows (gateway.outbox.Outbox.deliveries_replayed)."""
-    import cbec_queue
-
+async def replay(
+    settings: Settings, *, job_ids: list[int] | None, endpoint: str | None, everything: bool
+) -> list[int]:
+    """``cbec replay``: dead letters back to the queue; returns the ids of those replayed. Their messages wait for them
+    again and their shipments' customs status follows (gateway.outbox.Outbox.replay)."""
     from gateway.outbox import Outbox
 
     logs.configure(settings.log_format, settings.log_level)
@@ -871,9 +871,7 @@ async def replay(settings: Settings, *, job_ids: list[int] | None, endpoint: str
         try:
             outbox = Outbox(pool, routing_router(settings.forwarding))
             async with pool.acquire() as conn:
-                return await cbec_queue.replay(
-                    conn, job_ids=job_ids, endpoint=endpoint, all=everything, note="replayed from the command line",
-                    on_replayed=outbox.deliveries_replayed,
-                )  # fmt: skip
+                return await outbox.replay(conn, job_ids=job_ids, endpoint=endpoint, everything=everything,
+                                           note="replayed from the command line")  # fmt: skip
         finally:
             await pool.close()

@@ -122,7 +122,15 @@ async def test_poison_and_exhausted_messages_dead_letter_then_replay_delivers(db
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()
-        assert b"replayed 1 dead letter" in out
+        assert f"replayed 1 dead letter: {by_reason['max_attempts']['id']}".encode() in out
+        again = await asyncio.create_subprocess_exec(  # the same job again: queued now, no dead letter
+            sys.executable, "-m", "gateway.cli", "replay", "--job", str(by_reason["max_attempts"]["id"]),
+            "--database-url", db_dsn, cwd=str(ROOT), env=_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(again.communicate(), 60)
+        assert again.returncode == 1 and b"replayed 0 dead letters" in out, (out, err)
+        assert f"not dead letters (unknown, queued, running or done): {by_reason['max_attempts']['id']}".encode() in err
         await customs_done(stack, 2)
         stats = stack.sandbox.stats()
         assert stats["received"] == 2 and stats["duplicates"] == {}
