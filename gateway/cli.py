@@ -235,6 +235,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from gateway import configcheck, db
+
+    settings = _settings(args)  # a configuration that cannot be read: exit 2, as cbec serve would
+    lines = configcheck.check(settings)
+    answers = asyncio.run(db.answers(settings.database_url)) if settings.database_url else None
+    lines.insert(0, configcheck.database_line(settings, answers))
+    for line in lines:
+        print(f"{line.level.value:5}  {line.text}")
+    status = configcheck.exit_status(lines)
+    print({0: "usable", 1: "usable, with warnings", 2: "not usable"}[status])
+    return status
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from gateway.server import migrate_only
 
@@ -296,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(implies --verify-signatures)")  # fmt: skip
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("config", help="configuration")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    c = csub.add_parser("check", help="what a configuration would do, before cbec serve starts with it or takes it on "
+                        "SIGHUP (exit 0 usable, 1 with warnings, 2 not usable)")  # fmt: skip
+    _add_server_options(c)
+    c.set_defaults(func=_cmd_config_check)
 
     p = sub.add_parser("db", help="database maintenance")
     dbsub = p.add_subparsers(dest="db_command", required=True)

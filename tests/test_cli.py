@@ -419,3 +419,92 @@ def test_validate_takes_the_json_a_seller_sends(tmp_path: Path, capsys: pytest.C
     bad_result, broken_result = json.loads(capsys.readouterr().out)
     assert "rule.actural_paid_mismatch" in [e["code"] for e in bad_result["errors"]]
     assert [e["code"] for e in broken_result["errors"]] == ["parse.invalid_json"]
+
+
+def _production_config(tmp_path: Path, days: int) -> Path:
+    """A production-like configuration: a server's database, a key in clear text beside a hashed one, the agent's key
+    valid ``days`` days, trusted certificates, a customs relay, a route to an endpoint not configured, a webhook."""
+    import hashlib
+
+    from gateway.signing import generate_test_key
+
+    key_pem, cert_pem = generate_test_key("rsa", "agent", days=days)
+    (tmp_path / "agent-key.pem").write_bytes(key_pem)
+    (tmp_path / "agent-cert.pem").write_bytes(cert_pem)
+    (tmp_path / "trusted.pem").write_bytes(cert_pem)
+    digest = hashlib.sha256(b"operator-key-" + b"o" * 20).hexdigest()
+    cfg = tmp_path / "cbec.toml"
+    cfg.write_text(f"""
+database_url = "postgresql://postgres:s3cret@127.0.0.1:5432/test"
+signing_key_file = "{tmp_path / 'agent-key.pem'}"
+signing_cert_file = "{tmp_path / 'agent-cert.pem'}"
+verify_signatures = true
+trusted_certs = "{tmp_path / 'trusted.pem'}"
+
+[[api_keys]]
+name = "platform-a"
+key = "platform-a-key-{'p' * 16}"
+role = "submitter"
+codes = ["46012609BQ"]
+
+[[api_keys]]
+name = "zone-ops"
+key_sha256 = "{digest}"
+role = "operator"
+
+[forwarding.endpoints.customs]
+kind = "customs"
+url = "https://relay.example/dxp"
+
+[[forwarding.routes]]
+message_types = ["CEB311", "CEB411", "CEB511", "CEB621"]
+endpoints = ["customs", "nowhere"]
+
+[forwarding.webhooks.seller-a]
+codes = ["4601260E35"]
+url = "https://seller.example/hooks"
+secret = "webhook-secret-{'w' * 10}"
+""", encoding="utf-8")
+    return cfg
+
+
+def test_config_check_says_what_a_configuration_would_do_before_it_is_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cbec config check`: the database answers (its password hidden), the keys by role and those in clear text, the
+    agent's key and its certificate's end, the trusted certificates, the endpoints, a route to an endpoint not
+    configured, the webhooks; no secret printed. Warnings exit 1; a signing key that cannot be used, 2."""
+    cfg = _production_config(tmp_path, days=400)
+    assert main(["config", "check", "--config", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "ok     database: postgresql://postgres:***@127.0.0.1:5432/test answers" in lines
+    assert "ok     API keys: 2 (1 operator, 1 submitter)" in lines
+    assert "warn   API keys in clear text (key): platform-a; give their key_sha256 instead, so that the file opens " \
+           "nothing" in lines
+    assert any(x.startswith("ok     signing key: rsa-sha1 ") and re.search(r"valid until \S+ \(39\d days\)$", x)
+               for x in lines), out  # fmt: skip
+    assert "ok     trusted certificates: 1 from " + str(tmp_path / "trusted.pem") in lines
+    # and on_release's default warehouse, which this configuration does not have
+    assert "warn   routes name endpoints that are not configured: nowhere, warehouse (ignored)" in lines
+    assert "ok     webhooks: 1 sellers (seller-a) through webhook" in lines
+    assert lines[-1] == "usable, with warnings"
+    assert "s3cret" not in out and "platform-a-key" not in out and "webhook-secret" not in out
+
+    (tmp_path / "soon").mkdir()
+    expiring = _production_config(tmp_path / "soon", days=10)
+    assert main(["config", "check", "--config", str(expiring)]) == 1
+    assert "expires on" in capsys.readouterr().out
+
+    (tmp_path / "agent-key.pem").write_bytes(b"not a key")  # the first configuration's key, overwritten
+    assert main(["config", "check", "--config", str(cfg)]) == 2
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "not usable" and "error  signing key:" in out
+
+
+def test_config_check_of_a_configuration_that_cannot_be_read_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "cbec.toml"
+    cfg.write_text("port = = 1", encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:
+        main(["config", "check", "--config", str(cfg)])
+    assert exc.value.code == 2

@@ -1,0 +1,135 @@
+"""``cbec config check``: what a configuration would do, said before ``cbec serve`` starts with it or takes it on
+SIGHUP.
+
+A reload that cannot use its configuration changes nothing and logs why (gateway.server.KeyReload); an operator would
+rather know before sending the signal, or before a start fails at night. The check reads what the gateway would read
+— the file and the environment, the signing key and its certificate, the trusted certificates — and looks at what a
+running gateway only shows later: a certificate near its end, routes to endpoints that do not exist, keys written in
+clear text, the database not answering. It never writes (a TEST signing key is not made here) and prints no secret.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
+
+from gateway import signing
+from gateway.config import Settings
+from gateway.forward import Router
+from gateway.server import pem_signer
+from gateway.workers import effective_endpoints, uses_sandbox
+
+
+class Level(StrEnum):
+    OK = "ok"
+    WARN = "warn"  # the gateway runs, but not as it should in production: exit 1
+    ERROR = "error"  # cbec serve would not start with it, or a reload would change nothing: exit 2
+
+
+@dataclass(frozen=True)
+class Line:
+    level: Level
+    text: str
+
+
+def exit_status(lines: list[Line]) -> int:
+    """0 when all is well, 1 with a warning, 2 with an error (the configuration is not usable)."""
+    levels = {line.level for line in lines}
+    return 2 if Level.ERROR in levels else 1 if Level.WARN in levels else 0
+
+
+def shown_dsn(dsn: str) -> str:
+    """A DSN with its password hidden."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check(settings: Settings, *, now: datetime | None = None) -> list[Line]:
+    """What ``settings`` would do, line by line (no I/O but reading the signing files; the database is the caller's
+    to try: :func:`database_line`)."""
+    now = now or datetime.now(UTC)
+    return [*_keys(settings), *_signing(settings, now), *_forwarding(settings)]
+
+
+def database_line(settings: Settings, answers: bool | None) -> Line:
+    """The database: ``answers`` whether the configured server accepted a connection (None: the embedded one)."""
+    if settings.database_url is None:
+        return Line(Level.OK, f"database: the embedded PostgreSQL in {settings.data_dir}/pgdata (for trying the "
+                              "gateway out; name a server of your own in production)")  # fmt: skip
+    shown = shown_dsn(settings.database_url)
+    if answers:
+        return Line(Level.OK, f"database: {shown} answers")
+    return Line(Level.WARN, f"database: {shown} does not answer (cbec serve answers 503 until it does)")
+
+
+def _keys(settings: Settings) -> list[Line]:
+    keys = settings.api_keys
+    if not keys:
+        return [Line(Level.WARN, "API keys: none; cbec serve makes a local admin key (for trying it out only)")]
+    roles = Counter(k.role.value for k in keys)
+    out = [Line(Level.OK, f"API keys: {len(keys)} ({', '.join(f'{n} {r}' for r, n in sorted(roles.items()))})")]
+    if clear := sorted(k.name for k in keys if k.key is not None):
+        out.append(Line(Level.WARN, f"API keys in clear text (key): {', '.join(clear)}; give their key_sha256 "
+                                    "instead, so that the file opens nothing"))  # fmt: skip
+    return out
+
+
+def _signing(settings: Settings, now: datetime) -> list[Line]:
+    out: list[Line] = []
+    customs = settings.forwarding.enabled and not uses_sandbox(settings.forwarding)
+    if settings.signing_key_file is None or settings.signing_cert_file is None:
+        level = Level.WARN if customs else Level.OK
+        out.append(Line(level, "signing key: none configured; JSON declarations get a TEST signature "
+                               f"({settings.data_dir}/signing), which customs refuses"))  # fmt: skip
+    else:
+        try:
+            pem = (settings.signing_algorithm, settings.signing_key_file.read_bytes(),
+                   settings.signing_cert_file.read_bytes())  # fmt: skip
+            signer = pem_signer(pem)
+        except (OSError, ValueError) as exc:
+            return [Line(Level.ERROR, f"signing key: {exc}")]
+        left = signer.valid_until - now
+        name = f"signing key: {settings.signing_algorithm} {signer.backend.key_name}"
+        if left <= timedelta(0):
+            out.append(Line(Level.WARN, f"{name} expired on {signer.valid_until:%Y-%m-%d}: JSON declarations it would "
+                                        "sign are answered 503"))  # fmt: skip
+        elif left < signing.EXPIRY_WARNING:
+            out.append(Line(Level.WARN, f"{name} expires on {signer.valid_until:%Y-%m-%d}, in {left.days} days: renew "
+                                        "it (the files written over, then SIGHUP)"))  # fmt: skip
+        else:
+            out.append(Line(Level.OK, f"{name}, valid until {signer.valid_until:%Y-%m-%d} ({left.days} days)"))
+    if settings.trusted_certs is not None:
+        try:
+            trusted = signing.read_certificates(settings.trusted_certs)
+        except (OSError, ValueError) as exc:
+            return [*out, Line(Level.ERROR, f"trusted certificates: {exc}")]
+        out.append(Line(Level.OK, f"trusted certificates: {len(trusted)} from {settings.trusted_certs}"))
+    if settings.verify_signatures and settings.trusted_certs is None:
+        out.append(Line(Level.OK, "signatures verified against the certificate each message carries (no "
+                                  "trusted_certs: any certificate)"))  # fmt: skip
+    return out
+
+
+def _forwarding(settings: Settings) -> list[Line]:
+    fwd = settings.forwarding
+    if not fwd.enabled:
+        return [Line(Level.OK, "forwarding: off (messages are stored and reconciled, nothing is sent)")]
+    endpoints = effective_endpoints(fwd, sandbox_url="http://sandbox")
+    kinds = {e.name: e.kind for e in endpoints}
+    out = [Line(Level.OK, "forwarding: " + ", ".join(f"{name} ({kind})" for name, kind in kinds.items()))]
+    if uses_sandbox(fwd):
+        out.append(Line(Level.WARN, "customs: no customs endpoint configured; declarations go to the built-in sandbox"))
+    router = Router.from_settings(fwd, kinds)
+    if router.dropped:
+        out.append(Line(Level.WARN, f"routes name endpoints that are not configured: {', '.join(router.dropped)} "
+                                    "(ignored)"))  # fmt: skip
+    if fwd.webhooks:
+        sellers = ", ".join(sorted(w.seller for w in fwd.webhooks))
+        out.append(Line(Level.OK, f"webhooks: {len(fwd.webhooks)} sellers ({sellers}) through {fwd.webhook_endpoint}"))
+    return out
