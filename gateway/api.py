@@ -382,6 +382,23 @@ async def get_rejection(request: web.Request) -> web.Response:
 NO_EBP_CODE = "-"
 
 
+async def pending_summaries(request: web.Request) -> web.Response:
+    """A consignor's export inventories awaiting their summary declaration (``ebcCode``, one the key holds; any for
+    operators and admins), newest first: what its next summary application (CEB701) may name."""
+    principal = _principal(request)
+    q = request.query
+    ebc_code = (q.get("ebcCode") or "").strip()
+    if not ebc_code:
+        return error_response(400, "name the consignor: ebcCode")
+    if not (principal.sees_everything or ebc_code in principal.codes):
+        return error_response(403, f"the API key does not hold the enterprise code {ebc_code}")
+    try:
+        page = await request.app[STORE].pending_summaries(ebc_code, limit=_limit(q), cursor=q.get("cursor") or None)
+    except ValueError as exc:
+        return error_response(400, f"bad query parameter: {exc}")
+    return json_response(page)
+
+
 async def get_summary(request: web.Request) -> web.Response:
     """A summary application (CEB701) with its forwarding, its CEB702 receipts (its preNo, sumNo and status) and
     customs' summary results (CEB792: the declarations and the inventory items that went into each)."""
@@ -653,6 +670,7 @@ def create_app(
     app.router.add_get("/v1/shipments", list_shipments)
     app.router.add_get("/v1/shipments.csv", shipments_csv)
     app.router.add_get("/v1/shipments/{ebpCode}/{orderNo}", get_shipment)
+    app.router.add_get("/v1/summaries/pending", pending_summaries)
     app.router.add_get("/v1/summaries/{agentCode}/{copNo}", get_summary)
     app.router.add_get("/v1/rejections", list_rejections)
     app.router.add_get("/v1/rejections/{id}", get_rejection)

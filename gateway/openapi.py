@@ -141,6 +141,27 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/summaries/pending": {
+            "get": {
+                "summary": "A consignor's export inventories awaiting their summary declaration (汇总申报), newest "
+                "first (keyset pages): B-type, released by customs, neither withdrawn nor cancelled, named by no live "
+                "summary application of the consignor — what its next CEB701 may name; each {invtNo, ebcCode, "
+                "agentCode, copNo, ebpCode, orderNo, logisticsNo, ieDate, released_at}",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
+                    for n, d in (
+                        ("ebcCode", "the consignor (required; a submitter's key must hold it)"),
+                        ("limit", "1..500, default 50"),
+                        ("cursor", "next_cursor of the previous page (a page may hold fewer than limit)"),
+                    )
+                ],
+                "responses": {
+                    "200": {"description": "{items, next_cursor}"},
+                    "400": _err("no ebcCode, a bad limit or cursor"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/v1/rejections": {
             "get": {
                 "summary": "Refused messages, newest first (keyset pages), each {id, received_at, submitter, guid, "

@@ -787,6 +787,18 @@ def _rejection_cursor(cursor: str) -> int:
     return before
 
 
+#: Candidate pages one request of GET /v1/summaries/pending reads at most before answering with what it found.
+_PENDING_ROUNDS = 10
+
+
+def _pending_dict(r: asyncpg.Record) -> dict[str, Any]:
+    """An export inventory awaiting its summary, as GET /v1/summaries/pending lists it: what a CEB701 names it by
+    (invtNo) and what finds it (its key: agentCode and copNo; its shipment; the export date and customs' release)."""
+    return {"invtNo": r["invt_no"], "ebcCode": r["ebc_code"], "agentCode": r["key1"], "copNo": r["key2"],
+            "ebpCode": r["ebp_code"], "orderNo": r["order_no"], "logisticsNo": r["logistics_no"],
+            "ieDate": r["ie_date"], "released_at": r["customs_return_time"]}  # fmt: skip
+
+
 def _rejection_dict(r: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": r["id"],
@@ -1467,6 +1479,36 @@ class Store:
         for r in rows:
             held.setdefault(r["invt_no"], []).append(summary.HeldInventory.from_row(r))
         return summary.Held(held, live)
+
+    async def pending_summaries(self, ebc_code: str, *, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        """A page of the consignor's export inventories awaiting their summary declaration (gateway.summary.pending),
+        newest first: ``items`` and ``next_cursor`` (None once every candidate was read; a page may hold fewer than
+        ``limit`` when many candidates were not pending). A cursor that is not one raises ValueError."""
+        before = db.row_id(cursor) if cursor else 2**63 - 1
+        if before is None:
+            raise ValueError("not a cursor of GET /v1/summaries/pending")
+        items: list[dict[str, Any]] = []
+        read_all = False
+        async with db.transaction(self.pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
+            for _ in range(_PENDING_ROUNDS):
+                rows = await conn.fetch(summary.PENDING_CANDIDATES, before, limit, ebc_code)
+                nos = [r["invt_no"] for r in rows]
+                held = {(r["invt_no"], r["key1"], r["key2"]): summary.HeldInventory.from_row(r)
+                        for r in await conn.fetch(summary.HELD_INVENTORIES, nos, RANK_CONCLUDED)} if nos else {}
+                live = await self._live_summaries(conn, nos)
+                for r in rows:
+                    before = r["id"]
+                    inventory = held.get((r["invt_no"], r["key1"], r["key2"]))
+                    if inventory is not None and summary.pending(inventory, live.get(r["invt_no"], [])):
+                        items.append(_pending_dict(r))
+                        if len(items) == limit:
+                            break
+                if len(rows) < limit and (not rows or before == rows[-1]["id"]):
+                    read_all = True  # every candidate read
+                    break
+                if len(items) == limit:
+                    break
+        return {"items": items, "next_cursor": None if read_all else str(before)}
 
     @staticmethod
     async def _live_summaries(conn: asyncpg.Connection, invt_nos: list[str]) -> dict[str, list[summary.LiveSummary]]:

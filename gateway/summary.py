@@ -320,6 +320,30 @@ def judge(doc: Document, held: Held, scope: frozenset[str] | None = None) -> tup
     return errors, warnings
 
 
+def pending(inventory: HeldInventory, live: Iterable[LiveSummary]) -> bool:
+    """Whether a consignor's export inventory awaits its summary declaration: B-type, released, neither withdrawn nor
+    cancelled, and named by no live application of its consignor (one of a period names nothing by its list) — an
+    application naming it would be taken with neither a refusal nor a warning (:func:`judge`)."""
+    return (inventory.message_type == "CEB603" and inventory.statistics_flag == "B" and not inventory.withdrawn
+            and not inventory.cancelled and inventory.customs_rank >= RANK_RELEASED
+            and not any(s.ebc_code == inventory.ebc_code and not s.period for s in live))  # fmt: skip
+
+
+#: The candidates of a consignor's inventories awaiting their summary ($3 its ebcCode), newest first: $2 of those with
+#: an id below $1 — its current B-type export inventories customs gave an invtNo and released, not withdrawn
+#: (documents_b_type_inventories_idx, migration 340). Whether one is cancelled or named by a live application is
+#: :func:`pending`'s to say, from HELD_INVENTORIES and LIVE_SUMMARIES, as a summary application is judged.
+PENDING_CANDIDATES = f"""
+SELECT d.id, d.invt_no, d.key1, d.key2, d.ebc_code, d.ebp_code, d.order_no, d.logistics_no,
+       d.head ->> 'ieDate' AS ie_date, d.customs_return_time
+  FROM documents AS d
+ WHERE d.message_type = 'CEB603' AND d.invt_no IS NOT NULL AND (d.head ->> 'statisticsFlag') = 'B'
+   AND d.ebc_code = $3 AND d.id < $1
+   AND d.is_current AND NOT d.withdrawn AND d.customs_rank >= {RANK_RELEASED}
+ ORDER BY d.id DESC LIMIT $2
+"""
+
+
 # --- customs' summary results (CEB792) --------------------------------------------------------------------
 
 RESULT_TYPES = frozenset({"CEB792"})
@@ -471,7 +495,8 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "CODES", "HELD_INVENTORIES", "LIVE_SUMMARIES", "REFUSING", "RESULTS_OF_INVENTORY", "RESULT_TYPES", "Held",
-    "HeldInventory", "LiveSummary", "Named", "add_results", "correlation", "inventory_summary", "judge",
-    "judge_message", "judged", "named_inventories", "period", "records", "result_view", "status_name",
+    "CODES", "HELD_INVENTORIES", "LIVE_SUMMARIES", "PENDING_CANDIDATES", "REFUSING", "RESULTS_OF_INVENTORY",
+    "RESULT_TYPES", "Held", "HeldInventory", "LiveSummary", "Named", "add_results", "correlation", "inventory_summary",
+    "judge", "judge_message", "judged", "named_inventories", "pending", "period", "records", "result_view",
+    "status_name",
 ]  # fmt: skip

@@ -591,6 +591,27 @@ async def test_an_inventorys_summary_says_where_its_items_were_declared() -> Non
     assert [(i["gnum"], i["gseqno"]) for i in d1["items"]] == [("2", "5"), ("3", "7"), ("10", "6")]
     assert [(i["gnum"], i["gseqno"]) for i in d2["items"]] == [("1", "1")]
 
+
+async def test_an_inventory_awaits_its_summary_as_long_as_an_application_naming_it_would_be_taken_as_it_is() -> None:
+    """gateway.summary.pending: B-type, released, neither withdrawn nor cancelled, named by no live application of
+    its consignor (one of a period, or of another consignor, names nothing of it)."""
+    from gateway.receipts import RANK_RELEASED
+    from gateway.summary import HeldInventory, LiveSummary, pending
+
+    inv = HeldInventory(invt_no="I1", message_type="CEB603", ebc_code="E1", parties=frozenset({"E1", "A1"}),
+                        statistics_flag="B", withdrawn=False, cancelled=False, customs_rank=RANK_RELEASED,
+                        key=("A1", "COP1"))  # fmt: skip
+
+    def live(ebc: str = "E1", period: bool = False) -> LiveSummary:
+        return LiveSummary(invt_no="I1", key=("A1", "SUM1\x1f1"), ebc_code=ebc, parties=frozenset({ebc}), period=period)
+
+    assert pending(inv, [])
+    assert pending(inv, [live(period=True), live(ebc="E2")])
+    assert not pending(inv, [live()])
+    for change in ({"statistics_flag": "A"}, {"withdrawn": True}, {"cancelled": True},
+                   {"customs_rank": RANK_RELEASED - 1}, {"message_type": "CEB621"}):
+        assert not pending(replace(inv, **change), []), change
+
 @pytest.mark.db
 async def test_the_read_of_the_named_inventories_probes_indexes(api: Client, db_pool: asyncpg.Pool) -> None:
     from gateway import db, store, summary
@@ -603,7 +624,8 @@ async def test_the_read_of_the_named_inventories_probes_indexes(api: Client, db_
         found = await full_scans(conn, begin=db.BEGIN_SNAPSHOT_PLANNED, module=summary,
                                  cases={"HELD_INVENTORIES": "ARRAY['51412026E000000001'], 60",
                                         "LIVE_SUMMARIES": "ARRAY['51412026E000000001']",
-                                        "RESULTS_OF_INVENTORY": "'51412026E000000001'"})  # fmt: skip
+                                        "RESULTS_OF_INVENTORY": "'51412026E000000001'",
+                                        "PENDING_CANDIDATES": "9223372036854775807, 51, '4601260E35'"})  # fmt: skip
         found |= await full_scans(conn, begin=db.BEGIN_SNAPSHOT_PLANNED, module=store,
                                   cases={"SELECT_SUMMARY_DOCUMENTS": "'4601980H12', 'SUM2026112000000001'"})
     assert found == {}
@@ -674,7 +696,21 @@ async def test_a_summary_goes_to_customs_and_comes_back_with_its_declaration(db_
         assert [(await summary_of(stack, s))["state"] for s in parcels] == ["awaiting", "awaiting"]
         assert await summary_of(stack, parcels[0]) == {"invtNo": numbers[0], "state": "awaiting", "applications": [],
                                                        "declarations": []}  # fmt: skip
+        # the consignor's list of what awaits its summary: both, newest first, a page at a time
+        ebc = parcels[0].inventory_doc["ebcCode"]
+        assert {s.inventory_doc["ebcCode"] for s in parcels} == {ebc}
+        first = (await stack.client.get(f"/v1/summaries/pending?ebcCode={ebc}&limit=1")).body
+        rest = (await stack.client.get(f"/v1/summaries/pending?ebcCode={ebc}&limit=1&cursor={first['next_cursor']}"))
+        assert [i["invtNo"] for i in first["items"] + rest.body["items"]] == numbers[::-1]
+        listed, newest = first["items"][0], parcels[1].inventory_doc
+        fields = ("ebcCode", "agentCode", "copNo", "orderNo", "logisticsNo", "ieDate")
+        assert [listed[f] for f in fields] == [newest[f] for f in fields] and listed["released_at"]
+        assert (await stack.client.get("/v1/summaries/pending")).status == 400
+        assert (await stack.client.get(f"/v1/summaries/pending?ebcCode={ebc}", key=STRANGER)).status == 403
         p, view = await summarised(stack, parcels, numbers)
+        # named by the live application now: nothing awaits
+        assert (await stack.client.get(f"/v1/summaries/pending?ebcCode={ebc}")).body == {"items": [],
+                                                                                         "next_cursor": None}
         doc = p["documents"][0]
         path = f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}"
         assert view["forward_state"] == "receipted" and view["customs"]["code"] == "399", view
