@@ -49,6 +49,18 @@ _AUTH_ERRORS = {
     "403": _err("the key may not act on these documents"),
     "429": _err("the key's rate (its rate_per_s and rate_burst) is spent: send again after Retry-After seconds"),
 }
+def _page_list(summary: str, filters: tuple[tuple[str, str], ...], bad: str,
+               cursor: str = "next_cursor of the previous page") -> dict[str, Any]:  # fmt: skip
+    """The GET of a keyset-paged list, answered {items, next_cursor}: its filters, then limit and cursor (query
+    strings), and the 400 it answers bad ones with (``bad``)."""
+    params = (*filters, ("limit", "1..500, default 50"), ("cursor", cursor))
+    return {
+        "summary": summary,
+        "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}, "description": d} for n, d in params],
+        "responses": {"200": {"description": "{items, next_cursor}"}, "400": _err(bad), **_AUTH_ERRORS},
+    }
+
+
 #: A message is answered only once committed: away, the store answers nothing but this (with Retry-After).
 _UNAVAILABLE = {"503": _err("the database (or, in `cbec serve --processes N`, the first process's store) cannot be "
                             "reached: send it again after Retry-After seconds; a message committed before its answer "
@@ -117,74 +129,45 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "/v1/shipments": {
-            "get": {
-                "summary": "Shipments with their reconciliation state and customs status, newest first (keyset pages)",
-                "parameters": [
-                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
-                    for n, d in (
-                        ("state", "incomplete | matched | mismatched"),
-                        ("customs_status", " | ".join(SHIPMENT_CUSTOMS_STATUSES)),
-                        ("ebpCode", "platform code"),
-                        ("ebcCode", "e-commerce enterprise code"),
-                        ("flow", "import | export"),
-                        ("since", "ISO 8601 time, updated at or after"),
-                        ("until", "ISO 8601 time, updated before"),
-                        ("limit", "1..500, default 50"),
-                        ("cursor", "next_cursor of the previous page"),
-                    )
-                ],
-                "responses": {
-                    "200": {"description": "{items, next_cursor}"},
-                    "400": _err("an unknown state, customs_status or flow, a time or cursor that is not one, a bad "
-                                "limit"),
-                    **_AUTH_ERRORS,
-                },
-            }
+            "get": _page_list(
+                "Shipments with their reconciliation state and customs status, newest first (keyset pages)",
+                (
+                    ("state", "incomplete | matched | mismatched"),
+                    ("customs_status", " | ".join(SHIPMENT_CUSTOMS_STATUSES)),
+                    ("ebpCode", "platform code"),
+                    ("ebcCode", "e-commerce enterprise code"),
+                    ("flow", "import | export"),
+                    ("since", "ISO 8601 time, updated at or after"),
+                    ("until", "ISO 8601 time, updated before"),
+                ),
+                "an unknown state, customs_status or flow, a time or cursor that is not one, a bad limit",
+            )
         },
         "/v1/summaries/pending": {
-            "get": {
-                "summary": "A consignor's export inventories awaiting their summary declaration (汇总申报), newest "
-                "first (keyset pages): B-type, released by customs, neither withdrawn nor cancelled, named by no live "
-                "summary application of the consignor — what its next CEB701 may name; each {invtNo, ebcCode, "
-                "agentCode, copNo, ebpCode, orderNo, logisticsNo, ieDate, released_at}",
-                "parameters": [
-                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
-                    for n, d in (
-                        ("ebcCode", "the consignor (required; a submitter's key must hold it)"),
-                        ("limit", "1..500, default 50"),
-                        ("cursor", "next_cursor of the previous page (a page may hold fewer than limit)"),
-                    )
-                ],
-                "responses": {
-                    "200": {"description": "{items, next_cursor}"},
-                    "400": _err("no ebcCode, a bad limit or cursor"),
-                    **_AUTH_ERRORS,
-                },
-            }
+            "get": _page_list(
+                "A consignor's export inventories awaiting their summary declaration (汇总申报), newest first (keyset "
+                "pages): B-type, released by customs, neither withdrawn nor cancelled, named by no live summary "
+                "application of the consignor — what its next CEB701 may name; each {invtNo, ebcCode, agentCode, "
+                "copNo, ebpCode, orderNo, logisticsNo, ieDate, released_at}",
+                (("ebcCode", "the consignor (required; a submitter's key must hold it)"),),
+                "no ebcCode, a bad limit or cursor",
+                cursor="next_cursor of the previous page (a page may hold fewer than limit)",
+            )
         },
         "/v1/rejections": {
-            "get": {
-                "summary": "Refused messages, newest first (keyset pages), each {id, received_at, submitter, guid, "
-                "message_type, http_status, raw_size, issues [{layer, code, path, message}]}: a submitter's key sees "
-                "its own, an operator's every one",
-                "parameters": [
-                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
-                    for n, d in (
-                        ("submitter", "the name of the key that sent them (operators; a submitter sees its own)"),
-                        ("message_type", "CEB311 ..."),
-                        ("code", "an issue's code, e.g. rule.actural_paid_mismatch"),
-                        ("since", "ISO 8601 time, received at or after"),
-                        ("until", "ISO 8601 time, received before"),
-                        ("limit", "1..500, default 50"),
-                        ("cursor", "next_cursor of the previous page"),
-                    )
-                ],
-                "responses": {
-                    "200": {"description": "{items, next_cursor}"},
-                    "400": _err("a time or cursor that is not one, a bad limit"),
-                    **_AUTH_ERRORS,
-                },
-            }
+            "get": _page_list(
+                "Refused messages, newest first (keyset pages), each {id, received_at, submitter, guid, message_type, "
+                "http_status, raw_size, issues [{layer, code, path, message}]}: a submitter's key sees its own, an "
+                "operator's every one",
+                (
+                    ("submitter", "the name of the key that sent them (operators; a submitter sees its own)"),
+                    ("message_type", "CEB311 ..."),
+                    ("code", "an issue's code, e.g. rule.actural_paid_mismatch"),
+                    ("since", "ISO 8601 time, received at or after"),
+                    ("until", "ISO 8601 time, received before"),
+                ),
+                "a time or cursor that is not one, a bad limit",
+            )
         },
         "/v1/rejections/{id}": {
             "get": {
@@ -307,33 +290,23 @@ OPENAPI: dict[str, Any] = {
                     **_AUTH_ERRORS,
                 },
             },
-            "get": {
-                "summary": "The warehouses' callbacks as they came, newest first (keyset pages; operator / admin), "
-                "each {id, received_at, submitter, order_id, warehouse_order_no, direction, status, reason, "
-                "occurred_at, reference, linked, unlinked_because, ebpCode, orderNo}: linked=false lists those no "
-                "shipment shows, "
+            "get": _page_list(
+                "The warehouses' callbacks as they came, newest first (keyset pages; operator / admin), each {id, "
+                "received_at, submitter, order_id, warehouse_order_no, direction, status, reason, occurred_at, "
+                "reference, linked, unlinked_because, ebpCode, orderNo}: linked=false lists those no shipment shows, "
                 "unlinked_because unknown_reference (no document the gateway holds) or order_id_not_ours (a "
                 "document the gateway holds, whose order has another orderId)",
-                "parameters": [
-                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
-                    for n, d in (
-                        ("linked", "true or false (absent: both)"),
-                        ("submitter", "the name of the warehouse's key"),
-                        ("order_id", "the orderId a callback names"),
-                        ("status", "accepted, received, picked, shipped, delivered, rejected or cancelled; several "
-                                   "separated by commas"),
-                        ("since", "ISO 8601 time, received at or after"),
-                        ("until", "ISO 8601 time, received before"),
-                        ("limit", "1..500, default 50"),
-                        ("cursor", "next_cursor of the previous page"),
-                    )
-                ],
-                "responses": {
-                    "200": {"description": "{items, next_cursor}"},
-                    "400": _err("a linked, status, time or cursor that is not one, a bad limit"),
-                    **_AUTH_ERRORS,
-                },
-            },
+                (
+                    ("linked", "true or false (absent: both)"),
+                    ("submitter", "the name of the warehouse's key"),
+                    ("order_id", "the orderId a callback names"),
+                    ("status", "accepted, received, picked, shipped, delivered, rejected or cancelled; several "
+                               "separated by commas"),
+                    ("since", "ISO 8601 time, received at or after"),
+                    ("until", "ISO 8601 time, received before"),
+                ),
+                "a linked, status, time or cursor that is not one, a bad limit",
+            ),
         },
         "/v1/queue": {
             "get": {
@@ -348,20 +321,13 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "/v1/queue/awaited": {
-            "get": {
-                "summary": "The documents sent to customs still without any receipt, the longest waiting first "
-                "(keyset pages; operator / admin), each {document_id, message_guid, message_type, kind, keys, ebpCode, "
-                "orderNo, logisticsNo, sent_at, wait_s, receipt_overdue, repushes}",
-                "parameters": [
-                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
-                    for n, d in (("limit", "1..500, default 50"), ("cursor", "next_cursor of the previous page"))
-                ],
-                "responses": {
-                    "200": {"description": "{items, next_cursor}"},
-                    "400": _err("a limit or cursor that is not one"),
-                    **_AUTH_ERRORS,
-                },
-            }
+            "get": _page_list(
+                "The documents sent to customs still without any receipt, the longest waiting first (keyset pages; "
+                "operator / admin), each {document_id, message_guid, message_type, kind, keys, ebpCode, orderNo, "
+                "logisticsNo, sent_at, wait_s, receipt_overdue, repushes}",
+                (),
+                "a limit or cursor that is not one",
+            )
         },
         "/v1/queue/dead": {
             "get": {
