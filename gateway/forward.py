@@ -106,7 +106,8 @@ class Router:
                 routes.append(_route(r, kept))
         on_release = tuple(e for e in fwd.on_release if e in endpoint_kinds)
         dropped |= set(fwd.on_release) - set(on_release)
-        webhook = fwd.webhook_endpoint if fwd.webhooks and fwd.webhook_endpoint in endpoint_kinds else None
+        # the sellers' endpoint, also before any seller has a webhook (a reload may add the first: with_webhooks)
+        webhook = fwd.webhook_endpoint if endpoint_kinds.get(fwd.webhook_endpoint) == "webhook" else None
         if fwd.webhooks and webhook is None:
             dropped.add(fwd.webhook_endpoint)
         return cls(
@@ -123,7 +124,7 @@ class Router:
 
     def with_webhooks(self, webhooks: tuple[WebhookSettings, ...]) -> Router:
         """This routing with these sellers' webhooks (a reload of the configuration); unchanged without a webhook
-        endpoint (no webhooks were configured at start: no worker delivers them)."""
+        endpoint (its name is another kind's endpoint: no worker delivers them)."""
         return replace(self, webhooks=webhooks) if self.webhook_endpoint is not None else self
 
     # -- what an accepted message sets off ----------------------------------------------------------------

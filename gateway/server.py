@@ -323,7 +323,7 @@ class KeyReload:
     sellers' webhooks (their codes, URLs and secrets: ``forwarding``'s router and worker) — at once in this process
     and, started again one after the other, in the other API processes (``others``). The keys of the gateway's own
     making (``own_keys``: the sandbox's) stay; the other settings wait for the next start, and the log names those that
-    changed (webhooks among them when none were configured at start: no worker delivers them before a restart). A
+    changed (webhooks among them when forwarding is off: nothing delivers them). A
     configuration that cannot be used changes nothing; a signing key or certificate that cannot be read leaves the
     signatures as they were (the API keys still change); both are logged."""
 
@@ -363,7 +363,7 @@ class KeyReload:
         signed_anew = self._signatures_again(fresh)
         webhooks_anew = self._webhooks_again(fresh.forwarding.webhooks)
         stale = needing_restart(self.running, fresh)
-        if fresh.forwarding.webhooks != self.webhooks:  # not put in force: no webhook endpoint since the start
+        if fresh.forwarding.webhooks != self.webhooks:  # not put in force: forwarding off, no webhook endpoint
             stale.append("forwarding.webhooks")
         if stale:
             log.warning("settings_need_restart", settings=stale,

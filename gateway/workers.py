@@ -90,13 +90,14 @@ def effective_endpoints(
     fwd: ForwardingSettings, *, sandbox_url: str | None = None, dedicated: bool = False
 ) -> tuple[EndpointSettings, ...]:
     """The configured endpoints; with no customs endpoint, the sandbox's (at ``sandbox_url``; ``dedicated``: for a
-    ``cbec worker`` process, see sandbox_endpoints) for the names not configured; a ``webhook`` endpoint when
-    webhooks are configured."""
+    ``cbec worker`` process, see sandbox_endpoints) for the names not configured; the sellers' ``webhook`` endpoint,
+    also with no webhook configured yet: a reload that adds the first seller's puts it in force like any other
+    (Forwarding.renew_webhooks), and an endpoint with no job costs nothing but its name in the queue's figures."""
     out = list(fwd.endpoints)
     names = {e.name for e in out}
     if uses_sandbox(fwd) and sandbox_url:
         out += [e for e in sandbox_endpoints(sandbox_url, dedicated=dedicated) if e.name not in names]
-    if fwd.webhooks and fwd.webhook_endpoint not in {e.name for e in out}:
+    if fwd.webhook_endpoint not in {e.name for e in out}:
         out.append(EndpointSettings(fwd.webhook_endpoint, "webhook", timeout_s=10.0))
     return tuple(out)
 
@@ -394,7 +395,8 @@ class Forwarding:
         """The sellers' webhooks read again (a reload of the configuration), in force from the next event on: whom the
         router tells (an event already queued goes as it was made) and the URLs and secrets this process's worker
         delivers with (a queued event of a seller no longer configured fails as permanent, a dead letter). False,
-        changing nothing, when no webhook endpoint was configured at start: only a restart adds it."""
+        changing nothing, when there is no webhook endpoint: forwarding off, or the endpoint's name taken by a
+        configured endpoint of another kind (the log said so at start)."""
         router = self.outbox.router
         if router is None or router.webhook_endpoint is None:
             return False

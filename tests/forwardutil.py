@@ -171,9 +171,9 @@ async def running_stack(
     runner: web.AppRunner | None = None
     fwd_runtime: Forwarding | None = None
     try:
+        # the sellers' endpoint, as cbec serve has it (workers.effective_endpoints): also with no webhook yet
         endpoints = fast_endpoints(sb.url, customs_url, **(customs or {}))
-        if (forwarding or {}).get("webhooks"):
-            endpoints += (EndpointSettings("webhook", "webhook", retry=FAST_RETRY, timeout_s=5.0),)
+        endpoints += (EndpointSettings("webhook", "webhook", retry=FAST_RETRY, timeout_s=5.0),)
         fwd = fast_forwarding(endpoints, **(forwarding or {}))
         router = build_router(fwd, endpoints)
         app = create_app(settings_for(fwd), pool, signer=sign_as_agent, router=router)

@@ -564,7 +564,7 @@ def _reloading(
 
 class _RenewedForwarding:
     """Stands in for the first process's Forwarding in a reload: the webhooks put in it (none when ``endpoint`` is
-    False: no webhook endpoint was configured at start)."""
+    False: there is no webhook endpoint, as with forwarding off)."""
 
     def __init__(self, endpoint: bool = True) -> None:
         self.endpoint = endpoint
@@ -582,7 +582,7 @@ async def test_a_reload_puts_the_sellers_webhooks_in_force_here_and_in_the_other
     """A seller's webhook added or its secret rotated in the configuration, then SIGHUP: in force in the first
     process's router and worker, and the other API processes (which tell sellers of the receipts they take) started
     again with them — the log names the sellers, never a secret. Two reloads before the first renewal ran: the second
-    carries both changes. Without a webhook endpoint since the start, nothing is renewed and the log says a restart is
+    carries both changes. Without a webhook endpoint (forwarding off), nothing is renewed and the log says a restart is
     needed; another change of the forwarding is named too."""
     monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
     hook = WebhookSettings("seller-a", frozenset({"E1"}), "http://127.0.0.1:9/a", "secret-one")
@@ -611,7 +611,7 @@ async def test_a_reload_puts_the_sellers_webhooks_in_force_here_and_in_the_other
     assert "secret-two" not in repr(logged) and "secret-b" not in repr(logged)
     assert not [r for r in logged if r["event"] == "settings_need_restart"]
 
-    # no webhook endpoint since the start (none were configured): a restart adds it
+    # no webhook endpoint (forwarding off): the webhooks wait for a start with forwarding
     bare = apiutil.test_settings()
     late = [bare]
     reload = server.KeyReload(lambda: late[-1], bare, KeyRing(bare.api_keys), bare.api_keys, (), None, None, None,
