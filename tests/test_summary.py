@@ -803,6 +803,63 @@ async def test_a_result_is_matched_by_the_sum_no_its_receipt_gave(api: Client) -
 
 
 @pytest.mark.db
+async def test_the_console_feed_names_the_shipment_whose_summary_declaration_moved(
+    api: Client, db_pool: asyncpg.Pool
+) -> None:
+    """A summary application, customs' receipt of it (CEB702) and its result (CEB792) move nothing of the shipment row:
+    an open shipment page showed its summary declaration only once reloaded. The console's feed names the shipment of
+    each inventory they name, once each; an application naming only an inventory the gateway does not hold names
+    nothing. Its statement probes indexes (sql/350's for these)."""
+    from gateway.console import queries as console_queries
+    from gateway.console.feed import Feed
+    from gateway.db import BEGIN_PLANNED
+    from tests.planutil import full_scans
+
+    feed = Feed(db_pool, recount_every=1)
+    sub = feed.subscribe()
+
+    async def changed() -> set[str]:
+        await feed.tick()
+        data = dict(sub.pending.get("summary") or {})
+        sub.pending.clear()
+        assert not data.get("changed_overflow")
+        return {c["orderNo"] for c in data.get("changed", [])}
+
+    try:
+        a, a_no = await declared(api, 41)
+        await changed()  # the first poll names nothing, the next the declaration (within the look-back)
+        await changed()
+        assert await changed() == set()
+        p = application([a], [a_no], seed=41)
+        assert (await post_export(api, p)).status == 202
+        assert await changed() == {a["orderNo"]}
+        assert await changed() == set()
+        doc = p["documents"][0]
+        sum_no = "51412026S000000041"
+        for i, (status, extra) in enumerate((("2", {}), ("399", {"sumNo": sum_no}))):
+            r = await post_receipt(api, "CEB702", {
+                "guid": doc["guid"], "agentCode": doc["agentCode"], "ebcCode": doc["ebcCode"], "copNo": doc["copNo"],
+                "preNo": "S20261120000000041", "msgSeqNo": "1", "returnStatus": status,
+                "returnTime": f"2026112017000{i}000", "returnInfo": "ok", **extra})  # fmt: skip
+            assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+            assert await changed() == {a["orderNo"]}
+        result = result_for(sum_no, p, [a_no])
+        r = await api.request("POST", "/v1/receipts", data=result, content_type="application/xml")
+        assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+        assert await changed() == {a["orderNo"]}
+        assert await changed() == set()
+        # an application naming an invtNo no inventory here has: stored with a warning, names no shipment
+        stray = application([a], ["51412026E999999941"], seed=42)
+        assert (await post_export(api, stray)).status == 202
+        assert await changed() == set()
+    finally:
+        feed.unsubscribe(sub)
+    async with db_pool.acquire() as conn:
+        scans = await full_scans(conn, begin=BEGIN_PLANNED, module=console_queries, cases={"CHANGED": "now(), 100"})
+    assert scans == {}
+
+
+@pytest.mark.db
 async def test_a_result_of_a_sum_no_the_parts_share_is_shown_on_every_part(api: Client) -> None:
     """A split application (msgCount 2) whose parts' CEB702 gave them one sumNo is one application to customs: its
     CEB792 names it by that sumNo alone (its own msgSeqNo numbers the result's messages, not the application's parts)

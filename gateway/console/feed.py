@@ -4,7 +4,8 @@ Why polling and not LISTEN/NOTIFY: the figures come from tables the ingest path 
 transactions. NOTIFY would need triggers on those tables (a cost on every message, paid whether anyone
 watches or not) and a connection held out of the pool for LISTEN. One task polling once a second costs one
 cheap round trip — a change marker made of index look-ups (newest shipment update and customs status change,
-newest tax bill and warehouse callback, newest message, rejection and attempt ids) — and runs the counts only when
+newest tax bill, warehouse callback, summary application and answer to one, newest message, rejection and attempt
+ids) — and runs the counts only when
 the marker moved (or every few seconds, which also catches a transaction that committed late with an older
 timestamp). It polls only while at least one browser is connected, and its cost does not grow with the number of
 browsers.
@@ -91,7 +92,7 @@ def no_signer() -> dict[str, Any] | None:
 
 
 #: The times among the marker's columns (q.MARKER): the newest is where the next poll's CHANGED reads from.
-_MARKER_TIMES = ("shipments_at", "customs_at", "tax_bill_at", "warehouse_at")
+_MARKER_TIMES = ("shipments_at", "customs_at", "tax_bill_at", "warehouse_at", "summary_at", "summary_answer_at")
 
 
 class Feed:
@@ -219,7 +220,8 @@ class Feed:
         self.ticks += 1
 
     async def _changed(self, conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], bool]:
-        """The shipments changed since the last poll (reconciliation, customs status or tax bills), read from a little
+        """The shipments changed since the last poll (q.CHANGED: reconciliation, customs status, tax bills, warehouse
+        callbacks, summary declaration), read from a little
         earlier (a late commit) without those already announced; and whether there were more than one event names."""
         since = (self._changed_since or _EPOCH) - _LATE_COMMIT
         # the rows already announced come back within the look-back: read past them

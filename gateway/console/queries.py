@@ -55,15 +55,19 @@ SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
        (SELECT max(id) FROM job_attempts) AS last_attempt,
        (SELECT max(received_at) FROM warehouse_events WHERE doc_guid IS NOT NULL) AS warehouse_at,
        (SELECT max(id) FROM warehouse_events WHERE doc_guid IS NULL) AS last_unlinked_callback,
-       (SELECT max(id) FROM warehouse_events WHERE status IN ('rejected', 'cancelled')) AS last_refused_callback
+       (SELECT max(id) FROM warehouse_events WHERE status IN ('rejected', 'cancelled')) AS last_refused_callback,
+       (SELECT max(created_at) FROM documents WHERE message_type = 'CEB701') AS summary_at,
+       (SELECT max(received_at) FROM receipts WHERE message_type IN ('CEB702', 'CEB792')) AS summary_answer_at
 """
 
 #: Shipments whose reconciliation or customs status changed after $1, or whose inventory got a tax bill or a bill's
 #: status change (CEB816/818: they move nothing of the shipment row) after $1, or one of whose documents a warehouse
-#: reported on (POST /v1/warehouse/callbacks: nor do they) after $1 (at most $2 of each, oldest first): what the feed
-#: says changed, each with the time of its latest change. A bill's document is the inventory, of the shipment's
-#: ebpCode and orderNo; one that matched nothing has none; a callback's is the document its reference names.
-#: (Through sql/140's, 230's and 300's indexes.)
+#: reported on (POST /v1/warehouse/callbacks: nor do they) after $1, or one of whose export inventories a summary
+#: application stored, a receipt of one (CEB702) or a summary result (CEB792) named by invtNo after $1 (nor do they;
+#: a result by its items, matched to an application or not, as the shipment view finds it) (at most $2 of each,
+#: oldest first): what the feed says changed, each with the time of its latest change. A bill's document is the
+#: inventory, of the shipment's ebpCode and orderNo; one that matched nothing has none; a callback's is the document
+#: its reference names. (Through sql/140's, 230's, 300's and 350's indexes.)
 CHANGED = """
 WITH bills AS (
     SELECT d.ebp_code, d.order_no, max(b.received_at) AS at
@@ -81,10 +85,33 @@ WITH bills AS (
                      WHERE d.doc_guid = w.doc_guid AND d.message_type = w.message_type OFFSET 0) AS d
      WHERE d.ebp_code IS NOT NULL
      GROUP BY 1, 2
+), summaries AS (
+    SELECT v.ebp_code, v.order_no, max(n.at) AS at
+      FROM (SELECT l.line ->> 'invtNo' AS no, a.at
+              FROM (SELECT d.lines, d.created_at AS at FROM documents AS d
+                     WHERE d.message_type = 'CEB701' AND d.created_at > $1
+                     ORDER BY d.created_at LIMIT $2) AS a,
+                   jsonb_array_elements(a.lines) AS l(line)
+            UNION ALL
+            SELECT l.line ->> 'invtNo', r.received_at
+              FROM (SELECT r.message_type, r.document_id, r.keys, r.received_at FROM receipts AS r
+                     WHERE r.message_type IN ('CEB702', 'CEB792') AND r.received_at > $1
+                     ORDER BY r.received_at LIMIT $2) AS r
+              LEFT JOIN documents AS d ON r.message_type = 'CEB702' AND d.id = r.document_id,
+                   -- a result's items, an answered application's lines (each names an invtNo)
+                   jsonb_array_elements(
+                       CASE WHEN r.message_type = 'CEB792' AND jsonb_typeof(r.keys -> 'items') = 'array'
+                            THEN r.keys -> 'items' ELSE coalesce(d.lines, '[]') END) AS l(line)
+           ) AS n,
+           LATERAL (SELECT v.ebp_code, v.order_no FROM documents AS v
+                     WHERE v.invt_no = n.no AND v.message_type = 'CEB603' OFFSET 0) AS v
+     WHERE n.no IS NOT NULL
+     GROUP BY 1, 2
 )
-SELECT s.ebp_code, s.order_no, s.state, greatest(s.updated_at, s.customs_updated_at, b.at, w.at) AS at
+SELECT s.ebp_code, s.order_no, s.state, greatest(s.updated_at, s.customs_updated_at, b.at, w.at, m.at) AS at
   FROM shipments AS s LEFT JOIN bills AS b ON b.ebp_code = s.ebp_code AND b.order_no = s.order_no
                       LEFT JOIN warehouse AS w ON w.ebp_code = s.ebp_code AND w.order_no = s.order_no
+                      LEFT JOIN summaries AS m ON m.ebp_code = s.ebp_code AND m.order_no = s.order_no
  WHERE s.id IN ((SELECT u.id FROM shipments AS u WHERE u.updated_at > $1 ORDER BY u.updated_at LIMIT $2)
                 UNION ALL
                 (SELECT c.id FROM shipments AS c WHERE c.customs_updated_at > $1 ORDER BY c.customs_updated_at
@@ -94,7 +121,10 @@ SELECT s.ebp_code, s.order_no, s.state, greatest(s.updated_at, s.customs_updated
                                                             AND t.order_no = bills.order_no)
                 UNION ALL
                 (SELECT t.id FROM warehouse JOIN shipments AS t ON t.ebp_code = warehouse.ebp_code
-                                                               AND t.order_no = warehouse.order_no))
+                                                               AND t.order_no = warehouse.order_no)
+                UNION ALL
+                (SELECT t.id FROM summaries JOIN shipments AS t ON t.ebp_code = summaries.ebp_code
+                                                               AND t.order_no = summaries.order_no))
  ORDER BY at
 """
 
