@@ -56,8 +56,9 @@ SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
        (SELECT max(received_at) FROM warehouse_events WHERE doc_guid IS NOT NULL) AS warehouse_at,
        (SELECT max(id) FROM warehouse_events WHERE doc_guid IS NULL) AS last_unlinked_callback,
        (SELECT max(id) FROM warehouse_events WHERE status IN ('rejected', 'cancelled')) AS last_refused_callback,
-       (SELECT max(created_at) FROM documents WHERE message_type = 'CEB701') AS summary_at,
-       (SELECT max(received_at) FROM receipts WHERE message_type IN ('CEB702', 'CEB792')) AS summary_answer_at
+       (SELECT max(received_at) FROM messages WHERE message_type = 'CEB701') AS summary_at,
+       greatest((SELECT max(received_at) FROM receipts WHERE message_type = 'CEB702'),
+                (SELECT max(received_at) FROM receipts WHERE message_type = 'CEB792')) AS summary_answer_at
 """
 
 #: Shipments whose reconciliation or customs status changed after $1, or whose inventory got a tax bill or a bill's
@@ -88,10 +89,11 @@ WITH bills AS (
 ), summaries AS (
     SELECT v.ebp_code, v.order_no, max(n.at) AS at
       FROM (SELECT l.line ->> 'invtNo' AS no, a.at
-              FROM (SELECT d.lines, d.created_at AS at FROM documents AS d
-                     WHERE d.message_type = 'CEB701' AND d.created_at > $1
-                     ORDER BY d.created_at LIMIT $2) AS a,
-                   jsonb_array_elements(a.lines) AS l(line)
+              FROM (SELECT m.id, m.received_at AS at FROM messages AS m
+                     WHERE m.message_type = 'CEB701' AND m.received_at > $1
+                     ORDER BY m.received_at LIMIT $2) AS a
+              JOIN documents AS d ON d.message_id = a.id,
+                   jsonb_array_elements(d.lines) AS l(line)
             UNION ALL
             SELECT l.line ->> 'invtNo', r.received_at
               FROM (SELECT r.message_type, r.document_id, r.keys, r.received_at FROM receipts AS r
