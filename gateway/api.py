@@ -42,7 +42,7 @@ from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.schema import SchemaSet
 from gateway.signing import Signer, SigningUnavailable, read_certificates
-from gateway.store import Conflict, Store, quota_reassessor, refusals_restorer
+from gateway.store import Conflict, Store, quota_reassessor, read_pending_summaries, refusals_restorer
 from gateway.turns import Turns
 
 log = structlog.get_logger("gateway.api")
@@ -393,7 +393,8 @@ async def pending_summaries(request: web.Request) -> web.Response:
     if not (principal.sees_everything or ebc_code in principal.codes):
         return error_response(403, f"the API key does not hold the enterprise code {ebc_code}")
     try:
-        page = await request.app[STORE].pending_summaries(ebc_code, limit=_limit(q), cursor=q.get("cursor") or None)
+        page = await read_pending_summaries(request.app[STORE].pool, ebc_code, limit=_limit(q),
+                                           cursor=q.get("cursor") or None)  # fmt: skip
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
     return json_response(page)

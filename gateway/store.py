@@ -791,6 +791,48 @@ def _rejection_cursor(cursor: str) -> int:
 _PENDING_ROUNDS = 10
 
 
+async def _live_summaries(conn: asyncpg.Connection, invt_nos: list[str]) -> dict[str, list[summary.LiveSummary]]:
+    """The live summary applications naming these invtNos, by invtNo (gateway.summary.LIVE_SUMMARIES)."""
+    found: dict[str, list[summary.LiveSummary]] = {}
+    for r in await conn.fetch(summary.LIVE_SUMMARIES, invt_nos) if invt_nos else []:
+        found.setdefault(r["invt_no"], []).append(summary.LiveSummary.from_row(r))
+    return found
+
+
+async def read_pending_summaries(
+    pool: asyncpg.Pool, ebc_code: str, *, limit: int = 50, cursor: str | None = None
+) -> dict[str, Any]:
+    """A page of the consignor's export inventories awaiting their summary declaration (gateway.summary.pending),
+    newest first: ``items`` and ``next_cursor`` (None once every candidate was read; a page may hold fewer than
+    ``limit`` when many candidates were not pending). A cursor that is not one raises ValueError. GET
+    /v1/summaries/pending and the console's list."""
+    before = db.row_id(cursor) if cursor else 2**63 - 1
+    if before is None:
+        raise ValueError("not a cursor of GET /v1/summaries/pending")
+    items: list[dict[str, Any]] = []
+    read_all = False
+    async with db.transaction(pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
+        for _ in range(_PENDING_ROUNDS):
+            rows = await conn.fetch(summary.PENDING_CANDIDATES, before, limit, ebc_code)
+            nos = [r["invt_no"] for r in rows]
+            held = {(r["invt_no"], r["key1"], r["key2"]): summary.HeldInventory.from_row(r)
+                    for r in await conn.fetch(summary.HELD_INVENTORIES, nos, RANK_CONCLUDED)} if nos else {}
+            live = await _live_summaries(conn, nos)
+            for r in rows:
+                before = r["id"]
+                inventory = held.get((r["invt_no"], r["key1"], r["key2"]))
+                if inventory is not None and summary.pending(inventory, live.get(r["invt_no"], [])):
+                    items.append(_pending_dict(r))
+                    if len(items) == limit:
+                        break
+            if len(rows) < limit and (not rows or before == rows[-1]["id"]):
+                read_all = True  # every candidate read
+                break
+            if len(items) == limit:
+                break
+    return {"items": items, "next_cursor": None if read_all else str(before)}
+
+
 def _pending_dict(r: asyncpg.Record) -> dict[str, Any]:
     """An export inventory awaiting its summary, as GET /v1/summaries/pending lists it: what a CEB701 names it by
     (invtNo) and what finds it (its key: agentCode and copNo; its shipment; the export date and customs' release)."""
@@ -1290,7 +1332,7 @@ class Store:
                     # is read now; the inventories are as the pipeline read them (one withdrawn since is customs'
                     # to refuse). The wave's jobs share no lock: none of them names these invtNos too.
                     if live is None:
-                        live = await self._live_summaries(conn, sorted({
+                        live = await _live_summaries(conn, sorted({
                             no for j in jobs if j.named is not None and j.msg.guid not in stored
                             for no in j.named.invt_nos}))  # fmt: skip
                     warnings = summary.judge_message(job.msg, summary.Held(job.named.inventories, live), job.scope)
@@ -1474,49 +1516,11 @@ class Store:
             if await conn.fetchval(MESSAGE_STORED, guid):
                 return None
             rows = await conn.fetch(summary.HELD_INVENTORIES, invt_nos, RANK_CONCLUDED) if invt_nos else []
-            live = await self._live_summaries(conn, invt_nos)
+            live = await _live_summaries(conn, invt_nos)
         held: dict[str, list[summary.HeldInventory]] = {}
         for r in rows:
             held.setdefault(r["invt_no"], []).append(summary.HeldInventory.from_row(r))
         return summary.Held(held, live)
-
-    async def pending_summaries(self, ebc_code: str, *, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
-        """A page of the consignor's export inventories awaiting their summary declaration (gateway.summary.pending),
-        newest first: ``items`` and ``next_cursor`` (None once every candidate was read; a page may hold fewer than
-        ``limit`` when many candidates were not pending). A cursor that is not one raises ValueError."""
-        before = db.row_id(cursor) if cursor else 2**63 - 1
-        if before is None:
-            raise ValueError("not a cursor of GET /v1/summaries/pending")
-        items: list[dict[str, Any]] = []
-        read_all = False
-        async with db.transaction(self.pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
-            for _ in range(_PENDING_ROUNDS):
-                rows = await conn.fetch(summary.PENDING_CANDIDATES, before, limit, ebc_code)
-                nos = [r["invt_no"] for r in rows]
-                held = {(r["invt_no"], r["key1"], r["key2"]): summary.HeldInventory.from_row(r)
-                        for r in await conn.fetch(summary.HELD_INVENTORIES, nos, RANK_CONCLUDED)} if nos else {}
-                live = await self._live_summaries(conn, nos)
-                for r in rows:
-                    before = r["id"]
-                    inventory = held.get((r["invt_no"], r["key1"], r["key2"]))
-                    if inventory is not None and summary.pending(inventory, live.get(r["invt_no"], [])):
-                        items.append(_pending_dict(r))
-                        if len(items) == limit:
-                            break
-                if len(rows) < limit and (not rows or before == rows[-1]["id"]):
-                    read_all = True  # every candidate read
-                    break
-                if len(items) == limit:
-                    break
-        return {"items": items, "next_cursor": None if read_all else str(before)}
-
-    @staticmethod
-    async def _live_summaries(conn: asyncpg.Connection, invt_nos: list[str]) -> dict[str, list[summary.LiveSummary]]:
-        """The live summary applications naming these invtNos, by invtNo (gateway.summary.LIVE_SUMMARIES)."""
-        found: dict[str, list[summary.LiveSummary]] = {}
-        for r in await conn.fetch(summary.LIVE_SUMMARIES, invt_nos) if invt_nos else []:
-            found.setdefault(r["invt_no"], []).append(summary.LiveSummary.from_row(r))
-        return found
 
     async def get_summary(self, agent_code: str, cop_no: str) -> dict[str, Any] | None:
         """A summary application (CEB701): every version of each of its parts (msgSeqNo), newest first; None when

@@ -338,8 +338,9 @@ async def test_the_shipment_page_shows_customs_tax_bills_beside_the_estimate(bro
 async def test_an_export_shipment_page_says_what_became_of_its_summary_declaration(
     browser: Browser, db_dsn: str
 ) -> None:
-    """A released B-type export parcel awaits its summary declaration (汇总申报); once customs' result is in, its page
-    names the declaration its items went into (entryId, each item's gnum → gseqno) and the application."""
+    """A released B-type export parcel awaits its summary declaration (汇总申报): the overview's panel lists it for its
+    consignor, linking its page; once customs' result is in, its page names the declaration its items went into
+    (entryId, each item's gnum → gseqno) and the application, and the panel lists nothing for the consignor."""
     from tests.test_summary import released_b_type, summarised
 
     errors: list[str] = []
@@ -349,11 +350,25 @@ async def test_an_export_shipment_page_says_what_became_of_its_summary_declarati
         await sign_in(page, stack.base, ADMIN)
         await page.wait_for_url(stack.base + "/ops")
         doc = parcels[0].inventory_doc
-        key = urlencode({"ebpCode": doc["ebpCode"], "orderNo": doc["orderNo"]})
-        await page.goto(f"{stack.base}/ops#/shipment?{key}")
+        pending = page.locator("#pending-table tbody tr")
+        await page.fill("#pending-form input[name=ebcCode]", doc["ebcCode"])
+        await page.click("#pending-form button[type=submit]")
+        await expect(pending).to_have_count(1)
+        row = await pending.first.inner_text()
+        for value in (numbers[0], doc["orderNo"], doc["logisticsNo"], f"{doc['agentCode']} / {doc['copNo']}"):
+            assert value in row, row
+        await pending.first.locator("a").click()  # its shipment's page
         facts = page.locator(".facts")
         await expect(facts).to_contain_text("Summary 汇总申报awaiting 待汇总")
         p, view = await summarised(stack, parcels, numbers)
+        await page.goto(f"{stack.base}/ops#/")
+        await page.click("#pending-form button[type=submit]")
+        await expect(page.locator("#pending-table")).to_be_hidden()
+        await expect(page.locator("#pending-empty")).to_be_visible()
+        await expect(page.locator("#pending-empty")).to_have_text(
+            f"Nothing awaits a summary of {doc['ebcCode']}. 无待汇总清单")  # fmt: skip
+        key = urlencode({"ebpCode": doc["ebpCode"], "orderNo": doc["orderNo"]})
+        await page.goto(f"{stack.base}/ops#/shipment?{key}")
         await page.reload()
         [result] = view["results"]
         await expect(facts).to_contain_text(f"declared 已汇总申报 · declaration 报关单 {result['entryId']}")

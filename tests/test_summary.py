@@ -23,7 +23,8 @@ from gateway.messages import CEB_NS
 from gateway.render import new_guid, render
 from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
-from tests.apiutil import PLATFORM_A, STRANGER, Client, linked_apps, sign_as_agent
+from tests.apiutil import OPERATOR, PLATFORM_A, STRANGER, Client, linked_apps, sign_as_agent
+from tests.consoleutil import ConsoleClient
 from tests.exportapi import NOW, export_ship, import_ship, post_export, post_json, post_receipt, version, xml
 from tests.forwardutil import Stack, running_stack, wait_for
 
@@ -707,6 +708,16 @@ async def test_a_summary_goes_to_customs_and_comes_back_with_its_declaration(db_
         assert [listed[f] for f in fields] == [newest[f] for f in fields] and listed["released_at"]
         assert (await stack.client.get("/v1/summaries/pending")).status == 400
         assert (await stack.client.get(f"/v1/summaries/pending?ebcCode={ebc}", key=STRANGER)).status == 403
+        # the console's panel lists the same for an operator (a page of 20), and says what is missing
+        console = ConsoleClient(stack.base)
+        try:
+            assert (await console.sign_in(OPERATOR)).status == 303
+            shown = await console.get_json("/ops/api/summaries/pending", ebcCode=ebc)
+            assert shown == (await stack.client.get(f"/v1/summaries/pending?ebcCode={ebc}")).body
+            assert (await console.get("/ops/api/summaries/pending"))[0] == 400
+            assert (await console.get("/ops/api/summaries/pending", ebcCode=ebc, cursor="x"))[0] == 400
+        finally:
+            await console.close()
         p, view = await summarised(stack, parcels, numbers)
         # named by the live application now: nothing awaits
         assert (await stack.client.get(f"/v1/summaries/pending?ebcCode={ebc}")).body == {"items": [],

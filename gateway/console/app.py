@@ -30,7 +30,7 @@ from gateway.console.session import (
     origin_allowed,
 )
 from gateway.outbox import read_warehouse_callbacks
-from gateway.store import read_rejection, read_rejections
+from gateway.store import read_pending_summaries, read_rejection, read_rejections
 
 log = structlog.get_logger("gateway.console")
 
@@ -404,6 +404,21 @@ async def warehouse_callbacks(request: web.Request) -> web.StreamResponse:
 
 
 @api
+async def pending_summaries(request: web.Request) -> web.StreamResponse:
+    """A consignor's export inventories awaiting their summary declaration (``ebcCode``, required), newest first, as
+    GET /v1/summaries/pending gives them (a page of 20), for the summary panel: what an exporter asking the bonded
+    zone is told it still has to summarise."""
+    ebc_code = (request.query.get("ebcCode") or "").strip()
+    if not ebc_code:
+        return error(400, "name the consignor: ebcCode")
+    try:
+        return json_response(await read_pending_summaries(_pool(request), ebc_code, limit=20,
+                                                          cursor=request.query.get("cursor") or None))  # fmt: skip
+    except ValueError as exc:
+        return error(400, str(exc))
+
+
+@api
 async def queue(request: web.Request) -> web.StreamResponse:
     async with _pool(request).acquire() as conn:
         return json_response(await q.queue_health(conn, endpoints=request.app[CONSOLE].endpoints))
@@ -596,6 +611,7 @@ def setup(
     r.add_get(PREFIX + "/api/rejections", rejections)
     r.add_get(PREFIX + "/api/rejections/{id}", rejection)
     r.add_get(PREFIX + "/api/warehouse-callbacks", warehouse_callbacks)
+    r.add_get(PREFIX + "/api/summaries/pending", pending_summaries)
     r.add_post(PREFIX + "/api/jobs/{id}/replay", replay)
     r.add_get(PREFIX + "/api/series", series)
     r.add_get(PREFIX + "/api/events", events)

@@ -30,6 +30,8 @@
     refusedCursor: null,
     warehouseView: "unlinked",
     warehouseCursor: null,
+    pendingCode: null, // the consignor whose inventories awaiting their summary the panel shows
+    pendingCursor: null,
     warehouseNewest: {},
     cursor: null,
     listKey: "",
@@ -353,6 +355,38 @@
       b.setAttribute("aria-pressed", String(on));
     }
     return loadWarehouse();
+  }
+
+  // --- a consignor's export inventories awaiting their summary declaration (GET /v1/summaries/pending) ---
+
+  // customs' returnTime (YYYYMMDDhhmmss and milliseconds) as the page writes times
+  function fmtReturnTime(t) {
+    const m = /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})/.exec(t || "");
+    return m ? `${m[1]}-${m[2]}-${m[3]} ${m[4]}:${m[5]}:${m[6]}` : (t || "—");
+  }
+
+  function renderPending(items, append) {
+    const rows = items.map((p) => h("tr", { "data-invt-no": p.invtNo },
+      h("td", { class: "when", text: fmtReturnTime(p.released_at) }),
+      h("td", { class: "mono", text: p.invtNo }),
+      h("td", {}, shipmentLink(p.ebpCode, p.orderNo)),
+      h("td", { class: "mono", text: p.logisticsNo || "—" }),
+      h("td", { text: p.ieDate || "—" }),
+      h("td", { class: "mono", text: `${p.agentCode} / ${p.copNo}` })));
+    const body = $("pending-table").tBodies[0];
+    if (append) body.append(...rows); else body.replaceChildren(...rows);
+    $("pending-table").hidden = body.rows.length === 0;
+    $("pending-empty").textContent = `Nothing awaits a summary of ${state.pendingCode}. 无待汇总清单`;
+    $("pending-empty").hidden = body.rows.length > 0;
+  }
+
+  async function loadPending(append = false) {
+    const params = new URLSearchParams({ ebcCode: state.pendingCode });
+    if (append && state.pendingCursor) params.set("cursor", state.pendingCursor);
+    const page = await call(`${API}/summaries/pending?${params}`);
+    renderPending(page.items, append);
+    state.pendingCursor = page.next_cursor;
+    $("pending-more").hidden = !page.next_cursor;
   }
 
   async function replay(jobId, button) {
@@ -895,6 +929,12 @@
     $("list-more").addEventListener("click", () => loadList(true).catch((e) => toast(e.message, true)));
     $("refused-more").addEventListener("click", () => loadRefused(true).catch((e) => toast(e.message, true)));
     $("warehouse-more").addEventListener("click", () => loadWarehouse(true).catch((e) => toast(e.message, true)));
+    $("pending-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      state.pendingCode = $("pending-form").elements.ebcCode.value.trim();
+      if (state.pendingCode) loadPending().catch((e) => toast(e.message, true));
+    });
+    $("pending-more").addEventListener("click", () => loadPending(true).catch((e) => toast(e.message, true)));
     for (const b of document.querySelectorAll("[data-warehouse-view]")) {
       b.addEventListener("click", () => showWarehouseView(b.dataset.warehouseView).catch((e) => toast(e.message, true)));
     }
