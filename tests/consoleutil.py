@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway import outbox, samples
 from gateway.api import create_app
 from gateway.console import CONSOLE
+from gateway.console.feed import Feed
 from gateway.render import render
 from tests.apiutil import Client, sign_as_agent, test_settings
 
@@ -137,6 +138,25 @@ class ConsoleClient:
             headers["Origin"] = origin
         async with self.session.post(self.base + path, headers=headers, allow_redirects=False) as resp:
             return resp.status, await resp.json()
+
+
+class FeedWatch:
+    """The console's live feed polled by hand: each :meth:`changed` is one poll, answering the orderNos of the
+    shipments its ``summary`` event names as changed (none when it sent none)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.feed = Feed(pool, recount_every=1)
+        self.sub = self.feed.subscribe()
+
+    async def changed(self) -> set[str]:
+        await self.feed.tick()
+        data = dict(self.sub.pending.get("summary") or {})
+        self.sub.pending.clear()
+        assert not data.get("changed_overflow")
+        return {c["orderNo"] for c in data.get("changed", [])}
+
+    def close(self) -> None:
+        self.feed.unsubscribe(self.sub)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from gateway.csvexport import cell as csv_cell
 from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A, STRANGER
 from tests.consoleutil import (
     ConsoleClient,
+    FeedWatch,
     Ops,
     build_app,
     key_of,
@@ -914,21 +915,14 @@ async def test_the_feed_names_a_shipment_whose_inventory_got_a_tax_bill_or_a_bil
     customs status): an open shipment page showed a bill that came after it only once reloaded. The feed names the
     shipment of a bill's inventory, once; a bill that matched no inventory names nothing."""
     from gateway.api import create_app
-    from gateway.console.feed import _CHANGED_LIMIT, Feed
+    from gateway.console.feed import _CHANGED_LIMIT
     from gateway.sandbox.receipts import build_tax_bills, new_guid, return_time, tax_bill_of
     from tests.apiutil import Client, sign_as_agent, test_settings
 
     app = create_app(test_settings(), db_pool, signer=sign_as_agent)
     runner, base = await start(app)
-    feed = Feed(db_pool, recount_every=1)
-    sub = feed.subscribe()
-
-    async def changed() -> set[str]:
-        await feed.tick()
-        data = dict(sub.pending.get("summary") or {})
-        sub.pending.clear()
-        assert not data.get("changed_overflow")
-        return {c["orderNo"] for c in data.get("changed", [])}
+    watch = FeedWatch(db_pool)
+    changed = watch.changed
 
     try:
         async with aiohttp.ClientSession() as session:
@@ -966,7 +960,7 @@ async def test_the_feed_names_a_shipment_whose_inventory_got_a_tax_bill_or_a_bil
             await post(tax_bill_of(inv, invt_no, "T-171-B"))
             assert await changed() == {order_no}
     finally:
-        feed.unsubscribe(sub)
+        watch.close()
         await asyncio.wait_for(runner.cleanup(), 10)
 
 

@@ -24,7 +24,7 @@ from gateway.render import new_guid, render
 from gateway.sandbox.app import RunningSandbox
 from gateway.sandbox.recorder import Recorder
 from tests.apiutil import OPERATOR, PLATFORM_A, STRANGER, Client, linked_apps, sign_as_agent
-from tests.consoleutil import ConsoleClient
+from tests.consoleutil import ConsoleClient, FeedWatch
 from tests.exportapi import NOW, export_ship, import_ship, post_export, post_json, post_receipt, version, xml
 from tests.forwardutil import Stack, running_stack, wait_for
 
@@ -370,6 +370,16 @@ async def summary_receipt(api: Client, version: dict[str, Any], status: str, at:
         "preNo": "S20261120000000081", "msgSeqNo": "1", "returnStatus": status, "returnTime": at,
         "returnInfo": "ok" if status != "100" else "refused"})  # fmt: skip
     assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+
+
+async def sum_numbered(api: Client, doc: dict[str, Any], sum_no: str, pre_no: str, seq: str = "1") -> None:
+    """Customs takes an application's part ``seq`` (``doc``; CEB702 2) and gives it its sumNo (399), both applied."""
+    for i, (status, extra) in enumerate((("2", {}), ("399", {"sumNo": sum_no}))):
+        r = await post_receipt(api, "CEB702", {
+            "guid": doc["guid"], "agentCode": doc["agentCode"], "ebcCode": doc["ebcCode"], "copNo": doc["copNo"],
+            "preNo": pre_no, "msgSeqNo": seq, "returnStatus": status, "returnTime": f"20261120170{seq}0{i}000",
+            "returnInfo": "ok", **extra})  # fmt: skip
+        assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
 
 
 @pytest.mark.db
@@ -790,12 +800,7 @@ async def test_a_result_is_matched_by_the_sum_no_its_receipt_gave(api: Client) -
     # before customs' CEB702 gave the application its sumNo a result finds nothing: kept, tried again when it comes
     r = await api.request("POST", "/v1/receipts", data=result, content_type="application/xml")
     assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["unmatched"], r.body
-    for i, (status, extra) in enumerate((("2", {}), ("399", {"sumNo": sum_no}))):
-        r = await post_receipt(api, "CEB702", {
-            "guid": doc["guid"], "agentCode": doc["agentCode"], "ebcCode": doc["ebcCode"], "copNo": doc["copNo"],
-            "preNo": "S20261120000000031", "msgSeqNo": "1", "returnStatus": status,
-            "returnTime": f"2026112017000{i}000", "returnInfo": "ok", **extra})  # fmt: skip
-        assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    await sum_numbered(api, doc, sum_no, "S20261120000000031")
     r = await api.request("POST", "/v1/receipts", data=result, content_type="application/xml")
     assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
     view = (await api.get(path)).body
@@ -822,20 +827,11 @@ async def test_the_console_feed_names_the_shipment_whose_summary_declaration_mov
     each inventory they name, once each; an application naming only an inventory the gateway does not hold names
     nothing. Its statement probes indexes (sql/350's for these)."""
     from gateway.console import queries as console_queries
-    from gateway.console.feed import Feed
     from gateway.db import BEGIN_PLANNED
     from tests.planutil import full_scans
 
-    feed = Feed(db_pool, recount_every=1)
-    sub = feed.subscribe()
-
-    async def changed() -> set[str]:
-        await feed.tick()
-        data = dict(sub.pending.get("summary") or {})
-        sub.pending.clear()
-        assert not data.get("changed_overflow")
-        return {c["orderNo"] for c in data.get("changed", [])}
-
+    watch = FeedWatch(db_pool)
+    changed = watch.changed
     try:
         a, a_no = await declared(api, 41)
         await changed()  # the first poll names nothing, the next the declaration (within the look-back)
@@ -845,15 +841,9 @@ async def test_the_console_feed_names_the_shipment_whose_summary_declaration_mov
         assert (await post_export(api, p)).status == 202
         assert await changed() == {a["orderNo"]}
         assert await changed() == set()
-        doc = p["documents"][0]
         sum_no = "51412026S000000041"
-        for i, (status, extra) in enumerate((("2", {}), ("399", {"sumNo": sum_no}))):
-            r = await post_receipt(api, "CEB702", {
-                "guid": doc["guid"], "agentCode": doc["agentCode"], "ebcCode": doc["ebcCode"], "copNo": doc["copNo"],
-                "preNo": "S20261120000000041", "msgSeqNo": "1", "returnStatus": status,
-                "returnTime": f"2026112017000{i}000", "returnInfo": "ok", **extra})  # fmt: skip
-            assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
-            assert await changed() == {a["orderNo"]}
+        await sum_numbered(api, p["documents"][0], sum_no, "S20261120000000041")  # customs' CEB702s
+        assert await changed() == {a["orderNo"]}
         result = result_for(sum_no, p, [a_no])
         r = await api.request("POST", "/v1/receipts", data=result, content_type="application/xml")
         assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
@@ -864,7 +854,7 @@ async def test_the_console_feed_names_the_shipment_whose_summary_declaration_mov
         assert (await post_export(api, stray)).status == 202
         assert await changed() == set()
     finally:
-        feed.unsubscribe(sub)
+        watch.close()
     async with db_pool.acquire() as conn:
         scans = await full_scans(conn, begin=BEGIN_PLANNED, module=console_queries, cases={"CHANGED": "now(), 100"})
     assert scans == {}
@@ -880,13 +870,8 @@ async def test_a_result_of_a_sum_no_the_parts_share_is_shown_on_every_part(api: 
     assert (await post_export(api, p)).status == 202
     assert (await post_export(api, second)).status == 202
     doc, sum_no = p["documents"][0], "51412026S000000075"
-    for seq, guid in (("1", doc["guid"]), ("2", second["documents"][0]["guid"])):
-        for i, (status, extra) in enumerate((("2", {}), ("399", {"sumNo": sum_no}))):
-            r = await post_receipt(api, "CEB702", {
-                "guid": guid, "agentCode": doc["agentCode"], "ebcCode": doc["ebcCode"], "copNo": doc["copNo"],
-                "preNo": f"S2026112000000075{seq}", "msgSeqNo": seq, "returnStatus": status,
-                "returnTime": f"20261120170{seq}0{i}000", "returnInfo": "ok", **extra})  # fmt: skip
-            assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    for seq, part in (("1", doc), ("2", second["documents"][0])):
+        await sum_numbered(api, part, sum_no, f"S2026112000000075{seq}", seq)
     r = await api.request("POST", "/v1/receipts", data=result_for(sum_no, p, [a_no, b_no]),
                           content_type="application/xml")  # fmt: skip
     assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
