@@ -700,7 +700,9 @@ def create_app(
                   on_replayed=outbox.deliveries_replayed, tax_rates=rates,
                   allowed_origins=(public,) if public else (), signing=signing_standing,
                   secure_cookie=True if public and public.startswith("https:") else None)  # fmt: skip
-    setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app), signing_valid_until=signing_valid_until)
+    metrics = setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app),
+                            signing_valid_until=signing_valid_until)  # fmt: skip
+    store.on_committed = metrics.observe_transaction
 
     async def finish_batches(app: web.Application) -> None:
         # Messages already handed to the store's batcher are committed and answered before the pool closes.

@@ -476,6 +476,8 @@ class IngestRun:
     #: Shares of the machine's CPU time during the run: this benchmark's processes, the others, idle.
     machine_share: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: The gateway's ingest transactions during the run, from its /metrics: how many, their messages and seconds.
+    transactions: dict[str, float] = field(default_factory=dict)
 
     @property
     def accepted(self) -> int:
@@ -484,6 +486,26 @@ class IngestRun:
     @property
     def per_second(self) -> float:
         return _rate(self.messages, self.seconds)
+
+
+#: The ingest transactions' figures in the gateway's /metrics (gateway.metrics), as IngestRun.transactions names them.
+_TRANSACTION_SAMPLES = {"cbec_ingest_transaction_messages_count": "count",
+                        "cbec_ingest_transaction_messages_sum": "messages",
+                        "cbec_ingest_transaction_seconds_sum": "seconds"}  # fmt: skip
+
+
+async def transaction_tally(gateway: GatewayProcess) -> dict[str, float]:
+    """The gateway's ingest transactions so far (count, messages, seconds), read from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as session, session.get(gateway.base_url + "/metrics") as resp:
+        text = await resp.text()
+    tally = dict.fromkeys(_TRANSACTION_SAMPLES.values(), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in _TRANSACTION_SAMPLES:
+                tally[_TRANSACTION_SAMPLES[sample.name]] += sample.value
+    return tally
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -1175,6 +1197,9 @@ def format_report(r: Report) -> str:
         row("   rounds on fresh databases, the median above (msg/s)",
             " / ".join(f"{run.per_second:,.0f}" for run, _ in r.ingest_rounds))  # fmt: skip
     row("   latency p50 / p99 (ms)", f"{i.p50_ms:.1f} / {i.p99_ms:.1f}")
+    if (t := i.transactions) and t["count"]:
+        row("   ingest transactions / messages each / ms each",
+            f"{t['count']:,.0f} / {t['messages'] / t['count']:.1f} / {t['seconds'] / t['count'] * 1000:.1f}")
     row("   accepted (HTTP 202) / sent", f"{i.accepted:,} / {i.messages:,}")
     vf = r.verification
     row("   stored messages / sent (SQL)", f"{vf.messages_stored:,} / {vf.messages_sent:,}")
@@ -1466,7 +1491,10 @@ async def _ingest_run(
         try:
             await gateway.start()
             assert gateway.proc is not None
+            before = await transaction_tally(gateway)
             run = await drive(gateway, messages, opts.concurrency, CpuMeter(gateway.proc.pid, dbname))
+            after = await transaction_tally(gateway)
+            run.transactions = {k: after[k] - before[k] for k in after}
             jobs = await _job_states(dsn)
         finally:
             await gateway.stop()

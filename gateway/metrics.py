@@ -4,8 +4,8 @@ Two kinds of figures:
 
 * request-path figures, counted in process by :func:`metrics_middleware` without touching the database:
   HTTP requests by route and status, messages ingested by type and outcome, ingest latency, validation
-  failures by error code. They are counters since this process started (Prometheus' ``rate()`` and
-  ``increase()`` handle restarts);
+  failures by error code; and, told by the store, its ingest transactions (messages each, seconds each). They
+  are counters since this process started (Prometheus' ``rate()`` and ``increase()`` handle restarts);
 * state figures, read from PostgreSQL when Prometheus scrapes (a handful of index-backed queries, one
   scrape at a time): shipments by reconciliation state and by customs status,
   queue depth, due and running jobs, oldest queued age and dead letters per endpoint, circuit states of
@@ -57,6 +57,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 INGEST_ROUTE = "/v1/messages"
 #: Ingest latency buckets (seconds): a message takes milliseconds; seconds mean trouble.
 INGEST_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Messages per ingest transaction (the store's batches hold at most 32).
+TRANSACTION_SIZES = (1, 2, 4, 8, 16, 32)
+#: An ingest transaction's seconds: a few milliseconds; tens mean PostgreSQL is slow or a lock is waited for.
+TRANSACTION_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 QUANTILES = ("0.5", "0.9", "0.99")
 _MAX_CHILDREN = 4096
 
@@ -121,6 +125,19 @@ class Metrics:
             ["code"],
             registry=instruments,
         )
+        self.transaction_messages = Histogram(
+            "cbec_ingest_transaction_messages",
+            "Messages per ingest transaction committed (messages arriving together share one; _count: the "
+            "transactions, _sum: their messages)",
+            buckets=TRANSACTION_SIZES,
+            registry=instruments,
+        )
+        self.transaction_seconds = Histogram(
+            "cbec_ingest_transaction_seconds",
+            "Time of an ingest transaction committed, from its first statement to its COMMIT answered",
+            buckets=TRANSACTION_BUCKETS,
+            registry=instruments,
+        )
         self.warehouse_callbacks = Counter(
             "cbec_warehouse_callbacks",
             "Warehouse callbacks stored (POST /v1/warehouse/callbacks; a repeat is not counted), by the status they "
@@ -149,6 +166,11 @@ class Metrics:
 
     def observe(self, route: str, method: str, status: int) -> None:
         self._child(self.requests, route, method, str(status)).inc()
+
+    def observe_transaction(self, messages: int, seconds: float) -> None:
+        """An ingest transaction committed (the store's ``on_committed``)."""
+        self.transaction_messages.observe(messages)
+        self.transaction_seconds.observe(seconds)
 
     def observe_warehouse(self, status: str, linked: bool) -> None:
         """A warehouse callback stored (its status one of the contract's: the labels stay bounded)."""

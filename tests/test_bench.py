@@ -67,6 +67,12 @@ async def test_bench_tiny_run_reports_positive_figures(pg_dsn: str) -> None:
     assert bench.cpu_ceiling({"gateway": 800.0, "postgres": 400.0, "client": 50.0}, 2) == 1600
     assert bench.cpu_ceiling({}, 2) is None
 
+    # The gateway's own count of its ingest transactions (its /metrics): every message in one of them.
+    t = report.ingest.transactions
+    assert t["messages"] == 40 and 1 <= t["count"] <= 40 and t["seconds"] > 0, t
+    [batches] = [line for line in table if "ingest transactions" in line]
+    assert _numbers(batches[61:])[0] == t["count"], batches
+
     # The same messages with each shipment's legs back to back: stored and matched as well.
     assert report.ingest_adjacent is not None and report.verification_adjacent is not None
     assert report.ingest_adjacent.accepted == 40 and report.verification_adjacent.ok

@@ -99,6 +99,33 @@ async def test_ingest_counters_move_with_submissions(ops: Ops) -> None:
     assert value(done, "cbec_http_requests_total", route="/v1/messages", method="POST", status="202") == 5
 
 
+async def test_ingest_transactions_count_their_messages_and_time(ops: Ops) -> None:
+    """The store's ingest transactions: each one committed is counted with its messages (messages arriving together
+    share one) and its time; a refused message never reaches one."""
+    def tally(samples: Samples) -> tuple[float, float, float, float]:
+        return (value(samples, "cbec_ingest_transaction_messages_count"),
+                value(samples, "cbec_ingest_transaction_messages_sum"),
+                value(samples, "cbec_ingest_transaction_seconds_count"),
+                value(samples, "cbec_ingest_transaction_seconds_sum"))  # fmt: skip
+
+    before, types = await scrape(ops.base)
+    assert types["cbec_ingest_transaction_messages"] == types["cbec_ingest_transaction_seconds"] == "histogram"
+    assert (await ops.api.post_xml(legs(new_shipment(205))["CEB311"])).status == 202
+    one, _ = await scrape(ops.base)
+    assert [a - b for a, b in zip(tally(one)[:3], tally(before)[:3], strict=True)] == [1, 1, 1]
+    assert tally(one)[3] > tally(before)[3]
+    assert value(one, "cbec_ingest_transaction_messages_bucket", le="1.0") == tally(one)[0]  # each of one message
+
+    orders = [legs(new_shipment(seed))["CEB311"] for seed in range(206, 218)]
+    answers = await asyncio.gather(*(ops.api.post_xml(o) for o in orders))
+    assert [a.status for a in answers] == [202] * len(orders)
+    broken = legs(new_shipment(218))["CEB311"][:-40]  # cut short: refused before any transaction
+    assert (await ops.api.post_xml(broken)).status == 400
+    burst, _ = await scrape(ops.base)
+    transactions, messages, timed, _ = (a - b for a, b in zip(tally(burst), tally(one), strict=True))
+    assert messages == len(orders) and 1 <= transactions <= len(orders) and timed == transactions
+
+
 async def test_rejections_count_by_error_code(ops: Ops) -> None:
     before, _ = await scrape(ops.base)
     s = new_shipment(202)
