@@ -92,7 +92,7 @@ def effective_endpoints(
     """The configured endpoints; with no customs endpoint, the sandbox's (at ``sandbox_url``; ``dedicated``: for a
     ``cbec worker`` process, see sandbox_endpoints) for the names not configured; the sellers' ``webhook`` endpoint,
     also with no webhook configured yet: a reload that adds the first seller's puts it in force like any other
-    (Forwarding.renew_webhooks), and an endpoint with no job costs nothing but its name in the queue's figures."""
+    (Forwarding.renew_webhooks); an endpoint with no job costs the worker's claims one index probe more."""
     out = list(fwd.endpoints)
     names = {e.name for e in out}
     if uses_sandbox(fwd) and sandbox_url:
