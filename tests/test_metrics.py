@@ -126,6 +126,25 @@ async def test_ingest_transactions_count_their_messages_and_time(ops: Ops) -> No
     assert messages == len(orders) and 1 <= transactions <= len(orders) and timed == transactions
 
 
+async def test_the_alerting_rules_name_only_metrics_the_gateway_serves(ops: Ops) -> None:
+    """ops/prometheus/cbec-alerts.yml: every rule has its expression, severity and summary, no two share a name, and
+    every metric an expression names is a family /metrics serves (a renamed metric would leave a rule silent)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "ops" / "prometheus" / "cbec-alerts.yml").read_text(encoding="utf-8")
+    alerts = re.findall(r"^      - alert: (\w+)$", text, re.M)
+    assert len(alerts) >= 10 and len(set(alerts)) == len(alerts), alerts
+    for field in ("expr:", "labels: {severity: ", "summary: "):
+        assert text.count(field) == len(alerts), field
+    named = set(re.findall(r"\bcbec_[a-z_]+", text))
+    _, types = await scrape(ops.base)
+    signed = {"cbec_signing_certificate_expiry_seconds"}  # served once a signing key is configured (its own test)
+    missing = {n for n in named - signed if re.sub(r"_(total|bucket|count|sum)$", "", n) not in types}
+    assert not missing, missing
+    assert signed <= named
+
+
 async def test_rejections_count_by_error_code(ops: Ops) -> None:
     before, _ = await scrape(ops.base)
     s = new_shipment(202)
