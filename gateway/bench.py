@@ -53,6 +53,7 @@ import aiohttp
 import asyncpg
 import psutil
 from lxml import etree
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import db, loadgen, samples, signing
 from gateway.auth import document_parties
@@ -496,8 +497,6 @@ _TRANSACTION_SAMPLES = {"cbec_ingest_transaction_messages_count": "count",
 
 async def transaction_tally(gateway: GatewayProcess) -> dict[str, float]:
     """The gateway's ingest transactions so far (count, messages, seconds), read from its /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     async with aiohttp.ClientSession() as session, session.get(gateway.base_url + "/metrics") as resp:
         text = await resp.text()
     tally = dict.fromkeys(_TRANSACTION_SAMPLES.values(), 0.0)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -129,9 +131,6 @@ async def test_ingest_transactions_count_their_messages_and_time(ops: Ops) -> No
 async def test_the_alerting_rules_name_only_metrics_the_gateway_serves(ops: Ops) -> None:
     """ops/prometheus/cbec-alerts.yml: every rule has its expression, severity and summary, no two share a name, and
     every metric an expression names is a family /metrics serves (a renamed metric would leave a rule silent)."""
-    import re
-    from pathlib import Path
-
     text = (Path(__file__).parent.parent / "ops" / "prometheus" / "cbec-alerts.yml").read_text(encoding="utf-8")
     alerts = re.findall(r"^      - alert: (\w+)$", text, re.M)
     assert len(alerts) >= 10 and len(set(alerts)) == len(alerts), alerts
