@@ -384,12 +384,13 @@ NO_EBP_CODE = "-"
 
 async def pending_summaries(request: web.Request) -> web.Response:
     """A consignor's export inventories awaiting their summary declaration (``ebcCode``, one the key holds; any for
-    operators and admins), newest first: what its next summary application (CEB701) may name."""
+    operators and admins, who may leave it out for every consignor's), newest first: what its next summary application
+    (CEB701) may name."""
     principal = _principal(request)
     q = request.query
-    ebc_code = (q.get("ebcCode") or "").strip()
-    if not ebc_code:
-        return error_response(400, "name the consignor: ebcCode")
+    ebc_code = (q.get("ebcCode") or "").strip() or None
+    if ebc_code is None and not principal.sees_everything:
+        return error_response(400, "name the consignor: ebcCode (one the API key holds)")
     if not (principal.sees_everything or ebc_code in principal.codes):
         return error_response(403, f"the API key does not hold the enterprise code {ebc_code}")
     try:

@@ -145,12 +145,14 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/summaries/pending": {
             "get": _page_list(
-                "A consignor's export inventories awaiting their summary declaration (汇总申报), newest first (keyset "
-                "pages): B-type, released by customs, neither withdrawn nor cancelled, named by no live summary "
-                "application of the consignor — what its next CEB701 may name; each {invtNo, ebcCode, agentCode, "
-                "copNo, ebpCode, orderNo, logisticsNo, ieDate, released_at}",
-                (("ebcCode", "the consignor (required; a submitter's key must hold it)"),),
-                "no ebcCode, a bad limit or cursor",
+                "A consignor's export inventories awaiting their summary declaration (汇总申报), or every consignor's "
+                "for an operator's or admin's key without ebcCode, newest first (keyset pages): B-type, released by "
+                "customs, neither withdrawn nor cancelled, named by no live summary application of the consignor — "
+                "what its next CEB701 may name; each {invtNo, ebcCode, agentCode, copNo, ebpCode, orderNo, "
+                "logisticsNo, ieDate, released_at}",
+                (("ebcCode", "the consignor (a submitter's key must name one it holds; operators and admins may leave "
+                              "it out for every consignor's)"),),
+                "a submitter's key naming no ebcCode, a bad limit or cursor",
                 cursor="next_cursor of the previous page (a page may hold fewer than limit)",
             )
         },

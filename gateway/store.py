@@ -801,12 +801,12 @@ async def _live_summaries(conn: asyncpg.Connection, invt_nos: list[str]) -> dict
 
 
 async def read_pending_summaries(
-    pool: asyncpg.Pool, ebc_code: str, *, limit: int = 50, cursor: str | None = None
+    pool: asyncpg.Pool, ebc_code: str | None, *, limit: int = 50, cursor: str | None = None
 ) -> dict[str, Any]:
-    """A page of the consignor's export inventories awaiting their summary declaration (gateway.summary.pending),
-    newest first: ``items`` and ``next_cursor`` (None once every candidate was read; a page may hold fewer than
-    ``limit`` when many candidates were not pending). A cursor that is not one raises ValueError. GET
-    /v1/summaries/pending and the console's list."""
+    """A page of the consignor's export inventories awaiting their summary declaration (gateway.summary.pending), of
+    every consignor with ``ebc_code`` None, newest first: ``items`` and ``next_cursor`` (None once every candidate was
+    read; a page may hold fewer than ``limit`` when many candidates were not pending). A cursor that is not one raises
+    ValueError. GET /v1/summaries/pending and the console's list."""
     before = db.row_id(cursor) if cursor else 2**63 - 1
     if before is None:
         raise ValueError("not a cursor of GET /v1/summaries/pending")
@@ -814,7 +814,8 @@ async def read_pending_summaries(
     read_all = False
     async with db.transaction(pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
         for _ in range(_PENDING_ROUNDS):
-            rows = await conn.fetch(summary.PENDING_CANDIDATES, before, limit, ebc_code)
+            rows = await (conn.fetch(summary.PENDING_CANDIDATES, before, limit, ebc_code) if ebc_code is not None
+                          else conn.fetch(summary.PENDING_CANDIDATES_ALL, before, limit))
             nos = [r["invt_no"] for r in rows]
             held = {(r["invt_no"], r["key1"], r["key2"]): summary.HeldInventory.from_row(r)
                     for r in await conn.fetch(summary.HELD_INVENTORIES, nos, RANK_CONCLUDED)} if nos else {}

@@ -339,8 +339,9 @@ async def test_an_export_shipment_page_says_what_became_of_its_summary_declarati
     browser: Browser, db_dsn: str
 ) -> None:
     """A released B-type export parcel awaits its summary declaration (汇总申报): the overview's panel lists it for its
-    consignor, linking its page; once customs' result is in, its page names the declaration its items went into
-    (entryId, each item's gnum → gseqno) and the application, and the panel lists nothing for the consignor."""
+    consignor and among every consignor's, linking its page; once customs' result is in, its page names the
+    declaration its items went into (entryId, each item's gnum → gseqno) and the application, and the panel lists
+    nothing for the consignor nor for any."""
     from tests.test_summary import released_b_type, summarised
 
     errors: list[str] = []
@@ -351,6 +352,9 @@ async def test_an_export_shipment_page_says_what_became_of_its_summary_declarati
         await page.wait_for_url(stack.base + "/ops")
         doc = parcels[0].inventory_doc
         pending = page.locator("#pending-table tbody tr")
+        await page.click("#pending-form button[type=submit]")  # no consignor named: every consignor's
+        await expect(pending).to_have_count(1)
+        assert doc["ebcCode"] in await pending.first.inner_text()
         await page.fill("#pending-form input[name=ebcCode]", doc["ebcCode"])
         await page.click("#pending-form button[type=submit]")
         await expect(pending).to_have_count(1)
@@ -367,6 +371,10 @@ async def test_an_export_shipment_page_says_what_became_of_its_summary_declarati
         await expect(page.locator("#pending-empty")).to_be_visible()
         await expect(page.locator("#pending-empty")).to_have_text(
             f"Nothing awaits a summary of {doc['ebcCode']}. 无待汇总清单")  # fmt: skip
+        await page.fill("#pending-form input[name=ebcCode]", "")
+        await page.click("#pending-form button[type=submit]")
+        await expect(page.locator("#pending-empty")).to_have_text(
+            "Nothing awaits a summary of any consignor. 无待汇总清单")  # fmt: skip
         key = urlencode({"ebpCode": doc["ebpCode"], "orderNo": doc["orderNo"]})
         await page.goto(f"{stack.base}/ops#/shipment?{key}")
         await page.reload()

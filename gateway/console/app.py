@@ -405,12 +405,10 @@ async def warehouse_callbacks(request: web.Request) -> web.StreamResponse:
 
 @api
 async def pending_summaries(request: web.Request) -> web.StreamResponse:
-    """A consignor's export inventories awaiting their summary declaration (``ebcCode``, required), newest first, as
-    GET /v1/summaries/pending gives them (a page of 20), for the summary panel: what an exporter asking the bonded
-    zone is told it still has to summarise."""
-    ebc_code = (request.query.get("ebcCode") or "").strip()
-    if not ebc_code:
-        return error(400, "name the consignor: ebcCode")
+    """The export inventories awaiting their summary declaration of one consignor (``ebcCode``) or, without it, of
+    every consignor, newest first, as GET /v1/summaries/pending gives them (a page of 20), for the summary panel: what
+    an exporter asking the bonded zone is told it still has to summarise, and what the zone's exporters have left."""
+    ebc_code = (request.query.get("ebcCode") or "").strip() or None
     try:
         return json_response(await read_pending_summaries(_pool(request), ebc_code, limit=20,
                                                           cursor=request.query.get("cursor") or None))  # fmt: skip

@@ -30,7 +30,7 @@
     refusedCursor: null,
     warehouseView: "unlinked",
     warehouseCursor: null,
-    pendingCode: null, // the consignor whose inventories awaiting their summary the panel shows
+    pendingCode: null, // the consignor whose inventories awaiting their summary the panel shows ("": every one)
     pendingCursor: null,
     warehouseNewest: {},
     cursor: null,
@@ -369,6 +369,7 @@
     const rows = items.map((p) => h("tr", { "data-invt-no": p.invtNo },
       h("td", { class: "when", text: fmtReturnTime(p.released_at) }),
       h("td", { class: "mono", text: p.invtNo }),
+      h("td", { class: "mono", text: p.ebcCode }),
       h("td", {}, shipmentLink(p.ebpCode, p.orderNo)),
       h("td", { class: "mono", text: p.logisticsNo || "—" }),
       h("td", { text: p.ieDate || "—" }),
@@ -376,12 +377,14 @@
     const body = $("pending-table").tBodies[0];
     if (append) body.append(...rows); else body.replaceChildren(...rows);
     $("pending-table").hidden = body.rows.length === 0;
-    $("pending-empty").textContent = `Nothing awaits a summary of ${state.pendingCode}. 无待汇总清单`;
+    $("pending-empty").textContent = state.pendingCode
+      ? `Nothing awaits a summary of ${state.pendingCode}. 无待汇总清单`
+      : "Nothing awaits a summary of any consignor. 无待汇总清单";
     $("pending-empty").hidden = body.rows.length > 0;
   }
 
   async function loadPending(append = false) {
-    const params = new URLSearchParams({ ebcCode: state.pendingCode });
+    const params = new URLSearchParams(state.pendingCode ? { ebcCode: state.pendingCode } : {});
     if (append && state.pendingCursor) params.set("cursor", state.pendingCursor);
     const page = await call(`${API}/summaries/pending?${params}`);
     renderPending(page.items, append);
@@ -931,8 +934,8 @@
     $("warehouse-more").addEventListener("click", () => loadWarehouse(true).catch((e) => toast(e.message, true)));
     $("pending-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
-      state.pendingCode = $("pending-form").elements.ebcCode.value.trim();
-      if (state.pendingCode) loadPending().catch((e) => toast(e.message, true));
+      state.pendingCode = $("pending-form").elements.ebcCode.value.trim();  // empty: every consignor's
+      loadPending().catch((e) => toast(e.message, true));
     });
     $("pending-more").addEventListener("click", () => loadPending(true).catch((e) => toast(e.message, true)));
     for (const b of document.querySelectorAll("[data-warehouse-view]")) {
