@@ -142,15 +142,17 @@ class ConsoleClient:
 
 class FeedWatch:
     """The console's live feed polled by hand: each :meth:`changed` is one poll, answering the orderNos of the
-    shipments its ``summary`` event names as changed (none when it sent none)."""
+    shipments its ``summary`` event names as changed (none when it sent none); :attr:`last` is the latest such event."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.feed = Feed(pool, recount_every=1)
         self.sub = self.feed.subscribe()
+        self.last: dict[str, Any] = {}
 
     async def changed(self) -> set[str]:
         await self.feed.tick()
         data = dict(self.sub.pending.get("summary") or {})
+        self.last = data or self.last
         self.sub.pending.clear()
         assert not data.get("changed_overflow")
         return {c["orderNo"] for c in data.get("changed", [])}

@@ -850,7 +850,8 @@ async def test_the_console_feed_names_the_shipment_whose_summary_declaration_mov
     """A summary application, customs' receipt of it (CEB702) and its result (CEB792) move nothing of the shipment row:
     an open shipment page showed its summary declaration only once reloaded. The console's feed names the shipment of
     each inventory they name, once each; an application naming only an inventory the gateway does not hold names
-    nothing. Its statement probes indexes (sql/350's for these)."""
+    nothing. Each moves the event's awaiting_at (the awaiting-summary panel reads itself again). Its statement probes
+    indexes (sql/350's for these)."""
     from gateway.console import queries as console_queries
     from gateway.db import BEGIN_PLANNED
     from tests.planutil import full_scans
@@ -862,17 +863,27 @@ async def test_the_console_feed_names_the_shipment_whose_summary_declaration_mov
         await changed()  # the first poll names nothing, the next the declaration (within the look-back)
         await changed()
         assert await changed() == set()
+
+        def awaiting_at() -> datetime:  # what the console's awaiting-summary panel follows
+            return datetime.fromisoformat(watch.last["awaiting_at"])
+
+        released = awaiting_at()
         p = application([a], [a_no], seed=41)
         assert (await post_export(api, p)).status == 202
         assert await changed() == {a["orderNo"]}
+        applied = awaiting_at()
+        assert applied > released
         assert await changed() == set()
         sum_no = "51412026S000000041"
         await sum_numbered(api, p["documents"][0], sum_no, "S20261120000000041")  # customs' CEB702s
         assert await changed() == {a["orderNo"]}
+        assert awaiting_at() > applied
+        answered = awaiting_at()
         result = result_for(sum_no, p, [a_no])
         r = await api.request("POST", "/v1/receipts", data=result, content_type="application/xml")
         assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
         assert await changed() == {a["orderNo"]}
+        assert awaiting_at() > answered
         assert await changed() == set()
         # an application naming an invtNo no inventory here has: stored with a warning, names no shipment
         stray = application([a], ["51412026E999999941"], seed=42)

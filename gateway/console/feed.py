@@ -93,6 +93,9 @@ def no_signer() -> dict[str, Any] | None:
 
 #: The times among the marker's columns (q.MARKER): the newest is where the next poll's CHANGED reads from.
 _MARKER_TIMES = ("shipments_at", "customs_at", "tax_bill_at", "warehouse_at", "summary_at", "summary_answer_at")
+#: Those that move when what awaits a summary declaration may have changed (the panel's list): a shipment's state or
+#: customs status (a release, a withdrawal, a cancellation), a summary application stored, customs' answer to one.
+_AWAITING_TIMES = ("shipments_at", "customs_at", "summary_at", "summary_answer_at")
 
 
 class Feed:
@@ -190,10 +193,13 @@ class Feed:
         async with self.pool.acquire(timeout=5) as conn:
             row = await conn.fetchrow(q.MARKER, timeout=5)
             marker = tuple(row or ())
-            # the refused messages' and the warehouse callbacks' panels reload when these move
+            # the refused messages', the warehouse callbacks' and the awaiting summaries' panels reload when these move
             last_rejection = row["last_rejection"] if row is not None else None
-            callbacks = {name: row[name] if row is not None else None
-                         for name in ("last_unlinked_callback", "last_refused_callback")}  # fmt: skip
+            panels = {name: row[name] if row is not None else None
+                      for name in ("last_unlinked_callback", "last_refused_callback")}  # fmt: skip
+            awaiting = max((t for t in (row[name] for name in _AWAITING_TIMES) if t is not None), default=None) \
+                if row is not None else None  # fmt: skip
+            panels["awaiting_at"] = awaiting.isoformat() if awaiting is not None else None
             recount = marker != self._marker or self.ticks % self.recount_every == 0
             if recount:
                 summary = await build_summary(conn)
@@ -207,10 +213,10 @@ class Feed:
                 previous = self.latest.get("summary")
                 if (previous is None or changed or overflow or previous["shipments"] != summary["shipments"]
                         or previous.get("last_rejection") != last_rejection
-                        or any(previous.get(name) != value for name, value in callbacks.items())):
+                        or any(previous.get(name) != value for name, value in panels.items())):
                     # overflow: more changed than one event names; the pages reload what they show
                     self.publish("summary", {**summary, "changed": changed, "changed_overflow": overflow,
-                                             "last_rejection": last_rejection, **callbacks})  # fmt: skip
+                                             "last_rejection": last_rejection, **panels})  # fmt: skip
                 self._marker = marker
             if self.ticks % self.queue_every == 0:
                 health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0)

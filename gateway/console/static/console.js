@@ -32,6 +32,10 @@
     warehouseCursor: null,
     pendingCode: null, // the consignor whose inventories awaiting their summary the panel shows ("": every one)
     pendingCursor: null,
+    pendingPages: 0, // pages the panel shows: it follows the feed while it shows one
+    pendingReadAt: 0,
+    pendingTimer: null,
+    awaitingAt: undefined, // the feed's awaiting_at last seen
     warehouseNewest: {},
     cursor: null,
     listKey: "",
@@ -386,10 +390,24 @@
   async function loadPending(append = false) {
     const params = new URLSearchParams(state.pendingCode ? { ebcCode: state.pendingCode } : {});
     if (append && state.pendingCursor) params.set("cursor", state.pendingCursor);
+    if (!append) state.pendingReadAt = Date.now();
     const page = await call(`${API}/summaries/pending?${params}`);
     renderPending(page.items, append);
+    state.pendingPages = append ? state.pendingPages + 1 : 1;
     state.pendingCursor = page.next_cursor;
     $("pending-more").hidden = !page.next_cursor;
+  }
+
+  // The feed says what awaits a summary may have changed (a release, a withdrawal, an application, customs' answer):
+  // the panel, showing one page, reads it again — at most every 3 s however busy the zone, the last change included.
+  // Once more pages are loaded it stays as read (the operator is reading down the list): Show reads it anew.
+  function schedulePending() {
+    if (state.pendingCode === null || state.pendingPages !== 1 || state.pendingTimer) return;
+    const wait = Math.max(0, state.pendingReadAt + 3000 - Date.now());
+    state.pendingTimer = setTimeout(() => {
+      state.pendingTimer = null;
+      if (state.pendingPages === 1) loadPending().catch(() => {});
+    }, wait);
   }
 
   async function replay(jobId, button) {
@@ -648,6 +666,10 @@
         loadWarehouse().catch(() => {});
       }
       state.warehouseNewest = newest;
+      if (data.awaiting_at !== state.awaitingAt) {
+        state.awaitingAt = data.awaiting_at;
+        schedulePending();
+      }
       if (state.view === "overview" && (changed.length || data.changed_overflow ||
           before !== JSON.stringify(data.shipments.by_state))) {
         scheduleList(true);
