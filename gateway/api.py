@@ -14,6 +14,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -26,9 +27,9 @@ from aiohttp import web
 from lxml import etree
 
 from adapters import warehouse
-from gateway import csvexport, db, receipts, summary, taxbills
+from gateway import csvexport, db, realtime, receipts, summary, taxbills
 from gateway.auth import KeyRing, Principal, SharedRates, shipment_view
-from gateway.config import Role, Settings
+from gateway.config import RealtimeSettings, Role, Settings, key_digest
 from gateway.console import setup_console
 from gateway.console.queries import awaited_documents, receipts_awaited
 from gateway.errors import Issue, Layer, MessageRejected
@@ -40,9 +41,20 @@ from gateway.openapi import OPENAPI
 from gateway.outbox import Outbox, read_warehouse_callbacks, with_warehouse_orders
 from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
+from gateway.render import json_constant, json_int
 from gateway.schema import SchemaSet
 from gateway.signing import Signer, SigningUnavailable, read_certificates
-from gateway.store import Conflict, Store, quota_reassessor, read_pending_summaries, refusals_restorer
+from gateway.store import (
+    Conflict,
+    PaymentConflict,
+    Store,
+    quota_reassessor,
+    read_payment_data,
+    read_pending_summaries,
+    refusals_restorer,
+    store_payment_data,
+    take_payment_question,
+)
 from gateway.turns import Turns
 
 log = structlog.get_logger("gateway.api")
@@ -94,6 +106,19 @@ def _status_for(issues: list[Issue]) -> int:
 
 
 
+#: Paths whose last part is a secret (a 179 platform's token): logged without it.
+_SECRET_PATHS = ("/ceb/platDataOpen/",)
+
+
+def logged_path(path: str) -> str:
+    """The path as the log writes it: a platform's token hidden (whoever reads the log must not be able to make the
+    gateway upload a platform's payment data)."""
+    for prefix in _SECRET_PATHS:
+        if path.startswith(prefix):
+            return prefix + "***"
+    return path
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()  # 32 hex digits, as a uuid4's
@@ -117,17 +142,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception as exc:
         if db.database_away(exc) or isinstance(exc, IngestUnavailable):
             # nothing was stored (a message is acknowledged only once committed): the client may send it again
-            log.warning("database_unavailable", path=request.path, error=f"{exc.__class__.__name__}: {exc}")
+            log.warning("database_unavailable", path=logged_path(request.path),
+                        error=f"{exc.__class__.__name__}: {exc}")  # fmt: skip
             response = error_response(503, f"the database is unavailable; try again (request id {request_id})")
             response.headers["Retry-After"] = "5"
         else:
-            log.exception("unhandled_error", path=request.path)
+            log.exception("unhandled_error", path=logged_path(request.path))
             response = error_response(500, f"internal error (request id {request_id})")
     response.headers["X-Request-Id"] = request_id
     log.info(
         "request",
         method=request.method,
-        path=request.path,
+        path=logged_path(request.path),
         status=response.status,
         ms=round((time.perf_counter() - started) * 1000, 2),
     )
@@ -224,6 +250,107 @@ async def post_message(request: web.Request) -> web.Response:
     if result.replay:
         headers["Idempotent-Replay"] = "true"
     return json_response(result.body, result.http_status, headers)
+
+
+# --- the 179 real-time payment data (gateway/realtime.py) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RealtimeDoor:
+    """The platforms whose payment data the gateway uploads when customs asks: each one's ebpCode by the digest of
+    its URL token (looked up by digest, as API keys are), and the endpoint the uploads are queued for."""
+
+    platforms: dict[bytes, str]
+    endpoint: str
+
+    @classmethod
+    def of(cls, settings: RealtimeSettings) -> RealtimeDoor:
+        return cls({key_digest(p.token): p.ebp_code for p in settings.platforms}, settings.endpoint)
+
+    @property
+    def ebp_codes(self) -> frozenset[str]:
+        return frozenset(self.platforms.values())
+
+
+REALTIME = web.AppKey("realtime", RealtimeDoor)
+#: customs' question is a small form; anything bigger is not one
+_QUESTION_MAX_BYTES = 16 * 1024
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def post_payment_data(request: web.Request) -> web.Response:
+    """A payment's raw data (spec §10.2) from the platform (a submitter's key holding its ebpCode), committed before
+    the 201/200: what the gateway uploads when customs asks about one of its orders."""
+    principal = _principal(request)
+    if request.content_type != "application/json":
+        return error_response(415, "send the payment data as application/json")
+    body = await _read_body(request, request.app[PIPELINE].max_bytes)
+    try:
+        payload = json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_int=json_int,
+                             parse_constant=json_constant)  # fmt: skip
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        return error_response(400, "the body is not JSON", [Issue(Layer.PARSE, "parse.invalid_json", "", str(exc))])
+    data, issues = realtime.payment_data(payload)
+    if data is None:
+        return error_response(422, "the payment data was rejected", issues)
+    if not principal.may_touch({data.ebp_code}):
+        return error_response(403, f"the API key does not hold the enterprise code {data.ebp_code}")
+    if data.ebp_code not in request.app[REALTIME].ebp_codes:
+        return error_response(422, "the payment data was rejected", [Issue(
+            Layer.RULE, "realtime.not_configured", f"/{realtime.HEAD}/ebpCode",
+            f"the gateway uploads no payment data for platform {data.ebp_code}: it is none of [[realtime.platforms]]")])
+    try:
+        stored = await store_payment_data(request.app[POOL], data, principal.name)
+    except PaymentConflict as exc:
+        return error_response(409, "the payment data conflicts with what is stored", [Issue(
+            Layer.RULE, "realtime.payment_of_another_order", f"/{realtime.LISTS}",
+            f"{exc}: hand that payment over again without them first")])  # fmt: skip
+    log.info("payment_data_stored", ebp_code=data.ebp_code, orders=len(data.order_nos), outcome=stored["outcome"])
+    return json_response(stored, 201 if stored["outcome"] == "created" else 200)
+
+
+async def get_payment_data(request: web.Request) -> web.Response:
+    """An order's stored payment data and customs' questions about it (with their uploads' outcome)."""
+    principal = _principal(request)
+    ebp_code, order_no = request.match_info["ebpCode"], request.match_info["orderNo"]
+    if not principal.may_touch({ebp_code}):
+        return error_response(404, "no payment data of that order")
+    found = await read_payment_data(request.app[POOL], ebp_code, order_no)
+    if found["payment"] is None and not found["questions"]:
+        return error_response(404, "no payment data of that order")
+    return json_response(found)
+
+
+async def plat_data_open(request: web.Request) -> web.Response:
+    """Customs asks the platform for an order's payment data (``platDataOpen``, spec §10.1) at the URL the platform
+    registered: the question and its upload's job are committed, then answered 10000 at once; the upload follows
+    through the retry queue (it waits there for payment data not handed over yet). No API key: the URL's token is
+    the platform's secret."""
+    door = request.app[REALTIME]
+    ebp_code = door.platforms.get(key_digest(request.match_info["token"]))
+    if ebp_code is None:
+        return error_response(404, "not found")
+    if request.content_length is not None and request.content_length > _QUESTION_MAX_BYTES:
+        return json_response(realtime.reply(realtime.FAILURE, "the question is too large", _now_ms()), 413)
+    form = await request.post()
+    raw = form.get("openReq")
+    question = realtime.open_request(raw if isinstance(raw, str) else None)
+    if isinstance(question, str):
+        log.warning("payment_question_refused", ebp_code=ebp_code, reason=question)
+        return json_response(realtime.reply(realtime.FAILURE, question, _now_ms()))
+    try:
+        request_id, new = await take_payment_question(request.app[POOL], ebp_code, question, endpoint=door.endpoint)
+    except Exception as exc:
+        if not db.database_away(exc):
+            raise
+        log.warning("database_unavailable", path="platDataOpen", error=f"{exc.__class__.__name__}: {exc}")
+        return json_response(realtime.reply(realtime.FAILURE, "the platform cannot take the question now; ask again",
+                                            _now_ms()), 503)  # fmt: skip
+    log.info("payment_question_taken", ebp_code=ebp_code, order_no=question.order_no, request=request_id, new=new)
+    return json_response(realtime.reply(realtime.SUCCESS, "", _now_ms()))
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
@@ -667,7 +794,11 @@ def create_app(
                              verify_signatures=settings.verify_signatures, trusted_certs=trusted,
                              ingest=ingest)  # fmt: skip
     app[KEYS] = KeyRing(settings.api_keys, key_rates)
+    app[REALTIME] = RealtimeDoor.of(settings.realtime)
     app.router.add_post("/v1/messages", post_message)
+    app.router.add_post("/v1/payment-data", post_payment_data)
+    app.router.add_get("/v1/payment-data/{ebpCode}/{orderNo}", get_payment_data)
+    app.router.add_post("/ceb/platDataOpen/{token}", plat_data_open)
     app.router.add_get("/v1/messages/{guid}", get_message)
     app.router.add_get("/v1/shipments", list_shipments)
     app.router.add_get("/v1/shipments.csv", shipments_csv)

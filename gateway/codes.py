@@ -26,6 +26,7 @@ MODULES: tuple[str, ...] = (
     "gateway.taxbills",
     "gateway.summary",
     "gateway.signing",
+    "gateway.realtime",
 )
 
 _TITLES = {
@@ -43,6 +44,8 @@ _TITLES = {
     "signature": "XML signature",
     "signing": "The gateway's own signing key (HTTP 503: nothing about the message is wrong)",
     "warehouse": "Warehouse callbacks",
+    "realtime": "Real-time payment data (179, spec §10): what a platform hands the gateway (POST /v1/payment-data, "
+    "HTTP 422 / 409)",
 }
 
 

@@ -82,7 +82,7 @@ class ApiKey:
 
 # --- forwarding (gateway/forward.py routes, gateway/workers.py delivers) -------------------------------
 
-ENDPOINT_KINDS = ("customs", "inspection", "warehouse", "webhook")
+ENDPOINT_KINDS = ("customs", "inspection", "warehouse", "webhook", "realtime")
 TRANSPORTS = ("http", "folder")
 
 
@@ -101,7 +101,7 @@ class EndpointSettings:
     """One place messages are delivered to. ``kind`` picks the adapter, ``transport`` how customs gets it."""
 
     name: str
-    kind: str  # customs | inspection | warehouse | webhook
+    kind: str  # customs | inspection | warehouse | webhook | realtime (customs' 179 payment data upload)
     transport: str = "http"  # customs only: http | folder
     url: str | None = None  # http: where to POST (customs: the DxpMsg; others: their JSON)
     sender_id: str | None = None  # customs: our DXP id (SenderId); default forwarding.sender_id
@@ -179,6 +179,86 @@ class ForwardingSettings:
     inbox_poll_s: float = 2.0
 
 
+# --- the 179 real-time payment data (gateway/realtime.py) ---------------------------------------------------
+
+REALTIME_ALGORITHMS = ("rsa-sha1", "sm2-sm3")
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@dataclass(frozen=True)
+class RealtimePlatform:
+    """An import platform whose payment data the gateway uploads when customs asks (spec §10): customs asks at the
+    URL the platform registered, ``<public address>/ceb/platDataOpen/<token>``; the upload is signed with the
+    platform's key (its UKey's certificate, exported, or a key of its own the CA issued)."""
+
+    ebp_code: str
+    token: str  # the URL's secret last part: whoever knows it can make the gateway upload, so it is kept like a key
+    key_file: Path
+    cert_file: Path
+    algorithm: str = "rsa-sha1"  # or "sm2-sm3"
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    platforms: tuple[RealtimePlatform, ...] = ()
+    endpoint: str = "realtime"  # the forwarding endpoint (kind realtime) the uploads go to
+    # The signed string's form (gateway.realtime.signed_string): "quoted", as working implementations sign it, or
+    # "spec", as the official attachment writes it.
+    signing_variant: str = "quoted"
+
+
+def _parse_realtime(data: Any) -> RealtimeSettings:
+    if not isinstance(data, Mapping):
+        raise ValueError("realtime must be a table")
+    unknown = set(data) - {"platforms", "endpoint", "signing_variant"}
+    if unknown:
+        raise ValueError(f"realtime: unknown setting(s) {', '.join(sorted(unknown))}")
+    variant = str(data.get("signing_variant", "quoted"))
+    if variant not in ("quoted", "spec"):
+        raise ValueError(f"realtime.signing_variant must be quoted or spec; found {variant!r}")
+    platforms = data.get("platforms", {})
+    if not isinstance(platforms, Mapping):
+        raise ValueError("realtime.platforms must be a table of tables, one per ebpCode")
+    out: list[RealtimePlatform] = []
+    for ebp, item in platforms.items():
+        where = f"realtime.platforms.{ebp}"
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{where} must be a table")
+        unknown = set(item) - {"token", "key_file", "cert_file", "algorithm"}
+        if unknown:
+            raise ValueError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+        if not 1 <= len(str(ebp)) <= 18:
+            raise ValueError(f"{where}: an ebpCode has 1 to 18 characters")
+        token = str(item.get("token", ""))
+        if len(token) < 16 or not set(token) <= _TOKEN_CHARS:
+            raise ValueError(f"{where}.token must be at least 16 letters, digits, '-' or '_' (a secret: e.g. the "
+                             "output of python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+        if not item.get("key_file") or not item.get("cert_file"):
+            raise ValueError(f"{where} needs key_file and cert_file (the platform's signing key and certificate)")
+        algorithm = str(item.get("algorithm", "rsa-sha1"))
+        if algorithm not in REALTIME_ALGORITHMS:
+            raise ValueError(f"{where}.algorithm must be one of {', '.join(REALTIME_ALGORITHMS)}")
+        out.append(RealtimePlatform(str(ebp), token, Path(item["key_file"]), Path(item["cert_file"]), algorithm))
+    if len({p.token for p in out}) != len(out):
+        raise ValueError("realtime.platforms: two platforms share a token; each needs its own")
+    return RealtimeSettings(tuple(out), str(data.get("endpoint", "realtime")), variant)
+
+
+def _realtime_reachable(rt: RealtimeSettings, fwd: ForwardingSettings) -> None:
+    """Refuse platforms whose uploads could go nowhere: customs' question would be answered and nothing sent."""
+    if not rt.platforms:
+        return
+    if not fwd.enabled:
+        raise ValueError("realtime.platforms need forwarding: the uploads go through the retry queue")
+    named = next((e for e in fwd.endpoints if e.name == rt.endpoint), None)
+    if named is not None and named.kind != "realtime":
+        raise ValueError(f"realtime.endpoint {rt.endpoint!r} is a {named.kind} endpoint, not one of kind realtime")
+    sandbox = fwd.sandbox != "off" and not any(e.kind == "customs" for e in fwd.endpoints)
+    if named is None and not sandbox:
+        raise ValueError(f"realtime.platforms need an endpoint of kind realtime named {rt.endpoint!r} "
+                         "([forwarding.endpoints.realtime] with customs' realTimeDataUpload url)")
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -207,6 +287,7 @@ class Settings:
     verify_signatures: bool = False
     trusted_certs: Path | None = None
     forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     # Refused messages (rejected_messages: what was sent, up to 64 KiB, and the issues answered) are deleted this long
     # after they came (0: kept for ever). They are no declaration: a seller reads its own afterwards, an operator
     # helps with them, and a flood of bad messages would otherwise grow the table without end.
@@ -287,7 +368,7 @@ def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
 #: The top-level settings a configuration file may hold (besides its tables): an unknown name is a typo, and a
 #: typo silently falling back to a default (the embedded database, a generated key, no signature check) is worse
 #: than a refusal.
-_TABLES = ("api_keys", "tax_rates", "forwarding")
+_TABLES = ("api_keys", "tax_rates", "forwarding", "realtime")
 
 
 def _scalars(
@@ -440,7 +521,7 @@ def _parse_endpoint(name: str, item: Any) -> EndpointSettings:
         callback_url=str(item["callback_url"]) if item.get("callback_url") else None,
         headers={str(k): str(v) for k, v in dict(item.get("headers", {})).items()},
     )
-    if ep.kind in ("inspection", "warehouse") and not ep.url:
+    if ep.kind in ("inspection", "warehouse", "realtime") and not ep.url:
         raise ValueError(f"forwarding.endpoints.{name}: a {ep.kind} endpoint needs a url")
     if ep.kind == "customs" and ep.transport == "http" and not ep.url:
         raise ValueError(f"forwarding.endpoints.{name}: the http transport needs a url")
@@ -634,4 +715,7 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if not isinstance(forwarding, Mapping):
         raise ValueError("forwarding must be a table")
     changes["forwarding"] = parse_forwarding(forwarding, env)
+    if "realtime" in data:
+        changes["realtime"] = _parse_realtime(data["realtime"])
+        _realtime_reachable(changes["realtime"], changes["forwarding"])
     return replace(s, **changes)

@@ -20,7 +20,7 @@ from gateway import signing
 from gateway.config import Settings
 from gateway.forward import Router
 from gateway.server import pem_signer
-from gateway.workers import effective_endpoints, uses_sandbox
+from gateway.workers import effective_endpoints, platform_keys, uses_sandbox
 
 
 class Level(StrEnum):
@@ -54,7 +54,7 @@ def check(settings: Settings, *, now: datetime | None = None) -> list[Line]:
     """What ``settings`` would do, line by line (no I/O but reading the signing files; the database is the caller's
     to try: :func:`database_line`)."""
     now = now or datetime.now(UTC)
-    return [*_keys(settings), *_signing(settings, now), *_forwarding(settings)]
+    return [*_keys(settings), *_signing(settings, now), *_forwarding(settings), *_realtime(settings, now)]
 
 
 def database_line(settings: Settings, answers: bool | None) -> Line:
@@ -132,4 +132,34 @@ def _forwarding(settings: Settings) -> list[Line]:
     if fwd.webhooks:
         sellers = ", ".join(sorted(w.seller for w in fwd.webhooks))
         out.append(Line(Level.OK, f"webhooks: {len(fwd.webhooks)} sellers ({sellers}) through {fwd.webhook_endpoint}"))
+    return out
+
+
+def _realtime(settings: Settings, now: datetime) -> list[Line]:
+    """The 179 platforms: each key usable and its certificate's end; where their uploads go."""
+    rt = settings.realtime
+    if not rt.platforms:
+        return []
+    try:
+        keys = platform_keys(rt)
+    except (OSError, ValueError) as exc:
+        return [Line(Level.ERROR, f"179 payment data: {exc}")]
+    out = []
+    for ebp, key in keys.items():
+        until = signing.certificate_validity(key.certificate_der)[1]
+        left = until - now
+        text = f"179 payment data of {ebp}: signed with certificate {key.key_name}, valid until {until:%Y-%m-%d}"
+        if left <= timedelta(0):
+            out.append(Line(Level.WARN, f"{text}: expired, customs refuses its uploads"))
+        elif left < signing.EXPIRY_WARNING:
+            out.append(Line(Level.WARN, f"{text}, in {left.days} days: renew it"))
+        else:
+            out.append(Line(Level.OK, text))
+    endpoints = {e.name: e for e in effective_endpoints(settings.forwarding, sandbox_url="http://sandbox",
+                                                       realtime=rt)}  # fmt: skip
+    if rt.endpoint in endpoints and endpoints[rt.endpoint].url != "http://sandbox/ceb2grab/grab/realTimeDataUpload":
+        out.append(Line(Level.OK, f"179 uploads go to {shown_dsn(endpoints[rt.endpoint].url or '')} "
+                                  f"({rt.signing_variant} signing)"))  # fmt: skip
+    else:
+        out.append(Line(Level.WARN, "179 uploads go to the built-in sandbox, not to customs"))
     return out

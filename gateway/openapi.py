@@ -244,6 +244,60 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/payment-data": {
+            "post": {
+                "summary": "The 179 real-time payment data (spec §10): a payment's raw data from its platform, as "
+                "customs names it, {payExchangeInfoHead: {initalRequest, initalResponse, ebpCode, payCode, "
+                "payTransactionId, totalAmount, currency, verDept, payType?, tradingTime, note?}, "
+                "payExchangeInfoLists: [{orderNo, goodsInfo: [{gname, itemLink}], recpAccount, recpCode?, "
+                "recpName}]} (no guid: the gateway gives each upload its own). Stored once committed, one per "
+                "(ebpCode, payTransactionId); handed over again, it replaces the stored one. Uploaded, signed with "
+                "the platform's key, when customs asks about one of its orders (POST /ceb/platDataOpen/{token}). "
+                "A submitter's key must hold the ebpCode; the platform must be one of [[realtime.platforms]]",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "201": {"description": "{ebpCode, payTransactionId, orderNos, outcome: created}"},
+                    "200": {"description": "the same, outcome replaced"},
+                    "400": _err("not JSON (parse.invalid_json)"),
+                    "409": _err("an order is paid by another stored payment of the platform "
+                                "(realtime.payment_of_another_order); nothing stored"),
+                    "415": _err("not application/json"),
+                    "422": _err("the field table refuses it, or the platform is not configured (realtime.*)"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/payment-data/{ebpCode}/{orderNo}": {
+            "get": {
+                "summary": "An order's stored payment data and customs' questions about it, newest first: {ebpCode, "
+                "orderNo, payment: {payExchangeInfoHead, payExchangeInfoLists, submitter, received_at, updated_at} "
+                "| null, questions: [{sessionID, serviceTime, received_at, state (asked | uploaded | refused), "
+                "upload_guid, uploaded_at, answer: customs' {code, message}}]}",
+                "parameters": [
+                    {"name": "ebpCode", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "orderNo", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {"200": {"description": "the order's payment data"},
+                              "404": _err("neither payment data nor a question, or not yours"), **_AUTH_ERRORS},
+            }
+        },
+        "/ceb/platDataOpen/{token}": {
+            "post": {
+                "summary": "customs asks a platform for an order's payment data (platDataOpen, spec §10.1), at the URL "
+                "the platform registered with customs (no API key: the token is the platform's secret, "
+                "[[realtime.platforms]]). Form parameter openReq: {orderNo, sessionID, serviceTime}. The question "
+                "and its upload's job are committed, then answered; the upload (realTimeDataUpload) follows through "
+                "the retry queue, waiting there for payment data not handed over yet",
+                "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "properties": {"openReq": {"type": "string"}}}}}},
+                "responses": {
+                    "200": {"description": "{code: 10000 (taken) | 20000 (openReq unreadable), message, serviceTime}"},
+                    "404": _err("no platform's token"),
+                    "503": {"description": "{code: 20000, ...}: the question could not be stored; ask again"},
+                },
+            }
+        },
         "/v1/receipts": {
             "post": {
                 "summary": "Customs receipts: a bare CEB312/412/512/514/622/624/626/712/900 (export "

@@ -472,6 +472,30 @@ _COUNTRY_NAMES = {"116": "日本", "133": "韩国", "142": "中国", "301": "比
                   "305": "法国", "309": "荷兰", "502": "美国", "601": "澳大利亚", "609": "新西兰"}  # fmt: skip
 
 
+def payment_data(s: ShipmentSample) -> dict[str, Any]:
+    """The platform's raw payment data behind a sample parcel (what ``POST /v1/payment-data`` takes, spec §10.2): the
+    payment request the platform sent its payment company and the answer, the amount paid, the order's goods with
+    a link to each, and the account the seller was paid into."""
+    order, pay = s.order_doc, s.payment_doc
+    request = (f"https://pay.example/gateway?out_trade_no={order['orderNo']}&total_fee={pay['amountPaid']}"
+               f"&trade_no={pay['payTransactionId']}")  # fmt: skip
+    return {
+        "payExchangeInfoHead": {
+            "initalRequest": request,
+            "initalResponse": f"SUCCESS trade_no={pay['payTransactionId']} total_fee={pay['amountPaid']}",
+            "ebpCode": order["ebpCode"], "payCode": pay["payCode"], "payTransactionId": pay["payTransactionId"],
+            "totalAmount": pay["amountPaid"], "currency": "142", "verDept": "3", "payType": "1",
+            "tradingTime": pay["payTime"],
+        },
+        "payExchangeInfoLists": [{
+            "orderNo": order["orderNo"],
+            "goodsInfo": [{"gname": it["itemName"], "itemLink": f"https://shop.example/item/{it['itemNo']}"}
+                          for it in order["items"]],
+            "recpAccount": "6222020200112233445", "recpCode": order["ebcCode"], "recpName": order["ebcName"],
+        }],
+    }  # fmt: skip
+
+
 def _xsd_key_order(doc: dict[str, Any], head: str, line: str | None) -> None:
     """Reorder keys like the XML, only so that the JSON reads well; render orders elements itself."""
     order = FIELD_ORDER["import"][head]

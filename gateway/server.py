@@ -41,6 +41,7 @@ from gateway.workers import (
     build_router,
     default_sandbox_url,
     effective_endpoints,
+    platform_keys,
     routing_router,
     run_rejection_retention,
     uses_sandbox,
@@ -429,6 +430,14 @@ class KeyReload:
                 await renewal
 
 
+def _platform_keys(settings: Settings) -> dict[str, signing.SignatureBackend]:
+    """workers.platform_keys, a key file that cannot be read or used a usage error (no traceback)."""
+    try:
+        return platform_keys(settings.realtime)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cbec: a 179 platform's signing key cannot be used: {exc}") from None
+
+
 async def serve(
     settings: Settings,
     *,
@@ -471,6 +480,8 @@ async def serve(
         own_keys = (ApiKey("customs-sandbox", customs_key, Role.CUSTOMS),
                     ApiKey("warehouse-sandbox", warehouse_key, Role.WAREHOUSE))  # fmt: skip
     settings = settings.with_overrides(api_keys=(*settings.api_keys, *own_keys))
+    # the platforms' 179 signing keys, read before anything listens: a key that cannot sign stops the start
+    platform_keys = _platform_keys(settings) if not api_only else {}
     stop = stop or asyncio.Event()
     async with stopped_by_signals(stop), database(settings, stop=stop) as dsn, contextlib.AsyncExitStack() as stack:
         pool = await db.create_pool(dsn, max_size=settings.pool_max_size)
@@ -558,13 +569,19 @@ async def serve(
                         warehouse_callback_url=f"{url}{WAREHOUSE_CALLBACKS}",
                         warehouse_callback_headers={"X-API-Key": warehouse_key},
                         schemas=app[PIPELINE].schemas,  # the XSDs compiled once per process
+                        # customs' 179 side: it asks about the configured platforms' orders at their URLs, and
+                        # verifies their uploads with their certificates
+                        realtime_ask_urls={p.ebp_code: f"{url}/ceb/platDataOpen/{p.token}"
+                                           for p in settings.realtime.platforms},
+                        realtime_certs=[k.certificate_der for k in platform_keys.values()],
                     )
                     log.info("customs_sandbox", url=sandbox.url, note="no customs endpoint configured")
                 if fwd.enabled:
-                    endpoints = effective_endpoints(fwd, sandbox_url=sandbox.url if sandbox else None)
-                    forwarding = Forwarding(
-                        pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=fwd.worker
-                    )
+                    endpoints = effective_endpoints(fwd, sandbox_url=sandbox.url if sandbox else None,
+                                                    realtime=settings.realtime)  # fmt: skip
+                    forwarding = Forwarding(pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas,
+                                            worker=fwd.worker, realtime=settings.realtime,
+                                            platform_keys=platform_keys)  # fmt: skip
                     await forwarding.start()
                 retention = asyncio.create_task(
                     run_rejection_retention(pool, settings.rejection_retention_days, stop))
@@ -825,7 +842,8 @@ async def run_worker(
     url = sandbox_url or default_sandbox_url(fwd)
     if uses_sandbox(fwd) and url is None:
         raise SystemExit("no customs endpoint is configured and the sandbox port is 0: pass --sandbox-url")
-    endpoints = effective_endpoints(fwd, sandbox_url=url, dedicated=True)
+    endpoints = effective_endpoints(fwd, sandbox_url=url, dedicated=True, realtime=settings.realtime)
+    keys = _platform_keys(settings)
     async with stopped_by_signals(stop), database(settings, stop=stop) as dsn:
         pool = await db.create_pool(dsn, min_size=2, max_size=max(4, settings.pool_max_size // 2))
         try:
@@ -842,9 +860,8 @@ async def run_worker(
             restore = refusals_restorer(rates=rates, tolerance=settings.amount_tolerance)
             outbox = Outbox(pool, build_router(fwd, endpoints), reassess=reassess, restore=restore)
             options = {"worker_id": worker_id} if worker_id else {}
-            forwarding = Forwarding(
-                pool, outbox, fwd, endpoints, schemas=SchemaSet(), watchdog=watchdog, worker_options=options
-            )
+            forwarding = Forwarding(pool, outbox, fwd, endpoints, schemas=SchemaSet(), watchdog=watchdog,
+                                    worker_options=options, realtime=settings.realtime, platform_keys=keys)  # fmt: skip
             await forwarding.start()
             log.info("worker_ready", endpoints={e.name: e.concurrency for e in endpoints})  # name: deliveries in flight
             try:

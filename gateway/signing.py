@@ -806,10 +806,31 @@ def _sm2_point_from_spki(spki: bytes) -> tuple[int, int]:
     return _sm2_decode_point(key[1][1:])
 
 
+def certificate_serial(cert: bytes) -> int:
+    """The serial number of a certificate (PEM or DER) with an RSA or SM2 key; ValueError otherwise."""
+    return _read_certificate(certificate_to_der(cert)).serial
+
+
 def certificate_validity(cert: bytes) -> tuple[datetime, datetime]:
     """notBefore and notAfter (UTC) of a certificate (PEM or DER) with an RSA or SM2 key; ValueError otherwise."""
     read = _read_certificate(certificate_to_der(cert))
     return read.not_before, read.not_after
+
+
+def verify_bytes(cert: bytes, data: bytes, signature: bytes, *, user_id: bytes = SM2_DEFAULT_USER_ID) -> bool:
+    """Whether ``signature`` is the raw signature over ``data`` of the key ``cert`` (PEM or DER) holds: RSA-SHA1
+    (PKCS#1 v1.5) for an RSA key, SM2-SM3 (DER or raw r‖s) for an SM2 one — what :meth:`SignatureBackend.sign_bytes`
+    makes. For signatures over other things than XML (the 179 upload, gateway.realtime)."""
+    read = _read_certificate(certificate_to_der(cert))
+    if read.sm2_point is not None:
+        rs = _sm2_decode_signature(signature)
+        return rs is not None and _sm2_verify(read.sm2_point, user_id, data, *rs)
+    assert read.rsa_key is not None  # _read_certificate: RSA or SM2
+    try:
+        read.rsa_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA1())
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 #: How long before its certificate's end the gateway's own signing key is said to expire soon (the log at every start,

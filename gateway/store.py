@@ -44,7 +44,7 @@ import asyncpg
 import cbec_queue
 import structlog
 
-from gateway import db, summary, tax
+from gateway import db, realtime, summary, tax
 from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
 from gateway.errors import Issue
@@ -833,6 +833,83 @@ async def read_pending_summaries(
             if len(items) == limit:
                 break
     return {"items": items, "next_cursor": None if read_all else str(before)}
+
+
+# --- the 179 real-time payment data (gateway/realtime.py) -----------------------------------------------------
+
+
+class PaymentConflict(Exception):
+    """Orders of a payment handed over are paid by another stored payment of the platform (nothing was stored)."""
+
+    def __init__(self, order_nos: list[str]) -> None:
+        super().__init__(f"orders {', '.join(order_nos)} are paid by another payment of the platform")
+        self.order_nos = order_nos
+
+
+async def store_payment_data(pool: asyncpg.Pool, data: realtime.PaymentData, submitter: str) -> dict[str, Any]:
+    """A payment's raw data as its platform hands it over, committed (handed over again, it replaces the stored one,
+    and the orders it no longer lists are free again): what POST /v1/payment-data answers. Raises PaymentConflict."""
+    async with db.transaction(pool) as conn:
+        row = await conn.fetchrow(realtime.UPSERT_PAYMENT, data.ebp_code, data.pay_transaction_id, data.head,
+                                  data.lists, submitter)  # fmt: skip
+        assert row is not None
+        orders = data.order_nos
+        await conn.execute(realtime.DROP_ORDERS, row["id"], orders)
+        taken = {r["order_no"] for r in await conn.fetch(realtime.TAKE_ORDERS, data.ebp_code, orders, row["id"])}
+        if len(taken) < len(orders):
+            raise PaymentConflict([o for o in orders if o not in taken])  # rolled back: nothing of it stays
+    return {"ebpCode": data.ebp_code, "payTransactionId": data.pay_transaction_id, "orderNos": orders,
+            "outcome": "created" if row["created"] else "replaced"}  # fmt: skip
+
+
+async def take_payment_question(pool: asyncpg.Pool, ebp_code: str, question: realtime.OpenRequest, *,
+                                endpoint: str) -> tuple[int, bool]:  # fmt: skip
+    """Customs' question for an order's payment data, committed with its upload's job (endpoint ``endpoint``) before
+    it is answered: (its id, whether it is new). A session asked again is the same question: no second upload."""
+    async with db.transaction(pool) as conn:
+        row = await conn.fetchrow(realtime.ASK, ebp_code, question.order_no, question.session_id,
+                                  question.service_time)  # fmt: skip
+        if row is None:
+            found = await conn.fetchval(realtime.ASKED, ebp_code, question.session_id)
+            return int(found), False
+        await cbec_queue.enqueue(conn, endpoint=endpoint, kind="realtime_upload",
+                                 payload={"request_id": row["id"], "ebpCode": ebp_code, "orderNo": question.order_no},
+                                 dedupe_key=f"realtime:{ebp_code}:{question.session_id}")  # fmt: skip
+    return int(row["id"]), True
+
+
+async def read_payment_upload(pool: asyncpg.Pool, request_id: int) -> asyncpg.Record | None:
+    """A question and the payment its order was paid by (head and lists NULL while none was handed over)."""
+    async with pool.acquire() as conn:
+        return await conn.fetchrow(realtime.UPLOAD_INPUT, request_id)
+
+
+async def record_payment_upload(pool: asyncpg.Pool, request_id: int, *, state: str, guid: str,
+                                answer: dict[str, Any]) -> None:  # fmt: skip
+    """Customs' answer to a question's upload: ``uploaded`` (10000) or ``refused``."""
+    async with pool.acquire() as conn:
+        await conn.execute(realtime.ANSWERED, request_id, state, guid, answer)
+
+
+async def read_payment_data(pool: asyncpg.Pool, ebp_code: str, order_no: str) -> dict[str, Any]:
+    """An order's stored payment data (None until its platform hands it over) and customs' questions about it, newest
+    first: GET /v1/payment-data/{ebpCode}/{orderNo}."""
+    async with db.transaction(pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
+        payment = await conn.fetchrow(realtime.PAYMENT_OF_ORDER, ebp_code, order_no)
+        questions = await conn.fetch(realtime.QUESTIONS_OF_ORDER, ebp_code, order_no)
+    return {
+        "ebpCode": ebp_code,
+        "orderNo": order_no,
+        "payment": None if payment is None else {
+            realtime.HEAD: db.json_value(payment["head"]), realtime.LISTS: db.json_value(payment["lists"]),
+            "submitter": payment["submitter"], "received_at": _iso(payment["received_at"]),
+            "updated_at": _iso(payment["updated_at"]),
+        },
+        "questions": [{"sessionID": q["session_id"], "serviceTime": q["service_time"], "received_at":
+                       _iso(q["received_at"]), "state": q["state"], "upload_guid": q["upload_guid"],
+                       "uploaded_at": _iso(q["uploaded_at"]), "answer": db.json_value(q["answer"])}
+                      for q in questions],
+    }  # fmt: skip
 
 
 def _pending_dict(r: asyncpg.Record) -> dict[str, Any]:

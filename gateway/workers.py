@@ -6,8 +6,9 @@ runs one alone. Several processes may share the database: claims are ``FOR UPDAT
 leases (cbec_queue), the watchdog updates with ``SKIP LOCKED`` and the inbox poller moves each file once.
 
 Endpoints: the configured ones (``[forwarding.endpoints.*]``); without one of kind ``customs`` (and unless
-``forwarding.sandbox = "off"``) the built-in sandbox plays customs (``/dxp``), the inspection service
-(``/inspection``) and the warehouse (``/warehouse/orders``) — see :func:`effective_endpoints`.
+``forwarding.sandbox = "off"``) the built-in sandbox plays customs (``/dxp``, and ``/ceb2grab/grab/realTimeDataUpload``
+for the 179 payment data), the inspection service (``/inspection``) and the warehouse (``/warehouse/orders``) — see
+:func:`effective_endpoints`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -31,13 +33,14 @@ from cbec_queue.worker import is_db_unavailable
 from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, TransientError, queue_handler
 from adapters.customs import CustomsAdapter, CustomsConfig, run_inbox_poller
 from adapters.inspection import InspectionAdapter, InspectionConfig
+from adapters.realtime import RealtimeAdapter, RealtimeRefused
 from adapters.warehouse import WarehouseAdapter, WarehouseConfig, build_orders
 from adapters.webhook import WebhookAdapter, WebhookEndpoint
-from gateway import receipts
-from gateway.config import EndpointSettings, ForwardingSettings, WebhookSettings
+from gateway import realtime, receipts, signing
+from gateway.config import EndpointSettings, ForwardingSettings, RealtimeSettings, WebhookSettings
 from gateway.forward import Router
 from gateway.outbox import Outbox
-from gateway.store import prune_rejections
+from gateway.store import prune_rejections, read_payment_upload, record_payment_upload
 
 log = structlog.get_logger("gateway.workers")
 
@@ -69,7 +72,7 @@ SANDBOX_CUSTOMS_CONCURRENCY_DEDICATED = 256
 
 
 def sandbox_endpoints(base_url: str, *, dedicated: bool = False) -> tuple[EndpointSettings, ...]:
-    """The three endpoints the customs sandbox plays (gateway.sandbox); ``dedicated``: for a worker process
+    """The endpoints the customs sandbox plays (gateway.sandbox); ``dedicated``: for a worker process
     whose event loop serves no API (``cbec worker``)."""
     base = base_url.rstrip("/")
     # On this machine and answering at once: more deliveries in flight than a remote endpoint's default (4),
@@ -79,6 +82,7 @@ def sandbox_endpoints(base_url: str, *, dedicated: bool = False) -> tuple[Endpoi
         EndpointSettings("customs", "customs", url=f"{base}/dxp", concurrency=customs),
         EndpointSettings("inspection", "inspection", url=f"{base}/inspection", timeout_s=15.0),
         EndpointSettings("warehouse", "warehouse", url=f"{base}/warehouse/orders", timeout_s=15.0),
+        EndpointSettings("realtime", "realtime", url=f"{base}/ceb2grab/grab/realTimeDataUpload", timeout_s=15.0),
     )
 
 
@@ -87,16 +91,23 @@ def uses_sandbox(fwd: ForwardingSettings) -> bool:
 
 
 def effective_endpoints(
-    fwd: ForwardingSettings, *, sandbox_url: str | None = None, dedicated: bool = False
+    fwd: ForwardingSettings,
+    *,
+    sandbox_url: str | None = None,
+    dedicated: bool = False,
+    realtime: RealtimeSettings | None = None,
 ) -> tuple[EndpointSettings, ...]:
     """The configured endpoints; with no customs endpoint, the sandbox's (at ``sandbox_url``; ``dedicated``: for a
-    ``cbec worker`` process, see sandbox_endpoints) for the names not configured; the sellers' ``webhook`` endpoint,
-    also with no webhook configured yet: a reload that adds the first seller's puts it in force like any other
+    ``cbec worker`` process, see sandbox_endpoints) for the names not configured — its 179 upload only for the
+    platforms of ``realtime`` (none: no such endpoint); the sellers' ``webhook`` endpoint, also with no webhook
+    configured yet: a reload that adds the first seller's puts it in force like any other
     (Forwarding.renew_webhooks); an endpoint with no job costs the worker's claims one index probe more."""
     out = list(fwd.endpoints)
     names = {e.name for e in out}
+    uploads = realtime is not None and bool(realtime.platforms)
     if uses_sandbox(fwd) and sandbox_url:
-        out += [e for e in sandbox_endpoints(sandbox_url, dedicated=dedicated) if e.name not in names]
+        out += [e for e in sandbox_endpoints(sandbox_url, dedicated=dedicated)
+                if e.name not in names and (e.kind != "realtime" or uploads)]  # fmt: skip
     if fwd.webhook_endpoint not in {e.name for e in out}:
         out.append(EndpointSettings(fwd.webhook_endpoint, "webhook", timeout_s=10.0))
     return tuple(out)
@@ -130,6 +141,20 @@ def _webhook_table(webhooks: tuple[WebhookSettings, ...]) -> dict[str, WebhookEn
     return {w.seller: WebhookEndpoint(w.url, w.secret) for w in webhooks}
 
 
+def platform_keys(settings: RealtimeSettings) -> dict[str, signing.SignatureBackend]:
+    """The keys the platforms' 179 uploads are signed with, by ebpCode, read from their files (OSError, ValueError:
+    a process that would upload refuses to start rather than fail each upload)."""
+    keys: dict[str, signing.SignatureBackend] = {}
+    for p in settings.platforms:
+        key_pem, cert_pem = p.key_file.read_bytes(), p.cert_file.read_bytes()
+        try:
+            keys[p.ebp_code] = (signing.Sm2Sm3Key.from_pem(key_pem, cert_pem) if p.algorithm == "sm2-sm3"
+                                else signing.RsaSha1Key.from_pem(key_pem, cert_pem))  # fmt: skip
+        except ValueError as exc:
+            raise ValueError(f"realtime.platforms.{p.ebp_code}: {exc}") from None
+    return keys
+
+
 class Delivery:
     """One adapter per endpoint and the queue handler around it.
 
@@ -147,9 +172,13 @@ class Delivery:
         endpoints: Sequence[EndpointSettings],
         *,
         signer: Any = None,
+        realtime: RealtimeSettings | None = None,
+        platform_keys: Mapping[str, signing.SignatureBackend] | None = None,
     ) -> None:
         self.outbox = outbox
         self.fwd = fwd
+        self.realtime = realtime or RealtimeSettings()
+        self.platform_keys = dict(platform_keys or {})
         self.endpoints = {e.name: e for e in endpoints}
         self.adapters: dict[str, HttpAdapter] = {}
         self._handlers: dict[str, Handler] = {}
@@ -188,6 +217,10 @@ class Delivery:
                 webhook = WebhookAdapter(_webhook_table(fwd.webhooks), timeouts=timeouts)
                 self.adapters[ep.name] = webhook
                 self._handlers[ep.name] = queue_handler(webhook)
+            elif ep.kind == "realtime":
+                upload = RealtimeAdapter(ep.url or "", timeouts=timeouts, headers=ep.headers)
+                self.adapters[ep.name] = upload
+                self._handlers[ep.name] = self._realtime_handler(upload)
 
     def handlers(self) -> dict[str, Handler]:
         return dict(self._handlers)
@@ -250,6 +283,45 @@ class Delivery:
                 data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
                 await adapter.post_checked(adapter.config.url, data=data, content_type="application/json",
                                            headers={"Idempotency-Key": body["orderId"]})  # fmt: skip
+
+        return handle
+
+
+    def _realtime_handler(self, adapter: RealtimeAdapter) -> Handler:
+        """Customs' question (realtime_requests) answered with its order's payment data, signed with its platform's
+        key: customs' answer recorded on the question. Until the platform hands the data over, a transient failure
+        (retried with the endpoint's backoff)."""
+        pool = self.outbox.pool
+
+        async def handle(job: cbec_queue.Job) -> None:
+            try:
+                request_id = int(job.payload["request_id"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise PermanentError("realtime job payload has no request_id") from exc
+            row = await read_payment_upload(pool, request_id)
+            if row is None:
+                raise PermanentError(f"customs' question {request_id} is not stored")
+            ebp, order_no = row["ebp_code"], row["order_no"]
+            if row["head"] is None:
+                raise TransientError(f"no payment data of order {order_no} of platform {ebp} yet: the platform hands "
+                                     "it over with POST /v1/payment-data")  # fmt: skip
+            key = self.platform_keys.get(ebp)
+            if key is None:
+                raise PermanentError(f"platform {ebp} is none of [[realtime.platforms]] here: no key to sign with")
+            data = realtime.PaymentData(dict(row["head"]), list(row["lists"]))
+            # one guid per question, the same on every retry and replay: customs may dedupe on it
+            guid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cbec-gateway:179:{job.dedupe_key or job.id}"))
+            up = realtime.upload(row["session_id"], data, service_time=int(time.time() * 1000), cert_no=key.key_name,
+                                 sign=key.sign_bytes, variant=cast(realtime.Variant, self.realtime.signing_variant),
+                                 guid=guid)  # fmt: skip
+            try:
+                result = await adapter.send({"body": up.body, "guid": up.guid})
+            except RealtimeRefused as exc:
+                await record_payment_upload(pool, request_id, state="refused", guid=up.guid,
+                                            answer={"code": exc.code, "message": exc.answer})  # fmt: skip
+                raise
+            await record_payment_upload(pool, request_id, state="uploaded", guid=up.guid, answer=dict(result.detail))
+            log.info("payment_data_uploaded", ebp_code=ebp, order_no=order_no, guid=up.guid)
 
         return handle
 
@@ -370,6 +442,8 @@ class Forwarding:
     worker: bool = True
     watchdog: bool = True
     signer: Any = None
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
+    platform_keys: Mapping[str, signing.SignatureBackend] = field(default_factory=dict)
     worker_options: dict[str, Any] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -379,7 +453,8 @@ class Forwarding:
     async def start(self) -> None:
         self._stop.clear()
         if self.worker and self.endpoints:
-            self.delivery = Delivery(self.outbox, self.fwd, self.endpoints, signer=self.signer)
+            self.delivery = Delivery(self.outbox, self.fwd, self.endpoints, signer=self.signer,
+                                     realtime=self.realtime, platform_keys=self.platform_keys)  # fmt: skip
             options = {"lease_s": self.fwd.worker_lease_s, "poll_interval_s": self.fwd.worker_poll_s,
                        **self.worker_options}  # fmt: skip
             self.queue_worker = build_worker(self.pool, self.delivery, **options)

@@ -19,7 +19,15 @@ from aiohttp import web
 
 from gateway import db, samples
 from gateway.api import OUTBOX, PIPELINE, create_app
-from gateway.config import ApiKey, EndpointSettings, ForwardingSettings, RetrySettings, Role, Settings
+from gateway.config import (
+    ApiKey,
+    EndpointSettings,
+    ForwardingSettings,
+    RealtimeSettings,
+    RetrySettings,
+    Role,
+    Settings,
+)
 from gateway.render import new_guid
 from gateway.sandbox import RunningSandbox, start_sandbox
 from gateway.workers import Forwarding, build_router
@@ -163,8 +171,12 @@ async def running_stack(
     forwarding: dict[str, Any] | None = None,
     customs: dict[str, Any] | None = None,
     sandbox: RunningSandbox | None = None,
+    realtime: RealtimeSettings | None = None,
+    platform_keys: dict[str, Any] | None = None,
 ) -> AsyncIterator[Stack]:
-    """The gateway with forwarding on ``dsn``; the sandbox is started here unless one is given."""
+    """The gateway with forwarding on ``dsn``; the sandbox is started here unless one is given. ``realtime``: the 179
+    platforms (their keys as ``platform_keys``, by ebpCode), whose CEB311 orders the sandbox asks about at their
+    URLs, verifying their uploads with the keys' certificates."""
     own_sandbox = sandbox is None
     sb = sandbox or await start_sandbox("127.0.0.1", sandbox_port, **{**SANDBOX_FAST, **(sandbox_config or {})})
     pool = await db.create_pool(dsn, min_size=2, max_size=20)
@@ -174,9 +186,13 @@ async def running_stack(
         # the sellers' endpoint, as cbec serve has it (workers.effective_endpoints): also with no webhook yet
         endpoints = fast_endpoints(sb.url, customs_url, **(customs or {}))
         endpoints += (EndpointSettings("webhook", "webhook", retry=FAST_RETRY, timeout_s=5.0),)
+        if realtime is not None:
+            endpoints += (EndpointSettings(realtime.endpoint, "realtime", retry=FAST_RETRY, timeout_s=5.0,
+                                           url=f"{sb.url}/ceb2grab/grab/realTimeDataUpload"),)  # fmt: skip
         fwd = fast_forwarding(endpoints, **(forwarding or {}))
         router = build_router(fwd, endpoints)
-        app = create_app(settings_for(fwd), pool, signer=sign_as_agent, router=router)
+        settings = replace(settings_for(fwd), realtime=realtime) if realtime is not None else settings_for(fwd)
+        app = create_app(settings, pool, signer=sign_as_agent, router=router)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -186,7 +202,12 @@ async def running_stack(
         sb.config.receipt_headers = {"X-API-Key": CUSTOMS_KEY}
         sb.config.warehouse_callback_url = f"{base}/v1/warehouse/callbacks"
         sb.config.warehouse_callback_headers = {"X-API-Key": WAREHOUSE_KEY}
-        fwd_runtime = Forwarding(pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=worker)
+        if realtime is not None:
+            sb.config.realtime_ask_urls = {p.ebp_code: f"{base}/ceb/platDataOpen/{p.token}" for p in realtime.platforms}
+            sb.config.realtime_certs = [k.certificate_der for k in (platform_keys or {}).values()]
+        fwd_runtime = Forwarding(pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=worker,
+                                 realtime=realtime or RealtimeSettings(),
+                                 platform_keys=platform_keys or {})  # fmt: skip
         await fwd_runtime.start()
         async with aiohttp.ClientSession() as session:
             yield Stack(base, Client(session, base), pool, sb, fwd_runtime, app)

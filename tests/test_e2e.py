@@ -24,13 +24,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters import dxp
 from adapters.webhook import verify_signature
+from gateway import samples
 from gateway.api import OUTBOX
 from gateway.config import WebhookSettings
 from gateway.sandbox import start_sandbox
 from gateway.sandbox.receipts import build_receipt
 from gateway.sandbox.recorder import start_recorder
+from gateway.signing import generate_test_key
 from gateway.workers import submit_and_wait_released
-from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A
+from tests.apiutil import ADMIN, EBP_CODE, OPERATOR, PLATFORM_A
 from tests.forwardutil import CUSTOMS_KEY, WAREHOUSE_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
 
 pytestmark = pytest.mark.db
@@ -329,12 +331,18 @@ def free_port() -> int:
 
 
 async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> None:
-    """`cbec serve` without a customs endpoint: the sandbox in-process, receipts back with an internal key.
+    """`cbec serve` without a customs endpoint: the sandbox in-process, receipts back with an internal key; for a
+    179 platform configured, the sandbox asks about its order at the platform's URL and takes the signed upload.
 
     A real `cbec serve` process (it configures logging for its whole process, which tests must not)."""
     port, sandbox_port = free_port(), free_port()
     cfg = tmp_path / "cbec.toml"
-    cfg.write_text(SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=sandbox_port), encoding="utf-8")
+    key_pem, cert_pem = generate_test_key("rsa", "platform 179")
+    (tmp_path / "platform-key.pem").write_bytes(key_pem)
+    (tmp_path / "platform-cert.pem").write_bytes(cert_pem)
+    platform = (f'\n[realtime.platforms.{EBP_CODE}]\ntoken = "serve-test-token-0123456789"\n'
+                f'key_file = "{tmp_path / "platform-key.pem"}"\ncert_file = "{tmp_path / "platform-cert.pem"}"\n')
+    cfg.write_text(SERVE_TOML.format(port=port, key=ADMIN, sandbox_port=sandbox_port) + platform, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--database-url", db_dsn,
@@ -353,6 +361,9 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
 
             await wait_for(up, timeout=30, what="cbec serve")
             ships = [shipment(106), shipment(107, "1210")]
+            async with session.post(url + "/v1/payment-data", json=samples.payment_data(ships[0]),
+                                    headers={"X-API-Key": ADMIN}) as resp:  # fmt: skip
+                assert resp.status == 201, await resp.text()
             run = await submit_and_wait_released(url, ADMIN, ships, concurrency=2, timeout_s=30, poll_s=0.05,
                                                  session=session)  # fmt: skip
             assert run.released == 2 and run.not_released == [] and len(run.latencies_s) == 2
@@ -375,6 +386,18 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
                 return any(o["status"] == "shipped" for d in docs for o in d["warehouse_orders"])
 
             await wait_for(warehouse_shipped, timeout=20, what="the warehouse's callbacks")
+
+            async def payment_uploaded() -> bool:  # customs (the sandbox) asked about the order, took the upload
+                order = ships[0].order_doc
+                async with session.get(f"{url}/v1/payment-data/{order['ebpCode']}/{order['orderNo']}",
+                                       headers={"X-API-Key": ADMIN}) as resp:  # fmt: skip
+                    questions = (await resp.json()).get("questions", [])
+                return [q["state"] for q in questions] == ["uploaded"]
+
+            await wait_for(payment_uploaded, timeout=20, what="the 179 upload")
+            async with session.get(sandbox_url + "/sandbox/realtime") as resp:
+                [upload] = (await resp.json())["uploads"]
+            assert upload["code"] == "10000" and upload["verified"], upload
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
@@ -390,7 +413,9 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
     assert len(posts) == 8, posts[:2]
     keys = {key_path(s).removeprefix("/v1/shipments/") for s in ships}
     assert all(e["request_id"] and e["guid"] and e["shipment"] in keys for e in posts), posts[:2]
-    # the internal customs key (secrets.token_urlsafe(32): 43 characters) is never logged
+    # the platform's token is no part of the log (whoever reads it could make the gateway upload); nor is
+    # the internal customs key (secrets.token_urlsafe(32): 43 characters)
+    assert "serve-test-token-0123456789" not in log and '"path":"/ceb/platDataOpen/***"' in log
     assert not re.search(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", log)
 
 

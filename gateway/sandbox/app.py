@@ -26,6 +26,13 @@ Scenarios (a prefix of orderNo / logisticsNo / payTransactionId, or an ``X-Sandb
 misbehave on purpose: FAIL5XX, FLAKY, TIMEOUT, SLOW, LOSTRCPT, DUPRCPT, OOORCPT, REJECT, POISON. The receipts of
 LOSTRCPT, DUPRCPT and OOORCPT messages go one per receipt message, as their scenario describes.
 
+The 179 payment data (spec §10): once a CEB311 of a platform in ``realtime_ask_urls`` is taken, the sandbox asks
+the platform for the order's payment data (``platDataOpen``: the form's ``openReq``) at its URL, as customs does;
+``POST /ceb2grab/grab/realTimeDataUpload`` takes the upload (``payExInfoStr``), answered ``10000`` once it is read,
+its session one the sandbox asked, and its signature verified against ``realtime_certs`` (any signature when none
+are given), ``20000`` with the reason otherwise. ``POST /sandbox/realtime/ask`` (``{"ebpCode", "orderNo"}``) asks
+at once; ``GET /sandbox/realtime`` lists the questions and uploads.
+
 Control: ``GET /sandbox/stats`` (deliveries by CopMsgId — exactly-once checks), ``GET /sandbox/receipts``,
 ``GET /sandbox/records`` (inspection / warehouse requests), ``POST /sandbox/config``, ``POST /sandbox/reset``.
 """
@@ -54,6 +61,7 @@ from aiohttp import web
 
 from adapters import dxp
 from adapters.webhook import sign_body
+from gateway import realtime, signing
 from gateway.config import netloc
 from gateway.documents import Document, ParsedMessage, extract
 from gateway.errors import MessageRejected
@@ -117,6 +125,12 @@ class SandboxConfig:
     # tax_bill_status_delay seconds after the bill (None: one receipt_delay, as any next receipt)
     tax_bill_status: bool = True
     tax_bill_status_delay: float | None = None
+    # customs' 179 side: the platforms it asks about their CEB311 orders' payment data (ebpCode -> their platDataOpen
+    # URL), the certificates (DER) their uploads must verify with (none: any signature is taken), and the form of
+    # the string signed (gateway.realtime.signed_string)
+    realtime_ask_urls: dict[str, str] = field(default_factory=dict)
+    realtime_certs: list[bytes] = field(default_factory=list)
+    realtime_variant: str = "quoted"
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Apply ``{field: value}`` with the field's type; unknown fields raise KeyError, bad values ValueError."""
@@ -346,6 +360,8 @@ class Sandbox:
         self.warehouse_attempts: Counter[str] = Counter()
         self.warehouse_orders: dict[str, str] = {}  # orderId -> warehouseOrderNo
         self.callbacks: list[dict[str, Any]] = []
+        self.realtime_questions: list[dict[str, Any]] = []  # what it asked, and the platform's answer
+        self.realtime_uploads: list[dict[str, Any]] = []  # what came, and its answer
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -369,6 +385,8 @@ class Sandbox:
                 "attempts": dict(self.warehouse_attempts),
                 "callbacks": len(self.callbacks),
             },
+            "realtime": {"asked": len(self.realtime_questions), "uploads": len(self.realtime_uploads),
+                         "accepted": sum(1 for u in self.realtime_uploads if u["code"] == realtime.SUCCESS)},
             "schema": "off" if not self.config.validate_schema
             else self._schema_error or ("on" if self._schema is not None else "loading"),
             "busy": len(self._tasks),
@@ -532,10 +550,69 @@ class Sandbox:
                     return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario, format_error=True)
 
         plans = self.process(mtype, parsed, scenario)
+        if mtype.code == "CEB311":  # customs may ask the platform for the payment behind the order (spec §10)
+            for doc in parsed.documents:
+                ebp, order_no = doc.head.get("ebpCode", ""), doc.head.get("orderNo", "")
+                if ebp in self.config.realtime_ask_urls and order_no:
+                    self._spawn(self.ask_payment_data(ebp, order_no))
         bills = self._released(parsed, plans) if self.config.tax_bills and mtype.code == "CEB621" else []
         results = self._summary_results(parsed, plans) if mtype.code == "CEB701" else []
         self._schedule(plans, scenario, receiver=sender_id, ori_cop_msg_id=cop_msg_id, bills=bills, results=results)
         return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario)
+
+    # -- the 179 payment data ----------------------------------------------------------------------
+
+    async def ask_payment_data(self, ebp_code: str, order_no: str) -> dict[str, Any]:
+        """Ask the platform for an order's payment data at its platDataOpen URL, as customs does; the question and
+        the platform's answer are recorded (and returned)."""
+        url = self.config.realtime_ask_urls.get(ebp_code)
+        question = {"orderNo": order_no, "sessionID": uuid.uuid4().hex, "serviceTime": int(datetime.now().timestamp()
+                                                                                             * 1000)}  # fmt: skip
+        record: dict[str, Any] = {"ebpCode": ebp_code, **question, "status": None, "answer": None}
+        self.realtime_questions.append(record)
+        if url is None:
+            record["answer"] = f"no platDataOpen URL of platform {ebp_code}"
+            return record
+        assert self._session is not None
+        try:
+            async with self._session.post(url, data={"openReq": json.dumps(question)}) as resp:
+                record["status"] = resp.status
+                record["answer"] = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            record["answer"] = f"{exc.__class__.__name__}: {exc}"
+        return record
+
+    def take_upload(self, body: str | None) -> dict[str, Any]:
+        """customs' answer to an upload: 10000 once read, of a session it asked, its signature verified."""
+        now = int(datetime.now().timestamp() * 1000)
+        variant: realtime.Variant = "spec" if self.config.realtime_variant == "spec" else "quoted"
+        read = realtime.read_upload(body, variant) if body else "payExInfoStr is missing"
+        record: dict[str, Any] = {"code": realtime.FAILURE, "message": "", "sessionID": None, "guid": None,
+                                  "orderNos": [], "verified": False}  # fmt: skip
+        self.realtime_uploads.append(record)
+        if isinstance(read, str):
+            record["message"] = read
+            return realtime.reply(realtime.FAILURE, read, now)
+        record.update(sessionID=read.session_id, guid=read.guid, orderNos=read.data.order_nos,
+                      ebpCode=read.data.ebp_code)  # fmt: skip
+        asked = [q for q in self.realtime_questions if q["sessionID"] == read.session_id]
+        reason = None
+        if not asked:
+            reason = f"session {read.session_id} is none customs opened"
+        elif asked[0]["orderNo"] not in read.data.order_nos:
+            reason = f"the upload does not list order {asked[0]['orderNo']}, which customs asked about"
+        elif self.config.realtime_certs:
+            certs = [c for c in self.config.realtime_certs if signing.key_name_for(signing.certificate_serial(c))
+                     == read.cert_no.lower()]  # fmt: skip
+            if not certs:
+                reason = f"certNo {read.cert_no} is no certificate customs holds"
+            elif not signing.verify_bytes(certs[0], read.signed.encode("utf-8"), read.signature):
+                reason = "signValue does not verify with the certificate of certNo"
+        if reason is not None:
+            record["message"] = reason
+            return realtime.reply(realtime.FAILURE, reason, now)
+        record.update(code=realtime.SUCCESS, message="上传成功", verified=bool(self.config.realtime_certs))
+        return {**realtime.reply(realtime.SUCCESS, "上传成功", now), "total": 0}
 
     def tax_status_delay(self) -> float:
         """Seconds from a tax bill to its status change (CEB818): tax_bill_status_delay, or one receipt_delay."""
@@ -1447,6 +1524,24 @@ async def _warehouse(request: web.Request) -> web.Response:
     return await sb.warehouse_order(await _read_json(request), request.headers.get(SCENARIO_HEADER))
 
 
+async def _realtime_upload(request: web.Request) -> web.Response:
+    form = await request.post()
+    raw = form.get("payExInfoStr")
+    return _json(request.app[SANDBOX_KEY].take_upload(raw if isinstance(raw, str) else None))
+
+
+async def _realtime_ask(request: web.Request) -> web.Response:
+    body = await _read_json(request)
+    if not isinstance(body, dict) or not body.get("ebpCode") or not body.get("orderNo"):
+        return _json({"code": "invalid", "reason": "expected {\"ebpCode\": ..., \"orderNo\": ...}"}, 400)
+    return _json(await request.app[SANDBOX_KEY].ask_payment_data(str(body["ebpCode"]), str(body["orderNo"])))
+
+
+async def _realtime_records(request: web.Request) -> web.Response:
+    sb = request.app[SANDBOX_KEY]
+    return _json({"questions": sb.realtime_questions, "uploads": sb.realtime_uploads})
+
+
 async def _stats(request: web.Request) -> web.Response:
     return _json(request.app[SANDBOX_KEY].stats())
 
@@ -1472,11 +1567,12 @@ async def _reset(request: web.Request) -> web.Response:
 #: secret) or say where they go: never shown by GET /sandbox/config, never changed by POST — the sandbox answers
 #: anyone on its port, and a changed receipt_url would send the key elsewhere. Set them where the sandbox starts.
 _GUARDED = ("receipt_headers", "receipt_url", "warehouse_callback_secret", "warehouse_callback_url",
-            "warehouse_callback_headers")
+            "warehouse_callback_headers", "realtime_ask_urls", "realtime_certs")
 
 
 def _shown(config: SandboxConfig) -> dict[str, Any]:
     out = dataclasses.asdict(config)
+    out["realtime_certs"] = [signing.key_name_for(signing.certificate_serial(c)) for c in config.realtime_certs]
     out["receipt_headers"] = {name: "(set)" for name in config.receipt_headers}
     out["warehouse_callback_headers"] = {name: "(set)" for name in config.warehouse_callback_headers}
     if config.warehouse_callback_secret:
@@ -1520,6 +1616,9 @@ def create_sandbox_app(config: SandboxConfig | None = None, *, schemas: Any = No
     app.router.add_post("/ceb", _ceb)
     app.router.add_post("/inspection", _inspection)
     app.router.add_post("/warehouse/orders", _warehouse)
+    app.router.add_post("/ceb2grab/grab/realTimeDataUpload", _realtime_upload)
+    app.router.add_post("/sandbox/realtime/ask", _realtime_ask)
+    app.router.add_get("/sandbox/realtime", _realtime_records)
     app.router.add_get("/sandbox/stats", _stats)
     app.router.add_get("/sandbox/receipts", _receipts)
     app.router.add_get("/sandbox/records", _records)

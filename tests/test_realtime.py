@@ -1,0 +1,398 @@
+"""The 179 real-time payment data, pure (gateway/realtime.py): what a platform hands over, customs' question, the
+upload's text and signature."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway import realtime, samples
+from gateway.api import create_app
+from gateway.config import RealtimePlatform, RealtimeSettings
+from gateway.signing import RsaSha1Key, Sm2Sm3Key, generate_test_key, verify_bytes
+from tests.apiutil import EBP_CODE, OPERATOR, PLATFORM_A, STRANGER, Client, serving, sign_as_agent
+from tests.apiutil import test_settings as settings_with
+from tests.forwardutil import running_stack, wait_for
+
+RSA = RsaSha1Key.from_pem(*generate_test_key("rsa", "平台 179 test"))
+SM2 = Sm2Sm3Key.from_pem(*generate_test_key("sm2", "平台 179 test"))
+
+
+def sample() -> dict[str, Any]:
+    return {
+        "payExchangeInfoHead": {
+            "initalRequest": "https://pay.example/gateway?out_trade_no=ZG2026112001&total_fee=199.00&body=婴儿奶粉",
+            "initalResponse": "ok",
+            "ebpCode": "46012609BQ",
+            "payCode": "312226T001",
+            "payTransactionId": "2026112022001400001",
+            "totalAmount": "199.00",
+            "currency": "142",
+            "verDept": "3",
+            "payType": "1",
+            "tradingTime": "20261120101500",
+        },
+        "payExchangeInfoLists": [
+            {"orderNo": "ZG2026112001", "goodsInfo": [{"gname": "婴儿配方奶粉 800g", "itemLink": "https://shop.example/i/1"}],
+             "recpAccount": "6222020200112233", "recpName": "海南某某跨境电商有限公司"},
+        ],
+    }
+
+
+def codes(payload: Any) -> list[tuple[str, str]]:
+    data, issues = realtime.payment_data(payload)
+    assert (data is None) == bool(issues)
+    return [(i.code, i.path) for i in issues]
+
+
+def test_the_platforms_payment_data_is_taken_as_given() -> None:
+    data, issues = realtime.payment_data(sample())
+    assert issues == [] and data is not None
+    assert (data.ebp_code, data.pay_transaction_id, data.order_nos) == ("46012609BQ", "2026112022001400001",
+                                                                      ["ZG2026112001"])  # fmt: skip
+    assert data.head["totalAmount"] == "199.00" and "payType" in data.head and "note" not in data.head
+    # numbers as JSON numbers are read as their text (json parsed with Decimal, as the API does)
+    p = sample()
+    p["payExchangeInfoHead"]["totalAmount"] = Decimal("199.00")
+    p["payExchangeInfoHead"]["currency"] = 142
+    data, _ = realtime.payment_data(p)
+    assert data is not None and (data.head["totalAmount"], data.head["currency"]) == ("199.00", "142")
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda p: p["payExchangeInfoHead"].pop("payTransactionId"),
+     ("realtime.missing_field", "/payExchangeInfoHead/payTransactionId")),
+    (lambda p: p["payExchangeInfoHead"].update(payCode="X" * 19),
+     ("realtime.too_long", "/payExchangeInfoHead/payCode")),
+    (lambda p: p["payExchangeInfoHead"].update(totalAmount="1.234567"),
+     ("realtime.invalid_amount", "/payExchangeInfoHead/totalAmount")),
+    (lambda p: p["payExchangeInfoHead"].update(totalAmount="0"),
+     ("realtime.invalid_amount", "/payExchangeInfoHead/totalAmount")),
+    (lambda p: p["payExchangeInfoHead"].update(verDept="4"), ("realtime.invalid_code", "/payExchangeInfoHead/verDept")),
+    (lambda p: p["payExchangeInfoHead"].update(payType="9"), ("realtime.invalid_code", "/payExchangeInfoHead/payType")),
+    (lambda p: p["payExchangeInfoHead"].update(tradingTime="2026-11-20"),
+     ("realtime.invalid_time", "/payExchangeInfoHead/tradingTime")),
+    (lambda p: p["payExchangeInfoHead"].update(guid="ABC"), ("realtime.unknown_field", "/payExchangeInfoHead/guid")),
+    (lambda p: p["payExchangeInfoHead"].update(amount="1"), ("realtime.unknown_field", "/payExchangeInfoHead/amount")),
+    (lambda p: p["payExchangeInfoHead"].update(verDept=True),
+     ("realtime.invalid_type", "/payExchangeInfoHead/verDept")),
+    (lambda p: p.update(extra=1), ("realtime.unknown_field", "/extra")),
+    (lambda p: p.update(payExchangeInfoLists=[]), ("realtime.missing_field", "/payExchangeInfoLists")),
+    (lambda p: p["payExchangeInfoLists"].append(copy.deepcopy(p["payExchangeInfoLists"][0])),
+     ("realtime.duplicate_order", "/payExchangeInfoLists/1/orderNo")),
+    (lambda p: p["payExchangeInfoLists"][0].pop("goodsInfo"),
+     ("realtime.missing_field", "/payExchangeInfoLists/0/goodsInfo")),
+    (lambda p: p["payExchangeInfoLists"][0]["goodsInfo"][0].pop("itemLink"),
+     ("realtime.missing_field", "/payExchangeInfoLists/0/goodsInfo/0/itemLink")),
+    (lambda p: p["payExchangeInfoLists"][0].update(recpName=""),
+     ("realtime.missing_field", "/payExchangeInfoLists/0/recpName")),
+])  # fmt: skip
+def test_what_the_field_table_refuses_is_named_where_it_is(change: Any, expected: tuple[str, str]) -> None:
+    p = sample()
+    change(p)
+    assert expected in codes(p)
+    assert codes(sample()) == []  # the change, not the sample
+
+
+def test_customs_question_is_read_or_said_what_is_wrong() -> None:
+    q = realtime.open_request(json.dumps({"orderNo": "ZG2026112001", "sessionID": "abc-123",
+                                          "serviceTime": 1763600000000}))  # fmt: skip
+    assert q == realtime.OpenRequest("ZG2026112001", "abc-123", 1763600000000)
+    assert realtime.open_request('{"orderNo":"O1","sessionID":"s","serviceTime":"1763600000000"}') == \
+        realtime.OpenRequest("O1", "s", 1763600000000)  # fmt: skip
+    for raw in (None, "", "{", "[]", '{"sessionID":"s","serviceTime":1}', '{"orderNo":"O","serviceTime":1}',
+                '{"orderNo":"O","sessionID":"a b","serviceTime":1}', '{"orderNo":"O","sessionID":"s"}',
+                '{"orderNo":"O","sessionID":"s","serviceTime":true}', '{"orderNo":"' + "9" * 61 + '","sessionID":"s",'
+                '"serviceTime":1}'):  # fmt: skip
+        assert isinstance(realtime.open_request(raw), str), raw
+
+
+def test_the_upload_is_the_json_it_signs_and_verifies_with_the_platforms_certificate() -> None:
+    data, _ = realtime.payment_data(sample())
+    assert data is not None
+    up = realtime.upload("s-1", data, service_time=1763600000123, cert_no=RSA.key_name, sign=RSA.sign_bytes,
+                         guid="0f1e2d3c-0000-4000-8000-00000000abcd")  # fmt: skip
+    doc = json.loads(up.body, parse_float=Decimal)
+    assert list(doc) == ["sessionID", "payExchangeInfoHead", "payExchangeInfoLists", "serviceTime", "certNo",
+                         "signValue"]  # fmt: skip
+    assert doc["payExchangeInfoHead"]["guid"] == up.guid == "0F1E2D3C-0000-4000-8000-00000000ABCD"
+    assert doc["payExchangeInfoHead"]["totalAmount"] == Decimal("199.00") and doc["serviceTime"] == "1763600000123"
+    assert "婴儿配方奶粉" in up.body  # Chinese as it is, not \\u-escaped: the text signed is the text sent
+    head = up.body[up.body.index('"payExchangeInfoHead":') + 22:up.body.index(',"payExchangeInfoLists"')]
+    lists = up.body[up.body.index('"payExchangeInfoLists":') + 23:up.body.index(',"serviceTime"')]
+    assert up.signed == (f'"sessionID":"s-1"||"payExchangeInfoHead":"{head}"||"payExchangeInfoLists":"{lists}"'
+                         '||"serviceTime":"1763600000123"')  # fmt: skip
+    read = realtime.read_upload(up.body)
+    assert isinstance(read, realtime.ReadUpload)
+    assert (read.session_id, read.guid, read.cert_no, read.signed) == ("s-1", up.guid, RSA.key_name, up.signed)
+    assert read.data == data
+    assert verify_bytes(RSA.certificate_der, read.signed.encode(), read.signature)
+    # changed after signing: the rebuilt string no longer verifies
+    tampered = realtime.read_upload(up.body.replace("199.00", "19.90"))
+    assert isinstance(tampered, realtime.ReadUpload)
+    assert not verify_bytes(RSA.certificate_der, tampered.signed.encode(), tampered.signature)
+    assert not verify_bytes(SM2.certificate_der, read.signed.encode(), read.signature)  # another key
+
+
+def test_the_spec_variant_signs_the_json_bare_and_sm2_keys_sign_too() -> None:
+    data, _ = realtime.payment_data(sample())
+    assert data is not None
+    up = realtime.upload("s-2", data, service_time=5, cert_no=SM2.key_name, sign=SM2.sign_bytes, variant="spec")
+    assert up.signed.startswith('"sessionID":"s-2"||"payExchangeInfoHead":{"guid":')
+    assert '||"payExchangeInfoList":[{"orderNo":"ZG2026112001",' in up.signed
+    assert up.signed.endswith('||"serviceTime":5')
+    assert json.loads(up.body)["serviceTime"] == 5
+    read = realtime.read_upload(up.body, "spec")
+    assert isinstance(read, realtime.ReadUpload)
+    assert verify_bytes(SM2.certificate_der, read.signed.encode(), read.signature)
+    quoted = realtime.read_upload(up.body)  # read as the other variant: another string
+    assert isinstance(quoted, realtime.ReadUpload) and quoted.signed != up.signed
+
+
+def test_an_upload_customs_cannot_read_says_why() -> None:
+    data, _ = realtime.payment_data(sample())
+    assert data is not None
+    good = json.loads(realtime.upload("s", data, service_time=1, cert_no="01", sign=RSA.sign_bytes).body)
+    for change, why in ((lambda d: d.pop("certNo"), "certNo"), (lambda d: d.update(signValue="%%"), "base64"),
+                        (lambda d: d["payExchangeInfoHead"].update(guid="abc"), "upper case"),
+                        (lambda d: d["payExchangeInfoHead"].pop("ebpCode"), "ebpCode")):  # fmt: skip
+        bad = copy.deepcopy(good)
+        change(bad)
+        found = realtime.read_upload(json.dumps(bad, ensure_ascii=False))
+        assert isinstance(found, str) and why in found, found
+    assert isinstance(realtime.read_upload("{"), str)
+
+
+def test_customs_answer_is_its_code_and_message() -> None:
+    assert realtime.customs_answer('{"code":"10000","message":"上传成功","total":0}'.encode()) == ("10000", "上传成功")
+    assert realtime.customs_answer(b'{"code":20000}') == ("20000", "")
+    assert realtime.customs_answer(b"<html>") is None and realtime.customs_answer(b"[1]") is None
+
+
+# --- the configuration -------------------------------------------------------------------------------------------
+
+
+def _platform_files(tmp_path: Path, key: tuple[bytes, bytes]) -> tuple[Path, Path]:
+    (tmp_path / "platform-key.pem").write_bytes(key[0])
+    (tmp_path / "platform-cert.pem").write_bytes(key[1])
+    return tmp_path / "platform-key.pem", tmp_path / "platform-cert.pem"
+
+
+def test_platforms_are_configured_with_a_token_and_a_key_and_need_somewhere_to_upload(tmp_path: Path) -> None:
+    from gateway import config
+    from gateway.configcheck import check
+    from gateway.workers import effective_endpoints, platform_keys
+
+    key_file, cert_file = _platform_files(tmp_path, generate_test_key("rsa", "platform"))
+    cfg = tmp_path / "cbec.toml"
+    table = (f'[realtime.platforms.46012609BQ]\ntoken = "{"t" * 24}"\nkey_file = "{key_file}"\n'
+             f'cert_file = "{cert_file}"\n')  # fmt: skip
+    cfg.write_text(table, encoding="utf-8")
+    s = config.load(cfg, env={})
+    [p] = s.realtime.platforms
+    assert (p.ebp_code, p.token, p.algorithm, s.realtime.signing_variant) == ("46012609BQ", "t" * 24, "rsa-sha1",
+                                                                            "quoted")  # fmt: skip
+    assert list(platform_keys(s.realtime)) == ["46012609BQ"]
+    # the built-in sandbox takes the uploads; without platforms it plays no such endpoint
+    kinds = [{e.kind for e in effective_endpoints(s.forwarding, sandbox_url="http://x", **kw)}
+             for kw in ({"realtime": s.realtime}, {})]  # fmt: skip
+    assert "realtime" in kinds[0] and "realtime" not in kinds[1]
+    refused = {  # what the refusal says, for each
+        "token must be at least 16": table.replace("t" * 24, "short"),
+        "need forwarding": table + "[forwarding]\nenabled = false\n",
+        "need an endpoint of kind realtime": table + '[forwarding.endpoints.customs]\nurl = "http://c/dxp"\n',
+        "unknown setting": table + "colour = 1\n",
+        "signing_variant must be": '[realtime]\nsigning_variant = "x"\n' + table,
+    }
+    for says, text in refused.items():
+        cfg.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=says):
+            config.load(cfg, env={})
+    cfg.write_text(table + '[forwarding.endpoints.customs]\nurl = "http://c/dxp"\n[forwarding.endpoints.realtime]\n'
+                   'url = "https://customs.example/ceb2grab/grab/realTimeDataUpload"\n', encoding="utf-8")  # fmt: skip
+    configured = config.load(cfg, env={})
+    assert configured.forwarding.endpoints[1].kind == "realtime"
+    # cbec config check says where the uploads go and with which certificate
+    said = [f"{line.level} {line.text}" for line in check(s)]
+    assert any(x.startswith("ok 179 payment data of 46012609BQ: signed with certificate ") for x in said), said
+    assert "warn 179 uploads go to the built-in sandbox, not to customs" in said
+    assert "ok 179 uploads go to https://customs.example/ceb2grab/grab/realTimeDataUpload (quoted signing)" in [
+        f"{line.level} {line.text}" for line in check(configured)]
+    cert_file.write_bytes(generate_test_key("rsa", "another")[1])  # not the key's certificate
+    with pytest.raises(ValueError, match="46012609BQ"):
+        platform_keys(s.realtime)
+    assert [line.level for line in check(s) if "179" in line.text] == ["error"]
+
+
+# --- the API and the whole way, on 127.0.0.1 --------------------------------------------------------------------
+
+TOKEN = "platform-179-token-0123456789"
+PLATFORM_KEY = RsaSha1Key.from_pem(*generate_test_key("rsa", "海南跨境电商平台 179"))
+
+
+def platforms(ebp_code: str = EBP_CODE) -> RealtimeSettings:
+    return RealtimeSettings((RealtimePlatform(ebp_code, TOKEN, Path("unread-key.pem"), Path("unread-cert.pem")),))
+
+
+def parcel(seed: int) -> samples.ShipmentSample:
+    return samples.shipment(random.Random(seed))
+
+
+async def ask(client: Client, order_no: str, session_id: str, token: str = TOKEN) -> tuple[int, Any]:
+    open_req = json.dumps({"orderNo": order_no, "sessionID": session_id, "serviceTime": 1763600000000})
+    async with client.session.post(f"{client.base}/ceb/platDataOpen/{token}", data={"openReq": open_req}) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+@pytest.mark.db
+async def test_a_platform_hands_its_payment_data_over_and_reads_it_back(db_pool: asyncpg.Pool) -> None:
+    """Committed before the 201, replaced when handed over again (200), refused with the field table's issues (422),
+    for a platform not configured (422), by a key not holding the ebpCode (403), or when an order is paid by another
+    stored payment (409, nothing of it stored); read back by the platform and operators, not by strangers."""
+    app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
+    async with serving(app) as api:
+        s = parcel(71)
+        data = samples.payment_data(s)
+        order_no = s.order_doc["orderNo"]
+        r = await api.request("POST", "/v1/payment-data", json_body=data, key=PLATFORM_A)
+        assert r.status == 201, r.body
+        assert r.body == {"ebpCode": EBP_CODE, "payTransactionId": s.payment_doc["payTransactionId"],
+                          "orderNos": [order_no], "outcome": "created"}  # fmt: skip
+        data["payExchangeInfoHead"]["note"] = "补充说明"
+        assert (await api.request("POST", "/v1/payment-data", json_body=data, key=PLATFORM_A)).body["outcome"] == \
+            "replaced"  # fmt: skip
+        stored = (await api.get(f"/v1/payment-data/{EBP_CODE}/{order_no}", key=PLATFORM_A)).body
+        assert stored["payment"]["payExchangeInfoHead"]["note"] == "补充说明" and stored["questions"] == []
+        assert stored["payment"]["payExchangeInfoLists"] == data["payExchangeInfoLists"]
+        assert (await api.get(f"/v1/payment-data/{EBP_CODE}/{order_no}", key=OPERATOR)).body == stored
+        assert (await api.get(f"/v1/payment-data/{EBP_CODE}/{order_no}", key=STRANGER)).status == 404
+        assert (await api.get(f"/v1/payment-data/{EBP_CODE}/NO-SUCH-ORDER")).status == 404
+
+        bad = copy.deepcopy(data)
+        bad["payExchangeInfoHead"]["verDept"] = "9"
+        r = await api.request("POST", "/v1/payment-data", json_body=bad, key=PLATFORM_A)
+        assert r.status == 422 and [i["code"] for i in r.body["error"]["issues"]] == ["realtime.invalid_code"]
+        assert (await api.request("POST", "/v1/payment-data", json_body=data, key=STRANGER)).status == 403
+        other = samples.payment_data(parcel(72))
+        other["payExchangeInfoHead"]["ebpCode"] = "4601269999"
+        r = await api.request("POST", "/v1/payment-data", json_body=other)
+        assert r.status == 422 and r.body["error"]["issues"][0]["code"] == "realtime.not_configured", r.body
+        # a second payment naming the order: refused whole, the first keeps it
+        second = samples.payment_data(parcel(73))
+        second["payExchangeInfoLists"].append(copy.deepcopy(data["payExchangeInfoLists"][0]))
+        r = await api.request("POST", "/v1/payment-data", json_body=second, key=PLATFORM_A)
+        assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "realtime.payment_of_another_order"
+        assert order_no in r.body["error"]["issues"][0]["message"]
+        lone = second["payExchangeInfoLists"][0]["orderNo"]
+        assert (await api.get(f"/v1/payment-data/{EBP_CODE}/{lone}")).status == 404
+        # the first payment lets go of the order: the second may take it
+        data["payExchangeInfoLists"][0]["orderNo"] = "ZG-ANOTHER-ORDER"
+        assert (await api.request("POST", "/v1/payment-data", json_body=data, key=PLATFORM_A)).status == 200
+        assert (await api.request("POST", "/v1/payment-data", json_body=second, key=PLATFORM_A)).status == 201
+        r = await api.request("POST", "/v1/payment-data", data=b"{", content_type="application/json")
+        assert r.status == 400 and r.body["error"]["issues"][0]["code"] == "parse.invalid_json"
+        r = await api.request("POST", "/v1/payment-data", data=b"<x/>", content_type="application/xml")
+        assert r.status == 415
+
+
+@pytest.mark.db
+async def test_customs_question_is_stored_with_its_upload_before_it_is_answered(db_pool: asyncpg.Pool) -> None:
+    """platDataOpen: answered 10000 once the question and its upload's job are committed; the same session asked
+    again is the same question (one job); a question customs cannot have sent is answered 20000; an unknown token
+    is no platform's URL (404)."""
+    app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
+    async with serving(app) as api:
+        status, answer = await ask(api, "ZG2026112001", "session-1")
+        assert status == 200 and answer["code"] == "10000" and isinstance(answer["serviceTime"], int), answer
+        assert (await ask(api, "ZG2026112001", "session-1"))[1]["code"] == "10000"
+        async with db_pool.acquire() as conn:
+            jobs = await conn.fetch("SELECT endpoint, payload FROM jobs WHERE kind = 'realtime_upload'")
+            questions = await conn.fetch("SELECT order_no, session_id, state FROM realtime_requests")
+        assert [j["endpoint"] for j in jobs] == ["realtime"]
+        assert [tuple(q) for q in questions] == [("ZG2026112001", "session-1", "asked")]
+        status, answer = await ask(api, "ZG2026112001", "has spaces")
+        assert status == 200 and answer["code"] == "20000" and "sessionID" in answer["message"], answer
+        assert (await ask(api, "ZG2026112001", "session-2", token="no-such-token-0000000000"))[0] == 404
+        view = (await api.get(f"/v1/payment-data/{EBP_CODE}/ZG2026112001")).body
+        assert view["payment"] is None and [q["state"] for q in view["questions"]] == ["asked"]
+
+
+@pytest.mark.db
+async def test_customs_asks_about_an_order_and_gets_its_payment_data_signed(db_dsn: str) -> None:
+    """The whole way: the platform's payment data handed over, its order declared; the sandbox (customs) asks at the
+    platform's URL, the gateway answers 10000 and uploads the payment signed with the platform's key; customs
+    verifies it with the certificate and answers 10000, which the question records."""
+    async with running_stack(db_dsn, realtime=platforms(), platform_keys={EBP_CODE: PLATFORM_KEY}) as stack:
+        s = parcel(74)
+        order_no = s.order_doc["orderNo"]
+        r = await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s), key=PLATFORM_A)
+        assert r.status == 201, r.body
+        assert (await stack.submit(s.order)).status == 202
+
+        async def uploaded() -> bool:
+            view = (await stack.client.get(f"/v1/payment-data/{EBP_CODE}/{order_no}")).body
+            return [q["state"] for q in view.get("questions", [])] == ["uploaded"]
+
+        await wait_for(uploaded, what="the payment data uploaded")
+        [q] = (await stack.client.get(f"/v1/payment-data/{EBP_CODE}/{order_no}")).body["questions"]
+        assert q["answer"] == {"code": "10000", "message": "上传成功"} and q["upload_guid"] == q["upload_guid"].upper()
+        [asked] = stack.sandbox.sandbox.realtime_questions
+        assert (asked["orderNo"], asked["answer"]["code"], asked["sessionID"]) == (order_no, "10000", q["sessionID"])
+        [upload] = stack.sandbox.sandbox.realtime_uploads
+        assert upload["code"] == "10000" and upload["verified"] and upload["orderNos"] == [order_no]
+
+
+@pytest.mark.db
+async def test_a_question_before_the_payment_data_waits_for_it(db_dsn: str) -> None:
+    """Customs asks before the platform handed the payment over: the upload waits in the queue (retried) and goes
+    once the data comes."""
+    async with running_stack(db_dsn, realtime=platforms(), platform_keys={EBP_CODE: PLATFORM_KEY}) as stack:
+        s = parcel(75)
+        order_no = s.order_doc["orderNo"]
+        asked = await stack.sandbox.sandbox.ask_payment_data(EBP_CODE, order_no)
+        assert asked["answer"]["code"] == "10000", asked
+
+        async def attempted() -> bool:
+            rows = await stack.fetch("SELECT attempts, last_error FROM jobs WHERE kind = 'realtime_upload'")
+            return bool(rows) and rows[0]["attempts"] >= 2 and "no payment data" in (rows[0]["last_error"] or "")
+
+        await wait_for(attempted, what="the upload waiting for its data")
+        assert stack.sandbox.sandbox.realtime_uploads == []
+        r = await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s), key=PLATFORM_A)
+        assert r.status == 201
+
+        async def uploaded() -> bool:
+            view = (await stack.client.get(f"/v1/payment-data/{EBP_CODE}/{order_no}")).body
+            return [q["state"] for q in view.get("questions", [])] == ["uploaded"]
+
+        await wait_for(uploaded, what="the payment data uploaded")
+
+
+@pytest.mark.db
+async def test_an_upload_customs_refuses_is_a_dead_letter_that_says_why(db_dsn: str) -> None:
+    """Signed with a key customs does not hold for the platform: customs answers 20000; the question is refused
+    with customs' reason and its job a dead letter (replayable once the key is mended), not retried."""
+    wrong = RsaSha1Key.from_pem(*generate_test_key("rsa", "not the platform's key"))
+    async with running_stack(db_dsn, realtime=platforms(), platform_keys={EBP_CODE: wrong}) as stack:
+        stack.sandbox.config.realtime_certs = [PLATFORM_KEY.certificate_der]
+        s = parcel(76)
+        order_no = s.order_doc["orderNo"]
+        assert (await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s))).status == 201
+        await stack.sandbox.sandbox.ask_payment_data(EBP_CODE, order_no)
+
+        async def dead() -> bool:
+            rows = await stack.fetch("SELECT state, attempts, last_error FROM jobs WHERE kind = 'realtime_upload'")
+            return bool(rows) and rows[0]["state"] == "dead"
+
+        await wait_for(dead, what="the refused upload a dead letter")
+        [job] = await stack.fetch("SELECT attempts, last_error FROM jobs WHERE kind = 'realtime_upload'")
+        assert job["attempts"] == 1 and "20000" in job["last_error"] and "certNo" in job["last_error"], dict(job)
+        [q] = (await stack.client.get(f"/v1/payment-data/{EBP_CODE}/{order_no}")).body["questions"]
+        assert q["state"] == "refused" and q["answer"]["code"] == "20000" and "certNo" in q["answer"]["message"]
