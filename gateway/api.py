@@ -48,6 +48,7 @@ from gateway.store import (
     Conflict,
     PaymentConflict,
     Store,
+    payment_data_of_shipment,
     quota_reassessor,
     read_payment_data,
     read_pending_summaries,
@@ -550,6 +551,11 @@ async def get_shipment(request: web.Request) -> web.Response:
     if found is None or not _visible(principal, found.get("parties")):
         return error_response(404, "no such shipment")
     view = shipment_view(principal, await request.app[OUTBOX].shipment_forwarding(found))
+    if view.get("flow") == "import" and principal.may_touch({view.get("ebpCode") or ""}):  # the platform's own
+        async with request.app[POOL].acquire() as conn:
+            paid = await payment_data_of_shipment(conn, view["ebpCode"], view["orderNo"])
+        if paid is not None:
+            view["payment_data"] = paid
     return json_response(taxbills.add_to_shipment(view, request.app[STORE].tax_rates))
 
 

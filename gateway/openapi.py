@@ -209,7 +209,8 @@ OPENAPI: dict[str, Any] = {
                 "status_name, status_time, entDutyNo, customsTax, valueAddedTax, consumptionTax, total, estimate "
                 "{customsTax, valueAddedTax, consumptionTax, total, full_rate}: the gateway's own, findings "
                 "(tax.bill_differs when a tax differs from the estimate by more than 0.01, also among the "
-                "shipment's findings), document_id}]",
+                "shipment's findings), document_id}]; payment_data (an import order of a 179 platform, to the "
+                "platform's key): {payTransactionId, handed_over_at, questions} as /v1/payment-data",
                 "parameters": [
                     {"name": "ebpCode", "in": "path", "required": True, "schema": {"type": "string"},
                      "description": "- for a waybill-only shipment (its order has not come; ebpCode empty)"},

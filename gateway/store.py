@@ -896,7 +896,7 @@ async def read_payment_data(pool: asyncpg.Pool, ebp_code: str, order_no: str) ->
     first: GET /v1/payment-data/{ebpCode}/{orderNo}."""
     async with db.transaction(pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
         payment = await conn.fetchrow(realtime.PAYMENT_OF_ORDER, ebp_code, order_no)
-        questions = await conn.fetch(realtime.QUESTIONS_OF_ORDER, ebp_code, order_no)
+        questions = await _payment_questions(conn, ebp_code, order_no)
     return {
         "ebpCode": ebp_code,
         "orderNo": order_no,
@@ -905,11 +905,28 @@ async def read_payment_data(pool: asyncpg.Pool, ebp_code: str, order_no: str) ->
             "submitter": payment["submitter"], "received_at": _iso(payment["received_at"]),
             "updated_at": _iso(payment["updated_at"]),
         },
-        "questions": [{"sessionID": q["session_id"], "serviceTime": q["service_time"], "received_at":
-                       _iso(q["received_at"]), "state": q["state"], "upload_guid": q["upload_guid"],
-                       "uploaded_at": _iso(q["uploaded_at"]), "answer": db.json_value(q["answer"])}
-                      for q in questions],
+        "questions": questions,
     }  # fmt: skip
+
+
+async def _payment_questions(conn: asyncpg.Connection, ebp_code: str, order_no: str) -> list[dict[str, Any]]:
+    return [{"sessionID": q["session_id"], "serviceTime": q["service_time"], "received_at": _iso(q["received_at"]),
+             "state": q["state"], "upload_guid": q["upload_guid"], "uploaded_at": _iso(q["uploaded_at"]),
+             "answer": db.json_value(q["answer"])}
+            for q in await conn.fetch(realtime.QUESTIONS_OF_ORDER, ebp_code, order_no)]  # fmt: skip
+
+
+async def payment_data_of_shipment(conn: asyncpg.Connection, ebp_code: str, order_no: str) -> dict[str, Any] | None:
+    """What an import shipment's view says of its order's 179 payment data: the payment handed over (its
+    payTransactionId and when; none yet: null) and customs' questions with their uploads; None when the order was
+    neither handed over nor asked about (the platform is no 179 one, or customs did not ask)."""
+    payment = await conn.fetchrow(realtime.PAYMENT_OF_ORDER, ebp_code, order_no)
+    questions = await _payment_questions(conn, ebp_code, order_no)
+    if payment is None and not questions:
+        return None
+    return {"payTransactionId": payment["pay_transaction_id"] if payment is not None else None,
+            "handed_over_at": _iso(payment["updated_at"]) if payment is not None else None,
+            "questions": questions}  # fmt: skip
 
 
 def _pending_dict(r: asyncpg.Record) -> dict[str, Any]:

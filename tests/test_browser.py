@@ -381,6 +381,38 @@ async def test_an_export_shipment_page_says_what_became_of_its_summary_declarati
         await page.context.close()
     assert errors == []
 
+async def test_a_shipment_page_says_what_became_of_customs_179_question(browser: Browser, db_dsn: str) -> None:
+    """An import shipment of a 179 platform: its page names the payment handed over and customs' question with its
+    upload's outcome (customs' 10000 and message)."""
+    from tests.test_realtime import PLATFORM_KEY, platforms
+
+    errors: list[str] = []
+    async with asyncio.timeout(60), running_stack(db_dsn, realtime=platforms(),
+                                                  platform_keys={samples.EBP_CODE: PLATFORM_KEY}) as stack:
+        s = fwd_shipment(441)
+        r = await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s))
+        assert r.status == 201, r.body
+        assert (await stack.submit(s.order)).status == 202
+        order = s.order_doc
+
+        async def uploaded() -> bool:
+            view = (await stack.client.get(f"/v1/payment-data/{order['ebpCode']}/{order['orderNo']}")).body
+            return [q["state"] for q in view.get("questions", [])] == ["uploaded"]
+
+        await wait_for(uploaded, what="the 179 upload")
+        page = await new_page(browser, errors)
+        await sign_in(page, stack.base, ADMIN)
+        await page.wait_for_url(stack.base + "/ops")
+        key = urlencode({"ebpCode": order["ebpCode"], "orderNo": order["orderNo"]})
+        await page.goto(f"{stack.base}/ops#/shipment?{key}")
+        facts = page.locator(".facts")
+        await expect(facts).to_contain_text(
+            f"Payment data 支付原始数据 (179)handed over 已提供 (payTransactionId {s.payment_doc['payTransactionId']})")
+        await expect(facts).to_contain_text("uploaded 已上传 — customs 海关 10000 上传成功")
+        await page.context.close()
+    assert errors == []
+
+
 async def test_an_open_shipment_page_shows_a_warehouse_callback_as_it_comes(browser: Browser, site: Site) -> None:
     """A warehouse's callback changes no shipment row; the live feed still names the shipment whose document it
     reports on, and the open page shows it without a reload."""

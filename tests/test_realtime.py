@@ -347,6 +347,10 @@ async def test_customs_asks_about_an_order_and_gets_its_payment_data_signed(db_d
         assert (asked["orderNo"], asked["answer"]["code"], asked["sessionID"]) == (order_no, "10000", q["sessionID"])
         [upload] = stack.sandbox.sandbox.realtime_uploads
         assert upload["code"] == "10000" and upload["verified"] and upload["orderNos"] == [order_no]
+        # the shipment's view says it, to the platform's key (not to a party that is not the platform)
+        view = (await stack.client.get(f"/v1/shipments/{EBP_CODE}/{order_no}", key=PLATFORM_A)).body
+        assert view["payment_data"]["payTransactionId"] == s.payment_doc["payTransactionId"]
+        assert [x["state"] for x in view["payment_data"]["questions"]] == ["uploaded"]
 
 
 @pytest.mark.db

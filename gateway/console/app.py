@@ -30,7 +30,7 @@ from gateway.console.session import (
     origin_allowed,
 )
 from gateway.outbox import read_warehouse_callbacks
-from gateway.store import read_pending_summaries, read_rejection, read_rejections
+from gateway.store import payment_data_of_shipment, read_pending_summaries, read_rejection, read_rejections
 
 log = structlog.get_logger("gateway.console")
 
@@ -330,6 +330,8 @@ async def shipment(request: web.Request) -> web.StreamResponse:
     structlog.contextvars.bind_contextvars(shipment=f"{ebp_code}/{order_no}")
     async with _pool(request).acquire() as conn:
         found = await q.shipment_detail(conn, ebp_code, order_no, _console(request).tax_rates)
+        if found is not None and found.get("flow") == "import":
+            found["payment_data"] = await payment_data_of_shipment(conn, ebp_code, order_no)
     if found is None:
         return error(404, "no such shipment")
     return json_response(found)

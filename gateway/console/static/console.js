@@ -877,6 +877,21 @@
     return parts.join(" · ");
   }
 
+  // The order's raw payment data for customs' 179 check (README, "Real-time payment data (179)"): handed over or
+  // not, and customs' latest question with its upload's outcome.
+  const QUESTION_ZH = { asked: "待上传", uploaded: "已上传", refused: "被拒" };
+  function paymentDataText(pd) {
+    const parts = [pd.payTransactionId ? `handed over 已提供 (payTransactionId ${pd.payTransactionId})`
+      : "not handed over 未提供"];
+    const q = pd.questions[0];
+    if (q) {
+      const answer = q.answer ? ` — customs 海关 ${q.answer.code}${q.answer.message ? ` ${q.answer.message}` : ""}` : "";
+      parts.push(`customs asked 海关调取 ${fmtTime(q.received_at)}: ${q.state} ${QUESTION_ZH[q.state] || ""}${answer}`);
+    }
+    if (pd.questions.length > 1) parts.push(`${pd.questions.length} questions 次调取`);
+    return parts.join(" · ");
+  }
+
   function fact(label, value, mono = false) {
     return h("div", {}, h("dt", { text: label }), h("dd", { class: mono ? "mono" : null, text: value ?? "—" }));
   }
@@ -903,6 +918,7 @@
           fact("Warehouse 仓库", (ship.warehouse_orders || []).map((o) =>
             `${o.warehouse_order_no} ${o.status} ${WAREHOUSE_ZH[o.status] || ""}`.trim()).join(", ") || "—"),
           ship.summary ? fact("Summary 汇总申报", summaryText(ship.summary)) : null,
+          ship.payment_data ? fact("Payment data 支付原始数据 (179)", paymentDataText(ship.payment_data)) : null,
           fact("Buyer 订购人", head.buyerName),
           fact("Buyer ID 身份证号", ship.buyerIdNumber, true),
           fact("Consignee 收货人", head.consignee),
