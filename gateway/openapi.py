@@ -49,6 +49,11 @@ _AUTH_ERRORS = {
     "403": _err("the key may not act on these documents"),
     "429": _err("the key's rate (its rate_per_s and rate_burst) is spent: send again after Retry-After seconds"),
 }
+def _path(*names: str) -> list[dict[str, Any]]:
+    """The string path parameters of a route, in order."""
+    return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+
+
 def _page_list(summary: str, filters: tuple[tuple[str, str], ...], bad: str,
                cursor: str = "next_cursor of the previous page") -> dict[str, Any]:  # fmt: skip
     """The GET of a keyset-paged list, answered {items, next_cursor}: its filters, then limit and cursor (query
@@ -120,7 +125,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/messages/{guid}": {
             "get": {
                 "summary": "A stored message: its documents, outcome and raw XML",
-                "parameters": [{"name": "guid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "parameters": _path("guid"),
                 "responses": {
                     "200": {"description": "the message"},
                     "404": _err("unknown or not yours"),
@@ -234,10 +239,7 @@ OPENAPI: dict[str, Any] = {
                 "opDate, customsCode, grossWeight, netWeight, msgCount, msgSeqNo, note, items: [{invtNo, "
                 "logisticsNo, gseqno, gnum, gcode}]}; "
                 "declarations: the customs declarations' numbers (entryId, else declSeqNo)",
-                "parameters": [
-                    {"name": "agentCode", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {"name": "copNo", "in": "path", "required": True, "schema": {"type": "string"}},
-                ],
+                "parameters": _path("agentCode", "copNo"),
                 "responses": {
                     "200": {"description": "the summary application"},
                     "404": _err("unknown or not yours"),
@@ -274,10 +276,7 @@ OPENAPI: dict[str, Any] = {
                 "orderNo, payment: {payExchangeInfoHead, payExchangeInfoLists, submitter, received_at, updated_at} "
                 "| null, questions: [{sessionID, serviceTime, received_at, state (asked | uploaded | refused), "
                 "upload_guid, uploaded_at, answer: customs' {code, message}}]}",
-                "parameters": [
-                    {"name": "ebpCode", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {"name": "orderNo", "in": "path", "required": True, "schema": {"type": "string"}},
-                ],
+                "parameters": _path("ebpCode", "orderNo"),
                 "responses": {"200": {"description": "the order's payment data"},
                               "404": _err("neither payment data nor a question, or not yours"), **_AUTH_ERRORS},
             }
@@ -289,7 +288,7 @@ OPENAPI: dict[str, Any] = {
                 "[[realtime.platforms]]). Form parameter openReq: {orderNo, sessionID, serviceTime}. The question "
                 "and its upload's job are committed, then answered; the upload (realTimeDataUpload) follows through "
                 "the retry queue, waiting there for payment data not handed over yet",
-                "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "parameters": _path("token"),
                 "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
                     "schema": {"type": "object", "properties": {"openReq": {"type": "string"}}}}}},
                 "responses": {
