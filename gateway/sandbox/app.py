@@ -566,8 +566,9 @@ class Sandbox:
         """Ask the platform for an order's payment data at its platDataOpen URL, as customs does; the question and
         the platform's answer are recorded (and returned)."""
         url = self.config.realtime_ask_urls.get(ebp_code)
-        question = {"orderNo": order_no, "sessionID": uuid.uuid4().hex, "serviceTime": int(datetime.now().timestamp()
-                                                                                             * 1000)}  # fmt: skip
+        # as developers' write-ups show customs' questions: an upper-case GUID, and the time in ms as a string
+        now_ms = str(int(datetime.now().timestamp() * 1000))
+        question = {"orderNo": order_no, "sessionID": str(uuid.uuid4()).upper(), "serviceTime": now_ms}
         record: dict[str, Any] = {"ebpCode": ebp_code, **question, "status": None, "answer": None}
         self.realtime_questions.append(record)
         if url is None:
