@@ -288,7 +288,10 @@ async def post_payment_data(request: web.Request) -> web.Response:
     principal = _principal(request)
     if request.content_type != "application/json":
         return error_response(415, "send the payment data as application/json")
-    body = await _read_body(request, request.app[PIPELINE].max_bytes)
+    try:
+        body = await _read_body(request, request.app[PIPELINE].max_bytes)
+    except MessageRejected as exc:  # larger than max_body_bytes
+        return error_response(_status_for(exc.issues), "the payment data was rejected", exc.issues)
     try:
         payload = json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_int=json_int,
                              parse_constant=json_constant)  # fmt: skip

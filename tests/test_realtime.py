@@ -300,6 +300,8 @@ async def test_a_platform_hands_its_payment_data_over_and_reads_it_back(db_pool:
         assert r.status == 400 and r.body["error"]["issues"][0]["code"] == "parse.invalid_json"
         r = await api.request("POST", "/v1/payment-data", data=b"<x/>", content_type="application/xml")
         assert r.status == 415
+        r = await api.request("POST", "/v1/payment-data", data=b" " * (300 * 1024), content_type="application/json")
+        assert r.status == 413 and r.body["error"]["issues"][0]["code"] == "parse.too_large", r.body
 
 
 @pytest.mark.db
