@@ -161,6 +161,8 @@ def payment_data(payload: Any) -> tuple[PaymentData | None, list[Issue]]:
             f"totalAmount {amount!r} is no amount of at most 14 digits and 5 decimals")  # fmt: skip
     elif amount is not None and Decimal(amount) <= 0:
         bad("realtime.invalid_amount", f"/{HEAD}/totalAmount", "totalAmount must be above 0")
+    elif amount is not None:
+        head["totalAmount"] = format(Decimal(amount), "f")  # "007.50" is no JSON number; "7.50" is, its scale kept
     if "verDept" in head and head["verDept"] not in VER_DEPT:
         bad("realtime.invalid_code", f"/{HEAD}/verDept",
             f"verDept {head['verDept']!r} is none of 1 (UnionPay), 2 (NetsUnion), 3 (other)")  # fmt: skip

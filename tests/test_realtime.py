@@ -64,6 +64,11 @@ def test_the_platforms_payment_data_is_taken_as_given() -> None:
     p["payExchangeInfoHead"]["currency"] = 142
     data, _ = realtime.payment_data(p)
     assert data is not None and (data.head["totalAmount"], data.head["currency"]) == ("199.00", "142")
+    p["payExchangeInfoHead"]["totalAmount"] = "0199.50"  # leading zeros: no JSON number, written without them
+    data, _ = realtime.payment_data(p)
+    assert data is not None and data.head["totalAmount"] == "199.50"
+    up = realtime.upload("s", data, service_time=1, cert_no="01", sign=RSA.sign_bytes)
+    assert json.loads(up.body, parse_float=Decimal)["payExchangeInfoHead"]["totalAmount"] == Decimal("199.50")
 
 
 @pytest.mark.parametrize(("change", "expected"), [
