@@ -120,7 +120,7 @@ def _forwarding(settings: Settings) -> list[Line]:
     fwd = settings.forwarding
     if not fwd.enabled:
         return [Line(Level.OK, "forwarding: off (messages are stored and reconciled, nothing is sent)")]
-    endpoints = effective_endpoints(fwd, sandbox_url="http://sandbox")
+    endpoints = effective_endpoints(fwd, sandbox_url="http://sandbox", realtime=settings.realtime)
     kinds = {e.name: e.kind for e in endpoints}
     out = [Line(Level.OK, "forwarding: " + ", ".join(f"{name} ({kind})" for name, kind in kinds.items()))]
     if uses_sandbox(fwd):

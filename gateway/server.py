@@ -500,8 +500,8 @@ async def serve(
             # does not read the trusted certificates' files
             signatures = signatures or Signatures.from_settings(settings)
             app = create_app(dataclasses.replace(settings, trusted_certs=None), pool, signer=signatures.signer,
-                             router=routing_router(fwd), ingest=link.ingest if link is not None else None,
-                             key_rates=key_rates)  # fmt: skip
+                             router=routing_router(fwd, settings.realtime),
+                             ingest=link.ingest if link is not None else None, key_rates=key_rates)  # fmt: skip
             signatures.put_in(app)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
@@ -886,7 +886,7 @@ async def replay(
     async with database(settings) as dsn:
         pool = await db.create_pool(dsn, min_size=1, max_size=2)
         try:
-            outbox = Outbox(pool, routing_router(settings.forwarding))
+            outbox = Outbox(pool, routing_router(settings.forwarding, settings.realtime))
             async with pool.acquire() as conn:
                 return await outbox.replay(conn, job_ids=job_ids, endpoint=endpoint, everything=everything,
                                            note="replayed from the command line")  # fmt: skip

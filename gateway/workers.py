@@ -128,10 +128,13 @@ def build_router(fwd: ForwardingSettings, endpoints: Sequence[EndpointSettings])
     return router
 
 
-def routing_router(fwd: ForwardingSettings) -> Router | None:
+def routing_router(fwd: ForwardingSettings, realtime: RealtimeSettings | None = None) -> Router | None:
     """The router of a process that routes without delivering (the API, ``cbec replay``): it needs the endpoints'
-    names and kinds only, not the sandbox's address. None when forwarding is off."""
-    return build_router(fwd, effective_endpoints(fwd, sandbox_url="http://sandbox")) if fwd.enabled else None
+    names and kinds only, not the sandbox's address (the 179 upload's among them for ``realtime``'s platforms: the
+    queue figures list it even when idle). None when forwarding is off."""
+    if not fwd.enabled:
+        return None
+    return build_router(fwd, effective_endpoints(fwd, sandbox_url="http://sandbox", realtime=realtime))
 
 
 # --- adapters and handlers ---------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def _platform_files(tmp_path: Path, key: tuple[bytes, bytes]) -> tuple[Path, Pat
 def test_platforms_are_configured_with_a_token_and_a_key_and_need_somewhere_to_upload(tmp_path: Path) -> None:
     from gateway import config
     from gateway.configcheck import check
-    from gateway.workers import effective_endpoints, platform_keys
+    from gateway.workers import effective_endpoints, platform_keys, routing_router
 
     key_file, cert_file = _platform_files(tmp_path, generate_test_key("rsa", "platform"))
     cfg = tmp_path / "cbec.toml"
@@ -228,6 +228,11 @@ def test_platforms_are_configured_with_a_token_and_a_key_and_need_somewhere_to_u
     said = [f"{line.level} {line.text}" for line in check(s)]
     assert any(x.startswith("ok 179 payment data of 46012609BQ: signed with certificate ") for x in said), said
     assert "warn 179 uploads go to the built-in sandbox, not to customs" in said
+    assert "ok forwarding: customs (customs), inspection (inspection), warehouse (warehouse), realtime (realtime), " \
+           "webhook (webhook)" in said  # fmt: skip
+    # the API's router knows the endpoint: the queue figures list it, idle or not
+    router = routing_router(s.forwarding, s.realtime)
+    assert router is not None and router.endpoint_kinds.get("realtime") == "realtime"
     assert "ok 179 uploads go to https://customs.example/ceb2grab/grab/realTimeDataUpload (quoted signing)" in [
         f"{line.level} {line.text}" for line in check(configured)]
     cert_file.write_bytes(generate_test_key("rsa", "another")[1])  # not the key's certificate
