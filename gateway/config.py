@@ -244,6 +244,12 @@ def _parse_realtime(data: Any) -> RealtimeSettings:
     return RealtimeSettings(tuple(out), str(data.get("endpoint", "realtime")), variant)
 
 
+def uses_sandbox(fwd: ForwardingSettings) -> bool:
+    """Whether the built-in customs sandbox plays customs (and its other endpoints): no customs endpoint configured,
+    and forwarding.sandbox not off."""
+    return fwd.sandbox != "off" and not any(e.kind == "customs" for e in fwd.endpoints)
+
+
 def _realtime_reachable(rt: RealtimeSettings, fwd: ForwardingSettings) -> None:
     """Refuse platforms whose uploads could go nowhere: customs' question would be answered and nothing sent."""
     if not rt.platforms:
@@ -253,8 +259,7 @@ def _realtime_reachable(rt: RealtimeSettings, fwd: ForwardingSettings) -> None:
     named = next((e for e in fwd.endpoints if e.name == rt.endpoint), None)
     if named is not None and named.kind != "realtime":
         raise ValueError(f"realtime.endpoint {rt.endpoint!r} is a {named.kind} endpoint, not one of kind realtime")
-    sandbox = fwd.sandbox != "off" and not any(e.kind == "customs" for e in fwd.endpoints)
-    if named is None and not sandbox:
+    if named is None and not uses_sandbox(fwd):
         raise ValueError(f"realtime.platforms need an endpoint of kind realtime named {rt.endpoint!r} "
                          "([forwarding.endpoints.realtime] with customs' realTimeDataUpload url)")
 

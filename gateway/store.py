@@ -895,8 +895,7 @@ async def read_payment_data(pool: asyncpg.Pool, ebp_code: str, order_no: str) ->
     """An order's stored payment data (None until its platform hands it over) and customs' questions about it, newest
     first: GET /v1/payment-data/{ebpCode}/{orderNo}."""
     async with db.transaction(pool, db.BEGIN_SNAPSHOT_PLANNED) as conn:
-        payment = await conn.fetchrow(realtime.PAYMENT_OF_ORDER, ebp_code, order_no)
-        questions = await _payment_questions(conn, ebp_code, order_no)
+        payment, questions = await _payment_of_order(conn, ebp_code, order_no)
     return {
         "ebpCode": ebp_code,
         "orderNo": order_no,
@@ -909,19 +908,23 @@ async def read_payment_data(pool: asyncpg.Pool, ebp_code: str, order_no: str) ->
     }  # fmt: skip
 
 
-async def _payment_questions(conn: asyncpg.Connection, ebp_code: str, order_no: str) -> list[dict[str, Any]]:
-    return [{"sessionID": q["session_id"], "serviceTime": q["service_time"], "received_at": _iso(q["received_at"]),
-             "state": q["state"], "upload_guid": q["upload_guid"], "uploaded_at": _iso(q["uploaded_at"]),
-             "answer": db.json_value(q["answer"])}
-            for q in await conn.fetch(realtime.QUESTIONS_OF_ORDER, ebp_code, order_no)]  # fmt: skip
+async def _payment_of_order(
+    conn: asyncpg.Connection, ebp_code: str, order_no: str
+) -> tuple[asyncpg.Record | None, list[dict[str, Any]]]:
+    """The payment that paid an order (its row) and customs' questions about the order, newest first."""
+    payment = await conn.fetchrow(realtime.PAYMENT_OF_ORDER, ebp_code, order_no)
+    questions = [{"sessionID": q["session_id"], "serviceTime": q["service_time"], "received_at":
+                  _iso(q["received_at"]), "state": q["state"], "upload_guid": q["upload_guid"],
+                  "uploaded_at": _iso(q["uploaded_at"]), "answer": db.json_value(q["answer"])}
+                 for q in await conn.fetch(realtime.QUESTIONS_OF_ORDER, ebp_code, order_no)]  # fmt: skip
+    return payment, questions
 
 
 async def payment_data_of_shipment(conn: asyncpg.Connection, ebp_code: str, order_no: str) -> dict[str, Any] | None:
     """What an import shipment's view says of its order's 179 payment data: the payment handed over (its
     payTransactionId and when; none yet: null) and customs' questions with their uploads; None when the order was
     neither handed over nor asked about (the platform is no 179 one, or customs did not ask)."""
-    payment = await conn.fetchrow(realtime.PAYMENT_OF_ORDER, ebp_code, order_no)
-    questions = await _payment_questions(conn, ebp_code, order_no)
+    payment, questions = await _payment_of_order(conn, ebp_code, order_no)
     if payment is None and not questions:
         return None
     return {"payTransactionId": payment["pay_transaction_id"] if payment is not None else None,

@@ -37,7 +37,7 @@ from adapters.realtime import RealtimeAdapter, RealtimeRefused
 from adapters.warehouse import WarehouseAdapter, WarehouseConfig, build_orders
 from adapters.webhook import WebhookAdapter, WebhookEndpoint
 from gateway import realtime, receipts, signing
-from gateway.config import EndpointSettings, ForwardingSettings, RealtimeSettings, WebhookSettings
+from gateway.config import EndpointSettings, ForwardingSettings, RealtimeSettings, WebhookSettings, uses_sandbox
 from gateway.forward import Router
 from gateway.outbox import Outbox
 from gateway.store import prune_rejections, read_payment_upload, record_payment_upload
@@ -84,10 +84,6 @@ def sandbox_endpoints(base_url: str, *, dedicated: bool = False) -> tuple[Endpoi
         EndpointSettings("warehouse", "warehouse", url=f"{base}/warehouse/orders", timeout_s=15.0),
         EndpointSettings("realtime", "realtime", url=f"{base}/ceb2grab/grab/realTimeDataUpload", timeout_s=15.0),
     )
-
-
-def uses_sandbox(fwd: ForwardingSettings) -> bool:
-    return fwd.sandbox != "off" and not any(e.kind == "customs" for e in fwd.endpoints)
 
 
 def effective_endpoints(

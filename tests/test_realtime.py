@@ -412,3 +412,25 @@ async def test_an_upload_customs_refuses_is_a_dead_letter_that_says_why(db_dsn: 
         assert job["attempts"] == 1 and "20000" in job["last_error"] and "certNo" in job["last_error"], dict(job)
         [q] = (await stack.client.get(f"/v1/payment-data/{EBP_CODE}/{order_no}")).body["questions"]
         assert q["state"] == "refused" and q["answer"]["code"] == "20000" and "certNo" in q["answer"]["message"]
+
+
+@pytest.mark.db
+async def test_the_payment_data_statements_probe_indexes(db_pool: asyncpg.Pool) -> None:
+    """Customs asks about one order among millions: every statement of the 179 data reads by an index."""
+    from gateway import db
+    from tests.planutil import full_scans
+
+    app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
+    async with serving(app) as api:
+        for seed in range(81, 86):
+            r = await api.request("POST", "/v1/payment-data", json_body=samples.payment_data(parcel(seed)))
+            assert r.status == 201, r.body
+            await ask(api, parcel(seed).order_doc["orderNo"], f"session-{seed}")
+    async with db_pool.acquire() as conn:
+        for table in ("payment_data", "payment_orders", "realtime_requests"):
+            await conn.execute(f"ANALYZE {table}")
+        found = await full_scans(conn, begin=db.BEGIN_PLANNED, module=realtime,
+                                 cases={"PAYMENT_OF_ORDER": f"'{EBP_CODE}', 'O1'", "QUESTIONS_OF_ORDER":
+                                        f"'{EBP_CODE}', 'O1'", "UPLOAD_INPUT": "1", "ASKED": f"'{EBP_CODE}', 's'",
+                                        "DROP_ORDERS": "1, ARRAY['O1']", "ANSWERED": "1, 'uploaded', 'G', '{}'"})
+    assert found == {}
