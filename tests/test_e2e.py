@@ -30,7 +30,7 @@ from gateway.config import WebhookSettings
 from gateway.sandbox import start_sandbox
 from gateway.sandbox.receipts import build_receipt
 from gateway.sandbox.recorder import start_recorder
-from gateway.signing import generate_test_key
+from gateway.signing import RsaSha1Key, generate_test_key
 from gateway.workers import submit_and_wait_released
 from tests.apiutil import ADMIN, EBP_CODE, OPERATOR, PLATFORM_A
 from tests.forwardutil import CUSTOMS_KEY, WAREHOUSE_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
@@ -655,9 +655,6 @@ async def test_an_api_process_started_again_signs_with_the_key_in_force_not_the_
     and then the other API process dies and is started again. It signs with the key the first process has in force —
     handed over, not read from the files — so every JSON declaration is signed alike, whichever process takes it,
     until SIGHUP puts the renewed key in force everywhere."""
-    from gateway import samples
-    from gateway.signing import RsaSha1Key, generate_test_key
-
     port = free_port()
     log_file = tmp_path / "serve.log"
     proc, log_out = await _serve_two_processes(db_dsn, tmp_path, port, log_file)
@@ -845,7 +842,6 @@ async def _exists(path: Any) -> bool:
 async def test_an_export_shipment_of_each_mode_ends_released(db_dsn: str) -> None:
     """General (9610) and special-zone (1210) export parcels (spec §4.4): the four legs as XML in any order, the
     inventory held until its legs are receipted, the export receipts (CEB304/404/506/604) back from the sandbox."""
-    from gateway import samples
     from tests.apiutil import sign_as_agent
 
     async with running_stack(db_dsn) as stack:
@@ -891,7 +887,6 @@ async def test_an_export_parcels_transport_is_forwarded_and_concluded_after_its_
     (CEB607/507/509, signed by their senders) go to customs' export system, which answers each 2 → 399
     (CEB608/508/510) from DXPEDCCEB0000003; the receipts are applied by their keys, the documents learn their preNo,
     and the export shipment lists the three, its own customs status still released."""
-    from gateway import samples
     from gateway.render import render
     from tests.apiutil import sign_as_agent
 
@@ -926,7 +921,6 @@ async def test_an_export_parcels_return_and_its_tally_are_forwarded_and_answered
     """After the release, the parcel's retail export return (CEB213, naming the invtNo customs gave the inventory) goes
     to customs' export system behind it, and the site's tally (CEB215) of the returned parcel too; the sandbox answers
     2 → 120 → 800 (CEB214) and 2 → 399 (CEB216), applied by their keys, and the export shipment lists both."""
-    from gateway import samples
     from gateway.render import render
 
     async with running_stack(db_dsn) as stack:
@@ -965,7 +959,6 @@ async def applied_receipts(stack: Stack, codes: tuple[str, ...]) -> dict[str, li
 async def released_export(stack: Stack, seed: int, mode: str) -> tuple[Any, str, dict[str, Any]]:
     """A sample export shipment submitted as XML and released by the sandbox: the sample, its API path and its
     current inventory as the API shows it (with the invt_no customs gave it)."""
-    from gateway import samples
     from tests.apiutil import sign_as_agent
 
     s = samples.export_shipment(random.Random(seed), mode=mode)
