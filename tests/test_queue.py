@@ -428,6 +428,42 @@ async def test_retry_with_backoff_then_success(pool: asyncpg.Pool) -> None:
 
 
 @pytest.mark.db
+async def test_a_job_not_ready_neither_opens_the_circuit_nor_holds_the_others_and_is_hastened(
+    pool: asyncpg.Pool,
+) -> None:
+    """Jobs waiting for what they need (NotReady) retry with backoff without counting as the endpoint's failures: the
+    circuit stays closed and the endpoint's other jobs go; once what they wait for has come, hasten makes them due
+    now instead of at their next try."""
+    ready: set[int] = set()
+    sent: list[int] = []
+
+    async def upload(job: Job) -> None:
+        if job.payload["n"] not in ready:
+            raise cbec_queue.NotReady(f"no data for {job.payload['n']} yet")
+        sent.append(job.payload["n"])
+
+    policy = RetryPolicy(base_s=0.05, factor=2, cap_s=60, max_attempts=20, jitter="none")
+    worker = Worker(pool, {"realtime": upload}, policy_by_endpoint={"realtime": policy},
+                    breaker=BreakerSettings(failure_threshold=2, cooldown_s=60), **fast())  # fmt: skip
+    async with running(worker):
+        waiting = await add_jobs(pool, "realtime", 3)
+        await wait_until(holds(pool, "SELECT bool_and(attempts >= 4) FROM jobs"))
+        assert cbec_queue.circuits.states()["realtime"] is CircuitState.CLOSED
+        ready.add(99)
+        async with pool.acquire() as conn:
+            [other] = [await cbec_queue.enqueue(conn, endpoint="realtime", kind="k", payload={"n": 99})]
+        await wait_until(holds(pool, "SELECT state = 'done' FROM jobs WHERE id = $1", other))
+        # the data comes: their next tries are seconds away (0.05 * 2**5 and more); hastened, they go now
+        await wait_until(holds(pool, "SELECT bool_and(run_after > now() + interval '1 second') FROM jobs"
+                                     " WHERE id = ANY($1)", waiting))  # fmt: skip
+        ready.update((0, 1, 2))
+        async with pool.acquire() as conn, conn.transaction():
+            assert sorted(await cbec_queue.hasten(conn, [*waiting, other])) == waiting  # the done one is left
+        took = await wait_until(holds(pool, "SELECT count(*) = 4 FROM jobs WHERE state = 'done'"))
+    assert sorted(sent) == [0, 1, 2, 99] and took < 1.0
+
+
+@pytest.mark.db
 async def test_permanent_error_is_dead_at_once(pool: asyncpg.Pool) -> None:
     async def rejecting(job: Job) -> None:
         raise PermanentError("CEB311: orderNo missing")

@@ -7,7 +7,7 @@ claimed while an earlier one sharing a key is queued or running. Schema: gateway
 060_job_ordering.sql.
 """
 
-from .errors import LeaseLost, PermanentError, QueueError, TransientError
+from .errors import LeaseLost, NotReady, PermanentError, QueueError, TransientError
 from .jobs import CHANNEL, Job, JobMoved, JobsHook, JobState, Outcome
 from .limits import BreakerSettings, CircuitBreaker, CircuitRegistry, CircuitState, Rate, TokenBucket, circuits
 from .policy import Decision, RetryPolicy, classify
@@ -17,6 +17,7 @@ from .store import (
     dead_letters,
     enqueue,
     get_job,
+    hasten,
     heartbeat,
     mark_done,
     mark_done_many,
@@ -47,6 +48,7 @@ __all__ = [
     "JobState",
     "JobsHook",
     "LeaseLost",
+    "NotReady",
     "Outcome",
     "PermanentError",
     "QueueError",
@@ -62,6 +64,7 @@ __all__ = [
     "dead_letters",
     "enqueue",
     "get_job",
+    "hasten",
     "heartbeat",
     "mark_done",
     "mark_done_many",

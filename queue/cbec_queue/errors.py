@@ -19,6 +19,12 @@ class TransientError(QueueError):
         self.retry_after_s = retry_after_s
 
 
+class NotReady(TransientError):
+    """The job cannot run yet for a reason of its own, not the endpoint's (what it needs has not come yet): retried
+    with backoff like any transient failure, but it says nothing of the endpoint's health, so the circuit breaker does
+    not count it. Whoever supplies what it waits for may make it due at once (:func:`cbec_queue.hasten`)."""
+
+
 class PermanentError(QueueError):
     """Retrying cannot help (the endpoint rejected the message as invalid): dead-letter at once."""
 

@@ -234,6 +234,13 @@ SELECT u.id, u.endpoint, u.kind, u.payload, u.last_error, u.state, u.attempts, u
 FROM upd u
 """
 
+# Queued jobs ($1 ids) waiting for their next try become due now, and their workers are woken (at commit).
+HASTEN = """
+UPDATE jobs SET run_after = now(), updated_at = now()
+ WHERE id = ANY($1::bigint[]) AND state = 'queued' AND run_after > now()
+RETURNING id, pg_notify('cbec_jobs', endpoint)
+"""
+
 # Move dead jobs back to queued with attempts reset; history stays and a 'replayed' marker opens the new
 # round. A dead job whose dedupe key is live again (re-enqueued meanwhile) is left dead: the live job
 # supersedes it; of several dead jobs sharing a key only the newest is replayed.

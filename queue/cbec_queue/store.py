@@ -333,6 +333,15 @@ async def replay(
     return len(rows)
 
 
+async def hasten(conn: asyncpg.Connection, job_ids: Sequence[int]) -> list[int]:
+    """Queued jobs waiting for their next try (a retry's backoff) become due now: what they waited for has come
+    (see NotReady). Their workers are woken when the caller's transaction commits. Returns the ids hastened; jobs
+    running, done, dead or already due are left as they are."""
+    if not job_ids:
+        return []
+    return [r["id"] for r in await conn.fetch(q.HASTEN, [int(i) for i in job_ids])]
+
+
 def _moved(r: asyncpg.Record, state: JobState | None = None) -> JobMoved:
     payload = r["payload"]
     return JobMoved(

@@ -23,6 +23,7 @@ import asyncpg
 import structlog
 
 from . import store
+from .errors import NotReady
 from .jobs import CHANNEL, Job, JobsHook
 from .limits import BreakerSettings, CircuitBreaker, CircuitState, Rate, TokenBucket, circuits
 from .policy import RetryPolicy, classify
@@ -366,8 +367,11 @@ class Worker:
                 return await store.record_done(conn, job, duration_ms=duration_ms)
         else:
             outcome = classify(error)
-            # A permanent rejection means the endpoint answered: it is healthy as far as the breaker cares.
-            if outcome == "permanent":
+            # A permanent rejection means the endpoint answered: it is healthy as far as the breaker cares. A job not
+            # ready says nothing of the endpoint: a probe it used goes to the next job.
+            if isinstance(error, NotReady):
+                ep.breaker.release_probe()
+            elif outcome == "permanent":
                 ep.breaker.record_success()
             else:
                 ep.breaker.record_failure()
