@@ -51,6 +51,7 @@ from gateway.store import (
     payment_data_of_shipment,
     quota_reassessor,
     read_payment_data,
+    read_payment_questions,
     read_pending_summaries,
     refusals_restorer,
     store_payment_data,
@@ -323,6 +324,26 @@ async def get_payment_data(request: web.Request) -> web.Response:
     if found["payment"] is None and not found["questions"]:
         return error_response(404, "no payment data of that order")
     return json_response(found)
+
+
+async def list_payment_questions(request: web.Request) -> web.Response:
+    """Customs' 179 questions, newest first, with what became of each upload: ``state=open`` (the default: asked or
+    refused, those that may need a look), ``asked``, ``refused``, ``uploaded`` or ``any``; ``ebpCode`` one platform.
+    An operator's key sees every platform's, a submitter's those of the platforms it holds."""
+    principal = _principal(request)
+    q = request.query
+    wanted = q.get("ebpCode") or None
+    platforms: list[str] | None = None if principal.sees_everything else sorted(principal.codes)
+    if wanted is not None:
+        platforms = [wanted] if platforms is None or wanted in platforms else []
+    try:
+        limit = _limit(q)
+        async with request.app[POOL].acquire() as conn:
+            page = await read_payment_questions(conn, state=q.get("state", "open"), ebp_codes=platforms, limit=limit,
+                                                cursor=q.get("cursor") or None)  # fmt: skip
+    except ValueError as exc:
+        return error_response(400, f"bad query parameter: {exc}")
+    return json_response(page)
 
 
 async def plat_data_open(request: web.Request) -> web.Response:
@@ -803,6 +824,7 @@ def create_app(
     app[REALTIME] = RealtimeDoor.of(settings.realtime)
     app.router.add_post("/v1/messages", post_message)
     app.router.add_post("/v1/payment-data", post_payment_data)
+    app.router.add_get("/v1/payment-data/questions", list_payment_questions)
     app.router.add_get("/v1/payment-data/{ebpCode}/{orderNo}", get_payment_data)
     app.router.add_post("/ceb/platDataOpen/{token}", plat_data_open)
     app.router.add_get("/v1/messages/{guid}", get_message)
@@ -837,6 +859,7 @@ def create_app(
     setup_console(app, pool_key=POOL, keys_key=KEYS, endpoints=_configured_endpoints(app),
                   on_replayed=outbox.deliveries_replayed, tax_rates=rates,
                   allowed_origins=(public,) if public else (), signing=signing_standing,
+                  payment_questions=bool(settings.realtime.platforms),
                   secure_cookie=True if public and public.startswith("https:") else None)  # fmt: skip
     metrics = setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app),
                             signing_valid_until=signing_valid_until)  # fmt: skip

@@ -45,6 +45,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway import realtime
 from gateway.auth import KeyRing
 from gateway.config import METRICS_SHARED_DIR_ENV, Role
 from gateway.console import queries as q
@@ -301,6 +302,23 @@ class Metrics:
             "cbec_receipt_oldest_wait_seconds",
             "How long the oldest document sent to customs and still without a receipt has waited (0: none)",
             float(awaited["oldest_wait_s"]),
+        ))  # fmt: skip
+
+        # customs' 179 questions not uploaded: customs expects the upload within minutes of asking (spec §10.1)
+        r = await conn.fetchrow(realtime.OPEN_FIGURES)
+        g = GaugeMetricFamily(
+            "cbec_payment_data_questions",
+            "Customs' 179 questions for payment data not uploaded: waiting (for the platform's data or for customs), "
+            "given_up (the upload a dead letter), refused (by customs)",
+            labels=["state"],
+        )
+        for state in ("waiting", "given_up", "refused"):
+            g.add_metric([state], float(r[state]))
+        out.append(g)
+        out.append(GaugeMetricFamily(
+            "cbec_payment_data_question_oldest_wait_seconds",
+            "How long the longest waiting 179 question has waited for its upload (0: none)",
+            float(r["oldest_wait_s"]),
         ))  # fmt: skip
         return out
 

@@ -270,6 +270,22 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/payment-data/questions": {
+            "get": _page_list(
+                "Customs' 179 questions (platDataOpen), newest first (keyset pages; an operator's key every "
+                "platform's, a submitter's those of the platforms it holds), each {id, ebpCode, orderNo, sessionID, "
+                "serviceTime, "
+                "received_at, state (asked | uploaded | refused), handed_over (the order's payment was handed over), "
+                "upload_guid, uploaded_at, answered_at, answer: customs' {code, message}, job: the upload's {id, "
+                "state, attempts, last_error, run_after} (dead: replay it with POST /v1/queue/replay)}",
+                (
+                    ("state", "open (the default: asked or refused, those not uploaded), asked, refused, uploaded "
+                              "or any"),
+                    ("ebpCode", "one platform's"),
+                ),
+                "a state, limit or cursor that is not one",
+            ),
+        },
         "/v1/payment-data/{ebpCode}/{orderNo}": {
             "get": {
                 "summary": "An order's stored payment data and customs' questions about it, newest first: {ebpCode, "

@@ -390,6 +390,15 @@ ON CONFLICT (ebp_code, session_id) DO NOTHING
 RETURNING id
 """
 ASKED = "SELECT id FROM realtime_requests WHERE ebp_code = $1 AND session_id = $2"
+#: The uploads waiting for the payment data of orders $2 of platform $1: the jobs of customs' questions about them not
+#: answered yet (queued or running: retrying until the data comes; dead: they gave up before it came).
+WAITING_UPLOADS = """
+SELECT r.job_id, j.state FROM realtime_requests AS r
+  JOIN LATERAL (SELECT j.state FROM jobs AS j WHERE j.id = r.job_id OFFSET 0) AS j ON true
+ WHERE r.ebp_code = $1 AND r.order_no = ANY($2::text[]) AND r.state = 'asked'
+"""
+#: The job that uploads question $1's answer ($2): what the operators' list shows of its attempts and dead letter.
+QUESTION_JOB = "UPDATE realtime_requests SET job_id = $2 WHERE id = $1"
 #: What an upload needs: the question $1 and the payment its order was paid by (none yet: NULL columns).
 UPLOAD_INPUT = """
 SELECT r.id, r.ebp_code, r.order_no, r.session_id, r.service_time, r.state, p.head, p.lists
@@ -401,7 +410,8 @@ SELECT r.id, r.ebp_code, r.order_no, r.session_id, r.service_time, r.state, p.he
 #: Customs' answer to the upload of question $1: state $2, the upload's guid $3, the answer $4.
 ANSWERED = """
 UPDATE realtime_requests
-   SET state = $2, upload_guid = $3, answer = $4, uploaded_at = CASE WHEN $2 = 'uploaded' THEN now() END
+   SET state = $2, upload_guid = $3, answer = $4, uploaded_at = CASE WHEN $2 = 'uploaded' THEN now() END,
+       answered_at = now()
  WHERE id = $1
 """
 #: An order's payment ($1 ebpCode, $2 orderNo) and customs' questions about it, newest first.
@@ -414,6 +424,44 @@ QUESTIONS_OF_ORDER = """
 SELECT session_id, service_time, received_at, state, upload_guid, uploaded_at, answer
   FROM realtime_requests WHERE ebp_code = $1 AND order_no = $2 ORDER BY id DESC LIMIT 50
 """
+
+#: The operators' list of customs' questions, newest first: each with whether its order's payment was handed over and
+#: its upload's job. Arguments: $1 below this id (a page's cursor), $2 how many, $3 one state only (NULL: any), $4 the
+#: platforms (ebpCodes; NULL: every one).
+_QUESTIONS = """
+SELECT r.id, r.ebp_code, r.order_no, r.session_id, r.service_time, r.received_at, r.state, r.upload_guid,
+       r.uploaded_at, r.answered_at, r.answer, o.order_no IS NOT NULL AS handed_over,
+       j.id AS job_id, j.state AS job_state, j.attempts AS job_attempts, j.last_error AS job_last_error,
+       j.run_after AS job_run_after
+  FROM realtime_requests AS r
+  LEFT JOIN LATERAL (SELECT o.order_no FROM payment_orders AS o
+                      WHERE o.ebp_code = r.ebp_code AND o.order_no = r.order_no OFFSET 0) AS o ON true
+  LEFT JOIN LATERAL (SELECT * FROM jobs AS j WHERE j.id = r.job_id OFFSET 0) AS j ON true
+ WHERE {open} r.id < $1 AND ($3::text IS NULL OR r.state = $3) AND ($4::text[] IS NULL OR r.ebp_code = ANY($4::text[]))
+ ORDER BY r.id DESC
+ LIMIT $2
+"""
+#: Every question (through the primary key).
+QUESTIONS = _QUESTIONS.format(open="")
+#: The questions not uploaded (asked or refused), through their partial index (sql/380): the list that needs a look.
+OPEN_QUESTIONS = _QUESTIONS.format(open="r.state <> 'uploaded' AND")
+#: The open questions as /metrics counts them: waiting (asked, the upload queued or retrying: for its data or for
+#: customs), given up (asked, the upload a dead letter: it waited for its data longer than its retries), refused by
+#: customs; and how long the longest waiting one has waited (seconds; 0: none). The partial index read whole: the open
+#: questions are few.
+OPEN_FIGURES = """
+SELECT count(*) FILTER (WHERE r.state = 'asked' AND j.state IS DISTINCT FROM 'dead') AS waiting,
+       count(*) FILTER (WHERE r.state = 'asked' AND j.state = 'dead') AS given_up,
+       count(*) FILTER (WHERE r.state = 'refused') AS refused,
+       coalesce(extract(epoch FROM now() - min(r.received_at)
+                                           FILTER (WHERE r.state = 'asked' AND j.state IS DISTINCT FROM 'dead')), 0)
+           AS oldest_wait_s
+  FROM realtime_requests AS r
+  LEFT JOIN LATERAL (SELECT j.state FROM jobs AS j WHERE j.id = r.job_id OFFSET 0) AS j ON true
+ WHERE r.state <> 'uploaded'
+"""
+#: The states a question is listed by (GET /v1/payment-data/questions?state=): ``open`` is asked or refused.
+QUESTION_STATES = ("open", "asked", "refused", "uploaded", "any")
 
 
 CODES: dict[str, str] = {
@@ -435,7 +483,8 @@ CODES: dict[str, str] = {
 
 __all__ = [
     "ANSWERED", "ASK", "ASKED", "CODES", "DROP_ORDERS", "FAILURE", "HEAD", "HEAD_FIELDS", "LISTS", "LIST_FIELDS",
-    "PAYMENT_OF_ORDER", "QUESTIONS_OF_ORDER", "SUCCESS", "TAKE_ORDERS", "UPLOAD_INPUT", "UPSERT_PAYMENT", "VARIANTS",
+    "OPEN_FIGURES", "OPEN_QUESTIONS", "PAYMENT_OF_ORDER", "QUESTIONS", "QUESTIONS_OF_ORDER", "QUESTION_JOB",
+    "QUESTION_STATES", "SUCCESS", "TAKE_ORDERS", "UPLOAD_INPUT", "UPSERT_PAYMENT", "VARIANTS", "WAITING_UPLOADS",
     "OpenRequest", "PaymentData", "ReadUpload", "Upload", "Variant", "customs_answer", "head_json", "lists_json",
     "open_request", "payment_data", "read_upload", "reply", "signed_string", "upload",
 ]  # fmt: skip

@@ -858,6 +858,15 @@ async def store_payment_data(pool: asyncpg.Pool, data: realtime.PaymentData, sub
         taken = {r["order_no"] for r in await conn.fetch(realtime.TAKE_ORDERS, data.ebp_code, orders, row["id"])}
         if len(taken) < len(orders):
             raise PaymentConflict([o for o in orders if o not in taken])  # rolled back: nothing of it stays
+        # customs asked about these orders before the data came: their uploads go now, not at their next retry (customs
+        # expects them within minutes), and those that gave up waiting go again
+        waiting = await conn.fetch(realtime.WAITING_UPLOADS, data.ebp_code, orders)
+        hastened = await cbec_queue.hasten(conn, [w["job_id"] for w in waiting if w["state"] == "queued"])
+        given_up = [w["job_id"] for w in waiting if w["state"] == "dead"]
+        if given_up:
+            await cbec_queue.replay(conn, job_ids=given_up, note=f"the payment data came from {submitter}")
+        if hastened or given_up:
+            log.info("payment_uploads_resumed", ebp_code=data.ebp_code, hastened=len(hastened), replayed=len(given_up))
     return {"ebpCode": data.ebp_code, "payTransactionId": data.pay_transaction_id, "orderNos": orders,
             "outcome": "created" if row["created"] else "replaced"}  # fmt: skip
 
@@ -872,9 +881,11 @@ async def take_payment_question(pool: asyncpg.Pool, ebp_code: str, question: rea
         if row is None:
             found = await conn.fetchval(realtime.ASKED, ebp_code, question.session_id)
             return int(found), False
-        await cbec_queue.enqueue(conn, endpoint=endpoint, kind="realtime_upload",
-                                 payload={"request_id": row["id"], "ebpCode": ebp_code, "orderNo": question.order_no},
-                                 dedupe_key=f"realtime:{ebp_code}:{question.session_id}")  # fmt: skip
+        job_id = await cbec_queue.enqueue(
+            conn, endpoint=endpoint, kind="realtime_upload",
+            payload={"request_id": row["id"], "ebpCode": ebp_code, "orderNo": question.order_no},
+            dedupe_key=f"realtime:{ebp_code}:{question.session_id}")  # fmt: skip
+        await conn.execute(realtime.QUESTION_JOB, row["id"], job_id)
     return int(row["id"]), True
 
 
@@ -906,6 +917,43 @@ async def read_payment_data(pool: asyncpg.Pool, ebp_code: str, order_no: str) ->
         },
         "questions": questions,
     }  # fmt: skip
+
+
+async def read_payment_questions(
+    conn: asyncpg.Connection,
+    *,
+    state: str = "open",
+    ebp_codes: Sequence[str] | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """A page of customs' 179 questions, newest first (GET /v1/payment-data/questions and the console's panel):
+    ``state`` one of realtime.QUESTION_STATES (``open``: asked or refused, those that may need a look); ``ebp_codes``
+    the platforms (None: every one). Each says whether its order's payment was handed over and what became of its
+    upload's job. ``next_cursor`` is None on the last page; a malformed cursor raises ValueError."""
+    if state not in realtime.QUESTION_STATES:
+        raise ValueError(f"state must be one of {', '.join(realtime.QUESTION_STATES)}, found {state!r}")
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    before = db.row_id(cursor) if cursor else 2**63 - 1
+    if before is None:
+        raise ValueError("not a cursor of GET /v1/payment-data/questions")
+    sql = realtime.OPEN_QUESTIONS if state == "open" else realtime.QUESTIONS
+    rows = await conn.fetch(sql, before, limit + 1, None if state in ("open", "any") else state,
+                            None if ebp_codes is None else list(ebp_codes))  # fmt: skip
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"items": [_question_dict(r) for r in rows], "next_cursor": str(rows[-1]["id"]) if more else None}
+
+
+def _question_dict(r: asyncpg.Record) -> dict[str, Any]:
+    job = None if r["job_id"] is None else {
+        "id": r["job_id"], "state": r["job_state"], "attempts": r["job_attempts"], "last_error": r["job_last_error"],
+        "run_after": _iso(r["job_run_after"])}  # fmt: skip
+    return {"id": r["id"], "ebpCode": r["ebp_code"], "orderNo": r["order_no"], "sessionID": r["session_id"],
+            "serviceTime": r["service_time"], "received_at": _iso(r["received_at"]), "state": r["state"],
+            "handed_over": r["handed_over"], "upload_guid": r["upload_guid"], "uploaded_at": _iso(r["uploaded_at"]),
+            "answered_at": _iso(r["answered_at"]), "answer": db.json_value(r["answer"]), "job": job}  # fmt: skip
 
 
 async def _payment_of_order(

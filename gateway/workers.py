@@ -28,6 +28,7 @@ import aiohttp
 import asyncpg
 import cbec_queue
 import structlog
+from cbec_queue import NotReady
 from cbec_queue.worker import is_db_unavailable
 
 from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, TransientError, queue_handler
@@ -301,9 +302,9 @@ class Delivery:
             if row is None:
                 raise PermanentError(f"customs' question {request_id} is not stored")
             ebp, order_no = row["ebp_code"], row["order_no"]
-            if row["head"] is None:
-                raise TransientError(f"no payment data of order {order_no} of platform {ebp} yet: the platform hands "
-                                     "it over with POST /v1/payment-data")  # fmt: skip
+            if row["head"] is None:  # not customs' failing: the breaker leaves the other platforms' uploads going
+                raise NotReady(f"no payment data of order {order_no} of platform {ebp} yet: the platform hands it "
+                               "over with POST /v1/payment-data")  # fmt: skip
             key = self.platform_keys.get(ebp)
             if key is None:
                 raise PermanentError(f"platform {ebp} is none of [[realtime.platforms]] here: no key to sign with")

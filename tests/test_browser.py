@@ -193,6 +193,7 @@ async def test_a_refused_message_appears_in_the_refused_panel_without_a_reload(b
     async with asyncio.timeout(60):
         page = await live_console(browser, site, errors)
         await expect(page.locator("#refused-empty")).to_be_visible()
+        await expect(page.locator("#questions-panel")).to_be_hidden()  # no 179 platform configured: no 179 panel
         await page.evaluate("window.__noReload = 'still here'")
         order = samples.render_shipment(new_shipment(405))["CEB311"].replace(b"ceb:orderNo>", b"ceb:orderNO>")
         refused = await site.api.post_xml(order, key=PLATFORM_A)
@@ -409,6 +410,50 @@ async def test_a_shipment_page_says_what_became_of_customs_179_question(browser:
         await expect(facts).to_contain_text(
             f"Payment data 支付原始数据 (179)handed over 已提供 (payTransactionId {s.payment_doc['payTransactionId']})")
         await expect(facts).to_contain_text("uploaded 已上传 — customs 海关 10000 上传成功")
+        await page.context.close()
+    assert errors == []
+
+
+async def test_the_179_panel_follows_a_question_from_waiting_to_refused_and_replayed(
+    browser: Browser, db_dsn: str
+) -> None:
+    """Customs asks about an order before its platform handed the payment over: the 179 panel shows the question
+    waiting for the platform's data, live; the data comes and customs refuses the upload (a key it does not hold):
+    refused, with customs' reason and a Replay button; the key mended, Replay uploads it and the question leaves the
+    panel's view of those not uploaded (the view of all shows it uploaded)."""
+    from tests.test_realtime import PLATFORM_KEY, platforms
+
+    wrong = RsaSha1Key.from_pem(*generate_test_key("rsa", "not the platform's key"))
+    errors: list[str] = []
+    async with asyncio.timeout(60), running_stack(db_dsn, realtime=platforms(),
+                                                  platform_keys={samples.EBP_CODE: wrong}) as stack:
+        stack.sandbox.config.realtime_certs = [PLATFORM_KEY.certificate_der]
+        feed = stack.app[CONSOLE].feed
+        assert feed is not None
+        feed.interval = 0.2
+        page = await new_page(browser, errors)
+        await sign_in(page, stack.base, ADMIN)
+        await page.wait_for_url(stack.base + "/ops")
+        await page.wait_for_selector("#live[data-state='live']")
+        await expect(page.locator("#questions-empty")).to_contain_text("Every question customs asked has been uploaded")
+
+        s = fwd_shipment(447)
+        order_no = s.order_doc["orderNo"]
+        await stack.sandbox.sandbox.ask_payment_data(samples.EBP_CODE, order_no)
+        row = page.locator("#questions-table tbody tr").first
+        await expect(row).to_contain_text("Waiting for the platform's data 待平台提交支付数据")
+        await expect(row).to_contain_text(order_no)
+        r = await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s))
+        assert r.status == 201, r.body
+        await expect(row).to_contain_text("Refused by customs 海关拒收", timeout=20_000)
+        await expect(row).to_contain_text("20000")
+        await page.locator("#questions-panel").screenshot(path=shot("browser-179-refused.png"))
+
+        stack.sandbox.config.realtime_certs = [wrong.certificate_der]  # customs holds the key signed with now
+        await row.locator("button.replay").click()
+        await expect(page.locator("#questions-empty")).to_be_visible(timeout=20_000)
+        await page.click("[data-questions-view='any']")
+        await expect(row).to_contain_text("Uploaded 已上传")
         await page.context.close()
     assert errors == []
 

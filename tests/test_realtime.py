@@ -415,6 +415,129 @@ async def test_an_upload_customs_refuses_is_a_dead_letter_that_says_why(db_dsn: 
 
 
 @pytest.mark.db
+async def test_operators_see_customs_questions_and_what_became_of_each_upload(db_pool: asyncpg.Pool) -> None:
+    """GET /v1/payment-data/questions: the questions not uploaded by default (asked, refused), newest first, each
+    with whether its payment was handed over and its upload's job; by state, page by page; a platform's key its own
+    platforms' only. /metrics counts them: waiting (with the longest wait), given up, refused."""
+    from gateway.store import record_payment_upload
+    from tests.test_metrics import scrape, value
+
+    app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
+    async with serving(app) as api:
+        orders = {}
+        for name, seed in (("waiting", 91), ("refused", 92), ("uploaded", 93)):
+            s = parcel(seed)
+            orders[name] = s.order_doc["orderNo"]
+            if name != "waiting":
+                assert (await api.request("POST", "/v1/payment-data", json_body=samples.payment_data(s))).status == 201
+            assert (await ask(api, orders[name], f"session-{name}"))[1]["code"] == "10000"
+        async with db_pool.acquire() as conn:
+            ids = dict(await conn.fetch("SELECT order_no, id FROM realtime_requests"))
+        await record_payment_upload(db_pool, ids[orders["refused"]], state="refused", guid="G-1",
+                                    answer={"code": "20000", "message": "certNo 不存在"})  # fmt: skip
+        await record_payment_upload(db_pool, ids[orders["uploaded"]], state="uploaded", guid="G-2",
+                                    answer={"code": "10000", "message": "上传成功"})  # fmt: skip
+
+        page = (await api.get("/v1/payment-data/questions", key=OPERATOR)).body
+        assert [(q["orderNo"], q["state"]) for q in page["items"]] == [
+            (orders["refused"], "refused"), (orders["waiting"], "asked")]  # fmt: skip
+        refused, waiting = page["items"]
+        assert refused["answer"] == {"code": "20000", "message": "certNo 不存在"} and refused["handed_over"]
+        assert refused["answered_at"] is not None and refused["uploaded_at"] is None
+        assert not waiting["handed_over"] and waiting["sessionID"] == "session-waiting"
+        assert waiting["job"]["state"] == "queued" and waiting["ebpCode"] == EBP_CODE and page["next_cursor"] is None
+        every = (await api.get("/v1/payment-data/questions?state=any")).body["items"]
+        assert [q["state"] for q in every] == ["uploaded", "refused", "asked"]
+        assert every[0]["uploaded_at"] is not None and every[0]["upload_guid"] == "G-2"
+        for state in ("asked", "refused", "uploaded"):
+            only = (await api.get(f"/v1/payment-data/questions?state={state}")).body["items"]
+            assert [q["orderNo"] for q in only] == [orders[{"asked": "waiting"}.get(state, state)]], state
+        first = (await api.get("/v1/payment-data/questions?state=any&limit=2")).body
+        rest = (await api.get(f"/v1/payment-data/questions?state=any&limit=2&cursor={first['next_cursor']}")).body
+        assert [q["id"] for q in first["items"] + rest["items"]] == [q["id"] for q in every]
+        assert rest["next_cursor"] is None
+        # a platform's key sees its platforms' questions; a stranger's none; an operator may name one platform
+        assert (await api.get("/v1/payment-data/questions?state=any", key=PLATFORM_A)).body["items"] == every
+        assert (await api.get("/v1/payment-data/questions?state=any", key=STRANGER)).body["items"] == []
+        assert (await api.get(f"/v1/payment-data/questions?state=any&ebpCode={EBP_CODE}", key=STRANGER)).body[
+            "items"] == []  # fmt: skip
+        assert (await api.get("/v1/payment-data/questions?ebpCode=4601269999")).body["items"] == []
+        for bad in ("state=lost", "cursor=x", "limit=many"):
+            r = await api.get(f"/v1/payment-data/questions?{bad}")
+            assert r.status == 400 and "bad query parameter" in r.body["error"]["title"], (bad, r.body)
+        assert (await api.get("/v1/payment-data/questions", key=None)).status == 401
+
+        figures, _ = await scrape(api.base, {"X-API-Key": OPERATOR})
+        assert [value(figures, "cbec_payment_data_questions", state=s) for s in ("waiting", "given_up", "refused")] \
+            == [1, 0, 1]  # fmt: skip
+        assert value(figures, "cbec_payment_data_question_oldest_wait_seconds") > 0
+        # the waiting one's upload gave up (a dead letter): no longer waiting, and the list says why
+        async with db_pool.acquire() as conn:
+            await conn.execute("UPDATE jobs SET state = 'dead', dead_reason = 'max_attempts', finished_at = now(),"
+                               " last_error = 'no payment data of order yet' WHERE id = $1", waiting["job"]["id"])
+        figures, _ = await scrape(api.base, {"X-API-Key": OPERATOR})
+        assert [value(figures, "cbec_payment_data_questions", state=s) for s in ("waiting", "given_up", "refused")] \
+            == [0, 1, 1]  # fmt: skip
+        assert value(figures, "cbec_payment_data_question_oldest_wait_seconds") == 0
+        [gave_up] = (await api.get("/v1/payment-data/questions?state=asked")).body["items"]
+        assert gave_up["job"]["state"] == "dead" and "no payment data" in gave_up["job"]["last_error"]
+
+
+@pytest.mark.db
+async def test_payment_data_that_comes_after_the_question_sends_its_upload_at_once(db_pool: asyncpg.Pool) -> None:
+    """Customs asked about two orders before their payment came: one upload waits for its next try (minutes away), the
+    other gave up waiting (a dead letter). The payment handed over, the first is due now and the second queued again
+    (its history says why); a question already uploaded is left alone."""
+    app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
+    async with serving(app) as api:
+        s = parcel(94)
+        data = samples.payment_data(s)
+        retrying, given_up = s.order_doc["orderNo"], "ZG-SECOND-ORDER-OF-THE-PAYMENT"
+        data["payExchangeInfoLists"].append({**copy.deepcopy(data["payExchangeInfoLists"][0]), "orderNo": given_up})
+        for order_no in (retrying, given_up):
+            assert (await ask(api, order_no, f"session-{order_no}"))[1]["code"] == "10000"
+        async with db_pool.acquire() as conn:
+            jobs = dict(await conn.fetch("SELECT order_no, job_id FROM realtime_requests"))
+            await conn.execute("UPDATE jobs SET attempts = 6, run_after = now() + interval '5 minutes' WHERE id = $1",
+                               jobs[retrying])  # fmt: skip
+            await conn.execute("UPDATE jobs SET state = 'dead', attempts = 10, dead_reason = 'max_attempts',"
+                               " finished_at = now() WHERE id = $1", jobs[given_up])  # fmt: skip
+        assert (await api.request("POST", "/v1/payment-data", json_body=data)).status == 201
+        async with db_pool.acquire() as conn:
+            rows = await conn.fetch("SELECT id, state, attempts, run_after <= now() AS due FROM jobs")
+            now = {r["id"]: r for r in rows}
+            marker = await conn.fetchval("SELECT error FROM job_attempts WHERE job_id = $1 AND outcome = 'replayed'",
+                                         jobs[given_up])  # fmt: skip
+        assert (now[jobs[retrying]]["state"], now[jobs[retrying]]["attempts"], now[jobs[retrying]]["due"]) == \
+            ("queued", 6, True)  # fmt: skip
+        assert (now[jobs[given_up]]["state"], now[jobs[given_up]]["attempts"], now[jobs[given_up]]["due"]) == \
+            ("queued", 0, True)  # fmt: skip
+        assert marker == "the payment data came from admin"
+
+
+@pytest.mark.db
+async def test_questions_asked_before_their_jobs_were_noted_find_them(db_pool: asyncpg.Pool) -> None:
+    """Migration 380 on questions stored before it: each finds its upload's job by the key it was enqueued under, and
+    an answered one its answer's time."""
+    from gateway import db
+    from gateway.store import record_payment_upload
+
+    app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
+    async with serving(app) as api:
+        for session in ("s-old-1", "s-old-2"):
+            assert (await ask(api, f"ZG-{session}", session))[1]["code"] == "10000"
+    async with db_pool.acquire() as conn:
+        noted = dict(await conn.fetch("SELECT session_id, job_id FROM realtime_requests"))
+        first = await conn.fetchval("SELECT id FROM realtime_requests WHERE session_id = 's-old-1'")
+        await record_payment_upload(db_pool, first, state="refused", guid="G", answer={"code": "20000"})
+        await conn.execute("UPDATE realtime_requests SET job_id = NULL, answered_at = NULL")
+        await conn.execute(dict(db.migration_files())["380_realtime_questions_watched.sql"])
+        again = {r["session_id"]: r for r in await conn.fetch("SELECT * FROM realtime_requests")}
+    assert {k: r["job_id"] for k, r in again.items()} == noted and None not in noted.values()
+    assert again["s-old-1"]["answered_at"] is not None and again["s-old-2"]["answered_at"] is None
+
+
+@pytest.mark.db
 async def test_the_payment_data_statements_probe_indexes(db_pool: asyncpg.Pool) -> None:
     """Customs asks about one order among millions: every statement of the 179 data reads by an index."""
     from gateway import db
@@ -432,5 +555,8 @@ async def test_the_payment_data_statements_probe_indexes(db_pool: asyncpg.Pool) 
         found = await full_scans(conn, begin=db.BEGIN_PLANNED, module=realtime,
                                  cases={"PAYMENT_OF_ORDER": f"'{EBP_CODE}', 'O1'", "QUESTIONS_OF_ORDER":
                                         f"'{EBP_CODE}', 'O1'", "UPLOAD_INPUT": "1", "ASKED": f"'{EBP_CODE}', 's'",
-                                        "DROP_ORDERS": "1, ARRAY['O1']", "ANSWERED": "1, 'uploaded', 'G', '{}'"})
+                                        "DROP_ORDERS": "1, ARRAY['O1']", "ANSWERED": "1, 'uploaded', 'G', '{}'",
+                                        "WAITING_UPLOADS": f"'{EBP_CODE}', ARRAY['O1']",
+                                        "QUESTION_JOB": "1, 1", "QUESTIONS": "100, 20, NULL, NULL",
+                                        "OPEN_QUESTIONS": f"100, 20, 'refused', ARRAY['{EBP_CODE}']"})
     assert found == {}

@@ -30,7 +30,13 @@ from gateway.console.session import (
     origin_allowed,
 )
 from gateway.outbox import read_warehouse_callbacks
-from gateway.store import payment_data_of_shipment, read_pending_summaries, read_rejection, read_rejections
+from gateway.store import (
+    payment_data_of_shipment,
+    read_payment_questions,
+    read_pending_summaries,
+    read_rejection,
+    read_rejections,
+)
 
 log = structlog.get_logger("gateway.console")
 
@@ -68,6 +74,7 @@ class Console:
     on_replayed: cbec_queue.JobsHook | None = None  # what follows a replay in its transaction (gateway.outbox)
     tax_rates: tax.TaxRates = tax.DEFAULT_RATES  # the estimate a tax bill is set beside (the API's rates)
     signing: Standing = no_signer  # where the gateway's own signing key stands now (the banner)
+    payment_questions: bool = False  # the gateway answers customs' 179 questions: the page shows them
     feed: Feed | None = None
 
 
@@ -235,6 +242,7 @@ async def session_info(request: web.Request) -> web.StreamResponse:
             "csrf": session.csrf,
             "may_replay": session.may_replay,
             "customs_endpoints": console.customs_endpoints,
+            "payment_questions": console.payment_questions,
         }
     )
 
@@ -405,6 +413,25 @@ async def warehouse_callbacks(request: web.Request) -> web.StreamResponse:
         return error(400, str(exc))
 
 
+#: The 179 panel's views, as read_payment_questions' states: the questions not uploaded, or every one.
+QUESTION_VIEWS = ("open", "any")
+
+
+@api
+async def realtime_questions(request: web.Request) -> web.StreamResponse:
+    """A page of 20 of customs' 179 questions of one of the panel's views (``view``: QUESTION_VIEWS, default ``open``),
+    newest first, as GET /v1/payment-data/questions gives them."""
+    view = request.query.get("view") or "open"
+    if view not in QUESTION_VIEWS:
+        return error(400, f"view must be one of {', '.join(QUESTION_VIEWS)}")
+    try:
+        async with _pool(request).acquire() as conn:
+            return json_response(await read_payment_questions(conn, state=view, limit=20,
+                                                              cursor=request.query.get("cursor") or None))  # fmt: skip
+    except ValueError as exc:
+        return error(400, str(exc))
+
+
 @api
 async def pending_summaries(request: web.Request) -> web.StreamResponse:
     """The export inventories awaiting their summary declaration of one consignor (``ebcCode``) or, without it, of
@@ -548,6 +575,7 @@ def setup(
     on_replayed: cbec_queue.JobsHook | None = None,
     tax_rates: tax.TaxRates = tax.DEFAULT_RATES,
     signing: Standing = no_signer,
+    payment_questions: bool = False,
 ) -> None:
     """Add the console's routes, its live feed (started and stopped with the app) and security headers.
 
@@ -560,7 +588,8 @@ def setup(
     a replay runs in its transaction (cbec_queue.replay). ``tax_rates``: the rates of the estimate the shipment page
     sets customs' tax bills beside (the configured ones, as the API's). ``signing``: where the gateway's own signing
     key stands now (gateway.signing.Signer.standing; a reload may renew it): the page's banner says when its
-    certificate has expired or expires soon. Calling it twice on one app does nothing the second time.
+    certificate has expired or expires soon. ``payment_questions``: the gateway answers customs' 179 questions for
+    configured platforms; the page lists them. Calling it twice on one app does nothing the second time.
     """
     if CONSOLE in app:
         return
@@ -576,6 +605,7 @@ def setup(
         on_replayed=on_replayed,
         tax_rates=tax_rates,
         signing=signing,
+        payment_questions=payment_questions,
     )
     app[CONSOLE] = console
 
@@ -612,6 +642,7 @@ def setup(
     r.add_get(PREFIX + "/api/rejections/{id}", rejection)
     r.add_get(PREFIX + "/api/warehouse-callbacks", warehouse_callbacks)
     r.add_get(PREFIX + "/api/summaries/pending", pending_summaries)
+    r.add_get(PREFIX + "/api/payment-questions", realtime_questions)
     r.add_post(PREFIX + "/api/jobs/{id}/replay", replay)
     r.add_get(PREFIX + "/api/series", series)
     r.add_get(PREFIX + "/api/events", events)

@@ -58,7 +58,9 @@ SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
        (SELECT max(id) FROM warehouse_events WHERE status IN ('rejected', 'cancelled')) AS last_refused_callback,
        (SELECT max(received_at) FROM messages WHERE message_type = 'CEB701') AS summary_at,
        greatest((SELECT max(received_at) FROM receipts WHERE message_type = 'CEB702'),
-                (SELECT max(received_at) FROM receipts WHERE message_type = 'CEB792')) AS summary_answer_at
+                (SELECT max(received_at) FROM receipts WHERE message_type = 'CEB792')) AS summary_answer_at,
+       (SELECT max(id) FROM realtime_requests) AS last_question,
+       (SELECT max(answered_at) FROM realtime_requests) AS last_question_answer
 """
 
 #: Shipments whose reconciliation or customs status changed after $1, or whose inventory got a tax bill or a bill's

@@ -36,6 +36,9 @@
     pendingReadAt: 0,
     pendingTimer: null,
     awaitingAt: undefined, // the feed's awaiting_at last seen
+    questionsView: "open",
+    questionsCursor: null,
+    questionsSeen: undefined, // the feed's newest question and answer to one, last seen
     warehouseNewest: {},
     cursor: null,
     listKey: "",
@@ -361,6 +364,72 @@
     return loadWarehouse();
   }
 
+  // --- customs' 179 questions for an order's payment data, and what became of each upload ---
+
+  const QUESTIONS_EMPTY = {
+    open: "Every question customs asked has been uploaded. 海关调取均已上传",
+    any: "Customs has asked about no order yet. 海关尚未调取",
+  };
+
+  // what the upload's column says: its state, then why (customs' answer, the job's last error)
+  function questionStatus(q) {
+    const job = q.job || {};
+    if (q.state === "uploaded") return [`Uploaded 已上传 ${fmtTime(q.uploaded_at)}`, null];
+    if (q.state === "refused") {
+      return ["Refused by customs 海关拒收", q.answer ? `${q.answer.code} ${q.answer.message || ""}`.trim() : null];
+    }
+    if (job.state === "dead") return ["Given up 已放弃", job.last_error];
+    if (!q.handed_over) {
+      return ["Waiting for the platform's data 待平台提交支付数据",
+        `POST /v1/payment-data · ${job.attempts || 0} attempts 次尝试`];
+    }
+    return ["Uploading 上传中", job.last_error];
+  }
+
+  function renderQuestions(items, append) {
+    const canReplay = state.session && state.session.may_replay;
+    const rows = items.map((q) => {
+      const [status, why] = questionStatus(q);
+      const job = q.job;
+      return h("tr", { "data-question": q.id, "data-state": q.state },
+        h("td", { class: "when", text: fmtTime(q.received_at) }),
+        h("td", { class: "mono", text: q.ebpCode }),
+        h("td", {}, shipmentLink(q.ebpCode, q.orderNo)),
+        h("td", { class: "mono", text: q.sessionID }),
+        h("td", {}, h("div", { text: status }), why ? h("div", { class: "muted", text: why }) : null),
+        h("td", {}, job ? h("div", { class: "mono", text: `#${job.id} ${job.state}` }) : h("span", { text: "—" }),
+          job && job.state === "dead" ? h("button", {
+            type: "button", class: "btn danger replay", disabled: !canReplay,
+            title: canReplay ? "Upload again 重新上传" : "Operators and admins only 仅限操作员和管理员",
+            onclick: (ev) => replay(job.id, ev.currentTarget).then(() => loadQuestions()),
+          }, "Replay 重发") : null));
+    });
+    const body = $("questions-table").tBodies[0];
+    if (append) body.append(...rows); else body.replaceChildren(...rows);
+    $("questions-empty").textContent = QUESTIONS_EMPTY[state.questionsView];
+    $("questions-empty").hidden = body.rows.length > 0;
+  }
+
+  async function loadQuestions(append = false) {
+    if ($("questions-panel").hidden) return;
+    const params = new URLSearchParams({ view: state.questionsView });
+    if (append && state.questionsCursor) params.set("cursor", state.questionsCursor);
+    const page = await call(`${API}/payment-questions?${params}`);
+    renderQuestions(page.items, append);
+    state.questionsCursor = page.next_cursor;
+    $("questions-more").hidden = !page.next_cursor;
+  }
+
+  function showQuestionsView(view) {
+    state.questionsView = view;
+    for (const b of document.querySelectorAll("[data-questions-view]")) {
+      const on = b.dataset.questionsView === view;
+      b.classList.toggle("primary", on);
+      b.setAttribute("aria-pressed", String(on));
+    }
+    return loadQuestions();
+  }
+
   // --- a consignor's export inventories awaiting their summary declaration (GET /v1/summaries/pending) ---
 
   // customs' returnTime (YYYYMMDDhhmmss and milliseconds) as the page writes times
@@ -666,6 +735,10 @@
         loadWarehouse().catch(() => {});
       }
       state.warehouseNewest = newest;
+      // the 179 panel reloads when customs asked again or answered an upload (not on the first event: loaded at start)
+      const questions = `${data.last_question}|${data.last_question_answer}`;
+      if (state.questionsSeen !== undefined && questions !== state.questionsSeen) loadQuestions().catch(() => {});
+      state.questionsSeen = questions;
       if (data.awaiting_at !== state.awaitingAt) {
         state.awaitingAt = data.awaiting_at;
         schedulePending();
@@ -684,6 +757,7 @@
       const data = JSON.parse(ev.data);
       if (renderQueue(data.endpoints, data.dead_total, data.receipts_awaited, data.dead_newest)) {
         loadQueue().catch(() => {});
+        loadQuestions().catch(() => {}); // an upload that gave up waiting for its data is a dead letter now
       }
     });
     es.addEventListener("status", (ev) => {
@@ -979,6 +1053,11 @@
     for (const b of document.querySelectorAll("[data-warehouse-view]")) {
       b.addEventListener("click", () => showWarehouseView(b.dataset.warehouseView).catch((e) => toast(e.message, true)));
     }
+    $("questions-panel").hidden = !state.session.payment_questions;
+    for (const b of document.querySelectorAll("[data-questions-view]")) {
+      b.addEventListener("click", () => showQuestionsView(b.dataset.questionsView).catch((e) => toast(e.message, true)));
+    }
+    $("questions-more").addEventListener("click", () => loadQuestions(true).catch((e) => toast(e.message, true)));
     $("awaited-details").addEventListener("toggle", () => {
       if ($("awaited-details").open) loadAwaitedList().catch((e) => toast(e.message, true));
     });
@@ -999,7 +1078,8 @@
     const summary = await call(`${API}/summary`);
     renderCounts(summary.shipments);
     route();
-    await Promise.all([loadQueue(), loadSeries(), loadRefused(), loadWarehouse()]).catch((e) => toast(e.message, true));
+    await Promise.all([loadQueue(), loadSeries(), loadRefused(), loadWarehouse(), loadQuestions()])
+      .catch((e) => toast(e.message, true));
     setInterval(() => { if (Date.now() - state.seriesAt > 30000) loadSeries().catch(() => {}); }, 10000);
     setInterval(() => renderAwaited(null), 5000);
     connect();
