@@ -254,10 +254,11 @@ async def post_message(request: web.Request) -> web.Response:
 # --- the 179 real-time payment data (gateway/realtime.py) -----------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class RealtimeDoor:
     """The platforms whose payment data the gateway uploads when customs asks: each one's ebpCode by the digest of
-    its URL token (looked up by digest, as API keys are), and the endpoint the uploads are queued for."""
+    its URL token (looked up by digest, as API keys are), and the endpoint the uploads are queued for. Renewed in
+    place by a reload (a token rotated, a platform added or removed)."""
 
     platforms: dict[bytes, str]
     endpoint: str
@@ -265,6 +266,9 @@ class RealtimeDoor:
     @classmethod
     def of(cls, settings: RealtimeSettings) -> RealtimeDoor:
         return cls({key_digest(p.token): p.ebp_code for p in settings.platforms}, settings.endpoint)
+
+    def renew(self, settings: RealtimeSettings) -> None:
+        self.platforms = RealtimeDoor.of(settings).platforms  # one assignment: a question sees the old or the new
 
     @property
     def ebp_codes(self) -> frozenset[str]:

@@ -31,9 +31,17 @@ from aiohttp import web
 from cbec_queue.policy import RetryPolicy
 
 from gateway import db, logs, signing
-from gateway.api import KEYS, OUTBOX, PIPELINE, STORE, WAREHOUSE_CALLBACKS, create_app
+from gateway.api import KEYS, OUTBOX, PIPELINE, REALTIME, STORE, WAREHOUSE_CALLBACKS, create_app
 from gateway.auth import KeyRing, SharedRates
-from gateway.config import METRICS_SHARED_DIR_ENV, ApiKey, Role, Settings, WebhookSettings, netloc
+from gateway.config import (
+    METRICS_SHARED_DIR_ENV,
+    ApiKey,
+    RealtimeSettings,
+    Role,
+    Settings,
+    WebhookSettings,
+    netloc,
+)
 from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
 from gateway.metrics import shared_across_processes
 from gateway.workers import (
@@ -186,12 +194,12 @@ Reload = Callable[[], Settings]
 #: certificate, the files replaced in place or named anew) and the enterprises' certificates it verifies against.
 SIGNATURE_SETTINGS = ("signing_key_file", "signing_cert_file", "signing_algorithm", "signing_agent_code",
                       "verify_signatures", "trusted_certs")  # fmt: skip
-RELOADED_SETTINGS = ("api_keys", *SIGNATURE_SETTINGS)
+RELOADED_SETTINGS = ("api_keys", *SIGNATURE_SETTINGS, "realtime")
 
 
 def needing_restart(running: Settings, fresh: Settings) -> list[str]:
     """The settings besides those a reload applies (RELOADED_SETTINGS, and the sellers' webhooks of the forwarding)
-    that differ between the two."""
+    that differ between the two (a reload that cannot apply one of those says so itself)."""
     stale = []
     for f in dataclasses.fields(Settings):
         before, after = getattr(running, f.name), getattr(fresh, f.name)
@@ -286,6 +294,43 @@ def renew_webhooks(
     return True
 
 
+PlatformKeys = dict[str, signing.SignatureBackend]
+
+
+@dataclass
+class RealtimeReload:
+    """The 179 platforms in force in a process (their settings and signing keys) and ``put``, which puts platforms
+    read again in force there (the door customs' questions come in by, the worker's keys, the sandbox's customs
+    side)."""
+
+    settings: RealtimeSettings
+    keys: PlatformKeys
+    put: Callable[[RealtimeSettings, PlatformKeys], None]
+
+    def again(self, fresh: RealtimeSettings) -> bool | None:
+        """The platforms read again, their key files too (replaced in place: read anew), put in force when they
+        differ: True. False when they do not, or cannot be used (logged: the platforms stay as they were). None when
+        the change needs a restart: 179 turned on (no platform before) or its endpoint moved — the forwarding's
+        routes are made at start."""
+        if fresh.endpoint != self.settings.endpoint or (fresh.platforms and not self.settings.platforms):
+            return None
+        try:
+            keys = platform_keys(fresh)
+        except (OSError, ValueError) as exc:  # a key file missing or unreadable, a key not its certificate's
+            log.error("realtime_platforms_not_reloaded", error=str(exc),
+                      note="customs' questions are taken and answered as before")  # fmt: skip
+            return False
+        certificates = {ebp: k.certificate_der for ebp, k in keys.items()}
+        if fresh == self.settings and certificates == {ebp: k.certificate_der for ebp, k in self.keys.items()}:
+            return False
+        self.put(fresh, keys)
+        before = {p.ebp_code: (p, self.keys[p.ebp_code].certificate_der) for p in self.settings.platforms}
+        log.info("realtime_platforms_reloaded", platforms=len(fresh.platforms), signing_variant=fresh.signing_variant,
+                 **_changes(before, {p.ebp_code: (p, certificates[p.ebp_code]) for p in fresh.platforms}))  # fmt: skip
+        self.settings, self.keys = fresh, keys
+        return True
+
+
 @dataclass
 class WorkerReload:
     """SIGHUP in ``cbec worker``: the configuration read again and the sellers' webhooks in it in force in the worker
@@ -295,6 +340,7 @@ class WorkerReload:
     reload: Reload
     running: Settings
     forwarding: Forwarding
+    realtime: RealtimeReload | None = None  # the 179 platforms whose uploads this worker signs
     webhooks: tuple[WebhookSettings, ...] = field(init=False)  # in force now
 
     def __post_init__(self) -> None:
@@ -312,9 +358,12 @@ class WorkerReload:
         stale: list[str] = [name for name in ("database_url", "data_dir", "forwarding") if name in restart]
         if fresh.forwarding.webhooks != self.webhooks:
             stale.append("forwarding.webhooks")
+        if self.realtime is not None and self.realtime.again(fresh.realtime) is None:
+            stale.append("realtime")
         if stale:
             log.warning("settings_need_restart", settings=stale,
-                        note="only the sellers' webhooks take effect in a worker without a restart")  # fmt: skip
+                        note="only the sellers' webhooks and the 179 platforms take effect in a worker without a "
+                             "restart")  # fmt: skip
 
 
 @dataclass
@@ -337,6 +386,7 @@ class KeyReload:
     app: web.Application | None = None  # this process's, whose pipeline the signatures are put in
     signatures: Signatures | None = None  # in force now
     forwarding: Forwarding | None = None  # this process's, whose router and worker the webhooks are put in
+    realtime: RealtimeReload | None = None  # the 179 platforms in force in this process
     renewals: set[asyncio.Task[None]] = field(default_factory=set)
     webhooks: tuple[WebhookSettings, ...] = field(init=False)  # in force now
     # what the other API processes were last started with (a renewal started before this one may not have run yet)
@@ -363,20 +413,25 @@ class KeyReload:
         self.keys = keys
         signed_anew = self._signatures_again(fresh)
         webhooks_anew = self._webhooks_again(fresh.forwarding.webhooks)
+        realtime_anew = self.realtime.again(fresh.realtime) if self.realtime is not None else False
         stale = needing_restart(self.running, fresh)
         if fresh.forwarding.webhooks != self.webhooks:  # not put in force: forwarding off, no webhook endpoint
             stale.append("forwarding.webhooks")
+        if realtime_anew is None:
+            stale.append("realtime")
         if stale:
             log.warning("settings_need_restart", settings=stale,
-                        note="only the API keys, the signing key, the trusted certificates and the sellers' webhooks "
-                             "take effect without a restart")  # fmt: skip
+                        note="only the API keys, the signing key, the trusted certificates, the sellers' webhooks and "
+                             "the 179 platforms take effect without a restart")  # fmt: skip
         if self.others is not None and self.others_settings is not None and (
-                not unchanged or signed_anew or webhooks_anew):
+                not unchanged or signed_anew or webhooks_anew or realtime_anew):
             overrides: dict[str, Any] = {"api_keys": keys}
             if signed_anew:
                 overrides.update({name: getattr(fresh, name) for name in SIGNATURE_SETTINGS})
             if webhooks_anew:
                 overrides["forwarding"] = dataclasses.replace(self.others_settings.forwarding, webhooks=self.webhooks)
+            if realtime_anew:  # their doors: the tokens customs' questions come in by (they sign nothing)
+                overrides["realtime"] = fresh.realtime
             # replace, not with_overrides: a setting removed (None: no trusted certificates) is renewed as well
             settings = self.others_settings = dataclasses.replace(self.others_settings, **overrides)
             rates = key_rates if key_rates is not None else self.others.key_rates  # the keys unchanged: theirs stay
@@ -428,6 +483,13 @@ class KeyReload:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
+
+
+def _sandbox_realtime(url: str, realtime: RealtimeSettings, keys: PlatformKeys) -> tuple[dict[str, str], list[bytes]]:
+    """Customs' 179 side as the built-in sandbox plays it: where it asks about each configured platform's orders (the
+    gateway at ``url``) and the certificates it verifies their uploads with."""
+    return ({p.ebp_code: f"{url}/ceb/platDataOpen/{p.token}" for p in realtime.platforms},
+            [k.certificate_der for k in keys.values()])  # fmt: skip
 
 
 def _platform_keys(settings: Settings) -> dict[str, signing.SignatureBackend]:
@@ -560,6 +622,7 @@ async def serve(
                 if sandboxed:
                     from gateway.sandbox import start_sandbox
 
+                    ask_urls, certs = _sandbox_realtime(url, settings.realtime, platform_keys)
                     sandbox = await start_sandbox(
                         "127.0.0.1",
                         fwd.sandbox_port,
@@ -571,9 +634,8 @@ async def serve(
                         schemas=app[PIPELINE].schemas,  # the XSDs compiled once per process
                         # customs' 179 side: it asks about the configured platforms' orders at their URLs, and
                         # verifies their uploads with their certificates
-                        realtime_ask_urls={p.ebp_code: f"{url}/ceb/platDataOpen/{p.token}"
-                                           for p in settings.realtime.platforms},
-                        realtime_certs=[k.certificate_der for k in platform_keys.values()],
+                        realtime_ask_urls=ask_urls,
+                        realtime_certs=certs,
                     )
                     log.info("customs_sandbox", url=sandbox.url, note="no customs endpoint configured")
                 if fwd.enabled:
@@ -586,8 +648,18 @@ async def serve(
                 retention = asyncio.create_task(
                     run_rejection_retention(pool, settings.rejection_retention_days, stop))
                 if reload is not None:
+
+                    def put_realtime(realtime: RealtimeSettings, keys: PlatformKeys) -> None:
+                        app[REALTIME].renew(realtime)
+                        if forwarding is not None:
+                            forwarding.renew_realtime(realtime, keys)
+                        if sandbox is not None:
+                            sandbox.config.realtime_ask_urls, sandbox.config.realtime_certs = _sandbox_realtime(
+                                url, realtime, keys)
+
                     reloader = KeyReload(reload, running, app[KEYS], settings.api_keys, own_keys, others, app,
-                                         signatures, forwarding)  # fmt: skip
+                                         signatures, forwarding,
+                                         RealtimeReload(settings.realtime, platform_keys, put_realtime))  # fmt: skip
                     stack.enter_context(on_hangup(reloader))
                 log.info("listening", url=f"http://{netloc(settings.host, port)}", openapi="/openapi.json",
                          **({"public_url": settings.public_url} if settings.public_url else {}))
@@ -865,7 +937,9 @@ async def run_worker(
             await forwarding.start()
             log.info("worker_ready", endpoints={e.name: e.concurrency for e in endpoints})  # name: deliveries in flight
             try:
-                with on_hangup(WorkerReload(reload, settings, forwarding) if reload else lambda: None), settled_heap():
+                uploads = RealtimeReload(settings.realtime, keys, forwarding.renew_realtime)
+                with on_hangup(WorkerReload(reload, settings, forwarding, uploads) if reload else lambda: None), \
+                        settled_heap():  # fmt: skip
                     if ready is not None:
                         ready.set()
                     await stop.wait()

@@ -225,6 +225,10 @@ class Delivery:
     def handlers(self) -> dict[str, Handler]:
         return dict(self._handlers)
 
+    def renew_realtime(self, realtime: RealtimeSettings, keys: Mapping[str, signing.SignatureBackend]) -> None:
+        """The 179 platforms' keys and the signed string's form the next uploads go with (a reload)."""
+        self.realtime, self.platform_keys = realtime, dict(keys)
+
     def renew_webhooks(self, webhooks: tuple[WebhookSettings, ...]) -> None:
         """The sellers' URLs and secrets the next webhook deliveries go with (a reload of the configuration)."""
         for adapter in self.adapters.values():
@@ -480,6 +484,12 @@ class Forwarding:
         if self.delivery is not None:
             self.delivery.renew_webhooks(webhooks)
         return True
+
+    def renew_realtime(self, realtime: RealtimeSettings, keys: Mapping[str, signing.SignatureBackend]) -> None:
+        """The 179 platforms read again (a reload): this process's worker signs the next uploads with their keys. The
+        routes stay as made at start (an endpoint for the uploads exists iff a platform was configured then)."""
+        if self.delivery is not None:
+            self.delivery.renew_realtime(realtime, keys)
 
     async def stop(self) -> None:
         self._stop.set()

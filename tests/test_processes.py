@@ -467,6 +467,61 @@ async def test_sighup_puts_a_rotated_webhook_secret_in_force_in_cbec_serve(
     assert reloaded["changed"] == ["seller-a"] and "settings_need_restart" not in {r["event"] for r in logged}
 
 @pytest.mark.db
+async def test_sighup_puts_a_rotated_179_token_in_force_in_cbec_serve(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cbec serve` with its sandbox and a 179 platform: customs asks at the platform's URL; the token rotated in the
+    configuration (it leaked), then SIGHUP: the old URL answers 404 at once, customs (the sandbox) asks at the new
+    one and the upload goes — no restart, and the log names the platform, not the token."""
+    from gateway.config import RealtimePlatform, RealtimeSettings
+
+    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)  # capture_logs sees serve's lines
+    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
+    key_pem, cert_pem = generate_test_key("rsa", "platform 179")
+    (tmp_path / "p-key.pem").write_bytes(key_pem)
+    (tmp_path / "p-cert.pem").write_bytes(cert_pem)
+    platform = RealtimePlatform(samples.EBP_CODE, "leaked-token-" + "1" * 16, tmp_path / "p-key.pem",
+                                tmp_path / "p-cert.pem")  # fmt: skip
+    fwd = ForwardingSettings(sandbox_port=0, sandbox_receipt_delay_s=0.005, worker_poll_s=0.05)
+    settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json", forwarding=fwd,
+                                     realtime=RealtimeSettings((platform,)))  # fmt: skip
+    rotated = dataclasses.replace(platform, token="fresh-token-" + "2" * 16)
+    configured = [settings]
+    ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
+    with capture_logs() as logged:
+        serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info,
+                                            reload=lambda: configured[-1]))  # fmt: skip
+        try:
+            await asyncio.wait_for(ready.wait(), 60)
+            async with aiohttp.ClientSession(headers={"X-API-Key": apiutil.ADMIN}) as session:
+
+                async def asked_at(token: str, session_id: str) -> int:
+                    form = {"openReq": json.dumps({"orderNo": "ZG-ROTATED-1", "sessionID": session_id,
+                                                   "serviceTime": 1763600000000})}  # fmt: skip
+                    async with session.post(f"{info['url']}/ceb/platDataOpen/{token}", data=form) as resp:
+                        return resp.status
+
+                async def sandbox_asks(order_no: str) -> Any:
+                    async with session.post(info["sandbox_url"] + "/sandbox/realtime/ask",
+                                            json={"ebpCode": samples.EBP_CODE, "orderNo": order_no}) as resp:
+                        return await resp.json()
+
+                assert await asked_at(platform.token, "S-1") == 200
+                configured.append(dataclasses.replace(settings, realtime=RealtimeSettings((rotated,))))
+                os.kill(os.getpid(), signal.SIGHUP)
+                await wait_for(_said(logged, "realtime_platforms_reloaded"), what="the rotated token in force")
+                assert await asked_at(platform.token, "S-2") == 404
+                assert await asked_at(rotated.token, "S-3") == 200
+                assert (await sandbox_asks("ZG-ROTATED-2"))["answer"]["code"] == "10000"  # at the new URL
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, 60)
+    [reloaded] = [r for r in logged if r["event"] == "realtime_platforms_reloaded"]
+    assert reloaded["changed"] == [samples.EBP_CODE] and "settings_need_restart" not in {r["event"] for r in logged}
+    assert "fresh-token" not in repr(logged)
+
+
+@pytest.mark.db
 async def test_sighup_puts_a_renewed_signing_key_in_force_without_a_restart(
     db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -623,6 +678,76 @@ async def test_a_reload_puts_the_sellers_webhooks_in_force_here_and_in_the_other
     assert stale["settings"] == ["forwarding", "forwarding.webhooks"]
     assert not [r for r in logged if r["event"] == "webhooks_reloaded"]
 
+
+
+async def test_a_reload_puts_the_179_platforms_in_force_here_and_in_the_other_api_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A platform's URL token rotated, its key renewed in place, a platform removed, then SIGHUP: each put in force in
+    the first process (the door, the worker's keys, the sandbox) and the other API processes started again with the
+    platforms (their doors) — the log names the platforms, never a token. A key file that cannot be read changes
+    nothing; the first platform of a gateway that had none, or the uploads' endpoint moved, wait for a restart."""
+    from gateway.config import RealtimePlatform, RealtimeSettings
+    from gateway.workers import platform_keys
+
+    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
+    key_file, cert_file = tmp_path / "platform-key.pem", tmp_path / "platform-cert.pem"
+
+    def write_key(name: str) -> bytes:
+        key_pem, cert_pem = generate_test_key("rsa", name)
+        key_file.write_bytes(key_pem)
+        cert_file.write_bytes(cert_pem)
+        return RsaSha1Key.from_pem(key_pem, cert_pem).certificate_der
+
+    first_cert = write_key("platform")
+    platform = RealtimePlatform("46012609BQ", "token-one-" + "1" * 16, key_file, cert_file)
+    running = apiutil.test_settings(realtime=RealtimeSettings((platform,)))
+    configured = [running]
+    others = _OtherProcesses(running)
+    put: list[tuple[RealtimeSettings, dict[str, bytes]]] = []
+    uploads = server.RealtimeReload(running.realtime, platform_keys(running.realtime),
+                                    lambda r, keys: put.append((r, {e: k.certificate_der for e, k in keys.items()})))
+    reload = server.KeyReload(lambda: configured[-1], running, KeyRing(running.api_keys), running.api_keys, (),
+                              cast(ApiProcesses, others), None, None, None, uploads)  # fmt: skip
+
+    def realtime(*platforms: RealtimePlatform, endpoint: str = "realtime") -> Settings:
+        return dataclasses.replace(running, realtime=RealtimeSettings(platforms, endpoint=endpoint))
+
+    rotated = dataclasses.replace(platform, token="token-two-" + "2" * 16)
+    with capture_logs() as logged:
+        configured.append(realtime(rotated))
+        reload()
+        reload()  # the same again: nothing renewed
+        renewed_cert = write_key("platform renewed")  # over the same files
+        reload()
+        configured.append(realtime(rotated, RealtimePlatform("46012609ZZ", "z" * 20, tmp_path / "none.pem",
+                                                             tmp_path / "none-cert.pem")))  # fmt: skip
+        reload()  # unreadable: nothing changes
+        configured.append(realtime(rotated, endpoint="realtime-2"))
+        reload()
+        configured.append(realtime())
+        reload()
+        await asyncio.gather(*reload.renewals)
+    assert [(r.platforms, certs) for r, certs in put] == [
+        ((rotated,), {"46012609BQ": first_cert}), ((rotated,), {"46012609BQ": renewed_cert}), ((), {})]
+    assert [r.realtime.platforms for r, _ in others.renewals] == [(rotated,), (rotated,), ()]
+    changes = [(r["added"], r["removed"], r["changed"]) for r in logged if r["event"] == "realtime_platforms_reloaded"]
+    assert changes == [([], [], ["46012609BQ"]), ([], [], ["46012609BQ"]), ([], ["46012609BQ"], [])]
+    [refused] = [r for r in logged if r["event"] == "realtime_platforms_not_reloaded"]
+    assert "none" in refused["error"]
+    assert [r["settings"] for r in logged if r["event"] == "settings_need_restart"] == [["realtime"]]
+    assert "token-two" not in repr(logged) and "token-one" not in repr(logged)
+
+    # a gateway with no 179 platform has no route for the uploads: the first one waits for a restart
+    bare = apiutil.test_settings()
+    late = [bare, dataclasses.replace(bare, realtime=RealtimeSettings((platform,)))]
+    none = server.RealtimeReload(bare.realtime, {}, lambda r, keys: put.append((r, {})))
+    reload = server.KeyReload(lambda: late[-1], bare, KeyRing(bare.api_keys), bare.api_keys, (), None, None, None,
+                              None, none)  # fmt: skip
+    with capture_logs() as logged:
+        reload()
+    assert [r["settings"] for r in logged if r["event"] == "settings_need_restart"] == [["realtime"]]
+    assert len(put) == 3
 
 
 async def test_a_key_reload_during_a_half_done_renewal_hands_the_other_processes_the_key_in_force(
