@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -411,6 +411,27 @@ def _agent_files(folder: Path, name: str, days: int) -> tuple[Path, Path, bytes,
 
 
 
+@contextlib.asynccontextmanager
+async def serving_reloaded(
+    settings: Settings, configured: list[Settings], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[dict[str, Any], list[dict[str, Any]], aiohttp.ClientSession]]:
+    """`cbec serve` (in this process) whose configuration read again on SIGHUP is ``configured[-1]``: its url and
+    sandbox_url, its log lines so far (structlog's capture, kept after the block), and a client with the admin key."""
+    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)  # capture_logs sees serve's lines
+    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
+    ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
+    with capture_logs() as logged:
+        serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info,
+                                            reload=lambda: configured[-1]))  # fmt: skip
+        try:
+            await asyncio.wait_for(ready.wait(), 60)
+            async with aiohttp.ClientSession(headers={"X-API-Key": apiutil.ADMIN}) as session:
+                yield info, logged, session
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, 60)
+
+
 @pytest.mark.db
 async def test_sighup_puts_a_rotated_webhook_secret_in_force_in_cbec_serve(
     db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -422,47 +443,38 @@ async def test_sighup_puts_a_rotated_webhook_secret_in_force_in_cbec_serve(
     from gateway.sandbox.recorder import start_recorder
     from tests.forwardutil import legs, shipment
 
-    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)  # capture_logs sees serve's lines
-    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
     recorder = await start_recorder()
     ships = [shipment(71), shipment(72)]
     hook = WebhookSettings("seller-a", frozenset(s.order_doc["ebcCode"] for s in ships), recorder.url + "/hook", "one")
     fwd = ForwardingSettings(webhooks=(hook,), sandbox_port=0, sandbox_receipt_delay_s=0.005, worker_poll_s=0.05)
     settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json", forwarding=fwd)
     configured = [settings]
-    ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
-    with capture_logs() as logged:
-        serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info,
-                                            reload=lambda: configured[-1]))  # fmt: skip
-        try:
-            await asyncio.wait_for(ready.wait(), 60)
-            async with aiohttp.ClientSession(headers={"X-API-Key": apiutil.ADMIN}) as session:
+    try:
+        async with serving_reloaded(settings, configured, monkeypatch) as (info, logged, session):
 
-                async def released(s: Any) -> Any:
-                    for payload in legs(s):
-                        body = json.loads(json.dumps(payload, default=str))
-                        async with session.post(info["url"] + "/v1/messages", json=body) as resp:
-                            assert resp.status == 202, await resp.text()
-                    order_no = s.order_doc["orderNo"].encode()
-                    [told] = await recorder.wait_for(1, timeout=30, where=lambda r: order_no in r.body
-                                                     and b'"released"' in r.body)  # fmt: skip
-                    return told
+            async def released(s: Any) -> Any:
+                for payload in legs(s):
+                    body = json.loads(json.dumps(payload, default=str))
+                    async with session.post(info["url"] + "/v1/messages", json=body) as resp:
+                        assert resp.status == 202, await resp.text()
+                order_no = s.order_doc["orderNo"].encode()
+                [told] = await recorder.wait_for(1, timeout=30, where=lambda r: order_no in r.body
+                                                 and b'"released"' in r.body)  # fmt: skip
+                return told
 
-                def signed_with(secret: str, r: Any) -> bool:
-                    return verify_signature(secret, r.body, r.headers["X-CBEC-Signature"],
-                                            timestamp=r.headers["X-CBEC-Timestamp"])  # fmt: skip
+            def signed_with(secret: str, r: Any) -> bool:
+                return verify_signature(secret, r.body, r.headers["X-CBEC-Signature"],
+                                        timestamp=r.headers["X-CBEC-Timestamp"])  # fmt: skip
 
-                assert signed_with("one", await released(ships[0]))
-                rotated = dataclasses.replace(fwd, webhooks=(dataclasses.replace(hook, secret="two"),))
-                configured.append(dataclasses.replace(settings, forwarding=rotated))
-                os.kill(os.getpid(), signal.SIGHUP)
-                await wait_for(_said(logged, "webhooks_reloaded"), what="the rotated secret in force")
-                second = await released(ships[1])
-                assert signed_with("two", second) and not signed_with("one", second)
-        finally:
-            stop.set()
-            await asyncio.wait_for(serving, 60)
-            await recorder.stop()
+            assert signed_with("one", await released(ships[0]))
+            rotated = dataclasses.replace(fwd, webhooks=(dataclasses.replace(hook, secret="two"),))
+            configured.append(dataclasses.replace(settings, forwarding=rotated))
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for(_said(logged, "webhooks_reloaded"), what="the rotated secret in force")
+            second = await released(ships[1])
+            assert signed_with("two", second) and not signed_with("one", second)
+    finally:
+        await recorder.stop()
     [reloaded] = [r for r in logged if r["event"] == "webhooks_reloaded"]
     assert reloaded["changed"] == ["seller-a"] and "settings_need_restart" not in {r["event"] for r in logged}
 
@@ -475,8 +487,6 @@ async def test_sighup_puts_a_rotated_179_token_in_force_in_cbec_serve(
     one and the upload goes — no restart, and the log names the platform, not the token."""
     from gateway.config import RealtimePlatform, RealtimeSettings
 
-    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)  # capture_logs sees serve's lines
-    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
     key_pem, cert_pem = generate_test_key("rsa", "platform 179")
     (tmp_path / "p-key.pem").write_bytes(key_pem)
     (tmp_path / "p-cert.pem").write_bytes(cert_pem)
@@ -487,35 +497,26 @@ async def test_sighup_puts_a_rotated_179_token_in_force_in_cbec_serve(
                                      realtime=RealtimeSettings((platform,)))  # fmt: skip
     rotated = dataclasses.replace(platform, token="fresh-token-" + "2" * 16)
     configured = [settings]
-    ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
-    with capture_logs() as logged:
-        serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info,
-                                            reload=lambda: configured[-1]))  # fmt: skip
-        try:
-            await asyncio.wait_for(ready.wait(), 60)
-            async with aiohttp.ClientSession(headers={"X-API-Key": apiutil.ADMIN}) as session:
+    async with serving_reloaded(settings, configured, monkeypatch) as (info, logged, session):
 
-                async def asked_at(token: str, session_id: str) -> int:
-                    form = {"openReq": json.dumps({"orderNo": "ZG-ROTATED-1", "sessionID": session_id,
-                                                   "serviceTime": 1763600000000})}  # fmt: skip
-                    async with session.post(f"{info['url']}/ceb/platDataOpen/{token}", data=form) as resp:
-                        return resp.status
+        async def asked_at(token: str, session_id: str) -> int:
+            form = {"openReq": json.dumps({"orderNo": "ZG-ROTATED-1", "sessionID": session_id,
+                                           "serviceTime": 1763600000000})}  # fmt: skip
+            async with session.post(f"{info['url']}/ceb/platDataOpen/{token}", data=form) as resp:
+                return resp.status
 
-                async def sandbox_asks(order_no: str) -> Any:
-                    async with session.post(info["sandbox_url"] + "/sandbox/realtime/ask",
-                                            json={"ebpCode": samples.EBP_CODE, "orderNo": order_no}) as resp:
-                        return await resp.json()
+        async def sandbox_asks(order_no: str) -> Any:
+            async with session.post(info["sandbox_url"] + "/sandbox/realtime/ask",
+                                    json={"ebpCode": samples.EBP_CODE, "orderNo": order_no}) as resp:
+                return await resp.json()
 
-                assert await asked_at(platform.token, "S-1") == 200
-                configured.append(dataclasses.replace(settings, realtime=RealtimeSettings((rotated,))))
-                os.kill(os.getpid(), signal.SIGHUP)
-                await wait_for(_said(logged, "realtime_platforms_reloaded"), what="the rotated token in force")
-                assert await asked_at(platform.token, "S-2") == 404
-                assert await asked_at(rotated.token, "S-3") == 200
-                assert (await sandbox_asks("ZG-ROTATED-2"))["answer"]["code"] == "10000"  # at the new URL
-        finally:
-            stop.set()
-            await asyncio.wait_for(serving, 60)
+        assert await asked_at(platform.token, "S-1") == 200
+        configured.append(dataclasses.replace(settings, realtime=RealtimeSettings((rotated,))))
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(_said(logged, "realtime_platforms_reloaded"), what="the rotated token in force")
+        assert await asked_at(platform.token, "S-2") == 404
+        assert await asked_at(rotated.token, "S-3") == 200
+        assert (await sandbox_asks("ZG-ROTATED-2"))["answer"]["code"] == "10000"  # at the new URL
     [reloaded] = [r for r in logged if r["event"] == "realtime_platforms_reloaded"]
     assert reloaded["changed"] == [samples.EBP_CODE] and "settings_need_restart" not in {r["event"] for r in logged}
     assert "fresh-token" not in repr(logged)
@@ -529,51 +530,41 @@ async def test_sighup_puts_a_renewed_signing_key_in_force_without_a_restart(
     and certificate written over the same files, then SIGHUP: the next one is signed with the renewed key and stored,
     and /metrics shows the new date — no restart. A renewal half done (the new key beside the old certificate) changes
     nothing, and the log says why."""
-    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)  # capture_logs sees serve's lines
-    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
     key_file, cert_file, _, _ = _agent_files(tmp_path, "agent", days=0)
     settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json",
                                      forwarding=ForwardingSettings(enabled=False), signing_key_file=key_file,
                                      signing_cert_file=cert_file)  # fmt: skip
-    ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
-    with capture_logs() as logged:
-        serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info, reload=lambda: settings))
-        try:
-            await asyncio.wait_for(ready.wait(), 60)
-            async with aiohttp.ClientSession(headers={"X-API-Key": apiutil.ADMIN}) as session:
+    async with serving_reloaded(settings, [settings], monkeypatch) as (info, logged, session):
 
-                async def inventory(seed: int) -> tuple[int, Any]:
-                    payload = json.loads(json.dumps(samples.shipment(random.Random(seed)).inventory, default=str))
-                    async with session.post(info["url"] + "/v1/messages", json=payload) as resp:
-                        return resp.status, await resp.json()
+        async def inventory(seed: int) -> tuple[int, Any]:
+            payload = json.loads(json.dumps(samples.shipment(random.Random(seed)).inventory, default=str))
+            async with session.post(info["url"] + "/v1/messages", json=payload) as resp:
+                return resp.status, await resp.json()
 
-                async def expiry() -> float:
-                    async with session.get(info["url"] + "/metrics") as resp:
-                        text = await resp.text()
-                    [line] = [x for x in text.splitlines() if x.startswith("cbec_signing_certificate_expiry_seconds ")]
-                    return float(line.split()[1])
+        async def expiry() -> float:
+            async with session.get(info["url"] + "/metrics") as resp:
+                text = await resp.text()
+            [line] = [x for x in text.splitlines() if x.startswith("cbec_signing_certificate_expiry_seconds ")]
+            return float(line.split()[1])
 
-                status, body = await inventory(1)
-                assert status == 503 and body["error"]["issues"][0]["code"] == "signing.certificate_expired", body
-                assert await expiry() < 0
+        status, body = await inventory(1)
+        assert status == 503 and body["error"]["issues"][0]["code"] == "signing.certificate_expired", body
+        assert await expiry() < 0
 
-                renewed_key, renewed_cert = generate_test_key("rsa", "agent renewed", days=400)
-                key_file.write_bytes(renewed_key)  # its certificate not yet replaced
-                os.kill(os.getpid(), signal.SIGHUP)
-                await wait_for(_said(logged, "signatures_not_reloaded"), what="the half-done renewal refused")
-                assert (await inventory(2))[0] == 503
+        renewed_key, renewed_cert = generate_test_key("rsa", "agent renewed", days=400)
+        key_file.write_bytes(renewed_key)  # its certificate not yet replaced
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(_said(logged, "signatures_not_reloaded"), what="the half-done renewal refused")
+        assert (await inventory(2))[0] == 503
 
-                cert_file.write_bytes(renewed_cert)
-                os.kill(os.getpid(), signal.SIGHUP)
-                await wait_for(_said(logged, "signatures_reloaded"), what="the renewed key in force")
-                status, body = await inventory(3)
-                assert status == 202, body
-                async with session.get(info["url"] + f"/v1/messages/{body['guid']}") as resp:
-                    stored = (await resp.json())["raw_xml"].encode()
-                assert await expiry() > 398 * 86400  # the test key is valid from a day before it was made
-        finally:
-            stop.set()
-            await asyncio.wait_for(serving, 60)
+        cert_file.write_bytes(renewed_cert)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(_said(logged, "signatures_reloaded"), what="the renewed key in force")
+        status, body = await inventory(3)
+        assert status == 202, body
+        async with session.get(info["url"] + f"/v1/messages/{body['guid']}") as resp:
+            stored = (await resp.json())["raw_xml"].encode()
+        assert await expiry() > 398 * 86400  # the test key is valid from a day before it was made
     renewed = RsaSha1Key.from_pem(renewed_key, renewed_cert)
     assert signing.verify(stored).ok
     assert f"<ds:KeyName>{renewed.key_name}</ds:KeyName>" in stored.decode()

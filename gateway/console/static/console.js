@@ -28,16 +28,12 @@
     deadNewest: null,
     refusedNewest: null,
     refusedCursor: null,
-    warehouseView: "unlinked",
-    warehouseCursor: null,
     pendingCode: null, // the consignor whose inventories awaiting their summary the panel shows ("": every one)
     pendingCursor: null,
     pendingPages: 0, // pages the panel shows: it follows the feed while it shows one
     pendingReadAt: 0,
     pendingTimer: null,
     awaitingAt: undefined, // the feed's awaiting_at last seen
-    questionsView: "open",
-    questionsCursor: null,
     questionsSeen: undefined, // the feed's newest question and answer to one, last seen
     warehouseNewest: {},
     cursor: null,
@@ -307,6 +303,37 @@
     $("refused-more").hidden = !page.next_cursor;
   }
 
+  // A panel listing one of its views page by page, newest first (GET /ops/api/<path>?view=&cursor=): its view buttons
+  // (data-<name>-view), #<name>-more, and render(items, append) filling its table. A hidden panel reads nothing.
+  function viewList(name, path, view, render) {
+    const list = { view, cursor: null };
+    list.load = async (append = false) => {
+      if ($(`${name}-panel`).hidden) return;
+      const params = new URLSearchParams({ view: list.view });
+      if (append && list.cursor) params.set("cursor", list.cursor);
+      const page = await call(`${API}/${path}?${params}`);
+      render(page.items, append);
+      list.cursor = page.next_cursor;
+      $(`${name}-more`).hidden = !page.next_cursor;
+    };
+    list.show = (shown) => {
+      list.view = shown;
+      for (const b of document.querySelectorAll(`[data-${name}-view]`)) {
+        const on = b.dataset[`${name}View`] === shown;
+        b.classList.toggle("primary", on);
+        b.setAttribute("aria-pressed", String(on));
+      }
+      return list.load();
+    };
+    list.wire = () => {
+      for (const b of document.querySelectorAll(`[data-${name}-view]`)) {
+        b.addEventListener("click", () => list.show(b.dataset[`${name}View`]).catch((e) => toast(e.message, true)));
+      }
+      $(`${name}-more`).addEventListener("click", () => list.load(true).catch((e) => toast(e.message, true)));
+    };
+    return list;
+  }
+
   // --- warehouse callbacks needing a look: on no shipment, or orders the warehouse refused or cancelled ---
 
   const UNLINKED_BECAUSE = {
@@ -341,28 +368,11 @@
     });
     const body = $("warehouse-table").tBodies[0];
     if (append) body.append(...rows); else body.replaceChildren(...rows);
-    $("warehouse-empty").textContent = WAREHOUSE_EMPTY[state.warehouseView];
+    $("warehouse-empty").textContent = WAREHOUSE_EMPTY[warehouse.view];
     $("warehouse-empty").hidden = body.rows.length > 0;
   }
 
-  async function loadWarehouse(append = false) {
-    const params = new URLSearchParams({ view: state.warehouseView });
-    if (append && state.warehouseCursor) params.set("cursor", state.warehouseCursor);
-    const page = await call(`${API}/warehouse-callbacks?${params}`);
-    renderWarehouse(page.items, append);
-    state.warehouseCursor = page.next_cursor;
-    $("warehouse-more").hidden = !page.next_cursor;
-  }
-
-  function showWarehouseView(view) {
-    state.warehouseView = view;
-    for (const b of document.querySelectorAll("[data-warehouse-view]")) {
-      const on = b.dataset.warehouseView === view;
-      b.classList.toggle("primary", on);
-      b.setAttribute("aria-pressed", String(on));
-    }
-    return loadWarehouse();
-  }
+  const warehouse = viewList("warehouse", "warehouse-callbacks", "unlinked", renderWarehouse);
 
   // --- customs' 179 questions for an order's payment data, and what became of each upload ---
 
@@ -401,34 +411,16 @@
           job && job.state === "dead" ? h("button", {
             type: "button", class: "btn danger replay", disabled: !canReplay,
             title: canReplay ? "Upload again 重新上传" : "Operators and admins only 仅限操作员和管理员",
-            onclick: (ev) => replay(job.id, ev.currentTarget).then(() => loadQuestions()),
+            onclick: (ev) => replay(job.id, ev.currentTarget).then(() => questions.load()),
           }, "Replay 重发") : null));
     });
     const body = $("questions-table").tBodies[0];
     if (append) body.append(...rows); else body.replaceChildren(...rows);
-    $("questions-empty").textContent = QUESTIONS_EMPTY[state.questionsView];
+    $("questions-empty").textContent = QUESTIONS_EMPTY[questions.view];
     $("questions-empty").hidden = body.rows.length > 0;
   }
 
-  async function loadQuestions(append = false) {
-    if ($("questions-panel").hidden) return;
-    const params = new URLSearchParams({ view: state.questionsView });
-    if (append && state.questionsCursor) params.set("cursor", state.questionsCursor);
-    const page = await call(`${API}/payment-questions?${params}`);
-    renderQuestions(page.items, append);
-    state.questionsCursor = page.next_cursor;
-    $("questions-more").hidden = !page.next_cursor;
-  }
-
-  function showQuestionsView(view) {
-    state.questionsView = view;
-    for (const b of document.querySelectorAll("[data-questions-view]")) {
-      const on = b.dataset.questionsView === view;
-      b.classList.toggle("primary", on);
-      b.setAttribute("aria-pressed", String(on));
-    }
-    return loadQuestions();
-  }
+  const questions = viewList("questions", "payment-questions", "open", renderQuestions);
 
   // --- a consignor's export inventories awaiting their summary declaration (GET /v1/summaries/pending) ---
 
@@ -731,14 +723,14 @@
       // the warehouse panel's view reloads when a callback of its kind came (not on the first event: loaded at start)
       const newest = { unlinked: data.last_unlinked_callback, refused: data.last_refused_callback };
       const seen = state.warehouseNewest;
-      if ("unlinked" in seen && newest[state.warehouseView] !== seen[state.warehouseView]) {
-        loadWarehouse().catch(() => {});
+      if ("unlinked" in seen && newest[warehouse.view] !== seen[warehouse.view]) {
+        warehouse.load().catch(() => {});
       }
       state.warehouseNewest = newest;
       // the 179 panel reloads when customs asked again or answered an upload (not on the first event: loaded at start)
-      const questions = `${data.last_question}|${data.last_question_answer}`;
-      if (state.questionsSeen !== undefined && questions !== state.questionsSeen) loadQuestions().catch(() => {});
-      state.questionsSeen = questions;
+      const asked = `${data.last_question}|${data.last_question_answer}`;
+      if (state.questionsSeen !== undefined && asked !== state.questionsSeen) questions.load().catch(() => {});
+      state.questionsSeen = asked;
       if (data.awaiting_at !== state.awaitingAt) {
         state.awaitingAt = data.awaiting_at;
         schedulePending();
@@ -757,7 +749,7 @@
       const data = JSON.parse(ev.data);
       if (renderQueue(data.endpoints, data.dead_total, data.receipts_awaited, data.dead_newest)) {
         loadQueue().catch(() => {});
-        loadQuestions().catch(() => {}); // an upload that gave up waiting for its data is a dead letter now
+        questions.load().catch(() => {}); // an upload that gave up waiting for its data is a dead letter now
       }
     });
     es.addEventListener("status", (ev) => {
@@ -1043,21 +1035,15 @@
     $("filters").addEventListener("reset", () => setTimeout(scheduleList, 0));
     $("list-more").addEventListener("click", () => loadList(true).catch((e) => toast(e.message, true)));
     $("refused-more").addEventListener("click", () => loadRefused(true).catch((e) => toast(e.message, true)));
-    $("warehouse-more").addEventListener("click", () => loadWarehouse(true).catch((e) => toast(e.message, true)));
     $("pending-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       state.pendingCode = $("pending-form").elements.ebcCode.value.trim();  // empty: every consignor's
       loadPending().catch((e) => toast(e.message, true));
     });
     $("pending-more").addEventListener("click", () => loadPending(true).catch((e) => toast(e.message, true)));
-    for (const b of document.querySelectorAll("[data-warehouse-view]")) {
-      b.addEventListener("click", () => showWarehouseView(b.dataset.warehouseView).catch((e) => toast(e.message, true)));
-    }
+    warehouse.wire();
     $("questions-panel").hidden = !state.session.payment_questions;
-    for (const b of document.querySelectorAll("[data-questions-view]")) {
-      b.addEventListener("click", () => showQuestionsView(b.dataset.questionsView).catch((e) => toast(e.message, true)));
-    }
-    $("questions-more").addEventListener("click", () => loadQuestions(true).catch((e) => toast(e.message, true)));
+    questions.wire();
     $("awaited-details").addEventListener("toggle", () => {
       if ($("awaited-details").open) loadAwaitedList().catch((e) => toast(e.message, true));
     });
@@ -1078,7 +1064,7 @@
     const summary = await call(`${API}/summary`);
     renderCounts(summary.shipments);
     route();
-    await Promise.all([loadQueue(), loadSeries(), loadRefused(), loadWarehouse(), loadQuestions()])
+    await Promise.all([loadQueue(), loadSeries(), loadRefused(), warehouse.load(), questions.load()])
       .catch((e) => toast(e.message, true));
     setInterval(() => { if (Date.now() - state.seriesAt > 30000) loadSeries().catch(() => {}); }, 10000);
     setInterval(() => renderAwaited(null), 5000);
