@@ -193,9 +193,13 @@ class RealtimePlatform:
 
     ebp_code: str
     token: str  # the URL's secret last part: whoever knows it can make the gateway upload, so it is kept like a key
-    key_file: Path
-    cert_file: Path
+    key_file: Path | None
+    cert_file: Path | None
     algorithm: str = "rsa-sha1"  # or "sm2-sm3"
+    # or the platform's UKey, through the E-Port client control on the PC it is plugged into (gateway.ukey): its
+    # WebSocket (ws://<that PC>:61232) and the card's PIN
+    ukey_url: str | None = None
+    ukey_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,7 @@ def _parse_realtime(data: Any) -> RealtimeSettings:
         where = f"realtime.platforms.{ebp}"
         if not isinstance(item, Mapping):
             raise ValueError(f"{where} must be a table")
-        unknown = set(item) - {"token", "key_file", "cert_file", "algorithm"}
+        unknown = set(item) - {"token", "key_file", "cert_file", "algorithm", "ukey_url", "ukey_password"}
         if unknown:
             raise ValueError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
         if not 1 <= len(str(ebp)) <= 18:
@@ -233,8 +237,19 @@ def _parse_realtime(data: Any) -> RealtimeSettings:
         if len(token) < 16 or not set(token) <= _TOKEN_CHARS:
             raise ValueError(f"{where}.token must be at least 16 letters, digits, '-' or '_' (a secret: e.g. the "
                              "output of python -c 'import secrets; print(secrets.token_urlsafe(24))')")
-        if not item.get("key_file") or not item.get("cert_file"):
-            raise ValueError(f"{where} needs key_file and cert_file (the platform's signing key and certificate)")
+        if item.get("ukey_url"):
+            url = str(item["ukey_url"])
+            if not url.startswith(("ws://", "wss://")) or set(item) & {"key_file", "cert_file", "algorithm"}:
+                raise ValueError(f"{where}: ukey_url is the WebSocket of the E-Port client control its UKey is in "
+                                 "(ws://<host>:61232), and then neither key_file, cert_file nor algorithm: the card "
+                                 "holds the key")  # fmt: skip
+            password = item.get("ukey_password")
+            out.append(RealtimePlatform(str(ebp), token, None, None, ukey_url=url,
+                                        ukey_password=None if password is None else str(password)))  # fmt: skip
+            continue
+        if not item.get("key_file") or not item.get("cert_file") or "ukey_password" in item:
+            raise ValueError(f"{where} needs key_file and cert_file (the platform's signing key and certificate), or "
+                             "ukey_url (its UKey)")  # fmt: skip
         algorithm = str(item.get("algorithm", "rsa-sha1"))
         if algorithm not in REALTIME_ALGORITHMS:
             raise ValueError(f"{where}.algorithm must be one of {', '.join(REALTIME_ALGORITHMS)}")

@@ -20,6 +20,7 @@ from gateway import signing
 from gateway.config import Settings
 from gateway.forward import Router
 from gateway.server import pem_signer
+from gateway.ukey import UKeyBridge
 from gateway.workers import effective_endpoints, platform_keys, uses_sandbox
 
 
@@ -146,6 +147,10 @@ def _realtime(settings: Settings, now: datetime) -> list[Line]:
         return [Line(Level.ERROR, f"179 payment data: {exc}")]
     out = []
     for ebp, key in keys.items():
+        if isinstance(key, UKeyBridge):  # its certificate is on the card: read when it signs
+            out.append(Line(Level.OK, f"179 payment data of {ebp}: signed by its UKey through the E-Port client "
+                                      f"control at {key.url}"))  # fmt: skip
+            continue
         until = signing.certificate_validity(key.certificate_der)[1]
         left = until - now
         text = f"179 payment data of {ebp}: signed with certificate {key.key_name}, valid until {until:%Y-%m-%d}"

@@ -288,21 +288,47 @@ class Upload:
     signed: str
 
 
+@dataclass(frozen=True)
+class Unsigned:
+    """An upload before its signature: ``signed`` is the string the platform's key signs (its UTF-8 bytes), which
+    :meth:`with_signature` completes — in two steps, for a key that signs elsewhere (a UKey: gateway.ukey)."""
+
+    session_id: str
+    guid: str
+    head: str
+    lists: str
+    when: str
+    variant: Variant
+
+    @property
+    def signed(self) -> str:
+        return signed_string(self.session_id, self.head, self.lists, self.when, self.variant)
+
+    def with_signature(self, signature: bytes, cert_no: str) -> Upload:
+        """The upload signed: ``signature`` raw over the signed string's UTF-8, ``cert_no`` the key's certificate's
+        serial."""
+        value = base64.b64encode(signature).decode("ascii")
+        time_json = self.when if self.variant == "spec" else _json_text(self.when)
+        body = (f'{{"sessionID":{_json_text(self.session_id)},"{HEAD}":{self.head},"{LISTS}":{self.lists},'
+                f'"serviceTime":{time_json},"certNo":{_json_text(cert_no)},'
+                f'"signValue":{_json_text(value)}}}')  # fmt: skip
+        return Upload(self.guid, body, self.signed)
+
+
+def unsigned_upload(session_id: str, data: PaymentData, *, service_time: int, variant: Variant = "quoted",
+                    guid: str | None = None) -> Unsigned:  # fmt: skip
+    """The ``payExInfoStr`` answering customs' session, to be signed: every order the payment paid (customs wants
+    them all, not only the one it asked about). ``guid``: the upload's, upper case (a retry sends the same)."""
+    guid = (guid or str(uuid.uuid4())).upper()
+    return Unsigned(session_id, guid, head_json(guid, data.head), lists_json(data.lists), str(service_time), variant)
+
+
 def upload(session_id: str, data: PaymentData, *, service_time: int, cert_no: str,
            sign: Callable[[bytes], bytes], variant: Variant = "quoted", guid: str | None = None) -> Upload:  # fmt: skip
-    """The ``payExInfoStr`` answering customs' session: every order the payment paid (customs wants them all, not
-    only the one it asked about), signed by ``sign`` (the platform's key: raw signature bytes over the UTF-8 of the
-    signed string), ``cert_no`` its certificate's serial. ``guid``: the upload's, upper case (a retry sends the
-    same)."""
-    guid = (guid or str(uuid.uuid4())).upper()
-    head, lists = head_json(guid, data.head), lists_json(data.lists)
-    when = str(service_time)
-    signed = signed_string(session_id, head, lists, when, variant)
-    value = base64.b64encode(sign(signed.encode("utf-8"))).decode("ascii")
-    time_json = when if variant == "spec" else _json_text(when)
-    body = (f'{{"sessionID":{_json_text(session_id)},"{HEAD}":{head},"{LISTS}":{lists},"serviceTime":{time_json},'
-            f'"certNo":{_json_text(cert_no)},"signValue":{_json_text(value)}}}')  # fmt: skip
-    return Upload(guid, body, signed)
+    """:func:`unsigned_upload` signed by ``sign`` (the platform's key: raw signature bytes over the UTF-8 of the
+    signed string), ``cert_no`` its certificate's serial."""
+    unsigned = unsigned_upload(session_id, data, service_time=service_time, variant=variant, guid=guid)
+    return unsigned.with_signature(sign(unsigned.signed.encode("utf-8")), cert_no)
 
 
 @dataclass(frozen=True)
@@ -485,6 +511,6 @@ __all__ = [
     "ANSWERED", "ASK", "ASKED", "CODES", "DROP_ORDERS", "FAILURE", "HEAD", "HEAD_FIELDS", "LISTS", "LIST_FIELDS",
     "OPEN_FIGURES", "OPEN_QUESTIONS", "PAYMENT_OF_ORDER", "QUESTIONS", "QUESTIONS_OF_ORDER", "QUESTION_JOB",
     "QUESTION_STATES", "SUCCESS", "TAKE_ORDERS", "UPLOAD_INPUT", "UPSERT_PAYMENT", "VARIANTS", "WAITING_UPLOADS",
-    "OpenRequest", "PaymentData", "ReadUpload", "Upload", "Variant", "customs_answer", "head_json", "lists_json",
-    "open_request", "payment_data", "read_upload", "reply", "signed_string", "upload",
+    "OpenRequest", "PaymentData", "ReadUpload", "Unsigned", "Upload", "Variant", "customs_answer", "head_json",
+    "lists_json", "open_request", "payment_data", "read_upload", "reply", "signed_string", "unsigned_upload", "upload",
 ]  # fmt: skip

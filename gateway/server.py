@@ -44,8 +44,10 @@ from gateway.config import (
 )
 from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
 from gateway.metrics import shared_across_processes
+from gateway.ukey import UKeyBridge
 from gateway.workers import (
     Forwarding,
+    PlatformKey,
     build_router,
     default_sandbox_url,
     effective_endpoints,
@@ -294,7 +296,13 @@ def renew_webhooks(
     return True
 
 
-PlatformKeys = dict[str, signing.SignatureBackend]
+PlatformKeys = dict[str, PlatformKey]
+
+
+def _key_identity(key: PlatformKey) -> bytes | str:
+    """What tells a platform's key from another: a key file's certificate; a UKey's client control (the card it
+    holds answers for itself at each signature)."""
+    return key.url if isinstance(key, UKeyBridge) else key.certificate_der
 
 
 @dataclass
@@ -320,15 +328,32 @@ class RealtimeReload:
             log.error("realtime_platforms_not_reloaded", error=str(exc),
                       note="customs' questions are taken and answered as before")  # fmt: skip
             return False
-        certificates = {ebp: k.certificate_der for ebp, k in keys.items()}
-        if fresh == self.settings and certificates == {ebp: k.certificate_der for ebp, k in self.keys.items()}:
+        identities = {ebp: _key_identity(k) for ebp, k in keys.items()}
+        if fresh == self.settings and identities == {ebp: _key_identity(k) for ebp, k in self.keys.items()}:
             return False
+        # a UKey's connection to its control is kept when the platform's settings are: the others are closed
+        same = {p.ebp_code for p in fresh.platforms
+                if p in self.settings.platforms and isinstance(self.keys.get(p.ebp_code), UKeyBridge)}  # fmt: skip
+        keys.update({ebp: self.keys[ebp] for ebp in same})
         self.put(fresh, keys)
-        before = {p.ebp_code: (p, self.keys[p.ebp_code].certificate_der) for p in self.settings.platforms}
+        before = {p.ebp_code: (p, _key_identity(self.keys[p.ebp_code])) for p in self.settings.platforms}
         log.info("realtime_platforms_reloaded", platforms=len(fresh.platforms), signing_variant=fresh.signing_variant,
-                 **_changes(before, {p.ebp_code: (p, certificates[p.ebp_code]) for p in fresh.platforms}))  # fmt: skip
+                 **_changes(before, {p.ebp_code: (p, identities[p.ebp_code]) for p in fresh.platforms}))  # fmt: skip
+        for ebp, key in self.keys.items():
+            if isinstance(key, UKeyBridge) and ebp not in same:
+                _closing(key)
         self.settings, self.keys = fresh, keys
         return True
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+def _closing(bridge: UKeyBridge) -> None:
+    """Close a UKey's connection no longer used (a reload replaced it), in the background."""
+    task = asyncio.get_running_loop().create_task(bridge.close())
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
 
 
 @dataclass
@@ -485,14 +510,16 @@ class KeyReload:
                 await renewal
 
 
-def _sandbox_realtime(url: str, realtime: RealtimeSettings, keys: PlatformKeys) -> tuple[dict[str, str], list[bytes]]:
+def sandbox_realtime(url: str, realtime: RealtimeSettings, keys: PlatformKeys) -> tuple[dict[str, str], list[bytes]]:
     """Customs' 179 side as the built-in sandbox plays it: where it asks about each configured platform's orders (the
-    gateway at ``url``) and the certificates it verifies their uploads with."""
+    gateway at ``url``) and the certificates it verifies their uploads with (a UKey's is on its card: with one, the
+    sandbox takes a certificate it was not given, docs/sandbox.md)."""
+    certificates = [k.certificate_der for k in keys.values() if not isinstance(k, UKeyBridge)]
     return ({p.ebp_code: f"{url}/ceb/platDataOpen/{p.token}" for p in realtime.platforms},
-            [k.certificate_der for k in keys.values()])  # fmt: skip
+            [] if len(certificates) < len(keys) else certificates)  # fmt: skip
 
 
-def _platform_keys(settings: Settings) -> dict[str, signing.SignatureBackend]:
+def _platform_keys(settings: Settings) -> PlatformKeys:
     """workers.platform_keys, a key file that cannot be read or used a usage error (no traceback)."""
     try:
         return platform_keys(settings.realtime)
@@ -622,7 +649,7 @@ async def serve(
                 if sandboxed:
                     from gateway.sandbox import start_sandbox
 
-                    ask_urls, certs = _sandbox_realtime(url, settings.realtime, platform_keys)
+                    ask_urls, certs = sandbox_realtime(url, settings.realtime, platform_keys)
                     sandbox = await start_sandbox(
                         "127.0.0.1",
                         fwd.sandbox_port,
@@ -654,7 +681,7 @@ async def serve(
                         if forwarding is not None:
                             forwarding.renew_realtime(realtime, keys)
                         if sandbox is not None:
-                            sandbox.config.realtime_ask_urls, sandbox.config.realtime_certs = _sandbox_realtime(
+                            sandbox.config.realtime_ask_urls, sandbox.config.realtime_certs = sandbox_realtime(
                                 url, realtime, keys)
 
                     reloader = KeyReload(reload, running, app[KEYS], settings.api_keys, own_keys, others, app,

@@ -42,6 +42,7 @@ from gateway.config import EndpointSettings, ForwardingSettings, RealtimeSetting
 from gateway.forward import Router
 from gateway.outbox import Outbox
 from gateway.store import prune_rejections, read_payment_upload, record_payment_upload
+from gateway.ukey import UKeyBridge, UKeyRefused, UKeyUnreachable
 
 log = structlog.get_logger("gateway.workers")
 
@@ -141,11 +142,19 @@ def _webhook_table(webhooks: tuple[WebhookSettings, ...]) -> dict[str, WebhookEn
     return {w.seller: WebhookEndpoint(w.url, w.secret) for w in webhooks}
 
 
-def platform_keys(settings: RealtimeSettings) -> dict[str, signing.SignatureBackend]:
+#: A 179 platform's key: read from its files, or its UKey's, signing through the E-Port client control.
+PlatformKey = signing.SignatureBackend | UKeyBridge
+
+
+def platform_keys(settings: RealtimeSettings) -> dict[str, PlatformKey]:
     """The keys the platforms' 179 uploads are signed with, by ebpCode, read from their files (OSError, ValueError:
-    a process that would upload refuses to start rather than fail each upload)."""
-    keys: dict[str, signing.SignatureBackend] = {}
+    a process that would upload refuses to start rather than fail each upload); a UKey's is reached when it signs."""
+    keys: dict[str, PlatformKey] = {}
     for p in settings.platforms:
+        if p.ukey_url is not None:
+            keys[p.ebp_code] = UKeyBridge(p.ukey_url, p.ukey_password)
+            continue
+        assert p.key_file is not None and p.cert_file is not None  # config: key files, or a UKey
         key_pem, cert_pem = p.key_file.read_bytes(), p.cert_file.read_bytes()
         try:
             keys[p.ebp_code] = (signing.Sm2Sm3Key.from_pem(key_pem, cert_pem) if p.algorithm == "sm2-sm3"
@@ -173,7 +182,7 @@ class Delivery:
         *,
         signer: Any = None,
         realtime: RealtimeSettings | None = None,
-        platform_keys: Mapping[str, signing.SignatureBackend] | None = None,
+        platform_keys: Mapping[str, PlatformKey] | None = None,
     ) -> None:
         self.outbox = outbox
         self.fwd = fwd
@@ -225,7 +234,7 @@ class Delivery:
     def handlers(self) -> dict[str, Handler]:
         return dict(self._handlers)
 
-    def renew_realtime(self, realtime: RealtimeSettings, keys: Mapping[str, signing.SignatureBackend]) -> None:
+    def renew_realtime(self, realtime: RealtimeSettings, keys: Mapping[str, PlatformKey]) -> None:
         """The 179 platforms' keys and the signed string's form the next uploads go with (a reload)."""
         self.realtime, self.platform_keys = realtime, dict(keys)
 
@@ -239,6 +248,9 @@ class Delivery:
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await adapter.close()
+        for key in self.platform_keys.values():
+            if isinstance(key, UKeyBridge):
+                await key.close()
 
     async def _message(self, payload: Mapping[str, Any]) -> str:
         try:
@@ -315,9 +327,10 @@ class Delivery:
             data = realtime.PaymentData(dict(row["head"]), list(row["lists"]))
             # one guid per question, the same on every retry and replay: customs may dedupe on it
             guid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cbec-gateway:179:{job.dedupe_key or job.id}"))
-            up = realtime.upload(row["session_id"], data, service_time=int(time.time() * 1000), cert_no=key.key_name,
-                                 sign=key.sign_bytes, variant=cast(realtime.Variant, self.realtime.signing_variant),
-                                 guid=guid)  # fmt: skip
+            unsigned = realtime.unsigned_upload(row["session_id"], data, service_time=int(time.time() * 1000),
+                                                variant=cast(realtime.Variant, self.realtime.signing_variant),
+                                                guid=guid)  # fmt: skip
+            up = unsigned.with_signature(*await _platform_signature(key, unsigned.signed.encode("utf-8")))
             try:
                 result = await adapter.send({"body": up.body, "guid": up.guid})
             except RealtimeRefused as exc:
@@ -328,6 +341,20 @@ class Delivery:
             log.info("payment_data_uploaded", ebp_code=ebp, order_no=order_no, guid=up.guid)
 
         return handle
+
+
+async def _platform_signature(key: PlatformKey, data: bytes) -> tuple[bytes, str]:
+    """A platform's signature over ``data`` and its certificate's serial. A UKey out of reach is a transient failure
+    (the PC or its control will be back); a card's refusal permanent — retried, a wrong PIN would lock the card: a
+    dead letter the operators replay once it is mended."""
+    if not isinstance(key, UKeyBridge):
+        return key.sign_bytes(data), key.key_name
+    try:
+        return await key.sign(data)
+    except UKeyUnreachable as exc:
+        raise TransientError(str(exc)) from exc
+    except UKeyRefused as exc:
+        raise PermanentError(str(exc)) from exc
 
 
 def build_worker(
@@ -447,7 +474,7 @@ class Forwarding:
     watchdog: bool = True
     signer: Any = None
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
-    platform_keys: Mapping[str, signing.SignatureBackend] = field(default_factory=dict)
+    platform_keys: Mapping[str, PlatformKey] = field(default_factory=dict)
     worker_options: dict[str, Any] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -485,7 +512,7 @@ class Forwarding:
             self.delivery.renew_webhooks(webhooks)
         return True
 
-    def renew_realtime(self, realtime: RealtimeSettings, keys: Mapping[str, signing.SignatureBackend]) -> None:
+    def renew_realtime(self, realtime: RealtimeSettings, keys: Mapping[str, PlatformKey]) -> None:
         """The 179 platforms read again (a reload): this process's worker signs the next uploads with their keys. The
         routes stay as made at start (an endpoint for the uploads exists iff a platform was configured then)."""
         if self.delivery is not None:

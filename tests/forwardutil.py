@@ -30,6 +30,7 @@ from gateway.config import (
 )
 from gateway.render import new_guid
 from gateway.sandbox import RunningSandbox, start_sandbox
+from gateway.server import sandbox_realtime
 from gateway.workers import Forwarding, build_router
 from tests.apiutil import Client, Reply, sign_as_agent, test_settings
 
@@ -203,8 +204,8 @@ async def running_stack(
         sb.config.warehouse_callback_url = f"{base}/v1/warehouse/callbacks"
         sb.config.warehouse_callback_headers = {"X-API-Key": WAREHOUSE_KEY}
         if realtime is not None:
-            sb.config.realtime_ask_urls = {p.ebp_code: f"{base}/ceb/platDataOpen/{p.token}" for p in realtime.platforms}
-            sb.config.realtime_certs = [k.certificate_der for k in (platform_keys or {}).values()]
+            asks, certs = sandbox_realtime(base, realtime, platform_keys or {})
+            sb.config.realtime_ask_urls, sb.config.realtime_certs = asks, certs
         fwd_runtime = Forwarding(pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=worker,
                                  realtime=realtime or RealtimeSettings(),
                                  platform_keys=platform_keys or {})  # fmt: skip

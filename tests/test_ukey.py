@@ -1,0 +1,183 @@
+"""A 179 platform's UKey as its signer (gateway.ukey), against the client control's stand-in (gateway.sandbox.ukey) on
+127.0.0.1: what the card signs verifies with its certificate, what it refuses says why, a control out of reach is
+a failure to try again, and the whole way from customs' question to the upload customs verifies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from gateway import config, samples
+from gateway.sandbox.ukey import start_ukey
+from gateway.signing import RsaSha1Key, Sm2Sm3Key, certificate_serial, generate_test_key, key_name_for, verify_bytes
+from gateway.ukey import SIGN, UKeyBridge, UKeyRefused, UKeyUnreachable
+from tests.apiutil import EBP_CODE, PLATFORM_A
+from tests.forwardutil import running_stack, wait_for
+from tests.test_realtime import parcel, platforms
+
+CARD = RsaSha1Key.from_pem(*generate_test_key("rsa", "平台 UKey"))
+SM2_CARD = Sm2Sm3Key.from_pem(*generate_test_key("sm2", "平台 SM2 UKey"), signature_format="raw")
+SIGNED = b'"sessionID":"S-1"||"payExchangeInfoHead":"{}"||"payExchangeInfoLists":"[]"||"serviceTime":"1"'
+
+
+async def test_the_card_signs_what_it_is_sent_and_names_its_certificate() -> None:
+    for key in (CARD, SM2_CARD):
+        card = await start_ukey(key)
+        bridge = UKeyBridge(card.url, "88888888")
+        try:
+            signature, cert_no = await bridge.sign(SIGNED)
+            assert verify_bytes(key.certificate_der, SIGNED, signature)
+            assert cert_no == key.key_name == key_name_for(certificate_serial(await bridge.certificate()))
+            assert await bridge.certificate() == key.certificate_der
+            assert not verify_bytes(key.certificate_der, SIGNED + b" ", signature)
+            assert card.calls == [SIGN, "cus-sec_SpcGetSignCertAsPEM"]  # the certificate read once, kept
+        finally:
+            await bridge.close()
+            await card.stop()
+
+
+async def test_what_the_card_refuses_says_why_and_a_control_out_of_reach_is_tried_again() -> None:
+    card = await start_ukey(CARD, pin="12345678")
+    port = int(card.url.rsplit(":", 1)[1])
+    bridge = UKeyBridge(card.url, "88888888", timeout_s=2)
+    try:
+        with pytest.raises(UKeyRefused, match="口令错误"):
+            await bridge.sign(SIGNED)
+        bridge.password = "12345678"
+        card.present = False
+        with pytest.raises(UKeyRefused, match="未找到卡片"):
+            await bridge.sign(SIGNED)
+        with pytest.raises(UKeyRefused, match="at most"):
+            await bridge.sign(b"x" * (121 * 1024))
+        card.present = True
+        assert verify_bytes(CARD.certificate_der, SIGNED, (await bridge.sign(SIGNED))[0])
+        await card.stop()
+        with pytest.raises(UKeyUnreachable):
+            await bridge.sign(SIGNED)
+        card = await start_ukey(CARD, pin="12345678", port=port)  # the PC back: the next call connects again
+        assert verify_bytes(CARD.certificate_der, SIGNED, (await bridge.sign(SIGNED))[0])
+    finally:
+        await bridge.close()
+        await card.stop()
+
+
+async def test_a_control_that_never_answers_is_out_of_reach_after_the_timeout() -> None:
+    async def silent(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"_id": 0, "_method": "open"}))
+        async for _frame in ws:
+            pass  # hears, never answers
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", silent)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    bridge = UKeyBridge(f"ws://127.0.0.1:{port}", timeout_s=0.5)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UKeyUnreachable, match="TimeoutError"):
+            await bridge.sign(SIGNED)
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        await bridge.close()
+        await runner.cleanup()
+
+
+def test_a_platform_is_configured_with_its_key_files_or_its_ukey(tmp_path: Path) -> None:
+    def platform(lines: str) -> config.RealtimePlatform:
+        cfg = tmp_path / "cbec.toml"
+        cfg.write_text(f'[realtime.platforms.46012609BQ]\ntoken = "{"t" * 24}"\n{lines}', encoding="utf-8")
+        [found] = config.load(cfg, env={}).realtime.platforms
+        return found
+
+    found = platform('ukey_url = "ws://10.0.0.5:61232"\nukey_password = "12345678"\n')
+    assert (found.ukey_url, found.ukey_password, found.key_file) == ("ws://10.0.0.5:61232", "12345678", None)
+    assert "12345678" not in repr(found)
+    for wrong in ('ukey_url = "http://10.0.0.5:61232"\n', 'ukey_url = "ws://h:61232"\nkey_file = "k.pem"\n',
+                  'ukey_password = "1"\nkey_file = "k.pem"\ncert_file = "c.pem"\n', ""):  # fmt: skip
+        with pytest.raises(ValueError, match="ukey_url"):
+            platform(wrong)
+
+
+@pytest.mark.db
+async def test_customs_question_is_answered_with_an_upload_the_platforms_ukey_signed(db_dsn: str) -> None:
+    """The whole way with the platform's key on its UKey: customs (the sandbox) asks, the worker has the card sign the
+    upload through the client control, customs verifies it with the card's certificate. The card pulled out: the
+    upload is a dead letter saying why (not retried: a card refusing is a person's to mend); put back, the replay
+    uploads it."""
+    card = await start_ukey(CARD)
+    bridge = UKeyBridge(card.url, "88888888")
+    try:
+        async with running_stack(db_dsn, realtime=platforms(), platform_keys={EBP_CODE: bridge}) as stack:
+            stack.sandbox.config.realtime_certs = [CARD.certificate_der]
+            first, second = parcel(95), parcel(96)
+            for s in (first, second):
+                r = await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s),
+                                               key=PLATFORM_A)  # fmt: skip
+                assert r.status == 201, r.body
+            await stack.sandbox.sandbox.ask_payment_data(EBP_CODE, first.order_doc["orderNo"])
+
+            async def states() -> list[str]:
+                page = (await stack.client.get("/v1/payment-data/questions?state=any")).body
+                return [q["state"] for q in page["items"]]
+
+            async def uploaded(n: int) -> bool:
+                return (await states()).count("uploaded") == n
+
+            await wait_for(lambda: uploaded(1), what="the upload the card signed")
+            [upload] = stack.sandbox.sandbox.realtime_uploads
+            assert upload["verified"] and upload["code"] == "10000", upload
+
+            card.present = False
+            await stack.sandbox.sandbox.ask_payment_data(EBP_CODE, second.order_doc["orderNo"])
+
+            async def dead() -> bool:
+                return bool(await stack.fetch("SELECT 1 FROM jobs WHERE kind = 'realtime_upload' AND state = 'dead'"))
+
+            await wait_for(dead, what="the upload a dead letter")
+            [job] = await stack.fetch("SELECT id, attempts, last_error FROM jobs WHERE state = 'dead'")
+            assert job["attempts"] == 1 and "未找到卡片" in job["last_error"], dict(job)
+            card.present = True
+            assert (await stack.client.request("POST", "/v1/queue/replay", json_body={"job_ids": [job["id"]]})).status \
+                == 200  # fmt: skip
+            await wait_for(lambda: uploaded(2), what="the replayed upload")
+    finally:
+        await bridge.close()
+        await card.stop()
+
+
+async def test_a_reload_keeps_a_ukeys_connection_while_its_platform_stays_as_it_was() -> None:
+    """SIGHUP with a 179 platform's token rotated: its UKey is reached anew; another UKey platform, unchanged, keeps
+    its connection (the same bridge). `cbec config check` names where each UKey signs."""
+    from gateway import server
+    from gateway.config import RealtimePlatform, RealtimeSettings
+    from gateway.configcheck import check
+    from gateway.workers import platform_keys
+    from tests.apiutil import test_settings as settings_with
+
+    one = RealtimePlatform("46012609BQ", "a" * 20, None, None, ukey_url="ws://127.0.0.1:9/one")
+    two = RealtimePlatform("46012609ZZ", "b" * 20, None, None, ukey_url="ws://127.0.0.1:9/two")
+    running = RealtimeSettings((one, two))
+    keys = platform_keys(running)
+    put: list[dict[str, object]] = []
+    reload = server.RealtimeReload(running, keys, lambda _r, k: put.append(dict(k)))
+    rotated = RealtimeSettings((one, RealtimePlatform("46012609ZZ", "c" * 20, None, None, ukey_url=two.ukey_url)))
+    assert reload.again(rotated) is True
+    [now] = put
+    assert now["46012609BQ"] is keys["46012609BQ"] and now["46012609ZZ"] is not keys["46012609ZZ"]
+    await asyncio.sleep(0)  # the replaced bridge closed in the background
+    assert reload.again(rotated) is False
+    said = [line.text for line in check(settings_with(realtime=running))]
+    assert "179 payment data of 46012609BQ: signed by its UKey through the E-Port client control at " \
+           "ws://127.0.0.1:9/one" in said  # fmt: skip
