@@ -97,12 +97,21 @@ class UKeyBridge:
         """One call: the answer's ``Data``. Raises UKeyUnreachable (nothing answered: the connection is dropped, the
         next call opens another) or UKeyRefused (``Result`` false)."""
         async with self._lock:
-            try:
-                return await asyncio.wait_for(self._call(method, args), self.timeout_s)
-            except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError) as exc:
-                await self._drop()
-                raise UKeyUnreachable(f"the UKey's client control at {self.url}: {exc.__class__.__name__} {exc}") \
-                    from exc  # fmt: skip
+            # a connection kept since an earlier call may have died with the control (restarted, the PC asleep):
+            # found so, it is opened again once before the call counts as failed
+            for kept in (self._ws is not None and not self._ws.closed, False):
+                try:
+                    return await asyncio.wait_for(self._call(method, args), self.timeout_s)
+                except (aiohttp.ClientError, OSError, ConnectionError) as exc:
+                    await self._drop()
+                    if not kept:
+                        raise UKeyUnreachable(f"the UKey's client control at {self.url}: {exc.__class__.__name__} "
+                                              f"{exc}") from exc  # fmt: skip
+                except TimeoutError as exc:
+                    await self._drop()
+                    raise UKeyUnreachable(f"the UKey's client control at {self.url} did not answer within "
+                                          f"{self.timeout_s:g} s (TimeoutError)") from exc  # fmt: skip
+            raise AssertionError("unreachable")  # the second round returns or raises
 
     async def _call(self, method: str, args: dict[str, Any]) -> list[Any]:
         ws = await self._connected()

@@ -61,6 +61,9 @@ async def test_what_the_card_refuses_says_why_and_a_control_out_of_reach_is_trie
             await bridge.sign(SIGNED)
         card = await start_ukey(CARD, pin="12345678", port=port)  # the PC back: the next call connects again
         assert verify_bytes(CARD.certificate_der, SIGNED, (await bridge.sign(SIGNED))[0])
+        await card.stop()  # the control restarted between two calls: the kept connection is dead, found so at once
+        card = await start_ukey(CARD, pin="12345678", port=port)
+        assert verify_bytes(CARD.certificate_der, SIGNED, (await bridge.sign(SIGNED))[0])
     finally:
         await bridge.close()
         await card.stop()
