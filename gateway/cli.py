@@ -242,6 +242,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     lines = configcheck.check(settings)
     answers = asyncio.run(db.answers(settings.database_url)) if settings.database_url else None
     lines.insert(0, configcheck.database_line(settings, answers))
+    lines.extend(asyncio.run(configcheck.ukey_lines(settings)))
     for line in lines:
         print(f"{line.level.value:5}  {line.text}")
     status = configcheck.exit_status(lines)

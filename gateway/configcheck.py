@@ -20,7 +20,7 @@ from gateway import signing
 from gateway.config import Settings
 from gateway.forward import Router
 from gateway.server import pem_signer
-from gateway.ukey import UKeyBridge
+from gateway.ukey import UKeyBridge, UKeyRefused, UKeyUnreachable
 from gateway.workers import effective_endpoints, platform_keys, uses_sandbox
 
 
@@ -56,6 +56,40 @@ def check(settings: Settings, *, now: datetime | None = None) -> list[Line]:
     to try: :func:`database_line`)."""
     now = now or datetime.now(UTC)
     return [*_keys(settings), *_signing(settings, now), *_forwarding(settings), *_realtime(settings, now)]
+
+
+def _certificate_line(text: str, certificate_der: bytes, now: datetime) -> Line:
+    """A 179 platform's certificate: its serial and end, a warning near or past it (customs refuses its uploads)."""
+    until = signing.certificate_validity(certificate_der)[1]
+    left = until - now
+    text = f"{text} {signing.key_name_for(signing.certificate_serial(certificate_der))}, valid until {until:%Y-%m-%d}"
+    if left <= timedelta(0):
+        return Line(Level.WARN, f"{text}: expired, customs refuses its uploads")
+    if left < signing.EXPIRY_WARNING:
+        return Line(Level.WARN, f"{text}, in {left.days} days: renew it")
+    return Line(Level.OK, text)
+
+
+async def ukey_lines(settings: Settings, *, now: datetime | None = None, timeout_s: float = 5.0) -> list[Line]:
+    """The 179 platforms' UKeys, each asked for its certificate through its client control: the certificate's end, or
+    why the control did not give it (a warning: the gateway runs, and their uploads wait until it does)."""
+    now = now or datetime.now(UTC)
+    out = []
+    for p in settings.realtime.platforms:
+        if p.ukey_url is None:
+            continue
+        bridge = UKeyBridge(p.ukey_url, p.ukey_password, timeout_s=timeout_s)
+        try:
+            certificate = await bridge.certificate()
+        except (UKeyUnreachable, UKeyRefused) as exc:
+            out.append(Line(Level.WARN, f"179 payment data of {p.ebp_code}: {exc} (its uploads wait until it "
+                                        "answers)"))  # fmt: skip
+            continue
+        finally:
+            await bridge.close()
+        out.append(_certificate_line(f"179 payment data of {p.ebp_code}: its UKey holds certificate", certificate,
+                                     now))  # fmt: skip
+    return out
 
 
 def database_line(settings: Settings, answers: bool | None) -> Line:
@@ -147,19 +181,11 @@ def _realtime(settings: Settings, now: datetime) -> list[Line]:
         return [Line(Level.ERROR, f"179 payment data: {exc}")]
     out = []
     for ebp, key in keys.items():
-        if isinstance(key, UKeyBridge):  # its certificate is on the card: read when it signs
+        if isinstance(key, UKeyBridge):  # its certificate is on the card: ukey_lines asks for it
             out.append(Line(Level.OK, f"179 payment data of {ebp}: signed by its UKey through the E-Port client "
                                       f"control at {key.url}"))  # fmt: skip
             continue
-        until = signing.certificate_validity(key.certificate_der)[1]
-        left = until - now
-        text = f"179 payment data of {ebp}: signed with certificate {key.key_name}, valid until {until:%Y-%m-%d}"
-        if left <= timedelta(0):
-            out.append(Line(Level.WARN, f"{text}: expired, customs refuses its uploads"))
-        elif left < signing.EXPIRY_WARNING:
-            out.append(Line(Level.WARN, f"{text}, in {left.days} days: renew it"))
-        else:
-            out.append(Line(Level.OK, text))
+        out.append(_certificate_line(f"179 payment data of {ebp}: signed with certificate", key.certificate_der, now))
     endpoints = {e.name: e for e in effective_endpoints(settings.forwarding, sandbox_url="http://sandbox",
                                                        realtime=rt)}  # fmt: skip
     if rt.endpoint in endpoints and endpoints[rt.endpoint].url != "http://sandbox/ceb2grab/grab/realTimeDataUpload":

@@ -184,3 +184,30 @@ async def test_a_reload_keeps_a_ukeys_connection_while_its_platform_stays_as_it_
     said = [line.text for line in check(settings_with(realtime=running))]
     assert "179 payment data of 46012609BQ: signed by its UKey through the E-Port client control at " \
            "ws://127.0.0.1:9/one" in said  # fmt: skip
+
+
+async def test_cbec_config_check_asks_each_ukey_for_its_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cbec config check` asks each platform's UKey for its certificate through its control: its serial and end; a
+    control that does not answer, or a card that refuses, is a warning (the uploads wait), and no PIN is printed."""
+    from gateway.cli import main
+
+    card = await start_ukey(CARD)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nobody = s.getsockname()[1]  # nothing listens there once the socket is closed
+    cfg = tmp_path / "cbec.toml"
+    cfg.write_text(f'[realtime.platforms.46012609BQ]\ntoken = "{"a" * 24}"\nukey_url = "{card.url}"\n'
+                   'ukey_password = "88888888"\n'
+                   f'[realtime.platforms.46012609ZZ]\ntoken = "{"b" * 24}"\nukey_url = "ws://127.0.0.1:{nobody}"\n',
+                   encoding="utf-8")  # fmt: skip
+    try:
+        status = await asyncio.to_thread(main, ["config", "check", "--config", str(cfg)])
+    finally:
+        await card.stop()
+    out = capsys.readouterr().out
+    assert status == 1, out
+    assert f"ok     179 payment data of 46012609BQ: its UKey holds certificate {CARD.key_name}, valid until " in out
+    assert f"warn   179 payment data of 46012609ZZ: the UKey's client control at ws://127.0.0.1:{nobody}" in out
+    assert "88888888" not in out
