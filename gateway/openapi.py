@@ -274,8 +274,8 @@ OPENAPI: dict[str, Any] = {
             "get": _page_list(
                 "Customs' 179 questions (platDataOpen), newest first (keyset pages; an operator's key every "
                 "platform's, a submitter's those of the platforms it holds), each {id, ebpCode, orderNo, sessionID, "
-                "serviceTime, "
-                "received_at, state (asked | uploaded | refused), handed_over (the order's payment was handed over), "
+                "serviceTime, received_at, state (asked | uploaded | refused), handed_over (the order's payment was "
+                "handed over), "
                 "upload_guid, uploaded_at, answered_at, answer: customs' {code, message}, job: the upload's {id, "
                 "state, attempts, last_error, run_after} (dead: replay it with POST /v1/queue/replay)}",
                 (

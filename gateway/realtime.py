@@ -24,7 +24,7 @@ import binascii
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -291,7 +291,7 @@ class Upload:
 @dataclass(frozen=True)
 class Unsigned:
     """An upload before its signature: ``signed`` is the string the platform's key signs (its UTF-8 bytes), which
-    :meth:`with_signature` completes — in two steps, for a key that signs elsewhere (a UKey: gateway.ukey)."""
+    :meth:`with_signature` completes — two steps, for a key that may sign elsewhere (a UKey: gateway.ukey)."""
 
     session_id: str
     guid: str
@@ -321,14 +321,6 @@ def unsigned_upload(session_id: str, data: PaymentData, *, service_time: int, va
     them all, not only the one it asked about). ``guid``: the upload's, upper case (a retry sends the same)."""
     guid = (guid or str(uuid.uuid4())).upper()
     return Unsigned(session_id, guid, head_json(guid, data.head), lists_json(data.lists), str(service_time), variant)
-
-
-def upload(session_id: str, data: PaymentData, *, service_time: int, cert_no: str,
-           sign: Callable[[bytes], bytes], variant: Variant = "quoted", guid: str | None = None) -> Upload:  # fmt: skip
-    """:func:`unsigned_upload` signed by ``sign`` (the platform's key: raw signature bytes over the UTF-8 of the
-    signed string), ``cert_no`` its certificate's serial."""
-    unsigned = unsigned_upload(session_id, data, service_time=service_time, variant=variant, guid=guid)
-    return unsigned.with_signature(sign(unsigned.signed.encode("utf-8")), cert_no)
 
 
 @dataclass(frozen=True)
@@ -512,5 +504,5 @@ __all__ = [
     "OPEN_FIGURES", "OPEN_QUESTIONS", "PAYMENT_OF_ORDER", "QUESTIONS", "QUESTIONS_OF_ORDER", "QUESTION_JOB",
     "QUESTION_STATES", "SUCCESS", "TAKE_ORDERS", "UPLOAD_INPUT", "UPSERT_PAYMENT", "VARIANTS", "WAITING_UPLOADS",
     "OpenRequest", "PaymentData", "ReadUpload", "Unsigned", "Upload", "Variant", "customs_answer", "head_json",
-    "lists_json", "open_request", "payment_data", "read_upload", "reply", "signed_string", "unsigned_upload", "upload",
+    "lists_json", "open_request", "payment_data", "read_upload", "reply", "signed_string", "unsigned_upload",
 ]  # fmt: skip

@@ -16,7 +16,7 @@ import pytest
 from gateway import realtime, samples
 from gateway.api import create_app
 from gateway.config import RealtimePlatform, RealtimeSettings
-from gateway.signing import RsaSha1Key, Sm2Sm3Key, generate_test_key, verify_bytes
+from gateway.signing import RsaSha1Key, SignatureBackend, Sm2Sm3Key, generate_test_key, verify_bytes
 from tests.apiutil import EBP_CODE, OPERATOR, PLATFORM_A, STRANGER, Client, serving, sign_as_agent
 from tests.apiutil import test_settings as settings_with
 from tests.forwardutil import running_stack, wait_for
@@ -46,6 +46,12 @@ def sample() -> dict[str, Any]:
     }
 
 
+def upload(session_id: str, data: realtime.PaymentData, key: SignatureBackend, **kw: Any) -> realtime.Upload:
+    """The upload signed at once with a key file's key (the worker's two steps in one)."""
+    unsigned = realtime.unsigned_upload(session_id, data, **kw)
+    return unsigned.with_signature(key.sign_bytes(unsigned.signed.encode("utf-8")), key.key_name)
+
+
 def codes(payload: Any) -> list[tuple[str, str]]:
     data, issues = realtime.payment_data(payload)
     assert (data is None) == bool(issues)
@@ -67,7 +73,7 @@ def test_the_platforms_payment_data_is_taken_as_given() -> None:
     p["payExchangeInfoHead"]["totalAmount"] = "0199.50"  # leading zeros: no JSON number, written without them
     data, _ = realtime.payment_data(p)
     assert data is not None and data.head["totalAmount"] == "199.50"
-    up = realtime.upload("s", data, service_time=1, cert_no="01", sign=RSA.sign_bytes)
+    up = upload("s", data, RSA, service_time=1)
     assert json.loads(up.body, parse_float=Decimal)["payExchangeInfoHead"]["totalAmount"] == Decimal("199.50")
 
 
@@ -122,8 +128,7 @@ def test_customs_question_is_read_or_said_what_is_wrong() -> None:
 def test_the_upload_is_the_json_it_signs_and_verifies_with_the_platforms_certificate() -> None:
     data, _ = realtime.payment_data(sample())
     assert data is not None
-    up = realtime.upload("s-1", data, service_time=1763600000123, cert_no=RSA.key_name, sign=RSA.sign_bytes,
-                         guid="0f1e2d3c-0000-4000-8000-00000000abcd")  # fmt: skip
+    up = upload("s-1", data, RSA, service_time=1763600000123, guid="0f1e2d3c-0000-4000-8000-00000000abcd")
     doc = json.loads(up.body, parse_float=Decimal)
     assert list(doc) == ["sessionID", "payExchangeInfoHead", "payExchangeInfoLists", "serviceTime", "certNo",
                          "signValue"]  # fmt: skip
@@ -149,7 +154,7 @@ def test_the_upload_is_the_json_it_signs_and_verifies_with_the_platforms_certifi
 def test_the_spec_variant_signs_the_json_bare_and_sm2_keys_sign_too() -> None:
     data, _ = realtime.payment_data(sample())
     assert data is not None
-    up = realtime.upload("s-2", data, service_time=5, cert_no=SM2.key_name, sign=SM2.sign_bytes, variant="spec")
+    up = upload("s-2", data, SM2, service_time=5, variant="spec")
     assert up.signed.startswith('"sessionID":"s-2"||"payExchangeInfoHead":{"guid":')
     assert '||"payExchangeInfoList":[{"orderNo":"ZG2026112001",' in up.signed
     assert up.signed.endswith('||"serviceTime":5')
@@ -164,7 +169,7 @@ def test_the_spec_variant_signs_the_json_bare_and_sm2_keys_sign_too() -> None:
 def test_an_upload_customs_cannot_read_says_why() -> None:
     data, _ = realtime.payment_data(sample())
     assert data is not None
-    good = json.loads(realtime.upload("s", data, service_time=1, cert_no="01", sign=RSA.sign_bytes).body)
+    good = json.loads(upload("s", data, RSA, service_time=1).body)
     for change, why in ((lambda d: d.pop("certNo"), "certNo"), (lambda d: d.update(signValue="%%"), "base64"),
                         (lambda d: d["payExchangeInfoHead"].update(guid="abc"), "upper case"),
                         (lambda d: d["payExchangeInfoHead"].pop("ebpCode"), "ebpCode")):  # fmt: skip
