@@ -331,16 +331,12 @@ class RealtimeReload:
         identities = {ebp: _key_identity(k) for ebp, k in keys.items()}
         if fresh == self.settings and identities == {ebp: _key_identity(k) for ebp, k in self.keys.items()}:
             return False
-        # a UKey's connection to its control is kept when the platform's settings are: the others are closed
-        same = {p.ebp_code for p in fresh.platforms
-                if p in self.settings.platforms and isinstance(self.keys.get(p.ebp_code), UKeyBridge)}  # fmt: skip
-        keys.update({ebp: self.keys[ebp] for ebp in same})
         self.put(fresh, keys)
         before = {p.ebp_code: (p, _key_identity(self.keys[p.ebp_code])) for p in self.settings.platforms}
         log.info("realtime_platforms_reloaded", platforms=len(fresh.platforms), signing_variant=fresh.signing_variant,
                  **_changes(before, {p.ebp_code: (p, identities[p.ebp_code]) for p in fresh.platforms}))  # fmt: skip
-        for ebp, key in self.keys.items():
-            if isinstance(key, UKeyBridge) and ebp not in same:
+        for key in self.keys.values():  # the UKeys' connections in force until now (their next use opens anew)
+            if isinstance(key, UKeyBridge):
                 _closing(key)
         self.settings, self.keys = fresh, keys
         return True

@@ -160,27 +160,40 @@ async def test_customs_question_is_answered_with_an_upload_the_platforms_ukey_si
         await card.stop()
 
 
-async def test_a_reload_keeps_a_ukeys_connection_while_its_platform_stays_as_it_was() -> None:
-    """SIGHUP with a 179 platform's token rotated: its UKey is reached anew; another UKey platform, unchanged, keeps
-    its connection (the same bridge). `cbec config check` names where each UKey signs."""
+async def test_a_reload_reaches_the_ukeys_anew_and_closes_the_connections_it_had() -> None:
+    """SIGHUP with a 179 platform's token rotated: the UKeys are reached through new connections and the old ones are
+    closed (a card answers for itself at each signature). `cbec config check` names where each UKey signs."""
     from gateway import server
     from gateway.config import RealtimePlatform, RealtimeSettings
     from gateway.configcheck import check
-    from gateway.workers import platform_keys
+    from gateway.workers import PlatformKey, platform_keys
     from tests.apiutil import test_settings as settings_with
 
     one = RealtimePlatform("46012609BQ", "a" * 20, None, None, ukey_url="ws://127.0.0.1:9/one")
     two = RealtimePlatform("46012609ZZ", "b" * 20, None, None, ukey_url="ws://127.0.0.1:9/two")
     running = RealtimeSettings((one, two))
-    keys = platform_keys(running)
-    put: list[dict[str, object]] = []
-    reload = server.RealtimeReload(running, keys, lambda _r, k: put.append(dict(k)))
+    closed: list[str] = []
+
+    def watched(keys: dict[str, PlatformKey]) -> dict[str, PlatformKey]:
+        for key in keys.values():
+            assert isinstance(key, UKeyBridge)
+
+            async def close(url: str = key.url) -> None:
+                closed.append(url)
+
+            key.close = close  # type: ignore[method-assign]
+        return keys
+
+    keys = watched(platform_keys(running))
+    put: list[dict[str, PlatformKey]] = []
+    reload = server.RealtimeReload(running, keys, lambda _r, k: put.append(watched(dict(k))))
     rotated = RealtimeSettings((one, RealtimePlatform("46012609ZZ", "c" * 20, None, None, ukey_url=two.ukey_url)))
     assert reload.again(rotated) is True
+    await asyncio.sleep(0)  # closed in the background
     [now] = put
-    assert now["46012609BQ"] is keys["46012609BQ"] and now["46012609ZZ"] is not keys["46012609ZZ"]
-    await asyncio.sleep(0)  # the replaced bridge closed in the background
-    assert reload.again(rotated) is False
+    assert now.keys() == keys.keys() and not {id(k) for k in now.values()} & {id(k) for k in keys.values()}
+    assert sorted(closed) == [one.ukey_url, two.ukey_url]
+    assert reload.again(rotated) is False and len(put) == 1
     said = [line.text for line in check(settings_with(realtime=running))]
     assert "179 payment data of 46012609BQ: signed by its UKey through the E-Port client control at " \
            "ws://127.0.0.1:9/one" in said  # fmt: skip
