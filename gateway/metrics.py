@@ -309,7 +309,8 @@ class Metrics:
         g = GaugeMetricFamily(
             "cbec_payment_data_questions",
             "Customs' 179 questions for payment data not uploaded: waiting (for the platform's data or for customs), "
-            "given_up (the upload a dead letter), refused (by customs)",
+            "given_up (the upload a dead letter: no data before its retries ended, or a UKey that refused), "
+            "refused (by customs)",
             labels=["state"],
         )
         for state in ("waiting", "given_up", "refused"):
