@@ -14,6 +14,7 @@ UPDATE realtime_requests SET answered_at = coalesce(uploaded_at, received_at)
 
 -- The questions not uploaded yet (asked: waiting for the data or for customs; refused): few, whatever the history.
 CREATE INDEX IF NOT EXISTS realtime_requests_open_idx ON realtime_requests (id) WHERE state <> 'uploaded';
--- A platform's questions, newest first (a submitter's key reads its own platforms').
+-- A platform's questions: those a payment handed over answers (realtime.WAITING_UPLOADS, by ebpCode).
 CREATE INDEX IF NOT EXISTS realtime_requests_platform_idx ON realtime_requests (ebp_code, id);
+-- The newest answer to an upload (the live feed's marker).
 CREATE INDEX IF NOT EXISTS realtime_requests_answered_idx ON realtime_requests (answered_at);
