@@ -58,6 +58,7 @@ from gateway.store import (
     take_payment_question,
 )
 from gateway.turns import Turns
+from gateway.ukey import UKeySigner
 
 log = structlog.get_logger("gateway.api")
 
@@ -214,7 +215,10 @@ async def post_message(request: web.Request) -> web.Response:
         body = await _read_body(request, pipeline.max_bytes)
         # the check takes its turn (gateway.turns): the store's transactions are never queued behind a burst
         if source == "json":
-            checked = await request.app[TURNS].run(pipeline.check_json_body, body)
+            turns = request.app[TURNS]
+            rendered = await turns.run(pipeline.render_json_body, body)
+            await pipeline.sign(rendered)  # a UKey's signature is awaited between the turns (gateway.ukey)
+            checked = await turns.run(pipeline.check_rendered, rendered)
         elif ctype in ("application/xml", "text/xml", "application/octet-stream", ""):
             checked = await request.app[TURNS].run(pipeline.check, body)
         else:
@@ -230,8 +234,11 @@ async def post_message(request: web.Request) -> web.Response:
         # the gateway's key, not the message: not kept among the refused messages (the sender sends it again once
         # the key is renewed); the operators see it here, in the 5xx share and in the certificate's expiry metric
         log.error("json_declaration_not_signed", code=exc.code, reason=exc.message)
-        return error_response(503, "the gateway cannot sign this declaration now; nothing was stored",
-                              [Issue(Layer.RULE, exc.code, "/", exc.message)])  # fmt: skip
+        response = error_response(503, "the gateway cannot sign this declaration now; nothing was stored",
+                                  [Issue(Layer.RULE, exc.code, "/", exc.message)])  # fmt: skip
+        if exc.code == "signing.ukey_unreachable":  # the control may be back in a moment; the others need the operators
+            response.headers["Retry-After"] = "30"
+        return response
     except Forbidden as exc:  # kept as well: a seller's key set up without the codes it sends shows here
         await _record_rejection(store, body, principal.name, checked.message.guid, checked.message.type.code,
                                 exc.issues, 403)  # fmt: skip
@@ -792,7 +799,7 @@ def create_app(
     pool: asyncpg.Pool,
     *,
     schemas: SchemaSet | None = None,
-    signer: Callable[[etree._Element], None] | None = None,
+    signer: Callable[[etree._Element], None] | UKeySigner | None = None,
     router: Router | None = None,
     ingest: Ingest | None = None,
     key_rates: SharedRates | None = None,
@@ -855,10 +862,14 @@ def create_app(
     pipeline = app[PIPELINE]
 
     def signing_valid_until() -> datetime | None:  # the signer in force now: a reload may renew it
-        return pipeline.signer.valid_until if isinstance(pipeline.signer, Signer) else None
+        return pipeline.signer.valid_until if isinstance(pipeline.signer, Signer | UKeySigner) else None
 
     def signing_standing() -> dict[str, Any] | None:
-        return pipeline.signer.standing(datetime.now(UTC)) if isinstance(pipeline.signer, Signer) else None
+        signer = pipeline.signer
+        return signer.standing(datetime.now(UTC)) if isinstance(signer, Signer | UKeySigner) else None
+
+    def signing_ukey_up() -> bool | None:  # None: the key is not on a UKey
+        return pipeline.signer.up if isinstance(pipeline.signer, UKeySigner) else None
 
     setup_console(app, pool_key=POOL, keys_key=KEYS, endpoints=_configured_endpoints(app),
                   on_replayed=outbox.deliveries_replayed, tax_rates=rates,
@@ -866,7 +877,7 @@ def create_app(
                   payment_questions=bool(settings.realtime.platforms),
                   secure_cookie=True if public and public.startswith("https:") else None)  # fmt: skip
     metrics = setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app),
-                            signing_valid_until=signing_valid_until)  # fmt: skip
+                            signing_valid_until=signing_valid_until, signing_ukey_up=signing_ukey_up)  # fmt: skip
     store.on_committed = metrics.observe_transaction
 
     async def finish_batches(app: web.Application) -> None:

@@ -299,6 +299,10 @@ class Settings:
     signing_key_file: Path | None = None
     signing_cert_file: Path | None = None
     signing_algorithm: str = "rsa-sha1"  # or "sm2-sm3"
+    # Or the key stays on the agent's UKey (instead of the two files): the E-Port client control's WebSocket on the PC
+    # the card is in (ws://<host>:61232, gateway.ukey) and the card's PIN. The algorithm is the card's certificate's.
+    signing_ukey_url: str | None = None
+    signing_ukey_password: str | None = field(default=None, repr=False)
     # The agentCode of the enterprise whose key that is: a JSON CEB621 naming another agent is refused (customs
     # checks the signer against the declared agent). None: not checked.
     signing_agent_code: str | None = None
@@ -407,6 +411,23 @@ def _scalars(
         except ValueError as exc:
             raise ValueError(f"{where}{name}: {exc}") from None
     return out
+
+
+def _ukey_url(value: Any) -> str:
+    url = str(value).strip()
+    if not url.startswith(("ws://", "wss://")):
+        raise ValueError(f"the WebSocket of the E-Port client control the UKey is in (ws://<host>:61232); found "
+                         f"{url!r}")
+    return url
+
+
+def _signing_key_in_one_place(changes: Mapping[str, Any]) -> None:
+    """The gateway's signing key is in files or on a UKey, not both; a PIN needs the UKey it opens."""
+    if changes.get("signing_ukey_url") and (changes.get("signing_key_file") or changes.get("signing_cert_file")):
+        raise ValueError("signing_ukey_url: the signing key is on a UKey or in signing_key_file and signing_cert_file, "
+                         "not both")  # fmt: skip
+    if changes.get("signing_ukey_password") and not changes.get("signing_ukey_url"):
+        raise ValueError("signing_ukey_password is the PIN of the UKey signing_ukey_url names, and that is not set")
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> Any:
@@ -664,6 +685,8 @@ _SETTINGS: tuple[tuple[str, Any], ...] = (
     ("signing_key_file", Path),
     ("signing_cert_file", Path),
     ("signing_algorithm", _choice("signing_algorithm", ("rsa-sha1", "sm2-sm3"))),
+    ("signing_ukey_url", _ukey_url),
+    ("signing_ukey_password", str),
     ("signing_agent_code", str),
     ("verify_signatures", _flag),
     ("trusted_certs", Path),
@@ -716,6 +739,7 @@ def load(config_file: str | os.PathLike[str] | None = None, env: Mapping[str, st
         raise ValueError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
                          "(see the README's configuration reference)")  # fmt: skip
     changes.update(_scalars(data, env, _SETTINGS, env_prefix="CBEC_", where=""))
+    _signing_key_in_one_place(changes)
     if "api_keys" in data:
         changes["api_keys"] = _parse_keys(data["api_keys"])
     if env.get("CBEC_API_KEYS"):

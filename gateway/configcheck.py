@@ -11,6 +11,7 @@ clear text, the database not answering. It never writes (a TEST signing key is n
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -71,25 +72,32 @@ def _certificate_line(text: str, certificate_der: bytes, now: datetime) -> Line:
 
 
 async def ukey_lines(settings: Settings, *, now: datetime | None = None, timeout_s: float = 5.0) -> list[Line]:
-    """The 179 platforms' UKeys, each asked for its certificate through its client control: the certificate's end, or
-    why the control did not give it (a warning: the gateway runs, and their uploads wait until it does)."""
+    """The UKeys — the gateway's own signing key's and the 179 platforms' — each asked for its certificate through its
+    client control (no PIN is sent): the certificate's end, or why the control did not give it (a warning: the gateway
+    runs, and what it would sign waits, or is answered 503, until it does)."""
     now = now or datetime.now(UTC)
     out = []
-    for p in settings.realtime.platforms:
-        if p.ukey_url is None:
-            continue
-        bridge = UKeyBridge(p.ukey_url, p.ukey_password, timeout_s=timeout_s)
+    for url, password, what, waits in _ukeys(settings):
+        bridge = UKeyBridge(url, password, timeout_s=timeout_s)
         try:
             certificate = await bridge.certificate()
         except (UKeyUnreachable, UKeyRefused) as exc:
-            out.append(Line(Level.WARN, f"179 payment data of {p.ebp_code}: {exc} (its uploads wait until it "
-                                        "answers)"))  # fmt: skip
+            out.append(Line(Level.WARN, f"{what}: {exc} ({waits})"))
             continue
         finally:
             await bridge.close()
-        out.append(_certificate_line(f"179 payment data of {p.ebp_code}: its UKey holds certificate", certificate,
-                                     now))  # fmt: skip
+        out.append(_certificate_line(f"{what}: its UKey holds certificate", certificate, now))
     return out
+
+
+def _ukeys(settings: Settings) -> Iterator[tuple[str, str | None, str, str]]:
+    """Each UKey configured: its control's URL, its PIN, what it signs, and what waits while it does not answer."""
+    if settings.signing_ukey_url:
+        yield (settings.signing_ukey_url, settings.signing_ukey_password, "signing key",
+               "JSON declarations the gateway signs are answered 503 until it answers")  # fmt: skip
+    for p in settings.realtime.platforms:
+        if p.ukey_url is not None:
+            yield p.ukey_url, p.ukey_password, f"179 payment data of {p.ebp_code}", "its uploads wait until it answers"
 
 
 def database_line(settings: Settings, answers: bool | None) -> Line:
@@ -118,7 +126,10 @@ def _keys(settings: Settings) -> list[Line]:
 def _signing(settings: Settings, now: datetime) -> list[Line]:
     out: list[Line] = []
     customs = settings.forwarding.enabled and not uses_sandbox(settings.forwarding)
-    if settings.signing_key_file is None or settings.signing_cert_file is None:
+    if settings.signing_ukey_url:  # its certificate is on the card: ukey_lines asks for it
+        out.append(Line(Level.OK, "signing key: on a UKey, through the E-Port client control at "
+                                  f"{settings.signing_ukey_url}"))  # fmt: skip
+    elif settings.signing_key_file is None or settings.signing_cert_file is None:
         level = Level.WARN if customs else Level.OK
         out.append(Line(level, "signing key: none configured; JSON declarations get a TEST signature "
                                f"({settings.data_dir}/signing), which customs refuses"))  # fmt: skip

@@ -86,10 +86,12 @@ class Metrics:
         keys_key: web.AppKey[KeyRing] | None = None,
         endpoints: Iterable[str] = (),
         signing_valid_until: Callable[[], datetime | None] = lambda: None,
+        signing_ukey_up: Callable[[], bool | None] = lambda: None,
     ) -> None:
         self.pool_key = pool_key
         # the notAfter of the certificate the JSON declarations are signed with now (a reload may renew it); None: none
         self.signing_valid_until = signing_valid_until
+        self.signing_ukey_up = signing_ukey_up  # whether the UKey holding that key signs; None: not on a UKey
         self.endpoints = tuple(endpoints)  # the configured queue endpoints: their gauges exist even when idle
         self.keys_key = keys_key  # set: /metrics needs an operator/admin key (Bearer or X-API-Key)
         self.window_s = window_s
@@ -215,6 +217,13 @@ class Metrics:
                 "Seconds until the certificate of the key the gateway signs JSON declarations with expires "
                 "(negative: expired; it signs nothing then, and JSON declarations it would sign are answered 503)",
                 (signing_until - datetime.now(UTC)).total_seconds(),
+            ))  # fmt: skip
+        if (ukey_up := self.signing_ukey_up()) is not None:
+            families.append(GaugeMetricFamily(
+                "cbec_signing_ukey_up",
+                "1 when the UKey holding the gateway's signing key signs: its client control answered last time and "
+                "it refused nothing (0: JSON declarations the gateway signs are answered 503)",
+                int(ukey_up),
             ))  # fmt: skip
         families.append(
             GaugeMetricFamily(
@@ -434,6 +443,7 @@ def setup_metrics(
     path: str = "/metrics",
     endpoints: Iterable[str] = (),
     signing_valid_until: Callable[[], datetime | None] = lambda: None,
+    signing_ukey_up: Callable[[], bool | None] = lambda: None,
 ) -> Metrics:
     """Add ``GET /metrics`` and the outermost middleware.
 
@@ -446,7 +456,7 @@ def setup_metrics(
     if existing is not None:
         return existing
     metrics = Metrics(pool_key, window_s=window_s, keys_key=keys_key, endpoints=endpoints,
-                      signing_valid_until=signing_valid_until)
+                      signing_valid_until=signing_valid_until, signing_ukey_up=signing_ukey_up)
     app[METRICS] = metrics
     app.middlewares.insert(0, metrics_middleware)  # outermost: sees the final status of every answer
 

@@ -20,9 +20,10 @@ from gateway.auth import Principal, document_parties
 from gateway.documents import ParsedMessage, extract
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.messages import CEB_NS, Kind, MessageType, Signature, lookup
-from gateway.render import json_constant, json_int, json_object, render
+from gateway.render import json_constant, json_int, json_object, render_root, serialise
 from gateway.schema import SchemaSet
 from gateway.store import IngestResult, Store, Submission
+from gateway.ukey import UKeySigner
 from gateway.xmlsafe import DEFAULT_MAX_BYTES, parse_message
 
 #: What stores an accepted message: this process's store (``Store.enqueue``), or another's over the ingest link.
@@ -35,6 +36,16 @@ class Forbidden(Exception):
     def __init__(self, issues: list[Issue]) -> None:
         super().__init__(issues[0].message if issues else "forbidden")
         self.issues = issues
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A JSON submission rendered to CEB XML, before it is checked: ``to_sign`` when the gateway signs it (its
+    signature is made in ``root``, then the whole is checked)."""
+
+    root: etree._Element
+    identity: bytes
+    to_sign: bool
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,7 @@ class Pipeline:
         store: Store | None = None,
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        signer: Callable[[etree._Element], None] | None = None,
+        signer: Callable[[etree._Element], None] | UKeySigner | None = None,
         signing_agent_code: str | None = None,
         verify_signatures: bool = False,
         trusted_certs: Sequence[bytes] | None = None,
@@ -99,8 +110,8 @@ class Pipeline:
         # (gateway.ingestlink) in the other API processes of `cbec serve --processes N`.
         self._ingest = ingest or (store.enqueue if store is not None else None)
         self.max_bytes = max_bytes
-        # Signs JSON-submitted declarations whose schema requires a signature (CEB621) with the
-        # declaring agent's key configured on the gateway; XML submitters sign their own.
+        # Signs JSON-submitted declarations whose schema requires a signature (CEB621) with the declaring agent's
+        # key configured on the gateway (in this process, or on its UKey); XML submitters sign their own.
         self.signer = signer
         self.signing_agent_code = signing_agent_code  # whose key that is (None: not checked)
         # Verify the signature of a signed XML message (customs would refuse a bad one: -621028/-621029), pinned
@@ -130,8 +141,17 @@ class Pipeline:
         return Checked(msg, body)
 
     def check_json_body(self, body: bytes) -> Checked:
+        """A JSON request body rendered, signed where the gateway signs it, checked (:meth:`render_json_body`, then
+        :meth:`check_rendered`): with a key in this process. The API awaits :meth:`sign` between the two instead."""
+        return self._signed_and_checked(self.render_json_body(body))
+
+    def check_json(self, payload: Mapping[str, Any]) -> Checked:
+        """As check_json_body, for a payload parsed already."""
+        return self._signed_and_checked(self.render_json(payload))
+
+    def render_json_body(self, body: bytes) -> Rendered:
         """A JSON request body (docs/json-api.md): UTF-8 (RFC 8259), parsed with exact decimals, no member named
-        twice; rendered to CEB XML, checked."""
+        twice; rendered to CEB XML."""
         if not body.strip():
             raise MessageRejected([Issue(Layer.PARSE, "parse.empty", "/", "the body is empty")])
         try:
@@ -147,21 +167,41 @@ class Pipeline:
             raise MessageRejected([issue]) from None
         if not isinstance(payload, dict):
             raise MessageRejected([Issue(Layer.SCHEMA, "json.not_an_object", "", "the body must be a JSON object")])
-        return self.check_json(payload)
+        return self.render_json(payload)
 
-    def check_json(self, payload: Mapping[str, Any]) -> Checked:
-        mtype = lookup(str(payload.get("type", "")))
+    def render_json(self, payload: Mapping[str, Any]) -> Rendered:
+        root = render_root(payload)
+        mtype = lookup(str(payload.get("type", "")))  # rendered: one of the JSON types
+        to_sign = self.signer is not None and mtype is not None and _wants_signature(mtype, root)
+        return Rendered(root, json_identity(payload), to_sign)
+
+    async def sign(self, rendered: Rendered) -> None:
+        """The gateway's signature in a rendered declaration that needs one: a UKey's awaited (gateway.ukey), a key in
+        this process's made at once. SigningUnavailable when the key cannot sign now."""
+        if isinstance(self.signer, UKeySigner) and rendered.to_sign:
+            await self.signer.sign(rendered.root)
+        else:
+            self._sign_here(rendered)
+
+    def _sign_here(self, rendered: Rendered) -> None:
         signer = self.signer
+        if signer is None or not rendered.to_sign:
+            return
+        if isinstance(signer, UKeySigner):
+            raise RuntimeError("a UKey's signature is awaited: Pipeline.sign")
+        signer(rendered.root)
 
-        def sign_if_wanted(root: etree._Element) -> None:
-            if signer is not None and mtype is not None and _wants_signature(mtype, root):
-                signer(root)
+    def _signed_and_checked(self, rendered: Rendered) -> Checked:
+        self._sign_here(rendered)
+        return self.check_rendered(rendered)
 
-        rendered = render(payload, signer=sign_if_wanted)
-        checked = self._check(rendered, verify=False, max_bytes=_RENDERED_FACTOR * self.max_bytes + _RENDERED_EXTRA)
+    def check_rendered(self, rendered: Rendered) -> Checked:
+        """A rendered JSON submission (signed, where the gateway signs it) checked as an XML message is."""
+        checked = self._check(serialise(rendered.root), verify=False,
+                              max_bytes=_RENDERED_FACTOR * self.max_bytes + _RENDERED_EXTRA)  # fmt: skip
         if checked.message.signed and self.signing_agent_code is not None:
             self._signed_for_its_agent(checked.message, self.signing_agent_code)
-        return replace(checked, identity=json_identity(payload))
+        return replace(checked, identity=rendered.identity)
 
     @staticmethod
     def _signed_for_its_agent(msg: ParsedMessage, agent: str) -> None:

@@ -376,11 +376,27 @@ def render(
     signer: Callable[[etree._Element], None] | None = None,
     now: datetime | None = None,
 ) -> bytes:
-    """Render a friendly JSON payload as CEB XML (UTF-8 bytes with an XML declaration).
+    """Render a friendly JSON payload as CEB XML (UTF-8 bytes with an XML declaration): :func:`render_root`, signed by
+    ``signer`` when given, serialised.
 
     ``signer`` is called on the finished root element and must insert the enveloped
     ``ds:Signature`` where the message's schema puts it (required by the XSD for CEB621; by spec §2.7 for a CEB603
     or 605 declared); without it nothing is signed.
+    """
+    root = render_root(payload, now=now)
+    if signer is not None:
+        signer(root)
+    return serialise(root)
+
+
+def serialise(root: etree._Element) -> bytes:
+    """A rendered message's bytes, as they are stored and sent (a signature covers them: nothing may change after)."""
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def render_root(payload: Mapping[str, Any], *, now: datetime | None = None) -> etree._Element:
+    """The CEB message of a friendly JSON payload, unsigned, as an element tree.
+
     ``now`` fixes the default appTime (China time; a naive value is read as China time).
     Raises :class:`MessageRejected` with ``json.*`` issues (layer ``schema``, JSON-pointer paths)
     when the payload does not have the documented shape.
@@ -437,9 +453,7 @@ def render(
 
     if r.issues:
         raise MessageRejected(r.issues)
-    if signer is not None:
-        signer(root)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    return root
 
 
 # --- the JSON shape, as a JSON Schema (served in the OpenAPI document) ----------------------------------

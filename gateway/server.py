@@ -44,7 +44,8 @@ from gateway.config import (
 )
 from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
 from gateway.metrics import shared_across_processes
-from gateway.ukey import UKeyBridge
+from gateway.signing import SigningUnavailable
+from gateway.ukey import UKeyBridge, UKeySigner
 from gateway.workers import (
     Forwarding,
     PlatformKey,
@@ -157,17 +158,18 @@ def pem_signer(pem: SigningPem) -> signing.Signer:
     return signing.Signer(backend)
 
 
-def _log_expiry(signer: signing.Signer, cert_file: Path) -> None:
-    """A certificate expired, or expiring within signing.EXPIRY_WARNING, is logged (and /metrics shows its expiry at
-    every scrape): customs refuses what an expired one signs."""
+def _log_expiry(signer: signing.Signer, **where: str) -> None:
+    """A certificate expired, or expiring within signing.EXPIRY_WARNING, is logged with ``where`` it is (its
+    ``file``, or the ``ukey`` holding it); /metrics shows its expiry at every scrape: customs refuses what an expired
+    one signs."""
     until = signer.valid_until
     left = until - datetime.now(UTC)
     if left <= timedelta(0):
-        log.error("signing_certificate_expired", valid_until=until.isoformat(), file=str(cert_file),
+        log.error("signing_certificate_expired", valid_until=until.isoformat(), **where,
                   note="it signs nothing (customs would refuse it, DXP 1002): JSON declarations it would sign are "
                        "answered 503 until the renewed one is in (SIGHUP)")  # fmt: skip
     elif left < signing.EXPIRY_WARNING:
-        log.warning("signing_certificate_expires_soon", valid_until=until.isoformat(), file=str(cert_file),
+        log.warning("signing_certificate_expires_soon", valid_until=until.isoformat(), **where,
                     days_left=round(left / timedelta(days=1), 1))  # fmt: skip
 
 
@@ -194,8 +196,8 @@ Reload = Callable[[], Settings]
 
 #: The settings of the signatures a reload applies besides the API keys: the gateway's own signing key (a renewed
 #: certificate, the files replaced in place or named anew) and the enterprises' certificates it verifies against.
-SIGNATURE_SETTINGS = ("signing_key_file", "signing_cert_file", "signing_algorithm", "signing_agent_code",
-                      "verify_signatures", "trusted_certs")  # fmt: skip
+SIGNATURE_SETTINGS = ("signing_key_file", "signing_cert_file", "signing_algorithm", "signing_ukey_url",
+                      "signing_ukey_password", "signing_agent_code", "verify_signatures", "trusted_certs")  # fmt: skip
 RELOADED_SETTINGS = ("api_keys", *SIGNATURE_SETTINGS, "realtime")
 
 
@@ -212,28 +214,38 @@ def needing_restart(running: Settings, fresh: Settings) -> list[str]:
     return stale
 
 
+#: Where the gateway's key is when it is on a UKey: its client control's URL and the card's PIN, and its certificate
+#: once read from the card (handed to the other API processes with the rest, so that they need not ask for it).
+UKeyPlace = tuple[str, str | None, bytes | None]
+
+
 @dataclass(frozen=True)
 class Signatures:
     """What a process signs and verifies with: the signer of JSON declarations (with the agent whose key it is) and
     the certificates signatures are pinned to (None: any). The first process of ``cbec serve`` reads them from the
     files the settings name; the other API processes are handed the same (pickled as the key's and certificates'
     bytes, through the spawn pipe), so that every process signs with the key in force in the first — not with files
-    that may be half renewed, or renewed and not yet reloaded, when one is started again."""
+    that may be half renewed, or renewed and not yet reloaded, when one is started again. A key on a UKey is reached
+    by each process through the card's client control (gateway.ukey.UKeySigner)."""
 
-    signer: signing.Signer
+    signer: signing.Signer | UKeySigner
     agent_code: str | None
     verify: bool
     trusted: tuple[bytes, ...] | None
-    pem: SigningPem  # the signer's key as read
+    pem: SigningPem | None  # the signer's key as read; None: on a UKey
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Signatures:
         """Reads the key, its certificate and the trusted certificates from their files (OSError, ValueError): the
-        configured key, else a local TEST key (signing_pem); its certificate's end logged when near or past."""
+        configured key, else a local TEST key (signing_pem); its certificate's end logged when near or past. A key on
+        a UKey is asked for its certificate by :meth:`start`."""
         trusted = tuple(signing.read_certificates(settings.trusted_certs)) if settings.trusted_certs else None
+        if settings.signing_ukey_url:
+            place = (settings.signing_ukey_url, settings.signing_ukey_password, None)
+            return cls.on_ukey(place, settings.signing_agent_code, settings.verify_signatures, trusted)
         pem, cert_file = signing_pem(settings)
         signer = pem_signer(pem)
-        _log_expiry(signer, cert_file)
+        _log_expiry(signer, file=str(cert_file))
         return cls(signer, settings.signing_agent_code, settings.verify_signatures, trusted, pem)
 
     @classmethod
@@ -241,20 +253,67 @@ class Signatures:
                  trusted: tuple[bytes, ...] | None) -> Signatures:  # fmt: skip
         return cls(pem_signer(pem), agent_code, verify, trusted, pem)
 
+    @classmethod
+    def on_ukey(cls, place: UKeyPlace, agent_code: str | None, verify: bool,
+                trusted: tuple[bytes, ...] | None) -> Signatures:  # fmt: skip
+        url, password, certificate = place
+        return cls(UKeySigner(url, password, certificate=certificate), agent_code, verify, trusted, None)
+
     def __reduce__(self) -> tuple[Any, ...]:
+        if isinstance(self.signer, UKeySigner):
+            known = self.signer.signer.backend.certificate_der if self.signer.signer is not None else None
+            place = (self.signer.url, self.signer.bridge.password, known)
+            return Signatures.on_ukey, (place, self.agent_code, self.verify, self.trusted)
         return Signatures.from_pem, (self.pem, self.agent_code, self.verify, self.trusted)
 
-    def same_as(self, other: Signatures) -> bool:
-        """The same key and certificate (files read anew compare by their contents), agent and trusted list."""
-        mine, theirs = self.signer.backend, other.signer.backend
-        return (type(mine) is type(theirs) and mine.certificate_der == theirs.certificate_der
-                and (self.agent_code, self.verify, self.trusted) == (other.agent_code, other.verify, other.trusted))
+    def same_as(self, in_force: Signatures) -> bool:
+        """These (read anew) the same as those ``in_force``: the same key and certificate (files read anew compare by
+        their contents) or the same UKey and PIN, agent and trusted list. A UKey in force that refused to sign is
+        never the same: a reload is how the operators say the card is put right (gateway.ukey.UKeySigner)."""
+        mine, theirs = self.signer, in_force.signer
+        if isinstance(mine, UKeySigner) or isinstance(theirs, UKeySigner):
+            same_key = (isinstance(mine, UKeySigner) and isinstance(theirs, UKeySigner) and theirs.refused is None
+                        and (mine.url, mine.bridge.password) == (theirs.url, theirs.bridge.password))  # fmt: skip
+        else:
+            same_key = type(mine.backend) is type(theirs.backend) and \
+                mine.backend.certificate_der == theirs.backend.certificate_der  # fmt: skip
+        return same_key and (self.agent_code, self.verify, self.trusted) == \
+            (in_force.agent_code, in_force.verify, in_force.trusted)  # fmt: skip
+
+    async def start(self) -> None:
+        """A key on a UKey: its certificate read from the card (its end logged as a key file's), unless known. A card
+        out of reach is logged and the start goes on: XML is taken as before, and JSON declarations the gateway signs
+        are answered 503 until the card answers (asked again at each)."""
+        ukey = self.signer
+        if not isinstance(ukey, UKeySigner) or ukey.signer is not None:
+            return
+        try:
+            signer = await asyncio.wait_for(ukey.read_certificate(), UKEY_START_TIMEOUT_S)
+        except (SigningUnavailable, TimeoutError) as exc:
+            ukey.unreachable = ukey.unreachable or f"no answer within {UKEY_START_TIMEOUT_S:g} s"
+            log.error("signing_ukey_unavailable", ukey=ukey.url,
+                      reason=exc.message if isinstance(exc, SigningUnavailable) else ukey.unreachable,
+                      note="JSON declarations the gateway signs are answered 503 until the card answers")  # fmt: skip
+            return
+        log.info("signing_ukey_ready", ukey=ukey.url, signing_key=signer.backend.key_name,
+                 valid_until=signer.valid_until.isoformat())  # fmt: skip
+        _log_expiry(signer, ukey=ukey.url)
+
+    async def close(self) -> None:
+        """The connection to a UKey's control closed (a reload replaced it, or the process stops)."""
+        if isinstance(self.signer, UKeySigner):
+            await self.signer.close()
 
     def put_in(self, app: web.Application) -> None:
         """In force in ``app``'s pipeline: the next message uses them (and /metrics and the console read its signer)."""
         pipeline = app[PIPELINE]
         pipeline.signer, pipeline.signing_agent_code = self.signer, self.agent_code
         pipeline.verify_signatures, pipeline.trusted_certs = self.verify, self.trusted
+
+
+#: How long ``cbec serve`` waits at start for the UKey holding its key to give its certificate (a PC that drops the
+#: connection rather than refusing it would otherwise hold the start for the bridge's whole timeout).
+UKEY_START_TIMEOUT_S = 10.0
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
@@ -476,12 +535,22 @@ class KeyReload:
         if signatures.same_as(self.signatures):
             return False
         signatures.put_in(self.app)
-        self.signatures = signatures
-        log.info("signatures_reloaded", signing_key=signatures.signer.backend.key_name,
-                 valid_until=signatures.signer.valid_until.isoformat(), agent_code=signatures.agent_code,
-                 verify_signatures=signatures.verify,
+        replaced, self.signatures = self.signatures, signatures
+        signer = signatures.signer
+        where = {"ukey": signer.url} if isinstance(signer, UKeySigner) else {
+            "signing_key": signer.backend.key_name, "valid_until": signer.valid_until.isoformat()}  # fmt: skip
+        log.info("signatures_reloaded", **where, agent_code=signatures.agent_code, verify_signatures=signatures.verify,
                  trusted_certificates=None if signatures.trusted is None else len(signatures.trusted))  # fmt: skip
+        # in the background: a UKey put in asked for its certificate, the one replaced disconnected
+        task = asyncio.create_task(self._signatures_changed(signatures, replaced))
+        self.renewals.add(task)
+        task.add_done_callback(self.renewals.discard)
         return True
+
+    @staticmethod
+    async def _signatures_changed(put_in: Signatures, replaced: Signatures) -> None:
+        await put_in.start()
+        await replaced.close()
 
     def _webhooks_again(self, webhooks: tuple[WebhookSettings, ...]) -> bool:
         """The sellers' webhooks read again put in force here when they changed; whether they were."""
@@ -588,6 +657,7 @@ async def serve(
                              router=routing_router(fwd, settings.realtime),
                              ingest=link.ingest if link is not None else None, key_rates=key_rates)  # fmt: skip
             signatures.put_in(app)
+            await signatures.start()
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             shared = settings.processes > 1 or api_only
@@ -707,6 +777,8 @@ async def serve(
                 if forwarding is not None:
                     await forwarding.stop()
                 await runner.cleanup()
+                # the key in force at the end (a reload may have put another in): a UKey's connection closed
+                await (reloader.signatures if reloader is not None and reloader.signatures else signatures).close()
                 if sandbox is not None:
                     await sandbox.stop()
         finally:

@@ -160,6 +160,14 @@ CODES: dict[str, str] = {
     "(SIGHUP), then the sender sends it again",
     "signing.certificate_not_yet_valid": "as signing.certificate_expired, before the certificate's validity begins "
     "(notBefore)",
+    "signing.ukey_unreachable": "a JSON declaration the gateway signs came while the E-Port client control of the UKey "
+    "holding its key (signing_ukey_url) did not answer (the PC off, the control not running): not signed, not stored "
+    "(HTTP 503, Retry-After); send it again",
+    "signing.ukey_refused": "the UKey holding the gateway's key refused to sign (a wrong PIN, no card in the reader): "
+    "not signed, not stored (HTTP 503); nothing more is sent to the card until the operators reload the configuration "
+    "(SIGHUP) — a wrong PIN tried again and again would lock the card",
+    "signing.ukey_bad_signature": "the UKey holding the gateway's key answered a signature that does not verify with "
+    "the certificate it gives (or names another certificate twice): not stored (HTTP 503); customs would refuse it",
 }
 
 _DS = f"{{{DS_NS}}}"
@@ -839,9 +847,10 @@ EXPIRY_WARNING = timedelta(days=30)
 
 
 class SigningUnavailable(Exception):
-    """The gateway's own key cannot sign now: its certificate is outside its validity. Nothing about the message is
-    wrong; customs would refuse the signature (DXP 1002), so the declaration is not signed, nor taken, until the key
-    is renewed. ``code`` is one of :data:`CODES`' ``signing.*``."""
+    """The gateway's own key cannot sign now: its certificate is outside its validity (customs would refuse the
+    signature, DXP 1002), or the UKey holding it does not sign (gateway.ukey.UKeySigner). Nothing about the message is
+    wrong: the declaration is not signed, nor taken, until the key signs again. ``code`` is one of :data:`CODES`'
+    ``signing.*``."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

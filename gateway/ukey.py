@@ -12,6 +12,9 @@ frame ``{"_method", "_id", "args"}`` and the answer ``{"_method", "_id", "_statu
 
 One call at a time on one connection (the control answers by method; a card signs one thing at a time anyway, about
 250 a minute). The connection is opened on the first call and again after it broke.
+
+:class:`UKeyBridge` is the control; :class:`UKeySigner` makes the gateway's own XML signatures with it (the JSON
+declarations it signs, when the agent's key is on a card rather than in files).
 """
 
 from __future__ import annotations
@@ -19,13 +22,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from lxml import etree
 
-from gateway.signing import certificate_serial, certificate_to_der, key_name_for
+from gateway import signing
+from gateway.signing import SigningUnavailable, certificate_serial, certificate_to_der, key_name_for
 
 SIGN = "cus-sec_SpcSignDataAsPEM"
 CERTIFICATE = "cus-sec_SpcGetSignCertAsPEM"
@@ -53,7 +61,8 @@ class UKeyBridge:
     """The card behind the client control at ``url``, signing with ``password`` (its PIN; the control's own prompt when
     None)."""
 
-    def __init__(self, url: str, password: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, url: str, password: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 certificate: bytes | None = None) -> None:  # fmt: skip
         self.url = url
         self.password = password
         self.timeout_s = timeout_s
@@ -61,7 +70,7 @@ class UKeyBridge:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
-        self._certificate: bytes | None = None
+        self._certificate = certificate  # the card's, DER: read from it once, or known before
 
     async def sign(self, data: bytes) -> tuple[bytes, str]:
         """The card's signature over ``data`` (UTF-8 text: the control takes text) and its certificate's number,
@@ -81,9 +90,9 @@ class UKeyBridge:
             return signature, str(found[1]).strip().lower()
         return signature, key_name_for(certificate_serial(await self.certificate()))
 
-    async def certificate(self) -> bytes:
-        """The card's signing certificate, DER (read once per bridge)."""
-        if self._certificate is None:
+    async def certificate(self, *, again: bool = False) -> bytes:
+        """The card's signing certificate, DER (read once per bridge, or ``again``: another card may be in)."""
+        if self._certificate is None or again:
             found = await self.call(CERTIFICATE, {})
             try:
                 text = str(found[0]).strip()
@@ -156,3 +165,106 @@ class UKeyBridge:
             await self._session.close()
             self._session = None
 
+
+
+def _on_the_card(signed_info: bytes) -> bytes:
+    raise RuntimeError("a UKey signs through UKeySigner.sign (it awaits the card)")
+
+
+class UKeySigner:
+    """The gateway's own signing key on a UKey (``signing_ukey_url``): signs the JSON declarations the gateway signs
+    (spec §9): the digest and the SignedInfo are made here, the card signs the canonical SignedInfo
+    (``cus-sec_SpcSignDataAsPEM``: the card hashes it, SM3 or SHA-1 by its key), and its signature is verified with its
+    certificate before it goes into the message — a card that signs otherwise than the gateway expects is found at
+    once, not in customs' receipts.
+
+    Where it stands (:meth:`standing`, the console's banner and /metrics): the certificate's dates once read from the
+    card; ``ukey_unreachable`` while the control does not answer (the declarations answered 503, to be sent again);
+    ``ukey_refused`` once the card refused (a wrong PIN, no card): from then on nothing is sent to it until a reload
+    (SIGHUP) makes a new signer — a wrong PIN tried at every declaration would lock the card."""
+
+    def __init__(self, url: str, password: str | None = None, *, certificate: bytes | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:  # fmt: skip
+        self.bridge = UKeyBridge(url, password, timeout_s=timeout_s, certificate=certificate)
+        self.signer: signing.Signer | None = None  # the certificate's standing, once read from the card
+        if certificate is not None:
+            self._know(certificate)
+        self.unreachable: str | None = None  # why the last call did not reach the control (None: it answered)
+        self.refused: SigningUnavailable | None = None
+
+    @property
+    def url(self) -> str:
+        return self.bridge.url
+
+    @property
+    def valid_until(self) -> datetime | None:
+        return self.signer.valid_until if self.signer is not None else None
+
+    @property
+    def up(self) -> bool:
+        """The card signs: its control answered last time and it has refused nothing."""
+        return self.signer is not None and self.unreachable is None and self.refused is None
+
+    def _know(self, certificate: bytes) -> signing.Signer:
+        self.signer = signing.Signer(signing.ExternalKey(certificate, _on_the_card))
+        return self.signer
+
+    async def read_certificate(self, *, again: bool = False) -> signing.Signer:
+        """The card's certificate read through the control (SigningUnavailable as :meth:`sign`)."""
+        async with self._speaking():
+            return self._know(await self.bridge.certificate(again=again))
+
+    async def sign(self, root: etree._Element) -> None:
+        """Sign ``root`` in place (signing.sign's signature, the card's value). SigningUnavailable: the certificate
+        outside its validity, the control out of reach, the card refusing, or a signature that does not verify."""
+        if self.refused is not None:
+            raise self.refused
+        signer = self.signer or await self.read_certificate()
+        for attempt in (1, 2):
+            if (refusal := signer.refusal(datetime.now(UTC))) is not None:
+                raise refusal
+            prepared = signing.prepare(root, signer.backend)
+            async with self._speaking():
+                value, cert_no = await self.bridge.sign(prepared.signed_info)
+            if cert_no == signer.backend.key_name:
+                break
+            if attempt == 2:
+                raise SigningUnavailable("signing.ukey_bad_signature", f"the UKey at {self.url} signs with "
+                                         f"certificate {cert_no} and gives certificate {signer.backend.key_name}")
+            # another card is in (a renewed certificate): its certificate read, the SignedInfo made anew for it
+            signer = await self.read_certificate(again=True)
+        if not signing.verify_bytes(signer.backend.certificate_der, prepared.signed_info, value):
+            raise SigningUnavailable("signing.ukey_bad_signature", f"the UKey at {self.url} answered a signature that "
+                                     f"does not verify with its certificate {signer.backend.key_name}: customs would "
+                                     "refuse it (-621028)")  # fmt: skip
+        prepared.finish(value)
+
+    def standing(self, at: datetime) -> dict[str, Any]:
+        """Where the key stands (signing.Signer.standing, with ``ukey``, the control's URL); ``state`` is
+        ``ukey_refused`` or ``ukey_unreachable`` (with ``reason``) while that is so, whatever the certificate says."""
+        out: dict[str, Any] = self.signer.standing(at) if self.signer is not None else {"state": "ukey_unreachable"}
+        out["ukey"] = self.url
+        if self.refused is not None:
+            out.update(state="ukey_refused", reason=self.refused.message)
+        elif self.unreachable is not None:
+            out.update(state="ukey_unreachable", reason=self.unreachable)
+        return out
+
+    @contextlib.asynccontextmanager
+    async def _speaking(self) -> AsyncIterator[None]:
+        """A call to the card: its failures become SigningUnavailable, and what is known of the control follows."""
+        try:
+            yield
+        except UKeyUnreachable as exc:
+            self.unreachable = str(exc)
+            raise SigningUnavailable("signing.ukey_unreachable", f"{exc}: the declaration was not signed; send it "
+                                     "again once the PC with the UKey is on and its client control runs") from exc
+        except UKeyRefused as exc:
+            self.unreachable = None
+            self.refused = SigningUnavailable("signing.ukey_refused", f"{exc}; nothing more is sent to the card until "
+                                              "the gateway's configuration is reloaded (SIGHUP)")  # fmt: skip
+            raise self.refused from exc
+        self.unreachable = None
+
+    async def close(self) -> None:
+        await self.bridge.close()

@@ -7,6 +7,7 @@ Screenshots go to test-artifacts/ (git-ignored). ``UPDATE_DOCS_SCREENSHOT=1`` al
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -28,8 +29,11 @@ from adapters import warehouse
 from gateway import samples
 from gateway.api import PIPELINE
 from gateway.console import CONSOLE
+from gateway.render import render
 from gateway.sandbox.receipts import build_receipt, build_tax_bills, new_guid, return_time
-from gateway.signing import RsaSha1Key, Signer, generate_test_key
+from gateway.sandbox.ukey import start_ukey
+from gateway.signing import RsaSha1Key, Signer, SigningUnavailable, generate_test_key
+from gateway.ukey import UKeySigner
 from tests.apiutil import ADMIN, PLATFORM_A, Client
 from tests.consoleutil import build_app, key_of, new_shipment, seed_realistic, start, submit
 from tests.forwardutil import CUSTOMS_KEY, running_stack, wait_for
@@ -534,7 +538,8 @@ async def test_the_banner_says_when_the_signing_certificate_expired_and_clears_o
 ) -> None:
     """Past its certificate's end the gateway signs nothing and JSON declarations are 503s: the operators' header says
     so, live; a certificate within 30 days of its end is a reminder with the days left; a renewed one put in force (as
-    SIGHUP does) clears the banner without a reload of the page."""
+    SIGHUP does) clears the banner without a reload of the page. A key on a UKey: the card refusing, or its control out
+    of reach, is said with the reason."""
     pipeline = site.app[PIPELINE]
     before = pipeline.signer
     errors: list[str] = []
@@ -542,6 +547,7 @@ async def test_the_banner_says_when_the_signing_certificate_expired_and_clears_o
     def signer(days: int) -> Signer:
         return Signer(RsaSha1Key.from_pem(*generate_test_key("rsa", f"agent {days}", days=days)))
 
+    card = await start_ukey(RsaSha1Key.from_pem(*generate_test_key("rsa", "agent's UKey")))
     try:
         async with asyncio.timeout(60):
             pipeline.signer = signer(0)  # valid from yesterday, until yesterday
@@ -557,9 +563,23 @@ async def test_the_banner_says_when_the_signing_certificate_expired_and_clears_o
             pipeline.signer = signer(400)
             await expect(banner).to_be_hidden()
             await page.screenshot(path=shot("console-signing-renewed.png"))
+            # the key on a UKey (gateway.ukey): a card refusing, then its control out of reach
+            pipeline.signer = ukey = UKeySigner(card.url, "00000000")
+            with pytest.raises(SigningUnavailable):
+                await ukey.sign(etree.fromstring(render(json.loads(json.dumps(new_shipment(91).inventory,
+                                                                              default=str)))))  # fmt: skip
+            await expect(banner).to_contain_text("Signing UKey refused")
+            await expect(banner).to_contain_text("口令错误")
+            await card.stop()
+            pipeline.signer = gone = UKeySigner(card.url, "88888888")
+            with pytest.raises(SigningUnavailable):
+                await gone.read_certificate()
+            await expect(banner).to_contain_text(f"Signing UKey unreachable ({card.url})")
+            await page.screenshot(path=shot("console-signing-ukey-unreachable.png"))
             assert errors == []
     finally:
         pipeline.signer = before
+        await card.stop()
 
 
 async def test_the_oldest_awaited_receipt_counts_on_while_the_feed_is_quiet(browser: Browser, site: Site) -> None:

@@ -5,17 +5,38 @@ a failure to try again, and the whole way from customs' question to the upload c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
+import pickle
+import random
+import re
+import signal
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
+from lxml import etree
 
-from gateway import config, samples
+from gateway import config, samples, server, signing
+from gateway.pipeline import Pipeline
+from gateway.render import render
 from gateway.sandbox.ukey import start_ukey
-from gateway.signing import RsaSha1Key, Sm2Sm3Key, certificate_serial, generate_test_key, key_name_for, verify_bytes
-from gateway.ukey import SIGN, UKeyBridge, UKeyRefused, UKeyUnreachable
+from gateway.schema import SchemaSet
+from gateway.signing import (
+    RsaSha1Key,
+    SignatureBackend,
+    SigningUnavailable,
+    Sm2Sm3Key,
+    certificate_serial,
+    generate_test_key,
+    key_name_for,
+    verify_bytes,
+)
+from gateway.ukey import CERTIFICATE, SIGN, UKeyBridge, UKeyRefused, UKeySigner, UKeyUnreachable
 from tests.apiutil import EBP_CODE, PLATFORM_A
 from tests.forwardutil import running_stack, wait_for
 from tests.test_realtime import parcel, platforms
@@ -202,8 +223,9 @@ async def test_a_reload_reaches_the_ukeys_anew_and_closes_the_connections_it_had
 async def test_cbec_config_check_asks_each_ukey_for_its_certificate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`cbec config check` asks each platform's UKey for its certificate through its control: its serial and end; a
-    control that does not answer, or a card that refuses, is a warning (the uploads wait), and no PIN is printed."""
+    """`cbec config check` asks each UKey (the gateway's signing key's, each platform's) for its certificate through
+    its control: its serial and end; a control that does not answer, or a card that refuses, is a warning (the
+    uploads wait), and no PIN is printed."""
     from gateway.cli import main
 
     card = await start_ukey(CARD)
@@ -211,7 +233,8 @@ async def test_cbec_config_check_asks_each_ukey_for_its_certificate(
         s.bind(("127.0.0.1", 0))
         nobody = s.getsockname()[1]  # nothing listens there once the socket is closed
     cfg = tmp_path / "cbec.toml"
-    cfg.write_text(f'[realtime.platforms.46012609BQ]\ntoken = "{"a" * 24}"\nukey_url = "{card.url}"\n'
+    cfg.write_text(f'signing_ukey_url = "{card.url}"\nsigning_ukey_password = "88888888"\n'
+                   f'[realtime.platforms.46012609BQ]\ntoken = "{"a" * 24}"\nukey_url = "{card.url}"\n'
                    'ukey_password = "88888888"\n'
                    f'[realtime.platforms.46012609ZZ]\ntoken = "{"b" * 24}"\nukey_url = "ws://127.0.0.1:{nobody}"\n',
                    encoding="utf-8")  # fmt: skip
@@ -221,6 +244,189 @@ async def test_cbec_config_check_asks_each_ukey_for_its_certificate(
         await card.stop()
     out = capsys.readouterr().out
     assert status == 1, out
+    assert f"ok     signing key: on a UKey, through the E-Port client control at {card.url}" in out
+    assert f"ok     signing key: its UKey holds certificate {CARD.key_name}, valid until " in out
     assert f"ok     179 payment data of 46012609BQ: its UKey holds certificate {CARD.key_name}, valid until " in out
     assert f"warn   179 payment data of 46012609ZZ: the UKey's client control at ws://127.0.0.1:{nobody}" in out
     assert "88888888" not in out
+
+
+# --- the gateway's own signing key on a UKey (UKeySigner) ------------------------------------------------------
+
+
+def _inventory(seed: int) -> dict[str, Any]:
+    """A JSON CEB621, which the gateway signs."""
+    return cast(dict[str, Any], json.loads(json.dumps(samples.shipment(random.Random(seed)).inventory, default=str)))
+
+
+async def test_the_gateways_key_on_a_ukey_signs_its_json_declarations() -> None:
+    """A JSON inventory rendered, its SignedInfo signed by the card (RSA, and SM2 answering raw r‖s as cards do),
+    checked as XML is: the signature verifies with the card's certificate alone, which the card gave once."""
+    for key in (CARD, SM2_CARD):
+        card = await start_ukey(key)
+        pipeline = Pipeline(SchemaSet(), signer=UKeySigner(card.url, "88888888"))
+        try:
+            rendered = pipeline.render_json(_inventory(1))
+            assert rendered.to_sign
+            await pipeline.sign(rendered)
+            checked = pipeline.check_rendered(rendered)
+            assert checked.message.signed
+            assert signing.verify(checked.raw, trusted_certs=[key.certificate_der]).ok
+            assert f"<ds:KeyName>{key.key_name}</ds:KeyName>".encode() in checked.raw
+            await pipeline.sign(again := pipeline.render_json(_inventory(2)))
+            assert signing.verify(pipeline.check_rendered(again).raw, trusted_certs=[key.certificate_der]).ok
+            assert card.calls == [CERTIFICATE, SIGN, SIGN]
+            with pytest.raises(RuntimeError, match="awaited"):  # cbec validate's way: a key in the process only
+                pipeline.check_json(_inventory(3))
+        finally:
+            assert isinstance(pipeline.signer, UKeySigner)
+            await pipeline.signer.close()
+            await card.stop()
+
+
+async def test_a_card_renewed_in_the_reader_is_read_again_and_a_card_signing_wrongly_is_caught() -> None:
+    """Another card put in (the agent's renewed certificate): its first signature names another certificate, so the
+    signer reads the new one and signs the declaration again for it. A card whose signature does not verify with the
+    certificate it gives is refused here (signing.ukey_bad_signature), before customs would (-621028)."""
+    renewed = RsaSha1Key.from_pem(*generate_test_key("rsa", "平台 UKey renewed"))
+    card = await start_ukey(CARD)
+    signer = UKeySigner(card.url, "88888888")
+    try:
+        root = etree.fromstring(render(_inventory(4)))
+        await signer.sign(root)
+        assert signing.verify(root, trusted_certs=[CARD.certificate_der]).ok
+        card.key = renewed
+        await signer.sign(root)
+        assert signing.verify(root, trusted_certs=[renewed.certificate_der]).ok
+        assert card.calls == [CERTIFICATE, SIGN, SIGN, CERTIFICATE, SIGN]
+        assert signer.valid_until == signing.certificate_validity(renewed.certificate_der)[1]
+
+        card.key = cast(SignatureBackend, _Mismatched(signs=CARD, gives=renewed))
+        with pytest.raises(SigningUnavailable) as caught:
+            await signer.sign(root)
+        assert caught.value.code == "signing.ukey_bad_signature"
+        assert "does not verify with its certificate" in caught.value.message
+        card.key = renewed
+        await signer.sign(root)  # not a refusal: the next declaration goes to the card again
+        assert signer.up
+    finally:
+        await signer.close()
+        await card.stop()
+
+
+class _Mismatched:
+    """A card that signs with one key and gives another's certificate."""
+
+    def __init__(self, *, signs: SignatureBackend, gives: SignatureBackend) -> None:
+        self.sign_bytes = signs.sign_bytes
+        self.certificate_der = gives.certificate_der
+
+
+async def test_a_card_that_refused_is_not_asked_again_until_a_reload() -> None:
+    """A wrong PIN: signing.ukey_refused, and the next declarations are refused without a word to the card (each would
+    count towards locking it); the standing says why. The same settings read again by a reload are not "the same" as
+    a refusing UKey in force: SIGHUP is how the operators say the card is put right. Handed to another API process, a
+    UKey signer takes the certificate known with it."""
+    card = await start_ukey(CARD, pin="12345678")
+    wrong = server.Signatures.on_ukey((card.url, "00000000", None), None, False, None)
+    try:
+        await wrong.start()
+        ukey = wrong.signer
+        assert isinstance(ukey, UKeySigner) and ukey.up
+        for _ in range(3):
+            with pytest.raises(SigningUnavailable) as caught:
+                await ukey.sign(etree.fromstring(render(_inventory(5))))
+            assert caught.value.code == "signing.ukey_refused" and "口令错误" in caught.value.message
+        assert card.calls == [CERTIFICATE, SIGN] and not ukey.up
+        standing = ukey.standing(datetime.now(UTC))
+        assert standing["state"] == "ukey_refused" and "口令错误" in standing["reason"]
+        assert standing["ukey"] == card.url and standing["key_name"] == CARD.key_name
+        again = server.Signatures.on_ukey((card.url, "00000000", None), None, False, None)
+        assert not again.same_as(wrong)  # a reload renews the refusing signer
+        right = server.Signatures.on_ukey((card.url, "12345678", None), None, False, None)
+        assert right.same_as(server.Signatures.on_ukey((card.url, "12345678", None), None, False, None))
+        assert not right.same_as(server.Signatures.from_pem(("rsa-sha1", *KEY_FILES), None, False, None))
+        handed = pickle.loads(pickle.dumps(wrong))
+        assert isinstance(handed.signer, UKeySigner) and handed.signer.valid_until == ukey.valid_until
+        assert handed.signer.bridge.password == "00000000" and handed.signer.refused is None
+    finally:
+        await wrong.close()
+        await card.stop()
+
+
+KEY_FILES = generate_test_key("rsa", "agent in files")
+
+
+def test_the_gateways_key_is_in_files_or_on_a_ukey(tmp_path: Path) -> None:
+    cfg = tmp_path / "cbec.toml"
+    cfg.write_text('signing_ukey_url = "ws://10.0.0.7:61232"\nsigning_ukey_password = "12345678"\n', encoding="utf-8")
+    loaded = config.load(cfg, env={})
+    assert (loaded.signing_ukey_url, loaded.signing_ukey_password) == ("ws://10.0.0.7:61232", "12345678")
+    assert "12345678" not in repr(loaded)
+    env = {"CBEC_SIGNING_UKEY_URL": "ws://10.0.0.8:61232"}
+    assert config.load(None, env=env).signing_ukey_url == "ws://10.0.0.8:61232"
+    for wrong, said in (({"CBEC_SIGNING_UKEY_URL": "http://10.0.0.8:61232"}, "ws://<host>:61232"),
+                        ({**env, "CBEC_SIGNING_KEY_FILE": "k.pem"}, "not both"),
+                        ({"CBEC_SIGNING_UKEY_PASSWORD": "1"}, "is not set")):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(said)):
+            config.load(None, env=wrong)
+
+
+@pytest.mark.db
+async def test_cbec_serve_signs_with_the_agents_ukey_and_a_reload_puts_a_refusing_card_right(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cbec serve` with the agent's key on a UKey (a wrong PIN configured): it starts, the card's certificate read; a
+    JSON inventory is a 503 (signing.ukey_refused, nothing stored) and the next is refused without asking the card;
+    /metrics says the UKey does not sign. The PIN corrected and SIGHUP: the next is signed by the card and stored,
+    verifiable with its certificate. The control gone (the PC off): 503 signing.ukey_unreachable with Retry-After,
+    and signed again once it is back — no restart."""
+    from gateway.config import ForwardingSettings
+    from tests import apiutil
+    from tests.test_processes import _said, serving_reloaded
+
+    card = await start_ukey(SM2_CARD, pin="12345678")
+    port = int(card.url.rsplit(":", 1)[1])
+    settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json",
+                                     forwarding=ForwardingSettings(enabled=False), signing_ukey_url=card.url,
+                                     signing_ukey_password="00000000")  # fmt: skip
+    configured = [settings]
+    try:
+        async with serving_reloaded(settings, configured, monkeypatch) as (info, logged, session):
+
+            async def inventory(seed: int) -> tuple[int, Any, str | None]:
+                async with session.post(info["url"] + "/v1/messages", json=_inventory(seed)) as resp:
+                    return resp.status, await resp.json(), resp.headers.get("Retry-After")
+
+            async def ukey_up() -> float:
+                async with session.get(info["url"] + "/metrics") as resp:
+                    text = await resp.text()
+                [line] = [x for x in text.splitlines() if x.startswith("cbec_signing_ukey_up ")]
+                return float(line.split()[1])
+
+            assert await ukey_up() == 1
+            for seed in (1, 2):
+                status, body, _ = await inventory(seed)
+                assert status == 503 and body["error"]["issues"][0]["code"] == "signing.ukey_refused", body
+            assert card.calls.count(SIGN) == 1 and await ukey_up() == 0
+
+            configured.append(dataclasses.replace(settings, signing_ukey_password="12345678"))
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for(_said(logged, "signatures_reloaded"), what="the corrected PIN in force")
+            status, body, _ = await inventory(3)
+            assert status == 202, body
+            async with session.get(info["url"] + f"/v1/messages/{body['guid']}") as resp:
+                stored = (await resp.json())["raw_xml"].encode()
+            assert signing.verify(stored, trusted_certs=[SM2_CARD.certificate_der]).ok
+            assert await ukey_up() == 1
+
+            await card.stop()
+            status, body, retry = await inventory(4)
+            assert status == 503 and body["error"]["issues"][0]["code"] == "signing.ukey_unreachable", body
+            assert retry == "30" and await ukey_up() == 0
+            card = await start_ukey(SM2_CARD, pin="12345678", port=port)
+            assert (await inventory(4))[0] == 202
+    finally:
+        await card.stop()
+    assert any(r["event"] == "signing_ukey_ready" and r["signing_key"] == SM2_CARD.key_name for r in logged)
+    assert "12345678" not in repr(logged) and "00000000" not in repr(logged)

@@ -695,6 +695,13 @@
   // JSON declarations it would sign are answered 503, so the operators are told before, and while, it happens.
   function signingAlert(s) {
     if (!s || s.state === "valid") return null;
+    // a key on a UKey (gateway.ukey.UKeySigner): the card out of reach, or refusing until a reload
+    if (s.state === "ukey_unreachable") {
+      return `Signing UKey unreachable (${s.ukey}) — JSON declarations refused (503) 签名UKey无法连接，JSON申报无法签名`;
+    }
+    if (s.state === "ukey_refused") {
+      return `Signing UKey refused: ${s.reason} 签名UKey拒绝签名，请检查后重新加载配置`;
+    }
     const until = fmtTime(s.valid_until);
     if (s.state === "expired") {
       return `Signing certificate expired ${until} — JSON declarations refused (503) 签名证书已过期，JSON申报无法签名`;
