@@ -166,7 +166,6 @@ class UKeyBridge:
             self._session = None
 
 
-
 def _on_the_card(signed_info: bytes) -> bytes:
     raise RuntimeError("a UKey signs through UKeySigner.sign (it awaits the card)")
 
@@ -189,7 +188,9 @@ class UKeySigner:
         self.signer: signing.Signer | None = None  # the certificate's standing, once read from the card
         if certificate is not None:
             self._know(certificate)
-        self.unreachable: str | None = None  # why the last call did not reach the control (None: it answered)
+        # why the last call to the card failed and is tried again at the next declaration: its control out of reach,
+        # or no card to read the certificate from (None: it answered)
+        self.unreachable: str | None = None
         self.refused: SigningUnavailable | None = None
 
     @property
@@ -210,8 +211,9 @@ class UKeySigner:
         return self.signer
 
     async def read_certificate(self, *, again: bool = False) -> signing.Signer:
-        """The card's certificate read through the control (SigningUnavailable as :meth:`sign`)."""
-        async with self._speaking():
+        """The card's certificate read through the control (SigningUnavailable as :meth:`sign`; a refusal here — no
+        card — stops nothing: no PIN was sent)."""
+        async with self._speaking(pin_sent=False):
             return self._know(await self.bridge.certificate(again=again))
 
     async def sign(self, root: etree._Element) -> None:
@@ -224,7 +226,7 @@ class UKeySigner:
             if (refusal := signer.refusal(datetime.now(UTC))) is not None:
                 raise refusal
             prepared = signing.prepare(root, signer.backend)
-            async with self._speaking():
+            async with self._speaking(pin_sent=True):
                 value, cert_no = await self.bridge.sign(prepared.signed_info)
             if cert_no == signer.backend.key_name:
                 break
@@ -251,8 +253,9 @@ class UKeySigner:
         return out
 
     @contextlib.asynccontextmanager
-    async def _speaking(self) -> AsyncIterator[None]:
-        """A call to the card: its failures become SigningUnavailable, and what is known of the control follows."""
+    async def _speaking(self, *, pin_sent: bool) -> AsyncIterator[None]:
+        """A call to the card: its failures become SigningUnavailable, and what is known of the control follows; a
+        refusal of a call that sent the PIN stops all calls until a reload."""
         try:
             yield
         except UKeyUnreachable as exc:
@@ -260,7 +263,9 @@ class UKeySigner:
             raise SigningUnavailable("signing.ukey_unreachable", f"{exc}: the declaration was not signed; send it "
                                      "again once the PC with the UKey is on and its client control runs") from exc
         except UKeyRefused as exc:
-            self.unreachable = None
+            self.unreachable = None if pin_sent else str(exc)
+            if not pin_sent:
+                raise SigningUnavailable("signing.ukey_refused", str(exc)) from exc
             self.refused = SigningUnavailable("signing.ukey_refused", f"{exc}; nothing more is sent to the card until "
                                               "the gateway's configuration is reloaded (SIGHUP)")  # fmt: skip
             raise self.refused from exc

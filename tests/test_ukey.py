@@ -357,6 +357,28 @@ async def test_a_card_that_refused_is_not_asked_again_until_a_reload() -> None:
 KEY_FILES = generate_test_key("rsa", "agent in files")
 
 
+async def test_no_card_to_read_the_certificate_from_stops_nothing() -> None:
+    """No card in the reader when the certificate is read (at start): said, but not a refusal that stops the calls —
+    no PIN was sent. The card put in, the next declaration is signed without a reload."""
+    card = await start_ukey(CARD)
+    card.present = False
+    ukey = UKeySigner(card.url, "88888888")
+    try:
+        with pytest.raises(SigningUnavailable) as caught:
+            await ukey.sign(etree.fromstring(render(_inventory(6))))
+        assert caught.value.code == "signing.ukey_refused" and "未找到卡片" in caught.value.message
+        assert ukey.refused is None and not ukey.up
+        assert ukey.standing(datetime.now(UTC))["state"] == "ukey_unreachable"
+        card.present = True
+        root = etree.fromstring(render(_inventory(6)))
+        await ukey.sign(root)
+        assert signing.verify(root, trusted_certs=[CARD.certificate_der]).ok and ukey.up
+        assert ukey.standing(datetime.now(UTC))["state"] == "valid"
+    finally:
+        await ukey.close()
+        await card.stop()
+
+
 def test_the_gateways_key_is_in_files_or_on_a_ukey(tmp_path: Path) -> None:
     cfg = tmp_path / "cbec.toml"
     cfg.write_text('signing_ukey_url = "ws://10.0.0.7:61232"\nsigning_ukey_password = "12345678"\n', encoding="utf-8")
