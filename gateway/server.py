@@ -45,7 +45,7 @@ from gateway.config import (
 from gateway.ingestlink import IngestClient, IngestServer, IngestUnavailable, link_folder
 from gateway.metrics import shared_across_processes
 from gateway.signing import SigningUnavailable
-from gateway.ukey import UKeyBridge, UKeySigner
+from gateway.ukey import UKeyBridge, UKeyRefused, UKeySigner, UKeyUnreachable
 from gateway.workers import (
     Forwarding,
     PlatformKey,
@@ -575,13 +575,24 @@ class KeyReload:
                 await renewal
 
 
-def sandbox_realtime(url: str, realtime: RealtimeSettings, keys: PlatformKeys) -> tuple[dict[str, str], list[bytes]]:
+async def sandbox_realtime(url: str, realtime: RealtimeSettings,
+                           keys: PlatformKeys) -> tuple[dict[str, str], list[bytes]]:  # fmt: skip
     """Customs' 179 side as the built-in sandbox plays it: where it asks about each configured platform's orders (the
-    gateway at ``url``) and the certificates it verifies their uploads with (a UKey's is on its card: with one, the
-    sandbox takes a certificate it was not given, docs/sandbox.md)."""
-    certificates = [k.certificate_der for k in keys.values() if not isinstance(k, UKeyBridge)]
-    return ({p.ebp_code: f"{url}/ceb/platDataOpen/{p.token}" for p in realtime.platforms},
-            [] if len(certificates) < len(keys) else certificates)  # fmt: skip
+    gateway at ``url``) and the certificates it verifies their uploads with — a UKey's read from its card through its
+    control; a card that does not give it leaves the sandbox taking any certificate (logged, docs/sandbox.md)."""
+    asks = {p.ebp_code: f"{url}/ceb/platDataOpen/{p.token}" for p in realtime.platforms}
+    certificates = []
+    for ebp, key in keys.items():
+        if not isinstance(key, UKeyBridge):
+            certificates.append(key.certificate_der)
+            continue
+        try:
+            certificates.append(await asyncio.wait_for(key.certificate(), UKEY_START_TIMEOUT_S))
+        except (UKeyUnreachable, UKeyRefused, TimeoutError) as exc:
+            log.warning("sandbox_takes_any_179_certificate", ebp_code=ebp, reason=str(exc) or type(exc).__name__,
+                        note="the UKey did not give its certificate: the sandbox verifies no upload's signature")
+            return asks, []
+    return asks, certificates
 
 
 def _platform_keys(settings: Settings) -> PlatformKeys:
@@ -674,6 +685,7 @@ async def serve(
             others: ApiProcesses | None = None
             link_server: IngestServer | None = None
             reloader: KeyReload | None = None
+            sandbox_renewals: set[asyncio.Task[None]] = set()  # a reload's 179 platforms put in the sandbox
             retention: asyncio.Task[None] | None = None  # the refused messages' retention, in the first process
             try:
                 if api_only:
@@ -715,7 +727,7 @@ async def serve(
                 if sandboxed:
                     from gateway.sandbox import start_sandbox
 
-                    ask_urls, certs = sandbox_realtime(url, settings.realtime, platform_keys)
+                    ask_urls, certs = await sandbox_realtime(url, settings.realtime, platform_keys)
                     sandbox = await start_sandbox(
                         "127.0.0.1",
                         fwd.sandbox_port,
@@ -746,9 +758,15 @@ async def serve(
                         app[REALTIME].renew(realtime)
                         if forwarding is not None:
                             forwarding.renew_realtime(realtime, keys)
-                        if sandbox is not None:
-                            sandbox.config.realtime_ask_urls, sandbox.config.realtime_certs = sandbox_realtime(
-                                url, realtime, keys)
+                        if sandbox is not None:  # the cards asked for their certificates in the background
+                            task = asyncio.create_task(renew_sandbox(realtime, keys))
+                            sandbox_renewals.add(task)
+                            task.add_done_callback(sandbox_renewals.discard)
+
+                    async def renew_sandbox(realtime: RealtimeSettings, keys: PlatformKeys) -> None:
+                        assert sandbox is not None
+                        asks, certificates = await sandbox_realtime(url, realtime, keys)
+                        sandbox.config.realtime_ask_urls, sandbox.config.realtime_certs = asks, certificates
 
                     reloader = KeyReload(reload, running, app[KEYS], settings.api_keys, own_keys, others, app,
                                          signatures, forwarding,
@@ -770,6 +788,10 @@ async def serve(
                         await retention
                 if reloader is not None:
                     await reloader.aclose()
+                for task in list(sandbox_renewals):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 if others is not None:
                     await others.stop()
                 if link_server is not None:

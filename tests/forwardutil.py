@@ -204,7 +204,7 @@ async def running_stack(
         sb.config.warehouse_callback_url = f"{base}/v1/warehouse/callbacks"
         sb.config.warehouse_callback_headers = {"X-API-Key": WAREHOUSE_KEY}
         if realtime is not None:
-            asks, certs = sandbox_realtime(base, realtime, platform_keys or {})
+            asks, certs = await sandbox_realtime(base, realtime, platform_keys or {})
             sb.config.realtime_ask_urls, sb.config.realtime_certs = asks, certs
         fwd_runtime = Forwarding(pool, app[OUTBOX], fwd, endpoints, schemas=app[PIPELINE].schemas, worker=worker,
                                  realtime=realtime or RealtimeSettings(),

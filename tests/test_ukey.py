@@ -144,7 +144,8 @@ async def test_customs_question_is_answered_with_an_upload_the_platforms_ukey_si
     bridge = UKeyBridge(card.url, "88888888")
     try:
         async with running_stack(db_dsn, realtime=platforms(), platform_keys={EBP_CODE: bridge}) as stack:
-            stack.sandbox.config.realtime_certs = [CARD.certificate_der]
+            # the sandbox read the card's certificate through its control (gateway.server.sandbox_realtime)
+            assert stack.sandbox.config.realtime_certs == [CARD.certificate_der]
             first, second = parcel(95), parcel(96)
             for s in (first, second):
                 r = await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s),
@@ -452,3 +453,32 @@ async def test_cbec_serve_signs_with_the_agents_ukey_and_a_reload_puts_a_refusin
         await card.stop()
     assert any(r["event"] == "signing_ukey_ready" and r["signing_key"] == SM2_CARD.key_name for r in logged)
     assert "12345678" not in repr(logged) and "00000000" not in repr(logged)
+
+
+async def test_the_sandbox_verifies_179_uploads_with_the_cards_certificates_when_they_give_them() -> None:
+    """The built-in sandbox plays customs, who hold each platform's certificate: a UKey's is read from its card. A
+    card that does not give it leaves the sandbox taking any certificate (logged), never failing the start."""
+    from structlog.testing import capture_logs
+
+    from gateway.config import RealtimePlatform, RealtimeSettings
+
+    card = await start_ukey(SM2_CARD)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nobody = s.getsockname()[1]
+    files = RsaSha1Key.from_pem(*generate_test_key("rsa", "platform in files"))
+    ukey, away = UKeyBridge(card.url), UKeyBridge(f"ws://127.0.0.1:{nobody}")
+    realtime = RealtimeSettings((RealtimePlatform("46012609BQ", "a" * 20, None, None, ukey_url=card.url),))
+    try:
+        asks, certs = await server.sandbox_realtime("http://gw", realtime, {"46012609BQ": ukey, "4601ZZ": files})
+        assert asks == {"46012609BQ": f"http://gw/ceb/platDataOpen/{'a' * 20}"}
+        assert certs == [SM2_CARD.certificate_der, files.certificate_der]
+        with capture_logs() as logged:
+            _, certs = await server.sandbox_realtime("http://gw", realtime, {"46012609BQ": ukey, "4601ZZ": away})
+        assert certs == []
+        [said] = [r for r in logged if r["event"] == "sandbox_takes_any_179_certificate"]
+        assert said["ebp_code"] == "4601ZZ" and f"127.0.0.1:{nobody}" in said["reason"]
+    finally:
+        await ukey.close()
+        await away.close()
+        await card.stop()
