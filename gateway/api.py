@@ -236,8 +236,8 @@ async def post_message(request: web.Request) -> web.Response:
         log.error("json_declaration_not_signed", code=exc.code, reason=exc.message)
         response = error_response(503, "the gateway cannot sign this declaration now; nothing was stored",
                                   [Issue(Layer.RULE, exc.code, "/", exc.message)])  # fmt: skip
-        if exc.code == "signing.ukey_unreachable":  # the control may be back in a moment; the others need the operators
-            response.headers["Retry-After"] = "30"
+        if exc.code in ("signing.ukey_unreachable", "signing.ukey_busy"):  # passes by itself; the others need people
+            response.headers["Retry-After"] = "30" if exc.code == "signing.ukey_unreachable" else "5"
         return response
     except Forbidden as exc:  # kept as well: a seller's key set up without the codes it sends shows here
         await _record_rejection(store, body, principal.name, checked.message.guid, checked.message.type.code,

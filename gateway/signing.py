@@ -163,6 +163,9 @@ CODES: dict[str, str] = {
     "signing.ukey_unreachable": "a JSON declaration the gateway signs came while the E-Port client control of the UKey "
     "holding its key (signing_ukey_url) did not answer (the PC off, the control not running): not signed, not stored "
     "(HTTP 503, Retry-After); send it again",
+    "signing.ukey_busy": "as signing.ukey_unreachable, when so many JSON declarations are waiting for the UKey "
+    "already (32, about ten seconds of a card's signing) that this one would wait longer than its sender: not stored "
+    "(HTTP 503, Retry-After); send it again in a moment",
     "signing.ukey_refused": "the UKey holding the gateway's key refused to sign (a wrong PIN, no card in the reader): "
     "not signed, not stored (HTTP 503); nothing more is sent to the card until the operators reload the configuration "
     "(SIGHUP) — a wrong PIN tried again and again would lock the card",

@@ -41,6 +41,9 @@ CERTIFICATE = "cus-sec_SpcGetSignCertAsPEM"
 #: needs: a SignedInfo is a few hundred bytes, a 179 upload's signed string some kilobytes.
 MAX_TEXT = 120 * 1024
 DEFAULT_TIMEOUT_S = 30.0
+#: Declarations that may wait for the gateway's card at once: about ten seconds of a card's signing. One more is
+#: answered at once (503 signing.ukey_busy, Retry-After) rather than wait longer than its sender would.
+MAX_WAITING = 32
 
 
 class UKeyUnreachable(Exception):
@@ -192,6 +195,7 @@ class UKeySigner:
         # or no card to read the certificate from (None: it answered)
         self.unreachable: str | None = None
         self.refused: SigningUnavailable | None = None
+        self.waiting = 0  # declarations waiting for the card now (MAX_WAITING)
 
     @property
     def url(self) -> str:
@@ -221,6 +225,17 @@ class UKeySigner:
         outside its validity, the control out of reach, the card refusing, or a signature that does not verify."""
         if self.refused is not None:
             raise self.refused
+        if self.waiting >= MAX_WAITING:
+            raise SigningUnavailable("signing.ukey_busy", f"{self.waiting} declarations are waiting for the UKey at "
+                                     f"{self.url} already (a card signs a few a second): send this one again in a "
+                                     "moment")  # fmt: skip
+        self.waiting += 1
+        try:
+            await self._sign(root)
+        finally:
+            self.waiting -= 1
+
+    async def _sign(self, root: etree._Element) -> None:
         signer = self.signer or await self.read_certificate()
         for attempt in (1, 2):
             if (refusal := signer.refusal(datetime.now(UTC))) is not None:

@@ -482,3 +482,27 @@ async def test_the_sandbox_verifies_179_uploads_with_the_cards_certificates_when
         await ukey.close()
         await away.close()
         await card.stop()
+
+
+async def test_declarations_beyond_what_the_card_signs_in_a_few_seconds_are_answered_at_once() -> None:
+    """A card signs one thing at a time (here 20 ms each): up to MAX_WAITING declarations wait their turn and are
+    signed; one more is answered at once with signing.ukey_busy, to be sent again, rather than wait longer than its
+    sender would. Not a refusal: the card is asked again at the next declaration."""
+    from gateway.ukey import MAX_WAITING
+
+    card = await start_ukey(CARD)
+    card.signing_s = 0.02
+    ukey = UKeySigner(card.url, "88888888", certificate=CARD.certificate_der)
+    roots = [etree.fromstring(render(_inventory(10 + i))) for i in range(MAX_WAITING + 3)]
+    try:
+        outcomes = await asyncio.gather(*(ukey.sign(root) for root in roots), return_exceptions=True)
+        busy = [o for o in outcomes if isinstance(o, SigningUnavailable)]
+        assert len(busy) == 3 and {o.code for o in busy} == {"signing.ukey_busy"}, outcomes
+        assert outcomes[:MAX_WAITING] == [None] * MAX_WAITING
+        assert all(signing.verify(root, trusted_certs=[CARD.certificate_der]).ok for root in roots[:MAX_WAITING])
+        assert card.calls.count(SIGN) == MAX_WAITING and ukey.waiting == 0 and ukey.up
+        await ukey.sign(roots[-1])
+        assert signing.verify(roots[-1], trusted_certs=[CARD.certificate_der]).ok
+    finally:
+        await ukey.close()
+        await card.stop()

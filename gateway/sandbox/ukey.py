@@ -4,11 +4,12 @@ signature by its key — a TEST key, SM2 signatures raw r‖s as a card's — on
 UKey platform, and its tests, without a card.
 
 ``card = await start_ukey(key)``; point ``ukey_url`` at ``card.url``; ``card.calls`` lists what it was asked;
-``card.present = False`` plays a card pulled out; ``await card.stop()``.
+``card.present = False`` plays a card pulled out; ``card.signing_s`` the time a signature takes; ``await card.stop()``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class SimulatedCard:
     key: SignatureBackend
     pin: str = DEFAULT_PIN
     present: bool = True
+    signing_s: float = 0.0  # how long each signature takes
     url: str = ""
     calls: list[str] = field(default_factory=list)
     runner: web.AppRunner | None = None
@@ -78,6 +80,8 @@ async def start_ukey(key: SignatureBackend, *, pin: str = DEFAULT_PIN, host: str
                 except (ValueError, TypeError):
                     continue
                 if isinstance(asked, dict):
+                    if card.signing_s and asked.get("_method") == SIGN:
+                        await asyncio.sleep(card.signing_s)  # a real card takes about a quarter of a second
                     await ws.send_str(json.dumps(card.answer(asked), ensure_ascii=False))
         finally:
             card.sockets.discard(ws)
