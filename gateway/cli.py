@@ -17,7 +17,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from gateway import config
 
@@ -218,6 +218,53 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ukey_sandbox(args: argparse.Namespace) -> int:
+    """The E-Port client control with a card in it, played on this machine (gateway.sandbox.ukey): for trying
+    ``signing_ukey_url`` or a 179 platform's ``ukey_url`` without a card. The card's key is the files given, or a TEST
+    key made now; its certificate is written to ``--cert-out`` (for ``trusted_certs``)."""
+    import contextlib
+    import signal
+
+    from gateway.sandbox.ukey import start_ukey
+    from gateway.signing import RsaSha1Key, SignatureBackend, Sm2Sm3Key, generate_test_key
+
+    kind: Literal["rsa", "sm2"] = "sm2" if args.algorithm == "sm2-sm3" else "rsa"
+    if bool(args.key_file) != bool(args.cert_file):
+        print("cbec ukey-sandbox: --key-file and --cert-file go together", file=sys.stderr)
+        return 2
+    try:
+        key_pem, cert_pem = ((Path(args.key_file).read_bytes(), Path(args.cert_file).read_bytes()) if args.key_file
+                             else generate_test_key(kind, "cbec ukey-sandbox card (TEST)"))  # fmt: skip
+        card_key: SignatureBackend = Sm2Sm3Key.from_pem(key_pem, cert_pem, signature_format="raw") if kind == "sm2" \
+            else RsaSha1Key.from_pem(key_pem, cert_pem)  # fmt: skip
+        if args.cert_out:
+            Path(args.cert_out).write_bytes(cert_pem)
+    except (OSError, ValueError) as exc:
+        print(f"cbec ukey-sandbox: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        try:
+            card = await start_ukey(card_key, pin=args.pin, host=args.host, port=args.port)
+        except OSError as exc:
+            reason = f"cbec ukey-sandbox: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+            raise SystemExit(reason) from None
+        print(f"UKey client control on {card.url}: a card with certificate {card_key.key_name} ({args.algorithm}), "
+              f"PIN {args.pin}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await card.stop()
+
+    asyncio.run(run())
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from gateway.server import replay
 
@@ -294,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay-ms", type=float, default=500.0, help="delay before each receipt (default 500)")
     p.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests answered 503 (default 0)")
     p.set_defaults(func=_cmd_sandbox)
+
+    p = sub.add_parser("ukey-sandbox", help="play a UKey's E-Port client control, a TEST card in it (docs/sandbox.md)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=61232, help="listen port (default 61232, the control's; 0: any free)")
+    p.add_argument("--algorithm", choices=("rsa-sha1", "sm2-sm3"), default="sm2-sm3",
+                   help="the card's key (default sm2-sm3, as the e-port's cards since 2022)")
+    p.add_argument("--key-file", help="the card's key (PEM) instead of a TEST key made now; with --cert-file")
+    p.add_argument("--cert-file", help="the card's certificate (PEM)")
+    p.add_argument("--pin", default="88888888", help="the card's PIN (default 88888888, a new card's)")
+    p.add_argument("--cert-out", help="write the card's certificate (PEM) there, e.g. for trusted_certs")
+    p.set_defaults(func=_cmd_ukey_sandbox)
 
     p = sub.add_parser("replay", help="move dead letters back to the delivery queue")
     _add_server_options(p)

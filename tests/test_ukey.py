@@ -13,6 +13,7 @@ import random
 import re
 import signal
 import socket
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -506,3 +507,33 @@ async def test_declarations_beyond_what_the_card_signs_in_a_few_seconds_are_answ
     finally:
         await ukey.close()
         await card.stop()
+
+
+async def test_cbec_ukey_sandbox_plays_a_card_from_the_command_line(tmp_path: Path) -> None:
+    """`cbec ukey-sandbox` listens as the client control does, with a TEST card (SM2 by default) whose certificate it
+    writes out: what it signs verifies with that certificate; SIGTERM stops it. Its key files go together."""
+    cert_out = tmp_path / "card.pem"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "ukey-sandbox", "--port", "0", "--pin", "12345678",
+        "--cert-out", str(cert_out), stdout=asyncio.subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        url = re.search(r"on (ws://\S+):", line)
+        assert url is not None and "PIN 12345678" in line and "(sm2-sm3)" in line, line
+        certificate = signing.certificate_to_der(cert_out.read_bytes())
+        bridge = UKeyBridge(url.group(1), "12345678")
+        try:
+            signature, cert_no = await bridge.sign(SIGNED)
+        finally:
+            await bridge.close()
+        assert verify_bytes(certificate, SIGNED, signature) and len(signature) == 64  # SM2, raw r‖s as a card's
+        assert cert_no == key_name_for(certificate_serial(certificate)) and cert_no in line
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    alone = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "ukey-sandbox", "--key-file", str(cert_out),
+        stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    _, err = await alone.communicate()
+    assert alone.returncode == 2 and b"go together" in err
