@@ -456,12 +456,18 @@ async def test_cbec_serve_signs_with_the_agents_ukey_and_a_reload_puts_a_refusin
     assert "12345678" not in repr(logged) and "00000000" not in repr(logged)
 
 
-async def test_the_sandbox_verifies_179_uploads_with_the_cards_certificates_when_they_give_them() -> None:
+async def test_the_sandbox_verifies_179_uploads_with_the_cards_certificates_when_they_give_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The built-in sandbox plays customs, who hold each platform's certificate: a UKey's is read from its card. A
     card that does not give it leaves the sandbox taking any certificate (logged), never failing the start."""
+    import structlog
     from structlog.testing import capture_logs
 
     from gateway.config import RealtimePlatform, RealtimeSettings
+
+    # a logger not cached before capture_logs (an earlier test in this process may have configured logging)
+    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
 
     card = await start_ukey(SM2_CARD)
     with socket.socket() as s:
