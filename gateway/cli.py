@@ -184,11 +184,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
-    import contextlib
-    import signal
-
     from gateway.sandbox import start_sandbox
-    from gateway.server import settled_heap
+    from gateway.server import settled_heap, stopped_by_signals
 
     async def run() -> None:
         headers = {"X-API-Key": args.receipt_key} if args.receipt_key else {}
@@ -204,13 +201,10 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         )
         print(f"customs sandbox on {sandbox.url}: POST /dxp /ceb /inspection /warehouse/orders", flush=True)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         try:
-            with settled_heap():
-                await stop.wait()
+            async with stopped_by_signals(stop):
+                with settled_heap():
+                    await stop.wait()
         finally:
             await sandbox.stop()
 
@@ -222,10 +216,8 @@ def _cmd_ukey_sandbox(args: argparse.Namespace) -> int:
     """The E-Port client control with a card in it, played on this machine (gateway.sandbox.ukey): for trying
     ``signing_ukey_url`` or a 179 platform's ``ukey_url`` without a card. The card's key is the files given, or a TEST
     key made now; its certificate is written to ``--cert-out`` (for ``trusted_certs``)."""
-    import contextlib
-    import signal
-
     from gateway.sandbox.ukey import start_ukey
+    from gateway.server import stopped_by_signals
     from gateway.signing import RsaSha1Key, SignatureBackend, Sm2Sm3Key, generate_test_key
 
     kind: Literal["rsa", "sm2"] = "sm2" if args.algorithm == "sm2-sm3" else "rsa"
@@ -252,12 +244,9 @@ def _cmd_ukey_sandbox(args: argparse.Namespace) -> int:
         print(f"UKey client control on {card.url}: a card with certificate {card_key.key_name} ({args.algorithm}), "
               f"PIN {args.pin}", flush=True)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            async with stopped_by_signals(stop):
+                await stop.wait()
         finally:
             await card.stop()
 
