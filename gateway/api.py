@@ -217,7 +217,7 @@ async def post_message(request: web.Request) -> web.Response:
         if source == "json":
             turns = request.app[TURNS]
             rendered = await turns.run(pipeline.render_json_body, body)
-            await pipeline.sign(rendered)  # a UKey's signature is awaited between the turns (gateway.ukey)
+            await pipeline.sign(rendered)  # a UKey's signature, awaited between the turns (gateway.ukey)
             checked = await turns.run(pipeline.check_rendered, rendered)
         elif ctype in ("application/xml", "text/xml", "application/octet-stream", ""):
             checked = await request.app[TURNS].run(pipeline.check, body)

@@ -40,8 +40,8 @@ class Forbidden(Exception):
 
 @dataclass(frozen=True)
 class Rendered:
-    """A JSON submission rendered to CEB XML, before it is checked: ``to_sign`` when the gateway signs it (its
-    signature is made in ``root``, then the whole is checked)."""
+    """A JSON submission rendered to CEB XML, before it is checked: signed already where a key in this process signs
+    it; ``to_sign`` when the gateway's UKey is still to sign it (:meth:`Pipeline.sign`), before the whole is checked."""
 
     root: etree._Element
     identity: bytes
@@ -142,12 +142,17 @@ class Pipeline:
 
     def check_json_body(self, body: bytes) -> Checked:
         """A JSON request body rendered, signed where the gateway signs it, checked (:meth:`render_json_body`, then
-        :meth:`check_rendered`): with a key in this process. The API awaits :meth:`sign` between the two instead."""
-        return self._signed_and_checked(self.render_json_body(body))
+        :meth:`check_rendered`): with a key in this process. The API awaits a UKey's :meth:`sign` between the two."""
+        return self._checked_now(self.render_json_body(body))
 
     def check_json(self, payload: Mapping[str, Any]) -> Checked:
         """As check_json_body, for a payload parsed already."""
-        return self._signed_and_checked(self.render_json(payload))
+        return self._checked_now(self.render_json(payload))
+
+    def _checked_now(self, rendered: Rendered) -> Checked:
+        if rendered.to_sign:
+            raise RuntimeError("a UKey's signature is awaited: Pipeline.sign, then check_rendered")
+        return self.check_rendered(rendered)
 
     def render_json_body(self, body: bytes) -> Rendered:
         """A JSON request body (docs/json-api.md): UTF-8 (RFC 8259), parsed with exact decimals, no member named
@@ -170,30 +175,22 @@ class Pipeline:
         return self.render_json(payload)
 
     def render_json(self, payload: Mapping[str, Any]) -> Rendered:
+        """Rendered, and signed at once where the gateway signs it with a key in this process (SigningUnavailable)."""
         root = render_root(payload)
         mtype = lookup(str(payload.get("type", "")))  # rendered: one of the JSON types
-        to_sign = self.signer is not None and mtype is not None and _wants_signature(mtype, root)
-        return Rendered(root, json_identity(payload), to_sign)
+        signer = self.signer
+        wanted = signer is not None and mtype is not None and _wants_signature(mtype, root)
+        if wanted and signer is not None and not isinstance(signer, UKeySigner):
+            signer(root)  # in the caller's turn, as the rest of the CPU-heavy part
+            wanted = False
+        return Rendered(root, json_identity(payload), wanted)
 
     async def sign(self, rendered: Rendered) -> None:
-        """The gateway's signature in a rendered declaration that needs one: a UKey's awaited (gateway.ukey), a key in
-        this process's made at once. SigningUnavailable when the key cannot sign now."""
-        if isinstance(self.signer, UKeySigner) and rendered.to_sign:
+        """The UKey's signature in a rendered declaration still to be signed (gateway.ukey; SigningUnavailable when it
+        cannot sign now); nothing for one signed already or needing no signature."""
+        if rendered.to_sign:
+            assert isinstance(self.signer, UKeySigner)  # render_json signs with any other key itself
             await self.signer.sign(rendered.root)
-        else:
-            self._sign_here(rendered)
-
-    def _sign_here(self, rendered: Rendered) -> None:
-        signer = self.signer
-        if signer is None or not rendered.to_sign:
-            return
-        if isinstance(signer, UKeySigner):
-            raise RuntimeError("a UKey's signature is awaited: Pipeline.sign")
-        signer(rendered.root)
-
-    def _signed_and_checked(self, rendered: Rendered) -> Checked:
-        self._sign_here(rendered)
-        return self.check_rendered(rendered)
 
     def check_rendered(self, rendered: Rendered) -> Checked:
         """A rendered JSON submission (signed, where the gateway signs it) checked as an XML message is."""
