@@ -197,9 +197,10 @@ class RealtimePlatform:
     cert_file: Path | None
     algorithm: str = "rsa-sha1"  # or "sm2-sm3"
     # or the platform's UKey, through the E-Port client control on the PC it is plugged into (gateway.ukey): its
-    # WebSocket (ws://<that PC>:61232) and the card's PIN
+    # WebSocket (ws://<that PC>:61232), the card's PIN and the control's method it signs through
     ukey_url: str | None = None
     ukey_password: str | None = field(default=None, repr=False)
+    ukey_method: str = "cus-sec_SpcSignDataAsPEM"
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,8 @@ def _parse_realtime(data: Any) -> RealtimeSettings:
         where = f"realtime.platforms.{ebp}"
         if not isinstance(item, Mapping):
             raise ValueError(f"{where} must be a table")
-        unknown = set(item) - {"token", "key_file", "cert_file", "algorithm", "ukey_url", "ukey_password"}
+        unknown = set(item) - {"token", "key_file", "cert_file", "algorithm", "ukey_url", "ukey_password",
+                               "ukey_method"}  # fmt: skip
         if unknown:
             raise ValueError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
         if not 1 <= len(str(ebp)) <= 18:
@@ -244,10 +246,14 @@ def _parse_realtime(data: Any) -> RealtimeSettings:
                                  "(ws://<host>:61232), and then neither key_file, cert_file nor algorithm: the card "
                                  "holds the key")  # fmt: skip
             password = item.get("ukey_password")
-            out.append(RealtimePlatform(str(ebp), token, None, None, ukey_url=url,
+            try:
+                method = _ukey_method(item.get("ukey_method", UKEY_SIGN_METHODS[0]))
+            except ValueError as exc:
+                raise ValueError(f"{where}.ukey_method: {exc}") from None
+            out.append(RealtimePlatform(str(ebp), token, None, None, ukey_url=url, ukey_method=method,
                                         ukey_password=None if password is None else str(password)))  # fmt: skip
             continue
-        if not item.get("key_file") or not item.get("cert_file") or "ukey_password" in item:
+        if not item.get("key_file") or not item.get("cert_file") or {"ukey_password", "ukey_method"} & set(item):
             raise ValueError(f"{where} needs key_file and cert_file (the platform's signing key and certificate), or "
                              "ukey_url (its UKey)")  # fmt: skip
         algorithm = str(item.get("algorithm", "rsa-sha1"))
@@ -303,6 +309,9 @@ class Settings:
     # the card is in (ws://<host>:61232, gateway.ukey) and the card's PIN. The algorithm is the card's certificate's.
     signing_ukey_url: str | None = None
     signing_ukey_password: str | None = field(default=None, repr=False)
+    # How the card is asked to sign (UKEY_SIGN_METHODS): cus-sec_SpcSignDataNoHashAsPEM for an RSA card that signs a
+    # SHA-1 digest made here (cards issued before 2022-07, as the public signers use them).
+    signing_ukey_method: str = "cus-sec_SpcSignDataAsPEM"
     # The agentCode of the enterprise whose key that is: a JSON CEB621 naming another agent is refused (customs
     # checks the signer against the declared agent). None: not checked.
     signing_agent_code: str | None = None
@@ -413,6 +422,18 @@ def _scalars(
     return out
 
 
+#: The E-Port client control's methods a UKey signs through (gateway.ukey speaks them): the text, which the card
+#: hashes by its key (the default), or the text's SHA-1 digest made here, for RSA cards issued before 2022-07.
+UKEY_SIGN_METHODS = ("cus-sec_SpcSignDataAsPEM", "cus-sec_SpcSignDataNoHashAsPEM")
+
+
+def _ukey_method(value: Any) -> str:
+    method = str(value).strip()
+    if method not in UKEY_SIGN_METHODS:
+        raise ValueError(f"one of {', '.join(UKEY_SIGN_METHODS)}; found {method!r}")
+    return method
+
+
 def _ukey_url(value: Any) -> str:
     url = str(value).strip()
     if not url.startswith(("ws://", "wss://")):
@@ -426,8 +447,9 @@ def _signing_key_in_one_place(changes: Mapping[str, Any]) -> None:
     if changes.get("signing_ukey_url") and (changes.get("signing_key_file") or changes.get("signing_cert_file")):
         raise ValueError("signing_ukey_url: the signing key is on a UKey or in signing_key_file and signing_cert_file, "
                          "not both")  # fmt: skip
-    if changes.get("signing_ukey_password") and not changes.get("signing_ukey_url"):
-        raise ValueError("signing_ukey_password is the PIN of the UKey signing_ukey_url names, and that is not set")
+    for name in ("signing_ukey_password", "signing_ukey_method"):
+        if changes.get(name) and not changes.get("signing_ukey_url"):
+            raise ValueError(f"{name} is for the UKey signing_ukey_url names, and that is not set")
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> Any:
@@ -687,6 +709,7 @@ _SETTINGS: tuple[tuple[str, Any], ...] = (
     ("signing_algorithm", _choice("signing_algorithm", ("rsa-sha1", "sm2-sm3"))),
     ("signing_ukey_url", _ukey_url),
     ("signing_ukey_password", str),
+    ("signing_ukey_method", _ukey_method),
     ("signing_agent_code", str),
     ("verify_signatures", _flag),
     ("trusted_certs", Path),

@@ -21,7 +21,7 @@ from gateway import signing
 from gateway.config import Settings
 from gateway.forward import Router
 from gateway.server import pem_signer
-from gateway.ukey import UKeyBridge, UKeyRefused, UKeyUnreachable
+from gateway.ukey import SIGN, SIGN_NO_HASH, UKeyBridge, UKeyRefused, UKeyUnreachable
 from gateway.workers import effective_endpoints, platform_keys, uses_sandbox
 
 
@@ -77,8 +77,7 @@ async def ukey_lines(settings: Settings, *, now: datetime | None = None, timeout
     runs, and what it would sign waits, or is answered 503, until it does)."""
     now = now or datetime.now(UTC)
     out = []
-    for url, password, what, waits in _ukeys(settings):
-        bridge = UKeyBridge(url, password, timeout_s=timeout_s)
+    for bridge, what, waits in _ukeys(settings, timeout_s):
         try:
             certificate = await bridge.certificate()
         except (UKeyUnreachable, UKeyRefused) as exc:
@@ -87,17 +86,23 @@ async def ukey_lines(settings: Settings, *, now: datetime | None = None, timeout
         finally:
             await bridge.close()
         out.append(_certificate_line(f"{what}: its UKey holds certificate", certificate, now))
+        if bridge.method == SIGN_NO_HASH and signing.certificate_algorithm(certificate) != signing.RSA_SHA1:
+            out.append(Line(Level.ERROR, f"{what}: its UKey holds an SM2 key, and {SIGN_NO_HASH} signs a SHA-1 digest "
+                                         f"for RSA cards only: sign through {SIGN}"))  # fmt: skip
     return out
 
 
-def _ukeys(settings: Settings) -> Iterator[tuple[str, str | None, str, str]]:
-    """Each UKey configured: its control's URL, its PIN, what it signs, and what waits while it does not answer."""
+def _ukeys(settings: Settings, timeout_s: float) -> Iterator[tuple[UKeyBridge, str, str]]:
+    """Each UKey configured (its client control's bridge, no call made), what it signs, and what waits while it does
+    not answer."""
     if settings.signing_ukey_url:
-        yield (settings.signing_ukey_url, settings.signing_ukey_password, "signing key",
-               "JSON declarations the gateway signs are answered 503 until it answers")  # fmt: skip
+        yield (UKeyBridge(settings.signing_ukey_url, settings.signing_ukey_password,
+                          method=settings.signing_ukey_method, timeout_s=timeout_s),
+               "signing key", "JSON declarations the gateway signs are answered 503 until it answers")  # fmt: skip
     for p in settings.realtime.platforms:
         if p.ukey_url is not None:
-            yield p.ukey_url, p.ukey_password, f"179 payment data of {p.ebp_code}", "its uploads wait until it answers"
+            yield (UKeyBridge(p.ukey_url, p.ukey_password, method=p.ukey_method, timeout_s=timeout_s),
+                   f"179 payment data of {p.ebp_code}", "its uploads wait until it answers")  # fmt: skip
 
 
 def database_line(settings: Settings, answers: bool | None) -> Line:

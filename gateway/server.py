@@ -197,7 +197,8 @@ Reload = Callable[[], Settings]
 #: The settings of the signatures a reload applies besides the API keys: the gateway's own signing key (a renewed
 #: certificate, the files replaced in place or named anew) and the enterprises' certificates it verifies against.
 SIGNATURE_SETTINGS = ("signing_key_file", "signing_cert_file", "signing_algorithm", "signing_ukey_url",
-                      "signing_ukey_password", "signing_agent_code", "verify_signatures", "trusted_certs")  # fmt: skip
+                      "signing_ukey_password", "signing_ukey_method", "signing_agent_code", "verify_signatures",
+                      "trusted_certs")  # fmt: skip
 RELOADED_SETTINGS = ("api_keys", *SIGNATURE_SETTINGS, "realtime")
 
 
@@ -214,9 +215,10 @@ def needing_restart(running: Settings, fresh: Settings) -> list[str]:
     return stale
 
 
-#: Where the gateway's key is when it is on a UKey: its client control's URL and the card's PIN, and its certificate
-#: once read from the card (handed to the other API processes with the rest, so that they need not ask for it).
-UKeyPlace = tuple[str, str | None, bytes | None]
+#: Where the gateway's key is when it is on a UKey: its client control's URL, the card's PIN and the control's method
+#: it signs through, and its certificate once read from the card (handed to the other API processes with the rest, so
+#: that they need not ask for it).
+UKeyPlace = tuple[str, str | None, str, bytes | None]
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,7 @@ class Signatures:
         a UKey is asked for its certificate by :meth:`start`."""
         trusted = tuple(signing.read_certificates(settings.trusted_certs)) if settings.trusted_certs else None
         if settings.signing_ukey_url:
-            place = (settings.signing_ukey_url, settings.signing_ukey_password, None)
+            place = (settings.signing_ukey_url, settings.signing_ukey_password, settings.signing_ukey_method, None)
             return cls.on_ukey(place, settings.signing_agent_code, settings.verify_signatures, trusted)
         pem, cert_file = signing_pem(settings)
         signer = pem_signer(pem)
@@ -256,24 +258,25 @@ class Signatures:
     @classmethod
     def on_ukey(cls, place: UKeyPlace, agent_code: str | None, verify: bool,
                 trusted: tuple[bytes, ...] | None) -> Signatures:  # fmt: skip
-        url, password, certificate = place
-        return cls(UKeySigner(url, password, certificate=certificate), agent_code, verify, trusted, None)
+        url, password, method, certificate = place
+        return cls(UKeySigner(url, password, method=method, certificate=certificate), agent_code, verify, trusted, None)
 
     def __reduce__(self) -> tuple[Any, ...]:
         if isinstance(self.signer, UKeySigner):
             known = self.signer.signer.backend.certificate_der if self.signer.signer is not None else None
-            place = (self.signer.url, self.signer.bridge.password, known)
+            place = (self.signer.url, self.signer.bridge.password, self.signer.bridge.method, known)
             return Signatures.on_ukey, (place, self.agent_code, self.verify, self.trusted)
         return Signatures.from_pem, (self.pem, self.agent_code, self.verify, self.trusted)
 
     def same_as(self, in_force: Signatures) -> bool:
         """These (read anew) the same as those ``in_force``: the same key and certificate (files read anew compare by
-        their contents) or the same UKey and PIN, agent and trusted list. A UKey in force that refused to sign is
-        never the same: a reload is how the operators say the card is put right (gateway.ukey.UKeySigner)."""
+        their contents) or the same UKey, PIN and method, agent and trusted list. A UKey in force that refused to sign
+        is never the same: a reload is how the operators say the card is put right (gateway.ukey.UKeySigner)."""
         mine, theirs = self.signer, in_force.signer
         if isinstance(mine, UKeySigner) or isinstance(theirs, UKeySigner):
             same_key = (isinstance(mine, UKeySigner) and isinstance(theirs, UKeySigner) and theirs.refused is None
-                        and (mine.url, mine.bridge.password) == (theirs.url, theirs.bridge.password))  # fmt: skip
+                        and (mine.url, mine.bridge.password, mine.bridge.method)
+                        == (theirs.url, theirs.bridge.password, theirs.bridge.method))  # fmt: skip
         else:
             same_key = type(mine.backend) is type(theirs.backend) and \
                 mine.backend.certificate_der == theirs.backend.certificate_der  # fmt: skip

@@ -109,6 +109,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
@@ -170,7 +171,8 @@ CODES: dict[str, str] = {
     "not signed, not stored (HTTP 503); nothing more is sent to the card until the operators reload the configuration "
     "(SIGHUP) — a wrong PIN tried again and again would lock the card",
     "signing.ukey_bad_signature": "the UKey holding the gateway's key answered a signature that does not verify with "
-    "the certificate it gives (or names another certificate twice): not stored (HTTP 503); customs would refuse it",
+    "the certificate it gives (or names another certificate twice), or holds an SM2 key while signing_ukey_method asks "
+    "it for a SHA-1 digest's signature: not stored (HTTP 503); customs would refuse it",
 }
 
 _DS = f"{{{DS_NS}}}"
@@ -253,6 +255,11 @@ class RsaSha1Key(SignatureBackend):
     def sign_bytes(self, signed_info_c14n: bytes) -> bytes:
         return self._key.sign(signed_info_c14n, padding.PKCS1v15(), hashes.SHA1())
 
+    def sign_sha1_digest(self, digest: bytes) -> bytes:
+        """The signature :meth:`sign_bytes` makes of the text whose SHA-1 ``digest`` this is (how a card signs a digest
+        made elsewhere: gateway.sandbox.ukey)."""
+        return self._key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA1()))
+
 
 class Sm2Sm3Key(SignatureBackend):
     """A software SM2 key with its certificate; signs SM2-SM3 (randomised, so never byte-identical twice)."""
@@ -328,8 +335,7 @@ class ExternalKey(SignatureBackend):
     def __init__(self, certificate: bytes, sign: Callable[[bytes], bytes], *, algorithm: str | None = None) -> None:
         der = certificate_to_der(certificate)
         cert = _read_certificate(der)
-        if algorithm is None:
-            algorithm = SM2_SM3 if cert.sm2_point is not None else RSA_SHA1
+        algorithm = algorithm or certificate_algorithm(der)
         if algorithm not in (RSA_SHA1, SM2_SM3):
             raise ValueError(f"unsupported signature algorithm {algorithm}")
         self.algorithm = algorithm
@@ -826,6 +832,12 @@ def certificate_validity(cert: bytes) -> tuple[datetime, datetime]:
     """notBefore and notAfter (UTC) of a certificate (PEM or DER) with an RSA or SM2 key; ValueError otherwise."""
     read = _read_certificate(certificate_to_der(cert))
     return read.not_before, read.not_after
+
+
+def certificate_algorithm(cert: bytes) -> str:
+    """The SignatureMethod a certificate's key (PEM or DER) signs with: SM2_SM3 for an SM2 key, RSA_SHA1 for an RSA
+    one; ValueError otherwise."""
+    return SM2_SM3 if _read_certificate(certificate_to_der(cert)).sm2_point is not None else RSA_SHA1
 
 
 def verify_bytes(cert: bytes, data: bytes, signature: bytes, *, user_id: bytes = SM2_DEFAULT_USER_ID) -> bool:

@@ -8,6 +8,9 @@ frame ``{"_method", "_id", "args"}`` and the answer ``{"_method", "_id", "_statu
 
 * ``cus-sec_SpcSignDataAsPEM`` (``inData``: the text to sign, ``passwd``: the card's PIN): ``Data`` is the signature,
   base64, then the certificate's number;
+* ``cus-sec_SpcSignDataNoHashAsPEM``, the same with ``inData`` the text's SHA-1 digest, hex, made here (the card hashes
+  nothing): how the public signers sign with RSA cards issued before 2022-07 when no exported certificate file is at
+  hand — chosen by the operators (``signing_ukey_method``, a platform's ``ukey_method``), never guessed;
 * ``cus-sec_SpcGetSignCertAsPEM``: ``Data`` is the signing certificate, base64 (or PEM).
 
 One call at a time on one connection (the control answers by method; a card signs one thing at a time anyway, about
@@ -23,6 +26,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -33,9 +37,11 @@ import aiohttp
 from lxml import etree
 
 from gateway import signing
+from gateway.config import UKEY_SIGN_METHODS
 from gateway.signing import SigningUnavailable, certificate_serial, certificate_to_der, key_name_for
 
-SIGN = "cus-sec_SpcSignDataAsPEM"
+SIGN_METHODS = UKEY_SIGN_METHODS  # the ways a card is asked to sign, by the control's method
+SIGN, SIGN_NO_HASH = SIGN_METHODS
 CERTIFICATE = "cus-sec_SpcGetSignCertAsPEM"
 #: What the control takes in one frame; more it takes only in blocks (its BLOCKTXT frames), which nothing signed here
 #: needs: a SignedInfo is a few hundred bytes, a 179 upload's signed string some kilobytes.
@@ -62,12 +68,15 @@ class UKeyRefused(Exception):
 
 class UKeyBridge:
     """The card behind the client control at ``url``, signing with ``password`` (its PIN; the control's own prompt when
-    None)."""
+    None) through ``method`` (SIGN_METHODS)."""
 
-    def __init__(self, url: str, password: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 certificate: bytes | None = None) -> None:  # fmt: skip
+    def __init__(self, url: str, password: str | None = None, *, method: str = SIGN,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, certificate: bytes | None = None) -> None:  # fmt: skip
+        if method not in SIGN_METHODS:
+            raise ValueError(f"a UKey signs through {' or '.join(SIGN_METHODS)}; found {method!r}")
         self.url = url
         self.password = password
+        self.method = method
         self.timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -78,17 +87,20 @@ class UKeyBridge:
     async def sign(self, data: bytes) -> tuple[bytes, str]:
         """The card's signature over ``data`` (UTF-8 text: the control takes text) and its certificate's number,
         lower-case hex as the gateway writes a KeyName. Raises UKeyUnreachable, UKeyRefused."""
-        text = data.decode("utf-8")
-        if len(data) > MAX_TEXT:
+        if self.method == SIGN_NO_HASH:
+            text = hashlib.sha1(data).hexdigest()  # the card signs this digest as its own of the text (RSA-SHA1)
+        elif len(data) > MAX_TEXT:
             raise UKeyRefused(SIGN, [f"{len(data)} bytes to sign; the control takes at most {MAX_TEXT} in one frame"])
+        else:
+            text = data.decode("utf-8")
         args: dict[str, Any] = {"inData": text}
         if self.password is not None:
             args["passwd"] = self.password
-        found = await self.call(SIGN, args)
+        found = await self.call(self.method, args)
         try:
             signature = base64.b64decode(str(found[0]), validate=True)
         except (IndexError, binascii.Error) as exc:
-            raise UKeyRefused(SIGN, [f"the control's answer holds no signature: {found!r:.200}"]) from exc
+            raise UKeyRefused(self.method, [f"the control's answer holds no signature: {found!r:.200}"]) from exc
         if len(found) > 1 and str(found[1]).strip():
             return signature, str(found[1]).strip().lower()
         return signature, key_name_for(certificate_serial(await self.certificate()))
@@ -176,7 +188,8 @@ def _on_the_card(signed_info: bytes) -> bytes:
 class UKeySigner:
     """The gateway's own signing key on a UKey (``signing_ukey_url``): signs the JSON declarations the gateway signs
     (spec §9): the digest and the SignedInfo are made here, the card signs the canonical SignedInfo
-    (``cus-sec_SpcSignDataAsPEM``: the card hashes it, SM3 or SHA-1 by its key), and its signature is verified with its
+    (``cus-sec_SpcSignDataAsPEM``: the card hashes it, SM3 or SHA-1 by its key; or, for an older RSA card, its SHA-1
+    digest through ``cus-sec_SpcSignDataNoHashAsPEM``), and its signature is verified with its
     certificate before it goes into the message — a card that signs otherwise than the gateway expects is found at
     once, not in customs' receipts.
 
@@ -185,9 +198,9 @@ class UKeySigner:
     ``ukey_refused`` once the card refused (a wrong PIN, no card): from then on nothing is sent to it until a reload
     (SIGHUP) makes a new signer — a wrong PIN tried at every declaration would lock the card."""
 
-    def __init__(self, url: str, password: str | None = None, *, certificate: bytes | None = None,
+    def __init__(self, url: str, password: str | None = None, *, method: str = SIGN, certificate: bytes | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S) -> None:  # fmt: skip
-        self.bridge = UKeyBridge(url, password, timeout_s=timeout_s, certificate=certificate)
+        self.bridge = UKeyBridge(url, password, method=method, timeout_s=timeout_s, certificate=certificate)
         self.signer: signing.Signer | None = None  # the certificate's standing, once read from the card
         if certificate is not None:
             self._know(certificate)
@@ -240,6 +253,10 @@ class UKeySigner:
         for attempt in (1, 2):
             if (refusal := signer.refusal(datetime.now(UTC))) is not None:
                 raise refusal
+            if self.bridge.method == SIGN_NO_HASH and signer.backend.algorithm != signing.RSA_SHA1:
+                raise SigningUnavailable("signing.ukey_bad_signature", f"the UKey at {self.url} holds an SM2 key "
+                                         f"(certificate {signer.backend.key_name}), and {SIGN_NO_HASH} signs a "
+                                         f"SHA-1 digest for RSA cards only: set signing_ukey_method to {SIGN}")
             prepared = signing.prepare(root, signer.backend)
             async with self._speaking(pin_sent=True):
                 value, cert_no = await self.bridge.sign(prepared.signed_info)

@@ -152,7 +152,7 @@ def platform_keys(settings: RealtimeSettings) -> dict[str, PlatformKey]:
     keys: dict[str, PlatformKey] = {}
     for p in settings.platforms:
         if p.ukey_url is not None:
-            keys[p.ebp_code] = UKeyBridge(p.ukey_url, p.ukey_password)
+            keys[p.ebp_code] = UKeyBridge(p.ukey_url, p.ukey_password, method=p.ukey_method)
             continue
         assert p.key_file is not None and p.cert_file is not None  # config: key files, or a UKey
         key_pem, cert_pem = p.key_file.read_bytes(), p.cert_file.read_bytes()

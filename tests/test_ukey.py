@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from lxml import etree
 
-from gateway import config, samples, server, signing
+from gateway import config, samples, server, signing, workers
 from gateway.pipeline import Pipeline
 from gateway.render import render
 from gateway.sandbox.ukey import start_ukey
@@ -37,7 +37,7 @@ from gateway.signing import (
     key_name_for,
     verify_bytes,
 )
-from gateway.ukey import CERTIFICATE, SIGN, UKeyBridge, UKeyRefused, UKeySigner, UKeyUnreachable
+from gateway.ukey import CERTIFICATE, SIGN, SIGN_NO_HASH, UKeyBridge, UKeyRefused, UKeySigner, UKeyUnreachable
 from tests.apiutil import EBP_CODE, PLATFORM_A
 from tests.forwardutil import running_stack, wait_for
 from tests.test_realtime import parcel, platforms
@@ -119,6 +119,34 @@ async def test_a_control_that_never_answers_is_out_of_reach_after_the_timeout() 
         await runner.cleanup()
 
 
+async def test_an_older_rsa_card_signs_the_sha1_digest_made_here() -> None:
+    """cus-sec_SpcSignDataNoHashAsPEM (an RSA card issued before 2022-07, as the public signers use it): the card is
+    sent the SHA-1 digest of the text, in hex, and its signature is the RSA-SHA1 signature of the text itself. An SM2
+    card does not sign a SHA-1 digest: its refusal is said."""
+    card = await start_ukey(CARD)
+    bridge = UKeyBridge(card.url, "88888888", method=SIGN_NO_HASH)
+    try:
+        signature, cert_no = await bridge.sign(SIGNED)
+        assert verify_bytes(CARD.certificate_der, SIGNED, signature) and cert_no == CARD.key_name
+        assert not verify_bytes(CARD.certificate_der, SIGNED + b" ", signature)
+        assert card.calls == [SIGN_NO_HASH]
+        big = b"x" * (121 * 1024)  # only its digest goes to the card: more than one frame of text is signed
+        assert verify_bytes(CARD.certificate_der, big, (await bridge.sign(big))[0])
+    finally:
+        await bridge.close()
+        await card.stop()
+    card = await start_ukey(SM2_CARD)
+    bridge = UKeyBridge(card.url, "88888888", method=SIGN_NO_HASH)
+    try:
+        with pytest.raises(UKeyRefused, match="not RSA"):
+            await bridge.sign(SIGNED)
+    finally:
+        await bridge.close()
+        await card.stop()
+    with pytest.raises(ValueError, match="found 'SpcSignData'"):
+        UKeyBridge(card.url, method="SpcSignData")
+
+
 def test_a_platform_is_configured_with_its_key_files_or_its_ukey(tmp_path: Path) -> None:
     def platform(lines: str) -> config.RealtimePlatform:
         cfg = tmp_path / "cbec.toml"
@@ -128,11 +156,17 @@ def test_a_platform_is_configured_with_its_key_files_or_its_ukey(tmp_path: Path)
 
     found = platform('ukey_url = "ws://10.0.0.5:61232"\nukey_password = "12345678"\n')
     assert (found.ukey_url, found.ukey_password, found.key_file) == ("ws://10.0.0.5:61232", "12345678", None)
-    assert "12345678" not in repr(found)
+    assert "12345678" not in repr(found) and found.ukey_method == SIGN
+    older = platform(f'ukey_url = "ws://10.0.0.5:61232"\nukey_method = "{SIGN_NO_HASH}"\n')
+    [bridge] = workers.platform_keys(config.RealtimeSettings((older,))).values()
+    assert isinstance(bridge, UKeyBridge) and bridge.method == SIGN_NO_HASH
     for wrong in ('ukey_url = "http://10.0.0.5:61232"\n', 'ukey_url = "ws://h:61232"\nkey_file = "k.pem"\n',
-                  'ukey_password = "1"\nkey_file = "k.pem"\ncert_file = "c.pem"\n', ""):  # fmt: skip
+                  'ukey_password = "1"\nkey_file = "k.pem"\ncert_file = "c.pem"\n', "",
+                  f'ukey_method = "{SIGN}"\nkey_file = "k.pem"\ncert_file = "c.pem"\n'):  # fmt: skip
         with pytest.raises(ValueError, match="ukey_url"):
             platform(wrong)
+    with pytest.raises(ValueError, match=f"ukey_method: one of {SIGN}, {SIGN_NO_HASH}; found 'NoHash'"):
+        platform('ukey_url = "ws://h:61232"\nukey_method = "NoHash"\n')
 
 
 @pytest.mark.db
@@ -227,25 +261,33 @@ async def test_cbec_config_check_asks_each_ukey_for_its_certificate(
 ) -> None:
     """`cbec config check` asks each UKey (the gateway's signing key's, each platform's) for its certificate through
     its control: its serial and end; a control that does not answer, or a card that refuses, is a warning (the
-    uploads wait), and no PIN is printed."""
+    uploads wait), and no PIN is printed. An SM2 card asked to sign a SHA-1 digest is an error (nothing it signed that
+    way would be taken)."""
     from gateway.cli import main
 
-    card = await start_ukey(CARD)
+    card, sm2_card = await start_ukey(CARD), await start_ukey(SM2_CARD)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         nobody = s.getsockname()[1]  # nothing listens there once the socket is closed
     cfg = tmp_path / "cbec.toml"
     cfg.write_text(f'signing_ukey_url = "{card.url}"\nsigning_ukey_password = "88888888"\n'
+                   f'signing_ukey_method = "{SIGN_NO_HASH}"\n'
                    f'[realtime.platforms.46012609BQ]\ntoken = "{"a" * 24}"\nukey_url = "{card.url}"\n'
                    'ukey_password = "88888888"\n'
-                   f'[realtime.platforms.46012609ZZ]\ntoken = "{"b" * 24}"\nukey_url = "ws://127.0.0.1:{nobody}"\n',
+                   f'[realtime.platforms.46012609ZZ]\ntoken = "{"b" * 24}"\nukey_url = "ws://127.0.0.1:{nobody}"\n'
+                   f'[realtime.platforms.46012609YY]\ntoken = "{"c" * 24}"\nukey_url = "{sm2_card.url}"\n'
+                   f'ukey_method = "{SIGN_NO_HASH}"\n',
                    encoding="utf-8")  # fmt: skip
     try:
         status = await asyncio.to_thread(main, ["config", "check", "--config", str(cfg)])
     finally:
         await card.stop()
+        await sm2_card.stop()
     out = capsys.readouterr().out
-    assert status == 1, out
+    assert status == 2, out
+    assert f"error  179 payment data of 46012609YY: its UKey holds an SM2 key, and {SIGN_NO_HASH} signs a SHA-1 " \
+        f"digest for RSA cards only: sign through {SIGN}" in out  # fmt: skip
+    assert "46012609BQ: its UKey holds an SM2" not in out and "signing key: its UKey holds an SM2" not in out
     assert f"ok     signing key: on a UKey, through the E-Port client control at {card.url}" in out
     assert f"ok     signing key: its UKey holds certificate {CARD.key_name}, valid until " in out
     assert f"ok     179 payment data of 46012609BQ: its UKey holds certificate {CARD.key_name}, valid until " in out
@@ -284,6 +326,32 @@ async def test_the_gateways_key_on_a_ukey_signs_its_json_declarations() -> None:
             assert isinstance(pipeline.signer, UKeySigner)
             await pipeline.signer.close()
             await card.stop()
+
+
+async def test_the_gateways_key_on_an_older_rsa_card_signs_through_the_digest_made_here() -> None:
+    """signing_ukey_method = cus-sec_SpcSignDataNoHashAsPEM: the declaration's SignedInfo made here, its SHA-1 digest
+    signed by the card, the signature verified with the card's certificate, and the declaration verifies as RSA-SHA1.
+    On an SM2 card that method cannot give a signature customs takes: refused before anything is sent to sign."""
+    card = await start_ukey(CARD)
+    signer = UKeySigner(card.url, "88888888", method=SIGN_NO_HASH)
+    try:
+        root = etree.fromstring(render(_inventory(7)))
+        await signer.sign(root)
+        assert signing.verify(root, trusted_certs=[CARD.certificate_der]).ok and signer.up
+        assert card.calls == [CERTIFICATE, SIGN_NO_HASH]
+    finally:
+        await signer.close()
+        await card.stop()
+    card = await start_ukey(SM2_CARD)
+    signer = UKeySigner(card.url, "88888888", method=SIGN_NO_HASH)
+    try:
+        with pytest.raises(SigningUnavailable) as caught:
+            await signer.sign(etree.fromstring(render(_inventory(8))))
+        assert caught.value.code == "signing.ukey_bad_signature" and "SM2" in caught.value.message
+        assert card.calls == [CERTIFICATE]  # no PIN sent for a signature that could not be used
+    finally:
+        await signer.close()
+        await card.stop()
 
 
 async def test_a_card_renewed_in_the_reader_is_read_again_and_a_card_signing_wrongly_is_caught() -> None:
@@ -330,7 +398,7 @@ async def test_a_card_that_refused_is_not_asked_again_until_a_reload() -> None:
     a refusing UKey in force: SIGHUP is how the operators say the card is put right. Handed to another API process, a
     UKey signer takes the certificate known with it."""
     card = await start_ukey(CARD, pin="12345678")
-    wrong = server.Signatures.on_ukey((card.url, "00000000", None), None, False, None)
+    wrong = server.Signatures.on_ukey((card.url, "00000000", SIGN, None), None, False, None)
     try:
         await wrong.start()
         ukey = wrong.signer
@@ -343,14 +411,17 @@ async def test_a_card_that_refused_is_not_asked_again_until_a_reload() -> None:
         standing = ukey.standing(datetime.now(UTC))
         assert standing["state"] == "ukey_refused" and "口令错误" in standing["reason"]
         assert standing["ukey"] == card.url and standing["key_name"] == CARD.key_name
-        again = server.Signatures.on_ukey((card.url, "00000000", None), None, False, None)
+        again = server.Signatures.on_ukey((card.url, "00000000", SIGN, None), None, False, None)
         assert not again.same_as(wrong)  # a reload renews the refusing signer
-        right = server.Signatures.on_ukey((card.url, "12345678", None), None, False, None)
-        assert right.same_as(server.Signatures.on_ukey((card.url, "12345678", None), None, False, None))
+        right = server.Signatures.on_ukey((card.url, "12345678", SIGN, None), None, False, None)
+        assert right.same_as(server.Signatures.on_ukey((card.url, "12345678", SIGN, None), None, False, None))
+        assert not right.same_as(server.Signatures.on_ukey((card.url, "12345678", SIGN_NO_HASH, None), None, False,
+                                                            None))  # fmt: skip
         assert not right.same_as(server.Signatures.from_pem(("rsa-sha1", *KEY_FILES), None, False, None))
         handed = pickle.loads(pickle.dumps(wrong))
         assert isinstance(handed.signer, UKeySigner) and handed.signer.valid_until == ukey.valid_until
         assert handed.signer.bridge.password == "00000000" and handed.signer.refused is None
+        assert handed.signer.bridge.method == SIGN
     finally:
         await wrong.close()
         await card.stop()
@@ -391,9 +462,13 @@ def test_the_gateways_key_is_in_files_or_on_a_ukey(tmp_path: Path) -> None:
     assert config.load(None, env=env).signing_ukey_url == "ws://10.0.0.8:61232"
     for wrong, said in (({"CBEC_SIGNING_UKEY_URL": "http://10.0.0.8:61232"}, "ws://<host>:61232"),
                         ({**env, "CBEC_SIGNING_KEY_FILE": "k.pem"}, "not both"),
-                        ({"CBEC_SIGNING_UKEY_PASSWORD": "1"}, "is not set")):  # fmt: skip
+                        ({"CBEC_SIGNING_UKEY_PASSWORD": "1"}, "is not set"),
+                        ({"CBEC_SIGNING_UKEY_METHOD": SIGN_NO_HASH}, "is not set"),
+                        ({**env, "CBEC_SIGNING_UKEY_METHOD": "SpcSignDataNoHashAsPEM"}, SIGN_NO_HASH)):  # fmt: skip
         with pytest.raises(ValueError, match=re.escape(said)):
             config.load(None, env=wrong)
+    assert config.load(None, env=env).signing_ukey_method == SIGN
+    assert config.load(None, env={**env, "CBEC_SIGNING_UKEY_METHOD": SIGN_NO_HASH}).signing_ukey_method == SIGN_NO_HASH
 
 
 @pytest.mark.db

@@ -1,7 +1,8 @@
 """A stand-in for the E-Port card/key client control (gateway.ukey): a WebSocket on 127.0.0.1 that greets a connection
 with ``open``, answers ``cus-sec_SpcGetSignCertAsPEM`` with its certificate and ``cus-sec_SpcSignDataAsPEM`` with a
-signature by its key — a TEST key, SM2 signatures raw r‖s as a card's — once the PIN is the card's. For trying a
-UKey platform, and its tests, without a card.
+signature by its key — a TEST key, SM2 signatures raw r‖s as a card's — once the PIN is the card's; an RSA card
+answers ``cus-sec_SpcSignDataNoHashAsPEM`` too, signing the SHA-1 digest it is given (an SM2 card refuses it). For
+trying a UKey platform, and its tests, without a card.
 
 ``card = await start_ukey(key)``; point ``ukey_url`` at ``card.url``; ``card.calls`` lists what it was asked;
 ``card.present = False`` plays a card pulled out; ``card.signing_s`` the time a signature takes; ``await card.stop()``.
@@ -18,8 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import netloc
-from gateway.signing import SignatureBackend, certificate_serial, key_name_for
-from gateway.ukey import CERTIFICATE, SIGN
+from gateway.signing import RsaSha1Key, SignatureBackend, certificate_serial, key_name_for
+from gateway.ukey import CERTIFICATE, SIGN, SIGN_METHODS
 
 DEFAULT_PIN = "88888888"  # what a new card's PIN is until its holder changes it
 
@@ -45,15 +46,29 @@ class SimulatedCard:
             result["Error"] = ["[读卡器底层库]未找到卡片(card not found)", "Err:Custom50070"]
         elif method == CERTIFICATE:
             result.update(Result=True, Data=[base64.b64encode(self.key.certificate_der).decode("ascii")])
-        elif method == SIGN and args.get("passwd", self.pin) != self.pin:
+        elif method in SIGN_METHODS and args.get("passwd", self.pin) != self.pin:
             result["Error"] = ["口令错误(wrong PIN)", "Err:Custom50001"]
-        elif method == SIGN and isinstance(args.get("inData"), str):
-            signature = self.key.sign_bytes(args["inData"].encode("utf-8"))
-            result.update(Result=True, Data=[base64.b64encode(signature).decode("ascii"),
-                                             key_name_for(certificate_serial(self.key.certificate_der))])  # fmt: skip
+        elif method in SIGN_METHODS and isinstance(args.get("inData"), str):
+            signature = self._signature(method, args["inData"])
+            cert_no = key_name_for(certificate_serial(self.key.certificate_der))
+            if signature is None:
+                result["Error"] = [f"{method}: inData is not a SHA-1 digest in hex, or the card's key is not RSA"]
+            else:
+                result.update(Result=True, Data=[base64.b64encode(signature).decode("ascii"), cert_no])
         else:
             result["Error"] = [f"unknown method or arguments: {method}"]
         return {"_id": request.get("_id"), "_method": method, "_status": "00", "_args": result}
+
+    def _signature(self, method: str, in_data: str) -> bytes | None:
+        if method == SIGN:
+            return self.key.sign_bytes(in_data.encode("utf-8"))
+        try:
+            digest = bytes.fromhex(in_data)
+        except ValueError:
+            return None
+        if len(digest) != 20 or not isinstance(self.key, RsaSha1Key):
+            return None
+        return self.key.sign_sha1_digest(digest)
 
     async def stop(self) -> None:
         """The control gone (the PC off): its connections closed, nothing listening."""
