@@ -201,7 +201,8 @@ def _agrees(doc: str) -> str:
 #: of it whose guid the receipt echoes, else the current document; with the receipt's ebcCode when it carries
 #: one); then, each only with every party of the receipt in agreement: the echoed guid (the very version), copNo
 #: (the current version first, so a change gets its receipts; with no party named, only when one document has
-#: it), preNo, invtNo. COALESCE evaluates its probes lazily, left to right.
+#: it), preNo, invtNo. COALESCE evaluates its probes lazily, left to right. A receipt echoing the guid of a document
+#: the gateway sent but did not keep (unkept_documents) finds nothing: not the key's current version.
 CORRELATE = f"""
 SELECT x.i, {_DOC_STATE}
   FROM jsonb_to_recordset($1::jsonb) AS x(i int, declared text, ori text, k1 text, k2 text, ebc text, guid text,
@@ -210,6 +211,11 @@ SELECT x.i, {_DOC_STATE}
            WHEN x.ori IS NOT NULL THEN
                ARRAY(SELECT o.id FROM documents AS o WHERE o.cop_msg_id = x.ori ORDER BY o.doc_index)
            WHEN x.declared IS NULL THEN '{{}}'::bigint[]
+           WHEN x.guid IS NOT NULL
+                AND EXISTS (SELECT 1 FROM unkept_documents AS u
+                             WHERE u.doc_guid = x.guid AND u.message_type = x.declared)
+                AND NOT EXISTS (SELECT 1 FROM documents AS v WHERE v.doc_guid = x.guid AND v.message_type = x.declared)
+               THEN '{{}}'::bigint[]
            ELSE ARRAY[coalesce(
                (SELECT v.id FROM documents AS v
                  WHERE v.doc_guid = x.guid AND v.message_type = x.declared AND v.key1 = x.k1 AND v.key2 = x.k2
@@ -275,6 +281,22 @@ SELECT s.ebp_code, s.order_no
   FROM unnest($3::text[]) AS o(ono),
        LATERAL (SELECT * FROM shipments AS s WHERE s.order_no = o.ono AND s.ebp_code <> '' OFFSET 0) AS s
  WHERE s.flow = 'import'
+"""
+
+#: The documents of forwarded messages the store did not keep (ignored_older), with their messages ($1 message guids,
+#: $2 types, $3 document guids, $4 key1s, $5 key2s): customs' receipts for them move nothing (sql/390).
+RECORD_UNKEPT = """
+INSERT INTO unkept_documents (doc_guid, message_type, key1, key2, message_id)
+SELECT u.doc_guid, u.message_type, u.key1, u.key2, m.id
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(guid, message_type, doc_guid, key1, key2)
+  JOIN messages AS m ON m.guid = u.guid
+"""
+
+#: The messages that carried documents the gateway did not keep, by those documents' guids ($1) and types ($2).
+UNKEPT = """
+SELECT u.doc_guid, u.message_type, u.message_id
+  FROM unnest($1::text[], $2::text[]) AS x(doc_guid, message_type)
+  JOIN unkept_documents AS u ON u.doc_guid = x.doc_guid AND u.message_type = x.message_type
 """
 
 #: Take the advisory locks $1 (sorted ids) for the rest of the transaction.
@@ -679,6 +701,7 @@ class Plan:
     endpoints: tuple[str, ...]
     matched: list[tuple[str, str]]  # shipments it left matched: held inventories there are looked at again
     ordering_keys: tuple[str, ...] = ()  # of every document of the message (gateway.forward.ordering_key)
+    unkept: tuple[tuple[str, str, str], ...] = ()  # (guid, key1, key2) of the documents it carries but not stored
 
 
 @dataclass
@@ -855,7 +878,11 @@ class Outbox:
             # and of what a document names by invtNo (an export cancellation's inventory, gateway.keystate._numbered):
             # it waits behind that inventory's versions as a CEB623 does behind its CEB621's
             keys += tuple(ordering_key(after[0], after[1:]) for row in rows if (after := row.get("after")))
-            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys))
+            # customs answers those too: their receipts must find them, not the key's current version (CORRELATE)
+            unkept = tuple((d.head.get("guid", ""), *msg.type.stored_key([v.strip() for v in d.keys]))
+                           for d in msg.documents
+                           if state != "none" and outcomes.get(d.index, {}).get("outcome") == "ignored_older")
+            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys, unkept))
         return plans
 
     def wave_jobs(self, plans: Sequence[Plan], ids: Mapping[str, int]) -> list[JobSpec]:
@@ -896,6 +923,8 @@ class Outbox:
             await self._refresh_shipments(conn, await shipments_of(conn, failed), statuses=("failed",))
         if self.router is None:
             return
+        if unkept := [(p.guid, p.message_type, *u) for p in plans for u in p.unkept]:
+            await conn.execute(RECORD_UNKEPT, *(list(column) for column in zip(*unkept, strict=True)))
         matched: set[tuple[str, str]] = set(reopened)  # their legs may all be receipted: looked at in SQL
         for p in plans:
             if p.state == "held":
@@ -1144,9 +1173,15 @@ class Outbox:
         shipments = await self._lock_shipments_of(conn, found_docs.values())
         docs = {d.id: d for d in (_Doc.of(x) for x in await conn.fetch(LOCK_DOCUMENTS, ids))}
         resend: dict[int, set[int]] = {}  # return element -> the messages it asks to send again
+        unkept = await self._unkept(conn, [r for r in todo if not targets[r.index]])
         for r in todo:
             res = results[r.index]
             found = [docs[i] for i in targets[r.index] if i in docs]
+            if not found and (message_id := unkept.get(r.index)) is not None:
+                res.outcome, res.message_id = rc.Outcome.IGNORED_OLDER.value, message_id
+                log.info("receipt_of_unkept_document", message_type=r.message_type, status=r.return_status,
+                         guid=r.guid)  # fmt: skip
+                continue
             if not found:
                 res.outcome = rc.Outcome.UNMATCHED.value
                 log.warning("receipt_unmatched", message_type=r.message_type, status=r.return_status, guid=r.guid)
@@ -1206,6 +1241,17 @@ class Outbox:
         # Last: a re-send puts a failed message back on its way (COUNT_RESEND), and the status must say so.
         await self._refresh_shipments(conn, shipments | set(restored))
         return [results[r.index] for r in recs]
+
+    @staticmethod
+    async def _unkept(conn: asyncpg.Connection, unmatched: Sequence[rc.ReceiptRecord]) -> dict[int, int]:
+        """Of the receipts that found no document, those answering a document the gateway sent but did not keep
+        (ignored_older), with the message that carried it: by return element."""
+        asked = [(r.index, r.guid, r.declared_type) for r in unmatched if r.guid and r.declared_type]
+        if not asked:
+            return {}
+        found = {(row["doc_guid"], row["message_type"]): row["message_id"]
+                 for row in await conn.fetch(UNKEPT, [a[1] for a in asked], [a[2] for a in asked])}  # fmt: skip
+        return {i: found[(guid, declared)] for i, guid, declared in asked if (guid, declared) in found}
 
     async def _apply_tax_bills(
         self, conn: asyncpg.Connection, todo: list[rc.ReceiptRecord], new: Mapping[int, int],

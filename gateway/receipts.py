@@ -436,6 +436,8 @@ class Outcome(StrEnum):
     UNKNOWN = "unknown_status"  # stored raw, state unchanged
     DUPLICATE = "duplicate"  # the same receipt was already stored (decided by the store)
     UNMATCHED = "unmatched"  # no declared document found (decided by the store)
+    # it answers a document sent in a message beside others but not kept (state.ignored_older): nothing moved
+    IGNORED_OLDER = "ignored_older"
 
 
 @dataclass(frozen=True)

@@ -497,6 +497,41 @@ async def test_a_receipt_for_the_first_declaration_moves_it_not_its_later_change
 
 
 @pytest.mark.db
+async def test_a_receipt_for_an_older_change_sent_beside_kept_documents_moves_nothing(flow: Flow) -> None:
+    """A message of two orders: a new one, and a change of a stored one that is older than it (ignored_older). The
+    message goes to customs whole, so customs answers the ignored change too (-301014): that receipt is known by
+    the change's guid and moves nothing — not the key's current version, nor its shipment. The other order's
+    receipts and the current version's go where they did."""
+    a, b = shipment(31), shipment(32)
+    await flow.submit(a.order)
+    older = version_of(a.order, "2", -60, consignee=a.order_doc["consignee"] + "乙")
+    both = {**b.order, "documents": [b.order["documents"][0], older["documents"][0]]}
+    body = await flow.submit(both)
+    assert [d["outcome"] for d in body["documents"]] == ["accepted", "ignored_older"], body
+    (unkept,) = await flow.rows("SELECT * FROM unkept_documents")
+    assert (unkept["doc_guid"], unkept["message_type"], unkept["key1"], unkept["key2"]) == \
+        (older["documents"][0]["guid"], "CEB311", a.order_doc["ebpCode"], a.order_doc["orderNo"])  # fmt: skip
+    (accepted,) = await flow.receipt(a.order, "120", 1)
+    assert accepted["outcome"] == "applied", accepted
+    (refused,) = await flow.receipt(older, "-301014", 2)
+    assert refused["outcome"] == "ignored_older" and refused["document_ids"] == [], refused
+    (carrier,) = await flow.rows("SELECT id FROM messages WHERE guid = $1", both["guid"])
+    assert refused["message_id"] == carrier["id"]
+    current = await flow.doc(a.order)
+    assert current["customs_status"] == "120" and current["forward_state"] == "receipted", dict(current)
+    assert (await flow.shipment(a))["customs_status"] != "rejected"
+    (row,) = await flow.rows("SELECT outcome, document_id, applied FROM receipts WHERE doc_guid = $1",
+                             older["documents"][0]["guid"])  # fmt: skip
+    assert (row["outcome"], row["document_id"], row["applied"]) == ("ignored_older", None, False)
+    (own,) = await flow.receipt({**b.order, "documents": [b.order["documents"][0]]}, "120", 3)
+    assert own["outcome"] == "applied" and own["document_ids"] == [(await flow.doc(b.order))["id"]]
+    # the same older change alone: nothing stored, nothing sent, nothing recorded as sent
+    alone = version_of(a.order, "2", -30)
+    assert (await flow.submit(alone))["documents"][0]["outcome"] == "ignored_older"
+    assert len(await flow.rows("SELECT * FROM unkept_documents")) == 1
+
+
+@pytest.mark.db
 async def test_a_transient_receipt_says_resend_only_while_a_resend_is_made(flow: Flow) -> None:
     """Past max_repushes a "4" sends nothing more, and its answer says so."""
     s = shipment(15)
