@@ -267,8 +267,9 @@ SELECT v.message_type AS inv_type, v.key1 AS inv_key1, v.key2 AS inv_key2, r.mes
 #: The documents ($1 ids), fresh and row-locked, after the shipment locks are held.
 LOCK_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.id = ANY ($1::bigint[]) ORDER BY d.id FOR UPDATE"
 
-#: Keyed shipments waybills ($1 logisticsCode, $2 logisticsNo; $3 their orderNos) belong to: via an inventory
-#: naming one, or sharing its orderNo. All the waybills of a batch in one round trip.
+#: The shipments waybills ($1 logisticsCode, $2 logisticsNo; $3 their orderNos) belong to: via an inventory naming
+#: one, or sharing its orderNo — a keyed shipment, or the waybill's own while no order, payment or inventory of its
+#: orderNo has come (ebpCode '': the store drops it once one has). All the waybills of a batch in one round trip.
 SHIPMENTS_OF_WAYBILLS = f"""
 SELECT d.ebp_code, d.order_no
   FROM unnest($1::text[], $2::text[], $4::text[]) AS w(lc, ln, wt),
@@ -279,7 +280,7 @@ SELECT d.ebp_code, d.order_no
 UNION
 SELECT s.ebp_code, s.order_no
   FROM unnest($3::text[]) AS o(ono),
-       LATERAL (SELECT * FROM shipments AS s WHERE s.order_no = o.ono AND s.ebp_code <> '' OFFSET 0) AS s
+       LATERAL (SELECT * FROM shipments AS s WHERE s.order_no = o.ono OFFSET 0) AS s
  WHERE s.flow = 'import'
 """
 
@@ -907,11 +908,13 @@ class Outbox:
         receipted: Mapping[tuple[str, str], set[str]] | None = None,
         superseded_failed: Iterable[Leg] = (),
         reopened: Iterable[tuple[str, str]] = (),
+        taken_over: Iterable[tuple[str, str]] = (),
     ) -> None:
         """After the store wrote the wave (and its jobs, see wave_jobs), same transaction: release the held
         inventories of shipments the wave matched, and of those it matched by giving quota back (``reopened``:
         shipments the annual limit blocked, assessed again); refresh the customs status of shipments whose failed
-        leg the wave changed or withdrew (``superseded_failed``: those legs' stored versions; rare).
+        leg the wave changed or withdrew (``superseded_failed``: those legs' stored versions; rare), and of the keyed
+        shipments that took over a waybill customs had heard of (``taken_over``: it came first, and went; rare).
 
         ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
         that customs took. A shipment whose order or payment is not among them releases nothing (RELEASE_HELD
@@ -921,6 +924,8 @@ class Outbox:
         if failed:
             # The new version is on its way (or withdrawn): the shipment no longer waits for a replay.
             await self._refresh_shipments(conn, await shipments_of(conn, failed), statuses=("failed",))
+        if taken := list(taken_over):
+            await self._refresh_shipments(conn, taken)
         if self.router is None:
             return
         if unkept := [(p.guid, p.message_type, *u) for p in plans for u in p.unkept]:
@@ -1674,8 +1679,8 @@ class Leg(Protocol):
 
 
 async def shipments_of(conn: asyncpg.Connection, docs: Iterable[Leg]) -> set[tuple[str, str]]:
-    """The keyed shipments documents belong to: an order's, payment's or inventory's own; a waybill's via an
-    inventory naming it or sharing its orderNo (SHIPMENTS_OF_WAYBILLS, one round trip for all of them)."""
+    """The shipments documents belong to: an order's, payment's or inventory's own; a waybill's via an inventory
+    naming it or sharing its orderNo, its own while it is alone (SHIPMENTS_OF_WAYBILLS, one round trip for all)."""
     shipments: set[tuple[str, str]] = set()
     waybills: set[tuple[str | None, str | None, str | None, str]] = set()
     for d in docs:

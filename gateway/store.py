@@ -380,12 +380,13 @@ WITH m AS (
 ), s AS ({_put_shipments("$13")}
 ), blank AS (
     DELETE FROM shipments AS s WHERE s.ebp_code = '' AND s.order_no = ANY ($14::text[])
-    RETURNING 1
+    RETURNING s.order_no, s.customs_status
 ), ledger_put AS ({_put_ledger("$15")}
 ), ledger_drop AS ({_drop_ledger("$16", "$17", "$18", "$19")}
 ), jobs_in AS ({enqueue_insert("$21")}
 )
-SELECT (SELECT count(*) FROM m) AS messages, {wake_endpoints("jobs_in", "$22")} AS woken
+SELECT (SELECT count(*) FROM m) AS messages, {wake_endpoints("jobs_in", "$22")} AS woken,
+       ARRAY(SELECT b.order_no FROM blank AS b WHERE b.customs_status <> 'pending') AS taken_over
 """
 
 #: The shipments a buyer's quota given back reopened outside an ingest (see reopen_quota) and their inventories' ledger
@@ -1521,7 +1522,7 @@ class Store:
             if self.outbox is not None:
                 plans = self.outbox.plan_wave([(job.msg, w.body, w.documents) for job, w in writes])
                 jobs_now = self.outbox.wave_jobs(plans, ids)
-            await self._write(conn, writes, ids, jobs_now)
+            taken_over = await self._write(conn, writes, ids, jobs_now)
             for job, w in writes:
                 self.waybill_buyers.learn(job.news)
                 outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False)
@@ -1529,7 +1530,7 @@ class Store:
                 # a stored version whose delivery failed, changed or withdrawn now
                 failed = [old for job, _ in writes for d in job.news if (old := d.replaces) is not None and old.failed]
                 reopened = [key for _, w in writes for key in w.reopened]
-                await self.outbox.after_write(conn, plans, receipted, failed, reopened)
+                await self.outbox.after_write(conn, plans, receipted, failed, reopened, taken_over)
         return deferred
 
     @staticmethod
@@ -1594,7 +1595,9 @@ class Store:
     @staticmethod
     async def _write(
         conn: asyncpg.Connection, writes: list[tuple[_Job, Write]], ids: dict[str, int], jobs: list[JobSpec]
-    ) -> None:
+    ) -> list[tuple[str, str]]:
+        """Writes the wave. Returns the keyed shipments that took over a waybill-only shipment customs had already
+        heard of (its status not pending): their customs status is to be worked out from their legs."""
         replaced = [(old, job.msg.guid, index) for job, w in writes for old, index in w.replaced]
         if replaced:
             await conn.execute(SUPERSEDE, [r[0] for r in replaced])
@@ -1621,6 +1624,9 @@ class Store:
             cbec_queue.CHANNEL,
         )  # fmt: skip
         assert row is not None
+        taken = set(row["taken_over"])
+        return sorted({(x["ebp_code"], x["order_no"]) for _, w in writes for x in w.shipments
+                       if taken and x["ebp_code"] and x["order_no"] in taken})  # fmt: skip
 
     # --- rejections and reads ------------------------------------------------------------------
 

@@ -532,6 +532,26 @@ async def test_a_receipt_for_an_older_change_sent_beside_kept_documents_moves_no
 
 
 @pytest.mark.db
+async def test_a_waybill_alone_moves_its_own_shipments_customs_status(flow: Flow) -> None:
+    """A waybill that comes before its order (any arrival order is normal) has a shipment of its own, ebpCode '';
+    customs' receipts of the waybill move that shipment's status as any leg's, and it goes once the order comes."""
+    s = shipment(33)
+    await flow.submit(s.waybill)
+    alone = await flow.rows("SELECT * FROM shipments WHERE ebp_code = '' AND order_no = $1", s.order_doc["orderNo"])
+    assert [r["customs_status"] for r in alone] == ["pending"]
+    await flow.receipt(s.waybill, "2", 1)
+    [row] = await flow.rows("SELECT * FROM shipments WHERE ebp_code = '' AND order_no = $1", s.order_doc["orderNo"])
+    assert row["customs_status"] == "declared", dict(row)
+    (refused,) = await flow.receipt(s.waybill, "100", 2)
+    assert refused["outcome"] == "applied", refused
+    [row] = await flow.rows("SELECT * FROM shipments WHERE ebp_code = '' AND order_no = $1", s.order_doc["orderNo"])
+    assert row["customs_status"] == "rejected", dict(row)
+    await flow.submit(s.order)  # the keyed shipment takes the waybill over, with its rejection
+    assert not await flow.rows("SELECT * FROM shipments WHERE ebp_code = '' AND order_no = $1", s.order_doc["orderNo"])
+    assert (await flow.shipment(s))["customs_status"] == "rejected"
+
+
+@pytest.mark.db
 async def test_a_transient_receipt_says_resend_only_while_a_resend_is_made(flow: Flow) -> None:
     """Past max_repushes a "4" sends nothing more, and its answer says so."""
     s = shipment(15)
