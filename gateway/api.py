@@ -442,12 +442,17 @@ async def get_message(request: web.Request) -> web.Response:
     return json_response(found)
 
 
+#: The ebpCode in a shipment's path for a waybill-only shipment, whose ebpCode is empty (an empty path segment
+#: matches no route), and in the list's ebpCode filter. No platform code is a lone hyphen.
+NO_EBP_CODE = "-"
+
+
 def _shipment_filters(principal: Principal, q: Any) -> tuple[dict[str, Any], int]:
     """The filters of GET /v1/shipments (and of its CSV) as Store.list_shipments takes them, the key's scope
     included, and the page size; ValueError saying which parameter is wrong."""
     state = q.get("state")
     if state is not None and state not in {s.value for s in ShipmentState}:
-        raise ValueError(f"unknown state {state!r}")
+        raise ValueError(f"unknown state {state!r}: one of " + ", ".join(s.value for s in ShipmentState))
     customs_status = q.get("customs_status")
     if customs_status is not None and customs_status not in SHIPMENT_CUSTOMS_STATUSES:
         raise ValueError(f"unknown customs_status {customs_status!r}: one of " + ", ".join(SHIPMENT_CUSTOMS_STATUSES))
@@ -458,7 +463,9 @@ def _shipment_filters(principal: Principal, q: Any) -> tuple[dict[str, Any], int
         since, until, limit = _page_query(q)
     except ValueError as exc:
         raise ValueError(f"bad query parameter: {exc}") from None
-    filters = {"state": state, "customs_status": customs_status, "ebp_code": q.get("ebpCode"),
+    ebp_code = q.get("ebpCode")
+    filters = {"state": state, "customs_status": customs_status,
+               "ebp_code": "" if ebp_code == NO_EBP_CODE else ebp_code,
                "ebc_code": q.get("ebcCode"), "flow": flow, "since": since, "until": until,
                "parties": None if principal.sees_everything else sorted(principal.codes)}  # fmt: skip
     return filters, limit
@@ -535,11 +542,6 @@ async def get_rejection(request: web.Request) -> web.Response:
     if found is None or not (principal.sees_everything or found["submitter"] == principal.name):
         return error_response(404, "no such rejection")  # another key's: not disclosed
     return json_response(found)
-
-
-#: The ebpCode in a shipment's path for a waybill-only shipment, whose ebpCode is empty (an empty path segment
-#: matches no route). No platform code is a lone hyphen.
-NO_EBP_CODE = "-"
 
 
 async def pending_summaries(request: web.Request) -> web.Response:

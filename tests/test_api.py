@@ -98,6 +98,10 @@ async def test_a_waybill_only_shipment_is_read_with_a_hyphen_for_its_empty_ebp_c
     assert found.status == 200, found.body
     assert [d["kind"] for d in found.body["documents"]] == ["waybill"] and found.body["ebpCode"] == ""
     assert (await api.get(f"/v1/shipments/-/{s.order_doc['orderNo']}", key=STRANGER)).status == 404
+    for spelt in ("-", ""):  # the list's filter takes the path's spelling too
+        page = await api.get(f"/v1/shipments?ebpCode={spelt}")
+        assert page.status == 200, page.body
+        assert [(x["ebpCode"], x["orderNo"]) for x in page.body["items"]] == [("", s.order_doc["orderNo"])]
 
 
 async def test_inconsistent_amounts_make_a_mismatch_with_both_values(api: Client) -> None:
@@ -483,7 +487,8 @@ async def test_list_filters_and_paginates(api: Client) -> None:
             break
     assert len(seen) == 5 == len(set(seen))
     assert (await api.get("/v1/shipments?state=matched")).body["items"] == []
-    assert (await api.get("/v1/shipments?state=bogus")).status == 400
+    bogus = await api.get("/v1/shipments?state=bogus")
+    assert bogus.status == 400 and "one of incomplete, matched, mismatched" in bogus.body["error"]["title"], bogus.body
     assert (await api.get("/v1/shipments?cursor=not-a-cursor")).status == 400
     for forged in ('["2026-01-01T00:00:00+00:00", 1e400]', '["2026-01-01T00:00:00+00:00", 1.5]',
                    '["2026-01-01T00:00:00+00:00", true]'):  # fmt: skip
