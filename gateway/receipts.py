@@ -379,8 +379,12 @@ def read(body: bytes, schemas: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> In
     if mtype.kind in TAX_KINDS | RESULT_KINDS:
         # a bill is folded by its status and amounts, a result shown by its numbers: one in no table must not come in
         issues = rules.check(extract(root, mtype))
-        if issues:
-            raise MessageRejected(issues, mtype.code)
+    else:
+        # a receipt's status and time order its document's customs state: a time that is none would outrank every
+        # genuine receipt after it (stale), a status that is no number be kept as an unknown one
+        issues = rules.check_receipt_form(extract(root, mtype))
+    if issues:
+        raise MessageRejected(issues, mtype.code)
     if mtype.kind in TAX_KINDS:
         recs = taxbills.records(root, mtype)
     elif mtype.kind in RESULT_KINDS:

@@ -1221,6 +1221,24 @@ def check(msg: ParsedMessage, *, today: datetime.date | None = None) -> list[Iss
     return out
 
 
+#: What of a customs receipt (not a tax bill or summary result: check takes those whole) is checked before it is
+#: applied: its status and its time, which its document's customs state follows. The rest of customs' word is taken
+#: as written: a code list of ours lagging behind customs' must not refuse customs' own receipt.
+RECEIPT_FORM = ("returnStatus", "returnTime")
+
+
+def check_receipt_form(msg: ParsedMessage, *, today: datetime.date | None = None) -> list[Issue]:
+    """The issues of a receipt's :data:`RECEIPT_FORM` fields, in document order (as :func:`check` finds them)."""
+    day = today or datetime.date.today()
+    ctx = RuleContext(today=day, latest=day + datetime.timedelta(days=1))
+    compiled = _COMPILED.get(msg.type.code, _EMPTY)
+    out: list[Issue] = []
+    for doc in msg.documents:
+        form = {name: doc.head[name] for name in RECEIPT_FORM if name in doc.head}
+        _fields(form, compiled.checks[H], compiled.required[H], doc.field_path, ctx, out)
+    return out
+
+
 __all__ = [
     "CODES",
     "EXPORT_TRADE_MODES",
@@ -1233,6 +1251,7 @@ __all__ = [
     "RuleContext",
     "Scope",
     "check",
+    "check_receipt_form",
     "parse_decimal",
     "q2",
 ]

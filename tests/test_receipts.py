@@ -292,6 +292,28 @@ def test_read_validates_against_the_schema() -> None:
     assert err.value.issues[0].code.startswith("parse.")
 
 
+def test_a_receipt_whose_status_or_time_is_none_is_refused_and_the_rest_of_customs_word_taken() -> None:
+    """A receipt's status and time order its document's customs state: a returnStatus that is no number, or a
+    returnTime that is no time (it would outrank every genuine receipt after it), is refused as /v1/messages refuses
+    it. What else customs writes is taken as written: a status in no table, a customs code not of the form we know."""
+    good = order_receipt()
+    for broken, code, where in (
+        (good.replace(b"<returnStatus>2<", b"<returnStatus>abc<"), "rule.return_status_format", "returnStatus"),
+        (good.replace(b"20260101120000001", b"99999999999999999"), "rule.date_format", "returnTime"),
+        (good.replace(b"<returnStatus>2<", b"<returnStatus> 2<"), "rule.untrimmed", "returnStatus"),
+    ):
+        with pytest.raises(MessageRejected) as err:
+            rc.read(broken, SchemaSet())
+        assert [(i.code, i.path) for i in err.value.issues] == [(code, f"/CEB312Message/OrderReturn[1]/{where}")]
+    assert rc.read(good.replace(b"<returnStatus>2<", b"<returnStatus>130<"), SchemaSet()).records[0].return_status \
+        == "130"  # fmt: skip
+    values = {"guid": "E" * 36, "customsCode": "51A4", "ebpCode": "E1", "ebcCode": "C1", "agentCode": "A1",
+              "copNo": "C1", "preNo": "B20260101000000001", "returnStatus": "-621001",
+              "returnTime": "20260101120000001", "returnInfo": "refused"}  # fmt: skip
+    [taken] = rc.read(build_receipt("CEB622", values), SchemaSet()).records
+    assert (taken.return_status, taken.keys["customsCode"]) == ("-621001", "51A4")  # rules.check: rule.customs_code
+
+
 # --- the summary declaration's receipt (CEB702) and customs' summary result (CEB792) -------------------------------
 
 SCHEMA_DATA = Path(__file__).parent / "data" / "schema"
