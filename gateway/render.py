@@ -63,6 +63,7 @@ CODES: dict[str, str] = {
     "takes more than 19 and 5): written out it could be millions of digits",
     "json.too_many": "an array has more entries than the message may carry (documents 100, items 99 on import and "
     "100 on export, baseSubscribe 5): refused before anything is rendered",
+    "json.too_few": "an array has fewer entries than the message must carry (an empty documents or items array)",
     "json.duplicate_member": "an object names the same member twice (which one counts would be a guess)",
 }
 
@@ -249,10 +250,13 @@ class _Renderer:
         self.issue("json.invalid_type", _pointer(*where), f"expected a string or a number, found {found}")
         return None
 
-    def few_enough(self, seq: Sequence[Any], parent: str, child: str, path: str) -> bool:
-        """At most as many entries as the XSD lets ``parent`` hold of ``child``; else an issue (nothing of them is
-        rendered: a 4 MiB body of empty objects would otherwise become hundreds of megabytes of XML)."""
-        _, most = _occurs(self.mtype.schema, parent, child)
+    def counted(self, seq: Sequence[Any], parent: str, child: str, path: str) -> bool:
+        """As many entries as the XSD lets ``parent`` hold of ``child``; else an issue at the array (nothing of them
+        is rendered: a 4 MiB body of empty objects would otherwise become hundreds of megabytes of XML)."""
+        least, most = _occurs(self.mtype.schema, parent, child)
+        if len(seq) < least:
+            self.issue("json.too_few", path, f"{len(seq)} entries; a {self.mtype.code} message needs at least {least}")
+            return False
         if most < 0 or len(seq) <= most:  # -1: unbounded
             return True
         self.issue("json.too_many", path, f"{len(seq):,} entries; a {self.mtype.code} message takes at most {most}")
@@ -337,7 +341,7 @@ class _Renderer:
         if items is None:
             return  # no lines: the XSD reports the missing list
         seq = self.arr(items, _pointer(*parts, ITEMS), ITEMS)
-        if seq is not None and not self.few_enough(seq, mtype.document, mtype.lines, _pointer(*parts, ITEMS)):
+        if seq is not None and not self.counted(seq, mtype.document, mtype.lines, _pointer(*parts, ITEMS)):
             return
         for i, item in enumerate(seq or ()):
             item_parts = (*parts, ITEMS, i)
@@ -430,7 +434,7 @@ def render_root(payload: Mapping[str, Any], *, now: datetime | None = None) -> e
         r.issue("json.missing_field", "/documents", "\"documents\" is required: an array of 1–100 documents")
     else:
         seq = r.arr(documents, "/documents", "documents")
-        if seq is not None and not r.few_enough(seq, mtype.root, mtype.document, "/documents"):
+        if seq is not None and not r.counted(seq, mtype.root, mtype.document, "/documents"):
             raise MessageRejected(r.issues)
         for i, doc in enumerate(seq or ()):
             r.document(root, doc, i)
@@ -444,7 +448,7 @@ def render_root(payload: Mapping[str, Any], *, now: datetime | None = None) -> e
     subscribe = payload.get("baseSubscribe")
     if subscribe is not None:
         subs = r.arr(subscribe, "/baseSubscribe", "baseSubscribe") or ()
-        if not r.few_enough(subs, mtype.root, "BaseSubscribe", "/baseSubscribe"):
+        if not r.counted(subs, mtype.root, "BaseSubscribe", "/baseSubscribe"):
             subs = ()
         for i, sub in enumerate(subs):
             sub_obj = r.obj(sub, _pointer("baseSubscribe", i), f"baseSubscribe[{i}]")
