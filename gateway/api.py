@@ -139,6 +139,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         response = error_response(exc.status, exc.reason)
+        if "Allow" in exc.headers:  # a 405 says which methods the path takes
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception as exc:
         if db.database_away(exc) or isinstance(exc, IngestUnavailable):
             # nothing was stored (a message is acknowledged only once committed): the client may send it again
@@ -196,12 +198,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, at most ``limit`` bytes (MessageRejected parse.too_large, kept among the refusals like any refused
+    message): told by its Content-Length before it is read, else (chunked, or compressed: its size unknown until
+    read) found while it is read, never read further."""
     if request.content_length is not None and request.content_length > limit:
         raise MessageRejected(
             [Issue(Layer.PARSE, "parse.too_large", "/", f"{request.content_length} bytes; the limit is {limit}")]
         )
-    body = await request.read()  # client_max_size stops a body without Content-Length
-    return body
+    if request.content_length is not None and not request.headers.get("Content-Encoding"):
+        return await request.read()  # its length known and within the limit (client_max_size is above every limit)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise MessageRejected([Issue(Layer.PARSE, "parse.too_large", "/",
+                                         f"more than {limit} bytes; the limit is {limit}")])  # fmt: skip
+    return bytes(body)
 
 
 async def post_message(request: web.Request) -> web.Response:
@@ -220,6 +232,10 @@ async def post_message(request: web.Request) -> web.Response:
             await pipeline.sign(rendered)  # a UKey's signature, awaited between the turns (gateway.ukey)
             checked = await turns.run(pipeline.check_rendered, rendered)
         elif ctype in ("application/xml", "text/xml", "application/octet-stream", ""):
+            if ctype in ("application/octet-stream", "") and body.lstrip()[:1] in (b"{", b"["):
+                # read as XML it would be "not well-formed": the sender forgot the header, say so
+                return error_response(415, f"a body sent as {ctype or 'no Content-Type'} is read as XML, and this one "
+                                      "looks like JSON: send it with Content-Type: application/json")  # fmt: skip
             checked = await request.app[TURNS].run(pipeline.check, body)
         else:
             return error_response(415, f"unsupported Content-Type {ctype}; send application/xml or application/json")
@@ -401,8 +417,12 @@ def _integer(query: Any, name: str, default: int) -> int:
 
 
 def _limit(query: Any) -> int:
-    """A list's page size: ``limit``, 1..500, default 50 (ValueError when it is no integer)."""
-    return min(max(_integer(query, "limit", 50), 1), 500)
+    """A list's page size: ``limit``, default 50; more than 500 is served as 500, a page's most (ValueError when it
+    is no integer, or less than 1)."""
+    limit = _integer(query, "limit", 50)
+    if limit < 1:
+        raise ValueError(f"limit is {limit}; a page holds 1 to 500 items")
+    return min(limit, 500)
 
 
 def _page_query(query: Any) -> tuple[datetime | None, datetime | None, int]:
@@ -817,8 +837,9 @@ def create_app(
 
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware],
-        # aiohttp refuses larger bodies itself; a little slack lets our own check give the precise error.
-        client_max_size=settings.max_body_bytes + 1024,
+        # aiohttp refuses larger bodies itself; above the largest limit of the routes' own (a receipt in a DxpMsg: twice
+        # max_body_bytes, base64 inflating it), each of which gives the precise error (_read_body)
+        client_max_size=2 * settings.max_body_bytes + 1024,
     )
     rates = TaxRates.from_mapping(settings.tax_rates)
     outbox = Outbox(pool, router, reassess=quota_reassessor(rates=rates, tolerance=settings.amount_tolerance),

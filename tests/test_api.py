@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import gzip
 import json
 import os
 import random
@@ -155,6 +156,62 @@ async def test_bad_bodies_get_precise_errors(api: Client, body: bytes, ctype: st
     reply = await api.request("POST", "/v1/messages", data=body, content_type=ctype)
     assert reply.status == status, reply.body
     assert reply.body["error"]["issues"][0]["code"] == code
+
+
+async def test_a_body_too_large_is_refused_alike_however_it_comes_and_kept(api: Client) -> None:
+    """Over the limit (256 KiB here) with its Content-Length, chunked, or gzip-compressed (small on the wire, large
+    once inflated): the same 413 parse.too_large, kept among the refusals; a body within the limit, chunked or
+    compressed, is read whole. A receipt in a DxpMsg may be twice as large (base64)."""
+    big = b"<a>" + b"x" * (300 * 1024) + b"</a>"
+
+    async def chunks(data: bytes) -> AsyncIterator[bytes]:
+        for i in range(0, len(data), 16 * 1024):
+            yield data[i:i + 16 * 1024]
+
+    async def post(data: Any, **headers: str) -> tuple[int, Any]:
+        headers = {"X-API-Key": apiutil.ADMIN, "Content-Type": "application/xml", **headers}
+        async with api.session.post(api.base + "/v1/messages", data=data, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    for how, sent in (("length", await post(big)), ("chunked", await post(chunks(big))),
+                      ("gzip", await post(gzip.compress(big), **{"Content-Encoding": "gzip"}))):  # fmt: skip
+        status, body = sent
+        [issue] = body["error"]["issues"]
+        assert (status, issue["code"]) == (413, "parse.too_large"), (how, body)
+        assert issue["message"].endswith(f"bytes; the limit is {256 * 1024}"), (how, issue)
+    kept = await api.get("/v1/rejections?code=parse.too_large")
+    assert [r["http_status"] for r in kept.body["items"]] == [413, 413, 413], kept.body
+    legs_xml = legs(new_shipment(44))["CEB311"]
+    for data, headers in ((chunks(legs_xml), {}), (gzip.compress(legs_xml), {"Content-Encoding": "gzip"})):
+        status, body = await post(data, **headers)
+        assert status in (202, 409), body  # the second time the same message: its replay is a 202 as well
+    receipt = build_receipt("CEB312", {"guid": "D" * 36, "ebpCode": "E1", "ebcCode": "C1", "orderNo": "O-1",
+                                       "returnStatus": "2", "returnTime": "20260101120000001",
+                                       "returnInfo": "x" * (300 * 1024)})  # fmt: skip
+    async with api.session.post(api.base + "/v1/receipts", data=receipt, headers={
+            "X-API-Key": apiutil.ADMIN, "Content-Type": "application/xml"}) as resp:  # fmt: skip
+        assert resp.status != 413, await resp.text()
+
+
+async def test_json_sent_without_its_content_type_is_told_so(api: Client) -> None:
+    """A body with no Content-Type (or application/octet-stream, as transfer clients send XML) is read as XML; JSON
+    sent so is answered 415 saying what to send, not "not well-formed". XML sent so is taken."""
+    order = json.dumps(json.loads(json.dumps(new_shipment(45).order, default=str))).encode()
+    for ctype in ("", "application/octet-stream"):
+        async with api.session.post(api.base + "/v1/messages", data=order, headers={
+                "X-API-Key": apiutil.ADMIN, "Content-Type": ctype}) as resp:  # fmt: skip
+            body = await resp.json()
+            assert resp.status == 415 and "Content-Type: application/json" in body["error"]["title"], body
+    async with api.session.post(api.base + "/v1/messages", data=legs(new_shipment(45))["CEB311"], headers={
+            "X-API-Key": apiutil.ADMIN, "Content-Type": "application/octet-stream"}) as resp:  # fmt: skip
+        assert resp.status == 202, await resp.text()
+
+
+async def test_a_method_a_path_does_not_take_says_which_it_does(api: Client) -> None:
+    wrong = await api.request("PUT", "/v1/messages", data=b"<a/>", content_type="application/xml")
+    assert wrong.status == 405 and wrong.body["error"]["status"] == 405, wrong.body
+    assert wrong.headers["Allow"] == "POST", dict(wrong.headers)
+    assert "Allow" not in (await api.get("/v1/nowhere")).headers
 
 
 async def test_a_burst_of_good_and_bad_messages_gets_each_its_own_answer(api: Client) -> None:
@@ -566,6 +623,9 @@ async def test_odd_queries_bodies_and_header_bytes_are_client_errors(api: Client
     for query in ("limit=abc", "limit=1e3", "limit=" + "9" * 40, "limit=--5", "limit=%2B-3"):
         reply = await api.get("/v1/shipments?" + query)
         assert reply.status == 400 and "limit must be an integer" in reply.body["error"]["title"], (query, reply)
+    for query in ("limit=0", "limit=-1"):
+        reply = await api.get("/v1/shipments?" + query)
+        assert reply.status == 400 and "a page holds 1 to 500 items" in reply.body["error"]["title"], (query, reply)
     assert (await api.get("/v1/queue/dead?offset=-1")).status == 400
     empty = await api.request("POST", "/v1/messages", data=b" ", content_type="application/json")
     assert empty.status == 400 and empty.body["error"]["issues"][0]["code"] == "parse.empty"
