@@ -435,7 +435,7 @@ def render_root(payload: Mapping[str, Any], *, now: datetime | None = None) -> e
     else:
         seq = r.arr(documents, "/documents", "documents")
         if seq is not None and not r.counted(seq, mtype.root, mtype.document, "/documents"):
-            raise MessageRejected(r.issues)
+            raise MessageRejected(r.issues, mtype.code)
         for i, doc in enumerate(seq or ()):
             r.document(root, doc, i)
 
@@ -456,7 +456,7 @@ def render_root(payload: Mapping[str, Any], *, now: datetime | None = None) -> e
                 r.leaves(root, "BaseSubscribe", sub_obj, ("baseSubscribe", i), "baseSubscribe")
 
     if r.issues:
-        raise MessageRejected(r.issues)
+        raise MessageRejected(r.issues, mtype.code)
     return root
 
 

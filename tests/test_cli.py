@@ -412,13 +412,18 @@ def test_validate_takes_the_json_a_seller_sends(tmp_path: Path, capsys: pytest.C
     bad = dict(s.order, documents=[{**s.order["documents"][0], "acturalPaid": "1.00"}])
     (tmp_path / "bad.json").write_text(json.dumps(bad, ensure_ascii=False, default=str), encoding="utf-8")
     (tmp_path / "broken.json").write_text('{"type": "CEB311", ', encoding="utf-8")
+    (tmp_path / "shapeless.json").write_text('{"type": "CEB311", "documents": []}', encoding="utf-8")
     assert main(["validate", "--json", *files]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [(r["message_type"], r["valid"]) for r in results] == [("CEB311", True), ("CEB621", True)]
-    assert main(["validate", "--json", str(tmp_path / "bad.json"), str(tmp_path / "broken.json")]) == 1
-    bad_result, broken_result = json.loads(capsys.readouterr().out)
+    assert main(["validate", "--json", *(str(tmp_path / f) for f in ("bad.json", "broken.json", "shapeless.json"))]) \
+        == 1  # fmt: skip
+    bad_result, broken_result, shapeless_result = json.loads(capsys.readouterr().out)
     assert "rule.actural_paid_mismatch" in [e["code"] for e in bad_result["errors"]]
     assert [e["code"] for e in broken_result["errors"]] == ["parse.invalid_json"]
+    # a shape the JSON renderer refuses still names its type
+    assert (shapeless_result["message_type"], [e["code"] for e in shapeless_result["errors"]]) == \
+        ("CEB311", ["json.too_few"])  # fmt: skip
 
 
 def _production_config(tmp_path: Path, days: int) -> Path:
