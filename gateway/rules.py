@@ -33,6 +33,7 @@ Conventions:
 from __future__ import annotations
 
 import datetime
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
@@ -52,7 +53,8 @@ CODES: dict[str, str] = {
     "minLength=1 both let whitespace through)",
     "rule.untrimmed": "a value starts or ends with whitespace",
     "rule.control_character": "a value contains a control character (free-text elements such as note may "
-    "contain tab, CR and LF; nothing else may)",
+    "contain tab, CR and LF; nothing else may), or, outside free text, an invisible formatting character (a "
+    "zero-width space or joiner, a direction mark, a BOM): an orderNo with one looks like another and is not",
     "rule.guid_length": "a guid (root attribute or document guid) is not exactly 36 characters",
     "rule.duplicate_guid": "two documents of one declaration message carry the same guid",
     "rule.duplicate_document": "two documents of one declaration message carry the same business key "
@@ -1150,10 +1152,13 @@ assert set(RULES) <= set(BY_CODE), "RULES names a message code the registry does
 
 
 def _control_character(value: str, free_text: bool) -> str | None:
-    """The first forbidden control character (C0, DEL, C1) of ``value``, or None."""
+    """The first forbidden control character (C0, DEL, C1) of ``value`` — or, unless ``free_text``, invisible
+    formatting character (Unicode's Cf: zero-width space and joiners, direction marks, BOM) — or None."""
     for ch in value:
         o = ord(ch)
         if (o < 0x20 or 0x7F <= o <= 0x9F) and not (free_text and ch in "\t\n\r"):
+            return ch
+        if o > 0x9F and not free_text and unicodedata.category(ch) == "Cf":
             return ch
     return None
 
@@ -1176,7 +1181,9 @@ def _fields(
         if not raw.isprintable():
             bad = _control_character(raw, name in FREE_TEXT)
             if bad is not None:
-                message = f"{name} contains control character U+{ord(bad):04X}"
+                invisible = ord(bad) > 0x9F
+                what = f"invisible character ({unicodedata.name(bad, '?')})" if invisible else "control character"
+                message = f"{name} contains {what} U+{ord(bad):04X}"
                 out.append(_issue("rule.control_character", path(name), message))
         value = raw.strip()
         if not value:

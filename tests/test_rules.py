@@ -615,6 +615,10 @@ BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
      {("rule.control_character", OH + "consigneeAddress")}),
     ("C1 control in free text", "311", head(note="ok\x85"), {("rule.control_character", OH + "note")}),
     ("newline in a name", "621", line(1, gname="婴儿\n奶粉"), {("rule.control_character", IL(1, "gname"))}),
+    ("zero-width space in a key", "311", head(orderNo="ORD2026\u200b1119001"),
+     {("rule.control_character", OH + "orderNo")}),
+    ("direction mark in a name", "311", head(buyerName="张\u202e三"), {("rule.control_character", OH + "buyerName")}),
+    ("a joiner in free text is text", "311", head(note="👨\u200d👩 礼物"), set()),
     # guids and duplicates
     ("document guid length", "311", head(guid=_guid(311)[:-1]), {("rule.guid_length", OH + "guid")}),
     ("receipt guid length", "622", head(guid="X" * 37),
