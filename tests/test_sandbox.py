@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -286,9 +287,12 @@ async def test_inconsistent_inventory_is_rejected_with_the_reason(
     rejected = receipts(http_recorder, lambda r: r["type"] == "CEB622")[1]
     assert "acturalPaid" in rejected["returnInfo"] or "amountPaid" in rejected["returnInfo"]
     assert "invtNo" not in rejected and tax_bills(http_recorder) == []  # nothing released, nothing taxed
-    # A rejected inventory is not on file: after a payment change (appType 2) it is declared anew and passes.
+    # A rejected inventory is not on file: after a payment change (appType 2, a later appTime) it is declared anew
+    # and passes.
     fixed = legs(rsa_key, seed=3)
     change = fixed["CEB411"].replace(b"<ceb:appType>1</ceb:appType>", b"<ceb:appType>2</ceb:appType>")
+    change = re.sub(rb"<ceb:appTime>(\d{14})</ceb:appTime>",
+                    lambda m: b"<ceb:appTime>%d</ceb:appTime>" % (int(m.group(1)) + 100), change)  # a minute on
     assert change != fixed["CEB411"]
     await post_dxp(client, sandbox.url, change)
     await sandbox.wait_idle()
@@ -313,6 +317,34 @@ async def test_duplicates_get_the_spec_codes(
     assert statuses(http_recorder, "CEB512") == ["2", "120", "-504015"]
     assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800", "-621004"]
     assert sandbox.stats()["duplicates"] == {}  # every delivery had its own CopMsgId
+
+
+async def test_a_change_not_newer_than_the_version_held_is_ignored_with_the_spec_code(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """An order or waybill changed (appType 2) with an appTime not after the declared one's is ignored (−301014,
+    −505016) and the version held stays; a newer change is taken."""
+    xmls = legs(rsa_key, seed=7)
+    await declare_all(client, sandbox, xmls, ("CEB311", "CEB511"))
+
+    def changed(xml: bytes, seconds: int) -> bytes:
+        root = etree.fromstring(xml)
+        root.set("guid", str(uuid.uuid4()).upper())
+        head = next(root.iter(f"{C}OrderHead", f"{C}LogisticsHead"))
+        at = datetime.strptime(head.findtext(f"{C}appTime") or "", "%Y%m%d%H%M%S") + timedelta(seconds=seconds)
+        for name, value in (("guid", str(uuid.uuid4()).upper()), ("appType", "2"),
+                            ("appTime", at.strftime("%Y%m%d%H%M%S"))):  # fmt: skip
+            el = head.find(f"{C}{name}")
+            assert el is not None
+            el.text = value
+        return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+    for seconds in (0, -60, 60):
+        await declare_all(client, sandbox, {c: changed(xmls[c], seconds) for c in ("CEB311", "CEB511")},
+                          ("CEB311", "CEB511"))  # fmt: skip
+    await sandbox.wait_idle()
+    assert sorted(statuses(http_recorder, "CEB312")) == sorted(["2", "120", "-301014", "-301014", "2", "120"])
+    assert sorted(statuses(http_recorder, "CEB512")) == sorted(["2", "120", "-505016", "-505016", "2", "120"])
 
 
 async def test_single_transaction_limit(

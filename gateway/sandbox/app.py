@@ -87,6 +87,10 @@ NOTHING_TO_CHANGE = {"CEB311": "-301009", "CEB411": "-401008", "CEB511": "-50401
 # counterpart's, which the gateway classifies alike (duplicate, nothing to change).
 DUPLICATE_CODE |= {"CEB303": "-301010", "CEB403": "-401007", "CEB505": "-504015", "CEB603": "-621004"}
 NOTHING_TO_CHANGE |= {"CEB303": "-301009", "CEB403": "-401008", "CEB505": "-504016", "CEB603": "-621042"}
+#: A change whose appTime is not newer than the version customs holds is ignored (spec §6.2: −301014, −401012,
+#: −505016; the export declarations answered alike).
+OLDER_CODE = {"CEB311": "-301014", "CEB411": "-401012", "CEB511": "-505016"}
+OLDER_CODE |= {"CEB303": "-301014", "CEB403": "-401012", "CEB505": "-505016"}
 
 
 @dataclass
@@ -693,6 +697,9 @@ class Sandbox:
         if app_type in ("2", "3") and existing is None:
             info = f"{label} 不存在，无法变更或删除 (sandbox: nothing to change)"
             return [self._step(rcode, NOTHING_TO_CHANGE[code], values, label, info)]
+        if app_type == "2" and existing is not None and h.get("appTime", "") <= existing.head.get("appTime", ""):
+            info = f"{label} 报文时间早于已接收的报文，忽略 (sandbox: older than the version held)"
+            return [self._step(rcode, OLDER_CODE[code], values, label, info)]
         if scenario == "REJECT":
             return self._rejected(rcode, values, label, "sandbox scenario REJECT")
         if app_type == "3":
