@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -476,6 +477,25 @@ def _int_in(name: str, low: int, high: int | None = None) -> Any:
     return conv
 
 
+def _at_least(low: float, *, above: bool = False, integer: bool = False) -> Any:
+    """A conv for a number not below ``low`` (or above it: ``above``), an integer when ``integer``: what a queue, a
+    worker or a timer cannot run with is refused with the configuration, not met when the process starts."""
+
+    def conv(value: Any) -> float | int:
+        number: float | int
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = int(str(value)) if integer else float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be {'an integer' if integer else 'a number'}; found {value!r}") from None
+        if not math.isfinite(number) or number < low or (above and number == low):
+            raise ValueError(f"must be {'above' if above else 'at least'} {low:g}; found {value!r}")
+        return number
+
+    return conv
+
+
 def _days(name: str) -> Any:
     def conv(value: Any) -> float:
         try:
@@ -518,10 +538,6 @@ def public_origin(url: str) -> str:
     return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
-def _floats(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
 def _strings(value: Any, what: str) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
@@ -535,12 +551,31 @@ def _parse_retry(name: str, retry: Mapping[str, Any]) -> RetrySettings:
     if unknown:
         raise ValueError(f"forwarding.endpoints.{name}.retry: unknown setting(s) {', '.join(sorted(unknown))}")
     d = RetrySettings()
+    where = f"forwarding.endpoints.{name}.retry."
     return RetrySettings(
-        base_s=float(retry.get("base_s", d.base_s)),
-        factor=float(retry.get("factor", d.factor)),
-        cap_s=float(retry.get("cap_s", d.cap_s)),
-        max_attempts=int(retry.get("max_attempts", d.max_attempts)),
+        base_s=_setting(retry, "base_s", d.base_s, _at_least(0), where),
+        factor=_setting(retry, "factor", d.factor, _at_least(1), where),
+        cap_s=_setting(retry, "cap_s", d.cap_s, _at_least(0), where),
+        max_attempts=_setting(retry, "max_attempts", d.max_attempts, _at_least(1, integer=True), where),
     )
+
+
+def _setting(table: Mapping[str, Any], name: str, default: Any, conv: Any, where: str) -> Any:
+    """``table[name]`` through ``conv`` (``default`` when absent); a ValueError names where it is."""
+    if name not in table:
+        return default
+    try:
+        return conv(table[name])
+    except ValueError as exc:
+        raise ValueError(f"{where}{name}: {exc}") from None
+
+
+def _http_url(value: Any) -> str:
+    url = str(value).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// address; found {url!r}")
+    return url
 
 
 def _parse_endpoint(name: str, item: Any) -> EndpointSettings:
@@ -562,26 +597,27 @@ def _parse_endpoint(name: str, item: Any) -> EndpointSettings:
     unknown = set(item) - known
     if unknown:
         raise ValueError(f"forwarding.endpoints.{name}: unknown setting(s) {', '.join(sorted(unknown))}")
+    where = f"forwarding.endpoints.{name}."
     ep = EndpointSettings(
         name=name,
         kind=kind,
         transport=transport,
-        url=str(item["url"]) if item.get("url") else None,
+        url=_setting(item, "url", None, _http_url, where) if item.get("url") else None,
         sender_id=str(item["sender_id"]) if item.get("sender_id") else None,
         import_receiver_id=str(item["import_receiver_id"]) if item.get("import_receiver_id") else None,
         export_receiver_id=str(item["export_receiver_id"]) if item.get("export_receiver_id") else None,
         outbox=Path(item["outbox"]) if item.get("outbox") else None,
         inbox=Path(item["inbox"]) if item.get("inbox") else None,
         folder_format=str(item.get("folder_format", "dxp")),
-        timeout_s=float(item.get("timeout_s", 30.0)),
-        concurrency=int(item.get("concurrency", 4)),
-        rate_per_s=_floats(item.get("rate_per_s")),
-        rate_burst=float(item.get("rate_burst", 1.0)),
+        timeout_s=_setting(item, "timeout_s", 30.0, _at_least(0, above=True), where),
+        concurrency=_setting(item, "concurrency", 4, _at_least(1, integer=True), where),
+        rate_per_s=_setting(item, "rate_per_s", None, _at_least(0, above=True), where),
+        rate_burst=_setting(item, "rate_burst", 1.0, _at_least(1), where),
         retry=_parse_retry(name, retry),
-        breaker_failures=int(item.get("breaker_failures", 5)),
-        breaker_cooldown_s=float(item.get("breaker_cooldown_s", 30.0)),
+        breaker_failures=_setting(item, "breaker_failures", 5, _at_least(1, integer=True), where),
+        breaker_cooldown_s=_setting(item, "breaker_cooldown_s", 30.0, _at_least(0), where),
         warehouse_code=str(item.get("warehouse_code", "WH01")),
-        callback_url=str(item["callback_url"]) if item.get("callback_url") else None,
+        callback_url=_setting(item, "callback_url", None, _http_url, where) if item.get("callback_url") else None,
         headers={str(k): str(v) for k, v in dict(item.get("headers", {})).items()},
     )
     if ep.kind in ("inspection", "warehouse", "realtime") and not ep.url:
@@ -608,19 +644,19 @@ _FORWARDING_SCALARS: dict[str, Any] = {
     "enabled": _flag,
     "sender_id": str,
     "webhook_endpoint": str,
-    "receipt_timeout_s": float,
-    "watchdog_interval_s": float,
+    "receipt_timeout_s": _at_least(0, above=True),
+    "watchdog_interval_s": _at_least(0, above=True),
     "done_job_retention_days": _days("done_job_retention_days"),
     "watchdog_repush": _flag,
-    "max_repushes": int,
-    "resend_delay_s": float,
+    "max_repushes": _at_least(0, integer=True),
+    "resend_delay_s": _at_least(0),
     "sandbox": str,
-    "sandbox_port": int,
-    "sandbox_receipt_delay_s": float,
+    "sandbox_port": _int_in("sandbox_port", 0, 65535),
+    "sandbox_receipt_delay_s": _at_least(0),
     "worker": _flag,
-    "worker_lease_s": float,
-    "worker_poll_s": float,
-    "inbox_poll_s": float,
+    "worker_lease_s": _at_least(0, above=True),
+    "worker_poll_s": _at_least(0, above=True),
+    "inbox_poll_s": _at_least(0, above=True),
 }
 
 
@@ -642,6 +678,34 @@ def _one_customs_endpoint_per_type(routes: Iterable[RouteSettings], endpoints: I
                 f"forwarding.routes send {message_type} to {len(names)} customs endpoints ({', '.join(sorted(names))}):"
                 " customs takes each declaration once; route it to one of them"
             )
+
+
+def _declarations_reach_customs(fwd: ForwardingSettings) -> None:
+    """Refuse routes naming message types that do not exist, and routes that leave declarations with nowhere to go:
+    sent to an endpoint that is not configured while no customs endpoint takes them and the built-in sandbox does not
+    play customs — each would be accepted, answered 202, and never forwarded (an inventory held for ever). An
+    inspection or warehouse endpoint left out is a site's choice (logged at start, ignored)."""
+    from gateway.messages import BY_CODE  # data only; imported here to keep this module's imports the stdlib's
+
+    for i, route in enumerate(fwd.routes):
+        if unknown := [t for t in route.message_types if t not in BY_CODE]:
+            raise ValueError(f"forwarding.routes[{i}] names message types that do not exist: {', '.join(unknown)}")
+    if not fwd.enabled or uses_sandbox(fwd):
+        return
+    names = {e.name for e in fwd.endpoints}
+    customs = {e.name for e in fwd.endpoints if e.kind == "customs"}
+    reaching = {t for r in fwd.routes if set(r.endpoints) & customs for t in r.message_types}
+    stranded: dict[str, set[str]] = {}
+    for route in fwd.routes:
+        for missing in set(route.endpoints) - names:
+            stranded.setdefault(missing, set()).update(t for t in route.message_types if t not in reaching)
+    for missing, types in sorted(stranded.items()):
+        if types:
+            held = (f"the customs endpoint configured is {', '.join(sorted(customs))}: name it {missing}, or route "
+                    "them to it") if customs else "no customs endpoint is configured and forwarding.sandbox is off"
+            raise ValueError(f"forwarding.routes send {', '.join(sorted(types))} to {missing!r}, which is not "
+                             f"configured, and nothing else takes them to customs ({held}): they would be stored "
+                             "and never sent")  # fmt: skip
 
 
 def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ForwardingSettings:
@@ -676,6 +740,7 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
             )
         changes["routes"] = tuple(routes)
     _one_customs_endpoint_per_type(changes.get("routes", DEFAULT_ROUTES), changes["endpoints"])
+    _declarations_reach_customs(replace(ForwardingSettings(), **changes))
     for name in ("hold_types", "on_release"):
         if name in data:
             changes[name] = _strings(data[name], f"forwarding.{name}")
@@ -686,7 +751,8 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
     for seller, item in webhooks.items():
         if not isinstance(item, Mapping) or not item.get("url") or not item.get("secret") or not item.get("codes"):
             raise ValueError(f"forwarding.webhooks.{seller} needs codes, url and secret")
-        hooks.append(WebhookSettings(str(seller), frozenset(_strings(item["codes"], "codes")), str(item["url"]),
+        url = _setting(item, "url", None, _http_url, f"forwarding.webhooks.{seller}.")
+        hooks.append(WebhookSettings(str(seller), frozenset(_strings(item["codes"], "codes")), url,
                                      str(item["secret"])))  # fmt: skip
     changes["webhooks"] = tuple(hooks)
     return replace(ForwardingSettings(), **changes)

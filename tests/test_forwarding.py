@@ -285,6 +285,56 @@ def test_dxp_ids_are_checked_when_the_configuration_loads(tmp_path: Path, text: 
         config.load(path, env={})
 
 
+_CUSTOMS = '[forwarding.endpoints.customs]\nkind = "customs"\nurl = "http://127.0.0.1:9/a"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        # what the queue, the worker or a timer cannot run with: refused with the configuration (cbec config check,
+        # every command), not met as a traceback when cbec serve builds its worker
+        (_CUSTOMS + "retry = { max_attempts = 0 }", "endpoints.customs.retry.max_attempts: must be at least 1"),
+        (_CUSTOMS + "retry = { base_s = -1 }", "forwarding.endpoints.customs.retry.base_s: must be at least 0"),
+        (_CUSTOMS + "retry = { factor = 0.5 }", "retry.factor: must be at least 1"),
+        (_CUSTOMS + "retry = { max_attempts = 2.5 }", "retry.max_attempts: must be an integer; found 2.5"),
+        (_CUSTOMS + "timeout_s = -5", "forwarding.endpoints.customs.timeout_s: must be above 0"),
+        (_CUSTOMS + "concurrency = 0", "forwarding.endpoints.customs.concurrency: must be at least 1"),
+        (_CUSTOMS + "breaker_failures = 0", "breaker_failures: must be at least 1"),
+        (_CUSTOMS + "rate_per_s = -1", "rate_per_s: must be above 0"),
+        (_CUSTOMS + 'timeout_s = "soon"', "timeout_s: must be a number; found 'soon'"),
+        ('[forwarding.endpoints.customs]\nkind = "customs"\nurl = "ftp://x/y"',
+         "forwarding.endpoints.customs.url: must be an http:// or https:// address; found 'ftp://x/y'"),
+        ('[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "hook.example"',
+         "forwarding.webhooks.s.url: must be an http:// or https:// address"),
+        ("[forwarding]\nreceipt_timeout_s = 0", "forwarding.receipt_timeout_s: must be above 0"),
+        ("[forwarding]\nmax_repushes = -1", "forwarding.max_repushes: must be at least 0"),
+        # routes that go nowhere: a type that does not exist, declarations stored and never sent
+        ('[[forwarding.routes]]\nmessage_types = ["CEB999"]\nendpoints = ["customs"]',
+         "forwarding.routes[0] names message types that do not exist: CEB999"),
+        ('[forwarding.endpoints.cust]\nkind = "customs"\nurl = "http://127.0.0.1:9/a"',
+         "to 'customs', which is not configured, and nothing else takes them to customs (the customs endpoint "
+         "configured is cust: name it customs, or route them to it)"),
+        ('[forwarding]\nsandbox = "off"', "no customs endpoint is configured and forwarding.sandbox is off"),
+    ],
+)
+def test_settings_nothing_could_run_with_are_refused_when_the_configuration_loads(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(says)):
+        config.load(path, env={})
+
+
+def test_an_inspection_or_warehouse_endpoint_left_out_and_forwarding_off_load(tmp_path: Path) -> None:
+    """What a site may choose: no inspection endpoint (the 1210 inventories still reach customs), forwarding off with
+    the sandbox off (nothing sent, by choice)."""
+    for text in (_CUSTOMS, '[forwarding]\nenabled = false\nsandbox = "off"'):
+        path = tmp_path / "ok.toml"
+        path.write_text(text, encoding="utf-8")
+        config.load(path, env={})
+
+
 def test_one_receiver_id_for_both_flows_is_refused_with_what_to_set_instead(tmp_path: Path) -> None:
     path = tmp_path / "old.toml"
     path.write_text('[forwarding.endpoints.c]\nkind = "customs"\nurl = "http://h"\nreceiver_id = "DXPENT0000000009"',
