@@ -38,7 +38,7 @@ from gateway.ingestlink import IngestUnavailable
 from gateway.messages import FLOWS
 from gateway.metrics import METRICS, setup_metrics
 from gateway.openapi import OPENAPI
-from gateway.outbox import Outbox, read_warehouse_callbacks, with_warehouse_orders
+from gateway.outbox import Outbox, read_warehouse_callbacks
 from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.render import json_constant, json_int
@@ -458,8 +458,8 @@ async def get_message(request: web.Request) -> web.Response:
     if found is None or not _visible(principal, parties):
         # 404 rather than 403 for other tenants' messages: existence itself is not disclosed.
         return error_response(404, "no such message")
-    await with_warehouse_orders(request.app[POOL], found["documents"])  # e.g. a delivery's (CEB711) inbound orders
-    return json_response(found)
+    # as a shipment shows its documents: forward state, customs status, transmissions, receipts, warehouse orders
+    return json_response(await request.app[OUTBOX].shipment_forwarding(found))
 
 
 #: The ebpCode in a shipment's path for a waybill-only shipment, whose ebpCode is empty (an empty path segment

@@ -1459,8 +1459,8 @@ class Outbox:
 
     async def shipment_forwarding(self, shipment: dict[str, Any]) -> dict[str, Any]:
         """Add forwarding to a shipment as gateway.store.Store.get_shipment returns it (with the shipment's own
-        customs_status, customs_info and customs_updated_at): per document its forward state, customs status,
-        transmissions (jobs and attempts) and receipts."""
+        customs_status, customs_info and customs_updated_at), or to a message as Store.get_message does: per document
+        its forward state, customs status, transmissions (jobs and attempts), receipts and warehouse orders."""
         docs = shipment.get("documents", [])
         ids = [d["id"] for d in docs]
         # planned like the writes (db.BEGIN_PLANNED): index probes whatever the tables' statistics say

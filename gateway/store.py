@@ -477,7 +477,9 @@ SELECT_SHIPMENT_DOCUMENTS = f"""
 WITH own AS MATERIALIZED (
     SELECT d.id, d.kind, d.message_type, d.logistics_code, d.logistics_no FROM documents AS d
      WHERE d.ebp_code = $1 AND d.order_no = $2
-       AND (d.kind IN ('order', 'payment', 'inventory') OR d.message_type = '{EXPORT_RETURN}')
+       -- its legs, and what cancels or returns its inventory (CEB623, CEB625, CEB605, CEB213): no legs, but the
+       -- operators look for them on the shipment
+       AND (d.kind IN ('order', 'payment', 'inventory', 'cancel', 'refund') OR d.message_type = '{EXPORT_RETURN}')
 ), ids AS (
     SELECT id FROM own
     UNION

@@ -1003,6 +1003,13 @@ async def test_an_export_cancellation_concludes_at_the_sandbox_and_the_order_tak
         statuses = await stack.fetchval("SELECT array_agg(return_status ORDER BY id) FROM receipts"
                                         " WHERE message_type = 'CEB606'")  # fmt: skip
         assert statuses == ["2", "399"]
+        # the operators see it on the shipment and in its message, with its forwarding, as any document
+        view = (await stack.client.get(f"/v1/shipments/{inv['ebpCode']}/{inv['orderNo']}")).body
+        [shown] = [d for d in view["documents"] if d["message_type"] == "CEB605"]
+        assert (shown["forward_state"], shown["customs"]["code"]) == ("receipted", "399"), shown
+        message = (await stack.client.get(f"/v1/messages/{reply.body['guid']}")).body
+        [doc] = message["documents"]
+        assert doc["forward_state"] == "receipted" and [r["return_status"] for r in doc["receipts"]] == ["2", "399"]
         again = copy.deepcopy(s.inventory)
         again["guid"] = new_guid()
         again["documents"][0].update(guid=new_guid(), copNo=f"R-{inv['copNo']}"[:30])

@@ -4,7 +4,8 @@
 
 (() => {
   const API = "/ops/api";
-  const KIND_ZH = { order: "订单", payment: "支付单", waybill: "运单", inventory: "清单", receipt: "回执" };
+  const KIND_ZH = { order: "订单", payment: "支付单", waybill: "运单", inventory: "清单", cancel: "撤销申请单",
+    refund: "退货申请单", receipt: "回执" };
   const DOC_ZH = { CEB311: "订单", CEB411: "支付单", CEB511: "运单", CEB621: "清单" };
   const APP_TYPE = { "1": "new 新增", "2": "change 变更", "3": "delete 删除" };
   const STATE_ZH = { mismatched: "不一致", incomplete: "待补齐", matched: "已匹配" };
