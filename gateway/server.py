@@ -708,10 +708,7 @@ async def serve(
                             ready.set()
                         await stop.wait()
                         await orphan_watch
-                    if link is not None:
-                        await runner.shutdown()  # the requests in flight answered first, then the link closes
-                        await link.aclose()
-                    return
+                    return  # the link closes below, once runner.cleanup has answered the requests in flight
                 if settings.processes > 1:
                     if not shared_across_processes():  # serve() called without cbec serve's set-up
                         log.warning(
@@ -801,7 +798,9 @@ async def serve(
                     await link_server.stop()
                 if forwarding is not None:
                     await forwarding.stop()
-                await runner.cleanup()
+                await runner.cleanup()  # stops taking requests, and waits for those in flight to be answered
+                if link is not None:  # an API process's: what it handed the first one has been answered
+                    await link.aclose()
                 # the key in force at the end (a reload may have put another in): a UKey's connection closed
                 await (reloader.signatures if reloader is not None and reloader.signatures else signatures).close()
                 if sandbox is not None:

@@ -459,6 +459,55 @@ async def _stop_two_processes(proc: asyncio.subprocess.Process, log_out: Any, lo
     return log
 
 
+async def test_a_normal_stop_of_two_processes_answers_what_either_had_in_flight(db_dsn: str, tmp_path: Path) -> None:
+    """SIGTERM while messages are on their way into the store (held there by a lock on the messages table): both
+    processes answer each of them 202 once it is stored — the other API process's link to the first's store closed
+    only after its requests in flight were answered (they were 503 "the database is unavailable", though stored)."""
+    import asyncpg
+
+    port = free_port()
+    log_file = tmp_path / "serve.log"
+    proc, log_out = await _serve_two_processes(db_dsn, tmp_path, port, log_file)
+    url = f"http://127.0.0.1:{port}"
+    orders = [samples.render_shipment(shipment(120 + i))["CEB311"] for i in range(12)]
+    try:
+        fresh = aiohttp.TCPConnector(force_close=True)  # a new connection per request: the kernel picks a process
+        async with aiohttp.ClientSession(connector=fresh, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+            async def both_up() -> bool:
+                return len(await answering_processes(session, url, 10)) == 2
+
+            await wait_for(both_up, timeout=40, what="two API processes")
+
+            async def post(xml: bytes) -> tuple[int, str]:
+                async with session.post(url + "/v1/messages", data=xml, headers={
+                        "X-API-Key": ADMIN, "Content-Type": "application/xml"}) as resp:  # fmt: skip
+                    return resp.status, await resp.text()
+
+            holder = await asyncpg.connect(db_dsn)
+            try:
+                held = holder.transaction()
+                await held.start()
+                await holder.execute("LOCK TABLE messages IN SHARE MODE")  # the ingest's inserts wait
+                posts = [asyncio.create_task(post(xml)) for xml in orders]
+                await asyncio.sleep(1.0)  # every one of them checked and waiting on the store
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.sleep(1.5)
+                await held.rollback()
+            finally:
+                await holder.close()
+            answers = await asyncio.gather(*posts)
+    finally:
+        log = await _stop_two_processes(proc, log_out, log_file) if proc.returncode is None else log_file.read_text()
+    assert [status for status, _ in answers] == [202] * len(orders), answers
+    assert "ingest link closed" not in log
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM messages WHERE message_type = 'CEB311'") == len(orders)
+    finally:
+        await conn.close()
+
+
 async def test_a_second_gateway_does_not_share_a_port_another_listens_on(db_dsn: str, tmp_path: Path) -> None:
     """SO_REUSEPORT let a second gateway (`--processes 2`, another database) bind the port of a running one, the
     two taking turns answering; a taken port now stops `cbec serve` with one line."""
