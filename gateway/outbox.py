@@ -482,9 +482,10 @@ WITH sent AS (
      WHERE message_id = ANY ($1::bigint[])
     RETURNING id, forward_state, sent_at, last_receipt_at
 )
-INSERT INTO receipts_awaited (document_id, sent_at)
-SELECT id, sent_at FROM sent WHERE forward_state = 'sent' AND (last_receipt_at IS NULL OR last_receipt_at < sent_at)
-    ON CONFLICT (document_id) DO UPDATE SET sent_at = EXCLUDED.sent_at
+INSERT INTO receipts_awaited (document_id, sent_at, awaited_since)
+SELECT id, sent_at, sent_at FROM sent
+ WHERE forward_state = 'sent' AND (last_receipt_at IS NULL OR last_receipt_at < sent_at)
+    ON CONFLICT (document_id) DO UPDATE SET sent_at = EXCLUDED.sent_at  -- sent again: the wait goes on
 """
 #: The documents of messages ($1 ids).
 MESSAGE_DOCUMENTS = (
@@ -519,10 +520,7 @@ WITH flagged AS (
      WHERE d.id = due.id
     RETURNING d.id, d.message_id, d.repushes, d.forward_state, d.head ->> 'tradeMode' AS mode, d.message_type,
               d.key1, d.key2
-), requeued AS (  -- re-pushed: awaited again once sent again
-    DELETE FROM receipts_awaited AS a
-     WHERE a.document_id = ANY (ARRAY(SELECT id FROM flagged WHERE forward_state <> 'sent'))
-)
+)  -- a re-pushed document stays awaited (sql/400_awaited_since.sql): its next send renews sent_at, not its wait
 SELECT message_id, repushes, forward_state, mode, message_type, key1, key2 FROM flagged
 """
 

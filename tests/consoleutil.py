@@ -270,7 +270,8 @@ async def seed_realistic(api: Client, pool: asyncpg.Pool, *, spread_minutes: int
             await conn.execute(outbox.MARK_SENT, [r["id"] for r in ids])
             await conn.execute(
                 """
-                UPDATE receipts_awaited SET sent_at = sent_at - interval '12 minutes';
+                UPDATE receipts_awaited SET sent_at = sent_at - interval '12 minutes',
+                                            awaited_since = awaited_since - interval '12 minutes';
                 UPDATE documents AS d SET sent_at = a.sent_at FROM receipts_awaited AS a WHERE a.document_id = d.id;
                 """
             )

@@ -585,7 +585,8 @@ async def test_the_banner_says_when_the_signing_certificate_expired_and_clears_o
 async def test_the_oldest_awaited_receipt_counts_on_while_the_feed_is_quiet(browser: Browser, site: Site) -> None:
     errors: list[str] = []
     async with site.pool.acquire() as conn:  # one document sent three minutes ago, as MARK_SENT lists it
-        await conn.execute("INSERT INTO receipts_awaited (document_id, sent_at) VALUES (1, now() - interval '3 min')")
+        await conn.execute("INSERT INTO receipts_awaited (document_id, sent_at, awaited_since)"
+                           " VALUES (1, now() - interval '3 min', now() - interval '3 min')")  # fmt: skip
     async with asyncio.timeout(60):
         page = await live_console(browser, site, errors)
         await expect(page.locator("#awaited")).to_have_text(re.compile(r"^1 · oldest 3 min"))

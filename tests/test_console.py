@@ -591,8 +591,9 @@ async def test_queue_health_shows_the_receipts_awaited_and_the_feed_sends_them(o
                 assert data["receipts_awaited"] == {"count": 0, "oldest_sent_at": None, "oldest_wait_s": 0}
                 break
         async with ops.pool.acquire() as conn:  # two documents sent, no receipt yet (as MARK_SENT lists them)
-            await conn.execute("INSERT INTO receipts_awaited (document_id, sent_at)"
-                               " VALUES (1, now() - interval '5 minutes'), (2, now())")  # fmt: skip
+            await conn.execute("INSERT INTO receipts_awaited (document_id, sent_at, awaited_since)"
+                               " VALUES (1, now() - interval '5 minutes', now() - interval '5 minutes'),"
+                               " (2, now(), now())")  # fmt: skip
         async for event, data in events:
             if event == "queue" and data["receipts_awaited"]["count"] == 2:
                 oldest = datetime.fromisoformat(data["receipts_awaited"]["oldest_sent_at"])
@@ -620,7 +621,8 @@ async def test_the_documents_awaiting_a_receipt_are_listed_longest_waiting_first
         await conn.execute(outbox.MARK_SENT, [r["id"] for r in ids])
         # sent 30, 20 and 10 minutes ago, in the order the shipments were made; the oldest found overdue
         await conn.execute("""
-            UPDATE receipts_awaited AS a SET sent_at = now() - make_interval(mins => (10 * (4 - x.n))::int)
+            UPDATE receipts_awaited AS a SET sent_at = now() - make_interval(mins => (10 * (4 - x.n))::int),
+                                             awaited_since = now() - make_interval(mins => (10 * (4 - x.n))::int)
               FROM (SELECT d.id, row_number() OVER (ORDER BY d.id) AS n FROM documents AS d
                      WHERE d.message_id = ANY ($1::bigint[])) AS x
              WHERE a.document_id = x.id""", [r["id"] for r in ids])  # fmt: skip

@@ -21,6 +21,7 @@ from adapters.dxp import cop_msg_id_for
 from gateway import config, samples, taxbills
 from gateway import receipts as rc
 from gateway.config import ForwardingSettings, RouteSettings, WebhookSettings
+from gateway.console.queries import awaited_documents, receipts_awaited
 from gateway.forward import LegState, Router, ordering_key, shipment_customs_status
 from gateway.outbox import Outbox, order_lock
 from gateway.pipeline import Pipeline
@@ -425,11 +426,14 @@ class Flow:
         return row
 
     async def awaited(self) -> set[int]:
-        """The documents awaiting a receipt (the watchdog's list), checked against the documents themselves."""
-        kept = {(r["document_id"], r["sent_at"]) for r in await self.rows("SELECT * FROM receipts_awaited")}
-        sent = await self.rows("SELECT id, sent_at FROM documents WHERE forward_state = 'sent' AND (last_receipt_at"
-                               " IS NULL OR last_receipt_at < sent_at)")  # fmt: skip
+        """The documents awaiting a receipt (the watchdog's list), checked against the documents themselves: sent,
+        and no receipt since — sent, or queued again by the watchdog (its re-send not made yet)."""
+        rows = await self.rows("SELECT * FROM receipts_awaited")
+        kept = {(r["document_id"], r["sent_at"]) for r in rows}
+        sent = await self.rows("SELECT id, sent_at FROM documents WHERE forward_state IN ('sent', 'queued', 'failed')"
+                               " AND sent_at IS NOT NULL AND (last_receipt_at IS NULL OR last_receipt_at < sent_at)")
         assert kept == {(r["id"], r["sent_at"]) for r in sent}
+        assert all(r["awaited_since"] <= r["sent_at"] for r in rows)
         return {document_id for document_id, _ in kept}
 
     async def jobs(self) -> dict[str, asyncpg.Record]:
@@ -909,12 +913,19 @@ async def test_sent_and_watchdog(flow: Flow) -> None:
     repush = (await flow.jobs())[f"customs:{s.order['guid']}:resend1"]
     assert repush["ordering_keys"] == [f"CEB311:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}"]
     assert (await flow.doc(s.order))["forward_state"] == "queued"
-    assert await flow.awaited() == set()  # queued again: awaited once sent again
+    assert await flow.awaited() == {doc["id"]}  # queued again, and still waiting for customs' word
     async with flow.pool.acquire() as conn:
         (again,) = await cbec_queue.claim(conn, worker_id="w1", lease_s=30, endpoint="customs")
     await flow.outbox.record_sent(again, again.payload["message_id"])
     assert await flow.awaited() == {doc["id"]}
     assert (await flow.doc(s.order))["sent_at"] > doc["sent_at"]
+    # the wait counts from the first send: the operators' oldest wait (and its alert) is not reset by a re-send
+    [row] = await flow.rows("SELECT * FROM receipts_awaited")
+    assert row["awaited_since"] == doc["sent_at"] < row["sent_at"]
+    async with flow.pool.acquire() as conn:
+        assert (await receipts_awaited(conn))["oldest_sent_at"] == doc["sent_at"]
+        [listed] = (await awaited_documents(conn))["items"]
+        assert (listed["first_sent_at"], listed["sent_at"], listed["repushes"]) == (doc["sent_at"], row["sent_at"], 1)
     # a receipt clears the flag and ends the wait
     await flow.receipt(s.order, "2", 1)
     doc = await flow.doc(s.order)

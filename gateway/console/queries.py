@@ -424,26 +424,28 @@ async def receipts_awaited(conn: asyncpg.Connection) -> dict[str, Any]:
     return {"count": r["n"], "oldest_sent_at": r["oldest_sent_at"], "oldest_wait_s": r["oldest_s"]}
 
 
-#: A page of the documents awaiting a customs receipt, the longest waiting first: $1 of them after ($2 sent_at, $3
-#: document id; NULL: from the first), with what finds them — their message, key and shipment — and whether the watchdog
-#: found the receipt overdue (and re-sent them, repushes).
+#: A page of the documents awaiting a customs receipt, the longest waiting first (since their first send no receipt
+#: answered): $1 of them after ($2 awaited_since, $3 document id; NULL: from the first), with what finds them — their
+#: message, key and shipment — and whether the watchdog found the receipt overdue (and re-sent them, repushes).
 AWAITED_DOCUMENTS = """
-SELECT a.document_id, a.sent_at, EXTRACT(EPOCH FROM now() - a.sent_at)::float8 AS wait_s, d.message_type, d.kind,
-       d.key1, d.key2, d.ebp_code, d.order_no, d.logistics_no, d.receipt_overdue, d.repushes, m.guid AS message_guid
-  FROM (SELECT document_id, sent_at FROM receipts_awaited
-         WHERE $2::timestamptz IS NULL OR (sent_at, document_id) > ($2::timestamptz, $3::bigint)
-         ORDER BY sent_at, document_id LIMIT $1) AS a
+SELECT a.document_id, a.awaited_since, a.sent_at, EXTRACT(EPOCH FROM now() - a.awaited_since)::float8 AS wait_s,
+       d.message_type, d.kind, d.key1, d.key2, d.ebp_code, d.order_no, d.logistics_no, d.receipt_overdue, d.repushes,
+       m.guid AS message_guid
+  FROM (SELECT document_id, awaited_since, sent_at FROM receipts_awaited
+         WHERE $2::timestamptz IS NULL OR (awaited_since, document_id) > ($2::timestamptz, $3::bigint)
+         ORDER BY awaited_since, document_id LIMIT $1) AS a
   JOIN documents AS d ON d.id = a.document_id
   JOIN messages AS m ON m.id = d.message_id
- ORDER BY a.sent_at, a.document_id
+ ORDER BY a.awaited_since, a.document_id
 """
 
 
 async def awaited_documents(conn: asyncpg.Connection, *, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
     """A page of the documents sent to customs still awaiting any receipt (AWAITED_DOCUMENTS), the longest waiting
     first, for the operators to look into (GET /v1/queue/awaited and the console's queue panel): ``items`` (each with
-    its message guid, type, key fields, shipment — ebpCode and orderNo, when it has one —, sent_at, wait_s,
-    receipt_overdue, repushes) and ``next_cursor`` (None on the last page). A cursor not of this list: ValueError."""
+    its message guid, type, key fields, shipment — ebpCode and orderNo, when it has one —, first_sent_at (the first
+    send no receipt answered), sent_at (the latest), wait_s (since the first), receipt_overdue, repushes) and
+    ``next_cursor`` (None on the last page). A cursor not of this list: ValueError."""
     after = decode_cursor(cursor) if cursor else (None, None)
     rows = await conn.fetch(AWAITED_DOCUMENTS, limit + 1, *after)
     items = []
@@ -452,10 +454,11 @@ async def awaited_documents(conn: asyncpg.Connection, *, limit: int = 20, cursor
         keys = dict(zip(mtype.keys, mtype.key_values((r["key1"], r["key2"])), strict=False)) if mtype else {}
         items.append({"document_id": r["document_id"], "message_guid": r["message_guid"],
                       "message_type": r["message_type"], "kind": r["kind"], "keys": keys, "ebpCode": r["ebp_code"],
-                      "orderNo": r["order_no"], "logisticsNo": r["logistics_no"], "sent_at": r["sent_at"],
-                      "wait_s": r["wait_s"], "receipt_overdue": r["receipt_overdue"], "repushes": r["repushes"]})
+                      "orderNo": r["order_no"], "logisticsNo": r["logistics_no"],
+                      "first_sent_at": r["awaited_since"], "sent_at": r["sent_at"], "wait_s": r["wait_s"],
+                      "receipt_overdue": r["receipt_overdue"], "repushes": r["repushes"]})
     last = rows[limit - 1] if len(rows) > limit else None
-    return {"items": items, "next_cursor": encode_cursor(last["sent_at"], last["document_id"]) if last else None}
+    return {"items": items, "next_cursor": encode_cursor(last["awaited_since"], last["document_id"]) if last else None}
 
 
 # --- series for the charts --------------------------------------------------------------------------------
@@ -500,7 +503,7 @@ SELECT count(*)::bigint AS n,
 RECEIPTS_AWAITED = """
 SELECT n, oldest_sent_at, coalesce(EXTRACT(EPOCH FROM now() - oldest_sent_at), 0)::float8 AS oldest_s
   FROM (SELECT (SELECT count(*) FROM receipts_awaited)::bigint AS n,
-               (SELECT min(sent_at) FROM receipts_awaited) AS oldest_sent_at) AS x
+               (SELECT min(awaited_since) FROM receipts_awaited) AS oldest_sent_at) AS x
 """
 
 
