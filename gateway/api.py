@@ -785,13 +785,26 @@ async def post_replay(request: web.Request) -> web.Response:
         return error_response(400, "name job_ids, an endpoint, or all: true")
     principal = _principal(request)
     async with request.app[POOL].acquire() as conn:
-        replayed = await request.app[OUTBOX].replay(conn, job_ids=job_ids, endpoint=endpoint, everything=everything,
-                                                    note=f"replayed by {principal.name} (API)")  # fmt: skip
+        try:
+            replayed = await request.app[OUTBOX].replay(conn, job_ids=job_ids, endpoint=endpoint,
+                                                        everything=everything,
+                                                        note=f"replayed by {principal.name} (API)")  # fmt: skip
+        except ValueError as exc:  # an endpoint nothing knows
+            return error_response(400, str(exc))
+        answer: dict[str, Any] = {"replayed": len(replayed), "job_ids": replayed}
+        if job_ids is not None:
+            # a mistyped id, or one of a job that is not dead (queued, running, done), or a dead letter of another
+            # endpoint than the one named: each said, not lost
+            others = {r["id"]: r for r in await conn.fetch(JOBS_NOT_REPLAYED, sorted(set(job_ids) - set(replayed)))}
+            answer["not_dead"] = sorted(i for i in set(job_ids) - set(replayed)
+                                        if i not in others or others[i]["state"] != "dead")  # fmt: skip
+            answer["other_endpoint"] = sorted(i for i, r in others.items() if r["state"] == "dead")
     log.info("dead_letters_replayed", count=len(replayed), endpoint=endpoint, job_ids=job_ids, all=everything)
-    answer: dict[str, Any] = {"replayed": len(replayed), "job_ids": replayed}
-    if job_ids is not None:  # a mistyped id, or one of a job that is not dead (queued, running, done): said, not lost
-        answer["not_dead"] = sorted(set(job_ids) - set(replayed))
     return json_response(answer)
+
+
+#: The state and endpoint of jobs ($1 ids) a replay left: why each was not replayed.
+JOBS_NOT_REPLAYED = "SELECT id, state, endpoint FROM jobs WHERE id = ANY ($1::bigint[])"
 
 
 async def livez(request: web.Request) -> web.Response:

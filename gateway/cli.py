@@ -260,13 +260,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not args.job and not args.endpoint and not args.all:
         print("cbec replay: name --job ID (repeatable), --endpoint E or --all", file=sys.stderr)
         return 2
-    replayed = asyncio.run(replay(_settings(args), job_ids=args.job or None, endpoint=args.endpoint,
-                                  everything=args.all))  # fmt: skip
+    try:
+        replayed = asyncio.run(replay(_settings(args), job_ids=args.job or None, endpoint=args.endpoint,
+                                      everything=args.all))  # fmt: skip
+    except ValueError as exc:  # an endpoint nothing knows
+        print(f"cbec replay: {exc}", file=sys.stderr)
+        return 2
     print(f"replayed {len(replayed)} dead letter{'s' if len(replayed) != 1 else ''}"
           + (f": {', '.join(map(str, replayed))}" if replayed else ""))  # fmt: skip
     if not_dead := sorted(set(args.job or ()) - set(replayed)):
         # a mistyped id, or a job already queued again: said, and the exit status tells a script
-        print(f"not dead letters (unknown, queued, running or done): {', '.join(map(str, not_dead))}", file=sys.stderr)
+        print(f"not replayed (unknown, queued, running or done, or a dead letter of another endpoint than "
+              f"--endpoint): {', '.join(map(str, not_dead))}", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 

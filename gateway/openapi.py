@@ -441,8 +441,10 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {"description": "{replayed: n, job_ids: [the jobs replayed], not_dead: [those of the "
                                            "job_ids asked for that were no dead letter: unknown, queued, running or "
-                                           "done]}"},
-                    "400": _err("no filter given, or a malformed body"),
+                                           "done], other_endpoint: [dead letters of another endpoint than the one "
+                                           "named]}"},
+                    "400": _err("no filter given, a malformed body, or an endpoint neither configured nor holding "
+                                "dead letters"),
                     **_AUTH_ERRORS,
                 },
             }

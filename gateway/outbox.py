@@ -504,6 +504,9 @@ UPDATE documents AS d SET repushes = d.repushes + 1,
 RETURNING d.message_id, d.repushes, d.head ->> 'tradeMode' AS mode, d.message_type, d.key1, d.key2
 """
 
+#: The endpoints holding dead letters (few: by jobs_dead_idx).
+DEAD_ENDPOINTS = "SELECT DISTINCT endpoint FROM jobs WHERE state = 'dead'"
+
 #: Watchdog: messages sent more than $1 s ago without any receipt since. Flags them; with $2 (repush) and under
 #: $3 re-sends, counts a re-send and puts them back to 'queued'. Oldest first, at most $4 documents.
 WATCHDOG = """
@@ -1078,7 +1081,15 @@ class Outbox:
         everything: bool = False, note: str,
     ) -> list[int]:
         """Dead letters back to the queue (cbec_queue.replay, with :meth:`deliveries_replayed` in its transaction):
-        the ids of the jobs replayed — of ``job_ids``, those that were dead letters."""
+        the ids of the jobs replayed — of ``job_ids``, those that were dead letters (of ``endpoint``, when named).
+        ValueError for an ``endpoint`` neither configured nor holding a dead letter: a mistyped name would otherwise
+        read as "nothing to replay"."""
+        if endpoint is not None:
+            known = set(self.router.endpoint_kinds) if self.router is not None else set()
+            known |= {r["endpoint"] for r in await conn.fetch(DEAD_ENDPOINTS)}
+            if endpoint not in known:
+                raise ValueError(f"no endpoint {endpoint!r} is configured or holds dead letters; the endpoints: "
+                                 f"{', '.join(sorted(known)) or 'none'}")  # fmt: skip
         replayed: list[int] = []
 
         async def followed(conn: asyncpg.Connection, moved: Sequence[cbec_queue.JobMoved]) -> None:

@@ -112,9 +112,19 @@ async def test_poison_and_exhausted_messages_dead_letter_then_replay_delivers(db
         reply = await stack.client.request(  # with a mistyped id beside it: named back, nothing else happens
             "POST", "/v1/queue/replay", key=ADMIN, json_body={"job_ids": [permanent, 987654321]}
         )
-        assert reply.body == {"replayed": 1, "job_ids": [permanent], "not_dead": [987654321]}
+        assert reply.body == {"replayed": 1, "job_ids": [permanent], "not_dead": [987654321], "other_endpoint": []}
         again = await stack.client.request("POST", "/v1/queue/replay", key=ADMIN, json_body={"job_ids": [permanent]})
-        assert again.body == {"replayed": 0, "job_ids": [], "not_dead": [permanent]}  # queued again: no dead letter
+        assert again.body == {"replayed": 0, "job_ids": [], "not_dead": [permanent],  # queued again: no dead letter
+                              "other_endpoint": []}  # fmt: skip
+        # a dead letter named with another endpoint than its own is said so; an endpoint nothing knows is refused
+        other = by_reason["max_attempts"]["id"]
+        elsewhere = await stack.client.request("POST", "/v1/queue/replay", key=ADMIN,
+                                               json_body={"job_ids": [other], "endpoint": "inspection"})  # fmt: skip
+        assert elsewhere.body == {"replayed": 0, "job_ids": [], "not_dead": [], "other_endpoint": [other]}, \
+            elsewhere.body  # fmt: skip
+        typo = await stack.client.request("POST", "/v1/queue/replay", key=ADMIN, json_body={"endpoint": "custom"})
+        assert typo.status == 400 and "no endpoint 'custom' is configured" in typo.body["error"]["title"], typo.body
+        assert "customs" in typo.body["error"]["title"]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "replay", "--job", str(by_reason["max_attempts"]["id"]),
             "--database-url", db_dsn, cwd=str(ROOT), env=_env(),
@@ -130,7 +140,14 @@ async def test_poison_and_exhausted_messages_dead_letter_then_replay_delivers(db
         )  # fmt: skip
         out, err = await asyncio.wait_for(again.communicate(), 60)
         assert again.returncode == 1 and b"replayed 0 dead letters" in out, (out, err)
-        assert f"not dead letters (unknown, queued, running or done): {by_reason['max_attempts']['id']}".encode() in err
+        assert f"not replayed (unknown, queued, running or done, or a dead letter of another endpoint than " \
+               f"--endpoint): {by_reason['max_attempts']['id']}".encode() in err  # fmt: skip
+        typo = await asyncio.create_subprocess_exec(  # an endpoint nothing knows: said, exit 2
+            sys.executable, "-m", "gateway.cli", "replay", "--endpoint", "custom", "--database-url", db_dsn,
+            cwd=str(ROOT), env=_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(typo.communicate(), 60)
+        assert typo.returncode == 2 and b"cbec replay: no endpoint 'custom' is configured" in err, (out, err)
         await customs_done(stack, 2)
         stats = stack.sandbox.stats()
         assert stats["received"] == 2 and stats["duplicates"] == {}
@@ -193,7 +210,7 @@ async def test_a_dead_delivery_fails_its_message_and_shipment_until_replayed(db_
         assert event["data"]["customsStatus"] == "failed"
 
         reply = await stack.client.request("POST", "/v1/queue/replay", key=OPERATOR, json_body={"job_ids": [resend]})
-        assert reply.body == {"replayed": 1, "job_ids": [resend], "not_dead": []}
+        assert reply.body == {"replayed": 1, "job_ids": [resend], "not_dead": [], "other_endpoint": []}
         assert await order_state() == ("queued", "pending")
         await die(resend)
         assert await order_state() == ("failed", "failed")
