@@ -210,7 +210,12 @@ def needing_restart(running: Settings, fresh: Settings) -> list[str]:
         before, after = getattr(running, f.name), getattr(fresh, f.name)
         if f.name == "forwarding":  # its webhooks are the reload's (KeyReload); the rest of it waits for a restart
             before = dataclasses.replace(before, webhooks=after.webhooks)
-        if f.name not in RELOADED_SETTINGS and before != after:
+        if f.name in RELOADED_SETTINGS or before == after:
+            continue
+        if dataclasses.is_dataclass(before) and dataclasses.is_dataclass(after):  # named down to what changed
+            stale += [f"{f.name}.{g.name}" for g in dataclasses.fields(before)
+                      if getattr(before, g.name) != getattr(after, g.name)]  # fmt: skip
+        else:
             stale.append(f.name)
     return stale
 

@@ -666,7 +666,7 @@ async def test_a_reload_puts_the_sellers_webhooks_in_force_here_and_in_the_other
     with capture_logs() as logged:
         reload()
     [stale] = [r for r in logged if r["event"] == "settings_need_restart"]
-    assert stale["settings"] == ["forwarding", "forwarding.webhooks"]
+    assert stale["settings"] == ["forwarding.max_repushes", "forwarding.webhooks"]  # named down to what changed
     assert not [r for r in logged if r["event"] == "webhooks_reloaded"]
 
 
