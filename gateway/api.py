@@ -760,7 +760,12 @@ async def get_dead_letters(request: web.Request) -> web.Response:
         return error_response(400, f"offset must be between 0 and {db.MAX_BIGINT}")
     async with request.app[POOL].acquire() as conn:
         items = await cbec_queue.dead_letters(conn, endpoint=q.get("endpoint"), limit=limit, offset=offset)
-    return json_response({"items": items, "limit": limit, "offset": offset})
+        total = await conn.fetchval(DEAD_TOTAL, q.get("endpoint"))
+    return json_response({"items": items, "limit": limit, "offset": offset, "total": total})
+
+
+#: How many dead letters there are ($1 one endpoint's, NULL every one's): the pages' whole (few: jobs_dead_idx).
+DEAD_TOTAL = "SELECT count(*) FROM jobs WHERE state = 'dead' AND ($1::text IS NULL OR endpoint = $1)"
 
 
 async def post_replay(request: web.Request) -> web.Response:

@@ -414,7 +414,7 @@ OPENAPI: dict[str, Any] = {
                     )
                 ],
                 "responses": {
-                    "200": {"description": "{items, limit, offset}"},
+                    "200": {"description": "{items, limit, offset, total (the dead letters of the filter)}"},
                     "400": _err("a limit or offset that is not a number in range"),
                     **_AUTH_ERRORS,
                 },

@@ -91,6 +91,9 @@ async def test_poison_and_exhausted_messages_dead_letter_then_replay_delivers(db
         await stack.submit(poison)
         await stack.submit(failing)
         await stack.wait_sql("SELECT count(*) = 2 FROM jobs WHERE state = 'dead'")
+        page = (await stack.client.get("/v1/queue/dead?endpoint=customs&limit=1", key=OPERATOR)).body
+        assert (len(page["items"]), page["total"]) == (1, 2), page  # a page, and how many there are in all
+        assert (await stack.client.get("/v1/queue/dead?endpoint=warehouse", key=OPERATOR)).body["total"] == 0
         dead = (await stack.client.get("/v1/queue/dead?endpoint=customs", key=OPERATOR)).body["items"]
         by_reason = {j["dead_reason"]: j for j in dead}
         assert [h["outcome"] for h in by_reason["permanent"]["history"]] == ["permanent"]  # no retry of a 400
