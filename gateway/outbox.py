@@ -1503,6 +1503,8 @@ class Outbox:
             d["receipt_overdue"] = r["receipt_overdue"]
             d["resends"] = r["repushes"]
             d["pre_no"], d["invt_no"] = r["pre_no"], r["invt_no"]
+            if d.get("kind") == Kind.SUMMARY:  # the column keeps a summary application's sumNo: named so here
+                d["sum_no"], d["invt_no"] = d["invt_no"], None
             d["customs"] = (
                 None
                 if r["customs_status"] is None

@@ -474,8 +474,8 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     sum_nos: dict[str, set[str]] = {}  # msgSeqNo -> the sumNos of the part's versions
     for d in view.get("documents", []):
-        if d.get("invt_no"):
-            sum_nos.setdefault(_part_number(d)[1], set()).add(d["invt_no"])
+        if d.get("sum_no"):
+            sum_nos.setdefault(_part_number(d)[1], set()).add(d["sum_no"])
         mine = [r for r in d.get("receipts", []) if r.get("message_type") in RESULT_TYPES]
         if mine:
             results += [result_view(r) for r in mine]
@@ -483,7 +483,7 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
     current = sorted((d for d in view.get("documents", []) if d.get("is_current")), key=_part_number)
     view["parts"] = [
         {"msgSeqNo": (d.get("keys") or {}).get("msgSeqNo"), "msgCount": (d.get("head") or {}).get("msgCount"),
-         "preNo": d.get("pre_no"), "sumNo": d.get("invt_no"), "customs": d.get("customs"),
+         "preNo": d.get("pre_no"), "sumNo": d.get("sum_no"), "customs": d.get("customs"),
          "forward_state": d.get("forward_state"), "withdrawn": d.get("withdrawn"),
          "results": [{k: v for k, v in r.items() if k != ITEMS} for r in results
                      if r["sumNo"] in sum_nos.get(_part_number(d)[1], ())]}
@@ -491,7 +491,7 @@ def add_results(view: dict[str, Any]) -> dict[str, Any]:
     ]  # fmt: skip
     if current:
         first = current[0]
-        view.update(preNo=first.get("pre_no"), sumNo=first.get("invt_no"), customs=first.get("customs"),
+        view.update(preNo=first.get("pre_no"), sumNo=first.get("sum_no"), customs=first.get("customs"),
                     forward_state=first.get("forward_state"), withdrawn=first.get("withdrawn"))  # fmt: skip
     view["results"] = results
     view["declarations"] = sorted({r["entryId"] or r["declSeqNo"] for r in results if r["entryId"] or r["declSeqNo"]})

@@ -761,6 +761,8 @@ async def test_a_summary_goes_to_customs_and_comes_back_with_its_declaration(db_
         path = f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}"
         assert view["forward_state"] == "receipted" and view["customs"]["code"] == "399", view
         assert view["sumNo"] and len(view["sumNo"]) == 18 and view["preNo"]
+        # the application's documents name its number sum_no (the column keeps it where an inventory's invtNo is)
+        assert [(d["sum_no"], d["invt_no"]) for d in view["documents"] if d["is_current"]] == [(view["sumNo"], None)]
         [result] = view["results"]
         assert result["sumNo"] == view["sumNo"] and result["decState"] == "10"
         assert view["declarations"] == [result["entryId"]]
