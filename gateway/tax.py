@@ -18,7 +18,9 @@ Computation (§7.2; the spec marks rounding and allocation uncertain [U], these 
   VAT = (P + tariff + consumption) · r_v. Intermediate statutory amounts stay unrounded; each payable tax
   is rounded half-up to 0.01 per line, and the totals are the sums of the rounded lines (as in CEB816).
 * the single-item exception counts InventoryList lines: one line (whatever its qty) is one item. The
-  policy's "仅一件商品" could also be read as qty 1; we follow the line reading.
+  policy's "仅一件商品" could also be read as qty 1; we follow the line reading, and the warning of a line of
+  another qty says that customs may read it the other way. "Below the annual limit" (低于) is strict: a single
+  item of exactly ¥26,000 is refused as over the single limit.
 * "full_rate" is True whenever the preferential treatment does not apply — the single-item exception or
   a breached limit; the figures are then the full-rate (general-trade) estimate. ``counts_toward_annual``
   is D when the inventory can pass, else 0 — less what customs' concluded return of its goods gave back
@@ -231,19 +233,26 @@ def assess(
     counts = dutiable - given_back
 
     full_rate = False
+    over_the_year = annual_used + counts > annual_limit
     if dutiable > single_limit:
         full_rate = True
-        if len(inventory.lines) == 1 and dutiable <= annual_limit:
-            findings.append(
-                _finding(
-                    "tax.full_rate_single_item",
-                    inventory,
-                    dutiable,
-                    f"dutiable value {dutiable} exceeds the single limit {single_limit}, but the order has one item "
-                    f"within the annual limit {annual_limit}: full tariff, VAT and consumption tax apply",
-                    blocking=False,
+        # 财关税〔2018〕49号: over the single limit "but below" (低于) the annual one, one item goes at full rate
+        if len(inventory.lines) == 1 and dutiable < annual_limit:
+            qty = (inventory.lines[0].get("qty") or "").strip()
+            pieces = "" if qty in ("1", "") or _is_one(qty) else (
+                f" (one line of qty {qty}: customs may read 一件 as one piece and refuse it, -621005)")
+            if not over_the_year:  # else the annual limit's refusal below says what happens to it
+                findings.append(
+                    _finding(
+                        "tax.full_rate_single_item",
+                        inventory,
+                        dutiable,
+                        f"dutiable value {dutiable} exceeds the single limit {single_limit}, but the order has one "
+                        f"item below the annual limit {annual_limit}{pieces}: full tariff, VAT and consumption tax "
+                        "apply",
+                        blocking=False,
+                    )
                 )
-            )
         else:
             why = (
                 f"a single item above the annual limit {annual_limit}"
@@ -259,7 +268,7 @@ def assess(
                     f"{_cents(insured_fee)}) exceeds the single limit {single_limit} with {why}; customs: -621005",
                 )
             )
-    if annual_used + counts > annual_limit:
+    if over_the_year:
         full_rate = True
         this = f"this dutiable value {dutiable}" + (f" less {given_back} returned" if given_back else "")
         findings.append(
@@ -295,6 +304,13 @@ def assess(
         lines=lines,
         returned=given_back if passes else _ZERO,
     )
+
+
+def _is_one(qty: str) -> bool:
+    try:
+        return Decimal(qty) == 1
+    except ArithmeticError:
+        return False
 
 
 def returned_value(inventory: Document, returned: Sequence[Mapping[str, str]]) -> Decimal:

@@ -189,9 +189,26 @@ def test_single_item_at_full_rate_pays_the_configured_tariff() -> None:
     assert assess(inventory((CREAM, "100.00")), annual_used=ZERO, rates=rates).customs_tax == Decimal("0.00")
 
 
-def test_single_item_exactly_at_the_annual_limit_still_passes() -> None:
-    result = assess(inventory((MILK, "26000.00")), annual_used=ZERO)
-    assert codes(result) == ["tax.full_rate_single_item"] and not result.blocking
+def test_a_single_item_goes_at_full_rate_only_below_the_annual_limit() -> None:
+    """财关税〔2018〕49号: over the single limit "but below" (低于) the annual one: ¥25,999.99 goes at full rate,
+    exactly ¥26,000 does not (the spec's notice page; its derived notes say ≤)."""
+    below = assess(inventory((MILK, "25999.99")), annual_used=ZERO)
+    assert codes(below) == ["tax.full_rate_single_item"] and not below.blocking
+    at = assess(inventory((MILK, "26000.00")), annual_used=ZERO)
+    assert codes(at) == ["tax.single_limit_exceeded"] and at.blocking
+    assert at.counts_toward_annual == Decimal("0.00")
+
+
+def test_the_single_item_warning_gives_way_to_the_annual_limit_and_names_a_line_of_several_pieces() -> None:
+    """One item over the single limit whose value the buyer's year cannot take: only the annual refusal (the full-rate
+    warning beside it said the opposite). One line of qty 3: the warning says customs may count three pieces."""
+    late = assess(inventory((MILK, "5000.01")), annual_used=Decimal("21000"))
+    assert codes(late) == ["tax.annual_limit_exceeded"] and late.blocking
+    doc = inventory((WINE, "6000.00"))
+    doc.lines[0].update(qty="3", price="2000.00")
+    [warning] = assess(doc, annual_used=ZERO).findings
+    assert warning.code == "tax.full_rate_single_item" and "one line of qty 3" in warning.message
+    assert "qty" not in assess(inventory((WINE, "6000.00")), annual_used=ZERO).findings[0].message
 
 
 def test_single_item_above_the_annual_limit_is_refused() -> None:
@@ -223,7 +240,7 @@ def test_one_cent_over_the_annual_limit_is_refused_with_both_figures() -> None:
 
 def test_single_item_exception_still_respects_the_annual_quota() -> None:
     result = assess(inventory((MILK, "6000.00")), annual_used=Decimal("20000.01"))
-    assert codes(result) == ["tax.full_rate_single_item", "tax.annual_limit_exceeded"]
+    assert codes(result) == ["tax.annual_limit_exceeded"]  # the full-rate warning would say it goes: it does not
     assert result.blocking
 
 
