@@ -57,10 +57,11 @@ CODES: dict[str, str] = {
         "an outcome of an accepted message, not an error"
     ),
     "state.no_inventory": (
-        "a cancellation (CEB623) or return (CEB625) names an inventory (ebcCode, orderNo) that is not stored or "
-        "was withdrawn (spec R12); an export cancellation (CEB605) or retail export return (CEB213) names an invtNo "
-        "that no stored export inventory of its agentCode and ebcCode was given by customs (CEB604), or whose "
-        "inventory was withdrawn, or (a return) whose first declaration customs rejected"
+        "a cancellation (CEB623) or return (CEB625) names an inventory (ebcCode, orderNo) that is not stored, "
+        "was withdrawn, or whose first declaration customs rejected (spec R12); an export cancellation (CEB605) or "
+        "retail export return (CEB213) names an invtNo that no stored export inventory of its agentCode and ebcCode "
+        "was given by customs (CEB604), or whose inventory was withdrawn, or (a return) whose first declaration "
+        "customs rejected"
     ),
     "state.second_inventory": (
         "an inventory for a shipment (ebpCode, orderNo) that has a live inventory under another key (another "
@@ -79,8 +80,9 @@ CODES: dict[str, str] = {
     "state.refund_not_in_inventory": "a return line's gnum is no item of the inventory it returns (spec R12)",
     "state.return_trade_mode": "a retail export return's tradeMode does not fit the export inventory it returns "
     "(spec A.32): 1261 returns a special-zone (1210) inventory, 9661 any other",
-    "state.inventory_cancelled": "a retail export return (CEB213) names an export inventory whose cancellation "
-    "(CEB605) customs concluded: its goods never left, there is nothing to return",
+    "state.inventory_cancelled": "a return (CEB625, or a retail export return, CEB213) or a cancellation (CEB623) "
+    "names an inventory whose cancellation (CEB623, CEB605) customs concluded: it is void at customs, there is "
+    "nothing to return or cancel again",
     "state.inventory_released": "a change (appType 2) or withdrawal (appType 3) of an inventory (CEB621, CEB603) "
     "customs released (a receipt of 800 or above, 放行): customs allows no change or deletion after release (like "
     "-621043); send a cancellation (撤销申请单: CEB623 for an import inventory, CEB605 for an export one) instead",
@@ -579,7 +581,8 @@ def decide(
                 if cur is not None and not cur.withdrawn:
                     new.outcome = "replaced"
                 if (ref := referenced_key(new.row)) is not None:
-                    issues += _referenced(new, current.get(ref), scope) or _same_order(new, current[ref])
+                    issues += (_referenced(new, current.get(ref), scope) or _standing(new, current[ref])
+                               or _same_order(new, current[ref]))  # fmt: skip
                 elif (named := referenced_invt_no(new.row)) is not None:
                     issues += _numbered(new, named[1], (numbered or {}).get(named, ()), scope, taken)
     return issues
@@ -658,6 +661,21 @@ def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None, name
             found.append(issue("state.refund_exceeds_inventory", new.doc.line_path(i, "qty"),
                                f"qty {qty} exceeds the {limit} of the inventory's item {gnum}"))  # fmt: skip
     return found
+
+
+def _standing(new: New, stored: Row) -> list[Issue]:
+    """R12: an import cancellation or return names an inventory customs holds — not one void there (its first
+    declaration rejected, its cancellation concluded), as the export ones do (_returned). That a return follows the
+    release (§6.5) is left to customs here: an import return names its inventory by key, not by the invtNo the
+    release gave it."""
+    named = f"the inventory with ebcCode={new.row.key1!r}, orderNo={new.row.key2!r}"
+    if stored.cancelled:
+        return [issue("state.inventory_cancelled", new.doc.path, f"customs concluded the cancellation of {named}: "
+                      "there is nothing to return or cancel")]  # fmt: skip
+    if refused_first(stored):
+        return [issue("state.no_inventory", new.doc.path,
+                      f"customs rejected the declaration of {named}: there is no inventory at customs")]  # fmt: skip
+    return []
 
 
 def _same_order(new: New, stored: Row) -> list[Issue]:

@@ -715,6 +715,26 @@ async def test_a_cancellation_or_return_names_a_stored_inventory_and_returns_no_
     assert [c for c, _ in await _refused(store, message("CEB623", _refund_head("R2")))] == ["state.no_inventory"]
 
 
+async def test_a_cancellation_or_return_of_an_inventory_void_at_customs_is_refused(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """R12: an import return or cancellation names an inventory customs holds. One whose first declaration customs
+    rejected is none (state.no_inventory); one whose cancellation customs concluded is void there
+    (state.inventory_cancelled) — both were taken, and customs would have refused them."""
+    await ingest(store, message("CEB621", inventory_head("VD1")))
+    await db_pool.execute("UPDATE documents SET forward_state = 'rejected', customs_status = '100', customs_rank = 100"
+                          " WHERE message_type = 'CEB621' AND key2 = 'VD1'")  # fmt: skip
+    returned = message("CEB625", _refund_head("VD1"), lines=[_refund_line("1", "1")])
+    assert await _refused(store, returned) == [("state.no_inventory", "/CEB625Message/InvtRefund[1]")]
+    assert [c for c, _ in await _refused(store, message("CEB623", _refund_head("VD1")))] == ["state.no_inventory"]
+    await ingest(store, message("CEB621", inventory_head("VD2")))
+    assert (await ingest(store, message("CEB623", _refund_head("VD2")))).http_status == 202
+    await db_pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '399', customs_rank = $1"
+                          " WHERE message_type = 'CEB623' AND key2 = 'VD2'", RANK_CONCLUDED)  # fmt: skip
+    again = message("CEB625", _refund_head("VD2"), lines=[_refund_line("1", "1")])
+    assert await _refused(store, again) == [("state.inventory_cancelled", "/CEB625Message/InvtRefund[1]")]
+
+
 @pytest.mark.parametrize("code", ["CEB625", "CEB623"])
 async def test_a_cancellation_or_return_names_its_inventorys_platform(store: Store, code: str) -> None:
     """An inventory declares one platform's order (ebpCode + orderNo, spec §6.2): a return naming another ebpCode was
