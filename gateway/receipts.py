@@ -108,7 +108,9 @@ STATUS_NAMES: dict[str, str] = {
     "501": "detained: transferred to clearance",
     "502": "detained: transferred to anti-smuggling",
     "503": "detained: transferred to the legal department",
+    "505": "handed over",  # 移交: a retail export return's receipt (CEB214), not a detention
     "599": "detained (other)",
+    "600": "suspended",  # 挂起 (CEB214)
     "700": "returned abroad",
     "800": "released",
     "899": "closed",

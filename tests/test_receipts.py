@@ -84,6 +84,12 @@ def test_classification(status: str, verdict: Verdict, rank: int | None) -> None
     assert rc.status_name(status)
 
 
+def test_status_names_follow_the_spec_table() -> None:
+    """505 is a retail export return's 移交 (handed over, CEB214), not a detention as the 5xx around it; 600 挂起."""
+    assert [rc.status_name(s) for s in ("501", "505", "550", "600")] == [
+        "detained: transferred to clearance", "handed over", "detained", "suspended"]
+
+
 def test_rejections_and_usable_states() -> None:
     assert rc.is_rejection("100") and rc.is_rejection("-621018") and rc.is_rejection("-301014")
     assert not rc.is_rejection("-301010") and not rc.is_rejection("800")
