@@ -5,6 +5,7 @@ a failure to try again, and the whole way from customs' question to the upload c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,6 +15,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -123,28 +125,30 @@ async def test_an_older_rsa_card_signs_the_sha1_digest_made_here() -> None:
     """cus-sec_SpcSignDataNoHashAsPEM (an RSA card issued before 2022-07, as the public signers use it): the card is
     sent the SHA-1 digest of the text, in hex, and its signature is the RSA-SHA1 signature of the text itself. An SM2
     card does not sign a SHA-1 digest: its refusal is said."""
-    card = await start_ukey(CARD)
-    bridge = UKeyBridge(card.url, "88888888", method=SIGN_NO_HASH)
-    try:
+    async with _on_a_card(CARD, lambda url: UKeyBridge(url, "88888888", method=SIGN_NO_HASH)) as (card, bridge):
         signature, cert_no = await bridge.sign(SIGNED)
         assert verify_bytes(CARD.certificate_der, SIGNED, signature) and cert_no == CARD.key_name
         assert not verify_bytes(CARD.certificate_der, SIGNED + b" ", signature)
         assert card.calls == [SIGN_NO_HASH]
         big = b"x" * (121 * 1024)  # only its digest goes to the card: more than one frame of text is signed
         assert verify_bytes(CARD.certificate_der, big, (await bridge.sign(big))[0])
-    finally:
-        await bridge.close()
-        await card.stop()
-    card = await start_ukey(SM2_CARD)
-    bridge = UKeyBridge(card.url, "88888888", method=SIGN_NO_HASH)
-    try:
+    async with _on_a_card(SM2_CARD, lambda url: UKeyBridge(url, "88888888", method=SIGN_NO_HASH)) as (_, bridge):
         with pytest.raises(UKeyRefused, match="not RSA"):
             await bridge.sign(SIGNED)
-    finally:
-        await bridge.close()
-        await card.stop()
     with pytest.raises(ValueError, match="found 'SpcSignData'"):
-        UKeyBridge(card.url, method="SpcSignData")
+        UKeyBridge("ws://127.0.0.1:9", method="SpcSignData")
+
+
+@contextlib.asynccontextmanager
+async def _on_a_card(key: SignatureBackend, reach: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """A card stand-in holding ``key`` and what ``reach`` makes of its URL (a bridge, a signer), both closed after."""
+    card = await start_ukey(key)
+    user = reach(card.url)
+    try:
+        yield card, user
+    finally:
+        await user.close()
+        await card.stop()
 
 
 def test_a_platform_is_configured_with_its_key_files_or_its_ukey(tmp_path: Path) -> None:
@@ -332,26 +336,16 @@ async def test_the_gateways_key_on_an_older_rsa_card_signs_through_the_digest_ma
     """signing_ukey_method = cus-sec_SpcSignDataNoHashAsPEM: the declaration's SignedInfo made here, its SHA-1 digest
     signed by the card, the signature verified with the card's certificate, and the declaration verifies as RSA-SHA1.
     On an SM2 card that method cannot give a signature customs takes: refused before anything is sent to sign."""
-    card = await start_ukey(CARD)
-    signer = UKeySigner(card.url, "88888888", method=SIGN_NO_HASH)
-    try:
+    async with _on_a_card(CARD, lambda url: UKeySigner(url, "88888888", method=SIGN_NO_HASH)) as (card, signer):
         root = etree.fromstring(render(_inventory(7)))
         await signer.sign(root)
         assert signing.verify(root, trusted_certs=[CARD.certificate_der]).ok and signer.up
         assert card.calls == [CERTIFICATE, SIGN_NO_HASH]
-    finally:
-        await signer.close()
-        await card.stop()
-    card = await start_ukey(SM2_CARD)
-    signer = UKeySigner(card.url, "88888888", method=SIGN_NO_HASH)
-    try:
+    async with _on_a_card(SM2_CARD, lambda url: UKeySigner(url, "88888888", method=SIGN_NO_HASH)) as (card, signer):
         with pytest.raises(SigningUnavailable) as caught:
             await signer.sign(etree.fromstring(render(_inventory(8))))
         assert caught.value.code == "signing.ukey_bad_signature" and "SM2" in caught.value.message
         assert card.calls == [CERTIFICATE]  # no PIN sent for a signature that could not be used
-    finally:
-        await signer.close()
-        await card.stop()
 
 
 async def test_a_card_renewed_in_the_reader_is_read_again_and_a_card_signing_wrongly_is_caught() -> None:
