@@ -350,18 +350,6 @@ def _flag(value: Any) -> bool:
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
-def _positive(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{where} must be a number; found {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{where} must be a number; found {value!r}") from None
-    if not number > 0 or number == float("inf"):
-        raise ValueError(f"{where} must be a number above 0; found {value!r}")
-    return number
-
-
 def _key_sha256(value: Any, where: str) -> str:
     text = str(value).strip().lower()
     if len(text) != 64 or not set(text) <= _SHA256_HEX:
@@ -387,8 +375,8 @@ def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
         if role is Role.SUBMITTER and not codes:
             raise ValueError(f"api_keys[{i}] is a submitter key without enterprise codes")
         hashed = _key_sha256(item["key_sha256"], f"api_keys[{i}]") if item.get("key_sha256") else None
-        rates = {name: _positive(item[name], f"api_keys[{i}].{name}") for name in ("rate_per_s", "rate_burst")
-                 if item.get(name) is not None}  # fmt: skip
+        rates = {name: _setting(item, name, None, _number(0, above=True), f"api_keys[{i}].")
+                 for name in ("rate_per_s", "rate_burst") if item.get(name) is not None}  # fmt: skip
         keys.append(ApiKey(name=str(item.get("name", f"key{i}")), key=None if hashed else str(item["key"]), role=role,
                            codes=codes, key_sha256=hashed, **rates))  # fmt: skip
     seen: set[bytes] = set()
@@ -463,34 +451,24 @@ def _choice(name: str, allowed: tuple[str, ...]) -> Any:
     return conv
 
 
-def _int_in(name: str, low: int, high: int | None = None) -> Any:
-    def conv(value: Any) -> int:
-        try:
-            n = int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"must be an integer; found {value!r}") from None
-        if n < low or (high is not None and n > high):
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ValueError(f"must be {bounds}; found {n}")
-        return n
-
-    return conv
-
-
-def _at_least(low: float, *, above: bool = False, integer: bool = False) -> Any:
-    """A conv for a number not below ``low`` (or above it: ``above``), an integer when ``integer``: what a queue, a
-    worker or a timer cannot run with is refused with the configuration, not met when the process starts."""
+def _number(low: float, high: float | None = None, *, above: bool = False, integer: bool = False) -> Any:
+    """A conv for a number not below ``low`` (or above it: ``above``) and not above ``high``, an integer when
+    ``integer``: what a queue, a worker or a timer cannot run with is refused with the configuration, not met when
+    the process starts."""
 
     def conv(value: Any) -> float | int:
         number: float | int
         try:
             if isinstance(value, bool):
                 raise ValueError
-            number = int(str(value)) if integer else float(value)
+            number = int(str(value).strip()) if integer else float(value)
         except (TypeError, ValueError):
             raise ValueError(f"must be {'an integer' if integer else 'a number'}; found {value!r}") from None
-        if not math.isfinite(number) or number < low or (above and number == low):
-            raise ValueError(f"must be {'above' if above else 'at least'} {low:g}; found {value!r}")
+        too_high = high is not None and number > high
+        if not math.isfinite(number) or number < low or (above and number == low) or too_high:
+            lowest = f"{'above' if above else 'at least'} {low:g}"
+            raise ValueError(f"must be {f'between {low:g} and {high:g}' if high is not None else lowest}; found "
+                             f"{value!r}")  # fmt: skip
         return number
 
     return conv
@@ -553,10 +531,10 @@ def _parse_retry(name: str, retry: Mapping[str, Any]) -> RetrySettings:
     d = RetrySettings()
     where = f"forwarding.endpoints.{name}.retry."
     return RetrySettings(
-        base_s=_setting(retry, "base_s", d.base_s, _at_least(0), where),
-        factor=_setting(retry, "factor", d.factor, _at_least(1), where),
-        cap_s=_setting(retry, "cap_s", d.cap_s, _at_least(0), where),
-        max_attempts=_setting(retry, "max_attempts", d.max_attempts, _at_least(1, integer=True), where),
+        base_s=_setting(retry, "base_s", d.base_s, _number(0), where),
+        factor=_setting(retry, "factor", d.factor, _number(1), where),
+        cap_s=_setting(retry, "cap_s", d.cap_s, _number(0), where),
+        max_attempts=_setting(retry, "max_attempts", d.max_attempts, _number(1, integer=True), where),
     )
 
 
@@ -609,13 +587,13 @@ def _parse_endpoint(name: str, item: Any) -> EndpointSettings:
         outbox=Path(item["outbox"]) if item.get("outbox") else None,
         inbox=Path(item["inbox"]) if item.get("inbox") else None,
         folder_format=str(item.get("folder_format", "dxp")),
-        timeout_s=_setting(item, "timeout_s", 30.0, _at_least(0, above=True), where),
-        concurrency=_setting(item, "concurrency", 4, _at_least(1, integer=True), where),
-        rate_per_s=_setting(item, "rate_per_s", None, _at_least(0, above=True), where),
-        rate_burst=_setting(item, "rate_burst", 1.0, _at_least(1), where),
+        timeout_s=_setting(item, "timeout_s", 30.0, _number(0, above=True), where),
+        concurrency=_setting(item, "concurrency", 4, _number(1, integer=True), where),
+        rate_per_s=_setting(item, "rate_per_s", None, _number(0, above=True), where),
+        rate_burst=_setting(item, "rate_burst", 1.0, _number(1), where),
         retry=_parse_retry(name, retry),
-        breaker_failures=_setting(item, "breaker_failures", 5, _at_least(1, integer=True), where),
-        breaker_cooldown_s=_setting(item, "breaker_cooldown_s", 30.0, _at_least(0), where),
+        breaker_failures=_setting(item, "breaker_failures", 5, _number(1, integer=True), where),
+        breaker_cooldown_s=_setting(item, "breaker_cooldown_s", 30.0, _number(0), where),
         warehouse_code=str(item.get("warehouse_code", "WH01")),
         callback_url=_setting(item, "callback_url", None, _http_url, where) if item.get("callback_url") else None,
         headers={str(k): str(v) for k, v in dict(item.get("headers", {})).items()},
@@ -644,19 +622,19 @@ _FORWARDING_SCALARS: dict[str, Any] = {
     "enabled": _flag,
     "sender_id": str,
     "webhook_endpoint": str,
-    "receipt_timeout_s": _at_least(0, above=True),
-    "watchdog_interval_s": _at_least(0, above=True),
+    "receipt_timeout_s": _number(0, above=True),
+    "watchdog_interval_s": _number(0, above=True),
     "done_job_retention_days": _days("done_job_retention_days"),
     "watchdog_repush": _flag,
-    "max_repushes": _at_least(0, integer=True),
-    "resend_delay_s": _at_least(0),
+    "max_repushes": _number(0, integer=True),
+    "resend_delay_s": _number(0),
     "sandbox": str,
-    "sandbox_port": _int_in("sandbox_port", 0, 65535),
-    "sandbox_receipt_delay_s": _at_least(0),
+    "sandbox_port": _number(0, 65535, integer=True),
+    "sandbox_receipt_delay_s": _number(0),
     "worker": _flag,
-    "worker_lease_s": _at_least(0, above=True),
-    "worker_poll_s": _at_least(0, above=True),
-    "inbox_poll_s": _at_least(0, above=True),
+    "worker_lease_s": _number(0, above=True),
+    "worker_poll_s": _number(0, above=True),
+    "inbox_poll_s": _number(0, above=True),
 }
 
 
@@ -761,14 +739,14 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
 #: The top-level scalar settings, each also ``CBEC_<NAME>`` in the environment.
 _SETTINGS: tuple[tuple[str, Any], ...] = (
     ("host", str),
-    ("port", _int_in("port", 0, 65535)),
+    ("port", _number(0, 65535, integer=True)),
     ("database_url", str),
     ("data_dir", Path),
-    ("max_body_bytes", _int_in("max_body_bytes", 1024)),
+    ("max_body_bytes", _number(1024, integer=True)),
     ("log_format", _choice("log_format", ("auto", "json", "console"))),
     ("log_level", _choice("log_level", ("debug", "info", "warning", "error", "critical"))),
     ("amount_tolerance", _decimal("amount_tolerance")),
-    ("pool_max_size", _int_in("pool_max_size", 2)),
+    ("pool_max_size", _number(2, integer=True)),
     ("processes", int),
     ("signing_key_file", Path),
     ("signing_cert_file", Path),

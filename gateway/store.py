@@ -1626,9 +1626,10 @@ class Store:
             cbec_queue.CHANNEL,
         )  # fmt: skip
         assert row is not None
-        taken = set(row["taken_over"])
+        if not (taken := set(row["taken_over"])):  # the usual case: no waybill-only shipment customs heard of went
+            return []
         return sorted({(x["ebp_code"], x["order_no"]) for _, w in writes for x in w.shipments
-                       if taken and x["ebp_code"] and x["order_no"] in taken})  # fmt: skip
+                       if x["ebp_code"] and x["order_no"] in taken})  # fmt: skip
 
     # --- rejections and reads ------------------------------------------------------------------
 

@@ -338,10 +338,10 @@ def test_a_key_s_rate_is_read_and_a_rate_that_is_no_positive_number_refused() ->
     assert key(', "rate_per_s": 0.5').burst == 1.0  # never below one request
     assert key(', "rate_per_s": "2.5", "rate_burst": 10').burst == 10.0
     for extra, words in (
-        (', "rate_per_s": 0', "api_keys[0].rate_per_s must be a number above 0"),
-        (', "rate_per_s": -1', "rate_per_s must be a number above 0"),
-        (', "rate_per_s": "fast"', "api_keys[0].rate_per_s must be a number; found 'fast'"),
-        (', "rate_per_s": true', "rate_per_s must be a number"),
+        (', "rate_per_s": 0', "api_keys[0].rate_per_s: must be above 0; found 0"),
+        (', "rate_per_s": -1', "rate_per_s: must be above 0"),
+        (', "rate_per_s": "fast"', "api_keys[0].rate_per_s: must be a number; found 'fast'"),
+        (', "rate_per_s": true', "rate_per_s: must be a number"),
         (', "rate_per_s": 5, "rate_burst": 0.5', "rate_burst must be at least 1"),
         (', "rate_burst": 5', "rate_burst without a rate_per_s"),
     ):
