@@ -1152,7 +1152,7 @@ assert set(RULES) <= set(BY_CODE), "RULES names a message code the registry does
 
 
 def _control_character(value: str, free_text: bool) -> str | None:
-    """The first forbidden control character (C0, DEL, C1) of ``value`` — or, unless ``free_text``, invisible
+    """The first forbidden control character (C0, DEL, C1) of ``value`` — or, unless ``free_text``, an invisible
     formatting character (Unicode's Cf: zero-width space and joiners, direction marks, BOM) — or None."""
     for ch in value:
         o = ord(ch)

@@ -87,7 +87,7 @@ NOTHING_TO_CHANGE = {"CEB311": "-301009", "CEB411": "-401008", "CEB511": "-50401
 # counterpart's, which the gateway classifies alike (duplicate, nothing to change).
 DUPLICATE_CODE |= {"CEB303": "-301010", "CEB403": "-401007", "CEB505": "-504015", "CEB603": "-621004"}
 NOTHING_TO_CHANGE |= {"CEB303": "-301009", "CEB403": "-401008", "CEB505": "-504016", "CEB603": "-621042"}
-#: A change whose appTime is not newer than the version customs holds is ignored (spec §6.2: −301014, −401012,
+#: A change whose appTime is not newer than the version customs holds is ignored (spec §6.5: −301014, −401012,
 #: −505016; the export declarations answered alike).
 OLDER_CODE = {"CEB311": "-301014", "CEB411": "-401012", "CEB511": "-505016"}
 OLDER_CODE |= {"CEB303": "-301014", "CEB403": "-401012", "CEB505": "-505016"}
