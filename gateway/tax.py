@@ -238,8 +238,8 @@ def assess(
         full_rate = True
         # 财关税〔2018〕49号: over the single limit "but below" (低于) the annual one, one item goes at full rate
         if len(inventory.lines) == 1 and dutiable < annual_limit:
-            qty = (inventory.lines[0].get("qty") or "").strip()
-            pieces = "" if qty in ("1", "") or _is_one(qty) else (
+            qty = _quantity(inventory.lines[0].get("qty"))
+            pieces = "" if qty is None or qty == 1 else (
                 f" (one line of qty {qty}: customs may read 一件 as one piece and refuse it, -621005)")
             if not over_the_year:  # else the annual limit's refusal below says what happens to it
                 findings.append(
@@ -304,13 +304,6 @@ def assess(
         lines=lines,
         returned=given_back if passes else _ZERO,
     )
-
-
-def _is_one(qty: str) -> bool:
-    try:
-        return Decimal(qty) == 1
-    except ArithmeticError:
-        return False
 
 
 def returned_value(inventory: Document, returned: Sequence[Mapping[str, str]]) -> Decimal:

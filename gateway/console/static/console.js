@@ -190,7 +190,7 @@
   // The documents behind the figure, the longest waiting first: which to chase with customs.
   function renderAwaitedList(items, append) {
     const rows = items.map((d) => h("tr", { class: d.receipt_overdue ? "warn" : null, "data-document": d.document_id },
-      h("td", { class: "when", text: fmtTime(d.first_sent_at || d.sent_at) }),
+      h("td", { class: "when", text: fmtTime(d.first_sent_at) }),
       h("td", { class: "num", text: `${fmtAge(d.wait_s)}${d.receipt_overdue ? " ⚠" : ""}`,
         title: d.receipt_overdue ? "receipt overdue 回执超时" : null }),
       h("td", {}, h("div", { text: `${d.message_type} ${KIND_ZH[d.kind] || d.kind}` }),
