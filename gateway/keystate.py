@@ -86,9 +86,13 @@ CODES: dict[str, str] = {
     "state.inventory_released": "a change (appType 2) or withdrawal (appType 3) of an inventory (CEB621, CEB603) "
     "customs released (a receipt of 800 or above, 放行): customs allows no change or deletion after release (like "
     "-621043); send a cancellation (撤销申请单: CEB623 for an import inventory, CEB605 for an export one) instead",
-    "state.inventory_not_released": "a retail export return (CEB213) names an export inventory customs has not "
-    "released yet (no CEB604 800 for it: still being declared, examined or inspected): its goods have not left, there "
-    "is nothing to return yet (spec R12, §6.5: a return follows the release); send the return after the release",
+    "state.inventory_not_released": "a return (CEB625, or a retail export return, CEB213) names an inventory customs "
+    "has not released yet (no CEB622 / CEB604 800 for it: still being declared, examined or inspected): there is "
+    "nothing to return yet (spec R12, §6.5: a return follows the release); send the return after the release",
+    "state.inventory_declared": "a change (appType 2) or withdrawal (appType 3) of an order (CEB311, CEB303) whose "
+    "shipment's inventory was declared to customs (sent, or on its way; not held by the gateway, not temp-saved, not "
+    "refused nor cancelled by customs): customs no longer takes a change of the order (-301011); withdraw the "
+    "inventory (appType 3) or, once released, cancel it (CEB623, CEB605) first",
     "state.refund_exceeds_inventory": "a return line's qty exceeds the inventory item's qty (spec R12, A.9); for a "
     "retail export return, with what the inventory's other live returns take back of that item (A.32)",
     "state.flow_conflict": (
@@ -581,8 +585,8 @@ def decide(
                 if cur is not None and not cur.withdrawn:
                     new.outcome = "replaced"
                 if (ref := referenced_key(new.row)) is not None:
-                    issues += (_referenced(new, current.get(ref), scope) or _standing(new, current[ref])
-                               or _same_order(new, current[ref]))  # fmt: skip
+                    issues += (_referenced(new, current.get(ref), scope) or _same_order(new, current[ref])
+                               or _standing(new, current[ref]))  # fmt: skip
                 elif (named := referenced_invt_no(new.row)) is not None:
                     issues += _numbered(new, named[1], (numbered or {}).get(named, ()), scope, taken)
     return issues
@@ -665,9 +669,9 @@ def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None, name
 
 def _standing(new: New, stored: Row) -> list[Issue]:
     """R12: an import cancellation or return names an inventory customs holds — not one void there (its first
-    declaration rejected, its cancellation concluded), as the export ones do (_returned). That a return follows the
-    release (§6.5) is left to customs here: an import return names its inventory by key, not by the invtNo the
-    release gave it."""
+    declaration rejected, its cancellation concluded), as the export ones do (_returned); a return, one customs
+    released (§6.5: a return follows the release; customs refuses one before it) — the current version's own 800, as
+    for state.inventory_released. Refused rather than held until the 800, as an export return is (_returned)."""
     named = f"the inventory with ebcCode={new.row.key1!r}, orderNo={new.row.key2!r}"
     if stored.cancelled:
         return [issue("state.inventory_cancelled", new.doc.path, f"customs concluded the cancellation of {named}: "
@@ -675,6 +679,10 @@ def _standing(new: New, stored: Row) -> list[Issue]:
     if refused_first(stored):
         return [issue("state.no_inventory", new.doc.path,
                       f"customs rejected the declaration of {named}: there is no inventory at customs")]  # fmt: skip
+    if new.row.kind == Kind.REFUND and not stored.released:
+        return [issue("state.inventory_not_released", new.doc.field_path("invtNo"),
+                      f"customs has not released {named} (no CEB622 800 yet): there is nothing to return; send the "
+                      "return after its release")]  # fmt: skip
     return []
 
 
@@ -1174,6 +1182,9 @@ def judge(
     replaced = dict.fromkeys(new.replaces.id for new in news if new.replaces is not None)
     gone = [state.rows[i] for i in replaced if i in state.rows]
     before = state.live()
+    issues = _orders_declared(news, before)
+    if issues:
+        raise Conflict(issues)
     # the waybills held by the shipments whose legs change: a shipment may let go of one (see touched)
     keys = dict.fromkeys(r.shipment_key for r in gone if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL)
     released = [w for w in map(before.waybill_of, keys) if w is not None]
@@ -1238,6 +1249,36 @@ def _flow_conflicts(news: list[New], live: Live) -> list[Issue]:
                              f"({other.message_type}, message {other.message_guid or 'of this message'}): a "
                              f"{row.flow} {row.kind} cannot join it; an orderNo is one shipment of one flow per "
                              "platform"))  # fmt: skip
+    return out
+
+
+def declared_at_customs(row: Row) -> bool:
+    """An inventory customs holds or is about to: sent or on its way (not a first declaration the gateway still
+    holds, spec §6.7), not a temp-saved first declaration (never declared, §3.6), not void there (:func:`void`)."""
+    return not (temp_saved(row.head) or void(row) or (row.held and first_declaration(row)))
+
+
+def _orders_declared(news: list[New], live: Live) -> list[Issue]:
+    """Customs takes no change or withdrawal of an order once its inventory is declared (-301011): refused here
+    rather than forwarded to be refused there, while the shipment would be reconciled against the change. Before
+    that (the inventory held, temp-saved, refused, cancelled, withdrawn) the order may change: customs has no
+    inventory comparing against it."""
+    out: list[Issue] = []
+    for new in news:
+        cur = new.replaces
+        if cur is None or new.row.kind != Kind.ORDER or new.app_type not in ("2", "3"):
+            continue
+        inventories = live.legs.get(cur.shipment_key, {}).get(Kind.INVENTORY.value, ())
+        declared = next((r for r in inventories if declared_at_customs(r)), None)
+        if declared is not None:
+            action = "change" if new.app_type == "2" else "delete"
+            cancel = _CANCELLATION.get(declared.message_type, "a cancellation")
+            out.append(issue("state.inventory_declared", new.doc.field_path("appType"),
+                             f"appType {new.app_type} ({action}) but the inventory of the shipment "
+                             f"{cur.ebp_code}/{cur.order_no} (ebcCode {declared.ebc_code}, message "
+                             f"{declared.message_guid}) was declared to customs, which takes no change of its order "
+                             f"(-301011); withdraw that inventory (appType 3) or, once released, cancel it ({cancel}) "
+                             "first"))  # fmt: skip
     return out
 
 

@@ -1081,6 +1081,7 @@ async def test_a_return_customs_concluded_gives_back_the_returned_goods_and_reop
     value = returned_value(flow.pipeline.check(xml_of(a.inventory)).message.documents[0], returned)
     assert value > 0
     await _blocked_behind(flow, a, b, value)  # the first item's return makes room for b
+    await flow.receipt(a.inventory, "800", 4)  # a return follows the release (state.inventory_not_released)
     before = await _quota(flow, a)
 
     head = referring_head(inv, guid="R" * 36, invt_no="46012026I000000085", reason="七天无理由退货")
@@ -1109,11 +1110,13 @@ async def _conclude_return(flow: Flow, head: dict[str, str], lines: list[dict[st
 
 
 async def _returnable(flow: Flow, a: samples.ShipmentSample) -> tuple[Decimal, list[dict[str, str]], dict[str, str]]:
-    """``a`` declared, its legs receipted: what its inventory counts, its items as return lines, a return's head."""
+    """``a`` declared, its legs receipted, its inventory released: what its inventory counts, its items as return
+    lines, a return's head."""
     for payload in (a.order, a.payment, a.waybill):
         await flow.submit(payload)
         await flow.receipt(payload, "2", 1)
     await flow.submit(a.inventory)
+    await flow.receipt(a.inventory, "800", 4)
     [whole] = await _quota(flow, a)
     inv = a.inventory["documents"][0]
     items = [{"gnum": str(i["gnum"]), "gcode": i["gcode"], "gname": i["gname"], "qty": i["qty"], "unit": i["unit"]}
@@ -1124,17 +1127,17 @@ async def _returnable(flow: Flow, a: samples.ShipmentSample) -> tuple[Decimal, l
 
 @pytest.mark.db
 async def test_a_later_leg_does_not_count_again_what_a_concluded_return_gave_back(flow: Flow) -> None:
-    """A change of the order or payment reassesses the inventory: less what the return gave back (it was counted
-    again in full)."""
+    """A change of the payment or waybill reassesses the inventory: less what the return gave back (it was counted
+    again in full). (The order takes no change once its inventory is declared: state.inventory_declared.)"""
     a = shipment(87, n_items=2)
     whole, items, head = await _returnable(flow, a)
     value = returned_value(flow.pipeline.check(xml_of(a.inventory)).message.documents[0], items[:1])
     assert value > 0
     await _conclude_return(flow, head, items[:1], 1)
     assert [Decimal(q) for q in await _quota(flow, a)] == [whole - value]
-    await flow.submit(version_of(a.order, "2", 60))
-    assert [Decimal(q) for q in await _quota(flow, a)] == [whole - value]
     await flow.submit(version_of(a.payment, "2", 60))
+    assert [Decimal(q) for q in await _quota(flow, a)] == [whole - value]
+    await flow.submit(version_of(a.waybill, "2", 60))
     assert [Decimal(q) for q in await _quota(flow, a)] == [whole - value]
 
 
@@ -1273,8 +1276,9 @@ async def test_a_failed_leg_changed_withdrawn_or_resent_no_longer_fails_its_ship
 @pytest.mark.db
 async def test_a_failed_change_leaves_a_released_shipment_released(flow: Flow) -> None:
     """Customs' word stands: a change of a released shipment's leg whose delivery fails does not make the shipment
-    failed (nor, once replayed and released again, send the warehouse a second outbound order). Its order's: the
-    released inventory itself takes no change (state.inventory_released)."""
+    failed (nor, once replayed and released again, send the warehouse a second outbound order). Its payment's: the
+    released inventory itself takes no change (state.inventory_released), nor its order once the inventory is declared
+    (state.inventory_declared)."""
     s = shipment(63)
     for payload in (s.order, s.payment, s.waybill):
         await flow.submit(payload)
@@ -1285,9 +1289,9 @@ async def test_a_failed_change_leaves_a_released_shipment_released(flow: Flow) -
     async with flow.pool.acquire() as conn:  # the first declarations went (a change waits behind its original)
         for job in await cbec_queue.claim(conn, worker_id="w", lease_s=30, endpoint="customs", limit=20):
             assert await cbec_queue.record_done(conn, job)
-    change = version_of(s.order, "2", 60)
+    change = version_of(s.payment, "2", 60)
     await flow.submit(change)
-    await flow.receipt(s.payment, "120", 2)  # anything that refreshes the shipment while the change waits
+    await flow.receipt(s.order, "120", 2)  # anything that refreshes the shipment while the change waits
     await _die(flow, change)
     assert (await flow.doc(change))["forward_state"] == "failed"
     assert (await flow.shipment(s))["customs_status"] == "released"

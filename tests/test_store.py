@@ -18,7 +18,7 @@ from gateway import store as store_module
 from gateway.db import migrate
 from gateway.documents import Document, ParsedMessage
 from gateway.messages import BY_CODE
-from gateway.receipts import RANK_CONCLUDED
+from gateway.receipts import RANK_CONCLUDED, RANK_RELEASED
 from gateway.store import CODES, Conflict, IngestResult, Store, list_query
 from tests.planutil import full_scans
 
@@ -687,6 +687,12 @@ def _refund_line(gnum: str, qty: str) -> dict[str, str]:
     return {"gnum": gnum, "gcode": "3304990099", "gname": "面霜", "qty": qty, "unit": "011"}
 
 
+async def _release(db_pool: asyncpg.Pool, order_no: str) -> None:
+    """Customs' CEB622 800 for the current inventory of ``order_no``, as the outbox applies it: a return may follow."""
+    await db_pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '800', customs_rank = $2"
+                          " WHERE message_type = 'CEB621' AND order_no = $1 AND is_current", order_no, RANK_RELEASED)
+
+
 async def _refused(store: Store, msg: ParsedMessage) -> list[tuple[str, str]]:
     with pytest.raises(Conflict) as refused:
         await ingest(store, msg)
@@ -694,7 +700,7 @@ async def _refused(store: Store, msg: ParsedMessage) -> list[tuple[str, str]]:
 
 
 async def test_a_cancellation_or_return_names_a_stored_inventory_and_returns_no_more_than_it_holds(
-    store: Store,
+    store: Store, db_pool: asyncpg.Pool
 ) -> None:
     for code in ("CEB623", "CEB625"):
         lines = [_refund_line("1", "1")] if code == "CEB625" else []
@@ -702,6 +708,7 @@ async def test_a_cancellation_or_return_names_a_stored_inventory_and_returns_no_
         assert await _refused(store, orphan) == [("state.no_inventory", f"/{code}Message/{orphan.type.document}[1]")]
     await ingest(store, message("CEB621", inventory_head("R1"), lines=[
         {**inventory_lines()[0], "qty": "2", "qty1": "2", "totalPrice": "200"}]))  # fmt: skip
+    await _release(db_pool, "R1")
     path = "/CEB625Message/InvtRefund[1]/InvtRefundList"
     too_many = message("CEB625", _refund_head("R1"), lines=[_refund_line("1", "3"), _refund_line("2", "1")])
     assert await _refused(store, too_many) == [("state.refund_exceeds_inventory", f"{path}[1]/qty"),
@@ -735,8 +742,95 @@ async def test_a_cancellation_or_return_of_an_inventory_void_at_customs_is_refus
     assert await _refused(store, again) == [("state.inventory_cancelled", "/CEB625Message/InvtRefund[1]")]
 
 
+async def test_an_import_return_follows_its_inventorys_release(store: Store, db_pool: asyncpg.Pool) -> None:
+    """§6.5: a return (CEB625) follows the release; customs refuses one before it. Refused at the return's invtNo,
+    nothing stored; taken once the CEB622 800 came. A cancellation (CEB623) needs no release."""
+    await ingest(store, message("CEB621", inventory_head("RL1")))
+    early = message("CEB625", _refund_head("RL1"), lines=[_refund_line("1", "1")])
+    assert await _refused(store, early) == [("state.inventory_not_released", early.documents[0].field_path("invtNo"))]
+    assert await db_pool.fetchval("SELECT count(*) FROM documents WHERE message_type = 'CEB625'") == 0
+    # accepted (120) and examined (500) is not released
+    await db_pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '500', customs_rank = $1"
+                          " WHERE message_type = 'CEB621' AND order_no = 'RL1'", RANK_RELEASED - 1)  # fmt: skip
+    assert [c for c, _ in await _refused(store, early)] == ["state.inventory_not_released"]
+    await _release(db_pool, "RL1")
+    assert (await ingest(store, early)).http_status == 202
+    await ingest(store, message("CEB621", inventory_head("RL2")))
+    assert (await ingest(store, message("CEB623", _refund_head("RL2")))).http_status == 202
+
+
+async def test_an_order_takes_no_change_once_its_inventory_is_declared(store: Store, db_pool: asyncpg.Pool) -> None:
+    """Customs takes no change or withdrawal of an order whose inventory it holds (-301011): refused at the order's
+    appType, nothing stored. Until the inventory is declared — held by the gateway (spec §6.7), temp-saved (§3.6) —
+    and once it is none at customs — withdrawn, its first declaration refused, its cancellation concluded — the order
+    may change."""
+    current = "SELECT app_time FROM documents WHERE message_type = 'CEB311' AND key2 = $1 AND is_current"
+
+    async def refused(order_no: str, app_type: str, seconds: int) -> list[tuple[str, str]]:
+        msg = message("CEB311", order_head(order_no, appType=app_type, appTime=_later(T0, seconds)))
+        before = await db_pool.fetchval(current, order_no)
+        found = await _refused(store, msg)
+        assert await db_pool.fetchval(current, order_no) == before  # nothing stored
+        return found
+
+    async def changed(order_no: str, seconds: int) -> str:
+        msg = message("CEB311", order_head(order_no, appType="2", appTime=_later(T0, seconds)))
+        outcome: str = (await ingest(store, msg)).body["documents"][0]["outcome"]
+        return outcome
+
+    await ingest(store, message("CEB311", order_head("OD1")))
+    await ingest(store, message("CEB621", inventory_head("OD1")))
+    path = "/CEB311Message/Order[1]/OrderHead/appType"
+    assert await refused("OD1", "2", 10) == [("state.inventory_declared", path)]
+    assert await refused("OD1", "3", 10) == [("state.inventory_declared", path)]
+    # an older one is still only ignored (it changes nothing either way)
+    stale = message("CEB311", order_head("OD1", guid="ORD-OD1-OLD", appType="2", appTime=T0))
+    assert (await ingest(store, stale)).body["documents"][0]["outcome"] == "ignored_older"
+    # a change of the inventory the gateway holds: customs holds the version before it
+    await ingest(store, message("CEB621", inventory_head("OD1", appType="2", appTime=_later(T0, 5))))
+    await db_pool.execute("UPDATE documents SET forward_state = 'held' WHERE message_type = 'CEB621'"
+                          " AND order_no = 'OD1' AND is_current")  # fmt: skip
+    assert [c for c, _ in await refused("OD1", "2", 10)] == ["state.inventory_declared"]
+
+    await ingest(store, message("CEB311", order_head("OD2")))
+    await ingest(store, message("CEB621", inventory_head("OD2", appStatus="1")))  # temp-saved
+    assert await changed("OD2", 10) == "replaced"
+    await ingest(store, message("CEB621", inventory_head("OD2", appTime=_later(T0, 20))))  # declared
+    assert [c for c, _ in await refused("OD2", "2", 30)] == ["state.inventory_declared"]
+    await ingest(store, message("CEB621", inventory_head("OD2", appType="3", appTime=_later(T0, 40))))  # withdrawn
+    assert await changed("OD2", 50) == "replaced"
+
+    await ingest(store, message("CEB311", order_head("OD3")))
+    await ingest(store, message("CEB621", inventory_head("OD3")))
+    await db_pool.execute("UPDATE documents SET forward_state = 'held' WHERE message_type = 'CEB621'"
+                          " AND order_no = 'OD3'")  # fmt: skip
+    assert await changed("OD3", 10) == "replaced"  # held: never sent
+    await db_pool.execute("UPDATE documents SET forward_state = 'rejected' WHERE message_type = 'CEB621'"
+                          " AND order_no = 'OD3'")  # fmt: skip
+    assert await changed("OD3", 20) == "replaced"  # refused by customs: none there
+
+    await ingest(store, message("CEB311", order_head("OD4")))
+    await ingest(store, message("CEB621", inventory_head("OD4")))
+    await _release(db_pool, "OD4")
+    await ingest(store, message("CEB623", _refund_head("OD4")))
+    assert [c for c, _ in await refused("OD4", "3", 10)] == ["state.inventory_declared"]
+    await _conclude_cancellation(db_pool, "OD4")
+    assert await changed("OD4", 20) == "replaced"
+
+
+async def test_an_export_order_takes_no_change_once_its_inventory_is_declared(store: Store) -> None:
+    from tests import exportutil as ex
+
+    await ingest(store, ex.export_message("CEB303", ex.order_head("EOD1")))
+    await ingest(store, ex.export_message("CEB603", ex.inventory_head("EOD1")))
+    change = ex.export_message("CEB303", ex.order_head("EOD1", appType="2", appTime=_later(T0, 10)))
+    assert await _refused(store, change) == [("state.inventory_declared", change.documents[0].field_path("appType"))]
+
+
 @pytest.mark.parametrize("code", ["CEB625", "CEB623"])
-async def test_a_cancellation_or_return_names_its_inventorys_platform(store: Store, code: str) -> None:
+async def test_a_cancellation_or_return_names_its_inventorys_platform(
+    store: Store, db_pool: asyncpg.Pool, code: str
+) -> None:
     """An inventory declares one platform's order (ebpCode + orderNo, spec §6.2): a return naming another ebpCode was
     taken, stored on another shipment than its inventory's, and once customs concluded it gave no quota back (its
     versions are read by its inventory's shipment). Before its inventory it names none; after, it is refused."""
@@ -744,6 +838,7 @@ async def test_a_cancellation_or_return_names_its_inventorys_platform(store: Sto
     other = message(code, _refund_head("PL1", ebpCode="46012609ZZ"), lines=lines)
     assert [c for c, _ in await _refused(store, other)] == ["state.no_inventory"]
     await ingest(store, message("CEB621", inventory_head("PL1")))
+    await _release(db_pool, "PL1")
     with pytest.raises(Conflict) as refused:
         await ingest(store, other)
     (found,) = refused.value.issues
@@ -812,24 +907,26 @@ async def test_a_later_leg_counts_the_inventory_less_what_its_concluded_return_g
     store: Store, db_pool: asyncpg.Pool
 ) -> None:
     """With an inventory the store reads the return customs concluded for it (CEB626 399): a leg arriving after the
-    receipt reassesses the inventory less the value of the goods returned, and a change of the inventory values them
-    at its changed prices. The ledger row keeps what the return took off (returned)."""
+    receipt reassesses the inventory less the value of the goods returned, at the prices of the version customs
+    released (a change sent before the release: none is taken after it). The ledger row keeps what the return took off
+    (returned)."""
     two = [{**inventory_lines("1000")[0], "qty": "2", "qty1": "2"}]  # ¥1,010 with freight
     await ingest(store, message("CEB621", inventory_head("RQ1"), lines=two))
-    await ingest(store, message("CEB625", _refund_head("RQ1"), lines=[_refund_line("1", "1")]))
     row = "SELECT amount::text, returned::text FROM tax_ledger WHERE order_no = 'RQ1'"
+    assert tuple(await db_pool.fetchrow(row)) == ("1010.00000", "0.00000")
+    changed = [{**two[0], "price": "1000", "totalPrice": "2000"}]  # ¥2,010: the item to be returned is ¥1,005
+    await ingest(store, message("CEB621", inventory_head("RQ1", appType="2", appTime=_later(T0, 1)), lines=changed))
+    await _release(db_pool, "RQ1")
+    await ingest(store, message("CEB625", _refund_head("RQ1"), lines=[_refund_line("1", "1")]))
     await ingest(store, message("CEB311", order_head("RQ1")))
-    assert tuple(await db_pool.fetchrow(row)) == ("1010.00000", "0.00000")  # submitted, not concluded
+    assert tuple(await db_pool.fetchrow(row)) == ("2010.00000", "0.00000")  # submitted, not concluded
     await db_pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '399', customs_rank = $1"
                           " WHERE message_type = 'CEB625' AND order_no = 'RQ1'", RANK_CONCLUDED)  # fmt: skip
     await ingest(store, message("CEB411", payment_head("RQ1")))
-    assert tuple(await db_pool.fetchrow(row)) == ("505.00000", "505.00000")
+    assert tuple(await db_pool.fetchrow(row)) == ("1005.00000", "1005.00000")
     async with db_pool.acquire() as conn:  # migration 200 finds what a return gave back before the column
         await conn.execute("UPDATE tax_ledger SET returned = 0")
         await db.apply_migration(conn, "200_ledger_returned.sql")
-    assert tuple(await db_pool.fetchrow(row)) == ("505.00000", "505.00000")
-    changed = [{**two[0], "price": "1000", "totalPrice": "2000"}]  # ¥2,010: the item returned is now ¥1,005
-    await ingest(store, message("CEB621", inventory_head("RQ1", appType="2", appTime=_later(T0, 1)), lines=changed))
     assert tuple(await db_pool.fetchrow(row)) == ("1005.00000", "1005.00000")
 
 
@@ -845,6 +942,7 @@ async def test_migration_200_recounts_the_rows_of_inventories_customs_concluded_
     inventory in full (¥1,010) less the value of the item returned (¥505), kept in ``returned``."""
     two = [{**inventory_lines("1000")[0], "qty": "2", "qty1": "2"}]  # ¥1,010 with freight
     await ingest(store, message("CEB621", inventory_head("MG1"), lines=two))
+    await _release(db_pool, "MG1")
     await ingest(store, message("CEB625", _refund_head("MG1"), lines=[_refund_line("1", "1")]))
     await ingest(store, message("CEB625", _refund_head("MG1", guid="REF-MG1-2", appType="2", appTime=_later(T0, 30)),
                                 lines=[_refund_line("1", "1")]))  # fmt: skip

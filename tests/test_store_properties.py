@@ -124,7 +124,9 @@ SHAPES = st.fixed_dictionaries({
     # an export shipment (spec §4.4) of its own orderNo: 收款单 or not, its inventory kept, moved to a second waybill
     # or withdrawn; its waybills name no orderNo
     "export": st.sampled_from(["none", "kept", "moved", "withdrawn", "no_receipt"]),
-})  # fmt: skip
+}).filter(lambda shape: shape["order"] != "withdrawn" or shape["inventory"] == "none")  # fmt: skip
+# (An order is withdrawn only before its inventory is declared — after, customs answers -301011 and the gateway
+# state.inventory_declared — so whether its withdrawal is taken depends on the arrival order, as at customs.)
 
 
 def _histories(suffix: str, shape: dict[str, object]) -> list[list[Version]]:

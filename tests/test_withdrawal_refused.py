@@ -78,19 +78,28 @@ async def test_a_withdrawal_customs_accepts_still_withdraws(api: Client, db_pool
 
 
 async def test_a_refused_order_withdrawal_leaves_the_order_live(api: Client) -> None:
-    s, inv = await _declared(api, 93)
-    order = s.order_doc
+    """An order takes a change or withdrawal until its inventory is declared (then customs answers -301011, and so does
+    the gateway: state.inventory_declared): the withdrawal goes before the inventory."""
+    s = import_ship(93)
+    for p in (s.order, s.payment, s.waybill):
+        assert (await post_json(api, p)).status == 202
+    order, inv = s.order_doc, s.inventory_doc
     withdrawal = version(s.order, "3", "20261120170000")
     assert (await post_json(api, withdrawal)).status == 202
-    assert (await _shipment(api, inv))["missing"] == ["order"]
+    assert (await _shipment(api, inv))["missing"] == ["order", "inventory"]
     r = await post_receipt(api, "CEB312", {
         "guid": withdrawal["documents"][0]["guid"], "ebpCode": order["ebpCode"], "ebcCode": order["ebcCode"],
         "orderNo": order["orderNo"], "returnStatus": "-301009", "returnTime": "20261120171000000",
         "returnInfo": "x"})
     assert r.status == 200 and r.body["receipts"][0]["outcome"] == "applied", r.body
+    assert (await _shipment(api, inv))["missing"] == ["inventory"]
+    assert (await post_json(api, s.inventory)).status == 202
     assert (await _shipment(api, inv))["state"] == "matched"
+    # the order is live again, and its inventory declared now: customs takes no change of it (-301011)
     r = await post_json(api, version(s.order, "2", "20261120180000"))
-    assert (r.status, r.body["documents"][0]["outcome"]) == (202, "replaced"), r.body
+    assert r.status == 409, r.body
+    [issue] = r.body["error"]["issues"]
+    assert (issue["code"], issue["path"]) == ("state.inventory_declared", "/CEB311Message/Order[1]/OrderHead/appType")
 
 
 async def test_a_refused_withdrawal_of_a_held_inventory_revives_nothing(routed: Client, db_pool: asyncpg.Pool) -> None:
@@ -183,8 +192,10 @@ async def test_two_changes_customs_refuses_leave_the_version_before_both(api: Cl
 
 
 async def test_a_refused_order_change_leaves_the_order_before_current(api: Client, db_pool: asyncpg.Pool) -> None:
-    s, inv = await _declared(api, 98)
-    order = s.order_doc
+    s = import_ship(98)
+    for p in (s.order, s.payment, s.waybill):
+        assert (await post_json(api, p)).status == 202
+    order, inv = s.order_doc, s.inventory_doc
     change = version(s.order, "2", "20261120170000", consignee="Zhang Refused")
     r = await post_json(api, change)
     assert (r.status, r.body["documents"][0]["outcome"]) == (202, "replaced"), r.body
@@ -194,6 +205,9 @@ async def test_a_refused_order_change_leaves_the_order_before_current(api: Clien
         "guid": change["documents"][0]["guid"], "ebpCode": order["ebpCode"], "ebcCode": order["ebcCode"],
         "orderNo": order["orderNo"], "returnStatus": "100", "returnTime": "20261120171000000", "returnInfo": "x"})
     assert r.status == 200 and r.body["receipts"][0]["outcome"] == "applied", r.body
+    shipment = await _shipment(api, inv)
+    assert (shipment["missing"], shipment["findings"]) == (["inventory"], []), shipment
+    assert (await post_json(api, s.inventory)).status == 202
     shipment = await _shipment(api, inv)
     assert (shipment["state"], shipment["findings"]) == ("matched", []), shipment
     rows = await db_pool.fetch(
