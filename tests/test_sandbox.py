@@ -347,6 +347,50 @@ async def test_a_change_not_newer_than_the_version_held_is_ignored_with_the_spec
     assert sorted(statuses(http_recorder, "CEB512")) == sorted(["2", "120", "-505016", "-505016", "2", "120"])
 
 
+async def test_an_order_takes_no_change_once_its_inventory_is_on_file(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """Customs compares the inventory with the order it holds: once the inventory is declared, a change or deletion of
+    the order is refused, -301011 (import and export alike); before it, a change is taken."""
+    xmls = legs(rsa_key, seed=9)
+    await declare_all(client, sandbox, xmls, ("CEB311",))
+
+    def order_as(xml: bytes, app_type: str, seconds: int) -> bytes:
+        root = etree.fromstring(xml)
+        root.set("guid", str(uuid.uuid4()).upper())
+        head = next(root.iter(f"{C}OrderHead"))
+        at = datetime.strptime(head.findtext(f"{C}appTime") or "", "%Y%m%d%H%M%S") + timedelta(seconds=seconds)
+        for name, value in (("guid", str(uuid.uuid4()).upper()), ("appType", app_type),
+                            ("appTime", at.strftime("%Y%m%d%H%M%S"))):  # fmt: skip
+            el = head.find(f"{C}{name}")
+            assert el is not None
+            el.text = value
+        return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+    await sandbox.wait_idle()
+    await declare_all(client, sandbox, {"CEB311": order_as(xmls["CEB311"], "2", 60)}, ("CEB311",))
+    await sandbox.wait_idle()
+    await declare_all(client, sandbox, xmls, ("CEB411", "CEB511", "CEB621"))
+    await sandbox.wait_idle()
+    for app_type, seconds in (("2", 120), ("3", 180)):
+        await declare_all(client, sandbox, {"CEB311": order_as(xmls["CEB311"], app_type, seconds)}, ("CEB311",))
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB312") == ["2", "120", "2", "120", "-301011", "-301011"]
+    refused = receipts(http_recorder, lambda r: r["type"] == "CEB312")[-1]
+    assert "清单已申报" in refused["returnInfo"] and "inventory was declared" in refused["returnInfo"]
+    data = Path(__file__).parent / "data" / "samples"
+    export = {code: (data / f"{code}-9610.xml").read_bytes() for code in ("CEB303", "CEB403", "CEB505", "CEB603")}
+    for code in ("CEB303", "CEB403", "CEB505", "CEB603"):
+        await post_dxp(client, sandbox.url, export[code], receiver=dxp.EXPORT_RECEIVER)
+    await sandbox.wait_idle()
+    change = export["CEB303"].replace(b"<ceb:appType>1</ceb:appType>", b"<ceb:appType>2</ceb:appType>")
+    change = change.replace(b"20261120095730", b"20261120095830")
+    assert change.count(b"<ceb:appType>2</ceb:appType>") == 1 and b"20261120095830" in change
+    await post_dxp(client, sandbox.url, change, receiver=dxp.EXPORT_RECEIVER)
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB304") == ["2", "120", "-301011"]
+
+
 async def test_single_transaction_limit(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:
@@ -382,32 +426,40 @@ async def test_annual_quota_is_per_buyer_and_counts_released_inventories(
     assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800", "-621018"]
 
 
-async def test_a_change_to_another_buyer_moves_the_amount_between_their_quotas(
+async def test_a_shipment_moved_to_another_buyer_moves_the_amount_between_their_quotas(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:
-    """The earlier version's amount goes back to the earlier version's buyer (it was taken from the new one). The
-    change comes before the release (its 800 due four receipt delays after the declaration): after it, customs takes
-    no change."""
+    """The way to another buyer once the inventory is declared (its order takes no change then, -301011): withdraw the
+    inventory before its release (its 800 due four receipt delays after the declaration) — its amount goes back to
+    its buyer —, change the order and payment, declare the inventory again: the new buyer's quota takes it."""
     sandbox.config.receipt_delay = 1.0
     s = samples.shipment(random.Random(7), order_no="QUOTA-C", now=NOW)
 
     def sign(root: Any) -> None:
         signing.sign(root, rsa_key)
 
+    def version(doc: dict[str, Any], app_type: str, minutes: int, **values: str) -> None:
+        later = datetime.strptime(doc["appTime"], "%Y%m%d%H%M%S") + timedelta(minutes=minutes)  # not digits + 60
+        doc.update({"appType": app_type, "appTime": f"{later:%Y%m%d%H%M%S}", **values})
+
     await declare_all(client, sandbox, samples.render_shipment(s, signer=sign))
     first = s.inventory_doc["buyerIdNumber"].upper()
     used = dict(sandbox.sandbox.quota_used)
     assert used[first] > 0
-    other = "460100199001010011"  # the order, payment and inventory change to another buyer
-    changed = ((s.order_doc, "buyerIdNumber"), (s.payment_doc, "payerIdNumber"), (s.inventory_doc, "buyerIdNumber"))
-    for doc, field in changed:
-        later = datetime.strptime(doc["appTime"], "%Y%m%d%H%M%S") + timedelta(minutes=1)  # not digits + 60 (:59)
-        doc.update({"appType": "2", "appTime": f"{later:%Y%m%d%H%M%S}", field: other})
+    version(s.inventory_doc, "3", 1)
+    await post_dxp(client, sandbox.url, samples.render_shipment(s, signer=sign)["CEB621"])
+    assert sandbox.sandbox.quota_used[first] == 0
+    other = "460100199001010011"  # the order, payment and inventory go to another buyer
+    version(s.order_doc, "2", 1, buyerIdNumber=other)
+    version(s.payment_doc, "2", 1, payerIdNumber=other)
+    version(s.inventory_doc, "1", 1, buyerIdNumber=other)
     xmls = samples.render_shipment(s, signer=sign)
     for code in ("CEB311", "CEB411", "CEB621"):
         await post_dxp(client, sandbox.url, xmls[code])
     await sandbox.wait_idle(timeout=30)
-    assert statuses(http_recorder, "CEB622") == ["2", "2", "120", "120", "399", "399", "800", "800"]
+    assert statuses(http_recorder, "CEB312") == ["2", "2", "120", "120"]
+    # the first declaration's sequence was scheduled when it was taken; the withdrawal's is 2 -> 120
+    assert sorted(statuses(http_recorder, "CEB622")) == sorted(["2", "120", "399", "800"] * 2 + ["2", "120"])
     assert sandbox.sandbox.quota_used[first] == 0
     assert sandbox.sandbox.quota_used[other] == used[first]
 

@@ -682,7 +682,10 @@ class Sandbox:
         key: tuple[str, str],
         values: dict[str, str],
         sequence: tuple[str, ...] = ("2", "120"),
+        frozen: tuple[str, str] | None = None,
     ) -> list[Step]:
+        """``frozen``: (code, reason) of a key on file that takes no change or deletion now (an order whose inventory
+        was declared: -301011)."""
         code = doc.type.code
         rcode = rc.RECEIPT_FOR[code]
         label = "/".join(key)
@@ -700,6 +703,8 @@ class Sandbox:
         if app_type == "2" and existing is not None and h.get("appTime", "") <= existing.head.get("appTime", ""):
             info = f"{label} 报文时间早于已接收的报文，忽略 (sandbox: older than the version held)"
             return [self._step(rcode, OLDER_CODE[code], values, label, info)]
+        if app_type in ("2", "3") and existing is not None and frozen is not None:
+            return [self._step(rcode, frozen[0], values, label, frozen[1])]
         if scenario == "REJECT":
             return self._rejected(rcode, values, label, "sandbox scenario REJECT")
         if app_type == "3":
@@ -718,7 +723,19 @@ class Sandbox:
         h = doc.head
         values = {k: h.get(k, "") for k in ("guid", "ebpCode", "ebcCode", "orderNo")}
         orders = self.orders if doc.type.flow == "import" else self.export_orders
-        return self._declare(doc, scenario, orders, (h.get("ebpCode", ""), h.get("orderNo", "")), values)
+        key = (h.get("ebpCode", ""), h.get("orderNo", ""))
+        frozen = None
+        if h.get("appType", "1") in ("2", "3") and self._inventory_of(doc.type.flow, key) is not None:
+            frozen = ("-301011", f"{'/'.join(key)} 清单已申报，订单不允许变更或删除 (sandbox: the order's inventory "
+                                 "was declared, the order takes no change or deletion)")  # fmt: skip
+        return self._declare(doc, scenario, orders, key, values, frozen=frozen)
+
+    def _inventory_of(self, flow: str, order: tuple[str, str]) -> InventoryRecord | None:
+        """The inventory on file declaring the order (ebpCode, orderNo) of ``flow``, if any (rare: looked up by a
+        walk, for an order's change or deletion only)."""
+        records = self.inventories if flow == "import" else self.export_inventories
+        return next((r for r in records.values()
+                     if (r.doc.head.get("ebpCode", ""), r.doc.head.get("orderNo", "")) == order), None)  # fmt: skip
 
     def _payment(self, doc: Document, scenario: str | None) -> list[Step]:
         h = doc.head
