@@ -16,6 +16,7 @@ from gateway.messages import CEB_NS, DS_NS, MessageType
 _CEB = f"{{{CEB_NS}}}"
 _SIGNATURE = f"{{{DS_NS}}}Signature"
 _BASE_TRANSFER = f"{_CEB}BaseTransfer"
+_BASE_SUBSCRIBE = f"{_CEB}BaseSubscribe"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class ParsedMessage:
     documents: list[Document]
     base_transfer: dict[str, str] | None
     signed: bool
+    #: the BaseSubscribe elements (0..5, spec §2.4): third parties to receive copies
+    base_subscribes: tuple[dict[str, str], ...] = ()
 
     @property
     def path(self) -> str:
@@ -94,6 +97,7 @@ def extract(root: etree._Element, mtype: MessageType) -> ParsedMessage:
     line_tag = _CEB + mtype.lines if mtype.lines else None
     documents: list[Document] = []
     base_transfer: dict[str, str] | None = None
+    subscribes: list[dict[str, str]] = []
     signed = False
     index = 0
     for child in root:
@@ -115,6 +119,8 @@ def extract(root: etree._Element, mtype: MessageType) -> ParsedMessage:
             )
         elif tag == _BASE_TRANSFER:
             base_transfer = _fields(child)
+        elif tag == _BASE_SUBSCRIBE:
+            subscribes.append(_fields(child))
         elif tag == _SIGNATURE:
             signed = True
     return ParsedMessage(
@@ -124,4 +130,5 @@ def extract(root: etree._Element, mtype: MessageType) -> ParsedMessage:
         documents=documents,
         base_transfer=base_transfer,
         signed=signed,
+        base_subscribes=tuple(subscribes),
     )

@@ -10,7 +10,7 @@ buyer = payer, order vs inventory) belong to :mod:`gateway.reconcile`, not here.
 Organisation: :data:`RULES` maps a message code to a tuple of rule entries, one line per rule —
 
 * :class:`Field` — a value check (code list, format, sign) on one or more named elements of the head,
-  the lines or BaseTransfer;
+  the lines, BaseTransfer or each BaseSubscribe;
 * :class:`Required` — elements that must not be empty when present (their *presence* is the XSD's job);
 * a plain function ``(Document, RuleContext) -> Iterable[Issue]`` for arithmetic and mode rules.
 
@@ -77,11 +77,13 @@ CODES: dict[str, str] = {
     "rule.statistics_flag": "statisticsFlag of an export inventory or its receipt is not A (simplified declaration) or "
     "B (consolidated declaration)",
     "rule.fee_flag": "fFlag / iFlag of an export inventory is not 1 (rate), 2 (unit price) or 3 (total)",
-    "rule.currency_code": "an export amount's currency (CEB303/403/505/603) is not a currency code of the spec's "
-    "table (§3.6: 142 CNY, 110 HKD, 116 JPY, 121 MOP, 132 SGD, 143 TWD, 300 EUR, 302 DKK, 303 GBP, 330 SEK, "
-    "331 CHF, 501 CAD, 502 USD, 601 AUD, 609 NZD); export amounts are not fixed to 142",
+    "rule.currency_code": "an export amount's currency (CEB303/403/505/603) is not 3 digits: any currency code of "
+    "customs' table JGS-20 is taken (spec §4.1; e.g. 142 CNY, 110 HKD, 116 JPY, 133 KRW, 300 EUR, 303 GBP, 502 USD); "
+    "export amounts are not fixed to 142",
     "rule.traf_mode": "trafMode is not a transport-mode code of spec §3.6 (0–9, A, H, T, W, X, Y, Z)",
-    "rule.dxp_mode": "BaseTransfer dxpMode is not DXP",
+    "rule.dxp_mode": "dxpMode of BaseTransfer or of a BaseSubscribe is not DXP",
+    "rule.subscribe_status": "a BaseSubscribe's status is not ALL (data and receipts), DATA (data only) or RET "
+    "(receipts only) (spec §2.4)",
     "rule.return_status_format": "returnStatus of a receipt is not an integer (negative numbers are errors)",
     "rule.country_code": "a country code (head or line country) is not 3 digits",
     "rule.unit_code": "a unit code (unit / unit1 / unit2) is not 3 digits",
@@ -297,6 +299,8 @@ CNY = one_of("rule.currency_not_cny", {"142": "CNY"})
 SIGNED_FOR = one_of("rule.logistics_status", {"S": "signed for"})
 TAX_STATUS = one_of("rule.tax_status", {"1": "generated", "2": "consolidated", "3": "void"})
 DXP = one_of("rule.dxp_mode", {"DXP": ""})
+SUBSCRIBE_STATUS = one_of("rule.subscribe_status", {"ALL": "data and receipts", "DATA": "data only",
+                                                    "RET": "receipts only"})  # fmt: skip
 
 #: Import inventory trade modes -> "direct" (9610) or "bonded". 1239 ("保税电商A") is not in the spec
 #: text but is used in practice for bonded imports; rejecting it would block real declarations that
@@ -315,12 +319,9 @@ EXPORT_TRADE_MODES: dict[str, str] = {
 EXPORT_TRADE_MODE = one_of("rule.trade_mode", EXPORT_TRADE_MODES)
 STATISTICS_FLAG = one_of("rule.statistics_flag", {"A": "simplified", "B": "consolidated"})
 FEE_FLAG = one_of("rule.fee_flag", {"1": "rate", "2": "unit price", "3": "total"})
-#: The currency codes of spec §3.6 (JGS-20). Export sales are priced in the buyer's currency as often as in yuan.
-CURRENCY = one_of("rule.currency_code", {
-    "142": "CNY", "110": "HKD", "116": "JPY", "121": "MOP", "132": "SGD", "143": "TWD", "300": "EUR", "302": "DKK",
-    "303": "GBP", "330": "SEK", "331": "CHF", "501": "CAD", "502": "USD", "601": "AUD", "609": "NZD",
-})  # fmt: skip
-
+#: Export amounts may be in any currency of customs' table JGS-20 (spec §4.1 #13): the fifteen codes §3.6 lists are
+#: examples [C] (a sale priced in won, 133, or baht, 136, is no error), so the form is checked, as for country codes.
+CURRENCY = digits("rule.currency_code", 3, "a currency code (JGS-20)")
 COUNTRY = digits("rule.country_code", 3, "a country code")
 UNIT = digits("rule.unit_code", 3, "a unit code")
 CUSTOMS = digits("rule.customs_code", 4, "a customs district code")
@@ -374,9 +375,10 @@ class Scope(StrEnum):
     HEAD = "head"  # the head element (or the document itself when the type has no head)
     LINE = "line"  # every list line of the document
     TRANSFER = "transfer"  # the message's BaseTransfer
+    SUBSCRIBE = "subscribe"  # each of the message's BaseSubscribe (0..5)
 
 
-H, L, T = Scope.HEAD, Scope.LINE, Scope.TRANSFER
+H, L, T, S = Scope.HEAD, Scope.LINE, Scope.TRANSFER, Scope.SUBSCRIBE
 
 
 @dataclass(frozen=True, slots=True)
@@ -685,6 +687,10 @@ def summary_scope(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
 _TRANSFER: tuple[Rule, ...] = (
     Required(T, "copCode copName dxpMode dxpId"),
     Field(T, "dxpMode", DXP),
+    # a subscription that names no status, mode or address goes nowhere, silently: customs' XSD takes it
+    Required(S, "status dxpMode dxpAddress"),
+    Field(S, "status", SUBSCRIBE_STATUS),
+    Field(S, "dxpMode", DXP),
 )
 # appType is per type (CEB623 allows only 1), so it is not in the common part.
 _DECLARATION: tuple[Rule, ...] = (
@@ -1225,6 +1231,9 @@ def check(msg: ParsedMessage, *, today: datetime.date | None = None) -> list[Iss
     if msg.base_transfer is not None:  # BaseTransfer follows the documents in the XML
         prefix = f"{msg.path}/BaseTransfer/"
         _fields(msg.base_transfer, compiled.checks[T], compiled.required[T], prefix.__add__, ctx, out)
+    for i, subscribe in enumerate(msg.base_subscribes, 1):  # and the BaseSubscribe elements follow it
+        prefix = f"{msg.path}/BaseSubscribe[{i}]/"
+        _fields(subscribe, compiled.checks[S], compiled.required[S], prefix.__add__, ctx, out)
     return out
 
 

@@ -35,6 +35,7 @@ def _guid(n: int) -> str:
 
 
 TRANSFER = {"copCode": "4601630004", "copName": "海南示例报关有限公司", "dxpMode": "DXP", "dxpId": "DXPENT0000458763"}
+SUBSCRIBE = {"status": "RET", "dxpMode": "DXP", "dxpAddress": "DXPENT0000461234"}
 
 BUYER = {
     "buyerIdType": "1",
@@ -657,6 +658,12 @@ BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     ("711 trafMode", "711", head(trafMode="10"),
      {("rule.traf_mode", "/CEB711Message/Delivery[1]/DeliveryHead/trafMode")}),
     ("dxpMode", "311", transfer(dxpMode="FTP"), {("rule.dxp_mode", BT + "dxpMode")}),
+    ("BaseSubscribe status", "311", attrs(base_subscribes=(SUBSCRIBE, {**SUBSCRIBE, "status": "FOO"})),
+     {("rule.subscribe_status", "/CEB311Message/BaseSubscribe[2]/status")}),
+    ("BaseSubscribe dxpMode and address", "603", attrs(base_subscribes=({**SUBSCRIBE, "dxpMode": "XYZ",
+                                                                        "dxpAddress": ""},)),
+     {("rule.dxp_mode", "/CEB603Message/BaseSubscribe[1]/dxpMode"),
+      ("rule.required_empty", "/CEB603Message/BaseSubscribe[1]/dxpAddress")}),
     ("returnStatus", "312", head(returnStatus="OK"),
      {("rule.return_status_format", "/CEB312Message/OrderReturn[1]/returnStatus")}),
     ("900 returnStatus", "900", head(returnStatus="-1a"),
@@ -761,7 +768,7 @@ BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     ("export fFlag", "603", head(fFlag="4"), {("rule.fee_flag", XH + "fFlag")}),
     ("export currency", "303", head(currency="USD"),
      {("rule.currency_code", "/CEB303Message/Order[1]/OrderHead/currency")}),
-    ("export line currency", "603", line(1, currency="999"),
+    ("export line currency", "603", line(1, currency="99A"),
      {("rule.currency_code", "/CEB603Message/Inventory[1]/InventoryList[1]/currency")}),
     ("export unsigned inventory", "603", attrs(signed=False), {("rule.signature_missing", "/CEB603Message")}),
     # export transport (A.20–A.28): split parts, the list's waybills and inventories
@@ -1028,12 +1035,12 @@ _INVT_HEAD = "/CEB603Message/Inventory[1]/InventoryHead"
     ("CEB303", "head", "orderType", ["E", "B", "W"], ["I", "X"], "rule.order_type"),
     ("CEB303", "head", "appType", ["1", "2", "3"], ["4"], "rule.app_type"),
     ("CEB303", "head", "appStatus", ["1", "2"], ["3"], "rule.app_status"),
-    ("CEB303", "head", "currency", ["142", "502", "300", "116"], ["999", "USD"], "rule.currency_code"),
-    ("CEB303", "line", "currency", ["303"], ["000"], "rule.currency_code"),
+    ("CEB303", "head", "currency", ["142", "502", "300", "116", "133", "136"], ["1420", "USD"], "rule.currency_code"),
+    ("CEB303", "line", "currency", ["303", "122"], ["30", "３０３"], "rule.currency_code"),
     ("CEB303", "line", "unit", ["011"], ["aaa"], "rule.unit_code"),
-    ("CEB403", "head", "currency", ["609"], ["123"], "rule.currency_code"),
+    ("CEB403", "head", "currency", ["609"], ["12a"], "rule.currency_code"),
     ("CEB403", "head", "accountingDate", ["20261119235959"], ["20261119246000", "2026111912"], "rule.date_format"),
-    ("CEB505", "head", "currency", ["110"], ["111"], "rule.currency_code"),
+    ("CEB505", "head", "currency", ["110"], ["11"], "rule.currency_code"),
     ("CEB505", "head", "packNo", ["1", "3"], ["0"], "rule.not_positive"),
     ("CEB603", "head", "ieFlag", ["E"], ["I", "e"], "rule.ie_flag"),
     ("CEB603", "head", "tradeMode", ["1210"], ["1239", "0110"], "rule.trade_mode"),
@@ -1252,3 +1259,25 @@ def test_a_split_message_part_within_its_count() -> None:
     assert codes_of(msg) == []
     msg.documents[0].head["msgSeqNo"] = "3"
     assert codes_of(msg) == [("rule.msg_seq_no", "/CEB509Message/Departure[1]/DepartureHead/msgSeqNo")]
+
+
+def test_base_subscribe_elements_are_read_and_checked() -> None:
+    """Spec §2.4: up to five BaseSubscribe after BaseTransfer; customs' XSD takes any text in them, so a subscription
+    with no valid status, mode or address would be taken and go nowhere."""
+    xml = (Path(__file__).parent / "data" / "samples" / "CEB311-9610.xml").read_text(encoding="utf-8")
+    end = xml.index("</ceb:BaseTransfer>") + len("</ceb:BaseTransfer>")
+
+    def subscribe(status: str, mode: str, address: str) -> str:
+        return (f"<ceb:BaseSubscribe><ceb:status>{status}</ceb:status><ceb:dxpMode>{mode}</ceb:dxpMode>"
+                f"<ceb:dxpAddress>{address}</ceb:dxpAddress></ceb:BaseSubscribe>")  # fmt: skip
+
+    good = subscribe("ALL", "DXP", "DXPENT0000461234") + subscribe("DATA", "DXP", "DXPENT0000461235")
+    root, mtype = parse_message((xml[:end] + good + xml[end:]).encode())
+    msg = extract(root, mtype)
+    assert [s["status"] for s in msg.base_subscribes] == ["ALL", "DATA"]
+    assert check(msg, today=TODAY) == []
+    root, mtype = parse_message((xml[:end] + good + subscribe("FOO", "XYZ", "") + xml[end:]).encode())
+    found = {(i.code, i.path) for i in check(extract(root, mtype), today=TODAY)}
+    assert found == {("rule.subscribe_status", "/CEB311Message/BaseSubscribe[3]/status"),
+                     ("rule.dxp_mode", "/CEB311Message/BaseSubscribe[3]/dxpMode"),
+                     ("rule.required_empty", "/CEB311Message/BaseSubscribe[3]/dxpAddress")}  # fmt: skip
