@@ -31,12 +31,18 @@ class Issue:
         return d
 
 
+#: Issues in one answer, at most: enough to fix a message; a hostile one (100 documents of 99 empty lines is 41 KB of
+#: JSON) must not buy megabytes of answer, of rejection record and of the event loop's time. The layers that can
+#: stop looking early do (gateway.schema, gateway.render); MessageRejected keeps no more from any.
+MAX_ISSUES = 100
+
+
 class MessageRejected(Exception):
-    """Raised at the edge when a message cannot be accepted; carries every issue found."""
+    """Raised at the edge when a message cannot be accepted; carries the issues found (the first MAX_ISSUES)."""
 
     def __init__(self, issues: list[Issue], message_type: str | None = None, guid: str | None = None) -> None:
         super().__init__("; ".join(f"{i.code} at {i.path}: {i.message}" for i in issues[:3]))
-        self.issues = issues
+        self.issues = issues[:MAX_ISSUES]
         self.message_type = message_type  # e.g. "CEB311" once the root was recognised
         # the root's guid once the XML was read, as sent (cut to 64 characters: a refused message's may be anything),
         # so that a sender can find the refusal of its message by it

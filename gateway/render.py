@@ -36,7 +36,7 @@ from typing import Any
 
 from lxml import etree
 
-from gateway.errors import Issue, Layer, MessageRejected
+from gateway.errors import MAX_ISSUES, Issue, Layer, MessageRejected
 from gateway.messages import BY_CODE, CEB_NS, MessageType, lookup
 from gateway.schema import element_particles, element_sequences
 
@@ -141,7 +141,6 @@ GENERATED_HEAD_FIELDS: tuple[str, ...] = ("guid", "appTime")
 DEFAULT_VERSION = "1.0"
 ITEMS = "items"  # JSON member holding the list lines of a document
 _TOP_LEVEL = ("type", "guid", "version", "baseTransfer", "baseSubscribe", "documents")
-_MAX_ISSUES = 100  # enough to fix a payload; keeps a hostile one from producing a huge answer
 
 
 def new_guid() -> str:
@@ -208,7 +207,7 @@ class _Renderer:
         self.defaults = DEFAULTS[mtype.flow]
 
     def issue(self, code: str, path: str, message: str) -> None:
-        if len(self.issues) < _MAX_ISSUES:
+        if len(self.issues) < MAX_ISSUES:
             self.issues.append(Issue(Layer.SCHEMA, code, path, message))
 
     # --- value checks ---------------------------------------------------------------------
@@ -282,7 +281,7 @@ class _Renderer:
         for key in obj:
             if key in allowed:
                 continue
-            if len(self.issues) >= _MAX_ISSUES:
+            if len(self.issues) >= MAX_ISSUES:
                 return  # the answer is full; spare the fuzzy matching
             name = str(key)
             close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.75) if len(name) <= 64 else []

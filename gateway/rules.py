@@ -92,7 +92,8 @@ CODES: dict[str, str] = {
     "rule.district_code": "consigneeDistrict is not a 6-digit administrative division code",
     "rule.date_format": "a time or date does not have its digit layout (14 YYYYMMDDhhmmss, 8 YYYYMMDD, "
     "17 YYYYMMDDhhmmssSSS) or is not a real calendar time",
-    "rule.date_implausible": "a time or date lies before 2010 or more than one day after today",
+    "rule.date_implausible": "a time or date lies before 2010 or more than one day after today (an inventory's "
+    "ieDate, the planned arrival or departure: more than 31 days)",
     "rule.decimal_format": "an amount, quantity or weight is not a decimal number",
     "rule.integer_format": "gnum / packNo / msgCount / msgSeqNo is not an integer",
     "rule.negative_amount": "an amount that may be zero is negative",
@@ -217,16 +218,19 @@ def exact_length(code: str, n: int) -> Check:
     return check
 
 
-def _plausible(day: datetime.date, value: str, ctx: RuleContext) -> Problem | None:
+def _plausible(day: datetime.date, value: str, ctx: RuleContext, ahead: int) -> Problem | None:
     if day < EARLIEST:
         return "rule.date_implausible", f"is {value}, before {EARLIEST.isoformat()}"
-    if day > ctx.latest:
+    if ahead == 1 and day > ctx.latest:
         return "rule.date_implausible", f"is {value}, more than one day after today ({ctx.today.isoformat()})"
+    if day > ctx.today + datetime.timedelta(days=ahead):
+        return "rule.date_implausible", f"is {value}, more than {ahead} days after today ({ctx.today.isoformat()})"
     return None
 
 
-def timestamp(n: int, layout: str) -> Check:
-    """``n`` digits laid out as ``layout`` (8, 14 or 17), a real calendar time, and plausible."""
+def timestamp(n: int, layout: str, *, ahead: int = 1) -> Check:
+    """``n`` digits laid out as ``layout`` (8, 14 or 17), a real calendar time, and plausible: from 2010 to
+    ``ahead`` days after today."""
 
     def check(value: str, ctx: RuleContext) -> Problem | None:
         if len(value) != n or not value.isascii() or not value.isdigit():
@@ -241,7 +245,7 @@ def timestamp(n: int, layout: str) -> Check:
                 ).date()
         except ValueError:
             return "rule.date_format", f"is {value}, which is not a real calendar {'date' if n == 8 else 'time'}"
-        return _plausible(day, value, ctx)
+        return _plausible(day, value, ctx, ahead)
 
     return check
 
@@ -330,6 +334,10 @@ DISTRICT = digits("rule.district_code", 6, "an administrative division code")
 
 DATETIME14 = timestamp(14, "YYYYMMDDhhmmss")
 DATE8 = timestamp(8, "YYYYMMDD")
+#: ieDate, the day the means of transport arrives (import) or leaves (export), may lie ahead: an import inventory may
+#: be declared before the arrival (spec §3.4 #22: omitted when not known yet), an export one is declared and released
+#: before the goods leave. A month ahead is the gateway's bound for a typo (a year 2062), not customs'.
+IE_DATE = timestamp(8, "YYYYMMDD", ahead=31)
 DATETIME17 = timestamp(17, "YYYYMMDDhhmmssSSS")
 
 NON_NEGATIVE = amount(positive=False)
@@ -769,7 +777,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Required(H, "tradeMode trafMode country freight insuredFee currency packNo grossWeight netWeight"),
         Required(L, "gnum gcode gname gmodel country currency qty unit qty1 unit1 price totalPrice"),
         Field(H, "ieFlag", IE_IMPORT),
-        Field(H, "declTime ieDate", DATE8),
+        Field(H, "declTime", DATE8),
+        Field(H, "ieDate", IE_DATE),
         Field(H, "customsCode portCode", CUSTOMS),
         Field(H, "buyerIdType", ID_CARD),
         Field(H, "tradeMode", TRADE_MODE),
@@ -903,7 +912,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Required(L, "gnum itemNo gcode gname gmodel barCode country currency qty qty1 unit unit1 price totalPrice"),
         Field(H, "customsCode portCode", CUSTOMS),
         Field(H, "ieFlag", IE_EXPORT),
-        Field(H, "ieDate", DATE8),
+        Field(H, "ieDate", IE_DATE),
         Field(H, "statisticsFlag", STATISTICS_FLAG),
         Field(H, "tradeMode", EXPORT_TRADE_MODE),
         Field(H, "trafMode", TRAF_MODE),

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from lxml import etree
 
-from gateway.errors import Issue, Layer
+from gateway.errors import MAX_ISSUES, Issue, Layer
 from gateway.messages import DXP_SCHEMA, IMPORT_SCHEMA, SCHEMA_DIR, MessageType
 
 __all__ = ["CODES", "Particle", "SchemaLoadError", "SchemaSet", "element_particles", "element_sequences"]
@@ -351,9 +351,6 @@ class _Structural:
     message: str
 
 
-#: Schema issues in one answer, at most: enough to fix a message; a hostile one (100 documents of 99 empty lines
-#: is 41 KB of JSON) must not buy megabytes of answer and seconds of the event loop.
-MAX_ISSUES = 100
 
 
 class _Explainer:

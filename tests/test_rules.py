@@ -572,6 +572,7 @@ GOOD: list[tuple[str, str, Mutation]] = [
     ("earliest plausible time", "311", head(appTime="20100101000000")),
     ("latest plausible time: tomorrow", "411", head(appTime=TOMORROW_LATE, payTime=TOMORROW_LATE)),
     ("leap day", "621", head(declTime="20240229", ieDate="20240229")),
+    ("ieDate ahead: declared before the arrival", "621", head(ieDate="20261204")),
     ("packNo written +1", "511", head(packNo="+1")),
     ("optional waybill amounts absent", "511", head(freight=_DEL, insuredFee=_DEL)),
     ("receipt with unknown status code", "312", head(returnStatus="18")),
@@ -691,6 +692,8 @@ BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     ("logisticsTime layout", "513", head(logisticsTime="20261119"), {("rule.date_format", S + "logisticsTime")}),
     ("declTime layout", "621", head(declTime="2026111"), {("rule.date_format", INV + "declTime")}),
     ("ieDate not a date", "621", head(ieDate="20261131"), {("rule.date_format", INV + "ieDate")}),
+    ("ieDate more than a month ahead", "621", head(ieDate="20261222"), {("rule.date_implausible", INV + "ieDate")}),
+    ("declTime ahead", "621", head(declTime="20261122"), {("rule.date_implausible", INV + "declTime")}),
     ("returnTime layout", "312", head(returnTime="20261119103501"),
      {("rule.date_format", "/CEB312Message/OrderReturn[1]/returnTime")}),
     ("appTime before 2010", "311", head(appTime="20091231235959"), {("rule.date_implausible", OH + "appTime")}),
@@ -1049,7 +1052,7 @@ _INVT_HEAD = "/CEB603Message/Inventory[1]/InventoryHead"
     ("CEB603", "head", "iFlag", ["1"], ["9"], "rule.fee_flag"),
     ("CEB603", "head", "fCurrency", ["502"], ["501X"], "rule.currency_code"),
     ("CEB603", "head", "iCurrency", ["142"], ["ABC"], "rule.currency_code"),
-    ("CEB603", "head", "ieDate", ["20261120"], ["20261131", "20261122"], None),
+    ("CEB603", "head", "ieDate", ["20261120", "20261122", "20261221"], ["20261131", "20261222"], None),
     ("CEB603", "head", "customsCode", ["4601"], ["46O1"], "rule.customs_code"),
     ("CEB603", "head", "packNo", ["2"], ["0"], "rule.not_positive"),  # export packNo is not fixed to 1
     ("CEB603", "head", "trafMode", ["5", "Y"], ["B"], "rule.traf_mode"),
@@ -1281,3 +1284,21 @@ def test_base_subscribe_elements_are_read_and_checked() -> None:
     assert found == {("rule.subscribe_status", "/CEB311Message/BaseSubscribe[3]/status"),
                      ("rule.dxp_mode", "/CEB311Message/BaseSubscribe[3]/dxpMode"),
                      ("rule.required_empty", "/CEB311Message/BaseSubscribe[3]/dxpAddress")}  # fmt: skip
+
+
+def test_a_message_with_thousands_of_rule_issues_is_answered_with_the_first_hundred() -> None:
+    """As the schema layer: 100 documents whose every line breaks a rule must not buy an answer (and a rejection
+    record) of megabytes."""
+    from gateway.errors import MAX_ISSUES, MessageRejected
+    from gateway.pipeline import Pipeline
+    from gateway.schema import SchemaSet
+
+    xml = (Path(__file__).parent / "data" / "samples" / "CEB311-9610.xml").read_text(encoding="utf-8")
+    start, end = xml.index("<ceb:Order>"), xml.index("</ceb:Order>") + len("</ceb:Order>")
+    order = xml[start:end].replace("<ceb:buyerIdType>1</ceb:buyerIdType>", "<ceb:buyerIdType>2</ceb:buyerIdType>")
+    body = (xml[:start] + order * 100 + xml[end:]).encode()  # the same order 100 times, each with a bad ID type
+    found = check(extract(*parse_message(body)), today=TODAY)
+    assert len(found) > MAX_ISSUES
+    with pytest.raises(MessageRejected) as refused:
+        Pipeline(SchemaSet()).check(body)
+    assert refused.value.issues == found[:MAX_ISSUES]

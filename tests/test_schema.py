@@ -176,9 +176,8 @@ def test_every_missing_required_element_is_named_at_once(schemas: SchemaSet) -> 
 def test_a_message_of_empty_lines_gets_a_bounded_answer() -> None:
     """100 documents of 99 empty lines are 41 KB of JSON and thousands of missing elements: the answer names the
     first MAX_ISSUES of them (enough to fix it), not megabytes."""
-    from gateway.errors import MessageRejected
+    from gateway.errors import MAX_ISSUES, MessageRejected
     from gateway.pipeline import Pipeline
-    from gateway.schema import MAX_ISSUES
 
     payload = {"type": "CEB311", "documents": [{"items": [{}] * 99} for _ in range(100)]}
     with pytest.raises(MessageRejected) as exc:
