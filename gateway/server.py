@@ -249,7 +249,9 @@ class Signatures:
         trusted = tuple(signing.read_certificates(settings.trusted_certs)) if settings.trusted_certs else None
         if settings.signing_ukey_url:
             place = (settings.signing_ukey_url, settings.signing_ukey_password, settings.signing_ukey_method, None)
-            return cls.on_ukey(place, settings.signing_agent_code, settings.verify_signatures, trusted)
+            # several API processes share whether the card refused: a wrong PIN is tried once, not once in each
+            refusal = multiprocessing.get_context("spawn").RawValue("b", 0) if settings.processes > 1 else None
+            return cls.on_ukey(place, settings.signing_agent_code, settings.verify_signatures, trusted, refusal)
         pem, cert_file = signing_pem(settings)
         signer = pem_signer(pem)
         _log_expiry(signer, file=str(cert_file))
@@ -261,16 +263,18 @@ class Signatures:
         return cls(pem_signer(pem), agent_code, verify, trusted, pem)
 
     @classmethod
-    def on_ukey(cls, place: UKeyPlace, agent_code: str | None, verify: bool,
-                trusted: tuple[bytes, ...] | None) -> Signatures:  # fmt: skip
+    def on_ukey(cls, place: UKeyPlace, agent_code: str | None, verify: bool, trusted: tuple[bytes, ...] | None,
+                refusal: Any = None) -> Signatures:  # fmt: skip
+        """``refusal``: the flag the API processes share (UKeySigner.shared_refusal), None for one process."""
         url, password, method, certificate = place
-        return cls(UKeySigner(url, password, method=method, certificate=certificate), agent_code, verify, trusted, None)
+        signer = UKeySigner(url, password, method=method, certificate=certificate, shared_refusal=refusal)
+        return cls(signer, agent_code, verify, trusted, None)
 
     def __reduce__(self) -> tuple[Any, ...]:
         if isinstance(self.signer, UKeySigner):
             known = self.signer.signer.backend.certificate_der if self.signer.signer is not None else None
             place = (self.signer.url, self.signer.bridge.password, self.signer.bridge.method, known)
-            return Signatures.on_ukey, (place, self.agent_code, self.verify, self.trusted)
+            return Signatures.on_ukey, (place, self.agent_code, self.verify, self.trusted, self.signer.shared_refusal)
         return Signatures.from_pem, (self.pem, self.agent_code, self.verify, self.trusted)
 
     def same_as(self, in_force: Signatures) -> bool:

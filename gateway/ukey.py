@@ -196,19 +196,33 @@ class UKeySigner:
     Where it stands (:meth:`standing`, the console's banner and /metrics): the certificate's dates once read from the
     card; ``ukey_unreachable`` while the control does not answer (the declarations answered 503, to be sent again);
     ``ukey_refused`` once the card refused (a wrong PIN, no card): from then on nothing is sent to it until a reload
-    (SIGHUP) makes a new signer — a wrong PIN tried at every declaration would lock the card."""
+    (SIGHUP) makes a new signer — a wrong PIN tried at every declaration would lock the card. ``shared_refusal``: a
+    flag in memory the API processes of one ``cbec serve --processes N`` share (made by the first, handed to the
+    others with the signer as they start): a refusal in one stops them all, so a wrong PIN is tried once, not N
+    times."""
 
     def __init__(self, url: str, password: str | None = None, *, method: str = SIGN, certificate: bytes | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:  # fmt: skip
+                 timeout_s: float = DEFAULT_TIMEOUT_S, shared_refusal: Any = None) -> None:  # fmt: skip
         self.bridge = UKeyBridge(url, password, method=method, timeout_s=timeout_s, certificate=certificate)
+        self.shared_refusal = shared_refusal  # a multiprocessing RawValue("b"): nonzero once the card refused
         self.signer: signing.Signer | None = None  # the certificate's standing, once read from the card
         if certificate is not None:
             self._know(certificate)
         # why the last call to the card failed and is tried again at the next declaration: its control out of reach,
         # or no card to read the certificate from (None: it answered)
         self.unreachable: str | None = None
-        self.refused: SigningUnavailable | None = None
+        self._refused: SigningUnavailable | None = None
         self.waiting = 0  # declarations waiting for the card now (MAX_WAITING)
+
+    @property
+    def refused(self) -> SigningUnavailable | None:
+        """Why the card is asked nothing more until a reload: its refusal here, or in another API process."""
+        if self._refused is None and self.shared_refusal is not None and self.shared_refusal.value:
+            self._refused = SigningUnavailable("signing.ukey_refused", f"the UKey at {self.url} refused in another "
+                                               "API process of this gateway (a wrong PIN, no card); nothing more is "
+                                               "sent to the card until the gateway's configuration is reloaded "
+                                               "(SIGHUP)")  # fmt: skip
+        return self._refused
 
     @property
     def url(self) -> str:
@@ -298,9 +312,12 @@ class UKeySigner:
             self.unreachable = None if pin_sent else str(exc)
             if not pin_sent:
                 raise SigningUnavailable("signing.ukey_refused", str(exc)) from exc
-            self.refused = SigningUnavailable("signing.ukey_refused", f"{exc}; nothing more is sent to the card until "
-                                              "the gateway's configuration is reloaded (SIGHUP)")  # fmt: skip
-            raise self.refused from exc
+            refused = SigningUnavailable("signing.ukey_refused", f"{exc}; nothing more is sent to the card until the "
+                                         "gateway's configuration is reloaded (SIGHUP)")  # fmt: skip
+            self._refused = refused
+            if self.shared_refusal is not None:
+                self.shared_refusal.value = 1
+            raise refused from exc
         self.unreachable = None
 
     async def close(self) -> None:

@@ -421,6 +421,56 @@ async def test_a_card_that_refused_is_not_asked_again_until_a_reload() -> None:
         await card.stop()
 
 
+def _refusal_seen(signatures: server.Signatures, out: Any) -> None:
+    """In a spawned process (an API process of `cbec serve --processes N`): what its UKey signer says of the card."""
+    ukey = signatures.signer
+    assert isinstance(ukey, UKeySigner)
+    refused = ukey.refused
+    out.put((refused.code if refused is not None else None, ukey.standing(datetime.now(UTC))["state"]))
+
+
+async def test_the_api_processes_share_the_cards_refusal() -> None:
+    """`cbec serve --processes N`: a wrong PIN refused in one API process stops the others too (they were handed the
+    shared flag with the signer as they started): tried once, not once in each process, towards locking the card."""
+    import multiprocessing
+
+    card = await start_ukey(CARD, pin="12345678")
+    settings = config.Settings(signing_ukey_url=card.url, signing_ukey_password="00000000", processes=2)
+    first = server.Signatures.from_settings(settings)
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    try:
+        await first.start()
+        ukey = first.signer
+        assert isinstance(ukey, UKeySigner) and ukey.shared_refusal is not None
+        child = context.Process(target=_refusal_seen, args=(first, out))  # as ApiProcesses hands them over
+        child.start()
+        assert await asyncio.to_thread(out.get, timeout=60) == (None, "valid")
+        await asyncio.to_thread(child.join, 60)
+        with pytest.raises(SigningUnavailable) as caught:
+            await ukey.sign(etree.fromstring(render(_inventory(6))))
+        assert caught.value.code == "signing.ukey_refused"
+        assert card.calls == [CERTIFICATE, SIGN]
+        child = context.Process(target=_refusal_seen, args=(first, out))
+        child.start()
+        assert await asyncio.to_thread(out.get, timeout=60) == ("signing.ukey_refused", "ukey_refused")
+        await asyncio.to_thread(child.join, 60)
+        # in this process too, a signer sharing the flag (another process's) sends the card nothing
+        other = server.Signatures.on_ukey((card.url, "00000000", SIGN, CARD.certificate_der), None, False, None,
+                                          ukey.shared_refusal)  # fmt: skip
+        assert isinstance(other.signer, UKeySigner)
+        with pytest.raises(SigningUnavailable) as caught:
+            await other.signer.sign(etree.fromstring(render(_inventory(7))))
+        assert caught.value.code == "signing.ukey_refused" and "another API process" in caught.value.message
+        assert card.calls == [CERTIFICATE, SIGN]
+        # one process alone shares nothing
+        single = server.Signatures.from_settings(dataclasses.replace(settings, processes=1)).signer
+        assert isinstance(single, UKeySigner) and single.shared_refusal is None
+    finally:
+        await first.close()
+        await card.stop()
+
+
 KEY_FILES = generate_test_key("rsa", "agent in files")
 
 
