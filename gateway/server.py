@@ -538,8 +538,8 @@ class KeyReload:
         differ from those in force, put in force here; whether they did."""
         if self.app is None or self.signatures is None:
             return False
-        try:
-            signatures = Signatures.from_settings(fresh)
+        try:  # for the processes running (a changed count waits for the next start): a UKey's refusal shared by them
+            signatures = Signatures.from_settings(dataclasses.replace(fresh, processes=self.running.processes))
         except (OSError, ValueError, TypeError) as exc:  # a file missing or unreadable, a key not its certificate's
             log.error("signatures_not_reloaded", error=str(exc),
                       note="JSON declarations are signed, and signatures verified, as before")  # fmt: skip
