@@ -1017,6 +1017,52 @@ async def test_circuit_opens_then_probe_closes_it(pool: asyncpg.Pool) -> None:
 
 
 @pytest.mark.db
+async def test_the_probe_is_a_fresh_job_not_the_one_that_keeps_failing(pool: asyncpg.Pool) -> None:
+    """Messages the endpoint keeps failing (a 503 for them alone) open the circuit; the probe after the cool-down is
+    the least-tried due job, so the other messages go — the failing ones' own retries were first due, and each probe
+    with one of them opened the circuit again: ten of them held every other job for ten cool-downs."""
+    failing_ids: list[int] = []
+
+    async def endpoint(job: Job) -> None:
+        if job.id in failing_ids:
+            raise TransientError("customs 503 for this message")
+
+    worker = Worker(
+        pool,
+        {"customs": endpoint},
+        default_concurrency=1,
+        breaker=BreakerSettings(failure_threshold=2, cooldown_s=0.2),
+        policy_by_endpoint={"customs": RetryPolicy(base_s=0.01, cap_s=0.01, max_attempts=100)},
+        **fast(poll_interval_s=5),
+    )
+    failing_ids += await add_jobs(pool, "customs", 10)
+    async with running(worker):
+        await wait_until(lambda: asyncio.sleep(0, worker.breakers["customs"].state is CircuitState.OPEN))
+        await wait_until(holds(pool, "SELECT bool_and(attempts >= 1) FROM jobs WHERE id = ANY ($1)", failing_ids))
+        good = await add_jobs(pool, "customs", 3)
+        # each good job goes as a probe (the failing ones' retries open the circuit again whenever it closes)
+        await wait_until(holds(pool, "SELECT count(*) = 3 FROM jobs WHERE state = 'done' AND id = ANY ($1)", good),
+                         timeout=2.0)  # fmt: skip (three cool-downs; before, the first alone took ten)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT state FROM jobs WHERE id = ANY ($1)", failing_ids)
+    assert {r["state"] for r in rows} == {"queued"}  # still retried, not given up
+
+
+@pytest.mark.db
+async def test_claim_probe_takes_the_least_tried_due_job(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        tried, fresh, later = [await conn.fetchval(
+            "INSERT INTO jobs (endpoint, kind, attempts, run_after) VALUES ('p', 'k', $1, now() + $2::text::interval)"
+            " RETURNING id", attempts, delay) for attempts, delay in ((4, "-1 minute"), (0, "-1 second"),
+                                                                    (0, "1 hour"))]  # fmt: skip
+        [probe] = await cbec_queue.store.claim_probe(conn, worker_id="w", lease_s=5, endpoint="p")
+        assert probe.id == fresh  # not the one tried four times, due first; not the one not due
+        [then] = await cbec_queue.store.claim_probe(conn, worker_id="w", lease_s=5, endpoint="p")
+        assert then.id == tried and later not in (probe.id, then.id)
+        assert await cbec_queue.store.claim_probe(conn, worker_id="w", lease_s=5, endpoint="p") == []
+
+
+@pytest.mark.db
 async def test_stats(pool: asyncpg.Pool) -> None:
     await make_dead(pool, [("b", "k")])
     async with pool.acquire() as conn:

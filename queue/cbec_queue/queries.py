@@ -96,6 +96,26 @@ WITH wanted AS (
     ) c
 ), {_claim_tail("$3::text", "$4::float8")}"""
 
+#: How many of an endpoint's due jobs, in claim order, its half-open circuit's probe is chosen from (CLAIM_PROBE).
+PROBE_WINDOW = 100
+
+# Claim the probe of an endpoint whose circuit is half open: of its first $2 due jobs in claim order (ordering keys
+# as in CLAIM_PER_ENDPOINT), the one tried least. The first due is most often a job whose own failures opened the
+# circuit (its retry came due while nothing was sent): probing with it again and again, one message the endpoint
+# keeps failing held the circuit open for every other job; a fresh job tests the endpoint. The window's rows are
+# locked for the statement's instant only.
+# $1 endpoint, $2 window, $3 worker_id, $4 lease seconds
+CLAIM_PROBE = f"""
+WITH head AS MATERIALIZED (
+    SELECT j.id, j.attempts, j.priority, j.run_after FROM jobs j
+    WHERE j.state = 'queued' AND j.endpoint = $1 AND j.run_after <= now() AND {_not_held_back("j")}
+    ORDER BY j.priority DESC, j.run_after, j.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), picked AS MATERIALIZED (
+    SELECT h.id FROM head h ORDER BY h.attempts, h.priority DESC, h.run_after, h.id LIMIT 1
+), {_claim_tail("$3::text", "$4::float8")}"""
+
 # Claim up to n due jobs of any endpoint (ordering keys as in CLAIM_PER_ENDPOINT).
 # $1 limit, $2 worker_id, $3 lease seconds
 CLAIM_ANY = f"""

@@ -100,6 +100,12 @@ async def claim_per_endpoint(
     return [Job.from_record(r) for r in rows]
 
 
+async def claim_probe(conn: asyncpg.Connection, *, worker_id: str, lease_s: float, endpoint: str) -> list[Job]:
+    """Claim the probe of ``endpoint``'s half-open circuit: the least-tried of its first due jobs (q.CLAIM_PROBE)."""
+    rows = await _planned_fetch(conn, q.CLAIM_PROBE, endpoint, q.PROBE_WINDOW, worker_id, lease_s)
+    return [Job.from_record(r) for r in rows]
+
+
 async def _planned_fetch(conn: asyncpg.Connection, query: str, *args: Any) -> list[asyncpg.Record]:
     """Run a claim statement with the planner settings of q.BEGIN_PLANNED: in a transaction of its own, or, on a
     connection already in one, for the rest of the caller's transaction (SET LOCAL cannot be undone earlier)."""

@@ -259,9 +259,13 @@ class Worker:
             return self._idle_timeout(rate_limited)
         try:
             async with self.pool.acquire() as conn:
+                plain = {name: n for name, n in wanted.items() if name not in probes}
                 jobs = await store.claim_per_endpoint(
-                    conn, worker_id=self.worker_id, lease_s=self.lease_s, wanted=wanted
+                    conn, worker_id=self.worker_id, lease_s=self.lease_s, wanted=plain
                 )
+                for name in sorted(probes):  # a fresh job, not the one that keeps failing (q.CLAIM_PROBE)
+                    jobs += await store.claim_probe(conn, worker_id=self.worker_id, lease_s=self.lease_s,
+                                                    endpoint=name)  # fmt: skip
         except BaseException:
             for name in probes:
                 self._endpoints[name].breaker.release_probe()
