@@ -759,8 +759,11 @@ async def get_dead_letters(request: web.Request) -> web.Response:
     if not 0 <= offset <= db.MAX_BIGINT:
         return error_response(400, f"offset must be between 0 and {db.MAX_BIGINT}")
     async with request.app[POOL].acquire() as conn:
-        items = await cbec_queue.dead_letters(conn, endpoint=q.get("endpoint"), limit=limit, offset=offset)
-        total = await conn.fetchval(DEAD_TOTAL, q.get("endpoint"))
+        if (endpoint := q.get("endpoint")) is not None and (unknown := await request.app[OUTBOX].unknown_endpoint(
+                conn, endpoint)) is not None:  # fmt: skip
+            return error_response(400, unknown)  # as a replay of it: a mistyped name is not "no dead letters"
+        items = await cbec_queue.dead_letters(conn, endpoint=endpoint, limit=limit, offset=offset)
+        total = await conn.fetchval(DEAD_TOTAL, endpoint)
     return json_response({"items": items, "limit": limit, "offset": offset, "total": total})
 
 
@@ -769,7 +772,8 @@ DEAD_TOTAL = "SELECT count(*) FROM jobs WHERE state = 'dead' AND ($1::text IS NU
 
 
 async def post_replay(request: web.Request) -> web.Response:
-    """Dead letters back to the queue: {"job_ids": [...]} | {"endpoint": "..."} | {"all": true} (combinable)."""
+    """Dead letters back to the queue: {"job_ids": [...]} and / or {"endpoint": "..."} (the dead letters that match
+    both), or {"all": true} alone (every one)."""
     if (denied := _operator(request)) is not None:
         return denied
     try:
@@ -788,6 +792,11 @@ async def post_replay(request: web.Request) -> web.Response:
         return error_response(400, "endpoint must be a string (without NUL characters)")
     if job_ids is None and endpoint is None and not everything:
         return error_response(400, "name job_ids, an endpoint, or all: true")
+    if everything and (job_ids is not None or endpoint is not None):
+        # read as a filter, "all" would add nothing to job_ids or an endpoint; read as "all", it would replay more
+        # than was named: neither is a guess to make about dead letters
+        return error_response(400, "all: true replays every dead letter and takes no job_ids or endpoint (they "
+                                   "narrow a replay): send one or the other")  # fmt: skip
     principal = _principal(request)
     async with request.app[POOL].acquire() as conn:
         try:

@@ -1076,20 +1076,27 @@ class Outbox:
         delivery again (``queued``) and its shipments' customs_status follows."""
         await self._follow_deliveries(conn, moved, failed=False)
 
+    async def unknown_endpoint(self, conn: asyncpg.Connection, endpoint: str) -> str | None:
+        """Why ``endpoint`` names nothing — neither configured nor holding a dead letter —, or None when it names one:
+        a mistyped name would otherwise read as "nothing to replay", "no dead letters"."""
+        known = set(self.router.endpoint_kinds) if self.router is not None else set()
+        if endpoint in known:
+            return None
+        known |= {r["endpoint"] for r in await conn.fetch(DEAD_ENDPOINTS)}
+        if endpoint in known:
+            return None
+        return f"no endpoint {endpoint!r} is configured or holds dead letters; the endpoints: " \
+               f"{', '.join(sorted(known)) or 'none'}"  # fmt: skip
+
     async def replay(
         self, conn: asyncpg.Connection, *, job_ids: Sequence[int] | None = None, endpoint: str | None = None,
         everything: bool = False, note: str,
     ) -> list[int]:
         """Dead letters back to the queue (cbec_queue.replay, with :meth:`deliveries_replayed` in its transaction):
         the ids of the jobs replayed — of ``job_ids``, those that were dead letters (of ``endpoint``, when named).
-        ValueError for an ``endpoint`` neither configured nor holding a dead letter: a mistyped name would otherwise
-        read as "nothing to replay"."""
-        if endpoint is not None:
-            known = set(self.router.endpoint_kinds) if self.router is not None else set()
-            known |= {r["endpoint"] for r in await conn.fetch(DEAD_ENDPOINTS)}
-            if endpoint not in known:
-                raise ValueError(f"no endpoint {endpoint!r} is configured or holds dead letters; the endpoints: "
-                                 f"{', '.join(sorted(known)) or 'none'}")  # fmt: skip
+        ValueError for an ``endpoint`` neither configured nor holding a dead letter (:meth:`unknown_endpoint`)."""
+        if endpoint is not None and (unknown := await self.unknown_endpoint(conn, endpoint)) is not None:
+            raise ValueError(unknown)
         replayed: list[int] = []
 
         async def followed(conn: asyncpg.Connection, moved: Sequence[cbec_queue.JobMoved]) -> None:

@@ -285,6 +285,7 @@ async def test_replay_needs_session_token_and_own_origin(ops: Ops) -> None:
     assert "operator" in body["job"]["history"][-1]["error"]  # the note names who replayed it
     assert (await admin.post(path, csrf=admin.csrf))[0] == 409  # not dead any more
     assert (await admin.post("/ops/api/jobs/abc/replay", csrf=admin.csrf))[0] == 400
+    assert (await admin.post("/ops/api/jobs/987654321/replay", csrf=admin.csrf))[0] == 404  # no such job
 
 
 # --- figures ----------------------------------------------------------------------------------------

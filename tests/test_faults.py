@@ -94,6 +94,8 @@ async def test_poison_and_exhausted_messages_dead_letter_then_replay_delivers(db
         page = (await stack.client.get("/v1/queue/dead?endpoint=customs&limit=1", key=OPERATOR)).body
         assert (len(page["items"]), page["total"]) == (1, 2), page  # a page, and how many there are in all
         assert (await stack.client.get("/v1/queue/dead?endpoint=warehouse", key=OPERATOR)).body["total"] == 0
+        typo = await stack.client.get("/v1/queue/dead?endpoint=custom", key=OPERATOR)  # as a replay of it: said so
+        assert typo.status == 400 and "no endpoint 'custom' is configured" in typo.body["error"]["title"], typo.body
         dead = (await stack.client.get("/v1/queue/dead?endpoint=customs", key=OPERATOR)).body["items"]
         by_reason = {j["dead_reason"]: j for j in dead}
         assert [h["outcome"] for h in by_reason["permanent"]["history"]] == ["permanent"]  # no retry of a 400
@@ -125,6 +127,9 @@ async def test_poison_and_exhausted_messages_dead_letter_then_replay_delivers(db
                                                json_body={"job_ids": [other], "endpoint": "inspection"})  # fmt: skip
         assert elsewhere.body == {"replayed": 0, "job_ids": [], "not_dead": [], "other_endpoint": [other]}, \
             elsewhere.body  # fmt: skip
+        both = await stack.client.request("POST", "/v1/queue/replay", key=ADMIN,
+                                          json_body={"job_ids": [other], "all": True})  # fmt: skip
+        assert both.status == 400 and "takes no job_ids or endpoint" in both.body["error"]["title"], both.body
         typo = await stack.client.request("POST", "/v1/queue/replay", key=ADMIN, json_body={"endpoint": "custom"})
         assert typo.status == 400 and "no endpoint 'custom' is configured" in typo.body["error"]["title"], typo.body
         assert "customs" in typo.body["error"]["title"]

@@ -793,6 +793,22 @@ async def test_bad_envelopes_are_refused_at_once(sandbox: RunningSandbox, client
     assert sandbox.stats()["received"] == 0
 
 
+async def test_a_scenario_that_names_none_is_refused(sandbox: RunningSandbox, client: aiohttp.ClientSession) -> None:
+    """A typo in the scenario header or in scenarios_off would read as a clean run or a scenario left on: refused,
+    naming the scenarios."""
+    for path in ("/dxp", "/ceb", "/inspection", "/warehouse/orders"):
+        async with client.post(sandbox.url + path, data=b"<x/>", headers={"X-Sandbox-Scenario": "FAIL500"}) as r:
+            body = await r.json()
+            assert r.status == 400 and "'FAIL500' names no scenario" in body["reason"] and "FAIL5XX" in body["reason"]
+    assert sandbox.stats()["received"] == 0
+    for wrong in (["NOPE"], "POISON", [1]):
+        async with client.post(sandbox.url + "/sandbox/config", json={"scenarios_off": wrong}) as r:
+            assert r.status == 400, wrong
+    async with client.post(sandbox.url + "/sandbox/config", json={"scenarios_off": ["poison-", "FLAKY"]}) as r:
+        assert r.status == 200 and (await r.json())["scenarios_off"] == ["poison-", "FLAKY"]
+    assert sandbox.sandbox.active("POISON") is None and sandbox.sandbox.active("FAIL5XX") == "FAIL5XX"
+
+
 async def test_bare_ceb_endpoint(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:
@@ -991,6 +1007,8 @@ async def test_lost_receipts(
     async with client.get(sandbox.url + "/sandbox/receipts") as resp:
         listed = (await resp.json())["receipts"]
     assert [(r["status"], r["lost"], r["delivered"]) for r in listed] == [("2", True, False), ("120", True, False)]
+    counted = sandbox.stats()["receipts"]
+    assert (counted["lost"], counted["failed"], counted["delivered"]) == (2, 0, 0)  # on purpose: no failure
 
 
 async def test_duplicate_receipts(

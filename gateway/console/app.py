@@ -468,11 +468,12 @@ async def replay(request: web.Request) -> web.StreamResponse:
             conn, job_ids=[job_id], note=f"replayed from the console by {session.name}",
             on_replayed=_console(request).on_replayed,
         )  # fmt: skip
-        job = await cbec_queue.get_job(conn, job_id) if count else None
+        job = await cbec_queue.get_job(conn, job_id)
+    if job is None:
+        return error(404, f"no job {job_id}")
     if not count:
         return error(409, f"job {job_id} is not a dead letter (or a live job with its dedupe key exists)")
     log.info("console_replay", replayed=count)
-    assert job is not None
     job["payload"] = q.small_payload(job["payload"])
     return json_response({"replayed": count, "job": job})
 

@@ -145,6 +145,8 @@ class SandboxConfig:
             current = getattr(self, name)
             if name in _OPTIONAL_SECONDS:
                 setattr(self, name, None if value is None else seconds(value))
+            elif name == "scenarios_off":
+                setattr(self, name, _scenario_names(value))
             elif value is None or isinstance(current, dict) or current is None:
                 setattr(self, name, value)
             elif isinstance(current, bool):
@@ -232,6 +234,26 @@ class SummaryRecord:
 def _summary_key(head: Mapping[str, str]) -> tuple[str, ...]:
     """A summary application's key: agentCode, copNo and the part (msgSeqNo), as CEB702 answers it (A.30)."""
     return tuple((head.get(name) or "").strip() for name in ("agentCode", "copNo", "msgSeqNo"))
+
+
+def _scenario_names(value: Any) -> list[str]:
+    """scenarios_off as set at run time: a list of scenario names (``FLAKY`` or ``FLAKY-``); a name of none is an
+    error, not a scenario silently left on."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("scenarios_off is a list of scenario names")
+    unknown = [v for v in value if v.strip().upper().rstrip("-") not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"no scenario {', '.join(map(repr, unknown))}; the scenarios: {', '.join(SCENARIOS)}")
+    return list(value)
+
+
+def unknown_scenario(request: web.Request) -> web.Response | None:
+    """400 for an X-Sandbox-Scenario header that names no scenario: a typo must not read as a clean run."""
+    header = (request.headers.get(SCENARIO_HEADER) or "").strip()
+    if header and header.upper().rstrip("-") not in SCENARIOS:
+        reason = f"{SCENARIO_HEADER} {header!r} names no scenario; the scenarios: {', '.join(SCENARIOS)}"
+        return _json({"code": "invalid", "reason": reason}, 400)
+    return None
 
 
 def scenario_of(header: str | None, values: Iterable[str]) -> str | None:
@@ -379,7 +401,10 @@ class Sandbox:
                 "generated": len(self.receipts),
                 "messages": len({r["cop_msg_id"] for r in self.receipts if r["cop_msg_id"]}),
                 "delivered": sum(1 for r in self.receipts if r["delivered"]),
-                "failed": sum(1 for r in self.receipts if r["delivered"] is False),
+                # not delivered: withheld on purpose (LOSTRCPT), or refused by the receiver / not sent (shut down,
+                # no receipt_url) — the second the one to look into
+                "lost": sum(1 for r in self.receipts if r["delivered"] is False and r.get("lost")),
+                "failed": sum(1 for r in self.receipts if r["delivered"] is False and not r.get("lost")),
                 "pending": sum(1 for r in self.receipts if r["delivered"] is None),
             },
             "inspection": {"received": len(self.inspection), "attempts": dict(self.inspection_attempts)},
@@ -1485,6 +1510,8 @@ def _gone(request: web.Request) -> Callable[[], bool]:
 
 async def _dxp(request: web.Request) -> web.Response:
     sb = request.app[SANDBOX_KEY]
+    if (refused := unknown_scenario(request)) is not None:
+        return refused
     body = await request.read()
     try:
         root = parse_xml(body, dxp.MAX_ENVELOPE_BYTES)
@@ -1517,6 +1544,8 @@ async def _dxp(request: web.Request) -> web.Response:
 
 async def _ceb(request: web.Request) -> web.Response:
     sb = request.app[SANDBOX_KEY]
+    if (refused := unknown_scenario(request)) is not None:
+        return refused
     body = await request.read()
     cop = request.headers.get("X-CopMsgId") or ""
     if not cop:
@@ -1541,11 +1570,15 @@ async def _read_json(request: web.Request) -> Any:
 
 async def _inspection(request: web.Request) -> web.Response:
     sb = request.app[SANDBOX_KEY]
+    if (refused := unknown_scenario(request)) is not None:
+        return refused
     return await sb.inspection_request(await _read_json(request), request.headers.get(SCENARIO_HEADER))
 
 
 async def _warehouse(request: web.Request) -> web.Response:
     sb = request.app[SANDBOX_KEY]
+    if (refused := unknown_scenario(request)) is not None:
+        return refused
     return await sb.warehouse_order(await _read_json(request), request.headers.get(SCENARIO_HEADER))
 
 
