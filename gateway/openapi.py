@@ -415,7 +415,8 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {
                     "200": {"description": "{items, limit, offset, total (the dead letters of the filter)}"},
-                    "400": _err("a limit or offset that is not a number in range"),
+                    "400": _err("a limit or offset that is not a number in range, or an endpoint neither configured "
+                                "nor holding dead letters"),
                     **_AUTH_ERRORS,
                 },
             }
@@ -443,8 +444,8 @@ OPENAPI: dict[str, Any] = {
                                            "job_ids asked for that were no dead letter: unknown, queued, running or "
                                            "done], other_endpoint: [dead letters of another endpoint than the one "
                                            "named]}"},
-                    "400": _err("no filter given, a malformed body, or an endpoint neither configured nor holding "
-                                "dead letters"),
+                    "400": _err("no filter given, all: true beside job_ids or an endpoint, a malformed body, or an "
+                                "endpoint neither configured nor holding dead letters"),
                     **_AUTH_ERRORS,
                 },
             }
