@@ -973,6 +973,19 @@ async def test_concurrency_and_rate_limits(pool: asyncpg.Pool) -> None:
             assert starts[j] - starts[i] >= (j - i + 1 - 2) / 20 - 0.005
 
 
+def _breaking(pool: asyncpg.Pool, endpoint: Callable[[Job], Awaitable[None]], *, cooldown_s: float,
+              max_attempts: int) -> Worker:  # fmt: skip
+    """A worker of one customs delivery at a time whose circuit opens after two failures, retrying at once."""
+    return Worker(
+        pool,
+        {"customs": endpoint},
+        default_concurrency=1,
+        breaker=BreakerSettings(failure_threshold=2, cooldown_s=cooldown_s),
+        policy_by_endpoint={"customs": RetryPolicy(base_s=0.01, cap_s=0.01, max_attempts=max_attempts)},
+        **fast(poll_interval_s=5),
+    )
+
+
 @pytest.mark.db
 async def test_circuit_opens_then_probe_closes_it(pool: asyncpg.Pool) -> None:
     failing = True
@@ -983,14 +996,7 @@ async def test_circuit_opens_then_probe_closes_it(pool: asyncpg.Pool) -> None:
         if failing:
             raise TransientError("customs 503")
 
-    worker = Worker(
-        pool,
-        {"customs": endpoint},
-        default_concurrency=1,
-        breaker=BreakerSettings(failure_threshold=2, cooldown_s=0.4),
-        policy_by_endpoint={"customs": RetryPolicy(base_s=0.01, cap_s=0.01, max_attempts=10)},
-        **fast(poll_interval_s=5),
-    )
+    worker = _breaking(pool, endpoint, cooldown_s=0.4, max_attempts=10)
     with capture_logs() as logs:
         async with running(worker):
             await add_jobs(pool, "customs", 4)
@@ -1027,14 +1033,7 @@ async def test_the_probe_is_a_fresh_job_not_the_one_that_keeps_failing(pool: asy
         if job.id in failing_ids:
             raise TransientError("customs 503 for this message")
 
-    worker = Worker(
-        pool,
-        {"customs": endpoint},
-        default_concurrency=1,
-        breaker=BreakerSettings(failure_threshold=2, cooldown_s=0.2),
-        policy_by_endpoint={"customs": RetryPolicy(base_s=0.01, cap_s=0.01, max_attempts=100)},
-        **fast(poll_interval_s=5),
-    )
+    worker = _breaking(pool, endpoint, cooldown_s=0.2, max_attempts=100)
     failing_ids += await add_jobs(pool, "customs", 10)
     async with running(worker):
         await wait_until(lambda: asyncio.sleep(0, worker.breakers["customs"].state is CircuitState.OPEN))
