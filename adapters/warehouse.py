@@ -46,9 +46,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
+import orjson
 
 from adapters import dxp
 from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResult
@@ -56,6 +58,7 @@ from adapters.customs import payload_message
 from adapters.webhook import verify_signature
 from gateway.documents import Document, extract
 from gateway.errors import MessageRejected
+from gateway.render import read_json
 from gateway.xmlsafe import parse_message
 
 ORDER_SCHEMA = "cbec.warehouse-order.v1"
@@ -217,27 +220,37 @@ def parse_callback(
     if secret is not None and not verify_signature(secret, body, signature, timestamp=timestamp, tolerance=tolerance):
         raise ValueError("warehouse callback signature does not verify")
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"warehouse callback is not JSON: {exc}") from None
+        read_json(body)  # as strictly as a JSON message: no member twice, no NUL or lone surrogate
+        doc = orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))  # as stored (jsonb): numbers as the database takes them
+    except ValueError as exc:  # orjson.JSONDecodeError is one
+        raise ValueError(f"warehouse callback: {exc}") from None
     if not isinstance(doc, dict) or doc.get("schema") != CALLBACK_SCHEMA:
         raise ValueError(f"warehouse callback must be an object with schema {CALLBACK_SCHEMA!r}")
     for name in ("orderId", "warehouseOrderNo", "direction", "status", "occurredAt"):
-        if not isinstance(doc.get(name), str) or not doc[name]:
+        if name not in doc or doc[name] is None:
             raise ValueError(f"warehouse callback lacks {name}")
+        if not isinstance(doc[name], str) or not doc[name].strip():
+            raise ValueError(f"warehouse callback {name} must be a non-empty string, found {doc[name]!r:.80}")
     if doc["direction"] not in DIRECTIONS:
         raise ValueError(f"warehouse callback direction {doc['direction']!r} is not inbound/outbound")
     if doc["status"] not in CALLBACK_STATUSES:
         raise ValueError(f"warehouse callback status {doc['status']!r} is not one of {', '.join(CALLBACK_STATUSES)}")
-    reason = doc.get("reason")
-    ref = doc.get("reference")
+    try:  # the warehouse's own time, kept as it wrote it (its offset says where), but a time
+        datetime.fromisoformat(doc["occurredAt"])
+    except ValueError:
+        raise ValueError(f"warehouse callback occurredAt {doc['occurredAt']!r:.80} is not an ISO 8601 time") from None
+    reason, ref = doc.get("reason"), doc.get("reference")
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError("warehouse callback reason must be a string")
+    if ref is not None and not isinstance(ref, dict):
+        raise ValueError("warehouse callback reference must be an object (the document the order was made from)")
     return WarehouseCallback(
         order_id=doc["orderId"],
         warehouse_order_no=doc["warehouseOrderNo"],
         direction=doc["direction"],
         status=doc["status"],
         occurred_at=doc["occurredAt"],
-        reason=reason if isinstance(reason, str) else None,
-        reference=ref if isinstance(ref, dict) else {},
+        reason=reason,
+        reference=ref or {},
         raw=doc,
     )

@@ -7,8 +7,8 @@ stack trace. Handlers stay thin: the pipeline and the store do the work.
 
 from __future__ import annotations
 
+import asyncio
 import functools
-import json
 import math
 import os
 import re
@@ -36,12 +36,12 @@ from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.ingestlink import IngestUnavailable
 from gateway.messages import FLOWS
-from gateway.metrics import METRICS, setup_metrics
+from gateway.metrics import METRICS, RAW_BODY, setup_metrics
 from gateway.openapi import OPENAPI
 from gateway.outbox import Outbox, read_warehouse_callbacks
 from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
-from gateway.render import json_constant, json_int
+from gateway.render import read_json
 from gateway.schema import SchemaSet
 from gateway.signing import Signer, SigningUnavailable, read_certificates
 from gateway.store import (
@@ -102,6 +102,8 @@ def error_response(status: int, title: str, issues: list[Issue] | None = None) -
 def _status_for(issues: list[Issue]) -> int:
     if any(i.code == "parse.too_large" for i in issues):
         return 413
+    if any(i.code == "parse.body_timeout" for i in issues):
+        return 408
     if any(i.layer is Layer.PARSE for i in issues):
         return 400
     return 422
@@ -119,9 +121,15 @@ def logged_path(path: str) -> str:
     return _SECRET_PATH + "***" if path.startswith(_SECRET_PATH) else path
 
 
+#: A client's X-Request-Id the gateway logs and echoes: up to 128 visible ASCII characters (a uuid, a trace id).
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()  # 32 hex digits, as a uuid4's
+    request_id = request.headers.get("X-Request-Id", "")
+    if not _REQUEST_ID.fullmatch(request_id):  # none, or not one to log and echo: our own, 32 hex digits
+        request_id = os.urandom(16).hex()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
@@ -141,6 +149,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(exc.status, exc.reason)
         if "Allow" in exc.headers:  # a 405 says which methods the path takes
             response.headers["Allow"] = exc.headers["Allow"]
+    except ConnectionResetError:
+        # the client went away while its request was read or answered: no one to answer, nothing failed here (a 5xx
+        # would page the operators); 499, nginx's "client closed request", for the log and the figures
+        log.info("client_gone", path=logged_path(request.path))
+        response = error_response(499, "the client closed the connection")
     except Exception as exc:
         if db.database_away(exc) or isinstance(exc, IngestUnavailable):
             # nothing was stored (a message is acknowledged only once committed): the client may send it again
@@ -152,6 +165,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             log.exception("unhandled_error", path=logged_path(request.path))
             response = error_response(500, f"internal error (request id {request_id})")
     response.headers["X-Request-Id"] = request_id
+    if request.get(CLOSE_AFTER):
+        response.force_close()
     log.info(
         "request",
         method=request.method,
@@ -197,14 +212,43 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+#: Set on a request whose connection must close once it is answered (its body could not be read to its end).
+CLOSE_AFTER = web.RequestKey("close_after", bool)
+
+#: How long a request's body may take to arrive, from the handler's first read: a client that announces a length and
+#: stops sending would otherwise hold its handler and connection for good (aiohttp sets no such limit).
+BODY_TIMEOUT_S = 60.0
+
+
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The body, at most ``limit`` bytes (MessageRejected parse.too_large, kept among the refusals like any refused
-    message): told by its Content-Length before it is read, else (chunked, or compressed: its size unknown until
-    read) found while it is read, never read further."""
+    """The body, at most ``limit`` bytes, within BODY_TIMEOUT_S (MessageRejected, kept among the refusals like any
+    refused message: parse.too_large — told by its Content-Length before it is read, else, chunked or compressed, its
+    size unknown until read, found while it is read, never read further —, parse.body_timeout, or
+    parse.bad_content_encoding for a gzip / deflate body that does not decode). Kept for /metrics (RAW_BODY)."""
     if request.content_length is not None and request.content_length > limit:
         raise MessageRejected(
             [Issue(Layer.PARSE, "parse.too_large", "/", f"{request.content_length} bytes; the limit is {limit}")]
         )
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            body = await _read_within(request, limit)
+    except TimeoutError:
+        raise MessageRejected([Issue(Layer.PARSE, "parse.body_timeout", "/", f"the body did not arrive within "
+                                     f"{BODY_TIMEOUT_S:g} s")]) from None  # fmt: skip
+    except web.RequestPayloadError as exc:  # a body its Content-Encoding does not decode (a client gone: no answer)
+        # what is left of it is read no further (aiohttp would, after the answer, fail on it and drop the connection
+        # before the answer went out), and the connection closes once the answer is sent
+        request.content.feed_eof()
+        request[CLOSE_AFTER] = True
+        encoding = request.headers.get("Content-Encoding", "")
+        raise MessageRejected([Issue(Layer.PARSE, "parse.bad_content_encoding", "/",
+                                     f"the body does not decode as its Content-Encoding {encoding!r} says "
+                                     f"({exc.__class__.__name__})")]) from None  # fmt: skip
+    request[RAW_BODY] = body
+    return body
+
+
+async def _read_within(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and not request.headers.get("Content-Encoding"):
         return await request.read()  # its length known and within the limit (client_max_size is above every limit)
     body = bytearray()
@@ -318,9 +362,8 @@ async def post_payment_data(request: web.Request) -> web.Response:
     except MessageRejected as exc:  # larger than max_body_bytes
         return error_response(_status_for(exc.issues), "the payment data was rejected", exc.issues)
     try:
-        payload = json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_int=json_int,
-                             parse_constant=json_constant)  # fmt: skip
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        payload = read_json(body)
+    except ValueError as exc:
         return error_response(400, "the body is not JSON", [Issue(Layer.PARSE, "parse.invalid_json", "", str(exc))])
     data, issues = realtime.payment_data(payload)
     if data is None:
@@ -384,7 +427,10 @@ async def plat_data_open(request: web.Request) -> web.Response:
         return error_response(404, "not found")
     if request.content_length is not None and request.content_length > _QUESTION_MAX_BYTES:
         return json_response(realtime.reply(realtime.FAILURE, "the question is too large", _now_ms()), 413)
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, LookupError, web.RequestPayloadError) as exc:  # a broken multipart, an unknown charset
+        return json_response(realtime.reply(realtime.FAILURE, f"the form cannot be read: {exc}", _now_ms()), 400)
     raw = form.get("openReq")
     question = realtime.open_request(raw if isinstance(raw, str) else None)
     if isinstance(question, str):
@@ -777,9 +823,12 @@ async def post_replay(request: web.Request) -> web.Response:
     if (denied := _operator(request)) is not None:
         return denied
     try:
-        spec = json.loads(await request.read() or b"{}")
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        return error_response(400, "the body must be a JSON object")
+        spec = read_json(await _read_body(request, 1024 * 1024) or b"{}")  # a list of ids: a megabyte is plenty
+    except MessageRejected as exc:
+        return error_response(_status_for(exc.issues), "the body was not read", exc.issues)
+    except ValueError as exc:
+        return error_response(400, "the body must be a JSON object", [Issue(Layer.PARSE, "parse.invalid_json", "",
+                                                                            str(exc))])  # fmt: skip
     if not isinstance(spec, dict) or set(spec) - {"job_ids", "endpoint", "all"}:
         return error_response(400, "expected {job_ids?: [int], endpoint?: string, all?: true}")
     job_ids, endpoint, everything = spec.get("job_ids"), spec.get("endpoint"), spec.get("all") is True

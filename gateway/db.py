@@ -42,7 +42,7 @@ MAX_BIGINT = 2**63 - 1
 def row_id(text: str) -> int | None:
     """A row id written in a URL (a path segment, a cursor): its digits, within a bigint and above 0; None for
     anything else, which names no row."""
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:  # "３" and "³" are str.isdigit too
         return None
     value = int(text)
     return value if 0 < value <= MAX_BIGINT else None

@@ -806,7 +806,7 @@ def ledger_year(head: dict[str, str]) -> int:
     """The quota year of an inventory: its declaration date, else its appTime, else this year."""
     for name in ("declTime", "appTime"):
         value = (head.get(name) or "").strip()
-        if len(value) >= 4 and value[:4].isdigit():
+        if len(value) >= 4 and value[:4].isascii() and value[:4].isdigit():
             return int(value[:4])
     return datetime.now(UTC).year
 

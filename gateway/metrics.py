@@ -67,6 +67,8 @@ _MAX_CHILDREN = 4096
 
 _SNIFF_XML = re.compile(rb"<(?:[A-Za-z_][\w.\-]*:)?(CEB\d{3})Message\b")
 _SNIFF_JSON = re.compile(rb'"type"\s*:\s*"(CEB\d{3})"')
+#: The request's body as the API's handler read it (gateway.api._read_body), for the figures of a refused message.
+RAW_BODY = web.RequestKey("raw_body", bytes)
 _CODE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){1,3}$")
 
 
@@ -184,9 +186,10 @@ class Metrics:
         body = _json_body(response)
         outcome = _outcome(status, response)
         message_type = body.get("message_type") if isinstance(body, dict) else None
-        if message_type not in BY_CODE and status in (400, 409, 422):
-            # the handler read the body already (aiohttp keeps it), so this costs no I/O
-            message_type = _sniff(await request.read())
+        raw = request.get(RAW_BODY)
+        if message_type not in BY_CODE and status in (400, 409, 422) and isinstance(raw, bytes):
+            # the body as the handler read it (never read here: one that did not arrive would be waited for)
+            message_type = _sniff(raw)
         message_type = message_type if message_type in BY_CODE else "unknown"
         self._child(self.ingested, message_type, outcome).inc()
         self._child(self.ingest_seconds, outcome).observe(elapsed)

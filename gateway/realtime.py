@@ -26,6 +26,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -44,6 +45,21 @@ LISTS = "payExchangeInfoLists"
 VER_DEPT = frozenset({"1", "2", "3"})
 PAY_TYPE = frozenset({"1", "2", "3", "4"})
 _DIGITS14 = re.compile(r"[0-9]{14}")
+
+
+#: The latest serviceTime taken (9999-12-31T23:59:59.999Z in milliseconds): within the database's bigint.
+MAX_MILLIS = 253_402_300_799_999
+
+
+def _real_time(value: str) -> bool:
+    """14 digits yyyyMMddHHmmss that make a real calendar time (customs checks the payment's time against it)."""
+    if not _DIGITS14.fullmatch(value):
+        return False
+    try:
+        datetime.strptime(value, "%Y%m%d%H%M%S")
+    except ValueError:
+        return False
+    return True
 _AMOUNT = re.compile(r"[0-9]{1,14}(\.[0-9]{1,5})?")  # N19,5
 _SESSION = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -169,9 +185,9 @@ def payment_data(payload: Any) -> tuple[PaymentData | None, list[Issue]]:
     if "payType" in head and head["payType"] not in PAY_TYPE:
         bad("realtime.invalid_code", f"/{HEAD}/payType",
             f"payType {head['payType']!r} is none of 1 (APP), 2 (PC), 3 (scan), 4 (other)")  # fmt: skip
-    if "tradingTime" in head and not _DIGITS14.fullmatch(head["tradingTime"]):
+    if "tradingTime" in head and not _real_time(head["tradingTime"]):
         bad("realtime.invalid_time", f"/{HEAD}/tradingTime",
-            f"tradingTime {head['tradingTime']!r} is not yyyyMMddHHmmss")  # fmt: skip
+            f"tradingTime {head['tradingTime']!r} is not a time yyyyMMddHHmmss")  # fmt: skip
     raw_lists = payload.get(LISTS)
     lists: list[dict[str, Any]] = []
     if not isinstance(raw_lists, list) or not raw_lists:
@@ -218,18 +234,18 @@ def open_request(raw: str | None) -> OpenRequest | str:
         return "the form parameter openReq is missing"
     try:
         doc = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested
         return f"openReq is not JSON: {exc}"
     if not isinstance(doc, Mapping):
         return "openReq is not a JSON object"
     order_no, session_id, service_time = doc.get("orderNo"), doc.get("sessionID"), doc.get("serviceTime")
-    if not isinstance(order_no, str) or not 0 < len(order_no.strip()) <= 60:
-        return "openReq.orderNo must be an order number of 1 to 60 characters"
+    if not isinstance(order_no, str) or not 0 < len(order_no.strip()) <= 60 or not order_no.isprintable():
+        return "openReq.orderNo must be an order number of 1 to 60 printable characters"
     if not isinstance(session_id, str) or not _SESSION.fullmatch(session_id):
         return "openReq.sessionID must be customs' session id (1 to 64 letters, digits, '.', '_', ':' or '-')"
-    if isinstance(service_time, str) and service_time.isdigit():
+    if isinstance(service_time, str) and service_time.isascii() and service_time.isdigit():
         service_time = int(service_time)
-    if not isinstance(service_time, int) or isinstance(service_time, bool) or service_time < 0:
+    if not isinstance(service_time, int) or isinstance(service_time, bool) or not 0 <= service_time <= MAX_MILLIS:
         return "openReq.serviceTime must be customs' time in milliseconds"
     return OpenRequest(order_no.strip(), session_id, service_time)
 

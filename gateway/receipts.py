@@ -120,8 +120,8 @@ STATUS_NAMES: dict[str, str] = {
 def _int(status: str) -> int | None:
     text = status.strip()
     if text.startswith("-"):
-        return -int(text[1:]) if text[1:].isdigit() else None
-    return int(text) if text.isdigit() else None
+        return -int(text[1:]) if text[1:].isascii() and text[1:].isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def normalise(status: str) -> str:

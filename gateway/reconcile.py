@@ -333,7 +333,7 @@ def id_number_problem(number: str) -> str | None:
     """What makes ``number`` no citizen ID number by GB 11643 alone (its form and check character), None when nothing
     does: whether such a person exists is customs' identity check to say."""
     n = number.strip()
-    if len(n) != 18 or not n[:17].isdigit() or not (n[17].isdigit() or n[17] in "xX"):
+    if len(n) != 18 or not n.isascii() or not n[:17].isdigit() or not (n[17].isdigit() or n[17] in "xX"):
         return "is not an 18-character citizen ID number (17 digits and a check digit or X)"
     expected = _ID_CHECK[sum(map(operator.mul, map(int, n[:17]), _ID_WEIGHTS)) % 11]
     if n[17].upper() != expected:

@@ -28,6 +28,8 @@ sit in the business element itself, and in the JSON flat in each document as eve
 from __future__ import annotations
 
 import difflib
+import json
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -196,6 +198,39 @@ def json_int(digits: str) -> int | Decimal:
 def json_constant(name: str) -> Any:
     """``parse_constant`` for ``json.loads``: NaN and Infinity are not JSON (RFC 8259), whatever Python accepts."""
     raise ValueError(f"{name} is not a JSON value")
+
+
+#: What no text the gateway stores may hold: NUL and the other C0 controls but tab, LF and CR (PostgreSQL's text takes
+#: no NUL; XML none of them), and lone surrogates (UTF-8, hence the database and the answer, cannot carry them).
+_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+
+def read_json(body: bytes) -> Any:
+    """A JSON request body other than a CEB message (payment data, a warehouse callback, a replay), read as strictly
+    as a JSON message: UTF-8 (a BOM allowed), numbers as int or Decimal, no NaN or Infinity, no member named twice,
+    no string (name or value) holding a character no text can be stored with. ValueError saying what and where (a
+    JSON pointer)."""
+    try:
+        value = json.loads(body.decode("utf-8-sig"), object_pairs_hook=json_object, parse_float=Decimal,
+                           parse_int=json_int, parse_constant=json_constant)  # fmt: skip
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; RecursionError: absurd nesting
+        raise ValueError(f"the body is not JSON: {exc}") from None
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item, Members) and item.repeated:
+                raise ValueError(f"{_pointer(*path) or 'the object'} names {item.repeated[0]!r} twice")
+            for name, member in item.items():
+                if (bad := _BAD_TEXT.search(name)) is not None:
+                    raise ValueError(f"a member name at {_pointer(*path) or 'the top'} holds U+{ord(bad[0]):04X}, "
+                                     "which no text may hold")  # fmt: skip
+                stack.append((member, (*path, name)))
+        elif isinstance(item, list):
+            stack.extend((member, (*path, i)) for i, member in enumerate(item))
+        elif isinstance(item, str) and (bad := _BAD_TEXT.search(item)) is not None:
+            raise ValueError(f"{_pointer(*path)} holds U+{ord(bad[0]):04X}, which no text may hold")
+    return value
 
 
 class _Renderer:

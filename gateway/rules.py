@@ -355,7 +355,7 @@ def _export_invt_no(value: str, ctx: RuleContext) -> Problem | None:
     if (value.isascii() and (district + year).isdigit() and flag == "E" and serial.isdigit()
             and 9 <= len(serial) <= 11):  # fmt: skip
         return None
-    if flag == "I" and (district + year).isdigit():
+    if flag == "I" and value.isascii() and (district + year).isdigit():
         return "rule.invt_no_format", f"is {value!r}, an import inventory's number (I); an export one (E) is named here"
     return "rule.invt_no_format", f"is {value!r}; expected district (4 digits), year (4), E and a 9–11 digit serial"
 
@@ -675,7 +675,8 @@ def summary_scope(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
     if bool(start) != bool(end):
         given, missing = ("startTime", "endTime") if start else ("endTime", "startTime")
         yield _issue("rule.summary_period", doc.field_path(given), f"{given} is given without {missing}")
-    elif start and end and len(start) == len(end) == 14 and start.isdigit() and end.isdigit() and start > end:
+    elif start and end and len(start) == len(end) == 14 and (start + end).isascii() and (start + end).isdigit() \
+            and start > end:  # fmt: skip
         yield _issue("rule.summary_period", doc.field_path("startTime"), f"startTime {start} is after endTime {end}")
     listed = [(i, _filled(line, "invtNo")) for i, line in enumerate(doc.lines)]
     if not start and not end and not any(no for _, no in listed):

@@ -454,7 +454,7 @@ _DECLARATION_FIELDS = ("sumNo", "declSeqNo", "entryId", "decState", "opDate", "c
 def _number(text: Any) -> tuple[int, str]:
     """A number as written (msgSeqNo, gnum) as a sort key: in numeric order, anything else after."""
     value = str(text or "")
-    return (int(value), value) if value.isdigit() else (1 << 31, value)
+    return (int(value), value) if value.isascii() and value.isdigit() else (1 << 31, value)
 
 
 def _part_number(d: Mapping[str, Any]) -> tuple[int, str]:

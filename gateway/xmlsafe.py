@@ -115,6 +115,9 @@ CODES: dict[str, str] = {
     "parse.not_well_formed": "the bytes are not well-formed XML; the message gives libxml2's reason and line",
     "parse.too_deep": "the elements nest deeper than the parser allows",
     "parse.unknown_message_type": "the root element is not a supported CEB message in the CEB namespace",
-    "parse.invalid_json": "a JSON request body is not valid JSON",
+    "parse.invalid_json": "a JSON request body is not valid JSON, or names a member twice, or holds a character no "
+    "text may hold (NUL and other control characters but tab, LF and CR; lone surrogates)",
+    "parse.bad_content_encoding": "the body does not decode as its Content-Encoding (gzip, deflate) says (HTTP 400)",
+    "parse.body_timeout": "the body did not arrive in time (HTTP 408): the client announced more than it sent",
     "io.unreadable": "cbec validate could not read the file",
 }

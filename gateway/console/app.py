@@ -199,7 +199,10 @@ async def login(request: web.Request) -> web.StreamResponse:
     console = _console(request)
     if not origin_allowed(request, console.allowed_origins, required=False):
         return login_page("Cross-site sign-in refused.", 403)
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, LookupError, web.RequestPayloadError):  # a broken multipart, an unknown charset
+        return login_page(_LOGIN_MESSAGES[400], 400)
     key = str(form.get("key") or "").strip()
     if not key:
         return login_page(_LOGIN_MESSAGES[400], 400)
