@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from adapters.warehouse import CALLBACK_SCHEMA, CALLBACK_STATUSES, DIRECTIONS
 from gateway.forward import FORWARD_STATES, SHIPMENT_CUSTOMS_STATUSES
 from gateway.render import JSON_TYPES, json_schema
 
@@ -44,11 +45,20 @@ def _err(description: str) -> dict[str, Any]:
     }
 
 
+#: A message is answered only once committed: away, the store answers nothing but this (with Retry-After).
+_UNAVAILABLE = {"503": _err("the database (or, in `cbec serve --processes N`, the first process's store) cannot be "
+                            "reached: send it again after Retry-After seconds; a message committed before its answer "
+                            "was lost answers as a replay")}  # fmt: skip
+
+#: What every route with a key may answer: besides its own, the key's refusals and the database away.
 _AUTH_ERRORS = {
     "401": _err("missing or unknown API key"),
     "403": _err("the key may not act on these documents"),
     "429": _err("the key's rate (its rate_per_s and rate_burst) is spent: send again after Retry-After seconds"),
+    **_UNAVAILABLE,
 }
+
+
 def _path(*names: str) -> list[dict[str, Any]]:
     """The string path parameters of a route, in order."""
     return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
@@ -58,18 +68,57 @@ def _page_list(summary: str, filters: tuple[tuple[str, str], ...], bad: str,
                cursor: str = "next_cursor of the previous page") -> dict[str, Any]:  # fmt: skip
     """The GET of a keyset-paged list, answered {items, next_cursor}: its filters, then limit and cursor (query
     strings), and the 400 it answers bad ones with (``bad``)."""
-    params = (*filters, ("limit", "1..500, default 50"), ("cursor", cursor))
+    params = (*filters, ("limit", "1..500, default 50 (more is served as 500)"), ("cursor", cursor))
     return {
         "summary": summary,
-        "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}, "description": d} for n, d in params],
+        "parameters": _query(params),
         "responses": {"200": {"description": "{items, next_cursor}"}, "400": _err(bad), **_AUTH_ERRORS},
     }
 
 
-#: A message is answered only once committed: away, the store answers nothing but this (with Retry-After).
-_UNAVAILABLE = {"503": _err("the database (or, in `cbec serve --processes N`, the first process's store) cannot be "
-                            "reached: send it again after Retry-After seconds; a message committed before its answer "
-                            "was lost answers as a replay")}  # fmt: skip
+#: The form of the query parameters that have one; the others are strings (a list's `state`, for one, whose values
+#: the description names).
+_QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "limit": {"type": "integer", "minimum": 1},
+    "since": {"type": "string", "format": "date-time"},
+    "until": {"type": "string", "format": "date-time"},
+    "linked": {"type": "string", "enum": ["true", "false"]},
+    "flow": {"type": "string", "enum": ["import", "export"]},
+}
+
+
+def _query(params: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
+    """Query parameters (name, description), each with its form (_QUERY_SCHEMAS)."""
+    return [{"name": n, "in": "query", "schema": _QUERY_SCHEMAS.get(n, {"type": "string"}), "description": d}
+            for n, d in params]  # fmt: skip
+
+
+#: A warehouse's callback (adapters/warehouse.py's contract, docs/adapters.md).
+_CALLBACK = {
+    "type": "object",
+    "required": ["schema", "orderId", "warehouseOrderNo", "direction", "status", "occurredAt"],
+    "properties": {
+        "schema": {"const": CALLBACK_SCHEMA},
+        "orderId": {"type": "string", "minLength": 1},
+        "warehouseOrderNo": {"type": "string", "minLength": 1},
+        "direction": {"enum": list(DIRECTIONS)},
+        "status": {"enum": list(CALLBACK_STATUSES)},
+        "occurredAt": {"type": "string", "format": "date-time"},
+        "reason": {"type": ["string", "null"]},
+        "reference": {"type": ["object", "null"], "description": "the document the order was made from"},
+    },
+}
+
+#: The filters of GET /v1/shipments and its CSV.
+_SHIPMENT_FILTERS = (
+    ("state", "incomplete | matched | mismatched"),
+    ("customs_status", " | ".join(SHIPMENT_CUSTOMS_STATUSES)),
+    ("ebpCode", "platform code (- for a waybill-only shipment's empty one)"),
+    ("ebcCode", "e-commerce enterprise code"),
+    ("flow", "import | export"),
+    ("since", "ISO 8601 time, updated at or after (without an offset: UTC)"),
+    ("until", "ISO 8601 time, updated before (without an offset: UTC)"),
+)
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -136,15 +185,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/shipments": {
             "get": _page_list(
                 "Shipments with their reconciliation state and customs status, newest first (keyset pages)",
-                (
-                    ("state", "incomplete | matched | mismatched"),
-                    ("customs_status", " | ".join(SHIPMENT_CUSTOMS_STATUSES)),
-                    ("ebpCode", "platform code"),
-                    ("ebcCode", "e-commerce enterprise code"),
-                    ("flow", "import | export"),
-                    ("since", "ISO 8601 time, updated at or after"),
-                    ("until", "ISO 8601 time, updated before"),
-                ),
+                _SHIPMENT_FILTERS,
                 "an unknown state, customs_status or flow, a time or cursor that is not one, a bad limit",
             )
         },
@@ -194,6 +235,7 @@ OPENAPI: dict[str, Any] = {
                 "cursor: all its pages, newest first) as CSV: UTF-8 with a byte order mark, columns updated_at, "
                 "ebpCode, orderNo, ebcCode, flow, mode, state, missing, customs_status, findings; a cell a "
                 "spreadsheet would run as a formula starts with an apostrophe",
+                "parameters": _query(_SHIPMENT_FILTERS),
                 "responses": {
                     "200": {"description": "the CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
                     "400": _err("an unknown state, customs_status or flow, or a time that is not ISO 8601"),
@@ -304,12 +346,16 @@ OPENAPI: dict[str, Any] = {
                 "[[realtime.platforms]]). Form parameter openReq: {orderNo, sessionID, serviceTime}. The question "
                 "and its upload's job are committed, then answered; the upload (realTimeDataUpload) follows through "
                 "the retry queue, waiting there for payment data not handed over yet",
+                "security": [],
                 "parameters": _path("token"),
                 "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
                     "schema": {"type": "object", "properties": {"openReq": {"type": "string"}}}}}},
                 "responses": {
                     "200": {"description": "{code: 10000 (taken) | 20000 (openReq unreadable), message, serviceTime}"},
+                    "400": {"description": "{code: 20000, ...}: the form cannot be read (a broken multipart, an "
+                                           "unknown charset)"},
                     "404": _err("no platform's token"),
+                    "413": {"description": "{code: 20000, ...}: larger than a question is"},
                     "503": {"description": "{code: 20000, ...}: the question could not be stored; ask again"},
                 },
             }
@@ -327,7 +373,8 @@ OPENAPI: dict[str, Any] = {
                 "Summary results (CEB792) too: each SummaryResult stored once (decState as return_status), matched "
                 "to the summary application by the sumNo its CEB702 gave it and every enterprise code it names; "
                 "shown at /v1/summaries/{agentCode}/{copNo}",
-                "requestBody": {"required": True, "content": {"application/xml": {"schema": {"type": "string"}}}},
+                "requestBody": {"required": True, "content": {t: {"schema": {"type": "string"}} for t in (
+                    "application/xml", "text/xml", "application/octet-stream")}},
                 "responses": {
                     "200": {
                         "description": "{message_type, guid, cop_msg_id, stored, already_stored, receipts: [{index, "
@@ -352,8 +399,10 @@ OPENAPI: dict[str, Any] = {
                 "contract in docs/adapters.md, schema cbec.warehouse-callback.v1): stored once per order, status and "
                 "occurredAt, and shown on the shipment under the document the order's reference names (messageType, "
                 "guid) as warehouse_orders, each with its furthest status and its callbacks",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _CALLBACK}}},
                 "responses": {
+                    "400": _err("not JSON, a member named twice, a character no text may hold, or a body its "
+                                "Content-Encoding does not decode"),
                     "200": {"description": "{order_id, stored (false: this callback came before), linked (false: "
                                            "not an order the gateway made from the document its reference names; "
                                            "kept all the same), "
@@ -405,14 +454,9 @@ OPENAPI: dict[str, Any] = {
         "/v1/queue/dead": {
             "get": {
                 "summary": "Dead letters, newest first, each with its whole attempt history (operator / admin)",
-                "parameters": [
-                    {"name": n, "in": "query", "schema": {"type": t}, "description": d}
-                    for n, t, d in (
-                        ("endpoint", "string", "only this endpoint"),
-                        ("limit", "integer", "1..500, default 50"),
-                        ("offset", "integer", "default 0"),
-                    )
-                ],
+                "parameters": [*_query((("endpoint", "only this endpoint"), ("limit", "1..500, default 50"))),
+                               {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                                "description": "default 0"}],
                 "responses": {
                     "200": {"description": "{items, limit, offset, total (the dead letters of the filter)}"},
                     "400": _err("a limit or offset that is not a number in range, or an endpoint neither configured "
@@ -431,10 +475,16 @@ OPENAPI: dict[str, Any] = {
                             "schema": {
                                 "type": "object",
                                 "properties": {
-                                    "job_ids": {"type": "array", "items": {"type": "integer"}},
-                                    "endpoint": {"type": "string"},
-                                    "all": {"type": "boolean"},
+                                    "job_ids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                                    "endpoint": {"type": "string", "minLength": 1},
+                                    "all": {"const": True},
                                 },
+                                "additionalProperties": False,
+                                # job_ids and / or an endpoint, or all alone
+                                "oneOf": [{"anyOf": [{"required": ["job_ids"]}, {"required": ["endpoint"]}],
+                                           "not": {"required": ["all"]}},
+                                          {"required": ["all"], "not": {"anyOf": [{"required": ["job_ids"]},
+                                                                                  {"required": ["endpoint"]}]}}],
                             }
                         }
                     },

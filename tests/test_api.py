@@ -568,6 +568,32 @@ async def test_healthz_and_openapi(api: Client) -> None:
     assert {"/v1/messages", "/v1/shipments", "/v1/shipments/{ebpCode}/{orderNo}"} <= set(spec.body["paths"])
 
 
+def test_the_openapi_document_says_what_the_routes_take() -> None:
+    """What a client generated from it (or a fuzzer) reads: the lists' limit an integer from 1, the replay body's
+    forms, a warehouse callback's fields, customs' question taken without a key, a 503 on every keyed route."""
+    import jsonschema
+
+    from gateway.openapi import OPENAPI
+
+    paths = OPENAPI["paths"]
+    limit = next(p for p in paths["/v1/shipments"]["get"]["parameters"] if p["name"] == "limit")
+    assert limit["schema"] == {"type": "integer", "minimum": 1}
+    assert [p["name"] for p in paths["/v1/shipments.csv"]["get"]["parameters"]] == \
+        [p["name"] for p in paths["/v1/shipments"]["get"]["parameters"]][:-2]  # fmt: skip
+    replay = paths["/v1/queue/replay"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    for good in ({"job_ids": [1]}, {"endpoint": "customs"}, {"job_ids": [1], "endpoint": "customs"}, {"all": True}):
+        jsonschema.validate(good, replay)
+    for bad in ({}, {"all": False}, {"all": True, "job_ids": [1]}, {"job_ids": [0]}, {"endpoint": ""}, {"x": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, replay)
+    callback = paths["/v1/warehouse/callbacks"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"schema": "cbec.warehouse-callback.v1"}, callback)
+    assert paths["/ceb/platDataOpen/{token}"]["post"]["security"] == []
+    keyed = [op for item in paths.values() for op in item.values() if op.get("security") != []]
+    assert keyed and all("503" in op["responses"] for op in keyed)
+
+
 async def test_livez_answers_while_the_database_is_away_and_healthz_says_so(pg_dsn: str) -> None:
     """A supervisor probes /livez for liveness (restarting the gateway would not bring PostgreSQL back) and /healthz
     for readiness: with the database gone, the first still answers 200, the second 503, and the API 503 with
