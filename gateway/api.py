@@ -230,8 +230,11 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
             [Issue(Layer.PARSE, "parse.too_large", "/", f"{request.content_length} bytes; the limit is {limit}")]
         )
     try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
+        if request.content.is_eof():  # all of it came with the headers (most do): no timer to set and cancel
             body = await _read_within(request, limit)
+        else:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                body = await _read_within(request, limit)
     except TimeoutError:
         raise MessageRejected([Issue(Layer.PARSE, "parse.body_timeout", "/", f"the body did not arrive within "
                                      f"{BODY_TIMEOUT_S:g} s")]) from None  # fmt: skip
