@@ -177,11 +177,19 @@ def database_away(exc: BaseException) -> bool:
     if isinstance(exc, _DATABASE_GONE):
         return True
     if isinstance(exc, OSError | TimeoutError):  # TimeoutError is an OSError; socket.gaierror too
-        tb = exc.__traceback__
-        while tb is not None:
-            if "/asyncpg/" in tb.tb_frame.f_code.co_filename:
-                return True
-            tb = tb.tb_next
+        return _raised_in(exc, "/asyncpg/")
+    # 55000 while connecting: the database takes no connections now (ALLOW_CONNECTIONS false, a restore under way);
+    # the same code elsewhere is a statement's, not the database away
+    return type(exc) is asyncpg.ObjectNotInPrerequisiteStateError and _raised_in(exc, "/asyncpg/connect_utils")
+
+
+def _raised_in(exc: BaseException, where: str) -> bool:
+    """Whether a frame of ``exc``'s traceback runs code from a file whose path holds ``where``."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if where in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
     return False
 
 

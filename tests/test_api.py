@@ -20,7 +20,7 @@ import pytest
 from lxml import etree
 
 from adapters import warehouse
-from gateway import samples
+from gateway import db, samples
 from gateway.api import SHIPMENT_CSV_COLUMNS, create_app
 from gateway.config import ApiKey, Role
 from gateway.render import render
@@ -614,6 +614,30 @@ async def test_livez_answers_while_the_database_is_away_and_healthz_says_so(pg_d
                 shipments = await api.get("/v1/shipments")
                 assert shipments.status == 503 and shipments.headers["Retry-After"] == "5", shipments.body
         finally:
+            await pool.close()
+
+
+async def test_a_database_that_takes_no_connections_is_away_not_a_500(pg_dsn: str) -> None:
+    """ALLOW_CONNECTIONS false (a restore, a maintenance): PostgreSQL answers 55000 at connect, which was an unhandled
+    error — a 500 a client does not send again — where it is the database away: 503 with Retry-After; nothing stored,
+    and the same message taken once the database takes connections again."""
+    async with fresh_database(pg_dsn) as dsn:
+        name = dsn.rsplit("/", 1)[1]
+        pool = await db.create_pool(dsn, min_size=0, max_size=2)
+        admin = await asyncpg.connect(pg_dsn)
+        xml = legs(new_shipment(61))["CEB311"]
+        try:
+            async with serving(create_app(apiutil.test_settings(), pool, signer=sign_as_agent)) as api:
+                await pool.expire_connections()
+                await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+                await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+                refused = await api.post_xml(xml)
+                assert refused.status == 503 and refused.headers["Retry-After"] == "5", refused.body
+                await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+                assert (await api.post_xml(xml)).status == 202
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+            await admin.close()
             await pool.close()
 
 
