@@ -446,8 +446,9 @@ class WorkerReload:
             return
         if renew_webhooks(self.forwarding, self.webhooks, fresh.forwarding.webhooks):
             self.webhooks = fresh.forwarding.webhooks
-        restart = needing_restart(self.running, fresh)  # of those, a worker uses these
-        stale: list[str] = [name for name in ("database_url", "data_dir", "forwarding") if name in restart]
+        # of those, a worker uses these (needing_restart names a table's setting: forwarding.endpoints)
+        stale = [name for name in needing_restart(self.running, fresh)
+                 if name.partition(".")[0] in ("database_url", "data_dir", "forwarding")]  # fmt: skip
         if fresh.forwarding.webhooks != self.webhooks:
             stale.append("forwarding.webhooks")
         if self.realtime is not None and self.realtime.again(fresh.realtime) is None:

@@ -825,3 +825,20 @@ async def test_a_reload_gives_the_other_api_processes_the_renewed_signatures(tmp
     pipeline = app[PIPELINE]
     assert pipeline.verify_signatures and list(pipeline.trusted_certs or ()) == signing.read_certificates(bundle)
     assert len(await reloaded()) == 2  # read again, unchanged
+
+
+def test_a_worker_reload_says_which_forwarding_settings_wait_for_its_restart() -> None:
+    """cbec worker on SIGHUP: a changed endpoint (its URL) or route waits for the restart, and the log says so — it
+    said nothing (needing_restart names forwarding.endpoints, the check looked for forwarding), and the worker went on
+    delivering to the old URL unannounced."""
+    running = apiutil.test_settings(forwarding=ForwardingSettings(endpoints=(EndpointSettings(
+        "customs", "customs", url="http://127.0.0.1:1/dxp"),)))  # fmt: skip
+    moved = dataclasses.replace(running, forwarding=dataclasses.replace(running.forwarding, endpoints=(
+        EndpointSettings("customs", "customs", url="http://127.0.0.1:2/dxp"),)))  # fmt: skip
+    configured = [running]
+    reload = server.WorkerReload(lambda: configured[-1], running, cast(Forwarding, None))
+    with capture_logs() as logged:
+        reload()
+        configured.append(moved)
+        reload()
+    assert [r["settings"] for r in logged if r["event"] == "settings_need_restart"] == [["forwarding.endpoints"]]
