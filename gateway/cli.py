@@ -277,12 +277,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from gateway import configcheck, db
+    from gateway import configcheck
 
     settings = _settings(args)  # a configuration that cannot be read: exit 2, as cbec serve would
     lines = configcheck.check(settings)
-    answers = asyncio.run(db.answers(settings.database_url)) if settings.database_url else None
-    lines.insert(0, configcheck.database_line(settings, answers))
+    lines.insert(0, asyncio.run(configcheck.database_line(settings)))
     lines.extend(asyncio.run(configcheck.ukey_lines(settings)))
     for line in lines:
         print(f"{line.level.value:5}  {line.text}")

@@ -380,10 +380,15 @@ def _parse_keys(items: Any) -> tuple[ApiKey, ...]:
         keys.append(ApiKey(name=str(item.get("name", f"key{i}")), key=None if hashed else str(item["key"]), role=role,
                            codes=codes, key_sha256=hashed, **rates))  # fmt: skip
     seen: set[bytes] = set()
+    named: dict[str, int] = {}
     for i, k in enumerate(keys):
         if k.digest in seen:  # the later one would win silently, its role and codes with it
             raise ValueError(f"api_keys[{i}] ({k.name}) repeats the key of an earlier entry")
+        if k.name in named:  # the log, the refused messages and a reload's changes name keys by their names
+            raise ValueError(f"api_keys[{i}] is named {k.name!r}, as api_keys[{named[k.name]}] is: give each key a "
+                             "name of its own")  # fmt: skip
         seen.add(k.digest)
+        named[k.name] = i
     return tuple(keys)
 
 
@@ -549,10 +554,20 @@ def _setting(table: Mapping[str, Any], name: str, default: Any, conv: Any, where
 
 
 def _http_url(value: Any) -> str:
+    """An http(s) URL that can be sent to: a host, a port that is one (1–65535), nothing blank or invisible in it —
+    a typo here made every delivery a dead letter, each saying only "invalid url"."""
     url = str(value).strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http:// or https:// address; found {url!r}")
+    if not url.isprintable() or any(c.isspace() for c in url):
+        raise ValueError(f"must not hold blanks or control characters; found {url!r}")
+    try:
+        port = parts.port  # ValueError: "18391:", "183910"
+    except ValueError as exc:
+        raise ValueError(f"has no valid port ({exc}); found {url!r}") from None
+    if port == 0:
+        raise ValueError(f"has no valid port (0); found {url!r}")
     return url
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway import signing
+from gateway import db, signing
 from gateway.config import Settings
 from gateway.forward import Router
 from gateway.server import pem_signer
@@ -105,15 +105,21 @@ def _ukeys(settings: Settings, timeout_s: float) -> Iterator[tuple[UKeyBridge, s
                    f"179 payment data of {p.ebp_code}", "its uploads wait until it answers")  # fmt: skip
 
 
-def database_line(settings: Settings, answers: bool | None) -> Line:
-    """The database: ``answers`` whether the configured server accepted a connection (None: the embedded one)."""
+async def database_line(settings: Settings) -> Line:
+    """The database: the configured server asked for a connection (gateway.db.connect_problem), or the embedded one."""
     if settings.database_url is None:
         return Line(Level.OK, f"database: the embedded PostgreSQL in {settings.data_dir}/pgdata (for trying the "
                               "gateway out; name a server of your own in production)")  # fmt: skip
     shown = shown_dsn(settings.database_url)
-    if answers:
+    try:
+        problem = await db.connect_problem(settings.database_url)
+    except ValueError as exc:
+        return Line(Level.ERROR, f"database: {shown} is no PostgreSQL DSN: {exc}")
+    if problem is None:
         return Line(Level.OK, f"database: {shown} answers")
-    return Line(Level.WARN, f"database: {shown} does not answer (cbec serve answers 503 until it does)")
+    # the server may only be down now: a warning, but one that says what cbec serve would do
+    return Line(Level.WARN, f"database: {shown} does not answer ({problem}); cbec serve and cbec worker do not start "
+                            "until it does")  # fmt: skip
 
 
 def _keys(settings: Settings) -> list[Line]:

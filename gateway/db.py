@@ -206,13 +206,27 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
+async def connect_problem(dsn: str) -> str | None:
+    """None when a PostgreSQL server accepts a connection at ``dsn`` (within 3 s); else why not, in a line (the
+    server's own words: no such database, the password refused, nothing listening). ValueError for a DSN that is
+    none (the configuration's mistake, not the server's)."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except asyncpg.ClientConfigurationError as exc:
+        raise ValueError(str(exc)) from None
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+    await conn.close()
+    return None
+
+
 async def answers(dsn: str) -> bool:
     """Whether a PostgreSQL server accepts a connection at ``dsn`` (within 3 s)."""
     try:
-        conn = await asyncpg.connect(dsn, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
+        if await connect_problem(dsn) is not None:
+            return False
+    except ValueError:
         return False
-    await conn.close()
     return True
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import config
 from gateway.cli import main
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
@@ -510,6 +511,36 @@ def test_config_check_says_what_a_configuration_would_do_before_it_is_used(
 def test_config_check_of_a_configuration_that_cannot_be_read_exits_2(tmp_path: Path) -> None:
     cfg = tmp_path / "cbec.toml"
     cfg.write_text("port = = 1", encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:
+        main(["config", "check", "--config", str(cfg)])
+    assert exc.value.code == 2
+
+
+def test_config_check_says_why_the_database_does_not_answer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The server's own words (no such database), and what cbec serve would do (not start; it said "answers 503"); a
+    DSN that is none is the configuration's error (exit 2; it was 1, with nothing on stdout)."""
+    cfg = tmp_path / "cbec.toml"
+    cfg.write_text('database_url = "postgresql://postgres:s3cret@127.0.0.1:5432/cbec_no_such_database"\n',
+                   encoding="utf-8")  # fmt: skip
+    assert main(["config", "check", "--config", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    [line] = [x for x in out.splitlines() if x.startswith("warn   database:")]
+    assert '"cbec_no_such_database" does not exist' in line and "cbec serve and cbec worker do not start" in line
+    assert "s3cret" not in out
+    cfg.write_text('database_url = "postgres//127.0.0.1/test"\n', encoding="utf-8")
+    assert main(["config", "check", "--config", str(cfg)]) == 2
+    out = capsys.readouterr().out
+    assert any(x.startswith("error  database:") and "is no PostgreSQL DSN" in x for x in out.splitlines()), out
+
+
+def test_two_api_keys_of_one_name_are_refused(tmp_path: Path) -> None:
+    """The log, the refused messages and a reload's changes name keys by their names: two of one name could not be told
+    apart."""
+    cfg = tmp_path / "cbec.toml"
+    cfg.write_text('[[api_keys]]\nname = "ops"\nkey = "k-one-0000000000"\nrole = "operator"\n'
+                   '[[api_keys]]\nname = "ops"\nkey = "k-two-0000000000"\nrole = "admin"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"api_keys\[1\] is named 'ops', as api_keys\[0\] is"):
+        config.load(str(cfg))
     with pytest.raises(SystemExit) as exc:
         main(["config", "check", "--config", str(cfg)])
     assert exc.value.code == 2

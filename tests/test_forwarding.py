@@ -307,6 +307,12 @@ _CUSTOMS = '[forwarding.endpoints.customs]\nkind = "customs"\nurl = "http://127.
          "forwarding.endpoints.customs.url: must be an http:// or https:// address; found 'ftp://x/y'"),
         ('[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "hook.example"',
          "forwarding.webhooks.s.url: must be an http:// or https:// address"),
+        # typos that made every delivery a dead letter saying only "invalid url"
+        ('[forwarding.endpoints.customs]\nkind = "customs"\nurl = "http://127.0.0.1:18391:/dxp"',
+         "forwarding.endpoints.customs.url: has no valid port"),
+        ('[forwarding.endpoints.customs]\nkind = "customs"\nurl = "http://127.0.0.1:183910/dxp"', "has no valid port"),
+        ('[forwarding.endpoints.customs]\nkind = "customs"\nurl = "http://127.0.0 .1/dxp"',
+         "must not hold blanks or control characters"),
         ("[forwarding]\nreceipt_timeout_s = 0", "forwarding.receipt_timeout_s: must be above 0"),
         ("[forwarding]\nmax_repushes = -1", "forwarding.max_repushes: must be at least 0"),
         # routes that go nowhere: a type that does not exist, declarations stored and never sent
