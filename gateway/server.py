@@ -791,7 +791,8 @@ async def serve(
                         ready.set()
                     await stop.wait()
             finally:
-                log.info("stopping")
+                # which process: an API process stopping (a reload starts them again one by one) is not the gateway
+                log.info("stopping", process=os.getpid(), api_only=api_only)
                 if retention is not None:
                     retention.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
