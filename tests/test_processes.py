@@ -827,7 +827,7 @@ async def test_a_reload_gives_the_other_api_processes_the_renewed_signatures(tmp
     assert len(await reloaded()) == 2  # read again, unchanged
 
 
-def test_a_worker_reload_says_which_forwarding_settings_wait_for_its_restart() -> None:
+def test_a_worker_reload_says_which_forwarding_settings_wait_for_its_restart(monkeypatch: pytest.MonkeyPatch) -> None:
     """cbec worker on SIGHUP: a changed endpoint (its URL) or route waits for the restart, and the log says so — it
     said nothing (needing_restart names forwarding.endpoints, the check looked for forwarding), and the worker went on
     delivering to the old URL unannounced."""
@@ -836,6 +836,7 @@ def test_a_worker_reload_says_which_forwarding_settings_wait_for_its_restart() -
     moved = dataclasses.replace(running, forwarding=dataclasses.replace(running.forwarding, endpoints=(
         EndpointSettings("customs", "customs", url="http://127.0.0.1:2/dxp"),)))  # fmt: skip
     configured = [running]
+    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))  # not one cached before the capture
     reload = server.WorkerReload(lambda: configured[-1], running, cast(Forwarding, None))
     with capture_logs() as logged:
         reload()
