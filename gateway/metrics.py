@@ -265,7 +265,8 @@ class Metrics:
             out.append(g)
         g = GaugeMetricFamily(
             "cbec_queue_circuit_state",
-            "Circuit breaker of this process's workers per endpoint: 1 for the current state",
+            "Circuit breaker per endpoint, the severest of every worker's (each cbec worker's too): 1 for the current "
+            "state",
             labels=["endpoint", "state"],
         )
         for s in stats:

@@ -1062,6 +1062,41 @@ async def test_claim_probe_takes_the_least_tried_due_job(pool: asyncpg.Pool) -> 
 
 
 @pytest.mark.db
+async def test_a_worker_writes_its_open_circuit_for_the_other_processes(pool: asyncpg.Pool) -> None:
+    """Open, the circuit is written (for cbec serve's /v1/queue when this is a cbec worker); the worker stopped, its
+    row goes."""
+
+    async def endpoint(job: Job) -> None:
+        raise TransientError("customs 503")
+
+    worker = _breaking(pool, endpoint, cooldown_s=30, max_attempts=10)
+    async with running(worker):
+        await add_jobs(pool, "customs", 2)
+        await wait_until(holds(pool, "SELECT count(*) = 1 FROM queue_circuits WHERE endpoint = 'customs'"
+                                     " AND state = 'open' AND worker_id = $1", worker.worker_id))  # fmt: skip
+    assert await count(pool, "SELECT count(*) FROM queue_circuits") == 0
+
+
+@pytest.mark.db
+async def test_stats_show_the_circuits_of_workers_in_other_processes(pool: asyncpg.Pool) -> None:
+    """cbec worker serves no /metrics: its circuits not closed are written, and cbec serve's stats (/v1/queue, the
+    console, cbec_queue_circuit_state) show them — the severest of every worker's; a killed worker's stop counting
+    after a minute."""
+    async with pool.acquire() as conn:
+        await cbec_queue.store.publish_circuits(conn, "other-1", {"customs": CircuitState.HALF_OPEN,
+                                                                  "warehouse": CircuitState.CLOSED})  # fmt: skip
+        await cbec_queue.store.publish_circuits(conn, "other-2", {"customs": CircuitState.OPEN})
+        rows = {r["endpoint"]: r["circuit"] for r in await cbec_queue.stats(conn, endpoints=("customs", "warehouse"))}
+        assert rows == {"customs": "open", "warehouse": None}
+        await cbec_queue.store.publish_circuits(conn, "other-2", {})  # closed again
+        rows = {r["endpoint"]: r["circuit"] for r in await cbec_queue.stats(conn, endpoints=("customs",))}
+        assert rows == {"customs": "half_open"}
+        await conn.execute("UPDATE queue_circuits SET seen_at = now() - interval '2 minutes'")  # its worker killed
+        rows = {r["endpoint"]: r["circuit"] for r in await cbec_queue.stats(conn, endpoints=("customs",))}
+        assert rows == {"customs": None}
+
+
+@pytest.mark.db
 async def test_stats(pool: asyncpg.Pool) -> None:
     await make_dead(pool, [("b", "k")])
     async with pool.acquire() as conn:

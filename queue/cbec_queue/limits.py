@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, MutableSequence
+from collections.abc import Callable, Iterable, MutableSequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -175,6 +175,11 @@ class TokenBucket:
 _SEVERITY = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
+def severest(states: Iterable[CircuitState]) -> CircuitState:
+    """The state to report of several breakers guarding one endpoint: open, else half open, else closed."""
+    return max(states, key=_SEVERITY.__getitem__, default=CircuitState.CLOSED)
+
+
 class CircuitRegistry:
     """Breakers of the workers running in this process, for stats and the operators' page.
 
@@ -197,12 +202,10 @@ class CircuitRegistry:
     def states(self) -> dict[str, CircuitState]:
         with self._lock:
             items = list(self._breakers.items())
-        out: dict[str, CircuitState] = {}
+        by_endpoint: dict[str, list[CircuitState]] = {}
         for (_, endpoint), breaker in items:
-            state = breaker.state
-            if endpoint not in out or _SEVERITY[state] > _SEVERITY[out[endpoint]]:
-                out[endpoint] = state
-        return out
+            by_endpoint.setdefault(endpoint, []).append(breaker.state)
+        return {endpoint: severest(states) for endpoint, states in by_endpoint.items()}
 
 
 circuits = CircuitRegistry()

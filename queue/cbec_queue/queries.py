@@ -377,3 +377,23 @@ WITH d AS (
 )
 SELECT count(*) FROM d
 """
+
+
+# The circuits of a worker that are not closed (queue_circuits): $1 worker_id, $2 endpoints, $3 their states. Rows of
+# the worker not named go (closed again); a state unchanged keeps its changed_at, every row its seen_at renewed.
+PUBLISH_CIRCUITS = """
+WITH gone AS (
+    DELETE FROM queue_circuits WHERE worker_id = $1 AND NOT (endpoint = ANY ($2::text[]))
+)
+INSERT INTO queue_circuits (worker_id, endpoint, state)
+SELECT $1, e, s FROM unnest($2::text[], $3::text[]) AS x(e, s)
+ON CONFLICT (worker_id, endpoint) DO UPDATE
+SET changed_at = CASE WHEN queue_circuits.state = EXCLUDED.state THEN queue_circuits.changed_at ELSE now() END,
+    state = EXCLUDED.state, seen_at = now()
+"""
+
+# Every worker's circuits not closed, seen within $1 seconds (a killed worker's rows are not read), per endpoint.
+SHARED_CIRCUITS = """
+SELECT endpoint, array_agg(state) AS states FROM queue_circuits
+ WHERE seen_at > now() - make_interval(secs => $1) GROUP BY endpoint
+"""

@@ -21,7 +21,7 @@ import structlog
 from . import queries as q
 from .errors import LeaseLost
 from .jobs import Job, JobMoved, JobsHook, JobState, Outcome
-from .limits import circuits
+from .limits import CircuitState, circuits, severest
 
 log = structlog.get_logger("cbec_queue")
 
@@ -372,14 +372,30 @@ async def stats(conn: asyncpg.Connection, *, endpoints: Iterable[str] = ()) -> l
     ``endpoints`` (the configured ones) and those a local worker guards are listed even with no job."""
     found = {r["endpoint"]: dict(r) for r in await conn.fetch(q.STATS)}
     local = circuits.states()
-    for endpoint in {*endpoints, *local} - set(found):
+    # the other processes' workers (cbec worker): their circuits not closed, as they last wrote them
+    shared = {r["endpoint"]: [CircuitState(x) for x in r["states"]]
+              for r in await conn.fetch(q.SHARED_CIRCUITS, CIRCUITS_FRESH_S)}  # fmt: skip
+    for endpoint in {*endpoints, *local, *shared} - set(found):
         found[endpoint] = {"endpoint": endpoint, "queued": 0, "due": 0, "running": 0, "done": 0, "dead": 0,
                            "oldest_queued_age_s": None}  # fmt: skip
     out: list[dict[str, Any]] = []
     for endpoint in sorted(found):
-        state = local.get(endpoint)
+        known = [*([local[endpoint]] if endpoint in local else []), *shared.get(endpoint, ())]
+        state = severest(known) if known else None
         out.append({**found[endpoint], "circuit": None if state is None else state.value})
     return out
+
+
+#: How long a worker's circuit row is read after it last wrote it (it writes every CIRCUITS_REFRESH_S while the circuit
+#: is not closed): a killed worker's rows stop counting.
+CIRCUITS_FRESH_S = 60.0
+CIRCUITS_REFRESH_S = 15.0
+
+
+async def publish_circuits(conn: asyncpg.Connection, worker_id: str, states: Mapping[str, CircuitState]) -> None:
+    """A worker's circuits that are not closed (``states``; none: all closed), for stats in every process."""
+    open_ = {e: s for e, s in states.items() if s is not CircuitState.CLOSED}
+    await conn.execute(q.PUBLISH_CIRCUITS, worker_id, list(open_), [s.value for s in open_.values()])
 
 
 def _job_dict(r: asyncpg.Record) -> dict[str, Any]:

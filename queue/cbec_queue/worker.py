@@ -188,6 +188,7 @@ class Worker:
             asyncio.create_task(self._listen_loop(stop_event)),
             asyncio.create_task(self._heartbeat_loop(stop_event)),
             asyncio.create_task(self._reap_loop(stop_event)),
+            asyncio.create_task(self._circuits_loop(stop_event)),
         ]
         grace = self.shutdown_grace_s
         try:
@@ -521,6 +522,29 @@ class Worker:
                 if running is not None and running.in_handler and not running.lease_lost_logged:
                     running.lease_lost_logged = True
                     log.warning("lease_lost", job_id=job_id, endpoint=running.job.endpoint, worker_id=self.worker_id)
+
+    async def _circuits_loop(self, stop: asyncio.Event) -> None:
+        """This worker's circuits not closed, written for the stats of every process (store.publish_circuits): at
+        each change, and every CIRCUITS_REFRESH_S while one is not closed; none left when the worker stops."""
+        written: dict[str, CircuitState] = {}
+        at = 0.0
+        try:
+            while not stop.is_set():
+                states: dict[str, CircuitState] = {name: ep.breaker.state for name, ep in self._endpoints.items()
+                                                   if ep.breaker.state is not CircuitState.CLOSED}  # fmt: skip
+                if states != written or (states and time.monotonic() - at > store.CIRCUITS_REFRESH_S):
+                    try:
+                        async with self.pool.acquire() as conn:
+                            await store.publish_circuits(conn, self.worker_id, states)
+                        written, at = states, time.monotonic()
+                    except Exception as e:  # the figures wait for the next turn; deliveries go on
+                        log.warning("circuits_not_written", worker_id=self.worker_id, error=store.short_error(e))
+                await _sleep_unless(stop, min(self.poll_interval_s, 1.0))
+        finally:
+            if written:
+                with contextlib.suppress(Exception):  # a database away: its rows stop counting after a minute
+                    async with self.pool.acquire() as conn:
+                        await store.publish_circuits(conn, self.worker_id, {})
 
     async def _reap_loop(self, stop: asyncio.Event) -> None:
         limits = {name: ep.policy.max_attempts for name, ep in self._endpoints.items()}
