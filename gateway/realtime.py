@@ -45,6 +45,8 @@ LISTS = "payExchangeInfoLists"
 VER_DEPT = frozenset({"1", "2", "3"})
 PAY_TYPE = frozenset({"1", "2", "3", "4"})
 _DIGITS14 = re.compile(r"[0-9]{14}")
+_AMOUNT = re.compile(r"[0-9]{1,14}(\.[0-9]{1,5})?")  # N19,5
+_SESSION = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 #: The latest serviceTime taken (9999-12-31T23:59:59.999Z in milliseconds): within the database's bigint.
@@ -60,8 +62,6 @@ def _real_time(value: str) -> bool:
     except ValueError:
         return False
     return True
-_AMOUNT = re.compile(r"[0-9]{1,14}(\.[0-9]{1,5})?")  # N19,5
-_SESSION = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 @dataclass(frozen=True)

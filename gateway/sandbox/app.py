@@ -236,12 +236,17 @@ def _summary_key(head: Mapping[str, str]) -> tuple[str, ...]:
     return tuple((head.get(name) or "").strip() for name in ("agentCode", "copNo", "msgSeqNo"))
 
 
+def _scenario(text: str) -> str:
+    """A scenario's name as written in a header or scenarios_off (``flaky``, ``FLAKY-``) as SCENARIOS spell it."""
+    return text.strip().upper().rstrip("-")
+
+
 def _scenario_names(value: Any) -> list[str]:
     """scenarios_off as set at run time: a list of scenario names (``FLAKY`` or ``FLAKY-``); a name of none is an
     error, not a scenario silently left on."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("scenarios_off is a list of scenario names")
-    unknown = [v for v in value if v.strip().upper().rstrip("-") not in SCENARIOS]
+    unknown = [v for v in value if _scenario(v) not in SCENARIOS]
     if unknown:
         raise ValueError(f"no scenario {', '.join(map(repr, unknown))}; the scenarios: {', '.join(SCENARIOS)}")
     return list(value)
@@ -250,7 +255,7 @@ def _scenario_names(value: Any) -> list[str]:
 def unknown_scenario(request: web.Request) -> web.Response | None:
     """400 for an X-Sandbox-Scenario header that names no scenario: a typo must not read as a clean run."""
     header = (request.headers.get(SCENARIO_HEADER) or "").strip()
-    if header and header.upper().rstrip("-") not in SCENARIOS:
+    if header and _scenario(header) not in SCENARIOS:
         reason = f"{SCENARIO_HEADER} {header!r} names no scenario; the scenarios: {', '.join(SCENARIOS)}"
         return _json({"code": "invalid", "reason": reason}, 400)
     return None
@@ -259,7 +264,7 @@ def unknown_scenario(request: web.Request) -> web.Response | None:
 def scenario_of(header: str | None, values: Iterable[str]) -> str | None:
     """The scenario named by the header (``FLAKY`` or ``FLAKY-``) or by the first value with a known prefix."""
     if header:
-        name = header.strip().upper().rstrip("-")
+        name = _scenario(header)
         if name in SCENARIOS:
             return name
     for v in values:
@@ -504,7 +509,7 @@ class Sandbox:
 
     def active(self, scenario: str | None) -> str | None:
         """The scenario unless the configuration turned it off."""
-        off = {s.strip().upper().rstrip("-") for s in self.config.scenarios_off}
+        off = {_scenario(s) for s in self.config.scenarios_off}
         return None if scenario is None or scenario in off else scenario
 
     async def transport(self, scenario: str | None, attempt: int) -> web.Response | None:
