@@ -199,6 +199,10 @@ class CircuitRegistry:
             for key in [k for k in self._breakers if k[0] == worker_id]:
                 del self._breakers[key]
 
+    def worker_ids(self) -> list[str]:
+        with self._lock:
+            return sorted({worker_id for worker_id, _ in self._breakers})
+
     def states(self) -> dict[str, CircuitState]:
         with self._lock:
             items = list(self._breakers.items())

@@ -392,8 +392,9 @@ SET changed_at = CASE WHEN queue_circuits.state = EXCLUDED.state THEN queue_circ
     state = EXCLUDED.state, seen_at = now()
 """
 
-# Every worker's circuits not closed, seen within $1 seconds (a killed worker's rows are not read), per endpoint.
+# The circuits not closed of the workers but $2 (this process's, whose breakers are read live), seen within $1 seconds
+# (a killed worker's rows are not read), per endpoint.
 SHARED_CIRCUITS = """
 SELECT endpoint, array_agg(state) AS states FROM queue_circuits
- WHERE seen_at > now() - make_interval(secs => $1) GROUP BY endpoint
+ WHERE seen_at > now() - make_interval(secs => $1) AND NOT (worker_id = ANY ($2::text[])) GROUP BY endpoint
 """

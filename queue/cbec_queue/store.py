@@ -372,9 +372,10 @@ async def stats(conn: asyncpg.Connection, *, endpoints: Iterable[str] = ()) -> l
     ``endpoints`` (the configured ones) and those a local worker guards are listed even with no job."""
     found = {r["endpoint"]: dict(r) for r in await conn.fetch(q.STATS)}
     local = circuits.states()
-    # the other processes' workers (cbec worker): their circuits not closed, as they last wrote them
+    # the other processes' workers (cbec worker): their circuits not closed, as they last wrote them (this process's
+    # own rows lag their breakers by up to a second: read live instead)
     shared = {r["endpoint"]: [CircuitState(x) for x in r["states"]]
-              for r in await conn.fetch(q.SHARED_CIRCUITS, CIRCUITS_FRESH_S)}  # fmt: skip
+              for r in await conn.fetch(q.SHARED_CIRCUITS, CIRCUITS_FRESH_S, circuits.worker_ids())}  # fmt: skip
     for endpoint in {*endpoints, *local, *shared} - set(found):
         found[endpoint] = {"endpoint": endpoint, "queued": 0, "due": 0, "running": 0, "done": 0, "dead": 0,
                            "oldest_queued_age_s": None}  # fmt: skip
