@@ -221,10 +221,9 @@ def exact_length(code: str, n: int) -> Check:
 def _plausible(day: datetime.date, value: str, ctx: RuleContext, ahead: int) -> Problem | None:
     if day < EARLIEST:
         return "rule.date_implausible", f"is {value}, before {EARLIEST.isoformat()}"
-    if ahead == 1 and day > ctx.latest:
-        return "rule.date_implausible", f"is {value}, more than one day after today ({ctx.today.isoformat()})"
-    if day > ctx.today + datetime.timedelta(days=ahead):
-        return "rule.date_implausible", f"is {value}, more than {ahead} days after today ({ctx.today.isoformat()})"
+    if day > (ctx.latest if ahead == 1 else ctx.today + datetime.timedelta(days=ahead)):  # latest: worked out once
+        days = "one day" if ahead == 1 else f"{ahead} days"
+        return "rule.date_implausible", f"is {value}, more than {days} after today ({ctx.today.isoformat()})"
     return None
 
 
