@@ -464,6 +464,44 @@ async def test_a_job_not_ready_neither_opens_the_circuit_nor_holds_the_others_an
 
 
 @pytest.mark.db
+async def test_a_deferred_job_is_put_back_untried_its_attempt_not_counted(pool: asyncpg.Pool) -> None:
+    """A handler that knows the job's destination is paused (Deferred) gives it back untried: queued again for the
+    delay, with the reason as its last_error, no attempt counted nor kept in its history, the endpoint's circuit
+    untouched however often it happens; it goes when it comes due again."""
+    paused = {"on": True}
+    sent: list[int] = []
+
+    async def deliver(job: Job) -> None:
+        if paused["on"] and job.payload["n"] == 0:
+            raise cbec_queue.Deferred("seller S1 is paused", delay_s=0.3)
+        sent.append(job.payload["n"])
+
+    worker = Worker(pool, {"hook": deliver}, breaker=BreakerSettings(failure_threshold=1, cooldown_s=60), **fast())
+    with capture_logs() as logs:
+        async with running(worker):
+            [held, other] = await add_jobs(pool, "hook", 2)
+            await wait_until(holds(pool, "SELECT state = 'done' FROM jobs WHERE id = $1", other))
+            await wait_until(holds(pool, "SELECT last_error IS NOT NULL FROM jobs WHERE id = $1", held))
+            async with pool.acquire() as conn:
+                row = await conn.fetchrow("SELECT state, attempts, last_error, run_after > now() AS later FROM jobs"
+                                          " WHERE id = $1", held)  # fmt: skip
+            assert row["state"] in ("queued", "running") and row["attempts"] <= 1
+            assert row["last_error"] == "Deferred: seller S1 is paused"
+            await asyncio.sleep(0.7)  # deferred again and again meanwhile
+            assert cbec_queue.circuits.states()["hook"] is CircuitState.CLOSED  # a threshold of 1 and never opened
+            paused["on"] = False
+            await wait_until(holds(pool, "SELECT state = 'done' FROM jobs WHERE id = $1", held))
+    assert sorted(sent) == [0, 1]
+    # one attempt each: the untried claims left no trace in the history
+    assert [(r["attempt"], r["outcome"]) for r in await history(pool, held)] == [(1, "ok")]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT attempts FROM jobs WHERE id = $1", held) == 1
+    deferred = [e for e in logs if e["event"] == "job_deferred"]
+    assert len(deferred) >= 2 and all(e["log_level"] == "debug" and e["job_id"] == held for e in deferred)
+    assert not [e for e in logs if e["event"].startswith("circuit_")]
+
+
+@pytest.mark.db
 async def test_permanent_error_is_dead_at_once(pool: asyncpg.Pool) -> None:
     async def rejecting(job: Job) -> None:
         raise PermanentError("CEB311: orderNo missing")

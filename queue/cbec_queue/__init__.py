@@ -7,7 +7,7 @@ claimed while an earlier one sharing a key is queued or running. Schema: gateway
 060_job_ordering.sql.
 """
 
-from .errors import LeaseLost, NotReady, PermanentError, QueueError, TransientError
+from .errors import Deferred, LeaseLost, NotReady, PermanentError, QueueError, TransientError
 from .jobs import CHANNEL, Job, JobMoved, JobsHook, JobState, Outcome
 from .limits import BreakerSettings, CircuitBreaker, CircuitRegistry, CircuitState, Rate, TokenBucket, circuits
 from .policy import Decision, RetryPolicy, classify
@@ -26,6 +26,7 @@ from .store import (
     purge_done,
     reap_expired,
     record_dead,
+    record_deferred,
     record_done,
     record_retry,
     release,
@@ -42,6 +43,7 @@ __all__ = [
     "CircuitRegistry",
     "CircuitState",
     "Decision",
+    "Deferred",
     "Handler",
     "Job",
     "JobMoved",
@@ -73,6 +75,7 @@ __all__ = [
     "purge_done",
     "reap_expired",
     "record_dead",
+    "record_deferred",
     "record_done",
     "record_retry",
     "release",

@@ -215,6 +215,23 @@ WITH mine AS (
 SELECT id, pg_notify('cbec_jobs', endpoint) FROM j
 """
 
+# Give one claimed job back untried, due after a delay (Deferred): its attempt not counted and its row removed, as
+# RELEASE does; last_error says why it waits. Fenced as FINISH is; returns 1 row when it applied.
+# $1 id, $2 worker_id, $3 attempts, $4 delay seconds, $5 last_error
+DEFER = """
+WITH j AS (
+    UPDATE jobs
+    SET state = 'queued', attempts = attempts - 1, locked_by = NULL, lease_until = NULL,
+        run_after = now() + make_interval(secs => $4), last_error = $5, updated_at = now()
+    WHERE id = $1 AND state = 'running' AND locked_by = $2 AND attempts = $3
+    RETURNING id, replays
+), d AS (
+    DELETE FROM job_attempts ja USING j
+    WHERE ja.job_id = j.id AND ja.replay = j.replays AND ja.attempt = $3
+)
+SELECT id FROM j
+"""
+
 # Put jobs whose lease ran out (their worker died or hung) back to queued, or to dead when they have used
 # every attempt (a job that kills its worker each time must not loop forever). Any worker may run this;
 # SKIP LOCKED keeps concurrent reapers apart. Wakes the endpoint's workers for a job queued again, and for a

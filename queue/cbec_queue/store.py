@@ -163,6 +163,13 @@ async def record_retry(
     )  # fmt: skip
 
 
+async def record_deferred(conn: asyncpg.Connection, job: Job, *, delay_s: float, reason: str) -> bool:
+    """Give the claimed job back untried (Deferred): queued again, due after ``delay_s``, the attempt not counted,
+    ``reason`` its last_error. False when the claim was lost."""
+    row = await conn.fetchrow(q.DEFER, job.id, job.locked_by, job.attempts, float(delay_s), reason)
+    return row is not None
+
+
 async def record_dead(
     conn: asyncpg.Connection,
     job: Job,

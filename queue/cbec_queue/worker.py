@@ -23,7 +23,7 @@ import asyncpg
 import structlog
 
 from . import store
-from .errors import NotReady
+from .errors import Deferred, NotReady
 from .jobs import CHANNEL, Job, JobsHook
 from .limits import BreakerSettings, CircuitBreaker, CircuitState, Rate, TokenBucket, circuits
 from .policy import RetryPolicy, classify
@@ -370,6 +370,15 @@ class Worker:
 
             async def write(conn: asyncpg.Connection) -> bool:
                 return await store.record_done(conn, job, duration_ms=duration_ms)
+        elif isinstance(error, Deferred):
+            # Not tried: nothing to say of the endpoint; a probe it used goes to the next job.
+            ep.breaker.release_probe()
+            event = "job_deferred"
+            extra.update(retry_in_s=round(error.delay_s, 3), error=store.short_error(error))
+            delay_s, reason = error.delay_s, store.short_error(error)
+
+            async def write(conn: asyncpg.Connection) -> bool:
+                return await store.record_deferred(conn, job, delay_s=delay_s, reason=reason)
         else:
             outcome = classify(error)
             # A permanent rejection means the endpoint answered: it is healthy as far as the breaker cares. A job not
@@ -405,7 +414,9 @@ class Worker:
         if applied is None:
             log.error("outcome_lost", **ctx, outcome_event=event)
         elif applied:
-            (log.warning if event != "job_done" else log.info)(event, **ctx, **extra)
+            # A deferral is the handler's decision, said once by the handler (not each job's): debug.
+            level = {"job_done": log.info, "job_deferred": log.debug}.get(event, log.warning)
+            level(event, **ctx, **extra)
         else:
             await self._explain_unapplied(job, ctx, event)
 
