@@ -23,6 +23,12 @@ Job payload::
 
 The seller's URL and secret are looked up by ``seller`` in the adapter's endpoint table (never stored in the
 job, so secrets do not end up in the queue's database).
+
+One webhook endpoint serves every seller, so its circuit breaker would let one seller's dead URL pause every other
+seller's webhooks. Each seller's URL has a breaker of its own here instead (the endpoint's settings): its failures
+are the job's own (``NotReady``: retried with backoff, not counted by the endpoint's breaker), and while its circuit
+is open its jobs are put back untried (``Deferred``: no attempt counted) until the cool-down ends and one probe
+tells whether the URL answers again.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,9 +44,13 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import structlog
+from cbec_queue import BreakerSettings, CircuitBreaker, CircuitState, Deferred, NotReady
 
 from adapters import dxp
-from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResult
+from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResult, TransientError
+
+log = structlog.get_logger("adapters.webhook")
 
 SIGNATURE_HEADER = "X-CBEC-Signature"
 TIMESTAMP_HEADER = "X-CBEC-Timestamp"
@@ -55,6 +66,15 @@ class WebhookEndpoint:
 
 
 EndpointLookup = Mapping[str, WebhookEndpoint] | Callable[[str], WebhookEndpoint | None]
+
+#: The least a paused seller's job waits before it is claimed again (a cool-down of 0, a probe still out): the
+#: worker would otherwise claim and put back the same jobs in a loop.
+MIN_DEFER_S = 1.0
+
+
+class SellerUnreachable(NotReady):
+    """A seller's URL failed (time-out, 5xx, 429, refused): the job is retried with backoff, and the failure counts
+    on that seller's breaker, not on the webhook endpoint's, which every seller shares."""
 
 
 def sign_body(secret: str | bytes, body: bytes) -> str:
@@ -126,10 +146,50 @@ class WebhookAdapter(HttpAdapter):
         timeouts: AdapterTimeouts | float | None = 10.0,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
+        breaker: BreakerSettings | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(timeouts=timeouts, headers={"User-Agent": "cbec-gateway-webhook/1"}, session=session)
         self._endpoints = endpoints
         self._clock = clock
+        self.breaker_settings = breaker or BreakerSettings()
+        self._monotonic = monotonic
+        # One breaker per seller and URL: a URL changed on a reload starts closed.
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._rng = random.Random()
+
+    def seller_circuits(self) -> dict[str, CircuitState]:
+        """The sellers whose URL's circuit is not closed (open: paused; half open: one probe out)."""
+        return {seller: b.state for (seller, _), b in self._breakers.items() if b.state is not CircuitState.CLOSED}
+
+    def _breaker(self, seller: str, url: str) -> CircuitBreaker:
+        breaker = self._breakers.get((seller, url))
+        if breaker is None:
+            for key in [k for k in self._breakers if k[0] == seller]:  # the seller's old URL: forgotten
+                del self._breakers[key]
+            breaker = self._breakers[(seller, url)] = CircuitBreaker(self.breaker_settings, clock=self._monotonic)
+        return breaker
+
+    def _paused(self, seller: str, breaker: CircuitBreaker) -> Deferred:
+        """The job of a seller whose circuit lets nothing through now, put back until the probe may go (open), or for
+        a cool-down while the probe is out (half open), spread a little so they do not all come back at once."""
+        cooldown = self.breaker_settings.cooldown_s
+        wait = breaker.retry_in() if breaker.state is CircuitState.OPEN else cooldown
+        wait = max(wait, MIN_DEFER_S) + self._rng.uniform(0, min(5.0, max(cooldown, MIN_DEFER_S) / 10))
+        return Deferred(f"seller {seller}'s webhook URL is paused after {self.breaker_settings.failure_threshold} "
+                        f"failures in a row (its circuit {breaker.state.value}): not sent, tried again in "
+                        f"{wait:.0f} s", delay_s=wait)  # fmt: skip
+
+    @staticmethod
+    def _log_change(seller: str, before: CircuitState, breaker: CircuitBreaker) -> None:
+        after = breaker.state
+        if after is before:
+            return
+        if after is CircuitState.OPEN:
+            log.warning("webhook_seller_paused", seller=seller, failures=breaker.settings.failure_threshold,
+                        cooldown_s=breaker.settings.cooldown_s)  # fmt: skip
+        elif after is CircuitState.CLOSED:
+            log.info("webhook_seller_resumed", seller=seller)
 
     def use(self, endpoints: EndpointLookup) -> None:
         """Deliver with these sellers' URLs and secrets from now on (a reload of the configuration): a job of a seller
@@ -161,5 +221,25 @@ class WebhookAdapter(HttpAdapter):
         except TypeError as exc:
             raise PermanentError(f"webhook data is not JSON serialisable: {exc}") from exc
         headers = signed_headers(ep.secret, body, timestamp=ts, event=event, delivery_id=delivery_id)
-        reply = await self.post_checked(ep.url, data=body, content_type="application/json", headers=headers)
+        breaker = self._breaker(seller, ep.url)
+        before = breaker.state
+        if not breaker.allow():
+            raise self._paused(seller, breaker)
+        settled = False
+        try:
+            reply = await self.post_checked(ep.url, data=body, content_type="application/json", headers=headers)
+            breaker.record_success()
+            settled = True
+        except TransientError as exc:
+            breaker.record_failure()
+            settled = True
+            raise SellerUnreachable(f"seller {seller}: {exc}", retry_after_s=exc.retry_after_s) from exc
+        except PermanentError:
+            breaker.record_success()  # the URL answered: the seller's to mend, not a reason to pause its others
+            settled = True
+            raise
+        finally:
+            if not settled:  # cancelled, or failed before an answer: the probe (if it was one) goes to the next job
+                breaker.release_probe()
+            self._log_change(seller, before, breaker)
         return SendResult(self.name, delivery_id, reply.status, {"seller": seller, "event": event})

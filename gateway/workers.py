@@ -28,7 +28,7 @@ import aiohttp
 import asyncpg
 import cbec_queue
 import structlog
-from cbec_queue import NotReady
+from cbec_queue import BreakerSettings, NotReady
 from cbec_queue.worker import is_db_unavailable
 
 from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, TransientError, queue_handler
@@ -223,7 +223,9 @@ class Delivery:
                 self.adapters[ep.name] = warehouse
                 self._handlers[ep.name] = self._warehouse_handler(warehouse)
             elif ep.kind == "webhook":
-                webhook = WebhookAdapter(_webhook_table(fwd.webhooks), timeouts=timeouts)
+                # each seller's URL its own breaker, with the endpoint's settings (adapters/webhook.py)
+                breaker = BreakerSettings(ep.breaker_failures, ep.breaker_cooldown_s)
+                webhook = WebhookAdapter(_webhook_table(fwd.webhooks), timeouts=timeouts, breaker=breaker)
                 self.adapters[ep.name] = webhook
                 self._handlers[ep.name] = queue_handler(webhook)
             elif ep.kind == "realtime":

@@ -16,10 +16,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import cbec_queue
 import pytest
 import pytest_asyncio
 from aiohttp import web
 from lxml import etree
+from structlog.testing import capture_logs
 
 from adapters import customs as customs_module
 from adapters import dxp, warehouse
@@ -32,15 +35,16 @@ from adapters.base import (
     classify_dxp_code,
     classify_status,
     parse_retry_after,
+    queue_handler,
     response_code,
 )
 from adapters.customs import CustomsAdapter, CustomsConfig, atomic_write, poll_inbox, prepare
 from adapters.inspection import InspectionAdapter, InspectionConfig
 from adapters.warehouse import WarehouseAdapter, WarehouseConfig, parse_callback
-from adapters.webhook import WebhookAdapter, WebhookEndpoint, sign_body, verify_signature
+from adapters.webhook import SellerUnreachable, WebhookAdapter, WebhookEndpoint, sign_body, verify_signature
 from gateway.messages import CEB_NS, DS_NS
 from gateway.sandbox import RunningSandbox
-from gateway.sandbox.recorder import Recorder
+from gateway.sandbox.recorder import Recorder, start_recorder
 
 pytest_plugins = ["gateway.sandbox.pytest_plugin"]
 
@@ -600,6 +604,120 @@ async def test_webhook_failures_and_stable_delivery_id(http_recorder: Recorder) 
             await hook.send({"seller": "S1", "event": "e", "data": {}})  # no stable id
     ids = {r.headers["X-CBEC-Delivery"] for r in http_recorder.requests}
     assert len(http_recorder.requests) == 2 and len(ids) == 1
+
+
+def _event(seller: str, n: int) -> dict[str, Any]:
+    return {"seller": seller, "event": "shipment.customs_status_changed", "dedupe_key": f"{seller}-{n}", "data": {}}
+
+
+async def test_a_sellers_failing_url_pauses_its_own_webhooks_not_the_others(http_recorder: Recorder) -> None:
+    """Each seller's URL has a breaker of its own: its failures are the job's (NotReady: not counted by the webhook
+    endpoint's breaker, which every seller shares); once open, its events are put back untried (Deferred) until the
+    cool-down ends, while the other sellers' go on; one probe then tells whether it answers again."""
+    now = [1000.0]
+    bad = await start_recorder()
+    try:
+        bad.status = 503
+        sellers = {"GOOD": WebhookEndpoint(http_recorder.url + "/good", "k"), "BAD": WebhookEndpoint(bad.url, "k")}
+        hook = WebhookAdapter(sellers, breaker=cbec_queue.BreakerSettings(failure_threshold=2, cooldown_s=30),
+                              monotonic=lambda: now[0])  # fmt: skip
+        with capture_logs() as logs:
+            async with hook:
+                for n in range(2):
+                    with pytest.raises(SellerUnreachable, match=r"seller BAD: webhook POST .*503") as failed:
+                        await hook.send(_event("BAD", n))
+                    assert isinstance(failed.value, cbec_queue.NotReady)
+                with pytest.raises(cbec_queue.Deferred, match="seller BAD's webhook URL is paused") as paused:
+                    await hook.send(_event("BAD", 2))
+                assert 30 <= paused.value.delay_s <= 33 and len(bad.requests) == 2  # not sent
+                assert hook.seller_circuits() == {"BAD": cbec_queue.CircuitState.OPEN}
+                await hook.send(_event("GOOD", 0))  # the other seller's events go on
+                now[0] += 20
+                with pytest.raises(cbec_queue.Deferred) as paused:
+                    await hook.send(_event("BAD", 2))
+                assert 10 <= paused.value.delay_s <= 13  # until the cool-down's end
+                now[0] += 11
+                with pytest.raises(SellerUnreachable):  # the probe: still failing, paused again
+                    await hook.send(_event("BAD", 2))
+                with pytest.raises(cbec_queue.Deferred):
+                    await hook.send(_event("BAD", 3))
+                assert len(bad.requests) == 3
+                now[0] += 31
+                bad.status = 200
+                await hook.send(_event("BAD", 3))  # the probe answers: resumed
+                await hook.send(_event("BAD", 4))
+                assert hook.seller_circuits() == {} and len(bad.requests) == 5
+                # a 4xx is the seller's to mend, not a reason to pause: the URL answered
+                bad.status = 410
+                for n in range(3):
+                    with pytest.raises(PermanentError):
+                        await hook.send(_event("BAD", 10 + n))
+                assert hook.seller_circuits() == {}
+                # paused again, then the seller's URL changed on a reload: the new URL starts closed
+                bad.status = 500
+                for n in range(2):
+                    with pytest.raises(SellerUnreachable):
+                        await hook.send(_event("BAD", 20 + n))
+                hook.use({**sellers, "BAD": WebhookEndpoint(http_recorder.url + "/bad-moved", "k")})
+                await hook.send(_event("BAD", 22))
+                assert [r.path for r in http_recorder.requests] == ["/good", "/bad-moved"]
+        events = [(e["event"], e.get("seller")) for e in logs]
+        # a failed probe leaves it paused: said once
+        assert events == [("webhook_seller_paused", "BAD"), ("webhook_seller_resumed", "BAD"),
+                          ("webhook_seller_paused", "BAD")]  # fmt: skip
+    finally:
+        await bad.stop()
+
+
+@pytest.mark.db
+async def test_a_worker_delivers_the_other_sellers_webhooks_while_one_url_is_down(
+    http_recorder: Recorder, db_dsn: str
+) -> None:
+    """Through the queue's worker: one seller's URL refusing every connection opens its own circuit only; the other
+    seller's events are all delivered, the webhook endpoint's circuit stays closed, and the paused seller's events
+    wait queued, untried (the attempts of their history are the tries that reached its URL, no more)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/hook"  # nothing listens there once closed
+    sellers = {"GOOD": WebhookEndpoint(http_recorder.url + "/good", "k"), "DEAD": WebhookEndpoint(dead, "k")}
+    settings = cbec_queue.BreakerSettings(failure_threshold=2, cooldown_s=60)
+    hook = WebhookAdapter(sellers, breaker=settings, timeouts=2.0)
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
+    policy = cbec_queue.RetryPolicy(base_s=0.01, factor=1, cap_s=0.01, max_attempts=50, jitter="none")
+    worker = cbec_queue.Worker(pool, {"webhook": queue_handler(hook)}, breaker=settings, default_concurrency=1,
+                               default_policy=policy, lease_s=5.0, poll_interval_s=0.2,
+                               shutdown_grace_s=1.0)  # fmt: skip
+    stop = asyncio.Event()
+    try:
+        async with hook:
+            async with pool.acquire() as conn, conn.transaction():
+                for n in range(6):  # the dead seller's first, so they come up first
+                    await cbec_queue.enqueue(conn, endpoint="webhook", kind="webhook", payload=_event("DEAD", n))
+                for n in range(6):
+                    await cbec_queue.enqueue(conn, endpoint="webhook", kind="webhook", payload=_event("GOOD", n))
+            task = asyncio.create_task(worker.run(stop))
+            await http_recorder.wait_for(6, timeout=20)
+            for _ in range(200):  # and their outcomes written
+                async with pool.acquire() as conn:
+                    if await conn.fetchval("SELECT count(*) FROM jobs WHERE state = 'done'") == 6:
+                        break
+                await asyncio.sleep(0.05)
+            assert cbec_queue.circuits.states()["webhook"] is cbec_queue.CircuitState.CLOSED
+            assert hook.seller_circuits() == {"DEAD": cbec_queue.CircuitState.OPEN}
+            async with pool.acquire() as conn:
+                rows = await conn.fetch("SELECT payload->>'seller' AS seller, state, attempts, last_error FROM jobs")
+                tried = await conn.fetchval("SELECT count(*) FROM job_attempts a JOIN jobs j ON j.id = a.job_id"
+                                            " WHERE j.payload->>'seller' = 'DEAD'")  # fmt: skip
+            assert {r["state"] for r in rows if r["seller"] == "GOOD"} == {"done"}
+            dead_rows = [r for r in rows if r["seller"] == "DEAD"]
+            assert {r["state"] for r in dead_rows} <= {"queued", "running"}
+            assert sum(r["attempts"] for r in dead_rows) == tried == 2  # the two that opened its circuit
+            assert any("paused" in (r["last_error"] or "") for r in dead_rows)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    finally:
+        stop.set()
+        await pool.close()
 
 
 # --- inspection and warehouse ----------------------------------------------------------------------------
