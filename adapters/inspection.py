@@ -1,5 +1,5 @@
 """Inspection adapter: tell an inspection service (CIQ-style checks, a zone's inspection desk) about the
-declarations configured for inspection — by default bonded (1210) import inventories.
+declarations configured for inspection — by default bonded (1210, 1239) import inventories.
 
 The CEB spec has no inspection message since the 2018 customs–CIQ merger (spec §11), so the JSON below is
 this gateway's own contract (docs/adapters.md). One request per CEB message, carrying every declaration in
@@ -39,6 +39,7 @@ from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResu
 from adapters.customs import payload_message
 from gateway.documents import Document, extract
 from gateway.errors import MessageRejected
+from gateway.rules import BONDED_IMPORT_MODES
 from gateway.xmlsafe import parse_message
 
 SCHEMA = "cbec.inspection.v1"
@@ -57,7 +58,7 @@ ITEM_FIELDS = (
 class InspectionConfig:
     url: str
     message_types: Collection[str] = ("CEB621",)
-    trade_modes: Collection[str] | None = ("1210",)  # None: every declaration of those types
+    trade_modes: Collection[str] | None = BONDED_IMPORT_MODES  # None: every declaration of those types
     timeouts: AdapterTimeouts = field(default_factory=lambda: AdapterTimeouts(total=15.0))
     headers: Mapping[str, str] = field(default_factory=dict)
 

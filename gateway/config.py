@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.rules import BONDED_IMPORT_MODES
+
 #: prometheus_client's multiprocess switch (a folder), read when prometheus_client is first imported: set by
 #: ``cbec serve --processes N`` so that its API processes share their /metrics figures (gateway.metrics).
 METRICS_SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -148,7 +150,7 @@ DEFAULT_ROUTES: tuple[RouteSettings, ...] = (
                    "CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509", "CEB607", "CEB701",
                    "CEB213", "CEB215"),
                   ("customs",)),
-    RouteSettings(("CEB621",), ("inspection",), modes=("1210",)),
+    RouteSettings(("CEB621",), ("inspection",), modes=BONDED_IMPORT_MODES),  # 1210, and 1239 held to its rules
 )
 
 

@@ -310,6 +310,8 @@ SUBSCRIBE_STATUS = one_of("rule.subscribe_status", {"ALL": "data and receipts", 
 #: customs accepts, so it is accepted and held to the bonded (1210) field rules. Customs stays the
 #: authority on whether the mode fits the site.
 IMPORT_TRADE_MODES: dict[str, str] = {"9610": "direct", "1210": "bonded", "1239": "bonded"}
+#: The bonded import modes: what the inspection route and adapter take by default.
+BONDED_IMPORT_MODES: tuple[str, ...] = tuple(m for m, kind in IMPORT_TRADE_MODES.items() if kind == "bonded")
 TRADE_MODE = one_of("rule.trade_mode", {k: f"{v} import" for k, v in IMPORT_TRADE_MODES.items()})
 TRAF_MODE = one_of("rule.traf_mode", dict.fromkeys("0123456789AHTWXYZ", ""))
 

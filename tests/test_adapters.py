@@ -736,9 +736,13 @@ async def test_inspection_sends_bonded_inventories_only(
         with pytest.raises(TransientError):
             await a.send(job(legs(rsa_key, seed=6, mode="1210", order_no="FAIL5XX-2")["CEB621"], "inv-x"))
         assert (await a.send(job(legs(rsa_key)["CEB311"], "order"))).reference is None  # not configured
+        # 1239 (保税电商A) is held to the 1210 rules, and inspected as well
+        bonded_a = legs(rsa_key, seed=7, mode="1210")["CEB621"].replace(b">1210<", b">1239<")
+        assert (await a.send(job(bonded_a, "inv-1239"))).reference is not None
     assert skipped.reference is None and "skipped" in skipped.detail
     assert first.reference == again.reference and again.detail["ack"]["duplicate"] is True
-    [body, _] = customs_sandbox_local.sandbox.inspection
+    [body, _, body_1239] = customs_sandbox_local.sandbox.inspection
+    assert [d["tradeMode"] for d in body_1239["declarations"]] == ["1239"]
     head = etree.fromstring(bonded).find(f"{C}Inventory/{C}InventoryHead")
     [decl] = body["declarations"]
     assert body["schema"] == "cbec.inspection.v1" and body["messageType"] == "CEB621"

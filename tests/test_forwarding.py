@@ -63,6 +63,7 @@ def test_default_routes() -> None:
     assert r.endpoints_for("CEB621", {"9610"}) == ("customs",)
     assert r.endpoints_for("CEB621", {"1210"}) == ("customs", "inspection")
     assert r.endpoints_for("CEB621", {"9610", "1210"}) == ("customs", "inspection")
+    assert r.endpoints_for("CEB621", {"1239"}) == ("customs", "inspection")  # held to the 1210 rules, inspected too
     assert r.endpoints_for("CEB312") == ()  # receipts are never forwarded
     assert r.on_release == ("warehouse",)
 
