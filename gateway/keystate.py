@@ -78,6 +78,11 @@ CODES: dict[str, str] = {
         "(ebpCode + orderNo, spec §6.2), and what refers to it names that order (R12)"
     ),
     "state.refund_not_in_inventory": "a return line's gnum is no item of the inventory it returns (spec R12)",
+    "state.refund_item_mismatch": "a return line's gcode or unit is not that of the inventory's item its gnum names "
+    "(spec A.9, A.32: the item of the original inventory; customs -625209)",
+    "state.not_the_inventory": "an import cancellation (CEB623) or return (CEB625) names its inventory by its key "
+    "(ebcCode, orderNo) but another invtNo than customs gave it (its CEB622), or another logisticsNo or buyer ID "
+    "number than the inventory's (spec R12, A.7, A.9): it describes another parcel",
     "state.return_trade_mode": "a retail export return's tradeMode does not fit the export inventory it returns "
     "(spec A.32): 1261 returns a special-zone (1210) inventory, 9661 any other",
     "state.inventory_cancelled": "a return (CEB625, or a retail export return, CEB213) or a cancellation (CEB623) "
@@ -212,6 +217,8 @@ class Row:
     #: an inventory's: the lines (gnum, qty) of the return (CEB625) customs concluded for it, whose value its buyer's
     #: annual quota counts no more (see carry_return)
     returned: Sequence[Mapping[str, str]] = ()
+    #: an import inventory's: the invtNo customs gave it (CEB622), None before its receipts name one
+    invt_no: str | None = None
 
     @classmethod
     def from_json(cls, r: dict[str, Any]) -> Row:
@@ -223,6 +230,7 @@ class Row:
             withdrawn=r["withdrawn"], message_guid=r.get("message_guid"), rejected=bool(r.get("rejected")),
             failed=bool(r.get("failed")), held=bool(r.get("held")), cancelled=bool(r.get("cancelled")),
             spent=bool(r.get("spent")), returned=r.get("returned") or (), released=bool(r.get("released")),
+            invt_no=r.get("invt_no"),
         )  # fmt: skip
 
     @property
@@ -660,6 +668,12 @@ def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None, name
             message = f"gnum {gnum!r} is no item of the inventory (items {', '.join(sorted(items))})"
             found.append(issue("state.refund_not_in_inventory", new.doc.line_path(i, "gnum"), message))
             continue
+        for name in ("gcode", "unit"):  # the original inventory's item (-625209 item not found)
+            mine, theirs = (line.get(name) or "").strip(), (item.get(name) or "").strip()
+            if mine and theirs and mine != theirs:
+                found.append(issue("state.refund_item_mismatch", new.doc.line_path(i, name),
+                                   f"{name} {mine!r} is not {theirs!r}, the {name} of the inventory's item "
+                                   f"{gnum}"))  # fmt: skip
         qty, limit = _decimal(line.get("qty")), _decimal(item.get("qty"))
         if qty is not None and limit is not None and qty > limit:
             found.append(issue("state.refund_exceeds_inventory", new.doc.line_path(i, "qty"),
@@ -683,7 +697,25 @@ def _standing(new: New, stored: Row) -> list[Issue]:
         return [issue("state.inventory_not_released", new.doc.field_path("invtNo"),
                       f"customs has not released {named} (no CEB622 800 yet): there is nothing to return; send the "
                       "return after its release")]  # fmt: skip
-    return []
+    return _describes(new, stored, named)
+
+
+def _describes(new: New, stored: Row, named: str) -> list[Issue]:
+    """An import cancellation or return found by its inventory's key describes that inventory (R12; A.7, A.9): the
+    invtNo customs gave it (once a CEB622 named one), its waybill and its buyer. One that does not names another
+    parcel, or another person's — whose quota a concluded return would give back (gateway.outbox.carry_return gives
+    the inventory's buyer's)."""
+    found: list[Issue] = []
+    given = text(new.doc.head, "invtNo")
+    if given and stored.invt_no and given != stored.invt_no:
+        found.append(issue("state.not_the_inventory", new.doc.field_path("invtNo"),
+                           f"invtNo {given!r} is not {stored.invt_no!r}, the number customs gave {named}"))  # fmt: skip
+    for name, what in (("logisticsNo", "waybill"), ("buyerIdNumber", "buyer's ID number")):
+        mine, theirs = text(new.doc.head, name), text(stored.head, name)
+        if mine and theirs and mine.upper() != theirs.upper():  # an ID number's check character x or X
+            found.append(issue("state.not_the_inventory", new.doc.field_path(name),
+                               f"{name} {mine!r} is not {theirs!r}, the {what} of {named}"))  # fmt: skip
+    return found
 
 
 def _same_order(new: New, stored: Row) -> list[Issue]:

@@ -821,6 +821,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Field(L, "gcode", GCODE),
         Field(L, "qty", POSITIVE),
         Field(L, "unit", UNIT),
+        items_once,
     ),
     "CEB711": (
         *_DECLARATION,

@@ -121,7 +121,9 @@ _DOC_COLUMNS = (
 #: and of an import inventory the lines of the return customs concluded for it (keystate.Row.returned,
 #: gateway.outbox.latest_return); and of an inventory (CEB621, CEB603) whether customs released the row itself (a
 #: receipt of 800 or above; receipts are monotonic, a later 100 does not lower it): a change or withdrawal of it is
-#: refused (keystate.Row.released, state.inventory_released). A column of the row, no subquery: ingest pays nothing.
+#: refused (keystate.Row.released, state.inventory_released); and of an import inventory the invtNo customs gave it
+#: (its receipts), which its cancellation and return must name (keystate.Row.invt_no). Columns of the row, no
+#: subquery: ingest pays nothing.
 _READ_COLUMNS = (
     f"{_DOC_COLUMNS}, (d.forward_state = 'receipted' AND d.customs_rank >= {RANK_DECLARING}) AS receipted,"
     " d.forward_state = 'rejected' AS rejected, d.forward_state = 'failed' AS failed, d.forward_state = 'held' AS held,"
@@ -139,7 +141,8 @@ _READ_COLUMNS = (
     " ELSE false END AS spent,"
     f" CASE WHEN d.message_type = 'CEB621' THEN {latest_return('d')} END AS returned,"
     " CASE WHEN d.message_type IN ('CEB621', 'CEB603') THEN"
-    f" d.forward_state = 'receipted' AND d.customs_rank >= {RANK_RELEASED} ELSE false END AS released"
+    f" d.forward_state = 'receipted' AND d.customs_rank >= {RANK_RELEASED} ELSE false END AS released,"
+    " CASE WHEN d.message_type = 'CEB621' THEN d.invt_no END AS invt_no"
 )
 
 #: The export inventories' and cancellations' flags (keystate.Row.cancelled / spent; $1 document ids), read only when

@@ -683,6 +683,8 @@ BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     ("gcode", "621", line(1, gcode="19011010"), {("rule.gcode", IL(1, "gcode"))}),
     ("refund gcode", "625", line(1, gcode="330499009X"),
      {("rule.gcode", "/CEB625Message/InvtRefund[1]/InvtRefundList[1]/gcode")}),
+    ("refund lists an item twice", "625", lambda msg: msg.documents[0].lines.append(dict(msg.documents[0].lines[0])),
+     {("rule.gnum_duplicate", "/CEB625Message/InvtRefund[1]/InvtRefundList[2]/gnum")}),
     ("consigneeDistrict", "311", head(consigneeDistrict="46010"), {("rule.district_code", OH + "consigneeDistrict")}),
     # dates
     ("appTime layout", "311", head(appTime="2026-11-19 10:30"), {("rule.date_format", OH + "appTime")}),

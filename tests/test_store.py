@@ -759,6 +759,40 @@ async def test_an_import_return_follows_its_inventorys_release(store: Store, db_
     assert (await ingest(store, message("CEB623", _refund_head("RL2")))).http_status == 202
 
 
+async def test_an_import_cancellation_or_return_describes_the_inventory_its_key_names(
+    store: Store, db_pool: asyncpg.Pool
+) -> None:
+    """R12, A.7, A.9: found by its inventory's key (ebcCode, orderNo), a cancellation or return names the invtNo
+    customs gave the inventory — once a CEB622 named one —, its waybill and its buyer; a return's line the item's gcode
+    and unit, each item once. Any other is another parcel's, or another person's (whose quota a concluded return
+    would give back): refused, nothing stored."""
+    # not numbered yet (no receipt named its invtNo): none to compare
+    await ingest(store, message("CEB621", inventory_head("DS0")))
+    assert (await ingest(store, message("CEB623", _refund_head("DS0", invtNo="22442025I000000777")))).http_status == 202
+    await ingest(store, message("CEB621", inventory_head("DS1")))
+    await _release(db_pool, "DS1")
+    await db_pool.execute("UPDATE documents SET invt_no = '22442025I000000001' WHERE message_type = 'CEB621'"
+                          " AND order_no = 'DS1'")  # fmt: skip
+    for code in ("CEB623", "CEB625"):
+        lines = [_refund_line("1", "1")] if code == "CEB625" else []
+        other = message(code, _refund_head("DS1", invtNo="22442025I000000999", logisticsNo="LN-OTHER",
+                                           buyerIdNumber="11010119900101123X"), lines=lines)  # fmt: skip
+        doc = other.documents[0]
+        expected = [("state.not_the_inventory", doc.field_path(f)) for f in ("invtNo", "logisticsNo", "buyerIdNumber")]
+        assert await _refused(store, other) == expected
+    item = {**_refund_line("1", "1"), "gcode": "0101210010", "unit": "035"}
+    wrong_item = message("CEB625", _refund_head("DS1"), lines=[item])
+    doc = wrong_item.documents[0]
+    assert await _refused(store, wrong_item) == [("state.refund_item_mismatch", doc.line_path(0, "gcode")),
+                                                 ("state.refund_item_mismatch", doc.line_path(0, "unit"))]  # fmt: skip
+    assert await db_pool.fetchval("SELECT count(*) FROM documents WHERE message_type IN ('CEB623', 'CEB625')"
+                                  " AND key2 = 'DS1'") == 0  # fmt: skip
+    # the inventory's own: taken (an ID number's check character in either case is the same number)
+    mine = message("CEB625", _refund_head("DS1", buyerIdNumber="110101199001011237"), lines=[_refund_line("1", "1")])
+    assert (await ingest(store, mine)).http_status == 202
+    assert (await ingest(store, message("CEB623", _refund_head("DS1")))).http_status == 202
+
+
 async def test_an_order_takes_no_change_once_its_inventory_is_declared(store: Store, db_pool: asyncpg.Pool) -> None:
     """Customs takes no change or withdrawal of an order whose inventory it holds (-301011): refused at the order's
     appType, nothing stored. Until the inventory is declared — held by the gateway (spec §6.7), temp-saved (§3.6) —
