@@ -1307,10 +1307,10 @@ def _orders_declared(news: list[New], live: Live) -> list[Issue]:
             cancel = _CANCELLATION.get(declared.message_type, "a cancellation")
             out.append(issue("state.inventory_declared", new.doc.field_path("appType"),
                              f"appType {new.app_type} ({action}) but the inventory of the shipment "
-                             f"{cur.ebp_code}/{cur.order_no} (ebcCode {declared.ebc_code}, message "
-                             f"{declared.message_guid}) was declared to customs, which takes no change of its order "
-                             f"(-301011); withdraw that inventory (appType 3) or, once released, cancel it ({cancel}) "
-                             "first"))  # fmt: skip
+                             f"{cur.ebp_code}/{cur.order_no} (ebcCode {declared.ebc_code}, guid "
+                             f"{text(declared.head, 'guid')}) was declared to customs, which takes no change of its "
+                             f"order (-301011); withdraw that inventory (appType 3) or, once released, cancel it "
+                             f"({cancel}) first"))  # fmt: skip
     return out
 
 

@@ -255,7 +255,7 @@ def assess(
                 )
         else:
             why = (
-                f"a single item above the annual limit {annual_limit}"
+                f"a single item at or above the annual limit {annual_limit}"
                 if len(inventory.lines) == 1
                 else f"{len(inventory.lines)} lines, so the single-item exception does not apply"
             )

@@ -816,6 +816,9 @@ async def test_an_order_takes_no_change_once_its_inventory_is_declared(store: St
     await ingest(store, message("CEB621", inventory_head("OD1")))
     path = "/CEB311Message/Order[1]/OrderHead/appType"
     assert await refused("OD1", "2", 10) == [("state.inventory_declared", path)]
+    with pytest.raises(Conflict) as said:  # naming the inventory that was declared by its guid
+        await ingest(store, message("CEB311", order_head("OD1", appType="2", appTime=_later(T0, 10))))
+    assert "(ebcCode " + EBC + ", guid INV-OD1) was declared" in said.value.issues[0].message
     assert await refused("OD1", "3", 10) == [("state.inventory_declared", path)]
     # an older one is still only ignored (it changes nothing either way)
     stale = message("CEB311", order_head("OD1", guid="ORD-OD1-OLD", appType="2", appTime=T0))

@@ -196,6 +196,7 @@ def test_a_single_item_goes_at_full_rate_only_below_the_annual_limit() -> None:
     assert codes(below) == ["tax.full_rate_single_item"] and not below.blocking
     at = assess(inventory((MILK, "26000.00")), annual_used=ZERO)
     assert codes(at) == ["tax.single_limit_exceeded"] and at.blocking
+    assert "a single item at or above the annual limit 26000" in at.findings[0].message
     assert at.counts_toward_annual == Decimal("0.00")
 
 
