@@ -516,9 +516,22 @@ async def get_message(request: web.Request) -> web.Response:
 NO_EBP_CODE = "-"
 
 
+#: The query parameters of GET /v1/shipments and its CSV: any other is refused (a misspelt filter would list every
+#: shipment as if it had been applied).
+SHIPMENT_QUERY = frozenset({"state", "customs_status", "ebpCode", "ebcCode", "flow", "mode", "since", "until",
+                            "limit", "cursor"})  # fmt: skip
+
+
 def _shipment_filters(principal: Principal, q: Any) -> tuple[dict[str, Any], int]:
     """The filters of GET /v1/shipments (and of its CSV) as Store.list_shipments takes them, the key's scope
     included, and the page size; ValueError saying which parameter is wrong."""
+    unknown = sorted(set(q) - SHIPMENT_QUERY)
+    if unknown:
+        known = ", ".join(sorted(SHIPMENT_QUERY))
+        raise ValueError(f"unknown query parameter {unknown[0]!r}: the parameters are {known}")
+    mode = q.get("mode")
+    if mode is not None and not (len(mode) == 4 and mode.isascii() and mode.isdigit()):
+        raise ValueError(f"mode {mode!r} is no trade mode (4 digits: 9610, 1210, 1239, 9710, 9810)")
     state = q.get("state")
     if state is not None and state not in {s.value for s in ShipmentState}:
         raise ValueError(f"unknown state {state!r}: one of " + ", ".join(s.value for s in ShipmentState))
@@ -535,7 +548,7 @@ def _shipment_filters(principal: Principal, q: Any) -> tuple[dict[str, Any], int
     ebp_code = q.get("ebpCode")
     filters = {"state": state, "customs_status": customs_status,
                "ebp_code": "" if ebp_code == NO_EBP_CODE else ebp_code,
-               "ebc_code": q.get("ebcCode"), "flow": flow, "since": since, "until": until,
+               "ebc_code": q.get("ebcCode"), "flow": flow, "mode": mode, "since": since, "until": until,
                "parties": None if principal.sees_everything else sorted(principal.codes)}  # fmt: skip
     return filters, limit
 

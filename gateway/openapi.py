@@ -116,6 +116,7 @@ _SHIPMENT_FILTERS = (
     ("ebpCode", "platform code (- for a waybill-only shipment's empty one)"),
     ("ebcCode", "e-commerce enterprise code"),
     ("flow", "import | export"),
+    ("mode", "the inventory's trade mode: 9610 | 1210 | 1239 | 9710 | 9810"),
     ("since", "ISO 8601 time, updated at or after (without an offset: UTC)"),
     ("until", "ISO 8601 time, updated before (without an offset: UTC)"),
 )
@@ -186,7 +187,8 @@ OPENAPI: dict[str, Any] = {
             "get": _page_list(
                 "Shipments with their reconciliation state and customs status, newest first (keyset pages)",
                 _SHIPMENT_FILTERS,
-                "an unknown state, customs_status or flow, a time or cursor that is not one, a bad limit",
+                "an unknown query parameter, state, customs_status or flow, a mode, time or cursor that is not one, "
+                "a bad limit",
             )
         },
         "/v1/summaries/pending": {

@@ -558,6 +558,17 @@ async def test_list_filters_and_paginates(api: Client) -> None:
     assert (await api.get("/v1/shipments?customs_status=released")).body["items"] == []
     bogus = await api.get("/v1/shipments?customs_status=bogus")
     assert bogus.status == 400 and "released" in bogus.body["error"]["title"]
+    # by the inventory's trade mode (bonded operators list their 1210 parcels)
+    bonded = new_shipment(36, mode="1210")
+    assert (await api.post_xml(legs(bonded)["CEB621"])).status == 202
+    listed = (await api.get("/v1/shipments?mode=1210")).body["items"]
+    assert [i["orderNo"] for i in listed] == [bonded.order_doc["orderNo"]]
+    assert (await api.get("/v1/shipments?mode=9610")).body["items"] == []  # the others have no inventory yet
+    assert (await api.get("/v1/shipments?mode=12101")).status == 400
+    # a misspelt filter is refused, not ignored (it would list every shipment as if applied)
+    typo = await api.get("/v1/shipments?staet=matched")
+    assert typo.status == 400 and "unknown query parameter 'staet'" in typo.body["error"]["title"]
+    assert (await api.get("/v1/shipments.csv?mdoe=1210")).status == 400
 
 
 async def test_healthz_and_openapi(api: Client) -> None:
