@@ -75,8 +75,8 @@ _MAX_POSITIONAL_DIGITS = 40
 
 #: Message types accepted as JSON: the import declarations, then the export ones (spec §4).
 JSON_TYPES: tuple[str, ...] = (
-    "CEB311", "CEB411", "CEB511", "CEB621", "CEB303", "CEB403", "CEB505", "CEB603", "CEB605", "CEB507", "CEB509",
-    "CEB607", "CEB701", "CEB213", "CEB215",
+    "CEB311", "CEB411", "CEB511", "CEB621", "CEB623", "CEB625", "CEB303", "CEB403", "CEB505", "CEB603", "CEB605",
+    "CEB507", "CEB509", "CEB607", "CEB701", "CEB213", "CEB215",
 )  # fmt: skip
 
 #: The schema file of each flow's JSON types (gateway.messages): where their elements' sequences are read.
@@ -118,6 +118,9 @@ DEFAULTS: dict[str, dict[str, dict[str, str]]] = {
             "appType": "1", "appStatus": "2", "currency": "142", "buyerIdType": "1", "ieFlag": "I", "packNo": "1",
         },
         "InventoryList": {"currency": "142"},
+        # an inventory's cancellation and return (A.7, A.9): signed by the gateway as the inventory was
+        "InvtCancel": {"appType": "1", "appStatus": "2", "buyerIdType": "1"},
+        "InvtRefundHead": {"appType": "1", "appStatus": "2", "buyerIdType": "1"},
     },
     "export": {
         "BaseTransfer": {"dxpMode": "DXP"},

@@ -999,6 +999,43 @@ def summary_application(
 RETURN_TRADE_MODE = {"1210": "1261"}
 
 
+def import_cancellation(
+    rng: random.Random, inventory: dict[str, Any], invt_no: str, *, now: datetime | None = None,
+    reason: str = "买家取消订单",
+) -> dict[str, Any]:
+    """A CEB623 撤销申请单 JSON payload cancelling an import inventory (``inventory``: its CEB621 head and lines,
+    ``invt_no`` the number customs gave it, A.7): the inventory's parties, waybill and buyer, declared by its agent."""
+    return _import_reference("CEB623", rng, inventory, invt_no, now, reason, None)
+
+
+def import_return(
+    rng: random.Random, inventory: dict[str, Any], invt_no: str, *, now: datetime | None = None,
+    items: Sequence[int] | None = None, reason: str = "质量问题，退货",
+) -> dict[str, Any]:
+    """A CEB625 退货申请单 JSON payload returning goods of a released import inventory (A.9): its items ``items``
+    (gnum; all by default) in full, with the inventory's parties, waybill and buyer, declared by its agent."""
+    wanted = set(items) if items is not None else None
+    lines = [{k: line[k] for k in ("gnum", "gcode", "gname", "qty", "unit")}
+             for line in inventory["items"] if wanted is None or int(line["gnum"]) in wanted]  # fmt: skip
+    return _import_reference("CEB625", rng, inventory, invt_no, now, reason, lines)
+
+
+def _import_reference(
+    code: str, rng: random.Random, inventory: dict[str, Any], invt_no: str, now: datetime | None, reason: str,
+    lines: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    now = _anchor(now)
+    doc: dict[str, Any] = {
+        "guid": _guid(rng), "appType": "1", "appTime": _t(now), "appStatus": "2",
+        **{k: inventory[k] for k in ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName",
+                                     "logisticsNo", "logisticsCode", "logisticsName", "buyerIdType", "buyerIdNumber",
+                                     "buyerName", "buyerTelephone", "agentCode", "agentName")},
+        "invtNo": invt_no, "reason": reason, **({"items": lines} if lines is not None else {}),
+    }  # fmt: skip
+    sender = _base_transfer(inventory["agentCode"], inventory["agentName"])
+    return {"type": code, "guid": _guid(rng), "version": "1.0", "baseTransfer": sender, "documents": [doc]}
+
+
 def export_return(
     rng: random.Random, inventory: dict[str, Any], invt_no: str, *, now: datetime | None = None,
     items: Sequence[int] | None = None, reason: str = "买家拒收，整单退回",

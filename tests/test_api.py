@@ -23,6 +23,7 @@ from adapters import warehouse
 from gateway import db, samples
 from gateway.api import SHIPMENT_CSV_COLUMNS, create_app
 from gateway.config import ApiKey, Role
+from gateway.receipts import RANK_RELEASED
 from gateway.render import render
 from gateway.sandbox.receipts import build_receipt
 from gateway.signing import RsaSha1Key, Signer, generate_test_key
@@ -249,6 +250,30 @@ async def test_json_submission_goes_through_the_same_path(api: Client) -> None:
     stored = await api.get(f"/v1/messages/{guid}")
     assert stored.status == 200
     assert "<ceb:CEB311Message" in stored.body["raw_xml"]
+
+
+async def test_a_json_seller_cancels_and_returns_its_inventory_in_json(api: Client, db_pool: asyncpg.Pool) -> None:
+    """A seller whose inventory the gateway signed from JSON cancels and returns it in JSON too (CEB623, CEB625),
+    signed by the gateway as the inventory was, and held to the inventory it names (the invtNo customs gave it)."""
+    s = new_shipment(44, mode="1210")
+    for payload in (s.order, s.payment, s.waybill, s.inventory):
+        reply = await api.request("POST", "/v1/messages", json_body=json.loads(json.dumps(payload, default=str)))
+        assert reply.status == 202, reply.body
+    inv = s.inventory_doc
+    invt_no = f"{inv['customsCode']}2026I000000044"
+    await db_pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '800', customs_rank = $3,"
+                          " invt_no = $2 WHERE message_type = 'CEB621' AND key2 = $1", inv["orderNo"], invt_no,
+                          RANK_RELEASED)  # fmt: skip
+    rng = random.Random(44)
+    wrong = samples.import_return(rng, inv, f"{inv['customsCode']}2026I000000999", items=[1])
+    refused = await api.request("POST", "/v1/messages", json_body=json.loads(json.dumps(wrong, default=str)))
+    assert refused.status == 409 and refused.body["error"]["issues"][0]["code"] == "state.not_the_inventory"
+    returned = samples.import_return(rng, inv, invt_no, items=[1])
+    for payload in (returned, samples.import_cancellation(rng, inv, invt_no)):
+        reply = await api.request("POST", "/v1/messages", json_body=json.loads(json.dumps(payload, default=str)))
+        assert reply.status == 202, reply.body
+        stored = await api.get(f"/v1/messages/{reply.body['guid']}")
+        assert f"<ceb:{payload['type']}Message" in stored.body["raw_xml"] and "<ds:Signature" in stored.body["raw_xml"]
 
 
 async def test_a_json_declaration_is_not_signed_with_an_expired_certificate(db_pool: asyncpg.Pool) -> None:

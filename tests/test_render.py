@@ -29,6 +29,8 @@ from gateway.samples import (
     export_return,
     export_shipment,
     export_transport,
+    import_cancellation,
+    import_return,
     return_tally,
     shipment,
     summary_application,
@@ -78,7 +80,11 @@ def xsds(xsd: etree.XMLSchema, export_xsd: etree.XMLSchema) -> dict[str, etree.X
 
 
 def sample_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, Any]]:
-    return shipment(random.Random(seed), mode=mode, n_items=3, now=NOW).payloads()
+    """The four import legs of a sample parcel, a cancellation (CEB623) and a return (CEB625) of its inventory."""
+    s = shipment(random.Random(seed), mode=mode, n_items=3, now=NOW)
+    invt_no = f"{s.inventory_doc['customsCode']}2026I{seed:09d}"
+    return {**s.payloads(), "CEB623": import_cancellation(random.Random(seed), s.inventory_doc, invt_no, now=NOW),
+            "CEB625": import_return(random.Random(seed), s.inventory_doc, invt_no, now=NOW, items=[1])}
 
 
 def export_payloads(seed: int = 7, mode: str = "9610") -> dict[str, dict[str, Any]]:
@@ -242,6 +248,9 @@ OPTIONAL_VALUES: dict[str, dict[str, dict[str, str]]] = {
                           "areaCode": "4604640032", "areaName": "示例保税仓", "loctNo": "4601", "licenseNo": "L-1",
                           "wrapType": "2", "note": "无"},
         "InventoryList": {"itemRecordNo": "10001", "tradeCountry": "116", "qty2": "1", "unit2": "035", "note": "无"},
+        "InvtCancel": {"copNo": "CX-1", "preNo": "B20261120000000002", "note": "撤销"},
+        "InvtRefundHead": {"copNo": "RX-1", "preNo": "B20261120000000003", "note": "退货"},
+        "InvtRefundList": {"note": "原包装"},
     },
     "export": {
         "OrderHead": {"note": "海外仓补货"},
@@ -311,6 +320,8 @@ def test_defaults_are_applied(code: str) -> None:
         "CEB411": {"payerIdType": "1", "currency": "142"},
         "CEB511": {"packNo": "1", "currency": "142"},
         "CEB621": {"buyerIdType": "1", "ieFlag": "I", "packNo": "1", "currency": "142"},
+        "CEB623": {"buyerIdType": "1"},
+        "CEB625": {"buyerIdType": "1"},
         "CEB303": {"orderType": "E"},
         "CEB403": {},
         "CEB505": {},
@@ -326,7 +337,8 @@ def test_defaults_are_applied(code: str) -> None:
     assert {k: doc.head[k] for k in expected} == expected
     mtype = mtype_of(code)
     # import amounts are in yuan; an export sale's currency is the seller's and is not guessed (spec §4.1)
-    assert all(line.get("currency") == ("142" if mtype.flow == "import" else None) for line in doc.lines)
+    priced = mtype.flow == "import" and "currency" in FIELD_ORDER["import"].get(mtype.lines or "", ())
+    assert all(line.get("currency") == ("142" if priced else None) for line in doc.lines)
     # nothing else was invented: only the given field, the generated ones and the documented defaults
     given = set(payload["documents"][0]) - {"items"}
     assert set(doc.head) == given | {"guid", "appTime"} | set(DEFAULTS[mtype.flow][fields_element(mtype)])
@@ -446,7 +458,7 @@ def _with_item(**fields: Any) -> dict[str, Any]:
         ("<xml/>", "json.not_an_object", ""),
         ({}, "json.missing_field", "/type"),
         ({"type": "CEB312", "documents": []}, "json.unsupported_type", "/type"),
-        ({"type": "CEB623", "documents": []}, "json.unsupported_type", "/type"),
+        ({"type": "CEB711", "documents": []}, "json.unsupported_type", "/type"),
         ({"type": 311, "documents": []}, "json.unsupported_type", "/type"),
         ({"type": "CEB311"}, "json.missing_field", "/documents"),
         ({"type": "CEB311", "documents": {}}, "json.not_an_array", "/documents"),
@@ -802,7 +814,8 @@ def test_documented_examples_render_and_validate() -> None:
     schemas = {flow: etree.XMLSchema(etree.parse(str(path))) for flow, path in (("import", XSD_PATH),
                                                                                ("export", EXPORT_XSD_PATH))}
     for code, payload in examples.items():
-        xml = render(payload, signer=stub_signature if code in ("CEB621", *EXPORT_TYPES[3:]) else None)
+        xml = render(payload, signer=stub_signature if code in ("CEB621", "CEB623", "CEB625", *EXPORT_TYPES[3:])
+                     else None)  # fmt: skip
         root, mtype = parse_message(xml)
         if code != "CEB621":  # the 621 example is abridged
             assert schemas[mtype.flow].validate(root), (code, schemas[mtype.flow].error_log)
