@@ -26,7 +26,7 @@ from aiohttp import web
 from lxml import etree
 
 from adapters import warehouse
-from gateway import samples
+from gateway import db, samples
 from gateway.api import PIPELINE
 from gateway.console import CONSOLE
 from gateway.render import render
@@ -36,6 +36,7 @@ from gateway.signing import RsaSha1Key, Signer, SigningUnavailable, generate_tes
 from gateway.ukey import UKeySigner
 from tests.apiutil import ADMIN, PLATFORM_A, Client
 from tests.consoleutil import build_app, key_of, new_shipment, seed_realistic, start, submit
+from tests.dbutil import fresh_database
 from tests.forwardutil import CUSTOMS_KEY, running_stack, wait_for
 from tests.forwardutil import legs as fwd_legs
 from tests.forwardutil import shipment as fwd_shipment
@@ -756,3 +757,65 @@ async def test_console_at_1366x768_with_realistic_data(browser: Browser, site: S
         await page.screenshot(path=shot("console-full.png"), full_page=True)
         await page.context.close()
     assert errors == []
+
+
+async def test_the_live_feed_says_the_database_is_away_and_comes_back_with_it(browser: Browser, pg_dsn: str) -> None:
+    """A database outage ended the live feed for good: the open stream broke on its session check, the browser's
+    reconnect was answered 503, and EventSource never tries again after an HTTP error. Now the stream stays and says
+    the database is away (the banner), a stream that ended anyway is opened again by the page, and once the database
+    takes connections again the banner clears and changes appear live again, without a reload."""
+    errors: list[str] = []
+    streams: list[str] = []
+    async with fresh_database(pg_dsn) as dsn:
+        name = dsn.rsplit("/", 1)[1]
+        pool = await db.create_pool(dsn, min_size=0, max_size=4)
+        app = build_app(pool, poll_interval=0.3)
+        runner, base = await start(app)
+        admin = await asyncpg.connect(pg_dsn)
+
+        async def database(up: bool) -> None:
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(up).lower()}')
+            if not up:
+                await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+
+        try:
+            async with asyncio.timeout(90), aiohttp.ClientSession() as http:
+                site = Site(base, Client(http, base), pool, app)
+                page = await live_console(browser, site, errors)
+                page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/ops/api/events") else None)
+                banner = page.locator("#banner")
+                await expect(banner).to_be_hidden()
+
+                await database(False)
+                await expect(banner).to_contain_text("Database unavailable 数据库不可用")
+                await page.wait_for_timeout(2500)  # several of the stream's session checks
+                assert streams == []  # the same stream, kept open
+                await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+                # a stream that ends while the database is away (a proxy's timeout, a restart): its reconnect is
+                # answered 503, and the page opens another one itself
+                feed = app[CONSOLE].feed
+                assert feed is not None
+                for sub in list(feed.subscribers):
+                    sub.close()
+                for _ in range(150):
+                    if len(streams) >= 2:  # the browser's own reconnect (refused), then the page's
+                        break
+                    await asyncio.sleep(0.1)
+                assert len(streams) >= 2, streams
+                await expect(banner).to_contain_text("Database unavailable 数据库不可用")
+
+                await database(True)
+                await expect(banner).to_be_hidden(timeout=20_000)
+                await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+                s = samples.broken(new_shipment(470), "amount_mismatch")
+                await submit(site.api, s)
+                await page.wait_for_selector(f"#list-table tbody tr[data-order='{s.order_doc['orderNo']}']")
+                await page.context.close()
+        finally:
+            await database(True)
+            await admin.close()
+            await asyncio.wait_for(runner.cleanup(), 10)
+            await pool.close()
+    # what the browser logs of the refused requests (503) while the database was away
+    assert [e for e in errors if "503" not in e] == [], errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import html
 import re
@@ -57,6 +58,7 @@ SECURITY_HEADERS = {
 
 _KEEPALIVE_S = 15.0
 _CHECK_S = 1.0
+_CHECK_TIMEOUT_S = 5.0  # a database that does not answer at all holds the stream no longer than the feed's poll
 
 
 @dataclass
@@ -530,12 +532,30 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(b"retry: 2000\n\n")
         quiet_since = time.monotonic()
+        database_away = False
         while not sub.closed:
             batch = await sub.next(_CHECK_S)
             transport = request.transport
             if transport is None or transport.is_closing():
                 break  # the browser went away; noticed within _CHECK_S rather than at the next write
-            if await console.sessions.get(_pool(request), request.app[console.keys_key], cookie) is None:
+            try:
+                async with asyncio.timeout(_CHECK_TIMEOUT_S):
+                    live = await console.sessions.get(_pool(request), request.app[console.keys_key], cookie) is not None
+            except Exception as exc:
+                if not (db.database_away(exc) or isinstance(exc, TimeoutError)):
+                    raise
+                # the database away: the stream stays open and says so (the browser's reconnect would be answered 503,
+                # after which EventSource gives up for good); the session, valid a moment ago, is checked again once
+                # the database answers
+                live = True
+                if not database_away:
+                    database_away = True
+                    batch = [("status", {"database": "unavailable"}), *batch]
+            else:
+                if database_away:
+                    database_away = False
+                    batch = [("status", {"database": "ok"}), *batch]  # the feed's own status, if any, comes after
+            if not live:
                 await response.write(b"event: signed-out\ndata: {}\n\n")
                 break
             if batch:

@@ -47,6 +47,7 @@
     view: "overview",
     shipmentKey: null,
     alerts: { database: null, signing: null }, // what the header's banner says, one line each
+    feedRetries: 0, // the live feed's connections refused in a row (its reconnection's backoff)
   };
 
   // --- small DOM helpers ---
@@ -713,11 +714,38 @@
     return `Signing certificate expires in ${s.days_left} d (${until}) 签名证书即将过期，请及时更新`;
   }
 
+  // Why the feed's connection was refused: 503 is the database away (the API answers so while PostgreSQL cannot be
+  // reached), 401 a session that ended, no answer at all the gateway itself.
+  async function feedRefused() {
+    let status = 0;
+    try {
+      status = (await fetch(`${API}/session`, { credentials: "same-origin" })).status;
+    } catch (err) { /* no answer */ }
+    if (status === 401) window.location.assign("/ops/login");
+    if (status === 503) state.alerts.database = "Database unavailable 数据库不可用";
+    else if (status === 0) state.alerts.database = "Gateway not answering 网关无响应";
+    renderBanner();
+  }
+
+  // EventSource reconnects by itself after a dropped connection, but not after an HTTP error (a 503 while the database
+  // is away, a proxy's 502): it closes for good. The page then opens a new one, waiting longer each time (1 s to 30 s).
   function connect() {
     const live = $("live");
     const es = new EventSource(`${API}/events`);
-    es.onopen = () => { live.dataset.state = "live"; $("live-text").textContent = "Live 实时"; };
-    es.onerror = () => { live.dataset.state = "reconnecting"; $("live-text").textContent = "reconnecting… 重连中"; };
+    es.onopen = () => {
+      state.feedRetries = 0;
+      state.alerts.database = null;  // the stream's session was read: the database answers (the feed says if not)
+      renderBanner();
+      live.dataset.state = "live";
+      $("live-text").textContent = "Live 实时";
+    };
+    es.onerror = () => {
+      live.dataset.state = "reconnecting";
+      $("live-text").textContent = "reconnecting… 重连中";
+      if (es.readyState !== EventSource.CLOSED) return;
+      const wait = Math.min(30000, 1000 * 2 ** Math.min(state.feedRetries++, 5));
+      feedRefused().finally(() => setTimeout(connect, wait));
+    };
     es.addEventListener("summary", (ev) => {
       const data = JSON.parse(ev.data);
       const before = state.counts ? JSON.stringify(state.counts.by_state) : null;
