@@ -819,3 +819,20 @@ async def test_the_live_feed_says_the_database_is_away_and_comes_back_with_it(br
             await pool.close()
     # what the browser logs of the refused requests (503) while the database was away
     assert [e for e in errors if "503" not in e] == [], errors
+
+
+async def test_a_listed_shipment_with_findings_still_says_what_it_is_missing(browser: Browser, site: Site) -> None:
+    """The list said what was missing only of a shipment without findings: a mismatched order and payment whose waybill
+    and inventory never came read as if only the amount were wrong."""
+    s = samples.broken(new_shipment(471), "amount_mismatch")
+    await submit(site.api, s, "CEB311", "CEB411")
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await live_console(browser, site, errors)
+        await page.select_option("#filters select[name=state]", "any")
+        await page.click("#filters button[type=submit]")
+        row = page.locator(f"#list-table tbody tr[data-order='{s.order_doc['orderNo']}']")
+        await expect(row.locator(".finding")).not_to_have_count(0)
+        await expect(row).to_contain_text("missing 缺少: waybill 运单, inventory 清单")
+        await page.context.close()
+    assert errors == []

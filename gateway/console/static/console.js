@@ -534,7 +534,8 @@
     const shown = (blocking.length ? blocking : list).slice(0, 4);
     const out = shown.map(findingView);
     if (list.length > shown.length) out.push(h("div", { class: "sub", text: `+ ${list.length - shown.length} more` }));
-    if (!list.length && item.missing && item.missing.length) {
+    // what is missing, whatever the findings: a shipment with a finding may lack a leg too
+    if (item.missing && item.missing.length) {
       out.push(h("div", { class: "sub", text: `missing 缺少: ${item.missing.map((k) => `${k} ${KIND_ZH[k] || ""}`).join(", ")}` }));
     }
     return out;
