@@ -836,3 +836,27 @@ async def test_a_listed_shipment_with_findings_still_says_what_it_is_missing(bro
         await expect(row).to_contain_text("missing 缺少: waybill 运单, inventory 清单")
         await page.context.close()
     assert errors == []
+
+
+async def test_one_long_value_wraps_rather_than_widen_the_page(browser: Browser, site: Site) -> None:
+    """A finding's value of a few hundred characters without a space (an address pasted twice, a seller's junk) made
+    the list 3,000 px wide: its sides did not wrap."""
+    long_value = "浙江省杭州市余杭区" * 20 + "X" * 200
+    finding = {"code": "recon.address_mismatch", "field": "consigneeAddress", "blocking": True,
+               "message": "the addresses differ",
+               "left": {"doc": "CEB311", "path": "/CEB311Message/Order/OrderHead/consigneeAddress",
+                        "value": long_value},
+               "right": {"doc": "CEB511", "path": "/CEB511Message/Logistics/LogisticsHead/consigneeAddress",
+                         "value": long_value + "1"}}  # fmt: skip
+    await site.pool.execute("INSERT INTO shipments (ebp_code, order_no, state, findings) VALUES"
+                            " ('46012609BQ', 'LONG-1', 'mismatched', $1)", [finding])  # fmt: skip
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await live_console(browser, site, errors)
+        await page.wait_for_selector("#list-table tbody tr[data-order='LONG-1'] .finding")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 1366
+        await page.click("#list-table tbody tr[data-order='LONG-1'] a")
+        await page.wait_for_selector("table.findings")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 1366
+        await page.context.close()
+    assert errors == []
