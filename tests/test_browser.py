@@ -860,3 +860,19 @@ async def test_one_long_value_wraps_rather_than_widen_the_page(browser: Browser,
         assert await page.evaluate("document.documentElement.scrollWidth") <= 1366
         await page.context.close()
     assert errors == []
+
+
+async def test_the_shipment_page_names_buyer_and_consignee_without_the_order(browser: Browser, site: Site) -> None:
+    """The page took the buyer and the consignee from the order only: a shipment whose order has not come showed
+    neither, though its inventory names the buyer and its waybill the consignee."""
+    s = new_shipment(472)
+    await submit(site.api, s, "CEB511", "CEB621")
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await live_console(browser, site, errors)
+        await page.goto(f"{site.base}/ops#/shipment?{urlencode(key_of(s))}")
+        facts = page.locator(".facts")
+        await expect(facts).to_contain_text(f"Buyer 订购人{s.inventory_doc['buyerName']}")
+        await expect(facts).to_contain_text(f"Consignee 收货人{s.waybill_doc['consignee']}")
+        await page.context.close()
+    assert errors == []

@@ -999,11 +999,25 @@
     return h("div", {}, h("dt", { text: label }), h("dd", { class: mono ? "mono" : null, text: value ?? "—" }));
   }
 
+  // A field of the shipment's documents' heads: the order's, else the inventory's, else the waybill's (a shipment
+  // whose order has not come, or whose order leaves it empty, still names its buyer and consignee); of each kind the
+  // current version first.
+  function headValue(ship, name) {
+    for (const kind of ["order", "inventory", "waybill"]) {
+      const docs = ship.documents.filter((d) => d.kind === kind && !d.withdrawn);
+      docs.sort((a, b) => Number(b.is_current) - Number(a.is_current));
+      for (const d of docs) {
+        const value = d.head ? d.head[name] : null;
+        if (value !== null && value !== undefined && String(value).trim()) return value;
+      }
+    }
+    return null;
+  }
+
   async function loadShipment(key) {
     const p = new URLSearchParams(key);
     const ship = await call(`${API}/shipment?${p}`);
-    const order = ship.documents.find((d) => d.kind === "order" && d.is_current) || ship.documents.find((d) => d.kind === "order");
-    const head = order ? order.head : {};
+    const party = (name) => headValue(ship, name);
     const root = $("shipment");
     root.replaceChildren(
       h("section", { class: "panel" },
@@ -1022,9 +1036,9 @@
             `${o.warehouse_order_no} ${o.status} ${WAREHOUSE_ZH[o.status] || ""}`.trim()).join(", ") || "—"),
           ship.summary ? fact("Summary 汇总申报", summaryText(ship.summary)) : null,
           ship.payment_data ? fact("Payment data 支付原始数据 (179)", paymentDataText(ship.payment_data)) : null,
-          fact("Buyer 订购人", head.buyerName),
+          fact("Buyer 订购人", party("buyerName")),
           fact("Buyer ID 身份证号", ship.buyerIdNumber, true),
-          fact("Consignee 收货人", head.consignee),
+          fact("Consignee 收货人", party("consignee")),
           fact("Updated 更新", fmtTime(ship.updated_at)))),
       h("section", { class: "panel" }, h("h2", {}, "Findings ", h("span", { class: "zh", text: "差异" })),
         findingsTable(ship.findings)),
