@@ -876,3 +876,32 @@ async def test_the_shipment_page_names_buyer_and_consignee_without_the_order(bro
         await expect(facts).to_contain_text(f"Consignee 收货人{s.waybill_doc['consignee']}")
         await page.context.close()
     assert errors == []
+
+
+async def test_the_customs_chips_list_their_shipments_each_row_with_its_customs_status(
+    browser: Browser, site: Site
+) -> None:
+    """The shipments customs rejected, or whose delivery failed, could not be listed: the chips counting them led
+    nowhere, the list had no customs-status filter and its rows did not say the status."""
+    insert = "INSERT INTO shipments (ebp_code, order_no, state, customs_status) VALUES ('46012609BQ', $1, $2, $3)"
+    await site.pool.executemany(insert, [("CR1", "matched", "rejected"), ("CF1", "incomplete", "failed"),
+                                         ("CP1", "mismatched", "pending")])  # fmt: skip
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await live_console(browser, site, errors)
+        rows = page.locator("#list-table tbody tr")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text("customs 海关 pending 未申报")
+        await page.click("#customs-chips [data-customs-filter=rejected]")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_have_attribute("data-order", "CR1")
+        await expect(rows.first.locator(".customs-badge")).to_have_text("customs 海关 rejected 被拒")
+        await expect(page.locator("#list-title")).to_contain_text("customs 海关 rejected")
+        await expect(page.locator("#filters select[name=customs_status]")).to_have_value("rejected")
+        await page.click("#customs-chips [data-customs-filter=failed]")
+        await expect(rows.first).to_have_attribute("data-order", "CF1")
+        await expect(rows).to_have_count(1)
+        await page.click("#filters button[type=reset]")  # cleared: the mismatches of any customs status
+        await expect(rows.first).to_have_attribute("data-order", "CP1")
+        await page.context.close()
+    assert errors == []

@@ -452,6 +452,27 @@ async def test_list_filters(ops: Ops) -> None:
 
 
 
+async def test_the_list_filters_by_customs_status(ops: Ops) -> None:
+    """The shipments customs rejected, or whose delivery failed, could not be listed (no customs-status filter)."""
+    insert = "INSERT INTO shipments (ebp_code, order_no, state, customs_status) VALUES ('46012609BQ', $1, $2, $3)"
+    await ops.pool.executemany(insert, [("CR1", "matched", "rejected"), ("CR2", "mismatched", "rejected"),
+                                        ("CF1", "incomplete", "failed"), ("CP1", "mismatched", "pending")])  # fmt: skip
+    client = await ops.console(OPERATOR)
+
+    async def orders(**params: str) -> list[str]:
+        body = await client.get_json("/ops/api/shipments", **params)
+        return sorted(i["orderNo"] for i in body["items"])
+
+    assert await orders(state="any", customs_status="rejected") == ["CR1", "CR2"]
+    assert await orders(customs_status="rejected") == ["CR2"]  # the mismatched among them
+    assert await orders(state="any", customs_status="failed") == ["CF1"]
+    assert await orders(state="any", customs_status="released") == []
+    status, body = await client.get("/ops/api/shipments", customs_status="lost")
+    assert status == 400 and "customs_status" in body["error"]["title"]
+    status, text = await client.get("/ops/api/shipments.csv", state="any", customs_status="rejected")
+    assert status == 200 and [line.split(",")[2] for line in text.splitlines()[1:]] == ["CR2", "CR1"]
+
+
 async def test_the_list_downloads_as_csv_every_page_masked_and_safe_for_a_spreadsheet(
     ops: Ops, monkeypatch: pytest.MonkeyPatch
 ) -> None:

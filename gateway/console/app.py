@@ -30,6 +30,7 @@ from gateway.console.session import (
     csrf_ok,
     origin_allowed,
 )
+from gateway.forward import SHIPMENT_CUSTOMS_STATUSES
 from gateway.outbox import read_warehouse_callbacks
 from gateway.store import (
     payment_data_of_shipment,
@@ -284,12 +285,16 @@ def list_query(query: Any) -> q.ListQuery:
     flow = query.get("flow") or None
     if flow not in (None, "import", "export"):
         raise ValueError(f"unknown flow {flow!r}")
+    customs_status = query.get("customs_status") or None
+    if customs_status is not None and customs_status not in SHIPMENT_CUSTOMS_STATUSES:
+        raise ValueError(f"unknown customs_status {customs_status!r}: one of " + ", ".join(SHIPMENT_CUSTOMS_STATUSES))
     try:
         limit = min(max(int(query.get("limit", "50")), 1), 200)
     except ValueError:
         raise ValueError("limit must be a number") from None
     ql = q.ListQuery(
         state=None if state == "any" else state,
+        customs_status=customs_status,
         flow=flow,
         since=_time(query.get("since"), "since"),
         until=_time(query.get("until"), "until"),

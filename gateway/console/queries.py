@@ -152,6 +152,7 @@ SELECT s.id, s.ebp_code, s.order_no, s.ebc_code, s.state, s.missing, s.findings,
 #: filter name -> condition (``{}`` is the parameter number).
 LIST_FILTERS: dict[str, str] = {
     "state": "s.state = ${}",
+    "customs_status": "s.customs_status = ${}",
     "flow": "s.flow = ${}",
     "order_no": "s.order_no = ${}",
     # the shipments listing a document with that logisticsNo (SHIPMENT_DOCUMENTS): an inventory's own; a waybill's
@@ -175,6 +176,7 @@ LIST_FILTERS: dict[str, str] = {
 @dataclass
 class ListQuery:
     state: str | None = "mismatched"  # None: every state
+    customs_status: str | None = None  # gateway.forward.SHIPMENT_CUSTOMS_STATUSES; None: any
     flow: str | None = None  # "import" | "export"; None: both
     order_no: str | None = None
     logistics_no: str | None = None

@@ -140,8 +140,12 @@
     setKpi("kpi-incomplete", shipments.by_state.incomplete);
     setKpi("kpi-matched", shipments.by_state.matched);
     setKpi("kpi-total", shipments.total);
+    // each chip lists its shipments (any reconciliation state): the rejected and failed ones are found from here
     const chips = Object.entries(shipments.by_customs_status).sort((a, b) => b[1] - a[1]).map(([status, n]) =>
-      h("span", { class: "chip" }, `${status} ${CUSTOMS_ZH[status] || ""}`, h("b", { text: fmtNum(n) })));
+      h("a", { class: `chip customs-${status}`, href: "#/", "data-customs-filter": status,
+        title: `List the shipments customs status ${status} 列出海关状态为${CUSTOMS_ZH[status] || status}的订单`,
+        onclick: (ev) => { ev.preventDefault(); showList({ state: "any", customs_status: status }); } },
+      `${status} ${CUSTOMS_ZH[status] || ""}`, h("b", { text: fmtNum(n) })));
     $("customs-chips").replaceChildren(...chips);
   }
 
@@ -566,7 +570,9 @@
         h("a", { href: shipmentHref(item), class: "mono", text: item.orderNo }),
         h("div", { class: "sub" }, h("span", { class: `state ${item.state}`, text: `${item.state} ${STATE_ZH[item.state] || ""}` }),
           " ", item.ebpCode || "(waybill only)", item.mode ? ` · ${item.mode}` : "",
-          item.flow === "export" ? " · export 出口" : "")),
+          item.flow === "export" ? " · export 出口" : ""),
+        h("div", {}, h("span", { class: `customs-badge customs-${item.customsStatus}`,
+          text: `customs 海关 ${item.customsStatus} ${CUSTOMS_ZH[item.customsStatus] || ""}`.trim() }))),
       h("td", { class: "buyer" }, h("div", { text: item.buyerName || "—" }),
         h("div", { class: "sub mono", text: item.buyerIdNumber || "" })),
       h("td", {}, findingsOf(item)));
@@ -596,7 +602,16 @@
     $("list-count").textContent = `${tbody.rows.length}${body.next_cursor ? "+" : ""}`;
     const stateName = params.get("state") || "mismatched";
     const titles = { mismatched: "Mismatches 三单对碰不一致", incomplete: "Incomplete 待补齐", matched: "Matched 已匹配", any: "Shipments 全部订单" };
-    $("list-title").textContent = titles[stateName];
+    const customs = params.get("customs_status");
+    $("list-title").textContent = titles[stateName] +
+      (customs ? ` · customs 海关 ${customs} ${CUSTOMS_ZH[customs] || ""}`.trimEnd() : "");
+  }
+
+  // The list filtered as the counts' cards and chips say (the form's other fields as they are).
+  function showList(filters) {
+    const form = $("filters").elements;
+    for (const [name, value] of Object.entries(filters)) form[name].value = value;
+    if (window.location.hash && window.location.hash !== "#/") window.location.hash = "#/"; else scheduleList();
   }
 
   function scheduleList(live = false) {
@@ -1107,8 +1122,7 @@
     for (const card of document.querySelectorAll("[data-state-filter]")) {
       card.addEventListener("click", (ev) => {
         ev.preventDefault();
-        $("filters").elements.state.value = card.dataset.stateFilter;
-        if (window.location.hash && window.location.hash !== "#/") window.location.hash = "#/"; else scheduleList();
+        showList({ state: card.dataset.stateFilter });
       });
     }
     window.addEventListener("hashchange", route);
