@@ -35,7 +35,7 @@ from gateway.sandbox.ukey import start_ukey
 from gateway.signing import RsaSha1Key, Signer, SigningUnavailable, generate_test_key
 from gateway.ukey import UKeySigner
 from tests.apiutil import ADMIN, PLATFORM_A, Client
-from tests.consoleutil import build_app, key_of, new_shipment, seed_realistic, start, submit
+from tests.consoleutil import build_app, key_of, make_dead_letter, new_shipment, seed_realistic, start, submit
 from tests.dbutil import fresh_database
 from tests.forwardutil import CUSTOMS_KEY, running_stack, wait_for
 from tests.forwardutil import legs as fwd_legs
@@ -903,5 +903,36 @@ async def test_the_customs_chips_list_their_shipments_each_row_with_its_customs_
         await expect(rows).to_have_count(1)
         await page.click("#filters button[type=reset]")  # cleared: the mismatches of any customs status
         await expect(rows.first).to_have_attribute("data-order", "CP1")
+        await page.context.close()
+    assert errors == []
+
+
+async def test_a_dead_letter_beyond_the_first_fifty_is_found_and_replayed(browser: Browser, site: Site) -> None:
+    """Only the newest 50 dead letters were shown, with no more to load and no endpoint to choose: an inspection dead
+    letter behind 55 of customs could not be reached, let alone replayed."""
+    s = new_shipment(473)
+    await submit(site.api, s, "CEB621")
+    guid = await site.pool.fetchval("SELECT guid FROM messages WHERE message_type = 'CEB621'")
+    inspection = await make_dead_letter(site.pool, endpoint="inspection", kind="CEB621", guid=guid)
+    for _ in range(55):
+        await make_dead_letter(site.pool)
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await live_console(browser, site, errors)
+        rows = page.locator("#dead-table > tbody > tr")
+        await expect(rows).to_have_count(50)
+        await page.click("#dead-more")
+        await expect(rows).to_have_count(56)
+        await expect(page.locator("#dead-more")).to_be_hidden()
+        await page.select_option("#dead-endpoint", "inspection")
+        await expect(rows).to_have_count(1)
+        await expect(page.locator("#dead-count")).to_have_text("1")
+        row = page.locator(f"#dead-table tbody tr[data-job='{inspection}']")
+        await expect(row.locator("a")).to_have_text(s.order_doc["orderNo"])  # its shipment, a link to its page
+        await row.locator("button.replay").click()
+        await expect(row).to_have_count(0)
+        await expect(page.locator("#dead-empty")).to_be_visible()
+        await page.select_option("#dead-endpoint", "")
+        await expect(rows).to_have_count(50)
         await page.context.close()
     assert errors == []

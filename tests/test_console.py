@@ -582,6 +582,28 @@ async def test_shipment_page_has_history_transmissions_and_xml(ops: Ops) -> None
     assert (await client.get("/ops/api/shipment"))[0] == 400
 
 
+async def test_dead_letters_page_by_endpoint_each_with_its_shipment(ops: Ops) -> None:
+    """The panel showed the newest 50 dead letters and no more: an inspection one beyond them could be neither seen
+    nor replayed. Pages of 50 from an offset, one endpoint's, each naming the shipment its message belongs to."""
+    s = new_shipment(141)
+    await submit(ops.api, s, "CEB621")
+    guid = await ops.pool.fetchval("SELECT guid FROM messages WHERE message_type = 'CEB621'")
+    inspection = await make_dead_letter(ops.pool, endpoint="inspection", kind="CEB621", guid=guid)
+    customs = [await make_dead_letter(ops.pool) for _ in range(55)]
+    client = await ops.console(OPERATOR)
+    first = await client.get_json("/ops/api/queue/dead")
+    assert [j["id"] for j in first["items"]] == customs[::-1][:50]  # newest first
+    assert (first["total"], first["next_offset"]) == (56, 50)
+    rest = await client.get_json("/ops/api/queue/dead", offset="50")
+    assert [j["id"] for j in rest["items"]] == [*customs[::-1][50:], inspection] and rest["next_offset"] is None
+    (job,) = (await client.get_json("/ops/api/queue/dead", endpoint="inspection"))["items"]
+    assert job["id"] == inspection and job["shipments"] == [key_of(s)]
+    assert rest["items"][0]["shipments"] == []  # a job of no message the gateway holds
+    assert len((await client.get_json("/ops/api/queue/dead", limit="120"))["items"]) == 56
+    for bad in ({"offset": "-1"}, {"offset": "x"}, {"endpoint": "customs'--"}):
+        assert (await client.get("/ops/api/queue/dead", **bad))[0] == 400, bad
+
+
 async def test_queue_health_and_dead_letters(ops: Ops) -> None:
     dead = await make_dead_letter(ops.pool, endpoint="customs")
     async with ops.pool.acquire() as conn:

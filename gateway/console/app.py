@@ -461,6 +461,25 @@ async def queue(request: web.Request) -> web.StreamResponse:
         return json_response(await q.queue_health(conn, endpoints=request.app[CONSOLE].endpoints))
 
 
+@api
+async def dead_letters(request: web.Request) -> web.StreamResponse:
+    """A page of the dead letters, newest first, of one ``endpoint`` or of every one (``limit`` 1 to 200, default 50,
+    from ``offset``), each with the shipments it concerns (q.dead_page), for the dead letters' panel."""
+    query = request.query
+    endpoint = query.get("endpoint") or None
+    if endpoint is not None and not _TEXT_FILTER.match(endpoint):
+        return error(400, "endpoint has characters no endpoint's name contains")
+    try:
+        limit = min(max(int(query.get("limit", "50")), 1), 200)
+        offset = int(query.get("offset", "0"))
+    except ValueError:
+        return error(400, "limit and offset are numbers")
+    if not 0 <= offset <= db.MAX_BIGINT:
+        return error(400, f"offset must be between 0 and {db.MAX_BIGINT}")
+    async with _pool(request).acquire() as conn:
+        return json_response(await q.dead_page(conn, endpoint=endpoint, limit=limit, offset=offset))
+
+
 @mutating
 async def replay(request: web.Request) -> web.StreamResponse:
     session = request[SESSION]
@@ -667,6 +686,7 @@ def setup(
     r.add_get(PREFIX + "/api/messages/{guid}/xml", message_xml)
     r.add_get(PREFIX + "/api/queue", queue)
     r.add_get(PREFIX + "/api/queue/awaited", awaited)
+    r.add_get(PREFIX + "/api/queue/dead", dead_letters)
     r.add_get(PREFIX + "/api/rejections", rejections)
     r.add_get(PREFIX + "/api/rejections/{id}", rejection)
     r.add_get(PREFIX + "/api/warehouse-callbacks", warehouse_callbacks)

@@ -419,6 +419,45 @@ async def queue_health(
     }
 
 
+#: How many dead letters there are ($1 one endpoint's, NULL every one's), as GET /v1/queue/dead counts them.
+DEAD_TOTAL = "SELECT count(*) FROM jobs WHERE state = 'dead' AND ($1::text IS NULL OR endpoint = $1)"
+
+#: The shipments of jobs ($1 their ids): those of the documents of the message a transmission carries (its payload's
+#: guid, as gateway.outbox.TRANSMISSIONS finds a shipment's), and the one a 179 upload names (ebpCode, orderNo); only
+#: shipments that exist (a waybill names its orderNo, not always a shipment of it).
+JOB_SHIPMENTS = """
+SELECT DISTINCT k.job_id, s.ebp_code, s.order_no
+  FROM (SELECT j.id AS job_id, coalesce(d.ebp_code, '') AS ebp_code, d.order_no
+          FROM jobs AS j JOIN messages AS m ON m.guid = j.payload ->> 'guid'
+          JOIN documents AS d ON d.message_id = m.id
+         WHERE j.id = ANY ($1::bigint[]) AND j.payload ? 'guid' AND d.order_no IS NOT NULL
+        UNION ALL
+        SELECT j.id, j.payload ->> 'ebpCode', j.payload ->> 'orderNo'
+          FROM jobs AS j WHERE j.id = ANY ($1::bigint[]) AND j.payload ? 'ebpCode' AND j.payload ? 'orderNo') AS k
+  JOIN shipments AS s ON s.ebp_code = k.ebp_code AND s.order_no = k.order_no
+ ORDER BY 1, 2, 3
+"""
+
+
+async def dead_page(
+    conn: asyncpg.Connection, *, endpoint: str | None = None, limit: int = 50, offset: int = 0
+) -> dict[str, Any]:
+    """A page of the dead letters (of one ``endpoint``, or every one's), newest first, as GET /v1/queue/dead pages
+    them (``offset``): ``items`` (each with its history, its payload's bulk summarised and ``shipments``, the
+    shipments it concerns: JOB_SHIPMENTS), ``total``, ``next_offset`` (None on the last page)."""
+    dead = await cbec_queue.dead_letters(conn, endpoint=endpoint, limit=limit + 1, offset=offset)
+    more = len(dead) > limit
+    dead = dead[:limit]
+    shipments: dict[int, list[dict[str, str]]] = {job["id"]: [] for job in dead}
+    for r in await conn.fetch(JOB_SHIPMENTS, list(shipments)):
+        shipments[r["job_id"]].append({"ebpCode": r["ebp_code"], "orderNo": r["order_no"]})
+    for job in dead:
+        job["payload"] = small_payload(job["payload"])
+        job["shipments"] = shipments[job["id"]]
+    return {"items": dead, "total": await conn.fetchval(DEAD_TOTAL, endpoint),
+            "next_offset": offset + limit if more else None}  # fmt: skip
+
+
 async def receipts_awaited(conn: asyncpg.Connection) -> dict[str, Any]:
     """``count``, ``oldest_sent_at`` and ``oldest_wait_s`` of the documents awaiting a customs receipt
     (RECEIPTS_AWAITED): the console, ``GET /v1/queue`` and ``/metrics`` show these."""

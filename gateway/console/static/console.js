@@ -27,6 +27,7 @@
     queuedTotal: null,
     deadTotal: null,
     deadNewest: null,
+    deadOffset: null, // where the dead letters' next page starts
     refusedNewest: null,
     refusedCursor: null,
     pendingCode: null, // the consignor whose inventories awaiting their summary the panel shows ("": every one)
@@ -225,7 +226,7 @@
         h("td", {}, h("span", { class: "error-text", text: a.error ? a.error.split("\n").slice(-2).join(" ") : "" }))))));
   }
 
-  function renderDead(dead) {
+  function renderDead(dead, append, total) {
     const canReplay = state.session && state.session.may_replay;
     const rows = dead.map((job) => h("tr", { "data-job": job.id },
       h("td", { class: "mono", text: `#${job.id}` }),
@@ -233,6 +234,9 @@
       // the documents it delivers: its later versions went on without it (the queue's ordering keys)
       h("td", {}, h("div", { text: job.kind }),
         h("div", { class: "mono", text: (job.ordering_keys || []).join(" ") })),
+      h("td", {}, (job.shipments || []).length
+        ? job.shipments.map((sh) => h("div", {}, shipmentLink(sh.ebpCode, sh.orderNo)))
+        : h("span", { class: "muted", text: "—" })),
       h("td", { class: "when", text: fmtTime(job.finished_at) }),
       h("td", {}, h("div", { text: job.dead_reason || "" }), h("div", { class: "error-text", text: job.last_error || "" })),
       h("td", {}, h("details", { class: "history" },
@@ -242,15 +246,42 @@
         title: canReplay ? "Queue the job again 重新发送" : "Operators and admins only 仅限操作员和管理员",
         onclick: (ev) => replay(job.id, ev.currentTarget),
       }, "Replay 重发"))));
-    $("dead-table").tBodies[0].replaceChildren(...rows);
-    $("dead-empty").hidden = dead.length > 0;
-    $("dead-count").textContent = fmtNum(state.deadTotal ?? dead.length);
+    const body = $("dead-table").tBodies[0];
+    if (append) body.append(...rows); else body.replaceChildren(...rows);
+    $("dead-empty").hidden = body.rows.length > 0;
+    $("dead-count").textContent = fmtNum(total);
+  }
+
+  // The endpoints the dead letters may be of: the queue's (the configured ones and any holding jobs), the one chosen
+  // kept.
+  function renderDeadEndpoints(endpoints) {
+    const select = $("dead-endpoint");
+    const chosen = select.value;
+    const names = [...new Set([...endpoints.map((e) => e.endpoint), ...(chosen ? [chosen] : [])])].sort();
+    if (names.join("\n") === [...select.options].slice(1).map((o) => o.value).join("\n")) return;
+    select.replaceChildren(select.options[0], ...names.map((n) => h("option", { value: n, text: n })));
+    select.value = chosen;
+  }
+
+  // A page of 50 dead letters (of the endpoint chosen), newest first; "Load more" the next. A reload (the feed saw the
+  // dead letters change, a replay) keeps as many rows as were loaded, up to 200, as the list does.
+  async function loadDead({ append = false, keep = false } = {}) {
+    const shown = $("dead-table").tBodies[0].rows.length;
+    const params = new URLSearchParams();
+    if ($("dead-endpoint").value) params.set("endpoint", $("dead-endpoint").value);
+    if (append) params.set("offset", String(state.deadOffset || 0));
+    else if (keep && shown > 50) params.set("limit", String(Math.min(shown, 200)));
+    const page = await call(`${API}/queue/dead?${params}`);
+    renderDead(page.items, append, page.total);
+    state.deadOffset = page.next_offset;
+    $("dead-more").hidden = page.next_offset === null || page.next_offset === undefined;
   }
 
   async function loadQueue() {
     const body = await call(`${API}/queue`);
     renderQueue(body.endpoints, body.dead_total, body.receipts_awaited, body.dead_newest);
-    renderDead(body.dead_letters);
+    renderDeadEndpoints(body.endpoints);
+    await loadDead({ keep: true });
   }
 
   // --- refused messages ---
@@ -1101,6 +1132,8 @@
     $("filters").addEventListener("reset", () => setTimeout(scheduleList, 0));
     $("list-more").addEventListener("click", () => loadList(true).catch((e) => toast(e.message, true)));
     $("refused-more").addEventListener("click", () => loadRefused(true).catch((e) => toast(e.message, true)));
+    $("dead-more").addEventListener("click", () => loadDead({ append: true }).catch((e) => toast(e.message, true)));
+    $("dead-endpoint").addEventListener("change", () => loadDead().catch((e) => toast(e.message, true)));
     $("pending-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       state.pendingCode = $("pending-form").elements.ebcCode.value.trim();  // empty: every consignor's
