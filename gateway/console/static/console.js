@@ -244,6 +244,7 @@
       h("td", {}, h("button", {
         type: "button", class: "btn danger replay", disabled: !canReplay,
         title: canReplay ? "Queue the job again 重新发送" : "Operators and admins only 仅限操作员和管理员",
+        "aria-label": `Replay job #${job.id} 重发`,
         onclick: (ev) => replay(job.id, ev.currentTarget),
       }, "Replay 重发"))));
     const body = $("dead-table").tBodies[0];
@@ -304,14 +305,17 @@
 
   // A button that shows, and on a second click hides, what ``build`` reads from the server when asked for, put in
   // the page by ``place`` (the XML of a message, what a refused message sent).
-  function revealButton(cls, label, build, place) {
+  // ``name``: what it shows, for a screen reader (a page holds many buttons labelled alike).
+  function revealButton(cls, label, name, build, place) {
     let shown = null;
-    const btn = h("button", { type: "button", class: `btn ghost ${cls}`, text: label });
+    const btn = h("button", { type: "button", class: `btn ghost ${cls}`, text: label, "aria-label": name,
+      "aria-expanded": "false" });
     btn.addEventListener("click", async () => {
-      if (shown) { shown.remove(); shown = null; return; }
+      if (shown) { shown.remove(); shown = null; btn.setAttribute("aria-expanded", "false"); return; }
       try {
         shown = await build();
         place(btn, shown);
+        btn.setAttribute("aria-expanded", "true");
       } catch (err) { toast(err.message, true); }
     });
     return btn;
@@ -319,7 +323,7 @@
 
   // What was sent, as received (the first 64 KiB), under the refusal's row.
   function sentButton(id) {
-    return revealButton("sent-toggle", "Sent 原文", async () => {
+    return revealButton("sent-toggle", "Sent 原文", `What refused message #${id} sent 原文`, async () => {
       const body = await call(`${API}/rejections/${encodeURIComponent(id)}`);
       const note = body.raw_truncated ? ` · the first 64 KiB of ${fmtNum(body.raw_size)} bytes` : "";
       return h("tr", { class: "sent" }, h("td", { colspan: 6 }, h("div", { class: "sub", text: `as received${note}` }),
@@ -448,6 +452,7 @@
           job && job.state === "dead" ? h("button", {
             type: "button", class: "btn danger replay", disabled: !canReplay,
             title: canReplay ? "Upload again 重新上传" : "Operators and admins only 仅限操作员和管理员",
+            "aria-label": `Replay job #${job.id} 重发`,
             onclick: (ev) => replay(job.id, ev.currentTarget).then(() => questions.load()),
           }, "Replay 重发") : null));
     });
@@ -882,8 +887,8 @@
     return out.join("\n");
   }
 
-  function xmlButton(guid) {
-    return revealButton("xml-toggle", "XML", async () => {
+  function xmlButton(guid, what) {
+    return revealButton("xml-toggle", "XML", `XML of ${what} (message ${guid})`, async () => {
       const body = await call(`${API}/messages/${encodeURIComponent(guid)}/xml`);
       let raw = false;
       const pre = h("pre", { class: "xml", text: indentXml(body.raw_xml) });
@@ -908,7 +913,7 @@
         items.push({ at: d.received_at, el: h("li", { class: status.startsWith("-") || status === "100" ? "receipt failed" : "receipt" },
           h("span", { class: "t", text: fmtTime(d.received_at) }),
           h("span", { class: "what", text: `Receipt 回执 ${d.message_type} · ${status}` }),
-          xmlButton(d.message_guid),
+          xmlButton(d.message_guid, `receipt ${d.message_type} ${status}`),
           h("div", { class: "detail" }, `${head.returnInfo || ""} · returnTime ${head.returnTime || "—"}`)) });
         continue;
       }
@@ -925,7 +930,7 @@
       items.push({ at: d.received_at, el: h("li", { class: d.is_current || d.withdrawn ? "document" : "document superseded" },
         h("span", { class: "t", text: fmtTime(d.received_at) }),
         h("span", { class: "what", text: docTitle(d) }), tags,
-        xmlButton(d.message_guid),
+        xmlButton(d.message_guid, `${d.message_type} ${d.kind} ${fmtTime(d.received_at)}`),
         h("div", { class: "detail" },
           `appType ${d.app_type || "?"} ${APP_TYPE[d.app_type] || ""} · appTime ${d.app_time || "—"} · ${keys} · `,
           h("span", { class: "mono", text: `guid ${d.doc_guid}` }), ` · by ${d.submitter} (${d.source})`,
