@@ -987,3 +987,26 @@ async def test_amber_text_meets_wcag_aa_and_repeated_buttons_have_their_own_name
         assert len(names) == 2 and len(set(names)) == 2 and all(n.startswith("XML of CEB") for n in names), names
         await page.context.close()
     assert errors == []
+
+
+async def test_the_keyboard_focus_survives_live_updates_and_view_changes(browser: Browser, site: Site) -> None:
+    """Each live update rebuilt the list and dropped the focus on the page's body, and so did opening a shipment and
+    going back: a keyboard user started over from the top every time."""
+    insert = await _listed(site.pool, mismatched=5, incomplete=0)
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await live_console(browser, site, errors)
+        link = page.locator("#list-table tbody tr[data-order='MM0002'] td.order a")
+        await link.focus()
+        await site.pool.execute(insert, "MMNEW", "mismatched", 0)
+        await page.wait_for_selector("#list-table tbody tr[data-order='MMNEW']")
+        await expect(link).to_be_focused()  # the same shipment's link, in the list made anew
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#shipment h1")).to_be_focused()
+        await page.go_back()
+        await expect(link).to_be_focused()
+        await site.pool.execute(insert, "MMNEW2", "mismatched", 0)
+        await page.wait_for_selector("#list-table tbody tr[data-order='MMNEW2']")
+        await expect(link).to_be_focused()
+        await page.context.close()
+    assert errors == []

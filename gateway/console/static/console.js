@@ -47,6 +47,8 @@
     awaitedCursor: null,
     view: "overview",
     shipmentKey: null,
+    openedFrom: null, // the hash of the shipment page shown, to return the focus to its link
+    returnFocus: null, // the href of the list's link to focus once the list is rendered again
     alerts: { database: null, signing: null }, // what the header's banner says, one line each
     feedRetries: 0, // the live feed's connections refused in a row (its reconnection's backoff)
   };
@@ -628,7 +630,17 @@
     const before = new Set([...tbody.rows].map((r) => r.dataset.order));
     const firstLoad = state.listKey !== key;
     const rows = body.items.map((item) => listRow(item, !append && !firstLoad && !before.has(item.orderNo)));
+    // the rows are made anew: a keyboard user's focus stays on the same shipment's link (or, back from a shipment's
+    // page, returns to the link that opened it)
+    const activeRow = tbody.contains(document.activeElement) ? document.activeElement.closest("tr") : null;
+    const activeLink = activeRow ? activeRow.querySelector("td.order a") : null;
+    const focusHref = state.returnFocus || (activeLink ? activeLink.getAttribute("href") : null);
     if (append) tbody.append(...rows); else tbody.replaceChildren(...rows);
+    if (focusHref && !append) {
+      const link = [...tbody.querySelectorAll("td.order a")].find((a) => a.getAttribute("href") === focusHref);
+      if (link) link.focus({ preventScroll: !state.returnFocus });
+    }
+    state.returnFocus = null;
     state.listKey = key;
     state.listParams = key;
     $("list-csv").href = `${API}/shipments.csv?${key}`;  // the list as loaded, every page of it
@@ -1065,7 +1077,7 @@
     return null;
   }
 
-  async function loadShipment(key) {
+  async function loadShipment(key, opened = false) {
     const p = new URLSearchParams(key);
     const ship = await call(`${API}/shipment?${p}`);
     const party = (name) => headValue(ship, name);
@@ -1073,7 +1085,7 @@
     root.replaceChildren(
       h("section", { class: "panel" },
         h("div", { class: "ship-head" },
-          h("h1", { class: "mono", text: ship.orderNo }),
+          h("h1", { class: "mono", text: ship.orderNo, tabindex: "-1" }),
           h("span", { class: `state ${ship.state}`, text: `${ship.state} ${STATE_ZH[ship.state] || ""}` }),
           h("span", { class: "chip", title: ship.customsInfo || "",
             text: `customs 海关: ${ship.customsStatus} ${CUSTOMS_ZH[ship.customsStatus] || ""}` })),
@@ -1097,6 +1109,7 @@
       h("section", { class: "panel" }, h("h2", {}, "Timeline ", h("span", { class: "zh", text: "时间线" }),
         h("small", { text: "documents, transmissions, receipts and the warehouse's callbacks" })),
         h("ol", { class: "timeline" }, timelineItems(ship))));
+    if (opened) root.querySelector("h1").focus();  // a view just opened: the keyboard starts at its title
   }
 
   // --- routing ---
@@ -1111,7 +1124,8 @@
       $("shipment-view").hidden = false;
       $("shipment").replaceChildren(h("p", { class: "empty", text: "Loading… 加载中" }));
       window.scrollTo(0, 0);
-      loadShipment(state.shipmentKey).catch((e) => {
+      state.openedFrom = hash;  // back on the overview, the focus returns to the link to it
+      loadShipment(state.shipmentKey, true).catch((e) => {
         $("shipment").replaceChildren(h("p", { class: "empty", text: `Could not load the shipment: ${e.message}` }));
       });
     } else {
@@ -1119,6 +1133,12 @@
       state.shipmentKey = null;
       $("shipment-view").hidden = true;
       $("overview").hidden = false;
+      if (state.openedFrom) {
+        state.returnFocus = state.openedFrom;
+        state.openedFrom = null;
+        const link = [...document.querySelectorAll("#overview a[href]")].find((a) => a.getAttribute("href") === state.returnFocus);
+        (link || $("list-title")).focus({ preventScroll: true });
+      }
       scheduleList();
     }
   }
