@@ -15,7 +15,9 @@ an ``orderId`` derived from the job's dedupe key and the document's position, se
 recognises.
 
 Job payload: ``{"message": "<CEB XML>", "dedupe_key": "...", "direction": "outbound"|"inbound"}``
-(``direction`` optional: inbound for CEB711, outbound otherwise).
+(``direction`` optional: inbound for CEB711, outbound otherwise), and optionally ``doc_index`` (the one document
+to make an order of) and ``consignee`` ``{name, telephone, address}`` (the 收货人 of the shipment's waybill or
+order; without it an inventory's order names its buyer).
 
 Request ``POST <url>``::
 
@@ -149,8 +151,13 @@ def build_orders(job_payload: Mapping[str, Any], config: WarehouseConfig) -> lis
     key = job_payload.get("dedupe_key") or parsed.guid
     if not isinstance(key, str) or not key:
         raise PermanentError("warehouse job payload needs a dedupe_key (or a message guid) for stable order ids")
+    index = job_payload.get("doc_index") or 0
+    documents = [doc for doc in parsed.documents if index in (0, doc.index)]
+    if not documents:
+        raise PermanentError(f"the message has no document {index}")
+    consignee = job_payload.get("consignee")
     orders = []
-    for doc in parsed.documents:
+    for doc in documents:
         body: dict[str, Any] = {
             "schema": ORDER_SCHEMA,
             "orderId": order_id(key, doc.index),
@@ -167,9 +174,12 @@ def build_orders(job_payload: Mapping[str, Any], config: WarehouseConfig) -> lis
                 {"lineNo": line.get("gnum", ""), "logisticsNo": line.get("logisticsNo", "")} for line in doc.lines
             ]
         elif direction == "outbound" and mtype.flow == "import":  # an export's buyer is abroad: the carrier's
-            name = h.get("consignee") or h.get("buyerName", "")  # an inventory names only the buyer
-            phone = h.get("consigneeTelephone") or h.get("buyerTelephone", "")
-            body["consignee"] = {"name": name, "telephone": phone, "address": h.get("consigneeAddress", "")}
+            if isinstance(consignee, Mapping):  # the 收货人 of the shipment's waybill or order
+                body["consignee"] = {k: str(consignee.get(k) or "") for k in ("name", "telephone", "address")}
+            else:  # none held: an inventory names only the buyer
+                name = h.get("consignee") or h.get("buyerName", "")
+                phone = h.get("consigneeTelephone") or h.get("buyerTelephone", "")
+                body["consignee"] = {"name": name, "telephone": phone, "address": h.get("consigneeAddress", "")}
         orders.append(body)
     return orders
 

@@ -193,25 +193,24 @@ class Router:
     # -- what a customs status change sets off --------------------------------------------------------------
 
     def release_jobs(
-        self, *, message_id: int, guid: str, doc_index: int, ebp_code: str, order_no: str
+        self, *, message_id: int, guid: str, doc_index: int, ebp_code: str, order_no: str,
+        consignee: Mapping[str, str] | None = None, consignee_from: str | None = None,
     ) -> list[JobSpec]:
-        """Outbound orders for a released shipment (one per on_release endpoint, for its inventory)."""
-        return [
-            JobSpec(
-                endpoint,
-                "warehouse.outbound",
-                {
-                    "message_id": message_id,
-                    "guid": guid,
-                    "doc_index": doc_index,
-                    "direction": "outbound",
-                    "ebpCode": ebp_code,
-                    "orderNo": order_no,
-                },
-                f"{endpoint}:{guid}:{doc_index}",
-            )
-            for endpoint in self.on_release
-        ]
+        """Outbound orders for a released shipment (one per on_release endpoint, for its inventory). ``consignee``
+        (name, telephone, address): the 收货人 of the shipment's waybill or order (``consignee_from`` its message
+        type), whom the parcel goes to — an inventory names only the buyer."""
+        payload: dict[str, Any] = {
+            "message_id": message_id,
+            "guid": guid,
+            "doc_index": doc_index,
+            "direction": "outbound",
+            "ebpCode": ebp_code,
+            "orderNo": order_no,
+        }
+        if consignee is not None:
+            payload["consignee"], payload["consigneeFrom"] = dict(consignee), consignee_from
+        return [JobSpec(endpoint, "warehouse.outbound", dict(payload), f"{endpoint}:{guid}:{doc_index}")
+                for endpoint in self.on_release]  # fmt: skip
 
     def sellers_of(self, parties: Iterable[str]) -> list[WebhookSettings]:
         codes = set(parties)

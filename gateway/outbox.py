@@ -545,6 +545,15 @@ RETURNING id
 """
 
 MESSAGE_HEADS = "SELECT id, guid, message_type FROM messages WHERE id = ANY ($1::bigint[])"
+#: What a released shipment's warehouse order is made of beside its inventory's XML ($1 ids of its inventory, waybill
+#: and order legs): the inventory's message guid, the legs' 收货人 (consignee).
+RELEASED_LEGS = """
+SELECT d.id, d.message_type, d.head ->> 'consignee' AS consignee,
+       d.head ->> 'consigneeTelephone' AS consignee_telephone, d.head ->> 'consigneeAddress' AS consignee_address,
+       (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS guid
+  FROM documents AS d
+ WHERE d.id = ANY ($1::bigint[])
+"""
 #: The stored XML of messages ($1 ids): what the handlers of a claimed batch send, in one read.
 MESSAGES_XML = "SELECT id, raw_xml FROM messages WHERE id = ANY ($1::bigint[])"
 
@@ -1024,7 +1033,7 @@ class Outbox:
         )
         changed: list[tuple[str, str, str, str | None]] = []
         jobs: list[JobSpec] = []
-        released: list[tuple[asyncpg.Record, dict[str, Any]]] = []  # (shipment, its inventory leg)
+        released: list[tuple[asyncpg.Record, list[dict[str, Any]]]] = []  # (shipment, its current legs)
         for r in rows:
             legs = _latest_legs(r["legs"])
             status, info = shipment_customs_status(
@@ -1046,16 +1055,13 @@ class Outbox:
             )  # fmt: skip
             inventory = next((leg for leg in legs if leg["kind"] == "inventory"), None)
             if status == "released" and inventory is not None and ships_from_a_warehouse(r["flow"], r["mode"]):
-                released.append((r, inventory))
+                released.append((r, legs))
         if released and self.router is not None:
-            # one read of the guids for every shipment released here (a receipt message may release many)
-            heads = await conn.fetch(MESSAGE_HEADS, [inv["message_id"] for _, inv in released])
-            guids = {h["id"]: h["guid"] for h in heads}
-            for r, inventory in released:
-                jobs += self.router.release_jobs(
-                    message_id=inventory["message_id"], guid=guids[inventory["message_id"]],
-                    doc_index=inventory["doc_index"], ebp_code=r["ebp_code"], order_no=r["order_no"],
-                )  # fmt: skip
+            # one read for every shipment released here (a receipt message may release many)
+            ids = [leg["id"] for _, legs in released for leg in legs if leg["kind"] != "payment"]
+            found = {d["id"]: d for d in await conn.fetch(RELEASED_LEGS, ids)}
+            for r, legs in released:
+                jobs += self.router.release_jobs(**release_order(r, legs, found))
         if changed:
             await conn.execute(
                 SET_SHIPMENT_CUSTOMS,
@@ -1663,6 +1669,32 @@ def ships_from_a_warehouse(flow: str, mode: str | None) -> bool:
     warehouse ships the goods out of the zone to the carrier). A 9610, 9710 or 9810 export's parcel is with its
     seller or carrier already."""
     return flow == "import" or mode == "1210"
+
+
+def release_order(
+    shipment: Mapping[str, Any], legs: Sequence[Mapping[str, Any]], found: Mapping[int, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Router.release_jobs' arguments for a released shipment (``legs``: its current legs, one per kind, ``found``:
+    RELEASED_LEGS' rows by id): its inventory, and for an import the consignee of
+    its waybill, else of its order (spec §3.1 #26-28, §3.3 #16-18: the 收货人 is theirs, R3 makes them equal; an
+    inventory names only the buyer). Neither held, none: the order falls back to the inventory's buyer."""
+    by_kind = {leg["kind"]: leg for leg in legs}
+    inventory = by_kind["inventory"]
+    inv = found[inventory["id"]]
+    args: dict[str, Any] = {
+        "message_id": inventory["message_id"], "guid": inv["guid"], "doc_index": inventory["doc_index"],
+        "ebp_code": shipment["ebp_code"], "order_no": shipment["order_no"],
+    }  # fmt: skip
+    if shipment["flow"] != "import":  # an export's buyer is abroad: the zone warehouse hands the goods to the carrier
+        return args
+    for kind in ("waybill", "order"):
+        leg = found.get(by_kind[kind]["id"]) if kind in by_kind else None
+        if leg is not None and leg["consignee"]:
+            args["consignee"] = {"name": leg["consignee"], "telephone": leg["consignee_telephone"] or "",
+                                 "address": leg["consignee_address"] or ""}  # fmt: skip
+            args["consignee_from"] = leg["message_type"]
+            break
+    return args
 
 
 def warehouse_orders(callbacks: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:

@@ -289,15 +289,18 @@ class Delivery:
         async def handle(job: cbec_queue.Job) -> None:
             p = job.payload
             xml = await self._message(p)
+            try:
+                index = int(p.get("doc_index") or 0)
+            except (TypeError, ValueError) as exc:
+                raise PermanentError(f"warehouse job payload doc_index {p.get('doc_index')!r} is no number") from exc
             orders = build_orders(
-                {"message": xml, "dedupe_key": str(p.get("guid") or job.dedupe_key), "direction": p.get("direction")},
+                {"message": xml, "dedupe_key": str(p.get("guid") or job.dedupe_key), "direction": p.get("direction"),
+                 "doc_index": index, "consignee": p.get("consignee")},
                 adapter.config,
-            )
-            index = int(p.get("doc_index") or 0)
-            chosen = [o for i, o in enumerate(orders, 1) if index in (0, i)]
-            if not chosen:
-                raise PermanentError(f"the message has no document {index}")
-            for body in chosen:  # the adapter's own loop, for the one document the shipment released
+            )  # fmt: skip
+            if any("consignee" in o for o in orders) and "consignee" not in p:  # no waybill or order held
+                log.warning("warehouse_consignee_of_inventory", guid=p.get("guid"), order_no=p.get("orderNo"))
+            for body in orders:  # the adapter's own loop, for the one document the shipment released
                 data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
                 await adapter.post_checked(adapter.config.url, data=data, content_type="application/json",
                                            headers={"Idempotency-Key": body["orderId"]})  # fmt: skip

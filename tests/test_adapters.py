@@ -808,6 +808,24 @@ async def test_warehouse_outbound_order_and_callbacks(
                        secret="wh", signature=calls[0].headers["X-CBEC-Signature"])  # fmt: skip
 
 
+def test_a_warehouse_order_ships_to_the_consignee_it_is_given() -> None:
+    """The gateway gives the outbound order the 收货人 of the shipment's waybill or order: an inventory names only the
+    buyer, whom the order names when it is given none."""
+    cfg = WarehouseConfig(url="http://127.0.0.1:9/warehouse/orders", warehouse_code="WH1")
+    inv = legs(None, seed=6, mode="1210")["CEB621"]
+    head = etree.fromstring(inv).find(f"{C}Inventory/{C}InventoryHead")
+    to = {"name": "吴九", "telephone": "13111111111", "address": "北京市东城区1号"}
+    [order] = warehouse.build_orders(job(inv, "wh-1", doc_index=1, consignee=to), cfg)
+    assert order["consignee"] == to
+    [fallback] = warehouse.build_orders(job(inv, "wh-1"), cfg)
+    assert fallback["orderId"] == order["orderId"]
+    assert fallback["consignee"] == {"name": head.findtext(f"{C}buyerName"),
+                                     "telephone": head.findtext(f"{C}buyerTelephone"),
+                                     "address": head.findtext(f"{C}consigneeAddress")}  # fmt: skip
+    with pytest.raises(PermanentError, match="no document 2"):
+        warehouse.build_orders(job(inv, "wh-1", doc_index=2), cfg)
+
+
 CEB711 = f"""<?xml version="1.0" encoding="UTF-8"?>
 <ceb:CEB711Message xmlns:ceb="{CEB_NS}" guid="0B3C3A4E-2B8F-4A0C-9C57-3C8B5E7F1A21" version="1.0">
 <ceb:Delivery><ceb:DeliveryHead><ceb:guid>0B3C3A4E-2B8F-4A0C-9C57-3C8B5E7F1A22</ceb:guid><ceb:appType>1</ceb:appType>

@@ -1310,6 +1310,25 @@ async def test_a_failed_change_leaves_a_released_shipment_released(flow: Flow) -
     assert len(outbound) == 1, outbound
 
 
+@pytest.mark.db
+async def test_a_released_shipments_warehouse_order_goes_to_its_consignee(flow: Flow) -> None:
+    """The outbound order ships to the 收货人 of the waybill and order (spec §3.1 #26-28, §3.3 #16-18), not to the
+    buyer the inventory names."""
+    s = shipment(6, mode="1210")  # a gift: the consignee is not the buyer
+    order = s.order_doc
+    assert order["consignee"] != order["buyerName"]
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    await flow.receipt(s.inventory, "800", 4)
+    [job] = [j for k, j in (await flow.jobs()).items() if k.startswith("warehouse:")]
+    payload = job["payload"]
+    assert payload["consignee"] == {"name": order["consignee"], "telephone": order["consigneeTelephone"],
+                                    "address": order["consigneeAddress"]}  # fmt: skip
+    assert payload["consigneeFrom"] == "CEB511"
+
+
 # --- receipt messages with many returns -------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ _PLAN_CASES = {
     "MESSAGE_DOCUMENTS": "ARRAY[1::bigint]",
     "MESSAGES_XML": "ARRAY[1::bigint]",
     "MESSAGE_HEADS": "ARRAY[1::bigint]",
+    "RELEASED_LEGS": "ARRAY[1::bigint]",
     "COUNT_RESEND": "ARRAY[1::bigint], 3",
     # the shipment view (GET /v1/shipments/{ebpCode}/{orderNo}, polled by sellers)
     "FORWARDING_OF_DOCUMENTS": "ARRAY[1::bigint]",
