@@ -2,8 +2,8 @@
 
 The warehouse API is this gateway's own JSON contract (docs/adapters.md):
 
-* **outbound** (pick, pack and ship a parcel to the buyer) from a CEB621 inventory — for 1210 bonded stock
-  once the inventory is declared — or from a CEB311 order (overseas warehouse fulfilment); and (pick, pack and
+* **outbound** (pick, pack and ship a parcel to its consignee) from a CEB621 inventory — for 1210 bonded stock
+  once customs released it (800) — or from a CEB311 order (overseas warehouse fulfilment); and (pick, pack and
   hand the parcels to the carrier, out of the special zone) from a released 1210 export inventory CEB603, whose
   order names no consignee;
 * **inbound** (parcels arriving at the site) from a CEB711 delivery (入库明细单): one order per B/L, with the
@@ -16,8 +16,9 @@ recognises.
 
 Job payload: ``{"message": "<CEB XML>", "dedupe_key": "...", "direction": "outbound"|"inbound"}``
 (``direction`` optional: inbound for CEB711, outbound otherwise), and optionally ``doc_index`` (the one document
-to make an order of) and ``consignee`` ``{name, telephone, address}`` (the 收货人 of the shipment's waybill or
-order; without it an inventory's order names its buyer).
+to make an order of), ``invtNo`` / ``preNo`` (the numbers customs gave the inventory, in its reference) and
+``consignee`` ``{name, telephone, address}`` (the 收货人 of the shipment's waybill or order; without it an
+inventory's order names its buyer).
 
 Request ``POST <url>``::
 
@@ -155,6 +156,9 @@ def build_orders(job_payload: Mapping[str, Any], config: WarehouseConfig) -> lis
     documents = [doc for doc in parsed.documents if index in (0, doc.index)]
     if not documents:
         raise PermanentError(f"the message has no document {index}")
+    # customs' numbers (CEB622 / CEB604), which the XML as declared lacks: how the zone warehouse ties the release
+    # to its account book's write-off
+    numbers = {k: v for k in ("invtNo", "preNo") if isinstance(v := job_payload.get(k), str) and v}
     consignee = job_payload.get("consignee")
     orders = []
     for doc in documents:
@@ -163,7 +167,7 @@ def build_orders(job_payload: Mapping[str, Any], config: WarehouseConfig) -> lis
             "orderId": order_id(key, doc.index),
             "direction": direction,
             "warehouseCode": config.warehouse_code,
-            "reference": {"messageType": mtype.code, **_pick(doc.head, ref_fields)},
+            "reference": {"messageType": mtype.code, **_pick(doc.head, ref_fields), **numbers},
             "items": [] if mtype.code == "CEB711" else _items(doc),
         }
         if config.callback_url:

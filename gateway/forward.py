@@ -194,9 +194,11 @@ class Router:
 
     def release_jobs(
         self, *, message_id: int, guid: str, doc_index: int, ebp_code: str, order_no: str,
-        consignee: Mapping[str, str] | None = None, consignee_from: str | None = None,
+        numbers: Mapping[str, str] | None = None, consignee: Mapping[str, str] | None = None,
+        consignee_from: str | None = None,
     ) -> list[JobSpec]:
-        """Outbound orders for a released shipment (one per on_release endpoint, for its inventory). ``consignee``
+        """Outbound orders for a released shipment (one per on_release endpoint, for its inventory). ``numbers``: the
+        invtNo and preNo customs gave the inventory (its receipts), which its XML as declared lacks; ``consignee``
         (name, telephone, address): the 收货人 of the shipment's waybill or order (``consignee_from`` its message
         type), whom the parcel goes to — an inventory names only the buyer."""
         payload: dict[str, Any] = {
@@ -206,6 +208,7 @@ class Router:
             "direction": "outbound",
             "ebpCode": ebp_code,
             "orderNo": order_no,
+            **{k: v for k, v in (numbers or {}).items() if k in ("invtNo", "preNo") and v},
         }
         if consignee is not None:
             payload["consignee"], payload["consigneeFrom"] = dict(consignee), consignee_from

@@ -546,9 +546,9 @@ RETURNING id
 
 MESSAGE_HEADS = "SELECT id, guid, message_type FROM messages WHERE id = ANY ($1::bigint[])"
 #: What a released shipment's warehouse order is made of beside its inventory's XML ($1 ids of its inventory, waybill
-#: and order legs): the inventory's message guid, the legs' 收货人 (consignee).
+#: and order legs): the inventory's message guid and the numbers customs gave it, the legs' 收货人 (consignee).
 RELEASED_LEGS = """
-SELECT d.id, d.message_type, d.head ->> 'consignee' AS consignee,
+SELECT d.id, d.message_type, d.pre_no, d.invt_no, d.head ->> 'consignee' AS consignee,
        d.head ->> 'consigneeTelephone' AS consignee_telephone, d.head ->> 'consigneeAddress' AS consignee_address,
        (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS guid
   FROM documents AS d
@@ -1675,7 +1675,7 @@ def release_order(
     shipment: Mapping[str, Any], legs: Sequence[Mapping[str, Any]], found: Mapping[int, Mapping[str, Any]]
 ) -> dict[str, Any]:
     """Router.release_jobs' arguments for a released shipment (``legs``: its current legs, one per kind, ``found``:
-    RELEASED_LEGS' rows by id): its inventory, and for an import the consignee of
+    RELEASED_LEGS' rows by id): its inventory, the invtNo and preNo customs gave it, and for an import the consignee of
     its waybill, else of its order (spec §3.1 #26-28, §3.3 #16-18: the 收货人 is theirs, R3 makes them equal; an
     inventory names only the buyer). Neither held, none: the order falls back to the inventory's buyer."""
     by_kind = {leg["kind"]: leg for leg in legs}
@@ -1684,6 +1684,7 @@ def release_order(
     args: dict[str, Any] = {
         "message_id": inventory["message_id"], "guid": inv["guid"], "doc_index": inventory["doc_index"],
         "ebp_code": shipment["ebp_code"], "order_no": shipment["order_no"],
+        "numbers": {"invtNo": inv["invt_no"] or "", "preNo": inv["pre_no"] or ""},
     }  # fmt: skip
     if shipment["flow"] != "import":  # an export's buyer is abroad: the zone warehouse hands the goods to the carrier
         return args

@@ -295,7 +295,8 @@ class Delivery:
                 raise PermanentError(f"warehouse job payload doc_index {p.get('doc_index')!r} is no number") from exc
             orders = build_orders(
                 {"message": xml, "dedupe_key": str(p.get("guid") or job.dedupe_key), "direction": p.get("direction"),
-                 "doc_index": index, "consignee": p.get("consignee")},
+                 "doc_index": index, "consignee": p.get("consignee"), "invtNo": p.get("invtNo"),
+                 "preNo": p.get("preNo")},
                 adapter.config,
             )  # fmt: skip
             if any("consignee" in o for o in orders) and "consignee" not in p:  # no waybill or order held

@@ -826,6 +826,14 @@ def test_a_warehouse_order_ships_to_the_consignee_it_is_given() -> None:
         warehouse.build_orders(job(inv, "wh-1", doc_index=2), cfg)
 
 
+def test_a_warehouse_order_names_its_inventory_by_the_numbers_customs_gave_it() -> None:
+    cfg = WarehouseConfig(url="http://127.0.0.1:9/warehouse/orders", warehouse_code="WH1")
+    inv = legs(None, seed=6, mode="1210")["CEB621"]
+    assert etree.fromstring(inv).findtext(f"{C}Inventory/{C}InventoryHead/{C}invtNo") in (None, "")
+    [order] = warehouse.build_orders(job(inv, "wh-1", invtNo="46012026I000000006", preNo="B20260101000000006"), cfg)
+    assert (order["reference"]["invtNo"], order["reference"]["preNo"]) == ("46012026I000000006", "B20260101000000006")
+
+
 CEB711 = f"""<?xml version="1.0" encoding="UTF-8"?>
 <ceb:CEB711Message xmlns:ceb="{CEB_NS}" guid="0B3C3A4E-2B8F-4A0C-9C57-3C8B5E7F1A21" version="1.0">
 <ceb:Delivery><ceb:DeliveryHead><ceb:guid>0B3C3A4E-2B8F-4A0C-9C57-3C8B5E7F1A22</ceb:guid><ceb:appType>1</ceb:appType>

@@ -131,11 +131,14 @@ async def test_four_documents_in_any_order_end_released(db_dsn: str) -> None:
         assert [r["messageGuid"] for r in stack.sandbox.sandbox.inspection] == [ships[1].inventory["guid"]]
         await stack.wait_sql("SELECT count(*) = 2 FROM jobs WHERE endpoint = 'warehouse' AND state = 'done'")
         assert stats["warehouse"]["orders"] == 2 or stack.sandbox.stats()["warehouse"]["orders"] == 2
-        for s in ships:  # each to its order's and waybill's 收货人
+        for s in ships:  # each to its order's and waybill's 收货人, naming its inventory by customs' numbers
             o = s.order_doc
             [sent] = [w for w in stack.sandbox.sandbox.warehouse if w["reference"]["orderNo"] == o["orderNo"]]
             assert sent["consignee"] == {"name": o["consignee"], "telephone": o["consigneeTelephone"],
                                          "address": o["consigneeAddress"]}  # fmt: skip
+            inventory = next(d for d in (await stack.shipment(s))["documents"] if d["kind"] == "inventory")
+            assert (sent["reference"]["invtNo"], sent["reference"]["preNo"]) == (inventory["invt_no"],
+                                                                                 inventory["pre_no"])  # fmt: skip
 
 
 async def test_api_roles_receipts_and_queue(db_dsn: str) -> None:

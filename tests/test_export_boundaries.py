@@ -86,6 +86,9 @@ async def test_a_released_special_zone_export_is_shipped_out_by_the_zone_warehou
         assert (ref["messageType"], ref["tradeMode"], ref["orderNo"]) == ("CEB603", "1210", inventory["orderNo"])
         assert (ref["logisticsCode"], ref["logisticsNo"]) == (inventory["logisticsCode"], inventory["logisticsNo"])
         assert ref["iacCode"] == inventory["iacCode"] and ref["emsNo"] == inventory["emsNo"]
+        numbered = (await stack.client.get(path)).body["documents"]
+        [(invt_no, pre_no)] = [(d["invt_no"], d["pre_no"]) for d in numbered if d["message_type"] == "CEB603"]
+        assert invt_no and (ref["invtNo"], ref["preNo"]) == (invt_no, pre_no)  # customs' numbers (CEB604)
         assert [i["sku"] for i in order["items"]] == [i["itemNo"] for i in inventory["items"]]
 
 

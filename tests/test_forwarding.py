@@ -1329,6 +1329,21 @@ async def test_a_released_shipments_warehouse_order_goes_to_its_consignee(flow: 
     assert payload["consigneeFrom"] == "CEB511"
 
 
+@pytest.mark.db
+async def test_a_released_shipments_warehouse_order_carries_the_numbers_customs_gave_its_inventory(flow: Flow) -> None:
+    """The inventory's XML as declared has no invtNo (customs numbers it, CEB622): the outbound order carries the
+    invtNo and preNo of its receipts, which the zone warehouse writes its account book off by."""
+    s = shipment(7, mode="1210")
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    await flow.receipt(s.inventory, "120", 2, invtNo="46012026I000000007", preNo="B20260101000000007")
+    await flow.receipt(s.inventory, "800", 4, invtNo="46012026I000000007", preNo="B20260101000000007")
+    [job] = [j for k, j in (await flow.jobs()).items() if k.startswith("warehouse:")]
+    assert (job["payload"]["invtNo"], job["payload"]["preNo"]) == ("46012026I000000007", "B20260101000000007")
+
+
 # --- receipt messages with many returns -------------------------------------------------------------------
 
 
