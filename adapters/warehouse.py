@@ -33,6 +33,16 @@ Request ``POST <url>``::
 
 Reply: 2xx with ``{"warehouseOrderNo": "..."}`` (201 for a new order, 200 for a repeated orderId).
 
+Cancel ``POST <url>/<orderId>/cancel`` (``Idempotency-Key: <orderId>:cancel``) — customs concluded the cancellation
+of the inventory the order was made from (CEB624 / CEB606 399), so the parcel must not go (or must come back)::
+
+    {"schema": "cbec.warehouse-cancel.v1", "orderId": "...", "warehouseCode": "WH-HK-01",
+     "reason": "...", "reference": {...}}                                           # the order's reference
+
+Reply: 2xx (a repeat too); 404 for an orderId the warehouse never took (the gateway keeps it as a dead letter, to be
+replayed once the order went). The warehouse then reports ``cancelled`` by callback, once the goods are back in
+stock (a shipped parcel stopped or returned).
+
 Callback — the warehouse later POSTs status changes to ``callbackUrl``::
 
     {"schema": "cbec.warehouse-callback.v1", "orderId": "...", "warehouseOrderNo": "...",
@@ -51,6 +61,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -65,6 +76,7 @@ from gateway.render import read_json
 from gateway.xmlsafe import parse_message
 
 ORDER_SCHEMA = "cbec.warehouse-order.v1"
+CANCEL_SCHEMA = "cbec.warehouse-cancel.v1"
 CALLBACK_SCHEMA = "cbec.warehouse-callback.v1"
 DIRECTIONS = ("inbound", "outbound")
 CALLBACK_STATUSES = ("accepted", "received", "picked", "shipped", "delivered", "rejected", "cancelled")
@@ -186,6 +198,22 @@ def build_orders(job_payload: Mapping[str, Any], config: WarehouseConfig) -> lis
                 body["consignee"] = {"name": name, "telephone": phone, "address": h.get("consigneeAddress", "")}
         orders.append(body)
     return orders
+
+
+def cancel_url(config: WarehouseConfig, order: str) -> str:
+    """Where the cancel of order ``order`` goes: under the orders' URL."""
+    return f"{config.url.rstrip('/')}/{quote(order, safe='')}/cancel"
+
+
+def build_cancel(job_payload: Mapping[str, Any], config: WarehouseConfig) -> dict[str, Any]:
+    """The cancel body of the order made from document ``doc_index`` of the job's message (its payload as
+    :func:`build_orders`', with ``reason``): its orderId and reference, as the order went."""
+    if not job_payload.get("doc_index"):
+        raise PermanentError("a warehouse cancel names the document its order was made from (doc_index)")
+    [order] = build_orders(job_payload, config)
+    reason = job_payload.get("reason")
+    return {"schema": CANCEL_SCHEMA, "orderId": order["orderId"], "warehouseCode": config.warehouse_code,
+            "reason": reason if isinstance(reason, str) else "", "reference": order["reference"]}  # fmt: skip
 
 
 class WarehouseAdapter(HttpAdapter):

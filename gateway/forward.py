@@ -212,7 +212,22 @@ class Router:
         }
         if consignee is not None:
             payload["consignee"], payload["consigneeFrom"] = dict(consignee), consignee_from
-        return [JobSpec(endpoint, "warehouse.outbound", dict(payload), f"{endpoint}:{guid}:{doc_index}")
+        # the order's key: its cancel waits behind it (cancel_jobs)
+        return [JobSpec(endpoint, "warehouse.outbound", dict(payload), f"{endpoint}:{guid}:{doc_index}",
+                        ordering_keys=(f"{endpoint}:{guid}:{doc_index}",))
+                for endpoint in self.on_release]  # fmt: skip
+
+    def cancel_jobs(
+        self, *, message_id: int, guid: str, doc_index: int, ebp_code: str, order_no: str, reason: str,
+        numbers: Mapping[str, str] | None = None,
+    ) -> list[JobSpec]:
+        """The cancel of the outbound orders release_jobs made for an inventory whose cancellation customs concluded
+        (one per on_release endpoint), each ordered behind its order: a cancel must not reach the warehouse first."""
+        payload = {"message_id": message_id, "guid": guid, "doc_index": doc_index, "direction": "outbound",
+                   "ebpCode": ebp_code, "orderNo": order_no, "reason": reason,
+                   **{k: v for k, v in (numbers or {}).items() if k in ("invtNo", "preNo") and v}}  # fmt: skip
+        return [JobSpec(endpoint, "warehouse.cancel", dict(payload), f"{endpoint}:{guid}:{doc_index}:cancel",
+                        ordering_keys=(f"{endpoint}:{guid}:{doc_index}",))
                 for endpoint in self.on_release]  # fmt: skip
 
     def sellers_of(self, parties: Iterable[str]) -> list[WebhookSettings]:

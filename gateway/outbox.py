@@ -417,8 +417,11 @@ UPDATE tax_ledger AS l SET amount = o.whole - o.returned, returned = o.returned,
 RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount, l.returned, l.returned > o.was AS freed
 """
 
-#: The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments'.
-SHIPMENT_LEGS = f"""
+
+def _shipment_legs(released: str) -> str:
+    """The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments', of those
+    ``released`` (a condition on s) says."""
+    return f"""
 WITH inv AS MATERIALIZED (
     SELECT d.ebp_code, d.order_no, d.logistics_code AS lc, d.logistics_no AS ln, d.message_type AS mt
       FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
@@ -460,8 +463,45 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties, s.fl
                   LIMIT 1)) AS l) AS legs
   FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
        LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = k.ebp AND s.order_no = k.ono OFFSET 0) AS s
- WHERE ($3::text[] IS NULL OR s.customs_status = ANY ($3::text[]))
-   AND s.customs_status <> 'released'  -- final: customs released the goods (gateway.forward.shipment_customs_status)
+ WHERE {released}
+"""
+
+
+#: The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments'.
+SHIPMENT_LEGS = _shipment_legs(
+    "($3::text[] IS NULL OR s.customs_status = ANY ($3::text[]))"
+    " AND s.customs_status <> 'released'"  # final: customs released the goods (gateway.forward.shipment_customs_status)
+)
+#: The same of released shipments ($1 ebpCode, $2 orderNo): a release after a concluded cancellation (REDECLARED).
+RELEASED_SHIPMENT_LEGS = _shipment_legs("s.customs_status = 'released'")
+
+#: Cancellations customs concluded ($1 their ids) of released shipments' inventories: the inventory (its message and
+#: position: its warehouse order's) of each, the latest current one of the shipment released before it.
+CANCELLED_RELEASES = f"""
+SELECT c.id, c.message_type, c.head ->> 'reason' AS reason, s.ebp_code, s.order_no, s.flow, s.mode,
+       i.message_id, i.doc_index, i.invt_no, i.pre_no,
+       (SELECT m.guid FROM messages AS m WHERE m.id = i.message_id) AS guid
+  FROM documents AS c,
+       LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = c.ebp_code AND s.order_no = c.order_no OFFSET 0) AS s,
+       LATERAL (SELECT i.message_id, i.doc_index, i.invt_no, i.pre_no
+                  FROM (SELECT * FROM documents AS i
+                         WHERE i.ebp_code = c.ebp_code AND i.order_no = c.order_no OFFSET 0) AS i
+                 WHERE i.kind = 'inventory' AND i.is_current AND NOT i.withdrawn AND i.id < c.id
+                   AND i.customs_rank >= {rc.RANK_RELEASED}
+                 ORDER BY i.id DESC LIMIT 1) AS i
+ WHERE c.id = ANY ($1::bigint[]) AND s.customs_status = 'released'
+"""
+
+#: Of inventories customs released just now ($1 ids), those declared after a cancellation of their shipment customs
+#: concluded: their shipment was released before, by the inventory cancelled, and is not recomputed (final).
+REDECLARED = f"""
+SELECT d.id, d.ebp_code, d.order_no
+  FROM documents AS d
+ WHERE d.id = ANY ($1::bigint[])
+   AND EXISTS (SELECT 1 FROM (SELECT * FROM documents AS c
+                               WHERE c.ebp_code = d.ebp_code AND c.order_no = d.order_no OFFSET 0) AS c
+                WHERE c.kind = 'cancel' AND c.id < d.id AND c.forward_state = 'receipted'
+                  AND c.customs_rank >= {rc.RANK_CONCLUDED})
 """
 
 SET_SHIPMENT_CUSTOMS = """
@@ -1056,12 +1096,7 @@ class Outbox:
             inventory = next((leg for leg in legs if leg["kind"] == "inventory"), None)
             if status == "released" and inventory is not None and ships_from_a_warehouse(r["flow"], r["mode"]):
                 released.append((r, legs))
-        if released and self.router is not None:
-            # one read for every shipment released here (a receipt message may release many)
-            ids = [leg["id"] for _, legs in released for leg in legs if leg["kind"] != "payment"]
-            found = {d["id"]: d for d in await conn.fetch(RELEASED_LEGS, ids)}
-            for r, legs in released:
-                jobs += self.router.release_jobs(**release_order(r, legs, found))
+        jobs += await self._release_orders(conn, released)
         if changed:
             await conn.execute(
                 SET_SHIPMENT_CUSTOMS,
@@ -1201,6 +1236,7 @@ class Outbox:
         docs = {d.id: d for d in (_Doc.of(x) for x in await conn.fetch(LOCK_DOCUMENTS, ids))}
         resend: dict[int, set[int]] = {}  # return element -> the messages it asks to send again
         unkept = await self._unkept(conn, [r for r in todo if not targets[r.index]])
+        before = {d.id: (d.concluded, d.state.rank or 0) for d in docs.values()}  # what the warehouse heard of
         for r in todo:
             res = results[r.index]
             found = [docs[i] for i in targets[r.index] if i in docs]
@@ -1267,7 +1303,58 @@ class Outbox:
                 results[index].resend = not message_ids.isdisjoint(resent)
         # Last: a re-send puts a failed message back on its way (COUNT_RESEND), and the status must say so.
         await self._refresh_shipments(conn, shipments | set(restored))
+        await self._warehouse_after_cancellations(
+            conn,
+            cancelled=[d.id for d in changed if d.kind == "cancel" and d.concluded and not before[d.id][0]],
+            released=[d.id for d in changed if d.kind == "inventory" and d.app_type == "1" and d.forward_state !=
+                      "rejected" and (d.state.rank or 0) >= rc.RANK_RELEASED > before[d.id][1]],
+        )  # fmt: skip
         return [results[r.index] for r in recs]
+
+    async def _warehouse_after_cancellations(
+        self, conn: asyncpg.Connection, *, cancelled: Sequence[int], released: Sequence[int]
+    ) -> None:
+        """A released shipment is final (never recomputed), yet customs may conclude the cancellation of its inventory
+        (CEB623 / CEB605, 399) and release one declared anew: the warehouse gets the cancel of the order made from the
+        cancelled inventory (``cancelled``: cancellations concluded now) and an order of the new one (``released``:
+        inventories released now; those declared after a concluded cancellation of their shipment)."""
+        if self.router is None or not self.router.on_release or not (cancelled or released):
+            return
+        jobs: list[JobSpec] = []
+        for c in await conn.fetch(CANCELLED_RELEASES, list(cancelled)) if cancelled else []:
+            if ships_from_a_warehouse(c["flow"], c["mode"]):
+                reason = f"{c['message_type']} concluded by customs: {c['reason'] or ''}".rstrip(": ")
+                jobs += self.router.cancel_jobs(
+                    message_id=c["message_id"], guid=c["guid"], doc_index=c["doc_index"], ebp_code=c["ebp_code"],
+                    order_no=c["order_no"], reason=reason,
+                    numbers={"invtNo": c["invt_no"] or "", "preNo": c["pre_no"] or ""},
+                )  # fmt: skip
+                log.info("warehouse_order_cancelled", ebp_code=c["ebp_code"], order_no=c["order_no"], guid=c["guid"],
+                         doc_index=c["doc_index"])  # fmt: skip
+        anew = await conn.fetch(REDECLARED, list(released)) if released else []
+        if anew:
+            ids = {r["id"] for r in anew}
+            ships = sorted({(r["ebp_code"], r["order_no"]) for r in anew})
+            rows = await conn.fetch(RELEASED_SHIPMENT_LEGS, [s[0] for s in ships], [s[1] for s in ships])
+            again = [(r, legs) for r in rows if ships_from_a_warehouse(r["flow"], r["mode"])
+                     for legs in [_latest_legs(r["legs"])]
+                     if any(leg["kind"] == "inventory" and leg["id"] in ids for leg in legs)]  # fmt: skip
+            jobs += await self._release_orders(conn, again)
+        await enqueue_all(conn, jobs)
+
+    async def _release_orders(
+        self, conn: asyncpg.Connection, released: Sequence[tuple[asyncpg.Record, list[dict[str, Any]]]]
+    ) -> list[JobSpec]:
+        """The outbound orders of released shipments (each with its current legs)."""
+        if not released or self.router is None:
+            return []
+        # one read for every shipment released here (a receipt message may release many)
+        ids = [leg["id"] for _, legs in released for leg in legs if leg["kind"] != "payment"]
+        found = {d["id"]: d for d in await conn.fetch(RELEASED_LEGS, ids)}
+        jobs: list[JobSpec] = []
+        for r, legs in released:
+            jobs += self.router.release_jobs(**release_order(r, legs, found))
+        return jobs
 
     @staticmethod
     async def _unkept(conn: asyncpg.Connection, unmatched: Sequence[rc.ReceiptRecord]) -> dict[int, int]:

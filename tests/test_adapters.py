@@ -834,6 +834,38 @@ def test_a_warehouse_order_names_its_inventory_by_the_numbers_customs_gave_it() 
     assert (order["reference"]["invtNo"], order["reference"]["preNo"]) == ("46012026I000000006", "B20260101000000006")
 
 
+async def test_a_warehouse_order_is_cancelled_under_its_orderid(
+    customs_sandbox_local: RunningSandbox, http_recorder: Recorder
+) -> None:
+    """The cancel of an order (its inventory's cancellation concluded) goes to <url>/<orderId>/cancel with the order's
+    reference; the warehouse calls back cancelled; a cancel of an order it never took is a 404, a dead letter."""
+    cfg = WarehouseConfig(url=customs_sandbox_local.url + "/warehouse/orders", warehouse_code="WH1",
+                          callback_url=http_recorder.url + "/v1/warehouse/callbacks")  # fmt: skip
+    inv = legs(None, seed=6, mode="1210")["CEB621"]
+    cancel = warehouse.build_cancel(job(inv, "wh-1", doc_index=1, reason="CEB623 concluded by customs"), cfg)
+    assert cancel["schema"] == "cbec.warehouse-cancel.v1" and cancel["reason"] == "CEB623 concluded by customs"
+    async with WarehouseAdapter(cfg) as a:
+        [order] = (await a.send(job(inv, "wh-1"))).detail["orders"]
+        assert cancel["orderId"] == order["orderId"]
+        data = json.dumps(cancel).encode()
+        for _ in range(2):  # a repeat is answered alike, and calls back nothing more
+            reply = await a.post_checked(warehouse.cancel_url(cfg, cancel["orderId"]), data=data,
+                                         content_type="application/json")  # fmt: skip
+            assert reply.status == 200 and reply.json()["warehouseOrderNo"] == order["warehouseOrderNo"]
+        with pytest.raises(PermanentError, match="404"):
+            await a.post_checked(warehouse.cancel_url(cfg, "not-an-order"), content_type="application/json",
+                                 data=json.dumps({**cancel, "orderId": "not-an-order"}).encode())  # fmt: skip
+    await customs_sandbox_local.wait_idle()
+    calls = await http_recorder.wait_for(3)
+    got = [parse_callback(c.body) for c in calls]
+    assert {g.order_id for g in got} == {order["orderId"]}  # the cancel's callback may overtake the order's
+    assert sorted(g.status for g in got) == ["accepted", "cancelled", "shipped"]
+    [cancelled] = [g for g in got if g.status == "cancelled"]
+    assert cancelled.reason == "CEB623 concluded by customs"
+    assert cancelled.reference["orderNo"] == cancel["reference"]["orderNo"]
+    assert [c["orderId"] for c in customs_sandbox_local.sandbox.warehouse_cancels] == [order["orderId"]] * 2
+
+
 CEB711 = f"""<?xml version="1.0" encoding="UTF-8"?>
 <ceb:CEB711Message xmlns:ceb="{CEB_NS}" guid="0B3C3A4E-2B8F-4A0C-9C57-3C8B5E7F1A21" version="1.0">
 <ceb:Delivery><ceb:DeliveryHead><ceb:guid>0B3C3A4E-2B8F-4A0C-9C57-3C8B5E7F1A22</ceb:guid><ceb:appType>1</ceb:appType>

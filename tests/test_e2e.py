@@ -1079,3 +1079,49 @@ async def test_an_export_cancellation_concludes_at_the_sandbox_and_the_order_tak
                 " AND return_status = '800'", again["documents"][0]["copNo"]) == 1  # fmt: skip
 
         await wait_for(redeclared, timeout=20, what="the new inventory released")
+
+
+async def test_a_special_zone_export_cancelled_and_declared_anew_cancels_its_warehouse_order_and_ships_the_new(
+    db_dsn: str,
+) -> None:
+    """A released 1210 export parcel: the zone warehouse shipped its order. Its cancellation concluded (CEB606 399),
+    the warehouse gets the cancel of that order (and calls back cancelled); the inventory declared anew and released,
+    an order of its own, shipped."""
+    import copy
+
+    from gateway.render import new_guid
+
+    async with running_stack(db_dsn) as stack:
+        s, path, inventory = await released_export(stack, 44, "1210")
+        inv = s.inventory_doc
+
+        async def orders() -> dict[str, list[str]]:
+            docs = (await stack.client.get(path)).body["documents"]
+            return {d["doc_guid"]: [o["status"] for o in d["warehouse_orders"]] for d in docs
+                    if d["message_type"] == "CEB603"}  # fmt: skip
+
+        async def settled(want: dict[str, list[str]]) -> bool:
+            return await orders() == want
+
+        first = inventory["doc_guid"]
+        await wait_for(lambda: settled({first: ["shipped"]}), timeout=20, what="the first order shipped")
+        cancel = {"type": "CEB605", "baseTransfer": s.inventory["baseTransfer"],
+                  "documents": [{"customsCode": inv["customsCode"], "copNo": f"CANCEL-{inv['copNo']}"[:30],
+                                 "invtNo": inventory["invt_no"], "reason": "买家取消订单",
+                                 "agentCode": inv["agentCode"], "agentName": inv["agentName"],
+                                 "ebcCode": inv["ebcCode"], "ebcName": inv["ebcName"]}]}  # fmt: skip
+        reply = await stack.client.request("POST", "/v1/messages", json_body=json.loads(json.dumps(cancel)))
+        assert reply.status == 202, reply.body
+        await wait_for(lambda: settled({first: ["cancelled"]}), timeout=20, what="the first order cancelled")
+        [sent] = stack.sandbox.sandbox.warehouse_cancels
+        assert sent["reason"] == "CEB605 concluded by customs: 买家取消订单"
+        assert sent["reference"]["invtNo"] == inventory["invt_no"]
+        again = copy.deepcopy(s.inventory)
+        again["guid"] = new_guid()
+        again["documents"][0].update(guid=new_guid(), copNo=f"R-{inv['copNo']}"[:30])
+        assert (await stack.client.request("POST", "/v1/messages", json_body=json.loads(json.dumps(again, default=str)))
+                ).status == 202  # fmt: skip
+        second = again["documents"][0]["guid"]
+        await wait_for(lambda: settled({first: ["cancelled"], second: ["shipped"]}), timeout=20,
+                       what="the new inventory's order shipped")  # fmt: skip
+        assert await stack.fetchval("SELECT count(*) FROM jobs WHERE endpoint = 'warehouse' AND state <> 'done'") == 0

@@ -127,9 +127,11 @@ def test_ordering_keys_are_the_documents_business_keys() -> None:
     (again,) = r.resend_jobs(message_id=7, guid="G1", message_type="CEB621", customs_endpoint="customs", resend=1,
                              delay_s=5, ordering_keys=["CEB621:E:O1"])  # fmt: skip
     assert again.ordering_keys == ("CEB621:E:O1",) and again.delay_s == 5
-    # deliveries that are no declarations are not ordered
+    # of the deliveries that are no declarations, a warehouse order and its cancel are ordered (the cancel behind it)
     (release,) = r.release_jobs(message_id=3, guid="G", doc_index=1, ebp_code="P", order_no="O")
-    assert release.ordering_keys == ()
+    (cancel,) = r.cancel_jobs(message_id=3, guid="G", doc_index=1, ebp_code="P", order_no="O", reason="r")
+    assert release.ordering_keys == cancel.ordering_keys == ("warehouse:G:1",)
+    assert cancel.dedupe_key == "warehouse:G:1:cancel" and cancel.kind == "warehouse.cancel"
 
 
 def test_webhooks_go_to_sellers_holding_a_party_code() -> None:
@@ -1342,6 +1344,48 @@ async def test_a_released_shipments_warehouse_order_carries_the_numbers_customs_
     await flow.receipt(s.inventory, "800", 4, invtNo="46012026I000000007", preNo="B20260101000000007")
     [job] = [j for k, j in (await flow.jobs()).items() if k.startswith("warehouse:")]
     assert (job["payload"]["invtNo"], job["payload"]["preNo"]) == ("46012026I000000007", "B20260101000000007")
+
+
+@pytest.mark.db
+async def test_a_released_inventory_cancelled_and_declared_anew_cancels_its_warehouse_order_and_makes_another(
+    flow: Flow,
+) -> None:
+    """A released shipment is final, yet customs may conclude its inventory's cancellation (CEB624 399) and release
+    the inventory declared anew: the warehouse gets the cancel of the first order (behind it: its order's key) and
+    an order of the new inventory."""
+    from tests.test_store import message
+
+    s = shipment(64, mode="1210")
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    await flow.receipt(s.inventory, "800", 4, invtNo="46012026I000000064")
+    first = f"warehouse:{s.inventory['guid']}:1"
+    assert [k for k in await flow.jobs() if k.startswith("warehouse:")] == [first]
+    inv = s.inventory["documents"][0]
+    head = referring_head(inv, guid="D" * 36, invt_no="46012026I000000064", reason="买家取消")
+    cancel = message("CEB623", head, lines=[])
+    assert (await flow.store.ingest(cancel, b"<CEB623Message/>", submitter="test")).http_status == 202
+    values = {k: head[k] for k in ("customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "invtNo", "guid")}
+    values.update(preNo="B20260101000000064", returnInfo="ok")
+    await flow.post(build_receipt("CEB624", {**values, "returnStatus": "120", "returnTime": "20260101120000005"}))
+    assert f"{first}:cancel" not in await flow.jobs()  # taken for processing: not concluded yet
+    await flow.post(build_receipt("CEB624", {**values, "returnStatus": "399", "returnTime": "20260101120000006"}))
+    jobs = await flow.jobs()
+    cancelled = jobs[f"{first}:cancel"]
+    assert cancelled["kind"] == "warehouse.cancel" and cancelled["payload"]["guid"] == s.inventory["guid"]
+    assert cancelled["payload"]["reason"] == "CEB623 concluded by customs: 买家取消"
+    assert list(cancelled["ordering_keys"]) == list(jobs[first]["ordering_keys"]) == [first]
+    # declared anew and released: an order of its own (the shipment was released all along)
+    anew = version_of(s.inventory, "1", 60)
+    await flow.submit(anew)
+    await flow.receipt(anew, "800", 7, invtNo="46012026I000000065")
+    assert (await flow.shipment(s))["customs_status"] == "released"
+    again = (await flow.jobs())[f"warehouse:{anew['guid']}:1"]
+    assert again["kind"] == "warehouse.outbound" and again["payload"]["invtNo"] == "46012026I000000065"
+    await flow.receipt(anew, "800", 8, invtNo="46012026I000000065")  # a repeat sets off nothing
+    assert len([k for k in await flow.jobs() if k.startswith("warehouse:")]) == 3
 
 
 # --- receipt messages with many returns -------------------------------------------------------------------

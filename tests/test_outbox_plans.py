@@ -30,6 +30,9 @@ _PLAN_CASES = {
     "SET_CUSTOMS_STATE_AND_OUTCOMES": f"ARRAY[1::bigint], {_T}, {_T}, ARRAY[1], {_T}, {_T}, {_T}, {_T}, "
     f"ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[1::bigint], ARRAY[true], {_T}, ARRAY[true]",
     "SHIPMENT_LEGS": f"{_T}, {_T}, {_T}",
+    "RELEASED_SHIPMENT_LEGS": f"{_T}, {_T}",
+    "CANCELLED_RELEASES": "ARRAY[1::bigint]",
+    "REDECLARED": "ARRAY[1::bigint]",
     "RELEASE_QUOTA": f"{_T}, {_T}, ARRAY[1::bigint]",
     "RETURNED_INVENTORIES": "ARRAY[1::bigint]",
     "RETURN_QUOTA": f"{_T}, {_T}, ARRAY[1::numeric]",

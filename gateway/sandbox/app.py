@@ -390,6 +390,7 @@ class Sandbox:
         self.warehouse: list[dict[str, Any]] = []
         self.warehouse_attempts: Counter[str] = Counter()
         self.warehouse_orders: dict[str, str] = {}  # orderId -> warehouseOrderNo
+        self.warehouse_cancels: list[dict[str, Any]] = []  # the cancels received, as they came
         self.callbacks: list[dict[str, Any]] = []
         self.realtime_questions: list[dict[str, Any]] = []  # what it asked, and the platform's answer
         self.realtime_uploads: list[dict[str, Any]] = []  # what came, and its answer
@@ -416,6 +417,7 @@ class Sandbox:
             "warehouse": {
                 "received": len(self.warehouse),
                 "orders": len(self.warehouse_orders),
+                "cancels": len(self.warehouse_cancels),
                 "attempts": dict(self.warehouse_attempts),
                 "callbacks": len(self.callbacks),
             },
@@ -1464,6 +1466,29 @@ class Sandbox:
             self._spawn(self._send_callbacks(url, events))
         return _json({"warehouseOrderNo": number, "orderId": oid, "duplicate": False}, 201)
 
+    async def warehouse_cancel(self, order_id: str, body: Any, header_scenario: str | None) -> web.Response:
+        """The cancel of an order it took: 404 for an orderId it never took; else 200, and (the first time) a
+        ``cancelled`` callback."""
+        if not isinstance(body, dict) or body.get("orderId") not in (None, order_id):
+            return _json({"code": "invalid", "reason": "expected an object whose orderId is the path's"}, 400)
+        self.warehouse_attempts[f"cancel:{order_id}"] += 1
+        scenario = self.active(scenario_of(header_scenario, _json_values(body)))
+        resp = await self.transport(scenario, self.warehouse_attempts[f"cancel:{order_id}"])
+        if resp is not None:
+            return resp
+        number = self.warehouse_orders.get(order_id)
+        if number is None:
+            return _json({"code": "unknown_order", "reason": f"no order {order_id} here"}, 404)
+        repeated = any(c["orderId"] == order_id for c in self.warehouse_cancels)
+        self.warehouse_cancels.append({**body, "orderId": order_id})
+        order = next((o for o in self.warehouse if o.get("orderId") == order_id), {})
+        url = order.get("callbackUrl") or self.config.warehouse_callback_url
+        if not repeated and isinstance(url, str) and url and scenario != "LOSTRCPT":
+            event = self._callback_body({**order, "orderId": order_id, "direction": order.get("direction", "outbound")},
+                                        number, "cancelled", body.get("reason") or None)  # fmt: skip
+            self._spawn(self._send_callbacks(url, [event]))
+        return _json({"warehouseOrderNo": number, "orderId": order_id, "duplicate": repeated}, 200)
+
     @staticmethod
     def _callback_body(order: Mapping[str, Any], number: str, status: str, reason: str | None) -> dict[str, Any]:
         return {
@@ -1587,6 +1612,14 @@ async def _warehouse(request: web.Request) -> web.Response:
     return await sb.warehouse_order(await _read_json(request), request.headers.get(SCENARIO_HEADER))
 
 
+async def _warehouse_cancel(request: web.Request) -> web.Response:
+    sb = request.app[SANDBOX_KEY]
+    if (refused := unknown_scenario(request)) is not None:
+        return refused
+    return await sb.warehouse_cancel(request.match_info["order_id"], await _read_json(request),
+                                     request.headers.get(SCENARIO_HEADER))  # fmt: skip
+
+
 async def _realtime_upload(request: web.Request) -> web.Response:
     form = await request.post()
     raw = form.get("payExInfoStr")
@@ -1618,7 +1651,8 @@ async def _receipts(request: web.Request) -> web.Response:
 
 async def _records(request: web.Request) -> web.Response:
     sb = request.app[SANDBOX_KEY]
-    return _json({"inspection": sb.inspection, "warehouse": sb.warehouse, "callbacks": sb.callbacks})
+    return _json({"inspection": sb.inspection, "warehouse": sb.warehouse, "warehouse_cancels": sb.warehouse_cancels,
+                  "callbacks": sb.callbacks})
 
 
 async def _reset(request: web.Request) -> web.Response:
@@ -1679,6 +1713,7 @@ def create_sandbox_app(config: SandboxConfig | None = None, *, schemas: Any = No
     app.router.add_post("/ceb", _ceb)
     app.router.add_post("/inspection", _inspection)
     app.router.add_post("/warehouse/orders", _warehouse)
+    app.router.add_post("/warehouse/orders/{order_id}/cancel", _warehouse_cancel)
     app.router.add_post("/ceb2grab/grab/realTimeDataUpload", _realtime_upload)
     app.router.add_post("/sandbox/realtime/ask", _realtime_ask)
     app.router.add_get("/sandbox/realtime", _realtime_records)
