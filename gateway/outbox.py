@@ -114,6 +114,29 @@ WITH ins AS ({enqueue_insert("$1")}
 SELECT (SELECT count(*) FROM ins) AS new, {wake_endpoints("ins", "$2")} AS woken
 """
 
+def _hold(rank: str) -> dict[str, str]:
+    """What releases a held inventory (x: its documents row, mt its message type; ``rank``: the parameter of the
+    least rank of a receipt taken): its shipment matched, and the latest current order and payment of the shipment
+    and the waybill the inventory names receipted at that rank or above. One text for RELEASE_HELD and HOLD_REASONS,
+    which says why one waits."""
+    latest = """coalesce((SELECT {a}.forward_state = 'receipted' AND {a}.customs_rank >= {rank}
+                           FROM (SELECT * FROM documents AS {a} WHERE {where} OFFSET 0) AS {a}
+                          WHERE {a}.kind = '{kind}'{extra} AND {a}.is_current AND NOT {a}.withdrawn
+                          ORDER BY {a}.app_time DESC, {a}.id DESC LIMIT 1), false)"""
+    return {
+        "matched": "EXISTS (SELECT FROM shipments AS s"
+                   " WHERE s.ebp_code = x.ebp_code AND s.order_no = x.order_no AND s.state = 'matched')",
+        **{kind: latest.format(a=a, rank=rank, kind=kind, extra="",
+                               where=f"{a}.ebp_code = x.ebp_code AND {a}.order_no = x.order_no")
+           for kind, a in (("order", "o"), ("payment", "p"))},
+        "waybill": latest.format(a="w", rank=rank, kind="waybill",
+                                 extra=f" AND w.message_type = {waybill_type_of('x.mt')}",
+                                 where="w.logistics_code = x.logistics_code AND w.logistics_no = x.logistics_no"),
+    }  # fmt: skip
+
+
+_HOLD = _hold("$5")
+
 #: Held inventories of shipments ($1 ebpCode, $2 orderNo) or naming waybills ($3 logisticsCode, $4 No) whose
 #: every document's shipment is matched with its order, payment and waybill receipted at rank >= $5 (spec
 #: §6.7 step 2; a rejection is forward_state 'rejected'): flipped to 'queued' and returned with their modes
@@ -141,25 +164,10 @@ WITH cand AS MATERIALIZED (
     -- the latest current order / payment of the shipment and the waybill the inventory names (as reconciled)
     SELECT x.message_id FROM docs AS x
      WHERE NOT x.withdrawn AND (
-           NOT EXISTS (SELECT FROM shipments AS s
-                        WHERE s.ebp_code = x.ebp_code AND s.order_no = x.order_no AND s.state = 'matched')
-        OR NOT coalesce((SELECT o.forward_state = 'receipted' AND o.customs_rank >= $5
-                           FROM (SELECT * FROM documents AS o
-                                  WHERE o.ebp_code = x.ebp_code AND o.order_no = x.order_no OFFSET 0) AS o
-                          WHERE o.kind = 'order' AND o.is_current AND NOT o.withdrawn
-                          ORDER BY o.app_time DESC, o.id DESC LIMIT 1), false)
-        OR NOT coalesce((SELECT p.forward_state = 'receipted' AND p.customs_rank >= $5
-                           FROM (SELECT * FROM documents AS p
-                                  WHERE p.ebp_code = x.ebp_code AND p.order_no = x.order_no OFFSET 0) AS p
-                          WHERE p.kind = 'payment' AND p.is_current AND NOT p.withdrawn
-                          ORDER BY p.app_time DESC, p.id DESC LIMIT 1), false)
-        OR NOT coalesce((SELECT w.forward_state = 'receipted' AND w.customs_rank >= $5
-                           FROM (SELECT * FROM documents AS w
-                                  WHERE w.logistics_code = x.logistics_code AND w.logistics_no = x.logistics_no
-                                 OFFSET 0) AS w
-                          WHERE w.kind = 'waybill' AND w.message_type = {waybill_type_of("x.mt")}
-                            AND w.is_current AND NOT w.withdrawn
-                          ORDER BY w.app_time DESC, w.id DESC LIMIT 1), false))
+           NOT {_HOLD["matched"]}
+        OR NOT {_HOLD["order"]}
+        OR NOT {_HOLD["payment"]}
+        OR NOT {_HOLD["waybill"]})
 ), released AS (
     -- by id = ANY: one index probe per candidate whatever the plan
     UPDATE documents AS d SET forward_state = 'queued'
@@ -174,6 +182,17 @@ SELECT x.message_id, m.guid, m.message_type,
  WHERE x.message_id IN (SELECT message_id FROM released)
  GROUP BY x.message_id, m.guid, m.message_type
  ORDER BY x.message_id
+"""
+
+_WAITS = _hold("$2")
+#: Why held inventories wait: every held document of their messages ($1 message ids: a message goes whole, signed as
+#: one) with its shipment and which of RELEASE_HELD's conditions it meets ($2 the least rank of a receipt taken).
+HOLD_REASONS = f"""
+SELECT x.message_id, x.ebp_code, x.order_no, {_WAITS["matched"]} AS matched, {_WAITS["order"]} AS "order",
+       {_WAITS["payment"]} AS payment, {_WAITS["waybill"]} AS waybill
+  FROM (SELECT d.*, d.message_type AS mt FROM documents AS d
+         WHERE d.message_id = ANY ($1::bigint[]) AND d.forward_state = 'held' AND NOT d.withdrawn) AS x
+ ORDER BY x.message_id, x.id
 """
 
 _DOC_STATE = (
@@ -842,6 +861,23 @@ Reassess = Callable[[asyncpg.Connection, Sequence[tuple[str, int]]], Awaitable[l
 #: Make current again, in the receipt's transaction, the versions before these changes and withdrawals customs refused,
 #: and reconcile their shipments again; returns the shipments written (gateway.store.refusals_restorer).
 Restore = Callable[[asyncpg.Connection, Sequence[int]], Awaitable[list[tuple[str, str]]]]
+
+
+#: What a held inventory waits for, by the condition of RELEASE_HELD it does not meet yet.
+HOLD_WAITS = {"matched": "its shipment to be matched", "order": "a customs receipt of its order",
+              "payment": "a customs receipt of its payment", "waybill": "a customs receipt of its waybill"}  # fmt: skip
+
+
+def held_until(doc: Mapping[str, Any], waits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Why a held inventory is not sent yet (spec §6.7): of each document of its message (a message goes whole,
+    signed as one) that is not ready — its own first —, the shipment and what it waits for (HOLD_WAITS keys).
+    Empty: it is sent at the next change of any of them."""
+    head = doc.get("head") or {}
+    own = (head.get("ebpCode"), head.get("orderNo"))
+    out = [{"ebpCode": w["ebp_code"], "orderNo": w["order_no"], "waiting_for": [k for k in HOLD_WAITS if not w[k]]}
+           for w in waits]  # fmt: skip
+    out = [o for o in out if o["waiting_for"]]
+    return sorted(out, key=lambda o: (o["ebpCode"], o["orderNo"]) != own)
 
 
 class Outbox:
@@ -1584,6 +1620,8 @@ class Outbox:
                     history[entry.pop("job_id")].append(entry)
             message_ids = sorted({r["message_id"] for r in fwd.values()})
             receipts = [dict(r) for r in await conn.fetch(RECEIPTS_OF, ids, message_ids)]
+            held = sorted({r["message_id"] for r in fwd.values() if r["forward_state"] == "held"})
+            waits = await conn.fetch(HOLD_REASONS, held, rc.RANK_DECLARING) if held else []
             await with_warehouse_orders(conn, docs)
             if shipment.get("flow") == "export":
                 numbered = [{**d, "invt_no": fwd[d["id"]]["invt_no"] if d["id"] in fwd else None} for d in docs]
@@ -1616,6 +1654,8 @@ class Outbox:
                     "time": r["customs_return_time"],
                 }
             )
+            if r["forward_state"] == "held":
+                d["held_until"] = held_until(d, [w for w in waits if w["message_id"] == r["message_id"]])
             d["transmissions"] = [j for j in jobs if j["message_guid"] == guid]
             d["receipts"] = [
                 x

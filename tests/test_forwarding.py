@@ -712,6 +712,40 @@ async def test_inventory_waits_for_matching_and_the_three_receipts(flow: Flow) -
 
 
 @pytest.mark.db
+async def test_a_held_inventory_says_what_it_waits_for(flow: Flow) -> None:
+    """A message goes to customs whole (one signature over its documents): a bonded warehouse's CEB621 of two parcels
+    waits for both. The shipment view of each says why (held_until): of each parcel not ready — its own first —, the
+    shipment and what it waits for; a parcel ready waits for the other's."""
+    a, b = shipment(40, mode="1210"), shipment(41, mode="1210")
+    both = {**a.inventory, "guid": "6F1D2C3B-4A59-4687-9A0B-1C2D3E4F5A6B",
+            "documents": [a.inventory_doc, b.inventory_doc]}  # fmt: skip
+    await flow.submit(both)
+
+    async def held_until(s: Any) -> Any:
+        found = await flow.store.get_shipment(s.order_doc["ebpCode"], s.order_doc["orderNo"])
+        [inv] = [d for d in (await flow.outbox.shipment_forwarding(found))["documents"] if d["kind"] == "inventory"]
+        return inv.get("held_until") if inv["forward_state"] == "held" else inv["forward_state"]
+
+    of = lambda s, *waits: {"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"],  # noqa: E731
+                            "waiting_for": list(waits)}  # fmt: skip
+    everything = ("matched", "order", "payment", "waybill")
+    assert await held_until(a) == [of(a, *everything), of(b, *everything)]
+    for payload in (a.order, a.payment, a.waybill):
+        await flow.submit(payload)
+    await flow.receipt(a.order, "2", 1)
+    assert await held_until(a) == [of(a, "payment", "waybill"), of(b, *everything)]
+    await flow.receipt(a.payment, "2", 1)
+    await flow.receipt(a.waybill, "2", 1)
+    # a is ready: it waits for b alone, and b's view says the same, its own first
+    assert await held_until(a) == [of(b, *everything)]
+    assert await held_until(b) == [of(b, *everything)]
+    for payload in (b.order, b.payment, b.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 2)
+    assert await held_until(a) == await held_until(b) == "queued"
+
+
+@pytest.mark.db
 async def test_inventory_arriving_last_is_released_in_its_own_transaction(flow: Flow) -> None:
     s = shipment(3)
     for payload in (s.order, s.payment, s.waybill):

@@ -53,6 +53,7 @@ _PLAN_CASES = {
     "ATTEMPTS": "ARRAY[1::bigint]",
     "RECEIPTS_OF": "ARRAY[1::bigint], ARRAY[1::bigint]",
     "WAREHOUSE_EVENTS_OF": _T,
+    "HOLD_REASONS": "ARRAY[1::bigint], 1",
     # a warehouse's callback (POST /v1/warehouse/callbacks)
     "INSERT_WAREHOUSE_EVENT": "'w', 'o', 'WH1', 'outbound', 'shipped', NULL, 't', 'CEB621', 'g', '{}'::jsonb",
     "WAREHOUSE_SHIPMENT": "'g', 'CEB621'",
