@@ -31,7 +31,7 @@ from gateway import csvexport, db, realtime, receipts, summary, taxbills
 from gateway.auth import KeyRing, Principal, SharedRates, shipment_view
 from gateway.config import RealtimeSettings, Role, Settings, key_digest
 from gateway.console import setup_console
-from gateway.console.queries import awaited_documents, receipts_awaited
+from gateway.console.queries import awaited_documents, receipts_awaited, webhook_sellers_paused
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.ingestlink import IngestUnavailable
@@ -787,12 +787,22 @@ def _configured_endpoints(app: web.Application) -> tuple[str, ...]:
     return tuple(router.endpoint_kinds) if router is not None else ()
 
 
+def _webhook_endpoints(app: web.Application) -> tuple[str, ...]:
+    router = app[OUTBOX].router
+    return tuple(n for n, kind in router.endpoint_kinds.items() if kind == "webhook") if router is not None else ()
+
+
 async def get_queue(request: web.Request) -> web.Response:
     if (denied := _operator(request)) is not None:
         return denied
     async with request.app[POOL].acquire() as conn:
         endpoints = await cbec_queue.stats(conn, endpoints=_configured_endpoints(request.app))
         awaited = await receipts_awaited(conn)
+        webhooks = _webhook_endpoints(request.app)
+        paused = await webhook_sellers_paused(conn, webhooks)
+    for e in endpoints:  # a webhook endpoint's sellers whose URL's own breaker holds their events back
+        if e["endpoint"] in webhooks:
+            e["paused_sellers"] = paused.get(e["endpoint"], [])
     return json_response({"endpoints": endpoints, "receipts_awaited": awaited})
 
 
@@ -992,7 +1002,8 @@ def create_app(
                   payment_questions=bool(settings.realtime.platforms),
                   secure_cookie=True if public and public.startswith("https:") else None)  # fmt: skip
     metrics = setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app),
-                            signing_valid_until=signing_valid_until, signing_ukey_up=signing_ukey_up)  # fmt: skip
+                            webhook_endpoints=_webhook_endpoints(app), signing_valid_until=signing_valid_until,
+                            signing_ukey_up=signing_ukey_up)  # fmt: skip
     store.on_committed = metrics.observe_transaction
 
     async def finish_batches(app: web.Application) -> None:

@@ -87,10 +87,12 @@ class Metrics:
         window_s: float = 300.0,
         keys_key: web.AppKey[KeyRing] | None = None,
         endpoints: Iterable[str] = (),
+        webhook_endpoints: Iterable[str] = (),
         signing_valid_until: Callable[[], datetime | None] = lambda: None,
         signing_ukey_up: Callable[[], bool | None] = lambda: None,
     ) -> None:
         self.pool_key = pool_key
+        self.webhook_endpoints = tuple(webhook_endpoints)  # of those, the sellers' webhooks (paused sellers)
         # the notAfter of the certificate the JSON declarations are signed with now (a reload may renew it); None: none
         self.signing_valid_until = signing_valid_until
         self.signing_ukey_up = signing_ukey_up  # whether the UKey holding that key signs; None: not on a UKey
@@ -275,6 +277,17 @@ class Metrics:
                     g.add_metric([s["endpoint"], state.value], 1.0 if s["circuit"] == state.value else 0.0)
         out.append(g)
 
+        g = GaugeMetricFamily(
+            "cbec_webhook_seller_paused_events",
+            "Events of a seller whose webhook URL failed again and again, held back untried until it answers (its own "
+            "breaker open), per webhook endpoint and seller",
+            labels=["endpoint", "seller"],
+        )
+        for endpoint, sellers in (await q.webhook_sellers_paused(conn, self.webhook_endpoints)).items():
+            for p in sellers:
+                g.add_metric([endpoint, p["seller"] or ""], float(p["waiting"]))
+        out.append(g)
+
         window = f"over the last {int(self.window_s)} s"
         latency = GaugeMetricFamily(
             "cbec_forward_latency_seconds",
@@ -446,6 +459,7 @@ def setup_metrics(
     keys_key: web.AppKey[KeyRing] | None = None,
     path: str = "/metrics",
     endpoints: Iterable[str] = (),
+    webhook_endpoints: Iterable[str] = (),
     signing_valid_until: Callable[[], datetime | None] = lambda: None,
     signing_ukey_up: Callable[[], bool | None] = lambda: None,
 ) -> Metrics:
@@ -460,7 +474,8 @@ def setup_metrics(
     if existing is not None:
         return existing
     metrics = Metrics(pool_key, window_s=window_s, keys_key=keys_key, endpoints=endpoints,
-                      signing_valid_until=signing_valid_until, signing_ukey_up=signing_ukey_up)
+                      webhook_endpoints=webhook_endpoints, signing_valid_until=signing_valid_until,
+                      signing_ukey_up=signing_ukey_up)
     app[METRICS] = metrics
     app.middlewares.insert(0, metrics_middleware)  # outermost: sees the final status of every answer
 

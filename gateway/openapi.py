@@ -435,8 +435,9 @@ OPENAPI: dict[str, Any] = {
         "/v1/queue": {
             "get": {
                 "summary": "Delivery queue per endpoint: jobs queued, due, running, done (kept) and dead, oldest "
-                "queued age (s), circuit state of this process's worker; and the documents sent to customs still "
-                "awaiting a receipt (operator / admin)",
+                "queued age (s), circuit state (the severest of every worker's), for a webhook endpoint the sellers "
+                "whose webhooks are paused (paused_sellers: [{seller, waiting}]); and the documents sent to customs "
+                "still awaiting a receipt (operator / admin)",
                 "responses": {
                     "200": {"description": "{endpoints: [...], receipts_awaited: {count, oldest_sent_at, "
                             "oldest_wait_s}}"},

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import cbec_queue
 import pytest
 from lxml import etree
 
@@ -1104,3 +1105,25 @@ async def test_a_seller_downloads_its_shipments_as_csv_with_the_lists_filters(
     assert status == 200 and none.decode("utf-8-sig").splitlines() == [",".join(SHIPMENT_CSV_COLUMNS)]
     assert (await download(PLATFORM_A, state="lost"))[0] == 400
     assert (await api.get("/v1/shipments.csv", key=None)).status == 401
+
+
+async def test_the_queue_figures_name_the_sellers_whose_webhooks_are_paused(
+    routed: Client, db_pool: asyncpg.Pool
+) -> None:
+    """A seller whose webhook URL keeps failing has its events put back untried (adapters/webhook.py): GET /v1/queue
+    names it under the webhook endpoint with how many of its events wait, and /metrics counts them — read off the
+    queue, so a dedicated cbec worker's pauses show too. A seller merely failing (not paused) is not named."""
+    async with db_pool.acquire() as conn, conn.transaction():
+        for n, (seller, error) in enumerate([("S1", "Deferred: seller S1's webhook URL is paused"),
+                                             ("S1", "Deferred: seller S1's webhook URL is paused"),
+                                             ("S2", "SellerUnreachable: seller S2: 503")]):  # fmt: skip
+            job = await cbec_queue.enqueue(conn, endpoint="webhook", kind="webhook",
+                                           payload={"seller": seller, "event": "e", "n": n})  # fmt: skip
+            await conn.execute("UPDATE jobs SET last_error = $2 WHERE id = $1", job, error)
+    queue = await routed.get("/v1/queue", key=OPERATOR)
+    [webhook] = [e for e in queue.body["endpoints"] if e["endpoint"] == "webhook"]
+    assert webhook["paused_sellers"] == [{"seller": "S1", "waiting": 2}]
+    assert all("paused_sellers" not in e for e in queue.body["endpoints"] if e["endpoint"] != "webhook")
+    metrics = (await routed.get("/metrics")).body.decode()
+    assert 'cbec_webhook_seller_paused_events{endpoint="webhook",seller="S1"} 2.0' in metrics
+    assert 'seller="S2"' not in metrics

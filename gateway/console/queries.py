@@ -458,6 +458,26 @@ async def dead_page(
             "next_offset": offset + limit if more else None}  # fmt: skip
 
 
+#: The sellers whose webhooks are paused ($1 the webhook endpoints): their events put back untried because the
+#: seller's URL failed again and again (adapters/webhook.py: its breaker open; the jobs' last error "Deferred: ..."),
+#: with how many wait. Read off the queue, so a dedicated cbec worker's pauses show as this process's do.
+WEBHOOK_SELLERS_PAUSED = """
+SELECT endpoint, payload ->> 'seller' AS seller, count(*)::bigint AS waiting
+  FROM jobs
+ WHERE endpoint = ANY ($1::text[]) AND state = 'queued' AND kind = 'webhook' AND last_error LIKE 'Deferred: %'
+ GROUP BY endpoint, seller
+ ORDER BY endpoint, seller
+"""
+
+
+async def webhook_sellers_paused(conn: asyncpg.Connection, endpoints: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per webhook endpoint, the sellers paused and how many of their events wait (WEBHOOK_SELLERS_PAUSED)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in await conn.fetch(WEBHOOK_SELLERS_PAUSED, list(endpoints)) if endpoints else []:
+        out.setdefault(r["endpoint"], []).append({"seller": r["seller"], "waiting": r["waiting"]})
+    return out
+
+
 async def receipts_awaited(conn: asyncpg.Connection) -> dict[str, Any]:
     """``count``, ``oldest_sent_at`` and ``oldest_wait_s`` of the documents awaiting a customs receipt
     (RECEIPTS_AWAITED): the console, ``GET /v1/queue`` and ``/metrics`` show these."""
