@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -1015,6 +1015,27 @@ async def _quota(flow: Flow, s: samples.ShipmentSample) -> list[str]:
     return [str(r["amount"]) for r in rows]
 
 
+async def _cancel(
+    flow: Flow, inventory: dict[str, Any], guid: str, invt_no: str, pre_no: str, ms: int
+) -> Callable[[], Awaitable[None]]:
+    """A cancellation (CEB623) of ``inventory`` (a JSON payload's) taken, and customs' CEB624 120 for it (taken for
+    processing, at ``ms``); returned: what posts its 399 (concluded, at ``ms`` + 1)."""
+    from tests.test_store import message
+
+    head = referring_head(inventory["documents"][0], guid=guid, invt_no=invt_no, reason="买家取消")
+    cancel = message("CEB623", head, lines=[])
+    assert (await flow.store.ingest(cancel, b"<CEB623Message/>", submitter="test")).http_status == 202
+    values = {k: head[k] for k in ("customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "invtNo", "guid")}
+    values.update(preNo=pre_no, returnInfo="ok")
+    await flow.post(build_receipt("CEB624", {**values, "returnStatus": "120", "returnTime": f"20260101120000{ms:03d}"}))
+
+    async def conclude() -> None:
+        await flow.post(build_receipt("CEB624", {**values, "returnStatus": "399",
+                                                 "returnTime": f"20260101120000{ms + 1:03d}"}))  # fmt: skip
+
+    return conclude
+
+
 @pytest.mark.db
 async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_frees_the_buyers_quota(
     flow: Flow,
@@ -1022,7 +1043,6 @@ async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_f
     """The annual quota counts what customs holds (spec §7.1): a first declaration customs rejected, or an
     inventory cancelled (CEB624 399), counts no more; a rejected change leaves it (customs holds the version
     before)."""
-    from tests.test_store import message
 
     refused, cancelled = shipment(80), shipment(81)
     for s in (refused, cancelled):
@@ -1049,15 +1069,9 @@ async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_f
     await flow.receipt(pending.inventory, "100", 2)
     assert await _quota(flow, pending) == ["0.00000"]
 
-    inv = cancelled.inventory["documents"][0]
-    head = referring_head(inv, guid="C" * 36, invt_no="46012026I000000081", reason="买家取消")
-    cancel = message("CEB623", head, lines=[])
-    assert (await flow.store.ingest(cancel, b"<CEB623Message/>", submitter="test")).http_status == 202
-    values = {k: head[k] for k in ("customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "invtNo", "guid")}
-    values.update(preNo="B20260101000000081", returnInfo="ok")
-    await flow.post(build_receipt("CEB624", {**values, "returnStatus": "120", "returnTime": "20260101120000003"}))
+    conclude = await _cancel(flow, cancelled.inventory, "C" * 36, "46012026I000000081", "B20260101000000081", 3)
     assert await _quota(flow, cancelled) != ["0.00000"]  # taken for processing, not concluded
-    await flow.post(build_receipt("CEB624", {**values, "returnStatus": "399", "returnTime": "20260101120000004"}))
+    await conclude()
     assert await _quota(flow, cancelled) == ["0.00000"]
 
 
@@ -1387,7 +1401,6 @@ async def test_a_released_inventory_cancelled_and_declared_anew_cancels_its_ware
     """A released shipment is final, yet customs may conclude its inventory's cancellation (CEB624 399) and release
     the inventory declared anew: the warehouse gets the cancel of the first order (behind it: its order's key) and
     an order of the new inventory."""
-    from tests.test_store import message
 
     s = shipment(64, mode="1210")
     for payload in (s.order, s.payment, s.waybill):
@@ -1397,15 +1410,9 @@ async def test_a_released_inventory_cancelled_and_declared_anew_cancels_its_ware
     await flow.receipt(s.inventory, "800", 4, invtNo="46012026I000000064")
     first = f"warehouse:{s.inventory['guid']}:1"
     assert [k for k in await flow.jobs() if k.startswith("warehouse:")] == [first]
-    inv = s.inventory["documents"][0]
-    head = referring_head(inv, guid="D" * 36, invt_no="46012026I000000064", reason="买家取消")
-    cancel = message("CEB623", head, lines=[])
-    assert (await flow.store.ingest(cancel, b"<CEB623Message/>", submitter="test")).http_status == 202
-    values = {k: head[k] for k in ("customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "invtNo", "guid")}
-    values.update(preNo="B20260101000000064", returnInfo="ok")
-    await flow.post(build_receipt("CEB624", {**values, "returnStatus": "120", "returnTime": "20260101120000005"}))
+    conclude = await _cancel(flow, s.inventory, "D" * 36, "46012026I000000064", "B20260101000000064", 5)
     assert f"{first}:cancel" not in await flow.jobs()  # taken for processing: not concluded yet
-    await flow.post(build_receipt("CEB624", {**values, "returnStatus": "399", "returnTime": "20260101120000006"}))
+    await conclude()
     jobs = await flow.jobs()
     cancelled = jobs[f"{first}:cancel"]
     assert cancelled["kind"] == "warehouse.cancel" and cancelled["payload"]["guid"] == s.inventory["guid"]
