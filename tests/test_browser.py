@@ -39,6 +39,7 @@ from tests.consoleutil import (
     build_app,
     key_of,
     make_dead_letter,
+    make_forwarded,
     new_shipment,
     seed_realistic,
     start,
@@ -1010,3 +1011,81 @@ async def test_the_keyboard_focus_survives_live_updates_and_view_changes(browser
         await expect(link).to_be_focused()
         await page.context.close()
     assert errors == []
+
+
+async def test_open_panels_and_the_scroll_survive_a_live_change_of_the_shipment(browser: Browser, site: Site) -> None:
+    """Each live change of the open shipment drew its page anew: the XML views and attempt histories opened on it
+    closed, and the page jumped up as it shrank."""
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        s = new_shipment(441)
+        await submit(site.api, s)
+        job_id = await make_forwarded(site.pool, kind="CEB311", guid=s.order["guid"])
+        page = await live_console(browser, site, errors)
+        await page.goto(f"{site.base}/ops#/shipment?{urlencode(key_of(s))}")
+        documents = page.locator(".timeline li.document")
+        await expect(documents).to_have_count(4)
+        for i in (0, 3):
+            await documents.nth(i).locator(".xml-toggle").click()
+        await expect(page.locator(".timeline pre.xml")).to_have_count(2)
+        await page.locator(".timeline details.history summary").click()
+        await expect(page.locator(".timeline details.history table")).to_contain_text("ok")
+        as_stored = page.locator(".timeline .xml-block button").first
+        await as_stored.click()  # the first XML as stored, the focus on its button
+        await expect(as_stored).to_have_text("indented 缩进")
+        await page.evaluate("window.scrollTo(0, 600)")
+        assert await page.evaluate("window.scrollY") == 600
+
+        receipt = build_receipt("CEB312", {
+            "guid": s.order_doc["guid"], "ebpCode": s.order_doc["ebpCode"], "ebcCode": s.order_doc["ebcCode"],
+            "orderNo": s.order_doc["orderNo"], "returnStatus": "120", "returnTime": return_time(),
+            "returnInfo": "新增申报成功",
+        })  # fmt: skip
+        assert (await site.api.post_xml(receipt)).status == 202
+        await expect(page.locator(".timeline")).to_contain_text("回执 CEB312 · 120")  # drawn anew
+
+        assert await page.locator(".timeline .xml-toggle[aria-expanded='true']").count() == 2
+        await expect(page.locator(".timeline pre.xml")).to_have_count(2)
+        assert await documents.nth(0).locator("pre.xml").count() == 1
+        assert await documents.nth(3).locator("pre.xml").count() == 1
+        history = page.locator(f".timeline details.history[data-keep='job {job_id}']")
+        assert await history.evaluate("d => d.open")
+        await expect(as_stored).to_have_text("indented 缩进")  # as it was left, not read again
+        await expect(as_stored).to_be_focused()
+        assert await page.evaluate("window.scrollY") == 600
+        await page.context.close()
+    assert errors == []
+
+
+async def test_open_panels_survive_a_live_reload_of_the_refused_messages_and_dead_letters(
+    browser: Browser, site: Site
+) -> None:
+    """A new refusal or dead letter reloaded its table and closed what an operator had open there: what a refused
+    message sent, a dead letter's attempt history."""
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        dead = await make_dead_letter(site.pool, guid="KEEP-0001")
+        page = await live_console(browser, site, errors)
+        order = samples.render_shipment(new_shipment(442))["CEB311"].replace(b"ceb:orderNo>", b"ceb:orderNO>")
+        assert (await site.api.post_xml(order, key=PLATFORM_A)).status == 422
+        first = page.locator("#refused-table tbody tr[data-rejection]").first
+        await expect(first).to_contain_text("platform-a")
+        rejection = await first.get_attribute("data-rejection")
+        await first.locator(".sent-toggle").click()
+        await expect(page.locator("#refused-table tr.sent pre")).to_contain_text("<ceb:orderNO>")
+        await page.locator(f"#dead-table tr[data-job='{dead}'] details.history summary").click()
+
+        again = samples.render_shipment(new_shipment(443))["CEB311"].replace(b"ceb:orderNo>", b"ceb:orderNO>")
+        assert (await site.api.post_xml(again, key=PLATFORM_A)).status == 422
+        await expect(page.locator("#refused-table tbody tr[data-rejection]")).to_have_count(2)
+        other = await make_dead_letter(site.pool, guid="KEEP-0002")
+        await expect(page.locator(f"#dead-table tr[data-job='{other}']")).to_have_count(1)
+
+        row = page.locator(f"#refused-table tbody tr[data-rejection='{rejection}']")
+        await expect(row.locator(".sent-toggle")).to_have_attribute("aria-expanded", "true")
+        await expect(page.locator("#refused-table tr.sent")).to_have_count(1)
+        assert await row.evaluate("r => r.nextElementSibling.classList.contains('sent')")
+        assert await page.locator(f"#dead-table tr[data-job='{dead}'] details.history").evaluate("d => d.open")
+        await page.context.close()
+    assert errors == []
+

@@ -241,7 +241,7 @@
         : h("span", { class: "muted", text: "—" })),
       h("td", { class: "when", text: fmtTime(job.finished_at) }),
       h("td", {}, h("div", { text: job.dead_reason || "" }), h("div", { class: "error-text", text: job.last_error || "" })),
-      h("td", {}, h("details", { class: "history" },
+      h("td", {}, h("details", { class: "history", "data-keep": `job ${job.id}` },
         h("summary", { text: `${job.history.length} recorded` }), attemptsTable(job.history))),
       h("td", {}, h("button", {
         type: "button", class: "btn danger replay", disabled: !canReplay,
@@ -250,7 +250,7 @@
         onclick: (ev) => replay(job.id, ev.currentTarget),
       }, "Replay 重发"))));
     const body = $("dead-table").tBodies[0];
-    if (append) body.append(...rows); else body.replaceChildren(...rows);
+    if (append) body.append(...rows); else keepingOpen(body, () => body.replaceChildren(...rows));
     $("dead-empty").hidden = body.rows.length > 0;
     $("dead-count").textContent = fmtNum(total);
   }
@@ -301,23 +301,61 @@
       (r.issues || []).length > 3 ? h("div", { class: "muted", text: `+${r.issues.length - 3} more 更多` }) : null),
       h("td", {}, sentButton(r.id))));
     const body = $("refused-table").tBodies[0];
-    if (append) body.append(...rows); else body.replaceChildren(...rows);
+    if (append) body.append(...rows); else keepingOpen(body, () => body.replaceChildren(...rows));
     $("refused-empty").hidden = body.rows.length > 0;
+  }
+
+  // --- panels kept open ---
+
+  // Parts of the page are drawn anew as the feed reports changes (the shipment page on each change of its shipment,
+  // the refused messages and the dead letters on theirs). What the operator opened there stays open: each panel's
+  // control carries data-keep, a stable id (an XML view: its message's and document's guids; a transmission's or dead
+  // letter's history: its job id; what a refused message sent: its id), and ``draw`` is wrapped by keepingOpen, which
+  // opens the same panels in the new drawing — a revealed one moved over as it was (indented or as stored), not read
+  // again — and puts the keyboard's focus back on the same control (or inside the panel moved over).
+  const reveals = new WeakMap(); // a revealButton → { shown(): what it shows or null, show(el) }
+
+  function keepingOpen(root, draw) {
+    const open = new Map();
+    for (const el of root.querySelectorAll("[data-keep]")) {
+      const shown = el.tagName === "DETAILS" ? el.open : (reveals.has(el) && reveals.get(el).shown());
+      if (shown) open.set(el.dataset.keep, shown);
+    }
+    const active = root.contains(document.activeElement) ? document.activeElement : null;
+    const holder = active ? active.closest("[data-keep]") : null;
+    draw();
+    const focusKey = holder ? holder.dataset.keep : null;
+    let focus = null;
+    for (const el of root.querySelectorAll("[data-keep]")) {
+      const key = el.dataset.keep;
+      if (key === focusKey && !focus) focus = el.tagName === "DETAILS" ? el.querySelector("summary") : el;
+      const shown = open.get(key);
+      if (!shown) continue;
+      if (el.tagName === "DETAILS") el.open = true;
+      else if (reveals.has(el)) { reveals.get(el).show(shown); open.delete(key); } // one place for what it showed
+    }
+    if (!active || root.contains(document.activeElement)) return;
+    if (active.isConnected) active.focus({ preventScroll: true }); // inside a panel moved over
+    else if (focus) focus.focus({ preventScroll: true });
   }
 
   // A button that shows, and on a second click hides, what ``build`` reads from the server when asked for, put in
   // the page by ``place`` (the XML of a message, what a refused message sent).
-  // ``name``: what it shows, for a screen reader (a page holds many buttons labelled alike).
-  function revealButton(cls, label, name, build, place) {
+  // ``name``: what it shows, for a screen reader (a page holds many buttons labelled alike); ``keep``: its data-keep.
+  function revealButton(cls, label, name, keep, build, place) {
     let shown = null;
     const btn = h("button", { type: "button", class: `btn ghost ${cls}`, text: label, "aria-label": name,
-      "aria-expanded": "false" });
+      "aria-expanded": "false", "data-keep": keep });
+    const show = (el) => {
+      shown = el;
+      place(btn, el);
+      btn.setAttribute("aria-expanded", "true");
+    };
+    reveals.set(btn, { shown: () => shown, show });
     btn.addEventListener("click", async () => {
       if (shown) { shown.remove(); shown = null; btn.setAttribute("aria-expanded", "false"); return; }
       try {
-        shown = await build();
-        place(btn, shown);
-        btn.setAttribute("aria-expanded", "true");
+        show(await build());
       } catch (err) { toast(err.message, true); }
     });
     return btn;
@@ -325,7 +363,7 @@
 
   // What was sent, as received (the first 64 KiB), under the refusal's row.
   function sentButton(id) {
-    return revealButton("sent-toggle", "Sent 原文", `What refused message #${id} sent 原文`, async () => {
+    return revealButton("sent-toggle", "Sent 原文", `What refused message #${id} sent 原文`, `sent ${id}`, async () => {
       const body = await call(`${API}/rejections/${encodeURIComponent(id)}`);
       const note = body.raw_truncated ? ` · the first 64 KiB of ${fmtNum(body.raw_size)} bytes` : "";
       return h("tr", { class: "sent" }, h("td", { colspan: 6 }, h("div", { class: "sub", text: `as received${note}` }),
@@ -899,8 +937,8 @@
     return out.join("\n");
   }
 
-  function xmlButton(guid, what) {
-    return revealButton("xml-toggle", "XML", `XML of ${what} (message ${guid})`, async () => {
+  function xmlButton(guid, docGuid, what) {
+    return revealButton("xml-toggle", "XML", `XML of ${what} (message ${guid})`, `xml ${guid} ${docGuid}`, async () => {
       const body = await call(`${API}/messages/${encodeURIComponent(guid)}/xml`);
       let raw = false;
       const pre = h("pre", { class: "xml", text: indentXml(body.raw_xml) });
@@ -925,7 +963,7 @@
         items.push({ at: d.received_at, el: h("li", { class: status.startsWith("-") || status === "100" ? "receipt failed" : "receipt" },
           h("span", { class: "t", text: fmtTime(d.received_at) }),
           h("span", { class: "what", text: `Receipt 回执 ${d.message_type} · ${status}` }),
-          xmlButton(d.message_guid, `receipt ${d.message_type} ${status}`),
+          xmlButton(d.message_guid, d.doc_guid, `receipt ${d.message_type} ${status}`),
           h("div", { class: "detail" }, `${head.returnInfo || ""} · returnTime ${head.returnTime || "—"}`)) });
         continue;
       }
@@ -942,7 +980,7 @@
       items.push({ at: d.received_at, el: h("li", { class: d.is_current || d.withdrawn ? "document" : "document superseded" },
         h("span", { class: "t", text: fmtTime(d.received_at) }),
         h("span", { class: "what", text: docTitle(d) }), tags,
-        xmlButton(d.message_guid, `${d.message_type} ${d.kind} ${fmtTime(d.received_at)}`),
+        xmlButton(d.message_guid, d.doc_guid, `${d.message_type} ${d.kind} ${fmtTime(d.received_at)}`),
         h("div", { class: "detail" },
           `appType ${d.app_type || "?"} ${APP_TYPE[d.app_type] || ""} · appTime ${d.app_time || "—"} · ${keys} · `,
           h("span", { class: "mono", text: `guid ${d.doc_guid}` }), ` · by ${d.submitter} (${d.source})`,
@@ -955,7 +993,7 @@
         h("span", { class: "tag", text: j.state }),
         h("div", { class: "detail" }, `job #${j.id} · ${j.kind} · attempts ${j.attempts}` +
           (j.last_error ? ` · ${j.last_error}` : "")),
-        j.history.length ? h("details", { class: "history" },
+        j.history.length ? h("details", { class: "history", "data-keep": `job ${j.id}` },
           h("summary", { text: `attempt history 尝试记录 (${j.history.length})` }),
           attemptsTable(j.history)) : null) });
     }
@@ -1082,10 +1120,12 @@
     const ship = await call(`${API}/shipment?${p}`);
     const party = (name) => headValue(ship, name);
     const root = $("shipment");
-    root.replaceChildren(
+    // drawn anew on each change of the shipment: the panels opened stay open, the page stays where it was scrolled
+    const scrolled = window.scrollY;
+    const draw = () => root.replaceChildren(
       h("section", { class: "panel" },
         h("div", { class: "ship-head" },
-          h("h1", { class: "mono", text: ship.orderNo, tabindex: "-1" }),
+          h("h1", { class: "mono", text: ship.orderNo, tabindex: "-1", "data-keep": "title" }),
           h("span", { class: `state ${ship.state}`, text: `${ship.state} ${STATE_ZH[ship.state] || ""}` }),
           h("span", { class: "chip", title: ship.customsInfo || "",
             text: `customs 海关: ${ship.customsStatus} ${CUSTOMS_ZH[ship.customsStatus] || ""}` })),
@@ -1109,7 +1149,13 @@
       h("section", { class: "panel" }, h("h2", {}, "Timeline ", h("span", { class: "zh", text: "时间线" }),
         h("small", { text: "documents, transmissions, receipts and the warehouse's callbacks" })),
         h("ol", { class: "timeline" }, timelineItems(ship))));
-    if (opened) root.querySelector("h1").focus();  // a view just opened: the keyboard starts at its title
+    if (opened) {
+      draw();
+      root.querySelector("h1").focus();  // a view just opened: the keyboard starts at its title
+      return;
+    }
+    keepingOpen(root, draw);
+    if (state.shipmentKey === key) window.scrollTo(window.scrollX, scrolled);
   }
 
   // --- routing ---
