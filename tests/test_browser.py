@@ -1089,3 +1089,44 @@ async def test_open_panels_survive_a_live_reload_of_the_refused_messages_and_dea
         await page.context.close()
     assert errors == []
 
+
+async def test_back_from_a_shipment_the_list_is_where_it_was_left(browser: Browser, site: Site) -> None:
+    """Back from a shipment opened from the list, the list was read again from its first page and the page scrolled
+    to its top: an operator who had loaded 150 rows and opened the 120th lost the place."""
+    insert = await _listed(site.pool, mismatched=170, incomplete=0)
+    errors: list[str] = []
+    async with asyncio.timeout(90):
+        page = await live_console(browser, site, errors)
+        for count in ("100+", "150+"):
+            await page.click("#list-more")
+            await expect(page.locator("#list-count")).to_have_text(count)
+        rows = page.locator("#list-table tbody tr")
+        link = rows.nth(119).locator("td.order a")
+        await link.scroll_into_view_if_needed()
+        scrolled = await page.evaluate("window.scrollY")
+        assert scrolled > 2000, scrolled
+        await link.click()
+        await expect(page.locator("#shipment h1")).to_be_focused()
+        await page.go_back()
+        await expect(link).to_be_focused()
+        await page.wait_for_timeout(1000)  # longer than a reload of the list would take
+        await expect(page.locator("#list-count")).to_have_text("150+")
+        await expect(link).to_be_focused()
+        assert await page.evaluate("window.scrollY") == scrolled
+
+        # a shipment changed meanwhile: the list is read again, as many rows as were loaded, the same one focused
+        await link.click()
+        await expect(page.locator("#shipment h1")).to_be_focused()
+        await site.pool.execute(insert, "MMNEW", "mismatched", 0)
+        await page.wait_for_timeout(1500)  # the feed reports it while the shipment page is shown
+        href = await link.get_attribute("href")
+        await page.go_back()
+        await page.wait_for_selector("#list-table tbody tr[data-order='MMNEW']")
+        await expect(page.locator("#list-count")).to_have_text("150+")
+        focused = page.locator(f"#list-table tbody a[href='{href}']")
+        await expect(focused).to_be_focused()
+        assert abs(await page.evaluate("window.scrollY") - scrolled) < 200
+        await page.click("#list-more")  # its cursor goes on from there
+        await expect(page.locator("#list-count")).to_have_text("171")
+        await page.context.close()
+    assert errors == []

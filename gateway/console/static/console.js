@@ -49,6 +49,8 @@
     shipmentKey: null,
     openedFrom: null, // the hash of the shipment page shown, to return the focus to its link
     returnFocus: null, // the href of the list's link to focus once the list is rendered again
+    listScroll: 0, // where the overview was scrolled when a shipment page was opened
+    listStale: null, // while a shipment page is shown: "live" once the list would have reloaded, "form" refiltered
     alerts: { database: null, signing: null }, // what the header's banner says, one line each
     feedRetries: 0, // the live feed's connections refused in a row (its reconnection's backoff)
   };
@@ -697,7 +699,10 @@
   function showList(filters) {
     const form = $("filters").elements;
     for (const [name, value] of Object.entries(filters)) form[name].value = value;
-    if (window.location.hash && window.location.hash !== "#/") window.location.hash = "#/"; else scheduleList();
+    if (window.location.hash && window.location.hash !== "#/") {
+      state.listStale = "form";
+      window.location.hash = "#/";
+    } else scheduleList();
   }
 
   function scheduleList(live = false) {
@@ -873,11 +878,11 @@
         state.awaitingAt = data.awaiting_at;
         schedulePending();
       }
-      if (state.view === "overview" && (changed.length || data.changed_overflow ||
-          before !== JSON.stringify(data.shipments.by_state))) {
+      const listChanged = changed.length || data.changed_overflow || before !== JSON.stringify(data.shipments.by_state);
+      if (state.view === "overview" && listChanged) {
         scheduleList(true);
         if (Date.now() - state.seriesAt > 5000) loadSeries().catch(() => {});
-      }
+      } else if (listChanged && !state.listStale) state.listStale = "live";  // read again once back on the overview
       if (state.view === "shipment" && state.shipmentKey && (data.changed_overflow ||
           changed.some((c) => c.ebpCode === state.shipmentKey.ebpCode && c.orderNo === state.shipmentKey.orderNo))) {
         loadShipment(state.shipmentKey).catch((e) => toast(e.message, true));
@@ -1164,6 +1169,7 @@
     const hash = window.location.hash || "#/";
     if (hash.startsWith("#/shipment?")) {
       const p = new URLSearchParams(hash.slice("#/shipment?".length));
+      if (state.view === "overview") state.listScroll = window.scrollY;
       state.view = "shipment";
       state.shipmentKey = { ebpCode: p.get("ebpCode") || "", orderNo: p.get("orderNo") || "" };
       $("overview").hidden = true;
@@ -1175,17 +1181,25 @@
         $("shipment").replaceChildren(h("p", { class: "empty", text: `Could not load the shipment: ${e.message}` }));
       });
     } else {
+      const back = state.view === "shipment";
       state.view = "overview";
       state.shipmentKey = null;
       $("shipment-view").hidden = true;
       $("overview").hidden = false;
+      // Back from a shipment page the list is as it was left: its rows (all those loaded), its cursor, where the page
+      // was scrolled. It is read again only if it never was, if it was filtered anew, or if shipments changed meanwhile
+      // (then as many rows as were loaded, as a live reload).
+      const reload = !back || state.listParams === null ? "form" : state.listStale;
+      state.listStale = null;
+      if (back) window.scrollTo(0, state.listScroll);
       if (state.openedFrom) {
-        state.returnFocus = state.openedFrom;
+        const href = state.openedFrom;
         state.openedFrom = null;
-        const link = [...document.querySelectorAll("#overview a[href]")].find((a) => a.getAttribute("href") === state.returnFocus);
+        if (reload) state.returnFocus = href;
+        const link = [...document.querySelectorAll("#overview a[href]")].find((a) => a.getAttribute("href") === href);
         (link || $("list-title")).focus({ preventScroll: true });
       }
-      scheduleList();
+      if (reload) scheduleList(reload === "live");
     }
   }
 
