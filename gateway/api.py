@@ -31,7 +31,7 @@ from gateway import csvexport, db, realtime, receipts, summary, taxbills
 from gateway.auth import KeyRing, Principal, SharedRates, shipment_view
 from gateway.config import RealtimeSettings, Role, Settings, key_digest
 from gateway.console import setup_console
-from gateway.console.queries import awaited_documents, receipts_awaited, webhook_sellers_paused
+from gateway.console.queries import awaited_documents, queue_stats, receipts_awaited
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.ingestlink import IngestUnavailable
@@ -796,13 +796,8 @@ async def get_queue(request: web.Request) -> web.Response:
     if (denied := _operator(request)) is not None:
         return denied
     async with request.app[POOL].acquire() as conn:
-        endpoints = await cbec_queue.stats(conn, endpoints=_configured_endpoints(request.app))
+        endpoints = await queue_stats(conn, _configured_endpoints(request.app), _webhook_endpoints(request.app))
         awaited = await receipts_awaited(conn)
-        webhooks = _webhook_endpoints(request.app)
-        paused = await webhook_sellers_paused(conn, webhooks)
-    for e in endpoints:  # a webhook endpoint's sellers whose URL's own breaker holds their events back
-        if e["endpoint"] in webhooks:
-            e["paused_sellers"] = paused.get(e["endpoint"], [])
     return json_response({"endpoints": endpoints, "receipts_awaited": awaited})
 
 
@@ -997,6 +992,7 @@ def create_app(
         return pipeline.signer.up if isinstance(pipeline.signer, UKeySigner) else None
 
     setup_console(app, pool_key=POOL, keys_key=KEYS, endpoints=_configured_endpoints(app),
+                  webhook_endpoints=_webhook_endpoints(app),
                   on_replayed=outbox.deliveries_replayed, tax_rates=rates,
                   allowed_origins=(public,) if public else (), signing=signing_standing,
                   payment_questions=bool(settings.realtime.platforms),

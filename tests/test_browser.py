@@ -27,14 +27,17 @@ from lxml import etree
 
 from adapters import warehouse
 from gateway import db, samples
-from gateway.api import PIPELINE
+from gateway.api import PIPELINE, create_app
+from gateway.config import ForwardingSettings
 from gateway.console import CONSOLE
 from gateway.render import render
 from gateway.sandbox.receipts import build_receipt, build_tax_bills, new_guid, return_time
 from gateway.sandbox.ukey import start_ukey
 from gateway.signing import RsaSha1Key, Signer, SigningUnavailable, generate_test_key
 from gateway.ukey import UKeySigner
-from tests.apiutil import ADMIN, PLATFORM_A, Client
+from gateway.workers import routing_router
+from tests import apiutil
+from tests.apiutil import ADMIN, PLATFORM_A, Client, sign_as_agent
 from tests.consoleutil import (
     build_app,
     key_of,
@@ -1129,4 +1132,44 @@ async def test_back_from_a_shipment_the_list_is_where_it_was_left(browser: Brows
         await page.click("#list-more")  # its cursor goes on from there
         await expect(page.locator("#list-count")).to_have_text("171")
         await page.context.close()
+    assert errors == []
+
+
+async def test_the_console_says_what_a_held_inventory_waits_for_and_which_sellers_webhooks_are_paused(
+    browser: Browser, db_pool: asyncpg.Pool
+) -> None:
+    """With forwarding routed: a bonded warehouse's message of two parcels is held; the shipment page of the parcel
+    whose legs are all in says it waits for the other parcel (held until), and the queue panel names the seller
+    whose webhook URL keeps failing, with its waiting events, under the webhook endpoint."""
+    fwd = ForwardingSettings()
+    app = create_app(apiutil.test_settings(forwarding=fwd), db_pool, signer=sign_as_agent, router=routing_router(fwd))
+    app[CONSOLE].poll_interval = 0.3
+    runner, base = await start(app)
+    errors: list[str] = []
+    try:
+        async with aiohttp.ClientSession() as session, asyncio.timeout(60):
+            api = Client(session, base)
+            a, b = new_shipment(481, mode="1210"), new_shipment(482, mode="1210")
+            both = {**a.inventory, "guid": "7A1D2C3B-4A59-4687-9A0B-1C2D3E4F5A6B",
+                    "documents": [a.inventory_doc, b.inventory_doc]}  # fmt: skip
+            assert (await api.post_xml(xml_of(both))).status == 202
+            await submit(api, a, "CEB311", "CEB411", "CEB511")
+            async with db_pool.acquire() as conn, conn.transaction():
+                for n in range(3):
+                    job = await cbec_queue.enqueue(conn, endpoint="webhook", kind="webhook",
+                                                   payload={"seller": "S-DOWN", "event": "e", "n": n})  # fmt: skip
+                    await conn.execute("UPDATE jobs SET last_error = 'Deferred: seller S-DOWN paused' WHERE id = $1",
+                                       job)  # fmt: skip
+            page = await new_page(browser, errors)
+            await sign_in(page, base, ADMIN)
+            await page.wait_for_url(base + "/ops")
+            await expect(page.locator("#queue-table .paused-sellers")).to_have_text("paused 暂停: S-DOWN (3)")
+            await page.goto(f"{base}/ops#/shipment?{urlencode(key_of(a))}")
+            held = page.locator(".timeline li.document .held-until")
+            await expect(held).to_have_count(1)
+            await expect(held).to_contain_text(f"{b.order_doc['ebpCode']}/{b.order_doc['orderNo']}: matched 对碰一致")
+            await expect(held).to_contain_text(f"{a.order_doc['orderNo']}: order receipt 订单回执")
+            await page.context.close()
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 10)
     assert errors == []

@@ -74,6 +74,7 @@ class Console:
     customs_endpoints: str
     poll_interval: float
     endpoints: tuple[str, ...] = ()  # the configured queue endpoints, listed even when idle
+    webhook_endpoints: tuple[str, ...] = ()  # of those, the sellers' webhooks (their paused sellers shown)
     on_replayed: cbec_queue.JobsHook | None = None  # what follows a replay in its transaction (gateway.outbox)
     tax_rates: tax.TaxRates = tax.DEFAULT_RATES  # the estimate a tax bill is set beside (the API's rates)
     signing: Standing = no_signer  # where the gateway's own signing key stands now (the banner)
@@ -458,7 +459,9 @@ async def pending_summaries(request: web.Request) -> web.StreamResponse:
 @api
 async def queue(request: web.Request) -> web.StreamResponse:
     async with _pool(request).acquire() as conn:
-        return json_response(await q.queue_health(conn, endpoints=request.app[CONSOLE].endpoints))
+        console = request.app[CONSOLE]
+        return json_response(await q.queue_health(conn, endpoints=console.endpoints,
+                                                  webhook_endpoints=console.webhook_endpoints))  # fmt: skip
 
 
 @api
@@ -620,6 +623,7 @@ def setup(
     poll_interval: float = 1.0,
     sessions: SessionStore | None = None,
     endpoints: Iterable[str] = (),
+    webhook_endpoints: Iterable[str] = (),
     on_replayed: cbec_queue.JobsHook | None = None,
     tax_rates: tax.TaxRates = tax.DEFAULT_RATES,
     signing: Standing = no_signer,
@@ -632,7 +636,8 @@ def setup(
     ``"https://ops.example.com"`` behind a TLS-terminating proxy). ``secure_cookie``: force the cookie's
     Secure flag (None: set it when the request came over HTTPS). ``customs_endpoints``: SQL LIKE pattern of
     the queue endpoints counted as "forwarded" in the charts. ``poll_interval``: seconds between the live
-    feed's polls. ``endpoints``: the configured queue endpoints, shown even when idle. ``on_replayed``: the hook
+    feed's polls. ``endpoints``: the configured queue endpoints, shown even when idle (``webhook_endpoints``, those
+    of the sellers' webhooks: with the sellers paused). ``on_replayed``: the hook
     a replay runs in its transaction (cbec_queue.replay). ``tax_rates``: the rates of the estimate the shipment page
     sets customs' tax bills beside (the configured ones, as the API's). ``signing``: where the gateway's own signing
     key stands now (gateway.signing.Signer.standing; a reload may renew it): the page's banner says when its
@@ -650,6 +655,7 @@ def setup(
         customs_endpoints=customs_endpoints,
         poll_interval=poll_interval,
         endpoints=tuple(endpoints),
+        webhook_endpoints=tuple(webhook_endpoints),
         on_replayed=on_replayed,
         tax_rates=tax_rates,
         signing=signing,
@@ -659,7 +665,7 @@ def setup(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         console.feed = Feed(app[pool_key], interval=console.poll_interval, endpoints=console.endpoints,
-                            signing=console.signing)  # fmt: skip
+                            webhook_endpoints=console.webhook_endpoints, signing=console.signing)  # fmt: skip
         await console.feed.start()
         yield
         await console.feed.stop()

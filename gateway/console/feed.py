@@ -110,11 +110,13 @@ class Feed:
         recount_every: int = 5,
         queue_every: int = 5,
         endpoints: Iterable[str] = (),
+        webhook_endpoints: Iterable[str] = (),
         signing: Standing = no_signer,
     ) -> None:
         self.pool = pool
         self.signing = signing
         self.endpoints = tuple(endpoints)  # the configured queue endpoints, listed even when idle
+        self.webhook_endpoints = tuple(webhook_endpoints)  # of those, the sellers' webhooks (paused sellers)
         self.interval = interval
         self.recount_every = recount_every
         self.queue_every = queue_every
@@ -221,7 +223,8 @@ class Feed:
                                              "last_rejection": last_rejection, **panels})  # fmt: skip
                 self._marker = marker
             if self.ticks % self.queue_every == 0:
-                health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0)
+                health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0,
+                                              webhook_endpoints=self.webhook_endpoints)  # fmt: skip
                 queue = {k: health[k] for k in ("endpoints", "dead_total", "dead_newest", "receipts_awaited")}
                 if _queue_moved(self.latest.get("queue", {}), queue):
                     self.publish("queue", {**queue, "as_of": datetime.now().astimezone()})

@@ -20,6 +20,7 @@ import cbec_queue
 
 from gateway import csvexport, db, outbox, tax, taxbills
 from gateway.messages import BY_CODE
+from gateway.receipts import RANK_DECLARING
 from gateway.store import decode_cursor, encode_cursor
 
 #: Reconciliation states in the order the console shows them (gateway.reconcile.ShipmentState).
@@ -379,6 +380,11 @@ async def shipment_detail(
     for d in docs:
         d["head"], d["lines"] = db.json_value(d["head"]), db.json_value(d["lines"])
     out["documents"] = docs
+    held = sorted({d["message_id"] for d in docs if d["forward_state"] == "held"})
+    waits = await conn.fetch(outbox.HOLD_REASONS, held, RANK_DECLARING) if held else []
+    for d in docs:
+        if d["forward_state"] == "held":
+            d["held_until"] = outbox.held_until(d, [w for w in waits if w["message_id"] == d["message_id"]])
     jobs = [dict(r) for r in await conn.fetch(outbox.TRANSMISSIONS, sorted({d["message_guid"] for d in docs}))]
     history = await job_history(conn, [j["id"] for j in jobs])
     for j in jobs:
@@ -402,11 +408,13 @@ RAW_MESSAGE = "SELECT guid, message_type, received_at, submitter, raw_xml FROM m
 
 
 async def queue_health(
-    conn: asyncpg.Connection, *, endpoints: Iterable[str] = (), dead_limit: int = 50
+    conn: asyncpg.Connection, *, endpoints: Iterable[str] = (), dead_limit: int = 50,
+    webhook_endpoints: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Per endpoint depth, oldest age and circuit (cbec_queue.stats; ``endpoints``, the configured ones, are
-    listed even when idle), the newest dead letters, and the documents sent to customs awaiting a receipt."""
-    per_endpoint = await cbec_queue.stats(conn, endpoints=endpoints)
+    listed even when idle) and for the ``webhook_endpoints`` the sellers paused, the newest dead letters, and the
+    documents sent to customs awaiting a receipt."""
+    per_endpoint = await queue_stats(conn, endpoints, webhook_endpoints)
     dead = await cbec_queue.dead_letters(conn, limit=dead_limit)
     for job in dead:
         job["payload"] = small_payload(job["payload"])
@@ -456,6 +464,19 @@ async def dead_page(
         job["shipments"] = shipments[job["id"]]
     return {"items": dead, "total": await conn.fetchval(DEAD_TOTAL, endpoint),
             "next_offset": offset + limit if more else None}  # fmt: skip
+
+
+async def queue_stats(
+    conn: asyncpg.Connection, endpoints: Iterable[str], webhook_endpoints: Sequence[str]
+) -> list[dict[str, Any]]:
+    """cbec_queue.stats, a webhook endpoint's with ``paused_sellers`` (webhook_sellers_paused): GET /v1/queue's and
+    the console's."""
+    per_endpoint = await cbec_queue.stats(conn, endpoints=endpoints)
+    paused = await webhook_sellers_paused(conn, webhook_endpoints)
+    for e in per_endpoint:  # the sellers whose URL's own breaker holds their events back
+        if e["endpoint"] in webhook_endpoints:
+            e["paused_sellers"] = paused.get(e["endpoint"], [])
+    return per_endpoint
 
 
 #: The sellers whose webhooks are paused ($1 the webhook endpoints): their events put back untried because the

@@ -11,6 +11,8 @@
   const STATE_ZH = { mismatched: "不一致", incomplete: "待补齐", matched: "已匹配" };
   const CUSTOMS_ZH = { pending: "未申报", declared: "已申报", accepted: "已受理", released: "已放行", rejected: "被拒",
     failed: "发送失败" };
+  const HOLD_WAITS = { matched: "matched 对碰一致", order: "order receipt 订单回执", payment: "payment receipt 支付单回执",
+    waybill: "waybill receipt 运单回执" };
   const FORWARD_ZH = { held: "暂缓", queued: "待发送", sent: "已发送", receipted: "已回执", rejected: "被拒",
     failed: "发送失败" };
   // customs' tax bill status (CEB816/818, gateway.taxbills.STATUS_NAMES)
@@ -182,7 +184,10 @@
       h("td", { class: "num", text: fmtAge(e.oldest_queued_age_s) }),
       h("td", { class: "num", text: fmtNum(e.running) }),
       h("td", { class: "num", text: fmtNum(e.dead) }),
-      h("td", {}, h("span", { class: `circuit ${e.circuit || ""}`, text: e.circuit || "—" }))));
+      h("td", {}, h("span", { class: `circuit ${e.circuit || ""}`, text: e.circuit || "—" }),
+        // a webhook endpoint's sellers whose own URL keeps failing: their events wait, the others' go on
+        (e.paused_sellers || []).length ? h("div", { class: "paused-sellers",
+          text: "paused 暂停: " + e.paused_sellers.map((p) => `${p.seller} (${fmtNum(p.waiting)})`).join(", ") }) : null)));
     $("queue-table").tBodies[0].replaceChildren(...rows);
     $("queue-empty").hidden = endpoints.length > 0;
     const queued = endpoints.reduce((sum, e) => sum + Number(e.queued || 0), 0);
@@ -982,6 +987,8 @@
       }
       if (d.customs_status) tags.push(h("span", { class: "tag", text: `customs 海关 ${d.customs_status}` }));
       const keys = [d.key1, d.key2].filter(Boolean).join(" / ");
+      // what a held inventory waits for: of each parcel of its message not ready, its shipment and the missing steps
+      const held = (d.held_until || []).map((w) => `${w.ebpCode}/${w.orderNo}: ${w.waiting_for.map((x) => HOLD_WAITS[x] || x).join(", ")}`);
       items.push({ at: d.received_at, el: h("li", { class: d.is_current || d.withdrawn ? "document" : "document superseded" },
         h("span", { class: "t", text: fmtTime(d.received_at) }),
         h("span", { class: "what", text: docTitle(d) }), tags,
@@ -989,7 +996,8 @@
         h("div", { class: "detail" },
           `appType ${d.app_type || "?"} ${APP_TYPE[d.app_type] || ""} · appTime ${d.app_time || "—"} · ${keys} · `,
           h("span", { class: "mono", text: `guid ${d.doc_guid}` }), ` · by ${d.submitter} (${d.source})`,
-          d.customs_status ? ` · ${d.customs_info || ""} (returnTime ${d.customs_return_time || "—"})` : "")) });
+          d.customs_status ? ` · ${d.customs_info || ""} (returnTime ${d.customs_return_time || "—"})` : ""),
+        held.length ? h("div", { class: "detail held-until", text: `held until 待: ${held.join("; ")}` }) : null) });
     }
     for (const j of ship.transmissions) {
       items.push({ at: j.created_at, el: h("li", { class: j.state === "dead" ? "transmission failed" : "transmission" },
