@@ -33,7 +33,17 @@ from gateway.sandbox.recorder import start_recorder
 from gateway.signing import RsaSha1Key, generate_test_key
 from gateway.workers import submit_and_wait_released
 from tests.apiutil import ADMIN, EBP_CODE, OPERATOR, PLATFORM_A
-from tests.forwardutil import CUSTOMS_KEY, WAREHOUSE_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
+from tests.forwardutil import (
+    CUSTOMS_KEY,
+    WAREHOUSE_KEY,
+    Stack,
+    key_path,
+    legs,
+    running_stack,
+    shipment,
+    version_of,
+    wait_for,
+)
 
 pytestmark = pytest.mark.db
 
@@ -1125,3 +1135,106 @@ async def test_a_special_zone_export_cancelled_and_declared_anew_cancels_its_war
         await wait_for(lambda: settled({first: ["cancelled"], second: ["shipped"]}), timeout=20,
                        what="the new inventory's order shipped")  # fmt: skip
         assert await stack.fetchval("SELECT count(*) FROM jobs WHERE endpoint = 'warehouse' AND state <> 'done'") == 0
+
+
+async def released_import(stack: Stack, s: samples.ShipmentSample) -> tuple[str, dict[str, Any]]:
+    """The sample import shipment ``s`` submitted as JSON and released by the sandbox: its API path and its current
+    inventory as the shipment view shows it (with the invt_no the sandbox gave it in its CEB622)."""
+    for payload in legs(s):
+        await stack.submit(json.loads(json.dumps(payload, default=str)))
+    await stack.wait_status(s, "released", timeout=20)
+    inventory = next(d for d in (await stack.shipment(s))["documents"] if d["kind"] == "inventory" and d["is_current"])
+    assert inventory["invt_no"]
+    return key_path(s), inventory
+
+
+async def quota(stack: Stack, s: samples.ShipmentSample) -> list[Any]:
+    """What the inventory of ``s`` counts toward its buyer's annual quota, as the gateway's ledger holds it."""
+    rows = await stack.fetch("SELECT amount FROM tax_ledger WHERE ebc_code = $1 AND order_no = $2",
+                             s.inventory_doc["ebcCode"], s.inventory_doc["orderNo"])  # fmt: skip
+    return [r["amount"] for r in rows]
+
+
+async def test_an_import_cancellation_concludes_at_the_sandbox_and_the_parcel_is_declared_anew(db_dsn: str) -> None:
+    """A released import parcel cancelled (CEB623, JSON, naming the invtNo of the sandbox's CEB622): the sandbox
+    answers CEB624 2 → 120 → 399; the gateway gives the buyer's quota back and the warehouse the cancel of the
+    parcel's order; the sandbox holds the inventory no more, so the parcel declared anew (appType 1, a new guid) is no
+    duplicate there (-621004) and, the quota given back there too, within the annual limit (-621018) even where it
+    has room for one parcel only: released, with a number of its own and an order of its own, shipped."""
+    s = shipment(131)
+    inv = s.inventory_doc
+    async with running_stack(db_dsn) as stack:
+        sandbox = stack.sandbox.sandbox
+        path, inventory = await released_import(stack, s)
+        buyer, value = inv["buyerIdNumber"].upper(), sandbox.quota_used[inv["buyerIdNumber"].upper()]
+        sandbox.config.annual_limit = value * 2 - 1  # room for this parcel, not for it twice
+        [counted] = await quota(stack, s)
+        assert counted > 0
+
+        async def orders() -> dict[str, list[str]]:
+            docs = (await stack.client.get(path)).body["documents"]
+            return {d["doc_guid"]: [o["status"] for o in d["warehouse_orders"]] for d in docs
+                    if d["message_type"] == "CEB621"}  # fmt: skip
+
+        async def settled(want: dict[str, list[str]]) -> bool:
+            return await orders() == want
+
+        first = inventory["doc_guid"]
+        await wait_for(lambda: settled({first: ["shipped"]}), timeout=20, what="the first order shipped")
+        cancel = samples.import_cancellation(random.Random(131), inv, inventory["invt_no"])
+        await stack.submit(json.loads(json.dumps(cancel, default=str)))
+
+        async def concluded() -> bool:
+            return await stack.fetchval("SELECT customs_status FROM documents WHERE message_type = 'CEB623'") == "399"
+
+        await wait_for(concluded, timeout=20, what="cancellation concluded")
+        assert await applied_receipts(stack, ("CEB624",)) == {"CEB624": ["2", "120", "399"]}
+        assert await quota(stack, s) == [0]
+        assert sandbox.quota_used[buyer] == 0 and sandbox.inventories == {}
+        await wait_for(lambda: settled({first: ["cancelled"]}), timeout=20, what="the first order cancelled")
+        [sent] = sandbox.warehouse_cancels
+        assert sent["reference"]["invtNo"] == inventory["invt_no"]
+
+        again = version_of(s.inventory, "1", 60)  # newer than the version the gateway holds (else ignored as older)
+        second = again["documents"][0]["guid"]
+        await stack.submit(json.loads(json.dumps(again, default=str)))
+        await wait_for(lambda: settled({first: ["cancelled"], second: ["shipped"]}), timeout=20,
+                       what="the new inventory released and its order shipped")  # fmt: skip
+        assert await applied_receipts(stack, ("CEB622",)) == {"CEB622": ["2", "120", "399", "800"] * 2}
+        anew = next(d for d in (await stack.client.get(path)).body["documents"] if d["doc_guid"] == second)
+        assert anew["customs"]["code"] == "800" and anew["invt_no"] not in (None, inventory["invt_no"])
+        assert await quota(stack, s) == [counted] and sandbox.quota_used[buyer] == value
+
+
+async def test_an_import_return_concludes_at_the_sandbox_and_gives_the_goods_back_to_the_quota(db_dsn: str) -> None:
+    """A released import parcel of two items, the first returned (CEB625, JSON): the sandbox answers CEB626
+    2 → 120 → 399, and both the gateway's ledger and the sandbox's count the inventory less by that item's value."""
+    from gateway import tax
+    from gateway.documents import extract
+    from gateway.xmlsafe import parse_message
+
+    s = shipment(132, n_items=2)
+    inv = s.inventory_doc
+    async with running_stack(db_dsn) as stack:
+        sandbox = stack.sandbox.sandbox
+        _, inventory = await released_import(stack, s)
+        buyer = inv["buyerIdNumber"].upper()
+        [counted], before = await quota(stack, s), sandbox.quota_used[buyer]
+        refund = samples.import_return(random.Random(132), inv, inventory["invt_no"], items=[1])
+        reply = await stack.submit(json.loads(json.dumps(refund, default=str)))
+
+        async def concluded() -> bool:
+            return await stack.fetchval("SELECT customs_status FROM documents WHERE message_type = 'CEB625'") == "399"
+
+        await wait_for(concluded, timeout=20, what="return concluded")
+        assert await applied_receipts(stack, ("CEB626",)) == {"CEB626": ["2", "120", "399"]}
+        raw = (await stack.client.get(f"/v1/messages/{reply.body['guid']}")).body["raw_xml"]
+        root, mtype = parse_message(raw.encode("utf-8"))
+        [record] = sandbox.inventories.values()
+        given = tax.returned_value(record.doc, extract(root, mtype).documents[0].lines)
+        assert 0 < given < before and sandbox.quota_used[buyer] == before - given
+        await wait_for(lambda: _quota_is(stack, s, counted - given), timeout=20, what="the return's value given back")
+
+
+async def _quota_is(stack: Stack, s: samples.ShipmentSample, amount: Any) -> bool:
+    return await quota(stack, s) == [amount]

@@ -493,6 +493,140 @@ async def test_a_released_inventory_takes_no_change_or_withdrawal(
     assert list(sandbox.sandbox.inventories.values()) == [record] and sandbox.sandbox.quota_used == used
 
 
+def _released_invt_no(rec: Recorder) -> str:
+    """The invtNo of the last inventory the sandbox released (its CEB622 800)."""
+    return receipts(rec, lambda r: r["type"] == "CEB622" and r["returnStatus"] == "800")[-1]["invtNo"]
+
+
+def _import_reference(code: str, s: Any, invt_no: str, key: Any, **kw: Any) -> bytes:
+    """A cancellation (CEB623) or return (CEB625) of the sample shipment ``s``'s inventory, signed as the agent's."""
+    from gateway.render import render
+
+    make = samples.import_cancellation if code == "CEB623" else samples.import_return
+    return render(make(random.Random(len(invt_no)), s.inventory_doc, invt_no, now=NOW, **kw),
+                  signer=lambda root: signing.sign(root, key))  # fmt: skip
+
+
+async def test_an_import_cancellation_concludes_and_the_inventory_may_be_declared_anew(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """A released inventory's cancellation (CEB623, naming the invtNo customs gave it): CEB624 2 → 120 → 399, and the
+    sandbox holds it no more — its buyer's quota given back (an annual limit with room for one parcel takes it again)
+    and its key declared anew (appType 1, a new guid) is no duplicate: released with a number of its own. One sent
+    with the REJECT scenario is refused (2 → 100) and changes nothing; a second cancellation of it is -623005
+    (状态不允许撤销); one naming a number customs never gave 2 → 100."""
+    s = samples.shipment(random.Random(9), order_no="CANCEL-1", now=NOW)
+    value = dutiable(s.inventory_doc)
+    async with client.post(sandbox.url + "/sandbox/config", json={"annual_limit": str(value * 2 - 1)}) as r:
+        assert r.status == 200  # room for one parcel, not two
+
+    def sign(root: Any) -> None:
+        signing.sign(root, rsa_key)
+
+    await declare_all(client, sandbox, samples.render_shipment(s, signer=sign))
+    await sandbox.wait_idle()
+    invt_no, buyer = _released_invt_no(http_recorder), s.inventory_doc["buyerIdNumber"].upper()
+    assert sandbox.sandbox.quota_used[buyer] == value
+    cancel = _import_reference("CEB623", s, invt_no, rsa_key)
+    await post_dxp(client, sandbox.url, cancel, headers={"X-Sandbox-Scenario": "REJECT"})  # refused: nothing changes
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB624") == ["2", "100"] and sandbox.sandbox.quota_used[buyer] == value
+    await post_dxp(client, sandbox.url, cancel)
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB624")[2:] == ["2", "120", "399"]
+    concluded = receipts(http_recorder, lambda r: r["type"] == "CEB624")[-1]
+    assert concluded["invtNo"] == invt_no and len(concluded["preNo"]) == 18
+    assert sandbox.sandbox.inventories == {} and sandbox.sandbox.quota_used[buyer] == 0
+
+    s.inventory_doc.update(guid=str(uuid.uuid4()).upper(), appTime=f"{NOW + timedelta(minutes=5):%Y%m%d%H%M%S}")
+    await post_dxp(client, sandbox.url, samples.render_shipment(s, signer=sign)["CEB621"])
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB622") == ["2", "120", "399", "800"] * 2
+    anew = _released_invt_no(http_recorder)
+    assert anew != invt_no and sandbox.sandbox.quota_used[buyer] == value
+
+    again = _import_reference("CEB623", s, invt_no, rsa_key)
+    unknown = _import_reference("CEB623", s, invt_no[:-3] + "999", rsa_key)
+    for body in (again, unknown):
+        await post_dxp(client, sandbox.url, body)
+        await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB624")[2:] == ["2", "120", "399", "-623005", "2", "100"]
+    assert "不是" in receipts(http_recorder, lambda r: r["type"] == "CEB624")[-1]["returnInfo"]  # not its number
+    assert [r.invt_no for r in sandbox.sandbox.inventories.values()] == [anew]
+    assert sandbox.sandbox.quota_used[buyer] == value
+
+
+def dutiable(inv: dict[str, Any]) -> Decimal:
+    """Σ totalPrice + freight + insuredFee of a sample inventory document: what the quota counts of it."""
+    value = sum((Decimal(str(i["totalPrice"])) for i in inv["items"]), Decimal(0))
+    return value + Decimal(str(inv["freight"])) + Decimal(str(inv["insuredFee"]))
+
+
+async def test_a_cancellation_of_an_inventory_not_yet_released_concludes_after_its_release(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """Cancelled while its release is still due, an inventory's 800 is not overtaken: the CEB624s follow it."""
+    sandbox.config.receipt_delay = 0.2
+    s = samples.shipment(random.Random(10), order_no="CANCEL-2", now=NOW)
+    await declare_all(client, sandbox, samples.render_shipment(s, signer=lambda root: signing.sign(root, rsa_key)))
+    [record] = sandbox.sandbox.inventories.values()
+    await post_dxp(client, sandbox.url, _import_reference("CEB623", s, record.invt_no, rsa_key))
+    assert sandbox.sandbox.inventories == {}
+    await sandbox.wait_idle(timeout=20)
+    order = [(r["type"], r["returnStatus"]) for r in receipts(http_recorder, lambda r: r["type"] in ("CEB622",
+                                                                                                      "CEB624"))]
+    assert order == [("CEB622", st) for st in ("2", "120", "399", "800")] + [("CEB624", st) for st in
+                                                                               ("2", "120", "399")]  # fmt: skip
+
+
+async def test_an_import_return_concludes_and_gives_the_returned_goods_back_to_the_quota(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """A return (CEB625) of a released inventory: CEB626 2 → 120 → 399, the returned items' value (as the gateway
+    counts it, gateway.tax.returned_value) back in the buyer's quota. Before the release, of an item not the
+    inventory's (-625209), a second one, of a cancelled inventory: refused."""
+    from gateway import tax
+
+    sandbox.config.receipt_delay = 0.1
+    s = samples.shipment(random.Random(11), order_no="RETURN-1", now=NOW, n_items=2)
+
+    def sign(root: Any) -> None:
+        signing.sign(root, rsa_key)
+
+    await declare_all(client, sandbox, samples.render_shipment(s, signer=sign))
+    [record] = sandbox.sandbox.inventories.values()
+    await post_dxp(client, sandbox.url, _import_reference("CEB625", s, record.invt_no, rsa_key, items=[1]))
+    await sandbox.wait_idle(timeout=20)
+    assert statuses(http_recorder, "CEB626") == ["2", "100"]  # not released when it came
+    assert "未放行" in receipts(http_recorder, lambda r: r["type"] == "CEB626")[-1]["returnInfo"]
+    buyer = s.inventory_doc["buyerIdNumber"].upper()
+    assert sandbox.sandbox.quota_used[buyer] == record.value
+
+    refund = _import_reference("CEB625", s, record.invt_no, rsa_key, items=[1])
+    await post_dxp(client, sandbox.url, refund)
+    await sandbox.wait_idle(timeout=20)
+    assert statuses(http_recorder, "CEB626") == ["2", "100", "2", "120", "399"]
+    root, mtype = parse_message(refund)
+    given = tax.returned_value(record.doc, extract(root, mtype).documents[0].lines)
+    assert 0 < given < record.value and sandbox.sandbox.quota_used[buyer] == record.value - given
+
+    foreign = refund.replace(b"<ceb:gnum>1</ceb:gnum>", b"<ceb:gnum>7</ceb:gnum>")  # a change naming no item
+    foreign = foreign.replace(b"<ceb:appType>1</ceb:appType>", b"<ceb:appType>2</ceb:appType>")
+    assert foreign.count(b"<ceb:gnum>7</ceb:gnum>") == foreign.count(b"<ceb:appType>2</ceb:appType>") == 1
+    for body in (refund, foreign):
+        await post_dxp(client, sandbox.url, body)
+        await sandbox.wait_idle(timeout=20)
+    assert statuses(http_recorder, "CEB626")[5:] == ["2", "100", "-625209"]
+    # cancelled, it counts nothing more (less the return's share, given back already); nothing is left to return
+    await post_dxp(client, sandbox.url, _import_reference("CEB623", s, record.invt_no, rsa_key))
+    await sandbox.wait_idle(timeout=20)
+    assert statuses(http_recorder, "CEB624") == ["2", "120", "399"] and sandbox.sandbox.quota_used[buyer] == 0
+    await post_dxp(client, sandbox.url, _import_reference("CEB625", s, record.invt_no, rsa_key, items=[2]))
+    await sandbox.wait_idle(timeout=20)
+    assert statuses(http_recorder, "CEB626")[8:] == ["2", "100"]
+    assert "已撤销" in receipts(http_recorder, lambda r: r["type"] == "CEB626")[-1]["returnInfo"]
+
+
 async def test_temp_save_gets_status_1(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:

@@ -20,6 +20,12 @@ Customs side
     * a change or deletion (appType 2 / 3) of an inventory released (once its 800 is due: four receipt delays after
       it was taken): refused, CEB622 −621043 (import) or CEB604 ``2`` → ``100`` (export) with the reason — customs
       takes no change after the release, the way back is a cancellation (CEB623 / CEB605);
+    * an import cancellation (CEB623) of an inventory on file, named by its key and the invtNo customs gave it:
+      ``2`` → ``120`` → ``399`` (not before the inventory's release is due); from then the inventory is void, its
+      amount back in its buyer's quota and its key free to be declared anew; a second one of it −623005;
+    * an import return (CEB625) of a released inventory: ``2`` → ``120`` → ``399``, the returned items' value back in
+      the buyer's quota; an item not the inventory's −625209; one of an unknown, cancelled or unreleased inventory
+      ``2`` → ``100`` with the reason (the spec lists no code for them);
     * appStatus 1 (temp-save): one receipt ``1``.
 
 Scenarios (a prefix of orderNo / logisticsNo / payTransactionId, or an ``X-Sandbox-Scenario`` header) make it
@@ -61,7 +67,7 @@ from aiohttp import web
 
 from adapters import dxp
 from adapters.webhook import sign_body
-from gateway import realtime, signing
+from gateway import realtime, signing, tax
 from gateway.config import netloc
 from gateway.documents import Document, ParsedMessage, extract
 from gateway.errors import MessageRejected
@@ -183,6 +189,8 @@ class Step:
     info: str
     values: dict[str, str]  # business keys of the receipt
     key: str  # human-readable key for /sandbox/receipts
+    #: its sequence starts no earlier (a cancellation of an inventory whose release is still due comes after it)
+    not_before: datetime | None = None
 
 
 @dataclass
@@ -212,10 +220,16 @@ class InventoryRecord:
     #: when its 800 is due (its sequence's fourth receipt): from then on customs allows no change or deletion of it,
     #: only a cancellation (CEB623 / CEB605); before, a change or withdrawal is taken as customs takes one at 399
     release_due: datetime | None = None
+    #: the value its concluded return (CEB625) gave back to its buyer's quota, and that return (one per inventory)
+    returned: Decimal = Decimal(0)
+    refund: Document | None = None
 
     def released_by(self, moment: datetime) -> bool:
         return self.release_due is not None and self.release_due <= moment
 
+
+#: Why no inventory: customs concluded its cancellation (Sandbox._named_inventory).
+_CANCELLED = "cancelled"
 
 #: A tax bill as the sandbox builds it: its head and lines (gateway.sandbox.receipts.tax_bill).
 TaxBill = tuple[dict[str, str | None], list[dict[str, str]]]
@@ -308,6 +322,12 @@ def _gnum(raw: str | None) -> str:
     return str(int(text)) if text.isdigit() else text
 
 
+def _differs(mine: str | None, theirs: str | None) -> bool:
+    """Two values given, and not the same (a value left out is no difference)."""
+    a, b = (mine or "").strip(), (theirs or "").strip()
+    return bool(a and b and a != b)
+
+
 def _qty_by_gnum(docs: Iterable[Document]) -> dict[str, Decimal]:
     """The qty of each item (by gnum) over the lines of ``docs``."""
     out: dict[str, Decimal] = {}
@@ -384,6 +404,8 @@ class Sandbox:
         # adds to (A.32: an inventory may come back in parts, never more than it declared)
         self.export_returns: dict[tuple[str, str], Document] = {}
         self.quota_used: dict[str, Decimal] = {}
+        # import inventories whose cancellation (CEB623) was concluded, by invtNo: void, their key free again
+        self.cancelled_inventories: dict[str, InventoryRecord] = {}
         self.receipts: list[dict[str, Any]] = []
         self.inspection: list[dict[str, Any]] = []
         self.inspection_attempts: Counter[str] = Counter()
@@ -678,6 +700,8 @@ class Sandbox:
             "CEB411": self._payment,
             "CEB511": self._waybill,
             "CEB621": self._inventory,
+            "CEB623": self._import_cancel,
+            "CEB625": self._import_return,
             "CEB303": self._order,
             "CEB403": self._export_receipt,
             "CEB505": self._waybill,
@@ -972,6 +996,106 @@ class Sandbox:
         accepted = steps[1]
         return [steps[0], self._step(accepted.code, "399", accepted.values, accepted.key)]
 
+    def _named_inventory(self, doc: Document) -> tuple[InventoryRecord | None, str]:
+        """The import inventory on file a cancellation (CEB623) or return (CEB625) names — by its key (ebcCode, orderNo)
+        and the invtNo customs gave it (A.7, A.9) — or, when none, why: :data:`_CANCELLED` for an inventory whose
+        cancellation was concluded, else the reason for returnInfo."""
+        h = doc.head
+        key = (h.get("ebcCode", ""), h.get("orderNo", ""))
+        invt_no = (h.get("invtNo") or "").strip()
+        record = self.inventories.get(key)
+        if record is not None and record.invt_no == invt_no:
+            return record, ""
+        if invt_no in self.cancelled_inventories:
+            return None, _CANCELLED
+        if record is not None:
+            return None, (f"清单编号{invt_no}不是{'/'.join(key)}的清单编号{record.invt_no} (sandbox: not the invtNo "
+                          "customs gave the inventory)")  # fmt: skip
+        return None, f"清单{invt_no}({'/'.join(key)})不存在 (sandbox: no such inventory on file)"
+
+    def _import_cancel(self, doc: Document, scenario: str | None) -> list[Step]:
+        """An import cancellation (CEB623) of an inventory on file (declared or released): 2 → 120 → 399 (CEB624), and
+        customs holds the inventory no more — its amount goes back to its buyer's quota (less what a concluded return
+        gave back already) and its key may be declared anew. Of an inventory whose release is still due, the receipts
+        come after its 800, not before. A second cancellation of it: -623005 (状态不允许撤销); of an inventory customs
+        does not hold: 2 → 100 with the reason (the spec lists no code)."""
+        steps = self._other(doc, scenario)
+        if [s.status for s in steps] != ["2", "120"]:  # temp-saved or refused: as any
+            return steps
+        values, label = steps[0].values, steps[0].key
+        record, why = self._named_inventory(doc)
+        if why == _CANCELLED:
+            invt_no = (doc.head.get("invtNo") or "").strip()
+            info = f"清单{invt_no}已撤销，状态不允许撤销 (sandbox: the inventory was cancelled already)"
+            return [self._step("CEB624", "-623005", values, label, info)]
+        if record is None:
+            return self._rejected("CEB624", values, label, why)
+        h = record.doc.head
+        del self.inventories[(h.get("ebcCode", ""), h.get("orderNo", ""))]
+        self.cancelled_inventories[record.invt_no] = record
+        buyer = h.get("buyerIdNumber", "").upper()
+        self.quota_used[buyer] = self.quota_used.get(buyer, Decimal(0)) - (record.value - record.returned)
+        values = {**values, "preNo": record.pre_no, "invtNo": record.invt_no}
+        plan = [self._step("CEB624", status, values, label) for status in ("2", "120", "399")]
+        if not record.released_by(datetime.now(rc.CHINA_TZ)):
+            plan[0].not_before = record.release_due
+        return plan
+
+    def _import_return(self, doc: Document, scenario: str | None) -> list[Step]:
+        """An import return (CEB625) of a released inventory on file: 2 → 120 → 399 (CEB626), the value of the items
+        returned (gateway.tax.returned_value, as the gateway counts it) back in the buyer's quota (spec §6.5). One per
+        inventory: a change replaces it, a withdrawal (appType 3) takes its value back. A line whose gnum, gcode or
+        unit is no item of the inventory: -625209; a qty above the item's, a return of an inventory customs does not
+        hold, has cancelled or has not released (§6.5: a return follows the release), a second return or a change of
+        none: 2 → 100 with the reason (the spec lists no code for them)."""
+        steps = self._other(doc, scenario)
+        if [s.status for s in steps] != ["2", "120"]:  # temp-saved or refused: as any
+            return steps
+        values, label = steps[0].values, steps[0].key
+        record, why = self._named_inventory(doc)
+        invt_no = (doc.head.get("invtNo") or "").strip()
+        if why == _CANCELLED:
+            return self._rejected("CEB626", values, label,
+                                  f"清单{invt_no}已撤销，无货可退 (sandbox: the inventory was cancelled)")  # fmt: skip
+        if record is None:
+            return self._rejected("CEB626", values, label, why)
+        values = {**values, "preNo": record.pre_no, "invtNo": record.invt_no}
+        if not record.released_by(datetime.now(rc.CHINA_TZ)):
+            return self._rejected("CEB626", values, label, f"清单{invt_no}未放行，不能申报退货 (sandbox: the inventory "
+                                  "is not released; a return follows the release)")  # fmt: skip
+        app_type = (doc.head.get("appType") or "1").strip()
+        if app_type == "1" and record.refund is not None:
+            return self._rejected("CEB626", values, label, f"清单{invt_no}已申报退货 (sandbox: duplicate return)")
+        if app_type in ("2", "3") and record.refund is None:
+            return self._rejected("CEB626", values, label, "未找到可变更的退货申请单 (sandbox: nothing to change)")
+        buyer = record.doc.head.get("buyerIdNumber", "").upper()
+        concluded = [self._step("CEB626", status, values, label) for status in ("2", "120", "399")]
+        if app_type == "3":  # withdrawn: its goods count toward the buyer's year again
+            self.quota_used[buyer] = self.quota_used.get(buyer, Decimal(0)) + record.returned
+            record.returned, record.refund = Decimal(0), None
+            return concluded
+        items = {_gnum(line.get("gnum")): line for line in record.doc.lines}
+        foreign, over = [], []
+        for line in doc.lines:
+            gnum = _gnum(line.get("gnum"))
+            item = items.get(gnum)
+            if item is None or any(_differs(line.get(name), item.get(name)) for name in ("gcode", "unit")):
+                foreign.append(gnum)
+        for gnum, qty in _qty_by_gnum([doc]).items():
+            declared = _dec(items[gnum].get("qty")) if gnum in items else qty
+            if qty > declared:
+                over.append(f"商品序号{gnum}退货数量{qty}超过申报数量{declared} (more than declared)")
+        if foreign:
+            info = (f"商品序号{'、'.join(foreign)}在原清单{invt_no}中不存在 (sandbox: no item of the inventory by its "
+                    "gnum, gcode and unit)")  # fmt: skip
+            return [self._step("CEB626", "-625209", values, label, info)]
+        if over:
+            return self._rejected("CEB626", values, label, f"退货商品与清单{invt_no}不符: " + "; ".join(over))
+        given = min(tax.returned_value(record.doc, doc.lines), record.value)
+        self.quota_used[buyer] = self.quota_used.get(buyer, Decimal(0)) - (given - record.returned)
+        record.returned, record.refund = given, doc
+        return concluded
+
     def _export_return(self, doc: Document, scenario: str | None) -> list[Step]:
         """A retail export return (CEB213): the export inventory its invtNo names must be one this export system
         released to the return's agent (and not cancelled since), and its lines that inventory's items (by its gnum),
@@ -1109,7 +1233,8 @@ class Sandbox:
         return out
 
     def _other(self, doc: Document, scenario: str | None) -> list[Step]:
-        """513/623/625/711: accepted into customs (``2`` → ``120``) without further checks."""
+        """513/711: accepted into customs (``2`` → ``120``) without further checks; the receipt values (and the
+        answers to a temp-save or REJECT) of the other declarations that start here."""
         code = doc.type.code
         rcode = rc.RECEIPT_FOR.get(code)
         if rcode is None:  # a receipt type sent to customs: nothing sensible to answer
@@ -1154,9 +1279,12 @@ class Sandbox:
     ) -> None:  # fmt: skip
         """Time and serialise the receipts: step i of every document is due at (i + 1) × receipt_delay; the tax
         bills of the released inventories (``bills``: inventory, invtNo, key) one step after the last receipt, and
-        so the summary results (``results``: CEB792 messages, meta and XML each)."""
+        so the summary results (``results``: CEB792 messages, meta and XML each). The whole sequence waits until the
+        latest ``not_before`` of its steps, if any is still to come."""
         step_ms = max(1, round(self.config.receipt_delay * 1000))
         start = datetime.now(rc.CHINA_TZ)
+        hold = max([(s.not_before - start).total_seconds() for plan in plans for s in plan if s.not_before] + [0.0])
+        start += timedelta(seconds=hold)
         ordered: list[tuple[int, int, Step]] = [
             (i, n, s) for n, plan in enumerate(plans) for i, s in enumerate(plan)
         ]
@@ -1185,18 +1313,18 @@ class Sandbox:
                                 rc.tax_status(head, "2", ent_duty_no=slip, moment=later)))  # fmt: skip
         if self.config.receipt_batch_max > 1 and scenario not in UNBATCHED_SCENARIOS:
             self._schedule_batched(stages, taxes, settled, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id,
-                                   results=results)  # fmt: skip
+                                   results=results, hold=hold)  # fmt: skip
             return
         items = [(meta, rc.build_receipt(meta["code"], values)) for stage in stages for meta, values in stage]
         items += [(meta, rc.build_tax_bills("CEB816", [bill])) for meta, bill in taxes]
         items += [({**meta, "after": delay}, rc.build_tax_bills("CEB818", [bill])) for meta, bill in settled]
         items += list(results)
-        self._schedule_xml(items, scenario, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id)
+        self._schedule_xml(items, scenario, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id, hold=hold)
 
     def _schedule_batched(
         self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], taxes: list[tuple[dict[str, Any], TaxBill]],
         settled: list[tuple[dict[str, Any], TaxBill]], *, receiver: str, ori_cop_msg_id: str,
-        results: Sequence[tuple[dict[str, Any], bytes]] = (),
+        results: Sequence[tuple[dict[str, Any], bytes]] = (), hold: float = 0.0,
     ) -> None:  # fmt: skip
         """One record per receipt now; each step's receipts join the open batches once the step before was sent, the
         tax bills go together once the last step was, and their status changes once the return window is over."""
@@ -1212,15 +1340,15 @@ class Sandbox:
         statuses = [(record(meta), bill) for meta, bill in settled]
         summaries = [(record(meta), xml) for meta, xml in results]
         self._spawn(self._deliver_stages(recorded, bills, statuses, receiver[:16] or self.config.enterprise_dxp_id,
-                                         summaries))  # fmt: skip
+                                         summaries, hold))  # fmt: skip
 
     async def _deliver_stages(
         self, stages: list[list[tuple[dict[str, Any], dict[str, str]]]], bills: list[tuple[dict[str, Any], TaxBill]],
         statuses: list[tuple[dict[str, Any], TaxBill]], receiver: str,
-        results: Sequence[tuple[dict[str, Any], bytes]] = (),
+        results: Sequence[tuple[dict[str, Any], bytes]] = (), hold: float = 0.0,
     ) -> None:  # fmt: skip
-        for stage in stages:
-            if not await self._sleep(self.config.receipt_delay):
+        for n, stage in enumerate(stages):
+            if not await self._sleep(self.config.receipt_delay + (hold if n == 0 else 0.0)):
                 _shut_down(record for record, _ in stage)
                 continue
             # Per document, step i+1 joins a batch only after the message carrying step i was posted.
@@ -1333,7 +1461,8 @@ class Sandbox:
         self._batches.clear()
 
     def _schedule_xml(
-        self, items: list[tuple[dict[str, Any], bytes]], scenario: str | None, *, receiver: str, ori_cop_msg_id: str
+        self, items: list[tuple[dict[str, Any], bytes]], scenario: str | None, *, receiver: str, ori_cop_msg_id: str,
+        hold: float = 0.0,
     ) -> None:
         if not items:
             return
@@ -1369,12 +1498,12 @@ class Sandbox:
                 record["delivered"] = False
                 record["error"] = "sandbox scenario LOSTRCPT: never sent"
             return
-        self._spawn(self._deliver(envelopes))
+        self._spawn(self._deliver(envelopes, hold))
 
-    async def _deliver(self, envelopes: list[tuple[dict[str, Any], bytes]]) -> None:
-        for record, env in envelopes:
+    async def _deliver(self, envelopes: list[tuple[dict[str, Any], bytes]], hold: float = 0.0) -> None:
+        for n, (record, env) in enumerate(envelopes):
             # "after": a tax bill's status change waits for the return window instead (tax_bill_status_delay)
-            if not await self._sleep(record.pop("after", self.config.receipt_delay)):
+            if not await self._sleep(record.pop("after", self.config.receipt_delay) + (hold if n == 0 else 0.0)):
                 record["delivered"] = False
                 record["error"] = "sandbox shut down"
                 continue
