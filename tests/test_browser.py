@@ -133,6 +133,12 @@ async def live_console(browser: Browser, site: Site, errors: list[str]) -> Page:
     return page
 
 
+async def list_by_state(page: Page, state: str) -> None:
+    """The overview's list of the shipments in ``state`` (``any``: all), as the filter form asks for it."""
+    await page.select_option("#filters select[name=state]", state)
+    await page.click("#filters button[type=submit]")
+
+
 def shot(name: str) -> str:
     ARTIFACTS.mkdir(exist_ok=True)
     return str(ARTIFACTS / name)
@@ -625,8 +631,7 @@ async def test_a_finding_whose_sides_agree_shows_the_value_once_and_what_is_wron
         page = await new_page(browser, errors)
         await sign_in(page, site.base, ADMIN)
         await page.wait_for_url(site.base + "/ops")
-        await page.select_option("#filters select[name=state]", "incomplete")
-        await page.click("#filters button[type=submit]")
+        await list_by_state(page, "incomplete")
         rows = page.locator(f"#list-table tbody tr[data-order='{order_no}']")
         await expect(rows).to_have_count(3)  # each platform's shipment and the orderNo's waybill-only one
         findings = rows.locator(".finding")
@@ -664,8 +669,7 @@ async def test_a_mismatch_the_mask_shows_alike_still_reads_as_a_mismatch(browser
         page = await new_page(browser, errors)
         await sign_in(page, site.base, ADMIN)
         await page.wait_for_url(site.base + "/ops")
-        await page.select_option("#filters select[name=state]", "any")
-        await page.click("#filters button[type=submit]")
+        await list_by_state(page, "any")
         finding = page.locator(f"#list-table tbody tr[data-order='{order_no}'] .finding", has_text="buyerIdNumber")
         await expect(finding).to_have_count(1)
         text = await finding.inner_text()
@@ -723,8 +727,7 @@ async def test_the_list_downloads_as_csv_with_the_filters_it_was_loaded_with(bro
         text = Path(await download.path()).read_text(encoding="utf-8-sig")
         orders = [line.split(",")[2] for line in text.splitlines()[1:]]
         assert sorted(orders) == [f"MM{i:04d}" for i in range(55)]  # all 55, not the 50 shown
-        await page.select_option("#filters select[name=state]", "incomplete")
-        await page.click("#filters button[type=submit]")
+        await list_by_state(page, "incomplete")
         await expect(page.locator("#list-count")).to_have_text("3")
         async with page.expect_download() as fetched:
             await page.click("#list-csv")
@@ -842,8 +845,7 @@ async def test_a_listed_shipment_with_findings_still_says_what_it_is_missing(bro
     errors: list[str] = []
     async with asyncio.timeout(60):
         page = await live_console(browser, site, errors)
-        await page.select_option("#filters select[name=state]", "any")
-        await page.click("#filters button[type=submit]")
+        await list_by_state(page, "any")
         row = page.locator(f"#list-table tbody tr[data-order='{s.order_doc['orderNo']}']")
         await expect(row.locator(".finding")).not_to_have_count(0)
         await expect(row).to_contain_text("missing 缺少: waybill 运单, inventory 清单")
@@ -976,8 +978,7 @@ async def test_amber_text_meets_wcag_aa_and_repeated_buttons_have_their_own_name
     errors: list[str] = []
     async with asyncio.timeout(60):
         page = await live_console(browser, site, errors)
-        await page.select_option("#filters select[name=state]", "incomplete")
-        await page.click("#filters button[type=submit]")
+        await list_by_state(page, "incomplete")
         badge = page.locator(f"#list-table tbody tr[data-order='{s.order_doc['orderNo']}'] .state.incomplete")
         assert await badge.evaluate(_CONTRAST) >= 4.5
         assert await page.locator("#kpi-incomplete").evaluate(_CONTRAST) >= 4.5

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -1023,6 +1024,18 @@ async def applied_receipts(stack: Stack, codes: tuple[str, ...]) -> dict[str, li
     return {r["message_type"]: r["statuses"] for r in rows}
 
 
+def _orders_settled(stack: Stack, path: str, message_type: str) -> Callable[[dict[str, list[str]]], Awaitable[bool]]:
+    """A check for wait_for: whether the warehouse orders of the shipment at ``path``, by the guid of the
+    ``message_type`` document made into them, have the statuses wanted."""
+
+    async def settled(want: dict[str, list[str]]) -> bool:
+        docs = (await stack.client.get(path)).body["documents"]
+        return want == {d["doc_guid"]: [o["status"] for o in d["warehouse_orders"]] for d in docs
+                        if d["message_type"] == message_type}  # fmt: skip
+
+    return settled
+
+
 async def released_export(stack: Stack, seed: int, mode: str) -> tuple[Any, str, dict[str, Any]]:
     """A sample export shipment submitted as XML and released by the sandbox: the sample, its API path and its
     current inventory as the API shows it (with the invt_no customs gave it)."""
@@ -1105,13 +1118,7 @@ async def test_a_special_zone_export_cancelled_and_declared_anew_cancels_its_war
         s, path, inventory = await released_export(stack, 44, "1210")
         inv = s.inventory_doc
 
-        async def orders() -> dict[str, list[str]]:
-            docs = (await stack.client.get(path)).body["documents"]
-            return {d["doc_guid"]: [o["status"] for o in d["warehouse_orders"]] for d in docs
-                    if d["message_type"] == "CEB603"}  # fmt: skip
-
-        async def settled(want: dict[str, list[str]]) -> bool:
-            return await orders() == want
+        settled = _orders_settled(stack, path, "CEB603")
 
         first = inventory["doc_guid"]
         await wait_for(lambda: settled({first: ["shipped"]}), timeout=20, what="the first order shipped")
@@ -1171,13 +1178,7 @@ async def test_an_import_cancellation_concludes_at_the_sandbox_and_the_parcel_is
         [counted] = await quota(stack, s)
         assert counted > 0
 
-        async def orders() -> dict[str, list[str]]:
-            docs = (await stack.client.get(path)).body["documents"]
-            return {d["doc_guid"]: [o["status"] for o in d["warehouse_orders"]] for d in docs
-                    if d["message_type"] == "CEB621"}  # fmt: skip
-
-        async def settled(want: dict[str, list[str]]) -> bool:
-            return await orders() == want
+        settled = _orders_settled(stack, path, "CEB621")
 
         first = inventory["doc_guid"]
         await wait_for(lambda: settled({first: ["shipped"]}), timeout=20, what="the first order shipped")
