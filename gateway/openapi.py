@@ -381,8 +381,8 @@ OPENAPI: dict[str, Any] = {
                     "200": {
                         "description": "{message_type, guid, cop_msg_id, stored, already_stored, receipts: [{index, "
                         "message_type, return_status, status_name, outcome (applied | stale | transient | "
-                        "unknown_status | unmatched | duplicate | ignored_older), document_ids, message_id, resend}]}; "
-                        "a receipt "
+                        "unknown_status | unmatched | duplicate | ignored_older | not_sent), document_ids, message_id, "
+                        "resend}]}; a receipt "
                         "received before answers outcome duplicate (already stored), not an error; one that matched "
                         "nothing is kept (unmatched) and tried again when delivered again"
                     },

@@ -1287,6 +1287,16 @@ class Outbox:
                 continue
             res.document_ids = [d.id for d in found]
             res.message_id = found[0].message_id
+            # A held document was never sent (it waits for its shipment's legs, spec §6.7): whatever customs says of
+            # it answers something else, and moving it would release goods customs never declared.
+            unsent = [d for d in found if d.forward_state == "held"]
+            if unsent:
+                log.warning("receipt_for_unsent_document", message_type=r.message_type, status=r.return_status,
+                            guid=r.guid, document_ids=[d.id for d in unsent])  # fmt: skip
+                found = [d for d in found if d.forward_state != "held"]
+                if not found:
+                    res.outcome = rc.Outcome.NOT_SENT.value
+                    continue
             decisions = [rc.apply(d.state, r) for d in found]
             for d, decision in zip(found, decisions, strict=True):
                 if decision.moved:

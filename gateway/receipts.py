@@ -444,6 +444,8 @@ class Outcome(StrEnum):
     UNMATCHED = "unmatched"  # no declared document found (decided by the store)
     # it answers a document sent in a message beside others but not kept (state.ignored_older): nothing moved
     IGNORED_OLDER = "ignored_older"
+    # it found a document the gateway has not sent (held, spec §6.7): customs cannot have it, nothing moved
+    NOT_SENT = "not_sent"
 
 
 @dataclass(frozen=True)

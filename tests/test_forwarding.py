@@ -423,6 +423,16 @@ class Flow:
         intake = rc.read(xml, _SCHEMAS)
         return [r.as_dict() for r in await self.outbox.apply_receipts(intake, source="http", submitter="test")]
 
+    async def sent(self, *payloads: dict[str, Any]) -> None:
+        """Held messages as if released and delivered: for tests of receipts that receipt no legs (a receipt for a
+        message still held moves nothing, as customs never had it)."""
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE documents SET forward_state = 'sent', sent_at = now() WHERE forward_state = 'held'"
+                " AND message_id IN (SELECT id FROM messages WHERE guid = ANY ($1::text[]))",
+                [p["guid"] for p in payloads],
+            )
+
     async def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with self.pool.acquire() as conn:
             return list(await conn.fetch(sql, *args))
@@ -746,6 +756,32 @@ async def test_a_held_inventory_says_what_it_waits_for(flow: Flow) -> None:
 
 
 @pytest.mark.db
+async def test_a_receipt_for_a_held_inventory_moves_nothing(flow: Flow) -> None:
+    """A held inventory was never sent: a receipt that finds it (its head guid echoed) is kept as not_sent and moves
+    neither it nor its shipment — no release to the warehouse, no webhook — and the inventory is released and sent
+    once its legs are receipted, as any held one."""
+    s = shipment(21)
+    for payload in (s.order, s.payment, s.waybill, s.inventory):
+        await flow.submit(payload)
+    inv = await flow.doc(s.inventory)
+    assert inv["forward_state"] == "held"
+    for status, t in (("2", 1), ("800", 2)):
+        (res,) = await flow.receipt(s.inventory, status, t)
+        assert res["outcome"] == "not_sent" and res["document_ids"] == [inv["id"]], res
+    inv = await flow.doc(s.inventory)
+    assert (inv["forward_state"], inv["customs_status"], inv["last_receipt_at"]) == ("held", None, None)
+    assert (await flow.shipment(s))["customs_status"] == "pending"
+    jobs = await flow.jobs()
+    assert not [k for k in jobs if not k.startswith("customs:")], list(jobs)  # no warehouse order, no webhook
+    stored = await flow.rows("SELECT outcome, document_id, applied FROM receipts WHERE message_type = 'CEB622'")
+    assert {(r["outcome"], r["document_id"], r["applied"]) for r in stored} == {("not_sent", inv["id"], False)}
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.receipt(payload, "2", 3)
+    assert (await flow.doc(s.inventory))["forward_state"] == "queued"
+    assert f"customs:{s.inventory['guid']}" in await flow.jobs()
+
+
+@pytest.mark.db
 async def test_inventory_arriving_last_is_released_in_its_own_transaction(flow: Flow) -> None:
     s = shipment(3)
     for payload in (s.order, s.payment, s.waybill):
@@ -1064,7 +1100,8 @@ async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_f
     # change, and the quota goes back all the same
     pending = shipment(82)
     await flow.submit(pending.inventory)
-    await flow.submit(version_of(pending.inventory, "2", 60))
+    await flow.submit(pending_change := version_of(pending.inventory, "2", 60))
+    await flow.sent(pending.inventory, pending_change)
     assert await _quota(flow, pending) != ["0.00000"]
     await flow.receipt(pending.inventory, "100", 2)
     assert await _quota(flow, pending) == ["0.00000"]
@@ -1507,6 +1544,7 @@ async def test_every_correlation_path_in_one_message(flow: Flow) -> None:
     for x in s:
         for payload in (x.order, x.payment, x.waybill, x.inventory):
             await flow.submit(payload)
+        await flow.sent(x.inventory)
     # an earlier receipt taught each inventory its preNo and invtNo
     for i, x in enumerate(s):
         await flow.receipt(x.inventory, "120", 1, preNo=f"B2026010100000001{i}", invtNo=f"46012026I00000001{i}")
@@ -1534,10 +1572,12 @@ async def test_the_receipts_of_an_inventorys_change_go_to_the_change(flow: Flow)
     change's, not the superseded first version's."""
     s = shipment(72)
     await flow.submit(s.inventory)
+    await flow.sent(s.inventory)
     await flow.receipt(s.inventory, "120", 1)  # teaches v1 its preNo
     v1 = await flow.doc(s.inventory)
     change = version_of(s.inventory, "2", 60)
     await flow.submit(change)
+    await flow.sent(change)
     v2 = await flow.doc(change)
     [echoing] = await flow.post(build_receipts("CEB622", [return_values(change, "2", 2)]))
     assert echoing["document_ids"] == [v2["id"]]
@@ -1556,11 +1596,12 @@ async def test_two_enterprises_sharing_a_copno_and_a_broker_get_their_own_return
     b.inventory["documents"][0].update(ebcCode="4601260E99", assureCode="4601260E99")
     for x in (a, b):
         await flow.submit(x.inventory)
+        await flow.sent(x.inventory)
     docs = [await flow.doc(x.inventory) for x in (a, b)]
     for_a = {**return_values(a.inventory, "100", 1), "guid": "E" * 36}  # E-Port's own guid: by copNo
     [got] = await flow.post(build_receipts("CEB622", [for_a]))
     assert got["document_ids"] == [docs[0]["id"]]
-    assert [(await flow.doc(x.inventory))["forward_state"] for x in (a, b)] == ["rejected", "held"]
+    assert [(await flow.doc(x.inventory))["forward_state"] for x in (a, b)] == ["rejected", "sent"]
     [got] = await flow.post(build_receipts("CEB622", [{**return_values(b.inventory, "120", 2), "guid": "E" * 36}]))
     assert got["document_ids"] == [docs[1]["id"]]
     assert [(await flow.doc(x.inventory))["customs_status"] for x in (a, b)] == ["100", "120"]

@@ -13,7 +13,15 @@ from adapters import dxp
 from gateway.api import OUTBOX, PIPELINE
 from gateway.documents import Document
 from gateway.messages import BY_CODE
-from gateway.sandbox.receipts import CHINA_TZ, build_receipt, build_tax_bills, new_guid, return_time, tax_bill_of
+from gateway.sandbox.receipts import (
+    CHINA_TZ,
+    RECEIPT_FOR,
+    build_receipt,
+    build_tax_bills,
+    new_guid,
+    return_time,
+    tax_bill_of,
+)
 from gateway.workers import inbox_handler
 from tests.apiutil import ADMIN, PLATFORM_A, Reply
 from tests.forwardutil import CUSTOMS_KEY, Stack, key_path, legs, running_stack, shipment
@@ -120,6 +128,10 @@ async def test_a_bill_waits_for_its_invt_no_and_names_the_right_enterprises(db_d
         early = await post(stack, bill)
         assert early.body["stored"] == 1 and early.body["receipts"][0]["outcome"] == "unmatched"
         assert await stack.fetchval("SELECT outcome FROM receipts WHERE message_type = 'CEB816'") == "unmatched"
+        for leg in (s.order, s.payment, s.waybill):  # taken by E-Port: the inventory is released, then answered
+            values = {k: str(v) for k, v in leg["documents"][0].items() if isinstance(v, str)}
+            await post(stack, build_receipt(RECEIPT_FOR[leg["type"]], {**values, "returnStatus": "2",
+                                                                       "returnTime": at(45), "returnInfo": "ok"}))
         released = build_receipt("CEB622", {
             "guid": h["guid"], "customsCode": h["customsCode"], "ebpCode": h["ebpCode"], "ebcCode": h["ebcCode"],
             "agentCode": h["agentCode"], "copNo": h["copNo"], "preNo": f"B{NOW:%Y%m%d}000000802", "invtNo": invt_no,
