@@ -1297,7 +1297,7 @@ class Outbox:
                 if not found:
                     res.outcome = rc.Outcome.NOT_SENT.value
                     continue
-            decisions = [rc.apply(d.state, r) for d in found]
+            decisions = [rc.apply(d.state, r, resent=d.repushes > 0) for d in found]
             for d, decision in zip(found, decisions, strict=True):
                 if decision.moved:
                     gave_back = d.gives_back

@@ -19,6 +19,8 @@ Codes that are not a position on that ladder are classified instead (spec §5.3/
   again (same guid, same CopMsgId), the state does not move;
 * duplicates ("already there", e.g. −301010): **duplicate** — counted as accepted (rank of 120), not resent;
 * "older message ignored" (e.g. −301014): **older_ignored** — a data error; a newer appTime is needed;
+  except in answer to a re-send (the same guid and appTime again): then customs holds that version already, and
+  the code counts as accepted, as a duplicate does (spec §5.4: reconcile rather than resend);
 * every other negative code: **data_error** — the document is rejected with returnInfo;
 * unknown positive codes (the placeholders 18, 23 of the official samples, 400, 600 …): **unknown** — kept
   raw, never move the state.
@@ -420,7 +422,8 @@ class CustomsState:
 
     @property
     def rejected(self) -> bool:
-        return self.status is not None and is_rejection(self.status)
+        # a refusal code ranked as accepted answered a re-send: customs has it on file (see apply)
+        return self.status is not None and is_rejection(self.status) and self.rank != RANK_ACCEPTED
 
     @property
     def usable(self) -> bool:
@@ -461,8 +464,9 @@ class Decision:
         return self.outcome is Outcome.APPLIED
 
 
-def apply(current: CustomsState | None, receipt: ReceiptRecord) -> Decision:
-    """The monotonic transition of one document's customs state for one receipt."""
+def apply(current: CustomsState | None, receipt: ReceiptRecord, *, resent: bool = False) -> Decision:
+    """The monotonic transition of one document's customs state for one receipt. ``resent``: the document was sent
+    again (the watchdog, a 4) with its guid and appTime unchanged."""
     current = current or CustomsState()
     verdict = receipt.verdict
     learned = {k: receipt.keys[k] for k in ("preNo", "invtNo") if receipt.keys.get(k)}
@@ -471,6 +475,10 @@ def apply(current: CustomsState | None, receipt: ReceiptRecord) -> Decision:
     if receipt.keys.get("sumNo"):  # a summary application's number (CEB702) is kept where an inventory's invtNo is
         learned["invtNo"] = receipt.keys["sumNo"]
     r = receipt.rank
+    if resent and verdict is Verdict.OLDER_IGNORED:
+        # The very version sent again is "older than the stored one" only because customs stored it the first
+        # time (its receipts lost): already on file, like a duplicate (spec §5.4), not a refusal.
+        verdict, r = Verdict.DUPLICATE, RANK_ACCEPTED
     if verdict is Verdict.TRANSIENT:
         # "Delivery failed" matters only while customs has not confirmed anything beyond E-Port's intake.
         resend = current.rank is None or current.rank < RANKS["3"]

@@ -1034,6 +1034,47 @@ async def test_a_message_sent_again_after_a_4_is_watched_again(flow: Flow) -> No
     assert report["overdue"] == [doc["message_id"]]
 
 
+async def _deliver(flow: Flow, payload: dict[str, Any]) -> None:
+    """The queued customs delivery of a message, claimed and recorded sent as the worker's handler does."""
+    async with flow.pool.acquire() as conn:
+        await conn.execute("UPDATE jobs SET run_after = now() WHERE state = 'queued'")  # a re-send's delay
+        jobs = await cbec_queue.claim(conn, worker_id="w1", lease_s=30, endpoint="customs")
+    (job,) = [j for j in jobs if j.payload["guid"] == payload["guid"]]
+    await flow.outbox.record_sent(job, job.payload["message_id"])
+
+
+@pytest.mark.db
+async def test_a_change_the_watchdog_sent_again_that_customs_calls_older_is_on_file(flow: Flow) -> None:
+    """A change whose receipts were lost, sent again by the watchdog with its guid and appTime: customs answers that
+    it is older than the stored one (-301014) — it stored this very version the first time. The change is accepted,
+    stays current, and its shipment is not rejected; the first version stays superseded."""
+    s = shipment(17)
+    await flow.submit(s.order)
+    await _deliver(flow, s.order)
+    await flow.receipt(s.order, "120", 1)
+    change = version_of(s.order, "2", 60, consignee=s.order_doc["consignee"] + "丙")
+    await flow.submit(change)
+    await _deliver(flow, change)
+    report = await flow.outbox.watchdog(timeout_s=0, repush=True, max_repushes=2)
+    assert report["resent"] == [(await flow.doc(change))["message_id"]]
+    await _deliver(flow, change)
+    (res,) = await flow.receipt(change, "-301014", 2)
+    assert res["outcome"] == "applied", res
+    first, second = await flow.doc(s.order), await flow.doc(change)
+    assert (second["forward_state"], second["customs_rank"], second["is_current"]) == \
+        ("receipted", rc.RANK_ACCEPTED, True)  # fmt: skip
+    assert not first["is_current"] and first["customs_status"] == "120"
+    assert (await flow.shipment(s))["customs_status"] != "rejected"
+    # a change sent once that customs calls older is refused, as before: customs holds the version before
+    other = shipment(18)
+    await flow.submit(other.order)
+    await flow.receipt(other.order, "120", 1)
+    late = version_of(other.order, "2", 60, consignee=other.order_doc["consignee"] + "丁")
+    await flow.submit(late)
+    await flow.receipt(late, "-301014", 2)
+    assert (await flow.doc(late))["forward_state"] == "rejected"
+
+
 def referring_head(inv: dict[str, Any], *, guid: str, invt_no: str, reason: str) -> dict[str, str]:
     """The head of a cancellation (CEB623) or return (CEB625) of the inventory document ``inv`` (a JSON payload's)."""
     fields = ("customsCode", "orderNo", "ebpCode", "ebpName", "ebcCode", "ebcName", "logisticsNo", "logisticsCode",

@@ -132,6 +132,17 @@ def test_transient_resends_only_before_customs_confirmed() -> None:
     assert not after.resend and after.state.status == "120"
 
 
+@pytest.mark.parametrize("status", ["-301014", "-401012", "-621055", "-301010"])
+def test_older_ignored_or_duplicate_answering_a_resend_is_already_on_file(status: str) -> None:
+    """Customs refusing the very version sent again as older than (or the same as) the one stored has it: accepted."""
+    d = rc.apply(None, rec(status, "20260101120000002", code="CEB312"), resent=True)
+    assert d.outcome is Outcome.APPLIED and d.verdict is Verdict.DUPLICATE
+    assert (d.state.status, d.state.rank, d.state.forward_state) == (status, rc.RANK_ACCEPTED, "receipted")
+    assert d.state.usable and not d.state.rejected
+    first = rc.apply(None, rec(status, "20260101120000002", code="CEB312"))  # never sent again: as before
+    assert first.state.forward_state == ("receipted" if status == "-301010" else "rejected")
+
+
 def test_unknown_status_never_moves_and_preno_is_learned() -> None:
     d = rc.apply(CustomsState("2", rc.rank("2"), "t"), rec("18", invtNo="29912024I000000001", copNo="C"))
     assert d.outcome is Outcome.UNKNOWN and d.state.status == "2"
