@@ -532,18 +532,21 @@ UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, cust
 
 #: Customs deliveries succeeded ($1 message ids): sent (a receipt may have come first: then it stays); a sent
 #: document without a receipt since this send is awaited from now (sql/100_receipts_awaited.sql): a re-send asked
-#: by a receipt (4) is watched again. ('failed': a delivery replayed while its hook could not run still ends sent.)
+#: by a receipt (4) is watched again — also one of a document E-Port alone had answered (receipted below rank $2,
+#: that of 3: a 2, then a 4 — taken, then not delivered), which the re-send leaves receipted. ('failed': a delivery
+#: replayed while its hook could not run still ends sent.)
 MARK_SENT = """
 WITH sent AS (
     UPDATE documents SET forward_state = CASE WHEN forward_state IN ('none', 'held', 'queued', 'failed') THEN 'sent'
                                               ELSE forward_state END,
                          sent_at = now()
      WHERE message_id = ANY ($1::bigint[])
-    RETURNING id, forward_state, sent_at, last_receipt_at
+    RETURNING id, forward_state, sent_at, last_receipt_at, repushes, customs_rank
 )
 INSERT INTO receipts_awaited (document_id, sent_at, awaited_since)
 SELECT id, sent_at, sent_at FROM sent
- WHERE forward_state = 'sent' AND (last_receipt_at IS NULL OR last_receipt_at < sent_at)
+ WHERE (forward_state = 'sent' OR (forward_state = 'receipted' AND repushes > 0 AND customs_rank < $2))
+   AND (last_receipt_at IS NULL OR last_receipt_at < sent_at)
     ON CONFLICT (document_id) DO UPDATE SET sent_at = EXCLUDED.sent_at  -- sent again: the wait goes on
 """
 #: The documents of messages ($1 ids).
@@ -567,7 +570,8 @@ RETURNING d.message_id, d.repushes, d.head ->> 'tradeMode' AS mode, d.message_ty
 DEAD_ENDPOINTS = "SELECT DISTINCT endpoint FROM jobs WHERE state = 'dead'"
 
 #: Watchdog: messages sent more than $1 s ago without any receipt since. Flags them; with $2 (repush) and under
-#: $3 re-sends, counts a re-send and puts them back to 'queued'. Oldest first, at most $4 documents.
+#: $3 re-sends, counts a re-send and puts them back to 'queued'. Oldest first, at most $4 documents. A receipted
+#: document awaited is one sent again after E-Port's 2 and a 4 (MARK_SENT): watched as a sent one.
 WATCHDOG = """
 WITH flagged AS (
     UPDATE documents AS d
@@ -576,7 +580,8 @@ WITH flagged AS (
            forward_state = CASE WHEN $2 AND d.repushes < $3 THEN 'queued' ELSE d.forward_state END
       FROM (SELECT o.id FROM receipts_awaited AS a JOIN documents AS o ON o.id = a.document_id
              WHERE a.sent_at < now() - make_interval(secs => $1)
-               AND o.forward_state = 'sent' AND (o.last_receipt_at IS NULL OR o.last_receipt_at < o.sent_at)
+               AND o.forward_state IN ('sent', 'receipted')
+               AND (o.last_receipt_at IS NULL OR o.last_receipt_at < o.sent_at)
                AND (NOT o.receipt_overdue OR ($2 AND o.repushes < $3))
              ORDER BY a.sent_at LIMIT $4 FOR UPDATE OF o SKIP LOCKED) AS due
      WHERE d.id = due.id
@@ -1081,7 +1086,7 @@ class Outbox:
                 # A lost claim writes nothing, as when its own transaction rolled back: its message is not
                 # marked sent and its shipments are not refreshed.
                 shipments = await self._lock_shipments_of(conn, [d for d in docs if d.message_id in sent])
-                await conn.execute(MARK_SENT, sorted(sent))
+                await conn.execute(MARK_SENT, sorted(sent), rc.RANKS["3"])
                 # A send can change only a pending shipment's status (to declared: see
                 # gateway.forward.shipment_customs_status; it moves no leg out of rejected and no rank), or a
                 # failed one's (a delivery replayed while its hook could not run).

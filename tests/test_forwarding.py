@@ -449,8 +449,10 @@ class Flow:
         and no receipt since — sent, or queued again by the watchdog (its re-send not made yet)."""
         rows = await self.rows("SELECT * FROM receipts_awaited")
         kept = {(r["document_id"], r["sent_at"]) for r in rows}
-        sent = await self.rows("SELECT id, sent_at FROM documents WHERE forward_state IN ('sent', 'queued', 'failed')"
-                               " AND sent_at IS NOT NULL AND (last_receipt_at IS NULL OR last_receipt_at < sent_at)")
+        sent = await self.rows("SELECT id, sent_at FROM documents WHERE (forward_state IN ('sent', 'queued', 'failed')"
+                               " OR (forward_state = 'receipted' AND repushes > 0 AND customs_rank < $1))"
+                               " AND sent_at IS NOT NULL AND (last_receipt_at IS NULL OR last_receipt_at < sent_at)",
+                               rc.RANKS["3"])  # fmt: skip
         assert kept == {(r["id"], r["sent_at"]) for r in sent}
         assert all(r["awaited_since"] <= r["sent_at"] for r in rows)
         return {document_id for document_id, _ in kept}
@@ -1041,6 +1043,28 @@ async def _deliver(flow: Flow, payload: dict[str, Any]) -> None:
         jobs = await cbec_queue.claim(conn, worker_id="w1", lease_s=30, endpoint="customs")
     (job,) = [j for j in jobs if j.payload["guid"] == payload["guid"]]
     await flow.outbox.record_sent(job, job.payload["message_id"])
+
+
+@pytest.mark.db
+async def test_a_message_sent_again_after_a_2_and_a_4_is_watched_again(flow: Flow) -> None:
+    """E-Port took it (2), then could not deliver it (4): the re-send is awaited as any send, and the watchdog sends
+    it again when no receipt comes."""
+    s = shipment(19)
+    await flow.submit(s.order)
+    await _deliver(flow, s.order)
+    await flow.receipt(s.order, "2", 1)
+    [answer] = await flow.receipt(s.order, "4", 2)
+    assert answer["resend"] is True and await flow.awaited() == set()
+    await _deliver(flow, s.order)
+    doc = await flow.doc(s.order)
+    assert doc["forward_state"] == "receipted" and await flow.awaited() == {doc["id"]}
+    report = await flow.outbox.watchdog(timeout_s=0, repush=True, max_repushes=3)
+    assert report == {"overdue": [doc["message_id"]], "resent": [doc["message_id"]]}
+    assert f"customs:{s.order['guid']}:resend2" in await flow.jobs()
+    await _deliver(flow, s.order)
+    assert await flow.awaited() == {doc["id"]}
+    await flow.receipt(s.order, "120", 3)
+    assert await flow.awaited() == set() and (await flow.doc(s.order))["forward_state"] == "receipted"
 
 
 @pytest.mark.db
