@@ -6,8 +6,9 @@ go through :func:`read`.
 
 Statuses are ranked (:data:`RANKS`) so that a document's customs state only moves forward::
 
-    1 stored < 2 declaring < 3 delivered < 120 accepted < 300 manual review < 399 concluded
-      < 500..599 inspection / detention < 100 rejected (and data errors) < 700 returned < 800 released < 899 closed
+    1 stored < 2 declaring < 3 delivered < 120 accepted < 400 waiting for the goods < 300 manual review
+      < 600 suspended < 500 inspection < 399 concluded < 501..599 detention < 100 rejected (and data errors)
+      < 700 returned < 800 released < 899 closed
 
 A receipt applies when its (rank, returnTime, status) is greater than the state in force; a lower one, or
 an equal one arriving again, is kept but changes nothing (outcome ``stale``). The state is therefore the
@@ -22,8 +23,8 @@ Codes that are not a position on that ladder are classified instead (spec §5.3/
   except in answer to a re-send (the same guid and appTime again): then customs holds that version already, and
   the code counts as accepted, as a duplicate does (spec §5.4: reconcile rather than resend);
 * every other negative code: **data_error** — the document is rejected with returnInfo;
-* unknown positive codes (the placeholders 18, 23 of the official samples, 400, 600 …): **unknown** — kept
-  raw, never move the state.
+* unknown positive codes (the placeholders 18, 23 of the official samples …): **unknown** — kept raw, never
+  move the state.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ CODES: dict[str, str] = {
 class Verdict(StrEnum):
     """What a returnStatus means for the document it answers."""
 
-    PROGRESS = "progress"  # a step on the ladder (1, 2, 3, 120, 300, 500, 399, 501-599, 700, 800, 899)
+    PROGRESS = "progress"  # a step on the ladder (1, 2, 3, 120, 400, 300, 600, 500, 399, 501-599, 700, 800, 899)
     REJECTED = "rejected"  # 100: customs rejected it (returnInfo says why)
     DATA_ERROR = "data_error"  # a negative business / format code: rejected
     OLDER_IGNORED = "older_ignored"  # "message older than the stored one" codes: rejected, needs a newer appTime
@@ -65,13 +66,17 @@ class Verdict(StrEnum):
 
 
 #: Rank of each status on the ladder (higher = further). 500 (inspection) comes before 399 (concluded), as in the
-#: spec's inventory sequence 120 → (300 / 500) → 399 → 800; 501..599 (detained) share one rank above it.
+#: spec's inventory sequence 120 → (300 / 500) → 399 → 800; 501..599 (detained) share one rank above it. 400
+#: (accepted, waiting for the goods, [C]) and 600 (suspended, CEB214) are steps of customs' processing after the
+#: acceptance (120) that a conclusion, release or rejection follows: ranked between, so that those still move on.
 RANKS: dict[str, int] = {
     "1": 10,
     "2": 20,
     "3": 30,
     "120": 40,
+    "400": 45,
     "300": 50,
+    "600": 52,
     "500": 55,
     "399": 60,
     "5xx": 70,
@@ -106,6 +111,7 @@ STATUS_NAMES: dict[str, str] = {
     "120": "accepted into the customs database",
     "300": "manual review",
     "399": "examination concluded",
+    "400": "accepted, waiting for the goods to arrive",  # [C] only (spec §5.2)
     "500": "inspection",
     "501": "detained: transferred to clearance",
     "502": "detained: transferred to anti-smuggling",

@@ -1343,6 +1343,24 @@ async def test_a_waybill_of_an_order_number_two_platforms_use_moves_neither_ship
 
 
 @pytest.mark.db
+@pytest.mark.parametrize("status", ["400", "600"])
+async def test_a_status_the_spec_lists_answers_the_document(flow: Flow, status: str) -> None:
+    """400 (accepted, waiting for the goods) and 600 (suspended) are customs' word (spec §5.2): the document is
+    receipted, no longer awaited, and the watchdog sends it no more; a conclusion after it still moves it on."""
+    s = shipment(23)
+    await flow.submit(s.order)
+    await _deliver(flow, s.order)
+    (res,) = await flow.receipt(s.order, status, 1)
+    assert res["outcome"] == "applied", res
+    doc = await flow.doc(s.order)
+    assert (doc["forward_state"], doc["customs_status"]) == ("receipted", status)
+    assert await flow.awaited() == set()
+    assert await flow.outbox.watchdog(timeout_s=0, repush=True, max_repushes=2) == {"overdue": [], "resent": []}
+    (res,) = await flow.receipt(s.order, "399", 2)
+    assert res["outcome"] == "applied" and (await flow.doc(s.order))["customs_status"] == "399"
+
+
+@pytest.mark.db
 async def test_a_receipt_in_no_table_leaves_the_document_awaited_for_the_watchdog(flow: Flow) -> None:
     """A code that decides nothing (-621041, two meanings in public code; 18 in the official samples) is kept, but
     the document is still waiting for customs' word: the watchdog flags it."""

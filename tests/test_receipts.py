@@ -51,7 +51,7 @@ def waybill_receipt() -> bytes:
 
 def test_the_ladder_is_the_briefs_order() -> None:
     # inspection (500) comes before the conclusion (399), spec §5.2: 120 → (300 / 500) → 399 → 800
-    ladder = ["1", "2", "3", "120", "300", "500", "399", "501", "100", "700", "800", "899"]
+    ladder = ["1", "2", "3", "120", "400", "300", "600", "500", "399", "501", "100", "700", "800", "899"]
     ranks = [rc.rank(s) for s in ladder]
     assert all(r is not None for r in ranks)
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
@@ -74,7 +74,8 @@ def test_the_ladder_is_the_briefs_order() -> None:
         ("-621018", Verdict.DATA_ERROR, rc.RANK_REJECTED),
         ("-1", Verdict.DATA_ERROR, rc.RANK_REJECTED),
         ("18", Verdict.UNKNOWN, None),
-        ("400", Verdict.UNKNOWN, None),
+        ("400", Verdict.PROGRESS, rc.RANKS["400"]),  # spec §5.2: [C] "accepted, waiting for the goods"
+        ("600", Verdict.PROGRESS, rc.RANKS["600"]),  # spec §5.2: 挂起, CEB214
         ("abc", Verdict.UNKNOWN, None),
     ],
 )
@@ -149,8 +150,8 @@ def test_unknown_status_never_moves_and_preno_is_learned() -> None:
     assert d.learned == {"invtNo": "29912024I000000001"}
 
 
-STATUSES = ["1", "2", "3", "4", "100", "120", "300", "399", "500", "501", "599", "700", "800", "899",
-            "-301010", "-301014", "-621018", "-621017", "18", "400"]  # fmt: skip
+STATUSES = ["1", "2", "3", "4", "100", "120", "300", "399", "400", "500", "501", "599", "600", "700", "800", "899",
+            "-301010", "-301014", "-621018", "-621017", "18", "23"]  # fmt: skip
 
 
 @st.composite
