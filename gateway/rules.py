@@ -84,7 +84,8 @@ CODES: dict[str, str] = {
     "rule.dxp_mode": "dxpMode of BaseTransfer or of a BaseSubscribe is not DXP",
     "rule.subscribe_status": "a BaseSubscribe's status is not ALL (data and receipts), DATA (data only) or RET "
     "(receipts only) (spec §2.4)",
-    "rule.return_status_format": "returnStatus of a receipt is not an integer (negative numbers are errors)",
+    "rule.return_status_format": "returnStatus of a receipt is not an integer: digits, with a minus sign for an "
+    "error code (spec §5.1)",
     "rule.country_code": "a country code (head or line country) is not 3 digits",
     "rule.unit_code": "a unit code (unit / unit1 / unit2) is not 3 digits",
     "rule.customs_code": "customsCode / portCode is not a 4-digit customs district code",
@@ -280,8 +281,10 @@ def integer(*, minimum: int | None = None, exactly: int | None = None, code: str
 
 
 def _return_status(value: str, ctx: RuleContext) -> Problem | None:
-    # Unknown codes (the official samples carry 18 and 23) are accepted; only the form is checked.
-    if _parse_int(value) is None:
+    # Unknown codes (the official samples carry 18 and 23) are accepted; only the form is checked. Customs writes a
+    # minus sign for errors and none else: "+120" would be kept as a status in no table, not as 120.
+    digits = value[1:] if value.startswith("-") else value
+    if not (digits.isascii() and digits.isdigit()):
         return "rule.return_status_format", f"is {value!r}, not an integer status code"
     return None
 

@@ -317,6 +317,7 @@ def test_a_receipt_whose_status_or_time_is_none_is_refused_and_the_rest_of_custo
     good = order_receipt()
     for broken, code, where in (
         (good.replace(b"<returnStatus>2<", b"<returnStatus>abc<"), "rule.return_status_format", "returnStatus"),
+        (good.replace(b"<returnStatus>2<", b"<returnStatus>+120<"), "rule.return_status_format", "returnStatus"),
         (good.replace(b"20260101120000001", b"99999999999999999"), "rule.date_format", "returnTime"),
         (good.replace(b"<returnStatus>2<", b"<returnStatus> 2<"), "rule.untrimmed", "returnStatus"),
     ):
