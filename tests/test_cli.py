@@ -263,6 +263,32 @@ def test_a_worker_with_forwarding_disabled_says_so_and_does_nothing(tmp_path: Pa
     assert not (tmp_path / "pgdata").exists()  # stopped before starting a database
 
 
+def test_a_worker_without_a_database_url_refuses_to_start_its_own(tmp_path: Path) -> None:
+    """A worker delivers what the gateway's database queues: with no database URL and no cbec serve's embedded
+    server running in its data directory, it started an empty embedded PostgreSQL of its own and delivered nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEC_")}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "worker", "--data-dir", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("cbec: the configuration is not usable: cbec worker needs the gateway's database: "
+                                  "--database-url, CBEC_DATABASE_URL or database_url"), done.stderr[-2000:]
+    assert not (tmp_path / "pgdata").exists()  # nothing started
+
+
+def test_the_embedded_server_a_worker_may_join_is_seen_running(tmp_path: Path) -> None:
+    from gateway import db
+
+    pgdata = tmp_path / "pgdata"
+    assert not db.embedded_running(pgdata)
+    pg = db.EmbeddedPostgres(pgdata)
+    pg.start_sync()
+    try:
+        assert db.embedded_running(pgdata)
+    finally:
+        pg.stop_sync()
+    assert not db.embedded_running(pgdata)
+
+
 def test_an_unusable_database_is_one_line_not_a_traceback() -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
