@@ -212,20 +212,31 @@ def _agrees(doc: str) -> str:
     )
 
 
-#: Correlation of every new return of a receipt message in one statement ($1: JSON array of
-#: {i, declared, ori, k1, k2, ebc, guid, cop_no, parties, pre_no, invt_no}, absent values null, parties an object
-#: {field: value}), with the documents found, read (not locked): one row per (i, document), in the order of the
+#: Correlation of every new return of a receipt message in one statement ($1: JSON array of {i, declared, ori, k1,
+#: k2, ebc, guid, info_guid, cop_no, parties, pre_no, invt_no}, absent values null, parties an object {field: value}),
+#: with the documents found, read (not locked): one row per (i, document), in the order of the
 #: probes of gateway.receipts.Correlation, most reliable first — a CEB900's oriCopMsgId gives every document sent
 #: with that CopMsgId (and nothing else); else the first probe that finds one: the declaration's key (the version
 #: of it whose guid the receipt echoes, else the current document; with the receipt's ebcCode when it carries
 #: one); then, each only with every party of the receipt in agreement: the echoed guid (the very version), copNo
 #: (the current version first, so a change gets its receipts; with no party named, only when one document has
 #: it), preNo, invtNo. COALESCE evaluates its probes lazily, left to right. A receipt echoing the guid of a document
-#: the gateway sent but did not keep (unkept_documents) finds nothing: not the key's current version.
+#: the gateway sent but did not keep (unkept_documents) finds nothing: not the key's current version. The guid is
+#: the receipt's own, or when that names no document of the declared type (E-Port's own, spec §5.1) the one its
+#: returnInfo names in brackets (info_guid): which version of a key it answers, before the key's current one.
 CORRELATE = f"""
 SELECT x.i, {_DOC_STATE}
-  FROM jsonb_to_recordset($1::jsonb) AS x(i int, declared text, ori text, k1 text, k2 text, ebc text, guid text,
-                                           cop_no text, parties jsonb, pre_no text, invt_no text),
+  FROM (SELECT r.i, r.declared, r.ori, r.k1, r.k2, r.ebc, r.cop_no, r.parties, r.pre_no, r.invt_no,
+               CASE WHEN r.info_guid IS NOT NULL
+                         AND (r.guid IS NULL
+                              OR (NOT EXISTS (SELECT 1 FROM documents AS v
+                                               WHERE v.doc_guid = r.guid AND v.message_type = r.declared)
+                                  AND NOT EXISTS (SELECT 1 FROM unkept_documents AS u
+                                                   WHERE u.doc_guid = r.guid AND u.message_type = r.declared)))
+                    THEN r.info_guid ELSE r.guid END AS guid
+          FROM jsonb_to_recordset($1::jsonb) AS r(i int, declared text, ori text, k1 text, k2 text, ebc text,
+                                                  guid text, info_guid text, cop_no text, parties jsonb, pre_no text,
+                                                  invt_no text)) AS x,
        LATERAL unnest(CASE
            WHEN x.ori IS NOT NULL THEN
                ARRAY(SELECT o.id FROM documents AS o WHERE o.cop_msg_id = x.ori ORDER BY o.doc_index)
@@ -1411,12 +1422,18 @@ class Outbox:
     async def _unkept(conn: asyncpg.Connection, unmatched: Sequence[rc.ReceiptRecord]) -> dict[int, int]:
         """Of the receipts that found no document, those answering a document the gateway sent but did not keep
         (ignored_older), with the message that carried it: by return element."""
-        asked = [(r.index, r.guid, r.declared_type) for r in unmatched if r.guid and r.declared_type]
+        # the receipt's guid, else the one its returnInfo names (as CORRELATE): the first that names one
+        asked = [(r.index, g, r.declared_type)
+                 for r in unmatched if r.declared_type for g in (r.guid, r.info_guid) if g]  # fmt: skip
         if not asked:
             return {}
         found = {(row["doc_guid"], row["message_type"]): row["message_id"]
                  for row in await conn.fetch(UNKEPT, [a[1] for a in asked], [a[2] for a in asked])}  # fmt: skip
-        return {i: found[(guid, declared)] for i, guid, declared in asked if (guid, declared) in found}
+        out: dict[int, int] = {}
+        for i, guid, declared in asked:
+            if (guid, declared) in found:
+                out.setdefault(i, found[(guid, declared)])
+        return out
 
     async def _apply_tax_bills(
         self, conn: asyncpg.Connection, todo: list[rc.ReceiptRecord], new: Mapping[int, int],
@@ -1899,6 +1916,7 @@ def _probe(index: int, c: rc.Correlation) -> dict[str, Any]:
         "k2": c.keys[1] if c.keys is not None else None,
         "ebc": c.ebc_code,
         "guid": c.guid or None,
+        "info_guid": c.info_guid or None,
         "cop_no": c.cop_no or None,
         "parties": dict(c.parties),
         "pre_no": c.pre_no or None,

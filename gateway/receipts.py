@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -244,6 +245,13 @@ class ReceiptRecord:
         )
         return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
+    @property
+    def info_guid(self) -> str | None:
+        """The declared document's guid as returnInfo names it in brackets ("新增申报成功[<guid>]", spec §5.1), when
+        it names one other than the receipt's own guid."""
+        m = _BRACKETED_GUID.search(self.return_info or "")
+        return m.group(1) if m is not None and m.group(1) != self.guid else None
+
     def correlation(self) -> Correlation:
         k = self.keys
         declared = self.declared_type
@@ -264,7 +272,12 @@ class ReceiptRecord:
             ebc_code=k.get("ebcCode") or None,
             pre_no=k.get("preNo") or None,
             invt_no=None if declared in SHARED_INVT_NO else k.get("invtNo") or None,
+            info_guid=self.info_guid,
         )
+
+
+#: A guid (36 characters, spec §2.1) in brackets, as E-Port writes the declared document's into returnInfo.
+_BRACKETED_GUID = re.compile(r"\[([^\[\]\s]{36})\]")
 
 
 #: The declared types whose receipts' invtNo is the number of the inventory the document names, shared by every
@@ -293,6 +306,10 @@ class Correlation:
     Steps 2–4 take a document only when it agrees with every party the receipt names (:data:`PARTY_FIELDS`): two
     enterprises may share a copNo, a customs broker, even a guid.
     5. CEB900: ``oriCopMsgId`` → every document of the message sent with that CopMsgId.
+
+    The receipt's guid is E-Port's own by the spec (the official samples echo the declared one): when it names no
+    document, the guid returnInfo names in brackets (``info_guid``) stands in for it, in 1 (which version of the
+    key) and 2.
     """
 
     declared_type: str | None
@@ -304,6 +321,7 @@ class Correlation:
     pre_no: str | None = None
     invt_no: str | None = None
     ori_cop_msg_id: str | None = None
+    info_guid: str | None = None
 
 
 def records(root: etree._Element, mtype: MessageType) -> list[ReceiptRecord]:

@@ -1671,6 +1671,25 @@ async def test_the_receipts_of_an_inventorys_change_go_to_the_change(flow: Flow)
 
 
 @pytest.mark.db
+async def test_a_receipt_with_e_ports_own_guid_goes_to_the_version_its_return_info_names(flow: Flow) -> None:
+    """The receipt guid is E-Port's (spec §5.1) and returnInfo names the declared one in brackets: a first declaration
+    and its change both sent, each receipt goes to the version it names, not to the key's current one."""
+    s = shipment(24)
+    await flow.submit(s.order)
+    change = version_of(s.order, "2", 60, consignee=s.order_doc["consignee"] + "戊")
+    await flow.submit(change)
+    first_guid, change_guid = s.order["documents"][0]["guid"], change["documents"][0]["guid"]
+    eport = {"guid": "E" * 36, "returnInfo": f"退单[{first_guid}]"}
+    (refused,) = await flow.post(build_receipt("CEB312", {**return_values(s.order, "100", 1), **eport}))
+    eport = {"guid": "F" * 36, "returnInfo": f"新增申报成功[{change_guid}]"}
+    (taken,) = await flow.post(build_receipt("CEB312", {**return_values(change, "2", 2), **eport}))
+    first, second = await flow.doc(s.order), await flow.doc(change)
+    assert refused["document_ids"] == [first["id"]] and taken["document_ids"] == [second["id"]]
+    assert (first["customs_status"], second["customs_status"]) == ("100", "2")
+    assert second["is_current"] and second["forward_state"] == "receipted"
+
+
+@pytest.mark.db
 async def test_two_enterprises_sharing_a_copno_and_a_broker_get_their_own_returns(flow: Flow) -> None:
     """copNo is unique per enterprise only (spec §2.3): a return naming E1 goes to E1's inventory, whatever E2
     declared with the same copNo through the same broker."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -255,6 +256,15 @@ def test_return_receipts_correlate_by_the_declared_key(
         assert (c.declared_type, c.keys, c.invt_no) == (declared, keys, None)
         assert rc.apply(None, r).learned == {"preNo": r.keys["preNo"]}
     assert rc.fold(records).status == records[-1].return_status == last
+
+
+def test_the_guid_return_info_names_in_brackets_is_a_correlation_hint() -> None:
+    """E-Port writes the declared document's guid into returnInfo (spec §5.1: "新增申报成功[<guid>]")."""
+    declared = "4CDE1F7A-0000-4000-8000-00000000000A"
+    r = replace(rec("100"), guid="E" * 36, return_info=f"新增申报成功[{declared}]")
+    assert r.info_guid == declared and r.correlation().info_guid == declared
+    assert replace(r, guid=declared).info_guid is None  # the same as its own: nothing more
+    assert replace(r, return_info="[too short] and no guid").info_guid is None
 
 
 def test_dedupe_key_ignores_guid_and_info_but_not_status_or_time() -> None:
