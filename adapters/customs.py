@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+import structlog
 from lxml import etree
 
 from adapters import dxp
@@ -46,6 +47,8 @@ from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResu
 from gateway.errors import MessageRejected
 from gateway.messages import DS_NS, MessageType, lookup
 from gateway.xmlsafe import parse_message
+
+log = structlog.get_logger("adapters.customs")
 
 #: Where the sandbox listens when started with ``python -m gateway.sandbox`` without options.
 SANDBOX_DEFAULT_URL = "http://127.0.0.1:8790/dxp"
@@ -337,8 +340,10 @@ async def poll_inbox(
             break
         except Exception as exc:
             moved = await asyncio.to_thread(_move, path, error)
-            reason = f"{exc.__class__.__name__}: {exc}\n"
-            await asyncio.to_thread(moved.with_name(moved.name + ".error.txt").write_text, reason, "utf-8")
+            reason = f"{exc.__class__.__name__}: {exc}"
+            await asyncio.to_thread(moved.with_name(moved.name + ".error.txt").write_text, reason + "\n", "utf-8")
+            # a receipt refused here is customs' word lost unless someone looks: say which file and why
+            log.warning("inbox_file_refused", file=path.name, moved_to=str(moved), error=reason[:2000])
             report.failed.append(moved)
             continue
         report.done.append(await asyncio.to_thread(_move, path, done))

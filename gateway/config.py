@@ -113,6 +113,9 @@ class EndpointSettings:
     export_receiver_id: str | None = None
     outbox: Path | None = None  # customs folder transport: where the transfer client picks files up
     inbox: Path | None = None  # customs folder transport: where it drops receipts (polled)
+    # customs folder transport: a receipt file modified less than this long ago is left for a later pass (a client
+    # that writes in place, not by renaming, would have it read half-written and moved to error/)
+    inbox_min_age_s: float = 0.0
     folder_format: str = "dxp"  # customs folder transport: "dxp" envelopes or bare "ceb" messages
     timeout_s: float = 30.0  # whole request
     concurrency: int = 4  # deliveries in flight per worker process
@@ -603,6 +606,7 @@ def _parse_endpoint(name: str, item: Any) -> EndpointSettings:
         export_receiver_id=str(item["export_receiver_id"]) if item.get("export_receiver_id") else None,
         outbox=Path(item["outbox"]) if item.get("outbox") else None,
         inbox=Path(item["inbox"]) if item.get("inbox") else None,
+        inbox_min_age_s=_setting(item, "inbox_min_age_s", 0.0, _number(0), where),
         folder_format=str(item.get("folder_format", "dxp")),
         timeout_s=_setting(item, "timeout_s", 30.0, _number(0, above=True), where),
         concurrency=_setting(item, "concurrency", 4, _number(1, integer=True), where),

@@ -465,7 +465,8 @@ async def run_inbox(
     handle = inbox_handler(outbox, schemas, endpoint.name)
     while not stop.is_set():
         try:
-            await run_inbox_poller(endpoint.inbox, handle, interval=fwd.inbox_poll_s, stop=stop)
+            await run_inbox_poller(endpoint.inbox, handle, interval=fwd.inbox_poll_s, stop=stop,
+                                   min_age=endpoint.inbox_min_age_s)  # fmt: skip
         except Exception as exc:  # a file system hiccup: the poller starts over
             log.warning("inbox_poller_failed", endpoint=endpoint.name, error=f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(TimeoutError):

@@ -511,6 +511,29 @@ async def test_poll_inbox_moves_files_by_outcome(tmp_path: Path) -> None:
     assert sorted(p.name for p in (inbox / "done").iterdir()) == ["a.xml", "a.xml.1", "b.xml", "c.xml"]
 
 
+async def test_a_receipt_file_the_inbox_refuses_is_logged_and_a_young_one_waits(tmp_path: Path) -> None:
+    """A file that does not parse went to error/ with no line in the log; and a client writing in place had its file
+    read half-written, as the endpoint could not set the inbox's minimum age (inbox_min_age_s)."""
+    from gateway.config import EndpointSettings, ForwardingSettings
+    from gateway.workers import run_inbox
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "torn.xml").write_bytes(b"<CEB312Message")
+    os.utime(inbox / "torn.xml", (1_000_000, 1_000_000))
+    ep = EndpointSettings("customs", "customs", transport="folder", outbox=tmp_path / "out", inbox=inbox,
+                          inbox_min_age_s=3600)  # fmt: skip
+    (inbox / "writing.xml").write_bytes(b"<CEB312Message")  # just written: too young to read
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.3, stop.set)
+    with capture_logs() as logs:
+        await run_inbox(None, None, ep, ForwardingSettings(inbox_poll_s=0.05), stop)  # type: ignore[arg-type]
+    assert sorted(p.name for p in (inbox / "error").iterdir()) == ["torn.xml", "torn.xml.error.txt"]
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["writing.xml"]
+    [refused] = [e for e in logs if e["event"] == "inbox_file_refused"]
+    assert refused["log_level"] == "warning" and refused["file"] == "torn.xml" and "MessageRejected" in refused["error"]
+
+
 async def test_poll_inbox_keeps_files_on_transient_failure(tmp_path: Path) -> None:
     inbox = tmp_path / "in"
     inbox.mkdir()

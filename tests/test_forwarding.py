@@ -211,6 +211,7 @@ kind = "customs"
 transport = "folder"
 outbox = "/data/dxp/outbox"
 inbox = "/data/dxp/inbox"
+inbox_min_age_s = 5
 export_receiver_id = "DXPENT0000000003"
 concurrency = 2
 rate_per_s = 5
@@ -239,6 +240,7 @@ secret = "s3cret"
     assert f.max_repushes == 5
     customs, wms = f.endpoints
     assert customs.transport == "folder" and customs.inbox == Path("/data/dxp/inbox") and customs.rate_per_s == 5
+    assert customs.inbox_min_age_s == 5 and wms.inbox_min_age_s == 0
     assert customs.retry.base_s == 0.5 and customs.retry.max_attempts == 6 and customs.retry.cap_s == 300
     assert (customs.import_receiver_id, customs.export_receiver_id) == (None, "DXPENT0000000003")
     assert wms.kind == "warehouse" and wms.warehouse_code == "HK01"
@@ -259,6 +261,7 @@ secret = "s3cret"
         '[forwarding]\nsandbox = "maybe"',
         "[forwarding]\nunheard_of = 1",
         '[forwarding.webhooks.s]\nurl = "http://h"',
+        '[forwarding.endpoints.c]\nkind = "customs"\ntransport = "folder"\noutbox = "/o"\ninbox_min_age_s = -1',
     ],
 )
 def test_bad_forwarding_configuration_is_refused(tmp_path: Path, text: str) -> None:
