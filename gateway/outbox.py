@@ -543,10 +543,10 @@ UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, cust
 
 #: Customs deliveries succeeded ($1 message ids): sent (a receipt may have come first: then it stays); a sent
 #: document without a receipt since this send is awaited from now (sql/100_receipts_awaited.sql): a re-send asked
-#: by a receipt (4) is watched again — also one of a document E-Port alone had answered (receipted below rank $2,
-#: that of 3: a 2, then a 4 — taken, then not delivered), which the re-send leaves receipted. ('failed': a delivery
-#: replayed while its hook could not run still ends sent.)
-MARK_SENT = """
+#: by a receipt (4) is watched again — also one of a document E-Port alone had answered (receipted below the rank of
+#: 3: a 2, then a 4 — taken, then not delivered), which the re-send leaves receipted. ('failed': a delivery replayed
+#: while its hook could not run still ends sent.)
+MARK_SENT = f"""
 WITH sent AS (
     UPDATE documents SET forward_state = CASE WHEN forward_state IN ('none', 'held', 'queued', 'failed') THEN 'sent'
                                               ELSE forward_state END,
@@ -556,7 +556,7 @@ WITH sent AS (
 )
 INSERT INTO receipts_awaited (document_id, sent_at, awaited_since)
 SELECT id, sent_at, sent_at FROM sent
- WHERE (forward_state = 'sent' OR (forward_state = 'receipted' AND repushes > 0 AND customs_rank < $2))
+ WHERE (forward_state = 'sent' OR (forward_state = 'receipted' AND repushes > 0 AND customs_rank < {rc.RANKS["3"]}))
    AND (last_receipt_at IS NULL OR last_receipt_at < sent_at)
     ON CONFLICT (document_id) DO UPDATE SET sent_at = EXCLUDED.sent_at  -- sent again: the wait goes on
 """
@@ -1097,7 +1097,7 @@ class Outbox:
                 # A lost claim writes nothing, as when its own transaction rolled back: its message is not
                 # marked sent and its shipments are not refreshed.
                 shipments = await self._lock_shipments_of(conn, [d for d in docs if d.message_id in sent])
-                await conn.execute(MARK_SENT, sorted(sent), rc.RANKS["3"])
+                await conn.execute(MARK_SENT, sorted(sent))
                 # A send can change only a pending shipment's status (to declared: see
                 # gateway.forward.shipment_customs_status; it moves no leg out of rejected and no rank), or a
                 # failed one's (a delivery replayed while its hook could not run).
