@@ -94,7 +94,8 @@ CODES: dict[str, str] = {
     "rule.date_format": "a time or date does not have its digit layout (14 YYYYMMDDhhmmss, 8 YYYYMMDD, "
     "17 YYYYMMDDhhmmssSSS) or is not a real calendar time",
     "rule.date_implausible": "a time or date lies before 2010 or more than one day after today (an inventory's "
-    "ieDate, the planned arrival or departure: more than 31 days)",
+    "ieDate, the planned arrival or departure: more than 31 days); customs' own times (a receipt's returnTime) are "
+    "taken whatever they read",
     "rule.decimal_format": "an amount, quantity or weight is not a decimal number",
     "rule.integer_format": "gnum / packNo / msgCount / msgSeqNo is not an integer",
     "rule.negative_amount": "an amount that may be zero is negative",
@@ -228,9 +229,9 @@ def _plausible(day: datetime.date, value: str, ctx: RuleContext, ahead: int) -> 
     return None
 
 
-def timestamp(n: int, layout: str, *, ahead: int = 1) -> Check:
+def timestamp(n: int, layout: str, *, ahead: int | None = 1) -> Check:
     """``n`` digits laid out as ``layout`` (8, 14 or 17), a real calendar time, and plausible: from 2010 to
-    ``ahead`` days after today."""
+    ``ahead`` days after today (None: any, the form alone)."""
 
     def check(value: str, ctx: RuleContext) -> Problem | None:
         if len(value) != n or not value.isascii() or not value.isdigit():
@@ -245,7 +246,7 @@ def timestamp(n: int, layout: str, *, ahead: int = 1) -> Check:
                 ).date()
         except ValueError:
             return "rule.date_format", f"is {value}, which is not a real calendar {'date' if n == 8 else 'time'}"
-        return _plausible(day, value, ctx, ahead)
+        return None if ahead is None else _plausible(day, value, ctx, ahead)
 
     return check
 
@@ -342,7 +343,10 @@ DATE8 = timestamp(8, "YYYYMMDD")
 #: be declared before the arrival (spec §3.4 #22: omitted when not known yet), an export one is declared and released
 #: before the goods leave. A month ahead is the gateway's bound for a typo (a year 2062), not customs'.
 IE_DATE = timestamp(8, "YYYYMMDD", ahead=31)
-DATETIME17 = timestamp(17, "YYYYMMDDhhmmssSSS")
+#: Customs' own times (a receipt's returnTime, a tax bill's, a summary result's opDate): the form only. What customs
+#: says is taken whatever its clock (or ours) reads: one receipt dated days ahead refused its whole message, up to a
+#: hundred receipts customs sends once.
+CUSTOMS_TIME = timestamp(17, "YYYYMMDDhhmmssSSS", ahead=None)
 
 NON_NEGATIVE = amount(positive=False)
 POSITIVE = amount(positive=True)
@@ -718,7 +722,7 @@ _RECEIPT: tuple[Rule, ...] = (
     Required(H, "guid returnStatus returnTime"),
     Field(H, "guid", GUID),
     Field(H, "returnStatus", RETURN_STATUS),
-    Field(H, "returnTime", DATETIME17),
+    Field(H, "returnTime", CUSTOMS_TIME),
 )
 _BUYER = "buyerIdType buyerIdNumber buyerName buyerTelephone"
 _INVT_PARTIES = "orderNo ebpCode ebpName ebcCode ebcName logisticsNo logisticsCode logisticsName agentCode agentName"
@@ -853,7 +857,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Required(H, "guid returnTime invtNo taxNo customsTax valueAddedTax consumptionTax status"),
         Required(L, "gnum gcode taxPrice customsTax valueAddedTax consumptionTax"),
         Field(H, "guid", GUID),
-        Field(H, "returnTime", DATETIME17),
+        Field(H, "returnTime", CUSTOMS_TIME),
         Field(H, "customsTax valueAddedTax consumptionTax", NON_NEGATIVE),
         Field(H, "status", TAX_STATUS),
         Field(H, "customsCode", CUSTOMS),
@@ -864,14 +868,14 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "CEB818": (
         Required(H, "guid returnTime invtNo taxNo status"),
         Field(H, "guid", GUID),
-        Field(H, "returnTime", DATETIME17),
+        Field(H, "returnTime", CUSTOMS_TIME),
         Field(H, "status", TAX_STATUS),
     ),
     "CEB900": (
         Required(H, "guid returnStatus returnTime oriCopMsgId oriMessageType"),
         Field(H, "guid", GUID),
         Field(H, "returnStatus", RETURN_STATUS),
-        Field(H, "returnTime", DATETIME17),
+        Field(H, "returnTime", CUSTOMS_TIME),
     ),
     # --- export (spec §4, Appendix A.16–A.26). The 2022 export XSD lets most required strings be empty: the
     # Required lines below are where an empty one is refused.
@@ -1034,7 +1038,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Required(L, "invtNo logisticsNo gseqno gnum gcode"),
         Field(H, "guid", GUID),
         Field(H, "customsCode", CUSTOMS),
-        Field(H, "opDate", DATETIME17),
+        Field(H, "opDate", CUSTOMS_TIME),
         Field(H, "grossWeight netWeight", NON_NEGATIVE),
         Field(H, "msgCount msgSeqNo", MSG_COUNT),
         Field(L, "gseqno gnum", GNUM),

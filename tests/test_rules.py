@@ -702,8 +702,8 @@ BAD: list[tuple[str, str, Mutation, set[tuple[str, str]]]] = [
     ("appTime in two days", "511", head(appTime=IN_TWO_DAYS), {("rule.date_implausible", W + "appTime")}),
     ("payTime year 2099", "411", head(payTime="20990101000000"), {("rule.date_implausible", P + "payTime")}),
     ("declTime in the future", "621", head(declTime=IN_TWO_DAYS[:8]), {("rule.date_implausible", INV + "declTime")}),
-    ("returnTime in 2001", "816", head(returnTime="20010101000000000"),
-     {("rule.date_implausible", "/CEB816Message/Tax[1]/TaxHeadRd/returnTime")}),
+    ("returnTime not a time", "816", head(returnTime="20260230000000000"),
+     {("rule.date_format", "/CEB816Message/Tax[1]/TaxHeadRd/returnTime")}),
     # numbers
     ("exponent is not xs:decimal", "411", head(amountPaid="3.253e2"), {("rule.decimal_format", P + "amountPaid")}),
     ("qty not a number", "621", line(1, qty="two"), {("rule.decimal_format", IL(1, "qty"))}),
@@ -975,6 +975,15 @@ def test_today_defaults_to_the_local_date() -> None:
     assert check(msg) == []
     msg = message("CEB411", [payment_head(appTime="20990101000000", payTime=now)])
     assert [i.code for i in check(msg)] == ["rule.date_implausible"]
+
+
+def test_customs_times_are_taken_whatever_the_clocks_read() -> None:
+    """A receipt's returnTime is customs' word: dated years back or days ahead (its clock or ours off) it is taken —
+    refused, it took the message's other receipts down with it, which customs sends once."""
+    for when in ("20010101000000000", IN_TWO_DAYS + "000", "20990101000000000"):
+        assert check(message("CEB312", [{"guid": _guid(312), "ebpCode": "4601630004", "ebcCode": "4601630005",
+                                          "orderNo": "ORD1", "returnStatus": "120", "returnTime": when,
+                                          "returnInfo": "ok"}])) == [], when  # fmt: skip
 
 
 def test_rules_table_is_consistent() -> None:
