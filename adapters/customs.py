@@ -282,13 +282,42 @@ def _move(path: Path, folder: Path) -> Path:
     return target
 
 
+#: A file claimed into processing/ longer ago than this was abandoned by a poller that stopped mid-file.
+STALE_CLAIM_S = 600.0
+
+
+def _claim(path: Path, processing: Path) -> Path | None:
+    """Take ``path`` for this poller: renamed into ``processing`` (atomic on one file system); None when another
+    poller renamed it first. Its mtime is kept (the inbox's order), so its claim time is the ctime."""
+    processing.mkdir(parents=True, exist_ok=True)
+    target = processing / path.name
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    return target
+
+
+def _reclaim(processing: Path, inbox: Path) -> None:
+    """Files claimed long ago by a poller that stopped (killed) mid-file go back to the inbox."""
+    if not processing.is_dir():
+        return
+    now = time.time()
+    for entry in os.scandir(processing):
+        try:
+            if entry.is_file() and now - entry.stat().st_ctime > STALE_CLAIM_S:
+                os.rename(entry.path, inbox / entry.name)
+        except FileNotFoundError:  # another poller reclaimed it
+            continue
+
+
 def _pending(folder: Path, min_age: float) -> list[Path]:
     if not folder.is_dir():
         return []
     now = time.time()
     out: list[tuple[float, str, Path]] = []
     for entry in os.scandir(folder):
-        # Hidden and .part/.tmp files are transfers in progress; sub-folders are done/ and error/.
+        # Hidden and .part/.tmp files are transfers in progress; sub-folders are done/, error/ and processing/.
         if entry.name.startswith(".") or entry.name.endswith((".part", ".tmp")) or not entry.is_file():
             continue
         try:
@@ -313,30 +342,38 @@ async def poll_inbox(
 ) -> InboxReport:
     """One pass over the inbox: oldest file first, ``handle(data, path)`` (sync or async) for each.
 
+    Each file is first claimed by renaming it into ``processing/``: of several pollers of one inbox (``cbec serve``
+    and each ``cbec worker`` poll it) one takes it, the others find it gone and go on.
+
     * success -> the file moves to ``done/`` (default ``<folder>/done``);
-    * :class:`TransientError` (e.g. the database is down) -> the file stays and the pass stops, so the next
+    * :class:`TransientError` (e.g. the database is down) -> the file goes back and the pass stops, so the next
       pass retries it in order;
     * any other exception -> the file moves to ``error/`` with ``<name>.error.txt`` holding the reason.
 
-    Files younger than ``min_age`` seconds are skipped (for clients that write in place).
+    Files younger than ``min_age`` seconds are skipped (for clients that write in place). A file left in
+    ``processing/`` for ``STALE_CLAIM_S`` (its poller stopped mid-file) goes back to the inbox: handling a receipt
+    again is answered as a duplicate.
     """
     inbox = Path(folder)
     done = Path(done_dir) if done_dir else inbox / "done"
     error = Path(error_dir) if error_dir else inbox / "error"
+    processing = inbox / "processing"
     report = InboxReport()
-    for path in await asyncio.to_thread(_pending, inbox, min_age):
+    await asyncio.to_thread(_reclaim, processing, inbox)
+    for found in await asyncio.to_thread(_pending, inbox, min_age):
         if limit is not None and len(report.done) + len(report.failed) >= limit:
             break
-        try:
-            data = await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:  # another poller took it
+        path = await asyncio.to_thread(_claim, found, processing)
+        if path is None:  # another poller took it
             continue
         try:
-            result = handle(data, path)
+            data = await asyncio.to_thread(path.read_bytes)
+            result = handle(data, found)
             if inspect.isawaitable(result):
                 await result
         except TransientError:
-            report.deferred.append(path)
+            await asyncio.to_thread(os.replace, path, found)  # back in place, mtime kept: first again next pass
+            report.deferred.append(found)
             break
         except Exception as exc:
             moved = await asyncio.to_thread(_move, path, error)

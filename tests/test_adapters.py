@@ -556,6 +556,36 @@ async def test_poll_inbox_keeps_files_on_transient_failure(tmp_path: Path) -> No
     assert len((await poll_inbox(inbox, lambda d, p: None)).done) == 2
 
 
+async def test_pollers_of_one_inbox_take_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cbec serve and each cbec worker poll the inbox: each file is claimed (renamed into processing/) by one of them
+    before it is read — two pollers handled some files twice and failed their passes on files the other had moved.
+    A file a stopped poller left in processing/ goes back to the inbox once its claim is stale."""
+    from adapters import customs as customs_module
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    names = [f"{i:03d}.xml" for i in range(60)]
+    for i, name in enumerate(names):
+        (inbox / name).write_bytes(name.encode())
+        os.utime(inbox / name, (1_000_000 + i, 1_000_000 + i))
+    handled: list[bytes] = []
+
+    async def handle(data: bytes, path: Path) -> None:
+        handled.append(data)
+        await asyncio.sleep(0)  # the other poller's turn
+
+    reports = await asyncio.gather(*(poll_inbox(inbox, handle) for _ in range(3)))
+    assert sorted(handled) == sorted(n.encode() for n in names)  # each once
+    assert sorted(p.name for r in reports for p in r.done) == names
+    assert sorted(p.name for p in (inbox / "done").iterdir()) == names
+    assert list((inbox / "processing").iterdir()) == [] and not (inbox / "error").exists()
+    # a poller killed mid-file: its claim is taken back once stale, then handled
+    (inbox / "processing" / "left.xml").write_bytes(b"left")
+    assert (await poll_inbox(inbox, handle)).done == []  # fresh: its poller may still be at it
+    monkeypatch.setattr(customs_module, "STALE_CLAIM_S", 0.0)
+    assert [p.name for p in (await poll_inbox(inbox, handle)).done] == ["left.xml"]
+
+
 async def test_receipts_from_the_sandbox_through_a_folder(tmp_path: Path, http_recorder: Recorder) -> None:
     """The folder convention end to end: receipts land in the inbox and poll_inbox unwraps them."""
     inbox = tmp_path / "inbox"
