@@ -294,6 +294,29 @@ SELECT v.message_type AS inv_type, v.key1 AS inv_key1, v.key2 AS inv_key2, r.mes
  WHERE r.message_type IN ('CEB816', 'CEB818')
 """
 
+#: Tax bills kept unmatched (CEB816/818 that came before the receipt naming their inventory's invtNo: customs sends
+#: in no order, and a bill once) linked to the inventories ($1 ids) a receipt just taught their invtNo, each party a
+#: bill names in agreement (gateway.taxbills.correlation): their shipment shows them from now on (sql/420).
+LINK_EARLY_TAX_BILLS = f"""
+WITH d AS MATERIALIZED (
+    SELECT d.id, d.message_id, d.invt_no, d.head FROM unnest($1::bigint[]) AS x(id),
+           LATERAL (SELECT * FROM documents AS d WHERE d.id = x.id OFFSET 0) AS d
+     WHERE d.kind = 'inventory' AND d.invt_no IS NOT NULL
+), bills AS MATERIALIZED (
+    SELECT r.id, d.id AS document_id, d.message_id, d.invt_no, r.keys ->> 'taxNo' AS tax_no
+      FROM d, LATERAL (SELECT r.id, r.keys FROM receipts AS r
+                        WHERE (r.keys ->> 'invtNo') = d.invt_no AND r.outcome = 'unmatched'
+                          AND r.message_type IN ('CEB816', 'CEB818') OFFSET 0) AS r
+     WHERE NOT EXISTS (SELECT 1 FROM jsonb_each_text(r.keys) AS party(field, value)
+                        WHERE party.field IN ({", ".join(f"'{f}'" for f in taxbills.PARTY_FIELDS)})
+                          AND coalesce(d.head ->> party.field, '') <> party.value)
+)
+UPDATE receipts AS r SET document_id = b.document_id, message_id = b.message_id, outcome = 'applied'
+  FROM bills AS b
+ WHERE r.id = ANY (ARRAY(SELECT id FROM bills)) AND r.id = b.id  -- by id = ANY: index probes whatever the plan
+RETURNING r.id, b.tax_no, b.invt_no
+"""
+
 #: The documents ($1 ids), fresh and row-locked, after the shipment locks are held.
 LOCK_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.id = ANY ($1::bigint[]) ORDER BY d.id FOR UPDATE"
 
@@ -1344,6 +1367,10 @@ class Outbox:
             [res.outcome for _, res in rows],
             [d.answered for d in changed],
         )  # fmt: skip
+        numbered = [d.id for d in changed if d.kind == "inventory" and d.learned.get("invtNo")]
+        if numbered:
+            for r in await conn.fetch(LINK_EARLY_TAX_BILLS, numbered):
+                log.info("tax_bill_linked", invt_no=r["invt_no"], tax_no=r["tax_no"], receipt_id=r["id"])
         restored: list[tuple[str, str]] = []
         refused = [d.id for d in changed if d.app_type in ("2", "3") and d.forward_state == "rejected"]
         if refused and self.restore is not None:  # a refused change or withdrawal: customs holds the version before
