@@ -1118,12 +1118,13 @@ async def test_back_from_a_shipment_the_list_is_where_it_was_left(browser: Brows
         await expect(link).to_be_focused()
         assert await page.evaluate("window.scrollY") == scrolled
 
-        # a shipment changed meanwhile: the list is read again, as many rows as were loaded, the same one focused
+        # a shipment changed meanwhile: the list is read again, as many rows as were loaded, the same one focused (the
+        # one opened: its row may move down by the new one)
+        href = await link.get_attribute("href")
         await link.click()
         await expect(page.locator("#shipment h1")).to_be_focused()
         await site.pool.execute(insert, "MMNEW", "mismatched", 0)
         await page.wait_for_timeout(1500)  # the feed reports it while the shipment page is shown
-        href = await link.get_attribute("href")
         await page.go_back()
         await page.wait_for_selector("#list-table tbody tr[data-order='MMNEW']")
         await expect(page.locator("#list-count")).to_have_text("150+")
