@@ -738,6 +738,34 @@ async def _released_with_its_return(
     return released, refund
 
 
+async def test_an_export_cancellation_names_an_inventory_the_export_system_released(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    """A CEB605 naming an invtNo the export system gave no inventory of its agent is refused, CEB606 2 → 100 (the
+    spec lists no code; it was concluded, 399, and voided nothing); the released inventory's own is concluded."""
+    from gateway.render import render
+
+    released, _ = await _released_with_its_return(sandbox, http_recorder, client)
+    inventory = etree.fromstring((Path(__file__).parent / "data" / "samples" / "CEB603-9610.xml").read_bytes())
+    head = {f: inventory.findtext(f".//{C}InventoryHead/{C}{f}") for f in ("customsCode", "agentCode", "agentName",
+                                                                              "ebcCode", "ebcName")}  # fmt: skip
+    transfer = {"copCode": head["agentCode"], "copName": head["agentName"], "dxpId": "DXPENT0000458763"}
+
+    def cancel(invt_no: str, cop_no: str) -> bytes:
+        return render({"type": "CEB605", "baseTransfer": transfer, "documents": [
+            {**head, "copNo": cop_no, "invtNo": invt_no, "reason": "买家取消订单"}]})  # fmt: skip
+
+    for invt_no, cop_no, expected in ((released["invtNo"][:-1] + "9", "CX-NONE", ["2", "100"]),
+                                      (released["invtNo"], "CX-OWN", ["2", "399"])):  # fmt: skip
+        status, ack, _ = await post_dxp(client, sandbox.url, cancel(invt_no, cop_no), receiver=dxp.EXPORT_RECEIVER)
+        assert (status, ack["code"]) == (200, "0000")
+        await sandbox.wait_idle()
+        answered = receipts(http_recorder, lambda r, c=cop_no: r["type"] == "CEB606" and r.get("copNo") == c)
+        assert [r["returnStatus"] for r in answered] == expected, invt_no
+        assert ("no export inventory" in answered[-1]["returnInfo"]) is (expected[-1] == "100")
+    assert sandbox.sandbox.export_inventories == {}  # the released one is gone from customs, the other never was
+
+
 async def test_export_returns_and_their_tallies_are_answered_by_the_export_system(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
 ) -> None:

@@ -985,14 +985,21 @@ class Sandbox:
 
     def _export_cancel(self, doc: Document, scenario: str | None) -> list[Step]:
         """An export cancellation (CEB605): 2 → 399 (the CEB606's statuses, spec §5.2: no 120), and the export
-        inventory its invtNo names is gone from customs (declared again, it is no duplicate)."""
+        inventory its invtNo names is gone from customs (declared again, it is no duplicate). One naming an invtNo
+        customs gave no inventory of its agentCode on file: 2 → 100 with the reason (the spec lists no code)."""
         steps = self._other(doc, scenario)
         if [s.status for s in steps] != ["2", "120"]:  # temp-saved or refused: as any
             return steps
         invt_no = (doc.head.get("invtNo") or "").strip()
-        for key, record in list(self.export_inventories.items()):
-            if record.invt_no == invt_no:
-                del self.export_inventories[key]
+        agent = (doc.head.get("agentCode") or "").strip()
+        named = [key for key, r in self.export_inventories.items()
+                 if r.invt_no == invt_no and (r.doc.head.get("agentCode") or "").strip() == agent]  # fmt: skip
+        if not named:
+            return self._rejected("CEB606", steps[0].values, steps[0].key,
+                                  f"清单{invt_no}不存在 (sandbox: no export inventory of agentCode {agent} on file has "
+                                  "that invtNo)")  # fmt: skip
+        for key in named:
+            del self.export_inventories[key]
         accepted = steps[1]
         return [steps[0], self._step(accepted.code, "399", accepted.values, accepted.key)]
 
