@@ -65,6 +65,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+import structlog
 
 from adapters import dxp
 from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResult
@@ -74,6 +75,8 @@ from gateway.documents import Document, extract
 from gateway.errors import MessageRejected
 from gateway.render import read_json
 from gateway.xmlsafe import parse_message
+
+log = structlog.get_logger("adapters.warehouse")
 
 ORDER_SCHEMA = "cbec.warehouse-order.v1"
 CANCEL_SCHEMA = "cbec.warehouse-cancel.v1"
@@ -225,7 +228,11 @@ class WarehouseAdapter(HttpAdapter):
 
     async def send(self, job_payload: Mapping[str, Any]) -> SendResult:
         created: list[dict[str, Any]] = []
-        for body in build_orders(job_payload, self.config):
+        orders = build_orders(job_payload, self.config)
+        if "consignee" not in job_payload and any("consignee" in o for o in orders):  # no waybill or order held
+            log.warning("warehouse_consignee_of_inventory", order_no=job_payload.get("orderNo"),
+                        order_ids=[o["orderId"] for o in orders])  # fmt: skip
+        for body in orders:
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             headers = {"Idempotency-Key": body["orderId"]}
             reply = await self.post_checked(
@@ -236,6 +243,16 @@ class WarehouseAdapter(HttpAdapter):
             created.append({"orderId": body["orderId"], "warehouseOrderNo": number, "status": reply.status})
         reference = created[0]["orderId"] if len(created) == 1 else None
         return SendResult(self.name, reference, created[-1]["status"] if created else None, {"orders": created})
+
+    async def cancel(self, job_payload: Mapping[str, Any]) -> SendResult:
+        """The cancel of the order :meth:`send` made from document ``doc_index`` of the job's message
+        (:func:`build_cancel`), at ``<url>/<orderId>/cancel``."""
+        body = build_cancel(job_payload, self.config)
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        reply = await self.post_checked(cancel_url(self.config, body["orderId"]), data=data,
+                                        content_type="application/json",
+                                        headers={"Idempotency-Key": f"{body['orderId']}:cancel"})  # fmt: skip
+        return SendResult(self.name, body["orderId"], reply.status, {"cancelled": body["orderId"]})
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,16 @@ class Route:
         return self.modes is None or not modes or not self.modes.isdisjoint(modes)
 
 
+def _order_payload(
+    message_id: int, guid: str, doc_index: int, ebp_code: str, order_no: str, numbers: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """A warehouse job's payload (its order, or the order's cancel): the document the order is made of, its shipment,
+    and the numbers customs gave the inventory (invtNo, preNo)."""
+    return {"message_id": message_id, "guid": guid, "doc_index": doc_index, "direction": "outbound",
+            "ebpCode": ebp_code, "orderNo": order_no,
+            **{k: v for k, v in (numbers or {}).items() if k in ("invtNo", "preNo") and v}}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Router:
     """Routing of one gateway: routes to the endpoints that exist (name -> kind), holds, webhooks."""
@@ -201,15 +211,7 @@ class Router:
         invtNo and preNo customs gave the inventory (its receipts), which its XML as declared lacks; ``consignee``
         (name, telephone, address): the 收货人 of the shipment's waybill or order (``consignee_from`` its message
         type), whom the parcel goes to — an inventory names only the buyer."""
-        payload: dict[str, Any] = {
-            "message_id": message_id,
-            "guid": guid,
-            "doc_index": doc_index,
-            "direction": "outbound",
-            "ebpCode": ebp_code,
-            "orderNo": order_no,
-            **{k: v for k, v in (numbers or {}).items() if k in ("invtNo", "preNo") and v},
-        }
+        payload = _order_payload(message_id, guid, doc_index, ebp_code, order_no, numbers)
         if consignee is not None:
             payload["consignee"], payload["consigneeFrom"] = dict(consignee), consignee_from
         # the order's key: its cancel waits behind it (cancel_jobs)
@@ -223,9 +225,7 @@ class Router:
     ) -> list[JobSpec]:
         """The cancel of the outbound orders release_jobs made for an inventory whose cancellation customs concluded
         (one per on_release endpoint), each ordered behind its order: a cancel must not reach the warehouse first."""
-        payload = {"message_id": message_id, "guid": guid, "doc_index": doc_index, "direction": "outbound",
-                   "ebpCode": ebp_code, "orderNo": order_no, "reason": reason,
-                   **{k: v for k, v in (numbers or {}).items() if k in ("invtNo", "preNo") and v}}  # fmt: skip
+        payload = {**_order_payload(message_id, guid, doc_index, ebp_code, order_no, numbers), "reason": reason}
         return [JobSpec(endpoint, "warehouse.cancel", dict(payload), f"{endpoint}:{guid}:{doc_index}:cancel",
                         ordering_keys=(f"{endpoint}:{guid}:{doc_index}",))
                 for endpoint in self.on_release]  # fmt: skip

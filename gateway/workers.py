@@ -35,7 +35,7 @@ from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, Transien
 from adapters.customs import CustomsAdapter, CustomsConfig, run_inbox_poller
 from adapters.inspection import InspectionAdapter, InspectionConfig
 from adapters.realtime import RealtimeAdapter, RealtimeRefused
-from adapters.warehouse import WarehouseAdapter, WarehouseConfig, build_cancel, build_orders, cancel_url
+from adapters.warehouse import WarehouseAdapter, WarehouseConfig
 from adapters.webhook import WebhookAdapter, WebhookEndpoint
 from gateway import realtime, receipts, signing
 from gateway.config import EndpointSettings, ForwardingSettings, RealtimeSettings, WebhookSettings, uses_sandbox
@@ -297,19 +297,9 @@ class Delivery:
                     "doc_index": index, "consignee": p.get("consignee"), "invtNo": p.get("invtNo"),
                     "preNo": p.get("preNo")}  # fmt: skip
             if job.kind == "warehouse.cancel":  # the order made from that document, cancelled (its orderId)
-                body = build_cancel({**made, "reason": p.get("reason")}, adapter.config)
-                data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-                await adapter.post_checked(cancel_url(adapter.config, body["orderId"]), data=data,
-                                           content_type="application/json",
-                                           headers={"Idempotency-Key": f"{body['orderId']}:cancel"})  # fmt: skip
+                await adapter.cancel({**made, "reason": p.get("reason")})
                 return
-            orders = build_orders(made, adapter.config)
-            if any("consignee" in o for o in orders) and "consignee" not in p:  # no waybill or order held
-                log.warning("warehouse_consignee_of_inventory", guid=p.get("guid"), order_no=p.get("orderNo"))
-            for body in orders:  # the adapter's own loop, for the one document the shipment released
-                data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-                await adapter.post_checked(adapter.config.url, data=data, content_type="application/json",
-                                           headers={"Idempotency-Key": body["orderId"]})  # fmt: skip
+            await adapter.send({**made, "orderNo": p.get("orderNo")})  # the order of the document the shipment released
 
         return handle
 
