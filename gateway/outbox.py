@@ -902,14 +902,14 @@ Reassess = Callable[[asyncpg.Connection, Sequence[tuple[str, int]]], Awaitable[l
 Restore = Callable[[asyncpg.Connection, Sequence[int]], Awaitable[list[tuple[str, str]]]]
 
 
-#: What a held inventory waits for, by the condition of RELEASE_HELD it does not meet yet.
-HOLD_WAITS = {"matched": "its shipment to be matched", "order": "a customs receipt of its order",
-              "payment": "a customs receipt of its payment", "waybill": "a customs receipt of its waybill"}  # fmt: skip
+#: What a held inventory waits for, by the condition of RELEASE_HELD it does not meet yet: its shipment to be matched,
+#: a customs receipt of its order, of its payment, of its waybill.
+HOLD_WAITS = ("matched", "order", "payment", "waybill")
 
 
 def held_until(doc: Mapping[str, Any], waits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Why a held inventory is not sent yet (spec §6.7): of each document of its message (a message goes whole,
-    signed as one) that is not ready — its own first —, the shipment and what it waits for (HOLD_WAITS keys).
+    signed as one) that is not ready — its own first —, the shipment and what it waits for (HOLD_WAITS).
     Empty: it is sent at the next change of any of them."""
     head = doc.get("head") or {}
     own = (head.get("ebpCode"), head.get("orderNo"))

@@ -480,12 +480,14 @@ async def queue_stats(
 
 
 #: The sellers whose webhooks are paused ($1 the webhook endpoints): their events put back untried because the
-#: seller's URL failed again and again (adapters/webhook.py: its breaker open; the jobs' last error "Deferred: ..."),
-#: with how many wait. Read off the queue, so a dedicated cbec worker's pauses show as this process's do.
-WEBHOOK_SELLERS_PAUSED = """
+#: seller's URL failed again and again (adapters/webhook.py: its breaker open; the queue's Deferred, whose jobs' last
+#: error begins with cbec_queue.DEFERRED_PREFIX), with how many wait. Read off the queue, so a dedicated cbec worker's
+#: pauses show as this process's do.
+WEBHOOK_SELLERS_PAUSED = f"""
 SELECT endpoint, payload ->> 'seller' AS seller, count(*)::bigint AS waiting
   FROM jobs
- WHERE endpoint = ANY ($1::text[]) AND state = 'queued' AND kind = 'webhook' AND last_error LIKE 'Deferred: %'
+ WHERE endpoint = ANY ($1::text[]) AND state = 'queued' AND kind = 'webhook'
+   AND starts_with(last_error, '{cbec_queue.DEFERRED_PREFIX}')
  GROUP BY endpoint, seller
  ORDER BY endpoint, seller
 """

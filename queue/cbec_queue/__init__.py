@@ -12,6 +12,7 @@ from .jobs import CHANNEL, Job, JobMoved, JobsHook, JobState, Outcome
 from .limits import BreakerSettings, CircuitBreaker, CircuitRegistry, CircuitState, Rate, TokenBucket, circuits
 from .policy import Decision, RetryPolicy, classify
 from .store import (
+    DEFERRED_PREFIX,
     claim,
     claim_per_endpoint,
     dead_letters,
@@ -38,6 +39,7 @@ from .worker import CONNECT_REFUSED, Handler, Worker
 __all__ = [
     "CHANNEL",
     "CONNECT_REFUSED",
+    "DEFERRED_PREFIX",
     "BreakerSettings",
     "CircuitBreaker",
     "CircuitRegistry",

@@ -163,10 +163,15 @@ async def record_retry(
     )  # fmt: skip
 
 
+#: How the last_error of a job put back untried begins (record_deferred): what tells such jobs apart in the queue.
+DEFERRED_PREFIX = "Deferred: "
+
+
 async def record_deferred(conn: asyncpg.Connection, job: Job, *, delay_s: float, reason: str) -> bool:
     """Give the claimed job back untried (Deferred): queued again, due after ``delay_s``, the attempt not counted,
-    ``reason`` its last_error. False when the claim was lost."""
-    row = await conn.fetchrow(q.DEFER, job.id, job.locked_by, job.attempts, float(delay_s), reason)
+    its last_error DEFERRED_PREFIX and ``reason``. False when the claim was lost."""
+    last_error = (DEFERRED_PREFIX + reason)[:_LAST_ERROR_CHARS]
+    row = await conn.fetchrow(q.DEFER, job.id, job.locked_by, job.attempts, float(delay_s), last_error)
     return row is not None
 
 

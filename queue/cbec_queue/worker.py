@@ -375,7 +375,7 @@ class Worker:
             ep.breaker.release_probe()
             event = "job_deferred"
             extra.update(retry_in_s=round(error.delay_s, 3), error=store.short_error(error))
-            delay_s, reason = error.delay_s, store.short_error(error)
+            delay_s, reason = error.delay_s, str(error)
 
             async def write(conn: asyncpg.Connection) -> bool:
                 return await store.record_deferred(conn, job, delay_s=delay_s, reason=reason)
