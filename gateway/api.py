@@ -31,7 +31,7 @@ from gateway import csvexport, db, realtime, receipts, summary, taxbills
 from gateway.auth import KeyRing, Principal, SharedRates, shipment_view
 from gateway.config import RealtimeSettings, Role, Settings, key_digest
 from gateway.console import setup_console
-from gateway.console.queries import awaited_documents, queue_stats, receipts_awaited
+from gateway.console.queries import DEAD_TOTAL, awaited_documents, queue_stats, receipts_awaited
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.ingestlink import IngestUnavailable
@@ -833,9 +833,6 @@ async def get_dead_letters(request: web.Request) -> web.Response:
         total = await conn.fetchval(DEAD_TOTAL, endpoint)
     return json_response({"items": items, "limit": limit, "offset": offset, "total": total})
 
-
-#: How many dead letters there are ($1 one endpoint's, NULL every one's): the pages' whole (few: jobs_dead_idx).
-DEAD_TOTAL = "SELECT count(*) FROM jobs WHERE state = 'dead' AND ($1::text IS NULL OR endpoint = $1)"
 
 
 async def post_replay(request: web.Request) -> web.Response:

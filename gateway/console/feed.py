@@ -223,9 +223,7 @@ class Feed:
                                              "last_rejection": last_rejection, **panels})  # fmt: skip
                 self._marker = marker
             if self.ticks % self.queue_every == 0:
-                health = await q.queue_health(conn, endpoints=self.endpoints, dead_limit=0,
-                                              webhook_endpoints=self.webhook_endpoints)  # fmt: skip
-                queue = {k: health[k] for k in ("endpoints", "dead_total", "dead_newest", "receipts_awaited")}
+                queue = await q.queue_health(conn, endpoints=self.endpoints, webhook_endpoints=self.webhook_endpoints)
                 if _queue_moved(self.latest.get("queue", {}), queue):
                     self.publish("queue", {**queue, "as_of": datetime.now().astimezone()})
         self.ticks += 1

@@ -408,26 +408,23 @@ RAW_MESSAGE = "SELECT guid, message_type, received_at, submitter, raw_xml FROM m
 
 
 async def queue_health(
-    conn: asyncpg.Connection, *, endpoints: Iterable[str] = (), dead_limit: int = 50,
-    webhook_endpoints: Sequence[str] = (),
+    conn: asyncpg.Connection, *, endpoints: Iterable[str] = (), webhook_endpoints: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Per endpoint depth, oldest age and circuit (cbec_queue.stats; ``endpoints``, the configured ones, are
-    listed even when idle) and for the ``webhook_endpoints`` the sellers paused, the newest dead letters, and the
-    documents sent to customs awaiting a receipt."""
+    listed even when idle) and for the ``webhook_endpoints`` the sellers paused, how many dead letters there are and
+    the newest's time (the letters themselves page by page: dead_page), and the documents sent to customs awaiting a
+    receipt."""
     per_endpoint = await queue_stats(conn, endpoints, webhook_endpoints)
-    dead = await cbec_queue.dead_letters(conn, limit=dead_limit)
-    for job in dead:
-        job["payload"] = small_payload(job["payload"])
     return {
         "endpoints": per_endpoint,
-        "dead_letters": dead,
         "dead_total": sum(int(e.get("dead") or 0) for e in per_endpoint),
         "dead_newest": await conn.fetchval(DEAD_NEWEST),
         "receipts_awaited": await receipts_awaited(conn),
     }
 
 
-#: How many dead letters there are ($1 one endpoint's, NULL every one's), as GET /v1/queue/dead counts them.
+#: How many dead letters there are ($1 one endpoint's, NULL every one's): the pages' whole, of GET /v1/queue/dead and
+#: the console's (few: jobs_dead_idx).
 DEAD_TOTAL = "SELECT count(*) FROM jobs WHERE state = 'dead' AND ($1::text IS NULL OR endpoint = $1)"
 
 #: The shipments of jobs ($1 their ids): those of the documents of the message a transmission carries (its payload's
