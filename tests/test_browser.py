@@ -68,7 +68,7 @@ CHROMIUM_ARGS = [
 ]
 
 try:
-    from playwright.async_api import Browser, Page, async_playwright, expect
+    from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 except ImportError:  # pragma: no cover - depends on the machine
     async_playwright = None  # type: ignore[assignment]
 
@@ -954,6 +954,7 @@ async def test_a_dead_letter_beyond_the_first_fifty_is_found_and_replayed(browse
 
 
 _CONTRAST = """(el) => {
+  if (!el.isConnected) return null;  // drawn anew meanwhile (a live reload): the caller asks again
   const rgb = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
   const lum = (c) => { const [r, g, b] = rgb(c).map((v) => v / 255).map((v) => v <= 0.03928 ? v / 12.92
     : ((v + 0.055) / 1.055) ** 2.4); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
@@ -964,6 +965,16 @@ _CONTRAST = """(el) => {
   const [a, b] = [lum(getComputedStyle(el).color), lum(bg ? getComputedStyle(bg).backgroundColor : "rgb(255,255,255)")];
   return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
 }"""
+
+
+async def contrast(locator: Locator) -> float:
+    """The contrast ratio of an element's text on its background, asked again while a live reload replaces it."""
+    for _ in range(50):
+        ratio = await locator.evaluate(_CONTRAST)
+        if ratio is not None:
+            return float(ratio)
+        await asyncio.sleep(0.1)
+    raise AssertionError("the element was drawn anew for five seconds on end")
 
 
 async def test_amber_text_meets_wcag_aa_and_repeated_buttons_have_their_own_names(browser: Browser, site: Site) -> None:
@@ -980,8 +991,8 @@ async def test_amber_text_meets_wcag_aa_and_repeated_buttons_have_their_own_name
         page = await live_console(browser, site, errors)
         await list_by_state(page, "incomplete")
         badge = page.locator(f"#list-table tbody tr[data-order='{s.order_doc['orderNo']}'] .state.incomplete")
-        assert await badge.evaluate(_CONTRAST) >= 4.5
-        assert await page.locator("#kpi-incomplete").evaluate(_CONTRAST) >= 4.5
+        assert await contrast(badge) >= 4.5
+        assert await contrast(page.locator("#kpi-incomplete")) >= 4.5
         for job in dead:
             await expect(page.get_by_role("button", name=f"Replay job #{job} 重发")).to_have_count(1)
         sent = await page.locator("#refused-table .sent-toggle").evaluate_all("bs => bs.map((b) => b.ariaLabel)")
