@@ -1237,5 +1237,31 @@ async def test_an_import_return_concludes_at_the_sandbox_and_gives_the_goods_bac
         await wait_for(lambda: _quota_is(stack, s, counted - given), timeout=20, what="the return's value given back")
 
 
+async def test_a_parcel_returned_in_full_within_the_window_has_its_tax_bill_voided(db_dsn: str) -> None:
+    """A released import parcel returned in full (CEB625 of every item, JSON) before customs consolidated its tax
+    bill: the sandbox voids the bill (CEB818 3) after the return's 399, and the shipment's view shows it void, with
+    no consolidation after it."""
+    s = shipment(133, n_items=2)
+    async with running_stack(db_dsn) as stack:
+        stack.sandbox.sandbox.config.tax_bill_status_delay = 60.0  # the return window stays open in this test
+        _, inventory = await released_import(stack, s)
+
+        async def bill_status() -> str | None:
+            bills = (await stack.shipment(s))["tax_bills"]
+            return bills[0]["status_name"] if bills else None
+
+        await wait_for(lambda: _equals(bill_status(), "generated"), timeout=20, what="the tax bill")
+        refund = samples.import_return(random.Random(133), s.inventory_doc, inventory["invt_no"])
+        await stack.submit(json.loads(json.dumps(refund, default=str)))
+        await wait_for(lambda: _equals(bill_status(), "void"), timeout=20, what="the tax bill voided")
+        assert await applied_receipts(stack, ("CEB626",)) == {"CEB626": ["2", "120", "399"]}
+        [bill] = (await stack.shipment(s))["tax_bills"]
+        assert bill["invtNo"] == inventory["invt_no"] and not bill["entDutyNo"]
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
+
+
 async def _quota_is(stack: Stack, s: samples.ShipmentSample, amount: Any) -> bool:
     return await quota(stack, s) == [amount]

@@ -29,6 +29,7 @@ from gateway import rules, taxbills
 from gateway.documents import extract
 from gateway.messages import BY_CODE, CEB_NS, lookup
 from gateway.sandbox import SCENARIOS, RunningSandbox, SandboxConfig, create_sandbox_app, scenario_of, start_sandbox
+from gateway.sandbox import receipts as rc
 from gateway.sandbox.app import SANDBOX_KEY
 from gateway.sandbox.recorder import Recorder
 from gateway.schema import SchemaSet
@@ -625,6 +626,60 @@ async def test_an_import_return_concludes_and_gives_the_returned_goods_back_to_t
     await sandbox.wait_idle(timeout=20)
     assert statuses(http_recorder, "CEB626")[8:] == ["2", "100"]
     assert "已撤销" in receipts(http_recorder, lambda r: r["type"] == "CEB626")[-1]["returnInfo"]
+
+
+async def test_a_cancellation_or_a_full_return_voids_a_bill_not_yet_consolidated(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """Within the return window (before the consolidation, CEB818 2), a concluded cancellation (CEB623) or a concluded
+    return of every item in full (CEB625) voids the inventory's tax bill: CEB818 3 after the 399, and its consolidation
+    is not sent. A return of part of the goods leaves the bill, consolidated as due; a bill consolidated already is
+    not voided by a later cancellation."""
+    sandbox.config.receipt_delay = 0.05
+    sandbox.config.tax_bill_status_delay = 1.5
+
+    def sign(root: Any) -> None:
+        signing.sign(root, rsa_key)
+
+    shipments = {name: samples.shipment(random.Random(seed), order_no=f"VOID-{name}", now=NOW, n_items=2)
+                 for seed, name in enumerate(("cancel", "return", "part"), 30)}  # fmt: skip
+    for s in shipments.values():
+        await declare_all(client, sandbox, samples.render_shipment(s, signer=sign))
+    await asyncio.sleep(0.5)  # released, the bills sent, their window still open
+    invt = {name: next(r.invt_no for r in sandbox.sandbox.inventories.values()
+                       if r.doc.head["orderNo"] == s.inventory_doc["orderNo"])
+            for name, s in shipments.items()}  # fmt: skip
+    assert len(tax_bills(http_recorder)) == 3 and tax_bills(http_recorder, "CEB818") == []
+    await post_dxp(client, sandbox.url, _import_reference("CEB623", shipments["cancel"], invt["cancel"], rsa_key))
+    await post_dxp(client, sandbox.url, _import_reference("CEB625", shipments["return"], invt["return"], rsa_key))
+    await post_dxp(client, sandbox.url, _import_reference("CEB625", shipments["part"], invt["part"], rsa_key,
+                                                          items=[1]))  # fmt: skip
+    await sandbox.wait_idle(timeout=20)
+    assert statuses(http_recorder, "CEB624") == ["2", "120", "399"]
+    assert sorted(statuses(http_recorder, "CEB626")) == sorted(["2", "120", "399"] * 2)  # the two interleave
+    changes = {c["invtNo"]: c for c in tax_bills(http_recorder, "CEB818")}
+    assert {n: changes[invt[n]]["status"] for n in invt} == {"cancel": "3", "return": "3", "part": "2"}
+    assert len(tax_bills(http_recorder, "CEB818")) == 3  # no consolidation of a voided bill
+    assert changes[invt["cancel"]]["taxNo"] == rc.tax_no(invt["cancel"]) and "entDutyNo" not in changes[invt["cancel"]]
+    concluded = {r["invtNo"]: r for r in receipts(http_recorder, lambda r: r["type"] in ("CEB624", "CEB626")
+                                                  and r["returnStatus"] == "399")}  # fmt: skip
+    for name in ("cancel", "return"):
+        assert changes[invt[name]]["returnTime"] > concluded[invt[name]]["returnTime"]
+    unsent = [r for r in sandbox.sandbox.receipts if r["code"] == "CEB818" and r["status"] == "2"
+              and r.get("delivered") is False]  # fmt: skip
+    assert sorted(r["invt_no"] for r in unsent) == sorted([invt["cancel"], invt["return"]])
+    assert all("voided" in r["error"] for r in unsent)
+
+    # consolidated first: a cancellation afterwards voids nothing
+    s = samples.shipment(random.Random(40), order_no="VOID-late", now=NOW)
+    sandbox.config.tax_bill_status_delay = 0.05
+    await declare_all(client, sandbox, samples.render_shipment(s, signer=sign))
+    await sandbox.wait_idle(timeout=20)
+    late = _released_invt_no(http_recorder)
+    await post_dxp(client, sandbox.url, _import_reference("CEB623", s, late, rsa_key))
+    await sandbox.wait_idle(timeout=20)
+    assert statuses(http_recorder, "CEB624")[-1] == "399"
+    assert [c["status"] for c in tax_bills(http_recorder, "CEB818") if c["invtNo"] == late] == ["2"]
 
 
 async def test_temp_save_gets_status_1(

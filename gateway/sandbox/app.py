@@ -13,8 +13,9 @@ Customs side
     * order / payment / waybill: ``2`` → ``120``;
     * inventory: three-document comparison against the order, payment and waybill received so far, then the
       single (¥5,000, several lines) and annual (¥26,000 per buyer ID) quota; clean: ``2`` → ``120`` →
-      ``399`` → ``800``, then its tax bill (CEB816, the gateway's estimate; ``tax_bills``); inconsistent or
-      incomplete: ``2`` → ``100`` with the reasons in returnInfo;
+      ``399`` → ``800``, then its tax bill (CEB816, the gateway's estimate; ``tax_bills``) and, the return window
+      over, its consolidation (CEB818 ``2``); inconsistent or incomplete: ``2`` → ``100`` with the reasons in
+      returnInfo;
     * a second declaration (appType 1) of a key already accepted: one receipt with −301010 (order), −401007
       (payment), −504015 (waybill) or −621004 (inventory); over the limits: −621005 / −621018;
     * a change or deletion (appType 2 / 3) of an inventory released (once its 800 is due: four receipt delays after
@@ -26,6 +27,9 @@ Customs side
     * an import return (CEB625) of a released inventory: ``2`` → ``120`` → ``399``, the returned items' value back in
       the buyer's quota; an item not the inventory's −625209; one of an unknown, cancelled or unreleased inventory
       ``2`` → ``100`` with the reason (the spec lists no code for them);
+    * a concluded cancellation, or a concluded return of every item in full, voids the inventory's tax bill if it was
+      not consolidated yet: a CEB818 ``3`` after the ``399``, and no consolidation after it (the tax of goods
+      returned within the window is not collected); a bill consolidated already stays as it is;
     * appStatus 1 (temp-save): one receipt ``1``.
 
 Scenarios (a prefix of orderNo / logisticsNo / payTransactionId, or an ``X-Sandbox-Scenario`` header) make it
@@ -406,6 +410,8 @@ class Sandbox:
         self.quota_used: dict[str, Decimal] = {}
         # import inventories whose cancellation (CEB623) was concluded, by invtNo: void, their key free again
         self.cancelled_inventories: dict[str, InventoryRecord] = {}
+        # the status of each import inventory's tax bill, by invtNo: 1 sent (or due), 2 consolidated, 3 void
+        self.bill_status: dict[str, str] = {}
         self.receipts: list[dict[str, Any]] = []
         self.inspection: list[dict[str, Any]] = []
         self.inspection_attempts: Counter[str] = Counter()
@@ -614,7 +620,10 @@ class Sandbox:
                 if ebp in self.config.realtime_ask_urls and order_no:
                     self._spawn(self.ask_payment_data(ebp, order_no))
         bills = self._released(parsed, plans) if self.config.tax_bills and mtype.code == "CEB621" else []
-        results = self._summary_results(parsed, plans) if mtype.code == "CEB701" else []
+        if mtype.code == "CEB701":
+            results = self._summary_results(parsed, plans)
+        else:
+            results = self._voided_bills(parsed, plans) if mtype.code in ("CEB623", "CEB625") else []
         self._schedule(plans, scenario, receiver=sender_id, ori_cop_msg_id=cop_msg_id, bills=bills, results=results)
         return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario)
 
@@ -1239,6 +1248,35 @@ class Sandbox:
             out.append((meta, rc.build_customs_documents("CEB792", [(head, lines)])))
         return out
 
+    def _voided_bills(self, parsed: ParsedMessage, plans: list[list[Step]]) -> list[tuple[dict[str, Any], bytes]]:
+        """The tax bill status changes to void (CEB818 ``3``) of the inventories these plans cancel, or return every
+        item of in full (CEB624 / CEB626 399), whose bill is out and not consolidated: their goods leave the trade,
+        so the tax is not collected (a return within the window is tax-free, §6.5). A consolidated bill stays."""
+        out: list[tuple[dict[str, Any], bytes]] = []
+        for doc, plan in zip(parsed.documents, plans, strict=True):
+            if not plan or plan[-1].status != "399" or (doc.head.get("appType") or "1").strip() == "3":
+                continue
+            invt_no = plan[-1].values.get("invtNo", "")
+            if self.bill_status.get(invt_no) != "1":
+                continue
+            if doc.type.code == "CEB625":
+                record = next((r for r in self.inventories.values() if r.invt_no == invt_no), None)
+                if record is None or _qty_by_gnum([doc]) != _qty_by_gnum([record.doc]):
+                    continue  # a part returned: the bill stands (the sandbox sends no corrected one)
+                assure = record.doc.head.get("assureCode")
+            else:
+                cancelled = self.cancelled_inventories.get(invt_no)
+                assure = cancelled.doc.head.get("assureCode") if cancelled else None
+            self.bill_status[invt_no] = "3"  # decided now: a consolidation due before it is sent goes no more
+            moment = datetime.now(rc.CHINA_TZ) + timedelta(seconds=self.config.receipt_delay * (len(plan) + 1))
+            if plan[0].not_before is not None:
+                moment += max(timedelta(0), plan[0].not_before - datetime.now(rc.CHINA_TZ))
+            bill = {"invtNo": invt_no, "taxNo": rc.tax_no(invt_no), "assureCode": assure}
+            meta = {"code": "CEB818", "status": "3", "key": plan[-1].key, "invt_no": invt_no,
+                    "info": f"电子税单 {bill['taxNo']} 作废"}  # fmt: skip
+            out.append((meta, rc.build_tax_bills("CEB818", [rc.tax_status(bill, "3", moment=moment)])))
+        return out
+
     def _other(self, doc: Document, scenario: str | None) -> list[Step]:
         """513/711: accepted into customs (``2`` → ``120``) without further checks; the receipt values (and the
         answers to a temp-save or REJECT) of the other declarations that start here."""
@@ -1313,10 +1351,11 @@ class Sandbox:
             head, lines = rc.tax_bill(doc, invt, rc.tax_no(invt), moment=moment)
             meta = {"code": "CEB816", "status": "1", "key": key, "info": f"电子税单 {head['taxNo']}"}
             taxes.append((meta, (head, lines)))
+            self.bill_status[invt] = "1"
             if slip is not None:  # the bills of one declaration go into one payment slip
                 later = moment + timedelta(milliseconds=max(1, round(delay * 1000)))
                 info = f"电子税单 {head['taxNo']} 已汇总 缴款书 {slip}"
-                settled.append(({"code": "CEB818", "status": "2", "key": key, "info": info},
+                settled.append(({"code": "CEB818", "status": "2", "key": key, "info": info, "invt_no": invt},
                                 rc.tax_status(head, "2", ent_duty_no=slip, moment=later)))  # fmt: skip
         if self.config.receipt_batch_max > 1 and scenario not in UNBATCHED_SCENARIOS:
             self._schedule_batched(stages, taxes, settled, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id,
@@ -1369,12 +1408,12 @@ class Sandbox:
                 await self._send_tax_bills(code, items, receiver)
             else:
                 _shut_down(record for record, _ in items)
-        for record, xml in results:  # each summary result a message of its own, after the application's 399
+        for record, xml in results:  # each a message of its own (a summary result, a bill voided), after the 399
             if not await self._sleep(self.config.receipt_delay):
                 _shut_down([record])
                 continue
-            cop = str(uuid.uuid4()).upper()
-            env = dxp.wrap(xml, msg_type="CEB792Message", sender_id=dxp.receiver_for("CEB792"), receiver_ids=[receiver],
+            cop, code = str(uuid.uuid4()).upper(), record["code"]
+            env = dxp.wrap(xml, msg_type=f"{code}Message", sender_id=dxp.receiver_for(code), receiver_ids=[receiver],
                            cop_msg_id=cop, created=datetime.now(rc.CHINA_TZ))  # fmt: skip
             record.update(cop_msg_id=cop, xml=xml.decode("utf-8"), returns=1, index=1)
             await self._post_receipt([record], env)
@@ -1383,6 +1422,7 @@ class Sandbox:
         """The tax bills (CEB816) of one declaration's released inventories, or their status changes (CEB818):
         messages of up to receipt_batch_max."""
         size = max(1, self.config.receipt_batch_max)
+        bills = [(record, bill) for record, bill in bills if not self._void_first(record)]
         for start in range(0, len(bills), size):
             chunk = bills[start : start + size]
             xml = rc.build_tax_bills(code, [bill for _, bill in chunk])
@@ -1514,7 +1554,22 @@ class Sandbox:
                 record["delivered"] = False
                 record["error"] = "sandbox shut down"
                 continue
+            if self._void_first(record):
+                continue
             await self._post_receipt([record], env)
+
+    def _void_first(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` is a consolidation (CEB818 2) of a bill voided since it was planned: then it is not sent
+        (said in the record), else the bill counts as consolidated from now."""
+        if record["code"] != "CEB818" or record["status"] != "2":
+            return False
+        invt_no = record.get("invt_no", "")
+        if self.bill_status.get(invt_no) == "3":
+            record["delivered"] = False
+            record["error"] = "not sent: the bill was voided before its consolidation"
+            return True
+        self.bill_status[invt_no] = "2"
+        return False
 
     async def _post_receipt(self, records: list[dict[str, Any]], env: bytes) -> None:
         """POST one receipt message (its records: one per return element) with retries; record the outcome."""
