@@ -311,14 +311,18 @@ def _reclaim(processing: Path, inbox: Path) -> None:
             continue
 
 
+def _in_transfer(entry: os.DirEntry[str]) -> bool:
+    """Hidden and .part/.tmp files are transfers in progress; sub-folders are done/, error/ and processing/."""
+    return entry.name.startswith(".") or entry.name.endswith((".part", ".tmp")) or not entry.is_file()
+
+
 def _pending(folder: Path, min_age: float) -> list[Path]:
     if not folder.is_dir():
         return []
     now = time.time()
     out: list[tuple[float, str, Path]] = []
     for entry in os.scandir(folder):
-        # Hidden and .part/.tmp files are transfers in progress; sub-folders are done/, error/ and processing/.
-        if entry.name.startswith(".") or entry.name.endswith((".part", ".tmp")) or not entry.is_file():
+        if _in_transfer(entry):
             continue
         try:
             mtime = entry.stat().st_mtime
@@ -329,6 +333,29 @@ def _pending(folder: Path, min_age: float) -> list[Path]:
         out.append((mtime, entry.name, Path(entry.path)))
     out.sort()
     return [p for _, _, p in out]
+
+
+#: What a refused receipt file's reason is written to, beside it in error/.
+REASON_SUFFIX = ".error.txt"
+
+
+@dataclass(frozen=True)
+class InboxFiles:
+    """What lies in an inbox now: files waiting to be read (transfers in progress not counted), and files refused
+    into ``error/`` that no one has cleared (each beside its reason)."""
+
+    waiting: int
+    refused: int
+
+
+def inbox_files(folder: str | os.PathLike[str]) -> InboxFiles:
+    """Count the files of the inbox ``folder`` (file system I/O: run it in a thread from async code)."""
+    inbox = Path(folder)
+    waiting = sum(1 for e in os.scandir(inbox) if not _in_transfer(e)) if inbox.is_dir() else 0
+    error = inbox / "error"
+    refused = sum(1 for e in os.scandir(error) if e.is_file() and not e.name.endswith(REASON_SUFFIX)) \
+        if error.is_dir() else 0  # fmt: skip
+    return InboxFiles(waiting, refused)
 
 
 async def poll_inbox(
@@ -378,7 +405,7 @@ async def poll_inbox(
         except Exception as exc:
             moved = await asyncio.to_thread(_move, path, error)
             reason = f"{exc.__class__.__name__}: {exc}"
-            await asyncio.to_thread(moved.with_name(moved.name + ".error.txt").write_text, reason + "\n", "utf-8")
+            await asyncio.to_thread(moved.with_name(moved.name + REASON_SUFFIX).write_text, reason + "\n", "utf-8")
             # a receipt refused here is customs' word lost unless someone looks: say which file and why
             log.warning("inbox_file_refused", file=path.name, moved_to=str(moved), error=reason[:2000])
             report.failed.append(moved)

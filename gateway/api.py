@@ -996,7 +996,8 @@ def create_app(
                   secure_cookie=True if public and public.startswith("https:") else None)  # fmt: skip
     metrics = setup_metrics(app, pool_key=POOL, endpoints=_configured_endpoints(app),
                             webhook_endpoints=_webhook_endpoints(app), signing_valid_until=signing_valid_until,
-                            signing_ukey_up=signing_ukey_up)  # fmt: skip
+                            signing_ukey_up=signing_ukey_up,
+                            inboxes={e.name: e.inbox for e in settings.forwarding.endpoints if e.inbox})  # fmt: skip
     store.on_committed = metrics.observe_transaction
 
     async def finish_batches(app: web.Application) -> None:

@@ -11,7 +11,8 @@ Two kinds of figures:
   queue depth, due and running jobs, oldest queued age and dead letters per endpoint, circuit states of
   this process's workers, forward / receipt latency quantiles over the last ``window_s`` seconds, and the
   documents sent to customs still awaiting a receipt (how many, and the oldest's wait);
-* and how long the certificate of the key the gateway signs JSON declarations with is still valid.
+* how long the certificate of the key the gateway signs JSON declarations with is still valid, and the files in each
+  folder-transport inbox: waiting to be read, and refused into its ``error/`` folder (read from the file system).
 
 Wire it with :func:`setup_metrics` (adds the route and the middleware as the outermost one). Metrics live
 in a registry of the application, not in prometheus_client's global one, so two applications in one
@@ -31,8 +32,9 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -45,6 +47,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from adapters.customs import InboxFiles, inbox_files
 from gateway import realtime
 from gateway.auth import KeyRing
 from gateway.config import METRICS_SHARED_DIR_ENV, Role
@@ -90,8 +93,10 @@ class Metrics:
         webhook_endpoints: Iterable[str] = (),
         signing_valid_until: Callable[[], datetime | None] = lambda: None,
         signing_ukey_up: Callable[[], bool | None] = lambda: None,
+        inboxes: Mapping[str, Path] | None = None,
     ) -> None:
         self.pool_key = pool_key
+        self.inboxes = dict(inboxes or {})  # the folder-transport endpoints' inboxes, by endpoint
         self.webhook_endpoints = tuple(webhook_endpoints)  # of those, the sellers' webhooks (paused sellers)
         # the notAfter of the certificate the JSON declarations are signed with now (a reload may renew it); None: none
         self.signing_valid_until = signing_valid_until
@@ -230,6 +235,8 @@ class Metrics:
                 "it refused nothing (0: JSON declarations the gateway signs are answered 503)",
                 int(ukey_up),
             ))  # fmt: skip
+        if self.inboxes:
+            families.extend(await asyncio.to_thread(self._inbox_families))
         families.append(
             GaugeMetricFamily(
                 "cbec_metrics_scrape_seconds",
@@ -238,6 +245,30 @@ class Metrics:
             )
         )
         return families
+
+    def _inbox_families(self) -> list[Metric]:
+        """The inboxes' files: customs' receipts over the folder transport that wait, and those refused (a receipt
+        refused there is customs' word lost unless someone looks: the log says which and why, this says how many)."""
+        waiting = GaugeMetricFamily(
+            "cbec_inbox_waiting_files",
+            "Receipt files in a folder-transport endpoint's inbox not read yet (transfers in progress not counted)",
+            labels=["endpoint"],
+        )
+        refused = GaugeMetricFamily(
+            "cbec_inbox_refused_files",
+            "Receipt files a folder-transport endpoint's inbox refused into its error/ folder, each beside its reason "
+            "(<name>.error.txt), and not cleared: customs' word not applied until an operator deals with them",
+            labels=["endpoint"],
+        )
+        for endpoint, folder in sorted(self.inboxes.items()):
+            try:
+                files: InboxFiles = inbox_files(folder)
+            except OSError as exc:  # unreadable now: no figure rather than a wrong one
+                log.warning("metrics_inbox_unreadable", endpoint=endpoint, error=f"{exc.__class__.__name__}: {exc}")
+                continue
+            waiting.add_metric([endpoint], files.waiting)
+            refused.add_metric([endpoint], files.refused)
+        return [waiting, refused]
 
     async def _state_families(self, conn: asyncpg.Connection) -> Iterable[Metric]:
         out: list[Metric] = []
@@ -462,6 +493,7 @@ def setup_metrics(
     webhook_endpoints: Iterable[str] = (),
     signing_valid_until: Callable[[], datetime | None] = lambda: None,
     signing_ukey_up: Callable[[], bool | None] = lambda: None,
+    inboxes: Mapping[str, Path] | None = None,
 ) -> Metrics:
     """Add ``GET /metrics`` and the outermost middleware.
 
@@ -475,7 +507,7 @@ def setup_metrics(
         return existing
     metrics = Metrics(pool_key, window_s=window_s, keys_key=keys_key, endpoints=endpoints,
                       webhook_endpoints=webhook_endpoints, signing_valid_until=signing_valid_until,
-                      signing_ukey_up=signing_ukey_up)
+                      signing_ukey_up=signing_ukey_up, inboxes=inboxes)
     app[METRICS] = metrics
     app.middlewares.insert(0, metrics_middleware)  # outermost: sees the final status of every answer
 

@@ -532,6 +532,12 @@ async def test_a_receipt_file_the_inbox_refuses_is_logged_and_a_young_one_waits(
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["writing.xml"]
     [refused] = [e for e in logs if e["event"] == "inbox_file_refused"]
     assert refused["log_level"] == "warning" and refused["file"] == "torn.xml" and "MessageRejected" in refused["error"]
+    # what /metrics counts of it: the young file waits, the torn one is refused (its reason beside it not counted)
+    (inbox / "arriving.xml.part").write_bytes(b"<CEB")  # a transfer in progress: not waiting yet
+    assert customs_module.inbox_files(inbox) == customs_module.InboxFiles(waiting=1, refused=1)
+    (inbox / "error" / "torn.xml").unlink()  # an operator dealt with it
+    assert customs_module.inbox_files(inbox).refused == 0
+    assert customs_module.inbox_files(tmp_path / "none") == customs_module.InboxFiles(0, 0)
 
 
 async def test_poll_inbox_keeps_files_on_transient_failure(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import re
 import uuid
 from datetime import UTC, datetime
@@ -138,8 +139,9 @@ async def test_the_alerting_rules_name_only_metrics_the_gateway_serves(ops: Ops)
         assert text.count(field) == len(alerts), field
     named = set(re.findall(r"\bcbec_[a-z_]+", text))
     _, types = await scrape(ops.base)
-    # served once a signing key is configured, and on a UKey (their own tests: test_api, test_ukey)
-    signed = {"cbec_signing_certificate_expiry_seconds", "cbec_signing_ukey_up"}
+    # served once a signing key is configured, and on a UKey (their own tests: test_api, test_ukey), and for a
+    # folder-transport inbox (test_inbox_files_are_figures)
+    signed = {"cbec_signing_certificate_expiry_seconds", "cbec_signing_ukey_up", "cbec_inbox_refused_files"}
     missing = {n for n in named - signed if re.sub(r"_(total|bucket|count|sum)$", "", n) not in types}
     assert not missing, missing
     assert signed <= named
@@ -260,6 +262,29 @@ async def test_the_signing_certificates_expiry_is_a_figure(db_pool: Any) -> None
     finally:
         await asyncio.wait_for(runner.cleanup(), 10)
     assert "cbec_signing_certificate_expiry_seconds" not in types
+
+async def test_inbox_files_are_figures(db_pool: Any, tmp_path: Path) -> None:
+    """A customs endpoint over the folder transport: the receipt files its inbox holds unread, and those it refused
+    into error/ that no one has cleared, per endpoint (a refused receipt was a log line only)."""
+    from gateway.config import EndpointSettings, ForwardingSettings
+
+    inbox = tmp_path / "in"
+    (inbox / "error").mkdir(parents=True)
+    for name in ("a.xml", "b.xml", "c.xml.part", ".d.xml"):  # two waiting, two transfers in progress
+        (inbox / name).write_bytes(b"<CEB312Message/>")
+    for name in ("torn.xml", "torn.xml.error.txt"):
+        (inbox / "error" / name).write_text("x")
+    endpoint = EndpointSettings("cus", "customs", transport="folder", outbox=tmp_path / "out", inbox=inbox)
+    settings = dataclasses.replace(apiutil.test_settings(), forwarding=ForwardingSettings(endpoints=(endpoint,)))
+    runner, base = await start(create_app(settings, db_pool, signer=sign_as_agent))
+    try:
+        samples, types = await scrape(base)
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 10)
+    assert types["cbec_inbox_waiting_files"] == types["cbec_inbox_refused_files"] == "gauge"
+    assert value(samples, "cbec_inbox_waiting_files", endpoint="cus") == 2
+    assert value(samples, "cbec_inbox_refused_files", endpoint="cus") == 1
+
 
 async def test_database_down_is_a_figure_not_an_error(db_dsn: str) -> None:
     pool = await db.create_pool(db_dsn, min_size=1, max_size=2)
