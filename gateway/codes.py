@@ -34,7 +34,8 @@ _TITLES = {
     "io": "Command line",
     "json": "JSON shape (HTTP 422)",
     "schema": "Schema layer: the customs XSD (HTTP 422)",
-    "rule": "Rules layer: spec §14 checks the XSD cannot express (HTTP 422)",
+    "rule": "Rules layer: spec §14 checks the XSD cannot express (HTTP 422; those marked warning refuse nothing: they "
+    "are listed in the 202 answer's `warnings` and by `cbec validate`)",
     "auth": "Access (HTTP 403)",
     "state": "Stored state: idempotency, duplicates, changes (HTTP 409, or an explicit outcome)",
     "recon": "Reconciliation findings (stored on the shipment, not a rejection)",

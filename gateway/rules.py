@@ -15,7 +15,9 @@ Organisation: :data:`RULES` maps a message code to a tuple of rule entries, one 
 * a plain function ``(Document, RuleContext) -> Iterable[Issue]`` for arithmetic and mode rules.
 
 :data:`MESSAGE_RULES` holds the few rules about the message as a whole (root guid, signature, the same
-document twice). Every issue is an error (``Layer.RULE``); there are no warnings.
+document twice). Every issue is ``Layer.RULE`` and refuses the message, except the codes of :data:`WARNINGS`:
+what the spec says a mode leaves out but not that customs refuses (a bonded-only field on a direct-purchase
+inventory …) is a *warning*, reported beside the accepted message (:func:`findings`), never refusing it.
 
 Conventions:
 
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from enum import StrEnum
 from functools import lru_cache, partial
+from typing import NamedTuple
 
 from gateway.documents import Document, ParsedMessage
 from gateway.errors import Issue, Layer
@@ -125,6 +128,13 @@ CODES: dict[str, str] = {
     "emsNo, areaCode, areaName and itemRecordNo on every line; 9610 needs trafNo, voyageNo and billNo. Export "
     "(CEB603) 1210 needs iacCode, emsNo and itemRecordNo on every line",
     "rule.bonded_country": "a bonded (1210/1239) inventory's head country is not 142 (R10)",
+    "rule.mode_field_unexpected": "warning: an import inventory (CEB621) fills an element its trade mode leaves out "
+    "(spec §3.4): emsNo, areaCode, areaName or a line's itemRecordNo (bonded, 1210/1239, only) on a 9610 inventory; "
+    "trafNo, voyageNo or billNo (direct purchase, 9610, only; \"omit for bonded\") on a 1210/1239 one. The spec does "
+    "not say customs refuses it: the message is taken",
+    "rule.direct_purchase_country": "warning: a direct-purchase (9610) import inventory's head country (起运国, where "
+    "the goods departed) is 142, China — the value a bonded (1210) inventory fills (spec §3.4); a direct purchase "
+    "comes from abroad. Inferred, not stated by the spec: the message is taken",
     "rule.signature_missing": "the message is not signed although its type requires ds:Signature "
     "(always, or when a document is declared with appStatus = 2)",
     # --- the summary declaration (CEB701/702/792, spec A.29–A.31)
@@ -137,6 +147,10 @@ CODES: dict[str, str] = {
     # --- retail export returns (CEB213/215, spec A.32–A.35)
     "rule.return_country": "a retail export return's country (启运国, where the goods come back from) is 142, China",
 }
+
+#: Codes whose issues are warnings: reported with the accepted message (the 202 answer's ``warnings``, ``cbec
+#: validate``), never refusing it — the spec says the mode leaves the value out, not that customs refuses it.
+WARNINGS: frozenset[str] = frozenset({"rule.mode_field_unexpected", "rule.direct_purchase_country"})
 
 # ---------------------------------------------------------------------------------------------
 # Value checks: (stripped, non-empty value, context) -> (code, what is wrong) or None
@@ -580,20 +594,39 @@ _DIRECT_HEAD = ("trafNo", "voyageNo", "billNo")
 
 
 def trade_mode_fields(doc: Document, ctx: RuleContext) -> Iterator[Issue]:
-    """R10: bonded (1210/1239) needs the account-book fields and country 142; 9610 needs transport ids."""
+    """R10: bonded (1210/1239) needs the account-book fields and country 142; 9610 needs transport ids. A field the
+    spec gives the other mode alone (§3.4: "bonded (1210) only", "direct purchase only", "omit for bonded") and a
+    direct purchase departing from China are warnings (rule.mode_field_unexpected, rule.direct_purchase_country)."""
     mode_code = _filled(doc.head, "tradeMode")
     mode = IMPORT_TRADE_MODES.get(mode_code)
     if mode is None:
         return  # unknown mode: rule.trade_mode already says so
     h = doc.head
-    for name in _BONDED_HEAD if mode == "bonded" else _DIRECT_HEAD:
+    bonded = mode == "bonded"
+    for name in _BONDED_HEAD if bonded else _DIRECT_HEAD:
         if not _filled(h, name):
             path = doc.field_path(name) if name in h else doc.head_path
             state = "empty" if name in h else "missing"
             yield _issue("rule.mode_field_missing", path, f"tradeMode {mode_code} requires {name}; it is {state}")
-    if mode != "bonded":
-        return
+    own, other = ("bonded", "direct purchase (9610)") if bonded else ("direct purchase", "bonded (1210/1239)")
+    for name in _DIRECT_HEAD if bonded else _BONDED_HEAD:
+        if value := _filled(h, name):  # an empty one is as good as absent
+            yield _issue("rule.mode_field_unexpected", doc.field_path(name),
+                         f"{name} is {value!r}, but tradeMode {mode_code} ({own}) leaves it out: it is for "
+                         f"{other} inventories only")  # fmt: skip
     country = _filled(h, "country")
+    if not bonded:
+        if country == "142":
+            yield _issue("rule.direct_purchase_country", doc.field_path("country"),
+                         f"country (where the goods departed) is 142, China, on a tradeMode {mode_code} (direct "
+                         "purchase) inventory: a direct purchase comes from abroad; 142 is what a bonded (1210) "
+                         "inventory fills")  # fmt: skip
+        for i, line in enumerate(doc.lines):
+            if value := _filled(line, "itemRecordNo"):
+                yield _issue("rule.mode_field_unexpected", doc.line_path(i, "itemRecordNo"),
+                             f"itemRecordNo is {value!r}, but tradeMode {mode_code} (direct purchase) has no account "
+                             "book: it is for bonded (1210/1239) inventories only")  # fmt: skip
+        return
     if country and country != "142":
         yield _issue(
             "rule.bonded_country",
@@ -1226,8 +1259,22 @@ def _fields(
                 out.append(_issue(problem[0], path(name), f"{name} {problem[1]}"))
 
 
+class Findings(NamedTuple):
+    """What the rules found in one message, each in document order: ``errors`` refuse it, ``warnings`` (the codes
+    of :data:`WARNINGS`) do not."""
+
+    errors: list[Issue]
+    warnings: tuple[Issue, ...]
+
+
 def check(msg: ParsedMessage, *, today: datetime.date | None = None) -> list[Issue]:
-    """All business-rule issues of one message (``Layer.RULE``), in document order; [] when it passes.
+    """The business-rule errors of one message (``Layer.RULE``), in document order; [] when it passes. Its
+    warnings are not among them: :func:`findings` gives both."""
+    return findings(msg, today=today).errors
+
+
+def findings(msg: ParsedMessage, *, today: datetime.date | None = None) -> Findings:
+    """All business-rule issues of one message (``Layer.RULE``) in one pass, split into errors and warnings.
 
     ``today`` anchors the date plausibility window (defaults to the local date): dates before 2010 or
     after ``today`` + 1 day are rejected. Element presence, lengths and decimal precision are the XSD's
@@ -1253,7 +1300,9 @@ def check(msg: ParsedMessage, *, today: datetime.date | None = None) -> list[Iss
     for i, subscribe in enumerate(msg.base_subscribes, 1):  # and the BaseSubscribe elements follow it
         prefix = f"{msg.path}/BaseSubscribe[{i}]/"
         _fields(subscribe, compiled.checks[S], compiled.required[S], prefix.__add__, ctx, out)
-    return out
+    if not out:  # the common case: nothing found, nothing to split
+        return Findings(out, ())
+    return Findings([i for i in out if i.code not in WARNINGS], tuple(i for i in out if i.code in WARNINGS))
 
 
 #: What of a customs receipt (not a tax bill or summary result: check takes those whole) is checked before it is
@@ -1281,12 +1330,15 @@ __all__ = [
     "IMPORT_TRADE_MODES",
     "MESSAGE_RULES",
     "RULES",
+    "WARNINGS",
     "Field",
+    "Findings",
     "Required",
     "RuleContext",
     "Scope",
     "check",
     "check_receipt_form",
+    "findings",
     "parse_decimal",
     "q2",
 ]

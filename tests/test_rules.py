@@ -18,7 +18,7 @@ from gateway import rules
 from gateway.documents import Document, ParsedMessage, extract
 from gateway.errors import Layer
 from gateway.messages import BY_CODE, MessageType, Signature
-from gateway.rules import CODES, check, q2
+from gateway.rules import CODES, WARNINGS, check, findings, q2
 from gateway.xmlsafe import parse_message
 
 TODAY = datetime.date(2026, 11, 20)
@@ -488,8 +488,10 @@ def run(kind: str, mutation: Mutation | None = None) -> list[tuple[str, str]]:
     msg = FACTORIES[kind]()
     if mutation is not None:
         msg = mutation(msg) or msg
-    issues = check(msg, today=TODAY)
+    issues, warnings = findings(msg, today=TODAY)
     assert all(i.layer is Layer.RULE and i.code in CODES and i.message for i in issues)
+    assert warnings == (), warnings  # the tables' messages fill nothing their mode leaves out (see WARNED)
+    assert check(msg, today=TODAY) == issues
     return [(i.code, i.path) for i in issues]
 
 
@@ -819,9 +821,89 @@ def test_bad_cases(kind: str, mutation: Mutation, expected: set[tuple[str, str]]
     assert len(found) == len(expected), found  # no issue reported twice
 
 
+# --------------------------------------------------------------------------------------------
+# Warnings: what the mode leaves out (spec §3.4), taken with a word — the message passes
+# --------------------------------------------------------------------------------------------
+
+WARNED: list[tuple[str, str, Mutation, list[tuple[str, str]]]] = [
+    ("9610 with emsNo", "621", head(emsNo="T4604W000001"), [("rule.mode_field_unexpected", INV + "emsNo")]),
+    ("9610 with areaCode and areaName", "621", head(areaCode="4604660001", areaName="海口综保区示例仓储"),
+     [("rule.mode_field_unexpected", INV + "areaCode"), ("rule.mode_field_unexpected", INV + "areaName")]),
+    ("9610 line with itemRecordNo", "621", line(2, itemRecordNo="ITEM000002"),
+     [("rule.mode_field_unexpected", IL(2, "itemRecordNo"))]),
+    ("9610 departing from China", "621", head(country="142"), [("rule.direct_purchase_country", INV + "country")]),
+    ("1210 with trafNo", "621b", head(trafNo="CZ3090"), [("rule.mode_field_unexpected", INV + "trafNo")]),
+    ("1210 with voyageNo and billNo", "621b", head(voyageNo="CZ3090", billNo="MAWB78412345"),
+     [("rule.mode_field_unexpected", INV + "voyageNo"), ("rule.mode_field_unexpected", INV + "billNo")]),
+    ("1239 with billNo", "621b", head(tradeMode="1239", billNo="MAWB78412345"),
+     [("rule.mode_field_unexpected", INV + "billNo")]),
+    ("9610 with everything of 1210", "621",
+     both(head(emsNo="T4604W000001", country="142"), line(1, itemRecordNo="ITEM000001")),
+     [("rule.mode_field_unexpected", INV + "emsNo"), ("rule.direct_purchase_country", INV + "country"),
+      ("rule.mode_field_unexpected", IL(1, "itemRecordNo"))]),
+]
+
+#: Empty is as good as absent (the module's convention), and an unknown mode is rule.trade_mode's alone.
+NOT_WARNED: list[tuple[str, str, Mutation]] = [
+    ("9610 with empty emsNo, areaCode, areaName", "621", head(emsNo="", areaCode=" ", areaName="")),
+    ("9610 line with empty itemRecordNo", "621", line(1, itemRecordNo="")),
+    ("1210 with empty trafNo, voyageNo, billNo", "621b", head(trafNo="", voyageNo="", billNo="")),
+    ("1210 from China", "621b", head(country="142")),
+    ("9610 from Germany", "621", head(country="304")),
+    ("unknown tradeMode with both modes' fields", "621", head(tradeMode="0110", emsNo="T4604W000001")),
+]
+
+
+def _findings(kind: str, mutation: Mutation) -> rules.Findings:
+    msg = FACTORIES[kind]()
+    return findings(mutation(msg) or msg, today=TODAY)
+
+
+@pytest.mark.parametrize(("kind", "mutation", "expected"), [pytest.param(k, m, e, id=i) for i, k, m, e in WARNED])
+def test_warnings_do_not_refuse(kind: str, mutation: Mutation, expected: list[tuple[str, str]]) -> None:
+    errors, warnings = _findings(kind, mutation)
+    assert errors == []  # the message passes: check() finds nothing
+    assert [(w.code, w.path) for w in warnings] == expected  # in document order
+    assert all(w.layer is Layer.RULE and w.code in WARNINGS and w.message for w in warnings)
+    msg = FACTORIES[kind]()
+    assert check(mutation(msg) or msg, today=TODAY) == []
+
+
+@pytest.mark.parametrize(("kind", "mutation"), [pytest.param(k, m, id=i) for i, k, m in NOT_WARNED])
+def test_no_warning_for_what_the_mode_takes(kind: str, mutation: Mutation) -> None:
+    assert _findings(kind, mutation).warnings == ()
+
+
+def test_warnings_beside_errors() -> None:
+    """A message refused for an error still has its warnings told apart: they are never among the errors."""
+    errors, warnings = _findings("621", head(billNo=_DEL, emsNo="T4604W000001"))
+    assert [(i.code, i.path) for i in errors] == [("rule.mode_field_missing", INV[:-1])]
+    assert [(w.code, w.path) for w in warnings] == [("rule.mode_field_unexpected", INV + "emsNo")]
+
+
+def test_warning_messages_say_what_was_found() -> None:
+    _, warnings = _findings("621b", head(trafNo="CZ3090"))
+    assert warnings[0].message == ("trafNo is 'CZ3090', but tradeMode 1210 (bonded) leaves it out: it is for direct "
+                                   "purchase (9610) inventories only")  # fmt: skip
+    _, warnings = _findings("621", line(2, itemRecordNo="ITEM000002"))
+    assert "itemRecordNo is 'ITEM000002'" in warnings[0].message and "bonded (1210/1239)" in warnings[0].message
+    _, warnings = _findings("621", head(country="142"))
+    assert "142" in warnings[0].message and "direct" in warnings[0].message
+
+
 def test_every_code_has_a_bad_case() -> None:
     covered = {code for *_, expected in BAD for code, _ in expected}
-    assert covered == set(CODES)
+    warned = {code for *_, expected in WARNED for code, _ in expected}
+    assert covered | warned == set(CODES)
+    assert warned == WARNINGS and not covered & WARNINGS  # a warning code never refuses
+
+
+def test_warning_codes_say_they_are_warnings() -> None:
+    assert set(CODES) >= WARNINGS
+    for code in WARNINGS:
+        assert CODES[code].startswith("warning: ")
+    for code in set(CODES) - WARNINGS:
+        assert not CODES[code].startswith("warning")
 
 
 def test_codes_are_documented() -> None:
