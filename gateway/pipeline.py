@@ -54,6 +54,8 @@ class Checked:
     raw: bytes
     # What decides "the same message again" (the store's sha256): the raw XML, or for JSON the payload's content.
     identity: bytes | None = None
+    # The rules' warnings (gateway.rules.WARNINGS): the message passes, and its 202 answer lists them.
+    warnings: tuple[Issue, ...] = ()
 
 
 #: A rendered JSON message may be larger than the JSON it came from (``&`` becomes ``&amp;``, an element name is
@@ -130,7 +132,7 @@ class Pipeline:
             # Rules assume the structure the schema guarantees; judging a broken tree would only add noise.
             raise MessageRejected(issues, mtype.code, root.get("guid"))
         msg = extract(root, mtype)
-        issues = rules.check(msg)
+        issues, warnings = rules.findings(msg)
         if issues:
             raise MessageRejected(issues, mtype.code, msg.guid)
         if verify and msg.signed:
@@ -138,7 +140,7 @@ class Pipeline:
             if not result.ok:
                 issue = Issue(Layer.RULE, result.code or "signature.malformed", result.path, result.reason)
                 raise MessageRejected([issue], mtype.code, msg.guid)
-        return Checked(msg, body)
+        return Checked(msg, body, warnings=warnings)
 
     def check_json_body(self, body: bytes) -> Checked:
         """A JSON request body rendered, signed where the gateway signs it, checked (:meth:`render_json_body`, then
@@ -245,7 +247,7 @@ class Pipeline:
         if checked.message.type.kind is Kind.SUMMARY:  # a CEB701: the inventories it names, as the gateway holds them
             named = await self._judge_summary(checked.message, scope)
         return await self._ingest(Submission(checked.message, checked.raw, principal.name, source, scope,
-                                             checked.identity, named))  # fmt: skip
+                                             checked.identity, named, checked.warnings))  # fmt: skip
 
     async def _judge_summary(self, msg: ParsedMessage, scope: frozenset[str] | None) -> summary.Named | None:
         """gateway.summary: a summary application naming an inventory that cannot be summarised is refused (Conflict,

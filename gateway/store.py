@@ -568,6 +568,9 @@ class Submission:
     at once the second sees the first; what may still come right there (an inventory not yet released …) is the
     answer's ``warnings``, stored with it, so a replay answers them too. None for every other message: they pay
     nothing for it.
+
+    ``warnings``: the rules' warnings of the message (gateway.rules.findings, as it was checked): they come first in
+    the answer's ``warnings``, stored with it.
     """
 
     msg: ParsedMessage
@@ -577,6 +580,7 @@ class Submission:
     scope: frozenset[str] | None = None
     identity: bytes | None = None
     named: summary.Named | None = None
+    warnings: tuple[Issue, ...] = ()
 
 
 @dataclass(eq=False)
@@ -594,6 +598,7 @@ class _Job:
     refs: Refs
     scope: frozenset[str] | None = None  # the submitting key's enterprise codes (None: it may touch every document)
     named: summary.Named | None = None  # a summary message's: judged again under its invtNos' locks (see _wave)
+    warnings: tuple[Issue, ...] = ()  # the rules' (Submission.warnings)
     future: asyncio.Future[IngestResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -1297,10 +1302,11 @@ class Store:
         scope: frozenset[str] | None = None,
         identity: bytes | None = None,
         named: summary.Named | None = None,
+        warnings: tuple[Issue, ...] = (),
     ) -> IngestResult:
         """Store a validated message and reconcile what it touches; commits before returning. The arguments are a
         :class:`Submission`'s; raises :class:`Conflict` (nothing stored; the caller records the rejection)."""
-        return await self.enqueue(Submission(msg, raw, submitter, source, scope, identity, named))
+        return await self.enqueue(Submission(msg, raw, submitter, source, scope, identity, named, warnings))
 
     def enqueue(self, sub: Submission) -> asyncio.Future[IngestResult]:
         """:meth:`ingest` without the await: the future its outcome settles (gateway.ingestlink answers from it,
@@ -1318,7 +1324,7 @@ class Store:
             locks.update((LOCK_SUMMARISED, no) for no in sub.named.invt_nos)
         sha = hashlib.sha256(sub.raw if sub.identity is None else sub.identity).digest()
         job = _Job(msg, sub.raw, sha, sub.submitter, sub.source, self._arrivals, news, locks, refs, sub.scope,
-                   sub.named)  # fmt: skip
+                   sub.named, sub.warnings)  # fmt: skip
         return self._batcher.put(job)
 
     async def aclose(self) -> None:
@@ -1482,7 +1488,7 @@ class Store:
         more_locks: set[Lock] = set()
         live: dict[str, list[summary.LiveSummary]] | None = None  # read once a summary message of the wave needs it
         for job in jobs:
-            warnings: list[Issue] = []
+            warnings = job.warnings  # the rules', then a summary message's own
             try:
                 if job.msg.guid in stored:
                     outcomes[job] = _replay(stored[job.msg.guid], job.msg, job.sha)
@@ -1495,7 +1501,8 @@ class Store:
                         live = await _live_summaries(conn, sorted({
                             no for j in jobs if j.named is not None and j.msg.guid not in stored
                             for no in j.named.invt_nos}))  # fmt: skip
-                    warnings = summary.judge_message(job.msg, summary.Held(job.named.inventories, live), job.scope)
+                    warnings += tuple(summary.judge_message(job.msg, summary.Held(job.named.inventories, live),
+                                                            job.scope))  # fmt: skip
                 # the job's own locks, not the batch's: what another job of the wave locks, that job may
                 # be writing right now, unseen by this read
                 verdict = judge(

@@ -142,6 +142,60 @@ async def test_rule_error_is_422_with_rule_layer(api: Client) -> None:
     assert {"layer": "rule", "path": "/CEB311Message/Order[1]/OrderHead/buyerIdType"}.items() <= issues[0].items()
 
 
+def _with(payload: dict[str, Any], **fields: str) -> dict[str, Any]:
+    """A copy of a sample message whose document carries ``fields`` besides its own."""
+    p = json.loads(json.dumps(payload, default=str))
+    p["documents"][0].update(fields)
+    return p
+
+
+INVENTORY_HEAD = "/CEB621Message/Inventory[1]/InventoryHead"
+
+
+async def test_a_rule_warning_is_answered_with_the_202_and_again_by_its_replay(api: Client) -> None:
+    """A 9610 inventory naming an account book (bonded only, spec §3.4) is taken: 202, the warning beside the
+    answer, stored with it — the replay answers it again, and GET /v1/messages/{guid} shows it in the answer."""
+    s = new_shipment(61)
+    xml = xml_of(_with(s.inventory, emsNo="T4604W000001"))
+    first = await api.post_xml(xml)
+    assert first.status == 202, first.body
+    assert [d["outcome"] for d in first.body["documents"]] == ["accepted"]
+    [warning] = first.body["warnings"]
+    assert (warning["layer"], warning["code"], warning["path"]) == (
+        "rule", "rule.mode_field_unexpected", f"{INVENTORY_HEAD}/emsNo")
+    assert "T4604W000001" in warning["message"] and "9610" in warning["message"]
+    again = await api.post_xml(xml)
+    assert (again.status, again.headers.get("Idempotent-Replay")) == (202, "true")
+    assert again.body == first.body
+    stored = await api.get(f"/v1/messages/{first.body['guid']}")
+    assert stored.status == 200 and stored.body["response"]["warnings"] == [warning]
+
+
+async def test_a_rule_warning_of_a_json_message_is_answered_too(api: Client) -> None:
+    """The same for JSON (a 1210 inventory naming the flight, direct purchase only): the warning at its XML path,
+    as the rules' errors are; and a message without any has no warnings in its answer."""
+    s = new_shipment(62, mode="1210")
+    reply = await api.request("POST", "/v1/messages", json_body=_with(s.inventory, trafNo="CZ3090"))
+    assert reply.status == 202, reply.body
+    assert [(w["code"], w["path"]) for w in reply.body["warnings"]] == [
+        ("rule.mode_field_unexpected", f"{INVENTORY_HEAD}/trafNo")]
+    again = await api.request("POST", "/v1/messages", json_body=_with(s.inventory, trafNo="CZ3090"))
+    assert again.headers.get("Idempotent-Replay") == "true" and again.body == reply.body
+    clean = await api.request("POST", "/v1/messages", json_body=json.loads(json.dumps(s.order, default=str)))
+    assert clean.status == 202 and "warnings" not in clean.body, clean.body
+
+
+async def test_a_refused_message_is_answered_its_errors_alone(api: Client) -> None:
+    """A 9610 inventory without its billNo (an error) that names an account book too (a warning) is refused for the
+    error: the 422 lists what refuses it, not the warning."""
+    s = new_shipment(63)
+    p = _with(s.inventory, emsNo="T4604W000001")
+    del p["documents"][0]["billNo"]
+    reply = await api.post_xml(xml_of(p))
+    assert reply.status == 422, reply.body
+    assert [i["code"] for i in reply.body["error"]["issues"]] == ["rule.mode_field_missing"]
+
+
 @pytest.mark.parametrize(
     ("body", "ctype", "status", "code"),
     [

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import random
 from pathlib import Path
 
 import asyncpg
 import pytest
 import structlog
 
-from gateway import ingestlink
+from gateway import ingestlink, samples
 from gateway.config import ForwardingSettings
 from gateway.documents import extract
 from gateway.ingestlink import IngestClient, IngestUnavailable
 from gateway.messages import BY_CODE
+from gateway.render import render
 from gateway.server import serve
 from gateway.store import Submission
 from gateway.xmlsafe import parse_message
@@ -83,6 +85,24 @@ async def test_a_summary_application_sent_to_the_other_process_is_judged_in_the_
         assert answer.status == 202, answer.body
         assert {w["code"] for w in answer.body["warnings"]} == {"summary.inventory_unknown"}
         assert stores.first._arrivals == 1 and stores.other._arrivals == 0
+
+
+@pytest.mark.db
+async def test_a_message_s_rule_warnings_travel_with_it_to_the_first_process(
+    db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """The rules' warnings, found where the message was checked (the other process), are in the answer the first
+    process's store gives and keeps: a 1210 inventory naming a B/L (direct purchase only)."""
+    inventory = samples.shipment(random.Random(71), mode="1210").inventory
+    inventory["documents"][0]["billNo"] = "999-57063064"
+    async with linked_apps(db_pool, tmp_path) as (first, other, stores):
+        answer = await other.post_xml(render(inventory, signer=apiutil.sign_as_agent))
+        assert answer.status == 202, answer.body
+        assert [(w["code"], w["path"]) for w in answer.body["warnings"]] == [
+            ("rule.mode_field_unexpected", "/CEB621Message/Inventory[1]/InventoryHead/billNo")]
+        assert stores.first._arrivals == 1 and stores.other._arrivals == 0
+        stored = await first.get(f"/v1/messages/{answer.body['guid']}")
+        assert stored.body["response"]["warnings"] == answer.body["warnings"]
 
 
 @pytest.mark.db
