@@ -68,7 +68,8 @@ def validate_files(
     results: list[dict[str, Any]] = []
     unreadable = False
     for path in paths:
-        entry: dict[str, Any] = {"file": path, "message_type": None, "valid": False, "errors": []}
+        # warnings (gateway.rules.WARNINGS) leave a file valid: listed beside its errors, [] when none
+        entry: dict[str, Any] = {"file": path, "message_type": None, "valid": False, "errors": [], "warnings": []}
         try:
             body = Path(path).read_bytes()
         except OSError as exc:
@@ -91,6 +92,7 @@ def validate_files(
         else:
             entry["message_type"] = checked.message.type.code
             entry["valid"] = True
+            entry["warnings"] = [i.as_dict() for i in checked.warnings]
         results.append(entry)
     return results, unreadable
 
@@ -114,14 +116,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     else:
         for r in results:
             kind = r["message_type"] or "?"
+            warnings = r["warnings"]
             if r["valid"]:
-                print(f"{r['file']}: valid {kind}")
-                continue
-            print(f"{r['file']}: INVALID {kind} ({len(r['errors'])} error{'s' if len(r['errors']) != 1 else ''})")
+                told = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
+                print(f"{r['file']}: valid {kind}{told}")
+            else:
+                print(f"{r['file']}: INVALID {kind} ({len(r['errors'])} error{'s' if len(r['errors']) != 1 else ''})")
             for e in r["errors"]:
                 print(f"  [{e['layer']}] {e['code']} at {e['path']}: {e['message']}")
+            for w in warnings:
+                print(f"  warning [{w['layer']}] {w['code']} at {w['path']}: {w['message']}")
         bad = sum(not r["valid"] for r in results)
-        print(f"{len(results) - bad} valid, {bad} invalid")
+        warned = sum(bool(r["warnings"]) for r in results)
+        print(f"{len(results) - bad} valid, {bad} invalid" + (f", {warned} with warnings" if warned else ""))
     if unreadable:
         return 2
     return 0 if all(r["valid"] for r in results) else 1

@@ -77,6 +77,52 @@ def test_json_output_is_one_array_with_one_object_per_file(capsys: pytest.Captur
     assert "acturalPaid" in broken["errors"][0]["message"]
 
 
+def _inventory_file(tmp_path: Path, name: str, mode: str, **fields: str) -> str:
+    """A sample inventory (XML, signed as an agent signs it) whose document carries ``fields`` besides its own."""
+    import random
+
+    from gateway import samples
+    from gateway.render import render
+    from tests.apiutil import sign_as_agent
+
+    payload = samples.shipment(random.Random(5), mode=mode).inventory
+    payload["documents"][0].update(fields)
+    f = tmp_path / name
+    f.write_bytes(render(payload, signer=sign_as_agent))
+    return str(f)
+
+
+WARNED_PATH = "/CEB621Message/Inventory[1]/InventoryHead/emsNo"
+
+
+def test_a_warning_leaves_the_file_valid_and_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 9610 inventory naming an account book (bonded only, spec §3.4) is valid, exit 0: the warning is printed under
+    it and counted in the last line."""
+    warned = _inventory_file(tmp_path, "warned.xml", "9610", emsNo="T4604W000001")
+    assert main(["validate", GOOD[0], warned]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"{warned}: valid CEB621 (1 warning)" in out
+    [line] = [o for o in out if o.startswith("  warning ")]
+    assert line.startswith(f"  warning [rule] rule.mode_field_unexpected at {WARNED_PATH}: emsNo is 'T4604W000001'")
+    assert out[-1] == "2 valid, 0 invalid, 1 with warnings"
+
+
+def test_json_output_carries_the_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json: each object's warnings ([] when none), the file valid; a file refused for an error lists its errors."""
+    warned = _inventory_file(tmp_path, "warned.xml", "9610", emsNo="T4604W000001")
+    bonded = _inventory_file(tmp_path, "bonded.xml", "1210", trafNo="CZ3090", voyageNo="20261120")
+    assert main(["validate", "--json", GOOD[0], warned, bonded, BROKEN]) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["valid"], [(w["code"], w["path"]) for w in r["warnings"]]) for r in results] == [
+        (True, []),
+        (True, [("rule.mode_field_unexpected", WARNED_PATH)]),
+        (True, [("rule.mode_field_unexpected", "/CEB621Message/Inventory[1]/InventoryHead/trafNo"),
+                ("rule.mode_field_unexpected", "/CEB621Message/Inventory[1]/InventoryHead/voyageNo")]),
+        (False, []),
+    ]  # fmt: skip
+    assert results[1]["errors"] == [] and results[1]["warnings"][0]["layer"] == "rule"
+
+
 def test_hostile_and_foreign_files_are_reported_not_crashed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     xxe = tmp_path / "xxe.xml"
     xxe.write_bytes(b'<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>')
