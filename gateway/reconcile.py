@@ -67,7 +67,9 @@ known by the flow of its legs, never mixed with an import one) is compared by :d
   enterprise's order transaction amount without saying whether it includes freight: it agrees when it is
   goodsValue or goodsValue + freight, in the order's currency; ``recon.charge_mismatch``); order freight against
   the inventory's and waybill insuredFee against the inventory's, each only when the inventory gives a total
-  (fFlag / iFlag 3) in the other side's currency.
+  (fFlag / iFlag 3) in the other side's currency; the order's orderType against the inventory's tradeMode
+  (:data:`EXPORT_ORDER_TYPES`, ``recon.order_type_trade_mode``): the export order names no trade mode and the
+  inventory no order type, so only the shipment can set them side by side.
 
 No buyer = payer, consignee or tax rule: an export order names no buyer ID, and the retail-import tax is import's.
 
@@ -120,6 +122,12 @@ CODES: dict[str, str] = {
         "warning (export): the 收款单 (CEB403) charge is neither the order's goodsValue nor goodsValue + freight, or "
         "is in another currency than the order (spec A.17 leaves open what charge includes)"
     ),
+    "recon.order_type_trade_mode": (
+        "warning (export): the order's (CEB303) orderType does not fit its inventory's (CEB603) tradeMode: 9610 "
+        "(general retail export) takes E (B2C order), 9710 (B2B direct export) B (B2B order), 9810 (export to an "
+        "overseas warehouse) W (the warehouse's booking), 1210 (special-zone export, retail) E or W; the spec names "
+        "the order types and the modes, public notices which goes with which"
+    ),
     "recon.payment_duplicate": (
         "two live payments (CEB411, or 收款单 CEB403) for one shipment: the order is paired with one payment, and "
         "which one customs takes is not known; the shipment is compared with the one the order names (else the latest) "
@@ -147,6 +155,7 @@ NON_BLOCKING: frozenset[str] = frozenset(
         "recon.line_country_mismatch",
         "recon.waybill_ambiguous",
         "recon.charge_mismatch",
+        "recon.order_type_trade_mode",
     }
 )
 
@@ -390,7 +399,30 @@ def _compare_export(shipment: Shipment, f: _Findings) -> None:
     ):
         f.amount("recon.insured_fee_mismatch", waybill, "insuredFee", inventory, "insuredFee")
     if order and inventory:
+        _compare_order_type(order, inventory, f)
         _compare_lines(order, inventory, f, _EXPORT_LINE_CHECKS)
+
+
+#: The export order types (spec §3.6, §4.1, the 2022 text: E B2C export order, B B2B export order, W
+#: overseas-warehouse booking 海外仓订仓单) each inventory trade mode (§4.3) takes. 9610 is retail to consumers; 9710
+#: and 9810 are the two B2B modes of 公告2020年第75号, whose goods customs knows by the B2B order (9710) or by the
+#: overseas warehouse's booking (9810); 1210 is retail from a special zone, a parcel to a buyer or a stock to an
+#: overseas warehouse (the zones' 出口海外仓零售) — public notices, not the spec [P]: a warning, holding no shipment.
+EXPORT_ORDER_TYPES: dict[str, str] = {"9610": "E", "9710": "B", "9810": "W", "1210": "EW"}
+_ORDER_TYPE_NAMES = {"E": "B2C order", "B": "B2B order", "W": "overseas-warehouse booking"}
+
+
+def _compare_order_type(order: Document, inventory: Document, f: _Findings) -> None:
+    """An export order's orderType against its inventory's tradeMode (:data:`EXPORT_ORDER_TYPES`): each side's value
+    the rules took; an unknown one is theirs to refuse, nothing to compare."""
+    order_type, mode = _text(order, "orderType"), _text(inventory, "tradeMode")
+    fits = EXPORT_ORDER_TYPES.get(mode)
+    if fits is None or order_type not in _ORDER_TYPE_NAMES or order_type in fits:
+        return
+    expected = " or ".join(f"{t} ({_ORDER_TYPE_NAMES[t]})" for t in fits)
+    f.add("recon.order_type_trade_mode", "orderType",
+          f"order orderType is {order_type!r} ({_ORDER_TYPE_NAMES[order_type]}) but the inventory's tradeMode "
+          f"{mode} takes {expected}", _side(order, "orderType"), _side(inventory, "tradeMode"))  # fmt: skip
 
 
 def _compare_charge(order: Document, receipt: Document, f: _Findings) -> None:

@@ -934,6 +934,25 @@ async def test_an_export_shipment_sent_as_json_is_reconciled_matched(api: Client
     assert "<ds:Signature" in (await api.get(f"/v1/messages/{reply.body['guid']}")).body["raw_xml"]
 
 
+async def test_an_export_order_type_its_inventory_s_trade_mode_does_not_take_is_a_shipment_warning(
+    api: Client,
+) -> None:
+    """A B2B order (orderType B) with a 9610 (retail) inventory: both taken, the shipment matched, and the warning
+    recon.order_type_trade_mode in the 202 answer's shipment findings (not blocking) and on the shipment."""
+    s = samples.export_shipment(random.Random(32), mode="9610")
+    payloads = s.payloads()
+    order = _with(payloads["CEB303"], orderType="B")
+    for body in (order, *(json.loads(json.dumps(p, default=str)) for c, p in payloads.items() if c != "CEB303")):
+        reply = await api.request("POST", "/v1/messages", json_body=body)
+        assert reply.status == 202 and "warnings" not in reply.body, reply.body  # no rule of one message says it
+    [shipment] = reply.body["shipments"]
+    assert shipment["state"] == "matched", shipment
+    assert [(f["code"], f["blocking"], f["left"]["value"], f["right"]["value"]) for f in shipment["findings"]] == [
+        ("recon.order_type_trade_mode", False, "B", "9610")]
+    found = (await api.get(f"/v1/shipments/{s.order_doc['ebpCode']}/{s.order_doc['orderNo']}")).body
+    assert [f["code"] for f in found["findings"]] == ["recon.order_type_trade_mode"]
+
+
 async def test_an_export_json_message_is_answered_at_json_pointers(api: Client) -> None:
     """Shape errors of an export payload point into the JSON; what the rules find once rendered points at the XML,
     as for import."""

@@ -717,3 +717,38 @@ def test_export_lines_pair_by_gnum_with_their_currency() -> None:
     outcome = reconcile(Shipment(order=d["CEB303"], payment=d["CEB403"], waybill=d["CEB505"],
                                  inventory=Document(inv.type, 1, inv.path, inv.head, lines)))  # fmt: skip
     assert [(f.code, f.blocking) for f in outcome.findings] == [("recon.line_currency_mismatch", True)]
+
+
+@pytest.mark.parametrize(("order_type", "mode"), [("E", "9610"), ("B", "9710"), ("W", "9810"), ("E", "1210"),
+                                                  ("W", "1210")])  # fmt: skip
+def test_an_order_type_its_inventory_s_trade_mode_takes_gives_no_finding(order_type: str, mode: str) -> None:
+    outcome = _export(CEB303={"orderType": order_type}, CEB603={"tradeMode": mode})
+    assert (outcome.state, outcome.findings) == (ShipmentState.MATCHED, ())
+
+
+@pytest.mark.parametrize(("order_type", "mode", "takes"), [
+    ("B", "9610", "E (B2C order)"), ("W", "9610", "E (B2C order)"), ("E", "9710", "B (B2B order)"),
+    ("W", "9710", "B (B2B order)"), ("E", "9810", "W (overseas-warehouse booking)"),
+    ("B", "9810", "W (overseas-warehouse booking)"), ("B", "1210", "E (B2C order) or W (overseas-warehouse booking)"),
+])  # fmt: skip
+def test_an_order_type_its_inventory_s_trade_mode_does_not_take_is_a_warning(order_type: str, mode: str,
+                                                                            takes: str) -> None:
+    """The export order names its type, the inventory its trade mode (spec §4.1, §4.3): a B2B order under a retail
+    mode, a B2C one under 9810 … is a warning on the shipment naming both, which stays matched."""
+    outcome = _export(CEB303={"orderType": order_type}, CEB603={"tradeMode": mode})
+    [f] = outcome.findings
+    assert (f.code, f.field, f.blocking) == ("recon.order_type_trade_mode", "orderType", False)
+    assert f.left is not None and f.right is not None
+    assert (f.left.doc, f.left.path, f.left.value) == ("CEB303", "/CEB303Message/Order[1]/OrderHead/orderType",
+                                                       order_type)  # fmt: skip
+    assert (f.right.doc, f.right.value) == ("CEB603", mode)
+    assert f.right.path == "/CEB603Message/Inventory[1]/InventoryHead/tradeMode"
+    assert f.message.endswith(f"tradeMode {mode} takes {takes}")
+    assert outcome.state is ShipmentState.MATCHED
+
+
+def test_an_order_type_is_not_compared_without_both_legs_or_a_known_mode() -> None:
+    d = _export_legs(CEB303={"orderType": "B"})
+    assert reconcile(Shipment(order=d["CEB303"], payment=d["CEB403"], waybill=d["CEB505"])).findings == ()
+    assert _export(CEB303={"orderType": "B"}, CEB603={"tradeMode": "1239"}).findings == ()  # the rules refuse it
+    assert _export(CEB303={"orderType": "I"}).findings == ()  # an import order type: the rules refuse it
