@@ -10,6 +10,8 @@ from gateway.render import JSON_TYPES, json_schema
 
 _ISSUE = {
     "type": "object",
+    "description": "what was found in a message: an error refuses it (an error body's issues); a warning, in the same "
+    "shape, refuses nothing (a 202 answer's warnings)",
     "required": ["layer", "code", "path", "message"],
     "properties": {
         "layer": {"type": "string", "enum": ["parse", "schema", "rule"]},
@@ -157,7 +159,21 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    "202": {"description": "stored (committed) and reconciled; body lists each document's outcome"},
+                    "202": {
+                        "description": "stored (committed) and reconciled; body lists each document's outcome, its "
+                        "shipments' state and findings, and `warnings`: the same answer again for a replay (same guid "
+                        "and bytes, Idempotent-Replay: true)",
+                        "content": {"application/json": {"schema": {
+                            "type": "object",
+                            "properties": {"warnings": {
+                                "type": "array", "items": {"$ref": "#/components/schemas/Issue"},
+                                "description": "findings that refuse nothing (docs/errors.md marks their codes "
+                                "'warning'), e.g. rule.mode_field_unexpected: a field the inventory's trade mode "
+                                "leaves out; the message is stored and forwarded. Absent when there are none; kept "
+                                "with the answer (GET /v1/messages/{guid} shows it as response)",
+                            }},
+                        }}},
+                    },
                     "400": _err("not a safe, well-formed CEB message"),
                     "409": _err("duplicate business key, unknown document to change, or guid reused with other bytes"),
                     "413": _err("body too large"),
@@ -174,7 +190,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/messages/{guid}": {
             "get": {
-                "summary": "A stored message: its documents, outcome and raw XML",
+                "summary": "A stored message: its documents, outcome (response: the 202's body, its warnings in "
+                "it) and raw XML",
                 "parameters": _path("guid"),
                 "responses": {
                     "200": {"description": "the message"},

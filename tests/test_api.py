@@ -164,6 +164,11 @@ async def test_a_rule_warning_is_answered_with_the_202_and_again_by_its_replay(a
     assert (warning["layer"], warning["code"], warning["path"]) == (
         "rule", "rule.mode_field_unexpected", f"{INVENTORY_HEAD}/emsNo")
     assert "T4604W000001" in warning["message"] and "9610" in warning["message"]
+    import jsonschema
+
+    from gateway.openapi import OPENAPI
+
+    jsonschema.validate(warning, OPENAPI["components"]["schemas"]["Issue"])  # the shape of an error
     again = await api.post_xml(xml)
     assert (again.status, again.headers.get("Idempotent-Replay")) == (202, "true")
     assert again.body == first.body
@@ -681,6 +686,8 @@ def test_the_openapi_document_says_what_the_routes_take() -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"schema": "cbec.warehouse-callback.v1"}, callback)
     assert paths["/ceb/platDataOpen/{token}"]["post"]["security"] == []
+    accepted = paths["/v1/messages"]["post"]["responses"]["202"]["content"]["application/json"]["schema"]
+    assert accepted["properties"]["warnings"]["items"] == {"$ref": "#/components/schemas/Issue"}
     keyed = [op for item in paths.values() for op in item.values() if op.get("security") != []]
     assert keyed and all("503" in op["responses"] for op in keyed)
 
