@@ -6,6 +6,9 @@ from typing import Any
 
 from adapters.warehouse import CALLBACK_SCHEMA, CALLBACK_STATUSES, DIRECTIONS
 from gateway.forward import FORWARD_STATES, SHIPMENT_CUSTOMS_STATUSES
+from gateway.messages import Kind
+from gateway.receipts import Outcome as ReceiptOutcome
+from gateway.reconcile import ShipmentState
 from gateway.render import JSON_TYPES, json_schema
 
 _ISSUE = {
@@ -40,6 +43,185 @@ _ERROR = {
 }
 
 
+# --- success bodies -------------------------------------------------------------------------------------------------
+# What the seller-facing routes answer, for clients generated from this document. Each object names the members a
+# client may rely on; answers may carry more (a member added later is not a breaking change), so none is closed.
+# tests/test_e2e.py checks real answers of whole flows against them.
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _object(required: tuple[str, ...], properties: dict[str, Any], description: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "required": list(required), "properties": properties}
+    if description:
+        out["description"] = description
+    return out
+
+
+_STR = {"type": "string"}
+_STR_OR_NULL = {"type": ["string", "null"]}
+_INT = {"type": "integer"}
+_TIME = {"type": "string", "format": "date-time"}
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_STRINGS = {"type": "array", "items": _STR}
+_VALUES = {"type": "object", "additionalProperties": _STR_OR_NULL, "description": "element name -> text"}
+_KINDS = [k.value for k in Kind]
+_CUSTOMS_TIME = {"type": ["string", "null"], "description": "customs' returnTime as written: yyyyMMddHHmmssSSS, China "
+                 "time"}  # fmt: skip
+
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Side": _object(("doc", "guid", "path", "value"), {
+        "doc": {**_STR, "description": "the message type of the document, e.g. CEB311"},
+        "guid": _STR, "path": {**_STR, "description": "the element inside that document's message"},
+        "value": _STR_OR_NULL,
+    }, "one side of a finding: which document, which element, what it holds"),
+    "Finding": _object(("code", "field", "message", "blocking", "left", "right"), {
+        "code": {**_STR, "description": "stable, see docs/errors.md", "examples": ["recon.amount_paid_mismatch"]},
+        "field": _STR, "message": _STR,
+        "blocking": {"type": "boolean", "description": "false: a warning, the shipment may still match"},
+        "left": _or_null(_ref("Side")), "right": _or_null(_ref("Side")),
+    }, "what reconciliation or the tax pre-check found on a shipment"),
+    "ShipmentState": _object(("ebpCode", "orderNo", "flow", "state", "missing"), {
+        "ebpCode": _STR, "orderNo": _STR, "flow": {"enum": ["import", "export"]},
+        "state": {"enum": [s.value for s in ShipmentState]},
+        "missing": {"type": "array", "items": {"enum": _KINDS}, "description": "the legs still to come"},
+    }),
+    "DocumentOutcome": _object(("index", "doc_guid", "kind", "keys", "outcome", "shipment", "code", "message"), {
+        "index": {**_INT, "description": "1-based, in the message"}, "doc_guid": _STR, "kind": {"enum": _KINDS},
+        "keys": {**_VALUES, "description": "the document's business keys (spec §6.2)"},
+        "outcome": {"enum": ["accepted", "replaced", "withdrawn", "ignored_older", "recorded"]},
+        "shipment": _or_null(_ref("ShipmentState")),
+        "code": {**_STR_OR_NULL, "description": "why, when the outcome is not plain success (state.ignored_older)"},
+        "message": _STR_OR_NULL,
+    }),
+    "Accepted": _object(("id", "guid", "message_type", "documents", "shipments"), {
+        "id": _INT, "guid": _STR, "message_type": {**_STR, "examples": ["CEB311"]},
+        "documents": {"type": "array", "items": _ref("DocumentOutcome")},
+        "shipments": {"type": "array", "description": "the shipments the message touched, after it",
+                      "items": {"allOf": [_ref("ShipmentState"), _object(("findings",), {
+                          "findings": {"type": "array", "items": _ref("Finding")}})]}},
+        "warnings": {
+            "type": "array", "items": _ref("Issue"),
+            "description": "findings that refuse nothing (docs/errors.md marks their codes 'warning'), e.g. "
+            "rule.mode_field_unexpected: a field the inventory's trade mode leaves out; the message is stored and "
+            "forwarded. Absent when there are none; kept with the answer (GET /v1/messages/{guid} shows it as "
+            "response)",
+        },
+    }, "a message stored (committed) and reconciled"),
+    "ShipmentSummary": _object(("ebpCode", "orderNo", "state", "missing", "findings", "flow", "customs_status",
+                                "created_at", "updated_at"), {
+        "ebpCode": _STR, "orderNo": _STR, "ebcCode": _STR_OR_NULL,
+        "state": {"enum": [s.value for s in ShipmentState]},
+        "missing": {"type": "array", "items": {"enum": _KINDS}},
+        "findings": {"type": "array", "items": _ref("Finding")},
+        "parties": {**_STRINGS, "description": "the enterprise codes its documents name"},
+        "mode": {**_STR_OR_NULL, "description": "the inventory's tradeMode"},
+        "flow": {"enum": ["import", "export"]},
+        "customs_status": {"enum": list(SHIPMENT_CUSTOMS_STATUSES)},
+        "customs_updated_at": _TIME_OR_NULL, "created_at": _TIME, "updated_at": _TIME,
+    }),
+    "ShipmentPage": _object(("items", "next_cursor"), {
+        "items": {"type": "array", "items": _ref("ShipmentSummary")},
+        "next_cursor": {**_STR_OR_NULL, "description": "null on the last page"},
+    }),
+    "CustomsStatus": _object(("code", "name"), {
+        "code": {**_STR, "description": "the returnStatus in force", "examples": ["800", "-301010"]},
+        "rank": {"type": ["integer", "null"]}, "name": _STR_OR_NULL, "info": _STR_OR_NULL, "time": _CUSTOMS_TIME,
+    }, "the customs state of a document: its furthest receipt"),
+    "Attempt": _object(("attempt", "started_at", "outcome"), {
+        "replay": _INT, "attempt": _INT, "worker_id": _STR_OR_NULL, "started_at": _TIME,
+        "finished_at": _TIME_OR_NULL,
+        "outcome": {"enum": ["ok", "transient", "permanent", "lease_expired", "replayed", None]},
+        "error": _STR_OR_NULL, "duration_ms": {"type": ["integer", "null"]},
+    }),
+    "Transmission": _object(("id", "endpoint", "state", "attempts", "history"), {
+        "id": _INT, "endpoint": _STR, "kind": _STR, "dedupe_key": _STR_OR_NULL, "message_guid": _STR_OR_NULL,
+        "state": {"enum": ["queued", "running", "done", "dead"]}, "attempts": _INT,
+        "max_attempts": {"type": ["integer", "null"]}, "replays": _INT, "last_error": _STR_OR_NULL,
+        "dead_reason": _STR_OR_NULL, "run_after": _TIME, "created_at": _TIME, "updated_at": _TIME,
+        "finished_at": _TIME_OR_NULL, "history": {"type": "array", "items": _ref("Attempt")},
+    }, "a delivery of the document's message to an endpoint (a queue job) and its attempts"),
+    "Receipt": _object(("id", "message_type", "return_status", "return_time", "outcome"), {
+        "id": _INT, "received_at": _TIME, "message_type": {**_STR, "examples": ["CEB622"]},
+        "root_guid": _STR_OR_NULL, "element_index": _INT, "doc_guid": _STR_OR_NULL, "keys": _VALUES,
+        "return_status": _STR, "return_time": _CUSTOMS_TIME, "return_info": _STR_OR_NULL,
+        "cop_msg_id": _STR_OR_NULL, "source": _STR, "message_id": {"type": ["integer", "null"]},
+        "document_id": {"type": ["integer", "null"]}, "applied": {"type": "boolean"},
+        "outcome": {"enum": [o.value for o in ReceiptOutcome]},
+    }, "a customs receipt of the document, as stored"),
+    "WarehouseOrder": _object(("order_id", "status"), {
+        "order_id": _STR, "warehouse_order_no": _STR_OR_NULL, "direction": {"enum": list(DIRECTIONS)},
+        "status": {"enum": list(CALLBACK_STATUSES)}, "reason": _STR_OR_NULL,
+        "events": {"type": "array", "items": _object(("status",), {
+            "status": {"enum": list(CALLBACK_STATUSES)}, "reason": _STR_OR_NULL, "occurred_at": _TIME,
+            "received_at": _TIME})},
+    }, "a warehouse order made from the document, as its warehouse reported it"),
+    "Document": _object(("id", "doc_guid", "kind", "message_type", "keys", "is_current"), {
+        "id": _INT, "index": _INT, "doc_guid": _STR, "kind": {"enum": _KINDS}, "message_type": _STR,
+        "message_guid": _STR, "keys": _VALUES, "app_type": _STR_OR_NULL, "app_time": _STR_OR_NULL,
+        "app_status": _STR_OR_NULL, "path": _STR, "is_current": {"type": "boolean"},
+        "withdrawn": {"type": "boolean"}, "superseded_by": {"type": ["integer", "null"]},
+        "received_at": _TIME, "parties": _STRINGS,
+        "head": {**_VALUES, "description": "the document's head as declared (absent for a limited one)"},
+        "lines": {"type": "array", "items": _VALUES},
+        "limited": {"type": "boolean", "description": "an export transport message of which the key holds no party "
+                                                      "code: no head, parties or transmissions"},
+        "forward_state": {"enum": list(FORWARD_STATES)}, "cop_msg_id": _STR_OR_NULL, "sent_at": _TIME_OR_NULL,
+        "last_receipt_at": _TIME_OR_NULL, "receipt_overdue": {"type": "boolean"}, "resends": _INT,
+        "pre_no": _STR_OR_NULL, "invt_no": _STR_OR_NULL,
+        "sum_no": {**_STR_OR_NULL, "description": "a summary application's (CEB701)"},
+        "customs": _or_null(_ref("CustomsStatus")),
+        "held_until": {"type": "array", "description": "a held inventory: what each parcel of its message waits for",
+                       "items": _object(("ebpCode", "orderNo", "waiting_for"), {
+                           "ebpCode": _STR, "orderNo": _STR, "waiting_for": _STRINGS})},
+        "transmissions": {"type": "array", "items": _ref("Transmission")},
+        "receipts": {"type": "array", "items": _ref("Receipt")},
+        "warehouse_orders": {"type": "array", "items": _ref("WarehouseOrder")},
+    }, "one declared document with its forwarding and customs state"),
+    "TaxBill": _object(("taxNo", "invtNo", "status", "status_name", "total", "estimate", "findings"), {
+        "taxNo": _STR, "invtNo": _STR, "status": {"enum": ["1", "2", "3"]},
+        "status_name": {"enum": ["generated", "consolidated", "void"]}, "status_time": _CUSTOMS_TIME,
+        "entDutyNo": _STR_OR_NULL, "customsTax": _STR, "valueAddedTax": _STR, "consumptionTax": _STR,
+        "total": _STR,
+        "estimate": _object(("total",), {"customsTax": _STR, "valueAddedTax": _STR, "consumptionTax": _STR,
+                                         "total": _STR, "full_rate": {"type": "boolean"}}),
+        "findings": {"type": "array", "items": _ref("Finding")}, "document_id": {"type": ["integer", "null"]},
+    }, "customs' electronic tax bill (CEB816/818) of the shipment's inventory, beside the gateway's estimate"),
+    "Shipment": {"allOf": [_ref("ShipmentSummary"), _object(("documents", "tax_bills"), {
+        "buyer_id_number": _STR_OR_NULL, "customs_info": _STR_OR_NULL,
+        "documents": {"type": "array", "items": _ref("Document"), "description": "current and history"},
+        "tax_bills": {"type": "array", "items": _ref("TaxBill")},
+        "summary": {"type": ["object", "null"], "description": "an export shipment's: its B-type inventory's "
+                    "summary declaration (null for none)"},
+        "payment_data": {"type": ["object", "null"], "description": "an import order of a 179 platform, to its key"},
+    })]},
+    "Message": _object(("id", "guid", "message_type", "received_at", "response", "documents", "raw_xml"), {
+        "id": _INT, "guid": _STR, "message_type": _STR, "sha256": _STR, "source": _STR, "submitter": _STR,
+        "received_at": _TIME, "http_status": _INT,
+        "response": {**_ref("Accepted"), "description": "the 202 answer it was given, warnings included"},
+        "documents": {"type": "array", "items": _ref("Document")}, "raw_xml": _STR,
+    }),
+    "Rejection": _object(("id", "received_at", "submitter", "http_status", "issues"), {
+        "id": _INT, "received_at": _TIME, "submitter": _STR, "guid": _STR_OR_NULL, "message_type": _STR_OR_NULL,
+        "http_status": _INT, "raw_size": _INT, "issues": {"type": "array", "items": _ref("Issue")},
+        "raw": {**_STR, "description": "GET /v1/rejections/{id}: the first 64 KiB of what was sent"},
+        "raw_truncated": {"type": "boolean"},
+    }, "a refused message with what refused it"),
+    "RejectionPage": _object(("items", "next_cursor"), {
+        "items": {"type": "array", "items": _ref("Rejection")}, "next_cursor": _STR_OR_NULL}),
+}
+
+
+def _ok(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
 def _err(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -67,14 +249,16 @@ def _path(*names: str) -> list[dict[str, Any]]:
 
 
 def _page_list(summary: str, filters: tuple[tuple[str, str], ...], bad: str,
-               cursor: str = "next_cursor of the previous page") -> dict[str, Any]:  # fmt: skip
-    """The GET of a keyset-paged list, answered {items, next_cursor}: its filters, then limit and cursor (query
-    strings), and the 400 it answers bad ones with (``bad``)."""
+               cursor: str = "next_cursor of the previous page",
+               page: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The GET of a keyset-paged list, answered {items, next_cursor} (described by the component ``page``, when
+    given): its filters, then limit and cursor (query strings), and the 400 it answers bad ones with (``bad``)."""
     params = (*filters, ("limit", "1..500, default 50 (more is served as 500)"), ("cursor", cursor))
+    ok = _ok("{items, next_cursor}", page) if page else {"description": "{items, next_cursor}"}
     return {
         "summary": summary,
         "parameters": _query(params),
-        "responses": {"200": {"description": "{items, next_cursor}"}, "400": _err(bad), **_AUTH_ERRORS},
+        "responses": {"200": ok, "400": _err(bad), **_AUTH_ERRORS},
     }
 
 
@@ -141,7 +325,8 @@ OPENAPI: dict[str, Any] = {
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             "bearer": {"type": "http", "scheme": "bearer"},
         },
-        "schemas": {"Issue": _ISSUE, "Error": _ERROR, **{f"{code}Json": json_schema(code) for code in JSON_TYPES}},
+        "schemas": {"Issue": _ISSUE, "Error": _ERROR, **_SCHEMAS,
+                    **{f"{code}Json": json_schema(code) for code in JSON_TYPES}},
     },
     "security": [{"apiKey": []}, {"bearer": []}],
     "paths": {
@@ -159,21 +344,9 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    "202": {
-                        "description": "stored (committed) and reconciled; body lists each document's outcome, its "
-                        "shipments' state and findings, and `warnings`: the same answer again for a replay (same guid "
-                        "and bytes, Idempotent-Replay: true)",
-                        "content": {"application/json": {"schema": {
-                            "type": "object",
-                            "properties": {"warnings": {
-                                "type": "array", "items": {"$ref": "#/components/schemas/Issue"},
-                                "description": "findings that refuse nothing (docs/errors.md marks their codes "
-                                "'warning'), e.g. rule.mode_field_unexpected: a field the inventory's trade mode "
-                                "leaves out; the message is stored and forwarded. Absent when there are none; kept "
-                                "with the answer (GET /v1/messages/{guid} shows it as response)",
-                            }},
-                        }}},
-                    },
+                    "202": _ok("stored (committed) and reconciled; body lists each document's outcome, its shipments' "
+                               "state and findings, and `warnings`: the same answer again for a replay (same guid and "
+                               "bytes, Idempotent-Replay: true)", "Accepted"),
                     "400": _err("not a safe, well-formed CEB message"),
                     "409": _err("duplicate business key, unknown document to change, or guid reused with other bytes"),
                     "413": _err("body too large"),
@@ -194,7 +367,7 @@ OPENAPI: dict[str, Any] = {
                 "it) and raw XML",
                 "parameters": _path("guid"),
                 "responses": {
-                    "200": {"description": "the message"},
+                    "200": _ok("the message", "Message"),
                     "404": _err("unknown or not yours"),
                     **_AUTH_ERRORS,
                 },
@@ -206,6 +379,7 @@ OPENAPI: dict[str, Any] = {
                 _SHIPMENT_FILTERS,
                 "an unknown query parameter, state, customs_status or flow, a mode, time or cursor that is not one, "
                 "a bad limit",
+                page="ShipmentPage",
             )
         },
         "/v1/summaries/pending": {
@@ -234,6 +408,7 @@ OPENAPI: dict[str, Any] = {
                     ("until", "ISO 8601 time, received before"),
                 ),
                 "a time or cursor that is not one, a bad limit",
+                page="RejectionPage",
             )
         },
         "/v1/rejections/{id}": {
@@ -242,7 +417,7 @@ OPENAPI: dict[str, Any] = {
                 "raw_truncated when it was longer)",
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
                 "responses": {
-                    "200": {"description": "the refusal"},
+                    "200": _ok("the refusal", "Rejection"),
                     "404": _err("no such refusal (or another key's)"),
                     **_AUTH_ERRORS,
                 },
@@ -283,7 +458,7 @@ OPENAPI: dict[str, Any] = {
                     {"name": "orderNo", "in": "path", "required": True, "schema": {"type": "string"}},
                 ],
                 "responses": {
-                    "200": {"description": "the shipment"},
+                    "200": _ok("the shipment", "Shipment"),
                     "404": _err("unknown or not yours"),
                     **_AUTH_ERRORS,
                 },

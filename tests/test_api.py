@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import random
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -687,7 +688,19 @@ def test_the_openapi_document_says_what_the_routes_take() -> None:
         jsonschema.validate({"schema": "cbec.warehouse-callback.v1"}, callback)
     assert paths["/ceb/platDataOpen/{token}"]["post"]["security"] == []
     accepted = paths["/v1/messages"]["post"]["responses"]["202"]["content"]["application/json"]["schema"]
-    assert accepted["properties"]["warnings"]["items"] == {"$ref": "#/components/schemas/Issue"}
+    assert accepted == {"$ref": "#/components/schemas/Accepted"}
+    schemas = OPENAPI["components"]["schemas"]
+    assert schemas["Accepted"]["properties"]["warnings"]["items"] == {"$ref": "#/components/schemas/Issue"}
+    # every success body a seller reads has its schema, each schema valid and every reference resolving
+    for path, method in (("/v1/messages/{guid}", "get"), ("/v1/shipments", "get"),
+                         ("/v1/shipments/{ebpCode}/{orderNo}", "get"), ("/v1/rejections", "get"),
+                         ("/v1/rejections/{id}", "get")):  # fmt: skip
+        ok = paths[path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok["$ref"].removeprefix("#/components/schemas/") in schemas, path
+    for schema in schemas.values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+    refs = set(re.findall(r'"#/components/schemas/(\w+)"', json.dumps(OPENAPI)))
+    assert refs <= set(schemas), refs - set(schemas)
     keyed = [op for item in paths.values() for op in item.values() if op.get("security") != []]
     assert keyed and all("503" in op["responses"] for op in keyed)
 

@@ -1265,3 +1265,71 @@ async def _equals(value: Awaitable[Any], expected: Any) -> bool:
 
 async def _quota_is(stack: Stack, s: samples.ShipmentSample, amount: Any) -> bool:
     return await quota(stack, s) == [amount]
+
+
+# --- the answers' shapes, as /openapi.json describes them ----------------------------------------------------------
+
+
+def openapi_check(body: Any, component: str) -> None:
+    """``body`` against the component schema of /openapi.json named ``component`` (its references resolved in the
+    document), as a client generated from it would read it."""
+    import jsonschema
+
+    from gateway.openapi import OPENAPI
+
+    schema = {"$ref": f"#/components/schemas/{component}", "components": OPENAPI["components"]}
+    jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(body)
+
+
+async def test_the_answers_of_whole_flows_are_as_the_openapi_document_describes(db_dsn: str) -> None:
+    """A client generated from /openapi.json reads what the seller-facing routes answer: the 202s of an import
+    shipment (its inventory first, held until its legs are answered), a change and a withdrawal; each stored message;
+    the shipment as it goes, held and released (transmissions, receipts, customs' state, the tax bill, the
+    warehouse's order); the list; an export shipment released; a refusal and its page."""
+    s = shipment(141, n_items=2)
+    async with running_stack(db_dsn) as stack:
+        answers = []
+        for payload in [legs(s)[3], *legs(s)[:3]]:  # the inventory first: held (held_until) until the legs are
+            answers.append((await stack.submit(json.loads(json.dumps(payload, default=str)))).body)
+            if payload["type"] == "CEB621":
+                openapi_check(await stack.shipment(s), "Shipment")
+        await stack.wait_status(s, "released", timeout=20)
+        await wait_for(lambda: _equals(_bill_and_order(stack, s), True), timeout=20, what="the tax bill and order")
+        view = await stack.shipment(s)
+        openapi_check(view, "Shipment")
+        inventory = next(d for d in view["documents"] if d["kind"] == "inventory")
+        assert inventory["transmissions"][0]["history"] and inventory["receipts"] and inventory["customs"]
+        assert inventory["warehouse_orders"] and view["tax_bills"] and "held_until" not in inventory
+
+        order = s.order_doc
+        other = shipment(144)  # no inventory: its legs may still change
+        for payload in (other.order, other.payment, version_of(other.order, "2", 30), version_of(other.payment, "3",
+                                                                                                   30)):  # fmt: skip
+            answers.append((await stack.submit(json.loads(json.dumps(payload, default=str)))).body)
+        assert {d["outcome"] for a in answers for d in a["documents"]} == {"accepted", "replaced", "withdrawn"}
+        for answer in answers:
+            openapi_check(answer, "Accepted")
+            openapi_check((await stack.client.get(f"/v1/messages/{answer['guid']}")).body, "Message")
+        page = (await stack.client.get(f"/v1/shipments?ebpCode={order['ebpCode']}&limit=1")).body
+        openapi_check(page, "ShipmentPage")
+        assert len(page["items"]) == 1 and page["next_cursor"] is not None
+
+        _, path, _ = await released_export(stack, 142, "9610")
+        openapi_check((await stack.client.get(path)).body, "Shipment")
+
+        bad = json.loads(json.dumps(shipment(143).order, default=str))
+        bad["documents"][0]["acturalPaid"] = "1.00"
+        refused = await stack.client.request("POST", "/v1/messages", json_body=bad)
+        assert refused.status == 422, refused.body
+        rejections = (await stack.client.get("/v1/rejections")).body
+        openapi_check(rejections, "RejectionPage")
+        openapi_check((await stack.client.get(f"/v1/rejections/{rejections['items'][0]['id']}")).body, "Rejection")
+        # and a wrong one is told: the check is not one that passes anything
+        with pytest.raises(Exception, match="is not one of"):
+            openapi_check({**view, "customs_status": "lost"}, "Shipment")
+
+
+async def _bill_and_order(stack: Stack, s: samples.ShipmentSample) -> bool:
+    view = await stack.shipment(s)
+    inventory = next(d for d in view["documents"] if d["kind"] == "inventory")
+    return bool(view["tax_bills"]) and any(o["status"] == "shipped" for o in inventory["warehouse_orders"])
