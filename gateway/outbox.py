@@ -317,6 +317,32 @@ UPDATE receipts AS r SET document_id = b.document_id, message_id = b.message_id,
 RETURNING r.id, b.tax_no, b.invt_no
 """
 
+#: Customs' summary results kept unmatched (CEB792 that came before the CEB702 giving their application its sumNo:
+#: customs sends in no order, and a result once) linked to the summary applications ($1 ids) a receipt just taught
+#: their sumNo (documents.invt_no), each party a result names in agreement (gateway.summary.correlation); of parts
+#: taught one sumNo at once, the newest, as a result delivered later is matched (CORRELATE). The application's view
+#: shows them from now on (sql/440).
+LINK_EARLY_SUMMARY_RESULTS = f"""
+WITH d AS MATERIALIZED (
+    SELECT d.id, d.message_id, d.invt_no, d.head FROM unnest($1::bigint[]) AS x(id),
+           LATERAL (SELECT * FROM documents AS d WHERE d.id = x.id OFFSET 0) AS d
+     WHERE d.kind = 'summary' AND d.invt_no IS NOT NULL
+), results AS MATERIALIZED (
+    SELECT DISTINCT ON (r.id) r.id, d.id AS document_id, d.message_id, d.invt_no, r.keys ->> 'declSeqNo' AS decl_seq_no
+      FROM d, LATERAL (SELECT r.id, r.keys FROM receipts AS r
+                        WHERE (r.keys ->> 'sumNo') = d.invt_no AND r.outcome = 'unmatched'
+                          AND r.message_type = 'CEB792' OFFSET 0) AS r
+     WHERE NOT EXISTS (SELECT 1 FROM jsonb_each_text(r.keys) AS party(field, value)
+                        WHERE party.field IN ({", ".join(f"'{f}'" for f in summary.PARTY_FIELDS)})
+                          AND coalesce(d.head ->> party.field, '') <> party.value)
+     ORDER BY r.id, d.id DESC
+)
+UPDATE receipts AS r SET document_id = x.document_id, message_id = x.message_id, outcome = 'applied'
+  FROM results AS x
+ WHERE r.id = ANY (ARRAY(SELECT id FROM results)) AND r.id = x.id  -- by id = ANY: index probes whatever the plan
+RETURNING r.id, x.invt_no AS sum_no, x.decl_seq_no
+"""
+
 #: The documents ($1 ids), fresh and row-locked, after the shipment locks are held.
 LOCK_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.id = ANY ($1::bigint[]) ORDER BY d.id FOR UPDATE"
 
@@ -1371,6 +1397,10 @@ class Outbox:
         if numbered:
             for r in await conn.fetch(LINK_EARLY_TAX_BILLS, numbered):
                 log.info("tax_bill_linked", invt_no=r["invt_no"], tax_no=r["tax_no"], receipt_id=r["id"])
+        sum_numbered = [d.id for d in changed if d.kind == "summary" and d.learned.get("invtNo")]
+        if sum_numbered:  # a CEB702's sumNo (kept as invtNo, gateway.receipts.apply)
+            for r in await conn.fetch(LINK_EARLY_SUMMARY_RESULTS, sum_numbered):
+                log.info("summary_result_linked", sum_no=r["sum_no"], decl_seq_no=r["decl_seq_no"], receipt_id=r["id"])
         restored: list[tuple[str, str]] = []
         refused = [d.id for d in changed if d.app_type in ("2", "3") and d.forward_state == "rejected"]
         if refused and self.restore is not None:  # a refused change or withdrawal: customs holds the version before
@@ -1499,8 +1529,8 @@ class Outbox:
     ) -> None:  # fmt: skip
         """Customs' summary results (CEB792, gateway.summary): each matched to its summary application (the sumNo its
         CEB702 gave it, and the parties) and kept as a record of it; a result moves nothing of the application's
-        customs state (that is its CEB702 receipts'). One that matches nothing is kept unmatched and tried again when
-        it comes again, as a receipt is."""
+        customs state (that is its CEB702 receipts'). One that matches nothing is kept unmatched: the CEB702 teaching
+        its sumNo links it (LINK_EARLY_SUMMARY_RESULTS), and it is tried again when it comes again, as a receipt is."""
         found = {row["i"]: row for row in await conn.fetch(CORRELATE, [_probe(r.index, summary.correlation(r))
                                                                         for r in todo])}  # fmt: skip
         for r in todo:

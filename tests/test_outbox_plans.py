@@ -55,6 +55,7 @@ _PLAN_CASES = {
     "WAREHOUSE_EVENTS_OF": _T,
     "HOLD_REASONS": "ARRAY[1::bigint], 1",
     "LINK_EARLY_TAX_BILLS": "ARRAY[1::bigint]",
+    "LINK_EARLY_SUMMARY_RESULTS": "ARRAY[1::bigint]",
     # a warehouse's callback (POST /v1/warehouse/callbacks)
     "INSERT_WAREHOUSE_EVENT": "'w', 'o', 'WH1', 'outbound', 'shipped', NULL, 't', 'CEB621', 'g', '{}'::jsonb",
     "WAREHOUSE_SHIPMENT": "'g', 'CEB621'",

@@ -824,21 +824,27 @@ async def test_a_result_is_matched_by_the_sum_no_its_receipt_gave(api: Client) -
     path = f"/v1/summaries/{doc['agentCode']}/{doc['copNo']}"
     sum_no = "51412026S000000031"
     result = result_for(sum_no, p, [a_no])
-    # before customs' CEB702 gave the application its sumNo a result finds nothing: kept, tried again when it comes
+    # before customs' CEB702 gave the application its sumNo a result finds nothing: kept unmatched
     r = await api.request("POST", "/v1/receipts", data=result, content_type="application/xml")
     assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["unmatched"], r.body
+    # another consignor's result of that sumNo, come early too, is not this application's when the sumNo comes
+    stranger = result_for(sum_no, p, [a_no], ebc="4601260E99")
+    r = await api.request("POST", "/v1/receipts", data=stranger, content_type="application/xml")
+    assert [x["outcome"] for x in r.body["receipts"]] == ["unmatched"], r.body
     await sum_numbered(api, doc, sum_no, "S20261120000000031")
+    # the receipt giving the sumNo links the result kept before it: customs sends a result once, in no order
+    view = (await api.get(path)).body
+    assert [(x["sumNo"], [i["invtNo"] for i in x["items"]]) for x in view["results"]] == [(sum_no, [a_no])], view
+    # delivered again, it is the same result: stored once; the stranger's is still unmatched
     r = await api.request("POST", "/v1/receipts", data=result, content_type="application/xml")
-    assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["applied"], r.body
+    assert r.status == 200 and [x["outcome"] for x in r.body["receipts"]] == ["duplicate"], r.body
+    r = await api.request("POST", "/v1/receipts", data=stranger, content_type="application/xml")
+    assert [x["outcome"] for x in r.body["receipts"]] == ["unmatched"], r.body
     view = (await api.get(path)).body
     assert (view["sumNo"], view["preNo"], view["customs"]["code"]) == (sum_no, "S20261120000000031", "399")
     [res] = view["results"]
     assert res["sumNo"] == sum_no and [i["invtNo"] for i in res["items"]] == [a_no]
     assert [x["message_type"] for x in view["documents"][0]["receipts"]] == ["CEB702", "CEB702"]
-    # another consignor's result with the same sumNo is not this application's
-    r = await api.request("POST", "/v1/receipts", data=result_for(sum_no, p, [a_no], ebc="4601260E99"),
-                          content_type="application/xml")  # fmt: skip
-    assert [x["outcome"] for x in r.body["receipts"]] == ["unmatched"], r.body
     # the enterprises' view only
     assert (await api.get(path, key=STRANGER)).status == 404
     assert (await api.get(path, key=PLATFORM_A)).status == 200
