@@ -973,7 +973,7 @@ def sandbox_with_released(*seeds: int) -> tuple[Any, list[dict[str, Any]], list[
         inv = extract(*parse_message(render(s.inventory, signer=sign_as_agent))).documents[0]
         no = f"51412026E{seed:09d}"
         sb.export_inventories[(inv.head["agentCode"], inv.head["copNo"])] = InventoryRecord(
-            inv, f"B20261120{seed:09d}", no, Decimal(0))
+            inv, f"B20261120{seed:09d}", no, Decimal(0), release_due=NOW.astimezone())
         heads.append(s.inventory_doc)
         numbers.append(no)
     return sb, heads, numbers
@@ -1000,6 +1000,31 @@ async def test_the_sandbox_refuses_an_inventory_a_live_summary_names() -> None:
     assert [st for st, _ in answers] == ["2", "100"] and numbers[0] in answers[-1][1], answers
     assert [st for st, _ in sandbox_answers(sb, version(first, "3", "20261120170000"))] == ["2", "399"]
     assert [st for st, _ in sandbox_answers(sb, version(second, "1", "20261120171000"))] == ["2", "399"]
+
+
+async def test_the_sandbox_summarises_only_what_it_released() -> None:
+    """An inventory whose 800 is still to come (accepted, perhaps to be inspected or cancelled) is not summarised:
+    named, the application is 退单 (100) naming it; a period leaves it out, and leaves out what a live application of
+    the consignor summarises already (an inventory is declared once)."""
+    from datetime import timedelta
+
+    from gateway.sandbox import receipts as rc
+
+    sb, heads, numbers = sandbox_with_released(67, 68, 69)
+    now = datetime.now(rc.CHINA_TZ)
+    [unreleased] = [r for r in sb.export_inventories.values() if r.invt_no == numbers[2]]
+    unreleased.release_due = now + timedelta(hours=1)
+    answers = sandbox_answers(sb, application(heads[2:], numbers[2:], seed=67))
+    assert [st for st, _ in answers] == ["2", "100"] and numbers[2] in answers[-1][1], answers
+    assert [st for st, _ in sandbox_answers(sb, application(heads[:1], numbers[:1], seed=68))] == ["2", "399"]
+    sb.export_inventories = {k: replace(r, released=now.strftime("%Y%m%d%H%M%S"))
+                             for k, r in sb.export_inventories.items()}  # fmt: skip
+    p = application(heads, numbers, seed=69)
+    p["documents"][0].update(startTime=f"{now - timedelta(hours=1):%Y%m%d%H%M%S}",
+                             endTime=f"{now + timedelta(hours=1):%Y%m%d%H%M%S}", items=[])  # fmt: skip
+    assert [st for st, _ in sandbox_answers(sb, p)] == ["2", "399"]
+    [record] = [r for k, r in sb.summaries.items() if k[1] == p["documents"][0]["copNo"]]
+    assert [r.invt_no for r in record.inventories] == numbers[1:2]
 
 
 async def test_the_sandbox_takes_the_parts_of_a_split_summary() -> None:

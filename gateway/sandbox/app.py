@@ -859,8 +859,9 @@ class Sandbox:
         if app_type == "3":
             self.export_inventories.pop(key, None)
             return [step("CEB604", "2", values, label), step("CEB604", "120", values, label)]
-        self.export_inventories[key] = InventoryRecord(doc, pre_no, invt, Decimal(0), released=f"{now:%Y%m%d%H%M%S}",
-                                                       release_due=self._release_due(now))  # fmt: skip
+        due = self._release_due(now)
+        self.export_inventories[key] = InventoryRecord(doc, pre_no, invt, Decimal(0), released=f"{due:%Y%m%d%H%M%S}",
+                                                       release_due=due)  # fmt: skip
         return [step("CEB604", status, values, label) for status in ("2", "120", "399", "800")]
 
     def _release_due(self, now: datetime) -> datetime:
@@ -1173,8 +1174,8 @@ class Sandbox:
         return [steps[0], self._step(accepted.code, "399", accepted.values, accepted.key)]
     def _summary(self, doc: Document, scenario: str | None) -> list[Step]:
         """A summary application (CEB701): each inventory it names must be a B-type export inventory of its consignor
-        that this export system released and no other live application of the consignor summarises (a period
-        summarises all of them), else 100; then 2 → 399 (CEB702, the
+        that this export system released (its 800 due) and no other live application of the consignor summarises (a
+        period summarises all of those it released within the period), else 100; then 2 → 399 (CEB702, the
         sumNo with the 399), and its summary result (CEB792) follows (:meth:`_summary_results`)."""
         h = doc.head
         key = _summary_key(h)
@@ -1197,19 +1198,23 @@ class Sandbox:
             self.summaries.pop(key, None)
             return [step("CEB702", "2", values, label), step("CEB702", "399", values, label)]
         ebc = h.get("ebcCode", "")
-        by_no = {r.invt_no: r for r in self.export_inventories.values()}
+        now = datetime.now(rc.CHINA_TZ)
+        # only what this system released: an inventory whose 800 is still to come is not summarised (declared, then
+        # perhaps inspected or cancelled, it may never leave)
+        by_no = {r.invt_no: r for r in self.export_inventories.values() if r.released_by(now)}
         listed = [(line.get("invtNo") or "").strip() for line in doc.lines]
         start, end = (h.get("startTime") or "").strip(), (h.get("endTime") or "").strip()
+        # an inventory is summarised once: not one a live application of the consignor summarises already
+        taken = {r.invt_no: k for k, other in self.summaries.items()
+                 if k != key and other.doc.head.get("ebcCode") == ebc for r in other.inventories}  # fmt: skip
         if start and end:  # a period: every B-type inventory of the consignor released within it (A.29)
-            chosen = [r for r in self.export_inventories.values()
+            chosen = [r for r in by_no.values()
                       if r.doc.head.get("ebcCode") == ebc and r.doc.head.get("statisticsFlag") == "B"
+                      and r.invt_no not in taken
                       and start <= (r.released or r.doc.head.get("appTime", "")) <= end]  # fmt: skip
             problems = [] if chosen else [f"该时段({start}-{end})无可汇总的B类清单"]
         else:
             chosen, problems = [], []
-            # an inventory is summarised once: not one a live application of the consignor summarises already
-            taken = {r.invt_no: k for k, other in self.summaries.items()
-                     if k != key and other.doc.head.get("ebcCode") == ebc for r in other.inventories}  # fmt: skip
             for no in listed:
                 r = by_no.get(no)
                 if r is None:
