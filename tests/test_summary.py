@@ -1027,6 +1027,65 @@ async def test_the_sandbox_summarises_only_what_it_released() -> None:
     assert [r.invt_no for r in record.inventories] == numbers[1:2]
 
 
+async def test_the_sandbox_declares_a_summary_by_its_flags(
+    customs_sandbox_local: RunningSandbox, http_recorder: Recorder
+) -> None:
+    """A.29: summaryFlag 2 summarises by consignor and producer / seller — a customs declaration (CEB792) per ownerCode,
+    each of its own inventories' items and weights —, 1 by consignor alone (one declaration); itemNameFlag 1 merges
+    the items of one HS code only under one item name (gseqno), another value (the XSD wants one character) under
+    the HS code."""
+    from decimal import Decimal
+
+    local, heads, numbers = sandbox_with_released(71, 72, 73)
+    sb = customs_sandbox_local
+    sb.config.receipt_url = http_recorder.url + "/v1/receipts"
+    for r, owner in zip(local.export_inventories.values(), ("4601960K21", "4601960K99", "4601960K21"), strict=True):
+        r.doc.head["ownerCode"] = owner  # the second parcel another producer's
+        r.doc.lines[0].update(gcode="6404110000", itemName=f"运动鞋 {r.invt_no[-2:]}")  # one HS code, three names
+    sb.sandbox.export_inventories.update(local.export_inventories)
+
+    async def send(p: dict[str, Any]) -> None:
+        env = dxp.wrap(xml(p), msg_type="CEB701Message", sender_id="DXPENT0000458763",
+                       receiver_ids=[dxp.EXPORT_RECEIVER], cop_msg_id=str(uuid.uuid4()).upper(),
+                       created=datetime.now())  # fmt: skip
+        async with aiohttp.ClientSession() as client, client.post(sb.url + "/dxp", data=env) as resp:
+            assert resp.status == 200, await resp.text()
+        await sb.wait_idle()
+
+    async def declared(flag: str, name_flag: str, seed: int) -> list[tuple[dict[tuple[str, str], str], str]]:
+        """The declarations (CEB792) the sandbox makes of the three: each one's gseqno by (invtNo, gnum), and its
+        grossWeight. The application is withdrawn after, its inventories free for the next."""
+        http_recorder.requests.clear()
+        p = application(heads, numbers, seed=seed)
+        p["documents"][0].update(summaryFlag=flag, itemNameFlag=name_flag)
+        await send(p)
+        out = []
+        for r in http_recorder.requests:
+            for result in etree.fromstring(dxp.unwrap(r.body).data).iter(f"{{{CEB_NS}}}SummaryResult"):
+                lines = result.iter(f"{{{CEB_NS}}}SummaryResultList")
+                items = {(li.findtext(f"{{{CEB_NS}}}invtNo") or "", li.findtext(f"{{{CEB_NS}}}gnum") or ""):
+                         li.findtext(f"{{{CEB_NS}}}gseqno") or "" for li in lines}
+                out.append((items, result.findtext(f".//{{{CEB_NS}}}grossWeight") or ""))
+        await send(version(p, "3", "20261120180000"))
+        return out
+
+    def weight(*nos: str) -> Decimal:
+        return sum((Decimal(h["grossWeight"]) for h, n in zip(heads, numbers, strict=True) if n in nos), Decimal(0))
+
+    try:
+        by_owner = await declared("2", "0", 74)
+        assert [(sorted({no for no, _ in items}), Decimal(w)) for items, w in by_owner] == [
+            (sorted([numbers[0], numbers[2]]), weight(numbers[0], numbers[2])), ([numbers[1]], weight(numbers[1]))]
+        [(whole, w)] = await declared("1", "0", 75)
+        assert {no for no, _ in whole} == set(numbers) and Decimal(w) == weight(*numbers)
+        assert len({whole[(no, "1")] for no in numbers}) == 1  # the three first lines: one HS code, one item
+        [(named, _)] = await declared("1", "1", 76)
+        assert len({named[(no, "1")] for no in numbers}) == 3  # by their names: three
+    finally:
+        for key in local.export_inventories:
+            sb.sandbox.export_inventories.pop(key, None)
+
+
 async def test_the_sandbox_takes_the_parts_of_a_split_summary() -> None:
     """A split application's parts share its copNo (msgSeqNo 1..msgCount): each is a part, not a duplicate."""
     sb, heads, numbers = sandbox_with_released(65, 66)

@@ -1237,8 +1237,9 @@ class Sandbox:
         return [step("CEB702", "2", values, label), step("CEB702", "399", {**values, "sumNo": sum_no}, label)]
 
     def _summary_results(self, parsed: ParsedMessage, plans: list[list[Step]]) -> list[tuple[dict[str, Any], bytes]]:
-        """The summary result (CEB792) of each application these plans conclude (CEB702 399, not a deletion): one
-        customs declaration of all its inventories' items, an item (gseqno) per HS code, as customs merges them."""
+        """The summary results (CEB792) of each application these plans conclude (CEB702 399, not a deletion): one per
+        customs declaration made of its inventories (rc.declarations: by summaryFlag), an item (gseqno) per HS code
+        (and item name, by itemNameFlag), as customs merges them (rc.summary_result)."""
         out: list[tuple[dict[str, Any], bytes]] = []
         for doc, plan in zip(parsed.documents, plans, strict=True):
             if not plan or plan[-1].status != "399" or doc.head.get("appType") == "3":
@@ -1246,11 +1247,13 @@ class Sandbox:
             record = self.summaries.get(_summary_key(doc.head))
             if record is None:
                 continue
-            head, lines = rc.summary_result(record.doc, record.sum_no, [r.doc for r in record.inventories],
-                                            [r.invt_no for r in record.inventories], next(self._serial))  # fmt: skip
-            meta = {"code": "CEB792", "status": head["decState"], "key": plan[-1].key,
-                    "info": f"汇总结果 {head['entryId']}"}  # fmt: skip
-            out.append((meta, rc.build_customs_documents("CEB792", [(head, lines)])))
+            for group in rc.declarations(record.doc, [r.doc for r in record.inventories]):
+                members = [record.inventories[n] for n in group]
+                head, lines = rc.summary_result(record.doc, record.sum_no, [r.doc for r in members],
+                                                [r.invt_no for r in members], next(self._serial))  # fmt: skip
+                meta = {"code": "CEB792", "status": head["decState"], "key": plan[-1].key,
+                        "info": f"汇总结果 {head['entryId']}"}  # fmt: skip
+                out.append((meta, rc.build_customs_documents("CEB792", [(head, lines)])))
         return out
 
     def _voided_bills(self, parsed: ParsedMessage, plans: list[list[Step]]) -> list[tuple[dict[str, Any], bytes]]:

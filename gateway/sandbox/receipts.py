@@ -190,9 +190,11 @@ def summary_result(
     application: Document, sum_no: str, inventories: Sequence[Document], invt_nos: Sequence[str], serial: int,
     *, moment: datetime | None = None,
 ) -> tuple[dict[str, str | None], list[dict[str, str]]]:  # fmt: skip
-    """The head and lines of the summary result (CEB792, spec A.31) customs would send for a concluded summary
-    application: one declaration (declSeqNo, entryId) of every item of its inventories, an item (gseqno) per HS code
-    in the order first met, the inventories' weights summed."""
+    """The head and lines of the summary result (CEB792, spec A.31) customs would send for one declaration of a
+    concluded summary application: one declaration (declSeqNo, entryId) of every item of ``inventories`` (those of the
+    application that go into it, :func:`declarations`), an item (gseqno) per HS code — and, with the application's
+    itemNameFlag 1 (A.29: by the original item name), per HS code and itemName — in the order first met, the
+    inventories' weights summed."""
     moment = moment or datetime.now(CHINA_TZ)
     h = application.head
     customs = h.get("customsCode", "")
@@ -207,15 +209,27 @@ def summary_result(
         **{name: h.get(name) for name in ("agentCode", "agentName", "ebcCode", "ebcName", "declAgentCode",
                                           "declAgentName")},
     }  # fmt: skip
-    items: dict[str, int] = {}
+    by_name = (h.get("itemNameFlag") or "").strip() == "1"
+    items: dict[tuple[str, str], int] = {}
     lines = []
     for inv, invt_no in zip(inventories, invt_nos, strict=True):
         for line in inv.lines:
             gcode = line.get("gcode", "")
-            seq = items.setdefault(gcode, len(items) + 1)
+            seq = items.setdefault((gcode, line.get("itemName", "") if by_name else ""), len(items) + 1)
             lines.append({"invtNo": invt_no, "logisticsNo": inv.head.get("logisticsNo", ""), "gseqno": str(seq),
                           "gnum": line.get("gnum", ""), "gcode": gcode})  # fmt: skip
     return head, lines
+
+
+def declarations(application: Document, inventories: Sequence[Document]) -> list[list[int]]:
+    """The customs declarations a concluded summary application makes of its inventories, as their indexes, in the
+    order first met: one of all of them — they are of its consignor — or, with summaryFlag 2 (A.29: by consignor and
+    producer / seller), one per ownerCode."""
+    by_owner = (application.head.get("summaryFlag") or "").strip() == "2"
+    groups: dict[str, list[int]] = {}
+    for n, inv in enumerate(inventories):
+        groups.setdefault((inv.head.get("ownerCode") or "").strip() if by_owner else "", []).append(n)
+    return list(groups.values())
 
 
 def tax_no(invt_no: str) -> str:
