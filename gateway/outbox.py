@@ -1867,16 +1867,21 @@ async def inventory_summary(
     """The summary declaration (汇总申报) of a shipment's current B-type export inventory (statisticsFlag B), as
     gateway.summary.inventory_summary tells it from the live applications naming the invtNo customs gave it and
     customs' results listing its items; None for any other shipment. ``documents``: the shipment's, each with its
-    ``invt_no`` (from its CEB604 receipts); ``released``: whether customs released the shipment."""
+    ``invt_no`` (from its CEB604 receipts); ``released``: whether customs released the shipment. Whether it was
+    cancelled (its CEB605 concluded) is read as a summary application naming it is judged (HELD_INVENTORIES)."""
     inventory = next((d for d in documents if d["message_type"] == "CEB603" and d["is_current"]
                       and not d["withdrawn"]), None)  # fmt: skip
-    if inventory is None or (db.json_value(inventory["head"]) or {}).get("statisticsFlag") != "B":
+    head = (db.json_value(inventory["head"]) or {}) if inventory is not None else {}
+    if inventory is None or head.get("statisticsFlag") != "B":
         return None
     invt_no = inventory.get("invt_no")
     live = await conn.fetch(summary.LIVE_SUMMARIES, [invt_no]) if invt_no else []
     results = await conn.fetch(summary.RESULTS_OF_INVENTORY, invt_no) if invt_no else []
+    held = await conn.fetch(summary.HELD_INVENTORIES, [invt_no], rc.RANK_CONCLUDED) if invt_no else []
+    key = tuple(str(head.get(f) or "").strip() for f in ("agentCode", "copNo"))
+    cancelled = any(r["cancelled"] for r in held if r["message_type"] == "CEB603" and (r["key1"], r["key2"]) == key)
     return summary.inventory_summary(invt_no, released, live, [{**r, "keys": db.json_value(r["keys"])}
-                                                               for r in results])  # fmt: skip
+                                                               for r in results], cancelled=cancelled)  # fmt: skip
 
 
 def ships_from_a_warehouse(flow: str, mode: str | None) -> bool:

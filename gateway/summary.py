@@ -412,7 +412,8 @@ SELECT r.id, r.keys, r.return_status, r.return_time, r.return_info, r.received_a
 
 
 def inventory_summary(
-    invt_no: str | None, released: bool, live: Iterable[Mapping[str, Any]], results: Iterable[Mapping[str, Any]]
+    invt_no: str | None, released: bool, live: Iterable[Mapping[str, Any]], results: Iterable[Mapping[str, Any]],
+    *, cancelled: bool = False,
 ) -> dict[str, Any]:
     """What became of a B-type export inventory in the summary declaration (汇总申报), for its shipment's view:
     ``applications``, the live summary applications naming its invtNo (:data:`LIVE_SUMMARIES` rows: key, preNo, sumNo,
@@ -420,8 +421,10 @@ def inventory_summary(
     entryId, decState, opDate, sumNo as the newest of its :data:`RESULTS_OF_INVENTORY` records says) with those items
     only (gnum → gseqno, as its records listed them) — a declaration consolidates many consignors' parcels; and
     ``state``: ``declared``
-    (a declaration holds its items), ``applied`` (an application names it, no result yet), ``awaiting`` (released,
-    named by no application: the consignor's to summarise) or ``not_released``."""
+    (a declaration holds its items), ``cancelled`` (``cancelled``: its CEB605 concluded, it is void and not to be
+    summarised — an application naming it is to be withdrawn or changed), ``applied`` (an application names it, no
+    result yet), ``awaiting`` (released, named by no application: the consignor's to summarise) or
+    ``not_released``."""
     applications = []
     for r in live:
         cop_no, _, seq = str(r["key2"]).partition(KEY_SEP)
@@ -442,8 +445,8 @@ def inventory_summary(
     declarations = [{**{k: v for k, v in d.items() if k in _DECLARATION_FIELDS},
                      "items": sorted(items.get(key, {}).values(), key=lambda i: _number(i["gnum"]))}
                     for key, d in by_declaration.items()]  # fmt: skip
-    state = ("declared" if declarations else "applied" if applications else "awaiting" if released
-             else "not_released")  # fmt: skip
+    state = ("declared" if declarations else "cancelled" if cancelled else "applied" if applications
+             else "awaiting" if released else "not_released")  # fmt: skip
     return {"invtNo": invt_no, "state": state, "applications": applications, "declarations": declarations}
 
 

@@ -279,11 +279,18 @@ async def test_a_cancelled_inventory_refuses_the_summary(api: Client) -> None:
     cancel = await cancelled(api, a, a_no)
     r = await post_export(api, application([a], [a_no]))
     assert r.status == 202, r.body  # not concluded yet: the inventory stands
+    shipment = f"/v1/shipments/{a['ebpCode']}/{a['orderNo']}"
+    assert (await api.get(shipment)).body["summary"]["state"] == "applied"
     await concluded(api, cancel, "B20261120000000924")
     r = await post_export(api, application([a], [a_no], seed=5))
     assert r.status == 409, r.body
     [issue] = r.body["error"]["issues"]
     assert issue["code"] == "summary.inventory_withdrawn" and "cancelled" in issue["message"], issue
+    # the parcel's own view says so: void, not to be summarised — the application naming it is listed, to be
+    # withdrawn or changed
+    mine = (await api.get(shipment)).body["summary"]
+    assert mine["state"] == "cancelled" and [x["copNo"] for x in mine["applications"]] == [
+        application([a], [a_no])["documents"][0]["copNo"]], mine
 
 
 @pytest.mark.db
@@ -587,6 +594,8 @@ async def test_an_inventorys_summary_says_where_its_items_were_declared() -> Non
            "customs_status": "399"}
     assert inventory_summary(None, False, [], [])["state"] == "not_released"
     assert inventory_summary("I1", True, [], [])["state"] == "awaiting"
+    assert inventory_summary("I1", True, [], [], cancelled=True)["state"] == "cancelled"
+    assert inventory_summary("I1", True, [app], [], cancelled=True)["state"] == "cancelled"
     applied = inventory_summary("I1", True, [app], [])
     assert applied["state"] == "applied" and applied["applications"] == [
         {"agentCode": "AGENT", "copNo": "COP1", "msgSeqNo": "1", "preNo": "P1", "sumNo": "S1",

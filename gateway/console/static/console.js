@@ -1083,7 +1083,8 @@
 
   // A B-type export inventory's summary declaration (汇总申报): whether it was applied for and under which customs
   // declarations its items went (gateway.summary.inventory_summary).
-  const SUMMARY_ZH = { declared: "已汇总申报", applied: "已申请汇总", awaiting: "待汇总", not_released: "未放行" };
+  const SUMMARY_ZH = { declared: "已汇总申报", cancelled: "已撤销 不汇总", applied: "已申请汇总", awaiting: "待汇总",
+    not_released: "未放行" };
   function summaryText(sm) {
     const parts = [`${sm.state.replace("_", " ")} ${SUMMARY_ZH[sm.state] || ""}`.trim()];
     for (const d of sm.declarations) {
