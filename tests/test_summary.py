@@ -1095,6 +1095,37 @@ async def test_the_sandbox_declares_a_summary_by_its_flags(
             sb.sandbox.export_inventories.pop(key, None)
 
 
+async def test_the_sandbox_makes_a_summary_result_after_concluding_its_application(
+    customs_sandbox_local: RunningSandbox, http_recorder: Recorder
+) -> None:
+    """Customs makes the summary result (CEB792) of an application it concluded: its opDate (汇总处理时间) is not
+    before the returnTime of the application's 399 (CEB702), as a timeline of the two reads."""
+    local, heads, numbers = sandbox_with_released(77)
+    sb = customs_sandbox_local
+    sb.config.receipt_url = http_recorder.url + "/v1/receipts"
+    sb.sandbox.export_inventories.update(local.export_inventories)
+    http_recorder.requests.clear()
+    try:
+        p = application(heads, numbers, seed=77)
+        env = dxp.wrap(xml(p), msg_type="CEB701Message", sender_id="DXPENT0000458763",
+                       receiver_ids=[dxp.EXPORT_RECEIVER], cop_msg_id=str(uuid.uuid4()).upper(),
+                       created=datetime.now())  # fmt: skip
+        async with aiohttp.ClientSession() as client, client.post(sb.url + "/dxp", data=env) as resp:
+            assert resp.status == 200, await resp.text()
+        await sb.wait_idle()
+        times: dict[str, str] = {}
+        for r in http_recorder.requests:
+            root = etree.fromstring(dxp.unwrap(r.body).data)
+            for ret in root.iter(f"{{{CEB_NS}}}SummaryReturn"):
+                times[ret.findtext(f"{{{CEB_NS}}}returnStatus") or ""] = ret.findtext(f"{{{CEB_NS}}}returnTime") or ""
+            for head in root.iter(f"{{{CEB_NS}}}SummaryResultHead"):
+                times["792"] = head.findtext(f"{{{CEB_NS}}}opDate") or ""
+        assert times.keys() == {"2", "399", "792"} and times["2"] < times["399"] <= times["792"], times
+    finally:
+        for key in local.export_inventories:
+            sb.sandbox.export_inventories.pop(key, None)
+
+
 async def test_the_sandbox_takes_the_parts_of_a_split_summary() -> None:
     """A split application's parts share its copNo (msgSeqNo 1..msgCount): each is a part, not a duplicate."""
     sb, heads, numbers = sandbox_with_released(65, 66)

@@ -1241,6 +1241,8 @@ class Sandbox:
         customs declaration made of its inventories (rc.declarations: by summaryFlag), an item (gseqno) per HS code
         (and item name, by itemNameFlag), as customs merges them (rc.summary_result)."""
         out: list[tuple[dict[str, Any], bytes]] = []
+        # made once customs concluded the application: timed after the last receipt of the message (_schedule)
+        made = datetime.now(rc.CHINA_TZ) + timedelta(seconds=self.config.receipt_delay * (max(map(len, plans)) + 1))
         for doc, plan in zip(parsed.documents, plans, strict=True):
             if not plan or plan[-1].status != "399" or doc.head.get("appType") == "3":
                 continue
@@ -1250,7 +1252,8 @@ class Sandbox:
             for group in rc.declarations(record.doc, [r.doc for r in record.inventories]):
                 members = [record.inventories[n] for n in group]
                 head, lines = rc.summary_result(record.doc, record.sum_no, [r.doc for r in members],
-                                                [r.invt_no for r in members], next(self._serial))  # fmt: skip
+                                                [r.invt_no for r in members], next(self._serial),
+                                                moment=made)  # fmt: skip
                 meta = {"code": "CEB792", "status": head["decState"], "key": plan[-1].key,
                         "info": f"汇总结果 {head['entryId']}"}  # fmt: skip
                 out.append((meta, rc.build_customs_documents("CEB792", [(head, lines)])))
