@@ -1115,6 +1115,42 @@ async def test_config_endpoint_neither_shows_nor_changes_credentials(client: aio
         await sb.stop()
 
 
+async def test_a_sandbox_started_again_gives_no_number_its_earlier_run_gave(
+    http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """./ops/run a second time on the same data: the database keeps the first run's inventories, and a sandbox whose
+    numbers began at 1 again gave the new inventories their invtNo (and preNo) — two parcels under one customs number,
+    receipts and tax bills landing on the wrong one."""
+    for run in range(2):  # one inventory each, released
+        running = await start_sandbox(receipt_url=http_recorder.url + "/v1/receipts", receipt_delay=0.01,
+                                      tax_bills=False)  # fmt: skip
+        try:
+            await declare_all(client, running, legs(rsa_key, seed=50 + run))
+            await running.wait_idle()
+        finally:
+            await running.stop()
+    released = receipts(http_recorder, lambda r: r["type"] == "CEB622" and r["returnStatus"] == "800")
+    assert len(released) == 2
+    assert len({r["invtNo"] for r in released}) == len({r["preNo"] for r in released}) == 2
+
+
+def test_serial_numbers_follow_the_clock_and_never_repeat() -> None:
+    """Tenths of a second since the year began, one more than the last when asked faster than that: a second series
+    begun later starts above the first's, while the first did not run ahead of the clock."""
+    from gateway.sandbox.receipts import SerialNumbers
+
+    moment = [datetime(2026, 3, 1, 8, 0, 0, tzinfo=rc.CHINA_TZ)]
+    first = SerialNumbers(lambda: moment[0])
+    tenths = int((moment[0] - datetime(2026, 1, 1, tzinfo=rc.CHINA_TZ)).total_seconds() * 10)
+    assert [next(first) for _ in range(3)] == [tenths, tenths + 1, tenths + 2]  # a burst runs ahead
+    moment[0] += timedelta(seconds=60)
+    assert next(first) == tenths + 600  # the clock caught up
+    again = SerialNumbers(lambda: moment[0] + timedelta(seconds=1))  # started again a second later
+    assert next(again) == tenths + 610 > tenths + 600
+    year_end = SerialNumbers(lambda: datetime(2026, 12, 31, 23, 59, 59, 900000, tzinfo=rc.CHINA_TZ))
+    assert next(year_end) < 10**9  # within the numbers' nine digits
+
+
 async def test_the_schemas_are_compiled_before_the_sandbox_answers() -> None:
     app = create_sandbox_app(SandboxConfig())
     assert app[SANDBOX_KEY].stats()["schema"] == "loading"

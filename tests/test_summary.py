@@ -798,7 +798,7 @@ async def test_a_summary_goes_to_customs_and_comes_back_with_its_declaration(db_
         assert [j["endpoint"] for j in jobs] == ["customs"]
         # the folder transport's inbox takes a result through the same intake: a second declaration of the summary
         handle = inbox_handler(stack.app[OUTBOX], stack.app[PIPELINE].schemas, "customs")
-        await handle(result_for(view["sumNo"], p, numbers[:1]), Path("result.xml"))
+        await handle(result_for(view["sumNo"], p, numbers[:1], same_as=result), Path("result.xml"))
         assert await stack.fetchval("SELECT outcome FROM receipts WHERE source = 'inbox'") == "applied"
         assert len((await stack.client.get(path)).body["results"]) == 2
         # the same declaration reported again (its declSeqNo) with the first parcel's items: one declaration still,
@@ -810,7 +810,10 @@ async def test_a_summary_goes_to_customs_and_comes_back_with_its_declaration(db_
 
 # --- CEB702 and CEB792 at /v1/receipts ---------------------------------------------------------------------------
 
-def result_for(sum_no: str, app: dict[str, Any], invt_nos: list[str], ebc: str | None = None) -> bytes:
+def result_for(sum_no: str, app: dict[str, Any], invt_nos: list[str], ebc: str | None = None,
+               same_as: dict[str, Any] | None = None) -> bytes:  # fmt: skip
+    """A summary result (CEB792) of the application ``app`` listing ``invt_nos``; ``same_as``: a result as the API
+    shows it, whose declaration (declSeqNo, entryId) this one reports again."""
     from gateway.documents import extract
     from gateway.render import render
     from gateway.sandbox import receipts as rc
@@ -819,6 +822,8 @@ def result_for(sum_no: str, app: dict[str, Any], invt_nos: list[str], ebc: str |
     application = extract(*parse_message(render(app))).documents[0]
     head, lines = rc.summary_result(application, sum_no, [], [], 7)
     head["ebcCode"] = ebc or head["ebcCode"]
+    if same_as is not None:
+        head.update(declSeqNo=same_as["declSeqNo"], entryId=same_as["entryId"])
     lines = [{"invtNo": no, "logisticsNo": "SF1234567890123CN", "gseqno": "1", "gnum": "1", "gcode": "0902109000"}
              for no in invt_nos]  # fmt: skip
     return rc.build_customs_documents("CEB792", [(head, lines)])

@@ -52,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import json
 import logging
 import math
@@ -378,7 +377,7 @@ class Sandbox:
         self._schema: Any = None
         self._shared_schema = schemas  # a gateway.schema.SchemaSet to use rather than compile another
         self._schema_error: str | None = None
-        self._serial = itertools.count(1)
+        self._serial = rc.SerialNumbers()  # numbers a restarted sandbox does not give again
         self._random = random.Random()
         self._batches: dict[tuple[str, str], _Batch] = {}  # open batches by (receipt code, receiver)
         self._inflight: Counter[tuple[str, str]] = Counter()  # receipt messages being posted, by the same key

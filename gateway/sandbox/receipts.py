@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -271,6 +271,27 @@ def format_receipt(
             "oriBizMessage": text,
         },
     )
+
+
+class SerialNumbers:
+    """The serials of the numbers the sandbox gives (preNo, invtNo, sumNo, payment slips …): each one more than the
+    last, and never less than the tenths of a second since the year began (China time). A sandbox started again —
+    ``./ops/run`` a second time on the same data, whose database keeps the numbers of the first run — so gives none
+    its earlier run gave, unless that run gave more than ten a second for longer than it has been stopped. A year
+    holds ~316 million tenths: within the numbers' 9 digits, and the year or date is part of each number."""
+
+    def __init__(self, now: Callable[[], datetime] = lambda: datetime.now(CHINA_TZ)) -> None:
+        self._now = now
+        self._last = 0
+
+    def __iter__(self) -> SerialNumbers:
+        return self
+
+    def __next__(self) -> int:
+        moment = self._now()
+        start = moment.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+        self._last = max(self._last + 1, int((moment - start).total_seconds() * 10))
+        return self._last
 
 
 def pre_no(serial: int, moment: datetime | None = None) -> str:
