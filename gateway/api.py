@@ -31,7 +31,7 @@ from gateway import csvexport, db, realtime, receipts, summary, taxbills
 from gateway.auth import KeyRing, Principal, SharedRates, shipment_view
 from gateway.config import RealtimeSettings, Role, Settings, key_digest
 from gateway.console import setup_console
-from gateway.console.queries import DEAD_TOTAL, awaited_documents, queue_stats, receipts_awaited
+from gateway.console.queries import DEAD_TOTAL, awaited_documents, queue_stats, receipts_awaited, unmatched_receipts
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.ingestlink import IngestUnavailable
@@ -774,6 +774,22 @@ async def list_warehouse_callbacks(request: web.Request) -> web.Response:
     return json_response(page)
 
 
+async def get_unmatched_receipts(request: web.Request) -> web.Response:
+    """The customs receipts kept unmatched, newest first (operator / admin): customs' word on documents the gateway
+    could not find — declared around it, or keys that differ — which no shipment shows."""
+    if (denied := _operator(request)) is not None:
+        return denied
+    q = request.query
+    try:
+        limit = _limit(q)
+        async with request.app[POOL].acquire() as conn:
+            page = await unmatched_receipts(conn, message_type=q.get("message_type") or None, limit=limit,
+                                            cursor=q.get("cursor") or None)  # fmt: skip
+    except ValueError as exc:
+        return error_response(400, f"bad query parameter: {exc}")
+    return json_response(page)
+
+
 def _operator(request: web.Request) -> web.Response | None:
     """403 unless the key is an operator's or an admin's (queue pages and replays)."""
     if _principal(request).role not in (Role.OPERATOR, Role.ADMIN):
@@ -964,6 +980,7 @@ def create_app(
     app.router.add_get("/v1/rejections", list_rejections)
     app.router.add_get("/v1/rejections/{id}", get_rejection)
     app.router.add_post("/v1/receipts", post_receipts)
+    app.router.add_get("/v1/receipts/unmatched", get_unmatched_receipts)
     app.router.add_post(WAREHOUSE_CALLBACKS, post_warehouse_callback)
     app.router.add_get(WAREHOUSE_CALLBACKS, list_warehouse_callbacks)
     app.router.add_get("/v1/queue", get_queue)

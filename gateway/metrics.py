@@ -352,6 +352,12 @@ class Metrics:
             g.add_metric([quantile], float(v))
         out.append(g)
         out.append(GaugeMetricFamily("cbec_receipts_recent", f"Receipts received {window}", float(r["n"])))
+        g = GaugeMetricFamily("cbec_receipts_unmatched", "Customs receipts kept unmatched: no document the gateway "
+                              "holds is the one they answer (GET /v1/receipts/unmatched lists them)",
+                              labels=["message_type"])  # fmt: skip
+        for r in await conn.fetch(q.UNMATCHED_RECEIPTS_BY_TYPE):
+            g.add_metric([r["message_type"]], r["n"])
+        out.append(g)
         awaited = await q.receipts_awaited(conn)
         out.append(GaugeMetricFamily("cbec_receipts_awaited", "Documents sent to customs and still without any receipt",
                                      float(awaited["count"])))  # fmt: skip

@@ -646,6 +646,17 @@ OPENAPI: dict[str, Any] = {
                 "a limit or cursor that is not one",
             )
         },
+        "/v1/receipts/unmatched": {
+            "get": _page_list(
+                "The customs receipts kept unmatched, newest first (keyset pages; operator / admin): customs' word on "
+                "a document the gateway could not find (declared around it, keys that differ; a tax bill or summary "
+                "result whose number no receipt has taught yet leaves the list when one does), each {id, received_at, "
+                "message_type, root_guid, element_index, doc_guid, keys, return_status, return_time, return_info, "
+                "cop_msg_id, source}",
+                (("message_type", "only receipts of this type, e.g. CEB622"),),
+                "a limit or cursor that is not one",
+            )
+        },
         "/v1/queue/dead": {
             "get": {
                 "summary": "Dead letters, newest first, each with its whole attempt history (operator / admin)",

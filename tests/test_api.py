@@ -1220,3 +1220,49 @@ async def test_the_queue_figures_name_the_sellers_whose_webhooks_are_paused(
     metrics = (await routed.get("/metrics")).body.decode()
     assert 'cbec_webhook_seller_paused_events{endpoint="webhook",seller="S1"} 2.0' in metrics
     assert 'seller="S2"' not in metrics
+
+
+async def test_receipts_kept_unmatched_are_listed_and_counted_until_they_find_their_document(api: Client) -> None:
+    """Customs' word on a document the gateway does not hold was a log line: GET /v1/receipts/unmatched lists it
+    (operators: newest first, by type, a page at a time) and /metrics counts it by type, until it finds its document
+    (delivered again once the order was declared) and leaves both."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    s = new_shipment(71)
+    order = s.order["documents"][0]
+    early = build_receipt("CEB312", {"guid": order["guid"], "ebpCode": order["ebpCode"], "ebcCode": order["ebcCode"],
+                                     "orderNo": order["orderNo"], "returnStatus": "2",
+                                     "returnTime": "20260101120000001", "returnInfo": "申报中"})  # fmt: skip
+    stranger = build_receipt("CEB412", {"guid": "F" * 36, "payCode": "X", "payTransactionId": "nobody",
+                                        "returnStatus": "2", "returnTime": "20260101120000002", "returnInfo": "?"})
+    for xml in (early, stranger):
+        reply = await api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
+        assert [r["outcome"] for r in reply.body["receipts"]] == ["unmatched"], reply.body
+
+    async def unmatched(query: str = "") -> Any:
+        reply = await api.get(f"/v1/receipts/unmatched{query}", key=OPERATOR)
+        assert reply.status == 200, reply.body
+        return reply.body
+
+    async def counted() -> dict[str, float]:
+        async with api.session.get(api.base + "/metrics") as resp:
+            text = await resp.text()
+        return {s.labels["message_type"]: s.value for f in text_string_to_metric_families(text)
+                if f.name == "cbec_receipts_unmatched" for s in f.samples}  # fmt: skip
+
+    page = await unmatched("?limit=1")
+    [newest] = page["items"]
+    assert (newest["message_type"], newest["keys"]["payTransactionId"], newest["return_info"]) == ("CEB412",
+                                                                                                  "nobody", "?")
+    rest = await unmatched(f"?limit=1&cursor={page['next_cursor']}")
+    assert [r["message_type"] for r in rest["items"]] == ["CEB312"] and rest["next_cursor"] is None
+    assert [r["keys"]["orderNo"] for r in (await unmatched("?message_type=CEB312"))["items"]] == [order["orderNo"]]
+    assert await counted() == {"CEB312": 1, "CEB412": 1}
+    assert (await api.get("/v1/receipts/unmatched", key=PLATFORM_A)).status == 403
+    assert (await api.get("/v1/receipts/unmatched?cursor=x", key=OPERATOR)).status == 400
+
+    assert (await api.post_xml(legs(s)["CEB311"])).status == 202
+    again = await api.request("POST", "/v1/receipts", data=early, content_type="application/xml")
+    assert [r["outcome"] for r in again.body["receipts"]] == ["applied"], again.body
+    assert [r["message_type"] for r in (await unmatched())["items"]] == ["CEB412"]
+    assert await counted() == {"CEB412": 1}

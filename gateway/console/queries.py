@@ -542,6 +542,38 @@ async def awaited_documents(conn: asyncpg.Connection, *, limit: int = 20, cursor
     return {"items": items, "next_cursor": encode_cursor(last["awaited_since"], last["document_id"]) if last else None}
 
 
+# --- receipts kept unmatched ----------------------------------------------------------------------------
+
+#: The receipts kept unmatched (sql/430), by message type: /metrics' cbec_receipts_unmatched.
+UNMATCHED_RECEIPTS_BY_TYPE = """
+SELECT message_type, count(*)::bigint AS n FROM receipts WHERE outcome = 'unmatched' GROUP BY message_type
+"""
+
+#: A page of them, newest first: $2 of them with an id below $1, of the message type $3 (NULL: every type).
+UNMATCHED_RECEIPTS = """
+SELECT id, received_at, message_type, root_guid, element_index, doc_guid, keys, return_status, return_time,
+       return_info, cop_msg_id, source
+  FROM receipts
+ WHERE outcome = 'unmatched' AND id < $1 AND ($3::text IS NULL OR message_type = $3)
+ ORDER BY id DESC LIMIT $2
+"""
+
+
+async def unmatched_receipts(
+    conn: asyncpg.Connection, *, message_type: str | None = None, limit: int = 50, cursor: str | None = None
+) -> dict[str, Any]:
+    """A page of the receipts kept unmatched, newest first (GET /v1/receipts/unmatched): customs' word on a document
+    the gateway could not find, each as stored (its keys, status, time and returnInfo, the CopMsgId and source it came
+    by); ``next_cursor`` None on the last page. A cursor not of this list: ValueError."""
+    before = db.row_id(cursor) if cursor else db.MAX_BIGINT
+    if before is None:
+        raise ValueError("not a cursor of GET /v1/receipts/unmatched")
+    rows = await conn.fetch(UNMATCHED_RECEIPTS, before, limit + 1, message_type)
+    items = [{**dict(r), "received_at": r["received_at"].isoformat(), "keys": db.json_value(r["keys"])}
+             for r in rows[:limit]]  # fmt: skip
+    return {"items": items, "next_cursor": str(rows[limit - 1]["id"]) if len(rows) > limit else None}
+
+
 # --- series for the charts --------------------------------------------------------------------------------
 
 #: Per minute since $1: accepted messages, rejected messages, successful transmissions to the endpoints
