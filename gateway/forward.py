@@ -34,6 +34,16 @@ SHIPMENT_CUSTOMS_STATUSES = ("pending", "declared", "accepted", "released", "rej
 WEBHOOK_EVENT = "shipment.customs_status_changed"
 #: A warehouse's order made from one of the shipment's documents went further (POST /v1/warehouse/callbacks).
 WAREHOUSE_WEBHOOK_EVENT = "shipment.warehouse_status_changed"
+#: What customs said of a cancellation (CEB623, CEB605) or a return (CEB625, CEB213) of the shipment's inventory, and
+#: the release of an inventory declared anew after a cancellation: none of them moves the shipment's customs status
+#: (released is final; a cancellation or return is no leg), so without these a seller would hear nothing of them.
+INVENTORY_EVENTS = {
+    ("cancel", "concluded"): "shipment.inventory_cancelled",
+    ("cancel", "refused"): "shipment.inventory_cancellation_refused",
+    ("refund", "concluded"): "shipment.inventory_returned",
+    ("refund", "refused"): "shipment.inventory_return_refused",
+    ("inventory", "released"): "shipment.inventory_released",
+}
 
 
 @dataclass(frozen=True)
@@ -260,6 +270,19 @@ class Router:
         data = {"ebpCode": ebp_code, "orderNo": order_no, **order}
         return self._seller_events(WAREHOUSE_WEBHOOK_EVENT, ebp_code, order_no, parties, data,
                                    f"warehouse:{order['orderId']}:{order['status']}:{event_id}")  # fmt: skip
+
+    def inventory_webhook_jobs(
+        self, *, kind: str, outcome: str, ebp_code: str, order_no: str, parties: Iterable[str],
+        document: Mapping[str, Any],
+    ) -> list[JobSpec]:
+        """One job per seller when customs concluded or refused a cancellation or return of the shipment's inventory, or
+        released an inventory declared anew after a cancellation (``kind`` and ``outcome``: a key of INVENTORY_EVENTS;
+        ``document``: messageType, guid, invtNo, customs, warehouseOrders and a reason), in the shipment's stream.
+        Once per document and outcome: its guid makes the delivery's id."""
+        event = INVENTORY_EVENTS[(kind, outcome)]
+        data = {"ebpCode": ebp_code, "orderNo": order_no, **document}
+        return self._seller_events(event, ebp_code, order_no, parties, data,
+                                   f"{event.removeprefix('shipment.')}:{document['guid']}")  # fmt: skip
 
     def _seller_events(
         self, event: str, ebp_code: str, order_no: str, parties: Iterable[str], data: Mapping[str, Any], suffix: str

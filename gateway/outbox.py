@@ -583,6 +583,15 @@ SELECT d.id, d.ebp_code, d.order_no
                   AND c.customs_rank >= {rc.RANK_CONCLUDED})
 """
 
+#: The documents ($1 ids) whose customs outcome the sellers hear of (Outbox._tell_sellers_of_inventories), each with
+#: its guid, reason and shipment (its parties: whom to tell).
+SELLER_DOCUMENTS = """
+SELECT d.id, d.doc_guid, d.head ->> 'reason' AS reason, s.ebp_code, s.order_no, s.parties, s.customs_status
+  FROM documents AS d,
+       LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = d.ebp_code AND s.order_no = d.order_no OFFSET 0) AS s
+ WHERE d.id = ANY ($1::bigint[])
+"""
+
 SET_SHIPMENT_CUSTOMS = """
 UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, customs_updated_at = now()
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(ebp, ono, status, info)
@@ -1163,12 +1172,13 @@ class Outbox:
 
     async def _refresh_shipments(
         self, conn: asyncpg.Connection, shipments: Iterable[tuple[str, str]], *, statuses: Sequence[str] | None = None
-    ) -> None:
+    ) -> set[tuple[str, str]]:
         """Recompute customs_status of the shipments (of those in ``statuses`` only, when given) from their current
-        legs; on a change tell the sellers and, once released, the warehouse."""
+        legs; on a change tell the sellers and, once released, the warehouse. Returns the shipments whose status
+        changed (the sellers heard of it)."""
         ships = sorted(set(shipments))
         if not ships:
-            return
+            return set()
         rows = await conn.fetch(
             SHIPMENT_LEGS, [s[0] for s in ships], [s[1] for s in ships], None if statuses is None else list(statuses)
         )
@@ -1204,6 +1214,7 @@ class Outbox:
                 [c[0] for c in changed], [c[1] for c in changed], [c[2] for c in changed], [c[3] for c in changed],
             )  # fmt: skip
         await enqueue_all(conn, jobs)
+        return {(c[0], c[1]) for c in changed}
 
     # -- a delivery went to the dead letters, or back ------------------------------------------------------
 
@@ -1337,7 +1348,8 @@ class Outbox:
         docs = {d.id: d for d in (_Doc.of(x) for x in await conn.fetch(LOCK_DOCUMENTS, ids))}
         resend: dict[int, set[int]] = {}  # return element -> the messages it asks to send again
         unkept = await self._unkept(conn, [r for r in todo if not targets[r.index]])
-        before = {d.id: (d.concluded, d.state.rank or 0) for d in docs.values()}  # what the warehouse heard of
+        # what the warehouse and the sellers heard of
+        before = {d.id: (d.concluded, d.state.rank or 0, d.forward_state) for d in docs.values()}
         for r in todo:
             res = results[r.index]
             found = [docs[i] for i in targets[r.index] if i in docs]
@@ -1421,24 +1433,36 @@ class Outbox:
             for index, message_ids in resend.items():  # "resend" says that it happened (not past max_repushes)
                 results[index].resend = not message_ids.isdisjoint(resent)
         # Last: a re-send puts a failed message back on its way (COUNT_RESEND), and the status must say so.
-        await self._refresh_shipments(conn, shipments | set(restored))
-        await self._warehouse_after_cancellations(
-            conn,
-            cancelled=[d.id for d in changed if d.kind == "cancel" and d.concluded and not before[d.id][0]],
-            released=[d.id for d in changed if d.kind == "inventory" and d.app_type == "1" and d.forward_state !=
-                      "rejected" and (d.state.rank or 0) >= rc.RANK_RELEASED > before[d.id][1]],
+        announced = await self._refresh_shipments(conn, shipments | set(restored))
+        # what customs concluded or refused of cancellations and returns (not of a return's withdrawal), and released
+        # of inventories declared anew
+        asked = [d for d in changed if d.kind in ("cancel", "refund") and d.app_type != "3"]
+        outcomes = [(d, "concluded") for d in asked if d.concluded and not before[d.id][0]]
+        outcomes += [(d, "refused") for d in asked if d.forward_state == "rejected" and before[d.id][2] != "rejected"]
+        released = [d.id for d in changed if d.kind == "inventory" and d.app_type == "1" and d.forward_state !=
+                    "rejected" and (d.state.rank or 0) >= rc.RANK_RELEASED > before[d.id][1]]
+        told = self.router is not None and bool(self.router.on_release or self.router.webhooks)
+        anew = list(await conn.fetch(REDECLARED, released)) if released and told else []
+        # a shipment released just now told its sellers so (customs_status_changed); one released before, not
+        outcomes += [(docs[r["id"]], "released") for r in anew if (r["ebp_code"], r["order_no"]) not in announced]
+        orders = await self._warehouse_after_cancellations(
+            conn, cancelled=[d.id for d, outcome in outcomes if d.kind == "cancel" and outcome == "concluded"],
+            anew=anew,
         )  # fmt: skip
+        await self._tell_sellers_of_inventories(conn, outcomes, orders)
         return [results[r.index] for r in recs]
 
     async def _warehouse_after_cancellations(
-        self, conn: asyncpg.Connection, *, cancelled: Sequence[int], released: Sequence[int]
-    ) -> None:
+        self, conn: asyncpg.Connection, *, cancelled: Sequence[int], anew: Sequence[asyncpg.Record]
+    ) -> dict[int, list[str]]:
         """A released shipment is final (never recomputed), yet customs may conclude the cancellation of its inventory
         (CEB623 / CEB605, 399) and release one declared anew: the warehouse gets the cancel of the order made from the
-        cancelled inventory (``cancelled``: cancellations concluded now) and an order of the new one (``released``:
-        inventories released now; those declared after a concluded cancellation of their shipment)."""
-        if self.router is None or not self.router.on_release or not (cancelled or released):
-            return
+        cancelled inventory (``cancelled``: cancellations concluded now) and an order of the new one (``anew``:
+        REDECLARED's rows, inventories released now that were declared after a concluded cancellation of their
+        shipment). Returns the orderIds of the orders cancelled, by cancellation, and made, by inventory."""
+        orders: dict[int, list[str]] = {}
+        if self.router is None or not self.router.on_release or not (cancelled or anew):
+            return orders
         jobs: list[JobSpec] = []
         for c in await conn.fetch(CANCELLED_RELEASES, list(cancelled)) if cancelled else []:
             if ships_from_a_warehouse(c["flow"], c["mode"]):
@@ -1448,9 +1472,9 @@ class Outbox:
                     order_no=c["order_no"], reason=reason,
                     numbers={"invtNo": c["invt_no"] or "", "preNo": c["pre_no"] or ""},
                 )  # fmt: skip
+                orders[c["id"]] = [warehouse.order_id(c["guid"], c["doc_index"])]
                 log.info("warehouse_order_cancelled", ebp_code=c["ebp_code"], order_no=c["order_no"], guid=c["guid"],
                          doc_index=c["doc_index"])  # fmt: skip
-        anew = await conn.fetch(REDECLARED, list(released)) if released else []
         if anew:
             ids = {r["id"] for r in anew}
             ships = sorted({(r["ebp_code"], r["order_no"]) for r in anew})
@@ -1458,7 +1482,47 @@ class Outbox:
             again = [(r, legs) for r in rows if ships_from_a_warehouse(r["flow"], r["mode"])
                      for legs in [_latest_legs(r["legs"])]
                      if any(leg["kind"] == "inventory" and leg["id"] in ids for leg in legs)]  # fmt: skip
-            jobs += await self._release_orders(conn, again)
+            made = await self._release_orders(conn, again)
+            jobs += made
+            position = {(leg["message_id"], leg["doc_index"]): leg["id"]
+                        for _, legs in again for leg in legs if leg["kind"] == "inventory"}  # fmt: skip
+            for j in made:
+                made_of = position[(j.payload["message_id"], j.payload["doc_index"])]
+                orders[made_of] = [warehouse.order_id(j.payload["guid"], j.payload["doc_index"])]
+        await enqueue_all(conn, jobs)
+        return orders
+
+    async def _tell_sellers_of_inventories(
+        self, conn: asyncpg.Connection, outcomes: Sequence[tuple[_Doc, str]], orders: Mapping[int, list[str]]
+    ) -> None:
+        """The sellers of each shipment hear what customs concluded or refused of a cancellation or return of its
+        inventory, and that it released an inventory declared anew after a cancellation (``outcomes``: the documents
+        with ``concluded``, ``refused`` or ``released``; ``orders``: the warehouse orders cancelled or made by them),
+        in this transaction: the shipment's customs status says none of it."""
+        if self.router is None or self.router.webhook_endpoint is None or not outcomes:
+            return
+        found = {r["id"]: r for r in await conn.fetch(SELLER_DOCUMENTS, sorted({d.id for d, _ in outcomes}))}
+        jobs: list[JobSpec] = []
+        for d, outcome in outcomes:
+            r = found.get(d.id)
+            if r is None or (outcome == "released" and r["customs_status"] != "released"):
+                continue  # no shipment of its own; or one released now, whose sellers heard so
+            document: dict[str, Any] = {
+                "messageType": d.message_type, "guid": r["doc_guid"], "invtNo": d.learned.get("invtNo") or d.invt_no,
+                "customs": {"code": d.state.status, "name": rc.status_name(d.state.status), "info": d.state.info,
+                            "time": d.state.return_time},
+                "warehouseOrders": orders.get(d.id, []),
+            }  # fmt: skip
+            if d.kind != "inventory":
+                document["reason"] = r["reason"]
+            told = self.router.inventory_webhook_jobs(
+                kind=d.kind, outcome=outcome, ebp_code=r["ebp_code"], order_no=r["order_no"], parties=r["parties"],
+                document=document,
+            )  # fmt: skip
+            if told:
+                log.info("sellers_told", webhook_event=told[0].payload["event"], ebp_code=r["ebp_code"],
+                         order_no=r["order_no"], sellers=[j.payload["seller"] for j in told])  # fmt: skip
+            jobs += told
         await enqueue_all(conn, jobs)
 
     async def _release_orders(

@@ -1207,6 +1207,52 @@ async def test_an_import_cancellation_concludes_at_the_sandbox_and_the_parcel_is
         assert await quota(stack, s) == [counted] and sandbox.quota_used[buyer] == value
 
 
+async def test_a_seller_hears_of_its_bonded_parcel_cancelled_and_declared_anew(db_dsn: str) -> None:
+    """A seller with a webhook, its released 1210 parcel cancelled at the sandbox (CEB624 399) and declared anew:
+    besides the warehouse's word on its two orders, it hears that customs concluded the cancellation (naming the
+    order whose cancel went) and released the new inventory — which no customs status change says, the shipment
+    released all along — each signed, in the order it happened."""
+    recorder = await start_recorder()
+    try:
+        s = shipment(133, mode="1210")
+        inv = s.inventory_doc
+        hook = WebhookSettings("seller-a", frozenset({inv["ebcCode"]}), recorder.url + "/hook", "k1")
+        async with running_stack(db_dsn, forwarding={"webhooks": (hook,)}) as stack:
+            path, inventory = await released_import(stack, s)
+            settled = _orders_settled(stack, path, "CEB621")
+            first = inventory["doc_guid"]
+            await wait_for(lambda: settled({first: ["shipped"]}), timeout=20, what="the first order shipped")
+            cancel = samples.import_cancellation(random.Random(133), inv, inventory["invt_no"])
+            await stack.submit(json.loads(json.dumps(cancel, default=str)))
+            await wait_for(lambda: settled({first: ["cancelled"]}), timeout=20, what="the first order cancelled")
+            again = version_of(s.inventory, "1", 60)
+            second = again["documents"][0]["guid"]
+            await stack.submit(json.loads(json.dumps(again, default=str)))
+            await wait_for(lambda: settled({first: ["cancelled"], second: ["shipped"]}), timeout=20,
+                           what="the new inventory released and its order shipped")  # fmt: skip
+            await stack.wait_sql("SELECT count(*) = 0 FROM jobs WHERE state NOT IN ('done', 'dead')")
+            got = await recorder.wait_for(10, timeout=10)
+            assert all(verify_signature("k1", r.body, r.headers["X-CBEC-Signature"],
+                                        timestamp=r.headers["X-CBEC-Timestamp"]) for r in got)  # fmt: skip
+            events = [json.loads(r.body) for r in got]
+            told = [(e["event"].removeprefix("shipment."), e["data"].get("customsStatus") or e["data"].get("status"))
+                    for e in events]  # fmt: skip
+            assert told == [("customs_status_changed", "declared"), ("customs_status_changed", "accepted"),
+                            ("customs_status_changed", "released"), ("warehouse_status_changed", "accepted"),
+                            ("warehouse_status_changed", "shipped"), ("inventory_cancelled", None),
+                            ("warehouse_status_changed", "cancelled"), ("inventory_released", None),
+                            ("warehouse_status_changed", "accepted"), ("warehouse_status_changed", "shipped")], told
+            cancelled, released = events[5]["data"], events[7]["data"]
+            assert (cancelled["messageType"], cancelled["invtNo"], cancelled["customs"]["code"]) == (
+                "CEB623", inventory["invt_no"], "399")
+            assert cancelled["warehouseOrders"] == [events[3]["data"]["orderId"]] == [events[6]["data"]["orderId"]]
+            assert (released["messageType"], released["guid"], released["customs"]["code"]) == ("CEB621", second, "800")
+            assert released["invtNo"] not in (None, inventory["invt_no"])
+            assert released["warehouseOrders"] == [events[8]["data"]["orderId"]] != cancelled["warehouseOrders"]
+    finally:
+        await recorder.stop()
+
+
 async def test_an_import_return_concludes_at_the_sandbox_and_gives_the_goods_back_to_the_quota(db_dsn: str) -> None:
     """A released import parcel of two items, the first returned (CEB625, JSON): the sandbox answers CEB626
     2 → 120 → 399, and both the gateway's ledger and the sandbox's count the inventory less by that item's value."""

@@ -440,6 +440,10 @@ class Flow:
         async with self.pool.acquire() as conn:
             return list(await conn.fetch(sql, *args))
 
+    async def doc_by_guid(self, guid: str) -> asyncpg.Record:
+        (row,) = await self.rows("SELECT * FROM documents WHERE doc_guid = $1", guid)
+        return row
+
     async def doc(self, payload: dict[str, Any]) -> asyncpg.Record:
         (row,) = await self.rows(
             "SELECT d.* FROM documents AS d JOIN messages AS m ON m.id = d.message_id WHERE m.guid = $1",
@@ -1550,6 +1554,124 @@ async def test_a_released_inventory_cancelled_and_declared_anew_cancels_its_ware
     assert again["kind"] == "warehouse.outbound" and again["payload"]["invtNo"] == "46012026I000000065"
     await flow.receipt(anew, "800", 8, invtNo="46012026I000000065")  # a repeat sets off nothing
     assert len([k for k in await flow.jobs() if k.startswith("warehouse:")]) == 3
+
+
+async def _seller_events(flow: Flow, s: samples.ShipmentSample, event: str) -> list[dict[str, Any]]:
+    """The webhook jobs of seller-a for shipment ``s`` and ``event`` (``inventory_cancelled`` ...), oldest first."""
+    stream = f"webhook:seller-a:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}"
+    return [dict(j) for k, j in (await flow.jobs()).items() if k.startswith(f"{stream}:{event}:")]
+
+
+@pytest.mark.db
+async def test_sellers_hear_of_a_cancellation_customs_concluded_and_of_the_release_of_the_inventory_declared_anew(
+    flow: Flow,
+) -> None:
+    """A released shipment stays released (final), so a cancellation customs concluded moves no customs status and the
+    inventory declared anew releases nothing new: the sellers hear of each in an event of its own, in the shipment's
+    stream — with the warehouse orders cancelled and made — once."""
+    from adapters.warehouse import order_id
+
+    s = shipment(67, mode="1210")
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    await flow.receipt(s.inventory, "800", 4, invtNo="46012026I000000067")
+    conclude = await _cancel(flow, s.inventory, "D" * 36, "46012026I000000067", "B20260101000000067", 5)
+    assert await _seller_events(flow, s, "inventory_cancelled") == []  # taken for processing: not concluded yet
+    await conclude()
+    [cancelled] = await _seller_events(flow, s, "inventory_cancelled")
+    stream = f"webhook:seller-a:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}"
+    assert cancelled["endpoint"] == "webhook" and list(cancelled["ordering_keys"]) == [stream]
+    assert cancelled["payload"]["event"] == "shipment.inventory_cancelled"
+    data = cancelled["payload"]["data"]
+    assert (data["ebpCode"], data["orderNo"], data["messageType"], data["guid"], data["invtNo"], data["reason"]) == (
+        s.order_doc["ebpCode"], s.order_doc["orderNo"], "CEB623", "D" * 36, "46012026I000000067", "买家取消")
+    assert (data["customs"]["code"], data["customs"]["time"]) == ("399", "20260101120000006")
+    assert data["warehouseOrders"] == [order_id(s.inventory["guid"], 1)]  # the order whose cancel went
+    assert (await flow.shipment(s))["customs_status"] == "released"
+
+    anew = version_of(s.inventory, "1", 60)
+    await flow.submit(anew)
+    await flow.receipt(anew, "120", 7, invtNo="46012026I000000068")
+    assert await _seller_events(flow, s, "inventory_released") == []
+    await flow.receipt(anew, "800", 8, invtNo="46012026I000000068")
+    await flow.receipt(anew, "800", 9, invtNo="46012026I000000068")  # a later 800 sets off nothing
+    [released] = await _seller_events(flow, s, "inventory_released")
+    assert released["payload"]["event"] == "shipment.inventory_released" and list(released["ordering_keys"]) == [stream]
+    data = released["payload"]["data"]
+    assert (data["messageType"], data["guid"], data["invtNo"], data["customs"]["code"]) == (
+        "CEB621", anew["documents"][0]["guid"], "46012026I000000068", "800")
+    assert data["warehouseOrders"] == [order_id(anew["guid"], 1)] and "reason" not in data
+    assert released["id"] > cancelled["id"]
+    # the first release was told once, as a status change; the second is no status change
+    changes = [j["payload"]["data"]["customsStatus"] for k, j in (await flow.jobs()).items()
+               if k.startswith(f"{stream}:released:")]  # fmt: skip
+    assert changes == ["released"]
+
+
+@pytest.mark.db
+async def test_sellers_hear_what_customs_said_of_cancellations_and_returns_that_move_no_status(flow: Flow) -> None:
+    """A cancellation of an inventory customs accepted but did not release (no warehouse order to cancel), one customs
+    refused, and a return it concluded: each told once, the shipment's customs status as it was."""
+    from tests.test_store import message
+
+    accepted, refused, returned = shipment(68), shipment(69), shipment(70)
+    for s in (accepted, refused, returned):
+        for payload in (s.order, s.payment, s.waybill):
+            await flow.submit(payload)
+            await flow.receipt(payload, "2", 1)
+        await flow.submit(s.inventory)
+    await flow.receipt(accepted.inventory, "120", 4, invtNo="46012026I000000068")
+    conclude = await _cancel(flow, accepted.inventory, "E" * 36, "46012026I000000068", "B20260101000000068", 5)
+    await conclude()
+    [event] = await _seller_events(flow, accepted, "inventory_cancelled")
+    assert event["payload"]["data"]["warehouseOrders"] == [] and event["payload"]["data"]["customs"]["code"] == "399"
+    assert (await flow.shipment(accepted))["customs_status"] == "accepted"
+    # declared anew and released: the shipment's first release, a status change, told as such only
+    anew = version_of(accepted.inventory, "1", 60)
+    await flow.submit(anew)
+    await flow.receipt(anew, "800", 7, invtNo="46012026I000000071")
+    assert (await flow.shipment(accepted))["customs_status"] == "released"
+    assert await _seller_events(flow, accepted, "released") != []
+    assert await _seller_events(flow, accepted, "inventory_released") == []
+
+    await flow.receipt(refused.inventory, "800", 4, invtNo="46012026I000000069")
+    head = referring_head(refused.inventory_doc, guid="F" * 36, invt_no="46012026I000000069", reason="买家取消")
+    assert (await flow.store.ingest(message("CEB623", head, lines=[]), b"<CEB623Message/>",
+                                    submitter="test")).http_status == 202  # fmt: skip
+    values = {k: head[k] for k in ("customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "invtNo", "guid")}
+    values.update(preNo="B20260101000000069")
+    for status, ms in (("100", 5), ("100", 6)):  # the refusal, and once more: told once
+        await flow.post(build_receipt("CEB624", {**values, "returnStatus": status, "returnInfo": "已放行不能撤销",
+                                                 "returnTime": f"20260101120000{ms:03d}"}))  # fmt: skip
+    [event] = await _seller_events(flow, refused, "inventory_cancellation_refused")
+    data = event["payload"]["data"]
+    assert event["payload"]["event"] == "shipment.inventory_cancellation_refused"
+    assert (data["customs"]["code"], data["customs"]["info"], data["reason"]) == ("100", "已放行不能撤销", "买家取消")
+    assert await _seller_events(flow, refused, "inventory_cancelled") == []
+    assert (await flow.shipment(refused))["customs_status"] == "released"
+
+    await flow.receipt(returned.inventory, "800", 4, invtNo="46012026I000000070")
+    item = returned.inventory_doc["items"][0]
+    lines = [{"gnum": str(item["gnum"]), "gcode": item["gcode"], "gname": item["gname"], "qty": item["qty"],
+              "unit": item["unit"]}]  # fmt: skip
+    head = referring_head(returned.inventory_doc, guid="G" * 36, invt_no="46012026I000000070", reason="七天无理由退货")
+    await _conclude_return(flow, head, lines, 70)
+    [event] = await _seller_events(flow, returned, "inventory_returned")
+    data = event["payload"]["data"]
+    assert (event["payload"]["event"], data["messageType"], data["guid"], data["reason"]) == (
+        "shipment.inventory_returned", "CEB625", "G" * 36, "七天无理由退货")
+    assert data["warehouseOrders"] == [] and (await flow.shipment(returned))["customs_status"] == "released"
+    # the return's withdrawal (appType 3) concluded returns nothing: no second event
+    withdrawal = {**head, "guid": "H" * 36, "appType": "3", "appTime": str(int(head["appTime"]) + 100)}
+    assert (await flow.store.ingest(message("CEB625", withdrawal, lines=lines), b"<CEB625Message/>",
+                                    submitter="test")).http_status == 202  # fmt: skip
+    values = {k: withdrawal[k] for k in ("customsCode", "ebpCode", "ebcCode", "agentCode", "copNo", "invtNo", "guid")}
+    await flow.post(build_receipt("CEB626", {**values, "preNo": "B20260101000000070", "returnStatus": "399",
+                                             "returnInfo": "ok", "returnTime": "20260101120000090"}))  # fmt: skip
+    assert (await flow.doc_by_guid("H" * 36))["customs_status"] == "399"
+    assert len(await _seller_events(flow, returned, "inventory_returned")) == 1
 
 
 # --- receipt messages with many returns -------------------------------------------------------------------

@@ -33,6 +33,7 @@ _PLAN_CASES = {
     "RELEASED_SHIPMENT_LEGS": f"{_T}, {_T}",
     "CANCELLED_RELEASES": "ARRAY[1::bigint]",
     "REDECLARED": "ARRAY[1::bigint]",
+    "SELLER_DOCUMENTS": "ARRAY[1::bigint]",
     "RELEASE_QUOTA": f"{_T}, {_T}, ARRAY[1::bigint]",
     "RETURNED_INVENTORIES": "ARRAY[1::bigint]",
     "RETURN_QUOTA": f"{_T}, {_T}, ARRAY[1::numeric]",
