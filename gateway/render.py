@@ -54,8 +54,8 @@ CODES: dict[str, str] = {
     "json.not_an_array": "a JSON array was expected here (documents, items, baseSubscribe)",
     "json.missing_field": "the JSON payload lacks \"type\" or \"documents\", without which nothing can be rendered",
     "json.unsupported_type": "\"type\" is not a message type accepted as JSON (import CEB311, CEB411, CEB511, "
-    "CEB621; export CEB303, CEB403, CEB505, CEB507, CEB509, CEB603, CEB605, CEB607, the summary application "
-    "CEB701, the retail export return CEB213 and its tally CEB215)",
+    "CEB621, its cancellation CEB623 and return CEB625; export CEB303, CEB403, CEB505, CEB507, CEB509, CEB603, "
+    "CEB605, CEB607, the summary application CEB701, the retail export return CEB213 and its tally CEB215)",
     "json.unknown_field": "the object has a member that is not an element of this part of the message",
     "json.invalid_type": "a field value must be a string, an integer or a decimal number (not an object, array, "
     "boolean or binary float)",

@@ -827,6 +827,15 @@ def test_documented_examples_render_and_validate() -> None:
     assert (head["freight"], head["discount"], head["acturalPaid"]) == ("53.00", "10.00", "1013.73")
 
 
+def test_every_type_taken_as_json_is_named_where_an_unsupported_type_is_explained() -> None:
+    """A seller reads which types JSON takes in the code's explanation (docs/errors.md) and in docs/json-api.md's
+    table of shape errors: each names every one, the cancellation and return of an import inventory too."""
+    row = next(line for line in DOCS.read_text(encoding="utf-8").splitlines()
+               if line.startswith("| `json.unsupported_type` |"))  # fmt: skip
+    for text in (CODES["json.unsupported_type"], row):
+        assert set(re.findall(r"CEB\d{3}", text)) == set(render_mod.JSON_TYPES), text
+
+
 def test_documented_error_example_matches_the_real_answer() -> None:
     text = DOCS.read_text(encoding="utf-8")
     answer = next(e for e in _doc_examples() if "error" in e)
