@@ -519,7 +519,7 @@ NO_EBP_CODE = "-"
 #: The query parameters of GET /v1/shipments and its CSV: any other is refused (a misspelt filter would list every
 #: shipment as if it had been applied).
 SHIPMENT_QUERY = frozenset({"state", "customs_status", "ebpCode", "ebcCode", "flow", "mode", "since", "until",
-                            "limit", "cursor"})  # fmt: skip
+                            "customs_since", "customs_until", "limit", "cursor"})  # fmt: skip
 
 
 def _shipment_filters(principal: Principal, q: Any) -> tuple[dict[str, Any], int]:
@@ -543,12 +543,16 @@ def _shipment_filters(principal: Principal, q: Any) -> tuple[dict[str, Any], int
         raise ValueError(f"unknown flow {flow!r}: one of " + ", ".join(sorted(FLOWS)))
     try:
         since, until, limit = _page_query(q)
+        # when the customs status last changed (customs_updated_at), not the reconciliation (since, until)
+        customs_since = db.utc_time(q["customs_since"], "customs_since") if "customs_since" in q else None
+        customs_until = db.utc_time(q["customs_until"], "customs_until") if "customs_until" in q else None
     except ValueError as exc:
         raise ValueError(f"bad query parameter: {exc}") from None
     ebp_code = q.get("ebpCode")
     filters = {"state": state, "customs_status": customs_status,
                "ebp_code": "" if ebp_code == NO_EBP_CODE else ebp_code,
                "ebc_code": q.get("ebcCode"), "flow": flow, "mode": mode, "since": since, "until": until,
+               "customs_since": customs_since, "customs_until": customs_until,
                "parties": None if principal.sees_everything else sorted(principal.codes)}  # fmt: skip
     return filters, limit
 

@@ -268,6 +268,8 @@ _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1},
     "since": {"type": "string", "format": "date-time"},
     "until": {"type": "string", "format": "date-time"},
+    "customs_since": {"type": "string", "format": "date-time"},
+    "customs_until": {"type": "string", "format": "date-time"},
     "linked": {"type": "string", "enum": ["true", "false"]},
     "flow": {"type": "string", "enum": ["import", "export"]},
 }
@@ -305,6 +307,8 @@ _SHIPMENT_FILTERS = (
     ("mode", "the inventory's trade mode: 9610 | 1210 | 1239 | 9710 | 9810"),
     ("since", "ISO 8601 time, updated at or after (without an offset: UTC)"),
     ("until", "ISO 8601 time, updated before (without an offset: UTC)"),
+    ("customs_since", "ISO 8601 time, customs status changed at or after (customs_updated_at; without an offset: UTC)"),
+    ("customs_until", "ISO 8601 time, customs status changed before (customs_updated_at; without an offset: UTC)"),
 )
 
 OPENAPI: dict[str, Any] = {

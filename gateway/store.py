@@ -533,6 +533,8 @@ _LIST_FILTERS = {
     "mode": "mode = ${}",
     "since": "updated_at >= ${}",
     "until": "updated_at < ${}",
+    "customs_since": "customs_updated_at >= ${}",
+    "customs_until": "customs_updated_at < ${}",
     "parties": "parties && ${}::text[]",
 }
 _LIST_AFTER = {True: "(updated_at, id) < (${}, ${})", False: "(updated_at, id) > (${}, ${})"}
@@ -1751,6 +1753,8 @@ class Store:
         mode: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        customs_since: datetime | None = None,
+        customs_until: datetime | None = None,
         parties: list[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
@@ -1759,7 +1763,9 @@ class Store:
         """A page of shipments by updated_at (newest first by default), keyset-paginated.
 
         ``parties`` restricts to shipments carrying one of those enterprise codes (tenant view);
-        ``since`` is inclusive, ``until`` exclusive. ``next_cursor`` is None on the last page. A
+        ``since`` is inclusive, ``until`` exclusive (updated_at, the last reconciliation change), and so are
+        ``customs_since`` and ``customs_until`` (customs_updated_at, the last customs status change: what a seller
+        polls for, or catches up on after webhooks it missed). ``next_cursor`` is None on the last page. A
         malformed cursor raises ValueError.
         """
         if limit < 1:
@@ -1773,6 +1779,8 @@ class Store:
             "mode": mode,
             "since": since,
             "until": until,
+            "customs_since": customs_since,
+            "customs_until": customs_until,
             "parties": parties,
         }
         sql, args = list_query(filters, decode_cursor(cursor) if cursor else None, limit + 1, newest_first)

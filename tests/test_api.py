@@ -657,6 +657,45 @@ async def test_list_filters_and_paginates(api: Client) -> None:
     assert (await api.get("/v1/shipments.csv?mdoe=1210")).status == 400
 
 
+async def test_shipments_are_listed_by_when_their_customs_status_changed(api: Client) -> None:
+    """A seller polling for customs' word, or catching up on webhooks it missed, lists the shipments whose customs
+    status changed in a window (customs_since, customs_until): a receipt moves no reconciliation, so ``since`` —
+    the last reconciliation change — does not find them."""
+    from urllib.parse import quote
+
+    from tests.exportapi import import_ship, post_json, post_receipt
+
+    s = import_ship(37)
+    for p in (s.order, s.payment, s.waybill, s.inventory):
+        assert (await post_json(api, p)).status == 202
+    order = s.order_doc
+    path = f"/v1/shipments/{order['ebpCode']}/{order['orderNo']}"
+    reconciled = (await api.get(path)).body["updated_at"]
+    r = await post_receipt(api, "CEB312", {"guid": order["guid"], "ebpCode": order["ebpCode"], "ebcCode":
+                                           order["ebcCode"], "orderNo": order["orderNo"], "returnStatus": "120",
+                                           "returnTime": "20261120151000000", "returnInfo": "x"})  # fmt: skip
+    assert r.status == 200 and r.body["receipts"][0]["outcome"] == "applied", r.body
+    shown = (await api.get(path)).body
+    assert shown["customs_status"] == "declared" and shown["updated_at"] == reconciled
+    changed = shown["customs_updated_at"]
+    assert changed > reconciled
+
+    def listed(query: str) -> Any:
+        return api.get("/v1/shipments?" + query)
+
+    after = quote(changed)  # its +00:00 escaped
+    assert (await listed(f"since={after}")).body["items"] == []  # no reconciliation since
+    for query in (f"customs_since={after}", f"customs_since={after}&customs_until=2999-01-01T00:00:00Z",
+                  f"customs_since={after}&customs_status=declared"):  # fmt: skip
+        page = (await listed(query)).body
+        assert [i["orderNo"] for i in page["items"]] == [order["orderNo"]], query
+    for query in (f"customs_until={after}", "customs_since=2999-01-01T00:00:00Z"):
+        assert (await listed(query)).body["items"] == [], query
+    bad = await listed("customs_since=yesterday")
+    assert bad.status == 400 and "customs_since" in bad.body["error"]["title"], bad.body
+    assert (await api.get("/v1/shipments.csv?customs_since=" + after)).status == 200
+
+
 async def test_healthz_and_openapi(api: Client) -> None:
     health = await api.get("/healthz", key=None)
     assert health.status == 200 and health.body["database"] == "ok"
