@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.warehouse import CALLBACK_SCHEMA, CALLBACK_STATUSES, DIRECTIONS
-from gateway.forward import FORWARD_STATES, SHIPMENT_CUSTOMS_STATUSES
+from gateway.forward import (
+    FORWARD_STATES,
+    INVENTORY_EVENTS,
+    SHIPMENT_CUSTOMS_STATUSES,
+    WAREHOUSE_WEBHOOK_EVENT,
+    WEBHOOK_EVENT,
+)
 from gateway.messages import Kind
 from gateway.receipts import Outcome as ReceiptOutcome
 from gateway.reconcile import ShipmentState
@@ -311,6 +317,74 @@ _SHIPMENT_FILTERS = (
     ("customs_until", "ISO 8601 time, customs status changed before (customs_updated_at; without an offset: UTC)"),
 )
 
+_TEXT_OR_NULL = {"type": ["string", "null"]}
+#: The data of each event a seller's webhook receives (gateway.forward's Router: webhook_jobs, warehouse_webhook_jobs,
+#: inventory_webhook_jobs; docs/adapters.md).
+_SHIPMENT = {"ebpCode": {"type": "string"}, "orderNo": {"type": "string"}}
+_CUSTOMS_STATUS = {"enum": list(SHIPMENT_CUSTOMS_STATUSES)}
+_WAREHOUSE_STATUS = {"enum": list(CALLBACK_STATUSES)}
+_INVENTORY_DATA = {
+    "type": "object",
+    "required": ["ebpCode", "orderNo", "messageType", "guid", "invtNo", "customs", "warehouseOrders"],
+    "properties": {
+        **_SHIPMENT,
+        "messageType": {"type": "string", "description": "CEB623, CEB605 (cancellation), CEB625, CEB213 (return), "
+                                                         "CEB621, CEB603 (an inventory declared anew)"},
+        "guid": {"type": "string", "description": "the document's guid (the 202's documents[].doc_guid)"},
+        "invtNo": _TEXT_OR_NULL,
+        "reason": {"type": "string", "description": "the cancellation's or return's own (not an inventory's)"},
+        "customs": {"type": "object", "required": ["code", "name", "info", "time"],
+                    "description": "customs' returnStatus, its meaning, returnInfo and returnTime (yyyyMMddHHmmssSSS)",
+                    "properties": {"code": {"type": "string"}, "name": _TEXT_OR_NULL, "info": _TEXT_OR_NULL,
+                                   "time": _TEXT_OR_NULL}},
+        "warehouseOrders": {"type": "array", "items": {"type": "string"},
+                            "description": "the orderIds of the warehouse orders cancelled or made for it"},
+    },
+}  # fmt: skip
+_WEBHOOK_DATA: dict[str, tuple[str, dict[str, Any]]] = {
+    WEBHOOK_EVENT: ("the shipment's customs status changed", {
+        "type": "object", "required": ["ebpCode", "orderNo", "customsStatus", "previous", "info"],
+        "properties": {**_SHIPMENT, "customsStatus": _CUSTOMS_STATUS,
+                       "previous": {"anyOf": [_CUSTOMS_STATUS, {"type": "null"}]}, "info": _TEXT_OR_NULL}}),
+    WAREHOUSE_WEBHOOK_EVENT: ("a warehouse order made from one of the shipment's documents went further", {
+        "type": "object", "required": ["ebpCode", "orderNo", "orderId", "warehouseOrderNo", "direction", "status",
+                                       "previous", "reason", "occurredAt"],
+        "properties": {**_SHIPMENT, "orderId": {"type": "string"}, "warehouseOrderNo": {"type": "string"},
+                       "direction": {"enum": list(DIRECTIONS)}, "status": _WAREHOUSE_STATUS,
+                       "previous": {"anyOf": [_WAREHOUSE_STATUS, {"type": "null"}]}, "reason": _TEXT_OR_NULL,
+                       "occurredAt": {"type": "string", "format": "date-time"}}}),
+    INVENTORY_EVENTS[("cancel", "concluded")]: ("customs concluded a cancellation of the shipment's inventory",
+                                                _INVENTORY_DATA),
+    INVENTORY_EVENTS[("cancel", "refused")]: ("customs refused a cancellation of the shipment's inventory",
+                                              _INVENTORY_DATA),
+    INVENTORY_EVENTS[("refund", "concluded")]: ("customs concluded a return of the shipment's goods", _INVENTORY_DATA),
+    INVENTORY_EVENTS[("refund", "refused")]: ("customs refused a return of the shipment's goods", _INVENTORY_DATA),
+    INVENTORY_EVENTS[("inventory", "released")]: ("customs released an inventory declared anew after a cancellation "
+                                                  "(the shipment was released before)", _INVENTORY_DATA),
+}  # fmt: skip
+_WEBHOOK_HEADERS = (
+    ("X-CBEC-Signature", "sha256=<hex HMAC-SHA256 of the raw body with the seller's secret>"),
+    ("X-CBEC-Timestamp", "Unix seconds of this attempt; the body's timestamp"),
+    ("X-CBEC-Event", "the event"),
+    ("X-CBEC-Delivery", "the body's id: the same on every retry of this event (deduplicate on it)"),
+)
+
+
+def _webhook(event: str, summary: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What the gateway POSTs to a seller's webhook URL for ``event`` (adapters/webhook.py)."""
+    body = {"type": "object", "required": ["id", "event", "timestamp", "data"],
+            "properties": {"id": {"type": "string"}, "event": {"const": event}, "timestamp": {"type": "integer"},
+                           "data": data}}  # fmt: skip
+    return {"post": {
+        "summary": summary,
+        "parameters": [{"name": n, "in": "header", "required": True, "schema": {"type": "string"}, "description": d}
+                       for n, d in _WEBHOOK_HEADERS],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {"2XX": {"description": "taken; 5xx, 408, 429 or no answer: sent again later; another 4xx: "
+                                             "not sent again"}},
+    }}  # fmt: skip
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -333,6 +407,8 @@ OPENAPI: dict[str, Any] = {
                     **{f"{code}Json": json_schema(code) for code in JSON_TYPES}},
     },
     "security": [{"apiKey": []}, {"bearer": []}],
+    # what a seller's webhook URL receives (forwarding.webhooks; docs/adapters.md "Seller webhooks")
+    "webhooks": {event: _webhook(event, summary, data) for event, (summary, data) in _WEBHOOK_DATA.items()},
     "paths": {
         "/v1/messages": {
             "post": {

@@ -744,6 +744,40 @@ def test_the_openapi_document_says_what_the_routes_take() -> None:
     assert keyed and all("503" in op["responses"] for op in keyed)
 
 
+def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None:
+    """A seller generating its receiver from /openapi.json finds every event the gateway sends under ``webhooks``,
+    with the body as sent (adapters.webhook.encode_event of the router's jobs) and the signature headers."""
+    import jsonschema
+
+    from adapters.webhook import encode_event
+    from gateway.config import WebhookSettings
+    from gateway.forward import INVENTORY_EVENTS, WAREHOUSE_WEBHOOK_EVENT, WEBHOOK_EVENT, Router
+    from gateway.openapi import OPENAPI
+
+    hooks = OPENAPI["webhooks"]
+    assert set(hooks) == {WEBHOOK_EVENT, WAREHOUSE_WEBHOOK_EVENT, *INVENTORY_EVENTS.values()}
+    assert all({p["name"] for p in h["post"]["parameters"]} == {"X-CBEC-Signature", "X-CBEC-Timestamp",
+                                                                "X-CBEC-Event", "X-CBEC-Delivery"}
+               for h in hooks.values())  # fmt: skip
+    router = Router({"webhook": "webhook"}, webhooks=(WebhookSettings("s", frozenset({"E"}), "http://h", "k"),),
+                    webhook_endpoint="webhook")  # fmt: skip
+    common = {"ebp_code": "P", "order_no": "O", "parties": ["E"]}
+    jobs = [*router.webhook_jobs(**common, previous=None, status="declared", info=None, event_id="1"),
+            *router.warehouse_webhook_jobs(**common, event_id="2", order={
+                "orderId": "A", "warehouseOrderNo": "W1", "direction": "outbound", "status": "shipped",
+                "previous": "accepted", "reason": None, "occurredAt": "2026-12-07T14:08:06+08:00"}),
+            *router.inventory_webhook_jobs(**common, kind="cancel", outcome="refused", document={
+                "messageType": "CEB623", "guid": "G", "invtNo": "51412026I000000002", "reason": "买家取消",
+                "customs": {"code": "100", "name": "rejected by customs", "info": "x", "time": "20261207140814519"},
+                "warehouseOrders": []})]  # fmt: skip
+    for job in jobs:
+        body = json.loads(encode_event("D", job.payload["event"], job.payload["data"], 1796623682))
+        schema = hooks[job.payload["event"]]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        jsonschema.validate(body, schema)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**body, "event": "shipment.other"}, schema)
+
+
 async def test_livez_answers_while_the_database_is_away_and_healthz_says_so(pg_dsn: str) -> None:
     """A supervisor probes /livez for liveness (restarting the gateway would not bring PostgreSQL back) and /healthz
     for readiness: with the database gone, the first still answers 200, the second 503, and the API 503 with

@@ -1212,6 +1212,10 @@ async def test_a_seller_hears_of_its_bonded_parcel_cancelled_and_declared_anew(d
     besides the warehouse's word on its two orders, it hears that customs concluded the cancellation (naming the
     order whose cancel went) and released the new inventory — which no customs status change says, the shipment
     released all along — each signed, in the order it happened."""
+    import jsonschema
+
+    from gateway.openapi import OPENAPI
+
     recorder = await start_recorder()
     try:
         s = shipment(133, mode="1210")
@@ -1235,6 +1239,9 @@ async def test_a_seller_hears_of_its_bonded_parcel_cancelled_and_declared_anew(d
             assert all(verify_signature("k1", r.body, r.headers["X-CBEC-Signature"],
                                         timestamp=r.headers["X-CBEC-Timestamp"]) for r in got)  # fmt: skip
             events = [json.loads(r.body) for r in got]
+            for event in events:  # as /openapi.json describes them
+                post = OPENAPI["webhooks"][event["event"]]["post"]
+                jsonschema.validate(event, post["requestBody"]["content"]["application/json"]["schema"])
             told = [(e["event"].removeprefix("shipment."), e["data"].get("customsStatus") or e["data"].get("status"))
                     for e in events]  # fmt: skip
             assert told == [("customs_status_changed", "declared"), ("customs_status_changed", "accepted"),
