@@ -28,7 +28,8 @@ One webhook endpoint serves every seller, so its circuit breaker would let one s
 seller's webhooks. Each seller's URL has a breaker of its own here instead (the endpoint's settings): its failures
 are the job's own (``NotReady``: retried with backoff, not counted by the endpoint's breaker), and while its circuit
 is open its jobs are put back untried (``Deferred``: no attempt counted) until the cool-down ends and one probe
-tells whether the URL answers again.
+tells whether the URL answers again — a probe that fails is put back likewise: a seller's events wait however long its
+URL is away, none becomes a dead letter for it.
 """
 
 from __future__ import annotations
@@ -170,14 +171,16 @@ class WebhookAdapter(HttpAdapter):
             breaker = self._breakers[(seller, url)] = CircuitBreaker(self.breaker_settings, clock=self._monotonic)
         return breaker
 
-    def _paused(self, seller: str, breaker: CircuitBreaker) -> Deferred:
+    def _paused(self, seller: str, breaker: CircuitBreaker, *, probe: str | None = None) -> Deferred:
         """The job of a seller whose circuit lets nothing through now, put back until the probe may go (open), or for
-        a cool-down while the probe is out (half open), spread a little so they do not all come back at once."""
+        a cool-down while the probe is out (half open), spread a little so they do not all come back at once.
+        ``probe``: this job was the probe, and failed so."""
         cooldown = self.breaker_settings.cooldown_s
         wait = breaker.retry_in() if breaker.state is CircuitState.OPEN else cooldown
         wait = max(wait, MIN_DEFER_S) + self._rng.uniform(0, min(5.0, max(cooldown, MIN_DEFER_S) / 10))
+        done = f"sent as the probe, which failed ({probe})" if probe is not None else "not sent"
         return Deferred(f"seller {seller}'s webhook URL is paused after {self.breaker_settings.failure_threshold} "
-                        f"failures in a row (its circuit {breaker.state.value}): not sent, tried again in "
+                        f"failures in a row (its circuit {breaker.state.value}): {done}, tried again in "
                         f"{wait:.0f} s", delay_s=wait)  # fmt: skip
 
     @staticmethod
@@ -233,6 +236,11 @@ class WebhookAdapter(HttpAdapter):
         except TransientError as exc:
             breaker.record_failure()
             settled = True
+            if before is not CircuitState.CLOSED:
+                # The probe of a paused seller: its URL still away is no fault of this event, which waits with the
+                # others, its attempt not counted — else a seller away longer than a few probes would find its
+                # oldest events dead letters, one after another.
+                raise self._paused(seller, breaker, probe=str(exc)) from exc
             raise SellerUnreachable(f"seller {seller}: {exc}", retry_after_s=exc.retry_after_s) from exc
         except PermanentError:
             breaker.record_success()  # the URL answered: the seller's to mend, not a reason to pause its others

@@ -696,8 +696,11 @@ async def test_a_sellers_failing_url_pauses_its_own_webhooks_not_the_others(http
                     await hook.send(_event("BAD", 2))
                 assert 10 <= paused.value.delay_s <= 13  # until the cool-down's end
                 now[0] += 11
-                with pytest.raises(SellerUnreachable):  # the probe: still failing, paused again
+                # the probe: still failing, paused again — and the event put back untried, no attempt counted: the
+                # seller's URL away is no fault of the event
+                with pytest.raises(cbec_queue.Deferred, match=r"sent as the probe, which failed .*503") as probe:
                     await hook.send(_event("BAD", 2))
+                assert 30 <= probe.value.delay_s <= 33
                 with pytest.raises(cbec_queue.Deferred):
                     await hook.send(_event("BAD", 3))
                 assert len(bad.requests) == 3
@@ -776,6 +779,46 @@ async def test_a_worker_delivers_the_other_sellers_webhooks_while_one_url_is_dow
             await asyncio.wait_for(task, 10)
     finally:
         stop.set()
+        await pool.close()
+
+
+@pytest.mark.db
+async def test_a_sellers_events_wait_for_its_url_however_many_probes_fail(db_dsn: str) -> None:
+    """A seller's URL away for longer than its events' attempts would last: every probe fails, yet no event becomes a
+    dead letter (a probe's failure counts no attempt, as the others' waiting does not); back, it gets them all."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    hook = WebhookAdapter({"AWAY": WebhookEndpoint(f"http://127.0.0.1:{port}/hook", "k")}, timeouts=2.0,
+                          breaker=cbec_queue.BreakerSettings(failure_threshold=2, cooldown_s=0.05))  # fmt: skip
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
+    policy = cbec_queue.RetryPolicy(base_s=0.01, factor=1, cap_s=0.01, max_attempts=3, jitter="none")
+    worker = cbec_queue.Worker(pool, {"webhook": queue_handler(hook)}, default_concurrency=1, default_policy=policy,
+                               lease_s=5.0, poll_interval_s=0.02, shutdown_grace_s=1.0)  # fmt: skip
+    stop = asyncio.Event()
+    back: Recorder | None = None
+    try:
+        async with hook:
+            async with pool.acquire() as conn, conn.transaction():
+                for n in range(3):
+                    await cbec_queue.enqueue(conn, endpoint="webhook", kind="webhook", payload=_event("AWAY", n))
+            task = asyncio.create_task(worker.run(stop))
+            await asyncio.sleep(1.5)  # a probe every cool-down (0.05 s): far more than the attempts (3) allowed
+            async with pool.acquire() as conn:
+                rows = await conn.fetch("SELECT state, attempts, last_error FROM jobs ORDER BY id")
+            assert [r["state"] for r in rows] == ["queued"] * 3, rows
+            assert sum(r["attempts"] for r in rows) == 2  # the two failures that paused it; no probe's
+            assert any("sent as the probe, which failed" in (r["last_error"] or "") for r in rows), rows
+            back = await start_recorder(port=port)
+            await back.wait_for(3, timeout=10)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM jobs WHERE state = 'done'") == 3
+    finally:
+        stop.set()
+        if back is not None:
+            await back.stop()
         await pool.close()
 
 
