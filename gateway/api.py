@@ -348,6 +348,9 @@ class RealtimeDoor:
 REALTIME = web.AppKey("realtime", RealtimeDoor)
 #: customs' question is a small form; anything bigger is not one
 _QUESTION_MAX_BYTES = 16 * 1024
+#: how long customs' question may take to arrive once its headers have (a few hundred bytes): the URL has no API key,
+#: and a body that trickles in would hold its handler and connection for good
+QUESTION_TIMEOUT_S = 10.0
 
 
 def _now_ms() -> int:
@@ -431,7 +434,16 @@ async def plat_data_open(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > _QUESTION_MAX_BYTES:
         return json_response(realtime.reply(realtime.FAILURE, "the question is too large", _now_ms()), 413)
     try:
-        form = await request.post()
+        async with asyncio.timeout(QUESTION_TIMEOUT_S):
+            # the limit holds however the body comes: chunked or compressed, no Content-Length tells its size first
+            form = await request.clone(client_max_size=_QUESTION_MAX_BYTES).post()
+    except web.HTTPRequestEntityTooLarge:
+        request[CLOSE_AFTER] = True  # the rest of it is not read
+        return json_response(realtime.reply(realtime.FAILURE, "the question is too large", _now_ms()), 413)
+    except TimeoutError:
+        request[CLOSE_AFTER] = True
+        return json_response(realtime.reply(realtime.FAILURE, f"the question did not arrive within "
+                                            f"{QUESTION_TIMEOUT_S:g} s", _now_ms()), 408)  # fmt: skip
     except (ValueError, LookupError, web.RequestPayloadError) as exc:  # a broken multipart, an unknown charset
         return json_response(realtime.reply(realtime.FAILURE, f"the form cannot be read: {exc}", _now_ms()), 400)
     raw = form.get("openReq")

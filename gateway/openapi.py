@@ -629,7 +629,8 @@ OPENAPI: dict[str, Any] = {
                     "400": {"description": "{code: 20000, ...}: the form cannot be read (a broken multipart, an "
                                            "unknown charset)"},
                     "404": _err("no platform's token"),
-                    "413": {"description": "{code: 20000, ...}: larger than a question is"},
+                    "408": {"description": "{code: 20000, ...}: the body did not arrive within 10 s"},
+                    "413": {"description": "{code: 20000, ...}: larger than a question is (16 KiB), chunked too"},
                     "503": {"description": "{code: 20000, ...}: the question could not be stored; ask again"},
                 },
             }

@@ -144,6 +144,37 @@ async def test_customs_question_that_cannot_be_read_is_answered_20000(db_pool: a
             assert await conn.fetchval("SELECT count(*) FROM realtime_requests WHERE ebp_code = $1", EBP_CODE) == 0
 
 
+async def test_customs_question_is_bounded_however_its_body_comes(
+    db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """platDataOpen has no API key, and its 16 KiB limit was checked on the Content-Length alone: a chunked body was
+    read up to aiohttp's own limit (8 MiB) and parsed, and one announced and never sent held its handler for good.
+    Both are answered 20000 now: 413, and 408 once QUESTION_TIMEOUT_S has passed."""
+    monkeypatch.setattr(api_module, "QUESTION_TIMEOUT_S", 0.5)
+    app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
+    url_path = f"/ceb/platDataOpen/{TOKEN}"
+
+    async def chunks() -> Any:
+        yield b"openReq="
+        for _ in range(64):
+            yield b"a" * 1024
+
+    async with serving(app) as api:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with api.session.post(api.base + url_path, data=chunks(), headers=headers) as resp:
+            answer = await resp.json(content_type=None)
+            assert resp.status == 413 and answer["code"] == realtime.FAILURE, answer
+        where = urlsplit(api.base)
+        reader, writer = await asyncio.open_connection(where.hostname, where.port)
+        writer.write((f"POST {url_path} HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Length: 1000\r\n"
+                      "Content-Type: application/x-www-form-urlencoded\r\n\r\nopenReq=").encode())
+        raw = await asyncio.wait_for(reader.read(4096), 10)
+        writer.close()
+        assert raw.startswith(b"HTTP/1.1 408") and b'"code":"20000"' in raw, raw[:300]
+        async with db_pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM realtime_requests WHERE ebp_code = $1", EBP_CODE) == 0
+
+
 async def test_payment_data_with_what_no_text_holds_or_no_time_is_refused(db_pool: asyncpg.Pool) -> None:
     """A NUL or a lone surrogate in payment data was a 500 from the database; a tradingTime of 14 digits that make no
     time was taken."""
