@@ -47,6 +47,7 @@ from gateway.signing import Signer, SigningUnavailable, read_certificates
 from gateway.store import (
     Conflict,
     PaymentConflict,
+    SessionTaken,
     Store,
     payment_data_of_shipment,
     quota_reassessor,
@@ -453,6 +454,11 @@ async def plat_data_open(request: web.Request) -> web.Response:
         return json_response(realtime.reply(realtime.FAILURE, question, _now_ms()))
     try:
         request_id, new = await take_payment_question(request.app[POOL], ebp_code, question, endpoint=door.endpoint)
+    except SessionTaken as exc:  # 10000 would promise an upload that never comes: the session's is the first order's
+        log.warning("payment_question_refused", ebp_code=ebp_code, reason=str(exc), order_no=question.order_no,
+                    asked_before=exc.order_no)  # fmt: skip
+        return json_response(realtime.reply(realtime.FAILURE, f"{exc}: a new question needs a session of its own",
+                                            _now_ms()))  # fmt: skip
     except Exception as exc:
         if not db.database_away(exc):
             raise

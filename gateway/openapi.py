@@ -625,7 +625,8 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
                     "schema": {"type": "object", "properties": {"openReq": {"type": "string"}}}}}},
                 "responses": {
-                    "200": {"description": "{code: 10000 (taken) | 20000 (openReq unreadable), message, serviceTime}"},
+                    "200": {"description": "{code: 10000 (taken) | 20000 (openReq unreadable, or its session asked "
+                                           "already about another order), message, serviceTime}"},
                     "400": {"description": "{code: 20000, ...}: the form cannot be read (a broken multipart, an "
                                            "unknown charset)"},
                     "404": _err("no platform's token"),

@@ -423,7 +423,7 @@ INSERT INTO realtime_requests (ebp_code, order_no, session_id, service_time) VAL
 ON CONFLICT (ebp_code, session_id) DO NOTHING
 RETURNING id
 """
-ASKED = "SELECT id FROM realtime_requests WHERE ebp_code = $1 AND session_id = $2"
+ASKED = "SELECT id, order_no FROM realtime_requests WHERE ebp_code = $1 AND session_id = $2"
 #: The uploads waiting for the payment data of orders $2 of platform $1: the jobs of customs' questions about them not
 #: answered yet (queued or running: retrying until the data comes; dead: they gave up before it came).
 WAITING_UPLOADS = """

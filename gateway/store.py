@@ -885,16 +885,28 @@ async def store_payment_data(pool: asyncpg.Pool, data: realtime.PaymentData, sub
             "outcome": "created" if row["created"] else "replaced"}  # fmt: skip
 
 
+class SessionTaken(Exception):
+    """Customs' session was asked already, about another order of the platform (nothing was stored)."""
+
+    def __init__(self, session_id: str, order_no: str) -> None:
+        super().__init__(f"session {session_id} was asked already, about another order")
+        self.order_no = order_no
+
+
 async def take_payment_question(pool: asyncpg.Pool, ebp_code: str, question: realtime.OpenRequest, *,
                                 endpoint: str) -> tuple[int, bool]:  # fmt: skip
     """Customs' question for an order's payment data, committed with its upload's job (endpoint ``endpoint``) before
-    it is answered: (its id, whether it is new). A session asked again is the same question: no second upload."""
+    it is answered: (its id, whether it is new). A session asked again is the same question: no second upload; asked
+    again about another order, SessionTaken (one session is one upload, of one question)."""
     async with db.transaction(pool) as conn:
         row = await conn.fetchrow(realtime.ASK, ebp_code, question.order_no, question.session_id,
                                   question.service_time)  # fmt: skip
         if row is None:
-            found = await conn.fetchval(realtime.ASKED, ebp_code, question.session_id)
-            return int(found), False
+            found = await conn.fetchrow(realtime.ASKED, ebp_code, question.session_id)
+            assert found is not None  # the conflict's row: questions are never deleted
+            if found["order_no"] != question.order_no:
+                raise SessionTaken(question.session_id, found["order_no"])
+            return int(found["id"]), False
         job_id = await cbec_queue.enqueue(
             conn, endpoint=endpoint, kind="realtime_upload",
             payload={"request_id": row["id"], "ebpCode": ebp_code, "orderNo": question.order_no},

@@ -322,13 +322,16 @@ async def test_a_platform_hands_its_payment_data_over_and_reads_it_back(db_pool:
 @pytest.mark.db
 async def test_customs_question_is_stored_with_its_upload_before_it_is_answered(db_pool: asyncpg.Pool) -> None:
     """platDataOpen: answered 10000 once the question and its upload's job are committed; the same session asked
-    again is the same question (one job); a question customs cannot have sent is answered 20000; an unknown token
-    is no platform's URL (404)."""
+    again is the same question (one job), asked again about another order 20000 (it was 10000, and nothing was ever
+    uploaded for that order); a question customs cannot have sent is answered 20000; an unknown token is no
+    platform's URL (404)."""
     app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
     async with serving(app) as api:
         status, answer = await ask(api, "ZG2026112001", "session-1")
         assert status == 200 and answer["code"] == "10000" and isinstance(answer["serviceTime"], int), answer
         assert (await ask(api, "ZG2026112001", "session-1"))[1]["code"] == "10000"
+        status, answer = await ask(api, "ZG2026112002", "session-1")
+        assert status == 200 and answer["code"] == "20000" and "session session-1" in answer["message"], answer
         async with db_pool.acquire() as conn:
             jobs = await conn.fetch("SELECT endpoint, payload FROM jobs WHERE kind = 'realtime_upload'")
             questions = await conn.fetch("SELECT order_no, session_id, state FROM realtime_requests")
