@@ -57,6 +57,7 @@ from gateway.store import (
     refusals_restorer,
     store_payment_data,
     take_payment_question,
+    withdraw_payment_data,
 )
 from gateway.turns import Turns
 from gateway.ukey import UKeySigner
@@ -386,7 +387,8 @@ async def post_payment_data(request: web.Request) -> web.Response:
     except PaymentConflict as exc:
         return error_response(409, "the payment data conflicts with what is stored", [Issue(
             Layer.RULE, "realtime.payment_of_another_order", f"/{realtime.LISTS}",
-            f"{exc}: hand that payment over again without them first")])  # fmt: skip
+            f"{exc}: hand that payment over again without them, or withdraw it (DELETE "
+            f"/v1/payment-data/{data.ebp_code}/{exc.order_nos[0]})")])  # fmt: skip
     log.info("payment_data_stored", ebp_code=data.ebp_code, orders=len(data.order_nos), outcome=stored["outcome"])
     return json_response(stored, 201 if stored["outcome"] == "created" else 200)
 
@@ -401,6 +403,22 @@ async def get_payment_data(request: web.Request) -> web.Response:
     if found["payment"] is None and not found["questions"]:
         return error_response(404, "no payment data of that order")
     return json_response(found)
+
+
+async def delete_payment_data(request: web.Request) -> web.Response:
+    """The payment that paid an order withdrawn whole, by its platform (a key that could hand it over): one handed
+    over in error, or an order paid again under another payTransactionId — one payment's order is taken by no other
+    (409), and a payment lists one order at least, so without this the order stayed with it for good."""
+    principal = _principal(request)
+    ebp_code, order_no = request.match_info["ebpCode"], request.match_info["orderNo"]
+    if not principal.may_touch({ebp_code}):
+        return error_response(404, "no payment data of that order")
+    withdrawn = await withdraw_payment_data(request.app[POOL], ebp_code, order_no)
+    if withdrawn is None:
+        return error_response(404, "no payment data of that order")
+    log.info("payment_data_withdrawn", ebp_code=ebp_code, pay_transaction_id=withdrawn["payTransactionId"],
+             orders=len(withdrawn["orderNos"]))  # fmt: skip
+    return json_response(withdrawn)
 
 
 async def list_payment_questions(request: web.Request) -> web.Response:
@@ -992,6 +1010,7 @@ def create_app(
     app.router.add_post("/v1/payment-data", post_payment_data)
     app.router.add_get("/v1/payment-data/questions", list_payment_questions)
     app.router.add_get("/v1/payment-data/{ebpCode}/{orderNo}", get_payment_data)
+    app.router.add_delete("/v1/payment-data/{ebpCode}/{orderNo}", delete_payment_data)
     app.router.add_post("/ceb/platDataOpen/{token}", plat_data_open)
     app.router.add_get("/v1/messages/{guid}", get_message)
     app.router.add_get("/v1/shipments", list_shipments)

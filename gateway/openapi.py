@@ -611,7 +611,15 @@ OPENAPI: dict[str, Any] = {
                 "parameters": _path("ebpCode", "orderNo"),
                 "responses": {"200": {"description": "the order's payment data"},
                               "404": _err("neither payment data nor a question, or not yours"), **_AUTH_ERRORS},
-            }
+            },
+            "delete": {
+                "summary": "The payment that paid the order withdrawn whole, every order it lists free again for "
+                "the payment handed over next (one handed over in error, or an order paid again under another "
+                "payTransactionId); customs' questions stay, those waiting wait for the next payment",
+                "parameters": _path("ebpCode", "orderNo"),
+                "responses": {"200": {"description": "{ebpCode, payTransactionId, orderNos, outcome: withdrawn}"},
+                              "404": _err("no payment paid the order, or not yours"), **_AUTH_ERRORS},
+            },
         },
         "/ceb/platDataOpen/{token}": {
             "post": {

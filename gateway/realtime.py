@@ -414,6 +414,13 @@ ON CONFLICT (ebp_code, order_no) DO UPDATE SET payment_id = EXCLUDED.payment_id
  WHERE o.payment_id = EXCLUDED.payment_id
 RETURNING o.order_no
 """
+#: The payment that paid order $2 of platform $1, withdrawn whole (its orders free again: payment_orders cascades):
+#: its payTransactionId and the orders it listed; none when no payment paid that order.
+WITHDRAW_PAYMENT = """
+DELETE FROM payment_data AS p USING payment_orders AS o
+ WHERE o.ebp_code = $1 AND o.order_no = $2 AND p.id = o.payment_id
+RETURNING p.pay_transaction_id, p.lists
+"""
 #: The orders payment $1 no longer lists ($2 those it does) are free again.
 DROP_ORDERS = "DELETE FROM payment_orders WHERE payment_id = $1 AND NOT (order_no = ANY($2::text[]))"
 #: Customs' question ($1 ebpCode, $2 orderNo, $3 sessionID, $4 serviceTime): its id, none when the session was asked
@@ -512,13 +519,15 @@ CODES: dict[str, str] = {
     "realtime.not_configured": "payment data: the platform (ebpCode) is not one the gateway uploads for "
     "([[realtime.platforms]])",
     "realtime.payment_of_another_order": "payment data: an order is already paid by another stored payment "
-    "(payTransactionId) of the platform",
+    "(payTransactionId) of the platform: hand that one over again without it, or withdraw it (DELETE "
+    "/v1/payment-data/{ebpCode}/{orderNo})",
 }
 
 __all__ = [
     "ANSWERED", "ASK", "ASKED", "CODES", "DROP_ORDERS", "FAILURE", "HEAD", "HEAD_FIELDS", "LISTS", "LIST_FIELDS",
     "OPEN_FIGURES", "OPEN_QUESTIONS", "PAYMENT_OF_ORDER", "QUESTIONS", "QUESTIONS_OF_ORDER", "QUESTION_JOB",
     "QUESTION_STATES", "SUCCESS", "TAKE_ORDERS", "UPLOAD_INPUT", "UPSERT_PAYMENT", "VARIANTS", "WAITING_UPLOADS",
+    "WITHDRAW_PAYMENT",
     "OpenRequest", "PaymentData", "ReadUpload", "Unsigned", "Upload", "Variant", "customs_answer", "head_json",
     "lists_json", "open_request", "payment_data", "read_upload", "reply", "signed_string", "unsigned_upload",
 ]  # fmt: skip

@@ -893,6 +893,18 @@ class SessionTaken(Exception):
         self.order_no = order_no
 
 
+async def withdraw_payment_data(pool: asyncpg.Pool, ebp_code: str, order_no: str) -> dict[str, Any] | None:
+    """The payment that paid an order, withdrawn whole — every order it listed is free again, for the payment handed
+    over next to take: what DELETE /v1/payment-data/{ebpCode}/{orderNo} answers; None when no payment paid the
+    order. Customs' questions stay; those still waiting wait for the next payment of their order."""
+    async with db.transaction(pool) as conn:
+        row = await conn.fetchrow(realtime.WITHDRAW_PAYMENT, ebp_code, order_no)
+    if row is None:
+        return None
+    return {"ebpCode": ebp_code, "payTransactionId": row["pay_transaction_id"],
+            "orderNos": [item["orderNo"] for item in db.json_value(row["lists"])], "outcome": "withdrawn"}  # fmt: skip
+
+
 async def take_payment_question(pool: asyncpg.Pool, ebp_code: str, question: realtime.OpenRequest, *,
                                 endpoint: str) -> tuple[int, bool]:  # fmt: skip
     """Customs' question for an order's payment data, committed with its upload's job (endpoint ``endpoint``) before

@@ -320,6 +320,37 @@ async def test_a_platform_hands_its_payment_data_over_and_reads_it_back(db_pool:
 
 
 @pytest.mark.db
+async def test_a_payment_handed_over_in_error_is_withdrawn_and_its_order_paid_by_another(db_pool: asyncpg.Pool) -> None:
+    """A payment under a wrong payTransactionId (or an order paid again under another one) held its order for good:
+    the right payment was a 409 saying to hand the first over again without the order, which a payment of one order
+    cannot be (it lists one at least). DELETE /v1/payment-data/{ebpCode}/{orderNo} withdraws it whole; customs'
+    questions stay, and the right payment takes the order."""
+    app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
+    async with serving(app) as api:
+        s = parcel(77)
+        order_no, right = s.order_doc["orderNo"], samples.payment_data(s)
+        wrong = copy.deepcopy(right)
+        wrong["payExchangeInfoHead"]["payTransactionId"] = "TYPO" + s.payment_doc["payTransactionId"][:50]
+        assert (await api.request("POST", "/v1/payment-data", json_body=wrong, key=PLATFORM_A)).status == 201
+        assert (await ask(api, order_no, "session-w"))[1]["code"] == "10000"
+        r = await api.request("POST", "/v1/payment-data", json_body=right, key=PLATFORM_A)
+        assert r.status == 409 and f"DELETE /v1/payment-data/{EBP_CODE}/{order_no}" in \
+            r.body["error"]["issues"][0]["message"], r.body  # fmt: skip
+        path = f"/v1/payment-data/{EBP_CODE}/{order_no}"
+        assert (await api.request("DELETE", path, key=STRANGER)).status == 404
+        assert (await api.request("DELETE", f"/v1/payment-data/{EBP_CODE}/NO-SUCH-ORDER")).status == 404
+        r = await api.request("DELETE", path, key=PLATFORM_A)
+        assert (r.status, r.body) == (200, {"ebpCode": EBP_CODE, "orderNos": [order_no], "outcome": "withdrawn",
+                                            "payTransactionId": wrong["payExchangeInfoHead"]["payTransactionId"]})
+        view = (await api.get(path, key=PLATFORM_A)).body
+        assert view["payment"] is None and [q["sessionID"] for q in view["questions"]] == ["session-w"]
+        assert (await api.request("DELETE", path, key=PLATFORM_A)).status == 404
+        assert (await api.request("POST", "/v1/payment-data", json_body=right, key=PLATFORM_A)).status == 201
+        view = (await api.get(path, key=PLATFORM_A)).body
+        assert view["payment"]["payExchangeInfoHead"]["payTransactionId"] == s.payment_doc["payTransactionId"]
+
+
+@pytest.mark.db
 async def test_customs_question_is_stored_with_its_upload_before_it_is_answered(db_pool: asyncpg.Pool) -> None:
     """platDataOpen: answered 10000 once the question and its upload's job are committed; the same session asked
     again is the same question (one job), asked again about another order 20000 (it was 10000, and nothing was ever
