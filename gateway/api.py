@@ -334,13 +334,16 @@ class RealtimeDoor:
 
     platforms: dict[bytes, str]
     endpoint: str
+    previous: frozenset[bytes] = frozenset()  # the digests of the platforms' previous tokens (previous_token)
 
     @classmethod
     def of(cls, settings: RealtimeSettings) -> RealtimeDoor:
-        return cls({key_digest(p.token): p.ebp_code for p in settings.platforms}, settings.endpoint)
+        return cls({key_digest(t): p.ebp_code for p in settings.platforms for t in p.tokens}, settings.endpoint,
+                   frozenset(key_digest(p.previous_token) for p in settings.platforms if p.previous_token))  # fmt: skip
 
     def renew(self, settings: RealtimeSettings) -> None:
-        self.platforms = RealtimeDoor.of(settings).platforms  # one assignment: a question sees the old or the new
+        fresh = RealtimeDoor.of(settings)
+        self.platforms, self.previous = fresh.platforms, fresh.previous  # no await between: a question sees either
 
     @property
     def ebp_codes(self) -> frozenset[str]:
@@ -447,9 +450,12 @@ async def plat_data_open(request: web.Request) -> web.Response:
     through the retry queue (it waits there for payment data not handed over yet). No API key: the URL's token is
     the platform's secret."""
     door = request.app[REALTIME]
-    ebp_code = door.platforms.get(key_digest(request.match_info["token"]))
+    digest = key_digest(request.match_info["token"])
+    ebp_code = door.platforms.get(digest)
     if ebp_code is None:
         return error_response(404, "not found")
+    # customs still asking at the URL before a rotation: the operators drop previous_token once it no longer does
+    via = "previous_token" if digest in door.previous else "token"
     if request.content_length is not None and request.content_length > _QUESTION_MAX_BYTES:
         return json_response(realtime.reply(realtime.FAILURE, "the question is too large", _now_ms()), 413)
     try:
@@ -483,7 +489,8 @@ async def plat_data_open(request: web.Request) -> web.Response:
         log.warning("database_unavailable", path="platDataOpen", error=f"{exc.__class__.__name__}: {exc}")
         return json_response(realtime.reply(realtime.FAILURE, "the platform cannot take the question now; ask again",
                                             _now_ms()), 503)  # fmt: skip
-    log.info("payment_question_taken", ebp_code=ebp_code, order_no=question.order_no, request=request_id, new=new)
+    log.info("payment_question_taken", ebp_code=ebp_code, order_no=question.order_no, request=request_id, new=new,
+             via=via)  # fmt: skip
     return json_response(realtime.reply(realtime.SUCCESS, "", _now_ms()))
 
 

@@ -207,6 +207,14 @@ class RealtimePlatform:
     ukey_url: str | None = None
     ukey_password: str | None = field(default=None, repr=False)
     ukey_method: str = "cus-sec_SpcSignDataAsPEM"
+    # the token before a rotation, whose URL still answers until customs asks at the new one: customs approves a
+    # platform's new URL some time after it is registered, and its questions at the old one would be lost meanwhile
+    previous_token: str | None = None
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """The tokens of the URLs customs may ask at: the platform's own, and the previous one while it answers."""
+        return (self.token,) if self.previous_token is None else (self.token, self.previous_token)
 
 
 @dataclass(frozen=True)
@@ -235,16 +243,20 @@ def _parse_realtime(data: Any) -> RealtimeSettings:
         where = f"realtime.platforms.{ebp}"
         if not isinstance(item, Mapping):
             raise ValueError(f"{where} must be a table")
-        unknown = set(item) - {"token", "key_file", "cert_file", "algorithm", "ukey_url", "ukey_password",
-                               "ukey_method"}  # fmt: skip
+        unknown = set(item) - {"token", "previous_token", "key_file", "cert_file", "algorithm", "ukey_url",
+                               "ukey_password", "ukey_method"}  # fmt: skip
         if unknown:
             raise ValueError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
         if not 1 <= len(str(ebp)) <= 18:
             raise ValueError(f"{where}: an ebpCode has 1 to 18 characters")
         token = str(item.get("token", ""))
-        if len(token) < 16 or not set(token) <= _TOKEN_CHARS:
-            raise ValueError(f"{where}.token must be at least 16 letters, digits, '-' or '_' (a secret: e.g. the "
-                             "output of python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+        previous = None if item.get("previous_token") is None else str(item["previous_token"])
+        for name, value in (("token", token), ("previous_token", previous)):
+            if value is not None and (len(value) < 16 or not set(value) <= _TOKEN_CHARS):
+                raise ValueError(f"{where}.{name} must be at least 16 letters, digits, '-' or '_' (a secret: e.g. "
+                                 "the output of python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+        if previous == token:
+            raise ValueError(f"{where}.previous_token is the token: it is the one before a rotation")
         if item.get("ukey_url"):
             url = str(item["ukey_url"])
             if not url.startswith(("ws://", "wss://")) or set(item) & {"key_file", "cert_file", "algorithm"}:
@@ -257,7 +269,8 @@ def _parse_realtime(data: Any) -> RealtimeSettings:
             except ValueError as exc:
                 raise ValueError(f"{where}.ukey_method: {exc}") from None
             out.append(RealtimePlatform(str(ebp), token, None, None, ukey_url=url, ukey_method=method,
-                                        ukey_password=None if password is None else str(password)))  # fmt: skip
+                                        ukey_password=None if password is None else str(password),
+                                        previous_token=previous))  # fmt: skip
             continue
         if not item.get("key_file") or not item.get("cert_file") or {"ukey_password", "ukey_method"} & set(item):
             raise ValueError(f"{where} needs key_file and cert_file (the platform's signing key and certificate), or "
@@ -265,9 +278,11 @@ def _parse_realtime(data: Any) -> RealtimeSettings:
         algorithm = str(item.get("algorithm", "rsa-sha1"))
         if algorithm not in REALTIME_ALGORITHMS:
             raise ValueError(f"{where}.algorithm must be one of {', '.join(REALTIME_ALGORITHMS)}")
-        out.append(RealtimePlatform(str(ebp), token, Path(item["key_file"]), Path(item["cert_file"]), algorithm))
-    if len({p.token for p in out}) != len(out):
-        raise ValueError("realtime.platforms: two platforms share a token; each needs its own")
+        out.append(RealtimePlatform(str(ebp), token, Path(item["key_file"]), Path(item["cert_file"]), algorithm,
+                                    previous_token=previous))  # fmt: skip
+    tokens = [t for p in out for t in p.tokens]
+    if len(set(tokens)) != len(tokens):
+        raise ValueError("realtime.platforms: two platforms share a token (or a previous_token); each needs its own")
     return RealtimeSettings(tuple(out), str(data.get("endpoint", "realtime")), variant)
 
 

@@ -215,4 +215,8 @@ def _realtime(settings: Settings, now: datetime) -> list[Line]:
                                   f"({rt.signing_variant} signing)"))  # fmt: skip
     else:
         out.append(Line(Level.WARN, "179 uploads go to the built-in sandbox, not to customs"))
+    for p in rt.platforms:
+        if p.previous_token is not None:  # a leaked token answers as long as it stays: only for the changeover
+            out.append(Line(Level.WARN, f"179 questions of {p.ebp_code} are still taken at its previous URL "
+                                        "(previous_token): remove it once customs asks at the new one"))  # fmt: skip
     return out

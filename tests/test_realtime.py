@@ -4,6 +4,7 @@ upload's text and signature."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 from decimal import Decimal
@@ -209,7 +210,12 @@ def test_platforms_are_configured_with_a_token_and_a_key_and_need_somewhere_to_u
     [p] = s.realtime.platforms
     assert (p.ebp_code, p.token, p.algorithm, s.realtime.signing_variant) == ("46012609BQ", "t" * 24, "rsa-sha1",
                                                                             "quoted")  # fmt: skip
-    assert list(platform_keys(s.realtime)) == ["46012609BQ"]
+    assert list(platform_keys(s.realtime)) == ["46012609BQ"] and p.tokens == ("t" * 24,)
+    cfg.write_text(table + f'previous_token = "{"p" * 24}"\n', encoding="utf-8")
+    changeover = config.load(cfg, env={})
+    assert changeover.realtime.platforms[0].tokens == ("t" * 24, "p" * 24)
+    assert "warn 179 questions of 46012609BQ are still taken at its previous URL (previous_token): remove it once " \
+        "customs asks at the new one" in [f"{line.level} {line.text}" for line in check(changeover)]  # fmt: skip
     # the built-in sandbox takes the uploads; without platforms it plays no such endpoint
     kinds = [{e.kind for e in effective_endpoints(s.forwarding, sandbox_url="http://x", **kw)}
              for kw in ({"realtime": s.realtime}, {})]  # fmt: skip
@@ -220,6 +226,10 @@ def test_platforms_are_configured_with_a_token_and_a_key_and_need_somewhere_to_u
         "need an endpoint of kind realtime": table + '[forwarding.endpoints.customs]\nurl = "http://c/dxp"\n',
         "unknown setting": table + "colour = 1\n",
         "signing_variant must be": '[realtime]\nsigning_variant = "x"\n' + table,
+        "previous_token is the token": table + f'previous_token = "{"t" * 24}"\n',
+        "previous_token must be at least 16": table + 'previous_token = "old"\n',
+        "share a token": table + f'previous_token = "{"p" * 24}"\n[realtime.platforms.4601269999]\n'
+                                 f'token = "{"p" * 24}"\nkey_file = "{key_file}"\ncert_file = "{cert_file}"\n',
     }
     for says, text in refused.items():
         cfg.write_text(text, encoding="utf-8")
@@ -373,6 +383,32 @@ async def test_customs_question_is_stored_with_its_upload_before_it_is_answered(
         assert (await ask(api, "ZG2026112001", "session-2", token="no-such-token-0000000000"))[0] == 404
         view = (await api.get(f"/v1/payment-data/{EBP_CODE}/ZG2026112001")).body
         assert view["payment"] is None and [q["state"] for q in view["questions"]] == ["asked"]
+
+
+@pytest.mark.db
+async def test_a_rotated_token_keeps_the_url_before_it_answering_until_it_is_dropped(db_pool: asyncpg.Pool) -> None:
+    """Customs approves a platform's new URL some time after it is registered: a token rotated (it leaked) made its
+    questions at the old URL 404s meanwhile, lost. With previous_token both URLs answer, the log says which one
+    customs used, and the previous one answers 404 once a reload drops it."""
+    from structlog.testing import capture_logs
+
+    from gateway.api import REALTIME
+
+    [platform] = platforms().platforms
+    rotated = RealtimeSettings((dataclasses.replace(platform, token="rotated-token-" + "9" * 16,
+                                                    previous_token=TOKEN),))  # fmt: skip
+    app = create_app(settings_with(realtime=rotated), db_pool, signer=sign_as_agent)
+    async with serving(app) as api:
+        with capture_logs() as logs:
+            assert (await ask(api, "ZG2026112001", "session-old", token=TOKEN))[1]["code"] == "10000"
+            assert (await ask(api, "ZG2026112001", "session-new", token="rotated-token-" + "9" * 16))[1]["code"] == \
+                "10000"  # fmt: skip
+        taken = [e["via"] for e in logs if e["event"] == "payment_question_taken"]
+        assert taken == ["previous_token", "token"], logs
+        app[REALTIME].renew(RealtimeSettings((dataclasses.replace(platform, token="rotated-token-" + "9" * 16),)))
+        assert (await ask(api, "ZG2026112001", "session-late", token=TOKEN))[0] == 404
+        view = (await api.get(f"/v1/payment-data/{EBP_CODE}/ZG2026112001")).body
+        assert [q["sessionID"] for q in view["questions"]] == ["session-new", "session-old"]
 
 
 @pytest.mark.db
