@@ -181,6 +181,22 @@ def test_an_upload_customs_cannot_read_says_why() -> None:
     assert isinstance(realtime.read_upload("{"), str)
 
 
+def test_the_sandbox_takes_an_upload_only_of_the_platform_it_asked() -> None:
+    """customs asked one platform about its order: an upload of another platform's payment data for that session was
+    taken (10000) as long as it listed the order."""
+    from gateway.sandbox import create_sandbox_app
+    from gateway.sandbox.app import SANDBOX_KEY
+
+    sb = create_sandbox_app()[SANDBOX_KEY]
+    data, _ = realtime.payment_data(sample())
+    assert data is not None
+    sb.realtime_questions.append({"ebpCode": "4601269999", "orderNo": data.order_nos[0], "sessionID": "S-1"})
+    answer = sb.take_upload(upload("S-1", data, RSA, service_time=1).body)
+    assert answer["code"] == "20000" and "customs asked 4601269999" in answer["message"], answer
+    sb.realtime_questions.append({"ebpCode": data.ebp_code, "orderNo": data.order_nos[0], "sessionID": "S-2"})
+    assert sb.take_upload(upload("S-2", data, RSA, service_time=1).body)["code"] == "10000"
+
+
 def test_customs_answer_is_its_code_and_message() -> None:
     assert realtime.customs_answer('{"code":"10000","message":"上传成功","total":0}'.encode()) == ("10000", "上传成功")
     assert realtime.customs_answer(b'{"code":20000}') == ("20000", "")

@@ -39,9 +39,9 @@ LOSTRCPT, DUPRCPT and OOORCPT messages go one per receipt message, as their scen
 The 179 payment data (spec §10): once a CEB311 of a platform in ``realtime_ask_urls`` is taken, the sandbox asks
 the platform for the order's payment data (``platDataOpen``: the form's ``openReq``) at its URL, as customs does;
 ``POST /ceb2grab/grab/realTimeDataUpload`` takes the upload (``payExInfoStr``), answered ``10000`` once it is read,
-its session one the sandbox asked, and its signature verified against ``realtime_certs`` (any signature when none
-are given), ``20000`` with the reason otherwise. ``POST /sandbox/realtime/ask`` (``{"ebpCode", "orderNo"}``) asks
-at once; ``GET /sandbox/realtime`` lists the questions and uploads.
+its session one the sandbox asked, the data that platform's, and its signature verified against ``realtime_certs``
+(any signature when none are given), ``20000`` with the reason otherwise. ``POST /sandbox/realtime/ask``
+(``{"ebpCode", "orderNo"}``) asks at once; ``GET /sandbox/realtime`` lists the questions and uploads.
 
 Control: ``GET /sandbox/stats`` (deliveries by CopMsgId — exactly-once checks), ``GET /sandbox/receipts``,
 ``GET /sandbox/records`` (inspection / warehouse requests), ``POST /sandbox/config``, ``POST /sandbox/reset``.
@@ -666,6 +666,9 @@ class Sandbox:
         reason = None
         if not asked:
             reason = f"session {read.session_id} is none customs opened"
+        elif asked[0]["ebpCode"] != read.data.ebp_code:  # customs asked one platform: another's data is not its answer
+            reason = (f"the upload is the payment data of platform {read.data.ebp_code}; customs asked "
+                      f"{asked[0]['ebpCode']}")  # fmt: skip
         elif asked[0]["orderNo"] not in read.data.order_nos:
             reason = f"the upload does not list order {asked[0]['orderNo']}, which customs asked about"
         elif self.config.realtime_certs:
