@@ -401,6 +401,10 @@ class RealtimeReload:
             return False
         identities = {ebp: _key_identity(k) for ebp, k in keys.items()}
         if fresh == self.settings and identities == {ebp: _key_identity(k) for ebp, k in self.keys.items()}:
+            for key in self.keys.values():  # a card that refused is asked again (put back, its PIN reset on it)
+                if isinstance(key, UKeyBridge) and key.refused is not None:
+                    key.refused = None
+                    log.info("realtime_ukey_asked_again", url=key.url)
             return False
         self.put(fresh, keys)
         before = {p.ebp_code: (p, _key_identity(self.keys[p.ebp_code])) for p in self.settings.platforms}

@@ -83,6 +83,9 @@ class UKeyBridge:
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._certificate = certificate  # the card's, DER: read from it once, or known before
+        # why the card refused a 179 upload's signature, once it has: the worker asks it nothing more until a reload
+        # makes a new bridge, or finds the configuration unchanged and asks this one again (gateway.workers)
+        self.refused: str | None = None
 
     async def sign(self, data: bytes) -> tuple[bytes, str]:
         """The card's signature over ``data`` (UTF-8 text: the control takes text) and its certificate's number,

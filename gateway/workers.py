@@ -28,7 +28,7 @@ import aiohttp
 import asyncpg
 import cbec_queue
 import structlog
-from cbec_queue import BreakerSettings, NotReady
+from cbec_queue import BreakerSettings, Deferred, NotReady
 from cbec_queue.worker import is_db_unavailable
 
 from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, TransientError, queue_handler
@@ -344,17 +344,26 @@ class Delivery:
         return handle
 
 
+#: How often an upload waiting for a platform's card that refused looks whether a reload has asked the card again.
+UKEY_REFUSED_RETRY_S = 15.0
+
+
 async def _platform_signature(key: PlatformKey, data: bytes) -> tuple[bytes, str]:
     """A platform's signature over ``data`` and its certificate's serial. A UKey out of reach is a transient failure
     (the PC or its control will be back); a card's refusal permanent — retried, a wrong PIN would lock the card: a
-    dead letter the operators replay once it is mended."""
+    dead letter the operators replay once it is mended. Once the card has refused it is asked nothing more, for any
+    upload, until a reload (SIGHUP): the other uploads wait (deferred, their attempts not counted), and go then."""
     if not isinstance(key, UKeyBridge):
         return key.sign_bytes(data), key.key_name
+    if key.refused is not None:  # each question's upload would send the wrong PIN again: a few would lock the card
+        raise Deferred(f"the platform's UKey refused ({key.refused}): it is asked nothing more until a reload "
+                       "(SIGHUP, once the PIN or the card is mended)", delay_s=UKEY_REFUSED_RETRY_S)  # fmt: skip
     try:
         return await key.sign(data)
     except UKeyUnreachable as exc:
         raise TransientError(str(exc)) from exc
     except UKeyRefused as exc:
+        key.refused = str(exc)
         raise PermanentError(str(exc)) from exc
 
 

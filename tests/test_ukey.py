@@ -177,10 +177,16 @@ def test_a_platform_is_configured_with_its_key_files_or_its_ukey(tmp_path: Path)
 async def test_customs_question_is_answered_with_an_upload_the_platforms_ukey_signed(db_dsn: str) -> None:
     """The whole way with the platform's key on its UKey: customs (the sandbox) asks, the worker has the card sign the
     upload through the client control, customs verifies it with the card's certificate. The card pulled out: the
-    upload is a dead letter saying why (not retried: a card refusing is a person's to mend); put back, the replay
-    uploads it."""
+    upload is a dead letter saying why (not retried: a card refusing is a person's to mend); put back, a reload
+    (SIGHUP, the configuration unchanged) has the card asked again, and the replay uploads it."""
+    from gateway import server
+    from gateway.config import RealtimePlatform, RealtimeSettings
+
     card = await start_ukey(CARD)
-    bridge = UKeyBridge(card.url, "88888888")
+    settings = RealtimeSettings((RealtimePlatform(EBP_CODE, "t" * 24, None, None, ukey_url=card.url,
+                                                  ukey_password="88888888"),))  # fmt: skip
+    bridge = workers.platform_keys(settings)[EBP_CODE]
+    assert isinstance(bridge, UKeyBridge)
     try:
         async with running_stack(db_dsn, realtime=platforms(), platform_keys={EBP_CODE: bridge}) as stack:
             # the sandbox read the card's certificate through its control (gateway.server.sandbox_realtime)
@@ -213,12 +219,73 @@ async def test_customs_question_is_answered_with_an_upload_the_platforms_ukey_si
             [job] = await stack.fetch("SELECT id, attempts, last_error FROM jobs WHERE state = 'dead'")
             assert job["attempts"] == 1 and "未找到卡片" in job["last_error"], dict(job)
             card.present = True
+            assert bridge.refused is not None and "未找到卡片" in bridge.refused
+            assert server.RealtimeReload(settings, {EBP_CODE: bridge}, lambda *_: None).again(settings) is False
+            assert bridge.refused is None
             assert (await stack.client.request("POST", "/v1/queue/replay", json_body={"job_ids": [job["id"]]})).status \
                 == 200  # fmt: skip
             await wait_for(lambda: uploaded(2), what="the replayed upload")
     finally:
         await bridge.close()
         await card.stop()
+
+
+async def test_a_platforms_card_that_refused_is_asked_nothing_more_until_a_reload(
+    db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 179 platform's UKey with a wrong PIN configured: the first upload is a dead letter, as before, but every
+    other question's upload (and each replay, the payment handed over again among them) sent the wrong PIN to the card
+    again — a few questions locked it. Now the card is asked once: the other uploads wait (deferred, saying why) until
+    a reload (SIGHUP) asks it again, and then go by themselves."""
+    from gateway import server
+    from gateway.config import RealtimePlatform, RealtimeSettings
+
+    monkeypatch.setattr(workers, "UKEY_REFUSED_RETRY_S", 0.2)
+    card = await start_ukey(CARD)
+    platform = RealtimePlatform(EBP_CODE, "t" * 24, None, None, ukey_url=card.url, ukey_password="00000000")
+    settings = RealtimeSettings((platform,))
+    bridge = workers.platform_keys(settings)[EBP_CODE]
+    try:
+        async with running_stack(db_dsn, realtime=platforms(), platform_keys={EBP_CODE: bridge}) as stack:
+            parcels = [parcel(97), parcel(98), parcel(99)]
+            for s in parcels:
+                r = await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s),
+                                               key=PLATFORM_A)  # fmt: skip
+                assert r.status == 201, r.body
+            await stack.sandbox.sandbox.ask_payment_data(EBP_CODE, parcels[0].order_doc["orderNo"])
+
+            async def jobs(state: str) -> int:
+                return len(await stack.fetch("SELECT 1 FROM jobs WHERE kind = 'realtime_upload' AND state = $1",
+                                             state))  # fmt: skip
+
+            await wait_for(lambda: _true_when(jobs("dead"), 1), what="the refused upload a dead letter")
+            for s in parcels[1:]:
+                await stack.sandbox.sandbox.ask_payment_data(EBP_CODE, s.order_doc["orderNo"])
+            # handed over again: the dead upload of its order is replayed
+            again = samples.payment_data(parcels[0])
+            again["payExchangeInfoHead"]["note"] = "again"
+            assert (await stack.client.request("POST", "/v1/payment-data", json_body=again)).status == 200
+
+            async def deferred() -> bool:
+                rows = await stack.fetch("SELECT state, last_error FROM jobs WHERE kind = 'realtime_upload'")
+                return len(rows) == 3 and all(r["state"] == "queued" and "asked nothing more until a reload" in
+                                              (r["last_error"] or "") for r in rows)  # fmt: skip
+
+            await wait_for(deferred, what="the other uploads waiting for a reload")
+            await asyncio.sleep(0.5)  # deferred again and again meanwhile, the card not asked
+            assert card.calls.count(SIGN) == 1, card.calls
+            # the PIN mended in the configuration, then SIGHUP: a new key, and the uploads go
+            mended = RealtimeSettings((dataclasses.replace(platform, ukey_password="88888888"),))
+            assert server.RealtimeReload(settings, {EBP_CODE: bridge}, stack.forwarding.renew_realtime  # type: ignore[union-attr]
+                                         ).again(mended) is True
+            await wait_for(lambda: _true_when(jobs("done"), 3), what="the uploads signed after the reload")
+    finally:
+        await bridge.close()
+        await card.stop()
+
+
+async def _true_when(count: Any, n: int) -> bool:
+    return bool(await count == n)
 
 
 async def test_a_reload_reaches_the_ukeys_anew_and_closes_the_connections_it_had() -> None:
