@@ -372,7 +372,8 @@ class Metrics:
         g = GaugeMetricFamily(
             "cbec_payment_data_questions",
             "Customs' 179 questions for payment data not uploaded: waiting (for the platform's data or for customs), "
-            "given_up (the upload a dead letter: no data before its retries ended, or a UKey that refused), "
+            "given_up (the upload a dead letter: no data, or no answer from customs' endpoint, before its retries "
+            "ended, or a UKey that refused), "
             "refused (by customs)",
             labels=["state"],
         )

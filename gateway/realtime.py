@@ -487,9 +487,9 @@ QUESTIONS = _QUESTIONS.format(open="")
 #: The questions not uploaded (asked or refused), through their partial index (sql/380): the list that needs a look.
 OPEN_QUESTIONS = _QUESTIONS.format(open="r.state <> 'uploaded' AND")
 #: The open questions as /metrics counts them: waiting (asked, the upload queued or retrying: for its data or for
-#: customs), given up (asked, the upload a dead letter: it waited for its data past its retries, or the platform's
-#: UKey refused to sign), refused by customs; and how long the longest waiting one has waited (seconds; 0: none).
-#: The partial index read whole: the open questions are few.
+#: customs), given up (asked, the upload a dead letter: it waited for its data, or for customs' endpoint to answer,
+#: past its retries, or the platform's UKey refused to sign), refused by customs; and how long the longest waiting
+#: one has waited (seconds; 0: none). The partial index read whole: the open questions are few.
 OPEN_FIGURES = """
 SELECT count(*) FILTER (WHERE r.state = 'asked' AND j.state IS DISTINCT FROM 'dead') AS waiting,
        count(*) FILTER (WHERE r.state = 'asked' AND j.state = 'dead') AS given_up,
