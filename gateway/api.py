@@ -28,7 +28,17 @@ from lxml import etree
 
 from adapters import warehouse
 from gateway import csvexport, db, realtime, receipts, summary, taxbills
-from gateway.auth import KeyRing, Principal, SharedRates, shipment_view
+from gateway.auth import (
+    KeyRing,
+    Principal,
+    SharedRates,
+    answer_view,
+    finding_sides,
+    findings_view,
+    message_view,
+    readable_sides,
+    shipment_view,
+)
 from gateway.config import RealtimeSettings, Role, Settings, key_digest
 from gateway.console import setup_console
 from gateway.console.queries import DEAD_TOTAL, awaited_documents, queue_stats, receipts_awaited, unmatched_receipts
@@ -49,6 +59,7 @@ from gateway.store import (
     PaymentConflict,
     SessionTaken,
     Store,
+    documents_by_guid,
     payment_data_of_shipment,
     quota_reassessor,
     read_payment_data,
@@ -320,7 +331,9 @@ async def post_message(request: web.Request) -> web.Response:
     headers = {"Location": f"/v1/messages/{result.guid}"}
     if result.replay:
         headers["Idempotent-Replay"] = "true"
-    return json_response(result.body, result.http_status, headers)
+    findings = [f for s in result.body.get("shipments") or () for f in s.get("findings") or ()]
+    answer = answer_view(principal, result.body, await _readable(request, principal, findings))
+    return json_response(answer, result.http_status, headers)
 
 
 # --- the 179 real-time payment data (gateway/realtime.py) -----------------------------------------------------
@@ -529,6 +542,27 @@ def _visible(principal: Principal, parties: Any) -> bool:
     return principal.sees_everything or principal.may_touch(parties or ())
 
 
+async def _readable(request: web.Request, principal: Principal, findings: list[Any]) -> frozenset[tuple[str, str]]:
+    """Of the documents the findings' sides name, those the key may read (gateway.auth.readable_sides): read only for
+    a submitter's key and findings that name documents."""
+    guids = finding_sides(findings)
+    if principal.sees_everything or not guids:
+        return frozenset()
+    return readable_sides(principal, await documents_by_guid(request.app[POOL], guids))
+
+
+async def _page_view(request: web.Request, principal: Principal, items: list[dict[str, Any]]) -> None:
+    """A page of shipments (the list's, the CSV's) as the key may see it: the findings' values of documents it is no
+    party of withheld (gateway.auth.findings_view)."""
+    findings = [f for item in items for f in item.get("findings") or ()]
+    if principal.sees_everything or not findings:
+        return
+    readable = await _readable(request, principal, findings)
+    for item in items:
+        if item.get("findings"):
+            item["findings"] = findings_view(principal, item["findings"], readable)
+
+
 async def _record_rejection(
     store: Store, raw: bytes, submitter: str, guid: str | None, message_type: str | None, issues: list[Issue],
     status: int,
@@ -551,7 +585,11 @@ async def get_message(request: web.Request) -> web.Response:
         # 404 rather than 403 for other tenants' messages: existence itself is not disclosed.
         return error_response(404, "no such message")
     # as a shipment shows its documents: forward state, customs status, transmissions, receipts, warehouse orders
-    return json_response(await request.app[OUTBOX].shipment_forwarding(found))
+    full = await request.app[OUTBOX].shipment_forwarding(found)
+    response = full.get("response")
+    findings = [f for s in (response.get("shipments") or () if isinstance(response, dict) else ())
+                for f in s.get("findings") or ()]  # fmt: skip
+    return json_response(message_view(principal, full, await _readable(request, principal, findings)))
 
 
 #: The ebpCode in a shipment's path for a waybill-only shipment, whose ebpCode is empty (an empty path segment
@@ -609,6 +647,7 @@ async def list_shipments(request: web.Request) -> web.Response:
         page = await request.app[STORE].list_shipments(**filters, limit=limit, cursor=request.query.get("cursor"))
     except ValueError as exc:  # a cursor that is not one of ours
         return error_response(400, f"bad cursor: {exc}")
+    await _page_view(request, _principal(request), page["items"])
     return json_response(page)
 
 
@@ -620,8 +659,9 @@ SHIPMENT_CSV_COLUMNS = ("updated_at", "ebpCode", "orderNo", "ebcCode", "flow", "
 async def shipments_csv(request: web.Request) -> web.StreamResponse:
     """Every shipment GET /v1/shipments would list with the same filters (all its pages; the key's own for a
     submitter), as CSV for a spreadsheet (gateway.csvexport), newest first."""
+    principal = _principal(request)
     try:
-        filters, _ = _shipment_filters(_principal(request), request.query)
+        filters, _ = _shipment_filters(principal, request.query)
     except ValueError as exc:
         return error_response(400, str(exc))
     store = request.app[STORE]
@@ -630,6 +670,7 @@ async def shipments_csv(request: web.Request) -> web.StreamResponse:
         cursor = None
         while True:
             page = await store.list_shipments(**filters, limit=csvexport.PAGE, cursor=cursor)
+            await _page_view(request, principal, page["items"])
             yield [csvexport.shipment_row(item, SHIPMENT_CSV_COLUMNS) for item in page["items"]]
             cursor = page["next_cursor"]
             if cursor is None:
@@ -713,13 +754,15 @@ async def get_shipment(request: web.Request) -> web.Response:
                                                   request.match_info["orderNo"])  # fmt: skip
     if found is None or not _visible(principal, found.get("parties")):
         return error_response(404, "no such shipment")
-    view = shipment_view(principal, await request.app[OUTBOX].shipment_forwarding(found))
+    # the tax bills are read off the whole shipment (their inventory's receipts, its estimate), then cut to the key
+    full = taxbills.add_to_shipment(await request.app[OUTBOX].shipment_forwarding(found), request.app[STORE].tax_rates)
+    view = shipment_view(principal, full)
     if view.get("flow") == "import" and principal.may_touch({view.get("ebpCode") or ""}):  # the platform's own
         async with request.app[POOL].acquire() as conn:
             paid = await payment_data_of_shipment(conn, view["ebpCode"], view["orderNo"])
         if paid is not None:
             view["payment_data"] = paid
-    return json_response(taxbills.add_to_shipment(view, request.app[STORE].tax_rates))
+    return json_response(view)
 
 
 async def post_receipts(request: web.Request) -> web.Response:

@@ -125,38 +125,162 @@ class KeyRing:
         return self._by_digest.get(self.digest(presented))
 
 
-#: What a key that is no party of an export transport message (CEB507/509/607) sees of it on a shipment it may read:
-#: what identifies the document and what customs made of it, and of its list the lines naming the shipment's waybill.
-#: One arrival or 清单总分单 lists many sellers' parcels: the other lines (their waybills, a 607's invtNos), the head
-#: (the sender's names, flight, B/L, vehicle), its parties and transmissions are the sender's, whose message
-#: (GET /v1/messages/{guid}) answers that key 404.
-LIMITED_TRANSPORT_FIELDS: tuple[str, ...] = (
+#: What a key sees of a document it is no party of, on a shipment it may read (a leg of another company: the order to
+#: the carrier, the payment to the seller) or in a message it may read (an agent's message of several sellers'
+#: inventories): what identifies the document and what customs made of it. Its head and lines (the buyer's and the
+#: payer's names, ID numbers, telephones, the goods and prices), its parties, its transmissions and warehouse orders are
+#: its parties', whose message (GET /v1/messages/{guid}) answers that key 404. Of an export transport message
+#: (CEB507/509/607: one arrival or 清单总分单 lists many sellers' parcels) it also sees the lines naming the shipment's
+#: waybill.
+LIMITED_FIELDS: tuple[str, ...] = (
     "id", "index", "doc_guid", "kind", "message_type", "keys", "app_type", "app_time", "app_status", "path",
     "is_current", "withdrawn", "superseded_by", "message_guid", "received_at",
     "forward_state", "sent_at", "last_receipt_at", "receipt_overdue", "pre_no", "invt_no", "customs", "receipts",
 )  # fmt: skip
 _TRANSPORT = frozenset(k.value for k in TRANSPORT_KINDS)
+#: The inventory kinds whose tax bills and summary declaration a shipment shows beside them.
+_INVENTORY = Kind.INVENTORY.value
 
 
 def _text(values: dict[str, Any] | None, name: str) -> str:
     return str((values or {}).get(name) or "").strip()
 
 
+def readable_sides(principal: Principal, documents: Iterable[dict[str, Any]]) -> frozenset[tuple[str, str]]:
+    """The (message type, document guid) of the documents ``principal`` may read (each with its ``message_type``,
+    ``doc_guid`` and ``parties``): those whose parties it holds one of. A guid two documents of one type share (each
+    sender makes its own) counts only when the key may read every one of them: a key's own document cannot open
+    another's that happens to carry its guid."""
+    mine: set[tuple[str, str]] = set()
+    theirs: set[tuple[str, str]] = set()
+    for d in documents:
+        side = (str(d.get("message_type") or ""), str(d.get("doc_guid") or ""))
+        (mine if principal.may_touch(d.get("parties") or ()) else theirs).add(side)
+    return frozenset(mine - theirs)
+
+
+def finding_sides(findings: Iterable[dict[str, Any]]) -> set[str]:
+    """The document guids the findings' sides name (what to read the parties of before :func:`findings_view`)."""
+    return {str(side["guid"]) for f in findings
+            for side in (f.get("left"), f.get("right")) if side and side.get("guid")}  # fmt: skip
+
+
+#: Customs' records a finding may set beside a document (a tax bill beside its inventory's estimate): readable with
+#: the document on the finding's other side.
+_CUSTOMS_RECORDS = frozenset({"CEB816", "CEB818"})
+
+
+def findings_view(
+    principal: Principal, findings: list[dict[str, Any]], readable: frozenset[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Reconciliation findings as ``principal`` may see them: each side naming a document it may not read (not in
+    ``readable``, :func:`readable_sides`) keeps its document type and element path, and its value is withheld
+    (``value`` null, ``withheld`` true) — and the message, which quotes both values, says only which field differs.
+    A seller learns that its order's consignee differs from the waybill, not what the carrier wrote; a carrier, that
+    the order and the payment disagree on the buyer, not who either names. Operators and admins see everything."""
+    if principal.sees_everything:
+        return findings
+    shown = []
+    for f in findings:
+        left, right = f.get("left"), f.get("right")
+        sides = [s for s in (left, right) if s]
+
+        def visible(side: dict[str, Any], other: dict[str, Any] | None) -> bool:
+            if side.get("doc") in _CUSTOMS_RECORDS:  # a tax bill: its inventory's
+                return other is not None and other.get("doc") not in _CUSTOMS_RECORDS and visible(other, None)
+            return (str(side.get("doc") or ""), str(side.get("guid") or "")) in readable
+
+        hidden = [s is not None and not visible(s, right if s is left else left) for s in (left, right)]
+        if not any(hidden):
+            shown.append(f)
+            continue
+        cut = [None if s is None else {"doc": s.get("doc"), "guid": None, "path": s.get("path"), "value": None,
+                                       "withheld": True} if h else s
+               for s, h in zip((left, right), hidden, strict=True)]  # fmt: skip
+        docs = " and the ".join(dict.fromkeys(str(s.get("doc")) for s in sides)) or "documents"
+        message = (f"{f.get('field')} differs between the {docs} ({f.get('code')}); the values of a document this API "
+                   "key is no party of are withheld")  # fmt: skip
+        shown.append({**f, "message": message, "left": cut[0], "right": cut[1]})
+    return shown
+
+
 def shipment_view(principal: Principal, shipment: dict[str, Any]) -> dict[str, Any]:
-    """The shipment (gateway.store.Store.get_shipment, with its forwarding) as ``principal`` may see it: each
-    transport message none of whose parties it holds cut to :data:`LIMITED_TRANSPORT_FIELDS` and to the lines
-    naming one of the shipment's waybills (the head's logisticsCode and the line's logisticsNo, as the store found
-    it by), marked ``limited``. Operators and admins see everything."""
-    docs = shipment.get("documents") or []
-    if principal.sees_everything or not any(d["kind"] in _TRANSPORT for d in docs):
+    """The shipment (gateway.store.Store.get_shipment, with its forwarding and its tax bills) as ``principal`` may see
+    it: each document none of whose parties it holds cut to :data:`LIMITED_FIELDS`, marked ``limited`` — of a
+    transport message also the lines naming one of the shipment's waybills (the head's logisticsCode and the line's
+    logisticsNo, as the store found it by); the findings' values of those documents withheld (:func:`findings_view`);
+    the tax bills and the summary declaration only beside an inventory it may read; the buyer's ID number only where
+    a document it may read names it. Operators and admins see everything."""
+    if principal.sees_everything:
         return shipment
+    docs = shipment.get("documents") or []
+    readable = readable_sides(principal, docs)
     waybills = {(_text(d.get("head"), "logisticsCode"), _text(d.get("head"), "logisticsNo"))
                 for d in docs if d["kind"] == Kind.INVENTORY}  # fmt: skip
     shown = []
+    own_ids: set[Any] = set()
+    buyers: set[str] = set()
     for d in docs:
-        if d["kind"] in _TRANSPORT and not principal.may_touch(d.get("parties") or ()):
+        if (d.get("message_type") or "", d.get("doc_guid") or "") in readable:
+            own_ids.add(d.get("id"))
+            head = d.get("head") or {}
+            buyers |= {_text(head, n).upper() for n in ("buyerIdNumber", "payerIdNumber") if _text(head, n)}
+            shown.append(d)
+            continue
+        cut: dict[str, Any] = {**{f: d[f] for f in LIMITED_FIELDS if f in d}, "limited": True}
+        if d["kind"] in _TRANSPORT:
             carrier = _text(d.get("head"), "logisticsCode")
-            lines = [x for x in d.get("lines") or () if (carrier, _text(x, "logisticsNo")) in waybills]
-            d = {**{f: d[f] for f in LIMITED_TRANSPORT_FIELDS if f in d}, "lines": lines, "limited": True}
-        shown.append(d)
-    return {**shipment, "documents": shown}
+            cut["lines"] = [x for x in d.get("lines") or () if (carrier, _text(x, "logisticsNo")) in waybills]
+        shown.append(cut)
+    view = {**shipment, "documents": shown,
+            "findings": findings_view(principal, list(shipment.get("findings") or ()), readable)}  # fmt: skip
+    if "tax_bills" in view:
+        view["tax_bills"] = [{**b, "findings": findings_view(principal, list(b.get("findings") or ()), readable)}
+                             for b in view["tax_bills"] if b.get("document_id") in own_ids]  # fmt: skip
+    if "summary" in view and not any(d["kind"] == _INVENTORY and d.get("id") in own_ids for d in docs):
+        view["summary"] = None
+    if view.get("buyer_id_number") and str(view["buyer_id_number"]).strip().upper() not in buyers:
+        view["buyer_id_number"] = None
+    return view
+
+
+def message_view(principal: Principal, message: dict[str, Any], readable: frozenset[tuple[str, str]]) -> dict[str, Any]:
+    """A stored message (gateway.store.Store.get_message, with its forwarding) as ``principal`` may see it, once it
+    may read one of its documents: the documents none of whose parties it holds cut as on a shipment
+    (:data:`LIMITED_FIELDS`, ``limited``) — an agent's message may carry several sellers' inventories, each seller
+    reading its own —, and then neither the raw XML (``raw_xml`` null, ``raw_xml_withheld`` true) nor, in the answer it
+    was given (``response``), those documents' outcomes and their shipments. The findings of the answer as
+    :func:`findings_view` (``readable``: the sides it may read, the message's own documents among them). Operators and
+    admins see everything."""
+    if principal.sees_everything:
+        return message
+    docs = message.get("documents") or []
+    whole = all(principal.may_touch(d.get("parties") or ()) for d in docs)
+    shown = docs if whole else [d if principal.may_touch(d.get("parties") or ()) else
+                                {**{f: d[f] for f in LIMITED_FIELDS if f in d}, "limited": True}
+                                for d in docs]  # fmt: skip
+    view = {**message, "documents": shown}
+    if not whole:
+        view["raw_xml"], view["raw_xml_withheld"] = None, True
+    response = message.get("response")
+    if isinstance(response, dict):
+        answer = dict(response)
+        if not whole:
+            guids = {d.get("doc_guid") for d in docs if principal.may_touch(d.get("parties") or ())}
+            answer["documents"] = [d for d in answer.get("documents") or () if d.get("doc_guid") in guids]
+            keys = {(s.get("ebpCode"), s.get("orderNo")) for d in answer["documents"] if (s := d.get("shipment"))}
+            answer["shipments"] = [s for s in answer.get("shipments") or ()
+                                   if (s.get("ebpCode"), s.get("orderNo")) in keys]  # fmt: skip
+        answer["shipments"] = [{**s, "findings": findings_view(principal, list(s.get("findings") or ()), readable)}
+                               if "findings" in s else s for s in answer.get("shipments") or ()]  # fmt: skip
+        view["response"] = answer
+    return view
+
+
+def answer_view(principal: Principal, body: dict[str, Any], readable: frozenset[tuple[str, str]]) -> dict[str, Any]:
+    """A 202 answer (its shipments' findings, :func:`findings_view`) as the submitting ``principal`` may see it: it may
+    touch every document of its message, not necessarily the other legs they were reconciled with."""
+    if principal.sees_everything or not any(s.get("findings") for s in body.get("shipments") or ()):
+        return body
+    return {**body, "shipments": [{**s, "findings": findings_view(principal, list(s.get("findings") or ()), readable)}
+                                  if s.get("findings") else s for s in body.get("shipments") or ()]}  # fmt: skip

@@ -1006,6 +1006,19 @@ async def _payment_of_order(
     return payment, questions
 
 
+#: The documents carrying these ($1) guids, whoever sent them: whose parties a finding's sides name
+#: (gateway.auth.readable_sides; documents_doc_guid_every_kind_idx).
+DOCUMENTS_BY_GUID = "SELECT message_type, doc_guid, parties FROM documents WHERE doc_guid = ANY ($1::text[])"
+
+
+async def documents_by_guid(conn: asyncpg.Connection | asyncpg.Pool, guids: Iterable[str]) -> list[dict[str, Any]]:
+    """The message type, guid and parties of every document carrying one of ``guids``."""
+    wanted = sorted(set(guids))
+    if not wanted:
+        return []
+    return [dict(r) for r in await conn.fetch(DOCUMENTS_BY_GUID, wanted)]
+
+
 async def payment_data_of_shipment(conn: asyncpg.Connection, ebp_code: str, order_no: str) -> dict[str, Any] | None:
     """What an import shipment's view says of its order's 179 payment data: the payment handed over (its
     payTransactionId and when; none yet: null) and customs' questions with their uploads; None when the order was

@@ -1,0 +1,194 @@
+"""Tenants of one gateway: the platform, the seller, the payment company, the carrier and the declaring agent of a
+parcel each send their own leg with a key of their own codes, and each reads of the others' documents no more than
+the README's access rule gives it (a submitter reads the documents that carry one of its codes), over real HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+import json
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway import samples
+from gateway.api import create_app
+from gateway.config import ApiKey, Role
+from gateway.render import render
+from tests import apiutil
+from tests.apiutil import ADMIN, OPERATOR, Client, serving, sign_as_agent
+
+pytestmark = pytest.mark.db
+
+PLATFORM = "tenant-platform-key-000000"
+SELLER = "tenant-seller-key-11111111"
+PAYER = "tenant-payment-key-2222222"
+CARRIER = "tenant-carrier-key-3333333"
+AGENT = "tenant-agent-key-444444444"
+OTHER_SELLER = "tenant-seller-b-key-555555"
+OTHER_EBC = "4601260E99"
+PAYER_NAME = "付款人甲乙"  # the payment's payerName, another name than the order's buyer: only its parties may read it
+
+
+def new_shipment(seed: int, **kw: Any) -> samples.ShipmentSample:
+    return samples.shipment(random.Random(seed), **kw)
+
+
+def xml_of(payload: dict[str, Any]) -> bytes:
+    return render(payload, signer=sign_as_agent if payload["type"] == "CEB621" else None)
+
+
+def head(payload: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = payload["documents"][0]
+    return doc
+
+
+@contextlib.asynccontextmanager
+async def tenants(db_pool: asyncpg.Pool, s: samples.ShipmentSample) -> AsyncIterator[Client]:
+    """The API with a key per company of the shipment ``s`` (each holding its own code only) and another seller's."""
+    keys = (
+        *apiutil.test_settings().api_keys,
+        ApiKey("platform", PLATFORM, Role.SUBMITTER, frozenset({head(s.order)["ebpCode"]})),
+        ApiKey("seller", SELLER, Role.SUBMITTER, frozenset({head(s.order)["ebcCode"]})),
+        ApiKey("payment", PAYER, Role.SUBMITTER, frozenset({head(s.payment)["payCode"]})),
+        ApiKey("carrier", CARRIER, Role.SUBMITTER, frozenset({head(s.waybill)["logisticsCode"]})),
+        ApiKey("agent", AGENT, Role.SUBMITTER, frozenset({head(s.inventory)["agentCode"]})),
+        ApiKey("seller-b", OTHER_SELLER, Role.SUBMITTER, frozenset({OTHER_EBC})),
+    )
+    settings = apiutil.test_settings().with_overrides(api_keys=keys)
+    async with serving(create_app(settings, db_pool, signer=sign_as_agent)) as api:
+        yield api
+
+
+def by_kind(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in view["documents"]}
+
+
+def assert_limited(doc: dict[str, Any]) -> None:
+    assert doc["limited"] is True, doc
+    for hidden in ("head", "lines", "parties", "transmissions", "warehouse_orders"):
+        assert hidden not in doc, (hidden, doc)
+    assert doc["forward_state"] and doc["keys"]  # what identifies it and where it stands are shown
+
+
+async def test_a_company_reads_the_other_legs_of_its_shipment_limited(db_pool: asyncpg.Pool) -> None:
+    """Each leg sent by its own company: a key reads in full the documents carrying its code, and of the shipment's
+    other legs (the payment to the carrier, the waybill to the payment company) only what identifies them and where
+    they stand; a finding comparing a document it is no party of withholds that document's value. The payer's name,
+    on the payment alone, reaches the payment company (and, through the order naming its payCode, the platform's
+    order is the payment company's to read) and never the carrier or the agent: not in the shipment, its list, its
+    CSV or the answer to the carrier's own waybill."""
+    s = new_shipment(41)
+    payment = copy.deepcopy(s.payment)
+    head(payment)["payerName"] = PAYER_NAME  # a finding: buyer_payer_mismatch (order ↔ payment)
+    async with tenants(db_pool, s) as api:
+        assert (await api.post_xml(xml_of(s.order), key=PLATFORM)).status == 202
+        assert (await api.post_xml(xml_of(payment), key=PAYER)).status == 202
+        waybill = await api.post_xml(xml_of(s.waybill), key=CARRIER)
+        assert waybill.status == 202, waybill.body
+        assert (await api.post_xml(xml_of(s.inventory), key=AGENT)).status == 202
+        path = f"/v1/shipments/{head(s.order)['ebpCode']}/{head(s.order)['orderNo']}"
+
+        full = (await api.get(path, key=OPERATOR)).body
+        assert not any(d.get("limited") for d in full["documents"])
+        [mismatch] = [f for f in full["findings"]
+                      if f["code"] == "recon.buyer_payer_mismatch" and f["field"] == "buyerName"]  # fmt: skip
+        assert mismatch["right"]["value"] == PAYER_NAME
+
+        seen = {}
+        for name, key, readable in (("carrier", CARRIER, {"waybill", "inventory"}),
+                                    ("payment", PAYER, {"order", "payment"}),
+                                    ("agent", AGENT, {"inventory"}),
+                                    ("seller", SELLER, {"order", "inventory"}),
+                                    ("platform", PLATFORM, {"order", "payment", "inventory"})):  # fmt: skip
+            reply = await api.get(path, key=key)
+            assert reply.status == 200, (name, reply.body)
+            docs = by_kind(reply.body)
+            assert set(docs) == {"order", "payment", "waybill", "inventory"}
+            for kind, doc in docs.items():
+                if kind in readable:
+                    assert not doc.get("limited") and doc["head"], (name, kind)
+                else:
+                    assert_limited(doc)
+            [finding] = [f for f in reply.body["findings"] if f["code"] == "recon.buyer_payer_mismatch"
+                         and f["field"] == "buyerName"]  # fmt: skip
+            seen[name] = finding
+            assert reply.body["state"] == "mismatched"
+            assert (PAYER_NAME in json.dumps(reply.body, ensure_ascii=False)) == ("payment" in readable), name
+        assert seen["payment"] == mismatch
+        for name in ("carrier", "agent"):  # neither side theirs: the field and the documents, no value
+            left, right = seen[name]["left"], seen[name]["right"]
+            assert (left["doc"], right["doc"]) == ("CEB311", "CEB411")
+            assert left["value"] is right["value"] is None and left["withheld"] and right["withheld"], name
+        assert seen["seller"]["left"]["value"] and seen["seller"]["right"]["withheld"]  # its order, not the payment
+
+        # the list, its CSV and the carrier's own 202 answer withhold the same
+        for key, shown in ((CARRIER, False), (AGENT, False), (PAYER, True)):
+            listed = await api.get("/v1/shipments", key=key)
+            assert listed.status == 200 and len(listed.body["items"]) == 1
+            assert (PAYER_NAME in json.dumps(listed.body, ensure_ascii=False)) is shown
+            table = await api.get("/v1/shipments.csv", key=key)
+            assert table.status == 200
+            assert (PAYER_NAME in table.body.decode("utf-8-sig")) is shown
+        rows = list(csv.DictReader(io.StringIO((await api.get("/v1/shipments.csv", key=CARRIER)).body.decode(
+            "utf-8-sig"))))  # fmt: skip
+        assert "recon.buyer_payer_mismatch" in rows[0]["findings"]
+        assert PAYER_NAME not in json.dumps(waybill.body, ensure_ascii=False)
+        [answered] = [f for s_ in waybill.body["shipments"] for f in s_["findings"] if f["field"] == "buyerName"]
+        assert answered["right"]["withheld"]
+        again = await api.get(f"/v1/messages/{waybill.body['guid']}", key=CARRIER)
+        assert again.status == 200 and PAYER_NAME not in json.dumps(again.body, ensure_ascii=False)
+        replayed = await api.post_xml(xml_of(s.waybill), key=CARRIER)  # the same bytes: the stored answer, cut again
+        assert replayed.headers.get("Idempotent-Replay") == "true"
+        assert PAYER_NAME not in json.dumps(replayed.body, ensure_ascii=False)
+        assert PAYER_NAME in json.dumps((await api.post_xml(xml_of(s.waybill), key=ADMIN)).body, ensure_ascii=False)
+
+
+async def test_the_buyer_s_id_number_shows_only_beside_a_document_naming_it(db_pool: asyncpg.Pool) -> None:
+    """The shipment's buyer_id_number (its inventory's, else its order's) is shown to a key reading a document that
+    names that person, not to the carrier of a shipment with no inventory yet (it reads the waybill alone)."""
+    s = new_shipment(44)
+    async with tenants(db_pool, s) as api:
+        for payload, key in ((s.order, PLATFORM), (s.waybill, CARRIER)):
+            assert (await api.post_xml(xml_of(payload), key=key)).status == 202
+        path = f"/v1/shipments/{head(s.order)['ebpCode']}/{head(s.order)['orderNo']}"
+        buyer = head(s.order)["buyerIdNumber"]
+        assert (await api.get(path, key=PLATFORM)).body["buyer_id_number"] == buyer
+        carried = (await api.get(path, key=CARRIER)).body
+        assert carried["buyer_id_number"] is None
+        assert buyer not in json.dumps(carried)
+
+
+async def test_a_seller_reads_its_own_inventory_of_an_agent_s_message_of_several_sellers(db_pool: asyncpg.Pool) -> None:
+    """An agent declares two sellers' inventories in one message: each seller reads the message for its own, the other
+    seller's inventory limited and neither the raw XML (it holds the other's buyer) nor the other's outcome in the
+    answer; the agent, party of both, reads it whole."""
+    first, second = new_shipment(45), new_shipment(46, ebc_code=OTHER_EBC)
+    message = copy.deepcopy(first.inventory)
+    message["documents"] = [head(first.inventory), head(second.inventory)]
+    async with tenants(db_pool, first) as api:
+        sent = await api.post_xml(xml_of(message), key=AGENT)
+        assert sent.status == 202, sent.body
+        guid = sent.body["guid"]
+        other_buyer = head(second.inventory)["buyerIdNumber"]
+        whole = (await api.get(f"/v1/messages/{guid}", key=AGENT)).body
+        assert whole["raw_xml"] and not any(d.get("limited") for d in whole["documents"])
+        assert len(whole["response"]["documents"]) == 2
+        for key, mine, theirs in ((SELLER, first, second), (OTHER_SELLER, second, first)):
+            reply = await api.get(f"/v1/messages/{guid}", key=key)
+            assert reply.status == 200, reply.body
+            own, other = sorted(reply.body["documents"], key=lambda d: d.get("limited", False))
+            assert own["head"]["orderNo"] == head(mine.inventory)["orderNo"]
+            assert_limited(other)
+            assert other["keys"]["orderNo"] == head(theirs.inventory)["orderNo"]
+            assert reply.body["raw_xml"] is None and reply.body["raw_xml_withheld"] is True
+            answered = reply.body["response"]
+            assert [d["keys"]["orderNo"] for d in answered["documents"]] == [head(mine.inventory)["orderNo"]]
+            assert [s["orderNo"] for s in answered["shipments"]] == [head(mine.inventory)["orderNo"]]
+            assert head(theirs.inventory)["buyerIdNumber"] not in json.dumps(reply.body)
+        assert other_buyer in json.dumps((await api.get(f"/v1/messages/{guid}", key=OPERATOR)).body)
