@@ -276,9 +276,17 @@ async def _read_within(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+#: What an operator's key is answered when it sends what only a company declares (a message, a payment's data).
+OPERATOR_DECLARES_NOTHING = ("an operator's key reads and replays; it declares nothing: send declarations with the "
+                             "company's submitter key (or an admin's)")  # fmt: skip
+
+
 async def post_message(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
     principal = _principal(request)
+    if principal.role is Role.OPERATOR:
+        # it may read every enterprise's documents, not declare in their name (nor have the agent's key sign for it)
+        return error_response(403, OPERATOR_DECLARES_NOTHING)
     store = request.app[STORE]
     ctype = request.content_type
     body = b""
@@ -379,6 +387,8 @@ async def post_payment_data(request: web.Request) -> web.Response:
     """A payment's raw data (spec §10.2) from the platform (a submitter's key holding its ebpCode), committed before
     the 201/200: what the gateway uploads when customs asks about one of its orders."""
     principal = _principal(request)
+    if principal.role is Role.OPERATOR:
+        return error_response(403, OPERATOR_DECLARES_NOTHING)
     if request.content_type != "application/json":
         return error_response(415, "send the payment data as application/json")
     try:

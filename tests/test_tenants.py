@@ -192,3 +192,20 @@ async def test_a_seller_reads_its_own_inventory_of_an_agent_s_message_of_several
             assert [s["orderNo"] for s in answered["shipments"]] == [head(mine.inventory)["orderNo"]]
             assert head(theirs.inventory)["buyerIdNumber"] not in json.dumps(reply.body)
         assert other_buyer in json.dumps((await api.get(f"/v1/messages/{guid}", key=OPERATOR)).body)
+
+
+async def test_an_operator_key_declares_nothing(db_pool: asyncpg.Pool) -> None:
+    """An operator reads every enterprise's documents and replays dead letters; it sends no declaration in their name
+    (XML or JSON, which the gateway would sign with the agent's key) and no platform's payment data: 403, nothing
+    stored. An admin's key still may, and the company's own."""
+    s = new_shipment(47)
+    async with tenants(db_pool, s) as api:
+        refused = await api.post_xml(xml_of(s.order), key=OPERATOR)
+        assert refused.status == 403 and "declares nothing" in refused.body["error"]["title"], refused.body
+        as_json = json.loads(json.dumps(s.inventory, default=str))
+        assert (await api.request("POST", "/v1/messages", key=OPERATOR, json_body=as_json)).status == 403
+        data = {"payExchangeInfoHead": {"ebpCode": head(s.order)["ebpCode"]}, "payExchangeInfoLists": []}
+        assert (await api.request("POST", "/v1/payment-data", key=OPERATOR, json_body=data)).status == 403
+        assert await db_pool.fetchval("SELECT count(*) FROM messages") == 0
+        assert (await api.post_xml(xml_of(s.order), key=PLATFORM)).status == 202
+        assert (await api.request("POST", "/v1/messages", key=ADMIN, json_body=as_json)).status == 202
