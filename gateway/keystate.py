@@ -1214,7 +1214,7 @@ def judge(
     replaced = dict.fromkeys(new.replaces.id for new in news if new.replaces is not None)
     gone = [state.rows[i] for i in replaced if i in state.rows]
     before = state.live()
-    issues = _orders_declared(news, before)
+    issues = _orders_declared(news, before, scope)
     if issues:
         raise Conflict(issues)
     # the waybills held by the shipments whose legs change: a shipment may let go of one (see touched)
@@ -1226,7 +1226,7 @@ def judge(
     orders = {r.order_no or "" for r in (*gone, *new_rows) if r.kind in SHIPMENT_KIND_VALUES and r.kind != Kind.WAYBILL}
     views = {k: before.waybill_view(k) for o in orders for k in before.platforms(o)}
     with before.changed(gone, new_rows) as live:
-        issues = _flow_conflicts(news, live) or _second_inventories(news, live)
+        issues = _flow_conflicts(news, live, scope) or _second_inventories(news, live, scope)
         if issues:
             raise Conflict(issues)
         after = {k: live.waybill_view(k) for o in orders for k in live.platforms(o)}
@@ -1264,7 +1264,13 @@ def restore(
                   neighbours=neighbours)  # fmt: skip
 
 
-def _flow_conflicts(news: list[New], live: Live) -> list[Issue]:
+def _theirs(scope: frozenset[str] | None, row: Row) -> bool:
+    """``row`` is another enterprise's to the key of ``scope`` (decide's): a refusal it causes names what it is, not
+    which message or enterprise — the key may not read it (gateway.auth)."""
+    return scope is not None and scope.isdisjoint(row.parties)
+
+
+def _flow_conflicts(news: list[New], live: Live, scope: frozenset[str] | None = None) -> list[Issue]:
     """A shipment is of one flow: an export leg beside live import legs of its (ebpCode, orderNo), or the reverse,
     is refused rather than reconciled with them (an orderNo is unique within a platform, spec §6.2, so the two
     sharing one is the platform's mistake; the shipment's key, its URL and its customs status stay one flow's)."""
@@ -1276,9 +1282,11 @@ def _flow_conflicts(news: list[New], live: Live) -> list[Issue]:
         other = next((r for rows in live.legs.get(row.shipment_key, {}).values() for r in rows if r.flow != row.flow),
                      None)  # fmt: skip
         if other is not None:
+            which = ("another enterprise's" if _theirs(scope, other)
+                     else f"{other.message_type}, message {other.message_guid or 'of this message'}")  # fmt: skip
             out.append(issue("state.flow_conflict", new.doc.path,
                              f"the shipment {row.ebp_code}/{row.order_no} has a live {other.flow} {other.kind} "
-                             f"({other.message_type}, message {other.message_guid or 'of this message'}): a "
+                             f"({which}): a "
                              f"{row.flow} {row.kind} cannot join it; an orderNo is one shipment of one flow per "
                              "platform"))  # fmt: skip
     return out
@@ -1290,7 +1298,7 @@ def declared_at_customs(row: Row) -> bool:
     return not (temp_saved(row.head) or void(row) or (row.held and first_declaration(row)))
 
 
-def _orders_declared(news: list[New], live: Live) -> list[Issue]:
+def _orders_declared(news: list[New], live: Live, scope: frozenset[str] | None = None) -> list[Issue]:
     """Customs takes no change or withdrawal of an order once its inventory is declared (-301011): refused here
     rather than forwarded to be refused there, while the shipment would be reconciled against the change. Before
     that (the inventory held, temp-saved, refused, cancelled, withdrawn) the order may change: customs has no
@@ -1305,16 +1313,17 @@ def _orders_declared(news: list[New], live: Live) -> list[Issue]:
         if declared is not None:
             action = "change" if new.app_type == "2" else "delete"
             cancel = _CANCELLATION.get(declared.message_type, "a cancellation")
+            which = ("another enterprise's" if _theirs(scope, declared)
+                     else f"ebcCode {declared.ebc_code}, guid {text(declared.head, 'guid')}")  # fmt: skip
             out.append(issue("state.inventory_declared", new.doc.field_path("appType"),
                              f"appType {new.app_type} ({action}) but the inventory of the shipment "
-                             f"{cur.ebp_code}/{cur.order_no} (ebcCode {declared.ebc_code}, guid "
-                             f"{text(declared.head, 'guid')}) was declared to customs, which takes no change of its "
-                             f"order (-301011); withdraw that inventory (appType 3) or, once released, cancel it "
-                             f"({cancel}) first"))  # fmt: skip
+                             f"{cur.ebp_code}/{cur.order_no} ({which}) was declared to customs, which takes no "
+                             f"change of its order (-301011); withdraw that inventory (appType 3) or, once released, "
+                             f"cancel it ({cancel}) first"))  # fmt: skip
     return out
 
 
-def _second_inventories(news: list[New], live: Live) -> list[Issue]:
+def _second_inventories(news: list[New], live: Live, scope: frozenset[str] | None = None) -> list[Issue]:
     """An order has one inventory: a new one beside a live inventory of its shipment under another key (another
     ebcCode) would be reconciled and released with the shipment unseen, and both sent to customs."""
     out: list[Issue] = []
@@ -1326,10 +1335,11 @@ def _second_inventories(news: list[New], live: Live) -> list[Issue]:
             # one customs refused or cancelled is nothing at customs. (A temp-saved one still counts, unlike in
             # _declared_anew: it is at E-Port, one step from being declared.)
             if other is not row and other.key != row.key and not void(other):
+                which = ("of another enterprise" if _theirs(scope, other) else
+                         f"with ebcCode {other.ebc_code} (message {other.message_guid or 'of this message'})")
                 out.append(issue("state.second_inventory", new.doc.path,
-                                 f"the shipment {row.ebp_code}/{row.order_no} has a live inventory with ebcCode "
-                                 f"{other.ebc_code} (message {other.message_guid or 'of this message'}): an order has "
-                                 "one inventory; withdraw or cancel that one first"))  # fmt: skip
+                                 f"the shipment {row.ebp_code}/{row.order_no} has a live inventory {which}: an order "
+                                 "has one inventory; withdraw or cancel that one first"))  # fmt: skip
                 break
     return out
 

@@ -241,7 +241,7 @@ SELECT
     (SELECT coalesce(json_agg(m), '[]')
        FROM unnest($11::text[]) AS g(guid),
             LATERAL (SELECT m.guid, m.id, encode(m.sha256, 'hex') AS sha256, m.response, m.http_status,
-                            m.message_type
+                            m.message_type, m.submitter
                        FROM messages AS m WHERE m.guid = g.guid OFFSET 0) AS m) AS stored,
     (SELECT coalesce(json_agg(x), '[]')
        FROM (SELECT 'key' AS role, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid,
@@ -646,15 +646,17 @@ def _begin_and_lock(lock_ids: Iterable[int]) -> str:
     return f"{db.BEGIN_PLANNED}; SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{{{array}}}'::bigint[]) AS k"
 
 
-def _replay(stored: dict[str, Any], msg: ParsedMessage, sha: bytes) -> IngestResult:
-    """The stored answer for a resent message, or a conflict when the guid came with other content."""
+def _replay(stored: dict[str, Any], msg: ParsedMessage, sha: bytes, submitter: str | None = None) -> IngestResult:
+    """The stored answer for a resent message, or a conflict when the guid came with other content (naming the stored
+    message's type to the key that sent it only: to another, another tenant's message is no more than a guid taken)."""
     if stored["sha256"] != sha.hex():
+        which = f" ({stored['message_type']})" if submitter is not None and stored.get("submitter") == submitter else ""
         raise Conflict(
             [
                 issue(
                     "state.guid_conflict",
                     f"{msg.path}/@guid",
-                    f"a different message with guid {msg.guid} ({stored['message_type']}) was already accepted; "
+                    f"a different message with guid {msg.guid}{which} was already accepted; "
                     "a new message needs a new guid",
                 )
             ]
@@ -1530,7 +1532,7 @@ class Store:
             warnings = job.warnings  # the rules', then a summary message's own
             try:
                 if job.msg.guid in stored:
-                    outcomes[job] = _replay(stored[job.msg.guid], job.msg, job.sha)
+                    outcomes[job] = _replay(stored[job.msg.guid], job.msg, job.sha, job.submitter)
                     continue
                 if job.named is not None:
                     # Under the invtNos' locks (taken at BEGIN): an application naming one of them committed before

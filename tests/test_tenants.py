@@ -209,3 +209,36 @@ async def test_an_operator_key_declares_nothing(db_pool: asyncpg.Pool) -> None:
         assert await db_pool.fetchval("SELECT count(*) FROM messages") == 0
         assert (await api.post_xml(xml_of(s.order), key=PLATFORM)).status == 202
         assert (await api.request("POST", "/v1/messages", key=ADMIN, json_body=as_json)).status == 202
+
+
+async def test_a_refusal_names_nothing_of_another_enterprise_s_document(db_pool: asyncpg.Pool) -> None:
+    """What stands in the way may be another enterprise's document: its refusal says what it is, not which message or
+    enterprise — another seller's inventory for the order (state.second_inventory), another tenant's message under the
+    guid (state.guid_conflict) — while the key whose document it is reads them named."""
+    s = new_shipment(48)
+    doc = head(s.order)
+    theirs = new_shipment(49, ebc_code=OTHER_EBC, order_no=doc["orderNo"])
+    async with tenants(db_pool, s) as api:
+        order = await api.post_xml(xml_of(s.order), key=PLATFORM)
+        inventory = await api.post_xml(xml_of(s.inventory), key=AGENT)
+        assert order.status == inventory.status == 202
+        second = await api.post_xml(xml_of(theirs.inventory), key=OTHER_SELLER)
+        assert second.status == 409, second.body
+        [issue] = second.body["error"]["issues"]
+        assert issue["code"] == "state.second_inventory" and "another enterprise" in issue["message"]
+        assert head(s.inventory)["ebcCode"] not in issue["message"] and inventory.body["guid"] not in issue["message"]
+        named = await api.post_xml(xml_of(theirs.inventory), key=ADMIN)  # a party of both: named
+        assert named.status == 409 and head(s.inventory)["ebcCode"] in named.body["error"]["issues"][0]["message"]
+
+        reused = copy.deepcopy(theirs.order)
+        reused["guid"] = order.body["guid"]  # the platform's message guid, on another seller's order
+        head(reused)["ebpCode"] = "4601269999"
+        head(reused)["ebcCode"] = OTHER_EBC
+        clash = await api.post_xml(xml_of(reused), key=OTHER_SELLER)
+        assert clash.status == 409 and clash.body["error"]["issues"][0]["code"] == "state.guid_conflict"
+        assert "CEB311" not in clash.body["error"]["issues"][0]["message"]
+        mine = copy.deepcopy(s.order)
+        mine["guid"] = order.body["guid"]
+        head(mine)["note"] = "other bytes"
+        own = await api.post_xml(xml_of(mine), key=PLATFORM)
+        assert own.status == 409 and "(CEB311)" in own.body["error"]["issues"][0]["message"]
