@@ -30,23 +30,36 @@ are the job's own (``NotReady``: retried with backoff, not counted by the endpoi
 is open its jobs are put back untried (``Deferred``: no attempt counted) until the cool-down ends and one probe
 tells whether the URL answers again — a probe that fails is put back likewise: a seller's events wait however long its
 URL is away, none becomes a dead letter for it.
+
+A seller's URL goes to public addresses only (:func:`refused_address`): its name is the seller's, who may point it at
+any address at any time, and a gateway inside the bonded zone's network would POST its events to the cloud's metadata
+service, its own port or the zone's intranet. A name is resolved for each connection and connected to only through
+the public addresses it resolves to (:class:`PublicResolver`: nothing to rebind between the check and the connection);
+an address in a loopback, private, link-local, shared, reserved or multicast range is refused unless one of the
+gateway's ``forwarding.webhook_allowed_networks`` holds it. Redirects are never followed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
+import ipaddress
 import json
 import random
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
 import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from cbec_queue import BreakerSettings, CircuitBreaker, CircuitState, Deferred, NotReady
+from yarl import URL
 
 from adapters import dxp
 from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResult, TransientError
@@ -58,6 +71,64 @@ TIMESTAMP_HEADER = "X-CBEC-Timestamp"
 EVENT_HEADER = "X-CBEC-Event"
 DELIVERY_HEADER = "X-CBEC-Delivery"
 DEFAULT_TOLERANCE = 300  # seconds a signed request stays acceptable
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def allowed_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """The networks (``10.20.0.0/16``, ``fd00::/8``, an address alone) a seller's webhook may be delivered to besides
+    the public addresses; ValueError naming one that is none."""
+    out = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(str(value).strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is no network (an address, or one with a prefix: 10.20.0.0/16)") from None
+    return tuple(out)
+
+
+def refused_address(address: str, allowed: Sequence[Network] = ()) -> str | None:
+    """Why a webhook may not be delivered to ``address`` (an IP address, as a URL or the resolver gives it), or None
+    when it may: a public unicast address, or one of the ``allowed`` networks. Not an address at all: None (a name is
+    resolved first, and its addresses judged)."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if any(ip in n for n in allowed):
+        return None
+    for what, hit in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                      ("unspecified", ip.is_unspecified), ("private", ip.is_private)):  # fmt: skip
+        if hit:
+            return f"{ip} is a {what} address"
+    return None if ip.is_global else f"{ip} is no public address"
+
+
+class PublicResolver(AbstractResolver):
+    """aiohttp's resolver keeping only the addresses a webhook may go to (:func:`refused_address`): the connection is
+    made to those, so a name resolving to an internal address now and a public one when checked (DNS rebinding) gets
+    nowhere. A name with none left fails as a DNS failure would, saying why."""
+
+    def __init__(self, allowed: Sequence[Network] = (), inner: AbstractResolver | None = None) -> None:
+        self.allowed = tuple(allowed)
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:  # fmt: skip
+        found = await self._inner.resolve(host, port, family)
+        kept = [r for r in found if refused_address(r["host"], self.allowed) is None]
+        if not kept:
+            why = "; ".join(dict.fromkeys(refused_address(r["host"], self.allowed) or "" for r in found))
+            # (errno, strerror): aiohttp's connection error quotes the strerror alone
+            raise OSError(errno.EADDRNOTAVAIL, f"{host} resolves to no public address ({why}): webhooks go to public "
+                          "addresses only, or to forwarding.webhook_allowed_networks")  # fmt: skip
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 @dataclass(frozen=True)
@@ -149,8 +220,12 @@ class WebhookAdapter(HttpAdapter):
         clock: Callable[[], float] = time.time,
         breaker: BreakerSettings | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        allowed: Sequence[Network] | None = None,
     ) -> None:
+        """``allowed``: the networks besides the public addresses the sellers' URLs may reach (see the module); None
+        checks nothing (a caller's own ``session``, a test's receiver)."""
         super().__init__(timeouts=timeouts, headers={"User-Agent": "cbec-gateway-webhook/1"}, session=session)
+        self.allowed = None if allowed is None else tuple(allowed)
         self._endpoints = endpoints
         self._clock = clock
         self.breaker_settings = breaker or BreakerSettings()
@@ -158,6 +233,14 @@ class WebhookAdapter(HttpAdapter):
         # One breaker per seller and URL: a URL changed on a reload starts closed.
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._rng = random.Random()
+
+    async def start(self) -> None:
+        if self.allowed is None or (self._session is not None and not self._session.closed):
+            return await super().start()
+        connector = aiohttp.TCPConnector(resolver=PublicResolver(self.allowed))
+        self._session = aiohttp.ClientSession(timeout=self.timeouts.client_timeout(), headers=self.headers,
+                                              connector=connector)  # fmt: skip
+        self._owns_session = True
 
     def seller_circuits(self) -> dict[str, CircuitState]:
         """The sellers whose URL's circuit is not closed (open: paused; half open: one probe out)."""
@@ -212,6 +295,11 @@ class WebhookAdapter(HttpAdapter):
         ep = self.endpoint(seller)
         if ep is None:
             raise PermanentError(f"no webhook endpoint configured for seller {seller!r}")
+        if self.allowed is not None:  # an address in the URL is connected to as it is (a name, through the resolver)
+            host = URL(ep.url).host or ""
+            if (why := refused_address(host, self.allowed)) is not None:
+                raise PermanentError(f"seller {seller}'s webhook URL is refused: {why}; webhooks go to public "
+                                     "addresses only, or to forwarding.webhook_allowed_networks")  # fmt: skip
         delivery_id = job_payload.get("id")
         if not isinstance(delivery_id, str) or not delivery_id:
             key = job_payload.get("dedupe_key")

@@ -168,6 +168,9 @@ class ForwardingSettings:
     on_release: tuple[str, ...] = ("warehouse",)  # endpoints told when a shipment is released (800)
     webhooks: tuple[WebhookSettings, ...] = ()
     webhook_endpoint: str = "webhook"
+    # The networks besides the public addresses the sellers' webhook URLs may reach (adapters/webhook.py: a seller's
+    # name pointed at 127.0.0.1 or the cloud's metadata service is refused): "10.20.0.0/16", an address alone.
+    webhook_allowed_networks: tuple[str, ...] = ()
     receipt_timeout_s: float = 600.0  # a message sent this long ago without a receipt is overdue
     watchdog_interval_s: float = 30.0
     # Delivered jobs and their attempts are deleted this long after (0: kept for ever); the documents keep their
@@ -726,7 +729,8 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
     """The ``[forwarding]`` table of the TOML file, then ``CBEC_FORWARDING_<NAME>`` for its scalar settings."""
     env = env or {}
     changes: dict[str, Any] = {}
-    unknown = set(data) - set(_FORWARDING_SCALARS) - {"endpoints", "routes", "hold_types", "on_release", "webhooks"}
+    unknown = set(data) - set(_FORWARDING_SCALARS) - {"endpoints", "routes", "hold_types", "on_release", "webhooks",
+                                                      "webhook_allowed_networks"}  # fmt: skip
     if unknown:
         raise ValueError(f"forwarding: unknown setting(s) {', '.join(sorted(unknown))}")
     changes.update(_scalars(data, env, _FORWARDING_SCALARS.items(), env_prefix="CBEC_FORWARDING_", where="forwarding."))
@@ -758,6 +762,16 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
     for name in ("hold_types", "on_release"):
         if name in data:
             changes[name] = _strings(data[name], f"forwarding.{name}")
+    from adapters.webhook import allowed_networks, refused_address  # the delivery's own rule (aiohttp: loaded late)
+
+    if "webhook_allowed_networks" in data:
+        changes["webhook_allowed_networks"] = _strings(data["webhook_allowed_networks"],
+                                                       "forwarding.webhook_allowed_networks")  # fmt: skip
+        try:
+            allowed_networks(changes["webhook_allowed_networks"])
+        except ValueError as exc:
+            raise ValueError(f"forwarding.webhook_allowed_networks: {exc}") from None
+    allowed = allowed_networks(changes.get("webhook_allowed_networks", ()))
     webhooks = data.get("webhooks", {})
     if not isinstance(webhooks, Mapping):
         raise ValueError("forwarding.webhooks must be a table of tables")
@@ -766,6 +780,11 @@ def parse_forwarding(data: Mapping[str, Any], env: Mapping[str, str] | None = No
         if not isinstance(item, Mapping) or not item.get("url") or not item.get("secret") or not item.get("codes"):
             raise ValueError(f"forwarding.webhooks.{seller} needs codes, url and secret")
         url = _setting(item, "url", None, _http_url, f"forwarding.webhooks.{seller}.")
+        host = (urlsplit(url).hostname or "").rstrip(".").lower()
+        local = host == "localhost" or host.endswith(".localhost")  # this machine's name, whatever DNS says
+        if (why := refused_address("127.0.0.1" if local else host, allowed)) is not None:
+            raise ValueError(f"forwarding.webhooks.{seller}.url: {why}; a seller's webhook goes to public addresses "
+                             "only, or to one of forwarding.webhook_allowed_networks")  # fmt: skip
         hooks.append(WebhookSettings(str(seller), frozenset(_strings(item["codes"], "codes")), url,
                                      str(item["secret"])))  # fmt: skip
     changes["webhooks"] = tuple(hooks)

@@ -36,7 +36,7 @@ from adapters.customs import CustomsAdapter, CustomsConfig, run_inbox_poller
 from adapters.inspection import InspectionAdapter, InspectionConfig
 from adapters.realtime import RealtimeAdapter, RealtimeRefused
 from adapters.warehouse import WarehouseAdapter, WarehouseConfig
-from adapters.webhook import WebhookAdapter, WebhookEndpoint
+from adapters.webhook import WebhookAdapter, WebhookEndpoint, allowed_networks
 from gateway import realtime, receipts, signing
 from gateway.config import EndpointSettings, ForwardingSettings, RealtimeSettings, WebhookSettings, uses_sandbox
 from gateway.forward import Router
@@ -225,7 +225,8 @@ class Delivery:
             elif ep.kind == "webhook":
                 # each seller's URL its own breaker, with the endpoint's settings (adapters/webhook.py)
                 breaker = BreakerSettings(ep.breaker_failures, ep.breaker_cooldown_s)
-                webhook = WebhookAdapter(_webhook_table(fwd.webhooks), timeouts=timeouts, breaker=breaker)
+                webhook = WebhookAdapter(_webhook_table(fwd.webhooks), timeouts=timeouts, breaker=breaker,
+                                         allowed=allowed_networks(fwd.webhook_allowed_networks))  # fmt: skip
                 self.adapters[ep.name] = webhook
                 self._handlers[ep.name] = queue_handler(webhook)
             elif ep.kind == "realtime":

@@ -67,6 +67,7 @@ def fast_forwarding(endpoints: tuple[EndpointSettings, ...], **changes: Any) -> 
         watchdog_interval_s=0.05,
         receipt_timeout_s=30.0,
         resend_delay_s=0.05,
+        webhook_allowed_networks=("127.0.0.0/8",),  # the tests' webhook receivers listen on 127.0.0.1
     )
     return replace(base, **changes)
 

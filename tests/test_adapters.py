@@ -41,7 +41,16 @@ from adapters.base import (
 from adapters.customs import CustomsAdapter, CustomsConfig, atomic_write, poll_inbox, prepare
 from adapters.inspection import InspectionAdapter, InspectionConfig
 from adapters.warehouse import WarehouseAdapter, WarehouseConfig, parse_callback
-from adapters.webhook import SellerUnreachable, WebhookAdapter, WebhookEndpoint, sign_body, verify_signature
+from adapters.webhook import (
+    PublicResolver,
+    SellerUnreachable,
+    WebhookAdapter,
+    WebhookEndpoint,
+    allowed_networks,
+    refused_address,
+    sign_body,
+    verify_signature,
+)
 from gateway.messages import CEB_NS, DS_NS
 from gateway.sandbox import RunningSandbox
 from gateway.sandbox.recorder import Recorder, start_recorder
@@ -645,6 +654,63 @@ async def test_webhook_signature_verifies_and_tampering_fails(http_recorder: Rec
     assert verify_signature(secret, unstamped, sign_body(secret, unstamped), tolerance=None)  # HMAC only, on request
     assert not verify_signature(secret, body, None) and not verify_signature(secret, body, "md5=abc")
     assert sign_body(secret, body) == sig
+
+
+def test_a_webhook_goes_to_public_addresses_only() -> None:
+    """Loopback, private, link-local (the cloud's metadata service), shared, unspecified and multicast addresses are
+    refused, IPv4 written as IPv6 too; public ones and those of an allowed network pass; a name is no address."""
+    for address in ("127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+                    "224.0.0.1", "::1", "[::1]", "fe80::1%eth0", "fd00:ec2::254", "::ffff:127.0.0.1"):  # fmt: skip
+        assert refused_address(address) is not None, address
+    assert refused_address("169.254.169.254") == "169.254.169.254 is a link-local address"
+    for address in ("8.8.8.8", "2001:4860:4860::8888", "seller.example"):
+        assert refused_address(address) is None, address
+    inside = allowed_networks(["10.20.0.0/16", "127.0.0.1"])
+    assert refused_address("10.20.3.4", inside) is None and refused_address("127.0.0.1", inside) is None
+    assert refused_address("10.21.0.1", inside) is not None and refused_address("127.0.0.2", inside) is not None
+    with pytest.raises(ValueError, match="no network"):
+        allowed_networks(["10.20.0.0/33"])
+
+
+async def test_a_webhook_to_an_internal_address_is_never_sent(http_recorder: Recorder) -> None:
+    """A seller's URL at an internal address — written as one (a dead letter at once) or a name resolving to one (a
+    DNS failure saying why: the seller may point it back) — is not connected to; the receiver on 127.0.0.1 hears
+    nothing until the gateway allows its network."""
+    port = int(http_recorder.url.rsplit(":", 1)[1])
+    sellers = {"S1": WebhookEndpoint(http_recorder.url + "/hook", "k"),
+               "S2": WebhookEndpoint(f"http://localhost:{port}/hook", "k")}  # fmt: skip
+    payload = {"event": "e", "dedupe_key": "ev-9", "data": {}}
+    async with WebhookAdapter(sellers, allowed=()) as hook:
+        with pytest.raises(PermanentError, match=r"127\.0\.0\.1 is a loopback address"):
+            await hook.send({**payload, "seller": "S1"})
+        with pytest.raises(TransientError, match="localhost resolves to no public address"):
+            await hook.send({**payload, "seller": "S2"})
+    assert http_recorder.requests == []
+    async with WebhookAdapter(sellers, allowed=allowed_networks(["127.0.0.0/8", "::1"])) as hook:
+        await hook.send({**payload, "seller": "S1"})
+        await hook.send({**payload, "seller": "S2"})
+    assert len(http_recorder.requests) == 2
+
+
+async def test_the_resolver_connects_only_to_the_public_addresses_a_name_has() -> None:
+    """A name resolving to a public and an internal address is connected to through the public one only (what was
+    checked is what is connected to: no rebinding in between)."""
+
+    class Fixed(PublicResolver):
+        def __init__(self, hosts: list[str]) -> None:
+            self.hosts = hosts
+
+        async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> Any:
+            return [{"hostname": host, "host": h, "port": port, "family": family, "proto": 0, "flags": 0}
+                    for h in self.hosts]  # fmt: skip
+
+        async def close(self) -> None:
+            return None
+
+    both = PublicResolver(inner=Fixed(["169.254.169.254", "93.184.216.34"]))
+    assert [r["host"] for r in await both.resolve("seller.example", 443)] == ["93.184.216.34"]
+    with pytest.raises(OSError, match=r"169\.254\.169\.254 is a link-local address"):
+        await PublicResolver(inner=Fixed(["169.254.169.254"])).resolve("seller.example", 443)
 
 
 async def test_webhook_failures_and_stable_delivery_id(http_recorder: Recorder) -> None:

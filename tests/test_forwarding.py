@@ -250,6 +250,19 @@ secret = "s3cret"
     assert r.endpoints_for("CEB621", {"1210"}) == ("customs",) and r.on_release == ("wms",)
 
 
+def test_a_seller_s_webhook_inside_an_allowed_network_is_taken(tmp_path: Path) -> None:
+    """forwarding.webhook_allowed_networks names the internal networks a seller's webhook may reach (its endpoint in
+    the zone's own network): a URL there is taken, and the worker's webhook adapter allows that network."""
+    path = tmp_path / "hooks.toml"
+    path.write_text('[forwarding]\nwebhook_allowed_networks = ["10.20.0.0/16", "127.0.0.1"]\n'
+                    '[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "http://10.20.3.4:8000/h"\n'
+                    '[forwarding.webhooks.t]\ncodes = ["Y"]\nsecret = "t"\nurl = "http://localhost:9/h"\n',
+                    encoding="utf-8")  # fmt: skip
+    f = config.load(path, env={}).forwarding
+    assert f.webhook_allowed_networks == ("10.20.0.0/16", "127.0.0.1")
+    assert [w.url for w in f.webhooks] == ["http://10.20.3.4:8000/h", "http://localhost:9/h"]
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -313,6 +326,17 @@ _CUSTOMS = '[forwarding.endpoints.customs]\nkind = "customs"\nurl = "http://127.
          "forwarding.endpoints.customs.url: must be an http:// or https:// address; found 'ftp://x/y'"),
         ('[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "hook.example"',
          "forwarding.webhooks.s.url: must be an http:// or https:// address"),
+        # a seller's webhook at an internal address: the gateway's own port, the cloud's metadata service, the intranet
+        ('[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "http://127.0.0.1:8080/v1/messages"',
+         "forwarding.webhooks.s.url: 127.0.0.1 is a loopback address; a seller's webhook goes to public addresses"),
+        ('[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "http://169.254.169.254/latest/meta-data/"',
+         "169.254.169.254 is a link-local address"),
+        ('[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "http://LocalHost./h"',
+         "forwarding.webhooks.s.url: 127.0.0.1 is a loopback address"),
+        ('[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "https://[fd00::5]/h"', "fd00::5 is a private"),
+        ('[forwarding]\nwebhook_allowed_networks = ["10.20.0.0/16"]\n'
+         '[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "http://10.21.0.1/h"', "10.21.0.1 is a private"),
+        ('[forwarding]\nwebhook_allowed_networks = ["intranet"]', "forwarding.webhook_allowed_networks: 'intranet'"),
         # typos that made every delivery a dead letter saying only "invalid url"
         ('[forwarding.endpoints.customs]\nkind = "customs"\nurl = "http://127.0.0.1:18391:/dxp"',
          "forwarding.endpoints.customs.url: has no valid port"),

@@ -224,8 +224,9 @@ async def test_sighup_puts_the_sellers_webhooks_in_force_in_a_worker(
     monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
     recorder = await start_recorder()
     hook = WebhookSettings("seller-a", frozenset({"E1"}), recorder.url + "/hook", "secret-one")
+    fwd = ForwardingSettings(webhooks=(hook,), worker_poll_s=0.2, webhook_allowed_networks=("127.0.0.1",))
     settings = apiutil.test_settings(database_url=db_dsn, data_dir=tmp_path, log_format="json",
-                                     forwarding=ForwardingSettings(webhooks=(hook,), worker_poll_s=0.2))  # fmt: skip
+                                     forwarding=fwd)  # fmt: skip
     configured: list[Any] = [settings]
 
     def reload() -> Settings:
@@ -446,7 +447,8 @@ async def test_sighup_puts_a_rotated_webhook_secret_in_force_in_cbec_serve(
     recorder = await start_recorder()
     ships = [shipment(71), shipment(72)]
     hook = WebhookSettings("seller-a", frozenset(s.order_doc["ebcCode"] for s in ships), recorder.url + "/hook", "one")
-    fwd = ForwardingSettings(webhooks=(hook,), sandbox_port=0, sandbox_receipt_delay_s=0.005, worker_poll_s=0.05)
+    fwd = ForwardingSettings(webhooks=(hook,), sandbox_port=0, sandbox_receipt_delay_s=0.005, worker_poll_s=0.05,
+                             webhook_allowed_networks=("127.0.0.1",))  # its receiver listens on 127.0.0.1
     settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json", forwarding=fwd)
     configured = [settings]
     try:
