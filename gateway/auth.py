@@ -1,15 +1,16 @@
 """Access control: API keys with a role and, for submitters, the enterprise codes they hold.
 
-A submitter may submit and read only documents that carry one of its codes in a party field
-(ebpCode, ebcCode, payCode, logisticsCode, agentCode, declAgentCode ...); of the export transport messages its
-shipment lists it sees only what concerns that shipment (:func:`shipment_view`). Pure: no I/O.
+A submitter reads only documents that carry one of its codes in a party field (ebpCode, ebcCode, payCode,
+logisticsCode, agentCode, declAgentCode ...); of the other documents of its shipments and messages it sees only what
+identifies them (:func:`shipment_view`, :func:`message_view`). It sends, changes and withdraws only documents whose
+declarant it is (:func:`document_declarants`: the payment company its payment, not the order naming it). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from cbec_queue import Rate, TokenBucket
 
 from gateway.config import ApiKey, Role, key_digest
 from gateway.documents import Document
-from gateway.messages import TRANSPORT_KINDS, Kind
+from gateway.messages import TRANSPORT_KINDS, Kind, MessageType
 
 #: Head fields that name an enterprise taking part in a document.
 PARTY_FIELDS: tuple[str, ...] = (
@@ -60,6 +61,20 @@ class Principal:
 
 def document_parties(doc: Document) -> set[str]:
     return {v for f in PARTY_FIELDS if (v := doc.head.get(f))}
+
+
+def declarant_codes(mtype: MessageType, head: Mapping[str, str]) -> set[str]:
+    """The codes a document of ``mtype`` with this ``head`` names its declarants by (MessageType.declarants: the
+    platform or the seller for an order, the payment company for a payment, the carrier for a waybill, the agent or
+    its seller for an inventory ...); a type naming none (a customs message posted as a declaration), its parties."""
+    return {v for f in mtype.declarants or PARTY_FIELDS if (v := head.get(f))}
+
+
+def document_declarants(doc: Document) -> set[str]:
+    """Who may send, change or withdraw ``doc``: :func:`declarant_codes`. Three companies' independent documents are
+    what reconciliation compares (三单对碰): the order names its payment company (payCode) and the inventory its carrier
+    (logisticsCode), which makes neither their declarant."""
+    return declarant_codes(doc.type, doc.head)
 
 
 class SharedRates:

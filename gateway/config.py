@@ -34,7 +34,7 @@ def netloc(host: str, port: int) -> str:
 
 
 class Role(StrEnum):
-    SUBMITTER = "submitter"  # submits and reads documents carrying one of its enterprise codes
+    SUBMITTER = "submitter"  # reads documents carrying one of its enterprise codes, sends those it declares
     OPERATOR = "operator"  # reads everything and replays dead letters (bonded-zone operators)
     ADMIN = "admin"  # everything
     CUSTOMS = "customs"  # customs / E-Port (or the sandbox): may post receipts (POST /v1/receipts) only

@@ -43,7 +43,7 @@ from typing import Any
 
 from gateway import reconcile as recon
 from gateway import tax
-from gateway.auth import document_parties
+from gateway.auth import declarant_codes, document_parties
 from gateway.documents import Document, ParsedMessage
 from gateway.errors import Issue, Layer
 from gateway.messages import BY_CODE, KEY_SEP, MESSAGE_TYPES, SHIPMENT_KINDS, Direction, Kind, MessageType
@@ -528,15 +528,15 @@ def decide(
         cur = current.get(new.row.key)
         t = new.app_type
         at = new.row.app_time
-        if cur is not None and scope is not None and scope.isdisjoint(cur.parties):
+        if cur is not None and scope is not None and scope.isdisjoint(_declarants(cur)):
             # checked first: every answer below would show the stored document (its message, its appTime)
             issues.append(
                 Issue(
                     Layer.RULE,
                     "auth.not_your_document",
                     new.doc.path,
-                    f"a document with {new.describe_key()} is stored and carries none of this API key's enterprise "
-                    "codes: only its parties may change, withdraw or declare it again",
+                    f"a document with {new.describe_key()} is stored and names none of this API key's enterprise "
+                    "codes as its declarant: only its declarants may change, withdraw or declare it again",
                 )
             )
         elif cur is not None and not cur.withdrawn and not _declared_anew(cur) and t not in ("2", "3"):
@@ -643,14 +643,20 @@ def temp_saved(head: Mapping[str, str]) -> bool:
     return (head.get("appStatus") or "").strip() == "1" and (head.get("appType") or "1").strip() == "1"
 
 
+def _declarants(row: Row) -> set[str]:
+    """Who may change, withdraw or declare again the stored ``row``'s key, or cancel or return it (gateway.auth)."""
+    return declarant_codes(BY_CODE[row.message_type], row.head)
+
+
 def _referenced(new: New, stored: Row | None, scope: frozenset[str] | None, named: str | None = None) -> list[Issue]:
-    """R12: a cancellation or return names a stored inventory, of the submitter's parties; a return's lines are
-    items of that inventory, each no more than its qty. ``named``: how the document names it (its own key)."""
+    """R12: a cancellation or return names a stored inventory, of the submitter's declarants (its agent or seller:
+    not the carrier it names); a return's lines are items of that inventory, each no more than its qty. ``named``: how
+    the document names it (its own key)."""
     named = named or f"the inventory with ebcCode={new.row.key1!r}, orderNo={new.row.key2!r}"
-    if stored is not None and scope is not None and scope.isdisjoint(stored.parties):
+    if stored is not None and scope is not None and scope.isdisjoint(_declarants(stored)):
         # first, withdrawn or not: an outsider learns nothing of another tenant's inventory beyond that it is taken
         return [Issue(Layer.RULE, "auth.not_your_document", new.doc.path,
-                      f"{named} carries none of this API key's enterprise codes")]  # fmt: skip
+                      f"{named} names none of this API key's enterprise codes as its declarant")]  # fmt: skip
     if stored is None or stored.withdrawn:
         what = "was withdrawn" if stored is not None else "is not stored"
         return [issue("state.no_inventory", new.doc.path, f"{named} it names {what}")]

@@ -85,6 +85,11 @@ class MessageType:
     # The documents of other types this one names, and the fields (the same names on both sides) that name them:
     # (("CEB303", ("ebpCode", "orderNo")), ...). Export only for now: the import joins live in gateway.reconcile.
     refers_to: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The head fields naming who declares a document of this type (spec §1.1's direction, §4.4's steps): an API key
+    # sends, changes or withdraws one only holding one of these codes (gateway.auth.document_declarants) — the payment
+    # company its payment, not the platform's order that names it in payCode; reading goes by every party field.
+    # Empty: any party's (a customs message posted as a declaration is only recorded).
+    declarants: tuple[str, ...] = ()
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         """Pickled as its code (gateway.ingestlink): the registry's one instance on the other side."""
@@ -141,26 +146,30 @@ def integer_key(value: str) -> str:
 
 
 _D, _R = Direction.DECLARATION, Direction.RECEIPT
+#: An inventory and what cancels, returns or summarises it: its declaring agent (or customs broker), and the
+#: e-commerce enterprise whose agent that is (the seller, which may send it through the gateway, signed by the agent's
+#: key: a JSON declaration).
+_AGENT = ("agentCode", "ebcCode")
 _X, _XSD = "export", EXPORT_SCHEMA
 
 MESSAGE_TYPES: tuple[MessageType, ...] = (
     # --- import declarations -------------------------------------------------------------
     MessageType("CEB311", "Order", "OrderHead", "OrderList", Kind.ORDER, _D,
-                ("ebpCode", "orderNo"), Signature.OPTIONAL),
+                ("ebpCode", "orderNo"), Signature.OPTIONAL, declarants=("ebpCode", "ebcCode")),
     MessageType("CEB411", "Payment", "PaymentHead", None, Kind.PAYMENT, _D,
-                ("payCode", "payTransactionId"), Signature.OPTIONAL),
+                ("payCode", "payTransactionId"), Signature.OPTIONAL, declarants=("payCode",)),
     MessageType("CEB511", "Logistics", "LogisticsHead", None, Kind.WAYBILL, _D,
-                ("logisticsCode", "logisticsNo"), Signature.OPTIONAL),
+                ("logisticsCode", "logisticsNo"), Signature.OPTIONAL, declarants=("logisticsCode",)),
     MessageType("CEB513", "LogisticsStatus", None, None, Kind.WAYBILL_STATUS, _D,
-                ("logisticsCode", "logisticsNo"), Signature.OPTIONAL),
+                ("logisticsCode", "logisticsNo"), Signature.OPTIONAL, declarants=("logisticsCode",)),
     MessageType("CEB621", "Inventory", "InventoryHead", "InventoryList", Kind.INVENTORY, _D,
-                ("ebcCode", "orderNo"), Signature.REQUIRED),
+                ("ebcCode", "orderNo"), Signature.REQUIRED, declarants=_AGENT),
     MessageType("CEB623", "InvtCancel", None, None, Kind.CANCEL, _D,
-                ("ebcCode", "orderNo"), Signature.REQUIRED, orders_with="CEB621"),
+                ("ebcCode", "orderNo"), Signature.REQUIRED, orders_with="CEB621", declarants=_AGENT),
     MessageType("CEB625", "InvtRefund", "InvtRefundHead", "InvtRefundList", Kind.REFUND, _D,
-                ("ebcCode", "orderNo"), Signature.REQUIRED, orders_with="CEB621"),
+                ("ebcCode", "orderNo"), Signature.REQUIRED, orders_with="CEB621", declarants=_AGENT),
     MessageType("CEB711", "Delivery", "DeliveryHead", "DeliveryList", Kind.DELIVERY, _D,
-                ("operatorCode", "billNo"), Signature.REQUIRED, max_documents=1),
+                ("operatorCode", "billNo"), Signature.REQUIRED, max_documents=1, declarants=("operatorCode",)),
     # --- import receipts and customs-originated messages ----------------------------------
     MessageType("CEB312", "OrderReturn", None, None, Kind.RECEIPT, _R,
                 ("ebpCode", "orderNo"), Signature.NONE, receipt_for="CEB311"),
@@ -186,29 +195,33 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
                 ("oriCopMsgId",), Signature.NONE, max_documents=1),
     # --- export declarations (spec §4, §6.2 "export equivalents"; §2.7: 603 and 605 are signed when declared) --
     MessageType("CEB303", "Order", "OrderHead", "OrderList", Kind.ORDER, _D,
-                ("ebpCode", "orderNo"), Signature.OPTIONAL, flow=_X, schema=_XSD),
+                ("ebpCode", "orderNo"), Signature.OPTIONAL, flow=_X, schema=_XSD, declarants=("ebpCode", "ebcCode")),
     MessageType("CEB403", "Receipts", None, None, Kind.PAYMENT, _D,
                 ("ebcCode", "orderNo"), Signature.OPTIONAL, flow=_X, schema=_XSD,
-                refers_to=(("CEB303", ("ebcCode", "orderNo")),)),
+                refers_to=(("CEB303", ("ebcCode", "orderNo")),), declarants=("ebcCode", "payCode")),
     MessageType("CEB505", "Logistics", None, None, Kind.WAYBILL, _D,
-                ("logisticsCode", "logisticsNo"), Signature.OPTIONAL, flow=_X, schema=_XSD),
+                ("logisticsCode", "logisticsNo"), Signature.OPTIONAL, flow=_X, schema=_XSD,
+                declarants=("logisticsCode",)),
     MessageType("CEB603", "Inventory", "InventoryHead", "InventoryList", Kind.INVENTORY, _D,
                 ("agentCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD,
                 refers_to=(("CEB303", ("ebpCode", "orderNo")), ("CEB403", ("ebcCode", "orderNo")),
-                           ("CEB505", ("logisticsCode", "logisticsNo")))),
+                           ("CEB505", ("logisticsCode", "logisticsNo"))), declarants=_AGENT),
     MessageType("CEB605", "InvtCancel", None, None, Kind.CANCEL, _D,
                 ("agentCode", "copNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD,
-                refers_to=(("CEB603", ("invtNo",)),)),
+                refers_to=(("CEB603", ("invtNo",)),), declarants=_AGENT),
     # --- export transport (spec §4.4 step 3, A.20/A.22/A.27): keyed by the sender's code, its copNo and the part
     # (msgSeqNo: a long list goes in parts of one copNo, 1..msgCount), as their receipts (CEB508/510/608, §5.1)
     # answer them; §2.7: 507 and 607 are signed when declared, 509 "required" in the header table (treated as when
     # declared). Their lists name waybills (logisticsNo; 607 also invtNo).
     MessageType("CEB507", "Arrival", "ArrivalHead", "ArrivalList", Kind.ARRIVAL, _D,
-                ("operatorCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+                ("operatorCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD,
+                declarants=("operatorCode",)),
     MessageType("CEB509", "Departure", "DepartureHead", "DepartureList", Kind.DEPARTURE, _D,
-                ("logisticsCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+                ("logisticsCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD,
+                declarants=("logisticsCode",)),
     MessageType("CEB607", "WayBill", "WayBillHead", "WayBillList", Kind.MANIFEST, _D,
-                ("agentCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+                ("agentCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD,
+                declarants=("agentCode",)),
     # --- export receipts (spec §5.1, Appendix A.16, A.18, A.19, A.21, A.23, A.24, A.26, A.28) ---------------
     MessageType("CEB304", "OrderReturn", None, None, Kind.RECEIPT, _R,
                 ("ebpCode", "orderNo"), Signature.NONE, receipt_for="CEB303", flow=_X, schema=_XSD),
@@ -233,7 +246,8 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
     # msgSeqNo (A.30, §5.1). CEB792 comes from customs unasked, like a tax bill: one SummaryResult per customs
     # declaration (declSeqNo) of a summary application (sumNo).
     MessageType("CEB701", "SummaryApply", "SummaryApplyHead", "SummaryApplyList", Kind.SUMMARY, _D,
-                ("agentCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD),
+                ("agentCode", "copNo", "msgSeqNo"), Signature.ON_DECLARE, flow=_X, schema=_XSD,
+                declarants=(*_AGENT, "declAgentCode")),
     MessageType("CEB702", "SummaryReturn", None, None, Kind.RECEIPT, _R,
                 ("agentCode", "copNo", "msgSeqNo"), Signature.NONE, receipt_for="CEB701", flow=_X, schema=_XSD),
     MessageType("CEB792", "SummaryResult", "SummaryResultHead", "SummaryResultList", Kind.SUMMARY_RESULT, _R,
@@ -245,9 +259,9 @@ MESSAGE_TYPES: tuple[MessageType, ...] = (
     # shipment and waits for no return (the operator tallies what arrives). §2.7: both optionally signed.
     MessageType("CEB213", "InvtRefund", "InvtRefundHead", "InvtRefundList", Kind.REFUND, _D,
                 ("agentCode", "coElNo"), Signature.OPTIONAL, flow=_X, schema=_XSD,
-                refers_to=(("CEB603", ("invtNo",)),)),
+                refers_to=(("CEB603", ("invtNo",)),), declarants=_AGENT),
     MessageType("CEB215", "InvtRefundDetail", None, None, Kind.REFUND_TALLY, _D,
-                ("operatorCode", "coElNo"), Signature.OPTIONAL, flow=_X, schema=_XSD),
+                ("operatorCode", "coElNo"), Signature.OPTIONAL, flow=_X, schema=_XSD, declarants=("operatorCode",)),
     MessageType("CEB214", "RefundReturn", None, None, Kind.RECEIPT, _R,
                 ("agentCode", "coElNo"), Signature.NONE, receipt_for="CEB213", flow=_X, schema=_XSD),
     MessageType("CEB216", "InvtRefundDetailReturn", None, None, Kind.RECEIPT, _R,

@@ -16,7 +16,7 @@ from typing import Any
 from lxml import etree
 
 from gateway import rules, signing, summary
-from gateway.auth import Principal, document_parties
+from gateway.auth import Principal, document_declarants
 from gateway.documents import ParsedMessage, extract
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.messages import CEB_NS, Kind, MessageType, Signature, lookup
@@ -225,15 +225,18 @@ class Pipeline:
 
     @staticmethod
     def authorize(msg: ParsedMessage, principal: Principal) -> None:
+        """Each document is the key's to send: it holds the code of one of its declarants (gateway.auth)."""
+        fields = ", ".join(msg.type.declarants) or "its enterprise codes"
         denied = [
             Issue(
                 Layer.RULE,
                 "auth.not_your_document",
                 doc.path,
-                "this API key holds none of the document's enterprise codes: " + (", ".join(sorted(parties)) or "none"),
+                f"this API key holds none of the codes the document names its declarant by ({fields}): "
+                + (", ".join(sorted(declarants)) or "none"),
             )
             for doc in msg.documents
-            if not principal.may_touch(parties := document_parties(doc))
+            if not principal.may_touch(declarants := document_declarants(doc))
         ]
         if denied:
             raise Forbidden(denied)
@@ -269,6 +272,8 @@ CODES: dict[str, str] = {
     "rule.agent_not_signer": "a JSON declaration the gateway signs (CEB621; CEB603, 605, 507, 509, 607 and 701 when "
     "declared) names an agentCode other than the agent whose key it signs with (signing_agent_code), or no agentCode "
     "at all (CEB507, 509: their senders sign them)",
-    "auth.not_your_document": "the API key's enterprise codes do not include any party of the document, or of the "
-    "stored document whose key it changes, withdraws or declares again (HTTP 403)",
+    "auth.not_your_document": "the API key's enterprise codes do not include a declarant of the document (the codes "
+    "its type names who sends it by: an order's ebpCode or ebcCode, a payment's payCode, a waybill's logisticsCode, an "
+    "inventory's agentCode or ebcCode ...), or of the stored document whose key it changes, withdraws or declares "
+    "again, or of the inventory a cancellation or return names (HTTP 403)",
 }

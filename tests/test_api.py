@@ -450,7 +450,7 @@ async def test_a_key_beyond_its_rate_is_answered_429_and_nothing_is_stored(db_po
         assert await db_pool.fetchval("SELECT count(*) FROM rejected_messages WHERE guid = $1", guid) == 0
         assert (await api.get("/v1/shipments", key=limited)).status == 429
         # the others go on: a submitter of the same codes without a rate, and an operator
-        assert (await api.post_xml(legs(s)["CEB411"], key=PLATFORM_A)).status == 202
+        assert (await api.post_xml(legs(s)["CEB621"], key=PLATFORM_A)).status == 202
         assert (await api.get("/v1/shipments", key=OPERATOR)).status == 200
 
 
@@ -533,7 +533,7 @@ async def test_another_tenant_may_not_change_withdraw_or_redeclare_a_stored_docu
     forged.pop("guid", None)
     doc = forged["documents"][0]
     doc.pop("guid", None)
-    doc.update(appType=app_type, appTime=_later(doc["appTime"], 60), payCode="9999999999")  # the stranger's
+    doc.update(appType=app_type, appTime=_later(doc["appTime"], 60), ebcCode="9999999999")  # the stranger's
     reply = await api.request("POST", "/v1/messages", key=STRANGER, json_body=json.loads(json.dumps(forged)))
     assert reply.status == 403, reply.body
     assert [i["code"] for i in reply.body["error"]["issues"]] == ["auth.not_your_document"]
@@ -543,7 +543,7 @@ async def test_another_tenant_may_not_change_withdraw_or_redeclare_a_stored_docu
     stored = await api.get(path, key=PLATFORM_A)
     assert [(d["message_guid"], d["withdrawn"]) for d in stored.body["documents"]] == [(own.body["guid"], False)]
     # its owner still may (a second appType 1 being a duplicate, as for anyone)
-    doc["payCode"] = s.order["documents"][0]["payCode"]
+    doc["ebcCode"] = s.order["documents"][0]["ebcCode"]
     again = await api.request("POST", "/v1/messages", key=PLATFORM_A, json_body=forged)
     assert again.status == (409 if app_type == "1" else 202), again.body
 

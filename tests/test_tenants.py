@@ -242,3 +242,37 @@ async def test_a_refusal_names_nothing_of_another_enterprise_s_document(db_pool:
         head(mine)["note"] = "other bytes"
         own = await api.post_xml(xml_of(mine), key=PLATFORM)
         assert own.status == 409 and "(CEB311)" in own.body["error"]["issues"][0]["message"]
+
+
+async def test_a_company_declares_only_the_documents_it_is_the_declarant_of(db_pool: asyncpg.Pool) -> None:
+    """Reconciliation compares three companies' own documents (三单对碰): the payment company, which the order names in
+    payCode and so reads, does not declare the platform's order (nor a new one in its name); the carrier, which the
+    inventory names in logisticsCode, neither has the gateway sign an inventory with the agent's key nor cancels the
+    seller's inventory by writing itself in as the agent. 403, nothing stored; each company's own leg goes through."""
+    s = new_shipment(50)
+    async with tenants(db_pool, s) as api:
+        forged = await api.post_xml(xml_of(s.order), key=PAYER)
+        assert forged.status == 403, forged.body
+        [issue] = forged.body["error"]["issues"]
+        assert issue["code"] == "auth.not_your_document" and "(ebpCode, ebcCode)" in issue["message"]
+        signed = await api.request("POST", "/v1/messages", key=CARRIER,
+                                   json_body=json.loads(json.dumps(s.inventory, default=str)))  # fmt: skip
+        assert signed.status == 403 and signed.body["error"]["issues"][0]["code"] == "auth.not_your_document"
+        assert await db_pool.fetchval("SELECT count(*) FROM messages") == 0
+
+        for payload, key in ((s.order, PLATFORM), (s.payment, PAYER), (s.waybill, CARRIER), (s.inventory, SELLER)):
+            reply = await api.request("POST", "/v1/messages", key=key,
+                                      json_body=json.loads(json.dumps(payload, default=str)))  # fmt: skip
+            assert reply.status == 202, (payload["type"], reply.body)
+        path = f"/v1/shipments/{head(s.order)['ebpCode']}/{head(s.order)['orderNo']}"
+        assert not by_kind((await api.get(path, key=PAYER)).body)["order"].get("limited")  # it reads the order
+        inventory = head(s.inventory)
+        cancel = samples.import_cancellation(random.Random(50), inventory, f"{inventory['customsCode']}2026I000000050")
+        head(cancel)["agentCode"] = head(s.waybill)["logisticsCode"]  # the carrier as the agent: a code it holds
+        refused = await api.request("POST", "/v1/messages", key=CARRIER,
+                                    json_body=json.loads(json.dumps(cancel, default=str)))  # fmt: skip
+        assert refused.status == 403, refused.body
+        assert refused.body["error"]["issues"][0]["code"] == "auth.not_your_document"
+        assert "names none of this API key's enterprise codes as its declarant" in refused.body["error"]["issues"][0][
+            "message"]  # fmt: skip
+        assert await db_pool.fetchval("SELECT count(*) FROM messages WHERE message_type = 'CEB623'") == 0
