@@ -122,6 +122,10 @@ async def database_line(settings: Settings) -> Line:
                             "until it does")  # fmt: skip
 
 
+#: The shortest API key given in clear text that `cbec config check` passes without a warning.
+MIN_KEY_CHARS = 20
+
+
 def _keys(settings: Settings) -> list[Line]:
     keys = settings.api_keys
     if not keys:
@@ -131,6 +135,12 @@ def _keys(settings: Settings) -> list[Line]:
     if clear := sorted(k.name for k in keys if k.key is not None):
         out.append(Line(Level.WARN, f"API keys in clear text (key): {', '.join(clear)}; give their key_sha256 "
                                     "instead, so that the file opens nothing"))  # fmt: skip
+    if short := sorted(k.name for k in keys if k.key is not None and len(k.key) < MIN_KEY_CHARS):
+        # a key is tried for as often as one likes (an unknown key's 401 costs nothing), and its unsalted SHA-256
+        # in a copied file is reversed by trying every short one
+        out.append(Line(Level.WARN, f"API keys shorter than {MIN_KEY_CHARS} characters: {', '.join(short)}; a key "
+                                    "that short is found by trying: give each one made at random, e.g. python -c "
+                                    "'import secrets; print(secrets.token_urlsafe(24))'"))  # fmt: skip
     return out
 
 
@@ -161,6 +171,11 @@ def _signing(settings: Settings, now: datetime) -> list[Line]:
                                         "it (the files written over, then SIGHUP)"))  # fmt: skip
         else:
             out.append(Line(Level.OK, f"{name}, valid until {signer.valid_until:%Y-%m-%d} ({left.days} days)"))
+    real_key = settings.signing_ukey_url or (settings.signing_key_file and settings.signing_cert_file)
+    if real_key and settings.signing_agent_code is None:
+        out.append(Line(Level.WARN, "signing_agent_code: unset, so the gateway signs a JSON declaration naming any "
+                                    "agentCode with its agent's key (customs refuses one whose signer is not its "
+                                    "agent, -621029): set it to the agent's code"))  # fmt: skip
     if settings.trusted_certs is not None:
         try:
             trusted = signing.read_certificates(settings.trusted_certs)

@@ -560,6 +560,9 @@ def test_config_check_says_what_a_configuration_would_do_before_it_is_used(
     assert "ok     API keys: 2 (1 operator, 1 submitter)" in lines
     assert "warn   API keys in clear text (key): platform-a; give their key_sha256 instead, so that the file opens " \
            "nothing" in lines
+    assert not any("shorter than" in x for x in lines)  # platform-a's is 31 characters
+    assert any(x.startswith("warn   signing_agent_code: unset, so the gateway signs a JSON declaration naming any "
+                            "agentCode") for x in lines), out  # fmt: skip
     assert any(x.startswith("ok     signing key: rsa-sha1 ") and re.search(r"valid until \S+ \(39\d days\)$", x)
                for x in lines), out  # fmt: skip
     assert "ok     trusted certificates: 1 from " + str(tmp_path / "trusted.pem") in lines
@@ -578,6 +581,23 @@ def test_config_check_says_what_a_configuration_would_do_before_it_is_used(
     assert main(["config", "check", "--config", str(cfg)]) == 2
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == "not usable" and "error  signing key:" in out
+
+
+def test_config_check_warns_of_a_short_key_and_of_an_agent_code_left_unchecked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key given in clear text shorter than 20 characters is found by trying: named (never shown). The production
+    configuration's agent key with signing_agent_code set signs only the agent's declarations: no warning."""
+    cfg = _production_config(tmp_path, days=400)
+    text = cfg.read_text(encoding="utf-8")
+    cfg.write_text('signing_agent_code = "4601980H12"\n' + text.replace(
+        "[[api_keys]]", '[[api_keys]]\nname = "seller-b"\nkey = "seller-b-1234"\nrole = "submitter"\n'
+        'codes = ["4601260E99"]\n\n[[api_keys]]', 1), encoding="utf-8")  # fmt: skip
+    assert main(["config", "check", "--config", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert any(x.startswith("warn   API keys shorter than 20 characters: seller-b; a key that short is found by "
+                            "trying") for x in out.splitlines()), out  # fmt: skip
+    assert "seller-b-1234" not in out and "signing_agent_code: unset" not in out
 
 
 def test_config_check_of_a_configuration_that_cannot_be_read_exits_2(tmp_path: Path) -> None:
