@@ -153,7 +153,7 @@ LIMITED_FIELDS: tuple[str, ...] = (
     "forward_state", "sent_at", "last_receipt_at", "receipt_overdue", "pre_no", "invt_no", "customs", "receipts",
 )  # fmt: skip
 _TRANSPORT = frozenset(k.value for k in TRANSPORT_KINDS)
-#: The inventory kinds whose tax bills and summary declaration a shipment shows beside them.
+#: The kind whose tax bills and summary declaration a shipment shows beside it.
 _INVENTORY = Kind.INVENTORY.value
 
 
