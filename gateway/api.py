@@ -436,6 +436,8 @@ async def delete_payment_data(request: web.Request) -> web.Response:
     over in error, or an order paid again under another payTransactionId — one payment's order is taken by no other
     (409), and a payment lists one order at least, so without this the order stayed with it for good."""
     principal = _principal(request)
+    if principal.role is Role.OPERATOR:  # as its hand-over: the platform's act, not the zone's staff's
+        return error_response(403, OPERATOR_DECLARES_NOTHING)
     ebp_code, order_no = request.match_info["ebpCode"], request.match_info["orderNo"]
     if not principal.may_touch({ebp_code}):
         return error_response(404, "no payment data of that order")

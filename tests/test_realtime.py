@@ -364,6 +364,7 @@ async def test_a_payment_handed_over_in_error_is_withdrawn_and_its_order_paid_by
             r.body["error"]["issues"][0]["message"], r.body  # fmt: skip
         path = f"/v1/payment-data/{EBP_CODE}/{order_no}"
         assert (await api.request("DELETE", path, key=STRANGER)).status == 404
+        assert (await api.request("DELETE", path, key=OPERATOR)).status == 403  # reads every payment, withdraws none
         assert (await api.request("DELETE", f"/v1/payment-data/{EBP_CODE}/NO-SUCH-ORDER")).status == 404
         r = await api.request("DELETE", path, key=PLATFORM_A)
         assert (r.status, r.body) == (200, {"ebpCode": EBP_CODE, "orderNos": [order_no], "outcome": "withdrawn",
