@@ -84,8 +84,10 @@ _CUSTOMS_TIME = {"type": ["string", "null"], "description": "customs' returnTime
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "Side": _object(("doc", "guid", "path", "value"), {
         "doc": {**_STR, "description": "the message type of the document, e.g. CEB311"},
-        "guid": _STR, "path": {**_STR, "description": "the element inside that document's message"},
+        "guid": _STR_OR_NULL, "path": {**_STR, "description": "the element inside that document's message"},
         "value": _STR_OR_NULL,
+        "withheld": {"type": "boolean", "description": "true: a document the key is no party of; its guid and value "
+                     "are null"},
     }, "one side of a finding: which document, which element, what it holds"),
     "Finding": _object(("code", "field", "message", "blocking", "left", "right"), {
         "code": {**_STR, "description": "stable, see docs/errors.md", "examples": ["recon.amount_paid_mismatch"]},
@@ -207,11 +209,13 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
                     "summary declaration (null for none)"},
         "payment_data": {"type": ["object", "null"], "description": "an import order of a 179 platform, to its key"},
     })]},
-    "Message": _object(("id", "guid", "message_type", "received_at", "response", "documents", "raw_xml"), {
+    "Message": _object(("id", "guid", "message_type", "received_at", "response", "documents"), {
         "id": _INT, "guid": _STR, "message_type": _STR, "sha256": _STR, "source": _STR, "submitter": _STR,
         "received_at": _TIME, "http_status": _INT,
         "response": {**_ref("Accepted"), "description": "the 202 answer it was given, warnings included"},
-        "documents": {"type": "array", "items": _ref("Document")}, "raw_xml": _STR,
+        "documents": {"type": "array", "items": _ref("Document")},
+        "raw_xml": {**_STR_OR_NULL, "description": "null (raw_xml_withheld) to a key no party of some document of it"},
+        "raw_xml_withheld": {"type": "boolean"},
     }),
     "Rejection": _object(("id", "received_at", "submitter", "http_status", "issues"), {
         "id": _INT, "received_at": _TIME, "submitter": _STR, "guid": _STR_OR_NULL, "message_type": _STR_OR_NULL,

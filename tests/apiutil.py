@@ -144,3 +144,14 @@ async def linked_apps(db_pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[tu
     finally:
         await link.aclose()
         await server.stop()
+
+
+def openapi_check(body: Any, component: str) -> None:
+    """``body`` against the component schema of /openapi.json named ``component`` (its references resolved in the
+    document), as a client generated from it would read it."""
+    import jsonschema
+
+    from gateway.openapi import OPENAPI
+
+    schema = {"$ref": f"#/components/schemas/{component}", "components": OPENAPI["components"]}
+    jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(body)

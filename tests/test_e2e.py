@@ -33,7 +33,7 @@ from gateway.sandbox.receipts import build_receipt
 from gateway.sandbox.recorder import start_recorder
 from gateway.signing import RsaSha1Key, generate_test_key
 from gateway.workers import submit_and_wait_released
-from tests.apiutil import ADMIN, EBP_CODE, OPERATOR, PLATFORM_A
+from tests.apiutil import ADMIN, EBP_CODE, OPERATOR, PLATFORM_A, openapi_check
 from tests.forwardutil import (
     CUSTOMS_KEY,
     WAREHOUSE_KEY,
@@ -1321,17 +1321,6 @@ async def _quota_is(stack: Stack, s: samples.ShipmentSample, amount: Any) -> boo
 
 
 # --- the answers' shapes, as /openapi.json describes them ----------------------------------------------------------
-
-
-def openapi_check(body: Any, component: str) -> None:
-    """``body`` against the component schema of /openapi.json named ``component`` (its references resolved in the
-    document), as a client generated from it would read it."""
-    import jsonschema
-
-    from gateway.openapi import OPENAPI
-
-    schema = {"$ref": f"#/components/schemas/{component}", "components": OPENAPI["components"]}
-    jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(body)
 
 
 async def test_the_answers_of_whole_flows_are_as_the_openapi_document_describes(db_dsn: str) -> None:

@@ -21,7 +21,7 @@ from gateway.api import create_app
 from gateway.config import ApiKey, Role
 from gateway.render import render
 from tests import apiutil
-from tests.apiutil import ADMIN, OPERATOR, Client, serving, sign_as_agent
+from tests.apiutil import ADMIN, OPERATOR, Client, openapi_check, serving, sign_as_agent
 
 pytestmark = pytest.mark.db
 
@@ -108,6 +108,7 @@ async def test_a_company_reads_the_other_legs_of_its_shipment_limited(db_pool: a
                                     ("platform", PLATFORM, {"order", "payment", "inventory"})):  # fmt: skip
             reply = await api.get(path, key=key)
             assert reply.status == 200, (name, reply.body)
+            openapi_check(reply.body, "Shipment")  # limited documents and withheld values are in the contract too
             docs = by_kind(reply.body)
             assert set(docs) == {"order", "payment", "waybill", "inventory"}
             for kind, doc in docs.items():
@@ -141,7 +142,9 @@ async def test_a_company_reads_the_other_legs_of_its_shipment_limited(db_pool: a
         assert PAYER_NAME not in json.dumps(waybill.body, ensure_ascii=False)
         [answered] = [f for s_ in waybill.body["shipments"] for f in s_["findings"] if f["field"] == "buyerName"]
         assert answered["right"]["withheld"]
+        openapi_check(waybill.body, "Accepted")
         again = await api.get(f"/v1/messages/{waybill.body['guid']}", key=CARRIER)
+        openapi_check(again.body, "Message")
         assert again.status == 200 and PAYER_NAME not in json.dumps(again.body, ensure_ascii=False)
         replayed = await api.post_xml(xml_of(s.waybill), key=CARRIER)  # the same bytes: the stored answer, cut again
         assert replayed.headers.get("Idempotent-Replay") == "true"
@@ -187,6 +190,7 @@ async def test_a_seller_reads_its_own_inventory_of_an_agent_s_message_of_several
             assert_limited(other)
             assert other["keys"]["orderNo"] == head(theirs.inventory)["orderNo"]
             assert reply.body["raw_xml"] is None and reply.body["raw_xml_withheld"] is True
+            openapi_check(reply.body, "Message")
             answered = reply.body["response"]
             assert [d["keys"]["orderNo"] for d in answered["documents"]] == [head(mine.inventory)["orderNo"]]
             assert [s["orderNo"] for s in answered["shipments"]] == [head(mine.inventory)["orderNo"]]
