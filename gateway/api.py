@@ -13,7 +13,7 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -340,7 +340,7 @@ async def post_message(request: web.Request) -> web.Response:
     if result.replay:
         headers["Idempotent-Replay"] = "true"
     findings = [f for s in result.body.get("shipments") or () for f in s.get("findings") or ()]
-    answer = answer_view(principal, result.body, await _readable(request, principal, findings))
+    answer = answer_view(principal, result.body, await _readable(request, principal, findings, result.sides))
     return json_response(answer, result.http_status, headers)
 
 
@@ -554,12 +554,17 @@ def _visible(principal: Principal, parties: Any) -> bool:
     return principal.sees_everything or principal.may_touch(parties or ())
 
 
-async def _readable(request: web.Request, principal: Principal, findings: list[Any]) -> frozenset[tuple[str, str]]:
+async def _readable(
+    request: web.Request, principal: Principal, findings: list[Any], known: Sequence[dict[str, Any]] = ()
+) -> frozenset[tuple[str, str]]:
     """Of the documents the findings' sides name, those the key may read (gateway.auth.readable_sides): read only for
-    a submitter's key and findings that name documents."""
+    a submitter's key and findings that name documents — and not read at all when ``known`` (a fresh answer's
+    IngestResult.sides: the legs its findings compared) holds every one of them."""
     guids = finding_sides(findings)
     if principal.sees_everything or not guids:
         return frozenset()
+    if guids <= {d["doc_guid"] for d in known}:
+        return readable_sides(principal, known)
     return readable_sides(principal, await documents_by_guid(request.app[POOL], guids))
 
 

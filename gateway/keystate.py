@@ -1084,6 +1084,9 @@ class ShipmentResult:
     mode: str | None = None
     buyer_id_number: str | None = None
     flow: str = "import"
+    #: each leg's message type, guid and parties: whom the answer's findings may show a value to (gateway.auth), known
+    #: here without reading them again; not written anywhere
+    sides: tuple[dict[str, Any], ...] = ()
 
     def summary(self, *, findings: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"ebpCode": self.ebp_code, "orderNo": self.order_no, "flow": self.flow,
@@ -1127,14 +1130,18 @@ def shipment_result(
             state = recon.ShipmentState.MISMATCHED  # same precedence as reconciliation's own findings
     inv, order = shipment.inventory, shipment.order
     source = inv or order
-    first = next(iter(_legs(shipment)), None)
+    legs = _legs(shipment)
+    first = next(iter(legs), None)
+    sides = tuple({"message_type": d.type.code, "doc_guid": d.head.get("guid", ""), "parties": document_parties(d)}
+                  for d in legs)  # fmt: skip
     return ShipmentResult(
         ebp_code=key[0],
         order_no=key[1],
         state=state.value,
         missing=[str(k) for k in outcome.missing],
         findings=[f.as_dict() for f in findings],
-        parties=sorted({p for d in _legs(shipment) for p in document_parties(d)}),
+        parties=sorted({p for side in sides for p in side["parties"]}),
+        sides=sides,
         ebc_code=text(source.head, "ebcCode") if source else None,
         mode=text(inv.head, "tradeMode") if inv else None,
         buyer_id_number=text(source.head, "buyerIdNumber") if source else None,
@@ -1167,6 +1174,8 @@ class Write:
     #: other shipments of a buyer whose quota the message gave back, no longer blocked by the annual limit and now
     #: matched (their rows are among ``shipments``, not in the answer: they may be another party's)
     reopened: list[tuple[str, str]] = field(default_factory=list)
+    #: the legs of the answer's shipments (ShipmentResult.sides): what its findings name, with their parties
+    sides: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -1473,6 +1482,7 @@ def _judge(
         ledger_put=list(ledger_put.values()),
         ledger_drop=ledger_drop,
         reopened=[key for key, r in reopened.items() if r.state == recon.ShipmentState.MATCHED],
+        sides=tuple(side for r in results.values() for side in r.sides),
     )
 
 

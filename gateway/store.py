@@ -552,6 +552,9 @@ class IngestResult:
     http_status: int
     body: dict[str, Any]
     replay: bool
+    #: of a fresh answer, the documents its findings may name (message type, guid, parties): whom they may show a value
+    #: to is known without reading them again (gateway.api); empty for a replay
+    sides: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1579,7 +1582,8 @@ class Store:
             taken_over = await self._write(conn, writes, ids, jobs_now)
             for job, w in writes:
                 self.waybill_buyers.learn(job.news)
-                outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False)
+                outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False,
+                                             w.sides)  # fmt: skip
             if self.outbox is not None:
                 # a stored version whose delivery failed, changed or withdrawn now
                 failed = [old for job, _ in writes for d in job.news if (old := d.replaces) is not None and old.failed]

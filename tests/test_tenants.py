@@ -280,3 +280,36 @@ async def test_a_company_declares_only_the_documents_it_is_the_declarant_of(db_p
         assert "names none of this API key's enterprise codes as its declarant" in refused.body["error"]["issues"][0][
             "message"]  # fmt: skip
         assert await db_pool.fetchval("SELECT count(*) FROM messages WHERE message_type = 'CEB623'") == 0
+
+
+async def test_a_fresh_answer_is_cut_without_reading_the_documents_again(
+    db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 202 answer to a submitter withholds what its findings quote of the other legs, knowing their parties from
+    the batch that reconciled them: no query per message on the ingest path (a replay, answered from the stored
+    answer, reads them)."""
+    from gateway import api as api_module
+
+    read: list[set[str]] = []
+    original = api_module.documents_by_guid
+
+    async def counted(conn: Any, guids: Any) -> list[dict[str, Any]]:
+        read.append(set(guids))
+        return await original(conn, guids)
+
+    monkeypatch.setattr(api_module, "documents_by_guid", counted)
+    s = new_shipment(47)
+    payment = copy.deepcopy(s.payment)
+    head(payment)["payerName"] = PAYER_NAME
+    async with tenants(db_pool, s) as api:
+        assert (await api.post_xml(xml_of(s.order), key=PLATFORM)).status == 202
+        assert (await api.post_xml(xml_of(payment), key=PAYER)).status == 202
+        waybill = await api.post_xml(xml_of(s.waybill), key=CARRIER)
+        assert waybill.status == 202, waybill.body
+        [answered] = [f for s_ in waybill.body["shipments"] for f in s_["findings"] if f["field"] == "buyerName"]
+        assert answered["left"]["withheld"] and answered["right"]["withheld"]
+        assert PAYER_NAME not in json.dumps(waybill.body, ensure_ascii=False)
+        assert read == []
+        replayed = await api.post_xml(xml_of(s.waybill), key=CARRIER)
+        assert replayed.headers.get("Idempotent-Replay") == "true" and replayed.body == waybill.body
+        assert len(read) == 1
