@@ -472,7 +472,7 @@ OPENAPI: dict[str, Any] = {
                 "for an operator's or admin's key without ebcCode, newest first (keyset pages): B-type, released by "
                 "customs, neither withdrawn nor cancelled, named by no live summary application of the consignor — "
                 "what its next CEB701 may name; each {invtNo, ebcCode, agentCode, copNo, ebpCode, orderNo, "
-                "logisticsNo, ieDate, released_at}",
+                "logisticsNo, ieDate, released_at, customsCode, portCode, tradeMode, country}",
                 (("ebcCode", "the consignor (a submitter's key must name one it holds; operators and admins may leave "
                               "it out for every consignor's)"),),
                 "a submitter's key naming no ebcCode, a bad limit or cursor",

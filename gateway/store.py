@@ -1038,10 +1038,13 @@ async def payment_data_of_shipment(conn: asyncpg.Connection, ebp_code: str, orde
 
 def _pending_dict(r: asyncpg.Record) -> dict[str, Any]:
     """An export inventory awaiting its summary, as GET /v1/summaries/pending lists it: what a CEB701 names it by
-    (invtNo) and what finds it (its key: agentCode and copNo; its shipment; the export date and customs' release)."""
+    (invtNo) and what finds it (its key: agentCode and copNo; its shipment; the export date and customs' release), and
+    what an exporter groups its applications by (the customs district an application names, the exit port, the trade
+    mode, the destination)."""
     return {"invtNo": r["invt_no"], "ebcCode": r["ebc_code"], "agentCode": r["key1"], "copNo": r["key2"],
             "ebpCode": r["ebp_code"], "orderNo": r["order_no"], "logisticsNo": r["logistics_no"],
-            "ieDate": r["ie_date"], "released_at": r["customs_return_time"]}  # fmt: skip
+            "ieDate": r["ie_date"], "released_at": r["customs_return_time"], "customsCode": r["customs_code"],
+            "portCode": r["port_code"], "tradeMode": r["trade_mode"], "country": r["country"]}  # fmt: skip
 
 
 def _rejection_dict(r: asyncpg.Record) -> dict[str, Any]:

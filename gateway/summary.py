@@ -335,7 +335,8 @@ def pending(inventory: HeldInventory, live: Iterable[LiveSummary]) -> bool:
 #: :func:`pending`'s to say, from HELD_INVENTORIES and LIVE_SUMMARIES, as a summary application is judged.
 _CANDIDATES = f"""
 SELECT d.id, d.invt_no, d.key1, d.key2, d.ebc_code, d.ebp_code, d.order_no, d.logistics_no,
-       d.head ->> 'ieDate' AS ie_date, d.customs_return_time
+       d.head ->> 'ieDate' AS ie_date, d.customs_return_time, d.head ->> 'customsCode' AS customs_code,
+       d.head ->> 'portCode' AS port_code, d.head ->> 'tradeMode' AS trade_mode, d.head ->> 'country' AS country
   FROM documents AS d
  WHERE d.message_type = 'CEB603' AND d.invt_no IS NOT NULL AND (d.head ->> 'statisticsFlag') = 'B'
    AND {{consignor}}d.id < $1

@@ -748,7 +748,8 @@ async def test_a_summary_goes_to_customs_and_comes_back_with_its_declaration(db_
         rest = (await stack.client.get(f"/v1/summaries/pending?ebcCode={ebc}&limit=1&cursor={first['next_cursor']}"))
         assert [i["invtNo"] for i in first["items"] + rest.body["items"]] == numbers[::-1]
         listed, newest = first["items"][0], parcels[1].inventory_doc
-        fields = ("ebcCode", "agentCode", "copNo", "orderNo", "logisticsNo", "ieDate")
+        fields = ("ebcCode", "agentCode", "copNo", "orderNo", "logisticsNo", "ieDate", "customsCode", "portCode",
+                  "tradeMode", "country")
         assert [listed[f] for f in fields] == [newest[f] for f in fields] and listed["released_at"]
         assert (await stack.client.get(f"/v1/summaries/pending?ebcCode={ebc}", key=STRANGER)).status == 403
         # the console's panel lists the same for an operator (a page of 20), and says what is missing
