@@ -68,7 +68,7 @@ CHROMIUM_ARGS = [
 ]
 
 try:
-    from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+    from playwright.async_api import Browser, Locator, Page, Route, async_playwright, expect
 except ImportError:  # pragma: no cover - depends on the machine
     async_playwright = None  # type: ignore[assignment]
 
@@ -918,6 +918,35 @@ async def test_the_customs_chips_list_their_shipments_each_row_with_its_customs_
         await expect(rows).to_have_count(1)
         await page.click("#filters button[type=reset]")  # cleared: the mismatches of any customs status
         await expect(rows.first).to_have_attribute("data-order", "CP1")
+        await page.context.close()
+    assert errors == []
+
+
+async def test_a_list_answer_overtaken_by_a_newer_load_does_not_draw_the_list(browser: Browser, site: Site) -> None:
+    """The list filtered (the failed chip), then cleared before that load answered: the slower answer came last and
+    drew the failed shipments under the cleared filters, for good (seen when the machine was busy)."""
+    insert = "INSERT INTO shipments (ebp_code, order_no, state, customs_status) VALUES ('46012609BQ', $1, $2, $3)"
+    await site.pool.executemany(insert, [("SF1", "incomplete", "failed"), ("SP1", "mismatched", "pending")])
+    errors: list[str] = []
+    asked = asyncio.Event()
+
+    async def slow(route: Route) -> None:  # the filtered load answers late
+        asked.set()
+        await asyncio.sleep(1.5)
+        await route.continue_()
+
+    async with asyncio.timeout(60):
+        page = await live_console(browser, site, errors)
+        rows = page.locator("#list-table tbody tr")
+        await expect(rows.first).to_have_attribute("data-order", "SP1")
+        await page.route("**/ops/api/shipments?*customs_status=failed*", slow)
+        await page.click("#customs-chips [data-customs-filter=failed]")
+        await asyncio.wait_for(asked.wait(), 10)
+        await page.click("#filters button[type=reset]")
+        await expect(rows.first).to_have_attribute("data-order", "SP1")
+        await asyncio.sleep(2)  # the filtered answer has come meanwhile
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_have_attribute("data-order", "SP1")
         await page.context.close()
     assert errors == []
 

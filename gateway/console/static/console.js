@@ -25,6 +25,7 @@
 
   const state = {
     session: null,
+    listSeq: 0, // the list's loads, in the order asked: an answer to one a later one overtook is dropped
     counts: null,
     queuedTotal: null,
     deadTotal: null,
@@ -670,7 +671,10 @@
     const shown = $("list-table").tBodies[0].rows.length;
     if (live && shown > 50) params.set("limit", String(Math.min(shown, 200)));
     if (append && state.cursor) params.set("cursor", state.cursor);
+    const seq = ++state.listSeq;
     const body = await call(`${API}/shipments?${params}`);
+    // a live reload of the list as it was may answer after the filters changed: the newer load draws the list
+    if (seq !== state.listSeq) return;
     const tbody = $("list-table").tBodies[0];
     const before = new Set([...tbody.rows].map((r) => r.dataset.order));
     const firstLoad = state.listKey !== key;
