@@ -48,7 +48,7 @@ from gateway.ingestlink import IngestUnavailable
 from gateway.messages import FLOWS
 from gateway.metrics import METRICS, RAW_BODY, setup_metrics
 from gateway.openapi import OPENAPI
-from gateway.outbox import Outbox, read_warehouse_callbacks
+from gateway.outbox import Outbox, documents_by_guid, read_warehouse_callbacks
 from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
 from gateway.render import read_json
@@ -59,7 +59,6 @@ from gateway.store import (
     PaymentConflict,
     SessionTaken,
     Store,
-    documents_by_guid,
     payment_data_of_shipment,
     quota_reassessor,
     read_payment_data,

@@ -16,13 +16,14 @@ never goes before an earlier message of the same document that is still queued, 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from adapters.dxp import cop_msg_id_for
 from gateway import receipts as rc
-from gateway.config import DEFAULT_ROUTES, ForwardingSettings, RouteSettings, WebhookSettings
+from gateway.auth import Principal, findings_view, readable_sides
+from gateway.config import DEFAULT_ROUTES, ForwardingSettings, Role, RouteSettings, WebhookSettings
 from gateway.messages import lookup
 
 #: documents.forward_state values (gateway/sql/020_forwarding.sql, 130_delivery_failed.sql).
@@ -44,6 +45,14 @@ INVENTORY_EVENTS = {
     ("refund", "refused"): "shipment.inventory_return_refused",
     ("inventory", "released"): "shipment.inventory_released",
 }
+#: The shipment's reconciliation (三单对碰) went to or from RECONCILIATION_TOLD. A mismatched shipment's inventory is
+#: held and never sent to customs, and no customs status changes while it waits: without this a seller would see
+#: "declared" and then nothing.
+RECONCILIATION_WEBHOOK_EVENT = "shipment.reconciliation_changed"
+#: The state whose changes, to it and from it, the sellers are told of. Not incomplete -> matched: every shipment goes
+#: that way once its last leg comes, its inventory then goes to customs and the customs status changes that follow
+#: say the rest — an event more per shipment (and per seller), and a cost on every ingest, would tell nothing new.
+RECONCILIATION_TOLD = "mismatched"
 
 
 @dataclass(frozen=True)
@@ -284,15 +293,53 @@ class Router:
         return self._seller_events(event, ebp_code, order_no, parties, data,
                                    f"{event.removeprefix('shipment.')}:{document['guid']}")  # fmt: skip
 
-    def _seller_events(
-        self, event: str, ebp_code: str, order_no: str, parties: Iterable[str], data: Mapping[str, Any], suffix: str
+    def reconciliation_told(self) -> str | None:
+        """The state whose changes the store looks for when it writes shipments (RECONCILIATION_TOLD), or None when no
+        seller has a webhook: then it looks for none, and a write costs what it did without them."""
+        return RECONCILIATION_TOLD if self.webhook_endpoint is not None and self.webhooks else None
+
+    def reconciliation_webhook_jobs(
+        self,
+        *,
+        ebp_code: str,
+        order_no: str,
+        parties: Iterable[str],
+        state: str,
+        previous: str | None,
+        missing: Iterable[str],
+        findings: Iterable[Mapping[str, Any]],
+        documents: Iterable[Mapping[str, Any]],
+        event_id: str,
     ) -> list[JobSpec]:
+        """One job per seller when the shipment's reconciliation went to or from mismatched (``previous`` None: a new
+        shipment), in the shipment's stream: its state, the legs still missing, and its blocking findings — what
+        holds it — as the seller's API key would see them (gateway.auth.findings_view): the value of a document none
+        of whose parties is the seller's (``documents``: message_type, doc_guid and parties of the documents the
+        findings name, gateway.outbox.documents_by_guid) withheld."""
+        blocking = [dict(f) for f in findings if f.get("blocking", True)]
+        docs = [dict(d) for d in documents]
+        data = {"ebpCode": ebp_code, "orderNo": order_no, "state": state, "previous": previous,
+                "missing": list(missing)}  # fmt: skip
+
+        def seen_by(w: WebhookSettings) -> dict[str, Any]:
+            seller = Principal(w.seller, Role.SUBMITTER, w.codes)
+            return {"findings": findings_view(seller, blocking, readable_sides(seller, docs)) if blocking else []}
+
+        return self._seller_events(RECONCILIATION_WEBHOOK_EVENT, ebp_code, order_no, parties, data,
+                                   f"reconciliation:{state}:{event_id}", seen_by)  # fmt: skip
+
+    def _seller_events(
+        self, event: str, ebp_code: str, order_no: str, parties: Iterable[str], data: Mapping[str, Any], suffix: str,
+        seen_by: Callable[[WebhookSettings], Mapping[str, Any]] | None = None,
+    ) -> list[JobSpec]:
+        """One job per seller holding one of ``parties``: ``data``, and what ``seen_by`` gives that seller."""
         if self.webhook_endpoint is None:
             return []
         jobs = []
         for w in self.sellers_of(parties):
             stream = f"{self.webhook_endpoint}:{w.seller}:{ebp_code}:{order_no}"
-            payload = {"seller": w.seller, "event": event, "data": dict(data)}
+            payload = {"seller": w.seller, "event": event,
+                       "data": {**data, **seen_by(w)} if seen_by is not None else dict(data)}  # fmt: skip
             key = f"{stream}:{suffix}"
             jobs.append(JobSpec(self.webhook_endpoint, "webhook", payload, key, ordering_keys=(stream,)))
         return jobs

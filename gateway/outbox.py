@@ -44,6 +44,7 @@ import structlog
 from adapters import warehouse
 from gateway import db, summary, taxbills
 from gateway import receipts as rc
+from gateway.auth import finding_sides
 from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
 from gateway.forward import JobSpec, LegState, Router, ordering_key, shipment_customs_status
@@ -592,6 +593,20 @@ SELECT d.id, d.doc_guid, d.head ->> 'reason' AS reason, s.ebp_code, s.order_no, 
  WHERE d.id = ANY ($1::bigint[])
 """
 
+#: The documents carrying these ($1) guids, whoever sent them: whose parties a finding's sides name
+#: (gateway.auth.readable_sides; documents_doc_guid_every_kind_idx): the API's, and a seller's webhook's
+#: (Outbox.tell_states).
+DOCUMENTS_BY_GUID = "SELECT message_type, doc_guid, parties FROM documents WHERE doc_guid = ANY ($1::text[])"
+
+
+async def documents_by_guid(conn: asyncpg.Connection | asyncpg.Pool, guids: Iterable[str]) -> list[dict[str, Any]]:
+    """The message type, guid and parties of every document carrying one of ``guids``."""
+    wanted = sorted(set(guids))
+    if not wanted:
+        return []
+    return [dict(r) for r in await conn.fetch(DOCUMENTS_BY_GUID, wanted)]
+
+
 SET_SHIPMENT_CUSTOMS = """
 UPDATE shipments AS s SET customs_status = x.status, customs_info = x.info, customs_updated_at = now()
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(ebp, ono, status, info)
@@ -1060,6 +1075,43 @@ class Outbox:
                     ordering_keys=p.ordering_keys,
                 )  # fmt: skip
         return jobs
+
+    def reconciliation_told(self) -> str | None:
+        """The state whose changes a write of shipments returns, for :meth:`tell_states` (Router.reconciliation_told);
+        None — nothing looked for — without forwarding or without a seller's webhook."""
+        return self.router.reconciliation_told() if self.router is not None else None
+
+    async def tell_states(
+        self, conn: asyncpg.Connection, changes: Sequence[Mapping[str, Any]] | None,
+        shipments: Iterable[Mapping[str, Any]],
+    ) -> None:
+        """The sellers of the shipments a write just moved to or from mismatched hear of it, in the write's transaction
+        and after what it enqueued (``changes``: its ``state_changes``, gateway.store._state_changes, None for none;
+        ``shipments``: the rows it wrote, ShipmentResult.row, which hold the findings). Called by every write of
+        shipments — an ingest, a restore after customs refused a change, quota given back — and costing a statement
+        only when a state changed: one to read who may see what the findings name, one to enqueue."""
+        if not changes or self.router is None:
+            return
+        router = self.router
+        written = {(s["ebp_code"], s["order_no"]): s for s in shipments}
+        rows = [(c, written[(c["ebp_code"], c["order_no"])]) for c in changes if router.sellers_of(c["parties"])]
+        if not rows:  # no seller of these shipments has a webhook
+            return
+        blocking = [f for _, s in rows for f in s["findings"] if f.get("blocking", True)]
+        documents = await documents_by_guid(conn, finding_sides(blocking))
+        jobs: list[JobSpec] = []
+        for c, s in rows:
+            told = router.reconciliation_webhook_jobs(
+                ebp_code=c["ebp_code"], order_no=c["order_no"], parties=c["parties"], state=c["state"],
+                previous=c["previous"], missing=s["missing"], findings=s["findings"], documents=documents,
+                event_id=uuid.uuid4().hex,
+            )  # fmt: skip
+            if told:
+                log.info("sellers_told", webhook_event=told[0].payload["event"], ebp_code=c["ebp_code"],
+                         order_no=c["order_no"], state=c["state"], previous=c["previous"],
+                         sellers=[j.payload["seller"] for j in told])  # fmt: skip
+            jobs += told
+        await enqueue_all(conn, jobs)
 
     async def after_write(
         self,

@@ -298,7 +298,9 @@ SELECT
 SUPERSEDE = "UPDATE documents SET is_current = false WHERE id = ANY ($1::bigint[])"
 
 def _put_shipments(rows: str) -> str:
-    """The upsert of the shipments in the JSON array ``rows`` (ShipmentResult.row); shared by the writes."""
+    """The upsert of the shipments in the JSON array ``rows`` (ShipmentResult.row); shared by the writes. Each row
+    written comes back with the state it had before (``previous_state``, NULL for a new one: migration 460), which
+    :func:`_state_changes` reads."""
     return f"""
     INSERT INTO shipments AS s (ebp_code, order_no, ebc_code, state, missing, findings, parties, mode,
                                 buyer_id_number, flow)
@@ -308,12 +310,25 @@ def _put_shipments(rows: str) -> str:
            ebp_code text, order_no text, ebc_code text, state text, missing text[], findings jsonb,
            parties text[], mode text, buyer_id_number text, flow text)
     ON CONFLICT (ebp_code, order_no) DO UPDATE
-       SET ebc_code = EXCLUDED.ebc_code, state = EXCLUDED.state, missing = EXCLUDED.missing,
+       SET ebc_code = EXCLUDED.ebc_code, state = EXCLUDED.state, previous_state = s.state,
+           missing = EXCLUDED.missing,
            findings = EXCLUDED.findings, mode = EXCLUDED.mode, buyer_id_number = EXCLUDED.buyer_id_number,
            flow = EXCLUDED.flow,
            parties = ARRAY(SELECT DISTINCT p FROM unnest(s.parties || EXCLUDED.parties) AS p ORDER BY p),
            updated_at = now()
-    RETURNING 1"""
+    RETURNING s.ebp_code, s.order_no, s.state, s.previous_state, s.parties"""
+
+
+def _state_changes(put: str, told: str) -> str:
+    """SQL: the shipments the upsert ``put`` (a _put_shipments CTE) moved to or from the state ``told`` (a text
+    parameter, gateway.forward.Router.reconciliation_told; NULL when no seller has a webhook: then nothing is looked
+    at), as a JSON array of {ebp_code, order_no, state, previous (NULL: a new shipment), parties}, or NULL for none.
+    A write that leaves every state as it was returns NULL: only a change costs the ingest more (Outbox.tell_states)."""
+    return f"""(SELECT json_agg(json_build_object('ebp_code', c.ebp_code, 'order_no', c.order_no, 'state', c.state,
+                                       'previous', c.previous_state, 'parties', c.parties))
+       FROM {put} AS c
+      WHERE {told}::text IS NOT NULL AND c.state IS DISTINCT FROM c.previous_state
+        AND {told}::text IN (c.state, c.previous_state))"""
 
 
 def _put_ledger(rows: str) -> str:
@@ -351,7 +366,8 @@ def _drop_ledger(ebc: str, ono: str, buyer: str, year: str) -> str:
 #: its message's guid); $10-$12 the replaced row ids with the guid and doc_index of their successors; $13
 #: shipments (JSON); $14 orderNos of waybill-only shipments to delete; $15 ledger rows to upsert (JSON);
 #: $16-$19 inventories (ebcCode, orderNo) whose other ledger rows go, except the kept buyer and year (NULL:
-#: keep none); $21 the jobs (gateway.outbox.job_rows), $22 the queue's NOTIFY channel.
+#: keep none); $21 the jobs (gateway.outbox.job_rows), $22 the queue's NOTIFY channel; $23 the state whose changes
+#: come back as ``state_changes`` (_state_changes; NULL: none).
 WRITE_INGEST = f"""
 WITH m AS (
     INSERT INTO messages (id, guid, message_type, sha256, raw_xml, source, submitter, response, http_status)
@@ -389,7 +405,8 @@ WITH m AS (
 ), jobs_in AS ({enqueue_insert("$21")}
 )
 SELECT (SELECT count(*) FROM m) AS messages, {wake_endpoints("jobs_in", "$22")} AS woken,
-       ARRAY(SELECT b.order_no FROM blank AS b WHERE b.customs_status <> 'pending') AS taken_over
+       ARRAY(SELECT b.order_no FROM blank AS b WHERE b.customs_status <> 'pending') AS taken_over,
+       {_state_changes("s", "$23")} AS state_changes
 """
 
 #: The shipments a buyer's quota given back reopened outside an ingest (see reopen_quota) and their inventories' ledger
@@ -1011,19 +1028,6 @@ async def _payment_of_order(
     return payment, questions
 
 
-#: The documents carrying these ($1) guids, whoever sent them: whose parties a finding's sides name
-#: (gateway.auth.readable_sides; documents_doc_guid_every_kind_idx).
-DOCUMENTS_BY_GUID = "SELECT message_type, doc_guid, parties FROM documents WHERE doc_guid = ANY ($1::text[])"
-
-
-async def documents_by_guid(conn: asyncpg.Connection | asyncpg.Pool, guids: Iterable[str]) -> list[dict[str, Any]]:
-    """The message type, guid and parties of every document carrying one of ``guids``."""
-    wanted = sorted(set(guids))
-    if not wanted:
-        return []
-    return [dict(r) for r in await conn.fetch(DOCUMENTS_BY_GUID, wanted)]
-
-
 async def payment_data_of_shipment(conn: asyncpg.Connection, ebp_code: str, order_no: str) -> dict[str, Any] | None:
     """What an import shipment's view says of its order's 179 payment data: the payment handed over (its
     payTransactionId and when; none yet: null) and customs' questions with their uploads; None when the order was
@@ -1582,12 +1586,15 @@ class Store:
             if self.outbox is not None:
                 plans = self.outbox.plan_wave([(job.msg, w.body, w.documents) for job, w in writes])
                 jobs_now = self.outbox.wave_jobs(plans, ids)
-            taken_over = await self._write(conn, writes, ids, jobs_now)
+            told = self.outbox.reconciliation_told() if self.outbox is not None else None
+            taken_over, changes = await self._write(conn, writes, ids, jobs_now, told)
             for job, w in writes:
                 self.waybill_buyers.learn(job.news)
                 outcomes[job] = IngestResult(ids[job.msg.guid], job.msg.guid, job.msg.type.code, 202, w.body, False,
                                              w.sides)  # fmt: skip
             if self.outbox is not None:
+                if changes:  # a shipment went to or from mismatched: its sellers hear of it, before what follows
+                    await self.outbox.tell_states(conn, changes, [s for _, w in writes for s in w.shipments])
                 # a stored version whose delivery failed, changed or withdrawn now
                 failed = [old for job, _ in writes for d in job.news if (old := d.replaces) is not None and old.failed]
                 reopened = [key for _, w in writes for key in w.reopened]
@@ -1655,10 +1662,13 @@ class Store:
 
     @staticmethod
     async def _write(
-        conn: asyncpg.Connection, writes: list[tuple[_Job, Write]], ids: dict[str, int], jobs: list[JobSpec]
-    ) -> list[tuple[str, str]]:
+        conn: asyncpg.Connection, writes: list[tuple[_Job, Write]], ids: dict[str, int], jobs: list[JobSpec],
+        told: str | None = None,
+    ) -> tuple[list[tuple[str, str]], list[dict[str, Any]] | None]:
         """Writes the wave. Returns the keyed shipments that took over a waybill-only shipment customs had already
-        heard of (its status not pending): their customs status is to be worked out from their legs."""
+        heard of (its status not pending): their customs status is to be worked out from their legs; and the
+        shipments the wave moved to or from the state ``told`` (_state_changes; None for none, and always without
+        ``told``)."""
         replaced = [(old, job.msg.guid, index) for job, w in writes for old, index in w.replaced]
         if replaced:
             await conn.execute(SUPERSEDE, [r[0] for r in replaced])
@@ -1683,12 +1693,14 @@ class Store:
             [ids[job.msg.guid] for job, _ in writes],
             job_rows(jobs),
             cbec_queue.CHANNEL,
+            told,
         )  # fmt: skip
         assert row is not None
+        changes = db.json_value(row["state_changes"])
         if not (taken := set(row["taken_over"])):  # the usual case: no waybill-only shipment customs heard of went
-            return []
+            return [], changes
         return sorted({(x["ebp_code"], x["order_no"]) for _, w in writes for x in w.shipments
-                       if x["ebp_code"] and x["order_no"] in taken})  # fmt: skip
+                       if x["ebp_code"] and x["order_no"] in taken}), changes  # fmt: skip
 
     # --- rejections and reads ------------------------------------------------------------------
 

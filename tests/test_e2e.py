@@ -255,6 +255,68 @@ async def test_webhooks_tell_the_seller(db_dsn: str) -> None:
 
 
 
+async def test_a_seller_hears_its_shipment_mismatched_and_matched_again_before_its_release(db_dsn: str) -> None:
+    """三单对碰 fails — the payment's amount is not the order's —: the inventory is held and no customs status moves,
+    but the sellers hear the shipment mismatched, each with the blocking findings as its API key sees them (a seller
+    holding the order's and the inventory's codes, not the payment's, gets the payment's value withheld; the platform,
+    a party of every leg, what GET /v1/shipments answers its key); nothing more while the waybill and the inventory
+    come and it stays so; then matched when the payment is put right, and released at last — each signed, in the
+    order it happened."""
+    recorder = await start_recorder()
+    try:
+        s = shipment(141)
+        bad = samples.broken(s, "amount_mismatch")
+        seller = WebhookSettings("seller-a", frozenset({s.order_doc["ebcCode"]}), recorder.url + "/seller", "k1")
+        platform = WebhookSettings("platform-a", frozenset({EBP_CODE, s.order_doc["ebcCode"]}),
+                                   recorder.url + "/platform", "k2")  # fmt: skip
+        secrets = {"/seller": "k1", "/platform": "k2"}
+
+        def reconciliation(r: Any) -> bool:
+            return b"shipment.reconciliation_changed" in r.body
+
+        async with running_stack(db_dsn, forwarding={"webhooks": (seller, platform)}) as stack:
+            for p in (s.order, bad.payment, s.waybill, s.inventory):
+                reply = await stack.submit(p)
+                assert reply.body["shipments"][0]["state"] == "mismatched" or p is s.order, reply.body
+            got = await recorder.wait_for(2, timeout=10, where=reconciliation)
+            by_path = {r.path: json.loads(r.body)["data"] for r in got}
+            assert set(by_path) == {"/seller", "/platform"}
+            view = (await stack.client.get(key_path(s), key=PLATFORM_A)).body
+            blocking = [f for f in view["findings"] if f["blocking"]]
+            assert blocking and all(f["code"] == "recon.amount_paid_mismatch" for f in blocking), blocking
+            assert by_path["/platform"] == {"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"],
+                                            "state": "mismatched", "previous": "incomplete",
+                                            "missing": ["waybill", "inventory"],
+                                            "findings": blocking}  # fmt: skip
+            paid = bad.payment_doc["amountPaid"]
+            assert paid in json.dumps(blocking) and paid not in json.dumps(by_path["/seller"])
+            for f in by_path["/seller"]["findings"]:
+                withheld = [side for side in (f["left"], f["right"]) if side and side.get("withheld")]
+                assert [side["doc"] for side in withheld] == ["CEB411"], f
+            held = next(d for d in (await stack.shipment(s))["documents"] if d["kind"] == "inventory")
+            assert held["forward_state"] == "held"
+
+            await stack.submit(version_of(s.payment, "2", 30))  # the amount put right: matched
+            await stack.wait_status(s, "released")
+            await stack.wait_sql("SELECT count(*) = 0 FROM jobs WHERE endpoint = 'webhook' AND state <> 'done'")
+            for path, secret in secrets.items():
+                events = [json.loads(r.body) for r in recorder.requests if r.path == path]
+                assert all(verify_signature(secret, r.body, r.headers["X-CBEC-Signature"],
+                                            timestamp=r.headers["X-CBEC-Timestamp"])
+                           for r in recorder.requests if r.path == path)  # fmt: skip
+                told = [(e["event"].removeprefix("shipment."), e["data"].get("state") or e["data"].get("customsStatus"))
+                        for e in events]  # fmt: skip
+                # the warehouse's word comes after the release; the order's "declared" whenever it went
+                told = [t for t in told if t[0] != "warehouse_status_changed" and t != ("customs_status_changed",
+                                                                                     "declared")]  # fmt: skip
+                assert told == [("reconciliation_changed", "mismatched"), ("reconciliation_changed", "matched"),
+                                ("customs_status_changed", "accepted"), ("customs_status_changed", "released")], told
+                again = next(e["data"] for e in events if e["data"].get("state") == "matched")
+                assert (again["previous"], again["missing"], again["findings"]) == ("mismatched", [], [])
+    finally:
+        await recorder.stop()
+
+
 async def test_webhooks_renewed_while_running_tell_the_sellers_configured_now(db_dsn: str) -> None:
     """The sellers' webhooks put in force while the gateway runs (what a reload does: Forwarding.renew_webhooks): a
     rotated secret signs the next event, a seller added hears of its shipments, one removed hears nothing more; a

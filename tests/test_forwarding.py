@@ -41,7 +41,7 @@ from gateway.store import Store, quota_reassessor
 from gateway.tax import ANNUAL_LIMIT, assess, returned_value
 from gateway.workers import effective_endpoints
 from tests.apiutil import sign_as_agent
-from tests.forwardutil import version_of
+from tests.forwardutil import legs, version_of
 
 SANDBOX_KINDS = {"customs": "customs", "inspection": "inspection", "warehouse": "warehouse"}
 
@@ -150,6 +150,45 @@ def test_webhooks_go_to_sellers_holding_a_party_code() -> None:
     silent = router()
     assert silent.webhook_jobs(ebp_code="P", order_no="O1", parties=["E1"], previous=None, status="x", info=None,
                                event_id="e4") == []  # fmt: skip
+
+
+def test_a_reconciliation_change_shows_each_seller_the_findings_as_its_key_would() -> None:
+    """Each seller of the shipment hears of it with the values of the documents it is a party of; those of another
+    enterprise's document are withheld (gateway.auth.findings_view), the warnings left out. The payment company is a
+    party of the order too (its payCode): it sees both values; the seller, not the payment's."""
+    seller, payer = (WebhookSettings("seller", frozenset({"EBC"}), "http://h", "k"),
+                     WebhookSettings("payer", frozenset({"PAY"}), "http://h", "k"))  # fmt: skip
+    r = router(webhooks=(seller, payer))
+    assert r.reconciliation_told() == "mismatched" and router().reconciliation_told() is None
+    finding = {"code": "recon.amount_paid_mismatch", "field": "acturalPaid", "message": "100.00 != 101.00",
+               "blocking": True,
+               "left": {"doc": "CEB311", "guid": "O-G", "path": "/o", "value": "100.00"},
+               "right": {"doc": "CEB411", "guid": "P-G", "path": "/p", "value": "101.00"}}  # fmt: skip
+    warning = {**finding, "code": "recon.freight_mismatch", "blocking": False}
+    documents = [{"message_type": "CEB311", "doc_guid": "O-G", "parties": ["EBP", "EBC", "PAY"]},
+                 {"message_type": "CEB411", "doc_guid": "P-G", "parties": ["EBP", "PAY"]}]  # fmt: skip
+    jobs = r.reconciliation_webhook_jobs(ebp_code="EBP", order_no="O1", parties=["EBC", "EBP", "PAY"],
+                                         state="mismatched", previous="incomplete", missing=["inventory"],
+                                         findings=[finding, warning], documents=documents, event_id="e1")  # fmt: skip
+    by_seller = {j.payload["seller"]: j for j in jobs}
+    assert set(by_seller) == {"seller", "payer"}
+    for name in ("seller", "payer"):
+        job = by_seller[name]
+        assert job.dedupe_key == f"webhook:{name}:EBP:O1:reconciliation:mismatched:e1"
+        assert job.ordering_keys == (f"webhook:{name}:EBP:O1",)
+        data = job.payload["data"]
+        assert {k: v for k, v in data.items() if k != "findings"} == {"ebpCode": "EBP", "orderNo": "O1",
+                                                                      "state": "mismatched", "previous": "incomplete",
+                                                                      "missing": ["inventory"]}  # fmt: skip
+        assert len(data["findings"]) == 1  # the warning is no part of it
+    [seen] = by_seller["payer"].payload["data"]["findings"]
+    assert seen == finding
+    [seen] = by_seller["seller"].payload["data"]["findings"]
+    assert seen["left"] == finding["left"] and "101.00" not in str(seen)
+    assert seen["right"] == {"doc": "CEB411", "guid": None, "path": "/p", "value": None, "withheld": True}
+    assert r.reconciliation_webhook_jobs(ebp_code="EBP", order_no="O1", parties=["X"], state="matched",
+                                         previous="mismatched", missing=[], findings=[], documents=[],
+                                         event_id="e2") == []  # fmt: skip
 
 
 def test_release_jobs() -> None:
@@ -1584,6 +1623,87 @@ async def _seller_events(flow: Flow, s: samples.ShipmentSample, event: str) -> l
     """The webhook jobs of seller-a for shipment ``s`` and ``event`` (``inventory_cancelled`` ...), oldest first."""
     stream = f"webhook:seller-a:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}"
     return [dict(j) for k, j in (await flow.jobs()).items() if k.startswith(f"{stream}:{event}:")]
+
+
+@pytest.mark.db
+async def test_sellers_hear_when_a_shipment_becomes_mismatched_and_when_it_is_matched_again(flow: Flow) -> None:
+    """The payer is not the buyer (三单对碰 fails): the seller hears the shipment is mismatched, with the blocking
+    findings as its own key would see them — the payment it is no party of withheld —, once however many legs
+    follow while it stays so (its inventory held), and hears it matched once the payment is put right; each in the
+    shipment's stream, in the order it happened."""
+    s = shipment(71)
+    bad = samples.broken(s, "payer_not_buyer")
+    stream = f"webhook:seller-a:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}"
+    await flow.submit(s.order)
+    assert await _seller_events(flow, s, "reconciliation") == []  # incomplete: nothing to tell
+    body = await flow.submit(bad.payment)
+    assert body["shipments"][0]["state"] == "mismatched"
+    [told] = await _seller_events(flow, s, "reconciliation")
+    assert told["endpoint"] == "webhook" and list(told["ordering_keys"]) == [stream]
+    assert told["payload"]["event"] == "shipment.reconciliation_changed" and told["payload"]["seller"] == "seller-a"
+    data = told["payload"]["data"]
+    assert (data["ebpCode"], data["orderNo"], data["state"], data["previous"]) == (
+        s.order_doc["ebpCode"], s.order_doc["orderNo"], "mismatched", "incomplete")
+    assert data["missing"] == ["waybill", "inventory"]
+    stored = [f for f in (await flow.shipment(s))["findings"] if f["blocking"]]
+    assert [f["code"] for f in data["findings"]] == [f["code"] for f in stored] and stored
+    payer = bad.payment_doc["payerIdNumber"]
+    assert payer in str(stored) and payer not in str(data)  # the payment company's document, not the seller's
+    for f in data["findings"]:
+        sides = {side["doc"]: side for side in (f["left"], f["right"]) if side}
+        assert sides["CEB411"] == {"doc": "CEB411", "guid": None, "path": sides["CEB411"]["path"], "value": None,
+                                   "withheld": True}  # fmt: skip
+        assert sides["CEB311"]["value"] is not None and sides["CEB311"]["guid"] == s.order_doc["guid"]
+    for payload in (s.waybill, s.inventory):  # still mismatched: told nothing more
+        assert (await flow.submit(payload))["shipments"][0]["state"] == "mismatched"
+    assert len(await _seller_events(flow, s, "reconciliation")) == 1
+    assert (await flow.doc(s.inventory))["forward_state"] == "held"
+
+    right = version_of(s.payment, "2", 30)
+    assert (await flow.submit(right))["shipments"][0]["state"] == "matched"
+    first, again = await _seller_events(flow, s, "reconciliation")
+    assert first == told and again["id"] > told["id"] and list(again["ordering_keys"]) == [stream]
+    data = again["payload"]["data"]
+    assert (data["state"], data["previous"], data["missing"], data["findings"]) == ("matched", "mismatched", [], [])
+    assert again["dedupe_key"].startswith(f"{stream}:reconciliation:matched:")
+
+
+@pytest.mark.db
+async def test_a_shipment_matched_without_a_mismatch_tells_no_reconciliation(flow: Flow, db_pool: asyncpg.Pool) -> None:
+    """Incomplete to matched tells nothing (the customs status changes follow): with a seller's webhook, a message
+    that moves no shipment to or from mismatched costs no statement more (the outbox is not even asked); without
+    sellers' webhooks a mismatch enqueues nothing and the store does not look: its write returns no change at all."""
+    told: list[Any] = []
+
+    def spied(outbox: Outbox) -> None:
+        real = outbox.tell_states
+
+        async def tell_states(conn: asyncpg.Connection, changes: Any, shipments: Any) -> None:
+            told.append(changes)
+            await real(conn, changes, shipments)
+
+        outbox.tell_states = tell_states  # type: ignore[method-assign]
+
+    spied(flow.outbox)
+    s = shipment(72)
+    for payload in legs(s):
+        await flow.submit(payload)
+    assert (await flow.shipment(s))["state"] == "matched"
+    assert await _seller_events(flow, s, "reconciliation") == [] and told == []
+
+    outbox = Outbox(db_pool, router())  # forwarding, and no seller with a webhook
+    store = Store(db_pool, outbox=outbox)
+    assert outbox.reconciliation_told() is None
+    spied(outbox)
+    try:
+        bare = Flow(db_pool, store, outbox, Pipeline(_SCHEMAS, store))
+        b = samples.broken(shipment(73), "amount_mismatch")
+        for payload in legs(b):
+            await bare.submit(payload)
+        assert (await bare.shipment(b))["state"] == "mismatched"
+    finally:
+        await store.aclose()
+    assert told == [] and not [k for k in await bare.jobs() if k.startswith("webhook:")]
 
 
 @pytest.mark.db

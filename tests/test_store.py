@@ -1378,7 +1378,8 @@ _PLAN_CASES = {
     "WRITE_REOPENED": "'[]'::jsonb, '[]'::jsonb",
     "WRITE_INGEST": "ARRAY['g'], ARRAY['CEB311'], ARRAY['\\x00'::bytea], ARRAY['<x/>'], ARRAY['xml'], ARRAY['s'], "
     "ARRAY['{}'::jsonb], ARRAY[202], '[]'::jsonb, ARRAY[1::bigint], ARRAY['g'], ARRAY[1], '[]'::jsonb, ARRAY['O'], "
-    "'[]'::jsonb, ARRAY['E'], ARRAY['O'], ARRAY['b'], ARRAY[2025], ARRAY[1::bigint], '[]'::jsonb, 'cbec_jobs'",
+    "'[]'::jsonb, ARRAY['E'], ARRAY['O'], ARRAY['b'], ARRAY[2025], ARRAY[1::bigint], '[]'::jsonb, 'cbec_jobs', "
+    "'mismatched'",
     "LIST_REJECTIONS": "9223372036854775807, 51, NULL, NULL, NULL, NULL",
     "LIST_REJECTIONS_OF": "9223372036854775807, 51, NULL, NULL, NULL, NULL, 's'",
     "SELECT_REJECTION": "1",
