@@ -8,6 +8,7 @@ from adapters.warehouse import CALLBACK_SCHEMA, CALLBACK_STATUSES, DIRECTIONS
 from gateway.forward import (
     FORWARD_STATES,
     INVENTORY_EVENTS,
+    RECONCILIATION_WEBHOOK_EVENT,
     SHIPMENT_CUSTOMS_STATUSES,
     WAREHOUSE_WEBHOOK_EVENT,
     WEBHOOK_EVENT,
@@ -345,6 +346,11 @@ _INVENTORY_DATA = {
                             "description": "the orderIds of the warehouse orders cancelled or made for it"},
     },
 }  # fmt: skip
+_SHIPMENT_STATE = {"enum": [s.value for s in ShipmentState]}
+#: A finding as a webhook carries it: the components' Finding with its sides written out, so that an event's body is
+#: described by its own schema.
+_WEBHOOK_FINDING = {**_SCHEMAS["Finding"], "properties": {
+    **_SCHEMAS["Finding"]["properties"], "left": _or_null(_SCHEMAS["Side"]), "right": _or_null(_SCHEMAS["Side"])}}
 _WEBHOOK_DATA: dict[str, tuple[str, dict[str, Any]]] = {
     WEBHOOK_EVENT: ("the shipment's customs status changed", {
         "type": "object", "required": ["ebpCode", "orderNo", "customsStatus", "previous", "info"],
@@ -365,6 +371,17 @@ _WEBHOOK_DATA: dict[str, tuple[str, dict[str, Any]]] = {
     INVENTORY_EVENTS[("refund", "refused")]: ("customs refused a return of the shipment's goods", _INVENTORY_DATA),
     INVENTORY_EVENTS[("inventory", "released")]: ("customs released an inventory declared anew after a cancellation "
                                                   "(the shipment was released before)", _INVENTORY_DATA),
+    RECONCILIATION_WEBHOOK_EVENT: ("the shipment's reconciliation became mismatched (its inventory held), or no longer "
+                                   "is", {
+        "type": "object", "required": ["ebpCode", "orderNo", "state", "previous", "missing", "findings"],
+        "properties": {**_SHIPMENT, "state": _SHIPMENT_STATE,
+                       "previous": {"anyOf": [_SHIPMENT_STATE, {"type": "null"}],
+                                    "description": "null: the shipment's first document made it mismatched"},
+                       "missing": {"type": "array", "items": {"enum": _KINDS}, "description": "the legs still to come"},
+                       "findings": {"type": "array", "items": _WEBHOOK_FINDING,
+                                    "description": "the blocking findings, as the seller's API key sees them: a "
+                                    "document none of whose parties is the seller's has its guid and value "
+                                    "withheld"}}}),
 }  # fmt: skip
 _WEBHOOK_HEADERS = (
     ("X-CBEC-Signature", "sha256=<hex HMAC-SHA256 of the raw body with the seller's secret>"),

@@ -751,11 +751,18 @@ def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None
 
     from adapters.webhook import encode_event
     from gateway.config import WebhookSettings
-    from gateway.forward import INVENTORY_EVENTS, WAREHOUSE_WEBHOOK_EVENT, WEBHOOK_EVENT, Router
+    from gateway.forward import (
+        INVENTORY_EVENTS,
+        RECONCILIATION_WEBHOOK_EVENT,
+        WAREHOUSE_WEBHOOK_EVENT,
+        WEBHOOK_EVENT,
+        Router,
+    )
     from gateway.openapi import OPENAPI
 
     hooks = OPENAPI["webhooks"]
-    assert set(hooks) == {WEBHOOK_EVENT, WAREHOUSE_WEBHOOK_EVENT, *INVENTORY_EVENTS.values()}
+    assert set(hooks) == {WEBHOOK_EVENT, WAREHOUSE_WEBHOOK_EVENT, *INVENTORY_EVENTS.values(),
+                          RECONCILIATION_WEBHOOK_EVENT}  # fmt: skip
     assert all({p["name"] for p in h["post"]["parameters"]} == {"X-CBEC-Signature", "X-CBEC-Timestamp",
                                                                 "X-CBEC-Event", "X-CBEC-Delivery"}
                for h in hooks.values())  # fmt: skip
@@ -769,7 +776,15 @@ def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None
             *router.inventory_webhook_jobs(**common, kind="cancel", outcome="refused", document={
                 "messageType": "CEB623", "guid": "G", "invtNo": "51412026I000000002", "reason": "买家取消",
                 "customs": {"code": "100", "name": "rejected by customs", "info": "x", "time": "20261207140814519"},
-                "warehouseOrders": []})]  # fmt: skip
+                "warehouseOrders": []}),
+            *router.reconciliation_webhook_jobs(**common, state="mismatched", previous=None, missing=["waybill"],
+                event_id="3", findings=[{"code": "recon.buyer_payer_mismatch", "field": "buyerIdNumber",
+                    "message": "x", "blocking": True,
+                    "left": {"doc": "CEB311", "guid": "O", "path": "/o", "value": "110105199409168321"},
+                    "right": {"doc": "CEB411", "guid": "P", "path": "/p", "value": "110105199409168322"}}],
+                documents=[{"message_type": "CEB311", "doc_guid": "O", "parties": ["E"]},
+                           {"message_type": "CEB411", "doc_guid": "P", "parties": ["PAY"]}])]  # fmt: skip
+    assert jobs[-1].payload["data"]["findings"][0]["right"]["withheld"]  # the other side as the seller sees it
     for job in jobs:
         body = json.loads(encode_event("D", job.payload["event"], job.payload["data"], 1796623682))
         schema = hooks[job.payload["event"]]["post"]["requestBody"]["content"]["application/json"]["schema"]

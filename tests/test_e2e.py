@@ -262,6 +262,10 @@ async def test_a_seller_hears_its_shipment_mismatched_and_matched_again_before_i
     a party of every leg, what GET /v1/shipments answers its key); nothing more while the waybill and the inventory
     come and it stays so; then matched when the payment is put right, and released at last — each signed, in the
     order it happened."""
+    import jsonschema
+
+    from gateway.openapi import OPENAPI
+
     recorder = await start_recorder()
     try:
         s = shipment(141)
@@ -301,6 +305,9 @@ async def test_a_seller_hears_its_shipment_mismatched_and_matched_again_before_i
             await stack.wait_sql("SELECT count(*) = 0 FROM jobs WHERE endpoint = 'webhook' AND state <> 'done'")
             for path, secret in secrets.items():
                 events = [json.loads(r.body) for r in recorder.requests if r.path == path]
+                for event in events:  # as /openapi.json describes them
+                    post = OPENAPI["webhooks"][event["event"]]["post"]
+                    jsonschema.validate(event, post["requestBody"]["content"]["application/json"]["schema"])
                 assert all(verify_signature(secret, r.body, r.headers["X-CBEC-Signature"],
                                             timestamp=r.headers["X-CBEC-Timestamp"])
                            for r in recorder.requests if r.path == path)  # fmt: skip
