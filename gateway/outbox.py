@@ -944,12 +944,13 @@ def _lease_lost(j: cbec_queue.Job) -> cbec_queue.LeaseLost:
 # --- the outbox --------------------------------------------------------------------------------------------
 
 
-#: Assess again, in the receipt's transaction, the shipments the annual limit blocked for these (buyer, year)s; returns
-#: those now matched (gateway.store.quota_reassessor).
-Reassess = Callable[[asyncpg.Connection, Sequence[tuple[str, int]]], Awaitable[list[tuple[str, str]]]]
+#: Assess again, in the receipt's transaction, the shipments the annual limit blocked for these (buyer, year)s, their
+#: sellers told through the outbox (Outbox.tell_states); returns those now matched (gateway.store.quota_reassessor).
+Reassess = Callable[[asyncpg.Connection, Sequence[tuple[str, int]], "Outbox"], Awaitable[list[tuple[str, str]]]]
 #: Make current again, in the receipt's transaction, the versions before these changes and withdrawals customs refused,
-#: and reconcile their shipments again; returns the shipments written (gateway.store.refusals_restorer).
-Restore = Callable[[asyncpg.Connection, Sequence[int]], Awaitable[list[tuple[str, str]]]]
+#: and reconcile their shipments again, their sellers told through the outbox (Outbox.tell_states); returns the
+#: shipments written (gateway.store.refusals_restorer).
+Restore = Callable[[asyncpg.Connection, Sequence[int], "Outbox"], Awaitable[list[tuple[str, str]]]]
 
 
 #: What a held inventory waits for, by the condition of RELEASE_HELD it does not meet yet: its shipment to be matched,
@@ -1468,7 +1469,7 @@ class Outbox:
         restored: list[tuple[str, str]] = []
         refused = [d.id for d in changed if d.app_type in ("2", "3") and d.forward_state == "rejected"]
         if refused and self.restore is not None:  # a refused change or withdrawal: customs holds the version before
-            restored = await self.restore(conn, refused)
+            restored = await self.restore(conn, refused, self)
         await self._release_quota(conn, [d for d in changed if d.gave_back])
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]
         if legs or restored:  # only a receipt on an order, payment or waybill, or a leg live again, can make a held
@@ -1692,7 +1693,7 @@ class Outbox:
                     if r["freed"]:
                         freed.add((r["buyer_id_number"], r["year"]))
         if freed and self.reassess is not None:
-            reopened = await self.reassess(conn, sorted(freed))
+            reopened = await self.reassess(conn, sorted(freed), self)
             if reopened:
                 log.info("blocked_shipments_reopened", shipments=[list(k) for k in reopened])
                 await self._release(conn, reopened, [])

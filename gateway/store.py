@@ -410,12 +410,13 @@ SELECT (SELECT count(*) FROM m) AS messages, {wake_endpoints("jobs_in", "$22")} 
 """
 
 #: The shipments a buyer's quota given back reopened outside an ingest (see reopen_quota) and their inventories' ledger
-#: rows: $1 shipments, $2 ledger rows (JSON, as WRITE_INGEST's $13 and $15).
+#: rows: $1 shipments, $2 ledger rows (JSON, as WRITE_INGEST's $13 and $15); $3 as WRITE_INGEST's $23.
 WRITE_REOPENED = f"""
 WITH s AS ({_put_shipments("$1")}
 ), ledger_put AS ({_put_ledger("$2")}
 )
-SELECT (SELECT count(*) FROM s) AS shipments, (SELECT count(*) FROM ledger_put) AS ledger
+SELECT (SELECT count(*) FROM s) AS shipments, (SELECT count(*) FROM ledger_put) AS ledger,
+       {_state_changes("s", "$3")} AS state_changes
 """
 
 INSERT_REJECTION = """
@@ -1133,7 +1134,7 @@ RESTORE = "UPDATE documents SET is_current = true, superseded_by = NULL WHERE id
 
 #: The shipments reconciled again after such a restore, the waybill-only shipments to drop and the ledger: $1
 #: shipments (JSON), $2 orderNos of waybill-only shipments to delete, $3 ledger rows to upsert (JSON), $4-$7 the
-#: inventories whose other ledger rows go (as WRITE_INGEST's $13-$19).
+#: inventories whose other ledger rows go (as WRITE_INGEST's $13-$19); $8 as WRITE_INGEST's $23.
 WRITE_RESTORED = f"""
 WITH s AS ({_put_shipments("$1")}
 ), blank AS (
@@ -1142,20 +1143,23 @@ WITH s AS ({_put_shipments("$1")}
 ), ledger_put AS ({_put_ledger("$3")}
 ), ledger_drop AS ({_drop_ledger("$4", "$5", "$6", "$7")}
 )
-SELECT (SELECT count(*) FROM s) AS shipments, (SELECT count(*) FROM ledger_put) AS ledger
+SELECT (SELECT count(*) FROM s) AS shipments, (SELECT count(*) FROM ledger_put) AS ledger,
+       {_state_changes("s", "$8")} AS state_changes
 """
 
 
 async def restore_refused(
-    conn: asyncpg.Connection, ids: Sequence[int], *, rates: tax.TaxRates, tolerance: Decimal
+    conn: asyncpg.Connection, ids: Sequence[int], *, rates: tax.TaxRates, tolerance: Decimal,
+    outbox: Outbox | None = None,
 ) -> list[tuple[str, str]]:
     """Customs refused the changes or withdrawals ``ids`` (their receipts applied in this transaction, gateway.outbox):
     it still holds the version before each, so that version is its key's current row again — a change or a
     withdrawal of it is judged as of the document customs holds (a release of it refuses them again,
     state.inventory_released) — and the refused version stays in the history with its refusal. Their shipments are
     reconciled and their inventories assessed again (keystate.restore: the version restored counts toward the quota
-    instead of the refused change, or again after the withdrawal gave it back). Returns the shipments written, whose
-    held inventories the caller looks at again.
+    instead of the refused change, or again after the withdrawal gave it back); the sellers of one that became
+    mismatched or no longer is hear of it through ``outbox`` (Outbox.tell_states). Returns the shipments written,
+    whose held inventories the caller looks at again.
 
     Under the keys' locks (an ingest of a change or a declaration anew of the key waits, and then sees the version
     restored) and, as reconciliation asks for them, the ingest's other locks, waited for as reopen_quota does."""
@@ -1195,18 +1199,21 @@ async def restore_refused(
         held |= verdict.locks
         refs.merge(verdict.refs)
     drops = verdict.ledger_drop
-    await conn.fetchrow(
+    row = await conn.fetchrow(
         WRITE_RESTORED, verdict.shipments, verdict.blanks, verdict.ledger_put,
         [d[0] for d in drops], [d[1] for d in drops], [d[2] for d in drops], [d[3] for d in drops],
+        outbox.reconciliation_told() if outbox is not None else None,
     )  # fmt: skip
+    if outbox is not None and row is not None:
+        await outbox.tell_states(conn, db.json_value(row["state_changes"]), verdict.shipments)
     return [(s["ebp_code"], s["order_no"]) for s in verdict.shipments if s["ebp_code"]]
 
 
 def refusals_restorer(*, rates: tax.TaxRates = tax.DEFAULT_RATES, tolerance: Decimal = Decimal("0")) -> Restore:
     """restore_refused with these rates and tolerance (the Store's): the outbox's ``restore``."""
 
-    async def restore_(conn: asyncpg.Connection, ids: Sequence[int]) -> list[tuple[str, str]]:
-        return await restore_refused(conn, ids, rates=rates, tolerance=tolerance)
+    async def restore_(conn: asyncpg.Connection, ids: Sequence[int], outbox: Outbox) -> list[tuple[str, str]]:
+        return await restore_refused(conn, ids, rates=rates, tolerance=tolerance, outbox=outbox)
 
     return restore_
 
@@ -1215,12 +1222,14 @@ def refusals_restorer(*, rates: tax.TaxRates = tax.DEFAULT_RATES, tolerance: Dec
 
 
 async def reopen_quota(
-    conn: asyncpg.Connection, freed: Iterable[tuple[str, int]], *, rates: tax.TaxRates, tolerance: Decimal
+    conn: asyncpg.Connection, freed: Iterable[tuple[str, int]], *, rates: tax.TaxRates, tolerance: Decimal,
+    outbox: Outbox | None = None,
 ) -> list[tuple[str, str]]:
     """Quota was given back to the buyer-years ``freed`` by customs' word (a refused first declaration, a concluded
     cancellation or return; gateway.outbox, in the receipt's transaction): assess their shipments the annual limit
-    blocked again (keystate.reopen) and write those no longer blocked. Returns the ones now matched, whose held
-    inventories the caller releases.
+    blocked again (keystate.reopen) and write those no longer blocked — their sellers hear they are mismatched no more
+    through ``outbox`` (Outbox.tell_states). Returns the ones now matched, whose held inventories the caller
+    releases.
 
     The ingest's locks, here waited for: the buyers' (the ledger must not move meanwhile), then the orderNos of
     their blocked shipments. A receipt transaction already holds the locks of its own shipments, so waiting may
@@ -1246,7 +1255,10 @@ async def reopen_quota(
     results, puts = reopen(pairs, state, state.live(), rates=rates, tolerance=tolerance)
     if not results:
         return []
-    await conn.fetchrow(WRITE_REOPENED, [r.row() for r in results.values()], puts)
+    rows = [r.row() for r in results.values()]
+    row = await conn.fetchrow(WRITE_REOPENED, rows, puts, outbox.reconciliation_told() if outbox is not None else None)
+    if outbox is not None and row is not None:
+        await outbox.tell_states(conn, db.json_value(row["state_changes"]), rows)
     return [key for key, r in results.items() if r.state == "matched"]
 
 
@@ -1290,8 +1302,10 @@ async def recount_returns(conn: asyncpg.Connection) -> int:
 def quota_reassessor(*, rates: tax.TaxRates = tax.DEFAULT_RATES, tolerance: Decimal = Decimal("0")) -> Reassess:
     """reopen_quota with these rates and tolerance (the Store's): the outbox's ``reassess``."""
 
-    async def reassess(conn: asyncpg.Connection, freed: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
-        return await reopen_quota(conn, freed, rates=rates, tolerance=tolerance)
+    async def reassess(
+        conn: asyncpg.Connection, freed: Sequence[tuple[str, int]], outbox: Outbox
+    ) -> list[tuple[str, str]]:
+        return await reopen_quota(conn, freed, rates=rates, tolerance=tolerance, outbox=outbox)
 
     return reassess
 

@@ -37,7 +37,7 @@ from gateway.sandbox.receipts import (
     return_time,
 )
 from gateway.schema import SchemaSet
-from gateway.store import Store, quota_reassessor
+from gateway.store import Store, quota_reassessor, refusals_restorer
 from gateway.tax import ANNUAL_LIMIT, assess, returned_value
 from gateway.workers import effective_endpoints
 from tests.apiutil import sign_as_agent
@@ -1292,6 +1292,56 @@ async def test_quota_customs_gives_back_reopens_the_buyers_blocked_shipment_and_
     assert await _reopened(flow, b)
     (row,) = await flow.rows("SELECT amount, blocked_at FROM tax_ledger WHERE order_no = $1", b.order_doc["orderNo"])
     assert row["amount"] > 0 and row["blocked_at"] is None
+
+
+@pytest.mark.db
+async def test_a_blocked_shipment_that_quota_given_back_reopens_tells_its_sellers_it_is_matched(flow: Flow) -> None:
+    """The annual limit blocks a shipment (mismatched, its sellers told so at its inventory's ingest); customs' refusal
+    of the buyer's other inventory gives the quota back and matches it in the receipt's transaction: no message of its
+    own comes, and its sellers hear it is matched there, before its inventory's customs status moves."""
+    a, b = shipment(85), shipment(86)
+    await _blocked_behind(flow, a, b, Decimal("0.01"))
+    [blocked] = await _seller_events(flow, b, "reconciliation")
+    data = blocked["payload"]["data"]
+    assert (data["state"], data["previous"]) == ("mismatched", "incomplete")  # its inventory came last
+    assert [f["code"] for f in data["findings"]] == ["tax.annual_limit_exceeded"]
+    await flow.receipt(a.inventory, "100", 2)
+    assert await _reopened(flow, b)
+    first, matched = await _seller_events(flow, b, "reconciliation")
+    assert first == blocked and matched["id"] > blocked["id"]
+    data = matched["payload"]["data"]
+    assert (data["state"], data["previous"], data["missing"], data["findings"]) == ("matched", "mismatched", [], [])
+
+
+@pytest.mark.db
+async def test_a_change_customs_refused_tells_the_sellers_the_shipment_is_as_it_was(db_pool: asyncpg.Pool) -> None:
+    """A change of the payment naming another payer makes the matched shipment mismatched (told); customs refuses the
+    change, so it holds the payment before it, current again here (gateway.store.restore_refused): the shipment is
+    matched again, and its sellers hear so in the receipt's transaction."""
+    fwd = ForwardingSettings(webhooks=(HOOK,))
+    outbox = Outbox(db_pool, Router.from_settings(fwd, {**SANDBOX_KINDS, "webhook": "webhook"}),
+                    reassess=quota_reassessor(), restore=refusals_restorer())  # fmt: skip
+    store = Store(db_pool, outbox=outbox)
+    try:
+        flow = Flow(db_pool, store, outbox, Pipeline(_SCHEMAS, store))
+        s = shipment(76)
+        for payload in (s.order, s.payment, s.waybill):
+            await flow.submit(payload)
+            await flow.receipt(payload, "2", 1)
+        assert (await flow.submit(s.inventory))["shipments"][0]["state"] == "matched"
+        other = samples.broken(s, "payer_not_buyer").payment_doc
+        change = version_of(s.payment, "2", 30, payerName=other["payerName"], payerIdNumber=other["payerIdNumber"])
+        assert (await flow.submit(change))["shipments"][0]["state"] == "mismatched"
+        [told] = await _seller_events(flow, s, "reconciliation")
+        assert (told["payload"]["data"]["state"], told["payload"]["data"]["previous"]) == ("mismatched", "matched")
+        await flow.receipt(change, "100", 5)
+        assert (await flow.shipment(s))["state"] == "matched"
+        first, again = await _seller_events(flow, s, "reconciliation")
+        assert first == told and again["id"] > told["id"]
+        data = again["payload"]["data"]
+        assert (data["state"], data["previous"], data["findings"]) == ("matched", "mismatched", [])
+    finally:
+        await store.aclose()
 
 
 @pytest.mark.db

@@ -1374,8 +1374,9 @@ _PLAN_CASES = {
     "SUPERSEDE": "ARRAY[1::bigint]",
     "REFUSED_VERSIONS": "ARRAY[1::bigint]",
     "RESTORE": "ARRAY[1::bigint]",
-    "WRITE_RESTORED": "'[]'::jsonb, ARRAY['O'], '[]'::jsonb, ARRAY['E'], ARRAY['O'], ARRAY['b'], ARRAY[2025]",
-    "WRITE_REOPENED": "'[]'::jsonb, '[]'::jsonb",
+    "WRITE_RESTORED": "'[]'::jsonb, ARRAY['O'], '[]'::jsonb, ARRAY['E'], ARRAY['O'], ARRAY['b'], ARRAY[2025], "
+    "'mismatched'",
+    "WRITE_REOPENED": "'[]'::jsonb, '[]'::jsonb, 'mismatched'",
     "WRITE_INGEST": "ARRAY['g'], ARRAY['CEB311'], ARRAY['\\x00'::bytea], ARRAY['<x/>'], ARRAY['xml'], ARRAY['s'], "
     "ARRAY['{}'::jsonb], ARRAY[202], '[]'::jsonb, ARRAY[1::bigint], ARRAY['g'], ARRAY[1], '[]'::jsonb, ARRAY['O'], "
     "'[]'::jsonb, ARRAY['E'], ARRAY['O'], ARRAY['b'], ARRAY[2025], ARRAY[1::bigint], '[]'::jsonb, 'cbec_jobs', "
