@@ -295,54 +295,40 @@ SELECT v.message_type AS inv_type, v.key1 AS inv_key1, v.key2 AS inv_key2, r.mes
  WHERE r.message_type IN ('CEB816', 'CEB818')
 """
 
-#: Tax bills kept unmatched (CEB816/818 that came before the receipt naming their inventory's invtNo: customs sends
-#: in no order, and a bill once) linked to the inventories ($1 ids) a receipt just taught their invtNo, each party a
-#: bill names in agreement (gateway.taxbills.correlation): their shipment shows them from now on (sql/420).
-LINK_EARLY_TAX_BILLS = f"""
+def _link_early(kind: str, number: str, types: str, parties: Iterable[str], picked: str) -> str:
+    """SQL linking the customs records kept unmatched that came before the receipt teaching the number they name
+    (customs sends in no order, and such a record once) to the documents ($1 ids) of ``kind`` a receipt just taught
+    it (documents.invt_no): the unmatched receipts of ``types`` (an SQL list) whose ``number`` key is it, each of the
+    ``parties`` fields a record names in agreement with the document; of documents taught one number at once, the
+    newest. ``picked``: a key of the record to return as ``picked`` beside its id and the number."""
+    agree = ", ".join(f"'{f}'" for f in parties)
+    return f"""
 WITH d AS MATERIALIZED (
     SELECT d.id, d.message_id, d.invt_no, d.head FROM unnest($1::bigint[]) AS x(id),
            LATERAL (SELECT * FROM documents AS d WHERE d.id = x.id OFFSET 0) AS d
-     WHERE d.kind = 'inventory' AND d.invt_no IS NOT NULL
-), bills AS MATERIALIZED (
-    SELECT r.id, d.id AS document_id, d.message_id, d.invt_no, r.keys ->> 'taxNo' AS tax_no
+     WHERE d.kind = '{kind}' AND d.invt_no IS NOT NULL
+), records AS MATERIALIZED (
+    SELECT DISTINCT ON (r.id) r.id, d.id AS document_id, d.message_id, d.invt_no, r.keys ->> '{picked}' AS picked
       FROM d, LATERAL (SELECT r.id, r.keys FROM receipts AS r
-                        WHERE (r.keys ->> 'invtNo') = d.invt_no AND r.outcome = 'unmatched'
-                          AND r.message_type IN ('CEB816', 'CEB818') OFFSET 0) AS r
+                        WHERE (r.keys ->> '{number}') = d.invt_no AND r.outcome = 'unmatched'
+                          AND r.message_type IN ({types}) OFFSET 0) AS r
      WHERE NOT EXISTS (SELECT 1 FROM jsonb_each_text(r.keys) AS party(field, value)
-                        WHERE party.field IN ({", ".join(f"'{f}'" for f in taxbills.PARTY_FIELDS)})
-                          AND coalesce(d.head ->> party.field, '') <> party.value)
-)
-UPDATE receipts AS r SET document_id = b.document_id, message_id = b.message_id, outcome = 'applied'
-  FROM bills AS b
- WHERE r.id = ANY (ARRAY(SELECT id FROM bills)) AND r.id = b.id  -- by id = ANY: index probes whatever the plan
-RETURNING r.id, b.tax_no, b.invt_no
-"""
-
-#: Customs' summary results kept unmatched (CEB792 that came before the CEB702 giving their application its sumNo:
-#: customs sends in no order, and a result once) linked to the summary applications ($1 ids) a receipt just taught
-#: their sumNo (documents.invt_no), each party a result names in agreement (gateway.summary.correlation); of parts
-#: taught one sumNo at once, the newest, as a result delivered later is matched (CORRELATE). The application's view
-#: shows them from now on (sql/440).
-LINK_EARLY_SUMMARY_RESULTS = f"""
-WITH d AS MATERIALIZED (
-    SELECT d.id, d.message_id, d.invt_no, d.head FROM unnest($1::bigint[]) AS x(id),
-           LATERAL (SELECT * FROM documents AS d WHERE d.id = x.id OFFSET 0) AS d
-     WHERE d.kind = 'summary' AND d.invt_no IS NOT NULL
-), results AS MATERIALIZED (
-    SELECT DISTINCT ON (r.id) r.id, d.id AS document_id, d.message_id, d.invt_no, r.keys ->> 'declSeqNo' AS decl_seq_no
-      FROM d, LATERAL (SELECT r.id, r.keys FROM receipts AS r
-                        WHERE (r.keys ->> 'sumNo') = d.invt_no AND r.outcome = 'unmatched'
-                          AND r.message_type = 'CEB792' OFFSET 0) AS r
-     WHERE NOT EXISTS (SELECT 1 FROM jsonb_each_text(r.keys) AS party(field, value)
-                        WHERE party.field IN ({", ".join(f"'{f}'" for f in summary.PARTY_FIELDS)})
-                          AND coalesce(d.head ->> party.field, '') <> party.value)
+                        WHERE party.field IN ({agree}) AND coalesce(d.head ->> party.field, '') <> party.value)
      ORDER BY r.id, d.id DESC
 )
 UPDATE receipts AS r SET document_id = x.document_id, message_id = x.message_id, outcome = 'applied'
-  FROM results AS x
- WHERE r.id = ANY (ARRAY(SELECT id FROM results)) AND r.id = x.id  -- by id = ANY: index probes whatever the plan
-RETURNING r.id, x.invt_no AS sum_no, x.decl_seq_no
+  FROM records AS x
+ WHERE r.id = ANY (ARRAY(SELECT id FROM records)) AND r.id = x.id  -- by id = ANY: index probes whatever the plan
+RETURNING r.id, x.invt_no AS number, x.picked
 """
+
+
+#: Tax bills (CEB816/818) that came before the receipt naming their inventory's invtNo, linked to it (sql/420); the
+#: shipment shows them from now on. Returns each with its taxNo (picked).
+LINK_EARLY_TAX_BILLS = _link_early("inventory", "invtNo", "'CEB816', 'CEB818'", taxbills.PARTY_FIELDS, "taxNo")
+#: Summary results (CEB792) that came before the CEB702 giving their application its sumNo (kept as its invt_no),
+#: linked to it (sql/440); the application's view shows them from now on. Returns each with its declSeqNo (picked).
+LINK_EARLY_SUMMARY_RESULTS = _link_early("summary", "sumNo", "'CEB792'", summary.PARTY_FIELDS, "declSeqNo")
 
 #: The documents ($1 ids), fresh and row-locked, after the shipment locks are held.
 LOCK_DOCUMENTS = f"SELECT {_DOC_STATE} FROM documents AS d WHERE d.id = ANY ($1::bigint[]) ORDER BY d.id FOR UPDATE"
@@ -1461,11 +1447,11 @@ class Outbox:
         numbered = [d.id for d in changed if d.kind == "inventory" and d.learned.get("invtNo")]
         if numbered:
             for r in await conn.fetch(LINK_EARLY_TAX_BILLS, numbered):
-                log.info("tax_bill_linked", invt_no=r["invt_no"], tax_no=r["tax_no"], receipt_id=r["id"])
+                log.info("tax_bill_linked", invt_no=r["number"], tax_no=r["picked"], receipt_id=r["id"])
         sum_numbered = [d.id for d in changed if d.kind == "summary" and d.learned.get("invtNo")]
         if sum_numbered:  # a CEB702's sumNo (kept as invtNo, gateway.receipts.apply)
             for r in await conn.fetch(LINK_EARLY_SUMMARY_RESULTS, sum_numbered):
-                log.info("summary_result_linked", sum_no=r["sum_no"], decl_seq_no=r["decl_seq_no"], receipt_id=r["id"])
+                log.info("summary_result_linked", sum_no=r["number"], decl_seq_no=r["picked"], receipt_id=r["id"])
         restored: list[tuple[str, str]] = []
         refused = [d.id for d in changed if d.app_type in ("2", "3") and d.forward_state == "rejected"]
         if refused and self.restore is not None:  # a refused change or withdrawal: customs holds the version before

@@ -1570,6 +1570,15 @@ async def test_a_failed_leg_changed_withdrawn_or_resent_no_longer_fails_its_ship
     assert (await flow.shipment(resent))["customs_status"] == "pending"
 
 
+async def _released(flow: Flow, s: samples.ShipmentSample, **numbers: str) -> None:
+    """The legs of ``s`` taken by customs (2) and its inventory released (800), with the numbers customs gave it."""
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    await flow.receipt(s.inventory, "800", 4, **numbers)
+
+
 @pytest.mark.db
 async def test_a_failed_change_leaves_a_released_shipment_released(flow: Flow) -> None:
     """Customs' word stands: a change of a released shipment's leg whose delivery fails does not make the shipment
@@ -1577,11 +1586,7 @@ async def test_a_failed_change_leaves_a_released_shipment_released(flow: Flow) -
     released inventory itself takes no change (state.inventory_released), nor its order once the inventory is declared
     (state.inventory_declared)."""
     s = shipment(63)
-    for payload in (s.order, s.payment, s.waybill):
-        await flow.submit(payload)
-        await flow.receipt(payload, "2", 1)
-    await flow.submit(s.inventory)
-    await flow.receipt(s.inventory, "800", 4)
+    await _released(flow, s)
     assert (await flow.shipment(s))["customs_status"] == "released"
     async with flow.pool.acquire() as conn:  # the first declarations went (a change waits behind its original)
         for job in await cbec_queue.claim(conn, worker_id="w", lease_s=30, endpoint="customs", limit=20):
@@ -1607,11 +1612,7 @@ async def test_a_released_shipments_warehouse_order_goes_to_its_consignee(flow: 
     s = shipment(6, mode="1210")  # a gift: the consignee is not the buyer
     order = s.order_doc
     assert order["consignee"] != order["buyerName"]
-    for payload in (s.order, s.payment, s.waybill):
-        await flow.submit(payload)
-        await flow.receipt(payload, "2", 1)
-    await flow.submit(s.inventory)
-    await flow.receipt(s.inventory, "800", 4)
+    await _released(flow, s)
     [job] = [j for k, j in (await flow.jobs()).items() if k.startswith("warehouse:")]
     payload = job["payload"]
     assert payload["consignee"] == {"name": order["consignee"], "telephone": order["consigneeTelephone"],
@@ -1643,11 +1644,7 @@ async def test_a_released_inventory_cancelled_and_declared_anew_cancels_its_ware
     an order of the new inventory."""
 
     s = shipment(64, mode="1210")
-    for payload in (s.order, s.payment, s.waybill):
-        await flow.submit(payload)
-        await flow.receipt(payload, "2", 1)
-    await flow.submit(s.inventory)
-    await flow.receipt(s.inventory, "800", 4, invtNo="46012026I000000064")
+    await _released(flow, s, invtNo="46012026I000000064")
     first = f"warehouse:{s.inventory['guid']}:1"
     assert [k for k in await flow.jobs() if k.startswith("warehouse:")] == [first]
     conclude = await _cancel(flow, s.inventory, "D" * 36, "46012026I000000064", "B20260101000000064", 5)
@@ -1766,11 +1763,7 @@ async def test_sellers_hear_of_a_cancellation_customs_concluded_and_of_the_relea
     from adapters.warehouse import order_id
 
     s = shipment(67, mode="1210")
-    for payload in (s.order, s.payment, s.waybill):
-        await flow.submit(payload)
-        await flow.receipt(payload, "2", 1)
-    await flow.submit(s.inventory)
-    await flow.receipt(s.inventory, "800", 4, invtNo="46012026I000000067")
+    await _released(flow, s, invtNo="46012026I000000067")
     conclude = await _cancel(flow, s.inventory, "D" * 36, "46012026I000000067", "B20260101000000067", 5)
     assert await _seller_events(flow, s, "inventory_cancelled") == []  # taken for processing: not concluded yet
     await conclude()

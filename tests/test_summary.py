@@ -1060,12 +1060,7 @@ async def test_the_sandbox_declares_a_summary_by_its_flags(
     sb.sandbox.export_inventories.update(local.export_inventories)
 
     async def send(p: dict[str, Any]) -> None:
-        env = dxp.wrap(xml(p), msg_type="CEB701Message", sender_id="DXPENT0000458763",
-                       receiver_ids=[dxp.EXPORT_RECEIVER], cop_msg_id=str(uuid.uuid4()).upper(),
-                       created=datetime.now())  # fmt: skip
-        async with aiohttp.ClientSession() as client, client.post(sb.url + "/dxp", data=env) as resp:
-            assert resp.status == 200, await resp.text()
-        await sb.wait_idle()
+        await declared_at_sandbox(sb, p)
 
     async def declared(flag: str, name_flag: str, seed: int) -> list[tuple[dict[tuple[str, str], str], str]]:
         """The declarations (CEB792) the sandbox makes of the three: each one's gseqno by (invtNo, gnum), and its
@@ -1113,12 +1108,7 @@ async def test_the_sandbox_makes_a_summary_result_after_concluding_its_applicati
     http_recorder.requests.clear()
     try:
         p = application(heads, numbers, seed=77)
-        env = dxp.wrap(xml(p), msg_type="CEB701Message", sender_id="DXPENT0000458763",
-                       receiver_ids=[dxp.EXPORT_RECEIVER], cop_msg_id=str(uuid.uuid4()).upper(),
-                       created=datetime.now())  # fmt: skip
-        async with aiohttp.ClientSession() as client, client.post(sb.url + "/dxp", data=env) as resp:
-            assert resp.status == 200, await resp.text()
-        await sb.wait_idle()
+        await declared_at_sandbox(sb, p)
         times: dict[str, str] = {}
         for r in http_recorder.requests:
             root = etree.fromstring(dxp.unwrap(r.body).data)
@@ -1176,3 +1166,13 @@ async def test_customs_summary_messages_posted_as_messages_are_recorded(api: Cli
         r = await api.post_xml(body)
         assert r.status == 202, (code, r.body)
         assert {d["outcome"] for d in r.body["documents"]} == {"recorded"}, r.body
+
+
+async def declared_at_sandbox(sb: RunningSandbox, p: dict[str, Any]) -> None:
+    """The summary application ``p`` declared straight to the sandbox ``sb`` (a DxpMsg to its export system), and
+    every receipt it makes of it sent."""
+    env = dxp.wrap(xml(p), msg_type="CEB701Message", sender_id="DXPENT0000458763", receiver_ids=[dxp.EXPORT_RECEIVER],
+                   cop_msg_id=str(uuid.uuid4()).upper(), created=datetime.now())  # fmt: skip
+    async with aiohttp.ClientSession() as client, client.post(sb.url + "/dxp", data=env) as resp:
+        assert resp.status == 200, await resp.text()
+    await sb.wait_idle()
