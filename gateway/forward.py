@@ -16,7 +16,7 @@ never goes before an earlier message of the same document that is still queued, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,8 +26,8 @@ from gateway.auth import Principal, findings_view, readable_sides
 from gateway.config import DEFAULT_ROUTES, ForwardingSettings, Role, RouteSettings, WebhookSettings
 from gateway.messages import lookup
 
-#: documents.forward_state values (gateway/sql/020_forwarding.sql, 130_delivery_failed.sql).
-FORWARD_STATES = ("none", "held", "queued", "sent", "receipted", "rejected", "failed")
+#: documents.forward_state values (gateway/sql/020_forwarding.sql, 130_delivery_failed.sql, 450_unsent_documents.sql).
+FORWARD_STATES = ("none", "held", "queued", "sent", "receipted", "rejected", "failed", "unsent")
 #: shipments.customs_status values, in the order a shipment normally goes through them, then the two that need
 #: someone: customs rejected a leg, or a leg's delivery to customs failed (its job is a dead letter).
 SHIPMENT_CUSTOMS_STATUSES = ("pending", "declared", "accepted", "released", "rejected", "failed")
@@ -343,6 +343,89 @@ class Router:
             key = f"{stream}:{suffix}"
             jobs.append(JobSpec(self.webhook_endpoint, "webhook", payload, key, ordering_keys=(stream,)))
         return jobs
+
+
+# --- versions the gateway holds, replaced before they were sent ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeldVersion:
+    """A stored version of a document as :func:`settle_held` reads it: a version a change or withdrawal replaced (or one
+    before that), or another document of such a version's message."""
+
+    id: int
+    message_id: int
+    app_type: str
+    forward_state: str
+    is_current: bool = False
+    withdrawn: bool = False  # it is a withdrawal (appType 3)
+    key_withdrawn: bool = False  # the current version of its key is a withdrawal
+    replaced_state: str | None = None  # the forward_state of the version it replaced; None: it replaced none
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """A change (appType 2) or withdrawal (appType 3) just stored that replaced a version the gateway holds.
+    ``versions``: the versions before it, the latest first, back through those held or unsent to the first declaration
+    (appType 1), or to the first one the gateway sent (the last then is that one)."""
+
+    id: int
+    app_type: str
+    versions: tuple[HeldVersion, ...]
+
+    @property
+    def unseen(self) -> bool:
+        """Customs has no version of the declaration it replaces: every one back to the first declaration is held or
+        unsent."""
+        return (bool(self.versions) and self.versions[-1].app_type == "1"
+                and all(v.forward_state in ("held", "unsent") for v in self.versions))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What becomes of the held versions replaced (:func:`settle_held`)."""
+
+    dropped: frozenset[int]  # held messages never to be sent: each of their documents is unsent
+    concluded: frozenset[int]  # withdrawals concluded here (unsent): customs never had a version of what they withdraw
+
+
+def settle_held(replacements: Sequence[Replacement], messages: Mapping[int, Sequence[HeldVersion]]) -> Settled:
+    """Which held versions replaced before they were sent still go to customs, and which withdrawals need not go.
+
+    A held version replaced is sent no more (spec §6.7 held it: customs never had it) unless something needs it: the
+    first declaration of a change still to go (customs takes a change only of a document it holds, −621042), or
+    another document of its message (a message goes whole, under one signature) — the current version of a key, a
+    first declaration its current change builds on, a withdrawal of something that went. A held message nothing of
+    which is needed any more is dropped (never sent). A withdrawal of a declaration customs never had (every version
+    back to its first declaration held or unsent) whose held versions are all dropped is concluded here: it is not
+    sent. ``messages``: every document of the held versions' messages, read under lock."""
+    base_kept: set[int] = set()
+    unneeded = {v.id for r in replacements for v in r.versions if v.forward_state == "held"
+                and not (r.app_type == "2" and r.unseen and v is r.versions[-1])}  # fmt: skip
+
+    def needed(y: HeldVersion) -> bool:
+        if y.forward_state != "held" or (y.id in unneeded and y.id not in base_kept):
+            return False
+        if y.withdrawn:  # it withdraws a version customs has or will have
+            return y.replaced_state not in (None, "unsent")
+        if y.is_current:
+            return True
+        return y.app_type == "1" and not y.key_withdrawn  # what a change still to go builds on
+
+    while True:
+        kept = {m for m, docs in messages.items() if any(needed(y) for y in docs)}
+        # a change that goes with its message (for another document) needs its first declaration to go before it
+        more = {r.versions[-1].id for r in replacements if r.unseen and r.versions[-1].forward_state == "held"
+                and any(v.message_id in kept and v.app_type == "2" and v.forward_state == "held"
+                        for v in r.versions[:-1])} - base_kept  # fmt: skip
+        if not more:
+            break
+        base_kept |= more
+    dropped = frozenset(m for m in messages if m not in kept)
+    concluded = frozenset(r.id for r in replacements if r.app_type == "3" and r.unseen
+                          and all(v.message_id in dropped for v in r.versions
+                                  if v.forward_state == "held"))  # fmt: skip
+    return Settled(dropped, concluded)
 
 
 def _route(r: RouteSettings, endpoints: tuple[str, ...]) -> Route:

@@ -105,6 +105,12 @@ CODES: dict[str, str] = {
         "with live import legs: an orderNo is unique within a platform (spec §6.2), and an import and an export "
         "shipment are never reconciled together; withdraw the other flow's legs first"
     ),
+    "state.withdrawn_unsent": (
+        "a withdrawal (appType 3) of a document no version of which was sent to customs — the gateway held it until "
+        "its shipment could be declared (spec §6.7) —: concluded by the gateway, nothing is sent to customs (which "
+        "never had it: it would refuse the withdrawal, -621042) and the held version is never sent. An outcome of an "
+        "accepted message (outcome withdrawn), not an error"
+    ),
     "state.recorded_only": (
         "a customs message (a receipt, a tax bill) posted to POST /v1/messages: kept as a record, applied to "
         "nothing; customs receipts are applied at POST /v1/receipts. An outcome of an accepted message, not an error"
@@ -295,6 +301,10 @@ class New:
 
 RECORDED_ONLY = (
     "a customs message is kept here as a record only; receipts are applied to their declarations at POST /v1/receipts"
+)
+WITHDRAWN_UNSENT = (
+    "withdrawn before it was sent: the gateway held it until its shipment could be declared (spec §6.7), so customs "
+    "never had it; nothing is sent to customs, and the held version will never be sent"
 )
 
 
@@ -1642,6 +1652,8 @@ def _document_row(new: New) -> dict[str, Any]:
         "withdrawn": row.withdrawn,
         # not a column: the outbox gives the job the ordering key of the document it is forwarded after
         "after": list(new.after.key) if new.after is not None else None,
+        # not a column: it replaces a version the gateway holds, never sent (the outbox settles what still goes)
+        "replaces_held": new.replaces is not None and new.replaces.held,
     }
 
 

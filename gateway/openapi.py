@@ -106,7 +106,8 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "keys": {**_VALUES, "description": "the document's business keys (spec §6.2)"},
         "outcome": {"enum": ["accepted", "replaced", "withdrawn", "ignored_older", "recorded"]},
         "shipment": _or_null(_ref("ShipmentState")),
-        "code": {**_STR_OR_NULL, "description": "why, when the outcome is not plain success (state.ignored_older)"},
+        "code": {**_STR_OR_NULL, "description": "why, when the outcome is not plain success (state.ignored_older; "
+                 "state.withdrawn_unsent: withdrawn before it was sent, nothing sent to customs)"},
         "message": _STR_OR_NULL,
     }),
     "Accepted": _object(("id", "guid", "message_type", "documents", "shipments"), {

@@ -47,7 +47,16 @@ from gateway import receipts as rc
 from gateway.auth import finding_sides
 from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
-from gateway.forward import JobSpec, LegState, Router, ordering_key, shipment_customs_status
+from gateway.forward import (
+    HeldVersion,
+    JobSpec,
+    LegState,
+    Replacement,
+    Router,
+    ordering_key,
+    settle_held,
+    shipment_customs_status,
+)
 from gateway.keystate import buyer_of
 from gateway.messages import BY_CODE, LEGS, Kind
 from gateway.tax import returned_value
@@ -194,6 +203,54 @@ SELECT x.message_id, x.ebp_code, x.order_no, {_WAITS["matched"]} AS matched, {_W
   FROM (SELECT d.*, d.message_type AS mt FROM documents AS d
          WHERE d.message_id = ANY ($1::bigint[]) AND d.forward_state = 'held' AND NOT d.withdrawn) AS x
  ORDER BY x.message_id, x.id
+"""
+
+#: The versions before documents just stored ($1 message ids, $2 doc_index: changes and withdrawals of a version the
+#: gateway holds), each document's walked back through the versions it replaced (superseded_by) while they are held or
+#: unsent, to the first declaration (appType 1) or the first version sent, which ends the walk: one row per (start,
+#: version), the latest version first (gateway.forward.Replacement).
+SETTLE_VERSIONS = """
+WITH RECURSIVE back AS (
+    SELECT n.id AS start, n.message_id AS start_message, n.doc_index AS start_index, n.app_type AS start_type,
+           n.ebp_code, n.order_no, p.id, p.message_id, p.app_type, p.forward_state, 1 AS depth
+      FROM unnest($1::bigint[], $2::int[]) AS k(message_id, doc_index),
+           LATERAL (SELECT * FROM documents AS n WHERE n.message_id = k.message_id AND n.doc_index = k.doc_index
+                    OFFSET 0) AS n
+      LEFT JOIN LATERAL (SELECT * FROM documents AS p WHERE p.superseded_by = n.id OFFSET 0) AS p ON true
+    UNION ALL
+    SELECT b.start, b.start_message, b.start_index, b.start_type, b.ebp_code, b.order_no, p.id, p.message_id,
+           p.app_type, p.forward_state, b.depth + 1
+      FROM back AS b JOIN documents AS p ON p.superseded_by = b.id
+     WHERE b.app_type <> '1' AND b.forward_state IN ('held', 'unsent') AND b.depth < 1000
+)
+SELECT * FROM back ORDER BY start, depth
+"""
+
+#: Every document of held messages ($1 ids), row-locked (a release of the message waits, or it is seen released):
+#: what gateway.forward.settle_held reads of each (HeldVersion).
+SETTLE_MESSAGES = """
+SELECT d.id, d.message_id, d.app_type, d.forward_state, d.is_current, d.withdrawn,
+       coalesce((SELECT c.withdrawn FROM documents AS c
+                  WHERE c.message_type = d.message_type AND c.key1 = d.key1 AND c.key2 = d.key2 AND c.is_current),
+                false) AS key_withdrawn,
+       (SELECT p.forward_state FROM documents AS p WHERE p.superseded_by = d.id LIMIT 1) AS replaced_state
+  FROM documents AS d
+ WHERE d.message_id = ANY ($1::bigint[])
+ ORDER BY d.id
+   FOR UPDATE OF d
+"""
+
+#: Held versions never to be sent and withdrawals concluded here ($1 ids): unsent. A message none of whose documents
+#: goes any more carries no CopMsgId: it never goes ($2 the messages of $1).
+SET_UNSENT = """
+UPDATE documents AS d
+   SET forward_state = CASE WHEN d.id = ANY ($1::bigint[]) AND d.forward_state = 'held' THEN 'unsent'
+                            ELSE d.forward_state END,
+       cop_msg_id = CASE WHEN NOT EXISTS (SELECT 1 FROM documents AS o
+                                           WHERE o.message_id = d.message_id AND o.forward_state <> 'unsent'
+                                             AND NOT (o.id = ANY ($1::bigint[]) AND o.forward_state = 'held'))
+                         THEN NULL ELSE d.cop_msg_id END
+ WHERE d.message_id = ANY ($2::bigint[])
 """
 
 _DOC_STATE = (
@@ -847,6 +904,9 @@ class Plan:
     matched: list[tuple[str, str]]  # shipments it left matched: held inventories there are looked at again
     ordering_keys: tuple[str, ...] = ()  # of every document of the message (gateway.forward.ordering_key)
     unkept: tuple[tuple[str, str, str], ...] = ()  # (guid, key1, key2) of the documents it carries but not stored
+    #: doc_index of its withdrawals of a version the gateway holds: what still goes is settled after the write
+    #: (Outbox.settle); the message is held meanwhile
+    settle: tuple[int, ...] = ()
 
 
 @dataclass
@@ -1026,12 +1086,18 @@ class Outbox:
             ]
             endpoints: tuple[str, ...] = ()
             state = "none"
+            settle: tuple[int, ...] = ()
             if stored:
                 modes = {m for d in stored if (m := (d.head.get("tradeMode") or "").strip())}
                 endpoints = router.endpoints_for(msg.type.code, modes)
                 if endpoints:
                     app_types = {(d.head.get("appType") or "1").strip() for d in stored}
                     state = "held" if router.holds(msg.type.code, app_types) else "queued"
+                    # a withdrawal of what the gateway still holds: customs may never have had it (settle decides)
+                    settle = tuple(row["doc_index"] for row in rows
+                                   if row.get("replaces_held") and row.get("app_type") == "3")  # fmt: skip
+                    if settle:
+                        state = "held"
             cop = router.cop_msg_id(msg.guid, endpoints) if state != "none" else None
             for row in rows:
                 row["forward_state"], row["cop_msg_id"] = state, cop
@@ -1045,7 +1111,7 @@ class Outbox:
             unkept = tuple((d.head.get("guid", ""), *msg.type.stored_key([v.strip() for v in d.keys]))
                            for d in msg.documents
                            if state != "none" and outcomes.get(d.index, {}).get("outcome") == "ignored_older")
-            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys, unkept))
+            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys, unkept, settle))
         return plans
 
     def wave_jobs(self, plans: Sequence[Plan], ids: Mapping[str, int]) -> list[JobSpec]:
@@ -1108,12 +1174,15 @@ class Outbox:
         superseded_failed: Iterable[Leg] = (),
         reopened: Iterable[tuple[str, str]] = (),
         taken_over: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        """After the store wrote the wave (and its jobs, see wave_jobs), same transaction: release the held
-        inventories of shipments the wave matched, and of those it matched by giving quota back (``reopened``:
+        ids: Mapping[str, int] | None = None,
+    ) -> dict[str, list[int]]:
+        """After the store wrote the wave (and its jobs, see wave_jobs), same transaction: settle what still goes of
+        the held versions the wave withdrew (:meth:`settle`; ``ids``: the wave's message ids by guid), release the
+        held inventories of shipments the wave matched, and of those it matched by giving quota back (``reopened``:
         shipments the annual limit blocked, assessed again); refresh the customs status of shipments whose failed
         leg the wave changed or withdrew (``superseded_failed``: those legs' stored versions; rare), and of the keyed
         shipments that took over a waybill customs had heard of (``taken_over``: it came first, and went; rare).
+        Returns, by message guid, the doc_index of its withdrawals concluded here (sent nowhere).
 
         ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
         that customs took. A shipment whose order or payment is not among them releases nothing (RELEASE_HELD
@@ -1126,9 +1195,15 @@ class Outbox:
         if taken := list(taken_over):
             await self._refresh_shipments(conn, taken)
         if self.router is None:
-            return
+            return {}
         if unkept := [(p.guid, p.message_type, *u) for p in plans for u in p.unkept]:
             await conn.execute(RECORD_UNKEPT, *(list(column) for column in zip(*unkept, strict=True)))
+        concluded: dict[str, list[int]] = {}
+        if settling := [(p.guid, i) for p in plans for i in p.settle]:
+            assert ids is not None, "the wave's message ids settle its withdrawals"
+            guids = {ids[g]: g for g, _ in settling}
+            for message_id, index in await self.settle(conn, [(ids[g], i) for g, i in settling]):
+                concluded.setdefault(guids[message_id], []).append(index)
         matched: set[tuple[str, str]] = set(reopened)  # their legs may all be receipted: looked at in SQL
         for p in plans:
             if p.state == "held":
@@ -1137,6 +1212,51 @@ class Outbox:
                 matched.update(s for s in p.matched if receipted is None or _may_release(receipted.get(s)))
         if matched:
             await self._release(conn, matched, [])
+        return concluded
+
+    async def settle(self, conn: asyncpg.Connection, targets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """In the ingest's transaction, after its write: the withdrawals just stored (``targets``: message id,
+        doc_index) of versions the gateway holds (spec §6.7: never sent). The held versions nothing needs any more
+        are unsent — never to be sent, whatever their shipment does later —, and a withdrawal of what customs never
+        had is concluded here, unsent too: nothing goes (gateway.forward.settle_held). Returns those withdrawals
+        (message id, doc_index). A withdrawal that must go (customs has a version before, or one goes with another
+        document of its message) is released as any held message."""
+        rows = await conn.fetch(SETTLE_VERSIONS, [t[0] for t in targets], [t[1] for t in targets])
+        held = sorted({r["message_id"] for r in rows if r["forward_state"] == "held"})
+        # under lock: a release of such a message (a receipt of another parcel of it) either waits for this
+        # transaction or went before it, and then it is no longer held
+        locked = [HeldVersion(
+            r["id"], r["message_id"], (r["app_type"] or "1").strip(), r["forward_state"], r["is_current"],
+            r["withdrawn"], r["key_withdrawn"], r["replaced_state"],
+        ) for r in await conn.fetch(SETTLE_MESSAGES, held)] if held else []  # fmt: skip
+        fresh = {v.id: v for v in locked}
+        messages: dict[int, list[HeldVersion]] = {}
+        for v in locked:
+            messages.setdefault(v.message_id, []).append(v)
+        chains: dict[int, list[asyncpg.Record]] = {}
+        for r in rows:
+            chain = chains.setdefault(r["start"], [])
+            if r["id"] is not None:
+                chain.append(r)
+        replacements = [
+            Replacement(start, (chain[0]["start_type"] or "1").strip(), tuple(
+                fresh.get(r["id"]) or HeldVersion(r["id"], r["message_id"], (r["app_type"] or "1").strip(),
+                                                  r["forward_state"])
+                for r in chain))
+            for start, chain in chains.items()
+        ]  # fmt: skip
+        settled = settle_held(replacements, messages)
+        unsent = sorted({v.id for m in settled.dropped for v in messages[m]} | settled.concluded)
+        if unsent:
+            starts = {r["start"]: r for r in rows}
+            touched = sorted(set(settled.dropped) | {starts[i]["start_message"] for i in settled.concluded})
+            await conn.execute(SET_UNSENT, unsent, touched)
+            log.info("held_versions_unsent", messages=sorted(settled.dropped),
+                     withdrawals=sorted(settled.concluded))  # fmt: skip
+        # what still goes: the withdrawals of versions customs has, now or after the message of a held one
+        await self._release(conn, sorted({(r["ebp_code"] or "", r["order_no"] or "") for r in rows}), [])
+        return sorted((r["start_message"], r["start_index"]) for r in rows
+                      if r["start"] in settled.concluded and r["depth"] == 1)  # fmt: skip
 
     async def _release(
         self, conn: asyncpg.Connection, shipments: Iterable[tuple[str, str]], waybills: Iterable[tuple[str, str]]
@@ -1403,13 +1523,15 @@ class Outbox:
                 continue
             res.document_ids = [d.id for d in found]
             res.message_id = found[0].message_id
-            # A held document was never sent (it waits for its shipment's legs, spec §6.7): whatever customs says of
-            # it answers something else, and moving it would release goods customs never declared.
-            unsent = [d for d in found if d.forward_state == "held"]
+            # A held document was never sent (it waits for its shipment's legs, spec §6.7), nor an unsent one (withdrawn
+            # before it was sent; or a withdrawal concluded here, sent only with another document of its message):
+            # whatever customs says of it answers something else, and moving it would release goods customs never
+            # declared.
+            unsent = [d for d in found if d.forward_state in ("held", "unsent")]
             if unsent:
                 log.warning("receipt_for_unsent_document", message_type=r.message_type, status=r.return_status,
                             guid=r.guid, document_ids=[d.id for d in unsent])  # fmt: skip
-                found = [d for d in found if d.forward_state != "held"]
+                found = [d for d in found if d.forward_state not in ("held", "unsent")]
                 if not found:
                     res.outcome = rc.Outcome.NOT_SENT.value
                     continue

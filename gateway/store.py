@@ -56,6 +56,7 @@ from gateway.keystate import (
     LOCK_ORDER,
     LOCK_SUMMARISED,
     SEP,
+    WITHDRAWN_UNSENT,
     BlockedBook,
     Conflict,
     Defer,
@@ -417,6 +418,13 @@ WITH s AS ({_put_shipments("$1")}
 )
 SELECT (SELECT count(*) FROM s) AS shipments, (SELECT count(*) FROM ledger_put) AS ledger,
        {_state_changes("s", "$3")} AS state_changes
+"""
+
+#: The answers of messages ($1 ids, $2 answers) as completed after their write (Store._concluded_unsent).
+SET_RESPONSE = """
+UPDATE messages AS m SET response = x.response
+  FROM unnest($1::bigint[], $2::jsonb[]) AS x(id, response)
+ WHERE m.id = x.id AND m.id = ANY ($1::bigint[])
 """
 
 INSERT_REJECTION = """
@@ -1102,12 +1110,12 @@ def _document_dict(r: asyncpg.Record) -> dict[str, Any]:
 #: The changes and withdrawals (appType 2, 3; $1 document ids) customs refused that are still their keys' current rows,
 #: each with the version customs holds instead (spec §6.2: a refused message changes nothing there): the latest
 #: earlier version of its key customs did not refuse (a change it refused before left it the one before), unless that
-#: is a withdrawal customs took (nothing of the key is there) or one the gateway still holds (never sent: customs
-#: refused the change or withdrawal of what it never had, and a held version made current again would go out). The
-#: versions are walked back through the key's own history, each version to the one it replaced (superseded_by, its
-#: partial index, migration 290), past those customs refused: wherever each version was (another shipment, another
-#: waybill), and never to an older version the key ignored (state.ignored_older: it replaced nothing). Read only for a
-#: refused change or withdrawal, in the receipt's transaction.
+#: is a withdrawal customs took (nothing of the key is there) or one the gateway still holds or never sent (held,
+#: unsent: customs refused the change or withdrawal of what it never had, and a held version made current again would
+#: go out). The versions are walked back through the key's own history, each version to the one it replaced
+#: (superseded_by, its partial index, migration 290), past those customs refused: wherever each version was (another
+#: shipment, another waybill), and never to an older version the key ignored (state.ignored_older: it replaced
+#: nothing). Read only for a refused change or withdrawal, in the receipt's transaction.
 REFUSED_VERSIONS = """
 WITH RECURSIVE back AS (
     SELECT w.id AS refused, w.message_type, w.key1, w.key2, w.app_type,
@@ -1123,7 +1131,7 @@ WITH RECURSIVE back AS (
 )
 SELECT refused AS id, message_type, key1, key2, app_type, id AS version_id
   FROM back
- WHERE forward_state NOT IN ('rejected', 'held') AND NOT withdrawn
+ WHERE forward_state NOT IN ('rejected', 'held', 'unsent') AND NOT withdrawn
  ORDER BY refused
 """
 
@@ -1612,8 +1620,24 @@ class Store:
                 # a stored version whose delivery failed, changed or withdrawn now
                 failed = [old for job, _ in writes for d in job.news if (old := d.replaces) is not None and old.failed]
                 reopened = [key for _, w in writes for key in w.reopened]
-                await self.outbox.after_write(conn, plans, receipted, failed, reopened, taken_over)
+                concluded = await self.outbox.after_write(conn, plans, receipted, failed, reopened, taken_over, ids)
+                if concluded:
+                    await self._concluded_unsent(conn, [(ids[job.msg.guid], w.body, indexes) for job, w in writes
+                                                        if (indexes := concluded.get(job.msg.guid))])  # fmt: skip
         return deferred
+
+    @staticmethod
+    async def _concluded_unsent(
+        conn: asyncpg.Connection, messages: list[tuple[int, dict[str, Any], list[int]]]
+    ) -> None:
+        """The withdrawals the outbox concluded here (``messages``: id, answer, doc_index of each; nothing of them is
+        sent, customs never had what they withdraw) say so in the answer and in the stored one (state.withdrawn_unsent):
+        the outbox decided it after the write, under the locks of the versions it held."""
+        for _, body, indexes in messages:
+            for d in body.get("documents", ()):
+                if d.get("index") in indexes and d.get("outcome") == "withdrawn":
+                    d["code"], d["message"] = "state.withdrawn_unsent", WITHDRAWN_UNSENT
+        await conn.execute(SET_RESPONSE, [m[0] for m in messages], [m[1] for m in messages])
 
     @staticmethod
     async def _read(

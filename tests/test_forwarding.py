@@ -22,7 +22,15 @@ from gateway import config, samples, taxbills
 from gateway import receipts as rc
 from gateway.config import ForwardingSettings, RouteSettings, WebhookSettings
 from gateway.console.queries import awaited_documents, receipts_awaited
-from gateway.forward import LegState, Router, ordering_key, shipment_customs_status
+from gateway.forward import (
+    HeldVersion,
+    LegState,
+    Replacement,
+    Router,
+    ordering_key,
+    settle_held,
+    shipment_customs_status,
+)
 from gateway.outbox import Outbox, order_lock
 from gateway.pipeline import Pipeline
 from gateway.render import render
@@ -229,6 +237,36 @@ def test_a_failed_delivery_fails_the_shipment_until_customs_accepted_its_invento
     waybill = leg("waybill", "failed")
     assert shipment_customs_status([waybill, leg("inventory", "receipted", "120", 40)])[0] == "accepted"
     assert shipment_customs_status([waybill, leg("inventory", "receipted", "800", 100)])[0] == "released"
+
+
+def held(id: int, message_id: int, app_type: str = "1", state: str = "held", **kw: Any) -> HeldVersion:
+    return HeldVersion(id, message_id, app_type, state, **kw)
+
+
+def test_a_withdrawal_of_what_customs_never_had_drops_its_held_versions_and_goes_nowhere() -> None:
+    first, change = held(1, 10), held(2, 20, "2")
+    # withdrawn: first declaration held, alone in its message
+    settled = settle_held([Replacement(9, "3", (first,))], {10: [first]})
+    assert (settled.dropped, settled.concluded) == ({10}, {9})
+    # changed, then withdrawn: neither version goes, nor the withdrawal
+    settled = settle_held([Replacement(9, "3", (change, first))], {10: [first], 20: [change]})
+    assert (settled.dropped, settled.concluded) == ({10, 20}, {9})
+    # a version customs has before them: the held change is dropped, the withdrawal goes
+    sent = held(1, 10, state="receipted")
+    settled = settle_held([Replacement(9, "3", (change, sent))], {20: [change]})
+    assert (settled.dropped, settled.concluded) == ({20}, set())
+
+
+def test_a_held_version_another_document_of_its_message_needs_goes_and_so_does_its_withdrawal() -> None:
+    """A message goes whole: a parcel still to go keeps it, the withdrawn parcel with it, and the withdrawal then
+    goes too (customs will have the withdrawn parcel)."""
+    a, b = held(1, 10), held(2, 10, is_current=True)
+    settled = settle_held([Replacement(9, "3", (a,))], {10: [a, b]})
+    assert (settled.dropped, settled.concluded) == (set(), set())
+    # the other parcel withdrawn too (its current version a withdrawal): nothing of the message goes
+    b_gone = held(2, 10, key_withdrawn=True)
+    settled = settle_held([Replacement(9, "3", (a,))], {10: [a, b_gone]})
+    assert (settled.dropped, settled.concluded) == ({10}, {9})
 
 
 # --- configuration ----------------------------------------------------------------------------------------

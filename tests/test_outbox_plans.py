@@ -43,6 +43,10 @@ _PLAN_CASES = {
     "DELIVERY_REPLAYED": "ARRAY[1::bigint]",
     "SET_SHIPMENT_CUSTOMS": f"{_T}, {_T}, {_T}, {_T}",
     "RELEASE_HELD": f"{_T}, {_T}, {_T}, {_T}, 1",
+    # a withdrawal of a version the gateway holds (Outbox.settle, in the ingest's transaction)
+    "SETTLE_VERSIONS": "ARRAY[1::bigint], ARRAY[1]",
+    "SETTLE_MESSAGES": "ARRAY[1::bigint]",
+    "SET_UNSENT": "ARRAY[1::bigint], ARRAY[1::bigint]",
     "MARK_SENT": "ARRAY[1::bigint]",
     "MESSAGE_DOCUMENTS": "ARRAY[1::bigint]",
     "MESSAGES_XML": "ARRAY[1::bigint]",

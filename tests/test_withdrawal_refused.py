@@ -23,13 +23,15 @@ async def _declared(api: Client, seed: int) -> tuple[Any, dict[str, Any]]:
     return s, s.inventory_doc
 
 
-async def _receipt(api: Client, inv: dict[str, Any], guid: str, status: str, time: str) -> None:
+async def _receipt(
+    api: Client, inv: dict[str, Any], guid: str, status: str, time: str, outcome: str = "applied"
+) -> None:
     r = await post_receipt(api, "CEB622", {
         "guid": guid, "customsCode": inv["customsCode"], "ebpCode": inv["ebpCode"], "ebcCode": inv["ebcCode"],
         "agentCode": inv["agentCode"], "copNo": inv["copNo"], "preNo": "B20261120000000091",
         "invtNo": "460120261000000091", "returnStatus": status, "returnTime": time, "returnInfo": "x"})
     assert r.status == 200, r.body
-    assert r.body["receipts"][0]["outcome"] == "applied", r.body
+    assert r.body["receipts"][0]["outcome"] == outcome, r.body
 
 
 async def _shipment(api: Client, inv: dict[str, Any]) -> dict[str, Any]:
@@ -102,17 +104,26 @@ async def test_a_refused_order_withdrawal_leaves_the_order_live(api: Client) -> 
     assert (issue["code"], issue["path"]) == ("state.inventory_declared", "/CEB311Message/Order[1]/OrderHead/appType")
 
 
-async def test_a_refused_withdrawal_of_a_held_inventory_revives_nothing(routed: Client, db_pool: asyncpg.Pool) -> None:
+async def test_a_withdrawal_of_a_held_inventory_is_not_sent_and_revives_nothing(
+    routed: Client, db_pool: asyncpg.Pool
+) -> None:
     """An inventory the gateway still holds (its order, payment and waybill not yet taken by customs) was never sent:
-    customs refuses its withdrawal for want of it, and the withdrawn inventory must not come back to be sent."""
+    its withdrawal is concluded here (customs would refuse it for want of the inventory, -621042), nothing is sent,
+    and a receipt that comes all the same (not_sent) brings neither the withdrawn inventory nor its held version
+    back."""
     s, inv = await _declared(routed, 94)
     assert await db_pool.fetchval("SELECT forward_state FROM documents WHERE doc_guid = $1", inv["guid"]) == "held"
     withdrawal = version(s.inventory, "3", "20261120170000")
-    assert (await post_json(routed, withdrawal)).status == 202
-    await _receipt(routed, inv, withdrawal["documents"][0]["guid"], "-621009", "20261120171000000")
+    r = await post_json(routed, withdrawal)
+    assert r.status == 202 and r.body["documents"][0]["code"] == "state.withdrawn_unsent", r.body
+    assert await db_pool.fetchval("SELECT count(*) FROM jobs WHERE payload ->> 'guid' = $1", withdrawal["guid"]) == 0
+    await _receipt(routed, inv, withdrawal["documents"][0]["guid"], "-621042", "20261120171000000", "not_sent")
     r = await post_json(routed, version(s.inventory, "2", "20261120180000"))
     assert r.status == 409 and r.body["error"]["issues"][0]["code"] == "state.not_found", r.body
-    assert (await _shipment(routed, inv))["missing"] == ["inventory"]
+    shipment = await _shipment(routed, inv)
+    assert shipment["missing"] == ["inventory"]
+    inventories = [(d["app_type"], d["forward_state"]) for d in shipment["documents"] if d["kind"] == "inventory"]
+    assert inventories == [("1", "unsent"), ("3", "unsent")], shipment["documents"]
 
 
 async def test_a_released_inventory_takes_no_change_or_withdrawal(api: Client, db_pool: asyncpg.Pool) -> None:

@@ -14,7 +14,7 @@
   const HOLD_WAITS = { matched: "matched 对碰一致", order: "order receipt 订单回执", payment: "payment receipt 支付单回执",
     waybill: "waybill receipt 运单回执" };
   const FORWARD_ZH = { held: "暂缓", queued: "待发送", sent: "已发送", receipted: "已回执", rejected: "被拒",
-    failed: "发送失败" };
+    failed: "发送失败", unsent: "未发送" };
   // customs' tax bill status (CEB816/818, gateway.taxbills.STATUS_NAMES)
   const TAX_STATUS_ZH = { "1": "已生成", "2": "已汇总", "3": "已作废" };
   // a warehouse's statuses of an order (adapters/warehouse.py CALLBACK_STATUSES); the last two end it

@@ -1,0 +1,130 @@
+"""An inventory the gateway holds (spec §6.7: not sent until its order, payment and waybill were taken by customs)
+withdrawn or changed before it was sent: customs never had it, so a withdrawal of it is concluded here (nothing is
+sent, the held version never goes), and what still goes is what customs needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbec_queue
+import pytest
+
+from tests.exportapi import export_ship
+from tests.exportapi import xml as export_xml
+from tests.forwardutil import version_of
+from tests.test_forwarding import Flow, flow, shipment  # noqa: F401  (flow: the fixture)
+
+pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def _states(f: Flow, *payloads: dict[str, Any]) -> list[str]:
+    return [(await f.doc(p))["forward_state"] for p in payloads]
+
+
+async def _customs_jobs(f: Flow) -> set[str]:
+    return {k.removeprefix("customs:") for k in await f.jobs() if k.startswith("customs:")}
+
+
+async def test_a_withdrawal_of_a_held_inventory_is_concluded_here_and_the_held_version_never_goes(f: Flow) -> None:
+    """Customs never had the inventory: its withdrawal would be refused (-621042, nothing to delete) and the seller's
+    withdrawal end rejected. It is concluded here instead — answered withdrawn (state.withdrawn_unsent), nothing sent —
+    and the held version is never sent either: not when its legs come and are taken, nor beside the inventory
+    declared anew, which alone goes."""
+    s = shipment(301)
+    await f.submit(s.inventory)  # alone: held (its shipment is not matched)
+    assert await _states(f, s.inventory) == ["held"]
+    withdrawal = version_of(s.inventory, "3", 60)
+    body = await f.submit(withdrawal)
+    [doc] = body["documents"]
+    assert (doc["outcome"], doc["code"]) == ("withdrawn", "state.withdrawn_unsent"), doc
+    assert "never had it" in doc["message"], doc
+    assert await _states(f, s.inventory, withdrawal) == ["unsent", "unsent"]
+    assert await _customs_jobs(f) == set()
+    # the answer is kept as given: a replay answers the same
+    stored = await f.rows("SELECT response FROM messages WHERE guid = $1", withdrawal["guid"])
+    assert stored[0]["response"]["documents"][0]["code"] == "state.withdrawn_unsent"
+    assert (await f.doc(withdrawal))["cop_msg_id"] is None  # never goes: no envelope
+    # the legs come and customs takes them: the withdrawn inventory stays unsent
+    for payload in (s.order, s.payment, s.waybill):
+        await f.submit(payload)
+        await f.receipt(payload, "2", 1)
+    assert await _states(f, s.inventory) == ["unsent"]
+    assert s.inventory["guid"] not in await _customs_jobs(f)
+    # declared anew: the new declaration alone goes
+    anew = version_of(s.inventory, "1", 120)
+    await f.submit(anew)
+    assert await _states(f, s.inventory, withdrawal, anew) == ["unsent", "unsent", "queued"]
+    assert await _customs_jobs(f) == {s.order["guid"], s.payment["guid"], s.waybill["guid"], anew["guid"]}
+
+
+async def test_a_receipt_for_a_withdrawal_concluded_here_moves_nothing(f: Flow) -> None:
+    """Whatever customs says of a document it never had (a relay that echoed it all the same) is kept, not_sent, and
+    brings the withdrawn inventory back for nothing: the key stays withdrawn."""
+    s = shipment(302)
+    await f.submit(s.inventory)
+    withdrawal = version_of(s.inventory, "3", 60)
+    await f.submit(withdrawal)
+    for t, payload in enumerate((s.inventory, withdrawal)):
+        (res,) = await f.receipt(payload, "-621042", t)
+        assert res["outcome"] == "not_sent", res
+    rows = await f.rows("SELECT app_type, is_current, withdrawn, forward_state FROM documents WHERE kind = 'inventory'"
+                        " ORDER BY id")  # fmt: skip
+    assert [tuple(r) for r in rows] == [("1", False, False, "unsent"), ("3", True, True, "unsent")]
+
+
+async def test_a_held_inventory_changed_then_withdrawn_sends_nothing(f: Flow) -> None:
+    s = shipment(303)
+    await f.submit(s.inventory)
+    change = version_of(s.inventory, "2", 60, buyerTelephone="13900000303")
+    await f.submit(change)
+    assert await _states(f, s.inventory, change) == ["held", "held"]
+    withdrawal = version_of(s.inventory, "3", 120)
+    [doc] = (await f.submit(withdrawal))["documents"]
+    assert doc["code"] == "state.withdrawn_unsent", doc
+    assert await _states(f, s.inventory, change, withdrawal) == ["unsent"] * 3
+    for payload in (s.order, s.payment, s.waybill):
+        await f.submit(payload)
+        await f.receipt(payload, "2", 1)
+    assert await _customs_jobs(f) == {s.order["guid"], s.payment["guid"], s.waybill["guid"]}
+
+
+async def test_a_withdrawal_while_the_held_version_is_on_its_way_goes_after_it(f: Flow) -> None:
+    """Released (its legs taken) and claimed by a worker: the inventory is on its way to customs, which will have it.
+    Its withdrawal is no local matter then: it goes, behind the inventory (the same ordering key)."""
+    s = shipment(304)
+    for payload in (s.order, s.payment, s.waybill, s.inventory):
+        await f.submit(payload)
+    for payload in (s.order, s.payment, s.waybill):
+        await f.receipt(payload, "2", 1)
+    assert await _states(f, s.inventory) == ["queued"]
+    async with f.pool.acquire() as conn:
+        claimed = await cbec_queue.claim(conn, worker_id="w", lease_s=30, limit=10, endpoint="customs")
+    assert s.inventory["guid"] in {j.payload["guid"] for j in claimed}
+    withdrawal = version_of(s.inventory, "3", 60)
+    [doc] = (await f.submit(withdrawal))["documents"]
+    assert (doc["outcome"], doc["code"]) == ("withdrawn", None), doc
+    assert await _states(f, s.inventory, withdrawal) == ["queued", "queued"]
+    jobs = await f.jobs()
+    first, then = jobs[f"customs:{s.inventory['guid']}"], jobs[f"customs:{withdrawal['guid']}"]
+    assert first["state"] == "running" and then["state"] == "queued"
+    assert set(first["ordering_keys"]) == set(then["ordering_keys"]) and first["id"] < then["id"]
+
+
+async def test_a_withdrawal_of_a_held_export_inventory_is_concluded_here(f: Flow) -> None:
+    """The export inventory (CEB603) is held the same way (until its order, 收款单 and waybill were taken)."""
+    s = export_ship(305)
+    inventory = s.payloads()["CEB603"]
+    checked = f.pipeline.check(export_xml(inventory))
+    await f.store.ingest(checked.message, checked.raw, submitter="test")
+    assert await _states(f, inventory) == ["held"]
+    withdrawal = version_of(inventory, "3", 60)
+    checked = f.pipeline.check(export_xml(withdrawal))
+    body = (await f.store.ingest(checked.message, checked.raw, submitter="test")).body
+    assert body["documents"][0]["code"] == "state.withdrawn_unsent", body
+    assert await _states(f, inventory, withdrawal) == ["unsent", "unsent"]
+    assert await _customs_jobs(f) == set()
+
+
+@pytest.fixture
+def f(flow: Flow) -> Flow:  # noqa: F811
+    return flow
