@@ -147,12 +147,31 @@ def _hold(rank: str) -> dict[str, str]:
 
 _HOLD = _hold("$5")
 
-#: Held inventories of shipments ($1 ebpCode, $2 orderNo) or naming waybills ($3 logisticsCode, $4 No) whose
-#: every document's shipment is matched with its order, payment and waybill receipted at rank >= $5 (spec
-#: §6.7 step 2; a rejection is forward_state 'rejected'): flipped to 'queued' and returned with their modes
-#: and their documents' business keys (key1s[i], key2s[i]: the ordering keys of the jobs).
+
+def _as_current(d: str) -> str:
+    """SQL (a LATERAL subquery): what the held document ``d`` is released by — itself when it is its key's current
+    version, else the current one (a held first declaration a held change replaced goes when the change may: before
+    it, as customs takes a change only of a document it has; not when the first declaration's own shipment or
+    waybill, which the change may have left, is ready)."""
+    return f"""LATERAL (SELECT * FROM (
+                  SELECT 0 AS pri, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type
+                    FROM documents AS g
+                   WHERE NOT {d}.is_current AND g.message_type = {d}.message_type AND g.key1 = {d}.key1
+                     AND g.key2 = {d}.key2 AND g.is_current
+                  UNION ALL
+                  SELECT 1, {d}.ebp_code, {d}.order_no, {d}.logistics_code, {d}.logistics_no, {d}.message_type) AS g
+                ORDER BY g.pri LIMIT 1) AS g"""
+
+
+#: Held inventories of shipments ($1 ebpCode, $2 orderNo) or naming waybills ($3 logisticsCode, $4 No), with the held
+#: versions they replaced, whose every document is ready — its shipment matched with its order, payment and waybill
+#: receipted at rank >= $5 (spec §6.7 step 2; a rejection is forward_state 'rejected'), a superseded version's those
+#: of its key's current version (_as_current) — and whose held earlier versions go too, in this release (a change
+#: never goes before the version it changes): flipped to 'queued' and returned with their modes, their documents'
+#: business keys (key1s[i], key2s[i]: the ordering keys of the jobs), and the shipments of the current versions of
+#: their superseded documents (next_ebps[i], next_onos[i]: what may go after them, looked at again).
 RELEASE_HELD = f"""
-WITH cand AS MATERIALIZED (
+WITH RECURSIVE found AS MATERIALIZED (
     SELECT d.message_id
       FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
            LATERAL (SELECT d.message_id FROM documents AS d
@@ -164,13 +183,26 @@ WITH cand AS MATERIALIZED (
            LATERAL (SELECT d.message_id FROM documents AS d
                      WHERE d.logistics_code = w.lc AND d.logistics_no = w.ln AND d.kind = 'inventory'
                        AND d.forward_state = 'held' OFFSET 0) AS d
+), cand AS MATERIALIZED (
+    SELECT message_id FROM found
+    UNION
+    -- the held versions these replaced: they go first
+    SELECT p.message_id
+      FROM found AS c,
+           LATERAL (SELECT d.id FROM documents AS d WHERE d.message_id = c.message_id AND d.forward_state = 'held'
+                    OFFSET 0) AS d,
+           LATERAL (SELECT p.message_id FROM documents AS p WHERE p.superseded_by = d.id AND p.forward_state = 'held'
+                    OFFSET 0) AS p
 ), docs AS MATERIALIZED (
-    SELECT d.id, d.message_id, d.ebp_code, d.order_no, d.logistics_code, d.logistics_no, d.withdrawn,
-           d.key1, d.key2, d.head ->> 'tradeMode' AS mode, d.message_type AS mt
+    SELECT d.id, d.message_id, d.is_current, d.withdrawn, d.key1, d.key2, d.head ->> 'tradeMode' AS mode,
+           d.message_type, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type AS mt,
+           (SELECT p.message_id FROM documents AS p WHERE p.superseded_by = d.id AND p.forward_state = 'held'
+             LIMIT 1) AS before
       FROM cand AS c,
            LATERAL (SELECT * FROM documents AS d WHERE d.message_id = c.message_id AND d.forward_state = 'held'
-                    OFFSET 0) AS d
-), blocked AS (
+                    OFFSET 0) AS d,
+           {_as_current("d")}
+), blocked (message_id) AS (
     -- the latest current order / payment of the shipment and the waybill the inventory names (as reconciled)
     SELECT x.message_id FROM docs AS x
      WHERE NOT x.withdrawn AND (
@@ -178,6 +210,12 @@ WITH cand AS MATERIALIZED (
         OR NOT {_HOLD["order"]}
         OR NOT {_HOLD["payment"]}
         OR NOT {_HOLD["waybill"]})
+    UNION
+    -- a held version before it that is none of these
+    SELECT x.message_id FROM docs AS x WHERE x.before IS NOT NULL AND x.before NOT IN (SELECT message_id FROM cand)
+    UNION
+    -- nor goes now
+    SELECT x.message_id FROM blocked AS b JOIN docs AS x ON x.before = b.message_id
 ), released AS (
     -- by id = ANY: one index probe per candidate whatever the plan
     UPDATE documents AS d SET forward_state = 'queued'
@@ -187,7 +225,9 @@ WITH cand AS MATERIALIZED (
 )
 SELECT x.message_id, m.guid, m.message_type,
        coalesce(array_agg(DISTINCT x.mode) FILTER (WHERE x.mode IS NOT NULL), '{{}}') AS modes,
-       array_agg(x.key1 ORDER BY x.id) AS key1s, array_agg(x.key2 ORDER BY x.id) AS key2s
+       array_agg(x.key1 ORDER BY x.id) AS key1s, array_agg(x.key2 ORDER BY x.id) AS key2s,
+       coalesce(array_agg(x.ebp_code) FILTER (WHERE NOT x.is_current), '{{}}') AS next_ebps,
+       coalesce(array_agg(x.order_no) FILTER (WHERE NOT x.is_current), '{{}}') AS next_onos
   FROM docs AS x JOIN messages AS m ON m.id = x.message_id
  WHERE x.message_id IN (SELECT message_id FROM released)
  GROUP BY x.message_id, m.guid, m.message_type
@@ -196,12 +236,15 @@ SELECT x.message_id, m.guid, m.message_type,
 
 _WAITS = _hold("$2")
 #: Why held inventories wait: every held document of their messages ($1 message ids: a message goes whole, signed as
-#: one) with its shipment and which of RELEASE_HELD's conditions it meets ($2 the least rank of a receipt taken).
+#: one) with its shipment and which of RELEASE_HELD's conditions it meets ($2 the least rank of a receipt taken), a
+#: superseded version's as its key's current version.
 HOLD_REASONS = f"""
 SELECT x.message_id, x.ebp_code, x.order_no, {_WAITS["matched"]} AS matched, {_WAITS["order"]} AS "order",
        {_WAITS["payment"]} AS payment, {_WAITS["waybill"]} AS waybill
-  FROM (SELECT d.*, d.message_type AS mt FROM documents AS d
-         WHERE d.message_id = ANY ($1::bigint[]) AND d.forward_state = 'held' AND NOT d.withdrawn) AS x
+  FROM (SELECT d.id, d.message_id, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type AS mt
+          FROM (SELECT * FROM documents AS d
+                 WHERE d.message_id = ANY ($1::bigint[]) AND d.forward_state = 'held' AND NOT d.withdrawn) AS d,
+               {_as_current("d")}) AS x
  ORDER BY x.message_id, x.id
 """
 
@@ -904,8 +947,8 @@ class Plan:
     matched: list[tuple[str, str]]  # shipments it left matched: held inventories there are looked at again
     ordering_keys: tuple[str, ...] = ()  # of every document of the message (gateway.forward.ordering_key)
     unkept: tuple[tuple[str, str, str], ...] = ()  # (guid, key1, key2) of the documents it carries but not stored
-    #: doc_index of its withdrawals of a version the gateway holds: what still goes is settled after the write
-    #: (Outbox.settle); the message is held meanwhile
+    #: doc_index of its changes and withdrawals of a version the gateway holds: what still goes is settled after the
+    #: write (Outbox.settle); the message is held meanwhile
     settle: tuple[int, ...] = ()
 
 
@@ -1093,9 +1136,10 @@ class Outbox:
                 if endpoints:
                     app_types = {(d.head.get("appType") or "1").strip() for d in stored}
                     state = "held" if router.holds(msg.type.code, app_types) else "queued"
-                    # a withdrawal of what the gateway still holds: customs may never have had it (settle decides)
+                    # a change or withdrawal of what the gateway still holds: customs may never have had it, and what
+                    # it replaces need not go (settle decides)
                     settle = tuple(row["doc_index"] for row in rows
-                                   if row.get("replaces_held") and row.get("app_type") == "3")  # fmt: skip
+                                   if row.get("replaces_held") and row.get("app_type") in ("2", "3"))  # fmt: skip
                     if settle:
                         state = "held"
             cop = router.cop_msg_id(msg.guid, endpoints) if state != "none" else None
@@ -1177,11 +1221,12 @@ class Outbox:
         ids: Mapping[str, int] | None = None,
     ) -> dict[str, list[int]]:
         """After the store wrote the wave (and its jobs, see wave_jobs), same transaction: settle what still goes of
-        the held versions the wave withdrew (:meth:`settle`; ``ids``: the wave's message ids by guid), release the
-        held inventories of shipments the wave matched, and of those it matched by giving quota back (``reopened``:
-        shipments the annual limit blocked, assessed again); refresh the customs status of shipments whose failed
-        leg the wave changed or withdrew (``superseded_failed``: those legs' stored versions; rare), and of the keyed
-        shipments that took over a waybill customs had heard of (``taken_over``: it came first, and went; rare).
+        the held versions the wave changed or withdrew (:meth:`settle`; ``ids``: the wave's message ids by guid),
+        release the held inventories of shipments the wave matched, and of those it matched by giving quota back
+        (``reopened``: shipments the annual limit blocked, assessed again); refresh the customs status of shipments
+        whose failed leg the wave changed or withdrew (``superseded_failed``: those legs' stored versions; rare), and
+        of the keyed shipments that took over a waybill customs had heard of (``taken_over``: it came first, and
+        went; rare).
         Returns, by message guid, the doc_index of its withdrawals concluded here (sent nowhere).
 
         ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
@@ -1215,12 +1260,14 @@ class Outbox:
         return concluded
 
     async def settle(self, conn: asyncpg.Connection, targets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-        """In the ingest's transaction, after its write: the withdrawals just stored (``targets``: message id,
-        doc_index) of versions the gateway holds (spec §6.7: never sent). The held versions nothing needs any more
-        are unsent — never to be sent, whatever their shipment does later —, and a withdrawal of what customs never
-        had is concluded here, unsent too: nothing goes (gateway.forward.settle_held). Returns those withdrawals
-        (message id, doc_index). A withdrawal that must go (customs has a version before, or one goes with another
-        document of its message) is released as any held message."""
+        """In the ingest's transaction, after its write: the changes and withdrawals just stored (``targets``: message
+        id, doc_index) of versions the gateway holds (spec §6.7: never sent). The held versions nothing needs any more
+        — a withdrawn one, a change replaced by a newer one: not the first declaration a change still to go changes —
+        are unsent, never to be sent whatever their shipment does later, and a withdrawal of what customs never had
+        is concluded here, unsent too: nothing goes (gateway.forward.settle_held). Returns those withdrawals (message
+        id, doc_index). A withdrawal that must go (customs has a version before, or one goes with another document of
+        its message) is released as any held message, and a change goes when its shipment may, after the first
+        declaration it changes."""
         rows = await conn.fetch(SETTLE_VERSIONS, [t[0] for t in targets], [t[1] for t in targets])
         held = sorted({r["message_id"] for r in rows if r["forward_state"] == "held"})
         # under lock: a release of such a message (a receipt of another parcel of it) either waits for this
@@ -1283,7 +1330,13 @@ class Outbox:
             )  # fmt: skip
             log.info("inventory_released", message_guid=r["guid"], endpoints=list(endpoints))
         await enqueue_all(conn, jobs)
-        return [r["message_id"] for r in rows]
+        released = [r["message_id"] for r in rows]
+        # a version released before a held one that replaced it: that one may go now, after it (its own shipment
+        # may be none of these); a new statement sees this release
+        after = {(e, o) for r in rows for e, o in zip(r["next_ebps"], r["next_onos"], strict=True)}
+        if after:
+            released += await self._release(conn, after, [])
+        return released
 
     # -- a delivery succeeded -----------------------------------------------------------------------------
 

@@ -257,6 +257,14 @@ def test_a_withdrawal_of_what_customs_never_had_drops_its_held_versions_and_goes
     assert (settled.dropped, settled.concluded) == ({20}, set())
 
 
+def test_a_change_of_what_customs_never_had_keeps_the_first_declaration_and_drops_the_change_between() -> None:
+    first, second = held(1, 10), held(2, 20, "2")
+    settled = settle_held([Replacement(9, "2", (first,))], {10: [first]})
+    assert (settled.dropped, settled.concluded) == (set(), set())
+    settled = settle_held([Replacement(9, "2", (second, first))], {10: [first], 20: [second]})
+    assert (settled.dropped, settled.concluded) == ({20}, set())
+
+
 def test_a_held_version_another_document_of_its_message_needs_goes_and_so_does_its_withdrawal() -> None:
     """A message goes whole: a parcel still to go keeps it, the withdrawn parcel with it, and the withdrawal then
     goes too (customs will have the withdrawn parcel)."""

@@ -4,11 +4,14 @@ sent, the held version never goes), and what still goes is what customs needs.""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import cbec_queue
 import pytest
 
+from gateway import samples
+from gateway.render import new_guid
 from tests.exportapi import export_ship
 from tests.exportapi import xml as export_xml
 from tests.forwardutil import version_of
@@ -128,3 +131,77 @@ async def test_a_withdrawal_of_a_held_export_inventory_is_concluded_here(f: Flow
 @pytest.fixture
 def f(flow: Flow) -> Flow:  # noqa: F811
     return flow
+
+
+# --- a change of a held inventory -------------------------------------------------------------------------
+
+
+async def test_a_first_declaration_held_with_another_parcel_goes_when_its_change_may(f: Flow) -> None:
+    """A bonded warehouse's message of two parcels, held; one parcel changed to another waybill: the message goes when
+    the other parcel and the change are ready — by the change's waybill, not the first declaration's own, which never
+    comes — and the change right after it. The message waited for that waybill for good, and the change went alone,
+    to be refused for want of the inventory (-621042)."""
+    a, b = shipment(311, mode="1210"), shipment(312, mode="1210")
+    both = _together(a, b)
+    await f.submit(both)
+    other = a.waybill_doc["logisticsNo"][:-1] + ("1" if a.waybill_doc["logisticsNo"][-1] != "1" else "2")
+    change = version_of(a.inventory, "2", 60, logisticsNo=other)
+    [doc] = (await f.submit(change))["documents"]
+    assert doc["outcome"] == "replaced", doc
+    await _ready(f, b)
+    a.waybill = version_of(a.waybill, "1", 0, logisticsNo=other)
+    await _ready(f, a)
+    assert await _states(f, change) == ["queued"]
+    jobs = await f.jobs()
+    first, then = jobs[f"customs:{both['guid']}"], jobs[f"customs:{change['guid']}"]
+    assert first["id"] < then["id"] and set(then["ordering_keys"]) <= set(first["ordering_keys"])
+
+
+async def test_a_held_change_replaced_by_a_newer_one_is_never_sent(f: Flow) -> None:
+    """Customs has the first declaration; a change of it, held (it leaves the shipment mismatched), replaced by a newer
+    change before it was sent: customs needs only the newer one, the change between is unsent."""
+    s = shipment(313)
+    for payload in (s.order, s.payment, s.waybill, s.inventory):
+        await f.submit(payload)
+    for payload in (s.order, s.payment, s.waybill):
+        await f.receipt(payload, "2", 1)
+    assert await _states(f, s.inventory) == ["queued"]
+    second = version_of(s.inventory, "2", 60, buyerName="王不符")
+    await f.submit(second)
+    assert await _states(f, second) == ["held"]  # mismatched: held
+    third = version_of(s.inventory, "2", 120, buyerTelephone="13900000313")
+    await f.submit(third)
+    assert await _states(f, s.inventory, second, third) == ["queued", "unsent", "queued"]
+    assert {s.inventory["guid"], third["guid"]} <= await _customs_jobs(f)
+    assert second["guid"] not in await _customs_jobs(f)
+
+
+def _together(*parcels: samples.ShipmentSample) -> dict[str, Any]:
+    """A bonded warehouse's message of several inventories (one signature over them all)."""
+    return {**parcels[0].inventory, "guid": new_guid(), "documents": [copy.deepcopy(p.inventory_doc) for p in parcels]}
+
+
+async def _ready(f: Flow, s: samples.ShipmentSample) -> None:
+    for payload in (s.order, s.payment, s.waybill):
+        await f.submit(payload)
+        await f.receipt(payload, "2", 1)
+
+
+async def test_a_change_of_a_held_inventory_never_goes_before_its_first_declaration(f: Flow) -> None:
+    """The first declaration is held in a message of two parcels, the other not ready: the change of the ready one
+    waits for that message, and goes once it went. (It went alone, to be refused for want of the inventory.)"""
+    a, b = shipment(314, mode="1210"), shipment(315, mode="1210")
+    both = _together(a, b)
+    await f.submit(both)
+    change = version_of(a.inventory, "2", 60, buyerTelephone="13900000314")
+    await f.submit(change)
+    await _ready(f, a)
+    rows = await f.rows("SELECT forward_state FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
+                        " WHERE m.guid = $1", both["guid"])  # fmt: skip
+    assert {r["forward_state"] for r in rows} == {"held"}
+    assert await _states(f, change) == ["held"]
+    assert change["guid"] not in await _customs_jobs(f)
+    await _ready(f, b)  # the message goes, then the change
+    assert await _states(f, change) == ["queued"]
+    jobs = await f.jobs()
+    assert jobs[f"customs:{both['guid']}"]["id"] < jobs[f"customs:{change['guid']}"]["id"]
