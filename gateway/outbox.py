@@ -154,22 +154,26 @@ def _as_current(d: str) -> str:
     it, as customs takes a change only of a document it has; not when the first declaration's own shipment or
     waybill, which the change may have left, is ready)."""
     return f"""LATERAL (SELECT * FROM (
-                  SELECT 0 AS pri, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type
+                  SELECT 0 AS pri, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type,
+                         g.withdrawn
                     FROM documents AS g
                    WHERE NOT {d}.is_current AND g.message_type = {d}.message_type AND g.key1 = {d}.key1
                      AND g.key2 = {d}.key2 AND g.is_current
                   UNION ALL
-                  SELECT 1, {d}.ebp_code, {d}.order_no, {d}.logistics_code, {d}.logistics_no, {d}.message_type) AS g
+                  SELECT 1, {d}.ebp_code, {d}.order_no, {d}.logistics_code, {d}.logistics_no, {d}.message_type,
+                         {d}.withdrawn) AS g
                 ORDER BY g.pri LIMIT 1) AS g"""
 
 
 #: Held inventories of shipments ($1 ebpCode, $2 orderNo) or naming waybills ($3 logisticsCode, $4 No), with the held
 #: versions they replaced, whose every document is ready — its shipment matched with its order, payment and waybill
 #: receipted at rank >= $5 (spec §6.7 step 2; a rejection is forward_state 'rejected'), a superseded version's those
-#: of its key's current version (_as_current) — and whose held earlier versions go too, in this release (a change
-#: never goes before the version it changes): flipped to 'queued' and returned with their modes, their documents'
-#: business keys (key1s[i], key2s[i]: the ordering keys of the jobs), and the shipments of the current versions of
-#: their superseded documents (next_ebps[i], next_onos[i]: what may go after them, looked at again).
+#: of its key's current version (_as_current); a withdrawal, or a version withdrawn since (a parcel of a message of
+#: several, which goes for the others), waits for nothing of its own — and whose held earlier versions go too, in
+#: this release (a change or withdrawal never goes before the version it replaces): flipped to 'queued' and returned
+#: with their modes, their documents' business keys (key1s[i], key2s[i]: the ordering keys of the jobs), and the
+#: shipments of the current versions of their superseded documents (next_ebps[i], next_onos[i]: what may go after
+#: them, a withdrawal held behind them say, looked at again).
 RELEASE_HELD = f"""
 WITH RECURSIVE found AS MATERIALIZED (
     SELECT d.message_id
@@ -194,8 +198,10 @@ WITH RECURSIVE found AS MATERIALIZED (
            LATERAL (SELECT p.message_id FROM documents AS p WHERE p.superseded_by = d.id AND p.forward_state = 'held'
                     OFFSET 0) AS p
 ), docs AS MATERIALIZED (
-    SELECT d.id, d.message_id, d.is_current, d.withdrawn, d.key1, d.key2, d.head ->> 'tradeMode' AS mode,
+    SELECT d.id, d.message_id, d.is_current, d.key1, d.key2, d.head ->> 'tradeMode' AS mode,
            d.message_type, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type AS mt,
+           -- waits for nothing of its own: a withdrawal, or a version withdrawn since (it goes only with its message)
+           g.withdrawn AS free,
            (SELECT p.message_id FROM documents AS p WHERE p.superseded_by = d.id AND p.forward_state = 'held'
              LIMIT 1) AS before
       FROM cand AS c,
@@ -205,7 +211,7 @@ WITH RECURSIVE found AS MATERIALIZED (
 ), blocked (message_id) AS (
     -- the latest current order / payment of the shipment and the waybill the inventory names (as reconciled)
     SELECT x.message_id FROM docs AS x
-     WHERE NOT x.withdrawn AND (
+     WHERE NOT x.free AND (
            NOT {_HOLD["matched"]}
         OR NOT {_HOLD["order"]}
         OR NOT {_HOLD["payment"]}
@@ -237,14 +243,28 @@ SELECT x.message_id, m.guid, m.message_type,
 _WAITS = _hold("$2")
 #: Why held inventories wait: every held document of their messages ($1 message ids: a message goes whole, signed as
 #: one) with its shipment and which of RELEASE_HELD's conditions it meets ($2 the least rank of a receipt taken), a
-#: superseded version's as its key's current version.
+#: superseded version's as its key's current version, none of a version withdrawn since; a held withdrawal's message
+#: waits for the held message of the version it withdraws: what that one waits for.
 HOLD_REASONS = f"""
+WITH shown AS (
+    SELECT m.id AS shown, m.id AS message_id FROM unnest($1::bigint[]) AS m(id)
+    UNION
+    SELECT d.message_id, p.message_id
+      FROM (SELECT * FROM documents AS d
+             WHERE d.message_id = ANY ($1::bigint[]) AND d.forward_state = 'held' AND d.withdrawn) AS d,
+           LATERAL (SELECT p.message_id FROM documents AS p WHERE p.superseded_by = d.id AND p.forward_state = 'held'
+                    OFFSET 0) AS p
+)
 SELECT x.message_id, x.ebp_code, x.order_no, {_WAITS["matched"]} AS matched, {_WAITS["order"]} AS "order",
        {_WAITS["payment"]} AS payment, {_WAITS["waybill"]} AS waybill
-  FROM (SELECT d.id, d.message_id, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type AS mt
-          FROM (SELECT * FROM documents AS d
-                 WHERE d.message_id = ANY ($1::bigint[]) AND d.forward_state = 'held' AND NOT d.withdrawn) AS d,
-               {_as_current("d")}) AS x
+  FROM (SELECT s.shown AS message_id, d.id, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no,
+               g.message_type AS mt
+          FROM shown AS s,
+               LATERAL (SELECT * FROM documents AS d
+                         WHERE d.message_id = s.message_id AND d.forward_state = 'held' AND NOT d.withdrawn
+                        OFFSET 0) AS d,
+               {_as_current("d")}
+         WHERE NOT g.withdrawn) AS x
  ORDER BY x.message_id, x.id
 """
 
@@ -281,6 +301,22 @@ SELECT d.id, d.message_id, d.app_type, d.forward_state, d.is_current, d.withdraw
  WHERE d.message_id = ANY ($1::bigint[])
  ORDER BY d.id
    FOR UPDATE OF d
+"""
+
+#: The held withdrawals of the keys of documents ($1 ids; their message and doc_index): what waits for those versions
+#: to go first (RELEASE_HELD), which settle looks at again when they never go.
+HELD_WITHDRAWALS_OF = """
+SELECT c.message_id, c.doc_index
+  FROM (SELECT * FROM documents AS y WHERE y.id = ANY ($1::bigint[]) OFFSET 0) AS y,
+       LATERAL (SELECT * FROM documents AS c
+                 WHERE c.message_type = y.message_type AND c.key1 = y.key1 AND c.key2 = y.key2 AND c.is_current
+                OFFSET 0) AS c
+ WHERE c.forward_state = 'held' AND c.withdrawn
+"""
+
+#: The shipments of messages' documents ($1 message ids).
+SHIPMENTS_OF_MESSAGES = """
+SELECT DISTINCT d.ebp_code, d.order_no FROM documents AS d WHERE d.message_id = ANY ($1::bigint[])
 """
 
 #: Held versions never to be sent and withdrawals concluded here ($1 ids): unsent. A message none of whose documents
@@ -1293,15 +1329,24 @@ class Outbox:
             for start, chain in chains.items()
         ]  # fmt: skip
         settled = settle_held(replacements, messages)
-        unsent = sorted({v.id for m in settled.dropped for v in messages[m]} | settled.concluded)
+        dropped = sorted(v.id for m in settled.dropped for v in messages[m])
+        unsent = sorted({*dropped, *settled.concluded})
         if unsent:
             starts = {r["start"]: r for r in rows}
             touched = sorted(set(settled.dropped) | {starts[i]["start_message"] for i in settled.concluded})
             await conn.execute(SET_UNSENT, unsent, touched)
             log.info("held_versions_unsent", messages=sorted(settled.dropped),
                      withdrawals=sorted(settled.concluded))  # fmt: skip
-        # what still goes: the withdrawals of versions customs has, now or after the message of a held one
-        await self._release(conn, sorted({(r["ebp_code"] or "", r["order_no"] or "") for r in rows}), [])
+        if dropped:
+            # withdrawals held behind a message that never goes now (it went for another parcel, withdrawn since):
+            # nothing of what they withdraw goes either
+            behind = {(r["message_id"], r["doc_index"]) for r in await conn.fetch(HELD_WITHDRAWALS_OF, dropped)}
+            if more := sorted(behind - set(targets)):
+                await self.settle(conn, more)
+        # what still goes: the withdrawals of versions customs has, now or after the message of a held one, and the
+        # other documents of their messages
+        shipments = await conn.fetch(SHIPMENTS_OF_MESSAGES, sorted({t[0] for t in targets}))
+        await self._release(conn, [(r["ebp_code"] or "", r["order_no"] or "") for r in shipments], [])
         return sorted((r["start_message"], r["start_index"]) for r in rows
                       if r["start"] in settled.concluded and r["depth"] == 1)  # fmt: skip
 

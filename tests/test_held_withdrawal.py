@@ -205,3 +205,78 @@ async def test_a_change_of_a_held_inventory_never_goes_before_its_first_declarat
     assert await _states(f, change) == ["queued"]
     jobs = await f.jobs()
     assert jobs[f"customs:{both['guid']}"]["id"] < jobs[f"customs:{change['guid']}"]["id"]
+
+
+# --- a parcel of a held message of several --------------------------------------------------------------
+
+
+async def _held_until(f: Flow, s: samples.ShipmentSample, payload: dict[str, Any]) -> Any:
+    found = await f.store.get_shipment(s.order_doc["ebpCode"], s.order_doc["orderNo"])
+    docs = (await f.outbox.shipment_forwarding(found))["documents"]
+    [doc] = [d for d in docs if d["doc_guid"] == payload["documents"][0]["guid"]]
+    return doc.get("held_until")
+
+
+async def test_a_parcel_withdrawn_from_a_held_message_of_several_holds_it_no_more_and_its_withdrawal_follows(
+    f: Flow,
+) -> None:
+    """The message goes whole (one signature): the withdrawn parcel goes with the others, so customs will have it and
+    its withdrawal must follow — held behind the message, saying what that waits for. The message no longer waits for
+    the withdrawn parcel's legs (which may never come: the reason it was withdrawn); it waited for them for good."""
+    a, b = shipment(321, mode="1210"), shipment(322, mode="1210")
+    both = _together(a, b)
+    await f.submit(both)
+    withdrawal = version_of(a.inventory, "3", 60)
+    [doc] = (await f.submit(withdrawal))["documents"]
+    assert (doc["outcome"], doc["code"]) == ("withdrawn", None), doc  # it goes: customs will have the parcel
+    assert await _states(f, withdrawal) == ["held"]
+    waits = await _held_until(f, a, withdrawal)
+    assert [(w["orderNo"], w["waiting_for"]) for w in waits] == [
+        (b.order_doc["orderNo"], ["matched", "order", "payment", "waybill"])], waits
+    await _ready(f, b)
+    assert await _states(f, withdrawal) == ["queued"]
+    jobs = await f.jobs()
+    assert jobs[f"customs:{both['guid']}"]["id"] < jobs[f"customs:{withdrawal['guid']}"]["id"]
+
+
+async def test_the_last_parcel_withdrawn_from_a_held_message_sends_nothing_of_it(f: Flow) -> None:
+    """Every parcel of the held message withdrawn: nothing of it goes, and the withdrawal held behind it is concluded
+    here too."""
+    a, b = shipment(323, mode="1210"), shipment(324, mode="1210")
+    both = _together(a, b)
+    await f.submit(both)
+    first, last = version_of(a.inventory, "3", 60), version_of(b.inventory, "3", 60)
+    await f.submit(first)
+    [doc] = (await f.submit(last))["documents"]
+    assert doc["code"] == "state.withdrawn_unsent", doc
+    rows = await f.rows("SELECT forward_state FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
+                        " WHERE m.guid = $1", both["guid"])  # fmt: skip
+    assert [r["forward_state"] for r in rows] == ["unsent", "unsent"]
+    assert await _states(f, first, last) == ["unsent", "unsent"]
+    for s in (a, b):
+        await _ready(f, s)
+    assert await _customs_jobs(f) == {p["guid"] for s in (a, b) for p in (s.order, s.payment, s.waybill)}
+
+
+async def test_a_withdrawal_of_a_held_parcel_and_a_sent_one_goes_for_the_sent_one(f: Flow) -> None:
+    """One message withdraws two inventories, one the gateway holds (never sent), one sent: it goes (customs has the
+    second), the first concluded here (unsent, state.withdrawn_unsent); what customs answers of the first moves
+    nothing, of the second withdraws it. The message waited, held, for good."""
+    held_one, sent_one = shipment(325), shipment(326)
+    await f.submit(held_one.inventory)
+    for payload in sent_one.payloads().values():
+        await f.submit(payload)
+    await _ready(f, sent_one)
+    assert await _states(f, held_one.inventory, sent_one.inventory) == ["held", "queued"]
+    w_held, w_sent = (version_of(s.inventory, "3", 60)["documents"][0] for s in (held_one, sent_one))
+    both = {**held_one.inventory, "guid": new_guid(), "documents": [w_held, w_sent]}
+    body = await f.submit(both)
+    assert [(d["outcome"], d["code"]) for d in body["documents"]] == [
+        ("withdrawn", "state.withdrawn_unsent"), ("withdrawn", None)], body["documents"]
+    rows = await f.rows("SELECT doc_guid, forward_state FROM documents WHERE doc_guid = ANY ($1::text[])",
+                        [w_held["guid"], w_sent["guid"]])  # fmt: skip
+    assert {r["doc_guid"]: r["forward_state"] for r in rows} == {w_held["guid"]: "unsent", w_sent["guid"]: "queued"}
+    assert both["guid"] in await _customs_jobs(f)
+    for status, doc, t in (("-621042", w_held, 1), ("120", w_sent, 2)):
+        (res,) = await f.receipt({**both, "documents": [doc]}, status, t)
+        assert res["outcome"] == ("not_sent" if doc is w_held else "applied"), res
