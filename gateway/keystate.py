@@ -105,6 +105,12 @@ CODES: dict[str, str] = {
         "with live import legs: an orderNo is unique within a platform (spec §6.2), and an import and an export "
         "shipment are never reconciled together; withdraw the other flow's legs first"
     ),
+    "state.unsent_change": (
+        "a change (appType 2) of a document no version of which was sent to customs — the gateway holds it until its "
+        "shipment may be declared (spec §6.7), each version alone in its message —: customs takes no change of what it "
+        "does not have (-621042); declare it anew instead (appType 1 with a newer appTime, which replaces the held "
+        "version here: only the new one goes), or withdraw it (appType 3, concluded here)"
+    ),
     "state.withdrawn_unsent": (
         "a withdrawal (appType 3) of a document no version of which was sent to customs — the gateway held it until "
         "its shipment could be declared (spec §6.7) —: concluded by the gateway, nothing is sent to customs (which "
@@ -214,6 +220,9 @@ class Row:
     rejected: bool = False  # customs rejected it (a receipt): it may be declared anew
     failed: bool = False  # its delivery to customs is a dead letter (gateway.outbox.deliveries_dead)
     held: bool = False  # an inventory the gateway holds until its shipment may be declared (spec §6.7)
+    #: held, and so is every version before it back to its first declaration, each alone in its message: customs has
+    #: nothing of the declaration (gateway.store._UNSEEN; read for the current rows of a message's keys only)
+    unseen: bool = False
     cancelled: bool = False  # an inventory whose cancellation (CEB623, 605) customs concluded, not declared anew since
     spent: bool = False  # a cancellation customs concluded whose inventory was declared anew since (see _declared_anew)
     #: an inventory (CEB621, CEB603): customs released it (CEB622 / CEB604 800 or above) — this version (gateway.store
@@ -234,7 +243,8 @@ class Row:
             logistics_code=r["logistics_code"], logistics_no=r["logistics_no"], app_time=r["app_time"] or "",
             doc_index=r["doc_index"], path=r["path"], head=r["head"], lines=r["lines"], parties=r["parties"],
             withdrawn=r["withdrawn"], message_guid=r.get("message_guid"), rejected=bool(r.get("rejected")),
-            failed=bool(r.get("failed")), held=bool(r.get("held")), cancelled=bool(r.get("cancelled")),
+            failed=bool(r.get("failed")), held=bool(r.get("held")), unseen=bool(r.get("unseen")),
+            cancelled=bool(r.get("cancelled")),
             spent=bool(r.get("spent")), returned=r.get("returned") or (), released=bool(r.get("released")),
             invt_no=r.get("invt_no"),
         )  # fmt: skip
@@ -576,6 +586,19 @@ def decide(
                     f"appType {t} ({action}) but the document with {new.describe_key()} {what}",
                 )
             )
+        elif t == "2" and cur is not None and not cur.withdrawn and cur.unseen:
+            # customs takes a change only of a document it has (-621042), carrying the numbers it gave it (-621053):
+            # refused here rather than sent behind a first declaration the change was made to correct
+            issues.append(
+                issue(
+                    "state.unsent_change",
+                    new.doc.field_path("appType"),
+                    f"appType 2 (change) but no version of the document with {new.describe_key()} was sent to "
+                    "customs: the gateway holds it until its shipment may be declared (spec §6.7), and customs takes "
+                    "no change of what it does not have; declare it anew instead (appType 1 with a newer appTime: it "
+                    "replaces the held version here, which is never sent), or withdraw it (appType 3)",
+                )
+            )
         elif t in ("2", "3") and cur is not None and cur.message_type in _CANCELLATION and released_at_customs(cur):
             # customs allows no change or deletion of a released inventory (-621043): refused here rather than
             # forwarded to be refused there, while the shipment would show the change
@@ -625,9 +648,10 @@ def _declared_anew(cur: Row) -> bool:
     declaration customs rejected, an inventory whose cancellation it concluded) may be declared anew — the only way for
     a type that takes no change (a cancellation, CEB623); a rejected change may not, customs still holds the version
     before it. A temp-saved first declaration (appStatus 1, spec §3.6), never declared, is declared by an appType 1
-    with appStatus 2. A concluded cancellation whose inventory was declared anew since (``spent``) cancelled the
-    declaration before: the new one is cancelled by an appType 1 again."""
-    return temp_saved(cur.head) or void(cur) or cur.spent
+    with appStatus 2; and so is one the gateway holds of which customs has nothing (Row.unseen): the new declaration
+    replaces it here, and only the new one goes. A concluded cancellation whose inventory was declared anew since
+    (``spent``) cancelled the declaration before: the new one is cancelled by an appType 1 again."""
+    return temp_saved(cur.head) or void(cur) or cur.spent or cur.unseen
 
 
 def first_declaration(row: Row) -> bool:
@@ -1652,8 +1676,9 @@ def _document_row(new: New) -> dict[str, Any]:
         "withdrawn": row.withdrawn,
         # not a column: the outbox gives the job the ordering key of the document it is forwarded after
         "after": list(new.after.key) if new.after is not None else None,
-        # not a column: it replaces a version the gateway holds, never sent (the outbox settles what still goes)
-        "replaces_held": new.replaces is not None and new.replaces.held,
+        # not a column: it replaces a version the gateway holds, never sent (the outbox settles what still goes); not a
+        # withdrawal: what declares a key anew after one goes after it
+        "replaces_held": new.replaces is not None and new.replaces.held and not new.replaces.withdrawn,
     }
 
 

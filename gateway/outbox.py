@@ -1172,10 +1172,9 @@ class Outbox:
                 if endpoints:
                     app_types = {(d.head.get("appType") or "1").strip() for d in stored}
                     state = "held" if router.holds(msg.type.code, app_types) else "queued"
-                    # a change or withdrawal of what the gateway still holds: customs may never have had it, and what
-                    # it replaces need not go (settle decides)
-                    settle = tuple(row["doc_index"] for row in rows
-                                   if row.get("replaces_held") and row.get("app_type") in ("2", "3"))  # fmt: skip
+                    # a version replacing what the gateway still holds: customs may never have had it, and what it
+                    # replaces need not go (settle decides)
+                    settle = tuple(row["doc_index"] for row in rows if row.get("replaces_held"))
                     if settle:
                         state = "held"
             cop = router.cop_msg_id(msg.guid, endpoints) if state != "none" else None

@@ -146,6 +146,25 @@ _READ_COLUMNS = (
     " CASE WHEN d.message_type = 'CEB621' THEN d.invt_no END AS invt_no"
 )
 
+#: Of a key's current row the gateway holds (spec §6.7), whether customs has nothing of its declaration nor will have
+#: unless it is released (keystate.Row.unseen): it and every version before it back to its first declaration (appType
+#: 1) held or unsent, each held one alone in its message (a held message of several goes for the others: what it
+#: carries reaches customs). The versions walked back through superseded_by (migration 290's partial index). Only for
+#: the rows of the keys a message names, and only a held one: a change or withdrawal of what the gateway holds.
+_UNSEEN = """CASE WHEN d.forward_state = 'held' THEN (
+    WITH RECURSIVE back AS (
+        SELECT d.id, d.message_id, d.app_type, d.forward_state
+        UNION ALL
+        SELECT p.id, p.message_id, p.app_type, p.forward_state
+          FROM back AS b,
+               LATERAL (SELECT * FROM documents AS p WHERE p.superseded_by = b.id OFFSET 0) AS p
+         WHERE b.app_type <> '1' AND b.forward_state IN ('held', 'unsent')
+    )
+    SELECT bool_or(b.app_type = '1') AND bool_and(b.forward_state = 'unsent' OR (b.forward_state = 'held'
+           AND NOT EXISTS (SELECT 1 FROM documents AS o
+                            WHERE o.message_id = b.message_id AND o.id <> b.id AND o.forward_state = 'held')))
+      FROM back AS b) ELSE false END"""
+
 #: The export inventories' and cancellations' flags (keystate.Row.cancelled / spent; $1 document ids), read only when
 #: a read holds one: an export cancellation has its own key and is stored with its inventory's ebpCode and orderNo
 #: (keystate._numbered), matched by the inventory's agentCode (its key1) and ebcCode (an order has one inventory).
@@ -246,13 +265,14 @@ SELECT
                        FROM messages AS m WHERE m.guid = g.guid OFFSET 0) AS m) AS stored,
     (SELECT coalesce(json_agg(x), '[]')
        FROM (SELECT 'key' AS role, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid,
-                    NULL AS numbered, {_READ_COLUMNS}
+                    NULL AS numbered, {_READ_COLUMNS}, {_UNSEEN} AS unseen
                FROM unnest($1::text[], $2::text[], $3::text[]) AS k(mt, k1, k2),
                     LATERAL (SELECT * FROM documents AS d
                               WHERE d.message_type = k.mt AND d.key1 = k.k1 AND d.key2 = k.k2 AND d.is_current
                              OFFSET 0) AS d
              UNION ALL
-             SELECT 'numbered', (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id), v.no, {_READ_COLUMNS}
+             SELECT 'numbered', (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id), v.no, {_READ_COLUMNS},
+                    false
                FROM (SELECT DISTINCT n.no, v.message_type, v.key1, v.key2
                        FROM unnest($15::text[], $16::text[]) AS n(mt, no),
                             LATERAL (SELECT v.id, v.ebp_code, v.order_no, v.message_type, v.key1, v.key2
@@ -268,14 +288,14 @@ SELECT
                               WHERE d.message_type = v.message_type AND d.key1 = v.key1 AND d.key2 = v.key2
                                 AND d.is_current OFFSET 0) AS d
              UNION ALL
-             SELECT 'leg', NULL, NULL, {_READ_COLUMNS} FROM legs AS d
+             SELECT 'leg', NULL, NULL, {_READ_COLUMNS}, false FROM legs AS d
              UNION ALL
-             SELECT 'waybill', NULL, NULL, {_READ_COLUMNS}
+             SELECT 'waybill', NULL, NULL, {_READ_COLUMNS}, false
                FROM (SELECT ono FROM keyed UNION SELECT unnest($8::text[])) AS o,
                     LATERAL (SELECT * FROM documents AS d WHERE d.kind = 'waybill' AND d.order_no = o.ono OFFSET 0) AS d
               WHERE d.is_current AND NOT d.withdrawn
              UNION ALL
-             SELECT 'waybill', NULL, NULL, {_READ_COLUMNS}
+             SELECT 'waybill', NULL, NULL, {_READ_COLUMNS}, false
                FROM (SELECT logistics_code, logistics_no FROM legs WHERE kind = 'inventory'
                      UNION SELECT * FROM unnest($9::text[], $10::text[])) AS w(lc, ln),
                     LATERAL (SELECT * FROM documents AS d

@@ -1281,8 +1281,9 @@ async def test_an_inventory_customs_refused_or_whose_cancellation_it_concluded_f
     # change, and the quota goes back all the same
     pending = shipment(82)
     await flow.submit(pending.inventory)
+    await flow.sent(pending.inventory)
     await flow.submit(pending_change := version_of(pending.inventory, "2", 60))
-    await flow.sent(pending.inventory, pending_change)
+    await flow.sent(pending_change)
     assert await _quota(flow, pending) != ["0.00000"]
     await flow.receipt(pending.inventory, "100", 2)
     assert await _quota(flow, pending) == ["0.00000"]

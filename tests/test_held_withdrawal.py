@@ -11,13 +11,19 @@ import cbec_queue
 import pytest
 
 from gateway import samples
+from gateway.keystate import Conflict
 from gateway.render import new_guid
 from tests.exportapi import export_ship
 from tests.exportapi import xml as export_xml
 from tests.forwardutil import version_of
-from tests.test_forwarding import Flow, flow, shipment  # noqa: F401  (flow: the fixture)
+from tests.test_forwarding import Flow, flow, shipment, xml_of  # noqa: F401  (flow: the fixture)
 
 pytestmark = [pytest.mark.db, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def _legs_taken(f: Flow, s: samples.ShipmentSample) -> None:
+    for payload in (s.order, s.payment, s.waybill):
+        await f.receipt(payload, "2", 1)
 
 
 async def _states(f: Flow, *payloads: dict[str, Any]) -> list[str]:
@@ -75,20 +81,24 @@ async def test_a_receipt_for_a_withdrawal_concluded_here_moves_nothing(f: Flow) 
     assert [tuple(r) for r in rows] == [("1", False, False, "unsent"), ("3", True, True, "unsent")]
 
 
-async def test_a_held_inventory_changed_then_withdrawn_sends_nothing(f: Flow) -> None:
+async def test_a_held_change_withdrawn_is_never_sent_and_the_withdrawal_goes_for_the_version_customs_has(
+    f: Flow,
+) -> None:
+    """Customs has the first declaration (sent); a change of it, held (it leaves the shipment mismatched), then a
+    withdrawal: the change is never sent, the withdrawal goes (of the version customs has)."""
     s = shipment(303)
-    await f.submit(s.inventory)
-    change = version_of(s.inventory, "2", 60, buyerTelephone="13900000303")
+    for payload in (s.order, s.payment, s.waybill, s.inventory):
+        await f.submit(payload)
+    await _legs_taken(f, s)
+    change = version_of(s.inventory, "2", 60, buyerName="王不符")
     await f.submit(change)
-    assert await _states(f, s.inventory, change) == ["held", "held"]
+    assert await _states(f, s.inventory, change) == ["queued", "held"]
     withdrawal = version_of(s.inventory, "3", 120)
     [doc] = (await f.submit(withdrawal))["documents"]
-    assert doc["code"] == "state.withdrawn_unsent", doc
-    assert await _states(f, s.inventory, change, withdrawal) == ["unsent"] * 3
-    for payload in (s.order, s.payment, s.waybill):
-        await f.submit(payload)
-        await f.receipt(payload, "2", 1)
-    assert await _customs_jobs(f) == {s.order["guid"], s.payment["guid"], s.waybill["guid"]}
+    assert (doc["outcome"], doc["code"]) == ("withdrawn", None), doc
+    assert await _states(f, s.inventory, change, withdrawal) == ["queued", "unsent", "queued"]
+    jobs = await _customs_jobs(f)
+    assert {s.inventory["guid"], withdrawal["guid"]} <= jobs and change["guid"] not in jobs
 
 
 async def test_a_withdrawal_while_the_held_version_is_on_its_way_goes_after_it(f: Flow) -> None:
@@ -280,3 +290,58 @@ async def test_a_withdrawal_of_a_held_parcel_and_a_sent_one_goes_for_the_sent_on
     for status, doc, t in (("-621042", w_held, 1), ("120", w_sent, 2)):
         (res,) = await f.receipt({**both, "documents": [doc]}, status, t)
         assert res["outcome"] == ("not_sent" if doc is w_held else "applied"), res
+
+
+# --- a change of what customs never had ------------------------------------------------------------------
+
+
+async def test_a_change_of_an_inventory_customs_never_had_is_refused_and_a_declaration_anew_replaces_it(
+    f: Flow,
+) -> None:
+    """No version was sent: customs would refuse a change (-621042) and the first declaration sent before it would be
+    checked as it was — the very content the change corrects. The change is refused (409 state.unsent_change,
+    nothing stored); the inventory declared anew (appType 1, a newer appTime) replaces the held one here, and only
+    the new declaration goes."""
+    s = shipment(331)
+    await f.submit(s.inventory)
+    change = version_of(s.inventory, "2", 60, buyerTelephone="13900000331")
+    checked = f.pipeline.check(xml_of(change))
+    with pytest.raises(Conflict) as refused:
+        await f.store.ingest(checked.message, checked.raw, submitter="test")
+    [issue] = refused.value.issues
+    assert (issue.code, issue.path) == ("state.unsent_change", "/CEB621Message/Inventory[1]/InventoryHead/appType")
+    assert not await f.rows("SELECT 1 FROM messages WHERE guid = $1", change["guid"])
+    anew = version_of(s.inventory, "1", 60, buyerTelephone="13900000331")
+    [doc] = (await f.submit(anew))["documents"]
+    assert doc["outcome"] == "replaced", doc
+    assert await _states(f, s.inventory, anew) == ["unsent", "held"]
+    for payload in (s.order, s.payment, s.waybill):
+        await f.submit(payload)
+    await _legs_taken(f, s)
+    assert await _states(f, s.inventory, anew) == ["unsent", "queued"]
+    jobs = await _customs_jobs(f)
+    assert anew["guid"] in jobs and s.inventory["guid"] not in jobs
+
+
+async def test_an_inventory_declared_anew_before_it_was_sent_then_withdrawn_sends_nothing(f: Flow) -> None:
+    s = shipment(332)
+    await f.submit(s.inventory)
+    anew = version_of(s.inventory, "1", 60, buyerTelephone="13900000332")
+    await f.submit(anew)
+    withdrawal = version_of(s.inventory, "3", 120)
+    [doc] = (await f.submit(withdrawal))["documents"]
+    assert doc["code"] == "state.withdrawn_unsent", doc
+    assert await _states(f, s.inventory, anew, withdrawal) == ["unsent"] * 3
+    await _ready(f, s)
+    assert await _customs_jobs(f) == {p["guid"] for p in (s.order, s.payment, s.waybill)}
+
+
+async def test_a_change_of_an_export_inventory_customs_never_had_is_refused(f: Flow) -> None:
+    s = export_ship(333)
+    inventory = s.payloads()["CEB603"]
+    checked = f.pipeline.check(export_xml(inventory))
+    await f.store.ingest(checked.message, checked.raw, submitter="test")
+    checked = f.pipeline.check(export_xml(version_of(inventory, "2", 60)))
+    with pytest.raises(Conflict) as refused:
+        await f.store.ingest(checked.message, checked.raw, submitter="test")
+    assert [i.code for i in refused.value.issues] == ["state.unsent_change"]
