@@ -151,6 +151,7 @@ LIMITED_FIELDS: tuple[str, ...] = (
     "id", "index", "doc_guid", "kind", "message_type", "keys", "app_type", "app_time", "app_status", "path",
     "is_current", "withdrawn", "superseded_by", "message_guid", "received_at",
     "forward_state", "sent_at", "last_receipt_at", "receipt_overdue", "pre_no", "invt_no", "customs", "receipts",
+    "unsent",
 )  # fmt: skip
 _TRANSPORT = frozenset(k.value for k in TRANSPORT_KINDS)
 #: The kind whose tax bills and summary declaration a shipment shows beside it.

@@ -348,6 +348,27 @@ class Router:
 # --- versions the gateway holds, replaced before they were sent ---------------------------------------------
 
 
+def unsent_because(withdrawn: bool, key_withdrawn: bool) -> str:
+    """Why a document is unsent (never sent, never to be), as the views say it: ``withdrawn`` — it is a withdrawal,
+    or its key was withdrawn — before anything of it went; else ``replaced``: a newer version took its place before
+    it was sent (the newer one goes)."""
+    return "withdrawn" if withdrawn or key_withdrawn else "replaced"
+
+
+def unsent_info(withdrawn: bool, because: str) -> str:
+    """The plain words the shipment and message views give of an unsent document (``withdrawn``: it is a withdrawal
+    itself; ``because``: :func:`unsent_because`)."""
+    if withdrawn:
+        return ("withdrawal of a document customs never had (the gateway held it, spec §6.7): concluded here, "
+                "nothing is sent to customs for it, and what customs says of it changes nothing")  # fmt: skip
+    if because == "withdrawn":
+        return ("withdrawn before it was sent: the gateway held it until its shipment could be declared (spec §6.7), "
+                "so customs never had it; it will never be sent")  # fmt: skip
+    return ("replaced before it was sent: the gateway held it (spec §6.7) and a newer version took its place, which "
+            "goes instead; this one will never be sent")  # fmt: skip
+
+
+
 @dataclass(frozen=True)
 class HeldVersion:
     """A stored version of a document as :func:`settle_held` reads it: a version a change or withdrawal replaced (or one

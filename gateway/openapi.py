@@ -190,6 +190,9 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "held_until": {"type": "array", "description": "a held inventory: what each parcel of its message waits for",
                        "items": _object(("ebpCode", "orderNo", "waiting_for"), {
                            "ebpCode": _STR, "orderNo": _STR, "waiting_for": _STRINGS})},
+        "unsent": {**_object(("because", "info"), {"because": {"enum": ["withdrawn", "replaced"]}, "info": _STR}),
+                   "description": "a document never sent and never to be (forward_state unsent): withdrawn, or "
+                                  "replaced by a newer version, while the gateway held it; info says so in words"},
         "transmissions": {"type": "array", "items": _ref("Transmission")},
         "receipts": {"type": "array", "items": _ref("Receipt")},
         "warehouse_orders": {"type": "array", "items": _ref("WarehouseOrder")},

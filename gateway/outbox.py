@@ -56,6 +56,8 @@ from gateway.forward import (
     ordering_key,
     settle_held,
     shipment_customs_status,
+    unsent_because,
+    unsent_info,
 )
 from gateway.keystate import buyer_of
 from gateway.messages import BY_CODE, LEGS, Kind
@@ -827,11 +829,20 @@ SELECT d.id, d.message_type, d.pre_no, d.invt_no, d.head ->> 'consignee' AS cons
 #: The stored XML of messages ($1 ids): what the handlers of a claimed batch send, in one read.
 MESSAGES_XML = "SELECT id, raw_xml FROM messages WHERE id = ANY ($1::bigint[])"
 
+def key_withdrawn(d: str) -> str:
+    """SQL: of an unsent document (its row ``d``), whether its key's current version is a withdrawal
+    (gateway.forward.unsent_because); NULL for any other."""
+    return (f"CASE WHEN {d}.forward_state = 'unsent' THEN coalesce((SELECT c.withdrawn FROM documents AS c"
+            f" WHERE c.message_type = {d}.message_type AND c.key1 = {d}.key1 AND c.key2 = {d}.key2 AND c.is_current),"
+            " false) END")  # fmt: skip
+
+
 #: Forwarding columns of documents ($1 ids) for the shipment view.
-FORWARDING_OF_DOCUMENTS = """
+FORWARDING_OF_DOCUMENTS = f"""
 SELECT d.id, d.message_id, d.forward_state, d.cop_msg_id, d.sent_at, d.customs_status, d.customs_rank,
        d.customs_return_time, d.customs_info, d.pre_no, d.invt_no, d.last_receipt_at, d.receipt_overdue,
-       d.repushes, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid
+       d.repushes, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid, d.withdrawn,
+       {key_withdrawn("d")} AS key_withdrawn
   FROM documents AS d
  WHERE d.id = ANY ($1::bigint[])
 """
@@ -1081,6 +1092,13 @@ Restore = Callable[[asyncpg.Connection, Sequence[int], "Outbox"], Awaitable[list
 #: What a held inventory waits for, by the condition of RELEASE_HELD it does not meet yet: its shipment to be matched,
 #: a customs receipt of its order, of its payment, of its waybill.
 HOLD_WAITS = ("matched", "order", "payment", "waybill")
+
+
+def unsent(withdrawn: bool, key_withdrawn: bool | None) -> dict[str, str]:
+    """What the views say of an unsent document (``withdrawn``: it is a withdrawal; ``key_withdrawn``: its key's
+    current version is one): why (``because``: withdrawn, replaced) and in plain words."""
+    because = unsent_because(withdrawn, bool(key_withdrawn))
+    return {"because": because, "info": unsent_info(withdrawn, because)}
 
 
 def held_until(doc: Mapping[str, Any], waits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -2067,6 +2085,8 @@ class Outbox:
             )
             if r["forward_state"] == "held":
                 d["held_until"] = held_until(d, [w for w in waits if w["message_id"] == r["message_id"]])
+            if r["forward_state"] == "unsent":
+                d["unsent"] = unsent(r["withdrawn"], r["key_withdrawn"])
             d["transmissions"] = [j for j in jobs if j["message_guid"] == guid]
             d["receipts"] = [
                 x

@@ -7,13 +7,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import asyncpg
 import cbec_queue
 import pytest
 
 from gateway import samples
+from gateway.console.queries import shipment_detail
 from gateway.keystate import Conflict
 from gateway.render import new_guid
-from tests.exportapi import export_ship
+from tests.apiutil import Client, openapi_check
+from tests.exportapi import export_ship, import_ship, post_json, version
 from tests.exportapi import xml as export_xml
 from tests.forwardutil import version_of
 from tests.test_forwarding import Flow, flow, shipment, xml_of  # noqa: F401  (flow: the fixture)
@@ -49,6 +52,8 @@ async def test_a_withdrawal_of_a_held_inventory_is_concluded_here_and_the_held_v
     assert "never had it" in doc["message"], doc
     assert await _states(f, s.inventory, withdrawal) == ["unsent", "unsent"]
     assert await _customs_jobs(f) == set()
+    # nothing changed at customs: no webhook (the seller's answer says it)
+    assert not [k for k in await f.jobs() if not k.startswith("customs:")], list(await f.jobs())
     # the answer is kept as given: a replay answers the same
     stored = await f.rows("SELECT response FROM messages WHERE guid = $1", withdrawal["guid"])
     assert stored[0]["response"]["documents"][0]["code"] == "state.withdrawn_unsent"
@@ -345,3 +350,53 @@ async def test_a_change_of_an_export_inventory_customs_never_had_is_refused(f: F
     with pytest.raises(Conflict) as refused:
         await f.store.ingest(checked.message, checked.raw, submitter="test")
     assert [i.code for i in refused.value.issues] == ["state.unsent_change"]
+
+
+# --- what the views say ----------------------------------------------------------------------------------
+
+
+async def test_the_views_say_plainly_a_document_was_withdrawn_or_replaced_before_it_was_sent(
+    routed: Client, db_pool: asyncpg.Pool
+) -> None:
+    """The shipment, the message and the console's shipment page show unsent documents as such: forward_state unsent
+    and, in words, that customs never had them; the 202 answer says the withdrawal was concluded here."""
+    s = import_ship(341)
+    inv = s.inventory_doc
+    assert (await post_json(routed, s.inventory)).status == 202
+    anew = version(s.inventory, "1", "20261120160000", buyerTelephone="13900000341")
+    withdrawal = version(s.inventory, "3", "20261120170000")
+    for payload in (anew, withdrawal):
+        r = await post_json(routed, payload)
+        assert r.status == 202, r.body
+    openapi_check(r.body, "Accepted")
+    assert r.body["documents"][0]["code"] == "state.withdrawn_unsent"
+    shipment = (await routed.get(f"/v1/shipments/{inv['ebpCode']}/{inv['orderNo']}")).body
+    openapi_check(shipment, "Shipment")
+    assert (shipment["customs_status"], shipment["state"]) == ("pending", "incomplete"), shipment
+    said = [(d["app_type"], d["forward_state"], d["unsent"]["because"]) for d in shipment["documents"]]
+    assert said == [("1", "unsent", "withdrawn"), ("1", "unsent", "withdrawn"), ("3", "unsent", "withdrawn")], said
+    assert all("never" in d["unsent"]["info"] for d in shipment["documents"]), shipment["documents"]
+    message = (await routed.get(f"/v1/messages/{withdrawal['guid']}")).body
+    openapi_check(message, "Message")
+    [doc] = message["documents"]
+    assert doc["forward_state"] == "unsent" and "concluded here" in doc["unsent"]["info"], doc
+    assert message["response"]["documents"][0]["code"] == "state.withdrawn_unsent"
+    async with db_pool.acquire() as conn:
+        page = await shipment_detail(conn, inv["ebpCode"], inv["orderNo"])
+    assert page is not None
+    assert [d["unsent"]["because"] for d in page["documents"]] == ["withdrawn"] * 3
+
+
+async def test_a_change_replaced_before_it_was_sent_says_so(f: Flow) -> None:
+    s = shipment(342)
+    for payload in (s.order, s.payment, s.waybill, s.inventory):
+        await f.submit(payload)
+    await _legs_taken(f, s)
+    second = version_of(s.inventory, "2", 60, buyerName="王不符")
+    third = version_of(s.inventory, "2", 120)
+    for payload in (second, third):
+        await f.submit(payload)
+    found = await f.store.get_shipment(s.order_doc["ebpCode"], s.order_doc["orderNo"])
+    docs = (await f.outbox.shipment_forwarding(found))["documents"]
+    [doc] = [d for d in docs if d["doc_guid"] == second["documents"][0]["guid"]]
+    assert doc["unsent"]["because"] == "replaced" and "newer version" in doc["unsent"]["info"], doc

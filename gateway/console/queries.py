@@ -332,7 +332,8 @@ WITH own AS MATERIALIZED (
 SELECT d.id, d.message_id, d.doc_index, d.doc_guid, d.kind, d.message_type, d.key1, d.key2, d.app_type,
        d.app_time, d.app_status, d.path, d.head, d.lines, d.is_current, d.withdrawn, d.superseded_by,
        d.forward_state, d.sent_at, d.customs_status, d.customs_info, d.customs_return_time, d.receipt_overdue,
-       d.pre_no, d.invt_no, m.guid AS message_guid, m.received_at, m.submitter, m.source
+       d.pre_no, d.invt_no, m.guid AS message_guid, m.received_at, m.submitter, m.source,
+       {outbox.key_withdrawn("d")} AS key_withdrawn
   FROM ids JOIN documents AS d ON d.id = ids.id JOIN messages AS m ON m.id = d.message_id
  ORDER BY m.received_at, d.id
 """
@@ -385,6 +386,9 @@ async def shipment_detail(
     for d in docs:
         if d["forward_state"] == "held":
             d["held_until"] = outbox.held_until(d, [w for w in waits if w["message_id"] == d["message_id"]])
+        if d["forward_state"] == "unsent":
+            d["unsent"] = outbox.unsent(d["withdrawn"], d["key_withdrawn"])
+        del d["key_withdrawn"]
     jobs = [dict(r) for r in await conn.fetch(outbox.TRANSMISSIONS, sorted({d["message_guid"] for d in docs}))]
     history = await job_history(conn, [j["id"] for j in jobs])
     for j in jobs:

@@ -15,6 +15,8 @@
     waybill: "waybill receipt 运单回执" };
   const FORWARD_ZH = { held: "暂缓", queued: "待发送", sent: "已发送", receipted: "已回执", rejected: "被拒",
     failed: "发送失败", unsent: "未发送" };
+  // why a document is unsent (gateway.forward.unsent_because)
+  const UNSENT_ZH = { withdrawn: "发送前已撤回 withdrawn before it was sent", replaced: "发送前已被替换 replaced before it was sent" };
   // customs' tax bill status (CEB816/818, gateway.taxbills.STATUS_NAMES)
   const TAX_STATUS_ZH = { "1": "已生成", "2": "已汇总", "3": "已作废" };
   // a warehouse's statuses of an order (adapters/warehouse.py CALLBACK_STATUSES); the last two end it
@@ -1001,7 +1003,9 @@
           `appType ${d.app_type || "?"} ${APP_TYPE[d.app_type] || ""} · appTime ${d.app_time || "—"} · ${keys} · `,
           h("span", { class: "mono", text: `guid ${d.doc_guid}` }), ` · by ${d.submitter} (${d.source})`,
           d.customs_status ? ` · ${d.customs_info || ""} (returnTime ${d.customs_return_time || "—"})` : ""),
-        held.length ? h("div", { class: "detail held-until", text: `held until 待: ${held.join("; ")}` }) : null) });
+        held.length ? h("div", { class: "detail held-until", text: `held until 待: ${held.join("; ")}` }) : null,
+        // never sent: withdrawn or replaced while the gateway held it (customs never had it)
+        d.unsent ? h("div", { class: "detail held-until", text: `${UNSENT_ZH[d.unsent.because] || ""} — ${d.unsent.info}` }) : null) });
     }
     for (const j of ship.transmissions) {
       items.push({ at: j.created_at, el: h("li", { class: j.state === "dead" ? "transmission failed" : "transmission" },
