@@ -10,14 +10,17 @@ the answer to give. It raises :class:`Conflict` when the message must be refused
 Key rules, per document key (MessageType.keys, trimmed):
 
 * appType 1 needs the key free — a current, not withdrawn document is ``state.duplicate`` (customs
-  −301010 and kin); after a withdrawal the key may be declared again, by a newer message;
+  −301010 and kin); after a withdrawal the key may be declared again, by a newer message, and so may a document the
+  gateway holds of which customs has nothing (Row.unseen: it replaces it, and only the new one goes);
 * appType 2 replaces and appType 3 withdraws the current document when its appTime is strictly newer
   (appTime compares as 14-digit text); an older or equal one changes nothing and is answered
   ``state.ignored_older`` (like −301014); a change or withdrawal of an unknown or withdrawn key is
   ``state.not_found`` (like −301009); a change or withdrawal customs refused changed nothing there: the store makes
   the version before it current again when the receipt comes (gateway.store.restore_refused, :func:`restore`);
   a change or withdrawal of an inventory (CEB621, CEB603) whose current version customs released (800 and above)
-  is ``state.inventory_released`` (like −621043): the way back is a cancellation (CEB623, CEB605);
+  is ``state.inventory_released`` (like −621043): the way back is a cancellation (CEB623, CEB605); a change of a
+  document the gateway holds of which customs has nothing is ``state.unsent_change`` (like −621042): declare it anew;
+  a withdrawal of it is taken, and the outbox concludes it without sending anything (``state.withdrawn_unsent``);
 * the same key twice in one message is ``state.duplicate``; receipts carry no key state.
 
 Shipments (spec §6.2 joins): orders, payments and inventories belong to the shipment (ebpCode,
