@@ -220,6 +220,11 @@ def findings_view(
     return shown
 
 
+def _limited(d: dict[str, Any]) -> dict[str, Any]:
+    """A document a key is no party of, as it may see it: what identifies it and where it stands."""
+    return {**{f: d[f] for f in LIMITED_FIELDS if f in d}, "limited": True}
+
+
 def shipment_view(principal: Principal, shipment: dict[str, Any]) -> dict[str, Any]:
     """The shipment (gateway.store.Store.get_shipment, with its forwarding and its tax bills) as ``principal`` may see
     it: each document none of whose parties it holds cut to :data:`LIMITED_FIELDS`, marked ``limited`` — of a
@@ -243,7 +248,7 @@ def shipment_view(principal: Principal, shipment: dict[str, Any]) -> dict[str, A
             buyers |= {_text(head, n).upper() for n in ("buyerIdNumber", "payerIdNumber") if _text(head, n)}
             shown.append(d)
             continue
-        cut: dict[str, Any] = {**{f: d[f] for f in LIMITED_FIELDS if f in d}, "limited": True}
+        cut = _limited(d)
         if d["kind"] in _TRANSPORT:
             carrier = _text(d.get("head"), "logisticsCode")
             cut["lines"] = [x for x in d.get("lines") or () if (carrier, _text(x, "logisticsNo")) in waybills]
@@ -265,16 +270,14 @@ def message_view(principal: Principal, message: dict[str, Any], readable: frozen
     may read one of its documents: the documents none of whose parties it holds cut as on a shipment
     (:data:`LIMITED_FIELDS`, ``limited``) — an agent's message may carry several sellers' inventories, each seller
     reading its own —, and then neither the raw XML (``raw_xml`` null, ``raw_xml_withheld`` true) nor, in the answer it
-    was given (``response``), those documents' outcomes and their shipments. The findings of the answer as
-    :func:`findings_view` (``readable``: the sides it may read, the message's own documents among them). Operators and
-    admins see everything."""
+    was given (``response``), those documents' outcomes, their shipments and the warnings about them. The findings of
+    the answer as :func:`findings_view` (``readable``: the sides it may read, the message's own documents among them).
+    Operators and admins see everything."""
     if principal.sees_everything:
         return message
     docs = message.get("documents") or []
     whole = all(principal.may_touch(d.get("parties") or ()) for d in docs)
-    shown = docs if whole else [d if principal.may_touch(d.get("parties") or ()) else
-                                {**{f: d[f] for f in LIMITED_FIELDS if f in d}, "limited": True}
-                                for d in docs]  # fmt: skip
+    shown = docs if whole else [d if principal.may_touch(d.get("parties") or ()) else _limited(d) for d in docs]
     view = {**message, "documents": shown}
     if not whole:
         view["raw_xml"], view["raw_xml_withheld"] = None, True
@@ -287,6 +290,9 @@ def message_view(principal: Principal, message: dict[str, Any], readable: frozen
             keys = {(s.get("ebpCode"), s.get("orderNo")) for d in answer["documents"] if (s := d.get("shipment"))}
             answer["shipments"] = [s for s in answer.get("shipments") or ()
                                    if (s.get("ebpCode"), s.get("orderNo")) in keys]  # fmt: skip
+            if "warnings" in answer:  # they quote the values they warn of: those under its own documents only
+                own = tuple(f"{d.get('path')}/" for d in docs if principal.may_touch(d.get("parties") or ()))
+                answer["warnings"] = [w for w in answer["warnings"] if str(w.get("path") or "").startswith(own)]
         answer["shipments"] = [{**s, "findings": findings_view(principal, list(s.get("findings") or ()), readable)}
                                if "findings" in s else s for s in answer.get("shipments") or ()]  # fmt: skip
         view["response"] = answer

@@ -173,7 +173,7 @@ async def test_a_seller_reads_its_own_inventory_of_an_agent_s_message_of_several
     answer; the agent, party of both, reads it whole."""
     first, second = new_shipment(45), new_shipment(46, ebc_code=OTHER_EBC)
     message = copy.deepcopy(first.inventory)
-    message["documents"] = [head(first.inventory), head(second.inventory)]
+    message["documents"] = [head(first.inventory), {**head(second.inventory), "emsNo": "T4604W000046"}]
     async with tenants(db_pool, first) as api:
         sent = await api.post_xml(xml_of(message), key=AGENT)
         assert sent.status == 202, sent.body
@@ -195,7 +195,13 @@ async def test_a_seller_reads_its_own_inventory_of_an_agent_s_message_of_several
             assert [d["keys"]["orderNo"] for d in answered["documents"]] == [head(mine.inventory)["orderNo"]]
             assert [s["orderNo"] for s in answered["shipments"]] == [head(mine.inventory)["orderNo"]]
             assert head(theirs.inventory)["buyerIdNumber"] not in json.dumps(reply.body)
+            # the warning about the second seller's inventory quotes its emsNo: only that seller reads it
+            warnings = [w["code"] for w in answered.get("warnings", [])]
+            assert warnings == ([] if key == SELLER else ["rule.mode_field_unexpected"]), (key, warnings)
+            assert ("T4604W000046" in json.dumps(reply.body)) is (key == OTHER_SELLER)
         assert other_buyer in json.dumps((await api.get(f"/v1/messages/{guid}", key=OPERATOR)).body)
+        [warned] = whole["response"]["warnings"]  # the agent, party of both, reads the warning
+        assert warned["code"] == "rule.mode_field_unexpected" and "T4604W000046" in warned["message"]
 
 
 async def test_an_operator_key_declares_nothing(db_pool: asyncpg.Pool) -> None:
