@@ -180,8 +180,9 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "received_at": _TIME, "parties": _STRINGS,
         "head": {**_VALUES, "description": "the document's head as declared (absent for a limited one)"},
         "lines": {"type": "array", "items": _VALUES},
-        "limited": {"type": "boolean", "description": "an export transport message of which the key holds no party "
-                                                      "code: no head, parties or transmissions"},
+        "limited": {"type": "boolean", "description": "a document of which the key holds no party code (another "
+                    "company's leg, another seller's inventory of an agent's message): what identifies it and where it "
+                    "stands, without head, lines, parties, transmissions or warehouse orders"},
         "forward_state": {"enum": list(FORWARD_STATES)}, "cop_msg_id": _STR_OR_NULL, "sent_at": _TIME_OR_NULL,
         "last_receipt_at": _TIME_OR_NULL, "receipt_overdue": {"type": "boolean"}, "resends": _INT,
         "pre_no": _STR_OR_NULL, "invt_no": _STR_OR_NULL,
