@@ -403,7 +403,7 @@ class RealtimeReload:
         if fresh == self.settings and identities == {ebp: _key_identity(k) for ebp, k in self.keys.items()}:
             for key in self.keys.values():  # a card that refused is asked again (put back, its PIN reset on it)
                 if isinstance(key, UKeyBridge) and key.refused is not None:
-                    key.refused = None
+                    key.ask_again()
                     log.info("realtime_ukey_asked_again", url=key.url)
             return False
         self.put(fresh, keys)

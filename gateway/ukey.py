@@ -66,12 +66,30 @@ class UKeyRefused(Exception):
         self.errors = errors
 
 
+class UKeyRefusedBefore(UKeyRefused):
+    """Nothing was sent to the card: it refused a signature earlier (``why``), here or in a process sharing its
+    refusal, and is asked to sign nothing more until a reload (:meth:`UKeyBridge.ask_again`)."""
+
+    def __init__(self, method: str, why: str) -> None:
+        Exception.__init__(self, f"{why}; nothing more is sent to the card until a reload")
+        self.errors = [why]
+        self.why = why
+
+
 class UKeyBridge:
     """The card behind the client control at ``url``, signing with ``password`` (its PIN; the control's own prompt when
-    None) through ``method`` (SIGN_METHODS)."""
+    None) through ``method`` (SIGN_METHODS).
+
+    A card that refused a signature (a wrong PIN, no card) is asked to sign nothing more until :meth:`ask_again` (a
+    reload): a wrong PIN sent again and again locks the card. Judged in the lock its calls take one at a time, so the
+    signatures waiting behind the refused one send nothing either; and only a refusal the card answered to a
+    signature (the PIN sent with it, or asked for by the control) counts — not text refused before anything was sent,
+    nor an answer without a signature. ``shared_refusal``: a flag in memory shared with other processes (a
+    multiprocessing RawValue("b"), nonzero once the card refused): a refusal in one stops them all."""
 
     def __init__(self, url: str, password: str | None = None, *, method: str = SIGN,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, certificate: bytes | None = None) -> None:  # fmt: skip
+                 timeout_s: float = DEFAULT_TIMEOUT_S, certificate: bytes | None = None,
+                 shared_refusal: Any = None) -> None:  # fmt: skip
         if method not in SIGN_METHODS:
             raise ValueError(f"a UKey signs through {' or '.join(SIGN_METHODS)}; found {method!r}")
         self.url = url
@@ -83,9 +101,21 @@ class UKeyBridge:
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._certificate = certificate  # the card's, DER: read from it once, or known before
-        # why the card refused a 179 upload's signature, once it has: the worker asks it nothing more until a reload
-        # makes a new bridge, or finds the configuration unchanged and asks this one again (gateway.workers)
-        self.refused: str | None = None
+        self.shared_refusal = shared_refusal
+        self._refused: str | None = None  # why the card refused a signature here
+
+    @property
+    def refused(self) -> str | None:
+        """Why the card is asked to sign nothing more until a reload: its refusal here, or in a process sharing it."""
+        if self._refused is None and self.shared_refusal is not None and self.shared_refusal.value:
+            return f"the UKey at {self.url} refused in another process of this gateway (a wrong PIN, no card)"
+        return self._refused
+
+    def ask_again(self) -> None:
+        """The card is asked again (a reload found the configuration unchanged: the card or PIN mended meanwhile)."""
+        self._refused = None
+        if self.shared_refusal is not None:
+            self.shared_refusal.value = 0
 
     async def sign(self, data: bytes) -> tuple[bytes, str]:
         """The card's signature over ``data`` (UTF-8 text: the control takes text) and its certificate's number,
@@ -102,7 +132,7 @@ class UKeyBridge:
         found = await self.call(self.method, args)
         try:
             signature = base64.b64decode(str(found[0]), validate=True)
-        except (IndexError, binascii.Error) as exc:
+        except (IndexError, ValueError) as exc:  # binascii.Error, and a ValueError for text not ASCII
             raise UKeyRefused(self.method, [f"the control's answer holds no signature: {found!r:.200}"]) from exc
         if len(found) > 1 and str(found[1]).strip():
             return signature, str(found[1]).strip().lower()
@@ -122,13 +152,23 @@ class UKeyBridge:
 
     async def call(self, method: str, args: dict[str, Any]) -> list[Any]:
         """One call: the answer's ``Data``. Raises UKeyUnreachable (nothing answered: the connection is dropped, the
-        next call opens another) or UKeyRefused (``Result`` false)."""
+        next call opens another) or UKeyRefused (``Result`` false; UKeyRefusedBefore: a signature not sent, the card
+        having refused one before)."""
+        signs = method in SIGN_METHODS  # sends the PIN, or has the control ask for it
         async with self._lock:
+            if signs and (why := self.refused) is not None:
+                raise UKeyRefusedBefore(method, why)
             # a connection kept since an earlier call may have died with the control (restarted, the PC asleep):
             # found so, it is opened again once before the call counts as failed
             for kept in (self._ws is not None and not self._ws.closed, False):
                 try:
                     return await asyncio.wait_for(self._call(method, args), self.timeout_s)
+                except UKeyRefused as exc:
+                    if signs:  # set before the lock is let go: the next waiting signature sees it
+                        self._refused = str(exc)
+                        if self.shared_refusal is not None:
+                            self.shared_refusal.value = 1
+                    raise
                 except (aiohttp.ClientError, OSError, ConnectionError) as exc:
                     await self._drop()
                     if not kept:
@@ -199,33 +239,35 @@ class UKeySigner:
     Where it stands (:meth:`standing`, the console's banner and /metrics): the certificate's dates once read from the
     card; ``ukey_unreachable`` while the control does not answer (the declarations answered 503, to be sent again);
     ``ukey_refused`` once the card refused (a wrong PIN, no card): from then on nothing is sent to it until a reload
-    (SIGHUP) makes a new signer — a wrong PIN tried at every declaration would lock the card. ``shared_refusal``: a
-    flag in memory the API processes of one ``cbec serve --processes N`` share (made by the first, handed to the
-    others with the signer as they start): a refusal in one stops them all, so a wrong PIN is tried once, not N
-    times."""
+    (SIGHUP) makes a new signer — a wrong PIN tried at every declaration would lock the card (judged by its
+    :class:`UKeyBridge`). ``shared_refusal``: the bridge's flag, which the API processes of one ``cbec serve
+    --processes N`` share (made by the first, handed to the others with the signer as they start): a refusal in one
+    stops them all, so a wrong PIN is tried once, not N times."""
 
     def __init__(self, url: str, password: str | None = None, *, method: str = SIGN, certificate: bytes | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, shared_refusal: Any = None) -> None:  # fmt: skip
-        self.bridge = UKeyBridge(url, password, method=method, timeout_s=timeout_s, certificate=certificate)
-        self.shared_refusal = shared_refusal  # a multiprocessing RawValue("b"): nonzero once the card refused
+        self.bridge = UKeyBridge(url, password, method=method, timeout_s=timeout_s, certificate=certificate,
+                                 shared_refusal=shared_refusal)  # fmt: skip
         self.signer: signing.Signer | None = None  # the certificate's standing, once read from the card
         if certificate is not None:
             self._know(certificate)
         # why the last call to the card failed and is tried again at the next declaration: its control out of reach,
         # or no card to read the certificate from (None: it answered)
         self.unreachable: str | None = None
-        self._refused: SigningUnavailable | None = None
         self.waiting = 0  # declarations waiting for the card now (MAX_WAITING)
+
+    @property
+    def shared_refusal(self) -> Any:
+        """The card's refusal as the API processes share it (its bridge's flag), None for one process."""
+        return self.bridge.shared_refusal
 
     @property
     def refused(self) -> SigningUnavailable | None:
         """Why the card is asked nothing more until a reload: its refusal here, or in another API process."""
-        if self._refused is None and self.shared_refusal is not None and self.shared_refusal.value:
-            self._refused = SigningUnavailable("signing.ukey_refused", f"the UKey at {self.url} refused in another "
-                                               "API process of this gateway (a wrong PIN, no card); nothing more is "
-                                               "sent to the card until the gateway's configuration is reloaded "
-                                               "(SIGHUP)")  # fmt: skip
-        return self._refused
+        if (why := self.bridge.refused) is None:
+            return None
+        return SigningUnavailable("signing.ukey_refused", f"{why}; nothing more is sent to the card until the "
+                                  "gateway's configuration is reloaded (SIGHUP)")  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -304,7 +346,7 @@ class UKeySigner:
     @contextlib.asynccontextmanager
     async def _speaking(self, *, pin_sent: bool) -> AsyncIterator[None]:
         """A call to the card: its failures become SigningUnavailable, and what is known of the control follows; a
-        refusal of a call that sent the PIN stops all calls until a reload."""
+        refusal of a call that sent the PIN stops all signatures until a reload (the bridge's)."""
         try:
             yield
         except UKeyUnreachable as exc:
@@ -313,14 +355,9 @@ class UKeySigner:
                                      "again once the PC with the UKey is on and its client control runs") from exc
         except UKeyRefused as exc:
             self.unreachable = None if pin_sent else str(exc)
-            if not pin_sent:
-                raise SigningUnavailable("signing.ukey_refused", str(exc)) from exc
-            refused = SigningUnavailable("signing.ukey_refused", f"{exc}; nothing more is sent to the card until the "
-                                         "gateway's configuration is reloaded (SIGHUP)")  # fmt: skip
-            self._refused = refused
-            if self.shared_refusal is not None:
-                self.shared_refusal.value = 1
-            raise refused from exc
+            if pin_sent and (refused := self.refused) is not None:
+                raise refused from exc
+            raise SigningUnavailable("signing.ukey_refused", str(exc)) from exc
         self.unreachable = None
 
     async def close(self) -> None:

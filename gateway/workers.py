@@ -42,7 +42,7 @@ from gateway.config import EndpointSettings, ForwardingSettings, RealtimeSetting
 from gateway.forward import Router
 from gateway.outbox import Outbox
 from gateway.store import prune_rejections, read_payment_upload, record_payment_upload
-from gateway.ukey import UKeyBridge, UKeyRefused, UKeyUnreachable
+from gateway.ukey import UKeyBridge, UKeyRefused, UKeyRefusedBefore, UKeyUnreachable
 
 log = structlog.get_logger("gateway.workers")
 
@@ -353,18 +353,18 @@ async def _platform_signature(key: PlatformKey, data: bytes) -> tuple[bytes, str
     """A platform's signature over ``data`` and its certificate's serial. A UKey out of reach is a transient failure
     (the PC or its control will be back); a card's refusal permanent — retried, a wrong PIN would lock the card: a
     dead letter the operators replay once it is mended. Once the card has refused it is asked nothing more, for any
-    upload, until a reload (SIGHUP): the other uploads wait (deferred, their attempts not counted), and go then."""
+    upload (those waiting for it at that moment too: the bridge judges it one call at a time), until a reload
+    (SIGHUP): the other uploads wait (deferred, their attempts not counted), and go then."""
     if not isinstance(key, UKeyBridge):
         return key.sign_bytes(data), key.key_name
-    if key.refused is not None:  # each question's upload would send the wrong PIN again: a few would lock the card
-        raise Deferred(f"the platform's UKey refused ({key.refused}): it is asked nothing more until a reload "
-                       "(SIGHUP, once the PIN or the card is mended)", delay_s=UKEY_REFUSED_RETRY_S)  # fmt: skip
     try:
         return await key.sign(data)
     except UKeyUnreachable as exc:
         raise TransientError(str(exc)) from exc
+    except UKeyRefusedBefore as exc:  # each question's upload would send the wrong PIN again: a few lock the card
+        raise Deferred(f"the platform's UKey refused ({exc.why}): it is asked nothing more until a reload (SIGHUP, "
+                       "once the PIN or the card is mended)", delay_s=UKEY_REFUSED_RETRY_S) from exc  # fmt: skip
     except UKeyRefused as exc:
-        key.refused = str(exc)
         raise PermanentError(str(exc)) from exc
 
 

@@ -73,12 +73,14 @@ async def test_what_the_card_refuses_says_why_and_a_control_out_of_reach_is_trie
         with pytest.raises(UKeyRefused, match="口令错误"):
             await bridge.sign(SIGNED)
         bridge.password = "12345678"
+        bridge.ask_again()  # as a reload does: a card that refused is asked nothing more until then
         card.present = False
         with pytest.raises(UKeyRefused, match="未找到卡片"):
             await bridge.sign(SIGNED)
         with pytest.raises(UKeyRefused, match="at most"):
             await bridge.sign(b"x" * (121 * 1024))
         card.present = True
+        bridge.ask_again()
         assert verify_bytes(CARD.certificate_der, SIGNED, (await bridge.sign(SIGNED))[0])
         await card.stop()
         with pytest.raises(UKeyUnreachable):
@@ -87,6 +89,62 @@ async def test_what_the_card_refuses_says_why_and_a_control_out_of_reach_is_trie
         assert verify_bytes(CARD.certificate_der, SIGNED, (await bridge.sign(SIGNED))[0])
         await card.stop()  # the control restarted between two calls: the kept connection is dead, found so at once
         card = await start_ukey(CARD, pin="12345678", port=port)
+        assert verify_bytes(CARD.certificate_der, SIGNED, (await bridge.sign(SIGNED))[0])
+    finally:
+        await bridge.close()
+        await card.stop()
+
+
+async def test_signatures_waiting_for_a_card_that_refuses_send_it_nothing() -> None:
+    """A platform's card with a wrong PIN, four uploads signing at once (the realtime endpoint's concurrency): the
+    first sends the PIN and is refused (a dead letter), the three waiting behind it send the card nothing (deferred
+    until a reload) — each checked the refusal before the card had answered, so all four sent the wrong PIN, and a
+    few such rounds lock the card. What is refused before anything reaches the card (a string too long to send) or
+    without a signature asked of it stops nothing. A bridge sharing the refusal flag (another process's) sends the
+    card nothing either, until a reload asks it again."""
+    import multiprocessing
+
+    from cbec_queue import Deferred
+
+    from adapters.base import PermanentError
+
+    card = await start_ukey(CARD, pin="12345678")
+    card.signing_s = 0.05
+    flag = multiprocessing.get_context("spawn").RawValue("b", 0)
+    bridge = UKeyBridge(card.url, "00000000", shared_refusal=flag)
+    other = UKeyBridge(card.url, "12345678", shared_refusal=flag)
+    try:
+        with pytest.raises(PermanentError, match="at most"):  # that upload's own fault, a dead letter
+            await workers._platform_signature(bridge, b"x" * (121 * 1024))
+        assert bridge.refused is None and card.calls == []
+        outcomes = await asyncio.gather(*(workers._platform_signature(bridge, SIGNED) for _ in range(4)),
+                                        return_exceptions=True)  # fmt: skip
+        assert card.calls == [SIGN], card.calls
+        assert [type(o) for o in outcomes] == [PermanentError, Deferred, Deferred, Deferred], outcomes
+        assert all("口令错误" in str(o) and "asked nothing more until a reload" in str(o) for o in outcomes[1:])
+        assert bridge.refused is not None and "口令错误" in bridge.refused and flag.value
+        with pytest.raises(UKeyRefused, match="another process"):
+            await other.sign(SIGNED)
+        assert card.calls == [SIGN]
+        bridge.ask_again()  # a reload: the card is asked again, in the processes sharing the flag too
+        assert verify_bytes(CARD.certificate_der, SIGNED, (await other.sign(SIGNED))[0])
+    finally:
+        await bridge.close()
+        await other.close()
+        await card.stop()
+
+
+async def test_an_answer_without_a_signature_stops_nothing() -> None:
+    """The control answering a signature without one is refused, but the card refused no PIN: the next is sent."""
+    card = await start_ukey(CARD)
+    answer = card.answer
+    card.answer = lambda request: {**answer(request), "_args": {"Result": True, "Data": ["不是签名"]}}  # type: ignore[method-assign]
+    bridge = UKeyBridge(card.url, "88888888")
+    try:
+        with pytest.raises(UKeyRefused, match="holds no signature"):
+            await bridge.sign(SIGNED)
+        assert bridge.refused is None
+        card.answer = answer  # type: ignore[method-assign]
         assert verify_bytes(CARD.certificate_der, SIGNED, (await bridge.sign(SIGNED))[0])
     finally:
         await bridge.close()
@@ -528,7 +586,7 @@ async def test_the_api_processes_share_the_cards_refusal() -> None:
         assert isinstance(other.signer, UKeySigner)
         with pytest.raises(SigningUnavailable) as caught:
             await other.signer.sign(etree.fromstring(render(_inventory(7))))
-        assert caught.value.code == "signing.ukey_refused" and "another API process" in caught.value.message
+        assert caught.value.code == "signing.ukey_refused" and "another process" in caught.value.message
         assert card.calls == [CERTIFICATE, SIGN]
         # one process alone shares nothing
         single = server.Signatures.from_settings(dataclasses.replace(settings, processes=1)).signer
