@@ -7,8 +7,8 @@ exceptions, and that choice is the whole retry policy from the adapter's side:
 * :class:`cbec_queue.TransientError` — try again later: connection refused/reset, DNS failure, timeouts,
   HTTP 5xx, 408, 425 and 429 (``Retry-After`` is reported in the message), DXP system codes 3xxx, a full disk.
 * :class:`cbec_queue.PermanentError` — retrying the same payload cannot succeed: other HTTP 4xx, redirects
-  (a misconfigured URL), invalid URLs, DXP format (0xxx), security (1xxx) and routing (2xxx) codes, a payload
-  the adapter cannot understand.
+  (a misconfigured URL), invalid URLs, a destination the resolver refuses (:class:`DestinationRefused`), DXP
+  format (0xxx), security (1xxx) and routing (2xxx) codes, a payload the adapter cannot understand.
 
 HTTP adapters own one :class:`aiohttp.ClientSession` with explicit timeouts; ``start()`` opens it (also done
 lazily on the first send), ``close()`` releases it; ``async with adapter:`` does both.
@@ -32,6 +32,7 @@ from cbec_queue.errors import PermanentError, TransientError
 __all__ = [
     "Adapter",
     "AdapterTimeouts",
+    "DestinationRefused",
     "HttpAdapter",
     "HttpReply",
     "PermanentError",
@@ -43,6 +44,12 @@ __all__ = [
     "queue_handler",
     "response_code",
 ]
+
+class DestinationRefused(OSError):
+    """Raised by a connector's resolver for a destination no retry makes deliverable (a seller's webhook URL whose name
+    resolves only to addresses webhooks may not go to): :meth:`HttpAdapter.post` makes it a PermanentError. An
+    OSError, as aiohttp expects of a resolver (its strerror is what is said)."""
+
 
 #: Statuses worth retrying besides 5xx: request timeout, too early, rate limited.
 RETRYABLE_4XX = frozenset({408, 425, 429})
@@ -264,6 +271,8 @@ class HttpAdapter:
         except TimeoutError as exc:  # ServerTimeoutError is one too
             raise TransientError(f"{what}: timed out ({exc.__class__.__name__}, limit {self.timeouts.total}s)") from exc
         except aiohttp.ClientError as exc:  # connection refused/reset, DNS, disconnects, broken payloads
+            if isinstance(refused := getattr(exc, "os_error", None), DestinationRefused):
+                raise PermanentError(f"{what}: {refused.strerror}") from None
             # the error's own text may quote the URL with its credentials: the logs, the jobs and the API show it
             # (not chained either: the stored traceback would quote it)
             detail = str(exc).replace(url, _display(url))

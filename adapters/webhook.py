@@ -36,7 +36,8 @@ any address at any time, and a gateway inside the bonded zone's network would PO
 service, its own port or the zone's intranet. A name is resolved for each connection and connected to only through
 the public addresses it resolves to (:class:`PublicResolver`: nothing to rebind between the check and the connection);
 an address in a loopback, private, link-local, shared, reserved or multicast range is refused unless one of the
-gateway's ``forwarding.webhook_allowed_networks`` holds it. Redirects are never followed.
+gateway's ``forwarding.webhook_allowed_networks`` holds it — an IPv6 address carrying an IPv4 one (IPv4-mapped, 6to4,
+NAT64) judged by the IPv4 address it reaches. Redirects are never followed.
 """
 
 from __future__ import annotations
@@ -62,7 +63,14 @@ from cbec_queue import BreakerSettings, CircuitBreaker, CircuitState, Deferred, 
 from yarl import URL
 
 from adapters import dxp
-from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResult, TransientError
+from adapters.base import (
+    AdapterTimeouts,
+    DestinationRefused,
+    HttpAdapter,
+    PermanentError,
+    SendResult,
+    TransientError,
+)
 
 log = structlog.get_logger("adapters.webhook")
 
@@ -93,24 +101,47 @@ def refused_address(address: str, allowed: Sequence[Network] = ()) -> str | None
     when it may: a public unicast address, or one of the ``allowed`` networks. Not an address at all: None (a name is
     resolved first, and its addresses judged)."""
     try:
-        ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
+        given = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-    if any(ip in n for n in allowed):
+    ip, how = _embedded_ipv4(given)
+    if any(a in n for n in allowed for a in (given, ip)):
         return None
+    said = f"{given} ({how}, to {ip})" if how else str(ip)
+    if isinstance(ip, ipaddress.IPv6Address) and ip in NAT64_LOCAL:
+        return f"{said} is a local-use NAT64 address"  # RFC 8215: a network's own translator, to its own addresses
     for what, hit in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
                       ("unspecified", ip.is_unspecified), ("private", ip.is_private)):  # fmt: skip
         if hit:
-            return f"{ip} is a {what} address"
-    return None if ip.is_global else f"{ip} is no public address"
+            return f"{said} is a {what} address"
+    return None if ip.is_global and not ip.is_reserved else f"{said} is no public address"
+
+
+#: NAT64's well-known prefix (RFC 6052): 64:ff9b::a9fe:a9fe is 169.254.169.254 on a network with a NAT64 gateway.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+                   ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]:  # fmt: skip
+    """The IPv4 address an IPv6 one reaches (IPv4-mapped, 6to4, NAT64's well-known prefix) and how, else ``ip`` itself:
+    Python 3.11 calls 64:ff9b::/96 and 2002::/16 global whatever IPv4 address they carry."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip, ""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped, "IPv4-mapped"
+    if ip.sixtofour is not None:
+        return ip.sixtofour, "6to4"
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "NAT64"
+    return ip, ""
 
 
 class PublicResolver(AbstractResolver):
     """aiohttp's resolver keeping only the addresses a webhook may go to (:func:`refused_address`): the connection is
     made to those, so a name resolving to an internal address now and a public one when checked (DNS rebinding) gets
-    nowhere. A name with none left fails as a DNS failure would, saying why."""
+    nowhere. A name with none left fails for good (DestinationRefused: the job a dead letter), saying why — retried,
+    it would wait for the seller to point it elsewhere, and a seller's failed probes wait untried."""
 
     def __init__(self, allowed: Sequence[Network] = (), inner: AbstractResolver | None = None) -> None:
         self.allowed = tuple(allowed)
@@ -123,8 +154,8 @@ class PublicResolver(AbstractResolver):
         if not kept:
             why = "; ".join(dict.fromkeys(refused_address(r["host"], self.allowed) or "" for r in found))
             # (errno, strerror): aiohttp's connection error quotes the strerror alone
-            raise OSError(errno.EADDRNOTAVAIL, f"{host} resolves to no public address ({why}): webhooks go to public "
-                          "addresses only, or to forwarding.webhook_allowed_networks")  # fmt: skip
+            raise DestinationRefused(errno.EADDRNOTAVAIL, f"{host} resolves to no public address ({why}): webhooks go "
+                                     "to public addresses only, or to forwarding.webhook_allowed_networks")  # fmt: skip
         return kept
 
     async def close(self) -> None:

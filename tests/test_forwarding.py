@@ -419,6 +419,8 @@ _CUSTOMS = '[forwarding.endpoints.customs]\nkind = "customs"\nurl = "http://127.
         ('[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "http://LocalHost./h"',
          "forwarding.webhooks.s.url: 127.0.0.1 is a loopback address"),
         ('[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "https://[fd00::5]/h"', "fd00::5 is a private"),
+        ('[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "http://[64:ff9b::a9fe:a9fe]/latest/"',
+         "64:ff9b::a9fe:a9fe (NAT64, to 169.254.169.254) is a link-local address"),
         ('[forwarding]\nwebhook_allowed_networks = ["10.20.0.0/16"]\n'
          '[forwarding.webhooks.s]\ncodes = ["X"]\nsecret = "s"\nurl = "http://10.21.0.1/h"', "10.21.0.1 is a private"),
         ('[forwarding]\nwebhook_allowed_networks = ["intranet"]', "forwarding.webhook_allowed_networks: 'intranet'"),
