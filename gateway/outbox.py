@@ -305,15 +305,16 @@ SELECT d.id, d.message_id, d.app_type, d.forward_state, d.is_current, d.withdraw
    FOR UPDATE OF d
 """
 
-#: The held withdrawals of the keys of documents ($1 ids; their message and doc_index): what waits for those versions
-#: to go first (RELEASE_HELD), which settle looks at again when they never go.
-HELD_WITHDRAWALS_OF = """
-SELECT c.message_id, c.doc_index
+#: The current versions of the keys of documents ($1 ids): what waits for those versions to go first (RELEASE_HELD),
+#: which settle looks at again when they never go — a held withdrawal (its message and doc_index) is settled in turn,
+#: any other is released by its shipment when it may.
+CURRENT_OF_KEYS = """
+SELECT DISTINCT c.message_id, c.doc_index, c.forward_state = 'held' AND c.withdrawn AS held_withdrawal, c.ebp_code,
+       c.order_no
   FROM (SELECT * FROM documents AS y WHERE y.id = ANY ($1::bigint[]) OFFSET 0) AS y,
        LATERAL (SELECT * FROM documents AS c
                  WHERE c.message_type = y.message_type AND c.key1 = y.key1 AND c.key2 = y.key2 AND c.is_current
                 OFFSET 0) AS c
- WHERE c.forward_state = 'held' AND c.withdrawn
 """
 
 #: The shipments of messages' documents ($1 message ids).
@@ -1354,16 +1355,21 @@ class Outbox:
             await conn.execute(SET_UNSENT, unsent, touched)
             log.info("held_versions_unsent", messages=sorted(settled.dropped),
                      withdrawals=sorted(settled.concluded))  # fmt: skip
+        after: set[tuple[str, str]] = set()
         if dropped:
+            current = await conn.fetch(CURRENT_OF_KEYS, dropped)
             # withdrawals held behind a message that never goes now (it went for another parcel, withdrawn since):
             # nothing of what they withdraw goes either
-            behind = {(r["message_id"], r["doc_index"]) for r in await conn.fetch(HELD_WITHDRAWALS_OF, dropped)}
+            behind = {(r["message_id"], r["doc_index"]) for r in current if r["held_withdrawal"]}
             if more := sorted(behind - set(targets)):
                 await self.settle(conn, more)
+            # a newer version held behind the message (a change of a parcel of it) waits for it no more: released by
+            # its shipment when that may be, once those withdrawals are settled (nothing else looks at it again)
+            after = {(r["ebp_code"] or "", r["order_no"] or "") for r in current}
         # what still goes: the withdrawals of versions customs has, now or after the message of a held one, and the
         # other documents of their messages
         shipments = await conn.fetch(SHIPMENTS_OF_MESSAGES, sorted({t[0] for t in targets}))
-        await self._release(conn, [(r["ebp_code"] or "", r["order_no"] or "") for r in shipments], [])
+        await self._release(conn, after | {(r["ebp_code"] or "", r["order_no"] or "") for r in shipments}, [])
         return sorted((r["start_message"], r["start_index"]) for r in rows
                       if r["start"] in settled.concluded and r["depth"] == 1)  # fmt: skip
 

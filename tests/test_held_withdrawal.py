@@ -400,3 +400,33 @@ async def test_a_change_replaced_before_it_was_sent_says_so(f: Flow) -> None:
     docs = (await f.outbox.shipment_forwarding(found))["documents"]
     [doc] = [d for d in docs if d["doc_guid"] == second["documents"][0]["guid"]]
     assert doc["unsent"]["because"] == "replaced" and "newer version" in doc["unsent"]["info"], doc
+
+
+# --- what a held message dropped leaves behind ------------------------------------------------------------
+
+
+async def test_a_change_waiting_behind_a_held_message_dropped_goes_when_its_shipment_may(f: Flow) -> None:
+    """Customs has the first declaration; a bonded warehouse's message holds a change of it and another parcel not
+    ready; a newer change waits behind that message. The other parcel withdrawn, the message goes no more (its change
+    replaced, the parcel withdrawn): the newer change waits for nothing then and goes. It stayed held for good,
+    waiting for nothing (held_until empty), with no job."""
+    c, u = shipment(351, mode="1210"), shipment(352, mode="1210")
+    for payload in (c.order, c.payment, c.waybill, c.inventory):
+        await f.submit(payload)
+    await _legs_taken(f, c)
+    assert await _states(f, c.inventory) == ["queued"]
+    c1 = version_of(c.inventory, "2", 60, buyerTelephone="13900000351")["documents"][0]
+    held = {**c.inventory, "guid": new_guid(), "documents": [c1, copy.deepcopy(u.inventory_doc)]}
+    await f.submit(held)
+    c2 = version_of(c.inventory, "2", 120, buyerTelephone="13900000352")
+    await f.submit(c2)
+    assert await _states(f, c2) == ["held"]  # behind the held message
+    withdrawal = version_of(u.inventory, "3", 60)
+    [doc] = (await f.submit(withdrawal))["documents"]
+    assert doc["code"] == "state.withdrawn_unsent", doc
+    rows = await f.rows("SELECT forward_state FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
+                        " WHERE m.guid = $1", held["guid"])  # fmt: skip
+    assert [r["forward_state"] for r in rows] == ["unsent", "unsent"]
+    assert await _states(f, c2) == ["queued"]
+    assert c2["guid"] in await _customs_jobs(f) and held["guid"] not in await _customs_jobs(f)
+
