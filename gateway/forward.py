@@ -380,7 +380,7 @@ class HeldVersion:
     forward_state: str
     is_current: bool = False
     withdrawn: bool = False  # it is a withdrawal (appType 3)
-    key_withdrawn: bool = False  # the current version of its key is a withdrawal
+    key_withdrawn: bool = False  # a version of its key after it is a withdrawal (then declared anew, say)
     replaced_state: str | None = None  # the forward_state of the version it replaced; None: it replaced none
 
 

@@ -150,14 +150,30 @@ def _hold(rank: str) -> dict[str, str]:
 _HOLD = _hold("$5")
 
 
+def withdrawn_since(d: str) -> str:
+    """SQL: a version of the key of the document ``d`` after it (walked forward through superseded_by, one probe of
+    the primary key a version) is a withdrawal — whatever came after that, a declaration anew say: ``d`` was withdrawn
+    and, held, is needed by nothing of its key any more."""
+    return f"""coalesce((WITH RECURSIVE later AS (
+                  SELECT n.superseded_by, n.withdrawn, 1 AS depth FROM documents AS n WHERE n.id = {d}.superseded_by
+                  UNION ALL
+                  SELECT n.superseded_by, n.withdrawn, l.depth + 1
+                    FROM later AS l,
+                         LATERAL (SELECT * FROM documents AS n WHERE n.id = l.superseded_by OFFSET 0) AS n
+                   WHERE NOT l.withdrawn AND l.depth < 1000)
+                SELECT bool_or(l.withdrawn) FROM later AS l), false)"""
+
+
 def _as_current(d: str) -> str:
     """SQL (a LATERAL subquery): what the held document ``d`` is released by — itself when it is its key's current
     version, else the current one (a held first declaration a held change replaced goes when the change may: before
     it, as customs takes a change only of a document it has; not when the first declaration's own shipment or
-    waybill, which the change may have left, is ready)."""
+    waybill, which the change may have left, is ready); ``withdrawn``: it waits for nothing of its own, being a
+    withdrawal or withdrawn since (withdrawn_since: then declared anew too, it goes only with its message, which
+    needs nothing of the new declaration's shipment)."""
     return f"""LATERAL (SELECT * FROM (
                   SELECT 0 AS pri, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type,
-                         g.withdrawn
+                         {d}.withdrawn OR {withdrawn_since(d)} AS withdrawn
                     FROM documents AS g
                    WHERE NOT {d}.is_current AND g.message_type = {d}.message_type AND g.key1 = {d}.key1
                      AND g.key2 = {d}.key2 AND g.is_current
@@ -292,29 +308,36 @@ SELECT * FROM back ORDER BY start, depth
 """
 
 #: Every document of held messages ($1 ids), row-locked (a release of the message waits, or it is seen released):
-#: what gateway.forward.settle_held reads of each (HeldVersion).
-SETTLE_MESSAGES = """
+#: what gateway.forward.settle_held reads of each (HeldVersion). (Locked in a subquery: the walk of withdrawn_since
+#: made the planner read the whole primary key for the order, its cost being paid per row.)
+SETTLE_MESSAGES = f"""
 SELECT d.id, d.message_id, d.app_type, d.forward_state, d.is_current, d.withdrawn,
-       coalesce((SELECT c.withdrawn FROM documents AS c
-                  WHERE c.message_type = d.message_type AND c.key1 = d.key1 AND c.key2 = d.key2 AND c.is_current),
-                false) AS key_withdrawn,
+       {withdrawn_since("d")} AS key_withdrawn,
        (SELECT p.forward_state FROM documents AS p WHERE p.superseded_by = d.id LIMIT 1) AS replaced_state
-  FROM documents AS d
- WHERE d.message_id = ANY ($1::bigint[])
+  FROM (SELECT d.id, d.message_id, d.app_type, d.forward_state, d.is_current, d.withdrawn, d.superseded_by
+          FROM documents AS d
+         WHERE d.message_id = ANY ($1::bigint[])
+         ORDER BY d.id
+           FOR UPDATE OF d) AS d
  ORDER BY d.id
-   FOR UPDATE OF d
 """
 
-#: The current versions of the keys of documents ($1 ids): what waits for those versions to go first (RELEASE_HELD),
-#: which settle looks at again when they never go — a held withdrawal (its message and doc_index) is settled in turn,
-#: any other is released by its shipment when it may.
-CURRENT_OF_KEYS = """
+#: Documents ($1 ids) and every version of their keys after them (walked forward through superseded_by, one probe of
+#: the primary key a version): what may wait for those versions to go first (RELEASE_HELD), which settle looks at again
+#: when they never go — a held withdrawal (its message and doc_index) is settled in turn, and each is released by its
+#: shipment when it may.
+LATER_VERSIONS = """
+WITH RECURSIVE later AS (
+    SELECT y.id, y.superseded_by, 0 AS depth FROM documents AS y WHERE y.id = ANY ($1::bigint[])
+    UNION ALL
+    SELECT n.id, n.superseded_by, l.depth + 1
+      FROM later AS l, LATERAL (SELECT * FROM documents AS n WHERE n.id = l.superseded_by OFFSET 0) AS n
+     WHERE l.depth < 1000
+)
 SELECT DISTINCT c.message_id, c.doc_index, c.forward_state = 'held' AND c.withdrawn AS held_withdrawal, c.ebp_code,
        c.order_no
-  FROM (SELECT * FROM documents AS y WHERE y.id = ANY ($1::bigint[]) OFFSET 0) AS y,
-       LATERAL (SELECT * FROM documents AS c
-                 WHERE c.message_type = y.message_type AND c.key1 = y.key1 AND c.key2 = y.key2 AND c.is_current
-                OFFSET 0) AS c
+  FROM (SELECT DISTINCT l.id FROM later AS l) AS l,
+       LATERAL (SELECT * FROM documents AS c WHERE c.id = l.id OFFSET 0) AS c
 """
 
 #: The shipments of messages' documents ($1 message ids).
@@ -1357,15 +1380,16 @@ class Outbox:
                      withdrawals=sorted(settled.concluded))  # fmt: skip
         after: set[tuple[str, str]] = set()
         if dropped:
-            current = await conn.fetch(CURRENT_OF_KEYS, dropped)
-            # withdrawals held behind a message that never goes now (it went for another parcel, withdrawn since):
-            # nothing of what they withdraw goes either
-            behind = {(r["message_id"], r["doc_index"]) for r in current if r["held_withdrawal"]}
+            later = await conn.fetch(LATER_VERSIONS, dropped)
+            # withdrawals held behind a message that never goes now (it went for another parcel, withdrawn since; one
+            # declared anew since too): nothing of what they withdraw goes either
+            behind = {(r["message_id"], r["doc_index"]) for r in later if r["held_withdrawal"]}
             if more := sorted(behind - set(targets)):
                 await self.settle(conn, more)
-            # a newer version held behind the message (a change of a parcel of it) waits for it no more: released by
-            # its shipment when that may be, once those withdrawals are settled (nothing else looks at it again)
-            after = {(r["ebp_code"] or "", r["order_no"] or "") for r in current}
+            # a newer version held behind the message (a change of a parcel of it, a declaration anew) waits for it no
+            # more: released by its shipment when that may be, once those withdrawals are settled (nothing else looks
+            # at it again)
+            after = {(r["ebp_code"] or "", r["order_no"] or "") for r in later}
         # what still goes: the withdrawals of versions customs has, now or after the message of a held one, and the
         # other documents of their messages
         shipments = await conn.fetch(SHIPMENTS_OF_MESSAGES, sorted({t[0] for t in targets}))

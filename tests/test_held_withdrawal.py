@@ -430,3 +430,46 @@ async def test_a_change_waiting_behind_a_held_message_dropped_goes_when_its_ship
     assert await _states(f, c2) == ["queued"]
     assert c2["guid"] in await _customs_jobs(f) and held["guid"] not in await _customs_jobs(f)
 
+
+async def test_a_parcel_withdrawn_then_declared_anew_holds_its_old_message_no_more(f: Flow) -> None:
+    """A parcel of a held message of two withdrawn (its withdrawal follows the message), then declared anew: the
+    message still waits for nothing of that parcel — not the new declaration's shipment, which it never needed — and
+    goes when the other parcel is ready. It waited for the new declaration's legs too."""
+    a, b = shipment(353, mode="1210"), shipment(354, mode="1210")
+    both = _together(a, b)
+    await f.submit(both)
+    withdrawal = version_of(a.inventory, "3", 60)
+    await f.submit(withdrawal)
+    anew = version_of(a.inventory, "1", 120, buyerTelephone="13900000353")
+    await f.submit(anew)
+    waits = await _held_until(f, b, {"documents": both["documents"][1:]})
+    assert [w["orderNo"] for w in waits] == [b.order_doc["orderNo"]], waits
+    await _ready(f, b)
+    jobs = await _customs_jobs(f)
+    assert both["guid"] in jobs and withdrawal["guid"] in jobs, jobs
+    assert await _states(f, anew) == ["held"]  # its own legs are not here
+
+
+async def test_every_parcel_withdrawn_from_a_held_message_one_declared_anew_sends_nothing_of_it(f: Flow) -> None:
+    """The parcel withdrawn and declared anew, then the other withdrawn: nothing of the message goes (nothing needs
+    the first declaration the parcel was withdrawn from), both withdrawals are concluded here, and the new declaration
+    goes alone when its legs are taken. The message went, to be withdrawn parcel by parcel."""
+    a, b = shipment(357, mode="1210"), shipment(358, mode="1210")
+    both = _together(a, b)
+    await f.submit(both)
+    first = version_of(a.inventory, "3", 60)
+    await f.submit(first)
+    anew = version_of(a.inventory, "1", 120, buyerTelephone="13900000357")
+    await f.submit(anew)
+    last = version_of(b.inventory, "3", 60)
+    [doc] = (await f.submit(last))["documents"]
+    assert doc["code"] == "state.withdrawn_unsent", doc
+    rows = await f.rows("SELECT forward_state FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
+                        " WHERE m.guid = $1", both["guid"])  # fmt: skip
+    assert [r["forward_state"] for r in rows] == ["unsent", "unsent"]
+    assert await _states(f, first, last, anew) == ["unsent", "unsent", "held"]
+    assert await _customs_jobs(f) == set()
+    a.inventory = anew
+    await _ready(f, a)
+    assert await _states(f, anew) == ["queued"]
+    assert await _customs_jobs(f) == {p["guid"] for p in (a.order, a.payment, a.waybill, anew)}

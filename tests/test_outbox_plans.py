@@ -47,7 +47,7 @@ _PLAN_CASES = {
     "SETTLE_VERSIONS": "ARRAY[1::bigint], ARRAY[1]",
     "SETTLE_MESSAGES": "ARRAY[1::bigint]",
     "SET_UNSENT": "ARRAY[1::bigint], ARRAY[1::bigint]",
-    "CURRENT_OF_KEYS": "ARRAY[1::bigint]",
+    "LATER_VERSIONS": "ARRAY[1::bigint]",
     "SHIPMENTS_OF_MESSAGES": "ARRAY[1::bigint]",
     "MARK_SENT": "ARRAY[1::bigint]",
     "MESSAGE_DOCUMENTS": "ARRAY[1::bigint]",
