@@ -1296,7 +1296,7 @@ class Outbox:
         reopened: Iterable[tuple[str, str]] = (),
         taken_over: Iterable[tuple[str, str]] = (),
         ids: Mapping[str, int] | None = None,
-    ) -> dict[str, list[int]]:
+    ) -> dict[int, list[int]]:
         """After the store wrote the wave (and its jobs, see wave_jobs), same transaction: settle what still goes of
         the held versions the wave changed or withdrew (:meth:`settle`; ``ids``: the wave's message ids by guid),
         release the held inventories of shipments the wave matched, and of those it matched by giving quota back
@@ -1304,7 +1304,8 @@ class Outbox:
         whose failed leg the wave changed or withdrew (``superseded_failed``: those legs' stored versions; rare), and
         of the keyed shipments that took over a waybill customs had heard of (``taken_over``: it came first, and
         went; rare).
-        Returns, by message guid, the doc_index of its withdrawals concluded here (sent nowhere).
+        Returns, by message id, the doc_index of its withdrawals concluded here (sent nowhere): of the wave's
+        messages, and of messages stored before whose withdrawals were held behind a message that never goes now.
 
         ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
         that customs took. A shipment whose order or payment is not among them releases nothing (RELEASE_HELD
@@ -1320,12 +1321,11 @@ class Outbox:
             return {}
         if unkept := [(p.guid, p.message_type, *u) for p in plans for u in p.unkept]:
             await conn.execute(RECORD_UNKEPT, *(list(column) for column in zip(*unkept, strict=True)))
-        concluded: dict[str, list[int]] = {}
+        concluded: dict[int, list[int]] = {}
         if settling := [(p.guid, i) for p in plans for i in p.settle]:
             assert ids is not None, "the wave's message ids settle its withdrawals"
-            guids = {ids[g]: g for g, _ in settling}
             for message_id, index in await self.settle(conn, [(ids[g], i) for g, i in settling]):
-                concluded.setdefault(guids[message_id], []).append(index)
+                concluded.setdefault(message_id, []).append(index)
         matched: set[tuple[str, str]] = set(reopened)  # their legs may all be receipted: looked at in SQL
         for p in plans:
             if p.state == "held":
@@ -1342,9 +1342,10 @@ class Outbox:
         — a withdrawn one, a change replaced by a newer one: not the first declaration a change still to go changes —
         are unsent, never to be sent whatever their shipment does later, and a withdrawal of what customs never had
         is concluded here, unsent too: nothing goes (gateway.forward.settle_held). Returns those withdrawals (message
-        id, doc_index). A withdrawal that must go (customs has a version before, or one goes with another document of
-        its message) is released as any held message, and a change goes when its shipment may, after the first
-        declaration it changes."""
+        id, doc_index), with those held behind a message dropped and concluded with it (of messages stored before,
+        whose stored answers say so too). A withdrawal that must go (customs has a version before, or one goes with
+        another document of its message) is released as any held message, and a change goes when its shipment may,
+        after the first declaration it changes."""
         rows = await conn.fetch(SETTLE_VERSIONS, [t[0] for t in targets], [t[1] for t in targets])
         held = sorted({r["message_id"] for r in rows if r["forward_state"] == "held"})
         # under lock: a release of such a message (a receipt of another parcel of it) either waits for this
@@ -1379,13 +1380,14 @@ class Outbox:
             log.info("held_versions_unsent", messages=sorted(settled.dropped),
                      withdrawals=sorted(settled.concluded))  # fmt: skip
         after: set[tuple[str, str]] = set()
+        concluded_behind: list[tuple[int, int]] = []
         if dropped:
             later = await conn.fetch(LATER_VERSIONS, dropped)
             # withdrawals held behind a message that never goes now (it went for another parcel, withdrawn since; one
             # declared anew since too): nothing of what they withdraw goes either
             behind = {(r["message_id"], r["doc_index"]) for r in later if r["held_withdrawal"]}
             if more := sorted(behind - set(targets)):
-                await self.settle(conn, more)
+                concluded_behind = await self.settle(conn, more)
             # a newer version held behind the message (a change of a parcel of it, a declaration anew) waits for it no
             # more: released by its shipment when that may be, once those withdrawals are settled (nothing else looks
             # at it again)
@@ -1394,8 +1396,8 @@ class Outbox:
         # other documents of their messages
         shipments = await conn.fetch(SHIPMENTS_OF_MESSAGES, sorted({t[0] for t in targets}))
         await self._release(conn, after | {(r["ebp_code"] or "", r["order_no"] or "") for r in shipments}, [])
-        return sorted((r["start_message"], r["start_index"]) for r in rows
-                      if r["start"] in settled.concluded and r["depth"] == 1)  # fmt: skip
+        return sorted([*concluded_behind, *((r["start_message"], r["start_index"]) for r in rows
+                                            if r["start"] in settled.concluded and r["depth"] == 1)])  # fmt: skip
 
     async def _release(
         self, conn: asyncpg.Connection, shipments: Iterable[tuple[str, str]], waybills: Iterable[tuple[str, str]]

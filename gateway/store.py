@@ -34,7 +34,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -439,6 +439,9 @@ WITH s AS ({_put_shipments("$1")}
 SELECT (SELECT count(*) FROM s) AS shipments, (SELECT count(*) FROM ledger_put) AS ledger,
        {_state_changes("s", "$3")} AS state_changes
 """
+
+#: The stored answers of messages ($1 ids), row-locked: to be completed (Store._concluded_unsent).
+STORED_RESPONSES = "SELECT id, response FROM messages WHERE id = ANY ($1::bigint[]) ORDER BY id FOR UPDATE"
 
 #: The answers of messages ($1 ids, $2 answers) as completed after their write (Store._concluded_unsent).
 SET_RESPONSE = """
@@ -1642,22 +1645,27 @@ class Store:
                 reopened = [key for _, w in writes for key in w.reopened]
                 concluded = await self.outbox.after_write(conn, plans, receipted, failed, reopened, taken_over, ids)
                 if concluded:
-                    await self._concluded_unsent(conn, [(ids[job.msg.guid], w.body, indexes) for job, w in writes
-                                                        if (indexes := concluded.get(job.msg.guid))])  # fmt: skip
+                    await self._concluded_unsent(conn, concluded, {ids[job.msg.guid]: w.body for job, w in writes})
         return deferred
 
     @staticmethod
     async def _concluded_unsent(
-        conn: asyncpg.Connection, messages: list[tuple[int, dict[str, Any], list[int]]]
+        conn: asyncpg.Connection, concluded: Mapping[int, list[int]], bodies: Mapping[int, dict[str, Any]]
     ) -> None:
-        """The withdrawals the outbox concluded here (``messages``: id, answer, doc_index of each; nothing of them is
+        """The withdrawals the outbox concluded here (``concluded``: doc_index of each by message id; nothing of them is
         sent, customs never had what they withdraw) say so in the answer and in the stored one (state.withdrawn_unsent):
-        the outbox decided it after the write, under the locks of the versions it held."""
-        for _, body, indexes in messages:
+        the outbox decided it after the write, under the locks of the versions it held. ``bodies``: the answers of the
+        wave's messages; a message stored before (its withdrawal held behind a message that never goes now) has its
+        stored answer rewritten, which GET /v1/messages/{guid} and a replay give."""
+        answers = {i: bodies[i] for i in concluded if i in bodies}
+        if earlier := sorted(set(concluded) - set(answers)):
+            answers |= {r["id"]: r["response"] for r in await conn.fetch(STORED_RESPONSES, earlier)}
+        for message_id, body in answers.items():
             for d in body.get("documents", ()):
-                if d.get("index") in indexes and d.get("outcome") == "withdrawn":
+                if d.get("index") in concluded[message_id] and d.get("outcome") == "withdrawn":
                     d["code"], d["message"] = "state.withdrawn_unsent", WITHDRAWN_UNSENT
-        await conn.execute(SET_RESPONSE, [m[0] for m in messages], [m[1] for m in messages])
+        ordered = sorted(answers)
+        await conn.execute(SET_RESPONSE, ordered, [answers[i] for i in ordered])
 
     @staticmethod
     async def _read(

@@ -473,3 +473,20 @@ async def test_every_parcel_withdrawn_from_a_held_message_one_declared_anew_send
     await _ready(f, a)
     assert await _states(f, anew) == ["queued"]
     assert await _customs_jobs(f) == {p["guid"] for p in (a.order, a.payment, a.waybill, anew)}
+
+async def test_a_withdrawal_concluded_behind_a_dropped_message_says_so_in_its_stored_answer(f: Flow) -> None:
+    """Every parcel of a held message withdrawn: the withdrawal held behind the message is concluded here by the last
+    one, and its stored answer (GET /v1/messages/{guid}, a replay) says so as the document does:
+    state.withdrawn_unsent. It said plain withdrawn while the document was unsent."""
+    a, b = shipment(355, mode="1210"), shipment(356, mode="1210")
+    await f.submit(_together(a, b))
+    first, last = version_of(a.inventory, "3", 60), version_of(b.inventory, "3", 60)
+    [doc] = (await f.submit(first))["documents"]
+    assert doc["code"] is None, doc  # it would go, behind the message
+    await f.submit(last)
+    assert await _states(f, first, last) == ["unsent", "unsent"]
+    for payload in (first, last):
+        [stored] = await f.rows("SELECT response FROM messages WHERE guid = $1", payload["guid"])
+        [doc] = stored["response"]["documents"]
+        assert (doc["outcome"], doc["code"]) == ("withdrawn", "state.withdrawn_unsent"), doc
+        assert "never had it" in doc["message"], doc
