@@ -150,6 +150,13 @@ def _hold(rank: str) -> dict[str, str]:
 _HOLD = _hold("$5")
 
 
+def current_of(d: str, c: str) -> str:
+    """SQL: the row ``c`` is the current version of the key of the document ``d`` (one probe of
+    documents_current_key_idx)."""
+    return (f"{c}.message_type = {d}.message_type AND {c}.key1 = {d}.key1 AND {c}.key2 = {d}.key2"
+            f" AND {c}.is_current")  # fmt: skip
+
+
 def withdrawn_since(d: str) -> str:
     """SQL: a version of the key of the document ``d`` after it (walked forward through superseded_by, one probe of
     the primary key a version) is a withdrawal — whatever came after that, a declaration anew say: ``d`` was withdrawn
@@ -175,8 +182,7 @@ def _as_current(d: str) -> str:
                   SELECT 0 AS pri, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type,
                          {d}.withdrawn OR {withdrawn_since(d)} AS withdrawn
                     FROM documents AS g
-                   WHERE NOT {d}.is_current AND g.message_type = {d}.message_type AND g.key1 = {d}.key1
-                     AND g.key2 = {d}.key2 AND g.is_current
+                   WHERE NOT {d}.is_current AND {current_of(d, "g")}
                   UNION ALL
                   SELECT 1, {d}.ebp_code, {d}.order_no, {d}.logistics_code, {d}.logistics_no, {d}.message_type,
                          {d}.withdrawn) AS g
@@ -857,7 +863,7 @@ def key_withdrawn(d: str) -> str:
     """SQL: of an unsent document (its row ``d``), whether its key's current version is a withdrawal
     (gateway.forward.unsent_because); NULL for any other."""
     return (f"CASE WHEN {d}.forward_state = 'unsent' THEN coalesce((SELECT c.withdrawn FROM documents AS c"
-            f" WHERE c.message_type = {d}.message_type AND c.key1 = {d}.key1 AND c.key2 = {d}.key2 AND c.is_current),"
+            f" WHERE {current_of(d, 'c')}),"
             " false) END")  # fmt: skip
 
 
