@@ -139,6 +139,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset on release: nothing to send (see :func:`create_pool`)."""
 
 
+#: The largest statement a connection keeps prepared (asyncpg's default is 15 KiB): one above it is prepared anew, and
+#: so planned anew, at every call — the ingest's read (store.READ_STATE), once it grew past 15 KiB, cost PostgreSQL
+#: ~4 ms of planning per transaction, +70 % of its CPU per message. tests/test_db.py checks every statement of the
+#: hot paths stays below it.
+MAX_CACHED_STATEMENT = 64 * 1024
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
     """A pool whose connections encode and decode json/jsonb as Python values (orjson, binary format).
 
@@ -156,6 +163,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asy
         max_size=max_size,
         init=_init_connection,
         reset=_keep_session,
+        max_cacheable_statement_size=MAX_CACHED_STATEMENT,
         # The store's statements are small and planned once; JIT compilation would only add latency.
         server_settings={"jit": "off", "application_name": "cbec-gateway"},
     )

@@ -272,3 +272,32 @@ def test_the_embedded_server_package_is_imported_without_a_warning_where_no_runt
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, timeout=60,
                           cwd=Path(__file__).parent.parent)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+async def test_the_hot_paths_statements_stay_prepared_on_their_connection(db_dsn: str) -> None:
+    """A statement above asyncpg's cache limit is prepared, and planned, anew at every call: the ingest's read
+    (store.READ_STATE) grew past the default 15 KiB and cost PostgreSQL ~4 ms of planning per transaction. The pool's
+    connections keep it prepared, and every statement of the hot paths is within the pool's limit."""
+    import types
+
+    from gateway import db, outbox, store, summary, taxbills
+    from gateway.console import queries as console_queries
+    from gateway.keystate import Refs
+
+    modules: list[types.ModuleType] = [store, outbox, summary, taxbills, console_queries, cbec_queue.queries]
+    sizes = {f"{m.__name__}.{name}": len(value.encode())
+             for m in modules for name, value in vars(m).items()
+             if name.isupper() and isinstance(value, str) and value.lstrip().upper().startswith(
+                 ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE"))}  # fmt: skip
+    assert sizes["gateway.store.READ_STATE"] > 15 * 1024  # what made the default limit bite
+    assert {n: s for n, s in sizes.items() if s > db.MAX_CACHED_STATEMENT} == {}
+    pool = await create_pool(db_dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            for _ in range(2):
+                await store.Store._read(conn, [], Refs())
+            prepared = await conn.fetchval(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", store.READ_STATE)
+            assert prepared == 1
+    finally:
+        await pool.close()
