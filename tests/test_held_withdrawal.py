@@ -431,17 +431,26 @@ async def test_a_change_waiting_behind_a_held_message_dropped_goes_when_its_ship
     assert c2["guid"] in await _customs_jobs(f) and held["guid"] not in await _customs_jobs(f)
 
 
+async def _one_withdrawn_and_declared_anew(
+    f: Flow, a: samples.ShipmentSample, b: samples.ShipmentSample
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The inventories of ``a`` and ``b`` held in one message, ``a``'s withdrawn, then declared anew (another
+    telephone: new content): the message, the withdrawal and the new declaration."""
+    both = _together(a, b)
+    await f.submit(both)
+    withdrawal = version_of(a.inventory, "3", 60)
+    await f.submit(withdrawal)
+    anew = version_of(a.inventory, "1", 120, buyerTelephone="13900000" + a.order_doc["orderNo"][-3:])
+    await f.submit(anew)
+    return both, withdrawal, anew
+
+
 async def test_a_parcel_withdrawn_then_declared_anew_holds_its_old_message_no_more(f: Flow) -> None:
     """A parcel of a held message of two withdrawn (its withdrawal follows the message), then declared anew: the
     message still waits for nothing of that parcel — not the new declaration's shipment, which it never needed — and
     goes when the other parcel is ready. It waited for the new declaration's legs too."""
     a, b = shipment(353, mode="1210"), shipment(354, mode="1210")
-    both = _together(a, b)
-    await f.submit(both)
-    withdrawal = version_of(a.inventory, "3", 60)
-    await f.submit(withdrawal)
-    anew = version_of(a.inventory, "1", 120, buyerTelephone="13900000353")
-    await f.submit(anew)
+    both, withdrawal, anew = await _one_withdrawn_and_declared_anew(f, a, b)
     waits = await _held_until(f, b, {"documents": both["documents"][1:]})
     assert [w["orderNo"] for w in waits] == [b.order_doc["orderNo"]], waits
     await _ready(f, b)
@@ -455,12 +464,7 @@ async def test_every_parcel_withdrawn_from_a_held_message_one_declared_anew_send
     the first declaration the parcel was withdrawn from), both withdrawals are concluded here, and the new declaration
     goes alone when its legs are taken. The message went, to be withdrawn parcel by parcel."""
     a, b = shipment(357, mode="1210"), shipment(358, mode="1210")
-    both = _together(a, b)
-    await f.submit(both)
-    first = version_of(a.inventory, "3", 60)
-    await f.submit(first)
-    anew = version_of(a.inventory, "1", 120, buyerTelephone="13900000357")
-    await f.submit(anew)
+    both, first, anew = await _one_withdrawn_and_declared_anew(f, a, b)
     last = version_of(b.inventory, "3", 60)
     [doc] = (await f.submit(last))["documents"]
     assert doc["code"] == "state.withdrawn_unsent", doc
