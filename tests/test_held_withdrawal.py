@@ -106,15 +106,20 @@ async def test_a_held_change_withdrawn_is_never_sent_and_the_withdrawal_goes_for
     assert {s.inventory["guid"], withdrawal["guid"]} <= jobs and change["guid"] not in jobs
 
 
-async def test_a_withdrawal_while_the_held_version_is_on_its_way_goes_after_it(f: Flow) -> None:
-    """Released (its legs taken) and claimed by a worker: the inventory is on its way to customs, which will have it.
-    Its withdrawal is no local matter then: it goes, behind the inventory (the same ordering key)."""
-    s = shipment(304)
+async def _sent_once_its_legs_are_taken(f: Flow, s: samples.ShipmentSample) -> None:
+    """The four legs of ``s``, the inventory first held, then released by its legs' receipts: queued for customs."""
     for payload in (s.order, s.payment, s.waybill, s.inventory):
         await f.submit(payload)
     for payload in (s.order, s.payment, s.waybill):
         await f.receipt(payload, "2", 1)
     assert await _states(f, s.inventory) == ["queued"]
+
+
+async def test_a_withdrawal_while_the_held_version_is_on_its_way_goes_after_it(f: Flow) -> None:
+    """Released (its legs taken) and claimed by a worker: the inventory is on its way to customs, which will have it.
+    Its withdrawal is no local matter then: it goes, behind the inventory (the same ordering key)."""
+    s = shipment(304)
+    await _sent_once_its_legs_are_taken(f, s)
     async with f.pool.acquire() as conn:
         claimed = await cbec_queue.claim(conn, worker_id="w", lease_s=30, limit=10, endpoint="customs")
     assert s.inventory["guid"] in {j.payload["guid"] for j in claimed}
@@ -176,11 +181,7 @@ async def test_a_held_change_replaced_by_a_newer_one_is_never_sent(f: Flow) -> N
     """Customs has the first declaration; a change of it, held (it leaves the shipment mismatched), replaced by a newer
     change before it was sent: customs needs only the newer one, the change between is unsent."""
     s = shipment(313)
-    for payload in (s.order, s.payment, s.waybill, s.inventory):
-        await f.submit(payload)
-    for payload in (s.order, s.payment, s.waybill):
-        await f.receipt(payload, "2", 1)
-    assert await _states(f, s.inventory) == ["queued"]
+    await _sent_once_its_legs_are_taken(f, s)
     second = version_of(s.inventory, "2", 60, buyerName="王不符")
     await f.submit(second)
     assert await _states(f, second) == ["held"]  # mismatched: held
