@@ -33,6 +33,13 @@ async def _states(f: Flow, *payloads: dict[str, Any]) -> list[str]:
     return [(await f.doc(p))["forward_state"] for p in payloads]
 
 
+async def _message_states(f: Flow, message: dict[str, Any]) -> list[str]:
+    """The forward state of each document of ``message``, in its order."""
+    rows = await f.rows("SELECT forward_state FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
+                        " WHERE m.guid = $1 ORDER BY d.doc_index", message["guid"])  # fmt: skip
+    return [r["forward_state"] for r in rows]
+
+
 async def _customs_jobs(f: Flow) -> set[str]:
     return {k.removeprefix("customs:") for k in await f.jobs() if k.startswith("customs:")}
 
@@ -265,9 +272,7 @@ async def test_the_last_parcel_withdrawn_from_a_held_message_sends_nothing_of_it
     await f.submit(first)
     [doc] = (await f.submit(last))["documents"]
     assert doc["code"] == "state.withdrawn_unsent", doc
-    rows = await f.rows("SELECT forward_state FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
-                        " WHERE m.guid = $1", both["guid"])  # fmt: skip
-    assert [r["forward_state"] for r in rows] == ["unsent", "unsent"]
+    assert await _message_states(f, both) == ["unsent", "unsent"]
     assert await _states(f, first, last) == ["unsent", "unsent"]
     for s in (a, b):
         await _ready(f, s)
@@ -425,9 +430,7 @@ async def test_a_change_waiting_behind_a_held_message_dropped_goes_when_its_ship
     withdrawal = version_of(u.inventory, "3", 60)
     [doc] = (await f.submit(withdrawal))["documents"]
     assert doc["code"] == "state.withdrawn_unsent", doc
-    rows = await f.rows("SELECT forward_state FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
-                        " WHERE m.guid = $1", held["guid"])  # fmt: skip
-    assert [r["forward_state"] for r in rows] == ["unsent", "unsent"]
+    assert await _message_states(f, held) == ["unsent", "unsent"]
     assert await _states(f, c2) == ["queued"]
     assert c2["guid"] in await _customs_jobs(f) and held["guid"] not in await _customs_jobs(f)
 
@@ -469,9 +472,7 @@ async def test_every_parcel_withdrawn_from_a_held_message_one_declared_anew_send
     last = version_of(b.inventory, "3", 60)
     [doc] = (await f.submit(last))["documents"]
     assert doc["code"] == "state.withdrawn_unsent", doc
-    rows = await f.rows("SELECT forward_state FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
-                        " WHERE m.guid = $1", both["guid"])  # fmt: skip
-    assert [r["forward_state"] for r in rows] == ["unsent", "unsent"]
+    assert await _message_states(f, both) == ["unsent", "unsent"]
     assert await _states(f, first, last, anew) == ["unsent", "unsent", "held"]
     assert await _customs_jobs(f) == set()
     a.inventory = anew
