@@ -219,9 +219,7 @@ async def test_a_change_of_a_held_inventory_never_goes_before_its_first_declarat
     change = version_of(a.inventory, "2", 60, buyerTelephone="13900000314")
     await f.submit(change)
     await _ready(f, a)
-    rows = await f.rows("SELECT forward_state FROM documents AS d JOIN messages AS m ON m.id = d.message_id"
-                        " WHERE m.guid = $1", both["guid"])  # fmt: skip
-    assert {r["forward_state"] for r in rows} == {"held"}
+    assert set(await _message_states(f, both)) == {"held"}
     assert await _states(f, change) == ["held"]
     assert change["guid"] not in await _customs_jobs(f)
     await _ready(f, b)  # the message goes, then the change
