@@ -368,7 +368,6 @@ def unsent_info(withdrawn: bool, because: str) -> str:
             "goes instead; this one will never be sent")  # fmt: skip
 
 
-
 @dataclass(frozen=True)
 class HeldVersion:
     """A stored version of a document as :func:`settle_held` reads it: a version a change or withdrawal replaced (or one
