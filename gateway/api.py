@@ -51,7 +51,7 @@ from gateway.openapi import OPENAPI
 from gateway.outbox import Outbox, documents_by_guid, read_warehouse_callbacks
 from gateway.pipeline import Forbidden, Ingest, Pipeline
 from gateway.reconcile import ShipmentState
-from gateway.render import read_json
+from gateway.render import read_json, with_pointers
 from gateway.schema import SchemaSet
 from gateway.signing import Signer, SigningUnavailable, read_certificates
 from gateway.store import (
@@ -310,9 +310,10 @@ async def post_message(request: web.Request) -> web.Response:
         result = await pipeline.submit(checked, principal, source=source)
     except MessageRejected as exc:
         status = _status_for(exc.issues)
-        await _record_rejection(store, body, principal.name, exc.guid, exc.message_type, exc.issues, status)
+        issues = with_pointers(exc.message_type, exc.issues) if source == "json" else exc.issues
+        await _record_rejection(store, body, principal.name, exc.guid, exc.message_type, issues, status)
         log.info("message_rejected", message_type=exc.message_type, codes=[i.code for i in exc.issues[:10]])
-        return error_response(status, "the message was rejected", exc.issues)
+        return error_response(status, "the message was rejected", issues)
     except SigningUnavailable as exc:
         # the gateway's key, not the message: not kept among the refused messages (the sender sends it again once
         # the key is renewed); the operators see it here, in the 5xx share and in the certificate's expiry metric
@@ -323,16 +324,18 @@ async def post_message(request: web.Request) -> web.Response:
             response.headers["Retry-After"] = "30" if exc.code == "signing.ukey_unreachable" else "5"
         return response
     except Forbidden as exc:  # kept as well: a seller's key set up without the codes it sends shows here
-        await _record_rejection(store, body, principal.name, checked.message.guid, checked.message.type.code,
-                                exc.issues, 403)  # fmt: skip
-        return error_response(403, "the API key may not submit these documents", exc.issues)
+        guid, code = checked.message.guid, checked.message.type.code
+        issues = with_pointers(code, exc.issues) if source == "json" else exc.issues
+        await _record_rejection(store, body, principal.name, guid, code, issues, 403)
+        return error_response(403, "the API key may not submit these documents", issues)
     except Conflict as exc:
         guid, code = checked.message.guid, checked.message.type.code
-        if any(i.code == "auth.not_your_document" for i in exc.issues):  # another tenant's stored document
-            await _record_rejection(store, body, principal.name, guid, code, exc.issues, 403)
-            return error_response(403, "the API key may not change these documents", exc.issues)
-        await _record_rejection(store, body, principal.name, guid, code, exc.issues, 409)
-        return error_response(409, "the message conflicts with what is stored", exc.issues)
+        issues = with_pointers(code, exc.issues) if source == "json" else exc.issues
+        if any(i.code == "auth.not_your_document" for i in issues):  # another tenant's stored document
+            await _record_rejection(store, body, principal.name, guid, code, issues, 403)
+            return error_response(403, "the API key may not change these documents", issues)
+        await _record_rejection(store, body, principal.name, guid, code, issues, 409)
+        return error_response(409, "the message conflicts with what is stored", issues)
     shipments = [f"{s['ebpCode']}/{s['orderNo']}" for s in result.body.get("shipments", [])]
     structlog.contextvars.bind_contextvars(shipment=shipments[0] if len(shipments) == 1 else shipments)
     headers = {"Location": f"/v1/messages/{result.guid}"}

@@ -2,7 +2,8 @@
 
 Codes are stable identifiers documented in docs/errors.md; ``path`` points at the element
 (``/CEB311Message/Order[2]/OrderHead/acturalPaid``) and ``message`` says what is wrong and what
-was found. Pure layers return lists of :class:`Issue`; nothing here does I/O.
+was found. An issue of a JSON submission also says where it is in the posted JSON (``pointer``,
+gateway.render.with_pointers). Pure layers return lists of :class:`Issue`; nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ class Issue:
     code: str
     path: str
     message: str
+    #: For a JSON submission: the same place in the posted JSON (an RFC 6901 pointer), where the JSON has one.
+    pointer: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["layer"] = str(self.layer)
+        if self.pointer is None:  # the shape of every XML submission's issue: {layer, code, path, message}
+            del d["pointer"]
         return d
 
 

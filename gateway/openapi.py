@@ -32,6 +32,12 @@ _ISSUE = {
         },
         "path": {"type": "string", "examples": ["/CEB311Message/Order[2]/OrderHead/acturalPaid"]},
         "message": {"type": "string"},
+        "pointer": {
+            "type": "string",
+            "description": "a JSON submission's only: where the issue is in the posted JSON (RFC 6901; '' the "
+            "payload as a whole), where the JSON has such a place (not the Signature the gateway adds)",
+            "examples": ["/documents/1/acturalPaid"],
+        },
     },
 }
 

@@ -32,6 +32,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -167,6 +168,56 @@ def _pointer(*parts: str | int) -> str:
     (which UTF-8, hence the answer, cannot carry) shows it escaped as ``\\udXXX``."""
     text = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_STEP = re.compile(r"([^/\[\]]+)(?:\[(\d+)\])?")
+
+
+def json_pointer(mtype: MessageType, path: str) -> str | None:
+    """Where an issue's XML ``path`` in a message rendered from JSON is in the posted JSON (the shape of
+    docs/json-api.md): ``/CEB311Message/Order[1]/OrderList[2]/totalPrice`` is ``/documents/0/items/1/totalPrice``,
+    ``/CEB311Message/BaseTransfer/copName`` is ``/baseTransfer/copName``, ``/CEB311Message/@guid`` is ``/guid``. A path
+    that is not under the message's root is a pointer already (a shape error's, the agent's signing rule's); None
+    where the JSON has no such place (the Signature the gateway adds)."""
+    if path in ("", "/"):  # the request's body as a whole (parse.*)
+        return ""
+    root = f"/{mtype.root}"
+    if path != root and not path.startswith(root + "/"):
+        return path
+    steps = [_STEP.fullmatch(step) for step in path[len(root) + 1:].split("/") if step]
+    if not steps:
+        return ""  # the message as a whole
+    if any(m is None for m in steps):
+        return None
+    named = [(m.group(1), int(m.group(2)) if m.group(2) else None) for m in steps if m is not None]
+    (name, n), rest = named[0], named[1:]
+    if name.startswith("@"):  # a root attribute: guid, version
+        return _pointer(name[1:]) if not rest else None
+    if name == "BaseTransfer":
+        parts: tuple[str | int, ...] = ("baseTransfer",)
+    elif name == "BaseSubscribe":
+        parts = ("baseSubscribe", (n or 1) - 1)
+    elif name == mtype.document:
+        parts = ("documents", (n or 1) - 1)
+        if rest and mtype.head is not None:  # the head's fields are the document's; its lines are its items
+            (name, n), rest = rest[0], rest[1:]
+            if name == mtype.lines:  # one line, or (no index: one missing) the list
+                parts = (*parts, ITEMS) if n is None else (*parts, ITEMS, n - 1)
+            elif name != mtype.head:
+                return None
+    else:
+        return None
+    if len(rest) > 1:
+        return None
+    return _pointer(*parts, *(name for name, _ in rest))
+
+
+def with_pointers(code: str | None, issues: Sequence[Issue]) -> list[Issue]:
+    """The issues of a JSON submission of type ``code``, each saying where it is in the posted JSON (``pointer``)."""
+    mtype = lookup(code) if code else None
+    if mtype is None:
+        return list(issues)
+    return [i if i.pointer is not None else replace(i, pointer=json_pointer(mtype, i.path)) for i in issues]
 
 
 class Members(dict[str, Any]):

@@ -92,6 +92,7 @@ from gateway.outbox import (
 )
 from gateway.receipts import CODES as _RECEIPT_CODES
 from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING, RANK_RELEASED
+from gateway.render import with_pointers
 
 if TYPE_CHECKING:
     from gateway.forward import JobSpec
@@ -1615,6 +1616,8 @@ class Store:
                 deferred.append(job)
             else:
                 if warnings:  # part of the answer, kept with it: a replay answers them too
+                    if job.source == "json":
+                        warnings = tuple(with_pointers(job.msg.type.code, warnings))
                     verdict.body["warnings"] = [i.as_dict() for i in warnings]
                 writes.append((job, verdict))
         if more_locks - held:

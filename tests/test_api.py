@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -179,16 +180,53 @@ async def test_a_rule_warning_is_answered_with_the_202_and_again_by_its_replay(a
 
 async def test_a_rule_warning_of_a_json_message_is_answered_too(api: Client) -> None:
     """The same for JSON (a 1210 inventory naming the flight, direct purchase only): the warning at its XML path,
-    as the rules' errors are; and a message without any has no warnings in its answer."""
+    as the rules' errors are, and where it is in the JSON posted; and a message without any has no warnings in its
+    answer."""
     s = new_shipment(62, mode="1210")
     reply = await api.request("POST", "/v1/messages", json_body=_with(s.inventory, trafNo="CZ3090"))
     assert reply.status == 202, reply.body
-    assert [(w["code"], w["path"]) for w in reply.body["warnings"]] == [
-        ("rule.mode_field_unexpected", f"{INVENTORY_HEAD}/trafNo")]
+    assert [(w["code"], w["path"], w["pointer"]) for w in reply.body["warnings"]] == [
+        ("rule.mode_field_unexpected", f"{INVENTORY_HEAD}/trafNo", "/documents/0/trafNo")]
     again = await api.request("POST", "/v1/messages", json_body=_with(s.inventory, trafNo="CZ3090"))
     assert again.headers.get("Idempotent-Replay") == "true" and again.body == reply.body
     clean = await api.request("POST", "/v1/messages", json_body=json.loads(json.dumps(s.order, default=str)))
     assert clean.status == 202 and "warnings" not in clean.body, clean.body
+
+
+async def test_a_json_message_is_answered_where_in_its_json_each_issue_is(api: Client, db_pool: Any) -> None:
+    """A JSON seller is told, beside each issue's XML path, where it is in what it posted (``pointer``): a line's
+    total, a head's sum, a field the schema misses, the BaseTransfer — in the 422 and in the refusal kept for the
+    operators; a 403 for a document not its key's, and a 409, the same. An XML message's issues have no pointer."""
+    s = new_shipment(64)
+    order = json.loads(json.dumps(s.order, default=str))
+    order["documents"][0]["items"][0]["totalPrice"] = "999999.00"
+    reply = await api.request("POST", "/v1/messages", json_body=order)
+    assert reply.status == 422, reply.body
+    found = {(i["code"], i["path"], i["pointer"]) for i in reply.body["error"]["issues"]}
+    assert {("rule.total_price_mismatch", "/CEB311Message/Order[1]/OrderList[1]/totalPrice",
+             "/documents/0/items/0/totalPrice"),
+            ("rule.goods_value_mismatch", "/CEB311Message/Order[1]/OrderHead/goodsValue",
+             "/documents/0/goodsValue")} <= found, found  # fmt: skip
+    kept = await db_pool.fetchval("SELECT issues FROM rejected_messages ORDER BY id DESC LIMIT 1")
+    assert {(i["code"], i["pointer"]) for i in kept} == {(c, p) for c, _, p in found}
+    missing = json.loads(json.dumps(s.order, default=str))
+    del missing["documents"][0]["orderNo"], missing["baseTransfer"]["copName"]
+    reply = await api.request("POST", "/v1/messages", json_body=missing)
+    assert reply.status == 422, reply.body
+    assert {(i["code"], i["pointer"]) for i in reply.body["error"]["issues"]} == {
+        ("schema.missing_element", "/documents/0/orderNo"), ("schema.missing_element", "/baseTransfer/copName")}
+    order = json.loads(json.dumps(s.order, default=str))
+    other = await api.request("POST", "/v1/messages", key=STRANGER, json_body=order)
+    assert other.status == 403, other.body
+    assert [(i["code"], i["pointer"]) for i in other.body["error"]["issues"]] == [
+        ("auth.not_your_document", "/documents/0")]
+    assert (await api.request("POST", "/v1/messages", json_body=order)).status == 202
+    order["guid"] = str(uuid.uuid4()).upper()
+    duplicate = await api.request("POST", "/v1/messages", json_body=order)
+    assert duplicate.status == 409, duplicate.body
+    assert all(i["pointer"] == "/documents/0" for i in duplicate.body["error"]["issues"]), duplicate.body
+    xml = await api.post_xml(xml_of(_with(new_shipment(65).order, buyerIdType="2")))
+    assert xml.status == 422 and all("pointer" not in i for i in xml.body["error"]["issues"]), xml.body
 
 
 async def test_a_refused_message_is_answered_its_errors_alone(api: Client) -> None:

@@ -24,7 +24,7 @@ from gateway.documents import extract
 from gateway.errors import Layer, MessageRejected
 from gateway.messages import CEB_NS, DS_NS, EXPORT_SCHEMA, IMPORT_SCHEMA, SCHEMA_DIR, MessageType, lookup
 from gateway.pipeline import Pipeline, looks_like_json
-from gateway.render import CODES, DEFAULTS, FIELD_ORDER, JSON_TYPES, json_object, render
+from gateway.render import CODES, DEFAULTS, FIELD_ORDER, JSON_TYPES, json_object, json_pointer, render, render_root
 from gateway.samples import (
     export_return,
     export_shipment,
@@ -934,3 +934,50 @@ def test_null_is_absent_in_the_json_schemas_as_in_the_gateway(xsds: dict[str, et
         required["documents"][0][document["required"][0]] = None
         assert not validator.is_valid(required), code
         assert not xsd.validate(etree.fromstring(render(required, signer=stub_signature, now=NOW))), code
+
+
+# --- where an issue is in the JSON posted ---------------------------------------------------------------------------
+
+
+def _xml_path(mtype: MessageType, el: etree._Element) -> str:
+    """The path an issue names an element by, as the schema and rules layers write it: a document, a BaseSubscribe
+    and a line with their position among like siblings (Order[1], OrderList[2]), BaseTransfer and a head without."""
+    steps = []
+    while el is not None:
+        parent, step = el.getparent(), local(el)
+        if parent is not None and ((parent.getparent() is None and step != "BaseTransfer") or step == mtype.lines):
+            step += f"[{sum(1 for s in el.itersiblings(preceding=True) if local(s) == step) + 1}]"
+        steps.append(step)
+        el = parent
+    return "/" + "/".join(reversed(steps))
+
+
+@pytest.mark.parametrize("code", JSON_TYPES)
+def test_every_rendered_field_points_back_at_its_json_member(code: str) -> None:
+    """Each element rendered from a member of the JSON is where its issue's pointer says: the XML path of every
+    leaf maps back (gateway.render.json_pointer) to a pointer whose member holds the element's text."""
+    payload = copy.deepcopy(all_payloads()[code])
+    payload["documents"].append(copy.deepcopy(payload["documents"][0]))  # a second document: [2] is /documents/1
+    payload["baseSubscribe"] = [{"status": "1", "dxpAddress": "DXPENT0000000009"}, {"status": "2", "dxpAddress": "D2"}]
+    root = render_root(payload, now=NOW)
+    mtype = mtype_of(code)
+    leaves = 0
+    for el in root.iter():
+        if len(el) or el is root:
+            continue
+        path = _xml_path(mtype, el)
+        pointer = json_pointer(mtype, path)
+        assert pointer is not None, path
+        value: Any = payload
+        for part in pointer.split("/")[1:]:
+            value = value[int(part)] if isinstance(value, list) else value.get(part)
+        if value is None:  # a default or generated field (appType, guid, dxpMode ...): no member, a place for one
+            parent = json_pointer(mtype, path.rsplit("/", 1)[0])
+            assert parent is not None and pointer == f"{parent}/{local(el)}", (pointer, parent)
+        else:
+            assert str(value) == el.text, (pointer, value, el.text)
+            leaves += 1
+    assert leaves > 10
+    assert json_pointer(mtype, f"/{mtype.root}/@guid") == "/guid"
+    assert json_pointer(mtype, f"/{mtype.root}/Signature") is None
+    assert json_pointer(mtype, "/") == "" and json_pointer(mtype, "/documents/0/x") == "/documents/0/x"
