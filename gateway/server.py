@@ -54,7 +54,7 @@ from gateway.workers import (
     effective_endpoints,
     platform_keys,
     routing_router,
-    run_rejection_retention,
+    run_retention,
     uses_sandbox,
 )
 
@@ -703,7 +703,7 @@ async def serve(
             link_server: IngestServer | None = None
             reloader: KeyReload | None = None
             sandbox_renewals: set[asyncio.Task[None]] = set()  # a reload's 179 platforms put in the sandbox
-            retention: asyncio.Task[None] | None = None  # the refused messages' retention, in the first process
+            retention: asyncio.Task[None] | None = None  # what is kept a while only (run_retention): first process
             try:
                 if api_only:
                     if link is not None:
@@ -764,8 +764,7 @@ async def serve(
                                             worker=fwd.worker, realtime=settings.realtime,
                                             platform_keys=platform_keys)  # fmt: skip
                     await forwarding.start()
-                retention = asyncio.create_task(
-                    run_rejection_retention(pool, settings.rejection_retention_days, stop))
+                retention = asyncio.create_task(run_retention(pool, settings, stop))
                 if reload is not None:
 
                     def put_realtime(realtime: RealtimeSettings, keys: PlatformKeys) -> None:

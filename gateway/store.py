@@ -487,6 +487,27 @@ DELETE FROM rejected_messages
                         ORDER BY received_at LIMIT $2))
 """
 
+#: The payments last handed over more than $1 seconds ago, oldest first, at most $2 of them
+#: (realtime.payment_data_retention_days); their orders go with them (ON DELETE CASCADE). A payment customs asked about
+#: since then stays while the question is open: its upload still needs it.
+PRUNE_PAYMENT_DATA = """
+DELETE FROM payment_data
+ WHERE id = ANY (ARRAY(
+       SELECT p.id FROM payment_data p
+        WHERE p.updated_at < now() - make_interval(secs => $1)
+          AND NOT EXISTS (SELECT 1 FROM payment_orders o
+                            JOIN realtime_requests q ON q.ebp_code = o.ebp_code AND q.order_no = o.order_no
+                           WHERE o.payment_id = p.id AND q.state = 'asked'
+                             AND q.received_at >= now() - make_interval(secs => $1))
+        ORDER BY p.updated_at LIMIT $2))
+"""
+#: Customs' questions asked more than $1 seconds ago, at most $2 of them (the same retention).
+PRUNE_PAYMENT_QUESTIONS = """
+DELETE FROM realtime_requests
+ WHERE id = ANY (ARRAY(SELECT id FROM realtime_requests WHERE received_at < now() - make_interval(secs => $1)
+                        ORDER BY received_at LIMIT $2))
+"""
+
 SELECT_MESSAGE = """
 SELECT id, guid, message_type, sha256, raw_xml, source, submitter, received_at, response, http_status
   FROM messages WHERE guid = $1
@@ -839,10 +860,22 @@ async def read_rejection(conn: asyncpg.Connection, rejection_id: int) -> dict[st
 async def prune_rejections(pool: asyncpg.Pool, *, older_than_s: float, batch: int = 5000, max_batches: int = 20) -> int:
     """Delete the refused messages received more than ``older_than_s`` ago, oldest first: a short transaction per
     ``batch``, at most ``max_batches`` a call (a backlog goes over several passes); returns how many."""
+    return await _prune(pool, PRUNE_REJECTIONS, older_than_s, batch, max_batches)
+
+
+async def prune_payment_data(pool: asyncpg.Pool, *, older_than_s: float, batch: int = 5000,
+                             max_batches: int = 20) -> tuple[int, int]:  # fmt: skip
+    """Delete the payments' raw data last handed over, and customs' questions asked, more than ``older_than_s`` ago
+    (as prune_rejections does); returns how many of each."""
+    return (await _prune(pool, PRUNE_PAYMENT_DATA, older_than_s, batch, max_batches),
+            await _prune(pool, PRUNE_PAYMENT_QUESTIONS, older_than_s, batch, max_batches))  # fmt: skip
+
+
+async def _prune(pool: asyncpg.Pool, sql: str, older_than_s: float, batch: int, max_batches: int) -> int:
     pruned = 0
     for _ in range(max_batches):
         async with pool.acquire() as conn:
-            n = int((await conn.execute(PRUNE_REJECTIONS, older_than_s, batch)).split()[-1])
+            n = int((await conn.execute(sql, older_than_s, batch)).split()[-1])
         pruned += n
         if n < batch:
             break

@@ -38,10 +38,17 @@ from adapters.realtime import RealtimeAdapter, RealtimeRefused
 from adapters.warehouse import WarehouseAdapter, WarehouseConfig
 from adapters.webhook import WebhookAdapter, WebhookEndpoint, allowed_networks
 from gateway import realtime, receipts, signing
-from gateway.config import EndpointSettings, ForwardingSettings, RealtimeSettings, WebhookSettings, uses_sandbox
+from gateway.config import (
+    EndpointSettings,
+    ForwardingSettings,
+    RealtimeSettings,
+    Settings,
+    WebhookSettings,
+    uses_sandbox,
+)
 from gateway.forward import Router
 from gateway.outbox import Outbox
-from gateway.store import prune_rejections, read_payment_upload, record_payment_upload
+from gateway.store import prune_payment_data, prune_rejections, read_payment_upload, record_payment_upload
 from gateway.ukey import UKeyBridge, UKeyRefused, UKeyRefusedBefore, UKeyUnreachable
 
 log = structlog.get_logger("gateway.workers")
@@ -425,19 +432,24 @@ async def run_watchdog(outbox: Outbox, fwd: ForwardingSettings, stop: asyncio.Ev
             await asyncio.wait_for(stop.wait(), interval)
 
 
-async def run_rejection_retention(pool: asyncpg.Pool, days: float, stop: asyncio.Event, *,
-                                  interval_s: float = 3600.0) -> None:  # fmt: skip
-    """Delete the refused messages older than ``days`` (rejection_retention_days) now and then every ``interval_s``,
-    until ``stop``; 0 days: keep them, and do nothing."""
-    if days <= 0:
+async def run_retention(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event, *,
+                        interval_s: float = 3600.0) -> None:  # fmt: skip
+    """Delete what is kept for a while only, now and then every ``interval_s``, until ``stop``: the refused messages
+    older than rejection_retention_days, the payments' raw data and customs' 179 questions older than
+    realtime.payment_data_retention_days (0 days: kept for ever)."""
+    rejections, payments = settings.rejection_retention_days, settings.realtime.payment_data_retention_days
+    if rejections <= 0 and payments <= 0:
         return
     while not stop.is_set():
         try:
-            pruned = await prune_rejections(pool, older_than_s=days * 86400)
-            if pruned:
-                log.info("rejections_pruned", messages=pruned, retention_days=days)
+            if rejections > 0 and (pruned := await prune_rejections(pool, older_than_s=rejections * 86400)):
+                log.info("rejections_pruned", messages=pruned, retention_days=rejections)
+            if payments > 0:
+                data, questions = await prune_payment_data(pool, older_than_s=payments * 86400)
+                if data or questions:
+                    log.info("payment_data_pruned", payments=data, questions=questions, retention_days=payments)
         except Exception as exc:  # the database may be restarting: try again next time
-            log.warning("rejection_retention_failed", error=f"{type(exc).__name__}: {exc}")
+            log.warning("retention_failed", error=f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
 

@@ -468,6 +468,13 @@ def test_the_refused_messages_retention_is_read_and_a_bad_one_refused(tmp_path: 
         with pytest.raises(ValueError, match=r"^forwarding.done_job_retention_days: must be"):
             config.load(env={"CBEC_FORWARDING_DONE_JOB_RETENTION_DAYS": bad})
     assert config.load(env={"CBEC_FORWARDING_DONE_JOB_RETENTION_DAYS": "0"}).forwarding.done_job_retention_days == 0
+    assert config.load(env={}).realtime.payment_data_retention_days == 1095.0  # three years
+    path.write_text("[realtime]\npayment_data_retention_days = 0\n", encoding="utf-8")
+    assert config.load(path, env={}).realtime.payment_data_retention_days == 0.0
+    for bad in ("-1", "nan", '"forever"', "1e9"):
+        path.write_text(f"[realtime]\npayment_data_retention_days = {bad}\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=r"realtime.payment_data_retention_days: must be"):
+            config.load(path, env={})
 
 def test_validate_takes_the_json_a_seller_sends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A JSON document set (docs/json-api.md) is rendered and checked as the API would; its inventory signed as the

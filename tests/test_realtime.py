@@ -3,6 +3,7 @@ upload's text and signature."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import json
@@ -658,4 +659,53 @@ async def test_the_payment_data_statements_probe_indexes(db_pool: asyncpg.Pool) 
                                         "WAITING_UPLOADS": f"'{EBP_CODE}', ARRAY['O1']",
                                         "QUESTION_JOB": "1, 1", "QUESTIONS": "100, 20, NULL, NULL",
                                         "OPEN_QUESTIONS": f"100, 20, 'refused', ARRAY['{EBP_CODE}']"})
+    assert found == {}
+
+
+@pytest.mark.db
+async def test_payment_data_and_questions_go_after_their_retention(db_pool: asyncpg.Pool) -> None:
+    """realtime.payment_data_retention_days: a payment last handed over longer ago goes with its orders, a question
+    asked longer ago goes; the newer stay, and so does an old payment customs asked about within the retention while
+    the question is open (its upload needs it). The retention's loop does it, and keeps everything with 0 days. Each
+    statement reads by an index."""
+    from gateway import db, store
+    from gateway.workers import run_retention
+    from tests.planutil import full_scans
+
+    app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
+    orders = [parcel(seed).order_doc["orderNo"] for seed in range(91, 95)]
+    async with serving(app) as api:
+        for seed in range(91, 95):
+            r = await api.request("POST", "/v1/payment-data", json_body=samples.payment_data(parcel(seed)))
+            assert r.status == 201, r.body
+        for order_no, session in ((orders[0], "old"), (orders[1], "recent-open")):
+            assert (await ask(api, order_no, session))[1]["code"] == "10000"
+    old = "now() - make_interval(days => 1200)"
+    await db_pool.execute(f"UPDATE payment_data SET updated_at = {old}, received_at = {old} "
+                          "WHERE id IN (SELECT payment_id FROM payment_orders WHERE order_no = ANY($1))",
+                          orders[:3])  # fmt: skip
+    await db_pool.execute(f"UPDATE realtime_requests SET received_at = {old} WHERE session_id = 'old'")
+    settings = settings_with(realtime=platforms())
+    stop = asyncio.Event()
+    await run_retention(db_pool, dataclasses.replace(
+        settings, rejection_retention_days=0,
+        realtime=dataclasses.replace(settings.realtime, payment_data_retention_days=0)), stop)  # returns at once
+    assert await db_pool.fetchval("SELECT count(*) FROM payment_data") == 4
+    loop = asyncio.create_task(run_retention(db_pool, settings, stop, interval_s=0.05))
+    for _ in range(100):
+        if await db_pool.fetchval("SELECT count(*) FROM payment_data") == 2:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(loop, 5)
+    kept = await db_pool.fetch("SELECT order_no FROM payment_orders ORDER BY order_no")
+    assert sorted(r["order_no"] for r in kept) == sorted(orders[1:2] + orders[3:])  # asked about, and recent
+    questions = await db_pool.fetch("SELECT session_id FROM realtime_requests")
+    assert [q["session_id"] for q in questions] == ["recent-open"]
+    assert await store.prune_payment_data(db_pool, older_than_s=1095 * 86400) == (0, 0)
+    async with db_pool.acquire() as conn:
+        for table in ("payment_data", "payment_orders", "realtime_requests"):
+            await conn.execute(f"ANALYZE {table}")
+        found = await full_scans(conn, begin=db.BEGIN_PLANNED, module=store, cases={
+            "PRUNE_PAYMENT_DATA": "86400, 100", "PRUNE_PAYMENT_QUESTIONS": "86400, 100"})
     assert found == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import types
 from datetime import UTC, datetime, timedelta
@@ -1284,7 +1285,8 @@ async def test_refused_messages_older_than_their_retention_go_oldest_first_a_bat
     with 0 days keeps everything."""
     from gateway.errors import Issue, Layer
     from gateway.store import prune_rejections
-    from gateway.workers import run_rejection_retention
+    from gateway.workers import run_retention
+    from tests.apiutil import test_settings
 
     issue = Issue(Layer.PARSE, "parse.not_well_formed", "/", "broken")
     for i in range(7):
@@ -1298,9 +1300,12 @@ async def test_refused_messages_older_than_their_retention_go_oldest_first_a_bat
     left = await db_pool.fetchval("SELECT count(*) FROM rejected_messages WHERE guid LIKE 'G-OLD-%'")
     assert left == 3
     stop = asyncio.Event()
-    await run_rejection_retention(db_pool, 0, stop)  # 0: kept for ever, returns at once
+    kept = test_settings(rejection_retention_days=0.0)
+    kept = dataclasses.replace(kept, realtime=dataclasses.replace(kept.realtime, payment_data_retention_days=0.0))
+    await run_retention(db_pool, kept, stop)  # 0: kept for ever, returns at once
     assert await db_pool.fetchval("SELECT count(*) FROM rejected_messages") == 5
-    loop = asyncio.create_task(run_rejection_retention(db_pool, 180, stop, interval_s=0.05))
+    loop = asyncio.create_task(run_retention(db_pool, test_settings(rejection_retention_days=180.0), stop,
+                                             interval_s=0.05))  # fmt: skip
     for _ in range(100):
         if await db_pool.fetchval("SELECT count(*) FROM rejected_messages") == 2:
             break
