@@ -55,10 +55,14 @@ from gateway.render import read_json, with_pointers
 from gateway.schema import SchemaSet
 from gateway.signing import Signer, SigningUnavailable, read_certificates
 from gateway.store import (
+    CloseRefused,
     Conflict,
     PaymentConflict,
     SessionTaken,
     Store,
+    close_payment_question,
+    close_reason,
+    close_unmatched_receipt,
     payment_data_of_shipment,
     quota_reassessor,
     read_payment_data,
@@ -453,7 +457,8 @@ async def delete_payment_data(request: web.Request) -> web.Response:
 
 async def list_payment_questions(request: web.Request) -> web.Response:
     """Customs' 179 questions, newest first, with what became of each upload: ``state=open`` (the default: asked or
-    refused, those that may need a look), ``asked``, ``refused``, ``uploaded`` or ``any``; ``ebpCode`` one platform.
+    refused and not closed, those that may need a look), ``closed``, ``asked``, ``refused``, ``uploaded`` or ``any``;
+    ``ebpCode`` one platform.
     An operator's key sees every platform's, a submitter's those of the platforms it holds."""
     principal = _principal(request)
     q = request.query
@@ -892,11 +897,63 @@ async def get_unmatched_receipts(request: web.Request) -> web.Response:
     try:
         limit = _limit(q)
         async with request.app[POOL].acquire() as conn:
-            page = await unmatched_receipts(conn, message_type=q.get("message_type") or None, limit=limit,
+            page = await unmatched_receipts(conn, state=q.get("state", "open"),
+                                            message_type=q.get("message_type") or None, limit=limit,
                                             cursor=q.get("cursor") or None)  # fmt: skip
     except ValueError as exc:
         return error_response(400, f"bad query parameter: {exc}")
     return json_response(page)
+
+
+#: A close's body is one short reason: a few kilobytes are plenty.
+_CLOSE_BODY_MAX = 4096
+
+
+async def _close_request(request: web.Request, noun: str) -> tuple[int, str] | web.Response:
+    """The id of the ``noun`` in the path and the reason in the body of a close (operator / admin), or the error
+    answer."""
+    if (denied := _operator(request)) is not None:
+        return denied
+    row_id = db.row_id(request.match_info["id"])
+    if row_id is None:
+        return error_response(404, f"no {noun} {request.match_info['id']!r}: its id is a positive integer")
+    try:
+        reason = close_reason(read_json(await _read_body(request, _CLOSE_BODY_MAX) or b"{}"))
+    except MessageRejected as exc:
+        return error_response(_status_for(exc.issues), "the body was not read", exc.issues)
+    except ValueError as exc:
+        return error_response(400, f"bad body: {exc}")
+    return row_id, reason
+
+
+async def post_close_unmatched_receipt(request: web.Request) -> web.Response:
+    """Close a receipt kept unmatched that no document will ever answer, with a short reason (operator / admin): it
+    leaves the open list and cbec_receipts_unmatched; linked as any should its document come after all."""
+    asked = await _close_request(request, "receipt")
+    if isinstance(asked, web.Response):
+        return asked
+    receipt_id, reason = asked
+    try:
+        closed = await close_unmatched_receipt(request.app[POOL], receipt_id, by=_principal(request).name,
+                                               reason=reason)  # fmt: skip
+    except CloseRefused as exc:
+        return error_response(exc.status, str(exc))
+    return json_response(closed)
+
+
+async def post_close_payment_question(request: web.Request) -> web.Response:
+    """Close a 179 question that can never be answered, with a short reason (operator / admin): it leaves the open
+    list and cbec_payment_data_questions; its upload's job ends without uploading (store.close_payment_question)."""
+    asked = await _close_request(request, "question")
+    if isinstance(asked, web.Response):
+        return asked
+    question_id, reason = asked
+    try:
+        closed = await close_payment_question(request.app[POOL], question_id, by=_principal(request).name,
+                                              reason=reason)  # fmt: skip
+    except CloseRefused as exc:
+        return error_response(exc.status, str(exc))
+    return json_response(closed)
 
 
 def _operator(request: web.Request) -> web.Response | None:
@@ -1078,6 +1135,7 @@ def create_app(
     app.router.add_post("/v1/messages", post_message)
     app.router.add_post("/v1/payment-data", post_payment_data)
     app.router.add_get("/v1/payment-data/questions", list_payment_questions)
+    app.router.add_post("/v1/payment-data/questions/{id}/close", post_close_payment_question)
     app.router.add_get("/v1/payment-data/{ebpCode}/{orderNo}", get_payment_data)
     app.router.add_delete("/v1/payment-data/{ebpCode}/{orderNo}", delete_payment_data)
     app.router.add_post("/ceb/platDataOpen/{token}", plat_data_open)
@@ -1091,6 +1149,7 @@ def create_app(
     app.router.add_get("/v1/rejections/{id}", get_rejection)
     app.router.add_post("/v1/receipts", post_receipts)
     app.router.add_get("/v1/receipts/unmatched", get_unmatched_receipts)
+    app.router.add_post("/v1/receipts/unmatched/{id}/close", post_close_unmatched_receipt)
     app.router.add_post(WAREHOUSE_CALLBACKS, post_warehouse_callback)
     app.router.add_get(WAREHOUSE_CALLBACKS, list_warehouse_callbacks)
     app.router.add_get("/v1/queue", get_queue)

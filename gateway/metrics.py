@@ -352,8 +352,9 @@ class Metrics:
             g.add_metric([quantile], float(v))
         out.append(g)
         out.append(GaugeMetricFamily("cbec_receipts_recent", f"Receipts received {window}", float(r["n"])))
-        g = GaugeMetricFamily("cbec_receipts_unmatched", "Customs receipts kept unmatched: no document the gateway "
-                              "holds is the one they answer (GET /v1/receipts/unmatched lists them)",
+        g = GaugeMetricFamily("cbec_receipts_unmatched", "Customs receipts kept unmatched and open: no document the "
+                              "gateway holds is the one they answer (GET /v1/receipts/unmatched lists them); those an "
+                              "operator closed are not counted",
                               labels=["message_type"])  # fmt: skip
         for r in await conn.fetch(q.UNMATCHED_RECEIPTS_BY_TYPE):
             g.add_metric([r["message_type"]], r["n"])
@@ -371,7 +372,8 @@ class Metrics:
         r = await conn.fetchrow(realtime.OPEN_FIGURES)
         g = GaugeMetricFamily(
             "cbec_payment_data_questions",
-            "Customs' 179 questions for payment data not uploaded: waiting (for the platform's data or for customs), "
+            "Customs' 179 questions for payment data not uploaded nor closed by an operator: waiting (for the "
+            "platform's data or for customs), "
             "given_up (the upload a dead letter: no data, or no answer from customs' endpoint, before its retries "
             "ended, or a UKey that refused), "
             "refused (by customs)",

@@ -88,6 +88,49 @@ _KINDS = [k.value for k in Kind]
 _CUSTOMS_TIME = {"type": ["string", "null"], "description": "customs' returnTime as written: yyyyMMddHHmmssSSS, China "
                  "time"}  # fmt: skip
 
+
+#: Who closed a receipt or a 179 question, when and why (POST .../close); null while it is open.
+_CLOSED = {
+    "closed_at": {**_TIME_OR_NULL, "description": "when an operator closed it: it can never be settled"},
+    "closed_by": {**_STR_OR_NULL, "description": "the name of the key that closed it"},
+    "close_reason": {**_STR_OR_NULL, "description": "why, as the operator wrote it"},
+}
+
+#: What the operators watch and may close: the receipts kept unmatched, customs' 179 questions.
+_CLOSED_BY_OPERATORS = {
+    "UnmatchedReceipt": _object(
+        ("id", "received_at", "message_type", "keys", "return_status", "closed_at", "closed_by", "close_reason"), {
+            "id": _INT, "received_at": _TIME, "message_type": _STR, "root_guid": _STR_OR_NULL,
+            "element_index": _INT, "doc_guid": _STR_OR_NULL, "keys": {"type": "object"},
+            "return_status": _STR_OR_NULL, "return_time": _CUSTOMS_TIME, "return_info": _STR_OR_NULL,
+            "cop_msg_id": _STR_OR_NULL, "source": _STR_OR_NULL, **_CLOSED,
+        }, "a customs receipt kept unmatched: customs' word on a document the gateway could not find, as stored"),
+    "UnmatchedReceiptPage": _object(("items", "next_cursor"), {
+        "items": {"type": "array", "items": _ref("UnmatchedReceipt")}, "next_cursor": _STR_OR_NULL}),
+    "PaymentQuestion": _object(
+        ("id", "ebpCode", "orderNo", "sessionID", "received_at", "state", "handed_over", "job", "closed_at",
+         "closed_by", "close_reason"), {
+            "id": _INT, "ebpCode": _STR, "orderNo": _STR, "sessionID": _STR, "serviceTime": _INT,
+            "received_at": _TIME, "state": {"enum": ["asked", "uploaded", "refused"]},
+            "handed_over": {"type": "boolean", "description": "the order's payment was handed over"},
+            "upload_guid": _STR_OR_NULL, "uploaded_at": _TIME_OR_NULL, "answered_at": _TIME_OR_NULL,
+            "answer": {"type": ["object", "null"], "description": "customs' {code, message}"},
+            "job": {"anyOf": [_object(("id", "state"), {"id": _INT, "state": _STR, "attempts": _INT,
+                                                        "last_error": _STR_OR_NULL, "run_after": _TIME_OR_NULL}),
+                              {"type": "null"}],
+                    "description": "the upload's job (dead: replay it with POST /v1/queue/replay)"},
+            **_CLOSED,
+        }, "customs' 179 question (platDataOpen) and what became of its upload"),
+    "PaymentQuestionPage": _object(("items", "next_cursor"), {
+        "items": {"type": "array", "items": _ref("PaymentQuestion")}, "next_cursor": _STR_OR_NULL}),
+}
+
+#: A close's body: one short reason (gateway.store.close_reason).
+_CLOSE_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["reason"], "additionalProperties": False,
+    "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 200,
+                              "description": "why it can never be settled, one line for the next operator"}}}}}}
+
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "Side": _object(("doc", "guid", "path", "value"), {
         "doc": {**_STR, "description": "the message type of the document, e.g. CEB311"},
@@ -237,6 +280,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     }, "a refused message with what refused it"),
     "RejectionPage": _object(("items", "next_cursor"), {
         "items": {"type": "array", "items": _ref("Rejection")}, "next_cursor": _STR_OR_NULL}),
+    **_CLOSED_BY_OPERATORS,
 }
 
 
@@ -625,14 +669,36 @@ OPENAPI: dict[str, Any] = {
                 "serviceTime, received_at, state (asked | uploaded | refused), handed_over (the order's payment was "
                 "handed over), "
                 "upload_guid, uploaded_at, answered_at, answer: customs' {code, message}, job: the upload's {id, "
-                "state, attempts, last_error, run_after} (dead: replay it with POST /v1/queue/replay)}",
+                "state, attempts, last_error, run_after} (dead: replay it with POST /v1/queue/replay), closed_at, "
+                "closed_by, close_reason (an operator closed it: null while open)}",
                 (
-                    ("state", "open (the default: asked or refused, those not uploaded), asked, refused, uploaded "
-                              "or any"),
+                    ("state", "open (the default: asked or refused, those not uploaded, and not closed), closed (those "
+                              "an operator closed), asked, refused, uploaded or any (closed or not)"),
                     ("ebpCode", "one platform's"),
                 ),
                 "a state, limit or cursor that is not one",
+                page="PaymentQuestionPage",
             ),
+        },
+        "/v1/payment-data/questions/{id}/close": {
+            "post": {
+                "summary": "Close a 179 question that can never be answered (operator / admin), with a short reason: "
+                "it leaves the open list and cbec_payment_data_questions (and so their alerts), kept with who closed "
+                "it, when and why (state=closed). Its upload's job, queued or a dead letter, runs once more and ends "
+                "done without uploading: no dead letter stays, nothing is uploaded later. Customs asking again is a "
+                "new question",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "requestBody": _CLOSE_BODY,
+                "responses": {
+                    "200": _ok("the question as listed, closed", "PaymentQuestion"),
+                    "400": _err("a body that is not {reason}: none, empty, over 200 characters, several lines"),
+                    "404": _err("no such question"),
+                    "409": _err("the question was uploaded, closed already (by whom, when, why), or its upload is "
+                                "being sent now (close it once customs answered, if it still needs closing)"),
+                    "413": _err("a body over 4 KiB (parse.too_large)"),
+                    **_AUTH_ERRORS,
+                },
+            }
         },
         "/v1/payment-data/{ebpCode}/{orderNo}": {
             "get": {
@@ -774,10 +840,32 @@ OPENAPI: dict[str, Any] = {
                 "a document the gateway could not find (declared around it, keys that differ; a tax bill or summary "
                 "result whose number no receipt has taught yet leaves the list when one does), each {id, received_at, "
                 "message_type, root_guid, element_index, doc_guid, keys, return_status, return_time, return_info, "
-                "cop_msg_id, source}",
-                (("message_type", "only receipts of this type, e.g. CEB622"),),
-                "a limit or cursor that is not one",
+                "cop_msg_id, source, closed_at, closed_by, close_reason (an operator closed it: null while open)}",
+                (("state", "open (the default: not closed), closed or any"),
+                 ("message_type", "only receipts of this type, e.g. CEB622")),
+                "a state, limit or cursor that is not one",
+                page="UnmatchedReceiptPage",
             )
+        },
+        "/v1/receipts/unmatched/{id}/close": {
+            "post": {
+                "summary": "Close a receipt kept unmatched that no document will ever answer (operator / admin), "
+                "with a short reason: it leaves the open list and cbec_receipts_unmatched (and so its alert), kept "
+                "with who closed it, when and why (state=closed). It stays unmatched: should its document come after "
+                "all, customs delivering it again (or, a tax bill or summary result, the receipt teaching its number) "
+                "links it as any",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "requestBody": _CLOSE_BODY,
+                "responses": {
+                    "200": _ok("the receipt as listed, closed", "UnmatchedReceipt"),
+                    "400": _err("a body that is not {reason}: none, empty, over 200 characters, several lines"),
+                    "404": _err("no such receipt"),
+                    "409": _err("the receipt matched its document (no unmatched receipt), or was closed already (by "
+                                "whom, when, why)"),
+                    "413": _err("a body over 4 KiB (parse.too_large)"),
+                    **_AUTH_ERRORS,
+                },
+            }
         },
         "/v1/queue/dead": {
             "get": {

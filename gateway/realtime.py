@@ -432,7 +432,9 @@ RETURNING id
 """
 ASKED = "SELECT id, order_no FROM realtime_requests WHERE ebp_code = $1 AND session_id = $2"
 #: The uploads waiting for the payment data of orders $2 of platform $1: the jobs of customs' questions about them not
-#: answered yet (queued or running: retrying until the data comes; dead: they gave up before it came).
+#: answered yet (queued or running: retrying until the data comes; dead: they gave up before it came). A question an
+#: operator closed has its job run once more at once, to end uploading nothing (gateway.store.close_payment_question):
+#: hastened or replayed here meanwhile, it ends the same.
 WAITING_UPLOADS = """
 SELECT r.job_id, j.state FROM realtime_requests AS r
   JOIN LATERAL (SELECT j.state FROM jobs AS j WHERE j.id = r.job_id OFFSET 0) AS j ON true
@@ -440,9 +442,11 @@ SELECT r.job_id, j.state FROM realtime_requests AS r
 """
 #: The job that uploads question $1's answer ($2): what the operators' list shows of its attempts and dead letter.
 QUESTION_JOB = "UPDATE realtime_requests SET job_id = $2 WHERE id = $1"
-#: What an upload needs: the question $1 and the payment its order was paid by (none yet: NULL columns).
+#: What an upload needs: the question $1 (closed: nothing to upload) and the payment its order was paid by (none yet:
+#: NULL columns).
 UPLOAD_INPUT = """
-SELECT r.id, r.ebp_code, r.order_no, r.session_id, r.service_time, r.state, p.head, p.lists
+SELECT r.id, r.ebp_code, r.order_no, r.session_id, r.service_time, r.state, r.closed_at IS NOT NULL AS closed,
+       p.head, p.lists
   FROM realtime_requests AS r
   LEFT JOIN payment_orders AS o ON o.ebp_code = r.ebp_code AND o.order_no = r.order_no
   LEFT JOIN payment_data AS p ON p.id = o.payment_id
@@ -466,30 +470,35 @@ SELECT session_id, service_time, received_at, state, upload_guid, uploaded_at, a
   FROM realtime_requests WHERE ebp_code = $1 AND order_no = $2 ORDER BY id DESC LIMIT 50
 """
 
-#: The operators' list of customs' questions, newest first: each with whether its order's payment was handed over and
-#: its upload's job. Arguments: $1 below this id (a page's cursor), $2 how many, $3 one state only (NULL: any), $4 the
-#: platforms (ebpCodes; NULL: every one).
+#: The operators' list of customs' questions, newest first: each with whether its order's payment was handed over,
+#: its upload's job and, closed, who closed it, when and why. Arguments: $1 below this id (a page's cursor), $2 how
+#: many, $3 one state only (NULL: any), $4 the platforms (ebpCodes; NULL: every one).
 _QUESTIONS = """
 SELECT r.id, r.ebp_code, r.order_no, r.session_id, r.service_time, r.received_at, r.state, r.upload_guid,
-       r.uploaded_at, r.answered_at, r.answer, o.order_no IS NOT NULL AS handed_over,
+       r.uploaded_at, r.answered_at, r.answer, r.closed_at, r.closed_by, r.close_reason,
+       o.order_no IS NOT NULL AS handed_over,
        j.id AS job_id, j.state AS job_state, j.attempts AS job_attempts, j.last_error AS job_last_error,
        j.run_after AS job_run_after
   FROM realtime_requests AS r
   LEFT JOIN LATERAL (SELECT o.order_no FROM payment_orders AS o
                       WHERE o.ebp_code = r.ebp_code AND o.order_no = r.order_no OFFSET 0) AS o ON true
   LEFT JOIN LATERAL (SELECT * FROM jobs AS j WHERE j.id = r.job_id OFFSET 0) AS j ON true
- WHERE {open} r.id < $1 AND ($3::text IS NULL OR r.state = $3) AND ($4::text[] IS NULL OR r.ebp_code = ANY($4::text[]))
+ WHERE {which} r.id < $1 AND ($3::text IS NULL OR r.state = $3) AND ($4::text[] IS NULL OR r.ebp_code = ANY($4::text[]))
  ORDER BY r.id DESC
  LIMIT $2
 """
 #: Every question (through the primary key).
-QUESTIONS = _QUESTIONS.format(open="")
-#: The questions not uploaded (asked or refused), through their partial index (sql/380): the list that needs a look.
-OPEN_QUESTIONS = _QUESTIONS.format(open="r.state <> 'uploaded' AND")
+QUESTIONS = _QUESTIONS.format(which="")
+#: The questions not uploaded (asked or refused) and not closed, through their partial index (sql/470): the list that
+#: needs a look.
+OPEN_QUESTIONS = _QUESTIONS.format(which="r.state <> 'uploaded' AND r.closed_at IS NULL AND")
+#: The questions an operator closed (CLOSE_QUESTION), through theirs.
+CLOSED_QUESTIONS = _QUESTIONS.format(which="r.closed_at IS NOT NULL AND")
 #: The open questions as /metrics counts them: waiting (asked, the upload queued or retrying: for its data or for
 #: customs), given up (asked, the upload a dead letter: it waited for its data, or for customs' endpoint to answer,
 #: past its retries, or the platform's UKey refused to sign), refused by customs; and how long the longest waiting
-#: one has waited (seconds; 0: none). The partial index read whole: the open questions are few.
+#: one has waited (seconds; 0: none). The partial index read whole: the open questions are few (a closed one is
+#: none of them).
 OPEN_FIGURES = """
 SELECT count(*) FILTER (WHERE r.state = 'asked' AND j.state IS DISTINCT FROM 'dead') AS waiting,
        count(*) FILTER (WHERE r.state = 'asked' AND j.state = 'dead') AS given_up,
@@ -499,10 +508,23 @@ SELECT count(*) FILTER (WHERE r.state = 'asked' AND j.state IS DISTINCT FROM 'de
            AS oldest_wait_s
   FROM realtime_requests AS r
   LEFT JOIN LATERAL (SELECT j.state FROM jobs AS j WHERE j.id = r.job_id OFFSET 0) AS j ON true
- WHERE r.state <> 'uploaded'
+ WHERE r.state <> 'uploaded' AND r.closed_at IS NULL
 """
-#: The states a question is listed by (GET /v1/payment-data/questions?state=): ``open`` is asked or refused.
-QUESTION_STATES = ("open", "asked", "refused", "uploaded", "any")
+#: The states a question is listed by (GET /v1/payment-data/questions?state=): ``open`` is asked or refused and not
+#: closed, ``closed`` those an operator closed (whatever their upload's state); the others by the upload's state,
+#: closed or not.
+QUESTION_STATES = ("open", "closed", "asked", "refused", "uploaded", "any")
+
+#: A question to close ($1), locked: its upload's state, its job, whether it was closed already.
+QUESTION_TO_CLOSE = """
+SELECT id, ebp_code, order_no, state, job_id, closed_at, closed_by, close_reason
+  FROM realtime_requests WHERE id = $1 FOR UPDATE
+"""
+#: The state of a closing question's job ($1), locked: a worker claims no job another transaction holds (its claim
+#: skips locked rows), so the question is closed either before the upload is claimed or not at all.
+JOB_TO_CLOSE = "SELECT state FROM jobs WHERE id = $1 FOR UPDATE"
+#: Question $1 closed by $2 (a key's name) for the reason $3.
+CLOSE_QUESTION = "UPDATE realtime_requests SET closed_at = now(), closed_by = $2, close_reason = $3 WHERE id = $1"
 
 
 CODES: dict[str, str] = {
@@ -524,10 +546,10 @@ CODES: dict[str, str] = {
 }
 
 __all__ = [
-    "ANSWERED", "ASK", "ASKED", "CODES", "DROP_ORDERS", "FAILURE", "HEAD", "HEAD_FIELDS", "LISTS", "LIST_FIELDS",
-    "OPEN_FIGURES", "OPEN_QUESTIONS", "PAYMENT_OF_ORDER", "QUESTIONS", "QUESTIONS_OF_ORDER", "QUESTION_JOB",
-    "QUESTION_STATES", "SUCCESS", "TAKE_ORDERS", "UPLOAD_INPUT", "UPSERT_PAYMENT", "VARIANTS", "WAITING_UPLOADS",
-    "WITHDRAW_PAYMENT",
+    "ANSWERED", "ASK", "ASKED", "CLOSED_QUESTIONS", "CLOSE_QUESTION", "CODES", "DROP_ORDERS", "FAILURE", "HEAD",
+    "HEAD_FIELDS", "JOB_TO_CLOSE", "LISTS", "LIST_FIELDS", "OPEN_FIGURES", "OPEN_QUESTIONS", "PAYMENT_OF_ORDER",
+    "QUESTIONS", "QUESTIONS_OF_ORDER", "QUESTION_JOB", "QUESTION_STATES", "QUESTION_TO_CLOSE", "SUCCESS",
+    "TAKE_ORDERS", "UPLOAD_INPUT", "UPSERT_PAYMENT", "VARIANTS", "WAITING_UPLOADS", "WITHDRAW_PAYMENT",
     "OpenRequest", "PaymentData", "ReadUpload", "Unsigned", "Upload", "Variant", "customs_answer", "head_json",
     "lists_json", "open_request", "payment_data", "read_upload", "reply", "signed_string", "unsigned_upload",
 ]  # fmt: skip

@@ -1054,9 +1054,10 @@ async def read_payment_questions(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """A page of customs' 179 questions, newest first (GET /v1/payment-data/questions and the console's panel):
-    ``state`` one of realtime.QUESTION_STATES (``open``: asked or refused, those that may need a look); ``ebp_codes``
-    the platforms (None: every one). Each says whether its order's payment was handed over and what became of its
-    upload's job. ``next_cursor`` is None on the last page; a malformed cursor raises ValueError."""
+    ``state`` one of realtime.QUESTION_STATES (``open``: asked or refused and not closed, those that may need a look;
+    ``closed``: those an operator closed); ``ebp_codes`` the platforms (None: every one). Each says whether its order's
+    payment was handed over, what became of its upload's job and, closed, who closed it, when and why. ``next_cursor``
+    is None on the last page; a malformed cursor raises ValueError."""
     if state not in realtime.QUESTION_STATES:
         raise ValueError(f"state must be one of {', '.join(realtime.QUESTION_STATES)}, found {state!r}")
     if limit < 1:
@@ -1064,8 +1065,8 @@ async def read_payment_questions(
     before = db.row_id(cursor) if cursor else 2**63 - 1
     if before is None:
         raise ValueError("not a cursor of GET /v1/payment-data/questions")
-    sql = realtime.OPEN_QUESTIONS if state == "open" else realtime.QUESTIONS
-    rows = await conn.fetch(sql, before, limit + 1, None if state in ("open", "any") else state,
+    sql = {"open": realtime.OPEN_QUESTIONS, "closed": realtime.CLOSED_QUESTIONS}.get(state, realtime.QUESTIONS)
+    rows = await conn.fetch(sql, before, limit + 1, None if state in ("open", "closed", "any") else state,
                             None if ebp_codes is None else list(ebp_codes))  # fmt: skip
     more = len(rows) > limit
     rows = rows[:limit]
@@ -1079,7 +1080,122 @@ def _question_dict(r: asyncpg.Record) -> dict[str, Any]:
     return {"id": r["id"], "ebpCode": r["ebp_code"], "orderNo": r["order_no"], "sessionID": r["session_id"],
             "serviceTime": r["service_time"], "received_at": _iso(r["received_at"]), "state": r["state"],
             "handed_over": r["handed_over"], "upload_guid": r["upload_guid"], "uploaded_at": _iso(r["uploaded_at"]),
-            "answered_at": _iso(r["answered_at"]), "answer": db.json_value(r["answer"]), "job": job}  # fmt: skip
+            "answered_at": _iso(r["answered_at"]), "answer": db.json_value(r["answer"]), "job": job,
+            "closed_at": _iso(r["closed_at"]), "closed_by": r["closed_by"],
+            "close_reason": r["close_reason"]}  # fmt: skip
+
+
+# --- closing what can never be settled (gateway/sql/470_closed_by_operators.sql) ----------------------------------
+
+#: The longest reason a close takes: a sentence for the next operator, not a report.
+MAX_CLOSE_REASON = 200
+
+
+class CloseRefused(Exception):
+    """Nothing was closed: ``status`` 404 (no such receipt or question) or 409 (it is not open: matched or uploaded
+    since, closed already, its upload being sent), and why, in words."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+def close_reason(payload: Any) -> str:
+    """The reason of a close request's body ``{"reason": "..."}``: a non-empty text of at most MAX_CLOSE_REASON
+    characters (surrounding white space dropped). Anything else: ValueError saying what is wrong."""
+    if not isinstance(payload, dict) or set(payload) != {"reason"}:
+        raise ValueError('expected {"reason": "why it can never be settled"}')
+    reason = payload["reason"]
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError("reason must be a non-empty string: why it can never be settled, for the next operator")
+    reason = reason.strip()
+    if len(reason) > MAX_CLOSE_REASON:
+        raise ValueError(f"reason is {len(reason)} characters long; at most {MAX_CLOSE_REASON}")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in reason):  # one line: read_json let tabs and line breaks in
+        raise ValueError("reason must be one line, without control characters")
+    return reason
+
+
+#: The columns an unmatched receipt is listed with (GET /v1/receipts/unmatched, unmatched_receipt_dict).
+UNMATCHED_RECEIPT_COLUMNS = """id, received_at, message_type, root_guid, element_index, doc_guid, keys, return_status,
+       return_time, return_info, cop_msg_id, source, closed_at, closed_by, close_reason"""
+
+#: Receipt $1, kept unmatched and open, closed by $2 (a key's name) for the reason $3: as listed then; none when it is
+#: no such receipt (RECEIPT_NOT_CLOSED says why). A receipt linked meanwhile (its outcome moved) is not closed.
+CLOSE_RECEIPT = f"""
+UPDATE receipts SET closed_at = now(), closed_by = $2, close_reason = $3
+ WHERE id = $1 AND outcome = 'unmatched' AND closed_at IS NULL
+RETURNING {UNMATCHED_RECEIPT_COLUMNS}
+"""
+#: Why receipt $1 was not closed: its outcome, and who closed it when it was.
+RECEIPT_NOT_CLOSED = "SELECT outcome, closed_at, closed_by, close_reason FROM receipts WHERE id = $1"
+
+
+def unmatched_receipt_dict(r: asyncpg.Record) -> dict[str, Any]:
+    """A receipt kept unmatched as the operators' list shows it: as stored, with who closed it, when and why (null
+    while open)."""
+    return {**dict(r), "received_at": _iso(r["received_at"]), "keys": db.json_value(r["keys"]),
+            "closed_at": _iso(r["closed_at"])}  # fmt: skip
+
+
+def _closed_already(what: str, r: asyncpg.Record) -> CloseRefused:
+    return CloseRefused(409, f"{what} was closed already, by {r['closed_by']} at {_iso(r['closed_at'])}: "
+                             f"{r['close_reason']}")  # fmt: skip
+
+
+async def close_unmatched_receipt(pool: asyncpg.Pool, receipt_id: int, *, by: str, reason: str) -> dict[str, Any]:
+    """Close a receipt kept unmatched that no document will ever answer (POST /v1/receipts/unmatched/{id}/close, the
+    console's Close): committed with who closed it (``by``, a key's name), when and why, it leaves the open list and
+    cbec_receipts_unmatched. It stays unmatched: should its document come after all, a delivery again (or, a tax bill
+    or summary result, the receipt teaching its number) links it as any. Answers it as listed; CloseRefused: 404 no
+    such receipt, 409 one that matched its document, or closed already."""
+    async with db.transaction(pool) as conn:
+        row = await conn.fetchrow(CLOSE_RECEIPT, receipt_id, by, reason)
+        if row is None:
+            why = await conn.fetchrow(RECEIPT_NOT_CLOSED, receipt_id)
+            if why is None:
+                raise CloseRefused(404, f"no receipt {receipt_id}")
+            if why["outcome"] != "unmatched":
+                raise CloseRefused(409, f"receipt {receipt_id} is no unmatched receipt (its outcome is "
+                                        f"{why['outcome']}): nothing to close")  # fmt: skip
+            raise _closed_already(f"receipt {receipt_id}", why)
+    log.info("unmatched_receipt_closed", receipt_id=receipt_id, message_type=row["message_type"], closed_by=by,
+             reason=reason)  # fmt: skip
+    return unmatched_receipt_dict(row)
+
+
+async def close_payment_question(pool: asyncpg.Pool, question_id: int, *, by: str, reason: str) -> dict[str, Any]:
+    """Close a 179 question that can never be answered (POST /v1/payment-data/questions/{id}/close, the console's
+    Close): committed with who closed it (``by``), when and why, it leaves the open list and
+    cbec_payment_data_questions (and so their alerts). Its upload's job is settled in the same transaction through
+    the queue's own moves: queued (waiting for the data, or retrying) it is made due, a dead letter (refused by
+    customs, given up) it is replayed — either way it runs once more, finds the question closed and ends done,
+    uploading nothing (gateway.workers), so no dead letter stays behind and no upload goes later, should the data be
+    handed over after all. Customs asking again is a new question. Answers the question as listed; CloseRefused: 404 no
+    such question, 409 one uploaded, closed already, or whose upload a worker is sending now (ask again once it is
+    answered)."""
+    async with db.transaction(pool) as conn:
+        q = await conn.fetchrow(realtime.QUESTION_TO_CLOSE, question_id)
+        if q is None:
+            raise CloseRefused(404, f"no question {question_id}")
+        if q["closed_at"] is not None:
+            raise _closed_already(f"question {question_id}", q)
+        if q["state"] == "uploaded":
+            raise CloseRefused(409, f"question {question_id} was answered: its upload went to customs")
+        job_state = await conn.fetchval(realtime.JOB_TO_CLOSE, q["job_id"]) if q["job_id"] is not None else None
+        if job_state == "running":
+            raise CloseRefused(409, f"question {question_id}'s upload is being sent now: close it once customs "
+                                    "answered, if it still needs closing")  # fmt: skip
+        await conn.execute(realtime.CLOSE_QUESTION, question_id, by, reason)
+        if job_state == "queued":
+            await cbec_queue.hasten(conn, [q["job_id"]])
+        elif job_state == "dead":
+            await cbec_queue.replay(conn, job_ids=[q["job_id"]], note=f"question closed by {by}: {reason}")
+        # the question as listed: the page of one below the next id
+        [row] = await conn.fetch(realtime.QUESTIONS, question_id + 1, 1, None, None)
+    log.info("payment_question_closed", question_id=question_id, ebp_code=q["ebp_code"], order_no=q["order_no"],
+             closed_by=by, reason=reason, job_id=q["job_id"], job_state=job_state)  # fmt: skip
+    return _question_dict(row)
 
 
 async def _payment_of_order(

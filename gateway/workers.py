@@ -315,7 +315,7 @@ class Delivery:
     def _realtime_handler(self, adapter: RealtimeAdapter) -> Handler:
         """Customs' question (realtime_requests) answered with its order's payment data, signed with its platform's
         key: customs' answer recorded on the question. Until the platform hands the data over, a transient failure
-        (retried with the endpoint's backoff)."""
+        (retried with the endpoint's backoff). A question an operator closed is answered with nothing: its job ends."""
         pool = self.outbox.pool
 
         async def handle(job: cbec_queue.Job) -> None:
@@ -327,6 +327,10 @@ class Delivery:
             if row is None:
                 raise PermanentError(f"customs' question {request_id} is not stored")
             ebp, order_no = row["ebp_code"], row["order_no"]
+            if row["closed"]:  # an operator closed it (store.close_payment_question): the job ends, nothing uploaded
+                log.info("payment_upload_not_sent", ebp_code=ebp, order_no=order_no, question_id=request_id,
+                         reason="the question was closed")  # fmt: skip
+                return
             if row["head"] is None:  # not customs' failing: the breaker leaves the other platforms' uploads going
                 raise NotReady(f"no payment data of order {order_no} of platform {ebp} yet: the platform hands it "
                                "over with POST /v1/payment-data")  # fmt: skip

@@ -764,6 +764,13 @@ def test_the_openapi_document_says_what_the_routes_take() -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"schema": "cbec.warehouse-callback.v1"}, callback)
     assert paths["/ceb/platDataOpen/{token}"]["post"]["security"] == []
+    closes = [paths[p]["post"]["requestBody"]["content"]["application/json"]["schema"]
+              for p in ("/v1/receipts/unmatched/{id}/close", "/v1/payment-data/questions/{id}/close")]
+    assert closes[0] == closes[1]
+    jsonschema.validate({"reason": "filed by another broker"}, closes[0])
+    for bad in ({}, {"reason": ""}, {"reason": "x" * 201}, {"reason": "r", "by": "me"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, closes[0])
     accepted = paths["/v1/messages"]["post"]["responses"]["202"]["content"]["application/json"]["schema"]
     assert accepted == {"$ref": "#/components/schemas/Accepted"}
     schemas = OPENAPI["components"]["schemas"]
@@ -771,7 +778,9 @@ def test_the_openapi_document_says_what_the_routes_take() -> None:
     # every success body a seller reads has its schema, each schema valid and every reference resolving
     for path, method in (("/v1/messages/{guid}", "get"), ("/v1/shipments", "get"),
                          ("/v1/shipments/{ebpCode}/{orderNo}", "get"), ("/v1/rejections", "get"),
-                         ("/v1/rejections/{id}", "get")):  # fmt: skip
+                         ("/v1/rejections/{id}", "get"), ("/v1/receipts/unmatched", "get"),
+                         ("/v1/receipts/unmatched/{id}/close", "post"), ("/v1/payment-data/questions", "get"),
+                         ("/v1/payment-data/questions/{id}/close", "post")):  # fmt: skip
         ok = paths[path][method]["responses"]["200"]["content"]["application/json"]["schema"]
         assert ok["$ref"].removeprefix("#/components/schemas/") in schemas, path
     for schema in schemas.values():
@@ -1392,3 +1401,132 @@ async def test_receipts_kept_unmatched_are_listed_and_counted_until_they_find_th
     assert [r["outcome"] for r in again.body["receipts"]] == ["applied"], again.body
     assert [r["message_type"] for r in (await unmatched())["items"]] == ["CEB412"]
     assert await counted() == {"CEB412": 1}
+
+
+async def test_an_unmatched_receipt_that_can_never_match_is_closed_and_counted_no_more(
+    api: Client, db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker keeps customs' word on applications filed elsewhere for good: an operator closes such a receipt with a
+    short reason (POST /v1/receipts/unmatched/{id}/close). It leaves the open list and cbec_receipts_unmatched (the
+    alert's figure), stays listed as closed with who closed it, when and why, durably and in the log; closing is
+    refused for a receipt closed already, or matched, or unknown, a reason missing, empty, too long or of several lines,
+    and a key not an operator's. Closed, it still links to its document should that come and customs deliver it
+    again."""
+    import structlog
+    from prometheus_client.parser import text_string_to_metric_families
+    from structlog.testing import capture_logs
+
+    from gateway import store
+
+    monkeypatch.setattr(store, "log", structlog.get_logger("gateway.store"))
+    s = new_shipment(72)
+    order = s.order["documents"][0]
+    early = build_receipt("CEB312", {"guid": order["guid"], "ebpCode": order["ebpCode"], "ebcCode": order["ebcCode"],
+                                     "orderNo": order["orderNo"], "returnStatus": "2",
+                                     "returnTime": "20260101120000001", "returnInfo": "申报中"})  # fmt: skip
+    elsewhere = build_receipt("CEB412", {"guid": "E" * 36, "payCode": "X", "payTransactionId": "filed-elsewhere",
+                                         "returnStatus": "2", "returnTime": "20260101120000002", "returnInfo": "?"})
+    for xml in (early, elsewhere):
+        reply = await api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
+        assert [r["outcome"] for r in reply.body["receipts"]] == ["unmatched"], reply.body
+    ids = {"early" if item["message_type"] == "CEB312" else "elsewhere": item["id"]
+           for item in (await api.get("/v1/receipts/unmatched", key=OPERATOR)).body["items"]}
+
+    async def listed(state: str) -> list[int]:
+        reply = await api.get(f"/v1/receipts/unmatched?state={state}", key=OPERATOR)
+        assert reply.status == 200, reply.body
+        apiutil.openapi_check(reply.body, "UnmatchedReceiptPage")
+        return [r["id"] for r in reply.body["items"]]
+
+    async def counted() -> dict[str, float]:
+        async with api.session.get(api.base + "/metrics") as resp:
+            text = await resp.text()
+        return {s.labels["message_type"]: s.value for f in text_string_to_metric_families(text)
+                if f.name == "cbec_receipts_unmatched" for s in f.samples}  # fmt: skip
+
+    async def close(receipt: int | str, body: Any, key: str = OPERATOR) -> Any:
+        return await api.request("POST", f"/v1/receipts/unmatched/{receipt}/close", key=key, json_body=body)
+
+    path = f"/v1/receipts/unmatched/{ids['elsewhere']}/close"
+    for bad in ({}, {"reason": ""}, {"reason": "   "}, {"reason": 7}, {"reason": "x" * 201},
+                {"reason": "two\nlines"}, {"reason": "ok", "more": 1}, []):
+        reply = await close(ids["elsewhere"], bad)
+        assert reply.status == 400 and "bad body" in reply.body["error"]["title"], (bad, reply.body)
+    reply = await api.request("POST", path, key=OPERATOR, data=b"not json", content_type="application/json")
+    assert reply.status == 400, reply.body
+    for key in (PLATFORM_A, STRANGER):
+        assert (await close(ids["elsewhere"], {"reason": "r"}, key=key)).status == 403
+    assert (await close(ids["elsewhere"], {"reason": "r"}, key=None)).status == 401
+    assert await listed("closed") == [] and await counted() == {"CEB312": 1, "CEB412": 1}  # nothing above closed it
+
+    with capture_logs() as logged:
+        reply = await close(ids["elsewhere"], {"reason": "  a result of an application filed by another broker  "})
+    assert reply.status == 200, reply.body
+    apiutil.openapi_check(reply.body, "UnmatchedReceipt")
+    closed = reply.body
+    assert (closed["id"], closed["closed_by"], closed["close_reason"]) == (
+        ids["elsewhere"], "operator", "a result of an application filed by another broker")
+    assert closed["closed_at"] is not None and closed["keys"]["payTransactionId"] == "filed-elsewhere"
+    [line] = [e for e in logged if e["event"] == "unmatched_receipt_closed"]
+    assert (line["receipt_id"], line["closed_by"], line["message_type"]) == (ids["elsewhere"], "operator", "CEB412")
+    async with db_pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT outcome, closed_at, closed_by, close_reason FROM receipts WHERE id = $1",
+                                  ids["elsewhere"])  # fmt: skip
+    assert row["outcome"] == "unmatched" and row["closed_by"] == "operator" and row["closed_at"] is not None
+
+    assert await listed("open") == [ids["early"]]
+    assert await listed("closed") == [ids["elsewhere"]]
+    assert await listed("any") == [ids["elsewhere"], ids["early"]]
+    [shown] = (await api.get("/v1/receipts/unmatched?state=closed", key=OPERATOR)).body["items"]
+    assert shown == closed
+    assert await counted() == {"CEB312": 1}  # the alert's figure: the closed one counts no more
+    again = await close(ids["elsewhere"], {"reason": "twice"}, key=ADMIN)
+    assert again.status == 409 and "by operator" in again.body["error"]["title"], again.body
+    assert (await close(987654321, {"reason": "r"})).status == 404
+    assert (await close("abc", {"reason": "r"})).status == 404
+    assert (await api.get("/v1/receipts/unmatched?state=lost", key=OPERATOR)).status == 400
+    # delivered again, still matching nothing: it stays closed
+    reply = await api.request("POST", "/v1/receipts", data=elsewhere, content_type="application/xml")
+    assert [r["outcome"] for r in reply.body["receipts"]] == ["unmatched"], reply.body
+    assert await listed("closed") == [ids["elsewhere"]] and await listed("open") == [ids["early"]]
+
+    # closed, then its document comes after all: customs' delivery again links it, as any unmatched receipt
+    assert (await close(ids["early"], {"reason": "declared elsewhere, we think"}, key=ADMIN)).status == 200
+    assert await counted() == {}
+    assert (await api.post_xml(legs(s)["CEB311"])).status == 202
+    linked = await api.request("POST", "/v1/receipts", data=early, content_type="application/xml")
+    assert [r["outcome"] for r in linked.body["receipts"]] == ["applied"], linked.body
+    assert await listed("any") == [ids["elsewhere"]]
+    view = await shipment_state(api, s)
+    assert view["documents"][0]["customs"]["code"] == "2", view["documents"][0]
+    matched = await close(ids["early"], {"reason": "r"})
+    assert matched.status == 409 and "outcome is applied" in matched.body["error"]["title"], matched.body
+
+
+async def test_the_unmatched_receipts_statements_read_their_own_indexes(db_pool: asyncpg.Pool) -> None:
+    """Every receipt ever kept is in one table: the open and the closed unmatched ones are each read through an index
+    of their own (sql/470) — the list of either, or of both at once —, never by walking the receipts' ids; a close
+    finds its receipt by its id."""
+    from gateway import store
+    from gateway.console import queries
+
+    async def plan(conn: asyncpg.Connection, sql: str, args: str) -> str:
+        await conn.execute(f"PREPARE plan_check AS {sql}")
+        lines = [r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE plan_check({args})")]
+        await conn.execute("DEALLOCATE plan_check")
+        return "\n".join(lines)
+
+    expected = {"open": {"receipts_unmatched_open_idx"}, "closed": {"receipts_unmatched_closed_idx"},
+                "any": {"receipts_unmatched_open_idx", "receipts_unmatched_closed_idx"}}
+    async with db_pool.acquire() as conn:
+        await conn.execute("ANALYZE receipts")
+        await conn.execute(db.BEGIN_PLANNED)
+        try:
+            for state, sql in queries.UNMATCHED_RECEIPTS.items():
+                found = await plan(conn, sql, "100, 20, NULL")
+                used = set(re.findall(r"Index (?:Only )?Scan(?: Backward)? using (\w+)", found))
+                assert used == expected[state] and "Seq Scan" not in found, (state, found)
+            found = await plan(conn, store.CLOSE_RECEIPT, "1, 'operator', 'why'")
+            assert "Index Cond: (id = $1)" in found and "Seq Scan" not in found, found
+        finally:
+            await conn.execute("ROLLBACK")

@@ -584,6 +584,149 @@ async def test_operators_see_customs_questions_and_what_became_of_each_upload(db
 
 
 @pytest.mark.db
+async def test_an_operator_closes_a_question_that_can_never_be_answered(
+    db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /v1/payment-data/questions/{id}/close, with a short reason: the question leaves the open list and
+    cbec_payment_data_questions (the alerts' figures), is listed as closed with who closed it, when and why, and its
+    upload's job is made to run once more now — a queued one hastened, a dead letter replayed (its history saying who
+    closed it and why) — to end uploading nothing. Refused for a question uploaded, closed already, or whose upload a
+    worker is sending now; for an unknown one; for a bad reason; for a platform's key."""
+    import structlog
+    from structlog.testing import capture_logs
+
+    from gateway import store
+    from gateway.store import record_payment_upload
+    from tests import apiutil
+    from tests.test_metrics import scrape, value
+
+    monkeypatch.setattr(store, "log", structlog.get_logger("gateway.store"))
+    app = create_app(settings_with(realtime=platforms()), db_pool, signer=sign_as_agent)
+    async with serving(app) as api:
+        orders = {}
+        for name, seed in (("waiting", 101), ("refused", 102), ("uploaded", 103), ("sending", 104)):
+            s = parcel(seed)
+            orders[name] = s.order_doc["orderNo"]
+            if name in ("refused", "uploaded"):
+                assert (await api.request("POST", "/v1/payment-data", json_body=samples.payment_data(s))).status == 201
+            assert (await ask(api, orders[name], f"session-{name}"))[1]["code"] == "10000"
+        async with db_pool.acquire() as conn:
+            ids = dict(await conn.fetch("SELECT order_no, id FROM realtime_requests"))
+            jobs = dict(await conn.fetch("SELECT id, job_id FROM realtime_requests"))
+            await conn.execute("UPDATE jobs SET attempts = 3, run_after = now() + interval '5 minutes',"
+                               " last_error = 'no payment data yet' WHERE id = $1",
+                               jobs[ids[orders["waiting"]]])  # fmt: skip
+            await conn.execute("UPDATE jobs SET state = 'dead', dead_reason = 'permanent', finished_at = now(),"
+                               " last_error = 'RealtimeRefused: 20000' WHERE id = $1",
+                               jobs[ids[orders["refused"]]])  # fmt: skip
+            await conn.execute("UPDATE jobs SET state = 'running', locked_by = 'w-1', attempts = 1,"
+                               " lease_until = now() + interval '1 minute' WHERE id = $1",
+                               jobs[ids[orders["sending"]]])  # fmt: skip
+        await record_payment_upload(db_pool, ids[orders["refused"]], state="refused", guid="G-1",
+                                    answer={"code": "20000", "message": "订单不存在"})  # fmt: skip
+        await record_payment_upload(db_pool, ids[orders["uploaded"]], state="uploaded", guid="G-2",
+                                    answer={"code": "10000", "message": "上传成功"})  # fmt: skip
+
+        async def close(name: str, reason: Any = "customs asked about an order of another platform",
+                        key: str = OPERATOR) -> Any:  # fmt: skip
+            question = ids[orders[name]] if name in orders else name
+            return await api.request("POST", f"/v1/payment-data/questions/{question}/close", key=key,
+                                     json_body=reason if isinstance(reason, dict) else {"reason": reason})
+
+        async def listed(state: str) -> list[str]:
+            reply = await api.get(f"/v1/payment-data/questions?state={state}", key=OPERATOR)
+            assert reply.status == 200, reply.body
+            apiutil.openapi_check(reply.body, "PaymentQuestionPage")
+            return [q["orderNo"] for q in reply.body["items"]]
+
+        async def figures() -> list[float]:
+            found, _ = await scrape(api.base, {"X-API-Key": OPERATOR})
+            return [value(found, "cbec_payment_data_questions", state=s) for s in ("waiting", "given_up", "refused")]
+
+        assert await figures() == [2, 0, 1]  # waiting: the one waiting for its data, the one being sent
+        for bad in ({"reason": ""}, {}, {"reason": "x" * 201}):
+            assert (await close("waiting", bad)).status == 400
+        assert (await close("waiting", key=PLATFORM_A)).status == 403  # the platform's own key closes nothing
+        assert (await close("987654321")).status == 404 and (await close("x")).status == 404
+        uploaded = await close("uploaded")
+        assert uploaded.status == 409 and "was answered" in uploaded.body["error"]["title"], uploaded.body
+        sending = await close("sending")
+        assert sending.status == 409 and "being sent now" in sending.body["error"]["title"], sending.body
+        assert await listed("closed") == [] and await figures() == [2, 0, 1]  # nothing above closed any
+
+        with capture_logs() as logged:
+            waiting = await close("waiting")
+            refused = await close("refused", "  a test order customs' system made up  ", key="admin-key-000000000000")
+        assert waiting.status == 200 and refused.status == 200, (waiting.body, refused.body)
+        apiutil.openapi_check(waiting.body, "PaymentQuestion")
+        assert (waiting.body["closed_by"], waiting.body["close_reason"], waiting.body["state"]) == (
+            "operator", "customs asked about an order of another platform", "asked")
+        assert (refused.body["closed_by"], refused.body["close_reason"], refused.body["state"]) == (
+            "admin", "a test order customs' system made up", "refused")
+        assert refused.body["answer"] == {"code": "20000", "message": "订单不存在"} and refused.body["closed_at"]
+        assert [e["question_id"] for e in logged if e["event"] == "payment_question_closed"] == [
+            ids[orders["waiting"]], ids[orders["refused"]]]
+        again = await close("waiting", key="admin-key-000000000000")
+        assert again.status == 409 and "by operator" in again.body["error"]["title"], again.body
+
+        assert await listed("open") == [orders["sending"]]
+        assert await listed("closed") == [orders["refused"], orders["waiting"]]
+        assert await listed("asked") == [orders["sending"], orders["waiting"]]  # the upload's state, closed or not
+        assert len(await listed("any")) == 4
+        assert await figures() == [1, 0, 0]
+        async with db_pool.acquire() as conn:
+            now = {r["id"]: r for r in await conn.fetch(
+                "SELECT id, state, attempts, run_after <= now() AS due FROM jobs")}  # fmt: skip
+            marker = await conn.fetchval("SELECT error FROM job_attempts WHERE job_id = $1 AND outcome = 'replayed'",
+                                         jobs[ids[orders["refused"]]])  # fmt: skip
+        # each job runs once more now, to find its question closed (the worker's part: the next test)
+        assert (now[jobs[ids[orders["waiting"]]]]["state"], now[jobs[ids[orders["waiting"]]]]["due"]) == (
+            "queued", True)
+        assert (now[jobs[ids[orders["refused"]]]]["state"], now[jobs[ids[orders["refused"]]]]["attempts"]) == (
+            "queued", 0)
+        assert marker == "question closed by admin: a test order customs' system made up"
+        assert now[jobs[ids[orders["sending"]]]]["state"] == "running"
+
+
+@pytest.mark.db
+async def test_a_closed_questions_upload_ends_uploading_nothing(db_dsn: str) -> None:
+    """Customs asks about an order whose payment the platform will never hand over; an operator closes the question.
+    Its upload, waiting in the queue for the data, runs once more and ends done — nothing sent to customs — and the
+    payment handed over afterwards sends nothing either: the question was closed."""
+    async with running_stack(db_dsn, realtime=platforms(), platform_keys={EBP_CODE: PLATFORM_KEY}) as stack:
+        s = parcel(77)
+        order_no = s.order_doc["orderNo"]
+        assert (await stack.sandbox.sandbox.ask_payment_data(EBP_CODE, order_no))["answer"]["code"] == "10000"
+
+        async def attempted() -> bool:
+            rows = await stack.fetch("SELECT attempts FROM jobs WHERE kind = 'realtime_upload'")
+            return bool(rows) and rows[0]["attempts"] >= 1
+
+        await wait_for(attempted, what="the upload waiting for its data")
+        [question] = (await stack.client.get("/v1/payment-data/questions", key=OPERATOR)).body["items"]
+
+        async def closed() -> bool:  # refused only while a retry is being sent: tried again then
+            r = await stack.client.request("POST", f"/v1/payment-data/questions/{question['id']}/close",
+                                           key=OPERATOR, json_body={"reason": "an order of a test shop, never paid"})
+            assert r.status == 200 or "being sent now" in r.body["error"]["title"], r.body
+            return r.status == 200
+
+        await wait_for(closed, what="the question closed")
+
+        async def done() -> bool:
+            rows = await stack.fetch("SELECT state FROM jobs WHERE kind = 'realtime_upload'")
+            return [r["state"] for r in rows] == ["done"]
+
+        await wait_for(done, what="the closed question's upload ended")
+        r = await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s), key=PLATFORM_A)
+        assert r.status == 201
+        [job] = await stack.fetch("SELECT state FROM jobs WHERE kind = 'realtime_upload'")
+        assert job["state"] == "done" and stack.sandbox.sandbox.realtime_uploads == []
+        [q] = (await stack.client.get(f"/v1/payment-data/{EBP_CODE}/{order_no}")).body["questions"]
+        assert q["state"] == "asked" and q["upload_guid"] is None
+
+
+@pytest.mark.db
 async def test_payment_data_that_comes_after_the_question_sends_its_upload_at_once(db_pool: asyncpg.Pool) -> None:
     """Customs asked about two orders before their payment came: one upload waits for its next try (minutes away), the
     other gave up waiting (a dead letter). The payment handed over, the first is due now and the second queued again
@@ -658,7 +801,9 @@ async def test_the_payment_data_statements_probe_indexes(db_pool: asyncpg.Pool) 
                                         "DROP_ORDERS": "1, ARRAY['O1']", "ANSWERED": "1, 'uploaded', 'G', '{}'",
                                         "WAITING_UPLOADS": f"'{EBP_CODE}', ARRAY['O1']",
                                         "QUESTION_JOB": "1, 1", "QUESTIONS": "100, 20, NULL, NULL",
-                                        "OPEN_QUESTIONS": f"100, 20, 'refused', ARRAY['{EBP_CODE}']"})
+                                        "OPEN_QUESTIONS": f"100, 20, 'refused', ARRAY['{EBP_CODE}']",
+                                        "CLOSED_QUESTIONS": "100, 20, NULL, NULL", "QUESTION_TO_CLOSE": "1",
+                                        "JOB_TO_CLOSE": "1", "CLOSE_QUESTION": "1, 'operator', 'why'"})
     assert found == {}
 
 

@@ -21,7 +21,7 @@ import cbec_queue
 from gateway import csvexport, db, outbox, tax, taxbills
 from gateway.messages import BY_CODE
 from gateway.receipts import RANK_DECLARING
-from gateway.store import decode_cursor, encode_cursor
+from gateway.store import UNMATCHED_RECEIPT_COLUMNS, decode_cursor, encode_cursor, unmatched_receipt_dict
 
 #: Reconciliation states in the order the console shows them (gateway.reconcile.ShipmentState).
 STATES: tuple[str, ...] = ("mismatched", "incomplete", "matched")
@@ -61,7 +61,12 @@ SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
        greatest((SELECT max(received_at) FROM receipts WHERE message_type = 'CEB702'),
                 (SELECT max(received_at) FROM receipts WHERE message_type = 'CEB792')) AS summary_answer_at,
        (SELECT max(id) FROM realtime_requests) AS last_question,
-       (SELECT max(answered_at) FROM realtime_requests) AS last_question_answer
+       (SELECT max(answered_at) FROM realtime_requests) AS last_question_answer,
+       -- a question closed leaves them: the few open, counted through their partial index (sql/470)
+       (SELECT count(*) FROM realtime_requests WHERE state <> 'uploaded' AND closed_at IS NULL) AS open_questions,
+       -- the receipts kept unmatched and open (sql/470): a new one moves the newest, one linked or closed the count
+       (SELECT max(id) FROM receipts WHERE outcome = 'unmatched' AND closed_at IS NULL) AS last_unmatched_receipt,
+       (SELECT count(*) FROM receipts WHERE outcome = 'unmatched' AND closed_at IS NULL) AS open_unmatched_receipts
 """
 
 #: Shipments whose reconciliation or customs status changed after $1, or whose inventory got a tax bill or a bill's
@@ -548,33 +553,55 @@ async def awaited_documents(conn: asyncpg.Connection, *, limit: int = 20, cursor
 
 # --- receipts kept unmatched ----------------------------------------------------------------------------
 
-#: The receipts kept unmatched (sql/430), by message type: /metrics' cbec_receipts_unmatched.
+#: The receipts kept unmatched and not closed (sql/470's index of the open ones), by message type: /metrics'
+#: cbec_receipts_unmatched. A closed one (gateway.store.close_unmatched_receipt) needs no look, and counts no more.
 UNMATCHED_RECEIPTS_BY_TYPE = """
-SELECT message_type, count(*)::bigint AS n FROM receipts WHERE outcome = 'unmatched' GROUP BY message_type
+SELECT message_type, count(*)::bigint AS n FROM receipts
+ WHERE outcome = 'unmatched' AND closed_at IS NULL GROUP BY message_type
 """
 
-#: A page of them, newest first: $2 of them with an id below $1, of the message type $3 (NULL: every type).
-UNMATCHED_RECEIPTS = """
-SELECT id, received_at, message_type, root_guid, element_index, doc_guid, keys, return_status, return_time,
-       return_info, cop_msg_id, source
+#: A page of them, newest first: $2 of them with an id below $1, of the message type $3 (NULL: every type), through
+#: the index of the open ones or of the closed ones (``{which}``).
+_UNMATCHED_RECEIPTS = f"""
+SELECT {UNMATCHED_RECEIPT_COLUMNS}
   FROM receipts
- WHERE outcome = 'unmatched' AND id < $1 AND ($3::text IS NULL OR message_type = $3)
+ WHERE outcome = 'unmatched' AND {{which}} AND id < $1 AND ($3::text IS NULL OR message_type = $3)
  ORDER BY id DESC LIMIT $2
 """
+#: The states GET /v1/receipts/unmatched lists (``state=``): the statement of each.
+UNMATCHED_RECEIPTS = {
+    "open": _UNMATCHED_RECEIPTS.format(which="closed_at IS NULL"),
+    "closed": _UNMATCHED_RECEIPTS.format(which="closed_at IS NOT NULL"),
+    # both, each through its own index (one predicate of both would read the whole table)
+    "any": f"""
+SELECT * FROM (({_UNMATCHED_RECEIPTS.format(which="closed_at IS NULL")})
+               UNION ALL
+               ({_UNMATCHED_RECEIPTS.format(which="closed_at IS NOT NULL")})) AS r
+ ORDER BY id DESC LIMIT $2
+""",
+}
 
 
 async def unmatched_receipts(
-    conn: asyncpg.Connection, *, message_type: str | None = None, limit: int = 50, cursor: str | None = None
+    conn: asyncpg.Connection,
+    *,
+    state: str = "open",
+    message_type: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
-    """A page of the receipts kept unmatched, newest first (GET /v1/receipts/unmatched): customs' word on a document
-    the gateway could not find, each as stored (its keys, status, time and returnInfo, the CopMsgId and source it came
-    by); ``next_cursor`` None on the last page. A cursor not of this list: ValueError."""
+    """A page of the receipts kept unmatched, newest first (GET /v1/receipts/unmatched, the console's panel): customs'
+    word on a document the gateway could not find, each as stored (its keys, status, time and returnInfo, the
+    CopMsgId and source it came by) with who closed it, when and why; ``state`` ``open`` (not closed: those that need
+    a look), ``closed`` or ``any``; ``next_cursor`` None on the last page. A state or cursor not of this list:
+    ValueError."""
+    if state not in UNMATCHED_RECEIPTS:
+        raise ValueError(f"state must be one of {', '.join(UNMATCHED_RECEIPTS)}, found {state!r}")
     before = db.row_id(cursor) if cursor else db.MAX_BIGINT
     if before is None:
         raise ValueError("not a cursor of GET /v1/receipts/unmatched")
-    rows = await conn.fetch(UNMATCHED_RECEIPTS, before, limit + 1, message_type)
-    items = [{**dict(r), "received_at": r["received_at"].isoformat(), "keys": db.json_value(r["keys"])}
-             for r in rows[:limit]]  # fmt: skip
+    rows = await conn.fetch(UNMATCHED_RECEIPTS[state], before, limit + 1, message_type)
+    items = [unmatched_receipt_dict(r) for r in rows[:limit]]
     return {"items": items, "next_cursor": str(rows[limit - 1]["id"]) if len(rows) > limit else None}
 
 
