@@ -128,7 +128,9 @@ class ConsoleClient:
             except ValueError:
                 return resp.status, raw.decode()
 
-    async def post(self, path: str, *, csrf: str | None = None, origin: str | None = "own") -> tuple[int, Any]:
+    async def post(
+        self, path: str, *, csrf: str | None = None, origin: str | None = "own", json: Any = None
+    ) -> tuple[int, Any]:
         headers = {}
         if csrf is not None:
             headers["X-CSRF-Token"] = csrf
@@ -136,7 +138,7 @@ class ConsoleClient:
             headers["Origin"] = self.base
         elif origin is not None:
             headers["Origin"] = origin
-        async with self.session.post(self.base + path, headers=headers, allow_redirects=False) as resp:
+        async with self.session.post(self.base + path, headers=headers, json=json, allow_redirects=False) as resp:
             return resp.status, await resp.json()
 
 

@@ -482,6 +482,113 @@ async def test_the_179_panel_follows_a_question_from_waiting_to_refused_and_repl
     assert errors == []
 
 
+async def test_a_179_question_customs_refused_is_closed_from_the_panel_and_its_dead_letter_goes(
+    browser: Browser, db_dsn: str
+) -> None:
+    """Customs refuses the upload of a question that can never be answered: refused in the 179 panel, its upload a
+    dead letter. The operator closes it there with a reason (the page's CSRF token): it leaves the open view, its
+    dead letter runs once more and ends uploading nothing (the dead count back to 0), and the closed view names who
+    closed it and why."""
+    from tests.test_realtime import PLATFORM_KEY, platforms
+
+    wrong = RsaSha1Key.from_pem(*generate_test_key("rsa", "not the platform's key"))
+    errors: list[str] = []
+    async with asyncio.timeout(60), running_stack(db_dsn, realtime=platforms(),
+                                                  platform_keys={samples.EBP_CODE: wrong}) as stack:
+        stack.sandbox.config.realtime_certs = [PLATFORM_KEY.certificate_der]
+        feed = stack.app[CONSOLE].feed
+        assert feed is not None
+        feed.interval = 0.2
+        page = await new_page(browser, errors)
+        await sign_in(page, stack.base, ADMIN)
+        await page.wait_for_url(stack.base + "/ops")
+        await page.wait_for_selector("#live[data-state='live']")
+        s = fwd_shipment(449)
+        order_no = s.order_doc["orderNo"]
+        r = await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s))
+        assert r.status == 201, r.body
+        await stack.sandbox.sandbox.ask_payment_data(samples.EBP_CODE, order_no)
+        row = page.locator("#questions-table tbody tr").first
+        await expect(row).to_contain_text("Refused by customs 海关拒收", timeout=20_000)
+        await expect(page.locator("#kpi-dead")).to_have_text("1", timeout=20_000)
+        uploads = len(stack.sandbox.sandbox.realtime_uploads)
+
+        await row.get_by_role("button", name=re.compile("^Close question")).click()
+        reason = row.locator("form.close-form input[name=reason]")
+        await expect(reason).to_be_focused()
+        await reason.fill("an order of the platform's test shop: customs' own test")
+        await page.locator("#questions-panel").screenshot(path=shot("browser-179-close.png"))
+        await row.locator("form.close-form button[type=submit]").click()
+        await expect(page.locator("#questions-empty")).to_be_visible()
+        await expect(page.locator("#kpi-dead")).to_have_text("0", timeout=20_000)  # replayed, then done
+        [job] = await stack.fetch("SELECT state FROM jobs WHERE kind = 'realtime_upload'")
+        assert job["state"] == "done" and len(stack.sandbox.sandbox.realtime_uploads) == uploads
+        await page.click("[data-questions-view='closed']")
+        await expect(row).to_contain_text("Closed 已关闭 · admin")
+        await expect(row).to_contain_text("an order of the platform's test shop: customs' own test")
+        await expect(row).to_contain_text("Refused by customs 海关拒收")  # what became of it before
+        assert await row.locator("button").count() == 0  # neither Replay nor Close for a closed question
+        await page.context.close()
+    assert errors == []
+
+
+async def test_the_unmatched_receipts_panel_shows_what_customs_said_and_closes_one_for_good(
+    browser: Browser, site: Site
+) -> None:
+    """A receipt the gateway cannot match appears live in the unmatched receipts' panel, newest first, with what customs
+    said: its type, keys, status, returnInfo and time, and how it came. Close asks why (nothing sent without a reason;
+    Cancel leaves it open), then closes it with the page's token: it leaves the open view at once — and from another
+    operator's open console too — and the closed view shows who closed it, when and why."""
+    errors: list[str] = []
+    async with asyncio.timeout(60):
+        page = await live_console(browser, site, errors)
+        other = await live_console(browser, site, errors)
+        await expect(page.locator("#unmatched-empty")).to_contain_text("Every receipt customs sent found its document")
+        await page.evaluate("window.__noReload = 'still here'")
+        for n, pay_id in enumerate(("filed-elsewhere-1", "filed-elsewhere-2")):
+            xml = build_receipt("CEB412", {"guid": new_guid(), "payCode": "4601260P01", "payTransactionId": pay_id,
+                                           "returnStatus": "2", "returnTime": f"2026120610000000{n}",
+                                           "returnInfo": "新增申报成功 filed by another broker"})  # fmt: skip
+            reply = await site.api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
+            assert [r["outcome"] for r in reply.body["receipts"]] == ["unmatched"], reply.body
+        rows = page.locator("#unmatched-table tbody tr")
+        await expect(rows).to_have_count(2)
+        row = rows.first  # newest first
+        await expect(row).to_contain_text("filed-elsewhere-2")
+        text = await row.inner_text()
+        for said in ("CEB412", "payTransactionId", "4601260P01", "新增申报成功 filed by another broker",
+                     "2026-12-06 10:00:00", "http"):
+            assert said in text, (said, text)
+        await expect(other.locator("#unmatched-table tbody tr")).to_have_count(2)
+
+        close = row.get_by_role("button", name="Close receipt", exact=False)
+        await close.click()
+        form = row.locator("form.close-form")
+        await form.get_by_role("button", name="Cancel 取消").click()
+        await expect(form).to_have_count(0)
+        await expect(close).to_be_focused()
+        await close.click()
+        await form.locator("button[type=submit]").click()  # no reason: the form asks for one, nothing is sent
+        await expect(rows).to_have_count(2)
+        async with site.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM receipts WHERE closed_at IS NOT NULL") == 0
+        await form.locator("input[name=reason]").fill("a result of an application another broker filed")
+        await page.locator("#unmatched-panel").screenshot(path=shot("browser-unmatched-close.png"))
+        await form.locator("button[type=submit]").click()
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text("filed-elsewhere-1")
+        await expect(other.locator("#unmatched-table tbody tr")).to_have_count(1)  # the other console, live
+        await page.click("[data-unmatched-view=closed]")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text("filed-elsewhere-2")
+        await expect(rows.first).to_contain_text("Closed 已关闭 · admin")
+        await expect(rows.first).to_contain_text("a result of an application another broker filed")
+        assert await page.evaluate("window.__noReload") == "still here"
+        await page.context.close()
+        await other.context.close()
+    assert errors == []
+
+
 async def test_an_open_shipment_page_shows_a_warehouse_callback_as_it_comes(browser: Browser, site: Site) -> None:
     """A warehouse's callback changes no shipment row; the live feed still names the shipment whose document it
     reports on, and the open page shows it without a reload."""

@@ -288,6 +288,75 @@ async def test_replay_needs_session_token_and_own_origin(ops: Ops) -> None:
     assert (await admin.post("/ops/api/jobs/987654321/replay", csrf=admin.csrf))[0] == 404  # no such job
 
 
+async def test_an_unmatched_receipt_is_closed_from_the_console_with_the_pages_token(ops: Ops) -> None:
+    """The unmatched receipts' panel reads GET /v1/receipts/unmatched's pages (open, closed); its Close takes the
+    session, the page's CSRF token and the console's own Origin, as Replay does, and a reason; the feed's marker says
+    the open ones changed, so every open console reloads the panel."""
+    from gateway.sandbox.receipts import build_receipt
+
+    xml = build_receipt("CEB412", {"guid": "D" * 36, "payCode": "X", "payTransactionId": "filed-elsewhere",
+                                   "returnStatus": "2", "returnTime": "20260101120000002", "returnInfo": "?"})
+    reply = await ops.api.request("POST", "/v1/receipts", data=xml, content_type="application/xml")
+    assert [r["outcome"] for r in reply.body["receipts"]] == ["unmatched"], reply.body
+    watch = FeedWatch(ops.pool)
+    await watch.changed()
+    assert watch.last["open_unmatched_receipts"] == 1
+    admin = await ops.console(ADMIN)
+    [item] = (await admin.get_json("/ops/api/receipts/unmatched"))["items"]
+    assert (item["message_type"], item["keys"]["payTransactionId"], item["closed_at"]) == ("CEB412",
+                                                                                          "filed-elsewhere", None)
+    path = f"/ops/api/receipts/unmatched/{item['id']}/close"
+    reason = {"reason": "the result of an application another broker filed"}
+    anonymous = await ops.console()
+    assert (await anonymous.post(path, csrf="anything", json=reason))[0] == 401
+    assert (await admin.post(path, json=reason))[0] == 403  # no token
+    assert (await admin.post(path, csrf="wrong" + admin.csrf, json=reason))[0] == 403
+    assert (await admin.post(path, csrf=admin.csrf, origin="https://evil.example", json=reason))[0] == 403
+    assert (await admin.post(path, csrf=admin.csrf, origin=None, json=reason))[0] == 403
+    assert (await admin.post(path, csrf=admin.csrf))[0] == 400  # no reason
+    assert (await admin.post(path, csrf=admin.csrf, json={"reason": " "}))[0] == 400
+    assert (await admin.get_json("/ops/api/receipts/unmatched", view="closed"))["items"] == []  # none closed it
+
+    operator = await ops.console(OPERATOR)
+    status, body = await operator.post(path, csrf=operator.csrf, json=reason)
+    assert status == 200, body
+    assert (body["closed_by"], body["close_reason"]) == ("operator", reason["reason"]) and body["closed_at"]
+    assert (await admin.get_json("/ops/api/receipts/unmatched"))["items"] == []
+    [closed] = (await admin.get_json("/ops/api/receipts/unmatched", view="closed"))["items"]
+    assert closed["id"] == item["id"] and closed["closed_by"] == "operator"
+    status, body = await admin.post(path, csrf=admin.csrf, json=reason)
+    assert status == 409 and "by operator" in body["error"]["title"], body
+    assert (await admin.post("/ops/api/receipts/unmatched/abc/close", csrf=admin.csrf, json=reason))[0] == 404
+    assert (await admin.get("/ops/api/receipts/unmatched", view="any"))[0] == 400  # the panel's views only
+    await watch.changed()
+    assert watch.last["open_unmatched_receipts"] == 0
+
+
+async def test_a_179_question_is_closed_from_the_console(ops: Ops) -> None:
+    """The 179 panel's Close: the question leaves the open view for the closed one, its closer named; the feed's
+    count of open questions moves."""
+    from gateway import realtime
+    from gateway.store import take_payment_question
+
+    question, _ = await take_payment_question(ops.pool, samples.EBP_CODE, realtime.OpenRequest(
+        "ZG-NEVER-PAID-1", "session-never", 1763600000000), endpoint="realtime")  # fmt: skip
+    watch = FeedWatch(ops.pool)
+    await watch.changed()
+    assert watch.last["open_questions"] == 1
+    operator = await ops.console(OPERATOR)
+    path = f"/ops/api/payment-questions/{question}/close"
+    assert (await operator.post(path, json={"reason": "r"}))[0] == 403  # no token
+    status, body = await operator.post(path, csrf=operator.csrf, json={"reason": "an order of a test shop"})
+    assert status == 200 and body["closed_by"] == "operator", body
+    assert (await operator.get_json("/ops/api/payment-questions"))["items"] == []
+    [closed] = (await operator.get_json("/ops/api/payment-questions", view="closed"))["items"]
+    assert (closed["id"], closed["close_reason"]) == (question, "an order of a test shop")
+    assert (await operator.post("/ops/api/payment-questions/987654321/close", csrf=operator.csrf,
+                                json={"reason": "r"}))[0] == 404  # fmt: skip
+    await watch.changed()
+    assert watch.last["open_questions"] == 0
+
+
 # --- figures ----------------------------------------------------------------------------------------
 
 

@@ -32,7 +32,12 @@ from gateway.console.session import (
 )
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES
 from gateway.outbox import read_warehouse_callbacks
+from gateway.render import read_json
 from gateway.store import (
+    CloseRefused,
+    close_payment_question,
+    close_reason,
+    close_unmatched_receipt,
     payment_data_of_shipment,
     read_payment_questions,
     read_pending_summaries,
@@ -424,8 +429,9 @@ async def warehouse_callbacks(request: web.Request) -> web.StreamResponse:
         return error(400, str(exc))
 
 
-#: The 179 panel's views, as read_payment_questions' states: the questions not uploaded, or every one.
-QUESTION_VIEWS = ("open", "any")
+#: The 179 panel's views, as read_payment_questions' states: the questions not uploaded (nor closed), those an
+#: operator closed, or every one.
+QUESTION_VIEWS = ("open", "closed", "any")
 
 
 @api
@@ -441,6 +447,70 @@ async def realtime_questions(request: web.Request) -> web.StreamResponse:
                                                               cursor=request.query.get("cursor") or None))  # fmt: skip
     except ValueError as exc:
         return error(400, str(exc))
+
+
+#: The unmatched receipts panel's views, as q.unmatched_receipts' states: those open, or those an operator closed.
+UNMATCHED_VIEWS = ("open", "closed")
+
+
+@api
+async def unmatched_receipts(request: web.Request) -> web.StreamResponse:
+    """A page of 20 of the customs receipts kept unmatched of one of the panel's views (``view``: UNMATCHED_VIEWS,
+    default ``open``), newest first, as GET /v1/receipts/unmatched gives them."""
+    view = request.query.get("view") or "open"
+    if view not in UNMATCHED_VIEWS:
+        return error(400, f"view must be one of {', '.join(UNMATCHED_VIEWS)}")
+    try:
+        async with _pool(request).acquire() as conn:
+            return json_response(await q.unmatched_receipts(conn, state=view, limit=20,
+                                                            cursor=request.query.get("cursor") or None))  # fmt: skip
+    except ValueError as exc:
+        return error(400, str(exc))
+
+
+#: A close's body is one short reason.
+_CLOSE_BODY_MAX = 4096
+
+#: What closes what: the console's close routes' functions (gateway.store), by the name of what they close.
+_CLOSERS = {"receipt": close_unmatched_receipt, "question": close_payment_question}
+
+
+async def _close(request: web.Request, noun: str) -> web.StreamResponse:
+    """Close the receipt or question (``noun``) of the path with the reason of the body ``{"reason": "..."}``, as the
+    API's close does, in the operator's name."""
+    session = request[SESSION]
+    row_id = db.row_id(request.match_info["id"])
+    if row_id is None:
+        return error(404, f"no {noun} {request.match_info['id']!r}: its id is a positive integer")
+    structlog.contextvars.bind_contextvars(**{f"{noun}_id": row_id})
+    if not session.may_replay:
+        return error(403, "closing needs an operator or admin key")
+    too_large = error(413, f"the body is over {_CLOSE_BODY_MAX} bytes: a reason is one short line")
+    if request.content_length is not None and request.content_length > _CLOSE_BODY_MAX:
+        return too_large
+    try:
+        body = await request.read()  # within the application's client_max_size
+        if len(body) > _CLOSE_BODY_MAX:
+            return too_large
+        reason = close_reason(read_json(body or b"{}"))
+    except ValueError as exc:
+        return error(400, str(exc))
+    try:
+        closed = await _CLOSERS[noun](_pool(request), row_id, by=session.name, reason=reason)
+    except CloseRefused as exc:
+        return error(exc.status, str(exc))
+    log.info("console_close", what=noun, reason=reason)
+    return json_response(closed)
+
+
+@mutating
+async def close_receipt(request: web.Request) -> web.StreamResponse:
+    return await _close(request, "receipt")
+
+
+@mutating
+async def close_question(request: web.Request) -> web.StreamResponse:
+    return await _close(request, "question")
 
 
 @api
@@ -698,6 +768,9 @@ def setup(
     r.add_get(PREFIX + "/api/warehouse-callbacks", warehouse_callbacks)
     r.add_get(PREFIX + "/api/summaries/pending", pending_summaries)
     r.add_get(PREFIX + "/api/payment-questions", realtime_questions)
+    r.add_post(PREFIX + "/api/payment-questions/{id}/close", close_question)
+    r.add_get(PREFIX + "/api/receipts/unmatched", unmatched_receipts)
+    r.add_post(PREFIX + "/api/receipts/unmatched/{id}/close", close_receipt)
     r.add_post(PREFIX + "/api/jobs/{id}/replay", replay)
     r.add_get(PREFIX + "/api/series", series)
     r.add_get(PREFIX + "/api/events", events)

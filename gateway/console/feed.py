@@ -5,7 +5,8 @@ transactions. NOTIFY would need triggers on those tables (a cost on every messag
 watches or not) and a connection held out of the pool for LISTEN. One task polling once a second costs one
 cheap round trip — a change marker made of index look-ups (newest shipment update and customs status change,
 newest tax bill, warehouse callback, summary application and answer to one, customs' 179 question and answer to
-its upload, newest message, rejection and attempt ids) — and runs the counts only when
+its upload, newest receipt kept unmatched, newest message, rejection and attempt ids; and how many 179 questions and
+unmatched receipts are open, the few that need a look, which a close lowers) — and runs the counts only when
 the marker moved (or every few seconds, which also catches a transaction that committed late with an older
 timestamp). It polls only while at least one browser is connected, and its cost does not grow with the number of
 browsers.
@@ -195,12 +196,13 @@ class Feed:
         async with self.pool.acquire(timeout=5) as conn:
             row = await conn.fetchrow(q.MARKER, timeout=5)
             marker = tuple(row or ())
-            # the refused messages', the warehouse callbacks', the 179 questions' and the awaiting summaries' panels
-            # reload when these move
+            # the refused messages', the warehouse callbacks', the 179 questions', the unmatched receipts' and the
+            # awaiting summaries' panels reload when these move
             last_rejection = row["last_rejection"] if row is not None else None
             panels = {name: row[name] if row is not None else None
                       for name in ("last_unlinked_callback", "last_refused_callback", "last_question",
-                                   "last_question_answer")}  # fmt: skip
+                                   "last_question_answer", "open_questions", "last_unmatched_receipt",
+                                   "open_unmatched_receipts")}  # fmt: skip
             awaiting = max((t for t in (row[name] for name in _AWAITING_TIMES) if t is not None), default=None) \
                 if row is not None else None  # fmt: skip
             panels["awaiting_at"] = awaiting.isoformat() if awaiting is not None else None

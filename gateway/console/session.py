@@ -68,7 +68,8 @@ class Session:
 
     @property
     def may_replay(self) -> bool:
-        # config.Role: operators watch the queues and replay dead letters; admins may too
+        # config.Role: operators watch the queues, replay dead letters and close what can never be settled (an
+        # unmatched receipt, a 179 question); admins may too
         return self.principal.role in (Role.OPERATOR, Role.ADMIN)
 
 

@@ -41,7 +41,8 @@
     pendingReadAt: 0,
     pendingTimer: null,
     awaitingAt: undefined, // the feed's awaiting_at last seen
-    questionsSeen: undefined, // the feed's newest question and answer to one, last seen
+    questionsSeen: undefined, // the feed's newest question and answer to one, and the open ones' count, last seen
+    unmatchedSeen: undefined, // the feed's newest unmatched receipt and the open ones' count, last seen
     warehouseNewest: {},
     cursor: null,
     listKey: "",
@@ -395,11 +396,15 @@
   }
 
   // A panel listing one of its views page by page, newest first (GET /ops/api/<path>?view=&cursor=): its view buttons
-  // (data-<name>-view), #<name>-more, and render(items, append) filling its table. A hidden panel reads nothing.
+  // (data-<name>-view), #<name>-more, and render(items, append) filling its table. A hidden panel reads nothing. A live
+  // reload (``live``: the feed saw its rows change) waits while the operator is writing why a row is closed (a close
+  // form open in it), and comes once the form is gone.
   function viewList(name, path, view, render) {
-    const list = { view, cursor: null };
-    list.load = async (append = false) => {
+    const list = { view, cursor: null, stale: false };
+    list.load = async (append = false, { live = false } = {}) => {
       if ($(`${name}-panel`).hidden) return;
+      if (live && $(`${name}-table`).querySelector("form.close-form")) { list.stale = true; return; }
+      list.stale = false;
       const params = new URLSearchParams({ view: list.view });
       if (append && list.cursor) params.set("cursor", list.cursor);
       const page = await call(`${API}/${path}?${params}`);
@@ -465,10 +470,94 @@
 
   const warehouse = viewList("warehouse", "warehouse-callbacks", "unlinked", renderWarehouse);
 
+  // --- closing what can never be settled: an unmatched receipt, a 179 question ---
+
+  // The Close button of a row (operators and admins) and, once pressed, its form in the same cell: why it can never
+  // be settled (one short line, required), sent to POST <path>/<id>/close with the page's CSRF token; done, the panel
+  // (``list``) reads its page again and the row leaves the open view. ``name``: what it closes, for a screen reader.
+  function closeControl(path, id, name, list) {
+    const canClose = state.session && state.session.may_replay;
+    const cell = h("div", { class: "close-control" });
+    const button = h("button", {
+      type: "button", class: "btn danger close", disabled: !canClose,
+      title: canClose ? "It can never be settled: close it, saying why 无法处理，关闭并说明原因"
+        : "Operators and admins only 仅限操作员和管理员",
+      "aria-label": `Close ${name} 关闭`,
+    }, "Close 关闭");
+    const done = () => { if (list.stale) list.load().catch(() => {}); };
+    button.addEventListener("click", () => {
+      const reason = h("input", { name: "reason", required: true, maxlength: 200, autocomplete: "off",
+        placeholder: "Why it can never be settled 关闭原因", "aria-label": `Why ${name} is closed 关闭原因` });
+      const cancel = h("button", { type: "button", class: "btn ghost" }, "Cancel 取消");
+      const submit = h("button", { type: "submit", class: "btn danger", "aria-label": `Close ${name} now 确认关闭` },
+        "Close 关闭");
+      const form = h("form", { class: "close-form" }, reason, submit, cancel);
+      cancel.addEventListener("click", () => { form.remove(); button.hidden = false; button.focus(); done(); });
+      form.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        if (!reason.value.trim()) { reason.focus(); return; }
+        submit.disabled = true;
+        try {
+          await call(`${API}/${path}/${encodeURIComponent(id)}/close`, { method: "POST",
+            headers: { "Content-Type": "application/json" }, body: JSON.stringify({ reason: reason.value.trim() }) });
+          toast(`${name} closed. 已关闭`);
+          form.remove();
+          await list.load();
+        } catch (err) {
+          toast(`Close failed: ${err.message}`, true);
+          submit.disabled = false;
+        }
+      });
+      button.hidden = true;
+      cell.append(form);
+      reason.focus();
+    });
+    cell.append(button);
+    return cell;
+  }
+
+  // who closed it, when and why
+  function closedNote(row) {
+    return h("div", { class: "closed-note" }, h("div", { text: `Closed 已关闭 · ${row.closed_by} · ${fmtTime(row.closed_at)}` }),
+      h("div", { class: "muted", text: row.close_reason }));
+  }
+
+  // --- customs receipts kept unmatched: customs' word on documents the gateway cannot find ---
+
+  const UNMATCHED_EMPTY = {
+    open: "Every receipt customs sent found its document. 海关回执均已匹配",
+    closed: "No receipt was closed. 无已关闭回执",
+  };
+
+  function keyText(value) {
+    return typeof value === "string" ? value : JSON.stringify(value);
+  }
+
+  function renderUnmatched(items, append) {
+    const rows = items.map((r) => h("tr", { "data-receipt": r.id },
+      h("td", { class: "when", text: fmtTime(r.received_at) }),
+      h("td", {}, h("div", { text: r.message_type }), h("div", { class: "mono", text: r.doc_guid || "" })),
+      h("td", {}, ...Object.entries(r.keys || {}).map(([k, v]) => h("div", {},
+        h("span", { class: "muted", text: `${k} ` }), h("span", { class: "mono", text: keyText(v) })))),
+      h("td", {}, h("div", { text: r.return_status === null || r.return_status === undefined ? "—" : r.return_status }),
+        r.return_info ? h("div", { text: r.return_info }) : null,
+        h("div", { class: "muted", text: fmtReturnTime(r.return_time) })),
+      h("td", {}, h("div", { text: r.source || "—" }), h("div", { class: "mono", text: r.cop_msg_id || "" })),
+      h("td", {}, r.closed_at ? closedNote(r)
+        : closeControl("receipts/unmatched", r.id, `receipt #${r.id}`, unmatched))));
+    const body = $("unmatched-table").tBodies[0];
+    if (append) body.append(...rows); else body.replaceChildren(...rows);
+    $("unmatched-empty").textContent = UNMATCHED_EMPTY[unmatched.view];
+    $("unmatched-empty").hidden = body.rows.length > 0;
+  }
+
+  const unmatched = viewList("unmatched", "receipts/unmatched", "open", renderUnmatched);
+
   // --- customs' 179 questions for an order's payment data, and what became of each upload ---
 
   const QUESTIONS_EMPTY = {
     open: "Every question customs asked has been uploaded. 海关调取均已上传",
+    closed: "No question was closed. 无已关闭调取",
     any: "Customs has asked about no order yet. 海关尚未调取",
   };
 
@@ -492,19 +581,22 @@
     const rows = items.map((q) => {
       const [status, why] = questionStatus(q);
       const job = q.job;
-      return h("tr", { "data-question": q.id, "data-state": q.state },
+      return h("tr", { "data-question": q.id, "data-state": q.state, "data-closed": Boolean(q.closed_at) },
         h("td", { class: "when", text: fmtTime(q.received_at) }),
         h("td", { class: "mono", text: q.ebpCode }),
         h("td", {}, shipmentLink(q.ebpCode, q.orderNo)),
         h("td", { class: "mono", text: q.sessionID }),
-        h("td", {}, h("div", { text: status }), why ? h("div", { class: "muted", text: why }) : null),
+        h("td", {}, q.closed_at ? closedNote(q) : null, h("div", { class: q.closed_at ? "muted" : null, text: status }),
+          why ? h("div", { class: "muted", text: why }) : null),
         h("td", {}, job ? h("div", { class: "mono", text: `#${job.id} ${job.state}` }) : h("span", { text: "—" }),
-          job && job.state === "dead" ? h("button", {
+          job && job.state === "dead" && !q.closed_at ? h("button", {
             type: "button", class: "btn danger replay", disabled: !canReplay,
             title: canReplay ? "Upload again 重新上传" : "Operators and admins only 仅限操作员和管理员",
             "aria-label": `Replay job #${job.id} 重发`,
             onclick: (ev) => replay(job.id, ev.currentTarget).then(() => questions.load()),
-          }, "Replay 重发") : null));
+          }, "Replay 重发") : null),
+        h("td", {}, q.state !== "uploaded" && !q.closed_at
+          ? closeControl("payment-questions", q.id, `question #${q.id}`, questions) : null));
     });
     const body = $("questions-table").tBodies[0];
     if (append) body.append(...rows); else body.replaceChildren(...rows);
@@ -881,10 +973,19 @@
         warehouse.load().catch(() => {});
       }
       state.warehouseNewest = newest;
-      // the 179 panel reloads when customs asked again or answered an upload (not on the first event: loaded at start)
-      const asked = `${data.last_question}|${data.last_question_answer}`;
-      if (state.questionsSeen !== undefined && asked !== state.questionsSeen) questions.load().catch(() => {});
+      // the 179 panel reloads when customs asked again or answered an upload, or a question was closed (not on the
+      // first event: loaded at start)
+      const asked = `${data.last_question}|${data.last_question_answer}|${data.open_questions}`;
+      if (state.questionsSeen !== undefined && asked !== state.questionsSeen) {
+        questions.load(false, { live: true }).catch(() => {});
+      }
       state.questionsSeen = asked;
+      // the unmatched receipts' panel when one came, or one found its document or was closed (likewise)
+      const kept = `${data.last_unmatched_receipt}|${data.open_unmatched_receipts}`;
+      if (state.unmatchedSeen !== undefined && kept !== state.unmatchedSeen) {
+        unmatched.load(false, { live: true }).catch(() => {});
+      }
+      state.unmatchedSeen = kept;
       if (data.awaiting_at !== state.awaitingAt) {
         state.awaitingAt = data.awaiting_at;
         schedulePending();
@@ -903,7 +1004,8 @@
       const data = JSON.parse(ev.data);
       if (renderQueue(data.endpoints, data.dead_total, data.receipts_awaited, data.dead_newest)) {
         loadQueue().catch(() => {});
-        questions.load().catch(() => {}); // an upload that gave up waiting for its data is a dead letter now
+        // an upload that gave up waiting for its data is a dead letter now
+        questions.load(false, { live: true }).catch(() => {});
       }
     });
     es.addEventListener("status", (ev) => {
@@ -1245,6 +1347,7 @@
     warehouse.wire();
     $("questions-panel").hidden = !state.session.payment_questions;
     questions.wire();
+    unmatched.wire();
     $("awaited-details").addEventListener("toggle", () => {
       if ($("awaited-details").open) loadAwaitedList().catch((e) => toast(e.message, true));
     });
@@ -1264,7 +1367,7 @@
     const summary = await call(`${API}/summary`);
     renderCounts(summary.shipments);
     route();
-    await Promise.all([loadQueue(), loadSeries(), loadRefused(), warehouse.load(), questions.load()])
+    await Promise.all([loadQueue(), loadSeries(), loadRefused(), warehouse.load(), unmatched.load(), questions.load()])
       .catch((e) => toast(e.message, true));
     setInterval(() => { if (Date.now() - state.seriesAt > 30000) loadSeries().catch(() => {}); }, 10000);
     setInterval(() => renderAwaited(null), 5000);
