@@ -497,7 +497,7 @@ DELETE FROM payment_data
         WHERE p.updated_at < now() - make_interval(secs => $1)
           AND NOT EXISTS (SELECT 1 FROM payment_orders o
                             JOIN realtime_requests q ON q.ebp_code = o.ebp_code AND q.order_no = o.order_no
-                           WHERE o.payment_id = p.id AND q.state = 'asked'
+                           WHERE o.payment_id = p.id AND q.state = 'asked' AND q.closed_at IS NULL
                              AND q.received_at >= now() - make_interval(secs => $1))
         ORDER BY p.updated_at LIMIT $2))
 """

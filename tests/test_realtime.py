@@ -811,8 +811,8 @@ async def test_the_payment_data_statements_probe_indexes(db_pool: asyncpg.Pool) 
 async def test_payment_data_and_questions_go_after_their_retention(db_pool: asyncpg.Pool) -> None:
     """realtime.payment_data_retention_days: a payment last handed over longer ago goes with its orders, a question
     asked longer ago goes; the newer stay, and so does an old payment customs asked about within the retention while
-    the question is open (its upload needs it). The retention's loop does it, and keeps everything with 0 days. Each
-    statement reads by an index."""
+    the question is open (its upload needs it; closed by an operator, it does not). The retention's loop does it,
+    and keeps everything with 0 days. Each statement reads by an index."""
     from gateway import db, store
     from gateway.workers import run_retention
     from tests.planutil import full_scans
@@ -823,8 +823,12 @@ async def test_payment_data_and_questions_go_after_their_retention(db_pool: asyn
         for seed in range(91, 95):
             r = await api.request("POST", "/v1/payment-data", json_body=samples.payment_data(parcel(seed)))
             assert r.status == 201, r.body
-        for order_no, session in ((orders[0], "old"), (orders[1], "recent-open")):
+        for order_no, session in ((orders[0], "old"), (orders[1], "recent-open"), (orders[2], "recent-closed")):
             assert (await ask(api, order_no, session))[1]["code"] == "10000"
+        closed = await db_pool.fetchval("SELECT id FROM realtime_requests WHERE session_id = 'recent-closed'")
+        r = await api.request("POST", f"/v1/payment-data/questions/{closed}/close", key=OPERATOR,
+                              json_body={"reason": "an order the platform never paid"})  # fmt: skip
+        assert r.status == 200, r.body
     old = "now() - make_interval(days => 1200)"
     await db_pool.execute(f"UPDATE payment_data SET updated_at = {old}, received_at = {old} "
                           "WHERE id IN (SELECT payment_id FROM payment_orders WHERE order_no = ANY($1))",
@@ -845,8 +849,8 @@ async def test_payment_data_and_questions_go_after_their_retention(db_pool: asyn
     await asyncio.wait_for(loop, 5)
     kept = await db_pool.fetch("SELECT order_no FROM payment_orders ORDER BY order_no")
     assert sorted(r["order_no"] for r in kept) == sorted(orders[1:2] + orders[3:])  # asked about, and recent
-    questions = await db_pool.fetch("SELECT session_id FROM realtime_requests")
-    assert [q["session_id"] for q in questions] == ["recent-open"]
+    questions = await db_pool.fetch("SELECT session_id FROM realtime_requests ORDER BY id")
+    assert [q["session_id"] for q in questions] == ["recent-open", "recent-closed"]  # closed: its payment goes
     assert await store.prune_payment_data(db_pool, older_than_s=1095 * 86400) == (0, 0)
     async with db_pool.acquire() as conn:
         for table in ("payment_data", "payment_orders", "realtime_requests"):
