@@ -18,7 +18,7 @@ from cbec_queue import Rate, TokenBucket
 
 from gateway.config import ApiKey, Role, key_digest
 from gateway.documents import Document
-from gateway.messages import TRANSPORT_KINDS, Kind, MessageType
+from gateway.messages import WAYBILL_LIST_KINDS, Kind, MessageType
 
 #: Head fields that name an enterprise taking part in a document.
 PARTY_FIELDS: tuple[str, ...] = (
@@ -153,7 +153,7 @@ LIMITED_FIELDS: tuple[str, ...] = (
     "forward_state", "sent_at", "last_receipt_at", "receipt_overdue", "pre_no", "invt_no", "customs", "receipts",
     "unsent",
 )  # fmt: skip
-_TRANSPORT = frozenset(k.value for k in TRANSPORT_KINDS)
+_WAYBILL_LISTS = frozenset(k.value for k in WAYBILL_LIST_KINDS)
 #: The kind whose tax bills and summary declaration a shipment shows beside it.
 _INVENTORY = Kind.INVENTORY.value
 
@@ -228,8 +228,9 @@ def _limited(d: dict[str, Any]) -> dict[str, Any]:
 def shipment_view(principal: Principal, shipment: dict[str, Any]) -> dict[str, Any]:
     """The shipment (gateway.store.Store.get_shipment, with its forwarding and its tax bills) as ``principal`` may see
     it: each document none of whose parties it holds cut to :data:`LIMITED_FIELDS`, marked ``limited`` — of a
-    transport message also the lines naming one of the shipment's waybills (the head's logisticsCode and the line's
-    logisticsNo, as the store found it by); the findings' values of those documents withheld (:func:`findings_view`);
+    transport message or a site's delivery (CEB711) also the lines naming one of the shipment's waybills (the head's
+    logisticsCode and the line's logisticsNo, as the store found it by); the findings' values of those documents
+    withheld (:func:`findings_view`);
     the tax bills and the summary declaration only beside an inventory it may read; the buyer's ID number only where
     a document it may read names it. Operators and admins see everything."""
     if principal.sees_everything:
@@ -237,7 +238,7 @@ def shipment_view(principal: Principal, shipment: dict[str, Any]) -> dict[str, A
     docs = shipment.get("documents") or []
     readable = readable_sides(principal, docs)
     waybills = {(_text(d.get("head"), "logisticsCode"), _text(d.get("head"), "logisticsNo"))
-                for d in docs if d["kind"] == Kind.INVENTORY}  # fmt: skip
+                for d in docs if d["kind"] in (Kind.INVENTORY, Kind.WAYBILL)}  # fmt: skip
     shown = []
     own_ids: set[Any] = set()
     buyers: set[str] = set()
@@ -249,7 +250,7 @@ def shipment_view(principal: Principal, shipment: dict[str, Any]) -> dict[str, A
             shown.append(d)
             continue
         cut = _limited(d)
-        if d["kind"] in _TRANSPORT:
+        if d["kind"] in _WAYBILL_LISTS:
             carrier = _text(d.get("head"), "logisticsCode")
             cut["lines"] = [x for x in d.get("lines") or () if (carrier, _text(x, "logisticsNo")) in waybills]
         shown.append(cut)

@@ -282,6 +282,10 @@ SHIPMENT_KINDS: tuple[Kind, ...] = (Kind.ORDER, Kind.PAYMENT, Kind.WAYBILL, Kind
 
 #: The export transport messages' kinds (CEB507/509/607): no legs; their lists name the parcels' waybills.
 TRANSPORT_KINDS: tuple[Kind, ...] = (Kind.ARRIVAL, Kind.DEPARTURE, Kind.MANIFEST)
+#: The kinds whose lists name parcels' waybills under the head's logisticsCode: the export transport messages and
+#: the import supervision site's 入库明细单 (CEB711, spec A.11): the parcels unloaded into the site under one B/L. A
+#: shipment shows those naming its waybill; to a key that is no party of one, only the lines naming that waybill.
+WAYBILL_LIST_KINDS: tuple[Kind, ...] = (*TRANSPORT_KINDS, Kind.DELIVERY)
 
 #: The message type of each leg per flow (``LEGS["export"][Kind.WAYBILL]`` is "CEB505"): a leg joins only the legs of
 #: its own flow (a waybill the inventory naming its logisticsCode and logisticsNo, when both flows share one).

@@ -229,6 +229,8 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "received_at": _TIME, "parties": _STRINGS,
         "head": {**_VALUES, "description": "the document's head as declared (absent for a limited one)"},
         "lines": {"type": "array", "items": _VALUES},
+        "listed": {**_INT, "description": "a site's delivery (CEB711) on a shipment: how many waybills its whole list "
+                   "names; its lines there are the shipment's parcel's alone (the message shows them all)"},
         "limited": {"type": "boolean", "description": "a document of which the key holds no party code (another "
                     "company's leg, another seller's inventory of an agent's message): what identifies it and where it "
                     "stands, without head, lines, parties, transmissions or warehouse orders"},
@@ -598,8 +600,11 @@ OPENAPI: dict[str, Any] = {
                 "summary": "One shipment: documents (current and history), state, missing legs, findings; "
                 f"customs_status ({' | '.join(SHIPMENT_CUSTOMS_STATUSES)}) and, per document, forward_state "
                 f"({' | '.join(FORWARD_STATES)}), customs {{code, rank, name, info, time}}, "
-                "transmissions (jobs with their attempts) and receipts; an export transport message (arrival, "
-                "departure, manifest) of which the key holds no party code is limited: true, with no head, parties "
+                "transmissions (jobs with their attempts) and receipts; an import shipment's parcel unloaded at the "
+                "supervision site: the site's deliveries (入库明细单 CEB711, kind delivery, every version) naming its "
+                "waybill, each with only the line of its parcel (listed: how many the delivery names); an export "
+                "transport message (arrival, departure, manifest) or a delivery of which the key holds no party code "
+                "is limited: true, with no head, parties "
                 "or transmissions and only its lines naming this shipment's waybill; tax_bills: customs' electronic "
                 "tax bills "
                 "(CEB816/818) of its inventory, each [{taxNo, invtNo, status (1 generated | 2 consolidated | 3 void), "

@@ -78,6 +78,7 @@ from gateway.keystate import (
     reopen_refs,
     restore,
     temp_saved,
+    text,
     up_front_locks,
 )
 from gateway.messages import BY_CODE, LEGS, TRANSPORT_KINDS, Kind
@@ -547,6 +548,9 @@ TRANSPORT_KINDS_SQL = "(" + ", ".join(f"'{k.value}'" for k in TRANSPORT_KINDS) +
 #: logisticsCode and a line's logisticsNo (migration 210's index) — every version of them, as they are no leg — and
 #: its retail export returns (CEB213: stored with the inventory's ebpCode and orderNo, keystate._numbered) with the
 #: site's tallies (CEB215) of the waybill of its inventory or of a return (a parcel may come back under a new one).
+#: An import shipment lists the supervision site's deliveries (入库明细单 CEB711, every version) whose list names the
+#: waybill of any version of its inventory or one of its waybills (the head's logisticsCode and a line's logisticsNo,
+#: migration 500's index): the parcel arrived at the site.
 SELECT_SHIPMENT_DOCUMENTS = f"""
 WITH own AS MATERIALIZED (
     SELECT d.id, d.kind, d.message_type, d.logistics_code, d.logistics_no FROM documents AS d
@@ -554,18 +558,32 @@ WITH own AS MATERIALIZED (
        -- its legs, and what cancels or returns its inventory (CEB623, CEB625, CEB605, CEB213): no legs, but the
        -- operators look for them on the shipment
        AND (d.kind IN ('order', 'payment', 'inventory', 'cancel', 'refund') OR d.message_type = '{EXPORT_RETURN}')
-), ids AS (
-    SELECT id FROM own
-    UNION
-    SELECT d.id FROM documents AS d
+), waybills AS MATERIALIZED (
+    SELECT d.id, d.message_type, d.logistics_code, d.logistics_no FROM documents AS d
      WHERE d.kind = 'waybill' AND d.order_no = $2 AND ($1 = '' OR NOT {other_platform("$1", "$2")})
        AND NOT EXISTS (SELECT 1 FROM shipments AS x WHERE x.ebp_code = $1 AND x.order_no = $2 AND x.flow <> 'import')
     UNION
-    SELECT w.id
+    SELECT w.id, w.message_type, w.logistics_code, w.logistics_no
       FROM (SELECT DISTINCT logistics_code, logistics_no, message_type FROM own WHERE kind = 'inventory') AS k,
-           LATERAL (SELECT d.id, d.kind, d.message_type FROM documents AS d
+           LATERAL (SELECT d.id, d.kind, d.message_type, d.logistics_code, d.logistics_no FROM documents AS d
                      WHERE d.logistics_code = k.logistics_code AND d.logistics_no = k.logistics_no OFFSET 0) AS w
      WHERE w.kind = 'waybill' AND w.message_type = {waybill_type_of("k.message_type")}
+), ids AS (
+    SELECT id FROM own
+    UNION
+    SELECT id FROM waybills
+    UNION
+    SELECT t.id
+      FROM (SELECT logistics_code, logistics_no FROM own
+             WHERE kind = 'inventory' AND message_type = '{LEGS["import"][Kind.INVENTORY]}'
+            UNION
+            SELECT logistics_code, logistics_no FROM waybills
+             WHERE message_type = '{LEGS["import"][Kind.WAYBILL]}') AS k,
+           LATERAL (SELECT d.id, d.logistics_code FROM documents AS d
+                     WHERE d.kind = '{Kind.DELIVERY.value}'
+                       AND d.lines @> jsonb_build_array(jsonb_build_object('logisticsNo', k.logistics_no))
+                    OFFSET 0) AS t
+     WHERE t.logistics_code = k.logistics_code
     UNION
     SELECT t.id
       FROM (SELECT DISTINCT logistics_code, logistics_no FROM own
@@ -1248,6 +1266,21 @@ def _rejection_dict(r: asyncpg.Record) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def own_parcels(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A shipment's documents with each site delivery (CEB711) cut to the lines naming the shipment's waybills (of its
+    inventories and waybills: the head's logisticsCode, a line's logisticsNo), the parcel that arrived, and
+    ``listed``, how many waybills the whole delivery lists: a B/L unloads thousands of other parcels, which the
+    message (GET /v1/messages/{guid}) shows."""
+    waybills = {(text(d["head"], "logisticsCode"), text(d["head"], "logisticsNo"))
+                for d in documents if d["kind"] in (Kind.INVENTORY, Kind.WAYBILL)}  # fmt: skip
+    for d in documents:
+        if d["kind"] == Kind.DELIVERY:
+            carrier, lines = text(d["head"], "logisticsCode"), d["lines"] or []
+            d["lines"] = [x for x in lines if (carrier, text(x, "logisticsNo")) in waybills]
+            d["listed"] = len(lines)
+    return documents
 
 
 def _document_dict(r: asyncpg.Record) -> dict[str, Any]:
@@ -2015,7 +2048,7 @@ class Store:
         out = self._shipment_dict(s)
         out["buyer_id_number"] = s["buyer_id_number"]
         out["customs_info"] = s["customs_info"]
-        out["documents"] = [_document_dict(d) for d in docs]
+        out["documents"] = own_parcels([_document_dict(d) for d in docs])
         return out
 
     async def list_shipments(

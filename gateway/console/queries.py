@@ -19,9 +19,15 @@ import asyncpg
 import cbec_queue
 
 from gateway import csvexport, db, outbox, tax, taxbills
-from gateway.messages import BY_CODE
+from gateway.messages import BY_CODE, LEGS, Kind
 from gateway.receipts import RANK_DECLARING
-from gateway.store import UNMATCHED_RECEIPT_COLUMNS, decode_cursor, encode_cursor, unmatched_receipt_dict
+from gateway.store import (
+    UNMATCHED_RECEIPT_COLUMNS,
+    decode_cursor,
+    encode_cursor,
+    own_parcels,
+    unmatched_receipt_dict,
+)
 
 #: Reconciliation states in the order the console shows them (gateway.reconcile.ShipmentState).
 STATES: tuple[str, ...] = ("mismatched", "incomplete", "matched")
@@ -310,17 +316,18 @@ SHIPMENT = "SELECT * FROM shipments WHERE ebp_code = $1 AND order_no = $2"
 #: Every version of the shipment's documents with the message that brought each ($1 ebpCode, $2 orderNo):
 #: order, payment, inventory by the order's key; waybills by any inventory's waybill key, and by that orderNo unless
 #: another platform uses it too (as gateway.store.SELECT_SHIPMENT_DOCUMENTS); receipts stored as documents (kind
-#: 'receipt') that name the order's key (CEB312) or a waybill's (CEB512/514).
+#: 'receipt') that name the order's key (CEB312) or a waybill's (CEB512/514); and the supervision site's deliveries
+#: (入库明细单 CEB711) whose list names one of its import waybills (the parcel arrived at the site), as the API's view.
 SHIPMENT_DOCUMENTS = f"""
 WITH own AS MATERIALIZED (
     SELECT d.id, d.kind, d.message_type, d.logistics_code, d.logistics_no FROM documents AS d
      WHERE d.ebp_code = $1 AND d.order_no = $2 AND d.kind IN ('order', 'payment', 'inventory', 'receipt')
 ), waybills AS MATERIALIZED (
-    SELECT d.id, d.logistics_code, d.logistics_no FROM documents AS d
+    SELECT d.id, d.message_type, d.logistics_code, d.logistics_no FROM documents AS d
      WHERE d.kind = 'waybill' AND d.order_no = $2 AND ($1 = '' OR NOT {outbox.other_platform("$1", "$2")})
        AND NOT EXISTS (SELECT 1 FROM shipments AS x WHERE x.ebp_code = $1 AND x.order_no = $2 AND x.flow <> 'import')
     UNION
-    SELECT d.id, d.logistics_code, d.logistics_no
+    SELECT d.id, d.message_type, d.logistics_code, d.logistics_no
       FROM (SELECT DISTINCT logistics_code, logistics_no, message_type FROM own WHERE kind = 'inventory') AS w
       JOIN documents AS d ON d.logistics_code = w.logistics_code AND d.logistics_no = w.logistics_no
      WHERE d.kind = 'waybill' AND d.message_type = {outbox.waybill_type_of("w.message_type")}
@@ -333,6 +340,17 @@ WITH own AS MATERIALIZED (
       FROM (SELECT DISTINCT logistics_code, logistics_no FROM waybills) AS w
       JOIN documents AS d ON d.logistics_code = w.logistics_code AND d.logistics_no = w.logistics_no
      WHERE d.kind = 'receipt'
+    UNION
+    SELECT t.id
+      FROM (SELECT logistics_code, logistics_no FROM waybills WHERE message_type = '{LEGS["import"][Kind.WAYBILL]}'
+            UNION
+            SELECT logistics_code, logistics_no FROM own
+             WHERE kind = 'inventory' AND message_type = '{LEGS["import"][Kind.INVENTORY]}') AS w,
+           LATERAL (SELECT d.id, d.logistics_code FROM documents AS d
+                     WHERE d.kind = '{Kind.DELIVERY.value}'
+                       AND d.lines @> jsonb_build_array(jsonb_build_object('logisticsNo', w.logistics_no))
+                    OFFSET 0) AS t
+     WHERE t.logistics_code = w.logistics_code
 )
 SELECT d.id, d.message_id, d.doc_index, d.doc_guid, d.kind, d.message_type, d.key1, d.key2, d.app_type,
        d.app_time, d.app_status, d.path, d.head, d.lines, d.is_current, d.withdrawn, d.superseded_by,
@@ -385,7 +403,7 @@ async def shipment_detail(
     docs = [dict(r) for r in await conn.fetch(SHIPMENT_DOCUMENTS, ebp_code, order_no)]
     for d in docs:
         d["head"], d["lines"] = db.json_value(d["head"]), db.json_value(d["lines"])
-    out["documents"] = docs
+    out["documents"] = docs = own_parcels(docs)
     held = sorted({d["message_id"] for d in docs if d["forward_state"] == "held"})
     waits = await conn.fetch(outbox.HOLD_REASONS, held, RANK_DECLARING) if held else []
     for d in docs:

@@ -5,7 +5,7 @@
 (() => {
   const API = "/ops/api";
   const KIND_ZH = { order: "订单", payment: "支付单", waybill: "运单", inventory: "清单", cancel: "撤销申请单",
-    refund: "退货申请单", receipt: "回执" };
+    refund: "退货申请单", receipt: "回执", delivery: "入库明细单" };
   const DOC_ZH = { CEB311: "订单", CEB411: "支付单", CEB511: "运单", CEB621: "清单" };
   const APP_TYPE = { "1": "new 新增", "2": "change 变更", "3": "delete 删除" };
   const STATE_ZH = { mismatched: "不一致", incomplete: "待补齐", matched: "已匹配" };
@@ -1106,6 +1106,9 @@
           h("span", { class: "mono", text: `guid ${d.doc_guid}` }), ` · by ${d.submitter} (${d.source})`,
           d.customs_status ? ` · ${d.customs_info || ""} (returnTime ${d.customs_return_time || "—"})` : ""),
         held.length ? h("div", { class: "detail held-until", text: `held until 待: ${held.join("; ")}` }) : null,
+        // the site's delivery: the parcel unloaded at the supervision site, under which B/L, where
+        d.kind === "delivery" ? h("div", { class: "detail", text: `at the site 已入库 ${(d.head || {}).operatorName || ""} · `
+          + `B/L ${(d.head || {}).billNo || "—"} · ${(d.head || {}).unloadLocation || "—"} · ${d.listed ?? "?"} parcels 件` }) : null,
         // never sent: withdrawn or replaced while the gateway held it (customs never had it)
         d.unsent ? h("div", { class: "detail held-until", text: `${UNSENT_ZH[d.unsent.because] || ""} — ${d.unsent.info}` }) : null) });
     }
