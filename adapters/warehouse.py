@@ -34,7 +34,8 @@ Request ``POST <url>``::
 Reply: 2xx with ``{"warehouseOrderNo": "..."}`` (201 for a new order, 200 for a repeated orderId).
 
 Cancel ``POST <url>/<orderId>/cancel`` (``Idempotency-Key: <orderId>:cancel``) — customs concluded the cancellation
-of the inventory the order was made from (CEB624 / CEB606 399), so the parcel must not go (or must come back)::
+of the inventory the order was made from (CEB624 / CEB606 399), so the parcel must not go (or must come back); or the
+delivery (or order) a route made it from was changed or withdrawn (gateway.forward.Router.order_jobs)::
 
     {"schema": "cbec.warehouse-cancel.v1", "orderId": "...", "warehouseCode": "WH-HK-01",
      "reason": "...", "reference": {...}}                                           # the order's reference

@@ -88,6 +88,17 @@ def ordering_key(message_type: str, keys: Iterable[str]) -> str:
 
 
 @dataclass(frozen=True)
+class OrderSource:
+    """A document of a declaration routed to a warehouse (:meth:`Router.order_jobs`): its position in the message, its
+    appType and ordering key, and the version it changes or withdraws (message id, message guid, position), if any."""
+
+    index: int
+    app_type: str
+    ordering_key: str
+    replaces: tuple[int, str, int] | None = None
+
+
+@dataclass(frozen=True)
 class Route:
     message_types: frozenset[str]
     endpoints: tuple[str, ...]
@@ -200,6 +211,35 @@ class Router:
                 payload["cop_msg_id"] = cop_msg_id_for(base)
             key = f"{base}:resend{resend}" if resend else base
             jobs.append(JobSpec(endpoint, message_type, payload, key, ordering_keys=keys))
+        return jobs
+
+    def order_jobs(
+        self, *, endpoints: Iterable[str], message_id: int, guid: str, message_type: str,
+        documents: Sequence[OrderSource],
+    ) -> list[JobSpec]:
+        """The jobs of a declaration routed to warehouse endpoints (a site's delivery CEB711: inbound; an order CEB311
+        for overseas-warehouse fulfilment: outbound): per document, the cancel of the order made from the version a
+        change (appType 2) or withdrawal (3) replaces — a withdrawn delivery's parcels were not entered, a withdrawn
+        order does not ship, a changed one is the new version's — and an order of each document it declares or changes
+        (adapters.warehouse.build_orders of that ``doc_index``: its orderId the same for the same document), each
+        behind the document's earlier orders (its ordering key). A withdrawal makes no order."""
+        jobs = []
+        for endpoint in endpoints:
+            for d in documents:
+                keys = (d.ordering_key,)
+                if d.replaces is not None:
+                    old_id, old_guid, old_index = d.replaces
+                    what = "withdrawn" if d.app_type == "3" else "changed"
+                    payload = {"message_id": old_id, "guid": old_guid, "doc_index": old_index,
+                               "message_type": message_type,
+                               "reason": f"{message_type} {what} (appType {d.app_type}, message {guid})"}  # fmt: skip
+                    jobs.append(JobSpec(endpoint, "warehouse.cancel", payload,
+                                        f"{endpoint}:{old_guid}:{old_index}:cancel", ordering_keys=keys))  # fmt: skip
+                if d.app_type != "3":
+                    payload = {"message_id": message_id, "guid": guid, "doc_index": d.index,
+                               "message_type": message_type}  # fmt: skip
+                    jobs.append(JobSpec(endpoint, message_type, payload, f"{endpoint}:{guid}:{d.index}",
+                                        ordering_keys=keys))  # fmt: skip
         return jobs
 
     def resend_jobs(

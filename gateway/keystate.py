@@ -237,6 +237,7 @@ class Row:
     returned: Sequence[Mapping[str, str]] = ()
     #: an import inventory's: the invtNo customs gave it (CEB622), None before its receipts name one
     invt_no: str | None = None
+    message_id: int | None = None  # a stored row's message (None for a new one)
 
     @classmethod
     def from_json(cls, r: dict[str, Any]) -> Row:
@@ -249,7 +250,7 @@ class Row:
             failed=bool(r.get("failed")), held=bool(r.get("held")), unseen=bool(r.get("unseen")),
             cancelled=bool(r.get("cancelled")),
             spent=bool(r.get("spent")), returned=r.get("returned") or (), released=bool(r.get("released")),
-            invt_no=r.get("invt_no"),
+            invt_no=r.get("invt_no"), message_id=r.get("message_id"),
         )  # fmt: skip
 
     @property
@@ -1655,7 +1656,7 @@ def reopen(
 
 def _document_row(new: New) -> dict[str, Any]:
     row, head = new.row, new.doc.head
-    return {
+    out = {
         "doc_index": row.doc_index,
         "doc_guid": head.get("guid", ""),
         "kind": row.kind,
@@ -1683,6 +1684,11 @@ def _document_row(new: New) -> dict[str, Any]:
         # withdrawal: what declares a key anew after one goes after it
         "replaces_held": new.replaces is not None and new.replaces.held and not new.replaces.withdrawn,
     }
+    if (old := new.replaces) is not None and not old.withdrawn and old.message_id is not None and old.message_guid:
+        # not a column, and only on a change or withdrawal: the version it replaces (message id and guid, position),
+        # whose warehouse order a route to a warehouse cancels (gateway.forward.Router.order_jobs)
+        out["replaces_version"] = [old.message_id, old.message_guid, old.doc_index]
+    return out
 
 
 def _response(

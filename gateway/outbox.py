@@ -51,6 +51,7 @@ from gateway.forward import (
     HeldVersion,
     JobSpec,
     LegState,
+    OrderSource,
     Replacement,
     Router,
     ordering_key,
@@ -1027,6 +1028,8 @@ class Plan:
     #: doc_index of its changes and withdrawals of a version the gateway holds: what still goes is settled after the
     #: write (Outbox.settle); the message is held meanwhile
     settle: tuple[int, ...] = ()
+    #: routed to a warehouse: its stored documents, of which the warehouse gets orders and cancels (Router.order_jobs)
+    orders: tuple[OrderSource, ...] = ()
 
 
 @dataclass
@@ -1238,7 +1241,14 @@ class Outbox:
             unkept = tuple((d.head.get("guid", ""), *msg.type.stored_key([v.strip() for v in d.keys]))
                            for d in msg.documents
                            if state != "none" and outcomes.get(d.index, {}).get("outcome") == "ignored_older")
-            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys, unkept, settle))
+            orders: tuple[OrderSource, ...] = ()
+            if any(router.endpoint_kinds.get(e) == "warehouse" for e in endpoints):  # not the common case
+                by_index = {row["doc_index"]: row for row in rows}
+                orders = tuple(
+                    OrderSource(d.index, (d.head.get("appType") or "1").strip(), ordering_key(msg.type.code, d.keys),
+                                tuple(r) if (r := by_index.get(d.index, {}).get("replaces_version")) else None)
+                    for d in stored)  # fmt: skip
+            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys, unkept, settle, orders))
         return plans
 
     def wave_jobs(self, plans: Sequence[Plan], ids: Mapping[str, int]) -> list[JobSpec]:
@@ -1250,10 +1260,15 @@ class Outbox:
         jobs: list[JobSpec] = []
         for p in plans:
             if p.state == "queued":
+                # a warehouse takes orders of the documents, and the cancels of the orders of what they replace
+                stores = [e for e in p.endpoints if router.endpoint_kinds.get(e) == "warehouse"]
                 jobs += router.message_jobs(
-                    message_id=ids[p.guid], guid=p.guid, message_type=p.message_type, endpoints=p.endpoints,
-                    ordering_keys=p.ordering_keys,
+                    message_id=ids[p.guid], guid=p.guid, message_type=p.message_type,
+                    endpoints=[e for e in p.endpoints if e not in stores], ordering_keys=p.ordering_keys,
                 )  # fmt: skip
+                if stores:
+                    jobs += router.order_jobs(endpoints=stores, message_id=ids[p.guid], guid=p.guid,
+                                              message_type=p.message_type, documents=p.orders)  # fmt: skip
         return jobs
 
     def reconciliation_told(self) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.config import DEFAULT_ROUTES, RouteSettings
 from gateway.console.queries import shipment_detail
 from tests.apiutil import PLATFORM_A, openapi_check
 from tests.forwardutil import Stack, key_path, legs, running_stack, shipment, wait_for
@@ -61,3 +62,48 @@ async def test_a_parcel_unloaded_at_the_site_shows_on_its_shipment(db_dsn: str) 
             assert page is not None
             [on_page] = [d for d in page["documents"] if d["kind"] == "delivery"]
             assert on_page["customs_status"] == "120" and on_page["lines"] == shown["lines"]
+
+
+#: The site's warehouse takes an inbound order of each delivery (a route of CEB711 to the warehouse endpoint).
+TO_THE_WAREHOUSE = {"routes": (*DEFAULT_ROUTES, RouteSettings(("CEB711",), ("warehouse",)))}
+
+
+async def delivery_orders(stack: Stack, s: Any) -> dict[str, list[str]]:
+    """The warehouse orders of each version of the deliveries on the shipment ``s`` (by its appType): their
+    statuses."""
+    docs = (await stack.client.get(key_path(s))).body["documents"]
+    return {d["app_type"]: [o["status"] for o in d["warehouse_orders"]] for d in docs if d["kind"] == "delivery"}
+
+
+async def test_a_delivery_changed_or_withdrawn_cancels_the_inbound_order_of_the_version_it_replaces(
+    db_dsn: str,
+) -> None:
+    """The warehouse gets an inbound order of the delivery's parcels; a change of the delivery (a parcel added) cancels
+    that order and makes one of the new list; its withdrawal cancels that one and makes none (the site did not enter
+    those parcels after all)."""
+    async with running_stack(db_dsn, forwarding=TO_THE_WAREHOUSE) as stack:
+        ships = [shipment(711 + i) for i in range(2)]
+        carrier = on_one_bill(ships)
+        await submit_legs(stack, ships)
+        nos = waybill_nos(ships)
+        assert (await stack.client.post_xml(delivery_xml(carrier, nos[:1]))).status == 202
+
+        async def orders_are(want: dict[str, list[str]]) -> bool:
+            return await delivery_orders(stack, ships[0]) == want
+
+        await wait_for(lambda: orders_are({"1": ["received"]}), timeout=20, what="the inbound order received")
+        changed = delivery_xml(carrier, nos, app_type="2", app_time="20240229230000")
+        assert (await stack.client.post_xml(changed)).status == 202
+        await wait_for(lambda: orders_are({"1": ["cancelled"], "2": ["received"]}), timeout=20,
+                       what="the first order cancelled, the change's received")  # fmt: skip
+        [*_, latest] = [o for o in stack.sandbox.sandbox.warehouse if o["direction"] == "inbound"]
+        assert [p["logisticsNo"] for p in latest["parcels"]] == nos
+        withdrawn = delivery_xml(carrier, nos, app_type="3", app_time="20240229233000")
+        assert (await stack.client.post_xml(withdrawn)).status == 202
+        await wait_for(lambda: orders_are({"1": ["cancelled"], "2": ["cancelled"], "3": []}), timeout=20,
+                       what="the change's order cancelled, none made of the withdrawal")  # fmt: skip
+        inbound = {o["orderId"] for o in stack.sandbox.sandbox.warehouse if o["direction"] == "inbound"}
+        assert len(inbound) == 2
+        reasons = [c["reason"] for c in stack.sandbox.sandbox.warehouse_cancels]
+        assert [r.split(" (")[0] for r in reasons] == ["CEB711 changed", "CEB711 withdrawn"], reasons
+        assert await stack.fetchval("SELECT count(*) FROM jobs WHERE endpoint = 'warehouse' AND state <> 'done'") == 0
