@@ -238,6 +238,8 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "last_receipt_at": _TIME_OR_NULL, "receipt_overdue": {"type": "boolean"}, "resends": _INT,
         "pre_no": _STR_OR_NULL, "invt_no": _STR_OR_NULL,
         "sum_no": {**_STR_OR_NULL, "description": "a summary application's (CEB701)"},
+        "rkd_no": {**_STR_OR_NULL, "description": "a site delivery's (CEB711): the warehouse-entry number (入库单编号) "
+                   "customs gave it in its CEB712"},
         "customs": _or_null(_ref("CustomsStatus")),
         "held_until": {"type": "array", "description": "a held inventory: what each parcel of its message waits for",
                        "items": _object(("ebpCode", "orderNo", "waiting_for"), {

@@ -2125,6 +2125,8 @@ class Outbox:
             d["pre_no"], d["invt_no"] = r["pre_no"], r["invt_no"]
             if d.get("kind") == Kind.SUMMARY:  # the column keeps a summary application's sumNo: named so here
                 d["sum_no"], d["invt_no"] = d["invt_no"], None
+            elif d.get("kind") == Kind.DELIVERY:  # and a site delivery's warehouse-entry number (入库单编号)
+                d["rkd_no"], d["invt_no"] = d["invt_no"], None
             d["customs"] = (
                 None
                 if r["customs_status"] is None

@@ -271,7 +271,7 @@ class ReceiptRecord:
             parties=parties,
             ebc_code=k.get("ebcCode") or None,
             pre_no=k.get("preNo") or None,
-            invt_no=None if declared in SHARED_INVT_NO else k.get("invtNo") or None,
+            invt_no=None if declared in SHARED_INVT_NO else k.get(NUMBER_FIELDS.get(declared or "", "invtNo")) or None,
             info_guid=self.info_guid,
         )
 
@@ -285,6 +285,12 @@ _BRACKETED_GUID = re.compile(r"\[([^\[\]\s]{36})\]")
 #: inventory, told apart by its key alone (agentCode + coElNo, §5.1). That number finds no return and is not
 #: learned as one's own. (An import return, CEB625, is keyed by its inventory's key: one per inventory.)
 SHARED_INVT_NO = frozenset({"CEB213"})
+
+#: The number customs gives a declaration of these types in its receipts, kept where an inventory's invtNo is
+#: (documents.invt_no: learned, and a later receipt naming it alone finds the document) and named so in the views
+#: (gateway.outbox.shipment_forwarding): a summary application's sumNo (CEB702), a site delivery's warehouse-entry
+#: number rkdNo (入库单编号, CEB712, spec A.12).
+NUMBER_FIELDS: dict[str, str] = {"CEB701": "sumNo", "CEB711": "rkdNo"}
 
 #: The enterprise fields a receipt may carry that its declared document carries too (in its head, by the same
 #: name): a document found by anything but its business key must agree with every one the receipt names.
@@ -496,8 +502,8 @@ def apply(current: CustomsState | None, receipt: ReceiptRecord, *, resent: bool 
     learned = {k: receipt.keys[k] for k in ("preNo", "invtNo") if receipt.keys.get(k)}
     if receipt.declared_type in SHARED_INVT_NO:
         learned.pop("invtNo", None)
-    if receipt.keys.get("sumNo"):  # a summary application's number (CEB702) is kept where an inventory's invtNo is
-        learned["invtNo"] = receipt.keys["sumNo"]
+    if (number := NUMBER_FIELDS.get(receipt.declared_type or "")) and receipt.keys.get(number):
+        learned["invtNo"] = receipt.keys[number]  # customs' own number of the document, kept where an invtNo is
     r = receipt.rank
     if resent and verdict is Verdict.OLDER_IGNORED:
         # The very version sent again is "older than the stored one" only because customs stored it the first

@@ -11,8 +11,10 @@ import pytest
 
 from gateway.config import DEFAULT_ROUTES, RouteSettings
 from gateway.console.queries import shipment_detail
+from gateway.render import new_guid
+from gateway.sandbox.receipts import build_receipt
 from tests.apiutil import PLATFORM_A, openapi_check
-from tests.forwardutil import Stack, key_path, legs, running_stack, shipment, wait_for
+from tests.forwardutil import CUSTOMS_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
 from tests.siteutil import OPERATOR_CODE, delivery_xml, on_one_bill, waybill_nos
 
 pytestmark = pytest.mark.db
@@ -44,13 +46,15 @@ async def test_a_parcel_unloaded_at_the_site_shows_on_its_shipment(db_dsn: str) 
         reply = await stack.client.post_xml(delivery_xml(carrier, [*waybill_nos(ships), "UNSEEN0000001"]))
         assert reply.status == 202, reply.body
         [doc] = reply.body["documents"]
-        await customs_says(stack, doc["doc_guid"], "120")
+        await customs_says(stack, doc["doc_guid"], "399")
         for s, no in zip(ships, waybill_nos(ships), strict=True):
             body = (await stack.client.get(key_path(s))).body
             openapi_check(body, "Shipment")
             [shown] = [d for d in body["documents"] if d["kind"] == "delivery"]
             assert shown["keys"] == {"operatorCode": OPERATOR_CODE, "billNo": "781-20240229001"}
-            assert shown["customs"]["code"] == "120" and shown["forward_state"] == "receipted"
+            assert shown["customs"]["code"] == "399" and shown["forward_state"] == "receipted"
+            # customs' warehouse-entry number (入库单编号) from its CEB712, and E-Port's R-numbered preNo
+            assert len(shown["rkd_no"]) == 18 and shown["pre_no"].startswith("R") and shown["invt_no"] is None
             assert shown["lines"] == [{"gnum": str(waybill_nos(ships).index(no) + 1), "logisticsNo": no}]
             assert shown["listed"] == 3 and shown["head"]["unloadLocation"] == "A区3号库位"
             seller = (await stack.client.get(key_path(s), key=PLATFORM_A)).body
@@ -61,7 +65,7 @@ async def test_a_parcel_unloaded_at_the_site_shows_on_its_shipment(db_dsn: str) 
                 page = await shipment_detail(conn, s.order_doc["ebpCode"], s.order_doc["orderNo"])
             assert page is not None
             [on_page] = [d for d in page["documents"] if d["kind"] == "delivery"]
-            assert on_page["customs_status"] == "120" and on_page["lines"] == shown["lines"]
+            assert on_page["customs_status"] == "399" and on_page["lines"] == shown["lines"]
 
 
 #: The site's warehouse takes an inbound order of each delivery (a route of CEB711 to the warehouse endpoint).
@@ -107,3 +111,25 @@ async def test_a_delivery_changed_or_withdrawn_cancels_the_inbound_order_of_the_
         reasons = [c["reason"] for c in stack.sandbox.sandbox.warehouse_cancels]
         assert [r.split(" (")[0] for r in reasons] == ["CEB711 changed", "CEB711 withdrawn"], reasons
         assert await stack.fetchval("SELECT count(*) FROM jobs WHERE endpoint = 'warehouse' AND state <> 'done'") == 0
+
+
+async def test_a_delivery_receipt_naming_only_customs_warehouse_entry_number_finds_its_delivery(db_dsn: str) -> None:
+    """A CEB712 carrying E-Port's own guid and, of the delivery's numbers, only the rkdNo an earlier receipt gave it
+    (A.12: copNo and preNo are optional) is applied to that delivery, as an inventory's receipt is by its invtNo."""
+    async with running_stack(db_dsn) as stack:
+        [s] = [shipment(721)]
+        carrier = on_one_bill([s])
+        reply = await stack.client.post_xml(delivery_xml(carrier, waybill_nos([s])))
+        [doc] = reply.body["documents"]
+        await customs_says(stack, doc["doc_guid"], "399")
+        rkd_no = await stack.fetchval("SELECT invt_no FROM documents WHERE doc_guid = $1", doc["doc_guid"])
+        late = build_receipt("CEB712", {"guid": new_guid(), "operatorCode": OPERATOR_CODE, "rkdNo": rkd_no,
+                                        "returnStatus": "-800003", "returnTime": "20991231235959000",
+                                        "returnInfo": "入库明细单数据异常"})  # fmt: skip
+        answer = await stack.client.request("POST", "/v1/receipts", key=CUSTOMS_KEY, data=late,
+                                            content_type="application/xml")  # fmt: skip
+        assert answer.status == 200, answer.body
+        assert await stack.fetchval("SELECT d.doc_guid FROM receipts AS r JOIN documents AS d ON d.id = r.document_id"
+                                    " WHERE r.return_status = '-800003'") == doc["doc_guid"]  # fmt: skip
+        assert await stack.fetchval("SELECT customs_status FROM documents WHERE doc_guid = $1", doc["doc_guid"]) \
+            == "-800003"  # fmt: skip

@@ -1291,8 +1291,9 @@ class Sandbox:
         return out
 
     def _other(self, doc: Document, scenario: str | None) -> list[Step]:
-        """513/711: accepted into customs (``2`` → ``120``) without further checks; the receipt values (and the
-        answers to a temp-save or REJECT) of the other declarations that start here."""
+        """513: accepted into customs (``2`` → ``120``), 711: entered (``2`` → ``120`` → ``399``, customs'
+        warehouse-entry number rkdNo from ``120`` on), without further checks; the receipt values (and the answers to
+        a temp-save or REJECT) of the other declarations that start here."""
         code = doc.type.code
         rcode = rc.RECEIPT_FOR.get(code)
         if rcode is None:  # a receipt type sent to customs: nothing sensible to answer
@@ -1314,12 +1315,17 @@ class Sandbox:
             else:
                 del values["invtNo"]
         if "preNo" in fields and len(values.get("preNo", "")) != 18:
-            values["preNo"] = inventory.pre_no if inventory is not None else rc.pre_no(next(self._serial))
+            values["preNo"] = inventory.pre_no if inventory is not None else \
+                rc.pre_no(next(self._serial), prefix="R" if code == "CEB711" else "B")  # fmt: skip
         label = "/".join(v for v in doc.keys if v)
         if h.get("appStatus") == "1":
             return [self._step(rcode, "1", values, label)]
         if scenario == "REJECT":
             return self._rejected(rcode, values, label, "sandbox scenario REJECT")
+        if code == "CEB711":  # the parcels entered at customs (入库), under a number of customs' own, then concluded
+            entered = {**values, "rkdNo": rc.rkd_no(h.get("customsCode", ""), next(self._serial))}
+            return [self._step(rcode, "2", values, label), self._step(rcode, "120", entered, label),
+                    self._step(rcode, "399", entered, label)]  # fmt: skip
         return [self._step(rcode, "2", values, label), self._step(rcode, "120", values, label)]
 
     # -- customs: receipts -------------------------------------------------------------------

@@ -294,10 +294,19 @@ class SerialNumbers:
         return self._last
 
 
-def pre_no(serial: int, moment: datetime | None = None) -> str:
-    """E-Port pre-entry number: ``B`` + yyyymmdd + 9-digit serial (18 chars)."""
+def pre_no(serial: int, moment: datetime | None = None, prefix: str = "B") -> str:
+    """E-Port pre-entry number: ``B`` (``R`` for a warehouse entry, 入库单, spec §3.6) + yyyymmdd + 9-digit serial (18
+    chars)."""
     moment = moment or datetime.now(CHINA_TZ)
-    return f"B{moment:%Y%m%d}{serial % 10**9:09d}"
+    return f"{prefix}{moment:%Y%m%d}{serial % 10**9:09d}"
+
+
+def rkd_no(customs_code: str, serial: int, moment: datetime | None = None) -> str:
+    """Customs' warehouse-entry number (入库单编号, CEB712 rkdNo, C..18): 4-digit district + year + 10-digit serial, as
+    the official sample has it."""
+    moment = moment or datetime.now(CHINA_TZ)
+    district = (customs_code if len(customs_code) == 4 and customs_code.isdigit() else "0000")
+    return f"{district}{moment:%Y}{serial % 10**10:010d}"
 
 
 def invt_no(customs_code: str, serial: int, moment: datetime | None = None, ie_flag: str = "I") -> str:

@@ -1108,7 +1108,8 @@
         held.length ? h("div", { class: "detail held-until", text: `held until 待: ${held.join("; ")}` }) : null,
         // the site's delivery: the parcel unloaded at the supervision site, under which B/L, where
         d.kind === "delivery" ? h("div", { class: "detail", text: `at the site 已入库 ${(d.head || {}).operatorName || ""} · `
-          + `B/L ${(d.head || {}).billNo || "—"} · ${(d.head || {}).unloadLocation || "—"} · ${d.listed ?? "?"} parcels 件` }) : null,
+          + `B/L ${(d.head || {}).billNo || "—"} · ${(d.head || {}).unloadLocation || "—"} · ${d.listed ?? "?"} parcels 件`
+          + (d.invt_no ? ` · 入库单 rkdNo ${d.invt_no}` : "") }) : null,
         // never sent: withdrawn or replaced while the gateway held it (customs never had it)
         d.unsent ? h("div", { class: "detail held-until", text: `${UNSENT_ZH[d.unsent.because] || ""} — ${d.unsent.info}` }) : null) });
     }
