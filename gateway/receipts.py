@@ -92,8 +92,11 @@ RANK_REJECTED = RANKS["100"]
 RANK_CONCLUDED = RANKS["399"]  # 海关审结: for a cancellation (CEB624), the inventory is cancelled
 RANK_RELEASED = RANKS["800"]
 
-#: Duplicates: the document is already on file at customs (spec §5.3, [V] and [C] codes).
-DUPLICATE_CODES = frozenset({"-301010", "-401007", "-504012", "-504015", "-505012", "-621004", "-800001"})
+#: Duplicates: the document is already on file at customs (spec §5.3, [V] and [C] codes). Not one of a site delivery's
+#: −800000…−800006 (CEB712): the spec gives that range's meanings (duplicate / older message / over limit) without
+#: saying which code is which, but for −800005 (older, §6.5); taken as "already there", an over-limit refusal would
+#: show the delivery accepted. They reject it with customs' returnInfo, as any negative code in no table does.
+DUPLICATE_CODES = frozenset({"-301010", "-401007", "-504012", "-504015", "-505012", "-621004"})
 #: Codes seen with two meanings and in no official table: -621041 is "cannot add again within a short time" or
 #: "inventory already declared" ([C] only, spec §5.3). Neither accepted nor rejected on such a word: kept raw, the
 #: state unchanged (UNKNOWN), so the document stays awaited and the watchdog brings it to an operator.

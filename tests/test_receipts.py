@@ -73,6 +73,9 @@ def test_the_ladder_is_the_briefs_order() -> None:
         ("-621041", Verdict.UNKNOWN, None),  # two meanings in public code, none official: neither way
         ("-301014", Verdict.OLDER_IGNORED, rc.RANK_REJECTED),
         ("-621018", Verdict.DATA_ERROR, rc.RANK_REJECTED),
+        # a site delivery's (CEB712): the spec names the range's meanings, not which code is a duplicate; −800005 older
+        ("-800001", Verdict.DATA_ERROR, rc.RANK_REJECTED),
+        ("-800005", Verdict.OLDER_IGNORED, rc.RANK_REJECTED),
         ("-1", Verdict.DATA_ERROR, rc.RANK_REJECTED),
         ("18", Verdict.UNKNOWN, None),
         ("400", Verdict.PROGRESS, rc.RANKS["400"]),  # spec §5.2: [C] "accepted, waiting for the goods"
