@@ -45,6 +45,7 @@ _TITLES = {
     "signature": "XML signature",
     "signing": "The gateway's own signing key (HTTP 503: nothing about the message is wrong)",
     "warehouse": "Warehouse callbacks",
+    "site": "Supervision site (CEB711 入库明细单): findings worked out when a shipment is read (not stored)",
     "realtime": "Real-time payment data (179, spec §10): what a platform hands the gateway (POST /v1/payment-data, "
     "HTTP 422 / 409)",
 }

@@ -93,6 +93,7 @@ from gateway.outbox import (
 )
 from gateway.receipts import CODES as _RECEIPT_CODES
 from gateway.receipts import RANK_CONCLUDED, RANK_DECLARING, RANK_RELEASED
+from gateway.reconcile import Finding, Side
 from gateway.render import with_pointers
 
 if TYPE_CHECKING:
@@ -102,7 +103,12 @@ if TYPE_CHECKING:
 __all__ = ["CODES", "Conflict", "DocumentOutcome", "IngestResult", "Store"]
 
 # gateway.receipts is not among gateway.codes.MODULES: its codes are documented through this module.
-CODES = {**CODES, **_RECEIPT_CODES}
+CODES = {
+    **CODES, **_RECEIPT_CODES,
+    "site.waybill_on_two_deliveries": "warning: the shipment's waybill is listed by two live deliveries (入库明细单 "
+    "CEB711) of different keys — two B/Ls, or two sites: a parcel is unloaded into a supervision site once; one of "
+    "them wants a change or a withdrawal. Worked out when the shipment is read, not stored; it holds nothing back",
+}  # fmt: skip
 
 _ATTEMPTS = 3
 
@@ -1268,6 +1274,34 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def parcel_findings(documents: Sequence[Mapping[str, Any]]) -> list[Finding]:
+    """Of a shipment's documents (as read, the deliveries' lines whole): a warning per waybill of the shipment that two
+    live deliveries (current, not withdrawn) of different keys list — the parcel unloaded under two B/Ls, or at two
+    sites —, naming the first two."""
+    waybills = {(text(d["head"], "logisticsCode"), text(d["head"], "logisticsNo"))
+                for d in documents if d["kind"] in (Kind.INVENTORY, Kind.WAYBILL)}  # fmt: skip
+    listed: dict[tuple[str | None, str | None], dict[tuple[str, ...], Side]] = {}
+    for d in documents:
+        if d["kind"] != Kind.DELIVERY or not d["is_current"] or d["withdrawn"]:
+            continue
+        carrier = text(d["head"], "logisticsCode")
+        for i, line in enumerate(d["lines"] or (), 1):
+            if (waybill := (carrier, text(line, "logisticsNo"))) in waybills:
+                side = Side(d["message_type"], d["doc_guid"], f"{d['path']}/DeliveryList[{i}]/logisticsNo", waybill[1])
+                listed.setdefault(waybill, {}).setdefault(tuple(d["keys"].values()), side)
+    findings = []
+    for (_, no), by_key in sorted(listed.items(), key=lambda x: str(x[0])):
+        if len(by_key) > 1:
+            (first, left), (second, right) = list(by_key.items())[:2]
+            findings.append(Finding(
+                "site.waybill_on_two_deliveries", "logisticsNo",
+                f"waybill {no} is listed by the delivery {' / '.join(first)} and by the delivery {' / '.join(second)}"
+                " (operatorCode / billNo): a parcel is unloaded into a supervision site once",
+                left, right, blocking=False,
+            ))  # fmt: skip
+    return findings
+
+
 def own_parcels(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A shipment's documents with each site delivery (CEB711) cut to the lines naming the shipment's waybills (of its
     inventories and waybills: the head's logisticsCode, a line's logisticsNo), the parcel that arrived, and
@@ -2048,7 +2082,9 @@ class Store:
         out = self._shipment_dict(s)
         out["buyer_id_number"] = s["buyer_id_number"]
         out["customs_info"] = s["customs_info"]
-        out["documents"] = own_parcels([_document_dict(d) for d in docs])
+        documents = [_document_dict(d) for d in docs]
+        out["findings"] = [*(out["findings"] or []), *(f.as_dict() for f in parcel_findings(documents))]
+        out["documents"] = own_parcels(documents)
         return out
 
     async def list_shipments(

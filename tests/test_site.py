@@ -133,3 +133,33 @@ async def test_a_delivery_receipt_naming_only_customs_warehouse_entry_number_fin
                                     " WHERE r.return_status = '-800003'") == doc["doc_guid"]  # fmt: skip
         assert await stack.fetchval("SELECT customs_status FROM documents WHERE doc_guid = $1", doc["doc_guid"]) \
             == "-800003"  # fmt: skip
+
+
+async def test_a_waybill_listed_by_two_deliveries_is_a_warning_on_its_shipment(db_dsn: str) -> None:
+    """The same parcel on a second delivery under another B/L: its shipment lists both and warns (not blocking: the
+    shipment's state and customs status stand); the second withdrawn, the warning goes."""
+    async with running_stack(db_dsn) as stack:
+        ships = [shipment(731 + i) for i in range(2)]
+        carrier = on_one_bill(ships)
+        await submit_legs(stack, ships)
+        nos = waybill_nos(ships)
+        assert (await stack.client.post_xml(delivery_xml(carrier, nos))).status == 202
+        again = delivery_xml(carrier, nos[1:], bill_no="781-20240301002", cop_no="RKD202403010002")
+        assert (await stack.client.post_xml(again)).status == 202
+        await stack.wait_status(ships[1], "released", timeout=20)
+        body = (await stack.client.get(key_path(ships[1]))).body
+        openapi_check(body, "Shipment")
+        [warning] = [f for f in body["findings"] if f["code"] == "site.waybill_on_two_deliveries"]
+        assert not warning["blocking"] and body["state"] == "matched" and body["customs_status"] == "released"
+        assert {warning["left"]["value"], warning["right"]["value"]} == {nos[1]}
+        assert warning["left"]["path"].endswith("/DeliveryList[2]/logisticsNo")
+        assert warning["right"]["path"].endswith("/DeliveryList[1]/logisticsNo")
+        async with stack.pool.acquire() as conn:
+            page = await shipment_detail(conn, ships[1].order_doc["ebpCode"], ships[1].order_doc["orderNo"])
+        assert page is not None and [f["code"] for f in page["findings"]] == ["site.waybill_on_two_deliveries"]
+        other = (await stack.client.get(key_path(ships[0]))).body  # the first parcel is on one delivery only
+        assert not [f for f in other["findings"] if f["code"] == "site.waybill_on_two_deliveries"]
+        withdrawn = delivery_xml(carrier, nos[1:], bill_no="781-20240301002", app_type="3", app_time="20240301090000")
+        assert (await stack.client.post_xml(withdrawn)).status == 202
+        body = (await stack.client.get(key_path(ships[1]))).body
+        assert not [f for f in body["findings"] if f["code"] == "site.waybill_on_two_deliveries"]

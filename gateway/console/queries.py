@@ -26,6 +26,7 @@ from gateway.store import (
     decode_cursor,
     encode_cursor,
     own_parcels,
+    parcel_findings,
     unmatched_receipt_dict,
 )
 
@@ -403,6 +404,7 @@ async def shipment_detail(
     docs = [dict(r) for r in await conn.fetch(SHIPMENT_DOCUMENTS, ebp_code, order_no)]
     for d in docs:
         d["head"], d["lines"] = db.json_value(d["head"]), db.json_value(d["lines"])
+    found = parcel_findings([{**d, "keys": {"key1": d["key1"], "key2": d["key2"]}} for d in docs])
     out["documents"] = docs = own_parcels(docs)
     held = sorted({d["message_id"] for d in docs if d["forward_state"] == "held"})
     waits = await conn.fetch(outbox.HOLD_REASONS, held, RANK_DECLARING) if held else []
@@ -422,7 +424,7 @@ async def shipment_detail(
     callbacks = await conn.fetch(outbox.WAREHOUSE_EVENTS_OF, sorted({d["doc_guid"] for d in docs}))
     out["warehouse_orders"] = [o for orders in outbox.warehouse_orders(callbacks).values() for o in orders]
     out["tax_bills"], differs = taxbills.shipment_bills(docs, out["receipts"], rates)
-    out["findings"] = [*(out["findings"] or []), *(f.as_dict() for f in differs)]
+    out["findings"] = [*(out["findings"] or []), *(f.as_dict() for f in (*found, *differs))]
     if out.get("flow") == "export":
         out["summary"] = await outbox.inventory_summary(conn, docs, out.get("customsStatus") == "released")
     return out
