@@ -273,10 +273,13 @@ def message_view(principal: Principal, message: dict[str, Any], readable: frozen
     reading its own —, and then neither the raw XML (``raw_xml`` null, ``raw_xml_withheld`` true) nor, in the answer it
     was given (``response``), those documents' outcomes, their shipments and the warnings about them. The findings of
     the answer as :func:`findings_view` (``readable``: the sides it may read, the message's own documents among them).
-    Operators and admins see everything."""
+    Operators and admins see everything. A site delivery's ``parcels`` name each parcel's shipment to a key that may
+    read that shipment (its ``parties`` are dropped): to the site operator, whose code no shipment carries, a parcel's
+    customs status alone (:func:`_parcels`)."""
+    docs = [_parcels(principal, d) if "parcels" in d else d for d in message.get("documents") or []]
+    message = {**message, "documents": docs}
     if principal.sees_everything:
         return message
-    docs = message.get("documents") or []
     whole = all(principal.may_touch(d.get("parties") or ()) for d in docs)
     shown = docs if whole else [d if principal.may_touch(d.get("parties") or ()) else _limited(d) for d in docs]
     view = {**message, "documents": shown}
@@ -298,6 +301,21 @@ def message_view(principal: Principal, message: dict[str, Any], readable: frozen
                                if "findings" in s else s for s in answer.get("shipments") or ()]  # fmt: skip
         view["response"] = answer
     return view
+
+
+def _parcels(principal: Principal, delivery: dict[str, Any]) -> dict[str, Any]:
+    """A site delivery (gateway.store.delivery_parcels) as ``principal`` may see its parcels: each one's ``shipment``
+    (ebpCode, orderNo) only when the key may read that shipment (its parties); ``customs_status`` — whether the parcel
+    may leave the site — to every reader of the delivery."""
+
+    def seen(parcel: dict[str, Any]) -> dict[str, Any]:
+        ship = parcel.get("shipment")
+        if ship is None:
+            return parcel
+        shown = principal.sees_everything or principal.may_touch(ship.get("parties") or ())
+        return {**parcel, "shipment": {k: v for k, v in ship.items() if k != "parties"} if shown else None}
+
+    return {**delivery, "parcels": [seen(p) for p in delivery["parcels"]]}
 
 
 def answer_view(principal: Principal, body: dict[str, Any], readable: frozenset[tuple[str, str]]) -> dict[str, Any]:

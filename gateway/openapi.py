@@ -229,6 +229,15 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "received_at": _TIME, "parties": _STRINGS,
         "head": {**_VALUES, "description": "the document's head as declared (absent for a limited one)"},
         "lines": {"type": "array", "items": _VALUES},
+        "parcels": {"type": "array", "description": "a site delivery's (CEB711) in GET /v1/messages/{guid}: each line "
+                    "with what the gateway holds of its parcel — waybill: its import waybill is held; customs_status "
+                    "of its shipment (released: it may leave the site), null with shipment for a parcel the gateway "
+                    "never saw; shipment (ebpCode, orderNo) only to a key that may read that shipment",
+                    "items": _object(("gnum", "logisticsNo", "waybill", "customs_status", "shipment"), {
+                        "gnum": _STR_OR_NULL, "logisticsNo": _STR_OR_NULL, "waybill": {"type": "boolean"},
+                        "customs_status": {"enum": [*SHIPMENT_CUSTOMS_STATUSES, None]},
+                        "shipment": _or_null(_object(("ebpCode", "orderNo"), {"ebpCode": _STR, "orderNo": _STR})),
+                    })},
         "listed": {**_INT, "description": "a site's delivery (CEB711) on a shipment: how many waybills its whole list "
                    "names; its lines there are the shipment's parcel's alone (the message shows them all)"},
         "limited": {"type": "boolean", "description": "a document of which the key holds no party code (another "

@@ -524,6 +524,30 @@ MESSAGE_STORED = "SELECT EXISTS (SELECT 1 FROM messages WHERE guid = $1)"
 
 SELECT_MESSAGE_DOCUMENTS = f"SELECT {_DOC_COLUMNS} FROM documents AS d WHERE d.message_id = $1 ORDER BY d.doc_index"
 
+#: The parcels of a site's delivery (CEB711: $1 its head's logisticsCode, $2 its lines' logisticsNo in order), each as
+#: the gateway holds it: whether it holds the import waybill (CEB511, current and live), and the shipment of the live
+#: import inventory naming the waybill — else of the waybill's orderNo, when one import shipment has it — with its
+#: customs status and parties (whom it may be named to: gateway.auth.message_view).
+DELIVERY_PARCELS = f"""
+SELECT l.n, w.order_no IS NOT NULL AS waybill, s.ebp_code, s.order_no, s.customs_status, s.parties
+  FROM unnest($2::text[]) WITH ORDINALITY AS l(no, n)
+  LEFT JOIN LATERAL (SELECT d.order_no FROM documents AS d
+                      WHERE d.logistics_code = $1 AND d.logistics_no = l.no AND d.kind = 'waybill'
+                        AND d.message_type = '{LEGS["import"][Kind.WAYBILL]}' AND d.is_current AND NOT d.withdrawn
+                      LIMIT 1) AS w ON true
+  LEFT JOIN LATERAL (SELECT d.ebp_code, d.order_no FROM documents AS d
+                      WHERE d.logistics_code = $1 AND d.logistics_no = l.no AND d.kind = 'inventory'
+                        AND d.message_type = '{LEGS["import"][Kind.INVENTORY]}' AND d.is_current AND NOT d.withdrawn
+                      LIMIT 1) AS i ON true
+  LEFT JOIN LATERAL (SELECT min(s.ebp_code) AS ebp_code, min(s.order_no) AS order_no,
+                            min(s.customs_status) AS customs_status, min(s.parties) AS parties
+                       FROM shipments AS s
+                      WHERE s.order_no = coalesce(i.order_no, w.order_no) AND s.flow = 'import'
+                        AND (i.ebp_code IS NULL OR s.ebp_code = i.ebp_code)
+                     HAVING count(*) = 1) AS s ON true
+ ORDER BY l.n
+"""
+
 #: Every version of every part of a summary application (CEB701) by ($1 agentCode, $2 copNo), newest first: key2 is
 #: copNo and msgSeqNo joined by KEY_SEP (documents_summary_cop_no_idx, migration 250).
 SELECT_SUMMARY_DOCUMENTS = f"""
@@ -1302,6 +1326,21 @@ def parcel_findings(documents: Sequence[Mapping[str, Any]]) -> list[Finding]:
     return findings
 
 
+def delivery_parcels(delivery: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each line of a site's delivery with what the gateway holds of its parcel (DELIVERY_PARCELS' ``rows``, in line
+    order): ``waybill`` (its import waybill is held), ``customs_status`` of its shipment (``released``: it may leave
+    the site) and the ``shipment`` (ebpCode, orderNo, parties: gateway.auth.message_view names it to whom it may) —
+    both None for a parcel whose waybill and inventory the gateway never saw."""
+    out = []
+    for line, r in zip(delivery["lines"] or (), rows, strict=True):
+        held = r["order_no"] is not None
+        out.append({"gnum": line.get("gnum"), "logisticsNo": line.get("logisticsNo"), "waybill": r["waybill"],
+                    "customs_status": r["customs_status"] if held else None,
+                    "shipment": {"ebpCode": r["ebp_code"], "orderNo": r["order_no"], "parties": list(r["parties"])}
+                    if held else None})  # fmt: skip
+    return out
+
+
 def own_parcels(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A shipment's documents with each site delivery (CEB711) cut to the lines naming the shipment's waybills (of its
     inventories and waybills: the head's logisticsCode, a line's logisticsNo), the parcel that arrived, and
@@ -2055,7 +2094,12 @@ class Store:
             m = await conn.fetchrow(SELECT_MESSAGE, guid)
             if m is None:
                 return None
-            docs = await conn.fetch(SELECT_MESSAGE_DOCUMENTS, m["id"])
+            docs = [_document_dict(d) for d in await conn.fetch(SELECT_MESSAGE_DOCUMENTS, m["id"])]
+            for d in docs:
+                if d["kind"] == Kind.DELIVERY:
+                    d["parcels"] = delivery_parcels(d, await conn.fetch(
+                        DELIVERY_PARCELS, text(d["head"], "logisticsCode") or "",
+                        [text(x, "logisticsNo") or "" for x in d["lines"]]))  # fmt: skip
         return {
             "id": m["id"],
             "guid": m["guid"],
@@ -2066,7 +2110,7 @@ class Store:
             "received_at": _iso(m["received_at"]),
             "http_status": m["http_status"],
             "response": m["response"],
-            "documents": [_document_dict(d) for d in docs],
+            "documents": docs,
             "raw_xml": m["raw_xml"],
         }
 

@@ -33,9 +33,11 @@ from gateway.sandbox import RunningSandbox, start_sandbox
 from gateway.server import sandbox_realtime
 from gateway.workers import Forwarding, build_router
 from tests.apiutil import Client, Reply, sign_as_agent, test_settings
+from tests.siteutil import OPERATOR_CODE
 
 CUSTOMS_KEY = "customs-key-4444444444444"
 WAREHOUSE_KEY = "warehouse-key-55555555555"
+SITE_KEY = "site-key-66666666666666666"  # the supervision site operator's (tests.siteutil.OPERATOR_CODE)
 
 #: Millisecond retries, a breaker that recovers at once, a worker that polls often.
 FAST_RETRY = RetrySettings(base_s=0.02, factor=2.0, cap_s=0.2, max_attempts=60)
@@ -74,8 +76,9 @@ def fast_forwarding(endpoints: tuple[EndpointSettings, ...], **changes: Any) -> 
 
 def settings_for(fwd: ForwardingSettings) -> Settings:
     s = test_settings(forwarding=fwd)
+    site = ApiKey("site", SITE_KEY, Role.SUBMITTER, frozenset({OPERATOR_CODE}))
     return s.with_overrides(api_keys=(*s.api_keys, ApiKey("customs", CUSTOMS_KEY, Role.CUSTOMS),
-                                      ApiKey("warehouse", WAREHOUSE_KEY, Role.WAREHOUSE)))  # fmt: skip
+                                      ApiKey("warehouse", WAREHOUSE_KEY, Role.WAREHOUSE), site))  # fmt: skip
 
 
 def shipment(seed: int, mode: str = "9610", prefix: str = "", **kw: Any) -> samples.ShipmentSample:

@@ -13,8 +13,8 @@ from gateway.config import DEFAULT_ROUTES, RouteSettings
 from gateway.console.queries import shipment_detail
 from gateway.render import new_guid
 from gateway.sandbox.receipts import build_receipt
-from tests.apiutil import PLATFORM_A, openapi_check
-from tests.forwardutil import CUSTOMS_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
+from tests.apiutil import ADMIN, PLATFORM_A, openapi_check
+from tests.forwardutil import CUSTOMS_KEY, SITE_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
 from tests.siteutil import OPERATOR_CODE, delivery_xml, on_one_bill, waybill_nos
 
 pytestmark = pytest.mark.db
@@ -43,10 +43,23 @@ async def test_a_parcel_unloaded_at_the_site_shows_on_its_shipment(db_dsn: str) 
         ships = [shipment(701 + i) for i in range(2)]
         carrier = on_one_bill(ships)
         await submit_legs(stack, ships)
-        reply = await stack.client.post_xml(delivery_xml(carrier, [*waybill_nos(ships), "UNSEEN0000001"]))
+        reply = await stack.client.post_xml(delivery_xml(carrier, [*waybill_nos(ships), "UNSEEN0000001"]), key=SITE_KEY)
         assert reply.status == 202, reply.body
         [doc] = reply.body["documents"]
         await customs_says(stack, doc["doc_guid"], "399")
+        for s in ships:
+            await stack.wait_status(s, "released", timeout=20)
+        # the delivery as the site reads it: which parcels customs released (they may leave), which the gateway never
+        # saw; whose shipment each is, to a key that may read that shipment
+        for key, named in ((SITE_KEY, False), (ADMIN, True)):
+            message = (await stack.client.get(f"/v1/messages/{reply.body['guid']}", key=key)).body
+            openapi_check(message, "Message")
+            [parcels] = [d["parcels"] for d in message["documents"]]
+            assert [(p["logisticsNo"], p["waybill"], p["customs_status"]) for p in parcels] == [
+                *((no, True, "released") for no in waybill_nos(ships)), ("UNSEEN0000001", False, None)]
+            assert [p["shipment"] for p in parcels] == [
+                *(({"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"]} if named else None)
+                  for s in ships), None]  # fmt: skip
         for s, no in zip(ships, waybill_nos(ships), strict=True):
             body = (await stack.client.get(key_path(s))).body
             openapi_check(body, "Shipment")
