@@ -360,6 +360,36 @@ async def test_the_shipment_page_shows_customs_tax_bills_beside_the_estimate(bro
 
 
 
+async def test_the_shipment_page_shows_its_parcel_unloaded_at_the_supervision_site(
+    browser: Browser, db_dsn: str,
+) -> None:
+    """The site's 入库明细单 (CEB711) listing the parcel: in the timeline with the site, B/L, unloading place, how many
+    parcels it lists and customs' warehouse-entry number (rkdNo, its CEB712)."""
+    from tests.siteutil import BILL_NO, OPERATOR_NAME, delivery_xml, on_one_bill, waybill_nos
+
+    errors: list[str] = []
+    async with asyncio.timeout(30), running_stack(db_dsn) as stack:
+        s = fwd_shipment(405)
+        carrier = on_one_bill([s])
+        for payload in fwd_legs(s):
+            await stack.submit(payload)
+        reply = await stack.client.post_xml(delivery_xml(carrier, [*waybill_nos([s]), "UNSEEN0000002"]))
+        [doc] = reply.body["documents"]
+        await stack.wait_sql("SELECT invt_no IS NOT NULL FROM documents WHERE doc_guid = $1", doc["doc_guid"])
+        rkd_no = await stack.fetchval("SELECT invt_no FROM documents WHERE doc_guid = $1", doc["doc_guid"])
+        page = await new_page(browser, errors)
+        await sign_in(page, stack.base, ADMIN)
+        await page.wait_for_url(stack.base + "/ops")
+        key = urlencode({"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"]})
+        await page.goto(f"{stack.base}/ops#/shipment?{key}")
+        timeline = page.locator(".timeline")
+        await expect(timeline).to_contain_text("CEB711 入库明细单")
+        await expect(timeline).to_contain_text(f"at the site 已入库 {OPERATOR_NAME} · B/L {BILL_NO} · A区3号库位 · "
+                                               f"2 parcels 件 · 入库单 rkdNo {rkd_no}")  # fmt: skip
+        await page.context.close()
+    assert errors == []
+
+
 async def test_an_export_shipment_page_says_what_became_of_its_summary_declaration(
     browser: Browser, db_dsn: str
 ) -> None:
