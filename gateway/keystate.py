@@ -131,6 +131,9 @@ STATE_LAYER: Layer = getattr(Layer, "STATE", Layer.RULE)
 
 SEP = KEY_SEP  # cannot occur in XML text, so it safely joins key parts (a stored key2 of three fields too)
 SHIPMENT_KIND_VALUES = frozenset(k.value for k in SHIPMENT_KINDS)
+#: The kinds that belong to their inventory's shipment without being legs of it (a cancellation, a return): a message
+#: of them reconciles nothing, and its answer shows the shipment as it stands (State.seen).
+NAMING_KINDS = frozenset({Kind.CANCEL.value, Kind.REFUND.value})
 
 #: Advisory lock namespaces. The store takes, for a message, the locks of its guid, of its document
 #: keys, of the orderNo of each order, payment, inventory and waybill (the shipments of that orderNo),
@@ -465,6 +468,9 @@ class Refs:
     inventory_waybills: set[tuple[str, str]] = field(default_factory=set)  # inventories' (logisticsCode, No)
     buyers: set[tuple[str, int]] = field(default_factory=set)  # (buyerIdNumber, year): see likely_buyer
     invt_nos: set[tuple[str, str]] = field(default_factory=set)  # (type, invtNo) named: see referenced_invt_no
+    #: (ebpCode, orderNo) of the shipments a cancellation or return names by its own keys (NAMING_KINDS): read as
+    #: stored, for the answer (State.seen); one named by invtNo is read with its inventory (gateway.store.RETURNS_OF)
+    seen: set[tuple[str, str]] = field(default_factory=set)
 
     def add(self, row: Row) -> None:
         if row.kind == Kind.WAYBILL:
@@ -488,6 +494,8 @@ class Refs:
                     refs.keys.add(ref)
                 if (named := referenced_invt_no(new.row)) is not None:
                     refs.invt_nos.add(named)
+                elif new.row.kind in NAMING_KINDS:
+                    refs.seen.add(new.row.shipment_key)
                 refs.add(new.row)
                 buyer = likely_buyer(new.doc.type, new.row.head)
                 if buyer is not None:
@@ -510,6 +518,7 @@ class Refs:
         self.inventory_waybills |= other.inventory_waybills
         self.buyers |= other.buyers
         self.invt_nos |= other.invt_nos
+        self.seen |= other.seen
 
 
 def decide(
@@ -1134,6 +1143,17 @@ class ShipmentResult:
             out["findings"] = self.findings
         return out
 
+    @classmethod
+    def stored(cls, r: Mapping[str, Any]) -> ShipmentResult:
+        """A shipment as its row stands (gateway.store's _SEEN_SHIPMENTS: its state, missing legs, findings, flow,
+        and ``sides``: the documents the findings name, with their parties), for the answer of a message that names it
+        and changes nothing of it; never written back."""
+        sides = tuple({"message_type": d["message_type"], "doc_guid": d["doc_guid"],
+                       "parties": list(d["parties"] or ())} for d in r.get("sides") or ())  # fmt: skip
+        return cls(ebp_code=r["ebp_code"], order_no=r["order_no"], state=r["state"], missing=list(r["missing"] or ()),
+                   findings=list(r["findings"] or ()), parties=sorted({p for d in sides for p in d["parties"]}),
+                   flow=r["flow"] or "import", sides=sides)  # fmt: skip
+
     def row(self) -> dict[str, Any]:
         return {
             "ebp_code": self.ebp_code,
@@ -1228,6 +1248,9 @@ class State:
     numbered: dict[tuple[str, str], list[Row]] = field(default_factory=dict)
     #: (ebpCode, orderNo) of an export inventory in ``numbered`` -> its live retail export returns (CEB213)
     returns: dict[tuple[str, str], list[Row]] = field(default_factory=dict)
+    #: the shipments of the inventories cancellations and returns name (Refs.seen, and those of ``numbered``), as
+    #: stored: what their answer shows (ShipmentResult.stored)
+    seen: dict[tuple[str, str], ShipmentResult] = field(default_factory=dict)
     _live: Live | None = field(default=None, repr=False)
 
     def live(self) -> Live:
@@ -1511,8 +1534,12 @@ def _judge(
         else:
             results[("", order_no)] = shipment_result(("", order_no), blank, None, tolerance)
 
+    # what a cancellation or return names: its inventory's shipment as it stands (reconciled by none of this)
+    seen = {key: state.seen[key] for new in news
+            if new.tracked and new.stored and new.row.kind in NAMING_KINDS
+            and (key := new.row.shipment_key) not in results and key in state.seen}  # fmt: skip
     return Write(
-        body=_response(msg, news, results, live) if msg is not None else {},
+        body=_response(msg, news, results | seen, live) if msg is not None else {},
         documents=[_document_row(new) for new in news if new.stored],
         replaced=[(new.replaces.id, new.doc.index) for new in news if new.replaces is not None and new.stored],
         shipments=[r.row() for r in (*results.values(), *reopened.values())],
@@ -1520,7 +1547,7 @@ def _judge(
         ledger_put=list(ledger_put.values()),
         ledger_drop=ledger_drop,
         reopened=[key for key, r in reopened.items() if r.state == recon.ShipmentState.MATCHED],
-        sides=tuple(side for r in results.values() for side in r.sides),
+        sides=tuple(side for r in (*results.values(), *seen.values()) for side in r.sides),
     )
 
 
@@ -1698,7 +1725,7 @@ def _response(
     for new in news:
         shipment = None
         row = new.row
-        if new.stored and row.kind in SHIPMENT_KIND_VALUES:
+        if new.stored and (row.kind in SHIPMENT_KIND_VALUES or (new.tracked and row.kind in NAMING_KINDS)):
             if row.kind == Kind.WAYBILL:
                 targets = live.holders(row) or [("", row.order_no or "")]
             else:

@@ -154,7 +154,10 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "index": {**_INT, "description": "1-based, in the message"}, "doc_guid": _STR, "kind": {"enum": _KINDS},
         "keys": {**_VALUES, "description": "the document's business keys (spec §6.2)"},
         "outcome": {"enum": ["accepted", "replaced", "withdrawn", "ignored_older", "recorded"]},
-        "shipment": _or_null(_ref("ShipmentState")),
+        "shipment": {**_or_null(_ref("ShipmentState")), "description": "the shipment the document belongs to, after "
+                     "the message: of a leg, as reconciled; of a cancellation or return (CEB623, 625, 605, 213), its "
+                     "inventory's, as it stands. null for what belongs to no shipment (a transport message, a "
+                     "summary application, a receipt) and for an ignored_older document"},
         "code": {**_STR_OR_NULL, "description": "why, when the outcome is not plain success (state.ignored_older; "
                  "state.withdrawn_unsent: withdrawn before it was sent, nothing sent to customs)"},
         "message": _STR_OR_NULL,
@@ -162,7 +165,8 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     "Accepted": _object(("id", "guid", "message_type", "documents", "shipments"), {
         "id": _INT, "guid": _STR, "message_type": {**_STR, "examples": ["CEB311"]},
         "documents": {"type": "array", "items": _ref("DocumentOutcome")},
-        "shipments": {"type": "array", "description": "the shipments the message touched, after it",
+        "shipments": {"type": "array", "description": "the shipments the message touched, after it, and those its "
+                      "cancellations and returns name, as they stand",
                       "items": {"allOf": [_ref("ShipmentState"), _object(("findings",), {
                           "findings": {"type": "array", "items": _ref("Finding")}})]}},
         "warnings": {

@@ -66,6 +66,7 @@ from gateway.keystate import (
     New,
     Refs,
     Row,
+    ShipmentResult,
     State,
     WaybillBuyers,
     Write,
@@ -208,15 +209,38 @@ SELECT d.id,
  WHERE d.id = ANY ($1::bigint[])
 """
 
+
+def _seen_shipments(ebp: str, ono: str) -> str:
+    """SQL: the shipments (the arrays ``ebp``, ``ono``) as stored — state, missing legs, findings, flow — each with the
+    documents its findings name (``sides``: message type, guid, parties; by documents_doc_guid_every_kind_idx, as
+    gateway.outbox.DOCUMENTS_BY_GUID), as a JSON array (keystate.ShipmentResult.stored): what the answer of a
+    cancellation or return shows of its inventory's shipment, cut for the submitter's key without reading more."""
+    return f"""(SELECT coalesce(json_agg(json_build_object(
+            'ebp_code', s.ebp_code, 'order_no', s.order_no, 'state', s.state, 'missing', s.missing,
+            'findings', s.findings, 'flow', s.flow,
+            'sides', (SELECT coalesce(json_agg(json_build_object('message_type', d.message_type, 'doc_guid', d.doc_guid,
+                                                                 'parties', d.parties)), '[]')
+                        FROM (SELECT DISTINCT g.guid
+                                FROM jsonb_array_elements(s.findings) AS f,
+                                     LATERAL (VALUES (f -> 'left' ->> 'guid'), (f -> 'right' ->> 'guid')) AS g(guid)
+                               WHERE g.guid IS NOT NULL) AS g,
+                             LATERAL (SELECT * FROM documents AS d WHERE d.doc_guid = g.guid OFFSET 0) AS d))), '[]')
+       FROM unnest({ebp}::text[], {ono}::text[]) AS k(ebp, ono),
+            LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = k.ebp AND s.order_no = k.ono OFFSET 0) AS s)"""
+
+
 #: The live retail export returns (CEB213, stored with their inventory's ebpCode and orderNo) of the shipments ($1
 #: ebpCode, $2 orderNo) of the export inventories a wave names by invtNo (keystate.State.returns): what a new return
-#: adds to (A.32). Read only when a read holds such an inventory: no import message pays for it.
+#: adds to (A.32); and those shipments as stored (_seen_shipments: what an export cancellation's or return's answer
+#: shows). Read only when a read holds such an inventory: no import message pays for it.
 RETURNS_OF = f"""
-SELECT coalesce(json_agg(x), '[]')
-  FROM (SELECT {_READ_COLUMNS}
-          FROM unnest($1::text[], $2::text[]) AS s(ebp, ono),
-               LATERAL (SELECT * FROM documents AS d WHERE d.ebp_code = s.ebp AND d.order_no = s.ono OFFSET 0) AS d
-         WHERE d.message_type = 'CEB213' AND d.is_current AND NOT d.withdrawn) AS x
+SELECT (SELECT coalesce(json_agg(x), '[]')
+          FROM (SELECT {_READ_COLUMNS}
+                  FROM unnest($1::text[], $2::text[]) AS s(ebp, ono),
+                       LATERAL (SELECT * FROM documents AS d
+                                 WHERE d.ebp_code = s.ebp AND d.order_no = s.ono OFFSET 0) AS d
+                 WHERE d.message_type = 'CEB213' AND d.is_current AND NOT d.withdrawn) AS x) AS returns,
+       {_seen_shipments("$1", "$2")} AS seen
 """
 
 #: The export types whose flags EXPORT_FLAGS reads.
@@ -319,7 +343,8 @@ SELECT
                                 AND d.is_current AND NOT d.withdrawn AND l.blocked_at IS NOT NULL) AS ebp_code
                        FROM tax_ledger AS l WHERE l.buyer_id_number = b.buyer AND l.year = b.year OFFSET 0) AS l
     ) AS ledger,
-    ARRAY(SELECT nextval(pg_get_serial_sequence('messages', 'id')) FROM generate_series(1, $14::int)) AS ids
+    ARRAY(SELECT nextval(pg_get_serial_sequence('messages', 'id')) FROM generate_series(1, $14::int)) AS ids,
+    {_seen_shipments("$17", "$18")} AS seen
 """
 
 #: $1 ids of the rows that changes and withdrawals replace. Runs before the new rows are inserted, since
@@ -1934,7 +1959,7 @@ class Store:
         each guid."""
         keys = sorted(refs.keys)
         keyed, wkeys, ikeys = sorted(refs.keyed), sorted(refs.waybill_keys), sorted(refs.inventory_waybills)
-        buyers, numbered = sorted(refs.buyers), sorted(refs.invt_nos)
+        buyers, numbered, seen = sorted(refs.buyers), sorted(refs.invt_nos), sorted(refs.seen)
         row = await conn.fetchrow(
             READ_STATE,
             [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
@@ -1946,6 +1971,7 @@ class Store:
             [b[0] for b in buyers], [b[1] for b in buyers],
             len(guids),
             [n[0] for n in numbered], [n[1] for n in numbered],
+            [k[0] for k in seen], [k[1] for k in seen],
         )  # fmt: skip
         assert row is not None
         current: dict[tuple[str, str, str], Row] = {}
@@ -1974,15 +2000,19 @@ class Store:
                 r.cancelled, r.spent = flags[r.id]["cancelled"], flags[r.id]["spent"]
                 r.released = r.released or flags[r.id]["released"]  # of a version before it too, if named by invtNo
         returns: dict[tuple[str, str], list[Row]] = {}
+        shown = {(s.ebp_code, s.order_no): s for s in map(ShipmentResult.stored, db.json_value(row["seen"]))}
         shipments = sorted({r.shipment_key for found in by_number.values() for r in found if r.kind == Kind.INVENTORY})
         if shipments:  # an export cancellation or return: no import message pays for this statement either
-            found = await conn.fetchval(RETURNS_OF, [k[0] for k in shipments], [k[1] for k in shipments])
-            for r in db.json_value(found):
+            more = await conn.fetchrow(RETURNS_OF, [k[0] for k in shipments], [k[1] for k in shipments])
+            assert more is not None
+            for r in db.json_value(more["returns"]):
                 doc = Row.from_json(r)
                 returns.setdefault(doc.shipment_key, []).append(doc)
+            shown |= {(s.ebp_code, s.order_no): s for s in map(ShipmentResult.stored, db.json_value(more["seen"]))}
         stored = {m["guid"]: m for m in row["stored"]}
         book, blocked = _ledger_book(buyers, row["ledger"])
-        return stored, State(current, rows, book, blocked, by_number, returns), receipted, list(row["ids"])
+        state = State(current, rows, book, blocked, by_number, returns, seen=shown)
+        return stored, state, receipted, list(row["ids"])
 
     @staticmethod
     async def _write(

@@ -23,6 +23,7 @@ import pytest
 from lxml import etree
 
 from adapters import warehouse
+from gateway import api as api_module
 from gateway import db, samples
 from gateway.api import SHIPMENT_CSV_COLUMNS, create_app
 from gateway.config import ApiKey, Role
@@ -373,6 +374,59 @@ async def test_a_json_seller_cancels_and_returns_its_inventory_in_json(api: Clie
         assert reply.status == 202, reply.body
         stored = await api.get(f"/v1/messages/{reply.body['guid']}")
         assert f"<ceb:{payload['type']}Message" in stored.body["raw_xml"] and "<ds:Signature" in stored.body["raw_xml"]
+
+
+async def test_a_cancellation_or_return_is_answered_with_its_shipment_as_the_key_may_see_it(
+    api: Client, db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A return (CEB625) and a cancellation (CEB623) move no leg, yet their sender wants to see where its shipment
+    stands: each document's ``shipment`` and the answer's ``shipments`` are the inventory's shipment as stored, as a
+    leg's 202 shows it — a finding's value of a document the key is no party of (the carrier's waybill, to the seller)
+    withheld, in the answer and in the stored message's ``response`` —, with no read more for the cut (the answer
+    knows the parties of the documents the findings name)."""
+    s = new_shipment(46)
+    s.waybill_doc["insuredFee"] = "3.00"  # the carrier's word beside the inventory's 0.00: a warning, still matched
+    for payload in (s.order, s.payment, s.waybill, s.inventory):
+        assert (await api.post_xml(xml_of(payload), key=PLATFORM_A if payload is s.inventory else ADMIN)).status == 202
+    inv = s.inventory_doc
+    invt_no = f"{inv['customsCode']}2026I000000046"
+    await db_pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '800', customs_rank = $3,"
+                          " invt_no = $2 WHERE message_type = 'CEB621' AND key2 = $1", inv["orderNo"], invt_no,
+                          RANK_RELEASED)  # fmt: skip
+    read: list[Any] = []
+    real = api_module.documents_by_guid
+
+    async def counted(pool: Any, guids: Any) -> Any:
+        read.append(guids)
+        return await real(pool, guids)
+
+    monkeypatch.setattr(api_module, "documents_by_guid", counted)
+    key = (inv["ebpCode"], inv["orderNo"])
+    rng = random.Random(46)
+    returned, cancelled = samples.import_return(rng, inv, invt_no, items=[1]), samples.import_cancellation(rng, inv,
+                                                                                                            invt_no)
+    for payload in (returned, cancelled):
+        reply = await api.request("POST", "/v1/messages", key=PLATFORM_A,
+                                  json_body=json.loads(json.dumps(payload, default=str)))  # fmt: skip
+        assert reply.status == 202, reply.body
+        assert read == [], read  # cut without a read: the answer knows the parties of what its findings name
+        apiutil.openapi_check(reply.body, "Accepted")
+        [doc] = reply.body["documents"]
+        assert doc["shipment"] == {"ebpCode": key[0], "orderNo": key[1], "flow": "import", "state": "matched",
+                                   "missing": []}, doc  # fmt: skip
+        [shown] = reply.body["shipments"]
+        assert {k: shown[k] for k in doc["shipment"]} == doc["shipment"]
+        [finding] = [f for f in shown["findings"] if f["code"] == "recon.insured_fee_mismatch"]
+        sides = {side["doc"]: side for side in (finding["left"], finding["right"])}
+        assert sides["CEB511"] == {"doc": "CEB511", "guid": None, "path": sides["CEB511"]["path"], "value": None,
+                                   "withheld": True}, finding  # fmt: skip
+        assert sides["CEB621"]["value"] == "0.00" and sides["CEB621"]["guid"] == inv["guid"]
+        assert "3.00" not in json.dumps(reply.body)
+        stored = (await api.get(f"/v1/messages/{reply.body['guid']}", key=PLATFORM_A)).body["response"]
+        assert stored["shipments"] == reply.body["shipments"]
+        whole = (await api.get(f"/v1/messages/{reply.body['guid']}", key=ADMIN)).body["response"]
+        assert "3.00" in json.dumps(whole["shipments"])  # an operator's key sees both values
+        read.clear()  # a stored message's response reads the parties it cuts by
 
 
 async def test_a_json_declaration_is_not_signed_with_an_expired_certificate(db_pool: asyncpg.Pool) -> None:

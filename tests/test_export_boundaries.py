@@ -492,6 +492,21 @@ async def test_a_retail_export_return_and_its_tally_through_the_api(db_pool: Any
         taken = await post(refund)
         assert taken.status == 202, taken.body
         assert taken.body["documents"][0]["kind"] == "refund"
+        # the export shipment it returns goods of, as it stands (a return reconciles nothing), as a leg's 202 shows it
+        key = {"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"], "flow": "export"}
+        shown = {**key, "state": "matched", "missing": []}
+        assert taken.body["documents"][0]["shipment"] == shown, taken.body
+        assert [{k: x[k] for k in shown} for x in taken.body["shipments"]] == [shown], taken.body
+        cancel = {"type": "CEB605", "guid": str(uuid.uuid4()).upper(), "documents": [{
+            "guid": str(uuid.uuid4()).upper(), "appType": "1", "appTime": "20261120170000", "appStatus": "2",
+            **{k: inv[k] for k in ("customsCode", "agentCode", "agentName", "ebcCode", "ebcName")},
+            "copNo": "CANCEL-62", "invtNo": invt_no, "reason": "买家取消"}],
+            "baseTransfer": {"copCode": agent, "copName": inv["agentName"], "dxpMode": "DXP",
+                             "dxpId": "DXPENT0000000001"}}  # fmt: skip
+        cancelled = await post(cancel)
+        assert cancelled.status == 202, cancelled.body
+        assert cancelled.body["documents"][0]["shipment"] == shown, cancelled.body
+        assert [{k: x[k] for k in shown} for x in cancelled.body["shipments"]] == [shown], cancelled.body
         counted = await client.post_xml(tally, key="site-key-4444444444444")
         assert counted.status == 202, counted.body
         assert (counted.body["documents"][0]["kind"], counted.body["documents"][0]["shipment"]) == ("refund_tally",

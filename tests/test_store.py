@@ -1375,7 +1375,8 @@ _PLAN_CASES = {
     "EXPORT_FLAGS": "ARRAY[1::bigint], ARRAY[1::bigint]",
     "RETURNS_OF": "ARRAY['E'], ARRAY['O']",
     "READ_STATE": "ARRAY['CEB311'], ARRAY['E'], ARRAY['O'], ARRAY['E'], ARRAY['O'], ARRAY['L'], ARRAY['N'], "
-    "ARRAY['O'], ARRAY['L'], ARRAY['N'], ARRAY['g'], ARRAY['b'], ARRAY[2025], 1, ARRAY['CEB603'], ARRAY['I']",
+    "ARRAY['O'], ARRAY['L'], ARRAY['N'], ARRAY['g'], ARRAY['b'], ARRAY[2025], 1, ARRAY['CEB603'], ARRAY['I'], "
+    "ARRAY['E'], ARRAY['O']",
     "SUPERSEDE": "ARRAY[1::bigint]",
     "REFUSED_VERSIONS": "ARRAY[1::bigint]",
     "RESTORE": "ARRAY[1::bigint]",
