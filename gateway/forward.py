@@ -303,11 +303,18 @@ class Router:
         status: str,
         info: str | None,
         event_id: str,
+        leg: LegState | None,
+        changed_at: str,
     ) -> list[JobSpec]:
         """One job per seller for a change of a shipment's customs status. ``event_id`` makes each change its own
         delivery (a status may come back: failed, replayed, failed again); the per-shipment ordering key delivers
-        a seller's events of one shipment in the order they happened."""
-        data = {"ebpCode": ebp_code, "orderNo": order_no, "customsStatus": status, "previous": previous, "info": info}
+        a seller's events of one shipment in the order they happened. ``leg``: the one whose receipt moved it
+        (shipment_customs_word; None: no receipt did) — customs' code, name, info and returnTime, and which document,
+        so that a seller orders the changes by customs' own time —; ``changed_at``: when the gateway recorded the
+        change (the shipment's customs_updated_at, ISO 8601), which orders them all."""
+        data: dict[str, Any] = {"ebpCode": ebp_code, "orderNo": order_no, "customsStatus": status,
+                                "previous": previous, "info": info, "changedAt": changed_at}  # fmt: skip
+        data |= leg.customs_word() if leg is not None else {"customs": None, "document": None}
         return self._seller_events(WEBHOOK_EVENT, ebp_code, order_no, parties, data, f"{status}:{event_id}")
 
     def warehouse_webhook_jobs(
@@ -504,10 +511,27 @@ class LegState:
     customs_status: str | None = None
     customs_rank: int | None = None
     customs_info: str | None = None
+    customs_time: str | None = None  # the returnTime of its receipt in force (yyyyMMddHHmmssSSS, as customs wrote it)
+    message_type: str | None = None
+    guid: str | None = None  # the document's (its head's guid)
+
+    def customs_word(self) -> dict[str, Any]:
+        """What a seller's webhook says of the receipt in force on this leg and of its document."""
+        return {"customs": {"code": self.customs_status, "name": rc.status_name(self.customs_status or ""),
+                            "info": self.customs_info, "time": self.customs_time},
+                "document": {"kind": self.kind, "messageType": self.message_type, "guid": self.guid}}  # fmt: skip
 
 
 def shipment_customs_status(legs: Iterable[LegState]) -> tuple[str, str | None]:
-    """(status, info) of a shipment from its current legs; see gateway/sql/020_forwarding.sql.
+    """(status, info) of a shipment from its current legs: :func:`shipment_customs_word` without the leg."""
+    status, info, _ = shipment_customs_word(legs)
+    return status, info
+
+
+def shipment_customs_word(legs: Iterable[LegState]) -> tuple[str, str | None, LegState | None]:
+    """(status, info) of a shipment from its current legs, and the leg whose receipt put it there (the leg rejected,
+    the inventory accepted, released or returned 700), None for a status no receipt gives (pending, declared: a leg
+    delivered; failed: a delivery a dead letter); see gateway/sql/020_forwarding.sql.
 
     A leg whose delivery failed makes the shipment ``failed`` only while customs has not accepted its inventory:
     customs' own word on the inventory stands. (The outbox moves a shipment to ``failed`` only from pending or
@@ -520,17 +544,19 @@ def shipment_customs_status(legs: Iterable[LegState]) -> tuple[str, str | None]:
     for leg in legs:
         if leg.forward_state == "rejected":
             name = rc.status_name(leg.customs_status) or ""
-            return "rejected", f"{leg.kind} {leg.customs_status} {name}: {leg.customs_info or ''}".strip(" :")
+            return "rejected", f"{leg.kind} {leg.customs_status} {name}: {leg.customs_info or ''}".strip(" :"), leg
     if inventory is not None and inventory.customs_rank is not None:
         if rc.normalise(inventory.customs_status or "") == "700":
-            return "rejected", f"inventory 700 {rc.status_name('700')}: {inventory.customs_info or ''}".strip(" :")
+            info = f"inventory 700 {rc.status_name('700')}: {inventory.customs_info or ''}".strip(" :")
+            return "rejected", info, inventory
         if inventory.customs_rank >= rc.RANK_RELEASED:
-            return "released", inventory.customs_info
+            return "released", inventory.customs_info, inventory
         if inventory.customs_rank >= rc.RANK_ACCEPTED:
-            return "accepted", inventory.customs_info
+            return "accepted", inventory.customs_info, inventory
     failed = next((leg for leg in legs if leg.forward_state == "failed"), None)
     if failed is not None:
-        return "failed", f"{failed.kind}: delivery to customs failed (a dead letter: replay it once the cause is fixed)"
+        info = f"{failed.kind}: delivery to customs failed (a dead letter: replay it once the cause is fixed)"
+        return "failed", info, None
     if any(leg.forward_state in ("sent", "receipted") for leg in legs):
-        return "declared", None
-    return "pending", None
+        return "declared", None, None
+    return "pending", None, None

@@ -400,6 +400,11 @@ _TEXT_OR_NULL = {"type": ["string", "null"]}
 _SHIPMENT = {"ebpCode": {"type": "string"}, "orderNo": {"type": "string"}}
 _CUSTOMS_STATUS = {"enum": list(SHIPMENT_CUSTOMS_STATUSES)}
 _WAREHOUSE_STATUS = {"enum": list(CALLBACK_STATUSES)}
+#: Customs' word on a document as a webhook carries it: returnStatus, its meaning, returnInfo, returnTime.
+_CUSTOMS_WORD = {"type": "object", "required": ["code", "name", "info", "time"],
+                 "properties": {"code": {"type": "string"}, "name": _TEXT_OR_NULL, "info": _TEXT_OR_NULL,
+                                "time": {**_TEXT_OR_NULL, "description": "returnTime as customs wrote it: "
+                                         "yyyyMMddHHmmssSSS, China time"}}}  # fmt: skip
 _INVENTORY_DATA = {
     "type": "object",
     "required": ["ebpCode", "orderNo", "messageType", "guid", "invtNo", "customs", "warehouseOrders"],
@@ -410,10 +415,8 @@ _INVENTORY_DATA = {
         "guid": {"type": "string", "description": "the document's guid (the 202's documents[].doc_guid)"},
         "invtNo": _TEXT_OR_NULL,
         "reason": {"type": "string", "description": "the cancellation's or return's own (not an inventory's)"},
-        "customs": {"type": "object", "required": ["code", "name", "info", "time"],
-                    "description": "customs' returnStatus, its meaning, returnInfo and returnTime (yyyyMMddHHmmssSSS)",
-                    "properties": {"code": {"type": "string"}, "name": _TEXT_OR_NULL, "info": _TEXT_OR_NULL,
-                                   "time": _TEXT_OR_NULL}},
+        "customs": {**_CUSTOMS_WORD, "description": "customs' returnStatus, its meaning, returnInfo and returnTime "
+                    "(yyyyMMddHHmmssSSS)"},
         "warehouseOrders": {"type": "array", "items": {"type": "string"},
                             "description": "the orderIds of the warehouse orders cancelled or made for it"},
     },
@@ -425,9 +428,25 @@ _WEBHOOK_FINDING = {**_SCHEMAS["Finding"], "properties": {
     **_SCHEMAS["Finding"]["properties"], "left": _or_null(_SCHEMAS["Side"]), "right": _or_null(_SCHEMAS["Side"])}}
 _WEBHOOK_DATA: dict[str, tuple[str, dict[str, Any]]] = {
     WEBHOOK_EVENT: ("the shipment's customs status changed", {
-        "type": "object", "required": ["ebpCode", "orderNo", "customsStatus", "previous", "info"],
+        "type": "object",
+        "required": ["ebpCode", "orderNo", "customsStatus", "previous", "info", "customs", "document", "changedAt"],
         "properties": {**_SHIPMENT, "customsStatus": _CUSTOMS_STATUS,
-                       "previous": {"anyOf": [_CUSTOMS_STATUS, {"type": "null"}]}, "info": _TEXT_OR_NULL}}),
+                       "previous": {"anyOf": [_CUSTOMS_STATUS, {"type": "null"}]}, "info": _TEXT_OR_NULL,
+                       "customs": {"anyOf": [{**_CUSTOMS_WORD, "description": "the receipt that moved it: customs' "
+                                              "returnStatus, its meaning, returnInfo and returnTime — customs' own "
+                                              "time, which orders the changes customs made"}, {"type": "null"}],
+                                   "description": "null when no receipt moved it: declared (a leg delivered), failed "
+                                   "(a delivery a dead letter), pending or declared again (replayed)"},
+                       "document": {"anyOf": [{"type": "object", "required": ["kind", "messageType", "guid"],
+                                               "description": "the leg that receipt answers (the leg rejected; the "
+                                               "inventory accepted, released or returned 700)",
+                                               "properties": {"kind": {"enum": _KINDS}, "messageType": _STR,
+                                                              "guid": _TEXT_OR_NULL}},
+                                              {"type": "null"}]},
+                       "changedAt": {"type": "string", "format": "date-time",
+                                     "description": "when the gateway recorded the change (the shipment's "
+                                     "customs_updated_at at GET /v1/shipments/{ebpCode}/{orderNo}): orders every "
+                                     "change, those no receipt made too"}}}),
     WAREHOUSE_WEBHOOK_EVENT: ("a warehouse order made from one of the shipment's documents went further", {
         "type": "object", "required": ["ebpCode", "orderNo", "orderId", "warehouseOrderNo", "direction", "status",
                                        "previous", "reason", "occurredAt"],

@@ -56,7 +56,7 @@ from gateway.forward import (
     Router,
     ordering_key,
     settle_held,
-    shipment_customs_status,
+    shipment_customs_word,
     unsent_because,
     unsent_info,
 )
@@ -665,13 +665,15 @@ WITH inv AS MATERIALIZED (
                        AND d.is_current AND NOT d.withdrawn OFFSET 0) AS d
 )
 SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties, s.flow, s.mode,
+       now() AS now,  -- the customs_updated_at a change written in this transaction gets (SET_SHIPMENT_CUSTOMS)
        (SELECT coalesce(json_agg(json_build_object(
                  'id', l.id, 'app_time', l.app_time, 'message_id', l.message_id, 'doc_index', l.doc_index,
-                 'kind', l.kind,
+                 'kind', l.kind, 'message_type', l.message_type, 'doc_guid', l.doc_guid,
                  'forward_state', l.forward_state, 'customs_status', l.customs_status,
-                 'customs_rank', l.customs_rank, 'customs_info', l.customs_info) ORDER BY l.id), '[]')
-          FROM (SELECT d.id, d.app_time, d.message_id, d.doc_index, d.kind, d.forward_state, d.customs_status,
-                       d.customs_rank, d.customs_info
+                 'customs_rank', l.customs_rank, 'customs_info', l.customs_info,
+                 'customs_time', l.customs_return_time) ORDER BY l.id), '[]')
+          FROM (SELECT d.id, d.app_time, d.message_id, d.doc_index, d.kind, d.message_type, d.doc_guid,
+                       d.forward_state, d.customs_status, d.customs_rank, d.customs_info, d.customs_return_time
                   FROM (SELECT * FROM documents AS d
                          WHERE d.ebp_code = s.ebp_code AND d.order_no = s.order_no OFFSET 0) AS d
                  WHERE d.kind IN ('order', 'payment', 'inventory') AND d.is_current AND NOT d.withdrawn
@@ -680,8 +682,8 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties, s.fl
                 -- unless another platform uses that orderNo too: whose waybill it is, nothing says (a waybill
                 -- carries no ebpCode), and one platform's rejection must not move the other's status; by the orderNo
                 -- for an import shipment only, and by the inventory a waybill of its flow
-                (SELECT w.id, w.app_time, w.message_id, w.doc_index, w.kind, w.forward_state, w.customs_status,
-                        w.customs_rank, w.customs_info
+                (SELECT w.id, w.app_time, w.message_id, w.doc_index, w.kind, w.message_type, w.doc_guid,
+                        w.forward_state, w.customs_status, w.customs_rank, w.customs_info, w.customs_return_time
                    FROM (SELECT n.*, 0 AS pri
                            FROM inv AS i,
                                 LATERAL (SELECT * FROM documents AS n
@@ -1514,9 +1516,10 @@ class Outbox:
         released: list[tuple[asyncpg.Record, list[dict[str, Any]]]] = []  # (shipment, its current legs)
         for r in rows:
             legs = _latest_legs(r["legs"])
-            status, info = shipment_customs_status(
+            status, info, said = shipment_customs_word(
                 LegState(
-                    leg["kind"], leg["forward_state"], leg["customs_status"], leg["customs_rank"], leg["customs_info"]
+                    leg["kind"], leg["forward_state"], leg["customs_status"], leg["customs_rank"], leg["customs_info"],
+                    leg["customs_time"], leg["message_type"], leg["doc_guid"],
                 )
                 for leg in legs
             )
@@ -1529,7 +1532,7 @@ class Outbox:
                      previous=r["customs_status"])  # fmt: skip
             jobs += self.router.webhook_jobs(
                 ebp_code=r["ebp_code"], order_no=r["order_no"], parties=r["parties"], previous=r["customs_status"],
-                status=status, info=info, event_id=uuid.uuid4().hex,
+                status=status, info=info, event_id=uuid.uuid4().hex, leg=said, changed_at=r["now"].isoformat(),
             )  # fmt: skip
             inventory = next((leg for leg in legs if leg["kind"] == "inventory"), None)
             if status == "released" and inventory is not None and ships_from_a_warehouse(r["flow"], r["mode"]):

@@ -857,6 +857,7 @@ def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None
         RECONCILIATION_WEBHOOK_EVENT,
         WAREHOUSE_WEBHOOK_EVENT,
         WEBHOOK_EVENT,
+        LegState,
         Router,
     )
     from gateway.openapi import OPENAPI
@@ -870,7 +871,11 @@ def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None
     router = Router({"webhook": "webhook"}, webhooks=(WebhookSettings("s", frozenset({"E"}), "http://h", "k"),),
                     webhook_endpoint="webhook")  # fmt: skip
     common = {"ebp_code": "P", "order_no": "O", "parties": ["E"]}
-    jobs = [*router.webhook_jobs(**common, previous=None, status="declared", info=None, event_id="1"),
+    released = LegState("inventory", "receipted", "800", 100, "放行", "20261207140814519", "CEB621", "G")
+    jobs = [*router.webhook_jobs(**common, previous=None, status="declared", info=None, event_id="1", leg=None,
+                                 changed_at="2026-12-07T06:08:06.123456+00:00"),
+            *router.webhook_jobs(**common, previous="accepted", status="released", info="放行", event_id="4",
+                                 leg=released, changed_at="2026-12-07T06:08:15.002+00:00"),
             *router.warehouse_webhook_jobs(**common, event_id="2", order={
                 "orderId": "A", "warehouseOrderNo": "W1", "direction": "outbound", "status": "shipped",
                 "previous": "accepted", "reason": None, "occurredAt": "2026-12-07T14:08:06+08:00"}),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -146,18 +146,18 @@ def test_webhooks_go_to_sellers_holding_a_party_code() -> None:
     hook = WebhookSettings("seller-a", frozenset({"E1"}), "http://127.0.0.1:1/h", "s3cret")
     r = router(webhooks=(hook,))
     (job,) = r.webhook_jobs(ebp_code="P", order_no="O1", parties=["E1", "X"], previous="declared", status="released",
-                            info=None, event_id="e1")  # fmt: skip
+                            info=None, event_id="e1", leg=None, changed_at="t1")  # fmt: skip
     assert job.endpoint == "webhook" and job.payload["seller"] == "seller-a"
     assert job.payload["data"]["customsStatus"] == "released" and job.dedupe_key == "webhook:seller-a:P:O1:released:e1"
     # each change is its own delivery (a status may come back), delivered in order per seller and shipment
     (again,) = r.webhook_jobs(ebp_code="P", order_no="O1", parties=["E1"], previous="pending", status="released",
-                              info=None, event_id="e2")  # fmt: skip
+                              info=None, event_id="e2", leg=None, changed_at="t2")  # fmt: skip
     assert again.dedupe_key != job.dedupe_key and again.ordering_keys == job.ordering_keys == ("webhook:seller-a:P:O1",)
     assert r.webhook_jobs(ebp_code="P", order_no="O1", parties=["Y"], previous=None, status="released", info=None,
-                          event_id="e3") == []  # fmt: skip
+                          event_id="e3", leg=None, changed_at="t3") == []  # fmt: skip
     silent = router()
     assert silent.webhook_jobs(ebp_code="P", order_no="O1", parties=["E1"], previous=None, status="x", info=None,
-                               event_id="e4") == []  # fmt: skip
+                               event_id="e4", leg=None, changed_at="t4") == []  # fmt: skip
 
 
 def test_a_reconciliation_change_shows_each_seller_the_findings_as_its_key_would() -> None:
@@ -1719,6 +1719,55 @@ async def _seller_events(flow: Flow, s: samples.ShipmentSample, event: str) -> l
     """The webhook jobs of seller-a for shipment ``s`` and ``event`` (``inventory_cancelled`` ...), oldest first."""
     stream = f"webhook:seller-a:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}"
     return [dict(j) for k, j in (await flow.jobs()).items() if k.startswith(f"{stream}:{event}:")]
+
+
+def _webhook_body_check(payload: Mapping[str, Any]) -> None:
+    """A webhook job's event as /openapi.json describes its body."""
+    import jsonschema
+
+    from gateway.openapi import OPENAPI
+
+    post = OPENAPI["webhooks"][payload["event"]]["post"]
+    body = {"id": "X", "event": payload["event"], "timestamp": 1, "data": payload["data"]}
+    jsonschema.Draft202012Validator(post["requestBody"]["content"]["application/json"]["schema"],
+                                    format_checker=jsonschema.FormatChecker()).validate(body)  # fmt: skip
+
+
+@pytest.mark.db
+async def test_a_customs_status_change_tells_the_receipt_that_moved_it_and_when(flow: Flow) -> None:
+    """A seller orders its shipments' customs status changes by customs' own time: each change says the receipt that
+    made it — returnStatus, its meaning, returnInfo, returnTime — and which leg it answers (the inventory accepted and
+    released, the order rejected), or none when no receipt made it (declared); and when the gateway recorded it (the
+    shipment's customs_updated_at), which orders every change."""
+    s, refused = shipment(74), shipment(75)
+    await _released(flow, s, invtNo="46012026I000000074")
+    stream = f"webhook:seller-a:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}"
+    told = [j["payload"] for k, j in (await flow.jobs()).items()
+            if k.startswith(f"{stream}:") and j["payload"]["event"] == "shipment.customs_status_changed"]  # fmt: skip
+    for payload in told:
+        _webhook_body_check(payload)
+    declared, released = (p["data"] for p in told)
+    assert [(d["previous"], d["customsStatus"]) for d in (declared, released)] == [("pending", "declared"),
+                                                                                 ("declared", "released")]
+    assert (declared["customs"], declared["document"]) == (None, None)  # a receipt of a leg: declared by any send
+    assert released["customs"] == {"code": "800", "name": rc.status_name("800"), "info": "status 800",
+                                   "time": "20260101120000004"}  # fmt: skip
+    assert released["document"] == {"kind": "inventory", "messageType": "CEB621", "guid": s.inventory_doc["guid"]}
+    row = await flow.shipment(s)
+    assert released["changedAt"] == row["customs_updated_at"].isoformat() > declared["changedAt"]
+
+    await flow.submit(refused.order)
+    await flow.receipt(refused.order, "2", 1)
+    values = {**return_values(refused.order, "-301001", 2), "returnInfo": "订单编号重复"}
+    await flow.post(build_receipt(RECEIPT_FOR["CEB311"], values))
+    stream = f"webhook:seller-a:{refused.order_doc['ebpCode']}:{refused.order_doc['orderNo']}"
+    [*_, rejected] = [j["payload"] for k, j in (await flow.jobs()).items() if k.startswith(f"{stream}:")]
+    _webhook_body_check(rejected)
+    data = rejected["data"]
+    assert (data["previous"], data["customsStatus"]) == ("declared", "rejected")
+    assert (data["customs"]["code"], data["customs"]["info"], data["customs"]["time"]) == (
+        "-301001", "订单编号重复", "20260101120000002")
+    assert data["document"] == {"kind": "order", "messageType": "CEB311", "guid": refused.order_doc["guid"]}
 
 
 @pytest.mark.db
