@@ -45,9 +45,9 @@ INVENTORY_EVENTS = {
     ("refund", "refused"): "shipment.inventory_return_refused",
     ("inventory", "released"): "shipment.inventory_released",
 }
-#: The shipment's reconciliation (三单对碰) went to or from RECONCILIATION_TOLD. A mismatched shipment's inventory is
-#: held and never sent to customs, and no customs status changes while it waits: without this a seller would see
-#: "declared" and then nothing.
+#: The shipment's reconciliation (三单对碰) went to or from RECONCILIATION_TOLD, or stayed there held by other blocking
+#: findings. A mismatched shipment's inventory is held and never sent to customs, and no customs status changes while it
+#: waits: without this a seller would see "declared" and then nothing.
 RECONCILIATION_WEBHOOK_EVENT = "shipment.reconciliation_changed"
 #: The state whose changes, to it and from it, the sellers are told of. Not incomplete -> matched: every shipment goes
 #: that way once its last leg comes, its inventory then goes to customs and the customs status changes that follow
@@ -357,39 +357,59 @@ class Router:
         findings: Iterable[Mapping[str, Any]],
         documents: Iterable[Mapping[str, Any]],
         event_id: str,
+        previous_findings: Iterable[Mapping[str, Any]] | None = None,
     ) -> list[JobSpec]:
         """One job per seller when the shipment's reconciliation went to or from mismatched (``previous`` None: a new
-        shipment), in the shipment's stream: its state, the legs still missing, and its blocking findings — what
+        shipment), or stayed mismatched while its blocking findings changed (``previous_findings``: those it had; a
+        seller that sees them as it saw them before — a value withheld from it changed, a document sent again — is
+        told nothing), in the shipment's stream: its state, the legs still missing, and its blocking findings — what
         holds it — as the seller's API key would see them (gateway.auth.findings_view): the value of a document none
         of whose parties is the seller's (``documents``: message_type, doc_guid and parties of the documents the
-        findings name, gateway.outbox.documents_by_guid) withheld."""
+        findings name, and those ``previous_findings`` name, gateway.outbox.documents_by_guid) withheld."""
         blocking = [dict(f) for f in findings if f.get("blocking", True)]
+        before = None if previous_findings is None else [dict(f) for f in previous_findings if f.get("blocking", True)]
         docs = [dict(d) for d in documents]
         data = {"ebpCode": ebp_code, "orderNo": order_no, "state": state, "previous": previous,
                 "missing": list(missing)}  # fmt: skip
 
-        def seen_by(w: WebhookSettings) -> dict[str, Any]:
+        def seen_by(w: WebhookSettings) -> dict[str, Any] | None:
             seller = Principal(w.seller, Role.SUBMITTER, w.codes)
-            return {"findings": findings_view(seller, blocking, readable_sides(seller, docs)) if blocking else []}
+            readable = readable_sides(seller, docs)
+            shown = findings_view(seller, blocking, readable) if blocking else []
+            if before is not None and _as_told(shown) == _as_told(findings_view(seller, before, readable)):
+                return None  # what holds the shipment, as this seller sees it, is what it was told
+            return {"findings": shown}
 
         return self._seller_events(RECONCILIATION_WEBHOOK_EVENT, ebp_code, order_no, parties, data,
                                    f"reconciliation:{state}:{event_id}", seen_by)  # fmt: skip
 
     def _seller_events(
         self, event: str, ebp_code: str, order_no: str, parties: Iterable[str], data: Mapping[str, Any], suffix: str,
-        seen_by: Callable[[WebhookSettings], Mapping[str, Any]] | None = None,
+        seen_by: Callable[[WebhookSettings], Mapping[str, Any] | None] | None = None,
     ) -> list[JobSpec]:
-        """One job per seller holding one of ``parties``: ``data``, and what ``seen_by`` gives that seller."""
+        """One job per seller holding one of ``parties``: ``data``, and what ``seen_by`` gives that seller (None: the
+        seller is told nothing)."""
         if self.webhook_endpoint is None:
             return []
         jobs = []
         for w in self.sellers_of(parties):
             stream = f"{self.webhook_endpoint}:{w.seller}:{ebp_code}:{order_no}"
-            payload = {"seller": w.seller, "event": event,
-                       "data": {**data, **seen_by(w)} if seen_by is not None else dict(data)}  # fmt: skip
+            own = seen_by(w) if seen_by is not None else {}
+            if own is None:
+                continue
+            payload = {"seller": w.seller, "event": event, "data": {**data, **own}}
             key = f"{stream}:{suffix}"
             jobs.append(JobSpec(self.webhook_endpoint, "webhook", payload, key, ordering_keys=(stream,)))
         return jobs
+
+
+def _as_told(findings: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """Blocking findings as a seller's event tells them, less the documents' guids: the same disagreement named by a
+    newer version of a document is no news."""
+    def side(s: Any) -> Any:
+        return {k: v for k, v in s.items() if k != "guid"} if isinstance(s, Mapping) else s
+
+    return [{**f, "left": side(f.get("left")), "right": side(f.get("right"))} for f in findings]
 
 
 # --- versions the gateway holds, replaced before they were sent ---------------------------------------------

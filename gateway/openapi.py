@@ -462,12 +462,14 @@ _WEBHOOK_DATA: dict[str, tuple[str, dict[str, Any]]] = {
     INVENTORY_EVENTS[("refund", "refused")]: ("customs refused a return of the shipment's goods", _INVENTORY_DATA),
     INVENTORY_EVENTS[("inventory", "released")]: ("customs released an inventory declared anew after a cancellation "
                                                   "(the shipment was released before)", _INVENTORY_DATA),
-    RECONCILIATION_WEBHOOK_EVENT: ("the shipment's reconciliation became mismatched (its inventory held), or no longer "
-                                   "is", {
+    RECONCILIATION_WEBHOOK_EVENT: ("the shipment's reconciliation became mismatched (its inventory held), what holds "
+                                   "it changed while it stays so (state and previous both mismatched), or it no "
+                                   "longer is", {
         "type": "object", "required": ["ebpCode", "orderNo", "state", "previous", "missing", "findings"],
         "properties": {**_SHIPMENT, "state": _SHIPMENT_STATE,
                        "previous": {"anyOf": [_SHIPMENT_STATE, {"type": "null"}],
-                                    "description": "null: the shipment's first document made it mismatched"},
+                                    "description": "null: the shipment's first document made it mismatched; "
+                                    "mismatched, as state: it stays so, held by other findings"},
                        "missing": {"type": "array", "items": {"enum": _KINDS}, "description": "the legs still to come"},
                        "findings": {"type": "array", "items": _WEBHOOK_FINDING,
                                     "description": "the blocking findings, as the seller's API key sees them: a "

@@ -1282,7 +1282,8 @@ class Outbox:
         self, conn: asyncpg.Connection, changes: Sequence[Mapping[str, Any]] | None,
         shipments: Iterable[Mapping[str, Any]],
     ) -> None:
-        """The sellers of the shipments a write just moved to or from mismatched hear of it, in the write's transaction
+        """The sellers of the shipments a write just moved to or from mismatched, or left mismatched with other blocking
+        findings, hear of it, in the write's transaction
         and after what it enqueued (``changes``: its ``state_changes``, gateway.store._state_changes, None for none;
         ``shipments``: the rows it wrote, ShipmentResult.row, which hold the findings). Called by every write of
         shipments — an ingest, a restore after customs refused a change, quota given back — and costing a statement
@@ -1294,14 +1295,15 @@ class Outbox:
         rows = [(c, written[(c["ebp_code"], c["order_no"])]) for c in changes if router.sellers_of(c["parties"])]
         if not rows:  # no seller of these shipments has a webhook
             return
-        blocking = [f for _, s in rows for f in s["findings"] if f.get("blocking", True)]
+        blocking = [f for c, s in rows for f in (*s["findings"], *(c.get("previous_findings") or ()))
+                    if f.get("blocking", True)]  # fmt: skip
         documents = await documents_by_guid(conn, finding_sides(blocking))
         jobs: list[JobSpec] = []
         for c, s in rows:
             told = router.reconciliation_webhook_jobs(
                 ebp_code=c["ebp_code"], order_no=c["order_no"], parties=c["parties"], state=c["state"],
                 previous=c["previous"], missing=s["missing"], findings=s["findings"], documents=documents,
-                event_id=uuid.uuid4().hex,
+                event_id=uuid.uuid4().hex, previous_findings=c.get("previous_findings"),
             )  # fmt: skip
             if told:
                 log.info("sellers_told", webhook_event=told[0].payload["event"], ebp_code=c["ebp_code"],

@@ -351,10 +351,19 @@ SELECT
 #: the unique index on current keys is checked row by row; WRITE_INGEST then links them to their successors.
 SUPERSEDE = "UPDATE documents SET is_current = false WHERE id = ANY ($1::bigint[])"
 
-def _put_shipments(rows: str) -> str:
+def _blocking(findings: str) -> str:
+    """SQL: the blocking findings of the jsonb array ``findings`` (a finding without ``blocking`` blocks), in order."""
+    return f"""(SELECT coalesce(jsonb_agg(f ORDER BY n), '[]')
+                 FROM jsonb_array_elements({findings}) WITH ORDINALITY AS x(f, n)
+                WHERE (f ->> 'blocking') IS DISTINCT FROM 'false')"""
+
+
+def _put_shipments(rows: str, told: str) -> str:
     """The upsert of the shipments in the JSON array ``rows`` (ShipmentResult.row); shared by the writes. Each row
     written comes back with the state it had before (``previous_state``, NULL for a new one: migration 460), which
-    :func:`_state_changes` reads."""
+    :func:`_state_changes` reads; and, when it stays in the state ``told`` (as _state_changes'; NULL: no seller has a
+    webhook, nothing is looked at), the blocking findings it had (``previous_blocking``, migration 490) and whether
+    the write changed them (``blocking_changed``)."""
     return f"""
     INSERT INTO shipments AS s (ebp_code, order_no, ebc_code, state, missing, findings, parties, mode,
                                 buyer_id_number, flow)
@@ -369,20 +378,29 @@ def _put_shipments(rows: str) -> str:
            findings = EXCLUDED.findings, mode = EXCLUDED.mode, buyer_id_number = EXCLUDED.buyer_id_number,
            flow = EXCLUDED.flow,
            parties = ARRAY(SELECT DISTINCT p FROM unnest(s.parties || EXCLUDED.parties) AS p ORDER BY p),
-           updated_at = now()
-    RETURNING s.ebp_code, s.order_no, s.state, s.previous_state, s.parties"""
+           updated_at = now(),
+           previous_blocking = CASE WHEN {told}::text IS NOT NULL AND s.state = {told}::text
+                                         AND EXCLUDED.state = {told}::text
+                                    THEN {_blocking("s.findings")} END
+    RETURNING s.ebp_code, s.order_no, s.state, s.previous_state, s.parties, s.previous_blocking,
+              s.previous_blocking IS NOT NULL AND s.previous_blocking IS DISTINCT FROM {_blocking("s.findings")}
+              AS blocking_changed"""
 
 
 def _state_changes(put: str, told: str) -> str:
     """SQL: the shipments the upsert ``put`` (a _put_shipments CTE) moved to or from the state ``told`` (a text
     parameter, gateway.forward.Router.reconciliation_told; NULL when no seller has a webhook: then nothing is looked
-    at), as a JSON array of {ebp_code, order_no, state, previous (NULL: a new shipment), parties}, or NULL for none.
-    A write that leaves every state as it was returns NULL: only a change costs the ingest more (Outbox.tell_states)."""
+    at), or left in it with other blocking findings, as a JSON array of {ebp_code, order_no, state, previous (NULL: a
+    new shipment), parties, previous_findings (the blocking findings before, of one left in the state; else NULL)},
+    or NULL for none. A write that leaves every state and what holds a mismatched shipment as it was returns NULL:
+    only a change costs the ingest more (Outbox.tell_states)."""
     return f"""(SELECT json_agg(json_build_object('ebp_code', c.ebp_code, 'order_no', c.order_no, 'state', c.state,
-                                       'previous', c.previous_state, 'parties', c.parties))
+                                       'previous', c.previous_state, 'parties', c.parties,
+                                       'previous_findings', CASE WHEN c.blocking_changed THEN c.previous_blocking END))
        FROM {put} AS c
-      WHERE {told}::text IS NOT NULL AND c.state IS DISTINCT FROM c.previous_state
-        AND {told}::text IN (c.state, c.previous_state))"""
+      WHERE {told}::text IS NOT NULL
+        AND ((c.state IS DISTINCT FROM c.previous_state AND {told}::text IN (c.state, c.previous_state))
+             OR c.blocking_changed))"""
 
 
 def _put_ledger(rows: str) -> str:
@@ -450,7 +468,7 @@ WITH m AS (
       FROM unnest($10::bigint[], $11::text[], $12::int[]) AS r(old_id, guid, doc_index), m, d
      WHERE o.id = r.old_id AND m.guid = r.guid AND d.message_id = m.id AND d.doc_index = r.doc_index
     RETURNING 1
-), s AS ({_put_shipments("$13")}
+), s AS ({_put_shipments("$13", "$23")}
 ), blank AS (
     DELETE FROM shipments AS s WHERE s.ebp_code = '' AND s.order_no = ANY ($14::text[])
     RETURNING s.order_no, s.customs_status
@@ -466,7 +484,7 @@ SELECT (SELECT count(*) FROM m) AS messages, {wake_endpoints("jobs_in", "$22")} 
 #: The shipments a buyer's quota given back reopened outside an ingest (see reopen_quota) and their inventories' ledger
 #: rows: $1 shipments, $2 ledger rows (JSON, as WRITE_INGEST's $13 and $15); $3 as WRITE_INGEST's $23.
 WRITE_REOPENED = f"""
-WITH s AS ({_put_shipments("$1")}
+WITH s AS ({_put_shipments("$1", "$3")}
 ), ledger_put AS ({_put_ledger("$2")}
 )
 SELECT (SELECT count(*) FROM s) AS shipments, (SELECT count(*) FROM ledger_put) AS ledger,
@@ -1448,7 +1466,7 @@ RESTORE = "UPDATE documents SET is_current = true, superseded_by = NULL WHERE id
 #: shipments (JSON), $2 orderNos of waybill-only shipments to delete, $3 ledger rows to upsert (JSON), $4-$7 the
 #: inventories whose other ledger rows go (as WRITE_INGEST's $13-$19); $8 as WRITE_INGEST's $23.
 WRITE_RESTORED = f"""
-WITH s AS ({_put_shipments("$1")}
+WITH s AS ({_put_shipments("$1", "$8")}
 ), blank AS (
     DELETE FROM shipments AS s WHERE s.ebp_code = '' AND s.order_no = ANY ($2::text[])
     RETURNING 1

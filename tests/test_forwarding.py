@@ -1814,6 +1814,47 @@ async def test_sellers_hear_when_a_shipment_becomes_mismatched_and_when_it_is_ma
 
 
 @pytest.mark.db
+async def test_sellers_hear_when_what_holds_a_mismatched_shipment_changes(flow: Flow) -> None:
+    """The payment disagrees with the order twice (its amount, its payer): a seller mending one disagreement and
+    leaving the other hears the shipment still mismatched with the findings that hold it now — not when a message
+    changes nothing of them (the same payment sent again), nor when what changed is a value withheld from it (another
+    payer, in the payment company's document it is no party of) —, and matched once both are mended."""
+    s = shipment(76)
+    bad = samples.broken(samples.broken(s, "amount_mismatch"), "payer_not_buyer")
+    for payload in (s.order, s.waybill, s.inventory):
+        await flow.submit(payload)
+    assert (await flow.submit(bad.payment))["shipments"][0]["state"] == "mismatched"
+    [first] = await _seller_events(flow, s, "reconciliation")
+    assert {f["code"] for f in first["payload"]["data"]["findings"]} >= {"recon.amount_paid_mismatch",
+                                                                        "recon.buyer_payer_mismatch"}
+
+    payer = {k: bad.payment_doc[k] for k in ("payerName", "payerIdNumber")}
+    amount_right = version_of(s.payment, "2", 30, **payer)  # the amount mended, the payer still another person
+    assert (await flow.submit(amount_right))["shipments"][0]["state"] == "mismatched"
+    told = await _seller_events(flow, s, "reconciliation")
+    assert len(told) == 2 and told[0] == first
+    data = told[1]["payload"]["data"]
+    assert (data["state"], data["previous"], data["missing"]) == ("mismatched", "mismatched", [])
+    codes = {f["code"] for f in data["findings"]}
+    assert "recon.buyer_payer_mismatch" in codes and "recon.amount_paid_mismatch" not in codes, codes
+    stored = [f for f in (await flow.shipment(s))["findings"] if f["blocking"]]
+    assert [f["code"] for f in data["findings"]] == [f["code"] for f in stored]
+    _webhook_body_check(told[1]["payload"])
+
+    assert (await flow.submit(version_of(amount_right, "2", 40)))["shipments"][0]["state"] == "mismatched"
+    another = shipment(77).order_doc  # yet another payer: its value is withheld from the seller
+    changed = version_of(amount_right, "2", 50, payerName=another["buyerName"],
+                         payerIdNumber=another["buyerIdNumber"])  # fmt: skip
+    assert (await flow.submit(changed))["shipments"][0]["state"] == "mismatched"
+    assert len(await _seller_events(flow, s, "reconciliation")) == 2  # as the seller sees them, nothing changed
+
+    assert (await flow.submit(version_of(s.payment, "2", 200)))["shipments"][0]["state"] == "matched"
+    *_, last = await _seller_events(flow, s, "reconciliation")
+    assert len(await _seller_events(flow, s, "reconciliation")) == 3
+    assert (last["payload"]["data"]["state"], last["payload"]["data"]["findings"]) == ("matched", [])
+
+
+@pytest.mark.db
 async def test_a_shipment_matched_without_a_mismatch_tells_no_reconciliation(flow: Flow, db_pool: asyncpg.Pool) -> None:
     """Incomplete to matched tells nothing (the customs status changes follow): with a seller's webhook, a message
     that moves no shipment to or from mismatched costs no statement more (the outbox is not even asked); without
@@ -1846,6 +1887,8 @@ async def test_a_shipment_matched_without_a_mismatch_tells_no_reconciliation(flo
         for payload in legs(b):
             await bare.submit(payload)
         assert (await bare.shipment(b))["state"] == "mismatched"
+        # nor looks at what holds it: a mismatched shipment written again keeps no findings to compare with
+        assert (await bare.shipment(b))["previous_blocking"] is None
     finally:
         await store.aclose()
     assert told == [] and not [k for k in await bare.jobs() if k.startswith("webhook:")]
