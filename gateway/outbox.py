@@ -2167,6 +2167,13 @@ class Outbox:
         async with self.pool.acquire() as conn, conn.transaction():
             made = await conn.fetch(WAREHOUSE_ORDER_SOURCES, doc_guid, mtype) if mtype and doc_guid else []
             linked = any(warehouse.order_id(r["guid"], r["doc_index"]) == callback.order_id for r in made)
+            ship = await conn.fetchrow(WAREHOUSE_SHIPMENT, doc_guid, mtype) if linked else None
+            if ship is not None:
+                # The shipment's lock, which every transaction telling its sellers holds: callbacks of its orders are
+                # judged one after the other (each sees the one before it: the order's furthest status, what the
+                # sellers were told), and its events are enqueued in the order their transactions commit — the order
+                # they are delivered in.
+                await conn.fetchval(LOCK_IDS, [order_lock(ship["order_no"])])
             row = await conn.fetchrow(
                 INSERT_WAREHOUSE_EVENT, submitter, callback.order_id, callback.warehouse_order_no, callback.direction,
                 callback.status, callback.reason, callback.occurred_at, mtype, doc_guid if linked else None,
@@ -2178,20 +2185,18 @@ class Outbox:
             best = warehouse.furthest({"status": s} for s in [*row["statuses"], callback.status])
             assert best is not None
             went_further = before is None or best["status"] != before["status"]
-            if row["stored"] and linked and went_further and self.router is not None:
-                await self._tell_sellers(conn, callback, mtype, doc_guid, before["status"] if before else None)
+            # a document of no shipment (a delivery's, CEB711): no seller to tell
+            if row["stored"] and ship is not None and went_further and self.router is not None:
+                await self._tell_sellers(conn, callback, ship, before["status"] if before else None)
         return row["stored"], linked, best["status"]
 
     async def _tell_sellers(
-        self, conn: asyncpg.Connection, callback: warehouse.WarehouseCallback, mtype: str | None,
-        doc_guid: str | None, previous: str | None,
+        self, conn: asyncpg.Connection, callback: warehouse.WarehouseCallback, ship: asyncpg.Record,
+        previous: str | None,
     ) -> None:
-        """The sellers of the shipment whose document a warehouse order went further on hear of it (webhooks), in the
-        callback's transaction."""
+        """The sellers of the shipment ``ship`` (WAREHOUSE_SHIPMENT) whose document a warehouse order went further on
+        hear of it (webhooks), in the callback's transaction."""
         assert self.router is not None
-        ship = await conn.fetchrow(WAREHOUSE_SHIPMENT, doc_guid, mtype)
-        if ship is None:  # a document of no shipment (a delivery's, CEB711): no seller to tell
-            return
         order = {"orderId": callback.order_id, "warehouseOrderNo": callback.warehouse_order_no,
                  "direction": callback.direction, "status": callback.status, "previous": previous,
                  "reason": callback.reason, "occurredAt": callback.occurred_at}  # fmt: skip

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -1811,6 +1812,54 @@ async def test_sellers_hear_when_a_shipment_becomes_mismatched_and_when_it_is_ma
     data = again["payload"]["data"]
     assert (data["state"], data["previous"], data["missing"], data["findings"]) == ("matched", "mismatched", [], [])
     assert again["dedupe_key"].startswith(f"{stream}:reconciliation:matched:")
+
+
+@pytest.mark.db
+async def test_warehouse_callbacks_of_one_order_at_once_are_told_one_after_the_other(flow: Flow) -> None:
+    """A warehouse posting two steps of an order at once (picked, then shipped before the first was answered): the
+    second is judged once the first is stored, so the sellers hear picked, then shipped after picked — not both
+    "after accepted", the order seeming to go back when picked arrives second."""
+    from adapters.warehouse import order_id, parse_callback
+    from tests.forwardutil import wait_for
+
+    s = shipment(78, mode="1210")
+    await _released(flow, s, invtNo="46012026I000000078")
+    order = order_id(s.inventory["guid"], 1)
+
+    def callback(status: str, at: str) -> Any:
+        return parse_callback(json.dumps({
+            "schema": "cbec.warehouse-callback.v1", "orderId": order, "warehouseOrderNo": "WO-78",
+            "direction": "outbound", "status": status, "occurredAt": at,
+            "reference": {"messageType": "CEB621", "guid": s.inventory_doc["guid"]}}).encode())  # fmt: skip
+
+    await flow.outbox.record_warehouse_callback(callback("accepted", "2026-12-07T10:00:00+08:00"), "wh")
+    entered, gate = asyncio.Event(), asyncio.Event()
+    real = flow.outbox._tell_sellers
+
+    async def held(conn: asyncpg.Connection, cb: Any, *rest: Any) -> None:
+        await real(conn, cb, *rest)
+        if cb.status == "picked":  # the first callback stored and told, its transaction still open
+            entered.set()
+            await gate.wait()
+
+    flow.outbox._tell_sellers = held  # type: ignore[method-assign]
+    first = asyncio.create_task(flow.outbox.record_warehouse_callback(
+        callback("picked", "2026-12-07T10:05:00+08:00"), "wh"))  # fmt: skip
+    await entered.wait()
+    second = asyncio.create_task(flow.outbox.record_warehouse_callback(
+        callback("shipped", "2026-12-07T10:06:00+08:00"), "wh"))  # fmt: skip
+
+    async def settled() -> bool:  # answered already, or waiting for the first to commit
+        waiting = await flow.rows("SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                                  " AND wait_event_type = 'Lock' AND wait_event = 'advisory'")  # fmt: skip
+        return second.done() or bool(waiting)
+
+    await wait_for(settled, what="the second callback answered or waiting")
+    gate.set()
+    await asyncio.gather(first, second)
+    told = [j["payload"]["data"] for j in await _seller_events(flow, s, "warehouse")]
+    assert [(d["previous"], d["status"]) for d in told] == [(None, "accepted"), ("accepted", "picked"),
+                                                           ("picked", "shipped")], told  # fmt: skip
 
 
 @pytest.mark.db
