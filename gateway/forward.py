@@ -45,6 +45,10 @@ INVENTORY_EVENTS = {
     ("refund", "refused"): "shipment.inventory_return_refused",
     ("inventory", "released"): "shipment.inventory_released",
 }
+#: Customs refused a change (appType 2) or withdrawal (appType 3) of one of the shipment's legs, and the version before
+#: it is current again (customs holds it, README "Idempotency and changes"): no customs status moves — the refused
+#: version is no leg any more —, so without this its sender would believe its change stood.
+CHANGE_REFUSED_EVENT = "shipment.change_refused"
 #: The shipment's reconciliation (三单对碰) went to or from RECONCILIATION_TOLD, or stayed there held by other blocking
 #: findings. A mismatched shipment's inventory is held and never sent to customs, and no customs status changes while it
 #: waits: without this a seller would see "declared" and then nothing.
@@ -339,6 +343,16 @@ class Router:
         data = {"ebpCode": ebp_code, "orderNo": order_no, **document}
         return self._seller_events(event, ebp_code, order_no, parties, data,
                                    f"{event.removeprefix('shipment.')}:{document['guid']}")  # fmt: skip
+
+    def change_refused_webhook_jobs(
+        self, *, ebp_code: str, order_no: str, parties: Iterable[str], document: Mapping[str, Any]
+    ) -> list[JobSpec]:
+        """One job per seller when customs refused a change or withdrawal of one of the shipment's legs and the version
+        before it stands (``document``: kind, messageType, guid, appType of the refused one, and customs' word on it),
+        in the shipment's stream; once per document: its guid makes the delivery's id."""
+        data = {"ebpCode": ebp_code, "orderNo": order_no, **document}
+        return self._seller_events(CHANGE_REFUSED_EVENT, ebp_code, order_no, parties, data,
+                                   f"change_refused:{document['guid']}")  # fmt: skip
 
     def reconciliation_told(self) -> str | None:
         """The state whose changes the store looks for when it writes shipments (RECONCILIATION_TOLD), or None when no

@@ -6,6 +6,7 @@ from typing import Any
 
 from adapters.warehouse import CALLBACK_SCHEMA, CALLBACK_STATUSES, DIRECTIONS
 from gateway.forward import (
+    CHANGE_REFUSED_EVENT,
     FORWARD_STATES,
     INVENTORY_EVENTS,
     RECONCILIATION_WEBHOOK_EVENT,
@@ -462,6 +463,16 @@ _WEBHOOK_DATA: dict[str, tuple[str, dict[str, Any]]] = {
     INVENTORY_EVENTS[("refund", "refused")]: ("customs refused a return of the shipment's goods", _INVENTORY_DATA),
     INVENTORY_EVENTS[("inventory", "released")]: ("customs released an inventory declared anew after a cancellation "
                                                   "(the shipment was released before)", _INVENTORY_DATA),
+    CHANGE_REFUSED_EVENT: ("customs refused a change or withdrawal of one of the shipment's legs: it holds the version "
+                           "before, which stands (no customs status moves)", {
+        "type": "object", "required": ["ebpCode", "orderNo", "kind", "messageType", "guid", "appType", "customs"],
+        "properties": {**_SHIPMENT, "kind": {"enum": ["order", "payment", "waybill", "inventory"]},
+                       "messageType": {"type": "string", "description": "of the refused document, e.g. CEB411"},
+                       "guid": {"type": "string", "description": "the refused document's guid (the 202's "
+                                "documents[].doc_guid)"},
+                       "appType": {"enum": ["2", "3"], "description": "2 a change, 3 a withdrawal"},
+                       "customs": {**_CUSTOMS_WORD, "description": "customs' refusal: returnStatus (100 or a "
+                                   "negative code), its meaning, returnInfo and returnTime"}}}),
     RECONCILIATION_WEBHOOK_EVENT: ("the shipment's reconciliation became mismatched (its inventory held), what holds "
                                    "it changed while it stays so (state and previous both mismatched), or it no "
                                    "longer is", {

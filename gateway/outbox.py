@@ -48,6 +48,7 @@ from gateway.auth import finding_sides
 from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
 from gateway.forward import (
+    CHANGE_REFUSED_EVENT,
     HeldVersion,
     JobSpec,
     LegState,
@@ -373,6 +374,7 @@ _DOC_STATE = (
 )
 
 _RECEIPTED_KINDS = "('inventory', 'cancel', 'refund', 'delivery')"  # the kinds answered by guid / copNo
+_LEG_KINDS = frozenset({"order", "payment", "waybill", "inventory"})
 
 def _agrees(doc: str) -> str:
     """SQL: the document ``doc`` carries every party of the probe ``x`` (x.parties: {field: value}) in its head."""
@@ -748,6 +750,16 @@ SELECT d.id, d.doc_guid, d.head ->> 'reason' AS reason, s.ebp_code, s.order_no, 
   FROM documents AS d,
        LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = d.ebp_code AND s.order_no = d.order_no OFFSET 0) AS s
  WHERE d.id = ANY ($1::bigint[])
+"""
+
+#: Refused changes and withdrawals ($1 ids): their guid, and whether they are current still (no version before was
+#: restored: gateway.store.restore_refused).
+REFUSED_LEGS = "SELECT d.id, d.doc_guid, d.is_current FROM documents AS d WHERE d.id = ANY ($1::bigint[])"
+#: The parties of shipments ($1 ebpCode, $2 orderNo): whose sellers hear of them.
+SHIPMENT_PARTIES = """
+SELECT s.ebp_code, s.order_no, s.parties
+  FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
+       LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = k.ebp AND s.order_no = k.ono OFFSET 0) AS s
 """
 
 #: The documents carrying these ($1) guids, whoever sent them: whose parties a finding's sides name
@@ -1751,6 +1763,9 @@ class Outbox:
         refused = [d.id for d in changed if d.app_type in ("2", "3") and d.forward_state == "rejected"]
         if refused and self.restore is not None:  # a refused change or withdrawal: customs holds the version before
             restored = await self.restore(conn, refused, self)
+            # its sellers hear of a leg's refused now (no status moves: the version before is the leg again)
+            await self._tell_sellers_of_refusals(conn, [d for d in changed if d.id in refused and d.kind in _LEG_KINDS
+                                                        and before[d.id][2] != "rejected"])  # fmt: skip
         await self._release_quota(conn, [d for d in changed if d.gave_back])
         legs = [d for d in changed if d.kind in ("order", "payment", "waybill")]
         if legs or restored:  # only a receipt on an order, payment or waybill, or a leg live again, can make a held
@@ -1857,6 +1872,32 @@ class Outbox:
                 log.info("sellers_told", webhook_event=told[0].payload["event"], ebp_code=r["ebp_code"],
                          order_no=r["order_no"], sellers=[j.payload["seller"] for j in told])  # fmt: skip
             jobs += told
+        await enqueue_all(conn, jobs)
+
+    async def _tell_sellers_of_refusals(self, conn: asyncpg.Connection, docs: Sequence[_Doc]) -> None:
+        """The sellers of each shipment hear that customs refused a change or withdrawal of one of its legs (``docs``:
+        refused now) whose version before is current again (gateway.store.restore_refused; one customs refused every
+        version of stays the leg, and the shipment's status says it: rejected), in this transaction."""
+        if self.router is None or self.router.webhook_endpoint is None or not docs:
+            return
+        found = {r["id"]: r for r in await conn.fetch(REFUSED_LEGS, sorted({d.id for d in docs}))}
+        told = [(d, ship) for d in docs if d.id in found and not found[d.id]["is_current"]
+                for ship in sorted(await shipments_of(conn, [d]))]  # fmt: skip
+        if not told:
+            return
+        ships = sorted({ship for _, ship in told})
+        parties = {(r["ebp_code"], r["order_no"]): r["parties"]
+                   for r in await conn.fetch(SHIPMENT_PARTIES, [s[0] for s in ships], [s[1] for s in ships])}
+        jobs: list[JobSpec] = []
+        for d, (ebp, ono) in told:
+            document = {"kind": d.kind, "messageType": d.message_type, "guid": found[d.id]["doc_guid"],
+                        "appType": d.app_type,
+                        "customs": {"code": d.state.status, "name": rc.status_name(d.state.status or ""),
+                                    "info": d.state.info, "time": d.state.return_time}}  # fmt: skip
+            jobs += self.router.change_refused_webhook_jobs(ebp_code=ebp, order_no=ono, parties=parties.get((ebp, ono))
+                                                            or (), document=document)  # fmt: skip
+            log.info("sellers_told", webhook_event=CHANGE_REFUSED_EVENT, ebp_code=ebp, order_no=ono,
+                     guid=document["guid"])  # fmt: skip
         await enqueue_all(conn, jobs)
 
     async def _release_orders(

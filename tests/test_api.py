@@ -853,6 +853,7 @@ def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None
     from adapters.webhook import encode_event
     from gateway.config import WebhookSettings
     from gateway.forward import (
+        CHANGE_REFUSED_EVENT,
         INVENTORY_EVENTS,
         RECONCILIATION_WEBHOOK_EVENT,
         WAREHOUSE_WEBHOOK_EVENT,
@@ -864,7 +865,7 @@ def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None
 
     hooks = OPENAPI["webhooks"]
     assert set(hooks) == {WEBHOOK_EVENT, WAREHOUSE_WEBHOOK_EVENT, *INVENTORY_EVENTS.values(),
-                          RECONCILIATION_WEBHOOK_EVENT}  # fmt: skip
+                          RECONCILIATION_WEBHOOK_EVENT, CHANGE_REFUSED_EVENT}  # fmt: skip
     assert all({p["name"] for p in h["post"]["parameters"]} == {"X-CBEC-Signature", "X-CBEC-Timestamp",
                                                                 "X-CBEC-Event", "X-CBEC-Delivery"}
                for h in hooks.values())  # fmt: skip
@@ -879,6 +880,9 @@ def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None
             *router.warehouse_webhook_jobs(**common, event_id="2", order={
                 "orderId": "A", "warehouseOrderNo": "W1", "direction": "outbound", "status": "shipped",
                 "previous": "accepted", "reason": None, "occurredAt": "2026-12-07T14:08:06+08:00"}),
+            *router.change_refused_webhook_jobs(**common, document={
+                "kind": "payment", "messageType": "CEB411", "guid": "G", "appType": "2",
+                "customs": {"code": "-401006", "name": None, "info": "x", "time": "20261207140814519"}}),
             *router.inventory_webhook_jobs(**common, kind="cancel", outcome="refused", document={
                 "messageType": "CEB623", "guid": "G", "invtNo": "51412026I000000002", "reason": "买家取消",
                 "customs": {"code": "100", "name": "rejected by customs", "info": "x", "time": "20261207140814519"},

@@ -34,6 +34,8 @@ _PLAN_CASES = {
     "CANCELLED_RELEASES": "ARRAY[1::bigint]",
     "REDECLARED": "ARRAY[1::bigint]",
     "SELLER_DOCUMENTS": "ARRAY[1::bigint]",
+    "REFUSED_LEGS": "ARRAY[1::bigint]",
+    "SHIPMENT_PARTIES": f"{_T}, {_T}",
     "DOCUMENTS_BY_GUID": "ARRAY['g']",
     "RELEASE_QUOTA": f"{_T}, {_T}, ARRAY[1::bigint]",
     "RETURNED_INVENTORIES": "ARRAY[1::bigint]",
