@@ -744,9 +744,11 @@ SELECT d.id, d.ebp_code, d.order_no
 """
 
 #: The documents ($1 ids) whose customs outcome the sellers hear of (Outbox._tell_sellers_of_inventories), each with
-#: its guid, reason and shipment (its parties: whom to tell).
+#: its guid, reason, the invtNo it names (a cancellation's or return's: its inventory's) and shipment (its parties:
+#: whom to tell).
 SELLER_DOCUMENTS = """
-SELECT d.id, d.doc_guid, d.head ->> 'reason' AS reason, s.ebp_code, s.order_no, s.parties, s.customs_status
+SELECT d.id, d.doc_guid, d.head ->> 'reason' AS reason, d.head ->> 'invtNo' AS named_invt_no, s.ebp_code, s.order_no,
+       s.parties, s.customs_status
   FROM documents AS d,
        LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = d.ebp_code AND s.order_no = d.order_no OFFSET 0) AS s
  WHERE d.id = ANY ($1::bigint[])
@@ -1857,7 +1859,10 @@ class Outbox:
             if r is None or (outcome == "released" and r["customs_status"] != "released"):
                 continue  # no shipment of its own; or one released now, whose sellers heard so
             document: dict[str, Any] = {
-                "messageType": d.message_type, "guid": r["doc_guid"], "invtNo": d.learned.get("invtNo") or d.invt_no,
+                # the inventory's number: customs' receipt teaches it, but a retail export return's (CEB214) is no
+                # number of the return's own (receipts.SHARED_INVT_NO): as the document names it then
+                "messageType": d.message_type, "guid": r["doc_guid"],
+                "invtNo": d.learned.get("invtNo") or d.invt_no or r["named_invt_no"],
                 "customs": {"code": d.state.status, "name": rc.status_name(d.state.status), "info": d.state.info,
                             "time": d.state.return_time},
                 "warehouseOrders": orders.get(d.id, []),

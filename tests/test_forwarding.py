@@ -2094,6 +2094,33 @@ async def test_sellers_hear_what_customs_said_of_cancellations_and_returns_that_
     assert len(await _seller_events(flow, returned, "inventory_returned")) == 1
 
 
+@pytest.mark.db
+async def test_a_retail_export_return_customs_concluded_tells_the_inventorys_number(flow: Flow) -> None:
+    """A retail export return (CEB213) names its inventory by the invtNo customs gave it; customs' CEB214 echoes that
+    number, which is no number of the return's own (gateway.receipts.SHARED_INVT_NO): the sellers' event says the
+    inventory's number all the same, as it does of an import return."""
+    s = samples.export_shipment(random.Random(79))
+    invt_no = f"{s.inventory_doc['customsCode']}2026E000000079"
+
+    async def submit(payload: dict[str, Any]) -> None:
+        checked = flow.pipeline.check(render(payload, signer=sign_as_agent))
+        assert (await flow.store.ingest(checked.message, checked.raw, submitter="test")).http_status == 202
+
+    for code in ("CEB303", "CEB403", "CEB505"):
+        await submit(s.payloads()[code])
+        await flow.receipt(s.payloads()[code], "2", 1)
+    await submit(s.inventory)
+    await flow.receipt(s.inventory, "800", 2, invtNo=invt_no, preNo="B20261120000000079")
+    returned = samples.export_return(random.Random(79), s.inventory_doc, invt_no)
+    await submit(returned)
+    await flow.receipt(returned, "800", 3)
+    stream = f"webhook:seller-a:{s.order_doc['ebpCode']}:{s.order_doc['orderNo']}"
+    [event] = [j["payload"] for k, j in (await flow.jobs()).items() if k.startswith(f"{stream}:inventory_returned:")]
+    _webhook_body_check(event)
+    data = event["data"]
+    assert (data["messageType"], data["guid"], data["invtNo"]) == ("CEB213", returned["documents"][0]["guid"], invt_no)
+
+
 # --- receipt messages with many returns -------------------------------------------------------------------
 
 
