@@ -313,9 +313,9 @@ class Router:
         """One job per seller for a change of a shipment's customs status. ``event_id`` makes each change its own
         delivery (a status may come back: failed, replayed, failed again); the per-shipment ordering key delivers
         a seller's events of one shipment in the order they happened. ``leg``: the one whose receipt moved it
-        (shipment_customs_word; None: no receipt did) — customs' code, name, info and returnTime, and which document,
-        so that a seller orders the changes by customs' own time —; ``changed_at``: when the gateway recorded the
-        change (the shipment's customs_updated_at, ISO 8601), which orders them all."""
+        (shipment_customs_word; None: no receipt decides the status) — customs' code, name, info and returnTime, and
+        which document, so that a seller orders the changes by customs' own time —; ``changed_at``: when the gateway
+        recorded the change (the shipment's customs_updated_at, ISO 8601), which orders them all."""
         data: dict[str, Any] = {"ebpCode": ebp_code, "orderNo": order_no, "customsStatus": status,
                                 "previous": previous, "info": info, "changedAt": changed_at}  # fmt: skip
         data |= leg.customs_word() if leg is not None else {"customs": None, "document": None}
@@ -564,8 +564,8 @@ def shipment_customs_status(legs: Iterable[LegState]) -> tuple[str, str | None]:
 
 def shipment_customs_word(legs: Iterable[LegState]) -> tuple[str, str | None, LegState | None]:
     """(status, info) of a shipment from its current legs, and the leg whose receipt put it there (the leg rejected,
-    the inventory accepted, released or returned 700), None for a status no receipt gives (pending, declared: a leg
-    delivered; failed: a delivery a dead letter); see gateway/sql/020_forwarding.sql.
+    the inventory accepted, released or returned 700), None for a status no receipt decides (pending; declared: a
+    leg on its way or taken; failed: a delivery a dead letter); see gateway/sql/020_forwarding.sql.
 
     A leg whose delivery failed makes the shipment ``failed`` only while customs has not accepted its inventory:
     customs' own word on the inventory stands. (The outbox moves a shipment to ``failed`` only from pending or

@@ -436,8 +436,9 @@ _WEBHOOK_DATA: dict[str, tuple[str, dict[str, Any]]] = {
                        "customs": {"anyOf": [{**_CUSTOMS_WORD, "description": "the receipt that moved it: customs' "
                                               "returnStatus, its meaning, returnInfo and returnTime — customs' own "
                                               "time, which orders the changes customs made"}, {"type": "null"}],
-                                   "description": "null when no receipt moved it: declared (a leg delivered), failed "
-                                   "(a delivery a dead letter), pending or declared again (replayed)"},
+                                   "description": "null for a status no receipt decides: declared (a leg on its "
+                                   "way or taken — delivered, replayed, or declared anew after a refusal), failed (a "
+                                   "delivery a dead letter), pending"},
                        "document": {"anyOf": [{"type": "object", "required": ["kind", "messageType", "guid"],
                                                "description": "the leg that receipt answers (the leg rejected; the "
                                                "inventory accepted, released or returned 700)",
