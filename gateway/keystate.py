@@ -1145,7 +1145,7 @@ class ShipmentResult:
 
     @classmethod
     def stored(cls, r: Mapping[str, Any]) -> ShipmentResult:
-        """A shipment as its row stands (gateway.store's _SEEN_SHIPMENTS: its state, missing legs, findings, flow,
+        """A shipment as its row stands (gateway.store._seen_shipments: its state, missing legs, findings, flow,
         and ``sides``: the documents the findings name, with their parties), for the answer of a message that names it
         and changes nothing of it; never written back."""
         sides = tuple({"message_type": d["message_type"], "doc_guid": d["doc_guid"],

@@ -268,6 +268,8 @@ LOCK_MORE = "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest($1::bigin
 #: for another order once the first is withdrawn). That later appType 1 is found through sql/270's partial index of
 #: the numbered types' declarations: the literal type list lets the generic plan use it, and OFFSET 0 keeps the
 #: NOT EXISTS a probe per number (as an anti join, the empty tables' plan read the whole index for each).
+#: ``seen`` — the shipments ($17 ebpCode, $18 orderNo) import cancellations and returns name, as stored
+#: (_seen_shipments): empty arrays for every other message, which pay a subquery over nothing.
 _NUMBERED_TYPES = ", ".join(f"'{t}'" for t in sorted(set(BY_INVT_NO.values())))
 READ_STATE = f"""
 WITH keyed AS (
