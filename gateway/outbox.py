@@ -1765,7 +1765,8 @@ class Outbox:
         refused = [d.id for d in changed if d.app_type in ("2", "3") and d.forward_state == "rejected"]
         if refused and self.restore is not None:  # a refused change or withdrawal: customs holds the version before
             restored = await self.restore(conn, refused, self)
-            # its sellers hear of a leg's refused now (no status moves: the version before is the leg again)
+            # the sellers hear of a leg's change or withdrawal refused now: no status says it (the version before is
+            # the leg again)
             await self._tell_sellers_of_refusals(conn, [d for d in changed if d.id in refused and d.kind in _LEG_KINDS
                                                         and before[d.id][2] != "rejected"])  # fmt: skip
         await self._release_quota(conn, [d for d in changed if d.gave_back])
@@ -1899,10 +1900,12 @@ class Outbox:
                         "appType": d.app_type,
                         "customs": {"code": d.state.status, "name": rc.status_name(d.state.status or ""),
                                     "info": d.state.info, "time": d.state.return_time}}  # fmt: skip
-            jobs += self.router.change_refused_webhook_jobs(ebp_code=ebp, order_no=ono, parties=parties.get((ebp, ono))
-                                                            or (), document=document)  # fmt: skip
-            log.info("sellers_told", webhook_event=CHANGE_REFUSED_EVENT, ebp_code=ebp, order_no=ono,
-                     guid=document["guid"])  # fmt: skip
+            made = self.router.change_refused_webhook_jobs(ebp_code=ebp, order_no=ono,
+                                                           parties=parties.get((ebp, ono)) or (), document=document)
+            if made:
+                log.info("sellers_told", webhook_event=CHANGE_REFUSED_EVENT, ebp_code=ebp, order_no=ono,
+                         guid=document["guid"], sellers=[j.payload["seller"] for j in made])  # fmt: skip
+            jobs += made
         await enqueue_all(conn, jobs)
 
     async def _release_orders(
