@@ -674,6 +674,12 @@ EXPORT_EBC = ("4601260E35", "海南示例国际贸易有限公司")
 EXPORT_OWNER = ("4601960K21", "海口示例日用品制造有限公司")  # producer / seller (ownerCode)
 
 
+#: The order type (spec §4.1) of each export mode's sample: a B2C order (9610, 1210), a B2B order (9710), an overseas
+#: warehouse's booking (9810, 海外仓订仓单); and the prefix of its number.
+EXPORT_ORDER_TYPES = {"9610": "E", "1210": "E", "9710": "B", "9810": "W"}
+EXPORT_ORDER_PREFIX = {"9610": "EX", "1210": "TZ", "9710": "BB", "9810": "OW"}
+
+
 @dataclass
 class ExportShipmentSample(_Parcel):
     """The four export legs of one parcel: order (CEB303), 收款单 (CEB403), waybill (CEB505), inventory (CEB603),
@@ -693,8 +699,11 @@ class ExportShipmentSample(_Parcel):
 def export_shipment(
     rng: random.Random, *, mode: str = "9610", n_items: int | None = None, now: datetime | None = None
 ) -> ExportShipmentSample:
-    """One consistent export parcel. ``mode`` is 9610 (general CBEC export) or 1210 (export from a special customs
-    zone: iacCode, emsNo, itemRecordNo); ``n_items`` 1–100 lines (default 1–4).
+    """One consistent export parcel. ``mode`` is 9610 (general CBEC export), 1210 (export from a special customs
+    zone: iacCode, emsNo, itemRecordNo), 9710 (B2B direct export: a B2B order, orderType B) or 9810 (export to an
+    overseas warehouse: the warehouse's booking, orderType W, numbered as one); ``n_items`` 1–100 lines (default 1–4).
+    A B2B parcel has its 收款单 too, which its exporter need not send (EXPORT_MODES_WITHOUT_RECEIPT in
+    gateway.reconcile); the random draws are those of a 9610 parcel, so a seed gives the same parcel in every mode.
 
     Kept by construction: totalPrice = price × qty (R4, also for export lines); order goodsValue = Σ totalPrice;
     收款单 charge = goodsValue + freight; inventory lines = order lines by gnum (itemNo, qty, price, totalPrice, unit,
@@ -702,8 +711,8 @@ def export_shipment(
     grossWeight; one currency of the code table for the whole sale; gnum 1..n; the inventory names the order
     (ebpCode + orderNo), the 收款单 (ebcCode + orderNo) and the waybill (logisticsCode + logisticsNo).
     """
-    if mode not in ("9610", "1210"):
-        raise ValueError(f"mode must be '9610' or '1210', not {mode!r}")
+    if mode not in EXPORT_ORDER_TYPES:
+        raise ValueError(f"mode must be one of {', '.join(EXPORT_ORDER_TYPES)}, not {mode!r}")
     n = n_items if n_items is not None else rng.choice((1, 2, 2, 3, 4))
     if not 1 <= n <= 100:
         raise ValueError(f"n_items must be 1..100, not {n}")
@@ -721,7 +730,7 @@ def export_shipment(
     pay_code, pay_name, pay_prefix = rng.choice(PAYERS)
     log_code, log_name, log_prefix = rng.choice(CARRIERS)
     customs = rng.choice(CUSTOMS)
-    order_no = f"{'TZ' if zone else 'EX'}{placed:%Y%m%d}{_digits(rng, 10)}"
+    order_no = f"{EXPORT_ORDER_PREFIX[mode]}{placed:%Y%m%d}{_digits(rng, 10)}"
     logistics_no = f"{log_prefix}{_digits(rng, 12)}CN"
 
     order_items: list[dict[str, Any]] = []
@@ -760,10 +769,10 @@ def export_shipment(
     freight = Decimal(rng.randint(20, 120))
 
     order_doc: dict[str, Any] = {
-        "guid": _guid(rng), "appType": "1", "appTime": _t(order_time), "appStatus": "2", "orderType": "E",
-        "orderNo": order_no, "ebpCode": EXPORT_EBP[0], "ebpName": EXPORT_EBP[1], "ebcCode": EXPORT_EBC[0],
-        "ebcName": EXPORT_EBC[1], "goodsValue": _money(goods_value), "freight": _money(freight),
-        "currency": currency, "items": order_items,
+        "guid": _guid(rng), "appType": "1", "appTime": _t(order_time), "appStatus": "2",
+        "orderType": EXPORT_ORDER_TYPES[mode], "orderNo": order_no, "ebpCode": EXPORT_EBP[0],
+        "ebpName": EXPORT_EBP[1], "ebcCode": EXPORT_EBC[0], "ebcName": EXPORT_EBC[1], "goodsValue": _money(goods_value),
+        "freight": _money(freight), "currency": currency, "items": order_items,
     }  # fmt: skip
     receipt_doc: dict[str, Any] = {
         "guid": _guid(rng), "appType": "1", "appTime": _t(receipt_time), "appStatus": "2",

@@ -368,7 +368,8 @@ def export_violations(s: ExportShipmentSample) -> set[str]:
     check("keys", o["orderNo"] == r["orderNo"] == i["orderNo"] and o["ebpCode"] == i["ebpCode"]
           and r["ebcCode"] == o["ebcCode"] == i["ebcCode"]
           and (w["logisticsCode"], w["logisticsNo"]) == (i["logisticsCode"], i["logisticsNo"]))  # fmt: skip
-    check("codes", o["orderType"] == "E" and i["ieFlag"] == "E" and i["tradeMode"] in ("9610", "1210"))
+    check("codes", (i["tradeMode"], o["orderType"]) in (("9610", "E"), ("1210", "E"), ("9710", "B"), ("9810", "W"))
+          and i["ieFlag"] == "E")  # fmt: skip
     zone = ("iacCode", "emsNo")
     if i["tradeMode"] == "1210":
         check("zone", all(i.get(k) for k in zone) and all(li.get("itemRecordNo") for li in i["items"]))
@@ -378,7 +379,7 @@ def export_violations(s: ExportShipmentSample) -> set[str]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**64), st.sampled_from(["9610", "1210"]), st.none() | st.integers(1, 100))
+@given(st.integers(0, 2**64), st.sampled_from(["9610", "1210", "9710", "9810"]), st.none() | st.integers(1, 100))
 def test_export_shipments_are_consistent(seed: int, mode: str, n_items: int | None) -> None:
     s = export_shipment(random.Random(seed), mode=mode, n_items=n_items, now=NOW)
     assert export_violations(s) == set()
@@ -389,7 +390,7 @@ def test_rendered_export_shipments_pass_schema_and_rules() -> None:
     pipeline = Pipeline(SchemaSet())
     rng = random.Random(12)
     for k in range(40):
-        s = export_shipment(rng, mode="9610" if k % 2 else "1210", n_items=100 if k == 0 else None, now=NOW)
+        s = export_shipment(rng, mode=("1210", "9610", "9710", "9810")[k % 4], n_items=100 if k == 0 else None, now=NOW)
         for code, xml in render_export_shipment(s, signer=stub_signature).items():
             checked = pipeline.check(xml)
             assert checked.message.type.code == code and checked.message.type.flow == "export"
@@ -453,3 +454,16 @@ def test_export_transport_lists_the_parcels_of_one_flight_after_their_release() 
     assert [li.get("invtNo") for li in lines] == [None, "51412026E00000471101", None]
     with pytest.raises(ValueError):
         export_transport([], rng)
+
+
+def test_a_b2b_export_sample_is_the_9610_parcel_of_its_seed_under_its_order_type() -> None:
+    """9710 and 9810 samples draw what a 9610 one does (a seed gives the same parcel): only the order type, the
+    numbers' prefix and the trade mode differ."""
+    base = export_shipment(random.Random(5), mode="9610", now=NOW)
+    for mode, order_type, prefix in (("9710", "B", "BB"), ("9810", "W", "OW")):
+        s = export_shipment(random.Random(5), mode=mode, now=NOW)
+        assert (s.order_doc["orderType"], s.order_doc["orderNo"][:2], s.mode) == (order_type, prefix, mode)
+        assert s.order_doc["orderNo"][2:] == base.order_doc["orderNo"][2:]
+        assert s.inventory_doc["items"] == base.inventory_doc["items"]
+    with pytest.raises(ValueError, match="9810"):
+        export_shipment(random.Random(5), mode="1239", now=NOW)
