@@ -63,6 +63,7 @@ from gateway.forward import (
 )
 from gateway.keystate import buyer_of
 from gateway.messages import BY_CODE, LEGS, Kind
+from gateway.reconcile import EXPORT_MODES_WITHOUT_RECEIPT
 from gateway.tax import returned_value
 
 log = structlog.get_logger("gateway.outbox")
@@ -128,22 +129,28 @@ WITH ins AS ({enqueue_insert("$1")}
 SELECT (SELECT count(*) FROM ins) AS new, {wake_endpoints("ins", "$2")} AS woken
 """
 
+#: SQL: the held inventory x (its current version's tradeMode, x.trade_mode) is of a mode that needs no 收款单
+#: (gateway.reconcile.EXPORT_MODES_WITHOUT_RECEIPT: B2B export).
+_WITHOUT_RECEIPT = f"x.trade_mode IN ({', '.join(repr(m) for m in sorted(EXPORT_MODES_WITHOUT_RECEIPT))})"
+
+
 def _hold(rank: str) -> dict[str, str]:
-    """What releases a held inventory (x: its documents row, mt its message type; ``rank``: the parameter of the
-    least rank of a receipt taken): its shipment matched, and the latest current order and payment of the shipment
-    and the waybill the inventory names receipted at that rank or above. One text for RELEASE_HELD and HOLD_REASONS,
-    which says why one waits."""
+    """What releases a held inventory (x: its documents row, mt its message type, trade_mode its tradeMode; ``rank``:
+    the parameter of the least rank of a receipt taken): its shipment matched, and the latest current order and
+    payment of the shipment and the waybill the inventory names receipted at that rank or above — a B2B export with
+    no payment waits for none (gateway.reconcile.needed_legs: matched without one). One text for RELEASE_HELD and
+    HOLD_REASONS, which says why one waits."""
     latest = """coalesce((SELECT {a}.forward_state = 'receipted' AND {a}.customs_rank >= {rank}
                            FROM (SELECT * FROM documents AS {a} WHERE {where} OFFSET 0) AS {a}
                           WHERE {a}.kind = '{kind}'{extra} AND {a}.is_current AND NOT {a}.withdrawn
-                          ORDER BY {a}.app_time DESC, {a}.id DESC LIMIT 1), false)"""
+                          ORDER BY {a}.app_time DESC, {a}.id DESC LIMIT 1), {absent})"""
     return {
         "matched": "EXISTS (SELECT FROM shipments AS s"
                    " WHERE s.ebp_code = x.ebp_code AND s.order_no = x.order_no AND s.state = 'matched')",
-        **{kind: latest.format(a=a, rank=rank, kind=kind, extra="",
+        **{kind: latest.format(a=a, rank=rank, kind=kind, extra="", absent=absent,
                                where=f"{a}.ebp_code = x.ebp_code AND {a}.order_no = x.order_no")
-           for kind, a in (("order", "o"), ("payment", "p"))},
-        "waybill": latest.format(a="w", rank=rank, kind="waybill",
+           for kind, a, absent in (("order", "o", "false"), ("payment", "p", _WITHOUT_RECEIPT))},
+        "waybill": latest.format(a="w", rank=rank, kind="waybill", absent="false",
                                  extra=f" AND w.message_type = {waybill_type_of('x.mt')}",
                                  where="w.logistics_code = x.logistics_code AND w.logistics_no = x.logistics_no"),
     }  # fmt: skip
@@ -182,12 +189,12 @@ def _as_current(d: str) -> str:
     needs nothing of the new declaration's shipment)."""
     return f"""LATERAL (SELECT * FROM (
                   SELECT 0 AS pri, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type,
-                         {d}.withdrawn OR {withdrawn_since(d)} AS withdrawn
+                         g.head ->> 'tradeMode' AS trade_mode, {d}.withdrawn OR {withdrawn_since(d)} AS withdrawn
                     FROM documents AS g
                    WHERE NOT {d}.is_current AND {current_of(d, "g")}
                   UNION ALL
                   SELECT 1, {d}.ebp_code, {d}.order_no, {d}.logistics_code, {d}.logistics_no, {d}.message_type,
-                         {d}.withdrawn) AS g
+                         {d}.head ->> 'tradeMode', {d}.withdrawn) AS g
                 ORDER BY g.pri LIMIT 1) AS g"""
 
 
@@ -226,6 +233,7 @@ WITH RECURSIVE found AS MATERIALIZED (
 ), docs AS MATERIALIZED (
     SELECT d.id, d.message_id, d.is_current, d.key1, d.key2, d.head ->> 'tradeMode' AS mode,
            d.message_type, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no, g.message_type AS mt,
+           g.trade_mode,
            -- waits for nothing of its own: a withdrawal, or a version withdrawn since (it goes only with its message)
            g.withdrawn AS free,
            (SELECT p.message_id FROM documents AS p WHERE p.superseded_by = d.id AND p.forward_state = 'held'
@@ -284,7 +292,7 @@ WITH shown AS (
 SELECT x.message_id, x.ebp_code, x.order_no, {_WAITS["matched"]} AS matched, {_WAITS["order"]} AS "order",
        {_WAITS["payment"]} AS payment, {_WAITS["waybill"]} AS waybill
   FROM (SELECT s.shown AS message_id, d.id, g.ebp_code, g.order_no, g.logistics_code, g.logistics_no,
-               g.message_type AS mt
+               g.message_type AS mt, g.trade_mode
           FROM shown AS s,
                LATERAL (SELECT * FROM documents AS d
                          WHERE d.message_id = s.message_id AND d.forward_state = 'held' AND NOT d.withdrawn
@@ -1021,13 +1029,11 @@ class ReceiptResult:
         }
 
 
-#: The legs a held inventory waits for besides its waybill: their receipts (RELEASE_HELD checks the waybill too).
-_RELEASE_NEEDS = frozenset({"order", "payment"})
-
-
-def _may_release(receipted_kinds: set[str] | None) -> bool:
-    """False when the shipment's live legs were read and its order or payment has no receipt yet."""
-    return receipted_kinds is None or _RELEASE_NEEDS.issubset(receipted_kinds)
+def _may_release(legs: Mapping[str, bool] | None) -> bool:
+    """False when the shipment's live legs were read (``legs``: kind → whether customs took it) and its order, or
+    the payment it has, has no receipt yet (RELEASE_HELD checks the waybill too). A matched shipment without a payment
+    needs none (a B2B export, gateway.reconcile.needed_legs)."""
+    return legs is None or (legs.get("order", False) and legs.get("payment", True))
 
 
 @dataclass(frozen=True)
@@ -1330,7 +1336,7 @@ class Outbox:
         self,
         conn: asyncpg.Connection,
         plans: Sequence[Plan],
-        receipted: Mapping[tuple[str, str], set[str]] | None = None,
+        receipted: Mapping[tuple[str, str], Mapping[str, bool]] | None = None,
         superseded_failed: Iterable[Leg] = (),
         reopened: Iterable[tuple[str, str]] = (),
         taken_over: Iterable[tuple[str, str]] = (),
@@ -1347,9 +1353,9 @@ class Outbox:
         messages, and of messages stored before whose withdrawals were held behind a message that never goes now.
 
         ``receipted``: for shipments whose live legs the store read under their locks, the kinds of those legs
-        that customs took. A shipment whose order or payment is not among them releases nothing (RELEASE_HELD
-        would find it blocked), so it costs no statement: the usual case, an inventory declared before the
-        receipts of its order and payment. A shipment not in it is looked at in SQL as before."""
+        and whether customs took them. A shipment whose order, or the payment it has, is not taken releases nothing
+        (RELEASE_HELD would find it blocked), so it costs no statement: the usual case, an inventory declared before
+        the receipts of its order and payment. A shipment not in it is looked at in SQL as before."""
         failed = list(superseded_failed)
         if failed:
             # The new version is on its way (or withdrawn): the shipment no longer waits for a replay.

@@ -9,7 +9,8 @@ State (precedence: mismatched > incomplete > matched)
       has to act (get a leg corrected) and waiting for the missing leg will not fix it.
     * ``incomplete`` — no blocking finding, but order, payment, waybill or inventory is missing
       (:attr:`Outcome.missing`, always in that order). Legs that are present are still compared.
-    * ``matched`` — all four legs present and no blocking finding (warnings may remain).
+    * ``matched`` — all four legs present and no blocking finding (warnings may remain); a B2B export shipment (9710,
+      9810) needs no 收款单 (:func:`needed_legs`).
 
 Every finding has ``left`` = the leg that comes first in (order, payment, waybill, inventory) and
 ``right`` = the later one. A computed value (a sum over lines) or a line that exists on one side
@@ -72,6 +73,7 @@ known by the flow of its legs, never mixed with an import one) is compared by :d
   inventory no order type, so only the shipment can set them side by side.
 
 No buyer = payer, consignee or tax rule: an export order names no buyer ID, and the retail-import tax is import's.
+A B2B export (9710 direct, 9810 to an overseas warehouse) is complete without a 收款单 (:func:`needed_legs`).
 
 Values that do not parse as decimals are compared as trimmed strings (the rules layer reports the
 format itself); an empty or absent value on either side is not compared.
@@ -248,7 +250,7 @@ def reconcile(shipment: Shipment, *, tolerance: Decimal = Decimal("0")) -> Outco
     else:
         _compare_import(shipment, f)
     blocking = any(x.blocking for x in f.items)
-    missing = tuple(k for k in SHIPMENT_KINDS if shipment.leg(k) is None)
+    missing = tuple(k for k in needed_legs(shipment) if shipment.leg(k) is None)
     if blocking:
         state = ShipmentState.MISMATCHED
     elif missing:
@@ -256,6 +258,34 @@ def reconcile(shipment: Shipment, *, tolerance: Decimal = Decimal("0")) -> Outco
     else:
         state = ShipmentState.MATCHED
     return Outcome(state=state, missing=missing, findings=tuple(f.items))
+
+
+#: The export trade modes whose goods leave with no 收款单 (CEB403) before them (公告2020年第75号): a B2B direct export
+#: (9710) is declared on its B2B order and waybill, its payment, settled between enterprises, off any platform or
+#: not yet made; goods to an overseas warehouse (9810) are declared on the warehouse's booking (orderType W), and
+#: sell abroad only after they left. The public notices and their readers list order (or booking) and waybill for
+#: them, and the 收款单 only for retail export (9610) [P]. A 收款单 sent all the same is a leg like any: compared with
+#: the order, and waited for before the inventory goes.
+EXPORT_MODES_WITHOUT_RECEIPT: frozenset[str] = frozenset({"9710", "9810"})
+#: Before its inventory says the mode, the order's type does: a B2B order (B) or a booking (W) is one of those modes'.
+_ORDER_TYPES_WITHOUT_RECEIPT = frozenset({"B", "W"})
+_WITHOUT_PAYMENT = tuple(k for k in SHIPMENT_KINDS if k is not Kind.PAYMENT)
+
+
+def needed_legs(shipment: Shipment) -> tuple[Kind, ...]:
+    """The legs the shipment is complete with (spec §4.4, §6.7): all four, but no 收款单 for an export shipment of a
+    mode in :data:`EXPORT_MODES_WITHOUT_RECEIPT` with none — its inventory's tradeMode, or with no inventory yet its
+    order's orderType B or W. One it has is needed like any leg."""
+    if shipment.payment is not None:
+        return SHIPMENT_KINDS
+    inventory, order = shipment.inventory, shipment.order
+    if inventory is not None and inventory.type.flow == "export":
+        b2b = _text(inventory, "tradeMode") in EXPORT_MODES_WITHOUT_RECEIPT
+    elif inventory is None and order is not None and order.type.flow == "export":
+        b2b = _text(order, "orderType") in _ORDER_TYPES_WITHOUT_RECEIPT
+    else:
+        return SHIPMENT_KINDS
+    return _WITHOUT_PAYMENT if b2b else SHIPMENT_KINDS
 
 
 DUPLICATE_CODES = {Kind.PAYMENT: "recon.payment_duplicate", Kind.INVENTORY: "recon.inventory_duplicate"}

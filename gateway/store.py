@@ -1973,10 +1973,10 @@ class Store:
     @staticmethod
     async def _read(
         conn: asyncpg.Connection, guids: list[str], refs: Refs
-    ) -> tuple[dict[str, Any], State, dict[tuple[str, str], set[str]], list[int]]:
+    ) -> tuple[dict[str, Any], State, dict[tuple[str, str], dict[str, bool]], list[int]]:
         """The messages stored under the guids, the rows ``refs`` names (see READ_STATE), for each shipment
-        whose legs were read the kinds of its live legs that customs took (receipted), and a new message id for
-        each guid."""
+        whose legs were read the kinds of its live legs and whether customs took them (receipted), and a new message
+        id for each guid."""
         keys = sorted(refs.keys)
         keyed, wkeys, ikeys = sorted(refs.keyed), sorted(refs.waybill_keys), sorted(refs.inventory_waybills)
         buyers, numbered, seen = sorted(refs.buyers), sorted(refs.invt_nos), sorted(refs.seen)
@@ -1996,7 +1996,7 @@ class Store:
         assert row is not None
         current: dict[tuple[str, str, str], Row] = {}
         rows: dict[int, Row] = {}
-        receipted: dict[tuple[str, str], set[str]] = {}
+        receipted: dict[tuple[str, str], dict[str, bool]] = {}
         by_number: dict[tuple[str, str], list[Row]] = {}
         for r in row["documents"]:
             doc = Row.from_json(r)
@@ -2004,9 +2004,8 @@ class Store:
                 by_number.setdefault((doc.message_type, r["numbered"]), []).append(doc)
                 continue
             if r["role"] == "leg":
-                kinds = receipted.setdefault(doc.shipment_key, set())
-                if r["receipted"]:
-                    kinds.add(doc.kind)
+                kinds = receipted.setdefault(doc.shipment_key, {})
+                kinds[doc.kind] = kinds.get(doc.kind, False) or r["receipted"]
             if r["role"] == "key":
                 current[doc.key] = doc
             else:

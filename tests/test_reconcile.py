@@ -752,3 +752,36 @@ def test_an_order_type_is_not_compared_without_both_legs_or_a_known_mode() -> No
     assert reconcile(Shipment(order=d["CEB303"], payment=d["CEB403"], waybill=d["CEB505"])).findings == ()
     assert _export(CEB303={"orderType": "B"}, CEB603={"tradeMode": "1239"}).findings == ()  # the rules refuse it
     assert _export(CEB303={"orderType": "I"}).findings == ()  # an import order type: the rules refuse it
+
+
+@pytest.mark.parametrize("mode", ["9710", "9810"])
+def test_a_b2b_export_shipment_is_matched_without_a_receipt_of_payment(mode: str) -> None:
+    """9710 (B2B direct export) and 9810 (to an overseas warehouse) need no 收款单 (公告2020年第75号: order or booking
+    and waybill): missing nothing, the shipment matches on its other three legs."""
+    d = _export_legs(CEB303={"orderType": {"9710": "B", "9810": "W"}[mode]}, CEB603={"tradeMode": mode})
+    outcome = reconcile(Shipment(order=d["CEB303"], waybill=d["CEB505"], inventory=d["CEB603"]))
+    assert (outcome.state, outcome.missing, outcome.findings) == (ShipmentState.MATCHED, (), ())
+    # one given is a leg like any: compared with the order
+    outcome = reconcile(Shipment(order=d["CEB303"], payment=dataclasses.replace(
+        d["CEB403"], head={**d["CEB403"].head, "ebcCode": "OTHER"}), waybill=d["CEB505"], inventory=d["CEB603"]))
+    assert ([f.code for f in outcome.findings], outcome.state) == (["recon.payment_order_key_mismatch"],
+                                                                   ShipmentState.MISMATCHED)
+
+
+@pytest.mark.parametrize(("order_type", "mode", "missing"), [
+    ("E", None, (Kind.PAYMENT, Kind.INVENTORY)),  # a B2C order: the 收款单 is awaited
+    ("B", None, (Kind.INVENTORY,)), ("W", None, (Kind.INVENTORY,)),  # before the inventory, the order's type says
+    ("W", "1210", (Kind.PAYMENT,)),  # its inventory's mode decides: a special-zone export has its 收款单
+    ("E", "9610", (Kind.PAYMENT,)), ("E", "9710", ()),
+])  # fmt: skip
+def test_the_receipt_of_payment_is_awaited_by_the_mode_of_the_export(order_type: str, mode: str | None,
+                                                                      missing: tuple[Kind, ...]) -> None:
+    d = _export_legs(CEB303={"orderType": order_type}, CEB603={"tradeMode": mode or "9610"})
+    outcome = reconcile(Shipment(order=d["CEB303"], waybill=d["CEB505"], inventory=d["CEB603"] if mode else None))
+    assert outcome.missing == missing
+    assert outcome.state is (ShipmentState.MATCHED if not missing else ShipmentState.INCOMPLETE)
+
+
+def test_an_import_shipment_always_awaits_its_payment() -> None:
+    s = make_shipment()
+    assert reconcile(with_leg(s, Kind.PAYMENT, None)).missing == (Kind.PAYMENT,)
