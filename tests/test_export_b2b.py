@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from gateway import samples
+from gateway.render import render
 from tests.apiutil import sign_as_agent
 from tests.forwardutil import Stack, running_stack, wait_for
 
@@ -57,6 +58,22 @@ async def test_a_b2b_exporter_is_released_without_a_receipt_of_payment(
         listed = (await stack.client.get(f"/v1/shipments?flow=export&mode={mode}")).body["items"]
         assert [(i["orderNo"], i["state"], i["customs_status"]) for i in listed] == [
             (s.order_doc["orderNo"], "matched", "released")]
+        assert body["summary"] is None  # an A-type inventory (清单核放): no summary declaration
+
+        # the parcel's 清单总分单, arrival and departure go and are concluded, as for any export
+        s.inventory_doc["invtNo"] = docs["inventory"]["invt_no"]
+        for code, payload in samples.export_transport([s], random.Random(seed)).items():
+            reply = await stack.client.post_xml(render(payload, signer=sign_as_agent))
+            assert reply.status == 202, (code, reply.body)
+        await stack.wait_sql("SELECT count(*) = 3 FROM documents WHERE kind IN ('arrival', 'departure', 'manifest')"
+                             " AND customs_status = '399'", timeout=20)  # fmt: skip
+
+        # paid later (the B2B buyer's transfer; the warehouse's goods sold): a 收款单 is taken, compared as a leg
+        await _declare(stack, s, "CEB403")
+        body = (await stack.client.get(_path(s))).body
+        assert (body["state"], body["missing"], body["customs_status"]) == ("matched", [], "released")
+        assert {d["kind"] for d in body["documents"]} == {"order", "payment", "waybill", "inventory", "arrival",
+                                                          "departure", "manifest"}  # fmt: skip
 
 
 async def test_a_b2b_inventory_declared_after_its_order_and_waybill_were_taken_goes_at_once(db_dsn: str) -> None:
