@@ -1052,6 +1052,9 @@ class Plan:
     settle: tuple[int, ...] = ()
     #: routed to a warehouse: its stored documents, of which the warehouse gets orders and cancels (Router.order_jobs)
     orders: tuple[OrderSource, ...] = ()
+    #: it withdraws a payment: a shipment it left matched needs none (a B2B export, gateway.reconcile.needed_legs),
+    #: and its held inventory may wait for nothing more
+    withdraws_payment: bool = False
 
 
 @dataclass
@@ -1270,7 +1273,10 @@ class Outbox:
                     OrderSource(d.index, (d.head.get("appType") or "1").strip(), ordering_key(msg.type.code, d.keys),
                                 tuple(r) if (r := by_index.get(d.index, {}).get("replaces_version")) else None)
                     for d in stored)  # fmt: skip
-            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys, unkept, settle, orders))
+            withdraws_payment = msg.type.kind is Kind.PAYMENT and any(
+                (d.head.get("appType") or "").strip() == "3" for d in stored)
+            plans.append(Plan(msg.guid, msg.type.code, state, endpoints, matched, keys, unkept, settle, orders,
+                              withdraws_payment))  # fmt: skip
         return plans
 
     def wave_jobs(self, plans: Sequence[Plan], ids: Mapping[str, int]) -> list[JobSpec]:
@@ -1377,6 +1383,10 @@ class Outbox:
                 # Only a held message can be released by an ingest: any other message adds a leg version
                 # without a receipt yet, which releases nothing (receipts do, in apply_receipts).
                 matched.update(s for s in p.matched if receipted is None or _may_release(receipted.get(s)))
+            elif p.withdraws_payment:
+                # ... or takes away the one a matched shipment no longer needs (a B2B export's 收款单): its legs were
+                # read with that payment, so they are looked at in SQL (rare: a payment withdrawn)
+                matched.update(p.matched)
         if matched:
             await self._release(conn, matched, [])
         return concluded

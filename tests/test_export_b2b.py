@@ -12,8 +12,10 @@ import pytest
 
 from gateway import samples
 from gateway.render import render
+from gateway.sandbox.receipts import RECEIPT_FOR, build_receipt
 from tests.apiutil import sign_as_agent
-from tests.forwardutil import Stack, running_stack, wait_for
+from tests.forwardutil import Stack, running_stack, version_of, wait_for
+from tests.test_forwarding import Flow, flow, return_values  # noqa: F401  (flow: the fixture)
 
 pytestmark = pytest.mark.db
 
@@ -100,3 +102,38 @@ async def test_a_held_b2b_inventory_waits_for_its_order_and_waybill_only(db_dsn:
         [inventory] = [d for d in body["documents"] if d["kind"] == "inventory"]
         assert inventory["forward_state"] == "held"
         assert [w["waiting_for"] for w in inventory["held_until"]] == [["order", "waybill"]]
+
+
+# --- the hold, in the store's transactions (no HTTP: receipts as customs would write them) ---------------------
+
+
+@pytest.fixture
+def f(flow: Flow) -> Flow:  # noqa: F811
+    return flow
+
+
+async def _submit(f: Flow, payload: dict[str, Any]) -> dict[str, Any]:
+    checked = f.pipeline.check(render(payload, signer=sign_as_agent if payload["type"] == "CEB603" else None))
+    return (await f.store.ingest(checked.message, checked.raw, submitter="test")).body
+
+
+async def _receipt(f: Flow, payload: dict[str, Any], status: str, t: int) -> None:
+    await f.post(build_receipt(RECEIPT_FOR[payload["type"]], return_values(payload, status, t)))
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_b2b_inventory_held_for_the_receipt_of_payment_it_has_goes_once_that_is_withdrawn(f: Flow) -> None:
+    """A 收款单 given is a leg like any: the inventory waits for its receipt. Customs refuses it; the exporter, who
+    needs none for a 9710 export, withdraws it — and the inventory goes with the withdrawal, the shipment complete
+    without it."""
+    s = samples.export_shipment(random.Random(75), mode="9710")
+    for p in (s.order, s.receipt, s.waybill, s.inventory):
+        await _submit(f, p)
+    for p in (s.order, s.waybill):
+        await _receipt(f, p, "2", 1)
+    await _receipt(f, s.receipt, "100", 1)
+    assert (await f.doc(s.inventory))["forward_state"] == "held"
+    body = await _submit(f, version_of(s.receipt, "3", 60))
+    assert body["documents"][0]["shipment"]["state"] == "matched"
+    assert (await f.doc(s.inventory))["forward_state"] == "queued"
+    assert f"customs:{s.inventory['guid']}" in await f.jobs()
