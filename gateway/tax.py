@@ -324,10 +324,33 @@ def returned_value(inventory: Document, returned: Sequence[Mapping[str, str]]) -
     return _given_back(inventory, _allocate(dutiable, prices), returned)
 
 
+def after_return(
+    inventory: Document, returned: Sequence[Mapping[str, str]], *, rates: TaxRates = DEFAULT_RATES
+) -> tuple[LineTax, ...]:
+    """The tax of the goods a return (CEB625 lines ``returned``: gnum, qty) leaves with the buyer, line by line: each
+    line's share of the dutiable value less what the return gives back of it (as :func:`returned_value` counts it),
+    taxed as the whole inventory was assessed (its rate, preferential or full, stays: the limits were met at the
+    release; the returned goods' tax is not levied, 海关总署公告2018年第194号). A line returned in full is left out:
+    a return of every item in full leaves none."""
+    whole = assess(inventory, annual_used=_ZERO, rates=rates)
+    back = _given_back_by_gnum(inventory, [t.dutiable_value for t in whole.lines], returned)
+    kept = ((t, t.dutiable_value - back.get(gnum_key(t.gnum), _ZERO)) for t in whole.lines)
+    return tuple(_line_tax(t.gnum, t.gcode, value, rates, whole.full_rate) for t, value in kept
+                 if value > 0 or gnum_key(t.gnum) not in back)  # fmt: skip
+
+
 def _given_back(inventory: Document, shares: list[Decimal], returned: Sequence[Mapping[str, str]]) -> Decimal:
     """returned_value over the inventory lines' shares of the dutiable value (``shares``, from _allocate)."""
+    return sum(_given_back_by_gnum(inventory, shares, returned).values(), _ZERO)
+
+
+def _given_back_by_gnum(
+    inventory: Document, shares: list[Decimal], returned: Sequence[Mapping[str, str]]
+) -> dict[str, Decimal]:
+    """What a return gives back of each item (by gnum_key): its share, times the qty returned over the item's, at most
+    the whole share, rounded down to the cent."""
     if not returned:
-        return _ZERO
+        return {}
     by_gnum = dict(zip((gnum_key(line.get("gnum")) for line in inventory.lines), shares, strict=True))
     qtys = {gnum_key(line.get("gnum")): _quantity(line.get("qty")) for line in inventory.lines}
     wanted: dict[str, Decimal] = {}
@@ -335,14 +358,14 @@ def _given_back(inventory: Document, shares: list[Decimal], returned: Sequence[M
         gnum, qty = gnum_key(line.get("gnum")), _quantity(line.get("qty"))
         if gnum in by_gnum and qty is not None:
             wanted[gnum] = wanted.get(gnum, Decimal(0)) + qty
-    total = _ZERO
+    out: dict[str, Decimal] = {}
     for gnum, qty in wanted.items():
         whole = qtys[gnum]
         if whole is None or whole <= 0:
             continue
         share = by_gnum[gnum]
-        total += share if qty >= whole else (share * qty / whole).quantize(_CENT, rounding=ROUND_FLOOR)
-    return total
+        out[gnum] = share if qty >= whole else (share * qty / whole).quantize(_CENT, rounding=ROUND_FLOOR)
+    return out
 
 
 def _quantity(raw: str | None) -> Decimal | None:

@@ -17,6 +17,7 @@ from gateway.tax import (
     SINGLE_LIMIT,
     TaxAssessment,
     TaxRates,
+    after_return,
     assess,
     returned_value,
 )
@@ -433,6 +434,21 @@ def test_a_return_naming_no_item_or_no_qty_gives_back_nothing() -> None:
     inv = inventory((CREAM, "100.00"))
     assert returned_value(inv, [{"gnum": "9", "qty": "1"}, {"gnum": "1", "qty": "x"}]) == ZERO
     assert returned_value(inv, []) == ZERO
+
+
+def test_the_tax_after_a_return_is_that_of_the_goods_kept() -> None:
+    """after_return: per line, its dutiable share less what the return gave back of it, at the inventory's rate; a
+    line returned in full is left out, one not returned stays as assessed."""
+    inv = inventory((CREAM, "100.00"), (MILK, "200.00"), freight="30.00")
+    inv.lines[1]["qty"] = "4"
+    whole = assess(inv, annual_used=ZERO)
+    assert after_return(inv, []) == whole.lines
+    [kept] = after_return(inv, [{"gnum": "1", "qty": "1"}])  # the cream back in full: the milk's tax alone
+    assert kept == whole.lines[1]
+    cream, milk = after_return(inv, [{"gnum": "2", "qty": "1"}])  # one of four tins: ¥55.00 of ¥220.00 back
+    assert cream == whole.lines[0] and milk.dutiable_value == Decimal("165.00")
+    assert milk.value_added_tax == Decimal("15.02")  # 165.00 × 13 % × 0.7 = 15.015, rounded half-up
+    assert after_return(inv, [{"gnum": "1", "qty": "1"}, {"gnum": "2", "qty": "4"}]) == ()
 
 
 def test_a_concluded_return_counts_toward_the_year_no_more_nor_against_the_annual_limit() -> None:
