@@ -201,6 +201,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     from gateway.sandbox import start_sandbox
+    from gateway.sandbox.app import sandbox_state_dir
     from gateway.server import settled_heap, stopped_by_signals
 
     async def run() -> None:
@@ -214,6 +215,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
             failure_rate=args.failure_rate,
             warehouse_callback_url=args.warehouse_callback_url,
             warehouse_callback_headers={"X-API-Key": args.warehouse_key} if args.warehouse_key else {},
+            state_dir=sandbox_state_dir(args.data_dir),
         )
         print(f"customs sandbox on {sandbox.url}: POST /dxp /ceb /inspection /warehouse/orders", flush=True)
         stop = asyncio.Event()
@@ -349,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warehouse-key", help="API key (role warehouse) sent with the callbacks as X-API-Key")
     p.add_argument("--delay-ms", type=float, default=500.0, help="delay before each receipt (default 500)")
     p.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests answered 503 (default 0)")
+    p.add_argument("--data-dir", help="keep its ledgers in DATA_DIR/sandbox and go on from them when started again "
+                   "(as cbec serve does in its data folder); default: in memory only")  # fmt: skip
     p.set_defaults(func=_cmd_sandbox)
 
     p = sub.add_parser("ukey-sandbox", help="play a UKey's E-Port client control, a TEST card in it (docs/sandbox.md)")
@@ -424,6 +428,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from gateway.sandbox.state import StateUnusable
+
+        if isinstance(exc, StateUnusable):  # cbec serve's or cbec sandbox's: one line, what to do about it
+            print(f"cbec: the customs sandbox's state: {exc} (stop the other sandbox, or move the folder away to "
+                  "start it afresh)", file=sys.stderr)  # fmt: skip
+            return 2
         if not _database_unusable(exc):
             raise
         # a wrong or unreachable --database-url, a database not migrated: one line, not a traceback

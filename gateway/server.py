@@ -740,6 +740,7 @@ async def serve(
                     others.start(settings.processes - 1)
                 if sandboxed:
                     from gateway.sandbox import start_sandbox
+                    from gateway.sandbox.app import sandbox_state_dir
 
                     ask_urls, certs = await sandbox_realtime(url, settings.realtime, platform_keys)
                     sandbox = await start_sandbox(
@@ -755,6 +756,8 @@ async def serve(
                         # verifies their uploads with their certificates
                         realtime_ask_urls=ask_urls,
                         realtime_certs=certs,
+                        # customs remembers what it released: a restart on the same data goes on from its ledgers
+                        state_dir=sandbox_state_dir(settings.data_dir),
                     )
                     log.info("customs_sandbox", url=sandbox.url, note="no customs endpoint configured")
                 if fwd.enabled:

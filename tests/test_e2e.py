@@ -36,6 +36,7 @@ from gateway.workers import submit_and_wait_released
 from tests.apiutil import ADMIN, EBP_CODE, OPERATOR, PLATFORM_A, openapi_check
 from tests.forwardutil import (
     CUSTOMS_KEY,
+    SANDBOX_FAST,
     WAREHOUSE_KEY,
     Stack,
     key_path,
@@ -492,6 +493,10 @@ async def test_cbec_serve_runs_its_own_sandbox(db_dsn: str, tmp_path: Path) -> N
     log = err.decode()
     assert proc.returncode == 0, log[-2000:]
     assert logged(log, "customs_sandbox")
+    # the sandbox kept what it released in the data folder (<data_dir>/sandbox), to go on from it when started again
+    state = json.loads((tmp_path / "var" / "sandbox" / "state.json").read_bytes())
+    assert sorted(key for key, _ in state["tables"]["inventories"]) == sorted(
+        [s.inventory_doc["ebcCode"], s.inventory_doc["orderNo"]] for s in ships)
     # no error, and no callback refused or unlinked
     assert not [e for e in log.splitlines()
                 if '"level":"error"' in e or ('"level":"warning"' in e and "warehouse_callback" in e)]  # fmt: skip
@@ -1274,6 +1279,38 @@ async def test_an_import_cancellation_concludes_at_the_sandbox_and_the_parcel_is
         anew = next(d for d in (await stack.client.get(path)).body["documents"] if d["doc_guid"] == second)
         assert anew["customs"]["code"] == "800" and anew["invt_no"] not in (None, inventory["invt_no"])
         assert await quota(stack, s) == [counted] and sandbox.quota_used[buyer] == value
+
+
+async def test_a_parcel_released_before_the_sandbox_restarted_is_cancelled_after(db_dsn: str, tmp_path: Path) -> None:
+    """The gateway and its sandbox stopped and started again on the same data (./ops/run twice on one ./var): the
+    sandbox goes on from the state it kept (cbec serve: <data_dir>/sandbox), so the cancellation (CEB623) of a parcel it
+    released in the first run concludes in the second — CEB624 2 → 120 → 399, the quota given back on both sides —
+    rather than being refused as naming an inventory customs does not hold (2 → 100)."""
+    s = shipment(134)
+    state = tmp_path / "sandbox"
+    first = await start_sandbox(state_dir=state, **SANDBOX_FAST)
+    try:
+        async with running_stack(db_dsn, sandbox=first) as stack:
+            _, inventory = await released_import(stack, s)
+    finally:
+        await first.stop()
+    second = await start_sandbox(state_dir=state, **SANDBOX_FAST)
+    try:
+        async with running_stack(db_dsn, sandbox=second) as stack:
+            buyer = s.inventory_doc["buyerIdNumber"].upper()
+            assert second.sandbox.quota_used[buyer] > 0
+            cancel = samples.import_cancellation(random.Random(134), s.inventory_doc, inventory["invt_no"])
+            await stack.submit(json.loads(json.dumps(cancel, default=str)))
+
+            async def concluded() -> bool:
+                status = "SELECT customs_status FROM documents WHERE message_type = 'CEB623'"
+                return await stack.fetchval(status) in ("399", "100")
+
+            await wait_for(concluded, timeout=20, what="the cancellation answered")
+            assert await applied_receipts(stack, ("CEB624",)) == {"CEB624": ["2", "120", "399"]}
+            assert await quota(stack, s) == [0] and second.sandbox.quota_used[buyer] == 0
+    finally:
+        await second.stop()
 
 
 async def test_a_seller_hears_of_its_bonded_parcel_cancelled_and_declared_anew(db_dsn: str) -> None:

@@ -128,8 +128,8 @@ def tax_bills(rec: Recorder, code: str = "CEB816") -> list[dict[str, Any]]:
     its envelope."""
     out = []
     for r in rec.requests:
-        env = dxp.unwrap(r.body)
-        if r.path == "/v1/receipts" and env.msg_type == f"{code}Message":
+        env = dxp.unwrap(r.body) if r.path == "/v1/receipts" else None
+        if env is not None and env.msg_type == f"{code}Message":
             for head in etree.fromstring(env.data).iter(f"{C}{BY_CODE[code].head}"):
                 out.append({"env": env, **{etree.QName(c).localname: c.text or "" for c in head}})
     return out
@@ -682,6 +682,17 @@ async def test_a_cancellation_or_a_full_return_voids_a_bill_not_yet_consolidated
     assert [c["status"] for c in tax_bills(http_recorder, "CEB818") if c["invtNo"] == late] == ["2"]
 
 
+def _return_version(s: Any, invt_no: str, key: Any, items: list[int] | None, *, app_type: str = "1",
+                    minutes: int = 0) -> bytes:
+    """A return (CEB625) of the sample shipment ``s``'s items ``items`` (all: None) in full: a new one, or (appType
+    2 / 3, ``minutes`` later) a change or withdrawal of the one before."""
+    from gateway.render import render
+
+    payload = samples.import_return(random.Random(minutes), s.inventory_doc, invt_no, now=NOW, items=items)
+    payload["documents"][0].update(appType=app_type, appTime=f"{NOW + timedelta(minutes=minutes):%Y%m%d%H%M%S}")
+    return render(payload, signer=lambda root: signing.sign(root, key))
+
+
 async def test_temp_save_gets_status_1(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:
@@ -1132,6 +1143,172 @@ async def test_a_sandbox_started_again_gives_no_number_its_earlier_run_gave(
     released = receipts(http_recorder, lambda r: r["type"] == "CEB622" and r["returnStatus"] == "800")
     assert len(released) == 2
     assert len({r["invtNo"] for r in released}) == len({r["preNo"] for r in released}) == 2
+
+
+@pytest.fixture(scope="module")
+def schemas() -> SchemaSet:
+    """One compiled set of XSDs for the sandboxes a test starts and starts again (as cbec serve hands its own)."""
+    sset = SchemaSet()
+    sset.preload()
+    return sset
+
+
+def _inventory_of(sb: RunningSandbox, s: Any) -> Any:
+    return next(r for r in sb.sandbox.inventories.values() if r.doc.head["orderNo"] == s.inventory_doc["orderNo"])
+
+
+async def test_a_sandbox_started_again_on_its_state_goes_on_from_its_ledgers(
+    http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any, tmp_path: Path, schemas: SchemaSet
+) -> None:
+    """./ops/run stopped and started again on the same ./var (cbec serve keeps its sandbox's state in
+    <data_dir>/sandbox): what customs released before is still its own. A return and a cancellation of parcels the
+    first run released conclude in the second (399, not 100 "no such inventory"), their quota given back, the bill
+    corrected or voided; a warehouse order taken before is cancelled (200, not 404); the numbers go on."""
+    config = {"receipt_url": http_recorder.url + "/v1/receipts", "receipt_delay": 0.01, "tax_bill_status": False,
+              "schemas": schemas, "state_dir": tmp_path / "sandbox"}  # fmt: skip
+    kept, gone = (samples.shipment(random.Random(seed), order_no=f"RESTART-{seed}", now=NOW, n_items=2)
+                  for seed in (61, 62))  # fmt: skip
+    order = {"schema": "cbec.warehouse-order.v1", "orderId": "O-RESTART", "direction": "outbound",
+             "callbackUrl": http_recorder.url + "/cb", "reference": {"orderNo": "RESTART-61"}, "items": []}  # fmt: skip
+    def sign(root: Any) -> None:
+        signing.sign(root, rsa_key)
+
+    first = await start_sandbox(**config)
+    try:
+        for s in (kept, gone):
+            await declare_all(client, first, samples.render_shipment(s, signer=sign))
+        async with client.post(first.url + "/warehouse/orders", json=order) as resp:
+            assert resp.status == 201
+        await first.wait_idle()
+        before = {s.inventory_doc["orderNo"]: _inventory_of(first, s) for s in (kept, gone)}
+        quota = dict(first.sandbox.quota_used)
+        serial = first.sandbox._serial.last
+    finally:
+        await first.stop()
+    assert (tmp_path / "sandbox" / "state.json").exists()
+
+    second = await start_sandbox(**config)
+    try:
+        assert dict(second.sandbox.quota_used) == quota and second.sandbox._serial.last >= serial
+        assert {s.inventory_doc["orderNo"]: _inventory_of(second, s).invt_no for s in (kept, gone)} == {
+            no: r.invt_no for no, r in before.items()}  # fmt: skip
+        record, cancelled = before[kept.inventory_doc["orderNo"]], before[gone.inventory_doc["orderNo"]]
+        await post_dxp(client, second.url, _return_version(kept, record.invt_no, rsa_key, [1]))
+        await post_dxp(client, second.url, _import_reference("CEB623", gone, cancelled.invt_no, rsa_key))
+        async with client.post(second.url + "/warehouse/orders/O-RESTART/cancel", json={"reason": "买家取消"}) as resp:
+            assert resp.status == 200 and (await resp.json())["duplicate"] is False
+        await second.wait_idle()
+        assert statuses(http_recorder, "CEB626") == ["2", "120", "399"]
+        assert statuses(http_recorder, "CEB624") == ["2", "120", "399"]
+        changes = {(b["env"].msg_type, b["invtNo"]): b["status"] for code in ("CEB816", "CEB818")
+                   for b in tax_bills(http_recorder, code)}  # fmt: skip
+        assert changes[("CEB818Message", cancelled.invt_no)] == "3"
+        assert len([b for b in tax_bills(http_recorder) if b["invtNo"] == record.invt_no]) == 1
+        given = _inventory_of(second, kept).returned
+        assert 0 < given < record.value
+        expected = dict(quota)
+        expected[kept.inventory_doc["buyerIdNumber"].upper()] -= given
+        expected[gone.inventory_doc["buyerIdNumber"].upper()] -= cancelled.value
+        assert dict(second.sandbox.quota_used) == expected
+        callbacks = [json.loads(r.body)["status"] for r in http_recorder.requests if r.path == "/cb"]
+        assert callbacks[-1] == "cancelled"
+        # a parcel declared now gets a number of its own
+        await declare_all(client, second, legs(rsa_key, seed=63))
+        await second.wait_idle()
+        assert _released_invt_no(http_recorder) not in {r.invt_no for r in before.values()}
+    finally:
+        await second.stop()
+
+
+async def test_a_consolidation_due_when_the_sandbox_stopped_is_sent_once_it_starts_again(
+    http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any, tmp_path: Path, schemas: SchemaSet
+) -> None:
+    """A bill out, its return window (tax_bill_status_delay) still open when the sandbox stops: started again on its
+    state, the sandbox consolidates it when the window closes (CEB818 2, the returnTime the first run planned)."""
+    config = {"receipt_url": http_recorder.url + "/v1/receipts", "receipt_delay": 0.01, "tax_bill_status_delay": 1.0,
+              "schemas": schemas, "state_dir": tmp_path / "sandbox"}  # fmt: skip
+    first = await start_sandbox(**config)
+    try:
+        await declare_all(client, first, legs(rsa_key, seed=64))
+        await http_recorder.wait_for(1, where=lambda r: dxp.unwrap(r.body).msg_type == "CEB816Message")
+    finally:
+        await first.stop()
+    assert tax_bills(http_recorder, "CEB818") == []
+    second = await start_sandbox(**config)
+    try:
+        await second.wait_idle()
+    finally:
+        await second.stop()
+    (bill,), (settled,) = tax_bills(http_recorder), tax_bills(http_recorder, "CEB818")
+    assert (settled["invtNo"], settled["taxNo"], settled["status"]) == (bill["invtNo"], bill["taxNo"], "2")
+    waited = datetime.strptime(settled["returnTime"], "%Y%m%d%H%M%S%f") - datetime.strptime(bill["returnTime"],
+                                                                                            "%Y%m%d%H%M%S%f")
+    assert waited.total_seconds() == pytest.approx(1.0, abs=0.002) and settled["entDutyNo"].startswith("D")
+
+
+async def test_a_state_folder_holds_one_sandbox_and_what_it_took_before_a_crash(
+    http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any, tmp_path: Path, schemas: SchemaSet
+) -> None:
+    """The state folder is locked while a sandbox uses it: a second one on it is refused. What a sandbox took is in
+    the folder as it answers (its journal), not only when it stops: a copy taken while it runs — what a kill leaves —
+    holds the parcel, and a last journal line cut short there is left out."""
+    from gateway.sandbox.state import JOURNAL, StateInUse
+
+    config = {"receipt_url": http_recorder.url + "/v1/receipts", "receipt_delay": 0.01, "schemas": schemas}
+    running = await start_sandbox(state_dir=tmp_path / "sandbox", **config)
+    try:
+        with pytest.raises(StateInUse):
+            await start_sandbox(state_dir=tmp_path / "sandbox", **config)
+        s = samples.shipment(random.Random(65), order_no="CRASH-65", now=NOW)
+        await declare_all(client, running, samples.render_shipment(s, signer=lambda root: signing.sign(root, rsa_key)))
+        held = _inventory_of(running, s)
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        for name in ("state.json", JOURNAL):
+            (crashed / name).write_bytes((tmp_path / "sandbox" / name).read_bytes())
+        with (crashed / JOURNAL).open("ab") as journal:
+            journal.write(b'[["orders",["x"')  # a line the kill cut short
+        await running.wait_idle()
+    finally:
+        await running.stop()
+    again = await start_sandbox(state_dir=crashed, **config)
+    try:
+        record = _inventory_of(again, s)
+        assert (record.invt_no, record.value, record.doc.lines) == (held.invt_no, held.value, held.doc.lines)
+        assert ("x",) not in again.sandbox.orders
+    finally:
+        await again.stop()
+
+
+def test_the_command_lines_keep_the_sandbox_state_in_the_data_folder(tmp_path: Path) -> None:
+    """`cbec sandbox --data-dir D` and `python -m gateway.sandbox --data-dir D` keep the state where `cbec serve
+    --data-dir D` keeps its sandbox's: D/sandbox; without it, in memory."""
+    from gateway.cli import build_parser
+    from gateway.sandbox.__main__ import _args
+    from gateway.sandbox.app import sandbox_state_dir
+
+    assert sandbox_state_dir(build_parser().parse_args(["sandbox", "--data-dir", str(tmp_path)]).data_dir) == (
+        tmp_path / "sandbox")
+    assert sandbox_state_dir(_args(["--data-dir", str(tmp_path)]).data_dir) == tmp_path / "sandbox"
+    assert sandbox_state_dir(build_parser().parse_args(["sandbox"]).data_dir) is None
+    assert sandbox_state_dir(_args([]).data_dir) is None
+
+
+async def test_cbec_sandbox_on_a_state_folder_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    """A second sandbox on the data folder of a running one (cbec sandbox --data-dir beside ./ops/run on the same
+    ./var) would mix two ledgers: refused at start, in one line that says what to do, exit status 2."""
+    running = await start_sandbox(state_dir=tmp_path / "sandbox", validate_schema=False)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "sandbox", "--port", "0", "--data-dir", str(tmp_path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await running.stop()
+    assert proc.returncode == 2, (out, err)
+    assert err.decode().strip().splitlines() == [
+        f"cbec: the customs sandbox's state: another sandbox keeps its state in {tmp_path / 'sandbox'} (stop the "
+        "other sandbox, or move the folder away to start it afresh)"]  # fmt: skip
 
 
 def test_serial_numbers_follow_the_clock_and_never_repeat() -> None:

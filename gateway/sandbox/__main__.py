@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import signal
 from decimal import Decimal
+from pathlib import Path
 
-from gateway.sandbox.app import SandboxConfig, seconds, start_sandbox
+from gateway.sandbox.app import SandboxConfig, sandbox_state_dir, seconds, start_sandbox
 
 
 def _args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +41,9 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: one receipt delay)")
     p.add_argument("--warehouse-callback-url")
     p.add_argument("--warehouse-callback-secret")
+    p.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="keep its ledgers in DIR/sandbox, to go on from them when started again (as cbec serve "
+                        "does in its data folder); default: in memory only")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -68,6 +72,7 @@ async def _run(ns: argparse.Namespace) -> None:
         tax_bill_status_delay=ns.tax_bill_status_delay,
         warehouse_callback_url=ns.warehouse_callback_url,
         warehouse_callback_secret=ns.warehouse_callback_secret,
+        state_dir=sandbox_state_dir(ns.data_dir),
     )
     print(f"customs sandbox listening on {running.url} (POST /dxp, /ceb, /inspection, /warehouse/orders)", flush=True)
     stop = asyncio.Event()

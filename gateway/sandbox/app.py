@@ -62,6 +62,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -76,6 +77,7 @@ from gateway.documents import Document, ParsedMessage, extract
 from gateway.errors import MessageRejected
 from gateway.messages import MessageType
 from gateway.sandbox import receipts as rc
+from gateway.sandbox import state as st
 from gateway.xmlsafe import parse_message, parse_xml
 
 log = logging.getLogger("cbec.sandbox")
@@ -230,6 +232,17 @@ class InventoryRecord:
     def released_by(self, moment: datetime) -> bool:
         return self.release_due is not None and self.release_due <= moment
 
+    def json(self) -> dict[str, Any]:
+        return {"doc": st.document_json(self.doc), "pre_no": self.pre_no, "invt_no": self.invt_no,
+                "value": str(self.value), "released": self.released, "release_due": st.time_json(self.release_due),
+                "returned": str(self.returned), "refund": st.optional_document_json(self.refund)}  # fmt: skip
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> InventoryRecord:
+        return cls(st.document_of(raw["doc"]), raw["pre_no"], raw["invt_no"], Decimal(raw["value"]), raw["released"],
+                   st.time_of(raw["release_due"]), Decimal(raw["returned"]),
+                   st.optional_document_of(raw["refund"]))  # fmt: skip
+
 
 #: Why no inventory: customs concluded its cancellation (Sandbox._named_inventory).
 _CANCELLED = "cancelled"
@@ -246,6 +259,58 @@ class SummaryRecord:
     pre_no: str
     sum_no: str
     inventories: list[InventoryRecord]
+
+    def json(self) -> dict[str, Any]:
+        return {"doc": st.document_json(self.doc), "pre_no": self.pre_no, "sum_no": self.sum_no,
+                "inventories": [r.json() for r in self.inventories]}  # fmt: skip
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> SummaryRecord:
+        return cls(st.document_of(raw["doc"]), raw["pre_no"], raw["sum_no"],
+                   [InventoryRecord.of(r) for r in raw["inventories"]])  # fmt: skip
+
+
+@dataclass
+class BillRecord:
+    """An import inventory's tax bill as customs keeps it (by invtNo): its status — 1 generated (sent or due), 2
+    consolidated, 3 void —, the bill as last made (head and lines; a corrected bill replaces them), whether the receiver
+    took it, and its consolidation while still to come: the payment slip, when, to whom."""
+
+    status: str
+    head: dict[str, str | None]
+    lines: list[dict[str, str]]
+    key: str = ""
+    receiver: str = ""
+    sent: bool = False
+    slip: str | None = None
+    due: datetime | None = None  # the consolidation's returnTime; None once sent, or when none is planned
+
+    def json(self) -> dict[str, Any]:
+        return {"status": self.status, "head": self.head, "lines": self.lines, "key": self.key,
+                "receiver": self.receiver, "sent": self.sent, "slip": self.slip,
+                "due": st.time_json(self.due)}  # fmt: skip
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> BillRecord:
+        return cls(raw["status"], dict(raw["head"]), [dict(line) for line in raw["lines"]], raw["key"],
+                   raw["receiver"], raw["sent"], raw["slip"], st.time_of(raw["due"]))  # fmt: skip
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+#: The ledger's tables (Sandbox.reset) and how each value is written to the state folder and read back.
+_DOCUMENT = (st.document_json, st.document_of)
+_INVENTORY = (InventoryRecord.json, InventoryRecord.of)
+TABLES: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "orders": _DOCUMENT, "payments": _DOCUMENT, "payments_by_order": _DOCUMENT, "export_receipts": _DOCUMENT,
+    "waybills": _DOCUMENT, "inventories": _INVENTORY, "export_orders": _DOCUMENT, "export_waybills": _DOCUMENT,
+    "export_inventories": _INVENTORY, "summaries": (SummaryRecord.json, SummaryRecord.of),
+    "export_returns": _DOCUMENT, "quota_used": (str, Decimal), "cancelled_inventories": _INVENTORY,
+    "bills": (BillRecord.json, BillRecord.of), "warehouse_orders": (_same, _same),
+    "realtime_sessions": (_same, _same),
+}  # fmt: skip
 
 
 def _summary_key(head: Mapping[str, str]) -> tuple[str, ...]:
@@ -368,8 +433,13 @@ def _settle(waiting: asyncio.Future[None]) -> None:
 class Sandbox:
     """State and behaviour; the aiohttp handlers are thin wrappers around it."""
 
-    def __init__(self, config: SandboxConfig, *, schemas: Any = None) -> None:
+    def __init__(self, config: SandboxConfig, *, schemas: Any = None, state_dir: Path | str | None = None) -> None:
         self.config = config
+        # where its ledgers outlive a run (gateway.sandbox.state): opened and read at start-up; None: in memory only
+        self.state_dir = None if state_dir is None else Path(state_dir)
+        self._state: st.StateFolder | None = None
+        self._changed: set[tuple[str, Any]] | None = set() if self.state_dir is not None else None
+        self._saved_serial = 0
         self.closing = asyncio.Event()
         self._sleepers: set[asyncio.Future[None]] = set()  # waits that shutting down ends (_sleep)
         self._session: aiohttp.ClientSession | None = None
@@ -392,35 +462,114 @@ class Sandbox:
         self.attempts: Counter[str] = Counter()  # every HTTP request, per CopMsgId
         self.accepted: Counter[str] = Counter()  # requests past the transport scenarios, per CopMsgId
         self.by_type: Counter[str] = Counter()
-        self.orders: dict[tuple[str, str], Document] = {}
-        self.payments: dict[tuple[str, str], Document] = {}
-        self.payments_by_order: dict[tuple[str, str], Document] = {}
-        self.export_receipts: dict[tuple[str, str], Document] = {}  # 收款单 (CEB403) by (ebcCode, orderNo)
-        self.waybills: dict[tuple[str, str], Document] = {}
-        self.inventories: dict[tuple[str, str], InventoryRecord] = {}
+        # The ledgers — what customs holds, kept in the state folder when there is one (TABLES): its tables note
+        # their changes for it.
+        changed = self._changed
+        if changed is not None:
+            changed.clear()
+        self.orders: st.Table[tuple[str, str], Document] = st.Table("orders", changed)
+        self.payments: st.Table[tuple[str, str], Document] = st.Table("payments", changed)
+        self.payments_by_order: st.Table[tuple[str, str], Document] = st.Table("payments_by_order", changed)
+        # 收款单 (CEB403) by (ebcCode, orderNo)
+        self.export_receipts: st.Table[tuple[str, str], Document] = st.Table("export_receipts", changed)
+        self.waybills: st.Table[tuple[str, str], Document] = st.Table("waybills", changed)
+        self.inventories: st.Table[tuple[str, str], InventoryRecord] = st.Table("inventories", changed)
         # customs' export system is another system (DXPEDCCEB0000003): its orders, waybills and inventories are its own
-        self.export_orders: dict[tuple[str, str], Document] = {}
-        self.export_waybills: dict[tuple[str, str], Document] = {}
-        self.export_inventories: dict[tuple[str, str], InventoryRecord] = {}
-        self.summaries: dict[tuple[str, ...], SummaryRecord] = {}  # CEB701 by (agentCode, copNo, msgSeqNo)
+        self.export_orders: st.Table[tuple[str, str], Document] = st.Table("export_orders", changed)
+        self.export_waybills: st.Table[tuple[str, str], Document] = st.Table("export_waybills", changed)
+        self.export_inventories: st.Table[tuple[str, str], InventoryRecord] = st.Table("export_inventories", changed)
+        # CEB701 by (agentCode, copNo, msgSeqNo)
+        self.summaries: st.Table[tuple[str, ...], SummaryRecord] = st.Table("summaries", changed)
         # the retail export returns (CEB213) it let back in, by (agentCode, coElNo): what an inventory's next return
         # adds to (A.32: an inventory may come back in parts, never more than it declared)
-        self.export_returns: dict[tuple[str, str], Document] = {}
-        self.quota_used: dict[str, Decimal] = {}
+        self.export_returns: st.Table[tuple[str, str], Document] = st.Table("export_returns", changed)
+        self.quota_used: st.Table[str, Decimal] = st.Table("quota_used", changed)
         # import inventories whose cancellation (CEB623) was concluded, by invtNo: void, their key free again
-        self.cancelled_inventories: dict[str, InventoryRecord] = {}
-        # the status of each import inventory's tax bill, by invtNo: 1 sent (or due), 2 consolidated, 3 void
-        self.bill_status: dict[str, str] = {}
+        self.cancelled_inventories: st.Table[str, InventoryRecord] = st.Table("cancelled_inventories", changed)
+        # each import inventory's tax bill, by invtNo
+        self.bills: st.Table[str, BillRecord] = st.Table("bills", changed)
+        # the warehouse orders it took, by orderId: its warehouseOrderNo and where its callbacks go
+        self.warehouse_orders: st.Table[str, dict[str, Any]] = st.Table("warehouse_orders", changed)
+        # the 179 sessions it opened, by sessionID: the platform and order it asked about
+        self.realtime_sessions: st.Table[str, dict[str, str]] = st.Table("realtime_sessions", changed)
+        self._tables: dict[str, st.Table[Any, Any]] = {name: getattr(self, name) for name in TABLES}
         self.receipts: list[dict[str, Any]] = []
         self.inspection: list[dict[str, Any]] = []
         self.inspection_attempts: Counter[str] = Counter()
         self.warehouse: list[dict[str, Any]] = []
         self.warehouse_attempts: Counter[str] = Counter()
-        self.warehouse_orders: dict[str, str] = {}  # orderId -> warehouseOrderNo
         self.warehouse_cancels: list[dict[str, Any]] = []  # the cancels received, as they came
         self.callbacks: list[dict[str, Any]] = []
         self.realtime_questions: list[dict[str, Any]] = []  # what it asked, and the platform's answer
         self.realtime_uploads: list[dict[str, Any]] = []  # what came, and its answer
+        if self._state is not None:  # forgotten in the state folder too
+            self._write_state()
+
+    # -- its state between runs (gateway.sandbox.state) ----------------------------------------------
+
+    def _open_state(self) -> None:
+        """Open the state folder and read the ledgers it holds (then written back as one snapshot)."""
+        assert self.state_dir is not None and self._changed is not None
+        self._state = st.StateFolder(self.state_dir)
+        try:
+            for table, key, value in self._state.read():
+                if table == "meta":
+                    if key == "serial":
+                        self._serial.resume(int(value))
+                    continue
+                holder, decode = self._tables.get(table), TABLES.get(table)
+                if holder is None or decode is None:
+                    raise st.StateUnusable(f"{self.state_dir}: no table {table!r} in this sandbox")
+                if value is None:
+                    dict.pop(holder, key, None)
+                    continue
+                try:
+                    holder.load([(key, decode[1](value))])
+                except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                    raise st.StateUnusable(f"{self.state_dir}: {table} {key!r} unreadable: {exc!r}") from None
+            self._write_state()
+        except BaseException:
+            self._state.close()
+            self._state = None
+            raise
+        log.info("sandbox state read from %s: %d inventories, %d tax bills", self.state_dir, len(self.inventories),
+                 len(self.bills))  # fmt: skip
+
+    def _snapshot(self) -> dict[str, list[tuple[Any, Any]]]:
+        tables: dict[str, list[tuple[Any, Any]]] = {
+            name: [(key, TABLES[name][0](value)) for key, value in table.items()]
+            for name, table in self._tables.items()
+        }
+        tables["meta"] = [("serial", self._serial.last)]
+        return tables
+
+    def _write_state(self) -> None:
+        assert self._state is not None and self._changed is not None
+        self._state.write(self._snapshot())
+        self._changed.clear()
+        self._saved_serial = self._serial.last
+
+    def _save(self) -> None:
+        """Put what changed in the ledgers since the last call in the state folder's journal (nothing without one).
+        Called once a change is complete (a message taken, a bill sent): never half of one."""
+        if self._state is None or self._changed is None:
+            return
+        changes: list[tuple[str, Any, Any]] = []
+        for name, key in self._changed:
+            table = self._tables[name]
+            changes.append((name, key, TABLES[name][0](table[key]) if key in table else None))
+        if self._serial.last != self._saved_serial:
+            changes.append(("meta", "serial", self._serial.last))
+        if not changes:
+            return
+        try:
+            self._state.append(changes)
+            self._changed.clear()
+            self._saved_serial = self._serial.last
+            if self._state.journal_full:
+                self._write_state()
+        except OSError as exc:  # kept in memory: it goes on, and tries again with the next change
+            log.error("sandbox state not written to %s: %s", self.state_dir, exc)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -468,7 +617,10 @@ class Sandbox:
     # -- life cycle --------------------------------------------------------------------------
 
     async def startup(self, app: web.Application) -> None:
+        if self.state_dir is not None:
+            self._open_state()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, connect=3))
+        self._resume_consolidations()
         if self.config.validate_schema:
             # Loaded before the sandbox answers, not by its first message (whose answer would wait for it).
             await self._schema_set()
@@ -486,6 +638,13 @@ class Sandbox:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+        if self._state is not None:
+            try:
+                self._save()
+                self._write_state()
+            finally:
+                self._state.close()
+                self._state = None
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -624,6 +783,7 @@ class Sandbox:
         else:
             results = self._voided_bills(parsed, plans) if mtype.code in ("CEB623", "CEB625") else []
         self._schedule(plans, scenario, receiver=sender_id, ori_cop_msg_id=cop_msg_id, bills=bills, results=results)
+        self._save()
         return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario)
 
     # -- the 179 payment data ----------------------------------------------------------------------
@@ -637,6 +797,8 @@ class Sandbox:
         question = {"orderNo": order_no, "sessionID": str(uuid.uuid4()).upper(), "serviceTime": now_ms}
         record: dict[str, Any] = {"ebpCode": ebp_code, **question, "status": None, "answer": None}
         self.realtime_questions.append(record)
+        self.realtime_sessions[question["sessionID"]] = {"ebpCode": ebp_code, "orderNo": order_no}
+        self._save()
         if url is None:
             record["answer"] = f"no platDataOpen URL of platform {ebp_code}"
             return record
@@ -662,7 +824,8 @@ class Sandbox:
             return realtime.reply(realtime.FAILURE, read, now)
         record.update(sessionID=read.session_id, guid=read.guid, orderNos=read.data.order_nos,
                       ebpCode=read.data.ebp_code)  # fmt: skip
-        asked = [q for q in self.realtime_questions if q["sessionID"] == read.session_id]
+        session = self.realtime_sessions.get(read.session_id)  # one it opened, before a restart too
+        asked = [] if session is None else [session]
         reason = None
         if not asked:
             reason = f"session {read.session_id} is none customs opened"
@@ -1089,9 +1252,11 @@ class Sandbox:
             return self._rejected("CEB626", values, label, "未找到可变更的退货申请单 (sandbox: nothing to change)")
         buyer = record.doc.head.get("buyerIdNumber", "").upper()
         concluded = [self._step("CEB626", status, values, label) for status in ("2", "120", "399")]
+        key = (record.doc.head.get("ebcCode", ""), record.doc.head.get("orderNo", ""))
         if app_type == "3":  # withdrawn: its goods count toward the buyer's year again
             self.quota_used[buyer] = self.quota_used.get(buyer, Decimal(0)) + record.returned
             record.returned, record.refund = Decimal(0), None
+            self.inventories.touch(key)
             return concluded
         items = {_gnum(line.get("gnum")): line for line in record.doc.lines}
         foreign, over = [], []
@@ -1113,6 +1278,7 @@ class Sandbox:
         given = min(tax.returned_value(record.doc, doc.lines), record.value)
         self.quota_used[buyer] = self.quota_used.get(buyer, Decimal(0)) - (given - record.returned)
         record.returned, record.refund = given, doc
+        self.inventories.touch(key)
         return concluded
 
     def _export_return(self, doc: Document, scenario: str | None) -> list[Step]:
@@ -1270,24 +1436,21 @@ class Sandbox:
             if not plan or plan[-1].status != "399" or (doc.head.get("appType") or "1").strip() == "3":
                 continue
             invt_no = plan[-1].values.get("invtNo", "")
-            if self.bill_status.get(invt_no) != "1":
+            bill = self.bills.get(invt_no)
+            if bill is None or bill.status != "1":
                 continue
             if doc.type.code == "CEB625":
                 record = next((r for r in self.inventories.values() if r.invt_no == invt_no), None)
                 if record is None or _qty_by_gnum([doc]) != _qty_by_gnum([record.doc]):
                     continue  # a part returned: the bill stands (the sandbox sends no corrected one)
-                assure = record.doc.head.get("assureCode")
-            else:
-                cancelled = self.cancelled_inventories.get(invt_no)
-                assure = cancelled.doc.head.get("assureCode") if cancelled else None
-            self.bill_status[invt_no] = "3"  # decided now: a consolidation due before it is sent goes no more
+            bill.status = "3"  # decided now: a consolidation due before it is sent goes no more
+            self.bills.touch(invt_no)
             moment = datetime.now(rc.CHINA_TZ) + timedelta(seconds=self.config.receipt_delay * (len(plan) + 1))
             if plan[0].not_before is not None:
                 moment += max(timedelta(0), plan[0].not_before - datetime.now(rc.CHINA_TZ))
-            bill = {"invtNo": invt_no, "taxNo": rc.tax_no(invt_no), "assureCode": assure}
             meta = {"code": "CEB818", "status": "3", "key": plan[-1].key, "invt_no": invt_no,
-                    "info": f"电子税单 {bill['taxNo']} 作废"}  # fmt: skip
-            out.append((meta, rc.build_tax_bills("CEB818", [rc.tax_status(bill, "3", moment=moment)])))
+                    "info": f"电子税单 {bill.head['taxNo']} 作废"}  # fmt: skip
+            out.append((meta, rc.build_tax_bills("CEB818", [rc.tax_status(bill.head, "3", moment=moment)])))
         return out
 
     def _other(self, doc: Document, scenario: str | None) -> list[Step]:
@@ -1368,14 +1531,14 @@ class Sandbox:
         for n, (doc, invt, key) in enumerate(bills):
             moment = start + timedelta(milliseconds=step_ms * (len(stages) + 1) + n)
             head, lines = rc.tax_bill(doc, invt, rc.tax_no(invt), moment=moment)
-            meta = {"code": "CEB816", "status": "1", "key": key, "info": f"电子税单 {head['taxNo']}"}
+            meta = {"code": "CEB816", "status": "1", "key": key, "info": f"电子税单 {head['taxNo']}", "invt_no": invt}
             taxes.append((meta, (head, lines)))
-            self.bill_status[invt] = "1"
+            bill = BillRecord("1", head, lines, key=key, receiver=receiver[:16] or self.config.enterprise_dxp_id)
             if slip is not None:  # the bills of one declaration go into one payment slip
-                later = moment + timedelta(milliseconds=max(1, round(delay * 1000)))
-                info = f"电子税单 {head['taxNo']} 已汇总 缴款书 {slip}"
-                settled.append(({"code": "CEB818", "status": "2", "key": key, "info": info, "invt_no": invt},
-                                rc.tax_status(head, "2", ent_duty_no=slip, moment=later)))  # fmt: skip
+                bill.slip = slip
+                bill.due = moment + timedelta(milliseconds=max(1, round(delay * 1000)))
+                settled.append((self._consolidation_meta(invt, bill), self._consolidation(bill)))
+            self.bills[invt] = bill
         if self.config.receipt_batch_max > 1 and scenario not in UNBATCHED_SCENARIOS:
             self._schedule_batched(stages, taxes, settled, receiver=receiver, ori_cop_msg_id=ori_cop_msg_id,
                                    results=results, hold=hold)  # fmt: skip
@@ -1583,12 +1746,58 @@ class Sandbox:
         if record["code"] != "CEB818" or record["status"] != "2":
             return False
         invt_no = record.get("invt_no", "")
-        if self.bill_status.get(invt_no) == "3":
+        bill = self.bills.get(invt_no)
+        if bill is not None and bill.status == "3":
             record["delivered"] = False
             record["error"] = "not sent: the bill was voided before its consolidation"
             return True
-        self.bill_status[invt_no] = "2"
+        if bill is not None:
+            bill.status, bill.due = "2", None
+            self.bills.touch(invt_no)
+            self._save()
         return False
+
+    @staticmethod
+    def _consolidation_meta(invt_no: str, bill: BillRecord) -> dict[str, Any]:
+        return {"code": "CEB818", "status": "2", "key": bill.key, "invt_no": invt_no,
+                "info": f"电子税单 {bill.head['taxNo']} 已汇总 缴款书 {bill.slip}"}  # fmt: skip
+
+    @staticmethod
+    def _consolidation(bill: BillRecord) -> TaxBill:
+        """The CEB818 moving ``bill`` to 2 consolidated into its payment slip, timed when its return window closes."""
+        return rc.tax_status(bill.head, "2", ent_duty_no=bill.slip, moment=bill.due)
+
+    def _resume_consolidations(self) -> None:
+        """At start-up: the consolidations an earlier run planned and did not send (bills the receiver took, neither
+        consolidated nor void), sent when due — at once when that time has passed — each slip's in one message."""
+        slips: dict[tuple[str, str], list[tuple[str, BillRecord]]] = {}
+        for invt_no, bill in self.bills.items():
+            if bill.status == "1" and bill.sent and bill.due is not None and bill.slip:
+                slips.setdefault((bill.receiver, bill.slip), []).append((invt_no, bill))
+        for (receiver, _), bills in slips.items():
+            due = max(bill.due for _, bill in bills if bill.due is not None)
+            records = []
+            for invt_no, bill in bills:
+                record = {**self._consolidation_meta(invt_no, bill), "cop_msg_id": None, "ori_cop_msg_id": None,
+                          "copy": 1, "delivered": None, "lost": False, "xml": None}  # fmt: skip
+                self.receipts.append(record)
+                records.append((record, self._consolidation(bill)))
+            self._spawn(self._send_when_due(due, records, receiver))
+
+    async def _send_when_due(self, due: datetime, items: list[tuple[dict[str, Any], TaxBill]], receiver: str) -> None:
+        if await self._sleep((due - datetime.now(rc.CHINA_TZ)).total_seconds()):
+            await self._send_tax_bills("CEB818", items, receiver)
+        else:
+            _shut_down(record for record, _ in items)
+
+    def _bills_taken(self, records: list[dict[str, Any]]) -> None:
+        """The receiver took these tax bills (CEB816): their consolidation is resumed after a restart."""
+        for record in records:
+            bill = self.bills.get(record.get("invt_no", "")) if record["code"] == "CEB816" else None
+            if bill is not None and not bill.sent:
+                bill.sent = True
+                self.bills.touch(record["invt_no"])
+        self._save()
 
     async def _post_receipt(self, records: list[dict[str, Any]], env: bytes) -> None:
         """POST one receipt message (its records: one per return element) with retries; record the outcome."""
@@ -1611,6 +1820,7 @@ class Sandbox:
                         for record in records:
                             record["delivered"] = True
                             record["http_status"] = resp.status
+                        self._bills_taken(records)
                         return
                     error = f"HTTP {resp.status}"
                     if 400 <= resp.status < 500 and resp.status not in (408, 429):
@@ -1657,10 +1867,15 @@ class Sandbox:
             return resp
         self.warehouse.append(body)
         if oid in self.warehouse_orders:  # idempotent: same number, no new callbacks
-            return _json({"warehouseOrderNo": self.warehouse_orders[oid], "orderId": oid, "duplicate": True}, 200)
+            number = self.warehouse_orders[oid]["warehouseOrderNo"]
+            return _json({"warehouseOrderNo": number, "orderId": oid, "duplicate": True}, 200)
         number = f"WH{len(self.warehouse_orders) + 1:08d}"
-        self.warehouse_orders[oid] = number
         url = body.get("callbackUrl") or self.config.warehouse_callback_url
+        # what a cancel of it needs, after a restart too
+        self.warehouse_orders[oid] = {"warehouseOrderNo": number, "callbackUrl": url if isinstance(url, str) else None,
+                                      "direction": body["direction"], "reference": body.get("reference") or {},
+                                      "cancelled": False}  # fmt: skip
+        self._save()
         if isinstance(url, str) and url and scenario != "LOSTRCPT":
             statuses: list[tuple[str, str | None]]
             if scenario == "REJECT":
@@ -1686,16 +1901,18 @@ class Sandbox:
         resp = await self.transport(scenario, self.warehouse_attempts[f"cancel:{order_id}"])
         if resp is not None:
             return resp
-        number = self.warehouse_orders.get(order_id)
-        if number is None:
+        order = self.warehouse_orders.get(order_id)
+        if order is None:
             return _json({"code": "unknown_order", "reason": f"no order {order_id} here"}, 404)
-        repeated = any(c["orderId"] == order_id for c in self.warehouse_cancels)
+        number, repeated = order["warehouseOrderNo"], bool(order["cancelled"])
         self.warehouse_cancels.append({**body, "orderId": order_id})
-        order = next((o for o in self.warehouse if o.get("orderId") == order_id), {})
-        url = order.get("callbackUrl") or self.config.warehouse_callback_url
+        if not repeated:
+            self.warehouse_orders[order_id] = {**order, "cancelled": True}
+            self._save()
+        url = order["callbackUrl"] or self.config.warehouse_callback_url
         if not repeated and isinstance(url, str) and url and scenario != "LOSTRCPT":
-            event = self._callback_body({**order, "orderId": order_id, "direction": order.get("direction", "outbound")},
-                                        number, "cancelled", body.get("reason") or None)  # fmt: skip
+            event = self._callback_body({**order, "orderId": order_id}, number, "cancelled",
+                                        body.get("reason") or None)  # fmt: skip
             self._spawn(self._send_callbacks(url, [event]))
         return _json({"warehouseOrderNo": number, "orderId": order_id, "duplicate": repeated}, 200)
 
@@ -1910,11 +2127,15 @@ async def _health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
-def create_sandbox_app(config: SandboxConfig | None = None, *, schemas: Any = None) -> web.Application:
+def create_sandbox_app(
+    config: SandboxConfig | None = None, *, schemas: Any = None, state_dir: Path | str | None = None
+) -> web.Application:
     """The sandbox as an aiohttp application (run it with any aiohttp runner); ``schemas``: a
-    gateway.schema.SchemaSet of the same process to validate with (by default it compiles its own)."""
+    gateway.schema.SchemaSet of the same process to validate with (by default it compiles its own); ``state_dir``: a
+    folder where its ledgers outlive the run (gateway.sandbox.state; read when it starts), else they are in memory
+    only."""
     app = web.Application(client_max_size=16 * 1024 * 1024)
-    sb = Sandbox(config or SandboxConfig(), schemas=schemas)
+    sb = Sandbox(config or SandboxConfig(), schemas=schemas, state_dir=state_dir)
     app[SANDBOX_KEY] = sb
     app.on_startup.append(sb.startup)
     app.on_shutdown.append(sb.shutdown)
@@ -1934,6 +2155,12 @@ def create_sandbox_app(config: SandboxConfig | None = None, *, schemas: Any = No
     app.router.add_route("*", "/sandbox/config", _config)
     app.router.add_get("/healthz", _health)
     return app
+
+
+def sandbox_state_dir(data_dir: Path | str | None) -> Path | None:
+    """Where the sandbox of a data folder (``cbec serve``'s ``data_dir``, ``cbec sandbox --data-dir``) keeps its
+    state: its ``sandbox`` folder; None (no data folder): in memory."""
+    return None if data_dir is None else Path(data_dir) / "sandbox"
 
 
 @dataclass
@@ -1961,11 +2188,11 @@ class RunningSandbox:
 
 
 async def start_sandbox(
-    host: str = "127.0.0.1", port: int = 0, *, schemas: Any = None, **config: Any
+    host: str = "127.0.0.1", port: int = 0, *, schemas: Any = None, state_dir: Path | str | None = None, **config: Any
 ) -> RunningSandbox:
-    """Start the sandbox on ``host:port`` (0: a free port) and return its URL and handles (``schemas``: see
-    create_sandbox_app)."""
-    app = create_sandbox_app(SandboxConfig(**config), schemas=schemas)
+    """Start the sandbox on ``host:port`` (0: a free port) and return its URL and handles (``schemas``, ``state_dir``:
+    see create_sandbox_app)."""
+    app = create_sandbox_app(SandboxConfig(**config), schemas=schemas, state_dir=state_dir)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

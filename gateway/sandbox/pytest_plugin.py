@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -27,7 +28,7 @@ from gateway.sandbox.recorder import Recorder, start_recorder
 ENV_URL = "CBEC_CUSTOMS_SANDBOX_URL"
 
 #: Fast settings for tests: receipts within milliseconds, TIMEOUT- held 5 s (longer than any test timeout).
-TEST_CONFIG: dict[str, object] = {
+TEST_CONFIG: dict[str, Any] = {
     "receipt_delay": 0.005,
     "slow_delay": 0.05,
     "timeout_delay": 5.0,

@@ -151,16 +151,23 @@ def tax_bill(
     h = inventory.head
     head = {
         "guid": new_guid(), "returnTime": return_time(moment), "invtNo": invt_no, "taxNo": tax_no,
-        "customsTax": str(assessment.customs_tax), "valueAddedTax": str(assessment.value_added_tax),
-        "consumptionTax": str(assessment.consumption_tax), "status": "1",
+        **_taxes(assessment.lines), "status": "1",
         **{name: h.get(name) for name in ("assureCode", "ebcCode", "logisticsCode", "agentCode", "customsCode")},
     }  # fmt: skip
-    lines = [
-        {"gnum": t.gnum, "gcode": t.gcode, "taxPrice": str(t.dutiable_value), "customsTax": str(t.customs_tax),
-         "valueAddedTax": str(t.value_added_tax), "consumptionTax": str(t.consumption_tax)}
-        for t in assessment.lines
-    ]  # fmt: skip
-    return head, lines
+    return head, _tax_lines(assessment.lines)
+
+
+def _taxes(lines: Sequence[tax.LineTax]) -> dict[str, str]:
+    """A bill's three taxes: the sums of its rounded lines (as gateway.tax.assess totals them)."""
+    return {name: str(sum((getattr(t, attr) for t in lines), Decimal("0.00")))
+            for name, attr in (("customsTax", "customs_tax"), ("valueAddedTax", "value_added_tax"),
+                               ("consumptionTax", "consumption_tax"))}  # fmt: skip
+
+
+def _tax_lines(lines: Sequence[tax.LineTax]) -> list[dict[str, str]]:
+    return [{"gnum": t.gnum, "gcode": t.gcode, "taxPrice": str(t.dutiable_value), "customsTax": str(t.customs_tax),
+             "valueAddedTax": str(t.value_added_tax), "consumptionTax": str(t.consumption_tax)}
+            for t in lines]  # fmt: skip
 
 
 def tax_bill_of(
@@ -283,6 +290,15 @@ class SerialNumbers:
     def __init__(self, now: Callable[[], datetime] = lambda: datetime.now(CHINA_TZ)) -> None:
         self._now = now
         self._last = 0
+
+    @property
+    def last(self) -> int:
+        """The last serial given (0: none yet)."""
+        return self._last
+
+    def resume(self, last: int) -> None:
+        """Go on from a serial an earlier run gave (its state folder): the next is above it, whatever the clock."""
+        self._last = max(self._last, last)
 
     def __iter__(self) -> SerialNumbers:
         return self
