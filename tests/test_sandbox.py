@@ -633,8 +633,8 @@ async def test_a_cancellation_or_a_full_return_voids_a_bill_not_yet_consolidated
 ) -> None:
     """Within the return window (before the consolidation, CEB818 2), a concluded cancellation (CEB623) or a concluded
     return of every item in full (CEB625) voids the inventory's tax bill: CEB818 3 after the 399, and its consolidation
-    is not sent. A return of part of the goods leaves the bill, consolidated as due; a bill consolidated already is
-    not voided by a later cancellation."""
+    is not sent. A return of part of the goods leaves the bill out (corrected), consolidated as due; a bill
+    consolidated already is not voided by a later cancellation."""
     sandbox.config.receipt_delay = 0.05
     sandbox.config.tax_bill_status_delay = 1.5
 
@@ -691,6 +691,77 @@ def _return_version(s: Any, invt_no: str, key: Any, items: list[int] | None, *, 
     payload = samples.import_return(random.Random(minutes), s.inventory_doc, invt_no, now=NOW, items=items)
     payload["documents"][0].update(appType=app_type, appTime=f"{NOW + timedelta(minutes=minutes):%Y%m%d%H%M%S}")
     return render(payload, signer=lambda root: signing.sign(root, key))
+
+
+def _bill_records(rec: Recorder) -> list[Any]:
+    """Every CEB816/818 posted, as the gateway reads them (gateway.taxbills.records)."""
+    out = []
+    for r in rec.requests:
+        env = dxp.unwrap(r.body) if r.path == "/v1/receipts" else None
+        if env is not None and env.msg_type in ("CEB816Message", "CEB818Message"):
+            root, mtype = parse_message(env.data)
+            out += taxbills.records(root, mtype)
+    return out
+
+
+async def test_a_return_of_part_of_the_goods_within_the_window_corrects_the_bill(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """Within the return window the tax of the goods returned is not levied (the 2018 announcement: 相应税款不予征收):
+    a concluded return of part of the goods (CEB626 399) is followed by the bill corrected — a CEB816 of the same
+    taxNo, status 1, the taxes of the goods kept (gateway.tax.after_return) — which the window's end consolidates as
+    corrected; the return withdrawn gives the whole bill again, and a return of everything then voids it."""
+    from gateway import tax
+
+    sandbox.config.receipt_delay = 0.05
+    sandbox.config.tax_bill_status_delay = 2.0  # the window stays open while the returns come and go
+
+    def sign(root: Any) -> None:
+        signing.sign(root, rsa_key)
+
+    part, back = (samples.shipment(random.Random(seed), order_no=f"PART-{seed}", now=NOW, n_items=2)
+                  for seed in (41, 42))  # fmt: skip
+    for s in (part, back):
+        await declare_all(client, sandbox, samples.render_shipment(s, signer=sign))
+    await http_recorder.wait_for(2, where=lambda r: dxp.unwrap(r.body).msg_type == "CEB816Message")
+    invt = {"part": _inventory_of(sandbox, part), "back": _inventory_of(sandbox, back)}
+    first = {b["invtNo"]: b for b in tax_bills(http_recorder)}
+
+    async def returned(s: Any, name: str, items: list[int] | None, **kw: Any) -> dict[str, Any]:
+        """Post the return, wait for its 399 and the bill it changes; that bill's head (CEB816 or CEB818)."""
+        body = _return_version(s, invt[name].invt_no, rsa_key, items, **kw)
+        known = len(_bill_records(http_recorder))
+        await post_dxp(client, sandbox.url, body)
+        await http_recorder.wait_for(known + 1, where=lambda r: dxp.unwrap(r.body).msg_type in ("CEB816Message",
+                                                                                                 "CEB818Message"))
+        got = [b for code in ("CEB816", "CEB818") for b in tax_bills(http_recorder, code)]
+        return max(got, key=lambda b: b["returnTime"])
+
+    kept = tax.after_return(invt["part"].doc, [{"gnum": "1", "qty": invt["part"].doc.lines[0]["qty"]}])
+    corrected = await returned(part, "part", [1])
+    concluded = receipts(http_recorder, lambda r: r["type"] == "CEB626" and r["returnStatus"] == "399")[-1]
+    assert corrected["env"].msg_type == "CEB816Message" and corrected["status"] == "1"
+    assert corrected["taxNo"] == first[invt["part"].invt_no]["taxNo"]
+    assert corrected["returnTime"] > concluded["returnTime"]
+    assert [Decimal(corrected[name]) for name in taxbills.TAXES] == [
+        sum((getattr(t, attr) for t in kept), Decimal(0))
+        for attr in ("customs_tax", "value_added_tax", "consumption_tax")]  # fmt: skip
+    assert Decimal(corrected["valueAddedTax"]) < Decimal(first[invt["part"].invt_no]["valueAddedTax"])
+
+    bill = first[invt["back"].invt_no]
+    assert (await returned(back, "back", [1]))["status"] == "1"
+    whole = await returned(back, "back", [1], app_type="3", minutes=1)  # withdrawn: the whole bill again
+    assert whole["env"].msg_type == "CEB816Message" and whole["taxNo"] == bill["taxNo"]
+    assert [whole[name] for name in taxbills.TAXES] == [bill[name] for name in taxbills.TAXES]
+    void = await returned(back, "back", None, minutes=2)  # everything returned now
+    assert (void["env"].msg_type, void["status"], void["taxNo"]) == ("CEB818Message", "3", bill["taxNo"])
+
+    await sandbox.wait_idle(timeout=20)  # the window closes: the corrected bill is consolidated, the void one not
+    bills = taxbills.fold(_bill_records(http_recorder))
+    assert (bills[corrected["taxNo"]].status, bills[corrected["taxNo"]].amounts) == (
+        "2", tuple(Decimal(corrected[name]) for name in taxbills.TAXES))
+    assert bills[bill["taxNo"]].status == "3"
+    assert [c["status"] for c in tax_bills(http_recorder, "CEB818")] == ["3", "2"]
 
 
 async def test_temp_save_gets_status_1(
@@ -1203,7 +1274,7 @@ async def test_a_sandbox_started_again_on_its_state_goes_on_from_its_ledgers(
         changes = {(b["env"].msg_type, b["invtNo"]): b["status"] for code in ("CEB816", "CEB818")
                    for b in tax_bills(http_recorder, code)}  # fmt: skip
         assert changes[("CEB818Message", cancelled.invt_no)] == "3"
-        assert len([b for b in tax_bills(http_recorder) if b["invtNo"] == record.invt_no]) == 1
+        assert len([b for b in tax_bills(http_recorder) if b["invtNo"] == record.invt_no]) == 2  # and its correction
         given = _inventory_of(second, kept).returned
         assert 0 < given < record.value
         expected = dict(quota)

@@ -781,7 +781,7 @@ class Sandbox:
         if mtype.code == "CEB701":
             results = self._summary_results(parsed, plans)
         else:
-            results = self._voided_bills(parsed, plans) if mtype.code in ("CEB623", "CEB625") else []
+            results = self._bill_changes(parsed, plans) if mtype.code in ("CEB623", "CEB625") else []
         self._schedule(plans, scenario, receiver=sender_id, ori_cop_msg_id=cop_msg_id, bills=bills, results=results)
         self._save()
         return self._ack(cop_msg_id, mtype.root, len(parsed.documents), scenario)
@@ -1427,27 +1427,45 @@ class Sandbox:
                 out.append((meta, rc.build_customs_documents("CEB792", [(head, lines)])))
         return out
 
-    def _voided_bills(self, parsed: ParsedMessage, plans: list[list[Step]]) -> list[tuple[dict[str, Any], bytes]]:
-        """The tax bill status changes to void (CEB818 ``3``) of the inventories these plans cancel, or return every
-        item of in full (CEB624 / CEB626 399), whose bill is out and not consolidated: their goods leave the trade,
-        so the tax is not collected (a return within the window is tax-free, §6.5). A consolidated bill stays."""
+    def _bill_changes(self, parsed: ParsedMessage, plans: list[list[Step]]) -> list[tuple[dict[str, Any], bytes]]:
+        """What the cancellations and returns these plans conclude (CEB624 / CEB626 399) do to their inventories' tax
+        bills while they are out and not consolidated — within the return window, where the tax of goods that leave
+        the trade is not collected (§6.5; the 2018 announcement: 相应税款不予征收): a cancellation, or a return of
+        every item in full, voids the bill (CEB818 ``3``); a return of part of the goods corrects it (a CEB816 of the
+        same taxNo, the taxes of the goods kept, rc.corrected_tax_bill); a return changed corrects it again (or voids
+        it, now returning everything), and one withdrawn gives the whole inventory's bill again. Each a message of its
+        own after the 399. A bill consolidated, or void, stays as it is."""
         out: list[tuple[dict[str, Any], bytes]] = []
         for doc, plan in zip(parsed.documents, plans, strict=True):
-            if not plan or plan[-1].status != "399" or (doc.head.get("appType") or "1").strip() == "3":
+            if not plan or plan[-1].status != "399":
                 continue
             invt_no = plan[-1].values.get("invtNo", "")
             bill = self.bills.get(invt_no)
             if bill is None or bill.status != "1":
                 continue
-            if doc.type.code == "CEB625":
-                record = next((r for r in self.inventories.values() if r.invt_no == invt_no), None)
-                if record is None or _qty_by_gnum([doc]) != _qty_by_gnum([record.doc]):
-                    continue  # a part returned: the bill stands (the sandbox sends no corrected one)
-            bill.status = "3"  # decided now: a consolidation due before it is sent goes no more
-            self.bills.touch(invt_no)
             moment = datetime.now(rc.CHINA_TZ) + timedelta(seconds=self.config.receipt_delay * (len(plan) + 1))
             if plan[0].not_before is not None:
                 moment += max(timedelta(0), plan[0].not_before - datetime.now(rc.CHINA_TZ))
+            withdrawn = (doc.head.get("appType") or "1").strip() == "3"
+            if doc.type.code == "CEB625":
+                record = next((r for r in self.inventories.values() if r.invt_no == invt_no), None)
+                if record is None:
+                    continue
+                returned = [] if withdrawn else doc.lines
+                if withdrawn or _qty_by_gnum([doc]) != _qty_by_gnum([record.doc]):
+                    # a part returned: the bill of what the buyer keeps; withdrawn: of everything again (the spec
+                    # names no message for either: the sandbox's choice, docs/sandbox.md)
+                    head, lines = rc.corrected_tax_bill(bill.head, record.doc, returned, moment=moment)
+                    bill.head, bill.lines = head, lines
+                    self.bills.touch(invt_no)
+                    info = f"电子税单 {head['taxNo']} {'退货撤回' if withdrawn else '部分退货'}，更正"
+                    meta = {"code": "CEB816", "status": "1", "key": plan[-1].key, "invt_no": invt_no, "info": info}
+                    out.append((meta, rc.build_tax_bills("CEB816", [(head, lines)])))
+                    continue
+            elif withdrawn:
+                continue
+            bill.status = "3"  # decided now: a consolidation due before it is sent goes no more
+            self.bills.touch(invt_no)
             meta = {"code": "CEB818", "status": "3", "key": plan[-1].key, "invt_no": invt_no,
                     "info": f"电子税单 {bill.head['taxNo']} 作废"}  # fmt: skip
             out.append((meta, rc.build_tax_bills("CEB818", [rc.tax_status(bill.head, "3", moment=moment)])))

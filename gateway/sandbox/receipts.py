@@ -157,6 +157,19 @@ def tax_bill(
     return head, _tax_lines(assessment.lines)
 
 
+def corrected_tax_bill(
+    bill: Mapping[str, str | None], inventory: Document, returned: Sequence[Mapping[str, str]], *,
+    moment: datetime | None = None, rates: TaxRates = DEFAULT_RATES,
+) -> tuple[dict[str, str | None], list[dict[str, str]]]:  # fmt: skip
+    """The tax bill ``bill`` (the head of its CEB816) corrected once a return of part of the inventory's goods
+    (``returned``: its lines, gnum and qty) was concluded within the return window: the same taxNo, status 1
+    generated, a new guid and returnTime, and the taxes of the goods kept (gateway.tax.after_return: the returned
+    goods' tax is not levied). ``returned`` empty — the return withdrawn — gives the whole inventory's bill again."""
+    kept = tax.after_return(inventory, returned, rates=rates)
+    head = {**bill, "guid": new_guid(), "returnTime": return_time(moment), **_taxes(kept), "status": "1"}
+    return head, _tax_lines(kept)
+
+
 def _taxes(lines: Sequence[tax.LineTax]) -> dict[str, str]:
     """A bill's three taxes: the sums of its rounded lines (as gateway.tax.assess totals them)."""
     return {name: str(sum((getattr(t, attr) for t in lines), Decimal("0.00")))
