@@ -764,6 +764,26 @@ async def test_a_return_of_part_of_the_goods_within_the_window_corrects_the_bill
     assert [c["status"] for c in tax_bills(http_recorder, "CEB818")] == ["3", "2"]
 
 
+async def test_a_return_concluded_after_the_window_leaves_the_bill_as_consolidated(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
+) -> None:
+    """A return of part of the goods taken just before the window closes but concluded (399) after it: customs
+    consolidates the bill as it was and sends no correction — one dated after the consolidation would read as the
+    bill generated (1) again, its consolidation undone."""
+    sandbox.config.receipt_delay = 0.05
+    sandbox.config.tax_bill_status_delay = 0.1  # closes before the return's 399, three receipt delays on
+    s = samples.shipment(random.Random(43), order_no="PART-43", now=NOW, n_items=2)
+    await declare_all(client, sandbox, samples.render_shipment(s, signer=lambda root: signing.sign(root, rsa_key)))
+    await http_recorder.wait_for(1, where=lambda r: dxp.unwrap(r.body).msg_type == "CEB816Message")
+    await post_dxp(client, sandbox.url, _return_version(s, _inventory_of(sandbox, s).invt_no, rsa_key, [1]))
+    await sandbox.wait_idle(timeout=20)
+    assert statuses(http_recorder, "CEB626") == ["2", "120", "399"]
+    [bill] = tax_bills(http_recorder)
+    assert [c["status"] for c in tax_bills(http_recorder, "CEB818")] == ["2"]
+    [folded] = taxbills.fold(_bill_records(http_recorder)).values()
+    assert (folded.status, folded.amounts) == ("2", tuple(Decimal(bill[name]) for name in taxbills.TAXES))
+
+
 async def test_temp_save_gets_status_1(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:

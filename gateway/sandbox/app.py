@@ -1453,6 +1453,10 @@ class Sandbox:
                     continue
                 returned = [] if withdrawn else doc.lines
                 if withdrawn or _qty_by_gnum([doc]) != _qty_by_gnum([record.doc]):
+                    if bill.due is not None and moment >= bill.due:
+                        # concluded once the window closed: the bill is consolidated as it was (a correction after
+                        # its consolidation would read as the bill generated again)
+                        continue
                     # a part returned: the bill of what the buyer keeps; withdrawn: of everything again (the spec
                     # names no message for either: the sandbox's choice, docs/sandbox.md)
                     head, lines = rc.corrected_tax_bill(bill.head, record.doc, returned, moment=moment)
