@@ -116,8 +116,8 @@ async def test_four_documents_in_any_order_end_released(db_dsn: str) -> None:
             assert docs["inventory"]["customs"]["code"] == "800"
             assert docs["inventory"]["customs"]["name"] == "released"
             assert docs["inventory"]["invt_no"] and docs["inventory"]["pre_no"]
-            for kind in ("order", "payment", "waybill"):
-                assert docs[kind]["forward_state"] == "receipted" and docs[kind]["customs"]["code"] == "120"
+            for kind in ("order", "payment", "waybill"):  # CEB304/404/506: 2 → 399 (spec §5.2)
+                assert docs[kind]["forward_state"] == "receipted" and docs[kind]["customs"]["code"] == "399"
             customs_jobs = [t for t in docs["inventory"]["transmissions"] if t["endpoint"] == "customs"]
             assert len(customs_jobs) == 1 and customs_jobs[0]["state"] == "done"
             assert customs_jobs[0]["history"][0]["outcome"] == "ok"
@@ -1007,8 +1007,8 @@ async def test_an_export_shipment_of_each_mode_ends_released(db_dsn: str) -> Non
             assert {d["message_type"] for d in docs.values()} == {"CEB303", "CEB403", "CEB505", "CEB603"}
             assert [r["return_status"] for r in docs["inventory"]["receipts"]] == ["2", "120", "399", "800"]
             assert docs["inventory"]["invt_no"][8] == "E"  # an export inventory number
-            for kind in ("order", "payment", "waybill"):
-                assert docs[kind]["forward_state"] == "receipted" and docs[kind]["customs"]["code"] == "120"
+            for kind in ("order", "payment", "waybill"):  # CEB304/404/506: 2 → 399 (spec §5.2)
+                assert docs[kind]["forward_state"] == "receipted" and docs[kind]["customs"]["code"] == "399"
             inv_sent = await stack.fetchval(
                 "SELECT min(a.started_at) FROM job_attempts AS a JOIN jobs AS j ON j.id = a.job_id"
                 " WHERE j.dedupe_key = $1", f"customs:{s.inventory['guid']}")  # fmt: skip

@@ -389,7 +389,7 @@ async def test_an_order_takes_no_change_once_its_inventory_is_on_file(
     assert change.count(b"<ceb:appType>2</ceb:appType>") == 1 and b"20261120095830" in change
     await post_dxp(client, sandbox.url, change, receiver=dxp.EXPORT_RECEIVER)
     await sandbox.wait_idle()
-    assert statuses(http_recorder, "CEB304") == ["2", "120", "-301011"]
+    assert statuses(http_recorder, "CEB304") == ["2", "399", "-301011"]
 
 
 async def test_single_transaction_limit(
@@ -784,6 +784,19 @@ async def test_a_return_concluded_after_the_window_leaves_the_bill_as_consolidat
     assert (folded.status, folded.amounts) == ("2", tuple(Decimal(bill[name]) for name in taxbills.TAXES))
 
 
+async def test_a_waybill_status_is_answered_with_the_statuses_its_receipt_lists(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    """CEB513 (waybill status): CEB514 2 → 399 — the XSD lists 399 for the 514 where the PDF has 120 (spec §5.2,
+    §13.1), and the XSD is normative where they differ — schema-valid, from the import system."""
+    await post_dxp(client, sandbox.url, (Path(__file__).parent / "data" / "schema" / "CEB513Message.xml").read_bytes())
+    await sandbox.wait_idle()
+    assert statuses(http_recorder, "CEB514") == ["2", "399"]
+    sset = SchemaSet()
+    for r in receipts(http_recorder):
+        assert r["env"].sender_id == dxp.IMPORT_RECEIVER and sset.validate(r["root"], BY_CODE["CEB514"]) == []
+
+
 async def test_temp_save_gets_status_1(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession, rsa_key: Any
 ) -> None:
@@ -827,7 +840,8 @@ async def test_export_declarations_are_answered_by_the_export_system(
     sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
 ) -> None:
     """The sandbox plays the CEB export system (DXPEDCCEB0000003) too: the export legs addressed to it get the export
-    receipts (CEB304/404/506 2 → 120, CEB604 2 → 120 → 399 → 800 with an export invtNo), sent by that system; an
+    receipts (CEB304/404/506 2 → 399: spec §5.2 lists no 120 for the 506, and gives the 304 and 404 only 399 in the
+    XSD, normative where the PDF differs; CEB604 2 → 120 → 399 → 800 with an export invtNo), sent by that system; an
     export message addressed to the import system is a routing error."""
     data = Path(__file__).parent / "data" / "samples"
     xmls = {code: (data / f"{code}-9610.xml").read_bytes() for code in ("CEB303", "CEB403", "CEB505", "CEB603")}
@@ -838,7 +852,7 @@ async def test_export_declarations_are_answered_by_the_export_system(
         assert (status, ack["code"]) == (200, "0000"), ack
     await sandbox.wait_idle()
     for code in ("CEB304", "CEB404", "CEB506"):
-        assert statuses(http_recorder, code) == ["2", "120"], code
+        assert statuses(http_recorder, code) == ["2", "399"], code
     assert statuses(http_recorder, "CEB604") == ["2", "120", "399", "800"]
     got = receipts(http_recorder)
     assert_from_the_export_system_and_valid(got)

@@ -98,6 +98,10 @@ NOTHING_TO_CHANGE = {"CEB311": "-301009", "CEB411": "-401008", "CEB511": "-50401
 # counterpart's, which the gateway classifies alike (duplicate, nothing to change).
 DUPLICATE_CODE |= {"CEB303": "-301010", "CEB403": "-401007", "CEB505": "-504015", "CEB603": "-621004"}
 NOTHING_TO_CHANGE |= {"CEB303": "-301009", "CEB403": "-401008", "CEB505": "-504016", "CEB603": "-621042"}
+#: Receipts whose statuses (spec §5.2) list 399 and no 120 — CEB506 in the PDF and the XSD alike; CEB304, CEB404 and
+#: CEB514 in the XSD, which the spec takes as normative where the PDF differs (its legend, [V]; the PDF lists 120) —
+#: are answered 2 → 399, as CEB508/510/606/608 are.
+CONCLUDED_NOT_ENTERED = frozenset({"CEB304", "CEB404", "CEB506", "CEB514"})
 #: A change whose appTime is not newer than the version customs holds is ignored (spec §6.5: −301014, −401012,
 #: −505016; the export declarations answered alike).
 OLDER_CODE = {"CEB311": "-301014", "CEB411": "-401012", "CEB511": "-505016"}
@@ -887,6 +891,7 @@ class Sandbox:
             "CEB701": self._summary,
             "CEB213": self._export_return,
             "CEB215": self._transport,
+            "CEB513": self._transport,  # CEB514: 2 → 399 (CONCLUDED_NOT_ENTERED)
         }.get(mtype.code, self._other)
         return [handler(doc, scenario) for doc in parsed.documents]
 
@@ -918,6 +923,8 @@ class Sandbox:
         was declared: -301011)."""
         code = doc.type.code
         rcode = rc.RECEIPT_FOR[code]
+        if rcode in CONCLUDED_NOT_ENTERED:
+            sequence = ("2", "399")
         label = "/".join(key)
         h = doc.head
         app_type, app_status = h.get("appType", "1"), h.get("appStatus", "2")
