@@ -29,8 +29,12 @@ Customs side
       ``2`` → ``100`` with the reason (the spec lists no code for them);
     * a concluded cancellation, or a concluded return of every item in full, voids the inventory's tax bill if it was
       not consolidated yet: a CEB818 ``3`` after the ``399``, and no consolidation after it (the tax of goods
-      returned within the window is not collected); a bill consolidated already stays as it is;
+      returned within the window is not collected); a return of part of the goods concluded within the window
+      corrects it (a CEB816 of the same taxNo, the taxes of the goods kept); a bill consolidated already stays as it is;
     * appStatus 1 (temp-save): one receipt ``1``.
+
+With a state folder (``state_dir``; gateway.sandbox.state) its ledgers outlive the run: started again on the same
+folder it goes on from what it held.
 
 Scenarios (a prefix of orderNo / logisticsNo / payTransactionId, or an ``X-Sandbox-Scenario`` header) make it
 misbehave on purpose: FAIL5XX, FLAKY, TIMEOUT, SLOW, LOSTRCPT, DUPRCPT, OOORCPT, REJECT, POISON. The receipts of
