@@ -191,10 +191,10 @@ def test_the_sandbox_takes_an_upload_only_of_the_platform_it_asked() -> None:
     sb = create_sandbox_app()[SANDBOX_KEY]
     data, _ = realtime.payment_data(sample())
     assert data is not None
-    sb.realtime_questions.append({"ebpCode": "4601269999", "orderNo": data.order_nos[0], "sessionID": "S-1"})
+    sb.realtime_sessions["S-1"] = {"ebpCode": "4601269999", "orderNo": data.order_nos[0]}  # the sessions it opened
     answer = sb.take_upload(upload("S-1", data, RSA, service_time=1).body)
     assert answer["code"] == "20000" and "customs asked 4601269999" in answer["message"], answer
-    sb.realtime_questions.append({"ebpCode": data.ebp_code, "orderNo": data.order_nos[0], "sessionID": "S-2"})
+    sb.realtime_sessions["S-2"] = {"ebpCode": data.ebp_code, "orderNo": data.order_nos[0]}
     assert sb.take_upload(upload("S-2", data, RSA, service_time=1).body)["code"] == "10000"
 
 
