@@ -1216,13 +1216,16 @@ async def test_config_endpoint_neither_shows_nor_changes_credentials(client: aio
     read and change the rest, but a key shown could post receipts, and a receipt_url changed would send it away."""
     from gateway.sandbox.app import start_sandbox
 
+    ask = "http://127.0.0.1:9/ceb/platDataOpen/platform-token-0123456789"  # a 179 platform's URL: its token secret
     sb = await start_sandbox(receipt_url="http://127.0.0.1:9/v1/receipts", receipt_headers={"X-API-Key": "k-secret"},
-                             warehouse_callback_secret="w-secret")  # fmt: skip
+                             warehouse_callback_secret="w-secret", realtime_ask_urls={"4601230001": ask})  # fmt: skip
     try:
         async with client.get(sb.url + "/sandbox/config") as resp:
             shown = await resp.text()
         assert resp.status == 200 and "k-secret" not in shown and "w-secret" not in shown
+        assert "platform-token" not in shown
         assert json.loads(shown)["receipt_headers"] == {"X-API-Key": "(set)"}
+        assert json.loads(shown)["realtime_ask_urls"] == {"4601230001": "http://127.0.0.1:9/ceb/platDataOpen/***"}
         for change in ({"receipt_url": "http://evil.example/"}, {"receipt_headers": {}}):
             async with client.post(sb.url + "/sandbox/config", json=change) as resp:
                 assert resp.status == 400 and "cannot be changed" in (await resp.json())["reason"]

@@ -2132,6 +2132,9 @@ def _shown(config: SandboxConfig) -> dict[str, Any]:
     out["realtime_certs"] = [signing.key_name_for(signing.certificate_serial(c)) for c in config.realtime_certs]
     out["receipt_headers"] = {name: "(set)" for name in config.receipt_headers}
     out["warehouse_callback_headers"] = {name: "(set)" for name in config.warehouse_callback_headers}
+    # a platform's platDataOpen URL ends in its secret token (whoever has it can make the gateway upload the platform's
+    # payment data): shown without it, as the gateway's log writes it
+    out["realtime_ask_urls"] = {ebp: url.rsplit("/", 1)[0] + "/***" for ebp, url in config.realtime_ask_urls.items()}
     if config.warehouse_callback_secret:
         out["warehouse_callback_secret"] = "(set)"
     return out
