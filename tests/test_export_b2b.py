@@ -79,13 +79,13 @@ async def test_a_b2b_exporter_is_released_without_a_receipt_of_payment(
 
 
 async def test_a_b2b_inventory_declared_after_its_order_and_waybill_were_taken_goes_at_once(db_dsn: str) -> None:
-    """The booking and its waybill first, answered 120 by customs; the inventory then is matched on arrival and goes
-    in its own ingest (no receipt is left to release it later)."""
+    """The booking and its waybill first, answered 399 by customs (their receipts' last status); the inventory then is
+    matched on arrival and goes in its own ingest (no receipt is left to release it later)."""
     async with running_stack(db_dsn) as stack:
         s = samples.export_shipment(random.Random(73), mode="9810")
         await _declare(stack, s, "CEB303", "CEB505")
         await stack.wait_sql("SELECT count(*) = 2 FROM documents WHERE forward_state = 'receipted'"
-                             " AND customs_status = '120'")  # fmt: skip
+                             " AND customs_status = '399'")  # fmt: skip
         await _declare(stack, s, "CEB603")
         body = await _released(stack, s)
         assert (body["state"], body["missing"]) == ("matched", [])
