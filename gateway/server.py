@@ -31,7 +31,7 @@ from aiohttp import web
 from cbec_queue.policy import RetryPolicy
 
 from gateway import db, logs, signing
-from gateway.api import KEYS, OUTBOX, PIPELINE, REALTIME, STORE, WAREHOUSE_CALLBACKS, create_app
+from gateway.api import KEYS, OUTBOX, PIPELINE, POOL, REALTIME, STORE, WAREHOUSE_CALLBACKS, create_app
 from gateway.auth import KeyRing, SharedRates
 from gateway.config import (
     METRICS_SHARED_DIR_ENV,
@@ -249,9 +249,7 @@ class Signatures:
         trusted = tuple(signing.read_certificates(settings.trusted_certs)) if settings.trusted_certs else None
         if settings.signing_ukey_url:
             place = (settings.signing_ukey_url, settings.signing_ukey_password, settings.signing_ukey_method, None)
-            # several API processes share whether the card refused: a wrong PIN is tried once, not once in each
-            refusal = multiprocessing.get_context("spawn").RawValue("b", 0) if settings.processes > 1 else None
-            return cls.on_ukey(place, settings.signing_agent_code, settings.verify_signatures, trusted, refusal)
+            return cls.on_ukey(place, settings.signing_agent_code, settings.verify_signatures, trusted)
         pem, cert_file = signing_pem(settings)
         signer = pem_signer(pem)
         _log_expiry(signer, file=str(cert_file))
@@ -264,26 +262,27 @@ class Signatures:
 
     @classmethod
     def on_ukey(cls, place: UKeyPlace, agent_code: str | None, verify: bool, trusted: tuple[bytes, ...] | None,
-                refusal: Any = None) -> Signatures:  # fmt: skip
-        """``refusal``: the flag the API processes share (UKeySigner.shared_refusal), None for one process."""
+                configuration: str | None = None) -> Signatures:  # fmt: skip
+        """``configuration``: the first process's, handed to another API process (UKeySigner.configuration: the card's
+        refusal shared, and a reload of the first process asking the card again for it too); None: this process's."""
         url, password, method, certificate = place
-        signer = UKeySigner(url, password, method=method, certificate=certificate, shared_refusal=refusal)
+        signer = UKeySigner(url, password, method=method, certificate=certificate, configuration=configuration)
         return cls(signer, agent_code, verify, trusted, None)
 
     def __reduce__(self) -> tuple[Any, ...]:
         if isinstance(self.signer, UKeySigner):
             known = self.signer.signer.backend.certificate_der if self.signer.signer is not None else None
             place = (self.signer.url, self.signer.bridge.password, self.signer.bridge.method, known)
-            return Signatures.on_ukey, (place, self.agent_code, self.verify, self.trusted, self.signer.shared_refusal)
+            return Signatures.on_ukey, (place, self.agent_code, self.verify, self.trusted, self.signer.configuration)
         return Signatures.from_pem, (self.pem, self.agent_code, self.verify, self.trusted)
 
     def same_as(self, in_force: Signatures) -> bool:
         """These (read anew) the same as those ``in_force``: the same key and certificate (files read anew compare by
         their contents) or the same UKey, PIN and method, agent and trusted list. A UKey in force that refused to sign
-        is never the same: a reload is how the operators say the card is put right (gateway.ukey.UKeySigner)."""
+        is asked again all the same (:meth:`ask_again`): a reload is how the operators say the card is put right."""
         mine, theirs = self.signer, in_force.signer
         if isinstance(mine, UKeySigner) or isinstance(theirs, UKeySigner):
-            same_key = (isinstance(mine, UKeySigner) and isinstance(theirs, UKeySigner) and theirs.refused is None
+            same_key = (isinstance(mine, UKeySigner) and isinstance(theirs, UKeySigner)
                         and (mine.url, mine.bridge.password, mine.bridge.method)
                         == (theirs.url, theirs.bridge.password, theirs.bridge.method))  # fmt: skip
         else:
@@ -292,12 +291,22 @@ class Signatures:
         return same_key and (self.agent_code, self.verify, self.trusted) == \
             (in_force.agent_code, in_force.verify, in_force.trusted)  # fmt: skip
 
+    def ask_again(self) -> None:
+        """A reload (its settings unchanged, or new ones put in): a UKey that refused is asked again by this process
+        and the API processes it handed its configuration to (gateway.ukey.CardRefusal)."""
+        if isinstance(self.signer, UKeySigner):
+            self.signer.ask_again()
+
     async def start(self) -> None:
-        """A key on a UKey: its certificate read from the card (its end logged as a key file's), unless known. A card
-        out of reach is logged and the start goes on: XML is taken as before, and JSON declarations the gateway signs
-        are answered 503 until the card answers (asked again at each)."""
+        """A key on a UKey: where this process stands with the card's refusal written (once :meth:`put_in` gave the
+        database), and its certificate read from the card (its end logged as a key file's), unless known. A card out
+        of reach is logged and the start goes on: XML is taken as before, and JSON declarations the gateway signs are
+        answered 503 until the card answers (asked again at each)."""
         ukey = self.signer
-        if not isinstance(ukey, UKeySigner) or ukey.signer is not None:
+        if not isinstance(ukey, UKeySigner):
+            return
+        await ukey.settle()
+        if ukey.signer is not None:
             return
         try:
             signer = await asyncio.wait_for(ukey.read_certificate(), UKEY_START_TIMEOUT_S)
@@ -317,8 +326,11 @@ class Signatures:
             await self.signer.close()
 
     def put_in(self, app: web.Application) -> None:
-        """In force in ``app``'s pipeline: the next message uses them (and /metrics and the console read its signer)."""
+        """In force in ``app``'s pipeline: the next message uses them (and /metrics and the console read its signer);
+        a UKey's refusal shared through its database."""
         pipeline = app[PIPELINE]
+        if isinstance(self.signer, UKeySigner):
+            self.signer.share(app[POOL])
         pipeline.signer, pipeline.signing_agent_code = self.signer, self.agent_code
         pipeline.verify_signatures, pipeline.trusted_certs = self.verify, self.trusted
 
@@ -402,10 +414,12 @@ class RealtimeReload:
         identities = {ebp: _key_identity(k) for ebp, k in keys.items()}
         if fresh == self.settings and identities == {ebp: _key_identity(k) for ebp, k in self.keys.items()}:
             for key in self.keys.values():  # a card that refused is asked again (put back, its PIN reset on it)
-                if isinstance(key, UKeyBridge) and key.refused is not None:
+                if isinstance(key, UKeyBridge):
                     key.ask_again()
-                    log.info("realtime_ukey_asked_again", url=key.url)
             return False
+        for key in keys.values():  # read by a reload: a card that refused is asked again by this process
+            if isinstance(key, UKeyBridge):
+                key.ask_again()
         self.put(fresh, keys)
         before = {p.ebp_code: (p, _key_identity(self.keys[p.ebp_code])) for p in self.settings.platforms}
         log.info("realtime_platforms_reloaded", platforms=len(fresh.platforms), signing_variant=fresh.signing_variant,
@@ -543,14 +557,16 @@ class KeyReload:
         differ from those in force, put in force here; whether they did."""
         if self.app is None or self.signatures is None:
             return False
-        try:  # for the processes running (a changed count waits for the next start): a UKey's refusal shared by them
-            signatures = Signatures.from_settings(dataclasses.replace(fresh, processes=self.running.processes))
+        try:
+            signatures = Signatures.from_settings(fresh)
         except (OSError, ValueError, TypeError) as exc:  # a file missing or unreadable, a key not its certificate's
             log.error("signatures_not_reloaded", error=str(exc),
                       note="JSON declarations are signed, and signatures verified, as before")  # fmt: skip
             return False
         if signatures.same_as(self.signatures):
+            self.signatures.ask_again()  # a card that refused, put right: asked again here and in the API processes
             return False
+        signatures.ask_again()
         signatures.put_in(self.app)
         replaced, self.signatures = self.signatures, signatures
         signer = signatures.signer

@@ -17,7 +17,8 @@ One call at a time on one connection (the control answers by method; a card sign
 250 a minute). The connection is opened on the first call and again after it broke.
 
 :class:`UKeyBridge` is the control; :class:`UKeySigner` makes the gateway's own XML signatures with it (the JSON
-declarations it signs, when the agent's key is on a card rather than in files).
+declarations it signs, when the agent's key is on a card rather than in files). :class:`CardRefusal` is a card's refusal
+of a signature as every process of the gateway shares it, through the database: a card locks after a few wrong PINs.
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ import contextlib
 import hashlib
 import itertools
 import json
-from collections.abc import AsyncIterator
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+import asyncpg
+import structlog
 from lxml import etree
 
 from gateway import signing
@@ -51,6 +57,10 @@ DEFAULT_TIMEOUT_S = 30.0
 #: answered at once (503 signing.ukey_busy, Retry-After) rather than wait longer than its sender would.
 MAX_WAITING = 32
 
+log = structlog.get_logger("gateway.ukey")
+
+T = TypeVar("T")
+
 
 class UKeyUnreachable(Exception):
     """The client control could not be reached or did not answer in time (the PC is off, the control not running):
@@ -67,13 +77,163 @@ class UKeyRefused(Exception):
 
 
 class UKeyRefusedBefore(UKeyRefused):
-    """Nothing was sent to the card: it refused a signature earlier (``why``), here or in a process sharing its
-    refusal, and is asked to sign nothing more until a reload (:meth:`UKeyBridge.ask_again`)."""
+    """Nothing was sent to the card: it refused a signature earlier (``why``), in this process or another of the
+    gateway (on any host), and this process sends it nothing more until a reload (:class:`CardRefusal`)."""
 
     def __init__(self, method: str, why: str) -> None:
         Exception.__init__(self, f"{why}; nothing more is sent to the card until a reload")
         self.errors = [why]
         self.why = why
+
+
+#: The card's row locked for a signature (ukey_refusals, sql/480): $1 url, $2 this process's configuration.
+_LOCK_CARD = """
+SELECT refused, $2::text = ANY (asked_again) AS asked_again, reason, refused_at, refused_by
+  FROM ukey_refusals WHERE url = $1 FOR UPDATE
+"""
+_NEW_CARD = "INSERT INTO ukey_refusals (url) VALUES ($1) ON CONFLICT DO NOTHING"
+#: The card refused a signature: $1 url, $2 its words, $3 host:pid of the process it refused.
+_CARD_REFUSED = """
+UPDATE ukey_refusals SET refused = true, asked_again = '{}', refusals = refusals + 1, reason = $2, refused_at = now(),
+       refused_by = $3
+ WHERE url = $1
+"""
+#: A configuration that may ask the card again (a reload, or a start after one): $1 url, $2 the configuration.
+_ASK_AGAIN = "UPDATE ukey_refusals SET asked_again = array_append(asked_again, $2) WHERE url = $1"
+_READ_CARD = "SELECT refused, asked_again, reason, refused_at, refused_by FROM ukey_refusals WHERE url = $1 FOR UPDATE"
+
+
+class CardRefusal:
+    """Whether the card behind the client control at ``url`` refused a signature (a wrong PIN, no card), as every
+    process of the gateway sees it, on every host: the card's row of ``ukey_refusals`` (sql/480), once :meth:`share`
+    gave it the database — without one (``cbec config check``, which sends no PIN) it is this process's alone.
+
+    Once the card refused, no process sends it a PIN again — a wrong PIN sent again and again locks the card — until
+    that process is reloaded (SIGHUP; :meth:`ask_again`): its ``configuration`` is then written among those that may
+    ask the card again (the row's ``asked_again``, emptied by each refusal). A process reloaded on one host does not
+    clear the refusal for one on another host that was not, which may still hold the wrong PIN. A process that starts
+    while the refusal stands asks nothing until it is reloaded too, unless a reload somewhere has asked the card again
+    since the refusal (the card or the PIN put right): a process that crashes and is started again and again does not
+    send a wrong PIN each time. The API processes of one ``cbec serve`` are handed the first one's configuration: its
+    reload is theirs.
+
+    Each signature is judged under the row's lock, held while the card answers (:meth:`judged`): of the processes
+    signing at once, the one the card refuses stops the others before they send anything, here and elsewhere.
+    ``why``: the refusal as this process last saw it (its own, or read at its last signature), for the sync readers
+    (the console's banner, /metrics); None while it may sign."""
+
+    def __init__(self, url: str, configuration: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.url = url
+        # handed over (an API process): the process that made it writes it, this one only reads where it stands; else
+        # this process's own, written once the database is given (a start: asked again only after a reload elsewhere)
+        self.configuration = configuration or secrets.token_hex(8)
+        self._unwritten: str | None = "read" if configuration else "start"
+        self.timeout_s = timeout_s  # how long the card answers at most: the row's lock is waited for a little longer
+        self.why: str | None = None
+        self.pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+        self._writing: set[asyncio.Task[None]] = set()  # writes in the background, kept until done
+
+    def share(self, pool: asyncpg.Pool) -> None:
+        """From now on through the database of ``pool`` (on its event loop): this process's configuration is written
+        in the background (:meth:`settle` awaits it; a signature before that writes it first)."""
+        self.pool = pool
+        self._write_soon()
+
+    def ask_again(self) -> None:
+        """A reload: this process may send the card its PIN again (written in the database as soon as it is given)."""
+        self.why = None
+        self._unwritten = "reload"
+        self._write_soon()
+
+    async def settle(self) -> None:
+        """This process's configuration written, when there is a database to write it in (the database away: logged,
+        and the next signature writes it first)."""
+        if self.pool is None:
+            return
+        try:
+            async with self._lock:
+                await self._write()
+        except Exception as exc:
+            log.warning("ukey_configuration_not_written", ukey=self.url, error=f"{type(exc).__name__}: {exc}")
+
+    def _write_soon(self) -> None:
+        if self.pool is None or self._unwritten is None:
+            return
+        with contextlib.suppress(RuntimeError):  # no event loop running: the next signature writes it
+            task = asyncio.get_running_loop().create_task(self.settle())
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
+
+    async def _write(self) -> None:
+        """Under ``_lock``: the configuration not written yet, written (its own transaction)."""
+        how = self._unwritten
+        if how is None or self.pool is None:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            card = await conn.fetchrow(_READ_CARD, self.url)
+            refused = card is not None and card["refused"]
+            # a start asks again only when a reload has since the refusal (the operators put the card or PIN right)
+            asks = refused and self.configuration not in card["asked_again"] and (
+                how == "reload" or (how == "start" and bool(card["asked_again"])))
+            if asks:
+                await conn.execute(_ASK_AGAIN, self.url, self.configuration)
+        if self._unwritten == how:  # not a reload meanwhile: that one is written next
+            self._unwritten = None
+        if asks:
+            log.info("ukey_asked_again", ukey=self.url, refused_by=card["refused_by"],
+                     refused_at=card["refused_at"].isoformat(), by=how)  # fmt: skip
+        elif refused and self.configuration not in card["asked_again"]:
+            self.why = self._described(card)
+            log.error("ukey_refused_before", ukey=self.url, refused_by=card["refused_by"],
+                      refused_at=card["refused_at"].isoformat(), reason=card["reason"],
+                      note="this process sends the card nothing until it is reloaded (SIGHUP), once the PIN or the "
+                           "card is put right")  # fmt: skip
+
+    def _described(self, card: asyncpg.Record) -> str:
+        return (f"the UKey at {self.url} refused a signature in {card['refused_by']} at "
+                f"{card['refused_at']:%Y-%m-%d %H:%M:%S%z}: {card['reason']}")  # fmt: skip
+
+    async def judged(self, method: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call`` (a signature: the PIN sent, or asked for by the control), unless the card refused one before
+        (UKeyRefusedBefore, nothing sent); a refusal it raises (UKeyRefused) recorded for every process. A card busy
+        for another process longer than it takes to answer is UKeyUnreachable."""
+        async with self._lock:
+            if self.pool is None:
+                if self.why is not None:
+                    raise UKeyRefusedBefore(method, self.why)
+                try:
+                    return await call()
+                except UKeyRefused as exc:
+                    self.why = str(exc)
+                    raise
+            await self._write()
+            refused: UKeyRefused | None = None
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    # waits while another process's signature holds the row (the card answers one at a time anyway)
+                    await conn.execute(f"SET LOCAL lock_timeout = {int((2 * self.timeout_s + 5) * 1000)}")
+                    card = await conn.fetchrow(_LOCK_CARD, self.url, self.configuration)
+                    if card is None:
+                        await conn.execute(_NEW_CARD, self.url)
+                        card = await conn.fetchrow(_LOCK_CARD, self.url, self.configuration)
+                    if card["refused"] and not card["asked_again"]:
+                        self.why = self._described(card)
+                    else:
+                        self.why = None
+                        try:
+                            return await call()
+                        except UKeyRefused as exc:  # committed with the transaction, the error raised below
+                            await conn.execute(_CARD_REFUSED, self.url, str(exc),
+                                               f"{socket.gethostname()}:{os.getpid()}")  # fmt: skip
+                            self.why, refused = str(exc), exc
+            except asyncpg.LockNotAvailableError as exc:
+                raise UKeyUnreachable(f"the UKey at {self.url} is signing for another process of the gateway for "
+                                      f"longer than {2 * self.timeout_s + 5:g} s") from exc  # fmt: skip
+            if refused is not None:
+                raise refused
+            assert self.why is not None
+            raise UKeyRefusedBefore(method, self.why)
 
 
 class UKeyBridge:
@@ -84,12 +244,12 @@ class UKeyBridge:
     reload): a wrong PIN sent again and again locks the card. Judged in the lock its calls take one at a time, so the
     signatures waiting behind the refused one send nothing either; and only a refusal the card answered to a
     signature (the PIN sent with it, or asked for by the control) counts — not text refused before anything was sent,
-    nor an answer without a signature. ``shared_refusal``: a flag in memory shared with other processes (a
-    multiprocessing RawValue("b"), nonzero once the card refused): a refusal in one stops them all."""
+    nor an answer without a signature. ``refusal``: the card's refusal as the processes of the gateway share it
+    (:class:`CardRefusal`: through the database once :meth:`share` gives it; one of the card's own by default)."""
 
     def __init__(self, url: str, password: str | None = None, *, method: str = SIGN,
                  timeout_s: float = DEFAULT_TIMEOUT_S, certificate: bytes | None = None,
-                 shared_refusal: Any = None) -> None:  # fmt: skip
+                 refusal: CardRefusal | None = None) -> None:  # fmt: skip
         if method not in SIGN_METHODS:
             raise ValueError(f"a UKey signs through {' or '.join(SIGN_METHODS)}; found {method!r}")
         self.url = url
@@ -101,21 +261,20 @@ class UKeyBridge:
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._certificate = certificate  # the card's, DER: read from it once, or known before
-        self.shared_refusal = shared_refusal
-        self._refused: str | None = None  # why the card refused a signature here
+        self.refusal = refusal or CardRefusal(url, timeout_s=timeout_s)
 
     @property
     def refused(self) -> str | None:
-        """Why the card is asked to sign nothing more until a reload: its refusal here, or in a process sharing it."""
-        if self._refused is None and self.shared_refusal is not None and self.shared_refusal.value:
-            return f"the UKey at {self.url} refused in another process of this gateway (a wrong PIN, no card)"
-        return self._refused
+        """Why the card is asked to sign nothing more until a reload: its refusal here, or in another process."""
+        return self.refusal.why
+
+    def share(self, pool: asyncpg.Pool) -> None:
+        """The card's refusal shared with the other processes of the gateway through ``pool``'s database."""
+        self.refusal.share(pool)
 
     def ask_again(self) -> None:
-        """The card is asked again (a reload found the configuration unchanged: the card or PIN mended meanwhile)."""
-        self._refused = None
-        if self.shared_refusal is not None:
-            self.shared_refusal.value = 0
+        """The card is asked again (a reload: the card or PIN mended meanwhile)."""
+        self.refusal.ask_again()
 
     async def sign(self, data: bytes) -> tuple[bytes, str]:
         """The card's signature over ``data`` (UTF-8 text: the control takes text) and its certificate's number,
@@ -154,31 +313,27 @@ class UKeyBridge:
         """One call: the answer's ``Data``. Raises UKeyUnreachable (nothing answered: the connection is dropped, the
         next call opens another) or UKeyRefused (``Result`` false; UKeyRefusedBefore: a signature not sent, the card
         having refused one before)."""
-        signs = method in SIGN_METHODS  # sends the PIN, or has the control ask for it
         async with self._lock:
-            if signs and (why := self.refused) is not None:
-                raise UKeyRefusedBefore(method, why)
-            # a connection kept since an earlier call may have died with the control (restarted, the PC asleep):
-            # found so, it is opened again once before the call counts as failed
-            for kept in (self._ws is not None and not self._ws.closed, False):
-                try:
-                    return await asyncio.wait_for(self._call(method, args), self.timeout_s)
-                except UKeyRefused as exc:
-                    if signs:  # set before the lock is let go: the next waiting signature sees it
-                        self._refused = str(exc)
-                        if self.shared_refusal is not None:
-                            self.shared_refusal.value = 1
-                    raise
-                except (aiohttp.ClientError, OSError, ConnectionError) as exc:
-                    await self._drop()
-                    if not kept:
-                        raise UKeyUnreachable(f"the UKey's client control at {self.url}: {exc.__class__.__name__} "
-                                              f"{exc}") from exc  # fmt: skip
-                except TimeoutError as exc:
-                    await self._drop()
-                    raise UKeyUnreachable(f"the UKey's client control at {self.url} did not answer within "
-                                          f"{self.timeout_s:g} s (TimeoutError)") from exc  # fmt: skip
-            raise AssertionError("unreachable")  # the second round returns or raises
+            if method in SIGN_METHODS:  # sends the PIN, or has the control ask for it: judged by the card's refusal
+                return await self.refusal.judged(method, lambda: self._answered(method, args))
+            return await self._answered(method, args)
+
+    async def _answered(self, method: str, args: dict[str, Any]) -> list[Any]:
+        # a connection kept since an earlier call may have died with the control (restarted, the PC asleep): found
+        # so, it is opened again once before the call counts as failed
+        for kept in (self._ws is not None and not self._ws.closed, False):
+            try:
+                return await asyncio.wait_for(self._call(method, args), self.timeout_s)
+            except (aiohttp.ClientError, OSError, ConnectionError) as exc:
+                await self._drop()
+                if not kept:
+                    raise UKeyUnreachable(f"the UKey's client control at {self.url}: {exc.__class__.__name__} "
+                                          f"{exc}") from exc  # fmt: skip
+            except TimeoutError as exc:
+                await self._drop()
+                raise UKeyUnreachable(f"the UKey's client control at {self.url} did not answer within "
+                                      f"{self.timeout_s:g} s (TimeoutError)") from exc  # fmt: skip
+        raise AssertionError("unreachable")  # the second round returns or raises
 
     async def _call(self, method: str, args: dict[str, Any]) -> list[Any]:
         ws = await self._connected()
@@ -239,15 +394,17 @@ class UKeySigner:
     Where it stands (:meth:`standing`, the console's banner and /metrics): the certificate's dates once read from the
     card; ``ukey_unreachable`` while the control does not answer (the declarations answered 503, to be sent again);
     ``ukey_refused`` once the card refused (a wrong PIN, no card): from then on nothing is sent to it until a reload
-    (SIGHUP) makes a new signer — a wrong PIN tried at every declaration would lock the card (judged by its
-    :class:`UKeyBridge`). ``shared_refusal``: the bridge's flag, which the API processes of one ``cbec serve
-    --processes N`` share (made by the first, handed to the others with the signer as they start): a refusal in one
-    stops them all, so a wrong PIN is tried once, not N times."""
+    (SIGHUP) — a wrong PIN tried at every declaration would lock the card (judged by its :class:`UKeyBridge`). The
+    refusal is shared by every process of the gateway through the database (:class:`CardRefusal`, once
+    :meth:`share` gives it one): the API processes of one ``cbec serve --processes N`` (handed the first one's
+    ``configuration`` with the signer as they start, so that its reload is theirs) and those of other hosts, so a
+    wrong PIN is tried once, not once in each."""
 
     def __init__(self, url: str, password: str | None = None, *, method: str = SIGN, certificate: bytes | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, shared_refusal: Any = None) -> None:  # fmt: skip
+                 timeout_s: float = DEFAULT_TIMEOUT_S, configuration: str | None = None) -> None:  # fmt: skip
+        refusal = CardRefusal(url, configuration, timeout_s=timeout_s)
         self.bridge = UKeyBridge(url, password, method=method, timeout_s=timeout_s, certificate=certificate,
-                                 shared_refusal=shared_refusal)  # fmt: skip
+                                 refusal=refusal)  # fmt: skip
         self.signer: signing.Signer | None = None  # the certificate's standing, once read from the card
         if certificate is not None:
             self._know(certificate)
@@ -257,13 +414,25 @@ class UKeySigner:
         self.waiting = 0  # declarations waiting for the card now (MAX_WAITING)
 
     @property
-    def shared_refusal(self) -> Any:
-        """The card's refusal as the API processes share it (its bridge's flag), None for one process."""
-        return self.bridge.shared_refusal
+    def configuration(self) -> str:
+        """What the card's refusal knows this process by (CardRefusal): handed to the other API processes."""
+        return self.bridge.refusal.configuration
+
+    def share(self, pool: asyncpg.Pool) -> None:
+        """The card's refusal shared through ``pool``'s database (UKeyBridge.share)."""
+        self.bridge.share(pool)
+
+    def ask_again(self) -> None:
+        """A reload: the card is asked again (UKeyBridge.ask_again)."""
+        self.bridge.ask_again()
+
+    async def settle(self) -> None:
+        """This process's configuration written where the card's refusal is shared (CardRefusal.settle)."""
+        await self.bridge.refusal.settle()
 
     @property
     def refused(self) -> SigningUnavailable | None:
-        """Why the card is asked nothing more until a reload: its refusal here, or in another API process."""
+        """Why the card is asked nothing more until a reload: its refusal here, or in another process of the gateway."""
         if (why := self.bridge.refused) is None:
             return None
         return SigningUnavailable("signing.ukey_refused", f"{why}; nothing more is sent to the card until the "
@@ -295,8 +464,7 @@ class UKeySigner:
     async def sign(self, root: etree._Element) -> None:
         """Sign ``root`` in place (signing.sign's signature, the card's value). SigningUnavailable: the certificate
         outside its validity, the control out of reach, the card refusing, or a signature that does not verify."""
-        if self.refused is not None:
-            raise self.refused
+        # a card that refused is judged at the card's turn (CardRefusal), where a reload elsewhere is seen too
         if self.waiting >= MAX_WAITING:
             raise SigningUnavailable("signing.ukey_busy", f"{self.waiting} declarations are waiting for the UKey at "
                                      f"{self.url} already (a card signs a few a second): send this one again in a "

@@ -195,6 +195,7 @@ class Delivery:
         self.fwd = fwd
         self.realtime = realtime or RealtimeSettings()
         self.platform_keys = dict(platform_keys or {})
+        self._share_refusals()
         self.endpoints = {e.name: e for e in endpoints}
         self.adapters: dict[str, HttpAdapter] = {}
         self._handlers: dict[str, Handler] = {}
@@ -247,6 +248,21 @@ class Delivery:
     def renew_realtime(self, realtime: RealtimeSettings, keys: Mapping[str, PlatformKey]) -> None:
         """The 179 platforms' keys and the signed string's form the next uploads go with (a reload)."""
         self.realtime, self.platform_keys = realtime, dict(keys)
+        self._share_refusals()
+
+    def _share_refusals(self) -> None:
+        """The platforms' UKeys' refusals shared with every process of the gateway, through the database: a card that
+        refused is sent no PIN by this worker either (gateway.ukey.CardRefusal)."""
+        for key in self.platform_keys.values():
+            if isinstance(key, UKeyBridge):
+                key.share(self.outbox.pool)
+
+    async def settle(self) -> None:
+        """Where this worker stands with each platform's UKey written (at its start, before it takes a job: a refusal
+        after that is one its configuration does not get past)."""
+        for key in self.platform_keys.values():
+            if isinstance(key, UKeyBridge):
+                await key.refusal.settle()
 
     def renew_webhooks(self, webhooks: tuple[WebhookSettings, ...]) -> None:
         """The sellers' URLs and secrets the next webhook deliveries go with (a reload of the configuration)."""
@@ -364,8 +380,9 @@ async def _platform_signature(key: PlatformKey, data: bytes) -> tuple[bytes, str
     """A platform's signature over ``data`` and its certificate's serial. A UKey out of reach is a transient failure
     (the PC or its control will be back); a card's refusal permanent — retried, a wrong PIN would lock the card: a
     dead letter the operators replay once it is mended. Once the card has refused it is asked nothing more, for any
-    upload (those waiting for it at that moment too: the bridge judges it one call at a time), until a reload
-    (SIGHUP): the other uploads wait (deferred, their attempts not counted), and go then."""
+    upload (those waiting for it at that moment too: the bridge judges it one call at a time) by any process of the
+    gateway (gateway.ukey.CardRefusal), until a reload of this one (SIGHUP): the other uploads wait (deferred, their
+    attempts not counted), and go then."""
     if not isinstance(key, UKeyBridge):
         return key.sign_bytes(data), key.key_name
     try:
@@ -514,6 +531,7 @@ class Forwarding:
         if self.worker and self.endpoints:
             self.delivery = Delivery(self.outbox, self.fwd, self.endpoints, signer=self.signer,
                                      realtime=self.realtime, platform_keys=self.platform_keys)  # fmt: skip
+            await self.delivery.settle()
             options = {"lease_s": self.fwd.worker_lease_s, "poll_interval_s": self.fwd.worker_poll_s,
                        **self.worker_options}  # fmt: skip
             self.queue_worker = build_worker(self.pool, self.delivery, **options)

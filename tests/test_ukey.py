@@ -20,11 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import asyncpg
 import pytest
 from aiohttp import web
 from lxml import etree
 
 from gateway import config, samples, server, signing, workers
+from gateway.db import create_pool
 from gateway.pipeline import Pipeline
 from gateway.render import render
 from gateway.sandbox.ukey import start_ukey
@@ -95,24 +97,25 @@ async def test_what_the_card_refuses_says_why_and_a_control_out_of_reach_is_trie
         await card.stop()
 
 
-async def test_signatures_waiting_for_a_card_that_refuses_send_it_nothing() -> None:
+@pytest.mark.db
+async def test_signatures_waiting_for_a_card_that_refuses_send_it_nothing(db_pool: asyncpg.Pool) -> None:
     """A platform's card with a wrong PIN, four uploads signing at once (the realtime endpoint's concurrency): the
     first sends the PIN and is refused (a dead letter), the three waiting behind it send the card nothing (deferred
     until a reload) — each checked the refusal before the card had answered, so all four sent the wrong PIN, and a
     few such rounds lock the card. What is refused before anything reaches the card (a string too long to send) or
-    without a signature asked of it stops nothing. A bridge sharing the refusal flag (another process's) sends the
-    card nothing either, until a reload asks it again."""
-    import multiprocessing
-
+    without a signature asked of it stops nothing. Another process's bridge to the card (the refusal shared through
+    the database) sends the card nothing either, until a reload of that process asks it again."""
     from cbec_queue import Deferred
 
     from adapters.base import PermanentError
 
     card = await start_ukey(CARD, pin="12345678")
     card.signing_s = 0.05
-    flag = multiprocessing.get_context("spawn").RawValue("b", 0)
-    bridge = UKeyBridge(card.url, "00000000", shared_refusal=flag)
-    other = UKeyBridge(card.url, "12345678", shared_refusal=flag)
+    bridge = UKeyBridge(card.url, "00000000")
+    other = UKeyBridge(card.url, "12345678")  # another process's, its configuration not the same
+    for b in (bridge, other):
+        b.share(db_pool)
+        await b.refusal.settle()
     try:
         with pytest.raises(PermanentError, match="at most"):  # that upload's own fault, a dead letter
             await workers._platform_signature(bridge, b"x" * (121 * 1024))
@@ -122,12 +125,20 @@ async def test_signatures_waiting_for_a_card_that_refuses_send_it_nothing() -> N
         assert card.calls == [SIGN], card.calls
         assert [type(o) for o in outcomes] == [PermanentError, Deferred, Deferred, Deferred], outcomes
         assert all("口令错误" in str(o) and "asked nothing more until a reload" in str(o) for o in outcomes[1:])
-        assert bridge.refused is not None and "口令错误" in bridge.refused and flag.value
-        with pytest.raises(UKeyRefused, match="another process"):
+        assert bridge.refused is not None and "口令错误" in bridge.refused
+        row = await db_pool.fetchrow("SELECT refused, refusals, asked_again, reason FROM ukey_refusals")
+        assert row["refused"] and row["refusals"] == 1 and row["asked_again"] == [] and "口令错误" in row["reason"]
+        with pytest.raises(UKeyRefused, match=r"refused a signature in [^:]+:\d+ at .*口令错误"):
+            await other.sign(SIGNED)
+        assert card.calls == [SIGN] and other.refused is not None
+        bridge.ask_again()  # a reload of that process: the card is asked again by it, not by the other
+        await bridge.refusal.settle()
+        with pytest.raises(UKeyRefused, match="nothing more is sent"):
             await other.sign(SIGNED)
         assert card.calls == [SIGN]
-        bridge.ask_again()  # a reload: the card is asked again, in the processes sharing the flag too
+        other.ask_again()
         assert verify_bytes(CARD.certificate_der, SIGNED, (await other.sign(SIGNED))[0])
+        assert card.wrong_pins == 1
     finally:
         await bridge.close()
         await other.close()
@@ -346,6 +357,116 @@ async def _true_when(count: Any, n: int) -> bool:
     return bool(await count == n)
 
 
+@pytest.mark.db
+async def test_separately_started_workers_share_a_platforms_card_refusal_through_the_database(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `cbec worker`s started separately (as on two hosts) for a 179 platform whose UKey's PIN is configured wrong.
+    The API processes of one `cbec serve` shared the card's refusal, but each separate worker sent the wrong PIN once
+    more of its own before it stopped — a few workers locked the card. Now the refusal is in the database: a worker
+    started after it sends the card nothing; one reloaded with the PIN mended (SIGHUP) uploads, while the other, not
+    reloaded (its host's configuration not mended yet), still sends nothing — until it is reloaded too."""
+    from gateway.config import ForwardingSettings, RealtimePlatform, RealtimeSettings
+    from tests.apiutil import test_settings as settings_with
+    from tests.test_realtime import TOKEN
+
+    monkeypatch.setattr(workers, "UKEY_REFUSED_RETRY_S", 0.1)
+    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)
+    hangups: list[Any] = []  # each worker's SIGHUP, in the order they started (one process here: no real signal)
+
+    @contextlib.contextmanager
+    def on_hangup(callback: Any) -> Any:
+        hangups.append(callback)
+        yield
+
+    monkeypatch.setattr(server, "on_hangup", on_hangup)
+    card = await start_ukey(CARD)
+    wrong = RealtimePlatform(EBP_CODE, TOKEN, None, None, ukey_url=card.url, ukey_password="00000000")
+    mended = dataclasses.replace(wrong, ukey_password="88888888")
+
+    def settings(platform: RealtimePlatform) -> config.Settings:
+        return settings_with(database_url=db_dsn, data_dir=tmp_path, forwarding=ForwardingSettings(worker_poll_s=0.05),
+                             realtime=RealtimeSettings((platform,)))  # fmt: skip
+
+    reader = UKeyBridge(card.url)  # the sandbox verifies the uploads with the card's certificate
+    started: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+    try:
+        async with running_stack(db_dsn, worker=False, realtime=platforms(),
+                                 platform_keys={EBP_CODE: reader}) as stack:  # fmt: skip
+
+            async def worker(name: str) -> int:
+                configured = [settings(wrong)]
+                ready, stop = asyncio.Event(), asyncio.Event()
+                task = asyncio.create_task(server.run_worker(
+                    configured[0], sandbox_url=stack.sandbox.url, worker_id=name, watchdog=False, ready=ready,
+                    stop=stop, reload=lambda: configured[-1]))  # fmt: skip
+                await asyncio.wait_for(ready.wait(), 60)
+                started.append((stop, task))
+                mending.append(lambda: configured.append(settings(mended)))
+                return len(started) - 1
+
+            mending: list[Any] = []
+
+            async def stopped(n: int) -> None:
+                stop, task = started[n]
+                stop.set()
+                await asyncio.wait_for(task, 60)
+
+            async def question(seed: int) -> None:
+                s = parcel(seed)
+                r = await stack.client.request("POST", "/v1/payment-data", json_body=samples.payment_data(s),
+                                               key=PLATFORM_A)  # fmt: skip
+                assert r.status == 201, r.body
+                await stack.sandbox.sandbox.ask_payment_data(EBP_CODE, s.order_doc["orderNo"])
+
+            async def upload(n: int) -> str | None:
+                """The state of the n-th upload: "waiting" when deferred until a reload."""
+                rows = await stack.fetch("SELECT state, last_error FROM jobs WHERE kind = 'realtime_upload' "
+                                         "ORDER BY id")  # fmt: skip
+                if len(rows) <= n:
+                    return None
+                waiting = rows[n]["state"] == "queued" and "asked nothing more until a reload" in (
+                    rows[n]["last_error"] or "")
+                return "waiting" if waiting else str(rows[n]["state"])
+
+            async def upload_is(n: int, *states: str) -> bool:
+                return await upload(n) in states
+
+            host_a = await worker("host-a")
+            await question(111)
+            await wait_for(lambda: upload_is(0, "dead"), what="the upload the card refused a dead letter")
+            assert card.wrong_pins == 1
+            await stopped(host_a)
+
+            host_b = await worker("host-b")  # started separately, after the refusal: sends the card nothing
+            await question(112)
+            await wait_for(lambda: upload_is(1, "waiting", "dead"), what="host b's upload tried")
+            assert card.wrong_pins == 1 and await upload(1) == "waiting", card.calls
+
+            host_a = await worker("host-a")  # started again, its PIN still the wrong one
+            mending[host_b]()  # host b's configuration mended, and host b alone reloaded
+            hangups[host_b]()
+            await wait_for(lambda: upload_is(1, "done"), what="host b's upload signed after its reload")
+            await stopped(host_b)
+            await question(113)  # host a alone: asks the card nothing, though host b's reload put the card right
+            await wait_for(lambda: upload_is(2, "waiting", "dead"), what="host a's upload tried")
+            assert await upload(2) == "waiting"
+            await asyncio.sleep(0.3)  # deferred again and again meanwhile
+            assert card.wrong_pins == 1, card.calls
+            mending[host_a]()
+            hangups[host_a]()
+            await wait_for(lambda: upload_is(2, "done"), what="host a's upload signed after its reload")
+            assert card.wrong_pins == 1
+            assert [u["verified"] for u in stack.sandbox.sandbox.realtime_uploads] == [True, True]
+    finally:
+        for stop, task in started:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 60)
+        await reader.close()
+        await card.stop()
+
+
 async def test_a_reload_reaches_the_ukeys_anew_and_closes_the_connections_it_had() -> None:
     """SIGHUP with a 179 platform's token rotated: the UKeys are reached through new connections and the old ones are
     closed (a card answers for itself at each signature). `cbec config check` names where each UKey signs."""
@@ -531,7 +652,12 @@ async def test_a_card_that_refused_is_not_asked_again_until_a_reload() -> None:
         assert standing["state"] == "ukey_refused" and "口令错误" in standing["reason"]
         assert standing["ukey"] == card.url and standing["key_name"] == CARD.key_name
         again = server.Signatures.on_ukey((card.url, "00000000", SIGN, None), None, False, None)
-        assert not again.same_as(wrong)  # a reload renews the refusing signer
+        assert again.same_as(wrong)  # a reload keeps the signer in force, and asks the card again
+        wrong.ask_again()
+        assert ukey.refused is None and ukey.up
+        with pytest.raises(SigningUnavailable, match="口令错误"):
+            await ukey.sign(etree.fromstring(render(_inventory(5))))
+        assert card.calls == [CERTIFICATE, SIGN, SIGN]
         right = server.Signatures.on_ukey((card.url, "12345678", SIGN, None), None, False, None)
         assert right.same_as(server.Signatures.on_ukey((card.url, "12345678", SIGN, None), None, False, None))
         assert not right.same_as(server.Signatures.on_ukey((card.url, "12345678", SIGN_NO_HASH, None), None, False,
@@ -539,24 +665,37 @@ async def test_a_card_that_refused_is_not_asked_again_until_a_reload() -> None:
         assert not right.same_as(server.Signatures.from_pem(("rsa-sha1", *KEY_FILES), None, False, None))
         handed = pickle.loads(pickle.dumps(wrong))
         assert isinstance(handed.signer, UKeySigner) and handed.signer.valid_until == ukey.valid_until
-        assert handed.signer.bridge.password == "00000000" and handed.signer.refused is None
-        assert handed.signer.bridge.method == SIGN
+        assert handed.signer.bridge.password == "00000000" and handed.signer.bridge.method == SIGN
+        assert handed.signer.configuration == ukey.configuration  # the card's refusal known by the same name
     finally:
         await wrong.close()
         await card.stop()
 
 
-def _refusal_seen(signatures: server.Signatures, out: Any) -> None:
-    """In a spawned process (an API process of `cbec serve --processes N`): what its UKey signer says of the card."""
-    ukey = signatures.signer
-    assert isinstance(ukey, UKeySigner)
-    refused = ukey.refused
-    out.put((refused.code if refused is not None else None, ukey.standing(datetime.now(UTC))["state"]))
+def _refusal_seen(signatures: server.Signatures, dsn: str, out: Any) -> None:
+    """In a spawned process (an API process of `cbec serve --processes N`): what its UKey signer says of the card,
+    once it reads the card's refusal in the database, as an API process does at its start."""
+
+    async def seen() -> tuple[str | None, str]:
+        ukey = signatures.signer
+        assert isinstance(ukey, UKeySigner)
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        try:
+            ukey.share(pool)
+            await ukey.settle()
+        finally:
+            await pool.close()
+        refused = ukey.refused
+        return refused.code if refused is not None else None, ukey.standing(datetime.now(UTC))["state"]
+
+    out.put(asyncio.run(seen()))
 
 
-async def test_the_api_processes_share_the_cards_refusal() -> None:
+@pytest.mark.db
+async def test_the_api_processes_share_the_cards_refusal(db_dsn: str) -> None:
     """`cbec serve --processes N`: a wrong PIN refused in one API process stops the others too (they were handed the
-    shared flag with the signer as they started): tried once, not once in each process, towards locking the card."""
+    first process's configuration with the signer, and read the card's refusal in the database): tried once, not once
+    in each process, towards locking the card. A reload of the first process asks the card again for them all."""
     import multiprocessing
 
     card = await start_ukey(CARD, pin="12345678")
@@ -564,11 +703,13 @@ async def test_the_api_processes_share_the_cards_refusal() -> None:
     first = server.Signatures.from_settings(settings)
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
+    pool = await create_pool(db_dsn, min_size=1, max_size=4)
     try:
-        await first.start()
         ukey = first.signer
-        assert isinstance(ukey, UKeySigner) and ukey.shared_refusal is not None
-        child = context.Process(target=_refusal_seen, args=(first, out))  # as ApiProcesses hands them over
+        assert isinstance(ukey, UKeySigner)
+        ukey.share(pool)
+        await first.start()
+        child = context.Process(target=_refusal_seen, args=(first, db_dsn, out))  # as ApiProcesses hands them over
         child.start()
         assert await asyncio.to_thread(out.get, timeout=60) == (None, "valid")
         await asyncio.to_thread(child.join, 60)
@@ -576,23 +717,30 @@ async def test_the_api_processes_share_the_cards_refusal() -> None:
             await ukey.sign(etree.fromstring(render(_inventory(6))))
         assert caught.value.code == "signing.ukey_refused"
         assert card.calls == [CERTIFICATE, SIGN]
-        child = context.Process(target=_refusal_seen, args=(first, out))
+        child = context.Process(target=_refusal_seen, args=(first, db_dsn, out))
         child.start()
         assert await asyncio.to_thread(out.get, timeout=60) == ("signing.ukey_refused", "ukey_refused")
         await asyncio.to_thread(child.join, 60)
-        # in this process too, a signer sharing the flag (another process's) sends the card nothing
-        other = server.Signatures.on_ukey((card.url, "00000000", SIGN, CARD.certificate_der), None, False, None,
-                                          ukey.shared_refusal)  # fmt: skip
+        # in this process too, a signer handed the first one's configuration (another API process's) sends the card
+        # nothing
+        other = pickle.loads(pickle.dumps(first))
         assert isinstance(other.signer, UKeySigner)
+        other.signer.share(pool)
         with pytest.raises(SigningUnavailable) as caught:
             await other.signer.sign(etree.fromstring(render(_inventory(7))))
-        assert caught.value.code == "signing.ukey_refused" and "another process" in caught.value.message
+        assert caught.value.code == "signing.ukey_refused" and "refused a signature in" in caught.value.message
         assert card.calls == [CERTIFICATE, SIGN]
-        # one process alone shares nothing
-        single = server.Signatures.from_settings(dataclasses.replace(settings, processes=1)).signer
-        assert isinstance(single, UKeySigner) and single.shared_refusal is None
+        # the card's PIN put right, then SIGHUP: the first process asks the card again, and so do the API processes
+        card.pin = "00000000"
+        first.ask_again()
+        await ukey.settle()
+        root = etree.fromstring(render(_inventory(7)))
+        await other.signer.sign(root)
+        assert signing.verify(root, trusted_certs=[CARD.certificate_der]).ok
+        assert card.wrong_pins == 1
     finally:
         await first.close()
+        await pool.close()
         await card.stop()
 
 

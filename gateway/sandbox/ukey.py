@@ -4,8 +4,9 @@ signature by its key — a TEST key, SM2 signatures raw r‖s as a card's — on
 answers ``cus-sec_SpcSignDataNoHashAsPEM`` too, signing the SHA-1 digest it is given (an SM2 card refuses it). For
 trying a UKey platform, and its tests, without a card.
 
-``card = await start_ukey(key)``; point ``ukey_url`` at ``card.url``; ``card.calls`` lists what it was asked;
-``card.present = False`` plays a card pulled out; ``card.signing_s`` the time a signature takes; ``await card.stop()``.
+``card = await start_ukey(key)``; point ``ukey_url`` at ``card.url``; ``card.calls`` lists what it was asked and
+``card.wrong_pins`` counts the signatures asked with a wrong PIN; ``card.present = False`` plays a card pulled out;
+``card.signing_s`` the time a signature takes; ``await card.stop()``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class SimulatedCard:
     signing_s: float = 0.0  # how long each signature takes
     url: str = ""
     calls: list[str] = field(default_factory=list)
+    wrong_pins: int = 0  # signatures asked with a PIN not the card's: a real card locks after a few
     runner: web.AppRunner | None = None
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
 
@@ -47,6 +49,7 @@ class SimulatedCard:
         elif method == CERTIFICATE:
             result.update(Result=True, Data=[base64.b64encode(self.key.certificate_der).decode("ascii")])
         elif method in SIGN_METHODS and args.get("passwd", self.pin) != self.pin:
+            self.wrong_pins += 1
             result["Error"] = ["口令错误(wrong PIN)", "Err:Custom50001"]
         elif method in SIGN_METHODS and isinstance(args.get("inData"), str):
             signature = self._signature(method, args["inData"])
