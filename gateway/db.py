@@ -255,7 +255,25 @@ def migration_files() -> list[tuple[str, str]]:
 
 
 class NewerDatabase(RuntimeError):
-    """The database holds migrations this build does not know (migrate)."""
+    """The database holds migrations this build does not know (migrate, and a running process's watch_migrations)."""
+
+    @classmethod
+    def of(cls, unknown: list[str]) -> NewerDatabase:
+        # a newer build migrated it: this one would write rows those migrations' columns and constraints do not expect
+        # (a send failing after customs took it, sent again), so it does not start, or go on, on it
+        return cls(f"the database was migrated by a newer cbec-gateway ({', '.join(unknown)} are not this build's, "
+                   f"whose last is {migration_files()[-1][0]}): run that release or a later one; upgrade every process "
+                   "(serve, worker) before starting it on the database")  # fmt: skip
+
+
+#: The database's migrations that are not this build's ($1: the names of this build's).
+UNKNOWN_MIGRATIONS = "SELECT name FROM schema_migrations WHERE NOT (name = ANY ($1::text[])) ORDER BY name"
+
+
+async def unknown_migrations(pool_or_conn: asyncpg.Pool | asyncpg.Connection) -> list[str]:
+    """The migrations the database holds and this build does not know: a newer build's (none: this build's, or older).
+    A running ``cbec serve`` or ``cbec worker`` looks now and then (gateway.server.watch_migrations)."""
+    return [r["name"] for r in await pool_or_conn.fetch(UNKNOWN_MIGRATIONS, [n for n, _ in migration_files()])]
 
 
 async def migrate(pool_or_conn: asyncpg.Pool | asyncpg.Connection) -> list[str]:
@@ -295,11 +313,7 @@ async def _migrate(conn: asyncpg.Connection) -> list[str]:
         )
         done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
         if unknown := sorted(done - {name for name, _sql in migration_files()}):
-            # a newer build migrated it: this one would write rows those migrations' columns and constraints do
-            # not expect (a send failing after customs took it, sent again), so it does not start on it
-            raise NewerDatabase(f"the database was migrated by a newer cbec-gateway ({', '.join(unknown)} are not "
-                                f"this build's, whose last is {migration_files()[-1][0]}): run that release or a "
-                                "later one; upgrade every process (serve, worker) before starting it on the database")
+            raise NewerDatabase.of(unknown)
         for name, _sql in migration_files():
             if name in done:
                 continue

@@ -97,6 +97,46 @@ async def database(settings: Settings, *, stop: asyncio.Event | None = None) -> 
                 raise SystemExit(EXIT_DATABASE_GONE)
 
 
+#: How often ``cbec serve`` and ``cbec worker`` look whether a newer build has migrated their database meanwhile.
+SCHEMA_WATCH_S = 10.0
+
+
+async def watch_migrations(pool: Any, stop: asyncio.Event) -> list[str]:
+    """Until ``stop``, every SCHEMA_WATCH_S: the database's migrations compared with this build's. A newer build's
+    found (another host upgraded, and migrated, while this process runs: README, Upgrading) sets ``stop`` and returns
+    their names — this process would otherwise go on writing rows those migrations do not expect; its caller ends with
+    NewerDatabase (exit 1), and a supervisor's restart refuses to start the old build on that database."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SCHEMA_WATCH_S)
+        if stop.is_set():
+            break
+        try:
+            unknown = await db.unknown_migrations(pool)
+        except Exception as exc:  # the database away: the requests and the worker say so; look again later
+            log.debug("migrations_not_read", error=f"{type(exc).__name__}: {exc}")
+            continue
+        if unknown:
+            log.error("database_migrated_past_this_build", migrations=unknown, pid=os.getpid(),
+                      note="a newer build migrated the database: this process stops (what runs finishes) and exits "
+                           "1; upgrade it before starting it again")  # fmt: skip
+            stop.set()
+            return unknown
+    return []
+
+
+async def _watch_ended(watch: asyncio.Task[list[str]] | None) -> list[str]:
+    """What the watch found (a newer build's migrations), once it ended: it has, when ``stop`` is set."""
+    if watch is None:
+        return []
+    if not watch.done():
+        watch.cancel()
+    try:
+        return await watch
+    except asyncio.CancelledError:
+        return []
+
+
 async def _stop_when_gone(pg: db.EmbeddedPostgres, stop: asyncio.Event) -> None:
     await pg.stopped()
     log.error(
@@ -685,12 +725,14 @@ async def serve(
         pool = await db.create_pool(dsn, max_size=settings.pool_max_size)
         sandbox: Any = None
         forwarding: Forwarding | None = None
+        schema_watch: asyncio.Task[list[str]] | None = None  # the first process's (the others stop with it)
         try:
             applied = await db.migrate(pool)
             if applied:
                 log.info("migrations_applied", names=applied)
             if not api_only:
                 await db.fold_kept_counts(pool)
+                schema_watch = asyncio.create_task(watch_migrations(pool, stop))
             link = IngestClient(ingest_path) if ingest_path is not None else None
             if settings.processes > 1 and not api_only:
                 key_rates = SharedRates(settings.api_keys)
@@ -839,7 +881,10 @@ async def serve(
                 if sandbox is not None:
                     await sandbox.stop()
         finally:
+            newer = await _watch_ended(schema_watch)
             await pool.close()
+        if newer:
+            raise db.NewerDatabase.of(newer)
 
 
 @contextlib.asynccontextmanager
@@ -1070,9 +1115,11 @@ async def run_worker(
     keys = _platform_keys(settings)
     async with stopped_by_signals(stop), database(settings, stop=stop) as dsn:
         pool = await db.create_pool(dsn, min_size=2, max_size=max(4, settings.pool_max_size // 2))
+        schema_watch: asyncio.Task[list[str]] | None = None
         try:
             await db.migrate(pool)
             await db.fold_kept_counts(pool)
+            schema_watch = asyncio.create_task(watch_migrations(pool, stop))
             from gateway.outbox import Outbox
             from gateway.schema import SchemaSet
             from gateway.store import quota_reassessor, refusals_restorer
@@ -1098,7 +1145,10 @@ async def run_worker(
             finally:
                 await forwarding.stop()
         finally:
+            newer = await _watch_ended(schema_watch)
             await pool.close()
+        if newer:
+            raise db.NewerDatabase.of(newer)
 
 
 async def replay(

@@ -845,3 +845,44 @@ def test_a_worker_reload_says_which_forwarding_settings_wait_for_its_restart(mon
         configured.append(moved)
         reload()
     assert [r["settings"] for r in logged if r["event"] == "settings_need_restart"] == [["forwarding.endpoints"]]
+
+
+async def test_processes_of_an_older_build_stop_once_a_newer_one_migrated_their_database(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade done host by host: a newer build migrates the database while a `cbec serve` and a `cbec worker` of the
+    older one still run elsewhere. Only a start refused a newer database: the running ones went on, writing rows the
+    new migrations do not expect. Now each sees the newer migrations (within SCHEMA_WATCH_S), stops — what runs
+    finishes — and ends with NewerDatabase, which cbec answers with exit 1 and a line; a restart refuses the
+    database."""
+    from gateway import db
+    from gateway.cli import _database_unusable
+
+    monkeypatch.setattr(server, "SCHEMA_WATCH_S", 0.05)
+    settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json",
+                                     forwarding=ForwardingSettings(enabled=False))  # fmt: skip
+    ready, stop = asyncio.Event(), asyncio.Event()
+    serving = asyncio.create_task(serve(settings, ready=ready, stop=stop))
+    worker_ready, worker_stop = asyncio.Event(), asyncio.Event()
+    working = asyncio.create_task(run_worker(dataclasses.replace(settings, forwarding=ForwardingSettings()),
+                                             sandbox_url="http://127.0.0.1:9", watchdog=False, ready=worker_ready,
+                                             stop=worker_stop))  # fmt: skip
+    pool = await db.create_pool(db_dsn, min_size=1, max_size=2)
+    try:
+        await asyncio.wait_for(asyncio.gather(ready.wait(), worker_ready.wait()), 60)
+        await asyncio.sleep(0.2)  # they look, and find nothing newer
+        assert not serving.done() and not working.done()
+        await pool.execute("INSERT INTO schema_migrations (name) VALUES ('999_from_a_later_release.sql')")
+        for task in (serving, working):
+            with pytest.raises(db.NewerDatabase, match=r"999_from_a_later_release\.sql are not this build's") as ended:
+                await asyncio.wait_for(task, 30)
+            assert _database_unusable(ended.value)
+        assert stop.is_set() and worker_stop.is_set()
+    finally:
+        stop.set()
+        worker_stop.set()
+        for task in (serving, working):
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 60)
+        await pool.close()
+    assert _signal_handlers_left() == []
