@@ -146,6 +146,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 MAX_CACHED_STATEMENT = 64 * 1024
 
 
+#: The server's keepalive probes of the gateway's connections (seconds idle, between probes, probes unanswered).
+TCP_KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
     """A pool whose connections encode and decode json/jsonb as Python values (orjson, binary format).
 
@@ -164,8 +168,11 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asy
         init=_init_connection,
         reset=_keep_session,
         max_cacheable_statement_size=MAX_CACHED_STATEMENT,
-        # The store's statements are small and planned once; JIT compilation would only add latency.
-        server_settings={"jit": "off", "application_name": "cbec-gateway"},
+        # The store's statements are small and planned once; JIT compilation would only add latency. The server probes
+        # an idle connection after 30 s, and ends the session of a host that went away (power lost, cut off) within a
+        # minute rather than the system's two hours: what it held — a row lock, the migration lock, a UKey's turn
+        # (gateway.ukey) — is freed for the other hosts (no effect over a Unix socket: the embedded server's).
+        server_settings={"jit": "off", "application_name": "cbec-gateway", **TCP_KEEPALIVES},
     )
     assert pool is not None  # asyncpg types the awaited pool as Optional
     return pool
@@ -303,9 +310,34 @@ async def apply_migration(conn: asyncpg.Connection, name: str) -> None:
         await getattr(importlib.import_module(module), function)(conn)
 
 
+#: Who holds the migration lock (MIGRATION_LOCK split as pg_locks shows a bigint key: $1 its high, $2 its low 32 bits).
+MIGRATION_LOCK_HOLDER = """
+SELECT a.pid, host(a.client_addr) AS client, a.application_name, a.backend_start, a.state
+  FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid = $1::bigint::oid
+   AND l.objid = $2::bigint::oid
+"""
+
+
+async def _migration_lock(conn: asyncpg.Connection) -> None:
+    """The migration lock, waited for while another process migrates (several hosts starting at once). The wait is
+    logged with who holds the lock: a long migration of another host's, or a session of a host that died holding it
+    (the server ends it once TCP keepalives find the host gone; else ``SELECT pg_terminate_backend(pid)``)."""
+    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK):
+        return
+    holder = await conn.fetchrow(MIGRATION_LOCK_HOLDER, MIGRATION_LOCK >> 32, MIGRATION_LOCK & 0xFFFF_FFFF)
+    where = {} if holder is None else {
+        "holder_pid": holder["pid"], "holder_client": holder["client"] or "local",
+        "holder_application": holder["application_name"], "holder_state": holder["state"],
+        "holder_since": holder["backend_start"].isoformat() if holder["backend_start"] else None}  # fmt: skip
+    log.warning("migrations_waiting", extra={"note": "another process is migrating the database; this one starts "
+                                                     "once it has finished", **where})  # fmt: skip
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+
+
 async def _migrate(conn: asyncpg.Connection) -> list[str]:
     applied: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    await _migration_lock(conn)
     try:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("

@@ -61,6 +61,56 @@ async def test_a_build_older_than_its_database_does_not_start_on_it(db_dsn: str)
 
 @pytest.mark.db
 @pytest.mark.asyncio(loop_scope="session")
+async def test_a_start_waiting_for_another_hosts_migrations_says_who_holds_them(
+    empty_db_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two hosts starting at once with migrations pending: one migrates, the other waits for the migration lock — for
+    as long as that takes, or for as long as a host that died holding it keeps its session. It waited without a word;
+    now the wait is logged with who holds the lock (its pid to end, its host), and it goes on once it is free."""
+    from gateway.db import MIGRATION_LOCK
+
+    other_host = await asyncpg.connect(empty_db_dsn, server_settings={"application_name": "cbec-gateway"})
+    pool = await create_pool(empty_db_dsn, min_size=1, max_size=2)
+    try:
+        await other_host.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        caplog.set_level("WARNING", logger="gateway.db")
+        starting = asyncio.create_task(migrate(pool))
+        deadline = time.monotonic() + 10
+        while not [r for r in caplog.records if r.getMessage() == "migrations_waiting"]:
+            assert not starting.done() and time.monotonic() < deadline, "no word of the wait"
+            await asyncio.sleep(0.02)
+        [waiting] = [r for r in caplog.records if r.getMessage() == "migrations_waiting"]
+        assert waiting.holder_pid == other_host.get_server_pid()  # type: ignore[attr-defined]
+        assert waiting.holder_client == "127.0.0.1"  # type: ignore[attr-defined]
+        assert not starting.done()
+        await other_host.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        assert len(await asyncio.wait_for(starting, 60)) == len(migration_files())
+    finally:
+        await other_host.close()
+        await pool.close()
+
+
+@pytest.mark.db
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_server_ends_the_sessions_of_a_host_gone_within_a_minute(db_dsn: str) -> None:
+    """A host that loses power or its network while it holds a lock (a row of a claim, the migration lock, a UKey's
+    turn) keeps it for as long as the server keeps its session: by the system's TCP keepalive, two hours, during which
+    the other hosts wait for it. The gateway's connections ask the server to probe them after 30 s idle and give up
+    after three probes unanswered, 10 s apart."""
+    pool = await create_pool(db_dsn, min_size=1, max_size=1)
+    try:
+        row = await pool.fetchrow("SELECT current_setting('tcp_keepalives_idle')::int AS idle, "
+                                  "current_setting('tcp_keepalives_interval')::int AS every, "
+                                  "current_setting('tcp_keepalives_count')::int AS probes, "
+                                  "inet_client_addr() IS NOT NULL AS over_tcp")  # fmt: skip
+    finally:
+        await pool.close()
+    assert row["over_tcp"], "the test server is reached over TCP"
+    assert row["idle"] + row["every"] * row["probes"] <= 60, dict(row)
+
+
+@pytest.mark.db
+@pytest.mark.asyncio(loop_scope="session")
 async def test_pool_round_trips_jsonb_as_python_objects(db_dsn: str) -> None:
     pool = await create_pool(db_dsn, min_size=1, max_size=2)
     try:
