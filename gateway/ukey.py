@@ -128,7 +128,9 @@ class CardRefusal:
         # this process's own, written once the database is given (a start: asked again only after a reload elsewhere)
         self.configuration = configuration or secrets.token_hex(8)
         self._unwritten: str | None = "read" if configuration else "start"
-        self.timeout_s = timeout_s  # how long the card answers at most: the row's lock is waited for a little longer
+        # a signature holds the card's row at most this long: the card's answer, waited for twice (a connection found
+        # dead is opened again), and a second more
+        self.hold_s = 2 * timeout_s + 1
         self.why: str | None = None
         self.pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
@@ -211,8 +213,12 @@ class CardRefusal:
             refused: UKeyRefused | None = None
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
-                    # waits while another process's signature holds the row (the card answers one at a time anyway)
-                    await conn.execute(f"SET LOCAL lock_timeout = {int((2 * self.timeout_s + 5) * 1000)}")
+                    # waits while another process's signature holds the row (the card answers one at a time anyway),
+                    # as long as that may take; a process that hangs holding it (this transaction idle for longer than
+                    # a signature takes) has its session ended by the server, which frees the card for the others
+                    hold_ms = int(self.hold_s * 1000)
+                    await conn.execute(f"SET LOCAL lock_timeout = {2 * hold_ms}; "
+                                       f"SET LOCAL idle_in_transaction_session_timeout = {hold_ms}")  # fmt: skip
                     card = await conn.fetchrow(_LOCK_CARD, self.url, self.configuration)
                     if card is None:
                         await conn.execute(_NEW_CARD, self.url)
@@ -229,7 +235,7 @@ class CardRefusal:
                             self.why, refused = str(exc), exc
             except asyncpg.LockNotAvailableError as exc:
                 raise UKeyUnreachable(f"the UKey at {self.url} is signing for another process of the gateway for "
-                                      f"longer than {2 * self.timeout_s + 5:g} s") from exc  # fmt: skip
+                                      f"longer than {2 * self.hold_s:g} s") from exc  # fmt: skip
             if refused is not None:
                 raise refused
             assert self.why is not None

@@ -145,6 +145,41 @@ async def test_signatures_waiting_for_a_card_that_refuses_send_it_nothing(db_poo
         await card.stop()
 
 
+@pytest.mark.db
+async def test_a_process_hung_in_a_signature_holds_the_card_no_longer_than_a_signature_takes(
+    db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each signature holds the card's row in the database while the card answers (so that processes signing at once
+    do not each send a wrong PIN). A process that hangs in that moment — stopped, its event loop stuck — would hold
+    it as long as its session lasts, and every other process on every host answer ukey_unreachable meanwhile. The
+    server ends a session idle in that transaction longer than a signature may take: the others sign again."""
+    card = await start_ukey(CARD)
+    hung, other = UKeyBridge(card.url, "88888888", timeout_s=0.3), UKeyBridge(card.url, "88888888", timeout_s=0.3)
+    for bridge in (hung, other):
+        bridge.share(db_pool)
+        await bridge.refusal.settle()
+    holding = asyncio.Event()
+
+    async def hangs(method: str, args: dict[str, Any]) -> list[Any]:
+        holding.set()
+        await asyncio.Event().wait()  # neither answered nor timed out: the process is stuck
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(hung, "_answered", hangs)
+    stuck = asyncio.create_task(hung.sign(SIGNED))
+    try:
+        await asyncio.wait_for(holding.wait(), 10)
+        signature, _ = await asyncio.wait_for(other.sign(SIGNED), 30)
+        assert verify_bytes(CARD.certificate_der, SIGNED, signature)
+    finally:
+        stuck.cancel()
+        with contextlib.suppress(BaseException):
+            await stuck
+        await hung.close()
+        await other.close()
+        await card.stop()
+
+
 async def test_an_answer_without_a_signature_stops_nothing() -> None:
     """The control answering a signature without one is refused, but the card refused no PIN: the next is sent."""
     card = await start_ukey(CARD)
