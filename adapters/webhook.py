@@ -180,6 +180,16 @@ class SellerUnreachable(NotReady):
     on that seller's breaker, not on the webhook endpoint's, which every seller shares."""
 
 
+class SellerNotConfigured(PermanentError):
+    """No webhook of ``seller`` in the configuration this adapter delivers with: removed by a reload (the job a dead
+    letter), or — several processes, one reloaded before this one — added by a configuration newer than this
+    process's, which its caller may wait for (gateway.workers.Delivery)."""
+
+    def __init__(self, seller: str) -> None:
+        super().__init__(f"no webhook endpoint configured for seller {seller!r}")
+        self.seller = seller
+
+
 def sign_body(secret: str | bytes, body: bytes) -> str:
     """The ``X-CBEC-Signature`` value for ``body``: ``sha256=<hex>``."""
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
@@ -325,7 +335,7 @@ class WebhookAdapter(HttpAdapter):
             raise PermanentError("webhook job payload needs \"seller\" and \"event\"")
         ep = self.endpoint(seller)
         if ep is None:
-            raise PermanentError(f"no webhook endpoint configured for seller {seller!r}")
+            raise SellerNotConfigured(seller)
         if self.allowed is not None:  # an address in the URL is connected to as it is (a name, through the resolver)
             host = URL(ep.url).host or ""
             if (why := refused_address(host, self.allowed)) is not None:

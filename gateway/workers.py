@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
@@ -36,7 +37,7 @@ from adapters.customs import CustomsAdapter, CustomsConfig, run_inbox_poller
 from adapters.inspection import InspectionAdapter, InspectionConfig
 from adapters.realtime import RealtimeAdapter, RealtimeRefused
 from adapters.warehouse import WarehouseAdapter, WarehouseConfig
-from adapters.webhook import WebhookAdapter, WebhookEndpoint, allowed_networks
+from adapters.webhook import SellerNotConfigured, WebhookAdapter, WebhookEndpoint, allowed_networks
 from gateway import realtime, receipts, signing
 from gateway.config import (
     EndpointSettings,
@@ -196,6 +197,9 @@ class Delivery:
         self.realtime = realtime or RealtimeSettings()
         self.platform_keys = dict(platform_keys or {})
         self._share_refusals()
+        # when (the database's clock) the sellers and platforms delivered for were read: None until known (read_at)
+        self.configured_at: datetime | None = None
+        self._reading: set[asyncio.Task[None]] = set()
         self.endpoints = {e.name: e for e in endpoints}
         self.adapters: dict[str, HttpAdapter] = {}
         self._handlers: dict[str, Handler] = {}
@@ -236,7 +240,7 @@ class Delivery:
                 webhook = WebhookAdapter(_webhook_table(fwd.webhooks), timeouts=timeouts, breaker=breaker,
                                          allowed=allowed_networks(fwd.webhook_allowed_networks))  # fmt: skip
                 self.adapters[ep.name] = webhook
-                self._handlers[ep.name] = queue_handler(webhook)
+                self._handlers[ep.name] = self._webhook_handler(webhook)
             elif ep.kind == "realtime":
                 upload = RealtimeAdapter(ep.url or "", timeouts=timeouts, headers=ep.headers)
                 self.adapters[ep.name] = upload
@@ -249,6 +253,38 @@ class Delivery:
         """The 179 platforms' keys and the signed string's form the next uploads go with (a reload)."""
         self.realtime, self.platform_keys = realtime, dict(keys)
         self._share_refusals()
+        self._read_soon()
+
+    async def read_at(self) -> None:
+        """Note when (the database's clock, the jobs' own) the configuration delivered with was read: at the start
+        and at each reload (:meth:`later_configuration`)."""
+        self.configured_at = await self.outbox.pool.fetchval("SELECT now()")
+
+    def _read_soon(self) -> None:
+        self.configured_at = None  # meanwhile a job naming what this process does not know waits
+
+        async def read() -> None:
+            try:
+                await self.read_at()
+            except Exception as exc:  # the database away: the jobs it would judge cannot be claimed either
+                log.warning("configuration_time_not_read", error=f"{type(exc).__name__}: {exc}")
+
+        with contextlib.suppress(RuntimeError):  # no event loop (not a reload's): read at the next start
+            task = asyncio.get_running_loop().create_task(read())
+            self._reading.add(task)
+            task.add_done_callback(self._reading.discard)
+
+    def later_configuration(self, job: cbec_queue.Job, what: str) -> Deferred | None:
+        """A job naming ``what`` this process's configuration does not hold (a seller's webhook, a 179 platform) that
+        was made after that configuration was read: another process of the gateway (another host) was reloaded with
+        it, and this one not yet. It waits — for this process's reload, or for a process that knows it — instead of
+        becoming a dead letter. None for a job made before: what it names was removed (a dead letter, as it was)."""
+        if self.configured_at is not None and job.created_at < self.configured_at:
+            return None
+        return Deferred(f"{what} is not in this process's configuration, read before this job was made: another "
+                        "process of the gateway was reloaded with it and this one not yet (SIGHUP every cbec serve "
+                        f"and cbec worker); tried again in {LATER_CONFIGURATION_RETRY_S:g} s",
+                        delay_s=LATER_CONFIGURATION_RETRY_S)  # fmt: skip
 
     def _share_refusals(self) -> None:
         """The platforms' UKeys' refusals shared with every process of the gateway, through the database: a card that
@@ -269,6 +305,20 @@ class Delivery:
         for adapter in self.adapters.values():
             if isinstance(adapter, WebhookAdapter):
                 adapter.use(_webhook_table(webhooks))
+        self._read_soon()
+
+    def _webhook_handler(self, adapter: WebhookAdapter) -> Handler:
+        handle = queue_handler(adapter)
+
+        async def deliver(job: cbec_queue.Job) -> None:
+            try:
+                await handle(job)
+            except SellerNotConfigured as exc:
+                if (later := self.later_configuration(job, f"seller {exc.seller}'s webhook")) is not None:
+                    raise later from exc
+                raise
+
+        return deliver
 
     async def close(self) -> None:
         for adapter in self.adapters.values():
@@ -352,6 +402,8 @@ class Delivery:
                                "over with POST /v1/payment-data")  # fmt: skip
             key = self.platform_keys.get(ebp)
             if key is None:
+                if (later := self.later_configuration(job, f"179 platform {ebp}")) is not None:
+                    raise later
                 raise PermanentError(f"platform {ebp} is none of [[realtime.platforms]] here: no key to sign with")
             data = realtime.PaymentData(dict(row["head"]), list(row["lists"]))
             # one guid per question, the same on every retry and replay: customs may dedupe on it
@@ -374,6 +426,8 @@ class Delivery:
 
 #: How often an upload waiting for a platform's card that refused looks whether a reload has asked the card again.
 UKEY_REFUSED_RETRY_S = 15.0
+#: How often a job naming a seller or platform added by a configuration newer than this process's is tried again.
+LATER_CONFIGURATION_RETRY_S = 30.0
 
 
 async def _platform_signature(key: PlatformKey, data: bytes) -> tuple[bytes, str]:
@@ -532,6 +586,7 @@ class Forwarding:
             self.delivery = Delivery(self.outbox, self.fwd, self.endpoints, signer=self.signer,
                                      realtime=self.realtime, platform_keys=self.platform_keys)  # fmt: skip
             await self.delivery.settle()
+            await self.delivery.read_at()
             options = {"lease_s": self.fwd.worker_lease_s, "poll_interval_s": self.fwd.worker_poll_s,
                        **self.worker_options}  # fmt: skip
             self.queue_worker = build_worker(self.pool, self.delivery, **options)

@@ -28,7 +28,7 @@ from aiohttp import web
 from cbec_queue.policy import RetryPolicy
 from structlog.testing import capture_logs
 
-from gateway import samples, server, signing
+from gateway import samples, server, signing, workers
 from gateway.auth import KeyRing, SharedRates
 from gateway.config import ApiKey, EndpointSettings, ForwardingSettings, Role, Settings, WebhookSettings, netloc
 from gateway.db import _stop_leftover
@@ -886,3 +886,70 @@ async def test_processes_of_an_older_build_stop_once_a_newer_one_migrated_their_
                 await asyncio.wait_for(task, 60)
         await pool.close()
     assert _signal_handlers_left() == []
+
+
+async def test_a_worker_not_reloaded_yet_keeps_the_webhooks_of_a_seller_another_host_added(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several hosts, a seller's webhook added and SIGHUP sent to one host only (or to the others a little later):
+    the reloaded `cbec serve` tells the new seller of its shipments, and a `cbec worker` not reloaded yet — which had
+    no webhook of that seller — made each event a dead letter at once. Now an event made after the worker read its
+    configuration waits for it (deferred, saying why) and goes once the worker is reloaded too; one made before (a
+    seller removed since) is a dead letter, as before."""
+    from gateway import db
+    from gateway.forward import JobSpec
+    from gateway.outbox import enqueue_all
+    from gateway.sandbox.recorder import start_recorder
+
+    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)
+    monkeypatch.setattr(server, "log", structlog.get_logger("gateway.server"))
+    monkeypatch.setattr(workers, "LATER_CONFIGURATION_RETRY_S", 0.1)
+    recorder = await start_recorder()
+    hook_a = WebhookSettings("seller-a", frozenset({"E1"}), recorder.url + "/a", "secret-a")
+    hook_b = WebhookSettings("seller-b", frozenset({"E2"}), recorder.url + "/b", "secret-b")
+    fwd = ForwardingSettings(webhooks=(hook_a,), worker_poll_s=0.05, webhook_allowed_networks=("127.0.0.1",))
+    settings = apiutil.test_settings(database_url=db_dsn, data_dir=tmp_path, log_format="json", forwarding=fwd)
+    configured = [settings]
+    pool = await db.create_pool(db_dsn, min_size=1, max_size=2)
+
+    async def event(n: int, seller: str) -> None:
+        job = JobSpec("webhook", "webhook", {"seller": seller, "event": "test.event", "data": {"n": n},
+                                             "id": f"delivery-{n}"}, f"test:{n}")  # fmt: skip
+        async with pool.acquire() as conn:
+            await enqueue_all(conn, [job])
+
+    async def state(n: int) -> tuple[str, str]:
+        row = await pool.fetchrow("SELECT state, coalesce(last_error, '') AS error FROM jobs WHERE dedupe_key = $1",
+                                  f"test:{n}")  # fmt: skip
+        return (row["state"], row["error"]) if row is not None else ("", "")
+
+    async def is_(n: int, *states: str) -> bool:
+        return (await state(n))[0] in states
+
+    async def tried(n: int) -> bool:
+        return (await state(n))[1] != ""
+
+    await event(1, "seller-b")  # before the worker read its configuration: a seller removed since
+    ready, stop = asyncio.Event(), asyncio.Event()
+    with capture_logs() as logged:
+        working = asyncio.create_task(run_worker(settings, sandbox_url="http://127.0.0.1:9", watchdog=False,
+                                                 ready=ready, stop=stop, reload=lambda: configured[-1]))  # fmt: skip
+        try:
+            await asyncio.wait_for(ready.wait(), 60)
+            await wait_for(lambda: is_(1, "dead"), what="the event of a seller removed a dead letter")
+            await event(2, "seller-b")  # routed by a host reloaded with seller b, which this worker is not yet
+            await wait_for(lambda: tried(2), what="the event tried")
+            assert (await state(2))[0] == "queued" and "not in this process's configuration" in (await state(2))[1]
+            configured.append(dataclasses.replace(settings, forwarding=dataclasses.replace(fwd,
+                                                                                           webhooks=(hook_a, hook_b))))
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for(_said(logged, "webhooks_reloaded"), what="seller b in force")
+            [got] = await recorder.wait_for(1, timeout=20, where=lambda r: b'"n":2' in r.body)
+            assert got.path == "/b"
+            await wait_for(lambda: is_(2, "done"), what="the event delivered")
+            assert await is_(1, "dead")
+        finally:
+            stop.set()
+            await asyncio.wait_for(working, 60)
+            await pool.close()
+            await recorder.stop()
