@@ -84,6 +84,9 @@ STORE = web.AppKey("store", Store)
 KEYS = web.AppKey("keys", KeyRing)
 POOL = web.AppKey("pool", asyncpg.Pool)
 OUTBOX = web.AppKey("outbox", Outbox)
+#: Set once the process stops (SIGTERM): /healthz answers 503 "stopping" while what runs finishes (and, for
+#: shutdown_drain_s, new requests are still answered), so that a load balancer sends it nothing more.
+STOPPING = web.AppKey("stopping", asyncio.Event)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -1077,6 +1080,8 @@ async def livez(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    if request.app[STOPPING].is_set():  # still answering, not for long: a load balancer takes it out now
+        return json_response({"status": "stopping", "process": os.getpid()}, 503)
     try:
         async with request.app[POOL].acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
@@ -1124,6 +1129,7 @@ def create_app(
     app[POOL] = pool
     app[STORE] = store
     app[OUTBOX] = outbox
+    app[STOPPING] = asyncio.Event()
     app[TURNS] = Turns()
     trusted = read_certificates(settings.trusted_certs) if settings.trusted_certs else None
     app[PIPELINE] = Pipeline(schemas or SchemaSet(), store, max_bytes=settings.max_body_bytes, signer=signer,

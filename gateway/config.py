@@ -332,6 +332,9 @@ class Settings:
     pool_max_size: int = 16  # per process
     # API processes sharing the port (SO_REUSEPORT); forwarding, the sandbox and the watchdog run in the first.
     processes: int = 1
+    # After SIGTERM, how long cbec serve goes on answering — /healthz answering 503 "stopping" — before it closes its
+    # port: behind a load balancer, long enough for its health checks to take the host out. 0: at once.
+    shutdown_drain_s: float = 0.0
     # The declaring agent's key, used to sign JSON-submitted declarations whose schema requires a
     # signature (CEB621). None: a TEST key is generated in data_dir/signing (never for customs).
     signing_key_file: Path | None = None
@@ -811,6 +814,7 @@ _SETTINGS: tuple[tuple[str, Any], ...] = (
     ("amount_tolerance", _decimal("amount_tolerance")),
     ("pool_max_size", _number(2, integer=True)),
     ("processes", int),
+    ("shutdown_drain_s", _number(0)),
     ("signing_key_file", Path),
     ("signing_cert_file", Path),
     ("signing_algorithm", _choice("signing_algorithm", ("rsa-sha1", "sm2-sm3"))),

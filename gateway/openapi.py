@@ -974,7 +974,10 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Readiness: the process and its database answer",
                 "security": [],
-                "responses": {"200": {"description": "ok"}, "503": {"description": "the database cannot be reached"}},
+                "responses": {"200": {"description": "ok"},
+                              "503": {"description": "the database cannot be reached ({status: unavailable}), or the "
+                                                     "process is stopping ({status: stopping}: it answers on for "
+                                                     "shutdown_drain_s, then closes its port)"}},
             }
         },
         "/livez": {

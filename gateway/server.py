@@ -31,7 +31,7 @@ from aiohttp import web
 from cbec_queue.policy import RetryPolicy
 
 from gateway import db, logs, signing
-from gateway.api import KEYS, OUTBOX, PIPELINE, POOL, REALTIME, STORE, WAREHOUSE_CALLBACKS, create_app
+from gateway.api import KEYS, OUTBOX, PIPELINE, POOL, REALTIME, STOPPING, STORE, WAREHOUSE_CALLBACKS, create_app
 from gateway.auth import KeyRing, SharedRates
 from gateway.config import (
     METRICS_SHARED_DIR_ENV,
@@ -394,16 +394,28 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
 def on_hangup(callback: Callable[[], None]) -> Iterator[None]:
     """While the block runs, SIGHUP calls ``callback`` (by default it would end the process). Removed with the block,
     as stopped_by_signals' handlers are."""
+    with on_signal(signal.SIGHUP, callback):
+        yield
+
+
+@contextlib.contextmanager
+def on_signal(sig: signal.Signals, callback: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, ``sig`` calls ``callback``; the handler removed with the block."""
     loop = asyncio.get_running_loop()
     installed = False
     with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform, or not the main thread
-        loop.add_signal_handler(signal.SIGHUP, callback)
+        loop.add_signal_handler(sig, callback)
         installed = True
     try:
         yield
     finally:
         if installed:
-            loop.remove_signal_handler(signal.SIGHUP)
+            loop.remove_signal_handler(sig)
+
+
+#: What the first process of ``cbec serve`` sends an API process it starts again with new keys (a reload): stop as
+#: SIGTERM would, without draining — the gateway is not stopping, the other processes answer on the port meanwhile.
+REPLACED = signal.SIGUSR1
 
 
 def renew_webhooks(
@@ -771,14 +783,21 @@ async def serve(
                             reason = f"cbec: this API process cannot reach the first one's store: {exc}"
                             raise SystemExit(reason) from None
                     # the first process starts this one again with new keys (reload): a hangup sent to the whole
-                    # group must not end it meanwhile
+                    # group must not end it meanwhile; and it is replaced without a drain
                     stack.enter_context(on_hangup(lambda: None))
+                    replaced = asyncio.Event()
+
+                    def replace_me() -> None:
+                        replaced.set()
+                        stop.set()
+
+                    stack.enter_context(on_signal(REPLACED, replace_me))
                     log.info("api_process_listening", url=f"http://{netloc(settings.host, port)}", pid=os.getpid())
                     orphan_watch = asyncio.create_task(stop_when_orphaned(stop))
                     with settled_heap():
                         if ready is not None:
                             ready.set()
-                        await stop.wait()
+                        await drained(app, stop, settings.shutdown_drain_s, replaced=replaced)
                         await orphan_watch
                     return  # the link closes below, once runner.cleanup has answered the requests in flight
                 if settings.processes > 1:
@@ -853,7 +872,7 @@ async def serve(
                 with settled_heap():
                     if ready is not None:
                         ready.set()
-                    await stop.wait()
+                    await drained(app, stop, settings.shutdown_drain_s, others)
             finally:
                 # which process: an API process stopping (a reload starts them again one by one) is not the gateway
                 log.info("stopping", process=os.getpid(), api_only=api_only)
@@ -885,6 +904,25 @@ async def serve(
             await pool.close()
         if newer:
             raise db.NewerDatabase.of(newer)
+
+
+async def drained(app: web.Application, stop: asyncio.Event, drain_s: float, others: ApiProcesses | None = None, *,
+                  replaced: asyncio.Event | None = None) -> None:  # fmt: skip
+    """Until ``stop``; then /healthz answers 503 "stopping" (api.STOPPING) and the process goes on answering for
+    ``drain_s`` (shutdown_drain_s) before its caller closes the port and winds down: a load balancer's health checks
+    take the host out meanwhile, instead of finding its port closed under the requests they send. The other API
+    processes (``others``) are told to stop at once, to drain alongside, and are restarted no more. An API process
+    ``replaced`` by a reload stops at once, healthy: the gateway is not stopping."""
+    await stop.wait()
+    if replaced is not None and replaced.is_set():
+        return
+    app[STOPPING].set()
+    if others is not None:
+        others.stopping()
+    if drain_s > 0:
+        log.info("draining", seconds=drain_s, process=os.getpid(),
+                 note="/healthz answers 503 stopping; requests are still answered meanwhile")  # fmt: skip
+        await asyncio.sleep(drain_s)
 
 
 @contextlib.asynccontextmanager
@@ -1049,11 +1087,20 @@ class ApiProcesses:
             for slot in self._slots:
                 slot.renewing = True
                 try:
-                    await self._end([slot.proc], timeout)
+                    await self._end([slot.proc], timeout, REPLACED)
                     slot.proc, slot.started, slot.restart_at = self._spawn(), time.monotonic(), None
                 finally:
                     slot.renewing = False
             log.info("api_processes_renewed", pids=self.pids)
+
+    def stopping(self) -> None:
+        """The gateway stops: none of them is restarted any more, and each is told to stop (SIGTERM: it drains, as the
+        first process does, while the first one does)."""
+        if self._watch is not None:
+            self._watch.cancel()
+        for slot in self._slots:
+            if slot.proc.is_alive() and slot.proc.pid is not None:
+                os.kill(slot.proc.pid, signal.SIGTERM)
 
     async def stop(self, timeout: float = 15.0) -> None:
         if self._watch is not None:
@@ -1063,10 +1110,11 @@ class ApiProcesses:
         await self._end([s.proc for s in self._slots], timeout)
 
     @staticmethod
-    async def _end(procs: list[multiprocessing.process.BaseProcess], timeout: float) -> None:
+    async def _end(procs: list[multiprocessing.process.BaseProcess], timeout: float,
+                   sig: signal.Signals = signal.SIGTERM) -> None:  # fmt: skip
         for proc in procs:
             if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signal.SIGTERM)  # a normal stop: in-flight requests and batches finish
+                os.kill(proc.pid, sig)  # a normal stop: in-flight requests and batches finish
         for proc in procs:
             await asyncio.to_thread(proc.join, timeout)
             if proc.is_alive():

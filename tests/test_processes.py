@@ -28,7 +28,7 @@ from aiohttp import web
 from cbec_queue.policy import RetryPolicy
 from structlog.testing import capture_logs
 
-from gateway import samples, server, signing, workers
+from gateway import config, samples, server, signing, workers
 from gateway.auth import KeyRing, SharedRates
 from gateway.config import ApiKey, EndpointSettings, ForwardingSettings, Role, Settings, WebhookSettings, netloc
 from gateway.db import _stop_leftover
@@ -953,3 +953,43 @@ async def test_a_worker_not_reloaded_yet_keeps_the_webhooks_of_a_seller_another_
             await asyncio.wait_for(working, 60)
             await pool.close()
             await recorder.stop()
+
+
+async def test_a_stopping_gateway_says_so_to_the_load_balancer_and_answers_on_while_it_drains(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """Behind a load balancer: on SIGTERM `cbec serve` closed its port at once (or answered /healthz 200 until it
+    did), and the balancer's next requests found the host gone. Now /healthz answers 503 "stopping" from the start of
+    the stop, and for shutdown_drain_s the process goes on answering every other request, so that the balancer's
+    health checks take the host out first. An API process replaced by a reload (the others answering) neither says
+    so nor waits."""
+    from gateway.api import STOPPING
+
+    settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json",
+                                     forwarding=ForwardingSettings(enabled=False), shutdown_drain_s=1.0)  # fmt: skip
+    ready, stop, info = asyncio.Event(), asyncio.Event(), dict[str, Any]()
+    serving = asyncio.create_task(serve(settings, ready=ready, stop=stop, info=info))
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(info["url"] + "/healthz") as resp:
+                assert resp.status == 200
+            stop.set()
+            await asyncio.sleep(0)  # the stop seen
+            async with session.get(info["url"] + "/healthz") as resp:
+                assert resp.status == 503 and (await resp.json())["status"] == "stopping"
+            async with session.get(info["url"] + "/openapi.json") as resp:
+                assert resp.status == 200  # still answered while the balancer takes the host out
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 60)
+    app = web.Application()
+    app[STOPPING] = asyncio.Event()
+    replaced, done = asyncio.Event(), asyncio.Event()
+    replaced.set()
+    done.set()
+    await asyncio.wait_for(server.drained(app, done, 60.0, replaced=replaced), 1)
+    assert not app[STOPPING].is_set()
+    assert config.load(None, env={"CBEC_SHUTDOWN_DRAIN_S": "15"}).shutdown_drain_s == 15
+    with pytest.raises(ValueError, match="shutdown_drain_s"):
+        config.load(None, env={"CBEC_SHUTDOWN_DRAIN_S": "-1"})
