@@ -281,6 +281,8 @@ class Delivery:
         becoming a dead letter. None for a job made before: what it names was removed (a dead letter, as it was)."""
         if self.configured_at is not None and job.created_at < self.configured_at:
             return None
+        if self.configured_at is None and not self._reading:  # a reload's read failed (the database away): again
+            self._read_soon()
         return Deferred(f"{what} is not in this process's configuration, read before this job was made: another "
                         "process of the gateway was reloaded with it and this one not yet (SIGHUP every cbec serve "
                         f"and cbec worker); tried again in {LATER_CONFIGURATION_RETRY_S:g} s",
