@@ -415,6 +415,8 @@ async def test_separately_started_workers_share_a_platforms_card_refusal_through
         yield
 
     monkeypatch.setattr(server, "on_hangup", on_hangup)
+    # each worker settles its own heap for the process it would have alone; here they overlap in one
+    monkeypatch.setattr(server, "settled_heap", contextlib.nullcontext)
     card = await start_ukey(CARD)
     wrong = RealtimePlatform(EBP_CODE, TOKEN, None, None, ukey_url=card.url, ukey_password="00000000")
     mended = dataclasses.replace(wrong, ukey_password="88888888")
