@@ -129,8 +129,8 @@ class CardRefusal:
         self.configuration = configuration or secrets.token_hex(8)
         self._unwritten: str | None = "read" if configuration else "start"
         # a signature holds the card's row at most this long: the card's answer, waited for twice (a connection found
-        # dead is opened again), and a second more
-        self.hold_s = 2 * timeout_s + 1
+        # dead is opened again), and two seconds more (an event loop busy with other requests)
+        self.hold_s = 2 * timeout_s + 2
         self.why: str | None = None
         self.pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
