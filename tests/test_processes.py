@@ -178,6 +178,8 @@ async def test_a_worker_freezes_its_start_up_heap_tunes_the_collector_and_takes_
             super().__init__(pool, outbox, fwd, endpoints, **kw)
 
     monkeypatch.setattr(server, "Forwarding", Recorded)
+    # its logging set-up would cache the loggers it uses (the queue's among them): a later test would capture none
+    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)
     ready, stop = asyncio.Event(), asyncio.Event()
     working = asyncio.create_task(
         run_worker(settings, sandbox_url="http://127.0.0.1:9", watchdog=False, ready=ready, stop=stop)
@@ -859,6 +861,8 @@ async def test_processes_of_an_older_build_stop_once_a_newer_one_migrated_their_
     from gateway.cli import _database_unusable
 
     monkeypatch.setattr(server, "SCHEMA_WATCH_S", 0.05)
+    # their logging set-up would cache the loggers they use (the queue's among them): a later test captures none
+    monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)
     settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json",
                                      forwarding=ForwardingSettings(enabled=False))  # fmt: skip
     ready, stop = asyncio.Event(), asyncio.Event()
