@@ -1343,7 +1343,7 @@ class Outbox:
         conn: asyncpg.Connection,
         plans: Sequence[Plan],
         receipted: Mapping[tuple[str, str], Mapping[str, bool]] | None = None,
-        superseded_failed: Iterable[Leg] = (),
+        superseded: Iterable[Leg] = (),
         reopened: Iterable[tuple[str, str]] = (),
         taken_over: Iterable[tuple[str, str]] = (),
         ids: Mapping[str, int] | None = None,
@@ -1352,7 +1352,8 @@ class Outbox:
         the held versions the wave changed or withdrew (:meth:`settle`; ``ids``: the wave's message ids by guid),
         release the held inventories of shipments the wave matched, and of those it matched by giving quota back
         (``reopened``: shipments the annual limit blocked, assessed again); refresh the customs status of shipments
-        whose failed leg the wave changed or withdrew (``superseded_failed``: those legs' stored versions; rare), and
+        whose failed or rejected leg the wave changed, withdrew or declared anew (``superseded``: those legs' stored
+        versions; rare), and
         of the keyed shipments that took over a waybill customs had heard of (``taken_over``: it came first, and
         went; rare).
         Returns, by message id, the doc_index of its withdrawals concluded here (sent nowhere): of the wave's
@@ -1362,10 +1363,10 @@ class Outbox:
         and whether customs took them. A shipment whose order, or the payment it has, is not taken releases nothing
         (RELEASE_HELD would find it blocked), so it costs no statement: the usual case, an inventory declared before
         the receipts of its order and payment. A shipment not in it is looked at in SQL as before."""
-        failed = list(superseded_failed)
-        if failed:
-            # The new version is on its way (or withdrawn): the shipment no longer waits for a replay.
-            await self._refresh_shipments(conn, await shipments_of(conn, failed), statuses=("failed",))
+        if replaced := list(superseded):
+            # The new version is on its way (or withdrawn): the shipment no longer waits for a replay, nor says
+            # what customs said of a version no longer in force (a seller who mended and resent it).
+            await self._refresh_shipments(conn, await shipments_of(conn, replaced), statuses=("failed", "rejected"))
         if taken := list(taken_over):
             await self._refresh_shipments(conn, taken)
         if self.router is None:
@@ -1518,9 +1519,10 @@ class Outbox:
                 shipments = await self._lock_shipments_of(conn, [d for d in docs if d.message_id in sent])
                 await conn.execute(MARK_SENT, sorted(sent))
                 # A send can change only a pending shipment's status (to declared: see
-                # gateway.forward.shipment_customs_status; it moves no leg out of rejected and no rank), or a
-                # failed one's (a delivery replayed while its hook could not run).
-                await self._refresh_shipments(conn, shipments, statuses=("pending", "failed"))
+                # gateway.forward.shipment_customs_status; it moves no leg out of rejected and no rank), a failed
+                # one's (a delivery replayed while its hook could not run), or a rejected one's whose refused leg is
+                # no longer the one in force (declared anew, or its inventory now names another waybill).
+                await self._refresh_shipments(conn, shipments, statuses=("pending", "failed", "rejected"))
         return {i: None if i.job.id in done else _lease_lost(i.job) for i in items}
 
     async def _lock_shipments_of(self, conn: asyncpg.Connection, docs: Iterable[_Doc]) -> set[tuple[str, str]]:
@@ -1644,9 +1646,10 @@ class Outbox:
                 "delivery_failed" if failed else "delivery_replayed", message_guids=[declared[i] for i in ids],
                 documents=len(rows),
             )  # fmt: skip
-            # Customs' word stands: a shipment customs accepted, released or rejected keeps its status when a
-            # later delivery (a change) fails or is replayed; only one on its way moves.
-            await self._refresh_shipments(conn, shipments, statuses=("pending", "declared", "failed"))
+            # Customs' word stands: a shipment customs accepted or released keeps its status when a later delivery
+            # (a change) fails or is replayed; one on its way moves, and a rejected one whose refused leg is no longer
+            # in force (declared anew: that new version failed).
+            await self._refresh_shipments(conn, shipments, statuses=("pending", "declared", "failed", "rejected"))
 
     # -- receipts -------------------------------------------------------------------------------------------
 

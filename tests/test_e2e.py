@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +322,66 @@ async def test_a_seller_hears_its_shipment_mismatched_and_matched_again_before_i
                                 ("customs_status_changed", "accepted"), ("customs_status_changed", "released")], told
                 again = next(e["data"] for e in events if e["data"].get("state") == "matched")
                 assert (again["previous"], again["missing"], again["findings"]) == ("mismatched", [], [])
+    finally:
+        await recorder.stop()
+
+
+async def test_a_seller_who_declares_a_refused_inventory_anew_sees_it_declared_once_sent(db_dsn: str) -> None:
+    """Customs (the sandbox, its annual limit spent once) refuses the inventory (-621018): the shipment is rejected.
+    The seller declares it anew (appType 1, a newer appTime), and once the new inventory is sent — before customs
+    says a word of it: its receipts held back at the relay — the shipment is declared on the API, on the console's
+    counts and on the seller's webhook; then, customs' receipts delivered, accepted and released."""
+    from tests.consoleutil import ConsoleClient
+
+    recorder = await start_recorder()
+    try:
+        s = shipment(150)
+        hook = WebhookSettings("seller-a", frozenset({s.order_doc["ebcCode"]}), recorder.url + "/hook", "k1")
+
+        def status_changes(r: Any) -> bool:
+            return b"shipment.customs_status_changed" in r.body
+
+        async with running_stack(db_dsn, forwarding={"webhooks": (hook,)},
+                                 sandbox_config={"annual_limit": Decimal(0)}) as stack:  # fmt: skip
+            sandbox = stack.sandbox.sandbox
+            for p in legs(s):
+                await stack.submit(p)
+            await stack.wait_status(s, "rejected")
+            [refused] = [d for d in (await stack.shipment(s))["documents"] if d["kind"] == "inventory"]
+            assert refused["customs"]["code"] == "-621018", refused
+            await recorder.wait_for(2, timeout=10, where=status_changes)  # declared (its legs), rejected
+            sandbox.config.annual_limit = Decimal(26000)
+            relay, sandbox.config.receipt_url = sandbox.config.receipt_url, None  # customs' word held back for now
+            again = version_of(s.inventory, "1", 60)
+            await stack.submit(again)
+            guid = again["documents"][0]["guid"]
+            await stack.wait_sql("SELECT forward_state = 'sent' FROM documents WHERE doc_guid = $1", guid)
+            view = await stack.shipment(s)
+            assert view["customs_status"] == "declared" and view["customs_info"] is None, view
+            assert not [d for d in view["documents"] if d["doc_guid"] == guid and d["receipts"]]
+            console = ConsoleClient(stack.base)
+            try:
+                assert (await console.sign_in(OPERATOR)).status == 303
+                counts = (await console.get_json("/ops/api/summary"))["shipments"]["by_customs_status"]
+            finally:
+                await console.close()
+            assert counts == {"declared": 1}, counts
+            got = await recorder.wait_for(3, timeout=10, where=status_changes)
+            assert [(json.loads(r.body)["data"]["previous"], json.loads(r.body)["data"]["customsStatus"])
+                    for r in got] == [("pending", "declared"), ("declared", "rejected"), ("rejected", "declared")]
+            # the relay delivers customs' receipts of the new inventory now
+            await stack.sandbox.wait_idle()
+            held = [r for r in sandbox.receipts if r["delivered"] is False and r["code"] == "CEB622"]
+            assert [r["status"] for r in held] == ["2", "120", "399", "800"], held
+            for r in held:
+                reply = await stack.client.request("POST", "/v1/receipts", key=CUSTOMS_KEY, data=r["xml"].encode(),
+                                                   content_type="application/xml")  # fmt: skip
+                assert reply.status == 200 and reply.body["receipts"][0]["outcome"] == "applied", reply.body
+            sandbox.config.receipt_url = relay
+            await stack.wait_status(s, "released")
+            got = await recorder.wait_for(5, timeout=10, where=status_changes)
+            assert [json.loads(r.body)["data"]["customsStatus"] for r in got] == [
+                "declared", "rejected", "declared", "accepted", "released"]
     finally:
         await recorder.stop()
 

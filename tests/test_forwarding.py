@@ -1592,8 +1592,9 @@ async def test_a_receipt_in_no_table_leaves_the_document_awaited_for_the_watchdo
 
 @pytest.mark.db
 async def test_a_send_looks_again_only_at_pending_shipments(flow: Flow) -> None:
-    """A send can move a shipment only from pending (or failed) to declared, so record_sent reads the legs of those
-    shipments alone (SHIPMENT_LEGS with their statuses); the statuses come out as a full refresh gives them."""
+    """A send can move a shipment only from pending (or failed, or rejected for a leg no longer its own) to declared,
+    so record_sent reads the legs of those shipments alone (SHIPMENT_LEGS with their statuses); the statuses come out
+    as a full refresh gives them."""
     from gateway.outbox import SHIPMENT_LEGS
 
     a, b = shipment(40), shipment(41)
@@ -1614,7 +1615,8 @@ async def test_a_send_looks_again_only_at_pending_shipments(flow: Flow) -> None:
     keys = [(s.order_doc["ebpCode"], s.order_doc["orderNo"]) for s in (a, b)]
     args = ([k[0] for k in keys], [k[1] for k in keys])
     async with flow.pool.acquire() as conn:
-        assert {r["order_no"] for r in await conn.fetch(SHIPMENT_LEGS, *args, ["pending", "failed"])} == {keys[0][1]}
+        assert {r["order_no"] for r in await conn.fetch(SHIPMENT_LEGS, *args, ["pending", "failed", "rejected"])} == {
+            keys[0][1]}
         assert {r["order_no"] for r in await conn.fetch(SHIPMENT_LEGS, *args, None)} == {k[1] for k in keys}
     await send(b.payment)  # a declared shipment: not read again, still declared
     await send(a.order)
@@ -1661,6 +1663,48 @@ async def test_a_failed_leg_changed_withdrawn_or_resent_no_longer_fails_its_ship
     assert answer["resend"] is True
     assert (await flow.doc(resent.order))["forward_state"] == "queued"
     assert (await flow.shipment(resent))["customs_status"] == "pending"
+
+
+@pytest.mark.db
+async def test_a_rejected_leg_declared_anew_no_longer_rejects_its_shipment(flow: Flow) -> None:
+    """Customs refused the inventory (-621018): the shipment is rejected. Declared anew (appType 1), the new version is
+    the one in force: the shipment is declared at once (its other legs are at customs), as its webhook says; and when
+    the new version's delivery dies, the shipment is failed — not left saying the old refusal."""
+    s = shipment(65)
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await _deliver(flow, payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    await _deliver(flow, s.inventory)
+    await flow.receipt(s.inventory, "-621018", 4)
+    assert (await flow.shipment(s))["customs_status"] == "rejected"
+    anew = version_of(s.inventory, "1", 60)
+    await flow.submit(anew)
+    assert (await flow.doc(anew))["forward_state"] == "queued"  # released from the hold at once: its legs are taken
+    shipment_row = await flow.shipment(s)
+    assert (shipment_row["customs_status"], shipment_row["customs_info"]) == ("declared", None)
+    told = [j["payload"]["data"] for j in await _seller_events(flow, s, "declared")]
+    assert [(d["previous"], d["customsStatus"]) for d in told] == [("pending", "declared"), ("rejected", "declared")]
+    await _die(flow, anew)
+    assert (await flow.shipment(s))["customs_status"] == "failed"
+
+
+@pytest.mark.db
+async def test_a_send_looks_again_at_a_rejected_shipment_whose_refused_leg_is_no_longer_its_own(flow: Flow) -> None:
+    """Customs refused the waybill: the shipment is rejected. The carrier sends another waybill of the orderNo (another
+    logisticsNo), the shipment's now — no change of the refused one, so nothing at ingest looks again —: once it is
+    sent, the shipment is declared, not left rejected until customs answers it."""
+    s = shipment(66)
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await _deliver(flow, payload)
+    await flow.receipt(s.waybill, "100", 2)
+    assert (await flow.shipment(s))["customs_status"] == "rejected"
+    other = version_of(s.waybill, "1", 60, logisticsNo=s.waybill_doc["logisticsNo"] + "X")
+    await flow.submit(other)
+    await _deliver(flow, other)
+    assert (await flow.shipment(s))["customs_status"] == "declared"
 
 
 async def _released(flow: Flow, s: samples.ShipmentSample, **numbers: str) -> None:
