@@ -548,12 +548,37 @@ class LegState:
     customs_time: str | None = None  # the returnTime of its receipt in force (yyyyMMddHHmmssSSS, as customs wrote it)
     message_type: str | None = None
     guid: str | None = None  # the document's (its head's guid)
+    app_type: str = "1"
+    withdrawn: bool = False  # a withdrawal (appType 3)
 
     def customs_word(self) -> dict[str, Any]:
         """What a seller's webhook says of the receipt in force on this leg and of its document."""
         return {"customs": {"code": self.customs_status, "name": rc.status_name(self.customs_status or ""),
                             "info": self.customs_info, "time": self.customs_time},
                 "document": {"kind": self.kind, "messageType": self.message_type, "guid": self.guid}}  # fmt: skip
+
+
+def inventory_in_force(versions: Sequence[LegState]) -> int | None:
+    """Which version of a shipment's inventory its customs status follows: an index into ``versions`` — the current
+    version, then each one it replaced, the latest first, back to its first declaration —, or None when that version
+    is a withdrawal customs took (the shipment then has no inventory at customs).
+
+    * one customs released (800 and above, not refused): the goods left, whatever a change sent after it says — customs
+      refuses a change of a released inventory (−621043), and that refusal makes the released version current again;
+    * else the current version once customs said a word of it (a refusal too);
+    * else the latest version before it customs took, past those it refused: a change or withdrawal on its way (held,
+      queued, sent, its delivery failed) leaves customs the version it holds, and customs' word on that one stands;
+    * else the current version (a first declaration, or one declared anew: customs holds nothing before it)."""
+    released = next((i for i, v in enumerate(versions)
+                     if (v.customs_rank or 0) >= rc.RANK_RELEASED and v.forward_state != "rejected"), None)  # fmt: skip
+    if released is not None:
+        chosen = released
+    elif versions[0].customs_rank is not None:
+        chosen = 0
+    else:
+        chosen = next((i for i, v in enumerate(versions) if v.customs_rank is not None
+                       and v.forward_state != "rejected"), 0)  # fmt: skip
+    return None if versions[chosen].withdrawn else chosen
 
 
 def shipment_customs_status(legs: Iterable[LegState]) -> tuple[str, str | None]:
@@ -563,13 +588,14 @@ def shipment_customs_status(legs: Iterable[LegState]) -> tuple[str, str | None]:
 
 
 def shipment_customs_word(legs: Iterable[LegState]) -> tuple[str, str | None, LegState | None]:
-    """(status, info) of a shipment from its current legs, and the leg whose receipt put it there (the leg rejected,
-    the inventory accepted, released or returned 700), None for a status no receipt decides (pending; declared: a
-    leg on its way or taken; failed: a delivery a dead letter); see gateway/sql/020_forwarding.sql.
+    """(status, info) of a shipment from its current legs — of its inventory, the version :func:`inventory_in_force`
+    says —, and the leg whose receipt put it there (the leg rejected, the inventory accepted, released or returned
+    700), None for a status no receipt decides (pending; declared: a leg on its way or taken; failed: a delivery a dead
+    letter); see gateway/sql/020_forwarding.sql.
 
     A leg whose delivery failed makes the shipment ``failed`` only while customs has not accepted its inventory:
-    customs' own word on the inventory stands. (The outbox moves a shipment to ``failed`` only from pending or
-    declared: a change of an accepted inventory that fails leaves the shipment as customs left it.) ``released`` is
+    customs' own word on the inventory stands (a change of an accepted inventory that fails leaves the shipment as
+    customs left it: the inventory in force is the version customs holds). ``released`` is
     final: the outbox never recomputes a released shipment, so a later change, its rejection or its failed delivery
     shows on the document only, and the warehouse's outbound order and the sellers' webhook are never set off
     twice."""

@@ -55,6 +55,7 @@ from gateway.forward import (
     OrderSource,
     Replacement,
     Router,
+    inventory_in_force,
     ordering_key,
     settle_held,
     shipment_customs_word,
@@ -663,9 +664,31 @@ RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount, l.returne
 """
 
 
+#: The versions an inventory (the row ``d``) replaced, the latest first, back to its first declaration (appType 1), each
+#: as a leg (gateway.forward.inventory_in_force reads them): walked through superseded_by (its partial index), only for a
+#: change or withdrawal — a first declaration replaced none customs still holds.
+_VERSIONS_BEFORE = """CASE WHEN d.kind = 'inventory' AND d.app_type <> '1' THEN (
+                  SELECT json_agg(json_build_object(
+                             'id', v.id, 'app_time', v.app_time, 'message_id', v.message_id, 'doc_index', v.doc_index,
+                             'kind', v.kind, 'forward_state', v.forward_state, 'customs_status', v.customs_status,
+                             'customs_rank', v.customs_rank, 'customs_info', v.customs_info,
+                             'customs_time', v.customs_return_time, 'message_type', v.message_type,
+                             'doc_guid', v.doc_guid, 'app_type', v.app_type, 'withdrawn', v.withdrawn)
+                         ORDER BY v.depth)
+                    FROM (WITH RECURSIVE back AS (
+                              SELECT p.*, 1 AS depth FROM documents AS p WHERE p.superseded_by = d.id
+                              UNION ALL
+                              SELECT p.*, b.depth + 1
+                                FROM back AS b,
+                                     LATERAL (SELECT * FROM documents AS p WHERE p.superseded_by = b.id OFFSET 0) AS p
+                               WHERE b.app_type <> '1' AND b.depth < 1000)
+                          SELECT * FROM back) AS v) END"""
+
+
 def _shipment_legs(released: str) -> str:
     """The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments', of those
-    ``released`` (a condition on s) says."""
+    ``released`` (a condition on s) says. An inventory's current version comes withdrawn too, with the versions it
+    replaced (``before``): which of them the status follows is gateway.forward.inventory_in_force's to say."""
     return f"""
 WITH inv AS MATERIALIZED (
     SELECT d.ebp_code, d.order_no, d.logistics_code AS lc, d.logistics_no AS ln, d.message_type AS mt
@@ -681,19 +704,23 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties, s.fl
                  'kind', l.kind, 'message_type', l.message_type, 'doc_guid', l.doc_guid,
                  'forward_state', l.forward_state, 'customs_status', l.customs_status,
                  'customs_rank', l.customs_rank, 'customs_info', l.customs_info,
-                 'customs_time', l.customs_return_time) ORDER BY l.id), '[]')
+                 'customs_time', l.customs_return_time, 'app_type', l.app_type, 'withdrawn', l.withdrawn,
+                 'before', l.before) ORDER BY l.id), '[]')
           FROM (SELECT d.id, d.app_time, d.message_id, d.doc_index, d.kind, d.message_type, d.doc_guid,
-                       d.forward_state, d.customs_status, d.customs_rank, d.customs_info, d.customs_return_time
+                       d.forward_state, d.customs_status, d.customs_rank, d.customs_info, d.customs_return_time,
+                       d.app_type, d.withdrawn, {_VERSIONS_BEFORE} AS before
                   FROM (SELECT * FROM documents AS d
                          WHERE d.ebp_code = s.ebp_code AND d.order_no = s.order_no OFFSET 0) AS d
-                 WHERE d.kind IN ('order', 'payment', 'inventory') AND d.is_current AND NOT d.withdrawn
+                 WHERE d.kind IN ('order', 'payment', 'inventory') AND d.is_current
+                   AND (NOT d.withdrawn OR d.kind = 'inventory')
                 UNION ALL
                 -- the waybill the inventory names (pri 0), else the latest one of the orderNo (as reconciliation),
                 -- unless another platform uses that orderNo too: whose waybill it is, nothing says (a waybill
                 -- carries no ebpCode), and one platform's rejection must not move the other's status; by the orderNo
                 -- for an import shipment only, and by the inventory a waybill of its flow
                 (SELECT w.id, w.app_time, w.message_id, w.doc_index, w.kind, w.message_type, w.doc_guid,
-                        w.forward_state, w.customs_status, w.customs_rank, w.customs_info, w.customs_return_time
+                        w.forward_state, w.customs_status, w.customs_rank, w.customs_info, w.customs_return_time,
+                        w.app_type, w.withdrawn, NULL::json
                    FROM (SELECT n.*, 0 AS pri
                            FROM inv AS i,
                                 LATERAL (SELECT * FROM documents AS n
@@ -1549,14 +1576,8 @@ class Outbox:
         jobs: list[JobSpec] = []
         released: list[tuple[asyncpg.Record, list[dict[str, Any]]]] = []  # (shipment, its current legs)
         for r in rows:
-            legs = _latest_legs(r["legs"])
-            status, info, said = shipment_customs_word(
-                LegState(
-                    leg["kind"], leg["forward_state"], leg["customs_status"], leg["customs_rank"], leg["customs_info"],
-                    leg["customs_time"], leg["message_type"], leg["doc_guid"],
-                )
-                for leg in legs
-            )
+            legs = _legs_in_force(r["legs"])
+            status, info, said = shipment_customs_word(_leg_state(leg) for leg in legs)
             if status == r["customs_status"] and info == r["customs_info"]:
                 continue
             changed.append((r["ebp_code"], r["order_no"], status, info))
@@ -1851,7 +1872,7 @@ class Outbox:
             ships = sorted({(r["ebp_code"], r["order_no"]) for r in anew})
             rows = await conn.fetch(RELEASED_SHIPMENT_LEGS, [s[0] for s in ships], [s[1] for s in ships])
             again = [(r, legs) for r in rows if ships_from_a_warehouse(r["flow"], r["mode"])
-                     for legs in [_latest_legs(r["legs"])]
+                     for legs in [_legs_in_force(r["legs"])]
                      if any(leg["kind"] == "inventory" and leg["id"] in ids for leg in legs)]  # fmt: skip
             made = await self._release_orders(conn, again)
             jobs += made
@@ -2459,6 +2480,28 @@ def _probe(index: int, c: rc.Correlation) -> dict[str, Any]:
         "pre_no": c.pre_no or None,
         "invt_no": c.invt_no or None,
     }
+
+
+def _leg_state(leg: Mapping[str, Any]) -> LegState:
+    return LegState(leg["kind"], leg["forward_state"], leg["customs_status"], leg["customs_rank"], leg["customs_info"],
+                    leg.get("customs_time"), leg.get("message_type"), leg.get("doc_guid"),
+                    (leg.get("app_type") or "1").strip(), bool(leg.get("withdrawn")))  # fmt: skip
+
+
+def _legs_in_force(legs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A shipment's legs as SHIPMENT_LEGS reads them, each inventory replaced by the version of it whose customs word
+    the status follows (gateway.forward.inventory_in_force: the version customs holds while a change or withdrawal is
+    on its way, the one it released), or dropped when that is a withdrawal customs took; one leg per kind."""
+    kept = []
+    for leg in legs:
+        if leg["kind"] == "inventory":
+            versions = [leg, *(leg.get("before") or ())]
+            chosen = inventory_in_force([_leg_state(v) for v in versions])
+            if chosen is None:
+                continue
+            leg = versions[chosen]
+        kept.append(leg)
+    return _latest_legs(kept)
 
 
 def _latest_legs(legs: list[dict[str, Any]]) -> list[dict[str, Any]]:

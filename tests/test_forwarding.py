@@ -8,7 +8,7 @@ import json
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from gateway.forward import (
     LegState,
     Replacement,
     Router,
+    inventory_in_force,
     ordering_key,
     settle_held,
     shipment_customs_status,
@@ -238,6 +239,34 @@ def test_a_failed_delivery_fails_the_shipment_until_customs_accepted_its_invento
     waybill = leg("waybill", "failed")
     assert shipment_customs_status([waybill, leg("inventory", "receipted", "120", 40)])[0] == "accepted"
     assert shipment_customs_status([waybill, leg("inventory", "receipted", "800", 100)])[0] == "released"
+
+
+def test_the_inventory_version_a_shipment_follows() -> None:
+    """The current version, then the ones it replaced: customs' word on the version it holds stands while a change or
+    withdrawal is on its way; a release of any of them stands whatever came after; a withdrawal customs took leaves
+    no inventory."""
+    first = leg("inventory", "receipted", "120", 40)
+    change = replace(leg("inventory", "sent"), app_type="2")
+    withdrawal = replace(leg("inventory", "queued"), app_type="3", withdrawn=True)
+    assert inventory_in_force([first]) == 0
+    assert inventory_in_force([replace(leg("inventory", "queued"))]) == 0  # a first declaration on its way
+    assert inventory_in_force([change, first]) == 1  # customs holds the first
+    assert inventory_in_force([replace(change, forward_state="failed"), first]) == 1
+    assert inventory_in_force([replace(change, forward_state="held"), change, first]) == 2
+    assert inventory_in_force([replace(change, forward_state="receipted", customs_status="2", customs_rank=20),
+                               first]) == 0  # customs' word on the change
+    refused = replace(change, forward_state="rejected", customs_status="100", customs_rank=80)
+    assert inventory_in_force([refused, first]) == 0
+    assert inventory_in_force([change, refused, first]) == 2  # past the change it refused
+    assert inventory_in_force([change, replace(first, forward_state="rejected", customs_status="100",
+                                               customs_rank=80)]) == 0  # customs refused the first: holds nothing
+    released = leg("inventory", "receipted", "800", 100)
+    assert inventory_in_force([replace(change, forward_state="receipted", customs_status="2", customs_rank=20),
+                               released]) == 1
+    assert inventory_in_force([withdrawal, first]) == 1  # a withdrawal on its way
+    assert inventory_in_force([replace(withdrawal, forward_state="receipted", customs_status="2", customs_rank=20),
+                               first]) is None  # taken: no inventory at customs
+    assert inventory_in_force([replace(withdrawal, forward_state="unsent"), leg("inventory", "unsent")]) is None
 
 
 def held(id: int, message_id: int, app_type: str = "1", state: str = "held", **kw: Any) -> HeldVersion:
@@ -1705,6 +1734,61 @@ async def test_a_send_looks_again_at_a_rejected_shipment_whose_refused_leg_is_no
     await flow.submit(other)
     await _deliver(flow, other)
     assert (await flow.shipment(s))["customs_status"] == "declared"
+
+
+async def _accepted(flow: Flow, s: samples.ShipmentSample, **numbers: str) -> None:
+    """The legs of ``s`` delivered and taken by customs (2), its inventory delivered and accepted (120)."""
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await _deliver(flow, payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    await _deliver(flow, s.inventory)
+    await flow.receipt(s.inventory, "120", 4, **numbers)
+    assert (await flow.shipment(s))["customs_status"] == "accepted"
+
+
+@pytest.mark.db
+async def test_a_change_of_an_accepted_inventory_on_its_way_leaves_the_shipment_as_customs_holds_it(flow: Flow) -> None:
+    """Customs accepted the inventory; its change is sent. Until customs says a word of the change, the shipment is what
+    customs holds, accepted — also when another leg's receipt comes meanwhile and the shipment is looked at again
+    (it used to become declared then, and stay accepted otherwise) —; then the change's own word moves it."""
+    s = shipment(67)
+    await _accepted(flow, s)
+    change = version_of(s.inventory, "2", 60)
+    await flow.submit(change)
+    await _deliver(flow, change)
+    assert (await flow.shipment(s))["customs_status"] == "accepted"
+    await flow.receipt(s.payment, "120", 5)  # a late receipt of another leg
+    assert (await flow.shipment(s))["customs_status"] == "accepted"
+    await flow.receipt(change, "2", 6)  # customs takes the change: declared again, until it accepts it
+    assert (await flow.shipment(s))["customs_status"] == "declared"
+    await flow.receipt(change, "120", 7)
+    assert (await flow.shipment(s))["customs_status"] == "accepted"
+    told = [j["payload"]["data"]["customsStatus"] for k, j in (await flow.jobs()).items()
+            if k.startswith("webhook:") and j["payload"]["event"] == "shipment.customs_status_changed"]  # fmt: skip
+    assert told == ["declared", "accepted", "declared", "accepted"], told
+
+
+@pytest.mark.db
+async def test_customs_releasing_the_version_it_holds_releases_the_shipment_though_a_change_was_sent(
+    flow: Flow,
+) -> None:
+    """Customs accepted the inventory, a change of it is sent, and then the release (800) of the version customs holds
+    comes: the goods left. The shipment is released at once — the warehouse's order made of the version released —,
+    not declared until customs refuses the change (−621043), which then changes nothing more."""
+    s = shipment(68, mode="1210")
+    await _accepted(flow, s, invtNo="46012026I000000068")
+    change = version_of(s.inventory, "2", 60)
+    await flow.submit(change)
+    await _deliver(flow, change)
+    await flow.receipt(s.inventory, "800", 6, invtNo="46012026I000000068")
+    assert (await flow.shipment(s))["customs_status"] == "released"
+    [order] = [j for k, j in (await flow.jobs()).items() if k.startswith("warehouse:")]
+    assert (order["payload"]["guid"], order["payload"]["invtNo"]) == (s.inventory["guid"], "46012026I000000068")
+    await flow.receipt(change, "-621043", 7)
+    assert (await flow.shipment(s))["customs_status"] == "released"
+    assert [k for k in await flow.jobs() if k.startswith("warehouse:")] == [order["dedupe_key"]]
 
 
 async def _released(flow: Flow, s: samples.ShipmentSample, **numbers: str) -> None:
