@@ -1379,8 +1379,8 @@ class Outbox:
         the held versions the wave changed or withdrew (:meth:`settle`; ``ids``: the wave's message ids by guid),
         release the held inventories of shipments the wave matched, and of those it matched by giving quota back
         (``reopened``: shipments the annual limit blocked, assessed again); refresh the customs status of shipments
-        whose failed or rejected leg the wave changed, withdrew or declared anew (``superseded``: those legs' stored
-        versions; rare), and
+        whose failed or rejected leg, or inventory customs cancelled, the wave changed, withdrew or declared anew
+        (``superseded``: those versions as stored; rare), and
         of the keyed shipments that took over a waybill customs had heard of (``taken_over``: it came first, and
         went; rare).
         Returns, by message id, the doc_index of its withdrawals concluded here (sent nowhere): of the wave's
@@ -1392,8 +1392,9 @@ class Outbox:
         the receipts of its order and payment. A shipment not in it is looked at in SQL as before."""
         if replaced := list(superseded):
             # The new version is on its way (or withdrawn): the shipment no longer waits for a replay, nor says
-            # what customs said of a version no longer in force (a seller who mended and resent it).
-            await self._refresh_shipments(conn, await shipments_of(conn, replaced), statuses=("failed", "rejected"))
+            # what customs said of a version no longer in force (a seller who mended and resent it, an inventory
+            # declared anew after its cancellation).
+            await self._refresh_shipments(conn, await shipments_of(conn, replaced))
         if taken := list(taken_over):
             await self._refresh_shipments(conn, taken)
         if self.router is None:

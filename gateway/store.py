@@ -1943,10 +1943,11 @@ class Store:
             if self.outbox is not None:
                 if changes:  # a shipment went to or from mismatched: its sellers hear of it, before what follows
                     await self.outbox.tell_states(conn, changes, [s for _, w in writes for s in w.shipments])
-                # a stored version whose delivery failed or that customs rejected, changed, withdrawn or declared
-                # anew now: its shipment's status no longer says what that version's failure or refusal says (rare)
+                # a stored version whose delivery failed, that customs rejected or whose cancellation it concluded,
+                # changed, withdrawn or declared anew now: its shipment's status no longer says what customs said of
+                # that version, or its failure (rare)
                 superseded = [old for job, _ in writes for d in job.news
-                              if (old := d.replaces) is not None and (old.failed or old.rejected)]  # fmt: skip
+                              if (old := d.replaces) is not None and (old.failed or old.rejected or old.cancelled)]
                 reopened = [key for _, w in writes for key in w.reopened]
                 concluded = await self.outbox.after_write(conn, plans, receipted, superseded, reopened, taken_over,
                                                           ids)  # fmt: skip

@@ -2159,6 +2159,25 @@ async def test_sellers_hear_of_a_cancellation_customs_concluded_and_of_the_relea
 
 
 @pytest.mark.db
+async def test_an_accepted_inventory_cancelled_and_declared_anew_follows_the_new_one(flow: Flow) -> None:
+    """Customs accepted the inventory and concluded its cancellation; the inventory declared anew is the one in force
+    (customs holds nothing of the one cancelled): the shipment is declared at once, and failed when the new one's
+    delivery dies — not left accepted, as customs left the inventory it cancelled."""
+    s = shipment(72)
+    await _accepted(flow, s, invtNo="46012026I000000072")
+    conclude = await _cancel(flow, s.inventory, "K" * 36, "46012026I000000072", "B20260101000000072", 5)
+    await conclude()
+    async with flow.pool.acquire() as conn:  # the cancellation went (the inventory declared anew waits behind it)
+        for job in await cbec_queue.claim(conn, worker_id="w", lease_s=30, endpoint="customs", limit=20):
+            assert await cbec_queue.record_done(conn, job)
+    anew = version_of(s.inventory, "1", 60)
+    await flow.submit(anew)
+    assert (await flow.shipment(s))["customs_status"] == "declared"
+    await _die(flow, anew)
+    assert (await flow.shipment(s))["customs_status"] == "failed"
+
+
+@pytest.mark.db
 async def test_sellers_hear_what_customs_said_of_cancellations_and_returns_that_move_no_status(flow: Flow) -> None:
     """A cancellation of an inventory customs accepted but did not release (no warehouse order to cancel), one customs
     refused, and a return it concluded: each told once, the shipment's customs status as it was."""
