@@ -664,9 +664,9 @@ RETURNING l.buyer_id_number, l.year, l.ebc_code, l.order_no, l.amount, l.returne
 """
 
 
-#: The versions an inventory (the row ``d``) replaced, the latest first, back to its first declaration (appType 1), each
-#: as a leg (gateway.forward.inventory_in_force reads them): walked through superseded_by (its partial index), only for a
-#: change or withdrawal — a first declaration replaced none customs still holds.
+#: The versions an inventory (the row ``d``) replaced, the latest first, back to its first declaration (appType 1),
+#: each as a leg (gateway.forward.inventory_in_force reads them): walked through superseded_by (its partial index), only
+#: for a change or withdrawal — a first declaration replaced none customs still holds.
 _VERSIONS_BEFORE = """CASE WHEN d.kind = 'inventory' AND d.app_type <> '1' THEN (
                   SELECT json_agg(json_build_object(
                              'id', v.id, 'app_time', v.app_time, 'message_id', v.message_id, 'doc_index', v.doc_index,
