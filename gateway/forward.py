@@ -49,6 +49,11 @@ INVENTORY_EVENTS = {
 #: it is current again (customs holds it, README "Idempotency and changes"): no customs status moves — the refused
 #: version is no leg any more —, so without this its sender would believe its change stood.
 CHANGE_REFUSED_EVENT = "shipment.change_refused"
+#: A delivery to customs of one of the shipment's documents died (a dead letter: refused for good, or out of
+#: attempts), or, replayed, reached customs after all. A cancellation, return or withdrawal is no leg and a change of an
+#: accepted or released inventory moves no status (customs' word on the version it holds stands): without these the
+#: seller of such a document would hear nothing of its death, only operators would see the dead letter.
+DELIVERY_EVENTS = {"failed": "shipment.delivery_failed", "recovered": "shipment.delivery_recovered"}
 #: The shipment's reconciliation (三单对碰) went to or from RECONCILIATION_TOLD, or stayed there held by other blocking
 #: findings. A mismatched shipment's inventory is held and never sent to customs, and no customs status changes while it
 #: waits: without this a seller would see "declared" and then nothing.
@@ -353,6 +358,19 @@ class Router:
         data = {"ebpCode": ebp_code, "orderNo": order_no, **document}
         return self._seller_events(CHANGE_REFUSED_EVENT, ebp_code, order_no, parties, data,
                                    f"change_refused:{document['guid']}")  # fmt: skip
+
+    def delivery_webhook_jobs(
+        self, *, outcome: str, ebp_code: str, order_no: str, parties: Iterable[str], document: Mapping[str, Any],
+        event_id: str,
+    ) -> list[JobSpec]:
+        """One job per seller when the delivery to customs of one of the shipment's documents died or, replayed, reached
+        customs (``outcome``: a key of DELIVERY_EVENTS; ``document``: messageType, guid, messageGuid, kind, appType,
+        customsStatus and, dead, the error), in the shipment's stream. ``event_id`` tells one death of the document
+        from the next (a replay that dies again), one delivery after a replay from another."""
+        event = DELIVERY_EVENTS[outcome]
+        data = {"ebpCode": ebp_code, "orderNo": order_no, **document}
+        return self._seller_events(event, ebp_code, order_no, parties, data,
+                                   f"delivery_{outcome}:{document['guid']}:{event_id}")  # fmt: skip
 
     def reconciliation_told(self) -> str | None:
         """The state whose changes the store looks for when it writes shipments (RECONCILIATION_TOLD), or None when no

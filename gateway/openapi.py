@@ -7,6 +7,7 @@ from typing import Any
 from adapters.warehouse import CALLBACK_SCHEMA, CALLBACK_STATUSES, DIRECTIONS
 from gateway.forward import (
     CHANGE_REFUSED_EVENT,
+    DELIVERY_EVENTS,
     FORWARD_STATES,
     INVENTORY_EVENTS,
     RECONCILIATION_WEBHOOK_EVENT,
@@ -422,6 +423,24 @@ _INVENTORY_DATA = {
                             "description": "the orderIds of the warehouse orders cancelled or made for it"},
     },
 }  # fmt: skip
+_DELIVERY_DATA = {
+    "type": "object",
+    "required": ["ebpCode", "orderNo", "messageType", "guid", "messageGuid", "kind", "appType", "customsStatus"],
+    "properties": {
+        **_SHIPMENT,
+        "messageType": {"type": "string", "description": "the document's: a leg's (CEB311, CEB621 …), a cancellation's "
+                                                         "(CEB623, CEB605), a return's (CEB625, CEB213)"},
+        "guid": {"type": "string", "description": "the document's guid (the 202's documents[].doc_guid)"},
+        "messageGuid": {"type": "string", "description": "the guid of the message that carried it (the 202's guid)"},
+        "kind": {"type": "string", "description": "order, payment, waybill, inventory, cancel, refund"},
+        "appType": {"type": "string", "description": "1 a declaration, 2 a change, 3 a withdrawal"},
+        "customsStatus": {**_CUSTOMS_STATUS, "description": "the shipment's customs status now: failed when the "
+                          "document is a leg customs holds no word on (its own status change tells it too); a "
+                          "cancellation, return, withdrawal or a change of an accepted or released inventory leaves it "
+                          "as customs left it"},
+        "error": {**_TEXT_OR_NULL, "description": "shipment.delivery_failed only: why the last attempt failed"},
+    },
+}  # fmt: skip
 _SHIPMENT_STATE = {"enum": [s.value for s in ShipmentState]}
 #: A finding as a webhook carries it: the components' Finding with its sides written out, so that an event's body is
 #: described by its own schema.
@@ -474,6 +493,11 @@ _WEBHOOK_DATA: dict[str, tuple[str, dict[str, Any]]] = {
                        "appType": {"enum": ["2", "3"], "description": "2 a change, 3 a withdrawal"},
                        "customs": {**_CUSTOMS_WORD, "description": "customs' refusal: returnStatus (100 or a "
                                    "negative code), its meaning, returnInfo and returnTime"}}}),
+    DELIVERY_EVENTS["failed"]: ("the delivery to customs of one of the shipment's documents died (a dead letter: "
+                                "refused for good, or out of attempts); an operator replays it once the cause is "
+                                "fixed", _DELIVERY_DATA),
+    DELIVERY_EVENTS["recovered"]: ("a replayed delivery of one of the shipment's documents reached customs; customs' "
+                                   "answer follows as any", _DELIVERY_DATA),
     RECONCILIATION_WEBHOOK_EVENT: ("the shipment's reconciliation became mismatched (its inventory held), what holds "
                                    "it changed while it stays so (state and previous both mismatched), or it no "
                                    "longer is", {

@@ -792,12 +792,6 @@ SELECT d.id, d.doc_guid, d.head ->> 'reason' AS reason, d.head ->> 'invtNo' AS n
 #: Refused changes and withdrawals ($1 ids): their guid, and whether they are current still (no version before was
 #: restored: gateway.store.restore_refused).
 REFUSED_LEGS = "SELECT d.id, d.doc_guid, d.is_current FROM documents AS d WHERE d.id = ANY ($1::bigint[])"
-#: The parties of shipments ($1 ebpCode, $2 orderNo): whose sellers hear of them.
-SHIPMENT_PARTIES = """
-SELECT s.ebp_code, s.order_no, s.parties
-  FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
-       LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = k.ebp AND s.order_no = k.ono OFFSET 0) AS s
-"""
 
 #: The documents carrying these ($1) guids, whoever sent them: whose parties a finding's sides name
 #: (gateway.auth.readable_sides; documents_doc_guid_every_kind_idx): the API's, and a seller's webhook's
@@ -896,6 +890,22 @@ RETURNING d.id
 DELIVERY_REPLAYED = """
 UPDATE documents SET forward_state = 'queued' WHERE message_id = ANY ($1::bigint[]) AND forward_state = 'failed'
 RETURNING id
+"""
+
+#: The documents ($1 ids) whose delivery to customs died or, replayed, succeeded, as their sellers hear of them
+#: (Outbox._tell_deliveries): what names them, and what finds their shipments (gateway.outbox.shipments_of).
+DELIVERY_DOCUMENTS = """
+SELECT d.id, d.message_id, d.doc_guid, d.message_type, d.app_type, d.kind, d.ebp_code, d.order_no, d.logistics_code,
+       d.logistics_no, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid
+  FROM documents AS d
+ WHERE d.id = ANY ($1::bigint[])
+ ORDER BY d.id
+"""
+#: Shipments ($1 ebpCode, $2 orderNo) with their parties (whose sellers hear of them) and customs status.
+SHIPMENT_PARTIES = """
+SELECT s.ebp_code, s.order_no, s.parties, s.customs_status
+  FROM unnest($1::text[], $2::text[]) AS k(ebp, ono),
+       LATERAL (SELECT * FROM shipments AS s WHERE s.ebp_code = k.ebp AND s.order_no = k.ono OFFSET 0) AS s
 """
 
 MESSAGE_HEADS = "SELECT id, guid, message_type FROM messages WHERE id = ANY ($1::bigint[])"
@@ -1541,6 +1551,10 @@ class Outbox:
             # moves jobs and shipments together (the queue's dead-letter hooks: deliveries_dead and _replayed).
             done = await cbec_queue.mark_done_many(conn, [i.job for i in items])
             sent = {i.message_id for i in items if i.job.id in done}
+            # a dead letter replayed, delivered now: of its documents, those that waited for it (not receipted since)
+            replayed = {i.message_id: f"{i.job.id}:{i.job.replays}" for i in items
+                        if i.job.replays and i.job.id in done}  # fmt: skip
+            recovered = [d.id for d in docs if d.message_id in replayed and d.forward_state in ("queued", "failed")]
             if sent:
                 # A lost claim writes nothing, as when its own transaction rolled back: its message is not
                 # marked sent and its shipments are not refreshed.
@@ -1551,6 +1565,8 @@ class Outbox:
                 # one's (a delivery replayed while its hook could not run), or a rejected one's whose refused leg is
                 # no longer the one in force (declared anew, or its inventory now names another waybill).
                 await self._refresh_shipments(conn, shipments, statuses=("pending", "failed", "rejected"))
+                if recovered:  # rare: nothing more for a first delivery
+                    await self._tell_deliveries(conn, "recovered", recovered, replayed)
         return {i: None if i.job.id in done else _lease_lost(i.job) for i in items}
 
     async def _lock_shipments_of(self, conn: asyncpg.Connection, docs: Iterable[_Doc]) -> set[tuple[str, str]]:
@@ -1672,6 +1688,58 @@ class Outbox:
             # (a change) fails or is replayed; one on its way moves, and a rejected one whose refused leg is no longer
             # in force (declared anew: that new version failed).
             await self._refresh_shipments(conn, shipments, statuses=("pending", "declared", "failed", "rejected"))
+            if failed:  # each document's sellers, whatever its shipment's status says (a cancellation: nothing)
+                errors = {m.payload["message_id"]: m.last_error for m in moved
+                          if m.payload.get("message_id") in declared}  # fmt: skip
+                await self._tell_deliveries(conn, "failed", [r["id"] for r in rows],
+                                            {i: uuid.uuid4().hex for i in declared}, errors)  # fmt: skip
+
+    async def _tell_deliveries(
+        self, conn: asyncpg.Connection, outcome: str, ids: Sequence[int], event_ids: Mapping[int, str],
+        errors: Mapping[int, str | None] | None = None,
+    ) -> None:
+        """The sellers of the shipments of documents (``ids``) whose delivery to customs died (``outcome`` failed, with
+        the dead job's error by message id) or, replayed, reached customs (recovered) hear of each document, in this
+        transaction, after its shipment's status change (if any). ``event_ids``: by message id, what makes the event
+        one of its own (gateway.forward.Router.delivery_webhook_jobs)."""
+        router = self.router
+        if router is None or router.webhook_endpoint is None or not router.webhooks or not ids:
+            return
+        rows = await conn.fetch(DELIVERY_DOCUMENTS, sorted(set(ids)))
+        of_doc: dict[int, set[tuple[str, str]]] = {}
+        for r in rows:
+            # its own (a cancellation's, a return's: its inventory's); a waybill's by the inventory naming it or its
+            # orderNo (few: a dead letter's)
+            if r["kind"] == "waybill":
+                of_doc[r["id"]] = await shipments_of(conn, [_DeliveredDoc.of(r)])
+            else:
+                of_doc[r["id"]] = {(r["ebp_code"], r["order_no"] or "")} if r["ebp_code"] else set()
+        ships = sorted(set().union(*of_doc.values()))
+        if not ships:
+            return
+        found = {(s["ebp_code"], s["order_no"]): s for s in await conn.fetch(
+            SHIPMENT_PARTIES, [k[0] for k in ships], [k[1] for k in ships])}  # fmt: skip
+        jobs: list[JobSpec] = []
+        for r in rows:
+            for key in sorted(of_doc[r["id"]]):
+                if (s := found.get(key)) is None:
+                    continue
+                document: dict[str, Any] = {
+                    "messageType": r["message_type"], "guid": r["doc_guid"], "messageGuid": r["message_guid"],
+                    "kind": r["kind"], "appType": (r["app_type"] or "1").strip(), "customsStatus": s["customs_status"],
+                }  # fmt: skip
+                if errors is not None:
+                    document["error"] = errors.get(r["message_id"])
+                told = router.delivery_webhook_jobs(
+                    outcome=outcome, ebp_code=s["ebp_code"], order_no=s["order_no"], parties=s["parties"],
+                    document=document, event_id=event_ids[r["message_id"]],
+                )  # fmt: skip
+                if told:
+                    log.info("sellers_told", webhook_event=told[0].payload["event"], ebp_code=s["ebp_code"],
+                             order_no=s["order_no"], guid=r["doc_guid"],
+                             sellers=[j.payload["seller"] for j in told])  # fmt: skip
+                jobs += told
+        await enqueue_all(conn, jobs)
 
     # -- receipts -------------------------------------------------------------------------------------------
 
@@ -2434,6 +2502,22 @@ def warehouse_orders(callbacks: Iterable[Mapping[str, Any]]) -> dict[tuple[str, 
         order.update(status=best["status"], reason=best["reason"])
         out.setdefault(order.pop("key"), []).append(order)
     return out
+
+
+@dataclass
+class _DeliveredDoc:
+    """A document as shipments_of reads it, from a DELIVERY_DOCUMENTS row."""
+
+    kind: str
+    message_type: str
+    ebp_code: str | None
+    order_no: str | None
+    logistics_code: str | None
+    logistics_no: str | None
+
+    @classmethod
+    def of(cls, r: asyncpg.Record) -> _DeliveredDoc:
+        return cls(r["kind"], r["message_type"], r["ebp_code"], r["order_no"], r["logistics_code"], r["logistics_no"])
 
 
 class Leg(Protocol):

@@ -854,6 +854,7 @@ def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None
     from gateway.config import WebhookSettings
     from gateway.forward import (
         CHANGE_REFUSED_EVENT,
+        DELIVERY_EVENTS,
         INVENTORY_EVENTS,
         RECONCILIATION_WEBHOOK_EVENT,
         WAREHOUSE_WEBHOOK_EVENT,
@@ -864,7 +865,7 @@ def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None
     from gateway.openapi import OPENAPI
 
     hooks = OPENAPI["webhooks"]
-    assert set(hooks) == {WEBHOOK_EVENT, WAREHOUSE_WEBHOOK_EVENT, *INVENTORY_EVENTS.values(),
+    assert set(hooks) == {WEBHOOK_EVENT, WAREHOUSE_WEBHOOK_EVENT, *INVENTORY_EVENTS.values(), *DELIVERY_EVENTS.values(),
                           RECONCILIATION_WEBHOOK_EVENT, CHANGE_REFUSED_EVENT}  # fmt: skip
     assert all({p["name"] for p in h["post"]["parameters"]} == {"X-CBEC-Signature", "X-CBEC-Timestamp",
                                                                 "X-CBEC-Event", "X-CBEC-Delivery"}
@@ -887,6 +888,11 @@ def test_the_openapi_document_describes_each_webhook_a_seller_receives() -> None
                 "messageType": "CEB623", "guid": "G", "invtNo": "51412026I000000002", "reason": "买家取消",
                 "customs": {"code": "100", "name": "rejected by customs", "info": "x", "time": "20261207140814519"},
                 "warehouseOrders": []}),
+            *(job for outcome in DELIVERY_EVENTS for job in router.delivery_webhook_jobs(
+                **common, outcome=outcome, event_id="4", document={
+                    "messageType": "CEB623", "guid": "G", "messageGuid": "M", "kind": "cancel", "appType": "1",
+                    "customsStatus": "released", **({"error": "TransientError: HTTP 503"} if outcome == "failed"
+                                                    else {})})),
             *router.reconciliation_webhook_jobs(**common, state="mismatched", previous=None, missing=["waybill"],
                 event_id="3", findings=[{"code": "recon.buyer_payer_mismatch", "field": "buyerIdNumber",
                     "message": "x", "blocking": True,

@@ -28,7 +28,7 @@ from adapters import dxp
 from adapters.webhook import verify_signature
 from gateway import samples
 from gateway.api import OUTBOX
-from gateway.config import WebhookSettings
+from gateway.config import RetrySettings, WebhookSettings
 from gateway.sandbox import start_sandbox
 from gateway.sandbox.receipts import build_receipt
 from gateway.sandbox.recorder import start_recorder
@@ -1423,6 +1423,59 @@ async def test_a_seller_hears_of_its_bonded_parcel_cancelled_and_declared_anew(d
             assert (released["messageType"], released["guid"], released["customs"]["code"]) == ("CEB621", second, "800")
             assert released["invtNo"] not in (None, inventory["invt_no"])
             assert released["warehouseOrders"] == [events[8]["data"]["orderId"]] != cancelled["warehouseOrders"]
+    finally:
+        await recorder.stop()
+
+
+async def test_a_seller_hears_its_cancellation_died_on_the_way_and_reached_customs_once_replayed(db_dsn: str) -> None:
+    """A released parcel's cancellation (CEB623) meets customs answering nothing but 503 until its retries are spent:
+    a dead letter, and the shipment stays released (a cancellation is no leg). The seller hears it died, naming the
+    document and the error; an operator replays it once customs answers again, and the seller hears it reached
+    customs, then that customs concluded it — each once, signed, as /openapi.json describes them."""
+    import jsonschema
+
+    from gateway.openapi import OPENAPI
+
+    recorder = await start_recorder()
+    try:
+        s = shipment(151)
+        hook = WebhookSettings("seller-a", frozenset({s.inventory_doc["ebcCode"]}), recorder.url + "/hook", "k1")
+        customs = {"retry": RetrySettings(base_s=0.01, cap_s=0.02, max_attempts=3)}
+        async with running_stack(db_dsn, forwarding={"webhooks": (hook,)}, customs=customs) as stack:
+            path, inventory = await released_import(stack, s)
+            await stack.wait_sql("SELECT count(*) = 0 FROM jobs WHERE state NOT IN ('done', 'dead')")
+            stack.sandbox.sandbox.config.failure_rate = 1.0  # customs answers 503, whatever comes
+            cancel = samples.import_cancellation(random.Random(151), s.inventory_doc, inventory["invt_no"])
+            taken = await stack.submit(json.loads(json.dumps(cancel, default=str)))
+            doc_guid = taken.body["documents"][0]["doc_guid"]
+
+            def told(event: str) -> Callable[[Any], bool]:
+                return lambda r: json.loads(r.body)["event"] == event
+
+            [dead] = await recorder.wait_for(1, timeout=10, where=told("shipment.delivery_failed"))
+            data = json.loads(dead.body)["data"]
+            assert (data["messageType"], data["guid"], data["kind"], data["customsStatus"]) == (
+                "CEB623", doc_guid, "cancel", "released"), data
+            assert "503" in data["error"], data
+            assert (await stack.client.get(path)).body["customs_status"] == "released"
+            [job] = (await stack.client.get("/v1/queue/dead?endpoint=customs", key=OPERATOR)).body["items"]
+            stack.sandbox.sandbox.config.failure_rate = 0.0
+            reply = await stack.client.request("POST", "/v1/queue/replay", key=OPERATOR,
+                                               json_body={"job_ids": [job["id"]]})  # fmt: skip
+            assert reply.body["replayed"] == 1, reply.body
+            await recorder.wait_for(1, timeout=10, where=told("shipment.inventory_cancelled"))
+            await stack.wait_sql("SELECT count(*) = 0 FROM jobs WHERE endpoint = 'webhook' AND state <> 'done'")
+            events = [json.loads(r.body) for r in recorder.requests]
+            for event, r in zip(events, recorder.requests, strict=True):
+                post = OPENAPI["webhooks"][event["event"]]["post"]
+                jsonschema.validate(event, post["requestBody"]["content"]["application/json"]["schema"])
+                assert verify_signature("k1", r.body, r.headers["X-CBEC-Signature"],
+                                        timestamp=r.headers["X-CBEC-Timestamp"])  # fmt: skip
+            after = [e["event"].removeprefix("shipment.") for e in events
+                     if e["event"] not in ("shipment.customs_status_changed", "shipment.warehouse_status_changed")]
+            assert after == ["delivery_failed", "delivery_recovered", "inventory_cancelled"], after
+            back = next(e["data"] for e in events if e["event"] == "shipment.delivery_recovered")
+            assert (back["guid"], back["messageGuid"]) == (doc_guid, taken.body["guid"]) and "error" not in back
     finally:
         await recorder.stop()
 

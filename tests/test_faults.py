@@ -214,8 +214,11 @@ async def test_a_dead_delivery_fails_its_message_and_shipment_until_replayed(db_
             s.payment["guid"],
         )  # fmt: skip
         assert payment_state == "queued"
-        [event] = [r["payload"] for r in await stack.fetch("SELECT payload FROM jobs WHERE endpoint = 'webhook'")]
-        assert event["data"]["customsStatus"] == "failed"
+        events = [r["payload"] for r in await stack.fetch("SELECT payload FROM jobs WHERE endpoint = 'webhook'"
+                                                           " ORDER BY id")]  # fmt: skip
+        assert [(e["event"], e["data"]["customsStatus"]) for e in events] == [
+            ("shipment.customs_status_changed", "failed"), ("shipment.delivery_failed", "failed")]  # once, not twice
+        assert events[1]["data"]["guid"] == s.order_doc["guid"]
 
         reply = await stack.client.request("POST", "/v1/queue/replay", key=OPERATOR, json_body={"job_ids": [resend]})
         assert reply.body == {"replayed": 1, "job_ids": [resend], "not_dead": [], "other_endpoint": []}

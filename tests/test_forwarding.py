@@ -2177,6 +2177,76 @@ async def test_an_accepted_inventory_cancelled_and_declared_anew_follows_the_new
     assert (await flow.shipment(s))["customs_status"] == "failed"
 
 
+def _as_posted(job: Mapping[str, Any]) -> dict[str, Any]:
+    """A webhook job's payload as the seller's URL gets it (adapters/webhook.py), checked against /openapi.json."""
+    import jsonschema
+
+    from gateway.openapi import OPENAPI
+
+    body = {"id": job["dedupe_key"], "event": job["payload"]["event"], "timestamp": 0, "data": job["payload"]["data"]}
+    post = OPENAPI["webhooks"][body["event"]]["post"]
+    jsonschema.validate(body, post["requestBody"]["content"]["application/json"]["schema"])
+    return body
+
+
+@pytest.mark.db
+async def test_a_cancellation_whose_delivery_dies_tells_its_seller_and_so_does_its_replay_delivered(flow: Flow) -> None:
+    """A cancellation (CEB623) of a released inventory is no leg: its delivery dying moves no status. Its seller hears
+    of it (shipment.delivery_failed, naming the document and the error), once per death — a replay that dies again is
+    told again —, and hears when a replay reaches customs (shipment.delivery_recovered), once; customs' answer to it
+    follows as any."""
+    from tests.test_store import message
+
+    s = shipment(73)
+    await _accepted(flow, s, invtNo="46012026I000000073")
+    await flow.receipt(s.inventory, "800", 5, invtNo="46012026I000000073")
+    head = referring_head(s.inventory_doc, guid="L" * 36, invt_no="46012026I000000073", reason="买家取消")
+    cancel = await flow.store.ingest(message("CEB623", head, lines=[]), b"<CEB623Message/>", submitter="test")
+    assert cancel.http_status == 202
+    payload = {"guid": cancel.guid}
+    await _die(flow, payload)
+    assert (await flow.shipment(s))["customs_status"] == "released"
+    [dead] = [_as_posted(j) for j in await _seller_events(flow, s, "delivery_failed")]
+    assert dead["event"] == "shipment.delivery_failed"
+    assert dead["data"] == {"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"],
+                            "messageType": "CEB623", "guid": "L" * 36, "messageGuid": cancel.guid, "kind": "cancel",
+                            "appType": "1", "customsStatus": "released", "error": "PermanentError: no"}, dead["data"]
+    async with flow.pool.acquire() as conn:  # replayed, and dead again: told again
+        assert await cbec_queue.replay(conn, endpoint="customs", on_replayed=flow.outbox.deliveries_replayed) == 1
+    assert await _seller_events(flow, s, "delivery_recovered") == []  # on its way: nothing to tell yet
+    await _die(flow, payload)
+    assert len(await _seller_events(flow, s, "delivery_failed")) == 2
+    async with flow.pool.acquire() as conn:
+        assert await cbec_queue.replay(conn, endpoint="customs", on_replayed=flow.outbox.deliveries_replayed) == 1
+    await _deliver(flow, payload)
+    [back] = [_as_posted(j) for j in await _seller_events(flow, s, "delivery_recovered")]
+    assert back["data"] == {k: v for k, v in dead["data"].items() if k != "error"}, back["data"]
+    assert (await flow.doc_by_guid("L" * 36))["forward_state"] == "sent"
+    assert len(await _seller_events(flow, s, "delivery_failed")) == 2
+
+
+@pytest.mark.db
+async def test_a_change_of_an_accepted_inventory_whose_delivery_dies_tells_its_seller(flow: Flow) -> None:
+    """Customs' word on the inventory it holds stands: the shipment stays accepted when a change of it dies — and its
+    seller hears the change died. A leg's death that fails its shipment is told both ways: the status, the document."""
+    s = shipment(74)
+    await _accepted(flow, s)
+    change = version_of(s.inventory, "2", 60)
+    await flow.submit(change)
+    await _die(flow, change)
+    assert (await flow.shipment(s))["customs_status"] == "accepted"
+    [dead] = [_as_posted(j)["data"] for j in await _seller_events(flow, s, "delivery_failed")]
+    assert (dead["messageType"], dead["guid"], dead["appType"], dead["customsStatus"]) == (
+        "CEB621", change["documents"][0]["guid"], "2", "accepted")
+    t = shipment(75)
+    await flow.submit(t.order)
+    await _die(flow, t.order)
+    told = [j["payload"] for k, j in (await flow.jobs()).items() if k.startswith(
+        f"webhook:seller-a:{t.order_doc['ebpCode']}:{t.order_doc['orderNo']}:")]  # fmt: skip
+    assert [(p["event"], p["data"]["customsStatus"]) for p in told] == [
+        ("shipment.customs_status_changed", "failed"), ("shipment.delivery_failed", "failed")]
+
+
 @pytest.mark.db
 async def test_sellers_hear_what_customs_said_of_cancellations_and_returns_that_move_no_status(flow: Flow) -> None:
     """A cancellation of an inventory customs accepted but did not release (no warehouse order to cancel), one customs

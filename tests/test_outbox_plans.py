@@ -43,6 +43,7 @@ _PLAN_CASES = {
     # the queue's dead-letter hooks (Outbox.deliveries_dead / deliveries_replayed)
     "DELIVERY_FAILED": f"ARRAY[1::bigint], {_T}",
     "DELIVERY_REPLAYED": "ARRAY[1::bigint]",
+    "DELIVERY_DOCUMENTS": "ARRAY[1::bigint]",
     "SET_SHIPMENT_CUSTOMS": f"{_T}, {_T}, {_T}, {_T}",
     "RELEASE_HELD": f"{_T}, {_T}, {_T}, {_T}, 1",
     # a withdrawal of a version the gateway holds (Outbox.settle, in the ingest's transaction)
