@@ -28,16 +28,18 @@ from gateway.messages import lookup
 
 #: documents.forward_state values (gateway/sql/020_forwarding.sql, 130_delivery_failed.sql, 450_unsent_documents.sql).
 FORWARD_STATES = ("none", "held", "queued", "sent", "receipted", "rejected", "failed", "unsent")
-#: shipments.customs_status values, in the order a shipment normally goes through them, then the two that need
-#: someone: customs rejected a leg, or a leg's delivery to customs failed (its job is a dead letter).
-SHIPMENT_CUSTOMS_STATUSES = ("pending", "declared", "accepted", "released", "rejected", "failed")
+#: shipments.customs_status values, in the order a shipment normally goes through them, then cancelled (customs
+#: concluded the cancellation of its inventory before releasing it: gateway/sql/540_cancelled_shipments.sql), then the
+#: two that need someone: customs rejected a leg, or a leg's delivery to customs failed (its job is a dead letter).
+SHIPMENT_CUSTOMS_STATUSES = ("pending", "declared", "accepted", "released", "cancelled", "rejected", "failed")
 
 WEBHOOK_EVENT = "shipment.customs_status_changed"
 #: A warehouse's order made from one of the shipment's documents went further (POST /v1/warehouse/callbacks).
 WAREHOUSE_WEBHOOK_EVENT = "shipment.warehouse_status_changed"
 #: What customs said of a cancellation (CEB623, CEB605) or a return (CEB625, CEB213) of the shipment's inventory, and
-#: the release of an inventory declared anew after a cancellation: none of them moves the shipment's customs status
-#: (released is final; a cancellation or return is no leg), so without these a seller would hear nothing of them.
+#: the release of an inventory declared anew after a cancellation: none of them moves a released shipment's customs
+#: status (released is final; a cancellation or return is no leg), so without these a seller would hear nothing of
+#: them. (A cancellation concluded before the release makes the shipment cancelled: told as that change too.)
 INVENTORY_EVENTS = {
     ("cancel", "concluded"): "shipment.inventory_cancelled",
     ("cancel", "refused"): "shipment.inventory_cancellation_refused",
@@ -558,7 +560,7 @@ def _route(r: RouteSettings, endpoints: tuple[str, ...]) -> Route:
 class LegState:
     """A current leg of a shipment as far as customs is concerned."""
 
-    kind: str  # order | payment | waybill | inventory
+    kind: str  # order | payment | waybill | inventory; cancel: a cancellation of the inventory customs concluded
     forward_state: str
     customs_status: str | None = None
     customs_rank: int | None = None
@@ -616,8 +618,13 @@ def shipment_customs_word(legs: Iterable[LegState]) -> tuple[str, str | None, Le
     customs left it: the inventory in force is the version customs holds). ``released`` is
     final: the outbox never recomputes a released shipment, so a later change, its rejection or its failed delivery
     shows on the document only, and the warehouse's outbound order and the sellers' webhook are never set off
-    twice."""
+    twice. A cancellation customs concluded of the inventory in force (a leg of kind ``cancel``) makes the shipment
+    ``cancelled``: customs holds no inventory of it, whatever it said of that one before."""
     legs = list(legs)
+    cancelled = next((leg for leg in legs if leg.kind == "cancel"), None)
+    if cancelled is not None:
+        name = rc.status_name(cancelled.customs_status) or ""
+        return "cancelled", f"cancel {cancelled.customs_status} {name}: {cancelled.customs_info or ''}".strip(" :")
     inventory = next((leg for leg in legs if leg.kind == "inventory"), None)
     for leg in legs:
         if leg.forward_state == "rejected":

@@ -688,7 +688,8 @@ _VERSIONS_BEFORE = """CASE WHEN d.kind = 'inventory' AND d.app_type <> '1' THEN 
 def _shipment_legs(released: str) -> str:
     """The current legs of shipments ($1 ebpCode, $2 orderNo) with their customs state, and the shipments', of those
     ``released`` (a condition on s) says. An inventory's current version comes withdrawn too, with the versions it
-    replaced (``before``): which of them the status follows is gateway.forward.inventory_in_force's to say."""
+    replaced (``before``): which of them the status follows is gateway.forward.inventory_in_force's to say; and a
+    current cancellation customs concluded (kind cancel), read by the same probe of the shipment's documents."""
     return f"""
 WITH inv AS MATERIALIZED (
     SELECT d.ebp_code, d.order_no, d.logistics_code AS lc, d.logistics_no AS ln, d.message_type AS mt
@@ -711,8 +712,11 @@ SELECT s.ebp_code, s.order_no, s.customs_status, s.customs_info, s.parties, s.fl
                        d.app_type, d.withdrawn, {_VERSIONS_BEFORE} AS before
                   FROM (SELECT * FROM documents AS d
                          WHERE d.ebp_code = s.ebp_code AND d.order_no = s.order_no OFFSET 0) AS d
-                 WHERE d.kind IN ('order', 'payment', 'inventory') AND d.is_current
-                   AND (NOT d.withdrawn OR d.kind = 'inventory')
+                 WHERE d.is_current
+                   AND (d.kind IN ('order', 'payment') AND NOT d.withdrawn OR d.kind = 'inventory'
+                        -- a cancellation customs concluded (gateway.forward.shipment_customs_status)
+                        OR d.kind = 'cancel' AND NOT d.withdrawn AND d.forward_state = 'receipted'
+                           AND d.customs_rank >= {rc.RANK_CONCLUDED})
                 UNION ALL
                 -- the waybill the inventory names (pri 0), else the latest one of the orderNo (as reconciliation),
                 -- unless another platform uses that orderNo too: whose waybill it is, nothing says (a waybill
@@ -2532,14 +2536,15 @@ class Leg(Protocol):
 
 
 async def shipments_of(conn: asyncpg.Connection, docs: Iterable[Leg]) -> set[tuple[str, str]]:
-    """The shipments documents belong to: an order's, payment's or inventory's own; a waybill's via an inventory
-    naming it or sharing its orderNo, its own while it is alone (SHIPMENTS_OF_WAYBILLS, one round trip for all)."""
+    """The shipments documents belong to: an order's, payment's, inventory's or cancellation's own; a waybill's via an
+    inventory naming it or sharing its orderNo, its own while it is alone (SHIPMENTS_OF_WAYBILLS, one round trip for
+    all)."""
     shipments: set[tuple[str, str]] = set()
     waybills: set[tuple[str | None, str | None, str | None, str]] = set()
     for d in docs:
         if d.kind == "waybill":
             waybills.add((d.logistics_code, d.logistics_no, d.order_no, d.message_type))
-        elif d.kind in ("order", "payment", "inventory") and d.ebp_code:
+        elif d.kind in ("order", "payment", "inventory", "cancel") and d.ebp_code:  # a concluded cancellation moves it
             shipments.add((d.ebp_code, d.order_no or ""))
     if waybills:
         w = sorted(waybills, key=lambda x: tuple(v or "" for v in x))
@@ -2576,9 +2581,14 @@ def _leg_state(leg: Mapping[str, Any]) -> LegState:
 def _legs_in_force(legs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A shipment's legs as SHIPMENT_LEGS reads them, each inventory replaced by the version of it whose customs word
     the status follows (gateway.forward.inventory_in_force: the version customs holds while a change or withdrawal is
-    on its way, the one it released), or dropped when that is a withdrawal customs took; one leg per kind."""
+    on its way, the one it released), or dropped when that is a withdrawal customs took; one leg per kind. A concluded
+    cancellation is kept only when it came after the inventory's current version (one declared anew since is not
+    cancelled)."""
+    current = max((leg["id"] for leg in legs if leg["kind"] == "inventory"), default=None)
     kept = []
     for leg in legs:
+        if leg["kind"] == "cancel" and (current is None or leg["id"] < current):
+            continue
         if leg["kind"] == "inventory":
             versions = [leg, *(leg.get("before") or ())]
             chosen = inventory_in_force([_leg_state(v) for v in versions])

@@ -2248,9 +2248,35 @@ async def test_a_change_of_an_accepted_inventory_whose_delivery_dies_tells_its_s
 
 
 @pytest.mark.db
-async def test_sellers_hear_what_customs_said_of_cancellations_and_returns_that_move_no_status(flow: Flow) -> None:
-    """A cancellation of an inventory customs accepted but did not release (no warehouse order to cancel), one customs
-    refused, and a return it concluded: each told once, the shipment's customs status as it was."""
+async def test_an_inventory_customs_cancelled_before_its_release_cancels_its_shipment(flow: Flow) -> None:
+    """Customs accepted the inventory and then concluded its cancellation (CEB624 399): customs holds no inventory of
+    the shipment, which is cancelled — not left accepted —, its sellers told so as a status change (beside
+    shipment.inventory_cancelled); the cancellation merely taken (120) changes nothing yet. Declared anew, the
+    shipment follows the new inventory to its release."""
+    s = shipment(76)
+    await _accepted(flow, s, invtNo="46012026I000000076")
+    conclude = await _cancel(flow, s.inventory, "M" * 36, "46012026I000000076", "B20260101000000076", 5)
+    assert (await flow.shipment(s))["customs_status"] == "accepted"
+    await conclude()
+    row = await flow.shipment(s)
+    assert row["customs_status"] == "cancelled" and row["customs_info"].startswith("cancel 399"), dict(row)
+    told = [j["payload"]["data"] for j in await _seller_events(flow, s, "cancelled")]
+    assert [(d["previous"], d["customsStatus"]) for d in told] == [("accepted", "cancelled")]
+    async with flow.pool.acquire() as conn:  # the cancellation went (the inventory declared anew waits behind it)
+        for job in await cbec_queue.claim(conn, worker_id="w", lease_s=30, endpoint="customs", limit=20):
+            assert await cbec_queue.record_done(conn, job)
+    anew = version_of(s.inventory, "1", 60)
+    await flow.submit(anew)
+    assert (await flow.shipment(s))["customs_status"] == "declared"
+    await flow.receipt(anew, "800", 8, invtNo="46012026I000000077")
+    assert (await flow.shipment(s))["customs_status"] == "released"
+
+
+@pytest.mark.db
+async def test_sellers_hear_what_customs_said_of_cancellations_and_returns(flow: Flow) -> None:
+    """A cancellation of an inventory customs accepted but did not release (no warehouse order to cancel: the shipment
+    is cancelled), one customs refused, and a return it concluded (the shipments released, as they were): each told
+    once."""
     from tests.test_store import message
 
     accepted, refused, returned = shipment(68), shipment(69), shipment(70)
@@ -2264,7 +2290,7 @@ async def test_sellers_hear_what_customs_said_of_cancellations_and_returns_that_
     await conclude()
     [event] = await _seller_events(flow, accepted, "inventory_cancelled")
     assert event["payload"]["data"]["warehouseOrders"] == [] and event["payload"]["data"]["customs"]["code"] == "399"
-    assert (await flow.shipment(accepted))["customs_status"] == "accepted"
+    assert (await flow.shipment(accepted))["customs_status"] == "cancelled"
     # declared anew and released: the shipment's first release, a status change, told as such only
     anew = version_of(accepted.inventory, "1", 60)
     await flow.submit(anew)

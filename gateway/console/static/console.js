@@ -9,8 +9,8 @@
   const DOC_ZH = { CEB311: "订单", CEB411: "支付单", CEB511: "运单", CEB621: "清单" };
   const APP_TYPE = { "1": "new 新增", "2": "change 变更", "3": "delete 删除" };
   const STATE_ZH = { mismatched: "不一致", incomplete: "待补齐", matched: "已匹配" };
-  const CUSTOMS_ZH = { pending: "未申报", declared: "已申报", accepted: "已受理", released: "已放行", rejected: "被拒",
-    failed: "发送失败" };
+  const CUSTOMS_ZH = { pending: "未申报", declared: "已申报", accepted: "已受理", released: "已放行", cancelled: "已撤销",
+    rejected: "被拒", failed: "发送失败" };
   const HOLD_WAITS = { matched: "matched 对碰一致", order: "order receipt 订单回执", payment: "payment receipt 支付单回执",
     waybill: "waybill receipt 运单回执" };
   const FORWARD_ZH = { held: "暂缓", queued: "待发送", sent: "已发送", receipted: "已回执", rejected: "被拒",
