@@ -1037,7 +1037,8 @@ async def test_the_customs_chips_list_their_shipments_each_row_with_its_customs_
     nowhere, the list had no customs-status filter and its rows did not say the status."""
     insert = "INSERT INTO shipments (ebp_code, order_no, state, customs_status) VALUES ('46012609BQ', $1, $2, $3)"
     await site.pool.executemany(insert, [("CR1", "matched", "rejected"), ("CF1", "incomplete", "failed"),
-                                         ("CP1", "mismatched", "pending")])  # fmt: skip
+                                         ("CP1", "mismatched", "pending"),
+                                         ("CC1", "matched", "cancelled")])  # fmt: skip
     errors: list[str] = []
     async with asyncio.timeout(60):
         page = await live_console(browser, site, errors)
@@ -1053,6 +1054,10 @@ async def test_the_customs_chips_list_their_shipments_each_row_with_its_customs_
         await page.click("#customs-chips [data-customs-filter=failed]")
         await expect(rows.first).to_have_attribute("data-order", "CF1")
         await expect(rows).to_have_count(1)
+        await page.click("#customs-chips [data-customs-filter=cancelled]")  # customs cancelled its inventory
+        await expect(rows.first).to_have_attribute("data-order", "CC1")
+        await expect(rows.first.locator(".customs-badge")).to_have_text("customs 海关 cancelled 已撤销")
+        await expect(page.locator("#filters select[name=customs_status]")).to_have_value("cancelled")
         await page.click("#filters button[type=reset]")  # cleared: the mismatches of any customs status
         await expect(rows.first).to_have_attribute("data-order", "CP1")
         await page.context.close()
