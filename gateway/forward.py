@@ -610,8 +610,8 @@ def shipment_customs_status(legs: Iterable[LegState]) -> tuple[str, str | None]:
 def shipment_customs_word(legs: Iterable[LegState]) -> tuple[str, str | None, LegState | None]:
     """(status, info) of a shipment from its current legs — of its inventory, the version :func:`inventory_in_force`
     says —, and the leg whose receipt put it there (the leg rejected, the inventory accepted, released or returned
-    700), None for a status no receipt decides (pending; declared: a leg on its way or taken; failed: a delivery a dead
-    letter); see gateway/sql/020_forwarding.sql.
+    700, the cancellation concluded), None for a status no receipt decides (pending; declared: a leg on its way or
+    taken; failed: a delivery a dead letter); see gateway/sql/020_forwarding.sql.
 
     A leg whose delivery failed makes the shipment ``failed`` only while customs has not accepted its inventory:
     customs' own word on the inventory stands (a change of an accepted inventory that fails leaves the shipment as
@@ -624,7 +624,8 @@ def shipment_customs_word(legs: Iterable[LegState]) -> tuple[str, str | None, Le
     cancelled = next((leg for leg in legs if leg.kind == "cancel"), None)
     if cancelled is not None:
         name = rc.status_name(cancelled.customs_status) or ""
-        return "cancelled", f"cancel {cancelled.customs_status} {name}: {cancelled.customs_info or ''}".strip(" :")
+        info = f"cancel {cancelled.customs_status} {name}: {cancelled.customs_info or ''}".strip(" :")
+        return "cancelled", info, cancelled
     inventory = next((leg for leg in legs if leg.kind == "inventory"), None)
     for leg in legs:
         if leg.forward_state == "rejected":

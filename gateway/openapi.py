@@ -459,8 +459,9 @@ _WEBHOOK_DATA: dict[str, tuple[str, dict[str, Any]]] = {
                                    "way or taken — delivered, replayed, or declared anew after a refusal), failed (a "
                                    "delivery a dead letter), pending"},
                        "document": {"anyOf": [{"type": "object", "required": ["kind", "messageType", "guid"],
-                                               "description": "the leg that receipt answers (the leg rejected; the "
-                                               "inventory accepted, released or returned 700)",
+                                               "description": "the document that receipt answers (the leg "
+                                               "rejected; the inventory accepted, released or returned 700; the "
+                                               "cancellation concluded)",
                                                "properties": {"kind": {"enum": _KINDS}, "messageType": _STR,
                                                               "guid": _TEXT_OR_NULL}},
                                               {"type": "null"}]},
