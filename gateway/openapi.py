@@ -271,8 +271,22 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "status_name": {"enum": ["generated", "consolidated", "void"]}, "status_time": _CUSTOMS_TIME,
         "entDutyNo": _STR_OR_NULL, "customsTax": _STR, "valueAddedTax": _STR, "consumptionTax": _STR,
         "total": _STR,
-        "estimate": _object(("total",), {"customsTax": _STR, "valueAddedTax": _STR, "consumptionTax": _STR,
-                                         "total": _STR, "full_rate": {"type": "boolean"}}),
+        "estimate": _object(("total",), {
+            "customsTax": _STR, "valueAddedTax": _STR, "consumptionTax": _STR, "total": _STR,
+            "full_rate": {"type": "boolean"},
+            "return": {**_or_null(_object(("guid", "concluded_at", "items"), {
+                "guid": _STR, "concluded_at": _STR,
+                "items": {"type": "array", "items": _object(("gnum", "qty"), {"gnum": _STR, "qty": _STR})}})),
+                "description": "the return (CEB625 version) customs concluded that the estimate takes back: the "
+                               "latest concluded before the bill's consolidation (any while it is not consolidated); "
+                               "the estimate is then of the goods kept (gateway.tax.after_return). null: none, or "
+                               "withdrawn"},
+            "uncounted_return": {**_or_null(_object(("guid", "concluded_at", "withdrawn"), {
+                "guid": _STR, "concluded_at": _STR, "withdrawn": {"type": "boolean"}})),
+                "description": "the latest version of the return customs concluded at or after the bill's "
+                               "consolidation: customs corrects no consolidated bill, so the estimate does not "
+                               "count it"},
+        }),
         "findings": {"type": "array", "items": _ref("Finding")}, "document_id": {"type": ["integer", "null"]},
     }, "customs' electronic tax bill (CEB816/818) of the shipment's inventory, beside the gateway's estimate"),
     "Shipment": {"allOf": [_ref("ShipmentSummary"), _object(("documents", "tax_bills"), {
@@ -683,9 +697,11 @@ OPENAPI: dict[str, Any] = {
                 "tax bills "
                 "(CEB816/818) of its inventory, each [{taxNo, invtNo, status (1 generated | 2 consolidated | 3 void), "
                 "status_name, status_time, entDutyNo, customsTax, valueAddedTax, consumptionTax, total, estimate "
-                "{customsTax, valueAddedTax, consumptionTax, total, full_rate}: the gateway's own, findings "
-                "(tax.bill_differs when a tax differs from the estimate by more than 0.01, also among the "
-                "shipment's findings), document_id}]; payment_data (an import order of a 179 platform, to the "
+                "{customsTax, valueAddedTax, consumptionTax, total, full_rate, return, uncounted_return}: the "
+                "gateway's own, of the goods kept when a return customs concluded before the bill's consolidation "
+                "counts, findings (tax.bill_differs when a tax differs from the estimate by more than 0.01, also "
+                "among the shipment's findings; none for a void bill), document_id}]; payment_data (an import "
+                "order of a 179 platform, to the "
                 "platform's key): {payTransactionId, handed_over_at, questions} as /v1/payment-data",
                 "parameters": [
                     {"name": "ebpCode", "in": "path", "required": True, "schema": {"type": "string"},

@@ -621,14 +621,30 @@ def latest_return(d: str) -> str:
     — a change of a return replaces what the return gives back, a return of a declaration before does not count for
     one declared anew (gateway.keystate.carry_return). The versions are probed by the inventory's shipment
     (ebpCode, orderNo), as its legs are."""
+    return f"(SELECT r.lines {_concluded_return_versions(d, ' AND NOT r.withdrawn')} ORDER BY r.id DESC LIMIT 1)"
+
+
+def concluded_returns(d: str) -> str:
+    """SQL: the versions of the return (CEB625) of the inventory row ``d`` customs concluded, as :func:`latest_return`
+    reads them but withdrawals (appType 3) too, in the order they were declared: a JSON array of {guid, lines,
+    withdrawn, concluded_at (the returnTime of the receipt that concluded it)}, NULL when none — what the estimate
+    beside the inventory's tax bill takes back (gateway.taxbills.return_for). For the shipment's view: a subquery."""
     return (
-        f"(SELECT r.lines FROM documents AS r WHERE r.ebp_code = {d}.ebp_code AND r.order_no = {d}.order_no"
-        f" AND r.message_type = 'CEB625' AND r.key1 = {d}.key1 AND r.key2 = {d}.key2 AND NOT r.withdrawn"
+        "(SELECT jsonb_agg(jsonb_build_object('guid', r.doc_guid, 'lines', r.lines, 'withdrawn', r.withdrawn,"
+        f" 'concluded_at', r.customs_return_time) ORDER BY r.id) {_concluded_return_versions(d)})"
+    )
+
+
+def _concluded_return_versions(d: str, also: str = "") -> str:
+    """SQL: FROM and WHERE of the versions of the return of the inventory row ``d`` customs concluded since the
+    inventory's latest first declaration up to ``d`` (see latest_return), with the condition ``also``."""
+    return (
+        f"FROM documents AS r WHERE r.ebp_code = {d}.ebp_code AND r.order_no = {d}.order_no"
+        f" AND r.message_type = 'CEB625' AND r.key1 = {d}.key1 AND r.key2 = {d}.key2{also}"
         f" AND r.forward_state = 'receipted' AND r.customs_rank >= {rc.RANK_CONCLUDED}"
         " AND NOT EXISTS (SELECT 1 FROM documents AS n"
         f" WHERE n.ebp_code = {d}.ebp_code AND n.order_no = {d}.order_no AND n.message_type = 'CEB621'"
         f" AND n.key1 = {d}.key1 AND n.key2 = {d}.key2 AND n.app_type = '1' AND n.id > r.id AND n.id <= {d}.id)"
-        " ORDER BY r.id DESC LIMIT 1)"
     )
 
 

@@ -85,6 +85,7 @@ from gateway.keystate import (
 from gateway.messages import BY_CODE, LEGS, TRANSPORT_KINDS, Kind
 from gateway.outbox import (
     LOCK_IDS,
+    concluded_returns,
     enqueue_insert,
     job_rows,
     latest_return,
@@ -676,7 +677,8 @@ WITH own AS MATERIALIZED (
                      WHERE d.logistics_code = k.logistics_code AND d.logistics_no = k.logistics_no OFFSET 0) AS t
      WHERE t.kind = '{Kind.REFUND_TALLY.value}'
 )
-SELECT m.guid AS message_guid, m.received_at, {_DOC_COLUMNS}
+SELECT m.guid AS message_guid, m.received_at, {_DOC_COLUMNS},
+       CASE WHEN d.message_type = 'CEB621' THEN {concluded_returns("d")} END AS concluded_returns
   FROM ids,
        LATERAL (SELECT * FROM documents AS d WHERE d.id = ids.id OFFSET 0) AS d,
        LATERAL (SELECT guid, received_at FROM messages AS m WHERE m.id = d.message_id OFFSET 0) AS m
@@ -1426,6 +1428,8 @@ def _document_dict(r: asyncpg.Record) -> dict[str, Any]:
     if "message_guid" in r:
         out["message_guid"] = r["message_guid"]
         out["received_at"] = _iso(r["received_at"])
+    if "concluded_returns" in r and r["concluded_returns"] is not None:  # for its tax bills (gateway.taxbills)
+        out["concluded_returns"] = db.json_value(r["concluded_returns"])
     return out
 
 

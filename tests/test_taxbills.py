@@ -4,6 +4,7 @@ the gateway's estimate — pure, no I/O."""
 from __future__ import annotations
 
 import itertools
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from gateway.documents import Document
 from gateway.errors import MessageRejected
 from gateway.messages import BY_CODE
 from gateway.receipts import ReceiptRecord
+from gateway.sandbox import receipts as sandbox
 from gateway.sandbox.receipts import build_tax_bills, tax_bill_of
 from gateway.schema import SchemaSet
 
@@ -186,8 +188,115 @@ def test_the_shipment_shows_its_bills_beside_the_estimate() -> None:
     assert b["taxNo"] == TAX_NO and b["status"] == "2" and b["status_name"] == "consolidated"
     assert (b["customsTax"], b["valueAddedTax"], b["consumptionTax"], b["total"]) == ("0.00", "21.20", "30.00", "51.20")
     assert b["estimate"] == {"customsTax": "0.00", "valueAddedTax": "21.20", "consumptionTax": "24.46",
-                             "total": "45.66", "full_rate": False}  # fmt: skip
+                             "total": "45.66", "full_rate": False, "return": None,
+                             "uncounted_return": None}  # fmt: skip
     assert b["entDutyNo"] == "D1" and b["document_id"] == 7
     assert [f["code"] for f in b["findings"]] == ["tax.bill_differs"]
     assert [f["code"] for f in view["findings"]] == ["recon.x", "tax.bill_differs"]
     assert taxbills.add_to_shipment({"findings": [], "documents": [{"id": 1, "kind": "order"}]})["tax_bills"] == []
+
+
+# --- a return customs concluded ----------------------------------------------------------------------------
+
+
+def _counted(inv: Document) -> Document:
+    """``inv`` with a qty of 1 on each line (the returns below name them)."""
+    for line in inv.lines:
+        line["qty"] = "1"
+    return inv
+
+
+def _ret(guid: str, concluded_at: str, *lines: tuple[str, str], withdrawn: bool = False) -> taxbills.Return:
+    return taxbills.Return(guid, tuple({"gnum": g, "qty": q} for g, q in lines), concluded_at, withdrawn)
+
+
+def _bill_of(head: dict[str, Any], lines: list[dict[str, str]]) -> ReceiptRecord:
+    (r,) = rc.read(build_tax_bills("CEB816", [(head, lines)]), SchemaSet()).records
+    return r
+
+
+def test_the_estimate_after_a_return_is_the_bill_customs_corrects_to() -> None:
+    """The estimate of the goods kept is gateway.tax.after_return's, as the sandbox's corrected bill is: a part of an
+    item's qty, with freight shared over the lines, is no difference; the whole inventory's bill beside it is."""
+    inv = inventory((CREAM, "198"), (MILK, "278"), freight="10")
+    inv.lines[0]["qty"], inv.lines[1]["qty"] = "3", "1"
+    released = datetime(2026, 1, 1, 12, tzinfo=sandbox.CHINA_TZ)
+    head, lines = sandbox.tax_bill(inv, INVT_NO, TAX_NO, moment=released)
+    one = _ret("R1", "20260102120000000", ("1", "1"))  # one cream of three
+    corrected = _bill_of(*sandbox.corrected_tax_bill(head, inv, one.lines, moment=released + timedelta(days=1)))
+    bill = taxbills.fold([_bill_of(head, lines), corrected])[TAX_NO]
+    assert bill.amounts is not None and bill.guid == corrected.guid
+    est = taxbills.estimate(inv, returned=one)
+    assert (est.customs_tax, est.value_added_tax, est.consumption_tax) == bill.amounts and est.returned == one
+    assert est.total < taxbills.estimate(inv).total and not est.full_rate
+    assert taxbills.compare(bill, inv, est) == []
+    (f,) = taxbills.compare(bill, inv, taxbills.estimate(inv))[:1]  # the whole inventory's estimate: the old alarm
+    assert f.code == "tax.bill_differs"
+    # every item in full: the buyer keeps nothing
+    everything = taxbills.estimate(inv, returned=_ret("R2", "20260102120000000", ("1", "3"), ("2", "1")))
+    assert everything.total == Decimal("0.00")
+
+
+def test_the_return_that_counts_is_the_latest_concluded_before_the_consolidation() -> None:
+    """Of a return's versions customs concluded (in the order they were declared): the latest counts while the bill is
+    not consolidated; once it is, the latest concluded before it — a version concluded at or after the consolidation
+    is named, not counted — and a withdrawal leaves no return."""
+    first, change = _ret("R1", "20260102120000000", ("1", "1")), _ret("R2", "20260104120000000", ("2", "1"))
+    withdrawal = _ret("R3", "20260106120000000", ("2", "1"), withdrawn=True)
+    generated = taxbills.fold([tax_bill("1", "20260101120000000")])[TAX_NO]
+    assert taxbills.return_for(generated, []) == (None, None)
+    assert taxbills.return_for(generated, [first, change]) == (change, None)
+    assert taxbills.return_for(generated, [first, change, withdrawal]) == (None, None)
+    consolidated = taxbills.apply(generated, bill("2", "20260104120000000", entDutyNo="D1"))
+    assert consolidated.consolidated_at == "20260104120000000"
+    assert taxbills.return_for(consolidated, [first, change]) == (first, change)  # the very moment: too late
+    assert taxbills.return_for(consolidated, [first, change, withdrawal]) == (first, withdrawal)
+    assert taxbills.return_for(consolidated, [change]) == (None, change)
+    # void after the consolidation: the consolidation's time still tells which return the amounts reflect
+    void = taxbills.apply(consolidated, bill("3", "20260105120000000"))
+    assert void.void and taxbills.return_for(void, [first, change]) == (first, change)
+
+
+def test_the_consolidation_is_the_earliest_whatever_order_the_records_come_in() -> None:
+    recs = [tax_bill("1", "20260101120000000"), bill("2", "20260105120000000", entDutyNo="D1"),
+            bill("2", "20260104120000000", entDutyNo="D1"), bill("3", "20260106120000000")]  # fmt: skip
+    ends = {taxbills.fold(p)[TAX_NO].consolidated_at for p in itertools.permutations(recs)}
+    assert ends == {"20260104120000000"}
+    # a status record that only tells an earlier consolidation moves the bill no more than before (stale at intake)
+    settled = taxbills.fold(recs[:2])[TAX_NO]
+    earlier = taxbills.apply(settled, recs[2])
+    assert earlier == settled and earlier.consolidated_at == "20260104120000000" != settled.consolidated_at
+    assert taxbills.fold([tax_bill("1", "20260101120000000"), bill("3", "2026010312000000")])[TAX_NO] \
+        .consolidated_at == ""  # fmt: skip
+
+
+def test_a_void_bill_is_compared_with_nothing() -> None:
+    """Customs levies none of a void bill: its amounts (the last CEB816's, a corrected one's after a return of part,
+    the whole one's after a cancellation) are set beside nothing, whatever the estimate."""
+    inv = _counted(inventory((CREAM, "198"), (MILK, "278")))
+    b = taxbills.fold([tax_bill("1", "20260101120000000", vat="1.00"), bill("3", "20260102120000000")])[TAX_NO]
+    assert taxbills.compare(b, inv, taxbills.estimate(inv)) == []
+    view, findings = taxbills.bill_view(b, inv, returns=[_ret("R1", "20260101130000000", ("1", "1"), ("2", "1"))])
+    assert findings == [] and view["findings"] == [] and view["estimate"]["total"] == "0.00"
+
+
+def test_the_shipment_sets_a_bill_beside_the_goods_its_return_left() -> None:
+    """The held inventory version's concluded returns (gateway.outbox.concluded_returns, as JSON) go into its bills'
+    estimate: the return counted and a later one not, each named; they leave the document."""
+    inv = _counted(inventory((CREAM, "198"), (MILK, "278")))
+    returned = [{"gnum": "1", "qty": "1"}]
+    kept = taxbills.estimate(inv, returned=_ret("R1", "20260101130000000", ("1", "1")))
+    corrected = tax_bill("1", "20260101140000000", vat=str(kept.value_added_tax), consumption=str(kept.consumption_tax))
+    doc = {"id": 7, "kind": "inventory", "index": 1, "path": inv.path, "head": inv.head, "lines": inv.lines,
+           "receipts": [_row(tax_bill("1", "20260101120000000"), 7), _row(corrected, 7),
+                        _row(bill("2", "20260102120000000", entDutyNo="D1"), 7)],
+           "concluded_returns": [
+               {"guid": "R1", "lines": returned, "withdrawn": False, "concluded_at": "20260101130000000"},
+               {"guid": "R2", "lines": [{"gnum": "2", "qty": "1"}], "withdrawn": False,
+                "concluded_at": "20260103120000000"}]}  # fmt: skip
+    view = taxbills.add_to_shipment({"findings": [], "documents": [doc]})
+    (b,) = view["tax_bills"]
+    assert b["findings"] == [] and view["findings"] == [] and "concluded_returns" not in doc
+    assert b["estimate"]["return"] == {"guid": "R1", "concluded_at": "20260101130000000", "items": returned}
+    assert b["estimate"]["uncounted_return"] == {"guid": "R2", "concluded_at": "20260103120000000", "withdrawn": False}
+    assert b["estimate"]["valueAddedTax"] == b["valueAddedTax"] == str(kept.value_added_tax)

@@ -357,7 +357,8 @@ SELECT d.id, d.message_id, d.doc_index, d.doc_guid, d.kind, d.message_type, d.ke
        d.app_time, d.app_status, d.path, d.head, d.lines, d.is_current, d.withdrawn, d.superseded_by,
        d.forward_state, d.sent_at, d.customs_status, d.customs_info, d.customs_return_time, d.receipt_overdue,
        d.pre_no, d.invt_no, m.guid AS message_guid, m.received_at, m.submitter, m.source,
-       {outbox.key_withdrawn("d")} AS key_withdrawn
+       {outbox.key_withdrawn("d")} AS key_withdrawn,
+       CASE WHEN d.message_type = 'CEB621' THEN {outbox.concluded_returns("d")} END AS concluded_returns
   FROM ids JOIN documents AS d ON d.id = ids.id JOIN messages AS m ON m.id = d.message_id
  ORDER BY m.received_at, d.id
 """
@@ -423,7 +424,11 @@ async def shipment_detail(
     out["receipts"] = [{**r, "keys": db.json_value(r["keys"])} for r in receipts]
     callbacks = await conn.fetch(outbox.WAREHOUSE_EVENTS_OF, sorted({d["doc_guid"] for d in docs}))
     out["warehouse_orders"] = [o for orders in outbox.warehouse_orders(callbacks).values() for o in orders]
+    for d in docs:  # an inventory's returns customs concluded: for its bills' estimate, not shown with the document
+        d["concluded_returns"] = db.json_value(d["concluded_returns"])
     out["tax_bills"], differs = taxbills.shipment_bills(docs, out["receipts"], rates)
+    for d in docs:
+        del d["concluded_returns"]
     out["findings"] = [*(out["findings"] or []), *(f.as_dict() for f in (*found, *differs))]
     if out.get("flow") == "export":
         out["summary"] = await outbox.inventory_summary(conn, docs, out.get("customsStatus") == "released")
