@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -355,6 +356,44 @@ async def test_the_shipment_page_shows_customs_tax_bills_beside_the_estimate(bro
         assert "999.00" in await differs.first.inner_text() and "tax.bill_differs" in await other.inner_text()
         assert "taxNo T-404-B · returnTime" in await page.inner_text(".timeline")  # its record among the receipts
         await page.screenshot(path=shot("browser-tax-bills.png"), full_page=True)
+        await page.context.close()
+    assert errors == []
+
+
+async def test_the_shipment_page_sets_a_bill_corrected_for_a_return_beside_the_goods_kept(
+    browser: Browser, db_dsn: str
+) -> None:
+    """A return of part of the goods concluded within the window: the sandbox's corrected bill over the estimate of
+    the goods kept, no difference marked, and a note naming the return the estimate takes back."""
+    errors: list[str] = []
+    async with asyncio.timeout(30), running_stack(db_dsn) as stack:
+        stack.sandbox.sandbox.config.tax_bill_status_delay = 60.0  # the return window stays open
+        s = fwd_shipment(405, n_items=2)
+        for payload in fwd_legs(s):
+            await stack.submit(payload)
+        await stack.wait_status(s, "released")
+        inventory = next(d for d in (await stack.shipment(s))["documents"] if d["kind"] == "inventory")
+        bills = "SELECT count(*) >= $2 FROM receipts WHERE message_type = 'CEB816' AND document_id = $1"
+        await stack.wait_sql(bills, inventory["id"], 1)
+        back = samples.import_return(random.Random(405), s.inventory_doc, inventory["invt_no"], items=[1])
+        await stack.submit(json.loads(json.dumps(back, default=str)))
+        await stack.wait_sql(bills, inventory["id"], 2)  # the bill corrected after the return's 399
+        (bill,) = (await stack.shipment(s))["tax_bills"]
+        assert bill["estimate"]["return"]["guid"] == back["documents"][0]["guid"]
+
+        page = await new_page(browser, errors)
+        await sign_in(page, stack.base, ADMIN)
+        await page.wait_for_url(stack.base + "/ops")
+        key = urlencode({"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"]})
+        await page.goto(f"{stack.base}/ops#/shipment?{key}")
+        shown = page.locator(f"#tax-bills .tax-bill[data-tax-no='{bill['taxNo']}']")
+        await expect(shown.locator(".return-note")).to_contain_text(back["documents"][0]["guid"])
+        assert "退货后留存" in await shown.locator("tr.estimated").inner_text()
+        taxes = [bill[t] for t in ("customsTax", "valueAddedTax", "consumptionTax", "total")]
+        for row in ("tr.billed", "tr.estimated"):
+            assert (await shown.locator(row).inner_text()).split("\t")[1:] == taxes, row
+        assert await shown.locator("td.differs").count() == 0
+        await page.screenshot(path=shot("browser-tax-bill-corrected.png"), full_page=True)
         await page.context.close()
     assert errors == []
 

@@ -1168,7 +1168,19 @@
         f ? h("span", { class: "ne", text: "≠ " }) : null, value ?? "—");
     };
     const status = `${b.status} ${b.status_name || ""} ${TAX_STATUS_ZH[b.status] || ""}`.trim();
-    const estimateLabel = `Gateway estimate 网关估算${b.estimate && b.estimate.full_rate ? " (full rate 全额)" : ""}`;
+    const est = b.estimate || {};
+    const estimateLabel = `Gateway estimate 网关估算${est.full_rate ? " (full rate 全额)" : ""}` +
+      (est.return ? " (goods kept 退货后留存)" : "");
+    // the return the estimate takes back, one concluded after the consolidation it does not, and a void bill's
+    // amounts, compared with nothing (gateway.taxbills.return_for, compare)
+    const notes = [
+      est.return ? `estimate of the goods kept after the return ${est.return.guid} customs concluded ` +
+        `${est.return.concluded_at} 已扣除退货` : null,
+      est.uncounted_return ? `return ${est.uncounted_return.guid} ${est.uncounted_return.withdrawn ? "withdrawn " : ""}` +
+        `concluded ${est.uncounted_return.concluded_at}, after the bill's consolidation: not counted ` +
+        "(customs corrects no consolidated bill) 汇总后审结，不计入" : null,
+      b.status === "3" ? "void: nothing is levied, the amounts are not compared 已作废，不比对" : null,
+    ].filter(Boolean);
     return h("div", { class: differs.size ? "tax-bill differs" : "tax-bill", "data-tax-no": b.taxNo },
       h("div", { class: "tax-head" },
         h("b", { class: "mono", text: b.taxNo }),
@@ -1182,6 +1194,7 @@
         h("tbody", {},
           h("tr", { class: "billed" }, h("td", { text: "Customs' bill 海关税单" }), TAXES.map(([name]) => cell(b, name))),
           h("tr", { class: "estimated" }, h("td", { text: estimateLabel }), TAXES.map(([name]) => cell(b.estimate, name))))),
+      notes.map((n) => h("div", { class: "sub return-note", text: n })),
       differs.size ? h("div", { class: "sub differs-note" }, "tax.bill_differs: ",
         [...differs.values()].map((f) => f.message).join("; ")) : null);
   }
