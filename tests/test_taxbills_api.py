@@ -259,6 +259,32 @@ async def test_a_bill_corrected_for_a_return_within_the_window_is_set_beside_the
         assert all("concluded_returns" not in d for d in shown["documents"])
 
 
+async def test_a_bill_voided_after_it_was_corrected_is_compared_with_nothing(db_dsn: str) -> None:
+    """Through the sandbox: a return of part of the goods corrects the bill, then the inventory is cancelled (CEB623,
+    CEB624 399) and customs voids the bill (CEB818 3). Its amounts stay the corrected ones; nothing is levied on a
+    void bill, so it is set beside no estimate as a difference — before, the whole inventory's estimate differed."""
+    s = shipment(807, n_items=2)
+    async with running_stack(db_dsn) as stack:
+        stack.sandbox.sandbox.config.tax_bill_status_delay = 60.0  # the return window stays open in this test
+        for p in legs(s):
+            await stack.submit(json.loads(json.dumps(p, default=str)))
+        await stack.wait_status(s, "released", timeout=20)
+        doc, _ = inventory_of(await stack.shipment(s))
+        bills = ("SELECT count(*) >= $3 FROM receipts WHERE message_type IN ('CEB816', 'CEB818') AND document_id = $1"
+                 " AND outcome = 'applied' AND return_status = $2")  # fmt: skip
+        await stack.wait_sql(bills, doc["id"], "1", 1, timeout=20)
+        await stack.submit(_return(s, doc["invt_no"], [1]))
+        await stack.wait_sql(bills, doc["id"], "1", 2, timeout=20)  # corrected
+        (corrected,) = (await stack.shipment(s))["tax_bills"]
+        cancel = samples.import_cancellation(random.Random(807), s.inventory_doc, doc["invt_no"], now=NOW)
+        await stack.submit(json.loads(json.dumps(cancel, default=str)))
+        await stack.wait_sql(bills, doc["id"], "3", 1, timeout=20)
+        view = await stack.shipment(s)
+        (b,) = view["tax_bills"]
+        assert b["status_name"] == "void" and _taxes(b) == _taxes(corrected)
+        assert b["findings"] == [] and not [f for f in view["findings"] if f["code"] == "tax.bill_differs"]
+
+
 async def test_a_return_concluded_after_the_window_leaves_the_bill_and_its_estimate_whole(db_dsn: str) -> None:
     """Through the sandbox: a return concluded once the window closed (the bill consolidated, CEB818 2) brings no
     correction — customs settled the bill as it was — and the estimate does not pretend it did: it stays the whole
