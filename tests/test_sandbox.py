@@ -1767,6 +1767,46 @@ async def test_warehouse_endpoint_calls_back(
     assert len(http_recorder.requests) == 2  # the repeated order made no new callbacks
 
 
+async def test_warehouse_answers_a_cancel_as_configured(
+    sandbox: RunningSandbox, http_recorder: Recorder, client: aiohttp.ClientSession
+) -> None:
+    """warehouse_cancel: confirm (200, then cancelled), ship (200, then the order goes on: delivered, an inbound one
+    received), refuse (409 cannot_cancel, no callback; a cancel taken after it is the first), ignore (200, nothing
+    more); a value of none is refused."""
+    from adapters.warehouse import parse_callback
+
+    async def order(order_id: str, direction: str = "outbound") -> None:
+        body = {"schema": "cbec.warehouse-order.v1", "orderId": order_id, "direction": direction,
+                "callbackUrl": http_recorder.url + "/cb", "reference": {"orderNo": f"ZG-{order_id}"}, "items": []}
+        async with client.post(sandbox.url + "/warehouse/orders", json=body) as resp:
+            assert resp.status == 201
+
+    async def cancel(order_id: str, answer: str) -> tuple[int, Any]:
+        async with client.post(sandbox.url + "/sandbox/config", json={"warehouse_cancel": answer}) as resp:
+            assert resp.status == 200 and (await resp.json())["warehouse_cancel"] == answer
+        async with client.post(f"{sandbox.url}/warehouse/orders/{order_id}/cancel",
+                               json={"orderId": order_id, "reason": "customs cancelled it"}) as resp:
+            return resp.status, await resp.json()
+
+    async def called_back(order_id: str) -> list[str]:
+        await sandbox.wait_idle()
+        return [p.status for p in (parse_callback(c.body) for c in http_recorder.requests) if p.order_id == order_id]
+
+    for oid, direction in (("C1", "outbound"), ("S1", "outbound"), ("S2", "inbound"), ("R1", "outbound"),
+                           ("I1", "outbound")):  # fmt: skip
+        await order(oid, direction)
+    await sandbox.wait_idle()
+    assert (await cancel("C1", "confirm"))[0] == 200 and (await called_back("C1"))[-1] == "cancelled"
+    assert (await cancel("S1", "ship"))[0] == 200 and (await called_back("S1"))[-1] == "delivered"
+    assert (await cancel("S2", "ship"))[0] == 200 and await called_back("S2") == ["accepted", "received", "received"]
+    status, body = await cancel("R1", "refuse")
+    assert (status, body["code"]) == (409, "cannot_cancel") and await called_back("R1") == ["accepted", "shipped"]
+    assert (await cancel("R1", "confirm"))[0] == 200 and (await called_back("R1"))[-1] == "cancelled"
+    assert (await cancel("I1", "ignore"))[0] == 200 and await called_back("I1") == ["accepted", "shipped"]
+    async with client.post(sandbox.url + "/sandbox/config", json={"warehouse_cancel": "maybe"}) as resp:
+        assert resp.status == 400
+
+
 # --- the pytest plugin --------------------------------------------------------------------------------
 
 

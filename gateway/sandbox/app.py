@@ -139,6 +139,10 @@ class SandboxConfig:
     warehouse_callback_delay: float = 0.5
     warehouse_callback_secret: str | None = None  # signs callbacks like seller webhooks
     warehouse_callback_headers: dict[str, str] = field(default_factory=dict)  # e.g. the gateway's warehouse key
+    # how its warehouse answers a cancel of an order it took (WAREHOUSE_CANCEL_ANSWERS): confirm (200, then a cancelled
+    # callback), ship (200, then it goes on with the order all the same: delivered, of an inbound order received),
+    # refuse (409 cannot_cancel), ignore (200, and nothing more)
+    warehouse_cancel: str = "confirm"
     failure_rate: float = 0.0  # fraction of customs / inspection / warehouse requests answered 503 at random
     scenarios_off: list[str] = field(default_factory=list)  # scenario names ignored (e.g. POISON after a fix)
     # after an import inventory's 800, its tax bill (CEB816) as the gateway would estimate it, to the same receipt_url
@@ -166,6 +170,11 @@ class SandboxConfig:
                 setattr(self, name, None if value is None else seconds(value))
             elif name == "scenarios_off":
                 setattr(self, name, _scenario_names(value))
+            elif name == "warehouse_cancel":
+                if value not in WAREHOUSE_CANCEL_ANSWERS:
+                    raise ValueError(f"warehouse_cancel must be one of {', '.join(WAREHOUSE_CANCEL_ANSWERS)}, "
+                                     f"got {value!r}")  # fmt: skip
+                setattr(self, name, value)
             elif value is None or isinstance(current, dict) or current is None:
                 setattr(self, name, value)
             elif isinstance(current, bool):
@@ -177,6 +186,9 @@ class SandboxConfig:
             else:
                 setattr(self, name, type(current)(value))
 
+
+#: How the sandbox's warehouse may answer a cancel (SandboxConfig.warehouse_cancel).
+WAREHOUSE_CANCEL_ANSWERS = ("confirm", "ship", "refuse", "ignore")
 
 #: Settings that are seconds or None (then another setting's value stands for them).
 _OPTIONAL_SECONDS = frozenset({"tax_bill_status_delay"})
@@ -1925,8 +1937,9 @@ class Sandbox:
         return _json({"warehouseOrderNo": number, "orderId": oid, "duplicate": False}, 201)
 
     async def warehouse_cancel(self, order_id: str, body: Any, header_scenario: str | None) -> web.Response:
-        """The cancel of an order it took: 404 for an orderId it never took; else 200, and (the first time) a
-        ``cancelled`` callback."""
+        """The cancel of an order it took: 404 for an orderId it never took; else as ``warehouse_cancel`` says — 200
+        and (the first time) a ``cancelled`` callback (confirm), or the order going on (ship: ``delivered``, of an
+        inbound order ``received``), or nothing more (ignore); or 409 ``cannot_cancel`` (refuse)."""
         if not isinstance(body, dict) or body.get("orderId") not in (None, order_id):
             return _json({"code": "invalid", "reason": "expected an object whose orderId is the path's"}, 400)
         self.warehouse_attempts[f"cancel:{order_id}"] += 1
@@ -1938,14 +1951,21 @@ class Sandbox:
         if order is None:
             return _json({"code": "unknown_order", "reason": f"no order {order_id} here"}, 404)
         number, repeated = order["warehouseOrderNo"], bool(order["cancelled"])
-        self.warehouse_cancels.append({**body, "orderId": order_id})
+        answer = self.config.warehouse_cancel
+        self.warehouse_cancels.append({**body, "orderId": order_id, "sandbox_answer": answer})
+        if answer == "refuse":  # not taken: a cancel taken after it is the first
+            return _json({"code": "cannot_cancel", "reason": "sandbox: the parcel has left the warehouse "
+                          "(warehouse_cancel refuse)", "warehouseOrderNo": number}, 409)  # fmt: skip
         if not repeated:
             self.warehouse_orders[order_id] = {**order, "cancelled": True}
             self._save()
         url = order["callbackUrl"] or self.config.warehouse_callback_url
-        if not repeated and isinstance(url, str) and url and scenario != "LOSTRCPT":
-            event = self._callback_body({**order, "orderId": order_id}, number, "cancelled",
-                                        body.get("reason") or None)  # fmt: skip
+        if not repeated and isinstance(url, str) and url and scenario != "LOSTRCPT" and answer != "ignore":
+            if answer == "ship":  # it goes on with the order as though no cancel came
+                status, reason = ("received" if order["direction"] == "inbound" else "delivered"), None
+            else:
+                status, reason = "cancelled", body.get("reason") or None
+            event = self._callback_body({**order, "orderId": order_id}, number, status, reason)
             self._spawn(self._send_callbacks(url, [event]))
         return _json({"warehouseOrderNo": number, "orderId": order_id, "duplicate": repeated}, 200)
 
