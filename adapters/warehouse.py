@@ -41,8 +41,11 @@ delivery (or order) a route made it from was changed or withdrawn (gateway.forwa
      "reason": "...", "reference": {...}}                                           # the order's reference
 
 Reply: 2xx (a repeat too); 404 for an orderId the warehouse never took (the gateway keeps it as a dead letter, to be
-replayed once the order went). The warehouse then reports ``cancelled`` by callback, once the goods are back in
-stock (a shipped parcel stopped or returned).
+replayed once the order went); another 4xx, ``{"code": "...", "reason": "..."}``, for a cancel it refuses (the parcel
+cannot be stopped: :class:`CancelRefused`). The warehouse then reports ``cancelled`` by callback, once the goods are
+back in stock (a shipped parcel stopped or returned). The gateway records each cancel with the order
+(gateway.outbox: warehouse_cancels) and flags one the warehouse refuses, does not confirm in time, or reports progress
+on the order after (:data:`PROGRESS`).
 
 Callback — the warehouse later POSTs status changes to ``callbackUrl``::
 
@@ -69,7 +72,7 @@ import orjson
 import structlog
 
 from adapters import dxp
-from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResult
+from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, SendResult, classify_status
 from adapters.customs import payload_message
 from adapters.webhook import verify_signature
 from gateway.documents import Document, extract
@@ -84,6 +87,9 @@ CANCEL_SCHEMA = "cbec.warehouse-cancel.v1"
 CALLBACK_SCHEMA = "cbec.warehouse-callback.v1"
 DIRECTIONS = ("inbound", "outbound")
 CALLBACK_STATUSES = ("accepted", "received", "picked", "shipped", "delivered", "rejected", "cancelled")
+#: The statuses of an order going on: one of these reported after the gateway asked to cancel the order says the goods
+#: may be on their way all the same (rejected and cancelled end it: nothing goes).
+PROGRESS = frozenset(CALLBACK_STATUSES) - {"rejected", "cancelled"}
 CODES = {
     "warehouse.bad_callback": "a warehouse callback (POST /v1/warehouse/callbacks) that is not the contract's: not a "
     "JSON object of schema cbec.warehouse-callback.v1, orderId, warehouseOrderNo, direction, status or occurredAt "
@@ -220,6 +226,27 @@ def build_cancel(job_payload: Mapping[str, Any], config: WarehouseConfig) -> dic
             "reason": reason if isinstance(reason, str) else "", "reference": order["reference"]}  # fmt: skip
 
 
+class CancelRefused(PermanentError):
+    """The warehouse answered a cancel with a refusal — a 4xx no retry changes (404: it never took the order; 409 or
+    another: it will not stop the parcel) —: a dead letter, its ``answer`` ``{status, code, reason}`` as the warehouse
+    gave them (``code``, ``reason`` from a JSON body, else ``reason`` the body's start)."""
+
+    def __init__(self, message: str, answer: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.answer = dict(answer)
+
+
+def refusal(status: int, body: bytes, data: Any) -> dict[str, Any]:
+    """A refused cancel's answer: its HTTP ``status`` and, from its JSON body (``data``), ``code`` and ``reason`` — or
+    the body's first 200 characters as ``reason``."""
+    if isinstance(data, Mapping):
+        code, why = data.get("code"), data.get("reason")
+        return {"status": status, "code": code if isinstance(code, str) else None,
+                "reason": why if isinstance(why, str) else None}  # fmt: skip
+    text = body[:200].decode("utf-8", "replace").strip()
+    return {"status": status, "code": None, "reason": text or None}
+
+
 class WarehouseAdapter(HttpAdapter):
     name = "warehouse"
 
@@ -247,13 +274,24 @@ class WarehouseAdapter(HttpAdapter):
 
     async def cancel(self, job_payload: Mapping[str, Any]) -> SendResult:
         """The cancel of the order :meth:`send` made from document ``doc_index`` of the job's message
-        (:func:`build_cancel`), at ``<url>/<orderId>/cancel``."""
+        (:func:`build_cancel`), at ``<url>/<orderId>/cancel``. A 4xx no retry changes raises :class:`CancelRefused`
+        with the warehouse's answer; ``detail["answer"]`` is its answer to one it took."""
         body = build_cancel(job_payload, self.config)
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        reply = await self.post_checked(cancel_url(self.config, body["orderId"]), data=data,
-                                        content_type="application/json",
-                                        headers={"Idempotency-Key": f"{body['orderId']}:cancel"})  # fmt: skip
-        return SendResult(self.name, body["orderId"], reply.status, {"cancelled": body["orderId"]})
+        url = cancel_url(self.config, body["orderId"])
+        reply = await self.post(url, data=data, content_type="application/json",
+                                headers={"Idempotency-Key": f"{body['orderId']}:cancel"})  # fmt: skip
+        try:
+            classify_status(reply.status, what=f"warehouse cancel of {body['orderId']}", body=reply.body,
+                            retry_after=reply.headers.get("Retry-After"))  # fmt: skip
+        except PermanentError as exc:
+            if 400 <= reply.status < 500:  # the warehouse's word; a redirect is a URL configured wrong
+                raise CancelRefused(str(exc), refusal(reply.status, reply.body, reply.json())) from None
+            raise
+        ack = reply.json()
+        number = ack.get("warehouseOrderNo") if isinstance(ack, Mapping) else None
+        answer = {"status": reply.status, "warehouseOrderNo": number if isinstance(number, str) else None}
+        return SendResult(self.name, body["orderId"], reply.status, {"cancelled": body["orderId"], "answer": answer})
 
 
 @dataclass(frozen=True)

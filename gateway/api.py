@@ -41,7 +41,16 @@ from gateway.auth import (
 )
 from gateway.config import RealtimeSettings, Role, Settings, key_digest
 from gateway.console import setup_console
-from gateway.console.queries import DEAD_TOTAL, awaited_documents, queue_stats, receipts_awaited, unmatched_receipts
+from gateway.console.queries import (
+    DEAD_TOTAL,
+    awaited_documents,
+    callback_delivery,
+    queue_stats,
+    read_warehouse_cancels,
+    receipts_awaited,
+    unmatched_receipts,
+    with_deliveries,
+)
 from gateway.errors import Issue, Layer, MessageRejected
 from gateway.forward import SHIPMENT_CUSTOMS_STATUSES, Router
 from gateway.ingestlink import IngestUnavailable
@@ -63,6 +72,7 @@ from gateway.store import (
     close_payment_question,
     close_reason,
     close_unmatched_receipt,
+    close_warehouse_cancel,
     payment_data_of_shipment,
     quota_reassessor,
     read_payment_data,
@@ -886,9 +896,45 @@ async def list_warehouse_callbacks(request: web.Request) -> web.Response:
                 order_id=q.get("order_id") or None, statuses=statuses or None, since=since, until=until,
                 limit=limit, cursor=q.get("cursor") or None,
             )  # fmt: skip
+            await with_deliveries(conn, page["items"], callback_delivery)
     except ValueError as exc:  # a cursor that is not one of ours
         return error_response(400, f"bad cursor: {exc}")
     return json_response(page)
+
+
+#: Where the operators read and close the cancels the gateway asked of warehouses.
+WAREHOUSE_CANCELS = "/v1/warehouse/cancels"
+
+
+async def list_warehouse_cancels(request: web.Request) -> web.Response:
+    """The cancels the gateway asked of warehouses, newest first (operator / admin): ``state=open`` (the default)
+    those that need a look — the warehouse went on with the order after it, refused it, or did not confirm it within
+    forwarding.warehouse_cancel_timeout_s —, ``closed``, ``any``."""
+    if (denied := _operator(request)) is not None:
+        return denied
+    q = request.query
+    try:
+        limit = _limit(q)
+        async with request.app[POOL].acquire() as conn:
+            page = await read_warehouse_cancels(conn, state=q.get("state", "open"), limit=limit,
+                                                cursor=q.get("cursor") or None)  # fmt: skip
+    except ValueError as exc:
+        return error_response(400, f"bad query parameter: {exc}")
+    return json_response(page)
+
+
+async def post_close_warehouse_cancel(request: web.Request) -> web.Response:
+    """Close a warehouse cancel that needs a look, once settled with the warehouse, with a short reason (operator /
+    admin): it leaves the open list and cbec_warehouse_cancels_open (store.close_warehouse_cancel)."""
+    asked = await _close_request(request, "warehouse cancel")
+    if isinstance(asked, web.Response):
+        return asked
+    cancel_id, reason = asked
+    try:
+        closed = await close_warehouse_cancel(request.app[POOL], cancel_id, by=_principal(request).name, reason=reason)
+    except CloseRefused as exc:
+        return error_response(exc.status, str(exc))
+    return json_response(closed)
 
 
 async def get_unmatched_receipts(request: web.Request) -> web.Response:
@@ -1158,6 +1204,8 @@ def create_app(
     app.router.add_post("/v1/receipts/unmatched/{id}/close", post_close_unmatched_receipt)
     app.router.add_post(WAREHOUSE_CALLBACKS, post_warehouse_callback)
     app.router.add_get(WAREHOUSE_CALLBACKS, list_warehouse_callbacks)
+    app.router.add_get(WAREHOUSE_CANCELS, list_warehouse_cancels)
+    app.router.add_post(WAREHOUSE_CANCELS + "/{id}/close", post_close_warehouse_cancel)
     app.router.add_get("/v1/queue", get_queue)
     app.router.add_get("/v1/queue/dead", get_dead_letters)
     app.router.add_get("/v1/queue/awaited", get_awaited)

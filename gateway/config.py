@@ -172,6 +172,9 @@ class ForwardingSettings:
     # name pointed at 127.0.0.1 or the cloud's metadata service is refused): "10.20.0.0/16", an address alone.
     webhook_allowed_networks: tuple[str, ...] = ()
     receipt_timeout_s: float = 600.0  # a message sent this long ago without a receipt is overdue
+    # a warehouse cancel asked this long ago that the warehouse has not confirmed (its callback cancelled) needs a look:
+    # a parcel customs cancelled may be leaving all the same (a shipped one coming back may take a day: its return)
+    warehouse_cancel_timeout_s: float = 86400.0
     watchdog_interval_s: float = 30.0
     # Delivered jobs and their attempts are deleted this long after (0: kept for ever); the documents keep their
     # forward state, CopMsgId and sent time, and messages and receipts are never deleted.
@@ -673,6 +676,7 @@ _FORWARDING_SCALARS: dict[str, Any] = {
     "sender_id": str,
     "webhook_endpoint": str,
     "receipt_timeout_s": _number(0, above=True),
+    "warehouse_cancel_timeout_s": _number(0, above=True),
     "watchdog_interval_s": _number(0, above=True),
     "done_job_retention_days": _days("done_job_retention_days"),
     "watchdog_repush": _flag,

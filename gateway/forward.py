@@ -98,6 +98,11 @@ def ordering_key(message_type: str, keys: Iterable[str]) -> str:
     return ":".join((message_type, *values))
 
 
+#: The kind of the job cancelling a warehouse order (Router.order_jobs, Router.cancel_jobs): the gateway records each
+#: with the order it cancels (gateway.outbox.record_cancels).
+WAREHOUSE_CANCEL = "warehouse.cancel"
+
+
 @dataclass(frozen=True)
 class OrderSource:
     """A document of a declaration routed to a warehouse (:meth:`Router.order_jobs`): its position in the message, its
@@ -244,7 +249,7 @@ class Router:
                     payload = {"message_id": old_id, "guid": old_guid, "doc_index": old_index,
                                "message_type": message_type,
                                "reason": f"{message_type} {what} (appType {d.app_type}, message {guid})"}  # fmt: skip
-                    jobs.append(JobSpec(endpoint, "warehouse.cancel", payload,
+                    jobs.append(JobSpec(endpoint, WAREHOUSE_CANCEL, payload,
                                         f"{endpoint}:{old_guid}:{old_index}:cancel", ordering_keys=keys))  # fmt: skip
                 if d.app_type != "3":
                     payload = {"message_id": message_id, "guid": guid, "doc_index": d.index,
@@ -296,7 +301,7 @@ class Router:
         """The cancel of the outbound orders release_jobs made for an inventory whose cancellation customs concluded
         (one per on_release endpoint), each ordered behind its order: a cancel must not reach the warehouse first."""
         payload = {**_order_payload(message_id, guid, doc_index, ebp_code, order_no, numbers), "reason": reason}
-        return [JobSpec(endpoint, "warehouse.cancel", dict(payload), f"{endpoint}:{guid}:{doc_index}:cancel",
+        return [JobSpec(endpoint, WAREHOUSE_CANCEL, dict(payload), f"{endpoint}:{guid}:{doc_index}:cancel",
                         ordering_keys=(f"{endpoint}:{guid}:{doc_index}",))
                 for endpoint in self.on_release]  # fmt: skip
 

@@ -9,8 +9,9 @@ Two kinds of figures:
 * state figures, read from PostgreSQL when Prometheus scrapes (a handful of index-backed queries, one
   scrape at a time): shipments by reconciliation state and by customs status,
   queue depth, due and running jobs, oldest queued age and dead letters per endpoint, circuit states of
-  this process's workers, forward / receipt latency quantiles over the last ``window_s`` seconds, and the
-  documents sent to customs still awaiting a receipt (how many, and the oldest's wait);
+  this process's workers, forward / receipt latency quantiles over the last ``window_s`` seconds, the
+  documents sent to customs still awaiting a receipt (how many, and the oldest's wait), and the warehouse cancels
+  that need a look;
 * how long the certificate of the key the gateway signs JSON declarations with is still valid, and the files in each
   folder-transport inbox: waiting to be read, and refused into its ``error/`` folder (read from the file system).
 
@@ -53,6 +54,7 @@ from gateway.auth import KeyRing
 from gateway.config import METRICS_SHARED_DIR_ENV, Role
 from gateway.console import queries as q
 from gateway.messages import BY_CODE
+from gateway.outbox import CANCEL_FLAGS
 
 log = structlog.get_logger("gateway.metrics")
 
@@ -367,6 +369,21 @@ class Metrics:
             "How long the oldest document sent to customs and still without a receipt has waited (0: none)",
             float(awaited["oldest_wait_s"]),
         ))  # fmt: skip
+
+        # a parcel customs cancelled that the warehouse may be sending all the same
+        g = GaugeMetricFamily(
+            "cbec_warehouse_cancels_open",
+            "Cancels the gateway asked of a warehouse (a cancelled inventory, a withdrawn or changed delivery or "
+            "order) that need a look, neither confirmed by the warehouse (cancelled) nor closed by an operator, by the "
+            "gravest reason: progress_after_cancel (the warehouse reported the order going on after the cancel was "
+            "asked: the goods may be leaving), refused (it answered the cancel with a refusal), unconfirmed (not "
+            "confirmed within forwarding.warehouse_cancel_timeout_s)",
+            labels=["why"],
+        )
+        found = {r["why"]: r["n"] for r in await conn.fetch(q.OPEN_WAREHOUSE_CANCELS)}
+        for why in CANCEL_FLAGS:
+            g.add_metric([why], float(found.get(why, 0)))
+        out.append(g)
 
         # customs' 179 questions not uploaded: customs expects the upload within minutes of asking (spec §10.1)
         r = await conn.fetchrow(realtime.OPEN_FIGURES)

@@ -98,7 +98,41 @@ _CLOSED = {
     "close_reason": {**_STR_OR_NULL, "description": "why, as the operator wrote it"},
 }
 
-#: What the operators watch and may close: the receipts kept unmatched, customs' 179 questions.
+#: A warehouse cancel as the gateway recorded it (gateway.outbox.warehouse_cancel_dict).
+_CANCEL_ASKED: dict[str, Any] = {
+    "id": _INT, "endpoint": {**_STR, "description": "the warehouse endpoint it went to"},
+    "reason": {**_STR, "examples": ["CEB623 concluded by customs: 买家取消订单"]},
+    "requested_at": {**_TIME, "description": "when the gateway asked it"},
+    "delivered_at": {**_TIME_OR_NULL, "description": "when the warehouse took it (2xx); null: not (yet)"},
+    "refused_at": {**_TIME_OR_NULL, "description": "when the warehouse refused it (a 4xx: the job a dead letter)"},
+    "answer": {"type": ["object", "null"], "description": "the warehouse's answer: {status, warehouseOrderNo} taken, "
+               "{status, code, reason} refused; null: none yet",
+               "properties": {"status": _INT, "warehouseOrderNo": _STR_OR_NULL, "code": _STR_OR_NULL,
+                              "reason": _STR_OR_NULL}},
+    "confirmed_at": {**_TIME_OR_NULL, "description": "when the warehouse confirmed it (its callback cancelled)"},
+    "progress_at": {**_TIME_OR_NULL, "description": "when the warehouse first reported progress on the order after "
+                    "it was asked (accepted … delivered: the goods may be leaving)"},
+    "progress_status": {**_STR_OR_NULL, "description": "the latest such status"},
+    "overdue_at": {**_TIME_OR_NULL, "description": "when the watchdog found it not confirmed within "
+                   "forwarding.warehouse_cancel_timeout_s"},
+    "flags": {"type": "array", "items": {"enum": ["progress_after_cancel", "refused", "unconfirmed"]},
+              "description": "what was found wrong with it, the gravest first (kept once confirmed or closed)"},
+    "needs_look": {"type": "boolean", "description": "flagged, and neither confirmed by the warehouse nor closed by "
+                   "an operator: listed by GET /v1/warehouse/cancels, counted in cbec_warehouse_cancels_open"},
+    **_CLOSED,
+}
+
+#: The site's delivery (CEB711) an inbound order was made from, as the operators' warehouse lists name it
+#: (gateway.store.deliveries); null for an order of any other document.
+_DELIVERY = {"anyOf": [_object(("message_guid", "billNo", "listed", "shipments"), {
+    "message_guid": {**_STR, "description": "the delivery's message: GET /v1/messages/{guid} shows it whole"},
+    "billNo": _STR_OR_NULL, "listed": {**_INT, "description": "how many parcels (waybills) it lists"},
+    "shipments": {"type": "array", "description": "the shipments of the parcels the gateway holds, each once: their "
+                  "pages show the delivery", "items": _object(("ebpCode", "orderNo"), {"ebpCode": _STR,
+                                                                                       "orderNo": _STR})},
+}), {"type": "null"}], "description": "the site's delivery (CEB711) its inbound order was made from; null for another"}
+
+#: What the operators watch and may close: the receipts kept unmatched, customs' 179 questions, warehouse cancels.
 _CLOSED_BY_OPERATORS = {
     "UnmatchedReceipt": _object(
         ("id", "received_at", "message_type", "keys", "return_status", "closed_at", "closed_by", "close_reason"), {
@@ -125,6 +159,19 @@ _CLOSED_BY_OPERATORS = {
         }, "customs' 179 question (platDataOpen) and what became of its upload"),
     "PaymentQuestionPage": _object(("items", "next_cursor"), {
         "items": {"type": "array", "items": _ref("PaymentQuestion")}, "next_cursor": _STR_OR_NULL}),
+    "WarehouseCancel": _object(
+        ("id", "order_id", "direction", "status", "message_type", "doc_guid", "ebpCode", "orderNo", "requested_at",
+         "flags", "needs_look", "closed_at"), {
+            **_CANCEL_ASKED, "order_id": _STR, "direction": {"enum": list(DIRECTIONS)},
+            "warehouse_order_no": _STR_OR_NULL,
+            "status": {"enum": [*CALLBACK_STATUSES, None], "description": "the order's furthest status as the "
+                       "warehouse reported it (null: nothing)"},
+            "message_type": _STR, "doc_guid": {**_STR, "description": "the document the order was made from"},
+            "ebpCode": {**_STR_OR_NULL, "description": "that document's shipment (null: a site's delivery's)"},
+            "orderNo": _STR_OR_NULL, "delivery": _DELIVERY,
+        }, "a cancel the gateway asked of a warehouse, with its order and the document and shipment it was made of"),
+    "WarehouseCancelPage": _object(("items", "next_cursor"), {
+        "items": {"type": "array", "items": _ref("WarehouseCancel")}, "next_cursor": _STR_OR_NULL}),
 }
 
 #: A close's body: one short reason (gateway.store.close_reason).
@@ -220,13 +267,25 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "document_id": {"type": ["integer", "null"]}, "applied": {"type": "boolean"},
         "outcome": {"enum": [o.value for o in ReceiptOutcome]},
     }, "a customs receipt of the document, as stored"),
-    "WarehouseOrder": _object(("order_id", "status"), {
+    "WarehouseOrder": _object(("order_id", "status", "cancel"), {
         "order_id": _STR, "warehouse_order_no": _STR_OR_NULL, "direction": {"enum": list(DIRECTIONS)},
-        "status": {"enum": list(CALLBACK_STATUSES)}, "reason": _STR_OR_NULL,
+        "status": {"enum": [*CALLBACK_STATUSES, None], "description": "the furthest the warehouse reported (null: "
+                   "nothing yet — an order shown for the cancel the gateway asked of it)"},
+        "reason": _STR_OR_NULL,
         "events": {"type": "array", "items": _object(("status",), {
             "status": {"enum": list(CALLBACK_STATUSES)}, "reason": _STR_OR_NULL, "occurred_at": _TIME,
-            "received_at": _TIME})},
-    }, "a warehouse order made from the document, as its warehouse reported it"),
+            "received_at": _TIME,
+            "after_cancel": {"type": "boolean", "description": "a status of progress (accepted … delivered) that came "
+                             "after the gateway asked the warehouse to cancel the order: the goods may be leaving"}})},
+        "cancel": {"anyOf": [_ref("WarehouseCancelAsked"), {"type": "null"}],
+                   "description": "the cancel the gateway asked of the warehouse (null: none)"},
+    }, "a warehouse order made from the document, as its warehouse reported it, and the cancel the gateway asked"),
+    "WarehouseCancelAsked": _object(
+        ("id", "endpoint", "reason", "requested_at", "delivered_at", "refused_at", "answer", "confirmed_at", "flags",
+         "needs_look"), _CANCEL_ASKED,
+        "the cancel of a warehouse order the gateway asked (a job of kind warehouse.cancel: customs concluded the "
+        "cancellation of the inventory the order was made from, or the delivery or order a route made it from was "
+        "changed or withdrawn) and what became of it"),
     "Document": _object(("id", "doc_guid", "kind", "message_type", "keys", "is_current"), {
         "id": _INT, "index": _INT, "doc_guid": _STR, "kind": {"enum": _KINDS}, "message_type": _STR,
         "message_guid": _STR, "keys": _VALUES, "app_type": _STR_OR_NULL, "app_time": _STR_OR_NULL,
@@ -892,9 +951,13 @@ OPENAPI: dict[str, Any] = {
             "get": _page_list(
                 "The warehouses' callbacks as they came, newest first (keyset pages; operator / admin), each {id, "
                 "received_at, submitter, order_id, warehouse_order_no, direction, status, reason, occurred_at, "
-                "reference, linked, unlinked_because, ebpCode, orderNo}: linked=false lists those no shipment shows, "
-                "unlinked_because unknown_reference (no document the gateway holds) or order_id_not_ours (a "
-                "document the gateway holds, whose order has another orderId)",
+                "reference, linked, unlinked_because, ebpCode, orderNo, after_cancel, delivery}: linked=false lists "
+                "those no shipment shows, unlinked_because unknown_reference (no document the gateway holds) or "
+                "order_id_not_ours (a document the gateway holds, whose order has another orderId); after_cancel a "
+                "status of progress (accepted … delivered) that came after the gateway asked the warehouse to cancel "
+                "the order (GET /v1/warehouse/cancels); delivery, of a callback on an inbound order made from a "
+                "site's delivery (CEB711), that delivery {message_guid, billNo, listed, shipments: [{ebpCode, "
+                "orderNo}] of its parcels the gateway holds}, else null",
                 (
                     ("linked", "true or false (absent: both)"),
                     ("submitter", "the name of the warehouse's key"),
@@ -906,6 +969,39 @@ OPENAPI: dict[str, Any] = {
                 ),
                 "a linked, status, time or cursor that is not one, a bad limit",
             ),
+        },
+        "/v1/warehouse/cancels": {
+            "get": _page_list(
+                "The cancels the gateway asked of warehouses, newest first (keyset pages; operator / admin): a "
+                "cancelled inventory's outbound order, a changed or withdrawn delivery's or order's; each with when "
+                "and why it was asked, the warehouse's answer, whether it confirmed it (cancelled), the progress it "
+                "reported on the order after it, whether it is overdue (forwarding.warehouse_cancel_timeout_s), the "
+                "order and the document's shipment (an inbound order: its delivery)",
+                (("state", "open (the default: those that need a look — the warehouse went on with the order after "
+                           "the cancel, refused it, or did not confirm it in time —, neither confirmed nor closed), "
+                           "closed or any"),),
+                "a state, limit or cursor that is not one",
+                page="WarehouseCancelPage",
+            )
+        },
+        "/v1/warehouse/cancels/{id}/close": {
+            "post": {
+                "summary": "Close a warehouse cancel that needs a look once it is settled with the warehouse (operator "
+                "/ admin), with a short reason: it leaves the open list and cbec_warehouse_cancels_open (and so its "
+                "alert), kept with who closed it, when and why (state=closed); progress the warehouse reports after "
+                "flags it no more",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "requestBody": _CLOSE_BODY,
+                "responses": {
+                    "200": _ok("the cancel as listed, closed", "WarehouseCancel"),
+                    "400": _err("a body that is not {reason}: none, empty, over 200 characters, several lines"),
+                    "404": _err("no such cancel"),
+                    "409": _err("the warehouse confirmed the cancel, it needs no look (yet), or it was closed already "
+                                "(by whom, when, why)"),
+                    "413": _err("a body over 4 KiB (parse.too_large)"),
+                    **_AUTH_ERRORS,
+                },
+            }
         },
         "/v1/queue": {
             "get": {

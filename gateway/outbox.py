@@ -49,6 +49,7 @@ from gateway.batching import Batcher, Follow
 from gateway.documents import Document, ParsedMessage
 from gateway.forward import (
     CHANGE_REFUSED_EVENT,
+    WAREHOUSE_CANCEL,
     HeldVersion,
     JobSpec,
     LegState,
@@ -1021,7 +1022,10 @@ _WAREHOUSE_CALLBACK_PAGE = """
 SELECT e.id, e.received_at, e.submitter, e.order_id, e.warehouse_order_no, e.direction, e.status, e.reason,
        e.occurred_at, e.message_type, e.doc_guid, e.reference, s.ebp_code, s.order_no,
        e.doc_guid IS NULL AND EXISTS (SELECT 1 FROM documents AS d WHERE d.doc_guid = e.reference ->> 'guid'
-                                          AND d.message_type = e.message_type) AS reference_held
+                                          AND d.message_type = e.message_type) AS reference_held,
+       e.status IN ({progress}) AND EXISTS (SELECT 1 FROM warehouse_cancels AS c
+                                             WHERE c.order_id = e.order_id AND c.requested_at < e.received_at)
+           AS after_cancel
   FROM warehouse_events AS e
   LEFT JOIN LATERAL (SELECT d.ebp_code, d.order_no FROM documents AS d
                       WHERE d.doc_guid = e.doc_guid AND d.message_type = e.message_type LIMIT 1) AS s ON true
@@ -1033,9 +1037,99 @@ SELECT e.id, e.received_at, e.submitter, e.order_id, e.warehouse_order_no, e.dir
    AND ($7::timestamptz IS NULL OR e.received_at < $7)
  ORDER BY e.id DESC LIMIT $2
 """
-LIST_WAREHOUSE_CALLBACKS = _WAREHOUSE_CALLBACK_PAGE.format(linked="")
-LIST_WAREHOUSE_CALLBACKS_LINKED = _WAREHOUSE_CALLBACK_PAGE.format(linked="AND e.doc_guid IS NOT NULL")
-LIST_WAREHOUSE_CALLBACKS_UNLINKED = _WAREHOUSE_CALLBACK_PAGE.format(linked="AND e.doc_guid IS NULL")
+_PROGRESS_SQL = ", ".join(f"'{s}'" for s in sorted(warehouse.PROGRESS))
+LIST_WAREHOUSE_CALLBACKS = _WAREHOUSE_CALLBACK_PAGE.format(linked="", progress=_PROGRESS_SQL)
+LIST_WAREHOUSE_CALLBACKS_LINKED = _WAREHOUSE_CALLBACK_PAGE.format(linked="AND e.doc_guid IS NOT NULL",
+                                                                  progress=_PROGRESS_SQL)  # fmt: skip
+LIST_WAREHOUSE_CALLBACKS_UNLINKED = _WAREHOUSE_CALLBACK_PAGE.format(linked="AND e.doc_guid IS NULL",
+                                                                    progress=_PROGRESS_SQL)  # fmt: skip
+
+#: What a warehouse cancel (sql/550) is read with (warehouse_cancel_dict), of the row ``c``.
+WAREHOUSE_CANCEL_COLUMNS = """c.id, c.endpoint, c.order_id, c.direction, c.message_type, c.doc_guid, c.reason,
+       c.requested_at, c.delivered_at, c.refused_at, c.answer, c.confirmed_at, c.progress_at, c.progress_status,
+       c.overdue_at, c.closed_at, c.closed_by, c.close_reason"""
+#: SQL: the cancel ``c`` needs a look (the predicate of sql/550's warehouse_cancels_open_idx): the warehouse reported
+#: progress on the order after it was asked, refused it, or did not confirm it in time; and it is neither confirmed
+#: (cancelled called back) nor closed by an operator.
+CANCEL_OPEN = """c.confirmed_at IS NULL AND c.closed_at IS NULL
+   AND (c.progress_at IS NOT NULL OR c.refused_at IS NOT NULL OR c.overdue_at IS NOT NULL)"""
+#: Why a cancel needs a look, the gravest first: the goods may be leaving (the warehouse went on with the order after
+#: the cancel was asked), the warehouse said it will not cancel, or it has said nothing in time.
+CANCEL_FLAGS = ("progress_after_cancel", "refused", "unconfirmed")
+#: The cancels asked now ($1 endpoints, $2 orderIds, $3 message ids and $4 positions of the documents the orders were
+#: made from, $5 the orders' directions, $6 why), with the jobs that carry them: once per order and endpoint (the
+#: first ask's time stays).
+RECORD_CANCELS = """
+INSERT INTO warehouse_cancels AS c (endpoint, order_id, direction, message_type, doc_guid, reason)
+SELECT x.endpoint, x.order_id, x.direction, d.message_type, d.doc_guid, x.reason
+  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::text[], $6::text[])
+       AS x(endpoint, order_id, message_id, doc_index, direction, reason)
+  JOIN documents AS d ON d.message_id = x.message_id AND d.doc_index = x.doc_index
+ON CONFLICT (endpoint, order_id) DO NOTHING
+"""
+#: The warehouse's answer ($7) to the cancel of order $2 at endpoint $1 — $8 true: a refusal, else it took it —, the
+#: cancel recorded now if its job was enqueued before it was recorded with it ($3, $4 the document, $5 direction, $6
+#: why). A cancel taken after a refusal (a replay) is refused no more.
+CANCEL_ANSWERED = f"""
+INSERT INTO warehouse_cancels AS c (endpoint, order_id, direction, message_type, doc_guid, reason, delivered_at,
+                                    refused_at, answer)
+SELECT $1, $2, $5, d.message_type, d.doc_guid, $6, CASE WHEN $8 THEN NULL ELSE now() END,
+       CASE WHEN $8 THEN now() END, $7::jsonb
+  FROM documents AS d WHERE d.message_id = $3 AND d.doc_index = $4
+ON CONFLICT (endpoint, order_id) DO UPDATE
+   SET delivered_at = CASE WHEN $8 THEN c.delivered_at ELSE coalesce(c.delivered_at, now()) END,
+       refused_at = CASE WHEN $8 THEN now() END, answer = $7::jsonb, updated_at = now()
+RETURNING {WAREHOUSE_CANCEL_COLUMNS}
+"""
+#: A warehouse's callback ($2 its status) on order $1, on the order's cancels: cancelled confirms them; a status of
+#: progress ($3) flags those not confirmed nor closed — the goods may be leaving all the same (the first such
+#: callback's time kept, the latest status). Returns the cancels it touched, and whether this callback flagged them.
+CANCEL_CALLBACK = """
+UPDATE warehouse_cancels AS c
+   SET confirmed_at = CASE WHEN $2 = 'cancelled' THEN coalesce(c.confirmed_at, now()) ELSE c.confirmed_at END,
+       progress_at = CASE WHEN $2 = 'cancelled' THEN c.progress_at ELSE coalesce(c.progress_at, now()) END,
+       progress_status = CASE WHEN $2 = 'cancelled' THEN c.progress_status ELSE $2 END,
+       updated_at = now()
+ WHERE c.order_id = $1
+   AND ($2 = 'cancelled' OR ($2 = ANY ($3::text[]) AND c.confirmed_at IS NULL AND c.closed_at IS NULL))
+RETURNING c.id, c.endpoint, c.message_type, c.doc_guid, c.requested_at, c.confirmed_at
+"""
+#: Watchdog: the cancels asked more than $1 s ago that the warehouse has not confirmed (nor an operator closed), at most
+#: $2, oldest first: flagged overdue once.
+OVERDUE_CANCELS = f"""
+UPDATE warehouse_cancels AS c SET overdue_at = now(), updated_at = now()
+  FROM (SELECT o.id FROM warehouse_cancels AS o
+         WHERE o.confirmed_at IS NULL AND o.closed_at IS NULL AND o.overdue_at IS NULL
+           AND o.requested_at < now() - make_interval(secs => $1)
+         ORDER BY o.requested_at LIMIT $2 FOR UPDATE SKIP LOCKED) AS due
+ WHERE c.id = due.id
+RETURNING {WAREHOUSE_CANCEL_COLUMNS}
+"""
+#: A page of the warehouse cancels, newest first: $2 of those with an id below $1, of one state (WAREHOUSE_CANCELS),
+#: each with the shipment of the document its order was made from (none for a site's delivery), and the statuses the
+#: warehouse reported of the order and its latest order number.
+_WAREHOUSE_CANCEL_PAGE = f"""
+SELECT {WAREHOUSE_CANCEL_COLUMNS}, s.ebp_code, s.order_no,
+       (SELECT array_agg(e.status ORDER BY e.id) FROM warehouse_events AS e WHERE e.order_id = c.order_id) AS statuses,
+       (SELECT e.warehouse_order_no FROM warehouse_events AS e WHERE e.order_id = c.order_id
+         ORDER BY e.id DESC LIMIT 1) AS warehouse_order_no
+  FROM warehouse_cancels AS c
+  LEFT JOIN LATERAL (SELECT d.ebp_code, d.order_no FROM documents AS d
+                      WHERE d.doc_guid = c.doc_guid AND d.message_type = c.message_type LIMIT 1) AS s ON true
+ WHERE c.id < $1 AND {{which}}
+ ORDER BY c.id DESC LIMIT $2
+"""
+#: The states GET /v1/warehouse/cancels lists (``state=``): open (those that need a look: CANCEL_OPEN), closed (by an
+#: operator), any (every cancel asked: those still awaited, confirmed); the statement of each.
+WAREHOUSE_CANCELS = {
+    "open": _WAREHOUSE_CANCEL_PAGE.format(which=f"({CANCEL_OPEN})"),
+    "closed": _WAREHOUSE_CANCEL_PAGE.format(which="c.closed_at IS NOT NULL"),
+    "any": _WAREHOUSE_CANCEL_PAGE.format(which="true"),
+}
+#: The cancels of the orders made from documents ($1 doc guids), in the order they were asked.
+WAREHOUSE_CANCELS_OF = f"""
+SELECT {WAREHOUSE_CANCEL_COLUMNS} FROM warehouse_cancels AS c WHERE c.doc_guid = ANY ($1::text[]) ORDER BY c.id
+"""
 RECEIPTS_OF = """
 SELECT id, received_at, message_type, root_guid, element_index, doc_guid, keys, return_status, return_time,
        return_info, cop_msg_id, source, message_id, document_id, applied, outcome
@@ -1429,6 +1523,9 @@ class Outbox:
             await self._refresh_shipments(conn, taken)
         if self.router is None:
             return {}
+        if any(p.orders for p in plans):  # a declaration routed to a warehouse: not the common case
+            assert ids is not None, "the wave's message ids make its warehouse jobs"
+            await record_cancels(conn, self.wave_jobs([p for p in plans if p.orders], ids))
         if unkept := [(p.guid, p.message_type, *u) for p in plans for u in p.unkept]:
             await conn.execute(RECORD_UNKEPT, *(list(column) for column in zip(*unkept, strict=True)))
         concluded: dict[int, list[int]] = {}
@@ -1971,6 +2068,7 @@ class Outbox:
                 made_of = position[(j.payload["message_id"], j.payload["doc_index"])]
                 orders[made_of] = [warehouse.order_id(j.payload["guid"], j.payload["doc_index"])]
         await enqueue_all(conn, jobs)
+        await record_cancels(conn, jobs)
         return orders
 
     async def _tell_sellers_of_inventories(
@@ -2366,7 +2464,47 @@ class Outbox:
             # a document of no shipment (a delivery's, CEB711): no seller to tell
             if row["stored"] and ship is not None and went_further and self.router is not None:
                 await self._tell_sellers(conn, callback, ship, before["status"] if before else None)
+            if row["stored"] and (callback.status in warehouse.PROGRESS or callback.status == "cancelled"):
+                for c in await conn.fetch(CANCEL_CALLBACK, callback.order_id, callback.status,
+                                          sorted(warehouse.PROGRESS)):  # fmt: skip
+                    if callback.status == "cancelled":
+                        log.info("warehouse_cancel_confirmed", order_id=callback.order_id, endpoint=c["endpoint"])
+                    else:  # the goods may be leaving although the gateway asked to cancel the order: look at once
+                        log.warning("warehouse_progress_after_cancel", order_id=callback.order_id,
+                                    endpoint=c["endpoint"], status=callback.status, message_type=c["message_type"],
+                                    doc_guid=c["doc_guid"], requested_at=c["requested_at"].isoformat())  # fmt: skip
         return row["stored"], linked, best["status"]
+
+    async def record_cancel_answer(
+        self, endpoint: str, job_payload: Mapping[str, Any], answer: Mapping[str, Any], *, refused: bool
+    ) -> dict[str, Any] | None:
+        """The warehouse's ``answer`` to the cancel a job of kind warehouse.cancel carried to ``endpoint`` (its
+        ``job_payload``): taken (2xx) or, ``refused``, a refusal — then the cancel needs a look. Returns the cancel as
+        recorded (None: the document its order was made from is not stored)."""
+        p = job_payload
+        order = warehouse.order_id(str(p["guid"]), int(p["doc_index"]))
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(CANCEL_ANSWERED, endpoint, order, int(p["message_id"]), int(p["doc_index"]),
+                                      cancel_direction(p), str(p.get("reason") or ""), dict(answer),
+                                      refused)  # fmt: skip
+        if row is None:
+            return None
+        if refused:
+            log.warning("warehouse_cancel_refused", order_id=order, endpoint=endpoint, answer=dict(answer),
+                        message_type=row["message_type"], doc_guid=row["doc_guid"])  # fmt: skip
+        return warehouse_cancel_dict(row)
+
+    async def flag_overdue_cancels(self, timeout_s: float, limit: int = 500) -> list[dict[str, Any]]:
+        """The watchdog's: the cancels a warehouse has not confirmed ``timeout_s`` after the gateway asked them are
+        flagged (once, each logged): the goods may not have stopped. Returns them."""
+        async with db.transaction(self.pool) as conn:
+            rows = await conn.fetch(OVERDUE_CANCELS, float(timeout_s), limit)
+        for r in rows:
+            log.warning("warehouse_cancel_unconfirmed", order_id=r["order_id"], endpoint=r["endpoint"],
+                        message_type=r["message_type"], doc_guid=r["doc_guid"],
+                        requested_at=r["requested_at"].isoformat(),
+                        delivered=r["delivered_at"] is not None)  # fmt: skip
+        return [warehouse_cancel_dict(r) for r in rows]
 
     async def _tell_sellers(
         self, conn: asyncpg.Connection, callback: warehouse.WarehouseCallback, ship: asyncpg.Record,
@@ -2387,8 +2525,9 @@ class Outbox:
 async def with_warehouse_orders(conn: asyncpg.Connection | asyncpg.Pool, documents: list[dict[str, Any]]) -> None:
     """Add to each document (with its message_type and doc_guid) the warehouse orders made from it, as their
     warehouses reported them (``warehouse_orders``, see warehouse_orders)."""
-    callbacks = await conn.fetch(WAREHOUSE_EVENTS_OF, sorted({d["doc_guid"] for d in documents}))
-    orders = warehouse_orders(callbacks)
+    guids = sorted({d["doc_guid"] for d in documents})
+    orders = warehouse_orders(await conn.fetch(WAREHOUSE_EVENTS_OF, guids),
+                              await conn.fetch(WAREHOUSE_CANCELS_OF, guids))  # fmt: skip
     for d in documents:
         d["warehouse_orders"] = orders.get((d["message_type"], d["doc_guid"]), [])
 
@@ -2443,6 +2582,8 @@ def _warehouse_callback_dict(r: asyncpg.Record) -> dict[str, Any]:
         # why no shipment shows it: its reference names no document the gateway holds, or one the gateway made
         # another order from (a mistyped or foreign orderId)
         "unlinked_because": None if linked else ("order_id_not_ours" if r["reference_held"] else "unknown_reference"),
+        # a status of progress that came after the gateway asked the warehouse to cancel the order
+        "after_cancel": r["after_cancel"],
     }
 
 
@@ -2504,22 +2645,35 @@ def release_order(
     return args
 
 
-def warehouse_orders(callbacks: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def warehouse_orders(
+    callbacks: Iterable[Mapping[str, Any]], cancels: Iterable[Mapping[str, Any]] = ()
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """The warehouse orders of each document (message type, doc guid) from their callbacks (WAREHOUSE_EVENTS_OF's
-    rows, oldest first): per order its furthest status and every callback as it came."""
+    rows, oldest first) and the cancels the gateway asked of them (WAREHOUSE_CANCELS_OF's): per order its furthest
+    status (None: no callback yet) and every callback as it came — ``after_cancel`` a status of progress that came
+    after the cancel was asked —, and ``cancel`` (warehouse_cancel_dict; None: none asked)."""
+    asked: dict[str, Mapping[str, Any]] = {}
+    for c in cancels:
+        asked.setdefault(c["order_id"], c)  # the first asked (two warehouse endpoints may each have the order)
     by_order: dict[str, dict[str, Any]] = {}
     for c in callbacks:
         order = by_order.setdefault(c["order_id"], {
             "key": (c["message_type"], c["doc_guid"]), "order_id": c["order_id"],
             "warehouse_order_no": c["warehouse_order_no"], "direction": c["direction"], "events": [],
         })  # fmt: skip
+        cancel = asked.get(c["order_id"])
+        after = cancel is not None and c["status"] in warehouse.PROGRESS and c["received_at"] > cancel["requested_at"]
         order["events"].append({"status": c["status"], "reason": c["reason"], "occurred_at": c["occurred_at"],
-                                "received_at": _iso(c["received_at"])})  # fmt: skip
+                                "received_at": _iso(c["received_at"]), "after_cancel": after})  # fmt: skip
+    for order_id, c in asked.items():  # an order the warehouse said nothing of: its cancel alone
+        number = (c["answer"] or {}).get("warehouseOrderNo") if isinstance(c["answer"], Mapping) else None
+        by_order.setdefault(order_id, {"key": (c["message_type"], c["doc_guid"]), "order_id": order_id,
+                                       "warehouse_order_no": number, "direction": c["direction"], "events": []})
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for order in by_order.values():
         best = warehouse.furthest(order["events"])
-        assert best is not None
-        order.update(status=best["status"], reason=best["reason"])
+        order.update(status=best["status"] if best else None, reason=best["reason"] if best else None)
+        order["cancel"] = warehouse_cancel_dict(asked[order["order_id"]]) if order["order_id"] in asked else None
         out.setdefault(order.pop("key"), []).append(order)
     return out
 
@@ -2538,6 +2692,61 @@ class _DeliveredDoc:
     @classmethod
     def of(cls, r: asyncpg.Record) -> _DeliveredDoc:
         return cls(r["kind"], r["message_type"], r["ebp_code"], r["order_no"], r["logistics_code"], r["logistics_no"])
+
+
+def cancel_flags(c: Mapping[str, Any]) -> list[str]:
+    """What was flagged of a cancel (CANCEL_FLAGS, the gravest first), kept once it is confirmed or closed."""
+    at = {"progress_after_cancel": c["progress_at"], "refused": c["refused_at"], "unconfirmed": c["overdue_at"]}
+    return [f for f in CANCEL_FLAGS if at[f] is not None]
+
+
+def warehouse_cancel_dict(c: Mapping[str, Any]) -> dict[str, Any]:
+    """A cancel the gateway asked of a warehouse (WAREHOUSE_CANCEL_COLUMNS' row): when and why, when it reached the
+    warehouse or the warehouse refused it (``answer``: its status and what it said), when it confirmed it, the first
+    progress it reported after (``progress_at``, the latest such ``progress_status``), when it was found overdue,
+    ``flags`` (cancel_flags) and ``needs_look`` — flagged, neither confirmed nor closed —, and who closed it."""
+    flags = cancel_flags(c)
+    return {
+        "id": c["id"], "endpoint": c["endpoint"], "reason": c["reason"], "requested_at": _iso(c["requested_at"]),
+        "delivered_at": _iso(c["delivered_at"]), "refused_at": _iso(c["refused_at"]), "answer": c["answer"],
+        "confirmed_at": _iso(c["confirmed_at"]), "progress_at": _iso(c["progress_at"]),
+        "progress_status": c["progress_status"], "overdue_at": _iso(c["overdue_at"]), "flags": flags,
+        "needs_look": bool(flags) and c["confirmed_at"] is None and c["closed_at"] is None,
+        "closed_at": _iso(c["closed_at"]), "closed_by": c["closed_by"], "close_reason": c["close_reason"],
+    }  # fmt: skip
+
+
+def warehouse_cancel_item(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A cancel as GET /v1/warehouse/cancels lists it (WAREHOUSE_CANCELS' row): warehouse_cancel_dict's, with the order
+    (its orderId, direction, the warehouse's number and furthest status: None, nothing reported), the document it was
+    made from and that document's shipment (ebpCode, orderNo; none for a site's delivery)."""
+    best = warehouse.furthest({"status": s} for s in r["statuses"] or ())
+    return {**warehouse_cancel_dict(r), "order_id": r["order_id"], "direction": r["direction"],
+            "warehouse_order_no": r["warehouse_order_no"], "status": best["status"] if best else None,
+            "message_type": r["message_type"], "doc_guid": r["doc_guid"], "ebpCode": r["ebp_code"],
+            "orderNo": r["order_no"]}  # fmt: skip
+
+
+def cancel_direction(payload: Mapping[str, Any]) -> str:
+    """The direction of the order a cancel job's ``payload`` cancels: as its order's (adapters.warehouse.build_orders:
+    inbound for a site's delivery, CEB711)."""
+    direction = payload.get("direction")
+    if direction in warehouse.DIRECTIONS:
+        return str(direction)
+    return "inbound" if payload.get("message_type") == "CEB711" else "outbound"
+
+
+async def record_cancels(conn: asyncpg.Connection, jobs: Iterable[JobSpec]) -> None:
+    """Record with the order it cancels each warehouse cancel among ``jobs``, in the transaction that enqueues them
+    (the job is deleted some time after it went: the record stays). None among them: no statement."""
+    cancels = [j for j in jobs if j.kind == WAREHOUSE_CANCEL]
+    if not cancels:
+        return
+    await conn.execute(RECORD_CANCELS, [j.endpoint for j in cancels],
+                       [warehouse.order_id(str(j.payload["guid"]), int(j.payload["doc_index"])) for j in cancels],
+                       [int(j.payload["message_id"]) for j in cancels], [int(j.payload["doc_index"]) for j in cancels],
+                       [cancel_direction(j.payload) for j in cancels],
+                       [str(j.payload.get("reason") or "") for j in cancels])  # fmt: skip
 
 
 class Leg(Protocol):

@@ -84,13 +84,16 @@ from gateway.keystate import (
 )
 from gateway.messages import BY_CODE, LEGS, TRANSPORT_KINDS, Kind
 from gateway.outbox import (
+    CANCEL_OPEN,
     LOCK_IDS,
+    WAREHOUSE_CANCELS,
     concluded_returns,
     enqueue_insert,
     job_rows,
     latest_return,
     other_platform,
     wake_endpoints,
+    warehouse_cancel_item,
     waybill_type_of,
 )
 from gateway.receipts import CODES as _RECEIPT_CODES
@@ -1291,6 +1294,70 @@ async def close_payment_question(pool: asyncpg.Pool, question_id: int, *, by: st
     log.info("payment_question_closed", question_id=question_id, ebp_code=q["ebp_code"], order_no=q["order_no"],
              closed_by=by, reason=reason, job_id=q["job_id"], job_state=job_state)  # fmt: skip
     return _question_dict(row)
+
+
+#: Warehouse cancel $1, needing a look, closed by $2 (a key's name) for the reason $3; none when it needs none
+#: (CANCEL_NOT_CLOSED says why).
+CLOSE_WAREHOUSE_CANCEL = f"""
+UPDATE warehouse_cancels AS c SET closed_at = now(), closed_by = $2, close_reason = $3, updated_at = now()
+ WHERE c.id = $1 AND {CANCEL_OPEN}
+RETURNING c.id
+"""
+#: Why warehouse cancel $1 was not closed.
+CANCEL_NOT_CLOSED = "SELECT confirmed_at, closed_at, closed_by, close_reason FROM warehouse_cancels WHERE id = $1"
+
+
+async def close_warehouse_cancel(pool: asyncpg.Pool, cancel_id: int, *, by: str, reason: str) -> dict[str, Any]:
+    """Close a warehouse cancel that needs a look once the operators have settled it with the warehouse (POST
+    /v1/warehouse/cancels/{id}/close, the console's Close) — the parcel came back by other means, or was let go —:
+    committed with who closed it (``by``), when and why, it leaves the open list and cbec_warehouse_cancels_open (and
+    so its alert). A callback of progress after it flags it no more. Answers it as listed; CloseRefused: 404 no such
+    cancel, 409 one the warehouse confirmed, one that needs no look (yet), or closed already."""
+    async with db.transaction(pool) as conn:
+        if await conn.fetchval(CLOSE_WAREHOUSE_CANCEL, cancel_id, by, reason) is None:
+            why = await conn.fetchrow(CANCEL_NOT_CLOSED, cancel_id)
+            if why is None:
+                raise CloseRefused(404, f"no warehouse cancel {cancel_id}")
+            if why["closed_at"] is not None:
+                raise _closed_already(f"warehouse cancel {cancel_id}", why)
+            if why["confirmed_at"] is not None:
+                raise CloseRefused(409, f"warehouse cancel {cancel_id} was confirmed by the warehouse (cancelled at "
+                                        f"{_iso(why['confirmed_at'])}): nothing to close")  # fmt: skip
+            raise CloseRefused(409, f"warehouse cancel {cancel_id} needs no look: the warehouse neither refused it "
+                                    "nor reported progress after it, and it is not overdue")  # fmt: skip
+        [row] = await conn.fetch(WAREHOUSE_CANCELS["closed"], cancel_id + 1, 1)
+    item = warehouse_cancel_item(row)
+    log.info("warehouse_cancel_closed", cancel_id=cancel_id, order_id=item["order_id"], closed_by=by, reason=reason)
+    return item
+
+
+#: Site deliveries (CEB711) by doc guid ($1): their message's guid, head and lines.
+DELIVERIES = """
+SELECT d.doc_guid, m.guid AS message_guid, d.head, d.lines
+  FROM documents AS d JOIN messages AS m ON m.id = d.message_id
+ WHERE d.doc_guid = ANY ($1::text[]) AND d.message_type = 'CEB711'
+"""
+
+
+async def deliveries(conn: asyncpg.Connection, doc_guids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The site deliveries (CEB711) among documents (``doc_guids``), each by its doc guid as the operators' lists name
+    it (a warehouse's callback or cancel of an inbound order made from it): its message's guid (GET
+    /v1/messages/{guid} shows it whole), its B/L, how many parcels it lists and the shipments of those the gateway holds
+    (delivery_parcels; each once, in line order) — their pages show the delivery."""
+    out: dict[str, dict[str, Any]] = {}
+    guids = sorted(set(doc_guids))
+    for r in await conn.fetch(DELIVERIES, guids) if guids else ():
+        head, lines = db.json_value(r["head"]) or {}, db.json_value(r["lines"]) or []
+        parcels = delivery_parcels({"lines": lines}, await conn.fetch(
+            DELIVERY_PARCELS, text(head, "logisticsCode") or "", [text(x, "logisticsNo") or "" for x in lines]))
+        shipments: dict[tuple[str, str], None] = {}
+        for p in parcels:
+            if (ship := p["shipment"]) is not None:
+                shipments[(ship["ebpCode"], ship["orderNo"])] = None
+        out.setdefault(r["doc_guid"], {
+            "message_guid": r["message_guid"], "billNo": text(head, "billNo"), "listed": len(lines),
+            "shipments": [{"ebpCode": e, "orderNo": o} for e, o in shipments]})  # fmt: skip
+    return out
 
 
 async def _payment_of_order(

@@ -36,7 +36,7 @@ from adapters.base import AdapterTimeouts, HttpAdapter, PermanentError, Transien
 from adapters.customs import CustomsAdapter, CustomsConfig, run_inbox_poller
 from adapters.inspection import InspectionAdapter, InspectionConfig
 from adapters.realtime import RealtimeAdapter, RealtimeRefused
-from adapters.warehouse import WarehouseAdapter, WarehouseConfig
+from adapters.warehouse import CancelRefused, WarehouseAdapter, WarehouseConfig
 from adapters.webhook import SellerNotConfigured, WebhookAdapter, WebhookEndpoint, allowed_networks
 from gateway import realtime, receipts, signing
 from gateway.config import (
@@ -47,7 +47,7 @@ from gateway.config import (
     WebhookSettings,
     uses_sandbox,
 )
-from gateway.forward import Router
+from gateway.forward import WAREHOUSE_CANCEL, Router
 from gateway.outbox import Outbox
 from gateway.store import prune_payment_data, prune_rejections, read_payment_upload, record_payment_upload
 from gateway.ukey import UKeyBridge, UKeyRefused, UKeyRefusedBefore, UKeyUnreachable
@@ -372,8 +372,13 @@ class Delivery:
             made = {"message": xml, "dedupe_key": str(p.get("guid") or job.dedupe_key), "direction": p.get("direction"),
                     "doc_index": index, "consignee": p.get("consignee"), "invtNo": p.get("invtNo"),
                     "preNo": p.get("preNo")}  # fmt: skip
-            if job.kind == "warehouse.cancel":  # the order made from that document, cancelled (its orderId)
-                await adapter.cancel({**made, "reason": p.get("reason")})
+            if job.kind == WAREHOUSE_CANCEL:  # the order made from that document, cancelled (its orderId)
+                try:
+                    sent = await adapter.cancel({**made, "reason": p.get("reason")})
+                except CancelRefused as exc:  # the warehouse's word, kept with the order: it needs a look
+                    await self.outbox.record_cancel_answer(job.endpoint, p, exc.answer, refused=True)
+                    raise
+                await self.outbox.record_cancel_answer(job.endpoint, p, sent.detail["answer"], refused=False)
                 return
             await adapter.send({**made, "orderNo": p.get("orderNo")})  # the order of the document the shipment released
 
@@ -491,14 +496,16 @@ def build_worker(
 
 
 async def run_watchdog(outbox: Outbox, fwd: ForwardingSettings, stop: asyncio.Event) -> None:
-    """Flag (and, with watchdog_repush, re-send) messages without a receipt after receipt_timeout_s; delete the
-    delivered jobs older than done_job_retention_days."""
+    """Flag (and, with watchdog_repush, re-send) messages without a receipt after receipt_timeout_s, and the warehouse
+    cancels not confirmed after warehouse_cancel_timeout_s; delete the delivered jobs older than
+    done_job_retention_days."""
     interval = max(0.05, fwd.watchdog_interval_s)
     while not stop.is_set():
         try:
             await outbox.watchdog(
                 timeout_s=fwd.receipt_timeout_s, repush=fwd.watchdog_repush, max_repushes=fwd.max_repushes
             )
+            await outbox.flag_overdue_cancels(fwd.warehouse_cancel_timeout_s)
             if fwd.done_job_retention_days > 0:
                 purged = await outbox.purge_done_jobs(older_than_s=fwd.done_job_retention_days * 86400)
                 if purged:

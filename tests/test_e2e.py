@@ -1374,6 +1374,145 @@ async def test_a_parcel_released_before_the_sandbox_restarted_is_cancelled_after
         await second.stop()
 
 
+async def cancelled_after_shipping(stack: Stack, seed: int) -> tuple[str, dict[str, Any]]:
+    """An import parcel released, its warehouse order shipped, then its cancellation concluded by customs (CEB624 399):
+    the warehouse is asked to cancel the order. Its API path and its inventory as the shipment view showed it."""
+    s = shipment(seed)
+    path, inventory = await released_import(stack, s)
+    settled = _orders_settled(stack, path, "CEB621")
+    await wait_for(lambda: settled({inventory["doc_guid"]: ["shipped"]}), timeout=20, what="the order shipped")
+    cancel = samples.import_cancellation(random.Random(seed), s.inventory_doc, inventory["invt_no"])
+    await stack.submit(json.loads(json.dumps(cancel, default=str)))
+
+    async def concluded() -> bool:
+        return await stack.fetchval("SELECT customs_status FROM documents WHERE message_type = 'CEB623'") == "399"
+
+    await wait_for(concluded, timeout=20, what="cancellation concluded")
+    return path, inventory
+
+
+async def warehouse_order(stack: Stack, path: str, doc_guid: str) -> dict[str, Any]:
+    """The one warehouse order made from the document ``doc_guid`` of the shipment at ``path``, as the API shows it."""
+    body = (await stack.client.get(path)).body
+    openapi_check(body, "Shipment")
+    [order] = next(d["warehouse_orders"] for d in body["documents"] if d["doc_guid"] == doc_guid)
+    return dict(order)
+
+
+async def open_cancels(stack: Stack) -> dict[str, float]:
+    """/metrics' warehouse cancels that need a look, by why."""
+    async with stack.client.session.get(stack.base + "/metrics") as resp:
+        text = await resp.text()
+    return {s.labels["why"]: s.value for f in text_string_to_metric_families(text)
+            if f.name == "cbec_warehouse_cancels_open" for s in f.samples}  # fmt: skip
+
+
+async def cancels_listed(stack: Stack, state: str = "open") -> list[dict[str, Any]]:
+    reply = await stack.client.get(f"/v1/warehouse/cancels?state={state}", key=OPERATOR)
+    assert reply.status == 200, reply.body
+    openapi_check(reply.body, "WarehouseCancelPage")
+    return list(reply.body["items"])
+
+
+async def test_a_parcel_the_warehouse_sends_after_its_cancel_was_asked_needs_a_look_at_once(db_dsn: str) -> None:
+    """Customs concluded the cancellation of a released parcel; the sandbox's warehouse takes the cancel of its order
+    (200) but goes on all the same (warehouse_cancel ship: the parcel is delivered). The order records the cancel —
+    when, why, delivered, the warehouse's answer — and the callback after it is flagged: on the shipment (the order's
+    cancel needs a look, the callback after_cancel), in GET /v1/warehouse/cancels and GET /v1/warehouse/callbacks, and
+    in /metrics (cbec_warehouse_cancels_open, the alert's figure), until an operator closes it."""
+    async with running_stack(db_dsn, sandbox_config={"warehouse_cancel": "ship"}) as stack:
+        assert await open_cancels(stack) == {"progress_after_cancel": 0, "refused": 0, "unconfirmed": 0}
+        path, inventory = await cancelled_after_shipping(stack, 141)
+
+        async def flagged() -> bool:
+            cancel = (await warehouse_order(stack, path, inventory["doc_guid"]))["cancel"]
+            return bool(cancel and cancel["needs_look"])
+
+        await wait_for(flagged, timeout=20, what="the callback after the cancel flagged")
+        order = await warehouse_order(stack, path, inventory["doc_guid"])
+        cancel = order["cancel"]
+        assert order["status"] == "delivered"
+        assert [(e["status"], e["after_cancel"]) for e in order["events"]] == [
+            ("accepted", False), ("shipped", False), ("delivered", True)]  # fmt: skip
+        assert cancel["reason"] == "CEB623 concluded by customs: 买家取消订单"
+        assert cancel["delivered_at"] and cancel["answer"] == {"status": 200,
+                                                              "warehouseOrderNo": order["warehouse_order_no"]}
+        assert (cancel["flags"], cancel["progress_status"], cancel["confirmed_at"]) == (
+            ["progress_after_cancel"], "delivered", None)  # fmt: skip
+        assert cancel["requested_at"] <= cancel["delivered_at"] <= cancel["progress_at"]
+        [listed] = await cancels_listed(stack)
+        assert (listed["id"], listed["order_id"], listed["status"], listed["ebpCode"], listed["orderNo"]) == (
+            cancel["id"], order["order_id"], "delivered", *path.split("/")[-2:])  # fmt: skip
+        callbacks = (await stack.client.get(f"/v1/warehouse/callbacks?order_id={order['order_id']}",
+                                            key=OPERATOR)).body["items"]  # fmt: skip
+        assert [(c["status"], c["after_cancel"]) for c in callbacks] == [
+            ("delivered", True), ("shipped", False), ("accepted", False)]  # fmt: skip
+        assert await open_cancels(stack) == {"progress_after_cancel": 1, "refused": 0, "unconfirmed": 0}
+
+        # settled with the warehouse: an operator closes it, and it counts no more
+        reply = await stack.client.request("POST", f"/v1/warehouse/cancels/{cancel['id']}/close", key=OPERATOR,
+                                           json_body={"reason": "parcel called back by the carrier"})  # fmt: skip
+        assert reply.status == 200, reply.body
+        openapi_check(reply.body, "WarehouseCancel")
+        assert (reply.body["closed_by"], reply.body["needs_look"]) == ("operator", False)
+        assert await cancels_listed(stack) == [] and len(await cancels_listed(stack, "closed")) == 1
+        assert await open_cancels(stack) == {"progress_after_cancel": 0, "refused": 0, "unconfirmed": 0}
+        again = await stack.client.request("POST", f"/v1/warehouse/cancels/{cancel['id']}/close", key=OPERATOR,
+                                           json_body={"reason": "twice"})  # fmt: skip
+        assert again.status == 409
+
+
+async def test_a_cancel_the_warehouse_refuses_needs_a_look_until_it_is_taken_and_confirmed(db_dsn: str) -> None:
+    """The sandbox's warehouse refuses the cancel of a shipped parcel's order (409 cannot_cancel): a dead letter, and
+    the order's cancel is refused with the warehouse's answer — it needs a look (shipment, list, /metrics). Once the
+    warehouse takes it (the dead letter replayed) and confirms it (cancelled), it needs none."""
+    async with running_stack(db_dsn, sandbox_config={"warehouse_cancel": "refuse"}) as stack:
+        path, inventory = await cancelled_after_shipping(stack, 142)
+        await stack.wait_sql("SELECT count(*) = 1 FROM jobs WHERE kind = 'warehouse.cancel' AND state = 'dead'",
+                             timeout=20)  # fmt: skip
+        cancel = (await warehouse_order(stack, path, inventory["doc_guid"]))["cancel"]
+        assert (cancel["flags"], cancel["needs_look"], cancel["delivered_at"]) == (["refused"], True, None)
+        assert cancel["answer"] == {"status": 409, "code": "cannot_cancel",
+                                    "reason": "sandbox: the parcel has left the warehouse (warehouse_cancel refuse)"}
+        assert [c["id"] for c in await cancels_listed(stack)] == [cancel["id"]]
+        assert await open_cancels(stack) == {"progress_after_cancel": 0, "refused": 1, "unconfirmed": 0}
+
+        stack.sandbox.sandbox.config.warehouse_cancel = "confirm"  # the operators settled it with the warehouse
+        dead = await stack.fetchval("SELECT id FROM jobs WHERE kind = 'warehouse.cancel' AND state = 'dead'")
+        reply = await stack.client.request("POST", "/v1/queue/replay", key=OPERATOR, json_body={"job_ids": [dead]})
+        assert reply.status == 200, reply.body
+        settled = _orders_settled(stack, path, "CEB621")
+        await wait_for(lambda: settled({inventory["doc_guid"]: ["cancelled"]}), timeout=20, what="cancel confirmed")
+        cancel = (await warehouse_order(stack, path, inventory["doc_guid"]))["cancel"]
+        assert cancel["needs_look"] is False and cancel["confirmed_at"] and cancel["delivered_at"]
+        assert cancel["refused_at"] is None and cancel["answer"]["status"] == 200 and cancel["flags"] == []
+        assert await cancels_listed(stack) == []
+        assert await open_cancels(stack) == {"progress_after_cancel": 0, "refused": 0, "unconfirmed": 0}
+
+
+async def test_a_cancel_the_warehouse_never_confirms_needs_a_look_once_overdue(db_dsn: str) -> None:
+    """The sandbox's warehouse takes the cancel (200) and says nothing more (warehouse_cancel ignore): once
+    forwarding.warehouse_cancel_timeout_s has passed, the watchdog flags it unconfirmed — on the shipment, in the list
+    and in /metrics — while the order shows shipped."""
+    async with running_stack(db_dsn, sandbox_config={"warehouse_cancel": "ignore"},
+                             forwarding={"warehouse_cancel_timeout_s": 1.0}) as stack:  # fmt: skip
+        path, inventory = await cancelled_after_shipping(stack, 143)
+        await stack.wait_sql("SELECT count(*) = 1 FROM warehouse_cancels WHERE delivered_at IS NOT NULL", timeout=20)
+        cancel = (await warehouse_order(stack, path, inventory["doc_guid"]))["cancel"]
+        assert (cancel["needs_look"], cancel["flags"]) == (False, [])  # within its time: nothing to look at yet
+
+        async def overdue() -> bool:
+            return bool((await warehouse_order(stack, path, inventory["doc_guid"]))["cancel"]["needs_look"])
+
+        await wait_for(overdue, timeout=20, what="the cancel overdue")
+        order = await warehouse_order(stack, path, inventory["doc_guid"])
+        assert (order["status"], order["cancel"]["flags"], order["cancel"]["confirmed_at"]) == (
+            "shipped", ["unconfirmed"], None)  # fmt: skip
+        assert order["cancel"]["overdue_at"] >= order["cancel"]["delivered_at"]
+        assert [c["id"] for c in await cancels_listed(stack)] == [order["cancel"]["id"]]
+        assert await open_cancels(stack) == {"progress_after_cancel": 0, "refused": 0, "unconfirmed": 1}
+
+
 async def test_a_seller_hears_of_its_bonded_parcel_cancelled_and_declared_anew(db_dsn: str) -> None:
     """A seller with a webhook, its released 1210 parcel cancelled at the sandbox (CEB624 399) and declared anew:
     besides the warehouse's word on its two orders, it hears that customs concluded the cancellation (naming the

@@ -317,6 +317,7 @@ def test_forwarding_configuration_from_toml(tmp_path: Path) -> None:
 [forwarding]
 sender_id = "DXPENT0000458763"
 receipt_timeout_s = 120
+warehouse_cancel_timeout_s = 3600
 watchdog_repush = true
 hold_types = ["CEB621"]
 on_release = ["wms"]
@@ -353,6 +354,7 @@ secret = "s3cret"
     f = s.forwarding
     assert f.sender_id == "DXPENT0000458763" and f.receipt_timeout_s == 120 and f.watchdog_repush
     assert f.max_repushes == 5
+    assert f.warehouse_cancel_timeout_s == 3600 and config.ForwardingSettings().warehouse_cancel_timeout_s == 86400
     customs, wms = f.endpoints
     assert customs.transport == "folder" and customs.inbox == Path("/data/dxp/inbox") and customs.rate_per_s == 5
     assert customs.inbox_min_age_s == 5 and wms.inbox_min_age_s == 0
@@ -461,6 +463,7 @@ _CUSTOMS = '[forwarding.endpoints.customs]\nkind = "customs"\nurl = "http://127.
         ('[forwarding.endpoints.customs]\nkind = "customs"\nurl = "http://127.0.0 .1/dxp"',
          "must not hold blanks or control characters"),
         ("[forwarding]\nreceipt_timeout_s = 0", "forwarding.receipt_timeout_s: must be above 0"),
+        ("[forwarding]\nwarehouse_cancel_timeout_s = 0", "forwarding.warehouse_cancel_timeout_s: must be above 0"),
         ("[forwarding]\nmax_repushes = -1", "forwarding.max_repushes: must be at least 0"),
         # routes that go nowhere: a type that does not exist, declarations stored and never sent
         ('[[forwarding.routes]]\nmessage_types = ["CEB999"]\nendpoints = ["customs"]',

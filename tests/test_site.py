@@ -13,7 +13,7 @@ from gateway.config import DEFAULT_ROUTES, RouteSettings
 from gateway.console.queries import shipment_detail
 from gateway.render import new_guid
 from gateway.sandbox.receipts import build_receipt
-from tests.apiutil import ADMIN, PLATFORM_A, openapi_check
+from tests.apiutil import ADMIN, OPERATOR, PLATFORM_A, openapi_check
 from tests.forwardutil import CUSTOMS_KEY, SITE_KEY, Stack, key_path, legs, running_stack, shipment, wait_for
 from tests.siteutil import OPERATOR_CODE, delivery_xml, on_one_bill, waybill_nos
 
@@ -124,6 +124,49 @@ async def test_a_delivery_changed_or_withdrawn_cancels_the_inbound_order_of_the_
         reasons = [c["reason"] for c in stack.sandbox.sandbox.warehouse_cancels]
         assert [r.split(" (")[0] for r in reasons] == ["CEB711 changed", "CEB711 withdrawn"], reasons
         assert await stack.fetchval("SELECT count(*) FROM jobs WHERE endpoint = 'warehouse' AND state <> 'done'") == 0
+        # each order records the cancel asked of it with the ingest of the change or withdrawal: why, taken,
+        # confirmed, nothing to look at
+        docs = (await stack.client.get(key_path(ships[0]))).body["documents"]
+        cancels = {d["app_type"]: o["cancel"] for d in docs if d["kind"] == "delivery" for o in d["warehouse_orders"]}
+        assert sorted(cancels) == ["1", "2"]
+        assert [cancels[t]["reason"] for t in ("1", "2")] == reasons
+        assert all(c["delivered_at"] and c["confirmed_at"] and c["flags"] == [] and not c["needs_look"]
+                   for c in cancels.values()), cancels
+        assert (await stack.client.get("/v1/warehouse/cancels", key=OPERATOR)).body["items"] == []
+        listed = (await stack.client.get("/v1/warehouse/cancels?state=any", key=OPERATOR)).body["items"]
+        assert [(c["direction"], c["message_type"], c["status"]) for c in listed] == [("inbound", "CEB711",
+                                                                                       "cancelled")] * 2
+        # a delivery's order names no shipment: its delivery does, with the parcels' shipments
+        assert all(c["ebpCode"] is None and c["delivery"]["billNo"] == "781-20240229001" for c in listed), listed
+
+
+async def test_an_inbound_order_the_warehouse_rejects_names_its_delivery_to_the_operators(db_dsn: str) -> None:
+    """The site's warehouse refuses the inbound order of a delivery (a parcel it will not take: REJECT-): the
+    operators' list of callbacks names the delivery the order was made from — its message, B/L, how many parcels it
+    lists and the shipments of those the gateway holds, whose pages show it —, where an outbound order's names its
+    shipment."""
+    async with running_stack(db_dsn, forwarding=TO_THE_WAREHOUSE) as stack:
+        s = shipment(721)
+        carrier = on_one_bill([s])
+        await submit_legs(stack, [s])
+        reply = await stack.client.post_xml(delivery_xml(carrier, [*waybill_nos([s]), "REJECT-000000001"]))
+        assert reply.status == 202, reply.body
+
+        async def rejected() -> list[dict[str, Any]]:
+            page = await stack.client.get("/v1/warehouse/callbacks?status=rejected", key=OPERATOR)
+            assert page.status == 200, page.body
+            return list(page.body["items"])
+
+        await wait_for(lambda: _nonempty(rejected()), timeout=20, what="the inbound order rejected")
+        [callback] = await rejected()
+        assert (callback["direction"], callback["linked"], callback["ebpCode"]) == ("inbound", True, None)
+        assert callback["delivery"] == {"message_guid": reply.body["guid"], "billNo": "781-20240229001", "listed": 2,
+                                        "shipments": [{"ebpCode": s.order_doc["ebpCode"],
+                                                       "orderNo": s.order_doc["orderNo"]}]}  # fmt: skip
+
+
+async def _nonempty(items: Any) -> bool:
+    return bool(await items)
 
 
 async def test_a_delivery_receipt_naming_only_customs_warehouse_entry_number_finds_its_delivery(db_dsn: str) -> None:

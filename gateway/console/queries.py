@@ -10,7 +10,7 @@ Indexes the queries rely on: gateway/sql/001_core.sql, 010_queue.sql, 020_forwar
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,7 @@ from gateway.receipts import RANK_DECLARING
 from gateway.store import (
     UNMATCHED_RECEIPT_COLUMNS,
     decode_cursor,
+    deliveries,
     encode_cursor,
     own_parcels,
     parcel_findings,
@@ -53,7 +54,7 @@ async def shipment_counts(conn: asyncpg.Connection) -> dict[str, Any]:
 
 
 #: The live feed's change marker: cheap index look-ups, each moves when something new is committed.
-MARKER = """
+MARKER = f"""
 SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
        (SELECT max(customs_updated_at) FROM shipments) AS customs_at,
        (SELECT max(received_at) FROM receipts
@@ -64,6 +65,10 @@ SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
        (SELECT max(received_at) FROM warehouse_events WHERE doc_guid IS NOT NULL) AS warehouse_at,
        (SELECT max(id) FROM warehouse_events WHERE doc_guid IS NULL) AS last_unlinked_callback,
        (SELECT max(id) FROM warehouse_events WHERE status IN ('rejected', 'cancelled')) AS last_refused_callback,
+       -- the warehouse cancels (sql/550): any change of one (asked, answered, confirmed, flagged, closed), and those
+       -- that need a look, counted through their partial index
+       (SELECT max(updated_at) FROM warehouse_cancels) AS warehouse_cancels_at,
+       (SELECT count(*) FROM warehouse_cancels AS c WHERE {outbox.CANCEL_OPEN}) AS open_warehouse_cancels,
        (SELECT max(received_at) FROM messages WHERE message_type = 'CEB701') AS summary_at,
        greatest((SELECT max(received_at) FROM receipts WHERE message_type = 'CEB702'),
                 (SELECT max(received_at) FROM receipts WHERE message_type = 'CEB792')) AS summary_answer_at,
@@ -78,12 +83,13 @@ SELECT (SELECT max(updated_at) FROM shipments) AS shipments_at,
 
 #: Shipments whose reconciliation or customs status changed after $1, or whose inventory got a tax bill or a bill's
 #: status change (CEB816/818: they move nothing of the shipment row) after $1, or one of whose documents a warehouse
-#: reported on (POST /v1/warehouse/callbacks: nor do they) after $1, or one of whose export inventories a summary
-#: application stored, a receipt of one (CEB702) or a summary result (CEB792) named by invtNo after $1 (nor do they;
-#: a result by its items, matched to an application or not, as the shipment view finds it) (at most $2 of each,
-#: oldest first): what the feed says changed, each with the time of its latest change. A bill's document is the
-#: inventory, of the shipment's ebpCode and orderNo; one that matched nothing has none; a callback's is the document
-#: its reference names. (Through sql/140's, 230's, 300's and 350's indexes.)
+#: reported on (POST /v1/warehouse/callbacks: nor do they) or had the cancel of its order asked, answered, confirmed,
+#: flagged or closed (warehouse_cancels) after $1, or one of whose export inventories a summary application stored, a
+#: receipt of one (CEB702) or a summary result (CEB792) named by invtNo after $1 (nor do they; a result by its items,
+#: matched to an application or not, as the shipment view finds it) (at most $2 of each, oldest first): what the feed
+#: says changed, each with the time of its latest change. A bill's document is the inventory, of the shipment's
+#: ebpCode and orderNo; one that matched nothing has none; a callback's is the document its reference names. (Through
+#: sql/140's, 230's, 300's, 350's and 550's indexes.)
 CHANGED = """
 WITH bills AS (
     SELECT d.ebp_code, d.order_no, max(b.received_at) AS at
@@ -94,9 +100,12 @@ WITH bills AS (
      GROUP BY 1, 2
 ), warehouse AS (
     SELECT d.ebp_code, d.order_no, max(w.received_at) AS at
-      FROM (SELECT e.doc_guid, e.message_type, e.received_at FROM warehouse_events AS e
-             WHERE e.doc_guid IS NOT NULL AND e.received_at > $1
-             ORDER BY e.received_at LIMIT $2) AS w,
+      FROM ((SELECT e.doc_guid, e.message_type, e.received_at FROM warehouse_events AS e
+              WHERE e.doc_guid IS NOT NULL AND e.received_at > $1
+              ORDER BY e.received_at LIMIT $2)
+            UNION ALL
+            (SELECT c.doc_guid, c.message_type, c.updated_at FROM warehouse_cancels AS c
+              WHERE c.updated_at > $1 ORDER BY c.updated_at LIMIT $2)) AS w,
            LATERAL (SELECT d.ebp_code, d.order_no FROM documents AS d
                      WHERE d.doc_guid = w.doc_guid AND d.message_type = w.message_type OFFSET 0) AS d
      WHERE d.ebp_code IS NOT NULL
@@ -422,8 +431,10 @@ async def shipment_detail(
     out["transmissions"] = jobs
     receipts = await conn.fetch(outbox.RECEIPTS_OF, [d["id"] for d in docs], sorted({d["message_id"] for d in docs}))
     out["receipts"] = [{**r, "keys": db.json_value(r["keys"])} for r in receipts]
-    callbacks = await conn.fetch(outbox.WAREHOUSE_EVENTS_OF, sorted({d["doc_guid"] for d in docs}))
-    out["warehouse_orders"] = [o for orders in outbox.warehouse_orders(callbacks).values() for o in orders]
+    guids = sorted({d["doc_guid"] for d in docs})
+    orders = outbox.warehouse_orders(await conn.fetch(outbox.WAREHOUSE_EVENTS_OF, guids),
+                                     await conn.fetch(outbox.WAREHOUSE_CANCELS_OF, guids))  # fmt: skip
+    out["warehouse_orders"] = [o for made in orders.values() for o in made]
     for d in docs:  # an inventory's returns customs concluded: for its bills' estimate, not shown with the document
         d["concluded_returns"] = db.json_value(d["concluded_returns"])
     out["tax_bills"], differs = taxbills.shipment_bills(docs, out["receipts"], rates)
@@ -628,6 +639,61 @@ async def unmatched_receipts(
     rows = await conn.fetch(UNMATCHED_RECEIPTS[state], before, limit + 1, message_type)
     items = [unmatched_receipt_dict(r) for r in rows[:limit]]
     return {"items": items, "next_cursor": str(rows[limit - 1]["id"]) if len(rows) > limit else None}
+
+
+# --- warehouse cancels that need a look -----------------------------------------------------------------
+
+#: The warehouse cancels that need a look (sql/550's index of the open ones), by the gravest reason: /metrics'
+#: cbec_warehouse_cancels_open. One confirmed by the warehouse, or closed by an operator, counts no more.
+OPEN_WAREHOUSE_CANCELS = f"""
+SELECT CASE WHEN c.progress_at IS NOT NULL THEN 'progress_after_cancel'
+            WHEN c.refused_at IS NOT NULL THEN 'refused' ELSE 'unconfirmed' END AS why, count(*)::bigint AS n
+  FROM warehouse_cancels AS c WHERE {outbox.CANCEL_OPEN} GROUP BY 1
+"""
+
+
+async def read_warehouse_cancels(
+    conn: asyncpg.Connection, *, state: str = "open", limit: int = 50, cursor: str | None = None
+) -> dict[str, Any]:
+    """A page of the cancels the gateway asked of warehouses, newest first (GET /v1/warehouse/cancels, the console's
+    warehouse panel), each as gateway.outbox.warehouse_cancel_item gives it, and one of an inbound order made from a
+    site's delivery with that ``delivery`` (gateway.store.deliveries); ``state`` ``open`` (those that need a look:
+    the warehouse went on with the order after it, refused it, or did not confirm it in time — neither confirmed nor
+    closed), ``closed`` or ``any``; ``next_cursor`` None on the last page. A state or cursor not of this list:
+    ValueError."""
+    if state not in outbox.WAREHOUSE_CANCELS:
+        raise ValueError(f"state must be one of {', '.join(outbox.WAREHOUSE_CANCELS)}, found {state!r}")
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    before = db.row_id(cursor) if cursor else db.MAX_BIGINT
+    if before is None:
+        raise ValueError("not a cursor of GET /v1/warehouse/cancels")
+    rows = await conn.fetch(outbox.WAREHOUSE_CANCELS[state], before, limit + 1)
+    items = [outbox.warehouse_cancel_item(r) for r in rows[:limit]]
+    await with_deliveries(conn, items, lambda i: i["doc_guid"] if i["message_type"] == "CEB711" else None)
+    return {"items": items, "next_cursor": str(rows[limit - 1]["id"]) if len(rows) > limit else None}
+
+
+async def with_deliveries(
+    conn: asyncpg.Connection, items: list[dict[str, Any]], doc_guid: Callable[[dict[str, Any]], str | None]
+) -> None:
+    """Add to each of a list's ``items`` made of a site's delivery (CEB711) — ``doc_guid`` of an item: the delivery's
+    document, else None — that ``delivery`` (gateway.store.deliveries: its message, B/L, parcels' shipments), which
+    the console links to; None to the others. A warehouse's word on an inbound order names no shipment of its own."""
+    guids = {g for i in items if (g := doc_guid(i)) is not None}
+    found = await deliveries(conn, guids) if guids else {}
+    for i in items:
+        g = doc_guid(i)
+        i["delivery"] = found.get(g) if g is not None else None
+
+
+def callback_delivery(item: dict[str, Any]) -> str | None:
+    """The doc guid of the site's delivery (CEB711) a warehouse callback (as read_warehouse_callbacks lists it) was
+    placed on: its order an inbound one made from that delivery; None for any other."""
+    ref = item.get("reference") or {}
+    if item.get("linked") and ref.get("messageType") == "CEB711" and isinstance(ref.get("guid"), str):
+        return str(ref["guid"])
+    return None
 
 
 # --- series for the charts --------------------------------------------------------------------------------
