@@ -729,6 +729,86 @@ async def test_the_warehouse_panel_shows_callbacks_on_no_shipment_and_refused_or
     assert errors == []
 
 
+async def test_the_warehouse_panel_shows_at_once_a_parcel_the_warehouse_sent_after_its_cancel(
+    browser: Browser, db_dsn: str
+) -> None:
+    """Customs concluded the cancellation of a released parcel; the sandbox's warehouse takes the cancel of its order
+    but delivers the parcel all the same. Live, the warehouse panel counts a cancel needing a look on its button and
+    lists it (why, the order, the cancel's reason and answer, the shipment); the shipment page says so in its facts
+    and timeline (the cancel asked, the callback after it); an operator closes it with a reason, and it leaves the
+    list and the count."""
+    from tests.test_e2e import cancelled_after_shipping
+
+    errors: list[str] = []
+    async with asyncio.timeout(90), running_stack(db_dsn, sandbox_config={"warehouse_cancel": "ship"}) as stack:
+        page = await new_page(browser, errors)
+        await sign_in(page, stack.base, ADMIN)
+        await page.wait_for_url(stack.base + "/ops")
+        await page.wait_for_selector("#live[data-state='live']")
+        badge = page.locator("#warehouse-cancels-count")
+        await expect(badge).to_have_text("")
+        await cancelled_after_shipping(stack, 151)
+        await expect(badge).to_have_text("1", timeout=20_000)  # whatever view the panel shows
+        await page.click("[data-warehouse-view=cancels]")
+        await expect(page.locator("#warehouse-table thead")).to_contain_text("Asked 请求取消")
+        row = page.locator("#warehouse-table tbody tr").first
+        await expect(row).to_contain_text("went on after the cancel 取消后仍有进展")
+        text = await row.inner_text()
+        for part in ("delivered 已签收", "CEB623 concluded by customs: 买家取消订单", "delivered 已送达",
+                     "not confirmed 未确认", "outbound"):
+            assert part in text, text
+        await page.locator("#warehouse-panel").screenshot(path=shot("browser-warehouse-cancels.png"))
+        await row.locator("a").click()  # the shipment of the parcel
+        await expect(page.locator(".facts")).to_contain_text("⚠ cancel: went on after the cancel 取消后仍有进展")
+        timeline = page.locator(".timeline")
+        await expect(timeline.locator("[data-warehouse-event=delivered]")).to_contain_text(
+            "delivered 已签收 ⚠ after the cancel 取消后")
+        await expect(timeline.locator("[data-warehouse-cancel]")).to_contain_text("cancel asked 已请求取消 ⚠")
+        assert "after the cancel" not in await timeline.locator("[data-warehouse-event=shipped]").inner_text()
+        await page.screenshot(path=shot("browser-shipped-after-cancel.png"), full_page=True)
+
+        await page.goto(f"{stack.base}/ops#/")
+        await page.click("[data-warehouse-view=cancels]")
+        await row.locator("button.close").click()
+        await page.fill("#warehouse-table input[name=reason]", "carrier called the parcel back 已召回")
+        await page.locator("#warehouse-table form.close-form button[type=submit]").click()
+        await expect(page.locator("#warehouse-empty")).to_have_text("No cancel needs a look. 取消请求均无异常")
+        await expect(badge).to_have_text("", timeout=20_000)
+        await page.context.close()
+    assert errors == []
+
+
+async def test_the_warehouse_panel_links_an_inbound_order_it_refused_to_its_delivery(
+    browser: Browser, db_dsn: str
+) -> None:
+    """The site's warehouse refuses the inbound order made from a delivery (入库明细单, CEB711): the panel's refused
+    view names the delivery (its B/L, how many parcels) and links the shipments of its parcels, whose page shows it."""
+    from gateway.config import DEFAULT_ROUTES, RouteSettings
+    from tests.siteutil import BILL_NO, delivery_xml, on_one_bill, waybill_nos
+
+    errors: list[str] = []
+    routed = {"routes": (*DEFAULT_ROUTES, RouteSettings(("CEB711",), ("warehouse",)))}
+    async with asyncio.timeout(60), running_stack(db_dsn, forwarding=routed) as stack:
+        s = fwd_shipment(406)
+        carrier = on_one_bill([s])
+        for payload in fwd_legs(s):
+            await stack.submit(payload)
+        reply = await stack.client.post_xml(delivery_xml(carrier, [*waybill_nos([s]), "REJECT-000000002"]))
+        assert reply.status == 202, reply.body
+        await stack.wait_sql("SELECT count(*) = 1 FROM warehouse_events WHERE status = 'rejected'", timeout=20)
+        page = await new_page(browser, errors)
+        await sign_in(page, stack.base, ADMIN)
+        await page.wait_for_url(stack.base + "/ops")
+        await page.click("[data-warehouse-view=refused]")
+        row = page.locator("#warehouse-table tbody tr").first
+        await expect(row).to_contain_text(f"Delivery 入库明细单 · B/L {BILL_NO} · 2 parcels 件")
+        assert "inbound" in await row.inner_text()
+        await row.locator("a", has_text=s.order_doc["orderNo"]).click()
+        await expect(page.locator(".timeline")).to_contain_text("CEB711 入库明细单")
+        await page.context.close()
+    assert errors == []
+
+
 async def test_the_banner_says_when_the_signing_certificate_expired_and_clears_once_it_is_renewed(
     browser: Browser, site: Site
 ) -> None:

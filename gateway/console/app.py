@@ -38,6 +38,7 @@ from gateway.store import (
     close_payment_question,
     close_reason,
     close_unmatched_receipt,
+    close_warehouse_cancel,
     payment_data_of_shipment,
     read_payment_questions,
     read_pending_summaries,
@@ -423,8 +424,29 @@ async def warehouse_callbacks(request: web.Request) -> web.StreamResponse:
         return error(400, f"view must be one of {', '.join(WAREHOUSE_VIEWS)}")
     try:
         async with _pool(request).acquire() as conn:
-            return json_response(await read_warehouse_callbacks(
-                conn, limit=20, cursor=request.query.get("cursor") or None, **view))  # fmt: skip
+            page = await read_warehouse_callbacks(conn, limit=20, cursor=request.query.get("cursor") or None, **view)
+            await q.with_deliveries(conn, page["items"], q.callback_delivery)  # an inbound order's: its delivery
+            return json_response(page)
+    except ValueError as exc:
+        return error(400, str(exc))
+
+
+#: The warehouse panel's views of the cancels the gateway asked of warehouses, as q.read_warehouse_cancels' states:
+#: those that need a look, or those an operator closed.
+CANCEL_VIEWS = ("open", "closed")
+
+
+@api
+async def warehouse_cancels(request: web.Request) -> web.StreamResponse:
+    """A page of 20 of the warehouse cancels of one of the panel's views (``view``: CANCEL_VIEWS, default ``open``),
+    newest first, as GET /v1/warehouse/cancels gives them."""
+    view = request.query.get("view") or "open"
+    if view not in CANCEL_VIEWS:
+        return error(400, f"view must be one of {', '.join(CANCEL_VIEWS)}")
+    try:
+        async with _pool(request).acquire() as conn:
+            cursor = request.query.get("cursor") or None
+            return json_response(await q.read_warehouse_cancels(conn, state=view, limit=20, cursor=cursor))
     except ValueError as exc:
         return error(400, str(exc))
 
@@ -472,12 +494,13 @@ async def unmatched_receipts(request: web.Request) -> web.StreamResponse:
 _CLOSE_BODY_MAX = 4096
 
 #: What closes what: the console's close routes' functions (gateway.store), by the name of what they close.
-_CLOSERS = {"receipt": close_unmatched_receipt, "question": close_payment_question}
+_CLOSERS = {"receipt": close_unmatched_receipt, "question": close_payment_question,
+            "warehouse_cancel": close_warehouse_cancel}  # fmt: skip
 
 
 async def _close(request: web.Request, noun: str) -> web.StreamResponse:
-    """Close the receipt or question (``noun``) of the path with the reason of the body ``{"reason": "..."}``, as the
-    API's close does, in the operator's name."""
+    """Close the receipt, question or warehouse cancel (``noun``) of the path with the reason of the body
+    ``{"reason": "..."}``, as the API's close does, in the operator's name."""
     session = request[SESSION]
     row_id = db.row_id(request.match_info["id"])
     if row_id is None:
@@ -511,6 +534,11 @@ async def close_receipt(request: web.Request) -> web.StreamResponse:
 @mutating
 async def close_question(request: web.Request) -> web.StreamResponse:
     return await _close(request, "question")
+
+
+@mutating
+async def close_cancel(request: web.Request) -> web.StreamResponse:
+    return await _close(request, "warehouse_cancel")
 
 
 @api
@@ -766,6 +794,8 @@ def setup(
     r.add_get(PREFIX + "/api/rejections", rejections)
     r.add_get(PREFIX + "/api/rejections/{id}", rejection)
     r.add_get(PREFIX + "/api/warehouse-callbacks", warehouse_callbacks)
+    r.add_get(PREFIX + "/api/warehouse-cancels", warehouse_cancels)
+    r.add_post(PREFIX + "/api/warehouse-cancels/{id}/close", close_cancel)
     r.add_get(PREFIX + "/api/summaries/pending", pending_summaries)
     r.add_get(PREFIX + "/api/payment-questions", realtime_questions)
     r.add_post(PREFIX + "/api/payment-questions/{id}/close", close_question)

@@ -93,7 +93,8 @@ def no_signer() -> dict[str, Any] | None:
 
 
 #: The times among the marker's columns (q.MARKER): the newest is where the next poll's CHANGED reads from.
-_MARKER_TIMES = ("shipments_at", "customs_at", "tax_bill_at", "warehouse_at", "summary_at", "summary_answer_at")
+_MARKER_TIMES = ("shipments_at", "customs_at", "tax_bill_at", "warehouse_at", "warehouse_cancels_at", "summary_at",
+                 "summary_answer_at")
 #: Those that move when what awaits a summary declaration may have changed (the panel's list): a shipment's state or
 #: customs status (a release, a withdrawal, a cancellation), a summary application stored, customs' answer to one.
 _AWAITING_TIMES = ("shipments_at", "customs_at", "summary_at", "summary_answer_at")
@@ -196,13 +197,13 @@ class Feed:
         async with self.pool.acquire(timeout=5) as conn:
             row = await conn.fetchrow(q.MARKER, timeout=5)
             marker = tuple(row or ())
-            # the refused messages', the warehouse callbacks', the 179 questions', the unmatched receipts' and the
-            # awaiting summaries' panels reload when these move
+            # the refused messages', the warehouse callbacks' and cancels', the 179 questions', the unmatched receipts'
+            # and the awaiting summaries' panels reload when these move
             last_rejection = row["last_rejection"] if row is not None else None
             panels = {name: row[name] if row is not None else None
-                      for name in ("last_unlinked_callback", "last_refused_callback", "last_question",
-                                   "last_question_answer", "open_questions", "last_unmatched_receipt",
-                                   "open_unmatched_receipts")}  # fmt: skip
+                      for name in ("last_unlinked_callback", "last_refused_callback", "warehouse_cancels_at",
+                                   "open_warehouse_cancels", "last_question", "last_question_answer",
+                                   "open_questions", "last_unmatched_receipt", "open_unmatched_receipts")}  # fmt: skip
             awaiting = max((t for t in (row[name] for name in _AWAITING_TIMES) if t is not None), default=None) \
                 if row is not None else None  # fmt: skip
             panels["awaiting_at"] = awaiting.isoformat() if awaiting is not None else None

@@ -405,9 +405,11 @@
       if ($(`${name}-panel`).hidden) return;
       if (live && $(`${name}-table`).querySelector("form.close-form")) { list.stale = true; return; }
       list.stale = false;
-      const params = new URLSearchParams({ view: list.view });
+      // ``path`` a function of the view: a panel whose views read different lists ([path, the view it asks for])
+      const [where, asked] = typeof path === "function" ? path(list.view) : [path, list.view];
+      const params = new URLSearchParams({ view: asked });
       if (append && list.cursor) params.set("cursor", list.cursor);
-      const page = await call(`${API}/${path}?${params}`);
+      const page = await call(`${API}/${where}?${params}`);
       render(page.items, append);
       list.cursor = page.next_cursor;
       $(`${name}-more`).hidden = !page.next_cursor;
@@ -430,7 +432,8 @@
     return list;
   }
 
-  // --- warehouse callbacks needing a look: on no shipment, or orders the warehouse refused or cancelled ---
+  // --- warehouse callbacks needing a look: on no shipment, orders the warehouse refused or cancelled, and the cancels
+  // the gateway asked that the warehouse went on after, refused, or has not confirmed in time ---
 
   const UNLINKED_BECAUSE = {
     unknown_reference: "its reference names no document the gateway holds 关联报文不存在",
@@ -439,6 +442,19 @@
   const WAREHOUSE_EMPTY = {
     unlinked: "Every callback is on its shipment. 仓库回执均已关联",
     refused: "No order refused or cancelled. 无拒绝或取消的仓库订单",
+    cancels: "No cancel needs a look. 取消请求均无异常",
+  };
+  // why a cancel needs a look (gateway.outbox.CANCEL_FLAGS), the gravest first
+  const CANCEL_WHY = {
+    progress_after_cancel: "went on after the cancel 取消后仍有进展",
+    refused: "refused the cancel 拒绝取消",
+    unconfirmed: "not confirmed in time 取消未确认",
+  };
+  const WAREHOUSE_HEADS = {
+    callbacks: ["Received 时间", "Warehouse 仓库", "Order 订单", "Status 状态", "Reference 关联报文",
+      "Shipment / why 订单/原因"],
+    cancels: ["Asked 请求取消", "Endpoint 仓库", "Order 订单", "Why a look 原因", "Cancel 取消请求",
+      "Shipment 订单", ""],
   };
 
   function shipmentLink(ebpCode, orderNo) {
@@ -446,29 +462,87 @@
       text: orderNo });
   }
 
+  // An inbound order's delivery (a site's CEB711): its B/L and parcels, linked through the shipments of those the
+  // gateway holds, whose pages show the delivery.
+  function deliveryLinks(d) {
+    const shown = d.shipments.slice(0, 3);
+    return h("div", { class: "delivery", "data-delivery": d.message_guid },
+      h("div", { text: `Delivery 入库明细单 · B/L ${d.billNo || "—"} · ${d.listed} parcels 件` }),
+      ...shown.map((s) => h("div", {}, shipmentLink(s.ebpCode, s.orderNo))),
+      d.shipments.length > shown.length
+        ? h("div", { class: "muted", text: `+${d.shipments.length - shown.length} more 更多` }) : null,
+      d.shipments.length ? null : h("div", { class: "muted", text: "none of its parcels is held 无已知包裹" }),
+      h("div", { class: "muted mono", text: `message ${d.message_guid}` }));
+  }
+
+  // where an order's goods belong: its shipment, the delivery an inbound order was made from, or why none is known
+  function orderPlace(item, why) {
+    if (item.orderNo) return shipmentLink(item.ebpCode, item.orderNo);
+    if (item.delivery) return deliveryLinks(item.delivery);
+    return h("span", { text: why || "—" });
+  }
+
+  function callbackRow(c) {
+    const ref = c.reference || {};
+    return h("tr", { "data-callback": c.id, class: c.after_cancel ? "bad" : null },
+      h("td", { class: "when", text: fmtTime(c.received_at) }),
+      h("td", { class: "mono", text: c.submitter }),
+      h("td", {}, h("div", { class: "mono", text: c.order_id }),
+        h("div", { class: "muted", text: `${c.direction} · ${c.warehouse_order_no}` })),
+      h("td", {}, h("div", { text: `${c.status} ${WAREHOUSE_ZH[c.status] || ""}`.trim() }),
+        h("div", { class: "muted", text: c.occurred_at }),
+        c.after_cancel ? h("div", { class: "error-text", text: "⚠ after the cancel was asked 取消请求之后" }) : null,
+        c.reason ? h("div", { class: "error-text", text: c.reason }) : null),
+      h("td", {}, h("div", { text: typeof ref.messageType === "string" ? ref.messageType : "—" }),
+        h("div", { class: "mono", text: typeof ref.guid === "string" ? ref.guid : "" })),
+      h("td", {}, orderPlace(c, UNLINKED_BECAUSE[c.unlinked_because] || c.unlinked_because)));
+  }
+
+  // what became of a cancel: taken or refused (the warehouse's answer), confirmed or not
+  function cancelAnswer(c) {
+    const a = c.answer || {};
+    if (c.refused_at) {
+      return `refused 拒绝 ${fmtTime(c.refused_at)} · HTTP ${a.status} ${a.code || ""} ${a.reason || ""}`.trim();
+    }
+    if (!c.delivered_at) return "not delivered yet 尚未送达";
+    return `delivered 已送达 ${fmtTime(c.delivered_at)} · ` +
+      (c.confirmed_at ? `confirmed 已确认 ${fmtTime(c.confirmed_at)}` : "not confirmed 未确认");
+  }
+
+  function cancelRow(c) {
+    return h("tr", { "data-cancel": c.id, class: c.needs_look ? "bad" : null },
+      h("td", { class: "when", text: fmtTime(c.requested_at) }),
+      h("td", { class: "mono", text: c.endpoint }),
+      h("td", {}, h("div", { class: "mono", text: c.order_id }),
+        h("div", { class: "muted", text: `${c.direction} · ${c.warehouse_order_no || "—"} · ` +
+          (c.status ? `${c.status} ${WAREHOUSE_ZH[c.status] || ""}`.trim() : "nothing reported 无回执") })),
+      h("td", {}, ...c.flags.map((f) => h("div", { class: "error-text", text: CANCEL_WHY[f] || f })),
+        c.progress_status ? h("div", { text: `${c.progress_status} ${WAREHOUSE_ZH[c.progress_status] || ""} · ` +
+          `${fmtTime(c.progress_at)}` }) : null),
+      h("td", {}, h("div", { text: c.reason || "—" }), h("div", { class: "muted", text: cancelAnswer(c) })),
+      h("td", {}, orderPlace(c)),
+      h("td", {}, c.closed_at ? closedNote(c)
+        : closeControl("warehouse-cancels", c.id, `warehouse cancel #${c.id}`, warehouse)));
+  }
+
   function renderWarehouse(items, append) {
-    const rows = items.map((c) => {
-      const ref = c.reference || {};
-      return h("tr", { "data-callback": c.id },
-        h("td", { class: "when", text: fmtTime(c.received_at) }),
-        h("td", { class: "mono", text: c.submitter }),
-        h("td", {}, h("div", { class: "mono", text: c.order_id }),
-          h("div", { class: "muted", text: `${c.direction} · ${c.warehouse_order_no}` })),
-        h("td", {}, h("div", { text: `${c.status} ${WAREHOUSE_ZH[c.status] || ""}`.trim() }),
-          h("div", { class: "muted", text: c.occurred_at }),
-          c.reason ? h("div", { class: "error-text", text: c.reason }) : null),
-        h("td", {}, h("div", { text: typeof ref.messageType === "string" ? ref.messageType : "—" }),
-          h("div", { class: "mono", text: typeof ref.guid === "string" ? ref.guid : "" })),
-        h("td", {}, c.orderNo ? shipmentLink(c.ebpCode, c.orderNo)
-          : h("span", { text: UNLINKED_BECAUSE[c.unlinked_because] || c.unlinked_because || "—" })));
-    });
-    const body = $("warehouse-table").tBodies[0];
+    const cancels = warehouse.view === "cancels";
+    const table = $("warehouse-table");
+    const heads = WAREHOUSE_HEADS[cancels ? "cancels" : "callbacks"];
+    if (table.tHead.rows[0].cells.length !== heads.length || table.dataset.rows !== String(cancels)) {
+      table.tHead.rows[0].replaceChildren(...heads.map((t) => h("th", { text: t })));
+      table.dataset.rows = String(cancels);
+    }
+    const rows = items.map(cancels ? cancelRow : callbackRow);
+    const body = table.tBodies[0];
     if (append) body.append(...rows); else body.replaceChildren(...rows);
     $("warehouse-empty").textContent = WAREHOUSE_EMPTY[warehouse.view];
     $("warehouse-empty").hidden = body.rows.length > 0;
   }
 
-  const warehouse = viewList("warehouse", "warehouse-callbacks", "unlinked", renderWarehouse);
+  // the cancels' view reads the cancels that need a look; the others, the callbacks of their kind
+  const warehouse = viewList("warehouse", (view) => view === "cancels" ? ["warehouse-cancels", "open"]
+    : ["warehouse-callbacks", view], "unlinked", renderWarehouse);
 
   // --- closing what can never be settled: an unmatched receipt, a 179 question ---
 
@@ -966,13 +1040,18 @@
         state.refusedNewest = data.last_rejection; // one reload per new refusal, however many events name it
         loadRefused().catch(() => {});
       }
-      // the warehouse panel's view reloads when a callback of its kind came (not on the first event: loaded at start)
-      const newest = { unlinked: data.last_unlinked_callback, refused: data.last_refused_callback };
+      // the warehouse panel's view reloads when a callback of its kind came, or a cancel changed (not on the first
+      // event: loaded at start); the cancels needing a look are counted on their button whatever the view
+      const newest = { unlinked: data.last_unlinked_callback, refused: data.last_refused_callback,
+        cancels: `${data.warehouse_cancels_at}|${data.open_warehouse_cancels}` };
       const seen = state.warehouseNewest;
       if ("unlinked" in seen && newest[warehouse.view] !== seen[warehouse.view]) {
-        warehouse.load().catch(() => {});
+        warehouse.load(false, { live: true }).catch(() => {});
       }
       state.warehouseNewest = newest;
+      const open = Number(data.open_warehouse_cancels || 0);
+      $("warehouse-cancels-count").textContent = open ? fmtNum(open) : "";
+      $("warehouse-cancels-count").classList.toggle("alarm", open > 0);
       // the 179 panel reloads when customs asked again or answered an upload, or a question was closed (not on the
       // first event: loaded at start)
       const asked = `${data.last_question}|${data.last_question_answer}|${data.open_questions}`;
@@ -1135,15 +1214,39 @@
     }
     for (const o of ship.warehouse_orders || []) {
       for (const e of o.events) {
-        items.push({ at: e.received_at, el: h("li", { class: WAREHOUSE_ENDED.has(e.status) ? "receipt failed" : "receipt" },
+        // a status of progress after the gateway asked to cancel the order: the goods may be leaving
+        const late = e.after_cancel ? " ⚠ after the cancel 取消后" : "";
+        items.push({ at: e.received_at, el: h("li", { class: WAREHOUSE_ENDED.has(e.status) || e.after_cancel
+          ? "receipt failed" : "receipt", "data-warehouse-event": e.status },
           h("span", { class: "t", text: fmtTime(e.received_at) }),
-          h("span", { class: "what", text: `Warehouse 仓库 ${o.warehouse_order_no} · ${e.status} ${WAREHOUSE_ZH[e.status] || ""}` }),
+          h("span", { class: "what", text: `Warehouse 仓库 ${o.warehouse_order_no || "—"} · ${e.status} ${WAREHOUSE_ZH[e.status] || ""}${late}` }),
           h("div", { class: "detail", text: [`${o.direction} order ${o.order_id}`, e.reason,
             `occurredAt ${e.occurred_at}`].filter(Boolean).join(" · ") })) });
+      }
+      const c = o.cancel;
+      if (c) {  // the cancel the gateway asked of the warehouse, and what became of it
+        items.push({ at: c.requested_at, el: h("li", { class: c.needs_look ? "receipt failed" : "receipt",
+          "data-warehouse-cancel": c.id },
+          h("span", { class: "t", text: fmtTime(c.requested_at) }),
+          h("span", { class: "what", text: `Warehouse 仓库 ${o.warehouse_order_no || "—"} · cancel asked 已请求取消` +
+            (c.needs_look ? ` ⚠ ${c.flags.map((f) => CANCEL_WHY[f] || f).join(" · ")}` : "") }),
+          c.closed_at ? h("span", { class: "tag", text: "closed 已关闭" }) : null,
+          h("div", { class: "detail", text: [`${o.direction} order ${o.order_id} · ${c.endpoint}`, c.reason,
+            cancelAnswer(c), c.closed_at ? `closed by ${c.closed_by}: ${c.close_reason}` : null]
+            .filter(Boolean).join(" · ") })) });
       }
     }
     items.sort((a, b) => String(a.at).localeCompare(String(b.at)));
     return items.map((i) => i.el);
+  }
+
+  // an order as the shipment's facts name it: the warehouse's number, its furthest status, and its cancel
+  function warehouseFact(o) {
+    const status = o.status ? `${o.status} ${WAREHOUSE_ZH[o.status] || ""}`.trim() : "nothing reported 无回执";
+    const c = o.cancel;
+    const cancel = !c ? "" : c.needs_look ? ` ⚠ cancel: ${c.flags.map((f) => CANCEL_WHY[f] || f).join(" · ")}`
+      : c.confirmed_at ? "" : " · cancel asked 已请求取消";
+    return `${o.warehouse_order_no || "—"} ${status}${cancel}`;
   }
 
   function findingsTable(findings) {
@@ -1276,8 +1379,7 @@
           fact("Trade mode 监管方式", ship.mode),
           fact("Flow 进出口", ship.flow === "export" ? "export 出口" : "import 进口"),
           fact("Missing 缺少", ship.missing.length ? ship.missing.map((k) => `${k} ${KIND_ZH[k] || ""}`).join(", ") : "none 无"),
-          fact("Warehouse 仓库", (ship.warehouse_orders || []).map((o) =>
-            `${o.warehouse_order_no} ${o.status} ${WAREHOUSE_ZH[o.status] || ""}`.trim()).join(", ") || "—"),
+          fact("Warehouse 仓库", (ship.warehouse_orders || []).map(warehouseFact).join(", ") || "—"),
           ship.summary ? fact("Summary 汇总申报", summaryText(ship.summary)) : null,
           ship.payment_data ? fact("Payment data 支付原始数据 (179)", paymentDataText(ship.payment_data)) : null,
           fact("Buyer 订购人", party("buyerName")),
