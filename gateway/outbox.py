@@ -1050,18 +1050,22 @@ WAREHOUSE_CANCEL_COLUMNS = """c.id, c.endpoint, c.order_id, c.direction, c.messa
        c.overdue_at, c.closed_at, c.closed_by, c.close_reason"""
 #: SQL: the cancel ``c`` needs a look (the predicate of sql/550's warehouse_cancels_open_idx): the warehouse reported
 #: progress on the order after it was asked, refused it, or did not confirm it in time; and it is neither confirmed
-#: (cancelled called back) nor closed by an operator.
+#: (the order ended: cancelled, or rejected — never taken, nothing goes —, called back) nor closed by an operator.
 CANCEL_OPEN = """c.confirmed_at IS NULL AND c.closed_at IS NULL
    AND (c.progress_at IS NOT NULL OR c.refused_at IS NOT NULL OR c.overdue_at IS NOT NULL)"""
 #: Why a cancel needs a look, the gravest first: the goods may be leaving (the warehouse went on with the order after
 #: the cancel was asked), the warehouse said it will not cancel, or it has said nothing in time.
 CANCEL_FLAGS = ("progress_after_cancel", "refused", "unconfirmed")
+#: The statuses that end an order (adapters.warehouse: rejected, cancelled), as SQL: the goods do not go.
+_ENDED_SQL = ", ".join(f"'{s}'" for s in sorted(set(warehouse.CALLBACK_STATUSES) - warehouse.PROGRESS))
 #: The cancels asked now ($1 endpoints, $2 orderIds, $3 message ids and $4 positions of the documents the orders were
 #: made from, $5 the orders' directions, $6 why), with the jobs that carry them: once per order and endpoint (the
-#: first ask's time stays).
-RECORD_CANCELS = """
-INSERT INTO warehouse_cancels AS c (endpoint, order_id, direction, message_type, doc_guid, reason)
-SELECT x.endpoint, x.order_id, x.direction, d.message_type, d.doc_guid, x.reason
+#: first ask's time stays). An order the warehouse ended already (it cancelled or rejected it) has it confirmed.
+RECORD_CANCELS = f"""
+INSERT INTO warehouse_cancels AS c (endpoint, order_id, direction, message_type, doc_guid, reason, confirmed_at)
+SELECT x.endpoint, x.order_id, x.direction, d.message_type, d.doc_guid, x.reason,
+       (SELECT min(e.received_at) FROM warehouse_events AS e
+         WHERE e.order_id = x.order_id AND e.status IN ({_ENDED_SQL}))
   FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::text[], $6::text[])
        AS x(endpoint, order_id, message_id, doc_index, direction, reason)
   JOIN documents AS d ON d.message_id = x.message_id AND d.doc_index = x.doc_index
@@ -1081,17 +1085,17 @@ ON CONFLICT (endpoint, order_id) DO UPDATE
        refused_at = CASE WHEN $8 THEN now() END, answer = $7::jsonb, updated_at = now()
 RETURNING {WAREHOUSE_CANCEL_COLUMNS}
 """
-#: A warehouse's callback ($2 its status) on order $1, on the order's cancels: cancelled confirms them; a status of
-#: progress ($3) flags those not confirmed nor closed — the goods may be leaving all the same (the first such
-#: callback's time kept, the latest status). Returns the cancels it touched, and whether this callback flagged them.
-CANCEL_CALLBACK = """
+#: A warehouse's callback ($2 its status) on order $1, on the order's cancels: one ending the order (cancelled, or
+#: rejected: never taken) confirms them; a status of progress ($3) flags those not confirmed nor closed — the goods may
+#: be leaving all the same (the first such callback's time kept, the latest status). Returns the cancels it touched.
+CANCEL_CALLBACK = f"""
 UPDATE warehouse_cancels AS c
-   SET confirmed_at = CASE WHEN $2 = 'cancelled' THEN coalesce(c.confirmed_at, now()) ELSE c.confirmed_at END,
-       progress_at = CASE WHEN $2 = 'cancelled' THEN c.progress_at ELSE coalesce(c.progress_at, now()) END,
-       progress_status = CASE WHEN $2 = 'cancelled' THEN c.progress_status ELSE $2 END,
+   SET confirmed_at = CASE WHEN $2 IN ({_ENDED_SQL}) THEN coalesce(c.confirmed_at, now()) ELSE c.confirmed_at END,
+       progress_at = CASE WHEN $2 IN ({_ENDED_SQL}) THEN c.progress_at ELSE coalesce(c.progress_at, now()) END,
+       progress_status = CASE WHEN $2 IN ({_ENDED_SQL}) THEN c.progress_status ELSE $2 END,
        updated_at = now()
  WHERE c.order_id = $1
-   AND ($2 = 'cancelled' OR ($2 = ANY ($3::text[]) AND c.confirmed_at IS NULL AND c.closed_at IS NULL))
+   AND ($2 IN ({_ENDED_SQL}) OR ($2 = ANY ($3::text[]) AND c.confirmed_at IS NULL AND c.closed_at IS NULL))
 RETURNING c.id, c.endpoint, c.message_type, c.doc_guid, c.requested_at, c.confirmed_at
 """
 #: Watchdog: the cancels asked more than $1 s ago that the warehouse has not confirmed (nor an operator closed), at most
@@ -2464,11 +2468,12 @@ class Outbox:
             # a document of no shipment (a delivery's, CEB711): no seller to tell
             if row["stored"] and ship is not None and went_further and self.router is not None:
                 await self._tell_sellers(conn, callback, ship, before["status"] if before else None)
-            if row["stored"] and (callback.status in warehouse.PROGRESS or callback.status == "cancelled"):
+            if row["stored"]:  # every status bears on the order's cancels: it goes on, or it ended (confirmed)
                 for c in await conn.fetch(CANCEL_CALLBACK, callback.order_id, callback.status,
                                           sorted(warehouse.PROGRESS)):  # fmt: skip
-                    if callback.status == "cancelled":
-                        log.info("warehouse_cancel_confirmed", order_id=callback.order_id, endpoint=c["endpoint"])
+                    if callback.status not in warehouse.PROGRESS:
+                        log.info("warehouse_cancel_confirmed", order_id=callback.order_id, endpoint=c["endpoint"],
+                                 status=callback.status)  # fmt: skip
                     else:  # the goods may be leaving although the gateway asked to cancel the order: look at once
                         log.warning("warehouse_progress_after_cancel", order_id=callback.order_id,
                                     endpoint=c["endpoint"], status=callback.status, message_type=c["message_type"],

@@ -144,7 +144,7 @@ async def test_an_inbound_order_the_warehouse_rejects_names_its_delivery_to_the_
     """The site's warehouse refuses the inbound order of a delivery (a parcel it will not take: REJECT-): the
     operators' list of callbacks names the delivery the order was made from — its message, B/L, how many parcels it
     lists and the shipments of those the gateway holds, whose pages show it —, where an outbound order's names its
-    shipment."""
+    shipment. The delivery changed, the cancel of that order is confirmed by the refusal: nothing of it goes."""
     async with running_stack(db_dsn, forwarding=TO_THE_WAREHOUSE) as stack:
         s = shipment(721)
         carrier = on_one_bill([s])
@@ -163,6 +163,15 @@ async def test_an_inbound_order_the_warehouse_rejects_names_its_delivery_to_the_
         assert callback["delivery"] == {"message_guid": reply.body["guid"], "billNo": "781-20240229001", "listed": 2,
                                         "shipments": [{"ebpCode": s.order_doc["ebpCode"],
                                                        "orderNo": s.order_doc["orderNo"]}]}  # fmt: skip
+        # the delivery changed (the parcel it will not take left out): the refused order's cancel needs no look, the
+        # warehouse ended that order before — though it says nothing of the cancel
+        stack.sandbox.sandbox.config.warehouse_cancel = "ignore"
+        changed = delivery_xml(carrier, waybill_nos([s]), app_type="2", app_time="20240229230000")
+        assert (await stack.client.post_xml(changed)).status == 202
+        await stack.wait_sql("SELECT count(*) = 1 FROM warehouse_cancels WHERE delivered_at IS NOT NULL", timeout=20)
+        [cancel] = (await stack.client.get("/v1/warehouse/cancels?state=any", key=OPERATOR)).body["items"]
+        assert (cancel["order_id"], cancel["status"]) == (callback["order_id"], "rejected")
+        assert cancel["confirmed_at"] and not cancel["needs_look"] and cancel["delivery"] == callback["delivery"]
 
 
 async def _nonempty(items: Any) -> bool:
