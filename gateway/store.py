@@ -1321,8 +1321,8 @@ async def close_warehouse_cancel(pool: asyncpg.Pool, cancel_id: int, *, by: str,
             if why["closed_at"] is not None:
                 raise _closed_already(f"warehouse cancel {cancel_id}", why)
             if why["confirmed_at"] is not None:
-                raise CloseRefused(409, f"warehouse cancel {cancel_id} was confirmed by the warehouse (cancelled at "
-                                        f"{_iso(why['confirmed_at'])}): nothing to close")  # fmt: skip
+                raise CloseRefused(409, f"warehouse cancel {cancel_id} was confirmed by the warehouse (the order "
+                                        f"ended at {_iso(why['confirmed_at'])}): nothing to close")  # fmt: skip
             raise CloseRefused(409, f"warehouse cancel {cancel_id} needs no look: the warehouse neither refused it "
                                     "nor reported progress after it, and it is not overdue")  # fmt: skip
         [row] = await conn.fetch(WAREHOUSE_CANCELS["closed"], cancel_id + 1, 1)
