@@ -47,6 +47,8 @@
     cursor: null,
     listKey: "",
     listParams: null,
+    listAsked: null, // the filters of the latest list load asked from the form (listParams: of the list on screen)
+    listFormDue: false, // the list load scheduled reads the form (a live reload meanwhile does not replace it)
     listTimer: null,
     seriesAt: 0,
     awaited: null,
@@ -834,8 +836,12 @@
   // them, not whatever the form says now; a live reload keeps the rows loaded so far (up to 200), not page 1.
   async function loadList(append = false, live = false) {
     const fromForm = !(append || live) || state.listParams === null;
-    const params = new URLSearchParams(fromForm ? filterParams().toString() : state.listParams);
+    // a live reload follows the filters last asked for, whose load may not have answered yet (else, newer, it would
+    // draw the list as it was over the one asked for)
+    const base = live ? state.listAsked || state.listParams : state.listParams;
+    const params = new URLSearchParams(fromForm ? filterParams().toString() : base);
     const key = params.toString();
+    if (fromForm) state.listAsked = key;
     const shown = $("list-table").tBodies[0].rows.length;
     if (live && shown > 50) params.set("limit", String(Math.min(shown, 200)));
     if (append && state.cursor) params.set("cursor", state.cursor);
@@ -883,8 +889,14 @@
   }
 
   function scheduleList(live = false) {
+    // a live reload asked meanwhile does not take the place of a load the filters asked for (it would read none)
+    state.listFormDue = state.listFormDue || !live;
     clearTimeout(state.listTimer);
-    state.listTimer = setTimeout(() => loadList(false, live).catch((e) => toast(e.message, true)), 250);
+    state.listTimer = setTimeout(() => {
+      const fromForm = state.listFormDue;
+      state.listFormDue = false;
+      loadList(false, !fromForm).catch((e) => toast(e.message, true));
+    }, 250);
   }
 
   // --- charts (inline SVG) ---
