@@ -92,6 +92,47 @@ async def test_a_start_waiting_for_another_hosts_migrations_says_who_holds_them(
 
 @pytest.mark.db
 @pytest.mark.asyncio(loop_scope="session")
+async def test_the_log_line_of_a_migration_wait_names_who_holds_the_lock(
+    empty_db_dsn: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the operators read is the JSON line on stderr, not the log record: the wait for another host's migrations
+    names there the session holding the lock (its pid, address, state), as README (Upgrading) says."""
+    import io
+    import json
+
+    import structlog
+
+    from gateway import logs
+    from gateway.db import MIGRATION_LOCK
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    before = structlog.get_config()
+    other_host = await asyncpg.connect(empty_db_dsn, server_settings={"application_name": "cbec-gateway"})
+    pool = await create_pool(empty_db_dsn, min_size=1, max_size=2)
+    try:
+        logs.configure("json", "info")
+        await other_host.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        caplog.set_level("WARNING", logger="gateway.db")
+        starting = asyncio.create_task(migrate(pool))
+        deadline = time.monotonic() + 10
+        while not [r for r in caplog.records if r.getMessage() == "migrations_waiting"]:
+            assert not starting.done() and time.monotonic() < deadline, "no word of the wait"
+            await asyncio.sleep(0.02)
+        await other_host.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        await asyncio.wait_for(starting, 60)
+    finally:
+        structlog.configure(**before)
+        await other_host.close()
+        await pool.close()
+    [line] = [json.loads(x) for x in stderr.getvalue().splitlines() if '"migrations_waiting"' in x]
+    assert line["holder_pid"] == other_host.get_server_pid()  # type: ignore[attr-defined]
+    assert line["holder_client"] == "127.0.0.1" and line["holder_application"] == "cbec-gateway"
+    assert line["holder_state"] and line["holder_since"] and "migrating" in line["note"]
+
+
+@pytest.mark.db
+@pytest.mark.asyncio(loop_scope="session")
 async def test_the_server_ends_the_sessions_of_a_host_gone_within_a_minute(db_dsn: str) -> None:
     """A host that loses power or its network while it holds a lock (a row of a claim, the migration lock, a UKey's
     turn) keeps it for as long as the server keeps its session: by the system's TCP keepalive, two hours, during which
