@@ -108,8 +108,10 @@ def _route_stdlib(fmt: str, level: str) -> None:
             foreign_pre_chain=[
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
-                # _ClientFaults' reason; gateway.db's fields
-                structlog.stdlib.ExtraAdder(allow=("reason", "migration", "rows", "data_dir", "returncode", "stderr")),
+                # _ClientFaults' reason; gateway.db's fields (a migration wait's: who holds the lock)
+                structlog.stdlib.ExtraAdder(allow=(
+                    "reason", "migration", "rows", "data_dir", "returncode", "stderr", "note", "holder_pid",
+                    "holder_client", "holder_application", "holder_state", "holder_since")),
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 structlog.processors.format_exc_info,
             ],
