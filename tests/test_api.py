@@ -27,7 +27,7 @@ from gateway import api as api_module
 from gateway import db, samples
 from gateway.api import SHIPMENT_CSV_COLUMNS, create_app
 from gateway.config import ApiKey, Role
-from gateway.receipts import RANK_RELEASED
+from gateway.receipts import RANK_CONCLUDED, RANK_REJECTED, RANK_RELEASED
 from gateway.render import render
 from gateway.sandbox.receipts import build_receipt
 from gateway.signing import RsaSha1Key, Signer, generate_test_key
@@ -1599,3 +1599,42 @@ async def test_the_unmatched_receipts_statements_read_their_own_indexes(db_pool:
             assert "Index Cond: (id = $1)" in found and "Seq Scan" not in found, found
         finally:
             await conn.execute("ROLLBACK")
+
+
+async def test_a_key_claiming_to_be_a_site_learns_no_parcels_status_before_customs_takes_its_delivery(
+    api: Client, db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any key may declare a CEB711 with its own code as operatorCode and list whatever waybill numbers it likes: the
+    gateway cannot tell a supervision site from a key guessing. Until customs has taken the delivery (a receipt that
+    accepts it: customs knows the site and its B/L), a parcel of a shipment the key may not read shows neither whether
+    the gateway holds its waybill nor its shipment's customs status — every line alike, so that a line the gateway
+    holds cannot be told from one it never saw. Once taken, the site reads them; an operator always does."""
+    from tests import siteutil
+
+    s = new_shipment(48)
+    for payload in (s.order, s.payment, s.waybill, s.inventory):
+        assert (await api.post_xml(xml_of(payload), key=PLATFORM_A if payload is s.inventory else ADMIN)).status == 202
+    await db_pool.execute("UPDATE shipments SET customs_status = 'released'")
+    monkeypatch.setattr(siteutil, "OPERATOR_CODE", "9999999999")  # the stranger's own code: it may declare it
+    held, unseen = str(s.waybill_doc["logisticsNo"]), "UNSEEN0000001"
+    reply = await api.post_xml(siteutil.delivery_xml(s.waybill_doc["logisticsCode"], [held, unseen]), key=STRANGER)
+    assert reply.status == 202, reply.body
+
+    async def parcels(key: str) -> list[tuple[Any, ...]]:
+        message = await api.get(f"/v1/messages/{reply.body['guid']}", key=key)
+        assert message.status == 200, message.body
+        apiutil.openapi_check(message.body, "Message")
+        [delivery] = message.body["documents"]
+        return [(p["logisticsNo"], p["waybill"], p["customs_status"], p["shipment"]) for p in delivery["parcels"]]
+
+    assert await parcels(STRANGER) == [(held, None, None, None), (unseen, None, None, None)]
+    ship = {"ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"]}
+    assert await parcels(ADMIN) == [(held, True, "released", ship), (unseen, False, None, None)]
+    # customs took the delivery (CEB712 399): the site it came from reads each parcel's status, not whose it is
+    await db_pool.execute("UPDATE documents SET forward_state = 'receipted', customs_status = '399', customs_rank = $1"
+                          " WHERE message_type = 'CEB711'", RANK_CONCLUDED)  # fmt: skip
+    assert await parcels(STRANGER) == [(held, True, "released", None), (unseen, False, None, None)]
+    # customs refused it (a negative code: no site of its, or not its B/L): withheld again
+    await db_pool.execute("UPDATE documents SET forward_state = 'rejected', customs_status = '-800001',"
+                          " customs_rank = $1 WHERE message_type = 'CEB711'", RANK_REJECTED)  # fmt: skip
+    assert await parcels(STRANGER) == [(held, None, None, None), (unseen, None, None, None)]
