@@ -16,6 +16,7 @@ from typing import Any
 
 from cbec_queue import Rate, TokenBucket
 
+from gateway import receipts
 from gateway.config import ApiKey, Role, key_digest
 from gateway.documents import Document
 from gateway.messages import WAYBILL_LIST_KINDS, Kind, MessageType
@@ -303,16 +304,30 @@ def message_view(principal: Principal, message: dict[str, Any], readable: frozen
     return view
 
 
+def _taken_by_customs(delivery: dict[str, Any]) -> bool:
+    """Whether customs took the site delivery (its receipts at 120 accepted or further, none refusing it): customs knows
+    the site and its B/L. Before, its operatorCode is only what the key that sent it claims."""
+    code = str((delivery.get("customs") or {}).get("code") or "")
+    step = receipts.rank(code) if code else None
+    return step is not None and step >= receipts.RANK_ACCEPTED and not receipts.is_rejection(code)
+
+
 def _parcels(principal: Principal, delivery: dict[str, Any]) -> dict[str, Any]:
     """A site delivery (gateway.store.delivery_parcels) as ``principal`` may see its parcels: each one's ``shipment``
-    (ebpCode, orderNo) only when the key may read that shipment (its parties); ``customs_status`` — whether the parcel
-    may leave the site — to every reader of the delivery."""
+    (ebpCode, orderNo) only when the key may read that shipment (its parties); ``waybill`` and ``customs_status`` —
+    whether the parcel may leave the site — to every reader of the delivery once customs took it
+    (:func:`_taken_by_customs`), and before only of the shipments the key may read: any key may declare a delivery
+    with its own code and guess waybill numbers. Withheld, both are null on every such line alike, a line the gateway
+    holds told apart from one it never saw by nothing."""
+    taken = principal.sees_everything or _taken_by_customs(delivery)
 
     def seen(parcel: dict[str, Any]) -> dict[str, Any]:
         ship = parcel.get("shipment")
+        shown = ship is not None and (principal.sees_everything or principal.may_touch(ship.get("parties") or ()))
+        if not (shown or taken):
+            return {**parcel, "waybill": None, "customs_status": None, "shipment": None}
         if ship is None:
             return parcel
-        shown = principal.sees_everything or principal.may_touch(ship.get("parties") or ())
         return {**parcel, "shipment": {k: v for k, v in ship.items() if k != "parties"} if shown else None}
 
     return {**delivery, "parcels": [seen(p) for p in delivery["parcels"]]}

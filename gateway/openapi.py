@@ -297,9 +297,11 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "parcels": {"type": "array", "description": "a site delivery's (CEB711) in GET /v1/messages/{guid}: each line "
                     "with what the gateway holds of its parcel — waybill: its import waybill is held; customs_status "
                     "of its shipment (released: it may leave the site), null with shipment for a parcel the gateway "
-                    "never saw; shipment (ebpCode, orderNo) only to a key that may read that shipment",
+                    "never saw; shipment (ebpCode, orderNo) only to a key that may read that shipment. Until customs "
+                    "took the delivery (a receipt accepting it), waybill and customs_status are null on the lines of "
+                    "shipments the key may not read: the operatorCode is only what the sending key claims",
                     "items": _object(("gnum", "logisticsNo", "waybill", "customs_status", "shipment"), {
-                        "gnum": _STR_OR_NULL, "logisticsNo": _STR_OR_NULL, "waybill": {"type": "boolean"},
+                        "gnum": _STR_OR_NULL, "logisticsNo": _STR_OR_NULL, "waybill": {"type": ["boolean", "null"]},
                         "customs_status": {"enum": [*SHIPMENT_CUSTOMS_STATUSES, None]},
                         "shipment": _or_null(_object(("ebpCode", "orderNo"), {"ebpCode": _STR, "orderNo": _STR})),
                     })},
