@@ -872,7 +872,7 @@ async def serve(
                 with settled_heap():
                     if ready is not None:
                         ready.set()
-                    await drained(app, stop, settings.shutdown_drain_s, others)
+                    await drained(app, stop, settings.shutdown_drain_s, others, schema_watch=schema_watch)
             finally:
                 # which process: an API process stopping (a reload starts them again one by one) is not the gateway
                 log.info("stopping", process=os.getpid(), api_only=api_only)
@@ -907,19 +907,22 @@ async def serve(
 
 
 async def drained(app: web.Application, stop: asyncio.Event, drain_s: float, others: ApiProcesses | None = None, *,
-                  replaced: asyncio.Event | None = None) -> None:  # fmt: skip
+                  replaced: asyncio.Event | None = None,
+                  schema_watch: asyncio.Task[list[str]] | None = None) -> None:  # fmt: skip
     """Until ``stop``; then /healthz answers 503 "stopping" (api.STOPPING) and the process goes on answering for
     ``drain_s`` (shutdown_drain_s) before its caller closes the port and winds down: a load balancer's health checks
     take the host out meanwhile, instead of finding its port closed under the requests they send. The other API
     processes (``others``) are told to stop at once, to drain alongside, and are restarted no more. An API process
-    ``replaced`` by a reload stops at once, healthy: the gateway is not stopping."""
+    ``replaced`` by a reload stops at once, healthy: the gateway is not stopping. One stopping because a newer build
+    migrated its database (``schema_watch`` found it) does not drain either: it would go on writing meanwhile."""
     await stop.wait()
     if replaced is not None and replaced.is_set():
         return
     app[STOPPING].set()
     if others is not None:
         others.stopping()
-    if drain_s > 0:
+    newer = schema_watch is not None and schema_watch.done() and not schema_watch.cancelled() and schema_watch.result()
+    if drain_s > 0 and not newer:
         log.info("draining", seconds=drain_s, process=os.getpid(),
                  note="/healthz answers 503 stopping; requests are still answered meanwhile")  # fmt: skip
         await asyncio.sleep(drain_s)

@@ -855,8 +855,8 @@ async def test_processes_of_an_older_build_stop_once_a_newer_one_migrated_their_
     """An upgrade done host by host: a newer build migrates the database while a `cbec serve` and a `cbec worker` of the
     older one still run elsewhere. Only a start refused a newer database: the running ones went on, writing rows the
     new migrations do not expect. Now each sees the newer migrations (within SCHEMA_WATCH_S), stops — what runs
-    finishes — and ends with NewerDatabase, which cbec answers with exit 1 and a line; a restart refuses the
-    database."""
+    finishes, with no drain: it would take writes meanwhile — and ends with NewerDatabase, which cbec answers with exit
+    1 and a line; a restart refuses the database."""
     from gateway import db
     from gateway.cli import _database_unusable
 
@@ -864,7 +864,7 @@ async def test_processes_of_an_older_build_stop_once_a_newer_one_migrated_their_
     # their logging set-up would cache the loggers they use (the queue's among them): a later test captures none
     monkeypatch.setattr(server.logs, "configure", lambda *_args, **_kw: None)
     settings = apiutil.test_settings(database_url=db_dsn, port=0, data_dir=tmp_path, log_format="json",
-                                     forwarding=ForwardingSettings(enabled=False))  # fmt: skip
+                                     forwarding=ForwardingSettings(enabled=False), shutdown_drain_s=60.0)  # fmt: skip
     ready, stop = asyncio.Event(), asyncio.Event()
     serving = asyncio.create_task(serve(settings, ready=ready, stop=stop))
     worker_ready, worker_stop = asyncio.Event(), asyncio.Event()
@@ -879,7 +879,7 @@ async def test_processes_of_an_older_build_stop_once_a_newer_one_migrated_their_
         await pool.execute("INSERT INTO schema_migrations (name) VALUES ('999_from_a_later_release.sql')")
         for task in (serving, working):
             with pytest.raises(db.NewerDatabase, match=r"999_from_a_later_release\.sql are not this build's") as ended:
-                await asyncio.wait_for(task, 30)
+                await asyncio.wait_for(task, 20)  # not the 60 s of shutdown_drain_s
             assert _database_unusable(ended.value)
         assert stop.is_set() and worker_stop.is_set()
     finally:
