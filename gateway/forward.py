@@ -368,16 +368,25 @@ class Router:
 
     def delivery_webhook_jobs(
         self, *, outcome: str, ebp_code: str, order_no: str, parties: Iterable[str], document: Mapping[str, Any],
-        event_id: str,
+        event_id: str, error: tuple[str | None, Iterable[str]] | None = None,
     ) -> list[JobSpec]:
         """One job per seller when the delivery to customs of one of the shipment's documents died or, replayed, reached
         customs (``outcome``: a key of DELIVERY_EVENTS; ``document``: messageType, guid, messageGuid, kind, appType,
-        customsStatus and, dead, the error), in the shipment's stream. ``event_id`` tells one death of the document
-        from the next (a replay that dies again), one delivery after a replay from another."""
+        customsStatus), in the shipment's stream; dead, the dead job's ``error`` (its text, and the document's parties:
+        a seller none of whose codes the document carries is told it died, not why — as the shipment's view shows it
+        no transmission of that document). ``event_id`` tells one death of the document from the next (a replay that
+        dies again), one delivery after a replay from another."""
         event = DELIVERY_EVENTS[outcome]
         data = {"ebpCode": ebp_code, "orderNo": order_no, **document}
+        seen_by = None
+        if error is not None:
+            text, own = error[0], frozenset(error[1])
+
+            def seen_by(w: WebhookSettings) -> Mapping[str, Any]:
+                return {"error": text if w.codes & own else None}
+
         return self._seller_events(event, ebp_code, order_no, parties, data,
-                                   f"delivery_{outcome}:{document['guid']}:{event_id}")  # fmt: skip
+                                   f"delivery_{outcome}:{document['guid']}:{event_id}", seen_by)  # fmt: skip
 
     def reconciliation_told(self) -> str | None:
         """The state whose changes the store looks for when it writes shipments (RECONCILIATION_TOLD), or None when no

@@ -513,7 +513,8 @@ _DELIVERY_DATA = {
                           "document is a leg customs holds no word on (its own status change tells it too); a "
                           "cancellation, return, withdrawal or a change of an accepted or released inventory leaves it "
                           "as customs left it"},
-        "error": {**_TEXT_OR_NULL, "description": "shipment.delivery_failed only: why the last attempt failed"},
+        "error": {**_TEXT_OR_NULL, "description": "shipment.delivery_failed only: why the last attempt failed "
+                  "(null to a seller none of whose codes the document carries)"},
     },
 }  # fmt: skip
 _SHIPMENT_STATE = {"enum": [s.value for s in ShipmentState]}

@@ -917,7 +917,7 @@ RETURNING id
 #: (Outbox._tell_deliveries): what names them, and what finds their shipments (gateway.outbox.shipments_of).
 DELIVERY_DOCUMENTS = """
 SELECT d.id, d.message_id, d.doc_guid, d.message_type, d.app_type, d.kind, d.ebp_code, d.order_no, d.logistics_code,
-       d.logistics_no, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid
+       d.logistics_no, d.parties, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid
   FROM documents AS d
  WHERE d.id = ANY ($1::bigint[])
  ORDER BY d.id
@@ -1849,11 +1849,10 @@ class Outbox:
                     "messageType": r["message_type"], "guid": r["doc_guid"], "messageGuid": r["message_guid"],
                     "kind": r["kind"], "appType": (r["app_type"] or "1").strip(), "customsStatus": s["customs_status"],
                 }  # fmt: skip
-                if errors is not None:
-                    document["error"] = errors.get(r["message_id"])
                 told = router.delivery_webhook_jobs(
                     outcome=outcome, ebp_code=s["ebp_code"], order_no=s["order_no"], parties=s["parties"],
                     document=document, event_id=event_ids[r["message_id"]],
+                    error=None if errors is None else (errors.get(r["message_id"]), r["parties"] or ()),
                 )  # fmt: skip
                 if told:
                     log.info("sellers_told", webhook_event=told[0].payload["event"], ebp_code=s["ebp_code"],

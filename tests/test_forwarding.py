@@ -162,6 +162,27 @@ def test_webhooks_go_to_sellers_holding_a_party_code() -> None:
                                event_id="e4", leg=None, changed_at="t4") == []  # fmt: skip
 
 
+def test_a_dead_delivery_tells_why_only_to_the_sellers_of_its_document() -> None:
+    """Every seller of the shipment hears that a document's delivery died; why (the dead job's error: a URL, an
+    answer of customs' channel) only one a party of that document, as the shipment's view shows it that document's
+    transmissions and no other's; a recovered delivery says no error."""
+    seller, payer = (WebhookSettings("seller", frozenset({"EBC"}), "http://h", "k"),
+                     WebhookSettings("payer", frozenset({"PAY"}), "http://h", "k"))  # fmt: skip
+    r = router(webhooks=(seller, payer))
+    document = {"messageType": "CEB621", "guid": "I-G", "messageGuid": "M-G", "kind": "inventory", "appType": "2",
+                "customsStatus": "accepted"}  # fmt: skip
+    jobs = r.delivery_webhook_jobs(outcome="failed", ebp_code="EBP", order_no="O1", parties=["EBC", "EBP", "PAY"],
+                                   document=document, event_id="e1",
+                                   error=("TransientError: HTTP 503 from the relay", ["EBC", "AGENT"]))  # fmt: skip
+    told = {j.payload["seller"]: j.payload["data"] for j in jobs}
+    assert told["seller"] == {"ebpCode": "EBP", "orderNo": "O1", **document,
+                              "error": "TransientError: HTTP 503 from the relay"}
+    assert told["payer"] == {**told["seller"], "error": None}
+    back = r.delivery_webhook_jobs(outcome="recovered", ebp_code="EBP", order_no="O1", parties=["EBC", "PAY"],
+                                   document=document, event_id="e2")  # fmt: skip
+    assert all("error" not in j.payload["data"] for j in back) and len(back) == 2
+
+
 def test_a_reconciliation_change_shows_each_seller_the_findings_as_its_key_would() -> None:
     """Each seller of the shipment hears of it with the values of the documents it is a party of; those of another
     enterprise's document are withheld (gateway.auth.findings_view), the warnings left out. The payment company is a
