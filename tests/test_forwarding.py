@@ -2297,6 +2297,53 @@ async def test_an_inventory_customs_cancelled_before_its_release_cancels_its_shi
 
 
 @pytest.mark.db
+async def test_an_export_inventory_declared_anew_under_another_copno_after_its_cancellation_is_followed(
+    flow: Flow,
+) -> None:
+    """An export inventory customs accepted and whose cancellation (CEB605) it concluded: the shipment is cancelled. The
+    exporter declares the parcel anew under another copNo (a key of its own: it replaces no version, so the ingest
+    looks at nothing): once that inventory is sent the shipment is declared, and failed when its delivery dies — not
+    left cancelled, as customs left the inventory it voided."""
+    from gateway.render import new_guid
+
+    async def submit(payload: dict[str, Any]) -> None:
+        checked = flow.pipeline.check(render(payload, signer=sign_as_agent))
+        assert (await flow.store.ingest(checked.message, checked.raw, submitter="test")).http_status == 202
+
+    async def cancelled(seed: int) -> tuple[samples.ExportShipmentSample, dict[str, Any]]:
+        s = samples.export_shipment(random.Random(seed))
+        inv = s.inventory_doc
+        invt_no = f"{inv['customsCode']}2026E0000000{seed}"
+        for code in ("CEB303", "CEB403", "CEB505"):
+            await submit(s.payloads()[code])
+            await _deliver(flow, s.payloads()[code])
+            await flow.receipt(s.payloads()[code], "2", 1)
+        await submit(s.inventory)
+        await _deliver(flow, s.inventory)
+        await flow.receipt(s.inventory, "120", 2, invtNo=invt_no, preNo=f"B2026112000000{seed}00")
+        assert (await flow.shipment(s))["customs_status"] == "accepted"
+        cancel = {"type": "CEB605", "guid": new_guid(), "baseTransfer": s.inventory["baseTransfer"],
+                  "documents": [{"guid": new_guid(), "customsCode": inv["customsCode"],
+                                 "copNo": f"CANCEL-{inv['copNo']}"[:30], "invtNo": invt_no, "reason": "买家取消订单",
+                                 "agentCode": inv["agentCode"], "agentName": inv["agentName"],
+                                 "ebcCode": inv["ebcCode"], "ebcName": inv["ebcName"]}]}  # fmt: skip
+        await submit(cancel)
+        await _deliver(flow, cancel)
+        await flow.receipt(cancel, "399", 3, preNo=f"B2026112000000{seed}01")
+        assert (await flow.shipment(s))["customs_status"] == "cancelled"
+        anew = version_of(s.inventory, "1", 60, copNo=f"R-{inv['copNo']}"[:30])
+        await submit(anew)
+        return s, anew
+
+    sent, anew = await cancelled(84)
+    await _deliver(flow, anew)
+    assert (await flow.shipment(sent))["customs_status"] == "declared"
+    dead, anew = await cancelled(85)
+    await _die(flow, anew)
+    assert (await flow.shipment(dead))["customs_status"] == "failed"
+
+
+@pytest.mark.db
 async def test_sellers_hear_what_customs_said_of_cancellations_and_returns(flow: Flow) -> None:
     """A cancellation of an inventory customs accepted but did not release (no warehouse order to cancel: the shipment
     is cancelled), one customs refused, and a return it concluded (the shipments released, as they were): each told
