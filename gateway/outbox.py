@@ -1683,9 +1683,10 @@ class Outbox:
                 await conn.execute(MARK_SENT, sorted(sent))
                 # A send can change only a pending shipment's status (to declared: see
                 # gateway.forward.shipment_customs_status; it moves no leg out of rejected and no rank), a failed
-                # one's (a delivery replayed while its hook could not run), or a rejected one's whose refused leg is
-                # no longer the one in force (declared anew, or its inventory now names another waybill).
-                await self._refresh_shipments(conn, shipments, statuses=("pending", "failed", "rejected"))
+                # one's (a delivery replayed while its hook could not run), or a rejected or cancelled one's whose
+                # refused leg or cancelled inventory is no longer the one in force (declared anew — under another key
+                # too, which replaces nothing the ingest would look at —, or its inventory now names another waybill).
+                await self._refresh_shipments(conn, shipments, statuses=("pending", "failed", "rejected", "cancelled"))
                 if recovered:  # rare: nothing more for a first delivery
                     await self._tell_deliveries(conn, "recovered", recovered, replayed)
         return {i: None if i.job.id in done else _lease_lost(i.job) for i in items}
@@ -1806,9 +1807,10 @@ class Outbox:
                 documents=len(rows),
             )  # fmt: skip
             # Customs' word stands: a shipment customs accepted or released keeps its status when a later delivery
-            # (a change) fails or is replayed; one on its way moves, and a rejected one whose refused leg is no longer
-            # in force (declared anew: that new version failed).
-            await self._refresh_shipments(conn, shipments, statuses=("pending", "declared", "failed", "rejected"))
+            # (a change) fails or is replayed; one on its way moves, and a rejected or cancelled one whose refused leg
+            # or cancelled inventory is no longer in force (declared anew: that new version failed).
+            await self._refresh_shipments(conn, shipments,
+                                          statuses=("pending", "declared", "failed", "rejected", "cancelled"))
             if failed:  # each document's sellers, whatever its shipment's status says (a cancellation: nothing)
                 errors = {m.payload["message_id"]: m.last_error for m in moved
                           if m.payload.get("message_id") in declared}  # fmt: skip
