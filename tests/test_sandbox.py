@@ -547,7 +547,7 @@ async def test_an_import_cancellation_concludes_and_the_inventory_may_be_declare
     assert anew != invt_no and sandbox.sandbox.quota_used[buyer] == value
 
     again = _import_reference("CEB623", s, invt_no, rsa_key)
-    unknown = _import_reference("CEB623", s, invt_no[:-3] + "999", rsa_key)
+    unknown = _import_reference("CEB623", s, invt_no[:-9] + "0" * 9, rsa_key)  # serial 0: the sandbox gives none
     for body in (again, unknown):
         await post_dxp(client, sandbox.url, body)
         await sandbox.wait_idle()
@@ -926,7 +926,8 @@ async def test_an_export_cancellation_names_an_inventory_the_export_system_relea
         return render({"type": "CEB605", "baseTransfer": transfer, "documents": [
             {**head, "copNo": cop_no, "invtNo": invt_no, "reason": "买家取消订单"}]})  # fmt: skip
 
-    for invt_no, cop_no, expected in ((released["invtNo"][:-1] + "9", "CX-NONE", ["2", "100"]),
+    none = released["invtNo"][:-9] + "0" * 9  # serial 0: one the export system never gives
+    for invt_no, cop_no, expected in ((none, "CX-NONE", ["2", "100"]),
                                       (released["invtNo"], "CX-OWN", ["2", "399"])):  # fmt: skip
         status, ack, _ = await post_dxp(client, sandbox.url, cancel(invt_no, cop_no), receiver=dxp.EXPORT_RECEIVER)
         assert (status, ack["code"]) == (200, "0000")
@@ -947,7 +948,7 @@ async def test_export_returns_and_their_tallies_are_answered_by_the_export_syste
     data = Path(__file__).parent / "data" / "samples"
     released, refund = await _released_with_its_return(sandbox, http_recorder, client)
     unknown = copy.deepcopy(refund)
-    unknown.find(f".//{C}invtNo").text = released["invtNo"][:-1] + "9"
+    unknown.find(f".//{C}invtNo").text = released["invtNo"][:-9] + "0" * 9  # serial 0: never given
     unknown.find(f".//{C}coElNo").text = "TH-UNKNOWN"
     theirs = copy.deepcopy(refund)
     theirs.find(f".//{C}agentCode").text = "4601980H99"
