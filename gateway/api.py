@@ -923,20 +923,6 @@ async def list_warehouse_cancels(request: web.Request) -> web.Response:
     return json_response(page)
 
 
-async def post_close_warehouse_cancel(request: web.Request) -> web.Response:
-    """Close a warehouse cancel that needs a look, once settled with the warehouse, with a short reason (operator /
-    admin): it leaves the open list and cbec_warehouse_cancels_open (store.close_warehouse_cancel)."""
-    asked = await _close_request(request, "warehouse cancel")
-    if isinstance(asked, web.Response):
-        return asked
-    cancel_id, reason = asked
-    try:
-        closed = await close_warehouse_cancel(request.app[POOL], cancel_id, by=_principal(request).name, reason=reason)
-    except CloseRefused as exc:
-        return error_response(exc.status, str(exc))
-    return json_response(closed)
-
-
 async def get_unmatched_receipts(request: web.Request) -> web.Response:
     """The customs receipts kept unmatched, newest first (operator / admin): customs' word on documents the gateway
     could not find — declared around it, or keys that differ — which no shipment shows."""
@@ -975,34 +961,40 @@ async def _close_request(request: web.Request, noun: str) -> tuple[int, str] | w
     return row_id, reason
 
 
-async def post_close_unmatched_receipt(request: web.Request) -> web.Response:
-    """Close a receipt kept unmatched that no document will ever answer, with a short reason (operator / admin): it
-    leaves the open list and cbec_receipts_unmatched; linked as any should its document come after all."""
-    asked = await _close_request(request, "receipt")
-    if isinstance(asked, web.Response):
-        return asked
-    receipt_id, reason = asked
-    try:
-        closed = await close_unmatched_receipt(request.app[POOL], receipt_id, by=_principal(request).name,
-                                               reason=reason)  # fmt: skip
-    except CloseRefused as exc:
-        return error_response(exc.status, str(exc))
-    return json_response(closed)
+Close = Callable[..., Awaitable[dict[str, Any]]]
 
 
-async def post_close_payment_question(request: web.Request) -> web.Response:
-    """Close a 179 question that can never be answered, with a short reason (operator / admin): it leaves the open
-    list and cbec_payment_data_questions; its upload's job ends without uploading (store.close_payment_question)."""
-    asked = await _close_request(request, "question")
-    if isinstance(asked, web.Response):
-        return asked
-    question_id, reason = asked
-    try:
-        closed = await close_payment_question(request.app[POOL], question_id, by=_principal(request).name,
-                                              reason=reason)  # fmt: skip
-    except CloseRefused as exc:
-        return error_response(exc.status, str(exc))
-    return json_response(closed)
+def _close_handler(noun: str, close: Close, doc: str) -> Handler:
+    """POST .../{id}/close of what an operator closes once it can never be settled here (store.close_*): the closed
+    row, or 403 / 404 / 409 (CloseRefused) / 4xx of the body."""
+
+    async def handler(request: web.Request) -> web.Response:
+        asked = await _close_request(request, noun)
+        if isinstance(asked, web.Response):
+            return asked
+        row_id, reason = asked
+        try:
+            closed = await close(request.app[POOL], row_id, by=_principal(request).name, reason=reason)
+        except CloseRefused as exc:
+            return error_response(exc.status, str(exc))
+        return json_response(closed)
+
+    handler.__doc__ = doc
+    return handler
+
+
+post_close_unmatched_receipt = _close_handler(
+    "receipt", close_unmatched_receipt, "Close a receipt kept unmatched that no document will ever answer, with a "
+    "short reason (operator / admin): it leaves the open list and cbec_receipts_unmatched; linked as any should its "
+    "document come after all.")
+post_close_payment_question = _close_handler(
+    "question", close_payment_question, "Close a 179 question that can never be answered, with a short reason "
+    "(operator / admin): it leaves the open list and cbec_payment_data_questions; its upload's job ends without "
+    "uploading (store.close_payment_question).")
+post_close_warehouse_cancel = _close_handler(
+    "warehouse cancel", close_warehouse_cancel, "Close a warehouse cancel that needs a look, once settled with the "
+    "warehouse, with a short reason (operator / admin): it leaves the open list and cbec_warehouse_cancels_open "
+    "(store.close_warehouse_cancel).")
 
 
 def _operator(request: web.Request) -> web.Response | None:
