@@ -90,6 +90,10 @@ CALLBACK_STATUSES = ("accepted", "received", "picked", "shipped", "delivered", "
 #: The statuses of an order going on: one of these reported after the gateway asked to cancel the order says the goods
 #: may be on their way all the same (rejected and cancelled end it: nothing goes).
 PROGRESS = frozenset(CALLBACK_STATUSES) - {"rejected", "cancelled"}
+#: The statuses of the goods moving: one of these after a cancel was asked needs a look at once. Not an acceptance of
+#: the order, which moves nothing and may come after a cancel queued right behind its order (a change of it, made
+#: before the warehouse answered the order).
+GOING_ON = PROGRESS - {"accepted"}
 CODES = {
     "warehouse.bad_callback": "a warehouse callback (POST /v1/warehouse/callbacks) that is not the contract's: not a "
     "JSON object of schema cbec.warehouse-callback.v1, orderId, warehouseOrderNo, direction, status or occurredAt "

@@ -275,8 +275,9 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "events": {"type": "array", "items": _object(("status",), {
             "status": {"enum": list(CALLBACK_STATUSES)}, "reason": _STR_OR_NULL, "occurred_at": _TIME,
             "received_at": _TIME,
-            "after_cancel": {"type": "boolean", "description": "a status of progress (accepted … delivered) that came "
-                             "after the gateway asked the warehouse to cancel the order: the goods may be leaving"}})},
+            "after_cancel": {"type": "boolean", "description": "a status of the goods moving (received … delivered; "
+                             "not an acceptance of the order) that came after the gateway asked the warehouse to "
+                             "cancel the order: the goods may be leaving"}})},
         "cancel": {"anyOf": [_ref("WarehouseCancelAsked"), {"type": "null"}],
                    "description": "the cancel the gateway asked of the warehouse (null: none)"},
     }, "a warehouse order made from the document, as its warehouse reported it, and the cancel the gateway asked"),

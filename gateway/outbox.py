@@ -1037,7 +1037,7 @@ SELECT e.id, e.received_at, e.submitter, e.order_id, e.warehouse_order_no, e.dir
    AND ($7::timestamptz IS NULL OR e.received_at < $7)
  ORDER BY e.id DESC LIMIT $2
 """
-_PROGRESS_SQL = ", ".join(f"'{s}'" for s in sorted(warehouse.PROGRESS))
+_PROGRESS_SQL = ", ".join(f"'{s}'" for s in sorted(warehouse.GOING_ON))
 LIST_WAREHOUSE_CALLBACKS = _WAREHOUSE_CALLBACK_PAGE.format(linked="", progress=_PROGRESS_SQL)
 LIST_WAREHOUSE_CALLBACKS_LINKED = _WAREHOUSE_CALLBACK_PAGE.format(linked="AND e.doc_guid IS NOT NULL",
                                                                   progress=_PROGRESS_SQL)  # fmt: skip
@@ -1086,8 +1086,9 @@ ON CONFLICT (endpoint, order_id) DO UPDATE
 RETURNING {WAREHOUSE_CANCEL_COLUMNS}
 """
 #: A warehouse's callback ($2 its status) on order $1, on the order's cancels: one ending the order (cancelled, or
-#: rejected: never taken) confirms them; a status of progress ($3) flags those not confirmed nor closed — the goods may
-#: be leaving all the same (the first such callback's time kept, the latest status). Returns the cancels it touched.
+#: rejected: never taken) confirms them; one of the goods moving ($3: GOING_ON) flags those not confirmed nor closed —
+#: they may be leaving all the same (the first such callback's time kept, the latest status). Returns the cancels it
+#: touched.
 CANCEL_CALLBACK = f"""
 UPDATE warehouse_cancels AS c
    SET confirmed_at = CASE WHEN $2 IN ({_ENDED_SQL}) THEN coalesce(c.confirmed_at, now()) ELSE c.confirmed_at END,
@@ -2471,7 +2472,7 @@ class Outbox:
                 await self._tell_sellers(conn, callback, ship, before["status"] if before else None)
             if row["stored"]:  # every status bears on the order's cancels: it goes on, or it ended (confirmed)
                 for c in await conn.fetch(CANCEL_CALLBACK, callback.order_id, callback.status,
-                                          sorted(warehouse.PROGRESS)):  # fmt: skip
+                                          sorted(warehouse.GOING_ON)):  # fmt: skip
                     if callback.status not in warehouse.PROGRESS:
                         log.info("warehouse_cancel_confirmed", order_id=callback.order_id, endpoint=c["endpoint"],
                                  status=callback.status)  # fmt: skip
@@ -2668,7 +2669,7 @@ def warehouse_orders(
             "warehouse_order_no": c["warehouse_order_no"], "direction": c["direction"], "events": [],
         })  # fmt: skip
         cancel = asked.get(c["order_id"])
-        after = cancel is not None and c["status"] in warehouse.PROGRESS and c["received_at"] > cancel["requested_at"]
+        after = cancel is not None and c["status"] in warehouse.GOING_ON and c["received_at"] > cancel["requested_at"]
         order["events"].append({"status": c["status"], "reason": c["reason"], "occurred_at": c["occurred_at"],
                                 "received_at": _iso(c["received_at"]), "after_cancel": after})  # fmt: skip
     for order_id, c in asked.items():  # an order the warehouse said nothing of: its cancel alone

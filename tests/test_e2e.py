@@ -1490,6 +1490,34 @@ async def test_a_cancel_the_warehouse_refuses_needs_a_look_until_it_is_taken_and
         assert await open_cancels(stack) == {"progress_after_cancel": 0, "refused": 0, "unconfirmed": 0}
 
 
+async def test_an_acceptance_after_a_cancel_needs_no_look_the_goods_moving_do(db_dsn: str) -> None:
+    """The warehouse took the cancel and said nothing more (warehouse_cancel ignore). An acceptance of the order coming
+    after it moves no goods — an order's own acceptance may well come after a cancel queued right behind the order — and
+    flagged the gravest look ("shipped after cancel"); one of the goods moving (delivered) still does."""
+    async with running_stack(db_dsn, sandbox_config={"warehouse_cancel": "ignore"}) as stack:
+        path, inventory = await cancelled_after_shipping(stack, 144)
+        await stack.wait_sql("SELECT count(*) = 1 FROM warehouse_cancels WHERE delivered_at IS NOT NULL", timeout=20)
+        order = await warehouse_order(stack, path, inventory["doc_guid"])
+
+        async def callback(status: str) -> dict[str, Any]:
+            body = {"schema": "cbec.warehouse-callback.v1", "orderId": order["order_id"],
+                    "warehouseOrderNo": order["warehouse_order_no"], "direction": "outbound", "status": status,
+                    "occurredAt": "2026-12-07T10:00:00+08:00",
+                    "reference": {"messageType": "CEB621", "guid": inventory["doc_guid"]}}  # fmt: skip
+            reply = await stack.client.request("POST", "/v1/warehouse/callbacks", key=WAREHOUSE_KEY, json_body=body)
+            assert reply.status == 200, reply.body
+            return (await warehouse_order(stack, path, inventory["doc_guid"]))["cancel"]
+
+        cancel = await callback("accepted")
+        assert (cancel["needs_look"], cancel["flags"], cancel["progress_at"]) == (False, [], None), cancel
+        assert await open_cancels(stack) == {"progress_after_cancel": 0, "refused": 0, "unconfirmed": 0}
+        cancel = await callback("delivered")
+        assert (cancel["needs_look"], cancel["flags"], cancel["progress_status"]) == (
+            True, ["progress_after_cancel"], "delivered")  # fmt: skip
+        events = (await warehouse_order(stack, path, inventory["doc_guid"]))["events"]
+        assert [(e["status"], e["after_cancel"]) for e in events][-2:] == [("accepted", False), ("delivered", True)]
+
+
 async def test_a_cancel_the_warehouse_never_confirms_needs_a_look_once_overdue(db_dsn: str) -> None:
     """The sandbox's warehouse takes the cancel (200) and says nothing more (warehouse_cancel ignore): once
     forwarding.warehouse_cancel_timeout_s has passed, the watchdog flags it unconfirmed — on the shipment, in the list
