@@ -1416,78 +1416,75 @@ async def test_a_blocked_shipment_that_quota_given_back_reopens_tells_its_seller
     assert (data["state"], data["previous"], data["missing"], data["findings"]) == ("matched", "mismatched", [], [])
 
 
+@pytest_asyncio.fixture
+async def refusing_flow(db_pool: asyncpg.Pool) -> AsyncIterator[Flow]:
+    """A flow whose outbox restores what customs refused (gateway.store.restore_refused), its sellers with webhooks."""
+    fwd = ForwardingSettings(webhooks=(HOOK,))
+    outbox = Outbox(db_pool, Router.from_settings(fwd, {**SANDBOX_KINDS, "webhook": "webhook"}),
+                    reassess=quota_reassessor(), restore=refusals_restorer())  # fmt: skip
+    store = Store(db_pool, outbox=outbox)
+    yield Flow(db_pool, store, outbox, Pipeline(_SCHEMAS, store))
+    await store.aclose()
+
+
 @pytest.mark.db
-async def test_a_change_customs_refused_tells_the_sellers_the_shipment_is_as_it_was(db_pool: asyncpg.Pool) -> None:
+async def test_a_change_customs_refused_tells_the_sellers_the_shipment_is_as_it_was(refusing_flow: Flow) -> None:
     """A change of the payment naming another payer makes the matched shipment mismatched (told); customs refuses the
     change, so it holds the payment before it, current again here (gateway.store.restore_refused): the shipment is
     matched again, and its sellers hear so in the receipt's transaction."""
-    fwd = ForwardingSettings(webhooks=(HOOK,))
-    outbox = Outbox(db_pool, Router.from_settings(fwd, {**SANDBOX_KINDS, "webhook": "webhook"}),
-                    reassess=quota_reassessor(), restore=refusals_restorer())  # fmt: skip
-    store = Store(db_pool, outbox=outbox)
-    try:
-        flow = Flow(db_pool, store, outbox, Pipeline(_SCHEMAS, store))
-        s = shipment(76)
-        for payload in (s.order, s.payment, s.waybill):
-            await flow.submit(payload)
-            await flow.receipt(payload, "2", 1)
-        assert (await flow.submit(s.inventory))["shipments"][0]["state"] == "matched"
-        other = samples.broken(s, "payer_not_buyer").payment_doc
-        change = version_of(s.payment, "2", 30, payerName=other["payerName"], payerIdNumber=other["payerIdNumber"])
-        assert (await flow.submit(change))["shipments"][0]["state"] == "mismatched"
-        [told] = await _seller_events(flow, s, "reconciliation")
-        assert (told["payload"]["data"]["state"], told["payload"]["data"]["previous"]) == ("mismatched", "matched")
-        await flow.receipt(change, "100", 5)
-        assert (await flow.shipment(s))["state"] == "matched"
-        first, again = await _seller_events(flow, s, "reconciliation")
-        assert first == told and again["id"] > told["id"]
-        data = again["payload"]["data"]
-        assert (data["state"], data["previous"], data["findings"]) == ("matched", "mismatched", [])
-    finally:
-        await store.aclose()
+    flow = refusing_flow
+    s = shipment(76)
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    assert (await flow.submit(s.inventory))["shipments"][0]["state"] == "matched"
+    other = samples.broken(s, "payer_not_buyer").payment_doc
+    change = version_of(s.payment, "2", 30, payerName=other["payerName"], payerIdNumber=other["payerIdNumber"])
+    assert (await flow.submit(change))["shipments"][0]["state"] == "mismatched"
+    [told] = await _seller_events(flow, s, "reconciliation")
+    assert (told["payload"]["data"]["state"], told["payload"]["data"]["previous"]) == ("mismatched", "matched")
+    await flow.receipt(change, "100", 5)
+    assert (await flow.shipment(s))["state"] == "matched"
+    first, again = await _seller_events(flow, s, "reconciliation")
+    assert first == told and again["id"] > told["id"]
+    data = again["payload"]["data"]
+    assert (data["state"], data["previous"], data["findings"]) == ("matched", "mismatched", [])
 
 
 @pytest.mark.db
-async def test_a_change_or_withdrawal_customs_refused_is_told_though_no_status_moves(db_pool: asyncpg.Pool) -> None:
+async def test_a_change_or_withdrawal_customs_refused_is_told_though_no_status_moves(refusing_flow: Flow) -> None:
     """Customs refuses a change of the payment and a withdrawal of the waybill: it holds the versions before, current
     again here, so neither the customs status nor the reconciliation moves — yet the sellers hear of each refusal
     (shipment.change_refused: the refused document, customs' word), once however often customs says it."""
-    fwd = ForwardingSettings(webhooks=(HOOK,))
-    outbox = Outbox(db_pool, Router.from_settings(fwd, {**SANDBOX_KINDS, "webhook": "webhook"}),
-                    reassess=quota_reassessor(), restore=refusals_restorer())  # fmt: skip
-    store = Store(db_pool, outbox=outbox)
-    try:
-        flow = Flow(db_pool, store, outbox, Pipeline(_SCHEMAS, store))
-        s = shipment(79)
-        for payload in (s.order, s.payment, s.waybill):
-            await flow.submit(payload)
-            await flow.receipt(payload, "2", 1)
-        await flow.submit(s.inventory)
-        await flow.receipt(s.inventory, "120", 2)
-        before = [k for k in await flow.jobs() if k.startswith("webhook:")]
-        change = version_of(s.payment, "2", 30)
-        withdrawal = version_of(s.waybill, "3", 30)
-        for payload in (change, withdrawal):
-            await flow.submit(payload)
-        for ms in (5, 6):  # the refusals, and once more: told once
-            await flow.receipt(change, "-401006", ms)
-            await flow.receipt(withdrawal, "100", ms)
-        assert (await flow.shipment(s))["customs_status"] == "accepted"
-        assert (await flow.doc(s.payment))["is_current"] and (await flow.doc(s.waybill))["is_current"]
-        told = [j["payload"] for k, j in (await flow.jobs()).items() if k.startswith("webhook:") and k not in before]
-        assert [p["event"] for p in told] == ["shipment.change_refused"] * 2, told
-        for payload in told:
-            _webhook_body_check(payload)
-        by_type = {p["data"]["messageType"]: p["data"] for p in told}
-        assert by_type["CEB411"] == {
-            "ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"], "kind": "payment",
-            "messageType": "CEB411", "guid": change["documents"][0]["guid"], "appType": "2",
-            "customs": {"code": "-401006", "name": rc.status_name("-401006"), "info": "status -401006",
-                        "time": "20260101120000005"}}  # fmt: skip
-        assert (by_type["CEB511"]["kind"], by_type["CEB511"]["appType"], by_type["CEB511"]["customs"]["code"]) == (
-            "waybill", "3", "100")
-    finally:
-        await store.aclose()
+    flow = refusing_flow
+    s = shipment(79)
+    for payload in (s.order, s.payment, s.waybill):
+        await flow.submit(payload)
+        await flow.receipt(payload, "2", 1)
+    await flow.submit(s.inventory)
+    await flow.receipt(s.inventory, "120", 2)
+    before = [k for k in await flow.jobs() if k.startswith("webhook:")]
+    change = version_of(s.payment, "2", 30)
+    withdrawal = version_of(s.waybill, "3", 30)
+    for payload in (change, withdrawal):
+        await flow.submit(payload)
+    for ms in (5, 6):  # the refusals, and once more: told once
+        await flow.receipt(change, "-401006", ms)
+        await flow.receipt(withdrawal, "100", ms)
+    assert (await flow.shipment(s))["customs_status"] == "accepted"
+    assert (await flow.doc(s.payment))["is_current"] and (await flow.doc(s.waybill))["is_current"]
+    told = [j["payload"] for k, j in (await flow.jobs()).items() if k.startswith("webhook:") and k not in before]
+    assert [p["event"] for p in told] == ["shipment.change_refused"] * 2, told
+    for payload in told:
+        _webhook_body_check(payload)
+    by_type = {p["data"]["messageType"]: p["data"] for p in told}
+    assert by_type["CEB411"] == {
+        "ebpCode": s.order_doc["ebpCode"], "orderNo": s.order_doc["orderNo"], "kind": "payment",
+        "messageType": "CEB411", "guid": change["documents"][0]["guid"], "appType": "2",
+        "customs": {"code": "-401006", "name": rc.status_name("-401006"), "info": "status -401006",
+                    "time": "20260101120000005"}}  # fmt: skip
+    assert (by_type["CEB511"]["kind"], by_type["CEB511"]["appType"], by_type["CEB511"]["customs"]["code"]) == (
+        "waybill", "3", "100")
 
 
 @pytest.mark.db
