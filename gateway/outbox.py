@@ -915,9 +915,8 @@ RETURNING id
 
 #: The documents ($1 ids) whose delivery to customs died or, replayed, succeeded, as their sellers hear of them
 #: (Outbox._tell_deliveries): what names them, and what finds their shipments (gateway.outbox.shipments_of).
-DELIVERY_DOCUMENTS = """
-SELECT d.id, d.message_id, d.doc_guid, d.message_type, d.app_type, d.kind, d.ebp_code, d.order_no, d.logistics_code,
-       d.logistics_no, d.parties, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid
+DELIVERY_DOCUMENTS = f"""
+SELECT {_DOC_STATE}, d.doc_guid, d.parties, (SELECT m.guid FROM messages AS m WHERE m.id = d.message_id) AS message_guid
   FROM documents AS d
  WHERE d.id = ANY ($1::bigint[])
  ORDER BY d.id
@@ -1835,7 +1834,7 @@ class Outbox:
             # its own (a cancellation's, a return's: its inventory's); a waybill's by the inventory naming it or its
             # orderNo (few: a dead letter's)
             if r["kind"] == "waybill":
-                of_doc[r["id"]] = await shipments_of(conn, [_DeliveredDoc.of(r)])
+                of_doc[r["id"]] = await shipments_of(conn, [_Doc.of(r)])
             else:
                 of_doc[r["id"]] = {(r["ebp_code"], r["order_no"] or "")} if r["ebp_code"] else set()
         ships = sorted(set().union(*of_doc.values()))
@@ -2683,22 +2682,6 @@ def warehouse_orders(
         order["cancel"] = warehouse_cancel_dict(asked[order["order_id"]]) if order["order_id"] in asked else None
         out.setdefault(order.pop("key"), []).append(order)
     return out
-
-
-@dataclass
-class _DeliveredDoc:
-    """A document as shipments_of reads it, from a DELIVERY_DOCUMENTS row."""
-
-    kind: str
-    message_type: str
-    ebp_code: str | None
-    order_no: str | None
-    logistics_code: str | None
-    logistics_no: str | None
-
-    @classmethod
-    def of(cls, r: asyncpg.Record) -> _DeliveredDoc:
-        return cls(r["kind"], r["message_type"], r["ebp_code"], r["order_no"], r["logistics_code"], r["logistics_no"])
 
 
 def cancel_flags(c: Mapping[str, Any]) -> list[str]:
