@@ -1721,13 +1721,7 @@ async def test_a_rejected_leg_declared_anew_no_longer_rejects_its_shipment(flow:
     the one in force: the shipment is declared at once (its other legs are at customs), as its webhook says; and when
     the new version's delivery dies, the shipment is failed — not left saying the old refusal."""
     s = shipment(65)
-    for payload in (s.order, s.payment, s.waybill):
-        await flow.submit(payload)
-        await _deliver(flow, payload)
-        await flow.receipt(payload, "2", 1)
-    await flow.submit(s.inventory)
-    await _deliver(flow, s.inventory)
-    await flow.receipt(s.inventory, "-621018", 4)
+    await _answered(flow, s, "-621018")
     assert (await flow.shipment(s))["customs_status"] == "rejected"
     anew = version_of(s.inventory, "1", 60)
     await flow.submit(anew)
@@ -1757,15 +1751,20 @@ async def test_a_send_looks_again_at_a_rejected_shipment_whose_refused_leg_is_no
     assert (await flow.shipment(s))["customs_status"] == "declared"
 
 
-async def _accepted(flow: Flow, s: samples.ShipmentSample, **numbers: str) -> None:
-    """The legs of ``s`` delivered and taken by customs (2), its inventory delivered and accepted (120)."""
+async def _answered(flow: Flow, s: samples.ShipmentSample, status: str, **numbers: str) -> None:
+    """The legs of ``s`` delivered and taken by customs (2), its inventory delivered and answered ``status``."""
     for payload in (s.order, s.payment, s.waybill):
         await flow.submit(payload)
         await _deliver(flow, payload)
         await flow.receipt(payload, "2", 1)
     await flow.submit(s.inventory)
     await _deliver(flow, s.inventory)
-    await flow.receipt(s.inventory, "120", 4, **numbers)
+    await flow.receipt(s.inventory, status, 4, **numbers)
+
+
+async def _accepted(flow: Flow, s: samples.ShipmentSample, **numbers: str) -> None:
+    """The legs of ``s`` delivered and taken by customs (2), its inventory delivered and accepted (120)."""
+    await _answered(flow, s, "120", **numbers)
     assert (await flow.shipment(s))["customs_status"] == "accepted"
 
 
